@@ -1,0 +1,3 @@
+from flowsync.cli import main
+
+main()

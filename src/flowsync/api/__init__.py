@@ -1,0 +1,5 @@
+"""The Prefect REST API, spoken over HTTP. The only package that imports httpx."""
+
+from flowsync.api.client import PrefectClient, RetryPolicy
+
+__all__ = ["PrefectClient", "RetryPolicy"]

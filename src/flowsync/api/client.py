@@ -1,0 +1,344 @@
+"""One HTTP client for one Prefect API: auth, retries, error wrapping, request counts.
+
+Owns: every request flowsync makes. Retries 429 (honouring ``Retry-After``),
+502/503/504, 500 on read-only calls, transport errors and unreadable bodies, with
+bounded exponential backoff and full jitter; turns everything else into
+``ApiError``/``AuthError`` with one line that names the URL. Must not: print,
+touch the store, or let the API key out of the ``Authorization`` header.
+"""
+
+from __future__ import annotations
+
+import base64
+import email.utils
+import json
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from flowsync import __version__
+from flowsync.config import ApiSettings
+from flowsync.errors import ApiError, AuthError
+
+RETRY_STATUS = {429, 502, 503, 504}
+# Read-only calls (filters, counts, history) are safe to repeat after a 500: the
+# SQLite-backed server answers 500 for "database is locked" under write load.
+READ_RETRY_STATUS = RETRY_STATUS | {500}
+TRANSPORT_ERRORS = (httpx.TransportError,)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 7  # total tries for one request
+    base_delay: float = 0.5
+    max_delay: float = 30.0
+    max_retry_after: float = 120.0
+
+    def delay(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return min(max(retry_after, 0.0), self.max_retry_after)
+        # full jitter: uniform in [0, min(cap, base * 2^attempt)]
+        return random.uniform(0, min(self.max_delay, self.base_delay * 2**attempt))
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return (when - datetime.now(timezone.utc)).total_seconds()
+
+
+def _short(text: str, limit: int = 120) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class PrefectClient:
+    """A synchronous client; safe to share between the threads of one pull."""
+
+    def __init__(
+        self,
+        settings: ApiSettings,
+        *,
+        transport: httpx.BaseTransport | None = None,
+        timeout: float = 60.0,
+        retry: RetryPolicy | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        on_retry: Callable[[str], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.retry = retry or RetryPolicy()
+        self._sleep = sleep
+        self._on_retry = on_retry
+        self._lock = threading.Lock()
+        self.requests = 0
+        self.retries = 0
+        headers = {"User-Agent": f"flowsync/{__version__}", "Accept": "application/json"}
+        if settings.api_key is not None:
+            headers["Authorization"] = f"Bearer {settings.api_key.get_secret_value()}"
+        elif settings.auth_string is not None:
+            token = base64.b64encode(settings.auth_string.get_secret_value().encode()).decode()
+            headers["Authorization"] = f"Basic {token}"
+        self._base = settings.url.rstrip("/") + "/"
+        self._host = urlsplit(self._base).netloc
+        self._http = httpx.Client(
+            base_url=self._base,
+            headers=headers,
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+            verify=settings.verify,
+            transport=transport,
+            follow_redirects=False,
+            limits=httpx.Limits(max_connections=8, max_keepalive_connections=4),
+        )
+
+    # -- plumbing ---------------------------------------------------------
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> PrefectClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _count(self, retried: bool) -> None:
+        with self._lock:
+            self.requests += 1
+            if retried:
+                self.retries += 1
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        idempotent: bool = True,
+        expect_json: bool = True,
+    ) -> Any:
+        """Send one request with retries; return the decoded JSON (or None for 204)."""
+        url = path if path.startswith("http") else path.lstrip("/")
+        if url.startswith("http") and urlsplit(url).netloc != self._host:
+            # Never send credentials to another host, e.g. via a next-page link.
+            raise ApiError(f"Prefect API returned a link to another host ({urlsplit(url).netloc}); refusing to follow it.")
+        retry_status = READ_RETRY_STATUS if idempotent else RETRY_STATUS
+        where = f"{self.settings.display_url}/{path.lstrip('/')}" if not path.startswith("http") else path
+        last_problem = ""
+        for attempt in range(self.retry.attempts):
+            self._count(attempt > 0)
+            retry_after: float | None = None
+            try:
+                response = self._http.request(method, url, json=body)
+            except TRANSPORT_ERRORS as e:
+                last_problem = f"{type(e).__name__}: {_short(str(e)) or 'connection failed'}"
+            else:
+                status = response.status_code
+                if status in (401, 403):
+                    raise AuthError(
+                        f"Prefect API at {self.settings.display_url} refused the request "
+                        f"({status} {response.reason_phrase}): check PREFECT_API_KEY / "
+                        "PREFECT_API_AUTH_STRING or --api-key."
+                    )
+                if status in retry_status:
+                    retry_after = _retry_after(response) if status == 429 else None
+                    last_problem = f"HTTP {status} {_short(response.text, 80)}"
+                elif status >= 400:
+                    raise ApiError(self._status_message(method, where, response))
+                elif status == 204 or not expect_json:
+                    return None
+                else:
+                    try:
+                        return response.json()
+                    except (json.JSONDecodeError, UnicodeDecodeError):
+                        # A truncated body is usually a dropped connection: try again.
+                        last_problem = f"unreadable JSON body ({_short(response.text, 60)!r})"
+            if attempt + 1 < self.retry.attempts:
+                delay = self.retry.delay(attempt, retry_after)
+                if self._on_retry:
+                    self._on_retry(f"{method} {path.split('?')[0]}: {last_problem}; retrying in {delay:.1f}s")
+                self._sleep(delay)
+        raise ApiError(
+            f"Prefect API at {self.settings.display_url} failed {method} /{path.lstrip('/').split('?')[0]} "
+            f"after {self.retry.attempts} attempts: {last_problem}. "
+            "Check that the server is up and the URL is right, then run again."
+        )
+
+    def _status_message(self, method: str, where: str, response: httpx.Response) -> str:
+        detail = response.text
+        try:
+            payload = response.json()
+            if isinstance(payload, dict) and "detail" in payload:
+                detail = json.dumps(payload["detail"])
+        except ValueError:
+            pass
+        hint = ""
+        if response.status_code == 404:
+            hint = " Is this a Prefect API URL? It usually ends in /api."
+        return f"{method} {where} answered {response.status_code}: {_short(detail, 200)}.{hint}"
+
+    # -- endpoints --------------------------------------------------------
+
+    def check(self) -> None:
+        """Fail clearly unless the URL is a reachable Prefect API."""
+        try:
+            answer = self.request("GET", "health")
+        except ApiError as e:
+            msg = str(e)
+            if "answered 404" in msg or "unreadable JSON" in msg:
+                raise ApiError(
+                    f"{self.settings.display_url} does not look like a Prefect API "
+                    "(GET /health did not answer true). The URL usually ends in /api, "
+                    "e.g. http://127.0.0.1:4200/api."
+                ) from e
+            raise
+        if answer is not True:
+            raise ApiError(
+                f"{self.settings.display_url} does not look like a Prefect API "
+                f"(GET /health answered {_short(json.dumps(answer), 60)}). The URL usually ends in /api."
+            )
+
+    def server_version(self) -> str | None:
+        try:
+            answer = self.request("GET", "admin/version")
+        except ApiError:
+            return None
+        return str(answer) if answer is not None else None
+
+    def filter(self, resource: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+        """POST /{resource}/filter; resource is flows, deployments or flow_runs."""
+        answer = self.request("POST", f"{resource}/filter", body)
+        if not isinstance(answer, list):
+            raise ApiError(f"POST /{resource}/filter answered {type(answer).__name__}, expected a list.")
+        for item in answer:
+            if not isinstance(item, dict) or "id" not in item:
+                raise ApiError(f"POST /{resource}/filter answered an item without an id.")
+        return answer
+
+    def count(self, resource: str, body: dict[str, Any] | None = None) -> int:
+        answer = self.request("POST", f"{resource}/count", body or {})
+        if not isinstance(answer, int):
+            raise ApiError(f"POST /{resource}/count answered {_short(repr(answer), 60)}, expected an integer.")
+        return answer
+
+    def flow_run_history(
+        self, start: datetime, end: datetime, interval_seconds: float, body: dict[str, Any] | None = None
+    ) -> list[dict[str, Any]]:
+        """Counts per expected-start-time bucket and state (at most 500 buckets)."""
+        payload = dict(body or {})
+        payload.update(
+            history_start=start.isoformat(),
+            history_end=end.isoformat(),
+            history_interval_seconds=interval_seconds,
+        )
+        answer = self.request("POST", "flow_runs/history", payload)
+        if not isinstance(answer, list):
+            raise ApiError("POST /flow_runs/history answered something other than a list.")
+        return answer
+
+    def changed_flow_runs(self, since: datetime, until: datetime) -> dict[str, datetime]:
+        """Flow-run ids with a state-change event in [since, until], and the latest one.
+
+        One request: ``/events/count-by/resource`` groups events by resource id.
+        """
+        body = {
+            "filter": {
+                "occurred": {"since": since.isoformat(), "until": until.isoformat()},
+                "event": {"prefix": ["prefect.flow-run."]},
+                "any_resource": {"id_prefix": ["prefect.flow-run."]},
+            },
+            "time_unit": "day",
+            "time_interval": 1.0,
+        }
+        answer = self.request("POST", "events/count-by/resource", body)
+        if not isinstance(answer, list):
+            raise ApiError("POST /events/count-by/resource answered something other than a list.")
+        changed: dict[str, datetime] = {}
+        prefix = "prefect.flow-run."
+        for row in answer:
+            value = str(row.get("value", ""))
+            if value.startswith(prefix):
+                end_time = datetime.fromisoformat(str(row["end_time"]).replace("Z", "+00:00"))
+                changed[value[len(prefix):]] = end_time
+        return changed
+
+    def server_now(self) -> datetime:
+        """The server's clock (from the Date header), so cursors never depend on ours."""
+        self._count(False)
+        try:
+            response = self._http.get("health")
+        except TRANSPORT_ERRORS:
+            return datetime.now(timezone.utc)
+        date = response.headers.get("date")
+        if date:
+            try:
+                return email.utils.parsedate_to_datetime(date).astimezone(timezone.utc)
+            except (TypeError, ValueError):
+                pass
+        return datetime.now(timezone.utc)
+
+    def bulk_delete(self, ids: Sequence[str], state_types: Sequence[str] | None) -> dict[str, Any]:
+        """POST /flow_runs/bulk_delete for exactly these ids (never an open filter)."""
+        body = {"flow_runs": _id_filter(ids, state_types), "limit": len(ids)}
+        answer = self.request("POST", "flow_runs/bulk_delete", body)
+        if not isinstance(answer, dict):
+            raise ApiError("POST /flow_runs/bulk_delete answered something other than an object.")
+        return answer
+
+    def bulk_set_state(
+        self,
+        ids: Sequence[str],
+        state: dict[str, Any],
+        *,
+        force: bool,
+        state_types: Sequence[str] | None,
+    ) -> dict[str, Any]:
+        body = {
+            "flow_runs": _id_filter(ids, state_types),
+            "state": state,
+            "force": force,
+            "limit": len(ids),
+        }
+        answer = self.request("POST", "flow_runs/bulk_set_state", body)
+        if not isinstance(answer, dict):
+            raise ApiError("POST /flow_runs/bulk_set_state answered something other than an object.")
+        return answer
+
+    def iter_ids(self, ids: Sequence[str], size: int = 200) -> Iterator[list[dict[str, Any]]]:
+        """The flow runs with these ids that still exist, 200 per request."""
+        for i in range(0, len(ids), size):
+            chunk = list(ids[i : i + size])
+            yield self.filter(
+                "flow_runs",
+                {"flow_runs": {"id": {"any_": chunk}}, "limit": len(chunk), "offset": 0},
+            )
+
+
+BULK_LIMIT = 50
+
+
+def _id_filter(ids: Sequence[str], state_types: Sequence[str] | None) -> dict[str, Any]:
+    ids = [str(i) for i in ids]
+    if not ids:
+        raise ValueError("a bulk call needs at least one id")
+    if len(ids) > BULK_LIMIT:
+        raise ValueError(f"a bulk call takes at most {BULK_LIMIT} ids")
+    flt: dict[str, Any] = {"id": {"any_": ids}}
+    if state_types:
+        flt["state"] = {"type": {"any_": sorted(set(state_types))}}
+    return flt

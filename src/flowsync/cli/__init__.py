@@ -1,0 +1,46 @@
+"""The ``flowsync`` command line: parse options, call one library function, render.
+
+Owns: typer/rich. No SQL, no HTTP and no loops over API items live here.
+Every command module registers its commands below.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from flowsync import __version__
+from flowsync.cli import sync_cmds
+
+app = typer.Typer(
+    name="flowsync",
+    help="Prefect run history in DuckDB: pull it, analyse it, clean it up with reviewed policies.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,  # locals can hold the API key
+    add_completion=True,
+    rich_markup_mode=None,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"flowsync {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Prefect run history in DuckDB: pull it, analyse it, clean it up with reviewed policies."""
+
+
+app.command("pull")(sync_cmds.pull_cmd)
+app.command("status")(sync_cmds.status_cmd)
+
+
+def main() -> None:
+    app()

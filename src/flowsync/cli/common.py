@@ -1,0 +1,164 @@
+"""Shared CLI plumbing: consoles, the error boundary, progress, output helpers.
+
+Owns: everything that prints. Errors become one line on stderr and the exit
+code documented in ``flowsync.errors``; data goes to stdout only.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import date, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+from uuid import UUID
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from flowsync.errors import INTERRUPTED_EXIT, FlowsyncError
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+DbOption = Annotated[
+    Path | None,
+    typer.Option("--db", help="DuckDB file. Default: $FLOWSYNC_DB, else ./flowsync.duckdb.", show_default=False),
+]
+WaitOption = Annotated[
+    float,
+    typer.Option("--wait", help="Seconds to wait for another flowsync process to release the file.", min=0),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print a machine-readable JSON summary on stdout.")]
+ApiUrlOption = Annotated[
+    str | None,
+    typer.Option("--api-url", help="Prefect API URL. Default: $PREFECT_API_URL, else the active Prefect profile.", show_default=False),
+]
+ApiKeyOption = Annotated[
+    str | None,
+    typer.Option("--api-key", help="Prefect Cloud API key. Default: $PREFECT_API_KEY, else the profile. Never printed or stored.", show_default=False),
+]
+
+
+def fail(e: FlowsyncError) -> NoReturn:
+    err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
+    raise typer.Exit(e.exit_code)
+
+
+@contextmanager
+def errors() -> Iterator[None]:
+    """The one place flowsync errors become a line on stderr and an exit code."""
+    try:
+        yield
+    except FlowsyncError as e:
+        fail(e)
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted[/]; what was committed is kept, run the command again to continue.")
+        raise typer.Exit(INTERRUPTED_EXIT) from None
+
+
+def to_jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    if isinstance(value, (UUID, Path)):
+        return str(value)
+    if isinstance(value, Decimal):
+        return float(value)
+    return value
+
+
+def print_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(to_jsonable(value), indent=2) + "\n")
+    sys.stdout.flush()
+
+
+class TerminalProgress:
+    """A live bar per phase on a terminal."""
+
+    def __init__(self) -> None:
+        self._progress = Progress(
+            TextColumn("[bold]{task.description:<12}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(),
+            console=err,
+            transient=False,
+        )
+        self._task: Any = None
+        self._started = time.monotonic()
+        self._done = 0
+
+    def __enter__(self) -> TerminalProgress:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
+
+    def phase(self, name: str, total: int | None = None) -> None:
+        self._task = self._progress.add_task(name, total=total, rate="")
+        self._started = time.monotonic()
+        self._done = 0
+
+    def advance(self, n: int) -> None:
+        if self._task is None:
+            return
+        self._done += n
+        rate = self._done / max(time.monotonic() - self._started, 1e-6)
+        self._progress.update(self._task, advance=n, rate=f"{rate:,.0f} rows/s")
+
+    def message(self, text: str) -> None:
+        self._progress.console.print(f"  {escape(text)}", highlight=False)
+
+
+class LineProgress:
+    """Quiet, line-oriented progress for cron and logs: a line per phase and every 10 s."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        self.quiet = quiet
+        self._name = ""
+        self._total: int | None = None
+        self._done = 0
+        self._last = time.monotonic()
+
+    def __enter__(self) -> LineProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._flush()
+
+    def _flush(self) -> None:
+        if self._name and not self.quiet:
+            total = f"/{self._total}" if self._total else ""
+            err.print(f"{self._name}: {self._done}{total} rows", highlight=False)
+
+    def phase(self, name: str, total: int | None = None) -> None:
+        self._flush()
+        self._name, self._total, self._done, self._last = name, total, 0, time.monotonic()
+
+    def advance(self, n: int) -> None:
+        self._done += n
+        if time.monotonic() - self._last > 10:
+            self._flush()
+            self._last = time.monotonic()
+
+    def message(self, text: str) -> None:
+        if not self.quiet:
+            err.print(text, highlight=False)
+
+
+def make_progress(quiet: bool) -> TerminalProgress | LineProgress:
+    if not quiet and err.is_terminal:
+        return TerminalProgress()
+    return LineProgress(quiet=quiet)

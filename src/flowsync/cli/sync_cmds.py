@@ -1,0 +1,102 @@
+"""``flowsync pull`` and ``flowsync status``."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from flowsync.api import PrefectClient
+from flowsync.cli.common import (
+    ApiKeyOption,
+    ApiUrlOption,
+    DbOption,
+    JsonOption,
+    WaitOption,
+    err,
+    errors,
+    make_progress,
+    out,
+    print_json,
+)
+from flowsync.config import resolve_api, resolve_db_path
+from flowsync.store import Store, writes
+from flowsync.sync import PullOptions, pull
+
+
+def pull_cmd(
+    db: DbOption = None,
+    api_url: ApiUrlOption = None,
+    api_key: ApiKeyOption = None,
+    full: Annotated[bool, typer.Option("--full", help="Re-read every run from the server (a full reconciliation).")] = False,
+    wait: WaitOption = 0.0,
+    concurrency: Annotated[int, typer.Option(help="Pages in flight during a full pull (more than 2 slows the server).", min=1, max=8)] = 2,
+    overlap: Annotated[float, typer.Option(help="Minutes of events re-read before the last cursor (late events, client clocks).", min=0)] = 10.0,
+    json_out: JsonOption = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output; errors only (for cron).")] = False,
+) -> None:
+    """Sync flows, deployments and flow runs from a Prefect API into the DuckDB file.
+
+    The first pull reads everything; later pulls read only what changed (state
+    events, plus a per-bucket count check that finds deleted runs). Runs deleted
+    on the server stay in the file with deleted_at set.
+
+    Example: flowsync pull --api-url http://127.0.0.1:4200/api --db runs.duckdb
+    """
+    with errors():
+        settings = resolve_api(api_url, api_key)
+        path = resolve_db_path(db)
+        options = PullOptions(full=full, concurrency=concurrency, overlap=timedelta(minutes=overlap))
+        with Store.open(path, wait=wait) as store, make_progress(quiet or json_out) as progress:
+            with PrefectClient(settings, on_retry=progress.message) as client:
+                result = pull(client, store, options, progress)
+    if json_out:
+        print_json({"db": str(path), "api_url": settings.display_url, **result.to_json()})
+    elif not quiet:
+        why = f" ({result.reason})" if result.reason else ""
+        err.print(
+            f"pulled from {settings.display_url} into {path}: {result.mode}{why}, "
+            f"{result.inserted} new, {result.updated} updated, {result.marked_deleted} marked deleted; "
+            f"{result.requests} requests in {result.seconds:.1f}s",
+            highlight=False,
+        )
+
+
+def status_cmd(
+    db: DbOption = None,
+    wait: WaitOption = 0.0,
+    json_out: JsonOption = False,
+) -> None:
+    """Show what is in the DuckDB file: source API, last pull, row counts.
+
+    Example: flowsync status --db runs.duckdb --json
+    """
+    with errors():
+        path = resolve_db_path(db)
+        with Store.open(path, read_only=True, wait=wait) as store:
+            summary = writes.status_summary(store)
+    summary["db"] = str(path)
+    if json_out:
+        print_json(summary)
+        return
+    last = summary["last_pull"]
+    out.print(f"[bold]{path}[/]  from {summary['api_url'] or '(never pulled)'}", highlight=False)
+    if last:
+        out.print(
+            f"last pull #{last['id']}: {last['status']} ({last['mode'] or '-'}) at {last['started_at']:%Y-%m-%d %H:%M:%S %Z}"
+            + (f" — {last['error']}" if last["error"] else ""),
+            highlight=False,
+        )
+    if summary["last_successful_pull_at"]:
+        out.print(f"last successful pull finished {summary['last_successful_pull_at']:%Y-%m-%d %H:%M:%S %Z}", highlight=False)
+    table = Table("table", "live", "deleted on server")
+    for name in ("flows", "deployments", "flow_runs"):
+        table.add_row(name, f"{summary[name]['live']:,}", f"{summary[name]['deleted']:,}")
+    out.print(table)
+    if summary["flow_runs"]["by_state"]:
+        states = Table("state", "runs")
+        for state, n in summary["flow_runs"]["by_state"].items():
+            states.add_row(state, f"{n:,}")
+        out.print(states)

@@ -1,0 +1,159 @@
+"""Where flowsync finds its settings: the API URL and credentials, and the DB path.
+
+Owns: resolving each setting the way the Prefect CLI does (flag, then
+environment, then the active profile in ``$PREFECT_HOME/profiles.toml``), and
+masking secrets for display. Must not: open connections, print, or write the
+API key anywhere; secrets stay in ``pydantic.SecretStr`` until the HTTP layer
+puts them in a header.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import SecretStr
+
+from flowsync.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+DEFAULT_DB = "flowsync.duckdb"
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    """How to reach one Prefect API. ``source`` says where the URL came from."""
+
+    url: str
+    api_key: SecretStr | None = None
+    auth_string: SecretStr | None = None
+    verify: bool | str = True
+    source: str = "flag"
+
+    @property
+    def display_url(self) -> str:
+        return mask_url(self.url)
+
+    @property
+    def auth_kind(self) -> str:
+        if self.api_key is not None:
+            return "api key (Bearer)"
+        if self.auth_string is not None:
+            return "auth string (basic)"
+        return "none"
+
+
+def mask_url(url: str) -> str:
+    """The URL with any user:password part replaced, safe to print and store."""
+    parts = urlsplit(url)
+    if parts.username or parts.password:
+        host = parts.hostname or ""
+        if parts.port:
+            host = f"{host}:{parts.port}"
+        parts = parts._replace(netloc=f"***@{host}")
+    return urlunsplit(parts)
+
+
+def prefect_home(env: Mapping[str, str]) -> Path:
+    return Path(env.get("PREFECT_HOME") or "~/.prefect").expanduser()
+
+
+def load_profile(env: Mapping[str, str]) -> tuple[str | None, dict[str, Any], Path]:
+    """The active profile's name and settings, as Prefect would pick them."""
+    path = Path(env.get("PREFECT_PROFILES_PATH") or prefect_home(env) / "profiles.toml").expanduser()
+    if not path.is_file():
+        return None, {}, path
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(
+            f"Cannot read Prefect profiles file {path}: {e}. Fix the file or set PREFECT_API_URL."
+        ) from e
+    name = env.get("PREFECT_PROFILE") or data.get("active") or "ephemeral"
+    profiles = data.get("profiles") or {}
+    if not isinstance(profiles, dict):
+        raise ConfigError(f"Prefect profiles file {path}: [profiles] must be a table.")
+    settings = profiles.get(name)
+    if settings is None:
+        if env.get("PREFECT_PROFILE"):
+            raise ConfigError(
+                f"Prefect profile {name!r} (from PREFECT_PROFILE) is not in {path}; "
+                f"known: {', '.join(sorted(profiles)) or 'none'}."
+            )
+        return name, {}, path
+    if not isinstance(settings, dict):
+        raise ConfigError(f"Prefect profiles file {path}: profile {name!r} must be a table.")
+    return name, {str(k): v for k, v in settings.items()}, path
+
+
+def _truthy(value: object) -> bool:
+    return str(value).strip().lower() in {"1", "true", "yes", "on"}
+
+
+def resolve_api(
+    api_url: str | None = None,
+    api_key: str | None = None,
+    env: Mapping[str, str] | None = None,
+) -> ApiSettings:
+    """Each setting from the flag, else the environment, else the active profile."""
+    env = os.environ if env is None else env
+    profile_name, profile, profile_path = load_profile(env)
+
+    def pick(flag: str | None, key: str) -> tuple[str | None, str]:
+        if flag:
+            return flag, "flag"
+        if env.get(key):
+            return env[key], f"${key}"
+        if profile.get(key):
+            return str(profile[key]), f"profile {profile_name!r} in {profile_path}"
+        return None, ""
+
+    url, source = pick(api_url, "PREFECT_API_URL")
+    if not url:
+        raise ConfigError(
+            "No Prefect API URL: pass --api-url, set PREFECT_API_URL "
+            "(e.g. http://127.0.0.1:4200/api), or activate a Prefect profile that has one."
+        )
+    url = url.strip().rstrip("/")
+    parts = urlsplit(url)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise ConfigError(
+            f"API URL {mask_url(url)!r} (from {source}) is not an http(s) URL; "
+            "expected e.g. http://127.0.0.1:4200/api."
+        )
+    key, _ = pick(api_key, "PREFECT_API_KEY")
+    auth, _ = pick(None, "PREFECT_API_AUTH_STRING")
+
+    verify: bool | str = True
+    insecure, _ = pick(None, "PREFECT_API_TLS_INSECURE_SKIP_VERIFY")
+    cert_file, _ = pick(None, "PREFECT_API_SSL_CERT_FILE")
+    if insecure and _truthy(insecure):
+        verify = False
+    elif cert_file:
+        if not Path(cert_file).expanduser().is_file():
+            raise ConfigError(f"PREFECT_API_SSL_CERT_FILE {cert_file!r} does not exist.")
+        verify = str(Path(cert_file).expanduser())
+
+    return ApiSettings(
+        url=url,
+        api_key=SecretStr(key) if key else None,
+        auth_string=SecretStr(auth) if auth and not key else None,
+        verify=verify,
+        source=source,
+    )
+
+
+def resolve_db_path(db: str | os.PathLike[str] | None, env: Mapping[str, str] | None = None) -> Path:
+    """The DuckDB file: --db, else $FLOWSYNC_DB, else ./flowsync.duckdb."""
+    env = os.environ if env is None else env
+    raw = db or env.get("FLOWSYNC_DB") or DEFAULT_DB
+    return Path(raw).expanduser()

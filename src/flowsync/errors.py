@@ -1,0 +1,59 @@
+"""The error tree of flowsync: every failure a user can cause or meet.
+
+Owns: the exception classes. Every third-party error (httpx, duckdb, pydantic,
+yaml) is wrapped at the boundary that meets it, with ``raise ... from e``, into
+one of these, so the CLI can print one clear line and exit with a documented
+code. Must not: print, log, or hold secrets in messages.
+
+    FlowsyncError                 base; exit code 1
+    ├── ConfigError               bad settings, flags, files (exit 2)
+    ├── ApiError                  the Prefect API failed or answered nonsense (exit 3)
+    │   └── AuthError             401/403 (exit 4)
+    ├── StoreError                the DuckDB file cannot be used (exit 5)
+    │   └── StoreLockedError      another process holds the file (exit 6)
+    └── PolicyError               a policy file or rule is invalid (exit 7)
+        └── PolicyLimitError      a rule selects more runs than allowed (exit 8)
+
+Exit code 9 is reserved for a run that finished with partial failures
+(an apply where some batches failed); 130 for an interrupt.
+"""
+
+from __future__ import annotations
+
+
+class FlowsyncError(Exception):
+    """Base class. ``str(err)`` is the one line the CLI prints."""
+
+    exit_code = 1
+
+
+class ConfigError(FlowsyncError):
+    exit_code = 2
+
+
+class ApiError(FlowsyncError):
+    exit_code = 3
+
+
+class AuthError(ApiError):
+    exit_code = 4
+
+
+class StoreError(FlowsyncError):
+    exit_code = 5
+
+
+class StoreLockedError(StoreError):
+    exit_code = 6
+
+
+class PolicyError(FlowsyncError):
+    exit_code = 7
+
+
+class PolicyLimitError(PolicyError):
+    exit_code = 8
+
+
+PARTIAL_FAILURE_EXIT = 9
+INTERRUPTED_EXIT = 130

@@ -1,0 +1,165 @@
+"""Opening the DuckDB file: paths checked, locks reported, migrations applied.
+
+Owns: the one ``duckdb`` connection of a command and its transactions. A
+writer holds DuckDB's own file lock for as long as the command runs; a second
+writer (or a reader while a writer runs) gets ``StoreLockedError`` or waits
+with ``wait``. Must not: know about the API.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import polars as pl
+
+from flowsync.errors import StoreError, StoreLockedError
+from flowsync.store import migrations
+
+DUCKDB_MAGIC_OFFSET = 8
+DUCKDB_MAGIC = b"DUCK"
+
+
+def _check_path(path: Path, read_only: bool) -> None:
+    if path.is_dir():
+        raise StoreError(f"--db {path} is a directory; pass a file path such as {path / 'flowsync.duckdb'}.")
+    if read_only and not path.exists():
+        raise StoreError(f"{path} does not exist: run `flowsync pull --db {path}` first.")
+    if not path.parent.exists():
+        raise StoreError(f"Directory {path.parent} does not exist: create it or choose another --db.")
+    if path.exists():
+        # Refuse non-DuckDB files before DuckDB touches them, so nothing is ever written to them.
+        try:
+            with path.open("rb") as f:
+                head = f.read(DUCKDB_MAGIC_OFFSET + 4)
+        except OSError as e:
+            raise StoreError(f"Cannot read {path}: {e.strerror}. Check its permissions or choose another --db.") from e
+        if path.stat().st_size > 0 and head[DUCKDB_MAGIC_OFFSET:] != DUCKDB_MAGIC:
+            raise StoreError(f"{path} is not a DuckDB database; choose another --db path.")
+        if path.stat().st_size == 0:
+            raise StoreError(f"{path} is an empty file, not a DuckDB database; remove it or choose another --db.")
+
+
+def _is_lock_error(err: Exception) -> bool:
+    text = str(err)
+    return "Could not set lock" in text or "Conflicting lock" in text
+
+
+class Store:
+    """A DuckDB file with flowsync's schema. Use ``Store.open`` as a context manager."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, path: Path, read_only: bool) -> None:
+        self.con = con
+        self.path = path
+        self.read_only = read_only
+
+    @classmethod
+    def open(
+        cls, path: Path, *, read_only: bool = False, wait: float = 0.0, migrate: bool = True
+    ) -> Store:
+        """Open (and for writers create and upgrade) the file; wait up to ``wait`` s for a lock."""
+        path = Path(path)
+        _check_path(path, read_only)
+        deadline = time.monotonic() + wait
+        delay = 0.2
+        while True:
+            try:
+                con = duckdb.connect(str(path), read_only=read_only)
+                break
+            except duckdb.Error as e:
+                if _is_lock_error(e):
+                    if time.monotonic() < deadline:
+                        time.sleep(min(delay, max(deadline - time.monotonic(), 0.01)))
+                        delay = min(delay * 1.5, 2.0)
+                        continue
+                    holder = str(e).split("Conflicting lock is held in", 1)[-1].split(". See")[0].strip()
+                    raise StoreLockedError(
+                        f"{path} is in use by another process ({holder}), probably a running "
+                        "`flowsync pull` or `apply`; wait for it, or pass --wait SECONDS."
+                    ) from e
+                if "not a valid DuckDB database" in str(e):
+                    raise StoreError(f"{path} is not a DuckDB database; choose another --db path.") from e
+                if "Permission denied" in str(e) or "Read-only file system" in str(e):
+                    raise StoreError(f"Cannot open {path} for writing (permission denied); choose a writable --db path.") from e
+                raise StoreError(f"Cannot open {path}: {str(e).splitlines()[0]}") from e
+        store = cls(con, path, read_only)
+        try:
+            con.execute("SET TimeZone = 'UTC'")
+            if migrate:
+                store.migrate()
+        except BaseException:
+            con.close()
+            raise
+        return store
+
+    def close(self) -> None:
+        self.con.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- schema -----------------------------------------------------------
+
+    def applied_migrations(self) -> set[str]:
+        exists = self.con.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = '_flowsync_migrations'"
+        ).fetchone()
+        if not exists or not exists[0]:
+            return set()
+        return {r[0] for r in self.con.execute("SELECT name FROM _flowsync_migrations").fetchall()}
+
+    def migrate(self) -> list[str]:
+        """Apply pending migrations, each in a transaction with its record."""
+        applied = self.applied_migrations()
+        todo = migrations.pending(applied)
+        if not todo:
+            return []
+        if self.read_only:
+            raise StoreError(
+                f"{self.path} has an older schema ({len(todo)} migrations pending); "
+                "run `flowsync pull` once to upgrade it."
+            )
+        self.con.execute(
+            "CREATE TABLE IF NOT EXISTS _flowsync_migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL)"
+        )
+        done = []
+        for name, fn in todo:
+            with self.transaction():
+                fn(self.con)
+                self.con.execute(
+                    "INSERT INTO _flowsync_migrations VALUES (?, ?)", [name, datetime.now(timezone.utc)]
+                )
+            done.append(name)
+        return done
+
+    # -- transactions and queries -------------------------------------------
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            yield
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            raise
+        else:
+            self.con.execute("COMMIT")
+
+    def query(self, sql: str, params: list[Any] | dict[str, Any] | None = None) -> pl.DataFrame:
+        """Run one statement and return its rows as a Polars frame."""
+        try:
+            return self.con.execute(sql, params).pl()
+        except duckdb.Error as e:
+            raise StoreError(f"Query failed: {str(e).splitlines()[0]}") from e
+
+    def scalar(self, sql: str, params: list[Any] | None = None) -> Any:
+        row = self.con.execute(sql, params).fetchone()
+        return row[0] if row else None

@@ -1,0 +1,146 @@
+"""Schema changes, as named migrations recorded in ``_flowsync_migrations``.
+
+Owns: the DDL of every table. Each migration runs once, in a transaction with
+its record, in order; opening an older file upgrades it. A released migration is
+never edited: change the schema by appending ``m00N_...``. Must not: hold data
+logic (that is ``writes``) or views (rebuilt from ``sql/`` on every pull).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+Migration = Callable[[Any], None]  # takes a duckdb connection
+MIGRATIONS: list[tuple[str, Migration]] = []
+
+
+def migration(fn: Migration) -> Migration:
+    MIGRATIONS.append((fn.__name__, fn))
+    return fn
+
+
+@migration
+def m001_initial(con: Any) -> None:
+    con.execute(
+        """
+        CREATE TABLE flows (
+            id UUID PRIMARY KEY,
+            created TIMESTAMPTZ,
+            updated TIMESTAMPTZ,
+            name VARCHAR,
+            tags VARCHAR[],
+            labels JSON,
+            extra JSON,
+            synced_at TIMESTAMPTZ NOT NULL,
+            seen_pull BIGINT,
+            deleted_at TIMESTAMPTZ
+        );
+        CREATE TABLE deployments (
+            id UUID PRIMARY KEY,
+            created TIMESTAMPTZ,
+            updated TIMESTAMPTZ,
+            name VARCHAR,
+            version VARCHAR,
+            description VARCHAR,
+            flow_id UUID,
+            paused BOOLEAN,
+            status VARCHAR,
+            schedules JSON,
+            concurrency_limit INTEGER,
+            global_concurrency_limit JSON,
+            concurrency_options JSON,
+            job_variables JSON,
+            parameters JSON,
+            tags VARCHAR[],
+            labels JSON,
+            work_queue_name VARCHAR,
+            work_queue_id UUID,
+            work_pool_name VARCHAR,
+            last_polled TIMESTAMPTZ,
+            parameter_openapi_schema JSON,
+            path VARCHAR,
+            pull_steps JSON,
+            entrypoint VARCHAR,
+            storage_document_id UUID,
+            infrastructure_document_id UUID,
+            created_by JSON,
+            updated_by JSON,
+            enforce_parameter_schema BOOLEAN,
+            extra JSON,
+            synced_at TIMESTAMPTZ NOT NULL,
+            seen_pull BIGINT,
+            deleted_at TIMESTAMPTZ
+        );
+        CREATE TABLE flow_runs (
+            id UUID PRIMARY KEY,
+            created TIMESTAMPTZ,
+            updated TIMESTAMPTZ,
+            name VARCHAR,
+            flow_id UUID,
+            deployment_id UUID,
+            deployment_version VARCHAR,
+            work_pool_id UUID,
+            work_pool_name VARCHAR,
+            work_queue_id UUID,
+            work_queue_name VARCHAR,
+            flow_version VARCHAR,
+            parameters JSON,
+            idempotency_key VARCHAR,
+            context JSON,
+            empirical_policy JSON,
+            tags VARCHAR[],
+            labels JSON,
+            parent_task_run_id UUID,
+            state_id UUID,
+            state_type VARCHAR,
+            state_name VARCHAR,
+            state_message VARCHAR,
+            state_timestamp TIMESTAMPTZ,
+            state_details JSON,
+            state_data JSON,
+            run_count INTEGER,
+            expected_start_time TIMESTAMPTZ,
+            next_scheduled_start_time TIMESTAMPTZ,
+            start_time TIMESTAMPTZ,
+            end_time TIMESTAMPTZ,
+            total_run_time DOUBLE,
+            estimated_run_time DOUBLE,
+            estimated_start_time_delta DOUBLE,
+            auto_scheduled BOOLEAN,
+            infrastructure_document_id UUID,
+            infrastructure_pid VARCHAR,
+            created_by JSON,
+            job_variables JSON,
+            extra JSON,
+            synced_at TIMESTAMPTZ NOT NULL,
+            seen_pull BIGINT,
+            deleted_at TIMESTAMPTZ
+        );
+        CREATE SEQUENCE sync_runs_id START 1;
+        CREATE TABLE sync_runs (
+            id BIGINT PRIMARY KEY DEFAULT nextval('sync_runs_id'),
+            started_at TIMESTAMPTZ NOT NULL,
+            finished_at TIMESTAMPTZ,
+            status VARCHAR NOT NULL,          -- running | ok | failed | interrupted
+            mode VARCHAR,                     -- full | incremental
+            api_url VARCHAR,                  -- credentials masked
+            inserted BIGINT DEFAULT 0,
+            updated BIGINT DEFAULT 0,
+            marked_deleted BIGINT DEFAULT 0,
+            requests BIGINT DEFAULT 0,
+            retries BIGINT DEFAULT 0,
+            error VARCHAR,
+            details JSON
+        );
+        CREATE TABLE sync_state (
+            key VARCHAR PRIMARY KEY,
+            value JSON NOT NULL,
+            updated_at TIMESTAMPTZ NOT NULL
+        );
+        """
+    )
+
+
+def pending(applied: set[str]) -> list[tuple[str, Migration]]:
+    return [(name, fn) for name, fn in MIGRATIONS if name not in applied]

@@ -1,0 +1,208 @@
+"""Column specs of the synced tables, and API objects -> Polars batches.
+
+Owns: which API fields become which typed columns, and turning a page of API
+objects into one columnar batch (nested objects serialised as JSON, unknown
+fields kept in ``extra`` so nothing the API returns is dropped). Pure: no I/O.
+The DDL itself lives in migrations; ``tests/test_store.py`` checks the two agree.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import polars as pl
+
+# kind -> (Polars type of the batch column, SQL expression template to cast it)
+_KINDS: dict[str, tuple[Any, str]] = {
+    "uuid": (pl.Utf8, "TRY_CAST({c} AS UUID)"),
+    "ts": (pl.Utf8, "CAST({c} AS TIMESTAMPTZ)"),
+    "str": (pl.Utf8, "{c}"),
+    "json": (pl.Utf8, "CAST({c} AS JSON)"),
+    "list": (pl.List(pl.Utf8), "{c}"),
+    "float": (pl.Float64, "{c}"),
+    "int": (pl.Int64, "CAST({c} AS INTEGER)"),
+    "bool": (pl.Boolean, "{c}"),
+}
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    kind: str
+    source: str | None = None  # dotted path in the API object; default: name
+
+    def extract(self, obj: Mapping[str, Any]) -> Any:
+        value: Any = obj
+        for part in (self.source or self.name).split("."):
+            if not isinstance(value, Mapping):
+                return None
+            value = value.get(part)
+        if value is None:
+            return None
+        if self.kind == "json":
+            return json.dumps(value, separators=(",", ":"), sort_keys=True)
+        if self.kind == "list":
+            return [str(v) for v in value] if isinstance(value, list) else None
+        if self.kind == "float":
+            return float(value)
+        if self.kind == "int":
+            return int(value)
+        if self.kind == "bool":
+            return bool(value)
+        return str(value) if not isinstance(value, str) else value
+
+    @property
+    def cast_sql(self) -> str:
+        return _KINDS[self.kind][1].format(c=f'"{self.name}"')
+
+
+def _cols(spec: str) -> tuple[Column, ...]:
+    out = []
+    for line in spec.strip().splitlines():
+        parts = line.split()
+        out.append(Column(parts[0], parts[1], parts[2] if len(parts) > 2 else None))
+    return tuple(out)
+
+
+FLOW_COLUMNS = _cols(
+    """
+    id uuid
+    created ts
+    updated ts
+    name str
+    tags list
+    labels json
+    """
+)
+
+DEPLOYMENT_COLUMNS = _cols(
+    """
+    id uuid
+    created ts
+    updated ts
+    name str
+    version str
+    description str
+    flow_id uuid
+    paused bool
+    status str
+    schedules json
+    concurrency_limit int
+    global_concurrency_limit json
+    concurrency_options json
+    job_variables json
+    parameters json
+    tags list
+    labels json
+    work_queue_name str
+    work_queue_id uuid
+    work_pool_name str
+    last_polled ts
+    parameter_openapi_schema json
+    path str
+    pull_steps json
+    entrypoint str
+    storage_document_id uuid
+    infrastructure_document_id uuid
+    created_by json
+    updated_by json
+    enforce_parameter_schema bool
+    """
+)
+
+FLOW_RUN_COLUMNS = _cols(
+    """
+    id uuid
+    created ts
+    updated ts
+    name str
+    flow_id uuid
+    deployment_id uuid
+    deployment_version str
+    work_pool_id uuid
+    work_pool_name str
+    work_queue_id uuid
+    work_queue_name str
+    flow_version str
+    parameters json
+    idempotency_key str
+    context json
+    empirical_policy json
+    tags list
+    labels json
+    parent_task_run_id uuid
+    state_id uuid
+    state_type str
+    state_name str
+    state_message str state.message
+    state_timestamp ts state.timestamp
+    state_details json state.state_details
+    state_data json state.data
+    run_count int
+    expected_start_time ts
+    next_scheduled_start_time ts
+    start_time ts
+    end_time ts
+    total_run_time float
+    estimated_run_time float
+    estimated_start_time_delta float
+    auto_scheduled bool
+    infrastructure_document_id uuid
+    infrastructure_pid str
+    created_by json
+    job_variables json
+    """
+)
+
+# Top-level API fields consumed by the flattened columns above (not "extra").
+_CONSUMED = {"state"}
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    name: str
+    columns: tuple[Column, ...]
+
+    @property
+    def column_names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    @property
+    def known_fields(self) -> set[str]:
+        return {c.name for c in self.columns if c.source is None} | _CONSUMED
+
+    def batch(self, objects: Sequence[Mapping[str, Any]]) -> pl.DataFrame:
+        """One page of API objects as a typed frame, deduplicated by id (newest ``updated`` wins)."""
+        newest: dict[str, Mapping[str, Any]] = {}
+        for obj in objects:
+            key = str(obj["id"])
+            prev = newest.get(key)
+            if prev is None or str(obj.get("updated") or "") >= str(prev.get("updated") or ""):
+                newest[key] = obj
+        rows = list(newest.values())
+        data: dict[str, list[Any]] = {c.name: [c.extract(o) for o in rows] for c in self.columns}
+        known = self.known_fields
+        data["extra"] = [_extra(o, known) for o in rows]
+        schema: dict[str, Any] = {c.name: _KINDS[c.kind][0] for c in self.columns}
+        schema["extra"] = pl.Utf8
+        return pl.DataFrame(data, schema=schema)
+
+    def select_sql(self, source: str) -> str:
+        """SELECT list that casts a batch's string columns to the table's types."""
+        casts = [f'{c.cast_sql} AS "{c.name}"' for c in self.columns]
+        casts.append('CAST("extra" AS JSON) AS "extra"')
+        return f"SELECT {', '.join(casts)} FROM {source}"
+
+
+def _extra(obj: Mapping[str, Any], known: Iterable[str]) -> str | None:
+    rest = {k: v for k, v in obj.items() if k not in known}
+    return json.dumps(rest, separators=(",", ":"), sort_keys=True) if rest else None
+
+
+FLOWS = TableSpec("flows", FLOW_COLUMNS)
+DEPLOYMENTS = TableSpec("deployments", DEPLOYMENT_COLUMNS)
+FLOW_RUNS = TableSpec("flow_runs", FLOW_RUN_COLUMNS)
+TABLES = {t.name: t for t in (FLOWS, DEPLOYMENTS, FLOW_RUNS)}

@@ -1,0 +1,208 @@
+"""Writes to the synced tables and sync bookkeeping, one batch per statement.
+
+Owns: upserting a page of API objects (one ``INSERT ... ON CONFLICT`` per
+batch), marking runs deleted, the ``sync_runs`` log and the ``sync_state``
+cursors, and the local aggregates the sync compares with the server. Must
+not: call the API or decide what to fetch (that is ``flowsync.sync``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+import polars as pl
+
+from flowsync.store.connect import Store
+from flowsync.store.tables import TableSpec
+
+
+def now_utc() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def upsert(store: Store, spec: TableSpec, frame: pl.DataFrame, *, pull_id: int) -> tuple[int, int]:
+    """Insert new rows, update changed ones; returns (inserted, updated).
+
+    A row counts as updated when its ``updated`` stamp moved or it had been
+    marked deleted; every row in the batch gets ``seen_pull`` and ``synced_at``.
+    """
+    if frame.height == 0:
+        return 0, 0
+    con = store.con
+    name = f"_batch_{spec.name}"
+    con.register(name, frame)
+    try:
+        inserted, updated = con.execute(
+            f"""
+            SELECT count(*) FILTER (WHERE t.id IS NULL),
+                   count(*) FILTER (WHERE t.id IS NOT NULL AND (
+                        t.updated IS DISTINCT FROM CAST(b.updated AS TIMESTAMPTZ)
+                        OR t.deleted_at IS NOT NULL))
+            FROM {name} b LEFT JOIN {spec.name} t ON t.id = CAST(b.id AS UUID)
+            """
+        ).fetchone() or (0, 0)
+        cols = [*spec.column_names, "extra"]
+        col_list = ", ".join(f'"{c}"' for c in cols)
+        sets = ", ".join(f'"{c}" = excluded."{c}"' for c in cols if c != "id")
+        con.execute(
+            f"""
+            INSERT INTO {spec.name} ({col_list}, synced_at, seen_pull, deleted_at)
+            SELECT *, CAST(? AS TIMESTAMPTZ), ?, NULL FROM ({spec.select_sql(name)})
+            ON CONFLICT (id) DO UPDATE SET {sets},
+                synced_at = excluded.synced_at, seen_pull = excluded.seen_pull, deleted_at = NULL
+            """,
+            [now_utc(), pull_id],
+        )
+    finally:
+        con.unregister(name)
+    return int(inserted), int(updated)
+
+
+def mark_deleted(store: Store, table: str, ids: Sequence[str], when: datetime | None = None) -> int:
+    """Set ``deleted_at`` on live rows with these ids; returns how many changed."""
+    if not ids:
+        return 0
+    frame = pl.DataFrame({"id": [str(i) for i in ids]}, schema={"id": pl.Utf8})
+    store.con.register("_gone", frame)
+    try:
+        row = store.con.execute(
+            f"""
+            UPDATE {table} SET deleted_at = CAST(? AS TIMESTAMPTZ)
+            WHERE deleted_at IS NULL AND id IN (SELECT CAST(id AS UUID) FROM _gone)
+            RETURNING id
+            """,
+            [when or now_utc()],
+        ).fetchall()
+    finally:
+        store.con.unregister("_gone")
+    return len(row)
+
+
+def live_ids(store: Store, table: str, *, not_seen_since: int | None = None) -> list[str]:
+    sql = f"SELECT CAST(id AS VARCHAR) FROM {table} WHERE deleted_at IS NULL"
+    params: list[Any] = []
+    if not_seen_since is not None:
+        sql += " AND (seen_pull IS NULL OR seen_pull < ?)"
+        params.append(not_seen_since)
+    return [r[0] for r in store.con.execute(sql, params).fetchall()]
+
+
+def live_run_ids_between(store: Store, lo: datetime | None, hi: datetime | None) -> set[str]:
+    """Live runs whose expected start is in [lo, hi] (None = unbounded)."""
+    sql = "SELECT CAST(id AS VARCHAR) FROM flow_runs WHERE deleted_at IS NULL AND expected_start_time IS NOT NULL"
+    params: list[Any] = []
+    if lo is not None:
+        sql += " AND expected_start_time >= ?"
+        params.append(lo)
+    if hi is not None:
+        sql += " AND expected_start_time <= ?"
+        params.append(hi)
+    return {r[0] for r in store.con.execute(sql, params).fetchall()}
+
+
+def count_live(store: Store, table: str) -> int:
+    return int(store.scalar(f"SELECT count(*) FROM {table} WHERE deleted_at IS NULL"))
+
+
+def run_time_bounds(store: Store) -> tuple[datetime | None, datetime | None, int]:
+    """Min and max expected start of live runs, and how many live runs have none."""
+    row = store.con.execute(
+        """
+        SELECT min(expected_start_time), max(expected_start_time),
+               count(*) FILTER (WHERE expected_start_time IS NULL)
+        FROM flow_runs WHERE deleted_at IS NULL
+        """
+    ).fetchone()
+    assert row is not None
+    return row[0], row[1], int(row[2])
+
+
+def local_histogram(
+    store: Store, start: datetime, interval_seconds: float, buckets: int
+) -> dict[tuple[int, str], int]:
+    """Live runs per (bucket of expected start, state type), bucketed as the server does."""
+    rows = store.con.execute(
+        """
+        SELECT CAST(floor((epoch_us(expected_start_time) - epoch_us(CAST(? AS TIMESTAMPTZ)))
+                          / (? * 1e6)) AS BIGINT) AS bucket,
+               coalesce(state_type, '') AS state_type, count(*)
+        FROM flow_runs
+        WHERE deleted_at IS NULL AND expected_start_time >= CAST(? AS TIMESTAMPTZ)
+        GROUP BY ALL
+        """,
+        [start, interval_seconds, start],
+    ).fetchall()
+    return {(int(b), str(s)): int(n) for b, s, n in rows if b is not None and int(b) < buckets}
+
+
+# -- sync bookkeeping ---------------------------------------------------------
+
+
+def get_state(store: Store, key: str) -> Any:
+    row = store.con.execute("SELECT value FROM sync_state WHERE key = ?", [key]).fetchone()
+    return json.loads(row[0]) if row else None
+
+
+def set_state(store: Store, key: str, value: Any) -> None:
+    store.con.execute(
+        """
+        INSERT INTO sync_state VALUES (?, CAST(? AS JSON), ?)
+        ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at
+        """,
+        [key, json.dumps(value), now_utc()],
+    )
+
+
+def start_sync_run(store: Store, api_url: str) -> int:
+    row = store.con.execute(
+        "INSERT INTO sync_runs (started_at, status, api_url) VALUES (?, 'running', ?) RETURNING id",
+        [now_utc(), api_url],
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def finish_sync_run(store: Store, pull_id: int, **fields: Any) -> None:
+    fields.setdefault("finished_at", now_utc())
+    if "details" in fields and not isinstance(fields["details"], str):
+        fields["details"] = json.dumps(fields["details"])
+    sets = ", ".join(f"{k} = ?" for k in fields)
+    store.con.execute(f"UPDATE sync_runs SET {sets} WHERE id = ?", [*fields.values(), pull_id])
+
+
+def abandon_stale_runs(store: Store) -> None:
+    """Pulls left 'running' by a crash (the file lock proves none is running now)."""
+    store.con.execute(
+        "UPDATE sync_runs SET status = 'interrupted', error = coalesce(error, 'process ended before the pull finished') "
+        "WHERE status = 'running'"
+    )
+
+
+def status_summary(store: Store) -> dict[str, Any]:
+    """What is in the file: counts and the last pulls."""
+    out: dict[str, Any] = {}
+    for table in ("flows", "deployments", "flow_runs"):
+        live, deleted = store.con.execute(
+            f"SELECT count(*) FILTER (WHERE deleted_at IS NULL), count(*) FILTER (WHERE deleted_at IS NOT NULL) FROM {table}"
+        ).fetchone() or (0, 0)
+        out[table] = {"live": int(live), "deleted": int(deleted)}
+    states = store.con.execute(
+        "SELECT coalesce(state_type, 'NONE'), count(*) FROM flow_runs WHERE deleted_at IS NULL GROUP BY 1 ORDER BY 2 DESC"
+    ).fetchall()
+    out["flow_runs"]["by_state"] = {s: int(n) for s, n in states}
+    cols = ["id", "started_at", "finished_at", "status", "mode", "api_url", "inserted", "updated",
+            "marked_deleted", "requests", "error"]
+    last = store.con.execute(
+        f"SELECT {', '.join(cols)} FROM sync_runs ORDER BY id DESC LIMIT 1"
+    ).fetchone()
+    ok = store.con.execute(
+        "SELECT max(finished_at) FROM sync_runs WHERE status = 'ok'"
+    ).fetchone()
+    out["last_pull"] = dict(zip(cols, last)) if last else None
+    out["last_successful_pull_at"] = ok[0] if ok else None
+    out["pulls"] = int(store.scalar("SELECT count(*) FROM sync_runs"))
+    out["api_url"] = get_state(store, "api_url")
+    return out

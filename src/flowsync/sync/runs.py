@@ -1,0 +1,298 @@
+"""Syncing flow runs: a resumable full reconciliation and a cheap incremental pull.
+
+The API has no ``updated`` filter for flow runs, so an incremental pull asks
+three other questions (see docs/sync-design.md):
+
+1. Which runs changed state since the cursor? ``/events/count-by/resource``
+   answers with every flow-run id that has a state event, in one request.
+2. Is anything else different (deleted runs, missed events)? One
+   ``/flow_runs/history`` request gives the server's run counts per
+   expected-start bucket and state type; buckets that differ from the local
+   counts are re-read by keyset and their missing runs checked by id.
+3. Is anything outside those buckets? ``/flow_runs/count`` against the local total.
+
+The full reconciliation walks every run by keyset on ``expected_start_time``
+in segments (2 in flight), commits each page with the position that covers
+it, and resumes from those positions after a crash. Runs the walk did not see
+are checked by id before they are marked deleted.
+
+Must not: open DuckDB or HTTP directly (store and api own those).
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import threading
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from flowsync.api.pagination import EPOCH, Position, iso, keyset_run_pages, parse_ts
+from flowsync.errors import ApiError
+from flowsync.store import writes
+from flowsync.store.tables import FLOW_RUNS
+from flowsync.sync.context import PullContext
+
+CURSOR = "flow_runs.cursor"
+FULL_PASS = "flow_runs.full_pass"
+HISTORY_BUCKETS = 500
+
+
+# -- full reconciliation --------------------------------------------------------
+
+
+def needs_full(ctx: PullContext) -> str | None:
+    """Why this pull must reconcile everything, or None for an incremental pull."""
+    if writes.get_state(ctx.store, FULL_PASS):
+        return "resuming an interrupted full pull"
+    if ctx.options.full:
+        return "--full"
+    cursor = writes.get_state(ctx.store, CURSOR)
+    if cursor is None:
+        return "first pull"
+    if ctx.server_start - parse_ts(cursor) > ctx.options.events_horizon:
+        return f"last pull is older than {ctx.options.events_horizon.days} days (the server's event window)"
+    return None
+
+
+def plan_segments(ctx: PullContext) -> list[dict[str, Any]]:
+    """Split the expected-start range into segments of about ``segment_rows`` runs."""
+    client = ctx.client
+    ends = []
+    for sort in ("EXPECTED_START_TIME_ASC", "EXPECTED_START_TIME_DESC"):
+        page = client.filter(
+            "flow_runs",
+            {"sort": sort, "limit": 1, "offset": 0, "flow_runs": {"expected_start_time": {"after_": iso(EPOCH)}}},
+        )
+        ends.append(parse_ts(page[0]["expected_start_time"]) if page else None)
+    lo, hi = ends
+    if lo is None or hi is None:
+        return [{"lo": None, "hi": None, "pos": None, "done": False}]
+    start = lo - timedelta(seconds=1)
+    interval = max(1.0, math.ceil((hi - start).total_seconds() / HISTORY_BUCKETS + 1))
+    history = client.flow_run_history(start, hi + timedelta(seconds=interval), interval)
+    cuts: list[datetime] = []
+    acc = 0
+    for bucket in history:
+        acc += sum(int(s.get("count_runs", 0)) for s in bucket.get("states", []))
+        if acc >= ctx.options.segment_rows:
+            cuts.append(parse_ts(bucket["interval_end"]))
+            acc = 0
+    bounds: list[datetime | None] = [None, *cuts, None]
+    return [
+        {"lo": iso(a) if a else None, "hi": iso(b) if b else None, "pos": None, "done": False}
+        for a, b in zip(bounds, bounds[1:])
+    ]
+
+
+def full_pass(ctx: PullContext) -> None:
+    state = writes.get_state(ctx.store, FULL_PASS)
+    total = ctx.client.count("flow_runs")
+    if not state:
+        state = {"pass_id": ctx.pull_id, "started": iso(ctx.server_start), "segments": plan_segments(ctx)}
+        with ctx.store.transaction():
+            writes.set_state(ctx.store, FULL_PASS, state)
+    ctx.progress.phase("flow_runs", total)
+    _walk_segments(ctx, state)
+    _reconcile_unseen(ctx, int(state["pass_id"]))
+    _null_start_runs(ctx)
+    with ctx.store.transaction():
+        writes.set_state(ctx.store, CURSOR, state["started"])
+        ctx.store.con.execute("DELETE FROM sync_state WHERE key = ?", [FULL_PASS])
+
+
+_DONE = object()
+
+
+def _walk_segments(ctx: PullContext, state: dict[str, Any]) -> None:
+    """Fetch segments in worker threads; write pages here, in order of arrival."""
+    segments = state["segments"]
+    todo = [i for i, s in enumerate(segments) if not s["done"]]
+    if not todo:
+        return
+    pages: queue.Queue[Any] = queue.Queue(maxsize=2 * ctx.options.concurrency)
+    stop = threading.Event()
+    claim = iter(todo)
+    claim_lock = threading.Lock()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                pages.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def worker() -> None:
+        try:
+            while not stop.is_set():
+                with claim_lock:
+                    idx = next(claim, None)
+                if idx is None:
+                    break
+                seg = segments[idx]
+                lo = parse_ts(seg["lo"]) if seg["lo"] else None
+                hi = parse_ts(seg["hi"]) if seg["hi"] else None
+                walk = keyset_run_pages(
+                    ctx.client, lo, hi, start=Position.from_json(seg["pos"]), page_size=ctx.options.page_size
+                )
+                for page, nxt in walk:
+                    if stop.is_set() or not put((idx, page, nxt)):
+                        return
+        except BaseException as e:  # handed to the writer thread, which re-raises it
+            put(e)
+        finally:
+            put(_DONE)
+
+    workers = max(1, min(ctx.options.concurrency, len(todo)))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="flowsync-fetch") as pool:
+        for _ in range(workers):
+            pool.submit(worker)
+        finished = 0
+        try:
+            while finished < workers:
+                item = pages.get()
+                if item is _DONE:
+                    finished += 1
+                    continue
+                if isinstance(item, BaseException):
+                    raise item
+                idx, page, nxt = item
+                seg = segments[idx]
+                seg["pos"] = nxt.to_json() if nxt else None
+                seg["done"] = nxt is None
+                n = ctx.write_page(FLOW_RUNS, page, {FULL_PASS: state}) if page else 0
+                if not page:
+                    with ctx.store.transaction():
+                        writes.set_state(ctx.store, FULL_PASS, state)
+                ctx.progress.advance(n)
+        finally:
+            stop.set()
+
+
+def _reconcile_unseen(ctx: PullContext, pass_id: int) -> None:
+    """Live local runs the walk did not see: refresh the ones that exist, mark the rest."""
+    unseen = writes.live_ids(ctx.store, "flow_runs", not_seen_since=pass_id)
+    if unseen:
+        ctx.progress.message(f"checking {len(unseen)} runs not seen in the full walk")
+    check_ids(ctx, unseen)
+
+
+def check_ids(ctx: PullContext, ids: Iterable[str]) -> set[str]:
+    """Fetch these runs by id: upsert the ones that exist, mark the rest deleted."""
+    ids = list(ids)
+    found: set[str] = set()
+    for chunk_start in range(0, len(ids), 200):
+        chunk = ids[chunk_start : chunk_start + 200]
+        page = next(iter(ctx.client.iter_ids(chunk)))
+        if page:
+            ctx.write_page(FLOW_RUNS, page)
+        got = {str(o["id"]) for o in page}
+        found |= got
+        ctx.mark_deleted("flow_runs", [i for i in chunk if i not in got])
+    return found
+
+
+def _null_start_runs(ctx: PullContext) -> None:
+    """Runs without an expected start are invisible to the keyset walk; list them if any exist."""
+    with_start = ctx.client.count("flow_runs", {"flow_runs": {"expected_start_time": {"after_": iso(EPOCH)}}})
+    total = ctx.client.count("flow_runs")
+    if total <= with_start:
+        return
+    ctx.progress.message(f"{total - with_start} runs have no expected start time; listing all runs to find them")
+    offset = 0
+    while True:
+        page = ctx.client.filter("flow_runs", {"sort": "ID_DESC", "limit": 200, "offset": offset})
+        nulls = [o for o in page if o.get("expected_start_time") is None]
+        if nulls:
+            ctx.write_page(FLOW_RUNS, nulls)
+        if len(page) < 200:
+            break
+        offset += len(page)
+
+
+# -- incremental ------------------------------------------------------------------
+
+
+def incremental(ctx: PullContext, since: datetime) -> None:
+    """Changes since ``since``: state events, then a histogram check for everything else."""
+    ctx.progress.phase("flow_runs")
+    try:
+        changed = ctx.client.changed_flow_runs(since, ctx.server_start + timedelta(hours=1))
+    except ApiError as e:
+        # Servers without the events API: refresh every run that can still change.
+        ctx.progress.message(f"events unavailable ({e}); refreshing unfinished runs instead")
+        changed = dict.fromkeys(_unfinished_ids(ctx), ctx.server_start)
+    if changed:
+        ctx.progress.message(f"{len(changed)} runs changed state since {iso(since)}")
+        found = check_ids(ctx, list(changed))
+        ctx.progress.advance(len(found))
+    reconcile_counts(ctx)
+
+
+def _unfinished_ids(ctx: PullContext) -> list[str]:
+    rows = ctx.store.con.execute(
+        "SELECT CAST(id AS VARCHAR) FROM flow_runs WHERE deleted_at IS NULL AND state_type NOT IN "
+        "('COMPLETED', 'FAILED', 'CANCELLED', 'CRASHED')"
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def reconcile_counts(ctx: PullContext) -> None:
+    """Compare the server's counts per bucket and state type with the local ones; re-read what differs."""
+    lo, hi, _local_nulls = writes.run_time_bounds(ctx.store)
+    server_total = ctx.client.count("flow_runs")
+    if lo is None or hi is None:
+        if server_total:
+            reconcile_range(ctx, None, None)
+        return
+    lo = lo.astimezone(timezone.utc)
+    hi = hi.astimezone(timezone.utc)
+    # Bucket edges at half seconds, away from the whole-second times seeded runs often share.
+    start = lo.replace(minute=0, second=0, microsecond=0) - timedelta(hours=1) + timedelta(seconds=0.5)
+    interval = float(max(1, math.ceil((hi - start).total_seconds() / (HISTORY_BUCKETS - 1))))
+    end = start + timedelta(seconds=interval * HISTORY_BUCKETS)
+    history = ctx.client.flow_run_history(start, end, interval)
+    server: dict[tuple[int, str], int] = {}
+    for i, bucket in enumerate(history):
+        for s in bucket.get("states", []):
+            server[(i, s.get("state_type") or "")] = server.get((i, s.get("state_type") or ""), 0) + int(s["count_runs"])
+    local = writes.local_histogram(ctx.store, start, interval, len(history))
+    differing = sorted({b for b, _ in set(server) | set(local) if server.get((b, _)) != local.get((b, _))})
+    in_range_server = sum(server.values())
+    outside_server = server_total - in_range_server
+    outside_local = writes.count_live(ctx.store, "flow_runs") - sum(local.values())
+    if differing:
+        ctx.progress.message(f"{len(differing)} of {len(history)} time buckets differ from the server; re-reading them")
+    for b_lo, b_hi in _merge(differing):
+        reconcile_range(ctx, start + timedelta(seconds=interval * b_lo), start + timedelta(seconds=interval * (b_hi + 1)))
+    if outside_server != outside_local:
+        ctx.progress.message("runs outside the known time range differ; re-reading both ends")
+        reconcile_range(ctx, None, start)
+        reconcile_range(ctx, end, None)
+        _null_start_runs(ctx)
+
+
+def _merge(buckets: list[int]) -> list[tuple[int, int]]:
+    ranges: list[tuple[int, int]] = []
+    for b in buckets:
+        if ranges and b == ranges[-1][1] + 1:
+            ranges[-1] = (ranges[-1][0], b)
+        else:
+            ranges.append((b, b))
+    return ranges
+
+
+def reconcile_range(ctx: PullContext, lo: datetime | None, hi: datetime | None) -> None:
+    """Make local runs with expected start in [lo, hi] equal the server's."""
+    seen: set[str] = set()
+    for page, _ in keyset_run_pages(ctx.client, lo, hi, page_size=ctx.options.page_size):
+        if page:
+            ctx.write_page(FLOW_RUNS, page)
+            seen.update(str(o["id"]) for o in page)
+            ctx.progress.advance(len(page))
+    local = writes.live_run_ids_between(ctx.store, lo, hi)
+    check_ids(ctx, sorted(local - seen))

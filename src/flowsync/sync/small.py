@@ -1,0 +1,63 @@
+"""Syncing the small collections: flows and deployments.
+
+Owns: one incremental walk per collection (newest ``updated`` first, stopping
+at the cursor), a count check that falls back to a full listing, and marking
+rows the server no longer has. Must not: touch flow runs.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from flowsync.api.pagination import iso, offset_pages, parse_ts
+from flowsync.store import writes
+from flowsync.store.tables import TableSpec
+from flowsync.sync.context import PullContext
+
+
+def sync_collection(ctx: PullContext, spec: TableSpec) -> None:
+    resource = spec.name
+    key = f"{resource}.cursor"
+    cursor = writes.get_state(ctx.store, key)
+    ctx.progress.phase(resource)
+    seen: set[str] = set()
+    complete = False
+    if cursor is None or ctx.options.full:
+        complete = _walk(ctx, spec, "CREATED_DESC", None, seen)
+    else:
+        since = parse_ts(cursor) - ctx.options.overlap
+        complete = _walk(ctx, spec, "UPDATED_DESC", since, seen)
+        if not complete and ctx.client.count(resource) != writes.count_live(ctx.store, resource):
+            complete = _walk(ctx, spec, "CREATED_DESC", None, seen)
+    if complete:
+        _mark_missing(ctx, spec, seen)
+    with ctx.store.transaction():
+        writes.set_state(ctx.store, key, iso(ctx.server_start))
+
+
+def _walk(ctx: PullContext, spec: TableSpec, sort: str, stop_before: datetime | None, seen: set[str]) -> bool:
+    """Page through the collection; True when every page was read."""
+    for page in offset_pages(ctx.client, spec.name, {"sort": sort}, ctx.options.page_size):
+        ctx.write_page(spec, page)
+        seen.update(str(o["id"]) for o in page)
+        ctx.progress.advance(len(page))
+        if stop_before is not None and any(
+            o.get("updated") and parse_ts(o["updated"]) < stop_before for o in page
+        ):
+            return False
+    return True
+
+
+def _mark_missing(ctx: PullContext, spec: TableSpec, seen: set[str]) -> None:
+    """Rows not in a complete listing: re-check by id (the listing may have raced), then mark."""
+    missing = [i for i in writes.live_ids(ctx.store, spec.name) if i not in seen]
+    singular = spec.name  # the filter key equals the resource name
+    for i in range(0, len(missing), 200):
+        chunk = missing[i : i + 200]
+        found = ctx.client.filter(
+            spec.name, {singular: {"id": {"any_": chunk}}, "limit": len(chunk), "offset": 0}
+        )
+        if found:
+            ctx.write_page(spec, found)
+        still = {str(o["id"]) for o in found}
+        ctx.mark_deleted(spec.name, [x for x in chunk if x not in still])
