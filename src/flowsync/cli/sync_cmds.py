@@ -49,9 +49,9 @@ def pull_cmd(
         settings = resolve_api(api_url, api_key)
         path = resolve_db_path(db)
         options = PullOptions(full=full, concurrency=concurrency, overlap=timedelta(minutes=overlap))
-        with Store.open(path, wait=wait) as store, make_progress(quiet or json_out) as progress:
-            with PrefectClient(settings, on_retry=progress.message) as client:
-                result = pull(client, store, options, progress)
+        progress = make_progress(quiet or json_out)
+        with Store.open(path, wait=wait) as store, progress, PrefectClient(settings, on_retry=progress.message) as client:
+            result = pull(client, store, options, progress)
     if json_out:
         print_json({"db": str(path), "api_url": settings.display_url, **result.to_json()})
     elif not quiet:

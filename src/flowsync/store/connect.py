@@ -156,7 +156,8 @@ class Store:
     def query(self, sql: str, params: list[Any] | dict[str, Any] | None = None) -> pl.DataFrame:
         """Run one statement and return its rows as a Polars frame."""
         try:
-            return self.con.execute(sql, params).pl()
+            frame: pl.DataFrame = self.con.execute(sql, params).pl()  # type: ignore[attr-defined]
+            return frame
         except duckdb.Error as e:
             raise StoreError(f"Query failed: {str(e).splitlines()[0]}") from e
 

@@ -23,7 +23,7 @@ from flowsync.store.tables import DEPLOYMENTS, FLOWS
 from flowsync.sync import runs, small
 from flowsync.sync.context import NullProgress, Progress, PullContext, PullOptions
 
-__all__ = ["NullProgress", "Progress", "PullOptions", "PullResult", "pull"]
+__all__ = ["NullProgress", "Progress", "PullOptions", "PullResult", "pull", "refresh_runs"]
 
 
 @dataclass
@@ -149,3 +149,19 @@ def _totals(ctx: PullContext) -> dict[str, int]:
 
 def default_overlap() -> timedelta:
     return PullOptions().overlap
+
+
+def refresh_runs(client: PrefectClient, store: Store, ids: list[str]) -> dict[str, int]:
+    """Re-read these flow runs by id: update the ones that exist, mark the rest deleted.
+
+    For callers that changed runs on the server (policy apply) and want the file
+    to show it without a full pull. Returns counts: found, marked_deleted.
+    """
+    with store.transaction():
+        pull_id = writes.start_sync_run(store, client.settings.display_url)
+    ctx = PullContext(client, store, PullOptions(), NullProgress(), pull_id, client.server_now())
+    found = runs.check_ids(ctx, ids)
+    c = ctx.counter("flow_runs")
+    with store.transaction():
+        writes.finish_sync_run(store, pull_id, status="ok", mode="refresh", **_totals(ctx))
+    return {"found": len(found), "marked_deleted": c.marked_deleted, "updated": c.updated}

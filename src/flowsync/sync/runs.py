@@ -21,6 +21,7 @@ Must not: open DuckDB or HTTP directly (store and api own those).
 
 from __future__ import annotations
 
+import itertools
 import math
 import queue
 import threading
@@ -83,7 +84,7 @@ def plan_segments(ctx: PullContext) -> list[dict[str, Any]]:
     bounds: list[datetime | None] = [None, *cuts, None]
     return [
         {"lo": iso(a) if a else None, "hi": iso(b) if b else None, "pos": None, "done": False}
-        for a, b in zip(bounds, bounds[1:])
+        for a, b in itertools.pairwise(bounds)
     ]
 
 

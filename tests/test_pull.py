@@ -1,0 +1,102 @@
+"""flowsync pull against a real server: the DB equals the server's own answers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import SeededServer
+from tests.helpers import query, run_cli, scalar
+
+STATE_TYPES = ["COMPLETED", "FAILED", "CRASHED", "CANCELLED", "SCHEDULED", "RUNNING", "PENDING", "PAUSED", "CANCELLING"]
+
+
+@pytest.fixture(scope="module")
+def pulled(prefect: SeededServer, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    db = tmp_path_factory.mktemp("pulled") / "runs.duckdb"
+    result = run_cli("pull", "--api-url", prefect.url, "--db", str(db), "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["mode"] == "full"
+    return db
+
+
+def test_counts_match_server_per_state(prefect: SeededServer, pulled: Path) -> None:
+    assert scalar(pulled, "SELECT count(*) FROM flow_runs WHERE deleted_at IS NULL") == prefect.count()
+    for state in STATE_TYPES:
+        server = prefect.count({"flow_runs": {"state": {"type": {"any_": [state]}}}})
+        local = scalar(pulled, "SELECT count(*) FROM flow_runs WHERE state_type = ? AND deleted_at IS NULL", [state])
+        assert local == server, state
+
+
+def test_flows_and_deployments_match(prefect: SeededServer, pulled: Path) -> None:
+    assert scalar(pulled, "SELECT count(*) FROM flows") == prefect.count(resource="flows")
+    assert scalar(pulled, "SELECT count(*) FROM deployments") == prefect.count(resource="deployments")
+    for dep_id in list(prefect.seeded.deployments.values())[:4]:
+        server = prefect.count({"deployments": {"id": {"any_": [dep_id]}}})
+        local = scalar(pulled, "SELECT count(*) FROM flow_runs WHERE deployment_id = ?", [dep_id])
+        assert local == server
+
+
+def test_tags_are_lists_and_match(prefect: SeededServer, pulled: Path) -> None:
+    for tag in ("etl", "critical", "keep"):
+        server = prefect.count({"flow_runs": {"tags": {"all_": [tag]}}})
+        local = scalar(pulled, "SELECT count(*) FROM flow_runs WHERE list_contains(tags, ?)", [tag])
+        assert local == server, tag
+    assert scalar(pulled, "SELECT typeof(tags) FROM flow_runs LIMIT 1") == "VARCHAR[]"
+
+
+def test_types_are_real(pulled: Path) -> None:
+    types = dict(query(pulled, "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 'flow_runs'"))
+    assert types["id"] == "UUID"
+    assert types["expected_start_time"] == "TIMESTAMP WITH TIME ZONE"
+    assert types["total_run_time"] == "DOUBLE"
+    assert types["parameters"] == "JSON"
+    assert types["state_details"] == "JSON"
+
+
+def test_subflow_and_real_run_times(prefect: SeededServer, pulled: Path) -> None:
+    child = prefect.real["child"]
+    parent_task = scalar(pulled, "SELECT parent_task_run_id FROM flow_runs WHERE id = ?", [child])
+    assert parent_task is not None
+    with prefect.api() as c:
+        for run_id in prefect.real["sleepy"]:
+            server = c.get(f"flow_runs/{run_id}").json()
+            row = query(
+                pulled,
+                "SELECT epoch_us(start_time), epoch_us(end_time), total_run_time, state_type FROM flow_runs WHERE id = ?",
+                [run_id],
+            )[0]
+            from datetime import datetime
+
+            def us(s: str) -> int:
+                return int(datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp() * 1_000_000)
+
+            assert row[0] == us(server["start_time"])
+            assert row[1] == us(server["end_time"])
+            assert row[2] == pytest.approx(server["total_run_time"])
+            assert row[3] == "COMPLETED"
+            assert row[2] >= 0.5
+    flaky_runs = scalar(pulled, "SELECT run_count FROM flow_runs WHERE id = ?", [prefect.real["flaky"]])
+    assert flaky_runs == 2
+
+
+def test_second_pull_is_incremental_and_cheap(prefect: SeededServer, pulled: Path) -> None:
+    result = run_cli("pull", "--api-url", prefect.url, "--db", str(pulled), "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["mode"] == "incremental"
+    assert summary["inserted"] == 0 and summary["marked_deleted"] == 0
+    assert summary["requests"] <= 10
+    rows = query(pulled, "SELECT status, mode FROM sync_runs ORDER BY id")
+    assert rows[-2:] == [("ok", "full"), ("ok", "incremental")]
+
+
+def test_status_reports_counts(prefect: SeededServer, pulled: Path) -> None:
+    result = run_cli("status", "--db", str(pulled), "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["flow_runs"]["live"] == prefect.count()
+    assert data["api_url"] == prefect.url
