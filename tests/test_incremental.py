@@ -1,0 +1,178 @@
+"""Incremental pulls on a server that changes: new, changed and deleted runs; churn; crashes; locks."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+
+from bench.seed import seed, set_states
+from bench.server import Server
+from tests.helpers import query, run_cli, scalar
+from tests.server_truth import assert_matches_server, server_runs
+
+
+def pull(url: str, db: Path, *extra: str) -> dict[str, object]:
+    result = run_cli("pull", "--api-url", url, "--db", str(db), "--json", *extra)
+    assert result.exit_code == 0, result.output
+    return dict(json.loads(result.stdout))
+
+
+def test_changes_between_pulls(fresh_server: Server, db_path: Path) -> None:
+    url = fresh_server.url
+    seeded = seed(url, runs=150, flows=2, deployments_per_flow=2, seed_value=1)
+    first = pull(url, db_path)
+    assert first["mode"] == "full"
+    assert_matches_server(db_path, url)
+
+    ids = list(seeded.runs)
+    rng = random.Random(3)
+    changed = rng.sample(ids, 10)
+    deleted = rng.sample([i for i in ids if i not in changed], 7)
+    with httpx.Client(base_url=url + "/", timeout=60) as c:
+        set_states(c, changed, "CANCELLED", "Cancelled")
+        for run_id in deleted:
+            assert c.delete(f"flow_runs/{run_id}").status_code == 204
+    new = seed(url, runs=12, flows=1, deployments_per_flow=1, seed_value=99)
+
+    second = pull(url, db_path)
+    assert second["mode"] == "incremental"
+    assert_matches_server(db_path, url)
+    # deleted runs stay, marked
+    marked = {str(r[0]) for r in query(db_path, "SELECT id FROM flow_runs WHERE deleted_at IS NOT NULL")}
+    assert marked == set(deleted)
+    for run_id in changed:
+        assert scalar(db_path, "SELECT state_type FROM flow_runs WHERE id = ?", [run_id]) == "CANCELLED"
+    assert set(new.runs) <= {str(r[0]) for r in query(db_path, "SELECT id FROM flow_runs")}
+    # and the pull after that does nothing, cheaply
+    third = pull(url, db_path)
+    assert third["inserted"] == 0 and third["marked_deleted"] == 0
+    assert int(third["requests"]) <= 10
+
+
+def test_full_flag_reconciles_and_marks_deleted(fresh_server: Server, db_path: Path) -> None:
+    url = fresh_server.url
+    seeded = seed(url, runs=60, flows=1, deployments_per_flow=1, seed_value=2)
+    pull(url, db_path)
+    gone = list(seeded.runs)[:5]
+    with httpx.Client(base_url=url + "/", timeout=60) as c:
+        for run_id in gone:
+            c.delete(f"flow_runs/{run_id}")
+    result = pull(url, db_path, "--full")
+    assert result["mode"] == "full" and result["marked_deleted"] == 5
+    assert_matches_server(db_path, url)
+
+
+def test_churn_during_pull_converges(fresh_server: Server, db_path: Path) -> None:
+    """A thread creates, changes and deletes runs while pulls run; the pull after it settles matches."""
+    url = fresh_server.url
+    seeded = seed(url, runs=250, flows=2, deployments_per_flow=2, seed_value=4)
+    deployment = next(iter(seeded.deployments.values()))
+    ids = list(seeded.runs)
+    stop = threading.Event()
+    rng = random.Random(5)
+
+    def churn() -> None:
+        with httpx.Client(base_url=url + "/", timeout=60) as c:
+            while not stop.is_set():
+                op = rng.random()
+                try:
+                    if op < 0.4:
+                        c.post(f"deployments/{deployment}/create_flow_run", json={"idempotency_key": str(uuid.uuid4())})
+                    elif op < 0.7 and ids:
+                        c.post(f"flow_runs/{rng.choice(ids)}/set_state", json={"state": {"type": "CANCELLED"}, "force": True})
+                    elif ids:
+                        c.delete(f"flow_runs/{ids.pop(rng.randrange(len(ids)))}")
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.02)
+
+    worker = threading.Thread(target=churn)
+    worker.start()
+    try:
+        pull(url, db_path, "--full")
+        pull(url, db_path)
+    finally:
+        stop.set()
+        worker.join()
+    time.sleep(1)
+    pull(url, db_path)
+    assert_matches_server(db_path, url)
+    assert scalar(db_path, "SELECT count(*) - count(DISTINCT id) FROM flow_runs") == 0
+
+
+def _flowsync(*args: str) -> list[str]:
+    return [sys.executable, "-m", "flowsync", *args]
+
+
+def test_kill_9_mid_pull_then_resume(fresh_server: Server, db_path: Path) -> None:
+    url = fresh_server.url
+    seed(url, runs=400, flows=2, deployments_per_flow=2, seed_value=6)
+    env = {**os.environ, "PREFECT_API_URL": url}
+    for delay in (0.8, 1.5):
+        proc = subprocess.Popen(_flowsync("pull", "--db", str(db_path), "-q", "--concurrency", "1"), env=env)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    done = subprocess.run(_flowsync("pull", "--db", str(db_path), "--json"), env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert_matches_server(db_path, url)
+    assert scalar(db_path, "SELECT count(*) - count(DISTINCT id) FROM flow_runs") == 0
+    statuses = [r[0] for r in query(db_path, "SELECT status FROM sync_runs ORDER BY id")]
+    assert statuses[-1] == "ok"
+    assert set(statuses[:-1]) <= {"interrupted", "ok"}
+
+
+def test_second_concurrent_pull_is_refused_then_waits(fresh_server: Server, db_path: Path) -> None:
+    url = fresh_server.url
+    seed(url, runs=20, flows=1, deployments_per_flow=1, seed_value=8)
+    pull(url, db_path)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"import duckdb, time; c = duckdb.connect({str(db_path)!r}); print('ok', flush=True); time.sleep(4)"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "ok"
+    try:
+        refused = run_cli("pull", "--api-url", url, "--db", str(db_path))
+        assert refused.exit_code == 6
+        assert "in use by another process" in refused.stderr
+        assert "Traceback" not in refused.output
+        waited = run_cli("pull", "--api-url", url, "--db", str(db_path), "--wait", "30")
+        assert waited.exit_code == 0, waited.output
+    finally:
+        holder.wait()
+    assert_matches_server(db_path, url)
+
+
+def test_server_truth_helper_sees_all(fresh_server: Server) -> None:
+    seed(fresh_server.url, runs=5, flows=1, deployments_per_flow=1)
+    assert len(server_runs(fresh_server.url)) == 5
+
+
+@pytest.mark.parametrize("n_same", [450])
+def test_many_runs_sharing_one_expected_start(fresh_server: Server, db_path: Path, n_same: int) -> None:
+    """More than a page of runs on one timestamp: the keyset walk must not stall or skip."""
+    url = fresh_server.url
+    seeded = seed(url, runs=1, flows=1, deployments_per_flow=1)
+    deployment = next(iter(seeded.deployments.values()))
+    when = "2026-01-01T00:00:00+00:00"
+    with httpx.Client(base_url=url + "/", timeout=120) as c:
+        for start in range(0, n_same, 100):
+            body = [
+                {"idempotency_key": str(uuid.uuid4()),
+                 "state": {"type": "SCHEDULED", "state_details": {"scheduled_time": when}}}
+                for _ in range(min(100, n_same - start))
+            ]
+            assert c.post(f"deployments/{deployment}/create_flow_run/bulk", json=body).status_code in (200, 201)
+    pull(url, db_path)
+    assert_matches_server(db_path, url)
