@@ -1,0 +1,50 @@
+-- flow_runs_enriched: one row per flow run in the file, live or deleted on the
+-- server (is_deleted), with the names of its flow and deployment, its work
+-- pool/queue and tags, and the measures every report uses:
+--   run_at      when the run was meant to start: expected_start_time, else
+--               start_time, else created; run_day is its UTC date
+--   duration_s  end_time - start_time in seconds (wall clock, retries included)
+--   lateness_s  start_time - expected_start_time in seconds
+--   is_finished COMPLETED, FAILED or CRASHED;  is_failure  FAILED or CRASHED
+--   is_cancelled CANCELLED (reported separately, never a failure)
+-- Live figures filter on NOT is_deleted; history keeps deleted runs.
+CREATE OR REPLACE VIEW flow_runs_enriched AS
+SELECT
+    r.id,
+    r.name,
+    r.flow_id,
+    f.name AS flow_name,
+    r.deployment_id,
+    d.name AS deployment_name,
+    r.work_pool_id,
+    r.work_pool_name,
+    r.work_queue_id,
+    r.work_queue_name,
+    r.tags,
+    r.state_type,
+    r.state_name,
+    r.state_message,
+    r.state_timestamp,
+    r.run_count,
+    r.parent_task_run_id,
+    r.created,
+    r.expected_start_time,
+    r.start_time,
+    r.end_time,
+    r.total_run_time,
+    coalesce(r.expected_start_time, r.start_time, r.created) AS run_at,
+    CAST(timezone('UTC', coalesce(r.expected_start_time, r.start_time, r.created)) AS DATE) AS run_day,
+    CASE WHEN r.start_time IS NOT NULL AND r.end_time IS NOT NULL
+         THEN epoch(r.end_time - r.start_time) END AS duration_s,
+    CASE WHEN r.start_time IS NOT NULL AND r.expected_start_time IS NOT NULL
+         THEN epoch(r.start_time - r.expected_start_time) END AS lateness_s,
+    r.parent_task_run_id IS NOT NULL AS is_subflow,
+    coalesce(r.state_type IN ('COMPLETED', 'FAILED', 'CRASHED'), false) AS is_finished,
+    coalesce(r.state_type IN ('FAILED', 'CRASHED'), false) AS is_failure,
+    coalesce(r.state_type = 'CANCELLED', false) AS is_cancelled,
+    coalesce(r.run_count, 0) > 1 AS is_retried,
+    r.deleted_at IS NOT NULL AS is_deleted,
+    r.deleted_at
+FROM flow_runs AS r
+LEFT JOIN flows AS f ON f.id = r.flow_id
+LEFT JOIN deployments AS d ON d.id = r.deployment_id;
