@@ -144,3 +144,33 @@ def m001_initial(con: Any) -> None:
 
 def pending(applied: set[str]) -> list[tuple[str, Migration]]:
     return [(name, fn) for name, fn in MIGRATIONS if name not in applied]
+
+
+@migration
+def m002_policy_actions(con: Any) -> None:
+    # The audit trail of `flowsync apply`: one row per run per batch, written
+    # before the API call (outcome 'pending') and updated with the server's answer.
+    con.execute(
+        """
+        CREATE SEQUENCE policy_actions_id START 1;
+        CREATE TABLE policy_actions (
+            id BIGINT PRIMARY KEY DEFAULT nextval('policy_actions_id'),
+            apply_id VARCHAR NOT NULL,        -- one `flowsync apply` invocation
+            batch INTEGER NOT NULL,           -- batch number within the apply
+            at TIMESTAMPTZ NOT NULL,          -- when the batch was sent
+            answered_at TIMESTAMPTZ,          -- when its answer was recorded
+            api_url VARCHAR,                  -- credentials masked
+            policy_path VARCHAR,
+            policy_sha256 VARCHAR NOT NULL,   -- sha256 of the policy file bytes
+            rule VARCHAR NOT NULL,
+            action VARCHAR NOT NULL,          -- delete | set_state
+            requested_state JSON,             -- set_state: the state sent, and force
+            flow_run_id UUID NOT NULL,
+            state_type_before VARCHAR NOT NULL, -- the guard sent with the call
+            outcome VARCHAR NOT NULL,         -- pending | deleted | accepted | rejected | aborted | wait
+                                              -- | skipped | gone | failed
+            details JSON,                     -- the server's per-run answer, or the error
+            run_row JSON                      -- the run's last known row when selected
+        );
+        """
+    )

@@ -1,0 +1,190 @@
+"""The policy file: its pydantic model, YAML loading, and the exported JSON Schema.
+
+Owns: what a valid policy is (version, limits, protected tags, rules) and how a
+bad one is reported: one line naming the file, then one bullet per field
+(``rules[2].action: ...``). Must not: open the store, call the API, or print.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from flowsync.errors import PolicyError
+
+StateType = Literal[
+    "SCHEDULED", "PENDING", "RUNNING", "COMPLETED", "FAILED",
+    "CANCELLED", "CRASHED", "PAUSED", "CANCELLING",
+]
+RULE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TargetState(_Strict):
+    """The state ``set_state`` moves runs to (Prefect's StateCreate)."""
+
+    type: StateType = Field(description="Prefect state type, e.g. CANCELLED.")
+    name: str | None = Field(None, description="Display name, e.g. Cancelled. Default: Prefect's for the type.")
+    message: str | None = Field(None, description="Shown in the Prefect UI next to the state.")
+
+    def to_api(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True)
+
+
+class _RuleBase(_Strict):
+    name: str = Field(pattern=RULE_NAME, max_length=100, description="Unique rule name; recorded in the audit table.")
+    description: str | None = Field(None, description="Why this rule exists (free text).")
+    enabled: bool = Field(True, description="false: the rule is validated but selects nothing.")
+    sql: str = Field(
+        min_length=1,
+        description="One read-only SELECT over the local DuckDB file returning an `id` column of flow-run ids.",
+    )
+    limit: int | None = Field(None, ge=1, description="At most this many runs per apply (oldest first).")
+    keep_newest: int | None = Field(
+        None, ge=0, description="Never touch the N newest selected runs of each deployment."
+    )
+
+
+class DeleteRule(_RuleBase):
+    """Delete the selected runs on the server (``POST /flow_runs/bulk_delete``)."""
+
+    action: Literal["delete"]
+
+
+class SetStateRule(_RuleBase):
+    """Move the selected runs to ``state`` (``POST /flow_runs/bulk_set_state``)."""
+
+    action: Literal["set_state"]
+    state: TargetState = Field(description="The state to set.")
+    force: bool = Field(False, description="true: skip Prefect's orchestration rules for the transition.")
+
+
+Rule = Annotated[DeleteRule | SetStateRule, Field(discriminator="action")]
+
+
+class Policy(_Strict):
+    """A policy file (``version: 1``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, title="flowsync policy")
+
+    version: Literal[1] = Field(description="Policy file format version; always 1.")
+    max_actions: int = Field(1000, ge=1, description="Refuse to apply when the rules select more runs than this.")
+    protect_tags: list[str] = Field(
+        default_factory=list, description="Runs with any of these tags are never touched."
+    )
+    rules: list[Rule] = Field(min_length=1, description="Applied in order; a run goes to the first rule that selects it.")
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Policy:
+        seen: set[str] = set()
+        for rule in self.rules:
+            if rule.name in seen:
+                raise ValueError(f"rule name {rule.name!r} is used twice; rule names must be unique")
+            seen.add(rule.name)
+        return self
+
+
+@dataclass(frozen=True)
+class LoadedPolicy:
+    """A validated policy and where it came from; ``sha256`` is of the file's bytes."""
+
+    policy: Policy
+    source: str
+    sha256: str
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys (YAML would silently keep the last one)."""
+
+
+def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    keys: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in keys:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark
+            )
+        keys.add(key)
+    return dict(loader.construct_mapping(node, deep=deep))
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for i, part in enumerate(loc):
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("delete", "set_state") and i > 0 and isinstance(loc[i - 1], int):
+            continue  # the discriminator tag pydantic adds; the user wrote `action:`
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def format_errors(e: ValidationError) -> str:
+    """One bullet per field: ``rules[2].action: ...``."""
+    lines = []
+    for error in e.errors(include_url=False):
+        loc = _loc(tuple(error["loc"]))
+        if error["type"] == "union_tag_invalid":
+            ctx = error.get("ctx", {})
+            loc += ".action"
+            msg = f"unknown action {ctx.get('tag')!r}; expected one of {ctx.get('expected_tags')}"
+        elif error["type"] == "union_tag_not_found":
+            loc += ".action"
+            msg = "missing; expected delete or set_state"
+        elif error["type"] == "extra_forbidden":
+            msg = "unknown key; remove it or check its spelling (see `flowsync policy schema`)"
+        else:
+            msg = str(error["msg"])
+        lines.append(f"  - {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_policy(data: bytes, source: str) -> LoadedPolicy:
+    """Validate policy bytes (YAML or JSON); ``source`` names them in errors."""
+    try:
+        raw = yaml.load(data, Loader=_UniqueKeyLoader)  # a SafeLoader subclass: no arbitrary objects
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise PolicyError(f"{source}: YAML syntax error{where}: {problem}. Fix the file and run again.") from e
+    if not isinstance(raw, dict):
+        raise PolicyError(
+            f"{source}: a policy is a YAML mapping with version, rules, ...; got {type(raw).__name__}. "
+            "See `flowsync policy schema`."
+        )
+    try:
+        policy = Policy.model_validate(raw)
+    except ValidationError as e:
+        raise PolicyError(f"{source} is not a valid policy:\n{format_errors(e)}") from e
+    return LoadedPolicy(policy, source, hashlib.sha256(data).hexdigest())
+
+
+def load_policy(path: Path) -> LoadedPolicy:
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError as e:
+        raise PolicyError(f"Policy file {path} does not exist; check the path.") from e
+    except OSError as e:
+        raise PolicyError(f"Cannot read policy file {path}: {e.strerror}.") from e
+    return parse_policy(data, str(path))
+
+
+def policy_schema() -> dict[str, Any]:
+    """The JSON Schema of the policy file, for editors (yaml-language-server)."""
+    schema = Policy.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    return schema

@@ -1,0 +1,94 @@
+"""The ``policy_actions`` audit table: what ``flowsync apply`` sent, and what the server said.
+
+Owns: writing one row per run per batch before the API call (outcome
+``pending``, with the run's last known row as JSON) and recording the answer
+after it, one statement per batch. A crash between the two leaves ``pending``
+rows: sent, answer unknown. Must not: decide what to apply or call the API.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+import polars as pl
+
+from flowsync.store.connect import Store
+
+
+def _ids_frame(ids: Sequence[str]) -> pl.DataFrame:
+    return pl.DataFrame({"id": [str(i) for i in ids]}, schema={"id": pl.Utf8})
+
+
+def record_batch(
+    store: Store,
+    *,
+    apply_id: str,
+    batch: int,
+    api_url: str,
+    policy_path: str,
+    policy_sha256: str,
+    rule: str,
+    action: str,
+    requested_state: Mapping[str, Any] | None,
+    state_type: str,
+    ids: Sequence[str],
+) -> None:
+    """Record a batch as ``pending`` before it is sent, with each run's row as JSON."""
+    store.con.register("_audit_ids", _ids_frame(ids))
+    try:
+        with store.transaction():
+            store.con.execute(
+                """
+                INSERT INTO policy_actions (apply_id, batch, at, api_url, policy_path, policy_sha256,
+                    rule, action, requested_state, flow_run_id, state_type_before, outcome, run_row)
+                SELECT ?, ?, ?, ?, ?, ?, ?, ?, CAST(? AS JSON), CAST(b.id AS UUID), ?, 'pending',
+                       (SELECT to_json(r) FROM flow_runs r WHERE r.id = CAST(b.id AS UUID))
+                FROM _audit_ids b
+                """,
+                [
+                    apply_id, batch, datetime.now(timezone.utc), api_url, policy_path, policy_sha256,
+                    rule, action, json.dumps(requested_state) if requested_state is not None else None,
+                    state_type,
+                ],
+            )
+    finally:
+        store.con.unregister("_audit_ids")
+
+
+def record_outcomes(store: Store, apply_id: str, outcomes: Mapping[str, tuple[str, Any]]) -> None:
+    """Set each run's outcome and the server's details (any JSON value) for this apply."""
+    if not outcomes:
+        return
+    frame = pl.DataFrame(
+        {
+            "id": list(outcomes),
+            "outcome": [o for o, _ in outcomes.values()],
+            "details": [json.dumps(d, default=str) if d is not None else None for _, d in outcomes.values()],
+        },
+        schema={"id": pl.Utf8, "outcome": pl.Utf8, "details": pl.Utf8},
+    )
+    store.con.register("_audit_outcomes", frame)
+    try:
+        with store.transaction():
+            store.con.execute(
+                """
+                UPDATE policy_actions SET outcome = o.outcome, details = CAST(o.details AS JSON), answered_at = ?
+                FROM _audit_outcomes o
+                WHERE policy_actions.apply_id = ? AND policy_actions.flow_run_id = CAST(o.id AS UUID)
+                """,
+                [datetime.now(timezone.utc), apply_id],
+            )
+    finally:
+        store.con.unregister("_audit_outcomes")
+
+
+def outcome_counts(store: Store, apply_id: str) -> dict[tuple[str, str], int]:
+    """(rule, outcome) -> runs, for one apply."""
+    rows = store.con.execute(
+        "SELECT rule, outcome, count(*) FROM policy_actions WHERE apply_id = ? GROUP BY ALL",
+        [apply_id],
+    ).fetchall()
+    return {(str(r), str(o)): int(n) for r, o, n in rows}
