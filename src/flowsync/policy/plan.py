@@ -16,7 +16,7 @@ from typing import Any
 
 from flowsync.errors import PolicyError, StoreError
 from flowsync.policy.model import DeleteRule, LoadedPolicy, SetStateRule
-from flowsync.store import Store
+from flowsync.store import Store, audit
 
 RuleModel = DeleteRule | SetStateRule
 
@@ -120,22 +120,21 @@ def rule_statement(store: Store, rule: RuleModel) -> str:
     """The rule's SQL as one SELECT statement with an ``id`` column, or PolicyError."""
     where = f"rule {rule.name!r}"
     try:
-        statements = store.con.extract_statements(rule.sql)
-    except Exception as e:  # duckdb.ParserError; only the store may import duckdb
-        first = str(e).splitlines()[0]
-        raise PolicyError(f"{where}: SQL does not parse: {first}. Fix the rule's sql.") from e
-    if len(statements) != 1:
+        parsed = audit.statements(store, rule.sql)
+    except StoreError as e:
+        raise PolicyError(f"{where}: SQL does not parse: {e}. Fix the rule's sql.") from e
+    if len(parsed) != 1:
         raise PolicyError(
-            f"{where}: sql holds {len(statements)} statements; a rule is exactly one SELECT."
+            f"{where}: sql holds {len(parsed)} statements; a rule is exactly one SELECT."
         )
-    kind = statements[0].type.name
+    kind, text = parsed[0]
     if kind != "SELECT":
         raise PolicyError(
             f"{where}: sql is a {kind} statement; a rule is one read-only SELECT returning an id column."
         )
-    sql = statements[0].query.strip().rstrip(";").strip()
+    sql = text.strip().rstrip(";").strip()
     try:
-        columns = store.query(f"SELECT * FROM (\n{sql}\n) AS rule_rows LIMIT 0").columns
+        columns, _ = audit.select_rows(store, f"SELECT * FROM (\n{sql}\n) AS rule_rows LIMIT 0")
     except StoreError as e:
         raise PolicyError(f"{where}: SQL failed: {e}. Try it with `duckdb -readonly FILE`.") from e
     if "id" not in columns:
@@ -152,9 +151,10 @@ def check_rules(store: Store, loaded: LoadedPolicy) -> dict[str, int]:
     for rule in loaded.policy.rules:
         sql = rule_statement(store, rule)
         try:
-            counts[rule.name] = int(store.scalar(f"SELECT count(*) FROM (\n{sql}\n) AS rule_rows"))
-        except Exception as e:  # duckdb errors at execution time (casts, missing files)
-            raise PolicyError(f"rule {rule.name!r}: SQL failed: {str(e).splitlines()[0]}.") from e
+            _, rows = audit.select_rows(store, f"SELECT count(*) AS n FROM (\n{sql}\n) AS rule_rows")
+        except StoreError as e:
+            raise PolicyError(f"rule {rule.name!r}: SQL failed: {e}.") from e
+        counts[rule.name] = int(rows[0]["n"])
     return counts
 
 
@@ -186,7 +186,7 @@ ORDER BY r.sort_time ASC NULLS FIRST, r.picked_id
 def _select(store: Store, rule: RuleModel, protect_tags: list[str]) -> list[dict[str, Any]]:
     sql = rule_statement(store, rule)
     try:
-        return store.query(_SELECT.format(sql=sql), [protect_tags]).to_dicts()
+        return audit.select_rows(store, _SELECT.format(sql=sql), [protect_tags])[1]
     except StoreError as e:
         raise PolicyError(
             f"rule {rule.name!r}: SQL failed: {e}. The id column must hold flow-run ids (UUIDs)."

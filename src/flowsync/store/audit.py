@@ -3,7 +3,9 @@
 Owns: writing one row per run per batch before the API call (outcome
 ``pending``, with the run's last known row as JSON) and recording the answer
 after it, one statement per batch. A crash between the two leaves ``pending``
-rows: sent, answer unknown. Must not: decide what to apply or call the API.
+rows: sent, answer unknown. Also the few reads policy code needs
+(``statements``, ``select_rows``), which wrap DuckDB errors into ``StoreError``.
+Must not: decide what to apply or call the API.
 """
 
 from __future__ import annotations
@@ -13,9 +15,33 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
+import duckdb
 import polars as pl
 
+from flowsync.errors import StoreError
 from flowsync.store.connect import Store
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def statements(store: Store, sql: str) -> list[tuple[str, str]]:
+    """Parse ``sql`` without running it: (statement type, text) per statement."""
+    try:
+        return [(s.type.name, s.query) for s in store.con.extract_statements(sql)]
+    except duckdb.Error as e:
+        raise StoreError(_first_line(e)) from e
+
+
+def select_rows(store: Store, sql: str, params: list[Any] | None = None) -> tuple[list[str], list[dict[str, Any]]]:
+    """Run one query; its column names and rows as dicts."""
+    try:
+        cursor = store.con.execute(sql, params)
+        columns = [d[0] for d in cursor.description or []]
+        return columns, [dict(zip(columns, row)) for row in cursor.fetchall()]
+    except duckdb.Error as e:
+        raise StoreError(_first_line(e)) from e
 
 
 def _ids_frame(ids: Sequence[str]) -> pl.DataFrame:
@@ -42,7 +68,7 @@ def record_batch(
         with store.transaction():
             store.con.execute(
                 """
-                INSERT INTO policy_actions (apply_id, batch, at, api_url, policy_path, policy_sha256,
+                INSERT INTO policy_actions (apply_id, batch, sent_at, api_url, policy_path, policy_sha256,
                     rule, action, requested_state, flow_run_id, state_type_before, outcome, run_row)
                 SELECT ?, ?, ?, ?, ?, ?, ?, ?, CAST(? AS JSON), CAST(b.id AS UUID), ?, 'pending',
                        (SELECT to_json(r) FROM flow_runs r WHERE r.id = CAST(b.id AS UUID))

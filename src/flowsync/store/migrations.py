@@ -157,7 +157,7 @@ def m002_policy_actions(con: Any) -> None:
             id BIGINT PRIMARY KEY DEFAULT nextval('policy_actions_id'),
             apply_id VARCHAR NOT NULL,        -- one `flowsync apply` invocation
             batch INTEGER NOT NULL,           -- batch number within the apply
-            at TIMESTAMPTZ NOT NULL,          -- when the batch was sent
+            sent_at TIMESTAMPTZ NOT NULL,     -- when the batch was sent
             answered_at TIMESTAMPTZ,          -- when its answer was recorded
             api_url VARCHAR,                  -- credentials masked
             policy_path VARCHAR,

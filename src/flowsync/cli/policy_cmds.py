@@ -1,0 +1,244 @@
+"""``flowsync plan``, ``flowsync apply`` and ``flowsync policy schema|check``.
+
+Owns: rendering plans and apply summaries, and asking for confirmation. The
+selection lives in ``flowsync.policy.plan``, the API calls in
+``flowsync.policy.apply``; no SQL or HTTP here.
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from flowsync.api import PrefectClient
+from flowsync.cli.common import (
+    ApiKeyOption,
+    ApiUrlOption,
+    DbOption,
+    JsonOption,
+    WaitOption,
+    err,
+    errors,
+    make_progress,
+    out,
+    print_json,
+)
+from flowsync.config import resolve_api, resolve_db_path
+from flowsync.errors import PARTIAL_FAILURE_EXIT, ConfigError
+from flowsync.policy import (
+    ApplyResult,
+    Plan,
+    apply_plan,
+    check_rules,
+    load_policy,
+    make_plan,
+    policy_schema,
+)
+from flowsync.policy.apply import check_guards
+from flowsync.store import Store
+
+PolicyArg = Annotated[Path, typer.Argument(help="Policy file (YAML).", show_default=False)]
+SampleOption = Annotated[int, typer.Option("--sample", help="Runs listed per rule.", min=0)]
+
+policy_app = typer.Typer(
+    help="Work with policy files: print their JSON Schema, validate them.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+
+
+def _age(when: datetime | None, now: datetime) -> str:
+    if when is None:
+        return "-"
+    days = (now - when).total_seconds() / 86400
+    if abs(days) >= 1:
+        return f"{days:.0f}d"
+    return f"{days * 24:.0f}h"
+
+
+def _render_plan(plan: Plan, sample: int) -> None:
+    """The plan on stdout: per rule a count, the reasons runs were left out, a sample."""
+    now = plan.generated_at
+    out.print(f"[bold]plan[/] for {escape(plan.policy.source)} (sha256 {plan.policy.sha256[:12]})", highlight=False)
+    for rp in plan.rules:
+        rule = rp.rule
+        what: str = rule.action
+        if rule.action == "set_state":
+            what += f" -> {rule.state.type}" + (" (force)" if rule.force else "")
+        if not rule.enabled:
+            out.print(f"\n[bold]{escape(rule.name)}[/] ({what}): disabled", highlight=False)
+            continue
+        states = ", ".join(f"{n} {s}" for s, n in sorted(rp.to_json()["by_state"].items()))
+        out.print(f"\n[bold]{escape(rule.name)}[/] ({what}): {len(rp.runs)} runs" + (f" ({states})" if states else ""), highlight=False)
+        if rp.skipped:
+            out.print("  left out: " + ", ".join(f"{n} {why}" for why, n in rp.skipped.items()), highlight=False)
+        if rp.runs and sample:
+            table = Table(box=None, padding=(0, 2, 0, 2))
+            for column in ("run", "flow/deployment", "state", "age", "tags"):
+                table.add_column(column, no_wrap=True, overflow="ellipsis")
+            for run in rp.runs[:sample]:
+                table.add_row(
+                    escape(run.name or run.id),
+                    escape(f"{run.flow_name or '-'}/{run.deployment_name or '-'}"),
+                    escape(run.state_name or run.state_type),
+                    _age(run.expected_start_time, now),
+                    escape(",".join(run.tags)),
+                )
+            out.print(table)
+            if len(rp.runs) > sample:
+                out.print(f"  ... and {len(rp.runs) - sample} more", highlight=False)
+    max_actions = plan.policy.policy.max_actions
+    out.print(f"\n[bold]total: {plan.total} runs[/] (max_actions {max_actions})", highlight=False)
+    if plan.over_max:
+        out.print(
+            f"[bold red]apply would refuse:[/] {plan.total} runs is more than max_actions ({max_actions}).",
+            highlight=False,
+        )
+
+
+def _compute_plan(policy: Path, db: Path | None, wait: float) -> Plan:
+    loaded = load_policy(policy)
+    # Rule SQL only ever runs on a read-only connection: DuckDB refuses writes there.
+    with Store.open(resolve_db_path(db), read_only=True, wait=wait) as store:
+        return make_plan(store, loaded)
+
+
+def plan_cmd(
+    policy: PolicyArg,
+    db: DbOption = None,
+    wait: WaitOption = 0.0,
+    sample: SampleOption = 5,
+    json_out: JsonOption = False,
+) -> None:
+    """Show what a policy would do: per rule, how many runs and which. Changes nothing.
+
+    Reads only the local DuckDB file (no API call); run `flowsync pull` first
+    for a current picture.
+
+    Example: flowsync plan policies/retention.yaml --db runs.duckdb
+    """
+    with errors():
+        plan = _compute_plan(policy, db, wait)
+    if json_out:
+        print_json(plan.to_json(sample=sample))
+    else:
+        _render_plan(plan, sample)
+
+
+def _render_result(result: ApplyResult) -> None:
+    for rule, counts in result.counts.items():
+        parts = ", ".join(f"{n} {outcome}" for outcome, n in sorted(counts.items()))
+        err.print(f"  {escape(rule)}: {parts}", highlight=False)
+    for message in result.errors:
+        err.print(f"  [red]![/] {escape(message)}", highlight=False)
+    colour = {"success": "green", "partial": "yellow", "error": "red"}[result.status]
+    err.print(
+        f"[bold {colour}]{result.status}[/]: {result.done} done, {result.failed} failed in "
+        f"{result.batches} batches, {result.seconds:.1f}s (apply id {result.apply_id}; "
+        "details in the policy_actions table)",
+        highlight=False,
+    )
+
+
+def apply_cmd(
+    policy: PolicyArg,
+    db: DbOption = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Apply without asking (needed when stdin is not a terminal).")] = False,
+    api_url: ApiUrlOption = None,
+    api_key: ApiKeyOption = None,
+    wait: WaitOption = 0.0,
+    sample: SampleOption = 5,
+    json_out: JsonOption = False,
+) -> None:
+    """Apply a policy: show the plan, confirm, then bulk delete / set state in batches of 50.
+
+    Every call names its runs and the state each had when pulled, so runs
+    changed on the server since then are skipped. Every answer goes to the
+    policy_actions table; touched runs are refreshed locally. Exits 9 when some
+    runs failed (run it again: the plan is recomputed).
+
+    Example: flowsync apply policies/retention.yaml --db runs.duckdb --yes
+    """
+    with errors():
+        settings = resolve_api(api_url, api_key)
+        path = resolve_db_path(db)
+        plan = _compute_plan(policy, path, wait)
+        if not json_out:
+            _render_plan(plan, sample)
+        if plan.total == 0:
+            if json_out:
+                print_json({"plan": plan.to_json(sample=sample), "result": None})
+            else:
+                err.print("nothing to do.", highlight=False)
+            return
+        check_guards(plan)
+        if not yes:
+            if not sys.stdin.isatty():
+                raise ConfigError(
+                    f"Refusing to apply {plan.total} changes without confirmation: stdin is not a "
+                    "terminal. Review `flowsync plan`, then pass --yes."
+                )
+            if not typer.confirm(f"Apply {plan.total} changes to {settings.display_url}?", default=False, err=True):
+                err.print("cancelled; nothing was changed.", highlight=False)
+                raise typer.Exit(1)
+        progress = make_progress(json_out)
+        with (
+            Store.open(path, wait=wait) as store,
+            PrefectClient(settings, on_retry=progress.message) as client,
+            progress,
+        ):
+            result = apply_plan(client, store, plan, progress=progress)
+    if json_out:
+        print_json({"plan": plan.to_json(sample=sample), "result": result.to_json()})
+    else:
+        _render_result(result)
+    if result.status != "success":
+        raise typer.Exit(PARTIAL_FAILURE_EXIT)
+
+
+@policy_app.command("schema")
+def schema_cmd() -> None:
+    """Print the JSON Schema of policy files, for editor validation.
+
+    Example: flowsync policy schema > policy.schema.json
+    """
+    print_json(policy_schema())
+
+
+@policy_app.command("check")
+def check_cmd(
+    policy: PolicyArg,
+    db: Annotated[Path | None, typer.Option("--db", help="Also run each rule's SQL (read-only) against this DuckDB file.", show_default=False)] = None,
+    wait: WaitOption = 0.0,
+    json_out: JsonOption = False,
+) -> None:
+    """Validate a policy file; with --db, also run each rule's SQL read-only and check its id column.
+
+    Example: flowsync policy check policies/retention.yaml --db runs.duckdb
+    """
+    with errors():
+        loaded = load_policy(policy)
+        rows: dict[str, int] | None = None
+        if db is not None:
+            with Store.open(db, read_only=True, wait=wait) as store:
+                rows = check_rules(store, loaded)
+    summary = {
+        "policy": str(policy),
+        "sha256": loaded.sha256,
+        "valid": True,
+        "rules": [r.name for r in loaded.policy.rules],
+        "rows_by_rule": rows,
+    }
+    if json_out:
+        print_json(summary)
+        return
+    extra = ""
+    if rows is not None:
+        extra = "; SQL ok: " + ", ".join(f"{name} {n} rows" for name, n in rows.items())
+    out.print(f"ok: {escape(str(policy))} is a valid policy ({len(loaded.policy.rules)} rules){extra}", highlight=False)
