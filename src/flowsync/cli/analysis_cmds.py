@@ -1,0 +1,305 @@
+"""``flowsync sql`` and ``flowsync report ...``: run a query or a report, render it.
+
+Owns: the output formats. Data goes to stdout (or --output); every message to
+stderr, so ``flowsync report failures --format csv | ...`` pipes cleanly.
+``--format`` defaults to a table on a terminal and to CSV when stdout is a
+pipe or file. Parquet is binary: it goes to --output, or to stdout only when
+stdout is not a terminal. Must not: hold SQL (that is ``flowsync.reports``).
+"""
+
+from __future__ import annotations
+
+import io
+import sys
+from collections.abc import Callable
+from datetime import date, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import polars as pl
+import typer
+from rich.table import Table
+
+from flowsync import report_html, reports
+from flowsync.cli.common import DbOption, WaitOption, err, errors, out
+from flowsync.config import resolve_db_path
+from flowsync.errors import ConfigError
+from flowsync.store import Store
+
+FORMATS = ("table", "csv", "json", "markdown", "parquet")
+
+FormatOption = Annotated[
+    str | None,
+    typer.Option(
+        "--format", "-f",
+        help="table, csv, json, markdown or parquet. Default: table on a terminal, csv otherwise.",
+        show_default=False,
+    ),
+]
+OutputOption = Annotated[
+    Path | None,
+    typer.Option("--output", "-o", help="Write the data to this file instead of stdout.", show_default=False),
+]
+SinceOption = Annotated[
+    str,
+    typer.Option("--since", help="Window of runs (by expected start): 7d, 12h, 30m, 2w, a date 2026-01-01, or 'all'."),
+]
+HtmlOption = Annotated[
+    Path | None,
+    typer.Option("--html", help="Write a self-contained HTML page (charts + this table) to FILE instead.", show_default=False),
+]
+IncludeDeletedOption = Annotated[
+    bool,
+    typer.Option("--include-deleted", help="History: also count runs deleted on the server (live runs only by default)."),
+]
+
+
+def _by_option(choices: tuple[str, ...]) -> Any:
+    return typer.Option("--by", help=f"Group by: {', '.join(choices)}.")
+
+
+# -- rendering --------------------------------------------------------------------
+
+
+def _choose_format(fmt: str | None, output: Path | None) -> str:
+    if fmt is None:
+        return "table" if output is None and sys.stdout.isatty() else "csv"
+    fmt = fmt.lower()
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format {fmt!r} is not an output format; choose one of: {', '.join(FORMATS)}.")
+    if fmt == "table" and output is not None:
+        raise ConfigError("--format table is for the terminal; use csv, json, markdown or parquet with --output.")
+    if fmt == "parquet" and output is None and sys.stdout.isatty():
+        raise ConfigError("Parquet is binary and stdout is a terminal: pass --output FILE or redirect stdout.")
+    return fmt
+
+
+def _flat(frame: pl.DataFrame) -> pl.DataFrame:
+    """CSV and markdown cannot hold nested values: lists become 'a,b', structs JSON."""
+    cols = []
+    for name, dtype in frame.schema.items():
+        if isinstance(dtype, (pl.List, pl.Array)):
+            cols.append(pl.col(name).list.eval(pl.element().cast(pl.String)).list.join(",").alias(name))
+        elif isinstance(dtype, pl.Struct):
+            cols.append(pl.col(name).struct.json_encode().alias(name))
+    return frame.with_columns(cols) if cols else frame
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, datetime):
+        return f"{value:%Y-%m-%d %H:%M:%S}"
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, list):
+        return ", ".join(map(str, value))
+    return str(value)
+
+
+def to_markdown(frame: pl.DataFrame) -> str:
+    def cell(v: Any) -> str:
+        if v is None:
+            return ""
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return str(round(v, 4))
+        return _text(v).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(frame.columns) + " |", "|" + "|".join("---" for _ in frame.columns) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.iter_rows()]
+    return "\n".join(lines) + "\n"
+
+
+def encode(frame: pl.DataFrame, fmt: str) -> bytes:
+    if fmt == "csv":
+        return _flat(frame).write_csv().encode()
+    if fmt == "json":
+        return (frame.write_json() + "\n").encode()
+    if fmt == "markdown":
+        return to_markdown(frame).encode()
+    buf = io.BytesIO()
+    frame.write_parquet(buf)
+    return buf.getvalue()
+
+
+def emit(frame: pl.DataFrame, fmt: str, output: Path | None, title: str = "") -> None:
+    if fmt == "table":
+        table = Table(*frame.columns, title=title or None)
+        for row in frame.iter_rows():
+            table.add_row(*(_text(v) for v in row))
+        out.print(table)
+        if frame.is_empty():
+            err.print("no rows", highlight=False)
+        return
+    data = encode(frame, fmt)
+    if output is not None:
+        try:
+            output.write_bytes(data)
+        except OSError as e:
+            raise ConfigError(f"Cannot write --output {output}: {e.strerror}. Choose a writable path.") from e
+        err.print(f"wrote {frame.height} rows to {output}", highlight=False)
+        return
+    sys.stdout.buffer.write(data)
+    sys.stdout.flush()
+
+
+def _open(db: Path | None, wait: float) -> Store:
+    return Store.open(resolve_db_path(db), read_only=True, wait=wait)
+
+
+# -- commands ---------------------------------------------------------------------
+
+
+def sql_cmd(
+    query: Annotated[str, typer.Argument(help="SQL to run (read-only). Tables: flows, deployments, flow_runs; views: see docs/analysis.md.")],
+    fmt: FormatOption = None,
+    output: OutputOption = None,
+    db: DbOption = None,
+    wait: WaitOption = 0.0,
+) -> None:
+    """Run SQL on a read-only connection to the DuckDB file and print the rows.
+
+    Statements that change the file are refused. With several statements,
+    the rows of the last one are printed.
+
+    Example: flowsync sql "SELECT * FROM failure_rates_by_deployment" --format markdown
+    """
+    with errors():
+        chosen = _choose_format(fmt, output)
+        with _open(db, wait) as store:
+            frame = reports.sql_query(store, query)
+        emit(frame, chosen, output)
+
+
+report_app = typer.Typer(
+    name="report",
+    help="Reports over the pulled runs: failures, durations, late, flaky.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+
+
+def _run_report(
+    title: str,
+    build: Callable[[Store, reports.Window], pl.DataFrame],
+    since: str,
+    fmt: str | None,
+    output: Path | None,
+    html: Path | None,
+    db: Path | None,
+    wait: float,
+) -> None:
+    with errors():
+        window = reports.parse_since(since)
+        chosen = None if html is not None else _choose_format(fmt, output)
+        with _open(db, wait) as store:
+            frame = build(store, window)
+            page = report_html.build_page(store, window, title, frame) if html is not None else None
+        if html is not None and page is not None:
+            try:
+                html.write_text(page, encoding="utf-8")
+            except OSError as e:
+                raise ConfigError(f"Cannot write --html {html}: {e.strerror}. Choose a writable path.") from e
+            err.print(f"wrote {title} ({frame.height} rows, {window.describe()}) to {html}", highlight=False)
+            return
+        assert chosen is not None
+        emit(frame, chosen, output, title=f"{title}, {window.describe()}")
+
+
+@report_app.command("failures")
+def failures_cmd(
+    by: Annotated[str, _by_option(tuple(reports.GROUPS))] = "deployment",
+    since: SinceOption = "7d",
+    include_deleted: IncludeDeletedOption = False,
+    fmt: FormatOption = None,
+    output: OutputOption = None,
+    html: HtmlOption = None,
+    db: DbOption = None,
+    wait: WaitOption = 0.0,
+) -> None:
+    """Failure rate per flow, deployment, work pool or tag, against the previous window.
+
+    failed = FAILED or CRASHED; runs = finished (COMPLETED, FAILED or CRASHED);
+    failure_rate = failed / runs; CANCELLED is counted apart. The prev_* columns
+    cover the window of the same length just before --since.
+
+    Example: flowsync report failures --by deployment --since 7d --format csv
+    """
+    _run_report(
+        f"Failures by {by}",
+        lambda store, window: reports.failures(store, by, window, include_deleted=include_deleted),
+        since, fmt, output, html, db, wait,
+    )
+
+
+@report_app.command("durations")
+def durations_cmd(
+    by: Annotated[str, _by_option(reports.DURATION_GROUPS)] = "deployment",
+    since: SinceOption = "7d",
+    include_deleted: IncludeDeletedOption = False,
+    fmt: FormatOption = None,
+    output: OutputOption = None,
+    html: HtmlOption = None,
+    db: DbOption = None,
+    wait: WaitOption = 0.0,
+) -> None:
+    """Duration percentiles (p50, p90, p95, p99, max, mean; seconds) of finished runs per group.
+
+    Example: flowsync report durations --by flow --since 30d
+    """
+    _run_report(
+        f"Durations by {by}",
+        lambda store, window: reports.durations(store, by, window, include_deleted=include_deleted),
+        since, fmt, output, html, db, wait,
+    )
+
+
+@report_app.command("late")
+def late_cmd(
+    by: Annotated[str, _by_option(tuple(reports.GROUPS))] = "deployment",
+    since: SinceOption = "7d",
+    late_after: Annotated[float, typer.Option("--late-after", help="Seconds after the expected start that count as late.", min=0)] = 60.0,
+    include_deleted: IncludeDeletedOption = False,
+    fmt: FormatOption = None,
+    output: OutputOption = None,
+    html: HtmlOption = None,
+    db: DbOption = None,
+    wait: WaitOption = 0.0,
+) -> None:
+    """Start lateness per group (start time - expected start) and runs still waiting to start.
+
+    Example: flowsync report late --by work_pool --late-after 300
+    """
+    _run_report(
+        f"Lateness by {by}",
+        lambda store, window: reports.late(store, by, window, late_after=late_after, include_deleted=include_deleted),
+        since, fmt, output, html, db, wait,
+    )
+
+
+@report_app.command("flaky")
+def flaky_cmd(
+    last: Annotated[int, typer.Option("--last", help="Broken = the last N finished runs all failed.")] = 3,
+    since: SinceOption = "30d",
+    fmt: FormatOption = None,
+    output: OutputOption = None,
+    html: HtmlOption = None,
+    db: DbOption = None,
+    wait: WaitOption = 0.0,
+) -> None:
+    """Flaky and broken deployments: failures, retried runs, failing streak, time to recover (MTTR).
+
+    Example: flowsync report flaky --last 3 --since 30d --format json
+    """
+    _run_report(
+        "Flaky and broken deployments",
+        lambda store, window: reports.flaky(store, window, last=last),
+        since, fmt, output, html, db, wait,
+    )
+

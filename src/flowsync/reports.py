@@ -1,0 +1,290 @@
+"""Reports: pure functions from the DuckDB file to Polars frames.
+
+Owns: the report queries (over the views in ``sql/``), the time windows they
+cover (``--since``), and the one definition of failure every figure uses:
+
+    failed       = FAILED or CRASHED
+    finished     = COMPLETED, FAILED or CRASHED   (the ``runs`` column)
+    failure_rate = failed / finished               (NULL when nothing finished)
+    cancelled    = CANCELLED, reported apart and never a failure
+
+Live figures leave out runs deleted on the server; ``include_deleted=True``
+gives history (every run the file has seen). A notebook imports these
+functions as they are; the CLI only renders what they return. Must not:
+print, import duckdb/typer/rich, or write to the file. Values go into SQL as
+parameters; only identifiers from the fixed tables below are formatted in.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
+from typing import Any
+
+import polars as pl
+
+from flowsync.errors import ConfigError, StoreError
+from flowsync.store import Store
+
+# --by choice -> the group's id and name columns, as named in flow_runs_enriched.
+GROUPS: dict[str, tuple[str, ...]] = {
+    "flow": ("flow_id", "flow_name"),
+    "deployment": ("deployment_id", "flow_name", "deployment_name"),
+    "work_pool": ("work_pool_name",),
+    "tag": ("tag",),
+}
+DURATION_GROUPS = ("flow", "deployment", "work_pool", "tag")
+# A run with two tags counts once under each (distinct) tag; untagged runs under none.
+_TAGGED = "(SELECT unnest(list_distinct(tags)) AS tag, * EXCLUDE (tags) FROM flow_runs_enriched)"
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_SINCE_RE = re.compile(r"^\s*(\d+)\s*(m|min|h|d|w)\s*$", re.IGNORECASE)
+_UNITS = {"m": "minutes", "min": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+@dataclass(frozen=True)
+class Window:
+    """Runs whose ``run_at`` is in [since, until); ``since=None`` means all history."""
+
+    since: datetime | None
+    until: datetime
+
+    @property
+    def start(self) -> datetime:
+        return self.since if self.since is not None else _EPOCH
+
+    @property
+    def previous_start(self) -> datetime:
+        """Start of the previous window of the same length (ends where this one starts)."""
+        if self.since is None:
+            return _EPOCH
+        return self.since - (self.until - self.since)
+
+    def describe(self) -> str:
+        if self.since is None:
+            return f"all runs before {self.until:%Y-%m-%d %H:%M} UTC"
+        return f"{self.since:%Y-%m-%d %H:%M} to {self.until:%Y-%m-%d %H:%M} UTC"
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def parse_since(text: str | None, now: datetime | None = None) -> Window:
+    """``7d``, ``12h``, ``30m``, ``2w``, a date ``2026-01-01``, an ISO time, or ``all``."""
+    now = now or utcnow()
+    if text is None or text.strip().lower() == "all":
+        return Window(None, now)
+    match = _SINCE_RE.match(text)
+    if match:
+        amount, unit = int(match.group(1)), match.group(2).lower()
+        if amount <= 0:
+            raise ConfigError(f"--since {text!r} is an empty window; use a positive amount such as 7d.")
+        return Window(now - timedelta(**{_UNITS[unit]: amount}), now)
+    try:
+        parsed = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ConfigError(
+            f"--since {text!r} is not a time window: use an age such as 7d, 12h, 30m or 2w, "
+            "a date such as 2026-01-01, an ISO time, or 'all'."
+        ) from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    if parsed >= now:
+        raise ConfigError(f"--since {text!r} is in the future; pick a time before now ({now:%Y-%m-%d %H:%M} UTC).")
+    return Window(parsed, now)
+
+
+def _check_by(by: str, allowed: tuple[str, ...]) -> tuple[str, ...]:
+    if by not in allowed:
+        raise ConfigError(f"--by {by!r} is not a grouping of this report; choose one of: {', '.join(allowed)}.")
+    return GROUPS[by]
+
+
+def _source(by: str) -> str:
+    return _TAGGED if by == "tag" else "flow_runs_enriched"
+
+
+def _live(include_deleted: bool) -> str:
+    return "" if include_deleted else "AND NOT is_deleted"
+
+
+# -- running SQL ---------------------------------------------------------------
+
+
+def run_sql(store: Store, sql: str, params: list[Any] | dict[str, Any] | None = None) -> pl.DataFrame:
+    """One statement through the store, as a Polars frame; a refused write says why."""
+    try:
+        if hasattr(store.con, "pl"):
+            return store.query(sql, params)
+        # duckdb >= 2.0 dropped DuckDBPyConnection.pl(), which Store.query calls; a
+        # relation still has it. Remove this branch once Store.query handles 2.0.
+        try:
+            rel = store.con.sql(sql, params=params)
+        except Exception as e:  # duckdb.Error; only flowsync.store may name duckdb
+            raise StoreError(f"Query failed: {str(e).splitlines()[0]}") from e
+        if rel is None:  # a statement without a result (SET, PRAGMA ...)
+            return pl.DataFrame()
+        frame: pl.DataFrame = rel.pl()
+        return frame
+    except StoreError as e:
+        if "read-only mode" in str(e) and store.read_only:
+            raise StoreError(
+                f"{store.path} is open read-only, so statements that change it are refused "
+                f"({str(e).removeprefix('Query failed: ')}). Use SELECT to read; "
+                "the file is changed only by flowsync pull and policy apply."
+            ) from e
+        raise
+
+
+def sql_query(store: Store, sql: str) -> pl.DataFrame:
+    """An ad-hoc query (``flowsync sql``): one or more statements, the last one's rows."""
+    if not sql.strip():
+        raise ConfigError("No SQL given: pass a query such as \"SELECT count(*) FROM flow_runs\".")
+    return run_sql(store, sql)
+
+
+# -- reports --------------------------------------------------------------------
+
+
+def failures(store: Store, by: str = "deployment", window: Window | None = None, *, include_deleted: bool = False) -> pl.DataFrame:
+    """One row per group: runs (finished), failed, failure_rate, cancelled, and the same for
+    the previous window of equal length, with ``failure_rate_change`` (this - previous)."""
+    keys = ", ".join(_check_by(by, tuple(GROUPS)))
+    window = window or parse_since(None)
+    sql = f"""
+        SELECT {keys},
+            count(*) FILTER (WHERE is_finished AND run_at >= $since) AS runs,
+            count(*) FILTER (WHERE is_failure AND run_at >= $since) AS failed,
+            failed / nullif(runs, 0) AS failure_rate,
+            count(*) FILTER (WHERE is_cancelled AND run_at >= $since) AS cancelled,
+            count(*) FILTER (WHERE is_finished AND run_at < $since) AS prev_runs,
+            count(*) FILTER (WHERE is_failure AND run_at < $since) AS prev_failed,
+            prev_failed / nullif(prev_runs, 0) AS prev_failure_rate,
+            count(*) FILTER (WHERE is_cancelled AND run_at < $since) AS prev_cancelled,
+            failure_rate - prev_failure_rate AS failure_rate_change
+        FROM {_source(by)}
+        WHERE run_at >= $prev_start AND run_at < $until {_live(include_deleted)}
+        GROUP BY ALL
+        HAVING runs + cancelled + prev_runs + prev_cancelled > 0
+        ORDER BY failed DESC, failure_rate DESC NULLS LAST, runs DESC, {keys}
+    """
+    params = {"since": window.start, "prev_start": window.previous_start, "until": window.until}
+    frame = run_sql(store, sql, params)
+    if window.since is None:  # all history: there is no previous window
+        prev = ["prev_runs", "prev_failed", "prev_failure_rate", "prev_cancelled", "failure_rate_change"]
+        frame = frame.with_columns(pl.lit(None, dtype=frame.schema[c]).alias(c) for c in prev)
+    return frame
+
+
+def durations(store: Store, by: str = "deployment", window: Window | None = None, *, include_deleted: bool = False) -> pl.DataFrame:
+    """Duration percentiles (seconds, wall clock) of finished runs per group, slowest p95 first."""
+    keys = ", ".join(_check_by(by, DURATION_GROUPS))
+    window = window or parse_since(None)
+    sql = f"""
+        SELECT {keys},
+            count(*) AS runs,
+            quantile_cont(duration_s, 0.50) AS p50_s,
+            quantile_cont(duration_s, 0.90) AS p90_s,
+            quantile_cont(duration_s, 0.95) AS p95_s,
+            quantile_cont(duration_s, 0.99) AS p99_s,
+            max(duration_s) AS max_s,
+            avg(duration_s) AS mean_s
+        FROM {_source(by)}
+        WHERE is_finished AND duration_s IS NOT NULL
+          AND run_at >= $since AND run_at < $until {_live(include_deleted)}
+        GROUP BY ALL
+        ORDER BY p95_s DESC, {keys}
+    """
+    return run_sql(store, sql, {"since": window.start, "until": window.until})
+
+
+def late(
+    store: Store,
+    by: str = "deployment",
+    window: Window | None = None,
+    *,
+    late_after: float = 60.0,
+    include_deleted: bool = False,
+) -> pl.DataFrame:
+    """Start lateness per group: runs that started, how many more than ``late_after`` s
+    late, lateness percentiles, and ``waiting_now``: SCHEDULED/PENDING runs expected
+    in the window that have not started yet."""
+    keys = ", ".join(_check_by(by, tuple(GROUPS)))
+    window = window or parse_since(None)
+    sql = f"""
+        SELECT {keys},
+            count(lateness_s) AS started,
+            count(*) FILTER (WHERE lateness_s > $late_after) AS late_runs,
+            quantile_cont(lateness_s, 0.50) AS p50_lateness_s,
+            quantile_cont(lateness_s, 0.95) AS p95_lateness_s,
+            max(lateness_s) AS max_lateness_s,
+            count(*) FILTER (WHERE state_type IN ('SCHEDULED', 'PENDING') AND start_time IS NULL) AS waiting_now
+        FROM {_source(by)}
+        WHERE run_at >= $since AND run_at < $until {_live(include_deleted)}
+        GROUP BY ALL
+        HAVING started + waiting_now > 0
+        ORDER BY late_runs + waiting_now DESC, p95_lateness_s DESC NULLS LAST, {keys}
+    """
+    return run_sql(store, sql, {"since": window.start, "until": window.until, "late_after": late_after})
+
+
+def flaky(store: Store, window: Window | None = None, *, last: int = 3) -> pl.DataFrame:
+    """Deployments that fail: failures and retries in the window, the current failing
+    streak over all history (``broken`` when the last ``last`` finished runs all
+    failed), and the mean time from a failure to the next success (``mttr_s``).
+    Live runs only."""
+    if last < 1:
+        raise ConfigError(f"--last {last} must be at least 1 (the number of latest runs that must all have failed).")
+    window = window or parse_since(None)
+    sql = """
+        WITH w AS (
+            SELECT deployment_id, flow_name, deployment_name,
+                count(*) FILTER (WHERE is_finished) AS runs,
+                count(*) FILTER (WHERE is_failure) AS failed,
+                failed / nullif(runs, 0) AS failure_rate,
+                count(*) FILTER (WHERE is_retried) AS retried_runs
+            FROM flow_runs_enriched
+            WHERE deployment_id IS NOT NULL AND NOT is_deleted
+              AND run_at >= $since AND run_at < $until
+            GROUP BY ALL
+        ), m AS (
+            SELECT deployment_id, count(*) AS failure_episodes, avg(recovery_s) AS mttr_s
+            FROM failure_recoveries
+            WHERE failed_at >= $since AND failed_at < $until
+            GROUP BY deployment_id
+        )
+        SELECT w.deployment_id, w.flow_name, w.deployment_name,
+            w.runs, w.failed, w.failure_rate, w.retried_runs,
+            coalesce(s.failing_streak, 0) AS failing_streak,
+            coalesce(s.failing_streak, 0) >= $last AS broken,
+            (w.failed > 0 AND w.failed < w.runs) OR w.retried_runs > 0 AS flaky,
+            coalesce(m.failure_episodes, 0) AS failure_episodes,
+            m.mttr_s,
+            s.last_state_type, s.last_success_at, s.last_failure_at
+        FROM w
+        LEFT JOIN deployment_streaks AS s ON s.deployment_id = w.deployment_id
+        LEFT JOIN m ON m.deployment_id = w.deployment_id
+        WHERE w.failed > 0 OR w.retried_runs > 0 OR coalesce(s.failing_streak, 0) >= $last
+        ORDER BY broken DESC, failing_streak DESC, failure_rate DESC NULLS LAST, w.deployment_id
+    """
+    return run_sql(store, sql, {"since": window.start, "until": window.until, "last": last})
+
+
+def failure_rate_daily(store: Store, window: Window | None = None, *, by_deployment: bool = True) -> pl.DataFrame:
+    """Failure rate per UTC day (and deployment) in the window: the chart series."""
+    window = window or parse_since(None)
+    view = "failure_rates_by_day_deployment" if by_deployment else "failure_rates_by_day"
+    sql = f"""
+        SELECT * FROM {view}
+        WHERE run_day >= CAST(timezone('UTC', $since) AS DATE) AND run_day <= CAST(timezone('UTC', $until) AS DATE)
+        ORDER BY ALL
+    """
+    return run_sql(store, sql, {"since": window.start, "until": window.until})
+
+
+REPORTS = ("failures", "durations", "late", "flaky")
+
+
+def day_of(value: datetime | date) -> date:
+    return value.date() if isinstance(value, datetime) else value
