@@ -12,6 +12,7 @@ import typer
 
 from flowsync import __version__
 from flowsync.cli import analysis_cmds, sync_cmds
+from flowsync.cli.policy_cmds import apply_cmd, plan_cmd, policy_app
 
 app = typer.Typer(
     name="flowsync",
@@ -42,6 +43,9 @@ app.command("pull")(sync_cmds.pull_cmd)
 app.command("status")(sync_cmds.status_cmd)
 app.command("sql")(analysis_cmds.sql_cmd)
 app.add_typer(analysis_cmds.report_app, name="report")
+app.command("plan")(plan_cmd)
+app.command("apply")(apply_cmd)
+app.add_typer(policy_app, name="policy")
 
 
 def main() -> None:
