@@ -1,20 +1,28 @@
-"""``flowsync.connect()``: the DuckDB file as a plain duckdb connection, for notebooks.
+"""The DuckDB file as other tools see it: a connection for notebooks, Parquet copies.
 
-Owns: handing users (Jupyter, scripts, other tools) a connection to the file
-with the same path rules and lock handling as the CLI. Read-only by default,
-so a notebook left open never blocks a scheduled ``flowsync pull`` for longer
-than it holds the connection, and never changes the data by accident. Must
-not: write to the file unless asked (``read_only=False``), or know about the API.
+Owns: handing users (Jupyter, scripts) a duckdb connection with the same path
+rules and lock handling as the CLI, and the SQL that copies a table, or one
+day of it, to a Parquet file for ``flowsync.export``. ``connect`` is read-only
+by default, so a notebook never changes the data by accident. Must not: decide
+file layout or names (that is ``flowsync.export``), or know about the API.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
+from datetime import date, datetime
+from pathlib import Path
 
 import duckdb
 
 from flowsync.config import resolve_db_path
+from flowsync.errors import StoreError
 from flowsync.store.connect import Store
+
+# Column types that Parquet readers (Spark, Trino, Polars, pandas) disagree on are
+# written as text: UUID has no portable logical type, JSON is a string anyway.
+_AS_TEXT = {"UUID", "JSON"}
 
 
 def connect(
@@ -39,3 +47,82 @@ def connect(
     """
     store = Store.open(resolve_db_path(path), read_only=read_only, wait=wait)
     return store.con
+
+
+def _columns(store: Store, table: str) -> list[tuple[str, str]]:
+    rows = store.con.execute(
+        "SELECT column_name, data_type FROM information_schema.columns "
+        "WHERE table_name = ? AND table_schema = 'main' ORDER BY ordinal_position",
+        [table],
+    ).fetchall()
+    if not rows:
+        raise StoreError(f"{store.path} has no table {table!r}; run `flowsync pull` to create it.")
+    return [(str(n), str(t)) for n, t in rows]
+
+
+def _select_list(store: Store, table: str) -> str:
+    cols = []
+    for name, kind in _columns(store, table):
+        quoted = '"' + name.replace('"', '""') + '"'
+        cols.append(f"CAST({quoted} AS VARCHAR) AS {quoted}" if kind in _AS_TEXT else quoted)
+    return ", ".join(cols)
+
+
+def _day_expr(day_columns: Sequence[str]) -> str:
+    # Table and column names come from flowsync's own list, never from user input.
+    cols = ", ".join(f'"{c}"' for c in (*day_columns, "synced_at"))
+    return f"CAST(coalesce({cols}) AS DATE)"
+
+
+def day_counts(
+    store: Store, table: str, day_columns: Sequence[str], changed_since: datetime | None = None
+) -> dict[date, int]:
+    """Rows per UTC day of the first non-null of ``day_columns``.
+
+    With ``changed_since``, only the days that hold, or may have held, a row
+    synced or marked deleted since then: a row whose first column was null when
+    it was last exported sat in the day of a later column, so every fallback
+    day of a changed row counts (counts are still of the whole day).
+    """
+    day = _day_expr(day_columns)
+    where = ""
+    params: list[object] = []
+    if changed_since is not None:
+        fallbacks = " UNION ".join(
+            f"SELECT {_day_expr(day_columns[i:])} FROM {table} WHERE synced_at >= ? OR deleted_at >= ?"
+            for i in range(len(day_columns))
+        )
+        where = f" WHERE {day} IN ({fallbacks})"
+        params = [changed_since] * (2 * len(day_columns))
+    sql = f"SELECT {day} AS day, count(*) FROM {table}{where} GROUP BY 1"
+    return {d: int(n) for d, n in store.con.execute(sql, params).fetchall()}
+
+
+def row_count(store: Store, table: str) -> int:
+    return int(store.scalar(f"SELECT count(*) FROM {table}"))
+
+
+def changed_rows(store: Store, table: str, since: datetime) -> int:
+    """How many rows of ``table`` were synced or marked deleted since ``since``."""
+    return int(
+        store.scalar(f"SELECT count(*) FROM {table} WHERE synced_at >= ? OR deleted_at >= ?", [since, since])
+    )
+
+
+def write_parquet(
+    store: Store, table: str, dest: Path, *, day_columns: Sequence[str] = (), day: date | None = None
+) -> None:
+    """Copy ``table`` (or the rows of one UTC day, as ``day_counts`` counts) to the Parquet file ``dest``.
+
+    Rows are ordered by ``id`` so the same data always makes the same file.
+    """
+    sql = f"SELECT {_select_list(store, table)} FROM {table}"
+    params: list[object] = []
+    if day_columns and day is not None:
+        sql += f" WHERE {_day_expr(day_columns)} = CAST(? AS DATE)"
+        params.append(day)
+    sql += " ORDER BY id"
+    try:
+        store.con.sql(sql, params=params).write_parquet(str(dest), compression="zstd")
+    except (duckdb.Error, OSError) as e:
+        raise StoreError(f"Cannot write {dest}: {str(e).splitlines()[0]}") from e

@@ -1,0 +1,182 @@
+"""flowsync export: day-partitioned Parquet that other tools read back exactly."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import duckdb
+import polars as pl
+import pytest
+
+from tests.conftest import SeededServer
+from tests.helpers import run_cli, scalar
+
+TABLES = ("flows", "deployments", "flow_runs")
+
+
+@pytest.fixture(scope="module")
+def pulled(prefect: SeededServer, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    db = tmp_path_factory.mktemp("export-src") / "runs.duckdb"
+    result = run_cli("pull", "--api-url", prefect.url, "--db", str(db), "--quiet")
+    assert result.exit_code == 0, result.output
+    # Two runs as a pull leaves runs deleted on the server: still there, deleted_at set.
+    con = duckdb.connect(str(db))
+    con.execute(
+        "UPDATE flow_runs SET deleted_at = now() WHERE id IN (SELECT id FROM flow_runs ORDER BY id LIMIT 2)"
+    )
+    con.close()
+    return db
+
+
+@pytest.fixture
+def db(pulled: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "runs.duckdb"
+    shutil.copy(pulled, copy)
+    return copy
+
+
+def export(db: Path, out: Path, *args: str) -> dict:
+    result = run_cli("export", "--format", "parquet", str(out), "--db", str(db), "--json", *args)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def read_back(out: Path, table: str) -> pl.DataFrame:
+    if table == "flow_runs":
+        return pl.read_parquet(out / table / "**" / "*.parquet", hive_partitioning=True)
+    return pl.read_parquet(out / table / "part-0.parquet")
+
+
+def test_export_twice_reads_back_equal_without_duplicates(db: Path, tmp_path: Path) -> None:
+    out = tmp_path / "export"
+    first = export(db, out)
+    second = export(db, out)
+    assert first["rows_written"] == second["rows_written"] > 0
+    for table in TABLES:
+        frame = read_back(out, table)
+        assert frame.height == scalar(db, f"SELECT count(*) FROM {table}"), table
+        assert frame["id"].n_unique() == frame.height, table
+    # No temporary files are left behind, only one file per partition.
+    names = {p.name for p in out.rglob("*") if p.is_file()}
+    assert names == {"part-0.parquet", "_flowsync_manifest.json"}
+
+
+def test_duckdb_reads_hive_partitions_and_days_match_expected_start(db: Path, tmp_path: Path) -> None:
+    out = tmp_path / "export"
+    export(db, out)
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    glob = str(out / "flow_runs" / "*" / "*.parquet")
+    total, misplaced = con.execute(
+        f"SELECT count(*), count(*) FILTER (WHERE CAST(coalesce(expected_start_time, created) AS DATE) <> CAST(date AS DATE)) "
+        f"FROM read_parquet('{glob}', hive_partitioning = true)"
+    ).fetchone()
+    assert total == scalar(db, "SELECT count(*) FROM flow_runs")
+    assert misplaced == 0
+    days = scalar(db, "SELECT count(DISTINCT CAST(coalesce(expected_start_time, created) AS DATE)) FROM flow_runs")
+    assert len(list((out / "flow_runs").iterdir())) == days > 1
+
+
+def test_deleted_runs_are_exported_with_deleted_at(db: Path, tmp_path: Path) -> None:
+    out = tmp_path / "export"
+    export(db, out)
+    runs = read_back(out, "flow_runs")
+    assert runs.filter(pl.col("deleted_at").is_not_null()).height == 2
+    assert runs.schema["deleted_at"] == pl.Datetime("us", "UTC")
+    assert runs.schema["id"] == pl.String  # UUIDs as text: every reader agrees on that
+    assert runs.schema["tags"] == pl.List(pl.String)
+
+
+def test_manifest_lists_every_file_with_its_rows(db: Path, tmp_path: Path) -> None:
+    out = tmp_path / "export"
+    export(db, out)
+    manifest = json.loads((out / "_flowsync_manifest.json").read_text())
+    for table in TABLES:
+        entry = manifest["tables"][table]
+        assert entry["rows"] == scalar(db, f"SELECT count(*) FROM {table}")
+        on_disk = {str(p.relative_to(out / table)) for p in (out / table).rglob("*.parquet")}
+        assert set(entry["files"]) == on_disk
+    assert manifest["tables"]["flow_runs"]["partition_by"] == (
+        "date = UTC day of coalesce(expected_start_time, created)"
+    )
+
+
+def test_since_rewrites_only_changed_partitions(db: Path, tmp_path: Path) -> None:
+    out = tmp_path / "export"
+    export(db, out)
+    con = duckdb.connect(str(db))
+    con.execute("SET TimeZone = 'UTC'")
+    for table in TABLES:  # as if the last pull was two days ago
+        con.execute(f"UPDATE {table} SET synced_at = synced_at - INTERVAL 2 DAY")
+    run_id, day, created_day = con.execute(
+        "SELECT id, CAST(expected_start_time AS DATE), CAST(created AS DATE) FROM flow_runs "
+        "WHERE expected_start_time IS NOT NULL ORDER BY expected_start_time LIMIT 1"
+    ).fetchone()
+    con.execute(
+        "UPDATE flow_runs SET synced_at = now(), state_name = 'Changed' WHERE id = ?", [run_id]
+    )
+    con.close()
+    summary = export(db, out, "--since", "1d")
+    # The run's day, and its created day (where it sat if it had no expected start yet).
+    assert summary["tables"]["flow_runs"]["files_written"] == len({day, created_day})
+    assert summary["tables"]["flows"]["files_written"] == 0
+    part = pl.read_parquet(out / "flow_runs" / f"date={day.isoformat()}" / "part-0.parquet")
+    assert part.filter(pl.col("state_name") == "Changed").height == 1
+    assert read_back(out, "flow_runs").height == scalar(db, "SELECT count(*) FROM flow_runs")
+
+
+def test_full_export_drops_partitions_the_db_no_longer_has(db: Path, tmp_path: Path) -> None:
+    out = tmp_path / "export"
+    export(db, out)
+    stale = out / "flow_runs" / "date=1999-01-01"
+    shutil.copytree(next((out / "flow_runs").iterdir()), stale)
+    summary = export(db, out, "--tables", "flow_runs")
+    assert summary["tables"]["flow_runs"]["partitions_removed"] == ["date=1999-01-01"]
+    assert not stale.exists()
+    assert read_back(out, "flow_runs")["id"].n_unique() == scalar(db, "SELECT count(*) FROM flow_runs")
+
+
+def test_tables_option_limits_the_export(db: Path, tmp_path: Path) -> None:
+    out = tmp_path / "export"
+    export(db, out, "--tables", "flows,deployments")
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["deployments", "flows"]
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--tables", "runs"], "Unknown table 'runs'"),
+        (["--format", "csv"], "Unknown export format 'csv'"),
+        (["--since", "yesterday"], "--since 'yesterday' is not a time"),
+    ],
+)
+def test_bad_options_fail_with_one_line(db: Path, tmp_path: Path, args: list[str], needle: str) -> None:
+    out = tmp_path / "export"
+    result = run_cli("export", str(out), "--db", str(db), *args)
+    assert result.exit_code == 2
+    assert needle in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.output
+    assert not out.exists()
+
+
+def test_export_into_a_file_fails_cleanly(db: Path, tmp_path: Path) -> None:
+    target = tmp_path / "export.parquet"
+    target.write_text("not a dir")
+    result = run_cli("export", str(target), "--db", str(db))
+    assert result.exit_code == 2
+    assert f"Export directory {target} is a file" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert target.read_text() == "not a dir"
+
+
+def test_missing_db_fails_cleanly(tmp_path: Path) -> None:
+    out = tmp_path / "export"
+    missing = tmp_path / "nope.duckdb"
+    result = run_cli("export", str(out), "--db", str(missing))
+    assert result.exit_code == 5
+    assert "does not exist" in result.stderr and "flowsync pull" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not missing.exists() and not out.exists()
