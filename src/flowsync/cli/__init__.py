@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from flowsync import __version__
-from flowsync.cli import analysis_cmds, sync_cmds
+from flowsync.cli import analysis_cmds, export_cmds, sync_cmds
 from flowsync.cli.policy_cmds import apply_cmd, plan_cmd, policy_app
 
 app = typer.Typer(
@@ -43,6 +43,7 @@ app.command("pull")(sync_cmds.pull_cmd)
 app.command("status")(sync_cmds.status_cmd)
 app.command("sql")(analysis_cmds.sql_cmd)
 app.add_typer(analysis_cmds.report_app, name="report")
+app.command("export")(export_cmds.export_cmd)
 app.command("plan")(plan_cmd)
 app.command("apply")(apply_cmd)
 app.add_typer(policy_app, name="policy")
