@@ -29,7 +29,7 @@ from flowsync.errors import (
 )
 from flowsync.policy.model import SetStateRule
 from flowsync.policy.plan import Plan, RuleModel
-from flowsync.store import Store, audit
+from flowsync.store import Store, audit, writes
 from flowsync.sync import NullProgress, Progress, refresh_runs
 
 # Outcomes that mean "not done, and not because the safety guard held": exit 9.
@@ -210,6 +210,7 @@ def apply_plan(
     result = ApplyResult(apply_id=str(uuid.uuid4()), policy_sha256=plan.policy.sha256)
     state_before = {run.id: run.state_type for rp in plan.rules for run in rp.runs}
     unanswered: dict[str, tuple[str, Any]] = {}  # id -> (state type before, batch error)
+    deleted: list[str] = []
     progress.phase("apply", total=plan.total)
     for number, batch in enumerate(batches(plan, batch_size), 1):
         result.batches = number
@@ -230,21 +231,28 @@ def apply_plan(
                 audit.record_outcomes(store, result.apply_id, {i: ("failed", {"error": str(e)}) for i in batch.ids})
                 raise
         result.errors.extend(notes)
+        deleted.extend(i for i, (outcome, _) in outcomes.items() if outcome == "deleted")
         for run_id, (outcome, details) in outcomes.items():
             if outcome == "unanswered":
                 unanswered[run_id] = (state_before[run_id], details)
                 outcomes[run_id] = ("failed", {"error": details} if details else None)
         audit.record_outcomes(store, result.apply_id, outcomes)
         progress.advance(len(batch.ids))
-    touched = list(state_before)
-    if refresh and touched:
-        progress.message(f"refreshing {len(touched)} runs from the server")
-        try:
-            result.refreshed = refresh_runs(client, store, touched)
-        except FlowsyncError as e:
-            result.errors.append(f"refresh after apply failed: {e}; run `flowsync pull` to re-check.")
-        else:
-            audit.record_outcomes(store, result.apply_id, _resolve_unanswered(store, unanswered))
+    if refresh and state_before:
+        # Runs the server reported deleted are marked here; re-reading them would
+        # only confirm their absence. Every other touched run is re-read.
+        with store.transaction():
+            result.refreshed["marked_deleted"] = writes.mark_deleted(store, "flow_runs", deleted)
+        others = [i for i in state_before if i not in set(deleted)]
+        if others:
+            progress.message(f"refreshing {len(others)} runs from the server")
+            try:
+                for key, n in refresh_runs(client, store, others).items():
+                    result.refreshed[key] = result.refreshed.get(key, 0) + n
+            except FlowsyncError as e:
+                result.errors.append(f"refresh after apply failed: {e}; run `flowsync pull` to re-check.")
+            else:
+                audit.record_outcomes(store, result.apply_id, _resolve_unanswered(store, unanswered))
     counts = audit.outcome_counts(store, result.apply_id)
     for (rule, outcome), n in sorted(counts.items()):
         result.counts.setdefault(rule, {})[outcome] = n
