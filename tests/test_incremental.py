@@ -119,8 +119,11 @@ def test_kill_9_mid_pull_then_resume(fresh_server: Server, db_path: Path) -> Non
     url = fresh_server.url
     seed(url, runs=400, flows=2, deployments_per_flow=2, seed_value=6)
     env = {**os.environ, "PREFECT_API_URL": url}
-    for delay in (0.8, 1.5):
+    for delay in (0.3, 0.6, 0.9):
         proc = subprocess.Popen(_flowsync("pull", "--db", str(db_path), "-q", "--concurrency", "1"), env=env)
+        deadline = time.monotonic() + 30
+        while not db_path.exists() and time.monotonic() < deadline:  # the pull has opened the file
+            time.sleep(0.02)
         time.sleep(delay)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
@@ -130,7 +133,7 @@ def test_kill_9_mid_pull_then_resume(fresh_server: Server, db_path: Path) -> Non
     assert scalar(db_path, "SELECT count(*) - count(DISTINCT id) FROM flow_runs") == 0
     statuses = [r[0] for r in query(db_path, "SELECT status FROM sync_runs ORDER BY id")]
     assert statuses[-1] == "ok"
-    assert set(statuses[:-1]) <= {"interrupted", "ok"}
+    assert "interrupted" in statuses  # a killed pull left 'running', the next one recorded it
 
 
 def test_second_concurrent_pull_is_refused_then_waits(fresh_server: Server, db_path: Path) -> None:

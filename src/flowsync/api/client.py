@@ -131,8 +131,10 @@ class PrefectClient:
         *,
         idempotent: bool = True,
         expect_json: bool = True,
+        attempts: int | None = None,
     ) -> Any:
         """Send one request with retries; return the decoded JSON (or None for 204)."""
+        attempts = attempts or self.retry.attempts
         url = path if path.startswith("http") else path.lstrip("/")
         if url.startswith("http") and urlsplit(url).netloc != self._host:
             # Never send credentials to another host, e.g. via a next-page link.
@@ -140,7 +142,7 @@ class PrefectClient:
         retry_status = READ_RETRY_STATUS if idempotent else RETRY_STATUS
         where = f"{self.settings.display_url}/{path.lstrip('/')}" if not path.startswith("http") else path
         last_problem = ""
-        for attempt in range(self.retry.attempts):
+        for attempt in range(attempts):
             self._count(attempt > 0)
             retry_after: float | None = None
             try:
@@ -168,14 +170,14 @@ class PrefectClient:
                     except (json.JSONDecodeError, UnicodeDecodeError):
                         # A truncated body is usually a dropped connection: try again.
                         last_problem = f"unreadable JSON body ({_short(response.text, 60)!r})"
-            if attempt + 1 < self.retry.attempts:
+            if attempt + 1 < attempts:
                 delay = self.retry.delay(attempt, retry_after)
-                if self._on_retry:
+                if self._on_retry and attempts > 2:
                     self._on_retry(f"{method} {path.split('?')[0]}: {last_problem}; retrying in {delay:.1f}s")
                 self._sleep(delay)
         raise ApiError(
             f"Prefect API at {self.settings.display_url} failed {method} /{path.lstrip('/').split('?')[0]} "
-            f"after {self.retry.attempts} attempts: {last_problem}. "
+            f"after {attempts} attempts: {last_problem}. "
             "Check that the server is up and the URL is right, then run again."
         )
 
@@ -197,7 +199,8 @@ class PrefectClient:
     def check(self) -> None:
         """Fail clearly unless the URL is a reachable Prefect API."""
         try:
-            answer = self.request("GET", "health")
+            # Two quick tries: a wrong URL or a stopped server should fail in a second, not minutes.
+            answer = self.request("GET", "health", attempts=2)
         except ApiError as e:
             msg = str(e)
             if "answered 404" in msg or "unreadable JSON" in msg:

@@ -1,0 +1,69 @@
+"""Settings are found the way the Prefect CLI finds them; secrets are never shown."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from flowsync.config import mask_url, resolve_api, resolve_db_path
+from flowsync.errors import ConfigError
+
+
+def write_profiles(home: Path, text: str) -> None:
+    (home / "profiles.toml").write_text(text)
+
+
+def test_flag_beats_env_beats_profile(isolated_env: Path) -> None:
+    write_profiles(
+        isolated_env,
+        'active = "cloud"\n[profiles.cloud]\nPREFECT_API_URL = "https://api.prefect.cloud/api/accounts/a/workspaces/w"\n'
+        'PREFECT_API_KEY = "pnu_profile"\n',
+    )
+    env = {"PREFECT_HOME": str(isolated_env)}
+    s = resolve_api(env=env)
+    assert s.url.endswith("/workspaces/w") and s.api_key is not None
+    assert s.api_key.get_secret_value() == "pnu_profile" and "profile 'cloud'" in s.source
+    s = resolve_api(env={**env, "PREFECT_API_URL": "http://127.0.0.1:4200/api/", "PREFECT_API_KEY": "pnu_env"})
+    assert s.url == "http://127.0.0.1:4200/api" and s.source == "$PREFECT_API_URL"
+    assert s.api_key is not None and s.api_key.get_secret_value() == "pnu_env"
+    s = resolve_api("http://h:1/api", "pnu_flag", env=env)
+    assert s.url == "http://h:1/api" and s.api_key is not None and s.api_key.get_secret_value() == "pnu_flag"
+
+
+def test_prefect_profile_env_selects_profile(isolated_env: Path) -> None:
+    write_profiles(
+        isolated_env,
+        'active = "a"\n[profiles.a]\nPREFECT_API_URL = "http://a/api"\n[profiles.b]\nPREFECT_API_URL = "http://b/api"\n',
+    )
+    assert resolve_api(env={"PREFECT_HOME": str(isolated_env), "PREFECT_PROFILE": "b"}).url == "http://b/api"
+    with pytest.raises(ConfigError, match="'zzz'"):
+        resolve_api(env={"PREFECT_HOME": str(isolated_env), "PREFECT_PROFILE": "zzz"})
+
+
+def test_auth_string_is_basic_auth_and_masked(isolated_env: Path) -> None:
+    s = resolve_api(env={"PREFECT_API_URL": "http://h/api", "PREFECT_API_AUTH_STRING": "admin:pw"})
+    assert s.auth_kind == "auth string (basic)"
+    assert "pw" not in repr(s)
+
+
+def test_broken_profiles_file_is_one_clear_error(isolated_env: Path) -> None:
+    write_profiles(isolated_env, "active = [unclosed\n")
+    with pytest.raises(ConfigError, match="profiles file"):
+        resolve_api(env={"PREFECT_HOME": str(isolated_env)})
+
+
+def test_mask_url_hides_userinfo() -> None:
+    assert mask_url("https://user:secret@example.com:8443/api") == "https://***@example.com:8443/api"
+    assert mask_url("http://127.0.0.1:4200/api") == "http://127.0.0.1:4200/api"
+
+
+def test_db_path_resolution(tmp_path: Path) -> None:
+    assert resolve_db_path(None, env={}) == Path("flowsync.duckdb")
+    assert resolve_db_path(None, env={"FLOWSYNC_DB": str(tmp_path / "x.duckdb")}) == tmp_path / "x.duckdb"
+    assert resolve_db_path(tmp_path / "y.duckdb", env={"FLOWSYNC_DB": "ignored"}) == tmp_path / "y.duckdb"
+
+
+def test_cert_file_must_exist() -> None:
+    with pytest.raises(ConfigError, match="PREFECT_API_SSL_CERT_FILE"):
+        resolve_api(env={"PREFECT_API_URL": "https://h/api", "PREFECT_API_SSL_CERT_FILE": "/nonexistent.pem"})

@@ -1,0 +1,157 @@
+"""Faults a real server won't produce on demand, through an httpx MockTransport in front of it.
+
+The transport forwards to the real test server except where a test injects a
+fault: 429 with Retry-After, bursts of 500/503, truncated or non-JSON bodies,
+connection resets. The pull must retry, or fail with one clear line and leave
+the file consistent.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from flowsync.api import PrefectClient, RetryPolicy
+from flowsync.config import ApiSettings
+from flowsync.errors import ApiError, AuthError
+from flowsync.store import Store
+from flowsync.sync import pull
+from tests.conftest import SeededServer
+from tests.helpers import query, scalar
+from tests.server_truth import assert_matches_server
+
+Fault = Callable[[httpx.Request, int], httpx.Response | None]
+
+
+def forwarding(url: str, fault: Fault) -> tuple[httpx.MockTransport, list[float]]:
+    real = httpx.Client(timeout=60)
+    calls = itertools.count()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        injected = fault(request, next(calls))
+        if injected is not None:
+            return injected
+        response = real.request(request.method, str(request.url), content=request.content, headers=request.headers)
+        headers = {k: v for k, v in response.headers.items() if k.lower() not in ("content-encoding", "content-length")}
+        return httpx.Response(response.status_code, headers=headers, content=response.content)
+
+    return httpx.MockTransport(handler), []
+
+
+def client_for(url: str, transport: httpx.BaseTransport, sleeps: list[float], attempts: int = 5) -> PrefectClient:
+    return PrefectClient(
+        ApiSettings(url=url),
+        transport=transport,
+        retry=RetryPolicy(attempts=attempts, base_delay=0.01, max_delay=0.05),
+        sleep=sleeps.append,
+    )
+
+
+def is_runs_page(request: httpx.Request) -> bool:
+    return request.url.path.endswith("/flow_runs/filter")
+
+
+def test_429_retry_after_is_honoured(prefect: SeededServer, db_path: Path) -> None:
+    hits = itertools.count()
+
+    def fault(request: httpx.Request, n: int) -> httpx.Response | None:
+        if is_runs_page(request) and next(hits) in (0, 3):
+            return httpx.Response(429, headers={"Retry-After": "7"}, json={"detail": "slow down"})
+        return None
+
+    transport, sleeps = forwarding(prefect.url, fault)
+    with Store.open(db_path) as store, client_for(prefect.url, transport, sleeps) as client:
+        result = pull(client, store)
+    assert sleeps.count(7.0) == 2
+    assert result.retries == 2
+    assert_matches_server(db_path, prefect.url)
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 504])
+def test_bursts_of_server_errors_are_retried(prefect: SeededServer, db_path: Path, status: int) -> None:
+    def fault(request: httpx.Request, n: int) -> httpx.Response | None:
+        return httpx.Response(status, text="database is locked") if n % 3 == 1 else None
+
+    transport, sleeps = forwarding(prefect.url, fault)
+    with Store.open(db_path) as store, client_for(prefect.url, transport, sleeps) as client:
+        pull(client, store)
+    assert sleeps, "expected retries"
+    assert_matches_server(db_path, prefect.url)
+
+
+def test_truncated_and_non_json_bodies_and_resets_are_retried(prefect: SeededServer, db_path: Path) -> None:
+    def fault(request: httpx.Request, n: int) -> httpx.Response | None:
+        if not is_runs_page(request):
+            return None
+        kind = n % 4
+        if kind == 1:
+            return httpx.Response(200, content=b'[{"id": "abc", "name": "trunc')
+        if kind == 2:
+            return httpx.Response(200, content=b"<html>proxy error</html>")
+        if kind == 3:
+            raise httpx.ReadError("connection reset by peer", request=request)
+        return None
+
+    transport, sleeps = forwarding(prefect.url, fault)
+    with Store.open(db_path) as store, client_for(prefect.url, transport, sleeps, attempts=6) as client:
+        pull(client, store)
+    assert_matches_server(db_path, prefect.url)
+
+
+def test_persistent_failure_fails_clearly_and_keeps_the_file_consistent(prefect: SeededServer, db_path: Path) -> None:
+    pages = itertools.count()
+
+    def fault(request: httpx.Request, n: int) -> httpx.Response | None:
+        # the first few pages succeed, then the server stays down
+        if is_runs_page(request) and next(pages) >= 3:
+            return httpx.Response(503, text="Service Unavailable")
+        return None
+
+    transport, sleeps = forwarding(prefect.url, fault)
+    with Store.open(db_path) as store, client_for(prefect.url, transport, sleeps) as client:
+        with pytest.raises(ApiError) as err:
+            pull(client, store)
+    message = str(err.value)
+    assert prefect.url in message and "after 5 attempts" in message and "\n" not in message
+    assert query(db_path, "SELECT status, error IS NOT NULL FROM sync_runs") == [("failed", True)]
+    partial = scalar(db_path, "SELECT count(*) FROM flow_runs")
+    assert 0 < partial < prefect.count()
+    assert scalar(db_path, "SELECT count(*) - count(DISTINCT id) FROM flow_runs") == 0
+    # the next pull, with the server back, resumes and completes
+    with Store.open(db_path) as store, PrefectClient(ApiSettings(url=prefect.url)) as client:
+        result = pull(client, store)
+    assert result.mode == "full" and "resuming" in result.reason
+    assert_matches_server(db_path, prefect.url)
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_auth_errors_fail_at_once(prefect: SeededServer, db_path: Path, status: int) -> None:
+    transport, sleeps = forwarding(prefect.url, lambda r, n: httpx.Response(status, json={"detail": "no"}))
+    with Store.open(db_path) as store, client_for(prefect.url, transport, sleeps) as client:
+        with pytest.raises(AuthError) as err:
+            pull(client, store)
+    assert not sleeps
+    assert str(status) in str(err.value) and "PREFECT_API_KEY" in str(err.value)
+
+
+def test_api_key_goes_only_in_the_header(prefect: SeededServer, db_path: Path) -> None:
+    from pydantic import SecretStr
+
+    seen: list[str] = []
+
+    def fault(request: httpx.Request, n: int) -> httpx.Response | None:
+        seen.append(request.headers.get("authorization", ""))
+        assert b"sk-test-secret" not in request.content
+        return None
+
+    transport, _ = forwarding(prefect.url, fault)
+    settings = ApiSettings(url=prefect.url, api_key=SecretStr("sk-test-secret"))
+    with Store.open(db_path) as store, PrefectClient(settings, transport=transport) as client:
+        pull(client, store)
+    assert set(seen) == {"Bearer sk-test-secret"}
+    dump = db_path.read_bytes()
+    assert b"sk-test-secret" not in dump
