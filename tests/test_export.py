@@ -109,7 +109,7 @@ def test_since_rewrites_only_changed_partitions(db: Path, tmp_path: Path) -> Non
     con = duckdb.connect(str(db))
     con.execute("SET TimeZone = 'UTC'")
     for table in TABLES:  # as if the last pull was two days ago
-        con.execute(f"UPDATE {table} SET synced_at = synced_at - INTERVAL 2 DAY")
+        con.execute(f"UPDATE {table} SET synced_at = synced_at - INTERVAL 2 DAY, deleted_at = deleted_at - INTERVAL 2 DAY")
     run_id, day, created_day = con.execute(
         "SELECT id, CAST(expected_start_time AS DATE), CAST(created AS DATE) FROM flow_runs "
         "WHERE expected_start_time IS NOT NULL ORDER BY expected_start_time LIMIT 1"
