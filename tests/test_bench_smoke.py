@@ -1,0 +1,34 @@
+"""The fast benchmark seeder yields a server that serves every replicated run.
+
+Tiny N (a 40-run template through the API, replicated to 300 in SQLite), so it
+stays well under a minute; the full benchmark is ``python -m bench.bench_pull``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+
+from bench.fast_seed import fast_seed, verify
+from bench.server import prefect_server
+
+
+@pytest.mark.timeout(240)
+def test_fast_seed_count_matches_and_reuses(tmp_path: Path) -> None:
+    home = tmp_path / "prefect-home"
+    seeded = fast_seed(300, home, template_runs=40, check=False, log=lambda _msg: None)
+    assert not seeded.reused
+    again = fast_seed(300, home, template_runs=40, check=False, log=lambda _msg: None)
+    assert again.reused
+    with prefect_server(home=home) as server:
+        assert verify(server.url, 300)["read"] == 300
+        with httpx.Client(base_url=server.url + "/", timeout=60) as c:
+            by_state = c.post("flow_runs/count", json={"flow_runs": {"state": {"type": {"any_": ["COMPLETED"]}}}})
+            by_state.raise_for_status()
+            # STATE_MIX puts 62% in COMPLETED; a wide band keeps the test robust to the RNG.
+            assert 120 <= by_state.json() <= 240
+            runs = c.post("flow_runs/filter", json={"limit": 5, "sort": "EXPECTED_START_TIME_ASC"}).json()
+            states = c.get(f"flow_runs/{runs[0]['id']}").json()["state"]
+            assert states["type"] == runs[0]["state_type"]
