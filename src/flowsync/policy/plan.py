@@ -146,14 +146,18 @@ def rule_statement(store: Store, rule: RuleModel) -> str:
 
 
 def check_rules(store: Store, loaded: LoadedPolicy) -> dict[str, int]:
-    """Run every rule's SQL (read-only); rule name -> rows returned."""
+    """Run every rule's SQL (read-only); rule name -> non-null ids returned."""
     counts = {}
     for rule in loaded.policy.rules:
         sql = rule_statement(store, rule)
         try:
-            _, rows = audit.select_rows(store, f"SELECT count(*) AS n FROM (\n{sql}\n) AS rule_rows")
+            _, rows = audit.select_rows(
+                store, f"SELECT count(CAST(id AS UUID)) AS n FROM (\n{sql}\n) AS rule_rows"
+            )
         except StoreError as e:
-            raise PolicyError(f"rule {rule.name!r}: SQL failed: {e}.") from e
+            raise PolicyError(
+                f"rule {rule.name!r}: SQL failed: {e}. The id column must hold flow-run ids (UUIDs)."
+            ) from e
         counts[rule.name] = int(rows[0]["n"])
     return counts
 

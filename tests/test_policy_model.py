@@ -1,0 +1,133 @@
+"""Policy files: validation, error messages, the JSON Schema, `flowsync policy check`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from flowsync.errors import PolicyError
+from flowsync.policy import load_policy, parse_policy, policy_schema
+from flowsync.policy.model import DeleteRule, SetStateRule
+from tests.helpers import run_cli
+
+EXAMPLES = sorted((Path(__file__).parent.parent / "docs" / "examples").glob("*.yaml"))
+
+BRIEF = b"""
+version: 1
+max_actions: 1000
+protect_tags: [keep]
+rules:
+  - name: purge-completed-after-30d
+    action: delete
+    sql: |
+      SELECT id FROM flow_runs
+      WHERE deleted_at IS NULL AND state_type = 'COMPLETED'
+        AND end_time < now() - INTERVAL 30 DAY
+  - name: cancel-stale-scheduled
+    action: set_state
+    state: {type: CANCELLED, name: Cancelled, message: "stale for 7 days"}
+    force: false
+    sql: |
+      SELECT id FROM flow_runs
+      WHERE deleted_at IS NULL AND state_type = 'SCHEDULED'
+        AND expected_start_time < now() - INTERVAL 7 DAY
+"""
+
+
+def test_the_documented_policy_parses() -> None:
+    loaded = parse_policy(BRIEF, "p.yaml")
+    delete, set_state = loaded.policy.rules
+    assert isinstance(delete, DeleteRule) and isinstance(set_state, SetStateRule)
+    assert set_state.state.to_api() == {"type": "CANCELLED", "name": "Cancelled", "message": "stale for 7 days"}
+    assert loaded.policy.protect_tags == ["keep"]
+    assert len(loaded.sha256) == 64
+
+
+def test_defaults() -> None:
+    loaded = parse_policy(b"version: 1\nrules: [{name: a, action: delete, sql: SELECT 1 AS id}]", "p")
+    assert loaded.policy.max_actions == 1000
+    assert loaded.policy.protect_tags == []
+    rule = loaded.policy.rules[0]
+    assert (rule.enabled, rule.limit, rule.keep_newest) == (True, None, None)
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
+def test_examples_are_valid(path: Path) -> None:
+    assert load_policy(path).policy.rules
+    result = run_cli("policy", "check", str(path))
+    assert result.exit_code == 0, result.output
+
+
+def test_there_are_examples() -> None:
+    assert len(EXAMPLES) >= 2
+
+
+RULE = "{name: r, action: delete, sql: SELECT id FROM flow_runs}"
+
+BAD = [
+    ("unknown top-level key", f"version: 1\nmax_action: 5\nrules: [{RULE}]", "max_action: unknown key"),
+    ("unknown rule key", "version: 1\nrules: [{name: r, action: delete, sql: x, where: y}]", "rules[0].where: unknown key"),
+    ("unknown action", f"version: 1\nrules: [{RULE}, {{name: s, action: nuke, sql: x}}]", "rules[1].action: unknown action 'nuke'"),
+    ("missing action", "version: 1\nrules: [{name: r, sql: x}]", "rules[0].action: missing"),
+    ("missing state", "version: 1\nrules: [{name: r, action: set_state, sql: x}]", "rules[0].state: Field required"),
+    ("bad state type", "version: 1\nrules: [{name: r, action: set_state, sql: x, state: {type: DONE}}]", "rules[0].state.type:"),
+    ("state on delete", "version: 1\nrules: [{name: r, action: delete, sql: x, state: {type: CANCELLED}}]", "rules[0].state: unknown key"),
+    ("wrong version", f"version: 2\nrules: [{RULE}]", "version: Input should be 1"),
+    ("no rules", "version: 1\nrules: []", "rules: List should have at least 1 item"),
+    ("duplicate rule names", f"version: 1\nrules: [{RULE}, {RULE}]", "rule name 'r' is used twice"),
+    ("negative limit", "version: 1\nrules: [{name: r, action: delete, sql: x, limit: 0}]", "rules[0].limit:"),
+    ("bad max_actions", f"version: 1\nmax_actions: 0\nrules: [{RULE}]", "max_actions:"),
+    ("bad rule name", "version: 1\nrules: [{name: 'a b', action: delete, sql: x}]", "rules[0].name:"),
+    ("yaml syntax", "version: 1\nrules: [{name: r, action: delete, sql: x\n", "YAML syntax error at line"),
+    ("duplicate yaml key", "version: 1\nversion: 1\nrules: []", "duplicate key 'version'"),
+    ("not a mapping", "- just a list", "a policy is a YAML mapping"),
+    ("empty file", "", "a policy is a YAML mapping"),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), [(t, e) for _, t, e in BAD], ids=[n for n, _, _ in BAD])
+def test_bad_policies_name_the_field(text: str, expected: str) -> None:
+    with pytest.raises(PolicyError) as info:
+        parse_policy(text.encode(), "bad.yaml")
+    assert expected in str(info.value)
+    assert str(info.value).startswith("bad.yaml")
+
+
+def test_one_bullet_per_field() -> None:
+    text = b"version: 1\nrules:\n - {name: a, action: nuke, sql: x}\n - {name: b, action: set_state, sql: x, bogus: 1}\n"
+    with pytest.raises(PolicyError) as info:
+        parse_policy(text, "p.yaml")
+    lines = str(info.value).splitlines()
+    assert lines[0] == "p.yaml is not a valid policy:"
+    assert [line.split(":")[0] for line in lines[1:]] == [
+        "  - rules[0].action", "  - rules[1].state", "  - rules[1].bogus",
+    ]
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(PolicyError, match="does not exist"):
+        load_policy(tmp_path / "nope.yaml")
+
+
+def test_cli_check_bad_file_is_one_error_and_exit_7(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("version: 1\nrules: [{name: r, action: nuke, sql: x}]\n")
+    result = run_cli("policy", "check", str(bad))
+    assert result.exit_code == 7
+    assert "rules[0].action: unknown action 'nuke'" in result.stderr
+    assert "Traceback" not in result.output
+    missing = run_cli("policy", "check", str(tmp_path / "missing.yaml"))
+    assert missing.exit_code == 7 and "does not exist" in missing.stderr
+
+
+def test_schema_command_prints_the_json_schema() -> None:
+    result = run_cli("policy", "schema")
+    assert result.exit_code == 0
+    schema = json.loads(result.stdout)
+    assert schema == json.loads(json.dumps(policy_schema()))
+    assert set(schema["required"]) == {"version", "rules"}
+    assert schema["additionalProperties"] is False
+    assert {"DeleteRule", "SetStateRule", "TargetState"} <= set(schema["$defs"])
+    assert schema["$defs"]["SetStateRule"]["required"] == ["name", "sql", "action", "state"]

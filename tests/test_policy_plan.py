@@ -1,0 +1,243 @@
+"""Planning: a pure function of the policy and a local DuckDB file (no server needed)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Sequence
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flowsync.errors import PolicyError
+from flowsync.policy import make_plan, parse_policy
+from flowsync.policy.plan import plan_rule
+from flowsync.store import Store
+from tests.helpers import run_cli, scalar
+
+NOW = datetime.now(timezone.utc)
+FLOW = str(uuid.UUID(int=1000))
+DEPLOYMENTS = {"prod": str(uuid.UUID(int=2000)), "dev": str(uuid.UUID(int=2001))}
+
+
+def rid(n: int) -> str:
+    return str(uuid.UUID(int=n))
+
+
+def run(n: int, state: str | None = "COMPLETED", days_ago: float = 40, dep: str | None = "prod",
+        tags: Sequence[str] = (), deleted: bool = False) -> dict[str, Any]:
+    return {"id": rid(n), "state": state, "days_ago": days_ago, "dep": dep, "tags": list(tags), "deleted": deleted}
+
+
+def make_db(path: Path, runs: list[dict[str, Any]]) -> Path:
+    """A flowsync file holding exactly these runs (one flow, two deployments)."""
+    with Store.open(path) as store:
+        con = store.con
+        con.execute("INSERT INTO flows (id, name, synced_at) VALUES (?, 'etl', now())", [FLOW])
+        for name, dep_id in DEPLOYMENTS.items():
+            con.execute(
+                "INSERT INTO deployments (id, name, flow_id, synced_at) VALUES (?, ?, ?, now())", [dep_id, name, FLOW]
+            )
+        for r in runs:
+            when = NOW - timedelta(days=r["days_ago"])
+            con.execute(
+                """
+                INSERT INTO flow_runs (id, name, flow_id, deployment_id, state_type, state_name, tags,
+                    expected_start_time, start_time, end_time, created, synced_at, deleted_at)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, now(), ?)
+                """,
+                [r["id"], f"run-{r['id'][-4:]}", FLOW, DEPLOYMENTS.get(r["dep"] or ""), r["state"], (r["state"] or "").title() or None,
+                 r["tags"], when, when, when + timedelta(minutes=1), when, NOW if r["deleted"] else None],
+            )
+    return path
+
+
+def policy(*rules: str, extra: str = "") -> str:
+    return "version: 1\n" + extra + "rules:\n" + "".join(rules)
+
+
+def rule(name: str, sql: str, action: str = "delete", more: str = "") -> str:
+    text = f"  - name: {name}\n    action: {action}\n    sql: \"{sql}\"\n"
+    if action == "set_state":
+        text += "    state: {type: CANCELLED}\n"
+    return text + "".join(f"    {line}\n" for line in more.splitlines() if line)
+
+
+def plan_of(db: Path, text: str) -> Any:
+    with Store.open(db, read_only=True) as store:
+        return make_plan(store, parse_policy(text.encode(), "p.yaml"))
+
+
+OLD_COMPLETED = "SELECT id FROM flow_runs WHERE state_type = 'COMPLETED' AND end_time < now() - INTERVAL 30 DAY"
+
+
+# -- the guards, as a table over plan_rule (pure) -----------------------------------
+
+def row(n: int, **over: Any) -> dict[str, Any]:
+    base = {"id": rid(n), "name": f"r{n}", "flow_name": "f", "deployment_name": "d", "state_type": "COMPLETED",
+            "state_name": "Completed", "tags": [], "expected_start_time": None, "end_time": None,
+            "unknown": False, "deleted": False, "protected": False, "newest_rank": 99}
+    return {**base, **over}
+
+
+GUARDS = [
+    ("selected", row(1), None, set(), None),
+    ("unknown id", row(1, unknown=True), None, set(), "not in flow_runs"),
+    ("deleted locally", row(1, deleted=True), None, set(), "already deleted"),
+    ("no state", row(1, state_type=None), None, set(), "no known state"),
+    ("protected", row(1, protected=True), None, set(), "protected tag"),
+    ("kept newest", row(1, newest_rank=2), "keep_newest: 2", set(), "keep_newest"),
+    ("not among newest", row(1, newest_rank=3), "keep_newest: 2", set(), None),
+    ("claimed earlier", row(1), None, {rid(1)}, "taken by an earlier rule"),
+]
+
+
+@pytest.mark.parametrize(("r", "more", "claimed", "reason"), [g[1:] for g in GUARDS], ids=[g[0] for g in GUARDS])
+def test_guards(r: dict[str, Any], more: str | None, claimed: set[str], reason: str | None) -> None:
+    loaded = parse_policy(policy(rule("r", "SELECT 1 AS id", more=more or "")).encode(), "p")
+    rp = plan_rule(loaded.policy.rules[0], [r], set(claimed))
+    if reason is None:
+        assert [x.id for x in rp.runs] == [r["id"]] and rp.skipped == {}
+    else:
+        assert rp.runs == [] and rp.skipped == {reason: 1}
+
+
+def test_limit_takes_the_first_rows_and_counts_the_rest() -> None:
+    loaded = parse_policy(policy(rule("r", "SELECT 1 AS id", more="limit: 2")).encode(), "p")
+    claimed: set[str] = set()
+    rp = plan_rule(loaded.policy.rules[0], [row(1), row(2), row(3)], claimed)
+    assert [r.id for r in rp.runs] == [rid(1), rid(2)]
+    assert rp.skipped == {"over the rule's limit": 1}
+    assert claimed == {rid(1), rid(2)}
+
+
+# -- over a real file -------------------------------------------------------------------
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    runs = [run(i, days_ago=31 + i) for i in range(1, 11)]  # 10 old completed in prod
+    runs += [run(i, days_ago=31 + i, dep="dev") for i in range(11, 14)]  # 3 in dev
+    runs += [run(20, days_ago=5), run(21, tags=["keep", "etl"]), run(22, deleted=True)]
+    runs += [run(30, state="SCHEDULED", days_ago=10), run(31, state="SCHEDULED", days_ago=1), run(32, state="FAILED")]
+    return make_db(tmp_path / "runs.duckdb", runs)
+
+
+def test_plan_selects_oldest_first_and_skips_protected_and_deleted(db: Path) -> None:
+    plan = plan_of(db, policy(rule("purge", OLD_COMPLETED), extra="protect_tags: [keep]\n"))
+    rp = plan.rules[0]
+    assert len(rp.runs) == 13
+    assert rp.skipped == {"protected tag": 1, "already deleted": 1}
+    assert rp.runs[0].id == rid(13)  # the oldest (44 days) first
+    assert rp.runs[0].flow_name == "etl" and rp.runs[0].deployment_name == "dev"
+    assert rid(21) not in {r.id for r in rp.runs}
+
+
+def test_keep_newest_is_per_deployment(db: Path) -> None:
+    plan = plan_of(db, policy(rule("purge", OLD_COMPLETED, more="keep_newest: 2")))
+    kept = {rid(1), rid(2), rid(11), rid(12)}  # the two newest selected in prod and in dev
+    ids = {r.id for r in plan.rules[0].runs}
+    assert not ids & kept
+    assert plan.rules[0].skipped["keep_newest"] == 4
+
+
+def test_first_rule_wins_and_disabled_rules_select_nothing(db: Path) -> None:
+    text = policy(
+        rule("cancel", "SELECT id FROM flow_runs WHERE state_type = 'SCHEDULED'", "set_state"),
+        rule("everything", "SELECT id FROM flow_runs"),
+        rule("switched-off", "SELECT id FROM flow_runs", more="enabled: false"),
+    )
+    plan = plan_of(db, text)
+    assert len(plan.rules[0].runs) == 2
+    assert plan.rules[1].skipped["taken by an earlier rule"] == 2
+    assert plan.rules[2].runs == [] and plan.rules[2].selected == 0
+    assert plan.total == len(plan.rules[0].runs) + len(plan.rules[1].runs)
+
+
+def test_max_actions_is_flagged(db: Path) -> None:
+    plan = plan_of(db, policy(rule("purge", OLD_COMPLETED), extra="max_actions: 5\n"))
+    assert plan.total == 14 and plan.over_max
+    result = run_cli("plan", str(_write(db.parent, policy(rule("purge", OLD_COMPLETED), extra="max_actions: 5\n"))), "--db", str(db))
+    assert result.exit_code == 0
+    assert "apply would refuse" in result.stdout
+
+
+def test_duplicate_ids_and_uuid_strings_are_fine(db: Path) -> None:
+    sql = f"SELECT '{rid(30)}' AS id UNION ALL SELECT '{rid(30)}' UNION ALL SELECT CAST(id AS VARCHAR) FROM flow_runs WHERE state_type = 'FAILED'"
+    plan = plan_of(db, policy(rule("r", sql)))
+    assert sorted(r.id for r in plan.rules[0].runs) == sorted([rid(30), rid(32)])
+
+
+BAD_SQL = [
+    ("two statements", "SELECT id FROM flow_runs; SELECT id FROM flow_runs", "holds 2 statements"),
+    ("a delete", "DELETE FROM flow_runs", "is a DELETE statement"),
+    ("select then delete", "SELECT id FROM flow_runs; DELETE FROM flow_runs", "holds 2 statements"),
+    ("update", "UPDATE flow_runs SET name = 'x'", "is a UPDATE statement"),
+    ("attach", "ATTACH 'x.duckdb' AS x", "is a ATTACH statement"),
+    ("copy", "COPY flow_runs TO 'out.csv'", "is a COPY statement"),
+    ("no id column", "SELECT name FROM flow_runs", "not an `id` column"),
+    ("unknown table", "SELECT id FROM nope", "SQL failed"),
+    ("syntax", "SELEC id FROM flow_runs", "does not parse"),
+    ("ids not uuids", "SELECT name AS id FROM flow_runs", "SQL failed"),
+]
+
+
+def _write(folder: Path, text: str) -> Path:
+    path = folder / "policy.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(("sql", "expected"), [b[1:] for b in BAD_SQL], ids=[b[0] for b in BAD_SQL])
+def test_bad_sql_is_refused_and_changes_nothing(db: Path, sql: str, expected: str) -> None:
+    before = scalar(db, "SELECT count(*) FROM flow_runs WHERE deleted_at IS NULL")
+    with pytest.raises(PolicyError, match="rule 'bad'") as info:
+        plan_of(db, policy(rule("good", OLD_COMPLETED), rule("bad", sql)))
+    assert expected in str(info.value)
+    path = _write(db.parent, policy(rule("bad", sql)))
+    for args in (["plan", str(path)], ["policy", "check", str(path)]):
+        result = run_cli(*args, "--db", str(db))
+        assert result.exit_code == 7, result.output
+        assert expected in result.stderr and "Traceback" not in result.output
+    assert scalar(db, "SELECT count(*) FROM flow_runs WHERE deleted_at IS NULL") == before
+
+
+def test_rule_sql_runs_read_only(db: Path) -> None:
+    # A SELECT cannot write, and the connection could not anyway: prove the second.
+    with Store.open(db, read_only=True) as store, pytest.raises(Exception, match="read-only"):
+        store.con.execute("DELETE FROM flow_runs")
+
+
+def test_plan_cli_json(db: Path) -> None:
+    path = _write(db.parent, policy(rule("purge", OLD_COMPLETED, more="limit: 3")))
+    result = run_cli("plan", str(path), "--db", str(db), "--json", "--sample", "2")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["total"] == 3 and data["over_max_actions"] is False
+    r0 = data["rules"][0]
+    assert r0["rule"] == "purge" and r0["runs"] == 3 and len(r0["ids"]) == 3 and len(r0["sample"]) == 2
+    assert r0["sample"][0]["deployment"] in ("prod", "dev") and r0["by_state"] == {"COMPLETED": 3}
+    assert r0["left_out"] == {"already deleted": 1, "over the rule's limit": 11}
+
+
+def test_plan_cli_human(db: Path) -> None:
+    path = _write(db.parent, policy(rule("purge", OLD_COMPLETED), extra="protect_tags: [keep]\n"))
+    result = run_cli("plan", str(path), "--db", str(db))
+    assert result.exit_code == 0, result.output
+    assert "purge (delete): 13 runs (13 COMPLETED)" in result.stdout
+    assert "1 protected tag" in result.stdout and "etl/dev" in result.stdout and "44d" in result.stdout
+    assert "total: 13 runs" in result.stdout
+
+
+def test_check_with_db_counts_rows(db: Path) -> None:
+    path = _write(db.parent, policy(rule("purge", OLD_COMPLETED)))
+    result = run_cli("policy", "check", str(path), "--db", str(db), "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["rows_by_rule"] == {"purge": 15}
+
+
+def test_plan_without_db_file(tmp_path: Path) -> None:
+    path = _write(tmp_path, policy(rule("purge", OLD_COMPLETED)))
+    result = run_cli("plan", str(path), "--db", str(tmp_path / "none.duckdb"))
+    assert result.exit_code == 5 and "flowsync pull" in result.stderr
