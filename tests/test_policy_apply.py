@@ -1,0 +1,298 @@
+"""Applying policies: the bulk-call safety invariants (captured requests), partial
+failures (MockTransport), and the real thing against a real Prefect server."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from bench.seed import seed
+from bench.server import Server, prefect_server
+from flowsync.api import PrefectClient, RetryPolicy
+from flowsync.config import ApiSettings
+from flowsync.errors import PolicyLimitError
+from flowsync.policy import apply_plan, make_plan, parse_policy
+from flowsync.policy.plan import Plan
+from flowsync.store import Store
+from tests.helpers import query, run_cli, scalar
+from tests.test_policy_plan import make_db, rid, run
+
+Handler = Callable[[httpx.Request], httpx.Response]
+
+
+def plan_for(db: Path, text: str) -> Plan:
+    with Store.open(db, read_only=True) as store:
+        return make_plan(store, parse_policy(text.encode(), "p.yaml"))
+
+
+def mock_client(handler: Handler) -> PrefectClient:
+    settings = ApiSettings(url="http://prefect.test/api")
+    return PrefectClient(
+        settings, transport=httpx.MockTransport(handler), retry=RetryPolicy(attempts=2), sleep=lambda s: None
+    )
+
+
+class Recorder:
+    """A fake server: records every bulk body and answers with ``answer(path, body)``."""
+
+    def __init__(self, answer: Callable[[str, dict[str, Any]], httpx.Response]) -> None:
+        self.answer = answer
+        self.bodies: list[tuple[str, dict[str, Any]]] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        path = request.url.path.removeprefix("/api/")
+        body = json.loads(request.content) if request.content else {}
+        self.bodies.append((path, body))
+        return self.answer(path, body)
+
+
+def accept_all(path: str, body: dict[str, Any]) -> httpx.Response:
+    ids = body["flow_runs"]["id"]["any_"]
+    if path == "flow_runs/bulk_delete":
+        return httpx.Response(200, json={"deleted": ids})
+    return httpx.Response(200, json={"results": [
+        {"flow_run_id": i, "status": "ACCEPT", "state": {"type": body["state"]["type"]}, "details": {}} for i in ids
+    ]})
+
+
+MIXED = [run(i, state="COMPLETED") for i in range(1, 71)] + [run(i, state="FAILED") for i in range(71, 131)]
+MIXED += [run(200, state="COMPLETED", tags=["keep"])]
+DELETE_ALL = """version: 1
+protect_tags: [keep]
+rules:
+  - name: purge
+    action: delete
+    sql: SELECT id FROM flow_runs WHERE state_type IN ('COMPLETED', 'FAILED')
+"""
+CANCEL_ALL = """version: 1
+rules:
+  - name: cancel
+    action: set_state
+    state: {type: CANCELLED, name: Cancelled}
+    sql: SELECT id FROM flow_runs
+"""
+
+
+@pytest.fixture
+def mixed_db(tmp_path: Path) -> Path:
+    return make_db(tmp_path / "runs.duckdb", MIXED)
+
+
+def test_every_bulk_call_names_its_runs_and_guards_their_state(mixed_db: Path) -> None:
+    fake = Recorder(accept_all)
+    plan = plan_for(mixed_db, DELETE_ALL)
+    with Store.open(mixed_db) as store, mock_client(fake) as client:
+        result = apply_plan(client, store, plan, refresh=False)
+    assert result.status == "success" and result.counts == {"purge": {"deleted": 130}}
+    bulk = [(p, b) for p, b in fake.bodies if p.startswith("flow_runs/bulk")]
+    assert len(bulk) == 2 + 2  # 70 COMPLETED -> 50 + 20, 60 FAILED -> 50 + 10
+    sent: list[str] = []
+    state_of = {r["id"]: r["state"] for r in MIXED}
+    for path, body in bulk:
+        assert path == "flow_runs/bulk_delete"
+        ids = body["flow_runs"]["id"]["any_"]
+        assert isinstance(ids, list) and 0 < len(ids) <= 50
+        assert body["limit"] == len(ids)
+        guard = body["flow_runs"]["state"]["type"]["any_"]
+        assert len(guard) == 1 and {state_of[i] for i in ids} == set(guard)
+        sent += ids
+    assert sorted(sent) == sorted(r["id"] for r in MIXED if "keep" not in r["tags"])
+    assert rid(200) not in sent  # protected
+    rows = query(mixed_db, "SELECT outcome, count(*), count(DISTINCT batch), count(run_row) FROM policy_actions GROUP BY 1")
+    assert rows == [("deleted", 130, 4, 130)]
+
+
+def test_set_state_sends_the_state_and_force(mixed_db: Path) -> None:
+    fake = Recorder(accept_all)
+    plan = plan_for(mixed_db, CANCEL_ALL.replace("sql:", "force: true\n    sql:"))
+    with Store.open(mixed_db) as store, mock_client(fake) as client:
+        result = apply_plan(client, store, plan, refresh=False)
+    assert result.counts == {"cancel": {"accepted": 131}}
+    for _, body in fake.bodies:
+        assert body["state"] == {"type": "CANCELLED", "name": "Cancelled"} and body["force"] is True
+        assert 0 < len(body["flow_runs"]["id"]["any_"]) <= 50 and body["flow_runs"]["state"]["type"]["any_"]
+
+
+def test_per_run_failures_inside_http_200_are_read(mixed_db: Path) -> None:
+    def locked(path: str, body: dict[str, Any]) -> httpx.Response:
+        ids = body["flow_runs"]["id"]["any_"]
+        results = []
+        for n, i in enumerate(ids):
+            if n % 10 == 0:
+                results.append({"flow_run_id": i, "status": "ABORT", "state": None,
+                                "details": {"type": "abort_details", "reason": "(sqlite3.OperationalError) database is locked"}})
+            elif n % 10 == 1:
+                results.append({"flow_run_id": i, "status": "REJECT", "state": {"type": "COMPLETED"},
+                                "details": {"type": "reject_details", "reason": "terminal"}})
+            else:
+                results.append({"flow_run_id": i, "status": "ACCEPT", "state": {"type": "CANCELLED"}, "details": {}})
+        return httpx.Response(200, json={"results": results})
+
+    plan = plan_for(mixed_db, CANCEL_ALL)
+    with Store.open(mixed_db) as store, mock_client(Recorder(locked)) as client:
+        result = apply_plan(client, store, plan, refresh=False)
+    counts = result.counts["cancel"]
+    assert counts["aborted"] > 0 and counts["rejected"] > 0 and counts["accepted"] > 0
+    assert sum(counts.values()) == 131
+    assert result.status == "partial"
+    details = scalar(mixed_db, "SELECT any_value(details) FROM policy_actions WHERE outcome = 'aborted'")
+    assert "database is locked" in details
+
+
+def test_a_failing_batch_does_not_stop_the_next(mixed_db: Path) -> None:
+    calls = {"n": 0}
+
+    def second_fails(path: str, body: dict[str, Any]) -> httpx.Response:
+        calls["n"] += 1
+        if calls["n"] in (2, 3):  # batch 2, both attempts
+            return httpx.Response(503, text="overloaded")
+        return accept_all(path, body)
+
+    plan = plan_for(mixed_db, DELETE_ALL)
+    with Store.open(mixed_db) as store, mock_client(Recorder(second_fails)) as client:
+        result = apply_plan(client, store, plan, refresh=False)
+    assert result.status == "partial" and result.batches == 4
+    assert result.counts["purge"] == {"deleted": 130 - 20, "failed": 20}
+    assert len(result.errors) == 1 and "batch 2" in result.errors[0]
+    assert scalar(mixed_db, "SELECT count(*) FROM policy_actions WHERE outcome = 'failed' AND batch = 2") == 20
+
+
+def test_missing_from_deleted_is_not_counted_deleted(mixed_db: Path) -> None:
+    def half(path: str, body: dict[str, Any]) -> httpx.Response:
+        ids = body["flow_runs"]["id"]["any_"]
+        return httpx.Response(200, json={"deleted": ids[: len(ids) // 2]})
+
+    plan = plan_for(mixed_db, DELETE_ALL)
+    with Store.open(mixed_db) as store, mock_client(Recorder(half)) as client:
+        result = apply_plan(client, store, plan, refresh=False)
+    assert result.counts["purge"]["deleted"] == 25 + 10 + 25 + 5
+    assert result.status == "partial"
+
+
+def test_max_actions_refuses_before_any_request(mixed_db: Path) -> None:
+    fake = Recorder(accept_all)
+    plan = plan_for(mixed_db, DELETE_ALL.replace("version: 1\n", "version: 1\nmax_actions: 100\n"))
+    with Store.open(mixed_db) as store, mock_client(fake) as client, pytest.raises(PolicyLimitError):
+        apply_plan(client, store, plan)
+    assert fake.bodies == []
+    assert scalar(mixed_db, "SELECT count(*) FROM policy_actions") == 0
+
+
+def test_cli_refuses_over_max_actions_with_exit_8(mixed_db: Path) -> None:
+    path = mixed_db.parent / "p.yaml"
+    path.write_text(DELETE_ALL.replace("version: 1\n", "version: 1\nmax_actions: 100\n"))
+    # An unroutable URL: any request would fail loudly with exit 3, not 8.
+    result = run_cli("apply", str(path), "--db", str(mixed_db), "--yes", "--api-url", "http://127.0.0.1:9/api")
+    assert result.exit_code == 8, result.output
+    assert "max_actions" in result.stderr
+
+
+# -- against a real server -------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    with prefect_server(home=tmp_path_factory.mktemp("apply-prefect")) as s:
+        seed(s.url, runs=160, flows=2, deployments_per_flow=1, days=60, seed_value=3)
+        yield s
+
+
+def count(server: Server, body: dict[str, Any] | None = None) -> int:
+    return int(httpx.post(f"{server.url}/flow_runs/count", json=body or {}, timeout=60).json())
+
+
+def ids_in(server: Server, state: str) -> list[str]:
+    runs = httpx.post(f"{server.url}/flow_runs/filter", timeout=60, json={
+        "flow_runs": {"state": {"type": {"any_": [state]}}}, "limit": 200}).json()
+    return [r["id"] for r in runs]
+
+
+def write(folder: Path, text: str) -> Path:
+    path = folder / "policy.yaml"
+    path.write_text(text)
+    return path
+
+
+def pulled(server: Server, db: Path) -> Path:
+    result = run_cli("pull", "--api-url", server.url, "--db", str(db), "--quiet")
+    assert result.exit_code == 0, result.output
+    return db
+
+
+def test_no_tty_and_no_yes_refuses_without_any_call(server: Server, tmp_path: Path) -> None:
+    db = pulled(server, tmp_path / "runs.duckdb")
+    before = count(server)
+    path = write(tmp_path, DELETE_ALL.replace("state_type IN ('COMPLETED', 'FAILED')", "state_type = 'CRASHED'"))
+    result = run_cli("apply", str(path), "--db", str(db), "--api-url", server.url)
+    assert result.exit_code == 2
+    assert "stdin is not a terminal" in result.stderr and "--yes" in result.stderr
+    assert count(server) == before
+    assert scalar(db, "SELECT count(*) FROM policy_actions") == 0
+
+
+def test_apply_against_the_real_server(server: Server, tmp_path: Path) -> None:
+    db = pulled(server, tmp_path / "runs.duckdb")
+    crashed = count(server, {"flow_runs": {"state": {"type": {"any_": ["CRASHED"]}}}})
+    paused = ids_in(server, "PAUSED")
+    assert crashed and paused
+    text = f"""version: 1
+rules:
+  - name: purge-crashed
+    action: delete
+    sql: SELECT id FROM flow_runs WHERE deleted_at IS NULL AND state_type = 'CRASHED'
+  - name: cancel-paused
+    action: set_state
+    state: {{type: CANCELLED, name: Cancelled, message: "flowsync test"}}
+    sql: SELECT id FROM flow_runs WHERE deleted_at IS NULL AND state_type = 'PAUSED'
+"""
+    path = write(tmp_path, text)
+    result = run_cli("apply", str(path), "--db", str(db), "--api-url", server.url, "--yes", "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)["result"]
+    assert summary["status"] == "success"
+    assert summary["rules"] == {"purge-crashed": {"deleted": crashed}, "cancel-paused": {"accepted": len(paused)}}
+    # the server changed ...
+    assert count(server, {"flow_runs": {"state": {"type": {"any_": ["CRASHED", "PAUSED"]}}}}) == 0
+    # ... and the file knows, keeping the deleted runs in its history
+    assert scalar(db, "SELECT count(*) FROM flow_runs WHERE state_type = 'CRASHED' AND deleted_at IS NOT NULL") == crashed
+    assert scalar(db, "SELECT count(*) FROM flow_runs WHERE id IN (SELECT unnest(CAST(? AS UUID[]))) AND state_type = 'CANCELLED'", [paused]) == len(paused)
+    rows = query(db, "SELECT DISTINCT policy_sha256, policy_path, api_url FROM policy_actions")
+    import hashlib
+    assert rows == [(hashlib.sha256(path.read_bytes()).hexdigest(), str(path), server.url)]
+    assert scalar(db, "SELECT count(*) FROM policy_actions WHERE run_row->>'$.state_type' = state_type_before") == crashed + len(paused)
+    # a second plan has nothing left to do, and a re-run is a no-op
+    again = run_cli("plan", str(path), "--db", str(db), "--json")
+    assert json.loads(again.stdout)["total"] == 0
+    rerun = run_cli("apply", str(path), "--db", str(db), "--api-url", server.url, "--yes")
+    assert rerun.exit_code == 0 and "nothing to do" in rerun.stderr
+
+
+def test_runs_changed_on_the_server_since_the_pull_are_left_alone(server: Server, tmp_path: Path) -> None:
+    db = pulled(server, tmp_path / "runs.duckdb")
+    failed = ids_in(server, "FAILED")
+    assert len(failed) >= 4
+    changed = failed[:3]
+    # someone retries three of them after our pull
+    r = httpx.post(f"{server.url}/flow_runs/bulk_set_state", timeout=60, json={
+        "flow_runs": {"id": {"any_": changed}}, "state": {"type": "SCHEDULED", "name": "AwaitingRetry"},
+        "force": True, "limit": 3})
+    assert [x["status"] for x in r.json()["results"]] == ["ACCEPT"] * 3
+    path = write(tmp_path, """version: 1
+rules:
+  - name: purge-failed
+    action: delete
+    sql: SELECT id FROM flow_runs WHERE deleted_at IS NULL AND state_type = 'FAILED'
+""")
+    result = run_cli("apply", str(path), "--db", str(db), "--api-url", server.url, "--yes", "--json")
+    assert result.exit_code == 0, result.output
+    counts = json.loads(result.stdout)["result"]["rules"]["purge-failed"]
+    assert counts == {"deleted": len(failed) - 3, "skipped": 3}
+    assert count(server, {"flow_runs": {"id": {"any_": changed}}}) == 3  # still there
+    skipped = query(db, "SELECT CAST(flow_run_id AS VARCHAR), details->>'$.state_type_now' FROM policy_actions WHERE outcome = 'skipped'")
+    assert sorted(skipped) == sorted((i, "SCHEDULED") for i in changed)
+    # the refresh brought their new state into the file
+    assert scalar(db, "SELECT count(*) FROM flow_runs WHERE id IN (SELECT unnest(CAST(? AS UUID[]))) AND state_type = 'SCHEDULED' AND deleted_at IS NULL", [changed]) == 3
