@@ -239,14 +239,14 @@ def test_apply_against_the_real_server(server: Server, tmp_path: Path) -> None:
     crashed = count(server, {"flow_runs": {"state": {"type": {"any_": ["CRASHED"]}}}})
     paused = ids_in(server, "PAUSED")
     assert crashed and paused
-    text = f"""version: 1
+    text = """version: 1
 rules:
   - name: purge-crashed
     action: delete
     sql: SELECT id FROM flow_runs WHERE deleted_at IS NULL AND state_type = 'CRASHED'
   - name: cancel-paused
     action: set_state
-    state: {{type: CANCELLED, name: Cancelled, message: "flowsync test"}}
+    state: {type: CANCELLED, name: Cancelled, message: "flowsync test"}
     sql: SELECT id FROM flow_runs WHERE deleted_at IS NULL AND state_type = 'PAUSED'
 """
     path = write(tmp_path, text)
