@@ -119,11 +119,15 @@ def test_kill_9_mid_pull_then_resume(fresh_server: Server, db_path: Path) -> Non
     url = fresh_server.url
     seed(url, runs=400, flows=2, deployments_per_flow=2, seed_value=6)
     env = {**os.environ, "PREFECT_API_URL": url}
-    for delay in (0.3, 0.6, 0.9):
-        proc = subprocess.Popen(_flowsync("pull", "--db", str(db_path), "-q", "--concurrency", "1"), env=env)
-        deadline = time.monotonic() + 30
-        while not db_path.exists() and time.monotonic() < deadline:  # the pull has opened the file
-            time.sleep(0.02)
+    for delay in (0.0, 0.3, 0.6):
+        proc = subprocess.Popen(
+            _flowsync("pull", "--db", str(db_path), "--concurrency", "1"),
+            env=env, stderr=subprocess.PIPE, text=True,
+        )
+        assert proc.stderr is not None
+        for line in proc.stderr:  # progress lines: the pull is past flows, into deployments or runs
+            if line.startswith("flows:"):
+                break
         time.sleep(delay)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
