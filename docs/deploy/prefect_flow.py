@@ -1,0 +1,103 @@
+"""Schedule flowsync with Prefect: pull the run history, then plan (and apply) a policy.
+
+The flow pulls from the Prefect API it runs against (the same URL and key as
+the flow itself; pass ``api_url`` to sync another one) into a DuckDB file,
+then, given a policy file, plans it and, with ``apply=True``, applies it.
+Each step is a task, so its outcome and summary show in the Prefect UI; a
+failure (the file held by another process longer than ``wait``, a policy that
+selects more than ``max_actions``, a partial apply) fails the flow run.
+
+Serve it from any machine with flowsync installed (a long-running process
+that runs the schedule, no work pool needed)::
+
+    python prefect_flow.py
+
+or register it with a work pool: see ``build_deployment`` and the comment in
+the ``__main__`` block. Requires ``pip install prefect flowsync``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.settings import get_current_settings
+
+from flowsync.api import PrefectClient
+from flowsync.config import resolve_api
+from flowsync.policy import apply_plan, load_policy, make_plan
+from flowsync.store import Store
+from flowsync.sync import pull
+
+
+def _settings(api_url: str | None) -> Any:
+    """flowsync's API settings: the given URL, else the one this flow reports to."""
+    current = get_current_settings().api
+    key = current.key.get_secret_value() if current.key else None
+    return resolve_api(api_url or current.url, None if api_url else key)
+
+
+@task(retries=2, retry_delay_seconds=60)
+def pull_history(db: str, api_url: str | None = None, wait: float = 300.0) -> dict[str, Any]:
+    """``flowsync pull``: bring the DuckDB file up to date."""
+    with Store.open(Path(db), wait=wait) as store, PrefectClient(_settings(api_url)) as client:
+        result = pull(client, store)
+    get_run_logger().info(
+        "pulled %s: %s new, %s updated, %s marked deleted",
+        result.mode, result.inserted, result.updated, result.marked_deleted,
+    )
+    return result.to_json()
+
+
+@task
+def run_policy(db: str, policy: str, apply: bool, api_url: str | None = None, wait: float = 300.0) -> dict[str, Any]:
+    """``flowsync plan POLICY``, and with ``apply`` also ``flowsync apply POLICY --yes``."""
+    loaded = load_policy(Path(policy))
+    with Store.open(Path(db), read_only=not apply, wait=wait) as store:
+        plan = make_plan(store, loaded)
+        summary: dict[str, Any] = {"planned": plan.total, "over_max_actions": plan.over_max}
+        get_run_logger().info("policy %s selects %s runs", policy, plan.total)
+        if apply and plan.total:
+            with PrefectClient(_settings(api_url)) as client:
+                result = apply_plan(client, store, plan)
+            summary["apply"] = result.to_json()
+            if result.status != "success":
+                raise RuntimeError(f"apply finished with status {result.status}: {result.errors[:3]}")
+    return summary
+
+
+@flow(name="flowsync-pull-and-clean")
+def flowsync_pull_and_clean(
+    db: str = "flowsync.duckdb",
+    policy: str | None = None,
+    apply: bool = False,
+    api_url: str | None = None,
+    wait: float = 300.0,
+) -> dict[str, Any]:
+    """Pull Prefect run history into DuckDB, then plan/apply a flowsync policy."""
+    out: dict[str, Any] = {"pull": pull_history(db, api_url, wait)}
+    if policy:
+        out["policy"] = run_policy(db, policy, apply, api_url, wait)
+    return out
+
+
+def build_deployment(db: str = "/var/lib/flowsync/flowsync.duckdb", policy: str | None = None) -> Any:
+    """The deployment: every 15 minutes; the policy is only planned until you set apply=True."""
+    return flowsync_pull_and_clean.to_deployment(
+        name="every-15-minutes",
+        cron="*/15 * * * *",
+        parameters={"db": db, "policy": policy, "apply": False},
+        tags=["flowsync"],
+    )
+
+
+if __name__ == "__main__":
+    from prefect import serve
+
+    serve(build_deployment())
+    # With a work pool instead of a served process (code pulled from git):
+    # flowsync_pull_and_clean.from_source(
+    #     source="https://github.com/you/ops.git", entrypoint="prefect_flow.py:flowsync_pull_and_clean",
+    # ).deploy(name="every-15-minutes", work_pool_name="default", cron="*/15 * * * *",
+    #          parameters={"db": "/data/flowsync.duckdb", "policy": "/data/retention.yaml", "apply": True})
