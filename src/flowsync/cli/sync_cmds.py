@@ -34,6 +34,7 @@ def pull_cmd(
     wait: WaitOption = 0.0,
     concurrency: Annotated[int, typer.Option(help="Pages in flight during a full pull (more than 2 slows the server).", min=1, max=8)] = 2,
     overlap: Annotated[float, typer.Option(help="Minutes of events re-read before the last cursor (late events, client clocks).", min=0)] = 10.0,
+    events_horizon: Annotated[float, typer.Option(help="Days of events the server keeps; an older cursor triggers a full reconciliation.", min=0.01)] = 6.0,
     json_out: JsonOption = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output; errors only (for cron).")] = False,
 ) -> None:
@@ -48,7 +49,12 @@ def pull_cmd(
     with errors():
         settings = resolve_api(api_url, api_key)
         path = resolve_db_path(db)
-        options = PullOptions(full=full, concurrency=concurrency, overlap=timedelta(minutes=overlap))
+        options = PullOptions(
+            full=full,
+            concurrency=concurrency,
+            overlap=timedelta(minutes=overlap),
+            events_horizon=timedelta(days=events_horizon),
+        )
         progress = make_progress(quiet or json_out)
         with Store.open(path, wait=wait) as store, progress, PrefectClient(settings, on_retry=progress.message) as client:
             result = pull(client, store, options, progress)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from datetime import timedelta
 from typing import Any
 
 from flowsync import views
@@ -35,7 +34,6 @@ class PullResult:
     requests: int
     retries: int
     tables: dict[str, dict[str, int]] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
 
     @property
     def inserted(self) -> int:
@@ -145,10 +143,6 @@ def _totals(ctx: PullContext) -> dict[str, int]:
         "requests": ctx.client.requests,
         "retries": ctx.client.retries,
     }
-
-
-def default_overlap() -> timedelta:
-    return PullOptions().overlap
 
 
 def refresh_runs(client: PrefectClient, store: Store, ids: list[str]) -> dict[str, int]:

@@ -63,7 +63,6 @@ class PullContext:
     pull_id: int
     server_start: datetime
     counters: dict[str, Counters] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
 
     def counter(self, table: str) -> Counters:
         return self.counters.setdefault(table, Counters())

@@ -186,15 +186,17 @@ def check_ids(ctx: PullContext, ids: Iterable[str]) -> set[str]:
     """Fetch these runs by id: upsert the ones that exist, mark the rest deleted."""
     ids = list(ids)
     found: set[str] = set()
-    for chunk_start in range(0, len(ids), 200):
-        chunk = ids[chunk_start : chunk_start + 200]
-        page = next(iter(ctx.client.iter_ids(chunk)))
+    for chunk, page in zip(_chunks(ids, 200), ctx.client.iter_ids(ids)):
         if page:
             ctx.write_page(FLOW_RUNS, page)
         got = {str(o["id"]) for o in page}
         found |= got
         ctx.mark_deleted("flow_runs", [i for i in chunk if i not in got])
     return found
+
+
+def _chunks(items: list[str], size: int) -> Iterable[list[str]]:
+    return (items[i : i + size] for i in range(0, len(items), size))
 
 
 def _null_start_runs(ctx: PullContext) -> None:
