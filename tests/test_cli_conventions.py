@@ -1,0 +1,127 @@
+"""CLI conventions users of other tools expect: help with examples, completion,
+NO_COLOR, --json, --version. Walks every registered command, including ones
+added later, so a new command that skips a convention fails here."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import pytest
+import typer
+
+from flowsync.cli import app
+from flowsync.store import Store
+from tests.helpers import run_cli
+
+FLOWSYNC = Path(sys.executable).with_name("flowsync")
+# Commands whose output is JSON already, so a --json flag would mean nothing.
+ALWAYS_JSON = {"policy schema"}
+# SGR sequences that set a colour (foreground/background, 16/256/true colour).
+COLOR_SGR = re.compile(r"\x1b\[(?:[0-9;]*;)?(?:3[0-9]|4[0-9]|9[0-7]|10[0-7])(?:;[0-9;]*)?m")
+
+
+def walk(command: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
+    yield path, command
+    for name, sub in getattr(command, "commands", {}).items():
+        yield from walk(sub, (*path, name))
+
+
+ALL = list(walk(typer.main.get_command(app)))
+LEAVES = [(p, c) for p, c in ALL if not getattr(c, "commands", None)]
+
+
+def ids(items: list[tuple[tuple[str, ...], Any]]) -> list[str]:
+    return [" ".join(p) or "flowsync" for p, _ in items]
+
+
+def test_the_walk_finds_the_known_commands() -> None:
+    names = set(ids(LEAVES))
+    assert {"pull", "status", "export"} <= names
+
+
+@pytest.mark.parametrize(("path", "command"), LEAVES, ids=ids(LEAVES))
+def test_every_command_help_has_an_example(path: tuple[str, ...], command: Any) -> None:
+    result = run_cli(*path, "--help")
+    assert result.exit_code == 0
+    assert "Example:" in result.stdout, f"`flowsync {' '.join(path)} --help` has no 'Example: flowsync ...' line"
+    example = result.stdout.split("Example:", 1)[1].split()
+    assert example[0] == "flowsync", example[:3]
+
+
+@pytest.mark.parametrize(("path", "command"), ALL, ids=ids(ALL))
+def test_every_group_help_lists_its_commands(path: tuple[str, ...], command: Any) -> None:
+    # A group's own help need not carry an example: each command it lists does.
+    result = run_cli(*path, "--help")
+    assert result.exit_code == 0
+    for name in getattr(command, "commands", {}):
+        assert name in result.stdout
+
+
+@pytest.mark.parametrize(("path", "command"), LEAVES, ids=ids(LEAVES))
+def test_every_reporting_command_can_print_json(path: tuple[str, ...], command: Any) -> None:
+    name = " ".join(path)
+    if name in ALWAYS_JSON:
+        return
+    options = {o: p for p in command.params for o in p.opts}
+    formats = options.get("--format")
+    assert "--json" in options or (formats is not None and "json" in (formats.help or "")), (
+        f"flowsync {name} has neither --json nor --format json"
+    )
+
+
+def test_json_output_parses(tmp_path: Path) -> None:
+    db = tmp_path / "runs.duckdb"
+    Store.open(db).close()  # an empty, migrated file
+    status = run_cli("status", "--db", str(db), "--json")
+    assert status.exit_code == 0, status.output
+    assert json.loads(status.stdout)["flow_runs"]["live"] == 0
+    exported = run_cli("export", str(tmp_path / "out"), "--db", str(db), "--json")
+    assert exported.exit_code == 0, exported.output
+    assert json.loads(exported.stdout)["rows_written"] == 0
+
+
+def test_version_matches_the_installed_distribution() -> None:
+    result = run_cli("--version")
+    assert result.exit_code == 0
+    assert result.stdout.strip() == f"flowsync {version('flowsync')}"
+
+
+def test_bash_completion_script_and_completions() -> None:
+    script = subprocess.run([str(FLOWSYNC), "--show-completion", "bash"], capture_output=True, text=True, timeout=60)
+    assert script.returncode == 0, script.stderr
+    assert "complete -o default -F _flowsync_completion flowsync" in script.stdout
+    help_text = run_cli("--help").stdout
+    assert "--install-completion" in help_text and "--show-completion" in help_text
+
+    def complete(words: str) -> list[str]:
+        env = {**os.environ, "_FLOWSYNC_COMPLETE": "complete_bash", "COMP_WORDS": words,
+               "COMP_CWORD": str(len(words.split()) - 1)}
+        proc = subprocess.run([str(FLOWSYNC)], env=env, capture_output=True, text=True, timeout=60)
+        return proc.stdout.split()
+
+    assert complete("flowsync ex") == ["export"]
+    assert "--tables" in complete("flowsync export --ta")
+
+
+def _stderr_on_a_terminal(extra_env: dict[str, str]) -> str:
+    env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "TERM")}
+    env.update(FORCE_COLOR="1", TERM="xterm-256color", **extra_env)  # rich: behave as on a terminal
+    proc = subprocess.run([str(FLOWSYNC), "status", "--db", "/nonexistent/flowsync.duckdb"],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 5
+    return proc.stderr
+
+
+def test_no_color_removes_colour_even_on_a_forced_terminal() -> None:
+    assert COLOR_SGR.search(_stderr_on_a_terminal({})), "control: a forced terminal shows colour"
+    plain = _stderr_on_a_terminal({"NO_COLOR": "1"})
+    assert not COLOR_SGR.search(plain), repr(plain)
+    assert "error:" in plain
