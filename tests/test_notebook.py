@@ -1,0 +1,39 @@
+"""The starter notebook runs top to bottom against a DB pulled from the test server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from tests.conftest import SeededServer
+from tests.helpers import run_cli
+
+NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "start_here.ipynb"
+
+
+def test_notebook_is_committed_without_outputs() -> None:
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            assert cell.outputs == [] and cell.execution_count is None
+
+
+def test_notebook_runs(prefect: SeededServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    db = tmp_path / "runs.duckdb"
+    assert run_cli("pull", "--api-url", prefect.url, "--db", str(db)).exit_code == 0
+    monkeypatch.setenv("FLOWSYNC_DB", str(db))  # the kernel inherits it
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    text = ""
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            assert output.get("output_type") != "error", output
+            text += output.get("text", "") + str(output.get("data", {}))
+    assert f"opened {db}" in text
+    assert "flow_runs_enriched" in text
+    assert "failure_rate" in text
+    assert "image/svg+xml" in text and "chart-failure-rate" in text
+    assert "%" in text  # the text bars
