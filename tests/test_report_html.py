@@ -1,0 +1,96 @@
+"""The --html page renders its charts in a real headless browser, offline, with no JS errors."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import SeededServer
+from tests.helpers import run_cli
+
+CHART_IDS = ("chart-failure-rate", "chart-top-failing", "chart-durations")
+
+
+def chromium() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    pytest.fail("chromium is not installed: the HTML report test needs a real browser. "
+                "Install it with `apt-get update && apt-get install -y chromium`.")
+
+
+def browse(page: Path, tmp_path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-extensions",
+         f"--user-data-dir={tmp_path / 'chrome-profile'}", "--enable-logging=stderr", "--v=0",
+         *extra, page.as_uri()],
+        capture_output=True, text=True, timeout=120,
+    )
+
+
+@pytest.fixture(scope="module")
+def page(prefect: SeededServer, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("html")
+    db = tmp / "runs.duckdb"
+    assert run_cli("pull", "--api-url", prefect.url, "--db", str(db)).exit_code == 0
+    out = tmp / "report.html"
+    result = run_cli("report", "failures", "--since", "60d", "--html", str(out), "--db", str(db))
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "" and "wrote" in result.stderr
+    return out
+
+
+def test_page_is_self_contained(page: Path) -> None:
+    text = page.read_text()
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", text), "no network resources"
+    assert "@import" not in text and "fetch(" not in text
+    for chart in CHART_IDS:
+        assert f'id="{chart}"' in text
+
+
+def test_page_renders_in_chromium_without_errors(page: Path, tmp_path: Path) -> None:
+    proc = browse(page, tmp_path, "--dump-dom")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    dom = proc.stdout
+    html_tag = re.search(r"<html[^>]*>", dom)
+    assert html_tag, dom[:500]
+    attrs = dict(re.findall(r'(data-[a-z-]+)="([^"]*)"', html_tag.group(0)))
+    assert attrs.get("data-rendered") == "yes", "the inline script ran to the end"
+    assert attrs.get("data-js-errors") == "", attrs
+    assert attrs.get("data-charts") == "3"
+    assert int(attrs.get("data-marks", "0")) >= 5
+    for chart in CHART_IDS:
+        assert f'id="{chart}"' in dom
+    assert "<polyline" in dom and "<rect" in dom and 'id="report-table"' in dom
+    console = [line for line in proc.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
+    assert console == [], console
+
+
+def test_screenshot_is_drawn(page: Path, tmp_path: Path) -> None:
+    shot = tmp_path / "shot.png"
+    proc = browse(page, tmp_path, f"--screenshot={shot}", "--window-size=1000,1400")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert shot.exists() and shot.stat().st_size > 20_000  # a blank page is a few KB
+
+
+def test_every_report_writes_a_page(page: Path, tmp_path: Path) -> None:
+    db = page.parent / "runs.duckdb"
+    for report in ("durations", "late", "flaky"):
+        out = tmp_path / f"{report}.html"
+        result = run_cli("report", report, "--html", str(out), "--db", str(db))
+        assert result.exit_code == 0, result.output
+        assert 'id="report-table"' in out.read_text()
+
+
+def test_the_error_hook_catches_a_broken_script(page: Path, tmp_path: Path) -> None:
+    """The check above would see a failing script: break one on purpose."""
+    broken = tmp_path / "broken.html"
+    broken.write_text(page.read_text().replace("<h2>", "<script>notDefinedAnywhere();</script><h2>", 1))
+    dom = browse(broken, tmp_path, "--dump-dom").stdout
+    assert "notDefinedAnywhere" in re.search(r"<html[^>]*>", dom).group(0)  # type: ignore[union-attr]
