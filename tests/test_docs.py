@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-import click
 import typer.main
 
 from flowsync.cli import app
@@ -12,12 +12,12 @@ from flowsync.cli import app
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 
 
-def all_commands() -> list[tuple[str, click.Command]]:
+def all_commands() -> list[tuple[str, Any]]:
     root = typer.main.get_command(app)
-    out: list[tuple[str, click.Command]] = []
+    out: list[tuple[str, Any]] = []
 
-    def walk(prefix: str, cmd: click.Command) -> None:
-        if isinstance(cmd, click.Group):
+    def walk(prefix: str, cmd: Any) -> None:
+        if hasattr(cmd, "commands"):
             for name, sub in cmd.commands.items():
                 walk(f"{prefix} {name}".strip(), sub)
         else:
