@@ -296,3 +296,44 @@ rules:
     assert sorted(skipped) == sorted((i, "SCHEDULED") for i in changed)
     # the refresh brought their new state into the file
     assert scalar(db, "SELECT count(*) FROM flow_runs WHERE id IN (SELECT unnest(CAST(? AS UUID[]))) AND state_type = 'SCHEDULED' AND deleted_at IS NULL", [changed]) == 3
+
+
+def test_cli_partial_failure_exits_9_with_a_summary(mixed_db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from flowsync.cli import policy_cmds
+
+    def some_aborted(path: str, body: dict[str, Any]) -> httpx.Response:
+        if path == "health":
+            return httpx.Response(200, json=True)
+        if path == "flow_runs/filter":  # the refresh after apply
+            return httpx.Response(503, text="unavailable")
+        ids = body["flow_runs"]["id"]["any_"]
+        return httpx.Response(200, json={"results": [
+            {"flow_run_id": i, "status": "ABORT" if n == 0 else "ACCEPT", "details": {"reason": "database is locked"}}
+            for n, i in enumerate(ids)]})
+
+    monkeypatch.setattr(policy_cmds, "PrefectClient", lambda settings, **kw: mock_client(Recorder(some_aborted)))
+    path = mixed_db.parent / "p.yaml"
+    path.write_text(CANCEL_ALL)
+    result = run_cli("apply", str(path), "--db", str(mixed_db), "--yes", "--api-url", "http://prefect.test/api")
+    assert result.exit_code == 9, result.output
+    assert "cancel: 4 aborted, 127 accepted" in result.stderr
+    assert "refresh after apply failed" in result.stderr
+    assert "partial: 127 done, 4 failed in 4 batches" in result.stderr
+
+
+def test_an_interrupted_apply_leaves_pending_rows_and_sends_nothing_more(mixed_db: Path) -> None:
+    calls = {"n": 0}
+
+    def interrupt_second(path: str, body: dict[str, Any]) -> httpx.Response:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return accept_all(path, body)
+
+    fake = Recorder(interrupt_second)
+    plan = plan_for(mixed_db, DELETE_ALL)
+    with Store.open(mixed_db) as store, mock_client(fake) as client, pytest.raises(KeyboardInterrupt):
+        apply_plan(client, store, plan)
+    assert len(fake.bodies) == 2
+    assert query(mixed_db, "SELECT batch, outcome, count(*) FROM policy_actions GROUP BY ALL ORDER BY 1") == [
+        (1, "deleted", 50), (2, "pending", 20)]
