@@ -47,7 +47,7 @@ PolicyArg = Annotated[Path, typer.Argument(help="Policy file (YAML).", show_defa
 SampleOption = Annotated[int, typer.Option("--sample", help="Runs listed per rule.", min=0)]
 
 policy_app = typer.Typer(
-    help="Work with policy files: print their JSON Schema, validate them.",
+    help="Work with policy files: print their JSON Schema, validate them.\n\nExample: flowsync policy check policies/retention.yaml --db runs.duckdb",
     no_args_is_help=True,
     rich_markup_mode=None,
 )
