@@ -45,6 +45,13 @@ def _check_path(path: Path, read_only: bool) -> None:
             raise StoreError(f"{path} is an empty file, not a DuckDB database; remove it or choose another --db.")
 
 
+def one(result: Any) -> Any:
+    """The first row of a result, fetching all of it: DuckDB 2 refuses new work on a
+    connection whose last result was not read to the end."""
+    rows = result.fetchall()
+    return rows[0] if rows else None
+
+
 def _is_lock_error(err: Exception) -> bool:
     text = str(err)
     return "Could not set lock" in text or "Conflicting lock" in text
@@ -109,9 +116,9 @@ class Store:
     # -- schema -----------------------------------------------------------
 
     def applied_migrations(self) -> set[str]:
-        exists = self.con.execute(
+        exists = one(self.con.execute(
             "SELECT count(*) FROM information_schema.tables WHERE table_name = '_flowsync_migrations'"
-        ).fetchone()
+        ))
         if not exists or not exists[0]:
             return set()
         return {r[0] for r in self.con.execute("SELECT name FROM _flowsync_migrations").fetchall()}
@@ -156,11 +163,11 @@ class Store:
     def query(self, sql: str, params: list[Any] | dict[str, Any] | None = None) -> pl.DataFrame:
         """Run one statement and return its rows as a Polars frame."""
         try:
-            frame: pl.DataFrame = self.con.execute(sql, params).pl()  # type: ignore[attr-defined]
+            frame: pl.DataFrame = self.con.sql(sql, params=params).pl()
             return frame
         except duckdb.Error as e:
             raise StoreError(f"Query failed: {str(e).splitlines()[0]}") from e
 
     def scalar(self, sql: str, params: list[Any] | None = None) -> Any:
-        row = self.con.execute(sql, params).fetchone()
+        row = one(self.con.execute(sql, params))
         return row[0] if row else None

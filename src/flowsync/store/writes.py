@@ -15,7 +15,7 @@ from typing import Any
 
 import polars as pl
 
-from flowsync.store.connect import Store
+from flowsync.store.connect import Store, one
 from flowsync.store.tables import TableSpec
 
 
@@ -35,7 +35,7 @@ def upsert(store: Store, spec: TableSpec, frame: pl.DataFrame, *, pull_id: int) 
     name = f"_batch_{spec.name}"
     con.register(name, frame)
     try:
-        inserted, updated = con.execute(
+        inserted, updated = one(con.execute(
             f"""
             SELECT count(*) FILTER (WHERE t.id IS NULL),
                    count(*) FILTER (WHERE t.id IS NOT NULL AND (
@@ -43,7 +43,7 @@ def upsert(store: Store, spec: TableSpec, frame: pl.DataFrame, *, pull_id: int) 
                         OR t.deleted_at IS NOT NULL))
             FROM {name} b LEFT JOIN {spec.name} t ON t.id = CAST(b.id AS UUID)
             """
-        ).fetchone() or (0, 0)
+        )) or (0, 0)
         cols = [*spec.column_names, "extra"]
         col_list = ", ".join(f'"{c}"' for c in cols)
         sets = ", ".join(f'"{c}" = excluded."{c}"' for c in cols if c != "id")
@@ -109,13 +109,13 @@ def count_live(store: Store, table: str) -> int:
 
 def run_time_bounds(store: Store) -> tuple[datetime | None, datetime | None, int]:
     """Min and max expected start of live runs, and how many live runs have none."""
-    row = store.con.execute(
+    row = one(store.con.execute(
         """
         SELECT min(expected_start_time), max(expected_start_time),
                count(*) FILTER (WHERE expected_start_time IS NULL)
         FROM flow_runs WHERE deleted_at IS NULL
         """
-    ).fetchone()
+    ))
     assert row is not None
     return row[0], row[1], int(row[2])
 
@@ -142,7 +142,7 @@ def local_histogram(
 
 
 def get_state(store: Store, key: str) -> Any:
-    row = store.con.execute("SELECT value FROM sync_state WHERE key = ?", [key]).fetchone()
+    row = one(store.con.execute("SELECT value FROM sync_state WHERE key = ?", [key]))
     return json.loads(row[0]) if row else None
 
 
@@ -157,10 +157,10 @@ def set_state(store: Store, key: str, value: Any) -> None:
 
 
 def start_sync_run(store: Store, api_url: str) -> int:
-    row = store.con.execute(
+    row = one(store.con.execute(
         "INSERT INTO sync_runs (started_at, status, api_url) VALUES (?, 'running', ?) RETURNING id",
         [now_utc(), api_url],
-    ).fetchone()
+    ))
     assert row is not None
     return int(row[0])
 
@@ -185,9 +185,9 @@ def status_summary(store: Store) -> dict[str, Any]:
     """What is in the file: counts and the last pulls."""
     out: dict[str, Any] = {}
     for table in ("flows", "deployments", "flow_runs"):
-        live, deleted = store.con.execute(
+        live, deleted = one(store.con.execute(
             f"SELECT count(*) FILTER (WHERE deleted_at IS NULL), count(*) FILTER (WHERE deleted_at IS NOT NULL) FROM {table}"
-        ).fetchone() or (0, 0)
+        )) or (0, 0)
         out[table] = {"live": int(live), "deleted": int(deleted)}
     states = store.con.execute(
         "SELECT coalesce(state_type, 'NONE'), count(*) FROM flow_runs WHERE deleted_at IS NULL GROUP BY 1 ORDER BY 2 DESC"
@@ -195,12 +195,12 @@ def status_summary(store: Store) -> dict[str, Any]:
     out["flow_runs"]["by_state"] = {s: int(n) for s, n in states}
     cols = ["id", "started_at", "finished_at", "status", "mode", "api_url", "inserted", "updated",
             "marked_deleted", "requests", "error"]
-    last = store.con.execute(
+    last = one(store.con.execute(
         f"SELECT {', '.join(cols)} FROM sync_runs ORDER BY id DESC LIMIT 1"
-    ).fetchone()
-    ok = store.con.execute(
+    ))
+    ok = one(store.con.execute(
         "SELECT max(finished_at) FROM sync_runs WHERE status = 'ok'"
-    ).fetchone()
+    ))
     out["last_pull"] = dict(zip(cols, last)) if last else None
     out["last_successful_pull_at"] = ok[0] if ok else None
     out["pulls"] = int(store.scalar("SELECT count(*) FROM sync_runs"))
