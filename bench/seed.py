@@ -201,3 +201,22 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def delete_runs(url: str, ids: list[str], tries: int = 10) -> None:
+    """DELETE /flow_runs/{id} for each id, retrying 5xx (the SQLite server answers 503 under load)."""
+    with httpx.Client(base_url=url.rstrip("/") + "/", timeout=60) as c:
+        for run_id in ids:
+            for attempt in range(tries):
+                try:
+                    r = c.delete(f"flow_runs/{run_id}")
+                except httpx.TransportError:
+                    time.sleep(0.2 * (attempt + 1))
+                    continue
+                if r.status_code in (204, 404):
+                    break
+                if r.status_code < 500:
+                    r.raise_for_status()
+                time.sleep(0.2 * (attempt + 1))
+            else:
+                raise RuntimeError(f"DELETE flow_runs/{run_id} kept failing")

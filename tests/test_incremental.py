@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bench.seed import seed, set_states
+from bench.seed import delete_runs, seed, set_states
 from bench.server import Server
 from tests.helpers import query, run_cli, scalar
 from tests.server_truth import assert_matches_server, server_runs
@@ -41,8 +41,7 @@ def test_changes_between_pulls(fresh_server: Server, db_path: Path) -> None:
     deleted = rng.sample([i for i in ids if i not in changed], 7)
     with httpx.Client(base_url=url + "/", timeout=60) as c:
         set_states(c, changed, "CANCELLED", "Cancelled")
-        for run_id in deleted:
-            assert c.delete(f"flow_runs/{run_id}").status_code == 204
+    delete_runs(url, deleted)
     new = seed(url, runs=12, flows=1, deployments_per_flow=1, seed_value=99)
 
     second = pull(url, db_path)
@@ -65,9 +64,7 @@ def test_full_flag_reconciles_and_marks_deleted(fresh_server: Server, db_path: P
     seeded = seed(url, runs=60, flows=1, deployments_per_flow=1, seed_value=2)
     pull(url, db_path)
     gone = list(seeded.runs)[:5]
-    with httpx.Client(base_url=url + "/", timeout=60) as c:
-        for run_id in gone:
-            c.delete(f"flow_runs/{run_id}")
+    delete_runs(url, gone)
     result = pull(url, db_path, "--full")
     assert result["mode"] == "full" and result["marked_deleted"] == 5
     assert_matches_server(db_path, url)
