@@ -8,7 +8,6 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from flowsync.api import PrefectClient
 from flowsync.cli.common import (
     ApiKeyOption,
     ApiUrlOption,
@@ -22,8 +21,6 @@ from flowsync.cli.common import (
     print_json,
 )
 from flowsync.config import resolve_api, resolve_db_path
-from flowsync.store import Store, writes
-from flowsync.sync import PullOptions, pull
 
 
 def pull_cmd(
@@ -46,6 +43,11 @@ def pull_cmd(
 
     Example: flowsync pull --api-url http://127.0.0.1:4200/api --db runs.duckdb
     """
+    # Imported here so `--help` and shell completion stay fast.
+    from flowsync.api import PrefectClient
+    from flowsync.store import Store
+    from flowsync.sync import PullOptions, pull
+
     with errors():
         settings = resolve_api(api_url, api_key)
         path = resolve_db_path(db)
@@ -79,6 +81,8 @@ def status_cmd(
 
     Example: flowsync status --db runs.duckdb --json
     """
+    from flowsync.store import Store, writes
+
     with errors():
         path = resolve_db_path(db)
         with Store.open(path, read_only=True, wait=wait) as store:
