@@ -19,6 +19,7 @@ from flowsync.errors import PolicyLimitError
 from flowsync.policy import apply_plan, make_plan, parse_policy
 from flowsync.policy.plan import Plan
 from flowsync.store import Store
+from flowsync.sync import NullProgress
 from tests.helpers import query, run_cli, scalar
 from tests.test_policy_plan import make_db, rid, run
 
@@ -322,18 +323,15 @@ def test_cli_partial_failure_exits_9_with_a_summary(mixed_db: Path, monkeypatch:
 
 
 def test_an_interrupted_apply_leaves_pending_rows_and_sends_nothing_more(mixed_db: Path) -> None:
-    calls = {"n": 0}
-
-    def interrupt_second(path: str, body: dict[str, Any]) -> httpx.Response:
-        calls["n"] += 1
-        if calls["n"] == 2:
+    class CtrlC(NullProgress):
+        def advance(self, n: int) -> None:  # Ctrl-C arrives after the first batch is recorded
             raise KeyboardInterrupt
-        return accept_all(path, body)
 
-    fake = Recorder(interrupt_second)
+    fake = Recorder(accept_all)
     plan = plan_for(mixed_db, DELETE_ALL)
     with Store.open(mixed_db) as store, mock_client(fake) as client, pytest.raises(KeyboardInterrupt):
-        apply_plan(client, store, plan)
+        apply_plan(client, store, plan, progress=CtrlC())
+    # batch 2 was already in flight (recorded pending before it was sent); nothing after it
     assert len(fake.bodies) == 2
     assert query(mixed_db, "SELECT batch, outcome, count(*) FROM policy_actions GROUP BY ALL ORDER BY 1") == [
         (1, "deleted", 50), (2, "pending", 20)]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -192,6 +193,11 @@ def _resolve_unanswered(store: Store, unanswered: dict[str, tuple[str, Any]]) ->
     return out
 
 
+def _wait(future: Future[Any]) -> None:
+    """Block until the request finishes; its result or error is read later by ``settle``."""
+    wait([future])
+
+
 def apply_plan(
     client: PrefectClient,
     store: Store,
@@ -212,16 +218,18 @@ def apply_plan(
     unanswered: dict[str, tuple[str, Any]] = {}  # id -> (state type before, batch error)
     deleted: list[str] = []
     progress.phase("apply", total=plan.total)
-    for number, batch in enumerate(batches(plan, batch_size), 1):
-        result.batches = number
+
+    def record(number: int, batch: Batch) -> None:
         audit.record_batch(
             store, apply_id=result.apply_id, batch=number, api_url=client.settings.display_url,
             policy_path=plan.policy.source, policy_sha256=plan.policy.sha256, rule=batch.rule.name,
             action=batch.rule.action, requested_state=_requested(batch.rule),
             state_type=batch.state_type, ids=batch.ids,
         )
+
+    def settle(number: int, batch: Batch, sent: Future[tuple[Outcomes, list[str]]]) -> None:
         try:
-            outcomes, notes = _send(client, batch)
+            outcomes, notes = sent.result()
         except ApiError as e:
             message = f"batch {number} ({batch.rule.name}, {len(batch.ids)} runs): {e}"
             result.errors.append(message)
@@ -238,6 +246,29 @@ def apply_plan(
                 outcomes[run_id] = ("failed", {"error": details} if details else None)
         audit.record_outcomes(store, result.apply_id, outcomes)
         progress.advance(len(batch.ids))
+
+    # One request in flight at a time (the server sees sequential calls), but the
+    # local bookkeeping of one batch overlaps the server's work on the next. A
+    # batch is always recorded as pending before it is sent.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="flowsync-apply") as pool:
+        in_flight: tuple[int, Batch, Future[tuple[Outcomes, list[str]]]] | None = None
+        try:
+            for number, batch in enumerate(batches(plan, batch_size), 1):
+                result.batches = number
+                record(number, batch)
+                previous = in_flight
+                if previous is not None:
+                    _wait(previous[2])
+                in_flight = (number, batch, pool.submit(_send, client, batch))
+                if previous is not None:
+                    settle(*previous)
+            if in_flight is not None:
+                previous, in_flight = in_flight, None
+                settle(*previous)
+        except BaseException:
+            if in_flight is not None:
+                _wait(in_flight[2])  # never leave a request running behind the caller's back
+            raise
     if refresh and state_before:
         # Runs the server reported deleted are marked here; re-reading them would
         # only confirm their absence. Every other touched run is re-read.

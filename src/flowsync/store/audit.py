@@ -71,8 +71,8 @@ def record_batch(
                 INSERT INTO policy_actions (apply_id, batch, sent_at, api_url, policy_path, policy_sha256,
                     rule, action, requested_state, flow_run_id, state_type_before, outcome, run_row)
                 SELECT ?, ?, ?, ?, ?, ?, ?, ?, CAST(? AS JSON), CAST(b.id AS UUID), ?, 'pending',
-                       (SELECT to_json(r) FROM flow_runs r WHERE r.id = CAST(b.id AS UUID))
-                FROM _audit_ids b
+                       CASE WHEN r.id IS NOT NULL THEN to_json(r) END
+                FROM _audit_ids b LEFT JOIN flow_runs r ON r.id = CAST(b.id AS UUID)
                 """,
                 [
                     apply_id, batch, datetime.now(timezone.utc), api_url, policy_path, policy_sha256,
