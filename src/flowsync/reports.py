@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import polars as pl
@@ -27,16 +27,31 @@ import polars as pl
 from flowsync.errors import ConfigError, StoreError
 from flowsync.store import Store
 
-# --by choice -> the group's id and name columns, as named in flow_runs_enriched.
-GROUPS: dict[str, tuple[str, ...]] = {
-    "flow": ("flow_id", "flow_name"),
-    "deployment": ("deployment_id", "flow_name", "deployment_name"),
-    "work_pool": ("work_pool_name",),
-    "tag": ("tag",),
+
+@dataclass(frozen=True)
+class Grouping:
+    """A --by choice: the columns of ``flow_run_measures`` to group by, and how the
+    group's id and name columns are looked up after aggregating (names are joined
+    onto the few result rows, never onto every run)."""
+
+    group: tuple[str, ...]
+    select: str
+    joins: str = ""
+
+
+GROUPS: dict[str, Grouping] = {
+    "flow": Grouping(("flow_id",), "a.flow_id, f.name AS flow_name", "LEFT JOIN flows AS f ON f.id = a.flow_id"),
+    "deployment": Grouping(
+        ("deployment_id", "flow_id"),
+        "a.deployment_id, f.name AS flow_name, d.name AS deployment_name",
+        "LEFT JOIN deployments AS d ON d.id = a.deployment_id LEFT JOIN flows AS f ON f.id = a.flow_id",
+    ),
+    "work_pool": Grouping(("work_pool_name",), "a.work_pool_name"),
+    "tag": Grouping(("tag",), "a.tag"),
 }
 DURATION_GROUPS = ("flow", "deployment", "work_pool", "tag")
 # A run with two tags counts once under each (distinct) tag; untagged runs under none.
-_TAGGED = "(SELECT unnest(list_distinct(tags)) AS tag, * EXCLUDE (tags) FROM flow_runs_enriched)"
+_TAGGED = "(SELECT unnest(list_distinct(tags)) AS tag, * EXCLUDE (tags) FROM flow_run_measures)"
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _SINCE_RE = re.compile(r"^\s*(\d+)\s*(m|min|h|d|w)\s*$", re.IGNORECASE)
 _UNITS = {"m": "minutes", "min": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -95,14 +110,32 @@ def parse_since(text: str | None, now: datetime | None = None) -> Window:
     return Window(parsed, now)
 
 
-def _check_by(by: str, allowed: tuple[str, ...]) -> tuple[str, ...]:
+def _check_by(by: str, allowed: tuple[str, ...]) -> Grouping:
     if by not in allowed:
         raise ConfigError(f"--by {by!r} is not a grouping of this report; choose one of: {', '.join(allowed)}.")
     return GROUPS[by]
 
 
-def _source(by: str) -> str:
-    return _TAGGED if by == "tag" else "flow_runs_enriched"
+def _grouped(
+    by: str, allowed: tuple[str, ...], aggregates: str, where: str, having: str, order: str, hidden: tuple[str, ...] = ()
+) -> str:
+    """Aggregate ``flow_run_measures`` per group, then add the group's names."""
+    g = _check_by(by, allowed)
+    keys = ", ".join(g.group)
+    excluded = ", ".join(g.group + hidden)
+    source = _TAGGED if by == "tag" else "flow_run_measures"
+    return f"""
+        WITH a AS (
+            SELECT {keys}, {aggregates}
+            FROM {source}
+            WHERE {where}
+            GROUP BY {keys}
+            {having}
+        )
+        SELECT {g.select}, a.* EXCLUDE ({excluded})
+        FROM a {g.joins}
+        ORDER BY {order}, {g.select.split(",")[0]}
+    """
 
 
 def _live(include_deleted: bool) -> str:
@@ -150,10 +183,10 @@ def sql_query(store: Store, sql: str) -> pl.DataFrame:
 def failures(store: Store, by: str = "deployment", window: Window | None = None, *, include_deleted: bool = False) -> pl.DataFrame:
     """One row per group: runs (finished), failed, failure_rate, cancelled, and the same for
     the previous window of equal length, with ``failure_rate_change`` (this - previous)."""
-    keys = ", ".join(_check_by(by, tuple(GROUPS)))
     window = window or parse_since(None)
-    sql = f"""
-        SELECT {keys},
+    sql = _grouped(
+        by, tuple(GROUPS),
+        aggregates="""
             count(*) FILTER (WHERE is_finished AND run_at >= $since) AS runs,
             count(*) FILTER (WHERE is_failure AND run_at >= $since) AS failed,
             failed / nullif(runs, 0) AS failure_rate,
@@ -162,13 +195,11 @@ def failures(store: Store, by: str = "deployment", window: Window | None = None,
             count(*) FILTER (WHERE is_failure AND run_at < $since) AS prev_failed,
             prev_failed / nullif(prev_runs, 0) AS prev_failure_rate,
             count(*) FILTER (WHERE is_cancelled AND run_at < $since) AS prev_cancelled,
-            failure_rate - prev_failure_rate AS failure_rate_change
-        FROM {_source(by)}
-        WHERE run_at >= $prev_start AND run_at < $until {_live(include_deleted)}
-        GROUP BY ALL
-        HAVING runs + cancelled + prev_runs + prev_cancelled > 0
-        ORDER BY failed DESC, failure_rate DESC NULLS LAST, runs DESC, {keys}
-    """
+            failure_rate - prev_failure_rate AS failure_rate_change""",
+        where=f"run_at >= $prev_start AND run_at < $until {_live(include_deleted)}",
+        having="HAVING runs + cancelled + prev_runs + prev_cancelled > 0",
+        order="failed DESC, failure_rate DESC NULLS LAST, runs DESC",
+    )
     params = {"since": window.start, "prev_start": window.previous_start, "until": window.until}
     frame = run_sql(store, sql, params)
     if window.since is None:  # all history: there is no previous window
@@ -179,23 +210,21 @@ def failures(store: Store, by: str = "deployment", window: Window | None = None,
 
 def durations(store: Store, by: str = "deployment", window: Window | None = None, *, include_deleted: bool = False) -> pl.DataFrame:
     """Duration percentiles (seconds, wall clock) of finished runs per group, slowest p95 first."""
-    keys = ", ".join(_check_by(by, DURATION_GROUPS))
     window = window or parse_since(None)
-    sql = f"""
-        SELECT {keys},
+    sql = _grouped(
+        by, DURATION_GROUPS,
+        # One list quantile: a single sort per group for all four percentiles.
+        aggregates="""
             count(*) AS runs,
-            quantile_cont(duration_s, 0.50) AS p50_s,
-            quantile_cont(duration_s, 0.90) AS p90_s,
-            quantile_cont(duration_s, 0.95) AS p95_s,
-            quantile_cont(duration_s, 0.99) AS p99_s,
+            quantile_cont(duration_s, [0.50, 0.90, 0.95, 0.99]) AS q,
+            q[1] AS p50_s, q[2] AS p90_s, q[3] AS p95_s, q[4] AS p99_s,
             max(duration_s) AS max_s,
-            avg(duration_s) AS mean_s
-        FROM {_source(by)}
-        WHERE is_finished AND duration_s IS NOT NULL
-          AND run_at >= $since AND run_at < $until {_live(include_deleted)}
-        GROUP BY ALL
-        ORDER BY p95_s DESC, {keys}
-    """
+            avg(duration_s) AS mean_s""",
+        where=f"is_finished AND duration_s IS NOT NULL AND run_at >= $since AND run_at < $until {_live(include_deleted)}",
+        having="",
+        order="p95_s DESC",
+        hidden=("q",),
+    )
     return run_sql(store, sql, {"since": window.start, "until": window.until})
 
 
@@ -210,22 +239,21 @@ def late(
     """Start lateness per group: runs that started, how many more than ``late_after`` s
     late, lateness percentiles, and ``waiting_now``: SCHEDULED/PENDING runs expected
     in the window that have not started yet."""
-    keys = ", ".join(_check_by(by, tuple(GROUPS)))
     window = window or parse_since(None)
-    sql = f"""
-        SELECT {keys},
+    sql = _grouped(
+        by, tuple(GROUPS),
+        aggregates="""
             count(lateness_s) AS started,
             count(*) FILTER (WHERE lateness_s > $late_after) AS late_runs,
-            quantile_cont(lateness_s, 0.50) AS p50_lateness_s,
-            quantile_cont(lateness_s, 0.95) AS p95_lateness_s,
+            quantile_cont(lateness_s, [0.50, 0.95]) AS q,
+            q[1] AS p50_lateness_s, q[2] AS p95_lateness_s,
             max(lateness_s) AS max_lateness_s,
-            count(*) FILTER (WHERE state_type IN ('SCHEDULED', 'PENDING') AND start_time IS NULL) AS waiting_now
-        FROM {_source(by)}
-        WHERE run_at >= $since AND run_at < $until {_live(include_deleted)}
-        GROUP BY ALL
-        HAVING started + waiting_now > 0
-        ORDER BY late_runs + waiting_now DESC, p95_lateness_s DESC NULLS LAST, {keys}
-    """
+            count(*) FILTER (WHERE state_type IN ('SCHEDULED', 'PENDING') AND start_time IS NULL) AS waiting_now""",
+        where=f"run_at >= $since AND run_at < $until {_live(include_deleted)}",
+        having="HAVING started + waiting_now > 0",
+        order="late_runs + waiting_now DESC, p95_lateness_s DESC NULLS LAST",
+        hidden=("q",),
+    )
     return run_sql(store, sql, {"since": window.start, "until": window.until, "late_after": late_after})
 
 
@@ -237,35 +265,43 @@ def flaky(store: Store, window: Window | None = None, *, last: int = 3) -> pl.Da
     if last < 1:
         raise ConfigError(f"--last {last} must be at least 1 (the number of latest runs that must all have failed).")
     window = window or parse_since(None)
+    # One pass over the runs (a hash aggregate) and one over the failure episodes
+    # (one window sort); the streak is the failed_runs of the unrecovered episode.
     sql = """
         WITH w AS (
-            SELECT deployment_id, flow_name, deployment_name,
-                count(*) FILTER (WHERE is_finished) AS runs,
-                count(*) FILTER (WHERE is_failure) AS failed,
+            SELECT deployment_id,
+                count(*) FILTER (WHERE is_finished AND run_at >= $since) AS runs,
+                count(*) FILTER (WHERE is_failure AND run_at >= $since) AS failed,
                 failed / nullif(runs, 0) AS failure_rate,
-                count(*) FILTER (WHERE is_retried) AS retried_runs
-            FROM flow_runs_enriched
-            WHERE deployment_id IS NOT NULL AND NOT is_deleted
-              AND run_at >= $since AND run_at < $until
-            GROUP BY ALL
-        ), m AS (
-            SELECT deployment_id, count(*) AS failure_episodes, avg(recovery_s) AS mttr_s
-            FROM failure_recoveries
-            WHERE failed_at >= $since AND failed_at < $until
+                count(*) FILTER (WHERE is_retried AND run_at >= $since) AS retried_runs,
+                arg_max(state_type, run_at) FILTER (WHERE is_finished) AS last_state_type,
+                max(run_at) FILTER (WHERE is_finished AND NOT is_failure) AS last_success_at,
+                max(run_at) FILTER (WHERE is_failure) AS last_failure_at
+            FROM flow_run_measures
+            WHERE deployment_id IS NOT NULL AND NOT is_deleted AND run_at < $until
+            GROUP BY deployment_id
+        ), e AS (
+            SELECT deployment_id,
+                coalesce(sum(failed_runs) FILTER (WHERE recovered_at IS NULL), 0) AS failing_streak,
+                count(*) FILTER (WHERE failed_at >= $since) AS failure_episodes,
+                avg(recovery_s) FILTER (WHERE failed_at >= $since) AS mttr_s
+            FROM (SELECT deployment_id, failed_at, failed_runs, recovered_at, recovery_s FROM failure_recoveries)
+            WHERE failed_at < $until
             GROUP BY deployment_id
         )
-        SELECT w.deployment_id, w.flow_name, w.deployment_name,
+        SELECT w.deployment_id, f.name AS flow_name, d.name AS deployment_name,
             w.runs, w.failed, w.failure_rate, w.retried_runs,
-            coalesce(s.failing_streak, 0) AS failing_streak,
-            coalesce(s.failing_streak, 0) >= $last AS broken,
+            coalesce(e.failing_streak, 0) AS failing_streak,
+            coalesce(e.failing_streak, 0) >= $last AS broken,
             (w.failed > 0 AND w.failed < w.runs) OR w.retried_runs > 0 AS flaky,
-            coalesce(m.failure_episodes, 0) AS failure_episodes,
-            m.mttr_s,
-            s.last_state_type, s.last_success_at, s.last_failure_at
+            coalesce(e.failure_episodes, 0) AS failure_episodes,
+            e.mttr_s,
+            w.last_state_type, w.last_success_at, w.last_failure_at
         FROM w
-        LEFT JOIN deployment_streaks AS s ON s.deployment_id = w.deployment_id
-        LEFT JOIN m ON m.deployment_id = w.deployment_id
-        WHERE w.failed > 0 OR w.retried_runs > 0 OR coalesce(s.failing_streak, 0) >= $last
+        LEFT JOIN e ON e.deployment_id = w.deployment_id
+        LEFT JOIN deployments AS d ON d.id = w.deployment_id
+        LEFT JOIN flows AS f ON f.id = d.flow_id
+        WHERE w.failed > 0 OR w.retried_runs > 0 OR coalesce(e.failing_streak, 0) >= $last
         ORDER BY broken DESC, failing_streak DESC, failure_rate DESC NULLS LAST, w.deployment_id
     """
     return run_sql(store, sql, {"since": window.start, "until": window.until, "last": last})
@@ -282,9 +318,3 @@ def failure_rate_daily(store: Store, window: Window | None = None, *, by_deploym
     """
     return run_sql(store, sql, {"since": window.start, "until": window.until})
 
-
-REPORTS = ("failures", "durations", "late", "flaky")
-
-
-def day_of(value: datetime | date) -> date:
-    return value.date() if isinstance(value, datetime) else value

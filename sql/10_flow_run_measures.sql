@@ -1,6 +1,6 @@
--- flow_runs_enriched: one row per flow run in the file, live or deleted on the
--- server (is_deleted), with the names of its flow and deployment, its work
--- pool/queue and tags, and the measures every report uses:
+-- flow_run_measures: one row per flow run in the file, live or deleted on the
+-- server, with its ids and the measures every report uses, and no names (no
+-- joins, so reports can aggregate first and look names up after):
 --   run_at      when the run was meant to start: expected_start_time, else
 --               start_time, else created; run_day is its UTC date
 --   duration_s  end_time - start_time in seconds (wall clock, retries included)
@@ -8,14 +8,12 @@
 --   is_finished COMPLETED, FAILED or CRASHED;  is_failure  FAILED or CRASHED
 --   is_cancelled CANCELLED (reported separately, never a failure)
 -- Live figures filter on NOT is_deleted; history keeps deleted runs.
-CREATE OR REPLACE VIEW flow_runs_enriched AS
+CREATE OR REPLACE VIEW flow_run_measures AS
 SELECT
     r.id,
     r.name,
     r.flow_id,
-    f.name AS flow_name,
     r.deployment_id,
-    d.name AS deployment_name,
     r.work_pool_id,
     r.work_pool_name,
     r.work_queue_id,
@@ -45,6 +43,4 @@ SELECT
     coalesce(r.run_count, 0) > 1 AS is_retried,
     r.deleted_at IS NOT NULL AS is_deleted,
     r.deleted_at
-FROM flow_runs AS r
-LEFT JOIN flows AS f ON f.id = r.flow_id
-LEFT JOIN deployments AS d ON d.id = r.deployment_id;
+FROM flow_runs AS r;
