@@ -274,7 +274,8 @@ def apply_plan(
         # only confirm their absence. Every other touched run is re-read.
         with store.transaction():
             result.refreshed["marked_deleted"] = writes.mark_deleted(store, "flow_runs", deleted)
-        others = [i for i in state_before if i not in set(deleted)]
+        gone = set(deleted)
+        others = [i for i in state_before if i not in gone]
         if others:
             progress.message(f"refreshing {len(others)} runs from the server")
             try:
