@@ -1,8 +1,11 @@
 -- flow_run_measures: one row per flow run in the file, live or deleted on the
 -- server, with its ids and the measures every report uses, and no names (no
 -- joins, so reports can aggregate first and look names up after):
---   run_at      when the run was meant to start: expected_start_time, else
---               start_time, else created; run_day is its UTC date
+--   run_at      when the run was meant to start (expected_start_time: the
+--               scheduled time, or when an ad-hoc run was first given a
+--               state; Prefect sets it on every run that has a state). Kept a
+--               plain column, not a coalesce, so window filters reach the
+--               scan. run_day is its UTC date
 --   duration_s  end_time - start_time in seconds (wall clock, retries included)
 --   lateness_s  start_time - expected_start_time in seconds
 --   is_finished COMPLETED, FAILED or CRASHED;  is_failure  FAILED or CRASHED
@@ -30,8 +33,8 @@ SELECT
     r.start_time,
     r.end_time,
     r.total_run_time,
-    coalesce(r.expected_start_time, r.start_time, r.created) AS run_at,
-    CAST(timezone('UTC', coalesce(r.expected_start_time, r.start_time, r.created)) AS DATE) AS run_day,
+    r.expected_start_time AS run_at,
+    CAST(timezone('UTC', r.expected_start_time) AS DATE) AS run_day,
     CASE WHEN r.start_time IS NOT NULL AND r.end_time IS NOT NULL
          THEN epoch(r.end_time - r.start_time) END AS duration_s,
     CASE WHEN r.start_time IS NOT NULL AND r.expected_start_time IS NOT NULL

@@ -11,23 +11,26 @@ WITH finished AS (
         deployment_id,
         run_at,
         is_failure,
-        -- Runs sharing a block number belong to the same streak: the running
-        -- count of successes only moves on a success. One sort, no self-join.
-        sum(CASE WHEN is_failure THEN 0 ELSE 1 END) OVER (
-            PARTITION BY deployment_id ORDER BY run_at, id ROWS UNBOUNDED PRECEDING
-        ) AS block
+        -- The running count of successes only moves on a success, so the
+        -- failures of one episode share it, and the success that ends the
+        -- episode has it + 1. Both windows share one sort.
+        sum(CASE WHEN is_failure THEN 0 ELSE 1 END) OVER w AS block,
+        lag(is_failure) OVER w AS after_failure
     FROM flow_run_measures
     WHERE NOT is_deleted AND is_finished AND deployment_id IS NOT NULL
+    WINDOW w AS (PARTITION BY deployment_id ORDER BY run_at, id ROWS UNBOUNDED PRECEDING)
 ),
-blocks AS (
+episodes AS (
+    -- Only failures and the successes that end an episode: no self-join.
     SELECT
         deployment_id,
-        block,
+        CASE WHEN is_failure THEN block ELSE block - 1 END AS episode,
         min(run_at) FILTER (WHERE is_failure) AS failed_at,
         count(*) FILTER (WHERE is_failure) AS failed_runs,
-        min(run_at) FILTER (WHERE NOT is_failure) AS success_at
+        min(run_at) FILTER (WHERE NOT is_failure) AS recovered_at
     FROM finished
-    GROUP BY deployment_id, block
+    WHERE is_failure OR after_failure
+    GROUP BY ALL
 )
 SELECT
     e.deployment_id,
@@ -35,10 +38,8 @@ SELECT
     d.name AS deployment_name,
     e.failed_at,
     e.failed_runs,
-    s.success_at AS recovered_at,
-    epoch(s.success_at - e.failed_at) AS recovery_s
-FROM blocks AS e
-LEFT JOIN blocks AS s ON s.deployment_id = e.deployment_id AND s.block = e.block + 1
+    e.recovered_at,
+    epoch(e.recovered_at - e.failed_at) AS recovery_s
+FROM episodes AS e
 LEFT JOIN deployments AS d ON d.id = e.deployment_id
-LEFT JOIN flows AS f ON f.id = d.flow_id
-WHERE e.failed_runs > 0;
+LEFT JOIN flows AS f ON f.id = d.flow_id;

@@ -56,6 +56,8 @@ def test_enriched_columns(prefect: SeededServer, pulled: Path) -> None:
                            AND abs(duration_s - epoch(end_time - start_time)) > 1e-6""")
     assert bad == 0
     assert scalar(pulled, "SELECT count(*) FROM retried_runs WHERE id = ?", [prefect.real["flaky"]]) == 1
+    # run_at is expected_start_time, which the server sets on every run (seeded and real @flow runs)
+    assert scalar(pulled, "SELECT count(*) FROM flow_runs_enriched WHERE run_at IS NULL") == 0
 
 
 def test_daily_and_group_views_match_server_totals(prefect: SeededServer, pulled: Path) -> None:
