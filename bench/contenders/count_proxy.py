@@ -2,7 +2,8 @@
 
 Forwards every request to ``--upstream`` (keep-alive on both sides) and counts
 them per ``METHOD path``. ``GET /__count__`` answers the counts so far and
-resets them. Used only in an untimed pass: the proxy adds latency, so the timed
+resets them; ``GET /__times__`` answers each request's upstream milliseconds
+(in order) and resets them. Used only in an untimed pass: the proxy adds latency, so the timed
 runs go straight to the server. Prints ``port <n>`` when ready.
 
     python bench/contenders/count_proxy.py --upstream http://127.0.0.1:4200
@@ -14,12 +15,14 @@ import argparse
 import http.client
 import json
 import threading
+import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
 HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "te", "trailer", "upgrade"}
 counts: Counter[str] = Counter()
+times: list[tuple[str, float, int]] = []
 lock = threading.Lock()
 local = threading.local()
 
@@ -38,10 +41,10 @@ def make_handler(host: str, port: int) -> type[BaseHTTPRequestHandler]:
             return conn
 
         def _forward(self) -> None:
-            if self.path == "/__count__":
+            if self.path in ("/__count__", "/__times__"):
                 with lock:
-                    body = json.dumps(dict(counts)).encode()
-                    counts.clear()
+                    body = json.dumps(dict(counts) if self.path == "/__count__" else times).encode()
+                    (counts if self.path == "/__count__" else times).clear()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
@@ -53,6 +56,7 @@ def make_handler(host: str, port: int) -> type[BaseHTTPRequestHandler]:
             headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP and k.lower() != "host"}
             with lock:
                 counts[f"{self.command} {self.path.split('?')[0]}"] += 1
+            began = time.monotonic()
             for attempt in range(2):
                 conn = self._upstream()
                 try:
@@ -65,6 +69,9 @@ def make_handler(host: str, port: int) -> type[BaseHTTPRequestHandler]:
                     local.conn = None
                     if attempt:
                         raise
+            with lock:
+                key = f"{self.command} {self.path.split('?')[0]}"
+                times.append((key, round((time.monotonic() - began) * 1000, 1), len(payload)))
             self.send_response(resp.status, resp.reason)
             for k, v in resp.getheaders():
                 if k.lower() not in HOP:
