@@ -148,18 +148,7 @@ def _live(include_deleted: bool) -> str:
 def run_sql(store: Store, sql: str, params: list[Any] | dict[str, Any] | None = None) -> pl.DataFrame:
     """One statement through the store, as a Polars frame; a refused write says why."""
     try:
-        if hasattr(store.con, "pl"):
-            return store.query(sql, params)
-        # duckdb >= 2.0 dropped DuckDBPyConnection.pl(), which Store.query calls; a
-        # relation still has it. Remove this branch once Store.query handles 2.0.
-        try:
-            rel = store.con.sql(sql, params=params)
-        except Exception as e:  # duckdb.Error; only flowsync.store may name duckdb
-            raise StoreError(f"Query failed: {str(e).splitlines()[0]}") from e
-        if rel is None:  # a statement without a result (SET, PRAGMA ...)
-            return pl.DataFrame()
-        frame: pl.DataFrame = rel.pl()
-        return frame
+        return store.query(sql, params)
     except StoreError as e:
         if "read-only mode" in str(e) and store.read_only:
             raise StoreError(
