@@ -1,5 +1,5 @@
 """The Prefect REST API, spoken over HTTP. The only package that imports httpx."""
 
-from flowsync.api.client import PrefectClient, RetryPolicy
+from flowsync.api.client import Page, PrefectClient, RetryPolicy
 
-__all__ = ["PrefectClient", "RetryPolicy"]
+__all__ = ["Page", "PrefectClient", "RetryPolicy"]

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from flowsync.api.client import PrefectClient
+from flowsync.api.client import Page, PrefectClient
 
 PAGE_SIZE = 200  # the API refuses more (422)
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -32,10 +32,10 @@ def iso(value: datetime) -> str:
 
 def offset_pages(
     client: PrefectClient, resource: str, body: dict[str, Any], page_size: int = PAGE_SIZE
-) -> Iterator[list[dict[str, Any]]]:
+) -> Iterator[Page]:
     offset = 0
     while True:
-        page = client.filter(resource, {**body, "limit": page_size, "offset": offset})
+        page = client.filter_page(resource, {**body, "limit": page_size, "offset": offset})
         if page:
             yield page
         if len(page) < page_size:
@@ -72,7 +72,7 @@ def keyset_run_pages(
     *,
     start: Position | None = None,
     page_size: int = PAGE_SIZE,
-) -> Iterator[tuple[list[dict[str, Any]], Position | None]]:
+) -> Iterator[tuple[Page, Position | None]]:
     """Flow runs with expected start in [lo, hi], oldest first, with the position after each page.
 
     Rows at a page's last timestamp come again on the next page (the bound is
@@ -84,7 +84,7 @@ def keyset_run_pages(
     while True:
         if pos.tie:
             body = {**_run_filter(pos.after, pos.after), "sort": "EXPECTED_START_TIME_ASC"}
-            page = client.filter("flow_runs", {**body, "limit": page_size, "offset": pos.tie})
+            page = client.filter_page("flow_runs", {**body, "limit": page_size, "offset": pos.tie})
             if len(page) == page_size:
                 nxt: Position | None = Position(pos.after, pos.tie + len(page))
             else:
@@ -93,11 +93,11 @@ def keyset_run_pages(
             yield page, nxt
         else:
             body = {**_run_filter(pos.after, hi_s), "sort": "EXPECTED_START_TIME_ASC"}
-            page = client.filter("flow_runs", {**body, "limit": page_size, "offset": 0})
+            page = client.filter_page("flow_runs", {**body, "limit": page_size, "offset": 0})
             if len(page) < page_size:
                 yield page, None
                 return
-            last = page[-1].get("expected_start_time")
+            last = page.rows[-1].get("expected_start_time")
             if last is None or parse_ts(last) <= parse_ts(pos.after):
                 nxt = Position(pos.after, len(page))  # a full page on one timestamp
             else:

@@ -28,6 +28,7 @@ def pull_cmd(
     api_url: ApiUrlOption = None,
     api_key: ApiKeyOption = None,
     full: Annotated[bool, typer.Option("--full", help="Re-read every run from the server (a full reconciliation).")] = False,
+    verify: Annotated[bool, typer.Option("--verify", help="Compare per-bucket run counts with the server even when totals match (done daily anyway).")] = False,
     wait: WaitOption = 0.0,
     concurrency: Annotated[int, typer.Option(help="Pages in flight during a full pull (more than 2 slows the server).", min=1, max=8)] = 2,
     overlap: Annotated[float, typer.Option(help="Minutes of events re-read before the last cursor (late events, client clocks).", min=0)] = 10.0,
@@ -53,6 +54,7 @@ def pull_cmd(
         path = resolve_db_path(db)
         options = PullOptions(
             full=full,
+            verify=verify,
             concurrency=concurrency,
             overlap=timedelta(minutes=overlap),
             events_horizon=timedelta(days=events_horizon),

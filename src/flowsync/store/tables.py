@@ -15,6 +15,18 @@ from typing import Any
 
 import polars as pl
 
+# kind -> DuckDB type of the column
+SQL_TYPES = {
+    "uuid": "UUID",
+    "ts": "TIMESTAMPTZ",
+    "str": "VARCHAR",
+    "json": "JSON",
+    "list": "VARCHAR[]",
+    "float": "DOUBLE",
+    "int": "INTEGER",
+    "bool": "BOOLEAN",
+}
+
 # kind -> (Polars type of the batch column, SQL expression template to cast it)
 _KINDS: dict[str, tuple[Any, str]] = {
     "uuid": (pl.Utf8, "TRY_CAST({c} AS UUID)"),
@@ -189,6 +201,36 @@ class TableSpec:
         schema: dict[str, Any] = {c.name: _KINDS[c.kind][0] for c in self.columns}
         schema["extra"] = pl.Utf8
         return pl.DataFrame(data, schema=schema)
+
+    def unknown_fields(self, objects: Sequence[Mapping[str, Any]]) -> set[str]:
+        """Top-level fields no column holds (they go to ``extra``)."""
+        return set().union(*(o.keys() for o in objects)) - self.known_fields
+
+    def json_select_sql(self) -> str:
+        """SELECT that turns one JSON array parameter (``?``) into typed rows, in DuckDB.
+
+        Duplicate ids keep the newest ``updated``. For pages whose objects have
+        no unknown fields (``extra`` is NULL); others go through ``batch``.
+        """
+        structure: dict[str, Any] = {}
+        for c in self.columns:
+            *parents, leaf = (c.source or c.name).split(".")
+            node = structure
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = SQL_TYPES[c.kind]
+        # The structure is built from our own column specs, never from input.
+        literal = json.dumps(structure).replace("'", "''")
+        fields = ", ".join(
+            "r." + ".".join(f'"{p}"' for p in (c.source or c.name).split(".")) + f' AS "{c.name}"'
+            for c in self.columns
+        )
+        return f"""
+            SELECT {fields}, CAST(NULL AS JSON) AS "extra"
+            FROM (SELECT from_json(e, '{literal}') AS r
+                  FROM (SELECT unnest(CAST(CAST(? AS VARCHAR) AS JSON[])) AS e))
+            QUALIFY row_number() OVER (PARTITION BY r.id ORDER BY r.updated DESC NULLS LAST) = 1
+        """
 
     def select_sql(self, source: str) -> str:
         """SELECT list that casts a batch's string columns to the table's types."""

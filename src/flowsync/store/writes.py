@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Protocol
 
 import polars as pl
 
@@ -19,45 +19,78 @@ from flowsync.store.connect import Store, one
 from flowsync.store.tables import TableSpec
 
 
+class Page(Protocol):
+    """A page of API objects and the JSON text they came in (``flowsync.api.Page``)."""
+
+    @property
+    def rows(self) -> list[dict[str, Any]]: ...
+    @property
+    def raw(self) -> str: ...
+
+
 def now_utc() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def upsert(store: Store, spec: TableSpec, frame: pl.DataFrame, *, pull_id: int) -> tuple[int, int]:
-    """Insert new rows, update changed ones; returns (inserted, updated).
+def upsert_pages(store: Store, spec: TableSpec, pages: Sequence[Page], *, pull_id: int) -> tuple[int, int]:
+    """Insert new rows, update changed ones, from API pages; returns (inserted, updated).
 
-    A row counts as updated when its ``updated`` stamp moved or it had been
-    marked deleted; every row in the batch gets ``seen_pull`` and ``synced_at``.
+    One statement for all the pages: DuckDB parses the pages' JSON itself. A
+    row counts as updated when its ``updated`` stamp moved or it had been
+    marked deleted; every row gets ``seen_pull`` and ``synced_at``.
     """
-    if frame.height == 0:
+    rows = [r for p in pages for r in p.rows]
+    if not rows:
         return 0, 0
     con = store.con
-    name = f"_batch_{spec.name}"
-    con.register(name, frame)
+    if spec.unknown_fields(rows):
+        # Fields this version has no column for: keep them in `extra` (slower path).
+        con.register("_batch", spec.batch(rows))
+        try:
+            con.execute(f"CREATE OR REPLACE TEMP TABLE _incoming AS {spec.select_sql('_batch')}")
+        finally:
+            con.unregister("_batch")
+    else:
+        body = "[" + ",".join(p.raw.strip()[1:-1] for p in pages if p.rows) + "]"
+        con.execute(f"CREATE OR REPLACE TEMP TABLE _incoming AS {spec.json_select_sql()}", [body])
+    return _merge_incoming(store, spec, pull_id)
+
+
+def upsert(store: Store, spec: TableSpec, frame: pl.DataFrame, *, pull_id: int) -> tuple[int, int]:
+    """Like ``upsert_pages``, from a frame built by ``TableSpec.batch``."""
+    if frame.height == 0:
+        return 0, 0
+    store.con.register("_batch", frame)
     try:
-        inserted, updated = one(con.execute(
-            f"""
-            SELECT count(*) FILTER (WHERE t.id IS NULL),
-                   count(*) FILTER (WHERE t.id IS NOT NULL AND (
-                        t.updated IS DISTINCT FROM CAST(b.updated AS TIMESTAMPTZ)
-                        OR t.deleted_at IS NOT NULL))
-            FROM {name} b LEFT JOIN {spec.name} t ON t.id = CAST(b.id AS UUID)
-            """
-        )) or (0, 0)
-        cols = [*spec.column_names, "extra"]
-        col_list = ", ".join(f'"{c}"' for c in cols)
-        sets = ", ".join(f'"{c}" = excluded."{c}"' for c in cols if c != "id")
-        con.execute(
-            f"""
-            INSERT INTO {spec.name} ({col_list}, synced_at, seen_pull, deleted_at)
-            SELECT *, CAST(? AS TIMESTAMPTZ), ?, NULL FROM ({spec.select_sql(name)})
-            ON CONFLICT (id) DO UPDATE SET {sets},
-                synced_at = excluded.synced_at, seen_pull = excluded.seen_pull, deleted_at = NULL
-            """,
-            [now_utc(), pull_id],
-        )
+        store.con.execute(f"CREATE OR REPLACE TEMP TABLE _incoming AS {spec.select_sql('_batch')}")
     finally:
-        con.unregister(name)
+        store.con.unregister("_batch")
+    return _merge_incoming(store, spec, pull_id)
+
+
+def _merge_incoming(store: Store, spec: TableSpec, pull_id: int) -> tuple[int, int]:
+    con = store.con
+    inserted, updated = one(con.execute(
+        f"""
+        SELECT count(*) FILTER (WHERE t.id IS NULL),
+               count(*) FILTER (WHERE t.id IS NOT NULL AND (
+                    t.updated IS DISTINCT FROM b.updated OR t.deleted_at IS NOT NULL))
+        FROM _incoming b LEFT JOIN {spec.name} t ON t.id = b.id
+        """
+    ))
+    cols = [*spec.column_names, "extra"]
+    col_list = ", ".join(f'"{c}"' for c in cols)
+    sets = ", ".join(f'"{c}" = excluded."{c}"' for c in cols if c != "id")
+    con.execute(
+        f"""
+        INSERT INTO {spec.name} ({col_list}, synced_at, seen_pull, deleted_at)
+        SELECT {col_list}, CAST(? AS TIMESTAMPTZ), ?, NULL FROM _incoming
+        ON CONFLICT (id) DO UPDATE SET {sets},
+            synced_at = excluded.synced_at, seen_pull = excluded.seen_pull, deleted_at = NULL
+        """,
+        [now_utc(), pull_id],
+    )
+    con.execute("DROP TABLE _incoming")
     return int(inserted), int(updated)
 
 

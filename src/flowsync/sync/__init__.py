@@ -83,8 +83,7 @@ def pull(
     options = options or PullOptions()
     progress = progress or NullProgress()
     began = time.monotonic()
-    client.check()
-    server_start = client.server_now()
+    server_start = client.check()
     url = client.settings.display_url
     _bind_url(store, url)
     with store.transaction():

@@ -5,11 +5,13 @@ three other questions (see docs/sync-design.md):
 
 1. Which runs changed state since the cursor? ``/events/count-by/resource``
    answers with every flow-run id that has a state event, in one request.
-2. Is anything else different (deleted runs, missed events)? One
+2. Were runs deleted? Deletions emit no event, but they change the total:
+   ``/flow_runs/count`` against the local live count.
+3. When the totals differ (or once a day, or with ``--verify``): one
    ``/flow_runs/history`` request gives the server's run counts per
    expected-start bucket and state type; buckets that differ from the local
-   counts are re-read by keyset and their missing runs checked by id.
-3. Is anything outside those buckets? ``/flow_runs/count`` against the local total.
+   counts are narrowed with finer histograms, re-read by keyset, and their
+   missing runs checked by id before they are marked deleted.
 
 The full reconciliation walks every run by keyset on ``expected_start_time``
 in segments (2 in flight), commits each page with the position that covers
@@ -30,6 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from flowsync.api import Page
 from flowsync.api.pagination import EPOCH, Position, iso, keyset_run_pages, parse_ts
 from flowsync.errors import ApiError
 from flowsync.store import writes
@@ -38,7 +41,11 @@ from flowsync.sync.context import PullContext
 
 CURSOR = "flow_runs.cursor"
 FULL_PASS = "flow_runs.full_pass"
-HISTORY_BUCKETS = 500
+VERIFIED = "flow_runs.verified_at"
+# The server's history query costs ~3 ms per bucket on SQLite: few buckets, refined where they differ.
+PLAN_BUCKETS = 100
+VERIFY_BUCKETS = 100
+REREAD_ROWS = 2000  # a differing range this small is re-read; a larger one is narrowed first
 
 
 # -- full reconciliation --------------------------------------------------------
@@ -72,7 +79,7 @@ def plan_segments(ctx: PullContext) -> list[dict[str, Any]]:
     if lo is None or hi is None:
         return [{"lo": None, "hi": None, "pos": None, "done": False}]
     start = lo - timedelta(seconds=1)
-    interval = max(1.0, math.ceil((hi - start).total_seconds() / HISTORY_BUCKETS + 1))
+    interval = max(1.0, math.ceil((hi - start).total_seconds() / PLAN_BUCKETS + 1))
     history = client.flow_run_history(start, hi + timedelta(seconds=interval), interval)
     cuts: list[datetime] = []
     acc = 0
@@ -101,6 +108,7 @@ def full_pass(ctx: PullContext) -> None:
     _null_start_runs(ctx)
     with ctx.store.transaction():
         writes.set_state(ctx.store, CURSOR, state["started"])
+        writes.set_state(ctx.store, VERIFIED, state["started"])
         ctx.store.con.execute("DELETE FROM sync_state WHERE key = ?", [FULL_PASS])
 
 
@@ -153,6 +161,7 @@ def _walk_segments(ctx: PullContext, state: dict[str, Any]) -> None:
         for _ in range(workers):
             pool.submit(worker)
         finished = 0
+        buffer = ctx.buffer(FLOW_RUNS)
         try:
             while finished < workers:
                 item = pages.get()
@@ -165,13 +174,11 @@ def _walk_segments(ctx: PullContext, state: dict[str, Any]) -> None:
                 seg = segments[idx]
                 seg["pos"] = nxt.to_json() if nxt else None
                 seg["done"] = nxt is None
-                n = ctx.write_page(FLOW_RUNS, page, {FULL_PASS: state}) if page else 0
-                if not page:
-                    with ctx.store.transaction():
-                        writes.set_state(ctx.store, FULL_PASS, state)
-                ctx.progress.advance(n)
+                # `state` is updated in place; it is written with the flush that covers this page.
+                buffer.add(page, {FULL_PASS: state})
         finally:
             stop.set()
+            buffer.flush()  # what arrived intact is kept, even when a fetch failed
 
 
 def _reconcile_unseen(ctx: PullContext, pass_id: int) -> None:
@@ -187,9 +194,8 @@ def check_ids(ctx: PullContext, ids: Iterable[str]) -> set[str]:
     ids = list(ids)
     found: set[str] = set()
     for chunk, page in zip(_chunks(ids, 200), ctx.client.iter_ids(ids)):
-        if page:
-            ctx.write_page(FLOW_RUNS, page)
-        got = {str(o["id"]) for o in page}
+        ctx.write_pages(FLOW_RUNS, [page])
+        got = {str(o["id"]) for o in page.rows}
         found |= got
         ctx.mark_deleted("flow_runs", [i for i in chunk if i not in got])
     return found
@@ -211,7 +217,7 @@ def _null_start_runs(ctx: PullContext) -> None:
         page = ctx.client.filter("flow_runs", {"sort": "ID_DESC", "limit": 200, "offset": offset})
         nulls = [o for o in page if o.get("expected_start_time") is None]
         if nulls:
-            ctx.write_page(FLOW_RUNS, nulls)
+            ctx.write_pages(FLOW_RUNS, [Page.from_rows(nulls)])
         if len(page) < 200:
             break
         offset += len(page)
@@ -221,19 +227,22 @@ def _null_start_runs(ctx: PullContext) -> None:
 
 
 def incremental(ctx: PullContext, since: datetime) -> None:
-    """Changes since ``since``: state events, then a histogram check for everything else."""
+    """Changes since ``since``: state events, then the count check for everything else."""
     ctx.progress.phase("flow_runs")
+    force = ctx.options.verify
     try:
         changed = ctx.client.changed_flow_runs(since, ctx.server_start + timedelta(hours=1))
     except ApiError as e:
-        # Servers without the events API: refresh every run that can still change.
+        # Servers without the events API: refresh every run that can still change,
+        # and compare bucket counts every time.
         ctx.progress.message(f"events unavailable ({e}); refreshing unfinished runs instead")
         changed = dict.fromkeys(_unfinished_ids(ctx), ctx.server_start)
+        force = True
     if changed:
         ctx.progress.message(f"{len(changed)} runs changed state since {iso(since)}")
         found = check_ids(ctx, list(changed))
         ctx.progress.advance(len(found))
-    reconcile_counts(ctx)
+    verify_counts(ctx, force=force)
 
 
 def _unfinished_ids(ctx: PullContext) -> list[str]:
@@ -244,39 +253,62 @@ def _unfinished_ids(ctx: PullContext) -> list[str]:
     return [r[0] for r in rows]
 
 
-def reconcile_counts(ctx: PullContext) -> None:
-    """Compare the server's counts per bucket and state type with the local ones; re-read what differs."""
-    lo, hi, _local_nulls = writes.run_time_bounds(ctx.store)
+def verify_counts(ctx: PullContext, *, force: bool = False) -> None:
+    """Make sure nothing else differs: totals first, per-bucket counts when needed."""
     server_total = ctx.client.count("flow_runs")
+    local_total = writes.count_live(ctx.store, "flow_runs")
+    last = writes.get_state(ctx.store, VERIFIED)
+    due = last is None or ctx.server_start - parse_ts(last) > ctx.options.verify_every
+    if server_total == local_total and not (force or due):
+        return
+    lo, hi, _local_nulls = writes.run_time_bounds(ctx.store)
     if lo is None or hi is None:
         if server_total:
             reconcile_range(ctx, None, None)
-        return
-    lo = lo.astimezone(timezone.utc)
-    hi = hi.astimezone(timezone.utc)
-    # Bucket edges at half seconds, away from the whole-second times seeded runs often share.
-    start = lo.replace(minute=0, second=0, microsecond=0) - timedelta(hours=1) + timedelta(seconds=0.5)
-    interval = float(max(1, math.ceil((hi - start).total_seconds() / (HISTORY_BUCKETS - 1))))
-    end = start + timedelta(seconds=interval * HISTORY_BUCKETS)
+            _null_start_runs(ctx)
+    else:
+        lo, hi = lo.astimezone(timezone.utc), hi.astimezone(timezone.utc)
+        # Bucket edges at half seconds, away from the whole-second times seeded runs often share.
+        start = lo.replace(minute=0, second=0, microsecond=0) - timedelta(hours=1) + timedelta(seconds=0.5)
+        end = hi + timedelta(hours=1)
+        in_server, in_local = _reconcile_window(ctx, start, end, depth=0)
+        if server_total - in_server != local_total - in_local:
+            ctx.progress.message("runs outside the known time range differ; re-reading both ends")
+            reconcile_range(ctx, None, start)
+            reconcile_range(ctx, end, None)
+            _null_start_runs(ctx)
+    with ctx.store.transaction():
+        writes.set_state(ctx.store, VERIFIED, iso(ctx.server_start))
+
+
+def _reconcile_window(ctx: PullContext, start: datetime, end: datetime, depth: int) -> tuple[int, int]:
+    """Compare counts per (bucket, state type) in [start, end); fix what differs.
+
+    Returns the server's and the local totals in the window (before fixing).
+    """
+    interval = float(max(1, math.ceil((end - start).total_seconds() / VERIFY_BUCKETS)))
     history = ctx.client.flow_run_history(start, end, interval)
     server: dict[tuple[int, str], int] = {}
     for i, bucket in enumerate(history):
-        for s in bucket.get("states", []):
-            server[(i, s.get("state_type") or "")] = server.get((i, s.get("state_type") or ""), 0) + int(s["count_runs"])
+        for st in bucket.get("states", []):
+            key = (i, st.get("state_type") or "")
+            server[key] = server.get(key, 0) + int(st["count_runs"])
     local = writes.local_histogram(ctx.store, start, interval, len(history))
-    differing = sorted({b for b, _ in set(server) | set(local) if server.get((b, _)) != local.get((b, _))})
-    in_range_server = sum(server.values())
-    outside_server = server_total - in_range_server
-    outside_local = writes.count_live(ctx.store, "flow_runs") - sum(local.values())
-    if differing:
+    differing = sorted({b for b, st in set(server) | set(local) if server.get((b, st)) != local.get((b, st))})
+    if differing and depth == 0:
         ctx.progress.message(f"{len(differing)} of {len(history)} time buckets differ from the server; re-reading them")
     for b_lo, b_hi in _merge(differing):
-        reconcile_range(ctx, start + timedelta(seconds=interval * b_lo), start + timedelta(seconds=interval * (b_hi + 1)))
-    if outside_server != outside_local:
-        ctx.progress.message("runs outside the known time range differ; re-reading both ends")
-        reconcile_range(ctx, None, start)
-        reconcile_range(ctx, end, None)
-        _null_start_runs(ctx)
+        lo_t = start + timedelta(seconds=interval * b_lo)
+        hi_t = start + timedelta(seconds=interval * (b_hi + 1))
+        size = max(
+            sum(n for (b, _), n in server.items() if b_lo <= b <= b_hi),
+            sum(n for (b, _), n in local.items() if b_lo <= b <= b_hi),
+        )
+        if size > REREAD_ROWS and interval > 1 and depth < 3:
+            _reconcile_window(ctx, lo_t, hi_t, depth + 1)
+        else:
+            reconcile_range(ctx, lo_t, hi_t)
+    return sum(server.values()), sum(local.values())
 
 
 def _merge(buckets: list[int]) -> list[tuple[int, int]]:
@@ -292,10 +324,10 @@ def _merge(buckets: list[int]) -> list[tuple[int, int]]:
 def reconcile_range(ctx: PullContext, lo: datetime | None, hi: datetime | None) -> None:
     """Make local runs with expected start in [lo, hi] equal the server's."""
     seen: set[str] = set()
+    buffer = ctx.buffer(FLOW_RUNS)
     for page, _ in keyset_run_pages(ctx.client, lo, hi, page_size=ctx.options.page_size):
-        if page:
-            ctx.write_page(FLOW_RUNS, page)
-            seen.update(str(o["id"]) for o in page)
-            ctx.progress.advance(len(page))
+        buffer.add(page)
+        seen.update(str(o["id"]) for o in page.rows)
+    buffer.flush()
     local = writes.live_run_ids_between(ctx.store, lo, hi)
     check_ids(ctx, sorted(local - seen))

@@ -38,11 +38,11 @@ def sync_collection(ctx: PullContext, spec: TableSpec) -> None:
 def _walk(ctx: PullContext, spec: TableSpec, sort: str, stop_before: datetime | None, seen: set[str]) -> bool:
     """Page through the collection; True when every page was read."""
     for page in offset_pages(ctx.client, spec.name, {"sort": sort}, ctx.options.page_size):
-        ctx.write_page(spec, page)
-        seen.update(str(o["id"]) for o in page)
+        ctx.write_pages(spec, [page])
+        seen.update(str(o["id"]) for o in page.rows)
         ctx.progress.advance(len(page))
         if stop_before is not None and any(
-            o.get("updated") and parse_ts(o["updated"]) < stop_before for o in page
+            o.get("updated") and parse_ts(o["updated"]) < stop_before for o in page.rows
         ):
             return False
     return True
@@ -54,10 +54,9 @@ def _mark_missing(ctx: PullContext, spec: TableSpec, seen: set[str]) -> None:
     singular = spec.name  # the filter key equals the resource name
     for i in range(0, len(missing), 200):
         chunk = missing[i : i + 200]
-        found = ctx.client.filter(
+        found = ctx.client.filter_page(
             spec.name, {singular: {"id": {"any_": chunk}}, "limit": len(chunk), "offset": 0}
         )
-        if found:
-            ctx.write_page(spec, found)
-        still = {str(o["id"]) for o in found}
+        ctx.write_pages(spec, [found])
+        still = {str(o["id"]) for o in found.rows}
         ctx.mark_deleted(spec.name, [x for x in chunk if x not in still])
