@@ -180,3 +180,28 @@ def test_many_runs_sharing_one_expected_start(fresh_server: Server, db_path: Pat
             assert c.post(f"deployments/{deployment}/create_flow_run/bulk", json=body).status_code in (200, 201)
     pull(url, db_path)
     assert_matches_server(db_path, url)
+
+
+def test_verify_finds_a_state_change_whose_event_was_missed(fresh_server: Server, db_path: Path) -> None:
+    """With the event window moved past the change, only the per-bucket counts can find it."""
+    url = fresh_server.url
+    seeded = seed(url, runs=40, flows=1, deployments_per_flow=1, seed_value=11)
+    pull(url, db_path)
+    target = next(i for i, s in seeded.runs.items() if s == "COMPLETED")
+    with httpx.Client(base_url=url + "/", timeout=60) as c:
+        set_states(c, [target], "FAILED", "Failed")
+    # Pretend the last pull happened after the change, so its event is outside the window.
+    import duckdb
+
+    con = duckdb.connect(str(db_path))
+    con.execute(
+        "UPDATE sync_state SET value = to_json(strftime(now() + INTERVAL 1 HOUR, '%Y-%m-%dT%H:%M:%S+00:00')) "
+        "WHERE key = 'flow_runs.cursor'"
+    )
+    con.close()
+    quiet = pull(url, db_path, "--overlap", "0")
+    assert scalar(db_path, "SELECT state_type FROM flow_runs WHERE id = ?", [target]) == "COMPLETED"
+    assert int(quiet["requests"]) <= 6  # totals agree: no histogram
+    pull(url, db_path, "--overlap", "0", "--verify")
+    assert scalar(db_path, "SELECT state_type FROM flow_runs WHERE id = ?", [target]) == "FAILED"
+    assert_matches_server(db_path, url)
