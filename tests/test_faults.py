@@ -112,9 +112,8 @@ def test_persistent_failure_fails_clearly_and_keeps_the_file_consistent(prefect:
         return None
 
     transport, sleeps = forwarding(prefect.url, fault)
-    with Store.open(db_path) as store, client_for(prefect.url, transport, sleeps) as client:
-        with pytest.raises(ApiError) as err:
-            pull(client, store)
+    with Store.open(db_path) as store, client_for(prefect.url, transport, sleeps) as client, pytest.raises(ApiError) as err:
+        pull(client, store)
     message = str(err.value)
     assert prefect.url in message and "after 5 attempts" in message and "\n" not in message
     assert query(db_path, "SELECT status, error IS NOT NULL FROM sync_runs") == [("failed", True)]
@@ -131,9 +130,8 @@ def test_persistent_failure_fails_clearly_and_keeps_the_file_consistent(prefect:
 @pytest.mark.parametrize("status", [401, 403])
 def test_auth_errors_fail_at_once(prefect: SeededServer, db_path: Path, status: int) -> None:
     transport, sleeps = forwarding(prefect.url, lambda r, n: httpx.Response(status, json={"detail": "no"}))
-    with Store.open(db_path) as store, client_for(prefect.url, transport, sleeps) as client:
-        with pytest.raises(AuthError) as err:
-            pull(client, store)
+    with Store.open(db_path) as store, client_for(prefect.url, transport, sleeps) as client, pytest.raises(AuthError) as err:
+        pull(client, store)
     assert not sleeps
     assert str(status) in str(err.value) and "PREFECT_API_KEY" in str(err.value)
 
