@@ -47,7 +47,7 @@ def main() -> None:
         flowsync("status", "--db", str(db))
         extra = [
             ("report", "failures", "--by", "deployment", "--db", str(db)),
-            ("plan", str(ROOT / "docs" / "examples" / "retention.yaml"), "--db", str(db)),
+            ("plan", str(ROOT / "docs" / "examples" / "repair-stuck.yaml"), "--db", str(db)),
         ]
         for args in extra:
             try:
