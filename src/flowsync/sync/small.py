@@ -44,7 +44,8 @@ def _walk(ctx: PullContext, spec: TableSpec, sort: str, stop_before: datetime | 
         if stop_before is not None and any(
             o.get("updated") and parse_ts(o["updated"]) < stop_before for o in page.rows
         ):
-            return False
+            # A short page is the last one: the listing is complete all the same.
+            return len(page) < ctx.options.page_size
     return True
 
 
