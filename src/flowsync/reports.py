@@ -20,12 +20,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any
-
-import polars as pl
+from typing import TYPE_CHECKING, Any
 
 from flowsync.errors import ConfigError, StoreError
-from flowsync.store import Store
+
+if TYPE_CHECKING:  # imported lazily: the CLI reads GROUPS without loading Polars or DuckDB
+    import polars as pl
+
+    from flowsync.store import Store
 
 
 @dataclass(frozen=True)
@@ -193,6 +195,7 @@ def failures(store: Store, by: str = "deployment", window: Window | None = None,
     frame = run_sql(store, sql, params)
     if window.since is None:  # all history: there is no previous window
         prev = ["prev_runs", "prev_failed", "prev_failure_rate", "prev_cancelled", "failure_rate_change"]
+        import polars as pl
         frame = frame.with_columns(pl.lit(None, dtype=frame.schema[c]).alias(c) for c in prev)
     return frame
 

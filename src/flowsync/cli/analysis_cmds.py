@@ -14,17 +14,20 @@ import sys
 from collections.abc import Callable
 from datetime import date, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import polars as pl
 import typer
 from rich.table import Table
 
-from flowsync import report_html, reports
+from flowsync import reports
 from flowsync.cli.common import DbOption, WaitOption, err, errors, out
 from flowsync.config import resolve_db_path
 from flowsync.errors import ConfigError
-from flowsync.store import Store
+
+if TYPE_CHECKING:  # Polars and DuckDB load inside the commands, so --help stays fast
+    import polars as pl
+
+    from flowsync.store import Store
 
 FORMATS = ("table", "csv", "json", "markdown", "parquet")
 
@@ -76,6 +79,8 @@ def _choose_format(fmt: str | None, output: Path | None) -> str:
 
 def _flat(frame: pl.DataFrame) -> pl.DataFrame:
     """CSV and markdown cannot hold nested values: lists become 'a,b', structs JSON."""
+    import polars as pl
+
     cols = []
     for name, dtype in frame.schema.items():
         if isinstance(dtype, (pl.List, pl.Array)):
@@ -150,6 +155,8 @@ def emit(frame: pl.DataFrame, fmt: str, output: Path | None, title: str = "") ->
 
 
 def _open(db: Path | None, wait: float) -> Store:
+    from flowsync.store import Store
+
     return Store.open(resolve_db_path(db), read_only=True, wait=wait)
 
 
@@ -195,6 +202,8 @@ def _run_report(
     db: Path | None,
     wait: float,
 ) -> None:
+    from flowsync import report_html
+
     with errors():
         window = reports.parse_since(since)
         chosen = None if html is not None else _choose_format(fmt, output)

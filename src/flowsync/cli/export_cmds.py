@@ -7,10 +7,8 @@ from typing import Annotated
 
 import typer
 
-from flowsync import export
 from flowsync.cli.common import DbOption, JsonOption, WaitOption, err, errors, print_json
 from flowsync.config import resolve_db_path
-from flowsync.store import Store
 
 
 def export_cmd(
@@ -19,7 +17,7 @@ def export_cmd(
     db: DbOption = None,
     tables: Annotated[
         list[str] | None,
-        typer.Option("--tables", help=f"Table to export (repeat or comma-separate). Default: {', '.join(export.TABLES)}.", show_default=False),
+        typer.Option("--tables", help="Table to export (repeat or comma-separate). Default: flows, deployments, flow_runs.", show_default=False),
     ] = None,
     since: Annotated[
         str | None,
@@ -40,6 +38,9 @@ def export_cmd(
 
     Example: flowsync export --format parquet exports/ --db runs.duckdb --since 2d
     """
+    from flowsync import export  # with pyarrow and DuckDB: loaded only when exporting
+    from flowsync.store import Store
+
     with errors():
         names = [t.strip() for item in tables or [] for t in item.split(",") if t.strip()] or None
         export.check_request(out_dir, fmt, names)

@@ -10,13 +10,12 @@ from __future__ import annotations
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
-from flowsync.api import PrefectClient
 from flowsync.cli.common import (
     ApiKeyOption,
     ApiUrlOption,
@@ -31,17 +30,9 @@ from flowsync.cli.common import (
 )
 from flowsync.config import resolve_api, resolve_db_path
 from flowsync.errors import PARTIAL_FAILURE_EXIT, ConfigError
-from flowsync.policy import (
-    ApplyResult,
-    Plan,
-    apply_plan,
-    check_rules,
-    load_policy,
-    make_plan,
-    policy_schema,
-)
-from flowsync.policy.apply import check_guards
-from flowsync.store import Store
+
+if TYPE_CHECKING:  # the library (pydantic, DuckDB, httpx) loads inside the commands: --help stays fast
+    from flowsync.policy import ApplyResult, Plan
 
 PolicyArg = Annotated[Path, typer.Argument(help="Policy file (YAML).", show_default=False)]
 SampleOption = Annotated[int, typer.Option("--sample", help="Runs listed per rule.", min=0)]
@@ -103,6 +94,9 @@ def _render_plan(plan: Plan, sample: int) -> None:
 
 
 def _compute_plan(policy: Path, db: Path | None, wait: float) -> Plan:
+    from flowsync.policy import load_policy, make_plan
+    from flowsync.store import Store
+
     loaded = load_policy(policy)
     # Rule SQL only ever runs on a read-only connection: DuckDB refuses writes there.
     with Store.open(resolve_db_path(db), read_only=True, wait=wait) as store:
@@ -165,6 +159,11 @@ def apply_cmd(
 
     Example: flowsync apply policies/retention.yaml --db runs.duckdb --yes
     """
+    from flowsync.api import PrefectClient
+    from flowsync.policy import apply_plan
+    from flowsync.policy.apply import check_guards
+    from flowsync.store import Store
+
     with errors():
         settings = resolve_api(api_url, api_key)
         path = resolve_db_path(db)
@@ -208,6 +207,8 @@ def schema_cmd() -> None:
 
     Example: flowsync policy schema > policy.schema.json
     """
+    from flowsync.policy import policy_schema
+
     print_json(policy_schema())
 
 
@@ -222,6 +223,9 @@ def check_cmd(
 
     Example: flowsync policy check policies/retention.yaml --db runs.duckdb
     """
+    from flowsync.policy import check_rules, load_policy
+    from flowsync.store import Store
+
     with errors():
         loaded = load_policy(policy)
         rows: dict[str, int] | None = None
