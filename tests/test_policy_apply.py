@@ -300,7 +300,6 @@ rules:
 
 
 def test_cli_partial_failure_exits_9_with_a_summary(mixed_db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from flowsync.cli import policy_cmds
 
     def some_aborted(path: str, body: dict[str, Any]) -> httpx.Response:
         if path == "health":
@@ -312,7 +311,8 @@ def test_cli_partial_failure_exits_9_with_a_summary(mixed_db: Path, monkeypatch:
             {"flow_run_id": i, "status": "ABORT" if n == 0 else "ACCEPT", "details": {"reason": "database is locked"}}
             for n, i in enumerate(ids)]})
 
-    monkeypatch.setattr(policy_cmds, "PrefectClient", lambda settings, **kw: mock_client(Recorder(some_aborted)))
+    # the command imports the client when it runs: patch it where it is looked up
+    monkeypatch.setattr("flowsync.api.PrefectClient", lambda settings, **kw: mock_client(Recorder(some_aborted)))
     path = mixed_db.parent / "p.yaml"
     path.write_text(CANCEL_ALL)
     result = run_cli("apply", str(path), "--db", str(mixed_db), "--yes", "--api-url", "http://prefect.test/api")
