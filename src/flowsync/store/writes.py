@@ -56,18 +56,6 @@ def upsert_pages(store: Store, spec: TableSpec, pages: Sequence[Page], *, pull_i
     return _merge_incoming(store, spec, pull_id)
 
 
-def upsert(store: Store, spec: TableSpec, frame: pl.DataFrame, *, pull_id: int) -> tuple[int, int]:
-    """Like ``upsert_pages``, from a frame built by ``TableSpec.batch``."""
-    if frame.height == 0:
-        return 0, 0
-    store.con.register("_batch", frame)
-    try:
-        store.con.execute(f"CREATE OR REPLACE TEMP TABLE _incoming AS {spec.select_sql('_batch')}")
-    finally:
-        store.con.unregister("_batch")
-    return _merge_incoming(store, spec, pull_id)
-
-
 def _merge_incoming(store: Store, spec: TableSpec, pull_id: int) -> tuple[int, int]:
     con = store.con
     inserted, updated = one(con.execute(
