@@ -205,3 +205,48 @@ def test_verify_finds_a_state_change_whose_event_was_missed(fresh_server: Server
     pull(url, db_path, "--overlap", "0", "--verify")
     assert scalar(db_path, "SELECT state_type FROM flow_runs WHERE id = ?", [target]) == "FAILED"
     assert_matches_server(db_path, url)
+
+
+def _wait_for_state_events(url: str, ids: list[str], state_type: str, timeout: float = 60) -> None:
+    """Block until the server's event persister has stored each run's change to ``state_type``."""
+    wanted = {f"prefect.flow-run.{i}" for i in ids}
+    deadline = time.monotonic() + timeout
+    with httpx.Client(base_url=url + "/", timeout=30) as c:
+        while True:
+            res = c.post("events/filter", json={
+                "filter": {"any_resource": {"id": sorted(wanted)}, "event": {"name": [f"prefect.flow-run.{state_type.title()}"]}},
+                "limit": 50,
+            })
+            if res.status_code == 200:
+                seen = {e["resource"]["prefect.resource.id"] for e in res.json()["events"]}
+                if wanted <= seen:
+                    return
+            assert time.monotonic() < deadline, f"state events for {len(wanted)} runs never appeared"
+            time.sleep(0.5)
+
+
+def test_runs_already_read_inside_the_overlap_are_not_read_again(fresh_server: Server, db_path: Path) -> None:
+    """The overlap window re-lists recent events; runs whose local state is that recent are skipped."""
+    url = fresh_server.url
+    seeded = seed(url, runs=30, flows=1, deployments_per_flow=1, seed_value=13)
+    pull(url, db_path)
+    baseline = int(pull(url, db_path)["requests"])
+    targets = [i for i, s in seeded.runs.items() if s == "COMPLETED"][:3]
+    with httpx.Client(base_url=url + "/", timeout=60) as c:
+        set_states(c, targets, "CANCELLED", "Cancelled")
+    _wait_for_state_events(url, targets, "CANCELLED")
+
+    changed = pull(url, db_path)
+    assert int(changed["requests"]) == baseline + 1  # one filter by id for the three runs
+    assert {scalar(db_path, "SELECT state_type FROM flow_runs WHERE id = ?", [i]) for i in targets} == {"CANCELLED"}
+    # Same events, still inside the overlap: nothing to read.
+    assert int(pull(url, db_path)["requests"]) == baseline
+
+    # A newer change to one of them is read again.
+    with httpx.Client(base_url=url + "/", timeout=60) as c:
+        set_states(c, targets[:1], "FAILED", "Failed")
+    _wait_for_state_events(url, targets[:1], "FAILED")
+    again = pull(url, db_path)
+    assert int(again["requests"]) == baseline + 1
+    assert scalar(db_path, "SELECT state_type FROM flow_runs WHERE id = ?", [targets[0]]) == "FAILED"
+    assert_matches_server(db_path, url)

@@ -124,6 +124,23 @@ def live_run_ids_between(store: Store, lo: datetime | None, hi: datetime | None)
     return {r[0] for r in store.con.execute(sql, params).fetchall()}
 
 
+def runs_behind(store: Store, changed: dict[str, datetime]) -> list[str]:
+    """Of these run ids, the ones whose local state is older than ``changed[id]``.
+
+    ``changed`` maps a run id to the time of its latest state event; a state
+    event occurs at its state's timestamp, so a local row whose state timestamp
+    is at least that recent already holds that state. Missing rows count as behind.
+    """
+    if not changed:
+        return []
+    rows = store.con.execute(
+        "SELECT CAST(id AS VARCHAR), state_timestamp FROM flow_runs WHERE id IN (SELECT unnest(?::UUID[]))",
+        [list(changed)],
+    ).fetchall()
+    local = {i: ts for i, ts in rows}
+    return [i for i, at in changed.items() if local.get(i) is None or local[i] < at]
+
+
 def count_live(store: Store, table: str) -> int:
     return int(store.scalar(f"SELECT count(*) FROM {table} WHERE deleted_at IS NULL"))
 
