@@ -33,6 +33,7 @@ def pull_cmd(
     concurrency: Annotated[int, typer.Option(help="Pages in flight during a full pull (more than 2 slows the server).", min=1, max=8)] = 2,
     overlap: Annotated[float, typer.Option(help="Minutes of events re-read before the last cursor (late events, client clocks).", min=0)] = 10.0,
     events_horizon: Annotated[float, typer.Option(help="Days of events the server keeps; an older cursor triggers a full reconciliation.", min=0.01)] = 6.0,
+    memory_limit: Annotated[int | None, typer.Option("--memory-limit", help="DuckDB memory cap in MB (default: sized from the history; 0: DuckDB's own default, 80% of RAM).", min=0, show_default=False)] = None,
     json_out: JsonOption = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output; errors only (for cron).")] = False,
 ) -> None:
@@ -58,6 +59,7 @@ def pull_cmd(
             concurrency=concurrency,
             overlap=timedelta(minutes=overlap),
             events_horizon=timedelta(days=events_horizon),
+            memory_limit_mb=memory_limit,
         )
         progress = make_progress(quiet or json_out)
         with Store.open(path, wait=wait) as store, progress, PrefectClient(settings, on_retry=progress.message) as client:

@@ -8,6 +8,7 @@ with ``wait``. Must not: know about the API.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,6 +24,11 @@ from flowsync.store import migrations
 
 DUCKDB_MAGIC_OFFSET = 8
 DUCKDB_MAGIC = b"DUCK"
+
+# A write job's DuckDB memory budget (see ``Store.budget_memory``): a fixed working
+# set plus room for the primary-key indexes (~50 bytes a row measured at 100k runs).
+WRITE_MEMORY_BASE = 96 * 2**20
+INDEX_BYTES_PER_ROW = 128
 
 
 def _check_path(path: Path, read_only: bool) -> None:
@@ -52,6 +58,13 @@ def one(result: Any) -> Any:
     return rows[0] if rows else None
 
 
+def _physical_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not on this platform
+        return 8 * 2**30
+
+
 def _is_lock_error(err: Exception) -> bool:
     text = str(err)
     return "Could not set lock" in text or "Conflicting lock" in text
@@ -64,6 +77,7 @@ class Store:
         self.con = con
         self.path = path
         self.read_only = read_only
+        self.memory_budget: int | None = None
 
     @classmethod
     def open(
@@ -147,6 +161,34 @@ class Store:
             done.append(name)
         return done
 
+    # -- memory -------------------------------------------------------------
+
+    def budget_memory(self, rows: int, *, fixed_mb: int | None = None) -> int:
+        """Cap DuckDB's memory for a write job over about ``rows`` rows; returns the cap in bytes.
+
+        Unbounded, DuckDB's buffer pool keeps every block a checkpoint touches
+        (the partly filled row group is rewritten whole), so a pull's peak memory
+        grew with the size of its history. Under a cap it evicts them instead.
+        ``fixed_mb`` replaces the computed cap (0 = DuckDB's default, 80% of RAM).
+        The cap only ever grows during one command.
+        """
+        if fixed_mb == 0:
+            return 0
+        want = fixed_mb * 2**20 if fixed_mb else WRITE_MEMORY_BASE + INDEX_BYTES_PER_ROW * max(rows, 0)
+        if not fixed_mb:
+            want = min(want, int(_physical_memory() * 0.8))
+        if self.memory_budget is not None and want <= self.memory_budget:
+            return self.memory_budget
+        try:
+            self.con.execute(f"SET memory_limit = '{want // 2**20}MiB'")
+        except duckdb.OutOfMemoryException as e:
+            raise StoreError(
+                f"A memory limit of {want // 2**20} MB is below what DuckDB already holds for {self.path}; "
+                "pass a larger --memory-limit (at least 64), or 0 for DuckDB's default."
+            ) from e
+        self.memory_budget = want
+        return want
+
     # -- transactions and queries -------------------------------------------
 
     @contextmanager
@@ -154,6 +196,13 @@ class Store:
         self.con.execute("BEGIN TRANSACTION")
         try:
             yield
+        except duckdb.OutOfMemoryException as e:
+            self.con.execute("ROLLBACK")
+            limit = f" under its {self.memory_budget // 2**20} MB cap" if self.memory_budget else ""
+            raise StoreError(
+                f"DuckDB ran out of memory{limit} writing {self.path}; "
+                "nothing from this step was saved. Re-run with a larger --memory-limit (MB)."
+            ) from e
         except BaseException:
             self.con.execute("ROLLBACK")
             raise

@@ -141,6 +141,11 @@ def runs_behind(store: Store, changed: dict[str, datetime]) -> list[str]:
     return [i for i, at in changed.items() if local.get(i) is None or local[i] < at]
 
 
+def count_all(store: Store, table: str) -> int:
+    """Rows including the ones marked deleted (they stay in the indexes)."""
+    return int(store.scalar(f"SELECT count(*) FROM {table}"))
+
+
 def count_live(store: Store, table: str) -> int:
     return int(store.scalar(f"SELECT count(*) FROM {table} WHERE deleted_at IS NULL"))
 

@@ -92,6 +92,7 @@ def pull(
     ctx = PullContext(client, store, options, progress, pull_id, server_start)
     mode, reason = "incremental", ""
     try:
+        store.budget_memory(writes.count_all(store, "flow_runs"), fixed_mb=options.memory_limit_mb)
         small.sync_collection(ctx, FLOWS)
         small.sync_collection(ctx, DEPLOYMENTS)
         why_full = runs.needs_full(ctx)

@@ -47,6 +47,8 @@ class PullOptions:
     # per-bucket counts anyway (catches lost events). `verify` forces it.
     verify_every: timedelta = timedelta(hours=24)
     verify: bool = False
+    # DuckDB memory cap in MB for this pull: None sizes it from the history, 0 leaves DuckDB's default.
+    memory_limit_mb: int | None = None
 
 
 @dataclass
