@@ -131,3 +131,24 @@ def test_schema_command_prints_the_json_schema() -> None:
     assert schema["additionalProperties"] is False
     assert {"DeleteRule", "SetStateRule", "TargetState"} <= set(schema["$defs"])
     assert schema["$defs"]["SetStateRule"]["required"] == ["name", "sql", "action", "state"]
+
+
+def test_errors_name_the_line() -> None:
+    text = (
+        b"version: 1\n"
+        b"max_actions: 0\n"
+        b"rules:\n"
+        b"  - name: ok\n"
+        b"    action: delete\n"
+        b"    sql: SELECT id FROM flow_runs\n"
+        b"  - name: bad\n"
+        b"    action: set_state\n"
+        b"    sql: SELECT id FROM flow_runs\n"
+        b"    state:\n"
+        b"      type: DONE\n"
+        b"    colour: red\n"
+    )
+    with pytest.raises(PolicyError) as info:
+        parse_policy(text, "p.yaml")
+    found = {line.split(":")[0].strip(" -"): line.rsplit("(line ", 1)[-1].rstrip(")") for line in str(info.value).splitlines()[1:]}
+    assert found == {"max_actions": "2", "rules[1].state.type": "11", "rules[1].colour": "12"}

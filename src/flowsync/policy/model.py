@@ -132,11 +132,30 @@ def _loc(loc: tuple[int | str, ...]) -> str:
     return out or "(top level)"
 
 
-def format_errors(e: ValidationError) -> str:
-    """One bullet per field: ``rules[2].action: ...``."""
+def _line(root: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:
+    """The 1-based line of the YAML node at ``loc`` (or of its nearest ancestor found)."""
+    node, line = root, None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            match = next(((k, v) for k, v in node.value if k.value == part), None)
+            if match is None:
+                continue  # e.g. the discriminator tag pydantic adds, or a missing key
+            line = match[0].start_mark.line + 1
+            node = match[1]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return line
+
+
+def format_errors(e: ValidationError, root: yaml.Node | None = None) -> str:
+    """One bullet per field: ``rules[2].action: ... (line 7)``."""
     lines = []
     for error in e.errors(include_url=False):
         loc = _loc(tuple(error["loc"]))
+        at = _line(root, tuple(error["loc"]))
         if error["type"] == "union_tag_invalid":
             ctx = error.get("ctx", {})
             loc += ".action"
@@ -148,7 +167,7 @@ def format_errors(e: ValidationError) -> str:
             msg = "unknown key; remove it or check its spelling (see `flowsync policy schema`)"
         else:
             msg = str(error["msg"])
-        lines.append(f"  - {loc}: {msg}")
+        lines.append(f"  - {loc}: {msg}" + (f" (line {at})" if at else ""))
     return "\n".join(lines)
 
 
@@ -169,7 +188,8 @@ def parse_policy(data: bytes, source: str) -> LoadedPolicy:
     try:
         policy = Policy.model_validate(raw)
     except ValidationError as e:
-        raise PolicyError(f"{source} is not a valid policy:\n{format_errors(e)}") from e
+        root = yaml.compose(data, Loader=_UniqueKeyLoader)  # parsed fine above: only for line numbers
+        raise PolicyError(f"{source} is not a valid policy:\n{format_errors(e, root)}") from e
     return LoadedPolicy(policy, source, hashlib.sha256(data).hexdigest())
 
 
