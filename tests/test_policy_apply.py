@@ -335,3 +335,71 @@ def test_an_interrupted_apply_leaves_pending_rows_and_sends_nothing_more(mixed_d
     assert len(fake.bodies) == 2
     assert query(mixed_db, "SELECT batch, outcome, count(*) FROM policy_actions GROUP BY ALL ORDER BY 1") == [
         (1, "deleted", 50), (2, "pending", 20)]
+
+
+def _apply_on_a_terminal(args: list[str], answer: str, timeout: float = 120) -> tuple[int, str]:
+    """Run `flowsync apply ARGS` with stdin/stdout/stderr on a real pseudo-terminal; type ``answer`` at the prompt."""
+    import os
+    import pty
+    import select
+    import subprocess
+    import sys
+    import time
+
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flowsync", "apply", *args],
+        stdin=follower, stdout=follower, stderr=follower, close_fds=True,
+        env={**os.environ, "NO_COLOR": "1", "COLUMNS": "200"},
+    )
+    os.close(follower)
+    seen, answered = b"", False
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([leader], [], [], 0.2)
+            if ready:
+                try:
+                    chunk = os.read(leader, 4096)
+                except OSError:  # the child closed the terminal
+                    break
+                if not chunk:
+                    break
+                seen += chunk
+            if not answered and b"[y/N]" in seen:
+                os.write(leader, answer.encode() + b"\n")
+                answered = True
+            if proc.poll() is not None and not ready:
+                break
+        code = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(leader)
+    assert answered, f"no confirmation prompt on the terminal:\n{seen.decode(errors='replace')}"
+    return code, seen.decode(errors="replace")
+
+
+def test_a_terminal_asks_first_and_no_changes_nothing(server: Server, tmp_path: Path) -> None:
+    db = pulled(server, tmp_path / "runs.duckdb")
+    pending = count(server, {"flow_runs": {"state": {"type": {"any_": ["PENDING"]}}}})
+    assert pending
+    path = write(tmp_path, """version: 1
+rules:
+  - name: purge-pending
+    action: delete
+    sql: SELECT id FROM flow_runs WHERE deleted_at IS NULL AND state_type = 'PENDING'
+""")
+    args = [str(path), "--db", str(db), "--api-url", server.url]
+    code, screen = _apply_on_a_terminal(args, "n")
+    assert code == 1, screen
+    assert f"Apply {pending} changes to {server.url}?" in screen
+    assert "purge-pending" in screen  # the plan was shown before the question
+    assert "cancelled; nothing was changed." in screen
+    assert count(server, {"flow_runs": {"state": {"type": {"any_": ["PENDING"]}}}}) == pending
+    assert scalar(db, "SELECT count(*) FROM policy_actions") == 0
+
+    code, screen = _apply_on_a_terminal(args, "y")
+    assert code == 0, screen
+    assert count(server, {"flow_runs": {"state": {"type": {"any_": ["PENDING"]}}}}) == 0
+    assert scalar(db, "SELECT count(*) FROM policy_actions WHERE outcome = 'deleted'") == pending
