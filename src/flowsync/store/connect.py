@@ -27,7 +27,7 @@ DUCKDB_MAGIC = b"DUCK"
 
 # A write job's DuckDB memory budget (see ``Store.budget_memory``): a fixed working
 # set plus room for the primary-key indexes (~50 bytes a row measured at 100k runs).
-WRITE_MEMORY_BASE = 96 * 2**20
+WRITE_MEMORY_BASE = 64 * 2**20
 INDEX_BYTES_PER_ROW = 128
 
 
