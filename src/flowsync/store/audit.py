@@ -13,13 +13,15 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
-import polars as pl
 
 from flowsync.errors import StoreError
 from flowsync.store.connect import Store
+
+if TYPE_CHECKING:
+    import polars as pl
 
 
 def _first_line(e: Exception) -> str:
@@ -45,6 +47,8 @@ def select_rows(store: Store, sql: str, params: list[Any] | None = None) -> tupl
 
 
 def _ids_frame(ids: Sequence[str]) -> pl.DataFrame:
+    import polars as pl
+
     return pl.DataFrame({"id": [str(i) for i in ids]}, schema={"id": pl.Utf8})
 
 
@@ -88,6 +92,8 @@ def record_outcomes(store: Store, apply_id: str, outcomes: Mapping[str, tuple[st
     """Set each run's outcome and the server's details (any JSON value) for this apply."""
     if not outcomes:
         return
+    import polars as pl
+
     frame = pl.DataFrame(
         {
             "id": list(outcomes),

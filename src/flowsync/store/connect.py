@@ -14,13 +14,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
-import polars as pl
 
 from flowsync.errors import StoreError, StoreLockedError
 from flowsync.store import migrations
+
+if TYPE_CHECKING:
+    import polars as pl
 
 DUCKDB_MAGIC_OFFSET = 8
 DUCKDB_MAGIC = b"DUCK"
@@ -211,6 +213,8 @@ class Store:
 
     def query(self, sql: str, params: list[Any] | dict[str, Any] | None = None) -> pl.DataFrame:
         """Run one statement and return its rows as a Polars frame."""
+        import polars  # noqa: F401  (DuckDB's .pl() needs it; imported here so a pull never loads it)
+
         try:
             frame: pl.DataFrame = self.con.sql(sql, params=params).pl()
             return frame

@@ -11,9 +11,11 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import polars as pl
+if TYPE_CHECKING:
+    import polars as pl
+
 
 # kind -> DuckDB type of the column
 SQL_TYPES = {
@@ -27,17 +29,25 @@ SQL_TYPES = {
     "bool": "BOOLEAN",
 }
 
-# kind -> (Polars type of the batch column, SQL expression template to cast it)
-_KINDS: dict[str, tuple[Any, str]] = {
-    "uuid": (pl.Utf8, "TRY_CAST({c} AS UUID)"),
-    "ts": (pl.Utf8, "CAST({c} AS TIMESTAMPTZ)"),
-    "str": (pl.Utf8, "{c}"),
-    "json": (pl.Utf8, "CAST({c} AS JSON)"),
-    "list": (pl.List(pl.Utf8), "{c}"),
-    "float": (pl.Float64, "{c}"),
-    "int": (pl.Int64, "CAST({c} AS INTEGER)"),
-    "bool": (pl.Boolean, "{c}"),
+# kind -> (Polars type of the batch column, by name, SQL expression template to cast it).
+# Polars is imported only when a batch frame is built (pages with unknown fields):
+# the usual pull never needs it.
+_KINDS: dict[str, tuple[str, str]] = {
+    "uuid": ("Utf8", "TRY_CAST({c} AS UUID)"),
+    "ts": ("Utf8", "CAST({c} AS TIMESTAMPTZ)"),
+    "str": ("Utf8", "{c}"),
+    "json": ("Utf8", "CAST({c} AS JSON)"),
+    "list": ("List[Utf8]", "{c}"),
+    "float": ("Float64", "{c}"),
+    "int": ("Int64", "CAST({c} AS INTEGER)"),
+    "bool": ("Boolean", "{c}"),
 }
+
+
+def _polars_type(name: str) -> Any:
+    import polars as pl
+
+    return pl.List(pl.Utf8) if name == "List[Utf8]" else getattr(pl, name)
 
 
 @dataclass(frozen=True)
@@ -198,7 +208,9 @@ class TableSpec:
         data: dict[str, list[Any]] = {c.name: [c.extract(o) for o in rows] for c in self.columns}
         known = self.known_fields
         data["extra"] = [_extra(o, known) for o in rows]
-        schema: dict[str, Any] = {c.name: _KINDS[c.kind][0] for c in self.columns}
+        import polars as pl
+
+        schema: dict[str, Any] = {c.name: _polars_type(_KINDS[c.kind][0]) for c in self.columns}
         schema["extra"] = pl.Utf8
         return pl.DataFrame(data, schema=schema)
 

@@ -13,8 +13,6 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
-import polars as pl
-
 from flowsync.store.connect import Store, one
 from flowsync.store.tables import TableSpec
 
@@ -86,19 +84,14 @@ def mark_deleted(store: Store, table: str, ids: Sequence[str], when: datetime | 
     """Set ``deleted_at`` on live rows with these ids; returns how many changed."""
     if not ids:
         return 0
-    frame = pl.DataFrame({"id": [str(i) for i in ids]}, schema={"id": pl.Utf8})
-    store.con.register("_gone", frame)
-    try:
-        row = store.con.execute(
-            f"""
-            UPDATE {table} SET deleted_at = CAST(? AS TIMESTAMPTZ)
-            WHERE deleted_at IS NULL AND id IN (SELECT CAST(id AS UUID) FROM _gone)
-            RETURNING id
-            """,
-            [when or now_utc()],
-        ).fetchall()
-    finally:
-        store.con.unregister("_gone")
+    row = store.con.execute(
+        f"""
+        UPDATE {table} SET deleted_at = CAST(? AS TIMESTAMPTZ)
+        WHERE deleted_at IS NULL AND id IN (SELECT unnest(CAST(? AS UUID[])))
+        RETURNING id
+        """,
+        [when or now_utc(), [str(i) for i in ids]],
+    ).fetchall()
     return len(row)
 
 
