@@ -200,10 +200,13 @@ class Store:
             yield
         except duckdb.OutOfMemoryException as e:
             self.con.execute("ROLLBACK")
-            limit = f" under its {self.memory_budget // 2**20} MB cap" if self.memory_budget else ""
+            if self.memory_budget:  # a cap this command set (`pull --memory-limit` can raise it)
+                hint = f" under its {self.memory_budget // 2**20} MB cap"
+                fix = " Re-run with a larger --memory-limit (MB)."
+            else:
+                hint, fix = "", " Free some memory (or close other programs) and run it again."
             raise StoreError(
-                f"DuckDB ran out of memory{limit} writing {self.path}; "
-                "nothing from this step was saved. Re-run with a larger --memory-limit (MB)."
+                f"DuckDB ran out of memory{hint} writing {self.path}; nothing from this step was saved.{fix}"
             ) from e
         except BaseException:
             self.con.execute("ROLLBACK")
