@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -100,3 +101,49 @@ def test_status_reports_counts(prefect: SeededServer, pulled: Path) -> None:
     data = json.loads(result.stdout)
     assert data["flow_runs"]["live"] == prefect.count()
     assert data["api_url"] == prefect.url
+
+
+class _Recording:
+    """A Progress that keeps what the pull reports, per phase."""
+
+    def __init__(self) -> None:
+        self.totals: dict[str, int | None] = {}
+        self.done: dict[str, int] = {}
+        self._phase = ""
+
+    def phase(self, name: str, total: int | None = None) -> None:
+        self._phase = name
+        self.totals[name] = total
+        self.done.setdefault(name, 0)
+
+    def advance(self, n: int) -> None:
+        self.done[self._phase] += n
+
+    def message(self, text: str) -> None:
+        pass
+
+
+def test_full_pull_progress_counts_each_run_once(prefect: SeededServer, db_path: Path) -> None:
+    """Keyset paging re-reads each page's boundary rows; the progress count must not."""
+    from flowsync.api import Page, PrefectClient
+    from flowsync.config import resolve_api
+    from flowsync.store import Store
+    from flowsync.sync import PullOptions, pull
+
+    progress = _Recording()
+    pages: list[int] = []
+    with Store.open(db_path) as store, PrefectClient(resolve_api(prefect.url, None)) as client:
+        original = client.filter_page
+
+        def counting(resource: str, body: dict[str, Any]) -> Page:
+            page = original(resource, body)
+            if resource == "flow_runs":
+                pages.append(len(page.rows))
+            return page
+
+        client.filter_page = counting  # type: ignore[method-assign]
+        pull(client, store, PullOptions(page_size=50), progress)
+    total = prefect.count()
+    assert sum(pages) > total  # the walk did re-read boundary rows ...
+    assert progress.totals["flow_runs"] == total
+    assert progress.done["flow_runs"] == total  # ... and progress counted each run once

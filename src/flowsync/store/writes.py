@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from datetime import datetime, timezone
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from flowsync.store.connect import Store, one
 from flowsync.store.tables import TableSpec
@@ -30,8 +30,14 @@ def now_utc() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def upsert_pages(store: Store, spec: TableSpec, pages: Sequence[Page], *, pull_id: int) -> tuple[int, int]:
-    """Insert new rows, update changed ones, from API pages; returns (inserted, updated).
+class Written(NamedTuple):
+    inserted: int
+    updated: int  # the `updated` stamp moved, or the row had been marked deleted
+    fresh: int  # rows this pull had not written before (boundary re-reads excluded)
+
+
+def upsert_pages(store: Store, spec: TableSpec, pages: Sequence[Page], *, pull_id: int) -> Written:
+    """Insert new rows, update changed ones, from API pages.
 
     One statement for all the pages: DuckDB parses the pages' JSON itself. A
     row counts as updated when its ``updated`` stamp moved or it had been
@@ -39,7 +45,7 @@ def upsert_pages(store: Store, spec: TableSpec, pages: Sequence[Page], *, pull_i
     """
     rows = [r for p in pages for r in p.rows]
     if not rows:
-        return 0, 0
+        return Written(0, 0, 0)
     con = store.con
     if spec.unknown_fields(rows):
         # Fields this version has no column for: keep them in `extra` (slower path).
@@ -54,15 +60,17 @@ def upsert_pages(store: Store, spec: TableSpec, pages: Sequence[Page], *, pull_i
     return _merge_incoming(store, spec, pull_id)
 
 
-def _merge_incoming(store: Store, spec: TableSpec, pull_id: int) -> tuple[int, int]:
+def _merge_incoming(store: Store, spec: TableSpec, pull_id: int) -> Written:
     con = store.con
-    inserted, updated = one(con.execute(
+    inserted, updated, fresh = one(con.execute(
         f"""
         SELECT count(*) FILTER (WHERE t.id IS NULL),
                count(*) FILTER (WHERE t.id IS NOT NULL AND (
-                    t.updated IS DISTINCT FROM b.updated OR t.deleted_at IS NOT NULL))
+                    t.updated IS DISTINCT FROM b.updated OR t.deleted_at IS NOT NULL)),
+               count(*) FILTER (WHERE t.id IS NULL OR t.seen_pull IS DISTINCT FROM ?)
         FROM _incoming b LEFT JOIN {spec.name} t ON t.id = b.id
-        """
+        """,
+        [pull_id],
     ))
     cols = [*spec.column_names, "extra"]
     col_list = ", ".join(f'"{c}"' for c in cols)
@@ -77,7 +85,7 @@ def _merge_incoming(store: Store, spec: TableSpec, pull_id: int) -> tuple[int, i
         [now_utc(), pull_id],
     )
     con.execute("DROP TABLE _incoming")
-    return int(inserted), int(updated)
+    return Written(int(inserted), int(updated), int(fresh))
 
 
 def mark_deleted(store: Store, table: str, ids: Sequence[str], when: datetime | None = None) -> int:

@@ -76,13 +76,17 @@ class PullContext:
         return self.counters.setdefault(table, Counters())
 
     def write_pages(self, spec: TableSpec, pages: Sequence[Page], state: dict[str, Any] | None = None) -> int:
-        """Upsert pages in one transaction, with the cursor state that covers them."""
+        """Upsert pages in one transaction, with the cursor state that covers them.
+
+        Returns how many of the rows this pull had not written yet (what progress counts:
+        keyset paging re-reads a page's boundary rows).
+        """
         with self.store.transaction():
-            ins, upd = writes.upsert_pages(self.store, spec, pages, pull_id=self.pull_id)
+            written = writes.upsert_pages(self.store, spec, pages, pull_id=self.pull_id)
             for key, value in (state or {}).items():
                 writes.set_state(self.store, key, value)
-        self.counter(spec.name).add(ins, upd)
-        return sum(len(p.rows) for p in pages)
+        self.counter(spec.name).add(written.inserted, written.updated)
+        return written.fresh
 
     def buffer(self, spec: TableSpec) -> PageBuffer:
         return PageBuffer(self, spec)
