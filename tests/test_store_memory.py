@@ -58,3 +58,13 @@ def test_pull_with_a_too_small_cap_fails_clearly_then_a_default_pull_completes(p
     assert ok.exit_code == 0, ok.output
     assert scalar(db_path, "SELECT count(*) FROM flow_runs") == prefect.count()
     assert_matches_server(db_path, prefect.url)
+
+
+def test_running_out_in_a_read_under_the_guard_is_one_clear_error(db_path: Path) -> None:
+    with Store.open(db_path) as store:
+        store.con.execute("SET max_temp_directory_size = '0KB'")
+        store.budget_memory(0, fixed_mb=8)
+        with pytest.raises(StoreError, match=r"out of memory under its 8 MB cap.*--memory-limit"), store.memory_guard():
+            store.con.execute(
+                "SELECT s, count(*) FROM (SELECT repeat('x', 200) || range AS s FROM range(300000)) GROUP BY s ORDER BY s"
+            ).fetchall()

@@ -13,15 +13,12 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import duckdb
 
 from flowsync.errors import StoreError
 from flowsync.store.connect import Store
-
-if TYPE_CHECKING:
-    import polars as pl
 
 
 def _first_line(e: Exception) -> str:
@@ -46,12 +43,6 @@ def select_rows(store: Store, sql: str, params: list[Any] | None = None) -> tupl
         raise StoreError(_first_line(e)) from e
 
 
-def _ids_frame(ids: Sequence[str]) -> pl.DataFrame:
-    import polars as pl
-
-    return pl.DataFrame({"id": [str(i) for i in ids]}, schema={"id": pl.Utf8})
-
-
 def record_batch(
     store: Store,
     *,
@@ -67,54 +58,38 @@ def record_batch(
     ids: Sequence[str],
 ) -> None:
     """Record a batch as ``pending`` before it is sent, with each run's row as JSON."""
-    store.con.register("_audit_ids", _ids_frame(ids))
-    try:
-        with store.transaction():
-            store.con.execute(
-                """
-                INSERT INTO policy_actions (apply_id, batch, sent_at, api_url, policy_path, policy_sha256,
-                    rule, action, requested_state, flow_run_id, state_type_before, outcome, run_row)
-                SELECT ?, ?, ?, ?, ?, ?, ?, ?, CAST(? AS JSON), CAST(b.id AS UUID), ?, 'pending',
-                       CASE WHEN r.id IS NOT NULL THEN to_json(r) END
-                FROM _audit_ids b LEFT JOIN flow_runs r ON r.id = CAST(b.id AS UUID)
-                """,
-                [
-                    apply_id, batch, datetime.now(timezone.utc), api_url, policy_path, policy_sha256,
-                    rule, action, json.dumps(requested_state) if requested_state is not None else None,
-                    state_type,
-                ],
-            )
-    finally:
-        store.con.unregister("_audit_ids")
+    with store.transaction():
+        store.con.execute(
+            """
+            INSERT INTO policy_actions (apply_id, batch, sent_at, api_url, policy_path, policy_sha256,
+                rule, action, requested_state, flow_run_id, state_type_before, outcome, run_row)
+            SELECT ?, ?, ?, ?, ?, ?, ?, ?, CAST(? AS JSON), b.id, ?, 'pending',
+                   CASE WHEN r.id IS NOT NULL THEN to_json(r) END
+            FROM (SELECT unnest(CAST(? AS UUID[])) AS id) b LEFT JOIN flow_runs r ON r.id = b.id
+            """,
+            [
+                apply_id, batch, datetime.now(timezone.utc), api_url, policy_path, policy_sha256,
+                rule, action, json.dumps(requested_state) if requested_state is not None else None,
+                state_type, [str(i) for i in ids],
+            ],
+        )
 
 
 def record_outcomes(store: Store, apply_id: str, outcomes: Mapping[str, tuple[str, Any]]) -> None:
     """Set each run's outcome and the server's details (any JSON value) for this apply."""
     if not outcomes:
         return
-    import polars as pl
-
-    frame = pl.DataFrame(
-        {
-            "id": list(outcomes),
-            "outcome": [o for o, _ in outcomes.values()],
-            "details": [json.dumps(d, default=str) if d is not None else None for _, d in outcomes.values()],
-        },
-        schema={"id": pl.Utf8, "outcome": pl.Utf8, "details": pl.Utf8},
-    )
-    store.con.register("_audit_outcomes", frame)
-    try:
-        with store.transaction():
-            store.con.execute(
-                """
-                UPDATE policy_actions SET outcome = o.outcome, details = CAST(o.details AS JSON), answered_at = ?
-                FROM _audit_outcomes o
-                WHERE policy_actions.apply_id = ? AND policy_actions.flow_run_id = CAST(o.id AS UUID)
-                """,
-                [datetime.now(timezone.utc), apply_id],
-            )
-    finally:
-        store.con.unregister("_audit_outcomes")
+    details = [json.dumps(d, default=str) if d is not None else None for _, d in outcomes.values()]
+    with store.transaction():
+        store.con.execute(
+            """
+            UPDATE policy_actions SET outcome = o.outcome, details = CAST(o.details AS JSON), answered_at = ?
+            FROM (SELECT unnest(CAST(? AS UUID[])) AS id, unnest(CAST(? AS VARCHAR[])) AS outcome,
+                         unnest(CAST(? AS VARCHAR[])) AS details) o
+            WHERE policy_actions.apply_id = ? AND policy_actions.flow_run_id = o.id
+            """,
+            [datetime.now(timezone.utc), list(outcomes), [o for o, _ in outcomes.values()], details, apply_id],
+        )
 
 
 def outcome_counts(store: Store, apply_id: str) -> dict[tuple[str, str], int]:

@@ -191,6 +191,24 @@ class Store:
         self.memory_budget = want
         return want
 
+    def _out_of_memory(self) -> StoreError:
+        if self.memory_budget:  # a cap this command set (`pull --memory-limit` can raise it)
+            hint = f" under its {self.memory_budget // 2**20} MB cap"
+            fix = " Re-run with a larger --memory-limit (MB)."
+        else:
+            hint, fix = "", " Free some memory (or close other programs) and run it again."
+        return StoreError(
+            f"DuckDB ran out of memory{hint} on {self.path}; nothing from this step was saved.{fix}"
+        )
+
+    @contextmanager
+    def memory_guard(self) -> Iterator[None]:
+        """Turn DuckDB running out of memory anywhere inside (reads too) into one StoreError."""
+        try:
+            yield
+        except duckdb.OutOfMemoryException as e:
+            raise self._out_of_memory() from e
+
     # -- transactions and queries -------------------------------------------
 
     @contextmanager
@@ -200,14 +218,7 @@ class Store:
             yield
         except duckdb.OutOfMemoryException as e:
             self.con.execute("ROLLBACK")
-            if self.memory_budget:  # a cap this command set (`pull --memory-limit` can raise it)
-                hint = f" under its {self.memory_budget // 2**20} MB cap"
-                fix = " Re-run with a larger --memory-limit (MB)."
-            else:
-                hint, fix = "", " Free some memory (or close other programs) and run it again."
-            raise StoreError(
-                f"DuckDB ran out of memory{hint} writing {self.path}; nothing from this step was saved.{fix}"
-            ) from e
+            raise self._out_of_memory() from e
         except BaseException:
             self.con.execute("ROLLBACK")
             raise

@@ -92,19 +92,20 @@ def pull(
     ctx = PullContext(client, store, options, progress, pull_id, server_start)
     mode, reason = "incremental", ""
     try:
-        store.budget_memory(writes.count_all(store, "flow_runs"), fixed_mb=options.memory_limit_mb)
-        small.sync_collection(ctx, FLOWS)
-        small.sync_collection(ctx, DEPLOYMENTS)
-        why_full = runs.needs_full(ctx)
-        if why_full:
-            mode, reason = "full", why_full
-            runs.full_pass(ctx)
-        else:
-            cursor = parse_ts(writes.get_state(store, runs.CURSOR))
-            runs.incremental(ctx, cursor - options.overlap)
-            with store.transaction():
-                writes.set_state(store, runs.CURSOR, server_start.isoformat())
-        views.rebuild(store)
+        with store.memory_guard():  # under the memory cap, reads can run out too: one clear error
+            store.budget_memory(writes.count_all(store, "flow_runs"), fixed_mb=options.memory_limit_mb)
+            small.sync_collection(ctx, FLOWS)
+            small.sync_collection(ctx, DEPLOYMENTS)
+            why_full = runs.needs_full(ctx)
+            if why_full:
+                mode, reason = "full", why_full
+                runs.full_pass(ctx)
+            else:
+                cursor = parse_ts(writes.get_state(store, runs.CURSOR))
+                runs.incremental(ctx, cursor - options.overlap)
+                with store.transaction():
+                    writes.set_state(store, runs.CURSOR, server_start.isoformat())
+            views.rebuild(store)
     except BaseException as e:
         status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
         message = str(e) if isinstance(e, FlowsyncError) else f"{type(e).__name__}: {e}"

@@ -98,7 +98,8 @@ def plan_segments(ctx: PullContext) -> list[dict[str, Any]]:
 def full_pass(ctx: PullContext) -> None:
     state = writes.get_state(ctx.store, FULL_PASS)
     total = ctx.client.count("flow_runs")
-    ctx.store.budget_memory(total + writes.count_all(ctx.store, "flow_runs"), fixed_mb=ctx.options.memory_limit_mb)
+    # The cap set from the local rows only grows: this makes it the larger of the two.
+    ctx.store.budget_memory(total, fixed_mb=ctx.options.memory_limit_mb)
     if not state:
         state = {"pass_id": ctx.pull_id, "started": iso(ctx.server_start), "segments": plan_segments(ctx)}
         with ctx.store.transaction():

@@ -38,9 +38,8 @@ def sync_collection(ctx: PullContext, spec: TableSpec) -> None:
 def _walk(ctx: PullContext, spec: TableSpec, sort: str, stop_before: datetime | None, seen: set[str]) -> bool:
     """Page through the collection; True when every page was read."""
     for page in offset_pages(ctx.client, spec.name, {"sort": sort}, ctx.options.page_size):
-        ctx.write_pages(spec, [page])
+        ctx.progress.advance(ctx.write_pages(spec, [page]))
         seen.update(str(o["id"]) for o in page.rows)
-        ctx.progress.advance(len(page))
         if stop_before is not None and any(
             o.get("updated") and parse_ts(o["updated"]) < stop_before for o in page.rows
         ):
