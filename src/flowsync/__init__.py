@@ -13,12 +13,12 @@ __version__ = "0.1.0"
 __all__ = ["__version__", "connect"]
 
 if TYPE_CHECKING:
-    from flowsync.store.public import connect
+    from flowsync.store.notebook import connect
 
 
 def __getattr__(name: str) -> Any:
     if name == "connect":
-        from flowsync.store.public import connect
+        from flowsync.store.notebook import connect
 
         return connect
     raise AttributeError(f"module 'flowsync' has no attribute {name!r}")

@@ -18,7 +18,7 @@ temporary name and renamed over the old one, so a reader sees the old or the
 new partition, never half of one, and re-running replaces rather than adds.
 Runs deleted on the server are exported too, with ``deleted_at`` set.
 
-Must not: print, or run SQL itself (the store's ``public`` module does).
+Must not: print, or run SQL itself (the store's ``parquet`` module does).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 
 from flowsync import __version__
 from flowsync.errors import ConfigError, StoreError
-from flowsync.store import Store, public
+from flowsync.store import Store, parquet
 
 FORMATS = ("parquet",)
 # table -> the columns whose first non-null value's UTC day names its partition (empty: one file)
@@ -139,7 +139,7 @@ def _replace_atomically(store: Store, table: str, dest: Path, **where: Any) -> N
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
     try:
-        public.write_parquet(store, table, tmp, **where)
+        parquet.write_parquet(store, table, tmp, **where)
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
@@ -150,12 +150,12 @@ def _export_table(store: Store, out_dir: Path, name: str, since: datetime | None
     result = TableExport(name, columns)
     base = out_dir / name
     if not columns:
-        if since is None or public.changed_rows(store, name, since):
+        if since is None or parquet.changed_rows(store, name, since):
             _replace_atomically(store, name, base / PART_FILE)
             result.files_written.append(PART_FILE)
-            result.rows_written = public.row_count(store, name)
+            result.rows_written = parquet.row_count(store, name)
         return result
-    days = public.day_counts(store, name, columns, since)
+    days = parquet.day_counts(store, name, columns, since)
     for day, n in sorted(days.items()):
         rel = f"date={day.isoformat()}/{PART_FILE}"
         _replace_atomically(store, name, base / rel, day_columns=columns, day=day)

@@ -85,12 +85,12 @@ def status_cmd(
 
     Example: flowsync status --db runs.duckdb --json
     """
-    from flowsync.store import Store, writes
+    from flowsync.store import Store, sync_log
 
     with errors():
         path = resolve_db_path(db)
         with Store.open(path, read_only=True, wait=wait) as store:
-            summary = writes.status_summary(store)
+            summary = sync_log.status_summary(store)
     summary["db"] = str(path)
     if json_out:
         print_json(summary)

@@ -30,7 +30,7 @@ from flowsync.errors import (
 )
 from flowsync.policy.model import SetStateRule
 from flowsync.policy.plan import Plan, RuleModel
-from flowsync.store import Store, audit, writes
+from flowsync.store import Store, audit, synced_tables
 from flowsync.sync import NullProgress, Progress, refresh_runs
 
 # Outcomes that mean "not done, and not because the safety guard held": exit 9.
@@ -273,7 +273,7 @@ def apply_plan(
         # Runs the server reported deleted are marked here; re-reading them would
         # only confirm their absence. Every other touched run is re-read.
         with store.transaction():
-            result.refreshed["marked_deleted"] = writes.mark_deleted(store, "flow_runs", deleted)
+            result.refreshed["marked_deleted"] = synced_tables.mark_deleted(store, "flow_runs", deleted)
         gone = set(deleted)
         others = [i for i in state_before if i not in gone]
         if others:

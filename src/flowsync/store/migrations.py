@@ -3,7 +3,7 @@
 Owns: the DDL of every table. Each migration runs once, in a transaction with
 its record, in order; opening an older file upgrades it. A released migration is
 never edited: change the schema by appending ``m00N_...``. Must not: hold data
-logic (that is ``writes``) or views (rebuilt from ``sql/`` on every pull).
+logic (that is ``synced_tables``) or views (rebuilt from ``sql/`` on every pull).
 """
 
 from __future__ import annotations

@@ -1,52 +1,24 @@
-"""The DuckDB file as other tools see it: a connection for notebooks, Parquet copies.
+"""Parquet copies of the tables: the SQL behind ``flowsync export``.
 
-Owns: handing users (Jupyter, scripts) a duckdb connection with the same path
-rules and lock handling as the CLI, and the SQL that copies a table, or one
-day of it, to a Parquet file for ``flowsync.export``. ``connect`` is read-only
-by default, so a notebook never changes the data by accident. Must not: decide
-file layout or names (that is ``flowsync.export``), or know about the API.
+Owns: the SQL that counts a table's rows per UTC day and copies a table, or
+one day of it, to a Parquet file. Must not: decide file layout or names (that
+is ``flowsync.export``), or know about the API.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from datetime import date, datetime
 from pathlib import Path
 
 import duckdb
 
-from flowsync.config import resolve_db_path
 from flowsync.errors import StoreError
 from flowsync.store.connect import Store
 
 # Column types that Parquet readers (Spark, Trino, Polars, pandas) disagree on are
 # written as text: UUID has no portable logical type, JSON is a string anyway.
 _AS_TEXT = {"UUID", "JSON"}
-
-
-def connect(
-    path: str | os.PathLike[str] | None = None,
-    *,
-    read_only: bool = True,
-    wait: float = 0.0,
-) -> duckdb.DuckDBPyConnection:
-    """Open the flowsync DuckDB file and return the duckdb connection.
-
-    ``path`` defaults like ``--db``: ``$FLOWSYNC_DB``, else ``./flowsync.duckdb``.
-    The session time zone is UTC, as in every flowsync command. A read-only
-    connection fails with ``StoreLockedError`` while a pull is writing (pass
-    ``wait`` seconds to wait for it); close it (``con.close()``) when done so
-    the next scheduled pull can take the file.
-
-    Example::
-
-        import flowsync
-        con = flowsync.connect("runs.duckdb")
-        con.sql("SELECT state_type, count(*) FROM flow_runs GROUP BY 1").pl()
-    """
-    store = Store.open(resolve_db_path(path), read_only=read_only, wait=wait)
-    return store.con
 
 
 def _columns(store: Store, table: str) -> list[tuple[str, str]]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from flowsync.api.pagination import iso, offset_pages, parse_ts
-from flowsync.store import writes
+from flowsync.store import sync_log, synced_tables
 from flowsync.store.tables import TableSpec
 from flowsync.sync.context import PullContext
 
@@ -18,7 +18,7 @@ from flowsync.sync.context import PullContext
 def sync_collection(ctx: PullContext, spec: TableSpec) -> None:
     resource = spec.name
     key = f"{resource}.cursor"
-    cursor = writes.get_state(ctx.store, key)
+    cursor = sync_log.get_state(ctx.store, key)
     ctx.progress.phase(resource)
     seen: set[str] = set()
     complete = False
@@ -27,12 +27,12 @@ def sync_collection(ctx: PullContext, spec: TableSpec) -> None:
     else:
         since = parse_ts(cursor) - ctx.options.overlap
         complete = _walk(ctx, spec, "UPDATED_DESC", since, seen)
-        if not complete and ctx.client.count(resource) != writes.count_live(ctx.store, resource):
+        if not complete and ctx.client.count(resource) != synced_tables.count_live(ctx.store, resource):
             complete = _walk(ctx, spec, "CREATED_DESC", None, seen)
     if complete:
         _mark_missing(ctx, spec, seen)
     with ctx.store.transaction():
-        writes.set_state(ctx.store, key, iso(ctx.server_start))
+        sync_log.set_state(ctx.store, key, iso(ctx.server_start))
 
 
 def _walk(ctx: PullContext, spec: TableSpec, sort: str, stop_before: datetime | None, seen: set[str]) -> bool:
@@ -50,7 +50,7 @@ def _walk(ctx: PullContext, spec: TableSpec, sort: str, stop_before: datetime | 
 
 def _mark_missing(ctx: PullContext, spec: TableSpec, seen: set[str]) -> None:
     """Rows not in a complete listing: re-check by id (the listing may have raced), then mark."""
-    missing = [i for i in writes.live_ids(ctx.store, spec.name) if i not in seen]
+    missing = [i for i in synced_tables.live_ids(ctx.store, spec.name) if i not in seen]
     singular = spec.name  # the filter key equals the resource name
     for i in range(0, len(missing), 200):
         chunk = missing[i : i + 200]

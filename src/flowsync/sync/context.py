@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from flowsync.api import Page, PrefectClient
-from flowsync.store import Store, writes
+from flowsync.store import Store, sync_log, synced_tables
 from flowsync.store.tables import TableSpec
 
 
@@ -82,9 +82,9 @@ class PullContext:
         keyset paging re-reads a page's boundary rows).
         """
         with self.store.transaction():
-            written = writes.upsert_pages(self.store, spec, pages, pull_id=self.pull_id)
+            written = synced_tables.upsert_pages(self.store, spec, pages, pull_id=self.pull_id)
             for key, value in (state or {}).items():
-                writes.set_state(self.store, key, value)
+                sync_log.set_state(self.store, key, value)
         self.counter(spec.name).add(written.inserted, written.updated)
         return written.fresh
 
@@ -93,7 +93,7 @@ class PullContext:
 
     def mark_deleted(self, table: str, ids: list[str]) -> int:
         with self.store.transaction():
-            n = writes.mark_deleted(self.store, table, ids)
+            n = synced_tables.mark_deleted(self.store, table, ids)
         self.counter(table).marked_deleted += n
         return n
 

@@ -1,4 +1,4 @@
-"""``pull``: bring the local DuckDB file up to date with one Prefect API.
+"""The pull: bring the local DuckDB file up to date with one Prefect API.
 
 Owns: the order of a pull (check the server, flows, deployments, flow runs,
 views) and its record in ``sync_runs``. Each step commits as it goes, and the
@@ -17,12 +17,10 @@ from flowsync import views
 from flowsync.api import PrefectClient
 from flowsync.api.pagination import parse_ts
 from flowsync.errors import ConfigError, FlowsyncError
-from flowsync.store import Store, writes
+from flowsync.store import Store, sync_log, synced_tables
 from flowsync.store.tables import DEPLOYMENTS, FLOWS
-from flowsync.sync import runs, small
+from flowsync.sync import catalog, runs
 from flowsync.sync.context import NullProgress, Progress, PullContext, PullOptions
-
-__all__ = ["NullProgress", "Progress", "PullOptions", "PullResult", "pull", "refresh_runs"]
 
 
 @dataclass
@@ -64,10 +62,10 @@ class PullResult:
 
 def _bind_url(store: Store, url: str) -> None:
     """A file holds one server's history; refuse to mix in another's."""
-    known = writes.get_state(store, "api_url")
+    known = sync_log.get_state(store, "api_url")
     if known is None:
         with store.transaction():
-            writes.set_state(store, "api_url", url)
+            sync_log.set_state(store, "api_url", url)
     elif known != url:
         raise ConfigError(
             f"{store.path} holds runs from {known}, not {url}; use another --db for this server."
@@ -87,31 +85,31 @@ def pull(
     url = client.settings.display_url
     _bind_url(store, url)
     with store.transaction():
-        writes.abandon_stale_runs(store)
-        pull_id = writes.start_sync_run(store, url)
+        sync_log.abandon_stale_runs(store)
+        pull_id = sync_log.start_sync_run(store, url)
     ctx = PullContext(client, store, options, progress, pull_id, server_start)
     mode, reason = "incremental", ""
     try:
         with store.memory_guard():  # under the memory cap, reads can run out too: one clear error
-            store.budget_memory(writes.count_all(store, "flow_runs"), fixed_mb=options.memory_limit_mb)
-            small.sync_collection(ctx, FLOWS)
-            small.sync_collection(ctx, DEPLOYMENTS)
+            store.budget_memory(synced_tables.count_all(store, "flow_runs"), fixed_mb=options.memory_limit_mb)
+            catalog.sync_collection(ctx, FLOWS)
+            catalog.sync_collection(ctx, DEPLOYMENTS)
             why_full = runs.needs_full(ctx)
             if why_full:
                 mode, reason = "full", why_full
                 runs.full_pass(ctx)
             else:
-                cursor = parse_ts(writes.get_state(store, runs.CURSOR))
+                cursor = parse_ts(sync_log.get_state(store, runs.CURSOR))
                 runs.incremental(ctx, cursor - options.overlap)
                 with store.transaction():
-                    writes.set_state(store, runs.CURSOR, server_start.isoformat())
+                    sync_log.set_state(store, runs.CURSOR, server_start.isoformat())
             views.rebuild(store)
     except BaseException as e:
         status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
         message = str(e) if isinstance(e, FlowsyncError) else f"{type(e).__name__}: {e}"
         try:
             with store.transaction():
-                writes.finish_sync_run(
+                sync_log.finish_sync_run(
                     store, pull_id, status=status, mode=mode, error=message[:2000], **_totals(ctx)
                 )
         except Exception:  # the original error matters more than the bookkeeping
@@ -130,7 +128,7 @@ def pull(
         },
     )
     with store.transaction():
-        writes.finish_sync_run(
+        sync_log.finish_sync_run(
             store, pull_id, status="ok", mode=mode, details=result.to_json(), **_totals(ctx)
         )
     return result
@@ -153,10 +151,10 @@ def refresh_runs(client: PrefectClient, store: Store, ids: list[str]) -> dict[st
     to show it without a full pull. Returns counts: found, marked_deleted.
     """
     with store.transaction():
-        pull_id = writes.start_sync_run(store, client.settings.display_url)
+        pull_id = sync_log.start_sync_run(store, client.settings.display_url)
     ctx = PullContext(client, store, PullOptions(), NullProgress(), pull_id, client.server_now())
     found = runs.check_ids(ctx, ids)
     c = ctx.counter("flow_runs")
     with store.transaction():
-        writes.finish_sync_run(store, pull_id, status="ok", mode="refresh", **_totals(ctx))
+        sync_log.finish_sync_run(store, pull_id, status="ok", mode="refresh", **_totals(ctx))
     return {"found": len(found), "marked_deleted": c.marked_deleted, "updated": c.updated}

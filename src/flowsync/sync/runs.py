@@ -35,7 +35,7 @@ from typing import Any
 from flowsync.api import Page
 from flowsync.api.pagination import EPOCH, Position, iso, keyset_run_pages, parse_ts
 from flowsync.errors import ApiError
-from flowsync.store import writes
+from flowsync.store import sync_log, synced_tables
 from flowsync.store.tables import FLOW_RUNS
 from flowsync.sync.context import PullContext
 
@@ -53,11 +53,11 @@ REREAD_ROWS = 2000  # a differing range this small is re-read; a larger one is n
 
 def needs_full(ctx: PullContext) -> str | None:
     """Why this pull must reconcile everything, or None for an incremental pull."""
-    if writes.get_state(ctx.store, FULL_PASS):
+    if sync_log.get_state(ctx.store, FULL_PASS):
         return "resuming an interrupted full pull"
     if ctx.options.full:
         return "--full"
-    cursor = writes.get_state(ctx.store, CURSOR)
+    cursor = sync_log.get_state(ctx.store, CURSOR)
     if cursor is None:
         return "first pull"
     if ctx.server_start - parse_ts(cursor) > ctx.options.events_horizon:
@@ -96,21 +96,21 @@ def plan_segments(ctx: PullContext) -> list[dict[str, Any]]:
 
 
 def full_pass(ctx: PullContext) -> None:
-    state = writes.get_state(ctx.store, FULL_PASS)
+    state = sync_log.get_state(ctx.store, FULL_PASS)
     total = ctx.client.count("flow_runs")
     # The cap set from the local rows only grows: this makes it the larger of the two.
     ctx.store.budget_memory(total, fixed_mb=ctx.options.memory_limit_mb)
     if not state:
         state = {"pass_id": ctx.pull_id, "started": iso(ctx.server_start), "segments": plan_segments(ctx)}
         with ctx.store.transaction():
-            writes.set_state(ctx.store, FULL_PASS, state)
+            sync_log.set_state(ctx.store, FULL_PASS, state)
     ctx.progress.phase("flow_runs", total)
     _walk_segments(ctx, state)
     _reconcile_unseen(ctx, int(state["pass_id"]))
     _null_start_runs(ctx)
     with ctx.store.transaction():
-        writes.set_state(ctx.store, CURSOR, state["started"])
-        writes.set_state(ctx.store, VERIFIED, state["started"])
+        sync_log.set_state(ctx.store, CURSOR, state["started"])
+        sync_log.set_state(ctx.store, VERIFIED, state["started"])
         ctx.store.con.execute("DELETE FROM sync_state WHERE key = ?", [FULL_PASS])
 
 
@@ -185,7 +185,7 @@ def _walk_segments(ctx: PullContext, state: dict[str, Any]) -> None:
 
 def _reconcile_unseen(ctx: PullContext, pass_id: int) -> None:
     """Live local runs the walk did not see: refresh the ones that exist, mark the rest."""
-    unseen = writes.live_ids(ctx.store, "flow_runs", not_seen_since=pass_id)
+    unseen = synced_tables.live_ids(ctx.store, "flow_runs", not_seen_since=pass_id)
     if unseen:
         ctx.progress.message(f"checking {len(unseen)} runs not seen in the full walk")
     check_ids(ctx, unseen)
@@ -236,7 +236,7 @@ def incremental(ctx: PullContext, since: datetime) -> None:
         changed = ctx.client.changed_flow_runs(since, ctx.server_start + timedelta(hours=1))
         # Skip runs whose local row already holds their latest state (typically
         # re-read by the previous pull inside the overlap window).
-        behind = writes.runs_behind(ctx.store, changed)
+        behind = synced_tables.runs_behind(ctx.store, changed)
     except ApiError as e:
         # Servers without the events API: refresh every run that can still change,
         # and compare bucket counts every time.
@@ -261,12 +261,12 @@ def _unfinished_ids(ctx: PullContext) -> list[str]:
 def verify_counts(ctx: PullContext, *, force: bool = False) -> None:
     """Make sure nothing else differs: totals first, per-bucket counts when needed."""
     server_total = ctx.client.count("flow_runs")
-    local_total = writes.count_live(ctx.store, "flow_runs")
-    last = writes.get_state(ctx.store, VERIFIED)
+    local_total = synced_tables.count_live(ctx.store, "flow_runs")
+    last = sync_log.get_state(ctx.store, VERIFIED)
     due = last is None or ctx.server_start - parse_ts(last) > ctx.options.verify_every
     if server_total == local_total and not (force or due):
         return
-    lo, hi, _local_nulls = writes.run_time_bounds(ctx.store)
+    lo, hi, _local_nulls = synced_tables.run_time_bounds(ctx.store)
     if lo is None or hi is None:
         if server_total:
             reconcile_range(ctx, None, None)
@@ -283,7 +283,7 @@ def verify_counts(ctx: PullContext, *, force: bool = False) -> None:
             reconcile_range(ctx, end, None)
             _null_start_runs(ctx)
     with ctx.store.transaction():
-        writes.set_state(ctx.store, VERIFIED, iso(ctx.server_start))
+        sync_log.set_state(ctx.store, VERIFIED, iso(ctx.server_start))
 
 
 def _reconcile_window(ctx: PullContext, start: datetime, end: datetime, depth: int) -> tuple[int, int]:
@@ -298,7 +298,7 @@ def _reconcile_window(ctx: PullContext, start: datetime, end: datetime, depth: i
         for st in bucket.get("states", []):
             key = (i, st.get("state_type") or "")
             server[key] = server.get(key, 0) + int(st["count_runs"])
-    local = writes.local_histogram(ctx.store, start, interval, len(history))
+    local = synced_tables.local_histogram(ctx.store, start, interval, len(history))
     differing = sorted({b for b, st in set(server) | set(local) if server.get((b, st)) != local.get((b, st))})
     if differing and depth == 0:
         ctx.progress.message(f"{len(differing)} of {len(history)} time buckets differ from the server; re-reading them")
@@ -334,5 +334,5 @@ def reconcile_range(ctx: PullContext, lo: datetime | None, hi: datetime | None) 
         buffer.add(page)
         seen.update(str(o["id"]) for o in page.rows)
     buffer.flush()
-    local = writes.live_run_ids_between(ctx.store, lo, hi)
+    local = synced_tables.live_run_ids_between(ctx.store, lo, hi)
     check_ids(ctx, sorted(local - seen))

@@ -1,0 +1,82 @@
+"""The pull's bookkeeping: ``sync_state`` cursors and the ``sync_runs`` log.
+
+Owns: reading and writing the JSON values a pull resumes from (``sync_state``),
+one ``sync_runs`` row per pull (or per post-apply refresh, ``mode = 'refresh'``),
+and the summary ``flowsync status`` shows. Must not: call the API or write the
+synced tables (that is ``synced_tables``).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from flowsync.store.connect import Store, one
+from flowsync.store.synced_tables import now_utc
+
+
+def get_state(store: Store, key: str) -> Any:
+    row = one(store.con.execute("SELECT value FROM sync_state WHERE key = ?", [key]))
+    return json.loads(row[0]) if row else None
+
+
+def set_state(store: Store, key: str, value: Any) -> None:
+    store.con.execute(
+        """
+        INSERT INTO sync_state VALUES (?, CAST(? AS JSON), ?)
+        ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at
+        """,
+        [key, json.dumps(value), now_utc()],
+    )
+
+
+def start_sync_run(store: Store, api_url: str) -> int:
+    row = one(store.con.execute(
+        "INSERT INTO sync_runs (started_at, status, api_url) VALUES (?, 'running', ?) RETURNING id",
+        [now_utc(), api_url],
+    ))
+    assert row is not None
+    return int(row[0])
+
+
+def finish_sync_run(store: Store, pull_id: int, **fields: Any) -> None:
+    fields.setdefault("finished_at", now_utc())
+    if "details" in fields and not isinstance(fields["details"], str):
+        fields["details"] = json.dumps(fields["details"])
+    sets = ", ".join(f"{k} = ?" for k in fields)
+    store.con.execute(f"UPDATE sync_runs SET {sets} WHERE id = ?", [*fields.values(), pull_id])
+
+
+def abandon_stale_runs(store: Store) -> None:
+    """Pulls left 'running' by a crash (the file lock proves none is running now)."""
+    store.con.execute(
+        "UPDATE sync_runs SET status = 'interrupted', error = coalesce(error, 'process ended before the pull finished') "
+        "WHERE status = 'running'"
+    )
+
+
+def status_summary(store: Store) -> dict[str, Any]:
+    """What is in the file: counts and the last pulls."""
+    out: dict[str, Any] = {}
+    for table in ("flows", "deployments", "flow_runs"):
+        live, deleted = one(store.con.execute(
+            f"SELECT count(*) FILTER (WHERE deleted_at IS NULL), count(*) FILTER (WHERE deleted_at IS NOT NULL) FROM {table}"
+        )) or (0, 0)
+        out[table] = {"live": int(live), "deleted": int(deleted)}
+    states = store.con.execute(
+        "SELECT coalesce(state_type, 'NONE'), count(*) FROM flow_runs WHERE deleted_at IS NULL GROUP BY 1 ORDER BY 2 DESC"
+    ).fetchall()
+    out["flow_runs"]["by_state"] = {s: int(n) for s, n in states}
+    cols = ["id", "started_at", "finished_at", "status", "mode", "api_url", "inserted", "updated",
+            "marked_deleted", "requests", "error"]
+    last = one(store.con.execute(
+        f"SELECT {', '.join(cols)} FROM sync_runs ORDER BY id DESC LIMIT 1"
+    ))
+    ok = one(store.con.execute(
+        "SELECT max(finished_at) FROM sync_runs WHERE status = 'ok'"
+    ))
+    out["last_pull"] = dict(zip(cols, last)) if last else None
+    out["last_successful_pull_at"] = ok[0] if ok else None
+    out["pulls"] = int(store.scalar("SELECT count(*) FROM sync_runs"))
+    out["api_url"] = get_state(store, "api_url")
+    return out

@@ -1,0 +1,15 @@
+"""Syncing one Prefect API into the DuckDB file.
+
+    pull.py      the order of a pull and its ``sync_runs`` record; ``refresh_runs``
+    catalog.py   flows and deployments
+    runs.py      flow runs: full reconciliation, incremental pull, re-read by id
+    context.py   what a pull carries (client, store, options, progress, counters)
+
+Where a pull writes rows: ``flowsync.store.synced_tables``; its cursors and
+log: ``flowsync.store.sync_log``. Must not: print or import httpx/duckdb.
+"""
+
+from flowsync.sync.context import NullProgress, Progress, PullOptions
+from flowsync.sync.pull import PullResult, pull, refresh_runs
+
+__all__ = ["NullProgress", "Progress", "PullOptions", "PullResult", "pull", "refresh_runs"]
