@@ -120,9 +120,9 @@ def generate(path: Path, runs: int) -> float:
         for statement in GENERATE.split(";"):
             if statement.strip():
                 params = {"now": NOW, "runs": runs} if "$runs" in statement else {"now": NOW}
-                store.con.execute(statement, params)
+                store.execute(statement, params)
         views.rebuild(store)
-        store.con.execute("CHECKPOINT")
+        store.execute("CHECKPOINT")
     return time.monotonic() - started
 
 
@@ -147,8 +147,9 @@ def run(path: Path, repeat: int) -> list[tuple[str, float, float, int]]:
         ("flaky --since 30d", "flaky", month, lambda s: reports.flaky(s, month)),
     ]
     rows = []
-    with Store.open(path, read_only=True) as store:
-        con: duckdb.DuckDBPyConnection = store.con
+    # The bare figure uses a plain duckdb connection of its own (both read-only).
+    with Store.open(path, read_only=True) as store, duckdb.connect(str(path), read_only=True) as con:
+        con.execute("SET TimeZone = 'UTC'")
         for label, bare_key, window, report in cases:
             params = {"since": window.since, "until": window.until}
             if bare_key == "flaky":

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from flowsync.errors import PolicyError
+from flowsync.errors import PolicyError, ReadOnlyError
 from flowsync.policy import make_plan, parse_policy
 from flowsync.policy.plan import plan_rule
 from flowsync.store import Store
@@ -34,15 +34,14 @@ def run(n: int, state: str | None = "COMPLETED", days_ago: float = 40, dep: str 
 def make_db(path: Path, runs: list[dict[str, Any]]) -> Path:
     """A flowsync file holding exactly these runs (one flow, two deployments)."""
     with Store.open(path) as store:
-        con = store.con
-        con.execute("INSERT INTO flows (id, name, synced_at) VALUES (?, 'etl', now())", [FLOW])
+        store.execute("INSERT INTO flows (id, name, synced_at) VALUES (?, 'etl', now())", [FLOW])
         for name, dep_id in DEPLOYMENTS.items():
-            con.execute(
+            store.execute(
                 "INSERT INTO deployments (id, name, flow_id, synced_at) VALUES (?, ?, ?, now())", [dep_id, name, FLOW]
             )
         for r in runs:
             when = NOW - timedelta(days=r["days_ago"])
-            con.execute(
+            store.execute(
                 """
                 INSERT INTO flow_runs (id, name, flow_id, deployment_id, state_type, state_name, tags,
                     expected_start_time, start_time, end_time, created, synced_at, deleted_at)
@@ -205,8 +204,8 @@ def test_bad_sql_is_refused_and_changes_nothing(db: Path, sql: str, expected: st
 
 def test_rule_sql_runs_read_only(db: Path) -> None:
     # A SELECT cannot write, and the connection could not anyway: prove the second.
-    with Store.open(db, read_only=True) as store, pytest.raises(Exception, match="read-only"):
-        store.con.execute("DELETE FROM flow_runs")
+    with Store.open(db, read_only=True) as store, pytest.raises(ReadOnlyError, match="read-only"):
+        store.execute("DELETE FROM flow_runs")
 
 
 def test_plan_cli_json(db: Path) -> None:

@@ -15,7 +15,7 @@ from tests.server_truth import assert_matches_server
 
 
 def _setting_mib(store: Store) -> float:
-    text = str(store.scalar("SELECT current_setting('memory_limit')"))
+    text = str(store.execute("SELECT current_setting('memory_limit')").scalar())
     number, unit = text.split()
     return float(number) * {"KiB": 1 / 1024, "MiB": 1, "GiB": 1024}[unit]
 
@@ -41,13 +41,13 @@ def test_zero_leaves_duckdbs_default(db_path: Path) -> None:
 
 def test_running_out_under_the_cap_is_one_clear_error_and_saves_nothing(db_path: Path) -> None:
     with Store.open(db_path) as store:
-        store.con.execute("SET max_temp_directory_size = '0KB'")  # no spilling: the cap is hard
+        store.execute("SET max_temp_directory_size = '0KB'")  # no spilling: the cap is hard
         store.budget_memory(0, fixed_mb=8)
         with pytest.raises(StoreError, match=r"out of memory under its 8 MB cap.*--memory-limit"), store.transaction():
-            store.con.execute(
+            store.execute(
                 "CREATE TABLE big AS SELECT range AS i, repeat('x', 200) || range AS s FROM range(300000) ORDER BY s"
             )
-        assert store.scalar("SELECT count(*) FROM information_schema.tables WHERE table_name = 'big'") == 0
+        assert store.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'big'").scalar() == 0
 
 
 def test_pull_with_a_too_small_cap_fails_clearly_then_a_default_pull_completes(prefect: SeededServer, db_path: Path) -> None:
@@ -62,9 +62,9 @@ def test_pull_with_a_too_small_cap_fails_clearly_then_a_default_pull_completes(p
 
 def test_running_out_in_a_read_under_the_guard_is_one_clear_error(db_path: Path) -> None:
     with Store.open(db_path) as store:
-        store.con.execute("SET max_temp_directory_size = '0KB'")
+        store.execute("SET max_temp_directory_size = '0KB'")
         store.budget_memory(0, fixed_mb=8)
         with pytest.raises(StoreError, match=r"out of memory under its 8 MB cap.*--memory-limit"), store.memory_guard():
-            store.con.execute(
+            store.execute(
                 "SELECT s, count(*) FROM (SELECT repeat('x', 200) || range AS s FROM range(300000)) GROUP BY s ORDER BY s"
-            ).fetchall()
+            ).rows()

@@ -40,9 +40,9 @@ def main() -> None:
     began = time.monotonic()
     with Store.open(db) as store, PrefectClient(resolve_api(url, None)) as client:
         result = pull(client, store)
-        memory = store.con.execute(
+        memory = store.execute(
             "SELECT tag, memory_usage_bytes // 1048576 FROM duckdb_memory() WHERE memory_usage_bytes > 0"
-        ).fetchall()
+        ).rows()
     print(json.dumps({
         "setting": SETTING, "seconds": round(time.monotonic() - began, 1), "rows": result.inserted,
         "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024, "duckdb_memory_mb": memory,

@@ -10,7 +10,9 @@ code. Must not: print, log, or hold secrets in messages.
     ├── ApiError                  the Prefect API failed or answered nonsense (exit 3)
     │   └── AuthError             401/403 (exit 4)
     ├── StoreError                the DuckDB file cannot be used (exit 5)
-    │   └── StoreLockedError      another process holds the file (exit 6)
+    │   ├── StoreLockedError      another process holds the file (exit 6)
+    │   └── QueryError            a statement failed: ``.detail``, ``.sql``, ``.kind`` (exit 5)
+    │       └── ReadOnlyError     it would change a file opened read-only (exit 5)
     └── PolicyError               a policy file or rule is invalid (exit 7)
         └── PolicyLimitError      a rule selects more runs than allowed (exit 8)
 
@@ -45,6 +47,29 @@ class StoreError(FlowsyncError):
 
 class StoreLockedError(StoreError):
     exit_code = 6
+
+
+class QueryError(StoreError):
+    """A statement DuckDB refused or failed: raised only by the store's query path.
+
+    ``detail`` is DuckDB's first line (``Binder Error: ...``), ``kind`` its error
+    class (``BinderException``), ``sql`` the statement. ``str()`` is
+    ``Query failed: <detail>``.
+    """
+
+    def __init__(self, detail: str, *, sql: str, kind: str) -> None:
+        super().__init__(f"Query failed: {detail}")
+        self.detail = detail
+        self.sql = sql
+        self.kind = kind
+
+
+class ReadOnlyError(QueryError):
+    """The statement would change a file opened read-only (``path``)."""
+
+    def __init__(self, detail: str, *, sql: str, kind: str, path: str) -> None:
+        super().__init__(detail, sql=sql, kind=kind)
+        self.path = path
 
 
 class PolicyError(FlowsyncError):

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
-from flowsync.errors import ConfigError, StoreError
+from flowsync.errors import ConfigError, ReadOnlyError, StoreError
 
 if TYPE_CHECKING:  # imported lazily: the CLI reads GROUPS without loading Polars or DuckDB
     import polars as pl
@@ -150,15 +150,13 @@ def _live(include_deleted: bool) -> str:
 def run_sql(store: Store, sql: str, params: list[Any] | dict[str, Any] | None = None) -> pl.DataFrame:
     """One statement through the store, as a Polars frame; a refused write says why."""
     try:
-        return store.query(sql, params)
-    except StoreError as e:
-        if "read-only mode" in str(e) and store.read_only:
-            raise StoreError(
-                f"{store.path} is open read-only, so statements that change it are refused "
-                f"({str(e).removeprefix('Query failed: ')}). Use SELECT to read; "
-                "the file is changed only by flowsync pull and policy apply."
-            ) from e
-        raise
+        return store.frame(sql, params)
+    except ReadOnlyError as e:
+        raise StoreError(
+            f"{e.path} is open read-only, so statements that change it are refused "
+            f"({e.detail}). Use SELECT to read; "
+            "the file is changed only by flowsync pull and policy apply."
+        ) from e
 
 
 def sql_query(store: Store, sql: str) -> pl.DataFrame:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flowsync.errors import StoreError
+from flowsync.errors import QueryError, StoreError
 from flowsync.store import Store
 
 
@@ -31,8 +31,8 @@ def rebuild(store: Store) -> list[str]:
     with store.transaction():
         for path in view_files():
             try:
-                store.con.execute(path.read_text(encoding="utf-8"))
-            except Exception as e:
-                raise StoreError(f"View {path.name} failed to build: {str(e).splitlines()[0]}") from e
+                store.execute(path.read_text(encoding="utf-8"))
+            except QueryError as e:
+                raise StoreError(f"View {path.name} failed to build: {e.detail}") from e
             names.append(path.stem)
     return names

@@ -166,14 +166,13 @@ def _resolve_unanswered(store: Store, unanswered: dict[str, tuple[str, Any]]) ->
     """After the refresh: runs the server did not act on were gone, changed, or failed."""
     if not unanswered:
         return {}
-    _, rows = audit.select_rows(
-        store,
+    _, rows = store.execute(
         """
         SELECT CAST(id AS VARCHAR) AS id, state_type, deleted_at IS NOT NULL AS deleted
         FROM flow_runs WHERE id IN (SELECT unnest(CAST(? AS UUID[])))
         """,
         [list(unanswered)],
-    )
+    ).dicts()
     now = {r["id"]: r for r in rows}
     out: Outcomes = {}
     for run_id, (before, error) in unanswered.items():

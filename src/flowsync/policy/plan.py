@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from flowsync.errors import PolicyError, StoreError
+from flowsync.errors import PolicyError, QueryError
 from flowsync.policy.model import DeleteRule, LoadedPolicy, SetStateRule
-from flowsync.store import Store, audit
+from flowsync.store import Store
 
 RuleModel = DeleteRule | SetStateRule
 
@@ -120,9 +120,9 @@ def rule_statement(store: Store, rule: RuleModel) -> str:
     """The rule's SQL as one SELECT statement with an ``id`` column, or PolicyError."""
     where = f"rule {rule.name!r}"
     try:
-        parsed = audit.statements(store, rule.sql)
-    except StoreError as e:
-        raise PolicyError(f"{where}: SQL does not parse: {e}. Fix the rule's sql.") from e
+        parsed = store.statements(rule.sql)
+    except QueryError as e:
+        raise PolicyError(f"{where}: SQL does not parse: {e.detail}. Fix the rule's sql.") from e
     if len(parsed) != 1:
         raise PolicyError(
             f"{where}: sql holds {len(parsed)} statements; a rule is exactly one SELECT."
@@ -134,9 +134,9 @@ def rule_statement(store: Store, rule: RuleModel) -> str:
         )
     sql = text.strip().rstrip(";").strip()
     try:
-        columns, _ = audit.select_rows(store, f"SELECT * FROM (\n{sql}\n) AS rule_rows LIMIT 0")
-    except StoreError as e:
-        raise PolicyError(f"{where}: SQL failed: {e}. Try it with `duckdb -readonly FILE`.") from e
+        columns, _ = store.execute(f"SELECT * FROM (\n{sql}\n) AS rule_rows LIMIT 0").dicts()
+    except QueryError as e:
+        raise PolicyError(f"{where}: SQL failed: {e.detail}. Try it with `duckdb -readonly FILE`.") from e
     if "id" not in columns:
         raise PolicyError(
             f"{where}: SQL returns columns {columns}, not an `id` column of flow-run ids; "
@@ -151,12 +151,12 @@ def check_rules(store: Store, loaded: LoadedPolicy) -> dict[str, int]:
     for rule in loaded.policy.rules:
         sql = rule_statement(store, rule)
         try:
-            _, rows = audit.select_rows(
-                store, f"SELECT count(CAST(id AS UUID)) AS n FROM (\n{sql}\n) AS rule_rows"
-            )
-        except StoreError as e:
+            _, rows = store.execute(
+                f"SELECT count(CAST(id AS UUID)) AS n FROM (\n{sql}\n) AS rule_rows"
+            ).dicts()
+        except QueryError as e:
             raise PolicyError(
-                f"rule {rule.name!r}: SQL failed: {e}. The id column must hold flow-run ids (UUIDs)."
+                f"rule {rule.name!r}: SQL failed: {e.detail}. The id column must hold flow-run ids (UUIDs)."
             ) from e
         counts[rule.name] = int(rows[0]["n"])
     return counts
@@ -190,10 +190,10 @@ ORDER BY r.sort_time ASC NULLS FIRST, r.picked_id
 def _select(store: Store, rule: RuleModel, protect_tags: list[str]) -> list[dict[str, Any]]:
     sql = rule_statement(store, rule)
     try:
-        return audit.select_rows(store, _SELECT.format(sql=sql), [protect_tags])[1]
-    except StoreError as e:
+        return store.execute(_SELECT.format(sql=sql), [protect_tags]).dicts()[1]
+    except QueryError as e:
         raise PolicyError(
-            f"rule {rule.name!r}: SQL failed: {e}. The id column must hold flow-run ids (UUIDs)."
+            f"rule {rule.name!r}: SQL failed: {e.detail}. The id column must hold flow-run ids (UUIDs)."
         ) from e
 
 

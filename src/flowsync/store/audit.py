@@ -3,9 +3,8 @@
 Owns: writing one row per run per batch before the API call (outcome
 ``pending``, with the run's last known row as JSON) and recording the answer
 after it, one statement per batch. A crash between the two leaves ``pending``
-rows: sent, answer unknown. Also the few reads policy code needs
-(``statements``, ``select_rows``), which wrap DuckDB errors into ``StoreError``.
-Must not: decide what to apply or call the API.
+rows: sent, answer unknown. Policy code runs its other SQL (rule SQL, plan
+reads) through ``Store.execute``. Must not: decide what to apply or call the API.
 """
 
 from __future__ import annotations
@@ -15,32 +14,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
-import duckdb
-
-from flowsync.errors import StoreError
 from flowsync.store.connect import Store
-
-
-def _first_line(e: Exception) -> str:
-    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-
-
-def statements(store: Store, sql: str) -> list[tuple[str, str]]:
-    """Parse ``sql`` without running it: (statement type, text) per statement."""
-    try:
-        return [(s.type.name, s.query) for s in store.con.extract_statements(sql)]
-    except duckdb.Error as e:
-        raise StoreError(_first_line(e)) from e
-
-
-def select_rows(store: Store, sql: str, params: list[Any] | None = None) -> tuple[list[str], list[dict[str, Any]]]:
-    """Run one query; its column names and rows as dicts."""
-    try:
-        cursor = store.con.execute(sql, params)
-        columns = [d[0] for d in cursor.description or []]
-        return columns, [dict(zip(columns, row)) for row in cursor.fetchall()]
-    except duckdb.Error as e:
-        raise StoreError(_first_line(e)) from e
 
 
 def record_batch(
@@ -59,7 +33,7 @@ def record_batch(
 ) -> None:
     """Record a batch as ``pending`` before it is sent, with each run's row as JSON."""
     with store.transaction():
-        store.con.execute(
+        store.execute(
             """
             INSERT INTO policy_actions (apply_id, batch, sent_at, api_url, policy_path, policy_sha256,
                 rule, action, requested_state, flow_run_id, state_type_before, outcome, run_row)
@@ -81,7 +55,7 @@ def record_outcomes(store: Store, apply_id: str, outcomes: Mapping[str, tuple[st
         return
     details = [json.dumps(d, default=str) if d is not None else None for _, d in outcomes.values()]
     with store.transaction():
-        store.con.execute(
+        store.execute(
             """
             UPDATE policy_actions SET outcome = o.outcome, details = CAST(o.details AS JSON), answered_at = ?
             FROM (SELECT unnest(CAST(? AS UUID[])) AS id, unnest(CAST(? AS VARCHAR[])) AS outcome,
@@ -94,8 +68,8 @@ def record_outcomes(store: Store, apply_id: str, outcomes: Mapping[str, tuple[st
 
 def outcome_counts(store: Store, apply_id: str) -> dict[tuple[str, str], int]:
     """(rule, outcome) -> runs, for one apply."""
-    rows = store.con.execute(
+    rows = store.execute(
         "SELECT rule, outcome, count(*) FROM policy_actions WHERE apply_id = ? GROUP BY ALL",
         [apply_id],
-    ).fetchall()
+    ).rows()
     return {(str(r), str(o)): int(n) for r, o, n in rows}

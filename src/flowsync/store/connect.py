@@ -1,9 +1,17 @@
 """Opening the DuckDB file: paths checked, locks reported, migrations applied.
 
-Owns: the one ``duckdb`` connection of a command and its transactions. A
-writer holds DuckDB's own file lock for as long as the command runs; a second
-writer (or a reader while a writer runs) gets ``StoreLockedError`` or waits
-with ``wait``. Must not: know about the API.
+Owns: the one ``duckdb`` connection of a command, its transactions, and the
+one way to run SQL on it: ``Store.execute`` (rule, audit, report, sync and
+export SQL alike), which turns DuckDB's exceptions into typed store errors
+(``QueryError``, ``ReadOnlyError``, ``StoreError`` for running out of memory)
+carrying the statement and DuckDB's detail. The connection itself stays
+private (``_con``); only ``store/`` modules reach it, and a test keeps it so.
+``flowsync.connect()`` (``store/notebook.py``) is the documented exception: a
+notebook asks for a DuckDB connection to run its own SQL.
+
+A writer holds DuckDB's own file lock for as long as the command runs; a
+second writer (or a reader while a writer runs) gets ``StoreLockedError`` or
+waits with ``wait``. Must not: know about the API.
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import duckdb
 
-from flowsync.errors import StoreError, StoreLockedError
+from flowsync.errors import QueryError, ReadOnlyError, StoreError, StoreLockedError
 from flowsync.store import migrations
 
 if TYPE_CHECKING:
@@ -53,18 +61,15 @@ def _check_path(path: Path, read_only: bool) -> None:
             raise StoreError(f"{path} is an empty file, not a DuckDB database; remove it or choose another --db.")
 
 
-def one(result: Any) -> Any:
-    """The first row of a result, fetching all of it: DuckDB 2 refuses new work on a
-    connection whose last result was not read to the end."""
-    rows = result.fetchall()
-    return rows[0] if rows else None
-
-
 def _physical_memory() -> int:
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):  # not on this platform
         return 8 * 2**30
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
 def _is_lock_error(err: Exception) -> bool:
@@ -76,7 +81,8 @@ class Store:
     """A DuckDB file with flowsync's schema. Use ``Store.open`` as a context manager."""
 
     def __init__(self, con: duckdb.DuckDBPyConnection, path: Path, read_only: bool) -> None:
-        self.con = con
+        # Private: SQL goes through `execute` so its errors are typed (see tests/test_layering.py).
+        self._con = con
         self.path = path
         self.read_only = read_only
         self.memory_budget: int | None = None
@@ -121,7 +127,7 @@ class Store:
         return store
 
     def close(self) -> None:
-        self.con.close()
+        self._con.close()
 
     def __enter__(self) -> Store:
         return self
@@ -132,12 +138,12 @@ class Store:
     # -- schema -----------------------------------------------------------
 
     def applied_migrations(self) -> set[str]:
-        exists = one(self.con.execute(
+        exists = self.execute(
             "SELECT count(*) FROM information_schema.tables WHERE table_name = '_flowsync_migrations'"
-        ))
+        ).one()
         if not exists or not exists[0]:
             return set()
-        return {r[0] for r in self.con.execute("SELECT name FROM _flowsync_migrations").fetchall()}
+        return {r[0] for r in self.execute("SELECT name FROM _flowsync_migrations").rows()}
 
     def migrate(self) -> list[str]:
         """Apply pending migrations, each in a transaction with its record."""
@@ -150,14 +156,14 @@ class Store:
                 f"{self.path} has an older schema ({len(todo)} migrations pending); "
                 "run `flowsync pull` once to upgrade it."
             )
-        self.con.execute(
+        self._con.execute(
             "CREATE TABLE IF NOT EXISTS _flowsync_migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL)"
         )
         done = []
         for name, fn in todo:
             with self.transaction():
-                fn(self.con)
-                self.con.execute(
+                fn(self._con)
+                self._con.execute(
                     "INSERT INTO _flowsync_migrations VALUES (?, ?)", [name, datetime.now(timezone.utc)]
                 )
             done.append(name)
@@ -182,7 +188,7 @@ class Store:
         if self.memory_budget is not None and want <= self.memory_budget:
             return self.memory_budget
         try:
-            self.con.execute(f"SET memory_limit = '{want // 2**20}MiB'")
+            self._con.execute(f"SET memory_limit = '{want // 2**20}MiB'")
         except duckdb.OutOfMemoryException as e:
             raise StoreError(
                 f"A memory limit of {want // 2**20} MB is below what DuckDB already holds for {self.path}; "
@@ -213,28 +219,93 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        self.con.execute("BEGIN TRANSACTION")
+        self._con.execute("BEGIN TRANSACTION")
         try:
             yield
         except duckdb.OutOfMemoryException as e:
-            self.con.execute("ROLLBACK")
+            self._con.execute("ROLLBACK")
             raise self._out_of_memory() from e
         except BaseException:
-            self.con.execute("ROLLBACK")
+            self._con.execute("ROLLBACK")
             raise
         else:
-            self.con.execute("COMMIT")
+            self._con.execute("COMMIT")
 
-    def query(self, sql: str, params: list[Any] | dict[str, Any] | None = None) -> pl.DataFrame:
-        """Run one statement and return its rows as a Polars frame."""
+    @contextmanager
+    def _errors(self, sql: str) -> Iterator[None]:
+        """DuckDB's exceptions as typed store errors (the only place that reads their text)."""
+        try:
+            yield
+        except duckdb.OutOfMemoryException as e:
+            raise self._out_of_memory() from e
+        except duckdb.Error as e:
+            detail = _first_line(e)
+            kind = type(e).__name__
+            if self.read_only and "read-only mode" in str(e):
+                raise ReadOnlyError(detail, sql=sql, kind=kind, path=str(self.path)) from e
+            raise QueryError(detail, sql=sql, kind=kind) from e
+
+    def execute(self, sql: str, params: Params = None) -> Result:
+        """Run SQL (one or more statements; the last one's rows are the result).
+
+        Values go in ``params`` (``?`` list or ``$name`` dict), never into ``sql``.
+        DuckDB's errors come out as ``QueryError`` / ``ReadOnlyError`` / ``StoreError``.
+        """
+        with self._errors(sql):
+            self._con.execute(sql, params)
+        return Result(self, sql)
+
+    def frame(self, sql: str, params: Params = None) -> pl.DataFrame:
+        """``execute`` for analysis: the last statement's rows as a Polars frame, same errors."""
         import polars  # noqa: F401  (DuckDB's .pl() needs it; imported here so a pull never loads it)
 
-        try:
-            frame: pl.DataFrame = self.con.sql(sql, params=params).pl()
+        with self._errors(sql):
+            frame: pl.DataFrame = self._con.sql(sql, params=params).pl()
             return frame
-        except duckdb.Error as e:
-            raise StoreError(f"Query failed: {str(e).splitlines()[0]}") from e
 
-    def scalar(self, sql: str, params: list[Any] | None = None) -> Any:
-        row = one(self.con.execute(sql, params))
+    @contextmanager
+    def registered(self, name: str, data: Any) -> Iterator[None]:
+        """``data`` (an Arrow table or Polars frame) visible to SQL as ``name`` inside the block."""
+        with self._errors(f"register {name}"):
+            self._con.register(name, data)
+        try:
+            yield
+        finally:
+            self._con.unregister(name)
+
+    def statements(self, sql: str) -> list[tuple[str, str]]:
+        """Parse ``sql`` without running it: (statement type, text) per statement."""
+        with self._errors(sql):
+            return [(s.type.name, s.query) for s in self._con.extract_statements(sql)]
+
+
+Params = list[Any] | dict[str, Any] | None
+
+
+class Result:
+    """The rows of the statement a ``Store.execute`` just ran; read them once, before the next one."""
+
+    def __init__(self, store: Store, sql: str) -> None:
+        self._store, self._sql = store, sql
+
+    @property
+    def columns(self) -> list[str]:
+        return [d[0] for d in self._store._con.description or []]
+
+    def rows(self) -> list[tuple[Any, ...]]:
+        with self._store._errors(self._sql):
+            return self._store._con.fetchall()
+
+    def one(self) -> tuple[Any, ...] | None:
+        """The first row, reading all of them (DuckDB 2 refuses new work on an unread result)."""
+        rows = self.rows()
+        return rows[0] if rows else None
+
+    def scalar(self) -> Any:
+        row = self.one()
         return row[0] if row else None
+
+    def dicts(self) -> tuple[list[str], list[dict[str, Any]]]:
+        """Column names and the rows as dicts."""
+        columns = self.columns
+        return columns, [dict(zip(columns, row)) for row in self.rows()]

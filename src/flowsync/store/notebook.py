@@ -39,4 +39,4 @@ def connect(
         con.sql("SELECT state_type, count(*) FROM flow_runs GROUP BY 1").pl()
     """
     store = Store.open(resolve_db_path(path), read_only=read_only, wait=wait)
-    return store.con
+    return store._con  # the documented exception: a notebook runs its own SQL on it

@@ -22,11 +22,11 @@ _AS_TEXT = {"UUID", "JSON"}
 
 
 def _columns(store: Store, table: str) -> list[tuple[str, str]]:
-    rows = store.con.execute(
+    rows = store.execute(
         "SELECT column_name, data_type FROM information_schema.columns "
         "WHERE table_name = ? AND table_schema = 'main' ORDER BY ordinal_position",
         [table],
-    ).fetchall()
+    ).rows()
     if not rows:
         raise StoreError(f"{store.path} has no table {table!r}; run `flowsync pull` to create it.")
     return [(str(n), str(t)) for n, t in rows]
@@ -67,17 +67,17 @@ def day_counts(
         where = f" WHERE {day} IN ({fallbacks})"
         params = [changed_since] * (2 * len(day_columns))
     sql = f"SELECT {day} AS day, count(*) FROM {table}{where} GROUP BY 1"
-    return {d: int(n) for d, n in store.con.execute(sql, params).fetchall()}
+    return {d: int(n) for d, n in store.execute(sql, params).rows()}
 
 
 def row_count(store: Store, table: str) -> int:
-    return int(store.scalar(f"SELECT count(*) FROM {table}"))
+    return int(store.execute(f"SELECT count(*) FROM {table}").scalar())
 
 
 def changed_rows(store: Store, table: str, since: datetime) -> int:
     """How many rows of ``table`` were synced or marked deleted since ``since``."""
     return int(
-        store.scalar(f"SELECT count(*) FROM {table} WHERE synced_at >= ? OR deleted_at >= ?", [since, since])
+        store.execute(f"SELECT count(*) FROM {table} WHERE synced_at >= ? OR deleted_at >= ?", [since, since]).scalar()
     )
 
 
@@ -95,6 +95,6 @@ def write_parquet(
         params.append(day)
     sql += " ORDER BY id"
     try:
-        store.con.sql(sql, params=params).write_parquet(str(dest), compression="zstd")
+        store._con.sql(sql, params=params).write_parquet(str(dest), compression="zstd")
     except (duckdb.Error, OSError) as e:
         raise StoreError(f"Cannot write {dest}: {str(e).splitlines()[0]}") from e

@@ -11,17 +11,17 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from flowsync.store.connect import Store, one
+from flowsync.store.connect import Store
 from flowsync.store.synced_tables import now_utc
 
 
 def get_state(store: Store, key: str) -> Any:
-    row = one(store.con.execute("SELECT value FROM sync_state WHERE key = ?", [key]))
+    row = store.execute("SELECT value FROM sync_state WHERE key = ?", [key]).one()
     return json.loads(row[0]) if row else None
 
 
 def set_state(store: Store, key: str, value: Any) -> None:
-    store.con.execute(
+    store.execute(
         """
         INSERT INTO sync_state VALUES (?, CAST(? AS JSON), ?)
         ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at
@@ -30,11 +30,15 @@ def set_state(store: Store, key: str, value: Any) -> None:
     )
 
 
+def delete_state(store: Store, key: str) -> None:
+    store.execute("DELETE FROM sync_state WHERE key = ?", [key])
+
+
 def start_sync_run(store: Store, api_url: str) -> int:
-    row = one(store.con.execute(
+    row = store.execute(
         "INSERT INTO sync_runs (started_at, status, api_url) VALUES (?, 'running', ?) RETURNING id",
         [now_utc(), api_url],
-    ))
+    ).one()
     assert row is not None
     return int(row[0])
 
@@ -44,12 +48,12 @@ def finish_sync_run(store: Store, pull_id: int, **fields: Any) -> None:
     if "details" in fields and not isinstance(fields["details"], str):
         fields["details"] = json.dumps(fields["details"])
     sets = ", ".join(f"{k} = ?" for k in fields)
-    store.con.execute(f"UPDATE sync_runs SET {sets} WHERE id = ?", [*fields.values(), pull_id])
+    store.execute(f"UPDATE sync_runs SET {sets} WHERE id = ?", [*fields.values(), pull_id])
 
 
 def abandon_stale_runs(store: Store) -> None:
     """Pulls left 'running' by a crash (the file lock proves none is running now)."""
-    store.con.execute(
+    store.execute(
         "UPDATE sync_runs SET status = 'interrupted', error = coalesce(error, 'process ended before the pull finished') "
         "WHERE status = 'running'"
     )
@@ -59,24 +63,24 @@ def status_summary(store: Store) -> dict[str, Any]:
     """What is in the file: counts and the last pulls."""
     out: dict[str, Any] = {}
     for table in ("flows", "deployments", "flow_runs"):
-        live, deleted = one(store.con.execute(
+        live, deleted = store.execute(
             f"SELECT count(*) FILTER (WHERE deleted_at IS NULL), count(*) FILTER (WHERE deleted_at IS NOT NULL) FROM {table}"
-        )) or (0, 0)
+        ).one() or (0, 0)
         out[table] = {"live": int(live), "deleted": int(deleted)}
-    states = store.con.execute(
+    states = store.execute(
         "SELECT coalesce(state_type, 'NONE'), count(*) FROM flow_runs WHERE deleted_at IS NULL GROUP BY 1 ORDER BY 2 DESC"
-    ).fetchall()
+    ).rows()
     out["flow_runs"]["by_state"] = {s: int(n) for s, n in states}
     cols = ["id", "started_at", "finished_at", "status", "mode", "api_url", "inserted", "updated",
             "marked_deleted", "requests", "error"]
-    last = one(store.con.execute(
+    last = store.execute(
         f"SELECT {', '.join(cols)} FROM sync_runs ORDER BY id DESC LIMIT 1"
-    ))
-    ok = one(store.con.execute(
+    ).one()
+    ok = store.execute(
         "SELECT max(finished_at) FROM sync_runs WHERE status = 'ok'"
-    ))
+    ).one()
     out["last_pull"] = dict(zip(cols, last)) if last else None
     out["last_successful_pull_at"] = ok[0] if ok else None
-    out["pulls"] = int(store.scalar("SELECT count(*) FROM sync_runs"))
+    out["pulls"] = int(store.execute("SELECT count(*) FROM sync_runs").scalar())
     out["api_url"] = get_state(store, "api_url")
     return out

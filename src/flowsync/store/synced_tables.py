@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any, NamedTuple, Protocol
 
-from flowsync.store.connect import Store, one
+from flowsync.store.connect import Store
 from flowsync.store.tables import TableSpec
 
 
@@ -47,23 +47,18 @@ def upsert_pages(store: Store, spec: TableSpec, pages: Sequence[Page], *, pull_i
     rows = [r for p in pages for r in p.rows]
     if not rows:
         return Written(0, 0, 0)
-    con = store.con
     if spec.unknown_fields(rows):
         # Fields this version has no column for: keep them in `extra` (slower path).
-        con.register("_batch", spec.batch(rows))
-        try:
-            con.execute(f"CREATE OR REPLACE TEMP TABLE _incoming AS {spec.select_sql('_batch')}")
-        finally:
-            con.unregister("_batch")
+        with store.registered("_batch", spec.batch(rows)):
+            store.execute(f"CREATE OR REPLACE TEMP TABLE _incoming AS {spec.select_sql('_batch')}")
     else:
         body = "[" + ",".join(p.raw.strip()[1:-1] for p in pages if p.rows) + "]"
-        con.execute(f"CREATE OR REPLACE TEMP TABLE _incoming AS {spec.json_select_sql()}", [body])
+        store.execute(f"CREATE OR REPLACE TEMP TABLE _incoming AS {spec.json_select_sql()}", [body])
     return _merge_incoming(store, spec, pull_id)
 
 
 def _merge_incoming(store: Store, spec: TableSpec, pull_id: int) -> Written:
-    con = store.con
-    inserted, updated, fresh = one(con.execute(
+    inserted, updated, fresh = store.execute(
         f"""
         SELECT count(*) FILTER (WHERE t.id IS NULL),
                count(*) FILTER (WHERE t.id IS NOT NULL AND (
@@ -72,11 +67,11 @@ def _merge_incoming(store: Store, spec: TableSpec, pull_id: int) -> Written:
         FROM _incoming b LEFT JOIN {spec.name} t ON t.id = b.id
         """,
         [pull_id],
-    ))
+    ).one() or (0, 0, 0)
     cols = [*spec.column_names, "extra"]
     col_list = ", ".join(f'"{c}"' for c in cols)
     sets = ", ".join(f'"{c}" = excluded."{c}"' for c in cols if c != "id")
-    con.execute(
+    store.execute(
         f"""
         INSERT INTO {spec.name} ({col_list}, synced_at, seen_pull, deleted_at)
         SELECT {col_list}, CAST(? AS TIMESTAMPTZ), ?, NULL FROM _incoming
@@ -85,7 +80,7 @@ def _merge_incoming(store: Store, spec: TableSpec, pull_id: int) -> Written:
         """,
         [now_utc(), pull_id],
     )
-    con.execute("DROP TABLE _incoming")
+    store.execute("DROP TABLE _incoming")
     return Written(int(inserted), int(updated), int(fresh))
 
 
@@ -93,14 +88,14 @@ def mark_deleted(store: Store, table: str, ids: Sequence[str], when: datetime | 
     """Set ``deleted_at`` on live rows with these ids; returns how many changed."""
     if not ids:
         return 0
-    row = store.con.execute(
+    row = store.execute(
         f"""
         UPDATE {table} SET deleted_at = CAST(? AS TIMESTAMPTZ)
         WHERE deleted_at IS NULL AND id IN (SELECT unnest(CAST(? AS UUID[])))
         RETURNING id
         """,
         [when or now_utc(), [str(i) for i in ids]],
-    ).fetchall()
+    ).rows()
     return len(row)
 
 
@@ -110,7 +105,7 @@ def live_ids(store: Store, table: str, *, not_seen_since: int | None = None) -> 
     if not_seen_since is not None:
         sql += " AND (seen_pull IS NULL OR seen_pull < ?)"
         params.append(not_seen_since)
-    return [r[0] for r in store.con.execute(sql, params).fetchall()]
+    return [r[0] for r in store.execute(sql, params).rows()]
 
 
 def live_run_ids_between(store: Store, lo: datetime | None, hi: datetime | None) -> set[str]:
@@ -123,7 +118,16 @@ def live_run_ids_between(store: Store, lo: datetime | None, hi: datetime | None)
     if hi is not None:
         sql += " AND expected_start_time <= ?"
         params.append(hi)
-    return {r[0] for r in store.con.execute(sql, params).fetchall()}
+    return {r[0] for r in store.execute(sql, params).rows()}
+
+
+def unfinished_run_ids(store: Store) -> list[str]:
+    """Live runs not in a final state: the ones that can still change."""
+    rows = store.execute(
+        "SELECT CAST(id AS VARCHAR) FROM flow_runs WHERE deleted_at IS NULL AND state_type NOT IN "
+        "('COMPLETED', 'FAILED', 'CANCELLED', 'CRASHED')"
+    ).rows()
+    return [r[0] for r in rows]
 
 
 def runs_behind(store: Store, changed: dict[str, datetime]) -> list[str]:
@@ -135,32 +139,32 @@ def runs_behind(store: Store, changed: dict[str, datetime]) -> list[str]:
     """
     if not changed:
         return []
-    rows = store.con.execute(
+    rows = store.execute(
         "SELECT CAST(id AS VARCHAR), state_timestamp FROM flow_runs WHERE id IN (SELECT unnest(?::UUID[]))",
         [list(changed)],
-    ).fetchall()
+    ).rows()
     local = {i: ts for i, ts in rows}
     return [i for i, at in changed.items() if local.get(i) is None or local[i] < at]
 
 
 def count_all(store: Store, table: str) -> int:
     """Rows including the ones marked deleted (they stay in the indexes)."""
-    return int(store.scalar(f"SELECT count(*) FROM {table}"))
+    return int(store.execute(f"SELECT count(*) FROM {table}").scalar())
 
 
 def count_live(store: Store, table: str) -> int:
-    return int(store.scalar(f"SELECT count(*) FROM {table} WHERE deleted_at IS NULL"))
+    return int(store.execute(f"SELECT count(*) FROM {table} WHERE deleted_at IS NULL").scalar())
 
 
 def run_time_bounds(store: Store) -> tuple[datetime | None, datetime | None, int]:
     """Min and max expected start of live runs, and how many live runs have none."""
-    row = one(store.con.execute(
+    row = store.execute(
         """
         SELECT min(expected_start_time), max(expected_start_time),
                count(*) FILTER (WHERE expected_start_time IS NULL)
         FROM flow_runs WHERE deleted_at IS NULL
         """
-    ))
+    ).one()
     assert row is not None
     return row[0], row[1], int(row[2])
 
@@ -169,7 +173,7 @@ def local_histogram(
     store: Store, start: datetime, interval_seconds: float, buckets: int
 ) -> dict[tuple[int, str], int]:
     """Live runs per (bucket of expected start, state type), bucketed as the server does."""
-    rows = store.con.execute(
+    rows = store.execute(
         """
         SELECT CAST(floor((epoch_us(expected_start_time) - epoch_us(CAST(? AS TIMESTAMPTZ)))
                           / (? * 1e6)) AS BIGINT) AS bucket,
@@ -179,5 +183,5 @@ def local_histogram(
         GROUP BY ALL
         """,
         [start, interval_seconds, start],
-    ).fetchall()
+    ).rows()
     return {(int(b), str(s)): int(n) for b, s, n in rows if b is not None and int(b) < buckets}

@@ -111,7 +111,7 @@ def full_pass(ctx: PullContext) -> None:
     with ctx.store.transaction():
         sync_log.set_state(ctx.store, CURSOR, state["started"])
         sync_log.set_state(ctx.store, VERIFIED, state["started"])
-        ctx.store.con.execute("DELETE FROM sync_state WHERE key = ?", [FULL_PASS])
+        sync_log.delete_state(ctx.store, FULL_PASS)
 
 
 _DONE = object()
@@ -241,21 +241,13 @@ def incremental(ctx: PullContext, since: datetime) -> None:
         # Servers without the events API: refresh every run that can still change,
         # and compare bucket counts every time.
         ctx.progress.message(f"events unavailable ({e}); refreshing unfinished runs instead")
-        behind = _unfinished_ids(ctx)
+        behind = synced_tables.unfinished_run_ids(ctx.store)
         force = True
     if behind:
         ctx.progress.message(f"{len(behind)} runs changed state since {iso(since)}")
         found = check_ids(ctx, behind)
         ctx.progress.advance(len(found))
     verify_counts(ctx, force=force)
-
-
-def _unfinished_ids(ctx: PullContext) -> list[str]:
-    rows = ctx.store.con.execute(
-        "SELECT CAST(id AS VARCHAR) FROM flow_runs WHERE deleted_at IS NULL AND state_type NOT IN "
-        "('COMPLETED', 'FAILED', 'CANCELLED', 'CRASHED')"
-    ).fetchall()
-    return [r[0] for r in rows]
 
 
 def verify_counts(ctx: PullContext, *, force: bool = False) -> None:
