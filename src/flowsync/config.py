@@ -28,6 +28,11 @@ else:  # pragma: no cover - exercised on 3.10 only
 
 DEFAULT_DB = "flowsync.duckdb"
 
+# `flowsync pull` defaults: the CLI's option defaults and ``PullOptions`` both read these.
+PULL_CONCURRENCY = 2  # pages in flight during a full pull; more slows the server down
+PULL_OVERLAP_MINUTES = 10.0  # events re-read before the cursor (late events, client clocks)
+PULL_EVENTS_HORIZON_DAYS = 6.0  # the server keeps events 7 days by default
+
 
 @dataclass(frozen=True)
 class ApiSettings:

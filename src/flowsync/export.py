@@ -29,7 +29,7 @@ import re
 import shutil
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +50,6 @@ TABLES = tuple(PARTITION_BY)
 PART_FILE = "part-0.parquet"
 MANIFEST = "_flowsync_manifest.json"
 _PARTITION_DIR = re.compile(r"^date=\d{4}-\d{2}-\d{2}$")
-_RELATIVE = re.compile(r"^\s*(\d+)\s*([mhdw])\s*$")
-_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 
 @dataclass
@@ -102,21 +100,6 @@ def describe_partitioning(table: str) -> str | None:
     """``date = UTC day of coalesce(expected_start_time, created)``, or None for one file."""
     columns = PARTITION_BY[table]
     return f"date = UTC day of coalesce({', '.join(columns)})" if columns else None
-
-
-def parse_since(text: str, now: datetime | None = None) -> datetime:
-    """``7d``/``12h``/``30m``/``2w`` ago, a date (``2026-11-01``, UTC midnight) or an ISO datetime."""
-    now = now or datetime.now(timezone.utc)
-    m = _RELATIVE.match(text)
-    if m:
-        return now - timedelta(**{_UNITS[m.group(2)]: int(m.group(1))})
-    try:
-        value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise ConfigError(
-            f"--since {text!r} is not a time: use e.g. 7d, 12h, 2026-11-01 or 2026-11-01T06:00:00Z."
-        ) from None
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
 
 def check_request(out_dir: Path, fmt: str, tables: Iterable[str] | None) -> list[str]:

@@ -17,12 +17,12 @@ parameters; only identifiers from the fixed tables below are formatted in.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from flowsync.errors import ConfigError, ReadOnlyError, StoreError
+from flowsync.since import parse_since as since_time
 
 if TYPE_CHECKING:  # imported lazily: the CLI reads GROUPS without loading Polars or DuckDB
     import polars as pl
@@ -55,8 +55,6 @@ DURATION_GROUPS = ("flow", "deployment", "work_pool", "tag")
 # A run with two tags counts once under each (distinct) tag; untagged runs under none.
 _TAGGED = "(SELECT unnest(list_distinct(tags)) AS tag, * EXCLUDE (tags) FROM flow_run_measures)"
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_SINCE_RE = re.compile(r"^\s*(\d+)\s*(m|min|h|d|w)\s*$", re.IGNORECASE)
-_UNITS = {"m": "minutes", "min": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 
 @dataclass(frozen=True)
@@ -88,28 +86,10 @@ def utcnow() -> datetime:
 
 
 def parse_since(text: str | None, now: datetime | None = None) -> Window:
-    """``7d``, ``12h``, ``30m``, ``2w``, a date ``2026-01-01``, an ISO time, or ``all``."""
+    """``7d``, ``12h``, ``30m``, ``2w``, a date ``2026-01-01``, an ISO time, or ``all``
+    (``flowsync.since.parse_since``, which export uses too), as a window ending now."""
     now = now or utcnow()
-    if text is None or text.strip().lower() == "all":
-        return Window(None, now)
-    match = _SINCE_RE.match(text)
-    if match:
-        amount, unit = int(match.group(1)), match.group(2).lower()
-        if amount <= 0:
-            raise ConfigError(f"--since {text!r} is an empty window; use a positive amount such as 7d.")
-        return Window(now - timedelta(**{_UNITS[unit]: amount}), now)
-    try:
-        parsed = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise ConfigError(
-            f"--since {text!r} is not a time window: use an age such as 7d, 12h, 30m or 2w, "
-            "a date such as 2026-01-01, an ISO time, or 'all'."
-        ) from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
-    if parsed >= now:
-        raise ConfigError(f"--since {text!r} is in the future; pick a time before now ({now:%Y-%m-%d %H:%M} UTC).")
-    return Window(parsed, now)
+    return Window(since_time(text, now), now)
 
 
 def _check_by(by: str, allowed: tuple[str, ...]) -> Grouping:

@@ -15,7 +15,7 @@ import json
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -342,16 +342,10 @@ class PrefectClient:
             raise ApiError("POST /flow_runs/bulk_set_state answered something other than an object.")
         return answer
 
-    def iter_ids(self, ids: Sequence[str], size: int = 200) -> Iterator[Page]:
-        """The flow runs with these ids that still exist, 200 per request."""
-        for i in range(0, len(ids), size):
-            chunk = list(ids[i : i + size])
-            yield self.filter_page(
-                "flow_runs",
-                {"flow_runs": {"id": {"any_": chunk}}, "limit": len(chunk), "offset": 0},
-            )
 
-
+# What the API accepts: /filter and /count refuse `limit` above PAGE_LIMIT (422); the
+# bulk endpoints take 1..BULK_LIMIT runs per call.
+PAGE_LIMIT = 200
 BULK_LIMIT = 50
 
 

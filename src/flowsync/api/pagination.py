@@ -1,6 +1,7 @@
-"""Paging over the filter endpoints: offset pages and resumable keyset pages.
+"""Paging over the filter endpoints: offset pages, resumable keyset pages, pages by id.
 
-Owns: the request bodies that walk a collection. Offset paging is kept for the
+Owns: the request bodies that walk a collection, and the one id chunker
+(``chunks``, ``pages_by_id``) every re-read by id goes through. Offset paging is kept for the
 small collections (flows, deployments); flow runs are walked by keyset on
 ``expected_start_time`` so that deletions of earlier rows cannot make a page
 skip rows (offset paging does), with an offset walk only inside a run of more
@@ -9,14 +10,14 @@ than a page of rows sharing one timestamp. Must not: write anything.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, TypeVar
 
-from flowsync.api.client import Page, PrefectClient
+from flowsync.api.client import PAGE_LIMIT, Page, PrefectClient
 
-PAGE_SIZE = 200  # the API refuses more (422)
+PAGE_SIZE = PAGE_LIMIT  # the largest page the API serves
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
@@ -41,6 +42,29 @@ def offset_pages(
         if len(page) < page_size:
             return
         offset += len(page)
+
+
+T = TypeVar("T")
+
+
+def chunks(items: Sequence[T], size: int = PAGE_SIZE) -> Iterator[list[T]]:
+    """``items`` in lists of at most ``size``, in order."""
+    if size < 1:
+        raise ValueError(f"chunk size must be at least 1, not {size}")
+    for i in range(0, len(items), size):
+        yield list(items[i : i + size])
+
+
+def pages_by_id(
+    client: PrefectClient, resource: str, ids: Iterable[str], size: int = PAGE_SIZE
+) -> Iterator[tuple[list[str], Page]]:
+    """Each chunk of ``ids`` with the page of those objects that still exist (one request each).
+
+    The filter key equals the resource name (``flows``, ``deployments``, ``flow_runs``).
+    """
+    for chunk in chunks(list(ids), min(size, PAGE_LIMIT)):
+        body = {resource: {"id": {"any_": chunk}}, "limit": len(chunk), "offset": 0}
+        yield chunk, client.filter_page(resource, body)
 
 
 @dataclass(frozen=True)

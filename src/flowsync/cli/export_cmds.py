@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated
 
@@ -9,6 +10,7 @@ import typer
 
 from flowsync.cli.common import DbOption, JsonOption, WaitOption, err, errors, print_json
 from flowsync.config import resolve_db_path
+from flowsync.since import parse_since
 
 
 def export_cmd(
@@ -21,7 +23,7 @@ def export_cmd(
     ] = None,
     since: Annotated[
         str | None,
-        typer.Option("--since", help="Rewrite only partitions with rows synced or deleted since then: 7d, 12h, 2026-11-01, or an ISO time.", show_default=False),
+        typer.Option("--since", help="Rewrite only partitions with rows synced or deleted since then: 30min, 12h, 7d, 2026-11-01, an ISO time, or all (the same forms as report --since).", show_default=False),
     ] = None,
     wait: WaitOption = 0.0,
     json_out: JsonOption = False,
@@ -44,7 +46,7 @@ def export_cmd(
     with errors():
         names = [t.strip() for item in tables or [] for t in item.split(",") if t.strip()] or None
         export.check_request(out_dir, fmt, names)
-        cutoff = export.parse_since(since) if since else None
+        cutoff = parse_since(since, datetime.now(timezone.utc))
         path = resolve_db_path(db)
         with Store.open(path, read_only=True, wait=wait) as store:
             result = export.export(store, out_dir, fmt=fmt, tables=names, since=cutoff)

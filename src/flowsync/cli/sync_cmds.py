@@ -20,7 +20,13 @@ from flowsync.cli.common import (
     out,
     print_json,
 )
-from flowsync.config import resolve_api, resolve_db_path
+from flowsync.config import (
+    PULL_CONCURRENCY,
+    PULL_EVENTS_HORIZON_DAYS,
+    PULL_OVERLAP_MINUTES,
+    resolve_api,
+    resolve_db_path,
+)
 
 
 def pull_cmd(
@@ -30,9 +36,9 @@ def pull_cmd(
     full: Annotated[bool, typer.Option("--full", help="Re-read every run from the server (a full reconciliation).")] = False,
     verify: Annotated[bool, typer.Option("--verify", help="Compare per-bucket run counts with the server even when totals match (done daily anyway).")] = False,
     wait: WaitOption = 0.0,
-    concurrency: Annotated[int, typer.Option(help="Pages in flight during a full pull (more than 2 slows the server).", min=1, max=8)] = 2,
-    overlap: Annotated[float, typer.Option(help="Minutes of events re-read before the last cursor (late events, client clocks).", min=0)] = 10.0,
-    events_horizon: Annotated[float, typer.Option(help="Days of events the server keeps; an older cursor triggers a full reconciliation.", min=0.01)] = 6.0,
+    concurrency: Annotated[int, typer.Option(help="Pages in flight during a full pull (more than 2 slows the server).", min=1, max=8)] = PULL_CONCURRENCY,
+    overlap: Annotated[float, typer.Option(help="Minutes of events re-read before the last cursor (late events, client clocks).", min=0)] = PULL_OVERLAP_MINUTES,
+    events_horizon: Annotated[float, typer.Option(help="Days of events the server keeps; an older cursor triggers a full reconciliation.", min=0.01)] = PULL_EVENTS_HORIZON_DAYS,
     memory_limit: Annotated[int | None, typer.Option("--memory-limit", help="DuckDB memory cap in MB (default: sized from the history; 0: DuckDB's own default, 80% of RAM).", min=0, show_default=False)] = None,
     json_out: JsonOption = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output; errors only (for cron).")] = False,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from flowsync.api.pagination import iso, offset_pages, parse_ts
+from flowsync.api.pagination import iso, offset_pages, pages_by_id, parse_ts
 from flowsync.store import sync_log, synced_tables
 from flowsync.store.tables import TableSpec
 from flowsync.sync.context import PullContext
@@ -51,12 +51,7 @@ def _walk(ctx: PullContext, spec: TableSpec, sort: str, stop_before: datetime | 
 def _mark_missing(ctx: PullContext, spec: TableSpec, seen: set[str]) -> None:
     """Rows not in a complete listing: re-check by id (the listing may have raced), then mark."""
     missing = [i for i in synced_tables.live_ids(ctx.store, spec.name) if i not in seen]
-    singular = spec.name  # the filter key equals the resource name
-    for i in range(0, len(missing), 200):
-        chunk = missing[i : i + 200]
-        found = ctx.client.filter_page(
-            spec.name, {singular: {"id": {"any_": chunk}}, "limit": len(chunk), "offset": 0}
-        )
+    for chunk, found in pages_by_id(ctx.client, spec.name, missing, ctx.options.page_size):
         ctx.write_pages(spec, [found])
         still = {str(o["id"]) for o in found.rows}
         ctx.mark_deleted(spec.name, [x for x in chunk if x not in still])

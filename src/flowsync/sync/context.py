@@ -9,6 +9,8 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from flowsync.api import Page, PrefectClient
+from flowsync.api.pagination import PAGE_SIZE
+from flowsync.config import PULL_CONCURRENCY, PULL_EVENTS_HORIZON_DAYS, PULL_OVERLAP_MINUTES
 from flowsync.store import Store, sync_log, synced_tables
 from flowsync.store.tables import TableSpec
 
@@ -37,11 +39,11 @@ class PullOptions:
     full: bool = False
     # Events reach the server's store a few seconds late, and a state's timestamp
     # comes from the client that proposed it: re-read this much before the cursor.
-    overlap: timedelta = timedelta(minutes=10)
+    overlap: timedelta = timedelta(minutes=PULL_OVERLAP_MINUTES)
     # Older cursors than this fall back to a full reconciliation (events live 7 days by default).
-    events_horizon: timedelta = timedelta(days=6)
-    concurrency: int = 2
-    page_size: int = 200
+    events_horizon: timedelta = timedelta(days=PULL_EVENTS_HORIZON_DAYS)
+    concurrency: int = PULL_CONCURRENCY
+    page_size: int = PAGE_SIZE
     segment_rows: int = 5000
     # Totals that match are trusted between full count checks; this often, compare
     # per-bucket counts anyway (catches lost events). `verify` forces it.

@@ -33,7 +33,15 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from flowsync.api import Page
-from flowsync.api.pagination import EPOCH, Position, iso, keyset_run_pages, parse_ts
+from flowsync.api.pagination import (
+    EPOCH,
+    Position,
+    iso,
+    keyset_run_pages,
+    offset_pages,
+    pages_by_id,
+    parse_ts,
+)
 from flowsync.errors import ApiError
 from flowsync.store import sync_log, synced_tables
 from flowsync.store.tables import FLOW_RUNS
@@ -193,18 +201,13 @@ def _reconcile_unseen(ctx: PullContext, pass_id: int) -> None:
 
 def check_ids(ctx: PullContext, ids: Iterable[str]) -> set[str]:
     """Fetch these runs by id: upsert the ones that exist, mark the rest deleted."""
-    ids = list(ids)
     found: set[str] = set()
-    for chunk, page in zip(_chunks(ids, 200), ctx.client.iter_ids(ids)):
+    for chunk, page in pages_by_id(ctx.client, "flow_runs", ids, ctx.options.page_size):
         ctx.write_pages(FLOW_RUNS, [page])
         got = {str(o["id"]) for o in page.rows}
         found |= got
         ctx.mark_deleted("flow_runs", [i for i in chunk if i not in got])
     return found
-
-
-def _chunks(items: list[str], size: int) -> Iterable[list[str]]:
-    return (items[i : i + size] for i in range(0, len(items), size))
 
 
 def _null_start_runs(ctx: PullContext) -> None:
@@ -214,15 +217,10 @@ def _null_start_runs(ctx: PullContext) -> None:
     if total <= with_start:
         return
     ctx.progress.message(f"{total - with_start} runs have no expected start time; listing all runs to find them")
-    offset = 0
-    while True:
-        page = ctx.client.filter("flow_runs", {"sort": "ID_DESC", "limit": 200, "offset": offset})
-        nulls = [o for o in page if o.get("expected_start_time") is None]
+    for page in offset_pages(ctx.client, "flow_runs", {"sort": "ID_DESC"}, ctx.options.page_size):
+        nulls = [o for o in page.rows if o.get("expected_start_time") is None]
         if nulls:
             ctx.write_pages(FLOW_RUNS, [Page.from_rows(nulls)])
-        if len(page) < 200:
-            break
-        offset += len(page)
 
 
 # -- incremental ------------------------------------------------------------------
