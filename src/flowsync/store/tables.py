@@ -3,7 +3,8 @@
 Owns: which API fields become which typed columns, and turning a page of API
 objects into one columnar batch (nested objects serialised as JSON, unknown
 fields kept in ``extra`` so nothing the API returns is dropped). Pure: no I/O.
-The DDL itself lives in migrations; ``tests/test_store.py`` checks the two agree.
+The DDL itself lives in migrations; ``tests/test_store.py`` checks the two agree
+(same columns, same types).
 """
 
 from __future__ import annotations

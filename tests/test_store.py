@@ -1,0 +1,52 @@
+"""The column specs (``store/tables.py``) agree with the DDL the migrations create.
+
+A pull writes what the specs say; the tables are created by the migrations. A
+column added to one and not the other would fail on the first pull that meets
+it, so this compares them on a freshly migrated file: same columns, same types.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from flowsync.store import Store
+from flowsync.store.tables import SQL_TYPES, TABLES
+
+# Columns the store adds to every synced table; they do not come from the API.
+BOOKKEEPING = {"extra": "JSON", "synced_at": "TIMESTAMPTZ", "seen_pull": "BIGINT", "deleted_at": "TIMESTAMPTZ"}
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
+    path: Path = tmp_path_factory.mktemp("store") / "flowsync.duckdb"
+    with Store.open(path) as opened:
+        yield opened
+
+
+def _normalised(store: Store, sql_type: str) -> str:
+    """DuckDB's own name for a type (``TIMESTAMPTZ`` is ``TIMESTAMP WITH TIME ZONE``)."""
+    return str(store.execute(f"SELECT typeof(CAST(NULL AS {sql_type}))").scalar())
+
+
+@pytest.mark.parametrize("table", sorted(TABLES))
+def test_column_specs_match_the_ddl(store: Store, table: str) -> None:
+    ddl = dict(store.execute(
+        "SELECT column_name, data_type FROM information_schema.columns "
+        "WHERE table_name = ? AND table_schema = 'main' ORDER BY ordinal_position",
+        [table],
+    ).rows())
+    expected = {c.name: SQL_TYPES[c.kind] for c in TABLES[table].columns} | BOOKKEEPING
+    assert set(ddl) == set(expected), (
+        f"{table}: only in the DDL {sorted(set(ddl) - set(expected))}, "
+        f"only in the specs {sorted(set(expected) - set(ddl))}"
+    )
+    wrong = {c: (ddl[c], t) for c, t in expected.items() if ddl[c] != _normalised(store, t)}
+    assert not wrong, f"{table}: column types differ (DDL, spec): {wrong}"
+
+
+def test_every_spec_kind_has_a_type() -> None:
+    kinds = {c.kind for spec in TABLES.values() for c in spec.columns}
+    assert kinds <= set(SQL_TYPES)
