@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -50,3 +51,37 @@ def test_readme_opens_with_the_two_commands() -> None:
 def test_ci_runs_the_readme_test_command() -> None:
     ci = (Path(__file__).resolve().parent.parent / ".ci" / "run").read_text()
     assert "scripts/check" in ci
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _layout_block() -> str:
+    development = README.split("## Development", 1)[1]
+    return development.split("```text", 1)[1].split("```", 1)[0]
+
+
+def test_readme_layout_matches_the_tree() -> None:
+    """Every module under src/flowsync/ is in the README's layout, and every listed path exists."""
+    block = _layout_block()
+    package = ROOT / "src" / "flowsync"
+    modules = sorted(
+        str(p.relative_to(package))
+        for p in package.rglob("*.py")
+        if p.name not in ("__init__.py", "__main__.py") and p.parent.name != "cli"
+    )
+    listed = re.findall(r"^ {4}([\w/]+(?:\.py|/))\s", block, re.MULTILINE)
+    missing = [m for m in modules if m not in listed]
+    assert not missing, f"modules missing from README's layout: {missing}"
+    gone = [p for p in listed if not (package / p).exists()]
+    assert not gone, f"README's layout lists paths that do not exist: {gone}"
+
+
+def test_readme_names_every_sync_runs_mode() -> None:
+    """The modes sync_runs rows are written with (pull.py) are the ones the README describes."""
+    code = (ROOT / "src" / "flowsync" / "sync" / "pull.py").read_text()
+    modes = set(re.findall(r'\bmode(?:, reason)? = "(\w+)"', code)) | set(re.findall(r'\bmode="(\w+)"', code))
+    assert {"full", "incremental", "refresh"} <= modes
+    bullet = README.split("- `sync_runs` has one row per pull", 1)[1].split("\n- ", 1)[0]
+    undocumented = [m for m in sorted(modes) if f"`{m}`" not in bullet]
+    assert not undocumented, f"sync_runs modes the README does not describe: {undocumented}"
