@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
 
-from bench.seed import Seeded, run_real_flows, seed
+from bench.seed import run_real_flows, seed
 from bench.server import Server, prefect_server
+from tests.helpers import SeededServer
 
 SEED_RUNS = 400
 
@@ -35,26 +33,6 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("NO_COLOR", "1")
     monkeypatch.setenv("COLUMNS", "200")
     return home
-
-
-@dataclass
-class SeededServer:
-    server: Server
-    seeded: Seeded
-    real: dict[str, Any]
-
-    @property
-    def url(self) -> str:
-        return self.server.url
-
-    def api(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url + "/", timeout=60)
-
-    def count(self, body: dict[str, Any] | None = None, resource: str = "flow_runs") -> int:
-        with self.api() as c:
-            r = c.post(f"{resource}/count", json=body or {})
-            r.raise_for_status()
-            return int(r.json())
 
 
 @pytest.fixture(scope="session")

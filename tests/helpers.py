@@ -1,13 +1,18 @@
-"""Small helpers shared by tests: run the CLI in-process, read the DuckDB file."""
+"""Small helpers shared by tests: run the CLI in-process, read the DuckDB file, and the
+session server's type (``SeededServer``; the fixtures themselves live in conftest.py)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import duckdb
+import httpx
 from typer.testing import CliRunner
 
+from bench.seed import Seeded
+from bench.server import Server
 from flowsync.cli import app
 
 
@@ -26,3 +31,23 @@ def query(db: Path, sql: str, params: list[Any] | None = None) -> list[tuple[Any
 
 def scalar(db: Path, sql: str, params: list[Any] | None = None) -> Any:
     return query(db, sql, params)[0][0]
+
+
+@dataclass
+class SeededServer:
+    server: Server
+    seeded: Seeded
+    real: dict[str, Any]
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def api(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url + "/", timeout=60)
+
+    def count(self, body: dict[str, Any] | None = None, resource: str = "flow_runs") -> int:
+        with self.api() as c:
+            r = c.post(f"{resource}/count", json=body or {})
+            r.raise_for_status()
+            return int(r.json())

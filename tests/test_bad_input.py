@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 
 from bench.server import free_port
-from tests.conftest import SeededServer
-from tests.helpers import run_cli
+from tests.helpers import SeededServer, run_cli
 
 
 def one_clear_line(result: object, code: int, *needles: str) -> str:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import polars as pl
 import pytest
 
-from tests.conftest import SeededServer
-from tests.helpers import run_cli, scalar
+from tests.helpers import SeededServer, run_cli, scalar
 
 TABLES = ("flows", "deployments", "flow_runs")
 
@@ -37,10 +37,10 @@ def db(pulled: Path, tmp_path: Path) -> Path:
     return copy
 
 
-def export(db: Path, out: Path, *args: str) -> dict:
+def export(db: Path, out: Path, *args: str) -> dict[str, Any]:
     result = run_cli("export", "--format", "parquet", str(out), "--db", str(db), "--json", *args)
     assert result.exit_code == 0, result.output
-    return json.loads(result.stdout)
+    return dict(json.loads(result.stdout))
 
 
 def read_back(out: Path, table: str) -> pl.DataFrame:
@@ -72,7 +72,7 @@ def test_duckdb_reads_hive_partitions_and_days_match_expected_start(db: Path, tm
     total, misplaced = con.execute(
         f"SELECT count(*), count(*) FILTER (WHERE CAST(coalesce(expected_start_time, created) AS DATE) <> CAST(date AS DATE)) "
         f"FROM read_parquet('{glob}', hive_partitioning = true)"
-    ).fetchone()
+    ).fetchall()[0]
     assert total == scalar(db, "SELECT count(*) FROM flow_runs")
     assert misplaced == 0
     days = scalar(db, "SELECT count(DISTINCT CAST(coalesce(expected_start_time, created) AS DATE)) FROM flow_runs")
@@ -113,7 +113,7 @@ def test_since_rewrites_only_changed_partitions(db: Path, tmp_path: Path) -> Non
     run_id, day, created_day = con.execute(
         "SELECT id, CAST(expected_start_time AS DATE), CAST(created AS DATE) FROM flow_runs "
         "WHERE expected_start_time IS NOT NULL ORDER BY expected_start_time LIMIT 1"
-    ).fetchone()
+    ).fetchall()[0]
     con.execute(
         "UPDATE flow_runs SET synced_at = now(), state_name = 'Changed' WHERE id = ?", [run_id]
     )

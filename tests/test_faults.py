@@ -20,8 +20,7 @@ from flowsync.config import ApiSettings
 from flowsync.errors import ApiError, AuthError
 from flowsync.store import Store
 from flowsync.sync import pull
-from tests.conftest import SeededServer
-from tests.helpers import query, scalar
+from tests.helpers import SeededServer, query, scalar
 from tests.server_truth import assert_matches_server
 
 Fault = Callable[[httpx.Request, int], httpx.Response | None]

@@ -12,6 +12,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -22,7 +23,7 @@ from tests.helpers import query, run_cli, scalar
 from tests.server_truth import assert_matches_server, server_runs
 
 
-def pull(url: str, db: Path, *extra: str) -> dict[str, object]:
+def pull(url: str, db: Path, *extra: str) -> dict[str, Any]:
     result = run_cli("pull", "--api-url", url, "--db", str(db), "--json", *extra)
     assert result.exit_code == 0, result.output
     return dict(json.loads(result.stdout))

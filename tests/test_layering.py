@@ -1,4 +1,4 @@
-"""Only the store touches the DuckDB connection.
+"""Who may touch what: only the store touches the DuckDB connection; tests share helpers, not each other.
 
 The import contracts (pyproject.toml) keep ``import duckdb`` inside ``store/``;
 this keeps its connection there too: outside ``src/flowsync/store/`` no code
@@ -45,3 +45,14 @@ def test_the_notebook_connection_is_the_one_documented_exception() -> None:
         if re.search(r"return \w+\._con\b", path.read_text(encoding="utf-8"))
     ]
     assert handed_out == ["notebook.py"]
+
+
+def test_tests_import_helpers_not_each_other() -> None:
+    """Shared setup lives in fixtures (conftest.py) and helper modules, never in another test file."""
+    bad = re.compile(r"^\s*(from|import)\s+tests\.(conftest|test_\w+)\b", re.MULTILINE)
+    offenders = [
+        str(path.relative_to(ROOT))
+        for path in (ROOT / "tests").glob("*.py")
+        if bad.search(path.read_text(encoding="utf-8"))
+    ]
+    assert not offenders, f"tests importing conftest or another test: {offenders}"

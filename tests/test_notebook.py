@@ -8,8 +8,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from tests.conftest import SeededServer
-from tests.helpers import run_cli
+from tests.helpers import SeededServer, run_cli
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "start_here.ipynb"
 

@@ -17,8 +17,7 @@ from pathlib import Path
 import pytest
 
 from flowsync import __version__
-from tests.conftest import SeededServer
-from tests.helpers import query
+from tests.helpers import SeededServer, query
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow

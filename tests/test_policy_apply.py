@@ -21,7 +21,7 @@ from flowsync.policy.plan import Plan
 from flowsync.store import Store
 from flowsync.sync import NullProgress
 from tests.helpers import query, run_cli, scalar
-from tests.test_policy_plan import make_db, rid, run
+from tests.policy_db import make_db, rid, run
 
 Handler = Callable[[httpx.Request], httpx.Response]
 

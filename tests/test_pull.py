@@ -8,8 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import SeededServer
-from tests.helpers import query, run_cli, scalar
+from tests.helpers import SeededServer, query, run_cli, scalar
 
 STATE_TYPES = ["COMPLETED", "FAILED", "CRASHED", "CANCELLED", "SCHEDULED", "RUNNING", "PENDING", "PAUSED", "CANCELLING"]
 

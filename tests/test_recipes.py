@@ -22,8 +22,7 @@ from nbclient import NotebookClient
 
 import flowsync
 from flowsync.errors import StoreError
-from tests.conftest import SeededServer
-from tests.helpers import query, run_cli, scalar
+from tests.helpers import SeededServer, query, run_cli, scalar
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 

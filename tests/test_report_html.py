@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SeededServer
-from tests.helpers import run_cli
+from tests.helpers import SeededServer, run_cli
 
 CHART_IDS = ("chart-failure-rate", "chart-top-failing", "chart-durations")
 

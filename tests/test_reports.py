@@ -16,8 +16,7 @@ from bench.server import Server
 from flowsync import reports
 from flowsync.errors import ConfigError
 from flowsync.store import Store
-from tests.conftest import SeededServer
-from tests.helpers import run_cli, scalar
+from tests.helpers import SeededServer, run_cli, scalar
 
 FAILED = ["FAILED", "CRASHED"]
 FINISHED = ["COMPLETED", "FAILED", "CRASHED"]

@@ -23,8 +23,7 @@ import pytest
 
 from bench.seed import seed
 from bench.server import Server
-from tests.conftest import SeededServer
-from tests.helpers import scalar
+from tests.helpers import SeededServer, scalar
 
 DEPLOY = Path(__file__).resolve().parent.parent / "docs" / "deploy"
 FLOWSYNC = Path(sys.executable).with_name("flowsync")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import sys
 from pathlib import Path
 
 import polars as pl
@@ -12,8 +13,7 @@ import pytest
 
 from flowsync.cli import analysis_cmds
 from flowsync.errors import ConfigError
-from tests.conftest import SeededServer
-from tests.helpers import run_cli, scalar
+from tests.helpers import SeededServer, run_cli, scalar
 
 Q = "SELECT state_type, count(*) AS n FROM flow_runs GROUP BY 1 ORDER BY 1"
 
@@ -68,7 +68,7 @@ def test_parquet_to_stdout_when_piped_and_to_output(pulled: Path, tmp_path: Path
 
 
 def test_parquet_refuses_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(analysis_cmds.sys.stdout, "isatty", lambda: True)
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
     with pytest.raises(ConfigError, match="Parquet is binary"):
         analysis_cmds._choose_format("parquet", None)
     assert analysis_cmds._choose_format(None, None) == "table"

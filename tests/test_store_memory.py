@@ -9,8 +9,7 @@ import pytest
 from flowsync.errors import StoreError
 from flowsync.store import Store
 from flowsync.store.connect import INDEX_BYTES_PER_ROW, WRITE_MEMORY_BASE
-from tests.conftest import SeededServer
-from tests.helpers import run_cli, scalar
+from tests.helpers import SeededServer, run_cli, scalar
 from tests.server_truth import assert_matches_server
 
 

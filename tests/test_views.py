@@ -13,8 +13,7 @@ from bench.seed import set_states
 from bench.server import Server
 from flowsync import reports, views
 from flowsync.store import Store
-from tests.conftest import SeededServer
-from tests.helpers import query, run_cli, scalar
+from tests.helpers import SeededServer, query, run_cli, scalar
 
 
 @pytest.fixture(scope="module")
