@@ -221,10 +221,8 @@ class Store:
     def transaction(self) -> Iterator[None]:
         self._con.execute("BEGIN TRANSACTION")
         try:
-            yield
-        except duckdb.OutOfMemoryException as e:
-            self._con.execute("ROLLBACK")
-            raise self._out_of_memory() from e
+            with self.memory_guard():
+                yield
         except BaseException:
             self._con.execute("ROLLBACK")
             raise
@@ -235,9 +233,8 @@ class Store:
     def _errors(self, sql: str) -> Iterator[None]:
         """DuckDB's exceptions as typed store errors (the only place that reads their text)."""
         try:
-            yield
-        except duckdb.OutOfMemoryException as e:
-            raise self._out_of_memory() from e
+            with self.memory_guard():
+                yield
         except duckdb.Error as e:
             detail = _first_line(e)
             kind = type(e).__name__
