@@ -85,3 +85,21 @@ def test_readme_names_every_sync_runs_mode() -> None:
     bullet = README.split("- `sync_runs` has one row per pull", 1)[1].split("\n- ", 1)[0]
     undocumented = [m for m in sorted(modes) if f"`{m}`" not in bullet]
     assert not undocumented, f"sync_runs modes the README does not describe: {undocumented}"
+
+
+def test_readme_pull_synopsis_lists_every_pull_option() -> None:
+    pull = dict(all_commands())["pull"]
+    synopsis = README.split("### `flowsync pull`", 1)[1].split("```", 2)[1]
+    options = [o for p in pull.params for o in p.opts if o.startswith("--") and o != "--help"]
+    missing = [o for o in options if o not in synopsis]
+    assert not missing, f"pull options missing from README's synopsis: {missing}"
+
+
+def test_readme_exit_code_table_covers_every_error() -> None:
+    from flowsync import errors
+
+    table = README.split("### Exit codes", 1)[1].split("\n\n", 2)[1]
+    codes = {int(c) for c in re.findall(r"^\| (\d+) \|", table, re.MULTILINE)}
+    classes = [c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, errors.FlowsyncError)]
+    used = {c.exit_code for c in classes} | {errors.PARTIAL_FAILURE_EXIT, errors.INTERRUPTED_EXIT}
+    assert used <= codes, f"exit codes missing from README's table: {sorted(used - codes)}"
