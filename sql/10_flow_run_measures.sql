@@ -10,6 +10,9 @@
 --   lateness_s  start_time - expected_start_time in seconds
 --   is_finished COMPLETED, FAILED or CRASHED;  is_failure  FAILED or CRASHED
 --   is_cancelled CANCELLED (reported separately, never a failure)
+--   error_text  for a failed run: its state message normalised by
+--               error_signature_text (ids, numbers, paths... masked);
+--               error_signature its short hash (signature_of)
 -- Live figures filter on NOT is_deleted; history keeps deleted runs.
 CREATE OR REPLACE VIEW flow_run_measures AS
 SELECT
@@ -45,5 +48,7 @@ SELECT
     coalesce(r.state_type = 'CANCELLED', false) AS is_cancelled,
     coalesce(r.run_count, 0) > 1 AS is_retried,
     r.deleted_at IS NOT NULL AS is_deleted,
-    r.deleted_at
+    r.deleted_at,
+    CASE WHEN r.state_type IN ('FAILED', 'CRASHED') THEN error_signature_text(r.state_message) END AS error_text,
+    signature_of(error_text) AS error_signature
 FROM flow_runs AS r;

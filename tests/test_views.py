@@ -24,18 +24,23 @@ def pulled(prefect: SeededServer, tmp_path_factory: pytest.TempPathFactory) -> P
     return db
 
 
-def test_every_sql_file_is_one_view_with_a_header() -> None:
+def test_every_sql_file_is_one_view_or_macro_with_a_header() -> None:
     for path in views.view_files():
         text = path.read_text()
         assert text.startswith("-- "), f"{path.name} needs a header comment saying what a row is"
         assert "one row per" in text.split("CREATE", 1)[0], path.name
-        assert text.count("CREATE OR REPLACE VIEW") == 1, path.name
         name = path.stem.split("_", 1)[1]
-        assert f"CREATE OR REPLACE VIEW {name} AS" in text, path.name
+        if "CREATE OR REPLACE VIEW" in text:
+            assert text.count("CREATE OR REPLACE VIEW") == 1, path.name
+            assert "CREATE OR REPLACE MACRO" not in text, path.name
+            assert f"CREATE OR REPLACE VIEW {name} AS" in text, path.name
+        else:
+            assert f"CREATE OR REPLACE MACRO {name}(" in text, path.name
 
 
 def test_pull_builds_every_view(pulled: Path) -> None:
     names = {r[0] for r in query(pulled, "SELECT view_name FROM duckdb_views() WHERE NOT internal")}
+    names |= {r[0] for r in query(pulled, "SELECT function_name FROM duckdb_functions() WHERE function_type IN ('macro', 'table_macro')")}
     assert {p.stem.split("_", 1)[1] for p in views.view_files()} <= names
     assert scalar(pulled, "SELECT count(*) FROM flow_runs_enriched") == scalar(pulled, "SELECT count(*) FROM flow_runs")
 
