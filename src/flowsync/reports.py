@@ -181,6 +181,10 @@ def failures(store: Store, by: str = "deployment", window: Window | None = None,
     The figures are the ``failure_rates`` macro of ``sql/13_failure_rates.sql``."""
     window = window or parse_since(None)
     _check_by(by, tuple(GROUPS))
+    return _failures(store, by, window, include_deleted)
+
+
+def _failures(store: Store, by: str, window: Window, include_deleted: bool) -> pl.DataFrame:
     sql = _grouped("failure_rates", by, "$since, $until, $prev_start, $include_deleted",
                    "failed DESC, failure_rate DESC NULLS LAST, runs DESC")
     frame = run_sql(store, sql, _params(window, include_deleted))
