@@ -9,7 +9,8 @@
 --   cancelled    CANCELLED, counted apart and never a failure
 -- and the same for the previous window [prev_start, since) (prev_runs,
 -- prev_failed, prev_failure_rate, prev_cancelled), with failure_rate_change =
--- failure_rate - prev_failure_rate (rate points). Pass prev_start = since for
+-- failure_rate - prev_failure_rate (rate points), runs_change = runs -
+-- prev_runs and failed_change = failed - prev_failed. Pass prev_start = since for
 -- no previous window. Groups with no finished or cancelled run in either
 -- window are left out.
 CREATE OR REPLACE MACRO failure_rates(per, since, until, prev_start, include_deleted) AS TABLE
@@ -24,7 +25,9 @@ WITH a AS (
         count(*) FILTER (WHERE is_failure AND run_at < since) AS prev_failed,
         prev_failed / nullif(prev_runs, 0) AS prev_failure_rate,
         count(*) FILTER (WHERE is_cancelled AND run_at < since) AS prev_cancelled,
-        failure_rate - prev_failure_rate AS failure_rate_change
+        failure_rate - prev_failure_rate AS failure_rate_change,
+        runs - prev_runs AS runs_change,
+        failed - prev_failed AS failed_change
     FROM grouped_runs(per, least(prev_start, since), until, include_deleted)
     GROUP BY g_day, g_flow_id, g_deployment_id, g_work_pool_name, g_tag
     HAVING runs + cancelled + prev_runs + prev_cancelled > 0

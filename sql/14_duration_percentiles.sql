@@ -6,8 +6,8 @@
 -- are continuous (linear interpolation, as quantile_cont):
 --   runs, p50_s, p90_s, p95_s, p99_s, max_s, mean_s
 -- and for the previous window [prev_start, since): prev_runs, prev_p50_s,
--- prev_p95_s, with p95_change_s = p95_s - prev_p95_s (the trend). Pass
--- prev_start = since for no previous window.
+-- prev_p95_s, with p50_change_s and p95_change_s = this - previous (the
+-- trend). Pass prev_start = since for no previous window.
 CREATE OR REPLACE MACRO duration_percentiles(per, since, until, prev_start, include_deleted) AS TABLE
 WITH a AS (
     SELECT
@@ -21,6 +21,7 @@ WITH a AS (
         count(*) FILTER (WHERE run_at < since) AS prev_runs,
         quantile_cont(duration_s, [0.50, 0.95]) FILTER (WHERE run_at < since) AS prev_q,
         prev_q[1] AS prev_p50_s, prev_q[2] AS prev_p95_s,
+        p50_s - prev_p50_s AS p50_change_s,
         p95_s - prev_p95_s AS p95_change_s
     FROM grouped_runs(per, least(prev_start, since), until, include_deleted)
     WHERE is_finished AND duration_s IS NOT NULL

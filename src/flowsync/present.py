@@ -21,8 +21,8 @@ NONE = "–"
 RATE_COLUMNS = {"failure_rate", "prev_failure_rate", "share"}
 # Changes in rate points, in counts, in seconds.
 RATE_CHANGE_COLUMNS = {"failure_rate_change"}
-COUNT_CHANGE_COLUMNS = {"runs_change"}
-DURATION_CHANGE_COLUMNS = {"p95_change_s"}
+COUNT_CHANGE_COLUMNS = {"runs_change", "failed_change"}
+DURATION_CHANGE_COLUMNS = {"p50_change_s", "p95_change_s"}
 TIME_COLUMNS = {"first_seen", "last_seen", "failing_since"}
 LABELS = {
     "flow_name": "flow",

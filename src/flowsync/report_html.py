@@ -27,6 +27,7 @@ HEAT_ROWS = 12
 
 CSS = """
 *{box-sizing:border-box}
+html,body{overflow-x:hidden}
 body{font:15px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#111827;background:#f3f4f6}
 main{max-width:1180px;margin:0 auto;padding:16px}
 h1{font-size:22px;margin:4px 0} h2{font-size:17px;margin:0 0 10px} .muted{color:#6b7280;font-size:13px}
@@ -37,7 +38,7 @@ section{background:#fff;border:1px solid #e5e7eb;border-radius:10px;padding:14px
 .card span{font-size:12px;color:#6b7280} .bad{color:#b91c1c} .good{color:#15803d}
 .grid2{display:grid;grid-template-columns:1fr;gap:0 14px} @media(min-width:1000px){.grid2{grid-template-columns:1fr 1fr}}
 .scroll{overflow-x:auto;-webkit-overflow-scrolling:touch}
-svg.chart{display:block;width:100%;min-width:520px;height:auto}
+svg.chart{display:block;width:100%;min-width:340px;height:auto}
 svg text{font-size:11px;fill:#4b5563} .axis{stroke:#d1d5db} .grid{stroke:#f3f4f6}
 table{border-collapse:collapse;width:100%;font-size:13px}
 th,td{border-bottom:1px solid #f3f4f6;padding:5px 6px;text-align:left;vertical-align:top}
@@ -120,7 +121,7 @@ def daily_chart(daily: pl.DataFrame) -> str:
     daily = daily.filter(pl.col("runs") + pl.col("cancelled") > 0).sort("run_day")
     if daily.is_empty():
         return _empty("No finished runs in this window.")
-    w, hgt, left, right, top, bottom = 760, 250, 48, 48, 14, 34
+    w, hgt, left, right, top, bottom = 960, 260, 48, 44, 14, 34
     plot_w, plot_h = w - left - right, hgt - top - bottom
     n = daily.height
     step = plot_w / n
@@ -233,11 +234,11 @@ def signatures_table(frame: pl.DataFrame, limit: int = 10) -> str:
     return f'<div class="scroll"><table id="signatures"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>{more}'
 
 
-def unresolved_table(frame: pl.DataFrame, now: datetime) -> str:
+def unresolved_table(frame: pl.DataFrame, now: datetime, limit: int = 15) -> str:
     if frame.is_empty():
         return _empty("Every deployment's latest finished run succeeded.")
     rows = []
-    for r in frame.iter_rows(named=True):
+    for r in frame.head(limit).iter_rows(named=True):
         age = present.duration((now - r["failing_since"]).total_seconds()) if r["failing_since"] else present.NONE
         rows.append(
             f'<tr>{_td(present.group_name(r), "name")}<td class="num">{_e(present.when(r["failing_since"]))}<br>'
@@ -246,7 +247,9 @@ def unresolved_table(frame: pl.DataFrame, now: datetime) -> str:
             f'<td class="text"><code>{_e(r["latest_signature"])}</code> {_e(r["latest_error_text"])}</td></tr>'
         )
     head = _th("flow/deployment") + _th("failing since", True) + _th("failures", True) + _th("last success", True) + _th("latest error")
-    return f'<div class="scroll"><table id="unresolved"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
+    more = (f'<p class="muted">{frame.height - limit} more: <code>flowsync report unresolved</code>.</p>'
+            if frame.height > limit else "")
+    return f'<div class="scroll"><table id="unresolved"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>{more}'
 
 
 def slowest_table(frame: pl.DataFrame, limit: int = 10) -> str:

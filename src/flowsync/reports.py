@@ -191,8 +191,9 @@ def _failures(store: Store, by: str, window: Window, include_deleted: bool) -> p
     return _no_previous(frame, window, PREVIOUS_FAILURE_COLUMNS)
 
 
-PREVIOUS_FAILURE_COLUMNS = ("prev_runs", "prev_failed", "prev_failure_rate", "prev_cancelled", "failure_rate_change")
-_TREND_COLUMNS = ("prev_runs", "prev_p50_s", "prev_p95_s", "p95_change_s")
+PREVIOUS_FAILURE_COLUMNS = ("prev_runs", "prev_failed", "prev_failure_rate", "prev_cancelled", "failure_rate_change",
+                            "runs_change", "failed_change")
+_TREND_COLUMNS = ("prev_runs", "prev_p50_s", "prev_p95_s", "p50_change_s", "p95_change_s")
 
 
 def durations(

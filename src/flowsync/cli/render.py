@@ -82,11 +82,11 @@ def readable_table(frame: pl.DataFrame, report: str, *, ids: bool, width: int, t
 
 # The health headline: (label, column, previous column, change column, how to read it).
 HEADLINE = [
-    ("finished runs", "runs", "prev_runs", None, "count"),
-    ("failed runs", "failed", "prev_failed", None, "count"),
+    ("finished runs", "runs", "prev_runs", "runs_change", "count"),
+    ("failed runs", "failed", "prev_failed", "failed_change", "count"),
     ("failure rate", "failure_rate", "prev_failure_rate", "failure_rate_change", "rate"),
     ("cancelled", "cancelled", "prev_cancelled", None, "count"),
-    ("p50 duration", "p50_s", "prev_p50_s", None, "duration"),
+    ("p50 duration", "p50_s", "prev_p50_s", "p50_change_s", "duration"),
     ("p95 duration", "p95_s", "prev_p95_s", "p95_change_s", "duration"),
     ("late starts", "late_runs", None, None, "count"),
     ("p95 lateness", "p95_lateness_s", None, None, "duration"),
@@ -103,11 +103,6 @@ def headline_table(row: dict[str, Any], title: str | None) -> Table:
     read = {"count": present.count, "rate": present.percent, "duration": present.duration}
     for name, col, prev, change, kind in HEADLINE:
         now_v, prev_v = row.get(col), row.get(prev) if prev else None
-        if change:
-            delta = present.value(change, row.get(change))
-        elif prev and now_v is not None and prev_v is not None:
-            delta = present.count_change(int(now_v) - int(prev_v))
-        else:
-            delta = present.NONE
+        delta = present.value(change, row.get(change)) if change else present.NONE
         table.add_row(name, read[kind](now_v), read[kind](prev_v) if prev else present.NONE, delta)
     return table
