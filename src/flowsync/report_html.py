@@ -36,7 +36,6 @@ section{background:#fff;border:1px solid #e5e7eb;border-radius:10px;padding:14px
 .card{background:#fff;border:1px solid #e5e7eb;border-radius:10px;padding:10px 12px}
 .card b{display:block;font-size:24px;font-variant-numeric:tabular-nums;margin:2px 0}
 .card span{font-size:12px;color:#6b7280} .bad{color:#b91c1c} .good{color:#15803d}
-.grid2{display:grid;grid-template-columns:1fr;gap:0 14px} @media(min-width:1000px){.grid2{grid-template-columns:1fr 1fr}}
 .scroll{overflow-x:auto;-webkit-overflow-scrolling:touch}
 svg.chart{display:block;width:100%;min-width:340px;height:auto}
 svg text{font-size:11px;fill:#4b5563} .axis{stroke:#d1d5db} .grid{stroke:#f3f4f6}
@@ -48,7 +47,7 @@ td.name{white-space:nowrap;font-weight:500} td.text{min-width:220px;word-break:b
 code{font:12px ui-monospace,SFMono-Regular,Menlo,monospace;background:#f3f4f6;border-radius:4px;padding:1px 4px}
 details summary{cursor:pointer;color:#2563eb;font-size:12px} details pre{white-space:pre-wrap;word-break:break-word;font-size:12px;background:#f9fafb;padding:6px;border-radius:6px;margin:4px 0}
 .bar{display:inline-block;height:8px;border-radius:4px;background:#fca5a5;vertical-align:middle;margin-right:6px}
-table.heat td{padding:0;border:1px solid #fff;min-width:16px;height:20px} table.heat td.name{padding:0 8px 0 0;position:sticky;left:0;background:#fff}
+table.heat{width:auto} table.heat td{padding:0;border:1px solid #fff;min-width:22px;width:22px;height:22px} table.heat td.name{padding:0 8px 0 0;position:sticky;left:0;background:#fff}
 table.heat th{font-weight:400;font-size:10px;color:#6b7280;background:#fff;padding:2px 0}
 .legend{font-size:12px;color:#4b5563;margin-top:6px} .legend i{display:inline-block;width:10px;height:10px;border-radius:2px;margin:0 4px 0 10px}
 .empty{color:#6b7280;font-style:italic}
@@ -125,7 +124,7 @@ def daily_chart(daily: pl.DataFrame) -> str:
     plot_w, plot_h = w - left - right, hgt - top - bottom
     n = daily.height
     step = plot_w / n
-    bar_w = max(min(step * 0.7, 28), 1.5)
+    bar_w = max(min(step * 0.72, 64), 1.5)
     peak = max(int(daily["runs"].max() or 0), 1)  # type: ignore[arg-type]
     body = []
     for frac in (0, 0.5, 1):
@@ -185,7 +184,7 @@ def heatmap(cells: pl.DataFrame, days: list[date]) -> str:
     shown = failing.head(HEAT_ROWS)
     peak = int(cells["failed"].max() or 1)  # type: ignore[arg-type]
     lookup = {(r["deployment_id"], r["flow_name"], r["run_day"]): r for r in cells.iter_rows(named=True)}
-    head = "".join(f"<th>{d:%d}</th>" if d.day != 1 and i else f"<th>{d:%b %d}</th>" for i, d in enumerate(days))
+    head = "".join(f'<th title="{d}">{d.day}</th>' for d in days)
     rows = []
     for dep in shown.iter_rows(named=True):
         name = present.group_name(dep)
@@ -313,6 +312,10 @@ def _days(window: reports.Window, daily: pl.DataFrame) -> list[date]:
     return [date.fromordinal(o) for o in range(max(first.toordinal(), last.toordinal() - 92), last.toordinal() + 1)]
 
 
+def _day_span(days: list[date]) -> str:
+    return f"Days {days[0]:%b %d} to {days[-1]:%b %d}." if days else ""
+
+
 def render_health(h: health.Health, extra: str = "") -> str:
     window = h.window
     generated = datetime.now(timezone.utc)
@@ -325,15 +328,16 @@ def render_health(h: health.Health, extra: str = "") -> str:
         _headline(h.headline, has_previous),
         _section("Runs and failure rate per day", daily_chart(h.daily), "UTC days, by expected start.", "daily"),
         _section("Failures by deployment and day", heatmap(h.heatmap, _days(window, h.daily)),
-                 "Failed runs (FAILED or CRASHED); darker is more. Hover a cell for its numbers.", "heatmap"),
+                 _e(_day_span(_days(window, h.daily))) + " Failed runs (FAILED or CRASHED) per UTC day; darker is more. "
+                 "Hover a cell for its numbers.", "heatmap"),
         _section("Top error signatures", signatures_table(h.signatures),
                  "Failed runs grouped by their message with ids, numbers, paths, times and quoted values masked.", "errors"),
         _section("Unresolved failures", unresolved_table(h.unresolved, generated),
                  "Deployments whose latest finished run failed (all history, not only this window).", "unresolved-section"),
-        '<div class="grid2">'
-        + _section("Slowest deployments", slowest_table(h.durations), "Wall-clock duration of finished runs; trend = p95 change.", "slow")
-        + _section("Lateness", lateness_table(h.lateness), "Start time minus expected start.", "late")
-        + "</div>",
+        _section("Slowest deployments", slowest_table(h.durations),
+                 "Wall-clock duration of finished runs, slowest p95 first; the trend is the p95 change against the previous window.",
+                 "slow"),
+        _section("Lateness", lateness_table(h.lateness), "Start time minus expected start, most late first.", "late"),
         extra,
     ]
     return f"""<!doctype html>
