@@ -244,7 +244,8 @@ def markdown(rows: list[tuple[str, float, float, int]], runs: int, gen_s: float,
         f"- Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
         f"- Data: synthetic, {runs:,} flow runs, {DEPLOYMENTS} deployments, {FLOWS} flows over {DAYS} days "
         f"(generated with DuckDB SQL into the flowsync schema in {gen_s:.0f}s; file {size / 1e9:.2f} GB)",
-        f"- Machine: `nproc` = {sh('nproc')}; Python {platform.python_version()}; DuckDB {duckdb.__version__}",
+        f"- Machine: `nproc` = {sh('nproc')}; Python {platform.python_version()}; DuckDB {duckdb.__version__}; "
+        f"load average at the end (1, 5, 15 min): {' '.join(sh('cat /proc/loadavg').split()[:3])}",
         "- **Shared machine**: other engineers were running builds and tests on the same 2 cores at the same time, "
         "so absolute times are noisy; both columns of a row were measured back to back in the same process.",
         f"- Method: one warm-up, then the median of {repeat} runs each. *Bare* = the aggregate on `flow_runs` "
