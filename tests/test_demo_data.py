@@ -67,3 +67,22 @@ def test_failures_have_several_signatures_and_one_deployment_is_broken(demo_db: 
     assert row["failures_since_success"] >= 8
     assert "401 Unauthorized" in row["latest_message"]
     assert {d.flow for d in DEPLOYMENTS} == set(scalar(demo_db, "SELECT list(DISTINCT name) FROM flows"))
+
+
+def test_duration_trend_is_the_previous_window(demo_db: Path) -> None:
+    now = datetime.now(timezone.utc)
+    window = reports.Window(now - timedelta(days=2), now)  # a daily run finished in each window
+    previous = reports.Window(window.previous_start, window.start)
+    with Store.open(demo_db, read_only=True) as store:
+        trend = reports.durations(store, "deployment", window, trend=True)
+        before = reports.durations(store, "deployment", previous)
+    prev = {r["deployment_id"]: r for r in before.iter_rows(named=True)}
+    checked = 0
+    for row in trend.iter_rows(named=True):
+        if row["deployment_id"] in prev:
+            p = prev[row["deployment_id"]]
+            assert row["prev_runs"] == p["runs"]
+            assert row["prev_p95_s"] == pytest.approx(p["p95_s"]) and row["prev_p50_s"] == pytest.approx(p["p50_s"])
+            assert row["p95_change_s"] == pytest.approx(row["p95_s"] - p["p95_s"])
+            checked += 1
+    assert checked == len(DEPLOYMENTS)  # every demo deployment ran in both days

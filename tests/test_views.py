@@ -101,6 +101,10 @@ def test_streaks_and_recoveries_on_a_known_sequence(fresh_server: Server, tmp_pa
     assert episodes == [(t0, 2, 7200.0), (t0 + timedelta(hours=4), 1, 3600.0), (t0 + timedelta(hours=6), 2, None)]
     assert query(db, "SELECT episodes, recovered, mttr_s FROM mttr_by_deployment") == [(3, 2, 5400.0)]
     assert query(db, "SELECT finished_runs, failing_streak, last_state_type FROM deployment_streaks") == [(7, 2, "FAILED")]
+    # the on-call backlog: failing since the run at +6h, two failures, last success at +5h
+    assert query(db, "SELECT failing_since, failures_since_success, last_success_at, latest_failure_at, latest_failure_run_id "
+                     "FROM unresolved_failures") == [(t0 + timedelta(hours=6), 2, t0 + timedelta(hours=5), t0 + timedelta(hours=7),
+                                                      uuid.UUID(ids[7]))]
     with Store.open(db, read_only=True) as store:
         two = reports.flaky(store, reports.parse_since("all"), last=2).row(0, named=True)
         three = reports.flaky(store, reports.parse_since("all"), last=3).row(0, named=True)

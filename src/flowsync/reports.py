@@ -1,7 +1,9 @@
 """Reports: pure functions from the DuckDB file to Polars frames.
 
-Owns: the report queries (over the views in ``sql/``), the time windows they
-cover (``--since``), and the one definition of failure every figure uses:
+Owns: choosing which view or table macro of ``sql/`` answers each report,
+with which window (``--since``) and grouping (``--by``). Every figure is
+defined once, in those SQL files; nothing here computes one. The definition of
+failure they all use:
 
     failed       = FAILED or CRASHED
     finished     = COMPLETED, FAILED or CRASHED   (the ``runs`` column)
@@ -11,8 +13,9 @@ cover (``--since``), and the one definition of failure every figure uses:
 Live figures leave out runs deleted on the server; ``include_deleted=True``
 gives history (every run the file has seen). A notebook imports these
 functions as they are; the CLI only renders what they return. Must not:
-print, import duckdb/typer/rich, or write to the file. Values go into SQL as
-parameters; only identifiers from the fixed tables below are formatted in.
+print, import duckdb/typer/rich, write to the file, or aggregate in SQL or
+Polars. Values go into SQL as parameters; only names from the fixed tables
+below (macros, groupings, columns) are formatted in.
 """
 
 from __future__ import annotations
