@@ -10,6 +10,11 @@
 --   lateness_s  start_time - expected_start_time in seconds
 --   is_finished COMPLETED, FAILED or CRASHED;  is_failure  FAILED or CRASHED
 --   is_cancelled CANCELLED (reported separately, never a failure)
+--   error_text  for a failed run: its state message normalised by
+--               error_signature_text (ids, numbers, paths... masked);
+--               error_signature its short hash (signature_of). For ad-hoc
+--               SQL on a few runs: normalising costs ~20 us a run, so the
+--               reports normalise distinct messages after filtering instead
 -- Live figures filter on NOT is_deleted; history keeps deleted runs.
 CREATE OR REPLACE VIEW flow_run_measures AS
 SELECT
@@ -45,5 +50,8 @@ SELECT
     coalesce(r.state_type = 'CANCELLED', false) AS is_cancelled,
     coalesce(r.run_count, 0) > 1 AS is_retried,
     r.deleted_at IS NOT NULL AS is_deleted,
-    r.deleted_at
+    r.deleted_at,
+    CASE WHEN r.state_type IN ('FAILED', 'CRASHED') THEN error_signature_text(r.state_message) END AS error_text,
+    CASE WHEN r.state_type IN ('FAILED', 'CRASHED') THEN signature_of(error_signature_text(r.state_message)) END
+        AS error_signature
 FROM flow_runs AS r;

@@ -2,14 +2,8 @@
 -- Live runs only. runs = finished runs (COMPLETED, FAILED or CRASHED);
 -- failed = FAILED or CRASHED; failure_rate = failed / runs (NULL when no run
 -- finished); cancelled = CANCELLED runs, counted apart and never a failure.
+-- All history of live runs; one definition: the macro it selects from.
 CREATE OR REPLACE VIEW failure_rates_by_tag AS
-SELECT
-    tag,
-    count(*) FILTER (WHERE is_finished) AS runs,
-    count(*) FILTER (WHERE is_failure) AS failed,
-    count(*) FILTER (WHERE is_failure) / nullif(count(*) FILTER (WHERE is_finished), 0) AS failure_rate,
-    count(*) FILTER (WHERE is_cancelled) AS cancelled
-FROM (SELECT unnest(list_distinct(tags)) AS tag, * EXCLUDE (tags) FROM flow_runs_enriched)
-WHERE NOT is_deleted
-GROUP BY ALL
+SELECT tag, runs, failed, failure_rate, cancelled
+FROM failure_rates('tag', '-infinity'::TIMESTAMPTZ, 'infinity'::TIMESTAMPTZ, '-infinity'::TIMESTAMPTZ, false)
 ORDER BY ALL;

@@ -3,18 +3,7 @@
 -- expected_start_time of runs that started; late_runs = started more than 60 s
 -- after they were expected; waiting_now = SCHEDULED or PENDING runs whose
 -- expected start is already in the past (not started yet).
+-- All history of live runs; one definition: the macro it selects from.
 CREATE OR REPLACE VIEW lateness_by_deployment AS
-SELECT
-    deployment_id,
-    flow_name,
-    deployment_name,
-    count(lateness_s) AS started,
-    count(*) FILTER (WHERE lateness_s > 60) AS late_runs,
-    quantile_cont(lateness_s, 0.50) AS p50_lateness_s,
-    quantile_cont(lateness_s, 0.95) AS p95_lateness_s,
-    max(lateness_s) AS max_lateness_s,
-    count(*) FILTER (WHERE state_type IN ('SCHEDULED', 'PENDING') AND start_time IS NULL
-                     AND expected_start_time < now()) AS waiting_now
-FROM flow_runs_enriched
-WHERE NOT is_deleted
-GROUP BY ALL;
+SELECT deployment_id, flow_name, deployment_name, started, late_runs, p50_lateness_s, p95_lateness_s, max_lateness_s, waiting_now
+FROM lateness('deployment', '-infinity'::TIMESTAMPTZ, now(), 60, false);

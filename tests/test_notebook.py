@@ -34,5 +34,5 @@ def test_notebook_runs(prefect: SeededServer, tmp_path: Path, monkeypatch: pytes
     assert f"opened {db}" in text
     assert "flow_runs_enriched" in text
     assert "failure_rate" in text
-    assert "image/svg+xml" in text and "chart-failure-rate" in text
+    assert "image/svg+xml" in text and "Runs and failure rate per day" in text
     assert "%" in text  # the text bars

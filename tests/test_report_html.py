@@ -11,7 +11,7 @@ import pytest
 
 from tests.helpers import SeededServer, run_cli
 
-CHART_IDS = ("chart-failure-rate", "chart-top-failing", "chart-durations")
+CHART_IDS = ("chart-daily", "chart-heatmap", "slowest")
 
 
 def chromium() -> str:
@@ -67,6 +67,8 @@ def test_page_renders_in_chromium_without_errors(page: Path, tmp_path: Path) -> 
     for chart in CHART_IDS:
         assert f'id="{chart}"' in dom
     assert "<polyline" in dom and "<rect" in dom and 'id="report-table"' in dom
+    for section in ('id="headline"', 'id="signatures"', 'id="unresolved', 'id="lateness"'):
+        assert section in dom
     console = [line for line in proc.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
     assert console == [], console
 
@@ -85,6 +87,19 @@ def test_every_report_writes_a_page(page: Path, tmp_path: Path) -> None:
         result = run_cli("report", report, "--html", str(out), "--db", str(db))
         assert result.exit_code == 0, result.output
         assert 'id="report-table"' in out.read_text()
+
+
+def test_health_page_and_history_wording(page: Path, tmp_path: Path) -> None:
+    db = page.parent / "runs.duckdb"
+    live, history = tmp_path / "live.html", tmp_path / "history.html"
+    assert run_cli("report", "health", "--since", "60d", "--html", str(live), "--db", str(db)).exit_code == 0
+    assert run_cli("report", "health", "--since", "60d", "--include-deleted", "--html", str(history), "--db", str(db)).exit_code == 0
+    assert "Live runs only" in live.read_text() and "Live runs only" not in history.read_text()
+    assert "Including runs deleted on the server" in history.read_text()
+    text = live.read_text()
+    assert "this flow always fails" in text  # the real failure's signature is listed, with its message
+    visible = re.sub(r"<[^>]+>", " ", text.split("<main>", 1)[1])
+    assert not re.search(r"\b0\.\d{4}", visible), "no raw 4-decimal rates"
 
 
 def test_the_error_hook_catches_a_broken_script(page: Path, tmp_path: Path) -> None:

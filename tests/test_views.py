@@ -23,18 +23,23 @@ def pulled(prefect: SeededServer, tmp_path_factory: pytest.TempPathFactory) -> P
     return db
 
 
-def test_every_sql_file_is_one_view_with_a_header() -> None:
+def test_every_sql_file_is_one_view_or_macro_with_a_header() -> None:
     for path in views.view_files():
         text = path.read_text()
         assert text.startswith("-- "), f"{path.name} needs a header comment saying what a row is"
         assert "one row per" in text.split("CREATE", 1)[0], path.name
-        assert text.count("CREATE OR REPLACE VIEW") == 1, path.name
         name = path.stem.split("_", 1)[1]
-        assert f"CREATE OR REPLACE VIEW {name} AS" in text, path.name
+        if "CREATE OR REPLACE VIEW" in text:
+            assert text.count("CREATE OR REPLACE VIEW") == 1, path.name
+            assert "CREATE OR REPLACE MACRO" not in text, path.name
+            assert f"CREATE OR REPLACE VIEW {name} AS" in text, path.name
+        else:
+            assert f"CREATE OR REPLACE MACRO {name}(" in text, path.name
 
 
 def test_pull_builds_every_view(pulled: Path) -> None:
     names = {r[0] for r in query(pulled, "SELECT view_name FROM duckdb_views() WHERE NOT internal")}
+    names |= {r[0] for r in query(pulled, "SELECT function_name FROM duckdb_functions() WHERE function_type IN ('macro', 'table_macro')")}
     assert {p.stem.split("_", 1)[1] for p in views.view_files()} <= names
     assert scalar(pulled, "SELECT count(*) FROM flow_runs_enriched") == scalar(pulled, "SELECT count(*) FROM flow_runs")
 
@@ -95,6 +100,10 @@ def test_streaks_and_recoveries_on_a_known_sequence(fresh_server: Server, tmp_pa
     assert episodes == [(t0, 2, 7200.0), (t0 + timedelta(hours=4), 1, 3600.0), (t0 + timedelta(hours=6), 2, None)]
     assert query(db, "SELECT episodes, recovered, mttr_s FROM mttr_by_deployment") == [(3, 2, 5400.0)]
     assert query(db, "SELECT finished_runs, failing_streak, last_state_type FROM deployment_streaks") == [(7, 2, "FAILED")]
+    # the on-call backlog: failing since the run at +6h, two failures, last success at +5h
+    assert query(db, "SELECT failing_since, failures_since_success, last_success_at, latest_failure_at, latest_failure_run_id "
+                     "FROM unresolved_failures") == [(t0 + timedelta(hours=6), 2, t0 + timedelta(hours=5), t0 + timedelta(hours=7),
+                                                      uuid.UUID(ids[7]))]
     with Store.open(db, read_only=True) as store:
         two = reports.flaky(store, reports.parse_since("all"), last=2).row(0, named=True)
         three = reports.flaky(store, reports.parse_since("all"), last=3).row(0, named=True)

@@ -1,7 +1,9 @@
 """Reports: pure functions from the DuckDB file to Polars frames.
 
-Owns: the report queries (over the views in ``sql/``), the time windows they
-cover (``--since``), and the one definition of failure every figure uses:
+Owns: choosing which view or table macro of ``sql/`` answers each report,
+with which window (``--since``) and grouping (``--by``). Every figure is
+defined once, in those SQL files; nothing here computes one. The definition of
+failure they all use:
 
     failed       = FAILED or CRASHED
     finished     = COMPLETED, FAILED or CRASHED   (the ``runs`` column)
@@ -11,8 +13,9 @@ cover (``--since``), and the one definition of failure every figure uses:
 Live figures leave out runs deleted on the server; ``include_deleted=True``
 gives history (every run the file has seen). A notebook imports these
 functions as they are; the CLI only renders what they return. Must not:
-print, import duckdb/typer/rich, or write to the file. Values go into SQL as
-parameters; only identifiers from the fixed tables below are formatted in.
+print, import duckdb/typer/rich, write to the file, or aggregate in SQL or
+Polars. Values go into SQL as parameters; only names from the fixed tables
+below (macros, groupings, columns) are formatted in.
 """
 
 from __future__ import annotations
@@ -32,28 +35,26 @@ if TYPE_CHECKING:  # imported lazily: the CLI reads GROUPS without loading Polar
 
 @dataclass(frozen=True)
 class Grouping:
-    """A --by choice: the columns of ``flow_run_measures`` to group by, and how the
-    group's id and name columns are looked up after aggregating (names are joined
-    onto the few result rows, never onto every run)."""
+    """A --by choice: the group columns a report shows, out of the ones every
+    grouped macro in ``sql/`` returns (``GROUP_COLUMNS``; see 12_grouped_runs.sql)."""
 
-    group: tuple[str, ...]
-    select: str
-    joins: str = ""
+    columns: tuple[str, ...]
 
 
 GROUPS: dict[str, Grouping] = {
-    "flow": Grouping(("flow_id",), "a.flow_id, f.name AS flow_name", "LEFT JOIN flows AS f ON f.id = a.flow_id"),
-    "deployment": Grouping(
-        ("deployment_id", "flow_id"),
-        "a.deployment_id, f.name AS flow_name, d.name AS deployment_name",
-        "LEFT JOIN deployments AS d ON d.id = a.deployment_id LEFT JOIN flows AS f ON f.id = a.flow_id",
-    ),
-    "work_pool": Grouping(("work_pool_name",), "a.work_pool_name"),
-    "tag": Grouping(("tag",), "a.tag"),
+    "flow": Grouping(("flow_id", "flow_name")),
+    "deployment": Grouping(("deployment_id", "flow_name", "deployment_name")),
+    "work_pool": Grouping(("work_pool_name",)),
+    "tag": Grouping(("tag",)),
 }
 DURATION_GROUPS = ("flow", "deployment", "work_pool", "tag")
-# A run with two tags counts once under each (distinct) tag; untagged runs under none.
-_TAGGED = "(SELECT unnest(list_distinct(tags)) AS tag, * EXCLUDE (tags) FROM flow_run_measures)"
+# Groupings used inside flowsync (the health page, OpenMetrics), not offered as --by.
+_INTERNAL_GROUPS: dict[str, Grouping] = {
+    "all": Grouping(()),
+    "day": Grouping(("run_day",)),
+    "day_deployment": Grouping(("run_day", "deployment_id", "flow_name", "deployment_name")),
+}
+GROUP_COLUMNS = ("run_day", "flow_id", "flow_name", "deployment_id", "deployment_name", "work_pool_name", "tag")
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
@@ -98,30 +99,36 @@ def _check_by(by: str, allowed: tuple[str, ...]) -> Grouping:
     return GROUPS[by]
 
 
-def _grouped(
-    by: str, allowed: tuple[str, ...], aggregates: str, where: str, having: str, order: str, hidden: tuple[str, ...] = ()
-) -> str:
-    """Aggregate ``flow_run_measures`` per group, then add the group's names."""
-    g = _check_by(by, allowed)
-    keys = ", ".join(g.group)
-    excluded = ", ".join(g.group + hidden)
-    source = _TAGGED if by == "tag" else "flow_run_measures"
-    return f"""
-        WITH a AS (
-            SELECT {keys}, {aggregates}
-            FROM {source}
-            WHERE {where}
-            GROUP BY {keys}
-            {having}
-        )
-        SELECT {g.select}, a.* EXCLUDE ({excluded})
-        FROM a {g.joins}
-        ORDER BY {order}, {g.select.split(",")[0]}
-    """
+def _grouped(macro: str, by: str, args: str, order: str) -> str:
+    """SELECT from a grouped table macro of ``sql/``, showing ``by``'s group columns.
+
+    ``by`` goes in as a literal, not a parameter: it is one of the fixed names
+    above (checked by the caller), and a constant lets DuckDB fold the grouping
+    and drop the branch of grouped_runs that does not apply (the tag unnest)."""
+    grouping = GROUPS.get(by) or _INTERNAL_GROUPS[by]
+    keep = grouping.columns
+    shown = ", ".join((*keep, f"* EXCLUDE ({', '.join(GROUP_COLUMNS)})"))
+    tie = f", {keep[0]}" if keep else ""
+    return f"SELECT {shown} FROM {macro}('{by}', {args}) ORDER BY {order}{tie}"
 
 
-def _live(include_deleted: bool) -> str:
-    return "" if include_deleted else "AND NOT is_deleted"
+def _params(window: Window, include_deleted: bool, *, previous: bool = True) -> dict[str, Any]:
+    return {
+        "since": window.start,
+        "until": window.until,
+        "prev_start": window.previous_start if previous else window.start,
+        "include_deleted": include_deleted,
+    }
+
+
+def _no_previous(frame: pl.DataFrame, window: Window, columns: tuple[str, ...]) -> pl.DataFrame:
+    """All history has no previous window: its columns are NULL, not zero."""
+    if window.since is not None:
+        return frame
+    import polars as pl
+
+    present = [c for c in columns if c in frame.columns]
+    return frame.with_columns(pl.lit(None, dtype=frame.schema[c]).alias(c) for c in present)
 
 
 # -- running SQL ---------------------------------------------------------------
@@ -151,51 +158,47 @@ def sql_query(store: Store, sql: str) -> pl.DataFrame:
 
 def failures(store: Store, by: str = "deployment", window: Window | None = None, *, include_deleted: bool = False) -> pl.DataFrame:
     """One row per group: runs (finished), failed, failure_rate, cancelled, and the same for
-    the previous window of equal length, with ``failure_rate_change`` (this - previous)."""
+    the previous window of equal length, with ``failure_rate_change`` (this - previous).
+    The figures are the ``failure_rates`` macro of ``sql/13_failure_rates.sql``."""
     window = window or parse_since(None)
-    sql = _grouped(
-        by, tuple(GROUPS),
-        aggregates="""
-            count(*) FILTER (WHERE is_finished AND run_at >= $since) AS runs,
-            count(*) FILTER (WHERE is_failure AND run_at >= $since) AS failed,
-            failed / nullif(runs, 0) AS failure_rate,
-            count(*) FILTER (WHERE is_cancelled AND run_at >= $since) AS cancelled,
-            count(*) FILTER (WHERE is_finished AND run_at < $since) AS prev_runs,
-            count(*) FILTER (WHERE is_failure AND run_at < $since) AS prev_failed,
-            prev_failed / nullif(prev_runs, 0) AS prev_failure_rate,
-            count(*) FILTER (WHERE is_cancelled AND run_at < $since) AS prev_cancelled,
-            failure_rate - prev_failure_rate AS failure_rate_change""",
-        where=f"run_at >= $prev_start AND run_at < $until {_live(include_deleted)}",
-        having="HAVING runs + cancelled + prev_runs + prev_cancelled > 0",
-        order="failed DESC, failure_rate DESC NULLS LAST, runs DESC",
-    )
-    params = {"since": window.start, "prev_start": window.previous_start, "until": window.until}
-    frame = run_sql(store, sql, params)
-    if window.since is None:  # all history: there is no previous window
-        prev = ["prev_runs", "prev_failed", "prev_failure_rate", "prev_cancelled", "failure_rate_change"]
-        import polars as pl
-        frame = frame.with_columns(pl.lit(None, dtype=frame.schema[c]).alias(c) for c in prev)
-    return frame
+    _check_by(by, tuple(GROUPS))
+    return _failures(store, by, window, include_deleted)
 
 
-def durations(store: Store, by: str = "deployment", window: Window | None = None, *, include_deleted: bool = False) -> pl.DataFrame:
-    """Duration percentiles (seconds, wall clock) of finished runs per group, slowest p95 first."""
+def _failures(store: Store, by: str, window: Window, include_deleted: bool) -> pl.DataFrame:
+    sql = _grouped("failure_rates", by, "$since, $until, $prev_start, $include_deleted",
+                   "failed DESC, failure_rate DESC NULLS LAST, runs DESC")
+    frame = run_sql(store, sql, _params(window, include_deleted))
+    return _no_previous(frame, window, PREVIOUS_FAILURE_COLUMNS)
+
+
+PREVIOUS_FAILURE_COLUMNS = ("prev_runs", "prev_failed", "prev_failure_rate", "prev_cancelled", "failure_rate_change",
+                            "runs_change", "failed_change")
+_TREND_COLUMNS = ("prev_runs", "prev_p50_s", "prev_p95_s", "p50_change_s", "p95_change_s")
+
+
+def durations(
+    store: Store,
+    by: str = "deployment",
+    window: Window | None = None,
+    *,
+    include_deleted: bool = False,
+    trend: bool = False,
+) -> pl.DataFrame:
+    """Duration percentiles (seconds, wall clock) of finished runs per group, slowest p95 first;
+    with ``trend``, also the previous window's p50/p95 and ``p95_change_s``. The figures are
+    the ``duration_percentiles`` macro of ``sql/14_duration_percentiles.sql``."""
     window = window or parse_since(None)
-    sql = _grouped(
-        by, DURATION_GROUPS,
-        # One list quantile: a single sort per group for all four percentiles.
-        aggregates="""
-            count(*) AS runs,
-            quantile_cont(duration_s, [0.50, 0.90, 0.95, 0.99]) AS q,
-            q[1] AS p50_s, q[2] AS p90_s, q[3] AS p95_s, q[4] AS p99_s,
-            max(duration_s) AS max_s,
-            avg(duration_s) AS mean_s""",
-        where=f"is_finished AND duration_s IS NOT NULL AND run_at >= $since AND run_at < $until {_live(include_deleted)}",
-        having="",
-        order="p95_s DESC",
-        hidden=("q",),
-    )
-    return run_sql(store, sql, {"since": window.start, "until": window.until})
+    _check_by(by, DURATION_GROUPS)
+    return _durations(store, by, window, include_deleted, trend)
+
+
+def _durations(store: Store, by: str, window: Window, include_deleted: bool, trend: bool) -> pl.DataFrame:
+    sql = _grouped("duration_percentiles", by, "$since, $until, $prev_start, $include_deleted", "p95_s DESC")
+    frame = run_sql(store, sql, _params(window, include_deleted, previous=trend))
+    if not trend:
+        return frame.drop(_TREND_COLUMNS)
+    return _no_previous(frame, window, _TREND_COLUMNS)
 
 
 def late(
@@ -208,83 +211,79 @@ def late(
 ) -> pl.DataFrame:
     """Start lateness per group: runs that started, how many more than ``late_after`` s
     late, lateness percentiles, and ``waiting_now``: SCHEDULED/PENDING runs expected
-    in the window that have not started yet."""
+    in the window that have not started yet (the ``lateness`` macro, ``sql/15_lateness.sql``)."""
     window = window or parse_since(None)
-    sql = _grouped(
-        by, tuple(GROUPS),
-        aggregates="""
-            count(lateness_s) AS started,
-            count(*) FILTER (WHERE lateness_s > $late_after) AS late_runs,
-            quantile_cont(lateness_s, [0.50, 0.95]) AS q,
-            q[1] AS p50_lateness_s, q[2] AS p95_lateness_s,
-            max(lateness_s) AS max_lateness_s,
-            count(*) FILTER (WHERE state_type IN ('SCHEDULED', 'PENDING') AND start_time IS NULL) AS waiting_now""",
-        where=f"run_at >= $since AND run_at < $until {_live(include_deleted)}",
-        having="HAVING started + waiting_now > 0",
-        order="late_runs + waiting_now DESC, p95_lateness_s DESC NULLS LAST",
-        hidden=("q",),
-    )
-    return run_sql(store, sql, {"since": window.start, "until": window.until, "late_after": late_after})
+    _check_by(by, tuple(GROUPS))
+    return _late(store, by, window, late_after, include_deleted)
+
+
+def _late(store: Store, by: str, window: Window, late_after: float, include_deleted: bool) -> pl.DataFrame:
+    sql = _grouped("lateness", by, "$since, $until, $late_after, $include_deleted",
+                   "late_runs + waiting_now DESC, p95_lateness_s DESC NULLS LAST")
+    params = {"since": window.start, "until": window.until, "late_after": late_after, "include_deleted": include_deleted}
+    return run_sql(store, sql, params)
 
 
 def flaky(store: Store, window: Window | None = None, *, last: int = 3) -> pl.DataFrame:
     """Deployments that fail: failures and retries in the window, the current failing
     streak over all history (``broken`` when the last ``last`` finished runs all
     failed), and the mean time from a failure to the next success (``mttr_s``).
-    Live runs only."""
+    Live runs only (the ``flaky_deployments`` macro, ``sql/55_flaky_deployments.sql``)."""
     if last < 1:
         raise ConfigError(f"--last {last} must be at least 1 (the number of latest runs that must all have failed).")
     window = window or parse_since(None)
-    # One pass over the runs (a hash aggregate) and one over the failure episodes
-    # (one window sort); the streak is the failed_runs of the unrecovered episode.
     sql = """
-        WITH w AS (
-            SELECT deployment_id,
-                count(*) FILTER (WHERE is_finished AND run_at >= $since) AS runs,
-                count(*) FILTER (WHERE is_failure AND run_at >= $since) AS failed,
-                failed / nullif(runs, 0) AS failure_rate,
-                count(*) FILTER (WHERE is_retried AND run_at >= $since) AS retried_runs,
-                arg_max(state_type, run_at) FILTER (WHERE is_finished) AS last_state_type,
-                max(run_at) FILTER (WHERE is_finished AND NOT is_failure) AS last_success_at,
-                max(run_at) FILTER (WHERE is_failure) AS last_failure_at
-            FROM flow_run_measures
-            WHERE deployment_id IS NOT NULL AND NOT is_deleted AND run_at < $until
-            GROUP BY deployment_id
-        ), e AS (
-            SELECT deployment_id,
-                coalesce(sum(failed_runs) FILTER (WHERE recovered_at IS NULL), 0) AS failing_streak,
-                count(*) FILTER (WHERE failed_at >= $since) AS failure_episodes,
-                avg(recovery_s) FILTER (WHERE failed_at >= $since) AS mttr_s
-            FROM (SELECT deployment_id, failed_at, failed_runs, recovered_at, recovery_s FROM failure_recoveries)
-            WHERE failed_at < $until
-            GROUP BY deployment_id
-        )
-        SELECT w.deployment_id, f.name AS flow_name, d.name AS deployment_name,
-            w.runs, w.failed, w.failure_rate, w.retried_runs,
-            coalesce(e.failing_streak, 0) AS failing_streak,
-            coalesce(e.failing_streak, 0) >= $last AS broken,
-            (w.failed > 0 AND w.failed < w.runs) OR w.retried_runs > 0 AS flaky,
-            coalesce(e.failure_episodes, 0) AS failure_episodes,
-            e.mttr_s,
-            w.last_state_type, w.last_success_at, w.last_failure_at
-        FROM w
-        LEFT JOIN e ON e.deployment_id = w.deployment_id
-        LEFT JOIN deployments AS d ON d.id = w.deployment_id
-        LEFT JOIN flows AS f ON f.id = d.flow_id
-        WHERE w.failed > 0 OR w.retried_runs > 0 OR coalesce(e.failing_streak, 0) >= $last
-        ORDER BY broken DESC, failing_streak DESC, failure_rate DESC NULLS LAST, w.deployment_id
+        SELECT * FROM flaky_deployments($since, $until, $last)
+        ORDER BY broken DESC, failing_streak DESC, failure_rate DESC NULLS LAST, deployment_id
     """
     return run_sql(store, sql, {"since": window.start, "until": window.until, "last": last})
 
 
-def failure_rate_daily(store: Store, window: Window | None = None, *, by_deployment: bool = True) -> pl.DataFrame:
+def errors(store: Store, window: Window | None = None, *, include_deleted: bool = False) -> pl.DataFrame:
+    """Error signatures: failed runs (FAILED or CRASHED) grouped by their normalised
+    message, most runs first, with deployments and flows affected, first and last seen,
+    the change against the previous window and an example run (the ``error_signatures``
+    macro, ``sql/16_error_signatures.sql``)."""
+    window = window or parse_since(None)
+    sql = """
+        SELECT * FROM error_signatures($since, $until, $prev_start, $include_deleted)
+        ORDER BY runs DESC, last_seen DESC, signature
+    """
+    frame = run_sql(store, sql, _params(window, include_deleted))
+    return _no_previous(frame, window, ("prev_runs", "runs_change"))
+
+
+def unresolved(store: Store) -> pl.DataFrame:
+    """Deployments whose latest finished run failed: since when, failures since the last
+    success, and the latest failure's signature (the ``unresolved_failures`` view).
+    Current state of live runs, so no window; longest failing first."""
+    return run_sql(store, "SELECT * FROM unresolved_failures ORDER BY failing_since, failures_since_success DESC, deployment_id")
+
+
+def error_signature(store: Store, messages: list[str | None]) -> pl.DataFrame:
+    """The normalised text and short hash of each message, as the views compute them
+    (``sql/05_error_signature_text.sql``): to see how a message will be grouped."""
+    sql = """
+        SELECT m.message, error_signature_text(m.message) AS error_text,
+            signature_of(error_signature_text(m.message)) AS signature
+        FROM unnest($messages) WITH ORDINALITY AS m(message, i)
+        ORDER BY i
+    """
+    return run_sql(store, sql, {"messages": messages})
+
+
+def failure_rate_daily(
+    store: Store, window: Window | None = None, *, by_deployment: bool = True, include_deleted: bool = False
+) -> pl.DataFrame:
     """Failure rate per UTC day (and deployment) in the window: the chart series."""
     window = window or parse_since(None)
-    view = "failure_rates_by_day_deployment" if by_deployment else "failure_rates_by_day"
-    sql = f"""
-        SELECT * FROM {view}
-        WHERE run_day >= CAST(timezone('UTC', $since) AS DATE) AND run_day <= CAST(timezone('UTC', $until) AS DATE)
-        ORDER BY ALL
-    """
-    return run_sql(store, sql, {"since": window.start, "until": window.until})
+    by = "day_deployment" if by_deployment else "day"
+    sql = _grouped("failure_rates", by, "$since, $until, $since, $include_deleted", "run_day")
+    frame = run_sql(store, sql, {"since": window.start, "until": window.until, "include_deleted": include_deleted})
+    return frame.drop(PREVIOUS_FAILURE_COLUMNS)
 
+
+def last_pull(store: Store) -> datetime | None:
+    """When the latest successful pull finished (None before the first one)."""
+    value = store.scalar("SELECT max(finished_at) FROM sync_runs WHERE status = 'ok'")
+    return value if isinstance(value, datetime) else None

@@ -10,7 +10,9 @@ stdout is not a terminal. Must not: hold SQL (that is ``flowsync.reports``).
 from __future__ import annotations
 
 import io
+import os
 import sys
+import tempfile
 from collections.abc import Callable
 from datetime import date, datetime
 from pathlib import Path
@@ -20,6 +22,7 @@ import typer
 from rich.table import Table
 
 from flowsync import reports
+from flowsync.cli import render
 from flowsync.cli.common import DbOption, WaitOption, err, errors, out
 from flowsync.config import resolve_db_path
 from flowsync.errors import ConfigError
@@ -30,6 +33,7 @@ if TYPE_CHECKING:  # Polars and DuckDB load inside the commands, so --help stays
     from flowsync.store import Store
 
 FORMATS = ("table", "csv", "json", "markdown", "parquet")
+HEALTH_FORMATS = (*FORMATS, "openmetrics")
 
 FormatOption = Annotated[
     str | None,
@@ -49,11 +53,15 @@ SinceOption = Annotated[
 ]
 HtmlOption = Annotated[
     Path | None,
-    typer.Option("--html", help="Write a self-contained HTML page (charts + this table) to FILE instead.", show_default=False),
+    typer.Option("--html", help="Write the self-contained health page plus this table to FILE instead.", show_default=False),
 ]
 IncludeDeletedOption = Annotated[
     bool,
     typer.Option("--include-deleted", help="History: also count runs deleted on the server (live runs only by default)."),
+]
+IdsOption = Annotated[
+    bool,
+    typer.Option("--ids", help="Show ids in the terminal table too (csv, json and parquet always have them)."),
 ]
 
 
@@ -64,12 +72,12 @@ def _by_option(choices: tuple[str, ...]) -> Any:
 # -- rendering --------------------------------------------------------------------
 
 
-def _choose_format(fmt: str | None, output: Path | None) -> str:
+def _choose_format(fmt: str | None, output: Path | None, allowed: tuple[str, ...] = FORMATS) -> str:
     if fmt is None:
         return "table" if output is None and sys.stdout.isatty() else "csv"
     fmt = fmt.lower()
-    if fmt not in FORMATS:
-        raise ConfigError(f"--format {fmt!r} is not an output format; choose one of: {', '.join(FORMATS)}.")
+    if fmt not in allowed:
+        raise ConfigError(f"--format {fmt!r} is not an output format; choose one of: {', '.join(allowed)}.")
     if fmt == "table" and output is not None:
         raise ConfigError("--format table is for the terminal; use csv, json, markdown or parquet with --output.")
     if fmt == "parquet" and output is None and sys.stdout.isatty():
@@ -133,22 +141,43 @@ def encode(frame: pl.DataFrame, fmt: str) -> bytes:
     return buf.getvalue()
 
 
-def emit(frame: pl.DataFrame, fmt: str, output: Path | None, title: str = "") -> None:
+def write_atomic(path: Path, data: bytes, option: str = "--output") -> None:
+    """Write to a temporary file beside ``path``, then rename: a reader (node_exporter's
+    textfile collector, a browser) sees the old file or the new one, never half of one."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise ConfigError(f"Cannot write {option} {path}: {e.strerror}. Choose a writable path.") from e
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; collectors run as another user
+        os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise ConfigError(f"Cannot write {option} {path}: {e.strerror}. Choose a writable path.") from e
+
+
+def emit(frame: pl.DataFrame, fmt: str, output: Path | None, title: str = "", report: str | None = None,
+         ids: bool = False) -> None:
     if fmt == "table":
-        table = Table(*frame.columns, title=title or None)
-        for row in frame.iter_rows():
-            table.add_row(*(_text(v) for v in row))
+        if report is not None:
+            table = render.readable_table(frame, report, ids=ids, width=out.width, title=title)
+        else:
+            table = Table(*frame.columns, title=title or None)
+            for row in frame.iter_rows():
+                table.add_row(*(_text(v) for v in row))
         out.print(table)
         if frame.is_empty():
             err.print("no rows", highlight=False)
         return
-    data = encode(frame, fmt)
+    write(encode(frame, fmt), output, f"{frame.height} rows")
+
+
+def write(data: bytes, output: Path | None, what: str) -> None:
     if output is not None:
-        try:
-            output.write_bytes(data)
-        except OSError as e:
-            raise ConfigError(f"Cannot write --output {output}: {e.strerror}. Choose a writable path.") from e
-        err.print(f"wrote {frame.height} rows to {output}", highlight=False)
+        write_atomic(output, data)
+        err.print(f"wrote {what} to {output}", highlight=False)
         return
     sys.stdout.buffer.write(data)
     sys.stdout.flush()
@@ -201,6 +230,10 @@ def _run_report(
     html: Path | None,
     db: Path | None,
     wait: float,
+    *,
+    report: str,
+    ids: bool = False,
+    include_deleted: bool = False,
 ) -> None:
     from flowsync import report_html
 
@@ -209,16 +242,14 @@ def _run_report(
         chosen = None if html is not None else _choose_format(fmt, output)
         with _open(db, wait) as store:
             frame = build(store, window)
-            page = report_html.build_page(store, window, title, frame) if html is not None else None
+            page = (report_html.build_page(store, window, title, frame, include_deleted=include_deleted, report=report)
+                    if html else None)
         if html is not None and page is not None:
-            try:
-                html.write_text(page, encoding="utf-8")
-            except OSError as e:
-                raise ConfigError(f"Cannot write --html {html}: {e.strerror}. Choose a writable path.") from e
+            write_atomic(html, page.encode(), "--html")
             err.print(f"wrote {title} ({frame.height} rows, {window.describe()}) to {html}", highlight=False)
             return
         assert chosen is not None
-        emit(frame, chosen, output, title=f"{title}, {window.describe()}")
+        emit(frame, chosen, output, title=f"{title}, {window.describe()}", report=report, ids=ids)
 
 
 @report_app.command("failures")
@@ -229,6 +260,7 @@ def failures_cmd(
     fmt: FormatOption = None,
     output: OutputOption = None,
     html: HtmlOption = None,
+    ids: IdsOption = False,
     db: DbOption = None,
     wait: WaitOption = 0.0,
 ) -> None:
@@ -243,7 +275,7 @@ def failures_cmd(
     _run_report(
         f"Failures by {by}",
         lambda store, window: reports.failures(store, by, window, include_deleted=include_deleted),
-        since, fmt, output, html, db, wait,
+        since, fmt, output, html, db, wait, report="failures", ids=ids, include_deleted=include_deleted,
     )
 
 
@@ -255,6 +287,7 @@ def durations_cmd(
     fmt: FormatOption = None,
     output: OutputOption = None,
     html: HtmlOption = None,
+    ids: IdsOption = False,
     db: DbOption = None,
     wait: WaitOption = 0.0,
 ) -> None:
@@ -265,7 +298,7 @@ def durations_cmd(
     _run_report(
         f"Durations by {by}",
         lambda store, window: reports.durations(store, by, window, include_deleted=include_deleted),
-        since, fmt, output, html, db, wait,
+        since, fmt, output, html, db, wait, report="durations", ids=ids, include_deleted=include_deleted,
     )
 
 
@@ -278,6 +311,7 @@ def late_cmd(
     fmt: FormatOption = None,
     output: OutputOption = None,
     html: HtmlOption = None,
+    ids: IdsOption = False,
     db: DbOption = None,
     wait: WaitOption = 0.0,
 ) -> None:
@@ -288,7 +322,7 @@ def late_cmd(
     _run_report(
         f"Lateness by {by}",
         lambda store, window: reports.late(store, by, window, late_after=late_after, include_deleted=include_deleted),
-        since, fmt, output, html, db, wait,
+        since, fmt, output, html, db, wait, report="late", ids=ids, include_deleted=include_deleted,
     )
 
 
@@ -299,6 +333,7 @@ def flaky_cmd(
     fmt: FormatOption = None,
     output: OutputOption = None,
     html: HtmlOption = None,
+    ids: IdsOption = False,
     db: DbOption = None,
     wait: WaitOption = 0.0,
 ) -> None:
@@ -309,6 +344,105 @@ def flaky_cmd(
     _run_report(
         "Flaky and broken deployments",
         lambda store, window: reports.flaky(store, window, last=last),
-        since, fmt, output, html, db, wait,
+        since, fmt, output, html, db, wait, report="flaky", ids=ids,
     )
 
+
+@report_app.command("errors")
+def errors_cmd(
+    since: SinceOption = "7d",
+    include_deleted: IncludeDeletedOption = False,
+    fmt: FormatOption = None,
+    output: OutputOption = None,
+    html: HtmlOption = None,
+    ids: IdsOption = False,
+    db: DbOption = None,
+    wait: WaitOption = 0.0,
+) -> None:
+    """Why runs fail: failed and crashed runs grouped by error signature, most runs first.
+
+    A signature is the first line of the state message with ids, UUIDs, numbers,
+    hex, paths, URLs, times and quoted values masked, and a short hash of it.
+    Per signature: runs, share of failures, change against the previous window,
+    deployments and flows affected, first and last seen, and an example run with
+    its full message (csv/json/parquet, or --ids).
+
+    Example: flowsync report errors --since 24h
+    """
+    _run_report(
+        "Error signatures",
+        lambda store, window: reports.errors(store, window, include_deleted=include_deleted),
+        since, fmt, output, html, db, wait, report="errors", ids=ids, include_deleted=include_deleted,
+    )
+
+
+@report_app.command("unresolved")
+def unresolved_cmd(
+    fmt: FormatOption = None,
+    output: OutputOption = None,
+    html: HtmlOption = None,
+    ids: IdsOption = False,
+    db: DbOption = None,
+    wait: WaitOption = 0.0,
+) -> None:
+    """Deployments whose latest finished run failed: since when, how many failures, which error.
+
+    The on-call backlog, oldest first: failing since (the first failure after
+    the last success), failures since the last success, and the signature of
+    the latest failure. Current state of live runs, so no --since.
+
+    Example: flowsync report unresolved --format json
+    """
+    _run_report(
+        "Unresolved failures",
+        lambda store, window: reports.unresolved(store),
+        "all", fmt, output, html, db, wait, report="unresolved", ids=ids,
+    )
+
+
+@report_app.command("health")
+def health_cmd(
+    since: SinceOption = "7d",
+    include_deleted: IncludeDeletedOption = False,
+    fmt: Annotated[
+        str | None,
+        typer.Option("--format", "-f", help="table, csv, json, markdown, parquet or openmetrics (Prometheus textfile "
+                     "collector). Default: table on a terminal, csv otherwise.", show_default=False),
+    ] = None,
+    output: OutputOption = None,
+    html: Annotated[
+        Path | None,
+        typer.Option("--html", help="Write the health page (one self-contained HTML file) to FILE.", show_default=False),
+    ] = None,
+    db: DbOption = None,
+    wait: WaitOption = 0.0,
+) -> None:
+    """The headline figures against the previous window; --html writes the one-page health report.
+
+    The page: headline, runs and failure rate per day, a deployment x day
+    heatmap of failures, top error signatures, unresolved failures, slowest
+    deployments (p50/p95 and trend) and lateness. --format openmetrics writes
+    the figures for node_exporter's textfile collector (atomically with --output).
+
+    Example: flowsync report health --since 7d --html health.html
+    """
+    from flowsync import health as health_mod
+    from flowsync import openmetrics, report_html
+
+    with errors():
+        window = reports.parse_since(since)
+        chosen = None if html is not None else _choose_format(fmt, output, HEALTH_FORMATS)
+        with _open(db, wait) as store:
+            figures = health_mod.collect(store, window, include_deleted=include_deleted)
+        if html is not None:
+            write_atomic(html, report_html.render_health(figures).encode(), "--html")
+            err.print(f"wrote the health page ({window.describe()}) to {html}", highlight=False)
+            return
+        if chosen == "openmetrics":
+            write(openmetrics.render(figures).encode(), output, "OpenMetrics")
+            return
+        if chosen == "table":
+            out.print(render.headline_table(figures.headline, f"Health, {window.describe()}"))
+            return
+        assert chosen is not None
+        emit(health_mod.headline_frame(figures), chosen, output)

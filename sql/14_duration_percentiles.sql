@@ -1,0 +1,38 @@
+-- duration_percentiles(per, since, until, prev_start, include_deleted): a table
+-- macro, one row per group of grouped_runs(per, ...) (see 12_grouped_runs.sql)
+-- with finished runs (COMPLETED, FAILED or CRASHED) that have a start and an
+-- end time in [since, until), named as in failure_rates. Seconds of wall
+-- clock (duration_s = end_time - start_time, retries included); percentiles
+-- are continuous (linear interpolation, as quantile_cont):
+--   runs, p50_s, p90_s, p95_s, p99_s, max_s, mean_s
+-- and for the previous window [prev_start, since): prev_runs, prev_p50_s,
+-- prev_p95_s, with p50_change_s and p95_change_s = this - previous (the
+-- trend). Pass prev_start = since for no previous window.
+CREATE OR REPLACE MACRO duration_percentiles(per, since, until, prev_start, include_deleted) AS TABLE
+WITH a AS (
+    SELECT
+        g_day, g_flow_id, g_deployment_id, g_work_pool_name, g_tag,
+        count(*) FILTER (WHERE run_at >= since) AS runs,
+        -- One list quantile: a single sort per group for all four percentiles.
+        quantile_cont(duration_s, [0.50, 0.90, 0.95, 0.99]) FILTER (WHERE run_at >= since) AS q,
+        q[1] AS p50_s, q[2] AS p90_s, q[3] AS p95_s, q[4] AS p99_s,
+        max(duration_s) FILTER (WHERE run_at >= since) AS max_s,
+        avg(duration_s) FILTER (WHERE run_at >= since) AS mean_s,
+        count(*) FILTER (WHERE run_at < since) AS prev_runs,
+        quantile_cont(duration_s, [0.50, 0.95]) FILTER (WHERE run_at < since) AS prev_q,
+        prev_q[1] AS prev_p50_s, prev_q[2] AS prev_p95_s,
+        p50_s - prev_p50_s AS p50_change_s,
+        p95_s - prev_p95_s AS p95_change_s
+    FROM grouped_runs(per, least(prev_start, since), until, include_deleted)
+    WHERE is_finished AND duration_s IS NOT NULL
+    GROUP BY g_day, g_flow_id, g_deployment_id, g_work_pool_name, g_tag
+    HAVING runs > 0
+)
+SELECT
+    a.g_day AS run_day, a.g_flow_id AS flow_id, f.name AS flow_name,
+    a.g_deployment_id AS deployment_id, d.name AS deployment_name,
+    a.g_work_pool_name AS work_pool_name, a.g_tag AS tag,
+    a.* EXCLUDE (g_day, g_flow_id, g_deployment_id, g_work_pool_name, g_tag, q, prev_q)
+FROM a
+LEFT JOIN flows AS f ON f.id = a.g_flow_id
+LEFT JOIN deployments AS d ON d.id = a.g_deployment_id;

@@ -1,0 +1,73 @@
+"""The health figures: everything the health page and the OpenMetrics file show.
+
+Owns: choosing which report figures answer the on-call questions (what is
+failing, why, since when, what is slow or late) for one window, and bundling
+them. Every figure comes from ``flowsync.reports``, i.e. from the macros and
+views of ``sql/``; nothing here computes one. Must not: print, write files or
+render (``report_html`` and ``openmetrics`` do).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from flowsync import reports
+
+if TYPE_CHECKING:
+    import polars as pl
+
+    from flowsync.store import Store
+
+TOP = 10
+
+
+@dataclass(frozen=True)
+class Health:
+    window: reports.Window
+    include_deleted: bool
+    headline: dict[str, Any]  # one row: failure_rates, duration_percentiles, lateness over everything
+    daily: pl.DataFrame  # failure_rates per UTC day
+    heatmap: pl.DataFrame  # failure_rates per UTC day x deployment
+    deployments: pl.DataFrame  # failure_rates per deployment, with the previous window
+    signatures: pl.DataFrame  # error_signatures
+    unresolved: pl.DataFrame  # unresolved_failures
+    durations: pl.DataFrame  # duration_percentiles per deployment, with the trend
+    lateness: pl.DataFrame  # lateness per deployment
+    last_pull: datetime | None
+
+
+def collect(store: Store, window: reports.Window, *, include_deleted: bool = False, late_after: float = 60.0) -> Health:
+    failures_all = reports._failures(store, "all", window, include_deleted)
+    durations_all = reports._durations(store, "all", window, include_deleted, True)
+    late_all = reports._late(store, "all", window, late_after, include_deleted)
+    signatures = reports.errors(store, window, include_deleted=include_deleted)
+    unresolved = reports.unresolved(store)
+    headline: dict[str, Any] = {}
+    for frame in (failures_all, durations_all, late_all):
+        headline.update(frame.row(0, named=True) if frame.height else dict.fromkeys(frame.columns))
+    headline.update(failures_all.row(0, named=True) if failures_all.height else {})
+    headline["signatures"] = signatures.height
+    headline["unresolved_deployments"] = unresolved.height
+    headline["since"], headline["until"] = window.since, window.until
+    return Health(
+        window=window,
+        include_deleted=include_deleted,
+        headline=headline,
+        daily=reports.failure_rate_daily(store, window, by_deployment=False, include_deleted=include_deleted),
+        heatmap=reports.failure_rate_daily(store, window, by_deployment=True, include_deleted=include_deleted),
+        deployments=reports._failures(store, "deployment", window, include_deleted),
+        signatures=signatures,
+        unresolved=unresolved,
+        durations=reports._durations(store, "deployment", window, include_deleted, True),
+        lateness=reports._late(store, "deployment", window, late_after, include_deleted),
+        last_pull=reports.last_pull(store),
+    )
+
+
+def headline_frame(health: Health) -> pl.DataFrame:
+    """The headline as a one-row frame (the machine formats of ``report health``)."""
+    import polars as pl
+
+    return pl.DataFrame([health.headline])

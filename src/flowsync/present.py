@@ -1,0 +1,176 @@
+"""Readable figures: how a number, a duration, a rate or a change reads to a person.
+
+Owns: the one way every human-facing output (the terminal tables, the HTML
+page) writes a value: percentages with one decimal, durations as ``1m 32s`` or
+``2h 05m``, changes with an arrow and a sign, times to the minute in UTC, and
+which columns are names, ids, rates or durations. Machine formats (CSV, JSON,
+Parquet, OpenMetrics) never pass through here: they keep raw values and ids.
+Must not: print, import rich/typer, or run SQL.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import date, datetime, timezone
+from typing import Any
+
+UP, DOWN, SAME = "▲", "▼", "="
+NONE = "–"
+
+# Columns whose value is a share (0..1), shown as a percentage.
+RATE_COLUMNS = {"failure_rate", "prev_failure_rate", "share"}
+# Changes in rate points, in counts, in seconds.
+RATE_CHANGE_COLUMNS = {"failure_rate_change"}
+COUNT_CHANGE_COLUMNS = {"runs_change", "failed_change"}
+DURATION_CHANGE_COLUMNS = {"p50_change_s", "p95_change_s"}
+TIME_COLUMNS = {"first_seen", "last_seen", "failing_since"}
+LABELS = {
+    "flow_name": "flow",
+    "deployment_name": "deployment",
+    "work_pool_name": "work pool",
+    "run_day": "day",
+    "failure_rate": "failure rate",
+    "failure_rate_change": "change",
+    "prev_failure_rate": "prev rate",
+    "prev_runs": "prev runs",
+    "prev_failed": "prev failed",
+    "prev_cancelled": "prev cancelled",
+    "p50_s": "p50", "p90_s": "p90", "p95_s": "p95", "p99_s": "p99", "max_s": "max", "mean_s": "mean",
+    "prev_p50_s": "prev p50", "prev_p95_s": "prev p95", "p95_change_s": "p95 change",
+    "late_runs": "late", "p50_lateness_s": "p50 late", "p95_lateness_s": "p95 late", "max_lateness_s": "max late",
+    "waiting_now": "waiting", "retried_runs": "retried", "failing_streak": "streak",
+    "failure_episodes": "episodes", "mttr_s": "MTTR", "last_state_type": "last state",
+    "last_success_at": "last success", "last_failure_at": "last failure",
+    "error_text": "error (normalised)", "runs_change": "change", "first_seen": "first seen", "last_seen": "last seen",
+    "example_state_type": "state", "example_run_id": "example run id", "example_message": "example message",
+    "failing_since": "failing since", "failures_since_success": "failures", "latest_failure_at": "latest failure",
+    "latest_state_type": "state", "latest_signature": "signature", "latest_error_text": "latest error (normalised)",
+    "latest_failure_run_id": "latest run id", "latest_message": "latest message",
+}
+
+
+# Per report: the columns a person sees (terminal and HTML), in order, with a priority (10 =
+# dropped last in a narrow terminal). The group's name column comes first.
+REPORT_COLUMNS: dict[str, list[tuple[str, int]]] = {
+    "failures": [("runs", 9), ("failed", 9), ("failure_rate", 9), ("failure_rate_change", 8), ("cancelled", 5),
+                 ("prev_failure_rate", 4), ("prev_failed", 3), ("prev_runs", 2), ("prev_cancelled", 1)],
+    "durations": [("runs", 8), ("p50_s", 9), ("p90_s", 5), ("p95_s", 9), ("p99_s", 4), ("max_s", 6), ("mean_s", 3)],
+    "late": [("started", 8), ("late_runs", 9), ("p50_lateness_s", 7), ("p95_lateness_s", 9), ("max_lateness_s", 5),
+             ("waiting_now", 8)],
+    "flaky": [("runs", 7), ("failed", 8), ("failure_rate", 8), ("retried_runs", 5), ("failing_streak", 9),
+              ("broken", 9), ("flaky", 6), ("failure_episodes", 3), ("mttr_s", 6), ("last_state_type", 2),
+              ("last_success_at", 4), ("last_failure_at", 4)],
+    "errors": [("error_text", 10), ("runs", 10), ("share", 6), ("runs_change", 8), ("deployments", 5), ("flows", 3),
+               ("first_seen", 7), ("last_seen", 6), ("signature", 4), ("example_state_type", 2)],
+    "unresolved": [("failing_since", 9), ("failures_since_success", 9), ("last_success_at", 6),
+                   ("latest_state_type", 3), ("latest_error_text", 8), ("latest_signature", 4),
+                   ("latest_failure_at", 5)],
+}
+
+
+def label(column: str) -> str:
+    return LABELS.get(column, column.replace("_", " "))
+
+
+def is_id(column: str) -> bool:
+    return column == "id" or column.endswith("_id")
+
+
+def duration(seconds: float | None) -> str:
+    """``0.4s``, ``42s``, ``1m 32s``, ``2h 05m``, ``3d 04h``: two units at most."""
+    if seconds is None or (isinstance(seconds, float) and math.isnan(seconds)):
+        return NONE
+    sign = "-" if seconds < 0 else ""
+    s = abs(float(seconds))
+    if s < 9.95:
+        return f"{sign}{s:.1f}s"
+    whole = round(s)
+    if whole < 60:
+        return f"{sign}{whole}s"
+    if whole < 3600:
+        return f"{sign}{whole // 60}m {whole % 60:02d}s"
+    minutes = round(s / 60)
+    if minutes < 24 * 60:
+        return f"{sign}{minutes // 60}h {minutes % 60:02d}m"
+    hours = round(s / 3600)
+    return f"{sign}{hours // 24}d {hours % 24:02d}h"
+
+
+def percent(value: float | None) -> str:
+    return NONE if value is None else f"{value * 100:.1f}%"
+
+
+def _arrow(value: float, eps: float) -> str:
+    return UP if value > eps else DOWN if value < -eps else SAME
+
+
+def rate_change(value: float | None) -> str:
+    """A change of a rate in percentage points: ``▲ +3.1 pp``."""
+    if value is None:
+        return NONE
+    points = value * 100
+    return f"{_arrow(points, 0.05)} {points:+.1f} pp"
+
+
+def count_change(value: int | None) -> str:
+    return NONE if value is None else f"{_arrow(value, 0)} {value:+,d}"
+
+
+def duration_change(value: float | None) -> str:
+    if value is None:
+        return NONE
+    text = duration(abs(value))
+    return f"{_arrow(value, 0.5)} {'+' if value >= 0 else '-'}{text}"
+
+
+def when(value: datetime | None) -> str:
+    """A UTC time to the minute."""
+    if value is None:
+        return NONE
+    return f"{value.astimezone(timezone.utc):%Y-%m-%d %H:%M}"
+
+
+def count(value: int | None) -> str:
+    return NONE if value is None else f"{value:,d}"
+
+
+def value(column: str, v: Any) -> str:
+    """Any report value, readable, chosen by its column."""
+    if v is None:
+        return NONE
+    if column in RATE_COLUMNS:
+        return percent(v)
+    if column in RATE_CHANGE_COLUMNS:
+        return rate_change(v)
+    if column in COUNT_CHANGE_COLUMNS:
+        return count_change(v)
+    if column in DURATION_CHANGE_COLUMNS:
+        return duration_change(v)
+    if column.endswith("_s") and isinstance(v, (int, float)):
+        return duration(v)
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, int):
+        return count(v)
+    if isinstance(v, float):
+        return f"{v:,.1f}"
+    if isinstance(v, datetime):
+        return when(v)
+    if isinstance(v, date):
+        return v.isoformat()
+    if isinstance(v, list):
+        return ", ".join(map(str, v))
+    return str(v)
+
+
+def group_name(row: dict[str, Any]) -> str:
+    """The name a person knows a group by: ``flow/deployment``, a flow, a pool or a tag."""
+    if "deployment_name" in row:
+        flow = row.get("flow_name") or "?"
+        if row.get("deployment_id") is None and row.get("deployment_name") is None:
+            return f"{flow} (no deployment)"
+        return f"{flow}/{row.get('deployment_name') or '?'}"
+    for key in ("flow_name", "work_pool_name", "tag"):
+        if key in row:
+            return str(row[key]) if row[key] is not None else f"(no {label(key)})"
+    return ""

@@ -1,0 +1,163 @@
+"""report health: the headline, the OpenMetrics file and the readable terminal tables,
+each figure against the server's own counts (POST /flow_runs/count)."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import stat
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as openmetrics_families,
+)
+from prometheus_client.parser import text_string_to_metric_families as prometheus_families
+from rich.console import Console
+
+from flowsync import present, reports
+from flowsync.cli import render
+from flowsync.store import Store
+from tests.conftest import SeededServer
+from tests.helpers import run_cli, scalar
+from tests.test_reports import FAILED, FINISHED, server_count
+
+UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+@pytest.fixture(scope="module")
+def pulled(prefect: SeededServer, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    db = tmp_path_factory.mktemp("health") / "runs.duckdb"
+    result = run_cli("pull", "--api-url", prefect.url, "--db", str(db))
+    assert result.exit_code == 0, result.output
+    return db
+
+
+def test_headline_json_matches_server(prefect: SeededServer, pulled: Path) -> None:
+    result = run_cli("report", "health", "--since", "20d", "--format", "json", "--db", str(pulled))
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(result.stdout)
+    until = datetime.fromisoformat(row["until"])
+    window = reports.Window(until - timedelta(days=20), until)
+    previous = reports.Window(window.previous_start, window.start)
+    assert row["runs"] == server_count(prefect.count, FINISHED, window)
+    assert row["failed"] == server_count(prefect.count, FAILED, window)
+    assert row["prev_runs"] == server_count(prefect.count, FINISHED, previous)
+    assert row["prev_failed"] == server_count(prefect.count, FAILED, previous)
+    assert row["failure_rate"] == pytest.approx(row["failed"] / row["runs"])
+    assert row["failure_rate_change"] == pytest.approx(row["failure_rate"] - row["prev_failed"] / row["prev_runs"])
+    with Store.open(pulled, read_only=True) as store:
+        assert row["unresolved_deployments"] == reports.unresolved(store).height
+        assert row["signatures"] == reports.errors(store, window).height
+
+
+def test_openmetrics_file_parses_and_matches_server(prefect: SeededServer, pulled: Path, tmp_path: Path) -> None:
+    out = tmp_path / "textfile" / "flowsync.prom"
+    out.parent.mkdir()
+    result = run_cli("report", "health", "--since", "20d", "--format", "openmetrics", "--output", str(out), "--db", str(pulled))
+    assert result.exit_code == 0, result.output
+    assert result.stdout == ""
+    text = out.read_text()
+    assert text.endswith("# EOF\n")
+    assert [p.name for p in out.parent.iterdir()] == ["flowsync.prom"], "no temporary file left behind"
+    assert stat.S_IMODE(out.stat().st_mode) == 0o644, "readable by node_exporter's user"
+    families = {f.name: f for f in openmetrics_families(text)}
+    assert {f.name for f in prometheus_families(text)} >= {"flowsync_runs", "flowsync_failure_rate"}  # textfile collector
+    span = families["flowsync_window_seconds"].samples[0].value
+    assert span == pytest.approx(20 * 86400, abs=1)
+    until = datetime.now(timezone.utc)
+    window = reports.Window(until - timedelta(days=20), until)
+    checked = 0
+    for sample in families["flowsync_runs"].samples:
+        dep = {"deployments": {"id": {"any_": [sample.labels["deployment_id"]]}}}
+        assert sample.value == server_count(prefect.count, FINISHED, window, **dep), sample
+        checked += 1
+    with_runs = [d for d in prefect.seeded.deployments.values()
+                 if server_count(prefect.count, FINISHED, window, deployments={"id": {"any_": [d]}})]
+    assert checked == len(with_runs) > 0  # every deployment with finished runs in the window has a sample
+    for sample in families["flowsync_failed_runs"].samples:
+        dep = {"deployments": {"id": {"any_": [sample.labels["deployment_id"]]}}}
+        assert sample.value == server_count(prefect.count, FAILED, window, **dep), sample
+    names = {f"{s.labels['flow']}/{s.labels['deployment']}" for s in families["flowsync_runs"].samples}
+    assert names <= set(prefect.seeded.deployments)
+    total = families["flowsync_all_failed_runs"].samples[0].value
+    assert total == server_count(prefect.count, FAILED, window)
+    with Store.open(pulled, read_only=True) as store:
+        unresolved = reports.unresolved(store)
+        last = reports.last_pull(store)
+    got = {s.labels["deployment_id"]: s.value for s in families["flowsync_unresolved_failures"].samples}
+    assert got == {r["deployment_id"]: r["failures_since_success"] for r in unresolved.iter_rows(named=True)}
+    assert last is not None
+    assert families["flowsync_last_pull_success_timestamp_seconds"].samples[0].value == pytest.approx(last.timestamp())
+    assert families["flowsync_duration_p95_seconds"].unit == "seconds"
+
+
+def test_openmetrics_to_stdout_and_bad_format(pulled: Path) -> None:
+    result = run_cli("report", "health", "--format", "openmetrics", "--db", str(pulled))
+    assert result.exit_code == 0 and result.stdout.endswith("# EOF\n")
+    bad = run_cli("report", "failures", "--format", "openmetrics", "--db", str(pulled))
+    assert bad.exit_code == 2 and "--format 'openmetrics' is not an output format" in bad.stderr
+
+
+def _rendered(frame: Any, report: str, width: int, ids: bool = False) -> str:
+    console = Console(width=width, file=io.StringIO(), no_color=True)
+    console.print(render.readable_table(frame, report, ids=ids, width=width, title="t"))
+    return console.file.getvalue()  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("report", ["failures", "durations", "late", "flaky"])
+def test_terminal_tables_fit_100_columns_with_whole_names(prefect: SeededServer, pulled: Path, report: str) -> None:
+    with Store.open(pulled, read_only=True) as store:
+        window = reports.parse_since("60d")
+        frame = {
+            "failures": lambda: reports.failures(store, "deployment", window),
+            "durations": lambda: reports.durations(store, "deployment", window),
+            "late": lambda: reports.late(store, "deployment", window),
+            "flaky": lambda: reports.flaky(store, window),
+        }[report]()
+    text = _rendered(frame, report, 100)
+    assert max(len(line) for line in text.splitlines()) <= 100
+    assert "…" not in text, "names are never cut"
+    assert not UUID_RE.search(text), "no ids unless asked"
+    for row in frame.filter(frame["deployment_id"].is_not_null()).iter_rows(named=True):
+        assert f"{row['flow_name']}/{row['deployment_name']}" in text
+    with_ids = _rendered(frame, report, 200, ids=True)
+    assert UUID_RE.search(with_ids)
+
+
+def test_terminal_values_are_readable(pulled: Path) -> None:
+    with Store.open(pulled, read_only=True) as store:
+        frame = reports.failures(store, "deployment", reports.parse_since("20d"))
+    text = _rendered(frame, "failures", 100)
+    row = frame.row(0, named=True)
+    assert present.percent(row["failure_rate"]) in text and "%" in text
+    assert re.search(r"[▲▼=] [+-]\d+\.\d pp", text)
+    assert "0.2286" not in text and not re.search(r"\d\.\d{4}", text)
+    # the machine formats keep raw values and ids
+    csv = run_cli("report", "failures", "--since", "20d", "--format", "csv", "--db", str(pulled)).stdout
+    assert "deployment_id" in csv.splitlines()[0] and UUID_RE.search(csv)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(0.42, "0.4s"), (9.4, "9.4s"), (42.4, "42s"), (92, "1m 32s"), (7500, "2h 05m"), (3 * 86400 + 4 * 3600, "3d 04h"),
+     (None, "–"), (-75, "-1m 15s")],
+)
+def test_human_durations(seconds: float | None, text: str) -> None:
+    assert present.duration(seconds) == text
+
+
+def test_changes_and_rates_read_with_arrows() -> None:
+    assert present.percent(0.22857) == "22.9%"
+    assert present.rate_change(-0.02273) == "▼ -2.3 pp"
+    assert present.rate_change(0.0) == "= +0.0 pp"
+    assert present.count_change(5) == "▲ +5"
+    assert present.duration_change(65) == "▲ +1m 05s"
+
+
+def test_last_pull_is_the_latest_ok_pull(pulled: Path) -> None:
+    with Store.open(pulled, read_only=True) as store:
+        assert reports.last_pull(store) == scalar(pulled, "SELECT max(finished_at) FROM sync_runs WHERE status = 'ok'")
