@@ -51,3 +51,21 @@ class SeededServer:
             r = c.post(f"{resource}/count", json=body or {})
             r.raise_for_status()
             return int(r.json())
+
+
+FAILED = ["FAILED", "CRASHED"]
+FINISHED = ["COMPLETED", "FAILED", "CRASHED"]
+
+
+def server_count(count: Any, states: list[str], window: Any, **filters: Any) -> int:
+    """Runs in ``states`` whose expected start is in ``window``, with extra filter sections."""
+    runs: dict[str, Any] = {"state": {"type": {"any_": states}}}
+    if window is not None and window.since is not None:
+        runs["expected_start_time"] = {"after_": window.since.isoformat(), "before_": window.until.isoformat()}
+    body: dict[str, Any] = {"flow_runs": runs}
+    for section, value in filters.items():
+        if section == "flow_runs":
+            runs.update(value)
+        else:
+            body[section] = value
+    return int(count(body))

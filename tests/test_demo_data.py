@@ -28,7 +28,7 @@ def demo_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return db
 
 
-def server_client(url: str):  # type: ignore[no-untyped-def]
+def server_client(url: str):
     import httpx
 
     return httpx.Client(base_url=url + "/", timeout=60)

@@ -15,8 +15,7 @@ from bench.failing_flows import FLOW_NAMES, run_failing_flows
 from bench.server import Server
 from flowsync import reports
 from flowsync.store import Store
-from tests.conftest import SeededServer
-from tests.helpers import run_cli
+from tests.helpers import SeededServer, run_cli
 
 FAILED = ["FAILED", "CRASHED"]
 FINISHED = ["COMPLETED", "FAILED", "CRASHED"]

@@ -21,9 +21,7 @@ from rich.console import Console
 from flowsync import present, reports
 from flowsync.cli import render
 from flowsync.store import Store
-from tests.conftest import SeededServer
-from tests.helpers import run_cli, scalar
-from tests.test_reports import FAILED, FINISHED, server_count
+from tests.helpers import FAILED, FINISHED, SeededServer, run_cli, scalar, server_count
 
 UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
@@ -105,7 +103,7 @@ def test_openmetrics_to_stdout_and_bad_format(pulled: Path) -> None:
 def _rendered(frame: Any, report: str, width: int, ids: bool = False) -> str:
     console = Console(width=width, file=io.StringIO(), no_color=True)
     console.print(render.readable_table(frame, report, ids=ids, width=width, title="t"))
-    return console.file.getvalue()  # type: ignore[attr-defined]
+    return console.file.getvalue()  # type: ignore[attr-defined,no-any-return]
 
 
 @pytest.mark.parametrize("report", ["failures", "durations", "late", "flaky"])

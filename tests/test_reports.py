@@ -16,10 +16,8 @@ from bench.server import Server
 from flowsync import reports
 from flowsync.errors import ConfigError
 from flowsync.store import Store
-from tests.helpers import SeededServer, run_cli, scalar
+from tests.helpers import FAILED, FINISHED, SeededServer, run_cli, scalar, server_count
 
-FAILED = ["FAILED", "CRASHED"]
-FINISHED = ["COMPLETED", "FAILED", "CRASHED"]
 NOW = datetime.now(timezone.utc)
 WINDOW = reports.Window(NOW - timedelta(days=20), NOW)
 
@@ -30,20 +28,6 @@ def pulled(prefect: SeededServer, tmp_path_factory: pytest.TempPathFactory) -> P
     result = run_cli("pull", "--api-url", prefect.url, "--db", str(db))
     assert result.exit_code == 0, result.output
     return db
-
-
-def server_count(count: Any, states: list[str], window: reports.Window | None, **filters: Any) -> int:
-    """Runs in ``states`` whose expected start is in ``window``, with extra filter sections."""
-    runs: dict[str, Any] = {"state": {"type": {"any_": states}}}
-    if window is not None and window.since is not None:
-        runs["expected_start_time"] = {"after_": window.since.isoformat(), "before_": window.until.isoformat()}
-    body: dict[str, Any] = {"flow_runs": runs}
-    for section, value in filters.items():
-        if section == "flow_runs":
-            runs.update(value)
-        else:
-            body[section] = value
-    return int(count(body))
 
 
 def assert_rates(count: Any, frame: pl.DataFrame, key_filter: Any, window: reports.Window) -> None:

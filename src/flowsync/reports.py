@@ -285,5 +285,5 @@ def failure_rate_daily(
 
 def last_pull(store: Store) -> datetime | None:
     """When the latest successful pull finished (None before the first one)."""
-    value = store.scalar("SELECT max(finished_at) FROM sync_runs WHERE status = 'ok'")
+    value = store.execute("SELECT max(finished_at) FROM sync_runs WHERE status = 'ok'").scalar()
     return value if isinstance(value, datetime) else None
