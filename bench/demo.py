@@ -13,8 +13,8 @@ import sys
 import time
 from pathlib import Path
 
-from bench.seed import run_real_flows, seed
-from bench.server import prefect_server
+from tests.support.seed import run_real_flows, seed
+from tests.support.server import prefect_server
 
 ROOT = Path(__file__).resolve().parent.parent
 

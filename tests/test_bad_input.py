@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from bench.server import free_port
 from tests.conftest import SeededServer
 from tests.helpers import run_cli
+from tests.support.server import free_port
 
 
 def one_clear_line(result: object, code: int, *needles: str) -> str:

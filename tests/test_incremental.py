@@ -16,10 +16,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bench.seed import delete_runs, seed, set_states
-from bench.server import Server
 from tests.helpers import query, run_cli, scalar
 from tests.server_truth import assert_matches_server, server_runs
+from tests.support.seed import delete_runs, seed, set_states
+from tests.support.server import Server
 
 
 def pull(url: str, db: Path, *extra: str) -> dict[str, object]:

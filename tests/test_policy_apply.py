@@ -11,8 +11,6 @@ from typing import Any
 import httpx
 import pytest
 
-from bench.seed import seed
-from bench.server import Server, prefect_server
 from flowsync.api import PrefectClient, RetryPolicy
 from flowsync.config import ApiSettings
 from flowsync.errors import PolicyLimitError
@@ -21,6 +19,8 @@ from flowsync.policy.plan import Plan
 from flowsync.store import Store
 from flowsync.sync import NullProgress
 from tests.helpers import query, run_cli, scalar
+from tests.support.seed import seed
+from tests.support.server import Server, prefect_server
 from tests.test_policy_plan import make_db, rid, run
 
 Handler = Callable[[httpx.Request], httpx.Response]

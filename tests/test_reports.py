@@ -11,13 +11,13 @@ import httpx
 import polars as pl
 import pytest
 
-from bench.seed import seed
-from bench.server import Server
 from flowsync import reports
 from flowsync.errors import ConfigError
 from flowsync.store import Store
 from tests.conftest import SeededServer
 from tests.helpers import run_cli, scalar
+from tests.support.seed import seed
+from tests.support.server import Server
 
 FAILED = ["FAILED", "CRASHED"]
 FINISHED = ["COMPLETED", "FAILED", "CRASHED"]

@@ -21,10 +21,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bench.seed import seed
-from bench.server import Server
 from tests.conftest import SeededServer
 from tests.helpers import scalar
+from tests.support.seed import seed
+from tests.support.server import Server
 
 DEPLOY = Path(__file__).resolve().parent.parent / "docs" / "deploy"
 FLOWSYNC = Path(sys.executable).with_name("flowsync")

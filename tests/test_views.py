@@ -9,12 +9,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bench.seed import set_states
-from bench.server import Server
 from flowsync import reports, views
 from flowsync.store import Store
 from tests.conftest import SeededServer
 from tests.helpers import query, run_cli, scalar
+from tests.support.seed import set_states
+from tests.support.server import Server
 
 
 @pytest.fixture(scope="module")
