@@ -24,6 +24,8 @@ from tests.conftest import SeededServer
 from tests.helpers import query, scalar
 from tests.server_truth import assert_matches_server
 
+pytestmark = pytest.mark.backends("sqlite", "postgres")
+
 Fault = Callable[[httpx.Request, int], httpx.Response | None]
 
 

@@ -11,6 +11,8 @@ import pytest
 from tests.conftest import SeededServer
 from tests.helpers import query, run_cli, scalar
 
+pytestmark = pytest.mark.backends("sqlite", "postgres")
+
 STATE_TYPES = ["COMPLETED", "FAILED", "CRASHED", "CANCELLED", "SCHEDULED", "RUNNING", "PENDING", "PAUSED", "CANCELLING"]
 
 

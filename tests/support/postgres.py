@@ -113,59 +113,67 @@ def _pg_ctl(cluster_bin: Path, data: Path, *args: str, timeout: float = 120) -> 
 
 
 @contextmanager
-def postgres_cluster(base: Path | None = None, port: int | None = None, *, tuned: bool = False) -> Iterator[PgCluster]:
+def postgres_cluster(
+    base: Path | None = None, port: int | None = None, *, tuned: bool = False, keep_at: Path | None = None
+) -> Iterator[PgCluster]:
     """A running PostgreSQL cluster in a temp dir, stopped and removed on exit.
 
-    ``tuned`` gives the bigger buffers a benchmark at a million runs wants;
-    fsync stays off either way (a throwaway cluster, never production data).
+    ``keep_at`` keeps the cluster in that directory instead (created on first
+    use, started again later; benchmarks seed it once). ``tuned`` gives the
+    bigger buffers a benchmark at a million runs wants; fsync stays off
+    either way (a throwaway cluster, never production data).
     """
     from tests.support.server import free_port
 
     bin_dir = pg_bin_dir()
     prefix, uid, gid = _as_owner()
-    root = Path(tempfile.mkdtemp(prefix="flowsync-pg-", dir=base))
+    if keep_at is not None:
+        root = keep_at
+        root.mkdir(parents=True, exist_ok=True)
+    else:
+        root = Path(tempfile.mkdtemp(prefix="flowsync-pg-", dir=base))
     data, sock, log = root / "data", root / "sock", root / "postgres.log"
-    sock.mkdir()
+    sock.mkdir(exist_ok=True)
     if uid is not None and gid is not None:
         for p in (root, sock):
             os.chown(p, uid, gid)
         root.chmod(0o755)
     port = port or free_port()
     try:
-        proc = subprocess.run(
-            [*prefix, str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust", "-E", "UTF8",
-             "--locale=C.UTF-8", "--no-sync"],
-            capture_output=True, text=True, timeout=300,
-        )
-        if proc.returncode != 0:
-            raise RuntimeError(f"initdb failed: {proc.stdout[-1500:]}{proc.stderr[-1500:]}")
-        settings = {
-            "listen_addresses": "'127.0.0.1'",
-            "port": str(port),
-            "unix_socket_directories": f"'{sock}'",
-            "fsync": "off",
-            "synchronous_commit": "off",
-            "full_page_writes": "off",
-            "max_connections": "200",
-        }
-        if tuned:
-            settings.update(shared_buffers="'1GB'", work_mem="'32MB'", maintenance_work_mem="'512MB'",
-                            max_wal_size="'8GB'", checkpoint_timeout="'30min'")
-        with (data / "postgresql.conf").open("a") as conf:
-            conf.write("\n# flowsync test cluster\n")
-            conf.writelines(f"{k} = {v}\n" for k, v in settings.items())
+        if not (data / "PG_VERSION").exists():
+            proc = subprocess.run(
+                [*prefix, str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust", "-E", "UTF8",
+                 "--locale=C.UTF-8", "--no-sync"],
+                capture_output=True, text=True, timeout=300,
+            )
+            if proc.returncode != 0:
+                raise RuntimeError(f"initdb failed: {proc.stdout[-1500:]}{proc.stderr[-1500:]}")
+            settings = {
+                "listen_addresses": "'127.0.0.1'",
+                "unix_socket_directories": f"'{sock}'",
+                "fsync": "off",
+                "synchronous_commit": "off",
+                "full_page_writes": "off",
+                "max_connections": "200",
+            }
+            if tuned:
+                settings.update(shared_buffers="'1GB'", work_mem="'32MB'", maintenance_work_mem="'512MB'",
+                                max_wal_size="'8GB'", checkpoint_timeout="'30min'")
+            with (data / "postgresql.conf").open("a") as conf:
+                conf.write("\n# flowsync test cluster\n")
+                conf.writelines(f"{k} = {v}\n" for k, v in settings.items())
         if uid is not None and gid is not None:
-            with contextlib.suppress(FileNotFoundError):
-                log.touch()
-                os.chown(log, uid, gid)
-        _pg_ctl(bin_dir, data, "start", "-w", "-t", "120", "-l", str(log))
+            log.touch()
+            os.chown(log, uid, gid)
+        _pg_ctl(bin_dir, data, "start", "-w", "-t", "300", "-l", str(log), "-o", f"-p {port}")
         try:
             yield PgCluster(bin_dir, root, port, log)
         finally:
             with contextlib.suppress(Exception):
-                _pg_ctl(bin_dir, data, "stop", "-m", "immediate", "-w", "-t", "60")
+                _pg_ctl(bin_dir, data, "stop", "-m", "fast" if keep_at else "immediate", "-w", "-t", "120")
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        if keep_at is None:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 def migrate_template(cluster: PgCluster, home: Path) -> None:

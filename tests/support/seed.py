@@ -116,7 +116,7 @@ def seed(url: str, runs: int = 1000, flows: int = 5, deployments_per_flow: int =
                               "state_details": {"scheduled_time": (now + offset).isoformat()}},
                 })
                 finals.append((state_type, state_name))
-            created = _create_bulk(c, dep, payload)
+            created = create_bulk(c, dep, payload)
             for run_id, (state_type, state_name) in zip(created, finals):
                 out.runs[run_id] = state_type
                 if state_type != "SCHEDULED":
@@ -128,7 +128,7 @@ def seed(url: str, runs: int = 1000, flows: int = 5, deployments_per_flow: int =
     return out
 
 
-def _create_bulk(c: httpx.Client, deployment_id: str, payload: list[dict[str, Any]]) -> list[str]:
+def create_bulk(c: httpx.Client, deployment_id: str, payload: list[dict[str, Any]]) -> list[str]:
     """Create runs; re-send the ones that failed (the idempotency key makes that safe)."""
     ids: dict[str, str] = {}
     todo = payload
