@@ -101,7 +101,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 def prefect_server(
     home: Path | None = None,
     port: int | None = None,
-    timeout: float = 90.0,
+    timeout: float | None = None,
     quiet_services: bool = True,
     *,
     database_url: str | None = None,
@@ -115,6 +115,9 @@ def prefect_server(
     turns them off), so they run in a ``prefect server services start``
     process of their own: without it no event would ever be stored.
     """
+    # Several workers each import the server and check the database: slower to start on a
+    # loaded machine than one.
+    timeout = timeout or (90.0 if workers == 1 else 300.0)
     own_home = home is None
     home = Path(tempfile.mkdtemp(prefix="flowsync-prefect-")) if home is None else home
     home.mkdir(parents=True, exist_ok=True)
