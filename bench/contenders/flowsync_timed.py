@@ -62,8 +62,9 @@ class TimingTransport(httpx.BaseTransport):
             s["n"] += 1
             s["total_s"] += took
             s["max_s"] = max(s["max_s"], took)
-        return httpx.Response(response.status_code, headers=response.headers, content=content,
-                              extensions=response.extensions)
+        # The body is decoded now: hand it on without the encoding headers that described it.
+        headers = {k: v for k, v in response.headers.items() if k.lower() not in ("content-encoding", "content-length")}
+        return httpx.Response(response.status_code, headers=headers, content=content, extensions=response.extensions)
 
     def close(self) -> None:
         self.inner.close()
