@@ -75,15 +75,20 @@ def floor(url: str, in_flight: int) -> dict[str, Any]:
     return {"wall": round(wall, 2), **last_json(out)}
 
 
-def probe(c: httpx.Client, path: str, body: dict[str, Any]) -> float:
+def probe(c: httpx.Client, path: str, body: dict[str, Any]) -> float | str:
+    """Seconds for one request, or how it failed (the server answers 500 when its database
+    statement times out: PREFECT_API_DATABASE_TIMEOUT, 10 s by default)."""
     began = time.monotonic()
-    r = c.post(path, json=body)
-    r.raise_for_status()
-    return round(time.monotonic() - began, 3)
+    try:
+        r = c.post(path, json=body)
+    except httpx.TransportError as e:
+        return f"{type(e).__name__} after {round(time.monotonic() - began, 3)}s"
+    took = round(time.monotonic() - began, 3)
+    return took if r.status_code == 200 else f"HTTP {r.status_code} after {took}s"
 
 
-def probes(url: str, runs: int) -> dict[str, float]:
-    out: dict[str, float] = {}
+def probes(url: str, runs: int) -> dict[str, float | str]:
+    out: dict[str, float | str] = {}
     with httpx.Client(base_url=url + "/", timeout=600) as c:
         out["count"] = probe(c, "flow_runs/count", {})
         for frac in (0.0, 0.5, 0.9):
@@ -161,6 +166,43 @@ def small(runs: int, scratch: Path, workers_list: list[int], reps: int, in_fligh
                                **timed_pull(server.url, db, "--concurrency", str(n)))
 
 
+def report() -> str:
+    """Markdown tables from the last record of each measurement in bench/results/pg.raw."""
+    rows = [json.loads(line) for line in RAW.read_text().splitlines() if line.strip()]
+    out = []
+    for r in rows:
+        if r["phase"] == "probes":
+            out.append(f"Probes, {r['runs']:,} runs, {r['workers']} API worker(s) ({r['at']}):\n")
+            out.append("| request | seconds |\n|---|---|")
+            out += [f"| {k} | {v} |" for k, v in r.items() if k not in ("phase", "runs", "workers", "at")]
+            out.append("")
+    pulls = [r for r in rows if r["phase"] in ("full", "no-change", "verify", "1% changed", "floor")]
+    if pulls:
+        out.append("| runs | workers | what | in flight | wall s | runs/s | requests | peak RSS MB | at |")
+        out.append("|---|---|---|---|---|---|---|---|---|")
+        for r in pulls:
+            flight = r.get("concurrency") or r.get("in_flight") or ""
+            rate = f"{r['runs'] / r['wall']:.0f}" if r["phase"] in ("full", "floor") else ""
+            out.append(f"| {r['runs']:,} | {r['workers']} | {r['phase']} | {flight} | {r['wall']} | {rate} | "
+                       f"{r.get('requests', '')} | {r.get('rss_mb', '')} | {r['at'][11:16]} |")
+        out.append("")
+        out.append("Slowest request of each kind (flowsync pulls):\n")
+        out.append("| runs | workers | pull | kind | n | slowest s | mean s |")
+        out.append("|---|---|---|---|---|---|---|")
+        for r in pulls:
+            for k, v in (r.get("kinds") or {}).items():
+                out.append(f"| {r['runs']:,} | {r['workers']} | {r['phase']} c={r.get('concurrency', '')} | `{k}` | "
+                           f"{v['n']} | {v['max_s']} | {v['total_s'] / v['n']:.3f} |")
+        out.append("")
+    for r in rows:
+        if r["phase"] == "apply":
+            out.append(f"Apply at {r['runs']:,} runs: {r['apply_runs']:,} deletes in {r['apply_s']} s "
+                       f"({r['apply_runs'] / r['apply_s']:.0f}/s, peak RSS {r['apply_rss_mb']} MB); per-run DELETE loop "
+                       f"{r['loop_runs']:,} runs in {r['loop_s']} s ({r['loop_runs'] / r['loop_s']:.1f}/s); "
+                       f"apply is {r['speedup']}x faster per run.")
+    return "\n".join(out)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--large", type=int, default=0)
@@ -170,7 +212,11 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=1)
     p.add_argument("--in-flight", type=int, nargs="+", default=[1, 2, 3, 4])
     p.add_argument("--skip-apply", action="store_true")
+    p.add_argument("--report", action="store_true", help="print markdown tables from bench/results/pg.raw and exit")
     a = p.parse_args()
+    if a.report:
+        print(report())
+        return
     scratch = WORK / "scratch-pg"
     scratch.mkdir(parents=True, exist_ok=True)
     record(phase="machine", python=platform.python_version(), cpus=__import__("os").cpu_count(),
