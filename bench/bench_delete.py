@@ -33,7 +33,7 @@ from pathlib import Path
 import httpx
 
 from bench.fast_seed import fast_seed
-from bench.server import prefect_server
+from tests.support.server import prefect_server
 
 
 def split_sets(runs: dict[str, str], n: int, sets: int = 3) -> list[list[str]]:

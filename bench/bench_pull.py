@@ -5,7 +5,7 @@ One command reproduces every figure in BENCHMARKS.md (pull part):
     .venv/bin/python -m bench.bench_pull --runs 20000 --repeat 3 --scale 10000,100000
 
 It fast-seeds a Prefect server (``bench.fast_seed``, reused from bench/.work/),
-starts it with ``bench.server.prefect_server``, creates the contenders'
+starts it with ``tests.support.server.prefect_server``, creates the contenders'
 virtualenvs if missing (bench/.work/venv-dlt, bench/.work/venv-prefect), and
 runs every contender as its own process, interleaved (A B C ... A B C ...):
 
@@ -49,8 +49,8 @@ import duckdb
 import httpx
 
 from bench.fast_seed import WORK, fast_seed
-from bench.seed import set_states
-from bench.server import Server, prefect_server
+from tests.support.seed import set_states
+from tests.support.server import Server, prefect_server
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTENDERS = Path(__file__).resolve().parent / "contenders"

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from bench.demo_data import seed_demo
-from bench.server import prefect_server
+from tests.support.server import prefect_server
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -36,7 +36,7 @@ from typing import Any
 import httpx
 
 from bench.fast_seed import _fmt, _iso
-from bench.server import prefect_server
+from tests.support.server import prefect_server
 
 PREFIX = "Flow run encountered an exception: "
 

@@ -1,12 +1,12 @@
 """Seed a real Prefect server with many flow runs, fast, for benchmarks.
 
-The API seeder (``bench.seed``) creates about 25 runs/s on the SQLite-backed
+The API seeder (``tests.support.seed``) creates about 25 runs/s on the SQLite-backed
 server: an hour for 100,000 runs. This module seeds a small template through
 the API (so flows, deployments, work pool, state rows and JSON shapes are the
 server's own), stops the server, and replicates flow runs straight into its
 SQLite file (``$PREFECT_HOME/prefect.db``): new UUIDs, expected start times
 spread over ``days`` (some scheduled runs in the future), the state mix of
-``bench.seed.STATE_MIX``, a consistent state history per run (SCHEDULED,
+``tests.support.seed.STATE_MIX``, a consistent state history per run (SCHEDULED,
 then PENDING/RUNNING/final with start, end and run time), and a new
 idempotency key and name each. It then starts the server again and checks that
 ``POST /flow_runs/count`` and a full ``/flow_runs/filter`` read both see every
@@ -35,8 +35,8 @@ from typing import Any
 
 import httpx
 
-from bench.seed import STATE_MIX, seed
-from bench.server import prefect_server
+from tests.support.seed import STATE_MIX, seed
+from tests.support.server import prefect_server
 
 WORK = Path(__file__).resolve().parent / ".work"
 MARKER = "fast_seed.json"

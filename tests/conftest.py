@@ -1,9 +1,18 @@
 """Shared fixtures: a real Prefect server, seeded data, an isolated environment.
 
-``prefect`` is one server per test session, seeded once (SEED_RUNS runs plus
-real @flow executions): tests must treat it as read-only. Tests that change
-server data (deletes, state changes, churn) take ``fresh_server``, a new empty
-server of their own, and seed what they need with ``bench.seed``.
+``prefect`` is one server per test session and backend, seeded once
+(SEED_RUNS runs plus real @flow executions): tests must treat it as
+read-only. Tests that change server data (deletes, state changes, churn) take
+``fresh_server``, a new empty server of their own, and seed what they need
+with ``tests.support.seed``.
+
+Backends: every server fixture runs on ``backend`` (``sqlite`` unless a test
+module asks for more). A module marked ``pytest.mark.backends("sqlite",
+"postgres")`` runs each of its tests once per backend; the PostgreSQL ones
+carry the ``postgres`` marker (deselect with ``-m "not postgres"``) and share
+one throwaway cluster per session (``pg_cluster``), started only when needed.
+Without PostgreSQL binaries they skip, saying how to install them, unless
+FLOWSYNC_TEST_REQUIRE_POSTGRES=1 (CI) turns that into a failure.
 """
 
 from __future__ import annotations
@@ -14,11 +23,57 @@ from pathlib import Path
 
 import pytest
 
-from bench.seed import run_real_flows, seed
-from bench.server import Server, prefect_server
 from tests.helpers import SeededServer
+from tests.support.postgres import (
+    PgCluster,
+    Unavailable,
+    migrate_template,
+    pg_bin_dir,
+    postgres_cluster,
+)
+from tests.support.seed import run_real_flows, seed
+from tests.support.server import BACKENDS, Server, backend_server
 
 SEED_RUNS = 400
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Modules marked ``backends(...)`` run every test once per backend named."""
+    marker = metafunc.definition.get_closest_marker("backends")
+    if marker is None or "backend" not in metafunc.fixturenames:
+        return
+    unknown = set(marker.args) - set(BACKENDS)
+    if unknown:
+        raise pytest.UsageError(f"unknown backend(s) {sorted(unknown)}: use {', '.join(BACKENDS)}")
+    params = [
+        pytest.param(b, id=b, marks=[pytest.mark.postgres] if b.startswith("postgres") else [])
+        for b in marker.args
+    ]
+    metafunc.parametrize("backend", params, indirect=True, scope="session")
+
+
+@pytest.fixture(scope="session")
+def backend(request: pytest.FixtureRequest) -> str:
+    """Which Prefect database backend the server fixtures start (see the module docstring)."""
+    return str(getattr(request, "param", "sqlite"))
+
+
+@pytest.fixture(scope="session")
+def pg_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgCluster]:
+    """One throwaway PostgreSQL cluster for the session, with Prefect's migrated template database."""
+    try:
+        pg_bin_dir()
+    except Unavailable as e:
+        if os.environ.get("FLOWSYNC_TEST_REQUIRE_POSTGRES") == "1":
+            pytest.fail(str(e))
+        pytest.skip(str(e))
+    with postgres_cluster() as cluster:
+        migrate_template(cluster, tmp_path_factory.mktemp("pg-template-home"))
+        yield cluster
+
+
+def _cluster_for(backend: str, request: pytest.FixtureRequest) -> PgCluster | None:
+    return request.getfixturevalue("pg_cluster") if backend.startswith("postgres") else None
 
 
 @pytest.fixture(autouse=True)
@@ -36,17 +91,17 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture(scope="session")
-def prefect(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeededServer]:
-    home = tmp_path_factory.mktemp("prefect-session")
-    with prefect_server(home=home) as server:
+def prefect(backend: str, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeededServer]:
+    home = tmp_path_factory.mktemp(f"prefect-session-{backend}")
+    with backend_server(backend, home, _cluster_for(backend, request)) as server:
         seeded = seed(server.url, runs=SEED_RUNS, flows=4, deployments_per_flow=3, days=45, seed_value=7)
         real = run_real_flows(server.url, home)
         yield SeededServer(server, seeded, real)
 
 
 @pytest.fixture
-def fresh_server(tmp_path: Path) -> Iterator[Server]:
-    with prefect_server(home=tmp_path / "fresh-prefect") as server:
+def fresh_server(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Server]:
+    with backend_server(backend, tmp_path / "fresh-prefect", _cluster_for(backend, request)) as server:
         yield server
 
 

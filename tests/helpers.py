@@ -3,6 +3,7 @@ session server's type (``SeededServer``; the fixtures themselves live in conftes
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,9 +12,9 @@ import duckdb
 import httpx
 from typer.testing import CliRunner
 
-from bench.seed import Seeded
-from bench.server import Server
 from flowsync.cli import app
+from tests.support.seed import Seeded
+from tests.support.server import Server
 
 
 def run_cli(*args: str, input: str | None = None, env: dict[str, str] | None = None) -> Any:
@@ -69,3 +70,21 @@ def server_count(count: Any, states: list[str], window: Any, **filters: Any) -> 
         else:
             body[section] = value
     return int(count(body))
+
+
+def wait_for_state_events(url: str, ids: list[str], state_type: str, timeout: float = 60) -> None:
+    """Block until the server's event persister has stored each run's change to ``state_type``."""
+    wanted = {f"prefect.flow-run.{i}" for i in ids}
+    deadline = time.monotonic() + timeout
+    with httpx.Client(base_url=url + "/", timeout=30) as c:
+        while True:
+            res = c.post("events/filter", json={
+                "filter": {"any_resource": {"id": sorted(wanted)}, "event": {"name": [f"prefect.flow-run.{state_type.title()}"]}},
+                "limit": 50,
+            })
+            if res.status_code == 200:
+                seen = {e["resource"]["prefect.resource.id"] for e in res.json()["events"]}
+                if wanted <= seen:
+                    return
+            assert time.monotonic() < deadline, f"state events for {len(wanted)} runs never appeared"
+            time.sleep(0.5)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.server import free_port
 from tests.helpers import SeededServer, run_cli
+from tests.support.server import free_port
 
 
 def one_clear_line(result: object, code: int, *needles: str) -> str:

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from bench.fast_seed import fast_seed, verify
-from bench.server import prefect_server
+from tests.support.server import prefect_server
 
 
 @pytest.mark.timeout(240)

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from bench.demo_data import BROKEN, DEPLOYMENTS, seed_demo
-from bench.server import prefect_server
 from flowsync import reports
 from flowsync.store import Store
 from tests.helpers import query, run_cli, scalar
+from tests.support.server import prefect_server
 
 
 @pytest.fixture(scope="module")

@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 
 from bench.failing_flows import FLOW_NAMES, run_failing_flows
-from bench.server import Server
 from flowsync import reports
 from flowsync.store import Store
 from tests.helpers import SeededServer, run_cli
+from tests.support.server import Server
 
 FAILED = ["FAILED", "CRASHED"]
 FINISHED = ["COMPLETED", "FAILED", "CRASHED"]
@@ -70,7 +70,7 @@ def test_normaliser_table(empty_store: Store) -> None:
 
 @pytest.fixture(scope="module")
 def failing(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    from bench.server import prefect_server
+    from tests.support.server import prefect_server
 
     home = tmp_path_factory.mktemp("failing")
     with prefect_server(home=home / "prefect") as server:

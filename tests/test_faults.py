@@ -23,6 +23,8 @@ from flowsync.sync import pull
 from tests.helpers import SeededServer, query, scalar
 from tests.server_truth import assert_matches_server
 
+pytestmark = pytest.mark.backends("sqlite", "postgres")
+
 Fault = Callable[[httpx.Request, int], httpx.Response | None]
 
 

@@ -11,16 +11,19 @@ import sys
 import threading
 import time
 import uuid
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from bench.seed import delete_runs, seed, set_states
-from bench.server import Server
-from tests.helpers import query, run_cli, scalar
+from tests.helpers import SeededServer, query, run_cli, scalar, wait_for_state_events
 from tests.server_truth import assert_matches_server, server_runs
+from tests.support.seed import create_bulk, delete_runs, seed, set_states
+from tests.support.server import Server
+
+pytestmark = pytest.mark.backends("sqlite", "postgres")
 
 
 def pull(url: str, db: Path, *extra: str) -> dict[str, Any]:
@@ -72,11 +75,18 @@ def test_full_flag_reconciles_and_marks_deleted(fresh_server: Server, db_path: P
 
 
 def test_churn_during_pull_converges(fresh_server: Server, db_path: Path) -> None:
-    """A thread creates, changes and deletes runs while pulls run; the pull after it settles matches."""
+    """A thread creates, changes and deletes runs while pulls run; the pull after it settles matches.
+
+    "Settles" includes the server's event persister: it stores events in batches
+    (every few seconds, later on a loaded PostgreSQL server), and a pull can only
+    see a state change once its event is stored.
+    """
     url = fresh_server.url
+    began = datetime.now(timezone.utc) - timedelta(seconds=5)
     seeded = seed(url, runs=250, flows=2, deployments_per_flow=2, seed_value=4)
     deployment = next(iter(seeded.deployments.values()))
     ids = list(seeded.runs)
+    evented: set[str] = set()
     stop = threading.Event()
     rng = random.Random(5)
 
@@ -86,9 +96,14 @@ def test_churn_during_pull_converges(fresh_server: Server, db_path: Path) -> Non
                 op = rng.random()
                 try:
                     if op < 0.4:
-                        c.post(f"deployments/{deployment}/create_flow_run", json={"idempotency_key": str(uuid.uuid4())})
+                        r = c.post(f"deployments/{deployment}/create_flow_run", json={"idempotency_key": str(uuid.uuid4())})
+                        if r.status_code in (200, 201):
+                            evented.add(r.json()["id"])
                     elif op < 0.7 and ids:
-                        c.post(f"flow_runs/{rng.choice(ids)}/set_state", json={"state": {"type": "CANCELLED"}, "force": True})
+                        run_id = rng.choice(ids)
+                        r = c.post(f"flow_runs/{run_id}/set_state", json={"state": {"type": "CANCELLED"}, "force": True})
+                        if r.status_code in (200, 201) and r.json().get("status") == "ACCEPT":
+                            evented.add(run_id)
                     elif ids:
                         c.delete(f"flow_runs/{ids.pop(rng.randrange(len(ids)))}")
                 except httpx.HTTPError:
@@ -103,10 +118,25 @@ def test_churn_during_pull_converges(fresh_server: Server, db_path: Path) -> Non
     finally:
         stop.set()
         worker.join()
-    time.sleep(1)
+    _wait_for_events(url, evented, began)
     pull(url, db_path)
     assert_matches_server(db_path, url)
     assert scalar(db_path, "SELECT count(*) - count(DISTINCT id) FROM flow_runs") == 0
+
+
+def _wait_for_events(url: str, ids: set[str], since: datetime, timeout: float = 90) -> None:
+    """Block until the server has stored a flow-run event for each of ``ids`` (as a pull asks for them)."""
+    from flowsync.api import PrefectClient
+    from flowsync.config import ApiSettings
+
+    deadline = time.monotonic() + timeout
+    with PrefectClient(ApiSettings(url=url)) as client:
+        while True:
+            seen = client.changed_flow_runs(since, datetime.now(timezone.utc) + timedelta(hours=1))
+            if ids <= set(seen):
+                return
+            assert time.monotonic() < deadline, f"{len(ids - set(seen))} runs' events never stored"
+            time.sleep(1)
 
 
 def _flowsync(*args: str) -> list[str]:
@@ -208,24 +238,6 @@ def test_verify_finds_a_state_change_whose_event_was_missed(fresh_server: Server
     assert_matches_server(db_path, url)
 
 
-def _wait_for_state_events(url: str, ids: list[str], state_type: str, timeout: float = 60) -> None:
-    """Block until the server's event persister has stored each run's change to ``state_type``."""
-    wanted = {f"prefect.flow-run.{i}" for i in ids}
-    deadline = time.monotonic() + timeout
-    with httpx.Client(base_url=url + "/", timeout=30) as c:
-        while True:
-            res = c.post("events/filter", json={
-                "filter": {"any_resource": {"id": sorted(wanted)}, "event": {"name": [f"prefect.flow-run.{state_type.title()}"]}},
-                "limit": 50,
-            })
-            if res.status_code == 200:
-                seen = {e["resource"]["prefect.resource.id"] for e in res.json()["events"]}
-                if wanted <= seen:
-                    return
-            assert time.monotonic() < deadline, f"state events for {len(wanted)} runs never appeared"
-            time.sleep(0.5)
-
-
 def test_runs_already_read_inside_the_overlap_are_not_read_again(fresh_server: Server, db_path: Path) -> None:
     """The overlap window re-lists recent events; runs whose local state is that recent are skipped."""
     url = fresh_server.url
@@ -235,7 +247,7 @@ def test_runs_already_read_inside_the_overlap_are_not_read_again(fresh_server: S
     targets = [i for i, s in seeded.runs.items() if s == "COMPLETED"][:3]
     with httpx.Client(base_url=url + "/", timeout=60) as c:
         set_states(c, targets, "CANCELLED", "Cancelled")
-    _wait_for_state_events(url, targets, "CANCELLED")
+    wait_for_state_events(url, targets, "CANCELLED")
 
     changed = pull(url, db_path)
     assert int(changed["requests"]) == baseline + 1  # one filter by id for the three runs
@@ -246,8 +258,100 @@ def test_runs_already_read_inside_the_overlap_are_not_read_again(fresh_server: S
     # A newer change to one of them is read again.
     with httpx.Client(base_url=url + "/", timeout=60) as c:
         set_states(c, targets[:1], "FAILED", "Failed")
-    _wait_for_state_events(url, targets[:1], "FAILED")
+    wait_for_state_events(url, targets[:1], "FAILED")
     again = pull(url, db_path)
     assert int(again["requests"]) == baseline + 1
     assert scalar(db_path, "SELECT state_type FROM flow_runs WHERE id = ?", [targets[0]]) == "FAILED"
     assert_matches_server(db_path, url)
+
+
+def _runs_at(url: str, deployment: str, when: str, n: int) -> list[str]:
+    """Create ``n`` runs expected at ``when``, re-sending per-run failures (SQLite under load)."""
+    with httpx.Client(base_url=url + "/", timeout=120) as c:
+        body = [
+            {"idempotency_key": str(uuid.uuid4()),
+             "state": {"type": "SCHEDULED", "state_details": {"scheduled_time": when}}}
+            for _ in range(n)
+        ]
+        return [i for start in range(0, n, 100) for i in create_bulk(c, deployment, body[start : start + 100])]
+
+
+def test_runs_changing_state_inside_a_tie_are_not_skipped(fresh_server: Server, db_path: Path) -> None:
+    """Runs sharing one expected start are paged by offset; state changes between pages must not
+    make that walk skip any.
+
+    Ordered by the shared timestamp alone, ties come back in the server's storage order:
+    SQLite keeps a row's place on UPDATE (rowid), PostgreSQL writes an updated row elsewhere,
+    so runs that change state between two pages move and the offset walk skips others.
+    """
+    from flowsync.api import PrefectClient
+    from flowsync.config import ApiSettings
+    from flowsync.store import Store
+    from flowsync.sync import PullOptions
+    from flowsync.sync import pull as pull_api
+
+    url = fresh_server.url
+    seeded = seed(url, runs=1, flows=1, deployments_per_flow=1)
+    deployment = next(iter(seeded.deployments.values()))
+    when = "2026-01-01T00:00:00+00:00"
+    tied = _runs_at(url, deployment, when, 450)
+    assert len(tied) == 450
+    real = httpx.Client(timeout=60)
+    rng = random.Random(31)
+    tie_pages = 0
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal tie_pages
+        if request.url.path.endswith("/flow_runs/filter"):
+            window = json.loads(request.content).get("flow_runs", {}).get("expected_start_time", {})
+            if window.get("after_") and window.get("after_") == window.get("before_"):
+                tie_pages += 1
+                if tie_pages == 2:  # between the first and the second page of the tie
+                    with httpx.Client(base_url=url + "/", timeout=60) as c:
+                        set_states(c, rng.sample(tied, 225), "CANCELLED", "Cancelled")
+        response = real.request(request.method, str(request.url), content=request.content, headers=request.headers)
+        headers = {k: v for k, v in response.headers.items() if k.lower() not in ("content-encoding", "content-length")}
+        return httpx.Response(response.status_code, headers=headers, content=response.content)
+
+    options = PullOptions(concurrency=1, page_size=100)
+    with Store.open(db_path) as store, PrefectClient(ApiSettings(url=url), transport=httpx.MockTransport(handler)) as client:
+        pull_api(client, store, options)
+    assert tie_pages >= 2
+    local = {str(r[0]) for r in query(db_path, "SELECT id FROM flow_runs WHERE deleted_at IS NULL")}
+    assert not set(tied) - local, f"{len(set(tied) - local)} of the tied runs were skipped"
+
+
+def test_history_is_asked_in_parts_of_bounded_size(
+    prefect: SeededServer, db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server's history query reads every run in its range (5.7 s for one request over a
+    million runs on PostgreSQL); the pull asks for it in parts of about HISTORY_PART_ROWS runs."""
+    from flowsync.api import PrefectClient
+    from flowsync.config import ApiSettings
+    from flowsync.store import Store
+    from flowsync.sync import PullOptions
+    from flowsync.sync import pull as pull_api
+    from flowsync.sync import runs as sync_runs
+
+    monkeypatch.setattr(sync_runs, "HISTORY_PART_ROWS", 60)
+    real = httpx.Client(timeout=60)
+    sizes: list[int] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        response = real.request(request.method, str(request.url), content=request.content, headers=request.headers)
+        if request.url.path.endswith("/flow_runs/history"):
+            sizes.append(sum(int(s["count_runs"]) for b in response.json() for s in b["states"]))
+        headers = {k: v for k, v in response.headers.items() if k.lower() not in ("content-encoding", "content-length")}
+        return httpx.Response(response.status_code, headers=headers, content=response.content)
+
+    with Store.open(db_path) as store, PrefectClient(ApiSettings(url=prefect.url), transport=httpx.MockTransport(handler)) as client:
+        pull_api(client, store)  # full: the segment plan
+        planned = list(sizes)
+        pull_api(client, store, PullOptions(verify=True))  # the per-bucket check
+    verified = sizes[len(planned):]
+    total = prefect.count()
+    for asked in (planned, verified):
+        assert len(asked) >= 3, asked
+        assert sum(asked) >= total - 5  # runs far in the future or past may sit outside the range
+        assert max(asked) <= 2 * 60, asked
+    assert_matches_server(db_path, prefect.url)

@@ -11,8 +11,6 @@ from typing import Any
 import httpx
 import pytest
 
-from bench.seed import seed
-from bench.server import Server, prefect_server
 from flowsync.api import PrefectClient, RetryPolicy
 from flowsync.config import ApiSettings
 from flowsync.errors import PolicyLimitError
@@ -22,6 +20,10 @@ from flowsync.store import Store
 from flowsync.sync import NullProgress
 from tests.helpers import query, run_cli, scalar
 from tests.policy_db import make_db, rid, run
+from tests.support.seed import seed
+from tests.support.server import Server, backend_server
+
+pytestmark = pytest.mark.backends("sqlite", "postgres")
 
 Handler = Callable[[httpx.Request], httpx.Response]
 
@@ -196,8 +198,9 @@ def test_cli_refuses_over_max_actions_with_exit_8(mixed_db: Path) -> None:
 # -- against a real server -------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    with prefect_server(home=tmp_path_factory.mktemp("apply-prefect")) as s:
+def server(backend: str, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    cluster = request.getfixturevalue("pg_cluster") if backend.startswith("postgres") else None
+    with backend_server(backend, tmp_path_factory.mktemp("apply-prefect"), cluster) as s:
         seed(s.url, runs=160, flows=2, deployments_per_flow=1, days=60, seed_value=3)
         yield s
 

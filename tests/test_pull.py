@@ -10,6 +10,8 @@ import pytest
 
 from tests.helpers import SeededServer, query, run_cli, scalar
 
+pytestmark = pytest.mark.backends("sqlite", "postgres")
+
 STATE_TYPES = ["COMPLETED", "FAILED", "CRASHED", "CANCELLED", "SCHEDULED", "RUNNING", "PENDING", "PAUSED", "CANCELLING"]
 
 

@@ -11,12 +11,12 @@ import httpx
 import polars as pl
 import pytest
 
-from bench.seed import seed
-from bench.server import Server
 from flowsync import reports
 from flowsync.errors import ConfigError
 from flowsync.store import Store
 from tests.helpers import FAILED, FINISHED, SeededServer, run_cli, scalar, server_count
+from tests.support.seed import seed
+from tests.support.server import Server
 
 NOW = datetime.now(timezone.utc)
 WINDOW = reports.Window(NOW - timedelta(days=20), NOW)

@@ -9,11 +9,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bench.seed import set_states
-from bench.server import Server
 from flowsync import reports, views
 from flowsync.store import Store
 from tests.helpers import SeededServer, query, run_cli, scalar
+from tests.support.seed import set_states
+from tests.support.server import Server
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,10 @@ Owns: the request bodies that walk a collection, and the one id chunker
 small collections (flows, deployments); flow runs are walked by keyset on
 ``expected_start_time`` so that deletions of earlier rows cannot make a page
 skip rows (offset paging does), with an offset walk only inside a run of more
-than a page of rows sharing one timestamp. Must not: write anything.
+than a page of rows sharing one timestamp, ordered by id there: the server has
+no tie-breaker, and PostgreSQL returns ties in storage order, which changes
+when a run changes state (SQLite keeps a row's rowid), so a walk ordered by the
+shared timestamp alone skips runs. Must not: write anything.
 """
 
 from __future__ import annotations
@@ -69,17 +72,27 @@ def pages_by_id(
 
 @dataclass(frozen=True)
 class Position:
-    """Where a keyset walk resumes: the inclusive lower bound and, inside a tie, the offset."""
+    """Where a keyset walk resumes: the inclusive lower bound and, inside a tie, the offset.
+
+    ``in_tie``: the walk is paging through runs that share ``after`` exactly,
+    by id, ``tie`` rows in. Positions stored before ties were ordered by id
+    (``tie`` > 0 without ``in_tie``) restart their tie from its first row.
+    """
 
     after: str
     tie: int = 0
+    in_tie: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        return {"after": self.after, "tie": self.tie}
+        return {"after": self.after, "tie": self.tie, "in_tie": self.in_tie}
 
     @classmethod
     def from_json(cls, data: dict[str, Any] | None) -> Position | None:
-        return cls(str(data["after"]), int(data.get("tie", 0))) if data else None
+        if not data:
+            return None
+        if "in_tie" not in data:
+            return cls(str(data["after"]), 0, int(data.get("tie", 0)) > 0)
+        return cls(str(data["after"]), int(data.get("tie", 0)), bool(data["in_tie"]))
 
 
 def _run_filter(after: str, before: str | None) -> dict[str, Any]:
@@ -106,11 +119,12 @@ def keyset_run_pages(
     hi_s = iso(hi) if hi is not None else None
     pos = start or Position(iso(lo or EPOCH))
     while True:
-        if pos.tie:
-            body = {**_run_filter(pos.after, pos.after), "sort": "EXPECTED_START_TIME_ASC"}
+        if pos.in_tie:
+            # One timestamp: order by id, the one sort whose order no update changes.
+            body = {**_run_filter(pos.after, pos.after), "sort": "ID_DESC"}
             page = client.filter_page("flow_runs", {**body, "limit": page_size, "offset": pos.tie})
             if len(page) == page_size:
-                nxt: Position | None = Position(pos.after, pos.tie + len(page))
+                nxt: Position | None = Position(pos.after, pos.tie + len(page), in_tie=True)
             else:
                 bumped = parse_ts(pos.after) + timedelta(microseconds=1)
                 nxt = None if hi is not None and bumped > hi else Position(iso(bumped))
@@ -123,7 +137,9 @@ def keyset_run_pages(
                 return
             last = page.rows[-1].get("expected_start_time")
             if last is None or parse_ts(last) <= parse_ts(pos.after):
-                nxt = Position(pos.after, len(page))  # a full page on one timestamp
+                # A full page on one timestamp: page through that timestamp by id, from its
+                # first row (this page came in the server's tie order, not by id).
+                nxt = Position(pos.after, 0, in_tie=True)
             else:
                 nxt = Position(str(last))
             yield page, nxt

@@ -8,7 +8,7 @@ span history), then moved to their final state with ``bulk_set_state`` to a
 realistic mix. ``run_real_flows`` adds real ``@flow`` executions (durations,
 retries, a subflow, a failure) in a subprocess.
 
-    python -m bench.seed --url http://127.0.0.1:4200/api --runs 20000
+    python -m tests.support.seed --url http://127.0.0.1:4200/api --runs 20000
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ def seed(url: str, runs: int = 1000, flows: int = 5, deployments_per_flow: int =
                               "state_details": {"scheduled_time": (now + offset).isoformat()}},
                 })
                 finals.append((state_type, state_name))
-            created = _create_bulk(c, dep, payload)
+            created = create_bulk(c, dep, payload)
             for run_id, (state_type, state_name) in zip(created, finals):
                 out.runs[run_id] = state_type
                 if state_type != "SCHEDULED":
@@ -128,7 +128,7 @@ def seed(url: str, runs: int = 1000, flows: int = 5, deployments_per_flow: int =
     return out
 
 
-def _create_bulk(c: httpx.Client, deployment_id: str, payload: list[dict[str, Any]]) -> list[str]:
+def create_bulk(c: httpx.Client, deployment_id: str, payload: list[dict[str, Any]]) -> list[str]:
     """Create runs; re-send the ones that failed (the idempotency key makes that safe)."""
     ids: dict[str, str] = {}
     todo = payload
@@ -169,7 +169,7 @@ REAL_FLOWS = Path(__file__).with_name("real_flows.py")
 
 
 def run_real_flows(url: str, home: str | os.PathLike[str] | None = None, timeout: float = 300) -> dict[str, Any]:
-    """Execute the real @flow runs of bench/real_flows.py against the server (a subprocess)."""
+    """Execute the real @flow runs of tests/support/real_flows.py against the server (a subprocess)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update(PREFECT_API_URL=url, PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_LOGGING_LEVEL="WARNING")
     if home:

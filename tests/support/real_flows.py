@@ -1,6 +1,6 @@
 """Real @flow executions against PREFECT_API_URL: durations, retries, a subflow, failures.
 
-Run as a script (``bench.seed.run_real_flows`` does); prints a JSON summary
+Run as a script (``tests.support.seed.run_real_flows`` does); prints a JSON summary
 of the flow-run ids it produced on its last line.
 """
 
@@ -10,30 +10,36 @@ import json
 import time
 
 from prefect import flow, get_run_logger
-from prefect.context import get_run_context
+from prefect.context import FlowRunContext
 
 ATTEMPTS: dict[str, int] = {}
+
+
+def _run_id() -> str:
+    ctx = FlowRunContext.get()
+    assert ctx is not None and ctx.flow_run is not None, "called outside a flow run"
+    return str(ctx.flow_run.id)
 
 
 @flow(name="real-child", log_prints=False)
 def child(seconds: float) -> str:
     time.sleep(seconds)
-    return str(get_run_context().flow_run.id)
+    return _run_id()
 
 
 @flow(name="real-parent")
 def parent() -> dict[str, str]:
     child_id = child(0.3)
-    return {"parent": str(get_run_context().flow_run.id), "child": child_id}
+    return {"parent": _run_id(), "child": child_id}
 
 
 @flow(name="real-flaky", retries=2, retry_delay_seconds=0)
 def flaky() -> str:
-    run = get_run_context().flow_run
-    ATTEMPTS[str(run.id)] = ATTEMPTS.get(str(run.id), 0) + 1
-    if ATTEMPTS[str(run.id)] < 2:
+    run_id = _run_id()
+    ATTEMPTS[run_id] = ATTEMPTS.get(run_id, 0) + 1
+    if ATTEMPTS[run_id] < 2:
         raise RuntimeError("first attempt fails on purpose")
-    return str(run.id)
+    return run_id
 
 
 @flow(name="real-broken")
@@ -45,7 +51,7 @@ def broken() -> None:
 @flow(name="real-sleepy")
 def sleepy(seconds: float) -> str:
     time.sleep(seconds)
-    return str(get_run_context().flow_run.id)
+    return _run_id()
 
 
 def main() -> None:

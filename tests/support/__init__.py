@@ -1,0 +1,4 @@
+"""Test infrastructure shared by the suite and the benchmarks: real Prefect servers and seeders.
+
+Never imported by ``src/``.
+"""
