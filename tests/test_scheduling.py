@@ -106,7 +106,7 @@ def test_cron_overlaps_skip_wait_or_fail_with_documented_codes(prefect: SeededSe
         holder.wait()
     assert refused.returncode == 6
     log = (cron_state / "pull.log").read_text().strip().splitlines()
-    assert len(log) == 1 and "in use by another process" in log[0] and "--wait" in log[0], log
+    assert len(log) == 1 and "held by another process" in log[0] and "--wait" in log[0], log
 
 
 def test_exit_codes_in_the_examples_match_flowsync() -> None:

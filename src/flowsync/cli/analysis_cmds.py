@@ -20,7 +20,7 @@ import typer
 from rich.table import Table
 
 from flowsync import reports
-from flowsync.cli.common import DbOption, WaitOption, err, errors, out
+from flowsync.cli.common import DbOption, LiveOption, WaitOption, err, errors, out
 from flowsync.config import resolve_db_path
 from flowsync.errors import ConfigError
 
@@ -154,10 +154,10 @@ def emit(frame: pl.DataFrame, fmt: str, output: Path | None, title: str = "") ->
     sys.stdout.flush()
 
 
-def _open(db: Path | None, wait: float) -> Store:
-    from flowsync.store import Store
+def _open(db: Path | None, wait: float, live: bool) -> Store:
+    from flowsync.store.snapshot import open_for_reading
 
-    return Store.open(resolve_db_path(db), read_only=True, wait=wait)
+    return open_for_reading(resolve_db_path(db), live=live, wait=wait)
 
 
 # -- commands ---------------------------------------------------------------------
@@ -169,6 +169,7 @@ def sql_cmd(
     output: OutputOption = None,
     db: DbOption = None,
     wait: WaitOption = 0.0,
+    live: LiveOption = False,
 ) -> None:
     """Run SQL on a read-only connection to the DuckDB file and print the rows.
 
@@ -179,7 +180,7 @@ def sql_cmd(
     """
     with errors():
         chosen = _choose_format(fmt, output)
-        with _open(db, wait) as store:
+        with _open(db, wait, live) as store:
             frame = reports.sql_query(store, query)
         emit(frame, chosen, output)
 
@@ -201,13 +202,14 @@ def _run_report(
     html: Path | None,
     db: Path | None,
     wait: float,
+    live: bool,
 ) -> None:
     from flowsync import report_html
 
     with errors():
         window = reports.parse_since(since)
         chosen = None if html is not None else _choose_format(fmt, output)
-        with _open(db, wait) as store:
+        with _open(db, wait, live) as store:
             frame = build(store, window)
             page = report_html.build_page(store, window, title, frame) if html is not None else None
         if html is not None and page is not None:
@@ -231,6 +233,7 @@ def failures_cmd(
     html: HtmlOption = None,
     db: DbOption = None,
     wait: WaitOption = 0.0,
+    live: LiveOption = False,
 ) -> None:
     """Failure rate per flow, deployment, work pool or tag, against the previous window.
 
@@ -243,7 +246,7 @@ def failures_cmd(
     _run_report(
         f"Failures by {by}",
         lambda store, window: reports.failures(store, by, window, include_deleted=include_deleted),
-        since, fmt, output, html, db, wait,
+        since, fmt, output, html, db, wait, live,
     )
 
 
@@ -257,6 +260,7 @@ def durations_cmd(
     html: HtmlOption = None,
     db: DbOption = None,
     wait: WaitOption = 0.0,
+    live: LiveOption = False,
 ) -> None:
     """Duration percentiles (p50, p90, p95, p99, max, mean; seconds) of finished runs per group.
 
@@ -265,7 +269,7 @@ def durations_cmd(
     _run_report(
         f"Durations by {by}",
         lambda store, window: reports.durations(store, by, window, include_deleted=include_deleted),
-        since, fmt, output, html, db, wait,
+        since, fmt, output, html, db, wait, live,
     )
 
 
@@ -280,6 +284,7 @@ def late_cmd(
     html: HtmlOption = None,
     db: DbOption = None,
     wait: WaitOption = 0.0,
+    live: LiveOption = False,
 ) -> None:
     """Start lateness per group (start time - expected start) and runs still waiting to start.
 
@@ -288,7 +293,7 @@ def late_cmd(
     _run_report(
         f"Lateness by {by}",
         lambda store, window: reports.late(store, by, window, late_after=late_after, include_deleted=include_deleted),
-        since, fmt, output, html, db, wait,
+        since, fmt, output, html, db, wait, live,
     )
 
 
@@ -301,6 +306,7 @@ def flaky_cmd(
     html: HtmlOption = None,
     db: DbOption = None,
     wait: WaitOption = 0.0,
+    live: LiveOption = False,
 ) -> None:
     """Flaky and broken deployments: failures, retried runs, failing streak, time to recover (MTTR).
 
@@ -309,6 +315,6 @@ def flaky_cmd(
     _run_report(
         "Flaky and broken deployments",
         lambda store, window: reports.flaky(store, window, last=last),
-        since, fmt, output, html, db, wait,
+        since, fmt, output, html, db, wait, live,
     )
 

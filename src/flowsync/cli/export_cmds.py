@@ -7,7 +7,15 @@ from typing import Annotated
 
 import typer
 
-from flowsync.cli.common import DbOption, JsonOption, WaitOption, err, errors, print_json
+from flowsync.cli.common import (
+    DbOption,
+    JsonOption,
+    LiveOption,
+    WaitOption,
+    err,
+    errors,
+    print_json,
+)
 from flowsync.config import resolve_db_path
 
 
@@ -24,6 +32,7 @@ def export_cmd(
         typer.Option("--since", help="Rewrite only partitions with rows synced or deleted since then: 7d, 12h, 2026-11-01, or an ISO time.", show_default=False),
     ] = None,
     wait: WaitOption = 0.0,
+    live: LiveOption = False,
     json_out: JsonOption = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No summary; errors only (for cron).")] = False,
 ) -> None:
@@ -39,14 +48,14 @@ def export_cmd(
     Example: flowsync export --format parquet exports/ --db runs.duckdb --since 2d
     """
     from flowsync import export  # with pyarrow and DuckDB: loaded only when exporting
-    from flowsync.store import Store
+    from flowsync.store.snapshot import open_for_reading
 
     with errors():
         names = [t.strip() for item in tables or [] for t in item.split(",") if t.strip()] or None
         export.check_request(out_dir, fmt, names)
         cutoff = export.parse_since(since) if since else None
         path = resolve_db_path(db)
-        with Store.open(path, read_only=True, wait=wait) as store:
+        with open_for_reading(path, live=live, wait=wait) as store:
             result = export.export(store, out_dir, fmt=fmt, tables=names, since=cutoff)
     if json_out:
         print_json({"db": str(path), **result.to_json()})

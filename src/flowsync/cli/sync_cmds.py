@@ -48,6 +48,7 @@ def pull_cmd(
     # Imported here so `--help` and shell completion stay fast.
     from flowsync.api import PrefectClient
     from flowsync.store import Store
+    from flowsync.store.snapshot import publish
     from flowsync.sync import PullOptions, pull
 
     with errors():
@@ -64,14 +65,18 @@ def pull_cmd(
         progress = make_progress(quiet or json_out)
         with Store.open(path, wait=wait) as store, progress, PrefectClient(settings, on_retry=progress.message) as client:
             result = pull(client, store, options, progress)
+            changed = bool(result.inserted or result.updated or result.marked_deleted)
+            published = publish(store, pull_id=result.pull_id, changed=changed)
     if json_out:
-        print_json({"db": str(path), "api_url": settings.display_url, **result.to_json()})
+        print_json({"db": str(path), "api_url": settings.display_url, **result.to_json(), "snapshot": published.to_json()})
     elif not quiet:
         why = f" ({result.reason})" if result.reason else ""
         err.print(
             f"pulled from {settings.display_url} into {path}: {result.mode}{why}, "
             f"{result.inserted} new, {result.updated} updated, {result.marked_deleted} marked deleted; "
-            f"{result.requests} requests in {result.seconds:.1f}s",
+            f"{result.requests} requests in {result.seconds:.1f}s; "
+            + (f"published snapshot {published.snapshot.generation} in {published.seconds:.2f}s"
+               if published.published else f"snapshot {published.snapshot.generation} unchanged"),
             highlight=False,
         )
 

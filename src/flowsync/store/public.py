@@ -30,14 +30,19 @@ def connect(
     *,
     read_only: bool = True,
     wait: float = 0.0,
+    live: bool = False,
 ) -> duckdb.DuckDBPyConnection:
-    """Open the flowsync DuckDB file and return the duckdb connection.
+    """Open the latest published snapshot of the flowsync DuckDB file; return the duckdb connection.
 
     ``path`` defaults like ``--db``: ``$FLOWSYNC_DB``, else ``./flowsync.duckdb``.
-    The session time zone is UTC, as in every flowsync command. A read-only
-    connection fails with ``StoreLockedError`` while a pull is writing (pass
-    ``wait`` seconds to wait for it); close it (``con.close()``) when done so
-    the next scheduled pull can take the file.
+    The session time zone is UTC, as in every flowsync command. The snapshot
+    is what the last successful pull (or apply) published: the connection keeps
+    that view for as long as it stays open, never blocks a pull, and a new
+    connection sees the newest pull. ``live=True`` (or ``read_only=False``)
+    opens the live file instead, which a running pull holds: that connection
+    fails with ``StoreLockedError`` (pass ``wait`` seconds to wait) and blocks
+    the next pull until closed. A file no flowsync pull has published yet is
+    read live.
 
     Example::
 
@@ -45,8 +50,12 @@ def connect(
         con = flowsync.connect("runs.duckdb")
         con.sql("SELECT state_type, count(*) FROM flow_runs GROUP BY 1").pl()
     """
-    store = Store.open(resolve_db_path(path), read_only=read_only, wait=wait)
-    return store.con
+    from flowsync.store.snapshot import open_for_reading
+
+    db = resolve_db_path(path)
+    if not read_only:
+        return Store.open(db, read_only=False, wait=wait).con
+    return open_for_reading(db, live=live, wait=wait).con
 
 
 def _columns(store: Store, table: str) -> list[tuple[str, str]]:
