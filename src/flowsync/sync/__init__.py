@@ -16,10 +16,10 @@ from typing import Any
 from flowsync import views
 from flowsync.api import PrefectClient
 from flowsync.api.pagination import parse_ts
-from flowsync.errors import ConfigError, FlowsyncError
+from flowsync.errors import FlowsyncError
 from flowsync.store import Store, writes
 from flowsync.store.tables import DEPLOYMENTS, FLOWS
-from flowsync.sync import runs, small
+from flowsync.sync import identity, runs, small
 from flowsync.sync.context import NullProgress, Progress, PullContext, PullOptions
 
 __all__ = ["NullProgress", "Progress", "PullOptions", "PullResult", "pull", "refresh_runs"]
@@ -34,6 +34,7 @@ class PullResult:
     requests: int
     retries: int
     tables: dict[str, dict[str, int]] = field(default_factory=dict)
+    moved: identity.Moved | None = None  # the file followed its server to a new URL
 
     @property
     def inserted(self) -> int:
@@ -59,19 +60,8 @@ class PullResult:
             "updated": self.updated,
             "marked_deleted": self.marked_deleted,
             "tables": self.tables,
+            "moved": self.moved.to_json() if self.moved else None,
         }
-
-
-def _bind_url(store: Store, url: str) -> None:
-    """A file holds one server's history; refuse to mix in another's."""
-    known = writes.get_state(store, "api_url")
-    if known is None:
-        with store.transaction():
-            writes.set_state(store, "api_url", url)
-    elif known != url:
-        raise ConfigError(
-            f"{store.path} holds runs from {known}, not {url}; use another --db for this server."
-        )
 
 
 def pull(
@@ -85,7 +75,9 @@ def pull(
     began = time.monotonic()
     server_start = client.check()
     url = client.settings.display_url
-    _bind_url(store, url)
+    moved = identity.bind(client, store)
+    if moved is not None:
+        progress.message(moved.describe())
     with store.transaction():
         writes.abandon_stale_runs(store)
         pull_id = writes.start_sync_run(store, url)
@@ -128,6 +120,7 @@ def pull(
             name: {"inserted": c.inserted, "updated": c.updated, "marked_deleted": c.marked_deleted}
             for name, c in ctx.counters.items()
         },
+        moved=moved,
     )
     with store.transaction():
         writes.finish_sync_run(
