@@ -154,10 +154,29 @@ def emit(frame: pl.DataFrame, fmt: str, output: Path | None, title: str = "") ->
     sys.stdout.flush()
 
 
+DbsOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--db",
+        help="DuckDB file. Default: $FLOWSYNC_DB, else ./flowsync.duckdb. Repeat to query several "
+        "files together (NAME=PATH names a source; every table and view gets a source column).",
+        show_default=False,
+    ),
+]
+
+
 def _open(db: Path | None, wait: float, live: bool) -> Store:
     from flowsync.store.snapshot import open_for_reading
 
     return open_for_reading(resolve_db_path(db), live=live, wait=wait)
+
+
+def _open_many(dbs: list[str], wait: float, live: bool) -> Store:
+    if len(dbs) <= 1 and not any("=" in d and not Path(d).exists() for d in dbs):
+        return _open(Path(dbs[0]) if dbs else None, wait, live)
+    from flowsync.store.multi import open_sources
+
+    return open_sources(dbs, live=live)
 
 
 # -- commands ---------------------------------------------------------------------
@@ -167,20 +186,24 @@ def sql_cmd(
     query: Annotated[str, typer.Argument(help="SQL to run (read-only). Tables: flows, deployments, flow_runs; views: see docs/analysis.md.")],
     fmt: FormatOption = None,
     output: OutputOption = None,
-    db: DbOption = None,
+    db: DbsOption = None,
     wait: WaitOption = 0.0,
     live: LiveOption = False,
 ) -> None:
     """Run SQL on a read-only connection to the DuckDB file and print the rows.
 
     Statements that change the file are refused. With several statements,
-    the rows of the last one are printed.
+    the rows of the last one are printed. Reads the latest published
+    snapshot (--live: the live file). Several --db files are queried
+    together, with a source column (one file per server or workspace).
 
     Example: flowsync sql "SELECT * FROM failure_rates_by_deployment" --format markdown
+
+    Example: flowsync sql "SELECT source, count(*) FROM flow_runs GROUP BY 1" --db prod=prod.duckdb --db dev=dev.duckdb
     """
     with errors():
         chosen = _choose_format(fmt, output)
-        with _open(db, wait, live) as store:
+        with _open_many(db or [], wait, live) as store:
             frame = reports.sql_query(store, query)
         emit(frame, chosen, output)
 

@@ -10,7 +10,7 @@ file layout or names (that is ``flowsync.export``), or know about the API.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import date, datetime
 from pathlib import Path
 
@@ -26,7 +26,7 @@ _AS_TEXT = {"UUID", "JSON"}
 
 
 def connect(
-    path: str | os.PathLike[str] | None = None,
+    path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | Mapping[str, str | os.PathLike[str]] | None = None,
     *,
     read_only: bool = True,
     wait: float = 0.0,
@@ -44,14 +44,26 @@ def connect(
     the next pull until closed. A file no flowsync pull has published yet is
     read live.
 
+    Several files (a list of paths, ``"NAME=PATH"`` strings, or a dict of
+    name to path: one file per Prefect server or workspace) open together:
+    every table and view stacks the files with a ``source`` column first.
+
     Example::
 
         import flowsync
         con = flowsync.connect("runs.duckdb")
         con.sql("SELECT state_type, count(*) FROM flow_runs GROUP BY 1").pl()
+        both = flowsync.connect({"prod": "prod.duckdb", "staging": "staging.duckdb"})
+        both.sql("SELECT source, count(*) FROM flow_runs GROUP BY 1").pl()
     """
     from flowsync.store.snapshot import open_for_reading
 
+    if path is not None and not isinstance(path, (str, os.PathLike)):
+        from flowsync.store.multi import open_sources
+
+        if not read_only:
+            raise StoreError("Several files open read-only only; open one file to write to it.")
+        return open_sources(path, live=live).con
     db = resolve_db_path(path)
     if not read_only:
         return Store.open(db, read_only=False, wait=wait).con
