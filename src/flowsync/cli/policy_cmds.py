@@ -122,12 +122,21 @@ def plan_cmd(
 
     Example: flowsync plan policies/retention.yaml --db runs.duckdb
     """
+    from flowsync.store.snapshot import current
+
     with errors():
         plan = _compute_plan(policy, db, wait, live)
+        source = None if live else current(resolve_db_path(db))
     if json_out:
         print_json(plan.to_json(sample=sample))
     else:
         _render_plan(plan, sample)
+        if source is not None:
+            err.print(
+                f"planned on snapshot {source.generation} (pull #{source.pull_id or '-'}, published "
+                f"{source.published_at:%Y-%m-%d %H:%M:%S %Z}); apply re-plans on the live file and shows that plan first.",
+                highlight=False,
+            )
 
 
 def _render_result(result: ApplyResult) -> None:

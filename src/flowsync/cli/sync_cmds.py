@@ -90,13 +90,15 @@ def status_cmd(
 
     Example: flowsync status --db runs.duckdb --json
     """
-    from flowsync.store import Store, writes
+    from flowsync.store import Store, snapshot, writes
 
     with errors():
         path = resolve_db_path(db)
         with Store.open(path, read_only=True, wait=wait) as store:
             summary = writes.status_summary(store)
+        published = snapshot.current(path)
     summary["db"] = str(path)
+    summary["snapshot"] = published.to_json() if published else None
     if json_out:
         print_json(summary)
         return
@@ -110,6 +112,12 @@ def status_cmd(
         )
     if summary["last_successful_pull_at"]:
         out.print(f"last successful pull finished {summary['last_successful_pull_at']:%Y-%m-%d %H:%M:%S %Z}", highlight=False)
+    if published:
+        out.print(
+            f"readers see snapshot {published.generation} (pull #{published.pull_id or '-'}, "
+            f"published {published.published_at:%Y-%m-%d %H:%M:%S %Z})",
+            highlight=False,
+        )
     table = Table("table", "live", "deleted on server")
     for name in ("flows", "deployments", "flow_runs"):
         table.add_row(name, f"{summary[name]['live']:,}", f"{summary[name]['deleted']:,}")
