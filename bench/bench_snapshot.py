@@ -51,10 +51,13 @@ def med(xs: list[float]) -> float:
     return statistics.median(xs) if xs else float("nan")
 
 
+MEMORY_LIMIT_MB: int | None = None
+
+
 def pull_and_publish(url: str, db: Path) -> dict[str, Any]:
     with Store.open(db) as store, PrefectClient(ApiSettings(url=url)) as client:
         t = time.perf_counter()
-        result = pull(client, store, PullOptions())
+        result = pull(client, store, PullOptions(memory_limit_mb=MEMORY_LIMIT_MB))
         pulled = time.perf_counter() - t
         t = time.perf_counter()
         changed = bool(result.inserted or result.updated or result.marked_deleted)
@@ -124,7 +127,7 @@ def part_real(runs: int, repeat: int, scratch: Path) -> dict[str, Any]:
     return out
 
 
-def part_synthetic(runs: int, repeat: int, scratch: Path) -> dict[str, Any]:
+def part_synthetic(runs: int, repeat: int, scratch: Path, parquet: bool = True) -> dict[str, Any]:
     db = scratch / f"synthetic-{runs}.duckdb"
     log(f"generating {runs} synthetic runs")
     generate(db, runs)
@@ -143,16 +146,19 @@ def part_synthetic(runs: int, repeat: int, scratch: Path) -> dict[str, Any]:
             target.unlink()
         res["copy_from_database_s"] = med(copies)
         out_dir = scratch / f"parquet-{runs}"
-        t = time.perf_counter()
-        export.export(store, out_dir)
-        res["parquet_full_s"] = time.perf_counter() - t
+        res["parquet_full_s"] = res["parquet_since_1pct_s"] = float("nan")
+        if parquet:
+            t = time.perf_counter()
+            export.export(store, out_dir)
+            res["parquet_full_s"] = time.perf_counter() - t
         mark = datetime.now(timezone.utc)
         store.con.execute(
             "UPDATE flow_runs SET state_type = 'CANCELLED', synced_at = ? WHERE hash(id) % 100 = 0", [mark]
         )
-        t = time.perf_counter()
-        export.export(store, out_dir, since=mark)
-        res["parquet_since_1pct_s"] = time.perf_counter() - t
+        if parquet:
+            t = time.perf_counter()
+            export.export(store, out_dir, since=mark)
+            res["parquet_since_1pct_s"] = time.perf_counter() - t
         res["copy_after_1pct_s"] = snap.publish(store).seconds
     shutil.rmtree(out_dir, ignore_errors=True)
     shutil.rmtree(snap.snapshot_dir(db), ignore_errors=True)
@@ -205,12 +211,20 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=100000, help="real-server runs (0: skip part 1)")
     p.add_argument("--synthetic", default="100000,1000000", help="synthetic sizes ('' to skip part 2)")
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--parquet-max", type=int, default=100000, help="time the Parquet export up to this size")
+    p.add_argument("--memory-limit", type=int, default=None, help="pull --memory-limit MB (default: flowsync's cap)")
     p.add_argument("--write", type=Path, default=None)
     a = p.parse_args()
+    global MEMORY_LIMIT_MB
+    MEMORY_LIMIT_MB = a.memory_limit
     with tempfile.TemporaryDirectory(prefix="bench-snapshot-") as tmp:
         scratch = Path(tmp)
-        synthetic = [part_synthetic(int(n), a.repeat, scratch) for n in a.synthetic.split(",") if n.strip()]
         real = part_real(a.runs, a.repeat, scratch) if a.runs else None
+        log(f"real: {json.dumps(real, default=str)}")
+        synthetic = []
+        for n in (int(x) for x in a.synthetic.split(",") if x.strip()):
+            synthetic.append(part_synthetic(n, a.repeat, scratch, parquet=n <= a.parquet_max))
+            log(f"synthetic: {json.dumps(synthetic[-1])}")
     text = render(real, synthetic)
     print(text)
     if a.write:

@@ -11,7 +11,7 @@ for them. Layout, next to the live file ``runs.duckdb``::
     runs.duckdb.snapshots/current           symlink to the latest generation
 
 Publishing: ``CHECKPOINT`` (so the file holds every commit and the WAL is
-empty), copy the file to a hidden temporary name (the writer holds the
+empty), clone (reflink, where the filesystem shares blocks) or copy the file to a hidden temporary name (the writer holds the
 lock, so nothing changes it meanwhile), fsync, rename it to its generation
 name, then swap the ``current`` symlink with a rename. A reader resolves
 ``current`` once and opens that generation: it keeps that view for as long as
@@ -153,9 +153,29 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+# Linux ioctl FICLONE: share the file's blocks (btrfs, XFS with reflink, bcachefs); writes
+# to either file then copy only the blocks they touch, so publishing costs what changed.
+_FICLONE = 0x40049409
+
+
+def _reflink(src: Path, dest: Path) -> bool:
+    try:
+        import fcntl
+    except ImportError:  # not on this platform
+        return False
+    try:
+        with src.open("rb") as s, dest.open("wb") as d:
+            fcntl.ioctl(d.fileno(), _FICLONE, s.fileno())
+        return True
+    except OSError:  # ext4, tmpfs, another filesystem: copy the bytes instead
+        dest.unlink(missing_ok=True)
+        return False
+
+
 def _copy(src: Path, dest: Path) -> None:
-    """Copy the file's bytes (``copy_file_range``/``sendfile`` on Linux), then fsync."""
-    shutil.copyfile(src, dest)
+    """Clone the file where the filesystem can, else copy its bytes (``sendfile``); then fsync."""
+    if not _reflink(src, dest):
+        shutil.copyfile(src, dest)
     with dest.open("rb+") as f:
         os.fsync(f.fileno())
 
