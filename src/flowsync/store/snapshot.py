@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from flowsync import __version__
-from flowsync.errors import StoreError
+from flowsync.errors import StoreError, StoreLockedError
 from flowsync.store.connect import Store
 
 CURRENT = "current"
@@ -279,8 +279,18 @@ def open_for_reading(db: Path, *, live: bool = False, wait: float = 0.0) -> Stor
     live is what that version did (its next pull publishes one).
     """
     db = Path(db)
-    if not live:
-        store = open_latest(db)
-        if store is not None:
-            return store
-    return Store.open(db, read_only=True, wait=wait)
+    if live:
+        return Store.open(db, read_only=True, wait=wait)
+    store = open_latest(db)
+    if store is not None:
+        return store
+    try:
+        return Store.open(db, read_only=True, wait=wait)
+    except StoreLockedError as e:
+        raise StoreLockedError(
+            f"{db} has no published snapshot yet and is held by {e.holder_role if e.holder_role != 'unknown' else 'another process'}"
+            + (f" (PID {e.holder_pid})" if e.holder_pid else "")
+            + "; the first pull of this flowsync version publishes one when it finishes: wait with --wait SECONDS.",
+            holder_pid=e.holder_pid,
+            holder_role=e.holder_role,
+        ) from e
