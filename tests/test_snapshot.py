@@ -186,7 +186,7 @@ def test_a_running_pull_is_named_to_live_readers(tmp_path: Path) -> None:
         assert caught.value.holder_role == "pull" and caught.value.holder_pid == holder.pid
         assert f"a running `flowsync pull` (PID {holder.pid})" in str(caught.value)
         assert "drop --live" in str(caught.value)
-        with pytest.raises(StoreLockedError, match="no published snapshot yet .* pull .*--wait"):
+        with pytest.raises(StoreLockedError, match=r"no published snapshot yet .* pull .*--wait"):
             snap.open_for_reading(db)  # a file from before snapshots, mid-pull
     finally:
         holder.kill()
