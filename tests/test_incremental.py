@@ -180,7 +180,7 @@ def test_second_concurrent_pull_is_refused_then_waits(fresh_server: Server, db_p
     try:
         refused = run_cli("pull", "--api-url", url, "--db", str(db_path))
         assert refused.exit_code == 6
-        assert "in use by another process" in refused.stderr
+        assert "held by another process" in refused.stderr and "Close that connection" in refused.stderr
         assert "Traceback" not in refused.output
         waited = run_cli("pull", "--api-url", url, "--db", str(db_path), "--wait", "30")
         assert waited.exit_code == 0, waited.output

@@ -48,6 +48,8 @@ def pulled(prefect: SeededServer, tmp_path_factory: pytest.TempPathFactory) -> P
 def workdir(pulled: Path, tmp_path: Path) -> Path:
     """A directory with ./flowsync.duckdb, the name the recipes use."""
     shutil.copy(pulled, tmp_path / "flowsync.duckdb")
+    snapshots = pulled.with_name(pulled.name + ".snapshots")
+    shutil.copytree(snapshots, tmp_path / snapshots.name, symlinks=True)
     return tmp_path
 
 
@@ -83,7 +85,8 @@ def test_dbt_profile_attaches_read_only_and_the_model_runs(workdir: Path) -> Non
     model = block("### dbt (dbt-duckdb)", "sql").split("\n", 1)[1]
     sql = re.sub(r"\{\{\s*source\('flowsync',\s*'(\w+)'\)\s*\}\}", r"flowsync.main.\1", model)
     con = duckdb.connect(str(workdir / "analytics.duckdb"))
-    con.execute(f"ATTACH '{workdir / 'flowsync.duckdb'}' AS flowsync (READ_ONLY)")
+    assert attach["path"].endswith("flowsync.duckdb.snapshots/current")
+    con.execute(f"ATTACH '{workdir / 'flowsync.duckdb.snapshots' / 'current'}' AS flowsync (READ_ONLY)")
     assert con.execute(sql).fetchall()
     with pytest.raises(duckdb.Error):
         con.execute("DELETE FROM flowsync.main.flow_runs")
@@ -92,7 +95,7 @@ def test_dbt_profile_attaches_read_only_and_the_model_runs(workdir: Path) -> Non
 
 def test_duckdb_cli_recipe(workdir: Path) -> None:
     argv = shlex.split(block("### duckdb CLI", "sh"))
-    assert argv[:3] == ["duckdb", "-readonly", "flowsync.duckdb"]
+    assert argv[:3] == ["duckdb", "-readonly", "flowsync.duckdb.snapshots/current"]
     # The duckdb CLI binary is not a Python package here; run its SQL the same way it would.
     con = duckdb.connect(str(workdir / argv[2]), read_only=True)
     rows = con.execute(argv[3]).fetchall()

@@ -105,13 +105,20 @@ def test_cron_overlaps_skip_wait_or_fail_with_documented_codes(prefect: SeededSe
         holder.wait()
     assert refused.returncode == 6
     log = (cron_state / "pull.log").read_text().strip().splitlines()
-    assert len(log) == 1 and "in use by another process" in log[0] and "--wait" in log[0], log
+    assert len(log) == 1 and "held by another process" in log[0] and "--wait" in log[0], log
 
 
 def test_exit_codes_in_the_examples_match_flowsync() -> None:
-    from flowsync.errors import ApiError, AuthError, ConfigError, StoreError, StoreLockedError
+    from flowsync.errors import (
+        ApiError,
+        AuthError,
+        ConfigError,
+        FlowsyncError,
+        StoreError,
+        StoreLockedError,
+    )
 
-    codes = {ConfigError: "2 bad settings", ApiError: "3 API failed", AuthError: "4 auth",
+    codes: dict[type[FlowsyncError], str] = {ConfigError: "2 bad settings", ApiError: "3 API failed", AuthError: "4 auth",
              StoreError: "5 DuckDB file unusable", StoreLockedError: "6 "}
     for name in ("crontab.example", "flowsync-pull.service"):
         text = " ".join((DEPLOY / name).read_text().replace("#", " ").split())

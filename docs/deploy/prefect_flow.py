@@ -28,6 +28,7 @@ from flowsync.api import PrefectClient
 from flowsync.config import resolve_api
 from flowsync.policy import apply_plan, load_policy, make_plan
 from flowsync.store import Store
+from flowsync.store.snapshot import publish
 from flowsync.sync import pull
 
 
@@ -43,6 +44,8 @@ def pull_history(db: str, api_url: str | None = None, wait: float = 300.0) -> di
     """``flowsync pull``: bring the DuckDB file up to date."""
     with Store.open(Path(db), wait=wait) as store, PrefectClient(_settings(api_url)) as client:
         result = pull(client, store)
+        # What `flowsync pull` does next: publish the snapshot readers open (skipped if nothing changed).
+        publish(store, pull_id=result.pull_id, changed=bool(result.inserted or result.updated or result.marked_deleted))
     get_run_logger().info(
         "pulled %s: %s new, %s updated, %s marked deleted",
         result.mode, result.inserted, result.updated, result.marked_deleted,
@@ -62,6 +65,7 @@ def run_policy(db: str, policy: str, apply: bool, api_url: str | None = None, wa
             with PrefectClient(_settings(api_url)) as client:
                 result = apply_plan(client, store, plan)
             summary["apply"] = result.to_json()
+            publish(store)
             if result.status != "success":
                 raise RuntimeError(f"apply finished with status {result.status}: {result.errors[:3]}")
     return summary

@@ -46,7 +46,14 @@ class StoreError(FlowsyncError):
 
 
 class StoreLockedError(StoreError):
+    """``holder_role``: pull, apply, reader, notebook or unknown; ``holder_pid`` when known."""
+
     exit_code = 6
+
+    def __init__(self, message: str, *, holder_pid: int | None = None, holder_role: str = "unknown") -> None:
+        super().__init__(message)
+        self.holder_pid = holder_pid
+        self.holder_role = holder_role
 
 
 class QueryError(StoreError):

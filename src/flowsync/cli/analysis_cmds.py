@@ -23,7 +23,7 @@ from rich.table import Table
 
 from flowsync import reports
 from flowsync.cli import render
-from flowsync.cli.common import DbOption, WaitOption, err, errors, out
+from flowsync.cli.common import DbOption, LiveOption, WaitOption, err, errors, out
 from flowsync.config import resolve_db_path
 from flowsync.errors import ConfigError
 
@@ -183,10 +183,29 @@ def write(data: bytes, output: Path | None, what: str) -> None:
     sys.stdout.flush()
 
 
-def _open(db: Path | None, wait: float) -> Store:
-    from flowsync.store import Store
+DbsOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--db",
+        help="DuckDB file. Default: $FLOWSYNC_DB, else ./flowsync.duckdb. Repeat to query several "
+        "files together (NAME=PATH names a source; every table and view gets a source column).",
+        show_default=False,
+    ),
+]
 
-    return Store.open(resolve_db_path(db), read_only=True, wait=wait)
+
+def _open(db: Path | None, wait: float, live: bool) -> Store:
+    from flowsync.store.snapshot import open_for_reading
+
+    return open_for_reading(resolve_db_path(db), live=live, wait=wait)
+
+
+def _open_many(dbs: list[str], wait: float, live: bool) -> Store:
+    if len(dbs) <= 1 and not any("=" in d and not Path(d).exists() for d in dbs):
+        return _open(Path(dbs[0]) if dbs else None, wait, live)
+    from flowsync.store.multi import open_sources
+
+    return open_sources(dbs, live=live)
 
 
 # -- commands ---------------------------------------------------------------------
@@ -196,19 +215,24 @@ def sql_cmd(
     query: Annotated[str, typer.Argument(help="SQL to run (read-only). Tables: flows, deployments, flow_runs; views: see docs/analysis.md.")],
     fmt: FormatOption = None,
     output: OutputOption = None,
-    db: DbOption = None,
+    db: DbsOption = None,
     wait: WaitOption = 0.0,
+    live: LiveOption = False,
 ) -> None:
     """Run SQL on a read-only connection to the DuckDB file and print the rows.
 
     Statements that change the file are refused. With several statements,
-    the rows of the last one are printed.
+    the rows of the last one are printed. Reads the latest published
+    snapshot (--live: the live file). Several --db files are queried
+    together, with a source column (one file per server or workspace).
 
     Example: flowsync sql "SELECT * FROM failure_rates_by_deployment" --format markdown
+
+    Example: flowsync sql "SELECT source, count(*) FROM flow_runs GROUP BY 1" --db prod=prod.duckdb --db dev=dev.duckdb
     """
     with errors():
         chosen = _choose_format(fmt, output)
-        with _open(db, wait) as store:
+        with _open_many(db or [], wait, live) as store:
             frame = reports.sql_query(store, query)
         emit(frame, chosen, output)
 
@@ -230,6 +254,7 @@ def _run_report(
     html: Path | None,
     db: Path | None,
     wait: float,
+    live: bool,
     *,
     report: str,
     ids: bool = False,
@@ -240,7 +265,7 @@ def _run_report(
     with errors():
         window = reports.parse_since(since)
         chosen = None if html is not None else _choose_format(fmt, output)
-        with _open(db, wait) as store:
+        with _open(db, wait, live) as store:
             frame = build(store, window)
             page = (report_html.build_page(store, window, title, frame, include_deleted=include_deleted, report=report)
                     if html else None)
@@ -263,6 +288,7 @@ def failures_cmd(
     ids: IdsOption = False,
     db: DbOption = None,
     wait: WaitOption = 0.0,
+    live: LiveOption = False,
 ) -> None:
     """Failure rate per flow, deployment, work pool or tag, against the previous window.
 
@@ -275,7 +301,7 @@ def failures_cmd(
     _run_report(
         f"Failures by {by}",
         lambda store, window: reports.failures(store, by, window, include_deleted=include_deleted),
-        since, fmt, output, html, db, wait, report="failures", ids=ids, include_deleted=include_deleted,
+        since, fmt, output, html, db, wait, live, report="failures", ids=ids, include_deleted=include_deleted,
     )
 
 
@@ -290,6 +316,7 @@ def durations_cmd(
     ids: IdsOption = False,
     db: DbOption = None,
     wait: WaitOption = 0.0,
+    live: LiveOption = False,
 ) -> None:
     """Duration percentiles (p50, p90, p95, p99, max, mean; seconds) of finished runs per group.
 
@@ -298,7 +325,7 @@ def durations_cmd(
     _run_report(
         f"Durations by {by}",
         lambda store, window: reports.durations(store, by, window, include_deleted=include_deleted),
-        since, fmt, output, html, db, wait, report="durations", ids=ids, include_deleted=include_deleted,
+        since, fmt, output, html, db, wait, live, report="durations", ids=ids, include_deleted=include_deleted,
     )
 
 
@@ -314,6 +341,7 @@ def late_cmd(
     ids: IdsOption = False,
     db: DbOption = None,
     wait: WaitOption = 0.0,
+    live: LiveOption = False,
 ) -> None:
     """Start lateness per group (start time - expected start) and runs still waiting to start.
 
@@ -322,7 +350,7 @@ def late_cmd(
     _run_report(
         f"Lateness by {by}",
         lambda store, window: reports.late(store, by, window, late_after=late_after, include_deleted=include_deleted),
-        since, fmt, output, html, db, wait, report="late", ids=ids, include_deleted=include_deleted,
+        since, fmt, output, html, db, wait, live, report="late", ids=ids, include_deleted=include_deleted,
     )
 
 
@@ -336,6 +364,7 @@ def flaky_cmd(
     ids: IdsOption = False,
     db: DbOption = None,
     wait: WaitOption = 0.0,
+    live: LiveOption = False,
 ) -> None:
     """Flaky and broken deployments: failures, retried runs, failing streak, time to recover (MTTR).
 
@@ -344,7 +373,7 @@ def flaky_cmd(
     _run_report(
         "Flaky and broken deployments",
         lambda store, window: reports.flaky(store, window, last=last),
-        since, fmt, output, html, db, wait, report="flaky", ids=ids,
+        since, fmt, output, html, db, wait, live, report="flaky", ids=ids,
     )
 
 
@@ -358,6 +387,7 @@ def errors_cmd(
     ids: IdsOption = False,
     db: DbOption = None,
     wait: WaitOption = 0.0,
+    live: LiveOption = False,
 ) -> None:
     """Why runs fail: failed and crashed runs grouped by error signature, most runs first.
 
@@ -372,7 +402,7 @@ def errors_cmd(
     _run_report(
         "Error signatures",
         lambda store, window: reports.errors(store, window, include_deleted=include_deleted),
-        since, fmt, output, html, db, wait, report="errors", ids=ids, include_deleted=include_deleted,
+        since, fmt, output, html, db, wait, live, report="errors", ids=ids, include_deleted=include_deleted,
     )
 
 
@@ -384,6 +414,7 @@ def unresolved_cmd(
     ids: IdsOption = False,
     db: DbOption = None,
     wait: WaitOption = 0.0,
+    live: LiveOption = False,
 ) -> None:
     """Deployments whose latest finished run failed: since when, how many failures, which error.
 
@@ -396,7 +427,7 @@ def unresolved_cmd(
     _run_report(
         "Unresolved failures",
         lambda store, window: reports.unresolved(store),
-        "all", fmt, output, html, db, wait, report="unresolved", ids=ids,
+        "all", fmt, output, html, db, wait, live, report="unresolved", ids=ids,
     )
 
 
@@ -416,6 +447,7 @@ def health_cmd(
     ] = None,
     db: DbOption = None,
     wait: WaitOption = 0.0,
+    live: LiveOption = False,
 ) -> None:
     """The headline figures against the previous window; --html writes the one-page health report.
 
@@ -432,7 +464,7 @@ def health_cmd(
     with errors():
         window = reports.parse_since(since)
         chosen = None if html is not None else _choose_format(fmt, output, HEALTH_FORMATS)
-        with _open(db, wait) as store:
+        with _open(db, wait, live) as store:
             figures = health_mod.collect(store, window, include_deleted=include_deleted)
         if html is not None:
             write_atomic(html, report_html.render_health(figures).encode(), "--html")

@@ -35,6 +35,13 @@ WaitOption = Annotated[
     float,
     typer.Option("--wait", help="Seconds to wait for another flowsync process to release the file.", min=0),
 ]
+LiveOption = Annotated[
+    bool,
+    typer.Option(
+        "--live",
+        help="Read the live DuckDB file instead of its latest published snapshot (conflicts with a running pull: see --wait).",
+    ),
+]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print a machine-readable JSON summary on stdout.")]
 ApiUrlOption = Annotated[
     str | None,

@@ -8,13 +8,21 @@ from typing import Annotated
 
 import typer
 
-from flowsync.cli.common import DbOption, JsonOption, WaitOption, err, errors, print_json
+from flowsync.cli.common import (
+    DbOption,
+    JsonOption,
+    LiveOption,
+    WaitOption,
+    err,
+    errors,
+    print_json,
+)
 from flowsync.config import resolve_db_path
 from flowsync.since import parse_since
 
 
 def export_cmd(
-    out_dir: Annotated[Path, typer.Argument(metavar="DIR", help="Directory to write (created if missing).", show_default=False)],
+    dest: Annotated[str, typer.Argument(metavar="DIR", help="Directory to write (created if missing), or an object-storage URL: s3://bucket/prefix, gs://..., az://...", show_default=False)],
     fmt: Annotated[str, typer.Option("--format", help="Output format; only parquet for now.")] = "parquet",
     db: DbOption = None,
     tables: Annotated[
@@ -26,6 +34,7 @@ def export_cmd(
         typer.Option("--since", help="Rewrite only partitions with rows synced or deleted since then: 30min, 12h, 7d, 2026-11-01, an ISO time, or all (the same forms as report --since).", show_default=False),
     ] = None,
     wait: WaitOption = 0.0,
+    live: LiveOption = False,
     json_out: JsonOption = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No summary; errors only (for cron).")] = False,
 ) -> None:
@@ -37,23 +46,36 @@ def export_cmd(
     is replaced atomically, so re-running never duplicates rows and readers
     never see half a partition. Runs deleted on the server are included, with
     deleted_at set. DIR/_flowsync_manifest.json lists every file and its rows.
+    To s3:// (gs://, az://) each file is one object PUT and the manifest goes
+    last; credentials come from the environment or your cloud profile
+    (pip install 'flowsync[s3]').
 
     Example: flowsync export --format parquet exports/ --db runs.duckdb --since 2d
     """
-    from flowsync import export  # with pyarrow and DuckDB: loaded only when exporting
-    from flowsync.store import Store
+    from flowsync import export, objectstore  # with pyarrow and DuckDB: loaded only when exporting
+    from flowsync.store.snapshot import open_for_reading
 
     with errors():
         names = [t.strip() for item in tables or [] for t in item.split(",") if t.strip()] or None
-        export.check_request(out_dir, fmt, names)
+        remote = objectstore.is_remote(dest)
+        out_dir = Path(dest.removeprefix("file://"))
+        if not remote:
+            export.check_request(out_dir, fmt, names)
         cutoff = parse_since(since, datetime.now(timezone.utc))
         path = resolve_db_path(db)
-        with Store.open(path, read_only=True, wait=wait) as store:
-            result = export.export(store, out_dir, fmt=fmt, tables=names, since=cutoff)
+        uploaded = None
+        with open_for_reading(path, live=live, wait=wait) as store:
+            if remote:
+                result, uploaded = objectstore.export_remote(store, dest, fmt=fmt, tables=names, since=cutoff)
+            else:
+                result = export.export(store, out_dir, fmt=fmt, tables=names, since=cutoff)
+    summary = {"db": str(path), **result.to_json()}
+    if uploaded is not None:
+        summary.update(dir=dest, manifest=f"{dest.rstrip('/')}/{export.MANIFEST}", upload=uploaded.to_json())
     if json_out:
-        print_json({"db": str(path), **result.to_json()})
+        print_json(summary)
     elif not quiet:
         err.print(
-            f"exported {result.rows_written:,} rows in {result.files_written} files from {path} to {out_dir}",
+            f"exported {result.rows_written:,} rows in {result.files_written} files from {path} to {dest}",
             highlight=False,
         )

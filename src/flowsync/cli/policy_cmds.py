@@ -21,6 +21,7 @@ from flowsync.cli.common import (
     ApiUrlOption,
     DbOption,
     JsonOption,
+    LiveOption,
     WaitOption,
     err,
     errors,
@@ -93,13 +94,15 @@ def _render_plan(plan: Plan, sample: int) -> None:
         )
 
 
-def _compute_plan(policy: Path, db: Path | None, wait: float) -> Plan:
+def _compute_plan(policy: Path, db: Path | None, wait: float, live: bool) -> Plan:
     from flowsync.policy import load_policy, make_plan
-    from flowsync.store import Store
+    from flowsync.store.snapshot import open_for_reading
 
     loaded = load_policy(policy)
     # Rule SQL only ever runs on a read-only connection: DuckDB refuses writes there.
-    with Store.open(resolve_db_path(db), read_only=True, wait=wait) as store:
+    # `plan` reads the published snapshot (what the last pull or apply left); `apply`
+    # decides on the live file, which equals that snapshot unless a pull is running.
+    with open_for_reading(resolve_db_path(db), live=live, wait=wait) as store:
         return make_plan(store, loaded)
 
 
@@ -107,22 +110,33 @@ def plan_cmd(
     policy: PolicyArg,
     db: DbOption = None,
     wait: WaitOption = 0.0,
+    live: LiveOption = False,
     sample: SampleOption = 5,
     json_out: JsonOption = False,
 ) -> None:
     """Show what a policy would do: per rule, how many runs and which. Changes nothing.
 
-    Reads only the local DuckDB file (no API call); run `flowsync pull` first
-    for a current picture.
+    Reads the latest snapshot of the local DuckDB file (no API call), which is
+    what `apply` decides on unless a pull is running; --live reads the live
+    file. Run `flowsync pull` first for a current picture.
 
     Example: flowsync plan policies/retention.yaml --db runs.duckdb
     """
+    from flowsync.store.snapshot import current
+
     with errors():
-        plan = _compute_plan(policy, db, wait)
+        plan = _compute_plan(policy, db, wait, live)
+        source = None if live else current(resolve_db_path(db))
     if json_out:
         print_json(plan.to_json(sample=sample))
     else:
         _render_plan(plan, sample)
+        if source is not None:
+            err.print(
+                f"planned on snapshot {source.generation} (pull #{source.pull_id or '-'}, published "
+                f"{source.published_at:%Y-%m-%d %H:%M:%S %Z}); apply re-plans on the live file and shows that plan first.",
+                highlight=False,
+            )
 
 
 def _render_result(result: ApplyResult) -> None:
@@ -163,11 +177,12 @@ def apply_cmd(
     from flowsync.policy import apply_plan
     from flowsync.policy.apply import check_guards
     from flowsync.store import Store
+    from flowsync.store.snapshot import publish
 
     with errors():
         settings = resolve_api(api_url, api_key)
         path = resolve_db_path(db)
-        plan = _compute_plan(policy, path, wait)
+        plan = _compute_plan(policy, path, wait, live=True)
         if not json_out:
             _render_plan(plan, sample)
         if plan.total == 0:
@@ -193,6 +208,7 @@ def apply_cmd(
             progress,
         ):
             result = apply_plan(client, store, plan, progress=progress)
+            publish(store)  # readers (and the next `plan`) see what apply changed
     if json_out:
         print_json({"plan": plan.to_json(sample=sample), "result": result.to_json()})
     else:
@@ -224,13 +240,13 @@ def check_cmd(
     Example: flowsync policy check policies/retention.yaml --db runs.duckdb
     """
     from flowsync.policy import check_rules, load_policy
-    from flowsync.store import Store
+    from flowsync.store.snapshot import open_for_reading
 
     with errors():
         loaded = load_policy(policy)
         rows: dict[str, int] | None = None
         if db is not None:
-            with Store.open(db, read_only=True, wait=wait) as store:
+            with open_for_reading(db, wait=wait) as store:
                 rows = check_rules(store, loaded)
     summary = {
         "policy": str(policy),

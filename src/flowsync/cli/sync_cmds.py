@@ -54,6 +54,7 @@ def pull_cmd(
     # Imported here so `--help` and shell completion stay fast.
     from flowsync.api import PrefectClient
     from flowsync.store import Store
+    from flowsync.store.snapshot import publish
     from flowsync.sync import PullOptions, pull
 
     with errors():
@@ -70,14 +71,18 @@ def pull_cmd(
         progress = make_progress(quiet or json_out)
         with Store.open(path, wait=wait) as store, progress, PrefectClient(settings, on_retry=progress.message) as client:
             result = pull(client, store, options, progress)
+            changed = bool(result.inserted or result.updated or result.marked_deleted)
+            published = publish(store, pull_id=result.pull_id, changed=changed)
     if json_out:
-        print_json({"db": str(path), "api_url": settings.display_url, **result.to_json()})
+        print_json({"db": str(path), "api_url": settings.display_url, **result.to_json(), "snapshot": published.to_json()})
     elif not quiet:
         why = f" ({result.reason})" if result.reason else ""
         err.print(
             f"pulled from {settings.display_url} into {path}: {result.mode}{why}, "
             f"{result.inserted} new, {result.updated} updated, {result.marked_deleted} marked deleted; "
-            f"{result.requests} requests in {result.seconds:.1f}s",
+            f"{result.requests} requests in {result.seconds:.1f}s; "
+            + (f"published snapshot {published.snapshot.generation} in {published.seconds:.2f}s"
+               if published.published else f"snapshot {published.snapshot.generation} unchanged"),
             highlight=False,
         )
 
@@ -91,13 +96,15 @@ def status_cmd(
 
     Example: flowsync status --db runs.duckdb --json
     """
-    from flowsync.store import Store, sync_log
+    from flowsync.store import Store, snapshot, sync_log
 
     with errors():
         path = resolve_db_path(db)
         with Store.open(path, read_only=True, wait=wait) as store:
             summary = sync_log.status_summary(store)
+        published = snapshot.current(path)
     summary["db"] = str(path)
+    summary["snapshot"] = published.to_json() if published else None
     if json_out:
         print_json(summary)
         return
@@ -111,6 +118,12 @@ def status_cmd(
         )
     if summary["last_successful_pull_at"]:
         out.print(f"last successful pull finished {summary['last_successful_pull_at']:%Y-%m-%d %H:%M:%S %Z}", highlight=False)
+    if published:
+        out.print(
+            f"readers see snapshot {published.generation} (pull #{published.pull_id or '-'}, "
+            f"published {published.published_at:%Y-%m-%d %H:%M:%S %Z})",
+            highlight=False,
+        )
     table = Table("table", "live", "deleted on server")
     for name in ("flows", "deployments", "flow_runs"):
         table.add_row(name, f"{summary[name]['live']:,}", f"{summary[name]['deleted']:,}")

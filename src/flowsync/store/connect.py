@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import duckdb
 
-from flowsync.errors import QueryError, ReadOnlyError, StoreError, StoreLockedError
+from flowsync.errors import QueryError, ReadOnlyError, StoreError
 from flowsync.store import migrations
 
 if TYPE_CHECKING:
@@ -106,11 +106,9 @@ class Store:
                         time.sleep(min(delay, max(deadline - time.monotonic(), 0.01)))
                         delay = min(delay * 1.5, 2.0)
                         continue
-                    holder = str(e).split("Conflicting lock is held in", 1)[-1].split(". See")[0].strip()
-                    raise StoreLockedError(
-                        f"{path} is in use by another process ({holder}), probably a running "
-                        "`flowsync pull` or `apply`; wait for it, or pass --wait SECONDS."
-                    ) from e
+                    from flowsync.store.locks import locked_error
+
+                    raise locked_error(path, str(e), read_only=read_only) from e
                 if "not a valid DuckDB database" in str(e):
                     raise StoreError(f"{path} is not a DuckDB database; choose another --db path.") from e
                 if "Permission denied" in str(e) or "Read-only file system" in str(e):

@@ -11,32 +11,57 @@ Must not: know about the API.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 
 import duckdb
 
 from flowsync.config import resolve_db_path
+from flowsync.errors import StoreError
 from flowsync.store.connect import Store
 
 
 def connect(
-    path: str | os.PathLike[str] | None = None,
+    path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | Mapping[str, str | os.PathLike[str]] | None = None,
     *,
     read_only: bool = True,
     wait: float = 0.0,
+    live: bool = False,
 ) -> duckdb.DuckDBPyConnection:
-    """Open the flowsync DuckDB file and return the duckdb connection.
+    """Open the latest published snapshot of the flowsync DuckDB file; return the duckdb connection.
 
     ``path`` defaults like ``--db``: ``$FLOWSYNC_DB``, else ``./flowsync.duckdb``.
-    The session time zone is UTC, as in every flowsync command. A read-only
-    connection fails with ``StoreLockedError`` while a pull is writing (pass
-    ``wait`` seconds to wait for it); close it (``con.close()``) when done so
-    the next scheduled pull can take the file.
+    The session time zone is UTC, as in every flowsync command. The snapshot
+    is what the last successful pull (or apply) published: the connection keeps
+    that view for as long as it stays open, never blocks a pull, and a new
+    connection sees the newest pull. ``live=True`` (or ``read_only=False``)
+    opens the live file instead, which a running pull holds: that connection
+    fails with ``StoreLockedError`` (pass ``wait`` seconds to wait) and blocks
+    the next pull until closed. A file no flowsync pull has published yet is
+    read live.
+
+    Several files (a list of paths, ``"NAME=PATH"`` strings, or a dict of
+    name to path: one file per Prefect server or workspace) open together:
+    every table and view stacks the files with a ``source`` column first.
 
     Example::
 
         import flowsync
         con = flowsync.connect("runs.duckdb")
         con.sql("SELECT state_type, count(*) FROM flow_runs GROUP BY 1").pl()
+        both = flowsync.connect({"prod": "prod.duckdb", "staging": "staging.duckdb"})
+        both.sql("SELECT source, count(*) FROM flow_runs GROUP BY 1").pl()
     """
-    store = Store.open(resolve_db_path(path), read_only=read_only, wait=wait)
-    return store._con  # the documented exception: a notebook runs its own SQL on it
+    from flowsync.store.snapshot import open_for_reading
+
+    # The documented exception: a notebook runs its own SQL on the connection.
+    if path is not None and not isinstance(path, (str, os.PathLike)):
+        from flowsync.store.multi import open_sources
+
+        if not read_only:
+            raise StoreError("Several files open read-only only; open one file to write to it.")
+        store = open_sources(path, live=live)
+    elif read_only:
+        store = open_for_reading(resolve_db_path(path), live=live, wait=wait)
+    else:
+        store = Store.open(resolve_db_path(path), read_only=False, wait=wait)
+    return store._con

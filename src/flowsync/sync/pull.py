@@ -16,10 +16,10 @@ from typing import Any
 from flowsync import views
 from flowsync.api import PrefectClient
 from flowsync.api.pagination import parse_ts
-from flowsync.errors import ConfigError, FlowsyncError
+from flowsync.errors import FlowsyncError
 from flowsync.store import Store, sync_log, synced_tables
 from flowsync.store.tables import DEPLOYMENTS, FLOWS
-from flowsync.sync import catalog, runs
+from flowsync.sync import catalog, identity, runs
 from flowsync.sync.context import NullProgress, Progress, PullContext, PullOptions
 
 
@@ -32,6 +32,7 @@ class PullResult:
     requests: int
     retries: int
     tables: dict[str, dict[str, int]] = field(default_factory=dict)
+    moved: identity.Moved | None = None  # the file followed its server to a new URL
 
     @property
     def inserted(self) -> int:
@@ -57,19 +58,8 @@ class PullResult:
             "updated": self.updated,
             "marked_deleted": self.marked_deleted,
             "tables": self.tables,
+            "moved": self.moved.to_json() if self.moved else None,
         }
-
-
-def _bind_url(store: Store, url: str) -> None:
-    """A file holds one server's history; refuse to mix in another's."""
-    known = sync_log.get_state(store, "api_url")
-    if known is None:
-        with store.transaction():
-            sync_log.set_state(store, "api_url", url)
-    elif known != url:
-        raise ConfigError(
-            f"{store.path} holds runs from {known}, not {url}; use another --db for this server."
-        )
 
 
 def pull(
@@ -83,7 +73,9 @@ def pull(
     began = time.monotonic()
     server_start = client.check()
     url = client.settings.display_url
-    _bind_url(store, url)
+    moved = identity.bind(client, store)
+    if moved is not None:
+        progress.message(moved.describe())
     with store.transaction():
         sync_log.abandon_stale_runs(store)
         pull_id = sync_log.start_sync_run(store, url)
@@ -126,6 +118,7 @@ def pull(
             name: {"inserted": c.inserted, "updated": c.updated, "marked_deleted": c.marked_deleted}
             for name, c in ctx.counters.items()
         },
+        moved=moved,
     )
     with store.transaction():
         sync_log.finish_sync_run(

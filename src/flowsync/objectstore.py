@@ -1,0 +1,148 @@
+"""The Parquet export on object storage: ``s3://``, ``gs://``, ``az://`` (any fsspec URL).
+
+Owns: copying an export directory written by ``flowsync.export`` to a remote
+prefix with the same layout, and keeping the remote manifest whole. Each file
+is one object PUT, which S3, GCS and Azure Blob make visible whole or not at
+all, so a reader sees the old or the new partition, never half of one; the
+manifest goes last, so every file it lists is already there. With ``since``,
+only the partitions that export rewrote are uploaded and the remote manifest
+is updated for them; a full export also deletes remote partitions the DB no
+longer has. Filesystems come from fsspec (``s3fs``, ``gcsfs``, ``adlfs``,
+the ``flowsync[s3]``/``[gcs]``/``[azure]`` extras) and find credentials the
+way each cloud's own SDK does (``AWS_*`` variables, ``~/.aws`` profiles,
+instance roles; ``GOOGLE_APPLICATION_CREDENTIALS``; ``AZURE_STORAGE_*``); a
+custom endpoint (MinIO, Ceph, R2) is ``AWS_ENDPOINT_URL``. flowsync never
+reads, stores or prints a credential. Must not: print, or query DuckDB.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from flowsync import export
+from flowsync.errors import ConfigError, StoreError
+from flowsync.export import MANIFEST, ExportResult
+from flowsync.store import Store
+
+_URL = re.compile(r"^(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*)://(?P<rest>.+)$")
+EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs", "az": "azure", "abfs": "azure", "abfss": "azure"}
+
+
+def is_remote(dest: str) -> bool:
+    """``s3://bucket/prefix`` and friends; a plain path (or ``file://``) is local."""
+    m = _URL.match(dest)
+    return m is not None and m.group("scheme").lower() != "file"
+
+
+@dataclass
+class UploadResult:
+    url: str
+    files_uploaded: int = 0
+    bytes_uploaded: int = 0
+    partitions_removed: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "url": self.url,
+            "files_uploaded": self.files_uploaded,
+            "bytes_uploaded": self.bytes_uploaded,
+            "partitions_removed": self.partitions_removed,
+        }
+
+
+def _filesystem(url: str) -> tuple[Any, str]:
+    scheme = url.split("://", 1)[0].lower()
+    try:
+        import fsspec
+    except ImportError:
+        raise ConfigError(
+            f"Exporting to {scheme}:// needs fsspec: pip install 'flowsync[{EXTRAS.get(scheme, 's3')}]'."
+        ) from None
+    try:
+        fs, root = fsspec.core.url_to_fs(url)
+    except (ImportError, ValueError) as e:
+        extra = EXTRAS.get(scheme)
+        hint = f"pip install 'flowsync[{extra}]'" if extra else "use s3://, gs:// or az://"
+        raise ConfigError(f"Cannot export to {scheme}:// URLs here ({str(e).splitlines()[0]}): {hint}.") from None
+    return fs, str(root).rstrip("/")
+
+
+def _failed(url: str, e: Exception) -> StoreError:
+    # Messages from the cloud SDKs name the bucket and the error code, never a secret.
+    first = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return StoreError(
+        f"Upload to {url} failed: {first}. Files already uploaded are complete; fix access "
+        "(credentials come from the environment or your cloud profile) and run it again."
+    )
+
+
+def _remote_manifest(fs: Any, root: str) -> dict[str, Any] | None:
+    try:
+        with fs.open(f"{root}/{MANIFEST}", "rb") as f:
+            data = json.loads(f.read())
+        return data if isinstance(data, dict) else None
+    except FileNotFoundError:
+        return None
+
+
+def _merged_manifest(local: dict[str, Any], remote: dict[str, Any] | None, full: bool) -> dict[str, Any]:
+    """The manifest of what is remote after this upload."""
+    if full or remote is None:
+        return local
+    tables = dict(remote.get("tables") or {})
+    for name, entry in (local.get("tables") or {}).items():
+        files = {**(tables.get(name) or {}).get("files", {}), **entry["files"]}
+        tables[name] = {**entry, "files": files, "rows": sum(files.values())}
+    return {**local, "tables": tables}
+
+
+def upload(local_dir: Path, result: ExportResult, url: str) -> UploadResult:
+    """Copy the files ``result`` wrote under ``local_dir`` to ``url``, then the manifest."""
+    fs, root = _filesystem(url)
+    out = UploadResult(url)
+    full = result.since is None
+    try:
+        for table in result.tables:
+            for rel in table.files_written:
+                src = local_dir / table.name / rel
+                fs.put_file(str(src), f"{root}/{table.name}/{rel}")
+                out.files_uploaded += 1
+                out.bytes_uploaded += src.stat().st_size
+            if full and table.partition_by:
+                keep = {rel.split("/", 1)[0] for rel in table.files_written}
+                for entry in fs.ls(f"{root}/{table.name}", detail=False) if fs.exists(f"{root}/{table.name}") else []:
+                    name = str(entry).rstrip("/").rsplit("/", 1)[-1]
+                    if name.startswith("date=") and name not in keep:
+                        fs.rm(f"{root}/{table.name}/{name}", recursive=True)
+                        out.partitions_removed.append(f"{table.name}/{name}")
+        local = json.loads((local_dir / MANIFEST).read_text(encoding="utf-8"))
+        manifest = _merged_manifest(local, _remote_manifest(fs, root), full)
+        manifest["location"] = url
+        with fs.open(f"{root}/{MANIFEST}", "wb") as f:
+            f.write((json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+        out.files_uploaded += 1
+    except (OSError, ValueError, RuntimeError) as e:
+        raise _failed(url, e) from e
+    except Exception as e:  # the SDKs' own error types (botocore, google, azure) vary
+        if type(e).__module__.split(".")[0] in {"botocore", "aiobotocore", "google", "azure", "s3fs", "gcsfs", "adlfs"}:
+            raise _failed(url, e) from e
+        raise
+    return out
+
+
+def export_remote(
+    store: Store, url: str, *, fmt: str = "parquet", tables: Sequence[str] | None = None, since: datetime | None = None
+) -> tuple[ExportResult, UploadResult]:
+    """``flowsync.export.export`` to a local staging directory, then ``upload`` to ``url``."""
+    _filesystem(url)  # a missing extra fails before any work
+    with tempfile.TemporaryDirectory(prefix="flowsync-export-") as tmp:
+        result = export.export(store, Path(tmp), fmt=fmt, tables=tables, since=since)
+        uploaded = upload(Path(tmp), result, url)
+    return result, uploaded

@@ -1,0 +1,101 @@
+"""Several flowsync files read as one: prod, staging and dev side by side, with a ``source`` column.
+
+Owns: an in-memory DuckDB session that attaches each file (its latest
+published snapshot, or the live file with ``live``) read-only under its
+source name, and defines every table and view of the files once more as
+``SELECT '<source>' AS source, * FROM <source>.<name> UNION ALL BY NAME ...``.
+Each attached view is bound inside its own file, so a figure of one source
+is computed from that source's rows only; the union only stacks them. Every
+file keeps holding one server's history (pull each into its own file). Must
+not: write to any file, or know about the API.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import duckdb
+
+from flowsync.errors import ConfigError, StoreError
+from flowsync.store.connect import Store, _check_path
+from flowsync.store.snapshot import current
+
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+Sources = Mapping[str, "str | os.PathLike[str]"] | Sequence["str | os.PathLike[str]"]
+
+
+def parse_sources(sources: Sources) -> dict[str, Path]:
+    """``{"prod": "prod.duckdb"}``, or paths (``NAME=PATH`` or a path whose stem names it)."""
+    items: list[tuple[str, Path]] = []
+    if isinstance(sources, Mapping):
+        items = [(str(k), Path(v).expanduser()) for k, v in sources.items()]
+    else:
+        for raw in sources:
+            text = os.fspath(raw)
+            name, sep, rest = text.partition("=")
+            if sep and _NAME.match(name):
+                items.append((name, Path(rest).expanduser()))
+            else:
+                stem = re.sub(r"[^A-Za-z0-9_]", "_", Path(text).name.split(".")[0]) or "source"
+                items.append(("_" + stem if stem[0].isdigit() else stem, Path(text).expanduser()))
+    out: dict[str, Path] = {}
+    for name, file in items:
+        if not _NAME.match(name):
+            raise ConfigError(f"Source name {name!r} must be letters, digits and _ (e.g. prod=prod.duckdb).")
+        if name.lower() in {n.lower() for n in out} or name.lower() in {"main", "memory", "system", "temp"}:
+            raise ConfigError(f"Source name {name!r} is used twice or reserved; name each file, e.g. --db prod=runs.duckdb.")
+        out[name] = file
+    if not out:
+        raise ConfigError("No files to read: pass at least one --db.")
+    return out
+
+
+def _attach(con: duckdb.DuckDBPyConnection, name: str, db: Path, live: bool) -> None:
+    for _ in range(5):
+        info = None if live else current(db)
+        path = info.path if info else db
+        _check_path(path, read_only=True)
+        try:
+            con.execute(f"ATTACH ? AS \"{name}\" (READ_ONLY)", [str(path)])
+            return
+        except duckdb.IOException as e:
+            if info is not None and not info.path.exists():
+                continue  # replaced by a newer snapshot between resolving and attaching
+            from flowsync.store.locks import locked_error
+
+            if "lock" in str(e).lower():
+                raise locked_error(db, str(e), read_only=True) from e
+            raise StoreError(f"Cannot open {path}: {str(e).splitlines()[0]}") from e
+        except duckdb.Error as e:
+            raise StoreError(f"Cannot open {path}: {str(e).splitlines()[0]}") from e
+    raise StoreError(f"The snapshots of {db} kept changing while opening one; try again.")
+
+
+def open_sources(sources: Sources, *, live: bool = False) -> Store:
+    """A read-only Store whose tables and views stack every source, with a ``source`` column first."""
+    named = parse_sources(sources)
+    con = duckdb.connect(":memory:")
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        for name, db in named.items():
+            _attach(con, name, db, live)
+        found: dict[str, list[str]] = {}
+        for catalog, table in con.execute(
+            "SELECT table_catalog, table_name FROM information_schema.tables "
+            "WHERE table_schema = 'main' AND table_catalog IN (SELECT unnest(?)) ORDER BY table_name",
+            [list(named)],
+        ).fetchall():
+            found.setdefault(str(table), []).append(str(catalog))
+        for table, catalogs in found.items():
+            # Source and object names are checked identifiers or come from the files' own catalogs.
+            union = " UNION ALL BY NAME ".join(
+                f"SELECT '{c}' AS source, * FROM \"{c}\".main.\"{table}\"" for c in named if c in catalogs
+            )
+            con.execute(f'CREATE VIEW "{table}" AS {union}')
+    except BaseException:
+        con.close()
+        raise
+    return Store(con, Path(" + ".join(str(p) for p in named.values())), read_only=True)

@@ -1,0 +1,101 @@
+"""Which Prefect server a file belongs to: bound to the server's identity, not its URL string.
+
+Owns: the rule "one file, one server" and the check that lets a file follow
+its server to a new URL (``localhost`` instead of ``127.0.0.1``, a TLS proxy
+in front, a move to another host). The identity of a Prefect Cloud workspace
+is the account and workspace ids in its URL; an open-source server's is what
+it holds: flow ids are random UUIDs minted by that server's database, so a
+server that knows the file's flows by id is the same server (or a restore of
+its database), and one that knows none of them is another server. A re-point
+is recorded in ``sync_state`` (``api_url_moves``) and reported. Must not:
+print (the message goes back to the caller), or touch flow runs.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from flowsync.api import PrefectClient
+from flowsync.errors import ConfigError
+from flowsync.store import Store, sync_log, synced_tables
+
+URL_KEY = "api_url"
+MOVES_KEY = "api_url_moves"
+# Flows checked by id when the URL changed: any match proves the same database.
+SAMPLE = 200
+_CLOUD = re.compile(
+    r"/api/accounts/(?P<account>[0-9a-f-]{36})/workspaces/(?P<workspace>[0-9a-f-]{36})$", re.IGNORECASE
+)
+
+
+@dataclass(frozen=True)
+class Moved:
+    """The file was bound to ``old_url`` and now follows ``new_url``; ``evidence`` says why."""
+
+    old_url: str
+    new_url: str
+    evidence: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"from": self.old_url, "to": self.new_url, "evidence": self.evidence}
+
+    def describe(self) -> str:
+        return (
+            f"{self.new_url} is the server this file was pulled from as {self.old_url} "
+            f"({self.evidence}); the file now follows {self.new_url}."
+        )
+
+
+def cloud_workspace(url: str) -> tuple[str, str] | None:
+    """(account id, workspace id) of a Prefect Cloud workspace URL, else None."""
+    m = _CLOUD.search(url.rstrip("/"))
+    return (m.group("account").lower(), m.group("workspace").lower()) if m else None
+
+
+def _refuse(store: Store, known: str, url: str, why: str) -> ConfigError:
+    return ConfigError(
+        f"{store.path} holds runs from {known}, and {url} is a different server ({why}); "
+        "use another --db for this server."
+    )
+
+
+def _same_server(client: PrefectClient, store: Store, known: str, url: str) -> str:
+    """Evidence that ``url`` serves the history in ``store``; raises ConfigError if it does not."""
+    old_ws, new_ws = cloud_workspace(known), cloud_workspace(url)
+    if old_ws or new_ws:
+        if old_ws != new_ws:
+            why = "another Cloud account or workspace" if old_ws and new_ws else "Cloud and a self-hosted server"
+            raise _refuse(store, known, url, why)
+        return "same Cloud account and workspace ids"
+    local = synced_tables.live_ids(store, "flows")[:SAMPLE]
+    if not local:
+        return "the file holds no flows yet"
+    found = client.filter_page("flows", {"flows": {"id": {"any_": local}}, "limit": len(local), "offset": 0})
+    if not found.rows:
+        raise _refuse(store, known, url, f"it has none of the file's {len(local)} flows, checked by id")
+    return f"it has {len(found.rows)} of the file's {len(local)} flows, checked by id"
+
+
+def bind(client: PrefectClient, store: Store) -> Moved | None:
+    """Bind the file to the client's server on the first pull; on a new URL, check identity first.
+
+    Returns what moved when the file now follows a new URL; raises ConfigError
+    for a different server (nothing is written then).
+    """
+    url = client.settings.display_url
+    known = sync_log.get_state(store, URL_KEY)
+    if known == url:
+        return None
+    if known is None:
+        with store.transaction():
+            sync_log.set_state(store, URL_KEY, url)
+        return None
+    evidence = _same_server(client, store, str(known), url)
+    moves = list(sync_log.get_state(store, MOVES_KEY) or [])
+    moves.append({"from": known, "to": url, "at": datetime.now(timezone.utc).isoformat(), "evidence": evidence})
+    with store.transaction():
+        sync_log.set_state(store, URL_KEY, url)
+        sync_log.set_state(store, MOVES_KEY, moves)
+    return Moved(str(known), url, evidence)

@@ -1,0 +1,91 @@
+"""A file follows its server to a new URL after an identity check; another server is refused."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from flowsync.api import PrefectClient
+from flowsync.config import ApiSettings
+from flowsync.errors import ConfigError
+from flowsync.store import Store, sync_log
+from flowsync.sync import identity
+from tests.helpers import run_cli, scalar
+from tests.server_truth import assert_matches_server
+from tests.support.seed import seed
+from tests.support.server import Server, prefect_server
+
+
+def pull(url: str, db: Path) -> tuple[dict[str, object], str]:
+    result = run_cli("pull", "--api-url", url, "--db", str(db), "--json")
+    assert result.exit_code == 0, result.output
+    return dict(json.loads(result.stdout)), result.stderr
+
+
+def test_same_server_by_another_name_is_followed_and_another_server_refused(
+    fresh_server: Server, tmp_path: Path
+) -> None:
+    url = fresh_server.url
+    assert "127.0.0.1" in url
+    seed(url, runs=60, flows=2, deployments_per_flow=2, seed_value=31)
+    db = tmp_path / "runs.duckdb"
+    pull(url, db)
+    runs = scalar(db, "SELECT count(*) FROM flow_runs")
+
+    other_name = url.replace("127.0.0.1", "localhost")
+    summary, _ = pull(other_name, db)
+    assert summary["mode"] == "incremental" and summary["inserted"] == 0
+    assert summary["moved"] == {"from": url, "to": other_name, "evidence": "it has 2 of the file's 2 flows, checked by id"}
+    shown = run_cli("pull", "--api-url", url, "--db", str(db))  # and back, with the message on stderr
+    assert shown.exit_code == 0 and "the file now follows" in shown.stderr
+    assert pull(other_name, db)[0]["moved"]
+    assert scalar(db, "SELECT count(*) FROM flow_runs") == runs
+    with Store.open(db, read_only=True) as store:
+        assert sync_log.get_state(store, identity.URL_KEY) == other_name
+        moves = sync_log.get_state(store, identity.MOVES_KEY)
+    assert [(m["from"], m["to"]) for m in moves] == [(url, other_name), (other_name, url), (url, other_name)]
+    assert_matches_server(db, other_name)
+
+    # Same flow names, deployments and seed on another server: still another server.
+    with prefect_server(home=tmp_path / "second-prefect") as second:
+        seed(second.url, runs=60, flows=2, deployments_per_flow=2, seed_value=31)
+        refused = run_cli("pull", "--api-url", second.url, "--db", str(db))
+    assert refused.exit_code == 2
+    line = " ".join(refused.stderr.split())
+    assert "is a different server (it has none of the file's 2 flows, checked by id)" in line, line
+    assert "another --db" in line and "Traceback" not in refused.output
+    with Store.open(db, read_only=True) as store:
+        assert sync_log.get_state(store, identity.URL_KEY) == other_name  # nothing changed
+    assert scalar(db, "SELECT count(*) FROM flow_runs") == runs
+
+
+ACCOUNT = "5f1c2e2a-0000-4000-8000-000000000001"
+WORKSPACE = "5f1c2e2a-0000-4000-8000-000000000002"
+
+
+def _cloud(host: str, workspace: str = WORKSPACE) -> PrefectClient:
+    return PrefectClient(ApiSettings(url=f"https://{host}/api/accounts/{ACCOUNT}/workspaces/{workspace}"))
+
+
+def test_cloud_workspaces_are_bound_by_their_ids(tmp_path: Path) -> None:
+    db = tmp_path / "cloud.duckdb"
+    with Store.open(db) as store:
+        with _cloud("api.prefect.cloud") as client:
+            assert identity.bind(client, store) is None
+        # Through a corporate proxy: same account and workspace ids.
+        with _cloud("prefect-proxy.example.com") as client:
+            moved = identity.bind(client, store)
+        assert moved is not None and "same Cloud account and workspace ids" in moved.evidence
+        with (
+            _cloud("api.prefect.cloud", workspace="5f1c2e2a-0000-4000-8000-000000000003") as client,
+            pytest.raises(ConfigError, match="another Cloud account or workspace"),
+        ):
+            identity.bind(client, store)
+        with (
+            PrefectClient(ApiSettings(url="http://127.0.0.1:4200/api")) as client,
+            pytest.raises(ConfigError, match="Cloud and a self-hosted server"),
+        ):
+            identity.bind(client, store)
+        assert sync_log.get_state(store, identity.URL_KEY).startswith("https://prefect-proxy.example.com/")

@@ -1,0 +1,154 @@
+"""The Parquet export on object storage: a real S3-compatible server (moto's, in its own
+process), credentials from the standard AWS variables, read back by DuckDB and Polars."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+
+import duckdb
+import httpx
+import polars as pl
+import pytest
+import s3fs
+
+from tests.helpers import SeededServer, run_cli, scalar
+
+SECRET = "flowsync-test-secret-never-printed"
+BUCKET = "history"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def s3_server() -> Iterator[str]:
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(url + "/moto-api/", timeout=2).status_code < 500:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline and proc.poll() is None, "moto server did not start"
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.fixture
+def aws_env(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> s3fs.S3FileSystem:
+    """Credentials and endpoint the way every AWS SDK reads them; a fresh bucket."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "flowsync-test-key")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
+    for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
+        monkeypatch.delenv(key, raising=False)
+    fs = s3fs.S3FileSystem(endpoint_url=s3_server, key="flowsync-test-key", secret=SECRET)
+    httpx.post(s3_server + "/moto-api/reset")
+    fs.mkdir(BUCKET)
+    fs.invalidate_cache()
+    return fs
+
+
+@pytest.fixture(scope="module")
+def pulled(prefect: SeededServer, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    db = tmp_path_factory.mktemp("s3") / "runs.duckdb"
+    assert run_cli("pull", "--api-url", prefect.url, "--db", str(db)).exit_code == 0
+    return db
+
+
+def test_export_to_s3_reads_back_in_duckdb_and_polars(
+    pulled: Path, aws_env: s3fs.S3FileSystem, s3_server: str
+) -> None:
+    url = f"s3://{BUCKET}/flowsync/prod"
+    result = run_cli("export", url, "--db", str(pulled), "--json")
+    assert result.exit_code == 0, result.output
+    assert SECRET not in result.output
+    summary = json.loads(result.stdout)
+    runs = scalar(pulled, "SELECT count(*) FROM flow_runs")
+    assert summary["tables"]["flow_runs"]["rows_written"] == runs
+    assert summary["upload"]["files_uploaded"] == summary["files_written"] + 1  # + the manifest
+
+    fs = aws_env
+    fs.invalidate_cache()
+    manifest = json.loads(fs.cat(f"{BUCKET}/flowsync/prod/_flowsync_manifest.json"))
+    assert manifest["tables"]["flow_runs"]["rows"] == runs
+    assert manifest["location"] == url
+    listed = fs.glob(f"{BUCKET}/flowsync/prod/flow_runs/date=*/part-0.parquet")
+    assert len(listed) == len(manifest["tables"]["flow_runs"]["files"])
+
+    # DuckDB, through the same fsspec filesystem another machine would configure.
+    con = duckdb.connect()
+    con.register_filesystem(fs)
+    got = con.execute(
+        f"SELECT count(*), count(DISTINCT id), min(date), max(date) FROM read_parquet('s3://{BUCKET}/flowsync/prod/flow_runs/*/*.parquet', hive_partitioning = true)"
+    ).fetchall()[0]
+    assert got[0] == runs and got[1] == runs and got[2] is not None
+    by_state = dict(con.execute(
+        f"SELECT state_type, count(*) FROM read_parquet('s3://{BUCKET}/flowsync/prod/flow_runs/*/*.parquet') GROUP BY 1"
+    ).fetchall())
+    local = dict(duckdb.connect(str(pulled), read_only=True).execute(
+        "SELECT state_type, count(*) FROM flow_runs GROUP BY 1").fetchall())
+    assert by_state == local
+
+    # Polars, with its own (Rust) S3 client and the standard variables.
+    frame = pl.scan_parquet(
+        f"s3://{BUCKET}/flowsync/prod/flow_runs/**/*.parquet",
+        hive_partitioning=True,
+        storage_options={"aws_endpoint_url": s3_server, "aws_allow_http": "true", "aws_region": "us-east-1"},
+    ).select(pl.len(), pl.col("id").n_unique()).collect()
+    assert frame.row(0) == (runs, runs)
+    flows = pl.read_parquet(
+        f"s3://{BUCKET}/flowsync/prod/flows/part-0.parquet",
+        storage_options={"aws_endpoint_url": s3_server, "aws_allow_http": "true", "aws_region": "us-east-1"},
+    )
+    assert flows.height == scalar(pulled, "SELECT count(*) FROM flows")
+
+
+def test_since_uploads_only_changed_partitions_and_keeps_the_manifest_whole(
+    pulled: Path, aws_env: s3fs.S3FileSystem
+) -> None:
+    url = f"s3://{BUCKET}/inc"
+    assert run_cli("export", url, "--db", str(pulled)).exit_code == 0
+    fs = aws_env
+    fs.invalidate_cache()
+    before = json.loads(fs.cat(f"{BUCKET}/inc/_flowsync_manifest.json"))
+    now = datetime.now(timezone.utc).isoformat()  # nothing was synced since
+    again = run_cli("export", url, "--db", str(pulled), "--since", now, "--json")
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout)["upload"]["files_uploaded"] == 1  # nothing changed: the manifest only
+    fs.invalidate_cache()
+    after = json.loads(fs.cat(f"{BUCKET}/inc/_flowsync_manifest.json"))
+    assert after["tables"]["flow_runs"]["files"] == before["tables"]["flow_runs"]["files"]
+    assert after["tables"]["flow_runs"]["rows"] == scalar(pulled, "SELECT count(*) FROM flow_runs")
+
+
+def test_bad_credentials_are_one_clear_line_without_the_secret(
+    pulled: Path, aws_env: s3fs.S3FileSystem, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    result = run_cli("export", "s3://no-such-bucket/x", "--db", str(pulled))
+    assert result.exit_code == 5, result.output
+    assert "Upload to s3://no-such-bucket/x failed" in result.stderr
+    assert SECRET not in result.output and "Traceback" not in result.output
+    assert os.environ["AWS_SECRET_ACCESS_KEY"] == SECRET

@@ -1,0 +1,252 @@
+"""Readers read a published snapshot: a notebook kernel stays open while pulls and an apply run.
+
+The reader is a real Jupyter kernel (what a notebook user keeps running for
+hours); pulls and the apply run the real CLI against a real Prefect server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import httpx
+import pytest
+from jupyter_client.manager import KernelManager
+
+from flowsync.errors import StoreLockedError
+from flowsync.store import Store
+from flowsync.store import snapshot as snap
+from flowsync.store.locks import classify
+from tests.helpers import run_cli, scalar
+from tests.support.seed import delete_runs, seed
+from tests.support.server import Server
+
+
+class Kernel:
+    """A real ipykernel; ``run`` executes code and returns what it printed."""
+
+    def __init__(self, cwd: Path) -> None:
+        self.km = KernelManager(kernel_name="python3")
+        self.km.start_kernel(cwd=str(cwd), env={**os.environ})
+        self.kc = self.km.blocking_client()
+        self.kc.start_channels()
+        self.kc.wait_for_ready(timeout=60)
+
+    def run(self, code: str) -> str:
+        printed: list[str] = []
+        errors: list[str] = []
+
+        def hook(msg: dict[str, Any]) -> None:
+            if msg["msg_type"] == "stream":
+                printed.append(msg["content"]["text"])
+            elif msg["msg_type"] == "error":
+                errors.append("\n".join(msg["content"]["traceback"]))
+
+        self.kc.execute_interactive(textwrap.dedent(code), output_hook=hook, timeout=120)
+        assert not errors, errors[0]
+        return "".join(printed).strip()
+
+    @property
+    def pid(self) -> int:
+        provisioner = self.km.provisioner
+        assert provisioner is not None
+        return int(provisioner.pid)  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        self.kc.stop_channels()
+        self.km.shutdown_kernel(now=True)
+
+
+@pytest.fixture
+def kernel(tmp_path: Path) -> Iterator[Kernel]:
+    k = Kernel(tmp_path)
+    try:
+        yield k
+    finally:
+        k.close()
+
+
+def server_count(url: str, body: dict[str, Any] | None = None) -> int:
+    with httpx.Client(base_url=url + "/", timeout=60) as c:
+        r = c.post("flow_runs/count", json=body or {})
+        r.raise_for_status()
+        return int(r.json())
+
+
+def pull(url: str, db: Path) -> dict[str, Any]:
+    result = run_cli("pull", "--api-url", url, "--db", str(db), "--json")  # no --wait: must not block
+    assert result.exit_code == 0, result.output
+    return dict(json.loads(result.stdout))
+
+
+LIVE = "SELECT count(*) FROM flow_runs WHERE deleted_at IS NULL"
+
+
+def test_an_open_notebook_never_blocks_pulls_or_apply(fresh_server: Server, tmp_path: Path, kernel: Kernel) -> None:
+    url, db = fresh_server.url, tmp_path / "runs.duckdb"
+    seeded = seed(url, runs=120, flows=2, deployments_per_flow=2, seed_value=21)
+    first = pull(url, db)
+    assert first["snapshot"]["published"] and first["snapshot"]["generation"] == 1
+    at_first = server_count(url)
+
+    kernel.run(f"""
+        import flowsync
+        con = flowsync.connect({str(db)!r})
+        print(con.execute({LIVE!r}).fetchone()[0])
+    """)
+    assert kernel.run(f"print(con.execute({LIVE!r}).fetchone()[0])") == str(at_first)
+
+    # Two pulls while the notebook holds its connection: new runs, then deletions.
+    seed(url, runs=40, flows=2, deployments_per_flow=2, seed_value=22)
+    second = pull(url, db)
+    assert second["inserted"] == 40 and second["snapshot"]["published"]
+    delete_runs(url, list(seeded.runs)[:15])
+    third = pull(url, db)
+    assert third["marked_deleted"] == 15
+    # ...and an apply (it also writes the live file, then publishes).
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(textwrap.dedent("""\
+        version: 1
+        rules:
+          - name: drop-cancelled
+            action: delete
+            sql: SELECT id FROM flow_runs WHERE deleted_at IS NULL AND state_type = 'CANCELLED'
+    """))
+    cancelled = server_count(url, {"flow_runs": {"state": {"type": {"any_": ["CANCELLED"]}}}})
+    assert cancelled > 0
+    applied = run_cli("apply", str(policy), "--db", str(db), "--api-url", url, "--yes", "--json")
+    assert applied.exit_code == 0, applied.output
+    assert server_count(url, {"flow_runs": {"state": {"type": {"any_": ["CANCELLED"]}}}}) == 0
+
+    # The open connection still sees the first pull, whole and consistent (its file was unlinked).
+    assert kernel.run(f"print(con.execute({LIVE!r}).fetchone()[0])") == str(at_first)
+    assert kernel.run("print(con.execute('SELECT count(*) FROM failure_rates_by_deployment').fetchone()[0] > 0)") == "True"
+    # A new connection in the same kernel sees the latest state: the server's, after the apply.
+    now = server_count(url)
+    assert now == at_first + 40 - 15 - cancelled
+    assert kernel.run(f"""
+        con2 = flowsync.connect({str(db)!r})
+        print(con2.execute({LIVE!r}).fetchone()[0])
+    """) == str(now)
+    # The CLI readers see it too; --live reads the live file (the kernel holds only a snapshot).
+    for extra in ([], ["--live"]):
+        result = run_cli("sql", LIVE, "--db", str(db), "--format", "csv", *extra)
+        assert result.exit_code == 0, result.output
+        assert result.stdout.splitlines()[-1] == str(now)
+    assert len(list(snap.snapshot_dir(db).glob("*.duckdb"))) == 2  # current + one previous
+
+
+def test_no_change_pull_keeps_the_snapshot(fresh_server: Server, tmp_path: Path) -> None:
+    url, db = fresh_server.url, tmp_path / "runs.duckdb"
+    seed(url, runs=30, flows=1, deployments_per_flow=1, seed_value=23)
+    assert pull(url, db)["snapshot"]["generation"] == 1
+    again = pull(url, db)
+    assert not again["snapshot"]["published"] and again["snapshot"]["generation"] == 1
+    assert snap.current(db) is not None
+
+
+def test_a_notebook_holding_the_live_file_is_named_in_the_pull_error(
+    fresh_server: Server, tmp_path: Path, kernel: Kernel
+) -> None:
+    url, db = fresh_server.url, tmp_path / "runs.duckdb"
+    seed(url, runs=10, flows=1, deployments_per_flow=1, seed_value=24)
+    pull(url, db)
+    kernel.run(f"import flowsync; con = flowsync.connect({str(db)!r}, live=True)")
+    refused = run_cli("pull", "--api-url", url, "--db", str(db))
+    assert refused.exit_code == 6
+    line = " ".join(refused.stderr.split())
+    assert f"notebook kernel (PID {kernel.pid})" in line, line
+    assert "Close that connection" in line and "--wait" in line
+    kernel.run("con.close()")
+    assert pull(url, db)["mode"] == "incremental"
+
+
+def test_a_running_pull_is_named_to_live_readers(tmp_path: Path) -> None:
+    db = tmp_path / "runs.duckdb"
+    Store.open(db).close()
+    # A real process holding the write lock, whose command line reads `flowsync pull`.
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); print('ok', flush=True); time.sleep(30)",
+         str(db), "flowsync", "pull"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "ok"
+        with pytest.raises(StoreLockedError) as caught:
+            Store.open(db, read_only=True)
+        assert caught.value.holder_role == "pull" and caught.value.holder_pid == holder.pid
+        assert f"a running `flowsync pull` (PID {holder.pid})" in str(caught.value)
+        assert "drop --live" in str(caught.value)
+        with pytest.raises(StoreLockedError, match=r"no published snapshot yet .* pull .*--wait"):
+            snap.open_for_reading(db)  # a file from before snapshots, mid-pull
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+@pytest.mark.parametrize(
+    ("argv", "role"),
+    [
+        (["/venv/bin/python", "/venv/bin/flowsync", "pull", "--db", "x"], "pull"),
+        (["python", "-m", "flowsync", "apply", "p.yaml", "--yes"], "apply"),
+        (["/venv/bin/flowsync", "report", "failures"], "reader"),
+        (["/usr/bin/python3", "-m", "ipykernel_launcher", "-f", "/tmp/k.json"], "notebook"),
+        (["python", "script.py"], "unknown"),
+    ],
+)
+def test_lock_holders_are_classified_by_command_line(argv: list[str], role: str) -> None:
+    assert classify(argv)[0] == role
+
+
+PUBLISH_LOOP = """
+import sys
+from pathlib import Path
+from flowsync.store import Store
+from flowsync.store.snapshot import publish
+with Store.open(Path(sys.argv[1])) as store:
+    while True:
+        publish(store)
+"""
+
+
+def test_kill_9_during_publish_leaves_the_previous_snapshot_readable(tmp_path: Path) -> None:
+    db = tmp_path / "runs.duckdb"
+    with Store.open(db) as store:
+        # Ballast so that copying takes long enough to be caught half-way.
+        store.execute("CREATE TABLE ballast AS SELECT range AS i, md5(CAST(range AS VARCHAR)) AS s FROM range(1500000)")
+        snap.publish(store)
+    folder = snap.snapshot_dir(db)
+    caught_mid_copy = 0
+    for attempt in range(4):
+        proc = subprocess.Popen([sys.executable, "-c", PUBLISH_LOOP, str(db)])
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                if any(".tmp-" in p.name for p in folder.iterdir()):
+                    time.sleep(0.002 * attempt)
+                    break
+            os.kill(proc.pid, signal.SIGKILL)
+        finally:
+            proc.wait()
+        caught_mid_copy += any(".tmp-" in p.name for p in folder.iterdir())
+        opened = snap.open_latest(db)
+        assert opened is not None
+        with opened:
+            assert opened.execute("SELECT count(*) FROM ballast").scalar() == 1500000
+            assert opened.execute("SELECT count(*) FROM _flowsync_migrations").scalar() > 0
+    assert caught_mid_copy > 0  # the kill did land inside a copy at least once
+    with Store.open(db) as store:  # the next publish clears the dead one's leftovers
+        result = snap.publish(store)
+    assert not any(".tmp-" in p.name for p in folder.iterdir())
+    with duckdb.connect(str(result.snapshot.path), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM ballast").fetchone() == (1500000,)
+    assert scalar(folder / snap.CURRENT, "SELECT count(*) FROM ballast") == 1500000
