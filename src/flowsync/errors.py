@@ -8,9 +8,11 @@ code. Must not: print, log, or hold secrets in messages.
     FlowsyncError                 base; exit code 1
     ├── ConfigError               bad settings, flags, files (exit 2)
     ├── ApiError                  the Prefect API failed or answered nonsense (exit 3)
-    │   └── AuthError             401/403 (exit 4)
+    │   ├── AuthError             401/403 (exit 4)
+    │   └── UncertainError        a call that changes data got no answer: it may have been applied
     ├── StoreError                the DuckDB file cannot be used (exit 5)
-    │   └── StoreLockedError      another process holds the file (exit 6)
+    │   ├── StoreLockedError      another process holds the file (exit 6)
+    │   └── SandboxError          a query tried to reach files, network or extensions (sandboxed store)
     └── PolicyError               a policy file or rule is invalid (exit 7)
         └── PolicyLimitError      a rule selects more runs than allowed (exit 8)
 
@@ -39,12 +41,26 @@ class AuthError(ApiError):
     exit_code = 4
 
 
+class UncertainError(ApiError):
+    """A non-idempotent call failed in transit (5xx, dropped connection, timeout,
+    unreadable body): the server may or may not have applied it. Never resend it
+    blindly; read the server's state first. ``problem`` says what went wrong."""
+
+    def __init__(self, message: str, problem: str) -> None:
+        super().__init__(message)
+        self.problem = problem
+
+
 class StoreError(FlowsyncError):
     exit_code = 5
 
 
 class StoreLockedError(StoreError):
     exit_code = 6
+
+
+class SandboxError(StoreError):
+    """A query on a sandboxed store tried to read a file, the network or an extension."""
 
 
 class PolicyError(FlowsyncError):

@@ -54,7 +54,7 @@ def _age(when: datetime | None, now: datetime) -> str:
 
 
 def _render_plan(plan: Plan, sample: int) -> None:
-    """The plan on stdout: per rule a count, the reasons runs were left out, a sample."""
+    """The plan on stdout: per rule a count, the reasons runs were skipped, a sample."""
     now = plan.generated_at
     out.print(f"[bold]plan[/] for {escape(plan.policy.source)} (sha256 {plan.policy.sha256[:12]})", highlight=False)
     for rp in plan.rules:
@@ -68,7 +68,7 @@ def _render_plan(plan: Plan, sample: int) -> None:
         states = ", ".join(f"{n} {s}" for s, n in sorted(rp.to_json()["by_state"].items()))
         out.print(f"\n[bold]{escape(rule.name)}[/] ({what}): {len(rp.runs)} runs" + (f" ({states})" if states else ""), highlight=False)
         if rp.skipped:
-            out.print("  left out: " + ", ".join(f"{n} {why}" for why, n in rp.skipped.items()), highlight=False)
+            out.print("  skipped: " + ", ".join(f"{n} {why}" for why, n in rp.skipped.items()), highlight=False)
         if rp.runs and sample:
             table = Table(box=None, padding=(0, 2, 0, 2))
             for column in ("run", "flow/deployment", "state", "age", "tags"):
@@ -91,6 +91,11 @@ def _render_plan(plan: Plan, sample: int) -> None:
             f"[bold red]apply would refuse:[/] {plan.total} runs is more than max_actions ({max_actions}).",
             highlight=False,
         )
+    out.print(
+        "apply re-reads each batch's runs from the server right before its call and checks this "
+        "policy again: runs that no longer qualify are skipped (with the reason), runs gone are not sent.",
+        highlight=False,
+    )
 
 
 def _compute_plan(policy: Path, db: Path | None, wait: float) -> Plan:
@@ -99,7 +104,8 @@ def _compute_plan(policy: Path, db: Path | None, wait: float) -> Plan:
 
     loaded = load_policy(policy)
     # Rule SQL only ever runs on a read-only connection: DuckDB refuses writes there.
-    with Store.open(resolve_db_path(db), read_only=True, wait=wait) as store:
+    # Rule SQL runs only on a sandboxed, read-only connection: no files, network or extensions, no writes.
+    with Store.open(resolve_db_path(db), read_only=True, wait=wait, sandbox=True) as store:
         return make_plan(store, loaded)
 
 
@@ -134,7 +140,8 @@ def _render_result(result: ApplyResult) -> None:
     colour = {"success": "green", "partial": "yellow", "error": "red"}[result.status]
     err.print(
         f"[bold {colour}]{result.status}[/]: {result.done} done, {result.failed} failed in "
-        f"{result.batches} batches, {result.seconds:.1f}s (apply id {result.apply_id}; "
+        f"{result.batches} batches, {result.seconds:.1f}s ({result.calls} calls, {result.rereads} re-reads; "
+        f"apply id {result.apply_id}; "
         "details in the policy_actions table)",
         highlight=False,
     )
@@ -152,9 +159,12 @@ def apply_cmd(
 ) -> None:
     """Apply a policy: show the plan, confirm, then bulk delete / set state in batches of 50.
 
-    Every call names its runs and the state each had when pulled, so runs
-    changed on the server since then are skipped. Every answer goes to the
-    policy_actions table; touched runs are refreshed locally. Exits 9 when some
+    Right before each call its runs are re-read from the server and the whole
+    policy is checked again over that fresh read: runs that no longer qualify
+    (edited, re-tagged, moved on) are skipped with the reason, runs gone are
+    never sent. Each call names its runs and guards their current state. A
+    call whose answer is lost is resolved from the server's state, not resent
+    blindly. Every outcome goes to the policy_actions table. Exits 9 when some
     runs failed (run it again: the plan is recomputed).
 
     Example: flowsync apply policies/retention.yaml --db runs.duckdb --yes
@@ -188,7 +198,7 @@ def apply_cmd(
                 raise typer.Exit(1)
         progress = make_progress(json_out)
         with (
-            Store.open(path, wait=wait) as store,
+            Store.open(path, wait=wait, sandbox=True) as store,
             PrefectClient(settings, on_retry=progress.message) as client,
             progress,
         ):
@@ -230,7 +240,7 @@ def check_cmd(
         loaded = load_policy(policy)
         rows: dict[str, int] | None = None
         if db is not None:
-            with Store.open(db, read_only=True, wait=wait) as store:
+            with Store.open(db, read_only=True, wait=wait, sandbox=True) as store:
                 rows = check_rules(store, loaded)
     summary = {
         "policy": str(policy),

@@ -1,11 +1,17 @@
 """What a policy would do: a pure function of the policy and the local DuckDB file.
 
-Owns: checking each rule's SQL (one read-only SELECT with an ``id`` column),
-running it, and turning its rows into the runs each rule would touch after the
-policy's guards (locally deleted, no known state, protected tags, keep_newest,
-claimed by an earlier rule, per-rule limit). Must not: call the API, write to
-the store, or print. Rule SQL is meant for a read-only ``Store``; DuckDB then
-refuses any write, and only a single SELECT statement gets that far.
+Owns: checking each rule's SQL (one SELECT with an ``id`` column), running it,
+and turning its rows into the runs each rule would touch after the policy's
+guards (locally deleted, no known state, protected tags, keep_newest, claimed
+by an earlier rule, per-rule limit), with the reason for every run a guard
+skipped. ``recheck`` is the same decision for a few runs of a confirmed plan,
+as apply asks it right before each call. Must not: call the API, write to the
+store, or print.
+
+Rule SQL runs only on a sandboxed ``Store`` (files, network and extensions off,
+settings locked), must be a single SELECT statement, and may not call the few
+functions that change state or run SQL text (``setval``, ``nextval``,
+``query``, ``query_table``). On a read-only store DuckDB refuses writes too.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from flowsync.errors import PolicyError, StoreError
+from flowsync.errors import PolicyError, SandboxError, StoreError
 from flowsync.policy.model import DeleteRule, LoadedPolicy, SetStateRule
 from flowsync.store import Store, audit
 
@@ -51,15 +57,23 @@ class PlannedRun:
 
 @dataclass
 class RulePlan:
-    """One rule's selection, and why the runs it left out were left out."""
+    """One rule's selection, and why each run its SQL returned but a guard stopped was skipped."""
 
     rule: RuleModel
     runs: list[PlannedRun] = field(default_factory=list)
     selected: int = 0  # distinct ids the SQL returned
-    skipped: dict[str, int] = field(default_factory=dict)  # reason -> runs
+    reasons: dict[str, str] = field(default_factory=dict)  # skipped run id -> reason
 
-    def skip(self, reason: str) -> None:
-        self.skipped[reason] = self.skipped.get(reason, 0) + 1
+    def skip(self, run_id: str, reason: str) -> None:
+        self.reasons[run_id] = reason
+
+    @property
+    def skipped(self) -> dict[str, int]:
+        """reason -> runs skipped for it."""
+        counts: dict[str, int] = {}
+        for reason in self.reasons.values():
+            counts[reason] = counts.get(reason, 0) + 1
+        return counts
 
     def to_json(self, sample: int | None = None) -> dict[str, Any]:
         runs = self.runs if sample is None else self.runs[:sample]
@@ -69,7 +83,7 @@ class RulePlan:
             "enabled": self.rule.enabled,
             "runs": len(self.runs),
             "selected_by_sql": self.selected,
-            "left_out": self.skipped,
+            "skipped": self.skipped,
             "by_state": by_state(self.runs),
             "ids": [r.id for r in self.runs],
             "sample": [r.to_json() for r in runs],
@@ -116,9 +130,37 @@ def by_state(runs: list[PlannedRun]) -> dict[str, int]:
 # -- rule SQL -------------------------------------------------------------------
 
 
+# Functions that change state (sequences) or run SQL text built at run time.
+FORBIDDEN_FUNCTIONS = frozenset({"nextval", "setval", "query", "query_table"})
+
+
+def _sandbox_error(rule: RuleModel, e: SandboxError) -> PolicyError:
+    return PolicyError(
+        f"rule {rule.name!r} tried to reach outside the history ({e}): rule SQL runs with files, "
+        "network and extensions off; query only the tables and views of the file."
+    )
+
+
+def _rule_rows(
+    store: Store, rule: RuleModel, sql: str, params: list[Any] | None = None
+) -> tuple[list[str], list[dict[str, Any]]]:
+    """Run SQL built around a rule's statement; every failure is a PolicyError naming the rule."""
+    try:
+        return audit.select_rows(store, sql, params)
+    except SandboxError as e:
+        raise _sandbox_error(rule, e) from e
+    except StoreError as e:
+        raise PolicyError(
+            f"rule {rule.name!r}: SQL failed: {e}. The id column must hold flow-run ids (UUIDs)."
+        ) from e
+
+
 def rule_statement(store: Store, rule: RuleModel) -> str:
     """The rule's SQL as one SELECT statement with an ``id`` column, or PolicyError."""
     where = f"rule {rule.name!r}"
+    if not store.sandboxed:
+        # A programming error, not a user's: rule SQL must never run with files and network on.
+        raise StoreError(f"{store.path} is not open sandboxed; rule SQL runs only on Store.open(..., sandbox=True).")
     try:
         parsed = audit.statements(store, rule.sql)
     except StoreError as e:
@@ -134,7 +176,18 @@ def rule_statement(store: Store, rule: RuleModel) -> str:
         )
     sql = text.strip().rstrip(";").strip()
     try:
+        forbidden = sorted(audit.functions_called(store, sql) & FORBIDDEN_FUNCTIONS)
+    except StoreError as e:
+        raise PolicyError(f"{where}: SQL does not parse: {e}. Fix the rule's sql.") from e
+    if forbidden:
+        raise PolicyError(
+            f"{where}: sql calls {', '.join(forbidden)}; a rule may not change sequences or run SQL text. "
+            "Select from the tables and views directly."
+        )
+    try:
         columns, _ = audit.select_rows(store, f"SELECT * FROM (\n{sql}\n) AS rule_rows LIMIT 0")
+    except SandboxError as e:
+        raise _sandbox_error(rule, e) from e
     except StoreError as e:
         raise PolicyError(f"{where}: SQL failed: {e}. Try it with `duckdb -readonly FILE`.") from e
     if "id" not in columns:
@@ -150,14 +203,7 @@ def check_rules(store: Store, loaded: LoadedPolicy) -> dict[str, int]:
     counts = {}
     for rule in loaded.policy.rules:
         sql = rule_statement(store, rule)
-        try:
-            _, rows = audit.select_rows(
-                store, f"SELECT count(CAST(id AS UUID)) AS n FROM (\n{sql}\n) AS rule_rows"
-            )
-        except StoreError as e:
-            raise PolicyError(
-                f"rule {rule.name!r}: SQL failed: {e}. The id column must hold flow-run ids (UUIDs)."
-            ) from e
+        _, rows = _rule_rows(store, rule, f"SELECT count(CAST(id AS UUID)) AS n FROM (\n{sql}\n) AS rule_rows")
         counts[rule.name] = int(rows[0]["n"])
     return counts
 
@@ -189,12 +235,14 @@ ORDER BY r.sort_time ASC NULLS FIRST, r.picked_id
 
 def _select(store: Store, rule: RuleModel, protect_tags: list[str]) -> list[dict[str, Any]]:
     sql = rule_statement(store, rule)
-    try:
-        return audit.select_rows(store, _SELECT.format(sql=sql), [protect_tags])[1]
-    except StoreError as e:
-        raise PolicyError(
-            f"rule {rule.name!r}: SQL failed: {e}. The id column must hold flow-run ids (UUIDs)."
-        ) from e
+    return _rule_rows(store, rule, _SELECT.format(sql=sql), [protect_tags])[1]
+
+
+NOT_IN_FILE = "not in flow_runs"
+DELETED = "already deleted"
+PROTECTED = "protected tag"
+NOT_SELECTED = "the rule's SQL no longer selects it"
+OVER_MAX = "max_actions"
 
 
 def plan_rule(
@@ -204,19 +252,19 @@ def plan_rule(
     out = RulePlan(rule, selected=len(rows))
     for row in rows:
         if row["unknown"]:
-            out.skip("not in flow_runs")
+            out.skip(row["id"], NOT_IN_FILE)
         elif row["deleted"]:
-            out.skip("already deleted")
+            out.skip(row["id"], DELETED)
         elif row["state_type"] is None:
-            out.skip("no known state")
+            out.skip(row["id"], "no known state")
         elif row["protected"]:
-            out.skip("protected tag")
+            out.skip(row["id"], PROTECTED)
         elif rule.keep_newest is not None and row["newest_rank"] <= rule.keep_newest:
-            out.skip("keep_newest")
+            out.skip(row["id"], "keep_newest")
         elif row["id"] in claimed:
-            out.skip("taken by an earlier rule")
+            out.skip(row["id"], "taken by an earlier rule")
         elif rule.limit is not None and len(out.runs) >= rule.limit:
-            out.skip("over the rule's limit")
+            out.skip(row["id"], "over the rule's limit")
         else:
             claimed.add(row["id"])
             out.runs.append(
@@ -247,3 +295,19 @@ def make_plan(store: Store, loaded: LoadedPolicy, now: datetime | None = None) -
         rows = _select(store, rule, list(loaded.policy.protect_tags))
         rules.append(plan_rule(rule, rows, claimed))
     return Plan(loaded, rules, now or datetime.now(timezone.utc))
+
+
+def recheck(store: Store, confirmed: Plan, rule: RuleModel, ids: list[str]) -> dict[str, str | None]:
+    """For runs ``rule`` has in the confirmed plan: None if the whole policy, computed
+    again over the file as it is now, still gives them to ``rule``; else why not.
+
+    Every guard counts: the rule's SQL, protect_tags, keep_newest, limit, earlier
+    rules, and max_actions (rules that now select more than it stop everything).
+    """
+    now = make_plan(store, confirmed.policy)
+    if now.over_max:
+        why = f"{OVER_MAX}: the rules now select {now.total} runs, more than {confirmed.policy.policy.max_actions}"
+        return dict.fromkeys(ids, why)
+    mine = next(rp for rp in now.rules if rp.rule.name == rule.name)
+    chosen = {run.id for run in mine.runs}
+    return {i: None if i in chosen else mine.reasons.get(i, NOT_SELECTED) for i in ids}

@@ -3,7 +3,12 @@
 Owns: the one ``duckdb`` connection of a command and its transactions. A
 writer holds DuckDB's own file lock for as long as the command runs; a second
 writer (or a reader while a writer runs) gets ``StoreLockedError`` or waits
-with ``wait``. Must not: know about the API.
+with ``wait``. A *sandboxed* store (``sandbox=True``, for policy rule SQL) has
+files, network and extensions switched off and its configuration locked for the
+life of the connection: DuckDB cannot switch external access back on, so a
+command that runs rule SQL opens its store sandboxed from the start and does
+nothing on it that needs the outside (no Parquet, no memory settings). Must
+not: know about the API.
 """
 
 from __future__ import annotations
@@ -31,6 +36,16 @@ DUCKDB_MAGIC = b"DUCK"
 # set plus room for the primary-key indexes (~50 bytes a row measured at 100k runs).
 WRITE_MEMORY_BASE = 64 * 2**20
 INDEX_BYTES_PER_ROW = 128
+
+
+# Rule SQL comes from policy files (pull requests): it must see only the history.
+SANDBOX_CONFIG: dict[str, str | bool | int | float | list[str]] = {
+    "enable_external_access": False,  # no files (read_text, read_csv, ATTACH, COPY), no network
+    "autoload_known_extensions": False,
+    "autoinstall_known_extensions": False,
+    "allow_community_extensions": False,
+    "allow_unsigned_extensions": False,
+}
 
 
 def _check_path(path: Path, read_only: bool) -> None:
@@ -75,24 +90,35 @@ def _is_lock_error(err: Exception) -> bool:
 class Store:
     """A DuckDB file with flowsync's schema. Use ``Store.open`` as a context manager."""
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, path: Path, read_only: bool) -> None:
+    def __init__(
+        self, con: duckdb.DuckDBPyConnection, path: Path, read_only: bool, sandboxed: bool = False
+    ) -> None:
         self.con = con
         self.path = path
         self.read_only = read_only
+        self.sandboxed = sandboxed
         self.memory_budget: int | None = None
 
     @classmethod
     def open(
-        cls, path: Path, *, read_only: bool = False, wait: float = 0.0, migrate: bool = True
+        cls,
+        path: Path,
+        *,
+        read_only: bool = False,
+        wait: float = 0.0,
+        migrate: bool = True,
+        sandbox: bool = False,
     ) -> Store:
-        """Open (and for writers create and upgrade) the file; wait up to ``wait`` s for a lock."""
+        """Open (and for writers create and upgrade) the file; wait up to ``wait`` s for a lock.
+
+        ``sandbox``: files, network and extensions off, configuration locked (see the module)."""
         path = Path(path)
         _check_path(path, read_only)
         deadline = time.monotonic() + wait
         delay = 0.2
         while True:
             try:
-                con = duckdb.connect(str(path), read_only=read_only)
+                con = duckdb.connect(str(path), read_only=read_only, config=dict(SANDBOX_CONFIG) if sandbox else {})
                 break
             except duckdb.Error as e:
                 if _is_lock_error(e):
@@ -105,16 +131,23 @@ class Store:
                         f"{path} is in use by another process ({holder}), probably a running "
                         "`flowsync pull` or `apply`; wait for it, or pass --wait SECONDS."
                     ) from e
+                if "different configuration" in str(e):
+                    raise StoreError(
+                        f"{path} is already open in this process with other settings; close it first."
+                    ) from e
                 if "not a valid DuckDB database" in str(e):
                     raise StoreError(f"{path} is not a DuckDB database; choose another --db path.") from e
                 if "Permission denied" in str(e) or "Read-only file system" in str(e):
                     raise StoreError(f"Cannot open {path} for writing (permission denied); choose a writable --db path.") from e
                 raise StoreError(f"Cannot open {path}: {str(e).splitlines()[0]}") from e
-        store = cls(con, path, read_only)
+        store = cls(con, path, read_only, sandboxed=sandbox)
         try:
             con.execute("SET TimeZone = 'UTC'")
             if migrate:
                 store.migrate()
+            if sandbox:
+                # After the time zone: nothing (rule SQL included) may change settings from here on.
+                con.execute("SET lock_configuration = true")
         except BaseException:
             con.close()
             raise

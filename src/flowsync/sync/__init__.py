@@ -18,11 +18,11 @@ from flowsync.api import PrefectClient
 from flowsync.api.pagination import parse_ts
 from flowsync.errors import ConfigError, FlowsyncError
 from flowsync.store import Store, writes
-from flowsync.store.tables import DEPLOYMENTS, FLOWS
+from flowsync.store.tables import DEPLOYMENTS, FLOW_RUNS, FLOWS
 from flowsync.sync import runs, small
 from flowsync.sync.context import NullProgress, Progress, PullContext, PullOptions
 
-__all__ = ["NullProgress", "Progress", "PullOptions", "PullResult", "pull", "refresh_runs"]
+__all__ = ["NullProgress", "Progress", "PullOptions", "PullResult", "RunReader", "pull", "refresh_runs"]
 
 
 @dataclass
@@ -146,17 +146,53 @@ def _totals(ctx: PullContext) -> dict[str, int]:
     }
 
 
+class RunReader:
+    """Re-reads flow runs by id into the file, for a caller about to act on them (policy apply).
+
+    One ``sync_runs`` record covers every read of the session (mode ``mode``).
+    Each ``read`` is one request per 200 ids: the runs found are upserted, the
+    ones the server no longer has are marked deleted.
+    """
+
+    def __init__(self, client: PrefectClient, store: Store, mode: str) -> None:
+        with store.transaction():
+            pull_id = writes.start_sync_run(store, client.settings.display_url)
+        self.mode = mode
+        self.requests = 0
+        # The server clock is not needed for reads by id; ours only stamps the record.
+        self.ctx = PullContext(client, store, PullOptions(), NullProgress(), pull_id, writes.now_utc())
+
+    def read(self, ids: list[str]) -> dict[str, dict[str, Any]]:
+        """The server's current rows for ``ids`` (a missing id is gone from the server)."""
+        found: dict[str, dict[str, Any]] = {}
+        for i, page in enumerate(self.ctx.client.iter_ids(ids)):
+            self.requests += 1
+            chunk = ids[i * 200 : (i + 1) * 200]
+            self.ctx.write_pages(FLOW_RUNS, [page])
+            got = {str(o["id"]): o for o in page.rows}
+            found.update(got)
+            self.ctx.mark_deleted("flow_runs", [r for r in chunk if r not in got])
+        return found
+
+    def counts(self) -> dict[str, int]:
+        c = self.ctx.counter("flow_runs")
+        return {"updated": c.updated, "marked_deleted": c.marked_deleted}
+
+    def finish(self, error: str | None = None) -> None:
+        with self.ctx.store.transaction():
+            writes.finish_sync_run(
+                self.ctx.store, self.ctx.pull_id, status="failed" if error else "ok", mode=self.mode,
+                error=error, **_totals(self.ctx),
+            )
+
+
 def refresh_runs(client: PrefectClient, store: Store, ids: list[str]) -> dict[str, int]:
     """Re-read these flow runs by id: update the ones that exist, mark the rest deleted.
 
-    For callers that changed runs on the server (policy apply) and want the file
-    to show it without a full pull. Returns counts: found, marked_deleted.
+    For callers that changed runs on the server and want the file to show it
+    without a full pull. Returns counts: found, marked_deleted, updated.
     """
-    with store.transaction():
-        pull_id = writes.start_sync_run(store, client.settings.display_url)
-    ctx = PullContext(client, store, PullOptions(), NullProgress(), pull_id, client.server_now())
-    found = runs.check_ids(ctx, ids)
-    c = ctx.counter("flow_runs")
-    with store.transaction():
-        writes.finish_sync_run(store, pull_id, status="ok", mode="refresh", **_totals(ctx))
-    return {"found": len(found), "marked_deleted": c.marked_deleted, "updated": c.updated}
+    reader = RunReader(client, store, "refresh")
+    found = reader.read(ids)
+    reader.finish()
+    return {"found": len(found), **reader.counts()}
