@@ -370,6 +370,13 @@ class PrefectClient:
             raise ApiError("POST /flow_runs/bulk_set_state answered something other than an object.")
         return answer
 
+    def flow_run_states(self, run_id: str) -> list[dict[str, Any]]:
+        """Every state a flow run has had (GET /flow_run_states/?flow_run_id=...), oldest first."""
+        answer = self.request("GET", f"flow_run_states/?flow_run_id={run_id}")
+        if not isinstance(answer, list) or any(not isinstance(s, dict) for s in answer):
+            raise ApiError("GET /flow_run_states/ answered something other than a list of states.")
+        return sorted(answer, key=lambda s: str(s.get("timestamp") or ""))
+
     def iter_ids(self, ids: Sequence[str], size: int = 200) -> Iterator[Page]:
         """The flow runs with these ids that still exist, 200 per request."""
         for i in range(0, len(ids), size):

@@ -115,11 +115,19 @@ class Seen:
         )
 
 
-def classify_lost(action: str, requested: str | None, before: Seen, after: Seen | None) -> RunResult | None:
+def classify_lost(
+    action: str,
+    requested: str | None,
+    before: Seen,
+    after: Seen | None,
+    history: list[dict[str, Any]] | None = None,
+) -> RunResult | None:
     """A run whose call's answer was lost: what the server shows now says what happened.
 
     ``before`` is the read right before the call, ``after`` the read after it
-    (None: gone). None means the server shows the run untouched: it may be sent again.
+    (None: gone); ``history`` the run's states, oldest first, for a set_state
+    run that now holds another state. None means the server shows the run
+    untouched: it may be sent again.
     """
     lost = "the call's answer was lost"
     if after is None:
@@ -133,11 +141,31 @@ def classify_lost(action: str, requested: str | None, before: Seen, after: Seen 
             "evidence": f"a new {after.state_type} state after the call ({lost})",
             "state": {"type": after.state_type, "name": after.state_name},
         })
+    if action == "set_state" and history is None:
+        return RunResult(Outcome.PENDING, {
+            "reason": f"its state changed during the call ({before.state_type} -> {after.state_type}) and its "
+                      "state history could not be read to tell whether this apply did it; check it, then run "
+                      f"apply again ({lost})",
+        })
+    if action == "set_state" and _took(history or [], before.state_id, requested):
+        return RunResult(Outcome.ACCEPTED, {
+            "evidence": f"its state history holds the requested {requested} state after the one it had "
+                        f"before the call ({lost}); it has since moved on to {after.state_type}",
+            "state_type_now": after.state_type,
+        })
     return RunResult(Outcome.SKIPPED, {
         "reason": f"its state changed during the call ({before.state_type} -> {after.state_type}) "
                   "but not as requested; not sent again",
         "check": "state guard", "state_type_now": after.state_type,
     })
+
+
+def _took(history: list[dict[str, Any]], before_id: str | None, requested: str | None) -> bool:
+    """Whether a state of the requested type follows the state the run had before the call."""
+    ids = [str(s.get("id")) for s in history]
+    if before_id not in ids:
+        return False
+    return any(s.get("type") == requested for s in history[ids.index(before_id) + 1 :])
 
 
 def classify_unanswered(before: Seen, after: Seen | None) -> RunResult:
@@ -223,6 +251,12 @@ class _Applier:
     def read(self, ids: list[str]) -> dict[str, Seen]:
         self.result.rereads += 1
         return {i: Seen.of(row) for i, row in self.reader.read(ids).items()}
+
+    def _history(self, run_id: str) -> list[dict[str, Any]] | None:
+        try:
+            return self.client.flow_run_states(run_id)
+        except ApiError:
+            return None  # without it the run is not counted as changed by this apply, and not resent
 
     def insert(self, number: int, batch: Batch, runs: list[tuple[str, str, str, Any]]) -> None:
         rule = batch.rule
@@ -334,7 +368,11 @@ class _Applier:
             out: dict[str, RunResult] = {}
             for i in ids:
                 lost[i] = f"attempt {attempt}: {e.problem}"
-                verdict = classify_lost(rule.action, requested, fresh[i], after.get(i))
+                now = after.get(i)
+                history = None
+                if requested and now is not None and now.state_id != fresh[i].state_id and now.state_type != requested:
+                    history = self._history(i)  # did our state come in between? (one request, rare)
+                verdict = classify_lost(rule.action, requested, fresh[i], now, history)
                 if verdict is None:
                     again.append(i)
                     fresh[i] = after[i]
