@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -50,7 +51,11 @@ def pick(server: Server, state: str, n: int) -> list[str]:
 
 
 def patch(server: Server, run_id: str, **fields: Any) -> None:
-    r = httpx.patch(f"{server.url}/flow_runs/{run_id}", json=fields, timeout=60)
+    for _ in range(20):  # the SQLite server answers 503 while it is busy writing
+        r = httpx.patch(f"{server.url}/flow_runs/{run_id}", json=fields, timeout=60)
+        if r.status_code != 503:
+            break
+        time.sleep(0.5)
     assert r.status_code == 204, r.text
 
 
@@ -112,6 +117,29 @@ rules:
     # the file has the fresh read: tagged, live
     assert scalar(db, "SELECT count(*) FROM flow_runs WHERE list_contains(tags, 'on-hold') AND deleted_at IS NULL "
                       "AND id IN (SELECT unnest(CAST(? AS UUID[])))", [kept]) == 3
+
+
+def test_plan_shows_its_data_age_and_refresh_rereads_the_selected_runs(server: Server, tmp_path: Path) -> None:
+    db = pulled(server, tmp_path / "runs.duckdb")
+    ids = pick(server, "COMPLETED", 4)
+    path = write(tmp_path, f"""version: 1
+protect_tags: [on-hold]
+rules:
+  - name: purge
+    action: delete
+    sql: SELECT id FROM flow_runs WHERE deleted_at IS NULL AND CAST(id AS VARCHAR) IN ({id_list(ids)})
+""")
+    patch(server, ids[0], tags=["on-hold"])
+    stale = run_cli("plan", str(path), "--db", str(db))
+    assert stale.exit_code == 0, stale.output
+    assert "data: last pull" in stale.stdout and "plan --refresh" in stale.stdout
+    assert json.loads(run_cli("plan", str(path), "--db", str(db), "--json").stdout)["total"] == 4
+    fresh = run_cli("plan", str(path), "--db", str(db), "--refresh", "--api-url", server.url, "--json")
+    assert fresh.exit_code == 0, fresh.output
+    data = json.loads(fresh.stdout)
+    assert data["total"] == 3 and data["data"]["refreshed"] == 4
+    assert data["rules"][0]["skipped"] == {"protected tag": 1}
+    assert len(on_server(server, ids)) == 4  # plan changed nothing on the server
 
 
 def test_runs_the_rule_no_longer_selects_are_left_alone(server: Server, tmp_path: Path) -> None:

@@ -17,11 +17,12 @@ import base64
 import email.utils
 import json
 import random
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -336,6 +337,44 @@ class PrefectClient:
                 changed[value[len(prefix):]] = end_time
         return changed
 
+    def flow_run_event_before(self, when: datetime) -> datetime | None:
+        """When the newest flow-run state event at or before ``when`` occurred, or None if the server holds none.
+
+        Prefect trims events oldest first (retention, ``db_vacuum``): one held at
+        or before ``when`` proves every later one is still held.
+        """
+        body = {
+            "filter": {
+                "occurred": {"since": "1970-01-01T00:00:00+00:00", "until": when.isoformat()},
+                "event": {"prefix": ["prefect.flow-run."]},
+                "any_resource": {"id_prefix": ["prefect.flow-run."]},
+                "order": "DESC",
+            },
+            "limit": 1,
+        }
+        answer = self.request("POST", "events/filter", body)
+        events = answer.get("events") if isinstance(answer, dict) else None
+        if not isinstance(events, list):
+            raise ApiError("POST /events/filter answered without an `events` list.")
+        if not events:
+            return None
+        return datetime.fromisoformat(str(events[0]["occurred"]).replace("Z", "+00:00"))
+
+    def events_retention(self) -> timedelta | None:
+        """How long the server keeps flow-run state events (its settings), or None if it does not say."""
+        try:
+            settings = self.request("GET", "admin/settings", attempts=2)
+        except ApiError:
+            return None  # Prefect Cloud and locked-down servers do not expose settings
+        try:
+            server = settings["server"]
+            periods = [_duration(server["events"]["retention_period"])]
+            overrides = (server.get("services", {}).get("db_vacuum", {}) or {}).get("event_retention_overrides") or {}
+            periods += [_duration(v) for k, v in overrides.items() if str(k).startswith("prefect.flow-run.")]
+        except (KeyError, TypeError, ValueError, AttributeError):
+            return None
+        return min(periods)
+
     def server_now(self) -> datetime:
         """The server's clock (from the Date header), so cursors never depend on ours."""
         _answer, _text, headers = self.request("GET", "health", attempts=2, raw=True)
@@ -388,6 +427,22 @@ class PrefectClient:
 
 
 BULK_LIMIT = 50
+
+
+_ISO_DURATION = re.compile(
+    r"^P(?:(?P<days>\d+(?:\.\d+)?)D)?(?:T(?:(?P<hours>\d+(?:\.\d+)?)H)?(?:(?P<minutes>\d+(?:\.\d+)?)M)?"
+    r"(?:(?P<seconds>\d+(?:\.\d+)?)S)?)?$"
+)
+
+
+def _duration(value: Any) -> timedelta:
+    """A settings duration as pydantic writes it: seconds, or ISO 8601 (``P7D``, ``PT1H30M``)."""
+    if isinstance(value, (int, float)):
+        return timedelta(seconds=float(value))
+    match = _ISO_DURATION.match(str(value))
+    if not match or str(value) == "P":
+        raise ValueError(f"not a duration: {value!r}")
+    return timedelta(**{k: float(v) for k, v in match.groupdict().items() if v})
 
 
 def _server_date(value: str | None) -> datetime:

@@ -32,6 +32,7 @@ from flowsync.config import resolve_api, resolve_db_path
 from flowsync.errors import PARTIAL_FAILURE_EXIT, ConfigError
 
 if TYPE_CHECKING:  # the library (pydantic, DuckDB, httpx) loads inside the commands: --help stays fast
+    from flowsync.config import ApiSettings
     from flowsync.policy import ApplyResult, Plan
 
 PolicyArg = Annotated[Path, typer.Argument(help="Policy file (YAML).", show_default=False)]
@@ -50,7 +51,25 @@ def _age(when: datetime | None, now: datetime) -> str:
     days = (now - when).total_seconds() / 86400
     if abs(days) >= 1:
         return f"{days:.0f}d"
-    return f"{days * 24:.0f}h"
+    if abs(days * 24) >= 1:
+        return f"{days * 24:.0f}h"
+    return f"{days * 1440:.0f}m"
+
+
+def _data_age(plan: Plan) -> str:
+    now = plan.generated_at
+    parts = []
+    if plan.refreshed is not None:
+        parts.append(f"{plan.refreshed} selected runs re-read from the server just now")
+    parts.append(
+        f"last pull {plan.last_pull_at:%Y-%m-%d %H:%M} UTC ({_age(plan.last_pull_at, now)} ago)"
+        if plan.last_pull_at else "no successful pull"
+    )
+    if plan.oldest_read_at is not None:
+        parts.append(f"oldest read of a planned run {_age(plan.oldest_read_at, now)} ago")
+    if plan.refreshed is None:
+        parts.append("`plan --refresh` re-reads the selected runs first")
+    return "; ".join(parts)
 
 
 def _render_plan(plan: Plan, sample: int) -> None:
@@ -91,6 +110,7 @@ def _render_plan(plan: Plan, sample: int) -> None:
             f"[bold red]apply would refuse:[/] {plan.total} runs is more than max_actions ({max_actions}).",
             highlight=False,
         )
+    out.print(f"data: {_data_age(plan)}", highlight=False)
     out.print(
         "apply re-reads each batch's runs from the server right before its call and checks this "
         "policy again: runs that no longer qualify are skipped (with the reason), runs gone are not sent.",
@@ -98,11 +118,17 @@ def _render_plan(plan: Plan, sample: int) -> None:
     )
 
 
-def _compute_plan(policy: Path, db: Path | None, wait: float) -> Plan:
+def _compute_plan(policy: Path, db: Path | None, wait: float, refresh_from: ApiSettings | None = None) -> Plan:
     from flowsync.policy import load_policy, make_plan
     from flowsync.store import Store
 
     loaded = load_policy(policy)
+    if refresh_from is not None:
+        from flowsync.api import PrefectClient
+        from flowsync.policy.apply import refresh_plan
+
+        with Store.open(resolve_db_path(db), wait=wait, sandbox=True) as store, PrefectClient(refresh_from) as client:
+            return refresh_plan(client, store, loaded)
     # Rule SQL only ever runs on a read-only connection: DuckDB refuses writes there.
     # Rule SQL runs only on a sandboxed, read-only connection: no files, network or extensions, no writes.
     with Store.open(resolve_db_path(db), read_only=True, wait=wait, sandbox=True) as store:
@@ -114,17 +140,22 @@ def plan_cmd(
     db: DbOption = None,
     wait: WaitOption = 0.0,
     sample: SampleOption = 5,
+    refresh: Annotated[bool, typer.Option("--refresh", help="First re-read every run the rules select from the server (updates the file's copy only).")] = False,
+    api_url: ApiUrlOption = None,
+    api_key: ApiKeyOption = None,
     json_out: JsonOption = False,
 ) -> None:
-    """Show what a policy would do: per rule, how many runs and which. Changes nothing.
+    """Show what a policy would do: per rule, how many runs and which. Changes nothing on the server.
 
-    Reads only the local DuckDB file (no API call); run `flowsync pull` first
-    for a current picture.
+    Reads the local DuckDB file and shows how old its data is (last pull,
+    oldest read of a planned run). With --refresh it first re-reads the runs
+    the rules select from the server, so the plan is what apply would do now.
 
-    Example: flowsync plan policies/retention.yaml --db runs.duckdb
+    Example: flowsync plan policies/retention.yaml --db runs.duckdb --refresh
     """
     with errors():
-        plan = _compute_plan(policy, db, wait)
+        settings = resolve_api(api_url, api_key) if refresh else None
+        plan = _compute_plan(policy, db, wait, settings)
     if json_out:
         print_json(plan.to_json(sample=sample))
     else:

@@ -3,9 +3,12 @@
 Owns: the loop over batches (one rule, at most 50 ids) and, per batch:
 
 1. re-read the batch's runs by id (one request) and write them to the file;
-2. decide again over the file as it now is (``plan.recheck``: the rule's SQL,
-   protect_tags, keep_newest, limit, earlier rules, max_actions) and send only
-   runs that decision still gives to the same rule; the confirmed plan bounds
+2. decide again over the file as it now is (``plan.decide``/``recheck``: the
+   rule's SQL, protect_tags, keep_newest, limit, earlier rules, max_actions)
+   and send only runs that decision still gives to the same rule. The file
+   changes only where apply writes it, so while a batch's fresh read changes
+   none of its rows, the last decision stands (for at most 30 s, for rules
+   that use ``now()``); the confirmed plan bounds
    the batch, so nothing it did not hold is ever sent. Runs gone from the
    server are ``gone``, runs the re-check dropped are ``skipped`` with the check
    and what changed; neither is sent;
@@ -45,13 +48,16 @@ from flowsync.errors import (
     StoreError,
     UncertainError,
 )
-from flowsync.policy.model import SetStateRule
-from flowsync.policy.plan import Plan, RuleModel, recheck
+from flowsync.policy.model import LoadedPolicy, SetStateRule
+from flowsync.policy.plan import Plan, RuleModel, decide, make_plan, recheck, selected_ids
 from flowsync.policy.result import SET_STATE_STATUS, ApplyResult, Outcome, RunResult
 from flowsync.store import Store, audit, writes
 from flowsync.sync import NullProgress, Progress, RunReader, refresh_runs
 
-__all__ = ["ApplyResult", "Batch", "Outcome", "Seen", "apply_plan", "batches", "check_guards"]
+__all__ = ["ApplyResult", "Batch", "Outcome", "Seen", "apply_plan", "batches", "check_guards", "refresh_plan"]
+
+# A decision over an unchanged file is reused this long; rules that use now() move with the clock.
+DECISION_MAX_AGE = 30.0
 
 # Columns compared to say what changed on the server when the re-check drops a run.
 WATCHED = (
@@ -218,16 +224,26 @@ def _changes(before: dict[str, Any] | None, after: dict[str, Any] | None) -> dic
 
 
 def _file_rows(store: Store, ids: list[str]) -> dict[str, dict[str, Any]]:
+    """The runs' rows in the file: the watched columns, and a fingerprint of every column
+    but the read bookkeeping (``synced_at``, ``seen_pull``) to tell whether anything changed."""
     cols = ", ".join(
         f"CAST({c} AS VARCHAR) AS {c}" if c.endswith("_id") or c in ("parameters", "job_variables", "labels") else c
         for c in WATCHED
     )
     _, rows = audit.select_rows(
         store,
-        f"SELECT CAST(id AS VARCHAR) AS id, {cols} FROM flow_runs WHERE id IN (SELECT unnest(CAST(? AS UUID[])))",
+        f"""
+        SELECT CAST(id AS VARCHAR) AS id, {cols}, md5(CAST(to_json(r) AS VARCHAR)) AS fingerprint
+        FROM (SELECT * EXCLUDE (synced_at, seen_pull) FROM flow_runs
+              WHERE id IN (SELECT unnest(CAST(? AS UUID[])))) AS r
+        """,
         [ids],
     )
     return {r["id"]: r for r in rows}
+
+
+def _changed(before: dict[str, dict[str, Any]], after: dict[str, dict[str, Any]], ids: list[str]) -> bool:
+    return any((before.get(i) or {}).get("fingerprint") != (after.get(i) or {}).get("fingerprint") for i in ids)
 
 
 # -- the loop -------------------------------------------------------------------------------
@@ -247,6 +263,18 @@ class _Applier:
         self.reader = RunReader(client, store, "apply")
         self.recorded: set[str] = set()  # runs with a policy_actions row in this apply
         self.refresh: list[str] = []  # runs changed by an answer (not re-read since)
+        self.current: Plan | None = None  # the last decision over the file
+        self.decided_at = 0.0
+
+    def decision(self, file_changed: bool) -> Plan:
+        """The whole policy decided again over the file; reused while the file is unchanged,
+        for at most ``DECISION_MAX_AGE`` seconds (rules may use ``now()``)."""
+        stale = time.monotonic() - self.decided_at > DECISION_MAX_AGE
+        if self.current is None or file_changed or stale:
+            self.current = decide(self.store, self.plan)
+            self.decided_at = time.monotonic()
+            self.result.decisions += 1
+        return self.current
 
     def read(self, ids: list[str]) -> dict[str, Seen]:
         self.result.rereads += 1
@@ -299,8 +327,9 @@ class _Applier:
         lost: dict[str, str] = {}  # run -> what went wrong with a call whose answer was lost
         for attempt in range(1, self.attempts + 1):
             final: dict[str, RunResult] = {}
-            verdicts = recheck(self.store, self.plan, rule, todo)
             file_now = _file_rows(self.store, todo)
+            # The file changed only where this apply wrote it: these runs (a resend follows a new read).
+            verdicts = recheck(self.decision(attempt > 1 or _changed(file_before, file_now, todo)), self.plan, rule, todo)
             groups: dict[str, list[str]] = {}
             for i in todo:
                 if i not in fresh:
@@ -422,6 +451,28 @@ def _requested(rule: RuleModel) -> dict[str, Any] | None:
     if isinstance(rule, SetStateRule):
         return {"state": rule.state.to_api(), "force": rule.force}
     return None
+
+
+def refresh_plan(client: PrefectClient, store: Store, loaded: LoadedPolicy) -> Plan:
+    """Re-read every run the rules select from the server into the file, then plan again.
+
+    So what ``plan --refresh`` prints is what ``apply`` would do now. Writes only
+    the file's copy of those runs (and marks the ones gone); never the server.
+    """
+    if not store.sandboxed or store.read_only:
+        raise StoreError(f"{store.path}: plan --refresh needs the file open writable and sandboxed.")
+    ids = selected_ids(make_plan(store, loaded))
+    reader = RunReader(client, store, "plan-refresh")
+    try:
+        reader.read(ids)
+    except BaseException as e:
+        with contextlib.suppress(Exception):
+            reader.finish(error=str(e))
+        raise
+    reader.finish()
+    plan = make_plan(store, loaded)
+    plan.refreshed = len(ids)
+    return plan
 
 
 def apply_plan(

@@ -22,7 +22,7 @@ from typing import Any
 
 from flowsync.errors import PolicyError, SandboxError, StoreError
 from flowsync.policy.model import DeleteRule, LoadedPolicy, SetStateRule
-from flowsync.store import Store, audit
+from flowsync.store import Store, audit, writes
 
 RuleModel = DeleteRule | SetStateRule
 
@@ -99,6 +99,10 @@ class Plan:
     policy: LoadedPolicy
     rules: list[RulePlan]
     generated_at: datetime
+    last_pull_at: datetime | None = None  # the data planned on: last successful pull
+    oldest_read_at: datetime | None = None  # ... and the oldest read of a planned run
+    refreshed: int | None = None  # runs re-read from the server before planning (plan --refresh)
+    statements: dict[str, str] = field(default_factory=dict)  # rule name -> its checked SQL
 
     @property
     def total(self) -> int:
@@ -116,6 +120,11 @@ class Plan:
             "total": self.total,
             "max_actions": self.policy.policy.max_actions,
             "over_max_actions": self.over_max,
+            "data": {
+                "last_pull_at": self.last_pull_at,
+                "oldest_read_at": self.oldest_read_at,
+                "refreshed": self.refreshed,
+            },
             "rules": [r.to_json(sample) for r in self.rules],
         }
 
@@ -233,8 +242,7 @@ ORDER BY r.sort_time ASC NULLS FIRST, r.picked_id
 """
 
 
-def _select(store: Store, rule: RuleModel, protect_tags: list[str]) -> list[dict[str, Any]]:
-    sql = rule_statement(store, rule)
+def _select(store: Store, rule: RuleModel, sql: str, protect_tags: list[str]) -> list[dict[str, Any]]:
     return _rule_rows(store, rule, _SELECT.format(sql=sql), [protect_tags])[1]
 
 
@@ -283,28 +291,61 @@ def plan_rule(
     return out
 
 
-def make_plan(store: Store, loaded: LoadedPolicy, now: datetime | None = None) -> Plan:
-    """What applying ``loaded`` would do to the runs in ``store``; changes nothing."""
+def make_plan(
+    store: Store,
+    loaded: LoadedPolicy,
+    now: datetime | None = None,
+    *,
+    describe: bool = True,
+    statements: dict[str, str] | None = None,
+) -> Plan:
+    """What applying ``loaded`` would do to the runs in ``store``; changes nothing.
+
+    ``statements`` (from an earlier plan of the same policy) skips checking each
+    rule's SQL again; ``describe`` adds how old the data is.
+    """
     claimed: set[str] = set()
     rules = []
+    checked = dict(statements or {})
+    if not store.sandboxed:
+        raise StoreError(f"{store.path} is not open sandboxed; rule SQL runs only on Store.open(..., sandbox=True).")
     for rule in loaded.policy.rules:
+        if rule.name not in checked:
+            checked[rule.name] = rule_statement(store, rule)  # a disabled rule must still be valid
         if not rule.enabled:
-            rule_statement(store, rule)  # a disabled rule must still be valid
             rules.append(RulePlan(rule))
             continue
-        rows = _select(store, rule, list(loaded.policy.protect_tags))
+        rows = _select(store, rule, checked[rule.name], list(loaded.policy.protect_tags))
         rules.append(plan_rule(rule, rows, claimed))
-    return Plan(loaded, rules, now or datetime.now(timezone.utc))
+    plan = Plan(loaded, rules, now or datetime.now(timezone.utc), statements=checked)
+    if describe:  # how old the data is (not needed by apply's re-check)
+        planned = [run.id for rp in rules for run in rp.runs]
+        plan.last_pull_at = writes.last_pull_at(store)
+        plan.oldest_read_at = writes.oldest_read(store, planned) if planned else None
+    return plan
 
 
-def recheck(store: Store, confirmed: Plan, rule: RuleModel, ids: list[str]) -> dict[str, str | None]:
-    """For runs ``rule`` has in the confirmed plan: None if the whole policy, computed
-    again over the file as it is now, still gives them to ``rule``; else why not.
+def selected_ids(plan: Plan) -> list[str]:
+    """Every run the rules' SQL returned that is in the file: planned, or skipped by a guard."""
+    ids: dict[str, None] = {}
+    for rp in plan.rules:
+        ids.update(dict.fromkeys(run.id for run in rp.runs))
+        ids.update(dict.fromkeys(i for i, why in rp.reasons.items() if why != NOT_IN_FILE))
+    return list(ids)
+
+
+def decide(store: Store, confirmed: Plan) -> Plan:
+    """The confirmed plan's policy planned again over the file as it is now (apply's re-check)."""
+    return make_plan(store, confirmed.policy, describe=False, statements=confirmed.statements)
+
+
+def recheck(now: Plan, confirmed: Plan, rule: RuleModel, ids: list[str]) -> dict[str, str | None]:
+    """For runs ``rule`` has in the confirmed plan: None if ``now`` (``decide``: the whole
+    policy computed again over the file) still gives them to ``rule``; else why not.
 
     Every guard counts: the rule's SQL, protect_tags, keep_newest, limit, earlier
     rules, and max_actions (rules that now select more than it stop everything).
     """
-    now = make_plan(store, confirmed.policy)
     if now.over_max:
         why = f"{OVER_MAX}: the rules now select {now.total} runs, more than {confirmed.policy.policy.max_actions}"
         return dict.fromkeys(ids, why)

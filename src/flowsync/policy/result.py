@@ -62,6 +62,7 @@ class ApplyResult:
     batches: int = 0
     calls: int = 0  # bulk calls sent (a lost answer resolved and resent counts twice)
     rereads: int = 0  # read-by-id requests before and after calls
+    decisions: int = 0  # times the whole policy was decided again over the file
     seconds: float = 0.0
 
     def add(self, rule: str, outcome: Outcome, n: int = 1) -> None:
@@ -96,6 +97,7 @@ class ApplyResult:
             "batches": self.batches,
             "calls": self.calls,
             "rereads": self.rereads,
+            "decisions": self.decisions,
             "seconds": round(self.seconds, 3),
             "rules": self.counts,
             "errors": self.errors,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, NamedTuple, Protocol
 
 from flowsync.store.connect import Store, one
@@ -142,6 +142,39 @@ def runs_behind(store: Store, changed: dict[str, datetime]) -> list[str]:
     return [i for i, at in changed.items() if local.get(i) is None or local[i] < at]
 
 
+def due_for_reread(store: Store, window: timedelta, now: datetime | None = None) -> list[str]:
+    """Live runs whose last read is at least 75-95% of ``window`` old (the fraction fixed per id), oldest first."""
+    rows = store.con.execute(
+        """
+        SELECT CAST(id AS VARCHAR) FROM flow_runs
+        WHERE deleted_at IS NULL
+          AND epoch(synced_at) < epoch(CAST(? AS TIMESTAMPTZ)) - ? * (0.75 + 0.2 * (hash(id) % 1000) / 1000.0)
+        ORDER BY synced_at
+        """,
+        [now or now_utc(), window.total_seconds()],
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def oldest_read(store: Store, ids: Sequence[str] | None = None) -> datetime | None:
+    """When the live run read longest ago (of ``ids``, or of all) was last read from the server."""
+    sql = "SELECT min(synced_at) FROM flow_runs WHERE deleted_at IS NULL"
+    params: list[Any] = []
+    if ids is not None:
+        sql += " AND id IN (SELECT unnest(CAST(? AS UUID[])))"
+        params.append(list(ids))
+    value: datetime | None = store.scalar(sql, params)
+    return value
+
+
+def last_pull_at(store: Store) -> datetime | None:
+    """When the last successful pull (full or incremental) started."""
+    value: datetime | None = store.scalar(
+        "SELECT max(started_at) FROM sync_runs WHERE status = 'ok' AND mode IN ('full', 'incremental')"
+    )
+    return value
+
+
 def count_all(store: Store, table: str) -> int:
     """Rows including the ones marked deleted (they stay in the indexes)."""
     return int(store.scalar(f"SELECT count(*) FROM {table}"))
@@ -237,6 +270,7 @@ def status_summary(store: Store) -> dict[str, Any]:
         "SELECT coalesce(state_type, 'NONE'), count(*) FROM flow_runs WHERE deleted_at IS NULL GROUP BY 1 ORDER BY 2 DESC"
     ).fetchall()
     out["flow_runs"]["by_state"] = {s: int(n) for s, n in states}
+    out["flow_runs"]["oldest_read_at"] = oldest_read(store)
     cols = ["id", "started_at", "finished_at", "status", "mode", "api_url", "inserted", "updated",
             "marked_deleted", "requests", "error"]
     last = one(store.con.execute(

@@ -47,6 +47,10 @@ class PullResult:
     def marked_deleted(self) -> int:
         return sum(t["marked_deleted"] for t in self.tables.values())
 
+    @property
+    def reread(self) -> int:
+        return sum(t.get("reread", 0) for t in self.tables.values())
+
     def to_json(self) -> dict[str, Any]:
         return {
             "pull_id": self.pull_id,
@@ -58,6 +62,7 @@ class PullResult:
             "inserted": self.inserted,
             "updated": self.updated,
             "marked_deleted": self.marked_deleted,
+            "reread": self.reread,
             "tables": self.tables,
         }
 
@@ -125,7 +130,8 @@ def pull(
         requests=client.requests,
         retries=client.retries,
         tables={
-            name: {"inserted": c.inserted, "updated": c.updated, "marked_deleted": c.marked_deleted}
+            name: {"inserted": c.inserted, "updated": c.updated, "marked_deleted": c.marked_deleted,
+                   "reread": c.reread}
             for name, c in ctx.counters.items()
         },
     )

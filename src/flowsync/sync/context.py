@@ -38,8 +38,12 @@ class PullOptions:
     # Events reach the server's store a few seconds late, and a state's timestamp
     # comes from the client that proposed it: re-read this much before the cursor.
     overlap: timedelta = timedelta(minutes=10)
-    # Older cursors than this fall back to a full reconciliation (events live 7 days by default).
+    # Used only when the server does not say how long it keeps events and holds none from before
+    # the cursor: an older cursor falls back to a full reconciliation (Prefect's default is 7 days).
     events_horizon: timedelta = timedelta(days=6)
+    # Edits emit no event (PATCH: tags, name, parameters...): every live run is re-read at least
+    # this often, spread over the scheduled pulls (the rolling re-read).
+    staleness: timedelta = timedelta(hours=24)
     concurrency: int = 2
     page_size: int = 200
     segment_rows: int = 5000
@@ -56,6 +60,7 @@ class Counters:
     inserted: int = 0
     updated: int = 0
     marked_deleted: int = 0
+    reread: int = 0  # live runs re-read because their last read was getting old
 
     def add(self, inserted: int, updated: int) -> None:
         self.inserted += inserted
