@@ -33,7 +33,7 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -224,26 +224,19 @@ def _changes(before: dict[str, Any] | None, after: dict[str, Any] | None) -> dic
 
 
 def _file_rows(store: Store, ids: list[str]) -> dict[str, dict[str, Any]]:
-    """The runs' rows in the file: the watched columns, and a fingerprint of every column
-    but the read bookkeeping (``synced_at``, ``seen_pull``) to tell whether anything changed."""
+    """The watched columns of these runs' rows in the file."""
+    if not ids:
+        return {}
     cols = ", ".join(
         f"CAST({c} AS VARCHAR) AS {c}" if c.endswith("_id") or c in ("parameters", "job_variables", "labels") else c
         for c in WATCHED
     )
     _, rows = audit.select_rows(
         store,
-        f"""
-        SELECT CAST(id AS VARCHAR) AS id, {cols}, md5(CAST(to_json(r) AS VARCHAR)) AS fingerprint
-        FROM (SELECT * EXCLUDE (synced_at, seen_pull) FROM flow_runs
-              WHERE id IN (SELECT unnest(CAST(? AS UUID[])))) AS r
-        """,
+        f"SELECT CAST(id AS VARCHAR) AS id, {cols} FROM flow_runs WHERE id IN (SELECT unnest(CAST(? AS UUID[])))",
         [ids],
     )
     return {r["id"]: r for r in rows}
-
-
-def _changed(before: dict[str, dict[str, Any]], after: dict[str, dict[str, Any]], ids: list[str]) -> bool:
-    return any((before.get(i) or {}).get("fingerprint") != (after.get(i) or {}).get("fingerprint") for i in ids)
 
 
 # -- the loop -------------------------------------------------------------------------------
@@ -263,22 +256,27 @@ class _Applier:
         self.reader = RunReader(client, store, "apply")
         self.recorded: set[str] = set()  # runs with a policy_actions row in this apply
         self.refresh: list[str] = []  # runs changed by an answer (not re-read since)
+        self.deleted: list[str] = []  # runs the server deleted, to mark in the file
         self.current: Plan | None = None  # the last decision over the file
         self.decided_at = 0.0
+        self.file_changed = False  # a read wrote the file since the last decision
 
-    def decision(self, file_changed: bool) -> Plan:
-        """The whole policy decided again over the file; reused while the file is unchanged,
-        for at most ``DECISION_MAX_AGE`` seconds (rules may use ``now()``)."""
+    def decision(self) -> Plan:
+        """The whole policy decided again over the file; reused while no read has changed
+        the file since, for at most ``DECISION_MAX_AGE`` seconds (rules may use ``now()``)."""
         stale = time.monotonic() - self.decided_at > DECISION_MAX_AGE
-        if self.current is None or file_changed or stale:
+        if self.current is None or self.file_changed or stale:
             self.current = decide(self.store, self.plan)
             self.decided_at = time.monotonic()
+            self.file_changed = False
             self.result.decisions += 1
         return self.current
 
-    def read(self, ids: list[str]) -> dict[str, Seen]:
+    def read(self, ids: list[str], before_write: Callable[[list[str]], None] | None = None) -> dict[str, Seen]:
         self.result.rereads += 1
-        return {i: Seen.of(row) for i, row in self.reader.read(ids).items()}
+        rows = self.reader.read(ids, before_write)
+        self.file_changed = self.file_changed or bool(self.reader.changed)
+        return {i: Seen.of(row) for i, row in rows.items()}
 
     def _history(self, run_id: str) -> list[dict[str, Any]] | None:
         try:
@@ -303,12 +301,9 @@ class _Applier:
         audit.record_outcomes(self.store, self.result.apply_id, {
             i: (r.outcome.value, r.details) for i, r in final.items() if i not in {n[0] for n in new}
         })
-        deleted = [i for i, r in final.items() if r.outcome is Outcome.DELETED]
-        if deleted:
-            with self.store.transaction():
-                self.result.refreshed["marked_deleted"] = (
-                    self.result.refreshed.get("marked_deleted", 0) + writes.mark_deleted(self.store, "flow_runs", deleted)
-                )
+        # Marked in the file once, at the end: deleting chosen runs cannot change what the
+        # policy decides for the others (they only free limits and ranks below the kept ones).
+        self.deleted += [i for i, r in final.items() if r.outcome is Outcome.DELETED]
         for r in final.values():
             self.result.add(batch.rule.name, r.outcome)
 
@@ -316,9 +311,13 @@ class _Applier:
         rule = batch.rule
         requested = rule.state.type if isinstance(rule, SetStateRule) else None
         todo = list(batch.ids)
-        file_before = _file_rows(self.store, todo)
+        file_before: dict[str, dict[str, Any]] = {}  # rows the fresh read is about to change, as they were
+
+        def keep_before(ids: list[str]) -> None:
+            file_before.update(_file_rows(self.store, ids))
+
         try:
-            fresh = self.read(todo)
+            fresh = self.read(todo, keep_before)
         except AuthError:
             raise
         except ApiError as e:
@@ -327,9 +326,11 @@ class _Applier:
         lost: dict[str, str] = {}  # run -> what went wrong with a call whose answer was lost
         for attempt in range(1, self.attempts + 1):
             final: dict[str, RunResult] = {}
-            file_now = _file_rows(self.store, todo)
-            # The file changed only where this apply wrote it: these runs (a resend follows a new read).
-            verdicts = recheck(self.decision(attempt > 1 or _changed(file_before, file_now, todo)), self.plan, rule, todo)
+            # The file changes only where this apply writes it: the rows of this batch's
+            # fresh read that differed (and, on a resend, the read after the lost answer).
+            verdicts = recheck(self.decision(), self.plan, rule, todo)
+            dropped = [i for i in todo if i in fresh and verdicts[i] is not None]
+            file_now = _file_rows(self.store, dropped)
             groups: dict[str, list[str]] = {}
             for i in todo:
                 if i not in fresh:
@@ -507,7 +508,11 @@ def apply_plan(
         failure = f"{type(e).__name__}: {e}"
         raise
     finally:
-        with contextlib.suppress(Exception):  # an original error matters more than the bookkeeping
+        # An original error matters more than the bookkeeping.
+        if applier.deleted:
+            with contextlib.suppress(Exception), store.transaction():
+                result.refreshed["marked_deleted"] = writes.mark_deleted(store, "flow_runs", applier.deleted)
+        with contextlib.suppress(Exception):
             applier.reader.finish(error=failure)
     if refresh and applier.refresh:
         # Runs the answer changed: the file should show their new state.

@@ -125,6 +125,23 @@ def live_run_ids_between(store: Store, lo: datetime | None, hi: datetime | None)
     return {r[0] for r in store.con.execute(sql, params).fetchall()}
 
 
+def runs_differing(store: Store, updated: dict[str, str | None]) -> list[str]:
+    """Of these run ids (-> the server's ``updated`` stamp), the ones the file does not hold
+    as live rows with that same stamp: the rows a re-read must write."""
+    if not updated:
+        return []
+    rows = store.con.execute(
+        """
+        SELECT CAST(b.id AS VARCHAR) FROM (
+            SELECT unnest(CAST(? AS UUID[])) AS id, unnest(CAST(? AS TIMESTAMPTZ[])) AS updated) b
+        LEFT JOIN flow_runs r ON r.id = b.id
+        WHERE r.id IS NULL OR r.deleted_at IS NOT NULL OR r.updated IS DISTINCT FROM b.updated
+        """,
+        [list(updated), list(updated.values())],
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
 def runs_behind(store: Store, changed: dict[str, datetime]) -> list[str]:
     """Of these run ids, the ones whose local state is older than ``changed[id]``.
 

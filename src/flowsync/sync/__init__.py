@@ -10,11 +10,12 @@ through the ``Progress`` it is given) or import httpx/duckdb.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from flowsync import views
-from flowsync.api import PrefectClient
+from flowsync.api import Page, PrefectClient
 from flowsync.api.pagination import parse_ts
 from flowsync.errors import ConfigError, FlowsyncError
 from flowsync.store import Store, writes
@@ -165,21 +166,38 @@ class RunReader:
             pull_id = writes.start_sync_run(store, client.settings.display_url)
         self.mode = mode
         self.requests = 0
+        self.changed: list[str] = []  # ids the last read wrote or marked deleted
         # The server clock is not needed for reads by id; ours only stamps the record.
         self.ctx = PullContext(client, store, PullOptions(), NullProgress(), pull_id, writes.now_utc())
 
-    def read(self, ids: list[str]) -> dict[str, dict[str, Any]]:
-        """The server's current rows for ``ids`` (a missing id is gone from the server)."""
+    def read(
+        self, ids: list[str], before_write: Callable[[list[str]], None] | None = None
+    ) -> dict[str, dict[str, Any]]:
+        """The server's current rows for ``ids`` (a missing id is gone from the server).
+
+        Only rows that differ from the file are written: new, gone, or with
+        another ``updated`` stamp (Prefect moves it on every write to a run).
+        ``before_write`` gets their ids first; ``changed`` holds them after.
+        """
         found: dict[str, dict[str, Any]] = {}
+        self.changed = []
         for i, page in enumerate(self.ctx.client.iter_ids(ids)):
             self.requests += 1
             chunk = ids[i * 200 : (i + 1) * 200]
-            self.ctx.write_pages(FLOW_RUNS, [page])
             got = {str(o["id"]): o for o in page.rows}
             found.update(got)
-            self.ctx.mark_deleted("flow_runs", [r for r in chunk if r not in got])
+            differ = writes.runs_differing(self.ctx.store, {k: o.get("updated") for k, o in got.items()})
+            gone = [r for r in chunk if r not in got]
+            if before_write is not None and (differ or gone):
+                before_write(differ + gone)
+            if differ:
+                keep = set(differ)
+                self.ctx.write_pages(FLOW_RUNS, [page if len(keep) == len(got) else
+                                                 Page.from_rows([o for k, o in got.items() if k in keep])])
+            if gone:
+                self.ctx.mark_deleted("flow_runs", gone)
+            self.changed += differ + gone
         return found
-
     def counts(self) -> dict[str, int]:
         c = self.ctx.counter("flow_runs")
         return {"updated": c.updated, "marked_deleted": c.marked_deleted}
