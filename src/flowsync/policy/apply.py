@@ -352,7 +352,7 @@ class _Applier:
             if again and attempt < self.attempts:
                 self.settle(number, batch, final, guard)
                 todo = again
-                self.client.pause(attempt)
+                self.client.pause(attempt - 1)  # the first resend waits as a first retry would
                 continue
             for i in again:
                 final[i] = RunResult(Outcome.FAILED, {
