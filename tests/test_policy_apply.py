@@ -18,6 +18,7 @@ from flowsync.api import PrefectClient, RetryPolicy
 from flowsync.config import ApiSettings
 from flowsync.errors import PolicyLimitError
 from flowsync.policy import apply_plan, make_plan, parse_policy
+from flowsync.policy.apply import Outcome, Seen, classify_lost, classify_unanswered
 from flowsync.policy.plan import Plan
 from flowsync.store import Store
 from flowsync.sync import NullProgress
@@ -448,3 +449,40 @@ rules:
     assert code == 0, screen
     assert count(server, {"flow_runs": {"state": {"type": {"any_": ["PENDING"]}}}}) == 0
     assert scalar(db, "SELECT count(*) FROM policy_actions WHERE outcome = 'deleted'") == pending
+
+
+# -- the classification step, as a table (pure) ------------------------------------------------
+
+BEFORE = Seen("SCHEDULED", "s1", "Scheduled")
+LOST = [
+    # action, requested, after, history -> outcome (None: untouched, may be resent)
+    ("delete", None, None, None, "deleted"),
+    ("delete", None, Seen("SCHEDULED", "s1", "Scheduled"), None, None),
+    ("delete", None, Seen("RUNNING", "s2", "Running"), None, "skipped"),
+    ("set_state", "CANCELLED", Seen("CANCELLED", "s2", "Cancelled"), None, "accepted"),
+    ("set_state", "CANCELLED", Seen("SCHEDULED", "s1", "Scheduled"), None, None),
+    ("set_state", "CANCELLED", None, None, "gone"),
+    ("set_state", "CANCELLED", Seen("RUNNING", "s3", "Running"),
+     [{"id": "s1", "type": "SCHEDULED"}, {"id": "s2", "type": "CANCELLED"}, {"id": "s3", "type": "RUNNING"}], "accepted"),
+    ("set_state", "CANCELLED", Seen("RUNNING", "s3", "Running"),
+     [{"id": "s1", "type": "SCHEDULED"}, {"id": "s3", "type": "RUNNING"}], "skipped"),
+    ("set_state", "CANCELLED", Seen("RUNNING", "s3", "Running"), None, "pending"),  # history unreadable
+]
+
+
+@pytest.mark.parametrize(("action", "requested", "after", "history", "expected"), LOST)
+def test_a_lost_answer_is_classified_from_the_server_state(
+    action: str, requested: str | None, after: Seen | None, history: list[dict[str, Any]] | None, expected: str | None
+) -> None:
+    verdict = classify_lost(action, requested, BEFORE, after, history)
+    assert (verdict.outcome.value if verdict else None) == expected
+    # a run this apply changed is never recorded gone or skipped
+    if (after is None and action == "delete") or (history and any(s["type"] == requested for s in history[1:])):
+        assert verdict is not None and verdict.outcome in (Outcome.DELETED, Outcome.ACCEPTED)
+
+
+@pytest.mark.parametrize(("after", "expected"), [
+    (None, "gone"), (Seen("RUNNING", "s2", "Running"), "skipped"), (Seen("SCHEDULED", "s1", "Scheduled"), "failed"),
+])
+def test_a_run_the_answer_did_not_act_on_is_read_back(after: Seen | None, expected: str) -> None:
+    assert classify_unanswered(BEFORE, after).outcome.value == expected
