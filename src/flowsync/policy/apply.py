@@ -347,8 +347,12 @@ class _Applier:
             final = {i: _noting_lost(r, lost.get(i)) for i, r in final.items()}
             guard = {i: fresh[i].state_type if i in fresh else None for i in todo}
             again: list[str] = []
-            for state_type, ids in groups.items():
-                final.update(self.call(number, batch, state_type, ids, fresh, requested, again, lost, attempt))
+            try:
+                for state_type, ids in groups.items():
+                    final.update(self.call(number, batch, state_type, ids, fresh, requested, again, lost, attempt))
+            except _Stop:
+                self.settle(number, batch, final, guard)  # what is known is recorded; the rest stays pending
+                raise
             if again and attempt < self.attempts:
                 self.settle(number, batch, final, guard)
                 todo = again
