@@ -43,7 +43,7 @@ def timed_apply(src: Path, url: str, db: Path, policy: Path) -> tuple[float, dic
     )
     seconds = time.monotonic() - t
     if proc.returncode != 0:
-        raise SystemExit(f"flowsync apply ({src}) exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+        raise SystemExit(f"flowsync apply ({src}) exited {proc.returncode}:\n{proc.stderr[-3000:]}\n{proc.stdout[-3000:]}")
     return seconds, json.loads(proc.stdout)["result"]
 
 

@@ -190,7 +190,7 @@ def test_a_failing_batch_does_not_stop_the_next(mixed_db: Path) -> None:
     fake = Recorder(second_fails, api_rows(mixed_db))
     plan = plan_for(mixed_db, DELETE_ALL)
     with Store.open(mixed_db, sandbox=True) as store, mock_client(fake) as client:
-        result = apply_plan(client, store, plan, refresh=False)
+        result = apply_plan(client, store, plan, refresh=False, attempts=3)
     assert result.status == "partial" and result.batches == 4
     assert result.counts["purge"] == {"deleted": 130 - 20, "failed": 20}
     assert len(result.errors) == 1 and "batch 2" in result.errors[0]

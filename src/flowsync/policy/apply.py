@@ -19,7 +19,8 @@ Owns: the loop over batches (one rule, at most 50 ids) and, per batch:
    timeout, unreadable body: ``UncertainError``), from a read of the sent runs
    (gone after being present right before: deleted by this apply; a new state
    of the requested type: accepted). Only runs the server shows untouched are
-   re-checked and sent again, at most ``attempts`` calls in all.
+   re-checked and sent again, at most ``attempts`` calls in all (default: the
+   client's retry attempts, with its backoff).
 
 Each run has one ``policy_actions`` row per apply: inserted ``pending`` before
 its call (or with its final outcome if never sent) and updated once with the
@@ -488,7 +489,7 @@ def apply_plan(
     progress: Progress | None = None,
     batch_size: int = BULK_LIMIT,
     refresh: bool = True,
-    attempts: int = 3,
+    attempts: int | None = None,
 ) -> ApplyResult:
     """Send the confirmed plan's batches, each re-checked right before its call; classify every run once."""
     check_guards(plan)
@@ -498,7 +499,9 @@ def apply_plan(
         raise StoreError(f"{store.path} is not open sandboxed; apply re-runs rule SQL on it (Store.open(..., sandbox=True)).")
     progress = progress or NullProgress()
     began = time.monotonic()
-    applier = _Applier(client, store, plan, progress, attempts)
+    # As many calls per run as the client's retry policy allows a read: each resend
+    # follows a read showing the runs untouched, with the same backoff.
+    applier = _Applier(client, store, plan, progress, attempts or client.retry.attempts)
     result = applier.result
     progress.phase("apply", total=plan.total)
     failure: str | None = None
