@@ -78,10 +78,11 @@ def test_readme_layout_matches_the_tree() -> None:
 
 
 def test_readme_names_every_sync_runs_mode() -> None:
-    """The modes sync_runs rows are written with (pull.py) are the ones the README describes."""
-    code = (ROOT / "src" / "flowsync" / "sync" / "pull.py").read_text()
-    modes = set(re.findall(r'\bmode(?:, reason)? = "(\w+)"', code)) | set(re.findall(r'\bmode="(\w+)"', code))
-    assert {"full", "incremental", "refresh"} <= modes
+    """The modes sync_runs rows are written with (a pull, or a RunReader's re-reads) are the ones the README describes."""
+    code = "\n".join((ROOT / "src" / "flowsync" / f).read_text() for f in ("sync/pull.py", "policy/apply.py"))
+    modes = (set(re.findall(r'\bmode(?:, reason)? = "(\w+)"', code)) | set(re.findall(r'\bmode="(\w+)"', code))
+             | set(re.findall(r'\bRunReader\(\w+, \w+, "([\w-]+)"\)', code)))
+    assert {"full", "incremental", "refresh", "apply", "plan-refresh"} <= modes
     bullet = README.split("- `sync_runs` has one row per pull", 1)[1].split("\n- ", 1)[0]
     undocumented = [m for m in sorted(modes) if f"`{m}`" not in bullet]
     assert not undocumented, f"sync_runs modes the README does not describe: {undocumented}"

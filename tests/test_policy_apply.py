@@ -4,6 +4,7 @@ failures (MockTransport), and the real thing against a real Prefect server."""
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from flowsync.api import PrefectClient, RetryPolicy
 from flowsync.config import ApiSettings
 from flowsync.errors import PolicyLimitError
 from flowsync.policy import apply_plan, make_plan, parse_policy
+from flowsync.policy.apply import Outcome, Seen, classify_lost, classify_unanswered
 from flowsync.policy.plan import Plan
 from flowsync.store import Store
 from flowsync.sync import NullProgress
@@ -29,7 +31,7 @@ Handler = Callable[[httpx.Request], httpx.Response]
 
 
 def plan_for(db: Path, text: str) -> Plan:
-    with Store.open(db, read_only=True) as store:
+    with Store.open(db, read_only=True, sandbox=True) as store:
         return make_plan(store, parse_policy(text.encode(), "p.yaml"))
 
 
@@ -40,18 +42,44 @@ def mock_client(handler: Handler) -> PrefectClient:
     )
 
 
-class Recorder:
-    """A fake server: records every bulk body and answers with ``answer(path, body)``."""
+def api_rows(db: Path) -> dict[str, dict[str, Any]]:
+    """The live runs of a flowsync file as the API returns them: what a fake server holds."""
+    rows = query(db, """
+        SELECT CAST(id AS VARCHAR), name, CAST(flow_id AS VARCHAR), CAST(deployment_id AS VARCHAR), state_type,
+               state_name, tags, expected_start_time, start_time, end_time, created
+        FROM flow_runs WHERE deleted_at IS NULL""")
+    out = {}
+    for i, name, flow, dep, st, sn, tags, exp, start, end, created in rows:
+        state_id = str(uuid.uuid5(uuid.NAMESPACE_URL, i))
+        out[i] = {
+            "id": i, "name": name, "flow_id": flow, "deployment_id": dep, "state_type": st, "state_name": sn,
+            "state_id": state_id, "state": {"id": state_id, "type": st, "name": sn}, "tags": list(tags),
+            "expected_start_time": exp.isoformat(), "start_time": start.isoformat(), "end_time": end.isoformat(),
+            "created": created.isoformat(), "updated": created.isoformat(),
+        }
+    return out
 
-    def __init__(self, answer: Callable[[str, dict[str, Any]], httpx.Response]) -> None:
+
+class Recorder:
+    """A fake server: records every body, answers reads by id from ``runs`` (the runs it
+    holds, as they were pulled), and bulk calls with ``answer(path, body)``."""
+
+    def __init__(self, answer: Callable[[str, dict[str, Any]], httpx.Response], runs: dict[str, dict[str, Any]]) -> None:
         self.answer = answer
+        self.runs = runs
         self.bodies: list[tuple[str, dict[str, Any]]] = []
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         path = request.url.path.removeprefix("/api/")
         body = json.loads(request.content) if request.content else {}
         self.bodies.append((path, body))
+        if path == "flow_runs/filter" and set(body.get("flow_runs", {})) == {"id"}:
+            return httpx.Response(200, json=[self.runs[i] for i in body["flow_runs"]["id"]["any_"] if i in self.runs])
         return self.answer(path, body)
+
+    @property
+    def bulk(self) -> list[tuple[str, dict[str, Any]]]:
+        return [(p, b) for p, b in self.bodies if p.startswith("flow_runs/bulk")]
 
 
 def accept_all(path: str, body: dict[str, Any]) -> httpx.Response:
@@ -87,12 +115,16 @@ def mixed_db(tmp_path: Path) -> Path:
 
 
 def test_every_bulk_call_names_its_runs_and_guards_their_state(mixed_db: Path) -> None:
-    fake = Recorder(accept_all)
+    fake = Recorder(accept_all, api_rows(mixed_db))
     plan = plan_for(mixed_db, DELETE_ALL)
-    with Store.open(mixed_db) as store, mock_client(fake) as client:
+    with Store.open(mixed_db, sandbox=True) as store, mock_client(fake) as client:
         result = apply_plan(client, store, plan, refresh=False)
     assert result.status == "success" and result.counts == {"purge": {"deleted": 130}}
-    bulk = [(p, b) for p, b in fake.bodies if p.startswith("flow_runs/bulk")]
+    bulk = fake.bulk
+    # one read by id right before each call, of exactly that batch's runs
+    reads = [b["flow_runs"]["id"]["any_"] for p, b in fake.bodies if p == "flow_runs/filter"]
+    assert [b["flow_runs"]["id"]["any_"] for _, b in bulk] == reads
+    assert [p for p, _ in fake.bodies] == ["flow_runs/filter", "flow_runs/bulk_delete"] * 4
     assert len(bulk) == 2 + 2  # 70 COMPLETED -> 50 + 20, 60 FAILED -> 50 + 10
     sent: list[str] = []
     state_of = {r["id"]: r["state"] for r in MIXED}
@@ -111,12 +143,12 @@ def test_every_bulk_call_names_its_runs_and_guards_their_state(mixed_db: Path) -
 
 
 def test_set_state_sends_the_state_and_force(mixed_db: Path) -> None:
-    fake = Recorder(accept_all)
+    fake = Recorder(accept_all, api_rows(mixed_db))
     plan = plan_for(mixed_db, CANCEL_ALL.replace("sql:", "force: true\n    sql:"))
-    with Store.open(mixed_db) as store, mock_client(fake) as client:
+    with Store.open(mixed_db, sandbox=True) as store, mock_client(fake) as client:
         result = apply_plan(client, store, plan, refresh=False)
     assert result.counts == {"cancel": {"accepted": 131}}
-    for _, body in fake.bodies:
+    for _, body in fake.bulk:
         assert body["state"] == {"type": "CANCELLED", "name": "Cancelled"} and body["force"] is True
         assert 0 < len(body["flow_runs"]["id"]["any_"]) <= 50 and body["flow_runs"]["state"]["type"]["any_"]
 
@@ -137,7 +169,8 @@ def test_per_run_failures_inside_http_200_are_read(mixed_db: Path) -> None:
         return httpx.Response(200, json={"results": results})
 
     plan = plan_for(mixed_db, CANCEL_ALL)
-    with Store.open(mixed_db) as store, mock_client(Recorder(locked)) as client:
+    fake = Recorder(locked, api_rows(mixed_db))
+    with Store.open(mixed_db, sandbox=True) as store, mock_client(fake) as client:
         result = apply_plan(client, store, plan, refresh=False)
     counts = result.counts["cancel"]
     assert counts["aborted"] > 0 and counts["rejected"] > 0 and counts["accepted"] > 0
@@ -152,16 +185,20 @@ def test_a_failing_batch_does_not_stop_the_next(mixed_db: Path) -> None:
 
     def second_fails(path: str, body: dict[str, Any]) -> httpx.Response:
         calls["n"] += 1
-        if calls["n"] in (2, 3):  # batch 2, both attempts
+        if calls["n"] in (2, 3, 4):  # batch 2: the call and both resends (it changed nothing each time)
             return httpx.Response(503, text="overloaded")
         return accept_all(path, body)
 
+    fake = Recorder(second_fails, api_rows(mixed_db))
     plan = plan_for(mixed_db, DELETE_ALL)
-    with Store.open(mixed_db) as store, mock_client(Recorder(second_fails)) as client:
-        result = apply_plan(client, store, plan, refresh=False)
+    with Store.open(mixed_db, sandbox=True) as store, mock_client(fake) as client:
+        result = apply_plan(client, store, plan, refresh=False, attempts=3)
     assert result.status == "partial" and result.batches == 4
     assert result.counts["purge"] == {"deleted": 130 - 20, "failed": 20}
     assert len(result.errors) == 1 and "batch 2" in result.errors[0]
+    # a 503 on a bulk call is never retried blindly: each resend follows a read showing the runs untouched
+    paths = [p for p, _ in fake.bodies]
+    assert paths[2:8] == ["flow_runs/filter", "flow_runs/bulk_delete"] * 3
     assert scalar(mixed_db, "SELECT count(*) FROM policy_actions WHERE outcome = 'failed' AND batch = 2") == 20
 
 
@@ -171,16 +208,18 @@ def test_missing_from_deleted_is_not_counted_deleted(mixed_db: Path) -> None:
         return httpx.Response(200, json={"deleted": ids[: len(ids) // 2]})
 
     plan = plan_for(mixed_db, DELETE_ALL)
-    with Store.open(mixed_db) as store, mock_client(Recorder(half)) as client:
+    fake = Recorder(half, api_rows(mixed_db))
+    with Store.open(mixed_db, sandbox=True) as store, mock_client(fake) as client:
         result = apply_plan(client, store, plan, refresh=False)
-    assert result.counts["purge"]["deleted"] == 25 + 10 + 25 + 5
+    # the others were re-read after the call: still there, unchanged -> failed (not sent again)
+    assert result.counts["purge"] == {"deleted": 25 + 10 + 25 + 5, "failed": 25 + 10 + 25 + 5}
     assert result.status == "partial"
 
 
 def test_max_actions_refuses_before_any_request(mixed_db: Path) -> None:
-    fake = Recorder(accept_all)
+    fake = Recorder(accept_all, api_rows(mixed_db))
     plan = plan_for(mixed_db, DELETE_ALL.replace("version: 1\n", "version: 1\nmax_actions: 100\n"))
-    with Store.open(mixed_db) as store, mock_client(fake) as client, pytest.raises(PolicyLimitError):
+    with Store.open(mixed_db, sandbox=True) as store, mock_client(fake) as client, pytest.raises(PolicyLimitError):
         apply_plan(client, store, plan)
     assert fake.bodies == []
     assert scalar(mixed_db, "SELECT count(*) FROM policy_actions") == 0
@@ -307,15 +346,20 @@ def test_cli_partial_failure_exits_9_with_a_summary(mixed_db: Path, monkeypatch:
     def some_aborted(path: str, body: dict[str, Any]) -> httpx.Response:
         if path == "health":
             return httpx.Response(200, json=True)
-        if path == "flow_runs/filter":  # the refresh after apply
-            return httpx.Response(503, text="unavailable")
         ids = body["flow_runs"]["id"]["any_"]
         return httpx.Response(200, json={"results": [
             {"flow_run_id": i, "status": "ABORT" if n == 0 else "ACCEPT", "details": {"reason": "database is locked"}}
             for n, i in enumerate(ids)]})
 
+    class RefreshFails(Recorder):
+        def __call__(self, request: httpx.Request) -> httpx.Response:
+            if len(self.bulk) == 4 and request.url.path.endswith("/flow_runs/filter"):  # the refresh after apply
+                return httpx.Response(503, text="unavailable")
+            return super().__call__(request)
+
+    fake = RefreshFails(some_aborted, api_rows(mixed_db))
     # the command imports the client when it runs: patch it where it is looked up
-    monkeypatch.setattr("flowsync.api.PrefectClient", lambda settings, **kw: mock_client(Recorder(some_aborted)))
+    monkeypatch.setattr("flowsync.api.PrefectClient", lambda settings, **kw: mock_client(fake))
     path = mixed_db.parent / "p.yaml"
     path.write_text(CANCEL_ALL)
     result = run_cli("apply", str(path), "--db", str(mixed_db), "--yes", "--api-url", "http://prefect.test/api")
@@ -326,18 +370,20 @@ def test_cli_partial_failure_exits_9_with_a_summary(mixed_db: Path, monkeypatch:
 
 
 def test_an_interrupted_apply_leaves_pending_rows_and_sends_nothing_more(mixed_db: Path) -> None:
-    class CtrlC(NullProgress):
-        def advance(self, n: int) -> None:  # Ctrl-C arrives after the first batch is recorded
+    def ctrl_c_in_flight(path: str, body: dict[str, Any]) -> httpx.Response:
+        if len(fake.bulk) == 2:  # Ctrl-C while batch 2's call is in flight
             raise KeyboardInterrupt
+        return accept_all(path, body)
 
-    fake = Recorder(accept_all)
+    fake = Recorder(ctrl_c_in_flight, api_rows(mixed_db))
     plan = plan_for(mixed_db, DELETE_ALL)
-    with Store.open(mixed_db) as store, mock_client(fake) as client, pytest.raises(KeyboardInterrupt):
-        apply_plan(client, store, plan, progress=CtrlC())
-    # batch 2 was already in flight (recorded pending before it was sent); nothing after it
-    assert len(fake.bodies) == 2
+    with Store.open(mixed_db, sandbox=True) as store, mock_client(fake) as client, pytest.raises(KeyboardInterrupt):
+        apply_plan(client, store, plan, progress=NullProgress())
+    # batch 2 was in flight (recorded pending before it was sent); nothing after it
+    assert len(fake.bulk) == 2
     assert query(mixed_db, "SELECT batch, outcome, count(*) FROM policy_actions GROUP BY ALL ORDER BY 1") == [
         (1, "deleted", 50), (2, "pending", 20)]
+    assert scalar(mixed_db, "SELECT status FROM sync_runs ORDER BY id DESC LIMIT 1") == "failed"
 
 
 def _apply_on_a_terminal(args: list[str], answer: str, timeout: float = 120) -> tuple[int, str]:
@@ -406,3 +452,40 @@ rules:
     assert code == 0, screen
     assert count(server, {"flow_runs": {"state": {"type": {"any_": ["PENDING"]}}}}) == 0
     assert scalar(db, "SELECT count(*) FROM policy_actions WHERE outcome = 'deleted'") == pending
+
+
+# -- the classification step, as a table (pure) ------------------------------------------------
+
+BEFORE = Seen("SCHEDULED", "s1", "Scheduled")
+LOST = [
+    # action, requested, after, history -> outcome (None: untouched, may be resent)
+    ("delete", None, None, None, "deleted"),
+    ("delete", None, Seen("SCHEDULED", "s1", "Scheduled"), None, None),
+    ("delete", None, Seen("RUNNING", "s2", "Running"), None, "skipped"),
+    ("set_state", "CANCELLED", Seen("CANCELLED", "s2", "Cancelled"), None, "accepted"),
+    ("set_state", "CANCELLED", Seen("SCHEDULED", "s1", "Scheduled"), None, None),
+    ("set_state", "CANCELLED", None, None, "gone"),
+    ("set_state", "CANCELLED", Seen("RUNNING", "s3", "Running"),
+     [{"id": "s1", "type": "SCHEDULED"}, {"id": "s2", "type": "CANCELLED"}, {"id": "s3", "type": "RUNNING"}], "accepted"),
+    ("set_state", "CANCELLED", Seen("RUNNING", "s3", "Running"),
+     [{"id": "s1", "type": "SCHEDULED"}, {"id": "s3", "type": "RUNNING"}], "skipped"),
+    ("set_state", "CANCELLED", Seen("RUNNING", "s3", "Running"), None, "pending"),  # history unreadable
+]
+
+
+@pytest.mark.parametrize(("action", "requested", "after", "history", "expected"), LOST)
+def test_a_lost_answer_is_classified_from_the_server_state(
+    action: str, requested: str | None, after: Seen | None, history: list[dict[str, Any]] | None, expected: str | None
+) -> None:
+    verdict = classify_lost(action, requested, BEFORE, after, history)
+    assert (verdict.outcome.value if verdict else None) == expected
+    # a run this apply changed is never recorded gone or skipped
+    if (after is None and action == "delete") or (history and any(s["type"] == requested for s in history[1:])):
+        assert verdict is not None and verdict.outcome in (Outcome.DELETED, Outcome.ACCEPTED)
+
+
+@pytest.mark.parametrize(("after", "expected"), [
+    (None, "gone"), (Seen("RUNNING", "s2", "Running"), "skipped"), (Seen("SCHEDULED", "s1", "Scheduled"), "failed"),
+])
+def test_a_run_the_answer_did_not_act_on_is_read_back(after: Seen | None, expected: str) -> None:
+    assert classify_unanswered(BEFORE, after).outcome.value == expected

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from flowsync.errors import PolicyError, ReadOnlyError
+from flowsync.errors import PolicyError, ReadOnlyError, SandboxError, StoreError
 from flowsync.policy import make_plan, parse_policy
 from flowsync.policy.plan import plan_rule
 from flowsync.store import Store
@@ -28,7 +28,7 @@ def rule(name: str, sql: str, action: str = "delete", more: str = "") -> str:
 
 
 def plan_of(db: Path, text: str) -> Any:
-    with Store.open(db, read_only=True) as store:
+    with Store.open(db, read_only=True, sandbox=True) as store:
         return make_plan(store, parse_policy(text.encode(), "p.yaml"))
 
 
@@ -142,6 +142,17 @@ BAD_SQL = [
     ("unknown table", "SELECT id FROM nope", "SQL failed"),
     ("syntax", "SELEC id FROM flow_runs", "does not parse"),
     ("ids not uuids", "SELECT name AS id FROM flow_runs", "SQL failed"),
+    # external access is off for rule SQL: files, network, extensions
+    ("read a file", "SELECT 'x' || content AS id FROM read_text('/etc/hostname')", "tried to reach outside the history"),
+    ("read a csv", "SELECT column0 AS id FROM read_csv('/etc/passwd')", "tried to reach outside the history"),
+    ("glob", "SELECT file AS id FROM glob('/etc/*')", "tried to reach outside the history"),
+    ("network", "SELECT id FROM read_csv('http://127.0.0.1:9/x.csv')", "tried to reach outside the history"),
+    ("in a subquery", "SELECT id FROM flow_runs WHERE name IN (SELECT content FROM read_blob('/etc/hostname'))",
+     "tried to reach outside the history"),
+    ("settings", "SELECT id FROM flow_runs WHERE current_setting('enable_external_access') AND (SELECT count(*) FROM read_text('/etc/hosts')) > 0",
+     "tried to reach outside the history"),
+    ("sequence", "SELECT id FROM flow_runs WHERE setval('policy_actions_id', 1) > 0", "may not change sequences"),
+    ("sql text", "SELECT * FROM query('SELECT id FROM flow_runs')", "may not change sequences or run SQL text"),
 ]
 
 
@@ -165,6 +176,14 @@ def test_bad_sql_is_refused_and_changes_nothing(db: Path, sql: str, expected: st
     assert scalar(db, "SELECT count(*) FROM flow_runs WHERE deleted_at IS NULL") == before
 
 
+def test_rule_sql_needs_a_sandboxed_store(db: Path) -> None:
+    with Store.open(db, read_only=True) as store, pytest.raises(StoreError, match="not open sandboxed"):
+        make_plan(store, parse_policy(policy(rule("purge", OLD_COMPLETED)).encode(), "p.yaml"))
+    # and the sandbox cannot be switched off from inside
+    with Store.open(db, read_only=True, sandbox=True) as store, pytest.raises(SandboxError, match="locked"):
+        store.execute("SET enable_external_access = true")
+
+
 def test_rule_sql_runs_read_only(db: Path) -> None:
     # A SELECT cannot write, and the connection could not anyway: prove the second.
     with Store.open(db, read_only=True) as store, pytest.raises(ReadOnlyError, match="read-only"):
@@ -180,7 +199,7 @@ def test_plan_cli_json(db: Path) -> None:
     r0 = data["rules"][0]
     assert r0["rule"] == "purge" and r0["runs"] == 3 and len(r0["ids"]) == 3 and len(r0["sample"]) == 2
     assert r0["sample"][0]["deployment"] in ("prod", "dev") and r0["by_state"] == {"COMPLETED": 3}
-    assert r0["left_out"] == {"already deleted": 1, "over the rule's limit": 11}
+    assert r0["skipped"] == {"already deleted": 1, "over the rule's limit": 11}
 
 
 def test_plan_cli_human(db: Path) -> None:

@@ -31,7 +31,8 @@ DEFAULT_DB = "flowsync.duckdb"
 # `flowsync pull` defaults: the CLI's option defaults and ``PullOptions`` both read these.
 PULL_CONCURRENCY = 2  # pages in flight during a full pull; more slows the server down
 PULL_OVERLAP_MINUTES = 10.0  # events re-read before the cursor (late events, client clocks)
-PULL_EVENTS_HORIZON_DAYS = 6.0  # the server keeps events 7 days by default
+PULL_EVENTS_HORIZON_DAYS = 6.0  # assumed only when the server does not say how long it keeps events
+PULL_STALENESS_HOURS = 24.0  # every live run re-read at least this often (edits emit no event)
 
 
 @dataclass(frozen=True)

@@ -8,11 +8,13 @@ code. Must not: print, log, or hold secrets in messages.
     FlowsyncError                 base; exit code 1
     ├── ConfigError               bad settings, flags, files (exit 2)
     ├── ApiError                  the Prefect API failed or answered nonsense (exit 3)
-    │   └── AuthError             401/403 (exit 4)
+    │   ├── AuthError             401/403 (exit 4)
+    │   └── UncertainError        a call that changes data got no answer: it may have been applied
     ├── StoreError                the DuckDB file cannot be used (exit 5)
     │   ├── StoreLockedError      another process holds the file (exit 6)
     │   └── QueryError            a statement failed: ``.detail``, ``.sql``, ``.kind`` (exit 5)
-    │       └── ReadOnlyError     it would change a file opened read-only (exit 5)
+    │       ├── ReadOnlyError     it would change a file opened read-only (exit 5)
+    │       └── SandboxError      it reached for files, network or extensions (sandboxed store)
     └── PolicyError               a policy file or rule is invalid (exit 7)
         └── PolicyLimitError      a rule selects more runs than allowed (exit 8)
 
@@ -39,6 +41,16 @@ class ApiError(FlowsyncError):
 
 class AuthError(ApiError):
     exit_code = 4
+
+
+class UncertainError(ApiError):
+    """A non-idempotent call failed in transit (5xx, dropped connection, timeout,
+    unreadable body): the server may or may not have applied it. Never resend it
+    blindly; read the server's state first. ``problem`` says what went wrong."""
+
+    def __init__(self, message: str, problem: str) -> None:
+        super().__init__(message)
+        self.problem = problem
 
 
 class StoreError(FlowsyncError):
@@ -77,6 +89,10 @@ class ReadOnlyError(QueryError):
     def __init__(self, detail: str, *, sql: str, kind: str, path: str) -> None:
         super().__init__(detail, sql=sql, kind=kind)
         self.path = path
+
+
+class SandboxError(QueryError):
+    """A query on a sandboxed store tried to read a file, the network or an extension."""
 
 
 class PolicyError(FlowsyncError):

@@ -1,9 +1,13 @@
 """One HTTP client for one Prefect API: auth, retries, error wrapping, request counts.
 
-Owns: every request flowsync makes. Retries 429 (honouring ``Retry-After``),
-502/503/504, 500 on read-only calls, transport errors and unreadable bodies, with
-bounded exponential backoff and full jitter; turns everything else into
-``ApiError``/``AuthError`` with one line that names the URL. Must not: print,
+Owns: every request flowsync makes. Read-only calls retry 429 (honouring
+``Retry-After``), 500/502/503/504, transport errors and unreadable bodies, with
+bounded exponential backoff and full jitter. Calls that change data (the bulk
+endpoints) are never resent blindly: they retry only what proves the server did
+not act (429, a connection that was never made) and raise ``UncertainError`` for
+anything that may have been applied (5xx, a dropped connection, a timeout, an
+unreadable body), so the caller can read the server's state first. Everything
+else becomes ``ApiError``/``AuthError`` with one line that names the URL. Must not: print,
 touch the store, or let the API key out of the ``Authorization`` header.
 """
 
@@ -13,11 +17,12 @@ import base64
 import email.utils
 import json
 import random
+import re
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -25,13 +30,16 @@ import httpx
 
 from flowsync import __version__
 from flowsync.config import ApiSettings
-from flowsync.errors import ApiError, AuthError
+from flowsync.errors import ApiError, AuthError, UncertainError
 
-RETRY_STATUS = {429, 502, 503, 504}
-# Read-only calls (filters, counts, history) are safe to repeat after a 500: the
-# SQLite-backed server answers 500 for "database is locked" under write load.
-READ_RETRY_STATUS = RETRY_STATUS | {500}
+# Read-only calls (filters, counts, history) are safe to repeat after any of these: the
+# SQLite-backed server answers 500/503 for "database is locked" under write load.
+READ_RETRY_STATUS = {429, 500, 502, 503, 504}
+# A call that changes data is repeated only when the server certainly did not act on it.
+WRITE_RETRY_STATUS = {429}
 TRANSPORT_ERRORS = (httpx.TransportError,)
+# The request never reached the server: safe to send again even when it changes data.
+NOT_SENT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
 
 @dataclass(frozen=True)
@@ -154,13 +162,15 @@ class PrefectClient:
     ) -> Any:
         """Send one request with retries; return the decoded JSON (or None for 204).
 
-        With ``raw``, return ``(decoded, body text, response headers)``."""
+        With ``raw``, return ``(decoded, body text, response headers)``. With
+        ``idempotent=False`` a failure the server may have acted on raises
+        ``UncertainError`` at once instead of being retried."""
         attempts = attempts or self.retry.attempts
         url = path if path.startswith("http") else path.lstrip("/")
         if url.startswith("http") and urlsplit(url).netloc != self._host:
             # Never send credentials to another host, e.g. via a next-page link.
             raise ApiError(f"Prefect API returned a link to another host ({urlsplit(url).netloc}); refusing to follow it.")
-        retry_status = READ_RETRY_STATUS if idempotent else RETRY_STATUS
+        retry_status = READ_RETRY_STATUS if idempotent else WRITE_RETRY_STATUS
         where = f"{self.settings.display_url}/{path.lstrip('/')}" if not path.startswith("http") else path
         last_problem = ""
         for attempt in range(attempts):
@@ -170,6 +180,8 @@ class PrefectClient:
                 response = self._http.request(method, url, json=body)
             except TRANSPORT_ERRORS as e:
                 last_problem = f"{type(e).__name__}: {_short(str(e)) or 'connection failed'}"
+                if not idempotent and not isinstance(e, NOT_SENT_ERRORS):
+                    raise self._uncertain(method, path, last_problem) from e
             else:
                 status = response.status_code
                 if status in (401, 403):
@@ -181,6 +193,8 @@ class PrefectClient:
                 if status in retry_status:
                     retry_after = _retry_after(response) if status == 429 else None
                     last_problem = f"HTTP {status} {_short(response.text, 80)}"
+                elif status >= 500 and not idempotent:
+                    raise self._uncertain(method, path, f"HTTP {status} {_short(response.text, 80)}")
                 elif status >= 400:
                     raise ApiError(self._status_message(method, where, response))
                 elif status == 204 or not expect_json:
@@ -192,6 +206,8 @@ class PrefectClient:
                     except (json.JSONDecodeError, UnicodeDecodeError):
                         # A truncated body is usually a dropped connection: try again.
                         last_problem = f"unreadable JSON body ({_short(response.text, 60)!r})"
+                        if not idempotent:
+                            raise self._uncertain(method, path, last_problem) from None
             if attempt + 1 < attempts:
                 delay = self.retry.delay(attempt, retry_after)
                 if self._on_retry and attempts > 2:
@@ -201,6 +217,17 @@ class PrefectClient:
             f"Prefect API at {self.settings.display_url} failed {method} /{path.lstrip('/').split('?')[0]} "
             f"after {attempts} attempts: {last_problem}. "
             "Check that the server is up and the URL is right, then run again."
+        )
+
+    def pause(self, attempt: int) -> None:
+        """Sleep as the retry policy would before try ``attempt + 1`` (for callers that resend themselves)."""
+        self._sleep(self.retry.delay(attempt, None))
+
+    def _uncertain(self, method: str, path: str, problem: str) -> UncertainError:
+        return UncertainError(
+            f"Prefect API at {self.settings.display_url}: {method} /{path.lstrip('/').split('?')[0]} "
+            f"failed in transit ({problem}); the server may have applied it.",
+            problem,
         )
 
     def _status_message(self, method: str, where: str, response: httpx.Response) -> str:
@@ -310,15 +337,55 @@ class PrefectClient:
                 changed[value[len(prefix):]] = end_time
         return changed
 
+    def flow_run_event_before(self, when: datetime) -> datetime | None:
+        """When the newest flow-run state event at or before ``when`` occurred, or None if the server holds none.
+
+        Prefect trims events oldest first (retention, ``db_vacuum``): one held at
+        or before ``when`` proves every later one is still held.
+        """
+        body = {
+            "filter": {
+                "occurred": {"since": "1970-01-01T00:00:00+00:00", "until": when.isoformat()},
+                "event": {"prefix": ["prefect.flow-run."]},
+                "any_resource": {"id_prefix": ["prefect.flow-run."]},
+                "order": "DESC",
+            },
+            "limit": 1,
+        }
+        answer = self.request("POST", "events/filter", body)
+        events = answer.get("events") if isinstance(answer, dict) else None
+        if not isinstance(events, list):
+            raise ApiError("POST /events/filter answered without an `events` list.")
+        if not events:
+            return None
+        return datetime.fromisoformat(str(events[0]["occurred"]).replace("Z", "+00:00"))
+
+    def events_retention(self) -> timedelta | None:
+        """How long the server keeps flow-run state events (its settings), or None if it does not say."""
+        try:
+            settings = self.request("GET", "admin/settings", attempts=2)
+        except ApiError:
+            return None  # Prefect Cloud and locked-down servers do not expose settings
+        try:
+            server = settings["server"]
+            periods = [_duration(server["events"]["retention_period"])]
+            overrides = (server.get("services", {}).get("db_vacuum", {}) or {}).get("event_retention_overrides") or {}
+            periods += [_duration(v) for k, v in overrides.items() if str(k).startswith("prefect.flow-run.")]
+        except (KeyError, TypeError, ValueError, AttributeError):
+            return None
+        return min(periods)
+
     def server_now(self) -> datetime:
         """The server's clock (from the Date header), so cursors never depend on ours."""
         _answer, _text, headers = self.request("GET", "health", attempts=2, raw=True)
         return _server_date(headers.get("date"))
 
     def bulk_delete(self, ids: Sequence[str], state_types: Sequence[str] | None) -> dict[str, Any]:
-        """POST /flow_runs/bulk_delete for exactly these ids (never an open filter)."""
+        """POST /flow_runs/bulk_delete for exactly these ids (never an open filter).
+
+        Raises ``UncertainError`` when the answer is lost: read the runs before resending."""
         body = {"flow_runs": _id_filter(ids, state_types), "limit": len(ids)}
-        answer = self.request("POST", "flow_runs/bulk_delete", body)
+        answer = self.request("POST", "flow_runs/bulk_delete", body, idempotent=False)
         if not isinstance(answer, dict):
             raise ApiError("POST /flow_runs/bulk_delete answered something other than an object.")
         return answer
@@ -337,16 +404,39 @@ class PrefectClient:
             "force": force,
             "limit": len(ids),
         }
-        answer = self.request("POST", "flow_runs/bulk_set_state", body)
+        answer = self.request("POST", "flow_runs/bulk_set_state", body, idempotent=False)
         if not isinstance(answer, dict):
             raise ApiError("POST /flow_runs/bulk_set_state answered something other than an object.")
         return answer
+
+    def flow_run_states(self, run_id: str) -> list[dict[str, Any]]:
+        """Every state a flow run has had (GET /flow_run_states/?flow_run_id=...), oldest first."""
+        answer = self.request("GET", f"flow_run_states/?flow_run_id={run_id}")
+        if not isinstance(answer, list) or any(not isinstance(s, dict) for s in answer):
+            raise ApiError("GET /flow_run_states/ answered something other than a list of states.")
+        return sorted(answer, key=lambda s: str(s.get("timestamp") or ""))
 
 
 # What the API accepts: /filter and /count refuse `limit` above PAGE_LIMIT (422); the
 # bulk endpoints take 1..BULK_LIMIT runs per call.
 PAGE_LIMIT = 200
 BULK_LIMIT = 50
+
+
+_ISO_DURATION = re.compile(
+    r"^P(?:(?P<days>\d+(?:\.\d+)?)D)?(?:T(?:(?P<hours>\d+(?:\.\d+)?)H)?(?:(?P<minutes>\d+(?:\.\d+)?)M)?"
+    r"(?:(?P<seconds>\d+(?:\.\d+)?)S)?)?$"
+)
+
+
+def _duration(value: Any) -> timedelta:
+    """A settings duration as pydantic writes it: seconds, or ISO 8601 (``P7D``, ``PT1H30M``)."""
+    if isinstance(value, (int, float)):
+        return timedelta(seconds=float(value))
+    match = _ISO_DURATION.match(str(value))
+    if not match or str(value) == "P":
+        raise ValueError(f"not a duration: {value!r}")
+    return timedelta(**{k: float(v) for k, v in match.groupdict().items() if v})
 
 
 def _server_date(value: str | None) -> datetime:

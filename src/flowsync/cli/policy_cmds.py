@@ -33,6 +33,7 @@ from flowsync.config import resolve_api, resolve_db_path
 from flowsync.errors import PARTIAL_FAILURE_EXIT, ConfigError
 
 if TYPE_CHECKING:  # the library (pydantic, DuckDB, httpx) loads inside the commands: --help stays fast
+    from flowsync.config import ApiSettings
     from flowsync.policy import ApplyResult, Plan
 
 PolicyArg = Annotated[Path, typer.Argument(help="Policy file (YAML).", show_default=False)]
@@ -51,11 +52,29 @@ def _age(when: datetime | None, now: datetime) -> str:
     days = (now - when).total_seconds() / 86400
     if abs(days) >= 1:
         return f"{days:.0f}d"
-    return f"{days * 24:.0f}h"
+    if abs(days * 24) >= 1:
+        return f"{days * 24:.0f}h"
+    return f"{days * 1440:.0f}m"
+
+
+def _data_age(plan: Plan) -> str:
+    now = plan.generated_at
+    parts = []
+    if plan.refreshed is not None:
+        parts.append(f"{plan.refreshed} selected runs re-read from the server just now")
+    parts.append(
+        f"last pull {plan.last_pull_at:%Y-%m-%d %H:%M} UTC ({_age(plan.last_pull_at, now)} ago)"
+        if plan.last_pull_at else "no successful pull"
+    )
+    if plan.oldest_read_at is not None:
+        parts.append(f"oldest read of a planned run {_age(plan.oldest_read_at, now)} ago")
+    if plan.refreshed is None:
+        parts.append("`plan --refresh` re-reads the selected runs first")
+    return "; ".join(parts)
 
 
 def _render_plan(plan: Plan, sample: int) -> None:
-    """The plan on stdout: per rule a count, the reasons runs were left out, a sample."""
+    """The plan on stdout: per rule a count, the reasons runs were skipped, a sample."""
     now = plan.generated_at
     out.print(f"[bold]plan[/] for {escape(plan.policy.source)} (sha256 {plan.policy.sha256[:12]})", highlight=False)
     for rp in plan.rules:
@@ -69,7 +88,7 @@ def _render_plan(plan: Plan, sample: int) -> None:
         states = ", ".join(f"{n} {s}" for s, n in sorted(rp.to_json()["by_state"].items()))
         out.print(f"\n[bold]{escape(rule.name)}[/] ({what}): {len(rp.runs)} runs" + (f" ({states})" if states else ""), highlight=False)
         if rp.skipped:
-            out.print("  left out: " + ", ".join(f"{n} {why}" for why, n in rp.skipped.items()), highlight=False)
+            out.print("  skipped: " + ", ".join(f"{n} {why}" for why, n in rp.skipped.items()), highlight=False)
         if rp.runs and sample:
             table = Table(box=None, padding=(0, 2, 0, 2))
             for column in ("run", "flow/deployment", "state", "age", "tags"):
@@ -92,17 +111,35 @@ def _render_plan(plan: Plan, sample: int) -> None:
             f"[bold red]apply would refuse:[/] {plan.total} runs is more than max_actions ({max_actions}).",
             highlight=False,
         )
+    out.print(f"data: {_data_age(plan)}", highlight=False)
+    out.print(
+        "apply re-reads each batch's runs from the server right before its call and checks this "
+        "policy again: runs that no longer qualify are skipped (with the reason), runs gone are not sent.",
+        highlight=False,
+    )
 
 
-def _compute_plan(policy: Path, db: Path | None, wait: float, live: bool) -> Plan:
+def _compute_plan(
+    policy: Path, db: Path | None, wait: float, live: bool, refresh_from: ApiSettings | None = None
+) -> Plan:
     from flowsync.policy import load_policy, make_plan
-    from flowsync.store.snapshot import open_for_reading
+    from flowsync.store import Store
+    from flowsync.store.snapshot import open_for_reading, publish
 
     loaded = load_policy(policy)
-    # Rule SQL only ever runs on a read-only connection: DuckDB refuses writes there.
+    if refresh_from is not None:
+        from flowsync.api import PrefectClient
+        from flowsync.policy.apply import refresh_plan
+
+        with Store.open(resolve_db_path(db), wait=wait, sandbox=True) as store, PrefectClient(refresh_from) as client:
+            plan = refresh_plan(client, store, loaded)
+            publish(store)  # readers see the runs the refresh re-read
+            return plan
     # `plan` reads the published snapshot (what the last pull or apply left); `apply`
     # decides on the live file, which equals that snapshot unless a pull is running.
-    with open_for_reading(resolve_db_path(db), live=live, wait=wait) as store:
+    # Rule SQL runs only on a sandboxed, read-only connection: no files, network or
+    # extensions, and DuckDB refuses writes there.
+    with open_for_reading(resolve_db_path(db), live=live, wait=wait, sandbox=True) as store:
         return make_plan(store, loaded)
 
 
@@ -112,21 +149,27 @@ def plan_cmd(
     wait: WaitOption = 0.0,
     live: LiveOption = False,
     sample: SampleOption = 5,
+    refresh: Annotated[bool, typer.Option("--refresh", help="First re-read every run the rules select from the server (updates the file's copy only).")] = False,
+    api_url: ApiUrlOption = None,
+    api_key: ApiKeyOption = None,
     json_out: JsonOption = False,
 ) -> None:
-    """Show what a policy would do: per rule, how many runs and which. Changes nothing.
+    """Show what a policy would do: per rule, how many runs and which. Changes nothing on the server.
 
     Reads the latest snapshot of the local DuckDB file (no API call), which is
-    what `apply` decides on unless a pull is running; --live reads the live
-    file. Run `flowsync pull` first for a current picture.
+    what `apply` decides on unless a pull is running (--live reads the live
+    file), and shows how old its data is (last pull, oldest read of a planned
+    run). With --refresh it first re-reads the runs the rules select from the
+    server into the live file, so the plan is what apply would do now.
 
-    Example: flowsync plan policies/retention.yaml --db runs.duckdb
+    Example: flowsync plan policies/retention.yaml --db runs.duckdb --refresh
     """
     from flowsync.store.snapshot import current
 
     with errors():
-        plan = _compute_plan(policy, db, wait, live)
-        source = None if live else current(resolve_db_path(db))
+        settings = resolve_api(api_url, api_key) if refresh else None
+        plan = _compute_plan(policy, db, wait, live, settings)
+        source = None if live or refresh else current(resolve_db_path(db))
     if json_out:
         print_json(plan.to_json(sample=sample))
     else:
@@ -148,7 +191,8 @@ def _render_result(result: ApplyResult) -> None:
     colour = {"success": "green", "partial": "yellow", "error": "red"}[result.status]
     err.print(
         f"[bold {colour}]{result.status}[/]: {result.done} done, {result.failed} failed in "
-        f"{result.batches} batches, {result.seconds:.1f}s (apply id {result.apply_id}; "
+        f"{result.batches} batches, {result.seconds:.1f}s ({result.calls} calls, {result.rereads} re-reads; "
+        f"apply id {result.apply_id}; "
         "details in the policy_actions table)",
         highlight=False,
     )
@@ -166,9 +210,12 @@ def apply_cmd(
 ) -> None:
     """Apply a policy: show the plan, confirm, then bulk delete / set state in batches of 50.
 
-    Every call names its runs and the state each had when pulled, so runs
-    changed on the server since then are skipped. Every answer goes to the
-    policy_actions table; touched runs are refreshed locally. Exits 9 when some
+    Right before each call its runs are re-read from the server and the whole
+    policy is checked again over that fresh read: runs that no longer qualify
+    (edited, re-tagged, moved on) are skipped with the reason, runs gone are
+    never sent. Each call names its runs and guards their current state. A
+    call whose answer is lost is resolved from the server's state, not resent
+    blindly. Every outcome goes to the policy_actions table. Exits 9 when some
     runs failed (run it again: the plan is recomputed).
 
     Example: flowsync apply policies/retention.yaml --db runs.duckdb --yes
@@ -203,7 +250,7 @@ def apply_cmd(
                 raise typer.Exit(1)
         progress = make_progress(json_out)
         with (
-            Store.open(path, wait=wait) as store,
+            Store.open(path, wait=wait, sandbox=True) as store,
             PrefectClient(settings, on_retry=progress.message) as client,
             progress,
         ):
@@ -246,7 +293,7 @@ def check_cmd(
         loaded = load_policy(policy)
         rows: dict[str, int] | None = None
         if db is not None:
-            with open_for_reading(db, wait=wait) as store:
+            with open_for_reading(db, wait=wait, sandbox=True) as store:
                 rows = check_rules(store, loaded)
     summary = {
         "policy": str(policy),

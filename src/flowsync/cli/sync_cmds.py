@@ -24,6 +24,7 @@ from flowsync.config import (
     PULL_CONCURRENCY,
     PULL_EVENTS_HORIZON_DAYS,
     PULL_OVERLAP_MINUTES,
+    PULL_STALENESS_HOURS,
     resolve_api,
     resolve_db_path,
 )
@@ -38,7 +39,8 @@ def pull_cmd(
     wait: WaitOption = 0.0,
     concurrency: Annotated[int, typer.Option(help="Pages in flight during a full pull (more than 2 slows the server).", min=1, max=8)] = PULL_CONCURRENCY,
     overlap: Annotated[float, typer.Option(help="Minutes of events re-read before the last cursor (late events, client clocks).", min=0)] = PULL_OVERLAP_MINUTES,
-    events_horizon: Annotated[float, typer.Option(help="Days of events the server keeps; an older cursor triggers a full reconciliation.", min=0.01)] = PULL_EVENTS_HORIZON_DAYS,
+    events_horizon: Annotated[float, typer.Option(help="Days of events to assume the server keeps when it holds none from before the cursor and does not say (Prefect Cloud); an older cursor triggers a full reconciliation.", min=0.01)] = PULL_EVENTS_HORIZON_DAYS,
+    staleness: Annotated[float, typer.Option("--staleness", envvar="FLOWSYNC_STALENESS_HOURS", help="Hours: every live run is re-read at least this often (edits such as tags or names emit no event), spread over the pulls. Env: FLOWSYNC_STALENESS_HOURS.", min=0.0001)] = PULL_STALENESS_HOURS,
     memory_limit: Annotated[int | None, typer.Option("--memory-limit", help="DuckDB memory cap in MB (default: sized from the history; 0: DuckDB's own default, 80% of RAM).", min=0, show_default=False)] = None,
     json_out: JsonOption = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output; errors only (for cron).")] = False,
@@ -46,8 +48,9 @@ def pull_cmd(
     """Sync flows, deployments and flow runs from a Prefect API into the DuckDB file.
 
     The first pull reads everything; later pulls read only what changed (state
-    events, plus a per-bucket count check that finds deleted runs). Runs deleted
-    on the server stay in the file with deleted_at set.
+    events, plus a per-bucket count check that finds deleted runs), and re-read
+    the share of live runs due so that none is older than --staleness (edits
+    emit no event). Runs deleted on the server stay in the file with deleted_at set.
 
     Example: flowsync pull --api-url http://127.0.0.1:4200/api --db runs.duckdb
     """
@@ -66,6 +69,7 @@ def pull_cmd(
             concurrency=concurrency,
             overlap=timedelta(minutes=overlap),
             events_horizon=timedelta(days=events_horizon),
+            staleness=timedelta(hours=staleness),
             memory_limit_mb=memory_limit,
         )
         progress = make_progress(quiet or json_out)
@@ -79,7 +83,8 @@ def pull_cmd(
         why = f" ({result.reason})" if result.reason else ""
         err.print(
             f"pulled from {settings.display_url} into {path}: {result.mode}{why}, "
-            f"{result.inserted} new, {result.updated} updated, {result.marked_deleted} marked deleted; "
+            f"{result.inserted} new, {result.updated} updated, {result.marked_deleted} marked deleted, "
+            f"{result.reread} re-read for staleness; "
             f"{result.requests} requests in {result.seconds:.1f}s; "
             + (f"published snapshot {published.snapshot.generation} in {published.seconds:.2f}s"
                if published.published else f"snapshot {published.snapshot.generation} unchanged"),
@@ -118,6 +123,9 @@ def status_cmd(
         )
     if summary["last_successful_pull_at"]:
         out.print(f"last successful pull finished {summary['last_successful_pull_at']:%Y-%m-%d %H:%M:%S %Z}", highlight=False)
+    oldest = summary["flow_runs"]["oldest_read_at"]
+    if oldest is not None:
+        out.print(f"oldest re-read of a live run: {oldest:%Y-%m-%d %H:%M:%S %Z}", highlight=False)
     if published:
         out.print(
             f"readers see snapshot {published.generation} (pull #{published.pull_id or '-'}, "

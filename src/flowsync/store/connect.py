@@ -11,11 +11,17 @@ notebook asks for a DuckDB connection to run its own SQL.
 
 A writer holds DuckDB's own file lock for as long as the command runs; a
 second writer (or a reader while a writer runs) gets ``StoreLockedError`` or
-waits with ``wait``. Must not: know about the API.
+waits with ``wait``. A *sandboxed* store (``sandbox=True``, for policy rule SQL) has
+files, network and extensions switched off and its configuration locked for the
+life of the connection: DuckDB cannot switch external access back on, so a
+command that runs rule SQL opens its store sandboxed from the start and does
+nothing on it that needs the outside (no Parquet, no memory settings); its
+refusals come out as ``SandboxError``. Must not: know about the API.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -26,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import duckdb
 
-from flowsync.errors import QueryError, ReadOnlyError, StoreError
+from flowsync.errors import QueryError, ReadOnlyError, SandboxError, StoreError
 from flowsync.store import migrations
 
 if TYPE_CHECKING:
@@ -39,6 +45,16 @@ DUCKDB_MAGIC = b"DUCK"
 # set plus room for the primary-key indexes (~50 bytes a row measured at 100k runs).
 WRITE_MEMORY_BASE = 64 * 2**20
 INDEX_BYTES_PER_ROW = 128
+
+
+# Rule SQL comes from policy files (pull requests): it must see only the history.
+SANDBOX_CONFIG: dict[str, str | bool | int | float | list[str]] = {
+    "enable_external_access": False,  # no files (read_text, read_csv, ATTACH, COPY), no network
+    "autoload_known_extensions": False,
+    "autoinstall_known_extensions": False,
+    "allow_community_extensions": False,
+    "allow_unsigned_extensions": False,
+}
 
 
 def _check_path(path: Path, read_only: bool) -> None:
@@ -80,25 +96,36 @@ def _is_lock_error(err: Exception) -> bool:
 class Store:
     """A DuckDB file with flowsync's schema. Use ``Store.open`` as a context manager."""
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, path: Path, read_only: bool) -> None:
+    def __init__(
+        self, con: duckdb.DuckDBPyConnection, path: Path, read_only: bool, sandboxed: bool = False
+    ) -> None:
         # Private: SQL goes through `execute` so its errors are typed (see tests/test_layering.py).
         self._con = con
         self.path = path
         self.read_only = read_only
+        self.sandboxed = sandboxed
         self.memory_budget: int | None = None
 
     @classmethod
     def open(
-        cls, path: Path, *, read_only: bool = False, wait: float = 0.0, migrate: bool = True
+        cls,
+        path: Path,
+        *,
+        read_only: bool = False,
+        wait: float = 0.0,
+        migrate: bool = True,
+        sandbox: bool = False,
     ) -> Store:
-        """Open (and for writers create and upgrade) the file; wait up to ``wait`` s for a lock."""
+        """Open (and for writers create and upgrade) the file; wait up to ``wait`` s for a lock.
+
+        ``sandbox``: files, network and extensions off, configuration locked (see the module)."""
         path = Path(path)
         _check_path(path, read_only)
         deadline = time.monotonic() + wait
         delay = 0.2
         while True:
             try:
-                con = duckdb.connect(str(path), read_only=read_only)
+                con = duckdb.connect(str(path), read_only=read_only, config=dict(SANDBOX_CONFIG) if sandbox else {})
                 break
             except duckdb.Error as e:
                 if _is_lock_error(e):
@@ -109,16 +136,23 @@ class Store:
                     from flowsync.store.locks import locked_error
 
                     raise locked_error(path, str(e), read_only=read_only) from e
+                if "different configuration" in str(e):
+                    raise StoreError(
+                        f"{path} is already open in this process with other settings; close it first."
+                    ) from e
                 if "not a valid DuckDB database" in str(e):
                     raise StoreError(f"{path} is not a DuckDB database; choose another --db path.") from e
                 if "Permission denied" in str(e) or "Read-only file system" in str(e):
                     raise StoreError(f"Cannot open {path} for writing (permission denied); choose a writable --db path.") from e
                 raise StoreError(f"Cannot open {path}: {str(e).splitlines()[0]}") from e
-        store = cls(con, path, read_only)
+        store = cls(con, path, read_only, sandboxed=sandbox)
         try:
             con.execute("SET TimeZone = 'UTC'")
             if migrate:
                 store.migrate()
+            if sandbox:
+                # After the time zone: nothing (rule SQL included) may change settings from here on.
+                con.execute("SET lock_configuration = true")
         except BaseException:
             con.close()
             raise
@@ -238,6 +272,10 @@ class Store:
             kind = type(e).__name__
             if self.read_only and "read-only mode" in str(e):
                 raise ReadOnlyError(detail, sql=sql, kind=kind, path=str(self.path)) from e
+            if isinstance(e, duckdb.PermissionException) or (
+                self.sandboxed and "configuration has been locked" in str(e)
+            ):
+                raise SandboxError(detail, sql=sql, kind=kind) from e
             raise QueryError(detail, sql=sql, kind=kind) from e
 
     def execute(self, sql: str, params: Params = None) -> Result:
@@ -272,6 +310,25 @@ class Store:
         """Parse ``sql`` without running it: (statement type, text) per statement."""
         with self._errors(sql):
             return [(s.type.name, s.query) for s in self._con.extract_statements(sql)]
+
+    def functions_called(self, sql: str) -> set[str]:
+        """Names of every function (scalar and table) one statement calls, from DuckDB's own parse tree."""
+        tree = self.execute("SELECT json_serialize_sql(CAST(? AS VARCHAR))", [sql]).scalar()
+        found: set[str] = set()
+
+        def walk(node: Any) -> None:
+            if isinstance(node, dict):
+                name = node.get("function_name")
+                if isinstance(name, str):
+                    found.add(name.lower())
+                for value in node.values():
+                    walk(value)
+            elif isinstance(node, list):
+                for value in node:
+                    walk(value)
+
+        walk(json.loads(tree))
+        return found
 
 
 Params = list[Any] | dict[str, Any] | None

@@ -257,14 +257,16 @@ def _remove_old(folder: Path, newest: int) -> None:
                     (folder / f"{generation:08d}{suffix}").unlink(missing_ok=True)
 
 
-def open_latest(db: Path, *, attempts: int = 5) -> Store | None:
-    """A read-only Store on the latest snapshot of ``db``, or None if none was published."""
+def open_latest(db: Path, *, attempts: int = 5, sandbox: bool = False) -> Store | None:
+    """A read-only Store on the latest snapshot of ``db``, or None if none was published.
+
+    ``sandbox``: files, network and extensions off (for policy rule SQL; see ``Store.open``)."""
     for _ in range(attempts):
         info = current(db)
         if info is None:
             return None
         try:
-            return Store.open(info.path, read_only=True)
+            return Store.open(info.path, read_only=True, sandbox=sandbox)
         except StoreError:
             # Removed between resolving ``current`` and opening it: a newer one exists.
             if info.path.exists():
@@ -272,7 +274,7 @@ def open_latest(db: Path, *, attempts: int = 5) -> Store | None:
     raise StoreError(f"The snapshots of {db} changed {attempts} times while opening one; try again.")
 
 
-def open_for_reading(db: Path, *, live: bool = False, wait: float = 0.0) -> Store:
+def open_for_reading(db: Path, *, live: bool = False, wait: float = 0.0, sandbox: bool = False) -> Store:
     """What readers open: the latest snapshot, or the live file with ``live`` or before any publish.
 
     A file last written by an older flowsync has no snapshot yet; reading it
@@ -280,12 +282,12 @@ def open_for_reading(db: Path, *, live: bool = False, wait: float = 0.0) -> Stor
     """
     db = Path(db)
     if live:
-        return Store.open(db, read_only=True, wait=wait)
-    store = open_latest(db)
+        return Store.open(db, read_only=True, wait=wait, sandbox=sandbox)
+    store = open_latest(db, sandbox=sandbox)
     if store is not None:
         return store
     try:
-        return Store.open(db, read_only=True, wait=wait)
+        return Store.open(db, read_only=True, wait=wait, sandbox=sandbox)
     except StoreLockedError as e:
         raise StoreLockedError(
             f"{db} has no published snapshot yet and is held by {e.holder_role if e.holder_role != 'unknown' else 'another process'}"

@@ -9,10 +9,11 @@ synced tables (that is ``synced_tables``).
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Any
 
 from flowsync.store.connect import Store
-from flowsync.store.synced_tables import now_utc
+from flowsync.store.synced_tables import now_utc, oldest_read
 
 
 def get_state(store: Store, key: str) -> Any:
@@ -71,6 +72,7 @@ def status_summary(store: Store) -> dict[str, Any]:
         "SELECT coalesce(state_type, 'NONE'), count(*) FROM flow_runs WHERE deleted_at IS NULL GROUP BY 1 ORDER BY 2 DESC"
     ).rows()
     out["flow_runs"]["by_state"] = {s: int(n) for s, n in states}
+    out["flow_runs"]["oldest_read_at"] = oldest_read(store)
     cols = ["id", "started_at", "finished_at", "status", "mode", "api_url", "inserted", "updated",
             "marked_deleted", "requests", "error"]
     last = store.execute(
@@ -84,3 +86,11 @@ def status_summary(store: Store) -> dict[str, Any]:
     out["pulls"] = int(store.execute("SELECT count(*) FROM sync_runs").scalar())
     out["api_url"] = get_state(store, "api_url")
     return out
+
+
+def last_pull_at(store: Store) -> datetime | None:
+    """When the last successful pull (full or incremental) started."""
+    value: datetime | None = store.execute(
+        "SELECT max(started_at) FROM sync_runs WHERE status = 'ok' AND mode IN ('full', 'incremental')"
+    ).scalar()
+    return value

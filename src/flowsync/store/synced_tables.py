@@ -11,7 +11,7 @@ latest state event). The pull's own bookkeeping (cursors, ``sync_runs``) is
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, NamedTuple, Protocol
 
 from flowsync.store.connect import Store
@@ -130,6 +130,23 @@ def unfinished_run_ids(store: Store) -> list[str]:
     return [r[0] for r in rows]
 
 
+def runs_differing(store: Store, updated: dict[str, str | None]) -> list[str]:
+    """Of these run ids (-> the server's ``updated`` stamp), the ones the file does not hold
+    as live rows with that same stamp: the rows a re-read must write."""
+    if not updated:
+        return []
+    rows = store.execute(
+        """
+        SELECT CAST(b.id AS VARCHAR) FROM (
+            SELECT unnest(CAST(? AS UUID[])) AS id, unnest(CAST(? AS TIMESTAMPTZ[])) AS updated) b
+        LEFT JOIN flow_runs r ON r.id = b.id
+        WHERE r.id IS NULL OR r.deleted_at IS NOT NULL OR r.updated IS DISTINCT FROM b.updated
+        """,
+        [list(updated), list(updated.values())],
+    ).rows()
+    return [r[0] for r in rows]
+
+
 def runs_behind(store: Store, changed: dict[str, datetime]) -> list[str]:
     """Of these run ids, the ones whose local state is older than ``changed[id]``.
 
@@ -145,6 +162,31 @@ def runs_behind(store: Store, changed: dict[str, datetime]) -> list[str]:
     ).rows()
     local = {i: ts for i, ts in rows}
     return [i for i, at in changed.items() if local.get(i) is None or local[i] < at]
+
+
+def due_for_reread(store: Store, window: timedelta, now: datetime | None = None) -> list[str]:
+    """Live runs whose last read is at least 75-95% of ``window`` old (the fraction fixed per id), oldest first."""
+    rows = store.execute(
+        """
+        SELECT CAST(id AS VARCHAR) FROM flow_runs
+        WHERE deleted_at IS NULL
+          AND epoch(synced_at) < epoch(CAST(? AS TIMESTAMPTZ)) - ? * (0.75 + 0.2 * (hash(id) % 1000) / 1000.0)
+        ORDER BY synced_at
+        """,
+        [now or now_utc(), window.total_seconds()],
+    ).rows()
+    return [r[0] for r in rows]
+
+
+def oldest_read(store: Store, ids: Sequence[str] | None = None) -> datetime | None:
+    """When the live run read longest ago (of ``ids``, or of all) was last read from the server."""
+    sql = "SELECT min(synced_at) FROM flow_runs WHERE deleted_at IS NULL"
+    params: list[Any] = []
+    if ids is not None:
+        sql += " AND id IN (SELECT unnest(CAST(? AS UUID[])))"
+        params.append(list(ids))
+    value: datetime | None = store.execute(sql, params).scalar()
+    return value
 
 
 def count_all(store: Store, table: str) -> int:

@@ -10,7 +10,12 @@ from typing import Any, Protocol
 
 from flowsync.api import Page, PrefectClient
 from flowsync.api.pagination import PAGE_SIZE
-from flowsync.config import PULL_CONCURRENCY, PULL_EVENTS_HORIZON_DAYS, PULL_OVERLAP_MINUTES
+from flowsync.config import (
+    PULL_CONCURRENCY,
+    PULL_EVENTS_HORIZON_DAYS,
+    PULL_OVERLAP_MINUTES,
+    PULL_STALENESS_HOURS,
+)
 from flowsync.store import Store, sync_log, synced_tables
 from flowsync.store.tables import TableSpec
 
@@ -40,8 +45,12 @@ class PullOptions:
     # Events reach the server's store a few seconds late, and a state's timestamp
     # comes from the client that proposed it: re-read this much before the cursor.
     overlap: timedelta = timedelta(minutes=PULL_OVERLAP_MINUTES)
-    # Older cursors than this fall back to a full reconciliation (events live 7 days by default).
+    # Used only when the server does not say how long it keeps events and holds none from before
+    # the cursor: an older cursor falls back to a full reconciliation (Prefect's default is 7 days).
     events_horizon: timedelta = timedelta(days=PULL_EVENTS_HORIZON_DAYS)
+    # Edits emit no event (PATCH: tags, name, parameters...): every live run is re-read at least
+    # this often, spread over the scheduled pulls (the rolling re-read).
+    staleness: timedelta = timedelta(hours=PULL_STALENESS_HOURS)
     concurrency: int = PULL_CONCURRENCY
     page_size: int = PAGE_SIZE
     segment_rows: int = 5000
@@ -58,6 +67,7 @@ class Counters:
     inserted: int = 0
     updated: int = 0
     marked_deleted: int = 0
+    reread: int = 0  # live runs re-read because their last read was getting old
 
     def add(self, inserted: int, updated: int) -> None:
         self.inserted += inserted

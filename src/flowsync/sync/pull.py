@@ -10,15 +10,16 @@ through the ``Progress`` it is given) or import httpx/duckdb.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from flowsync import views
-from flowsync.api import PrefectClient
-from flowsync.api.pagination import parse_ts
+from flowsync.api import Page, PrefectClient
+from flowsync.api.pagination import pages_by_id, parse_ts
 from flowsync.errors import FlowsyncError
 from flowsync.store import Store, sync_log, synced_tables
-from flowsync.store.tables import DEPLOYMENTS, FLOWS
+from flowsync.store.tables import DEPLOYMENTS, FLOW_RUNS, FLOWS
 from flowsync.sync import catalog, identity, runs
 from flowsync.sync.context import NullProgress, Progress, PullContext, PullOptions
 
@@ -46,6 +47,10 @@ class PullResult:
     def marked_deleted(self) -> int:
         return sum(t["marked_deleted"] for t in self.tables.values())
 
+    @property
+    def reread(self) -> int:
+        return sum(t.get("reread", 0) for t in self.tables.values())
+
     def to_json(self) -> dict[str, Any]:
         return {
             "pull_id": self.pull_id,
@@ -57,6 +62,7 @@ class PullResult:
             "inserted": self.inserted,
             "updated": self.updated,
             "marked_deleted": self.marked_deleted,
+            "reread": self.reread,
             "tables": self.tables,
             "moved": self.moved.to_json() if self.moved else None,
         }
@@ -115,7 +121,8 @@ def pull(
         requests=client.requests,
         retries=client.retries,
         tables={
-            name: {"inserted": c.inserted, "updated": c.updated, "marked_deleted": c.marked_deleted}
+            name: {"inserted": c.inserted, "updated": c.updated, "marked_deleted": c.marked_deleted,
+                   "reread": c.reread}
             for name, c in ctx.counters.items()
         },
         moved=moved,
@@ -137,17 +144,70 @@ def _totals(ctx: PullContext) -> dict[str, int]:
     }
 
 
+class RunReader:
+    """Re-reads flow runs by id into the file, for a caller about to act on them (policy apply).
+
+    One ``sync_runs`` record covers every read of the session (mode ``mode``).
+    Each ``read`` is one request per 200 ids: the runs found are upserted, the
+    ones the server no longer has are marked deleted.
+    """
+
+    def __init__(self, client: PrefectClient, store: Store, mode: str) -> None:
+        with store.transaction():
+            pull_id = sync_log.start_sync_run(store, client.settings.display_url)
+        self.mode = mode
+        self.requests = 0
+        self.changed: list[str] = []  # ids the last read wrote or marked deleted
+        # The server clock is not needed for reads by id; ours only stamps the record.
+        self.ctx = PullContext(client, store, PullOptions(), NullProgress(), pull_id, synced_tables.now_utc())
+
+    def read(
+        self, ids: list[str], before_write: Callable[[list[str]], None] | None = None
+    ) -> dict[str, dict[str, Any]]:
+        """The server's current rows for ``ids`` (a missing id is gone from the server).
+
+        Only rows that differ from the file are written: new, gone, or with
+        another ``updated`` stamp (Prefect moves it on every write to a run).
+        ``before_write`` gets their ids first; ``changed`` holds them after.
+        """
+        found: dict[str, dict[str, Any]] = {}
+        self.changed = []
+        for chunk, page in pages_by_id(self.ctx.client, "flow_runs", ids):
+            self.requests += 1
+            got = {str(o["id"]): o for o in page.rows}
+            found.update(got)
+            differ = synced_tables.runs_differing(self.ctx.store, {k: o.get("updated") for k, o in got.items()})
+            gone = [r for r in chunk if r not in got]
+            if before_write is not None and (differ or gone):
+                before_write(differ + gone)
+            if differ:
+                keep = set(differ)
+                self.ctx.write_pages(FLOW_RUNS, [page if len(keep) == len(got) else
+                                                 Page.from_rows([o for k, o in got.items() if k in keep])])
+            if gone:
+                self.ctx.mark_deleted("flow_runs", gone)
+            self.changed += differ + gone
+        return found
+
+    def counts(self) -> dict[str, int]:
+        c = self.ctx.counter("flow_runs")
+        return {"updated": c.updated, "marked_deleted": c.marked_deleted}
+
+    def finish(self, error: str | None = None) -> None:
+        with self.ctx.store.transaction():
+            sync_log.finish_sync_run(
+                self.ctx.store, self.ctx.pull_id, status="failed" if error else "ok", mode=self.mode,
+                error=error, **_totals(self.ctx),
+            )
+
+
 def refresh_runs(client: PrefectClient, store: Store, ids: list[str]) -> dict[str, int]:
     """Re-read these flow runs by id: update the ones that exist, mark the rest deleted.
 
-    For callers that changed runs on the server (policy apply) and want the file
-    to show it without a full pull. Returns counts: found, marked_deleted.
+    For callers that changed runs on the server and want the file to show it
+    without a full pull. Returns counts: found, marked_deleted, updated.
     """
-    with store.transaction():
-        pull_id = sync_log.start_sync_run(store, client.settings.display_url)
-    ctx = PullContext(client, store, PullOptions(), NullProgress(), pull_id, client.server_now())
-    found = runs.check_ids(ctx, ids)
-    c = ctx.counter("flow_runs")
-    with store.transaction():
-        sync_log.finish_sync_run(store, pull_id, status="ok", mode="refresh", **_totals(ctx))
-    return {"found": len(found), "marked_deleted": c.marked_deleted, "updated": c.updated}
+    reader = RunReader(client, store, "refresh")
+    found = reader.read(ids)
+    reader.finish()
+    return {"found": len(found), **reader.counts()}

@@ -72,9 +72,39 @@ def needs_full(ctx: PullContext) -> str | None:
     cursor = sync_log.get_state(ctx.store, CURSOR)
     if cursor is None:
         return "first pull"
-    if ctx.server_start - parse_ts(cursor) > ctx.options.events_horizon:
-        return f"last pull is older than {ctx.options.events_horizon.days} days (the server's event window)"
-    return None
+    return events_gap(ctx, parse_ts(cursor) - ctx.options.overlap)
+
+
+def events_gap(ctx: PullContext, since: datetime) -> str | None:
+    """Why the server's state events may no longer cover [since, now], or None when they do.
+
+    Prefect trims events oldest first (its retention period, per-type overrides,
+    ``db_vacuum``), so one flow-run event held at or before ``since`` proves the
+    window whole (one request). Without one, the server's own retention decides
+    when it says (``/admin/settings``), else ``--events-horizon``.
+    """
+    try:
+        if ctx.client.flow_run_event_before(since) is not None:
+            return None
+    except ApiError:
+        return None  # no events API: the incremental pull falls back to re-reading unfinished runs
+    age = ctx.server_start - since
+    retention = ctx.client.events_retention()
+    if retention is not None:
+        if age < retention:
+            return None
+        return (
+            f"the server keeps flow-run events for {_span(retention)} and holds none from before the "
+            f"last pull ({iso(since)})"
+        )
+    if age <= ctx.options.events_horizon:
+        return None
+    return f"last pull is older than {_span(ctx.options.events_horizon)} (--events-horizon) and the server holds no earlier events"
+
+
+def _span(value: timedelta) -> str:
+    hours = value.total_seconds() / 3600
+    return f"{hours / 24:g} days" if hours >= 24 else f"{hours:g} hours"
 
 
 def history_in_parts(
@@ -277,6 +307,26 @@ def incremental(ctx: PullContext, since: datetime) -> None:
         found = check_ids(ctx, behind)
         ctx.progress.advance(len(found))
     verify_counts(ctx, force=force)
+    rolling_reread(ctx)
+
+
+def rolling_reread(ctx: PullContext) -> int:
+    """Re-read the live runs that are due, so none is ever older than the staleness window.
+
+    Edits emit no event, so only a read finds them. A run is due once its last
+    read (``synced_at``) is 75-95% of the window old, the fraction fixed per run
+    by its id: after a full pull the re-reads spread over a fifth of the window
+    instead of all falling due at once, and every pull takes its share. By id,
+    200 per request (a keyset range would re-read runs that are not due).
+    Returns how many runs were re-read.
+    """
+    due = synced_tables.due_for_reread(ctx.store, ctx.options.staleness)
+    if due:
+        ctx.progress.message(f"re-reading {len(due)} runs last read more than "
+                             f"{_span(ctx.options.staleness * 0.75)} ago")
+        check_ids(ctx, due)
+        ctx.counter("flow_runs").reread += len(due)
+    return len(due)
 
 
 def verify_counts(ctx: PullContext, *, force: bool = False) -> None:

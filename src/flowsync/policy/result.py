@@ -1,0 +1,105 @@
+"""What an apply did: one ``Outcome`` per run, and the whole apply's status.
+
+Owns: the outcome vocabulary of ``policy_actions.outcome`` and of apply's JSON
+and summary, which outcomes count as done or failed, and ``ApplyResult``
+(success / partial / error, as pipx's ``result.py``). Each run's outcome is
+decided once, by ``apply``'s classification step, and written once. Must not:
+call the API, touch the store, or print.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+
+class Outcome(str, Enum):
+    """The one outcome of a run in one apply (the ``policy_actions.outcome`` values)."""
+
+    PENDING = "pending"  # sent, answer not recorded (the process ended, or the server could not be read)
+    DELETED = "deleted"  # the server deleted it (its answer, or gone after a lost answer)
+    ACCEPTED = "accepted"  # the server set the state (its answer, or the new state after a lost answer)
+    REJECTED = "rejected"  # set_state: orchestration rules refused the transition
+    ABORTED = "aborted"  # set_state: the server aborted (e.g. database is locked)
+    WAIT = "wait"  # set_state: the server asked to wait
+    SKIPPED = "skipped"  # the re-check right before (or during) the call dropped it; never changed
+    GONE = "gone"  # no longer on the server, and not deleted by this apply
+    FAILED = "failed"  # not changed by the server; run apply again
+
+    @property
+    def done(self) -> bool:
+        return self in (Outcome.DELETED, Outcome.ACCEPTED)
+
+    @property
+    def failed(self) -> bool:
+        """Not done, and not because a guard held: the apply exits 9."""
+        return self in (Outcome.PENDING, Outcome.REJECTED, Outcome.ABORTED, Outcome.WAIT, Outcome.FAILED)
+
+
+# The server's per-run status in a bulk_set_state answer.
+SET_STATE_STATUS = {
+    "ACCEPT": Outcome.ACCEPTED,
+    "REJECT": Outcome.REJECTED,
+    "ABORT": Outcome.ABORTED,
+    "WAIT": Outcome.WAIT,
+}
+
+
+@dataclass(frozen=True)
+class RunResult:
+    outcome: Outcome
+    details: dict[str, Any] | None = None
+
+
+@dataclass
+class ApplyResult:
+    apply_id: str
+    policy_sha256: str
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)  # rule -> outcome -> runs
+    errors: list[str] = field(default_factory=list)
+    refreshed: dict[str, int] = field(default_factory=dict)
+    batches: int = 0
+    calls: int = 0  # bulk calls sent (a lost answer resolved and resent counts twice)
+    rereads: int = 0  # read-by-id requests before and after calls
+    decisions: int = 0  # times the whole policy was decided again over the file
+    seconds: float = 0.0
+
+    def add(self, rule: str, outcome: Outcome, n: int = 1) -> None:
+        per = self.counts.setdefault(rule, {})
+        per[outcome.value] = per.get(outcome.value, 0) + n
+
+    def _total(self, test: str) -> int:
+        return sum(n for per in self.counts.values() for o, n in per.items() if getattr(Outcome(o), test))
+
+    @property
+    def failed(self) -> int:
+        return self._total("failed")
+
+    @property
+    def done(self) -> int:
+        return self._total("done")
+
+    @property
+    def status(self) -> str:
+        """success (nothing failed), partial (some failed), or error (nothing done, something failed)."""
+        if not self.failed and not self.errors:
+            return "success"
+        return "partial" if self.done else "error"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "apply_id": self.apply_id,
+            "policy_sha256": self.policy_sha256,
+            "status": self.status,
+            "done": self.done,
+            "failed": self.failed,
+            "batches": self.batches,
+            "calls": self.calls,
+            "rereads": self.rereads,
+            "decisions": self.decisions,
+            "seconds": round(self.seconds, 3),
+            "rules": self.counts,
+            "errors": self.errors,
+            "refreshed": self.refreshed,
+        }

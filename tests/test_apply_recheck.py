@@ -1,0 +1,322 @@
+"""Apply decides on the server as it is at the call (issue #11), against a real Prefect server.
+
+- Runs edited on the server after the pull and after the plan (protected tag,
+  rename, re-tag: PATCH emits no event) are re-read right before their call
+  and left alone, audited ``skipped`` with the check and what changed.
+- A bulk call whose answer is lost after the server committed (a transport
+  that forwards to the real server, then drops the answer) is resolved from
+  the server's state: ``deleted`` / ``accepted``, nothing sent twice to a run
+  that moved on; a call the server never received is resent once.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from flowsync.api import PrefectClient, RetryPolicy
+from flowsync.config import ApiSettings
+from flowsync.policy import apply_plan, make_plan, parse_policy
+from flowsync.store import Store
+from tests.helpers import query, run_cli, scalar
+from tests.support.seed import seed
+from tests.support.server import Server, prefect_server
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    with prefect_server(home=tmp_path_factory.mktemp("recheck-prefect")) as s:
+        seed(s.url, runs=160, flows=2, deployments_per_flow=1, days=60, seed_value=11)
+        yield s
+
+
+_taken: set[str] = set()
+
+
+def pick(server: Server, state: str, n: int) -> list[str]:
+    """``n`` runs in ``state`` no other test of this module has used."""
+    runs = httpx.post(f"{server.url}/flow_runs/filter", timeout=60, json={
+        "flow_runs": {"state": {"type": {"any_": [state]}}}, "limit": 200, "sort": "ID_DESC"}).json()
+    ids = [r["id"] for r in runs if r["id"] not in _taken][:n]
+    assert len(ids) == n, f"the seed has too few {state} runs"
+    _taken.update(ids)
+    return ids
+
+
+def patch(server: Server, run_id: str, **fields: Any) -> None:
+    for _ in range(20):  # the SQLite server answers 503 while it is busy writing
+        r = httpx.patch(f"{server.url}/flow_runs/{run_id}", json=fields, timeout=60)
+        if r.status_code != 503:
+            break
+        time.sleep(0.5)
+    assert r.status_code == 204, r.text
+
+
+def on_server(server: Server, ids: list[str]) -> dict[str, dict[str, Any]]:
+    runs = httpx.post(f"{server.url}/flow_runs/filter", timeout=60, json={
+        "flow_runs": {"id": {"any_": ids}}, "limit": 200}).json()
+    return {r["id"]: r for r in runs}
+
+
+def pulled(server: Server, db: Path) -> Path:
+    result = run_cli("pull", "--api-url", server.url, "--db", str(db), "--quiet")
+    assert result.exit_code == 0, result.output
+    return db
+
+
+def id_list(ids: list[str]) -> str:
+    return ", ".join(f"'{i}'" for i in ids)
+
+
+def write(folder: Path, text: str) -> Path:
+    path = folder / "policy.yaml"
+    path.write_text(text)
+    return path
+
+
+def audit(db: Path, ids: list[str]) -> dict[str, tuple[str, dict[str, Any]]]:
+    rows = query(db, "SELECT CAST(flow_run_id AS VARCHAR), outcome, details FROM policy_actions "
+                     "WHERE flow_run_id IN (SELECT unnest(CAST(? AS UUID[])))", [ids])
+    return {i: (o, json.loads(d) if d else {}) for i, o, d in rows}
+
+
+def test_a_run_tagged_protected_after_the_plan_is_not_deleted(server: Server, tmp_path: Path) -> None:
+    db = pulled(server, tmp_path / "runs.duckdb")
+    ids = pick(server, "COMPLETED", 8)
+    path = write(tmp_path, f"""version: 1
+protect_tags: [on-hold]
+rules:
+  - name: purge
+    action: delete
+    sql: SELECT id FROM flow_runs WHERE deleted_at IS NULL AND CAST(id AS VARCHAR) IN ({id_list(ids)})
+""")
+    plan = run_cli("plan", str(path), "--db", str(db), "--json")
+    assert json.loads(plan.stdout)["total"] == 8
+    assert "re-reads each batch" in run_cli("plan", str(path), "--db", str(db)).stdout
+    kept = ids[:3]
+    for i in kept:  # after the pull and after the plan; PATCH emits no event
+        patch(server, i, tags=["on-hold"])
+    result = run_cli("apply", str(path), "--db", str(db), "--api-url", server.url, "--yes", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["result"]["rules"] == {"purge": {"deleted": 5, "skipped": 3}}
+    assert sorted(on_server(server, ids)) == sorted(kept)  # the tagged ones are still there
+    rows = audit(db, ids)
+    for i in kept:
+        outcome, details = rows[i]
+        assert outcome == "skipped" and details["check"] == "protected tag"
+        assert details["changes"]["tags"][1] == ["on-hold"]
+        assert "re-checked right before the call" in details["reason"]
+    assert {rows[i][0] for i in ids[3:]} == {"deleted"}
+    # the file has the fresh read: tagged, live
+    assert scalar(db, "SELECT count(*) FROM flow_runs WHERE list_contains(tags, 'on-hold') AND deleted_at IS NULL "
+                      "AND id IN (SELECT unnest(CAST(? AS UUID[])))", [kept]) == 3
+
+
+def test_plan_shows_its_data_age_and_refresh_rereads_the_selected_runs(server: Server, tmp_path: Path) -> None:
+    db = pulled(server, tmp_path / "runs.duckdb")
+    ids = pick(server, "COMPLETED", 4)
+    path = write(tmp_path, f"""version: 1
+protect_tags: [on-hold]
+rules:
+  - name: purge
+    action: delete
+    sql: SELECT id FROM flow_runs WHERE deleted_at IS NULL AND CAST(id AS VARCHAR) IN ({id_list(ids)})
+""")
+    patch(server, ids[0], tags=["on-hold"])
+    stale = run_cli("plan", str(path), "--db", str(db))
+    assert stale.exit_code == 0, stale.output
+    assert "data: last pull" in stale.stdout and "plan --refresh" in stale.stdout
+    assert json.loads(run_cli("plan", str(path), "--db", str(db), "--json").stdout)["total"] == 4
+    fresh = run_cli("plan", str(path), "--db", str(db), "--refresh", "--api-url", server.url, "--json")
+    assert fresh.exit_code == 0, fresh.output
+    data = json.loads(fresh.stdout)
+    assert data["total"] == 3 and data["data"]["refreshed"] == 4
+    assert data["rules"][0]["skipped"] == {"protected tag": 1}
+    assert len(on_server(server, ids)) == 4  # plan changed nothing on the server
+
+
+def test_runs_the_rule_no_longer_selects_are_left_alone(server: Server, tmp_path: Path) -> None:
+    db = pulled(server, tmp_path / "runs.duckdb")
+    ids = pick(server, "COMPLETED", 6)
+    path = write(tmp_path, f"""version: 1
+rules:
+  - name: purge-plain
+    action: delete
+    sql: |
+      SELECT id FROM flow_runs WHERE deleted_at IS NULL AND CAST(id AS VARCHAR) IN ({id_list(ids)})
+        AND name NOT LIKE 'vip-%' AND NOT list_contains(tags, 'vip')
+""")
+    patch(server, ids[0], name="vip-renamed")
+    patch(server, ids[1], tags=["vip"])
+    result = run_cli("apply", str(path), "--db", str(db), "--api-url", server.url, "--yes", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["result"]["rules"] == {"purge-plain": {"deleted": 4, "skipped": 2}}
+    assert sorted(on_server(server, ids)) == sorted(ids[:2])
+    rows = audit(db, ids)
+    assert rows[ids[0]][0] == "skipped" and rows[ids[0]][1]["check"] == "the rule's SQL no longer selects it"
+    assert rows[ids[0]][1]["changes"]["name"][1] == "vip-renamed"
+    assert rows[ids[1]][1]["changes"]["tags"][1] == ["vip"]
+
+
+def test_a_run_gone_before_the_call_is_audited_gone_and_not_sent(server: Server, tmp_path: Path) -> None:
+    db = pulled(server, tmp_path / "runs.duckdb")
+    ids = pick(server, "FAILED", 4)
+    path = write(tmp_path, f"""version: 1
+rules:
+  - name: purge
+    action: delete
+    sql: SELECT id FROM flow_runs WHERE deleted_at IS NULL AND CAST(id AS VARCHAR) IN ({id_list(ids)})
+""")
+    assert httpx.delete(f"{server.url}/flow_runs/{ids[0]}", timeout=60).status_code == 204
+    sent: list[str] = []
+
+    def watch(request: httpx.Request, n: int) -> httpx.Response | None:
+        if request.url.path.endswith("/bulk_delete"):
+            sent.extend(json.loads(request.content)["flow_runs"]["id"]["any_"])
+        return None
+
+    result = apply_with(server, db, path, watch)
+    assert result.counts == {"purge": {"deleted": 3, "gone": 1}}
+    assert ids[0] not in sent and sorted(sent) == sorted(ids[1:])
+    assert audit(db, ids)[ids[0]][0] == "gone"
+
+
+# -- lost answers: a transport that forwards to the real server, then drops the answer ---------------
+
+Fault = Callable[[httpx.Request, int], httpx.Response | None]
+
+
+def forwarding(fault: Fault, after: Callable[[httpx.Request, httpx.Response], None] | None = None) -> httpx.MockTransport:
+    """Forward every request to the real server unless ``fault`` answers it first;
+    ``after`` sees the real answer (and may raise to drop it)."""
+    real = httpx.Client(timeout=60)
+    calls = itertools.count()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        injected = fault(request, next(calls))
+        if injected is not None:
+            return injected
+        response = real.request(request.method, str(request.url), content=request.content, headers=request.headers)
+        if after is not None:
+            after(request, response)
+        headers = {k: v for k, v in response.headers.items() if k.lower() not in ("content-encoding", "content-length")}
+        return httpx.Response(response.status_code, headers=headers, content=response.content)
+
+    return httpx.MockTransport(handler)
+
+
+def apply_with(
+    server: Server, db: Path, policy: Path, fault: Fault,
+    after: Callable[[httpx.Request, httpx.Response], None] | None = None,
+) -> Any:
+    loaded = parse_policy(policy.read_bytes(), str(policy))
+    with Store.open(db, read_only=True, sandbox=True) as store:
+        plan = make_plan(store, loaded)
+    client = PrefectClient(ApiSettings(url=server.url), transport=forwarding(fault, after),
+                           retry=RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.05), sleep=lambda s: None)
+    with Store.open(db, sandbox=True) as store, client:
+        return apply_plan(client, store, plan)
+
+
+def test_a_lost_delete_answer_after_the_commit_is_recorded_deleted(server: Server, tmp_path: Path) -> None:
+    db = pulled(server, tmp_path / "runs.duckdb")
+    ids = pick(server, "COMPLETED", 12)
+    path = write(tmp_path, f"""version: 1
+rules:
+  - name: purge
+    action: delete
+    sql: SELECT id FROM flow_runs WHERE deleted_at IS NULL AND CAST(id AS VARCHAR) IN ({id_list(ids)})
+""")
+    bulk: list[list[str]] = []
+
+    def count(request: httpx.Request, n: int) -> httpx.Response | None:
+        if request.url.path.endswith("/bulk_delete"):
+            bulk.append(json.loads(request.content)["flow_runs"]["id"]["any_"])
+        return None
+
+    def drop(request: httpx.Request, response: httpx.Response) -> None:
+        if request.url.path.endswith("/bulk_delete"):
+            raise httpx.RemoteProtocolError("Server disconnected without sending a response.", request=request)
+
+    result = apply_with(server, db, path, count, drop)
+    assert on_server(server, ids) == {}  # the server did delete them
+    assert result.counts == {"purge": {"deleted": 12}} and result.status == "success"
+    assert len(bulk) == 1  # resolved from the server's state, never resent
+    rows = audit(db, ids)
+    assert {o for o, _ in rows.values()} == {"deleted"}
+    assert all("gone after it" in d["evidence"] for _, d in rows.values())
+    assert scalar(db, "SELECT count(*) FROM flow_runs WHERE deleted_at IS NOT NULL AND id IN "
+                      "(SELECT unnest(CAST(? AS UUID[])))", [ids]) == 12
+
+
+def test_a_lost_set_state_answer_is_accepted_and_a_run_that_moved_on_is_not_sent_twice(
+    server: Server, tmp_path: Path
+) -> None:
+    db = pulled(server, tmp_path / "runs.duckdb")
+    ids = pick(server, "SCHEDULED", 6)
+    moved = ids[0]
+    path = write(tmp_path, f"""version: 1
+rules:
+  - name: cancel
+    action: set_state
+    state: {{type: CANCELLED, name: Cancelled, message: flowsync test}}
+    force: true
+    sql: SELECT id FROM flow_runs WHERE deleted_at IS NULL AND CAST(id AS VARCHAR) IN ({id_list(ids)})
+""")
+    bulk: list[list[str]] = []
+
+    def count(request: httpx.Request, n: int) -> httpx.Response | None:
+        if request.url.path.endswith("/bulk_set_state"):
+            bulk.append(json.loads(request.content)["flow_runs"]["id"]["any_"])
+        return None
+
+    def commit_then_drop(request: httpx.Request, response: httpx.Response) -> None:
+        if request.url.path.endswith("/bulk_set_state"):
+            # someone moves one run on before we can look, then the answer is lost
+            r = httpx.post(f"{server.url}/flow_runs/{moved}/set_state", timeout=60,
+                           json={"state": {"type": "RUNNING", "name": "Running"}, "force": True})
+            assert r.json()["status"] == "ACCEPT", r.text
+            raise httpx.ReadTimeout("timed out", request=request)
+
+    result = apply_with(server, db, path, count, commit_then_drop)
+    assert result.counts == {"cancel": {"accepted": 6}}, result.counts
+    assert len(bulk) == 1  # nothing sent twice, above all not to the run that moved on
+    now = on_server(server, ids)
+    assert now[moved]["state_type"] == "RUNNING"
+    assert {now[i]["state_type"] for i in ids[1:]} == {"CANCELLED"}
+    rows = audit(db, ids)
+    assert "moved on to RUNNING" in rows[moved][1]["evidence"]
+
+
+def test_a_call_the_server_never_received_is_resent_once(server: Server, tmp_path: Path) -> None:
+    db = pulled(server, tmp_path / "runs.duckdb")
+    ids = pick(server, "COMPLETED", 4)
+    path = write(tmp_path, f"""version: 1
+rules:
+  - name: cancel
+    action: set_state
+    state: {{type: CANCELLED, name: Cancelled}}
+    force: true
+    sql: SELECT id FROM flow_runs WHERE deleted_at IS NULL AND CAST(id AS VARCHAR) IN ({id_list(ids)})
+""")
+    bulk: list[int] = []
+
+    def first_fails(request: httpx.Request, n: int) -> httpx.Response | None:
+        if request.url.path.endswith("/bulk_set_state"):
+            bulk.append(n)
+            if len(bulk) == 1:  # a 503 from a proxy: the server never saw it
+                return httpx.Response(503, text="upstream unavailable")
+        return None
+
+    result = apply_with(server, db, path, first_fails)
+    assert result.counts == {"cancel": {"accepted": 4}} and result.calls == 2 and len(bulk) == 2
+    assert {r["state_type"] for r in on_server(server, ids).values()} == {"CANCELLED"}
+    rows = audit(db, ids)
+    assert all("attempt 1: HTTP 503" in d["after_lost_answer"] for _, d in rows.values())

@@ -1,0 +1,145 @@
+"""Edits without events reach the file within the staleness window; the events window is checked (issue #11).
+
+Real Prefect servers: PATCH /flow_runs/{id} (tags, name, parameters,
+job_variables) emits no event, so only the rolling re-read finds it. A server
+that keeps events for less time than the cursor's age (its retention setting)
+gets a full reconciliation instead of a pull that trusts missing events.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+
+from flowsync.api import PrefectClient
+from flowsync.config import ApiSettings
+from flowsync.store import Store, synced_tables
+from flowsync.sync import PullOptions, pull
+from tests.helpers import query, run_cli, scalar
+from tests.policy_db import make_db, run
+from tests.support.seed import seed
+from tests.support.server import Server, prefect_server
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    with prefect_server(home=tmp_path_factory.mktemp("stale-prefect")) as s:
+        seed(s.url, runs=60, flows=2, deployments_per_flow=1, days=20, seed_value=5)
+        yield s
+
+
+def pull_with(url: str, db: Path, **options: object) -> dict[str, object]:
+    with Store.open(db) as store, PrefectClient(ApiSettings(url=url)) as client:
+        return pull(client, store, PullOptions(**options)).to_json()  # type: ignore[arg-type]
+
+
+def edit_four(url: str) -> list[str]:
+    runs = httpx.post(f"{url}/flow_runs/filter", json={"limit": 3, "sort": "ID_DESC"}, timeout=60).json()
+    scheduled = httpx.post(f"{url}/flow_runs/filter", timeout=60, json={  # job variables: scheduled runs only
+        "limit": 1, "sort": "EXPECTED_START_TIME_DESC", "flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}}}).json()
+    ids = [r["id"] for r in runs + scheduled]
+    assert len(set(ids)) == 4
+    edits = [{"tags": ["edited"]}, {"name": "renamed-run"}, {"parameters": {"x": 42}},
+             {"job_variables": {"image": "edited:1"}}]
+    for run_id, body in zip(ids, edits):
+        for _ in range(20):  # the SQLite server answers 503 while it is busy writing
+            r = httpx.patch(f"{url}/flow_runs/{run_id}", json=body, timeout=60)
+            if r.status_code != 503:
+                break
+            time.sleep(0.5)
+        assert r.status_code == 204, r.text
+    return ids
+
+
+def in_file(db: Path, ids: list[str]) -> tuple[bool, bool, bool, bool]:
+    rows = dict(query(db, "SELECT CAST(id AS VARCHAR), [list_contains(tags, 'edited'), name = 'renamed-run', "
+                          "parameters->>'$.x' = '42', job_variables->>'$.image' = 'edited:1'] FROM flow_runs"))
+    return (bool(rows[ids[0]][0]), bool(rows[ids[1]][1]), bool(rows[ids[2]][2]), bool(rows[ids[3]][3]))
+
+
+def test_edits_without_events_reach_the_file_within_the_window(server: Server, tmp_path: Path) -> None:
+    db = tmp_path / "runs.duckdb"
+    assert pull_with(server.url, db)["mode"] == "full"
+    ids = edit_four(server.url)
+    # the events-driven pull cannot see them, and nothing is due yet
+    quiet = pull_with(server.url, db)
+    assert quiet["mode"] == "incremental" and quiet["reread"] == 0
+    assert in_file(db, ids) == (False, False, False, False)
+    # once the window has passed, an ordinary incremental pull re-reads every live run
+    window = timedelta(seconds=3)
+    time.sleep(window.total_seconds())
+    began = scalar(db, "SELECT now()")
+    result = pull_with(server.url, db, staleness=window)
+    assert result["mode"] == "incremental"
+    live = scalar(db, "SELECT count(*) FROM flow_runs WHERE deleted_at IS NULL")
+    assert result["reread"] == live
+    assert in_file(db, ids) == (True, True, True, True)
+    # the guarantee: after a pull, no live run was last read longer than the window ago
+    assert scalar(db, "SELECT min(synced_at) FROM flow_runs WHERE deleted_at IS NULL") >= began - window
+    # and a pull right after has nothing due: the re-read is spread, not repeated
+    assert pull_with(server.url, db, staleness=window)["reread"] == 0
+
+
+def test_re_reads_are_spread_over_the_window(tmp_path: Path) -> None:
+    """Runs read at the same moment (a full pull) come due between 75% and 95% of the window, by id."""
+    db = make_db(tmp_path / "runs.duckdb", [run(i) for i in range(1, 1001)])
+    read_at = scalar(db, "SELECT max(synced_at) FROM flow_runs")
+    window = timedelta(hours=24)
+    with Store.open(db, read_only=True) as store:
+        due = {f: len(synced_tables.due_for_reread(store, window, now=read_at + window * f)) for f in (0.7, 0.8, 0.85, 0.9, 0.96)}
+    assert due[0.7] == 0 and due[0.96] == 1000
+    assert 100 < due[0.8] < due[0.85] < due[0.9] < 1000  # a share each pull, not all at once
+    assert abs(due[0.85] - 500) < 100  # about uniform over [0.75, 0.95]
+
+
+def test_status_shows_the_oldest_re_read(server: Server, tmp_path: Path) -> None:
+    db = tmp_path / "runs.duckdb"
+    assert run_cli("pull", "--api-url", server.url, "--db", str(db), "--quiet").exit_code == 0
+    status = run_cli("status", "--db", str(db), "--json")
+    oldest = json.loads(status.stdout)["flow_runs"]["oldest_read_at"]
+    assert oldest is not None
+    assert "oldest re-read of a live run" in run_cli("status", "--db", str(db)).stdout
+    # the flag and the environment variable set the window
+    env = run_cli("pull", "--api-url", server.url, "--db", str(db), "--json", env={"FLOWSYNC_STALENESS_HOURS": "0.0001"})
+    assert env.exit_code == 0, env.output
+    assert json.loads(env.stdout)["reread"] == scalar(db, "SELECT count(*) FROM flow_runs WHERE deleted_at IS NULL")
+
+
+def _age_cursor(db: Path, hours: float) -> None:
+    with Store.open(db) as store:
+        store.execute(
+            "UPDATE sync_state SET value = to_json(strftime(CAST(value->>'$' AS TIMESTAMPTZ) - to_hours(CAST(? AS BIGINT)), "
+            "'%Y-%m-%dT%H:%M:%S.%f+00:00')) WHERE key = 'flow_runs.cursor'", [int(hours)])
+
+
+def test_events_window_is_checked_against_the_server(server: Server, tmp_path: Path) -> None:
+    db = tmp_path / "runs.duckdb"
+    pull_with(server.url, db)
+    # The seed's events all happened minutes ago. With the cursor moved 3 hours back the
+    # server holds no event from before it, but it keeps events 7 days: the window is whole.
+    _age_cursor(db, 3)
+    assert pull_with(server.url, db)["mode"] == "incremental"
+
+
+def test_a_server_keeping_events_for_less_than_the_cursor_age_gets_a_full_reconciliation(tmp_path: Path) -> None:
+    home = tmp_path / "short-retention"
+    home.mkdir()
+    (home / "profiles.toml").write_text(
+        'active = "short"\n[profiles.short]\nPREFECT_SERVER_EVENTS_RETENTION_PERIOD = "PT2H"\n'
+    )
+    with prefect_server(home=home) as s:
+        seed(s.url, runs=20, flows=1, deployments_per_flow=1, days=5, seed_value=9)
+        db = tmp_path / "runs.duckdb"
+        pull_with(s.url, db)
+        _age_cursor(db, 1)
+        assert pull_with(s.url, db)["mode"] == "incremental"  # 1 h < the 2 h it keeps
+        _age_cursor(db, 3)
+        result = pull_with(s.url, db)
+        assert result["mode"] == "full"
+        assert "keeps flow-run events for 2 hours" in str(result["reason"])
