@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import httpx
 import pytest
 
 from flowsync.api import PrefectClient
@@ -16,6 +17,11 @@ from tests.helpers import run_cli, scalar
 from tests.server_truth import assert_matches_server
 from tests.support.seed import seed
 from tests.support.server import Server, prefect_server
+
+
+def scalar_count(url: str) -> int:
+    with httpx.Client(base_url=url + "/", timeout=60) as c:
+        return int(c.post("flow_runs/count", json={}).json())
 
 
 def pull(url: str, db: Path) -> tuple[dict[str, object], str]:
@@ -52,6 +58,18 @@ def test_same_server_by_another_name_is_followed_and_another_server_refused(
     with prefect_server(home=tmp_path / "second-prefect") as second:
         seed(second.url, runs=60, flows=2, deployments_per_flow=2, seed_value=31)
         refused = run_cli("pull", "--api-url", second.url, "--db", str(db))
+        # apply re-reads its runs by id and marks the ones the server lacks deleted:
+        # against another server it must refuse before reading, or the history is lost.
+        policy = tmp_path / "purge.yaml"
+        policy.write_text("version: 1\nmax_actions: 1000\nrules:\n  - name: purge\n    action: delete\n"
+                          "    sql: SELECT id FROM flow_runs WHERE deleted_at IS NULL\n")
+        applied = run_cli("apply", str(policy), "--api-url", second.url, "--db", str(db), "--yes")
+        second_runs = scalar_count(second.url)
+    assert applied.exit_code == 2, applied.output
+    assert "is a different server" in " ".join(applied.stderr.split()) and "Traceback" not in applied.output
+    assert second_runs == 60  # nothing was sent to the other server
+    assert scalar(db, "SELECT count(*) FROM flow_runs WHERE deleted_at IS NOT NULL") == 0
+    assert scalar(db, "SELECT count(*) FROM policy_actions") == 0
     assert refused.exit_code == 2
     line = " ".join(refused.stderr.split())
     assert "is a different server (it has none of the file's 2 flows, checked by id)" in line, line

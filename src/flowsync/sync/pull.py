@@ -147,12 +147,17 @@ def _totals(ctx: PullContext) -> dict[str, int]:
 class RunReader:
     """Re-reads flow runs by id into the file, for a caller about to act on them (policy apply).
 
-    One ``sync_runs`` record covers every read of the session (mode ``mode``).
+    The file must belong to the client's server (``identity.bind``, as for a
+    pull), else ConfigError before anything is read or written. One
+    ``sync_runs`` record covers every read of the session (mode ``mode``).
     Each ``read`` is one request per 200 ids: the runs found are upserted, the
     ones the server no longer has are marked deleted.
     """
 
     def __init__(self, client: PrefectClient, store: Store, mode: str) -> None:
+        # A run the server does not know is marked deleted: reading another server's
+        # runs into this file would mark its whole history deleted. Same check as a pull.
+        identity.bind(client, store)
         with store.transaction():
             pull_id = sync_log.start_sync_run(store, client.settings.display_url)
         self.mode = mode
