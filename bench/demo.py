@@ -54,10 +54,10 @@ def main() -> None:
         flowsync("status", "--db", str(db))
         page, metrics = demo / "health.html", demo / "flowsync.prom"
         steps = [
-            ("report", "health", "--db", str(db)),
-            ("report", "unresolved", "--db", str(db)),
-            ("report", "errors", "--since", "7d", "--db", str(db)),
-            ("report", "failures", "--by", "deployment", "--db", str(db)),
+            ("report", "health", "--format", "table", "--db", str(db)),
+            ("report", "unresolved", "--format", "table", "--db", str(db)),
+            ("report", "errors", "--since", "7d", "--format", "table", "--db", str(db)),
+            ("report", "failures", "--by", "deployment", "--format", "table", "--db", str(db)),
             ("report", "health", "--since", "7d", "--html", str(page), "--db", str(db)),
             ("report", "health", "--format", "openmetrics", "--output", str(metrics), "--db", str(db)),
             ("plan", str(ROOT / "docs" / "examples" / "repair-stuck.yaml"), "--db", str(db)),

@@ -68,6 +68,9 @@ def test_installed_pull_builds_the_views(installed: tuple[Path, Path], prefect: 
     db = tmp_path / "runs.duckdb"
     run(bin_dir / "flowsync", "pull", "--api-url", prefect.url, "--db", db, "--quiet", cwd=tmp_path)
     views = {name for (name,) in query(db, "SELECT view_name FROM duckdb_views() WHERE NOT internal")}
-    assert views == {p.stem.split("_", 1)[1] for p in (ROOT / "sql").glob("*.sql")}
+    macros = "SELECT function_name FROM duckdb_functions() WHERE function_type IN ('macro', 'table_macro') AND NOT internal"
+    views |= {name for (name,) in query(db, macros)}
+    # every file's view or macro, plus signature_of (defined beside error_signature_text)
+    assert views - {"signature_of"} == {p.stem.split("_", 1)[1] for p in (ROOT / "sql").glob("*.sql")}
     enriched, runs = query(db, "SELECT (SELECT count(*) FROM flow_runs_enriched), (SELECT count(*) FROM flow_runs)")[0]
     assert enriched == runs > 0
