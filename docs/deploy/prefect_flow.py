@@ -57,7 +57,8 @@ def pull_history(db: str, api_url: str | None = None, wait: float = 300.0) -> di
 def run_policy(db: str, policy: str, apply: bool, api_url: str | None = None, wait: float = 300.0) -> dict[str, Any]:
     """``flowsync plan POLICY``, and with ``apply`` also ``flowsync apply POLICY --yes``."""
     loaded = load_policy(Path(policy))
-    with Store.open(Path(db), read_only=not apply, wait=wait) as store:
+    # Rule SQL runs only on a sandboxed store (no files, network or extensions).
+    with Store.open(Path(db), read_only=not apply, wait=wait, sandbox=True) as store:
         plan = make_plan(store, loaded)
         summary: dict[str, Any] = {"planned": plan.total, "over_max_actions": plan.over_max}
         get_run_logger().info("policy %s selects %s runs", policy, plan.total)
