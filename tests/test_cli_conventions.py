@@ -95,7 +95,10 @@ def test_version_matches_the_installed_distribution() -> None:
 
 
 def test_bash_completion_script_and_completions() -> None:
-    script = subprocess.run([str(FLOWSYNC), "--show-completion", "bash"], capture_output=True, text=True, timeout=60)
+    # Typer detects the shell from the process tree (shellingham): run it from bash, as a user would,
+    # so the test does not depend on what started pytest.
+    script = subprocess.run(["bash", "-c", f'"{FLOWSYNC}" --show-completion bash'], capture_output=True,
+                            text=True, timeout=60)
     assert script.returncode == 0, script.stderr
     assert "complete -o default -F _flowsync_completion flowsync" in script.stdout
     help_text = run_cli("--help").stdout
