@@ -38,18 +38,38 @@ def timed_apply(src: Path, url: str, db: Path, policy: Path) -> tuple[float, dic
     env = {**os.environ, "PYTHONPATH": str(src)}
     t = time.monotonic()
     proc = subprocess.run(
-        [sys.executable, "-m", "flowsync", "apply", str(policy), "--db", str(db), "--api-url", url, "--yes", "--json"],
-        capture_output=True, text=True, env=env,
+        [
+            sys.executable,
+            "-m",
+            "flowsync",
+            "apply",
+            str(policy),
+            "--db",
+            str(db),
+            "--api-url",
+            url,
+            "--yes",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
     )
     seconds = time.monotonic() - t
     if proc.returncode != 0:
-        raise SystemExit(f"flowsync apply ({src}) exited {proc.returncode}:\n{proc.stderr[-3000:]}\n{proc.stdout[-3000:]}")
+        raise SystemExit(
+            f"flowsync apply ({src}) exited {proc.returncode}:\n{proc.stderr[-3000:]}\n{proc.stdout[-3000:]}"
+        )
     return seconds, json.loads(proc.stdout)["result"]
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--before", type=Path, required=True, help="src/ of the flowsync version to compare against")
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--before", type=Path, required=True, help="src/ of the flowsync version to compare against"
+    )
     p.add_argument("--runs", type=int, default=1000, help="runs per apply")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--out", type=Path, default=None, help="append a markdown section here")
@@ -68,8 +88,21 @@ def main() -> None:
         sets = split_sets(runs, n, sets=sets_needed)
         assert all(len(s) == n for s in sets)
         db0 = work / "pulled.duckdb"
-        subprocess.run([sys.executable, "-m", "flowsync", "pull", "--api-url", url, "--db", str(db0), "--quiet"],
-                       check=True, env={**os.environ, "PYTHONPATH": str(HERE)})
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "flowsync",
+                "pull",
+                "--api-url",
+                url,
+                "--db",
+                str(db0),
+                "--quiet",
+            ],
+            check=True,
+            env={**os.environ, "PYTHONPATH": str(HERE)},
+        )
         for r in range(rounds):
             order = ["before", "after"] if r % 2 == 0 else ["after", "before"]
             for k, which in enumerate(order):
@@ -78,7 +111,9 @@ def main() -> None:
                 shutil.copy(db0, db)
                 policy = work / f"{which}-{r}.yaml"
                 policy.write_text(policy_text(ids))
-                seconds, result = timed_apply(a.before if which == "before" else HERE, url, db, policy)
+                seconds, result = timed_apply(
+                    a.before if which == "before" else HERE, url, db, policy
+                )
                 assert count(url, ids) == 0
                 times[which].append(seconds)
                 results[which].append(result)
@@ -93,7 +128,8 @@ def main() -> None:
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     load = " / ".join(sh("cat", "/proc/loadavg").split()[:3])
     rows = "\n".join(
-        f"| {r + 1} | {times['before'][r]:.2f} | {times['after'][r]:.2f} | {times['loop'][r]:.2f} |" for r in range(rounds)
+        f"| {r + 1} | {times['before'][r]:.2f} | {times['after'][r]:.2f} | {times['loop'][r]:.2f} |"
+        for r in range(rounds)
     )
     after = results["after"][0]
     text = f"""
@@ -109,10 +145,10 @@ def main() -> None:
 |---:|---:|---:|---:|
 {rows}
 
-Medians: before {med['before']:.2f} s, after {med['after']:.2f} s: apply is **{slower * 100:+.0f}%** (target: at
-most +15%). The bare per-run DELETE loop takes {med['loop'] / med['after']:.1f}x as long as the new apply
-(target: >= 5x). Per apply after the change: {after.get('batches')} batches, {after.get('calls')} bulk calls,
-{after.get('rereads')} re-reads.
+Medians: before {med["before"]:.2f} s, after {med["after"]:.2f} s: apply is **{slower * 100:+.0f}%** (target: at
+most +15%). The bare per-run DELETE loop takes {med["loop"] / med["after"]:.1f}x as long as the new apply
+(target: >= 5x). Per apply after the change: {after.get("batches")} batches, {after.get("calls")} bulk calls,
+{after.get("rereads")} re-reads.
 """
     print(text)
     if a.out:

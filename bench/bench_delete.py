@@ -113,7 +113,10 @@ def recipe_loop(url: str, ids: list[str], batch_size: int = 100) -> tuple[float,
     began = time.monotonic()
     with httpx.Client(base_url=url + "/", timeout=60) as c:
         while True:
-            r = c.post("flow_runs/filter", json={"flow_runs": {"id": {"any_": remaining[:batch_size]}}, "limit": batch_size})
+            r = c.post(
+                "flow_runs/filter",
+                json={"flow_runs": {"id": {"any_": remaining[:batch_size]}}, "limit": batch_size},
+            )
             r.raise_for_status()
             batch = [o["id"] for o in r.json()]
             if not batch:
@@ -122,7 +125,11 @@ def recipe_loop(url: str, ids: list[str], batch_size: int = 100) -> tuple[float,
             for run_id in batch:
                 try:
                     res = c.delete(f"flow_runs/{run_id}")
-                    ok = res.status_code in (200, 204, 404)  # 404: ObjectNotFound, counted as deleted
+                    ok = res.status_code in (
+                        200,
+                        204,
+                        404,
+                    )  # 404: ObjectNotFound, counted as deleted
                 except httpx.TransportError:
                     ok = False
                 if ok:
@@ -150,7 +157,9 @@ def sh(*cmd: str) -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--runs", type=int, default=5000, help="runs per method")
     p.add_argument("--out", type=Path, default=Path("bench/results/delete.md"))
     a = p.parse_args()
@@ -167,20 +176,25 @@ def main() -> None:
         total = len(runs)
         set_a, set_b, set_c = split_sets(runs, n)
         assert len(set_a) == len(set_b) == len(set_c) == n, (len(set_a), len(set_b), len(set_c))
-        print(f"{total} runs on the server ({seeded.home.name}, copied in {copy_s:.1f}s)", flush=True)
+        print(
+            f"{total} runs on the server ({seeded.home.name}, copied in {copy_s:.1f}s)", flush=True
+        )
         db = work / "runs.duckdb"
         policy = work / "delete-set-a.yaml"
         policy.write_text(policy_text(set_a))
         flowsync = [sys.executable, "-m", "flowsync"]
         t = time.monotonic()
-        subprocess.run([*flowsync, "pull", "--api-url", url, "--db", str(db), "--quiet"], check=True)
+        subprocess.run(
+            [*flowsync, "pull", "--api-url", url, "--db", str(db), "--quiet"], check=True
+        )
         pull_s = time.monotonic() - t
         print(f"pulled in {pull_s:.1f}s", flush=True)
 
         t = time.monotonic()
         proc = subprocess.run(
             [*flowsync, "apply", str(policy), "--db", str(db), "--api-url", url, "--yes", "--json"],
-            capture_output=True, text=True,
+            capture_output=True,
+            text=True,
         )
         apply_s = time.monotonic() - t
         if proc.returncode != 0:
@@ -188,9 +202,15 @@ def main() -> None:
         print(f"flowsync apply: {apply_s:.1f}s", flush=True)
 
         loop_s, loop_retries, loop_slept = delete_loop(url, set_b)
-        print(f"DELETE loop: {loop_s:.1f}s ({loop_retries} retries, {loop_slept:.1f}s asleep)", flush=True)
+        print(
+            f"DELETE loop: {loop_s:.1f}s ({loop_retries} retries, {loop_slept:.1f}s asleep)",
+            flush=True,
+        )
         recipe_s, recipe_failed, recipe_slept = recipe_loop(url, set_c)
-        print(f"recipe: {recipe_s:.1f}s ({recipe_failed} failed deletes, {recipe_slept:.1f}s asleep)", flush=True)
+        print(
+            f"recipe: {recipe_s:.1f}s ({recipe_failed} failed deletes, {recipe_slept:.1f}s asleep)",
+            flush=True,
+        )
 
         left = [count(url, s) for s in (set_a, set_b, set_c)]
         left_all = count(url)

@@ -93,14 +93,30 @@ def probes(url: str, runs: int) -> dict[str, float | str]:
         out["count"] = probe(c, "flow_runs/count", {})
         for frac in (0.0, 0.5, 0.9):
             off = int(runs * frac)
-            out[f"filter ID_DESC offset {off}"] = probe(c, "flow_runs/filter", {"sort": "ID_DESC", "limit": 200, "offset": off})
+            out[f"filter ID_DESC offset {off}"] = probe(
+                c, "flow_runs/filter", {"sort": "ID_DESC", "limit": 200, "offset": off}
+            )
         now = datetime.now(timezone.utc)
         start, end = now - timedelta(days=91), now + timedelta(days=8)
         interval = (end - start).total_seconds() / 100
-        out["history 100 buckets, whole range"] = probe(c, "flow_runs/history", {
-            "history_start": start.isoformat(), "history_end": end.isoformat(), "history_interval_seconds": interval})
-        out["filter state COMPLETED sort START_TIME_ASC (#23127 shape)"] = probe(c, "flow_runs/filter", {
-            "sort": "START_TIME_ASC", "limit": 200, "flow_runs": {"state": {"type": {"any_": ["COMPLETED"]}}}})
+        out["history 100 buckets, whole range"] = probe(
+            c,
+            "flow_runs/history",
+            {
+                "history_start": start.isoformat(),
+                "history_end": end.isoformat(),
+                "history_interval_seconds": interval,
+            },
+        )
+        out["filter state COMPLETED sort START_TIME_ASC (#23127 shape)"] = probe(
+            c,
+            "flow_runs/filter",
+            {
+                "sort": "START_TIME_ASC",
+                "limit": 200,
+                "flow_runs": {"state": {"type": {"any_": ["COMPLETED"]}}},
+            },
+        )
     return out
 
 
@@ -109,9 +125,13 @@ def run_ids(db: Path, where: str, limit: int) -> list[str]:
 
     con = duckdb.connect(str(db), read_only=True)
     try:
-        return [r[0] for r in con.execute(
-            f"SELECT CAST(id AS VARCHAR) FROM flow_runs WHERE deleted_at IS NULL AND {where} ORDER BY hash(id) LIMIT ?",
-            [limit]).fetchall()]
+        return [
+            r[0]
+            for r in con.execute(
+                f"SELECT CAST(id AS VARCHAR) FROM flow_runs WHERE deleted_at IS NULL AND {where} ORDER BY hash(id) LIMIT ?",
+                [limit],
+            ).fetchall()
+        ]
     finally:
         con.close()
 
@@ -123,7 +143,13 @@ def large(runs: int, workers: int, scratch: Path, skip_apply: bool) -> None:
         record(phase="probes", runs=runs, workers=workers, **probes(url, runs))
         db = scratch / f"large-{runs}-w{workers}.duckdb"
         db.unlink(missing_ok=True)
-        record(phase="full", runs=runs, workers=workers, concurrency=4, **timed_pull(url, db, "--concurrency", "4"))
+        record(
+            phase="full",
+            runs=runs,
+            workers=workers,
+            concurrency=4,
+            **timed_pull(url, db, "--concurrency", "4"),
+        )
         record(phase="no-change", runs=runs, workers=workers, **timed_pull(url, db))
         record(phase="verify", runs=runs, workers=workers, **timed_pull(url, db, "--verify"))
         changed = run_ids(db, "state_type = 'COMPLETED'", runs // 100)
@@ -134,8 +160,15 @@ def large(runs: int, workers: int, scratch: Path, skip_apply: bool) -> None:
         time.sleep(15)  # the services process stores events every few seconds
         row = timed_pull(url, db)
         rows = row.pop("inserted", None)
-        record(phase="1% changed", runs=runs, workers=workers, changed=len(changed), change_s=round(change_s, 1),
-               inserted=rows, **row)
+        record(
+            phase="1% changed",
+            runs=runs,
+            workers=workers,
+            changed=len(changed),
+            change_s=round(change_s, 1),
+            inserted=rows,
+            **row,
+        )
         if skip_apply:
             return
         victims = run_ids(db, "state_type = 'FAILED'", 10_000)
@@ -147,23 +180,47 @@ def large(runs: int, workers: int, scratch: Path, skip_apply: bool) -> None:
             raise RuntimeError(f"apply failed ({rc}): {err[-3000:]}")
         loop_ids = run_ids(db, "state_type = 'CRASHED'", 1000)
         loop_s, retries, _slept = delete_loop(url, loop_ids)
-        record(phase="apply", runs=runs, workers=workers, apply_runs=len(victims), apply_s=round(wall, 1),
-               apply_rss_mb=round(rss, 1), loop_runs=len(loop_ids), loop_s=round(loop_s, 1), loop_retries=retries,
-               speedup=round((loop_s / len(loop_ids)) / (wall / len(victims)), 2))
+        record(
+            phase="apply",
+            runs=runs,
+            workers=workers,
+            apply_runs=len(victims),
+            apply_s=round(wall, 1),
+            apply_rss_mb=round(rss, 1),
+            loop_runs=len(loop_ids),
+            loop_s=round(loop_s, 1),
+            loop_retries=retries,
+            speedup=round((loop_s / len(loop_ids)) / (wall / len(victims)), 2),
+        )
 
 
-def small(runs: int, scratch: Path, workers_list: list[int], reps: int, in_flight: list[int]) -> None:
+def small(
+    runs: int, scratch: Path, workers_list: list[int], reps: int, in_flight: list[int]
+) -> None:
     seeded = pg_fast_seed(runs, log=log)
     with pg_cluster_at(seeded.root) as cluster:
         for workers in workers_list:
             with pg_server(cluster, workers=workers) as server:
                 for rep in range(reps):
                     for n in in_flight:
-                        record(phase="floor", runs=runs, workers=workers, in_flight=n, rep=rep, **floor(server.url, n))
+                        record(
+                            phase="floor",
+                            runs=runs,
+                            workers=workers,
+                            in_flight=n,
+                            rep=rep,
+                            **floor(server.url, n),
+                        )
                         db = scratch / f"small-{runs}-w{workers}-c{n}.duckdb"
                         db.unlink(missing_ok=True)
-                        record(phase="full", runs=runs, workers=workers, concurrency=n, rep=rep,
-                               **timed_pull(server.url, db, "--concurrency", str(n)))
+                        record(
+                            phase="full",
+                            runs=runs,
+                            workers=workers,
+                            concurrency=n,
+                            rep=rep,
+                            **timed_pull(server.url, db, "--concurrency", str(n)),
+                        )
 
 
 def report() -> str:
@@ -174,37 +231,53 @@ def report() -> str:
         if r["phase"] == "probes":
             out.append(f"Probes, {r['runs']:,} runs, {r['workers']} API worker(s) ({r['at']}):\n")
             out.append("| request | seconds |\n|---|---|")
-            out += [f"| {k} | {v} |" for k, v in r.items() if k not in ("phase", "runs", "workers", "at")]
+            out += [
+                f"| {k} | {v} |"
+                for k, v in r.items()
+                if k not in ("phase", "runs", "workers", "at")
+            ]
             out.append("")
-    pulls = [r for r in rows if r["phase"] in ("full", "no-change", "verify", "1% changed", "floor")]
+    pulls = [
+        r for r in rows if r["phase"] in ("full", "no-change", "verify", "1% changed", "floor")
+    ]
     if pulls:
-        out.append("| runs | workers | what | in flight | wall s | runs/s | requests | peak RSS MB | at |")
+        out.append(
+            "| runs | workers | what | in flight | wall s | runs/s | requests | peak RSS MB | at |"
+        )
         out.append("|---|---|---|---|---|---|---|---|---|")
         for r in pulls:
             flight = r.get("concurrency") or r.get("in_flight") or ""
             rate = f"{r['runs'] / r['wall']:.0f}" if r["phase"] in ("full", "floor") else ""
-            out.append(f"| {r['runs']:,} | {r['workers']} | {r['phase']} | {flight} | {r['wall']} | {rate} | "
-                       f"{r.get('requests', '')} | {r.get('rss_mb', '')} | {r['at'][11:16]} |")
+            out.append(
+                f"| {r['runs']:,} | {r['workers']} | {r['phase']} | {flight} | {r['wall']} | {rate} | "
+                f"{r.get('requests', '')} | {r.get('rss_mb', '')} | {r['at'][11:16]} |"
+            )
         out.append("")
         out.append("Slowest request of each kind (flowsync pulls):\n")
         out.append("| runs | workers | pull | kind | n | slowest s | mean s |")
         out.append("|---|---|---|---|---|---|---|")
         for r in pulls:
             for k, v in (r.get("kinds") or {}).items():
-                out.append(f"| {r['runs']:,} | {r['workers']} | {r['phase']} c={r.get('concurrency', '')} | `{k}` | "
-                           f"{v['n']} | {v['max_s']} | {v['total_s'] / v['n']:.3f} |")
+                out.append(
+                    f"| {r['runs']:,} | {r['workers']} | {r['phase']} c={r.get('concurrency', '')} | `{k}` | "
+                    f"{v['n']} | {v['max_s']} | {v['total_s'] / v['n']:.3f} |"
+                )
         out.append("")
     for r in rows:
         if r["phase"] == "apply":
-            out.append(f"Apply at {r['runs']:,} runs: {r['apply_runs']:,} deletes in {r['apply_s']} s "
-                       f"({r['apply_runs'] / r['apply_s']:.0f}/s, peak RSS {r['apply_rss_mb']} MB); per-run DELETE loop "
-                       f"{r['loop_runs']:,} runs in {r['loop_s']} s ({r['loop_runs'] / r['loop_s']:.1f}/s); "
-                       f"apply is {r['speedup']}x faster per run.")
+            out.append(
+                f"Apply at {r['runs']:,} runs: {r['apply_runs']:,} deletes in {r['apply_s']} s "
+                f"({r['apply_runs'] / r['apply_s']:.0f}/s, peak RSS {r['apply_rss_mb']} MB); per-run DELETE loop "
+                f"{r['loop_runs']:,} runs in {r['loop_s']} s ({r['loop_runs'] / r['loop_s']:.1f}/s); "
+                f"apply is {r['speedup']}x faster per run."
+            )
     return "\n".join(out)
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--large", type=int, default=0)
     p.add_argument("--large-workers", type=int, nargs="+", default=[2])
     p.add_argument("--small", type=int, default=0)
@@ -212,20 +285,28 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=1)
     p.add_argument("--in-flight", type=int, nargs="+", default=[1, 2, 3, 4])
     p.add_argument("--skip-apply", action="store_true")
-    p.add_argument("--report", action="store_true", help="print markdown tables from bench/results/pg.raw and exit")
+    p.add_argument(
+        "--report",
+        action="store_true",
+        help="print markdown tables from bench/results/pg.raw and exit",
+    )
     a = p.parse_args()
     if a.report:
         print(report())
         return
     scratch = WORK / "scratch-pg"
     scratch.mkdir(parents=True, exist_ok=True)
-    record(phase="machine", python=platform.python_version(), cpus=__import__("os").cpu_count(),
-           load=list(__import__("os").getloadavg()), argv=sys.argv[1:])
+    record(
+        phase="machine",
+        python=platform.python_version(),
+        cpus=__import__("os").cpu_count(),
+        load=list(__import__("os").getloadavg()),
+        argv=sys.argv[1:],
+    )
     for w in a.large_workers if a.large else []:
         large(a.large, w, scratch, a.skip_apply)
     if a.small:
         small(a.small, scratch, a.small_workers, a.reps, a.in_flight)
-
 
 
 if __name__ == "__main__":

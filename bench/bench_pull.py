@@ -59,10 +59,21 @@ PY = sys.executable
 FLOWSYNC = str(Path(sys.executable).parent / "flowsync")
 VENV_DLT = WORK / "venv-dlt"
 VENV_PREFECT = WORK / "venv-prefect"
-VENV_PACKAGES = {VENV_DLT: ["dlt[duckdb]"], VENV_PREFECT: ["prefect==3.8.8", "fastapi==0.154.0", "duckdb"]}
+VENV_PACKAGES = {
+    VENV_DLT: ["dlt[duckdb]"],
+    VENV_PREFECT: ["prefect==3.8.8", "fastapi==0.154.0", "duckdb"],
+}
 CHANGE_WAIT = 10.0  # the server's event persister flushes every few seconds
-ORDER = ["floor (httpx loop)", "flowsync full c=2", "flowsync full c=1", "flowsync full c=3",
-         "flowsync no-change", "flowsync 1% changed", "dlt rest_api", "prefect client loop"]
+ORDER = [
+    "floor (httpx loop)",
+    "flowsync full c=2",
+    "flowsync full c=1",
+    "flowsync full c=3",
+    "flowsync no-change",
+    "flowsync 1% changed",
+    "dlt rest_api",
+    "prefect client loop",
+]
 CHANGE_STATES = [("CANCELLED", "Cancelled"), ("COMPLETED", "Completed"), ("FAILED", "Failed")]
 
 
@@ -95,7 +106,9 @@ def ensure_venvs() -> None:
             continue
         log(f"creating {venv} ({' '.join(packages)})")
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", *packages], check=True)
+        subprocess.run(
+            [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", *packages], check=True
+        )
 
 
 def child_env(**extra: str) -> dict[str, str]:
@@ -104,7 +117,9 @@ def child_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def run_child(cmd: list[str], env: dict[str, str], timeout: float = 3600) -> tuple[float, int, float, float, str, str]:
+def run_child(
+    cmd: list[str], env: dict[str, str], timeout: float = 3600
+) -> tuple[float, int, float, float, str, str]:
     """Run one process; return wall s, exit code, peak RSS MB, CPU s, stdout, stderr (its own rusage)."""
     out_path = WORK / "scratch" / "child.out"
     err_path = WORK / "scratch" / "child.err"
@@ -124,16 +139,22 @@ def run_child(cmd: list[str], env: dict[str, str], timeout: float = 3600) -> tup
             time.sleep(0.01)
         wall = time.monotonic() - began
     proc.returncode = os.waitstatus_to_exitcode(status)
-    return (wall, proc.returncode, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime,
-            out_path.read_text(), err_path.read_text())
+    return (
+        wall,
+        proc.returncode,
+        usage.ru_maxrss / 1024,
+        usage.ru_utime + usage.ru_stime,
+        out_path.read_text(),
+        err_path.read_text(),
+    )
 
 
 def last_json(text: str) -> dict[str, Any]:
     """The JSON document a contender printed last (flowsync prints an indented one)."""
     text = text.strip()
     start = text.rfind("\n{")
-    candidates = [text[start + 1:]] if start >= 0 else []
-    candidates.append(text[text.find("{"):] if "{" in text else "")
+    candidates = [text[start + 1 :]] if start >= 0 else []
+    candidates.append(text[text.find("{") :] if "{" in text else "")
     candidates.extend(line for line in reversed(text.splitlines()) if line.startswith("{"))
     for c in candidates:
         try:
@@ -166,7 +187,9 @@ class Bench:
         r.raise_for_status()
         return int(r.json())
 
-    def _record(self, name: str, rep: int, cmd: list[str], env: dict[str, str], check: Any = None) -> Run:
+    def _record(
+        self, name: str, rep: int, cmd: list[str], env: dict[str, str], check: Any = None
+    ) -> Run:
         expected = self.count()
         wall, rc, rss, cpu, out, err = run_child(cmd, env)
         if rc != 0:
@@ -174,16 +197,29 @@ class Bench:
         summary = last_json(out)
         rows_in_db = check() if check else summary.get("rows_in_db")
         run = Run(
-            contender=name, rep=rep, wall=wall, seconds=summary.get("seconds"), cpu=cpu, rss_mb=rss,
-            rows=summary.get("rows"), rows_in_db=rows_in_db, expected=expected,
+            contender=name,
+            rep=rep,
+            wall=wall,
+            seconds=summary.get("seconds"),
+            cpu=cpu,
+            rss_mb=rss,
+            rows=summary.get("rows"),
+            rows_in_db=rows_in_db,
+            expected=expected,
             requests=summary.get("requests"),
             ok=(rows_in_db == expected) if rows_in_db is not None else True,
-            extra={k: summary[k] for k in ("inserted", "updated", "mode", "fetch_s", "write_s") if k in summary},
+            extra={
+                k: summary[k]
+                for k in ("inserted", "updated", "mode", "fetch_s", "write_s")
+                if k in summary
+            },
         )
         if rep >= 0:
             self.runs.append(run)
-        log(f"{name:<22} rep {rep}: {wall:6.2f}s wall, {run.seconds or 0:6.2f}s own, {rss:6.0f} MB, "
-            f"rows {rows_in_db}/{expected}, requests {run.requests} {run.extra}")
+        log(
+            f"{name:<22} rep {rep}: {wall:6.2f}s wall, {run.seconds or 0:6.2f}s own, {rss:6.0f} MB, "
+            f"rows {rows_in_db}/{expected}, requests {run.requests} {run.extra}"
+        )
         return run
 
     def floor(self, rep: int, url: str | None = None) -> Run:
@@ -191,13 +227,31 @@ class Bench:
         return self._record("floor (httpx loop)", rep, cmd, child_env())
 
     def flowsync(self, name: str, rep: int, db: Path, *args: str, url: str | None = None) -> Run:
-        cmd = [FLOWSYNC, "pull", "--api-url", url or self.url, "--db", str(db), "--json", "--quiet", *args]
+        cmd = [
+            FLOWSYNC,
+            "pull",
+            "--api-url",
+            url or self.url,
+            "--db",
+            str(db),
+            "--json",
+            "--quiet",
+            *args,
+        ]
         return self._record(name, rep, cmd, child_env(), check=lambda: flowsync_rows(db))
 
     def dlt(self, rep: int, url: str | None = None) -> Run:
         db, work = self.path("dlt.duckdb"), self.path("dlt-work")
-        cmd = [str(VENV_DLT / "bin" / "python"), str(CONTENDERS / "dlt_pull.py"), "--url", url or self.url,
-               "--db", str(db), "--work", str(work)]
+        cmd = [
+            str(VENV_DLT / "bin" / "python"),
+            str(CONTENDERS / "dlt_pull.py"),
+            "--url",
+            url or self.url,
+            "--db",
+            str(db),
+            "--work",
+            str(work),
+        ]
         env = child_env(DLT_DATA_DIR=str(work), RUNTIME__LOG_LEVEL="WARNING")
         try:
             return self._record("dlt rest_api", rep, cmd, env)
@@ -209,9 +263,18 @@ class Bench:
         db = self.path("prefect.duckdb")
         home = WORK / "client-home"
         home.mkdir(exist_ok=True)
-        cmd = [str(VENV_PREFECT / "bin" / "python"), str(CONTENDERS / "prefect_client_pull.py"), "--db", str(db)]
-        env = child_env(PREFECT_API_URL=url or self.url, PREFECT_HOME=str(home),
-                        PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_LOGGING_LEVEL="WARNING")
+        cmd = [
+            str(VENV_PREFECT / "bin" / "python"),
+            str(CONTENDERS / "prefect_client_pull.py"),
+            "--db",
+            str(db),
+        ]
+        env = child_env(
+            PREFECT_API_URL=url or self.url,
+            PREFECT_HOME=str(home),
+            PREFECT_SERVER_ANALYTICS_ENABLED="false",
+            PREFECT_LOGGING_LEVEL="WARNING",
+        )
         try:
             return self._record("prefect client loop", rep, cmd, env)
         finally:
@@ -245,7 +308,9 @@ def all_ids(url: str) -> list[str]:
     ids: list[str] = []
     with httpx.Client(base_url=url + "/", timeout=120) as c:
         while True:
-            r = c.post("flow_runs/filter", json={"sort": "ID_DESC", "limit": 200, "offset": len(ids)})
+            r = c.post(
+                "flow_runs/filter", json={"sort": "ID_DESC", "limit": 200, "offset": len(ids)}
+            )
             r.raise_for_status()
             page = [o["id"] for o in r.json()]
             ids.extend(page)
@@ -259,8 +324,11 @@ def all_ids(url: str) -> list[str]:
 def count_requests(b: Bench, scratch: Path) -> dict[str, int]:
     """One untimed pass through the counting proxy: requests per contender."""
     upstream = b.url.rsplit("/api", 1)[0]
-    proc = subprocess.Popen([PY, str(CONTENDERS / "count_proxy.py"), "--upstream", upstream],
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [PY, str(CONTENDERS / "count_proxy.py"), "--upstream", upstream],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stdout is not None
         port = int(proc.stdout.readline().split()[1])
@@ -327,8 +395,22 @@ def main_runs(b: Bench, repeat: int, concurrency: list[int], scratch: Path) -> d
 def profile(b: Bench, scratch: Path) -> str:
     """One untimed full pull under cProfile: where a pull spends its time."""
     db, prof = scratch / "profile.duckdb", scratch / "pull.prof"
-    cmd = [PY, "-m", "cProfile", "-o", str(prof), "-m", "flowsync", "pull", "--api-url", b.url,
-           "--db", str(db), "--json", "--quiet"]
+    cmd = [
+        PY,
+        "-m",
+        "cProfile",
+        "-o",
+        str(prof),
+        "-m",
+        "flowsync",
+        "pull",
+        "--api-url",
+        b.url,
+        "--db",
+        str(db),
+        "--json",
+        "--quiet",
+    ]
     wall, rc, _rss, _cpu, _out, err = run_child(cmd, child_env())
     if rc != 0:
         return f"profile run failed: {err[-500:]}"
@@ -375,10 +457,17 @@ def machine() -> dict[str, str]:
         pass
     mem = subprocess.run(["free", "-h"], capture_output=True, text=True).stdout.splitlines()
     total = mem[1].split()[1] if len(mem) > 1 else "?"
-    prefect_version = subprocess.run([str(Path(PY).parent / "prefect"), "--version"], capture_output=True,
-                                     text=True).stdout.strip()
-    return {"cores": str(os.cpu_count()), "memory": total, "cpu": cpu, "python": platform.python_version(),
-            "prefect": prefect_version, "load": " ".join(f"{x:.2f}" for x in os.getloadavg())}
+    prefect_version = subprocess.run(
+        [str(Path(PY).parent / "prefect"), "--version"], capture_output=True, text=True
+    ).stdout.strip()
+    return {
+        "cores": str(os.cpu_count()),
+        "memory": total,
+        "cpu": cpu,
+        "python": platform.python_version(),
+        "prefect": prefect_version,
+        "load": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+    }
 
 
 def med(values: list[float]) -> float:
@@ -386,7 +475,9 @@ def med(values: list[float]) -> float:
 
 
 def summarise(runs: list[Run], requests: dict[str, int]) -> list[dict[str, Any]]:
-    names = sorted({r.contender for r in runs}, key=lambda n: ORDER.index(n) if n in ORDER else len(ORDER))
+    names = sorted(
+        {r.contender for r in runs}, key=lambda n: ORDER.index(n) if n in ORDER else len(ORDER)
+    )
     floor = [r for r in runs if r.contender.startswith("floor")]
     rows = []
     for name in names:
@@ -395,27 +486,31 @@ def summarise(runs: list[Run], requests: dict[str, int]) -> list[dict[str, Any]]
         own = med([r.seconds for r in mine if r.seconds is not None])
         n = mine[0].expected
         reported = [r.requests for r in mine if r.requests is not None]
-        rows.append({
-            "contender": name,
-            "runs": len(mine),
-            "wall": wall,
-            "walls": [r.wall for r in mine],
-            "own": own,
-            "rows_per_s": n / wall if wall else float("nan"),
-            "rows_per_s_own": n / own if own else float("nan"),
-            # Paired within a repetition (same server load), then the median over repetitions.
-            "vs_floor": paired(floor, mine, "wall"),
-            "vs_floor_own": paired(floor, mine, "seconds"),
-            "by_rep": {r.rep: (r.wall, r.seconds) for r in mine},
-            "requests": requests.get(name, int(med([float(x) for x in reported])) if reported else None),
-            "self_requests": int(med([float(x) for x in reported])) if reported else None,
-            "cpu": med([r.cpu for r in mine]),
-            "rss": max(r.rss_mb for r in mine),
-            "check": "ok" if all(r.ok for r in mine) else "MISMATCH",
-            "rows_in_db": sorted({r.rows_in_db for r in mine}, key=str),
-            "expected": sorted({r.expected for r in mine}),
-            "extra": [r.extra for r in mine],
-        })
+        rows.append(
+            {
+                "contender": name,
+                "runs": len(mine),
+                "wall": wall,
+                "walls": [r.wall for r in mine],
+                "own": own,
+                "rows_per_s": n / wall if wall else float("nan"),
+                "rows_per_s_own": n / own if own else float("nan"),
+                # Paired within a repetition (same server load), then the median over repetitions.
+                "vs_floor": paired(floor, mine, "wall"),
+                "vs_floor_own": paired(floor, mine, "seconds"),
+                "by_rep": {r.rep: (r.wall, r.seconds) for r in mine},
+                "requests": requests.get(
+                    name, int(med([float(x) for x in reported])) if reported else None
+                ),
+                "self_requests": int(med([float(x) for x in reported])) if reported else None,
+                "cpu": med([r.cpu for r in mine]),
+                "rss": max(r.rss_mb for r in mine),
+                "check": "ok" if all(r.ok for r in mine) else "MISMATCH",
+                "rows_in_db": sorted({r.rows_in_db for r in mine}, key=str),
+                "expected": sorted({r.expected for r in mine}),
+                "extra": [r.extra for r in mine],
+            }
+        )
     return rows
 
 
@@ -437,9 +532,11 @@ def fmt(x: float | None, spec: str = ".2f") -> str:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    head = ("| contender | runs | wall s (median) | own s | rows/s (wall) | x floor speed (wall) | x floor speed (own) "
-            "| requests | CPU s | peak RSS MB | rows == /count |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|\n")
+    head = (
+        "| contender | runs | wall s (median) | own s | rows/s (wall) | x floor speed (wall) | x floor speed (own) "
+        "| requests | CPU s | peak RSS MB | rows == /count |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|\n"
+    )
     lines = []
     for r in rows:
         req = r["requests"]
@@ -456,38 +553,86 @@ def table(rows: list[dict[str, Any]]) -> str:
 def targets(rows: list[dict[str, Any]], scale: list[Run]) -> list[tuple[str, str, bool]]:
     by = {r["contender"]: r for r in rows}
     out: list[tuple[str, str, bool]] = []
-    full, floor, dlt = by.get("flowsync full c=2"), by.get("floor (httpx loop)"), by.get("dlt rest_api")
+    full, floor, dlt = (
+        by.get("flowsync full c=2"),
+        by.get("floor (httpx loop)"),
+        by.get("dlt rest_api"),
+    )
     if full and floor:
         v, v_own = full["vs_floor"], full["vs_floor_own"]
-        out.append(("full pull >= 0.85x the floor's rows/s",
-                    f"{v:.2f}x by wall time, {v_own:.2f}x by in-process time", min(v, v_own) >= 0.85))
+        out.append(
+            (
+                "full pull >= 0.85x the floor's rows/s",
+                f"{v:.2f}x by wall time, {v_own:.2f}x by in-process time",
+                min(v, v_own) >= 0.85,
+            )
+        )
     if full and dlt:
-        v, v_own = ratio(by, "dlt rest_api", "flowsync full c=2", 0), ratio(by, "dlt rest_api", "flowsync full c=2", 1)
-        out.append(("full pull >= 2x dlt's rows/s", f"{v:.2f}x by wall time, {v_own:.2f}x in-process", min(v, v_own) >= 2))
+        v, v_own = (
+            ratio(by, "dlt rest_api", "flowsync full c=2", 0),
+            ratio(by, "dlt rest_api", "flowsync full c=2", 1),
+        )
+        out.append(
+            (
+                "full pull >= 2x dlt's rows/s",
+                f"{v:.2f}x by wall time, {v_own:.2f}x in-process",
+                min(v, v_own) >= 2,
+            )
+        )
     nc = by.get("flowsync no-change")
     if full and nc:
-        v, v_own = ratio(by, "flowsync no-change", "flowsync full c=2", 0), ratio(by, "flowsync no-change", "flowsync full c=2", 1)
-        out.append(("no-change pull <= 3% of a full pull's time",
-                    f"{v:.1%} by wall time (incl. ~process start), {v_own:.1%} in-process", v_own <= 0.03))
-        out.append(("no-change pull <= 10 requests", str(nc["requests"]), (nc["requests"] or 99) <= 10))
+        v, v_own = (
+            ratio(by, "flowsync no-change", "flowsync full c=2", 0),
+            ratio(by, "flowsync no-change", "flowsync full c=2", 1),
+        )
+        out.append(
+            (
+                "no-change pull <= 3% of a full pull's time",
+                f"{v:.1%} by wall time (incl. ~process start), {v_own:.1%} in-process",
+                v_own <= 0.03,
+            )
+        )
+        out.append(
+            ("no-change pull <= 10 requests", str(nc["requests"]), (nc["requests"] or 99) <= 10)
+        )
     inc = by.get("flowsync 1% changed")
     if full and inc:
         v = ratio(by, "flowsync 1% changed", "flowsync full c=2", 0)
         v_own = ratio(by, "flowsync 1% changed", "flowsync full c=2", 1)
-        out.append(("1%-changed pull <= 10% of a full pull", f"{v:.1%} by wall time, {v_own:.1%} in-process",
-                    v_own <= 0.10))
+        out.append(
+            (
+                "1%-changed pull <= 10% of a full pull",
+                f"{v:.1%} by wall time, {v_own:.1%} in-process",
+                v_own <= 0.10,
+            )
+        )
     sizes = sorted({r.extra["n"] for r in scale if r.contender.startswith("flowsync")})
     if len(sizes) >= 2:
-        lo = max(r.rss_mb for r in scale if r.extra["n"] == sizes[0] and r.contender.startswith("flowsync"))
-        hi = max(r.rss_mb for r in scale if r.extra["n"] == sizes[-1] and r.contender.startswith("flowsync"))
-        out.append((f"peak RSS flat in N (RSS at {sizes[-1]:,} <= 1.3x RSS at {sizes[0]:,})",
-                    f"{lo:.0f} MB -> {hi:.0f} MB ({hi / lo:.2f}x)", hi <= 1.3 * lo))
+        lo = max(
+            r.rss_mb
+            for r in scale
+            if r.extra["n"] == sizes[0] and r.contender.startswith("flowsync")
+        )
+        hi = max(
+            r.rss_mb
+            for r in scale
+            if r.extra["n"] == sizes[-1] and r.contender.startswith("flowsync")
+        )
+        out.append(
+            (
+                f"peak RSS flat in N (RSS at {sizes[-1]:,} <= 1.3x RSS at {sizes[0]:,})",
+                f"{lo:.0f} MB -> {hi:.0f} MB ({hi / lo:.2f}x)",
+                hi <= 1.3 * lo,
+            )
+        )
     return out
 
 
 def scale_table(scale: list[Run]) -> str:
-    head = ("| N | contender | runs | wall s (median) | own s | rows/s (wall) | peak RSS MB | rows == /count |\n"
-            "|---|---|---|---|---|---|---|---|\n")
+    head = (
+        "| N | contender | runs | wall s (median) | own s | rows/s (wall) | peak RSS MB | rows == /count |\n"
+        "|---|---|---|---|---|---|---|---|\n"
+    )
     lines = []
     for n in sorted({r.extra["n"] for r in scale}):
         for name in ("floor (httpx loop)", "flowsync full c=2"):
@@ -497,13 +642,21 @@ def scale_table(scale: list[Run]) -> str:
             wall = med([r.wall for r in mine])
             own = med([r.seconds for r in mine if r.seconds is not None])
             ok = "ok" if all(r.ok for r in mine) else "MISMATCH"
-            lines.append(f"| {n:,} | {name} | {len(mine)} | {wall:.2f} | {fmt(own)} | {n / wall:,.0f} "
-                         f"| {max(r.rss_mb for r in mine):.0f} | {ok} |")
+            lines.append(
+                f"| {n:,} | {name} | {len(mine)} | {wall:.2f} | {fmt(own)} | {n / wall:,.0f} "
+                f"| {max(r.rss_mb for r in mine):.0f} | {ok} |"
+            )
     return head + "\n".join(lines) + "\n"
 
 
-def report(args: argparse.Namespace, info: dict[str, str], rows: list[dict[str, Any]], scale: list[Run],
-           extra: dict[str, Any], command: str) -> str:
+def report(
+    args: argparse.Namespace,
+    info: dict[str, str],
+    rows: list[dict[str, Any]],
+    scale: list[Run],
+    extra: dict[str, Any],
+    command: str,
+) -> str:
     parts = [
         f"# Pull benchmark results ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC)\n",
         f"Command: `{command}`\n",
@@ -520,26 +673,45 @@ def report(args: argparse.Namespace, info: dict[str, str], rows: list[dict[str, 
         f"1%-changed checks (runs changed / changed runs with the new state in the file): {extra.get('changes')}\n",
         "## Targets\n",
         "| target | measured | met |\n|---|---|---|\n"
-        + "\n".join(f"| {t} | {m} | {'met' if ok else 'NOT met'} |" for t, m, ok in targets(rows, scale)) + "\n",
+        + "\n".join(
+            f"| {t} | {m} | {'met' if ok else 'NOT met'} |" for t, m, ok in targets(rows, scale)
+        )
+        + "\n",
     ]
     if scale:
         parts += ["## Scaling (full pull, peak RSS)\n", scale_table(scale)]
     if extra.get("profile"):
-        parts += ["## cProfile of one full pull (untimed, cumulative)\n", "```\n" + extra["profile"][:12000] + "\n```\n"]
-    parts += ["## Every run (wall seconds, in order)\n",
-              "\n".join(f"- {r['contender']}: {', '.join(f'{w:.2f}' for w in r['walls'])}; "
-                        f"details {r['extra']}" for r in rows) + "\n"]
+        parts += [
+            "## cProfile of one full pull (untimed, cumulative)\n",
+            "```\n" + extra["profile"][:12000] + "\n```\n",
+        ]
+    parts += [
+        "## Every run (wall seconds, in order)\n",
+        "\n".join(
+            f"- {r['contender']}: {', '.join(f'{w:.2f}' for w in r['walls'])}; details {r['extra']}"
+            for r in rows
+        )
+        + "\n",
+    ]
     return "\n".join(parts)
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--runs", type=int, default=20000)
     p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--concurrency", default="1,2,3", help="full-pull --concurrency values to compare")
-    p.add_argument("--scale", default="", help="sizes for the peak-RSS scaling check, e.g. 10000,100000")
+    p.add_argument(
+        "--concurrency", default="1,2,3", help="full-pull --concurrency values to compare"
+    )
+    p.add_argument(
+        "--scale", default="", help="sizes for the peak-RSS scaling check, e.g. 10000,100000"
+    )
     p.add_argument("--scale-repeat", type=int, default=2)
-    p.add_argument("--skip-count-pass", action="store_true", help="do not count requests through the proxy")
+    p.add_argument(
+        "--skip-count-pass", action="store_true", help="do not count requests through the proxy"
+    )
     p.add_argument("--out", type=Path, default=RESULTS / "pull.md")
     p.add_argument("--from-raw", type=Path, help="only rewrite the report from a saved pull.raw")
     args = p.parse_args()
@@ -549,9 +721,16 @@ def main() -> None:
             setattr(args, k, saved["args"][k])
         runs = [Run(**r) for r in saved["runs"]]
         scale = [Run(**r) for r in saved["scale"]]
-        text = report(args, saved["machine"], summarise(runs, saved["requests"]), scale, saved["extra"],
-                      saved.get("command") or "python -m bench.bench_pull --runs {runs} --repeat {repeat} "
-                      "--scale {scale} --scale-repeat {scale_repeat}".format(**saved["args"]))
+        text = report(
+            args,
+            saved["machine"],
+            summarise(runs, saved["requests"]),
+            scale,
+            saved["extra"],
+            saved.get("command")
+            or "python -m bench.bench_pull --runs {runs} --repeat {repeat} "
+            "--scale {scale} --scale-repeat {scale_repeat}".format(**saved["args"]),
+        )
         args.out.write_text(text)
         print(text)
         return
@@ -561,12 +740,16 @@ def main() -> None:
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
     seeded = fast_seed(args.runs, log=log)
-    log(f"server home {seeded.home} ({'reused' if seeded.reused else 'seeded'} in {seeded.seconds:.0f}s)")
+    log(
+        f"server home {seeded.home} ({'reused' if seeded.reused else 'seeded'} in {seeded.seconds:.0f}s)"
+    )
     with prefect_server(home=seeded.home) as server:
         b = Bench(server, args.runs, scratch)
         requests = {} if args.skip_count_pass else count_requests(b, scratch)
         log(f"requests per contender: {requests}")
-        extra = main_runs(b, args.repeat, [int(c) for c in args.concurrency.split(",") if c], scratch)
+        extra = main_runs(
+            b, args.repeat, [int(c) for c in args.concurrency.split(",") if c], scratch
+        )
         runs = b.runs
     scale = scale_runs([int(s) for s in args.scale.split(",") if s], args.scale_repeat, scratch)
     info = machine()
@@ -575,9 +758,21 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     raw = args.out.with_suffix(".raw")
-    raw.write_text(json.dumps({"command": command, "machine": info, "args": vars(args) | {"out": str(args.out)}, "requests": requests,
-                               "runs": [asdict(r) for r in runs], "scale": [asdict(r) for r in scale],
-                               "extra": extra}, indent=1, default=str))
+    raw.write_text(
+        json.dumps(
+            {
+                "command": command,
+                "machine": info,
+                "args": vars(args) | {"out": str(args.out)},
+                "requests": requests,
+                "runs": [asdict(r) for r in runs],
+                "scale": [asdict(r) for r in scale],
+                "extra": extra,
+            },
+            indent=1,
+            default=str,
+        )
+    )
     print(text)
 
 

@@ -161,16 +161,39 @@ def run(path: Path, repeat: int) -> list[tuple[str, float, float, int]]:
     week = reports.Window(NOW - timedelta(days=7), NOW)
     month = reports.Window(NOW - timedelta(days=30), NOW)
     cases: list[tuple[str, str, reports.Window, Callable[[Store], Any]]] = [
-        ("failures --by deployment --since 7d", "failures", week, lambda s: reports.failures(s, "deployment", week)),
-        ("failures --by deployment --since 30d", "failures", month, lambda s: reports.failures(s, "deployment", month)),
-        ("durations --by deployment --since 30d", "durations", month, lambda s: reports.durations(s, "deployment", month)),
-        ("late --by deployment --since 7d", "late", week, lambda s: reports.late(s, "deployment", week)),
+        (
+            "failures --by deployment --since 7d",
+            "failures",
+            week,
+            lambda s: reports.failures(s, "deployment", week),
+        ),
+        (
+            "failures --by deployment --since 30d",
+            "failures",
+            month,
+            lambda s: reports.failures(s, "deployment", month),
+        ),
+        (
+            "durations --by deployment --since 30d",
+            "durations",
+            month,
+            lambda s: reports.durations(s, "deployment", month),
+        ),
+        (
+            "late --by deployment --since 7d",
+            "late",
+            week,
+            lambda s: reports.late(s, "deployment", week),
+        ),
         ("flaky --since 30d", "flaky", month, lambda s: reports.flaky(s, month)),
         ("errors --since 7d", "errors", week, lambda s: reports.errors(s, week)),
     ]
     rows = []
     # The bare figure uses a plain duckdb connection of its own (both read-only).
-    with Store.open(path, read_only=True) as store, duckdb.connect(str(path), read_only=True) as con:
+    with (
+        Store.open(path, read_only=True) as store,
+        duckdb.connect(str(path), read_only=True) as con,
+    ):
         con.execute("SET TimeZone = 'UTC'")
         for label, bare_key, window, report in cases:
             params = {"since": window.since, "until": window.until}
@@ -212,7 +235,10 @@ def health_page(path: Path, repeat: int) -> list[tuple[str, float, float, int]]:
 
     rows = []
     with Store.open(path, read_only=True) as store:
-        for label, days in (("health page --since 7d (in process)", 7), ("health page --since 30d (in process)", 30)):
+        for label, days in (
+            ("health page --since 7d (in process)", 7),
+            ("health page --since 30d (in process)", 30),
+        ):
             window = reports.Window(NOW - timedelta(days=days), NOW)
 
             def build(window: reports.Window = window) -> str:
@@ -222,14 +248,32 @@ def health_page(path: Path, repeat: int) -> list[tuple[str, float, float, int]]:
             rows.append((label, wall, cpu, len(build().encode())))
     with tempfile.TemporaryDirectory() as tmp:
         page = Path(tmp) / "health.html"
-        cmd = [sys.executable, "-m", "flowsync", "report", "health", "--since", (NOW - timedelta(days=7)).isoformat(),
-               "--html", str(page), "--db", str(path)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "flowsync",
+            "report",
+            "health",
+            "--since",
+            (NOW - timedelta(days=7)).isoformat(),
+            "--html",
+            str(page),
+            "--db",
+            str(path),
+        ]
 
         def command() -> None:
             subprocess.run(cmd, check=True, capture_output=True)
 
         wall, cpu = timed_cpu(command, repeat, children=True)
-        rows.append(("flowsync report health --html (new process, window to now)", wall, cpu, page.stat().st_size))
+        rows.append(
+            (
+                "flowsync report health --html (new process, window to now)",
+                wall,
+                cpu,
+                page.stat().st_size,
+            )
+        )
     return rows
 
 
@@ -237,8 +281,14 @@ def sh(cmd: str) -> str:
     return subprocess.run(cmd, shell=True, capture_output=True, text=True).stdout.rstrip()
 
 
-def markdown(rows: list[tuple[str, float, float, int]], runs: int, gen_s: float, repeat: int, size: int,
-             pages: list[tuple[str, float, float, int]]) -> str:
+def markdown(
+    rows: list[tuple[str, float, float, int]],
+    runs: int,
+    gen_s: float,
+    repeat: int,
+    size: int,
+    pages: list[tuple[str, float, float, int]],
+) -> str:
     lines = [
         "# Report benchmark: report end-to-end vs its bare DuckDB aggregate",
         "",
@@ -263,10 +313,17 @@ def markdown(rows: list[tuple[str, float, float, int]], runs: int, gen_s: float,
     ]
     for label, bare, full, height in rows:
         ratio = full / bare if bare else float("inf")
-        lines.append(f"| `{label}` | {bare:.3f} | {full:.3f} | {ratio:.2f} | {height} | {'yes' if ratio <= 3 else 'NO'} |")
-    lines += ["", f"Health page ({runs:,} runs; target: built in under 2 s at 1,000,000 runs). Wall = elapsed on "
-              "this shared machine; CPU = user + system seconds, the most a quiet machine's wall time would be:", "",
-              "| what | wall (s) | CPU (s) | page size | under 2 s (wall / CPU) |", "|---|---:|---:|---:|---|"]
+        lines.append(
+            f"| `{label}` | {bare:.3f} | {full:.3f} | {ratio:.2f} | {height} | {'yes' if ratio <= 3 else 'NO'} |"
+        )
+    lines += [
+        "",
+        f"Health page ({runs:,} runs; target: built in under 2 s at 1,000,000 runs). Wall = elapsed on "
+        "this shared machine; CPU = user + system seconds, the most a quiet machine's wall time would be:",
+        "",
+        "| what | wall (s) | CPU (s) | page size | under 2 s (wall / CPU) |",
+        "|---|---:|---:|---:|---|",
+    ]
     for label, wall, cpu, page_size in pages:
         ok = f"{'yes' if wall < 2 else 'NO'} / {'yes' if cpu < 2 else 'NO'}"
         lines.append(f"| `{label}` | {wall:.3f} | {cpu:.3f} | {page_size / 1024:.0f} KB | {ok} |")
@@ -275,11 +332,15 @@ def markdown(rows: list[tuple[str, float, float, int]], runs: int, gen_s: float,
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--runs", type=int, default=10_000_000)
     p.add_argument("--db", type=Path, default=Path("/tmp/flowsync-bench-reports.duckdb"))
     p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--reuse", action="store_true", help="keep an existing --db instead of generating it")
+    p.add_argument(
+        "--reuse", action="store_true", help="keep an existing --db instead of generating it"
+    )
     p.add_argument("--write", type=Path, help="write the results as markdown to this file")
     a = p.parse_args()
     if a.reuse and a.db.exists():

@@ -62,9 +62,13 @@ def pull_and_publish(url: str, db: Path) -> dict[str, Any]:
         t = time.perf_counter()
         changed = bool(result.inserted or result.updated or result.marked_deleted)
         published = snap.publish(store, pull_id=result.pull_id, changed=changed)
-        return {"pull_s": pulled, "publish_s": time.perf_counter() - t, "published": published.published,
-                "rows_changed": result.inserted + result.updated + result.marked_deleted,
-                "bytes": db.stat().st_size}
+        return {
+            "pull_s": pulled,
+            "publish_s": time.perf_counter() - t,
+            "published": published.published,
+            "rows_changed": result.inserted + result.updated + result.marked_deleted,
+            "bytes": db.stat().st_size,
+        }
 
 
 def all_ids(url: str) -> list[str]:
@@ -95,8 +99,12 @@ def report_timings(db: Path, repeat: int) -> list[tuple[str, float, float]]:
             job(live), job(shot)  # warm-up
             a, b = [], []
             for _ in range(repeat):
-                t = time.perf_counter(); job(live); a.append(time.perf_counter() - t)  # noqa: E702
-                t = time.perf_counter(); job(shot); b.append(time.perf_counter() - t)  # noqa: E702
+                t = time.perf_counter()
+                job(live)
+                a.append(time.perf_counter() - t)
+                t = time.perf_counter()
+                job(shot)
+                b.append(time.perf_counter() - t)
             out.append((name, med(a), med(b)))
     return out
 
@@ -140,7 +148,7 @@ def part_synthetic(runs: int, repeat: int, scratch: Path, parquet: bool = True) 
             target = scratch / f"copy-{i}.duckdb"
             t = time.perf_counter()
             store.execute(f"ATTACH '{target}' AS copy_target")
-            store.execute(f"COPY FROM DATABASE \"{db.stem}\" TO copy_target")
+            store.execute(f'COPY FROM DATABASE "{db.stem}" TO copy_target')
             store.execute("DETACH copy_target")
             copies.append(time.perf_counter() - t)
             target.unlink()
@@ -153,7 +161,8 @@ def part_synthetic(runs: int, repeat: int, scratch: Path, parquet: bool = True) 
             res["parquet_full_s"] = time.perf_counter() - t
         mark = datetime.now(timezone.utc)
         store.execute(
-            "UPDATE flow_runs SET state_type = 'CANCELLED', synced_at = ? WHERE hash(id) % 100 = 0", [mark]
+            "UPDATE flow_runs SET state_type = 'CANCELLED', synced_at = ? WHERE hash(id) % 100 = 0",
+            [mark],
         )
         if parquet:
             t = time.perf_counter()
@@ -207,12 +216,23 @@ def render(real: dict[str, Any] | None, synthetic: list[dict[str, Any]]) -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--runs", type=int, default=100000, help="real-server runs (0: skip part 1)")
-    p.add_argument("--synthetic", default="100000,1000000", help="synthetic sizes ('' to skip part 2)")
+    p.add_argument(
+        "--synthetic", default="100000,1000000", help="synthetic sizes ('' to skip part 2)"
+    )
     p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--parquet-max", type=int, default=100000, help="time the Parquet export up to this size")
-    p.add_argument("--memory-limit", type=int, default=None, help="pull --memory-limit MB (default: flowsync's cap)")
+    p.add_argument(
+        "--parquet-max", type=int, default=100000, help="time the Parquet export up to this size"
+    )
+    p.add_argument(
+        "--memory-limit",
+        type=int,
+        default=None,
+        help="pull --memory-limit MB (default: flowsync's cap)",
+    )
     p.add_argument("--write", type=Path, default=None)
     a = p.parse_args()
     global MEMORY_LIMIT_MB
@@ -228,8 +248,12 @@ def main() -> None:
     text = render(real, synthetic)
     print(text)
     if a.write:
-        a.write.write_text(f"# Snapshot publish benchmark ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC)\n\n{text}")
-        a.write.with_suffix(".json").write_text(json.dumps({"real": real, "synthetic": synthetic}, indent=2, default=str))
+        a.write.write_text(
+            f"# Snapshot publish benchmark ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC)\n\n{text}"
+        )
+        a.write.with_suffix(".json").write_text(
+            json.dumps({"real": real, "synthetic": synthetic}, indent=2, default=str)
+        )
 
 
 if __name__ == "__main__":

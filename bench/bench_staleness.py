@@ -40,7 +40,9 @@ def timed_pull(url: str, db: Path, due: int = 0) -> tuple[float, int, int]:
         if due:  # make `due` runs a day old: the steady-state share of one scheduled pull
             store.execute(
                 "UPDATE flow_runs SET synced_at = synced_at - INTERVAL 1 DAY WHERE id IN "
-                "(SELECT id FROM flow_runs WHERE deleted_at IS NULL ORDER BY hash(id) LIMIT ?)", [due])
+                "(SELECT id FROM flow_runs WHERE deleted_at IS NULL ORDER BY hash(id) LIMIT ?)",
+                [due],
+            )
         with PrefectClient(ApiSettings(url=url)) as client:
             t = time.monotonic()
             result = pull(client, store, PullOptions())
@@ -48,7 +50,9 @@ def timed_pull(url: str, db: Path, due: int = 0) -> tuple[float, int, int]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--runs", type=int, default=20000)
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--out", type=Path, default=None, help="append a markdown section here")
@@ -57,7 +61,12 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="flowsync-bench-stale-"))
     home = work / "prefect"
     shutil.copytree(seeded.home, home)
-    rows: dict[str, list[tuple[float, int, int]]] = {"full": [], "none": [], "share": [], "share100k": []}
+    rows: dict[str, list[tuple[float, int, int]]] = {
+        "full": [],
+        "none": [],
+        "share": [],
+        "share100k": [],
+    }
     with prefect_server(home=home) as server:
         db = work / "runs.duckdb"
         rows["full"].append(timed_pull(server.url, db))

@@ -31,8 +31,12 @@ def flowsync(*args: str) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--days", type=int, default=14, help="days of history to write (about 210 runs a day)")
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--days", type=int, default=14, help="days of history to write (about 210 runs a day)"
+    )
     p.add_argument("--keep", action="store_true", help="keep the server running until Ctrl-C")
     a = p.parse_args()
     demo = ROOT / ".demo"
@@ -43,7 +47,10 @@ def main() -> None:
     for old in demo.glob("prefect-*"):
         shutil.rmtree(old, ignore_errors=True)
     home = demo / f"prefect-{int(time.time())}"
-    print(f"writing {a.days} days of run history for a local Prefect server (about a minute)...", flush=True)
+    print(
+        f"writing {a.days} days of run history for a local Prefect server (about a minute)...",
+        flush=True,
+    )
     t = time.monotonic()
     runs = seed_demo(home, days=a.days)
     print(f"wrote {runs} runs in {time.monotonic() - t:.0f}s; starting the server...", flush=True)
@@ -59,7 +66,16 @@ def main() -> None:
             ("report", "errors", "--since", "7d", "--format", "table", "--db", str(db)),
             ("report", "failures", "--by", "deployment", "--format", "table", "--db", str(db)),
             ("report", "health", "--since", "7d", "--html", str(page), "--db", str(db)),
-            ("report", "health", "--format", "openmetrics", "--output", str(metrics), "--db", str(db)),
+            (
+                "report",
+                "health",
+                "--format",
+                "openmetrics",
+                "--output",
+                str(metrics),
+                "--db",
+                str(db),
+            ),
             ("plan", str(ROOT / "docs" / "examples" / "repair-stuck.yaml"), "--db", str(db)),
         ]
         for args in steps:
@@ -67,9 +83,11 @@ def main() -> None:
                 flowsync(*args)
             except subprocess.CalledProcessError as e:
                 print(f"(step failed with exit {e.returncode})", flush=True)
-        print(f"\nOpen {page} in a browser. The file is {db}. Try:\n"
-              f"  .venv/bin/flowsync report durations --by flow --db {db}\n"
-              f"  .venv/bin/flowsync sql \"SELECT * FROM unresolved_failures\" --db {db}")
+        print(
+            f"\nOpen {page} in a browser. The file is {db}. Try:\n"
+            f"  .venv/bin/flowsync report durations --by flow --db {db}\n"
+            f'  .venv/bin/flowsync sql "SELECT * FROM unresolved_failures" --db {db}'
+        )
         if a.keep:
             print(f"Server running at {server.url}; Ctrl-C to stop.")
             try:

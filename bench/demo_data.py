@@ -54,51 +54,149 @@ class Deployment:
     tags: tuple[str, ...] = ()
 
 
-def _exception(text: Callable[[random.Random, datetime], str], share: float = 0.6) -> Callable[..., Any]:
-    return lambda rng, at: ("FAILED", "Failed", PREFIX + text(rng, at), share * rng.uniform(0.3, 1.0))
+def _exception(
+    text: Callable[[random.Random, datetime], str], share: float = 0.6
+) -> Callable[..., Any]:
+    return lambda rng, at: (
+        "FAILED",
+        "Failed",
+        PREFIX + text(rng, at),
+        share * rng.uniform(0.3, 1.0),
+    )
 
 
 def _timeout(seconds: float) -> Callable[..., Any]:
-    return lambda rng, at: ("FAILED", "TimedOut", f"Flow run exceeded timeout of {seconds:.1f} second(s)", -seconds)
+    return lambda rng, at: (
+        "FAILED",
+        "TimedOut",
+        f"Flow run exceeded timeout of {seconds:.1f} second(s)",
+        -seconds,
+    )
 
 
 def _crash(code: int) -> Callable[..., Any]:
-    return lambda rng, at: ("CRASHED", "Crashed", f"Flow run process exited with non-zero status code {code}.",
-                            rng.uniform(0.4, 0.9))
+    return lambda rng, at: (
+        "CRASHED",
+        "Crashed",
+        f"Flow run process exited with non-zero status code {code}.",
+        rng.uniform(0.4, 0.9),
+    )
 
 
 DEPLOYMENTS = [
-    Deployment("ingest-orders", "prod", 60, 5, 95, 0.25, 0.04, (
-        _exception(lambda r, at: f"ValueError: order {r.randint(100000, 999999)} has no customer_id"),
-        _exception(lambda r, at: "HTTPStatusError: Server error '503 Service Unavailable' for url "
-                   f"'https://api.shop.example.com/v1/orders?page={r.randint(2, 40)}'"),
-    ), ("etl", "critical")),
-    Deployment("ingest-orders", "backfill", 360, 20, 25 * 60, 0.35, 0.03, (
-        _exception(lambda r, at: f"TimeoutError: read of s3://lake-raw/orders/{at:%Y/%m/%d}/part-{r.randint(0, 99):05d}.parquet "
-                   "timed out after 120.0 s"),
-    ), ("etl",)),
+    Deployment(
+        "ingest-orders",
+        "prod",
+        60,
+        5,
+        95,
+        0.25,
+        0.04,
+        (
+            _exception(
+                lambda r, at: f"ValueError: order {r.randint(100000, 999999)} has no customer_id"
+            ),
+            _exception(
+                lambda r, at: (
+                    "HTTPStatusError: Server error '503 Service Unavailable' for url "
+                    f"'https://api.shop.example.com/v1/orders?page={r.randint(2, 40)}'"
+                )
+            ),
+        ),
+        ("etl", "critical"),
+    ),
+    Deployment(
+        "ingest-orders",
+        "backfill",
+        360,
+        20,
+        25 * 60,
+        0.35,
+        0.03,
+        (
+            _exception(
+                lambda r, at: (
+                    f"TimeoutError: read of s3://lake-raw/orders/{at:%Y/%m/%d}/part-{r.randint(0, 99):05d}.parquet "
+                    "timed out after 120.0 s"
+                )
+            ),
+        ),
+        ("etl",),
+    ),
     Deployment("refresh-dashboards", "prod", 15, 0, 40, 0.3, 0.012, (_timeout(300),), ("hourly",)),
-    Deployment("sync-crm", "prod", 60, 30, 4 * 60, 0.3, 0.03, (
-        _exception(lambda r, at: f"KeyError: 'account_{r.randint(1000, 9999)}'"),
-    ), ("crm",)),
-    Deployment("score-leads", "prod", 30, 10, 2 * 60 + 10, 0.3, 0.06, (
-        _exception(lambda r, at: f"ValueError: lead {uuid.UUID(int=r.getrandbits(128), version=4)} has score "
-                   f"{r.uniform(1.01, 3.0):.2f}, expected 0..1"),
-    ), ("ml",)),
-    Deployment("train-model", "prod", 1440, 2 * 60, 2 * 3600 + 600, 0.15, 0.15, (
-        _exception(lambda r, at: f"MemoryError: Unable to allocate {r.uniform(12, 40):.1f} GiB for an array with shape "
-                   f"({r.randint(10**6, 9 * 10**6)}, {r.choice([256, 512, 1024])}) and data type float64"),
-        _crash(137),
-    ), ("ml", "nightly")),
-    Deployment("nightly-backup", "prod", 1440, 60, 45 * 60, 0.2, 0.08, (
-        _exception(lambda r, at: "FileNotFoundError: [Errno 2] No such file or directory: "
-                   f"'/mnt/backup/{at:%Y-%m-%d}/warehouse.dump'"),
-    ), ("nightly",)),
+    Deployment(
+        "sync-crm",
+        "prod",
+        60,
+        30,
+        4 * 60,
+        0.3,
+        0.03,
+        (_exception(lambda r, at: f"KeyError: 'account_{r.randint(1000, 9999)}'"),),
+        ("crm",),
+    ),
+    Deployment(
+        "score-leads",
+        "prod",
+        30,
+        10,
+        2 * 60 + 10,
+        0.3,
+        0.06,
+        (
+            _exception(
+                lambda r, at: (
+                    f"ValueError: lead {uuid.UUID(int=r.getrandbits(128), version=4)} has score "
+                    f"{r.uniform(1.01, 3.0):.2f}, expected 0..1"
+                )
+            ),
+        ),
+        ("ml",),
+    ),
+    Deployment(
+        "train-model",
+        "prod",
+        1440,
+        2 * 60,
+        2 * 3600 + 600,
+        0.15,
+        0.15,
+        (
+            _exception(
+                lambda r, at: (
+                    f"MemoryError: Unable to allocate {r.uniform(12, 40):.1f} GiB for an array with shape "
+                    f"({r.randint(10**6, 9 * 10**6)}, {r.choice([256, 512, 1024])}) and data type float64"
+                )
+            ),
+            _crash(137),
+        ),
+        ("ml", "nightly"),
+    ),
+    Deployment(
+        "nightly-backup",
+        "prod",
+        1440,
+        60,
+        45 * 60,
+        0.2,
+        0.08,
+        (
+            _exception(
+                lambda r, at: (
+                    "FileNotFoundError: [Errno 2] No such file or directory: "
+                    f"'/mnt/backup/{at:%Y-%m-%d}/warehouse.dump'"
+                )
+            ),
+        ),
+        ("nightly",),
+    ),
 ]
 # sync-crm has failed on every run since yesterday afternoon: its API token expired.
 BROKEN = ("sync-crm", "prod")
-BROKEN_MESSAGE = (PREFIX + "HTTPStatusError: Client error '401 Unauthorized' for url "
-                  "'https://crm.example.com/api/v2/contacts?updated_since={since}'")
+BROKEN_MESSAGE = (
+    PREFIX + "HTTPStatusError: Client error '401 Unauthorized' for url "
+    "'https://crm.example.com/api/v2/contacts?updated_since={since}'"
+)
 
 
 def _lateness(rng: random.Random) -> float:
@@ -118,24 +216,45 @@ def _create_base(url: str) -> dict[tuple[str, str], str]:
         flows: dict[str, str] = {}
         for d in DEPLOYMENTS:
             if d.flow not in flows:
-                flows[d.flow] = c.post("flows/", json={"name": d.flow}).raise_for_status().json()["id"]
-            dep = c.post("deployments/", json={
-                "name": d.name, "flow_id": flows[d.flow], "tags": list(d.tags), "work_pool_name": "k8s-prod",
-                "parameters": {},
-            }).raise_for_status().json()
+                flows[d.flow] = (
+                    c.post("flows/", json={"name": d.flow}).raise_for_status().json()["id"]
+                )
+            dep = (
+                c.post(
+                    "deployments/",
+                    json={
+                        "name": d.name,
+                        "flow_id": flows[d.flow],
+                        "tags": list(d.tags),
+                        "work_pool_name": "k8s-prod",
+                        "parameters": {},
+                    },
+                )
+                .raise_for_status()
+                .json()
+            )
             ids[(d.flow, d.name)] = dep["id"]
-            c.post(f"deployments/{dep['id']}/create_flow_run", json={
-                "state": {"type": "SCHEDULED", "name": "Scheduled",
-                          "state_details": {"scheduled_time": (now + timedelta(hours=1)).isoformat()}},
-            }).raise_for_status()
+            c.post(
+                f"deployments/{dep['id']}/create_flow_run",
+                json={
+                    "state": {
+                        "type": "SCHEDULED",
+                        "name": "Scheduled",
+                        "state_details": {"scheduled_time": (now + timedelta(hours=1)).isoformat()},
+                    },
+                },
+            ).raise_for_status()
     return ids
 
 
-def _history(rng: random.Random, d: Deployment, expected: datetime, now: datetime, broken_since: datetime
-             ) -> tuple[list[tuple[str, str, datetime, str | None]], dict[str, Any]]:
+def _history(
+    rng: random.Random, d: Deployment, expected: datetime, now: datetime, broken_since: datetime
+) -> tuple[list[tuple[str, str, datetime, str | None]], dict[str, Any]]:
     """The states of one run (type, name, time, message), oldest first, and its time fields."""
     created = expected - timedelta(minutes=rng.uniform(30, 90))
-    states: list[tuple[str, str, datetime, str | None]] = [("SCHEDULED", "Scheduled", created, None)]
+    states: list[tuple[str, str, datetime, str | None]] = [
+        ("SCHEDULED", "Scheduled", created, None)
+    ]
     start = expected + timedelta(seconds=_lateness(rng))
     states.append(("PENDING", "Pending", start - timedelta(seconds=rng.uniform(0.5, 3)), None))
     states.append(("RUNNING", "Running", start, None))
@@ -145,12 +264,20 @@ def _history(rng: random.Random, d: Deployment, expected: datetime, now: datetim
         return states, {"start": start, "end": None, "seconds": (now - start).total_seconds()}
     if (d.flow, d.name) == BROKEN and expected >= broken_since:
         seconds = rng.uniform(2, 6)
-        states.append(("FAILED", "Failed", start + timedelta(seconds=seconds),
-                       BROKEN_MESSAGE.format(since=_iso(expected - timedelta(hours=1)))))
+        states.append(
+            (
+                "FAILED",
+                "Failed",
+                start + timedelta(seconds=seconds),
+                BROKEN_MESSAGE.format(since=_iso(expected - timedelta(hours=1))),
+            )
+        )
     elif rng.random() < 0.01:
         seconds = rng.uniform(5, 60)
         states.append(("CANCELLING", "Cancelling", start + timedelta(seconds=seconds - 1), None))
-        states.append(("CANCELLED", "Cancelled", start + timedelta(seconds=seconds), "Cancelled by a user."))
+        states.append(
+            ("CANCELLED", "Cancelled", start + timedelta(seconds=seconds), "Cancelled by a user.")
+        )
     elif rng.random() < d.failure_rate:
         state_type, name, message, share = rng.choice(d.failures)(rng, expected)
         seconds = -share if share < 0 else typical * share  # a timeout fails exactly at the limit
@@ -161,8 +288,13 @@ def _history(rng: random.Random, d: Deployment, expected: datetime, now: datetim
     return states, {"start": start, "end": states[-1][2], "seconds": seconds}
 
 
-def write_history(db: Path, ids: dict[tuple[str, str], str], days: int, seed_value: int = 0,
-                  now: datetime | None = None) -> int:
+def write_history(
+    db: Path,
+    ids: dict[tuple[str, str], str],
+    days: int,
+    seed_value: int = 0,
+    now: datetime | None = None,
+) -> int:
     """Add ``days`` of runs per deployment to a stopped server's SQLite file; returns how many."""
     rng = random.Random(seed_value)
     now = now or datetime.now(timezone.utc)
@@ -174,37 +306,75 @@ def write_history(db: Path, ids: dict[tuple[str, str], str], days: int, seed_val
         details_row = con.execute("SELECT state_details FROM flow_run_state LIMIT 1").fetchone()
         details_keys = {k: None for k in json.loads(details_row[0])}
         details_keys.update(deferred=False, untrackable_result=False, pause_reschedule=False)
-        state_sql = ("INSERT INTO flow_run_state (id, created, updated, type, timestamp, name, message, "
-                     "state_details, data, flow_run_id, result_artifact_id) VALUES (?,?,?,?,?,?,?,?,?,?,?)")
-        con.execute("PRAGMA foreign_keys = OFF")  # state_id points at a row inserted in the same batch
+        state_sql = (
+            "INSERT INTO flow_run_state (id, created, updated, type, timestamp, name, message, "
+            "state_details, data, flow_run_id, result_artifact_id) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+        )
+        con.execute(
+            "PRAGMA foreign_keys = OFF"
+        )  # state_id points at a row inserted in the same batch
         with con:
             for d in DEPLOYMENTS:
                 dep_id = ids[(d.flow, d.name)]
-                template = dict(con.execute("SELECT * FROM flow_run WHERE deployment_id = ?", [dep_id]).fetchone())
+                template = dict(
+                    con.execute(
+                        "SELECT * FROM flow_run WHERE deployment_id = ?", [dep_id]
+                    ).fetchone()
+                )
                 columns = list(template)
                 run_sql = f"INSERT INTO flow_run ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
-                day0 = (now - timedelta(days=days)).replace(hour=0, minute=0, second=0, microsecond=0)
+                day0 = (now - timedelta(days=days)).replace(
+                    hour=0, minute=0, second=0, microsecond=0
+                )
                 expected = day0 + timedelta(minutes=d.offset_minutes)
                 while expected < now:
                     states, times = _history(rng, d, expected, now, broken_since)
                     run_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
                     state_rows = []
                     for typ, name, at, message in states:
-                        details = dict(details_keys, flow_run_id=run_id,
-                                       scheduled_time=_iso(expected) if typ == "SCHEDULED" else None)
+                        details = dict(
+                            details_keys,
+                            flow_run_id=run_id,
+                            scheduled_time=_iso(expected) if typ == "SCHEDULED" else None,
+                        )
                         ts = _fmt(at)
-                        state_rows.append((str(uuid.UUID(int=rng.getrandbits(128), version=4)), ts, ts, typ, ts, name,
-                                           message, json.dumps(details), None, run_id, None))
+                        state_rows.append(
+                            (
+                                str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+                                ts,
+                                ts,
+                                typ,
+                                ts,
+                                name,
+                                message,
+                                json.dumps(details),
+                                None,
+                                run_id,
+                                None,
+                            )
+                        )
                     last = state_rows[-1]
                     row = dict(template)
                     row.update(
-                        id=run_id, created=state_rows[0][1], updated=last[1], idempotency_key=f"scheduled {dep_id} {_iso(expected)}",
+                        id=run_id,
+                        created=state_rows[0][1],
+                        updated=last[1],
+                        idempotency_key=f"scheduled {dep_id} {_iso(expected)}",
                         name=f"{rng.choice(['amber', 'brisk', 'calm', 'eager', 'jolly', 'keen', 'proud', 'rapid'])}-"
-                             f"{rng.choice(['bison', 'crane', 'gecko', 'heron', 'lemur', 'otter', 'panda', 'raven'])}",
-                        expected_start_time=_fmt(expected), next_scheduled_start_time=None,
-                        start_time=_fmt(times["start"]), end_time=_fmt(times["end"]) if times["end"] else None,
-                        total_run_time=_fmt(datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(seconds=times["seconds"])),
-                        run_count=1, state_id=last[0], state_type=last[3], state_name=last[5], state_timestamp=last[4],
+                        f"{rng.choice(['bison', 'crane', 'gecko', 'heron', 'lemur', 'otter', 'panda', 'raven'])}",
+                        expected_start_time=_fmt(expected),
+                        next_scheduled_start_time=None,
+                        start_time=_fmt(times["start"]),
+                        end_time=_fmt(times["end"]) if times["end"] else None,
+                        total_run_time=_fmt(
+                            datetime(1970, 1, 1, tzinfo=timezone.utc)
+                            + timedelta(seconds=times["seconds"])
+                        ),
+                        run_count=1,
+                        state_id=last[0],
+                        state_type=last[3],
+                        state_name=last[5],
+                        state_timestamp=last[4],
                         auto_scheduled=1,
                     )
                     con.execute(run_sql, [row[c] for c in columns])
@@ -212,8 +382,10 @@ def write_history(db: Path, ids: dict[tuple[str, str], str], days: int, seed_val
                     added += 1
                     expected += timedelta(minutes=d.every_minutes)
                 # the template becomes the next scheduled run
-                con.execute("UPDATE flow_run SET expected_start_time = ?, next_scheduled_start_time = ? WHERE id = ?",
-                            [_fmt(expected), _fmt(expected), template["id"]])
+                con.execute(
+                    "UPDATE flow_run SET expected_start_time = ?, next_scheduled_start_time = ? WHERE id = ?",
+                    [_fmt(expected), _fmt(expected), template["id"]],
+                )
     finally:
         con.close()
     return added
@@ -229,7 +401,9 @@ def seed_demo(home: Path, days: int = 14, seed_value: int = 0) -> int:
 def main() -> None:
     import argparse
 
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--home", type=Path, required=True)
     p.add_argument("--days", type=int, default=14)
     a = p.parse_args()

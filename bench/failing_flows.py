@@ -23,7 +23,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-FLOW_NAMES = ["load-orders", "lookup-customer", "read-partition", "call-api", "slow-export", "worker-crash"]
+FLOW_NAMES = [
+    "load-orders",
+    "lookup-customer",
+    "read-partition",
+    "call-api",
+    "slow-export",
+    "worker-crash",
+]
 
 
 def main() -> None:
@@ -61,27 +68,43 @@ def main() -> None:
     def record(name: str, state: Any) -> None:
         out.setdefault(name, []).append(str(state.state_details.flow_run_id))
 
-    for i, (order, key, day) in enumerate([(1042, "customer_id", "2026-01-04"), (77, "account", "2026-02-11")]):
+    for i, (order, key, day) in enumerate(
+        [(1042, "customer_id", "2026-01-04"), (77, "account", "2026-02-11")]
+    ):
         record("load-orders", load_orders(order, return_state=True))
         record("lookup-customer", lookup_customer(key, return_state=True))
         record("read-partition", read_partition(day, return_state=True))
         record("call-api", call_api(order, return_state=True))
         record("slow-export", slow_export(i, return_state=True))
-        with contextlib.suppress(BaseException):  # the engine re-raises the crash after reporting it
+        with contextlib.suppress(
+            BaseException
+        ):  # the engine re-raises the crash after reporting it
             worker_crash(3 + i)
     print(json.dumps(out))
 
 
-def run_failing_flows(url: str, home: str | os.PathLike[str] | None = None, timeout: float = 300) -> dict[str, list[str]]:
+def run_failing_flows(
+    url: str, home: str | os.PathLike[str] | None = None, timeout: float = 300
+) -> dict[str, list[str]]:
     """Run ``main`` in a subprocess against ``url``; returns run ids per flow name (crash runs excluded)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(PREFECT_API_URL=url, PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_LOGGING_LEVEL="ERROR")
+    env.update(
+        PREFECT_API_URL=url, PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_LOGGING_LEVEL="ERROR"
+    )
     if home:
         env["PREFECT_HOME"] = str(home)
-    proc = subprocess.run([sys.executable, "-m", "bench.failing_flows"], env=env, capture_output=True, text=True,
-                          timeout=timeout, cwd=Path(__file__).resolve().parent.parent)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.failing_flows"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
     if proc.returncode != 0:
-        raise RuntimeError(f"failing flows did not run:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+        raise RuntimeError(
+            f"failing flows did not run:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+        )
     return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
 
 

@@ -41,10 +41,50 @@ from tests.support.server import prefect_server
 WORK = Path(__file__).resolve().parent / ".work"
 MARKER = "fast_seed.json"
 TS = "%Y-%m-%d %H:%M:%S.%f"  # how the server's SQLite file stores DATETIME (naive UTC)
-ADJECTIVES = ["amber", "brisk", "calm", "dapper", "eager", "fuzzy", "gentle", "hasty", "icy", "jolly",
-              "keen", "lively", "mellow", "nimble", "olive", "proud", "quiet", "rapid", "silver", "tidy"]
-ANIMALS = ["ant", "bison", "crane", "dingo", "egret", "ferret", "gecko", "heron", "ibis", "jackal",
-           "koala", "lemur", "marten", "newt", "otter", "panda", "quail", "raven", "stoat", "tapir"]
+ADJECTIVES = [
+    "amber",
+    "brisk",
+    "calm",
+    "dapper",
+    "eager",
+    "fuzzy",
+    "gentle",
+    "hasty",
+    "icy",
+    "jolly",
+    "keen",
+    "lively",
+    "mellow",
+    "nimble",
+    "olive",
+    "proud",
+    "quiet",
+    "rapid",
+    "silver",
+    "tidy",
+]
+ANIMALS = [
+    "ant",
+    "bison",
+    "crane",
+    "dingo",
+    "egret",
+    "ferret",
+    "gecko",
+    "heron",
+    "ibis",
+    "jackal",
+    "koala",
+    "lemur",
+    "marten",
+    "newt",
+    "otter",
+    "panda",
+    "quail",
+    "raven",
+    "stoat",
+    "tapir",
+]
 STARTED = {"COMPLETED", "FAILED", "CRASHED", "RUNNING", "PAUSED"}
 ENDED = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
@@ -71,7 +111,11 @@ def _iso(t: datetime) -> str:
 
 
 def _state_rows(
-    rng: random.Random, run_id: str, final: tuple[str, str], created: datetime, expected: datetime,
+    rng: random.Random,
+    run_id: str,
+    final: tuple[str, str],
+    created: datetime,
+    expected: datetime,
     details_keys: dict[str, Any],
 ) -> tuple[list[tuple[Any, ...]], dict[str, Any]]:
     """The state history of one run, oldest first, and the run's time fields."""
@@ -96,16 +140,34 @@ def _state_rows(
         history.append((state_type, state_name, end))
     rows = []
     for typ, name, at in history:
-        details = dict(details_keys, flow_run_id=run_id,
-                       scheduled_time=_iso(expected) if typ == "SCHEDULED" else None)
+        details = dict(
+            details_keys,
+            flow_run_id=run_id,
+            scheduled_time=_iso(expected) if typ == "SCHEDULED" else None,
+        )
         ts = _fmt(at)
-        rows.append((str(uuid.UUID(int=rng.getrandbits(128), version=4)), ts, ts, typ, ts, name, None,
-                     json.dumps(details), None, run_id, None))
+        rows.append(
+            (
+                str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+                ts,
+                ts,
+                typ,
+                ts,
+                name,
+                None,
+                json.dumps(details),
+                None,
+                run_id,
+                None,
+            )
+        )
     last = rows[-1]
     times = {
         "start_time": _fmt(start) if start else None,
         "end_time": _fmt(end) if end else None,
-        "total_run_time": _fmt(datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(seconds=run_seconds)),
+        "total_run_time": _fmt(
+            datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(seconds=run_seconds)
+        ),
         "run_count": 1 if start else 0,
         "state_id": last[0],
         "state_type": last[3],
@@ -117,7 +179,9 @@ def _state_rows(
     return rows, times
 
 
-def replicate(db: Path, total: int, days: int = 90, seed_value: int = 0, now: datetime | None = None) -> int:
+def replicate(
+    db: Path, total: int, days: int = 90, seed_value: int = 0, now: datetime | None = None
+) -> int:
     """Add flow runs to a stopped server's SQLite file until it holds ``total``; returns how many were added."""
     rng = random.Random(seed_value + 1)
     now = now or datetime.now(timezone.utc)
@@ -134,10 +198,16 @@ def replicate(db: Path, total: int, days: int = 90, seed_value: int = 0, now: da
         details_keys = {k: None for k in json.loads(details_row[0])} if details_row else {}
         details_keys.update(deferred=False, untrackable_result=False, pause_reschedule=False)
         weights = [w for _, _, w in STATE_MIX]
-        run_sql = f"INSERT INTO flow_run ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
-        state_sql = ("INSERT INTO flow_run_state (id, created, updated, type, timestamp, name, message, "
-                     "state_details, data, flow_run_id, result_artifact_id) VALUES (?,?,?,?,?,?,?,?,?,?,?)")
-        con.execute("PRAGMA foreign_keys = OFF")  # state_id points at a row inserted in the same batch
+        run_sql = (
+            f"INSERT INTO flow_run ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+        )
+        state_sql = (
+            "INSERT INTO flow_run_state (id, created, updated, type, timestamp, name, message, "
+            "state_details, data, flow_run_id, result_artifact_id) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+        )
+        con.execute(
+            "PRAGMA foreign_keys = OFF"
+        )  # state_id points at a row inserted in the same batch
         batch_runs: list[tuple[Any, ...]] = []
         batch_states: list[tuple[Any, ...]] = []
 
@@ -156,7 +226,9 @@ def replicate(db: Path, total: int, days: int = 90, seed_value: int = 0, now: da
                     expected = now + timedelta(seconds=rng.uniform(60, 7 * 86400))  # upcoming runs
                 created = min(expected, now) - timedelta(seconds=rng.uniform(60, 3600))
                 run_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
-                states, times = _state_rows(rng, run_id, (state_type, state_name), created, expected, details_keys)
+                states, times = _state_rows(
+                    rng, run_id, (state_type, state_name), created, expected, details_keys
+                )
                 row = dict(template)
                 row.update(times)
                 row.update(
@@ -165,7 +237,9 @@ def replicate(db: Path, total: int, days: int = 90, seed_value: int = 0, now: da
                     name=f"{rng.choice(ADJECTIVES)}-{rng.choice(ANIMALS)}-{rng.randrange(10_000)}",
                     expected_start_time=_fmt(expected),
                     idempotency_key=str(uuid.UUID(int=rng.getrandbits(128), version=4)),
-                    parameters=json.dumps({**json.loads(template["parameters"] or "{}"), "n": rng.randint(1, 100)}),
+                    parameters=json.dumps(
+                        {**json.loads(template["parameters"] or "{}"), "n": rng.randint(1, 100)}
+                    ),
                 )
                 batch_runs.append(tuple(row[c] for c in columns))
                 batch_states.extend(states)
@@ -200,7 +274,13 @@ def verify(url: str, expected: int, timeout: float = 120) -> dict[str, Any]:
 
 
 def _marker(runs: int, template_runs: int, days: int, seed_value: int) -> dict[str, Any]:
-    return {"runs": runs, "template_runs": template_runs, "days": days, "seed": seed_value, "version": 1}
+    return {
+        "runs": runs,
+        "template_runs": template_runs,
+        "days": days,
+        "seed": seed_value,
+        "version": 1,
+    }
 
 
 def fast_seed(
@@ -234,12 +314,22 @@ def fast_seed(
         with prefect_server(home=home) as server:
             checked = verify(server.url, runs)
         log(f"server check: {checked}")
-    marker.write_text(json.dumps({"seed_spec": want, "check": checked, "seeded_at": datetime.now(timezone.utc).isoformat()}))
+    marker.write_text(
+        json.dumps(
+            {
+                "seed_spec": want,
+                "check": checked,
+                "seeded_at": datetime.now(timezone.utc).isoformat(),
+            }
+        )
+    )
     return FastSeeded(home, runs, want["template_runs"], time.monotonic() - began, reused=False)
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--runs", type=int, required=True)
     p.add_argument("--home", type=Path, default=None, help="default: bench/.work/prefect-<runs>")
     p.add_argument("--template-runs", type=int, default=400)

@@ -74,8 +74,10 @@ def _state_case() -> tuple[str, str]:
         types.append(f"WHEN r_state < {acc:.6f} THEN '{state_type}'")
         names.append(f"WHEN r_state < {acc:.6f} THEN '{state_name}'")
     last_type, last_name, _ = STATE_MIX[-1]
-    return (f"CASE {' '.join(types)} ELSE '{last_type}' END",
-            f"CASE {' '.join(names)} ELSE '{last_name}' END")
+    return (
+        f"CASE {' '.join(types)} ELSE '{last_type}' END",
+        f"CASE {' '.join(names)} ELSE '{last_name}' END",
+    )
 
 
 def replicate_sql(todo: int, days: int, seed_value: int, offset: int = 0) -> str:
@@ -191,15 +193,24 @@ def replicate(cluster: PgCluster, total: int, days: int, seed_value: int, log: A
         return 0
     indexes = _secondary_indexes(cluster)
     t = time.monotonic()
-    cluster.psql("CREATE TABLE IF NOT EXISTS seed_template AS SELECT id FROM flow_run;\n"
-                 + "".join(f'DROP INDEX IF EXISTS "{name}";\n' for name, _ in indexes), DATABASE)
+    cluster.psql(
+        "CREATE TABLE IF NOT EXISTS seed_template AS SELECT id FROM flow_run;\n"
+        + "".join(f'DROP INDEX IF EXISTS "{name}";\n' for name, _ in indexes),
+        DATABASE,
+    )
     for start in range(0, todo, 250_000):  # chunks keep the plan table and WAL bounded
         n = min(250_000, todo - start)
         cluster.psql(replicate_sql(n, days, seed_value + start, offset=start), DATABASE)
         log(f"  +{n} runs ({start + n}/{todo}, {time.monotonic() - t:.0f}s)")
     t = time.monotonic()
-    cluster.psql("SET maintenance_work_mem = '512MB';\n" + "".join(f"{ddl};\n" for _, ddl in indexes), DATABASE)
-    cluster.psql("DROP TABLE seed_template; VACUUM ANALYZE flow_run; VACUUM ANALYZE flow_run_state;", DATABASE)
+    cluster.psql(
+        "SET maintenance_work_mem = '512MB';\n" + "".join(f"{ddl};\n" for _, ddl in indexes),
+        DATABASE,
+    )
+    cluster.psql(
+        "DROP TABLE seed_template; VACUUM ANALYZE flow_run; VACUUM ANALYZE flow_run_state;",
+        DATABASE,
+    )
     log(f"  rebuilt {len(indexes)} indexes and analysed in {time.monotonic() - t:.0f}s")
     return todo
 
@@ -210,23 +221,47 @@ def verify(url: str, expected: int, samples: int = 50, timeout: float = 300) -> 
     with httpx.Client(base_url=url.rstrip("/") + "/", timeout=timeout) as c:
         count = int(c.post("flow_runs/count", json={}).json())
         by_state = {
-            st: int(c.post("flow_runs/count", json={"flow_runs": {"state": {"type": {"any_": [st]}}}}).json())
+            st: int(
+                c.post(
+                    "flow_runs/count", json={"flow_runs": {"state": {"type": {"any_": [st]}}}}
+                ).json()
+            )
             for st, _, _ in STATE_MIX
         }
         bad = []
         for _ in range(samples):
-            page = c.post("flow_runs/filter", json={
-                "sort": "EXPECTED_START_TIME_ASC", "limit": 1, "flow_runs": {"expected_start_time": {
-                    "after_": datetime.fromtimestamp(time.time() - rng.uniform(0, 80 * 86400), timezone.utc).isoformat()}},
-            }).json()
+            page = c.post(
+                "flow_runs/filter",
+                json={
+                    "sort": "EXPECTED_START_TIME_ASC",
+                    "limit": 1,
+                    "flow_runs": {
+                        "expected_start_time": {
+                            "after_": datetime.fromtimestamp(
+                                time.time() - rng.uniform(0, 80 * 86400), timezone.utc
+                            ).isoformat()
+                        }
+                    },
+                },
+            ).json()
             if not page:
                 continue
             run = c.get(f"flow_runs/{page[0]['id']}").json()
             states = c.get("flow_run_states/", params={"flow_run_id": run["id"]}).json()
             latest = max(states, key=lambda s: s["timestamp"]) if states else None
-            if not latest or latest["id"] != run["state"]["id"] or latest["type"] != run["state_type"]:
+            if (
+                not latest
+                or latest["id"] != run["state"]["id"]
+                or latest["type"] != run["state_type"]
+            ):
                 bad.append(run["id"])
-    result = {"count": count, "expected": expected, "by_state": by_state, "sampled": samples, "inconsistent": bad}
+    result = {
+        "count": count,
+        "expected": expected,
+        "by_state": by_state,
+        "sampled": samples,
+        "inconsistent": bad,
+    }
     if count != expected or sum(by_state.values()) != expected or bad:
         raise RuntimeError(f"PostgreSQL seed check failed: {result}")
     return result
@@ -246,18 +281,40 @@ def pg_server(cluster: PgCluster, workers: int = 1, home: Path | None = None) ->
         with prefect_server(home=home, database_url=url, backend="postgres", timeout=300) as server:
             yield server
     else:
-        with redis_server() as redis, prefect_server(home=home, database_url=url, workers=workers,
-                                                     extra_env=redis_env(redis), backend="postgres-2w",
-                                                     timeout=300) as server:
+        with (
+            redis_server() as redis,
+            prefect_server(
+                home=home,
+                database_url=url,
+                workers=workers,
+                extra_env=redis_env(redis),
+                backend="postgres-2w",
+                timeout=300,
+            ) as server,
+        ):
             yield server
 
 
-def pg_fast_seed(runs: int, root: Path | None = None, *, template_runs: int = 400, days: int = 90,
-                 seed_value: int = 0, check: bool = True, log: Any = print) -> PgSeeded:
+def pg_fast_seed(
+    runs: int,
+    root: Path | None = None,
+    *,
+    template_runs: int = 400,
+    days: int = 90,
+    seed_value: int = 0,
+    check: bool = True,
+    log: Any = print,
+) -> PgSeeded:
     """A kept PostgreSQL cluster whose ``prefect`` database holds ``runs`` flow runs."""
     began = time.monotonic()
     root = root or default_root(runs)
-    want = {"runs": runs, "template_runs": min(template_runs, runs), "days": days, "seed": seed_value, "version": 1}
+    want = {
+        "runs": runs,
+        "template_runs": min(template_runs, runs),
+        "days": days,
+        "seed": seed_value,
+        "version": 1,
+    }
     marker = root / MARKER
     if marker.exists() and json.loads(marker.read_text()).get("seed_spec") == want:
         return PgSeeded(root, runs, want["template_runs"], time.monotonic() - began, reused=True)
@@ -266,7 +323,9 @@ def pg_fast_seed(runs: int, root: Path | None = None, *, template_runs: int = 40
             cluster.drop_database(DATABASE)
         cluster.create_database(DATABASE, template=None)
         log(f"seeding a template of {want['template_runs']} runs through the API")
-        with prefect_server(database_url=cluster.url(DATABASE), backend="postgres", timeout=300) as server:
+        with prefect_server(
+            database_url=cluster.url(DATABASE), backend="postgres", timeout=300
+        ) as server:
             seed(server.url, runs=want["template_runs"], days=days, seed_value=seed_value)
         log(f"replicating to {runs} runs in SQL")
         t = time.monotonic()
@@ -277,12 +336,22 @@ def pg_fast_seed(runs: int, root: Path | None = None, *, template_runs: int = 40
             with pg_server(cluster) as server:
                 checked = verify(server.url, runs)
             log(f"server check: {checked}")
-    marker.write_text(json.dumps({"seed_spec": want, "check": checked, "seeded_at": datetime.now(timezone.utc).isoformat()}))
+    marker.write_text(
+        json.dumps(
+            {
+                "seed_spec": want,
+                "check": checked,
+                "seeded_at": datetime.now(timezone.utc).isoformat(),
+            }
+        )
+    )
     return PgSeeded(root, runs, want["template_runs"], time.monotonic() - began, reused=False)
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--runs", type=int, required=True)
     p.add_argument("--root", type=Path, default=None, help="default: bench/.work/pg-<runs>")
     p.add_argument("--template-runs", type=int, default=400)

@@ -91,17 +91,23 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture(scope="session")
-def prefect(backend: str, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeededServer]:
+def prefect(
+    backend: str, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[SeededServer]:
     home = tmp_path_factory.mktemp(f"prefect-session-{backend}")
     with backend_server(backend, home, _cluster_for(backend, request)) as server:
-        seeded = seed(server.url, runs=SEED_RUNS, flows=4, deployments_per_flow=3, days=45, seed_value=7)
+        seeded = seed(
+            server.url, runs=SEED_RUNS, flows=4, deployments_per_flow=3, days=45, seed_value=7
+        )
         real = run_real_flows(server.url, home)
         yield SeededServer(server, seeded, real)
 
 
 @pytest.fixture
 def fresh_server(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Server]:
-    with backend_server(backend, tmp_path / "fresh-prefect", _cluster_for(backend, request)) as server:
+    with backend_server(
+        backend, tmp_path / "fresh-prefect", _cluster_for(backend, request)
+    ) as server:
         yield server
 
 

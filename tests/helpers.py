@@ -62,7 +62,10 @@ def server_count(count: Any, states: list[str], window: Any, **filters: Any) -> 
     """Runs in ``states`` whose expected start is in ``window``, with extra filter sections."""
     runs: dict[str, Any] = {"state": {"type": {"any_": states}}}
     if window is not None and window.since is not None:
-        runs["expected_start_time"] = {"after_": window.since.isoformat(), "before_": window.until.isoformat()}
+        runs["expected_start_time"] = {
+            "after_": window.since.isoformat(),
+            "before_": window.until.isoformat(),
+        }
     body: dict[str, Any] = {"flow_runs": runs}
     for section, value in filters.items():
         if section == "flow_runs":
@@ -78,13 +81,21 @@ def wait_for_state_events(url: str, ids: list[str], state_type: str, timeout: fl
     deadline = time.monotonic() + timeout
     with httpx.Client(base_url=url + "/", timeout=30) as c:
         while True:
-            res = c.post("events/filter", json={
-                "filter": {"any_resource": {"id": sorted(wanted)}, "event": {"name": [f"prefect.flow-run.{state_type.title()}"]}},
-                "limit": 50,
-            })
+            res = c.post(
+                "events/filter",
+                json={
+                    "filter": {
+                        "any_resource": {"id": sorted(wanted)},
+                        "event": {"name": [f"prefect.flow-run.{state_type.title()}"]},
+                    },
+                    "limit": 50,
+                },
+            )
             if res.status_code == 200:
                 seen = {e["resource"]["prefect.resource.id"] for e in res.json()["events"]}
                 if wanted <= seen:
                     return
-            assert time.monotonic() < deadline, f"state events for {len(wanted)} runs never appeared"
+            assert time.monotonic() < deadline, (
+                f"state events for {len(wanted)} runs never appeared"
+            )
             time.sleep(0.5)

@@ -19,9 +19,22 @@ def rid(n: int) -> str:
     return str(uuid.UUID(int=n))
 
 
-def run(n: int, state: str | None = "COMPLETED", days_ago: float = 40, dep: str | None = "prod",
-        tags: Sequence[str] = (), deleted: bool = False) -> dict[str, Any]:
-    return {"id": rid(n), "state": state, "days_ago": days_ago, "dep": dep, "tags": list(tags), "deleted": deleted}
+def run(
+    n: int,
+    state: str | None = "COMPLETED",
+    days_ago: float = 40,
+    dep: str | None = "prod",
+    tags: Sequence[str] = (),
+    deleted: bool = False,
+) -> dict[str, Any]:
+    return {
+        "id": rid(n),
+        "state": state,
+        "days_ago": days_ago,
+        "dep": dep,
+        "tags": list(tags),
+        "deleted": deleted,
+    }
 
 
 def make_db(path: Path, runs: list[dict[str, Any]]) -> Path:
@@ -30,7 +43,8 @@ def make_db(path: Path, runs: list[dict[str, Any]]) -> Path:
         store.execute("INSERT INTO flows (id, name, synced_at) VALUES (?, 'etl', now())", [FLOW])
         for name, dep_id in DEPLOYMENTS.items():
             store.execute(
-                "INSERT INTO deployments (id, name, flow_id, synced_at) VALUES (?, ?, ?, now())", [dep_id, name, FLOW]
+                "INSERT INTO deployments (id, name, flow_id, synced_at) VALUES (?, ?, ?, now())",
+                [dep_id, name, FLOW],
             )
         for r in runs:
             when = NOW - timedelta(days=r["days_ago"])
@@ -40,7 +54,19 @@ def make_db(path: Path, runs: list[dict[str, Any]]) -> Path:
                     expected_start_time, start_time, end_time, created, synced_at, deleted_at)
                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, now(), ?)
                 """,
-                [r["id"], f"run-{r['id'][-4:]}", FLOW, DEPLOYMENTS.get(r["dep"] or ""), r["state"], (r["state"] or "").title() or None,
-                 r["tags"], when, when, when + timedelta(minutes=1), when, NOW if r["deleted"] else None],
+                [
+                    r["id"],
+                    f"run-{r['id'][-4:]}",
+                    FLOW,
+                    DEPLOYMENTS.get(r["dep"] or ""),
+                    r["state"],
+                    (r["state"] or "").title() or None,
+                    r["tags"],
+                    when,
+                    when,
+                    when + timedelta(minutes=1),
+                    when,
+                    NOW if r["deleted"] else None,
+                ],
             )
     return path

@@ -15,7 +15,9 @@ def server_runs(url: str) -> dict[str, str]:
     with httpx.Client(base_url=url + "/", timeout=60) as c:
         offset = 0
         while True:
-            page = c.post("flow_runs/filter", json={"limit": 200, "offset": offset, "sort": "ID_DESC"}).json()
+            page = c.post(
+                "flow_runs/filter", json={"limit": 200, "offset": offset, "sort": "ID_DESC"}
+            ).json()
             for r in page:
                 out[r["id"]] = r["state_type"]
             if len(page) < 200:

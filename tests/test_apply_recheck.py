@@ -42,8 +42,11 @@ _taken: set[str] = set()
 
 def pick(server: Server, state: str, n: int) -> list[str]:
     """``n`` runs in ``state`` no other test of this module has used."""
-    runs = httpx.post(f"{server.url}/flow_runs/filter", timeout=60, json={
-        "flow_runs": {"state": {"type": {"any_": [state]}}}, "limit": 200, "sort": "ID_DESC"}).json()
+    runs = httpx.post(
+        f"{server.url}/flow_runs/filter",
+        timeout=60,
+        json={"flow_runs": {"state": {"type": {"any_": [state]}}}, "limit": 200, "sort": "ID_DESC"},
+    ).json()
     ids = [r["id"] for r in runs if r["id"] not in _taken][:n]
     assert len(ids) == n, f"the seed has too few {state} runs"
     _taken.update(ids)
@@ -60,8 +63,11 @@ def patch(server: Server, run_id: str, **fields: Any) -> None:
 
 
 def on_server(server: Server, ids: list[str]) -> dict[str, dict[str, Any]]:
-    runs = httpx.post(f"{server.url}/flow_runs/filter", timeout=60, json={
-        "flow_runs": {"id": {"any_": ids}}, "limit": 200}).json()
+    runs = httpx.post(
+        f"{server.url}/flow_runs/filter",
+        timeout=60,
+        json={"flow_runs": {"id": {"any_": ids}}, "limit": 200},
+    ).json()
     return {r["id"]: r for r in runs}
 
 
@@ -82,28 +88,39 @@ def write(folder: Path, text: str) -> Path:
 
 
 def audit(db: Path, ids: list[str]) -> dict[str, tuple[str, dict[str, Any]]]:
-    rows = query(db, "SELECT CAST(flow_run_id AS VARCHAR), outcome, details FROM policy_actions "
-                     "WHERE flow_run_id IN (SELECT unnest(CAST(? AS UUID[])))", [ids])
+    rows = query(
+        db,
+        "SELECT CAST(flow_run_id AS VARCHAR), outcome, details FROM policy_actions "
+        "WHERE flow_run_id IN (SELECT unnest(CAST(? AS UUID[])))",
+        [ids],
+    )
     return {i: (o, json.loads(d) if d else {}) for i, o, d in rows}
 
 
-def test_a_run_tagged_protected_after_the_plan_is_not_deleted(server: Server, tmp_path: Path) -> None:
+def test_a_run_tagged_protected_after_the_plan_is_not_deleted(
+    server: Server, tmp_path: Path
+) -> None:
     db = pulled(server, tmp_path / "runs.duckdb")
     ids = pick(server, "COMPLETED", 8)
-    path = write(tmp_path, f"""version: 1
+    path = write(
+        tmp_path,
+        f"""version: 1
 protect_tags: [on-hold]
 rules:
   - name: purge
     action: delete
     sql: SELECT id FROM flow_runs WHERE deleted_at IS NULL AND CAST(id AS VARCHAR) IN ({id_list(ids)})
-""")
+""",
+    )
     plan = run_cli("plan", str(path), "--db", str(db), "--json")
     assert json.loads(plan.stdout)["total"] == 8
     assert "re-reads each batch" in run_cli("plan", str(path), "--db", str(db)).stdout
     kept = ids[:3]
     for i in kept:  # after the pull and after the plan; PATCH emits no event
         patch(server, i, tags=["on-hold"])
-    result = run_cli("apply", str(path), "--db", str(db), "--api-url", server.url, "--yes", "--json")
+    result = run_cli(
+        "apply", str(path), "--db", str(db), "--api-url", server.url, "--yes", "--json"
+    )
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["result"]["rules"] == {"purge": {"deleted": 5, "skipped": 3}}
     assert sorted(on_server(server, ids)) == sorted(kept)  # the tagged ones are still there
@@ -115,26 +132,40 @@ rules:
         assert "re-checked right before the call" in details["reason"]
     assert {rows[i][0] for i in ids[3:]} == {"deleted"}
     # the file has the fresh read: tagged, live
-    assert scalar(db, "SELECT count(*) FROM flow_runs WHERE list_contains(tags, 'on-hold') AND deleted_at IS NULL "
-                      "AND id IN (SELECT unnest(CAST(? AS UUID[])))", [kept]) == 3
+    assert (
+        scalar(
+            db,
+            "SELECT count(*) FROM flow_runs WHERE list_contains(tags, 'on-hold') AND deleted_at IS NULL "
+            "AND id IN (SELECT unnest(CAST(? AS UUID[])))",
+            [kept],
+        )
+        == 3
+    )
 
 
-def test_plan_shows_its_data_age_and_refresh_rereads_the_selected_runs(server: Server, tmp_path: Path) -> None:
+def test_plan_shows_its_data_age_and_refresh_rereads_the_selected_runs(
+    server: Server, tmp_path: Path
+) -> None:
     db = pulled(server, tmp_path / "runs.duckdb")
     ids = pick(server, "COMPLETED", 4)
-    path = write(tmp_path, f"""version: 1
+    path = write(
+        tmp_path,
+        f"""version: 1
 protect_tags: [on-hold]
 rules:
   - name: purge
     action: delete
     sql: SELECT id FROM flow_runs WHERE deleted_at IS NULL AND CAST(id AS VARCHAR) IN ({id_list(ids)})
-""")
+""",
+    )
     patch(server, ids[0], tags=["on-hold"])
     stale = run_cli("plan", str(path), "--db", str(db))
     assert stale.exit_code == 0, stale.output
     assert "data: last pull" in stale.stdout and "plan --refresh" in stale.stdout
     assert json.loads(run_cli("plan", str(path), "--db", str(db), "--json").stdout)["total"] == 4
-    fresh = run_cli("plan", str(path), "--db", str(db), "--refresh", "--api-url", server.url, "--json")
+    fresh = run_cli(
+        "plan", str(path), "--db", str(db), "--refresh", "--api-url", server.url, "--json"
+    )
     assert fresh.exit_code == 0, fresh.output
     data = json.loads(fresh.stdout)
     assert data["total"] == 3 and data["data"]["refreshed"] == 4
@@ -145,35 +176,50 @@ rules:
 def test_runs_the_rule_no_longer_selects_are_left_alone(server: Server, tmp_path: Path) -> None:
     db = pulled(server, tmp_path / "runs.duckdb")
     ids = pick(server, "COMPLETED", 6)
-    path = write(tmp_path, f"""version: 1
+    path = write(
+        tmp_path,
+        f"""version: 1
 rules:
   - name: purge-plain
     action: delete
     sql: |
       SELECT id FROM flow_runs WHERE deleted_at IS NULL AND CAST(id AS VARCHAR) IN ({id_list(ids)})
         AND name NOT LIKE 'vip-%' AND NOT list_contains(tags, 'vip')
-""")
+""",
+    )
     patch(server, ids[0], name="vip-renamed")
     patch(server, ids[1], tags=["vip"])
-    result = run_cli("apply", str(path), "--db", str(db), "--api-url", server.url, "--yes", "--json")
+    result = run_cli(
+        "apply", str(path), "--db", str(db), "--api-url", server.url, "--yes", "--json"
+    )
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout)["result"]["rules"] == {"purge-plain": {"deleted": 4, "skipped": 2}}
+    assert json.loads(result.stdout)["result"]["rules"] == {
+        "purge-plain": {"deleted": 4, "skipped": 2}
+    }
     assert sorted(on_server(server, ids)) == sorted(ids[:2])
     rows = audit(db, ids)
-    assert rows[ids[0]][0] == "skipped" and rows[ids[0]][1]["check"] == "the rule's SQL no longer selects it"
+    assert (
+        rows[ids[0]][0] == "skipped"
+        and rows[ids[0]][1]["check"] == "the rule's SQL no longer selects it"
+    )
     assert rows[ids[0]][1]["changes"]["name"][1] == "vip-renamed"
     assert rows[ids[1]][1]["changes"]["tags"][1] == ["vip"]
 
 
-def test_a_run_gone_before_the_call_is_audited_gone_and_not_sent(server: Server, tmp_path: Path) -> None:
+def test_a_run_gone_before_the_call_is_audited_gone_and_not_sent(
+    server: Server, tmp_path: Path
+) -> None:
     db = pulled(server, tmp_path / "runs.duckdb")
     ids = pick(server, "FAILED", 4)
-    path = write(tmp_path, f"""version: 1
+    path = write(
+        tmp_path,
+        f"""version: 1
 rules:
   - name: purge
     action: delete
     sql: SELECT id FROM flow_runs WHERE deleted_at IS NULL AND CAST(id AS VARCHAR) IN ({id_list(ids)})
-""")
+""",
+    )
     assert httpx.delete(f"{server.url}/flow_runs/{ids[0]}", timeout=60).status_code == 204
     sent: list[str] = []
 
@@ -193,7 +239,9 @@ rules:
 Fault = Callable[[httpx.Request, int], httpx.Response | None]
 
 
-def forwarding(fault: Fault, after: Callable[[httpx.Request, httpx.Response], None] | None = None) -> httpx.MockTransport:
+def forwarding(
+    fault: Fault, after: Callable[[httpx.Request, httpx.Response], None] | None = None
+) -> httpx.MockTransport:
     """Forward every request to the real server unless ``fault`` answers it first;
     ``after`` sees the real answer (and may raise to drop it)."""
     real = httpx.Client(timeout=60)
@@ -203,37 +251,55 @@ def forwarding(fault: Fault, after: Callable[[httpx.Request, httpx.Response], No
         injected = fault(request, next(calls))
         if injected is not None:
             return injected
-        response = real.request(request.method, str(request.url), content=request.content, headers=request.headers)
+        response = real.request(
+            request.method, str(request.url), content=request.content, headers=request.headers
+        )
         if after is not None:
             after(request, response)
-        headers = {k: v for k, v in response.headers.items() if k.lower() not in ("content-encoding", "content-length")}
+        headers = {
+            k: v
+            for k, v in response.headers.items()
+            if k.lower() not in ("content-encoding", "content-length")
+        }
         return httpx.Response(response.status_code, headers=headers, content=response.content)
 
     return httpx.MockTransport(handler)
 
 
 def apply_with(
-    server: Server, db: Path, policy: Path, fault: Fault,
+    server: Server,
+    db: Path,
+    policy: Path,
+    fault: Fault,
     after: Callable[[httpx.Request, httpx.Response], None] | None = None,
 ) -> Any:
     loaded = parse_policy(policy.read_bytes(), str(policy))
     with Store.open(db, read_only=True, sandbox=True) as store:
         plan = make_plan(store, loaded)
-    client = PrefectClient(ApiSettings(url=server.url), transport=forwarding(fault, after),
-                           retry=RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.05), sleep=lambda s: None)
+    client = PrefectClient(
+        ApiSettings(url=server.url),
+        transport=forwarding(fault, after),
+        retry=RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.05),
+        sleep=lambda s: None,
+    )
     with Store.open(db, sandbox=True) as store, client:
         return apply_plan(client, store, plan)
 
 
-def test_a_lost_delete_answer_after_the_commit_is_recorded_deleted(server: Server, tmp_path: Path) -> None:
+def test_a_lost_delete_answer_after_the_commit_is_recorded_deleted(
+    server: Server, tmp_path: Path
+) -> None:
     db = pulled(server, tmp_path / "runs.duckdb")
     ids = pick(server, "COMPLETED", 12)
-    path = write(tmp_path, f"""version: 1
+    path = write(
+        tmp_path,
+        f"""version: 1
 rules:
   - name: purge
     action: delete
     sql: SELECT id FROM flow_runs WHERE deleted_at IS NULL AND CAST(id AS VARCHAR) IN ({id_list(ids)})
-""")
+""",
+    )
     bulk: list[list[str]] = []
 
     def count(request: httpx.Request, n: int) -> httpx.Response | None:
@@ -243,7 +309,9 @@ rules:
 
     def drop(request: httpx.Request, response: httpx.Response) -> None:
         if request.url.path.endswith("/bulk_delete"):
-            raise httpx.RemoteProtocolError("Server disconnected without sending a response.", request=request)
+            raise httpx.RemoteProtocolError(
+                "Server disconnected without sending a response.", request=request
+            )
 
     result = apply_with(server, db, path, count, drop)
     assert on_server(server, ids) == {}  # the server did delete them
@@ -252,8 +320,15 @@ rules:
     rows = audit(db, ids)
     assert {o for o, _ in rows.values()} == {"deleted"}
     assert all("gone after it" in d["evidence"] for _, d in rows.values())
-    assert scalar(db, "SELECT count(*) FROM flow_runs WHERE deleted_at IS NOT NULL AND id IN "
-                      "(SELECT unnest(CAST(? AS UUID[])))", [ids]) == 12
+    assert (
+        scalar(
+            db,
+            "SELECT count(*) FROM flow_runs WHERE deleted_at IS NOT NULL AND id IN "
+            "(SELECT unnest(CAST(? AS UUID[])))",
+            [ids],
+        )
+        == 12
+    )
 
 
 def test_a_lost_set_state_answer_is_accepted_and_a_run_that_moved_on_is_not_sent_twice(
@@ -262,14 +337,17 @@ def test_a_lost_set_state_answer_is_accepted_and_a_run_that_moved_on_is_not_sent
     db = pulled(server, tmp_path / "runs.duckdb")
     ids = pick(server, "SCHEDULED", 6)
     moved = ids[0]
-    path = write(tmp_path, f"""version: 1
+    path = write(
+        tmp_path,
+        f"""version: 1
 rules:
   - name: cancel
     action: set_state
     state: {{type: CANCELLED, name: Cancelled, message: flowsync test}}
     force: true
     sql: SELECT id FROM flow_runs WHERE deleted_at IS NULL AND CAST(id AS VARCHAR) IN ({id_list(ids)})
-""")
+""",
+    )
     bulk: list[list[str]] = []
 
     def count(request: httpx.Request, n: int) -> httpx.Response | None:
@@ -280,8 +358,11 @@ rules:
     def commit_then_drop(request: httpx.Request, response: httpx.Response) -> None:
         if request.url.path.endswith("/bulk_set_state"):
             # someone moves one run on before we can look, then the answer is lost
-            r = httpx.post(f"{server.url}/flow_runs/{moved}/set_state", timeout=60,
-                           json={"state": {"type": "RUNNING", "name": "Running"}, "force": True})
+            r = httpx.post(
+                f"{server.url}/flow_runs/{moved}/set_state",
+                timeout=60,
+                json={"state": {"type": "RUNNING", "name": "Running"}, "force": True},
+            )
             assert r.json()["status"] == "ACCEPT", r.text
             raise httpx.ReadTimeout("timed out", request=request)
 
@@ -298,14 +379,17 @@ rules:
 def test_a_call_the_server_never_received_is_resent_once(server: Server, tmp_path: Path) -> None:
     db = pulled(server, tmp_path / "runs.duckdb")
     ids = pick(server, "COMPLETED", 4)
-    path = write(tmp_path, f"""version: 1
+    path = write(
+        tmp_path,
+        f"""version: 1
 rules:
   - name: cancel
     action: set_state
     state: {{type: CANCELLED, name: Cancelled}}
     force: true
     sql: SELECT id FROM flow_runs WHERE deleted_at IS NULL AND CAST(id AS VARCHAR) IN ({id_list(ids)})
-""")
+""",
+    )
     bulk: list[int] = []
 
     def first_fails(request: httpx.Request, n: int) -> httpx.Response | None:

@@ -34,7 +34,11 @@ def test_url_without_api_suffix(prefect: SeededServer, db_path: Path) -> None:
 
 
 def test_not_a_url(db_path: Path) -> None:
-    one_clear_line(run_cli("pull", "--api-url", "localhost:4200", "--db", str(db_path)), 2, "not an http(s) URL")
+    one_clear_line(
+        run_cli("pull", "--api-url", "localhost:4200", "--db", str(db_path)),
+        2,
+        "not an http(s) URL",
+    )
 
 
 def test_no_url_anywhere(db_path: Path) -> None:
@@ -42,12 +46,16 @@ def test_no_url_anywhere(db_path: Path) -> None:
 
 
 def test_db_is_a_directory(prefect: SeededServer, tmp_path: Path) -> None:
-    one_clear_line(run_cli("pull", "--api-url", prefect.url, "--db", str(tmp_path)), 5, "is a directory")
+    one_clear_line(
+        run_cli("pull", "--api-url", prefect.url, "--db", str(tmp_path)), 5, "is a directory"
+    )
 
 
 def test_db_in_missing_directory(prefect: SeededServer, tmp_path: Path) -> None:
     target = tmp_path / "nope" / "x.duckdb"
-    one_clear_line(run_cli("pull", "--api-url", prefect.url, "--db", str(target)), 5, "does not exist")
+    one_clear_line(
+        run_cli("pull", "--api-url", prefect.url, "--db", str(target)), 5, "does not exist"
+    )
     assert not target.parent.exists()
 
 
@@ -57,21 +65,33 @@ def test_unwritable_directory(prefect: SeededServer, tmp_path: Path) -> None:
     locked.mkdir()
     locked.chmod(0o500)
     try:
-        one_clear_line(run_cli("pull", "--api-url", prefect.url, "--db", str(locked / "x.duckdb")), 5, "permission")
+        one_clear_line(
+            run_cli("pull", "--api-url", prefect.url, "--db", str(locked / "x.duckdb")),
+            5,
+            "permission",
+        )
     finally:
         locked.chmod(0o700)
 
 
 def test_unwritable_path_as_root_too(prefect: SeededServer) -> None:
     # /proc is read-only for everyone, root included
-    one_clear_line(run_cli("pull", "--api-url", prefect.url, "--db", "/proc/flowsync.duckdb"), 5, "/proc")
+    one_clear_line(
+        run_cli("pull", "--api-url", prefect.url, "--db", "/proc/flowsync.duckdb"), 5, "/proc"
+    )
 
 
-@pytest.mark.parametrize("content", [b"not a database at all\n" * 100, b"SQLite format 3\x00" + b"\x00" * 4096])
-def test_file_that_is_not_duckdb_is_left_alone(prefect: SeededServer, tmp_path: Path, content: bytes) -> None:
+@pytest.mark.parametrize(
+    "content", [b"not a database at all\n" * 100, b"SQLite format 3\x00" + b"\x00" * 4096]
+)
+def test_file_that_is_not_duckdb_is_left_alone(
+    prefect: SeededServer, tmp_path: Path, content: bytes
+) -> None:
     target = tmp_path / "notes.duckdb"
     target.write_bytes(content)
-    one_clear_line(run_cli("pull", "--api-url", prefect.url, "--db", str(target)), 5, "not a DuckDB database")
+    one_clear_line(
+        run_cli("pull", "--api-url", prefect.url, "--db", str(target)), 5, "not a DuckDB database"
+    )
     assert target.read_bytes() == content
     assert not Path(str(target) + ".wal").exists()
 
@@ -82,7 +102,14 @@ def test_status_on_missing_file(tmp_path: Path) -> None:
     assert not missing.exists()
 
 
-def test_other_server_into_same_file_is_refused(prefect: SeededServer, fresh_server: object, db_path: Path) -> None:
+def test_other_server_into_same_file_is_refused(
+    prefect: SeededServer, fresh_server: object, db_path: Path
+) -> None:
     assert run_cli("pull", "--api-url", prefect.url, "--db", str(db_path)).exit_code == 0
     other = fresh_server.url  # type: ignore[attr-defined]
-    one_clear_line(run_cli("pull", "--api-url", other, "--db", str(db_path)), 2, "holds runs from", "another --db")
+    one_clear_line(
+        run_cli("pull", "--api-url", other, "--db", str(db_path)),
+        2,
+        "holds runs from",
+        "another --db",
+    )

@@ -25,10 +25,14 @@ def test_fast_seed_count_matches_and_reuses(tmp_path: Path) -> None:
     with prefect_server(home=home) as server:
         assert verify(server.url, 300)["read"] == 300
         with httpx.Client(base_url=server.url + "/", timeout=60) as c:
-            by_state = c.post("flow_runs/count", json={"flow_runs": {"state": {"type": {"any_": ["COMPLETED"]}}}})
+            by_state = c.post(
+                "flow_runs/count", json={"flow_runs": {"state": {"type": {"any_": ["COMPLETED"]}}}}
+            )
             by_state.raise_for_status()
             # STATE_MIX puts 62% in COMPLETED; a wide band keeps the test robust to the RNG.
             assert 120 <= by_state.json() <= 240
-            runs = c.post("flow_runs/filter", json={"limit": 5, "sort": "EXPECTED_START_TIME_ASC"}).json()
+            runs = c.post(
+                "flow_runs/filter", json={"limit": 5, "sort": "EXPECTED_START_TIME_ASC"}
+            ).json()
             states = c.get(f"flow_runs/{runs[0]['id']}").json()["state"]
             assert states["type"] == runs[0]["state_type"]

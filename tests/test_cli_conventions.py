@@ -51,7 +51,9 @@ def test_the_walk_finds_the_known_commands() -> None:
 def test_every_command_help_has_an_example(path: tuple[str, ...], command: Any) -> None:
     result = run_cli(*path, "--help")
     assert result.exit_code == 0
-    assert "Example:" in result.stdout, f"`flowsync {' '.join(path)} --help` has no 'Example: flowsync ...' line"
+    assert "Example:" in result.stdout, (
+        f"`flowsync {' '.join(path)} --help` has no 'Example: flowsync ...' line"
+    )
     example = result.stdout.split("Example:", 1)[1].split()
     assert example[0] == "flowsync", example[:3]
 
@@ -97,16 +99,24 @@ def test_version_matches_the_installed_distribution() -> None:
 def test_bash_completion_script_and_completions() -> None:
     # Typer detects the shell from the process tree (shellingham): run it from bash, as a user would,
     # so the test does not depend on what started pytest.
-    script = subprocess.run(["bash", "-c", f'"{FLOWSYNC}" --show-completion bash'], capture_output=True,
-                            text=True, timeout=60)
+    script = subprocess.run(
+        ["bash", "-c", f'"{FLOWSYNC}" --show-completion bash'],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert script.returncode == 0, script.stderr
     assert "complete -o default -F _flowsync_completion flowsync" in script.stdout
     help_text = run_cli("--help").stdout
     assert "--install-completion" in help_text and "--show-completion" in help_text
 
     def complete(words: str) -> list[str]:
-        env = {**os.environ, "_FLOWSYNC_COMPLETE": "complete_bash", "COMP_WORDS": words,
-               "COMP_CWORD": str(len(words.split()) - 1)}
+        env = {
+            **os.environ,
+            "_FLOWSYNC_COMPLETE": "complete_bash",
+            "COMP_WORDS": words,
+            "COMP_CWORD": str(len(words.split()) - 1),
+        }
         proc = subprocess.run([str(FLOWSYNC)], env=env, capture_output=True, text=True, timeout=60)
         return proc.stdout.split()
 
@@ -117,8 +127,13 @@ def test_bash_completion_script_and_completions() -> None:
 def _stderr_on_a_terminal(extra_env: dict[str, str]) -> str:
     env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "TERM")}
     env.update(FORCE_COLOR="1", TERM="xterm-256color", **extra_env)  # rich: behave as on a terminal
-    proc = subprocess.run([str(FLOWSYNC), "status", "--db", "/nonexistent/flowsync.duckdb"],
-                          env=env, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [str(FLOWSYNC), "status", "--db", "/nonexistent/flowsync.duckdb"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 5
     return proc.stderr
 

@@ -24,11 +24,17 @@ def test_flag_beats_env_beats_profile(isolated_env: Path) -> None:
     s = resolve_api(env=env)
     assert s.url.endswith("/workspaces/w") and s.api_key is not None
     assert s.api_key.get_secret_value() == "pnu_profile" and "profile 'cloud'" in s.source
-    s = resolve_api(env={**env, "PREFECT_API_URL": "http://127.0.0.1:4200/api/", "PREFECT_API_KEY": "pnu_env"})
+    s = resolve_api(
+        env={**env, "PREFECT_API_URL": "http://127.0.0.1:4200/api/", "PREFECT_API_KEY": "pnu_env"}
+    )
     assert s.url == "http://127.0.0.1:4200/api" and s.source == "$PREFECT_API_URL"
     assert s.api_key is not None and s.api_key.get_secret_value() == "pnu_env"
     s = resolve_api("http://h:1/api", "pnu_flag", env=env)
-    assert s.url == "http://h:1/api" and s.api_key is not None and s.api_key.get_secret_value() == "pnu_flag"
+    assert (
+        s.url == "http://h:1/api"
+        and s.api_key is not None
+        and s.api_key.get_secret_value() == "pnu_flag"
+    )
 
 
 def test_prefect_profile_env_selects_profile(isolated_env: Path) -> None:
@@ -36,7 +42,10 @@ def test_prefect_profile_env_selects_profile(isolated_env: Path) -> None:
         isolated_env,
         'active = "a"\n[profiles.a]\nPREFECT_API_URL = "http://a/api"\n[profiles.b]\nPREFECT_API_URL = "http://b/api"\n',
     )
-    assert resolve_api(env={"PREFECT_HOME": str(isolated_env), "PREFECT_PROFILE": "b"}).url == "http://b/api"
+    assert (
+        resolve_api(env={"PREFECT_HOME": str(isolated_env), "PREFECT_PROFILE": "b"}).url
+        == "http://b/api"
+    )
     with pytest.raises(ConfigError, match="'zzz'"):
         resolve_api(env={"PREFECT_HOME": str(isolated_env), "PREFECT_PROFILE": "zzz"})
 
@@ -54,16 +63,29 @@ def test_broken_profiles_file_is_one_clear_error(isolated_env: Path) -> None:
 
 
 def test_mask_url_hides_userinfo() -> None:
-    assert mask_url("https://user:secret@example.com:8443/api") == "https://***@example.com:8443/api"
+    assert (
+        mask_url("https://user:secret@example.com:8443/api") == "https://***@example.com:8443/api"
+    )
     assert mask_url("http://127.0.0.1:4200/api") == "http://127.0.0.1:4200/api"
 
 
 def test_db_path_resolution(tmp_path: Path) -> None:
     assert resolve_db_path(None, env={}) == Path("flowsync.duckdb")
-    assert resolve_db_path(None, env={"FLOWSYNC_DB": str(tmp_path / "x.duckdb")}) == tmp_path / "x.duckdb"
-    assert resolve_db_path(tmp_path / "y.duckdb", env={"FLOWSYNC_DB": "ignored"}) == tmp_path / "y.duckdb"
+    assert (
+        resolve_db_path(None, env={"FLOWSYNC_DB": str(tmp_path / "x.duckdb")})
+        == tmp_path / "x.duckdb"
+    )
+    assert (
+        resolve_db_path(tmp_path / "y.duckdb", env={"FLOWSYNC_DB": "ignored"})
+        == tmp_path / "y.duckdb"
+    )
 
 
 def test_cert_file_must_exist() -> None:
     with pytest.raises(ConfigError, match="PREFECT_API_SSL_CERT_FILE"):
-        resolve_api(env={"PREFECT_API_URL": "https://h/api", "PREFECT_API_SSL_CERT_FILE": "/nonexistent.pem"})
+        resolve_api(
+            env={
+                "PREFECT_API_URL": "https://h/api",
+                "PREFECT_API_SSL_CERT_FILE": "/nonexistent.pem",
+            }
+        )

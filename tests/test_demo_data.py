@@ -24,7 +24,9 @@ def demo_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
         result = run_cli("pull", "--api-url", server.url, "--db", str(db))
         assert result.exit_code == 0, result.output
         with server_client(server.url) as c:
-            assert c.post("flow_runs/count", json={}).json() == scalar(db, "SELECT count(*) FROM flow_runs")
+            assert c.post("flow_runs/count", json={}).json() == scalar(
+                db, "SELECT count(*) FROM flow_runs"
+            )
     return db
 
 
@@ -35,10 +37,19 @@ def server_client(url: str):
 
 
 def test_times_are_consistent(demo_db: Path) -> None:
-    bad = scalar(demo_db, """SELECT count(*) FROM flow_runs_enriched WHERE is_finished
-                             AND NOT (expected_start_time <= start_time AND start_time < end_time)""")
+    bad = scalar(
+        demo_db,
+        """SELECT count(*) FROM flow_runs_enriched WHERE is_finished
+                             AND NOT (expected_start_time <= start_time AND start_time < end_time)""",
+    )
     assert bad == 0
-    assert scalar(demo_db, "SELECT count(*) FROM flow_runs_enriched WHERE is_finished AND duration_s IS NULL") == 0
+    assert (
+        scalar(
+            demo_db,
+            "SELECT count(*) FROM flow_runs_enriched WHERE is_finished AND duration_s IS NULL",
+        )
+        == 0
+    )
 
 
 def test_durations_differ_by_flow(demo_db: Path) -> None:
@@ -48,8 +59,11 @@ def test_durations_differ_by_flow(demo_db: Path) -> None:
 
 
 def test_lateness_is_seconds_with_a_few_outliers(demo_db: Path) -> None:
-    p50, p95, late, started = query(demo_db, """SELECT quantile_cont(lateness_s, 0.5), quantile_cont(lateness_s, 0.95),
-        count(*) FILTER (WHERE lateness_s > 60), count(lateness_s) FROM flow_runs_enriched""")[0]
+    p50, p95, late, started = query(
+        demo_db,
+        """SELECT quantile_cont(lateness_s, 0.5), quantile_cont(lateness_s, 0.95),
+        count(*) FILTER (WHERE lateness_s > 60), count(lateness_s) FROM flow_runs_enriched""",
+    )[0]
     assert 1 < p50 < 15 and p95 < 120
     assert 0 < late < 0.08 * started
 
@@ -59,14 +73,18 @@ def test_failures_have_several_signatures_and_one_deployment_is_broken(demo_db: 
         signatures = reports.errors(store, reports.parse_since("all"))
         unresolved = reports.unresolved(store)
     assert signatures.height >= 5
-    broken = unresolved.filter((unresolved["flow_name"] == BROKEN[0]) & (unresolved["deployment_name"] == BROKEN[1]))
+    broken = unresolved.filter(
+        (unresolved["flow_name"] == BROKEN[0]) & (unresolved["deployment_name"] == BROKEN[1])
+    )
     assert broken.height == 1
     row = broken.row(0, named=True)
     yesterday = (datetime.now(timezone.utc) - timedelta(days=1)).date()
     assert row["failing_since"].date() == yesterday
     assert row["failures_since_success"] >= 8
     assert "401 Unauthorized" in row["latest_message"]
-    assert {d.flow for d in DEPLOYMENTS} == set(scalar(demo_db, "SELECT list(DISTINCT name) FROM flows"))
+    assert {d.flow for d in DEPLOYMENTS} == set(
+        scalar(demo_db, "SELECT list(DISTINCT name) FROM flows")
+    )
 
 
 def test_duration_trend_is_the_previous_window(demo_db: Path) -> None:
@@ -82,7 +100,9 @@ def test_duration_trend_is_the_previous_window(demo_db: Path) -> None:
         if row["deployment_id"] in prev:
             p = prev[row["deployment_id"]]
             assert row["prev_runs"] == p["runs"]
-            assert row["prev_p95_s"] == pytest.approx(p["p95_s"]) and row["prev_p50_s"] == pytest.approx(p["p50_s"])
+            assert row["prev_p95_s"] == pytest.approx(p["p95_s"]) and row[
+                "prev_p50_s"
+            ] == pytest.approx(p["p50_s"])
             assert row["p95_change_s"] == pytest.approx(row["p95_s"] - p["p95_s"])
             checked += 1
     assert checked == len(DEPLOYMENTS)  # every demo deployment ran in both days

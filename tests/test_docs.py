@@ -79,9 +79,14 @@ def test_readme_layout_matches_the_tree() -> None:
 
 def test_readme_names_every_sync_runs_mode() -> None:
     """The modes sync_runs rows are written with (a pull, or a RunReader's re-reads) are the ones the README describes."""
-    code = "\n".join((ROOT / "src" / "flowsync" / f).read_text() for f in ("sync/pull.py", "policy/apply.py"))
-    modes = (set(re.findall(r'\bmode(?:, reason)? = "(\w+)"', code)) | set(re.findall(r'\bmode="(\w+)"', code))
-             | set(re.findall(r'\bRunReader\(\w+, \w+, "([\w-]+)"\)', code)))
+    code = "\n".join(
+        (ROOT / "src" / "flowsync" / f).read_text() for f in ("sync/pull.py", "policy/apply.py")
+    )
+    modes = (
+        set(re.findall(r'\bmode(?:, reason)? = "(\w+)"', code))
+        | set(re.findall(r'\bmode="(\w+)"', code))
+        | set(re.findall(r'\bRunReader\(\w+, \w+, "([\w-]+)"\)', code))
+    )
     assert {"full", "incremental", "refresh", "apply", "plan-refresh"} <= modes
     bullet = README.split("- `sync_runs` has one row per pull", 1)[1].split("\n- ", 1)[0]
     undocumented = [m for m in sorted(modes) if f"`{m}`" not in bullet]
@@ -101,6 +106,10 @@ def test_readme_exit_code_table_covers_every_error() -> None:
 
     table = README.split("### Exit codes", 1)[1].split("\n\n", 2)[1]
     codes = {int(c) for c in re.findall(r"^\| (\d+) \|", table, re.MULTILINE)}
-    classes = [c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, errors.FlowsyncError)]
+    classes = [
+        c
+        for c in vars(errors).values()
+        if isinstance(c, type) and issubclass(c, errors.FlowsyncError)
+    ]
     used = {c.exit_code for c in classes} | {errors.PARTIAL_FAILURE_EXIT, errors.INTERRUPTED_EXIT}
     assert used <= codes, f"exit codes missing from README's table: {sorted(used - codes)}"

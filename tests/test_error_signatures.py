@@ -25,26 +25,55 @@ PREFIX = "Flow run encountered an exception: "
 # copied from real @flow runs of bench/failing_flows.py; the worker and
 # runtime messages from Prefect 3.8's engine and workers.
 TABLE = [
-    (PREFIX + "ValueError: order 1042 for customer 3d0f34c3-1437-4e01-a908-bfc2c8bd2f2f failed after 148.86s",
-     PREFIX + "ValueError: order <n> for customer <uuid> failed after <n>s"),
+    (
+        PREFIX
+        + "ValueError: order 1042 for customer 3d0f34c3-1437-4e01-a908-bfc2c8bd2f2f failed after 148.86s",
+        PREFIX + "ValueError: order <n> for customer <uuid> failed after <n>s",
+    ),
     (PREFIX + "KeyError: 'customer_id'", PREFIX + "KeyError: <str>"),
-    (PREFIX + "FileNotFoundError: [Errno 2] No such file or directory: '/tmp/flowsync-missing-4e9ac503/2026-01-04/orders.csv'",
-     PREFIX + "FileNotFoundError: [Errno <n>] No such file or directory: <str>"),
-    (PREFIX + "RuntimeError: GET https://api.example.com/v1/orders/77 returned 503 at 2026-11-29T22:32:42.386300+00:00 "
-     "(request 0xbc06f0dca9f6)", PREFIX + "RuntimeError: GET <url> returned <n> at <time> (request <hex>)"),
+    (
+        PREFIX
+        + "FileNotFoundError: [Errno 2] No such file or directory: '/tmp/flowsync-missing-4e9ac503/2026-01-04/orders.csv'",
+        PREFIX + "FileNotFoundError: [Errno <n>] No such file or directory: <str>",
+    ),
+    (
+        PREFIX
+        + "RuntimeError: GET https://api.example.com/v1/orders/77 returned 503 at 2026-11-29T22:32:42.386300+00:00 "
+        "(request 0xbc06f0dca9f6)",
+        PREFIX + "RuntimeError: GET <url> returned <n> at <time> (request <hex>)",
+    ),
     ("Flow run exceeded timeout of 1.0 second(s)", "Flow run exceeded timeout of <n> second(s)"),
-    ("Execution was aborted by Python system exit call.", "Execution was aborted by Python system exit call."),
-    ("Flow run process exited with non-zero status code 137.", "Flow run process exited with non-zero status code <n>."),
-    ("Execution was cancelled by the runtime environment.", "Execution was cancelled by the runtime environment."),
+    (
+        "Execution was aborted by Python system exit call.",
+        "Execution was aborted by Python system exit call.",
+    ),
+    (
+        "Flow run process exited with non-zero status code 137.",
+        "Flow run process exited with non-zero status code <n>.",
+    ),
+    (
+        "Execution was cancelled by the runtime environment.",
+        "Execution was cancelled by the runtime environment.",
+    ),
     # paths without quotes, hex ids, digits inside words, unix times, a Windows path, apostrophes
-    ("OSError: could not open /var/lib/etl/run-8812/out.db: disk full on worker7",
-     "OSError: could not open <path>: disk full on worker<n>"),
-    ("checksum deadbeef12 != cafe0042ab for batch 2026-03-01 12:00:00 UTC",
-     "checksum <hex> != <hex> for batch <time>"),
-    (r"PermissionError: C:\data\in\file.csv is locked; job doesn't retry", "PermissionError: <path> is locked; job doesn't retry"),
+    (
+        "OSError: could not open /var/lib/etl/run-8812/out.db: disk full on worker7",
+        "OSError: could not open <path>: disk full on worker<n>",
+    ),
+    (
+        "checksum deadbeef12 != cafe0042ab for batch 2026-03-01 12:00:00 UTC",
+        "checksum <hex> != <hex> for batch <time>",
+    ),
+    (
+        r"PermissionError: C:\data\in\file.csv is locked; job doesn't retry",
+        "PermissionError: <path> is locked; job doesn't retry",
+    ),
     ('ValueError: column "amount" has 3 nulls', "ValueError: column <str> has <n> nulls"),
     # only the first line counts; whitespace collapses; nothing is '(no message)'
-    ("RuntimeError: step 4 failed\nTraceback (most recent call last):\n  File x.py", "RuntimeError: step <n> failed"),
+    (
+        "RuntimeError: step 4 failed\nTraceback (most recent call last):\n  File x.py",
+        "RuntimeError: step <n> failed",
+    ),
     ("  too    many   spaces 12  ", "too many spaces <n>"),
     ("", "(no message)"),
     (None, "(no message)"),
@@ -65,7 +94,9 @@ def test_normaliser_table(empty_store: Store) -> None:
     assert frame["error_text"].to_list() == [expected for _, expected in TABLE]
     assert all(len(s) == 8 for s in frame["signature"])
     # the short hash is the md5 of the text: stable across machines and DuckDB versions
-    assert frame.row(1, named=True)["signature"] == hashlib.md5(TABLE[1][1].encode()).hexdigest()[:8]
+    assert (
+        frame.row(1, named=True)["signature"] == hashlib.md5(TABLE[1][1].encode()).hexdigest()[:8]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +116,10 @@ def _server_runs(server: Server, flow: str) -> list[dict[str, Any]]:
     import httpx
 
     with httpx.Client(base_url=server.url + "/", timeout=60) as c:
-        body = {"flows": {"name": {"any_": [flow]}}, "flow_runs": {"state": {"type": {"any_": FAILED}}}}
+        body = {
+            "flows": {"name": {"any_": [flow]}},
+            "flow_runs": {"state": {"type": {"any_": FAILED}}},
+        }
         runs = c.post("flow_runs/filter", json=body).json()
         assert c.post("flow_runs/count", json=body).json() == len(runs)
     return list(runs)
@@ -95,7 +129,9 @@ def test_real_failures_group_by_signature(failing: Any) -> None:
     server, _ids, db = failing
     with Store.open(db, read_only=True) as store:
         frame = reports.errors(store, reports.parse_since("all"))
-        normalised = reports.error_signature(store, [r["state"]["message"] for f in FLOW_NAMES for r in _server_runs(server, f)])
+        normalised = reports.error_signature(
+            store, [r["state"]["message"] for f in FLOW_NAMES for r in _server_runs(server, f)]
+        )
     assert frame.height == len(FLOW_NAMES), frame.select("error_text").to_series().to_list()
     assert frame["runs"].sum() == sum(len(_server_runs(server, f)) for f in FLOW_NAMES)
     texts = dict(TABLE)
@@ -105,7 +141,9 @@ def test_real_failures_group_by_signature(failing: Any) -> None:
         row = frame.filter(frame["flow_name"] == flow).row(0, named=True)
         assert row["runs"] == 2 and row["flows"] == 1 and row["deployments"] == 0
         assert row["share"] == pytest.approx(2 / frame["runs"].sum())
-        starts = sorted(datetime.fromisoformat(r["expected_start_time"].replace("Z", "+00:00")) for r in runs)
+        starts = sorted(
+            datetime.fromisoformat(r["expected_start_time"].replace("Z", "+00:00")) for r in runs
+        )
         assert (row["first_seen"], row["last_seen"]) == (starts[0], starts[-1])
         by_id = {r["id"]: r for r in runs}
         assert row["example_run_id"] in by_id
@@ -122,14 +160,21 @@ def test_real_failures_group_by_signature(failing: Any) -> None:
 
 def test_errors_window_and_previous_window_match_server(failing: Any) -> None:
     server, _ids, db = failing
-    runs = sorted((r for f in FLOW_NAMES for r in _server_runs(server, f)), key=lambda r: r["expected_start_time"])
+    runs = sorted(
+        (r for f in FLOW_NAMES for r in _server_runs(server, f)),
+        key=lambda r: r["expected_start_time"],
+    )
     times = [datetime.fromisoformat(r["expected_start_time"].replace("Z", "+00:00")) for r in runs]
     since = times[len(times) // 2]
-    window = reports.Window(since, times[-1] + (times[-1] - since))  # previous window covers the first half
+    window = reports.Window(
+        since, times[-1] + (times[-1] - since)
+    )  # previous window covers the first half
     with Store.open(db, read_only=True) as store:
         frame = reports.errors(store, window)
     for row in frame.iter_rows(named=True):
-        mine = [t for r, t in zip(runs, times) if _flow_name(server, r["flow_id"]) == row["flow_name"]]
+        mine = [
+            t for r, t in zip(runs, times) if _flow_name(server, r["flow_id"]) == row["flow_name"]
+        ]
         assert row["runs"] == sum(since <= t < window.until for t in mine)
         assert row["prev_runs"] == sum(window.previous_start <= t < since for t in mine)
         assert row["runs_change"] == row["runs"] - row["prev_runs"]
@@ -152,13 +197,22 @@ def test_report_errors_cli(failing: Any) -> None:
     result = run_cli("report", "errors", "--since", "all", "--format", "json", "--db", str(db))
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout)
-    assert {"signature", "error_text", "runs", "example_run_id", "example_message", "first_seen"} <= set(rows[0])
+    assert {
+        "signature",
+        "error_text",
+        "runs",
+        "example_run_id",
+        "example_message",
+        "first_seen",
+    } <= set(rows[0])
     assert any(r["example_run_id"] in ids["load-orders"] for r in rows)
     table = run_cli("report", "errors", "--since", "all", "--format", "table", "--db", str(db))
     assert table.exit_code == 0, table.output
     assert "load-orders" in table.stdout and "<uuid>" in table.stdout
     assert ids["load-orders"][0] not in table.stdout  # ids only in machine formats or with --ids
-    with_ids = run_cli("report", "errors", "--since", "all", "--format", "table", "--ids", "--db", str(db))
+    with_ids = run_cli(
+        "report", "errors", "--since", "all", "--format", "table", "--ids", "--db", str(db)
+    )
     assert any(i in with_ids.stdout for i in ids["load-orders"])
 
 
@@ -174,11 +228,15 @@ def test_unresolved_failures_match_server(prefect: SeededServer, tmp_path: Path)
     checked = 0
     with prefect.api() as c:
         for dep_id in prefect.seeded.deployments.values():
-            latest = c.post("flow_runs/filter", json={
-                "deployments": {"id": {"any_": [dep_id]}},
-                "flow_runs": {"state": {"type": {"any_": FINISHED}}},
-                "sort": "EXPECTED_START_TIME_DESC", "limit": 200,
-            }).json()
+            latest = c.post(
+                "flow_runs/filter",
+                json={
+                    "deployments": {"id": {"any_": [dep_id]}},
+                    "flow_runs": {"state": {"type": {"any_": FINISHED}}},
+                    "sort": "EXPECTED_START_TIME_DESC",
+                    "limit": 200,
+                },
+            ).json()
             failed = []
             for run in latest:
                 if run["state"]["type"] not in FAILED:
@@ -190,11 +248,17 @@ def test_unresolved_failures_match_server(prefect: SeededServer, tmp_path: Path)
             row = unresolved[dep_id]
             checked += 1
             assert row["failures_since_success"] == len(failed)
-            assert row["failing_since"] == datetime.fromisoformat(failed[-1]["expected_start_time"].replace("Z", "+00:00"))
+            assert row["failing_since"] == datetime.fromisoformat(
+                failed[-1]["expected_start_time"].replace("Z", "+00:00")
+            )
             assert row["latest_failure_run_id"] == failed[0]["id"]
             assert row["latest_state_type"] == failed[0]["state"]["type"]
             success = next((r for r in latest if r["state"]["type"] == "COMPLETED"), None)
             if success is not None:
-                assert row["last_success_at"] == datetime.fromisoformat(success["expected_start_time"].replace("Z", "+00:00"))
-    assert checked == len(unresolved) - sum(1 for k in unresolved if k not in prefect.seeded.deployments.values())
+                assert row["last_success_at"] == datetime.fromisoformat(
+                    success["expected_start_time"].replace("Z", "+00:00")
+                )
+    assert checked == len(unresolved) - sum(
+        1 for k in unresolved if k not in prefect.seeded.deployments.values()
+    )
     assert checked > 0

@@ -63,7 +63,9 @@ def test_export_twice_reads_back_equal_without_duplicates(db: Path, tmp_path: Pa
     assert names == {"part-0.parquet", "_flowsync_manifest.json"}
 
 
-def test_duckdb_reads_hive_partitions_and_days_match_expected_start(db: Path, tmp_path: Path) -> None:
+def test_duckdb_reads_hive_partitions_and_days_match_expected_start(
+    db: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "export"
     export(db, out)
     con = duckdb.connect()
@@ -75,7 +77,10 @@ def test_duckdb_reads_hive_partitions_and_days_match_expected_start(db: Path, tm
     ).fetchall()[0]
     assert total == scalar(db, "SELECT count(*) FROM flow_runs")
     assert misplaced == 0
-    days = scalar(db, "SELECT count(DISTINCT CAST(coalesce(expected_start_time, created) AS DATE)) FROM flow_runs")
+    days = scalar(
+        db,
+        "SELECT count(DISTINCT CAST(coalesce(expected_start_time, created) AS DATE)) FROM flow_runs",
+    )
     assert len(list((out / "flow_runs").iterdir())) == days > 1
 
 
@@ -109,7 +114,9 @@ def test_since_rewrites_only_changed_partitions(db: Path, tmp_path: Path) -> Non
     con = duckdb.connect(str(db))
     con.execute("SET TimeZone = 'UTC'")
     for table in TABLES:  # as if the last pull was two days ago
-        con.execute(f"UPDATE {table} SET synced_at = synced_at - INTERVAL 2 DAY, deleted_at = deleted_at - INTERVAL 2 DAY")
+        con.execute(
+            f"UPDATE {table} SET synced_at = synced_at - INTERVAL 2 DAY, deleted_at = deleted_at - INTERVAL 2 DAY"
+        )
     run_id, day, created_day = con.execute(
         "SELECT id, CAST(expected_start_time AS DATE), CAST(created AS DATE) FROM flow_runs "
         "WHERE expected_start_time IS NOT NULL ORDER BY expected_start_time LIMIT 1"
@@ -135,7 +142,9 @@ def test_full_export_drops_partitions_the_db_no_longer_has(db: Path, tmp_path: P
     summary = export(db, out, "--tables", "flow_runs")
     assert summary["tables"]["flow_runs"]["partitions_removed"] == ["date=1999-01-01"]
     assert not stale.exists()
-    assert read_back(out, "flow_runs")["id"].n_unique() == scalar(db, "SELECT count(*) FROM flow_runs")
+    assert read_back(out, "flow_runs")["id"].n_unique() == scalar(
+        db, "SELECT count(*) FROM flow_runs"
+    )
 
 
 def test_tables_option_limits_the_export(db: Path, tmp_path: Path) -> None:
@@ -152,7 +161,9 @@ def test_tables_option_limits_the_export(db: Path, tmp_path: Path) -> None:
         (["--since", "yesterday"], "--since 'yesterday' is not a time"),
     ],
 )
-def test_bad_options_fail_with_one_line(db: Path, tmp_path: Path, args: list[str], needle: str) -> None:
+def test_bad_options_fail_with_one_line(
+    db: Path, tmp_path: Path, args: list[str], needle: str
+) -> None:
     out = tmp_path / "export"
     result = run_cli("export", str(out), "--db", str(db), *args)
     assert result.exit_code == 2

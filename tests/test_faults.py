@@ -36,14 +36,22 @@ def forwarding(url: str, fault: Fault) -> tuple[httpx.MockTransport, list[float]
         injected = fault(request, next(calls))
         if injected is not None:
             return injected
-        response = real.request(request.method, str(request.url), content=request.content, headers=request.headers)
-        headers = {k: v for k, v in response.headers.items() if k.lower() not in ("content-encoding", "content-length")}
+        response = real.request(
+            request.method, str(request.url), content=request.content, headers=request.headers
+        )
+        headers = {
+            k: v
+            for k, v in response.headers.items()
+            if k.lower() not in ("content-encoding", "content-length")
+        }
         return httpx.Response(response.status_code, headers=headers, content=response.content)
 
     return httpx.MockTransport(handler), []
 
 
-def client_for(url: str, transport: httpx.BaseTransport, sleeps: list[float], attempts: int = 5) -> PrefectClient:
+def client_for(
+    url: str, transport: httpx.BaseTransport, sleeps: list[float], attempts: int = 5
+) -> PrefectClient:
     return PrefectClient(
         ApiSettings(url=url),
         transport=transport,
@@ -73,7 +81,9 @@ def test_429_retry_after_is_honoured(prefect: SeededServer, db_path: Path) -> No
 
 
 @pytest.mark.parametrize("status", [500, 502, 503, 504])
-def test_bursts_of_server_errors_are_retried(prefect: SeededServer, db_path: Path, status: int) -> None:
+def test_bursts_of_server_errors_are_retried(
+    prefect: SeededServer, db_path: Path, status: int
+) -> None:
     def fault(request: httpx.Request, n: int) -> httpx.Response | None:
         return httpx.Response(status, text="database is locked") if n % 3 == 1 else None
 
@@ -84,7 +94,9 @@ def test_bursts_of_server_errors_are_retried(prefect: SeededServer, db_path: Pat
     assert_matches_server(db_path, prefect.url)
 
 
-def test_truncated_and_non_json_bodies_and_resets_are_retried(prefect: SeededServer, db_path: Path) -> None:
+def test_truncated_and_non_json_bodies_and_resets_are_retried(
+    prefect: SeededServer, db_path: Path
+) -> None:
     def fault(request: httpx.Request, n: int) -> httpx.Response | None:
         if not is_runs_page(request):
             return None
@@ -98,12 +110,17 @@ def test_truncated_and_non_json_bodies_and_resets_are_retried(prefect: SeededSer
         return None
 
     transport, sleeps = forwarding(prefect.url, fault)
-    with Store.open(db_path) as store, client_for(prefect.url, transport, sleeps, attempts=6) as client:
+    with (
+        Store.open(db_path) as store,
+        client_for(prefect.url, transport, sleeps, attempts=6) as client,
+    ):
         pull(client, store)
     assert_matches_server(db_path, prefect.url)
 
 
-def test_persistent_failure_fails_clearly_and_keeps_the_file_consistent(prefect: SeededServer, db_path: Path) -> None:
+def test_persistent_failure_fails_clearly_and_keeps_the_file_consistent(
+    prefect: SeededServer, db_path: Path
+) -> None:
     pages = itertools.count()
 
     def fault(request: httpx.Request, n: int) -> httpx.Response | None:
@@ -113,7 +130,11 @@ def test_persistent_failure_fails_clearly_and_keeps_the_file_consistent(prefect:
         return None
 
     transport, sleeps = forwarding(prefect.url, fault)
-    with Store.open(db_path) as store, client_for(prefect.url, transport, sleeps) as client, pytest.raises(ApiError) as err:
+    with (
+        Store.open(db_path) as store,
+        client_for(prefect.url, transport, sleeps) as client,
+        pytest.raises(ApiError) as err,
+    ):
         pull(client, store)
     message = str(err.value)
     assert prefect.url in message and "after 5 attempts" in message and "\n" not in message
@@ -130,8 +151,14 @@ def test_persistent_failure_fails_clearly_and_keeps_the_file_consistent(prefect:
 
 @pytest.mark.parametrize("status", [401, 403])
 def test_auth_errors_fail_at_once(prefect: SeededServer, db_path: Path, status: int) -> None:
-    transport, sleeps = forwarding(prefect.url, lambda r, n: httpx.Response(status, json={"detail": "no"}))
-    with Store.open(db_path) as store, client_for(prefect.url, transport, sleeps) as client, pytest.raises(AuthError) as err:
+    transport, sleeps = forwarding(
+        prefect.url, lambda r, n: httpx.Response(status, json={"detail": "no"})
+    )
+    with (
+        Store.open(db_path) as store,
+        client_for(prefect.url, transport, sleeps) as client,
+        pytest.raises(AuthError) as err,
+    ):
         pull(client, store)
     assert not sleeps
     assert str(status) in str(err.value) and "PREFECT_API_KEY" in str(err.value)

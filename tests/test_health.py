@@ -46,24 +46,44 @@ def test_headline_json_matches_server(prefect: SeededServer, pulled: Path) -> No
     assert row["prev_runs"] == server_count(prefect.count, FINISHED, previous)
     assert row["prev_failed"] == server_count(prefect.count, FAILED, previous)
     assert row["failure_rate"] == pytest.approx(row["failed"] / row["runs"])
-    assert row["failure_rate_change"] == pytest.approx(row["failure_rate"] - row["prev_failed"] / row["prev_runs"])
+    assert row["failure_rate_change"] == pytest.approx(
+        row["failure_rate"] - row["prev_failed"] / row["prev_runs"]
+    )
     with Store.open(pulled, read_only=True) as store:
         assert row["unresolved_deployments"] == reports.unresolved(store).height
         assert row["signatures"] == reports.errors(store, window).height
 
 
-def test_openmetrics_file_parses_and_matches_server(prefect: SeededServer, pulled: Path, tmp_path: Path) -> None:
+def test_openmetrics_file_parses_and_matches_server(
+    prefect: SeededServer, pulled: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "textfile" / "flowsync.prom"
     out.parent.mkdir()
-    result = run_cli("report", "health", "--since", "20d", "--format", "openmetrics", "--output", str(out), "--db", str(pulled))
+    result = run_cli(
+        "report",
+        "health",
+        "--since",
+        "20d",
+        "--format",
+        "openmetrics",
+        "--output",
+        str(out),
+        "--db",
+        str(pulled),
+    )
     assert result.exit_code == 0, result.output
     assert result.stdout == ""
     text = out.read_text()
     assert text.endswith("# EOF\n")
-    assert [p.name for p in out.parent.iterdir()] == ["flowsync.prom"], "no temporary file left behind"
+    assert [p.name for p in out.parent.iterdir()] == ["flowsync.prom"], (
+        "no temporary file left behind"
+    )
     assert stat.S_IMODE(out.stat().st_mode) == 0o644, "readable by node_exporter's user"
     families = {f.name: f for f in openmetrics_families(text)}
-    assert {f.name for f in prometheus_families(text)} >= {"flowsync_runs", "flowsync_failure_rate"}  # textfile collector
+    assert {f.name for f in prometheus_families(text)} >= {
+        "flowsync_runs",
+        "flowsync_failure_rate",
+    }  # textfile collector
     span = families["flowsync_window_seconds"].samples[0].value
     assert span == pytest.approx(20 * 86400, abs=1)
     until = datetime.now(timezone.utc)
@@ -73,23 +93,36 @@ def test_openmetrics_file_parses_and_matches_server(prefect: SeededServer, pulle
         dep = {"deployments": {"id": {"any_": [sample.labels["deployment_id"]]}}}
         assert sample.value == server_count(prefect.count, FINISHED, window, **dep), sample
         checked += 1
-    with_runs = [d for d in prefect.seeded.deployments.values()
-                 if server_count(prefect.count, FINISHED, window, deployments={"id": {"any_": [d]}})]
-    assert checked == len(with_runs) > 0  # every deployment with finished runs in the window has a sample
+    with_runs = [
+        d
+        for d in prefect.seeded.deployments.values()
+        if server_count(prefect.count, FINISHED, window, deployments={"id": {"any_": [d]}})
+    ]
+    assert (
+        checked == len(with_runs) > 0
+    )  # every deployment with finished runs in the window has a sample
     for sample in families["flowsync_failed_runs"].samples:
         dep = {"deployments": {"id": {"any_": [sample.labels["deployment_id"]]}}}
         assert sample.value == server_count(prefect.count, FAILED, window, **dep), sample
-    names = {f"{s.labels['flow']}/{s.labels['deployment']}" for s in families["flowsync_runs"].samples}
+    names = {
+        f"{s.labels['flow']}/{s.labels['deployment']}" for s in families["flowsync_runs"].samples
+    }
     assert names <= set(prefect.seeded.deployments)
     total = families["flowsync_all_failed_runs"].samples[0].value
     assert total == server_count(prefect.count, FAILED, window)
     with Store.open(pulled, read_only=True) as store:
         unresolved = reports.unresolved(store)
         last = reports.last_pull(store)
-    got = {s.labels["deployment_id"]: s.value for s in families["flowsync_unresolved_failures"].samples}
-    assert got == {r["deployment_id"]: r["failures_since_success"] for r in unresolved.iter_rows(named=True)}
+    got = {
+        s.labels["deployment_id"]: s.value for s in families["flowsync_unresolved_failures"].samples
+    }
+    assert got == {
+        r["deployment_id"]: r["failures_since_success"] for r in unresolved.iter_rows(named=True)
+    }
     assert last is not None
-    assert families["flowsync_last_pull_success_timestamp_seconds"].samples[0].value == pytest.approx(last.timestamp())
+    assert families["flowsync_last_pull_success_timestamp_seconds"].samples[
+        0
+    ].value == pytest.approx(last.timestamp())
     assert families["flowsync_duration_p95_seconds"].unit == "seconds"
 
 
@@ -107,7 +140,9 @@ def _rendered(frame: Any, report: str, width: int, ids: bool = False) -> str:
 
 
 @pytest.mark.parametrize("report", ["failures", "durations", "late", "flaky"])
-def test_terminal_tables_fit_100_columns_with_whole_names(prefect: SeededServer, pulled: Path, report: str) -> None:
+def test_terminal_tables_fit_100_columns_with_whole_names(
+    prefect: SeededServer, pulled: Path, report: str
+) -> None:
     with Store.open(pulled, read_only=True) as store:
         window = reports.parse_since("60d")
         frame = {
@@ -135,14 +170,24 @@ def test_terminal_values_are_readable(pulled: Path) -> None:
     assert re.search(r"[▲▼=] [+-]\d+\.\d pp", text)
     assert "0.2286" not in text and not re.search(r"\d\.\d{4}", text)
     # the machine formats keep raw values and ids
-    csv = run_cli("report", "failures", "--since", "20d", "--format", "csv", "--db", str(pulled)).stdout
+    csv = run_cli(
+        "report", "failures", "--since", "20d", "--format", "csv", "--db", str(pulled)
+    ).stdout
     assert "deployment_id" in csv.splitlines()[0] and UUID_RE.search(csv)
 
 
 @pytest.mark.parametrize(
     ("seconds", "text"),
-    [(0.42, "0.4s"), (9.4, "9.4s"), (42.4, "42s"), (92, "1m 32s"), (7500, "2h 05m"), (3 * 86400 + 4 * 3600, "3d 04h"),
-     (None, "–"), (-75, "-1m 15s")],
+    [
+        (0.42, "0.4s"),
+        (9.4, "9.4s"),
+        (42.4, "42s"),
+        (92, "1m 32s"),
+        (7500, "2h 05m"),
+        (3 * 86400 + 4 * 3600, "3d 04h"),
+        (None, "–"),
+        (-75, "-1m 15s"),
+    ],
 )
 def test_human_durations(seconds: float | None, text: str) -> None:
     assert present.duration(seconds) == text
@@ -158,4 +203,6 @@ def test_changes_and_rates_read_with_arrows() -> None:
 
 def test_last_pull_is_the_latest_ok_pull(pulled: Path) -> None:
     with Store.open(pulled, read_only=True) as store:
-        assert reports.last_pull(store) == scalar(pulled, "SELECT max(finished_at) FROM sync_runs WHERE status = 'ok'")
+        assert reports.last_pull(store) == scalar(
+            pulled, "SELECT max(finished_at) FROM sync_runs WHERE status = 'ok'"
+        )

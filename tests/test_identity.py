@@ -43,15 +43,25 @@ def test_same_server_by_another_name_is_followed_and_another_server_refused(
     other_name = url.replace("127.0.0.1", "localhost")
     summary, _ = pull(other_name, db)
     assert summary["mode"] == "incremental" and summary["inserted"] == 0
-    assert summary["moved"] == {"from": url, "to": other_name, "evidence": "it has 2 of the file's 2 flows, checked by id"}
-    shown = run_cli("pull", "--api-url", url, "--db", str(db))  # and back, with the message on stderr
+    assert summary["moved"] == {
+        "from": url,
+        "to": other_name,
+        "evidence": "it has 2 of the file's 2 flows, checked by id",
+    }
+    shown = run_cli(
+        "pull", "--api-url", url, "--db", str(db)
+    )  # and back, with the message on stderr
     assert shown.exit_code == 0 and "the file now follows" in shown.stderr
     assert pull(other_name, db)[0]["moved"]
     assert scalar(db, "SELECT count(*) FROM flow_runs") == runs
     with Store.open(db, read_only=True) as store:
         assert sync_log.get_state(store, identity.URL_KEY) == other_name
         moves = sync_log.get_state(store, identity.MOVES_KEY)
-    assert [(m["from"], m["to"]) for m in moves] == [(url, other_name), (other_name, url), (url, other_name)]
+    assert [(m["from"], m["to"]) for m in moves] == [
+        (url, other_name),
+        (other_name, url),
+        (url, other_name),
+    ]
     assert_matches_server(db, other_name)
 
     # Same flow names, deployments and seed on another server: still another server.
@@ -61,12 +71,17 @@ def test_same_server_by_another_name_is_followed_and_another_server_refused(
         # apply re-reads its runs by id and marks the ones the server lacks deleted:
         # against another server it must refuse before reading, or the history is lost.
         policy = tmp_path / "purge.yaml"
-        policy.write_text("version: 1\nmax_actions: 1000\nrules:\n  - name: purge\n    action: delete\n"
-                          "    sql: SELECT id FROM flow_runs WHERE deleted_at IS NULL\n")
+        policy.write_text(
+            "version: 1\nmax_actions: 1000\nrules:\n  - name: purge\n    action: delete\n"
+            "    sql: SELECT id FROM flow_runs WHERE deleted_at IS NULL\n"
+        )
         applied = run_cli("apply", str(policy), "--api-url", second.url, "--db", str(db), "--yes")
         second_runs = scalar_count(second.url)
     assert applied.exit_code == 2, applied.output
-    assert "is a different server" in " ".join(applied.stderr.split()) and "Traceback" not in applied.output
+    assert (
+        "is a different server" in " ".join(applied.stderr.split())
+        and "Traceback" not in applied.output
+    )
     assert second_runs == 60  # nothing was sent to the other server
     assert scalar(db, "SELECT count(*) FROM flow_runs WHERE deleted_at IS NOT NULL") == 0
     assert scalar(db, "SELECT count(*) FROM policy_actions") == 0
@@ -84,7 +99,9 @@ WORKSPACE = "5f1c2e2a-0000-4000-8000-000000000002"
 
 
 def _cloud(host: str, workspace: str = WORKSPACE) -> PrefectClient:
-    return PrefectClient(ApiSettings(url=f"https://{host}/api/accounts/{ACCOUNT}/workspaces/{workspace}"))
+    return PrefectClient(
+        ApiSettings(url=f"https://{host}/api/accounts/{ACCOUNT}/workspaces/{workspace}")
+    )
 
 
 def test_cloud_workspaces_are_bound_by_their_ids(tmp_path: Path) -> None:
@@ -106,4 +123,6 @@ def test_cloud_workspaces_are_bound_by_their_ids(tmp_path: Path) -> None:
             pytest.raises(ConfigError, match="Cloud and a self-hosted server"),
         ):
             identity.bind(client, store)
-        assert sync_log.get_state(store, identity.URL_KEY).startswith("https://prefect-proxy.example.com/")
+        assert sync_log.get_state(store, identity.URL_KEY).startswith(
+            "https://prefect-proxy.example.com/"
+        )

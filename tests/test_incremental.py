@@ -52,10 +52,15 @@ def test_changes_between_pulls(fresh_server: Server, db_path: Path) -> None:
     assert second["mode"] == "incremental"
     assert_matches_server(db_path, url)
     # deleted runs stay, marked
-    marked = {str(r[0]) for r in query(db_path, "SELECT id FROM flow_runs WHERE deleted_at IS NOT NULL")}
+    marked = {
+        str(r[0]) for r in query(db_path, "SELECT id FROM flow_runs WHERE deleted_at IS NOT NULL")
+    }
     assert marked == set(deleted)
     for run_id in changed:
-        assert scalar(db_path, "SELECT state_type FROM flow_runs WHERE id = ?", [run_id]) == "CANCELLED"
+        assert (
+            scalar(db_path, "SELECT state_type FROM flow_runs WHERE id = ?", [run_id])
+            == "CANCELLED"
+        )
     assert set(new.runs) <= {str(r[0]) for r in query(db_path, "SELECT id FROM flow_runs")}
     # and the pull after that does nothing, cheaply
     third = pull(url, db_path)
@@ -96,12 +101,18 @@ def test_churn_during_pull_converges(fresh_server: Server, db_path: Path) -> Non
                 op = rng.random()
                 try:
                     if op < 0.4:
-                        r = c.post(f"deployments/{deployment}/create_flow_run", json={"idempotency_key": str(uuid.uuid4())})
+                        r = c.post(
+                            f"deployments/{deployment}/create_flow_run",
+                            json={"idempotency_key": str(uuid.uuid4())},
+                        )
                         if r.status_code in (200, 201):
                             evented.add(r.json()["id"])
                     elif op < 0.7 and ids:
                         run_id = rng.choice(ids)
-                        r = c.post(f"flow_runs/{run_id}/set_state", json={"state": {"type": "CANCELLED"}, "force": True})
+                        r = c.post(
+                            f"flow_runs/{run_id}/set_state",
+                            json={"state": {"type": "CANCELLED"}, "force": True},
+                        )
                         if r.status_code in (200, 201) and r.json().get("status") == "ACCEPT":
                             evented.add(run_id)
                     elif ids:
@@ -150,7 +161,9 @@ def test_kill_9_mid_pull_then_resume(fresh_server: Server, db_path: Path) -> Non
     for delay in (0.0, 0.3, 0.6):
         proc = subprocess.Popen(
             _flowsync("pull", "--db", str(db_path), "--concurrency", "1"),
-            env=env, stderr=subprocess.PIPE, text=True,
+            env=env,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         assert proc.stderr is not None
         for line in proc.stderr:  # progress lines: the pull is past flows, into deployments or runs
@@ -159,7 +172,9 @@ def test_kill_9_mid_pull_then_resume(fresh_server: Server, db_path: Path) -> Non
         time.sleep(delay)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    done = subprocess.run(_flowsync("pull", "--db", str(db_path), "--json"), env=env, capture_output=True, text=True)
+    done = subprocess.run(
+        _flowsync("pull", "--db", str(db_path), "--json"), env=env, capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stderr
     assert_matches_server(db_path, url)
     assert scalar(db_path, "SELECT count(*) - count(DISTINCT id) FROM flow_runs") == 0
@@ -173,14 +188,22 @@ def test_second_concurrent_pull_is_refused_then_waits(fresh_server: Server, db_p
     seed(url, runs=20, flows=1, deployments_per_flow=1, seed_value=8)
     pull(url, db_path)
     holder = subprocess.Popen(
-        [sys.executable, "-c", f"import duckdb, time; c = duckdb.connect({str(db_path)!r}); print('ok', flush=True); time.sleep(4)"],
-        stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            f"import duckdb, time; c = duckdb.connect({str(db_path)!r}); print('ok', flush=True); time.sleep(4)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert holder.stdout is not None and holder.stdout.readline().strip() == "ok"
     try:
         refused = run_cli("pull", "--api-url", url, "--db", str(db_path))
         assert refused.exit_code == 6
-        assert "held by another process" in refused.stderr and "Close that connection" in refused.stderr
+        assert (
+            "held by another process" in refused.stderr
+            and "Close that connection" in refused.stderr
+        )
         assert "Traceback" not in refused.output
         waited = run_cli("pull", "--api-url", url, "--db", str(db_path), "--wait", "30")
         assert waited.exit_code == 0, waited.output
@@ -195,7 +218,9 @@ def test_server_truth_helper_sees_all(fresh_server: Server) -> None:
 
 
 @pytest.mark.parametrize("n_same", [450])
-def test_many_runs_sharing_one_expected_start(fresh_server: Server, db_path: Path, n_same: int) -> None:
+def test_many_runs_sharing_one_expected_start(
+    fresh_server: Server, db_path: Path, n_same: int
+) -> None:
     """More than a page of runs on one timestamp: the keyset walk must not stall or skip."""
     url = fresh_server.url
     seeded = seed(url, runs=1, flows=1, deployments_per_flow=1)
@@ -204,16 +229,22 @@ def test_many_runs_sharing_one_expected_start(fresh_server: Server, db_path: Pat
     with httpx.Client(base_url=url + "/", timeout=120) as c:
         for start in range(0, n_same, 100):
             body = [
-                {"idempotency_key": str(uuid.uuid4()),
-                 "state": {"type": "SCHEDULED", "state_details": {"scheduled_time": when}}}
+                {
+                    "idempotency_key": str(uuid.uuid4()),
+                    "state": {"type": "SCHEDULED", "state_details": {"scheduled_time": when}},
+                }
                 for _ in range(min(100, n_same - start))
             ]
-            assert c.post(f"deployments/{deployment}/create_flow_run/bulk", json=body).status_code in (200, 201)
+            assert c.post(
+                f"deployments/{deployment}/create_flow_run/bulk", json=body
+            ).status_code in (200, 201)
     pull(url, db_path)
     assert_matches_server(db_path, url)
 
 
-def test_verify_finds_a_state_change_whose_event_was_missed(fresh_server: Server, db_path: Path) -> None:
+def test_verify_finds_a_state_change_whose_event_was_missed(
+    fresh_server: Server, db_path: Path
+) -> None:
     """With the event window moved past the change, only the per-bucket counts can find it."""
     url = fresh_server.url
     seeded = seed(url, runs=40, flows=1, deployments_per_flow=1, seed_value=11)
@@ -238,7 +269,9 @@ def test_verify_finds_a_state_change_whose_event_was_missed(fresh_server: Server
     assert_matches_server(db_path, url)
 
 
-def test_runs_already_read_inside_the_overlap_are_not_read_again(fresh_server: Server, db_path: Path) -> None:
+def test_runs_already_read_inside_the_overlap_are_not_read_again(
+    fresh_server: Server, db_path: Path
+) -> None:
     """The overlap window re-lists recent events; runs whose local state is that recent are skipped."""
     url = fresh_server.url
     seeded = seed(url, runs=30, flows=1, deployments_per_flow=1, seed_value=13)
@@ -251,7 +284,9 @@ def test_runs_already_read_inside_the_overlap_are_not_read_again(fresh_server: S
 
     changed = pull(url, db_path)
     assert int(changed["requests"]) == baseline + 1  # one filter by id for the three runs
-    assert {scalar(db_path, "SELECT state_type FROM flow_runs WHERE id = ?", [i]) for i in targets} == {"CANCELLED"}
+    assert {
+        scalar(db_path, "SELECT state_type FROM flow_runs WHERE id = ?", [i]) for i in targets
+    } == {"CANCELLED"}
     # Same events, still inside the overlap: nothing to read.
     assert int(pull(url, db_path)["requests"]) == baseline
 
@@ -261,7 +296,9 @@ def test_runs_already_read_inside_the_overlap_are_not_read_again(fresh_server: S
     wait_for_state_events(url, targets[:1], "FAILED")
     again = pull(url, db_path)
     assert int(again["requests"]) == baseline + 1
-    assert scalar(db_path, "SELECT state_type FROM flow_runs WHERE id = ?", [targets[0]]) == "FAILED"
+    assert (
+        scalar(db_path, "SELECT state_type FROM flow_runs WHERE id = ?", [targets[0]]) == "FAILED"
+    )
     assert_matches_server(db_path, url)
 
 
@@ -269,14 +306,22 @@ def _runs_at(url: str, deployment: str, when: str, n: int) -> list[str]:
     """Create ``n`` runs expected at ``when``, re-sending per-run failures (SQLite under load)."""
     with httpx.Client(base_url=url + "/", timeout=120) as c:
         body = [
-            {"idempotency_key": str(uuid.uuid4()),
-             "state": {"type": "SCHEDULED", "state_details": {"scheduled_time": when}}}
+            {
+                "idempotency_key": str(uuid.uuid4()),
+                "state": {"type": "SCHEDULED", "state_details": {"scheduled_time": when}},
+            }
             for _ in range(n)
         ]
-        return [i for start in range(0, n, 100) for i in create_bulk(c, deployment, body[start : start + 100])]
+        return [
+            i
+            for start in range(0, n, 100)
+            for i in create_bulk(c, deployment, body[start : start + 100])
+        ]
 
 
-def test_runs_changing_state_inside_a_tie_are_not_skipped(fresh_server: Server, db_path: Path) -> None:
+def test_runs_changing_state_inside_a_tie_are_not_skipped(
+    fresh_server: Server, db_path: Path
+) -> None:
     """Runs sharing one expected start are paged by offset; state changes between pages must not
     make that walk skip any.
 
@@ -309,12 +354,21 @@ def test_runs_changing_state_inside_a_tie_are_not_skipped(fresh_server: Server, 
                 if tie_pages == 2:  # between the first and the second page of the tie
                     with httpx.Client(base_url=url + "/", timeout=60) as c:
                         set_states(c, rng.sample(tied, 225), "CANCELLED", "Cancelled")
-        response = real.request(request.method, str(request.url), content=request.content, headers=request.headers)
-        headers = {k: v for k, v in response.headers.items() if k.lower() not in ("content-encoding", "content-length")}
+        response = real.request(
+            request.method, str(request.url), content=request.content, headers=request.headers
+        )
+        headers = {
+            k: v
+            for k, v in response.headers.items()
+            if k.lower() not in ("content-encoding", "content-length")
+        }
         return httpx.Response(response.status_code, headers=headers, content=response.content)
 
     options = PullOptions(concurrency=1, page_size=100)
-    with Store.open(db_path) as store, PrefectClient(ApiSettings(url=url), transport=httpx.MockTransport(handler)) as client:
+    with (
+        Store.open(db_path) as store,
+        PrefectClient(ApiSettings(url=url), transport=httpx.MockTransport(handler)) as client,
+    ):
         pull_api(client, store, options)
     assert tie_pages >= 2
     local = {str(r[0]) for r in query(db_path, "SELECT id FROM flow_runs WHERE deleted_at IS NULL")}
@@ -338,17 +392,28 @@ def test_history_is_asked_in_parts_of_bounded_size(
     sizes: list[int] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
-        response = real.request(request.method, str(request.url), content=request.content, headers=request.headers)
+        response = real.request(
+            request.method, str(request.url), content=request.content, headers=request.headers
+        )
         if request.url.path.endswith("/flow_runs/history"):
             sizes.append(sum(int(s["count_runs"]) for b in response.json() for s in b["states"]))
-        headers = {k: v for k, v in response.headers.items() if k.lower() not in ("content-encoding", "content-length")}
+        headers = {
+            k: v
+            for k, v in response.headers.items()
+            if k.lower() not in ("content-encoding", "content-length")
+        }
         return httpx.Response(response.status_code, headers=headers, content=response.content)
 
-    with Store.open(db_path) as store, PrefectClient(ApiSettings(url=prefect.url), transport=httpx.MockTransport(handler)) as client:
+    with (
+        Store.open(db_path) as store,
+        PrefectClient(
+            ApiSettings(url=prefect.url), transport=httpx.MockTransport(handler)
+        ) as client,
+    ):
         pull_api(client, store)  # full: the segment plan
         planned = list(sizes)
         pull_api(client, store, PullOptions(verify=True))  # the per-bucket check
-    verified = sizes[len(planned):]
+    verified = sizes[len(planned) :]
     total = prefect.count()
     for asked in (planned, verified):
         assert len(asked) >= 3, asked

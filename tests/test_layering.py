@@ -41,7 +41,8 @@ def test_the_pattern_finds_what_it_guards_against() -> None:
 
 def test_the_notebook_connection_is_the_one_documented_exception() -> None:
     handed_out = [
-        path.name for path in STORE.glob("*.py")
+        path.name
+        for path in STORE.glob("*.py")
         if re.search(r"return \w+\._con\b", path.read_text(encoding="utf-8"))
     ]
     assert handed_out == ["notebook.py"]

@@ -28,8 +28,14 @@ def test_sql_and_connect_over_several_files(
     prod, staging = two_files
     live = "SELECT count(*) FROM flow_runs WHERE deleted_at IS NULL"
     result = run_cli(
-        "sql", "SELECT source, count(*) AS runs FROM flow_runs WHERE deleted_at IS NULL GROUP BY 1 ORDER BY 1",
-        "--db", f"prod={prod}", "--db", f"staging={staging}", "--format", "csv",
+        "sql",
+        "SELECT source, count(*) AS runs FROM flow_runs WHERE deleted_at IS NULL GROUP BY 1 ORDER BY 1",
+        "--db",
+        f"prod={prod}",
+        "--db",
+        f"staging={staging}",
+        "--format",
+        "csv",
     )
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines() == ["source,runs", f"prod,{prefect.count()}", "staging,50"]
@@ -37,7 +43,11 @@ def test_sql_and_connect_over_several_files(
     con = flowsync.connect({"prod": prod, "staging": staging})
     try:
         # Views are computed inside each file, then stacked: per source they equal the file's own.
-        rows = dict(con.execute("SELECT source, count(*) FROM failure_rates_by_deployment GROUP BY 1").fetchall())
+        rows = dict(
+            con.execute(
+                "SELECT source, count(*) FROM failure_rates_by_deployment GROUP BY 1"
+            ).fetchall()
+        )
         assert rows == {
             "prod": scalar(prod, "SELECT count(*) FROM failure_rates_by_deployment"),
             "staging": scalar(staging, "SELECT count(*) FROM failure_rates_by_deployment"),
@@ -48,8 +58,11 @@ def test_sql_and_connect_over_several_files(
     # Paths alone: the file stems name the sources.
     con = flowsync.connect([prod, staging])
     try:
-        assert dict(con.execute("SELECT source, count(*) FROM flow_runs WHERE deleted_at IS NULL GROUP BY 1").fetchall()) == {
-            "prod": scalar(prod, live), "staging": scalar(staging, live)}
+        assert dict(
+            con.execute(
+                "SELECT source, count(*) FROM flow_runs WHERE deleted_at IS NULL GROUP BY 1"
+            ).fetchall()
+        ) == {"prod": scalar(prod, live), "staging": scalar(staging, live)}
     finally:
         con.close()
     # Each file still holds one server: a pull of the other server into it is refused.

@@ -20,12 +20,16 @@ def test_notebook_is_committed_without_outputs() -> None:
             assert cell.outputs == [] and cell.execution_count is None
 
 
-def test_notebook_runs(prefect: SeededServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_notebook_runs(
+    prefect: SeededServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     db = tmp_path / "runs.duckdb"
     assert run_cli("pull", "--api-url", prefect.url, "--db", str(db)).exit_code == 0
     monkeypatch.setenv("FLOWSYNC_DB", str(db))  # the kernel inherits it
     nb = nbformat.read(NOTEBOOK, as_version=4)
-    NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    NotebookClient(
+        nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
     text = ""
     for cell in nb.cells:
         for output in cell.get("outputs", []):

@@ -36,7 +36,8 @@ def s3_server() -> Iterator[str]:
     port = _free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -62,7 +63,12 @@ def aws_env(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> s3fs.S3FileSyste
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
-    for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
+    for key in (
+        "AWS_PROFILE",
+        "AWS_SESSION_TOKEN",
+        "AWS_CONFIG_FILE",
+        "AWS_SHARED_CREDENTIALS_FILE",
+    ):
         monkeypatch.delenv(key, raising=False)
     fs = s3fs.S3FileSystem(endpoint_url=s3_server, key="flowsync-test-key", secret=SECRET)
     httpx.post(s3_server + "/moto-api/reset")
@@ -105,23 +111,40 @@ def test_export_to_s3_reads_back_in_duckdb_and_polars(
         f"SELECT count(*), count(DISTINCT id), min(date), max(date) FROM read_parquet('s3://{BUCKET}/flowsync/prod/flow_runs/*/*.parquet', hive_partitioning = true)"
     ).fetchall()[0]
     assert got[0] == runs and got[1] == runs and got[2] is not None
-    by_state = dict(con.execute(
-        f"SELECT state_type, count(*) FROM read_parquet('s3://{BUCKET}/flowsync/prod/flow_runs/*/*.parquet') GROUP BY 1"
-    ).fetchall())
-    local = dict(duckdb.connect(str(pulled), read_only=True).execute(
-        "SELECT state_type, count(*) FROM flow_runs GROUP BY 1").fetchall())
+    by_state = dict(
+        con.execute(
+            f"SELECT state_type, count(*) FROM read_parquet('s3://{BUCKET}/flowsync/prod/flow_runs/*/*.parquet') GROUP BY 1"
+        ).fetchall()
+    )
+    local = dict(
+        duckdb.connect(str(pulled), read_only=True)
+        .execute("SELECT state_type, count(*) FROM flow_runs GROUP BY 1")
+        .fetchall()
+    )
     assert by_state == local
 
     # Polars, with its own (Rust) S3 client and the standard variables.
-    frame = pl.scan_parquet(
-        f"s3://{BUCKET}/flowsync/prod/flow_runs/**/*.parquet",
-        hive_partitioning=True,
-        storage_options={"aws_endpoint_url": s3_server, "aws_allow_http": "true", "aws_region": "us-east-1"},
-    ).select(pl.len(), pl.col("id").n_unique()).collect()
+    frame = (
+        pl.scan_parquet(
+            f"s3://{BUCKET}/flowsync/prod/flow_runs/**/*.parquet",
+            hive_partitioning=True,
+            storage_options={
+                "aws_endpoint_url": s3_server,
+                "aws_allow_http": "true",
+                "aws_region": "us-east-1",
+            },
+        )
+        .select(pl.len(), pl.col("id").n_unique())
+        .collect()
+    )
     assert frame.row(0) == (runs, runs)
     flows = pl.read_parquet(
         f"s3://{BUCKET}/flowsync/prod/flows/part-0.parquet",
-        storage_options={"aws_endpoint_url": s3_server, "aws_allow_http": "true", "aws_region": "us-east-1"},
+        storage_options={
+            "aws_endpoint_url": s3_server,
+            "aws_allow_http": "true",
+            "aws_region": "us-east-1",
+        },
     )
     assert flows.height == scalar(pulled, "SELECT count(*) FROM flows")
 
@@ -137,7 +160,9 @@ def test_since_uploads_only_changed_partitions_and_keeps_the_manifest_whole(
     now = datetime.now(timezone.utc).isoformat()  # nothing was synced since
     again = run_cli("export", url, "--db", str(pulled), "--since", now, "--json")
     assert again.exit_code == 0, again.output
-    assert json.loads(again.stdout)["upload"]["files_uploaded"] == 1  # nothing changed: the manifest only
+    assert (
+        json.loads(again.stdout)["upload"]["files_uploaded"] == 1
+    )  # nothing changed: the manifest only
     fs.invalidate_cache()
     after = json.loads(fs.cat(f"{BUCKET}/inc/_flowsync_manifest.json"))
     assert after["tables"]["flow_runs"]["files"] == before["tables"]["flow_runs"]["files"]

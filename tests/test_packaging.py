@@ -27,7 +27,9 @@ def run(*cmd: str | Path, cwd: Path, timeout: float = 600) -> subprocess.Complet
     # No PYTHONPATH or repo on the path: only what is installed in the venv counts.
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
-    proc = subprocess.run([str(c) for c in cmd], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [str(c) for c in cmd], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
     assert proc.returncode == 0, f"{cmd}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc
 
@@ -36,7 +38,9 @@ def run(*cmd: str | Path, cwd: Path, timeout: float = 600) -> subprocess.Complet
 def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(the wheel, the clean venv's bin directory)."""
     work = tmp_path_factory.mktemp("packaging")
-    run(sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", work / "dist", ROOT, cwd=work)
+    run(
+        sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", work / "dist", ROOT, cwd=work
+    )
     wheels = list((work / "dist").glob("flowsync-*.whl"))
     assert len(wheels) == 1, wheels
     run(sys.executable, "-m", "venv", work / "venv", cwd=work)
@@ -50,27 +54,45 @@ def test_wheel_ships_every_sql_view(installed: tuple[Path, Path]) -> None:
     repo_views = sorted(p.name for p in (ROOT / "sql").glob("*.sql"))
     assert repo_views, "no views in sql/"
     names = zipfile.ZipFile(wheel).namelist()
-    assert sorted(n.split("/")[-1] for n in names if n.startswith("flowsync/sql/") and n.endswith(".sql")) == repo_views
+    assert (
+        sorted(
+            n.split("/")[-1] for n in names if n.startswith("flowsync/sql/") and n.endswith(".sql")
+        )
+        == repo_views
+    )
     assert not [n for n in names if n.startswith(("tests/", "bench/", "docs/"))]
 
 
 def test_installed_command_runs_from_anywhere(installed: tuple[Path, Path], tmp_path: Path) -> None:
     _, bin_dir = installed
-    assert run(bin_dir / "flowsync", "--version", cwd=tmp_path).stdout.strip() == f"flowsync {__version__}"
+    assert (
+        run(bin_dir / "flowsync", "--version", cwd=tmp_path).stdout.strip()
+        == f"flowsync {__version__}"
+    )
     code = "import flowsync.views as v; print(v.sql_dir()); print(len(v.view_files()))"
     where, count = run(bin_dir / "python", "-c", code, cwd=tmp_path).stdout.split()
-    assert Path(where).is_relative_to(bin_dir.parent), where  # the installed copy, not the repo's sql/
+    assert Path(where).is_relative_to(bin_dir.parent), (
+        where
+    )  # the installed copy, not the repo's sql/
     assert int(count) == len(list((ROOT / "sql").glob("*.sql")))
 
 
-def test_installed_pull_builds_the_views(installed: tuple[Path, Path], prefect: SeededServer, tmp_path: Path) -> None:
+def test_installed_pull_builds_the_views(
+    installed: tuple[Path, Path], prefect: SeededServer, tmp_path: Path
+) -> None:
     _, bin_dir = installed
     db = tmp_path / "runs.duckdb"
     run(bin_dir / "flowsync", "pull", "--api-url", prefect.url, "--db", db, "--quiet", cwd=tmp_path)
-    views = {name for (name,) in query(db, "SELECT view_name FROM duckdb_views() WHERE NOT internal")}
+    views = {
+        name for (name,) in query(db, "SELECT view_name FROM duckdb_views() WHERE NOT internal")
+    }
     macros = "SELECT function_name FROM duckdb_functions() WHERE function_type IN ('macro', 'table_macro') AND NOT internal"
     views |= {name for (name,) in query(db, macros)}
     # every file's view or macro, plus signature_of (defined beside error_signature_text)
-    assert views - {"signature_of"} == {p.stem.split("_", 1)[1] for p in (ROOT / "sql").glob("*.sql")}
-    enriched, runs = query(db, "SELECT (SELECT count(*) FROM flow_runs_enriched), (SELECT count(*) FROM flow_runs)")[0]
+    assert views - {"signature_of"} == {
+        p.stem.split("_", 1)[1] for p in (ROOT / "sql").glob("*.sql")
+    }
+    enriched, runs = query(
+        db, "SELECT (SELECT count(*) FROM flow_runs_enriched), (SELECT count(*) FROM flow_runs)"
+    )[0]
     assert enriched == runs > 0

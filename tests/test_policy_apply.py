@@ -38,24 +38,40 @@ def plan_for(db: Path, text: str) -> Plan:
 def mock_client(handler: Handler) -> PrefectClient:
     settings = ApiSettings(url="http://prefect.test/api")
     return PrefectClient(
-        settings, transport=httpx.MockTransport(handler), retry=RetryPolicy(attempts=2), sleep=lambda s: None
+        settings,
+        transport=httpx.MockTransport(handler),
+        retry=RetryPolicy(attempts=2),
+        sleep=lambda s: None,
     )
 
 
 def api_rows(db: Path) -> dict[str, dict[str, Any]]:
     """The live runs of a flowsync file as the API returns them: what a fake server holds."""
-    rows = query(db, """
+    rows = query(
+        db,
+        """
         SELECT CAST(id AS VARCHAR), name, CAST(flow_id AS VARCHAR), CAST(deployment_id AS VARCHAR), state_type,
                state_name, tags, expected_start_time, start_time, end_time, created
-        FROM flow_runs WHERE deleted_at IS NULL""")
+        FROM flow_runs WHERE deleted_at IS NULL""",
+    )
     out = {}
     for i, name, flow, dep, st, sn, tags, exp, start, end, created in rows:
         state_id = str(uuid.uuid5(uuid.NAMESPACE_URL, i))
         out[i] = {
-            "id": i, "name": name, "flow_id": flow, "deployment_id": dep, "state_type": st, "state_name": sn,
-            "state_id": state_id, "state": {"id": state_id, "type": st, "name": sn}, "tags": list(tags),
-            "expected_start_time": exp.isoformat(), "start_time": start.isoformat(), "end_time": end.isoformat(),
-            "created": created.isoformat(), "updated": created.isoformat(),
+            "id": i,
+            "name": name,
+            "flow_id": flow,
+            "deployment_id": dep,
+            "state_type": st,
+            "state_name": sn,
+            "state_id": state_id,
+            "state": {"id": state_id, "type": st, "name": sn},
+            "tags": list(tags),
+            "expected_start_time": exp.isoformat(),
+            "start_time": start.isoformat(),
+            "end_time": end.isoformat(),
+            "created": created.isoformat(),
+            "updated": created.isoformat(),
         }
     return out
 
@@ -64,7 +80,11 @@ class Recorder:
     """A fake server: records every body, answers reads by id from ``runs`` (the runs it
     holds, as they were pulled), and bulk calls with ``answer(path, body)``."""
 
-    def __init__(self, answer: Callable[[str, dict[str, Any]], httpx.Response], runs: dict[str, dict[str, Any]]) -> None:
+    def __init__(
+        self,
+        answer: Callable[[str, dict[str, Any]], httpx.Response],
+        runs: dict[str, dict[str, Any]],
+    ) -> None:
         self.answer = answer
         self.runs = runs
         self.bodies: list[tuple[str, dict[str, Any]]] = []
@@ -74,7 +94,9 @@ class Recorder:
         body = json.loads(request.content) if request.content else {}
         self.bodies.append((path, body))
         if path == "flow_runs/filter" and set(body.get("flow_runs", {})) == {"id"}:
-            return httpx.Response(200, json=[self.runs[i] for i in body["flow_runs"]["id"]["any_"] if i in self.runs])
+            return httpx.Response(
+                200, json=[self.runs[i] for i in body["flow_runs"]["id"]["any_"] if i in self.runs]
+            )
         return self.answer(path, body)
 
     @property
@@ -86,12 +108,25 @@ def accept_all(path: str, body: dict[str, Any]) -> httpx.Response:
     ids = body["flow_runs"]["id"]["any_"]
     if path == "flow_runs/bulk_delete":
         return httpx.Response(200, json={"deleted": ids})
-    return httpx.Response(200, json={"results": [
-        {"flow_run_id": i, "status": "ACCEPT", "state": {"type": body["state"]["type"]}, "details": {}} for i in ids
-    ]})
+    return httpx.Response(
+        200,
+        json={
+            "results": [
+                {
+                    "flow_run_id": i,
+                    "status": "ACCEPT",
+                    "state": {"type": body["state"]["type"]},
+                    "details": {},
+                }
+                for i in ids
+            ]
+        },
+    )
 
 
-MIXED = [run(i, state="COMPLETED") for i in range(1, 71)] + [run(i, state="FAILED") for i in range(71, 131)]
+MIXED = [run(i, state="COMPLETED") for i in range(1, 71)] + [
+    run(i, state="FAILED") for i in range(71, 131)
+]
 MIXED += [run(200, state="COMPLETED", tags=["keep"])]
 DELETE_ALL = """version: 1
 protect_tags: [keep]
@@ -138,7 +173,10 @@ def test_every_bulk_call_names_its_runs_and_guards_their_state(mixed_db: Path) -
         sent += ids
     assert sorted(sent) == sorted(r["id"] for r in MIXED if "keep" not in r["tags"])
     assert rid(200) not in sent  # protected
-    rows = query(mixed_db, "SELECT outcome, count(*), count(DISTINCT batch), count(run_row) FROM policy_actions GROUP BY 1")
+    rows = query(
+        mixed_db,
+        "SELECT outcome, count(*), count(DISTINCT batch), count(run_row) FROM policy_actions GROUP BY 1",
+    )
     assert rows == [("deleted", 130, 4, 130)]
 
 
@@ -150,7 +188,10 @@ def test_set_state_sends_the_state_and_force(mixed_db: Path) -> None:
     assert result.counts == {"cancel": {"accepted": 131}}
     for _, body in fake.bulk:
         assert body["state"] == {"type": "CANCELLED", "name": "Cancelled"} and body["force"] is True
-        assert 0 < len(body["flow_runs"]["id"]["any_"]) <= 50 and body["flow_runs"]["state"]["type"]["any_"]
+        assert (
+            0 < len(body["flow_runs"]["id"]["any_"]) <= 50
+            and body["flow_runs"]["state"]["type"]["any_"]
+        )
 
 
 def test_per_run_failures_inside_http_200_are_read(mixed_db: Path) -> None:
@@ -159,13 +200,35 @@ def test_per_run_failures_inside_http_200_are_read(mixed_db: Path) -> None:
         results = []
         for n, i in enumerate(ids):
             if n % 10 == 0:
-                results.append({"flow_run_id": i, "status": "ABORT", "state": None,
-                                "details": {"type": "abort_details", "reason": "(sqlite3.OperationalError) database is locked"}})
+                results.append(
+                    {
+                        "flow_run_id": i,
+                        "status": "ABORT",
+                        "state": None,
+                        "details": {
+                            "type": "abort_details",
+                            "reason": "(sqlite3.OperationalError) database is locked",
+                        },
+                    }
+                )
             elif n % 10 == 1:
-                results.append({"flow_run_id": i, "status": "REJECT", "state": {"type": "COMPLETED"},
-                                "details": {"type": "reject_details", "reason": "terminal"}})
+                results.append(
+                    {
+                        "flow_run_id": i,
+                        "status": "REJECT",
+                        "state": {"type": "COMPLETED"},
+                        "details": {"type": "reject_details", "reason": "terminal"},
+                    }
+                )
             else:
-                results.append({"flow_run_id": i, "status": "ACCEPT", "state": {"type": "CANCELLED"}, "details": {}})
+                results.append(
+                    {
+                        "flow_run_id": i,
+                        "status": "ACCEPT",
+                        "state": {"type": "CANCELLED"},
+                        "details": {},
+                    }
+                )
         return httpx.Response(200, json={"results": results})
 
     plan = plan_for(mixed_db, CANCEL_ALL)
@@ -176,7 +239,9 @@ def test_per_run_failures_inside_http_200_are_read(mixed_db: Path) -> None:
     assert counts["aborted"] > 0 and counts["rejected"] > 0 and counts["accepted"] > 0
     assert sum(counts.values()) == 131
     assert result.status == "partial"
-    details = scalar(mixed_db, "SELECT any_value(details) FROM policy_actions WHERE outcome = 'aborted'")
+    details = scalar(
+        mixed_db, "SELECT any_value(details) FROM policy_actions WHERE outcome = 'aborted'"
+    )
     assert "database is locked" in details
 
 
@@ -185,7 +250,11 @@ def test_a_failing_batch_does_not_stop_the_next(mixed_db: Path) -> None:
 
     def second_fails(path: str, body: dict[str, Any]) -> httpx.Response:
         calls["n"] += 1
-        if calls["n"] in (2, 3, 4):  # batch 2: the call and both resends (it changed nothing each time)
+        if calls["n"] in (
+            2,
+            3,
+            4,
+        ):  # batch 2: the call and both resends (it changed nothing each time)
             return httpx.Response(503, text="overloaded")
         return accept_all(path, body)
 
@@ -199,7 +268,12 @@ def test_a_failing_batch_does_not_stop_the_next(mixed_db: Path) -> None:
     # a 503 on a bulk call is never retried blindly: each resend follows a read showing the runs untouched
     paths = [p for p, _ in fake.bodies]
     assert paths[2:8] == ["flow_runs/filter", "flow_runs/bulk_delete"] * 3
-    assert scalar(mixed_db, "SELECT count(*) FROM policy_actions WHERE outcome = 'failed' AND batch = 2") == 20
+    assert (
+        scalar(
+            mixed_db, "SELECT count(*) FROM policy_actions WHERE outcome = 'failed' AND batch = 2"
+        )
+        == 20
+    )
 
 
 def test_missing_from_deleted_is_not_counted_deleted(mixed_db: Path) -> None:
@@ -219,7 +293,11 @@ def test_missing_from_deleted_is_not_counted_deleted(mixed_db: Path) -> None:
 def test_max_actions_refuses_before_any_request(mixed_db: Path) -> None:
     fake = Recorder(accept_all, api_rows(mixed_db))
     plan = plan_for(mixed_db, DELETE_ALL.replace("version: 1\n", "version: 1\nmax_actions: 100\n"))
-    with Store.open(mixed_db, sandbox=True) as store, mock_client(fake) as client, pytest.raises(PolicyLimitError):
+    with (
+        Store.open(mixed_db, sandbox=True) as store,
+        mock_client(fake) as client,
+        pytest.raises(PolicyLimitError),
+    ):
         apply_plan(client, store, plan)
     assert fake.bodies == []
     assert scalar(mixed_db, "SELECT count(*) FROM policy_actions") == 0
@@ -229,15 +307,20 @@ def test_cli_refuses_over_max_actions_with_exit_8(mixed_db: Path) -> None:
     path = mixed_db.parent / "p.yaml"
     path.write_text(DELETE_ALL.replace("version: 1\n", "version: 1\nmax_actions: 100\n"))
     # An unroutable URL: any request would fail loudly with exit 3, not 8.
-    result = run_cli("apply", str(path), "--db", str(mixed_db), "--yes", "--api-url", "http://127.0.0.1:9/api")
+    result = run_cli(
+        "apply", str(path), "--db", str(mixed_db), "--yes", "--api-url", "http://127.0.0.1:9/api"
+    )
     assert result.exit_code == 8, result.output
     assert "max_actions" in result.stderr
 
 
 # -- against a real server -------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
-def server(backend: str, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def server(
+    backend: str, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
     cluster = request.getfixturevalue("pg_cluster") if backend.startswith("postgres") else None
     with backend_server(backend, tmp_path_factory.mktemp("apply-prefect"), cluster) as s:
         seed(s.url, runs=160, flows=2, deployments_per_flow=1, days=60, seed_value=3)
@@ -249,8 +332,11 @@ def count(server: Server, body: dict[str, Any] | None = None) -> int:
 
 
 def ids_in(server: Server, state: str) -> list[str]:
-    runs = httpx.post(f"{server.url}/flow_runs/filter", timeout=60, json={
-        "flow_runs": {"state": {"type": {"any_": [state]}}}, "limit": 200}).json()
+    runs = httpx.post(
+        f"{server.url}/flow_runs/filter",
+        timeout=60,
+        json={"flow_runs": {"state": {"type": {"any_": [state]}}}, "limit": 200},
+    ).json()
     return [r["id"] for r in runs]
 
 
@@ -269,7 +355,10 @@ def pulled(server: Server, db: Path) -> Path:
 def test_no_tty_and_no_yes_refuses_without_any_call(server: Server, tmp_path: Path) -> None:
     db = pulled(server, tmp_path / "runs.duckdb")
     before = count(server)
-    path = write(tmp_path, DELETE_ALL.replace("state_type IN ('COMPLETED', 'FAILED')", "state_type = 'CRASHED'"))
+    path = write(
+        tmp_path,
+        DELETE_ALL.replace("state_type IN ('COMPLETED', 'FAILED')", "state_type = 'CRASHED'"),
+    )
     result = run_cli("apply", str(path), "--db", str(db), "--api-url", server.url)
     assert result.exit_code == 2
     assert "stdin is not a terminal" in result.stderr and "--yes" in result.stderr
@@ -293,20 +382,38 @@ rules:
     sql: SELECT id FROM flow_runs WHERE deleted_at IS NULL AND state_type = 'PAUSED'
 """
     path = write(tmp_path, text)
-    result = run_cli("apply", str(path), "--db", str(db), "--api-url", server.url, "--yes", "--json")
+    result = run_cli(
+        "apply", str(path), "--db", str(db), "--api-url", server.url, "--yes", "--json"
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)["result"]
     assert summary["status"] == "success"
-    assert summary["rules"] == {"purge-crashed": {"deleted": crashed}, "cancel-paused": {"accepted": len(paused)}}
+    assert summary["rules"] == {
+        "purge-crashed": {"deleted": crashed},
+        "cancel-paused": {"accepted": len(paused)},
+    }
     # the server changed ...
     assert count(server, {"flow_runs": {"state": {"type": {"any_": ["CRASHED", "PAUSED"]}}}}) == 0
     # ... and the file knows, keeping the deleted runs in its history
-    assert scalar(db, "SELECT count(*) FROM flow_runs WHERE state_type = 'CRASHED' AND deleted_at IS NOT NULL") == crashed
-    assert scalar(db, "SELECT count(*) FROM flow_runs WHERE id IN (SELECT unnest(CAST(? AS UUID[]))) AND state_type = 'CANCELLED'", [paused]) == len(paused)
+    assert (
+        scalar(
+            db,
+            "SELECT count(*) FROM flow_runs WHERE state_type = 'CRASHED' AND deleted_at IS NOT NULL",
+        )
+        == crashed
+    )
+    assert scalar(
+        db,
+        "SELECT count(*) FROM flow_runs WHERE id IN (SELECT unnest(CAST(? AS UUID[]))) AND state_type = 'CANCELLED'",
+        [paused],
+    ) == len(paused)
     rows = query(db, "SELECT DISTINCT policy_sha256, policy_path, api_url FROM policy_actions")
     import hashlib
+
     assert rows == [(hashlib.sha256(path.read_bytes()).hexdigest(), str(path), server.url)]
-    assert scalar(db, "SELECT count(*) FROM policy_actions WHERE run_row->>'$.state_type' = state_type_before") == crashed + len(paused)
+    assert scalar(
+        db, "SELECT count(*) FROM policy_actions WHERE run_row->>'$.state_type' = state_type_before"
+    ) == crashed + len(paused)
     # a second plan has nothing left to do, and a re-run is a no-op
     again = run_cli("plan", str(path), "--db", str(db), "--json")
     assert json.loads(again.stdout)["total"] == 0
@@ -314,46 +421,84 @@ rules:
     assert rerun.exit_code == 0 and "nothing to do" in rerun.stderr
 
 
-def test_runs_changed_on_the_server_since_the_pull_are_left_alone(server: Server, tmp_path: Path) -> None:
+def test_runs_changed_on_the_server_since_the_pull_are_left_alone(
+    server: Server, tmp_path: Path
+) -> None:
     db = pulled(server, tmp_path / "runs.duckdb")
     failed = ids_in(server, "FAILED")
     assert len(failed) >= 4
     changed = failed[:3]
     # someone retries three of them after our pull
-    r = httpx.post(f"{server.url}/flow_runs/bulk_set_state", timeout=60, json={
-        "flow_runs": {"id": {"any_": changed}}, "state": {"type": "SCHEDULED", "name": "AwaitingRetry"},
-        "force": True, "limit": 3})
+    r = httpx.post(
+        f"{server.url}/flow_runs/bulk_set_state",
+        timeout=60,
+        json={
+            "flow_runs": {"id": {"any_": changed}},
+            "state": {"type": "SCHEDULED", "name": "AwaitingRetry"},
+            "force": True,
+            "limit": 3,
+        },
+    )
     assert [x["status"] for x in r.json()["results"]] == ["ACCEPT"] * 3
-    path = write(tmp_path, """version: 1
+    path = write(
+        tmp_path,
+        """version: 1
 rules:
   - name: purge-failed
     action: delete
     sql: SELECT id FROM flow_runs WHERE deleted_at IS NULL AND state_type = 'FAILED'
-""")
-    result = run_cli("apply", str(path), "--db", str(db), "--api-url", server.url, "--yes", "--json")
+""",
+    )
+    result = run_cli(
+        "apply", str(path), "--db", str(db), "--api-url", server.url, "--yes", "--json"
+    )
     assert result.exit_code == 0, result.output
     counts = json.loads(result.stdout)["result"]["rules"]["purge-failed"]
     assert counts == {"deleted": len(failed) - 3, "skipped": 3}
     assert count(server, {"flow_runs": {"id": {"any_": changed}}}) == 3  # still there
-    skipped = query(db, "SELECT CAST(flow_run_id AS VARCHAR), details->>'$.state_type_now' FROM policy_actions WHERE outcome = 'skipped'")
+    skipped = query(
+        db,
+        "SELECT CAST(flow_run_id AS VARCHAR), details->>'$.state_type_now' FROM policy_actions WHERE outcome = 'skipped'",
+    )
     assert sorted(skipped) == sorted((i, "SCHEDULED") for i in changed)
     # the refresh brought their new state into the file
-    assert scalar(db, "SELECT count(*) FROM flow_runs WHERE id IN (SELECT unnest(CAST(? AS UUID[]))) AND state_type = 'SCHEDULED' AND deleted_at IS NULL", [changed]) == 3
+    assert (
+        scalar(
+            db,
+            "SELECT count(*) FROM flow_runs WHERE id IN (SELECT unnest(CAST(? AS UUID[]))) AND state_type = 'SCHEDULED' AND deleted_at IS NULL",
+            [changed],
+        )
+        == 3
+    )
 
 
-def test_cli_partial_failure_exits_9_with_a_summary(mixed_db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_partial_failure_exits_9_with_a_summary(
+    mixed_db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
 
     def some_aborted(path: str, body: dict[str, Any]) -> httpx.Response:
         if path == "health":
             return httpx.Response(200, json=True)
         ids = body["flow_runs"]["id"]["any_"]
-        return httpx.Response(200, json={"results": [
-            {"flow_run_id": i, "status": "ABORT" if n == 0 else "ACCEPT", "details": {"reason": "database is locked"}}
-            for n, i in enumerate(ids)]})
+        return httpx.Response(
+            200,
+            json={
+                "results": [
+                    {
+                        "flow_run_id": i,
+                        "status": "ABORT" if n == 0 else "ACCEPT",
+                        "details": {"reason": "database is locked"},
+                    }
+                    for n, i in enumerate(ids)
+                ]
+            },
+        )
 
     class RefreshFails(Recorder):
         def __call__(self, request: httpx.Request) -> httpx.Response:
-            if len(self.bulk) == 4 and request.url.path.endswith("/flow_runs/filter"):  # the refresh after apply
+            if len(self.bulk) == 4 and request.url.path.endswith(
+                "/flow_runs/filter"
+            ):  # the refresh after apply
                 return httpx.Response(503, text="unavailable")
             return super().__call__(request)
 
@@ -362,7 +507,9 @@ def test_cli_partial_failure_exits_9_with_a_summary(mixed_db: Path, monkeypatch:
     monkeypatch.setattr("flowsync.api.PrefectClient", lambda settings, **kw: mock_client(fake))
     path = mixed_db.parent / "p.yaml"
     path.write_text(CANCEL_ALL)
-    result = run_cli("apply", str(path), "--db", str(mixed_db), "--yes", "--api-url", "http://prefect.test/api")
+    result = run_cli(
+        "apply", str(path), "--db", str(mixed_db), "--yes", "--api-url", "http://prefect.test/api"
+    )
     assert result.exit_code == 9, result.output
     assert "cancel: 4 aborted, 127 accepted" in result.stderr
     assert "refresh after apply failed" in result.stderr
@@ -377,12 +524,17 @@ def test_an_interrupted_apply_leaves_pending_rows_and_sends_nothing_more(mixed_d
 
     fake = Recorder(ctrl_c_in_flight, api_rows(mixed_db))
     plan = plan_for(mixed_db, DELETE_ALL)
-    with Store.open(mixed_db, sandbox=True) as store, mock_client(fake) as client, pytest.raises(KeyboardInterrupt):
+    with (
+        Store.open(mixed_db, sandbox=True) as store,
+        mock_client(fake) as client,
+        pytest.raises(KeyboardInterrupt),
+    ):
         apply_plan(client, store, plan, progress=NullProgress())
     # batch 2 was in flight (recorded pending before it was sent); nothing after it
     assert len(fake.bulk) == 2
-    assert query(mixed_db, "SELECT batch, outcome, count(*) FROM policy_actions GROUP BY ALL ORDER BY 1") == [
-        (1, "deleted", 50), (2, "pending", 20)]
+    assert query(
+        mixed_db, "SELECT batch, outcome, count(*) FROM policy_actions GROUP BY ALL ORDER BY 1"
+    ) == [(1, "deleted", 50), (2, "pending", 20)]
     assert scalar(mixed_db, "SELECT status FROM sync_runs ORDER BY id DESC LIMIT 1") == "failed"
 
 
@@ -398,7 +550,10 @@ def _apply_on_a_terminal(args: list[str], answer: str, timeout: float = 120) -> 
     leader, follower = pty.openpty()
     proc = subprocess.Popen(
         [sys.executable, "-m", "flowsync", "apply", *args],
-        stdin=follower, stdout=follower, stderr=follower, close_fds=True,
+        stdin=follower,
+        stdout=follower,
+        stderr=follower,
+        close_fds=True,
         env={**os.environ, "NO_COLOR": "1", "COLUMNS": "200"},
     )
     os.close(follower)
@@ -433,12 +588,15 @@ def test_a_terminal_asks_first_and_no_changes_nothing(server: Server, tmp_path: 
     db = pulled(server, tmp_path / "runs.duckdb")
     pending = count(server, {"flow_runs": {"state": {"type": {"any_": ["PENDING"]}}}})
     assert pending
-    path = write(tmp_path, """version: 1
+    path = write(
+        tmp_path,
+        """version: 1
 rules:
   - name: purge-pending
     action: delete
     sql: SELECT id FROM flow_runs WHERE deleted_at IS NULL AND state_type = 'PENDING'
-""")
+""",
+    )
     args = [str(path), "--db", str(db), "--api-url", server.url]
     code, screen = _apply_on_a_terminal(args, "n")
     assert code == 1, screen
@@ -465,27 +623,58 @@ LOST = [
     ("set_state", "CANCELLED", Seen("CANCELLED", "s2", "Cancelled"), None, "accepted"),
     ("set_state", "CANCELLED", Seen("SCHEDULED", "s1", "Scheduled"), None, None),
     ("set_state", "CANCELLED", None, None, "gone"),
-    ("set_state", "CANCELLED", Seen("RUNNING", "s3", "Running"),
-     [{"id": "s1", "type": "SCHEDULED"}, {"id": "s2", "type": "CANCELLED"}, {"id": "s3", "type": "RUNNING"}], "accepted"),
-    ("set_state", "CANCELLED", Seen("RUNNING", "s3", "Running"),
-     [{"id": "s1", "type": "SCHEDULED"}, {"id": "s3", "type": "RUNNING"}], "skipped"),
-    ("set_state", "CANCELLED", Seen("RUNNING", "s3", "Running"), None, "pending"),  # history unreadable
+    (
+        "set_state",
+        "CANCELLED",
+        Seen("RUNNING", "s3", "Running"),
+        [
+            {"id": "s1", "type": "SCHEDULED"},
+            {"id": "s2", "type": "CANCELLED"},
+            {"id": "s3", "type": "RUNNING"},
+        ],
+        "accepted",
+    ),
+    (
+        "set_state",
+        "CANCELLED",
+        Seen("RUNNING", "s3", "Running"),
+        [{"id": "s1", "type": "SCHEDULED"}, {"id": "s3", "type": "RUNNING"}],
+        "skipped",
+    ),
+    (
+        "set_state",
+        "CANCELLED",
+        Seen("RUNNING", "s3", "Running"),
+        None,
+        "pending",
+    ),  # history unreadable
 ]
 
 
 @pytest.mark.parametrize(("action", "requested", "after", "history", "expected"), LOST)
 def test_a_lost_answer_is_classified_from_the_server_state(
-    action: str, requested: str | None, after: Seen | None, history: list[dict[str, Any]] | None, expected: str | None
+    action: str,
+    requested: str | None,
+    after: Seen | None,
+    history: list[dict[str, Any]] | None,
+    expected: str | None,
 ) -> None:
     verdict = classify_lost(action, requested, BEFORE, after, history)
     assert (verdict.outcome.value if verdict else None) == expected
     # a run this apply changed is never recorded gone or skipped
-    if (after is None and action == "delete") or (history and any(s["type"] == requested for s in history[1:])):
+    if (after is None and action == "delete") or (
+        history and any(s["type"] == requested for s in history[1:])
+    ):
         assert verdict is not None and verdict.outcome in (Outcome.DELETED, Outcome.ACCEPTED)
 
 
-@pytest.mark.parametrize(("after", "expected"), [
-    (None, "gone"), (Seen("RUNNING", "s2", "Running"), "skipped"), (Seen("SCHEDULED", "s1", "Scheduled"), "failed"),
-])
+@pytest.mark.parametrize(
+    ("after", "expected"),
+    [
+        (None, "gone"),
+        (Seen("RUNNING", "s2", "Running"), "skipped"),
+        (Seen("SCHEDULED", "s1", "Scheduled"), "failed"),
+    ],
+)
 def test_a_run_the_answer_did_not_act_on_is_read_back(after: Seen | None, expected: str) -> None:
     assert classify_unanswered(BEFORE, after).outcome.value == expected

@@ -40,13 +40,19 @@ def test_the_documented_policy_parses() -> None:
     loaded = parse_policy(BRIEF, "p.yaml")
     delete, set_state = loaded.policy.rules
     assert isinstance(delete, DeleteRule) and isinstance(set_state, SetStateRule)
-    assert set_state.state.to_api() == {"type": "CANCELLED", "name": "Cancelled", "message": "stale for 7 days"}
+    assert set_state.state.to_api() == {
+        "type": "CANCELLED",
+        "name": "Cancelled",
+        "message": "stale for 7 days",
+    }
     assert loaded.policy.protect_tags == ["keep"]
     assert len(loaded.sha256) == 64
 
 
 def test_defaults() -> None:
-    loaded = parse_policy(b"version: 1\nrules: [{name: a, action: delete, sql: SELECT 1 AS id}]", "p")
+    loaded = parse_policy(
+        b"version: 1\nrules: [{name: a, action: delete, sql: SELECT 1 AS id}]", "p"
+    )
     assert loaded.policy.max_actions == 1000
     assert loaded.policy.protect_tags == []
     rule = loaded.policy.rules[0]
@@ -67,27 +73,65 @@ def test_there_are_examples() -> None:
 RULE = "{name: r, action: delete, sql: SELECT id FROM flow_runs}"
 
 BAD = [
-    ("unknown top-level key", f"version: 1\nmax_action: 5\nrules: [{RULE}]", "max_action: unknown key"),
-    ("unknown rule key", "version: 1\nrules: [{name: r, action: delete, sql: x, where: y}]", "rules[0].where: unknown key"),
-    ("unknown action", f"version: 1\nrules: [{RULE}, {{name: s, action: nuke, sql: x}}]", "rules[1].action: unknown action 'nuke'"),
+    (
+        "unknown top-level key",
+        f"version: 1\nmax_action: 5\nrules: [{RULE}]",
+        "max_action: unknown key",
+    ),
+    (
+        "unknown rule key",
+        "version: 1\nrules: [{name: r, action: delete, sql: x, where: y}]",
+        "rules[0].where: unknown key",
+    ),
+    (
+        "unknown action",
+        f"version: 1\nrules: [{RULE}, {{name: s, action: nuke, sql: x}}]",
+        "rules[1].action: unknown action 'nuke'",
+    ),
     ("missing action", "version: 1\nrules: [{name: r, sql: x}]", "rules[0].action: missing"),
-    ("missing state", "version: 1\nrules: [{name: r, action: set_state, sql: x}]", "rules[0].state: Field required"),
-    ("bad state type", "version: 1\nrules: [{name: r, action: set_state, sql: x, state: {type: DONE}}]", "rules[0].state.type:"),
-    ("state on delete", "version: 1\nrules: [{name: r, action: delete, sql: x, state: {type: CANCELLED}}]", "rules[0].state: unknown key"),
+    (
+        "missing state",
+        "version: 1\nrules: [{name: r, action: set_state, sql: x}]",
+        "rules[0].state: Field required",
+    ),
+    (
+        "bad state type",
+        "version: 1\nrules: [{name: r, action: set_state, sql: x, state: {type: DONE}}]",
+        "rules[0].state.type:",
+    ),
+    (
+        "state on delete",
+        "version: 1\nrules: [{name: r, action: delete, sql: x, state: {type: CANCELLED}}]",
+        "rules[0].state: unknown key",
+    ),
     ("wrong version", f"version: 2\nrules: [{RULE}]", "version: Input should be 1"),
     ("no rules", "version: 1\nrules: []", "rules: List should have at least 1 item"),
     ("duplicate rule names", f"version: 1\nrules: [{RULE}, {RULE}]", "rule name 'r' is used twice"),
-    ("negative limit", "version: 1\nrules: [{name: r, action: delete, sql: x, limit: 0}]", "rules[0].limit:"),
+    (
+        "negative limit",
+        "version: 1\nrules: [{name: r, action: delete, sql: x, limit: 0}]",
+        "rules[0].limit:",
+    ),
     ("bad max_actions", f"version: 1\nmax_actions: 0\nrules: [{RULE}]", "max_actions:"),
-    ("bad rule name", "version: 1\nrules: [{name: 'a b', action: delete, sql: x}]", "rules[0].name:"),
-    ("yaml syntax", "version: 1\nrules: [{name: r, action: delete, sql: x\n", "YAML syntax error at line"),
+    (
+        "bad rule name",
+        "version: 1\nrules: [{name: 'a b', action: delete, sql: x}]",
+        "rules[0].name:",
+    ),
+    (
+        "yaml syntax",
+        "version: 1\nrules: [{name: r, action: delete, sql: x\n",
+        "YAML syntax error at line",
+    ),
     ("duplicate yaml key", "version: 1\nversion: 1\nrules: []", "duplicate key 'version'"),
     ("not a mapping", "- just a list", "a policy is a YAML mapping"),
     ("empty file", "", "a policy is a YAML mapping"),
 ]
 
 
-@pytest.mark.parametrize(("text", "expected"), [(t, e) for _, t, e in BAD], ids=[n for n, _, _ in BAD])
+@pytest.mark.parametrize(
+    ("text", "expected"), [(t, e) for _, t, e in BAD], ids=[n for n, _, _ in BAD]
+)
 def test_bad_policies_name_the_field(text: str, expected: str) -> None:
     with pytest.raises(PolicyError) as info:
         parse_policy(text.encode(), "bad.yaml")
@@ -102,7 +146,9 @@ def test_one_bullet_per_field() -> None:
     lines = str(info.value).splitlines()
     assert lines[0] == "p.yaml is not a valid policy:"
     assert [line.split(":")[0] for line in lines[1:]] == [
-        "  - rules[0].action", "  - rules[1].state", "  - rules[1].bogus",
+        "  - rules[0].action",
+        "  - rules[1].state",
+        "  - rules[1].bogus",
     ]
 
 
@@ -150,5 +196,8 @@ def test_errors_name_the_line() -> None:
     )
     with pytest.raises(PolicyError) as info:
         parse_policy(text, "p.yaml")
-    found = {line.split(":")[0].strip(" -"): line.rsplit("(line ", 1)[-1].rstrip(")") for line in str(info.value).splitlines()[1:]}
+    found = {
+        line.split(":")[0].strip(" -"): line.rsplit("(line ", 1)[-1].rstrip(")")
+        for line in str(info.value).splitlines()[1:]
+    }
     assert found == {"max_actions": "2", "rules[1].state.type": "11", "rules[1].colour": "12"}

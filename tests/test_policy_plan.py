@@ -21,7 +21,7 @@ def policy(*rules: str, extra: str = "") -> str:
 
 
 def rule(name: str, sql: str, action: str = "delete", more: str = "") -> str:
-    text = f"  - name: {name}\n    action: {action}\n    sql: \"{sql}\"\n"
+    text = f'  - name: {name}\n    action: {action}\n    sql: "{sql}"\n'
     if action == "set_state":
         text += "    state: {type: CANCELLED}\n"
     return text + "".join(f"    {line}\n" for line in more.splitlines() if line)
@@ -32,15 +32,30 @@ def plan_of(db: Path, text: str) -> Any:
         return make_plan(store, parse_policy(text.encode(), "p.yaml"))
 
 
-OLD_COMPLETED = "SELECT id FROM flow_runs WHERE state_type = 'COMPLETED' AND end_time < now() - INTERVAL 30 DAY"
+OLD_COMPLETED = (
+    "SELECT id FROM flow_runs WHERE state_type = 'COMPLETED' AND end_time < now() - INTERVAL 30 DAY"
+)
 
 
 # -- the guards, as a table over plan_rule (pure) -----------------------------------
 
+
 def row(n: int, **over: Any) -> dict[str, Any]:
-    base: dict[str, Any] = {"id": rid(n), "name": f"r{n}", "flow_name": "f", "deployment_name": "d", "state_type": "COMPLETED",
-            "state_name": "Completed", "tags": [], "expected_start_time": None, "end_time": None,
-            "unknown": False, "deleted": False, "protected": False, "newest_rank": 99}
+    base: dict[str, Any] = {
+        "id": rid(n),
+        "name": f"r{n}",
+        "flow_name": "f",
+        "deployment_name": "d",
+        "state_type": "COMPLETED",
+        "state_name": "Completed",
+        "tags": [],
+        "expected_start_time": None,
+        "end_time": None,
+        "unknown": False,
+        "deleted": False,
+        "protected": False,
+        "newest_rank": 99,
+    }
     return {**base, **over}
 
 
@@ -56,7 +71,9 @@ GUARDS = [
 ]
 
 
-@pytest.mark.parametrize(("r", "more", "claimed", "reason"), [g[1:] for g in GUARDS], ids=[g[0] for g in GUARDS])
+@pytest.mark.parametrize(
+    ("r", "more", "claimed", "reason"), [g[1:] for g in GUARDS], ids=[g[0] for g in GUARDS]
+)
 def test_guards(r: dict[str, Any], more: str | None, claimed: set[str], reason: str | None) -> None:
     loaded = parse_policy(policy(rule("r", "SELECT 1 AS id", more=more or "")).encode(), "p")
     rp = plan_rule(loaded.policy.rules[0], [r], set(claimed))
@@ -77,12 +94,17 @@ def test_limit_takes_the_first_rows_and_counts_the_rest() -> None:
 
 # -- over a real file -------------------------------------------------------------------
 
+
 @pytest.fixture
 def db(tmp_path: Path) -> Path:
     runs = [run(i, days_ago=31 + i) for i in range(1, 11)]  # 10 old completed in prod
     runs += [run(i, days_ago=31 + i, dep="dev") for i in range(11, 14)]  # 3 in dev
     runs += [run(20, days_ago=5), run(21, tags=["keep", "etl"]), run(22, deleted=True)]
-    runs += [run(30, state="SCHEDULED", days_ago=10), run(31, state="SCHEDULED", days_ago=1), run(32, state="FAILED")]
+    runs += [
+        run(30, state="SCHEDULED", days_ago=10),
+        run(31, state="SCHEDULED", days_ago=1),
+        run(32, state="FAILED"),
+    ]
     return make_db(tmp_path / "runs.duckdb", runs)
 
 
@@ -120,7 +142,12 @@ def test_first_rule_wins_and_disabled_rules_select_nothing(db: Path) -> None:
 def test_max_actions_is_flagged(db: Path) -> None:
     plan = plan_of(db, policy(rule("purge", OLD_COMPLETED), extra="max_actions: 5\n"))
     assert plan.total == 14 and plan.over_max
-    result = run_cli("plan", str(_write(db.parent, policy(rule("purge", OLD_COMPLETED), extra="max_actions: 5\n"))), "--db", str(db))
+    result = run_cli(
+        "plan",
+        str(_write(db.parent, policy(rule("purge", OLD_COMPLETED), extra="max_actions: 5\n"))),
+        "--db",
+        str(db),
+    )
     assert result.exit_code == 0
     assert "apply would refuse" in result.stdout
 
@@ -143,16 +170,42 @@ BAD_SQL = [
     ("syntax", "SELEC id FROM flow_runs", "does not parse"),
     ("ids not uuids", "SELECT name AS id FROM flow_runs", "SQL failed"),
     # external access is off for rule SQL: files, network, extensions
-    ("read a file", "SELECT 'x' || content AS id FROM read_text('/etc/hostname')", "tried to reach outside the history"),
-    ("read a csv", "SELECT column0 AS id FROM read_csv('/etc/passwd')", "tried to reach outside the history"),
+    (
+        "read a file",
+        "SELECT 'x' || content AS id FROM read_text('/etc/hostname')",
+        "tried to reach outside the history",
+    ),
+    (
+        "read a csv",
+        "SELECT column0 AS id FROM read_csv('/etc/passwd')",
+        "tried to reach outside the history",
+    ),
     ("glob", "SELECT file AS id FROM glob('/etc/*')", "tried to reach outside the history"),
-    ("network", "SELECT id FROM read_csv('http://127.0.0.1:9/x.csv')", "tried to reach outside the history"),
-    ("in a subquery", "SELECT id FROM flow_runs WHERE name IN (SELECT content FROM read_blob('/etc/hostname'))",
-     "tried to reach outside the history"),
-    ("settings", "SELECT id FROM flow_runs WHERE current_setting('enable_external_access') AND (SELECT count(*) FROM read_text('/etc/hosts')) > 0",
-     "tried to reach outside the history"),
-    ("sequence", "SELECT id FROM flow_runs WHERE setval('policy_actions_id', 1) > 0", "may not change sequences"),
-    ("sql text", "SELECT * FROM query('SELECT id FROM flow_runs')", "may not change sequences or run SQL text"),
+    (
+        "network",
+        "SELECT id FROM read_csv('http://127.0.0.1:9/x.csv')",
+        "tried to reach outside the history",
+    ),
+    (
+        "in a subquery",
+        "SELECT id FROM flow_runs WHERE name IN (SELECT content FROM read_blob('/etc/hostname'))",
+        "tried to reach outside the history",
+    ),
+    (
+        "settings",
+        "SELECT id FROM flow_runs WHERE current_setting('enable_external_access') AND (SELECT count(*) FROM read_text('/etc/hosts')) > 0",
+        "tried to reach outside the history",
+    ),
+    (
+        "sequence",
+        "SELECT id FROM flow_runs WHERE setval('policy_actions_id', 1) > 0",
+        "may not change sequences",
+    ),
+    (
+        "sql text",
+        "SELECT * FROM query('SELECT id FROM flow_runs')",
+        "may not change sequences or run SQL text",
+    ),
 ]
 
 
@@ -177,10 +230,16 @@ def test_bad_sql_is_refused_and_changes_nothing(db: Path, sql: str, expected: st
 
 
 def test_rule_sql_needs_a_sandboxed_store(db: Path) -> None:
-    with Store.open(db, read_only=True) as store, pytest.raises(StoreError, match="not open sandboxed"):
+    with (
+        Store.open(db, read_only=True) as store,
+        pytest.raises(StoreError, match="not open sandboxed"),
+    ):
         make_plan(store, parse_policy(policy(rule("purge", OLD_COMPLETED)).encode(), "p.yaml"))
     # and the sandbox cannot be switched off from inside
-    with Store.open(db, read_only=True, sandbox=True) as store, pytest.raises(SandboxError, match="locked"):
+    with (
+        Store.open(db, read_only=True, sandbox=True) as store,
+        pytest.raises(SandboxError, match="locked"),
+    ):
         store.execute("SET enable_external_access = true")
 
 
@@ -197,7 +256,9 @@ def test_plan_cli_json(db: Path) -> None:
     data = json.loads(result.stdout)
     assert data["total"] == 3 and data["over_max_actions"] is False
     r0 = data["rules"][0]
-    assert r0["rule"] == "purge" and r0["runs"] == 3 and len(r0["ids"]) == 3 and len(r0["sample"]) == 2
+    assert (
+        r0["rule"] == "purge" and r0["runs"] == 3 and len(r0["ids"]) == 3 and len(r0["sample"]) == 2
+    )
     assert r0["sample"][0]["deployment"] in ("prod", "dev") and r0["by_state"] == {"COMPLETED": 3}
     assert r0["skipped"] == {"already deleted": 1, "over the rule's limit": 11}
 
@@ -207,7 +268,9 @@ def test_plan_cli_human(db: Path) -> None:
     result = run_cli("plan", str(path), "--db", str(db))
     assert result.exit_code == 0, result.output
     assert "purge (delete): 13 runs (13 COMPLETED)" in result.stdout
-    assert "1 protected tag" in result.stdout and "etl/dev" in result.stdout and "44d" in result.stdout
+    assert (
+        "1 protected tag" in result.stdout and "etl/dev" in result.stdout and "44d" in result.stdout
+    )
     assert "total: 13 runs" in result.stdout
 
 

@@ -12,7 +12,17 @@ from tests.helpers import SeededServer, query, run_cli, scalar
 
 pytestmark = pytest.mark.backends("sqlite", "postgres")
 
-STATE_TYPES = ["COMPLETED", "FAILED", "CRASHED", "CANCELLED", "SCHEDULED", "RUNNING", "PENDING", "PAUSED", "CANCELLING"]
+STATE_TYPES = [
+    "COMPLETED",
+    "FAILED",
+    "CRASHED",
+    "CANCELLED",
+    "SCHEDULED",
+    "RUNNING",
+    "PENDING",
+    "PAUSED",
+    "CANCELLING",
+]
 
 
 @pytest.fixture(scope="module")
@@ -26,16 +36,24 @@ def pulled(prefect: SeededServer, tmp_path_factory: pytest.TempPathFactory) -> P
 
 
 def test_counts_match_server_per_state(prefect: SeededServer, pulled: Path) -> None:
-    assert scalar(pulled, "SELECT count(*) FROM flow_runs WHERE deleted_at IS NULL") == prefect.count()
+    assert (
+        scalar(pulled, "SELECT count(*) FROM flow_runs WHERE deleted_at IS NULL") == prefect.count()
+    )
     for state in STATE_TYPES:
         server = prefect.count({"flow_runs": {"state": {"type": {"any_": [state]}}}})
-        local = scalar(pulled, "SELECT count(*) FROM flow_runs WHERE state_type = ? AND deleted_at IS NULL", [state])
+        local = scalar(
+            pulled,
+            "SELECT count(*) FROM flow_runs WHERE state_type = ? AND deleted_at IS NULL",
+            [state],
+        )
         assert local == server, state
 
 
 def test_flows_and_deployments_match(prefect: SeededServer, pulled: Path) -> None:
     assert scalar(pulled, "SELECT count(*) FROM flows") == prefect.count(resource="flows")
-    assert scalar(pulled, "SELECT count(*) FROM deployments") == prefect.count(resource="deployments")
+    assert scalar(pulled, "SELECT count(*) FROM deployments") == prefect.count(
+        resource="deployments"
+    )
     for dep_id in list(prefect.seeded.deployments.values())[:4]:
         server = prefect.count({"deployments": {"id": {"any_": [dep_id]}}})
         local = scalar(pulled, "SELECT count(*) FROM flow_runs WHERE deployment_id = ?", [dep_id])
@@ -51,7 +69,12 @@ def test_tags_are_lists_and_match(prefect: SeededServer, pulled: Path) -> None:
 
 
 def test_types_are_real(pulled: Path) -> None:
-    types = dict(query(pulled, "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 'flow_runs'"))
+    types = dict(
+        query(
+            pulled,
+            "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 'flow_runs'",
+        )
+    )
     assert types["id"] == "UUID"
     assert types["expected_start_time"] == "TIMESTAMP WITH TIME ZONE"
     assert types["total_run_time"] == "DOUBLE"
@@ -81,7 +104,9 @@ def test_subflow_and_real_run_times(prefect: SeededServer, pulled: Path) -> None
             assert row[2] == pytest.approx(server["total_run_time"])
             assert row[3] == "COMPLETED"
             assert row[2] >= 0.5
-    flaky_runs = scalar(pulled, "SELECT run_count FROM flow_runs WHERE id = ?", [prefect.real["flaky"]])
+    flaky_runs = scalar(
+        pulled, "SELECT run_count FROM flow_runs WHERE id = ?", [prefect.real["flaky"]]
+    )
     assert flaky_runs == 2
 
 

@@ -54,7 +54,10 @@ def workdir(pulled: Path, tmp_path: Path) -> Path:
 
 
 def relations(db: Path) -> dict[str, set[str]]:
-    rows = query(db, "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = 'main'")
+    rows = query(
+        db,
+        "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = 'main'",
+    )
     out: dict[str, set[str]] = {}
     for table, column in rows:
         out.setdefault(table, set()).add(column)
@@ -64,7 +67,11 @@ def relations(db: Path) -> dict[str, set[str]]:
 def test_dbt_sources_name_only_real_tables_and_columns(pulled: Path) -> None:
     spec: Any = yaml.safe_load((DOCS / "dbt" / "sources.yml").read_text())
     source = spec["sources"][0]
-    assert (source["name"], source["database"], source["schema"]) == ("flowsync", "flowsync", "main")
+    assert (source["name"], source["database"], source["schema"]) == (
+        "flowsync",
+        "flowsync",
+        "main",
+    )
     have = relations(pulled)
     assert source["loaded_at_field"] in have["flow_runs"]
     named = 0
@@ -73,7 +80,9 @@ def test_dbt_sources_name_only_real_tables_and_columns(pulled: Path) -> None:
         for column in table.get("columns", []):
             assert column["name"] in have[table["name"]], f"{table['name']}.{column['name']}"
             named += 1
-    assert {"flows", "deployments", "flow_runs", "flow_runs_enriched"} <= {t["name"] for t in source["tables"]}
+    assert {"flows", "deployments", "flow_runs", "flow_runs_enriched"} <= {
+        t["name"] for t in source["tables"]
+    }
     assert named > 40
 
 
@@ -86,7 +95,9 @@ def test_dbt_profile_attaches_read_only_and_the_model_runs(workdir: Path) -> Non
     sql = re.sub(r"\{\{\s*source\('flowsync',\s*'(\w+)'\)\s*\}\}", r"flowsync.main.\1", model)
     con = duckdb.connect(str(workdir / "analytics.duckdb"))
     assert attach["path"].endswith("flowsync.duckdb.snapshots/current")
-    con.execute(f"ATTACH '{workdir / 'flowsync.duckdb.snapshots' / 'current'}' AS flowsync (READ_ONLY)")
+    con.execute(
+        f"ATTACH '{workdir / 'flowsync.duckdb.snapshots' / 'current'}' AS flowsync (READ_ONLY)"
+    )
     assert con.execute(sql).fetchall()
     with pytest.raises(duckdb.Error):
         con.execute("DELETE FROM flowsync.main.flow_runs")
@@ -100,12 +111,19 @@ def test_duckdb_cli_recipe(workdir: Path) -> None:
     con = duckdb.connect(str(workdir / argv[2]), read_only=True)
     rows = con.execute(argv[3]).fetchall()
     con.close()
-    assert sum(n for _, n in rows) == scalar(workdir / "flowsync.duckdb", "SELECT count(*) FROM flow_runs WHERE deleted_at IS NULL")
+    assert sum(n for _, n in rows) == scalar(
+        workdir / "flowsync.duckdb", "SELECT count(*) FROM flow_runs WHERE deleted_at IS NULL"
+    )
 
 
 def test_polars_recipe(workdir: Path) -> None:
-    proc = subprocess.run([sys.executable, "-c", block("### Polars", "python")], cwd=workdir,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", block("### Polars", "python")],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "COMPLETED" in proc.stdout and "FAILED" in proc.stdout
 
@@ -113,13 +131,17 @@ def test_polars_recipe(workdir: Path) -> None:
 def test_jupyter_recipe_in_a_real_kernel(workdir: Path) -> None:
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell(block("### Jupyter", "python"))]
-    NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(workdir)}}).execute()
+    NotebookClient(
+        nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(workdir)}}
+    ).execute()
     outputs = nb.cells[0].outputs
     assert outputs and outputs[-1]["output_type"] == "execute_result", outputs
     assert "run_day" in outputs[-1]["data"]["text/plain"]
 
 
-def test_connect_is_read_only_by_default_and_lazy(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_connect_is_read_only_by_default_and_lazy(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(workdir)
     con = flowsync.connect()  # ./flowsync.duckdb
     try:
@@ -133,6 +155,10 @@ def test_connect_is_read_only_by_default_and_lazy(workdir: Path, monkeypatch: py
     writable.close()
     with pytest.raises(StoreError, match="does not exist"):
         flowsync.connect(workdir / "missing.duckdb")
-    proc = subprocess.run([sys.executable, "-c", "import sys, flowsync; print('duckdb' in sys.modules)"],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-c", "import sys, flowsync; print('duckdb' in sys.modules)"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.stdout.strip() == "False"

@@ -19,17 +19,33 @@ def chromium() -> str:
         path = shutil.which(name)
         if path:
             return path
-    pytest.fail("chromium is not installed: the HTML report test needs a real browser. "
-                "Install it with `apt-get update && apt-get install -y chromium`.")
+    pytest.fail(
+        "chromium is not installed: the HTML report test needs a real browser. "
+        "Install it with `apt-get update && apt-get install -y chromium`."
+    )
 
 
 def browse(page: Path, tmp_path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-extensions",
-         f"--user-data-dir={tmp_path / 'chrome-profile'}", "--enable-logging=stderr", "--v=0",
-         *extra, page.as_uri()],
-        capture_output=True, text=True, timeout=120,
+        [
+            chromium(),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--disable-extensions",
+            f"--user-data-dir={tmp_path / 'chrome-profile'}",
+            "--enable-logging=stderr",
+            "--v=0",
+            *extra,
+            page.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -92,12 +108,32 @@ def test_every_report_writes_a_page(page: Path, tmp_path: Path) -> None:
 def test_health_page_and_history_wording(page: Path, tmp_path: Path) -> None:
     db = page.parent / "runs.duckdb"
     live, history = tmp_path / "live.html", tmp_path / "history.html"
-    assert run_cli("report", "health", "--since", "60d", "--html", str(live), "--db", str(db)).exit_code == 0
-    assert run_cli("report", "health", "--since", "60d", "--include-deleted", "--html", str(history), "--db", str(db)).exit_code == 0
+    assert (
+        run_cli(
+            "report", "health", "--since", "60d", "--html", str(live), "--db", str(db)
+        ).exit_code
+        == 0
+    )
+    assert (
+        run_cli(
+            "report",
+            "health",
+            "--since",
+            "60d",
+            "--include-deleted",
+            "--html",
+            str(history),
+            "--db",
+            str(db),
+        ).exit_code
+        == 0
+    )
     assert "Live runs only" in live.read_text() and "Live runs only" not in history.read_text()
     assert "Including runs deleted on the server" in history.read_text()
     text = live.read_text()
-    assert "this flow always fails" in text  # the real failure's signature is listed, with its message
+    assert (
+        "this flow always fails" in text
+    )  # the real failure's signature is listed, with its message
     visible = re.sub(r"<[^>]+>", " ", text.split("<main>", 1)[1])
     assert not re.search(r"\b0\.\d{4}", visible), "no raw 4-decimal rates"
 
@@ -105,6 +141,8 @@ def test_health_page_and_history_wording(page: Path, tmp_path: Path) -> None:
 def test_the_error_hook_catches_a_broken_script(page: Path, tmp_path: Path) -> None:
     """The check above would see a failing script: break one on purpose."""
     broken = tmp_path / "broken.html"
-    broken.write_text(page.read_text().replace("<h2>", "<script>notDefinedAnywhere();</script><h2>", 1))
+    broken.write_text(
+        page.read_text().replace("<h2>", "<script>notDefinedAnywhere();</script><h2>", 1)
+    )
     dom = browse(broken, tmp_path, "--dump-dom").stdout
     assert "notDefinedAnywhere" in re.search(r"<html[^>]*>", dom).group(0)  # type: ignore[union-attr]

@@ -47,47 +47,106 @@ def assert_rates(count: Any, frame: pl.DataFrame, key_filter: Any, window: repor
         assert row["prev_failed"] == server_count(count, FAILED, previous, **filters), row
         assert row["prev_runs"] == server_count(count, FINISHED, previous, **filters), row
         if row["failure_rate"] is not None and row["prev_failure_rate"] is not None:
-            assert row["failure_rate_change"] == pytest.approx(row["failure_rate"] - row["prev_failure_rate"])
+            assert row["failure_rate_change"] == pytest.approx(
+                row["failure_rate"] - row["prev_failure_rate"]
+            )
 
 
 def test_failures_by_deployment_match_server(prefect: SeededServer, pulled: Path) -> None:
     with Store.open(pulled, read_only=True) as store:
         frame = reports.failures(store, "deployment", WINDOW)
-    assert {"deployment_id", "deployment_name", "flow_name", "runs", "failed", "failure_rate", "cancelled",
-            "prev_runs", "prev_failed", "prev_failure_rate", "failure_rate_change"} <= set(frame.columns)
+    assert {
+        "deployment_id",
+        "deployment_name",
+        "flow_name",
+        "runs",
+        "failed",
+        "failure_rate",
+        "cancelled",
+        "prev_runs",
+        "prev_failed",
+        "prev_failure_rate",
+        "failure_rate_change",
+    } <= set(frame.columns)
     seeded = set(prefect.seeded.deployments.values())
     assert seeded & set(frame["deployment_id"].drop_nulls()), "seeded deployments are in the report"
-    assert_rates(prefect.count, frame,
-                 lambda r: {"deployments": {"id": {"any_": [r["deployment_id"]]}}} if r["deployment_id"] else None, WINDOW)
+    assert_rates(
+        prefect.count,
+        frame,
+        lambda r: (
+            {"deployments": {"id": {"any_": [r["deployment_id"]]}}} if r["deployment_id"] else None
+        ),
+        WINDOW,
+    )
 
 
-def test_failures_by_flow_work_pool_and_tag_match_server(prefect: SeededServer, pulled: Path) -> None:
+def test_failures_by_flow_work_pool_and_tag_match_server(
+    prefect: SeededServer, pulled: Path
+) -> None:
     with Store.open(pulled, read_only=True) as store:
         by_flow = reports.failures(store, "flow", WINDOW)
         by_pool = reports.failures(store, "work_pool", WINDOW)
         by_tag = reports.failures(store, "tag", WINDOW)
-    assert_rates(prefect.count, by_flow, lambda r: {"flows": {"id": {"any_": [r["flow_id"]]}}}, WINDOW)
-    assert_rates(prefect.count, by_pool,
-                 lambda r: {"work_pools": {"name": {"any_": [r["work_pool_name"]]}}} if r["work_pool_name"] else None, WINDOW)
+    assert_rates(
+        prefect.count, by_flow, lambda r: {"flows": {"id": {"any_": [r["flow_id"]]}}}, WINDOW
+    )
+    assert_rates(
+        prefect.count,
+        by_pool,
+        lambda r: (
+            {"work_pools": {"name": {"any_": [r["work_pool_name"]]}}}
+            if r["work_pool_name"]
+            else None
+        ),
+        WINDOW,
+    )
     assert set(by_tag["tag"]) >= {"etl", "critical"}
-    assert_rates(prefect.count, by_tag, lambda r: {"flow_runs": {"tags": {"all_": [r["tag"]]}}}, WINDOW)
+    assert_rates(
+        prefect.count, by_tag, lambda r: {"flow_runs": {"tags": {"all_": [r["tag"]]}}}, WINDOW
+    )
 
 
 def test_all_history_totals_match_server(prefect: SeededServer, pulled: Path) -> None:
     with Store.open(pulled, read_only=True) as store:
         frame = reports.failures(store, "flow", reports.parse_since("all"))
-    assert frame["failed"].sum() == prefect.count({"flow_runs": {"state": {"type": {"any_": FAILED}}}})
-    assert frame["runs"].sum() == prefect.count({"flow_runs": {"state": {"type": {"any_": FINISHED}}}})
-    assert frame["cancelled"].sum() == prefect.count({"flow_runs": {"state": {"type": {"any_": ["CANCELLED"]}}}})
+    assert frame["failed"].sum() == prefect.count(
+        {"flow_runs": {"state": {"type": {"any_": FAILED}}}}
+    )
+    assert frame["runs"].sum() == prefect.count(
+        {"flow_runs": {"state": {"type": {"any_": FINISHED}}}}
+    )
+    assert frame["cancelled"].sum() == prefect.count(
+        {"flow_runs": {"state": {"type": {"any_": ["CANCELLED"]}}}}
+    )
     assert frame["prev_runs"].null_count() == frame.height  # no previous window for all history
 
 
 def test_cli_failures_json_matches_server(prefect: SeededServer, pulled: Path) -> None:
-    result = run_cli("report", "failures", "--by", "deployment", "--since", "all", "--format", "json", "--db", str(pulled))
+    result = run_cli(
+        "report",
+        "failures",
+        "--by",
+        "deployment",
+        "--since",
+        "all",
+        "--format",
+        "json",
+        "--db",
+        str(pulled),
+    )
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout)  # only data on stdout
-    assert sum(r["failed"] for r in rows) == prefect.count({"flow_runs": {"state": {"type": {"any_": FAILED}}}})
-    assert {"deployment_id", "deployment_name", "runs", "failed", "failure_rate", "cancelled"} <= set(rows[0])
+    assert sum(r["failed"] for r in rows) == prefect.count(
+        {"flow_runs": {"state": {"type": {"any_": FAILED}}}}
+    )
+    assert {
+        "deployment_id",
+        "deployment_name",
+        "runs",
+        "failed",
+        "failure_rate",
+        "cancelled",
+    } <= set(rows[0])
 
 
 def quantile(values: list[float], q: float) -> float:
@@ -104,7 +163,9 @@ def test_durations_match_server_run_times(prefect: SeededServer, pulled: Path) -
         frame = reports.durations(store, "flow", reports.parse_since("all"))
     row = frame.filter(pl.col("flow_name") == "real-sleepy").row(0, named=True)
     with prefect.api() as c:
-        runs = c.post("flow_runs/filter", json={"flows": {"name": {"any_": ["real-sleepy"]}}}).json()
+        runs = c.post(
+            "flow_runs/filter", json={"flows": {"name": {"any_": ["real-sleepy"]}}}
+        ).json()
 
     def ts(s: str) -> datetime:
         return datetime.fromisoformat(s.replace("Z", "+00:00"))
@@ -121,9 +182,13 @@ def test_late_waiting_now_matches_server(prefect: SeededServer, pulled: Path) ->
         frame = reports.late(store, "deployment", WINDOW)
     checked = 0
     for row in frame.filter(pl.col("deployment_id").is_not_null()).iter_rows(named=True):
-        server = server_count(prefect.count, ["SCHEDULED", "PENDING"], WINDOW,
-                              deployments={"id": {"any_": [row["deployment_id"]]}},
-                              flow_runs={"start_time": {"is_null_": True}})
+        server = server_count(
+            prefect.count,
+            ["SCHEDULED", "PENDING"],
+            WINDOW,
+            deployments={"id": {"any_": [row["deployment_id"]]}},
+            flow_runs={"start_time": {"is_null_": True}},
+        )
         assert row["waiting_now"] == server
         checked += server
     assert checked > 0
@@ -135,11 +200,15 @@ def test_flaky_streak_matches_server_order(prefect: SeededServer, pulled: Path) 
     assert not frame.is_empty()
     with prefect.api() as c:
         for row in frame.iter_rows(named=True):
-            latest = c.post("flow_runs/filter", json={
-                "deployments": {"id": {"any_": [row["deployment_id"]]}},
-                "flow_runs": {"state": {"type": {"any_": FINISHED}}},
-                "sort": "EXPECTED_START_TIME_DESC", "limit": 50,
-            }).json()
+            latest = c.post(
+                "flow_runs/filter",
+                json={
+                    "deployments": {"id": {"any_": [row["deployment_id"]]}},
+                    "flow_runs": {"state": {"type": {"any_": FINISHED}}},
+                    "sort": "EXPECTED_START_TIME_DESC",
+                    "limit": 50,
+                },
+            ).json()
             streak = 0
             for run in latest:
                 if run["state"]["type"] not in FAILED:
@@ -155,8 +224,12 @@ def delete_runs(url: str, ids: list[str]) -> None:
             assert c.delete(f"flow_runs/{run_id}").status_code in (200, 204)
 
 
-def test_deleted_runs_leave_live_figures_and_stay_in_history(fresh_server: Server, tmp_path: Path) -> None:
-    seeded = seed(fresh_server.url, runs=80, flows=1, deployments_per_flow=2, days=10, seed_value=3, batch=40)
+def test_deleted_runs_leave_live_figures_and_stay_in_history(
+    fresh_server: Server, tmp_path: Path
+) -> None:
+    seeded = seed(
+        fresh_server.url, runs=80, flows=1, deployments_per_flow=2, days=10, seed_value=3, batch=40
+    )
     db = tmp_path / "runs.duckdb"
     assert run_cli("pull", "--api-url", fresh_server.url, "--db", str(db)).exit_code == 0
     everything = reports.parse_since("all")
@@ -176,11 +249,15 @@ def test_deleted_runs_leave_live_figures_and_stay_in_history(fresh_server: Serve
     with Store.open(db, read_only=True) as store:
         live = reports.failures(store, "deployment", everything)
         history = reports.failures(store, "deployment", everything, include_deleted=True)
-    assert_rates(count, live, lambda r: {"deployments": {"id": {"any_": [r["deployment_id"]]}}}, everything)
+    assert_rates(
+        count, live, lambda r: {"deployments": {"id": {"any_": [r["deployment_id"]]}}}, everything
+    )
     assert live["failed"].sum() == before["failed"].sum() - len(failed_ids)
     assert live["runs"].sum() == before["runs"].sum() - len(failed_ids) - len(done_ids)
     cols = ["deployment_id", "runs", "failed", "cancelled"]
-    assert history.select(cols).sort("deployment_id").equals(before.select(cols).sort("deployment_id"))
+    assert (
+        history.select(cols).sort("deployment_id").equals(before.select(cols).sort("deployment_id"))
+    )
 
 
 # -- bad input: one line on stderr, non-zero exit, no traceback ---------------------

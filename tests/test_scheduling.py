@@ -32,13 +32,18 @@ FLOWSYNC = Path(sys.executable).with_name("flowsync")
 def cron_command(state_dir: Path, wait: str | None = None) -> str:
     """The crontab.example job's command, with its paths pointed at this test."""
     jobs = [
-        line for line in (DEPLOY / "crontab.example").read_text().splitlines()
+        line
+        for line in (DEPLOY / "crontab.example").read_text().splitlines()
         if line.strip() and not line.lstrip().startswith("#") and "=" not in line.split()[0]
     ]
     assert len(jobs) == 1, jobs
     fields = jobs[0].split(None, 5)
     assert fields[:5] == ["*/15", "*", "*", "*", "*"]
-    command = fields[5].replace("/usr/local/bin/flowsync", str(FLOWSYNC)).replace("/var/lib/flowsync", str(state_dir))
+    command = (
+        fields[5]
+        .replace("/usr/local/bin/flowsync", str(FLOWSYNC))
+        .replace("/var/lib/flowsync", str(state_dir))
+    )
     if wait is not None:
         command = command.replace("--wait 120", f"--wait {wait}")
     return command
@@ -46,17 +51,31 @@ def cron_command(state_dir: Path, wait: str | None = None) -> str:
 
 def run_cron(command: str, api_url: str, home: Path) -> subprocess.CompletedProcess[str]:
     # What cron gives a job: a bare environment, /bin/sh, no terminal.
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(home), "SHELL": "/bin/sh", "PREFECT_API_URL": api_url,
-           "PREFECT_HOME": str(home / ".prefect")}
-    return subprocess.run(["/bin/sh", "-c", command], env=env, capture_output=True, text=True, timeout=300)
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(home),
+        "SHELL": "/bin/sh",
+        "PREFECT_API_URL": api_url,
+        "PREFECT_HOME": str(home / ".prefect"),
+    }
+    return subprocess.run(
+        ["/bin/sh", "-c", command], env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def hold_db(db: Path, seconds: float) -> subprocess.Popen[str]:
     """Another process with the DuckDB file open for writing, as a notebook or an apply would."""
     proc = subprocess.Popen(
-        [sys.executable, "-c", "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); "
-         "print('ready', flush=True); time.sleep(float(sys.argv[2]))", str(db), str(seconds)],
-        stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); "
+            "print('ready', flush=True); time.sleep(float(sys.argv[2]))",
+            str(db),
+            str(seconds),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
     return proc
@@ -82,7 +101,9 @@ def test_cron_line_runs_quietly_as_written(prefect: SeededServer, cron_state: Pa
 
 
 @pytest.mark.skipif(shutil.which("flock") is None, reason="flock (util-linux) is not installed")
-def test_cron_overlaps_skip_wait_or_fail_with_documented_codes(prefect: SeededServer, cron_state: Path) -> None:
+def test_cron_overlaps_skip_wait_or_fail_with_documented_codes(
+    prefect: SeededServer, cron_state: Path
+) -> None:
     # The previous cron pull is still running: this one is skipped, exit 75.
     with (cron_state / "pull.lock").open("a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # what flock(1) in the running job holds
@@ -118,8 +139,13 @@ def test_exit_codes_in_the_examples_match_flowsync() -> None:
         StoreLockedError,
     )
 
-    codes: dict[type[FlowsyncError], str] = {ConfigError: "2 bad settings", ApiError: "3 API failed", AuthError: "4 auth",
-             StoreError: "5 DuckDB file unusable", StoreLockedError: "6 "}
+    codes: dict[type[FlowsyncError], str] = {
+        ConfigError: "2 bad settings",
+        ApiError: "3 API failed",
+        AuthError: "4 auth",
+        StoreError: "5 DuckDB file unusable",
+        StoreLockedError: "6 ",
+    }
     for name in ("crontab.example", "flowsync-pull.service"):
         text = " ".join((DEPLOY / name).read_text().replace("#", " ").split())
         for cls, phrase in codes.items():
@@ -129,7 +155,11 @@ def test_exit_codes_in_the_examples_match_flowsync() -> None:
 
 def _units(tmp_path: Path) -> tuple[Path, Path]:
     service = tmp_path / "flowsync-pull.service"
-    service.write_text((DEPLOY / "flowsync-pull.service").read_text().replace("/usr/local/bin/flowsync", str(FLOWSYNC)))
+    service.write_text(
+        (DEPLOY / "flowsync-pull.service")
+        .read_text()
+        .replace("/usr/local/bin/flowsync", str(FLOWSYNC))
+    )
     timer = tmp_path / "flowsync-pull.timer"
     shutil.copy(DEPLOY / "flowsync-pull.timer", timer)
     return service, timer
@@ -142,7 +172,11 @@ def test_systemd_units_are_consistent(tmp_path: Path) -> None:
     unit.read(service)
     assert unit["Service"]["Type"] == "oneshot"  # systemd never overlaps two runs of it
     exec_start = unit["Service"]["ExecStart"].split()
-    assert exec_start[0] == str(FLOWSYNC) and exec_start[1:3] == ["pull", "--quiet"] and "--wait" in exec_start
+    assert (
+        exec_start[0] == str(FLOWSYNC)
+        and exec_start[1:3] == ["pull", "--quiet"]
+        and "--wait" in exec_start
+    )
     tick = configparser.ConfigParser(strict=False, interpolation=None)
     tick.optionxform = str  # type: ignore[assignment,method-assign]
     tick.read(timer)
@@ -153,42 +187,60 @@ def test_systemd_units_are_consistent(tmp_path: Path) -> None:
     assert help_run.returncode == 0, help_run.stderr
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed (apt-get install systemd)")
+@pytest.mark.skipif(
+    shutil.which("systemd-analyze") is None,
+    reason="systemd-analyze not installed (apt-get install systemd)",
+)
 def test_systemd_units_verify(tmp_path: Path) -> None:
     service, timer = _units(tmp_path)
     for args in ([str(service), str(timer)], ["calendar", "*:0/15"]):
-        cmd = ["systemd-analyze", "verify", "--man=no", *args] if args[0] != "calendar" else ["systemd-analyze", *args]
+        cmd = (
+            ["systemd-analyze", "verify", "--man=no", *args]
+            if args[0] != "calendar"
+            else ["systemd-analyze", *args]
+        )
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr
         if args[0] != "calendar":
-            assert proc.stderr.strip() == "", proc.stderr  # unknown keys are only warnings: none allowed
+            assert proc.stderr.strip() == "", (
+                proc.stderr
+            )  # unknown keys are only warnings: none allowed
 
 
 def _prefect_env(url: str, home: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "FLOWSYNC_"))}
-    env.update(PREFECT_API_URL=url, PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               PREFECT_LOGGING_LEVEL="WARNING", PYTHONPATH=str(DEPLOY))
+    env.update(
+        PREFECT_API_URL=url,
+        PREFECT_HOME=str(home),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_LOGGING_LEVEL="WARNING",
+        PYTHONPATH=str(DEPLOY),
+    )
     return env
 
 
 def test_prefect_flow_pulls_then_applies_a_policy(fresh_server: Server, tmp_path: Path) -> None:
     seeded = seed(fresh_server.url, runs=30, flows=1, deployments_per_flow=2, days=20, seed_value=3)
     policy = tmp_path / "policy.yaml"
-    policy.write_text(textwrap.dedent("""\
+    policy.write_text(
+        textwrap.dedent("""\
         version: 1
         protect_tags: [keep]
         rules:
           - name: purge-finished
             action: delete
             sql: SELECT id FROM flow_runs WHERE deleted_at IS NULL AND state_type IN ('COMPLETED', 'FAILED')
-        """))
+        """)
+    )
     db = tmp_path / "runs.duckdb"
     code = (
         "import json; from prefect_flow import flowsync_pull_and_clean as f; "
         f"print(json.dumps(f(db={str(db)!r}, policy={str(policy)!r}, apply=True)))"
     )
     env = _prefect_env(fresh_server.url, tmp_path / "prefect-home")
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["pull"]["mode"] == "full" and out["pull"]["inserted"] >= 30
@@ -198,16 +250,26 @@ def test_prefect_flow_pulls_then_applies_a_policy(fresh_server: Server, tmp_path
     assert out["policy"]["apply"]["done"] == out["policy"]["planned"]
     with httpx.Client(base_url=fresh_server.url + "/") as c:
         left = c.post("flow_runs/count", json={"flow_runs": {"id": {"any_": selectable}}}).json()
-        protected = c.post("flow_runs/count", json={"flow_runs": {"id": {"any_": selectable}, "tags": {"all_": ["keep"]}}}).json()
+        protected = c.post(
+            "flow_runs/count",
+            json={"flow_runs": {"id": {"any_": selectable}, "tags": {"all_": ["keep"]}}},
+        ).json()
         assert left == protected  # everything selected was deleted, except the protected runs
         # The flow ran as a real Prefect flow run, and completed.
-        runs = c.post("flow_runs/filter", json={"flows": {"name": {"any_": ["flowsync-pull-and-clean"]}}}).json()
+        runs = c.post(
+            "flow_runs/filter", json={"flows": {"name": {"any_": ["flowsync-pull-and-clean"]}}}
+        ).json()
         assert [r["state_type"] for r in runs] == ["COMPLETED"]
-    assert scalar(db, "SELECT count(*) FROM flow_runs WHERE deleted_at IS NOT NULL") == out["policy"]["apply"]["done"]
+    assert (
+        scalar(db, "SELECT count(*) FROM flow_runs WHERE deleted_at IS NOT NULL")
+        == out["policy"]["apply"]["done"]
+    )
 
     # The deployment in the __main__ block registers with its schedule (apply() instead of serve()).
     code = "from prefect_flow import build_deployment; print(build_deployment(db='/tmp/x.duckdb').apply())"
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     with httpx.Client(base_url=fresh_server.url + "/") as c:
         dep = c.get("deployments/name/flowsync-pull-and-clean/every-15-minutes").json()

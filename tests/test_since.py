@@ -36,19 +36,27 @@ def test_forms(text: str, expected: datetime | None) -> None:
 
 @pytest.mark.parametrize(
     ("text", "message"),
-    [("yesterday", "is not a time window"), ("0d", "is an empty window"), ("2030-01-01", "is in the future")],
+    [
+        ("yesterday", "is not a time window"),
+        ("0d", "is an empty window"),
+        ("2030-01-01", "is in the future"),
+    ],
 )
 def test_refusals(text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         parse_since(text, NOW)
 
 
-@pytest.mark.parametrize("command", [["export", "--format", "parquet", "OUT"], ["report", "failures"]])
+@pytest.mark.parametrize(
+    "command", [["export", "--format", "parquet", "OUT"], ["report", "failures"]]
+)
 def test_both_commands_take_the_same_forms(command: list[str], tmp_path: Path) -> None:
     missing = tmp_path / "missing.duckdb"
     args = [str(tmp_path / "out") if a == "OUT" else a for a in command]
     for good in ("30min", "7d", "2026-01-01T00:00:00Z"):
         result = run_cli(*args, "--since", good, "--db", str(missing))
-        assert result.exit_code == 5 and "does not exist" in result.stderr, result.output  # got past --since
+        assert result.exit_code == 5 and "does not exist" in result.stderr, (
+            result.output
+        )  # got past --since
     bad = run_cli(*args, "--since", "yesterday", "--db", str(missing))
     assert bad.exit_code == 2 and "--since 'yesterday' is not a time window" in bad.stderr

@@ -83,7 +83,9 @@ def server_count(url: str, body: dict[str, Any] | None = None) -> int:
 
 
 def pull(url: str, db: Path) -> dict[str, Any]:
-    result = run_cli("pull", "--api-url", url, "--db", str(db), "--json")  # no --wait: must not block
+    result = run_cli(
+        "pull", "--api-url", url, "--db", str(db), "--json"
+    )  # no --wait: must not block
     assert result.exit_code == 0, result.output
     return dict(json.loads(result.stdout))
 
@@ -91,7 +93,9 @@ def pull(url: str, db: Path) -> dict[str, Any]:
 LIVE = "SELECT count(*) FROM flow_runs WHERE deleted_at IS NULL"
 
 
-def test_an_open_notebook_never_blocks_pulls_or_apply(fresh_server: Server, tmp_path: Path, kernel: Kernel) -> None:
+def test_an_open_notebook_never_blocks_pulls_or_apply(
+    fresh_server: Server, tmp_path: Path, kernel: Kernel
+) -> None:
     url, db = fresh_server.url, tmp_path / "runs.duckdb"
     seeded = seed(url, runs=120, flows=2, deployments_per_flow=2, seed_value=21)
     first = pull(url, db)
@@ -114,13 +118,15 @@ def test_an_open_notebook_never_blocks_pulls_or_apply(fresh_server: Server, tmp_
     assert third["marked_deleted"] == 15
     # ...and an apply (it also writes the live file, then publishes).
     policy = tmp_path / "policy.yaml"
-    policy.write_text(textwrap.dedent("""\
+    policy.write_text(
+        textwrap.dedent("""\
         version: 1
         rules:
           - name: drop-cancelled
             action: delete
             sql: SELECT id FROM flow_runs WHERE deleted_at IS NULL AND state_type = 'CANCELLED'
-    """))
+    """)
+    )
     cancelled = server_count(url, {"flow_runs": {"state": {"type": {"any_": ["CANCELLED"]}}}})
     assert cancelled > 0
     applied = run_cli("apply", str(policy), "--db", str(db), "--api-url", url, "--yes", "--json")
@@ -129,7 +135,12 @@ def test_an_open_notebook_never_blocks_pulls_or_apply(fresh_server: Server, tmp_
 
     # The open connection still sees the first pull, whole and consistent (its file was unlinked).
     assert kernel.run(f"print(con.execute({LIVE!r}).fetchone()[0])") == str(at_first)
-    assert kernel.run("print(con.execute('SELECT count(*) FROM failure_rates_by_deployment').fetchone()[0] > 0)") == "True"
+    assert (
+        kernel.run(
+            "print(con.execute('SELECT count(*) FROM failure_rates_by_deployment').fetchone()[0] > 0)"
+        )
+        == "True"
+    )
     # A new connection in the same kernel sees the latest state: the server's, after the apply.
     now = server_count(url)
     assert now == at_first + 40 - 15 - cancelled
@@ -175,9 +186,16 @@ def test_a_running_pull_is_named_to_live_readers(tmp_path: Path) -> None:
     Store.open(db).close()
     # A real process holding the write lock, whose command line reads `flowsync pull`.
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); print('ok', flush=True); time.sleep(30)",
-         str(db), "flowsync", "pull"],
-        stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); print('ok', flush=True); time.sleep(30)",
+            str(db),
+            "flowsync",
+            "pull",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "ok"
@@ -222,7 +240,9 @@ def test_kill_9_during_publish_leaves_the_previous_snapshot_readable(tmp_path: P
     db = tmp_path / "runs.duckdb"
     with Store.open(db) as store:
         # Ballast so that copying takes long enough to be caught half-way.
-        store.execute("CREATE TABLE ballast AS SELECT range AS i, md5(CAST(range AS VARCHAR)) AS s FROM range(1500000)")
+        store.execute(
+            "CREATE TABLE ballast AS SELECT range AS i, md5(CAST(range AS VARCHAR)) AS s FROM range(1500000)"
+        )
         snap.publish(store)
     folder = snap.snapshot_dir(db)
     caught_mid_copy = 0

@@ -89,7 +89,9 @@ def digest(path: Path) -> str:
         ("   ", "No SQL given", 2),
     ],
 )
-def test_bad_sql_is_one_line_and_changes_nothing(pulled: Path, sql: str, needle: str, code: int) -> None:
+def test_bad_sql_is_one_line_and_changes_nothing(
+    pulled: Path, sql: str, needle: str, code: int
+) -> None:
     before = digest(pulled)
     result = run_cli("sql", sql, "--db", str(pulled))
     assert result.exit_code == code, result.output
@@ -103,7 +105,9 @@ def test_bad_sql_is_one_line_and_changes_nothing(pulled: Path, sql: str, needle:
 def test_bad_format_and_missing_db(pulled: Path, tmp_path: Path) -> None:
     result = run_cli("sql", Q, "--format", "xlsx", "--db", str(pulled))
     assert result.exit_code == 2 and "--format 'xlsx' is not an output format" in result.stderr
-    result = run_cli("sql", Q, "--format", "table", "--output", str(tmp_path / "t.txt"), "--db", str(pulled))
+    result = run_cli(
+        "sql", Q, "--format", "table", "--output", str(tmp_path / "t.txt"), "--db", str(pulled)
+    )
     assert result.exit_code == 2 and "--format table is for the terminal" in result.stderr
     result = run_cli("sql", Q, "--db", str(tmp_path / "missing.duckdb"))
     assert result.exit_code == 5 and "does not exist" in result.stderr
@@ -112,7 +116,13 @@ def test_bad_format_and_missing_db(pulled: Path, tmp_path: Path) -> None:
 
 
 def test_help_has_an_example() -> None:
-    for args in (["sql"], ["report", "failures"], ["report", "durations"], ["report", "late"], ["report", "flaky"]):
+    for args in (
+        ["sql"],
+        ["report", "failures"],
+        ["report", "durations"],
+        ["report", "late"],
+        ["report", "flaky"],
+    ):
         result = run_cli(*args, "--help")
         assert result.exit_code == 0
         assert "Example: flowsync" in result.stdout

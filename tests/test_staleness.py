@@ -40,13 +40,26 @@ def pull_with(url: str, db: Path, **options: object) -> dict[str, object]:
 
 
 def edit_four(url: str) -> list[str]:
-    runs = httpx.post(f"{url}/flow_runs/filter", json={"limit": 3, "sort": "ID_DESC"}, timeout=60).json()
-    scheduled = httpx.post(f"{url}/flow_runs/filter", timeout=60, json={  # job variables: scheduled runs only
-        "limit": 1, "sort": "EXPECTED_START_TIME_DESC", "flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}}}).json()
+    runs = httpx.post(
+        f"{url}/flow_runs/filter", json={"limit": 3, "sort": "ID_DESC"}, timeout=60
+    ).json()
+    scheduled = httpx.post(
+        f"{url}/flow_runs/filter",
+        timeout=60,
+        json={  # job variables: scheduled runs only
+            "limit": 1,
+            "sort": "EXPECTED_START_TIME_DESC",
+            "flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}},
+        },
+    ).json()
     ids = [r["id"] for r in runs + scheduled]
     assert len(set(ids)) == 4
-    edits = [{"tags": ["edited"]}, {"name": "renamed-run"}, {"parameters": {"x": 42}},
-             {"job_variables": {"image": "edited:1"}}]
+    edits = [
+        {"tags": ["edited"]},
+        {"name": "renamed-run"},
+        {"parameters": {"x": 42}},
+        {"job_variables": {"image": "edited:1"}},
+    ]
     for run_id, body in zip(ids, edits):
         for _ in range(20):  # the SQLite server answers 503 while it is busy writing
             r = httpx.patch(f"{url}/flow_runs/{run_id}", json=body, timeout=60)
@@ -58,12 +71,24 @@ def edit_four(url: str) -> list[str]:
 
 
 def in_file(db: Path, ids: list[str]) -> tuple[bool, bool, bool, bool]:
-    rows = dict(query(db, "SELECT CAST(id AS VARCHAR), [list_contains(tags, 'edited'), name = 'renamed-run', "
-                          "parameters->>'$.x' = '42', job_variables->>'$.image' = 'edited:1'] FROM flow_runs"))
-    return (bool(rows[ids[0]][0]), bool(rows[ids[1]][1]), bool(rows[ids[2]][2]), bool(rows[ids[3]][3]))
+    rows = dict(
+        query(
+            db,
+            "SELECT CAST(id AS VARCHAR), [list_contains(tags, 'edited'), name = 'renamed-run', "
+            "parameters->>'$.x' = '42', job_variables->>'$.image' = 'edited:1'] FROM flow_runs",
+        )
+    )
+    return (
+        bool(rows[ids[0]][0]),
+        bool(rows[ids[1]][1]),
+        bool(rows[ids[2]][2]),
+        bool(rows[ids[3]][3]),
+    )
 
 
-def test_edits_without_events_reach_the_file_within_the_window(server: Server, tmp_path: Path) -> None:
+def test_edits_without_events_reach_the_file_within_the_window(
+    server: Server, tmp_path: Path
+) -> None:
     db = tmp_path / "runs.duckdb"
     assert pull_with(server.url, db)["mode"] == "full"
     ids = edit_four(server.url)
@@ -81,7 +106,10 @@ def test_edits_without_events_reach_the_file_within_the_window(server: Server, t
     assert result["reread"] == live
     assert in_file(db, ids) == (True, True, True, True)
     # the guarantee: after a pull, no live run was last read longer than the window ago
-    assert scalar(db, "SELECT min(synced_at) FROM flow_runs WHERE deleted_at IS NULL") >= began - window
+    assert (
+        scalar(db, "SELECT min(synced_at) FROM flow_runs WHERE deleted_at IS NULL")
+        >= began - window
+    )
     # and right after it nothing is due: the re-read is spread, not repeated (asked of the
     # store at a fixed moment, a second after the oldest read: a pull's own duration on a
     # loaded machine can exceed this 3 s window)
@@ -96,7 +124,10 @@ def test_re_reads_are_spread_over_the_window(tmp_path: Path) -> None:
     read_at = scalar(db, "SELECT max(synced_at) FROM flow_runs")
     window = timedelta(hours=24)
     with Store.open(db, read_only=True) as store:
-        due = {f: len(synced_tables.due_for_reread(store, window, now=read_at + window * f)) for f in (0.7, 0.8, 0.85, 0.9, 0.96)}
+        due = {
+            f: len(synced_tables.due_for_reread(store, window, now=read_at + window * f))
+            for f in (0.7, 0.8, 0.85, 0.9, 0.96)
+        }
     assert due[0.7] == 0 and due[0.96] == 1000
     assert 100 < due[0.8] < due[0.85] < due[0.9] < 1000  # a share each pull, not all at once
     assert abs(due[0.85] - 500) < 100  # about uniform over [0.75, 0.95]
@@ -110,16 +141,28 @@ def test_status_shows_the_oldest_re_read(server: Server, tmp_path: Path) -> None
     assert oldest is not None
     assert "oldest re-read of a live run" in run_cli("status", "--db", str(db)).stdout
     # the flag and the environment variable set the window
-    env = run_cli("pull", "--api-url", server.url, "--db", str(db), "--json", env={"FLOWSYNC_STALENESS_HOURS": "0.0001"})
+    env = run_cli(
+        "pull",
+        "--api-url",
+        server.url,
+        "--db",
+        str(db),
+        "--json",
+        env={"FLOWSYNC_STALENESS_HOURS": "0.0001"},
+    )
     assert env.exit_code == 0, env.output
-    assert json.loads(env.stdout)["reread"] == scalar(db, "SELECT count(*) FROM flow_runs WHERE deleted_at IS NULL")
+    assert json.loads(env.stdout)["reread"] == scalar(
+        db, "SELECT count(*) FROM flow_runs WHERE deleted_at IS NULL"
+    )
 
 
 def _age_cursor(db: Path, hours: float) -> None:
     with Store.open(db) as store:
         store.execute(
             "UPDATE sync_state SET value = to_json(strftime(CAST(value->>'$' AS TIMESTAMPTZ) - to_hours(CAST(? AS BIGINT)), "
-            "'%Y-%m-%dT%H:%M:%S.%f+00:00')) WHERE key = 'flow_runs.cursor'", [int(hours)])
+            "'%Y-%m-%dT%H:%M:%S.%f+00:00')) WHERE key = 'flow_runs.cursor'",
+            [int(hours)],
+        )
 
 
 def test_events_window_is_checked_against_the_server(server: Server, tmp_path: Path) -> None:
@@ -131,7 +174,9 @@ def test_events_window_is_checked_against_the_server(server: Server, tmp_path: P
     assert pull_with(server.url, db)["mode"] == "incremental"
 
 
-def test_a_server_keeping_events_for_less_than_the_cursor_age_gets_a_full_reconciliation(tmp_path: Path) -> None:
+def test_a_server_keeping_events_for_less_than_the_cursor_age_gets_a_full_reconciliation(
+    tmp_path: Path,
+) -> None:
     home = tmp_path / "short-retention"
     home.mkdir()
     (home / "profiles.toml").write_text(

@@ -16,7 +16,12 @@ from flowsync.store import Store
 from flowsync.store.tables import SQL_TYPES, TABLES
 
 # Columns the store adds to every synced table; they do not come from the API.
-BOOKKEEPING = {"extra": "JSON", "synced_at": "TIMESTAMPTZ", "seen_pull": "BIGINT", "deleted_at": "TIMESTAMPTZ"}
+BOOKKEEPING = {
+    "extra": "JSON",
+    "synced_at": "TIMESTAMPTZ",
+    "seen_pull": "BIGINT",
+    "deleted_at": "TIMESTAMPTZ",
+}
 
 
 @pytest.fixture(scope="module")
@@ -33,11 +38,13 @@ def _normalised(store: Store, sql_type: str) -> str:
 
 @pytest.mark.parametrize("table", sorted(TABLES))
 def test_column_specs_match_the_ddl(store: Store, table: str) -> None:
-    ddl = dict(store.execute(
-        "SELECT column_name, data_type FROM information_schema.columns "
-        "WHERE table_name = ? AND table_schema = 'main' ORDER BY ordinal_position",
-        [table],
-    ).rows())
+    ddl = dict(
+        store.execute(
+            "SELECT column_name, data_type FROM information_schema.columns "
+            "WHERE table_name = ? AND table_schema = 'main' ORDER BY ordinal_position",
+            [table],
+        ).rows()
+    )
     expected = {c.name: SQL_TYPES[c.kind] for c in TABLES[table].columns} | BOOKKEEPING
     assert set(ddl) == set(expected), (
         f"{table}: only in the DDL {sorted(set(ddl) - set(expected))}, "

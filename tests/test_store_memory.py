@@ -42,17 +42,33 @@ def test_running_out_under_the_cap_is_one_clear_error_and_saves_nothing(db_path:
     with Store.open(db_path) as store:
         store.execute("SET max_temp_directory_size = '0KB'")  # no spilling: the cap is hard
         store.budget_memory(0, fixed_mb=8)
-        with pytest.raises(StoreError, match=r"out of memory under its 8 MB cap.*--memory-limit"), store.transaction():
+        with (
+            pytest.raises(StoreError, match=r"out of memory under its 8 MB cap.*--memory-limit"),
+            store.transaction(),
+        ):
             store.execute(
                 "CREATE TABLE big AS SELECT range AS i, repeat('x', 200) || range AS s FROM range(300000) ORDER BY s"
             )
-        assert store.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'big'").scalar() == 0
+        assert (
+            store.execute(
+                "SELECT count(*) FROM information_schema.tables WHERE table_name = 'big'"
+            ).scalar()
+            == 0
+        )
 
 
-def test_pull_with_a_too_small_cap_fails_clearly_then_a_default_pull_completes(prefect: SeededServer, db_path: Path) -> None:
-    bad = run_cli("pull", "--api-url", prefect.url, "--db", str(db_path), "--memory-limit", "1", "--quiet")
+def test_pull_with_a_too_small_cap_fails_clearly_then_a_default_pull_completes(
+    prefect: SeededServer, db_path: Path
+) -> None:
+    bad = run_cli(
+        "pull", "--api-url", prefect.url, "--db", str(db_path), "--memory-limit", "1", "--quiet"
+    )
     assert bad.exit_code == 5
-    assert bad.stderr.count("\n") == 1 and "--memory-limit" in bad.stderr and "Traceback" not in bad.stderr
+    assert (
+        bad.stderr.count("\n") == 1
+        and "--memory-limit" in bad.stderr
+        and "Traceback" not in bad.stderr
+    )
     ok = run_cli("pull", "--api-url", prefect.url, "--db", str(db_path), "--quiet")
     assert ok.exit_code == 0, ok.output
     assert scalar(db_path, "SELECT count(*) FROM flow_runs") == prefect.count()
@@ -63,7 +79,10 @@ def test_running_out_in_a_read_under_the_guard_is_one_clear_error(db_path: Path)
     with Store.open(db_path) as store:
         store.execute("SET max_temp_directory_size = '0KB'")
         store.budget_memory(0, fixed_mb=8)
-        with pytest.raises(StoreError, match=r"out of memory under its 8 MB cap.*--memory-limit"), store.memory_guard():
+        with (
+            pytest.raises(StoreError, match=r"out of memory under its 8 MB cap.*--memory-limit"),
+            store.memory_guard(),
+        ):
             store.execute(
                 "SELECT s, count(*) FROM (SELECT repeat('x', 200) || range AS s FROM range(300000)) GROUP BY s ORDER BY s"
             ).rows()

@@ -39,71 +39,150 @@ def test_every_sql_file_is_one_view_or_macro_with_a_header() -> None:
 
 def test_pull_builds_every_view(pulled: Path) -> None:
     names = {r[0] for r in query(pulled, "SELECT view_name FROM duckdb_views() WHERE NOT internal")}
-    names |= {r[0] for r in query(pulled, "SELECT function_name FROM duckdb_functions() WHERE function_type IN ('macro', 'table_macro')")}
+    names |= {
+        r[0]
+        for r in query(
+            pulled,
+            "SELECT function_name FROM duckdb_functions() WHERE function_type IN ('macro', 'table_macro')",
+        )
+    }
     assert {p.stem.split("_", 1)[1] for p in views.view_files()} <= names
-    assert scalar(pulled, "SELECT count(*) FROM flow_runs_enriched") == scalar(pulled, "SELECT count(*) FROM flow_runs")
+    assert scalar(pulled, "SELECT count(*) FROM flow_runs_enriched") == scalar(
+        pulled, "SELECT count(*) FROM flow_runs"
+    )
 
 
 def test_enriched_columns(prefect: SeededServer, pulled: Path) -> None:
     child = prefect.real["child"]
-    row = query(pulled, "SELECT is_subflow, flow_name, is_finished, is_failure, is_deleted FROM flow_runs_enriched WHERE id = ?", [child])[0]
+    row = query(
+        pulled,
+        "SELECT is_subflow, flow_name, is_finished, is_failure, is_deleted FROM flow_runs_enriched WHERE id = ?",
+        [child],
+    )[0]
     assert row == (True, "real-child", True, False, False)
     assert scalar(pulled, "SELECT count(*) FROM flow_runs_enriched WHERE is_subflow") == 1
-    broken = query(pulled, "SELECT is_failure, is_finished, deployment_name FROM flow_runs_enriched WHERE id = ?", [prefect.real["broken"]])[0]
+    broken = query(
+        pulled,
+        "SELECT is_failure, is_finished, deployment_name FROM flow_runs_enriched WHERE id = ?",
+        [prefect.real["broken"]],
+    )[0]
     assert broken == (True, True, None)
     dep_id = next(iter(prefect.seeded.deployments.values()))
-    names = query(pulled, "SELECT DISTINCT flow_name, deployment_name FROM flow_runs_enriched WHERE deployment_id = ?", [dep_id])
+    names = query(
+        pulled,
+        "SELECT DISTINCT flow_name, deployment_name FROM flow_runs_enriched WHERE deployment_id = ?",
+        [dep_id],
+    )
     flow, dep = next(k for k, v in prefect.seeded.deployments.items() if v == dep_id).split("/")
     assert names == [(flow, dep)] or names == []
     # duration and lateness are end - start and start - expected start
-    bad = scalar(pulled, """SELECT count(*) FROM flow_runs_enriched WHERE start_time IS NOT NULL AND end_time IS NOT NULL
-                           AND abs(duration_s - epoch(end_time - start_time)) > 1e-6""")
+    bad = scalar(
+        pulled,
+        """SELECT count(*) FROM flow_runs_enriched WHERE start_time IS NOT NULL AND end_time IS NOT NULL
+                           AND abs(duration_s - epoch(end_time - start_time)) > 1e-6""",
+    )
     assert bad == 0
-    assert scalar(pulled, "SELECT count(*) FROM retried_runs WHERE id = ?", [prefect.real["flaky"]]) == 1
+    assert (
+        scalar(pulled, "SELECT count(*) FROM retried_runs WHERE id = ?", [prefect.real["flaky"]])
+        == 1
+    )
     # run_at is expected_start_time, which the server sets on every run (seeded and real @flow runs)
     assert scalar(pulled, "SELECT count(*) FROM flow_runs_enriched WHERE run_at IS NULL") == 0
 
 
 def test_daily_and_group_views_match_server_totals(prefect: SeededServer, pulled: Path) -> None:
     failed = prefect.count({"flow_runs": {"state": {"type": {"any_": ["FAILED", "CRASHED"]}}}})
-    finished = prefect.count({"flow_runs": {"state": {"type": {"any_": ["COMPLETED", "FAILED", "CRASHED"]}}}})
+    finished = prefect.count(
+        {"flow_runs": {"state": {"type": {"any_": ["COMPLETED", "FAILED", "CRASHED"]}}}}
+    )
     cancelled = prefect.count({"flow_runs": {"state": {"type": {"any_": ["CANCELLED"]}}}})
-    for view in ("failure_rates_by_day", "failure_rates_by_day_deployment", "failure_rates_by_flow",
-                 "failure_rates_by_deployment", "failure_rates_by_work_pool"):
+    for view in (
+        "failure_rates_by_day",
+        "failure_rates_by_day_deployment",
+        "failure_rates_by_flow",
+        "failure_rates_by_deployment",
+        "failure_rates_by_work_pool",
+    ):
         row = query(pulled, f"SELECT sum(failed), sum(runs), sum(cancelled) FROM {view}")[0]
         assert row == (failed, finished, cancelled), view
-    etl = prefect.count({"flow_runs": {"tags": {"all_": ["etl"]}, "state": {"type": {"any_": ["FAILED", "CRASHED"]}}}})
+    etl = prefect.count(
+        {
+            "flow_runs": {
+                "tags": {"all_": ["etl"]},
+                "state": {"type": {"any_": ["FAILED", "CRASHED"]}},
+            }
+        }
+    )
     assert scalar(pulled, "SELECT failed FROM failure_rates_by_tag WHERE tag = 'etl'") == etl
     assert scalar(pulled, "SELECT sum(runs) FROM duration_percentiles_by_flow") == scalar(
-        pulled, "SELECT count(*) FROM flow_runs_enriched WHERE is_finished AND duration_s IS NOT NULL AND NOT is_deleted")
+        pulled,
+        "SELECT count(*) FROM flow_runs_enriched WHERE is_finished AND duration_s IS NOT NULL AND NOT is_deleted",
+    )
 
 
 def test_streaks_and_recoveries_on_a_known_sequence(fresh_server: Server, tmp_path: Path) -> None:
     """FAILED, CRASHED, COMPLETED, CANCELLED, FAILED, COMPLETED, FAILED, FAILED an hour apart."""
-    sequence = ["FAILED", "CRASHED", "COMPLETED", "CANCELLED", "FAILED", "COMPLETED", "FAILED", "FAILED"]
+    sequence = [
+        "FAILED",
+        "CRASHED",
+        "COMPLETED",
+        "CANCELLED",
+        "FAILED",
+        "COMPLETED",
+        "FAILED",
+        "FAILED",
+    ]
     t0 = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(days=2)
     with httpx.Client(base_url=fresh_server.url + "/", timeout=60) as c:
         flow = c.post("flows/", json={"name": "seq-flow"}).json()
         dep = c.post("deployments/", json={"name": "seq", "flow_id": flow["id"]}).json()
-        res = c.post(f"deployments/{dep['id']}/create_flow_run/bulk", json=[
-            {"idempotency_key": str(uuid.uuid4()),
-             "state": {"type": "SCHEDULED", "name": "Scheduled",
-                       "state_details": {"scheduled_time": (t0 + timedelta(hours=i)).isoformat()}}}
-            for i in range(len(sequence))
-        ]).json()
+        res = c.post(
+            f"deployments/{dep['id']}/create_flow_run/bulk",
+            json=[
+                {
+                    "idempotency_key": str(uuid.uuid4()),
+                    "state": {
+                        "type": "SCHEDULED",
+                        "name": "Scheduled",
+                        "state_details": {"scheduled_time": (t0 + timedelta(hours=i)).isoformat()},
+                    },
+                }
+                for i in range(len(sequence))
+            ],
+        ).json()
         ids = [r["flow_run_id"] for r in res["results"]]
         for run_id, state in zip(ids, sequence):
             set_states(c, [run_id], state, state.title())
     db = tmp_path / "seq.duckdb"
     assert run_cli("pull", "--api-url", fresh_server.url, "--db", str(db)).exit_code == 0
-    episodes = query(db, "SELECT failed_at, failed_runs, recovery_s FROM failure_recoveries ORDER BY failed_at")
-    assert episodes == [(t0, 2, 7200.0), (t0 + timedelta(hours=4), 1, 3600.0), (t0 + timedelta(hours=6), 2, None)]
-    assert query(db, "SELECT episodes, recovered, mttr_s FROM mttr_by_deployment") == [(3, 2, 5400.0)]
-    assert query(db, "SELECT finished_runs, failing_streak, last_state_type FROM deployment_streaks") == [(7, 2, "FAILED")]
+    episodes = query(
+        db, "SELECT failed_at, failed_runs, recovery_s FROM failure_recoveries ORDER BY failed_at"
+    )
+    assert episodes == [
+        (t0, 2, 7200.0),
+        (t0 + timedelta(hours=4), 1, 3600.0),
+        (t0 + timedelta(hours=6), 2, None),
+    ]
+    assert query(db, "SELECT episodes, recovered, mttr_s FROM mttr_by_deployment") == [
+        (3, 2, 5400.0)
+    ]
+    assert query(
+        db, "SELECT finished_runs, failing_streak, last_state_type FROM deployment_streaks"
+    ) == [(7, 2, "FAILED")]
     # the on-call backlog: failing since the run at +6h, two failures, last success at +5h
-    assert query(db, "SELECT failing_since, failures_since_success, last_success_at, latest_failure_at, latest_failure_run_id "
-                     "FROM unresolved_failures") == [(t0 + timedelta(hours=6), 2, t0 + timedelta(hours=5), t0 + timedelta(hours=7),
-                                                      uuid.UUID(ids[7]))]
+    assert query(
+        db,
+        "SELECT failing_since, failures_since_success, last_success_at, latest_failure_at, latest_failure_run_id "
+        "FROM unresolved_failures",
+    ) == [
+        (
+            t0 + timedelta(hours=6),
+            2,
+            t0 + timedelta(hours=5),
+            t0 + timedelta(hours=7),
+            uuid.UUID(ids[7]),
+        )
+    ]
     with Store.open(db, read_only=True) as store:
         two = reports.flaky(store, reports.parse_since("all"), last=2).row(0, named=True)
         three = reports.flaky(store, reports.parse_since("all"), last=3).row(0, named=True)

@@ -26,7 +26,9 @@ pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def two_workers(pg_cluster: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def two_workers(
+    pg_cluster: PgCluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
     with backend_server("postgres-2w", tmp_path_factory.mktemp("prefect-2w"), pg_cluster) as server:
         yield server
 
@@ -37,7 +39,9 @@ def pull(url: str, db: Path, *extra: str) -> dict[str, object]:
     return dict(json.loads(result.stdout))
 
 
-def test_full_then_incremental_pull_against_two_workers(two_workers: Server, tmp_path: Path) -> None:
+def test_full_then_incremental_pull_against_two_workers(
+    two_workers: Server, tmp_path: Path
+) -> None:
     url = two_workers.url
     assert two_workers.workers == 2
     seeded = seed(url, runs=600, flows=3, deployments_per_flow=2, seed_value=21)
@@ -62,7 +66,9 @@ def test_full_then_incremental_pull_against_two_workers(two_workers: Server, tmp
     assert_matches_server(db, url)
     marked = {str(r[0]) for r in query(db, "SELECT id FROM flow_runs WHERE deleted_at IS NOT NULL")}
     assert marked == set(deleted)
-    assert {scalar(db, "SELECT state_type FROM flow_runs WHERE id = ?", [i]) for i in changed} == {"CANCELLED"}
+    assert {scalar(db, "SELECT state_type FROM flow_runs WHERE id = ?", [i]) for i in changed} == {
+        "CANCELLED"
+    }
     assert set(new.runs) <= {str(r[0]) for r in query(db, "SELECT id FROM flow_runs")}
 
     # --full with four pages in flight over both workers finds nothing to fix.

@@ -20,7 +20,15 @@ from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
-HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "te", "trailer", "upgrade"}
+HOP = {
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "content-length",
+    "te",
+    "trailer",
+    "upgrade",
+}
 counts: Counter[str] = Counter()
 times: list[tuple[str, float, int]] = []
 lock = threading.Lock()
@@ -53,7 +61,11 @@ def make_handler(host: str, port: int) -> type[BaseHTTPRequestHandler]:
                 return
             length = int(self.headers.get("Content-Length") or 0)
             data = self.rfile.read(length) if length else None
-            headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP and k.lower() != "host"}
+            headers = {
+                k: v
+                for k, v in self.headers.items()
+                if k.lower() not in HOP and k.lower() != "host"
+            }
             with lock:
                 counts[f"{self.command} {self.path.split('?')[0]}"] += 1
             began = time.monotonic()
@@ -90,7 +102,9 @@ def main() -> None:
     p.add_argument("--upstream", required=True, help="scheme://host:port of the server")
     a = p.parse_args()
     up = urlsplit(a.upstream)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(up.hostname or "127.0.0.1", up.port or 80))
+    server = ThreadingHTTPServer(
+        ("127.0.0.1", 0), make_handler(up.hostname or "127.0.0.1", up.port or 80)
+    )
     server.daemon_threads = True
     print(f"port {server.server_address[1]}", flush=True)
     server.serve_forever()

@@ -26,26 +26,30 @@ def main() -> None:
     p.add_argument("--work", required=True, help="dlt pipelines dir (state, load packages)")
     a = p.parse_args()
     began = time.monotonic()
-    source = rest_api_source({
-        "client": {"base_url": a.url.rstrip("/") + "/"},
-        "resource_defaults": {"primary_key": "id", "write_disposition": "merge"},
-        "resources": [{
-            "name": "flow_runs",
-            "endpoint": {
-                "path": "flow_runs/filter",
-                "method": "POST",
-                "json": {"sort": "ID_DESC"},
-                "data_selector": "$",
-                "paginator": {
-                    "type": "offset",
-                    "limit": 200,
-                    "offset_body_path": "offset",
-                    "limit_body_path": "limit",
-                    "total_path": None,
-                },
-            },
-        }],
-    })
+    source = rest_api_source(
+        {
+            "client": {"base_url": a.url.rstrip("/") + "/"},
+            "resource_defaults": {"primary_key": "id", "write_disposition": "merge"},
+            "resources": [
+                {
+                    "name": "flow_runs",
+                    "endpoint": {
+                        "path": "flow_runs/filter",
+                        "method": "POST",
+                        "json": {"sort": "ID_DESC"},
+                        "data_selector": "$",
+                        "paginator": {
+                            "type": "offset",
+                            "limit": 200,
+                            "offset_body_path": "offset",
+                            "limit_body_path": "limit",
+                            "total_path": None,
+                        },
+                    },
+                }
+            ],
+        }
+    )
     pipeline = dlt.pipeline(
         pipeline_name="prefect_flow_runs",
         destination=dlt.destinations.duckdb(a.db),
@@ -59,7 +63,11 @@ def main() -> None:
     with duckdb.connect(a.db, read_only=True) as con:
         rows = con.execute("SELECT count(*) FROM prefect.flow_runs").fetchone()[0]
         distinct = con.execute("SELECT count(DISTINCT id) FROM prefect.flow_runs").fetchone()[0]
-    print(json.dumps({"rows": rows, "rows_in_db": distinct, "requests": None, "seconds": round(seconds, 3)}))
+    print(
+        json.dumps(
+            {"rows": rows, "rows_in_db": distinct, "requests": None, "seconds": round(seconds, 3)}
+        )
+    )
 
 
 if __name__ == "__main__":

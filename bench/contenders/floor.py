@@ -31,7 +31,9 @@ def main() -> None:
     rows = requests = offset = 0
     with httpx.Client(base_url=a.url.rstrip("/") + "/", timeout=120) as c:
         while True:
-            r = c.post("flow_runs/filter", json={"sort": "ID_DESC", "limit": a.page_size, "offset": offset})
+            r = c.post(
+                "flow_runs/filter", json={"sort": "ID_DESC", "limit": a.page_size, "offset": offset}
+            )
             requests += 1
             r.raise_for_status()
             n = len(r.json())
@@ -39,8 +41,16 @@ def main() -> None:
             if n < a.page_size:
                 break
             offset += n
-    print(json.dumps({"rows": rows, "rows_in_db": None, "requests": requests,
-                      "seconds": round(time.monotonic() - began, 3)}))
+    print(
+        json.dumps(
+            {
+                "rows": rows,
+                "rows_in_db": None,
+                "requests": requests,
+                "seconds": round(time.monotonic() - began, 3),
+            }
+        )
+    )
 
 
 def parallel(url: str, page_size: int, in_flight: int) -> None:
@@ -57,7 +67,10 @@ def parallel(url: str, page_size: int, in_flight: int) -> None:
                 while not done.is_set():
                     with lock:
                         offset = next(offsets)
-                    r = c.post("flow_runs/filter", json={"sort": "ID_DESC", "limit": page_size, "offset": offset})
+                    r = c.post(
+                        "flow_runs/filter",
+                        json={"sort": "ID_DESC", "limit": page_size, "offset": offset},
+                    )
                     r.raise_for_status()
                     n = len(r.json())
                     with lock:
@@ -76,8 +89,16 @@ def parallel(url: str, page_size: int, in_flight: int) -> None:
         t.join()
     if errors:
         raise errors[0]
-    print(json.dumps({"rows": totals["rows"], "rows_in_db": None, "requests": totals["requests"],
-                      "seconds": round(time.monotonic() - began, 3)}))
+    print(
+        json.dumps(
+            {
+                "rows": totals["rows"],
+                "rows_in_db": None,
+                "requests": totals["requests"],
+                "seconds": round(time.monotonic() - began, 3),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -63,8 +63,14 @@ class TimingTransport(httpx.BaseTransport):
             s["total_s"] += took
             s["max_s"] = max(s["max_s"], took)
         # The body is decoded now: hand it on without the encoding headers that described it.
-        headers = {k: v for k, v in response.headers.items() if k.lower() not in ("content-encoding", "content-length")}
-        return httpx.Response(response.status_code, headers=headers, content=content, extensions=response.extensions)
+        headers = {
+            k: v
+            for k, v in response.headers.items()
+            if k.lower() not in ("content-encoding", "content-length")
+        }
+        return httpx.Response(
+            response.status_code, headers=headers, content=content, extensions=response.extensions
+        )
 
     def close(self) -> None:
         self.inner.close()
@@ -81,13 +87,27 @@ def main() -> None:
     transport = TimingTransport()
     began = time.monotonic()
     options = PullOptions(concurrency=a.concurrency, full=a.full, verify=a.verify)
-    with Store.open(a.db) as store, PrefectClient(ApiSettings(url=a.url), transport=transport) as client:
+    with (
+        Store.open(a.db) as store,
+        PrefectClient(ApiSettings(url=a.url), transport=transport) as client,
+    ):
         result = pull(client, store, options)
     seconds = time.monotonic() - began
-    kinds = {k: {"n": v["n"], "total_s": round(v["total_s"], 3), "max_s": round(v["max_s"], 3)}
-             for k, v in sorted(transport.kinds.items())}
-    print(json.dumps({"seconds": round(seconds, 3), "mode": result.mode, "requests": sum(v["n"] for v in kinds.values()),
-                      "inserted": result.inserted, "kinds": kinds}))
+    kinds = {
+        k: {"n": v["n"], "total_s": round(v["total_s"], 3), "max_s": round(v["max_s"], 3)}
+        for k, v in sorted(transport.kinds.items())
+    }
+    print(
+        json.dumps(
+            {
+                "seconds": round(seconds, 3),
+                "mode": result.mode,
+                "requests": sum(v["n"] for v in kinds.values()),
+                "inserted": result.inserted,
+                "kinds": kinds,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

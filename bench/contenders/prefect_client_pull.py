@@ -38,15 +38,28 @@ async def pull(db: str, page_size: int, timings: dict[str, float]) -> int:
     async with get_client() as client:
         while True:
             t = time.monotonic()
-            runs = await client.read_flow_runs(limit=page_size, offset=offset, sort=FlowRunSort.ID_DESC)
+            runs = await client.read_flow_runs(
+                limit=page_size, offset=offset, sort=FlowRunSort.ID_DESC
+            )
             timings["fetch_s"] += time.monotonic() - t
             t = time.monotonic()
             rows = [
                 (
-                    str(r.id), r.name, str(r.flow_id), str(r.deployment_id) if r.deployment_id else None,
-                    r.state_type.value if r.state_type else None, r.state_name, r.expected_start_time,
-                    r.start_time, r.end_time, r.total_run_time.total_seconds(), r.run_count,
-                    list(r.tags), json.dumps(r.parameters, default=str), r.created, r.updated,
+                    str(r.id),
+                    r.name,
+                    str(r.flow_id),
+                    str(r.deployment_id) if r.deployment_id else None,
+                    r.state_type.value if r.state_type else None,
+                    r.state_name,
+                    r.expected_start_time,
+                    r.start_time,
+                    r.end_time,
+                    r.total_run_time.total_seconds(),
+                    r.run_count,
+                    list(r.tags),
+                    json.dumps(r.parameters, default=str),
+                    r.created,
+                    r.updated,
                 )
                 for r in runs
             ]
@@ -70,8 +83,17 @@ def main() -> None:
     timings = {"fetch_s": 0.0, "write_s": 0.0}
     n = asyncio.run(pull(a.db, a.page_size, timings))
     seconds = time.monotonic() - began
-    print(json.dumps({"rows": n, "rows_in_db": n, "requests": None, "seconds": round(seconds, 3),
-                      **{k: round(v, 3) for k, v in timings.items()}}))
+    print(
+        json.dumps(
+            {
+                "rows": n,
+                "rows_in_db": n,
+                "requests": None,
+                "seconds": round(seconds, 3),
+                **{k: round(v, 3) for k, v in timings.items()},
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -43,10 +43,17 @@ def main() -> None:
         memory = store.execute(
             "SELECT tag, memory_usage_bytes // 1048576 FROM duckdb_memory() WHERE memory_usage_bytes > 0"
         ).rows()
-    print(json.dumps({
-        "setting": SETTING, "seconds": round(time.monotonic() - began, 1), "rows": result.inserted,
-        "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024, "duckdb_memory_mb": memory,
-    }))
+    print(
+        json.dumps(
+            {
+                "setting": SETTING,
+                "seconds": round(time.monotonic() - began, 1),
+                "rows": result.inserted,
+                "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
+                "duckdb_memory_mb": memory,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

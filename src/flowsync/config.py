@@ -75,7 +75,9 @@ def prefect_home(env: Mapping[str, str]) -> Path:
 
 def load_profile(env: Mapping[str, str]) -> tuple[str | None, dict[str, Any], Path]:
     """The active profile's name and settings, as Prefect would pick them."""
-    path = Path(env.get("PREFECT_PROFILES_PATH") or prefect_home(env) / "profiles.toml").expanduser()
+    path = Path(
+        env.get("PREFECT_PROFILES_PATH") or prefect_home(env) / "profiles.toml"
+    ).expanduser()
     if not path.is_file():
         return None, {}, path
     try:
@@ -158,7 +160,9 @@ def resolve_api(
     )
 
 
-def resolve_db_path(db: str | os.PathLike[str] | None, env: Mapping[str, str] | None = None) -> Path:
+def resolve_db_path(
+    db: str | os.PathLike[str] | None, env: Mapping[str, str] | None = None
+) -> Path:
     """The DuckDB file: --db, else $FLOWSYNC_DB, else ./flowsync.duckdb."""
     env = os.environ if env is None else env
     raw = db or env.get("FLOWSYNC_DB") or DEFAULT_DB

@@ -62,7 +62,9 @@ class StoreLockedError(StoreError):
 
     exit_code = 6
 
-    def __init__(self, message: str, *, holder_pid: int | None = None, holder_role: str = "unknown") -> None:
+    def __init__(
+        self, message: str, *, holder_pid: int | None = None, holder_role: str = "unknown"
+    ) -> None:
         super().__init__(message)
         self.holder_pid = holder_pid
         self.holder_role = holder_role

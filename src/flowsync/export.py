@@ -109,12 +109,18 @@ def check_request(out_dir: Path, fmt: str, tables: Iterable[str] | None) -> list
     chosen = list(dict.fromkeys(tables or TABLES))
     unknown = [t for t in chosen if t not in PARTITION_BY]
     if unknown:
-        raise ConfigError(f"Unknown table {unknown[0]!r} for --tables; choose from: {', '.join(TABLES)}.")
+        raise ConfigError(
+            f"Unknown table {unknown[0]!r} for --tables; choose from: {', '.join(TABLES)}."
+        )
     if out_dir.exists() and not out_dir.is_dir():
-        raise ConfigError(f"Export directory {out_dir} is a file; pass a directory path (it is created if missing).")
+        raise ConfigError(
+            f"Export directory {out_dir} is a file; pass a directory path (it is created if missing)."
+        )
     for name in chosen:
         if (out_dir / name).exists() and not (out_dir / name).is_dir():
-            raise ConfigError(f"{out_dir / name} is a file, not a table directory; move it or choose another export directory.")
+            raise ConfigError(
+                f"{out_dir / name} is a file, not a table directory; move it or choose another export directory."
+            )
     return chosen
 
 
@@ -207,6 +213,7 @@ def export(
         tmp.write_text(manifest + "\n", encoding="utf-8")
         os.replace(tmp, out_dir / MANIFEST)
     except OSError as e:
-        raise StoreError(f"Export to {out_dir} failed: {e}. Partitions already written are complete; run it again.") from e
+        raise StoreError(
+            f"Export to {out_dir} failed: {e}. Partitions already written are complete; run it again."
+        ) from e
     return result
-

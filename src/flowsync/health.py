@@ -27,7 +27,9 @@ TOP = 10
 class Health:
     window: reports.Window
     include_deleted: bool
-    headline: dict[str, Any]  # one row: failure_rates, duration_percentiles, lateness over everything
+    headline: dict[
+        str, Any
+    ]  # one row: failure_rates, duration_percentiles, lateness over everything
     daily: pl.DataFrame  # failure_rates per UTC day
     heatmap: pl.DataFrame  # failure_rates per UTC day x deployment
     deployments: pl.DataFrame  # failure_rates per deployment, with the previous window
@@ -38,7 +40,9 @@ class Health:
     last_pull: datetime | None
 
 
-def collect(store: Store, window: reports.Window, *, include_deleted: bool = False, late_after: float = 60.0) -> Health:
+def collect(
+    store: Store, window: reports.Window, *, include_deleted: bool = False, late_after: float = 60.0
+) -> Health:
     failures_all = reports._failures(store, "all", window, include_deleted)
     durations_all = reports._durations(store, "all", window, include_deleted, True)
     late_all = reports._late(store, "all", window, late_after, include_deleted)
@@ -55,8 +59,12 @@ def collect(store: Store, window: reports.Window, *, include_deleted: bool = Fal
         window=window,
         include_deleted=include_deleted,
         headline=headline,
-        daily=reports.failure_rate_daily(store, window, by_deployment=False, include_deleted=include_deleted),
-        heatmap=reports.failure_rate_daily(store, window, by_deployment=True, include_deleted=include_deleted),
+        daily=reports.failure_rate_daily(
+            store, window, by_deployment=False, include_deleted=include_deleted
+        ),
+        heatmap=reports.failure_rate_daily(
+            store, window, by_deployment=True, include_deleted=include_deleted
+        ),
         deployments=reports._failures(store, "deployment", window, include_deleted),
         signatures=signatures,
         unresolved=unresolved,

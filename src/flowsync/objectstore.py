@@ -32,7 +32,15 @@ from flowsync.export import MANIFEST, ExportResult
 from flowsync.store import Store
 
 _URL = re.compile(r"^(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*)://(?P<rest>.+)$")
-EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs", "az": "azure", "abfs": "azure", "abfss": "azure"}
+EXTRAS = {
+    "s3": "s3",
+    "s3a": "s3",
+    "gs": "gcs",
+    "gcs": "gcs",
+    "az": "azure",
+    "abfs": "azure",
+    "abfss": "azure",
+}
 
 
 def is_remote(dest: str) -> bool:
@@ -70,7 +78,9 @@ def _filesystem(url: str) -> tuple[Any, str]:
     except (ImportError, ValueError) as e:
         extra = EXTRAS.get(scheme)
         hint = f"pip install 'flowsync[{extra}]'" if extra else "use s3://, gs:// or az://"
-        raise ConfigError(f"Cannot export to {scheme}:// URLs here ({str(e).splitlines()[0]}): {hint}.") from None
+        raise ConfigError(
+            f"Cannot export to {scheme}:// URLs here ({str(e).splitlines()[0]}): {hint}."
+        ) from None
     return fs, str(root).rstrip("/")
 
 
@@ -92,7 +102,9 @@ def _remote_manifest(fs: Any, root: str) -> dict[str, Any] | None:
         return None
 
 
-def _merged_manifest(local: dict[str, Any], remote: dict[str, Any] | None, full: bool) -> dict[str, Any]:
+def _merged_manifest(
+    local: dict[str, Any], remote: dict[str, Any] | None, full: bool
+) -> dict[str, Any]:
     """The manifest of what is remote after this upload."""
     if full or remote is None:
         return local
@@ -117,7 +129,11 @@ def upload(local_dir: Path, result: ExportResult, url: str) -> UploadResult:
                 out.bytes_uploaded += src.stat().st_size
             if full and table.partition_by:
                 keep = {rel.split("/", 1)[0] for rel in table.files_written}
-                for entry in fs.ls(f"{root}/{table.name}", detail=False) if fs.exists(f"{root}/{table.name}") else []:
+                for entry in (
+                    fs.ls(f"{root}/{table.name}", detail=False)
+                    if fs.exists(f"{root}/{table.name}")
+                    else []
+                ):
                     name = str(entry).rstrip("/").rsplit("/", 1)[-1]
                     if name.startswith("date=") and name not in keep:
                         fs.rm(f"{root}/{table.name}/{name}", recursive=True)
@@ -131,14 +147,27 @@ def upload(local_dir: Path, result: ExportResult, url: str) -> UploadResult:
     except (OSError, ValueError, RuntimeError) as e:
         raise _failed(url, e) from e
     except Exception as e:  # the SDKs' own error types (botocore, google, azure) vary
-        if type(e).__module__.split(".")[0] in {"botocore", "aiobotocore", "google", "azure", "s3fs", "gcsfs", "adlfs"}:
+        if type(e).__module__.split(".")[0] in {
+            "botocore",
+            "aiobotocore",
+            "google",
+            "azure",
+            "s3fs",
+            "gcsfs",
+            "adlfs",
+        }:
             raise _failed(url, e) from e
         raise
     return out
 
 
 def export_remote(
-    store: Store, url: str, *, fmt: str = "parquet", tables: Sequence[str] | None = None, since: datetime | None = None
+    store: Store,
+    url: str,
+    *,
+    fmt: str = "parquet",
+    tables: Sequence[str] | None = None,
+    since: datetime | None = None,
 ) -> tuple[ExportResult, UploadResult]:
     """``flowsync.export.export`` to a local staging directory, then ``upload`` to ``url``."""
     _filesystem(url)  # a missing extra fails before any work

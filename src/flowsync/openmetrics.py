@@ -47,7 +47,11 @@ class _Family:
             yield f"# UNIT {self.name} {self.unit}"
         for labels, value in self.samples:
             text = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
-            yield f"{self.name}{{{text}}} {_number(value)}" if text else f"{self.name} {_number(value)}"
+            yield (
+                f"{self.name}{{{text}}} {_number(value)}"
+                if text
+                else f"{self.name} {_number(value)}"
+            )
 
 
 def _deployment_labels(row: dict[str, Any]) -> dict[str, Any]:
@@ -62,23 +66,52 @@ def render(health: Health) -> str:
     """The metrics of ``health`` as OpenMetrics text (ends with ``# EOF``)."""
     window = health.window
     families = [
-        runs := _Family("runs", "Finished flow runs (COMPLETED, FAILED or CRASHED) in the report window, per deployment."),
-        failed := _Family("failed_runs", "Failed flow runs (FAILED or CRASHED) in the report window, per deployment."),
-        rate := _Family("failure_rate", "Failed / finished flow runs in the report window, per deployment (0..1)."),
-        p95 := _Family("duration_p95_seconds", "95th percentile of finished runs' wall-clock duration in the window.",
-                       "seconds"),
-        late := _Family("lateness_p95_seconds", "95th percentile of start time minus expected start in the window.",
-                        "seconds"),
-        unresolved := _Family("unresolved_failures",
-                              "Failed runs since the last success of a deployment whose latest finished run failed."),
-        since := _Family("failing_since_timestamp_seconds",
-                         "Expected start of the first failed run since the deployment's last success.", "seconds"),
-        total_rate := _Family("all_failure_rate", "Failed / finished flow runs in the report window, all runs (0..1)."),
+        runs := _Family(
+            "runs",
+            "Finished flow runs (COMPLETED, FAILED or CRASHED) in the report window, per deployment.",
+        ),
+        failed := _Family(
+            "failed_runs",
+            "Failed flow runs (FAILED or CRASHED) in the report window, per deployment.",
+        ),
+        rate := _Family(
+            "failure_rate",
+            "Failed / finished flow runs in the report window, per deployment (0..1).",
+        ),
+        p95 := _Family(
+            "duration_p95_seconds",
+            "95th percentile of finished runs' wall-clock duration in the window.",
+            "seconds",
+        ),
+        late := _Family(
+            "lateness_p95_seconds",
+            "95th percentile of start time minus expected start in the window.",
+            "seconds",
+        ),
+        unresolved := _Family(
+            "unresolved_failures",
+            "Failed runs since the last success of a deployment whose latest finished run failed.",
+        ),
+        since := _Family(
+            "failing_since_timestamp_seconds",
+            "Expected start of the first failed run since the deployment's last success.",
+            "seconds",
+        ),
+        total_rate := _Family(
+            "all_failure_rate", "Failed / finished flow runs in the report window, all runs (0..1)."
+        ),
         total_runs := _Family("all_runs", "Finished flow runs in the report window, all runs."),
-        total_failed := _Family("all_failed_runs", "Failed flow runs in the report window, all runs."),
-        pulled := _Family("last_pull_success_timestamp_seconds", "When the latest successful flowsync pull finished.",
-                          "seconds"),
-        span := _Family("window_seconds", "Length of the report window the other figures cover.", "seconds"),
+        total_failed := _Family(
+            "all_failed_runs", "Failed flow runs in the report window, all runs."
+        ),
+        pulled := _Family(
+            "last_pull_success_timestamp_seconds",
+            "When the latest successful flowsync pull finished.",
+            "seconds",
+        ),
+        span := _Family(
+            "window_seconds", "Length of the report window the other figures cover.", "seconds"
+        ),
     ]
     for row in health.deployments.iter_rows(named=True):
         if row.get("deployment_id") is None:

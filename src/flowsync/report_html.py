@@ -95,18 +95,42 @@ def _headline(h: dict[str, Any], has_previous: bool) -> str:
     rate_change = h.get("failure_rate_change")
     p95_change = h.get("p95_change_s")
     cards = [
-        _card("Finished runs", present.count(h.get("runs")), vs(h.get("runs"), h.get("prev_runs"), present.count)),
-        _card("Failed runs", present.count(h.get("failed")), vs(h.get("failed"), h.get("prev_failed"), present.count),
-              None if not has_previous or h.get("prev_failed") is None else (h.get("failed") or 0) > h["prev_failed"]),
-        _card("Failure rate", present.percent(h.get("failure_rate")),
-              present.rate_change(rate_change) if has_previous and rate_change is not None else "",
-              None if rate_change is None else rate_change > 0.0005),
-        _card("p95 duration", present.duration(h.get("p95_s")),
-              present.duration_change(p95_change) if has_previous and p95_change is not None else "",
-              None if p95_change is None else p95_change > 0.5),
-        _card("Late starts", present.count(h.get("late_runs")), f"p95 lateness {present.duration(h.get('p95_lateness_s'))}"),
-        _card("Unresolved deployments", present.count(h.get("unresolved_deployments")), "latest finished run failed",
-              (h.get("unresolved_deployments") or 0) > 0),
+        _card(
+            "Finished runs",
+            present.count(h.get("runs")),
+            vs(h.get("runs"), h.get("prev_runs"), present.count),
+        ),
+        _card(
+            "Failed runs",
+            present.count(h.get("failed")),
+            vs(h.get("failed"), h.get("prev_failed"), present.count),
+            None
+            if not has_previous or h.get("prev_failed") is None
+            else (h.get("failed") or 0) > h["prev_failed"],
+        ),
+        _card(
+            "Failure rate",
+            present.percent(h.get("failure_rate")),
+            present.rate_change(rate_change) if has_previous and rate_change is not None else "",
+            None if rate_change is None else rate_change > 0.0005,
+        ),
+        _card(
+            "p95 duration",
+            present.duration(h.get("p95_s")),
+            present.duration_change(p95_change) if has_previous and p95_change is not None else "",
+            None if p95_change is None else p95_change > 0.5,
+        ),
+        _card(
+            "Late starts",
+            present.count(h.get("late_runs")),
+            f"p95 lateness {present.duration(h.get('p95_lateness_s'))}",
+        ),
+        _card(
+            "Unresolved deployments",
+            present.count(h.get("unresolved_deployments")),
+            "latest finished run failed",
+            (h.get("unresolved_deployments") or 0) > 0,
+        ),
         _card("Error signatures", present.count(h.get("signatures")), "distinct failure causes"),
     ]
     return f'<div class="cards" id="headline">{"".join(cards)}</div>'
@@ -130,32 +154,50 @@ def daily_chart(daily: pl.DataFrame) -> str:
     for frac in (0, 0.5, 1):
         y = top + plot_h * (1 - frac)
         body.append(f'<line class="grid" x1="{left}" x2="{w - right}" y1="{y:.1f}" y2="{y:.1f}"/>')
-        body.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{present.count(round(peak * frac))}</text>')
+        body.append(
+            f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{present.count(round(peak * frac))}</text>'
+        )
         body.append(f'<text x="{w - right + 6}" y="{y + 4:.1f}">{frac:.0%}</text>')
     points = []
     for i, row in enumerate(daily.iter_rows(named=True)):
         x = left + step * i + (step - bar_w) / 2
         ok = row["runs"] - row["failed"]
         h_ok, h_bad = plot_h * ok / peak, plot_h * row["failed"] / peak
-        tip = (f"{row['run_day']}: {present.count(row['runs'])} finished, {present.count(row['failed'])} failed "
-               f"({present.percent(row['failure_rate'])}), {present.count(row['cancelled'])} cancelled")
+        tip = (
+            f"{row['run_day']}: {present.count(row['runs'])} finished, {present.count(row['failed'])} failed "
+            f"({present.percent(row['failure_rate'])}), {present.count(row['cancelled'])} cancelled"
+        )
         y_ok = top + plot_h - h_ok
-        body.append(f'<rect class="mark" x="{x:.1f}" y="{y_ok:.1f}" width="{bar_w:.1f}" height="{h_ok:.1f}" fill="#bfdbfe"><title>{_e(tip)}</title></rect>')
-        body.append(f'<rect class="mark" x="{x:.1f}" y="{y_ok - h_bad:.1f}" width="{bar_w:.1f}" height="{h_bad:.1f}" fill="{RED}"><title>{_e(tip)}</title></rect>')
+        body.append(
+            f'<rect class="mark" x="{x:.1f}" y="{y_ok:.1f}" width="{bar_w:.1f}" height="{h_ok:.1f}" fill="#bfdbfe"><title>{_e(tip)}</title></rect>'
+        )
+        body.append(
+            f'<rect class="mark" x="{x:.1f}" y="{y_ok - h_bad:.1f}" width="{bar_w:.1f}" height="{h_bad:.1f}" fill="{RED}"><title>{_e(tip)}</title></rect>'
+        )
         if row["failure_rate"] is not None:
             points.append(f"{x + bar_w / 2:.1f},{top + plot_h * (1 - row['failure_rate']):.1f}")
     if len(points) > 1:
-        body.append(f'<polyline class="mark" fill="none" stroke="#111827" stroke-width="1.8" points="{" ".join(points)}"/>')
-    body.append(f'<line class="axis" x1="{left}" x2="{w - right}" y1="{top + plot_h}" y2="{top + plot_h}"/>')
+        body.append(
+            f'<polyline class="mark" fill="none" stroke="#111827" stroke-width="1.8" points="{" ".join(points)}"/>'
+        )
+    body.append(
+        f'<line class="axis" x1="{left}" x2="{w - right}" y1="{top + plot_h}" y2="{top + plot_h}"/>'
+    )
     days: list[date] = daily["run_day"].to_list()
     for i in sorted({0, n // 2, n - 1}):
         anchor = "start" if i == 0 else "end" if i == n - 1 else "middle"
         x = left + step * i + step / 2
-        body.append(f'<text x="{x:.1f}" y="{hgt - 12}" text-anchor="{anchor}">{days[i]:%b %d}</text>')
-    svg = (f'<div class="scroll"><svg class="chart" id="chart-daily" role="img" viewBox="0 0 {w} {hgt}" '
-           f'xmlns="http://www.w3.org/2000/svg"><title>Runs and failure rate per day</title>{"".join(body)}</svg></div>')
-    legend = (f'<div class="legend"><i style="background:#bfdbfe"></i>completed<i style="background:{RED}"></i>failed'
-              '<i style="background:#111827;height:2px"></i>failure rate (right axis)</div>')
+        body.append(
+            f'<text x="{x:.1f}" y="{hgt - 12}" text-anchor="{anchor}">{days[i]:%b %d}</text>'
+        )
+    svg = (
+        f'<div class="scroll"><svg class="chart" id="chart-daily" role="img" viewBox="0 0 {w} {hgt}" '
+        f'xmlns="http://www.w3.org/2000/svg"><title>Runs and failure rate per day</title>{"".join(body)}</svg></div>'
+    )
+    legend = (
+        f'<div class="legend"><i style="background:#bfdbfe"></i>completed<i style="background:{RED}"></i>failed'
+        '<i style="background:#111827;height:2px"></i>failure rate (right axis)</div>'
+    )
     return svg + legend
 
 
@@ -177,13 +219,19 @@ def heatmap(cells: pl.DataFrame, days: list[date]) -> str:
         cells.group_by(["deployment_id", "flow_name", "deployment_name"])
         .agg(pl.col("failed").sum().alias("total"))
         .filter(pl.col("total") > 0)
-        .sort(["total", "flow_name", "deployment_name"], descending=[True, False, False], nulls_last=True)
+        .sort(
+            ["total", "flow_name", "deployment_name"],
+            descending=[True, False, False],
+            nulls_last=True,
+        )
     )
     if failing.is_empty() or not days:
         return _empty("No failures in this window.")
     shown = failing.head(HEAT_ROWS)
     peak = int(cells["failed"].max() or 1)  # type: ignore[arg-type]
-    lookup = {(r["deployment_id"], r["flow_name"], r["run_day"]): r for r in cells.iter_rows(named=True)}
+    lookup = {
+        (r["deployment_id"], r["flow_name"], r["run_day"]): r for r in cells.iter_rows(named=True)
+    }
     head = "".join(f'<th title="{d}">{d.day}</th>' for d in days)
     rows = []
     for dep in shown.iter_rows(named=True):
@@ -193,13 +241,25 @@ def heatmap(cells: pl.DataFrame, days: list[date]) -> str:
             cell = lookup.get((dep["deployment_id"], dep["flow_name"], d))
             failed = cell["failed"] if cell else 0
             runs = cell["runs"] if cell else 0
-            tip = f"{name} {d}: {failed} of {runs} failed" if runs else f"{name} {d}: no finished runs"
-            tds.append(f'<td class="mark" style="background:{_heat_color(failed, peak)}" title="{_e(tip)}"></td>')
-        rows.append(f'<tr><td class="name">{_e(name)}</td>{"".join(tds)}<td class="num">&nbsp;{dep["total"]}</td></tr>')
+            tip = (
+                f"{name} {d}: {failed} of {runs} failed"
+                if runs
+                else f"{name} {d}: no finished runs"
+            )
+            tds.append(
+                f'<td class="mark" style="background:{_heat_color(failed, peak)}" title="{_e(tip)}"></td>'
+            )
+        rows.append(
+            f'<tr><td class="name">{_e(name)}</td>{"".join(tds)}<td class="num">&nbsp;{dep["total"]}</td></tr>'
+        )
     more = failing.height - shown.height
-    note = f'<p class="muted">{more} more deployments with failures not shown.</p>' if more > 0 else ""
-    return (f'<div class="scroll"><table class="heat chart" id="chart-heatmap"><thead><tr><th></th>{head}<th class="num">failed</th></tr></thead>'
-            f'<tbody>{"".join(rows)}</tbody></table></div>{note}')
+    note = (
+        f'<p class="muted">{more} more deployments with failures not shown.</p>' if more > 0 else ""
+    )
+    return (
+        f'<div class="scroll"><table class="heat chart" id="chart-heatmap"><thead><tr><th></th>{head}<th class="num">failed</th></tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table></div>{note}"
+    )
 
 
 # -- tables --------------------------------------------------------------------------------
@@ -219,17 +279,30 @@ def signatures_table(frame: pl.DataFrame, limit: int = 10) -> str:
     rows = []
     for r in frame.head(limit).iter_rows(named=True):
         bar = f'<span class="bar" style="width:{max(r["share"] * 60, 2):.0f}px"></span>'
-        example = (f'<details><summary>example run <code>{_e(r["example_run_id"])}</code> '
-                   f'({_e(present.group_name(r))})</summary><pre>{_e(r["example_message"])}</pre></details>')
+        example = (
+            f"<details><summary>example run <code>{_e(r['example_run_id'])}</code> "
+            f"({_e(present.group_name(r))})</summary><pre>{_e(r['example_message'])}</pre></details>"
+        )
         rows.append(
             f'<tr><td class="text"><code>{_e(r["signature"])}</code> {_e(r["error_text"])}{example}</td>'
             f'<td class="num">{bar}{present.count(r["runs"])}</td>{_td(present.percent(r["share"]), "num")}'
-            f'{_td(present.count_change(r["runs_change"]), "num")}{_td(present.count(r["deployments"]), "num")}'
-            f'{_td(present.when(r["first_seen"]), "num")}{_td(present.when(r["last_seen"]), "num")}</tr>'
+            f"{_td(present.count_change(r['runs_change']), 'num')}{_td(present.count(r['deployments']), 'num')}"
+            f"{_td(present.when(r['first_seen']), 'num')}{_td(present.when(r['last_seen']), 'num')}</tr>"
         )
-    head = (_th("error (normalised)") + _th("runs", True) + _th("share", True) + _th("change", True)
-            + _th("deployments", True) + _th("first seen", True) + _th("last seen", True))
-    more = f'<p class="muted">{frame.height - limit} more signatures: <code>flowsync report errors</code>.</p>' if frame.height > limit else ""
+    head = (
+        _th("error (normalised)")
+        + _th("runs", True)
+        + _th("share", True)
+        + _th("change", True)
+        + _th("deployments", True)
+        + _th("first seen", True)
+        + _th("last seen", True)
+    )
+    more = (
+        f'<p class="muted">{frame.height - limit} more signatures: <code>flowsync report errors</code>.</p>'
+        if frame.height > limit
+        else ""
+    )
     return f'<div class="scroll"><table id="signatures"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>{more}'
 
 
@@ -238,16 +311,29 @@ def unresolved_table(frame: pl.DataFrame, now: datetime, limit: int = 15) -> str
         return _empty("Every deployment's latest finished run succeeded.")
     rows = []
     for r in frame.head(limit).iter_rows(named=True):
-        age = present.duration((now - r["failing_since"]).total_seconds()) if r["failing_since"] else present.NONE
+        age = (
+            present.duration((now - r["failing_since"]).total_seconds())
+            if r["failing_since"]
+            else present.NONE
+        )
         rows.append(
             f'<tr>{_td(present.group_name(r), "name")}<td class="num">{_e(present.when(r["failing_since"]))}<br>'
             f'<span class="muted">{_e(age)} ago</span></td>{_td(present.count(r["failures_since_success"]), "num")}'
-            f'{_td(present.when(r["last_success_at"]) if r["last_success_at"] else "never", "num")}'
+            f"{_td(present.when(r['last_success_at']) if r['last_success_at'] else 'never', 'num')}"
             f'<td class="text"><code>{_e(r["latest_signature"])}</code> {_e(r["latest_error_text"])}</td></tr>'
         )
-    head = _th("flow/deployment") + _th("failing since", True) + _th("failures", True) + _th("last success", True) + _th("latest error")
-    more = (f'<p class="muted">{frame.height - limit} more: <code>flowsync report unresolved</code>.</p>'
-            if frame.height > limit else "")
+    head = (
+        _th("flow/deployment")
+        + _th("failing since", True)
+        + _th("failures", True)
+        + _th("last success", True)
+        + _th("latest error")
+    )
+    more = (
+        f'<p class="muted">{frame.height - limit} more: <code>flowsync report unresolved</code>.</p>'
+        if frame.height > limit
+        else ""
+    )
     return f'<div class="scroll"><table id="unresolved"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>{more}'
 
 
@@ -260,43 +346,71 @@ def slowest_table(frame: pl.DataFrame, limit: int = 10) -> str:
     for r in frame.iter_rows(named=True):
         bar = f'<span class="bar" style="background:#93c5fd;width:{max(r["p95_s"] / peak * 80, 2):.0f}px"></span>'
         rows.append(
-            f'<tr>{_td(present.group_name(r), "name")}{_td(present.duration(r["p50_s"]), "num")}'
+            f"<tr>{_td(present.group_name(r), 'name')}{_td(present.duration(r['p50_s']), 'num')}"
             f'<td class="num">{bar}{_e(present.duration(r["p95_s"]))}</td>{_td(present.duration_change(r["p95_change_s"]), "num")}'
-            f'{_td(present.count(r["runs"]), "num")}</tr>'
+            f"{_td(present.count(r['runs']), 'num')}</tr>"
         )
-    head = _th("flow/deployment") + _th("p50", True) + _th("p95", True) + _th("p95 vs prev", True) + _th("runs", True)
+    head = (
+        _th("flow/deployment")
+        + _th("p50", True)
+        + _th("p95", True)
+        + _th("p95 vs prev", True)
+        + _th("runs", True)
+    )
     return f'<div class="scroll"><table id="slowest" class="chart"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
 
 
 def lateness_table(frame: pl.DataFrame, limit: int = 10) -> str:
-    frame = frame.filter(pl.col("deployment_id").is_not_null()).sort(
-        ["p95_lateness_s", "late_runs"], descending=True, nulls_last=True).head(limit)
+    frame = (
+        frame.filter(pl.col("deployment_id").is_not_null())
+        .sort(["p95_lateness_s", "late_runs"], descending=True, nulls_last=True)
+        .head(limit)
+    )
     if frame.is_empty():
         return _empty("No started or waiting runs in this window.")
     rows = [
-        f'<tr>{_td(present.group_name(r), "name")}{_td(present.duration(r["p50_lateness_s"]), "num")}'
-        f'{_td(present.duration(r["p95_lateness_s"]), "num")}{_td(present.duration(r["max_lateness_s"]), "num")}'
-        f'{_td(present.count(r["late_runs"]), "num")}{_td(present.count(r["waiting_now"]), "num")}</tr>'
+        f"<tr>{_td(present.group_name(r), 'name')}{_td(present.duration(r['p50_lateness_s']), 'num')}"
+        f"{_td(present.duration(r['p95_lateness_s']), 'num')}{_td(present.duration(r['max_lateness_s']), 'num')}"
+        f"{_td(present.count(r['late_runs']), 'num')}{_td(present.count(r['waiting_now']), 'num')}</tr>"
         for r in frame.iter_rows(named=True)
     ]
-    head = (_th("flow/deployment") + _th("p50 late", True) + _th("p95 late", True) + _th("max late", True)
-            + _th("late (> 60s)", True) + _th("waiting now", True))
+    head = (
+        _th("flow/deployment")
+        + _th("p50 late", True)
+        + _th("p95 late", True)
+        + _th("max late", True)
+        + _th("late (> 60s)", True)
+        + _th("waiting now", True)
+    )
     return f'<div class="scroll"><table id="lateness"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
 
 
 def table_html(frame: pl.DataFrame, report: str, limit: int = 200) -> str:
     """A report's own table, readable: the group's name first, no ids, formatted values."""
     columns = [c for c, _ in present.REPORT_COLUMNS.get(report, []) if c in frame.columns]
-    has_name = any(c in frame.columns for c in ("flow_name", "work_pool_name", "tag")) and report != "errors"
+    has_name = (
+        any(c in frame.columns for c in ("flow_name", "work_pool_name", "tag"))
+        and report != "errors"
+    )
     head = (_th("name") if has_name else "") + "".join(
-        _th(present.label(c), frame.schema[c].is_numeric()) for c in columns)
+        _th(present.label(c), frame.schema[c].is_numeric()) for c in columns
+    )
     body = []
     for r in frame.head(limit).iter_rows(named=True):
         cells = _td(present.group_name(r), "name") if has_name else ""
-        cells += "".join(_td(present.value(c, r[c]), "num" if frame.schema[c].is_numeric() else "text" if c.endswith("text") else "")
-                         for c in columns)
+        cells += "".join(
+            _td(
+                present.value(c, r[c]),
+                "num" if frame.schema[c].is_numeric() else "text" if c.endswith("text") else "",
+            )
+            for c in columns
+        )
         body.append(f"<tr>{cells}</tr>")
-    more = f'<p class="muted">{frame.height - limit} more rows not shown.</p>' if frame.height > limit else ""
+    more = (
+        f'<p class="muted">{frame.height - limit} more rows not shown.</p>'
+        if frame.height > limit
+        else ""
+    )
     return f'<div class="scroll"><table id="report-table"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>{more}'
 
 
@@ -306,10 +420,17 @@ def table_html(frame: pl.DataFrame, report: str, limit: int = 200) -> str:
 def _days(window: reports.Window, daily: pl.DataFrame) -> list[date]:
     if daily.is_empty():
         return []
-    first = daily["run_day"].min() if window.since is None else window.since.astimezone(timezone.utc).date()
+    first = (
+        daily["run_day"].min()
+        if window.since is None
+        else window.since.astimezone(timezone.utc).date()
+    )
     last = window.until.astimezone(timezone.utc).date()
     assert isinstance(first, date)
-    return [date.fromordinal(o) for o in range(max(first.toordinal(), last.toordinal() - 92), last.toordinal() + 1)]
+    return [
+        date.fromordinal(o)
+        for o in range(max(first.toordinal(), last.toordinal() - 92), last.toordinal() + 1)
+    ]
 
 
 def _day_span(days: list[date]) -> str:
@@ -319,25 +440,58 @@ def _day_span(days: list[date]) -> str:
 def render_health(h: health.Health, extra: str = "") -> str:
     window = h.window
     generated = datetime.now(timezone.utc)
-    scope = ("Including runs deleted on the server (history)." if h.include_deleted
-             else "Live runs only (runs deleted on the server are left out).")
+    scope = (
+        "Including runs deleted on the server (history)."
+        if h.include_deleted
+        else "Live runs only (runs deleted on the server are left out)."
+    )
     pulled = f"Last pull {present.when(h.last_pull)} UTC." if h.last_pull else "Never pulled."
     has_previous = window.since is not None
-    compare = f"Changes are against the previous {present.duration((window.until - window.start).total_seconds())}." if has_previous else ""
+    compare = (
+        f"Changes are against the previous {present.duration((window.until - window.start).total_seconds())}."
+        if has_previous
+        else ""
+    )
     sections = [
         _headline(h.headline, has_previous),
-        _section("Runs and failure rate per day", daily_chart(h.daily), "UTC days, by expected start.", "daily"),
-        _section("Failures by deployment and day", heatmap(h.heatmap, _days(window, h.daily)),
-                 _e(_day_span(_days(window, h.daily))) + " Failed runs (FAILED or CRASHED) per UTC day; darker is more. "
-                 "Hover a cell for its numbers.", "heatmap"),
-        _section("Top error signatures", signatures_table(h.signatures),
-                 "Failed runs grouped by their message with ids, numbers, paths, times and quoted values masked.", "errors"),
-        _section("Unresolved failures", unresolved_table(h.unresolved, generated),
-                 "Deployments whose latest finished run failed (all history, not only this window).", "unresolved-section"),
-        _section("Slowest deployments", slowest_table(h.durations),
-                 "Wall-clock duration of finished runs, slowest p95 first; the trend is the p95 change against the previous window.",
-                 "slow"),
-        _section("Lateness", lateness_table(h.lateness), "Start time minus expected start, most late first.", "late"),
+        _section(
+            "Runs and failure rate per day",
+            daily_chart(h.daily),
+            "UTC days, by expected start.",
+            "daily",
+        ),
+        _section(
+            "Failures by deployment and day",
+            heatmap(h.heatmap, _days(window, h.daily)),
+            _e(_day_span(_days(window, h.daily)))
+            + " Failed runs (FAILED or CRASHED) per UTC day; darker is more. "
+            "Hover a cell for its numbers.",
+            "heatmap",
+        ),
+        _section(
+            "Top error signatures",
+            signatures_table(h.signatures),
+            "Failed runs grouped by their message with ids, numbers, paths, times and quoted values masked.",
+            "errors",
+        ),
+        _section(
+            "Unresolved failures",
+            unresolved_table(h.unresolved, generated),
+            "Deployments whose latest finished run failed (all history, not only this window).",
+            "unresolved-section",
+        ),
+        _section(
+            "Slowest deployments",
+            slowest_table(h.durations),
+            "Wall-clock duration of finished runs, slowest p95 first; the trend is the p95 change against the previous window.",
+            "slow",
+        ),
+        _section(
+            "Lateness",
+            lateness_table(h.lateness),
+            "Start time minus expected start, most late first.",
+            "late",
+        ),
         extra,
     ]
     return f"""<!doctype html>
@@ -358,8 +512,15 @@ Generated {generated:%Y-%m-%d %H:%M} UTC by flowsync {__version__}.</p>
 """
 
 
-def build_page(store: Store, window: reports.Window, title: str, frame: pl.DataFrame, *, include_deleted: bool = False,
-               report: str = "") -> str:
+def build_page(
+    store: Store,
+    window: reports.Window,
+    title: str,
+    frame: pl.DataFrame,
+    *,
+    include_deleted: bool = False,
+    report: str = "",
+) -> str:
     """The health page for ``window`` followed by ``frame`` (a report's rows) as a table."""
     figures = health.collect(store, window, include_deleted=include_deleted)
     return render_health(figures, _section(title, table_html(frame, report), "", "report"))

@@ -54,7 +54,15 @@ _INTERNAL_GROUPS: dict[str, Grouping] = {
     "day": Grouping(("run_day",)),
     "day_deployment": Grouping(("run_day", "deployment_id", "flow_name", "deployment_name")),
 }
-GROUP_COLUMNS = ("run_day", "flow_id", "flow_name", "deployment_id", "deployment_name", "work_pool_name", "tag")
+GROUP_COLUMNS = (
+    "run_day",
+    "flow_id",
+    "flow_name",
+    "deployment_id",
+    "deployment_name",
+    "work_pool_name",
+    "tag",
+)
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
@@ -95,7 +103,9 @@ def parse_since(text: str | None, now: datetime | None = None) -> Window:
 
 def _check_by(by: str, allowed: tuple[str, ...]) -> Grouping:
     if by not in allowed:
-        raise ConfigError(f"--by {by!r} is not a grouping of this report; choose one of: {', '.join(allowed)}.")
+        raise ConfigError(
+            f"--by {by!r} is not a grouping of this report; choose one of: {', '.join(allowed)}."
+        )
     return GROUPS[by]
 
 
@@ -134,7 +144,9 @@ def _no_previous(frame: pl.DataFrame, window: Window, columns: tuple[str, ...]) 
 # -- running SQL ---------------------------------------------------------------
 
 
-def run_sql(store: Store, sql: str, params: list[Any] | dict[str, Any] | None = None) -> pl.DataFrame:
+def run_sql(
+    store: Store, sql: str, params: list[Any] | dict[str, Any] | None = None
+) -> pl.DataFrame:
     """One statement through the store, as a Polars frame; a refused write says why."""
     try:
         return store.frame(sql, params)
@@ -149,14 +161,20 @@ def run_sql(store: Store, sql: str, params: list[Any] | dict[str, Any] | None = 
 def sql_query(store: Store, sql: str) -> pl.DataFrame:
     """An ad-hoc query (``flowsync sql``): one or more statements, the last one's rows."""
     if not sql.strip():
-        raise ConfigError("No SQL given: pass a query such as \"SELECT count(*) FROM flow_runs\".")
+        raise ConfigError('No SQL given: pass a query such as "SELECT count(*) FROM flow_runs".')
     return run_sql(store, sql)
 
 
 # -- reports --------------------------------------------------------------------
 
 
-def failures(store: Store, by: str = "deployment", window: Window | None = None, *, include_deleted: bool = False) -> pl.DataFrame:
+def failures(
+    store: Store,
+    by: str = "deployment",
+    window: Window | None = None,
+    *,
+    include_deleted: bool = False,
+) -> pl.DataFrame:
     """One row per group: runs (finished), failed, failure_rate, cancelled, and the same for
     the previous window of equal length, with ``failure_rate_change`` (this - previous).
     The figures are the ``failure_rates`` macro of ``sql/13_failure_rates.sql``."""
@@ -166,14 +184,25 @@ def failures(store: Store, by: str = "deployment", window: Window | None = None,
 
 
 def _failures(store: Store, by: str, window: Window, include_deleted: bool) -> pl.DataFrame:
-    sql = _grouped("failure_rates", by, "$since, $until, $prev_start, $include_deleted",
-                   "failed DESC, failure_rate DESC NULLS LAST, runs DESC")
+    sql = _grouped(
+        "failure_rates",
+        by,
+        "$since, $until, $prev_start, $include_deleted",
+        "failed DESC, failure_rate DESC NULLS LAST, runs DESC",
+    )
     frame = run_sql(store, sql, _params(window, include_deleted))
     return _no_previous(frame, window, PREVIOUS_FAILURE_COLUMNS)
 
 
-PREVIOUS_FAILURE_COLUMNS = ("prev_runs", "prev_failed", "prev_failure_rate", "prev_cancelled", "failure_rate_change",
-                            "runs_change", "failed_change")
+PREVIOUS_FAILURE_COLUMNS = (
+    "prev_runs",
+    "prev_failed",
+    "prev_failure_rate",
+    "prev_cancelled",
+    "failure_rate_change",
+    "runs_change",
+    "failed_change",
+)
 _TREND_COLUMNS = ("prev_runs", "prev_p50_s", "prev_p95_s", "p50_change_s", "p95_change_s")
 
 
@@ -193,8 +222,12 @@ def durations(
     return _durations(store, by, window, include_deleted, trend)
 
 
-def _durations(store: Store, by: str, window: Window, include_deleted: bool, trend: bool) -> pl.DataFrame:
-    sql = _grouped("duration_percentiles", by, "$since, $until, $prev_start, $include_deleted", "p95_s DESC")
+def _durations(
+    store: Store, by: str, window: Window, include_deleted: bool, trend: bool
+) -> pl.DataFrame:
+    sql = _grouped(
+        "duration_percentiles", by, "$since, $until, $prev_start, $include_deleted", "p95_s DESC"
+    )
     frame = run_sql(store, sql, _params(window, include_deleted, previous=trend))
     if not trend:
         return frame.drop(_TREND_COLUMNS)
@@ -217,10 +250,21 @@ def late(
     return _late(store, by, window, late_after, include_deleted)
 
 
-def _late(store: Store, by: str, window: Window, late_after: float, include_deleted: bool) -> pl.DataFrame:
-    sql = _grouped("lateness", by, "$since, $until, $late_after, $include_deleted",
-                   "late_runs + waiting_now DESC, p95_lateness_s DESC NULLS LAST")
-    params = {"since": window.start, "until": window.until, "late_after": late_after, "include_deleted": include_deleted}
+def _late(
+    store: Store, by: str, window: Window, late_after: float, include_deleted: bool
+) -> pl.DataFrame:
+    sql = _grouped(
+        "lateness",
+        by,
+        "$since, $until, $late_after, $include_deleted",
+        "late_runs + waiting_now DESC, p95_lateness_s DESC NULLS LAST",
+    )
+    params = {
+        "since": window.start,
+        "until": window.until,
+        "late_after": late_after,
+        "include_deleted": include_deleted,
+    }
     return run_sql(store, sql, params)
 
 
@@ -230,7 +274,9 @@ def flaky(store: Store, window: Window | None = None, *, last: int = 3) -> pl.Da
     failed), and the mean time from a failure to the next success (``mttr_s``).
     Live runs only (the ``flaky_deployments`` macro, ``sql/55_flaky_deployments.sql``)."""
     if last < 1:
-        raise ConfigError(f"--last {last} must be at least 1 (the number of latest runs that must all have failed).")
+        raise ConfigError(
+            f"--last {last} must be at least 1 (the number of latest runs that must all have failed)."
+        )
     window = window or parse_since(None)
     sql = """
         SELECT * FROM flaky_deployments($since, $until, $last)
@@ -239,7 +285,9 @@ def flaky(store: Store, window: Window | None = None, *, last: int = 3) -> pl.Da
     return run_sql(store, sql, {"since": window.start, "until": window.until, "last": last})
 
 
-def errors(store: Store, window: Window | None = None, *, include_deleted: bool = False) -> pl.DataFrame:
+def errors(
+    store: Store, window: Window | None = None, *, include_deleted: bool = False
+) -> pl.DataFrame:
     """Error signatures: failed runs (FAILED or CRASHED) grouped by their normalised
     message, most runs first, with deployments and flows affected, first and last seen,
     the change against the previous window and an example run (the ``error_signatures``
@@ -257,7 +305,10 @@ def unresolved(store: Store) -> pl.DataFrame:
     """Deployments whose latest finished run failed: since when, failures since the last
     success, and the latest failure's signature (the ``unresolved_failures`` view).
     Current state of live runs, so no window; longest failing first."""
-    return run_sql(store, "SELECT * FROM unresolved_failures ORDER BY failing_since, failures_since_success DESC, deployment_id")
+    return run_sql(
+        store,
+        "SELECT * FROM unresolved_failures ORDER BY failing_since, failures_since_success DESC, deployment_id",
+    )
 
 
 def error_signature(store: Store, messages: list[str | None]) -> pl.DataFrame:
@@ -273,13 +324,21 @@ def error_signature(store: Store, messages: list[str | None]) -> pl.DataFrame:
 
 
 def failure_rate_daily(
-    store: Store, window: Window | None = None, *, by_deployment: bool = True, include_deleted: bool = False
+    store: Store,
+    window: Window | None = None,
+    *,
+    by_deployment: bool = True,
+    include_deleted: bool = False,
 ) -> pl.DataFrame:
     """Failure rate per UTC day (and deployment) in the window: the chart series."""
     window = window or parse_since(None)
     by = "day_deployment" if by_deployment else "day"
     sql = _grouped("failure_rates", by, "$since, $until, $since, $include_deleted", "run_day")
-    frame = run_sql(store, sql, {"since": window.start, "until": window.until, "include_deleted": include_deleted})
+    frame = run_sql(
+        store,
+        sql,
+        {"since": window.start, "until": window.until, "include_deleted": include_deleted},
+    )
     return frame.drop(PREVIOUS_FAILURE_COLUMNS)
 
 

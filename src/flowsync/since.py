@@ -26,7 +26,9 @@ def parse_since(text: str | None, now: datetime) -> datetime | None:
     if match:
         amount, unit = int(match.group(1)), match.group(2).lower()
         if amount <= 0:
-            raise ConfigError(f"--since {text!r} is an empty window; use a positive amount such as 7d.")
+            raise ConfigError(
+                f"--since {text!r} is an empty window; use a positive amount such as 7d."
+            )
         return now - timedelta(**{_UNITS[unit]: amount})
     try:
         parsed = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
@@ -38,5 +40,7 @@ def parse_since(text: str | None, now: datetime) -> datetime | None:
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=timezone.utc)
     if parsed >= now:
-        raise ConfigError(f"--since {text!r} is in the future; pick a time before now ({now:%Y-%m-%d %H:%M} UTC).")
+        raise ConfigError(
+            f"--since {text!r} is in the future; pick a time before now ({now:%Y-%m-%d %H:%M} UTC)."
+        )
     return parsed

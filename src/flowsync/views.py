@@ -18,7 +18,9 @@ def sql_dir() -> Path:
     for candidate in (here / "sql", here.parent.parent / "sql"):
         if candidate.is_dir():
             return candidate
-    raise StoreError("The flowsync SQL views are missing from this installation; reinstall flowsync.")
+    raise StoreError(
+        "The flowsync SQL views are missing from this installation; reinstall flowsync."
+    )
 
 
 def view_files() -> list[Path]:

@@ -33,7 +33,9 @@ HOW_TO_GET = (
     "or on PATH): run scripts/setup as root (it installs Debian's `postgresql` package), "
     "or `apt-get install postgresql`, or set FLOWSYNC_PG_BIN to a directory holding initdb and pg_ctl."
 )
-REDIS_HOW_TO_GET = "redis-server not found: run scripts/setup as root or `apt-get install redis-server`."
+REDIS_HOW_TO_GET = (
+    "redis-server not found: run scripts/setup as root or `apt-get install redis-server`."
+)
 TEMPLATE_DB = "prefect_template"
 
 
@@ -44,7 +46,9 @@ class Unavailable(RuntimeError):
 def pg_bin_dir() -> Path:
     """The directory with initdb and pg_ctl: $FLOWSYNC_PG_BIN, Debian's newest, or PATH."""
     candidates = [os.environ.get("FLOWSYNC_PG_BIN", "")]
-    candidates += sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(Path(p).parent.name), reverse=True)
+    candidates += sorted(
+        glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(Path(p).parent.name), reverse=True
+    )
     found = shutil.which("initdb")
     candidates.append(str(Path(found).parent) if found else "")
     for c in candidates:
@@ -60,7 +64,9 @@ def _as_owner() -> tuple[list[str], int | None, int | None]:
     try:
         pw = pwd.getpwnam("postgres")
     except KeyError as e:
-        raise Unavailable("running as root but there is no `postgres` user to run PostgreSQL as; " + HOW_TO_GET) from e
+        raise Unavailable(
+            "running as root but there is no `postgres` user to run PostgreSQL as; " + HOW_TO_GET
+        ) from e
     return ["runuser", "-u", "postgres", "--"], pw.pw_uid, pw.pw_gid
 
 
@@ -81,7 +87,15 @@ class PgCluster:
 
     def psql(self, sql: str, database: str = "postgres", *, tuples: bool = True) -> str:
         """Run SQL with psql (trust auth on loopback); returns its unaligned output."""
-        cmd = [str(self.bin / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", self.dsn(database)]
+        cmd = [
+            str(self.bin / "psql"),
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-d",
+            self.dsn(database),
+        ]
         if tuples:
             cmd += ["-A", "-t"]
         proc = subprocess.run(cmd, input=sql, capture_output=True, text=True, timeout=3600)
@@ -106,15 +120,23 @@ class PgCluster:
 
 def _pg_ctl(cluster_bin: Path, data: Path, *args: str, timeout: float = 120) -> None:
     prefix, _, _ = _as_owner()
-    proc = subprocess.run([*prefix, str(cluster_bin / "pg_ctl"), "-D", str(data), *args],
-                          capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [*prefix, str(cluster_bin / "pg_ctl"), "-D", str(data), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"pg_ctl {args[0]} failed: {proc.stdout[-1500:]}{proc.stderr[-1500:]}")
 
 
 @contextmanager
 def postgres_cluster(
-    base: Path | None = None, port: int | None = None, *, tuned: bool = False, keep_at: Path | None = None
+    base: Path | None = None,
+    port: int | None = None,
+    *,
+    tuned: bool = False,
+    keep_at: Path | None = None,
 ) -> Iterator[PgCluster]:
     """A running PostgreSQL cluster in a temp dir, stopped and removed on exit.
 
@@ -142,9 +164,23 @@ def postgres_cluster(
     try:
         if not (data / "PG_VERSION").exists():
             proc = subprocess.run(
-                [*prefix, str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust", "-E", "UTF8",
-                 "--locale=C.UTF-8", "--no-sync"],
-                capture_output=True, text=True, timeout=300,
+                [
+                    *prefix,
+                    str(bin_dir / "initdb"),
+                    "-D",
+                    str(data),
+                    "-U",
+                    "postgres",
+                    "-A",
+                    "trust",
+                    "-E",
+                    "UTF8",
+                    "--locale=C.UTF-8",
+                    "--no-sync",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=300,
             )
             if proc.returncode != 0:
                 raise RuntimeError(f"initdb failed: {proc.stdout[-1500:]}{proc.stderr[-1500:]}")
@@ -157,8 +193,13 @@ def postgres_cluster(
                 "max_connections": "200",
             }
             if tuned:
-                settings.update(shared_buffers="'1GB'", work_mem="'32MB'", maintenance_work_mem="'512MB'",
-                                max_wal_size="'8GB'", checkpoint_timeout="'30min'")
+                settings.update(
+                    shared_buffers="'1GB'",
+                    work_mem="'32MB'",
+                    maintenance_work_mem="'512MB'",
+                    max_wal_size="'8GB'",
+                    checkpoint_timeout="'30min'",
+                )
             with (data / "postgresql.conf").open("a") as conf:
                 conf.write("\n# flowsync test cluster\n")
                 conf.writelines(f"{k} = {v}\n" for k, v in settings.items())
@@ -170,7 +211,16 @@ def postgres_cluster(
             yield PgCluster(bin_dir, root, port, log)
         finally:
             with contextlib.suppress(Exception):
-                _pg_ctl(bin_dir, data, "stop", "-m", "fast" if keep_at else "immediate", "-w", "-t", "120")
+                _pg_ctl(
+                    bin_dir,
+                    data,
+                    "stop",
+                    "-m",
+                    "fast" if keep_at else "immediate",
+                    "-w",
+                    "-t",
+                    "120",
+                )
     finally:
         if keep_at is None:
             shutil.rmtree(root, ignore_errors=True)
@@ -214,9 +264,23 @@ def redis_server(base: Path | None = None) -> Iterator[Redis]:
     root = Path(tempfile.mkdtemp(prefix="flowsync-redis-", dir=base))
     port = free_port()
     proc = subprocess.Popen(
-        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(root), "--logfile", str(root / "redis.log")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            exe,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(root),
+            "--logfile",
+            str(root / "redis.log"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         import socket
@@ -225,7 +289,10 @@ def redis_server(base: Path | None = None) -> Iterator[Redis]:
         while True:
             if proc.poll() is not None:
                 raise RuntimeError(f"redis-server exited with {proc.returncode}")
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", port), timeout=1) as s,
+            ):
                 s.sendall(b"PING\r\n")
                 if s.recv(16).startswith(b"+PONG"):
                     break

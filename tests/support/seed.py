@@ -38,8 +38,16 @@ STATE_MIX: list[tuple[str, str, float]] = [
     ("PAUSED", "Paused", 0.01),
 ]
 TAGS = ["etl", "ml", "nightly", "hourly", "critical", "finance", "keep"]
-FLOW_NAMES = ["ingest-orders", "train-model", "refresh-dashboards", "sync-crm", "nightly-backup",
-              "score-leads", "export-ledger", "clean-lake"]
+FLOW_NAMES = [
+    "ingest-orders",
+    "train-model",
+    "refresh-dashboards",
+    "sync-crm",
+    "nightly-backup",
+    "score-leads",
+    "export-ledger",
+    "clean-lake",
+]
 
 
 @dataclass
@@ -64,7 +72,9 @@ def _post(c: httpx.Client, path: str, body: Any, tries: int = 8) -> Any:
     raise RuntimeError(f"POST {path} kept failing")
 
 
-def ensure_base(c: httpx.Client, flows: int, deployments_per_flow: int, rng: random.Random) -> Seeded:
+def ensure_base(
+    c: httpx.Client, flows: int, deployments_per_flow: int, rng: random.Random
+) -> Seeded:
     out = Seeded()
     pool = c.post("work_pools/", json={"name": "seed-pool", "type": "process"})
     if pool.status_code not in (200, 201, 409):
@@ -75,20 +85,31 @@ def ensure_base(c: httpx.Client, flows: int, deployments_per_flow: int, rng: ran
         out.flows[name] = f["id"]
         for j in range(deployments_per_flow):
             dname = ["prod", "staging", "backfill", "adhoc"][j % 4] + ("" if j < 4 else f"-{j}")
-            d = _post(c, "deployments/", {
-                "name": dname,
-                "flow_id": f["id"],
-                "tags": sorted(set(rng.sample(TAGS, 2))),
-                "work_pool_name": "seed-pool" if j % 2 == 0 else None,
-                "paused": j == 3,
-                "parameters": {"batch": j},
-            })
+            d = _post(
+                c,
+                "deployments/",
+                {
+                    "name": dname,
+                    "flow_id": f["id"],
+                    "tags": sorted(set(rng.sample(TAGS, 2))),
+                    "work_pool_name": "seed-pool" if j % 2 == 0 else None,
+                    "paused": j == 3,
+                    "parameters": {"batch": j},
+                },
+            )
             out.deployments[f"{name}/{dname}"] = d["id"]
     return out
 
 
-def seed(url: str, runs: int = 1000, flows: int = 5, deployments_per_flow: int = 2, days: int = 60,
-         seed_value: int = 0, batch: int = 100) -> Seeded:
+def seed(
+    url: str,
+    runs: int = 1000,
+    flows: int = 5,
+    deployments_per_flow: int = 2,
+    days: int = 60,
+    seed_value: int = 0,
+    batch: int = 100,
+) -> Seeded:
     """Create ``runs`` flow runs spread over the last ``days`` days (plus a few in the future)."""
     rng = random.Random(seed_value)
     now = datetime.now(timezone.utc)
@@ -108,13 +129,18 @@ def seed(url: str, runs: int = 1000, flows: int = 5, deployments_per_flow: int =
                 offset = timedelta(seconds=rng.uniform(-days * 86400, 0))
                 if state_type == "SCHEDULED" and rng.random() < 0.4:
                     offset = timedelta(seconds=rng.uniform(60, 7 * 86400))  # upcoming runs
-                payload.append({
-                    "idempotency_key": str(uuid.UUID(int=rng.getrandbits(128))),
-                    "tags": sorted(set(rng.sample(TAGS, rng.randint(0, 2)))),
-                    "parameters": {"n": rng.randint(1, 100)},
-                    "state": {"type": "SCHEDULED", "name": "Scheduled",
-                              "state_details": {"scheduled_time": (now + offset).isoformat()}},
-                })
+                payload.append(
+                    {
+                        "idempotency_key": str(uuid.UUID(int=rng.getrandbits(128))),
+                        "tags": sorted(set(rng.sample(TAGS, rng.randint(0, 2)))),
+                        "parameters": {"n": rng.randint(1, 100)},
+                        "state": {
+                            "type": "SCHEDULED",
+                            "name": "Scheduled",
+                            "state_details": {"scheduled_time": (now + offset).isoformat()},
+                        },
+                    }
+                )
                 finals.append((state_type, state_name))
             created = create_bulk(c, dep, payload)
             for run_id, (state_type, state_name) in zip(created, finals):
@@ -136,7 +162,11 @@ def create_bulk(c: httpx.Client, deployment_id: str, payload: list[dict[str, Any
         res = _post(c, f"deployments/{deployment_id}/create_flow_run/bulk", todo)
         retry = []
         for item, result in zip(todo, res["results"]):
-            if result.get("flow_run_id") and result.get("status") in ("CREATED", "EXISTING", None) and not result.get("error"):
+            if (
+                result.get("flow_run_id")
+                and result.get("status") in ("CREATED", "EXISTING", None)
+                and not result.get("error")
+            ):
                 ids[item["idempotency_key"]] = result["flow_run_id"]
             else:
                 retry.append(item)
@@ -152,13 +182,19 @@ def set_states(c: httpx.Client, ids: list[str], state_type: str, state_name: str
     for i in range(0, len(ids), 50):
         chunk = ids[i : i + 50]
         for _ in range(10):
-            res = _post(c, "flow_runs/bulk_set_state", {
-                "flow_runs": {"id": {"any_": chunk}},
-                "state": {"type": state_type, "name": state_name},
-                "force": True,
-                "limit": len(chunk),
-            })
-            failed = [r["flow_run_id"] for r in res.get("results", []) if r.get("status") != "ACCEPT"]
+            res = _post(
+                c,
+                "flow_runs/bulk_set_state",
+                {
+                    "flow_runs": {"id": {"any_": chunk}},
+                    "state": {"type": state_type, "name": state_name},
+                    "force": True,
+                    "limit": len(chunk),
+                },
+            )
+            failed = [
+                r["flow_run_id"] for r in res.get("results", []) if r.get("status") != "ACCEPT"
+            ]
             if not failed:
                 break
             chunk = failed
@@ -168,13 +204,21 @@ def set_states(c: httpx.Client, ids: list[str], state_type: str, state_name: str
 REAL_FLOWS = Path(__file__).with_name("real_flows.py")
 
 
-def run_real_flows(url: str, home: str | os.PathLike[str] | None = None, timeout: float = 300) -> dict[str, Any]:
+def run_real_flows(
+    url: str, home: str | os.PathLike[str] | None = None, timeout: float = 300
+) -> dict[str, Any]:
     """Execute the real @flow runs of tests/support/real_flows.py against the server (a subprocess)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(PREFECT_API_URL=url, PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_LOGGING_LEVEL="WARNING")
+    env.update(
+        PREFECT_API_URL=url,
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_LOGGING_LEVEL="WARNING",
+    )
     if home:
         env["PREFECT_HOME"] = str(home)
-    proc = subprocess.run([sys.executable, str(REAL_FLOWS)], env=env, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, str(REAL_FLOWS)], env=env, capture_output=True, text=True, timeout=timeout
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"real flows failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
     import json
@@ -183,7 +227,9 @@ def run_real_flows(url: str, home: str | os.PathLike[str] | None = None, timeout
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--url", required=True)
     p.add_argument("--runs", type=int, default=1000)
     p.add_argument("--flows", type=int, default=5)
@@ -194,7 +240,9 @@ def main() -> None:
     a = p.parse_args()
     t = time.monotonic()
     s = seed(a.url, a.runs, a.flows, a.deployments_per_flow, a.days, a.seed)
-    print(f"seeded {len(s.runs)} runs, {len(s.flows)} flows, {len(s.deployments)} deployments in {time.monotonic() - t:.1f}s")
+    print(
+        f"seeded {len(s.runs)} runs, {len(s.flows)} flows, {len(s.deployments)} deployments in {time.monotonic() - t:.1f}s"
+    )
     if a.real_flows:
         print(run_real_flows(a.url))
 

@@ -44,7 +44,9 @@ def prefect_executable() -> str:
     here = Path(sys.executable).parent / "prefect"
     found = str(here) if here.exists() else shutil.which("prefect")
     if not found:
-        raise RuntimeError("prefect is not installed: install the dev group (`pip install --group dev -e .`).")
+        raise RuntimeError(
+            "prefect is not installed: install the dev group (`pip install --group dev -e .`)."
+        )
     return found
 
 
@@ -68,7 +70,9 @@ class Server:
         }
 
 
-def server_env(home: Path, quiet_services: bool = True, database_url: str | None = None) -> dict[str, str]:
+def server_env(
+    home: Path, quiet_services: bool = True, database_url: str | None = None
+) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update(
         PREFECT_HOME=str(home),
@@ -82,7 +86,14 @@ def server_env(home: Path, quiet_services: bool = True, database_url: str | None
     if quiet_services:
         # Background services that write to the SQLite file on their own schedule:
         # they slow seeding down (lock contention) and change runs behind a test's back.
-        for name in ("SCHEDULER", "LATE_RUNS", "FOREMAN", "PAUSE_EXPIRATIONS", "REPOSSESSOR", "TRIGGERS"):
+        for name in (
+            "SCHEDULER",
+            "LATE_RUNS",
+            "FOREMAN",
+            "PAUSE_EXPIRATIONS",
+            "REPOSSESSOR",
+            "TRIGGERS",
+        ):
             env[f"PREFECT_SERVER_SERVICES_{name}_ENABLED"] = "false"
     return env
 
@@ -128,7 +139,9 @@ def prefect_server(
     if workers > 1:
         cmd += ["--workers", str(workers)]
     with log.open("wb") as log_f:
-        proc = subprocess.Popen(cmd, env=env, stdout=log_f, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, env=env, stdout=log_f, stderr=subprocess.STDOUT, start_new_session=True
+        )
     services: subprocess.Popen[bytes] | None = None
     url = f"http://127.0.0.1:{port}/api"
     server = Server(url, home, proc, log, backend, database_url, workers)
@@ -136,22 +149,33 @@ def prefect_server(
         deadline = time.monotonic() + timeout
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"prefect server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+                raise RuntimeError(
+                    f"prefect server exited with {proc.returncode}:\n{log.read_text()[-3000:]}"
+                )
             try:
                 if httpx.get(f"{url}/health", timeout=2).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError(f"prefect server not ready after {timeout}s:\n{log.read_text()[-3000:]}")
+                raise RuntimeError(
+                    f"prefect server not ready after {timeout}s:\n{log.read_text()[-3000:]}"
+                )
             time.sleep(0.3)
         if workers > 1:
             with (home / "services.log").open("wb") as log_f:
-                services = subprocess.Popen([prefect_executable(), "server", "services", "start"], env=env,
-                                            stdout=log_f, stderr=subprocess.STDOUT, start_new_session=True)
+                services = subprocess.Popen(
+                    [prefect_executable(), "server", "services", "start"],
+                    env=env,
+                    stdout=log_f,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
             time.sleep(2)
             if services.poll() is not None:
-                raise RuntimeError(f"prefect server services exited:\n{(home / 'services.log').read_text()[-3000:]}")
+                raise RuntimeError(
+                    f"prefect server services exited:\n{(home / 'services.log').read_text()[-3000:]}"
+                )
         yield server
     finally:
         if services is not None:
@@ -179,13 +203,25 @@ def backend_server(
     db = cluster.create_database()
     try:
         if backend == "postgres":
-            with prefect_server(home=home, database_url=cluster.url(db), backend=backend, **kwargs) as server:  # type: ignore[arg-type]
+            with prefect_server(
+                home=home,
+                database_url=cluster.url(db),
+                backend=backend,
+                **kwargs,  # type: ignore[arg-type]
+            ) as server:
                 yield server
         else:
-            with redis_server() as redis, prefect_server(
-                home=home, database_url=cluster.url(db), workers=2, extra_env=redis_env(redis),
-                backend=backend, **kwargs,  # type: ignore[arg-type]
-            ) as server:
+            with (
+                redis_server() as redis,
+                prefect_server(
+                    home=home,
+                    database_url=cluster.url(db),
+                    workers=2,
+                    extra_env=redis_env(redis),
+                    backend=backend,
+                    **kwargs,  # type: ignore[arg-type]
+                ) as server,
+            ):
                 yield server
     finally:
         cluster.drop_database(db)

@@ -169,9 +169,15 @@ class PrefectClient:
         url = path if path.startswith("http") else path.lstrip("/")
         if url.startswith("http") and urlsplit(url).netloc != self._host:
             # Never send credentials to another host, e.g. via a next-page link.
-            raise ApiError(f"Prefect API returned a link to another host ({urlsplit(url).netloc}); refusing to follow it.")
+            raise ApiError(
+                f"Prefect API returned a link to another host ({urlsplit(url).netloc}); refusing to follow it."
+            )
         retry_status = READ_RETRY_STATUS if idempotent else WRITE_RETRY_STATUS
-        where = f"{self.settings.display_url}/{path.lstrip('/')}" if not path.startswith("http") else path
+        where = (
+            f"{self.settings.display_url}/{path.lstrip('/')}"
+            if not path.startswith("http")
+            else path
+        )
         last_problem = ""
         for attempt in range(attempts):
             self._count(attempt > 0)
@@ -194,7 +200,9 @@ class PrefectClient:
                     retry_after = _retry_after(response) if status == 429 else None
                     last_problem = f"HTTP {status} {_short(response.text, 80)}"
                 elif status >= 500 and not idempotent:
-                    raise self._uncertain(method, path, f"HTTP {status} {_short(response.text, 80)}")
+                    raise self._uncertain(
+                        method, path, f"HTTP {status} {_short(response.text, 80)}"
+                    )
                 elif status >= 400:
                     raise ApiError(self._status_message(method, where, response))
                 elif status == 204 or not expect_json:
@@ -211,7 +219,9 @@ class PrefectClient:
             if attempt + 1 < attempts:
                 delay = self.retry.delay(attempt, retry_after)
                 if self._on_retry and attempts > 2:
-                    self._on_retry(f"{method} {path.split('?')[0]}: {last_problem}; retrying in {delay:.1f}s")
+                    self._on_retry(
+                        f"{method} {path.split('?')[0]}: {last_problem}; retrying in {delay:.1f}s"
+                    )
                 self._sleep(delay)
         raise ApiError(
             f"Prefect API at {self.settings.display_url} failed {method} /{path.lstrip('/').split('?')[0]} "
@@ -277,7 +287,9 @@ class PrefectClient:
         """POST /{resource}/filter; resource is flows, deployments or flow_runs."""
         answer = self.request("POST", f"{resource}/filter", body)
         if not isinstance(answer, list):
-            raise ApiError(f"POST /{resource}/filter answered {type(answer).__name__}, expected a list.")
+            raise ApiError(
+                f"POST /{resource}/filter answered {type(answer).__name__}, expected a list."
+            )
         for item in answer:
             if not isinstance(item, dict) or "id" not in item:
                 raise ApiError(f"POST /{resource}/filter answered an item without an id.")
@@ -286,18 +298,28 @@ class PrefectClient:
     def filter_page(self, resource: str, body: dict[str, Any]) -> Page:
         """Like ``filter``, keeping the body text for the store to parse."""
         rows, text, _headers = self.request("POST", f"{resource}/filter", body, raw=True)
-        if not isinstance(rows, list) or any(not isinstance(r, dict) or "id" not in r for r in rows):
-            raise ApiError(f"POST /{resource}/filter answered something other than a list of objects with ids.")
+        if not isinstance(rows, list) or any(
+            not isinstance(r, dict) or "id" not in r for r in rows
+        ):
+            raise ApiError(
+                f"POST /{resource}/filter answered something other than a list of objects with ids."
+            )
         return Page(rows, text)
 
     def count(self, resource: str, body: dict[str, Any] | None = None) -> int:
         answer = self.request("POST", f"{resource}/count", body or {})
         if not isinstance(answer, int):
-            raise ApiError(f"POST /{resource}/count answered {_short(repr(answer), 60)}, expected an integer.")
+            raise ApiError(
+                f"POST /{resource}/count answered {_short(repr(answer), 60)}, expected an integer."
+            )
         return answer
 
     def flow_run_history(
-        self, start: datetime, end: datetime, interval_seconds: float, body: dict[str, Any] | None = None
+        self,
+        start: datetime,
+        end: datetime,
+        interval_seconds: float,
+        body: dict[str, Any] | None = None,
     ) -> list[dict[str, Any]]:
         """Counts per expected-start-time bucket and state (at most 500 buckets)."""
         payload = dict(body or {})
@@ -334,7 +356,7 @@ class PrefectClient:
             value = str(row.get("value", ""))
             if value.startswith(prefix):
                 end_time = datetime.fromisoformat(str(row["end_time"]).replace("Z", "+00:00"))
-                changed[value[len(prefix):]] = end_time
+                changed[value[len(prefix) :]] = end_time
         return changed
 
     def flow_run_event_before(self, when: datetime) -> datetime | None:
@@ -369,8 +391,12 @@ class PrefectClient:
         try:
             server = settings["server"]
             periods = [_duration(server["events"]["retention_period"])]
-            overrides = (server.get("services", {}).get("db_vacuum", {}) or {}).get("event_retention_overrides") or {}
-            periods += [_duration(v) for k, v in overrides.items() if str(k).startswith("prefect.flow-run.")]
+            overrides = (server.get("services", {}).get("db_vacuum", {}) or {}).get(
+                "event_retention_overrides"
+            ) or {}
+            periods += [
+                _duration(v) for k, v in overrides.items() if str(k).startswith("prefect.flow-run.")
+            ]
         except (KeyError, TypeError, ValueError, AttributeError):
             return None
         return min(periods)
@@ -406,7 +432,9 @@ class PrefectClient:
         }
         answer = self.request("POST", "flow_runs/bulk_set_state", body, idempotent=False)
         if not isinstance(answer, dict):
-            raise ApiError("POST /flow_runs/bulk_set_state answered something other than an object.")
+            raise ApiError(
+                "POST /flow_runs/bulk_set_state answered something other than an object."
+            )
         return answer
 
     def flow_run_states(self, run_id: str) -> list[dict[str, Any]]:

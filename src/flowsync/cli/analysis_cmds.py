@@ -38,30 +38,45 @@ HEALTH_FORMATS = (*FORMATS, "openmetrics")
 FormatOption = Annotated[
     str | None,
     typer.Option(
-        "--format", "-f",
+        "--format",
+        "-f",
         help="table, csv, json, markdown or parquet. Default: table on a terminal, csv otherwise.",
         show_default=False,
     ),
 ]
 OutputOption = Annotated[
     Path | None,
-    typer.Option("--output", "-o", help="Write the data to this file instead of stdout.", show_default=False),
+    typer.Option(
+        "--output", "-o", help="Write the data to this file instead of stdout.", show_default=False
+    ),
 ]
 SinceOption = Annotated[
     str,
-    typer.Option("--since", help="Window of runs (by expected start): 7d, 12h, 30m, 2w, a date 2026-01-01, or 'all'."),
+    typer.Option(
+        "--since",
+        help="Window of runs (by expected start): 7d, 12h, 30m, 2w, a date 2026-01-01, or 'all'.",
+    ),
 ]
 HtmlOption = Annotated[
     Path | None,
-    typer.Option("--html", help="Write the self-contained health page plus this table to FILE instead.", show_default=False),
+    typer.Option(
+        "--html",
+        help="Write the self-contained health page plus this table to FILE instead.",
+        show_default=False,
+    ),
 ]
 IncludeDeletedOption = Annotated[
     bool,
-    typer.Option("--include-deleted", help="History: also count runs deleted on the server (live runs only by default)."),
+    typer.Option(
+        "--include-deleted",
+        help="History: also count runs deleted on the server (live runs only by default).",
+    ),
 ]
 IdsOption = Annotated[
     bool,
-    typer.Option("--ids", help="Show ids in the terminal table too (csv, json and parquet always have them)."),
+    typer.Option(
+        "--ids", help="Show ids in the terminal table too (csv, json and parquet always have them)."
+    ),
 ]
 
 
@@ -77,11 +92,17 @@ def _choose_format(fmt: str | None, output: Path | None, allowed: tuple[str, ...
         return "table" if output is None and sys.stdout.isatty() else "csv"
     fmt = fmt.lower()
     if fmt not in allowed:
-        raise ConfigError(f"--format {fmt!r} is not an output format; choose one of: {', '.join(allowed)}.")
+        raise ConfigError(
+            f"--format {fmt!r} is not an output format; choose one of: {', '.join(allowed)}."
+        )
     if fmt == "table" and output is not None:
-        raise ConfigError("--format table is for the terminal; use csv, json, markdown or parquet with --output.")
+        raise ConfigError(
+            "--format table is for the terminal; use csv, json, markdown or parquet with --output."
+        )
     if fmt == "parquet" and output is None and sys.stdout.isatty():
-        raise ConfigError("Parquet is binary and stdout is a terminal: pass --output FILE or redirect stdout.")
+        raise ConfigError(
+            "Parquet is binary and stdout is a terminal: pass --output FILE or redirect stdout."
+        )
     return fmt
 
 
@@ -92,7 +113,9 @@ def _flat(frame: pl.DataFrame) -> pl.DataFrame:
     cols = []
     for name, dtype in frame.schema.items():
         if isinstance(dtype, (pl.List, pl.Array)):
-            cols.append(pl.col(name).list.eval(pl.element().cast(pl.String)).list.join(",").alias(name))
+            cols.append(
+                pl.col(name).list.eval(pl.element().cast(pl.String)).list.join(",").alias(name)
+            )
         elif isinstance(dtype, pl.Struct):
             cols.append(pl.col(name).struct.json_encode().alias(name))
     return frame.with_columns(cols) if cols else frame
@@ -124,7 +147,10 @@ def to_markdown(frame: pl.DataFrame) -> str:
             return str(round(v, 4))
         return _text(v).replace("|", "\\|").replace("\n", " ")
 
-    lines = ["| " + " | ".join(frame.columns) + " |", "|" + "|".join("---" for _ in frame.columns) + "|"]
+    lines = [
+        "| " + " | ".join(frame.columns) + " |",
+        "|" + "|".join("---" for _ in frame.columns) + "|",
+    ]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.iter_rows()]
     return "\n".join(lines) + "\n"
 
@@ -147,7 +173,9 @@ def write_atomic(path: Path, data: bytes, option: str = "--output") -> None:
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as e:
-        raise ConfigError(f"Cannot write {option} {path}: {e.strerror}. Choose a writable path.") from e
+        raise ConfigError(
+            f"Cannot write {option} {path}: {e.strerror}. Choose a writable path."
+        ) from e
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -155,11 +183,19 @@ def write_atomic(path: Path, data: bytes, option: str = "--output") -> None:
         os.replace(tmp, path)
     except OSError as e:
         Path(tmp).unlink(missing_ok=True)
-        raise ConfigError(f"Cannot write {option} {path}: {e.strerror}. Choose a writable path.") from e
+        raise ConfigError(
+            f"Cannot write {option} {path}: {e.strerror}. Choose a writable path."
+        ) from e
 
 
-def emit(frame: pl.DataFrame, fmt: str, output: Path | None, title: str = "", report: str | None = None,
-         ids: bool = False) -> None:
+def emit(
+    frame: pl.DataFrame,
+    fmt: str,
+    output: Path | None,
+    title: str = "",
+    report: str | None = None,
+    ids: bool = False,
+) -> None:
     if fmt == "table":
         if report is not None:
             table = render.readable_table(frame, report, ids=ids, width=out.width, title=title)
@@ -212,7 +248,12 @@ def _open_many(dbs: list[str], wait: float, live: bool) -> Store:
 
 
 def sql_cmd(
-    query: Annotated[str, typer.Argument(help="SQL to run (read-only). Tables: flows, deployments, flow_runs; views: see docs/analysis.md.")],
+    query: Annotated[
+        str,
+        typer.Argument(
+            help="SQL to run (read-only). Tables: flows, deployments, flow_runs; views: see docs/analysis.md."
+        ),
+    ],
     fmt: FormatOption = None,
     output: OutputOption = None,
     db: DbsOption = None,
@@ -267,11 +308,19 @@ def _run_report(
         chosen = None if html is not None else _choose_format(fmt, output)
         with _open(db, wait, live) as store:
             frame = build(store, window)
-            page = (report_html.build_page(store, window, title, frame, include_deleted=include_deleted, report=report)
-                    if html else None)
+            page = (
+                report_html.build_page(
+                    store, window, title, frame, include_deleted=include_deleted, report=report
+                )
+                if html
+                else None
+            )
         if html is not None and page is not None:
             write_atomic(html, page.encode(), "--html")
-            err.print(f"wrote {title} ({frame.height} rows, {window.describe()}) to {html}", highlight=False)
+            err.print(
+                f"wrote {title} ({frame.height} rows, {window.describe()}) to {html}",
+                highlight=False,
+            )
             return
         assert chosen is not None
         emit(frame, chosen, output, title=f"{title}, {window.describe()}", report=report, ids=ids)
@@ -301,7 +350,16 @@ def failures_cmd(
     _run_report(
         f"Failures by {by}",
         lambda store, window: reports.failures(store, by, window, include_deleted=include_deleted),
-        since, fmt, output, html, db, wait, live, report="failures", ids=ids, include_deleted=include_deleted,
+        since,
+        fmt,
+        output,
+        html,
+        db,
+        wait,
+        live,
+        report="failures",
+        ids=ids,
+        include_deleted=include_deleted,
     )
 
 
@@ -325,7 +383,16 @@ def durations_cmd(
     _run_report(
         f"Durations by {by}",
         lambda store, window: reports.durations(store, by, window, include_deleted=include_deleted),
-        since, fmt, output, html, db, wait, live, report="durations", ids=ids, include_deleted=include_deleted,
+        since,
+        fmt,
+        output,
+        html,
+        db,
+        wait,
+        live,
+        report="durations",
+        ids=ids,
+        include_deleted=include_deleted,
     )
 
 
@@ -333,7 +400,12 @@ def durations_cmd(
 def late_cmd(
     by: Annotated[str, _by_option(tuple(reports.GROUPS))] = "deployment",
     since: SinceOption = "7d",
-    late_after: Annotated[float, typer.Option("--late-after", help="Seconds after the expected start that count as late.", min=0)] = 60.0,
+    late_after: Annotated[
+        float,
+        typer.Option(
+            "--late-after", help="Seconds after the expected start that count as late.", min=0
+        ),
+    ] = 60.0,
     include_deleted: IncludeDeletedOption = False,
     fmt: FormatOption = None,
     output: OutputOption = None,
@@ -349,14 +421,27 @@ def late_cmd(
     """
     _run_report(
         f"Lateness by {by}",
-        lambda store, window: reports.late(store, by, window, late_after=late_after, include_deleted=include_deleted),
-        since, fmt, output, html, db, wait, live, report="late", ids=ids, include_deleted=include_deleted,
+        lambda store, window: reports.late(
+            store, by, window, late_after=late_after, include_deleted=include_deleted
+        ),
+        since,
+        fmt,
+        output,
+        html,
+        db,
+        wait,
+        live,
+        report="late",
+        ids=ids,
+        include_deleted=include_deleted,
     )
 
 
 @report_app.command("flaky")
 def flaky_cmd(
-    last: Annotated[int, typer.Option("--last", help="Broken = the last N finished runs all failed.")] = 3,
+    last: Annotated[
+        int, typer.Option("--last", help="Broken = the last N finished runs all failed.")
+    ] = 3,
     since: SinceOption = "30d",
     fmt: FormatOption = None,
     output: OutputOption = None,
@@ -373,7 +458,15 @@ def flaky_cmd(
     _run_report(
         "Flaky and broken deployments",
         lambda store, window: reports.flaky(store, window, last=last),
-        since, fmt, output, html, db, wait, live, report="flaky", ids=ids,
+        since,
+        fmt,
+        output,
+        html,
+        db,
+        wait,
+        live,
+        report="flaky",
+        ids=ids,
     )
 
 
@@ -402,7 +495,16 @@ def errors_cmd(
     _run_report(
         "Error signatures",
         lambda store, window: reports.errors(store, window, include_deleted=include_deleted),
-        since, fmt, output, html, db, wait, live, report="errors", ids=ids, include_deleted=include_deleted,
+        since,
+        fmt,
+        output,
+        html,
+        db,
+        wait,
+        live,
+        report="errors",
+        ids=ids,
+        include_deleted=include_deleted,
     )
 
 
@@ -427,7 +529,15 @@ def unresolved_cmd(
     _run_report(
         "Unresolved failures",
         lambda store, window: reports.unresolved(store),
-        "all", fmt, output, html, db, wait, live, report="unresolved", ids=ids,
+        "all",
+        fmt,
+        output,
+        html,
+        db,
+        wait,
+        live,
+        report="unresolved",
+        ids=ids,
     )
 
 
@@ -437,13 +547,22 @@ def health_cmd(
     include_deleted: IncludeDeletedOption = False,
     fmt: Annotated[
         str | None,
-        typer.Option("--format", "-f", help="table, csv, json, markdown, parquet or openmetrics (Prometheus textfile "
-                     "collector). Default: table on a terminal, csv otherwise.", show_default=False),
+        typer.Option(
+            "--format",
+            "-f",
+            help="table, csv, json, markdown, parquet or openmetrics (Prometheus textfile "
+            "collector). Default: table on a terminal, csv otherwise.",
+            show_default=False,
+        ),
     ] = None,
     output: OutputOption = None,
     html: Annotated[
         Path | None,
-        typer.Option("--html", help="Write the health page (one self-contained HTML file) to FILE.", show_default=False),
+        typer.Option(
+            "--html",
+            help="Write the health page (one self-contained HTML file) to FILE.",
+            show_default=False,
+        ),
     ] = None,
     db: DbOption = None,
     wait: WaitOption = 0.0,

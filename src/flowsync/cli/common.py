@@ -29,11 +29,17 @@ err = Console(stderr=True, soft_wrap=True)
 
 DbOption = Annotated[
     Path | None,
-    typer.Option("--db", help="DuckDB file. Default: $FLOWSYNC_DB, else ./flowsync.duckdb.", show_default=False),
+    typer.Option(
+        "--db",
+        help="DuckDB file. Default: $FLOWSYNC_DB, else ./flowsync.duckdb.",
+        show_default=False,
+    ),
 ]
 WaitOption = Annotated[
     float,
-    typer.Option("--wait", help="Seconds to wait for another flowsync process to release the file.", min=0),
+    typer.Option(
+        "--wait", help="Seconds to wait for another flowsync process to release the file.", min=0
+    ),
 ]
 LiveOption = Annotated[
     bool,
@@ -42,14 +48,24 @@ LiveOption = Annotated[
         help="Read the live DuckDB file instead of its latest published snapshot (conflicts with a running pull: see --wait).",
     ),
 ]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print a machine-readable JSON summary on stdout.")]
+JsonOption = Annotated[
+    bool, typer.Option("--json", help="Print a machine-readable JSON summary on stdout.")
+]
 ApiUrlOption = Annotated[
     str | None,
-    typer.Option("--api-url", help="Prefect API URL. Default: $PREFECT_API_URL, else the active Prefect profile.", show_default=False),
+    typer.Option(
+        "--api-url",
+        help="Prefect API URL. Default: $PREFECT_API_URL, else the active Prefect profile.",
+        show_default=False,
+    ),
 ]
 ApiKeyOption = Annotated[
     str | None,
-    typer.Option("--api-key", help="Prefect Cloud API key. Default: $PREFECT_API_KEY, else the profile. Never printed or stored.", show_default=False),
+    typer.Option(
+        "--api-key",
+        help="Prefect Cloud API key. Default: $PREFECT_API_KEY, else the profile. Never printed or stored.",
+        show_default=False,
+    ),
 ]
 
 
@@ -66,7 +82,9 @@ def errors() -> Iterator[None]:
     except FlowsyncError as e:
         fail(e)
     except KeyboardInterrupt:
-        err.print("[yellow]interrupted[/]; what was committed is kept, run the command again to continue.")
+        err.print(
+            "[yellow]interrupted[/]; what was committed is kept, run the command again to continue."
+        )
         raise typer.Exit(INTERRUPTED_EXIT) from None
 
 

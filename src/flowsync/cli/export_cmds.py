@@ -22,21 +22,40 @@ from flowsync.since import parse_since
 
 
 def export_cmd(
-    dest: Annotated[str, typer.Argument(metavar="DIR", help="Directory to write (created if missing), or an object-storage URL: s3://bucket/prefix, gs://..., az://...", show_default=False)],
-    fmt: Annotated[str, typer.Option("--format", help="Output format; only parquet for now.")] = "parquet",
+    dest: Annotated[
+        str,
+        typer.Argument(
+            metavar="DIR",
+            help="Directory to write (created if missing), or an object-storage URL: s3://bucket/prefix, gs://..., az://...",
+            show_default=False,
+        ),
+    ],
+    fmt: Annotated[
+        str, typer.Option("--format", help="Output format; only parquet for now.")
+    ] = "parquet",
     db: DbOption = None,
     tables: Annotated[
         list[str] | None,
-        typer.Option("--tables", help="Table to export (repeat or comma-separate). Default: flows, deployments, flow_runs.", show_default=False),
+        typer.Option(
+            "--tables",
+            help="Table to export (repeat or comma-separate). Default: flows, deployments, flow_runs.",
+            show_default=False,
+        ),
     ] = None,
     since: Annotated[
         str | None,
-        typer.Option("--since", help="Rewrite only partitions with rows synced or deleted since then: 30min, 12h, 7d, 2026-11-01, an ISO time, or all (the same forms as report --since).", show_default=False),
+        typer.Option(
+            "--since",
+            help="Rewrite only partitions with rows synced or deleted since then: 30min, 12h, 7d, 2026-11-01, an ISO time, or all (the same forms as report --since).",
+            show_default=False,
+        ),
     ] = None,
     wait: WaitOption = 0.0,
     live: LiveOption = False,
     json_out: JsonOption = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No summary; errors only (for cron).")] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No summary; errors only (for cron).")
+    ] = False,
 ) -> None:
     """Write flows, deployments and flow runs as Parquet, partitioned by day (hive style).
 
@@ -66,12 +85,16 @@ def export_cmd(
         uploaded = None
         with open_for_reading(path, live=live, wait=wait) as store:
             if remote:
-                result, uploaded = objectstore.export_remote(store, dest, fmt=fmt, tables=names, since=cutoff)
+                result, uploaded = objectstore.export_remote(
+                    store, dest, fmt=fmt, tables=names, since=cutoff
+                )
             else:
                 result = export.export(store, out_dir, fmt=fmt, tables=names, since=cutoff)
     summary = {"db": str(path), **result.to_json()}
     if uploaded is not None:
-        summary.update(dir=dest, manifest=f"{dest.rstrip('/')}/{export.MANIFEST}", upload=uploaded.to_json())
+        summary.update(
+            dir=dest, manifest=f"{dest.rstrip('/')}/{export.MANIFEST}", upload=uploaded.to_json()
+        )
     if json_out:
         print_json(summary)
     elif not quiet:

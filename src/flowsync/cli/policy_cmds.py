@@ -32,7 +32,9 @@ from flowsync.cli.common import (
 from flowsync.config import resolve_api, resolve_db_path
 from flowsync.errors import PARTIAL_FAILURE_EXIT, ConfigError
 
-if TYPE_CHECKING:  # the library (pydantic, DuckDB, httpx) loads inside the commands: --help stays fast
+if (
+    TYPE_CHECKING
+):  # the library (pydantic, DuckDB, httpx) loads inside the commands: --help stays fast
     from flowsync.config import ApiSettings
     from flowsync.policy import ApplyResult, Plan
 
@@ -64,7 +66,8 @@ def _data_age(plan: Plan) -> str:
         parts.append(f"{plan.refreshed} selected runs re-read from the server just now")
     parts.append(
         f"last pull {plan.last_pull_at:%Y-%m-%d %H:%M} UTC ({_age(plan.last_pull_at, now)} ago)"
-        if plan.last_pull_at else "no successful pull"
+        if plan.last_pull_at
+        else "no successful pull"
     )
     if plan.oldest_read_at is not None:
         parts.append(f"oldest read of a planned run {_age(plan.oldest_read_at, now)} ago")
@@ -76,7 +79,10 @@ def _data_age(plan: Plan) -> str:
 def _render_plan(plan: Plan, sample: int) -> None:
     """The plan on stdout: per rule a count, the reasons runs were skipped, a sample."""
     now = plan.generated_at
-    out.print(f"[bold]plan[/] for {escape(plan.policy.source)} (sha256 {plan.policy.sha256[:12]})", highlight=False)
+    out.print(
+        f"[bold]plan[/] for {escape(plan.policy.source)} (sha256 {plan.policy.sha256[:12]})",
+        highlight=False,
+    )
     for rp in plan.rules:
         rule = rp.rule
         what: str = rule.action
@@ -86,9 +92,16 @@ def _render_plan(plan: Plan, sample: int) -> None:
             out.print(f"\n[bold]{escape(rule.name)}[/] ({what}): disabled", highlight=False)
             continue
         states = ", ".join(f"{n} {s}" for s, n in sorted(rp.to_json()["by_state"].items()))
-        out.print(f"\n[bold]{escape(rule.name)}[/] ({what}): {len(rp.runs)} runs" + (f" ({states})" if states else ""), highlight=False)
+        out.print(
+            f"\n[bold]{escape(rule.name)}[/] ({what}): {len(rp.runs)} runs"
+            + (f" ({states})" if states else ""),
+            highlight=False,
+        )
         if rp.skipped:
-            out.print("  skipped: " + ", ".join(f"{n} {why}" for why, n in rp.skipped.items()), highlight=False)
+            out.print(
+                "  skipped: " + ", ".join(f"{n} {why}" for why, n in rp.skipped.items()),
+                highlight=False,
+            )
         if rp.runs and sample:
             table = Table(box=None, padding=(0, 2, 0, 2))
             for column in ("run", "flow/deployment", "state", "age", "tags"):
@@ -131,7 +144,10 @@ def _compute_plan(
         from flowsync.api import PrefectClient
         from flowsync.policy.apply import refresh_plan
 
-        with Store.open(resolve_db_path(db), wait=wait, sandbox=True) as store, PrefectClient(refresh_from) as client:
+        with (
+            Store.open(resolve_db_path(db), wait=wait, sandbox=True) as store,
+            PrefectClient(refresh_from) as client,
+        ):
             plan = refresh_plan(client, store, loaded)
             publish(store)  # readers see the runs the refresh re-read
             return plan
@@ -149,7 +165,13 @@ def plan_cmd(
     wait: WaitOption = 0.0,
     live: LiveOption = False,
     sample: SampleOption = 5,
-    refresh: Annotated[bool, typer.Option("--refresh", help="First re-read every run the rules select from the server (updates the file's copy only).")] = False,
+    refresh: Annotated[
+        bool,
+        typer.Option(
+            "--refresh",
+            help="First re-read every run the rules select from the server (updates the file's copy only).",
+        ),
+    ] = False,
     api_url: ApiUrlOption = None,
     api_key: ApiKeyOption = None,
     json_out: JsonOption = False,
@@ -201,7 +223,12 @@ def _render_result(result: ApplyResult) -> None:
 def apply_cmd(
     policy: PolicyArg,
     db: DbOption = None,
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Apply without asking (needed when stdin is not a terminal).")] = False,
+    yes: Annotated[
+        bool,
+        typer.Option(
+            "--yes", "-y", help="Apply without asking (needed when stdin is not a terminal)."
+        ),
+    ] = False,
     api_url: ApiUrlOption = None,
     api_key: ApiKeyOption = None,
     wait: WaitOption = 0.0,
@@ -245,7 +272,9 @@ def apply_cmd(
                     f"Refusing to apply {plan.total} changes without confirmation: stdin is not a "
                     "terminal. Review `flowsync plan`, then pass --yes."
                 )
-            if not typer.confirm(f"Apply {plan.total} changes to {settings.display_url}?", default=False, err=True):
+            if not typer.confirm(
+                f"Apply {plan.total} changes to {settings.display_url}?", default=False, err=True
+            ):
                 err.print("cancelled; nothing was changed.", highlight=False)
                 raise typer.Exit(1)
         progress = make_progress(json_out)
@@ -278,7 +307,14 @@ def schema_cmd() -> None:
 @policy_app.command("check")
 def check_cmd(
     policy: PolicyArg,
-    db: Annotated[Path | None, typer.Option("--db", help="Also run each rule's SQL (read-only) against this DuckDB file.", show_default=False)] = None,
+    db: Annotated[
+        Path | None,
+        typer.Option(
+            "--db",
+            help="Also run each rule's SQL (read-only) against this DuckDB file.",
+            show_default=False,
+        ),
+    ] = None,
     wait: WaitOption = 0.0,
     json_out: JsonOption = False,
 ) -> None:
@@ -308,4 +344,7 @@ def check_cmd(
     extra = ""
     if rows is not None:
         extra = "; SQL ok: " + ", ".join(f"{name} {n} rows" for name, n in rows.items())
-    out.print(f"ok: {escape(str(policy))} is a valid policy ({len(loaded.policy.rules)} rules){extra}", highlight=False)
+    out.print(
+        f"ok: {escape(str(policy))} is a valid policy ({len(loaded.policy.rules)} rules){extra}",
+        highlight=False,
+    )

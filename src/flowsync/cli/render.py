@@ -33,7 +33,9 @@ def _name_header(columns: list[str]) -> str:
     return ""
 
 
-def readable_table(frame: pl.DataFrame, report: str, *, ids: bool, width: int, title: str | None) -> Table:
+def readable_table(
+    frame: pl.DataFrame, report: str, *, ids: bool, width: int, title: str | None
+) -> Table:
     rows = frame.to_dicts()
     columns = list(frame.columns)
     shown: list[tuple[str, str, int]] = []  # (key, header, priority)
@@ -98,7 +100,12 @@ HEADLINE = [
 def headline_table(row: dict[str, Any], title: str | None) -> Table:
     """The health headline as figure / this window / previous window / change."""
     table = Table(title=title or None, title_justify="left")
-    for header, justify in (("figure", "left"), ("this window", "right"), ("previous", "right"), ("change", "right")):
+    for header, justify in (
+        ("figure", "left"),
+        ("this window", "right"),
+        ("previous", "right"),
+        ("change", "right"),
+    ):
         table.add_column(header, justify=justify, no_wrap=True)  # type: ignore[arg-type]
     read = {"count": present.count, "rate": present.percent, "duration": present.duration}
     for name, col, prev, change, kind in HEADLINE:

@@ -34,16 +34,60 @@ def pull_cmd(
     db: DbOption = None,
     api_url: ApiUrlOption = None,
     api_key: ApiKeyOption = None,
-    full: Annotated[bool, typer.Option("--full", help="Re-read every run from the server (a full reconciliation).")] = False,
-    verify: Annotated[bool, typer.Option("--verify", help="Compare per-bucket run counts with the server even when totals match (done daily anyway).")] = False,
+    full: Annotated[
+        bool,
+        typer.Option("--full", help="Re-read every run from the server (a full reconciliation)."),
+    ] = False,
+    verify: Annotated[
+        bool,
+        typer.Option(
+            "--verify",
+            help="Compare per-bucket run counts with the server even when totals match (done daily anyway).",
+        ),
+    ] = False,
     wait: WaitOption = 0.0,
-    concurrency: Annotated[int, typer.Option(help="Pages in flight during a full pull (more than 2 slows the server).", min=1, max=8)] = PULL_CONCURRENCY,
-    overlap: Annotated[float, typer.Option(help="Minutes of events re-read before the last cursor (late events, client clocks).", min=0)] = PULL_OVERLAP_MINUTES,
-    events_horizon: Annotated[float, typer.Option(help="Days of events to assume the server keeps when it holds none from before the cursor and does not say (Prefect Cloud); an older cursor triggers a full reconciliation.", min=0.01)] = PULL_EVENTS_HORIZON_DAYS,
-    staleness: Annotated[float, typer.Option("--staleness", envvar="FLOWSYNC_STALENESS_HOURS", help="Hours: every live run is re-read at least this often (edits such as tags or names emit no event), spread over the pulls. Env: FLOWSYNC_STALENESS_HOURS.", min=0.0001)] = PULL_STALENESS_HOURS,
-    memory_limit: Annotated[int | None, typer.Option("--memory-limit", help="DuckDB memory cap in MB (default: sized from the history; 0: DuckDB's own default, 80% of RAM).", min=0, show_default=False)] = None,
+    concurrency: Annotated[
+        int,
+        typer.Option(
+            help="Pages in flight during a full pull (more than 2 slows the server).", min=1, max=8
+        ),
+    ] = PULL_CONCURRENCY,
+    overlap: Annotated[
+        float,
+        typer.Option(
+            help="Minutes of events re-read before the last cursor (late events, client clocks).",
+            min=0,
+        ),
+    ] = PULL_OVERLAP_MINUTES,
+    events_horizon: Annotated[
+        float,
+        typer.Option(
+            help="Days of events to assume the server keeps when it holds none from before the cursor and does not say (Prefect Cloud); an older cursor triggers a full reconciliation.",
+            min=0.01,
+        ),
+    ] = PULL_EVENTS_HORIZON_DAYS,
+    staleness: Annotated[
+        float,
+        typer.Option(
+            "--staleness",
+            envvar="FLOWSYNC_STALENESS_HOURS",
+            help="Hours: every live run is re-read at least this often (edits such as tags or names emit no event), spread over the pulls. Env: FLOWSYNC_STALENESS_HOURS.",
+            min=0.0001,
+        ),
+    ] = PULL_STALENESS_HOURS,
+    memory_limit: Annotated[
+        int | None,
+        typer.Option(
+            "--memory-limit",
+            help="DuckDB memory cap in MB (default: sized from the history; 0: DuckDB's own default, 80% of RAM).",
+            min=0,
+            show_default=False,
+        ),
+    ] = None,
     json_out: JsonOption = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output; errors only (for cron).")] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress output; errors only (for cron).")
+    ] = False,
 ) -> None:
     """Sync flows, deployments and flow runs from a Prefect API into the DuckDB file.
 
@@ -73,12 +117,23 @@ def pull_cmd(
             memory_limit_mb=memory_limit,
         )
         progress = make_progress(quiet or json_out)
-        with Store.open(path, wait=wait) as store, progress, PrefectClient(settings, on_retry=progress.message) as client:
+        with (
+            Store.open(path, wait=wait) as store,
+            progress,
+            PrefectClient(settings, on_retry=progress.message) as client,
+        ):
             result = pull(client, store, options, progress)
             changed = bool(result.inserted or result.updated or result.marked_deleted)
             published = publish(store, pull_id=result.pull_id, changed=changed)
     if json_out:
-        print_json({"db": str(path), "api_url": settings.display_url, **result.to_json(), "snapshot": published.to_json()})
+        print_json(
+            {
+                "db": str(path),
+                "api_url": settings.display_url,
+                **result.to_json(),
+                "snapshot": published.to_json(),
+            }
+        )
     elif not quiet:
         why = f" ({result.reason})" if result.reason else ""
         err.print(
@@ -86,8 +141,11 @@ def pull_cmd(
             f"{result.inserted} new, {result.updated} updated, {result.marked_deleted} marked deleted, "
             f"{result.reread} re-read for staleness; "
             f"{result.requests} requests in {result.seconds:.1f}s; "
-            + (f"published snapshot {published.snapshot.generation} in {published.seconds:.2f}s"
-               if published.published else f"snapshot {published.snapshot.generation} unchanged"),
+            + (
+                f"published snapshot {published.snapshot.generation} in {published.seconds:.2f}s"
+                if published.published
+                else f"snapshot {published.snapshot.generation} unchanged"
+            ),
             highlight=False,
         )
 
@@ -122,7 +180,10 @@ def status_cmd(
             highlight=False,
         )
     if summary["last_successful_pull_at"]:
-        out.print(f"last successful pull finished {summary['last_successful_pull_at']:%Y-%m-%d %H:%M:%S %Z}", highlight=False)
+        out.print(
+            f"last successful pull finished {summary['last_successful_pull_at']:%Y-%m-%d %H:%M:%S %Z}",
+            highlight=False,
+        )
     oldest = summary["flow_runs"]["oldest_read_at"]
     if oldest is not None:
         out.print(f"oldest re-read of a live run: {oldest:%Y-%m-%d %H:%M:%S %Z}", highlight=False)

@@ -55,15 +55,32 @@ from flowsync.policy.result import SET_STATE_STATUS, ApplyResult, Outcome, RunRe
 from flowsync.store import Store, audit, synced_tables
 from flowsync.sync import NullProgress, Progress, RunReader, refresh_runs
 
-__all__ = ["ApplyResult", "Batch", "Outcome", "Seen", "apply_plan", "batches", "check_guards", "refresh_plan"]
+__all__ = [
+    "ApplyResult",
+    "Batch",
+    "Outcome",
+    "Seen",
+    "apply_plan",
+    "batches",
+    "check_guards",
+    "refresh_plan",
+]
 
 # A decision over an unchanged file is reused this long; rules that use now() move with the clock.
 DECISION_MAX_AGE = 30.0
 
 # Columns compared to say what changed on the server when the re-check drops a run.
 WATCHED = (
-    "name", "tags", "state_type", "state_name", "deployment_id", "flow_id",
-    "parameters", "job_variables", "expected_start_time", "labels",
+    "name",
+    "tags",
+    "state_type",
+    "state_name",
+    "deployment_id",
+    "flow_id",
+    "parameters",
+    "job_variables",
+    "expected_start_time",
+    "labels",
 )
 
 
@@ -98,7 +115,9 @@ def check_guards(plan: Plan) -> None:
     for rule_plan in plan.rules:
         for run in rule_plan.runs:
             if protected.intersection(run.tags):
-                raise PolicyError(f"run {run.id} has a protected tag but was planned; refusing to apply.")
+                raise PolicyError(
+                    f"run {run.id} has a protected tag but was planned; refusing to apply."
+                )
 
 
 # -- classification ---------------------------------------------------------------------
@@ -139,32 +158,50 @@ def classify_lost(
     lost = "the call's answer was lost"
     if after is None:
         if action == "delete":
-            return RunResult(Outcome.DELETED, {"evidence": f"present right before the call, gone after it ({lost})"})
-        return RunResult(Outcome.GONE, {"reason": "deleted on the server during the call, not by this apply"})
+            return RunResult(
+                Outcome.DELETED,
+                {"evidence": f"present right before the call, gone after it ({lost})"},
+            )
+        return RunResult(
+            Outcome.GONE, {"reason": "deleted on the server during the call, not by this apply"}
+        )
     if after.state_id == before.state_id:
         return None
     if action == "set_state" and after.state_type == requested:
-        return RunResult(Outcome.ACCEPTED, {
-            "evidence": f"a new {after.state_type} state after the call ({lost})",
-            "state": {"type": after.state_type, "name": after.state_name},
-        })
+        return RunResult(
+            Outcome.ACCEPTED,
+            {
+                "evidence": f"a new {after.state_type} state after the call ({lost})",
+                "state": {"type": after.state_type, "name": after.state_name},
+            },
+        )
     if action == "set_state" and history is None:
-        return RunResult(Outcome.PENDING, {
-            "reason": f"its state changed during the call ({before.state_type} -> {after.state_type}) and its "
-                      "state history could not be read to tell whether this apply did it; check it, then run "
-                      f"apply again ({lost})",
-        })
+        return RunResult(
+            Outcome.PENDING,
+            {
+                "reason": f"its state changed during the call ({before.state_type} -> {after.state_type}) and its "
+                "state history could not be read to tell whether this apply did it; check it, then run "
+                f"apply again ({lost})",
+            },
+        )
     if action == "set_state" and _took(history or [], before.state_id, requested):
-        return RunResult(Outcome.ACCEPTED, {
-            "evidence": f"its state history holds the requested {requested} state after the one it had "
-                        f"before the call ({lost}); it has since moved on to {after.state_type}",
+        return RunResult(
+            Outcome.ACCEPTED,
+            {
+                "evidence": f"its state history holds the requested {requested} state after the one it had "
+                f"before the call ({lost}); it has since moved on to {after.state_type}",
+                "state_type_now": after.state_type,
+            },
+        )
+    return RunResult(
+        Outcome.SKIPPED,
+        {
+            "reason": f"its state changed during the call ({before.state_type} -> {after.state_type}) "
+            "but not as requested; not sent again",
+            "check": "state guard",
             "state_type_now": after.state_type,
-        })
-    return RunResult(Outcome.SKIPPED, {
-        "reason": f"its state changed during the call ({before.state_type} -> {after.state_type}) "
-                  "but not as requested; not sent again",
-        "check": "state guard", "state_type_now": after.state_type,
-    })
+        },
+    )
 
 
 def _took(history: list[dict[str, Any]], before_id: str | None, requested: str | None) -> bool:
@@ -178,17 +215,25 @@ def _took(history: list[dict[str, Any]], before_id: str | None, requested: str |
 def classify_unanswered(before: Seen, after: Seen | None) -> RunResult:
     """A run the server's answer did not act on: why, from a read after the call."""
     if after is None:
-        return RunResult(Outcome.GONE, {"reason": "deleted on the server between the re-read and the call"})
+        return RunResult(
+            Outcome.GONE, {"reason": "deleted on the server between the re-read and the call"}
+        )
     if after.state_id != before.state_id:
-        return RunResult(Outcome.SKIPPED, {
-            "reason": f"its state changed between the re-read and the call ({before.state_type} -> "
-                      f"{after.state_type}); the state guard held",
-            "check": "state guard", "state_type_now": after.state_type,
-        })
+        return RunResult(
+            Outcome.SKIPPED,
+            {
+                "reason": f"its state changed between the re-read and the call ({before.state_type} -> "
+                f"{after.state_type}); the state guard held",
+                "check": "state guard",
+                "state_type_now": after.state_type,
+            },
+        )
     return RunResult(Outcome.FAILED, {"reason": "the server did not act on it; run apply again"})
 
 
-def _answered(rule: RuleModel, ids: list[str], answer: dict[str, Any]) -> tuple[dict[str, RunResult], list[str]]:
+def _answered(
+    rule: RuleModel, ids: list[str], answer: dict[str, Any]
+) -> tuple[dict[str, RunResult], list[str]]:
     """The runs the server's answer acted on (or refused), and notes on anything odd in it."""
     if isinstance(rule, SetStateRule):
         results = answer.get("results")
@@ -203,11 +248,16 @@ def _answered(rule: RuleModel, ids: list[str], answer: dict[str, Any]) -> tuple[
                 continue
             status = str(item.get("status"))
             state = item.get("state") or {}
-            out[run_id] = RunResult(SET_STATE_STATUS.get(status, Outcome.FAILED), {
-                "status": status,
-                "details": item.get("details"),
-                "state": {"type": state.get("type"), "name": state.get("name")} if state else None,
-            })
+            out[run_id] = RunResult(
+                SET_STATE_STATUS.get(status, Outcome.FAILED),
+                {
+                    "status": status,
+                    "details": item.get("details"),
+                    "state": {"type": state.get("type"), "name": state.get("name")}
+                    if state
+                    else None,
+                },
+            )
         return out, notes
     deleted = answer.get("deleted")
     if not isinstance(deleted, list):
@@ -229,7 +279,9 @@ def _file_rows(store: Store, ids: list[str]) -> dict[str, dict[str, Any]]:
     if not ids:
         return {}
     cols = ", ".join(
-        f"CAST({c} AS VARCHAR) AS {c}" if c.endswith("_id") or c in ("parameters", "job_variables", "labels") else c
+        f"CAST({c} AS VARCHAR) AS {c}"
+        if c.endswith("_id") or c in ("parameters", "job_variables", "labels")
+        else c
         for c in WATCHED
     )
     _, rows = store.execute(
@@ -272,7 +324,9 @@ class _Applier:
             self.result.decisions += 1
         return self.current
 
-    def read(self, ids: list[str], before_write: Callable[[list[str]], None] | None = None) -> dict[str, Seen]:
+    def read(
+        self, ids: list[str], before_write: Callable[[list[str]], None] | None = None
+    ) -> dict[str, Seen]:
         self.result.rereads += 1
         rows = self.reader.read(ids, before_write)
         self.file_changed = self.file_changed or bool(self.reader.changed)
@@ -282,25 +336,45 @@ class _Applier:
         try:
             return self.client.flow_run_states(run_id)
         except ApiError:
-            return None  # without it the run is not counted as changed by this apply, and not resent
+            return (
+                None  # without it the run is not counted as changed by this apply, and not resent
+            )
 
     def insert(self, number: int, batch: Batch, runs: list[tuple[str, str, str, Any]]) -> None:
         rule = batch.rule
         audit.record_runs(
-            self.store, apply_id=self.result.apply_id, batch=number, api_url=self.client.settings.display_url,
-            policy_path=self.plan.policy.source, policy_sha256=self.plan.policy.sha256, rule=rule.name,
-            action=rule.action, requested_state=_requested(rule), runs=runs,
+            self.store,
+            apply_id=self.result.apply_id,
+            batch=number,
+            api_url=self.client.settings.display_url,
+            policy_path=self.plan.policy.source,
+            policy_sha256=self.plan.policy.sha256,
+            rule=rule.name,
+            action=rule.action,
+            requested_state=_requested(rule),
+            runs=runs,
         )
         self.recorded.update(r[0] for r in runs)
 
-    def settle(self, number: int, batch: Batch, final: dict[str, RunResult], guard: dict[str, str | None]) -> None:
+    def settle(
+        self, number: int, batch: Batch, final: dict[str, RunResult], guard: dict[str, str | None]
+    ) -> None:
         """Write each run's one outcome: update its pending row, or insert it if it was never sent."""
-        new = [(i, guard.get(i) or batch.state_type, r.outcome.value, r.details)
-               for i, r in final.items() if i not in self.recorded]
+        new = [
+            (i, guard.get(i) or batch.state_type, r.outcome.value, r.details)
+            for i, r in final.items()
+            if i not in self.recorded
+        ]
         self.insert(number, batch, new)
-        audit.record_outcomes(self.store, self.result.apply_id, {
-            i: (r.outcome.value, r.details) for i, r in final.items() if i not in {n[0] for n in new}
-        })
+        audit.record_outcomes(
+            self.store,
+            self.result.apply_id,
+            {
+                i: (r.outcome.value, r.details)
+                for i, r in final.items()
+                if i not in {n[0] for n in new}
+            },
+        )
         # Marked in the file once, at the end: deleting chosen runs cannot change what the
         # policy decides for the others (they only free limits and ranks below the kept ones).
         self.deleted += [i for i, r in final.items() if r.outcome is Outcome.DELETED]
@@ -311,7 +385,9 @@ class _Applier:
         rule = batch.rule
         requested = rule.state.type if isinstance(rule, SetStateRule) else None
         todo = list(batch.ids)
-        file_before: dict[str, dict[str, Any]] = {}  # rows the fresh read is about to change, as they were
+        file_before: dict[
+            str, dict[str, Any]
+        ] = {}  # rows the fresh read is about to change, as they were
 
         def keep_before(ids: list[str]) -> None:
             file_before.update(_file_rows(self.store, ids))
@@ -334,14 +410,20 @@ class _Applier:
             groups: dict[str, list[str]] = {}
             for i in todo:
                 if i not in fresh:
-                    final[i] = RunResult(Outcome.GONE, {"reason": "not on the server right before the call; not sent"})
+                    final[i] = RunResult(
+                        Outcome.GONE,
+                        {"reason": "not on the server right before the call; not sent"},
+                    )
                 elif verdicts[i] is not None:
-                    final[i] = RunResult(Outcome.SKIPPED, {
-                        "reason": f"re-checked right before the call: {verdicts[i]}; not sent",
-                        "check": verdicts[i],
-                        "changes": _changes(file_before.get(i), file_now.get(i)),
-                        "state_type_now": fresh[i].state_type,
-                    })
+                    final[i] = RunResult(
+                        Outcome.SKIPPED,
+                        {
+                            "reason": f"re-checked right before the call: {verdicts[i]}; not sent",
+                            "check": verdicts[i],
+                            "changes": _changes(file_before.get(i), file_now.get(i)),
+                            "state_type_now": fresh[i].state_type,
+                        },
+                    )
                 else:
                     groups.setdefault(str(fresh[i].state_type), []).append(i)
             final = {i: _noting_lost(r, lost.get(i)) for i, r in final.items()}
@@ -349,9 +431,15 @@ class _Applier:
             again: list[str] = []
             try:
                 for state_type, ids in groups.items():
-                    final.update(self.call(number, batch, state_type, ids, fresh, requested, again, lost, attempt))
+                    final.update(
+                        self.call(
+                            number, batch, state_type, ids, fresh, requested, again, lost, attempt
+                        )
+                    )
             except _Stop:
-                self.settle(number, batch, final, guard)  # what is known is recorded; the rest stays pending
+                self.settle(
+                    number, batch, final, guard
+                )  # what is known is recorded; the rest stays pending
                 raise
             if again and attempt < self.attempts:
                 self.settle(number, batch, final, guard)
@@ -359,14 +447,19 @@ class _Applier:
                 self.client.pause(attempt - 1)  # the first resend waits as a first retry would
                 continue
             for i in again:
-                final[i] = RunResult(Outcome.FAILED, {
-                    "reason": f"the answer was lost {attempt} times and the server shows the run unchanged; "
-                              "run apply again",
-                    "error": lost.get(i),
-                })
+                final[i] = RunResult(
+                    Outcome.FAILED,
+                    {
+                        "reason": f"the answer was lost {attempt} times and the server shows the run unchanged; "
+                        "run apply again",
+                        "error": lost.get(i),
+                    },
+                )
             if again:
-                message = (f"batch {number} ({rule.name}): {len(again)} runs not done: the server's answer was "
-                           f"lost {attempt} times ({lost[again[0]]}) and it shows them unchanged")
+                message = (
+                    f"batch {number} ({rule.name}): {len(again)} runs not done: the server's answer was "
+                    f"lost {attempt} times ({lost[again[0]]}) and it shows them unchanged"
+                )
                 self.result.errors.append(message)
                 self.progress.message(message)
             self.settle(number, batch, final, guard)
@@ -374,29 +467,49 @@ class _Applier:
         self.progress.advance(len(batch.ids))
 
     def call(
-        self, number: int, batch: Batch, state_type: str, ids: list[str], fresh: dict[str, Seen],
-        requested: str | None, again: list[str], lost: dict[str, str], attempt: int,
+        self,
+        number: int,
+        batch: Batch,
+        state_type: str,
+        ids: list[str],
+        fresh: dict[str, Seen],
+        requested: str | None,
+        again: list[str],
+        lost: dict[str, str],
+        attempt: int,
     ) -> dict[str, RunResult]:
         """One bulk call for runs that all have ``state_type`` now; their outcomes (``again``: resend)."""
         rule = batch.rule
-        self.insert(number, batch, [(i, state_type, Outcome.PENDING.value, None) for i in ids if i not in self.recorded])
+        self.insert(
+            number,
+            batch,
+            [(i, state_type, Outcome.PENDING.value, None) for i in ids if i not in self.recorded],
+        )
         self.result.calls += 1
         try:
             if isinstance(rule, SetStateRule):
-                answer = self.client.bulk_set_state(ids, rule.state.to_api(), force=rule.force, state_types=[state_type])
+                answer = self.client.bulk_set_state(
+                    ids, rule.state.to_api(), force=rule.force, state_types=[state_type]
+                )
             else:
                 answer = self.client.bulk_delete(ids, state_types=[state_type])
             acted, notes = _answered(rule, ids, answer)
         except UncertainError as e:
-            self.progress.message(f"batch {number} ({rule.name}): {e} Reading the runs to see what happened.")
+            self.progress.message(
+                f"batch {number} ({rule.name}): {e} Reading the runs to see what happened."
+            )
             try:
                 after = self.read(ids)
             except ApiError as read_error:
                 message = f"batch {number} ({rule.name}): answer lost ({e.problem}) and the runs cannot be read: {read_error}"
-                self.result.errors.append(message + "; `flowsync pull`, then check policy_actions rows left pending.")
-                audit.record_outcomes(self.store, self.result.apply_id, {
-                    i: (Outcome.PENDING.value, {"error": message}) for i in ids
-                })
+                self.result.errors.append(
+                    message + "; `flowsync pull`, then check policy_actions rows left pending."
+                )
+                audit.record_outcomes(
+                    self.store,
+                    self.result.apply_id,
+                    {i: (Outcome.PENDING.value, {"error": message}) for i in ids},
+                )
                 self.result.add(rule.name, Outcome.PENDING, len(ids))
                 raise _Stop from read_error
             out: dict[str, RunResult] = {}
@@ -404,7 +517,12 @@ class _Applier:
                 lost[i] = f"attempt {attempt}: {e.problem}"
                 now = after.get(i)
                 history = None
-                if requested and now is not None and now.state_id != fresh[i].state_id and now.state_type != requested:
+                if (
+                    requested
+                    and now is not None
+                    and now.state_id != fresh[i].state_id
+                    and now.state_type != requested
+                ):
                     history = self._history(i)  # did our state come in between? (one request, rare)
                 verdict = classify_lost(rule.action, requested, fresh[i], now, history)
                 if verdict is None:
@@ -414,7 +532,11 @@ class _Applier:
                     out[i] = verdict
             return out
         except AuthError as e:
-            audit.record_outcomes(self.store, self.result.apply_id, {i: (Outcome.FAILED.value, {"error": str(e)}) for i in ids})
+            audit.record_outcomes(
+                self.store,
+                self.result.apply_id,
+                {i: (Outcome.FAILED.value, {"error": str(e)}) for i in ids},
+            )
             raise
         except ApiError as e:
             message = f"batch {number} ({rule.name}, {len(ids)} runs): {e}"
@@ -428,21 +550,43 @@ class _Applier:
             try:
                 after = self.read(missing)
             except ApiError as read_error:
-                acted.update({i: RunResult(Outcome.FAILED, {
-                    "reason": "the server did not act on it, and it could not be read to tell why",
-                    "error": str(read_error)}) for i in missing})
+                acted.update(
+                    {
+                        i: RunResult(
+                            Outcome.FAILED,
+                            {
+                                "reason": "the server did not act on it, and it could not be read to tell why",
+                                "error": str(read_error),
+                            },
+                        )
+                        for i in missing
+                    }
+                )
             else:
                 acted.update({i: classify_unanswered(fresh[i], after.get(i)) for i in missing})
         return {i: _noting_lost(r, lost.get(i)) for i, r in acted.items()}
 
     def _not_checked(self, number: int, batch: Batch, ids: list[str], e: ApiError) -> None:
-        message = f"batch {number} ({batch.rule.name}): cannot re-read its runs before the call: {e}"
+        message = (
+            f"batch {number} ({batch.rule.name}): cannot re-read its runs before the call: {e}"
+        )
         self.result.errors.append(message + "; stopped, nothing more sent. Run apply again.")
         self.progress.message(message)
-        self.settle(number, batch, {
-            i: RunResult(Outcome.FAILED, {"reason": "could not be re-read right before the call; not sent",
-                                          "error": str(e)}) for i in ids
-        }, {})
+        self.settle(
+            number,
+            batch,
+            {
+                i: RunResult(
+                    Outcome.FAILED,
+                    {
+                        "reason": "could not be re-read right before the call; not sent",
+                        "error": str(e),
+                    },
+                )
+                for i in ids
+            },
+            {},
+        )
 
 
 def _noting_lost(result: RunResult, lost: str | None) -> RunResult:
@@ -465,7 +609,9 @@ def refresh_plan(client: PrefectClient, store: Store, loaded: LoadedPolicy) -> P
     the file's copy of those runs (and marks the ones gone); never the server.
     """
     if not store.sandboxed or store.read_only:
-        raise StoreError(f"{store.path}: plan --refresh needs the file open writable and sandboxed.")
+        raise StoreError(
+            f"{store.path}: plan --refresh needs the file open writable and sandboxed."
+        )
     ids = selected_ids(make_plan(store, loaded))
     reader = RunReader(client, store, "plan-refresh")
     try:
@@ -495,7 +641,9 @@ def apply_plan(
     if store.read_only:
         raise StoreError(f"{store.path} is open read-only; apply needs to write its audit rows.")
     if not store.sandboxed:
-        raise StoreError(f"{store.path} is not open sandboxed; apply re-runs rule SQL on it (Store.open(..., sandbox=True)).")
+        raise StoreError(
+            f"{store.path} is not open sandboxed; apply re-runs rule SQL on it (Store.open(..., sandbox=True))."
+        )
     progress = progress or NullProgress()
     began = time.monotonic()
     # As many calls per run as the client's retry policy allows a read: each resend
@@ -517,7 +665,9 @@ def apply_plan(
         # An original error matters more than the bookkeeping.
         if applier.deleted:
             with contextlib.suppress(Exception), store.transaction():
-                result.refreshed["marked_deleted"] = synced_tables.mark_deleted(store, "flow_runs", applier.deleted)
+                result.refreshed["marked_deleted"] = synced_tables.mark_deleted(
+                    store, "flow_runs", applier.deleted
+                )
         with contextlib.suppress(Exception):
             applier.reader.finish(error=failure)
     if refresh and applier.refresh:
@@ -527,7 +677,8 @@ def apply_plan(
             for key, n in refresh_runs(client, store, applier.refresh).items():
                 result.refreshed[key] = result.refreshed.get(key, 0) + n
         except FlowsyncError as e:
-            result.errors.append(f"refresh after apply failed: {e}; run `flowsync pull` to re-check.")
+            result.errors.append(
+                f"refresh after apply failed: {e}; run `flowsync pull` to re-check."
+            )
     result.seconds = time.monotonic() - began
     return result
-

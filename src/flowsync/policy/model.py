@@ -18,8 +18,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from flowsync.errors import PolicyError
 
 StateType = Literal[
-    "SCHEDULED", "PENDING", "RUNNING", "COMPLETED", "FAILED",
-    "CANCELLED", "CRASHED", "PAUSED", "CANCELLING",
+    "SCHEDULED",
+    "PENDING",
+    "RUNNING",
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+    "CRASHED",
+    "PAUSED",
+    "CANCELLING",
 ]
 RULE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
@@ -32,7 +39,9 @@ class TargetState(_Strict):
     """The state ``set_state`` moves runs to (Prefect's StateCreate)."""
 
     type: StateType = Field(description="Prefect state type, e.g. CANCELLED.")
-    name: str | None = Field(None, description="Display name, e.g. Cancelled. Default: Prefect's for the type.")
+    name: str | None = Field(
+        None, description="Display name, e.g. Cancelled. Default: Prefect's for the type."
+    )
     message: str | None = Field(None, description="Shown in the Prefect UI next to the state.")
 
     def to_api(self) -> dict[str, Any]:
@@ -40,14 +49,20 @@ class TargetState(_Strict):
 
 
 class _RuleBase(_Strict):
-    name: str = Field(pattern=RULE_NAME, max_length=100, description="Unique rule name; recorded in the audit table.")
+    name: str = Field(
+        pattern=RULE_NAME,
+        max_length=100,
+        description="Unique rule name; recorded in the audit table.",
+    )
     description: str | None = Field(None, description="Why this rule exists (free text).")
     enabled: bool = Field(True, description="false: the rule is validated but selects nothing.")
     sql: str = Field(
         min_length=1,
         description="One read-only SELECT over the local DuckDB file returning an `id` column of flow-run ids.",
     )
-    limit: int | None = Field(None, ge=1, description="At most this many runs per apply (oldest first).")
+    limit: int | None = Field(
+        None, ge=1, description="At most this many runs per apply (oldest first)."
+    )
     keep_newest: int | None = Field(
         None, ge=0, description="Never touch the N newest selected runs of each deployment."
     )
@@ -64,7 +79,9 @@ class SetStateRule(_RuleBase):
 
     action: Literal["set_state"]
     state: TargetState = Field(description="The state to set.")
-    force: bool = Field(False, description="true: skip Prefect's orchestration rules for the transition.")
+    force: bool = Field(
+        False, description="true: skip Prefect's orchestration rules for the transition."
+    )
 
 
 Rule = Annotated[DeleteRule | SetStateRule, Field(discriminator="action")]
@@ -76,18 +93,24 @@ class Policy(_Strict):
     model_config = ConfigDict(extra="forbid", frozen=True, title="flowsync policy")
 
     version: Literal[1] = Field(description="Policy file format version; always 1.")
-    max_actions: int = Field(1000, ge=1, description="Refuse to apply when the rules select more runs than this.")
+    max_actions: int = Field(
+        1000, ge=1, description="Refuse to apply when the rules select more runs than this."
+    )
     protect_tags: list[str] = Field(
         default_factory=list, description="Runs with any of these tags are never touched."
     )
-    rules: list[Rule] = Field(min_length=1, description="Applied in order; a run goes to the first rule that selects it.")
+    rules: list[Rule] = Field(
+        min_length=1, description="Applied in order; a run goes to the first rule that selects it."
+    )
 
     @model_validator(mode="after")
     def _unique_names(self) -> Policy:
         seen: set[str] = set()
         for rule in self.rules:
             if rule.name in seen:
-                raise ValueError(f"rule name {rule.name!r} is used twice; rule names must be unique")
+                raise ValueError(
+                    f"rule name {rule.name!r} is used twice; rule names must be unique"
+                )
             seen.add(rule.name)
         return self
 
@@ -105,7 +128,9 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     """SafeLoader that refuses duplicate keys (YAML would silently keep the last one)."""
 
 
-def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+def _construct_mapping(
+    loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False
+) -> dict[Any, Any]:
     keys: set[Any] = set()
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=deep)
@@ -142,7 +167,9 @@ def _line(root: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:
                 continue  # e.g. the discriminator tag pydantic adds, or a missing key
             line = match[0].start_mark.line + 1
             node = match[1]
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+        elif (
+            isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value)
+        ):
             node = node.value[part]
             line = node.start_mark.line + 1
         else:
@@ -174,12 +201,16 @@ def format_errors(e: ValidationError, root: yaml.Node | None = None) -> str:
 def parse_policy(data: bytes, source: str) -> LoadedPolicy:
     """Validate policy bytes (YAML or JSON); ``source`` names them in errors."""
     try:
-        raw = yaml.load(data, Loader=_UniqueKeyLoader)  # a SafeLoader subclass: no arbitrary objects
+        raw = yaml.load(
+            data, Loader=_UniqueKeyLoader
+        )  # a SafeLoader subclass: no arbitrary objects
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise PolicyError(f"{source}: YAML syntax error{where}: {problem}. Fix the file and run again.") from e
+        raise PolicyError(
+            f"{source}: YAML syntax error{where}: {problem}. Fix the file and run again."
+        ) from e
     if not isinstance(raw, dict):
         raise PolicyError(
             f"{source}: a policy is a YAML mapping with version, rules, ...; got {type(raw).__name__}. "
@@ -188,7 +219,9 @@ def parse_policy(data: bytes, source: str) -> LoadedPolicy:
     try:
         policy = Policy.model_validate(raw)
     except ValidationError as e:
-        root = yaml.compose(data, Loader=_UniqueKeyLoader)  # parsed fine above: only for line numbers
+        root = yaml.compose(
+            data, Loader=_UniqueKeyLoader
+        )  # parsed fine above: only for line numbers
         raise PolicyError(f"{source} is not a valid policy:\n{format_errors(e, root)}") from e
     return LoadedPolicy(policy, source, hashlib.sha256(data).hexdigest())
 

@@ -169,7 +169,9 @@ def rule_statement(store: Store, rule: RuleModel) -> str:
     where = f"rule {rule.name!r}"
     if not store.sandboxed:
         # A programming error, not a user's: rule SQL must never run with files and network on.
-        raise StoreError(f"{store.path} is not open sandboxed; rule SQL runs only on Store.open(..., sandbox=True).")
+        raise StoreError(
+            f"{store.path} is not open sandboxed; rule SQL runs only on Store.open(..., sandbox=True)."
+        )
     try:
         parsed = store.statements(rule.sql)
     except QueryError as e:
@@ -198,7 +200,9 @@ def rule_statement(store: Store, rule: RuleModel) -> str:
     except SandboxError as e:
         raise _sandbox_error(rule, e) from e
     except QueryError as e:
-        raise PolicyError(f"{where}: SQL failed: {e.detail}. Try it with `duckdb -readonly FILE`.") from e
+        raise PolicyError(
+            f"{where}: SQL failed: {e.detail}. Try it with `duckdb -readonly FILE`."
+        ) from e
     if "id" not in columns:
         raise PolicyError(
             f"{where}: SQL returns columns {columns}, not an `id` column of flow-run ids; "
@@ -212,7 +216,9 @@ def check_rules(store: Store, loaded: LoadedPolicy) -> dict[str, int]:
     counts = {}
     for rule in loaded.policy.rules:
         sql = rule_statement(store, rule)
-        _, rows = _rule_rows(store, rule, f"SELECT count(CAST(id AS UUID)) AS n FROM (\n{sql}\n) AS rule_rows")
+        _, rows = _rule_rows(
+            store, rule, f"SELECT count(CAST(id AS UUID)) AS n FROM (\n{sql}\n) AS rule_rows"
+        )
         counts[rule.name] = int(rows[0]["n"])
     return counts
 
@@ -242,7 +248,9 @@ ORDER BY r.sort_time ASC NULLS FIRST, r.picked_id
 """
 
 
-def _select(store: Store, rule: RuleModel, sql: str, protect_tags: list[str]) -> list[dict[str, Any]]:
+def _select(
+    store: Store, rule: RuleModel, sql: str, protect_tags: list[str]
+) -> list[dict[str, Any]]:
     return _rule_rows(store, rule, _SELECT.format(sql=sql), [protect_tags])[1]
 
 
@@ -253,9 +261,7 @@ NOT_SELECTED = "the rule's SQL no longer selects it"
 OVER_MAX = "max_actions"
 
 
-def plan_rule(
-    rule: RuleModel, rows: list[dict[str, Any]], claimed: set[str]
-) -> RulePlan:
+def plan_rule(rule: RuleModel, rows: list[dict[str, Any]], claimed: set[str]) -> RulePlan:
     """Apply the guards to one rule's rows (oldest first); adds the chosen ids to ``claimed``."""
     out = RulePlan(rule, selected=len(rows))
     for row in rows:
@@ -308,7 +314,9 @@ def make_plan(
     rules = []
     checked = dict(statements or {})
     if not store.sandboxed:
-        raise StoreError(f"{store.path} is not open sandboxed; rule SQL runs only on Store.open(..., sandbox=True).")
+        raise StoreError(
+            f"{store.path} is not open sandboxed; rule SQL runs only on Store.open(..., sandbox=True)."
+        )
     for rule in loaded.policy.rules:
         if rule.name not in checked:
             checked[rule.name] = rule_statement(store, rule)  # a disabled rule must still be valid

@@ -17,9 +17,13 @@ from typing import Any
 class Outcome(str, Enum):
     """The one outcome of a run in one apply (the ``policy_actions.outcome`` values)."""
 
-    PENDING = "pending"  # sent, answer not recorded (the process ended, or the server could not be read)
+    PENDING = (
+        "pending"  # sent, answer not recorded (the process ended, or the server could not be read)
+    )
     DELETED = "deleted"  # the server deleted it (its answer, or gone after a lost answer)
-    ACCEPTED = "accepted"  # the server set the state (its answer, or the new state after a lost answer)
+    ACCEPTED = (
+        "accepted"  # the server set the state (its answer, or the new state after a lost answer)
+    )
     REJECTED = "rejected"  # set_state: orchestration rules refused the transition
     ABORTED = "aborted"  # set_state: the server aborted (e.g. database is locked)
     WAIT = "wait"  # set_state: the server asked to wait
@@ -34,7 +38,13 @@ class Outcome(str, Enum):
     @property
     def failed(self) -> bool:
         """Not done, and not because a guard held: the apply exits 9."""
-        return self in (Outcome.PENDING, Outcome.REJECTED, Outcome.ABORTED, Outcome.WAIT, Outcome.FAILED)
+        return self in (
+            Outcome.PENDING,
+            Outcome.REJECTED,
+            Outcome.ABORTED,
+            Outcome.WAIT,
+            Outcome.FAILED,
+        )
 
 
 # The server's per-run status in a bulk_set_state answer.
@@ -70,7 +80,9 @@ class ApplyResult:
         per[outcome.value] = per.get(outcome.value, 0) + n
 
     def _total(self, test: str) -> int:
-        return sum(n for per in self.counts.values() for o, n in per.items() if getattr(Outcome(o), test))
+        return sum(
+            n for per in self.counts.values() for o, n in per.items() if getattr(Outcome(o), test)
+        )
 
     @property
     def failed(self) -> int:

@@ -51,9 +51,18 @@ def record_runs(
             LEFT JOIN flow_runs r ON r.id = b.id
             """,
             [
-                apply_id, batch, datetime.now(timezone.utc), api_url, policy_path, policy_sha256,
-                rule, action, json.dumps(requested_state) if requested_state is not None else None,
-                [str(r[0]) for r in runs], [r[1] for r in runs], [r[2] for r in runs],
+                apply_id,
+                batch,
+                datetime.now(timezone.utc),
+                api_url,
+                policy_path,
+                policy_sha256,
+                rule,
+                action,
+                json.dumps(requested_state) if requested_state is not None else None,
+                [str(r[0]) for r in runs],
+                [r[1] for r in runs],
+                [r[2] for r in runs],
                 [json.dumps(r[3], default=str) if r[3] is not None else None for r in runs],
             ],
         )
@@ -72,7 +81,13 @@ def record_outcomes(store: Store, apply_id: str, outcomes: Mapping[str, tuple[st
                          unnest(CAST(? AS VARCHAR[])) AS details) o
             WHERE policy_actions.apply_id = ? AND policy_actions.flow_run_id = o.id
             """,
-            [datetime.now(timezone.utc), list(outcomes), [o for o, _ in outcomes.values()], details, apply_id],
+            [
+                datetime.now(timezone.utc),
+                list(outcomes),
+                [o for o, _ in outcomes.values()],
+                details,
+                apply_id,
+            ],
         )
 
 

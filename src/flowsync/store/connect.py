@@ -59,22 +59,30 @@ SANDBOX_CONFIG: dict[str, str | bool | int | float | list[str]] = {
 
 def _check_path(path: Path, read_only: bool) -> None:
     if path.is_dir():
-        raise StoreError(f"--db {path} is a directory; pass a file path such as {path / 'flowsync.duckdb'}.")
+        raise StoreError(
+            f"--db {path} is a directory; pass a file path such as {path / 'flowsync.duckdb'}."
+        )
     if read_only and not path.exists():
         raise StoreError(f"{path} does not exist: run `flowsync pull --db {path}` first.")
     if not path.parent.exists():
-        raise StoreError(f"Directory {path.parent} does not exist: create it or choose another --db.")
+        raise StoreError(
+            f"Directory {path.parent} does not exist: create it or choose another --db."
+        )
     if path.exists():
         # Refuse non-DuckDB files before DuckDB touches them, so nothing is ever written to them.
         try:
             with path.open("rb") as f:
                 head = f.read(DUCKDB_MAGIC_OFFSET + 4)
         except OSError as e:
-            raise StoreError(f"Cannot read {path}: {e.strerror}. Check its permissions or choose another --db.") from e
+            raise StoreError(
+                f"Cannot read {path}: {e.strerror}. Check its permissions or choose another --db."
+            ) from e
         if path.stat().st_size > 0 and head[DUCKDB_MAGIC_OFFSET:] != DUCKDB_MAGIC:
             raise StoreError(f"{path} is not a DuckDB database; choose another --db path.")
         if path.stat().st_size == 0:
-            raise StoreError(f"{path} is an empty file, not a DuckDB database; remove it or choose another --db.")
+            raise StoreError(
+                f"{path} is an empty file, not a DuckDB database; remove it or choose another --db."
+            )
 
 
 def _physical_memory() -> int:
@@ -125,7 +133,9 @@ class Store:
         delay = 0.2
         while True:
             try:
-                con = duckdb.connect(str(path), read_only=read_only, config=dict(SANDBOX_CONFIG) if sandbox else {})
+                con = duckdb.connect(
+                    str(path), read_only=read_only, config=dict(SANDBOX_CONFIG) if sandbox else {}
+                )
                 break
             except duckdb.Error as e:
                 if _is_lock_error(e):
@@ -141,9 +151,13 @@ class Store:
                         f"{path} is already open in this process with other settings; close it first."
                     ) from e
                 if "not a valid DuckDB database" in str(e):
-                    raise StoreError(f"{path} is not a DuckDB database; choose another --db path.") from e
+                    raise StoreError(
+                        f"{path} is not a DuckDB database; choose another --db path."
+                    ) from e
                 if "Permission denied" in str(e) or "Read-only file system" in str(e):
-                    raise StoreError(f"Cannot open {path} for writing (permission denied); choose a writable --db path.") from e
+                    raise StoreError(
+                        f"Cannot open {path} for writing (permission denied); choose a writable --db path."
+                    ) from e
                 raise StoreError(f"Cannot open {path}: {str(e).splitlines()[0]}") from e
         store = cls(con, path, read_only, sandboxed=sandbox)
         try:
@@ -196,7 +210,8 @@ class Store:
             with self.transaction():
                 fn(self._con)
                 self._con.execute(
-                    "INSERT INTO _flowsync_migrations VALUES (?, ?)", [name, datetime.now(timezone.utc)]
+                    "INSERT INTO _flowsync_migrations VALUES (?, ?)",
+                    [name, datetime.now(timezone.utc)],
                 )
             done.append(name)
         return done
@@ -214,7 +229,9 @@ class Store:
         """
         if fixed_mb == 0:
             return 0
-        want = fixed_mb * 2**20 if fixed_mb else WRITE_MEMORY_BASE + INDEX_BYTES_PER_ROW * max(rows, 0)
+        want = (
+            fixed_mb * 2**20 if fixed_mb else WRITE_MEMORY_BASE + INDEX_BYTES_PER_ROW * max(rows, 0)
+        )
         if not fixed_mb:
             want = min(want, int(_physical_memory() * 0.8))
         if self.memory_budget is not None and want <= self.memory_budget:

@@ -44,9 +44,18 @@ def parse_sources(sources: Sources) -> dict[str, Path]:
     out: dict[str, Path] = {}
     for name, file in items:
         if not _NAME.match(name):
-            raise ConfigError(f"Source name {name!r} must be letters, digits and _ (e.g. prod=prod.duckdb).")
-        if name.lower() in {n.lower() for n in out} or name.lower() in {"main", "memory", "system", "temp"}:
-            raise ConfigError(f"Source name {name!r} is used twice or reserved; name each file, e.g. --db prod=runs.duckdb.")
+            raise ConfigError(
+                f"Source name {name!r} must be letters, digits and _ (e.g. prod=prod.duckdb)."
+            )
+        if name.lower() in {n.lower() for n in out} or name.lower() in {
+            "main",
+            "memory",
+            "system",
+            "temp",
+        }:
+            raise ConfigError(
+                f"Source name {name!r} is used twice or reserved; name each file, e.g. --db prod=runs.duckdb."
+            )
         out[name] = file
     if not out:
         raise ConfigError("No files to read: pass at least one --db.")
@@ -59,7 +68,7 @@ def _attach(con: duckdb.DuckDBPyConnection, name: str, db: Path, live: bool) -> 
         path = info.path if info else db
         _check_path(path, read_only=True)
         try:
-            con.execute(f"ATTACH ? AS \"{name}\" (READ_ONLY)", [str(path)])
+            con.execute(f'ATTACH ? AS "{name}" (READ_ONLY)', [str(path)])
             return
         except duckdb.IOException as e:
             if info is not None and not info.path.exists():
@@ -92,7 +101,9 @@ def open_sources(sources: Sources, *, live: bool = False) -> Store:
         for table, catalogs in found.items():
             # Source and object names are checked identifiers or come from the files' own catalogs.
             union = " UNION ALL BY NAME ".join(
-                f"SELECT '{c}' AS source, * FROM \"{c}\".main.\"{table}\"" for c in named if c in catalogs
+                f'SELECT \'{c}\' AS source, * FROM "{c}".main."{table}"'
+                for c in named
+                if c in catalogs
             )
             con.execute(f'CREATE VIEW "{table}" AS {union}')
     except BaseException:

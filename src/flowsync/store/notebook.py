@@ -21,7 +21,11 @@ from flowsync.store.connect import Store
 
 
 def connect(
-    path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | Mapping[str, str | os.PathLike[str]] | None = None,
+    path: str
+    | os.PathLike[str]
+    | Sequence[str | os.PathLike[str]]
+    | Mapping[str, str | os.PathLike[str]]
+    | None = None,
     *,
     read_only: bool = True,
     wait: float = 0.0,

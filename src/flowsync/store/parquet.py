@@ -77,12 +77,19 @@ def row_count(store: Store, table: str) -> int:
 def changed_rows(store: Store, table: str, since: datetime) -> int:
     """How many rows of ``table`` were synced or marked deleted since ``since``."""
     return int(
-        store.execute(f"SELECT count(*) FROM {table} WHERE synced_at >= ? OR deleted_at >= ?", [since, since]).scalar()
+        store.execute(
+            f"SELECT count(*) FROM {table} WHERE synced_at >= ? OR deleted_at >= ?", [since, since]
+        ).scalar()
     )
 
 
 def write_parquet(
-    store: Store, table: str, dest: Path, *, day_columns: Sequence[str] = (), day: date | None = None
+    store: Store,
+    table: str,
+    dest: Path,
+    *,
+    day_columns: Sequence[str] = (),
+    day: date | None = None,
 ) -> None:
     """Copy ``table`` (or the rows of one UTC day, as ``day_counts`` counts) to the Parquet file ``dest``.
 

@@ -117,7 +117,9 @@ def current(db: Path) -> SnapshotInfo | None:
     except (FileNotFoundError, NotADirectoryError):
         return None
     except OSError as e:
-        raise StoreError(f"Cannot read the snapshot pointer {folder / CURRENT}: {e.strerror}.") from e
+        raise StoreError(
+            f"Cannot read the snapshot pointer {folder / CURRENT}: {e.strerror}."
+        ) from e
     path = folder / target
     try:
         data = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
@@ -128,7 +130,9 @@ def current(db: Path) -> SnapshotInfo | None:
         m = _GENERATION.match(path.name)
         if not m:
             return None
-        return SnapshotInfo(path, int(m.group(1)), datetime.fromtimestamp(0, timezone.utc), None, "", 0, 0.0, 0)
+        return SnapshotInfo(
+            path, int(m.group(1)), datetime.fromtimestamp(0, timezone.utc), None, "", 0, 0.0, 0
+        )
 
 
 def _generations(folder: Path) -> list[int]:
@@ -200,7 +204,9 @@ def publish(store: Store, *, pull_id: int | None = None, changed: bool = True) -
         and latest.flowsync_version == __version__
         and latest.migrations == migrations
     ):
-        return PublishResult(False, latest, time.monotonic() - began, "nothing changed since the last snapshot")
+        return PublishResult(
+            False, latest, time.monotonic() - began, "nothing changed since the last snapshot"
+        )
     try:
         folder.mkdir(exist_ok=True)
         _remove_leftovers(folder)
@@ -271,10 +277,14 @@ def open_latest(db: Path, *, attempts: int = 5, sandbox: bool = False) -> Store 
             # Removed between resolving ``current`` and opening it: a newer one exists.
             if info.path.exists():
                 raise
-    raise StoreError(f"The snapshots of {db} changed {attempts} times while opening one; try again.")
+    raise StoreError(
+        f"The snapshots of {db} changed {attempts} times while opening one; try again."
+    )
 
 
-def open_for_reading(db: Path, *, live: bool = False, wait: float = 0.0, sandbox: bool = False) -> Store:
+def open_for_reading(
+    db: Path, *, live: bool = False, wait: float = 0.0, sandbox: bool = False
+) -> Store:
     """What readers open: the latest snapshot, or the live file with ``live`` or before any publish.
 
     A file last written by an older flowsync has no snapshot yet; reading it

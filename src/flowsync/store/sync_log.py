@@ -73,14 +73,21 @@ def status_summary(store: Store) -> dict[str, Any]:
     ).rows()
     out["flow_runs"]["by_state"] = {s: int(n) for s, n in states}
     out["flow_runs"]["oldest_read_at"] = oldest_read(store)
-    cols = ["id", "started_at", "finished_at", "status", "mode", "api_url", "inserted", "updated",
-            "marked_deleted", "requests", "error"]
-    last = store.execute(
-        f"SELECT {', '.join(cols)} FROM sync_runs ORDER BY id DESC LIMIT 1"
-    ).one()
-    ok = store.execute(
-        "SELECT max(finished_at) FROM sync_runs WHERE status = 'ok'"
-    ).one()
+    cols = [
+        "id",
+        "started_at",
+        "finished_at",
+        "status",
+        "mode",
+        "api_url",
+        "inserted",
+        "updated",
+        "marked_deleted",
+        "requests",
+        "error",
+    ]
+    last = store.execute(f"SELECT {', '.join(cols)} FROM sync_runs ORDER BY id DESC LIMIT 1").one()
+    ok = store.execute("SELECT max(finished_at) FROM sync_runs WHERE status = 'ok'").one()
     out["last_pull"] = dict(zip(cols, last)) if last else None
     out["last_successful_pull_at"] = ok[0] if ok else None
     out["pulls"] = int(store.execute("SELECT count(*) FROM sync_runs").scalar())

@@ -12,4 +12,12 @@ log: ``flowsync.store.sync_log``. Must not: print or import httpx/duckdb.
 from flowsync.sync.context import NullProgress, Progress, PullOptions
 from flowsync.sync.pull import PullResult, RunReader, pull, refresh_runs
 
-__all__ = ["NullProgress", "Progress", "PullOptions", "PullResult", "RunReader", "pull", "refresh_runs"]
+__all__ = [
+    "NullProgress",
+    "Progress",
+    "PullOptions",
+    "PullResult",
+    "RunReader",
+    "pull",
+    "refresh_runs",
+]

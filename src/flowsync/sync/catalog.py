@@ -27,7 +27,9 @@ def sync_collection(ctx: PullContext, spec: TableSpec) -> None:
     else:
         since = parse_ts(cursor) - ctx.options.overlap
         complete = _walk(ctx, spec, "UPDATED_DESC", since, seen)
-        if not complete and ctx.client.count(resource) != synced_tables.count_live(ctx.store, resource):
+        if not complete and ctx.client.count(resource) != synced_tables.count_live(
+            ctx.store, resource
+        ):
             complete = _walk(ctx, spec, "CREATED_DESC", None, seen)
     if complete:
         _mark_missing(ctx, spec, seen)
@@ -35,7 +37,9 @@ def sync_collection(ctx: PullContext, spec: TableSpec) -> None:
         sync_log.set_state(ctx.store, key, iso(ctx.server_start))
 
 
-def _walk(ctx: PullContext, spec: TableSpec, sort: str, stop_before: datetime | None, seen: set[str]) -> bool:
+def _walk(
+    ctx: PullContext, spec: TableSpec, sort: str, stop_before: datetime | None, seen: set[str]
+) -> bool:
     """Page through the collection; True when every page was read."""
     for page in offset_pages(ctx.client, spec.name, {"sort": sort}, ctx.options.page_size):
         ctx.progress.advance(ctx.write_pages(spec, [page]))

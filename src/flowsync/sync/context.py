@@ -87,7 +87,9 @@ class PullContext:
     def counter(self, table: str) -> Counters:
         return self.counters.setdefault(table, Counters())
 
-    def write_pages(self, spec: TableSpec, pages: Sequence[Page], state: dict[str, Any] | None = None) -> int:
+    def write_pages(
+        self, spec: TableSpec, pages: Sequence[Page], state: dict[str, Any] | None = None
+    ) -> int:
         """Upsert pages in one transaction, with the cursor state that covers them.
 
         Returns how many of the rows this pull had not written yet (what progress counts:
@@ -117,7 +119,9 @@ class PageBuffer:
     a cursor never runs ahead of the rows it covers.
     """
 
-    def __init__(self, ctx: PullContext, spec: TableSpec, rows: int = 2000, seconds: float = 2.0) -> None:
+    def __init__(
+        self, ctx: PullContext, spec: TableSpec, rows: int = 2000, seconds: float = 2.0
+    ) -> None:
         self.ctx, self.spec, self.max_rows, self.max_seconds = ctx, spec, rows, seconds
         self.pages: list[Page] = []
         self.rows = 0

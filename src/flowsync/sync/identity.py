@@ -26,7 +26,8 @@ MOVES_KEY = "api_url_moves"
 # Flows checked by id when the URL changed: any match proves the same database.
 SAMPLE = 200
 _CLOUD = re.compile(
-    r"/api/accounts/(?P<account>[0-9a-f-]{36})/workspaces/(?P<workspace>[0-9a-f-]{36})$", re.IGNORECASE
+    r"/api/accounts/(?P<account>[0-9a-f-]{36})/workspaces/(?P<workspace>[0-9a-f-]{36})$",
+    re.IGNORECASE,
 )
 
 
@@ -66,15 +67,23 @@ def _same_server(client: PrefectClient, store: Store, known: str, url: str) -> s
     old_ws, new_ws = cloud_workspace(known), cloud_workspace(url)
     if old_ws or new_ws:
         if old_ws != new_ws:
-            why = "another Cloud account or workspace" if old_ws and new_ws else "Cloud and a self-hosted server"
+            why = (
+                "another Cloud account or workspace"
+                if old_ws and new_ws
+                else "Cloud and a self-hosted server"
+            )
             raise _refuse(store, known, url, why)
         return "same Cloud account and workspace ids"
     local = synced_tables.live_ids(store, "flows")[:SAMPLE]
     if not local:
         return "the file holds no flows yet"
-    found = client.filter_page("flows", {"flows": {"id": {"any_": local}}, "limit": len(local), "offset": 0})
+    found = client.filter_page(
+        "flows", {"flows": {"id": {"any_": local}}, "limit": len(local), "offset": 0}
+    )
     if not found.rows:
-        raise _refuse(store, known, url, f"it has none of the file's {len(local)} flows, checked by id")
+        raise _refuse(
+            store, known, url, f"it has none of the file's {len(local)} flows, checked by id"
+        )
     return f"it has {len(found.rows)} of the file's {len(local)} flows, checked by id"
 
 
@@ -94,7 +103,14 @@ def bind(client: PrefectClient, store: Store) -> Moved | None:
         return None
     evidence = _same_server(client, store, str(known), url)
     moves = list(sync_log.get_state(store, MOVES_KEY) or [])
-    moves.append({"from": known, "to": url, "at": datetime.now(timezone.utc).isoformat(), "evidence": evidence})
+    moves.append(
+        {
+            "from": known,
+            "to": url,
+            "at": datetime.now(timezone.utc).isoformat(),
+            "evidence": evidence,
+        }
+    )
     with store.transaction():
         sync_log.set_state(store, URL_KEY, url)
         sync_log.set_state(store, MOVES_KEY, moves)

@@ -89,7 +89,9 @@ def pull(
     mode, reason = "incremental", ""
     try:
         with store.memory_guard():  # under the memory cap, reads can run out too: one clear error
-            store.budget_memory(synced_tables.count_all(store, "flow_runs"), fixed_mb=options.memory_limit_mb)
+            store.budget_memory(
+                synced_tables.count_all(store, "flow_runs"), fixed_mb=options.memory_limit_mb
+            )
             catalog.sync_collection(ctx, FLOWS)
             catalog.sync_collection(ctx, DEPLOYMENTS)
             why_full = runs.needs_full(ctx)
@@ -121,8 +123,12 @@ def pull(
         requests=client.requests,
         retries=client.retries,
         tables={
-            name: {"inserted": c.inserted, "updated": c.updated, "marked_deleted": c.marked_deleted,
-                   "reread": c.reread}
+            name: {
+                "inserted": c.inserted,
+                "updated": c.updated,
+                "marked_deleted": c.marked_deleted,
+                "reread": c.reread,
+            }
             for name, c in ctx.counters.items()
         },
         moved=moved,
@@ -164,7 +170,9 @@ class RunReader:
         self.requests = 0
         self.changed: list[str] = []  # ids the last read wrote or marked deleted
         # The server clock is not needed for reads by id; ours only stamps the record.
-        self.ctx = PullContext(client, store, PullOptions(), NullProgress(), pull_id, synced_tables.now_utc())
+        self.ctx = PullContext(
+            client, store, PullOptions(), NullProgress(), pull_id, synced_tables.now_utc()
+        )
 
     def read(
         self, ids: list[str], before_write: Callable[[list[str]], None] | None = None
@@ -181,14 +189,22 @@ class RunReader:
             self.requests += 1
             got = {str(o["id"]): o for o in page.rows}
             found.update(got)
-            differ = synced_tables.runs_differing(self.ctx.store, {k: o.get("updated") for k, o in got.items()})
+            differ = synced_tables.runs_differing(
+                self.ctx.store, {k: o.get("updated") for k, o in got.items()}
+            )
             gone = [r for r in chunk if r not in got]
             if before_write is not None and (differ or gone):
                 before_write(differ + gone)
             if differ:
                 keep = set(differ)
-                self.ctx.write_pages(FLOW_RUNS, [page if len(keep) == len(got) else
-                                                 Page.from_rows([o for k, o in got.items() if k in keep])])
+                self.ctx.write_pages(
+                    FLOW_RUNS,
+                    [
+                        page
+                        if len(keep) == len(got)
+                        else Page.from_rows([o for k, o in got.items() if k in keep])
+                    ],
+                )
             if gone:
                 self.ctx.mark_deleted("flow_runs", gone)
             self.changed += differ + gone
@@ -201,8 +217,12 @@ class RunReader:
     def finish(self, error: str | None = None) -> None:
         with self.ctx.store.transaction():
             sync_log.finish_sync_run(
-                self.ctx.store, self.ctx.pull_id, status="failed" if error else "ok", mode=self.mode,
-                error=error, **_totals(self.ctx),
+                self.ctx.store,
+                self.ctx.pull_id,
+                status="failed" if error else "ok",
+                mode=self.mode,
+                error=error,
+                **_totals(self.ctx),
             )
 
 

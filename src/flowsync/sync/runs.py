@@ -127,7 +127,9 @@ def history_in_parts(
     out: list[dict[str, Any]] = []
     for a, b in parts:
         answer = ctx.client.flow_run_history(
-            start + timedelta(seconds=interval * a), start + timedelta(seconds=interval * b), interval
+            start + timedelta(seconds=interval * a),
+            start + timedelta(seconds=interval * b),
+            interval,
         )
         out.extend(answer[: b - a])
     return out
@@ -140,7 +142,12 @@ def plan_segments(ctx: PullContext, total: int) -> list[dict[str, Any]]:
     for sort in ("EXPECTED_START_TIME_ASC", "EXPECTED_START_TIME_DESC"):
         page = client.filter(
             "flow_runs",
-            {"sort": sort, "limit": 1, "offset": 0, "flow_runs": {"expected_start_time": {"after_": iso(EPOCH)}}},
+            {
+                "sort": sort,
+                "limit": 1,
+                "offset": 0,
+                "flow_runs": {"expected_start_time": {"after_": iso(EPOCH)}},
+            },
         )
         ends.append(parse_ts(page[0]["expected_start_time"]) if page else None)
     lo, hi = ends
@@ -170,7 +177,11 @@ def full_pass(ctx: PullContext) -> None:
     # The cap set from the local rows only grows: this makes it the larger of the two.
     ctx.store.budget_memory(total, fixed_mb=ctx.options.memory_limit_mb)
     if not state:
-        state = {"pass_id": ctx.pull_id, "started": iso(ctx.server_start), "segments": plan_segments(ctx, total)}
+        state = {
+            "pass_id": ctx.pull_id,
+            "started": iso(ctx.server_start),
+            "segments": plan_segments(ctx, total),
+        }
         with ctx.store.transaction():
             sync_log.set_state(ctx.store, FULL_PASS, state)
     ctx.progress.phase("flow_runs", total)
@@ -217,7 +228,11 @@ def _walk_segments(ctx: PullContext, state: dict[str, Any]) -> None:
                 lo = parse_ts(seg["lo"]) if seg["lo"] else None
                 hi = parse_ts(seg["hi"]) if seg["hi"] else None
                 walk = keyset_run_pages(
-                    ctx.client, lo, hi, start=Position.from_json(seg["pos"]), page_size=ctx.options.page_size
+                    ctx.client,
+                    lo,
+                    hi,
+                    start=Position.from_json(seg["pos"]),
+                    page_size=ctx.options.page_size,
                 )
                 for page, nxt in walk:
                     if stop.is_set() or not put((idx, page, nxt)):
@@ -273,11 +288,15 @@ def check_ids(ctx: PullContext, ids: Iterable[str]) -> set[str]:
 
 def _null_start_runs(ctx: PullContext) -> None:
     """Runs without an expected start are invisible to the keyset walk; list them if any exist."""
-    with_start = ctx.client.count("flow_runs", {"flow_runs": {"expected_start_time": {"after_": iso(EPOCH)}}})
+    with_start = ctx.client.count(
+        "flow_runs", {"flow_runs": {"expected_start_time": {"after_": iso(EPOCH)}}}
+    )
     total = ctx.client.count("flow_runs")
     if total <= with_start:
         return
-    ctx.progress.message(f"{total - with_start} runs have no expected start time; listing all runs to find them")
+    ctx.progress.message(
+        f"{total - with_start} runs have no expected start time; listing all runs to find them"
+    )
     for page in offset_pages(ctx.client, "flow_runs", {"sort": "ID_DESC"}, ctx.options.page_size):
         nulls = [o for o in page.rows if o.get("expected_start_time") is None]
         if nulls:
@@ -322,8 +341,10 @@ def rolling_reread(ctx: PullContext) -> int:
     """
     due = synced_tables.due_for_reread(ctx.store, ctx.options.staleness)
     if due:
-        ctx.progress.message(f"re-reading {len(due)} runs last read more than "
-                             f"{_span(ctx.options.staleness * 0.75)} ago")
+        ctx.progress.message(
+            f"re-reading {len(due)} runs last read more than "
+            f"{_span(ctx.options.staleness * 0.75)} ago"
+        )
         check_ids(ctx, due)
         ctx.counter("flow_runs").reread += len(due)
     return len(due)
@@ -345,7 +366,11 @@ def verify_counts(ctx: PullContext, *, force: bool = False) -> None:
     else:
         lo, hi = lo.astimezone(timezone.utc), hi.astimezone(timezone.utc)
         # Bucket edges at half seconds, away from the whole-second times seeded runs often share.
-        start = lo.replace(minute=0, second=0, microsecond=0) - timedelta(hours=1) + timedelta(seconds=0.5)
+        start = (
+            lo.replace(minute=0, second=0, microsecond=0)
+            - timedelta(hours=1)
+            + timedelta(seconds=0.5)
+        )
         end = hi + timedelta(hours=1)
         in_server, in_local = _reconcile_window(ctx, start, end, depth=0)
         if server_total - in_server != local_total - in_local:
@@ -357,7 +382,9 @@ def verify_counts(ctx: PullContext, *, force: bool = False) -> None:
         sync_log.set_state(ctx.store, VERIFIED, iso(ctx.server_start))
 
 
-def _reconcile_window(ctx: PullContext, start: datetime, end: datetime, depth: int) -> tuple[int, int]:
+def _reconcile_window(
+    ctx: PullContext, start: datetime, end: datetime, depth: int
+) -> tuple[int, int]:
     """Compare counts per (bucket, state type) in [start, end); fix what differs.
 
     Returns the server's and the local totals in the window (before fixing).
@@ -374,9 +401,13 @@ def _reconcile_window(ctx: PullContext, start: datetime, end: datetime, depth: i
         for st in bucket.get("states", []):
             key = (i, st.get("state_type") or "")
             server[key] = server.get(key, 0) + int(st["count_runs"])
-    differing = sorted({b for b, st in set(server) | set(local) if server.get((b, st)) != local.get((b, st))})
+    differing = sorted(
+        {b for b, st in set(server) | set(local) if server.get((b, st)) != local.get((b, st))}
+    )
     if differing and depth == 0:
-        ctx.progress.message(f"{len(differing)} of {len(history)} time buckets differ from the server; re-reading them")
+        ctx.progress.message(
+            f"{len(differing)} of {len(history)} time buckets differ from the server; re-reading them"
+        )
     for b_lo, b_hi in _merge(differing):
         lo_t = start + timedelta(seconds=interval * b_lo)
         hi_t = start + timedelta(seconds=interval * (b_hi + 1))
