@@ -39,9 +39,9 @@ from typing import Any
 import httpx
 
 from bench.fast_seed import WORK, seed_args, seed_spec, seeded_before, write_marker
-from tests.support.postgres import PgCluster, postgres_cluster, redis_env, redis_server
+from tests.support.postgres import PgCluster, postgres_cluster
 from tests.support.seed import STATE_MIX, seed
-from tests.support.server import Server, prefect_server
+from tests.support.server import Server, postgres_server, prefect_server
 
 MARKER = "pg_seed.json"
 DATABASE = "prefect"
@@ -274,23 +274,11 @@ def pg_cluster_at(root: Path) -> Iterator[PgCluster]:
 @contextmanager
 def pg_server(cluster: PgCluster, workers: int = 1, home: Path | None = None) -> Iterator[Server]:
     """A server on the seeded database: one API worker, or ``workers`` with Redis and a services process."""
-    url = cluster.url(DATABASE)
-    if workers == 1:
-        with prefect_server(home=home, database_url=url, backend="postgres", timeout=300) as server:
-            yield server
-    else:
-        with (
-            redis_server() as redis,
-            prefect_server(
-                home=home,
-                database_url=url,
-                workers=workers,
-                extra_env=redis_env(redis),
-                backend="postgres-2w",
-                timeout=300,
-            ) as server,
-        ):
-            yield server
+    backend = "postgres" if workers == 1 else "postgres-2w"
+    with postgres_server(
+        cluster.url(DATABASE), workers, home, backend=backend, timeout=300
+    ) as server:
+        yield server
 
 
 def pg_fast_seed(
