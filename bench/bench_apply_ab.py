@@ -27,7 +27,15 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from bench.bench_delete import count, delete_loop, policy_text, server_runs, sh, split_sets
+from bench.bench_delete import (
+    count,
+    delete_loop,
+    policy_text,
+    publish,
+    server_runs,
+    sh,
+    split_sets,
+)
 from bench.fast_seed import fast_seed
 from bench.server import prefect_server
 
@@ -150,10 +158,7 @@ most +15%). The bare per-run DELETE loop takes {med["loop"] / med["after"]:.1f}x
 (target: >= 5x). Per apply after the change: {after.get("batches")} batches, {after.get("calls")} bulk calls,
 {after.get("rereads")} re-reads.
 """
-    print(text)
-    if a.out:
-        with a.out.open("a") as f:
-            f.write(text)
+    publish(text, a.out)
 
 
 if __name__ == "__main__":

@@ -156,6 +156,14 @@ def sh(*cmd: str) -> str:
     return subprocess.run(cmd, capture_output=True, text=True, check=False).stdout.strip()
 
 
+def publish(text: str, out: Path | None) -> None:
+    """Print a results section and, given ``out``, append it to that file."""
+    print(text)
+    if out:
+        with out.open("a") as f:
+            f.write(text)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter

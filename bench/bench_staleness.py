@@ -22,7 +22,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from bench.bench_delete import sh
+from bench.bench_delete import publish, sh
 from bench.fast_seed import fast_seed
 from bench.server import prefect_server
 from flowsync.api import PrefectClient
@@ -108,10 +108,7 @@ full pull ({own[1] - none[1]} extra requests). Estimate for 100,000 runs (15-min
 of 100k taking about {full100k:.0f} s (this machine's full pull scaled linearly), a no-change pull with its share is
 about {est:.2f} s = **{est / full100k * 100:.1f}%** of a full pull (target <= 3%).
 """
-    print(text)
-    if a.out:
-        with a.out.open("a") as f:
-            f.write(text)
+    publish(text, a.out)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ from typing import Any
 
 import httpx
 
-from bench.fast_seed import _fmt, _iso
+from bench.fast_seed import STATE_SQL, _fmt, _iso, state_row
 from tests.support.server import prefect_server
 
 PREFIX = "Flow run encountered an exception: "
@@ -306,10 +306,6 @@ def write_history(
         details_row = con.execute("SELECT state_details FROM flow_run_state LIMIT 1").fetchone()
         details_keys = {k: None for k in json.loads(details_row[0])}
         details_keys.update(deferred=False, untrackable_result=False, pause_reschedule=False)
-        state_sql = (
-            "INSERT INTO flow_run_state (id, created, updated, type, timestamp, name, message, "
-            "state_details, data, flow_run_id, result_artifact_id) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
-        )
         con.execute(
             "PRAGMA foreign_keys = OFF"
         )  # state_id points at a row inserted in the same batch
@@ -330,29 +326,10 @@ def write_history(
                 while expected < now:
                     states, times = _history(rng, d, expected, now, broken_since)
                     run_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
-                    state_rows = []
-                    for typ, name, at, message in states:
-                        details = dict(
-                            details_keys,
-                            flow_run_id=run_id,
-                            scheduled_time=_iso(expected) if typ == "SCHEDULED" else None,
-                        )
-                        ts = _fmt(at)
-                        state_rows.append(
-                            (
-                                str(uuid.UUID(int=rng.getrandbits(128), version=4)),
-                                ts,
-                                ts,
-                                typ,
-                                ts,
-                                name,
-                                message,
-                                json.dumps(details),
-                                None,
-                                run_id,
-                                None,
-                            )
-                        )
+                    state_rows = [
+                        state_row(rng, details_keys, run_id, expected, typ, name, at, message)
+                        for typ, name, at, message in states
+                    ]
                     last = state_rows[-1]
                     row = dict(template)
                     row.update(
@@ -378,7 +355,7 @@ def write_history(
                         auto_scheduled=1,
                     )
                     con.execute(run_sql, [row[c] for c in columns])
-                    con.executemany(state_sql, state_rows)
+                    con.executemany(STATE_SQL, state_rows)
                     added += 1
                     expected += timedelta(minutes=d.every_minutes)
                 # the template becomes the next scheduled run

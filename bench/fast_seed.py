@@ -110,6 +110,44 @@ def _iso(t: datetime) -> str:
     return t.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+STATE_SQL = (
+    "INSERT INTO flow_run_state (id, created, updated, type, timestamp, name, message, "
+    "state_details, data, flow_run_id, result_artifact_id) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+)
+
+
+def state_row(
+    rng: random.Random,
+    details_keys: dict[str, Any],
+    run_id: str,
+    expected: datetime,
+    typ: str,
+    name: str,
+    at: datetime,
+    message: str | None = None,
+) -> tuple[Any, ...]:
+    """One flow_run_state row (the order of STATE_SQL); draws the state's id from ``rng``."""
+    details = dict(
+        details_keys,
+        flow_run_id=run_id,
+        scheduled_time=_iso(expected) if typ == "SCHEDULED" else None,
+    )
+    ts = _fmt(at)
+    return (
+        str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+        ts,
+        ts,
+        typ,
+        ts,
+        name,
+        message,
+        json.dumps(details),
+        None,
+        run_id,
+        None,
+    )
+
+
 def _state_rows(
     rng: random.Random,
     run_id: str,
@@ -138,29 +176,9 @@ def _state_rows(
     elif state_type == "CANCELLED":
         end = expected + timedelta(seconds=rng.uniform(0.1, 5))
         history.append((state_type, state_name, end))
-    rows = []
-    for typ, name, at in history:
-        details = dict(
-            details_keys,
-            flow_run_id=run_id,
-            scheduled_time=_iso(expected) if typ == "SCHEDULED" else None,
-        )
-        ts = _fmt(at)
-        rows.append(
-            (
-                str(uuid.UUID(int=rng.getrandbits(128), version=4)),
-                ts,
-                ts,
-                typ,
-                ts,
-                name,
-                None,
-                json.dumps(details),
-                None,
-                run_id,
-                None,
-            )
-        )
+    rows = [
+        state_row(rng, details_keys, run_id, expected, typ, name, at) for typ, name, at in history
+    ]
     last = rows[-1]
     times = {
         "start_time": _fmt(start) if start else None,
@@ -201,10 +219,6 @@ def replicate(
         run_sql = (
             f"INSERT INTO flow_run ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
         )
-        state_sql = (
-            "INSERT INTO flow_run_state (id, created, updated, type, timestamp, name, message, "
-            "state_details, data, flow_run_id, result_artifact_id) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
-        )
         con.execute(
             "PRAGMA foreign_keys = OFF"
         )  # state_id points at a row inserted in the same batch
@@ -213,7 +227,7 @@ def replicate(
 
         def flush() -> None:
             con.executemany(run_sql, batch_runs)
-            con.executemany(state_sql, batch_states)
+            con.executemany(STATE_SQL, batch_states)
             batch_runs.clear()
             batch_states.clear()
 
@@ -273,7 +287,7 @@ def verify(url: str, expected: int, timeout: float = 120) -> dict[str, Any]:
     return result
 
 
-def _marker(runs: int, template_runs: int, days: int, seed_value: int) -> dict[str, Any]:
+def seed_spec(runs: int, template_runs: int, days: int, seed_value: int) -> dict[str, Any]:
     return {
         "runs": runs,
         "template_runs": template_runs,
@@ -281,6 +295,36 @@ def _marker(runs: int, template_runs: int, days: int, seed_value: int) -> dict[s
         "seed": seed_value,
         "version": 1,
     }
+
+
+def seeded_before(marker: Path, want: dict[str, Any]) -> bool:
+    """Whether ``marker`` records a seed made the way ``want`` describes."""
+    return marker.exists() and json.loads(marker.read_text()).get("seed_spec") == want
+
+
+def write_marker(marker: Path, want: dict[str, Any], checked: dict[str, Any]) -> None:
+    marker.write_text(
+        json.dumps(
+            {
+                "seed_spec": want,
+                "check": checked,
+                "seeded_at": datetime.now(timezone.utc).isoformat(),
+            }
+        )
+    )
+
+
+def seed_args(doc: str | None, place: str, place_help: str) -> argparse.Namespace:
+    """The command line of a seeding script: --runs, ``place`` (a folder) and the seed's shape."""
+    p = argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--runs", type=int, required=True)
+    p.add_argument(place, type=Path, default=None, help=place_help)
+    p.add_argument("--template-runs", type=int, default=400)
+    p.add_argument("--days", type=int, default=90)
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args()
 
 
 def fast_seed(
@@ -296,9 +340,9 @@ def fast_seed(
     """A PREFECT_HOME whose server holds ``runs`` flow runs (reused if already seeded the same way)."""
     began = time.monotonic()
     home = home or default_home(runs)
-    want = _marker(runs, min(template_runs, runs), days, seed_value)
+    want = seed_spec(runs, min(template_runs, runs), days, seed_value)
     marker = home / MARKER
-    if marker.exists() and json.loads(marker.read_text()).get("seed_spec") == want:
+    if seeded_before(marker, want):
         return FastSeeded(home, runs, want["template_runs"], time.monotonic() - began, reused=True)
     shutil.rmtree(home, ignore_errors=True)
     home.mkdir(parents=True)
@@ -314,28 +358,12 @@ def fast_seed(
         with prefect_server(home=home) as server:
             checked = verify(server.url, runs)
         log(f"server check: {checked}")
-    marker.write_text(
-        json.dumps(
-            {
-                "seed_spec": want,
-                "check": checked,
-                "seeded_at": datetime.now(timezone.utc).isoformat(),
-            }
-        )
-    )
+    write_marker(marker, want, checked)
     return FastSeeded(home, runs, want["template_runs"], time.monotonic() - began, reused=False)
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("--runs", type=int, required=True)
-    p.add_argument("--home", type=Path, default=None, help="default: bench/.work/prefect-<runs>")
-    p.add_argument("--template-runs", type=int, default=400)
-    p.add_argument("--days", type=int, default=90)
-    p.add_argument("--seed", type=int, default=0)
-    a = p.parse_args()
+    a = seed_args(__doc__, "--home", "default: bench/.work/prefect-<runs>")
     s = fast_seed(a.runs, a.home, template_runs=a.template_runs, days=a.days, seed_value=a.seed)
     print(f"{'reused' if s.reused else 'seeded'} {s.runs} runs in {s.home} ({s.seconds:.1f}s)")
 

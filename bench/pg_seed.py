@@ -27,8 +27,6 @@ workers. Benchmarks only; nothing in ``src/`` imports this.
 
 from __future__ import annotations
 
-import argparse
-import json
 import random
 import time
 from collections.abc import Iterator
@@ -40,10 +38,10 @@ from typing import Any
 
 import httpx
 
-from bench.fast_seed import WORK
-from tests.support.postgres import PgCluster, postgres_cluster, redis_env, redis_server
+from bench.fast_seed import WORK, seed_args, seed_spec, seeded_before, write_marker
+from tests.support.postgres import PgCluster, postgres_cluster
 from tests.support.seed import STATE_MIX, seed
-from tests.support.server import Server, prefect_server
+from tests.support.server import Server, postgres_server, prefect_server
 
 MARKER = "pg_seed.json"
 DATABASE = "prefect"
@@ -276,23 +274,11 @@ def pg_cluster_at(root: Path) -> Iterator[PgCluster]:
 @contextmanager
 def pg_server(cluster: PgCluster, workers: int = 1, home: Path | None = None) -> Iterator[Server]:
     """A server on the seeded database: one API worker, or ``workers`` with Redis and a services process."""
-    url = cluster.url(DATABASE)
-    if workers == 1:
-        with prefect_server(home=home, database_url=url, backend="postgres", timeout=300) as server:
-            yield server
-    else:
-        with (
-            redis_server() as redis,
-            prefect_server(
-                home=home,
-                database_url=url,
-                workers=workers,
-                extra_env=redis_env(redis),
-                backend="postgres-2w",
-                timeout=300,
-            ) as server,
-        ):
-            yield server
+    backend = "postgres" if workers == 1 else "postgres-2w"
+    with postgres_server(
+        cluster.url(DATABASE), workers, home, backend=backend, timeout=300
+    ) as server:
+        yield server
 
 
 def pg_fast_seed(
@@ -308,15 +294,9 @@ def pg_fast_seed(
     """A kept PostgreSQL cluster whose ``prefect`` database holds ``runs`` flow runs."""
     began = time.monotonic()
     root = root or default_root(runs)
-    want = {
-        "runs": runs,
-        "template_runs": min(template_runs, runs),
-        "days": days,
-        "seed": seed_value,
-        "version": 1,
-    }
+    want = seed_spec(runs, min(template_runs, runs), days, seed_value)
     marker = root / MARKER
-    if marker.exists() and json.loads(marker.read_text()).get("seed_spec") == want:
+    if seeded_before(marker, want):
         return PgSeeded(root, runs, want["template_runs"], time.monotonic() - began, reused=True)
     with pg_cluster_at(root) as cluster:
         if cluster.has_database(DATABASE):
@@ -336,28 +316,12 @@ def pg_fast_seed(
             with pg_server(cluster) as server:
                 checked = verify(server.url, runs)
             log(f"server check: {checked}")
-    marker.write_text(
-        json.dumps(
-            {
-                "seed_spec": want,
-                "check": checked,
-                "seeded_at": datetime.now(timezone.utc).isoformat(),
-            }
-        )
-    )
+    write_marker(marker, want, checked)
     return PgSeeded(root, runs, want["template_runs"], time.monotonic() - began, reused=False)
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("--runs", type=int, required=True)
-    p.add_argument("--root", type=Path, default=None, help="default: bench/.work/pg-<runs>")
-    p.add_argument("--template-runs", type=int, default=400)
-    p.add_argument("--days", type=int, default=90)
-    p.add_argument("--seed", type=int, default=0)
-    a = p.parse_args()
+    a = seed_args(__doc__, "--root", "default: bench/.work/pg-<runs>")
     s = pg_fast_seed(a.runs, a.root, template_runs=a.template_runs, days=a.days, seed_value=a.seed)
     print(f"{'reused' if s.reused else 'seeded'} {s.runs} runs in {s.root} ({s.seconds:.1f}s)")
 

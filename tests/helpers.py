@@ -3,7 +3,9 @@ session server's type (``SeededServer``; the fixtures themselves live in conftes
 
 from __future__ import annotations
 
+import itertools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,24 @@ from tests.support.server import Server
 def run_cli(*args: str, input: str | None = None, env: dict[str, str] | None = None) -> Any:
     """Invoke ``flowsync ARGS``; returns the click Result (exit_code, stdout, stderr)."""
     return CliRunner().invoke(app, list(args), input=input, env=env, catch_exceptions=False)
+
+
+def pulled_db(url: str, folder: Path) -> Path:
+    """``folder/runs.duckdb`` after one ``flowsync pull`` from the server at ``url``."""
+    db = folder / "runs.duckdb"
+    result = run_cli("pull", "--api-url", url, "--db", str(db))
+    assert result.exit_code == 0, result.output
+    return db
+
+
+def patch_run(url: str, run_id: str, fields: dict[str, Any]) -> None:
+    """PATCH a flow run on the server at ``url``, retrying while it answers 503."""
+    for _ in range(20):  # the SQLite server answers 503 while it is busy writing
+        r = httpx.patch(f"{url}/flow_runs/{run_id}", json=fields, timeout=60)
+        if r.status_code != 503:
+            break
+        time.sleep(0.5)
+    assert r.status_code == 204, r.text
 
 
 def query(db: Path, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
@@ -99,3 +119,36 @@ def wait_for_state_events(url: str, ids: list[str], state_type: str, timeout: fl
                 f"state events for {len(wanted)} runs never appeared"
             )
             time.sleep(0.5)
+
+
+# -- a transport in front of the real server, for faults it won't produce on demand -----------------
+
+Fault = Callable[[httpx.Request, int], httpx.Response | None]
+
+
+def forwarding(
+    fault: Fault | None = None,
+    after: Callable[[httpx.Request, httpx.Response], None] | None = None,
+) -> httpx.MockTransport:
+    """Forward every request to the real server unless ``fault`` (given the request and its
+    0-based number) answers it first; ``after`` sees the real answer (and may raise to drop it)."""
+    real = httpx.Client(timeout=60)
+    calls = itertools.count()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        injected = fault(request, next(calls)) if fault is not None else None
+        if injected is not None:
+            return injected
+        response = real.request(
+            request.method, str(request.url), content=request.content, headers=request.headers
+        )
+        if after is not None:
+            after(request, response)
+        headers = {
+            k: v
+            for k, v in response.headers.items()
+            if k.lower() not in ("content-encoding", "content-length")
+        }
+        return httpx.Response(response.status_code, headers=headers, content=response.content)
+
+    return httpx.MockTransport(handler)

@@ -11,9 +11,7 @@
 
 from __future__ import annotations
 
-import itertools
 import json
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +23,7 @@ from flowsync.api import PrefectClient, RetryPolicy
 from flowsync.config import ApiSettings
 from flowsync.policy import apply_plan, make_plan, parse_policy
 from flowsync.store import Store
-from tests.helpers import query, run_cli, scalar
+from tests.helpers import Fault, forwarding, patch_run, query, run_cli, scalar
 from tests.support.seed import seed
 from tests.support.server import Server, prefect_server
 
@@ -54,12 +52,7 @@ def pick(server: Server, state: str, n: int) -> list[str]:
 
 
 def patch(server: Server, run_id: str, **fields: Any) -> None:
-    for _ in range(20):  # the SQLite server answers 503 while it is busy writing
-        r = httpx.patch(f"{server.url}/flow_runs/{run_id}", json=fields, timeout=60)
-        if r.status_code != 503:
-            break
-        time.sleep(0.5)
-    assert r.status_code == 204, r.text
+    patch_run(server.url, run_id, fields)
 
 
 def on_server(server: Server, ids: list[str]) -> dict[str, dict[str, Any]]:
@@ -235,35 +228,6 @@ rules:
 
 
 # -- lost answers: a transport that forwards to the real server, then drops the answer ---------------
-
-Fault = Callable[[httpx.Request, int], httpx.Response | None]
-
-
-def forwarding(
-    fault: Fault, after: Callable[[httpx.Request, httpx.Response], None] | None = None
-) -> httpx.MockTransport:
-    """Forward every request to the real server unless ``fault`` answers it first;
-    ``after`` sees the real answer (and may raise to drop it)."""
-    real = httpx.Client(timeout=60)
-    calls = itertools.count()
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        injected = fault(request, next(calls))
-        if injected is not None:
-            return injected
-        response = real.request(
-            request.method, str(request.url), content=request.content, headers=request.headers
-        )
-        if after is not None:
-            after(request, response)
-        headers = {
-            k: v
-            for k, v in response.headers.items()
-            if k.lower() not in ("content-encoding", "content-length")
-        }
-        return httpx.Response(response.status_code, headers=headers, content=response.content)
-
-    return httpx.MockTransport(handler)
 
 
 def apply_with(

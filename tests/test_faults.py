@@ -9,7 +9,6 @@ the file consistent.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -20,33 +19,15 @@ from flowsync.config import ApiSettings
 from flowsync.errors import ApiError, AuthError
 from flowsync.store import Store
 from flowsync.sync import pull
-from tests.helpers import SeededServer, query, scalar
+from tests.helpers import Fault, SeededServer, query, scalar
+from tests.helpers import forwarding as forward_to_server
 from tests.server_truth import assert_matches_server
 
 pytestmark = pytest.mark.backends("sqlite", "postgres")
 
-Fault = Callable[[httpx.Request, int], httpx.Response | None]
-
 
 def forwarding(url: str, fault: Fault) -> tuple[httpx.MockTransport, list[float]]:
-    real = httpx.Client(timeout=60)
-    calls = itertools.count()
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        injected = fault(request, next(calls))
-        if injected is not None:
-            return injected
-        response = real.request(
-            request.method, str(request.url), content=request.content, headers=request.headers
-        )
-        headers = {
-            k: v
-            for k, v in response.headers.items()
-            if k.lower() not in ("content-encoding", "content-length")
-        }
-        return httpx.Response(response.status_code, headers=headers, content=response.content)
-
-    return httpx.MockTransport(handler), []
+    return forward_to_server(fault), []
 
 
 def client_for(

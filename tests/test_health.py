@@ -21,17 +21,14 @@ from rich.console import Console
 from flowsync import present, reports
 from flowsync.cli import render
 from flowsync.store import Store
-from tests.helpers import FAILED, FINISHED, SeededServer, run_cli, scalar, server_count
+from tests.helpers import FAILED, FINISHED, SeededServer, pulled_db, run_cli, scalar, server_count
 
 UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 @pytest.fixture(scope="module")
 def pulled(prefect: SeededServer, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    db = tmp_path_factory.mktemp("health") / "runs.duckdb"
-    result = run_cli("pull", "--api-url", prefect.url, "--db", str(db))
-    assert result.exit_code == 0, result.output
-    return db
+    return pulled_db(prefect.url, tmp_path_factory.mktemp("health"))
 
 
 def test_headline_json_matches_server(prefect: SeededServer, pulled: Path) -> None:

@@ -18,7 +18,14 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.helpers import SeededServer, query, run_cli, scalar, wait_for_state_events
+from tests.helpers import (
+    SeededServer,
+    forwarding,
+    query,
+    run_cli,
+    scalar,
+    wait_for_state_events,
+)
 from tests.server_truth import assert_matches_server, server_runs
 from tests.support.seed import create_bulk, delete_runs, seed, set_states
 from tests.support.server import Server
@@ -341,11 +348,10 @@ def test_runs_changing_state_inside_a_tie_are_not_skipped(
     when = "2026-01-01T00:00:00+00:00"
     tied = _runs_at(url, deployment, when, 450)
     assert len(tied) == 450
-    real = httpx.Client(timeout=60)
     rng = random.Random(31)
     tie_pages = 0
 
-    def handler(request: httpx.Request) -> httpx.Response:
+    def change_mid_tie(request: httpx.Request, _: int) -> None:
         nonlocal tie_pages
         if request.url.path.endswith("/flow_runs/filter"):
             window = json.loads(request.content).get("flow_runs", {}).get("expected_start_time", {})
@@ -354,20 +360,11 @@ def test_runs_changing_state_inside_a_tie_are_not_skipped(
                 if tie_pages == 2:  # between the first and the second page of the tie
                     with httpx.Client(base_url=url + "/", timeout=60) as c:
                         set_states(c, rng.sample(tied, 225), "CANCELLED", "Cancelled")
-        response = real.request(
-            request.method, str(request.url), content=request.content, headers=request.headers
-        )
-        headers = {
-            k: v
-            for k, v in response.headers.items()
-            if k.lower() not in ("content-encoding", "content-length")
-        }
-        return httpx.Response(response.status_code, headers=headers, content=response.content)
 
     options = PullOptions(concurrency=1, page_size=100)
     with (
         Store.open(db_path) as store,
-        PrefectClient(ApiSettings(url=url), transport=httpx.MockTransport(handler)) as client,
+        PrefectClient(ApiSettings(url=url), transport=forwarding(change_mid_tie)) as client,
     ):
         pull_api(client, store, options)
     assert tie_pages >= 2
@@ -388,26 +385,16 @@ def test_history_is_asked_in_parts_of_bounded_size(
     from flowsync.sync import runs as sync_runs
 
     monkeypatch.setattr(sync_runs, "HISTORY_PART_ROWS", 60)
-    real = httpx.Client(timeout=60)
     sizes: list[int] = []
 
-    def handler(request: httpx.Request) -> httpx.Response:
-        response = real.request(
-            request.method, str(request.url), content=request.content, headers=request.headers
-        )
+    def count_history(request: httpx.Request, response: httpx.Response) -> None:
         if request.url.path.endswith("/flow_runs/history"):
             sizes.append(sum(int(s["count_runs"]) for b in response.json() for s in b["states"]))
-        headers = {
-            k: v
-            for k, v in response.headers.items()
-            if k.lower() not in ("content-encoding", "content-length")
-        }
-        return httpx.Response(response.status_code, headers=headers, content=response.content)
 
     with (
         Store.open(db_path) as store,
         PrefectClient(
-            ApiSettings(url=prefect.url), transport=httpx.MockTransport(handler)
+            ApiSettings(url=prefect.url), transport=forwarding(after=count_history)
         ) as client,
     ):
         pull_api(client, store)  # full: the segment plan

@@ -14,7 +14,7 @@ import pytest
 from flowsync import reports
 from flowsync.errors import ConfigError
 from flowsync.store import Store
-from tests.helpers import FAILED, FINISHED, SeededServer, run_cli, scalar, server_count
+from tests.helpers import FAILED, FINISHED, SeededServer, pulled_db, run_cli, scalar, server_count
 from tests.support.seed import seed
 from tests.support.server import Server
 
@@ -24,10 +24,7 @@ WINDOW = reports.Window(NOW - timedelta(days=20), NOW)
 
 @pytest.fixture(scope="module")
 def pulled(prefect: SeededServer, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    db = tmp_path_factory.mktemp("reports") / "runs.duckdb"
-    result = run_cli("pull", "--api-url", prefect.url, "--db", str(db))
-    assert result.exit_code == 0, result.output
-    return db
+    return pulled_db(prefect.url, tmp_path_factory.mktemp("reports"))
 
 
 def assert_rates(count: Any, frame: pl.DataFrame, key_filter: Any, window: reports.Window) -> None:

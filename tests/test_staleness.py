@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -21,7 +22,7 @@ from flowsync.api import PrefectClient
 from flowsync.config import ApiSettings
 from flowsync.store import Store, synced_tables
 from flowsync.sync import PullOptions, pull
-from tests.helpers import query, run_cli, scalar
+from tests.helpers import patch_run, query, run_cli, scalar
 from tests.policy_db import make_db, run
 from tests.support.seed import seed
 from tests.support.server import Server, prefect_server
@@ -54,19 +55,14 @@ def edit_four(url: str) -> list[str]:
     ).json()
     ids = [r["id"] for r in runs + scheduled]
     assert len(set(ids)) == 4
-    edits = [
+    edits: list[dict[str, Any]] = [
         {"tags": ["edited"]},
         {"name": "renamed-run"},
         {"parameters": {"x": 42}},
         {"job_variables": {"image": "edited:1"}},
     ]
     for run_id, body in zip(ids, edits):
-        for _ in range(20):  # the SQLite server answers 503 while it is busy writing
-            r = httpx.patch(f"{url}/flow_runs/{run_id}", json=body, timeout=60)
-            if r.status_code != 503:
-                break
-            time.sleep(0.5)
-        assert r.status_code == 204, r.text
+        patch_run(url, run_id, body)
     return ids
 
 

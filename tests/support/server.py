@@ -190,8 +190,6 @@ def backend_server(
     backend: str, home: Path | None = None, cluster: PgCluster | None = None, **kwargs: object
 ) -> Iterator[Server]:
     """A fresh, empty server on ``backend`` (one of ``BACKENDS``); PostgreSQL ones need ``cluster``."""
-    from tests.support.postgres import redis_env, redis_server
-
     if backend == "sqlite":
         with prefect_server(home=home, **kwargs) as server:  # type: ignore[arg-type]
             yield server
@@ -202,26 +200,37 @@ def backend_server(
         raise ValueError(f"backend {backend!r} needs a PostgreSQL cluster")
     db = cluster.create_database()
     try:
-        if backend == "postgres":
-            with prefect_server(
-                home=home,
-                database_url=cluster.url(db),
-                backend=backend,
-                **kwargs,  # type: ignore[arg-type]
-            ) as server:
-                yield server
-        else:
-            with (
-                redis_server() as redis,
-                prefect_server(
-                    home=home,
-                    database_url=cluster.url(db),
-                    workers=2,
-                    extra_env=redis_env(redis),
-                    backend=backend,
-                    **kwargs,  # type: ignore[arg-type]
-                ) as server,
-            ):
-                yield server
+        workers = 1 if backend == "postgres" else 2
+        with postgres_server(cluster.url(db), workers, home, backend=backend, **kwargs) as server:
+            yield server
     finally:
         cluster.drop_database(db)
+
+
+@contextmanager
+def postgres_server(
+    database_url: str, workers: int = 1, home: Path | None = None, **kwargs: object
+) -> Iterator[Server]:
+    """A server on a PostgreSQL database: one API worker, or ``workers`` sharing a Redis
+    (with a services process); ``kwargs`` go to ``prefect_server``."""
+    from tests.support.postgres import redis_env, redis_server
+
+    if workers == 1:
+        with prefect_server(
+            home=home,
+            database_url=database_url,
+            **kwargs,  # type: ignore[arg-type]
+        ) as server:
+            yield server
+        return
+    with (
+        redis_server() as redis,
+        prefect_server(
+            home=home,
+            database_url=database_url,
+            workers=workers,
+            extra_env=redis_env(redis),
+            **kwargs,  # type: ignore[arg-type]
+        ) as server,
+    ):
+        yield server

@@ -151,7 +151,11 @@ def _sandbox_error(rule: RuleModel, e: SandboxError) -> PolicyError:
 
 
 def _rule_rows(
-    store: Store, rule: RuleModel, sql: str, params: list[Any] | None = None
+    store: Store,
+    rule: RuleModel,
+    sql: str,
+    params: list[Any] | None = None,
+    hint: str = "The id column must hold flow-run ids (UUIDs).",
 ) -> tuple[list[str], list[dict[str, Any]]]:
     """Run SQL built around a rule's statement; every failure is a PolicyError naming the rule."""
     try:
@@ -159,9 +163,7 @@ def _rule_rows(
     except SandboxError as e:
         raise _sandbox_error(rule, e) from e
     except QueryError as e:
-        raise PolicyError(
-            f"rule {rule.name!r}: SQL failed: {e.detail}. The id column must hold flow-run ids (UUIDs)."
-        ) from e
+        raise PolicyError(f"rule {rule.name!r}: SQL failed: {e.detail}. {hint}") from e
 
 
 def rule_statement(store: Store, rule: RuleModel) -> str:
@@ -195,14 +197,12 @@ def rule_statement(store: Store, rule: RuleModel) -> str:
             f"{where}: sql calls {', '.join(forbidden)}; a rule may not change sequences or run SQL text. "
             "Select from the tables and views directly."
         )
-    try:
-        columns, _ = store.execute(f"SELECT * FROM (\n{sql}\n) AS rule_rows LIMIT 0").dicts()
-    except SandboxError as e:
-        raise _sandbox_error(rule, e) from e
-    except QueryError as e:
-        raise PolicyError(
-            f"{where}: SQL failed: {e.detail}. Try it with `duckdb -readonly FILE`."
-        ) from e
+    columns, _ = _rule_rows(
+        store,
+        rule,
+        f"SELECT * FROM (\n{sql}\n) AS rule_rows LIMIT 0",
+        hint="Try it with `duckdb -readonly FILE`.",
+    )
     if "id" not in columns:
         raise PolicyError(
             f"{where}: SQL returns columns {columns}, not an `id` column of flow-run ids; "
