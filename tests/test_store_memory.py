@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import random
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -17,6 +15,7 @@ from flowsync.store.synced_tables import upsert_pages
 from flowsync.store.tables import FLOW_RUNS
 from tests.helpers import SeededServer, run_cli, scalar
 from tests.server_truth import assert_matches_server
+from tests.support.history import changed_run, make_history, run_id
 
 
 def _setting_mib(store: Store) -> float:
@@ -75,60 +74,14 @@ def test_running_out_in_a_read_under_the_guard_is_one_clear_error(db_path: Path)
             ).rows()
 
 
-# 100,000 runs as a pull leaves them (every column a real page fills), built in DuckDB in seconds.
-_HISTORY_SQL = """
-INSERT INTO flow_runs
-SELECT _run_id(i), t - INTERVAL 1 HOUR, t + INTERVAL 5 MINUTE, 'brisk-otter-' || i, _run_id(1), _run_id(2),
-       'a1b2c3d4', _run_id(3), 'default-pool', _run_id(4), 'default', md5(CAST(i % 7 AS VARCHAR)),
-       json_object('date', CAST(t AS DATE), 'limit', i % 500, 'dry_run', false),
-       'scheduled ' || _run_id(2) || ' ' || t, '{}',
-       '{"max_retries":0,"retry_delay_seconds":0.0,"retries":0,"pause_keys":[],"resuming":false}',
-       ['auto-scheduled', 'prod'], json_object('prefect.flow.id', _run_id(1)), NULL,
-       _run_id(i + 10000000), s, s[1] || lower(s[2:]),
-       CASE WHEN s = 'FAILED' THEN 'Flow run encountered an exception: ValueError(' || i || ')' END,
-       t + INTERVAL 5 MINUTE,
-       json_object('flow_run_id', _run_id(i), 'transition_id', _run_id(i + 20000000), 'deferred', false),
-       NULL, 1, t, NULL, t + INTERVAL 2 SECOND, t + INTERVAL 5 MINUTE, 298.0 + i % 13, 298.0, 1.5, true, NULL,
-       'pid-' || i, NULL, '{}', NULL, now(), 1, NULL
-FROM (SELECT range AS i, TIMESTAMPTZ '2026-01-01 00:00:00+00' + range * INTERVAL 1 MINUTE AS t,
-             CASE range % 10 WHEN 0 THEN 'FAILED' WHEN 1 THEN 'CANCELLED' ELSE 'COMPLETED' END AS s
-      FROM range(?))
-"""
-
-
-def _run_id(i: int) -> str:
-    return f"00000000-0000-4000-8000-{i:012x}"
-
-
-def _changed_run(i: int) -> dict[str, Any]:
-    """Run ``i`` as the API returns it after a state change (a page's JSON object)."""
-    t = datetime(2026, 1, 1, tzinfo=timezone.utc) + timedelta(minutes=i)
-    stamp = (t + timedelta(hours=2)).isoformat()
-    return {
-        "id": _run_id(i), "created": (t - timedelta(hours=1)).isoformat(), "updated": stamp,
-        "name": f"brisk-otter-{i}", "flow_id": _run_id(1), "deployment_id": _run_id(2),
-        "parameters": {"date": t.date().isoformat(), "limit": i % 500, "dry_run": False},
-        "tags": ["auto-scheduled", "prod", "retried"], "state_id": _run_id(i + 30000000),
-        "state_type": "COMPLETED", "state_name": "Completed",
-        "state": {"id": _run_id(i + 30000000), "type": "COMPLETED", "name": "Completed", "timestamp": stamp,
-                  "message": None, "data": None, "state_details": {"flow_run_id": _run_id(i), "deferred": False}},
-        "run_count": 2, "expected_start_time": t.isoformat(), "start_time": t.isoformat(), "end_time": stamp,
-        "total_run_time": 7200.0, "auto_scheduled": True,
-    }
-
-
 def test_an_incremental_upsert_into_a_large_history_fits_the_default_cap(tmp_path: Path) -> None:
     # Reported at 100,000 runs: ~1,000 changed runs (one write batch of an incremental pull) ran out
-    # of memory under the default cap (76 MB). Updating every column in place made DuckDB hold an
-    # undo copy of each touched 2,048-row vector of each column: ~105 MB at its peak here.
+    # of memory under the default cap (76 MB). Updating every column in place (ON CONFLICT DO
+    # UPDATE) needed ~100 MB here; replacing the rows needs ~30 MB.
     runs = 100_000
-    path = tmp_path / "history.duckdb"
-    with Store.open(path) as store:
-        store.execute("CREATE TEMP MACRO _run_id(i) AS CAST(printf('00000000-0000-4000-8000-%012x', i) AS UUID)")
-        store.execute(_HISTORY_SQL, [runs])
-        store.execute("CHECKPOINT")
+    path = make_history(tmp_path / "history.duckdb", runs)
     changed = random.Random(7).sample(range(runs), 1000)
-    pages = [Page.from_rows([_changed_run(i) for i in changed[lo:lo + 200]]) for lo in range(0, len(changed), 200)]
+    pages = [Page.from_rows([changed_run(i) for i in changed[lo:lo + 200]]) for lo in range(0, len(changed), 200)]
     with Store.open(path) as store:
         cap = store.budget_memory(runs)
         assert _setting_mib(store) == pytest.approx(cap / 2**20, abs=1)
@@ -139,7 +92,7 @@ def test_an_incremental_upsert_into_a_large_history_fits_the_default_cap(tmp_pat
         new = store.execute(
             "SELECT count(*) FROM flow_runs WHERE seen_pull = 2 AND run_count = 2 AND list_contains(tags, 'retried')"
             " AND deleted_at IS NULL AND id IN (SELECT unnest(CAST(? AS UUID[])))",
-            [[_run_id(i) for i in changed]],
+            [[run_id(i) for i in changed]],
         ).scalar()
         assert new == 1000
         assert store.execute("SELECT count(*) FROM flow_runs WHERE seen_pull = 1 AND run_count = 1").scalar() == runs - 1000
