@@ -29,7 +29,7 @@ from pathlib import Path
 
 from bench.bench_delete import count, delete_loop, policy_text, server_runs, sh, split_sets
 from bench.fast_seed import fast_seed
-from bench.server import prefect_server
+from tests.support.server import prefect_server
 
 HERE = Path(__file__).resolve().parent.parent / "src"
 
