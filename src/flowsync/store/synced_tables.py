@@ -58,16 +58,16 @@ def upsert_pages(store: Store, spec: TableSpec, pages: Sequence[Page], *, pull_i
 
 
 def _merge_incoming(store: Store, spec: TableSpec, pull_id: int) -> Written:
-    inserted, updated, fresh = store.execute(
+    incoming, inserted, updated, fresh = store.execute(
         f"""
-        SELECT count(*) FILTER (WHERE t.id IS NULL),
+        SELECT count(*), count(*) FILTER (WHERE t.id IS NULL),
                count(*) FILTER (WHERE t.id IS NOT NULL AND (
                     t.updated IS DISTINCT FROM b.updated OR t.deleted_at IS NOT NULL)),
                count(*) FILTER (WHERE t.id IS NULL OR t.seen_pull IS DISTINCT FROM ?)
         FROM _incoming b LEFT JOIN {spec.name} t ON t.id = b.id
         """,
         [pull_id],
-    ).one() or (0, 0, 0)
+    ).one() or (0, 0, 0, 0)
     cols = [*spec.column_names, "extra"]
     col_list = ", ".join(f'"{c}"' for c in cols)
     # Replace the rows, not update them in place: the upsert sets every column, and an
@@ -75,7 +75,8 @@ def _merge_incoming(store: Store, spec: TableSpec, pull_id: int) -> Written:
     # 2,048-row vector of each of ~40 columns and pins the table's blocks: 1,000 changed
     # runs spread over 100,000 peaked at ~105 MB, over the pull's 76 MB cap. A DELETE
     # only marks rows and the INSERT appends (peak ~30 MB); checkpoints reclaim the space.
-    store.execute(f"DELETE FROM {spec.name} WHERE id IN (SELECT id FROM _incoming)")
+    if inserted < incoming:  # a full pull's first pass only inserts: no scan for rows to replace
+        store.execute(f"DELETE FROM {spec.name} WHERE id IN (SELECT id FROM _incoming)")
     store.execute(
         f"""
         INSERT INTO {spec.name} ({col_list}, synced_at, seen_pull, deleted_at)
