@@ -74,7 +74,7 @@ def _merge_incoming(store: Store, spec: TableSpec, pull_id: int) -> Written:
     # in-place UPDATE (ON CONFLICT DO UPDATE) keeps update bookkeeping for every touched
     # 2,048-row vector of each of ~40 columns and pins the table's blocks: 1,000 changed
     # runs spread over 100,000 peaked at ~105 MB, over the pull's 76 MB cap. A DELETE
-    # only marks rows and the INSERT appends (peak ~30 MB); checkpoints reclaim the space.
+    # only marks rows and the INSERT appends (peak ~30 MB; BENCHMARKS.md has the figures).
     if inserted < incoming:  # a full pull's first pass only inserts: no scan for rows to replace
         store.execute(f"DELETE FROM {spec.name} WHERE id IN (SELECT id FROM _incoming)")
     store.execute(
