@@ -75,15 +75,16 @@ def _merge_incoming(store: Store, spec: TableSpec, pull_id: int) -> Written:
     # 2,048-row vector of each of ~40 columns and pins the table's blocks: 1,000 changed
     # runs spread over 100,000 peaked at ~105 MB, over the pull's 76 MB cap. A DELETE
     # only marks rows and the INSERT appends (peak ~30 MB; BENCHMARKS.md has the figures).
-    if inserted < incoming:  # a full pull's first pass only inserts: no scan for rows to replace
-        store.execute(f"DELETE FROM {spec.name} WHERE id IN (SELECT id FROM _incoming)")
-    store.execute(
-        f"""
-        INSERT INTO {spec.name} ({col_list}, synced_at, seen_pull, deleted_at)
-        SELECT {col_list}, CAST(? AS TIMESTAMPTZ), ?, NULL FROM _incoming
-        """,
-        [now_utc(), pull_id],
-    )
+    with store.atomic():  # never a commit between the DELETE and the INSERT
+        if inserted < incoming:  # a full pull's first pass only inserts: no scan for rows to replace
+            store.execute(f"DELETE FROM {spec.name} WHERE id IN (SELECT id FROM _incoming)")
+        store.execute(
+            f"""
+            INSERT INTO {spec.name} ({col_list}, synced_at, seen_pull, deleted_at)
+            SELECT {col_list}, CAST(? AS TIMESTAMPTZ), ?, NULL FROM _incoming
+            """,
+            [now_utc(), pull_id],
+        )
     store.execute("DROP TABLE _incoming")
     return Written(int(inserted), int(updated), int(fresh))
 
