@@ -37,7 +37,7 @@ from bench.bench_delete import (
     split_sets,
 )
 from bench.fast_seed import fast_seed
-from bench.server import prefect_server
+from tests.support.server import prefect_server
 
 HERE = Path(__file__).resolve().parent.parent / "src"
 

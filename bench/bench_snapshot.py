@@ -33,14 +33,14 @@ import httpx
 
 from bench.bench_reports import generate
 from bench.fast_seed import fast_seed
-from bench.seed import set_states
-from bench.server import prefect_server
 from flowsync import export, reports
 from flowsync.api import PrefectClient
 from flowsync.config import ApiSettings
 from flowsync.store import Store
 from flowsync.store import snapshot as snap
 from flowsync.sync import PullOptions, pull
+from tests.support.seed import set_states
+from tests.support.server import prefect_server
 
 
 def log(msg: str) -> None:

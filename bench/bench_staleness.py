@@ -24,11 +24,11 @@ from pathlib import Path
 
 from bench.bench_delete import publish, sh
 from bench.fast_seed import fast_seed
-from bench.server import prefect_server
 from flowsync.api import PrefectClient
 from flowsync.config import ApiSettings
 from flowsync.store import Store
 from flowsync.sync import PullOptions, pull
+from tests.support.server import prefect_server
 
 
 def share(live: int, interval_min: float = 15.0, window_h: float = 24.0) -> int:

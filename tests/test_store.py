@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from flowsync.errors import QueryError
 from flowsync.store import Store
 from flowsync.store.tables import SQL_TYPES, TABLES
 
@@ -57,3 +58,23 @@ def test_column_specs_match_the_ddl(store: Store, table: str) -> None:
 def test_every_spec_kind_has_a_type() -> None:
     kinds = {c.kind for spec in TABLES.values() for c in spec.columns}
     assert kinds <= set(SQL_TYPES)
+
+
+def test_atomic_commits_together_alone_and_joins_an_open_transaction(tmp_path: Path) -> None:
+    # upsert_pages deletes the rows it replaces, then inserts them: never a commit in between.
+    with Store.open(tmp_path / "atomic.duckdb") as s:
+        s.execute("CREATE TABLE t (i INTEGER PRIMARY KEY)")
+        s.execute("INSERT INTO t VALUES (1)")
+        with pytest.raises(QueryError), s.atomic():
+            s.execute("DELETE FROM t")
+            s.execute("INSERT INTO t VALUES (2), (2)")
+        assert s.execute("SELECT list(i) FROM t").scalar() == [1]
+        with pytest.raises(QueryError), s.transaction():
+            with s.atomic():  # no second BEGIN
+                s.execute("DELETE FROM t")
+            s.execute("INSERT INTO t VALUES (3), (3)")
+        assert s.execute("SELECT list(i) FROM t").scalar() == [1]
+        with s.atomic():
+            s.execute("DELETE FROM t")
+            s.execute("INSERT INTO t VALUES (1)")
+        assert s.execute("SELECT list(i) FROM t").scalar() == [1]

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import pytest
 
+from flowsync.api.client import Page
 from flowsync.errors import StoreError
 from flowsync.store import Store
 from flowsync.store.connect import INDEX_BYTES_PER_ROW, WRITE_MEMORY_BASE
+from flowsync.store.synced_tables import upsert_pages
+from flowsync.store.tables import FLOW_RUNS
 from tests.helpers import SeededServer, run_cli, scalar
 from tests.server_truth import assert_matches_server
+from tests.support.history import changed_run, make_history, run_id
 
 
 def _setting_mib(store: Store) -> float:
@@ -86,3 +91,38 @@ def test_running_out_in_a_read_under_the_guard_is_one_clear_error(db_path: Path)
             store.execute(
                 "SELECT s, count(*) FROM (SELECT repeat('x', 200) || range AS s FROM range(300000)) GROUP BY s ORDER BY s"
             ).rows()
+
+
+def test_an_incremental_upsert_into_a_large_history_fits_the_default_cap(tmp_path: Path) -> None:
+    # Reported at 100,000 runs: ~1,000 changed runs (one write batch of an incremental pull) ran out
+    # of memory under the default cap (76 MB). Updating every column in place (ON CONFLICT DO
+    # UPDATE) needed ~100 MB here; replacing the rows needs ~30 MB.
+    runs = 100_000
+    path = make_history(tmp_path / "history.duckdb", runs)
+    changed = random.Random(7).sample(range(runs), 1000)
+    pages = [
+        Page.from_rows([changed_run(i) for i in changed[lo : lo + 200]])
+        for lo in range(0, len(changed), 200)
+    ]
+    with Store.open(path) as store:
+        cap = store.budget_memory(runs)
+        assert _setting_mib(store) == pytest.approx(cap / 2**20, abs=1)
+        with store.transaction():
+            written = upsert_pages(store, FLOW_RUNS, pages, pull_id=2)
+        assert written == (0, 1000, 1000)
+        assert store.execute("SELECT count(*), count(DISTINCT id) FROM flow_runs").one() == (
+            runs,
+            runs,
+        )
+        new = store.execute(
+            "SELECT count(*) FROM flow_runs WHERE seen_pull = 2 AND run_count = 2 AND list_contains(tags, 'retried')"
+            " AND deleted_at IS NULL AND id IN (SELECT unnest(CAST(? AS UUID[])))",
+            [[run_id(i) for i in changed]],
+        ).scalar()
+        assert new == 1000
+        assert (
+            store.execute(
+                "SELECT count(*) FROM flow_runs WHERE seen_pull = 1 AND run_count = 1"
+            ).scalar()
+            == runs - 1000
+        )

@@ -113,6 +113,7 @@ class Store:
         self.read_only = read_only
         self.sandboxed = sandboxed
         self.memory_budget: int | None = None
+        self._in_transaction = False
 
     @classmethod
     def open(
@@ -269,6 +270,7 @@ class Store:
     @contextmanager
     def transaction(self) -> Iterator[None]:
         self._con.execute("BEGIN TRANSACTION")
+        self._in_transaction = True
         try:
             with self.memory_guard():
                 yield
@@ -277,6 +279,17 @@ class Store:
             raise
         else:
             self._con.execute("COMMIT")
+        finally:
+            self._in_transaction = False
+
+    @contextmanager
+    def atomic(self) -> Iterator[None]:
+        """The caller's open transaction, or a new one: the statements inside commit together."""
+        if self._in_transaction:
+            yield
+            return
+        with self.transaction():
+            yield
 
     @contextmanager
     def _errors(self, sql: str) -> Iterator[None]:
