@@ -15,7 +15,7 @@ from flowsync import reports
 from flowsync.errors import ConfigError
 from flowsync.store import Store
 from tests.helpers import FAILED, FINISHED, SeededServer, pulled_db, run_cli, scalar, server_count
-from tests.support.seed import seed
+from tests.support.seed import delete_runs, seed
 from tests.support.server import Server
 
 NOW = datetime.now(timezone.utc)
@@ -213,12 +213,6 @@ def test_flaky_streak_matches_server_order(prefect: SeededServer, pulled: Path) 
                 streak += 1
             assert row["failing_streak"] == streak, row
             assert row["broken"] == (streak >= 1)
-
-
-def delete_runs(url: str, ids: list[str]) -> None:
-    with httpx.Client(base_url=url + "/", timeout=60) as c:
-        for run_id in ids:
-            assert c.delete(f"flow_runs/{run_id}").status_code in (200, 204)
 
 
 def test_deleted_runs_leave_live_figures_and_stay_in_history(
