@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -51,6 +52,7 @@ def log(msg: str) -> None:
 
 def record(**row: Any) -> dict[str, Any]:
     row["at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    row["load"] = round(os.getloadavg()[0], 1)
     RAW.parent.mkdir(parents=True, exist_ok=True)
     with RAW.open("a") as f:
         f.write(json.dumps(row) + "\n")
@@ -67,8 +69,9 @@ def timed_pull(url: str, db: Path, *args: str) -> dict[str, Any]:
     return {"wall": round(wall, 2), "rss_mb": round(rss, 1), "cpu": round(cpu, 1), **result}
 
 
-def floor(url: str, in_flight: int) -> dict[str, Any]:
+def floor(url: str, in_flight: int, *, keyset: bool = False) -> dict[str, Any]:
     cmd = [PY, str(CONTENDERS / "floor.py"), "--url", url, "--in-flight", str(in_flight)]
+    cmd += ["--keyset"] if keyset else []
     wall, rc, _rss, _cpu, out, err = run_child(cmd, child_env(), timeout=7200)
     if rc != 0:
         raise RuntimeError(f"floor failed ({rc}): {err[-3000:]}")
@@ -136,20 +139,31 @@ def run_ids(db: Path, where: str, limit: int) -> list[str]:
         con.close()
 
 
-def large(runs: int, workers: int, scratch: Path, skip_apply: bool) -> None:
+def large(runs: int, workers: int, scratch: Path, skip_apply: bool, in_flight: list[int]) -> None:
     seeded = pg_fast_seed(runs, log=log)
     with pg_cluster_at(seeded.root) as cluster, pg_server(cluster, workers=workers) as server:
         url = server.url
         record(phase="probes", runs=runs, workers=workers, **probes(url, runs))
         db = scratch / f"large-{runs}-w{workers}.duckdb"
-        db.unlink(missing_ok=True)
-        record(
-            phase="full",
-            runs=runs,
-            workers=workers,
-            concurrency=4,
-            **timed_pull(url, db, "--concurrency", "4"),
-        )
+        for n in in_flight:
+            # At this size the offset floor measures the server's offset scan (seconds a
+            # page deep in the table), so the floor here walks by keyset, like the pull.
+            record(
+                phase="floor",
+                runs=runs,
+                workers=workers,
+                in_flight=n,
+                keyset=True,
+                **floor(url, n, keyset=True),
+            )
+            db.unlink(missing_ok=True)
+            record(
+                phase="full",
+                runs=runs,
+                workers=workers,
+                concurrency=n,
+                **timed_pull(url, db, "--concurrency", str(n)),
+            )
         record(phase="no-change", runs=runs, workers=workers, **timed_pull(url, db))
         record(phase="verify", runs=runs, workers=workers, **timed_pull(url, db, "--verify"))
         changed = run_ids(db, "state_type = 'COMPLETED'", runs // 100)
@@ -249,7 +263,7 @@ def report() -> str:
             flight = r.get("concurrency") or r.get("in_flight") or ""
             rate = f"{r['runs'] / r['wall']:.0f}" if r["phase"] in ("full", "floor") else ""
             out.append(
-                f"| {r['runs']:,} | {r['workers']} | {r['phase']} | {flight} | {r['wall']} | {rate} | "
+                f"| {r['runs']:,} | {r['workers']} | {r['phase']}{' (keyset)' if r.get('keyset') else ''} | {flight} | {r['wall']} | {rate} | "
                 f"{r.get('requests', '')} | {r.get('rss_mb', '')} | {r['at'][11:16]} |"
             )
         out.append("")
@@ -280,6 +294,13 @@ def main() -> None:
     )
     p.add_argument("--large", type=int, default=0)
     p.add_argument("--large-workers", type=int, nargs="+", default=[2])
+    p.add_argument(
+        "--large-in-flight",
+        type=int,
+        nargs="+",
+        default=[4],
+        help="pages in flight for the keyset floor and the full pull at --large",
+    )
     p.add_argument("--small", type=int, default=0)
     p.add_argument("--small-workers", type=int, nargs="+", default=[1, 2])
     p.add_argument("--reps", type=int, default=1)
@@ -299,12 +320,12 @@ def main() -> None:
     record(
         phase="machine",
         python=platform.python_version(),
-        cpus=__import__("os").cpu_count(),
-        load=list(__import__("os").getloadavg()),
+        cpus=os.cpu_count(),
+        loads=list(os.getloadavg()),
         argv=sys.argv[1:],
     )
     for w in a.large_workers if a.large else []:
-        large(a.large, w, scratch, a.skip_apply)
+        large(a.large, w, scratch, a.skip_apply, a.large_in_flight)
     if a.small:
         small(a.small, scratch, a.small_workers, a.reps, a.in_flight)
 

@@ -5,7 +5,14 @@ over one connection with offset paging. ``--in-flight N`` keeps N pages in
 flight (N threads, one connection each, taking the next offset from a shared
 counter; done when any page comes back short). Prints a JSON summary line.
 
-    python bench/contenders/floor.py --url http://127.0.0.1:4200/api [--in-flight 2]
+``--keyset`` is the floor for large servers, where an offset page deep in the
+table costs seconds: the range of expected start times is cut into
+``--segments`` equal parts, and N threads each take the next part and walk it
+oldest first with ``expected_start_time.after_`` = the last time seen (the
+request shape flowsync's full walk sends). A boundary row comes twice; the
+floor counts distinct ids.
+
+    python bench/contenders/floor.py --url http://127.0.0.1:4200/api [--in-flight 2] [--keyset]
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import itertools
 import json
 import threading
 import time
+from datetime import datetime, timedelta
 
 import httpx
 
@@ -24,7 +32,13 @@ def main() -> None:
     p.add_argument("--url", required=True)
     p.add_argument("--page-size", type=int, default=200)
     p.add_argument("--in-flight", type=int, default=1)
+    p.add_argument("--keyset", action="store_true")
+    p.add_argument(
+        "--segments", type=int, default=0, help="keyset parts (default 16 per page in flight)"
+    )
     a = p.parse_args()
+    if a.keyset:
+        return keyset(a.url, a.page_size, a.in_flight, a.segments or 16 * a.in_flight)
     if a.in_flight > 1:
         return parallel(a.url, a.page_size, a.in_flight)
     began = time.monotonic()
@@ -95,6 +109,88 @@ def parallel(url: str, page_size: int, in_flight: int) -> None:
                 "rows": totals["rows"],
                 "rows_in_db": None,
                 "requests": totals["requests"],
+                "seconds": round(time.monotonic() - began, 3),
+            }
+        )
+    )
+
+
+def _ts(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def keyset(url: str, page_size: int, in_flight: int, segments: int) -> None:
+    began = time.monotonic()
+    base = url.rstrip("/") + "/"
+    with httpx.Client(base_url=base, timeout=120) as c:
+        ends = []
+        for sort in ("EXPECTED_START_TIME_ASC", "EXPECTED_START_TIME_DESC"):
+            r = c.post("flow_runs/filter", json={"sort": sort, "limit": 1})
+            r.raise_for_status()
+            ends.append(_ts(r.json()[0]["expected_start_time"]))
+    lo, hi = ends
+    step = (hi - lo) / segments
+    # Parts [edge_k, edge_k+1): the last part is closed at hi; each part's own rows only.
+    edges = [lo + step * k for k in range(segments)] + [hi + timedelta(microseconds=1)]
+    parts = iter(range(segments))
+    lock = threading.Lock()
+    seen: set[str] = set()
+    totals = {"rows": 0, "requests": 2, "slowest_s": 0.0}
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            with httpx.Client(base_url=base, timeout=120) as c:
+                while not errors:
+                    with lock:
+                        k = next(parts, None)
+                    if k is None:
+                        return
+                    after, end = edges[k], edges[k + 1]
+                    before = end - timedelta(microseconds=1)
+                    while True:
+                        window = {"after_": after.isoformat(), "before_": before.isoformat()}
+                        t = time.monotonic()
+                        r = c.post(
+                            "flow_runs/filter",
+                            json={
+                                "flow_runs": {"expected_start_time": window},
+                                "sort": "EXPECTED_START_TIME_ASC",
+                                "limit": page_size,
+                            },
+                        )
+                        took = time.monotonic() - t
+                        r.raise_for_status()
+                        rows = r.json()
+                        with lock:
+                            totals["requests"] += 1
+                            totals["rows"] += len(rows)
+                            totals["slowest_s"] = max(totals["slowest_s"], took)
+                            seen.update(o["id"] for o in rows)
+                        if len(rows) < page_size:
+                            break
+                        last = _ts(rows[-1]["expected_start_time"])
+                        if last <= after:
+                            raise RuntimeError(f"a full page on one expected start time ({last})")
+                        after = last
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker) for _ in range(in_flight)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    print(
+        json.dumps(
+            {
+                "rows": len(seen),
+                "rows_read": totals["rows"],
+                "rows_in_db": None,
+                "requests": totals["requests"],
+                "slowest_s": round(totals["slowest_s"], 3),
                 "seconds": round(time.monotonic() - began, 3),
             }
         )
