@@ -24,6 +24,14 @@ from rich.table import Table
 from flowsync import reports
 from flowsync.cli import render
 from flowsync.cli.common import DbOption, LiveOption, WaitOption, err, errors, out
+from flowsync.cli.report_options import (
+    FormatOption,
+    HtmlOption,
+    IdsOption,
+    IncludeDeletedOption,
+    OutputOption,
+    SinceOption,
+)
 from flowsync.config import resolve_db_path
 from flowsync.errors import ConfigError
 
@@ -34,50 +42,6 @@ if TYPE_CHECKING:  # Polars and DuckDB load inside the commands, so --help stays
 
 FORMATS = ("table", "csv", "json", "markdown", "parquet")
 HEALTH_FORMATS = (*FORMATS, "openmetrics")
-
-FormatOption = Annotated[
-    str | None,
-    typer.Option(
-        "--format",
-        "-f",
-        help="table, csv, json, markdown or parquet. Default: table on a terminal, csv otherwise.",
-        show_default=False,
-    ),
-]
-OutputOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--output", "-o", help="Write the data to this file instead of stdout.", show_default=False
-    ),
-]
-SinceOption = Annotated[
-    str,
-    typer.Option(
-        "--since",
-        help="Window of runs (by expected start): 7d, 12h, 30m, 2w, a date 2026-01-01, or 'all'.",
-    ),
-]
-HtmlOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--html",
-        help="Write the self-contained health page plus this table to FILE instead.",
-        show_default=False,
-    ),
-]
-IncludeDeletedOption = Annotated[
-    bool,
-    typer.Option(
-        "--include-deleted",
-        help="History: also count runs deleted on the server (live runs only by default).",
-    ),
-]
-IdsOption = Annotated[
-    bool,
-    typer.Option(
-        "--ids", help="Show ids in the terminal table too (csv, json and parquet always have them)."
-    ),
-]
 
 
 def _by_option(choices: tuple[str, ...]) -> Any:
