@@ -23,15 +23,8 @@ from rich.table import Table
 
 from flowsync import reports
 from flowsync.cli import render
-from flowsync.cli.common import DbOption, LiveOption, WaitOption, err, errors, out
-from flowsync.cli.report_options import (
-    FormatOption,
-    HtmlOption,
-    IdsOption,
-    IncludeDeletedOption,
-    OutputOption,
-    SinceOption,
-)
+from flowsync.cli.common import LiveOption, WaitOption, err, errors, out
+from flowsync.cli.report_options import FormatOption, OutputOption, ReportOptions, report_options
 from flowsync.config import resolve_db_path
 from flowsync.errors import ConfigError
 
@@ -251,57 +244,54 @@ report_app = typer.Typer(
 
 
 def _run_report(
+    opts: ReportOptions,
     title: str,
     build: Callable[[Store, reports.Window], pl.DataFrame],
-    since: str,
-    fmt: str | None,
-    output: Path | None,
-    html: Path | None,
-    db: Path | None,
-    wait: float,
-    live: bool,
     *,
     report: str,
-    ids: bool = False,
-    include_deleted: bool = False,
 ) -> None:
     from flowsync import report_html
 
     with errors():
-        window = reports.parse_since(since)
-        chosen = None if html is not None else _choose_format(fmt, output)
-        with _open(db, wait, live) as store:
+        window = reports.parse_since(opts.since)
+        chosen = None if opts.html is not None else _choose_format(opts.fmt, opts.output)
+        with _open(opts.db, opts.wait, opts.live) as store:
             frame = build(store, window)
             page = (
                 report_html.build_page(
-                    store, window, title, frame, include_deleted=include_deleted, report=report
+                    store,
+                    window,
+                    title,
+                    frame,
+                    include_deleted=opts.include_deleted,
+                    report=report,
                 )
-                if html
+                if opts.html
                 else None
             )
-        if html is not None and page is not None:
-            write_atomic(html, page.encode(), "--html")
+        if opts.html is not None and page is not None:
+            write_atomic(opts.html, page.encode(), "--html")
             err.print(
-                f"wrote {title} ({frame.height} rows, {window.describe()}) to {html}",
+                f"wrote {title} ({frame.height} rows, {window.describe()}) to {opts.html}",
                 highlight=False,
             )
             return
         assert chosen is not None
-        emit(frame, chosen, output, title=f"{title}, {window.describe()}", report=report, ids=ids)
+        emit(
+            frame,
+            chosen,
+            opts.output,
+            title=f"{title}, {window.describe()}",
+            report=report,
+            ids=opts.ids,
+        )
 
 
 @report_app.command("failures")
+@report_options(since="7d")
 def failures_cmd(
+    opts: ReportOptions,
     by: Annotated[str, _by_option(tuple(reports.GROUPS))] = "deployment",
-    since: SinceOption = "7d",
-    include_deleted: IncludeDeletedOption = False,
-    fmt: FormatOption = None,
-    output: OutputOption = None,
-    html: HtmlOption = None,
-    ids: IdsOption = False,
-    db: DbOption = None,
-    wait: WaitOption = 0.0,
-    live: LiveOption = False,
 ) -> None:
     """Failure rate per flow, deployment, work pool or tag, against the previous window.
 
@@ -312,140 +302,84 @@ def failures_cmd(
     Example: flowsync report failures --by deployment --since 7d --format csv
     """
     _run_report(
+        opts,
         f"Failures by {by}",
-        lambda store, window: reports.failures(store, by, window, include_deleted=include_deleted),
-        since,
-        fmt,
-        output,
-        html,
-        db,
-        wait,
-        live,
+        lambda store, window: reports.failures(
+            store, by, window, include_deleted=opts.include_deleted
+        ),
         report="failures",
-        ids=ids,
-        include_deleted=include_deleted,
     )
 
 
 @report_app.command("durations")
+@report_options(since="7d")
 def durations_cmd(
+    opts: ReportOptions,
     by: Annotated[str, _by_option(reports.DURATION_GROUPS)] = "deployment",
-    since: SinceOption = "7d",
-    include_deleted: IncludeDeletedOption = False,
-    fmt: FormatOption = None,
-    output: OutputOption = None,
-    html: HtmlOption = None,
-    ids: IdsOption = False,
-    db: DbOption = None,
-    wait: WaitOption = 0.0,
-    live: LiveOption = False,
 ) -> None:
     """Duration percentiles (p50, p90, p95, p99, max, mean; seconds) of finished runs per group.
 
     Example: flowsync report durations --by flow --since 30d
     """
     _run_report(
+        opts,
         f"Durations by {by}",
-        lambda store, window: reports.durations(store, by, window, include_deleted=include_deleted),
-        since,
-        fmt,
-        output,
-        html,
-        db,
-        wait,
-        live,
+        lambda store, window: reports.durations(
+            store, by, window, include_deleted=opts.include_deleted
+        ),
         report="durations",
-        ids=ids,
-        include_deleted=include_deleted,
     )
 
 
 @report_app.command("late")
+@report_options(since="7d")
 def late_cmd(
+    opts: ReportOptions,
     by: Annotated[str, _by_option(tuple(reports.GROUPS))] = "deployment",
-    since: SinceOption = "7d",
     late_after: Annotated[
         float,
         typer.Option(
             "--late-after", help="Seconds after the expected start that count as late.", min=0
         ),
     ] = 60.0,
-    include_deleted: IncludeDeletedOption = False,
-    fmt: FormatOption = None,
-    output: OutputOption = None,
-    html: HtmlOption = None,
-    ids: IdsOption = False,
-    db: DbOption = None,
-    wait: WaitOption = 0.0,
-    live: LiveOption = False,
 ) -> None:
     """Start lateness per group (start time - expected start) and runs still waiting to start.
 
     Example: flowsync report late --by work_pool --late-after 300
     """
     _run_report(
+        opts,
         f"Lateness by {by}",
         lambda store, window: reports.late(
-            store, by, window, late_after=late_after, include_deleted=include_deleted
+            store, by, window, late_after=late_after, include_deleted=opts.include_deleted
         ),
-        since,
-        fmt,
-        output,
-        html,
-        db,
-        wait,
-        live,
         report="late",
-        ids=ids,
-        include_deleted=include_deleted,
     )
 
 
 @report_app.command("flaky")
+@report_options(since="30d", include_deleted=False)
 def flaky_cmd(
+    opts: ReportOptions,
     last: Annotated[
         int, typer.Option("--last", help="Broken = the last N finished runs all failed.")
     ] = 3,
-    since: SinceOption = "30d",
-    fmt: FormatOption = None,
-    output: OutputOption = None,
-    html: HtmlOption = None,
-    ids: IdsOption = False,
-    db: DbOption = None,
-    wait: WaitOption = 0.0,
-    live: LiveOption = False,
 ) -> None:
     """Flaky and broken deployments: failures, retried runs, failing streak, time to recover (MTTR).
 
     Example: flowsync report flaky --last 3 --since 30d --format json
     """
     _run_report(
+        opts,
         "Flaky and broken deployments",
         lambda store, window: reports.flaky(store, window, last=last),
-        since,
-        fmt,
-        output,
-        html,
-        db,
-        wait,
-        live,
         report="flaky",
-        ids=ids,
     )
 
 
 @report_app.command("errors")
-def errors_cmd(
-    since: SinceOption = "7d",
-    include_deleted: IncludeDeletedOption = False,
-    fmt: FormatOption = None,
-    output: OutputOption = None,
-    html: HtmlOption = None,
-    ids: IdsOption = False,
-    db: DbOption = None,
-    wait: WaitOption = 0.0,
-    live: LiveOption = False,
-) -> None:
+@report_options(since="7d")
+def errors_cmd(opts: ReportOptions) -> None:
     """Why runs fail: failed and crashed runs grouped by error signature, most runs first.
 
     A signature is the first line of the state message with ids, UUIDs, numbers,
@@ -457,31 +391,16 @@ def errors_cmd(
     Example: flowsync report errors --since 24h
     """
     _run_report(
+        opts,
         "Error signatures",
-        lambda store, window: reports.errors(store, window, include_deleted=include_deleted),
-        since,
-        fmt,
-        output,
-        html,
-        db,
-        wait,
-        live,
+        lambda store, window: reports.errors(store, window, include_deleted=opts.include_deleted),
         report="errors",
-        ids=ids,
-        include_deleted=include_deleted,
     )
 
 
 @report_app.command("unresolved")
-def unresolved_cmd(
-    fmt: FormatOption = None,
-    output: OutputOption = None,
-    html: HtmlOption = None,
-    ids: IdsOption = False,
-    db: DbOption = None,
-    wait: WaitOption = 0.0,
-    live: LiveOption = False,
-) -> None:
+@report_options(since=None, include_deleted=False)
+def unresolved_cmd(opts: ReportOptions) -> None:
     """Deployments whose latest finished run failed: since when, how many failures, which error.
 
     The on-call backlog, oldest first: failing since (the first failure after
@@ -491,47 +410,36 @@ def unresolved_cmd(
     Example: flowsync report unresolved --format json
     """
     _run_report(
+        opts,
         "Unresolved failures",
         lambda store, window: reports.unresolved(store),
-        "all",
-        fmt,
-        output,
-        html,
-        db,
-        wait,
-        live,
         report="unresolved",
-        ids=ids,
     )
 
 
+HealthFormatOption = Annotated[
+    str | None,
+    typer.Option(
+        "--format",
+        "-f",
+        help="table, csv, json, markdown, parquet or openmetrics (Prometheus textfile "
+        "collector). Default: table on a terminal, csv otherwise.",
+        show_default=False,
+    ),
+]
+HealthHtmlOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--html",
+        help="Write the health page (one self-contained HTML file) to FILE.",
+        show_default=False,
+    ),
+]
+
+
 @report_app.command("health")
-def health_cmd(
-    since: SinceOption = "7d",
-    include_deleted: IncludeDeletedOption = False,
-    fmt: Annotated[
-        str | None,
-        typer.Option(
-            "--format",
-            "-f",
-            help="table, csv, json, markdown, parquet or openmetrics (Prometheus textfile "
-            "collector). Default: table on a terminal, csv otherwise.",
-            show_default=False,
-        ),
-    ] = None,
-    output: OutputOption = None,
-    html: Annotated[
-        Path | None,
-        typer.Option(
-            "--html",
-            help="Write the health page (one self-contained HTML file) to FILE.",
-            show_default=False,
-        ),
-    ] = None,
-    db: DbOption = None,
-    wait: WaitOption = 0.0,
-    live: LiveOption = False,
-) -> None:
+@report_options(since="7d", fmt=HealthFormatOption, html=HealthHtmlOption, ids=False)
+def health_cmd(opts: ReportOptions) -> None:
     """The headline figures against the previous window; --html writes the one-page health report.
 
     The page: headline, runs and failure rate per day, a deployment x day
@@ -545,19 +453,23 @@ def health_cmd(
     from flowsync import openmetrics, report_html
 
     with errors():
-        window = reports.parse_since(since)
-        chosen = None if html is not None else _choose_format(fmt, output, HEALTH_FORMATS)
-        with _open(db, wait, live) as store:
-            figures = health_mod.collect(store, window, include_deleted=include_deleted)
-        if html is not None:
-            write_atomic(html, report_html.render_health(figures).encode(), "--html")
-            err.print(f"wrote the health page ({window.describe()}) to {html}", highlight=False)
+        window = reports.parse_since(opts.since)
+        chosen = (
+            None if opts.html is not None else _choose_format(opts.fmt, opts.output, HEALTH_FORMATS)
+        )
+        with _open(opts.db, opts.wait, opts.live) as store:
+            figures = health_mod.collect(store, window, include_deleted=opts.include_deleted)
+        if opts.html is not None:
+            write_atomic(opts.html, report_html.render_health(figures).encode(), "--html")
+            err.print(
+                f"wrote the health page ({window.describe()}) to {opts.html}", highlight=False
+            )
             return
         if chosen == "openmetrics":
-            write(openmetrics.render(figures).encode(), output, "OpenMetrics")
+            write(openmetrics.render(figures).encode(), opts.output, "OpenMetrics")
             return
         if chosen == "table":
             out.print(render.headline_table(figures.headline, f"Health, {window.describe()}"))
             return
         assert chosen is not None
-        emit(health_mod.headline_frame(figures), chosen, output)
+        emit(health_mod.headline_frame(figures), chosen, opts.output)

@@ -1,15 +1,26 @@
 """The options every ``flowsync report`` command shares, declared once.
 
-Owns: their names, help texts and defaults. Must not: open the store or render
-(that is ``analysis_cmds``).
+Owns: their names, help texts and defaults, and ``report_options``, the decorator
+that adds them after a report command's own options and hands their values to it
+as one ``ReportOptions``. A command then states only what is its own: its
+grouping, its ``--since`` default, its extra options and its build function.
+Must not: open the store or render (that is ``analysis_cmds``).
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, Concatenate, ParamSpec
 
 import typer
+
+from flowsync.cli.common import DbOption, LiveOption, WaitOption
+
+P = ParamSpec("P")
 
 FormatOption = Annotated[
     str | None,
@@ -54,3 +65,68 @@ IdsOption = Annotated[
         "--ids", help="Show ids in the terminal table too (csv, json and parquet always have them)."
     ),
 ]
+
+
+@dataclass(frozen=True)
+class ReportOptions:
+    """The shared options' values; a command without one of them gets its default here."""
+
+    since: str = "all"
+    include_deleted: bool = False
+    fmt: str | None = None
+    output: Path | None = None
+    html: Path | None = None
+    ids: bool = False
+    db: Path | None = None
+    wait: float = 0.0
+    live: bool = False
+
+
+def _option(name: str, annotation: Any, default: object) -> inspect.Parameter:
+    return inspect.Parameter(
+        name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=default
+    )
+
+
+def report_options(
+    *,
+    since: str | None,
+    include_deleted: bool = True,
+    fmt: Any = FormatOption,
+    html: Any = HtmlOption,
+    ids: bool = True,
+) -> Callable[[Callable[Concatenate[ReportOptions, P], None]], Callable[..., None]]:
+    """Give a report command the shared options, after its own, in ``--help`` order.
+
+    The command takes a ``ReportOptions`` as its first parameter and declares only
+    its own options after it. ``since=None``: no --since (the window is all runs);
+    ``include_deleted``/``ids`` False: no such flag. ``fmt``/``html``: another
+    option for --format or --html, with its own help (``report health``).
+    Typer reads the command's signature, so the wrapper carries the combined one.
+    """
+    shared = [
+        *([_option("since", SinceOption, since)] if since is not None else []),
+        *([_option("include_deleted", IncludeDeletedOption, False)] if include_deleted else []),
+        _option("fmt", fmt, None),
+        _option("output", OutputOption, None),
+        _option("html", html, None),
+        *([_option("ids", IdsOption, False)] if ids else []),
+        _option("db", DbOption, None),
+        _option("wait", WaitOption, 0.0),
+        _option("live", LiveOption, False),
+    ]
+    names = [p.name for p in shared]
+
+    def decorate(command: Callable[Concatenate[ReportOptions, P], None]) -> Callable[..., None]:
+        own = list(inspect.signature(command, eval_str=True).parameters.values())[1:]
+        call: Callable[..., None] = command  # typer passes the command's own options by name
+
+        @functools.wraps(command)
+        def wrapper(**kwargs: Any) -> None:
+            opts = ReportOptions(**{name: kwargs.pop(name) for name in names})
+            call(opts, **kwargs)
+
+        wrapper.__signature__ = inspect.Signature([*own, *shared])  # type: ignore[attr-defined]
+        return wrapper
+
+    return decorate
