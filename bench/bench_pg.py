@@ -139,7 +139,14 @@ def run_ids(db: Path, where: str, limit: int) -> list[str]:
         con.close()
 
 
-def large(runs: int, workers: int, scratch: Path, skip_apply: bool, in_flight: list[int]) -> None:
+def large(
+    runs: int,
+    workers: int,
+    scratch: Path,
+    skip_apply: bool,
+    in_flight: list[int],
+    pulls_only: bool = False,
+) -> None:
     seeded = pg_fast_seed(runs, log=log)
     with pg_cluster_at(seeded.root) as cluster, pg_server(cluster, workers=workers) as server:
         url = server.url
@@ -164,6 +171,8 @@ def large(runs: int, workers: int, scratch: Path, skip_apply: bool, in_flight: l
                 concurrency=n,
                 **timed_pull(url, db, "--concurrency", str(n)),
             )
+        if pulls_only:
+            return
         record(phase="no-change", runs=runs, workers=workers, **timed_pull(url, db))
         record(phase="verify", runs=runs, workers=workers, **timed_pull(url, db, "--verify"))
         changed = run_ids(db, "state_type = 'COMPLETED'", runs // 100)
@@ -209,7 +218,12 @@ def large(runs: int, workers: int, scratch: Path, skip_apply: bool, in_flight: l
 
 
 def small(
-    runs: int, scratch: Path, workers_list: list[int], reps: int, in_flight: list[int]
+    runs: int,
+    scratch: Path,
+    workers_list: list[int],
+    reps: int,
+    in_flight: list[int],
+    keyset: bool = False,
 ) -> None:
     seeded = pg_fast_seed(runs, log=log)
     with pg_cluster_at(seeded.root) as cluster:
@@ -223,7 +237,8 @@ def small(
                             workers=workers,
                             in_flight=n,
                             rep=rep,
-                            **floor(server.url, n),
+                            keyset=keyset,
+                            **floor(server.url, n, keyset=keyset),
                         )
                         db = scratch / f"small-{runs}-w{workers}-c{n}.duckdb"
                         db.unlink(missing_ok=True)
@@ -307,6 +322,16 @@ def main() -> None:
     p.add_argument("--in-flight", type=int, nargs="+", default=[1, 2, 3, 4])
     p.add_argument("--skip-apply", action="store_true")
     p.add_argument(
+        "--pulls-only",
+        action="store_true",
+        help="at --large, stop after the floor and full pulls (no no-change, verify, 1%% or apply)",
+    )
+    p.add_argument(
+        "--keyset-floor",
+        action="store_true",
+        help="at --small, the keyset floor instead of offsets",
+    )
+    p.add_argument(
         "--report",
         action="store_true",
         help="print markdown tables from bench/results/pg.raw and exit",
@@ -325,9 +350,9 @@ def main() -> None:
         argv=sys.argv[1:],
     )
     for w in a.large_workers if a.large else []:
-        large(a.large, w, scratch, a.skip_apply, a.large_in_flight)
+        large(a.large, w, scratch, a.skip_apply, a.large_in_flight, a.pulls_only)
     if a.small:
-        small(a.small, scratch, a.small_workers, a.reps, a.in_flight)
+        small(a.small, scratch, a.small_workers, a.reps, a.in_flight, a.keyset_floor)
 
 
 if __name__ == "__main__":
