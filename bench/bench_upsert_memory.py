@@ -4,9 +4,11 @@ For each history size (``--runs``, synthetic files of ``tests.support.history``)
 each batch of changed runs (``--changed``, spread at random over the history, as a
 1%-changed pull's ~2,000-row write batches are), the smallest ``memory_limit`` under
 which ``upsert_pages`` commits, found by bisection on a fresh copy of the file each
-try (spilling allowed, as in a pull). Two merge shapes: flowsync's (DELETE the rows a
-batch replaces, then INSERT) and the ON CONFLICT DO UPDATE it replaced. Then the cap
-``Store.budget_memory`` sets for that history.
+try (spilling allowed, as in a pull). Three shapes: flowsync's (DELETE the rows a
+batch replaces, then INSERT, into a flow_runs without an index: migration m003), the
+same with the primary key flow_runs had before m003, and the ON CONFLICT DO UPDATE
+(with the key) that the DELETE + INSERT replaced. Then the cap ``Store.budget_memory``
+sets.
 
     python -m bench.bench_upsert_memory --runs 10000,100000,1000000 --changed 1000,2000
 """
@@ -60,13 +62,16 @@ def _shape(name: str) -> Iterator[None]:
 
 def _fits(source: Path, work: Path, runs: int, changed: int, cap_mb: int, shape: str) -> bool:
     shutil.copy(source, work)
+    if shape != "replace":  # the schema before m003
+        with Store.open(work) as store:
+            store.execute("ALTER TABLE flow_runs ADD PRIMARY KEY (id)")
     ids = random.Random(runs + changed).sample(range(runs), changed)
     pages = [
         Page.from_rows([changed_run(i) for i in ids[lo : lo + 200]])
         for lo in range(0, changed, 200)
     ]
     with Store.open(work) as store, _shape(shape):
-        store.budget_memory(0, fixed_mb=cap_mb)
+        store.budget_memory(fixed_mb=cap_mb)
         try:
             with store.memory_guard(), store.transaction():
                 upsert_pages(store, FLOW_RUNS, pages, pull_id=2)
@@ -99,24 +104,25 @@ def main() -> None:
     parser.add_argument("--changed", default="1000,2000")
     args = parser.parse_args()
     print(
-        "| runs | changed | cap set by a pull (MB) | need, DELETE + INSERT (MB) | need, ON CONFLICT DO UPDATE (MB) |"
+        "| runs | changed | cap set by a pull (MB) | need, DELETE + INSERT, no index (MB) "
+        "| need, DELETE + INSERT, primary key (MB) | need, ON CONFLICT DO UPDATE (MB) |"
     )
-    print("|---:|---:|---:|---:|---:|")
+    print("|---:|---:|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as tmp:
         for runs in (int(x) for x in args.runs.split(",")):
             t = time.perf_counter()
             source = make_history(Path(tmp) / f"history-{runs}.duckdb", runs)
             built = time.perf_counter() - t
             with Store.open(source) as store:
-                cap = store.budget_memory(runs) // 2**20
+                cap = store.budget_memory() // 2**20
             for changed in (int(x) for x in args.changed.split(",")):
                 work = Path(tmp) / "work.duckdb"
-                new = need_mb(source, work, runs, changed, "replace")
-                old = need_mb(source, work, runs, changed, "on-conflict")
-                print(
-                    f"| {runs:,} | {changed:,} | {cap} | {new or '> 4096'} | {old or '> 4096'} |",
-                    flush=True,
-                )
+                needs = [
+                    need_mb(source, work, runs, changed, shape)
+                    for shape in ("replace", "replace-pk", "on-conflict")
+                ]
+                cells = " | ".join(str(n or "> 4096") for n in needs)
+                print(f"| {runs:,} | {changed:,} | {cap} | {cells} |", flush=True)
             print(f"<!-- {runs:,} runs built in {built:.1f} s -->", flush=True)
 
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import duckdb
 import pytest
 
 from flowsync.api.client import Page
 from flowsync.errors import StoreError
 from flowsync.store import Store
-from flowsync.store.connect import INDEX_BYTES_PER_ROW, WRITE_MEMORY_BASE
+from flowsync.store.connect import WRITE_MEMORY
+from flowsync.store.migrations import MIGRATIONS
 from flowsync.store.synced_tables import upsert_pages
 from flowsync.store.tables import FLOW_RUNS
 from tests.helpers import SeededServer, run_cli, scalar
@@ -24,29 +26,79 @@ def _setting_mib(store: Store) -> float:
     return float(number) * {"KiB": 1 / 1024, "MiB": 1, "GiB": 1024}[unit]
 
 
-def test_budget_is_sized_from_rows_and_only_grows(db_path: Path) -> None:
+def test_budget_is_flat_and_replaced_by_a_fixed_cap(db_path: Path) -> None:
     with Store.open(db_path) as store:
-        small = store.budget_memory(10_000)
-        assert small == WRITE_MEMORY_BASE + 10_000 * INDEX_BYTES_PER_ROW
-        assert _setting_mib(store) == pytest.approx(small / 2**20, abs=1)
-        assert store.budget_memory(100) == small  # never lowered mid-command
-        big = store.budget_memory(1_000_000)
-        assert big > small and _setting_mib(store) == pytest.approx(big / 2**20, abs=1)
-        assert store.budget_memory(0, fixed_mb=512) == 512 * 2**20
+        cap = store.budget_memory()
+        assert cap == WRITE_MEMORY
+        assert _setting_mib(store) == pytest.approx(cap / 2**20, abs=1)
+        assert store.budget_memory(fixed_mb=512) == 512 * 2**20
         assert _setting_mib(store) == pytest.approx(512, abs=1)
+
+
+def test_flow_runs_has_no_index_and_an_old_file_is_upgraded(tmp_path: Path) -> None:
+    # Before m003 flow_runs had a primary key, whose index DuckDB holds in memory whole
+    # (47 MB at a million runs): a pull's memory grew with the history.
+    old = tmp_path / "old.duckdb"
+    con = duckdb.connect(str(old))
+    con.execute(
+        "CREATE TABLE _flowsync_migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL)"
+    )
+    for name, fn in MIGRATIONS[:2]:
+        fn(con)
+        con.execute("INSERT INTO _flowsync_migrations VALUES (?, now())", [name])
+    con.execute(
+        "INSERT INTO flow_runs (id, name, tags, synced_at, seen_pull) "
+        "SELECT uuid(), 'run-' || range, ['a'], now(), 1 FROM range(500)"
+    )
+    con.close()
+    with Store.open(old) as store:
+        assert "m003_flow_runs_without_primary_key" in store.applied_migrations()
+        constraints = store.execute(
+            "SELECT constraint_type, constraint_column_names FROM duckdb_constraints() "
+            "WHERE table_name = 'flow_runs' ORDER BY ALL"
+        ).rows()
+        assert constraints == [("NOT NULL", ["id"]), ("NOT NULL", ["synced_at"])]
+        assert (
+            store.execute(
+                "SELECT count(*) FROM duckdb_indexes() WHERE table_name = 'flow_runs'"
+            ).scalar()
+            == 0
+        )
+        assert store.execute(
+            "SELECT count(*), count(DISTINCT id), min(tags[1]) FROM flow_runs"
+        ).one() == (500, 500, "a")
+        columns = [r[0] for r in store.execute("DESCRIBE flow_runs").rows()]
+        assert columns[:3] == ["id", "created", "updated"] and columns[-1] == "deleted_at"
+
+
+def test_a_run_written_again_replaces_its_row(db_path: Path) -> None:
+    # Without a key, the write path alone keeps ids unique: within a batch, across batches.
+    first = Page.from_rows([changed_run(i) for i in range(300)])
+    again = Page.from_rows([changed_run(i) for i in range(200, 400)])
+    with Store.open(db_path) as store:
+        with store.transaction():
+            upsert_pages(store, FLOW_RUNS, [first, again], pull_id=1)
+        with store.transaction():
+            written = upsert_pages(store, FLOW_RUNS, [again, again], pull_id=2)
+        assert written == (0, 0, 200)
+        assert store.execute("SELECT count(*), count(DISTINCT id) FROM flow_runs").one() == (
+            400,
+            400,
+        )
+        assert store.execute("SELECT count(*) FROM flow_runs WHERE seen_pull = 2").scalar() == 200
 
 
 def test_zero_leaves_duckdbs_default(db_path: Path) -> None:
     with Store.open(db_path) as store:
         default = _setting_mib(store)
-        assert store.budget_memory(10, fixed_mb=0) == 0
+        assert store.budget_memory(fixed_mb=0) == 0
         assert _setting_mib(store) == default
 
 
 def test_running_out_under_the_cap_is_one_clear_error_and_saves_nothing(db_path: Path) -> None:
     with Store.open(db_path) as store:
         store.execute("SET max_temp_directory_size = '0KB'")  # no spilling: the cap is hard
-        store.budget_memory(0, fixed_mb=8)
+        store.budget_memory(fixed_mb=8)
         with (
             pytest.raises(StoreError, match=r"out of memory under its 8 MB cap.*--memory-limit"),
             store.transaction(),
@@ -83,7 +135,7 @@ def test_pull_with_a_too_small_cap_fails_clearly_then_a_default_pull_completes(
 def test_running_out_in_a_read_under_the_guard_is_one_clear_error(db_path: Path) -> None:
     with Store.open(db_path) as store:
         store.execute("SET max_temp_directory_size = '0KB'")
-        store.budget_memory(0, fixed_mb=8)
+        store.budget_memory(fixed_mb=8)
         with (
             pytest.raises(StoreError, match=r"out of memory under its 8 MB cap.*--memory-limit"),
             store.memory_guard(),
@@ -105,7 +157,7 @@ def test_an_incremental_upsert_into_a_large_history_fits_the_default_cap(tmp_pat
         for lo in range(0, len(changed), 200)
     ]
     with Store.open(path) as store:
-        cap = store.budget_memory(runs)
+        cap = store.budget_memory()
         assert _setting_mib(store) == pytest.approx(cap / 2**20, abs=1)
         with store.transaction():
             written = upsert_pages(store, FLOW_RUNS, pages, pull_id=2)

@@ -79,7 +79,7 @@ def pull_cmd(
         int | None,
         typer.Option(
             "--memory-limit",
-            help="DuckDB memory cap in MB (default: sized from the history; 0: DuckDB's own default, 80% of RAM).",
+            help="DuckDB memory cap in MB (default 64; 0: DuckDB's own default, 80% of RAM).",
             min=0,
             show_default=False,
         ),

@@ -22,7 +22,6 @@ refusals come out as ``SandboxError``. Must not: know about the API.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -41,11 +40,10 @@ if TYPE_CHECKING:
 DUCKDB_MAGIC_OFFSET = 8
 DUCKDB_MAGIC = b"DUCK"
 
-# A write job's DuckDB memory budget (see ``Store.budget_memory``): a fixed working
-# set plus room for the flow_runs primary-key index, which DuckDB holds in memory
-# whole once a write touches it (49 bytes a run measured at 1M runs, DuckDB 2.0.1).
-WRITE_MEMORY_BASE = 64 * 2**20
-INDEX_BYTES_PER_ROW = 64
+# A write job's DuckDB memory cap (see ``Store.budget_memory``). Flat in the size of
+# the history: flow_runs has no index (migration m003), and a write batch needs 19-27 MB
+# at 10k-1M runs (BENCHMARKS.md).
+WRITE_MEMORY = 64 * 2**20
 
 
 # Rule SQL comes from policy files (pull requests): it must see only the history.
@@ -84,13 +82,6 @@ def _check_path(path: Path, read_only: bool) -> None:
             raise StoreError(
                 f"{path} is an empty file, not a DuckDB database; remove it or choose another --db."
             )
-
-
-def _physical_memory() -> int:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):  # not on this platform
-        return 8 * 2**30
 
 
 def _first_line(e: Exception) -> str:
@@ -220,24 +211,17 @@ class Store:
 
     # -- memory -------------------------------------------------------------
 
-    def budget_memory(self, rows: int, *, fixed_mb: int | None = None) -> int:
-        """Cap DuckDB's memory for a write job over about ``rows`` rows; returns the cap in bytes.
+    def budget_memory(self, *, fixed_mb: int | None = None) -> int:
+        """Cap DuckDB's memory for a write job; returns the cap in bytes (0: none set).
 
         Unbounded, DuckDB's buffer pool keeps every block a checkpoint touches
         (the partly filled row group is rewritten whole), so a pull's peak memory
         grew with the size of its history. Under a cap it evicts them instead.
-        ``fixed_mb`` replaces the computed cap (0 = DuckDB's default, 80% of RAM).
-        The cap only ever grows during one command.
+        ``fixed_mb`` replaces the cap (0 = DuckDB's default, 80% of RAM).
         """
         if fixed_mb == 0:
             return 0
-        want = (
-            fixed_mb * 2**20 if fixed_mb else WRITE_MEMORY_BASE + INDEX_BYTES_PER_ROW * max(rows, 0)
-        )
-        if not fixed_mb:
-            want = min(want, int(_physical_memory() * 0.8))
-        if self.memory_budget is not None and want <= self.memory_budget:
-            return self.memory_budget
+        want = fixed_mb * 2**20 if fixed_mb else WRITE_MEMORY
         try:
             self._con.execute(f"SET memory_limit = '{want // 2**20}MiB'")
         except duckdb.OutOfMemoryException as e:
@@ -249,7 +233,7 @@ class Store:
         return want
 
     def _out_of_memory(self) -> StoreError:
-        if self.memory_budget:  # a cap this command set (`pull --memory-limit` can raise it)
+        if self.memory_budget:  # a cap this command set (`pull --memory-limit` changes it)
             hint = f" under its {self.memory_budget // 2**20} MB cap"
             fix = " Re-run with a larger --memory-limit (MB)."
         else:

@@ -174,3 +174,21 @@ def m002_policy_actions(con: Any) -> None:
         );
         """
     )
+
+
+@migration
+def m003_flow_runs_without_primary_key(con: Any) -> None:
+    # DuckDB holds a table's primary-key index in memory whole once a write touches it:
+    # 49 bytes a run (47 MB at a million runs, 470 MB at ten million), so every pull's
+    # memory grew with the history. The id stays unique without it: the one write path
+    # (synced_tables.upsert_pages) deduplicates each batch and deletes the rows it
+    # replaces in the same transaction, under the one-writer lock.
+    con.execute(
+        """
+        CREATE TABLE flow_runs_m003 AS SELECT * FROM flow_runs;
+        DROP TABLE flow_runs;
+        ALTER TABLE flow_runs_m003 RENAME TO flow_runs;
+        ALTER TABLE flow_runs ALTER COLUMN id SET NOT NULL;
+        ALTER TABLE flow_runs ALTER COLUMN synced_at SET NOT NULL;
+        """
+    )

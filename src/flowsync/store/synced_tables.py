@@ -195,11 +195,6 @@ def oldest_read(store: Store, ids: Sequence[str] | None = None) -> datetime | No
     return value
 
 
-def count_all(store: Store, table: str) -> int:
-    """Rows including the ones marked deleted (they stay in the indexes)."""
-    return int(store.execute(f"SELECT count(*) FROM {table}").scalar())
-
-
 def count_live(store: Store, table: str) -> int:
     return int(store.execute(f"SELECT count(*) FROM {table} WHERE deleted_at IS NULL").scalar())
 

@@ -89,9 +89,7 @@ def pull(
     mode, reason = "incremental", ""
     try:
         with store.memory_guard():  # under the memory cap, reads can run out too: one clear error
-            store.budget_memory(
-                synced_tables.count_all(store, "flow_runs"), fixed_mb=options.memory_limit_mb
-            )
+            store.budget_memory(fixed_mb=options.memory_limit_mb)
             catalog.sync_collection(ctx, FLOWS)
             catalog.sync_collection(ctx, DEPLOYMENTS)
             why_full = runs.needs_full(ctx)

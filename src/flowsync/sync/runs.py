@@ -174,8 +174,6 @@ def plan_segments(ctx: PullContext, total: int) -> list[dict[str, Any]]:
 def full_pass(ctx: PullContext) -> None:
     state = sync_log.get_state(ctx.store, FULL_PASS)
     total = ctx.client.count("flow_runs")
-    # The cap set from the local rows only grows: this makes it the larger of the two.
-    ctx.store.budget_memory(total, fixed_mb=ctx.options.memory_limit_mb)
     if not state:
         state = {
             "pass_id": ctx.pull_id,
