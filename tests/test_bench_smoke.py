@@ -6,6 +6,9 @@ stays well under a minute; the full benchmark is ``python -m bench.bench_pull``.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -13,6 +16,8 @@ import pytest
 
 from bench.fast_seed import fast_seed, verify
 from tests.support.server import prefect_server
+
+FLOOR = Path(__file__).resolve().parent.parent / "bench" / "contenders" / "floor.py"
 
 
 @pytest.mark.timeout(240)
@@ -36,3 +41,24 @@ def test_fast_seed_count_matches_and_reuses(tmp_path: Path) -> None:
             ).json()
             states = c.get(f"flow_runs/{runs[0]['id']}").json()["state"]
             assert states["type"] == runs[0]["state_type"]
+        # The keyset floor of the million-run benchmark reads every run, in parts, in parallel.
+        for args in (["--in-flight", "1"], ["--in-flight", "3", "--segments", "7"]):
+            floor = subprocess.run(
+                [
+                    sys.executable,
+                    str(FLOOR),
+                    "--url",
+                    server.url,
+                    "--keyset",
+                    "--page-size",
+                    "25",
+                    *args,
+                ],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=True,
+            )
+            summary = json.loads(floor.stdout.strip().splitlines()[-1])
+            assert summary["rows"] == 300, summary
+            assert summary["rows_read"] >= 300 and summary["requests"] >= 300 // 25
