@@ -678,3 +678,26 @@ def test_a_lost_answer_is_classified_from_the_server_state(
 )
 def test_a_run_the_answer_did_not_act_on_is_read_back(after: Seen | None, expected: str) -> None:
     assert classify_unanswered(BEFORE, after).outcome.value == expected
+
+
+def test_cli_apply_under_a_too_small_memory_cap_fails_clearly_before_any_call(
+    mixed_db: Path,
+) -> None:
+    # apply caps DuckDB's memory like a pull (64 MB; --memory-limit overrides). Too small a
+    # cap is one line naming the flag, before any request (the URL is unroutable: exit 3).
+    path = write(mixed_db.parent, DELETE_ALL)
+    result = run_cli(
+        "apply",
+        str(path),
+        "--db",
+        str(mixed_db),
+        "--yes",
+        "--api-url",
+        "http://127.0.0.1:9/api",
+        "--memory-limit",
+        "1",
+    )
+    assert result.exit_code == 5, result.output
+    assert result.stderr.count("\n") == 1 and "--memory-limit" in result.stderr
+    assert "Traceback" not in result.output
+    assert scalar(mixed_db, "SELECT count(*) FROM policy_actions") == 0

@@ -48,6 +48,15 @@ LiveOption = Annotated[
         help="Read the live DuckDB file instead of its latest published snapshot (conflicts with a running pull: see --wait).",
     ),
 ]
+MemoryLimitOption = Annotated[
+    int | None,
+    typer.Option(
+        "--memory-limit",
+        help="DuckDB memory cap in MB (default 64; 0: DuckDB's own default, 80% of RAM).",
+        min=0,
+        show_default=False,
+    ),
+]
 JsonOption = Annotated[
     bool, typer.Option("--json", help="Print a machine-readable JSON summary on stdout.")
 ]

@@ -22,6 +22,7 @@ from flowsync.cli.common import (
     DbOption,
     JsonOption,
     LiveOption,
+    MemoryLimitOption,
     WaitOption,
     err,
     errors,
@@ -233,6 +234,7 @@ def apply_cmd(
     api_key: ApiKeyOption = None,
     wait: WaitOption = 0.0,
     sample: SampleOption = 5,
+    memory_limit: MemoryLimitOption = None,
     json_out: JsonOption = False,
 ) -> None:
     """Apply a policy: show the plan, confirm, then bulk delete / set state in batches of 50.
@@ -279,11 +281,16 @@ def apply_cmd(
                 raise typer.Exit(1)
         progress = make_progress(json_out)
         with (
-            Store.open(path, wait=wait, sandbox=True) as store,
+            # Capped like a pull: uncapped, DuckDB kept every block the batches' writes
+            # touched (977 MB for 10,000 deletes at a million runs).
+            Store.open(
+                path, wait=wait, sandbox=True, memory_cap=True, memory_limit_mb=memory_limit
+            ) as store,
             PrefectClient(settings, on_retry=progress.message) as client,
             progress,
         ):
-            result = apply_plan(client, store, plan, progress=progress)
+            with store.memory_guard():
+                result = apply_plan(client, store, plan, progress=progress)
             publish(store)  # readers (and the next `plan`) see what apply changed
     if json_out:
         print_json({"plan": plan.to_json(sample=sample), "result": result.to_json()})

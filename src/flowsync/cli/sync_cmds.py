@@ -13,6 +13,7 @@ from flowsync.cli.common import (
     ApiUrlOption,
     DbOption,
     JsonOption,
+    MemoryLimitOption,
     WaitOption,
     err,
     errors,
@@ -75,15 +76,7 @@ def pull_cmd(
             min=0.0001,
         ),
     ] = PULL_STALENESS_HOURS,
-    memory_limit: Annotated[
-        int | None,
-        typer.Option(
-            "--memory-limit",
-            help="DuckDB memory cap in MB (default 64; 0: DuckDB's own default, 80% of RAM).",
-            min=0,
-            show_default=False,
-        ),
-    ] = None,
+    memory_limit: MemoryLimitOption = None,
     json_out: JsonOption = False,
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="No progress output; errors only (for cron).")

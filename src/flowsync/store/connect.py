@@ -116,10 +116,14 @@ class Store:
         wait: float = 0.0,
         migrate: bool = True,
         sandbox: bool = False,
+        memory_cap: bool = False,
+        memory_limit_mb: int | None = None,
     ) -> Store:
         """Open (and for writers create and upgrade) the file; wait up to ``wait`` s for a lock.
 
-        ``sandbox``: files, network and extensions off, configuration locked (see the module)."""
+        ``sandbox``: files, network and extensions off, configuration locked (see the module).
+        ``memory_cap``: cap DuckDB's memory for a write job (``budget_memory`` with
+        ``memory_limit_mb``) while the configuration can still change."""
         path = Path(path)
         _check_path(path, read_only)
         deadline = time.monotonic() + wait
@@ -157,6 +161,8 @@ class Store:
             con.execute("SET TimeZone = 'UTC'")
             if migrate:
                 store.migrate()
+            if memory_cap:
+                store.budget_memory(fixed_mb=memory_limit_mb)
             if sandbox:
                 # After the time zone: nothing (rule SQL included) may change settings from here on.
                 con.execute("SET lock_configuration = true")
