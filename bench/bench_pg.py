@@ -78,6 +78,13 @@ def floor(url: str, in_flight: int, *, keyset: bool = False) -> dict[str, Any]:
     return {"wall": round(wall, 2), **last_json(out)}
 
 
+def floor_then_pull(url: str, db: Path, n: int, *, keyset: bool, **labels: Any) -> None:
+    """The floor, then a full pull into a fresh ``db``, both with ``n`` pages in flight."""
+    record(phase="floor", in_flight=n, keyset=keyset, **labels, **floor(url, n, keyset=keyset))
+    db.unlink(missing_ok=True)
+    record(phase="full", concurrency=n, **labels, **timed_pull(url, db, "--concurrency", str(n)))
+
+
 def probe(c: httpx.Client, path: str, body: dict[str, Any]) -> float | str:
     """Seconds for one request, or how it failed (the server answers 500 when its database
     statement times out: PREFECT_API_DATABASE_TIMEOUT, 10 s by default)."""
@@ -155,22 +162,7 @@ def large(
         for n in in_flight:
             # At this size the offset floor measures the server's offset scan (seconds a
             # page deep in the table), so the floor here walks by keyset, like the pull.
-            record(
-                phase="floor",
-                runs=runs,
-                workers=workers,
-                in_flight=n,
-                keyset=True,
-                **floor(url, n, keyset=True),
-            )
-            db.unlink(missing_ok=True)
-            record(
-                phase="full",
-                runs=runs,
-                workers=workers,
-                concurrency=n,
-                **timed_pull(url, db, "--concurrency", str(n)),
-            )
+            floor_then_pull(url, db, n, runs=runs, workers=workers, keyset=True)
         if pulls_only:
             return
         record(phase="no-change", runs=runs, workers=workers, **timed_pull(url, db))
@@ -231,24 +223,9 @@ def small(
             with pg_server(cluster, workers=workers) as server:
                 for rep in range(reps):
                     for n in in_flight:
-                        record(
-                            phase="floor",
-                            runs=runs,
-                            workers=workers,
-                            in_flight=n,
-                            rep=rep,
-                            keyset=keyset,
-                            **floor(server.url, n, keyset=keyset),
-                        )
                         db = scratch / f"small-{runs}-w{workers}-c{n}.duckdb"
-                        db.unlink(missing_ok=True)
-                        record(
-                            phase="full",
-                            runs=runs,
-                            workers=workers,
-                            concurrency=n,
-                            rep=rep,
-                            **timed_pull(server.url, db, "--concurrency", str(n)),
+                        floor_then_pull(
+                            server.url, db, n, runs=runs, workers=workers, keyset=keyset, rep=rep
                         )
 
 

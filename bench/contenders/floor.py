@@ -22,6 +22,7 @@ import itertools
 import json
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 import httpx
@@ -55,16 +56,22 @@ def main() -> None:
             if n < a.page_size:
                 break
             offset += n
-    print(
-        json.dumps(
-            {
-                "rows": rows,
-                "rows_in_db": None,
-                "requests": requests,
-                "seconds": round(time.monotonic() - began, 3),
-            }
-        )
-    )
+    report(began, rows=rows, requests=requests)
+
+
+def report(began: float, **fields: object) -> None:
+    """The summary line every mode prints: what it read and how long it took."""
+    print(json.dumps({"rows_in_db": None, **fields, "seconds": round(time.monotonic() - began, 3)}))
+
+
+def run_threads(worker: Callable[[], None], n: int, errors: list[BaseException]) -> None:
+    threads = [threading.Thread(target=worker) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
 
 
 def parallel(url: str, page_size: int, in_flight: int) -> None:
@@ -96,23 +103,8 @@ def parallel(url: str, page_size: int, in_flight: int) -> None:
             errors.append(e)
             done.set()
 
-    threads = [threading.Thread(target=worker) for _ in range(in_flight)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
-    print(
-        json.dumps(
-            {
-                "rows": totals["rows"],
-                "rows_in_db": None,
-                "requests": totals["requests"],
-                "seconds": round(time.monotonic() - began, 3),
-            }
-        )
-    )
+    run_threads(worker, in_flight, errors)
+    report(began, rows=totals["rows"], requests=totals["requests"])
 
 
 def _ts(text: str) -> datetime:
@@ -176,24 +168,13 @@ def keyset(url: str, page_size: int, in_flight: int, segments: int) -> None:
         except BaseException as e:
             errors.append(e)
 
-    threads = [threading.Thread(target=worker) for _ in range(in_flight)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
-    print(
-        json.dumps(
-            {
-                "rows": len(seen),
-                "rows_read": totals["rows"],
-                "rows_in_db": None,
-                "requests": totals["requests"],
-                "slowest_s": round(totals["slowest_s"], 3),
-                "seconds": round(time.monotonic() - began, 3),
-            }
-        )
+    run_threads(worker, in_flight, errors)
+    report(
+        began,
+        rows=len(seen),
+        rows_read=totals["rows"],
+        requests=totals["requests"],
+        slowest_s=round(totals["slowest_s"], 3),
     )
 
 
