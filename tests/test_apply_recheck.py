@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 
 from flowsync.api import PrefectClient, RetryPolicy
 from flowsync.config import ApiSettings
@@ -64,20 +65,71 @@ def on_server(server: Server, ids: list[str]) -> dict[str, dict[str, Any]]:
     return {r["id"]: r for r in runs}
 
 
-def pulled(server: Server, db: Path) -> Path:
+def pulled_and_picked(server: Server, folder: Path, state: str, n: int) -> tuple[Path, list[str]]:
+    """``folder/runs.duckdb`` after a pull, then ``n`` unused runs in ``state`` (see ``pick``)."""
+    db = folder / "runs.duckdb"
     result = run_cli("pull", "--api-url", server.url, "--db", str(db), "--quiet")
     assert result.exit_code == 0, result.output
-    return db
+    return db, pick(server, state, n)
 
 
-def id_list(ids: list[str]) -> str:
-    return ", ".join(f"'{i}'" for i in ids)
-
-
-def write(folder: Path, text: str) -> Path:
+def write_policy(
+    folder: Path,
+    ids: list[str],
+    rule: str,
+    action: dict[str, Any],
+    protect_tags: list[str] | None = None,
+    also: str | None = None,
+) -> Path:
+    """``folder/policy.yaml``: one rule named ``rule`` doing ``action`` to the live runs in
+    ``ids`` that also meet ``also`` (an extra SQL condition, if given)."""
+    in_ids = ", ".join(f"'{i}'" for i in ids)
+    sql = f"SELECT id FROM flow_runs WHERE deleted_at IS NULL AND CAST(id AS VARCHAR) IN ({in_ids})"
+    if also:
+        sql += f" AND {also}"
+    policy: dict[str, Any] = {"version": 1}
+    if protect_tags:
+        policy["protect_tags"] = protect_tags
+    policy["rules"] = [{"name": rule, **action, "sql": sql}]
     path = folder / "policy.yaml"
-    path.write_text(text)
+    path.write_text(yaml.safe_dump(policy, sort_keys=False))
     return path
+
+
+def delete_policy(
+    folder: Path,
+    ids: list[str],
+    rule: str = "purge",
+    protect_tags: list[str] | None = None,
+    also: str | None = None,
+) -> Path:
+    """A rule ``rule`` deleting ``ids`` (see ``write_policy``)."""
+    return write_policy(folder, ids, rule, {"action": "delete"}, protect_tags, also)
+
+
+def cancel_policy(folder: Path, ids: list[str], message: str | None = None) -> Path:
+    """A rule ``cancel`` forcing ``ids`` to CANCELLED (with ``message`` on the state, if given)."""
+    state = {"type": "CANCELLED", "name": "Cancelled"}
+    if message is not None:
+        state["message"] = message
+    return write_policy(
+        folder, ids, "cancel", {"action": "set_state", "state": state, "force": True}
+    )
+
+
+def plan(db: Path, policy: Path, *options: str) -> Any:
+    """``flowsync plan POLICY --db DB OPTIONS``; the click Result, unchecked."""
+    return run_cli("plan", str(policy), "--db", str(db), *options)
+
+
+def apply_cli(server: Server, db: Path, policy: Path) -> dict[str, Any]:
+    """``flowsync apply POLICY --yes --json`` against the server; asserts exit 0, returns the JSON."""
+    result = run_cli(
+        "apply", str(policy), "--db", str(db), "--api-url", server.url, "--yes", "--json"
+    )
+    assert result.exit_code == 0, result.output
+    data: dict[str, Any] = json.loads(result.stdout)
+    return data
 
 
 def audit(db: Path, ids: list[str]) -> dict[str, tuple[str, dict[str, Any]]]:
@@ -90,32 +142,28 @@ def audit(db: Path, ids: list[str]) -> dict[str, tuple[str, dict[str, Any]]]:
     return {i: (o, json.loads(d) if d else {}) for i, o, d in rows}
 
 
+def count_in_file(db: Path, condition: str, ids: list[str]) -> Any:
+    """How many of ``ids`` the file holds as runs meeting the SQL ``condition``."""
+    return scalar(
+        db,
+        f"SELECT count(*) FROM flow_runs WHERE {condition} "
+        "AND id IN (SELECT unnest(CAST(? AS UUID[])))",
+        [ids],
+    )
+
+
 def test_a_run_tagged_protected_after_the_plan_is_not_deleted(
     server: Server, tmp_path: Path
 ) -> None:
-    db = pulled(server, tmp_path / "runs.duckdb")
-    ids = pick(server, "COMPLETED", 8)
-    path = write(
-        tmp_path,
-        f"""version: 1
-protect_tags: [on-hold]
-rules:
-  - name: purge
-    action: delete
-    sql: SELECT id FROM flow_runs WHERE deleted_at IS NULL AND CAST(id AS VARCHAR) IN ({id_list(ids)})
-""",
-    )
-    plan = run_cli("plan", str(path), "--db", str(db), "--json")
-    assert json.loads(plan.stdout)["total"] == 8
-    assert "re-reads each batch" in run_cli("plan", str(path), "--db", str(db)).stdout
+    db, ids = pulled_and_picked(server, tmp_path, "COMPLETED", 8)
+    path = delete_policy(tmp_path, ids, protect_tags=["on-hold"])
+    assert json.loads(plan(db, path, "--json").stdout)["total"] == 8
+    assert "re-reads each batch" in plan(db, path).stdout
     kept = ids[:3]
     for i in kept:  # after the pull and after the plan; PATCH emits no event
         patch(server, i, tags=["on-hold"])
-    result = run_cli(
-        "apply", str(path), "--db", str(db), "--api-url", server.url, "--yes", "--json"
-    )
-    assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout)["result"]["rules"] == {"purge": {"deleted": 5, "skipped": 3}}
+    result = apply_cli(server, db, path)
+    assert result["result"]["rules"] == {"purge": {"deleted": 5, "skipped": 3}}
     assert sorted(on_server(server, ids)) == sorted(kept)  # the tagged ones are still there
     rows = audit(db, ids)
     for i in kept:
@@ -125,40 +173,20 @@ rules:
         assert "re-checked right before the call" in details["reason"]
     assert {rows[i][0] for i in ids[3:]} == {"deleted"}
     # the file has the fresh read: tagged, live
-    assert (
-        scalar(
-            db,
-            "SELECT count(*) FROM flow_runs WHERE list_contains(tags, 'on-hold') AND deleted_at IS NULL "
-            "AND id IN (SELECT unnest(CAST(? AS UUID[])))",
-            [kept],
-        )
-        == 3
-    )
+    assert count_in_file(db, "list_contains(tags, 'on-hold') AND deleted_at IS NULL", kept) == 3
 
 
 def test_plan_shows_its_data_age_and_refresh_rereads_the_selected_runs(
     server: Server, tmp_path: Path
 ) -> None:
-    db = pulled(server, tmp_path / "runs.duckdb")
-    ids = pick(server, "COMPLETED", 4)
-    path = write(
-        tmp_path,
-        f"""version: 1
-protect_tags: [on-hold]
-rules:
-  - name: purge
-    action: delete
-    sql: SELECT id FROM flow_runs WHERE deleted_at IS NULL AND CAST(id AS VARCHAR) IN ({id_list(ids)})
-""",
-    )
+    db, ids = pulled_and_picked(server, tmp_path, "COMPLETED", 4)
+    path = delete_policy(tmp_path, ids, protect_tags=["on-hold"])
     patch(server, ids[0], tags=["on-hold"])
-    stale = run_cli("plan", str(path), "--db", str(db))
+    stale = plan(db, path)
     assert stale.exit_code == 0, stale.output
     assert "data: last pull" in stale.stdout and "plan --refresh" in stale.stdout
-    assert json.loads(run_cli("plan", str(path), "--db", str(db), "--json").stdout)["total"] == 4
-    fresh = run_cli(
-        "plan", str(path), "--db", str(db), "--refresh", "--api-url", server.url, "--json"
-    )
+    assert json.loads(plan(db, path, "--json").stdout)["total"] == 4
+    fresh = plan(db, path, "--refresh", "--api-url", server.url, "--json")
     assert fresh.exit_code == 0, fresh.output
     data = json.loads(fresh.stdout)
     assert data["total"] == 3 and data["data"]["refreshed"] == 4
@@ -167,28 +195,17 @@ rules:
 
 
 def test_runs_the_rule_no_longer_selects_are_left_alone(server: Server, tmp_path: Path) -> None:
-    db = pulled(server, tmp_path / "runs.duckdb")
-    ids = pick(server, "COMPLETED", 6)
-    path = write(
+    db, ids = pulled_and_picked(server, tmp_path, "COMPLETED", 6)
+    path = delete_policy(
         tmp_path,
-        f"""version: 1
-rules:
-  - name: purge-plain
-    action: delete
-    sql: |
-      SELECT id FROM flow_runs WHERE deleted_at IS NULL AND CAST(id AS VARCHAR) IN ({id_list(ids)})
-        AND name NOT LIKE 'vip-%' AND NOT list_contains(tags, 'vip')
-""",
+        ids,
+        rule="purge-plain",
+        also="name NOT LIKE 'vip-%' AND NOT list_contains(tags, 'vip')",
     )
     patch(server, ids[0], name="vip-renamed")
     patch(server, ids[1], tags=["vip"])
-    result = run_cli(
-        "apply", str(path), "--db", str(db), "--api-url", server.url, "--yes", "--json"
-    )
-    assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout)["result"]["rules"] == {
-        "purge-plain": {"deleted": 4, "skipped": 2}
-    }
+    result = apply_cli(server, db, path)
+    assert result["result"]["rules"] == {"purge-plain": {"deleted": 4, "skipped": 2}}
     assert sorted(on_server(server, ids)) == sorted(ids[:2])
     rows = audit(db, ids)
     assert (
@@ -202,26 +219,12 @@ rules:
 def test_a_run_gone_before_the_call_is_audited_gone_and_not_sent(
     server: Server, tmp_path: Path
 ) -> None:
-    db = pulled(server, tmp_path / "runs.duckdb")
-    ids = pick(server, "FAILED", 4)
-    path = write(
-        tmp_path,
-        f"""version: 1
-rules:
-  - name: purge
-    action: delete
-    sql: SELECT id FROM flow_runs WHERE deleted_at IS NULL AND CAST(id AS VARCHAR) IN ({id_list(ids)})
-""",
-    )
+    db, ids = pulled_and_picked(server, tmp_path, "FAILED", 4)
+    path = delete_policy(tmp_path, ids)
     assert httpx.delete(f"{server.url}/flow_runs/{ids[0]}", timeout=60).status_code == 204
-    sent: list[str] = []
-
-    def watch(request: httpx.Request, n: int) -> httpx.Response | None:
-        if request.url.path.endswith("/bulk_delete"):
-            sent.extend(json.loads(request.content)["flow_runs"]["id"]["any_"])
-        return None
-
-    result = apply_with(server, db, path, watch)
+    calls: list[list[str]] = []
+    result = apply_with(server, db, path, recording("/bulk_delete", calls))
+    sent = [i for call in calls for i in call]
     assert result.counts == {"purge": {"deleted": 3, "gone": 1}}
     assert ids[0] not in sent and sorted(sent) == sorted(ids[1:])
     assert audit(db, ids)[ids[0]][0] == "gone"
@@ -250,26 +253,29 @@ def apply_with(
         return apply_plan(client, store, plan)
 
 
+def ids_sent(request: httpx.Request) -> list[str]:
+    """The run ids in a bulk call's body."""
+    ids: list[str] = json.loads(request.content)["flow_runs"]["id"]["any_"]
+    return ids
+
+
+def recording(endpoint: str, calls: list[list[str]]) -> Fault:
+    """A fault that answers nothing itself and notes the ids of each call to ``endpoint``."""
+
+    def record(request: httpx.Request, n: int) -> httpx.Response | None:
+        if request.url.path.endswith(endpoint):
+            calls.append(ids_sent(request))
+        return None
+
+    return record
+
+
 def test_a_lost_delete_answer_after_the_commit_is_recorded_deleted(
     server: Server, tmp_path: Path
 ) -> None:
-    db = pulled(server, tmp_path / "runs.duckdb")
-    ids = pick(server, "COMPLETED", 12)
-    path = write(
-        tmp_path,
-        f"""version: 1
-rules:
-  - name: purge
-    action: delete
-    sql: SELECT id FROM flow_runs WHERE deleted_at IS NULL AND CAST(id AS VARCHAR) IN ({id_list(ids)})
-""",
-    )
+    db, ids = pulled_and_picked(server, tmp_path, "COMPLETED", 12)
+    path = delete_policy(tmp_path, ids)
     bulk: list[list[str]] = []
-
-    def count(request: httpx.Request, n: int) -> httpx.Response | None:
-        if request.url.path.endswith("/bulk_delete"):
-            bulk.append(json.loads(request.content)["flow_runs"]["id"]["any_"])
-        return None
 
     def drop(request: httpx.Request, response: httpx.Response) -> None:
         if request.url.path.endswith("/bulk_delete"):
@@ -277,47 +283,23 @@ rules:
                 "Server disconnected without sending a response.", request=request
             )
 
-    result = apply_with(server, db, path, count, drop)
+    result = apply_with(server, db, path, recording("/bulk_delete", bulk), drop)
     assert on_server(server, ids) == {}  # the server did delete them
     assert result.counts == {"purge": {"deleted": 12}} and result.status == "success"
     assert len(bulk) == 1  # resolved from the server's state, never resent
     rows = audit(db, ids)
     assert {o for o, _ in rows.values()} == {"deleted"}
     assert all("gone after it" in d["evidence"] for _, d in rows.values())
-    assert (
-        scalar(
-            db,
-            "SELECT count(*) FROM flow_runs WHERE deleted_at IS NOT NULL AND id IN "
-            "(SELECT unnest(CAST(? AS UUID[])))",
-            [ids],
-        )
-        == 12
-    )
+    assert count_in_file(db, "deleted_at IS NOT NULL", ids) == 12
 
 
 def test_a_lost_set_state_answer_is_accepted_and_a_run_that_moved_on_is_not_sent_twice(
     server: Server, tmp_path: Path
 ) -> None:
-    db = pulled(server, tmp_path / "runs.duckdb")
-    ids = pick(server, "SCHEDULED", 6)
+    db, ids = pulled_and_picked(server, tmp_path, "SCHEDULED", 6)
     moved = ids[0]
-    path = write(
-        tmp_path,
-        f"""version: 1
-rules:
-  - name: cancel
-    action: set_state
-    state: {{type: CANCELLED, name: Cancelled, message: flowsync test}}
-    force: true
-    sql: SELECT id FROM flow_runs WHERE deleted_at IS NULL AND CAST(id AS VARCHAR) IN ({id_list(ids)})
-""",
-    )
+    path = cancel_policy(tmp_path, ids, message="flowsync test")
     bulk: list[list[str]] = []
-
-    def count(request: httpx.Request, n: int) -> httpx.Response | None:
-        if request.url.path.endswith("/bulk_set_state"):
-            bulk.append(json.loads(request.content)["flow_runs"]["id"]["any_"])
-        return None
 
     def commit_then_drop(request: httpx.Request, response: httpx.Response) -> None:
         if request.url.path.endswith("/bulk_set_state"):
@@ -330,7 +312,7 @@ rules:
             assert r.json()["status"] == "ACCEPT", r.text
             raise httpx.ReadTimeout("timed out", request=request)
 
-    result = apply_with(server, db, path, count, commit_then_drop)
+    result = apply_with(server, db, path, recording("/bulk_set_state", bulk), commit_then_drop)
     assert result.counts == {"cancel": {"accepted": 6}}, result.counts
     assert len(bulk) == 1  # nothing sent twice, above all not to the run that moved on
     now = on_server(server, ids)
@@ -341,19 +323,8 @@ rules:
 
 
 def test_a_call_the_server_never_received_is_resent_once(server: Server, tmp_path: Path) -> None:
-    db = pulled(server, tmp_path / "runs.duckdb")
-    ids = pick(server, "COMPLETED", 4)
-    path = write(
-        tmp_path,
-        f"""version: 1
-rules:
-  - name: cancel
-    action: set_state
-    state: {{type: CANCELLED, name: Cancelled}}
-    force: true
-    sql: SELECT id FROM flow_runs WHERE deleted_at IS NULL AND CAST(id AS VARCHAR) IN ({id_list(ids)})
-""",
-    )
+    db, ids = pulled_and_picked(server, tmp_path, "COMPLETED", 4)
+    path = cancel_policy(tmp_path, ids)
     bulk: list[int] = []
 
     def first_fails(request: httpx.Request, n: int) -> httpx.Response | None:
