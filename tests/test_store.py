@@ -14,6 +14,7 @@ import pytest
 
 from flowsync.errors import QueryError
 from flowsync.store import Store
+from flowsync.store.multi import open_sources
 from flowsync.store.tables import SQL_TYPES, TABLES
 
 # Columns the store adds to every synced table; they do not come from the API.
@@ -78,3 +79,15 @@ def test_atomic_commits_together_alone_and_joins_an_open_transaction(tmp_path: P
             s.execute("DELETE FROM t")
             s.execute("INSERT INTO t VALUES (1)")
         assert s.execute("SELECT list(i) FROM t").scalar() == [1]
+
+
+def test_no_connection_draws_duckdbs_progress_bar(tmp_path: Path) -> None:
+    # DuckDB draws its progress bar on stdout, into `--json` and csv output, when a query
+    # runs over 2 s (the m003 migration of a million-run file printed one).
+    path = tmp_path / "runs.duckdb"
+    Store.open(path).close()
+    for options in ({}, {"read_only": True}, {"sandbox": True}):
+        with Store.open(path, **options) as opened:
+            assert opened.execute("SELECT current_setting('enable_progress_bar')").scalar() is False
+    with open_sources({"a": path, "b": path}, live=True) as stacked:
+        assert stacked.execute("SELECT current_setting('enable_progress_bar')").scalar() is False

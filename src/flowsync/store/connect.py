@@ -84,6 +84,14 @@ def _check_path(path: Path, read_only: bool) -> None:
             )
 
 
+def session_settings(con: duckdb.DuckDBPyConnection) -> None:
+    """What every connection sets first: UTC, and no progress bar (DuckDB draws it on
+    stdout, into `--json` and csv output, when a query runs over 2 s, e.g. the m003
+    migration of a million-run file)."""
+    con.execute("SET TimeZone = 'UTC'")
+    con.execute("SET enable_progress_bar = false")
+
+
 def _first_line(e: Exception) -> str:
     return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
@@ -158,7 +166,7 @@ class Store:
                 raise StoreError(f"Cannot open {path}: {str(e).splitlines()[0]}") from e
         store = cls(con, path, read_only, sandboxed=sandbox)
         try:
-            con.execute("SET TimeZone = 'UTC'")
+            session_settings(con)
             if migrate:
                 store.migrate()
             if memory_cap:
@@ -205,14 +213,21 @@ class Store:
             "CREATE TABLE IF NOT EXISTS _flowsync_migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL)"
         )
         done = []
-        for name, fn in todo:
-            with self.transaction():
-                fn(self._con)
-                self._con.execute(
-                    "INSERT INTO _flowsync_migrations VALUES (?, ?)",
-                    [name, datetime.now(timezone.utc)],
-                )
-            done.append(name)
+        # A migration may rewrite a whole table (m003): under the write cap, not DuckDB's
+        # default of 80% of RAM (a million-run file peaked at 1 GB uncapped).
+        self._con.execute(f"SET memory_limit = '{WRITE_MEMORY // 2**20}MiB'")
+        try:
+            with self.memory_guard():
+                for name, fn in todo:
+                    with self.transaction():
+                        fn(self._con)
+                        self._con.execute(
+                            "INSERT INTO _flowsync_migrations VALUES (?, ?)",
+                            [name, datetime.now(timezone.utc)],
+                        )
+                    done.append(name)
+        finally:
+            self._con.execute("RESET memory_limit")
         return done
 
     # -- memory -------------------------------------------------------------

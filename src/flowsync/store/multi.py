@@ -20,7 +20,7 @@ from pathlib import Path
 import duckdb
 
 from flowsync.errors import ConfigError, StoreError
-from flowsync.store.connect import Store, _check_path
+from flowsync.store.connect import Store, _check_path, session_settings
 from flowsync.store.snapshot import current
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -88,7 +88,7 @@ def open_sources(sources: Sources, *, live: bool = False) -> Store:
     named = parse_sources(sources)
     con = duckdb.connect(":memory:")
     try:
-        con.execute("SET TimeZone = 'UTC'")
+        session_settings(con)
         for name, db in named.items():
             _attach(con, name, db, live)
         found: dict[str, list[str]] = {}
