@@ -21,6 +21,7 @@ refusals come out as ``SandboxError``. Must not: know about the API.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Iterator
@@ -89,7 +90,10 @@ def session_settings(con: duckdb.DuckDBPyConnection) -> None:
     stdout, into `--json` and csv output, when a query runs over 2 s, e.g. the m003
     migration of a million-run file)."""
     con.execute("SET TimeZone = 'UTC'")
-    con.execute("SET enable_progress_bar = false")
+    # In a Jupyter kernel DuckDB refuses the setting unless ipywidgets is installed; there
+    # the bar is a widget, not our stdout.
+    with contextlib.suppress(duckdb.InvalidInputException):
+        con.execute("SET enable_progress_bar = false")
 
 
 def _first_line(e: Exception) -> str:
