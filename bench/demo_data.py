@@ -36,6 +36,7 @@ from typing import Any
 import httpx
 
 from bench.fast_seed import STATE_SQL, _fmt, _iso, state_row
+from tests.support.seed import post_json
 from tests.support.server import prefect_server
 
 PREFIX = "Flow run encountered an exception: "
@@ -216,34 +217,30 @@ def _create_base(url: str) -> dict[tuple[str, str], str]:
         flows: dict[str, str] = {}
         for d in DEPLOYMENTS:
             if d.flow not in flows:
-                flows[d.flow] = (
-                    c.post("flows/", json={"name": d.flow}).raise_for_status().json()["id"]
-                )
-            dep = (
-                c.post(
-                    "deployments/",
-                    json={
-                        "name": d.name,
-                        "flow_id": flows[d.flow],
-                        "tags": list(d.tags),
-                        "work_pool_name": "k8s-prod",
-                        "parameters": {},
-                    },
-                )
-                .raise_for_status()
-                .json()
+                flows[d.flow] = post_json(c, "flows/", {"name": d.flow})["id"]
+            dep = post_json(
+                c,
+                "deployments/",
+                {
+                    "name": d.name,
+                    "flow_id": flows[d.flow],
+                    "tags": list(d.tags),
+                    "work_pool_name": "k8s-prod",
+                    "parameters": {},
+                },
             )
             ids[(d.flow, d.name)] = dep["id"]
-            c.post(
+            post_json(
+                c,
                 f"deployments/{dep['id']}/create_flow_run",
-                json={
+                {
                     "state": {
                         "type": "SCHEDULED",
                         "name": "Scheduled",
                         "state_details": {"scheduled_time": (now + timedelta(hours=1)).isoformat()},
                     },
                 },
-            ).raise_for_status()
+            )
     return ids
 
 

@@ -42,7 +42,7 @@ def pull_with(url: str, db: Path, **options: object) -> dict[str, object]:
 
 def edit_four(url: str) -> list[str]:
     runs = httpx.post(
-        f"{url}/flow_runs/filter", json={"limit": 3, "sort": "ID_DESC"}, timeout=60
+        f"{url}/flow_runs/filter", json={"limit": 4, "sort": "ID_DESC"}, timeout=60
     ).json()
     scheduled = httpx.post(
         f"{url}/flow_runs/filter",
@@ -53,7 +53,9 @@ def edit_four(url: str) -> list[str]:
             "flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}},
         },
     ).json()
-    ids = [r["id"] for r in runs + scheduled]
+    # Three other runs (the scheduled one can be among the newest ids), then the scheduled one.
+    others = [r["id"] for r in runs if r["id"] != scheduled[0]["id"]][:3]
+    ids = [*others, scheduled[0]["id"]]
     assert len(set(ids)) == 4
     edits: list[dict[str, Any]] = [
         {"tags": ["edited"]},

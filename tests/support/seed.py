@@ -57,7 +57,8 @@ class Seeded:
     runs: dict[str, str] = field(default_factory=dict)  # run id -> final state type
 
 
-def _post(c: httpx.Client, path: str, body: Any, tries: int = 8) -> Any:
+def post_json(c: httpx.Client, path: str, body: Any, tries: int = 8) -> Any:
+    """POST and decode, retrying what a busy SQLite server answers (5xx, dropped connections)."""
     for attempt in range(tries):
         try:
             r = c.post(path, json=body)
@@ -81,11 +82,11 @@ def ensure_base(
         pool.raise_for_status()
     for i in range(flows):
         name = FLOW_NAMES[i % len(FLOW_NAMES)] + ("" if i < len(FLOW_NAMES) else f"-{i}")
-        f = _post(c, "flows/", {"name": name, "tags": rng.sample(TAGS[:-1], 1)})
+        f = post_json(c, "flows/", {"name": name, "tags": rng.sample(TAGS[:-1], 1)})
         out.flows[name] = f["id"]
         for j in range(deployments_per_flow):
             dname = ["prod", "staging", "backfill", "adhoc"][j % 4] + ("" if j < 4 else f"-{j}")
-            d = _post(
+            d = post_json(
                 c,
                 "deployments/",
                 {
@@ -159,7 +160,7 @@ def create_bulk(c: httpx.Client, deployment_id: str, payload: list[dict[str, Any
     ids: dict[str, str] = {}
     todo = payload
     for _ in range(10):
-        res = _post(c, f"deployments/{deployment_id}/create_flow_run/bulk", todo)
+        res = post_json(c, f"deployments/{deployment_id}/create_flow_run/bulk", todo)
         retry = []
         for item, result in zip(todo, res["results"]):
             if (
@@ -182,7 +183,7 @@ def set_states(c: httpx.Client, ids: list[str], state_type: str, state_name: str
     for i in range(0, len(ids), 50):
         chunk = ids[i : i + 50]
         for _ in range(10):
-            res = _post(
+            res = post_json(
                 c,
                 "flow_runs/bulk_set_state",
                 {
