@@ -153,7 +153,7 @@ def test_every_bulk_call_names_its_runs_and_guards_their_state(mixed_db: Path) -
     fake = Recorder(accept_all, api_rows(mixed_db))
     plan = plan_for(mixed_db, DELETE_ALL)
     with Store.open(mixed_db, sandbox=True) as store, mock_client(fake) as client:
-        result = apply_plan(client, store, plan, refresh=False)
+        result = apply_plan(client, store, plan)
     assert result.status == "success" and result.counts == {"purge": {"deleted": 130}}
     bulk = fake.bulk
     # one read by id right before each call, of exactly that batch's runs
@@ -184,7 +184,7 @@ def test_set_state_sends_the_state_and_force(mixed_db: Path) -> None:
     fake = Recorder(accept_all, api_rows(mixed_db))
     plan = plan_for(mixed_db, CANCEL_ALL.replace("sql:", "force: true\n    sql:"))
     with Store.open(mixed_db, sandbox=True) as store, mock_client(fake) as client:
-        result = apply_plan(client, store, plan, refresh=False)
+        result = apply_plan(client, store, plan)
     assert result.counts == {"cancel": {"accepted": 131}}
     for _, body in fake.bulk:
         assert body["state"] == {"type": "CANCELLED", "name": "Cancelled"} and body["force"] is True
@@ -234,7 +234,7 @@ def test_per_run_failures_inside_http_200_are_read(mixed_db: Path) -> None:
     plan = plan_for(mixed_db, CANCEL_ALL)
     fake = Recorder(locked, api_rows(mixed_db))
     with Store.open(mixed_db, sandbox=True) as store, mock_client(fake) as client:
-        result = apply_plan(client, store, plan, refresh=False)
+        result = apply_plan(client, store, plan)
     counts = result.counts["cancel"]
     assert counts["aborted"] > 0 and counts["rejected"] > 0 and counts["accepted"] > 0
     assert sum(counts.values()) == 131
@@ -261,7 +261,7 @@ def test_a_failing_batch_does_not_stop_the_next(mixed_db: Path) -> None:
     fake = Recorder(second_fails, api_rows(mixed_db))
     plan = plan_for(mixed_db, DELETE_ALL)
     with Store.open(mixed_db, sandbox=True) as store, mock_client(fake) as client:
-        result = apply_plan(client, store, plan, refresh=False, attempts=3)
+        result = apply_plan(client, store, plan, attempts=3)
     assert result.status == "partial" and result.batches == 4
     assert result.counts["purge"] == {"deleted": 130 - 20, "failed": 20}
     assert len(result.errors) == 1 and "batch 2" in result.errors[0]
@@ -284,7 +284,7 @@ def test_missing_from_deleted_is_not_counted_deleted(mixed_db: Path) -> None:
     plan = plan_for(mixed_db, DELETE_ALL)
     fake = Recorder(half, api_rows(mixed_db))
     with Store.open(mixed_db, sandbox=True) as store, mock_client(fake) as client:
-        result = apply_plan(client, store, plan, refresh=False)
+        result = apply_plan(client, store, plan)
     # the others were re-read after the call: still there, unchanged -> failed (not sent again)
     assert result.counts["purge"] == {"deleted": 25 + 10 + 25 + 5, "failed": 25 + 10 + 25 + 5}
     assert result.status == "partial"

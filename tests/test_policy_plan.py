@@ -148,8 +148,18 @@ def test_max_actions_is_flagged(db: Path) -> None:
         "--db",
         str(db),
     )
-    assert result.exit_code == 0
+    # CI can gate on it: the code apply would refuse with (max_actions), after the plan.
+    assert result.exit_code == 8
     assert "apply would refuse" in result.stdout
+
+
+def test_plan_exit_code_says_whether_apply_would_change_anything(db: Path) -> None:
+    changes = _write(db.parent, policy(rule("purge", OLD_COMPLETED)))
+    assert run_cli("plan", str(changes), "--db", str(db)).exit_code == 0
+    assert run_cli("plan", str(changes), "--db", str(db), "--exit-code").exit_code == 10
+    nothing = db.parent / "nothing.yaml"
+    nothing.write_text(policy(rule("none", "SELECT id FROM flow_runs WHERE false")))
+    assert run_cli("plan", str(nothing), "--db", str(db), "--exit-code").exit_code == 0
 
 
 def test_duplicate_ids_and_uuid_strings_are_fine(db: Path) -> None:
@@ -169,43 +179,54 @@ BAD_SQL = [
     ("unknown table", "SELECT id FROM nope", "SQL failed"),
     ("syntax", "SELEC id FROM flow_runs", "does not parse"),
     ("ids not uuids", "SELECT name AS id FROM flow_runs", "SQL failed"),
-    # external access is off for rule SQL: files, network, extensions
+    # Only functions that compute: files, network, sequences, SQL text, randomness, sleeps are
+    # refused by name before anything runs (and external access is off besides).
     (
         "read a file",
         "SELECT 'x' || content AS id FROM read_text('/etc/hostname')",
-        "tried to reach outside the history",
+        "sql calls read_text, which rule SQL may not use",
     ),
     (
         "read a csv",
         "SELECT column0 AS id FROM read_csv('/etc/passwd')",
-        "tried to reach outside the history",
+        "sql calls read_csv, which rule SQL may not use",
     ),
-    ("glob", "SELECT file AS id FROM glob('/etc/*')", "tried to reach outside the history"),
+    ("glob", "SELECT file AS id FROM glob('/etc/*')", "sql calls glob, which"),
     (
         "network",
         "SELECT id FROM read_csv('http://127.0.0.1:9/x.csv')",
-        "tried to reach outside the history",
+        "sql calls read_csv, which",
     ),
     (
         "in a subquery",
         "SELECT id FROM flow_runs WHERE name IN (SELECT content FROM read_blob('/etc/hostname'))",
-        "tried to reach outside the history",
+        "sql calls read_blob, which",
     ),
     (
         "settings",
         "SELECT id FROM flow_runs WHERE current_setting('enable_external_access') AND (SELECT count(*) FROM read_text('/etc/hosts')) > 0",
-        "tried to reach outside the history",
+        "sql calls read_text, which",
     ),
     (
         "sequence",
         "SELECT id FROM flow_runs WHERE setval('policy_actions_id', 1) > 0",
-        "may not change sequences",
+        "sql calls setval, which",
     ),
+    ("nextval", "SELECT id FROM flow_runs WHERE nextval('policy_actions_id') > 0", "nextval"),
     (
         "sql text",
         "SELECT * FROM query('SELECT id FROM flow_runs')",
-        "may not change sequences or run SQL text",
+        "sql calls query, which",
     ),
+    (
+        "serialized sql",
+        "SELECT * FROM json_execute_serialized_sql(json_serialize_sql('SELECT setval(''policy_actions_id'', 1) AS id'))",
+        "json_execute_serialized_sql",
+    ),
+    ("query_table", "SELECT id FROM query_table('flow_runs')", "sql calls query_table, which"),
+    ("random", "SELECT id FROM flow_runs WHERE random() < 0.5", "sql calls random, which"),
+    ("sleep", "SELECT id FROM flow_runs WHERE pg_sleep(1) IS NULL", "pg_sleep"),
+    ("checkpoint", "SELECT * FROM checkpoint()", "sql calls checkpoint, which"),
 ]
 
 
@@ -227,6 +248,42 @@ def test_bad_sql_is_refused_and_changes_nothing(db: Path, sql: str, expected: st
         assert result.exit_code == 7, result.output
         assert expected in result.stderr and "Traceback" not in result.output
     assert scalar(db, "SELECT count(*) FROM flow_runs WHERE deleted_at IS NULL") == before
+
+
+def test_rule_sql_has_a_time_limit(db: Path) -> None:
+    forever = "WITH RECURSIVE t(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM t) SELECT printf('00000000-0000-0000-0000-%012d', n) AS id FROM t"
+    path = _write(db.parent, policy(rule("forever", forever), extra="rule_timeout_seconds: 1\n"))
+    for args in (["plan", str(path)], ["policy", "check", str(path)]):
+        result = run_cli(*args, "--db", str(db))
+        assert result.exit_code == 7, result.output
+        assert "rule 'forever': its SQL ran longer than 1s" in result.stderr
+        assert "Traceback" not in result.output
+    # The flag replaces the policy's limit.
+    slow = _write(db.parent, policy(rule("forever", forever)))
+    result = run_cli("plan", str(slow), "--db", str(db), "--rule-timeout", "0.5")
+    assert result.exit_code == 7 and "longer than 0.5s" in result.stderr
+
+
+def test_rules_reading_other_runs_are_told_apart(db: Path) -> None:
+    from flowsync.policy.plan import reads_other_runs
+    from flowsync.store.snapshot import open_for_reading
+
+    own_row = [
+        "SELECT id FROM flow_runs WHERE state_type = 'FAILED' AND end_time < now() - INTERVAL 1 DAY",
+        "SELECT r.id FROM flow_runs r JOIN deployments d ON d.id = r.deployment_id WHERE d.name = 'x'",
+        "SELECT id FROM flow_runs_enriched WHERE flow_name LIKE 'etl%' AND list_contains(tags, 'a')",
+    ]
+    other_runs = [
+        "SELECT id FROM flow_runs r WHERE NOT EXISTS (SELECT 1 FROM flow_runs n WHERE n.deployment_id = r.deployment_id AND n.state_type = 'COMPLETED')",
+        "SELECT id FROM (SELECT id, row_number() OVER (PARTITION BY deployment_id ORDER BY created DESC) AS k FROM flow_runs) WHERE k > 3",
+        "SELECT r.id FROM flow_runs r JOIN flow_runs p ON p.id = r.parent_task_run_id",
+        "WITH f AS (SELECT id FROM flow_runs) SELECT id FROM f",
+        "SELECT any_value(id) AS id FROM flow_runs GROUP BY deployment_id",
+        "SELECT id FROM flow_runs WHERE deployment_id IN (SELECT deployment_id FROM failure_rates_by_deployment)",
+    ]
+    with open_for_reading(db, live=True, sandbox=True) as store:
+        assert [reads_other_runs(store, sql) for sql in own_row] == [None] * len(own_row)
+        assert all(reads_other_runs(store, sql) for sql in other_runs)
 
 
 def test_rule_sql_needs_a_sandboxed_store(db: Path) -> None:

@@ -9,12 +9,14 @@ code. Must not: print, log, or hold secrets in messages.
     ├── ConfigError               bad settings, flags, files (exit 2)
     ├── ApiError                  the Prefect API failed or answered nonsense (exit 3)
     │   ├── AuthError             401/403 (exit 4)
-    │   └── UncertainError        a call that changes data got no answer: it may have been applied
+    │   ├── UncertainError        a call that changes data got no answer: it may have been applied
+    │   └── NotSentError          a call that changes data certainly did not act (429, never connected)
     ├── StoreError                the DuckDB file cannot be used (exit 5)
     │   ├── StoreLockedError      another process holds the file (exit 6)
     │   └── QueryError            a statement failed: ``.detail``, ``.sql``, ``.kind`` (exit 5)
     │       ├── ReadOnlyError     it would change a file opened read-only (exit 5)
-    │       └── SandboxError      it reached for files, network or extensions (sandboxed store)
+    │       ├── SandboxError      it reached for files, network or extensions (sandboxed store)
+    │       └── QueryTimeoutError it ran longer than its time limit and was stopped
     └── PolicyError               a policy file or rule is invalid (exit 7)
         └── PolicyLimitError      a rule selects more runs than allowed (exit 8)
 
@@ -51,6 +53,18 @@ class UncertainError(ApiError):
     def __init__(self, message: str, problem: str) -> None:
         super().__init__(message)
         self.problem = problem
+
+
+class NotSentError(ApiError):
+    """A non-idempotent call the server certainly did not act on: it answered 429
+    (``retry_after``: seconds it asked to wait, if it said) or the connection was
+    never made. The transport does not send it again: the caller re-checks what
+    it is about to change, then decides whether to send. ``problem`` says why."""
+
+    def __init__(self, message: str, problem: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.problem = problem
+        self.retry_after = retry_after
 
 
 class StoreError(FlowsyncError):
@@ -95,6 +109,14 @@ class ReadOnlyError(QueryError):
 
 class SandboxError(QueryError):
     """A query on a sandboxed store tried to read a file, the network or an extension."""
+
+
+class QueryTimeoutError(QueryError):
+    """The statement ran longer than the ``seconds`` it was given and was interrupted."""
+
+    def __init__(self, detail: str, *, sql: str, kind: str, seconds: float) -> None:
+        super().__init__(detail, sql=sql, kind=kind)
+        self.seconds = seconds
 
 
 class PolicyError(FlowsyncError):

@@ -3,10 +3,12 @@
 Owns: every request flowsync makes. Read-only calls retry 429 (honouring
 ``Retry-After``), 500/502/503/504, transport errors and unreadable bodies, with
 bounded exponential backoff and full jitter. Calls that change data (the bulk
-endpoints) are never resent blindly: they retry only what proves the server did
-not act (429, a connection that was never made) and raise ``UncertainError`` for
-anything that may have been applied (5xx, a dropped connection, a timeout, an
-unreadable body), so the caller can read the server's state first. Everything
+endpoints) are never sent twice by the transport: what proves the server did
+not act (429, a connection that was never made) raises ``NotSentError`` (with
+``Retry-After``), anything that may have been applied (5xx, a dropped
+connection, a timeout, an unreadable body) raises ``UncertainError``. Only the
+caller knows whether sending again is still right: it re-reads and re-decides
+first (a run may have been protected while the server asked us to wait). Everything
 else becomes ``ApiError``/``AuthError`` with one line that names the URL. Must not: print,
 touch the store, or let the API key out of the ``Authorization`` header.
 """
@@ -30,13 +32,11 @@ import httpx
 
 from flowsync import __version__
 from flowsync.config import ApiSettings
-from flowsync.errors import ApiError, AuthError, UncertainError
+from flowsync.errors import ApiError, AuthError, NotSentError, UncertainError
 
 # Read-only calls (filters, counts, history) are safe to repeat after any of these: the
 # SQLite-backed server answers 500/503 for "database is locked" under write load.
 READ_RETRY_STATUS = {429, 500, 502, 503, 504}
-# A call that changes data is repeated only when the server certainly did not act on it.
-WRITE_RETRY_STATUS = {429}
 TRANSPORT_ERRORS = (httpx.TransportError,)
 # The request never reached the server: safe to send again even when it changes data.
 NOT_SENT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
@@ -172,7 +172,8 @@ class PrefectClient:
             raise ApiError(
                 f"Prefect API returned a link to another host ({urlsplit(url).netloc}); refusing to follow it."
             )
-        retry_status = READ_RETRY_STATUS if idempotent else WRITE_RETRY_STATUS
+        if not idempotent:
+            attempts = 1  # the caller re-checks before it sends a call that changes data again
         where = (
             f"{self.settings.display_url}/{path.lstrip('/')}"
             if not path.startswith("http")
@@ -186,7 +187,9 @@ class PrefectClient:
                 response = self._http.request(method, url, json=body)
             except TRANSPORT_ERRORS as e:
                 last_problem = f"{type(e).__name__}: {_short(str(e)) or 'connection failed'}"
-                if not idempotent and not isinstance(e, NOT_SENT_ERRORS):
+                if not idempotent:
+                    if isinstance(e, NOT_SENT_ERRORS):
+                        raise self._not_sent(method, path, last_problem, None) from e
                     raise self._uncertain(method, path, last_problem) from e
             else:
                 status = response.status_code
@@ -196,7 +199,14 @@ class PrefectClient:
                         f"({status} {response.reason_phrase}): check PREFECT_API_KEY / "
                         "PREFECT_API_AUTH_STRING or --api-key."
                     )
-                if status in retry_status:
+                if status == 429 and not idempotent:
+                    raise self._not_sent(
+                        method,
+                        path,
+                        f"HTTP 429 {_short(response.text, 80)}",
+                        _retry_after(response),
+                    )
+                if status in READ_RETRY_STATUS and idempotent:
                     retry_after = _retry_after(response) if status == 429 else None
                     last_problem = f"HTTP {status} {_short(response.text, 80)}"
                 elif status >= 500 and not idempotent:
@@ -229,9 +239,25 @@ class PrefectClient:
             "Check that the server is up and the URL is right, then run again."
         )
 
-    def pause(self, attempt: int) -> None:
-        """Sleep as the retry policy would before try ``attempt + 1`` (for callers that resend themselves)."""
-        self._sleep(self.retry.delay(attempt, None))
+    def backoff(self, attempt: int) -> float:
+        """How long the retry policy waits before try ``attempt + 1`` (for callers that resend themselves)."""
+        return self.retry.delay(attempt, None)
+
+    def pause_for(self, seconds: float) -> None:
+        """Sleep ``seconds`` with the client's clock (tests give it a fake one)."""
+        if seconds > 0:
+            self._sleep(seconds)
+
+    def _not_sent(
+        self, method: str, path: str, problem: str, retry_after: float | None
+    ) -> NotSentError:
+        wait = f"; it asked to wait {retry_after:.0f}s" if retry_after is not None else ""
+        return NotSentError(
+            f"Prefect API at {self.settings.display_url}: {method} /{path.lstrip('/').split('?')[0]} "
+            f"was not carried out ({problem}){wait}.",
+            problem,
+            retry_after,
+        )
 
     def _uncertain(self, method: str, path: str, problem: str) -> UncertainError:
         return UncertainError(

@@ -31,7 +31,7 @@ from flowsync.cli.common import (
     print_json,
 )
 from flowsync.config import resolve_api, resolve_db_path
-from flowsync.errors import PARTIAL_FAILURE_EXIT, ConfigError
+from flowsync.errors import PARTIAL_FAILURE_EXIT, ConfigError, FlowsyncError, PolicyLimitError
 
 if (
     TYPE_CHECKING
@@ -41,6 +41,17 @@ if (
 
 PolicyArg = Annotated[Path, typer.Argument(help="Policy file (YAML).", show_default=False)]
 SampleOption = Annotated[int, typer.Option("--sample", help="Runs listed per rule.", min=0)]
+RuleTimeoutOption = Annotated[
+    float | None,
+    typer.Option(
+        "--rule-timeout",
+        help="Stop each rule's SQL after this many seconds (default: the policy's rule_timeout_seconds, 60).",
+        min=0.1,
+        show_default=False,
+    ),
+]
+# `plan --exit-code`: the plan would change something on the server.
+PLAN_HAS_CHANGES_EXIT = 10
 
 policy_app = typer.Typer(
     help="Work with policy files: print their JSON Schema, validate them.\n\nExample: flowsync policy check policies/retention.yaml --db runs.duckdb",
@@ -103,6 +114,13 @@ def _render_plan(plan: Plan, sample: int) -> None:
                 "  skipped: " + ", ".join(f"{n} {why}" for why, n in rp.skipped.items()),
                 highlight=False,
             )
+        if rule.name in plan.reads_other_runs:
+            out.print(
+                f"  its SQL reads other runs ({escape(plan.reads_other_runs[rule.name])}): apply re-reads "
+                "the batch and every run with a state change since the last pull before each call; "
+                "edits and deletions of other runs count as of the last pull (docs/policies.md).",
+                highlight=False,
+            )
         if rp.runs and sample:
             table = Table(box=None, padding=(0, 2, 0, 2))
             for column in ("run", "flow/deployment", "state", "age", "tags"):
@@ -134,30 +152,40 @@ def _render_plan(plan: Plan, sample: int) -> None:
 
 
 def _compute_plan(
-    policy: Path, db: Path | None, wait: float, live: bool, refresh_from: ApiSettings | None = None
+    policy: Path,
+    db: Path | None,
+    wait: float,
+    live: bool,
+    refresh_from: ApiSettings | None = None,
+    timeout: float | None = None,
 ) -> Plan:
     from flowsync.policy import load_policy, make_plan
     from flowsync.store import Store
     from flowsync.store.snapshot import open_for_reading, publish
 
     loaded = load_policy(policy)
+    path = resolve_db_path(db)
     if refresh_from is not None:
         from flowsync.api import PrefectClient
-        from flowsync.policy.apply import refresh_plan
+        from flowsync.policy.apply import refresh_plan, reread_runs
 
-        with (
-            Store.open(resolve_db_path(db), wait=wait, sandbox=True) as store,
-            PrefectClient(refresh_from) as client,
-        ):
-            plan = refresh_plan(client, store, loaded)
+        # Rule SQL runs read-only: which runs to re-read from the live file opened read-only,
+        # the re-read on a writable connection that runs no rule SQL, the plan read-only again.
+        with open_for_reading(path, live=True, wait=wait, sandbox=True) as store:
+            ids = refresh_plan(None, store, loaded)
+        with Store.open(path, wait=wait) as store, PrefectClient(refresh_from) as client:
+            reread_runs(client, store, ids)
             publish(store)  # readers see the runs the refresh re-read
-            return plan
+        with open_for_reading(path, live=True, wait=wait, sandbox=True) as store:
+            plan = make_plan(store, loaded, timeout=timeout)
+        plan.refreshed = len(ids)
+        return plan
     # `plan` reads the published snapshot (what the last pull or apply left); `apply`
     # decides on the live file, which equals that snapshot unless a pull is running.
     # Rule SQL runs only on a sandboxed, read-only connection: no files, network or
     # extensions, and DuckDB refuses writes there.
-    with open_for_reading(resolve_db_path(db), live=live, wait=wait, sandbox=True) as store:
-        return make_plan(store, loaded)
+    with open_for_reading(path, live=live, wait=wait, sandbox=True) as store:
+        return make_plan(store, loaded, timeout=timeout)
 
 
 def plan_cmd(
@@ -175,6 +203,14 @@ def plan_cmd(
     ] = False,
     api_url: ApiUrlOption = None,
     api_key: ApiKeyOption = None,
+    rule_timeout: RuleTimeoutOption = None,
+    exit_code: Annotated[
+        bool,
+        typer.Option(
+            "--exit-code",
+            help=f"Exit {PLAN_HAS_CHANGES_EXIT} when apply would change something (0: nothing to do), for CI.",
+        ),
+    ] = False,
     json_out: JsonOption = False,
 ) -> None:
     """Show what a policy would do: per rule, how many runs and which. Changes nothing on the server.
@@ -183,7 +219,9 @@ def plan_cmd(
     what `apply` decides on unless a pull is running (--live reads the live
     file), and shows how old its data is (last pull, oldest read of a planned
     run). With --refresh it first re-reads the runs the rules select from the
-    server into the live file, so the plan is what apply would do now.
+    server into the live file, so the plan is what apply would do now. Exits 8
+    when apply would refuse the plan (more runs than max_actions); with
+    --exit-code, 10 when apply would change something.
 
     Example: flowsync plan policies/retention.yaml --db runs.duckdb --refresh
     """
@@ -191,7 +229,7 @@ def plan_cmd(
 
     with errors():
         settings = resolve_api(api_url, api_key) if refresh else None
-        plan = _compute_plan(policy, db, wait, live, settings)
+        plan = _compute_plan(policy, db, wait, live, settings, rule_timeout)
         source = None if live or refresh else current(resolve_db_path(db))
     if json_out:
         print_json(plan.to_json(sample=sample))
@@ -203,6 +241,10 @@ def plan_cmd(
                 f"{source.published_at:%Y-%m-%d %H:%M:%S %Z}); apply re-plans on the live file and shows that plan first.",
                 highlight=False,
             )
+    if plan.over_max:
+        raise typer.Exit(PolicyLimitError.exit_code)
+    if exit_code and plan.total:
+        raise typer.Exit(PLAN_HAS_CHANGES_EXIT)
 
 
 def _render_result(result: ApplyResult) -> None:
@@ -221,6 +263,13 @@ def _render_result(result: ApplyResult) -> None:
     )
 
 
+def _summary(plan: Plan, result: ApplyResult, sample: int, json_out: bool) -> None:
+    if json_out:
+        print_json({"plan": plan.to_json(sample=sample), "result": result.to_json()})
+    else:
+        _render_result(result)
+
+
 def apply_cmd(
     policy: PolicyArg,
     db: DbOption = None,
@@ -235,6 +284,7 @@ def apply_cmd(
     wait: WaitOption = 0.0,
     sample: SampleOption = 5,
     memory_limit: MemoryLimitOption = None,
+    rule_timeout: RuleTimeoutOption = None,
     json_out: JsonOption = False,
 ) -> None:
     """Apply a policy: show the plan, confirm, then bulk delete / set state in batches of 50.
@@ -251,14 +301,14 @@ def apply_cmd(
     """
     from flowsync.api import PrefectClient
     from flowsync.policy import apply_plan
-    from flowsync.policy.apply import check_guards
+    from flowsync.policy.apply import check_guards, new_result
     from flowsync.store import Store
     from flowsync.store.snapshot import publish
 
     with errors():
         settings = resolve_api(api_url, api_key)
         path = resolve_db_path(db)
-        plan = _compute_plan(policy, path, wait, live=True)
+        plan = _compute_plan(policy, path, wait, live=True, timeout=rule_timeout)
         if not json_out:
             _render_plan(plan, sample)
         if plan.total == 0:
@@ -289,13 +339,25 @@ def apply_cmd(
             PrefectClient(settings, on_retry=progress.message) as client,
             progress,
         ):
-            with store.memory_guard():
-                result = apply_plan(client, store, plan, progress=progress)
-            publish(store)  # readers (and the next `plan`) see what apply changed
-    if json_out:
-        print_json({"plan": plan.to_json(sample=sample), "result": result.to_json()})
-    else:
-        _render_result(result)
+            result = new_result(plan)
+            try:
+                with store.memory_guard():
+                    apply_plan(client, store, plan, progress=progress, result=result)
+            except BaseException:
+                if result.calls:  # what was done is shown whatever stopped the apply
+                    result.errors.append("the apply stopped early: see the error below")
+                    _summary(plan, result, sample, json_out)
+                raise
+            publish_error: FlowsyncError | None = None
+            try:
+                publish(store)  # readers (and the next `plan`) see what apply changed
+            except FlowsyncError as e:
+                # The calls are done and audited: the summary comes first, then this error.
+                publish_error = e
+    _summary(plan, result, sample, json_out)
+    if publish_error is not None:
+        with errors():
+            raise publish_error
     if result.status != "success":
         raise typer.Exit(PARTIAL_FAILURE_EXIT)
 

@@ -1,32 +1,38 @@
-"""Applying a confirmed plan: every batch re-checked against the server right before its call.
+"""Applying a confirmed plan: every call decided on the server as it is right before it.
 
-Owns: the loop over batches (one rule, at most 50 ids) and, per batch:
+Owns the sequence of one batch (one rule, one planned state type, at most 50
+runs), each step a function with typed inputs and outputs:
 
-1. re-read the batch's runs by id (one request) and write them to the file;
-2. decide again over the file as it now is (``plan.decide``/``recheck``: the
-   rule's SQL, protect_tags, keep_newest, limit, earlier rules, max_actions)
-   and send only runs that decision still gives to the same rule. The file
-   changes only where apply writes it, so while a batch's fresh read changes
-   none of its rows, the last decision stands (for at most 30 s, for rules
-   that use ``now()``); the confirmed plan bounds
-   the batch, so nothing it did not hold is ever sent. Runs gone from the
-   server are ``gone``, runs the re-check dropped are ``skipped`` with the check
-   and what changed; neither is sent;
-3. one bulk call per fresh state type: explicit ``id.any_`` (at most 50), and
-   that state type as the server-side guard (``state.type.any_``);
-4. classify every run once into an ``Outcome``: from the server's per-run
-   answer; or, when the answer is lost in transit (5xx, dropped connection,
-   timeout, unreadable body: ``UncertainError``), from a read of the sent runs
-   (gone after being present right before: deleted by this apply; a new state
-   of the requested type: accepted). Only runs the server shows untouched are
-   re-checked and sent again, at most ``attempts`` calls in all (default: the
-   client's retry attempts, with its backoff).
+1. ``reread``: read from the server every run the decision rests on and write
+   what changed to the file: the batch's runs; for rules ranked by
+   ``keep_newest``, the runs that outrank them in their deployments (read until
+   every run the decision keeps was read in this step); for rules whose SQL
+   reads other runs, every run with a state change since the last pull
+   (state events). A run the server no longer has is marked deleted.
+2. ``decide``: the policy decided again over the file for these runs
+   (``plan.decide_scope``: rule SQL, protect_tags, keep_newest, earlier rules);
+   the confirmed plan bounds it, so nothing the plan did not hold is ever sent.
+   Runs not sent get their final outcome at once: ``gone`` or ``skipped`` with
+   the check and what changed (or, for a run an earlier call of this apply may
+   have changed, what the evidence says: ``deleted``/``accepted``).
+3. ``send``: one call per fresh state type, explicit ``id.any_`` (<= 50) and
+   that state type as the server-side guard. The transport never sends it
+   twice.
+4. ``classify``: the answer, run by run. The server's per-run answer; or a
+   throttle / a connection never made (``NotSentError``): nothing happened,
+   wait as told and go back to step 1; or a lost answer (``UncertainError``:
+   5xx, dropped connection, timeout): read the runs until they show the
+   change or stay unchanged for ``settle_seconds`` (the server may still be
+   working on the first call), then what changed is attributed to this apply,
+   and only runs still unchanged go back to step 1.
+5. ``record``: the ``Ledger`` writes each outcome, and the file marks the
+   runs deleted (or re-reads the runs set) in the same transaction, before the
+   next batch is decided.
 
-Each run has one ``policy_actions`` row per apply: inserted ``pending`` before
-its call (or with its final outcome if never sent) and updated once with the
-outcome. A failed batch does not stop the next one; a server that cannot be
-read stops the apply. Must not: select runs (that is ``plan``), print, or
-import httpx/duckdb.
+Runs a killed apply left ``pending`` are read back and settled under the apply
+that sent them when the next apply starts (``resolve_earlier``). A failed batch
+does not stop the next one; a server that cannot be read stops the apply.
+Must not: select runs (that is ``plan``), print, or import httpx/duckdb.
 """
 
 from __future__ import annotations
@@ -34,8 +40,9 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from flowsync.api import PrefectClient
@@ -43,17 +50,18 @@ from flowsync.api.client import BULK_LIMIT
 from flowsync.errors import (
     ApiError,
     AuthError,
-    FlowsyncError,
+    NotSentError,
     PolicyError,
     PolicyLimitError,
     StoreError,
     UncertainError,
 )
+from flowsync.policy.ledger import Ledger
 from flowsync.policy.model import LoadedPolicy, SetStateRule
-from flowsync.policy.plan import Plan, RuleModel, decide, make_plan, recheck, selected_ids
+from flowsync.policy.plan import Plan, RuleModel, Scope, decide_scope, make_plan, selected_ids
 from flowsync.policy.result import SET_STATE_STATUS, ApplyResult, Outcome, RunResult
-from flowsync.store import Store, audit, synced_tables
-from flowsync.sync import NullProgress, Progress, RunReader, refresh_runs
+from flowsync.store import Store, audit, sync_log, synced_tables
+from flowsync.sync import NullProgress, Progress, RunReader
 
 __all__ = [
     "ApplyResult",
@@ -66,8 +74,14 @@ __all__ = [
     "refresh_plan",
 ]
 
-# A decision over an unchanged file is reused this long; rules that use now() move with the clock.
-DECISION_MAX_AGE = 30.0
+# How long a call whose answer was lost may still be running on the server: its runs are
+# read until they change or stay unchanged this long (Prefect's own statement timeout is
+# 10 s by default, PREFECT_SERVER_DATABASE_TIMEOUT).
+SETTLE_SECONDS = 30.0
+# The longest wait a throttled call is given before it is re-checked and sent again.
+MAX_THROTTLE_WAIT = 120.0
+# State events reach the server's store a few seconds late: a catch-up re-reads this far back.
+EVENTS_OVERLAP = timedelta(minutes=2)
 
 # Columns compared to say what changed on the server when the re-check drops a run.
 WATCHED = (
@@ -89,6 +103,7 @@ class Batch:
     rule: RuleModel
     state_type: str  # every run in the batch had this state type when planned
     ids: list[str]
+    deployments: dict[str, str | None] = field(default_factory=dict)  # run -> its deployment
 
 
 def batches(plan: Plan, size: int = BULK_LIMIT) -> Iterator[Batch]:
@@ -96,11 +111,14 @@ def batches(plan: Plan, size: int = BULK_LIMIT) -> Iterator[Batch]:
     size = max(1, min(size, BULK_LIMIT))
     for rule_plan in plan.rules:
         by_type: dict[str, list[str]] = {}
+        deployment: dict[str, str | None] = {}
         for run in rule_plan.runs:
             by_type.setdefault(run.state_type, []).append(run.id)
+            deployment[run.id] = run.deployment_id
         for state_type, ids in by_type.items():
             for i in range(0, len(ids), size):
-                yield Batch(rule_plan.rule, state_type, ids[i : i + size])
+                chunk = ids[i : i + size]
+                yield Batch(rule_plan.rule, state_type, chunk, {r: deployment[r] for r in chunk})
 
 
 def check_guards(plan: Plan) -> None:
@@ -120,7 +138,7 @@ def check_guards(plan: Plan) -> None:
                 )
 
 
-# -- classification ---------------------------------------------------------------------
+# -- what the server showed ------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -148,12 +166,12 @@ def classify_lost(
     after: Seen | None,
     history: list[dict[str, Any]] | None = None,
 ) -> RunResult | None:
-    """A run whose call's answer was lost: what the server shows now says what happened.
+    """A run sent by a call whose answer was lost: what the server shows now says what happened.
 
-    ``before`` is the read right before the call, ``after`` the read after it
+    ``before`` is the read right before that call, ``after`` a read since
     (None: gone); ``history`` the run's states, oldest first, for a set_state
     run that now holds another state. None means the server shows the run
-    untouched: it may be sent again.
+    untouched: it may be re-checked and sent again.
     """
     lost = "the call's answer was lost"
     if after is None:
@@ -291,264 +309,303 @@ def _file_rows(store: Store, ids: list[str]) -> dict[str, dict[str, Any]]:
     return {r["id"]: r for r in rows}
 
 
-# -- the loop -------------------------------------------------------------------------------
+def _with_lost(result: RunResult, lost: str | None) -> RunResult:
+    """The audit of a run sent again after a lost answer says so."""
+    if lost is None:
+        return result
+    return RunResult(result.outcome, {**(result.details or {}), "after_lost_answer": lost})
+
+
+def _requested(rule: RuleModel) -> dict[str, Any] | None:
+    if isinstance(rule, SetStateRule):
+        return {"state": rule.state.to_api(), "force": rule.force}
+    return None
+
+
+# -- the steps' typed values --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Fresh:
+    """Step 1: the batch's runs as the server showed them (absent: gone), and when."""
+
+    seen: dict[str, Seen]
+    before: dict[str, dict[str, Any]]  # file rows the read changed, as they were
+    answered_at: float  # monotonic time the last read of the step answered
+
+
+@dataclass(frozen=True)
+class Call:
+    """One call about to be sent: runs that all have ``state_type`` right now."""
+
+    state_type: str
+    ids: list[str]
+
+
+@dataclass(frozen=True)
+class Decided:
+    """Step 2: the calls to send, and the final outcome of every run not sent."""
+
+    calls: list[Call]
+    final: dict[str, RunResult]
+
+
+@dataclass(frozen=True)
+class Acted:
+    """The server answered: its per-run results (runs it did not act on are absent)."""
+
+    results: dict[str, RunResult]
+    notes: list[str]
+
+
+@dataclass(frozen=True)
+class Throttled:
+    """Nothing was done (429, connection never made): wait this long, then re-check."""
+
+    wait: float | None
+    problem: str
+
+
+@dataclass(frozen=True)
+class Lost:
+    """The answer never came back (5xx, dropped connection, timeout): the server may have acted."""
+
+    problem: str
+
+
+@dataclass(frozen=True)
+class Refused:
+    """The server refused the call (4xx): it did nothing."""
+
+    error: ApiError
+
+
+Answer = Acted | Throttled | Lost | Refused
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Step 4: each run's outcome, the runs to re-check and send again, and how long to wait."""
+
+    results: dict[str, RunResult]
+    again: list[str] = field(default_factory=list)
+    wait: float | None = None
+    stop: str | None = None  # the apply cannot go on: why
 
 
 class _Stop(Exception):
-    """The server cannot be read: no further batch can be checked."""
+    """The server cannot be read, or refuses every call: no further batch can be checked."""
+
+
+# -- the applier ------------------------------------------------------------------------------
 
 
 class _Applier:
     def __init__(
-        self, client: PrefectClient, store: Store, plan: Plan, progress: Progress, attempts: int
+        self,
+        client: PrefectClient,
+        store: Store,
+        plan: Plan,
+        progress: Progress,
+        attempts: int,
+        settle_seconds: float,
+        result: ApplyResult,
     ) -> None:
         self.client, self.store, self.plan, self.progress = client, store, plan, progress
         self.attempts = max(1, attempts)
-        self.result = ApplyResult(apply_id=str(uuid.uuid4()), policy_sha256=plan.policy.sha256)
+        self.settle_seconds = settle_seconds
+        self.result = result
+        self.ledger = Ledger(
+            store,
+            self.result,
+            api_url=client.settings.display_url,
+            policy_path=plan.policy.source,
+            policy_sha256=plan.policy.sha256,
+        )
         self.reader = RunReader(client, store, "apply")
-        self.recorded: set[str] = set()  # runs with a policy_actions row in this apply
-        self.refresh: list[str] = []  # runs changed by an answer (not re-read since)
-        self.deleted: list[str] = []  # runs the server deleted, to mark in the file
-        self.current: Plan | None = None  # the last decision over the file
-        self.decided_at = 0.0
-        self.file_changed = False  # a read wrote the file since the last decision
+        self.lost: dict[str, tuple[str, Seen]] = {}  # run -> (problem, state before that call)
+        self.ranked = self._ranked_rules()
+        self.caught_up: datetime | None = (
+            None  # state events read up to here (rules reading others)
+        )
 
-    def decision(self) -> Plan:
-        """The whole policy decided again over the file; reused while no read has changed
-        the file since, for at most ``DECISION_MAX_AGE`` seconds (rules may use ``now()``)."""
-        stale = time.monotonic() - self.decided_at > DECISION_MAX_AGE
-        if self.current is None or self.file_changed or stale:
-            self.current = decide(self.store, self.plan)
-            self.decided_at = time.monotonic()
-            self.file_changed = False
-            self.result.decisions += 1
-        return self.current
+    def _ranked_rules(self) -> set[str]:
+        """Rules whose decision ranks runs against each other: keep_newest at or before them."""
+        out, seen_keep = set(), False
+        for rule in self.plan.policy.policy.rules:
+            seen_keep = seen_keep or (rule.enabled and rule.keep_newest is not None)
+            if seen_keep:
+                out.add(rule.name)
+        return out
 
-    def read(
-        self, ids: list[str], before_write: Callable[[list[str]], None] | None = None
-    ) -> dict[str, Seen]:
+    def _reads_others(self, rule: RuleModel) -> bool:
+        names = [r.name for r in self.plan.policy.policy.rules]
+        upto = names[: names.index(rule.name) + 1]
+        return any(n in self.plan.reads_other_runs for n in upto)
+
+    # 1. read ------------------------------------------------------------------------------
+
+    def _read(self, ids: list[str], before: dict[str, dict[str, Any]]) -> dict[str, Seen]:
         self.result.rereads += 1
-        rows = self.reader.read(ids, before_write)
-        self.file_changed = self.file_changed or bool(self.reader.changed)
+
+        def keep_before(changed: list[str]) -> None:
+            before.update(
+                {k: v for k, v in _file_rows(self.store, changed).items() if k not in before}
+            )
+
+        rows = self.reader.read(ids, keep_before)
         return {i: Seen.of(row) for i, row in rows.items()}
+
+    def _catch_up(self) -> None:
+        """Re-read every run in the file with a state change since the last catch-up (or pull)."""
+        now = datetime.now(timezone.utc)
+        since = self.caught_up or sync_log.last_pull_at(self.store) or now - timedelta(days=6)
+        since = max(since - EVENTS_OVERLAP, now - timedelta(days=6))
+        changed = self.client.changed_flow_runs(since, now + timedelta(minutes=5))
+        known = synced_tables.existing_ids(self.store, "flow_runs", list(changed))
+        if known:
+            self._read(sorted(known), {})
+        self.caught_up = now
+
+    def reread(self, batch: Batch, todo: list[str]) -> Fresh:
+        """Step 1: the server's current rows for every run the decision rests on, into the file."""
+        before: dict[str, dict[str, Any]] = {}
+        if self._reads_others(batch.rule):
+            self._catch_up()
+        want = set(todo)
+        if batch.rule.name in self.ranked:
+            # The runs that outrank the batch as the file says now; read with the batch.
+            want |= self._decide(batch, todo).ranked_above
+        seen: dict[str, Seen] = {}
+        read: set[str] = set()
+        for _ in range(8):
+            got = self._read(sorted(want - read), before)
+            answered = time.monotonic()
+            read |= want
+            seen.update(got)
+            for gone in want - set(got):
+                seen.pop(gone, None)
+            if batch.rule.name not in self.ranked:
+                break
+            # Reads may have moved the ranks: read what the decision now keeps, until it was all read.
+            want = set(self._decide(batch, todo).ranked_above) - read
+            if not want:
+                break
+        return Fresh({i: seen[i] for i in todo if i in seen}, before, answered)
+
+    # 2. decide ----------------------------------------------------------------------------
+
+    def _decide(self, batch: Batch, todo: list[str]) -> Any:
+        self.result.decisions += 1
+        deployments = tuple(sorted({batch.deployments.get(i) for i in todo}, key=str))
+        scope = Scope(tuple(todo), deployments if batch.rule.name in self.ranked else ())
+        return decide_scope(self.store, self.plan, batch.rule, scope)
+
+    def decide(self, batch: Batch, todo: list[str], fresh: Fresh) -> Decided:
+        """Step 2: the policy decided again over the file for these runs."""
+        reasons = self._decide(batch, todo).reasons
+        dropped = [i for i in todo if i in fresh.seen and reasons[i] is not None]
+        file_now = _file_rows(self.store, dropped)
+        final: dict[str, RunResult] = {}
+        groups: dict[str, list[str]] = {}
+        for i in todo:
+            lost = self.lost.get(i)
+            if lost is not None and (i not in fresh.seen or reasons[i] is not None):
+                # An earlier call of this apply may have done it: the evidence decides.
+                verdict = self._after_lost(batch.rule, i, lost[1], fresh.seen.get(i))
+                if verdict is not None:
+                    final[i] = _with_lost(verdict, lost[0])
+                    continue
+            if i not in fresh.seen:
+                final[i] = RunResult(
+                    Outcome.GONE, {"reason": "not on the server right before the call; not sent"}
+                )
+            elif reasons[i] is not None:
+                final[i] = RunResult(
+                    Outcome.SKIPPED,
+                    {
+                        "reason": f"re-checked right before the call: {reasons[i]}; not sent",
+                        "check": reasons[i],
+                        "changes": _changes(fresh.before.get(i), file_now.get(i)),
+                        "state_type_now": fresh.seen[i].state_type,
+                    },
+                )
+            else:
+                groups.setdefault(str(fresh.seen[i].state_type), []).append(i)
+        calls = [Call(state_type, ids) for state_type, ids in groups.items()]
+        return Decided(
+            calls, {i: _with_lost(r, self.lost.get(i, (None,))[0]) for i, r in final.items()}
+        )
+
+    def _after_lost(
+        self, rule: RuleModel, run_id: str, before: Seen, now: Seen | None
+    ) -> RunResult | None:
+        requested = rule.state.type if isinstance(rule, SetStateRule) else None
+        history = None
+        if (
+            requested
+            and now is not None
+            and now.state_id != before.state_id
+            and now.state_type != requested
+        ):
+            history = self._history(run_id)  # did our state come in between? (one request, rare)
+        return classify_lost(rule.action, requested, before, now, history)
 
     def _history(self, run_id: str) -> list[dict[str, Any]] | None:
         try:
             return self.client.flow_run_states(run_id)
         except ApiError:
-            return (
-                None  # without it the run is not counted as changed by this apply, and not resent
-            )
+            return None  # without it the run is not counted as changed by this apply, nor resent
 
-    def insert(self, number: int, batch: Batch, runs: list[tuple[str, str, str, Any]]) -> None:
-        rule = batch.rule
-        audit.record_runs(
-            self.store,
-            apply_id=self.result.apply_id,
-            batch=number,
-            api_url=self.client.settings.display_url,
-            policy_path=self.plan.policy.source,
-            policy_sha256=self.plan.policy.sha256,
-            rule=rule.name,
-            action=rule.action,
-            requested_state=_requested(rule),
-            runs=runs,
-        )
-        self.recorded.update(r[0] for r in runs)
+    # 3. send ------------------------------------------------------------------------------
 
-    def settle(
-        self, number: int, batch: Batch, final: dict[str, RunResult], guard: dict[str, str | None]
-    ) -> None:
-        """Write each run's one outcome: update its pending row, or insert it if it was never sent."""
-        new = [
-            (i, guard.get(i) or batch.state_type, r.outcome.value, r.details)
-            for i, r in final.items()
-            if i not in self.recorded
-        ]
-        self.insert(number, batch, new)
-        audit.record_outcomes(
-            self.store,
-            self.result.apply_id,
-            {
-                i: (r.outcome.value, r.details)
-                for i, r in final.items()
-                if i not in {n[0] for n in new}
-            },
-        )
-        # Marked in the file once, at the end: deleting chosen runs cannot change what the
-        # policy decides for the others (they only free limits and ranks below the kept ones).
-        self.deleted += [i for i, r in final.items() if r.outcome is Outcome.DELETED]
-        for r in final.values():
-            self.result.add(batch.rule.name, r.outcome)
-
-    def run_batch(self, number: int, batch: Batch) -> None:
-        rule = batch.rule
-        requested = rule.state.type if isinstance(rule, SetStateRule) else None
-        todo = list(batch.ids)
-        file_before: dict[
-            str, dict[str, Any]
-        ] = {}  # rows the fresh read is about to change, as they were
-
-        def keep_before(ids: list[str]) -> None:
-            file_before.update(_file_rows(self.store, ids))
-
-        try:
-            fresh = self.read(todo, keep_before)
-        except AuthError:
-            raise
-        except ApiError as e:
-            self._not_checked(number, batch, todo, e)
-            raise _Stop from e
-        lost: dict[str, str] = {}  # run -> what went wrong with a call whose answer was lost
-        for attempt in range(1, self.attempts + 1):
-            final: dict[str, RunResult] = {}
-            # The file changes only where this apply writes it: the rows of this batch's
-            # fresh read that differed (and, on a resend, the read after the lost answer).
-            verdicts = recheck(self.decision(), self.plan, rule, todo)
-            dropped = [i for i in todo if i in fresh and verdicts[i] is not None]
-            file_now = _file_rows(self.store, dropped)
-            groups: dict[str, list[str]] = {}
-            for i in todo:
-                if i not in fresh:
-                    final[i] = RunResult(
-                        Outcome.GONE,
-                        {"reason": "not on the server right before the call; not sent"},
-                    )
-                elif verdicts[i] is not None:
-                    final[i] = RunResult(
-                        Outcome.SKIPPED,
-                        {
-                            "reason": f"re-checked right before the call: {verdicts[i]}; not sent",
-                            "check": verdicts[i],
-                            "changes": _changes(file_before.get(i), file_now.get(i)),
-                            "state_type_now": fresh[i].state_type,
-                        },
-                    )
-                else:
-                    groups.setdefault(str(fresh[i].state_type), []).append(i)
-            final = {i: _noting_lost(r, lost.get(i)) for i, r in final.items()}
-            guard = {i: fresh[i].state_type if i in fresh else None for i in todo}
-            again: list[str] = []
-            try:
-                for state_type, ids in groups.items():
-                    final.update(
-                        self.call(
-                            number, batch, state_type, ids, fresh, requested, again, lost, attempt
-                        )
-                    )
-            except _Stop:
-                self.settle(
-                    number, batch, final, guard
-                )  # what is known is recorded; the rest stays pending
-                raise
-            if again and attempt < self.attempts:
-                self.settle(number, batch, final, guard)
-                todo = again
-                self.client.pause(attempt - 1)  # the first resend waits as a first retry would
-                continue
-            for i in again:
-                final[i] = RunResult(
-                    Outcome.FAILED,
-                    {
-                        "reason": f"the answer was lost {attempt} times and the server shows the run unchanged; "
-                        "run apply again",
-                        "error": lost.get(i),
-                    },
-                )
-            if again:
-                message = (
-                    f"batch {number} ({rule.name}): {len(again)} runs not done: the server's answer was "
-                    f"lost {attempt} times ({lost[again[0]]}) and it shows them unchanged"
-                )
-                self.result.errors.append(message)
-                self.progress.message(message)
-            self.settle(number, batch, final, guard)
-            break
-        self.progress.advance(len(batch.ids))
-
-    def call(
-        self,
-        number: int,
-        batch: Batch,
-        state_type: str,
-        ids: list[str],
-        fresh: dict[str, Seen],
-        requested: str | None,
-        again: list[str],
-        lost: dict[str, str],
-        attempt: int,
-    ) -> dict[str, RunResult]:
-        """One bulk call for runs that all have ``state_type`` now; their outcomes (``again``: resend)."""
-        rule = batch.rule
-        self.insert(
-            number,
-            batch,
-            [(i, state_type, Outcome.PENDING.value, None) for i in ids if i not in self.recorded],
-        )
+    def send(self, rule: RuleModel, call: Call) -> Answer:
+        """Step 3: one call; whatever happens comes back as a typed answer (AuthError raises)."""
         self.result.calls += 1
         try:
             if isinstance(rule, SetStateRule):
                 answer = self.client.bulk_set_state(
-                    ids, rule.state.to_api(), force=rule.force, state_types=[state_type]
+                    call.ids, rule.state.to_api(), force=rule.force, state_types=[call.state_type]
                 )
             else:
-                answer = self.client.bulk_delete(ids, state_types=[state_type])
-            acted, notes = _answered(rule, ids, answer)
+                answer = self.client.bulk_delete(call.ids, state_types=[call.state_type])
+            results, notes = _answered(rule, call.ids, answer)
+        except NotSentError as e:
+            return Throttled(e.retry_after, e.problem)
         except UncertainError as e:
-            self.progress.message(
-                f"batch {number} ({rule.name}): {e} Reading the runs to see what happened."
-            )
-            try:
-                after = self.read(ids)
-            except ApiError as read_error:
-                message = f"batch {number} ({rule.name}): answer lost ({e.problem}) and the runs cannot be read: {read_error}"
-                self.result.errors.append(
-                    message + "; `flowsync pull`, then check policy_actions rows left pending."
-                )
-                audit.record_outcomes(
-                    self.store,
-                    self.result.apply_id,
-                    {i: (Outcome.PENDING.value, {"error": message}) for i in ids},
-                )
-                self.result.add(rule.name, Outcome.PENDING, len(ids))
-                raise _Stop from read_error
-            out: dict[str, RunResult] = {}
-            for i in ids:
-                lost[i] = f"attempt {attempt}: {e.problem}"
-                now = after.get(i)
-                history = None
-                if (
-                    requested
-                    and now is not None
-                    and now.state_id != fresh[i].state_id
-                    and now.state_type != requested
-                ):
-                    history = self._history(i)  # did our state come in between? (one request, rare)
-                verdict = classify_lost(rule.action, requested, fresh[i], now, history)
-                if verdict is None:
-                    again.append(i)
-                    fresh[i] = after[i]
-                else:
-                    out[i] = verdict
-            return out
-        except AuthError as e:
-            audit.record_outcomes(
-                self.store,
-                self.result.apply_id,
-                {i: (Outcome.FAILED.value, {"error": str(e)}) for i in ids},
-            )
+            return Lost(e.problem)
+        except AuthError:
             raise
         except ApiError as e:
-            message = f"batch {number} ({rule.name}, {len(ids)} runs): {e}"
+            return Refused(e)
+        return Acted(results, notes)
+
+    # 4. classify --------------------------------------------------------------------------
+
+    def classify(
+        self, number: int, rule: RuleModel, call: Call, fresh: Fresh, answer: Answer, attempt: int
+    ) -> Verdict:
+        if isinstance(answer, Throttled):
+            self.progress.message(
+                f"batch {number} ({rule.name}): not carried out ({answer.problem}); "
+                "waiting, then re-checking before sending again"
+            )
+            return Verdict({}, list(call.ids), wait=answer.wait)
+        if isinstance(answer, Refused):
+            message = f"batch {number} ({rule.name}, {len(call.ids)} runs): {answer.error}"
             self.result.errors.append(message)
             self.progress.message(message)
-            return {i: RunResult(Outcome.FAILED, {"error": str(e)}) for i in ids}
-        self.result.errors.extend(notes)
-        self.refresh.extend(i for i in acted if acted[i].outcome is not Outcome.DELETED)
-        missing = [i for i in ids if i not in acted]
+            results = {i: RunResult(Outcome.FAILED, {"error": str(answer.error)}) for i in call.ids}
+            stop = str(answer.error) if "answered 404" in str(answer.error) else None
+            return Verdict(results, stop=stop)
+        if isinstance(answer, Lost):
+            return self._settle_lost(number, rule, call, fresh, answer, attempt)
+        self.result.errors.extend(answer.notes)
+        acted = dict(answer.results)
+        missing = [i for i in call.ids if i not in acted]
         if missing:
             try:
-                after = self.read(missing)
+                after = self._read(missing, {})
             except ApiError as read_error:
                 acted.update(
                     {
@@ -563,8 +620,175 @@ class _Applier:
                     }
                 )
             else:
-                acted.update({i: classify_unanswered(fresh[i], after.get(i)) for i in missing})
-        return {i: _noting_lost(r, lost.get(i)) for i, r in acted.items()}
+                for i in missing:
+                    lost = self.lost.get(i)
+                    earlier = self._after_lost(rule, i, lost[1], after.get(i)) if lost else None
+                    acted[i] = earlier or classify_unanswered(fresh.seen[i], after.get(i))
+        return Verdict({i: _with_lost(r, self.lost.get(i, (None,))[0]) for i, r in acted.items()})
+
+    def _settle_lost(
+        self, number: int, rule: RuleModel, call: Call, fresh: Fresh, answer: Lost, attempt: int
+    ) -> Verdict:
+        """The answer was lost: read until every run shows the change or stays unchanged for
+        ``settle_seconds`` (the first call may still be running); never resend before."""
+        self.progress.message(
+            f"batch {number} ({rule.name}): the answer was lost ({answer.problem}); "
+            "reading the runs until the server settles"
+        )
+        for i in call.ids:
+            self.lost.setdefault(i, (f"attempt {attempt}: {answer.problem}", fresh.seen[i]))
+        deadline = time.monotonic() + self.settle_seconds
+        delay = 0.5
+        results: dict[str, RunResult] = {}
+        untouched = list(call.ids)
+        while True:
+            try:
+                after = self._read(untouched, {})
+            except ApiError as read_error:
+                message = (
+                    f"batch {number} ({rule.name}): answer lost ({answer.problem}) and the runs "
+                    f"cannot be read: {read_error}"
+                )
+                self.result.errors.append(
+                    message + "; the next apply settles the runs left pending."
+                )
+                results.update(
+                    {i: RunResult(Outcome.PENDING, {"error": message}) for i in untouched}
+                )
+                return Verdict(results, stop=message)
+            still = []
+            for i in untouched:
+                verdict = self._after_lost(rule, i, self.lost[i][1], after.get(i))
+                if verdict is None:
+                    still.append(i)
+                else:
+                    results[i] = _with_lost(verdict, self.lost[i][0])
+            untouched = still
+            if not untouched or time.monotonic() >= deadline:
+                break
+            self.client.pause_for(min(delay, max(deadline - time.monotonic(), 0.0)))
+            delay = min(delay * 2, 5.0)
+        return Verdict(results, again=untouched)
+
+    # 5. record ----------------------------------------------------------------------------
+
+    def record(
+        self, number: int, rule: RuleModel, results: dict[str, RunResult], guards: dict[str, str]
+    ) -> None:
+        deleted = [i for i, r in results.items() if r.outcome is Outcome.DELETED]
+
+        def mark_deleted() -> None:
+            n = synced_tables.mark_deleted(self.store, "flow_runs", deleted)
+            self.result.refreshed["marked_deleted"] = (
+                self.result.refreshed.get("marked_deleted", 0) + n
+            )
+
+        self.ledger.final(
+            number, rule.name, rule.action, _requested(rule), results, guards, also=mark_deleted
+        )
+        accepted = [i for i, r in results.items() if r.outcome is Outcome.ACCEPTED]
+        if accepted:
+            # The file shows the state this apply set before the next batch is decided.
+            with contextlib.suppress(ApiError):
+                self._read(accepted, {})
+                self.result.refreshed["updated"] = self.result.refreshed.get("updated", 0) + len(
+                    accepted
+                )
+
+    # the sequence -------------------------------------------------------------------------
+
+    def run_batch(self, number: int, batch: Batch) -> None:
+        rule = batch.rule
+        todo = list(batch.ids)
+        for attempt in range(1, self.attempts + 1):
+            try:
+                fresh = self.reread(batch, todo)
+            except AuthError:
+                raise
+            except ApiError as e:
+                self._not_checked(number, batch, todo, e)
+                raise _Stop from e
+            decided = self.decide(batch, todo, fresh)
+            guards = {i: s.state_type or batch.state_type for i, s in fresh.seen.items()}
+            self.record(number, rule, decided.final, guards)
+            again: list[str] = []
+            wait: float | None = None
+            calls = list(decided.calls)
+            while calls:
+                call = calls.pop(0)
+                self.ledger.pending(
+                    number,
+                    rule.name,
+                    rule.action,
+                    _requested(rule),
+                    {i: call.state_type for i in call.ids},
+                )
+                self.result.windows.append(time.monotonic() - fresh.answered_at)
+                try:
+                    answer = self.send(rule, call)
+                except AuthError as e:
+                    self._auth_failed(number, batch, call, calls, str(e))
+                    raise
+                verdict = self.classify(number, rule, call, fresh, answer, attempt)
+                self.record(number, rule, verdict.results, guards)
+                if verdict.stop is not None:
+                    self._not_sent(number, rule, [i for c in calls for i in c.ids], verdict.stop)
+                    raise _Stop
+                again += verdict.again
+                if isinstance(answer, Throttled):
+                    # Everything not sent yet goes back to step 1 after the wait.
+                    again += [i for c in calls for i in c.ids]
+                    wait = answer.wait if answer.wait is not None else self.client.backoff(attempt)
+                    break
+            if not again:
+                break
+            if attempt == self.attempts:
+                self._gave_up(number, rule, again, attempt)
+                break
+            self.client.pause_for(min(wait if wait is not None else 0.0, MAX_THROTTLE_WAIT))
+            todo = again
+        self.progress.advance(len(batch.ids))
+
+    def _gave_up(self, number: int, rule: RuleModel, ids: list[str], attempt: int) -> None:
+        why = {i: self.lost[i][0] for i in ids if i in self.lost}
+        results = {
+            i: RunResult(
+                Outcome.FAILED,
+                {
+                    "reason": f"not done after {attempt} attempts (throttled, or the answer lost while "
+                    "the server shows the run unchanged); run apply again",
+                    "error": why.get(i),
+                },
+            )
+            for i in ids
+        }
+        self.record(number, rule, results, {})
+        message = f"batch {number} ({rule.name}): {len(ids)} runs not done after {attempt} attempts"
+        self.result.errors.append(message)
+        self.progress.message(message)
+
+    def _not_sent(self, number: int, rule: RuleModel, ids: list[str], why: str) -> None:
+        if ids:
+            self.record(
+                number,
+                rule,
+                {
+                    i: RunResult(Outcome.FAILED, {"reason": f"not sent: the apply stopped ({why})"})
+                    for i in ids
+                },
+                {},
+            )
+
+    def _auth_failed(
+        self, number: int, batch: Batch, call: Call, rest: list[Call], error: str
+    ) -> None:
+        self.record(
+            number,
+            batch.rule,
+            {i: RunResult(Outcome.FAILED, {"error": error}) for i in call.ids},
+            {},
+        )
+        self._not_sent(number, batch.rule, [i for c in rest for i in c.ids], error)
 
     def _not_checked(self, number: int, batch: Batch, ids: list[str], e: ApiError) -> None:
         message = (
@@ -572,9 +796,9 @@ class _Applier:
         )
         self.result.errors.append(message + "; stopped, nothing more sent. Run apply again.")
         self.progress.message(message)
-        self.settle(
+        self.record(
             number,
-            batch,
+            batch.rule,
             {
                 i: RunResult(
                     Outcome.FAILED,
@@ -584,35 +808,86 @@ class _Applier:
                     },
                 )
                 for i in ids
+                if i not in self.ledger.final_outcomes
             },
             {},
         )
 
+    def close_open_rows(self) -> None:
+        """Runs sent by this apply with no answer recorded (interrupted): one read back settles
+        the ones that show the change; the rest stay pending for the next apply."""
+        open_rows = self.ledger.open_rows()
+        if not open_rows:
+            return
+        pending = {
+            p.flow_run_id: p
+            for p in audit.unresolved(self.store)
+            if p.apply_id == self.result.apply_id
+        }
+        settle_pending(self, [pending[i] for i in open_rows if i in pending], wait=False)
 
-def _noting_lost(result: RunResult, lost: str | None) -> RunResult:
-    """The audit of a run sent again after a lost answer says so."""
-    if lost is None:
-        return result
-    return RunResult(result.outcome, {**(result.details or {}), "after_lost_answer": lost})
+
+def settle_pending(applier: _Applier, rows: list[audit.PendingRow], *, wait: bool) -> int:
+    """Read back runs sent by an apply that never recorded their answer; settle what shows.
+
+    A run is settled under the apply that sent it: gone after a delete is ``deleted``
+    by that apply, a new state of the requested type ``accepted``, unchanged (after
+    ``settle_seconds`` since it was sent) ``failed``. Returns the rows settled."""
+    if not rows:
+        return 0
+    if wait:
+        newest = max(r.sent_at for r in rows)
+        left = applier.settle_seconds - (datetime.now(timezone.utc) - newest).total_seconds()
+        if left > 0:
+            applier.client.pause_for(left)
+    after = applier._read([r.flow_run_id for r in rows], {})
+    outcomes: dict[tuple[str, str], tuple[str, Any]] = {}
+    for row in rows:
+        before = Seen(row.state_type_before, row.state_id_before, None)
+        now = after.get(row.flow_run_id)
+        requested = row.requested_type if row.action == "set_state" else None
+        history = None
+        if (
+            requested
+            and now is not None
+            and now.state_id != before.state_id
+            and now.state_type != requested
+        ):
+            history = applier._history(row.flow_run_id)
+        verdict = classify_lost(row.action, requested, before, now, history)
+        if verdict is None:
+            if not wait:
+                continue  # it may still be on its way; the next apply looks again
+            verdict = RunResult(
+                Outcome.FAILED,
+                {"reason": "sent, but the server shows it unchanged: not done; run apply again"},
+            )
+        if verdict.outcome is Outcome.PENDING:
+            continue
+        evidence = {
+            "read_back_at": datetime.now(timezone.utc).isoformat(),
+            **(verdict.details or {}),
+        }
+        outcomes[(row.apply_id, row.flow_run_id)] = (verdict.outcome.value, evidence)
+    deleted = [run for (_, run), (o, _) in outcomes.items() if o == Outcome.DELETED.value]
+    with applier.store.transaction():
+        audit.settle_earlier(applier.store, outcomes, applier.result.apply_id)
+        synced_tables.mark_deleted(applier.store, "flow_runs", deleted)
+    return len(outcomes)
 
 
-def _requested(rule: RuleModel) -> dict[str, Any] | None:
-    if isinstance(rule, SetStateRule):
-        return {"state": rule.state.to_api(), "force": rule.force}
-    return None
+def refresh_plan(client: PrefectClient | None, store: Store, loaded: LoadedPolicy) -> list[str]:
+    """The runs ``plan --refresh`` re-reads: every run the rules select (on ``store``, read-only).
+
+    The caller writes them with ``reread_runs`` on a writable store, then plans again
+    read-only, so rule SQL never runs where it could write. Never changes the server."""
+    if not store.sandboxed:
+        raise StoreError(f"{store.path}: plan --refresh evaluates rule SQL only sandboxed.")
+    return selected_ids(make_plan(store, loaded))
 
 
-def refresh_plan(client: PrefectClient, store: Store, loaded: LoadedPolicy) -> Plan:
-    """Re-read every run the rules select from the server into the file, then plan again.
-
-    So what ``plan --refresh`` prints is what ``apply`` would do now. Writes only
-    the file's copy of those runs (and marks the ones gone); never the server.
-    """
-    if not store.sandboxed or store.read_only:
-        raise StoreError(
-            f"{store.path}: plan --refresh needs the file open writable and sandboxed."
-        )
-    ids = selected_ids(make_plan(store, loaded))
+def reread_runs(client: PrefectClient, store: Store, ids: list[str]) -> int:
+    """Read these runs from the server into the file (``plan --refresh``); returns how many."""
     reader = RunReader(client, store, "plan-refresh")
     try:
         reader.read(ids)
@@ -621,9 +896,12 @@ def refresh_plan(client: PrefectClient, store: Store, loaded: LoadedPolicy) -> P
             reader.finish(error=str(e))
         raise
     reader.finish()
-    plan = make_plan(store, loaded)
-    plan.refreshed = len(ids)
-    return plan
+    return len(ids)
+
+
+def new_result(plan: Plan) -> ApplyResult:
+    """An empty result for an apply of ``plan`` (its id names the apply in ``policy_actions``)."""
+    return ApplyResult(apply_id=str(uuid.uuid4()), policy_sha256=plan.policy.sha256)
 
 
 def apply_plan(
@@ -633,10 +911,15 @@ def apply_plan(
     *,
     progress: Progress | None = None,
     batch_size: int = BULK_LIMIT,
-    refresh: bool = True,
     attempts: int | None = None,
+    settle_seconds: float = SETTLE_SECONDS,
+    result: ApplyResult | None = None,
 ) -> ApplyResult:
-    """Send the confirmed plan's batches, each re-checked right before its call; classify every run once."""
+    """Send the confirmed plan's batches, each re-checked right before its call; classify every run once.
+
+    ``result`` (optional) is filled as the apply goes, so a caller still holds what was
+    done when this raises (401, the file, Ctrl-C): every outcome known is in it and in
+    ``policy_actions``."""
     check_guards(plan)
     if store.read_only:
         raise StoreError(f"{store.path} is open read-only; apply needs to write its audit rows.")
@@ -646,13 +929,19 @@ def apply_plan(
         )
     progress = progress or NullProgress()
     began = time.monotonic()
-    # As many calls per run as the client's retry policy allows a read: each resend
-    # follows a read showing the runs untouched, with the same backoff.
-    applier = _Applier(client, store, plan, progress, attempts or client.retry.attempts)
-    result = applier.result
-    progress.phase("apply", total=plan.total)
+    result = result or new_result(plan)
+    applier = _Applier(
+        client, store, plan, progress, attempts or client.retry.attempts, settle_seconds, result
+    )
     failure: str | None = None
     try:
+        earlier = audit.unresolved(store, besides=result.apply_id)
+        if earlier:
+            progress.message(
+                f"{len(earlier)} runs sent by an earlier apply have no recorded answer; reading them back"
+            )
+            result.resolved_earlier = settle_pending(applier, earlier, wait=True)
+        progress.phase("apply", total=plan.total)
         for number, batch in enumerate(batches(plan, batch_size), 1):
             result.batches = number
             applier.run_batch(number, batch)
@@ -660,25 +949,12 @@ def apply_plan(
         pass
     except BaseException as e:
         failure = f"{type(e).__name__}: {e}"
+        with contextlib.suppress(Exception):
+            applier.close_open_rows()
         raise
     finally:
-        # An original error matters more than the bookkeeping.
-        if applier.deleted:
-            with contextlib.suppress(Exception), store.transaction():
-                result.refreshed["marked_deleted"] = synced_tables.mark_deleted(
-                    store, "flow_runs", applier.deleted
-                )
         with contextlib.suppress(Exception):
             applier.reader.finish(error=failure)
-    if refresh and applier.refresh:
-        # Runs the answer changed: the file should show their new state.
-        progress.message(f"refreshing {len(applier.refresh)} runs from the server")
-        try:
-            for key, n in refresh_runs(client, store, applier.refresh).items():
-                result.refreshed[key] = result.refreshed.get(key, 0) + n
-        except FlowsyncError as e:
-            result.errors.append(
-                f"refresh after apply failed: {e}; run `flowsync pull` to re-check."
-            )
+        result.seconds = time.monotonic() - began
     result.seconds = time.monotonic() - began
     return result

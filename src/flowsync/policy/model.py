@@ -99,6 +99,12 @@ class Policy(_Strict):
     protect_tags: list[str] = Field(
         default_factory=list, description="Runs with any of these tags are never touched."
     )
+    rule_timeout_seconds: float = Field(
+        60.0,
+        gt=0,
+        le=3600,
+        description="Each rule's SQL is stopped after this many seconds (plan, apply, policy check).",
+    )
     rules: list[Rule] = Field(
         min_length=1, description="Applied in order; a run goes to the first rule that selects it."
     )

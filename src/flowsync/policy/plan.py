@@ -9,9 +9,16 @@ as apply asks it right before each call. Must not: call the API, write to the
 store, or print.
 
 Rule SQL runs only on a sandboxed ``Store`` (files, network and extensions off,
-settings locked), must be a single SELECT statement, and may not call the few
-functions that change state or run SQL text (``setval``, ``nextval``,
-``query``, ``query_table``). On a read-only store DuckDB refuses writes too.
+settings locked, spill capped), must be a single SELECT statement, may call only
+functions that compute (an allow list built from DuckDB's own catalog: no side
+effects, no sequences, no SQL text, no randomness, a few harmless table
+functions, the file's own macros), and runs under a time limit per rule. Plan
+runs it on a read-only connection; apply, which must write its audit on the
+same file, runs it inside a transaction it always rolls back.
+
+``decide_scope`` is apply's decision for one batch: the same guards, over the
+batch's runs and every run ranked with them (``keep_newest`` ranks whole
+deployments), so its cost follows the batch, not the file.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from flowsync.errors import PolicyError, QueryError, SandboxError, StoreError
+from flowsync.errors import PolicyError, QueryError, QueryTimeoutError, SandboxError, StoreError
 from flowsync.policy.model import DeleteRule, LoadedPolicy, SetStateRule
 from flowsync.store import Store, sync_log, synced_tables
 
@@ -40,6 +47,7 @@ class PlannedRun:
     tags: tuple[str, ...]
     expected_start_time: datetime | None
     end_time: datetime | None
+    deployment_id: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -103,6 +111,9 @@ class Plan:
     oldest_read_at: datetime | None = None  # ... and the oldest read of a planned run
     refreshed: int | None = None  # runs re-read from the server before planning (plan --refresh)
     statements: dict[str, str] = field(default_factory=dict)  # rule name -> its checked SQL
+    timeout: float | None = None  # seconds each rule statement may run
+    # rule name -> why its SQL may decide a run from other runs' rows (see reads_other_runs)
+    reads_other_runs: dict[str, str] = field(default_factory=dict)
 
     @property
     def total(self) -> int:
@@ -126,6 +137,7 @@ class Plan:
                 "refreshed": self.refreshed,
             },
             "rules": [r.to_json(sample) for r in self.rules],
+            "reads_other_runs": self.reads_other_runs,
         }
 
 
@@ -139,8 +151,103 @@ def by_state(runs: list[PlannedRun]) -> dict[str, int]:
 # -- rule SQL -------------------------------------------------------------------
 
 
-# Functions that change state (sequences) or run SQL text built at run time.
-FORBIDDEN_FUNCTIONS = frozenset({"nextval", "setval", "query", "query_table"})
+# Never, whatever DuckDB's catalog says of them: they change state (sequences), run SQL
+# text built at run time, sleep, or log.
+FORBIDDEN_FUNCTIONS = frozenset(
+    {
+        "nextval",
+        "setval",
+        "currval",
+        "query",
+        "query_table",
+        "json_execute_serialized_sql",
+        "sleep_ms",
+        "pg_sleep",
+        "write_log",
+    }
+)
+# Table functions that only compute; every other one (read_csv, checkpoint, duckdb_*...) is refused.
+ALLOWED_TABLE_FUNCTIONS = frozenset(
+    {"range", "generate_series", "unnest", "json_each", "json_tree", "repeat"}
+)
+# Rule SQL's time limit when the policy does not set one (seconds).
+DEFAULT_RULE_TIMEOUT = 60.0
+
+_ALLOWED_SQL = """
+SELECT DISTINCT lower(function_name) FROM duckdb_functions()
+WHERE (internal AND function_type IN ('scalar', 'aggregate', 'window')
+       AND NOT coalesce(has_side_effects, false))
+   OR (internal AND function_type = 'macro'
+       AND NOT regexp_matches(lower(coalesce(macro_definition, '')), ?))
+   OR (NOT internal AND function_type IN ('macro', 'table_macro') AND schema_name = 'main')
+"""
+
+
+def allowed_functions(store: Store) -> frozenset[str]:
+    """Every function rule SQL may call: the allow list, from this DuckDB's own catalog."""
+    side_effects = "|".join(sorted(FORBIDDEN_FUNCTIONS | {"random", "uuid", "setseed", "error"}))
+    rows = store.execute(_ALLOWED_SQL, [f"\\b({side_effects})\\b"]).rows()
+    return frozenset(r[0] for r in rows) - FORBIDDEN_FUNCTIONS | ALLOWED_TABLE_FUNCTIONS
+
+
+# Tables a run's own row comes from (one reference), and the lookups joined to it.
+RUN_TABLES = frozenset({"flow_runs", "flow_run_measures", "flow_runs_enriched"})
+LOOKUP_TABLES = frozenset({"flows", "deployments"})
+
+
+def reads_other_runs(store: Store, sql: str) -> str | None:
+    """Why a rule's SQL decides a run from other runs' rows (None: from its own row only).
+
+    Its own row only: one reference to flow_runs (or the row-by-row views over it),
+    joined at most to flows and deployments, with no subquery, CTE, set operation,
+    window, aggregate or table function. Anything else may look at other runs."""
+    aggregates = {
+        r[0]
+        for r in store.execute(
+            "SELECT lower(function_name) FROM duckdb_functions() GROUP BY 1 "
+            "HAVING bool_and(function_type IN ('aggregate', 'window'))"
+        ).rows()
+    }
+    run_refs = 0
+    why: list[str] = []
+
+    def walk(node: Any) -> None:
+        nonlocal run_refs
+        if isinstance(node, list):
+            for value in node:
+                walk(value)
+            return
+        if not isinstance(node, dict):
+            return
+        kind, cls = node.get("type"), node.get("class")
+        if kind == "BASE_TABLE":
+            name = str(node.get("table_name", "")).lower()
+            if name in RUN_TABLES:
+                run_refs += 1
+            elif name not in LOOKUP_TABLES:
+                why.append(f"reads {name}")
+        elif kind in ("SUBQUERY", "TABLE_FUNCTION") or cls == "SUBQUERY":
+            why.append("a subquery" if "SUBQUERY" in (kind, cls) else "a table function")
+        elif kind == "SET_OPERATION_NODE":
+            why.append("a set operation")
+        elif cls == "WINDOW":
+            why.append("a window function")
+        elif (
+            isinstance(node.get("function_name"), str)
+            and node["function_name"].lower() in aggregates
+        ):
+            why.append(f"an aggregate ({node['function_name']})")
+        if (node.get("cte_map") or {}).get("map"):
+            why.append("a CTE")
+        if node.get("group_expressions") or node.get("having"):
+            why.append("GROUP BY")
+        for value in node.values():
+            walk(value)
+
+    walk(store.parse_tree(sql))
+    if run_refs > 1:
+        why.append("flow_runs more than once")
+    return ", ".join(dict.fromkeys(why)) or None
 
 
 def _sandbox_error(rule: RuleModel, e: SandboxError) -> PolicyError:
@@ -154,26 +261,42 @@ def _rule_rows(
     store: Store,
     rule: RuleModel,
     sql: str,
-    params: list[Any] | None = None,
+    params: list[Any] | dict[str, Any] | None = None,
     hint: str = "The id column must hold flow-run ids (UUIDs).",
+    timeout: float | None = DEFAULT_RULE_TIMEOUT,
 ) -> tuple[list[str], list[dict[str, Any]]]:
-    """Run SQL built around a rule's statement; every failure is a PolicyError naming the rule."""
+    """Run SQL built around a rule's statement; every failure is a PolicyError naming the rule.
+
+    On a writable store it runs in a transaction that is always rolled back."""
     try:
-        return store.execute(sql, params).dicts()
+        if store.read_only:
+            return store.execute(sql, params, timeout=timeout).dicts()
+        with store.discarded():
+            return store.execute(sql, params, timeout=timeout).dicts()
     except SandboxError as e:
         raise _sandbox_error(rule, e) from e
+    except QueryTimeoutError as e:
+        raise PolicyError(
+            f"rule {rule.name!r}: its SQL ran longer than {e.seconds:g}s and was stopped; "
+            "make it cheaper, or raise rule_timeout_seconds in the policy (or --rule-timeout)."
+        ) from e
     except QueryError as e:
         raise PolicyError(f"rule {rule.name!r}: SQL failed: {e.detail}. {hint}") from e
+    except StoreError as e:
+        if isinstance(e, QueryError) or "memory" not in str(e):
+            raise
+        raise PolicyError(
+            f"rule {rule.name!r}: its SQL needed more memory and disk than rule SQL may use "
+            "(DuckDB's memory cap, 1 GiB of spill); make it cheaper."
+        ) from e
 
 
-def rule_statement(store: Store, rule: RuleModel) -> str:
+def rule_statement(
+    store: Store, rule: RuleModel, timeout: float | None = DEFAULT_RULE_TIMEOUT
+) -> str:
     """The rule's SQL as one SELECT statement with an ``id`` column, or PolicyError."""
     where = f"rule {rule.name!r}"
-    if not store.sandboxed:
-        # A programming error, not a user's: rule SQL must never run with files and network on.
-        raise StoreError(
-            f"{store.path} is not open sandboxed; rule SQL runs only on Store.open(..., sandbox=True)."
-        )
+    _require_sandbox(store)
     try:
         parsed = store.statements(rule.sql)
     except QueryError as e:
@@ -189,19 +312,21 @@ def rule_statement(store: Store, rule: RuleModel) -> str:
         )
     sql = text.strip().rstrip(";").strip()
     try:
-        forbidden = sorted(store.functions_called(sql) & FORBIDDEN_FUNCTIONS)
+        forbidden = sorted(store.functions_called(sql) - allowed_functions(store))
     except QueryError as e:
         raise PolicyError(f"{where}: SQL does not parse: {e.detail}. Fix the rule's sql.") from e
     if forbidden:
         raise PolicyError(
-            f"{where}: sql calls {', '.join(forbidden)}; a rule may not change sequences or run SQL text. "
+            f"{where}: sql calls {', '.join(forbidden)}, which rule SQL may not use: only functions "
+            "that compute (no side effects, sequences, SQL text, randomness, files). "
             "Select from the tables and views directly."
         )
     columns, _ = _rule_rows(
         store,
         rule,
         f"SELECT * FROM (\n{sql}\n) AS rule_rows LIMIT 0",
-        hint="Try it with `duckdb -readonly FILE`.",
+        hint="Try it with `flowsync sql`.",
+        timeout=timeout,
     )
     if "id" not in columns:
         raise PolicyError(
@@ -211,33 +336,51 @@ def rule_statement(store: Store, rule: RuleModel) -> str:
     return sql
 
 
-def check_rules(store: Store, loaded: LoadedPolicy) -> dict[str, int]:
+def check_rules(store: Store, loaded: LoadedPolicy, timeout: float | None = None) -> dict[str, int]:
     """Run every rule's SQL (read-only); rule name -> non-null ids returned."""
+    limit = timeout or loaded.policy.rule_timeout_seconds
     counts = {}
     for rule in loaded.policy.rules:
-        sql = rule_statement(store, rule)
+        sql = rule_statement(store, rule, limit)
         _, rows = _rule_rows(
-            store, rule, f"SELECT count(CAST(id AS UUID)) AS n FROM (\n{sql}\n) AS rule_rows"
+            store,
+            rule,
+            f"SELECT count(CAST(id AS UUID)) AS n FROM (\n{sql}\n) AS rule_rows",
+            timeout=limit,
         )
         counts[rule.name] = int(rows[0]["n"])
     return counts
 
 
+@dataclass(frozen=True)
+class Scope:
+    """What one decision is about: these runs, ranked within these deployments in full."""
+
+    ids: tuple[str, ...]
+    deployments: tuple[str | None, ...] = ()  # None: the runs without a deployment
+
+
+# Only the columns the guards and the plan's listing need: a rule's picks joined to
+# whole rows (JSON columns included) cost more than the rule itself at a million runs.
 _SELECT = """
 WITH picked AS (
     SELECT DISTINCT CAST(id AS UUID) AS id FROM (
 {sql}
     ) AS rule_rows WHERE id IS NOT NULL
+), candidates AS (
+    SELECT id, name, flow_id, deployment_id, state_type, state_name, tags,
+           expected_start_time, end_time, deleted_at,
+           coalesce(expected_start_time, start_time, created) AS sort_time
+    FROM flow_runs {scope_runs}
 ), runs AS (
-    SELECT p.id AS picked_id, r.*,
-           r.id IS NOT NULL AND r.deleted_at IS NULL AS live,
-           coalesce(r.expected_start_time, r.start_time, r.created) AS sort_time
-    FROM picked p LEFT JOIN flow_runs r ON r.id = p.id
+    SELECT p.id AS picked_id, r.*, r.id IS NOT NULL AND r.deleted_at IS NULL AS live
+    FROM picked p LEFT JOIN candidates r ON r.id = p.id {scope_picked}
 )
 SELECT CAST(r.picked_id AS VARCHAR) AS id, r.name, f.name AS flow_name, d.name AS deployment_name,
        r.state_type, r.state_name, r.tags, r.expected_start_time, r.end_time,
+       CAST(r.deployment_id AS VARCHAR) AS deployment_id,
        r.id IS NULL AS unknown, r.deleted_at IS NOT NULL AS deleted,
-       coalesce(list_has_any(r.tags, CAST(? AS VARCHAR[])), false) AS protected,
+       coalesce(list_has_any(r.tags, CAST($protect AS VARCHAR[])), false) AS protected,
        CASE WHEN r.live THEN row_number() OVER (
            PARTITION BY r.live, r.deployment_id ORDER BY r.sort_time DESC NULLS LAST, r.picked_id DESC)
        END AS newest_rank
@@ -246,23 +389,55 @@ LEFT JOIN flows f ON f.id = r.flow_id
 LEFT JOIN deployments d ON d.id = r.deployment_id
 ORDER BY r.sort_time ASC NULLS FIRST, r.picked_id
 """
+_IN_SCOPE = (
+    "id IN (SELECT unnest(CAST($ids AS UUID[]))) "
+    "OR deployment_id IN (SELECT unnest(CAST($deployments AS UUID[]))) "
+    "OR ($adhoc AND deployment_id IS NULL)"
+)
 
 
 def _select(
-    store: Store, rule: RuleModel, sql: str, protect_tags: list[str]
+    store: Store,
+    rule: RuleModel,
+    sql: str,
+    protect_tags: list[str],
+    scope: Scope | None,
+    timeout: float | None,
 ) -> list[dict[str, Any]]:
-    return _rule_rows(store, rule, _SELECT.format(sql=sql), [protect_tags])[1]
+    params: dict[str, Any] = {"protect": protect_tags}
+    if scope is None:
+        text = _SELECT.format(sql=sql, scope_runs="", scope_picked="")
+    else:
+        text = _SELECT.format(
+            sql=sql,
+            scope_runs="WHERE " + _IN_SCOPE,
+            scope_picked="WHERE p.id IN (SELECT unnest(CAST($ids AS UUID[]))) OR r.id IS NOT NULL",
+        )
+        deployments = [d for d in scope.deployments if d is not None]
+        params.update(
+            ids=list(scope.ids),
+            deployments=deployments,
+            adhoc=len(deployments) < len(scope.deployments),
+        )
+    return _rule_rows(store, rule, text, params, timeout=timeout)[1]
 
 
 NOT_IN_FILE = "not in flow_runs"
 DELETED = "already deleted"
 PROTECTED = "protected tag"
+KEEP_NEWEST = "keep_newest"
+TAKEN = "taken by an earlier rule"
+OVER_LIMIT = "over the rule's limit"
 NOT_SELECTED = "the rule's SQL no longer selects it"
 OVER_MAX = "max_actions"
 
 
-def plan_rule(rule: RuleModel, rows: list[dict[str, Any]], claimed: set[str]) -> RulePlan:
-    """Apply the guards to one rule's rows (oldest first); adds the chosen ids to ``claimed``."""
+def plan_rule(
+    rule: RuleModel, rows: list[dict[str, Any]], claimed: set[str], *, limit: bool = True
+) -> RulePlan:
+    """Apply the guards to one rule's rows (oldest first); adds the chosen ids to ``claimed``.
+
+    ``limit=False`` leaves the rule's limit out (apply: the confirmed plan bounds it)."""
     out = RulePlan(rule, selected=len(rows))
     for row in rows:
         if row["unknown"]:
@@ -274,11 +449,11 @@ def plan_rule(rule: RuleModel, rows: list[dict[str, Any]], claimed: set[str]) ->
         elif row["protected"]:
             out.skip(row["id"], PROTECTED)
         elif rule.keep_newest is not None and row["newest_rank"] <= rule.keep_newest:
-            out.skip(row["id"], "keep_newest")
+            out.skip(row["id"], KEEP_NEWEST)
         elif row["id"] in claimed:
-            out.skip(row["id"], "taken by an earlier rule")
-        elif rule.limit is not None and len(out.runs) >= rule.limit:
-            out.skip(row["id"], "over the rule's limit")
+            out.skip(row["id"], TAKEN)
+        elif limit and rule.limit is not None and len(out.runs) >= rule.limit:
+            out.skip(row["id"], OVER_LIMIT)
         else:
             claimed.add(row["id"])
             out.runs.append(
@@ -292,9 +467,18 @@ def plan_rule(rule: RuleModel, rows: list[dict[str, Any]], claimed: set[str]) ->
                     tags=tuple(row["tags"] or ()),
                     expected_start_time=row["expected_start_time"],
                     end_time=row["end_time"],
+                    deployment_id=row.get("deployment_id"),
                 )
             )
     return out
+
+
+def _require_sandbox(store: Store) -> None:
+    if not store.sandboxed:
+        # A programming error, not a user's: rule SQL must never run with files and network on.
+        raise StoreError(
+            f"{store.path} is not open sandboxed; rule SQL runs only on Store.open(..., sandbox=True)."
+        )
 
 
 def make_plan(
@@ -304,28 +488,43 @@ def make_plan(
     *,
     describe: bool = True,
     statements: dict[str, str] | None = None,
+    timeout: float | None = None,
 ) -> Plan:
     """What applying ``loaded`` would do to the runs in ``store``; changes nothing.
 
     ``statements`` (from an earlier plan of the same policy) skips checking each
-    rule's SQL again; ``describe`` adds how old the data is.
+    rule's SQL again; ``describe`` adds how old the data is; ``timeout`` replaces
+    the policy's time limit per rule statement (seconds).
     """
+    _require_sandbox(store)
+    limit = timeout or loaded.policy.rule_timeout_seconds
     claimed: set[str] = set()
     rules = []
     checked = dict(statements or {})
-    if not store.sandboxed:
-        raise StoreError(
-            f"{store.path} is not open sandboxed; rule SQL runs only on Store.open(..., sandbox=True)."
-        )
+    cross: dict[str, str] = {}
     for rule in loaded.policy.rules:
         if rule.name not in checked:
-            checked[rule.name] = rule_statement(store, rule)  # a disabled rule must still be valid
+            checked[rule.name] = rule_statement(
+                store, rule, limit
+            )  # a disabled rule must still be valid
+        why = reads_other_runs(store, checked[rule.name])
+        if why:
+            cross[rule.name] = why
         if not rule.enabled:
             rules.append(RulePlan(rule))
             continue
-        rows = _select(store, rule, checked[rule.name], list(loaded.policy.protect_tags))
+        rows = _select(
+            store, rule, checked[rule.name], list(loaded.policy.protect_tags), None, limit
+        )
         rules.append(plan_rule(rule, rows, claimed))
-    plan = Plan(loaded, rules, now or datetime.now(timezone.utc), statements=checked)
+    plan = Plan(
+        loaded,
+        rules,
+        now or datetime.now(timezone.utc),
+        statements=checked,
+        timeout=limit,
+        reads_other_runs=cross,
+    )
     if describe:  # how old the data is (not needed by apply's re-check)
         planned = [run.id for rp in rules for run in rp.runs]
         plan.last_pull_at = sync_log.last_pull_at(store)
@@ -342,21 +541,45 @@ def selected_ids(plan: Plan) -> list[str]:
     return list(ids)
 
 
-def decide(store: Store, confirmed: Plan) -> Plan:
-    """The confirmed plan's policy planned again over the file as it is now (apply's re-check)."""
-    return make_plan(store, confirmed.policy, describe=False, statements=confirmed.statements)
+@dataclass(frozen=True)
+class Decision:
+    """One batch decided again over the file: why each run not to send is left, and the
+    runs that rank above the batch (kept by ``keep_newest``), which the decision rests on."""
+
+    reasons: dict[str, str | None]  # batch run -> None (send) or why not
+    ranked_above: frozenset[str]  # runs kept by keep_newest in the batch's deployments
 
 
-def recheck(now: Plan, confirmed: Plan, rule: RuleModel, ids: list[str]) -> dict[str, str | None]:
-    """For runs ``rule`` has in the confirmed plan: None if ``now`` (``decide``: the whole
-    policy computed again over the file) still gives them to ``rule``; else why not.
+def decide_scope(store: Store, confirmed: Plan, rule: RuleModel, scope: Scope) -> Decision:
+    """The confirmed plan's policy decided again over the file for ``scope.ids`` of ``rule``.
 
-    Every guard counts: the rule's SQL, protect_tags, keep_newest, limit, earlier
-    rules, and max_actions (rules that now select more than it stop everything).
-    """
-    if now.over_max:
-        why = f"{OVER_MAX}: the rules now select {now.total} runs, more than {confirmed.policy.policy.max_actions}"
-        return dict.fromkeys(ids, why)
-    mine = next(rp for rp in now.rules if rp.rule.name == rule.name)
+    Every guard the plan applies counts, up to and including ``rule``: the rules'
+    SQL, protect_tags, keep_newest (ranked over whole deployments: ``scope.deployments``
+    must hold every deployment of the batch), earlier rules. Limits and
+    max_actions bound the confirmed plan, which bounds what apply sends, so
+    they are not counted again (a run over an earlier rule's limit at plan time
+    stays over it)."""
+    _require_sandbox(store)
+    protect = list(confirmed.policy.policy.protect_tags)
+    claimed: set[str] = set()
+    planned_by: dict[str, RulePlan] = {rp.rule.name: rp for rp in confirmed.rules}
+    kept: set[str] = set()
+    mine: RulePlan | None = None
+    for candidate in confirmed.policy.policy.rules:
+        if not candidate.enabled:
+            continue
+        sql = confirmed.statements[candidate.name]
+        rows = _select(store, candidate, sql, protect, scope, confirmed.timeout)
+        decided = plan_rule(candidate, rows, claimed, limit=False)
+        kept.update(i for i, why in decided.reasons.items() if why == KEEP_NEWEST)
+        if candidate.name == rule.name:
+            mine = decided
+            break
+        # A run over this earlier rule's limit at plan time is not taken by it now.
+        over = {i for i, why in planned_by[candidate.name].reasons.items() if why == OVER_LIMIT}
+        claimed.difference_update(over)
+    if mine is None:
+        raise PolicyError(f"rule {rule.name!r} is not an enabled rule of the confirmed plan")
     chosen = {run.id for run in mine.runs}
-    return {i: None if i in chosen else mine.reasons.get(i, NOT_SELECTED) for i in ids}
+    reasons = {i: None if i in chosen else mine.reasons.get(i, NOT_SELECTED) for i in scope.ids}
+    return Decision(reasons, frozenset(kept))

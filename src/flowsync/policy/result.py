@@ -72,7 +72,10 @@ class ApplyResult:
     batches: int = 0
     calls: int = 0  # bulk calls sent (a lost answer resolved and resent counts twice)
     rereads: int = 0  # read-by-id requests before and after calls
-    decisions: int = 0  # times the whole policy was decided again over the file
+    decisions: int = 0  # times the policy was decided again over the file (per batch, scoped)
+    resolved_earlier: int = 0  # pending runs of earlier applies read back and settled
+    # seconds from the re-read's answer to the call being sent, one per call
+    windows: list[float] = field(default_factory=list)
     seconds: float = 0.0
 
     def add(self, rule: str, outcome: Outcome, n: int = 1) -> None:
@@ -110,8 +113,21 @@ class ApplyResult:
             "calls": self.calls,
             "rereads": self.rereads,
             "decisions": self.decisions,
+            "resolved_earlier": self.resolved_earlier,
+            "reread_to_call_seconds": {
+                "p50": _quantile(self.windows, 0.5),
+                "p99": _quantile(self.windows, 0.99),
+                "max": round(max(self.windows), 4) if self.windows else None,
+            },
             "seconds": round(self.seconds, 3),
             "rules": self.counts,
             "errors": self.errors,
             "refreshed": self.refreshed,
         }
+
+
+def _quantile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 4)

@@ -2,16 +2,20 @@
 
 Owns: writing one row per run per apply: before the API call (outcome
 ``pending``, with the run's row as just re-read, as JSON) and recording the
-answer after it, one statement per batch; or, for a run the re-check dropped,
+answer after it, one statement per call; or, for a run the re-check dropped,
 its final outcome at once. A crash between the two leaves ``pending`` rows:
-sent, answer unknown. Policy code runs its other SQL (rule SQL, plan reads)
-through ``Store.execute``. Must not: decide what to apply or call the API.
+sent, answer unknown; ``unresolved`` finds them for the next apply, which
+reads the runs back and settles them under the apply that sent them. Writes
+join the caller's transaction (``Store.atomic``), so an outcome and the file's
+record of it commit together. Policy code runs its other SQL (rule SQL, plan
+reads) through ``Store.execute``. Must not: decide what to apply or call the API.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -39,7 +43,7 @@ def record_runs(
     """
     if not runs:
         return
-    with store.transaction():
+    with store.atomic():
         store.execute(
             """
             INSERT INTO policy_actions (apply_id, batch, sent_at, api_url, policy_path, policy_sha256,
@@ -73,7 +77,7 @@ def record_outcomes(store: Store, apply_id: str, outcomes: Mapping[str, tuple[st
     if not outcomes:
         return
     details = [json.dumps(d, default=str) if d is not None else None for _, d in outcomes.values()]
-    with store.transaction():
+    with store.atomic():
         store.execute(
             """
             UPDATE policy_actions SET outcome = o.outcome, details = CAST(o.details AS JSON), answered_at = ?
@@ -98,3 +102,51 @@ def outcome_counts(store: Store, apply_id: str) -> dict[tuple[str, str], int]:
         [apply_id],
     ).rows()
     return {(str(r), str(o)): int(n) for r, o, n in rows}
+
+
+@dataclass(frozen=True)
+class PendingRow:
+    """A run an earlier apply sent whose answer was never recorded (it was killed, or lost it)."""
+
+    apply_id: str
+    flow_run_id: str
+    action: str
+    requested_type: str | None
+    state_type_before: str
+    state_id_before: str | None
+    sent_at: datetime
+
+
+def unresolved(store: Store, *, besides: str | None = None) -> list[PendingRow]:
+    """Every ``pending`` row in the file (of any apply but ``besides``), oldest first."""
+    rows = store.execute(
+        """
+        SELECT apply_id, CAST(flow_run_id AS VARCHAR), action,
+               json_extract_string(requested_state, '$.state.type'), state_type_before,
+               json_extract_string(run_row, '$.state_id'), sent_at
+        FROM policy_actions
+        WHERE outcome = 'pending' AND apply_id IS DISTINCT FROM ?
+        ORDER BY sent_at, id
+        """,
+        [besides],
+    ).rows()
+    return [PendingRow(*row) for row in rows]
+
+
+def settle_earlier(
+    store: Store, outcomes: Mapping[tuple[str, str], tuple[str, Any]], resolved_by: str
+) -> None:
+    """Settle pending rows of earlier applies: (apply id, run) -> (outcome, details).
+
+    The row keeps the apply that sent the run; ``details.resolved_by`` names the
+    apply that read it back."""
+    for apply_id in sorted({a for a, _ in outcomes}):
+        record_outcomes(
+            store,
+            apply_id,
+            {
+                run: (outcome, {**(details or {}), "resolved_by": resolved_by})
+                for (a, run), (outcome, details) in outcomes.items()
+                if a == apply_id
+            },
+        )

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,7 +33,13 @@ from typing import TYPE_CHECKING, Any
 
 import duckdb
 
-from flowsync.errors import QueryError, ReadOnlyError, SandboxError, StoreError
+from flowsync.errors import (
+    QueryError,
+    QueryTimeoutError,
+    ReadOnlyError,
+    SandboxError,
+    StoreError,
+)
 from flowsync.store import migrations
 
 if TYPE_CHECKING:
@@ -55,6 +62,8 @@ SANDBOX_CONFIG: dict[str, str | bool | int | float | list[str]] = {
     "allow_community_extensions": False,
     "allow_unsigned_extensions": False,
 }
+# What rule SQL may spill to disk (sorts, joins, recursive CTEs) before DuckDB stops it.
+SANDBOX_SPILL = "1GiB"
 
 
 def _check_path(path: Path, read_only: bool) -> None:
@@ -176,6 +185,7 @@ class Store:
             if memory_cap:
                 store.budget_memory(fixed_mb=memory_limit_mb)
             if sandbox:
+                con.execute(f"SET max_temp_directory_size = '{SANDBOX_SPILL}'")
                 # After the time zone: nothing (rule SQL included) may change settings from here on.
                 con.execute("SET lock_configuration = true")
         except BaseException:
@@ -302,14 +312,55 @@ class Store:
             yield
 
     @contextmanager
-    def _errors(self, sql: str) -> Iterator[None]:
-        """DuckDB's exceptions as typed store errors (the only place that reads their text)."""
+    def discarded(self) -> Iterator[None]:
+        """A transaction that is always rolled back: the statements inside change no table.
+
+        (DuckDB does not roll back sequences: what runs here must not call ``setval`` or
+        ``nextval``; policy rule SQL is held to an allow list of functions for that.)"""
+        if self._in_transaction:
+            raise StoreError("discarded() cannot run inside another transaction")
+        self._con.execute("BEGIN TRANSACTION")
+        self._in_transaction = True
         try:
             with self.memory_guard():
+                yield
+        finally:
+            self._in_transaction = False
+            self._con.execute("ROLLBACK")
+
+    @contextmanager
+    def _time_limit(self, seconds: float | None) -> Iterator[list[bool]]:
+        """Interrupt the statement when it runs past ``seconds`` (None: no limit)."""
+        fired = [False]
+        if not seconds:
+            yield fired
+            return
+
+        def stop() -> None:
+            fired[0] = True
+            self._con.interrupt()
+
+        timer = threading.Timer(seconds, stop)
+        timer.daemon = True
+        timer.start()
+        try:
+            yield fired
+        finally:
+            timer.cancel()
+
+    @contextmanager
+    def _errors(self, sql: str, timeout: float | None = None) -> Iterator[None]:
+        """DuckDB's exceptions as typed store errors (the only place that reads their text)."""
+        try:
+            with self.memory_guard(), self._time_limit(timeout) as fired:
                 yield
         except duckdb.Error as e:
             detail = _first_line(e)
             kind = type(e).__name__
+            if isinstance(e, duckdb.InterruptException) and timeout and fired[0]:
+                raise QueryTimeoutError(
+                    f"stopped after {timeout:g}s (time limit)", sql=sql, kind=kind, seconds=timeout
+                ) from e
             if self.read_only and "read-only mode" in str(e):
                 raise ReadOnlyError(detail, sql=sql, kind=kind, path=str(self.path)) from e
             if isinstance(e, duckdb.PermissionException) or (
@@ -318,12 +369,20 @@ class Store:
                 raise SandboxError(detail, sql=sql, kind=kind) from e
             raise QueryError(detail, sql=sql, kind=kind) from e
 
-    def execute(self, sql: str, params: Params = None) -> Result:
+    def execute(self, sql: str, params: Params = None, *, timeout: float | None = None) -> Result:
         """Run SQL (one or more statements; the last one's rows are the result).
 
         Values go in ``params`` (``?`` list or ``$name`` dict), never into ``sql``.
         DuckDB's errors come out as ``QueryError`` / ``ReadOnlyError`` / ``StoreError``.
+        ``timeout`` (seconds) stops a statement that runs longer: ``QueryTimeoutError``.
+        With a timeout the rows are read inside the limit too (``Result`` holds them).
         """
+        if timeout:
+            with self._errors(sql, timeout):
+                self._con.execute(sql, params)
+                rows = self._con.fetchall()
+                columns = [d[0] for d in self._con.description or []]
+            return Result(self, sql, (columns, rows))
         with self._errors(sql):
             self._con.execute(sql, params)
         return Result(self, sql)
@@ -351,9 +410,18 @@ class Store:
         with self._errors(sql):
             return [(s.type.name, s.query) for s in self._con.extract_statements(sql)]
 
+    def parse_tree(self, sql: str) -> dict[str, Any]:
+        """DuckDB's own parse tree of one statement (``json_serialize_sql``), as JSON."""
+        tree = self.execute("SELECT json_serialize_sql(CAST(? AS VARCHAR))", [sql]).scalar()
+        parsed: dict[str, Any] = json.loads(tree)
+        if parsed.get("error"):
+            raise QueryError(
+                str(parsed.get("error_message") or "cannot parse"), sql=sql, kind="ParserException"
+            )
+        return parsed
+
     def functions_called(self, sql: str) -> set[str]:
         """Names of every function (scalar and table) one statement calls, from DuckDB's own parse tree."""
-        tree = self.execute("SELECT json_serialize_sql(CAST(? AS VARCHAR))", [sql]).scalar()
         found: set[str] = set()
 
         def walk(node: Any) -> None:
@@ -367,7 +435,7 @@ class Store:
                 for value in node:
                     walk(value)
 
-        walk(json.loads(tree))
+        walk(self.parse_tree(sql))
         return found
 
 
@@ -377,14 +445,23 @@ Params = list[Any] | dict[str, Any] | None
 class Result:
     """The rows of the statement a ``Store.execute`` just ran; read them once, before the next one."""
 
-    def __init__(self, store: Store, sql: str) -> None:
-        self._store, self._sql = store, sql
+    def __init__(
+        self,
+        store: Store,
+        sql: str,
+        fetched: tuple[list[str], list[tuple[Any, ...]]] | None = None,
+    ) -> None:
+        self._store, self._sql, self._fetched = store, sql, fetched
 
     @property
     def columns(self) -> list[str]:
+        if self._fetched is not None:
+            return self._fetched[0]
         return [d[0] for d in self._store._con.description or []]
 
     def rows(self) -> list[tuple[Any, ...]]:
+        if self._fetched is not None:
+            return self._fetched[1]
         with self._store._errors(self._sql):
             return self._store._con.fetchall()
 

@@ -105,6 +105,17 @@ def mark_deleted(store: Store, table: str, ids: Sequence[str], when: datetime | 
     return len(row)
 
 
+def existing_ids(store: Store, table: str, ids: Sequence[str]) -> set[str]:
+    """The ids of these that have a row in ``table`` (live or deleted)."""
+    if not ids:
+        return set()
+    rows = store.execute(
+        f"SELECT CAST(id AS VARCHAR) FROM {table} WHERE id IN (SELECT unnest(CAST(? AS UUID[])))",
+        [[str(i) for i in ids]],
+    ).rows()
+    return {r[0] for r in rows}
+
+
 def live_ids(store: Store, table: str, *, not_seen_since: int | None = None) -> list[str]:
     sql = f"SELECT CAST(id AS VARCHAR) FROM {table} WHERE deleted_at IS NULL"
     params: list[Any] = []

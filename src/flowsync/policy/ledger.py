@@ -1,0 +1,113 @@
+"""The audit ledger of one apply: the only writer of its ``policy_actions`` rows.
+
+Owns: a run's row ``pending`` before the call that may change it, its one final
+outcome after, counted into the ``ApplyResult`` once that outcome is committed;
+and which runs of this apply had a call whose answer was lost (so a later
+``gone``/``skipped`` is never recorded for a run this apply may have changed).
+What the file must say about the outcome (a deleted run marked deleted) is
+written in the same transaction (``also``). Must not: call the API, decide, or
+print.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from flowsync.policy.result import ApplyResult, Outcome, RunResult
+from flowsync.store import Store, audit
+
+
+class Ledger:
+    def __init__(
+        self,
+        store: Store,
+        result: ApplyResult,
+        *,
+        api_url: str,
+        policy_path: str,
+        policy_sha256: str,
+    ) -> None:
+        self.store, self.result = store, result
+        self._header = {
+            "apply_id": result.apply_id,
+            "api_url": api_url,
+            "policy_path": policy_path,
+            "policy_sha256": policy_sha256,
+        }
+        self.rows: set[str] = set()  # runs with a row in this apply
+        self.final_outcomes: dict[str, Outcome] = {}
+
+    @property
+    def apply_id(self) -> str:
+        return self.result.apply_id
+
+    def _insert(
+        self,
+        batch: int,
+        rule: str,
+        action: str,
+        requested: Mapping[str, Any] | None,
+        runs: list[tuple[str, str, str, Any]],
+    ) -> None:
+        audit.record_runs(
+            self.store,
+            batch=batch,
+            rule=rule,
+            action=action,
+            requested_state=requested,
+            runs=runs,
+            **self._header,
+        )
+        self.rows.update(r[0] for r in runs)
+
+    def pending(
+        self,
+        batch: int,
+        rule: str,
+        action: str,
+        requested: Mapping[str, Any] | None,
+        guards: Mapping[str, str],
+    ) -> None:
+        """Rows for runs about to be sent (run -> the state type guarded), committed first."""
+        new = [(i, t, Outcome.PENDING.value, None) for i, t in guards.items() if i not in self.rows]
+        with self.store.transaction():
+            self._insert(batch, rule, action, requested, new)
+
+    def final(
+        self,
+        batch: int,
+        rule: str,
+        action: str,
+        requested: Mapping[str, Any] | None,
+        results: Mapping[str, RunResult],
+        guards: Mapping[str, str],
+        also: Callable[[], None] | None = None,
+    ) -> None:
+        """Each run's one outcome: its pending row updated, or a row inserted for a run never
+        sent; ``also`` writes what the file must say about them, in the same transaction."""
+        if not results:
+            return
+        new = [
+            (i, guards.get(i) or "", r.outcome.value, r.details)
+            for i, r in results.items()
+            if i not in self.rows
+        ]
+        inserted = {n[0] for n in new}
+        with self.store.transaction():
+            self._insert(batch, rule, action, requested, new)
+            audit.record_outcomes(
+                self.store,
+                self.apply_id,
+                {i: (r.outcome.value, r.details) for i, r in results.items() if i not in inserted},
+            )
+            if also is not None:
+                also()
+        for i, r in results.items():
+            if r.outcome is not Outcome.PENDING:
+                self.final_outcomes[i] = r.outcome
+            self.result.add(rule, r.outcome)
+
+    def open_rows(self) -> list[str]:
+        """Runs of this apply whose row is still pending."""
+        return [i for i in self.rows if i not in self.final_outcomes]
