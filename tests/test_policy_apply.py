@@ -261,13 +261,14 @@ def test_a_failing_batch_does_not_stop_the_next(mixed_db: Path) -> None:
     fake = Recorder(second_fails, api_rows(mixed_db))
     plan = plan_for(mixed_db, DELETE_ALL)
     with Store.open(mixed_db, sandbox=True) as store, mock_client(fake) as client:
-        result = apply_plan(client, store, plan, attempts=3)
+        result = apply_plan(client, store, plan, attempts=3, settle_seconds=0)
     assert result.status == "partial" and result.batches == 4
     assert result.counts["purge"] == {"deleted": 130 - 20, "failed": 20}
     assert len(result.errors) == 1 and "batch 2" in result.errors[0]
-    # a 503 on a bulk call is never retried blindly: each resend follows a read showing the runs untouched
+    # a 503 on a bulk call is never retried blindly: the runs are read until the server settles
+    # (here: at once), and each resend follows a fresh re-read and decision
     paths = [p for p, _ in fake.bodies]
-    assert paths[2:8] == ["flow_runs/filter", "flow_runs/bulk_delete"] * 3
+    assert paths[2:11] == ["flow_runs/filter", "flow_runs/bulk_delete", "flow_runs/filter"] * 3
     assert (
         scalar(
             mixed_db, "SELECT count(*) FROM policy_actions WHERE outcome = 'failed' AND batch = 2"
@@ -512,7 +513,7 @@ def test_cli_partial_failure_exits_9_with_a_summary(
     )
     assert result.exit_code == 9, result.output
     assert "cancel: 4 aborted, 127 accepted" in result.stderr
-    assert "refresh after apply failed" in result.stderr
+    assert "re-reading the 9 runs set in batch 4 failed" in result.stderr
     assert "partial: 127 done, 4 failed in 4 batches" in result.stderr
 
 

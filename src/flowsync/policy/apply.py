@@ -637,8 +637,7 @@ class _Applier:
         )
         for i in call.ids:
             self.lost.setdefault(i, (f"attempt {attempt}: {answer.problem}", fresh.seen[i]))
-        deadline = time.monotonic() + self.settle_seconds
-        delay = 0.5
+        waited, delay = 0.0, 0.5  # the client's clock: time spent waiting, reads not counted
         results: dict[str, RunResult] = {}
         untouched = list(call.ids)
         while True:
@@ -664,9 +663,11 @@ class _Applier:
                 else:
                     results[i] = _with_lost(verdict, self.lost[i][0])
             untouched = still
-            if not untouched or time.monotonic() >= deadline:
+            if not untouched or waited >= self.settle_seconds:
                 break
-            self.client.pause_for(min(delay, max(deadline - time.monotonic(), 0.0)))
+            pause = min(delay, self.settle_seconds - waited)
+            self.client.pause_for(pause)
+            waited += pause
             delay = min(delay * 2, 5.0)
         return Verdict(results, again=untouched)
 
@@ -689,8 +690,14 @@ class _Applier:
         accepted = [i for i, r in results.items() if r.outcome is Outcome.ACCEPTED]
         if accepted:
             # The file shows the state this apply set before the next batch is decided.
-            with contextlib.suppress(ApiError):
+            try:
                 self._read(accepted, {})
+            except ApiError as e:
+                self.result.errors.append(
+                    f"re-reading the {len(accepted)} runs set in batch {number} failed: {e}; "
+                    "`flowsync pull` brings the file up to date."
+                )
+            else:
                 self.result.refreshed["updated"] = self.result.refreshed.get("updated", 0) + len(
                     accepted
                 )
