@@ -832,21 +832,38 @@ class _Applier:
             if p.apply_id == self.result.apply_id
         }
         settle_pending(self, [pending[i] for i in open_rows if i in pending], wait=False)
+        # (what it could not settle stays pending: the next apply reads it back)
 
 
-def settle_pending(applier: _Applier, rows: list[audit.PendingRow], *, wait: bool) -> int:
+def settle_pending(applier: _Applier, rows: list[audit.PendingRow], *, wait: bool) -> set[str]:
     """Read back runs sent by an apply that never recorded their answer; settle what shows.
 
     A run is settled under the apply that sent it: gone after a delete is ``deleted``
     by that apply, a new state of the requested type ``accepted``, unchanged (after
-    ``settle_seconds`` since it was sent) ``failed``. Returns the rows settled."""
+    ``settle_seconds`` since it was sent) ``failed``. Returns the runs now known to have
+    changed (done by that apply, or gone)."""
     if not rows:
-        return 0
-    if wait:
-        newest = max(r.sent_at for r in rows)
+        return set()
+    outcomes = _settle_rows(applier, rows, final=False)
+    unchanged = [r for r in rows if (r.apply_id, r.flow_run_id) not in outcomes]
+    if wait and unchanged:
+        # Unchanged so far: its call may still be running; wait out the bound, then decide.
+        newest = max(r.sent_at for r in unchanged)
         left = applier.settle_seconds - (datetime.now(timezone.utc) - newest).total_seconds()
-        if left > 0:
-            applier.client.pause_for(left)
+        applier.client.pause_for(left)
+        outcomes.update(_settle_rows(applier, unchanged, final=True))
+    deleted = [run for (_, run), (o, _) in outcomes.items() if o == Outcome.DELETED.value]
+    with applier.store.transaction():
+        audit.settle_earlier(applier.store, outcomes, applier.result.apply_id)
+        synced_tables.mark_deleted(applier.store, "flow_runs", deleted)
+    return {run for (_, run), (o, _) in outcomes.items() if o != Outcome.FAILED.value}
+
+
+def _settle_rows(
+    applier: _Applier, rows: list[audit.PendingRow], *, final: bool
+) -> dict[tuple[str, str], tuple[str, Any]]:
+    """Read the runs back: (apply, run) -> outcome for those the server shows settled
+    (with ``final``, unchanged runs too: ``failed``)."""
     after = applier._read([r.flow_run_id for r in rows], {})
     outcomes: dict[tuple[str, str], tuple[str, Any]] = {}
     for row in rows:
@@ -863,8 +880,8 @@ def settle_pending(applier: _Applier, rows: list[audit.PendingRow], *, wait: boo
             history = applier._history(row.flow_run_id)
         verdict = classify_lost(row.action, requested, before, now, history)
         if verdict is None:
-            if not wait:
-                continue  # it may still be on its way; the next apply looks again
+            if not final:
+                continue  # it may still be on its way
             verdict = RunResult(
                 Outcome.FAILED,
                 {"reason": "sent, but the server shows it unchanged: not done; run apply again"},
@@ -876,11 +893,7 @@ def settle_pending(applier: _Applier, rows: list[audit.PendingRow], *, wait: boo
             **(verdict.details or {}),
         }
         outcomes[(row.apply_id, row.flow_run_id)] = (verdict.outcome.value, evidence)
-    deleted = [run for (_, run), (o, _) in outcomes.items() if o == Outcome.DELETED.value]
-    with applier.store.transaction():
-        audit.settle_earlier(applier.store, outcomes, applier.result.apply_id)
-        synced_tables.mark_deleted(applier.store, "flow_runs", deleted)
-    return len(outcomes)
+    return outcomes
 
 
 def refresh_plan(client: PrefectClient | None, store: Store, loaded: LoadedPolicy) -> list[str]:
@@ -947,11 +960,21 @@ def apply_plan(
             progress.message(
                 f"{len(earlier)} runs sent by an earlier apply have no recorded answer; reading them back"
             )
-            result.resolved_earlier = settle_pending(applier, earlier, wait=True)
+            settled = settle_pending(applier, earlier, wait=True)
+            result.resolved_earlier = len(settled)
+        else:
+            settled = set()
         progress.phase("apply", total=plan.total)
         for number, batch in enumerate(batches(plan, batch_size), 1):
             result.batches = number
-            applier.run_batch(number, batch)
+            # A run an earlier apply is now known to have changed belongs to that apply.
+            todo = [i for i in batch.ids if i not in settled]
+            if todo:
+                applier.run_batch(
+                    number, Batch(batch.rule, batch.state_type, todo, batch.deployments)
+                )
+            else:
+                progress.advance(len(batch.ids))
     except _Stop:
         pass
     except BaseException as e:

@@ -1,0 +1,456 @@
+"""apply holds on every path (issue #19), against a real Prefect server.
+
+Each test takes one path the re-check must survive and shows the server as a
+fresh pull taken right before the call would: decisions that rank runs against
+each other (keep_newest after the newest moved on, or after an earlier rule of
+the same apply took them), a throttled call during which a run is protected, a
+timed-out call the server completes later, a 401 on the second call of a
+batch, and an apply killed with SIGKILL between a call and its record. Fault
+transports and a loopback proxy stand in front of the real server only for
+what it will not do on demand (429, a lost answer, a 401, a kill at a chosen
+moment).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from flowsync.api import PrefectClient, RetryPolicy
+from flowsync.config import ApiSettings
+from flowsync.policy import ApplyResult, apply_plan, make_plan, parse_policy
+from flowsync.policy.apply import new_result
+from flowsync.store import Store
+from tests.helpers import forwarding, patch_run, pulled_db, query, run_cli
+from tests.support.seed import create_bulk, post_json, set_states
+from tests.support.server import Server, prefect_server
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    with prefect_server(home=tmp_path_factory.mktemp("paths-prefect")) as s:
+        yield s
+
+
+def deployment(server: Server) -> str:
+    """A new flow and deployment of its own (each test ranks only its own runs)."""
+    with httpx.Client(base_url=server.url + "/", timeout=60) as c:
+        flow = post_json(c, "flows/", {"name": f"paths-{uuid.uuid4().hex[:8]}"})
+        dep = post_json(c, "deployments/", {"name": "prod", "flow_id": flow["id"]})
+    return str(dep["id"])
+
+
+def runs(server: Server, dep: str, n: int, state: str, tag: str) -> list[str]:
+    """``n`` runs of ``dep`` in ``state``, tagged ``tag``, oldest first (a day apart)."""
+    now = datetime.now(timezone.utc)
+    payload = [
+        {
+            "idempotency_key": str(uuid.uuid4()),
+            "tags": [tag],
+            "state": {
+                "type": "SCHEDULED",
+                "name": "Scheduled",
+                "state_details": {"scheduled_time": (now - timedelta(days=30 - i)).isoformat()},
+            },
+        }
+        for i in range(n)
+    ]
+    with httpx.Client(base_url=server.url + "/", timeout=60) as c:
+        ids = [i for k in range(0, n, 50) for i in create_bulk(c, dep, payload[k : k + 50])]
+        set_states(c, ids, state, state.title())
+    return ids
+
+
+def set_state(server: Server, ids: list[str], state: str) -> None:
+    with httpx.Client(base_url=server.url + "/", timeout=60) as c:
+        set_states(c, ids, state, state.title())
+
+
+def live(server: Server, ids: list[str]) -> dict[str, str]:
+    """run id -> state type, for the runs of ``ids`` the server still has."""
+    found = httpx.post(
+        f"{server.url}/flow_runs/filter",
+        json={"flow_runs": {"id": {"any_": ids}}, "limit": 200},
+        timeout=60,
+    ).json()
+    return {r["id"]: r["state_type"] for r in found}
+
+
+def policy_file(folder: Path, rules: list[dict[str, Any]], **top: Any) -> Path:
+    path = folder / "policy.yaml"
+    path.write_text(yaml.safe_dump({"version": 1, **top, "rules": rules}, sort_keys=False))
+    return path
+
+
+def tagged(tag: str, state: str) -> str:
+    return (
+        f"SELECT id FROM flow_runs WHERE deleted_at IS NULL AND list_contains(tags, '{tag}') "
+        f"AND state_type = '{state}'"
+    )
+
+
+def outcomes(db: Path, ids: list[str]) -> dict[str, str]:
+    rows = query(
+        db,
+        "SELECT CAST(flow_run_id AS VARCHAR), outcome FROM policy_actions "
+        "WHERE flow_run_id IN (SELECT unnest(CAST(? AS UUID[])))",
+        [ids],
+    )
+    return {r[0]: r[1] for r in rows}
+
+
+def apply_cli(server: Server, db: Path, policy: Path, *extra: str) -> Any:
+    return run_cli(
+        "apply", str(policy), "--db", str(db), "--api-url", server.url, "--yes", "--json", *extra
+    )
+
+
+def library_apply(
+    server: Server,
+    db: Path,
+    policy: Path,
+    transport: httpx.BaseTransport,
+    sleep: Any = time.sleep,
+    settle_seconds: float = 10.0,
+) -> ApplyResult:
+    """apply through the library, with a fault transport in front of the real server."""
+    loaded = parse_policy(policy.read_bytes(), str(policy))
+    with Store.open(db, sandbox=True) as store:
+        plan = make_plan(store, loaded)
+        client = PrefectClient(
+            ApiSettings(url=server.url),
+            transport=transport,
+            retry=RetryPolicy(attempts=3, base_delay=0.05),
+            sleep=sleep,
+        )
+        with client:
+            return apply_plan(client, store, plan, settle_seconds=settle_seconds)
+
+
+# -- decisions that depend on other runs ---------------------------------------------------------
+
+
+def test_keep_newest_is_decided_on_the_newest_runs_as_they_are_now(
+    server: Server, tmp_path: Path
+) -> None:
+    dep = deployment(server)
+    ids = runs(server, dep, 10, "FAILED", "kn1")
+    db = pulled_db(server.url, tmp_path)
+    policy = policy_file(
+        tmp_path,
+        [{"name": "purge", "action": "delete", "keep_newest": 2, "sql": tagged("kn1", "FAILED")}],
+    )
+    # After the pull the two newest are retried and complete: the rule must now keep the
+    # two newest runs that are still FAILED.
+    set_state(server, ids[-2:], "COMPLETED")
+    result = apply_cli(server, db, policy)
+    assert result.exit_code == 0, result.output
+    now = live(server, ids)
+    assert [i for i in ids if now.get(i) == "FAILED"] == ids[-4:-2]
+    assert outcomes(db, ids[-4:-2]) == dict.fromkeys(ids[-4:-2], "skipped")
+    assert set(outcomes(db, ids[:-4]).values()) == {"deleted"}
+
+
+def test_keep_newest_counts_what_an_earlier_rule_of_the_same_apply_took(
+    server: Server, tmp_path: Path
+) -> None:
+    dep = deployment(server)
+    ids = runs(server, dep, 10, "FAILED", "kn2")
+    for i in ids[-2:]:
+        patch_run(server.url, i, {"tags": ["kn2", "doomed"]})
+    db = pulled_db(server.url, tmp_path)
+    policy = policy_file(
+        tmp_path,
+        [
+            {"name": "doomed", "action": "delete", "sql": tagged("doomed", "FAILED")},
+            {"name": "purge", "action": "delete", "keep_newest": 2, "sql": tagged("kn2", "FAILED")},
+        ],
+    )
+    plan = run_cli("plan", str(policy), "--db", str(db), "--json")
+    assert plan.exit_code == 0
+    assert json.loads(plan.stdout)["rules"][1]["skipped"] == {"keep_newest": 2}
+    result = apply_cli(server, db, policy)
+    assert result.exit_code == 0, result.output
+    now = live(server, ids)
+    # rule 1 deleted the two newest; rule 2 kept the next two (the file said so in time)
+    assert [i for i in ids if i in now] == ids[-4:-2]
+    assert (
+        query(
+            db,
+            "SELECT count(*) FROM flow_runs WHERE deleted_at IS NOT NULL AND id IN "
+            "(SELECT unnest(CAST(? AS UUID[])))",
+            [ids],
+        )[0][0]
+        == 8
+    )
+
+
+def test_a_rule_reading_other_runs_sees_their_state_changes(server: Server, tmp_path: Path) -> None:
+    dep = deployment(server)
+    ids = runs(server, dep, 6, "FAILED", "xr")
+    db = pulled_db(server.url, tmp_path)
+    # Delete FAILED runs of deployments that have no COMPLETED run: NOT EXISTS over other runs.
+    sql = (
+        "SELECT r.id FROM flow_runs r WHERE r.deleted_at IS NULL AND list_contains(r.tags, 'xr') "
+        "AND r.state_type = 'FAILED' AND NOT EXISTS (SELECT 1 FROM flow_runs o WHERE "
+        "o.deployment_id = r.deployment_id AND o.state_type = 'COMPLETED' AND o.deleted_at IS NULL)"
+    )
+    policy = policy_file(tmp_path, [{"name": "orphans", "action": "delete", "sql": sql}])
+    plan = run_cli("plan", str(policy), "--db", str(db))
+    assert "its SQL reads other runs" in plan.stdout
+    set_state(server, ids[-1:], "COMPLETED")  # a state change: an event the catch-up reads
+    from tests.helpers import wait_for_state_events
+
+    wait_for_state_events(server.url, ids[-1:], "COMPLETED")
+    result = apply_cli(server, db, policy)
+    assert result.exit_code == 0, result.output
+    assert live(server, ids) == {**dict.fromkeys(ids[:-1], "FAILED"), ids[-1]: "COMPLETED"}
+    assert set(outcomes(db, ids[:-1]).values()) == {"skipped"}
+
+
+# -- throttled and timed-out calls ------------------------------------------------------------------
+
+
+def test_a_run_protected_while_the_server_asks_to_wait_is_not_deleted(
+    server: Server, tmp_path: Path
+) -> None:
+    dep = deployment(server)
+    ids = runs(server, dep, 6, "COMPLETED", "thr")
+    db = pulled_db(server.url, tmp_path)
+    policy = policy_file(
+        tmp_path,
+        [{"name": "purge", "action": "delete", "sql": tagged("thr", "COMPLETED")}],
+        protect_tags=["keep"],
+    )
+    throttled = {"n": 0}
+
+    def fault(request: httpx.Request, n: int) -> httpx.Response | None:
+        if request.url.path.endswith("bulk_delete") and throttled["n"] == 0:
+            throttled["n"] += 1
+            return httpx.Response(429, headers={"Retry-After": "3"}, text="slow down")
+        return None
+
+    waits: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        if seconds >= 3:  # while the server asked us to wait, someone protects a run
+            patch_run(server.url, ids[0], {"tags": ["thr", "keep"]})
+
+    result = library_apply(server, db, policy, forwarding(fault), sleep=sleep)
+    assert 3 in waits
+    assert set(live(server, ids)) == {ids[0]}
+    assert outcomes(db, ids)[ids[0]] == "skipped"
+    assert result.counts["purge"] == {"deleted": 5, "skipped": 1}
+
+
+def test_a_timed_out_call_the_server_completes_later_is_attributed_to_this_apply(
+    server: Server, tmp_path: Path
+) -> None:
+    dep = deployment(server)
+    ids = runs(server, dep, 5, "COMPLETED", "late")
+    db = pulled_db(server.url, tmp_path)
+    policy = policy_file(
+        tmp_path, [{"name": "purge", "action": "delete", "sql": tagged("late", "COMPLETED")}]
+    )
+    sent: list[str] = []
+    real = httpx.Client(timeout=60)
+
+    def fault(request: httpx.Request, n: int) -> httpx.Response | None:
+        if request.url.path.endswith("bulk_delete"):
+            sent.append(request.url.path)
+            if len(sent) == 1:
+                # The server gets the call but finishes it after the client gave up.
+                body, headers, url = request.content, dict(request.headers), str(request.url)
+
+                def later() -> None:
+                    time.sleep(1.5)
+                    real.post(url, content=body, headers=headers)
+
+                threading.Thread(target=later, daemon=True).start()
+                raise httpx.ReadTimeout("timed out", request=request)
+        return None
+
+    result = library_apply(server, db, policy, forwarding(fault), settle_seconds=10)
+    assert live(server, ids) == {}
+    assert len(sent) == 1, "nothing is sent again while the first call may still be running"
+    assert set(outcomes(db, ids).values()) == {"deleted"}
+    assert result.counts["purge"] == {"deleted": 5}
+    assert result.status == "success"
+
+
+def test_a_401_on_the_second_call_of_a_batch_keeps_what_the_first_did(
+    server: Server, tmp_path: Path
+) -> None:
+    dep = deployment(server)
+    ids = runs(server, dep, 6, "COMPLETED", "auth")
+    db = pulled_db(server.url, tmp_path)
+    # Half the batch moves on to FAILED after the pull, so its one batch goes out as two
+    # calls (one per state type the server shows): the second is refused with 401.
+    policy = policy_file(
+        tmp_path,
+        [
+            {
+                "name": "purge",
+                "action": "delete",
+                "sql": "SELECT id FROM flow_runs WHERE deleted_at IS NULL AND list_contains(tags, 'auth')",
+            }
+        ],
+    )
+    set_state(server, ids[:3], "FAILED")
+    calls: list[int] = []
+
+    def fault(request: httpx.Request, n: int) -> httpx.Response | None:
+        if request.url.path.endswith("bulk_delete"):
+            calls.append(n)
+            if len(calls) == 2:
+                return httpx.Response(401, json={"detail": "expired"})
+        return None
+
+    loaded = parse_policy(policy.read_bytes(), str(policy))
+    with Store.open(db, sandbox=True) as store:
+        plan = make_plan(store, loaded)
+        held = new_result(plan)
+        client = PrefectClient(
+            ApiSettings(url=server.url),
+            transport=forwarding(fault),
+            retry=RetryPolicy(attempts=2, base_delay=0.01),
+        )
+        from flowsync.errors import AuthError
+
+        with client, pytest.raises(AuthError):
+            apply_plan(client, store, plan, result=held)
+    gone = [i for i in ids if i not in live(server, ids)]
+    assert len(gone) == 3
+    audit = outcomes(db, ids)
+    assert {audit[i] for i in gone} == {"deleted"}
+    assert {audit[i] for i in ids if i not in gone} == {"failed"}
+    # the file says so before apply exits, and the held result counts it
+    marked = query(
+        db,
+        "SELECT CAST(id AS VARCHAR) FROM flow_runs WHERE deleted_at IS NOT NULL AND id IN "
+        "(SELECT unnest(CAST(? AS UUID[])))",
+        [ids],
+    )
+    assert sorted(r[0] for r in marked) == sorted(gone)
+    assert held.counts["purge"] == {"deleted": 3, "failed": 3}
+
+
+# -- kill -9 between a call and its record -----------------------------------------------------------
+
+
+def killing_proxy(target: str, kill_after: int, victim: list[int]) -> ThreadingHTTPServer:
+    """A loopback proxy to the real server that, once the server has answered the
+    ``kill_after``-th bulk call, SIGKILLs ``victim[0]`` before the answer reaches it."""
+    bulk_seen = [0]
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def _forward(self) -> None:
+            length = int(self.headers.get("content-length") or 0)
+            body = self.rfile.read(length) if length else None
+            response = httpx.request(
+                self.command,
+                target + self.path,
+                content=body,
+                headers={"content-type": self.headers.get("content-type") or "application/json"},
+                timeout=60,
+            )
+            if self.path.endswith("bulk_delete"):
+                bulk_seen[0] += 1
+                if bulk_seen[0] == kill_after:
+                    os.kill(victim[0], signal.SIGKILL)
+            self.send_response(response.status_code)
+            self.send_header(
+                "content-type", response.headers.get("content-type", "application/json")
+            )
+            self.send_header("content-length", str(len(response.content)))
+            self.end_headers()
+            self.wfile.write(response.content)
+
+        do_GET = do_POST = do_PATCH = do_DELETE = _forward
+
+    return ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+
+
+def test_an_apply_killed_after_a_call_is_settled_by_the_next_under_its_own_id(
+    server: Server, tmp_path: Path
+) -> None:
+    dep = deployment(server)
+    ids = runs(server, dep, 120, "COMPLETED", "kill")
+    db = pulled_db(server.url, tmp_path)
+    policy = policy_file(
+        tmp_path, [{"name": "purge", "action": "delete", "sql": tagged("kill", "COMPLETED")}]
+    )
+
+    victim: list[int] = []
+    httpd = killing_proxy(server.url.rsplit("/api", 1)[0], 2, victim)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    proxy_url = f"http://127.0.0.1:{httpd.server_address[1]}/api"
+    try:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "flowsync",
+                "apply",
+                str(policy),
+                "--db",
+                str(db),
+                "--api-url",
+                proxy_url,
+                "--yes",
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        victim.append(proc.pid)
+        proc.wait(timeout=300)
+        assert proc.returncode == -signal.SIGKILL
+    finally:
+        httpd.shutdown()
+    killed = query(db, "SELECT DISTINCT apply_id FROM policy_actions")
+    assert len(killed) == 1
+    first_apply = killed[0][0]
+    pending = query(db, "SELECT count(*) FROM policy_actions WHERE outcome = 'pending'")[0][0]
+    assert pending == 50, "the second batch was sent, its answer never recorded"
+    # The next apply reads them back and settles them under the apply that sent them.
+    result = run_cli(
+        "apply", str(policy), "--db", str(db), "--api-url", server.url, "--yes", "--json"
+    )
+    assert result.exit_code == 0, result.output
+    assert live(server, ids) == {}
+    rows = query(
+        db,
+        "SELECT apply_id, outcome, count(*) FROM policy_actions GROUP BY ALL ORDER BY ALL",
+    )
+    by_first = {o: n for a, o, n in rows if a == first_apply}
+    assert by_first == {"deleted": 100}, rows  # two batches: both deleted by the killed apply
+    assert not [r for r in rows if r[1] in ("pending", "gone")]
+    resolved = query(
+        db,
+        "SELECT count(*) FROM policy_actions WHERE apply_id = ? AND details->>'resolved_by' IS NOT NULL",
+        [first_apply],
+    )[0][0]
+    assert resolved == 50
+    summary = json.loads(result.stdout)["result"]
+    assert summary["resolved_earlier"] == 50
