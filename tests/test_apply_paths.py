@@ -34,7 +34,6 @@ import yaml
 from flowsync.api import PrefectClient, RetryPolicy
 from flowsync.config import ApiSettings
 from flowsync.policy import ApplyResult, apply_plan, make_plan, parse_policy
-from flowsync.policy.apply import new_result
 from flowsync.store import Store
 from tests.helpers import forwarding, patch_run, pulled_db, query, run_cli
 from tests.support.seed import create_bulk, post_json, set_states
@@ -321,6 +320,8 @@ def test_a_401_on_the_second_call_of_a_batch_keeps_what_the_first_did(
             if len(calls) == 2:
                 return httpx.Response(401, json={"detail": "expired"})
         return None
+
+    from flowsync.policy.apply import new_result
 
     loaded = parse_policy(policy.read_bytes(), str(policy))
     with Store.open(db, sandbox=True) as store:

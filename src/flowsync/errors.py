@@ -48,11 +48,14 @@ class AuthError(ApiError):
 class UncertainError(ApiError):
     """A non-idempotent call failed in transit (5xx, dropped connection, timeout,
     unreadable body): the server may or may not have applied it. Never resend it
-    blindly; read the server's state first. ``problem`` says what went wrong."""
+    blindly; read the server's state first. ``problem`` says what went wrong;
+    ``status`` is the HTTP status when the server did answer (it has finished with
+    the request then), None when no answer came (it may still be working on it)."""
 
-    def __init__(self, message: str, problem: str) -> None:
+    def __init__(self, message: str, problem: str, status: int | None = None) -> None:
         super().__init__(message)
         self.problem = problem
+        self.status = status
 
 
 class NotSentError(ApiError):

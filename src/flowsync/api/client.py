@@ -211,7 +211,7 @@ class PrefectClient:
                     last_problem = f"HTTP {status} {_short(response.text, 80)}"
                 elif status >= 500 and not idempotent:
                     raise self._uncertain(
-                        method, path, f"HTTP {status} {_short(response.text, 80)}"
+                        method, path, f"HTTP {status} {_short(response.text, 80)}", status
                     )
                 elif status >= 400:
                     raise ApiError(self._status_message(method, where, response))
@@ -225,7 +225,7 @@ class PrefectClient:
                         # A truncated body is usually a dropped connection: try again.
                         last_problem = f"unreadable JSON body ({_short(response.text, 60)!r})"
                         if not idempotent:
-                            raise self._uncertain(method, path, last_problem) from None
+                            raise self._uncertain(method, path, last_problem, status) from None
             if attempt + 1 < attempts:
                 delay = self.retry.delay(attempt, retry_after)
                 if self._on_retry and attempts > 2:
@@ -259,11 +259,14 @@ class PrefectClient:
             retry_after,
         )
 
-    def _uncertain(self, method: str, path: str, problem: str) -> UncertainError:
+    def _uncertain(
+        self, method: str, path: str, problem: str, status: int | None = None
+    ) -> UncertainError:
         return UncertainError(
             f"Prefect API at {self.settings.display_url}: {method} /{path.lstrip('/').split('?')[0]} "
             f"failed in transit ({problem}); the server may have applied it.",
             problem,
+            status,
         )
 
     def _status_message(self, method: str, where: str, response: httpx.Response) -> str:

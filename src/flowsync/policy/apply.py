@@ -22,9 +22,10 @@ runs), each step a function with typed inputs and outputs:
    throttle / a connection never made (``NotSentError``): nothing happened,
    wait as told and go back to step 1; or a lost answer (``UncertainError``:
    5xx, dropped connection, timeout): read the runs until they show the
-   change or stay unchanged for ``settle_seconds`` (the server may still be
-   working on the first call), then what changed is attributed to this apply,
-   and only runs still unchanged go back to step 1.
+   change or stay unchanged for ``settle_seconds`` (after a timeout or a
+   dropped connection the server may still be working on the first call; after
+   a 5xx it has finished, and one read settles it), then what changed is
+   attributed to this apply, and only runs still unchanged go back to step 1.
 5. ``record``: the ``Ledger`` writes each outcome, and the file marks the
    runs deleted (or re-reads the runs set) in the same transaction, before the
    next batch is decided.
@@ -58,7 +59,15 @@ from flowsync.errors import (
 )
 from flowsync.policy.ledger import Ledger
 from flowsync.policy.model import LoadedPolicy, SetStateRule
-from flowsync.policy.plan import Plan, RuleModel, Scope, decide_scope, make_plan, selected_ids
+from flowsync.policy.plan import (
+    Decision,
+    Plan,
+    RuleModel,
+    Scope,
+    decide_scope,
+    make_plan,
+    selected_ids,
+)
 from flowsync.policy.result import SET_STATE_STATUS, ApplyResult, Outcome, RunResult
 from flowsync.store import Store, audit, sync_log, synced_tables
 from flowsync.sync import NullProgress, Progress, RunReader
@@ -332,6 +341,7 @@ class Fresh:
     seen: dict[str, Seen]
     before: dict[str, dict[str, Any]]  # file rows the read changed, as they were
     answered_at: float  # monotonic time the last read of the step answered
+    decision: Decision  # the policy decided over the file after that read
 
 
 @dataclass(frozen=True)
@@ -368,9 +378,11 @@ class Throttled:
 
 @dataclass(frozen=True)
 class Lost:
-    """The answer never came back (5xx, dropped connection, timeout): the server may have acted."""
+    """No usable answer (5xx, dropped connection, timeout): the server may have acted.
+    ``finished``: it did answer (a status), so it is no longer working on the call."""
 
     problem: str
+    finished: bool
 
 
 @dataclass(frozen=True)
@@ -485,25 +497,24 @@ class _Applier:
             seen.update(got)
             for gone in want - set(got):
                 seen.pop(gone, None)
-            if batch.rule.name not in self.ranked:
-                break
+            decision = self._decide(batch, todo)
             # Reads may have moved the ranks: read what the decision now keeps, until it was all read.
-            want = set(self._decide(batch, todo).ranked_above) - read
+            want = set(decision.ranked_above) - read
             if not want:
                 break
-        return Fresh({i: seen[i] for i in todo if i in seen}, before, answered)
+        return Fresh({i: seen[i] for i in todo if i in seen}, before, answered, decision)
 
     # 2. decide ----------------------------------------------------------------------------
 
-    def _decide(self, batch: Batch, todo: list[str]) -> Any:
+    def _decide(self, batch: Batch, todo: list[str]) -> Decision:
         self.result.decisions += 1
         deployments = tuple(sorted({batch.deployments.get(i) for i in todo}, key=str))
         scope = Scope(tuple(todo), deployments if batch.rule.name in self.ranked else ())
         return decide_scope(self.store, self.plan, batch.rule, scope)
 
     def decide(self, batch: Batch, todo: list[str], fresh: Fresh) -> Decided:
-        """Step 2: the policy decided again over the file for these runs."""
-        reasons = self._decide(batch, todo).reasons
+        """Step 2: what to send, from the decision made over the file after the fresh read."""
+        reasons = fresh.decision.reasons
         dropped = [i for i in todo if i in fresh.seen and reasons[i] is not None]
         file_now = _file_rows(self.store, dropped)
         final: dict[str, RunResult] = {}
@@ -573,7 +584,7 @@ class _Applier:
         except NotSentError as e:
             return Throttled(e.retry_after, e.problem)
         except UncertainError as e:
-            return Lost(e.problem)
+            return Lost(e.problem, finished=e.status is not None)
         except AuthError:
             raise
         except ApiError as e:
@@ -630,7 +641,8 @@ class _Applier:
         self, number: int, rule: RuleModel, call: Call, fresh: Fresh, answer: Lost, attempt: int
     ) -> Verdict:
         """The answer was lost: read until every run shows the change or stays unchanged for
-        ``settle_seconds`` (the first call may still be running); never resend before."""
+        ``settle_seconds`` (the first call may still be running); never resend before. A
+        server that answered (5xx) has finished with the call: one read settles it."""
         self.progress.message(
             f"batch {number} ({rule.name}): the answer was lost ({answer.problem}); "
             "reading the runs until the server settles"
@@ -663,7 +675,7 @@ class _Applier:
                 else:
                     results[i] = _with_lost(verdict, self.lost[i][0])
             untouched = still
-            if not untouched or waited >= self.settle_seconds:
+            if not untouched or answer.finished or waited >= self.settle_seconds:
                 break
             pause = min(delay, self.settle_seconds - waited)
             self.client.pause_for(pause)
@@ -717,10 +729,11 @@ class _Applier:
                 raise _Stop from e
             decided = self.decide(batch, todo, fresh)
             guards = {i: s.state_type or batch.state_type for i, s in fresh.seen.items()}
-            self.record(number, rule, decided.final, guards)
             again: list[str] = []
             wait: float | None = None
             calls = list(decided.calls)
+            if not calls:
+                self.record(number, rule, decided.final, guards)
             while calls:
                 call = calls.pop(0)
                 self.ledger.pending(
@@ -734,9 +747,19 @@ class _Applier:
                 try:
                     answer = self.send(rule, call)
                 except AuthError as e:
+                    if call is decided.calls[0]:
+                        self.record(number, rule, decided.final, guards)
                     self._auth_failed(number, batch, call, calls, str(e))
                     raise
                 verdict = self.classify(number, rule, call, fresh, answer, attempt)
+                if decided.final and call is decided.calls[0]:
+                    # The runs not sent are recorded after the first call, out of its window.
+                    verdict = Verdict(
+                        {**decided.final, **verdict.results},
+                        verdict.again,
+                        verdict.wait,
+                        verdict.stop,
+                    )
                 self.record(number, rule, verdict.results, guards)
                 if verdict.stop is not None:
                     self._not_sent(number, rule, [i for c in calls for i in c.ids], verdict.stop)
