@@ -30,7 +30,7 @@ from flowsync.config import ApiSettings
 from flowsync.policy import apply_plan, make_plan, parse_policy
 from flowsync.store import Store
 from flowsync.sync import pull
-from tests.support.history import START, _HISTORY_SQL
+from tests.support.history import _HISTORY_SQL, START
 from tests.support.seed import create_bulk, post_json, set_states
 from tests.support.server import prefect_server
 
