@@ -76,7 +76,7 @@ def main() -> None:
                 "--db",
                 str(db),
             ),
-            ("plan", str(ROOT / "docs" / "examples" / "repair-stuck.yaml"), "--db", str(db)),
+            ("plan", str(ROOT / "docs" / "examples" / "retention.yaml"), "--db", str(db)),
         ]
         for args in steps:
             try:

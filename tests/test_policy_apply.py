@@ -14,7 +14,7 @@ import pytest
 
 from flowsync.api import PrefectClient, RetryPolicy
 from flowsync.config import ApiSettings
-from flowsync.errors import PolicyLimitError
+from flowsync.errors import ApiError, PolicyLimitError
 from flowsync.policy import apply_plan, make_plan, parse_policy
 from flowsync.policy.apply import Outcome, Seen, classify_lost, classify_unanswered
 from flowsync.policy.plan import Plan
@@ -93,6 +93,8 @@ class Recorder:
         path = request.url.path.removeprefix("/api/")
         body = json.loads(request.content) if request.content else {}
         self.bodies.append((path, body))
+        if path == "health":
+            return httpx.Response(200, json=True)
         if path == "flow_runs/filter" and set(body.get("flow_runs", {})) == {"id"}:
             return httpx.Response(
                 200, json=[self.runs[i] for i in body["flow_runs"]["id"]["any_"] if i in self.runs]
@@ -159,7 +161,10 @@ def test_every_bulk_call_names_its_runs_and_guards_their_state(mixed_db: Path) -
     # one read by id right before each call, of exactly that batch's runs
     reads = [b["flow_runs"]["id"]["any_"] for p, b in fake.bodies if p == "flow_runs/filter"]
     assert [b["flow_runs"]["id"]["any_"] for _, b in bulk] == reads
-    assert [p for p, _ in fake.bodies] == ["flow_runs/filter", "flow_runs/bulk_delete"] * 4
+    assert [p for p, _ in fake.bodies] == ["health"] + [
+        "flow_runs/filter",
+        "flow_runs/bulk_delete",
+    ] * 4
     assert len(bulk) == 2 + 2  # 70 COMPLETED -> 50 + 20, 60 FAILED -> 50 + 10
     sent: list[str] = []
     state_of = {r["id"]: r["state"] for r in MIXED}
@@ -267,7 +272,7 @@ def test_a_failing_batch_does_not_stop_the_next(mixed_db: Path) -> None:
     assert len(result.errors) == 1 and "batch 2" in result.errors[0]
     # a 503 on a bulk call is never retried blindly: the runs are read until the server settles
     # (here: at once), and each resend follows a fresh re-read and decision
-    paths = [p for p, _ in fake.bodies]
+    paths = [p for p, _ in fake.bodies if p != "health"]
     assert paths[2:11] == ["flow_runs/filter", "flow_runs/bulk_delete", "flow_runs/filter"] * 3
     assert (
         scalar(
@@ -289,6 +294,59 @@ def test_missing_from_deleted_is_not_counted_deleted(mixed_db: Path) -> None:
     # the others were re-read after the call: still there, unchanged -> failed (not sent again)
     assert result.counts["purge"] == {"deleted": 25 + 10 + 25 + 5, "failed": 25 + 10 + 25 + 5}
     assert result.status == "partial"
+
+
+def test_apply_against_an_unreachable_server_fails_fast(mixed_db: Path) -> None:
+    def refused(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+
+    pauses: list[float] = []
+    plan = plan_for(mixed_db, DELETE_ALL)
+    client = PrefectClient(
+        ApiSettings(url="http://prefect.test/api"),
+        transport=httpx.MockTransport(refused),
+        sleep=pauses.append,
+    )
+    with Store.open(mixed_db, sandbox=True) as store, client, pytest.raises(ApiError):
+        apply_plan(client, store, plan)
+    assert len(pauses) == 1  # the health check's two quick tries, not seven with backoff
+    assert scalar(mixed_db, "SELECT count(*) FROM policy_actions") == 0
+
+
+def test_rule_sql_that_could_write_is_refused_by_apply_and_plan_refresh(
+    mixed_db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = Recorder(accept_all, api_rows(mixed_db))
+    monkeypatch.setattr("flowsync.api.PrefectClient", lambda settings, **kw: mock_client(fake))
+    bad = (
+        "SELECT * FROM json_execute_serialized_sql(json_serialize_sql("
+        "'SELECT setval(''policy_actions_id'', 1) AS id'))"
+    )
+    path = mixed_db.parent / "bad.yaml"
+    path.write_text(
+        'version: 1\nrules:\n  - name: sneaky\n    action: delete\n    sql: "' + bad + '"\n'
+    )
+    for args in (["apply", "--yes"], ["plan", "--refresh"]):
+        result = run_cli(
+            args[0],
+            str(path),
+            args[1],
+            "--db",
+            str(mixed_db),
+            "--api-url",
+            "http://prefect.test/api",
+        )
+        assert result.exit_code == 7, result.output
+        assert "sql calls json_execute_serialized_sql" in result.stderr
+    assert fake.bodies == []
+    # The audit's sequence is untouched: a harmless apply still records its rows.
+    good = mixed_db.parent / "good.yaml"
+    good.write_text(DELETE_ALL)
+    result = run_cli(
+        "apply", str(good), "--db", str(mixed_db), "--yes", "--api-url", "http://prefect.test/api"
+    )
+    assert result.exit_code == 0, result.output
+    assert scalar(mixed_db, "SELECT count(DISTINCT id) FROM policy_actions") == 130
 
 
 def test_max_actions_refuses_before_any_request(mixed_db: Path) -> None:

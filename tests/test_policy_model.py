@@ -124,8 +124,22 @@ BAD = [
         "YAML syntax error at line",
     ),
     ("duplicate yaml key", "version: 1\nversion: 1\nrules: []", "duplicate key 'version'"),
-    ("not a mapping", "- just a list", "a policy is a YAML mapping"),
-    ("empty file", "", "a policy is a YAML mapping"),
+    (
+        "not a mapping",
+        "- just a list",
+        "a policy is a YAML mapping with version, rules, ...; this file holds a list",
+    ),
+    ("empty file", "", "bad.yaml is empty; a policy needs at least `version: 1` and `rules:`"),
+    (
+        "a name YAML reads as a boolean",
+        "version: 1\nrules: [{name: off, action: delete, sql: x}]",
+        'rules[0].name: YAML reads this unquoted word as the boolean false; quote it (e.g. name: "off")',
+    ),
+    (
+        "rule timeout",
+        f"version: 1\nrule_timeout_seconds: 0\nrules: [{RULE}]",
+        "rule_timeout_seconds:",
+    ),
 ]
 
 

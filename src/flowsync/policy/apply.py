@@ -976,6 +976,7 @@ def apply_plan(
     applier = _Applier(
         client, store, plan, progress, attempts or client.retry.attempts, settle_seconds, result
     )
+    client.check()  # a wrong URL or a stopped server fails in a second, not after retries
     failure: str | None = None
     try:
         earlier = audit.unresolved(store, besides=result.apply_id)

@@ -198,6 +198,11 @@ def format_errors(e: ValidationError, root: yaml.Node | None = None) -> str:
             msg = "missing; expected delete or set_state"
         elif error["type"] == "extra_forbidden":
             msg = "unknown key; remove it or check its spelling (see `flowsync policy schema`)"
+        elif error["type"] == "string_type" and isinstance(error.get("input"), bool):
+            word = "true" if error["input"] else "false"
+            msg = (
+                f'YAML reads this unquoted word as the boolean {word}; quote it (e.g. name: "off")'
+            )
         else:
             msg = str(error["msg"])
         lines.append(f"  - {loc}: {msg}" + (f" (line {at})" if at else ""))
@@ -217,9 +222,17 @@ def parse_policy(data: bytes, source: str) -> LoadedPolicy:
         raise PolicyError(
             f"{source}: YAML syntax error{where}: {problem}. Fix the file and run again."
         ) from e
-    if not isinstance(raw, dict):
+    if raw is None:
         raise PolicyError(
-            f"{source}: a policy is a YAML mapping with version, rules, ...; got {type(raw).__name__}. "
+            f"{source} is empty; a policy needs at least `version: 1` and `rules:` "
+            "(see docs/examples/retention.yaml or `flowsync policy schema`)."
+        )
+    if not isinstance(raw, dict):
+        kind = {list: "a list", str: "a plain string", int: "a number", float: "a number"}.get(
+            type(raw), type(raw).__name__
+        )
+        raise PolicyError(
+            f"{source}: a policy is a YAML mapping with version, rules, ...; this file holds {kind}. "
             "See `flowsync policy schema`."
         )
     try:
