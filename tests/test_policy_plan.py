@@ -342,3 +342,21 @@ def test_plan_without_db_file(tmp_path: Path) -> None:
     path = _write(tmp_path, policy(rule("purge", OLD_COMPLETED)))
     result = run_cli("plan", str(path), "--db", str(tmp_path / "none.duckdb"))
     assert result.exit_code == 5 and "flowsync pull" in result.stderr
+
+
+def test_the_cli_plan_is_one_call_into_the_library(db: Path) -> None:
+    import json
+
+    import flowsync
+
+    path = _write(db.parent, policy(rule("purge", OLD_COMPLETED, more="keep_newest: 1")))
+    result = run_cli("plan", str(path), "--db", str(db), "--json", "--sample", "100")
+    assert result.exit_code == 0, result.output
+    from_cli = json.loads(result.stdout)
+    from flowsync.cli.common import to_jsonable
+
+    from_library = json.loads(json.dumps(to_jsonable(flowsync.plan(db, path).to_json(sample=100))))
+    for data in (from_cli, from_library):
+        data.pop("generated_at")
+    assert from_cli == from_library
+    assert from_cli["total"] > 0

@@ -1,7 +1,13 @@
 """flowsync: Prefect run history in DuckDB, with reports and bulk cleanup policies.
 
-``import flowsync`` stays light: ``flowsync.connect`` is loaded on first use,
-so duckdb is imported only when a connection is asked for.
+The library does what the commands do, one call each (``flowsync.operations``):
+
+    flowsync.plan(db, policy, refresh=None, live=False) -> Plan
+    flowsync.apply(db, policy, api=ApiSettings, confirm=None, progress=None) -> Applied
+    flowsync.connect(db) -> a read-only DuckDB connection to the latest snapshot
+
+``import flowsync`` stays light: these load on first use, so duckdb and httpx
+are imported only when one is called.
 """
 
 from __future__ import annotations
@@ -10,9 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "connect"]
+__all__ = ["__version__", "apply", "connect", "plan"]
 
 if TYPE_CHECKING:
+    from flowsync.operations import apply, plan
     from flowsync.store.notebook import connect
 
 
@@ -21,4 +28,8 @@ def __getattr__(name: str) -> Any:
         from flowsync.store.notebook import connect
 
         return connect
+    if name in ("plan", "apply"):
+        from flowsync import operations
+
+        return getattr(operations, name)
     raise AttributeError(f"module 'flowsync' has no attribute {name!r}")

@@ -31,12 +31,11 @@ from flowsync.cli.common import (
     print_json,
 )
 from flowsync.config import resolve_api, resolve_db_path
-from flowsync.errors import PARTIAL_FAILURE_EXIT, ConfigError, FlowsyncError, PolicyLimitError
+from flowsync.errors import PARTIAL_FAILURE_EXIT, ConfigError, PolicyLimitError
 
 if (
     TYPE_CHECKING
 ):  # the library (pydantic, DuckDB, httpx) loads inside the commands: --help stays fast
-    from flowsync.config import ApiSettings
     from flowsync.policy import ApplyResult, Plan
 
 PolicyArg = Annotated[Path, typer.Argument(help="Policy file (YAML).", show_default=False)]
@@ -151,43 +150,6 @@ def _render_plan(plan: Plan, sample: int) -> None:
     )
 
 
-def _compute_plan(
-    policy: Path,
-    db: Path | None,
-    wait: float,
-    live: bool,
-    refresh_from: ApiSettings | None = None,
-    timeout: float | None = None,
-) -> Plan:
-    from flowsync.policy import load_policy, make_plan
-    from flowsync.store import Store
-    from flowsync.store.snapshot import open_for_reading, publish
-
-    loaded = load_policy(policy)
-    path = resolve_db_path(db)
-    if refresh_from is not None:
-        from flowsync.api import PrefectClient
-        from flowsync.policy.apply import refresh_plan, reread_runs
-
-        # Rule SQL runs read-only: which runs to re-read from the live file opened read-only,
-        # the re-read on a writable connection that runs no rule SQL, the plan read-only again.
-        with open_for_reading(path, live=True, wait=wait, sandbox=True) as store:
-            ids = refresh_plan(None, store, loaded)
-        with Store.open(path, wait=wait) as store, PrefectClient(refresh_from) as client:
-            reread_runs(client, store, ids)
-            publish(store)  # readers see the runs the refresh re-read
-        with open_for_reading(path, live=True, wait=wait, sandbox=True) as store:
-            plan = make_plan(store, loaded, timeout=timeout)
-        plan.refreshed = len(ids)
-        return plan
-    # `plan` reads the published snapshot (what the last pull or apply left); `apply`
-    # decides on the live file, which equals that snapshot unless a pull is running.
-    # Rule SQL runs only on a sandboxed, read-only connection: no files, network or
-    # extensions, and DuckDB refuses writes there.
-    with open_for_reading(path, live=live, wait=wait, sandbox=True) as store:
-        return make_plan(store, loaded, timeout=timeout)
-
-
 def plan_cmd(
     policy: PolicyArg,
     db: DbOption = None,
@@ -225,11 +187,19 @@ def plan_cmd(
 
     Example: flowsync plan policies/retention.yaml --db runs.duckdb --refresh
     """
+    from flowsync import operations
     from flowsync.store.snapshot import current
 
     with errors():
         settings = resolve_api(api_url, api_key) if refresh else None
-        plan = _compute_plan(policy, db, wait, live, settings, rule_timeout)
+        plan = operations.plan(
+            resolve_db_path(db),
+            policy,
+            refresh=settings,
+            live=live,
+            wait=wait,
+            timeout=rule_timeout,
+        )
         source = None if live or refresh else current(resolve_db_path(db))
     if json_out:
         print_json(plan.to_json(sample=sample))
@@ -263,9 +233,11 @@ def _render_result(result: ApplyResult) -> None:
     )
 
 
-def _summary(plan: Plan, result: ApplyResult, sample: int, json_out: bool) -> None:
+def _summary(result: ApplyResult, sample: int, json_out: bool, plan: Plan | None) -> None:
     if json_out:
-        print_json({"plan": plan.to_json(sample=sample), "result": result.to_json()})
+        print_json(
+            {"plan": plan.to_json(sample=sample) if plan else None, "result": result.to_json()}
+        )
     else:
         _render_result(result)
 
@@ -299,25 +271,15 @@ def apply_cmd(
 
     Example: flowsync apply policies/retention.yaml --db runs.duckdb --yes
     """
-    from flowsync.api import PrefectClient
-    from flowsync.policy import apply_plan
-    from flowsync.policy.apply import check_guards, new_result
-    from flowsync.store import Store
-    from flowsync.store.snapshot import publish
+    from flowsync import operations
+    from flowsync.policy import ApplyResult
 
-    with errors():
-        settings = resolve_api(api_url, api_key)
-        path = resolve_db_path(db)
-        plan = _compute_plan(policy, path, wait, live=True, timeout=rule_timeout)
+    progress = make_progress(json_out)
+    held = ApplyResult.new()  # filled as the apply goes: shown whatever stops it
+
+    def confirm(plan: Plan) -> bool:
         if not json_out:
             _render_plan(plan, sample)
-        if plan.total == 0:
-            if json_out:
-                print_json({"plan": plan.to_json(sample=sample), "result": None})
-            else:
-                err.print("nothing to do.", highlight=False)
-            return
-        check_guards(plan)
         if not yes:
             if not sys.stdin.isatty():
                 raise ConfigError(
@@ -329,36 +291,43 @@ def apply_cmd(
             ):
                 err.print("cancelled; nothing was changed.", highlight=False)
                 raise typer.Exit(1)
-        progress = make_progress(json_out)
-        with (
-            # Capped like a pull: uncapped, DuckDB kept every block the batches' writes
-            # touched (977 MB for 10,000 deletes at a million runs).
-            Store.open(
-                path, wait=wait, sandbox=True, memory_cap=True, memory_limit_mb=memory_limit
-            ) as store,
-            PrefectClient(settings, on_retry=progress.message) as client,
-            progress,
-        ):
-            result = new_result(plan)
-            try:
-                with store.memory_guard():
-                    apply_plan(client, store, plan, progress=progress, result=result)
-            except BaseException:
-                if result.calls:  # what was done is shown whatever stopped the apply
-                    result.errors.append("the apply stopped early: see the error below")
-                    _summary(plan, result, sample, json_out)
-                raise
-            publish_error: FlowsyncError | None = None
-            try:
-                publish(store)  # readers (and the next `plan`) see what apply changed
-            except FlowsyncError as e:
-                # The calls are done and audited: the summary comes first, then this error.
-                publish_error = e
-    _summary(plan, result, sample, json_out)
-    if publish_error is not None:
+        return True
+
+    with errors():
+        settings = resolve_api(api_url, api_key)
+        path = resolve_db_path(db)
+        try:
+            with progress:
+                applied = operations.apply(
+                    path,
+                    policy,
+                    api=settings,
+                    confirm=confirm,
+                    progress=progress,
+                    wait=wait,
+                    memory_limit_mb=memory_limit,
+                    timeout=rule_timeout,
+                    result=held,
+                    on_retry=progress.message,
+                )
+        except BaseException:
+            if held.calls:  # what was done is shown whatever stopped the apply
+                held.errors.append("the apply stopped early: see the error below")
+                _summary(held, sample, json_out, None)
+            raise
+    if applied.result is None:
+        if json_out:
+            print_json({"plan": applied.plan.to_json(sample=sample), "result": None})
+        else:
+            if applied.plan.total == 0:
+                _render_plan(applied.plan, sample)
+            err.print("nothing to do.", highlight=False)
+        return
+    _summary(applied.result, sample, json_out, applied.plan)
+    if applied.publish_error is not None:
         with errors():
-            raise publish_error
-    if result.status != "success":
+            raise applied.publish_error
+    if applied.result.status != "success":
         raise typer.Exit(PARTIAL_FAILURE_EXIT)
 
 

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import contextlib
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -944,7 +943,7 @@ def reread_runs(client: PrefectClient, store: Store, ids: list[str]) -> int:
 
 def new_result(plan: Plan) -> ApplyResult:
     """An empty result for an apply of ``plan`` (its id names the apply in ``policy_actions``)."""
-    return ApplyResult(apply_id=str(uuid.uuid4()), policy_sha256=plan.policy.sha256)
+    return ApplyResult.new(plan.policy.sha256)
 
 
 def apply_plan(

@@ -9,6 +9,7 @@ call the API, touch the store, or print.
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -77,6 +78,11 @@ class ApplyResult:
     # seconds from the re-read's answer to the call being sent, one per call
     windows: list[float] = field(default_factory=list)
     seconds: float = 0.0
+
+    @classmethod
+    def new(cls, policy_sha256: str = "") -> ApplyResult:
+        """An empty result with a new apply id (the policy's hash is set when it is planned)."""
+        return cls(apply_id=str(uuid.uuid4()), policy_sha256=policy_sha256)
 
     def add(self, rule: str, outcome: Outcome, n: int = 1) -> None:
         per = self.counts.setdefault(rule, {})
