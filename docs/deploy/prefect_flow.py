@@ -24,12 +24,8 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.settings import get_current_settings
 
-from flowsync.api import PrefectClient
+import flowsync
 from flowsync.config import resolve_api
-from flowsync.policy import apply_plan, load_policy, make_plan
-from flowsync.store import Store
-from flowsync.store.snapshot import publish
-from flowsync.sync import pull
 
 
 def _settings(api_url: str | None) -> Any:
@@ -41,11 +37,9 @@ def _settings(api_url: str | None) -> Any:
 
 @task(retries=2, retry_delay_seconds=60)
 def pull_history(db: str, api_url: str | None = None, wait: float = 300.0) -> dict[str, Any]:
-    """``flowsync pull``: bring the DuckDB file up to date."""
-    with Store.open(Path(db), wait=wait) as store, PrefectClient(_settings(api_url)) as client:
-        result = pull(client, store)
-        # What `flowsync pull` does next: publish the snapshot readers open (skipped if nothing changed).
-        publish(store, pull_id=result.pull_id, changed=bool(result.inserted or result.updated or result.marked_deleted))
+    """``flowsync pull``: bring the DuckDB file up to date and publish the readers' snapshot."""
+    pulled = flowsync.pull(Path(db), api=_settings(api_url), wait=wait)
+    result = pulled.result
     get_run_logger().info(
         "pulled %s: %s new, %s updated, %s marked deleted",
         result.mode, result.inserted, result.updated, result.marked_deleted,
@@ -56,19 +50,19 @@ def pull_history(db: str, api_url: str | None = None, wait: float = 300.0) -> di
 @task
 def run_policy(db: str, policy: str, apply: bool, api_url: str | None = None, wait: float = 300.0) -> dict[str, Any]:
     """``flowsync plan POLICY``, and with ``apply`` also ``flowsync apply POLICY --yes``."""
-    loaded = load_policy(Path(policy))
-    # Rule SQL runs only on a sandboxed store (no files, network or extensions).
-    with Store.open(Path(db), read_only=not apply, wait=wait, sandbox=True) as store:
-        plan = make_plan(store, loaded)
-        summary: dict[str, Any] = {"planned": plan.total, "over_max_actions": plan.over_max}
+    if not apply:
+        plan = flowsync.plan(Path(db), Path(policy), live=True, wait=wait)
         get_run_logger().info("policy %s selects %s runs", policy, plan.total)
-        if apply and plan.total:
-            with PrefectClient(_settings(api_url)) as client:
-                result = apply_plan(client, store, plan)
-            summary["apply"] = result.to_json()
-            publish(store)
-            if result.status != "success":
-                raise RuntimeError(f"apply finished with status {result.status}: {result.errors[:3]}")
+        return {"planned": plan.total, "over_max_actions": plan.over_max}
+    applied = flowsync.apply(Path(db), Path(policy), api=_settings(api_url), wait=wait)
+    summary: dict[str, Any] = {"planned": applied.plan.total, "over_max_actions": applied.plan.over_max}
+    get_run_logger().info("policy %s selects %s runs", policy, applied.plan.total)
+    if applied.result is not None:
+        summary["apply"] = applied.result.to_json()
+        if applied.result.status != "success":
+            raise RuntimeError(f"apply finished with status {applied.result.status}: {applied.result.errors[:3]}")
+    if applied.publish_error is not None:
+        raise applied.publish_error
     return summary
 
 

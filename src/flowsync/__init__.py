@@ -2,6 +2,7 @@
 
 The library does what the commands do, one call each (``flowsync.operations``):
 
+    flowsync.pull(db, api=ApiSettings, options=None) -> Pulled
     flowsync.plan(db, policy, refresh=None, live=False) -> Plan
     flowsync.apply(db, policy, api=ApiSettings, confirm=None, progress=None) -> Applied
     flowsync.connect(db) -> a read-only DuckDB connection to the latest snapshot
@@ -16,10 +17,10 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "apply", "connect", "plan"]
+__all__ = ["__version__", "apply", "connect", "plan", "pull"]
 
 if TYPE_CHECKING:
-    from flowsync.operations import apply, plan
+    from flowsync.operations import apply, plan, pull
     from flowsync.store.notebook import connect
 
 
@@ -28,7 +29,7 @@ def __getattr__(name: str) -> Any:
         from flowsync.store.notebook import connect
 
         return connect
-    if name in ("plan", "apply"):
+    if name in ("pull", "plan", "apply"):
         from flowsync import operations
 
         return getattr(operations, name)

@@ -8,6 +8,7 @@ the command does. ``flowsync.plan`` and ``flowsync.apply`` are these functions.
 Must not: print or parse arguments (the CLI renders what they return), or hold
 the API key anywhere but the client's header.
 
+    pull(db, *, api, options=None, progress=None, wait=0.0) -> Pulled
     plan(db, policy, *, refresh=None, live=False, wait=0.0, timeout=None) -> Plan
     apply(db, policy, *, api, confirm=None, progress=None, ...) -> Applied
 
@@ -28,10 +29,42 @@ from flowsync.errors import FlowsyncError
 from flowsync.policy import ApplyResult, Plan, apply_plan, load_policy, make_plan
 from flowsync.policy.apply import check_guards, new_result, refresh_plan, reread_runs
 from flowsync.store import Store
-from flowsync.store.snapshot import open_for_reading, publish
-from flowsync.sync import Progress
+from flowsync.store.snapshot import PublishResult, open_for_reading, publish
+from flowsync.sync import Progress, PullOptions, PullResult
+from flowsync.sync import pull as pull_runs
 
-__all__ = ["Applied", "apply", "plan"]
+__all__ = ["Applied", "Pulled", "apply", "plan", "pull"]
+
+
+@dataclass
+class Pulled:
+    """A pull's result, and the snapshot readers now see (published, or kept unchanged)."""
+
+    result: PullResult
+    snapshot: PublishResult
+
+
+def pull(
+    db: Path,
+    *,
+    api: ApiSettings,
+    options: PullOptions | None = None,
+    progress: Progress | None = None,
+    wait: float = 0.0,
+    on_retry: Callable[[str], None] | None = None,
+) -> Pulled:
+    """Bring ``db`` up to date with the API, then publish the snapshot readers open.
+
+    Creates and upgrades the file, holds its write lock (``wait`` seconds for
+    it), refuses another server's file, caps DuckDB's memory, records the pull
+    in ``sync_runs``; a pull that changed nothing keeps the current snapshot."""
+    with (
+        Store.open(Path(db), wait=wait) as store,
+        http.PrefectClient(api, on_retry=on_retry) as client,
+    ):
+        result = pull_runs(client, store, options, progress)
+        changed = bool(result.inserted or result.updated or result.marked_deleted)
+        return Pulled(result, publish(store, pull_id=result.pull_id, changed=changed))
 
 
 def plan(
