@@ -355,9 +355,13 @@ def test_a_401_on_the_second_call_of_a_batch_keeps_what_the_first_did(
 # -- kill -9 between a call and its record -----------------------------------------------------------
 
 
-def killing_proxy(target: str, kill_after: int, victim: list[int]) -> ThreadingHTTPServer:
-    """A loopback proxy to the real server that, once the server has answered the
-    ``kill_after``-th bulk call, SIGKILLs ``victim[0]`` before the answer reaches it."""
+def killing_proxy(
+    target: str, kill_after: int, victim: list[int], before_server: bool = False
+) -> ThreadingHTTPServer:
+    """A loopback proxy to the real server that SIGKILLs ``victim[0]`` at its
+    ``kill_after``-th bulk call: once the server has answered it (the answer never reaches
+    the client; a busy server's 503 passes through), or with ``before_server`` before the
+    server ever sees it."""
     bulk_seen = [0]
 
     class Handler(BaseHTTPRequestHandler):
@@ -367,6 +371,11 @@ def killing_proxy(target: str, kill_after: int, victim: list[int]) -> ThreadingH
         def _forward(self) -> None:
             length = int(self.headers.get("content-length") or 0)
             body = self.rfile.read(length) if length else None
+            if before_server and self.path.endswith("bulk_delete"):
+                bulk_seen[0] += 1
+                if bulk_seen[0] == kill_after:
+                    os.kill(victim[0], signal.SIGKILL)
+                    return
             response = httpx.request(
                 self.command,
                 target + self.path,
@@ -374,7 +383,7 @@ def killing_proxy(target: str, kill_after: int, victim: list[int]) -> ThreadingH
                 headers={"content-type": self.headers.get("content-type") or "application/json"},
                 timeout=60,
             )
-            if self.path.endswith("bulk_delete"):
+            if self.path.endswith("bulk_delete") and not before_server and response.is_success:
                 bulk_seen[0] += 1
                 if bulk_seen[0] == kill_after:
                     os.kill(victim[0], signal.SIGKILL)
@@ -455,3 +464,62 @@ def test_an_apply_killed_after_a_call_is_settled_by_the_next_under_its_own_id(
     assert resolved == 50
     summary = json.loads(result.stdout)["result"]
     assert summary["resolved_earlier"] == 50
+
+
+def test_an_apply_killed_before_its_call_reached_the_server_is_finished_by_the_next(
+    server: Server, tmp_path: Path
+) -> None:
+    dep = deployment(server)
+    ids = runs(server, dep, 80, "COMPLETED", "killb")
+    db = pulled_db(server.url, tmp_path)
+    policy = policy_file(
+        tmp_path, [{"name": "purge", "action": "delete", "sql": tagged("killb", "COMPLETED")}]
+    )
+    victim: list[int] = []
+    httpd = killing_proxy(server.url.rsplit("/api", 1)[0], 2, victim, before_server=True)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    proxy_url = f"http://127.0.0.1:{httpd.server_address[1]}/api"
+    try:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "flowsync",
+                "apply",
+                str(policy),
+                "--db",
+                str(db),
+                "--api-url",
+                proxy_url,
+                "--yes",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        victim.append(proc.pid)
+        proc.wait(timeout=300)
+        assert proc.returncode == -signal.SIGKILL
+    finally:
+        httpd.shutdown()
+    (first_apply,) = query(db, "SELECT DISTINCT apply_id FROM policy_actions")[0]
+    assert len(live(server, ids)) == 30  # batch 2 (30 runs) never reached the server
+    result = run_cli(
+        "apply",
+        str(policy),
+        "--db",
+        str(db),
+        "--api-url",
+        server.url,
+        "--yes",
+        "--json",
+        "--settle-seconds",
+        "1",
+    )
+    assert result.exit_code == 0, result.output
+    assert live(server, ids) == {}
+    rows = query(
+        db, "SELECT apply_id = ?, outcome, count(*) FROM policy_actions GROUP BY ALL", [first_apply]
+    )
+    # the killed apply's batch 2: read back unchanged after the settle bound -> failed (not
+    # done by it); this apply then deleted those runs itself
+    assert sorted(rows) == [(False, "deleted", 30), (True, "deleted", 50), (True, "failed", 30)]

@@ -27,7 +27,13 @@ from flowsync import api as http  # looked up per call: tests swap the client cl
 from flowsync.config import ApiSettings
 from flowsync.errors import FlowsyncError
 from flowsync.policy import ApplyResult, Plan, apply_plan, load_policy, make_plan
-from flowsync.policy.apply import check_guards, new_result, refresh_plan, reread_runs
+from flowsync.policy.apply import (
+    SETTLE_SECONDS,
+    check_guards,
+    new_result,
+    refresh_plan,
+    reread_runs,
+)
 from flowsync.store import Store
 from flowsync.store.snapshot import PublishResult, open_for_reading, publish
 from flowsync.sync import Progress, PullOptions, PullResult
@@ -125,6 +131,7 @@ def apply(
     timeout: float | None = None,
     result: ApplyResult | None = None,
     on_retry: Callable[[str], None] | None = None,
+    settle_seconds: float = SETTLE_SECONDS,
 ) -> Applied:
     """Plan ``policy`` on the live file, ask ``confirm`` (None: yes), apply it, publish.
 
@@ -150,7 +157,9 @@ def apply(
         http.PrefectClient(api, on_retry=on_retry) as client,
         store.memory_guard(),
     ):
-        apply_plan(client, store, made, progress=progress, result=held)
+        apply_plan(
+            client, store, made, progress=progress, result=held, settle_seconds=settle_seconds
+        )
         try:
             publish(store)  # readers (and the next `plan`) see what apply changed
         except FlowsyncError as e:

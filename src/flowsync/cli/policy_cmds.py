@@ -257,6 +257,15 @@ def apply_cmd(
     sample: SampleOption = 5,
     memory_limit: MemoryLimitOption = None,
     rule_timeout: RuleTimeoutOption = None,
+    settle_seconds: Annotated[
+        float,
+        typer.Option(
+            "--settle-seconds",
+            help="After a call's answer is lost, how long its runs are read back before they "
+            "count as untouched and are re-checked (the server may still be running it).",
+            min=0,
+        ),
+    ] = 30.0,
     json_out: JsonOption = False,
 ) -> None:
     """Apply a policy: show the plan, confirm, then bulk delete / set state in batches of 50.
@@ -309,6 +318,7 @@ def apply_cmd(
                     timeout=rule_timeout,
                     result=held,
                     on_retry=progress.message,
+                    settle_seconds=settle_seconds,
                 )
         except BaseException:
             if held.calls:  # what was done is shown whatever stopped the apply

@@ -371,10 +371,10 @@ WITH picked AS (
     SELECT id, name, flow_id, deployment_id, state_type, state_name, tags,
            expected_start_time, end_time, deleted_at,
            coalesce(expected_start_time, start_time, created) AS sort_time
-    FROM flow_runs {scope_runs}
+    FROM flow_runs
 ), runs AS (
     SELECT p.id AS picked_id, r.*, r.id IS NOT NULL AND r.deleted_at IS NULL AS live
-    FROM picked p LEFT JOIN candidates r ON r.id = p.id {scope_picked}
+    FROM picked p LEFT JOIN candidates r ON r.id = p.id
 )
 SELECT CAST(r.picked_id AS VARCHAR) AS id, r.name, f.name AS flow_name, d.name AS deployment_name,
        r.state_type, r.state_name, r.tags, r.expected_start_time, r.end_time,
@@ -389,11 +389,48 @@ LEFT JOIN flows f ON f.id = r.flow_id
 LEFT JOIN deployments d ON d.id = r.deployment_id
 ORDER BY r.sort_time ASC NULLS FIRST, r.picked_id
 """
-_IN_SCOPE = (
-    "id IN (SELECT unnest(CAST($ids AS UUID[]))) "
-    "OR deployment_id IN (SELECT unnest(CAST($deployments AS UUID[]))) "
-    "OR ($adhoc AND deployment_id IS NULL)"
+# A batch's decision: its runs, ranked by keep_newest against only the runs that can outrank
+# them. The ranking reads three narrow columns of the batch's deployments (the N newest
+# picked live runs of each), so its cost follows the rule's scan, not the deployment's size.
+_SELECT_SCOPED = """
+WITH picked AS (
+    SELECT DISTINCT CAST(id AS UUID) AS id FROM (
+{sql}
+    ) AS rule_rows WHERE id IS NOT NULL
+), kept AS (
+    SELECT k.id, row_number() OVER (
+               PARTITION BY k.deployment_id ORDER BY k.sort_time DESC NULLS LAST, k.id DESC) AS newest_rank
+    FROM (SELECT id, deployment_id, coalesce(expected_start_time, start_time, created) AS sort_time
+          FROM flow_runs
+          WHERE deleted_at IS NULL AND $keep IS NOT NULL
+            AND (deployment_id IN (SELECT unnest(CAST($deployments AS UUID[])))
+                 OR ($adhoc AND deployment_id IS NULL))) AS k
+    WHERE k.id IN (SELECT id FROM picked)
+    QUALIFY newest_rank <= $keep
+), wanted AS (
+    SELECT unnest(CAST($ids AS UUID[])) AS id UNION SELECT id FROM kept
+), runs AS (
+    SELECT w.id AS picked_id, r.*, r.id IS NOT NULL AND r.deleted_at IS NULL AS live,
+           w.id IN (SELECT id FROM picked) AS is_picked
+    FROM wanted w
+    LEFT JOIN (SELECT id, name, flow_id, deployment_id, state_type, state_name, tags,
+                      expected_start_time, end_time, deleted_at,
+                      coalesce(expected_start_time, start_time, created) AS sort_time
+               FROM flow_runs WHERE id IN (SELECT id FROM wanted)) r ON r.id = w.id
 )
+SELECT CAST(r.picked_id AS VARCHAR) AS id, r.name, f.name AS flow_name, d.name AS deployment_name,
+       r.state_type, r.state_name, r.tags, r.expected_start_time, r.end_time,
+       CAST(r.deployment_id AS VARCHAR) AS deployment_id,
+       r.id IS NULL AS unknown, r.deleted_at IS NOT NULL AS deleted,
+       coalesce(list_has_any(r.tags, CAST($protect AS VARCHAR[])), false) AS protected,
+       CASE WHEN r.live THEN coalesce(k.newest_rank, $keep + 1) END AS newest_rank
+FROM runs r
+LEFT JOIN kept k ON k.id = r.picked_id
+LEFT JOIN flows f ON f.id = r.flow_id
+LEFT JOIN deployments d ON d.id = r.deployment_id
+WHERE r.is_picked
+ORDER BY r.sort_time ASC NULLS FIRST, r.picked_id
+"""
 
 
 def _select(
@@ -406,18 +443,15 @@ def _select(
 ) -> list[dict[str, Any]]:
     params: dict[str, Any] = {"protect": protect_tags}
     if scope is None:
-        text = _SELECT.format(sql=sql, scope_runs="", scope_picked="")
+        text = _SELECT.format(sql=sql)
     else:
-        text = _SELECT.format(
-            sql=sql,
-            scope_runs="WHERE " + _IN_SCOPE,
-            scope_picked="WHERE p.id IN (SELECT unnest(CAST($ids AS UUID[]))) OR r.id IS NOT NULL",
-        )
+        text = _SELECT_SCOPED.format(sql=sql)
         deployments = [d for d in scope.deployments if d is not None]
         params.update(
             ids=list(scope.ids),
             deployments=deployments,
             adhoc=len(deployments) < len(scope.deployments),
+            keep=rule.keep_newest if scope.deployments else None,
         )
     return _rule_rows(store, rule, text, params, timeout=timeout)[1]
 
