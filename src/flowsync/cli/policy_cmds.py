@@ -134,10 +134,15 @@ def _render_plan(plan: Plan, sample: int) -> None:
 
 
 def _compute_plan(
-    policy: Path, db: Path | None, wait: float, live: bool, refresh_from: ApiSettings | None = None
+    policy: Path,
+    db: Path | None,
+    wait: float,
+    live: bool,
+    refresh_from: ApiSettings | None = None,
+    for_apply: bool = False,
 ) -> Plan:
     from flowsync.policy import load_policy, make_plan
-    from flowsync.store import Store
+    from flowsync.store import Store, locks
     from flowsync.store.snapshot import open_for_reading, publish
 
     loaded = load_policy(policy)
@@ -156,7 +161,14 @@ def _compute_plan(
     # decides on the live file, which equals that snapshot unless a pull is running.
     # Rule SQL runs only on a sandboxed, read-only connection: no files, network or
     # extensions, and DuckDB refuses writes there.
-    with open_for_reading(resolve_db_path(db), live=live, wait=wait, sandbox=True) as store:
+    with open_for_reading(
+        resolve_db_path(db),
+        live=live,
+        wait=wait,
+        sandbox=True,
+        # apply has no --live: it always decides on the live file
+        lock_context=locks.LIVE_ONLY if for_apply else None,
+    ) as store:
         return make_plan(store, loaded)
 
 
@@ -258,7 +270,7 @@ def apply_cmd(
     with errors():
         settings = resolve_api(api_url, api_key)
         path = resolve_db_path(db)
-        plan = _compute_plan(policy, path, wait, live=True)
+        plan = _compute_plan(policy, path, wait, live=True, for_apply=True)
         if not json_out:
             _render_plan(plan, sample)
         if plan.total == 0:
