@@ -147,8 +147,8 @@ def storage_error(path: Path, e: BaseException, *, query: bool = False) -> Store
         )
     if any(w in text for w in _READ_ONLY):
         return StorageError(
-            f"Cannot write {path}: its filesystem is mounted read-only ({detail}). "
-            "Remount it read-write, or choose another --db.",
+            f"Cannot write {path}: a read-only filesystem refused it or its write-ahead log "
+            f"{path.name}.wal ({detail}). Remount it read-write, or choose another --db.",
             path=str(path),
             reason="read-only",
             detail=detail,

@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from flowsync import __version__
-from flowsync.errors import DamagedFileError, StoreError
+from flowsync.errors import DamagedFileError, StorageError, StoreError
 from flowsync.store import locks, sync_log
 from flowsync.store.connect import DUCKDB_MAGIC, DUCKDB_MAGIC_OFFSET, Store, snapshot_dir
 
@@ -166,7 +166,8 @@ def inspect(db: Path) -> tuple[SnapshotInfo | None, str]:
     except OSError:
         return info, f"{pointer} points at {path.name}, which is missing"
     if (info.bytes and size != info.bytes) or not _looks_like_duckdb(path):
-        return info, f"{path} is {size:,} bytes where {info.bytes:,} were published (truncated)"
+        what = "truncated" if size < info.bytes else "written to after it was published"
+        return info, f"{path} is {size:,} bytes where {info.bytes:,} were published ({what})"
     return info, ""
 
 
@@ -293,13 +294,22 @@ def publish(store: Store, *, pull_id: int | None = None, changed: bool = True) -
         folder.mkdir(exist_ok=True)
         _remove_leftovers(folder)
         generation = _next_generation(store, folder, latest)
-        with store.transaction():  # committed first: a failed publish only skips a number
-            sync_log.set_state(store, GENERATION_KEY, generation)
+        try:
+            with store.transaction():  # committed first: a failed publish only skips a number
+                sync_log.set_state(store, GENERATION_KEY, generation)
+            with store._errors("CHECKPOINT"):
+                store._con.execute("CHECKPOINT")
+        except StorageError as e:
+            raise StorageError(
+                f"Cannot publish a snapshot of {store.path}: {e.detail}. What the pull or apply wrote is saved "
+                "(in the file's write-ahead log); free disk space or fix permissions, then pull again.",
+                path=e.path,
+                reason=e.reason,
+                detail=e.detail,
+            ) from e
         name = f"{generation:08d}.duckdb"
         tmp = folder / f".{name}.tmp-{os.getpid()}"
         try:
-            with store._errors("CHECKPOINT"):
-                store._con.execute("CHECKPOINT")
             _copy(store.path, tmp)
             info = SnapshotInfo(
                 path=folder / name,
@@ -330,7 +340,7 @@ def publish(store: Store, *, pull_id: int | None = None, changed: bool = True) -
     except OSError as e:
         raise StoreError(
             f"Cannot publish a snapshot of {store.path} in {folder}: {e.strerror or e}. "
-            "The pull itself is saved; free disk space or fix permissions, then pull again."
+            "What the pull or apply wrote is saved; free disk space or fix permissions, then pull again."
         ) from e
     return PublishResult(True, info, time.monotonic() - began, reason)
 
