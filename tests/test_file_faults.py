@@ -32,6 +32,8 @@ from flowsync.store import Store
 from flowsync.store.snapshot import CURRENT, publish, snapshot_dir
 from tests.helpers import SeededServer, query, run_cli, scalar
 from tests.server_truth import assert_matches_server
+from tests.support.seed import seed
+from tests.support.server import Server
 
 # -- helpers -------------------------------------------------------------------------------------
 
@@ -232,6 +234,8 @@ def test_a_damaged_current_is_reported_to_readers_and_rebuilt_by_the_next_writer
     assert "--live" in line and "changed 5 times" not in line
     with pytest.raises(DamagedFileError):
         flowsync.connect(db)
+    status = run_cli("status", "--db", str(db))  # reads the live file: reports, never fails
+    assert status.exit_code == 0 and "readers cannot open the snapshot" in status.stdout
 
     with Store.open(db) as store:  # a writer that changed nothing (a no-change pull)
         result = publish(store, changed=False)
@@ -532,3 +536,26 @@ def test_sigterm_keeps_committed_runs_records_the_signal_and_exits_143(
     assert status == "interrupted" and "SIGTERM" in error
     assert pull_cli(prefect.url, db).exit_code == 0
     assert_matches_server(db, prefect.url)
+
+
+def test_apply_whose_publish_fails_shows_its_summary_then_one_error(
+    fresh_server: Server, tmp_path: Path
+) -> None:
+    url, db = fresh_server.url, tmp_path / "runs.duckdb"
+    seed(url, runs=12, flows=1, deployments_per_flow=1, seed_value=20)
+    assert pull_cli(url, db).exit_code == 0
+    shutil.rmtree(snapshot_dir(db))
+    snapshot_dir(db).write_text("in the way\n")  # publishing after the calls fails
+    policy = tmp_path / "purge.yaml"
+    policy.write_text(POLICY.replace("AND state_type = 'COMPLETED'", ""))
+    applied = run_cli("apply", str(policy), "--yes", "--api-url", url, "--db", str(db))
+    assert applied.exit_code == 5, applied.output
+    lines = stderr_lines(applied)
+    assert any(line.startswith("success: 12 done") for line in lines), applied.stderr
+    assert (
+        lines[-1].startswith("error: Cannot publish a snapshot")
+        and "Traceback" not in applied.output
+    )
+    snapshot_dir(db).unlink()
+    assert pull_cli(url, db).exit_code == 0
+    assert_matches_server(db, url)

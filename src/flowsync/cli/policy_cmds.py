@@ -26,12 +26,13 @@ from flowsync.cli.common import (
     WaitOption,
     err,
     errors,
+    fail,
     make_progress,
     out,
     print_json,
 )
 from flowsync.config import resolve_api, resolve_db_path
-from flowsync.errors import PARTIAL_FAILURE_EXIT, ConfigError
+from flowsync.errors import PARTIAL_FAILURE_EXIT, ConfigError, StoreError
 
 if (
     TYPE_CHECKING
@@ -303,11 +304,18 @@ def apply_cmd(
         ):
             with store.memory_guard():
                 result = apply_plan(client, store, plan, progress=progress)
-            publish(store)  # readers (and the next `plan`) see what apply changed
+            unpublished: StoreError | None = None
+            try:
+                publish(store)  # readers (and the next `plan`) see what apply changed
+            except StoreError as e:
+                # The calls were made and audited: show what they did before the error.
+                unpublished = e
     if json_out:
         print_json({"plan": plan.to_json(sample=sample), "result": result.to_json()})
     else:
         _render_result(result)
+    if unpublished is not None:
+        fail(unpublished)
     if result.status != "success":
         raise typer.Exit(PARTIAL_FAILURE_EXIT)
 
