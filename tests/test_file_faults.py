@@ -487,14 +487,14 @@ def test_an_unwritable_wal_is_one_line_exit_5(
 
 # A pull that stops right after committing its first page of runs, until a signal comes.
 PAUSED_PULL = """
-import sys, time
+import signal, sys
 from flowsync.sync import context
 original = context.PullContext.write_pages
 def write_pages(self, spec, pages, state=None):
     n = original(self, spec, pages, state)
     if spec.name == "flow_runs":
         print("committed", flush=True)
-        time.sleep(600)  # not synchronisation: the test's SIGTERM ends it
+        signal.pause()  # until the test's SIGTERM
     return n
 context.PullContext.write_pages = write_pages
 from flowsync.cli import app

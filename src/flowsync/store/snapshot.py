@@ -165,9 +165,11 @@ def inspect(db: Path) -> tuple[SnapshotInfo | None, str]:
         size = path.stat().st_size
     except OSError:
         return info, f"{pointer} points at {path.name}, which is missing"
-    if (info.bytes and size != info.bytes) or not _looks_like_duckdb(path):
+    if info.bytes and size != info.bytes:
         what = "truncated" if size < info.bytes else "written to after it was published"
         return info, f"{path} is {size:,} bytes where {info.bytes:,} were published ({what})"
+    if not _looks_like_duckdb(path):
+        return info, f"{path} is not a DuckDB file any more (its header is gone)"
     return info, ""
 
 
