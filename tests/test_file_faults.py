@@ -27,8 +27,9 @@ import duckdb
 import pytest
 
 import flowsync
-from flowsync.errors import DamagedFileError, NewerFileError
+from flowsync.errors import DamagedFileError, NewerFileError, NewerFileWarning
 from flowsync.store import Store
+from flowsync.store.locks import classify
 from flowsync.store.snapshot import CURRENT, publish, snapshot_dir
 from tests.helpers import SeededServer, query, run_cli, scalar
 from tests.server_truth import assert_matches_server
@@ -165,6 +166,21 @@ def test_a_newer_file_is_never_written_and_read_only_with_one_warning(tmp_path: 
     (warning,) = stderr_lines(read)
     assert warning.startswith("warning:") and "read-only" in warning and "9.0.0" in warning
     assert sha256(db) == before
+
+
+def test_a_notebook_reading_a_newer_file_gets_a_warning_and_cannot_write_it(
+    tmp_path: Path,
+) -> None:
+    db = built(tmp_path, runs=3)
+    add_future_migration(db)
+    with pytest.warns(NewerFileWarning, match="9.0.0"):
+        con = flowsync.connect(db, live=True)
+    try:
+        assert con.execute("SELECT count(future_column) FROM flow_runs").fetchone() == (3,)
+    finally:
+        con.close()
+    with pytest.raises(NewerFileError):
+        flowsync.connect(db, read_only=False)
 
 
 def test_a_snapshot_from_a_newer_flowsync_is_read_with_one_warning(tmp_path: Path) -> None:
@@ -304,6 +320,14 @@ def test_a_reader_that_fell_back_to_the_live_file_is_not_said_to_use_live(
         holder.wait()
     assert f"`flowsync sql` (PID {holder.pid})" in line
     assert "no published snapshot" in line and "--live" not in line
+
+
+def test_plan_refresh_is_a_writer_and_other_plans_are_readers() -> None:
+    assert classify(["/venv/bin/flowsync", "plan", "p.yaml", "--refresh"]) == (
+        "plan",
+        "flowsync plan --refresh",
+    )
+    assert classify(["/venv/bin/flowsync", "plan", "p.yaml"])[0] == "reader"
 
 
 def test_a_live_reader_is_named_as_one(tmp_path: Path) -> None:
