@@ -23,7 +23,7 @@ import pytest
 from jupyter_client.manager import KernelManager
 
 from flowsync.errors import StoreLockedError
-from flowsync.store import Store
+from flowsync.store import Store, locks
 from flowsync.store import snapshot as snap
 from flowsync.store.locks import classify
 from tests.helpers import run_cli, scalar
@@ -200,10 +200,13 @@ def test_a_running_pull_is_named_to_live_readers(tmp_path: Path) -> None:
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "ok"
         with pytest.raises(StoreLockedError) as caught:
-            Store.open(db, read_only=True)
+            Store.open(db, read_only=True, lock_context=locks.LIVE)  # --live, connect(live=True)
         assert caught.value.holder_role == "pull" and caught.value.holder_pid == holder.pid
         assert f"a running `flowsync pull` (PID {holder.pid})" in str(caught.value)
         assert "drop --live" in str(caught.value)
+        with pytest.raises(StoreLockedError) as caught:
+            Store.open(db, read_only=True)  # status: it has no --live to drop
+        assert "--live" not in str(caught.value) and "--wait" in str(caught.value)
         with pytest.raises(StoreLockedError, match=r"no published snapshot yet .* pull .*--wait"):
             snap.open_for_reading(db)  # a file from before snapshots, mid-pull
     finally:
@@ -228,7 +231,7 @@ def test_lock_holders_are_classified_by_command_line(argv: list[str], role: str)
 PUBLISH_LOOP = """
 import sys
 from pathlib import Path
-from flowsync.store import Store
+from flowsync.store import Store, locks
 from flowsync.store.snapshot import publish
 with Store.open(Path(sys.argv[1])) as store:
     while True:

@@ -86,8 +86,11 @@ def test_no_connection_draws_duckdbs_progress_bar(tmp_path: Path) -> None:
     # runs over 2 s (the m003 migration of a million-run file printed one).
     path = tmp_path / "runs.duckdb"
     Store.open(path).close()
+    options: dict[str, bool]
     for options in ({}, {"read_only": True}, {"sandbox": True}):
-        with Store.open(path, **options) as opened:
+        with Store.open(
+            path, read_only=options.get("read_only", False), sandbox=options.get("sandbox", False)
+        ) as opened:
             assert opened.execute("SELECT current_setting('enable_progress_bar')").scalar() is False
     with open_sources({"a": path, "b": path}, live=True) as stacked:
         assert stacked.execute("SELECT current_setting('enable_progress_bar')").scalar() is False

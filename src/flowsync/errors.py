@@ -13,6 +13,9 @@ code. Must not: print, log, or hold secrets in messages.
     │   └── NotSentError          a call that changes data certainly did not act (429, never connected)
     ├── StoreError                the DuckDB file cannot be used (exit 5)
     │   ├── StoreLockedError      another process holds the file (exit 6)
+    │   ├── NewerFileError        a newer flowsync wrote it: this one refuses to write it (exit 5)
+    │   ├── StorageError          the disk refused a write: full, read-only, no permission (exit 5)
+    │   ├── DamagedFileError      the file or a snapshot is truncated or corrupt (exit 5)
     │   └── QueryError            a statement failed: ``.detail``, ``.sql``, ``.kind`` (exit 5)
     │       ├── ReadOnlyError     it would change a file opened read-only (exit 5)
     │       ├── SandboxError      it reached for files, network or extensions (sandboxed store)
@@ -20,8 +23,12 @@ code. Must not: print, log, or hold secrets in messages.
     └── PolicyError               a policy file or rule is invalid (exit 7)
         └── PolicyLimitError      a rule selects more runs than allowed (exit 8)
 
+    FlowsyncWarning               something a command goes on with but the user must hear
+                                  (the CLI prints it once on stderr; notebooks get a warning)
+
 Exit code 9 is reserved for a run that finished with partial failures
-(an apply where some batches failed); 130 for an interrupt.
+(an apply where some batches failed); 130 for an interrupt (SIGINT), 143 for
+SIGTERM (``SignalInterrupt``: 128 + the signal number, as shells report it).
 """
 
 from __future__ import annotations
@@ -75,7 +82,8 @@ class StoreError(FlowsyncError):
 
 
 class StoreLockedError(StoreError):
-    """``holder_role``: pull, apply, reader, notebook or unknown; ``holder_pid`` when known."""
+    """``holder_role``: pull, apply, plan (``plan --refresh``), reader, notebook or unknown;
+    ``holder_pid`` when known."""
 
     exit_code = 6
 
@@ -85,6 +93,45 @@ class StoreLockedError(StoreError):
         super().__init__(message)
         self.holder_pid = holder_pid
         self.holder_role = holder_role
+
+
+class NewerFileError(StoreError):
+    """The file holds migrations this flowsync does not know: a newer version wrote it.
+
+    ``written_by`` is that version (empty when the file does not say), ``ours``
+    this one, ``unknown`` the migrations it does not know. Writing would lose
+    what the newer version keeps (its columns, its tables), so only reads are allowed.
+    """
+
+    def __init__(
+        self, message: str, *, path: str, written_by: str, ours: str, unknown: list[str]
+    ) -> None:
+        super().__init__(message)
+        self.path = path
+        self.written_by = written_by
+        self.ours = ours
+        self.unknown = unknown
+
+
+class StorageError(StoreError):
+    """The filesystem refused a read or write of ``path``: ``reason`` is ``full``,
+    ``read-only``, ``permission`` or ``io``; ``detail`` is DuckDB's or the OS's words."""
+
+    def __init__(self, message: str, *, path: str, reason: str, detail: str) -> None:
+        super().__init__(message)
+        self.path = path
+        self.reason = reason
+        self.detail = detail
+
+
+class DamagedFileError(StoreError):
+    """``path`` (the live file or a snapshot) is truncated or corrupt; the message names
+    the remedy (restore the last snapshot, or re-pull; for a snapshot, the next pull)."""
+
+    def __init__(self, message: str, *, path: str, detail: str) -> None:
+        super().__init__(message)
+        self.path = path
+        self.detail = detail
 
 
 class QueryError(StoreError):
@@ -128,6 +175,24 @@ class PolicyError(FlowsyncError):
 
 class PolicyLimitError(PolicyError):
     exit_code = 8
+
+
+class FlowsyncWarning(UserWarning):
+    """A condition a command goes on with (``NewerFileWarning``); ``str()`` is one line."""
+
+
+class NewerFileWarning(FlowsyncWarning):
+    """A file written by a newer flowsync is being read (read-only) by this one."""
+
+
+class SignalInterrupt(KeyboardInterrupt):
+    """SIGTERM (systemd, Kubernetes) handled like Ctrl-C: ``signal_name``, ``exit_code``."""
+
+    def __init__(self, signum: int, signal_name: str) -> None:
+        super().__init__(signal_name)
+        self.signum = signum
+        self.signal_name = signal_name
+        self.exit_code = 128 + signum
 
 
 PARTIAL_FAILURE_EXIT = 9

@@ -34,7 +34,7 @@ from flowsync.policy.apply import (
     refresh_plan,
     reread_runs,
 )
-from flowsync.store import Store
+from flowsync.store import Store, locks
 from flowsync.store.snapshot import PublishResult, open_for_reading, publish
 from flowsync.sync import Progress, PullOptions, PullResult
 from flowsync.sync import pull as pull_runs
@@ -81,30 +81,41 @@ def plan(
     live: bool = False,
     wait: float = 0.0,
     timeout: float | None = None,
+    lock_context: str | None = None,
 ) -> Plan:
     """What ``policy`` would do to the runs in ``db``; changes nothing on the server.
 
     Reads the latest published snapshot (``live``: the live file). With
     ``refresh`` (the API to read from) every run the rules select is first
     re-read from the server into the live file, and the plan is made on it. Rule
-    SQL always runs on a read-only, sandboxed connection."""
+    SQL always runs on a read-only, sandboxed connection. ``lock_context`` says how
+    a lock on the live file is explained (``store.locks``)."""
     loaded = load_policy(policy)
     db = Path(db)
     if refresh is not None:
         # Which runs to re-read, from the live file opened read-only; the re-read on a
         # writable connection that runs no rule SQL; the plan read-only again.
-        with open_for_reading(db, live=True, wait=wait, sandbox=True) as store:
+        with open_for_reading(
+            db, live=True, wait=wait, sandbox=True, lock_context=locks.WRITE
+        ) as store:
             ids = refresh_plan(None, store, loaded)
-        with Store.open(db, wait=wait) as store, http.PrefectClient(refresh) as client:
+        with (
+            Store.open(db, wait=wait, lock_context=locks.WRITE) as store,
+            http.PrefectClient(refresh) as client,
+        ):
             reread_runs(client, store, ids)
             publish(store)  # readers see the runs the refresh re-read
-        with open_for_reading(db, live=True, wait=wait, sandbox=True) as store:
+        with open_for_reading(
+            db, live=True, wait=wait, sandbox=True, lock_context=locks.WRITE
+        ) as store:
             made = make_plan(store, loaded, timeout=timeout)
         made.refreshed = len(ids)
         return made
     # `plan` reads the published snapshot (what the last pull or apply left); `apply`
     # decides on the live file, which equals that snapshot unless a pull is running.
-    with open_for_reading(db, live=live, wait=wait, sandbox=True) as store:
+    with open_for_reading(
+        db, live=live, wait=wait, sandbox=True, lock_context=lock_context
+    ) as store:
         return make_plan(store, loaded, timeout=timeout)
 
 
@@ -140,7 +151,8 @@ def apply(
     ``result`` (``ApplyResult.new()``) to keep what was done when this raises:
     the outcomes are in it and in ``policy_actions`` whatever stops the apply."""
     db = Path(db)
-    made = plan(db, policy, live=True, wait=wait, timeout=timeout)
+    # apply has no --live: it always decides on the live file
+    made = plan(db, policy, live=True, wait=wait, timeout=timeout, lock_context=locks.LIVE_ONLY)
     if made.total == 0:
         return Applied(made, None, confirmed=False)
     check_guards(made)

@@ -1,14 +1,22 @@
 """Shared CLI plumbing: consoles, the error boundary, progress, output helpers.
 
 Owns: everything that prints. Errors become one line on stderr and the exit
-code documented in ``flowsync.errors``; data goes to stdout only.
+code documented in ``flowsync.errors``; data goes to stdout only. Inside
+``errors()`` SIGTERM (how systemd and Kubernetes stop a process) is handled
+like Ctrl-C: it raises ``SignalInterrupt`` where the program is, so what was
+committed is kept and a pull records itself ``interrupted``, then exits 143;
+and each ``FlowsyncWarning`` (a newer flowsync wrote the file) is one line on
+stderr, once.
 """
 
 from __future__ import annotations
 
 import json
+import signal
 import sys
+import threading
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date, datetime
@@ -22,7 +30,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from flowsync.errors import INTERRUPTED_EXIT, FlowsyncError
+from flowsync.errors import INTERRUPTED_EXIT, FlowsyncError, FlowsyncWarning, SignalInterrupt
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -83,18 +91,69 @@ def fail(e: FlowsyncError) -> NoReturn:
     raise typer.Exit(e.exit_code)
 
 
+def _on_sigterm(signum: int, frame: object) -> None:
+    # One-shot: a second SIGTERM must not break the bookkeeping the first one started.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise SignalInterrupt(signum, signal.Signals(signum).name)
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers belong to the main thread (a test runner's worker, say)
+        return
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def _warnings_once() -> Iterator[None]:
+    shown: set[str] = set()
+
+    def show(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: Any = None,
+        line: str | None = None,
+    ) -> None:
+        if issubclass(category, FlowsyncWarning):
+            if str(message) not in shown:
+                shown.add(str(message))
+                err.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False)
+            return
+        original(message, category, filename, lineno, file, line)
+
+    with warnings.catch_warnings():
+        original = warnings.showwarning
+        warnings.simplefilter("always", FlowsyncWarning)
+        warnings.showwarning = show
+        yield
+
+
 @contextmanager
 def errors() -> Iterator[None]:
     """The one place flowsync errors become a line on stderr and an exit code."""
-    try:
-        yield
-    except FlowsyncError as e:
-        fail(e)
-    except KeyboardInterrupt:
-        err.print(
-            "[yellow]interrupted[/]; what was committed is kept, run the command again to continue."
-        )
-        raise typer.Exit(INTERRUPTED_EXIT) from None
+    with _sigterm_as_interrupt(), _warnings_once():
+        try:
+            yield
+        except FlowsyncError as e:
+            fail(e)
+        except KeyboardInterrupt as e:
+            if isinstance(e, SignalInterrupt):
+                name, code = e.signal_name, e.exit_code
+            else:
+                name, code = "SIGINT", INTERRUPTED_EXIT
+            err.print(
+                f"[yellow]interrupted[/] ({name}); what was committed is kept, run the command "
+                "again to continue.",
+                highlight=False,
+            )
+            raise typer.Exit(code) from None
 
 
 def to_jsonable(value: Any) -> Any:

@@ -158,9 +158,10 @@ def status_cmd(
         path = resolve_db_path(db)
         with Store.open(path, read_only=True, wait=wait) as store:
             summary = sync_log.status_summary(store)
-        published = snapshot.current(path)
+        published, problem = snapshot.inspect(path)  # status reports a damaged one, not fails
     summary["db"] = str(path)
     summary["snapshot"] = published.to_json() if published else None
+    summary["snapshot_problem"] = problem or None
     if json_out:
         print_json(summary)
         return
@@ -180,7 +181,12 @@ def status_cmd(
     oldest = summary["flow_runs"]["oldest_read_at"]
     if oldest is not None:
         out.print(f"oldest re-read of a live run: {oldest:%Y-%m-%d %H:%M:%S %Z}", highlight=False)
-    if published:
+    if problem:
+        out.print(
+            f"readers cannot open the snapshot: {problem}; the next pull publishes a new one",
+            highlight=False,
+        )
+    elif published:
         out.print(
             f"readers see snapshot {published.generation} (pull #{published.pull_id or '-'}, "
             f"published {published.published_at:%Y-%m-%d %H:%M:%S %Z})",

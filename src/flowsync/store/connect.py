@@ -4,7 +4,10 @@ Owns: the one ``duckdb`` connection of a command, its transactions, and the
 one way to run SQL on it: ``Store.execute`` (rule, audit, report, sync and
 export SQL alike), which turns DuckDB's exceptions into typed store errors
 (``QueryError``, ``ReadOnlyError``, ``StoreError`` for running out of memory)
-carrying the statement and DuckDB's detail. The connection itself stays
+carrying the statement and DuckDB's detail; the disk refusing a write (full,
+read-only, no permission: ``StorageError``) and a truncated or corrupt file
+(``DamagedFileError``, naming the remedy) are typed here too, at open, in
+queries and at ``COMMIT``, so no DuckDB traceback reaches a user. The connection itself stays
 private (``_con``); only ``store/`` modules reach it, and a test keeps it so.
 ``flowsync.connect()`` (``store/notebook.py``) is the documented exception: a
 notebook asks for a DuckDB connection to run its own SQL.
@@ -16,15 +19,24 @@ files, network and extensions switched off and its configuration locked for the
 life of the connection: DuckDB cannot switch external access back on, so a
 command that runs rule SQL opens its store sandboxed from the start and does
 nothing on it that needs the outside (no Parquet, no memory settings); its
-refusals come out as ``SandboxError``. Must not: know about the API.
+refusals come out as ``SandboxError``.
+
+Versions: ``migrate`` refuses to write a file holding a migration this flowsync
+does not know (``NewerFileError``: a newer flowsync wrote it, and writing would
+lose what it keeps); a read-only store opens it, with one ``NewerFileWarning``
+(reading is safe: DuckDB cannot write through a read-only connection). A writer
+records itself in ``_flowsync_file`` (``written_by``: the newest version that
+wrote the file). Must not: know about the API.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -33,11 +45,16 @@ from typing import TYPE_CHECKING, Any
 
 import duckdb
 
+from flowsync import __version__
 from flowsync.errors import (
+    DamagedFileError,
+    NewerFileError,
+    NewerFileWarning,
     QueryError,
     QueryTimeoutError,
     ReadOnlyError,
     SandboxError,
+    StorageError,
     StoreError,
 )
 from flowsync.store import migrations
@@ -64,6 +81,102 @@ SANDBOX_CONFIG: dict[str, str | bool | int | float | list[str]] = {
 }
 # What rule SQL may spill to disk (sorts, joins, recursive CTEs) before DuckDB stops it.
 SANDBOX_SPILL = "1GiB"
+
+
+def snapshot_dir(db: Path) -> Path:
+    """``runs.duckdb`` -> ``runs.duckdb.snapshots`` (where ``store/snapshot.py`` publishes)."""
+    return db.with_name(db.name + ".snapshots")
+
+
+SNAPSHOTS_SUFFIX = ".snapshots"
+
+
+def damaged_error(path: Path, detail: str) -> DamagedFileError:
+    """A truncated or corrupt file, with the remedy that fits: a snapshot is replaced by the
+    next pull; the live file is restored from its last snapshot, or moved away and re-pulled."""
+    path = Path(path)
+    if path.parent.name.endswith(SNAPSHOTS_SUFFIX):
+        live = path.parent.with_name(path.parent.name[: -len(SNAPSHOTS_SUFFIX)])
+        return DamagedFileError(
+            f"The published snapshot {path} is damaged ({detail}); run `flowsync pull --db {live}` "
+            "to publish a new one, or read the live file (--live).",
+            path=str(path),
+            detail=detail,
+        )
+    last = snapshot_dir(path) / "current"
+    target = Path(os.path.realpath(last)) if last.is_symlink() else None
+    if target is not None and target.is_file():
+        restore = f"restore it from the last snapshot (cp {target} {path}), or move it away and"
+    else:
+        restore = "move it away and"
+    return DamagedFileError(
+        f"{path} is damaged ({detail}): {restore} run `flowsync pull --db {path}` to read the "
+        "history again from the server.",
+        path=str(path),
+        detail=detail,
+    )
+
+
+_FULL = ("No space left on device", "Disk quota exceeded", "File too large")
+_READ_ONLY = ("Read-only file system",)
+_PERMISSION = ("Permission denied", "Operation not permitted")
+_DAMAGED = (
+    "Could not read enough bytes",
+    "Corrupt database file",
+    "not a valid DuckDB database",
+)
+
+
+def storage_error(path: Path, e: BaseException, *, query: bool = False) -> StoreError | None:
+    """The typed error for a filesystem or corruption failure in ``e`` (DuckDB's or the OS's),
+    or None when ``e`` is something else. The one place that reads those words.
+
+    ``query``: ``e`` came from a statement, where a user's own ``COPY`` can meet a full
+    disk too; only failures on this file (or its WAL, or at COMMIT) are the file's."""
+    text = str(e)
+    detail = _first_line(e) if isinstance(e, Exception) else text
+    if isinstance(e, OSError) and e.strerror:
+        detail = e.strerror
+    if "Corrupt database file" in text:  # DuckDB's checksum of a block of this file
+        return damaged_error(path, detail)
+    if query and not (path.name in text or "Failed to commit" in text or "invalidated" in text):
+        return None
+    if any(w in text for w in _FULL):
+        return StorageError(
+            f"The disk holding {path} is full ({detail}); nothing from this step was saved. "
+            "Free disk space, then run the command again.",
+            path=str(path),
+            reason="full",
+            detail=detail,
+        )
+    if any(w in text for w in _READ_ONLY):
+        return StorageError(
+            f"Cannot write {path}: a read-only filesystem refused it or its write-ahead log "
+            f"{path.name}.wal ({detail}). Remount it read-write, or choose another --db.",
+            path=str(path),
+            reason="read-only",
+            detail=detail,
+        )
+    if any(w in text for w in _PERMISSION):
+        return StorageError(
+            f"Cannot write {path} or its write-ahead log {path}.wal in {path.parent} "
+            f"(permission denied: {detail}). Make the file and its directory writable for this "
+            "user, or choose another --db.",
+            path=str(path),
+            reason="permission",
+            detail=detail,
+        )
+    if any(w in text for w in _DAMAGED):
+        return damaged_error(path, detail)
+    if "database has been invalidated" in text or "Could not write file" in text:
+        return StorageError(
+            f"Writing {path} failed ({detail}); nothing from this step was saved. "
+            "Check the disk, then run the command again.",
+            path=str(path),
+            reason="io",
+            detail=detail,
+        )
+    return None
 
 
 def _check_path(path: Path, read_only: bool) -> None:
@@ -127,6 +240,8 @@ class Store:
         self.sandboxed = sandboxed
         self.memory_budget: int | None = None
         self._in_transaction = False
+        # Set when a newer flowsync wrote the file (read-only stores only): its version.
+        self.newer_file: str | None = None
 
     @classmethod
     def open(
@@ -139,12 +254,15 @@ class Store:
         sandbox: bool = False,
         memory_cap: bool = False,
         memory_limit_mb: int | None = None,
+        lock_context: str | None = None,
     ) -> Store:
         """Open (and for writers create and upgrade) the file; wait up to ``wait`` s for a lock.
 
         ``sandbox``: files, network and extensions off, configuration locked (see the module).
         ``memory_cap``: cap DuckDB's memory for a write job (``budget_memory`` with
-        ``memory_limit_mb``) while the configuration can still change."""
+        ``memory_limit_mb``) while the configuration can still change.
+        ``lock_context``: how this opener reads (``store/locks.py``), for the advice
+        when another process holds the file."""
         path = Path(path)
         _check_path(path, read_only)
         deadline = time.monotonic() + wait
@@ -163,31 +281,27 @@ class Store:
                         continue
                     from flowsync.store.locks import locked_error
 
-                    raise locked_error(path, str(e), read_only=read_only) from e
+                    raise locked_error(path, str(e), read_only=read_only, how=lock_context) from e
                 if "different configuration" in str(e):
                     raise StoreError(
                         f"{path} is already open in this process with other settings; close it first."
                     ) from e
-                if "not a valid DuckDB database" in str(e):
-                    raise StoreError(
-                        f"{path} is not a DuckDB database; choose another --db path."
-                    ) from e
-                if "Permission denied" in str(e) or "Read-only file system" in str(e):
-                    raise StoreError(
-                        f"Cannot open {path} for writing (permission denied); choose a writable --db path."
-                    ) from e
+                typed = storage_error(path, e)
+                if typed is not None:
+                    raise typed from e
                 raise StoreError(f"Cannot open {path}: {str(e).splitlines()[0]}") from e
         store = cls(con, path, read_only, sandboxed=sandbox)
         try:
-            session_settings(con)
-            if migrate:
-                store.migrate()
-            if memory_cap:
-                store.budget_memory(fixed_mb=memory_limit_mb)
-            if sandbox:
-                con.execute(f"SET max_temp_directory_size = '{SANDBOX_SPILL}'")
-                # After the time zone: nothing (rule SQL included) may change settings from here on.
-                con.execute("SET lock_configuration = true")
+            with store._errors("open"):
+                session_settings(con)
+                if migrate:
+                    store.migrate()
+                if memory_cap:
+                    store.budget_memory(fixed_mb=memory_limit_mb)
+                if sandbox:
+                    con.execute(f"SET max_temp_directory_size = '{SANDBOX_SPILL}'")
+                    # After the time zone: nothing (rule SQL included) may change settings from here on.
+                    con.execute("SET lock_configuration = true")
         except BaseException:
             con.close()
             raise
@@ -212,11 +326,77 @@ class Store:
             return set()
         return {r[0] for r in self.execute("SELECT name FROM _flowsync_migrations").rows()}
 
+    def file_versions(self) -> dict[str, str]:
+        """What ``_flowsync_file`` records: written_by, last_written_by, schema (empty before m004)."""
+        exists = self.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = '_flowsync_file'"
+        ).scalar()
+        if not exists:
+            return {}
+        return {k: v for k, v in self.execute("SELECT key, value FROM _flowsync_file").rows()}
+
+    def _check_newer(self, applied: set[str]) -> None:
+        """Refuse to write a file a newer flowsync wrote; warn once when only reading it."""
+        unknown = sorted(applied - {name for name, _ in migrations.MIGRATIONS})
+        if not unknown:
+            return
+        written_by = self.file_versions().get("written_by", "")
+        if written_by and _version_key(written_by) <= _version_key(__version__):
+            written_by = ""  # not the version that added the migration: do not name it
+        who = f"flowsync {written_by}" if written_by else "a newer flowsync"
+        if not self.read_only:
+            raise NewerFileError(
+                f"{self.path} was written by {who} (schema {unknown[-1]}, unknown to this "
+                f"flowsync {__version__}); this version will not write to it. Upgrade flowsync "
+                "(pip install -U flowsync) where this command runs, or use another --db.",
+                path=str(self.path),
+                written_by=written_by,
+                ours=__version__,
+                unknown=unknown,
+            )
+        self.newer_file = written_by or "newer"
+        warnings.warn(
+            NewerFileWarning(
+                f"{self.path} was written by {who} (schema {unknown[-1]}); this flowsync "
+                f"{__version__} reads it read-only and may miss what that version added: upgrade "
+                "flowsync to see it."
+            ),
+            stacklevel=4,
+        )
+
+    def _record_writer(self) -> None:
+        """The file says which flowsync wrote it: the newest ever, the latest, its schema."""
+        now = datetime.now(timezone.utc)
+        known = self.file_versions()
+        newest = known.get("written_by", "")
+        if not newest or _version_key(newest) < _version_key(__version__):
+            newest = __version__
+        want = {
+            "written_by": newest,
+            "last_written_by": __version__,
+            "schema": migrations.MIGRATIONS[-1][0],
+        }
+        if all(known.get(k) == v for k, v in want.items()):
+            return  # nothing to write: an unchanged file stays byte-for-byte the same
+        with self.transaction():
+            for key, value in want.items():
+                self.execute(
+                    "INSERT INTO _flowsync_file VALUES (?, ?, ?) ON CONFLICT (key) DO UPDATE "
+                    "SET value = excluded.value, updated_at = excluded.updated_at",
+                    [key, value, now],
+                )
+
     def migrate(self) -> list[str]:
-        """Apply pending migrations, each in a transaction with its record."""
+        """Apply pending migrations, each in a transaction with its record.
+
+        A file with a migration this flowsync does not know: ``NewerFileError`` for a
+        writer (before anything is written), a ``NewerFileWarning`` for a reader."""
         applied = self.applied_migrations()
+        self._check_newer(applied)
         todo = migrations.pending(applied)
         if not todo:
+            if not self.read_only:
+                self._record_writer()
             return []
         if self.read_only:
             raise StoreError(
@@ -242,6 +422,7 @@ class Store:
                     done.append(name)
         finally:
             self._con.execute("RESET memory_limit")
+        self._record_writer()
         return done
 
     # -- memory -------------------------------------------------------------
@@ -289,16 +470,27 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        self._con.execute("BEGIN TRANSACTION")
+        """BEGIN ... COMMIT; the disk failing at COMMIT (full, WAL unwritable) is a typed error."""
+        with self._errors("BEGIN TRANSACTION"):
+            self._con.execute("BEGIN TRANSACTION")
         self._in_transaction = True
         try:
             with self.memory_guard():
                 yield
         except BaseException:
-            self._con.execute("ROLLBACK")
+            # A failed COMMIT or a fatal error may already have ended the transaction:
+            # the error that got us here is the one to report.
+            with contextlib.suppress(duckdb.Error):
+                self._con.execute("ROLLBACK")
             raise
         else:
-            self._con.execute("COMMIT")
+            try:
+                with self._errors("COMMIT"):
+                    self._con.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(duckdb.Error):
+                    self._con.execute("ROLLBACK")
+                raise
         finally:
             self._in_transaction = False
 
@@ -355,6 +547,9 @@ class Store:
             with self.memory_guard(), self._time_limit(timeout) as fired:
                 yield
         except duckdb.Error as e:
+            typed = storage_error(self.path, e, query=True)
+            if typed is not None:
+                raise typed from e
             detail = _first_line(e)
             kind = type(e).__name__
             if isinstance(e, duckdb.InterruptException) and timeout and fired[0]:
@@ -440,6 +635,15 @@ class Store:
 
 
 Params = list[Any] | dict[str, Any] | None
+
+
+def _version_key(version: str) -> tuple[tuple[int, str], ...]:
+    """``0.10.1`` > ``0.9.3``; a non-numeric part sorts by its text (no packaging dependency)."""
+    parts = []
+    for part in version.replace("-", ".").replace("+", ".").split("."):
+        digits = "".join(c for c in part if c.isdigit())
+        parts.append((int(digits) if digits else -1, part))
+    return tuple(parts)
 
 
 class Result:

@@ -4,7 +4,13 @@ Owns: turning DuckDB's "Conflicting lock is held in PROGRAM (PID n)" into a
 role a user recognises (a ``flowsync pull``, an ``apply``, a reader such as a
 notebook kernel) and the advice that fits it. The role comes from the
 holder's command line (``/proc/PID/cmdline`` on Linux); elsewhere the program
-and PID are all there is. Must not: open files or signal processes.
+and PID are all there is. The advice fits both sides: the opener says how it
+reads (``how``: a writer, a reader that asked for the live file with
+``--live``, a reader that falls back to it because no snapshot is published,
+or a command that always reads the live file, such as ``status`` and the plan
+``apply`` decides on), so no command is told to drop an option it does not
+have; and a reader holding the file is said to use ``--live`` only when its
+command line has it. Must not: open files or signal processes.
 """
 
 from __future__ import annotations
@@ -16,27 +22,30 @@ from pathlib import Path
 from flowsync.errors import StoreLockedError
 
 _HOLDER = re.compile(r"Conflicting lock is held in (?P<program>.+?) \(PID (?P<pid>\d+)\)")
-_WRITERS = {"pull", "apply"}
+_WRITERS = {"pull", "apply", "plan"}  # plan: only `plan --refresh` (classify)
 _READERS = {"sql", "report", "plan", "status", "export", "policy"}
 
 
 @dataclass(frozen=True)
 class Holder:
-    """The process holding the lock: ``role`` is pull, apply, reader, notebook or unknown."""
+    """The process holding the lock: ``role`` is pull, apply, plan (``plan --refresh``, a
+    writer), reader, notebook or unknown."""
 
     pid: int | None
     program: str
     role: str
     command: str
+    live: bool = False  # its command line asked for the live file (--live)
 
     def describe(self) -> str:
         pid = f" (PID {self.pid})" if self.pid else ""
         if self.role in _WRITERS:
-            return f"a running `flowsync {self.role}`{pid}"
+            return f"a running `{self.command}`{pid}"
         if self.role == "notebook":
             return f"a notebook kernel{pid}, reading it"
         if self.role == "reader":
-            return f"`{self.command}`{pid}, reading it"
+            how = " with --live" if self.live else ""
+            return f"`{self.command}`{pid}, reading it{how}"
         if self.program:
             return f"another process {self.program}{pid}"
         return "another process"
@@ -57,7 +66,9 @@ def classify(argv: list[str]) -> tuple[str, str]:
         if name in {"flowsync", "flowsync.exe"} or arg in {"flowsync", "flowsync.cli"}:
             rest = [a for a in argv[i + 1 :] if not a.startswith("-")]
             sub = rest[0] if rest else ""
-            if sub in _WRITERS:
+            if sub == "plan" and "--refresh" in argv:
+                return "plan", "flowsync plan --refresh"
+            if sub in _WRITERS - {"plan"}:
                 return sub, f"flowsync {sub}"
             if sub in _READERS:
                 return "reader", f"flowsync {sub}"
@@ -71,32 +82,67 @@ def holder_from_error(text: str) -> Holder:
     if not m:
         return Holder(None, "", "unknown", "")
     pid = int(m.group("pid"))
-    role, command = classify(_cmdline(pid))
-    return Holder(pid, m.group("program"), role, command)
+    argv = _cmdline(pid)
+    role, command = classify(argv)
+    return Holder(pid, m.group("program"), role, command, live="--live" in argv)
 
 
-def locked_error(path: Path, text: str, *, read_only: bool) -> StoreLockedError:
+# How the opener reads or writes the file (``Store.open(lock_context=...)``).
+WRITE = "write"  # pull, apply, plan --refresh, connect(read_only=False)
+LIVE = "live"  # a reader that asked for the live file: --live, connect(live=True)
+FALLBACK = "fallback"  # a reader on a file with no published snapshot yet
+LIVE_ONLY = "live-only"  # always reads the live file (status; the plan apply decides on)
+
+
+def locked_error(
+    path: Path, text: str, *, read_only: bool, how: str | None = None
+) -> StoreLockedError:
     """The error for a refused open of ``path``: who holds it (as data too) and what to do."""
     holder = holder_from_error(text)
-    message = _message(path, holder, read_only=read_only)
+    message = _message(path, holder, how or (LIVE_ONLY if read_only else WRITE))
     return StoreLockedError(message, holder_pid=holder.pid, holder_role=holder.role)
 
 
-def _message(path: Path, holder: Holder, *, read_only: bool) -> str:
+def _message(path: Path, holder: Holder, how: str) -> str:
     who = holder.describe()
-    if read_only:
-        # Only a --live reader (or a file without a snapshot yet) meets a lock.
+    if how == LIVE:
         return (
-            f"{path} is held by {who}. Read the published snapshot instead (drop --live; "
-            "`flowsync.connect()` does by default), or wait with --wait SECONDS."
+            f"{path} is held by {who}. Read the published snapshot instead (drop --live, or "
+            "`flowsync.connect()` without live=True), or wait with --wait SECONDS."
         )
+    if how == FALLBACK:
+        return (
+            f"{path} has no published snapshot yet and is held by {who}; "
+            + (
+                "the first pull of this flowsync version publishes one when it finishes: "
+                if holder.role == "pull"
+                else "the next pull publishes one: "
+            )
+            + "wait with --wait SECONDS."
+        )
+    if how == LIVE_ONLY:
+        finish = "wait for it to finish" if holder.role in _WRITERS else "wait for it to close"
+        return f"{path} is held by {who}; this command reads the live file: {finish}, or pass --wait SECONDS."
     if holder.role in _WRITERS:
         return f"{path} is held by {who}; wait for it to finish, or pass --wait SECONDS."
-    if holder.role in {"notebook", "reader", "unknown"}:
+    if holder.role == "reader" and not holder.live:
+        # It did not ask for the live file: the snapshot folder is missing (or was never
+        # published), so it fell back to it. The next publish gives readers a snapshot again.
+        return (
+            f"{path} is held by {who}: it reads the live file because {path} has no published "
+            "snapshot (the snapshot folder is missing). Wait for it to finish (--wait SECONDS); "
+            "this pull then publishes a snapshot, which readers open instead of the live file."
+        )
+    if holder.role == "reader":
+        return (
+            f"{path} is held by {who}, which blocks writers. Wait for it to finish (--wait SECONDS); "
+            "run it without --live to read the published snapshot, which never blocks a pull."
+        )
+    if holder.role in {"notebook", "unknown"}:
         return (
             f"{path} is held by {who}, which blocks writers. Close that connection "
-            "(con.close(), or restart the kernel); readers should open the published snapshot "
-            "(`flowsync.connect()` without live=True, commands without --live), which never "
-            "blocks a pull. Or pass --wait SECONDS."
+            "(con.close(), or restart the kernel); notebooks should open the published snapshot "
+            "(`flowsync.connect()` without live=True), which never blocks a pull. "
+            "Or pass --wait SECONDS."
         )
     return f"{path} is in use by {who}; wait for it, or pass --wait SECONDS."

@@ -2,7 +2,9 @@
 
 Owns: the DDL of every table. Each migration runs once, in a transaction with
 its record, in order; opening an older file upgrades it. A released migration is
-never edited: change the schema by appending ``m00N_...``. Must not: hold data
+never edited: change the schema by appending ``m00N_...``. A file holding a
+migration this list does not know was written by a newer flowsync: ``Store``
+refuses to write it (``NewerFileError``) and reads it read-only only. Must not: hold data
 logic (that is ``synced_tables``) or views (rebuilt from ``sql/`` on every pull).
 """
 
@@ -190,5 +192,22 @@ def m003_flow_runs_without_primary_key(con: Any) -> None:
         ALTER TABLE flow_runs_m003 RENAME TO flow_runs;
         ALTER TABLE flow_runs ALTER COLUMN id SET NOT NULL;
         ALTER TABLE flow_runs ALTER COLUMN synced_at SET NOT NULL;
+        """
+    )
+
+
+@migration
+def m004_file_versions(con: Any) -> None:
+    # Which flowsync wrote the file: `written_by` is the newest version that ever wrote
+    # it, `last_written_by` the latest, `schema` its newest migration. An older flowsync
+    # meeting a migration it does not know refuses to write (Store.migrate); these rows
+    # let it say which version did.
+    con.execute(
+        """
+        CREATE TABLE _flowsync_file (
+            key VARCHAR PRIMARY KEY,          -- written_by | last_written_by | schema
+            value VARCHAR NOT NULL,
+            updated_at TIMESTAMPTZ NOT NULL
+        );
         """
     )

@@ -20,7 +20,7 @@ from pathlib import Path
 import duckdb
 
 from flowsync.errors import ConfigError, StoreError
-from flowsync.store.connect import Store, _check_path, session_settings
+from flowsync.store.connect import Store, _check_path, session_settings, storage_error
 from flowsync.store.snapshot import current
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -73,13 +73,18 @@ def _attach(con: duckdb.DuckDBPyConnection, name: str, db: Path, live: bool) -> 
         except duckdb.IOException as e:
             if info is not None and not info.path.exists():
                 continue  # replaced by a newer snapshot between resolving and attaching
-            from flowsync.store.locks import locked_error
+            from flowsync.store import locks
 
             if "lock" in str(e).lower():
-                raise locked_error(db, str(e), read_only=True) from e
-            raise StoreError(f"Cannot open {path}: {str(e).splitlines()[0]}") from e
+                how = locks.LIVE if live else locks.FALLBACK
+                raise locks.locked_error(db, str(e), read_only=True, how=how) from e
+            raise storage_error(path, e) or StoreError(
+                f"Cannot open {path}: {str(e).splitlines()[0]}"
+            ) from e
         except duckdb.Error as e:
-            raise StoreError(f"Cannot open {path}: {str(e).splitlines()[0]}") from e
+            raise storage_error(path, e) or StoreError(
+                f"Cannot open {path}: {str(e).splitlines()[0]}"
+            ) from e
     raise StoreError(f"The snapshots of {db} kept changing while opening one; try again.")
 
 

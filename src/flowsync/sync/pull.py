@@ -17,7 +17,7 @@ from typing import Any
 from flowsync import views
 from flowsync.api import Page, PrefectClient
 from flowsync.api.pagination import pages_by_id, parse_ts
-from flowsync.errors import FlowsyncError
+from flowsync.errors import FlowsyncError, SignalInterrupt
 from flowsync.store import Store, sync_log, synced_tables
 from flowsync.store.tables import DEPLOYMENTS, FLOW_RUNS, FLOWS
 from flowsync.sync import catalog, identity, runs
@@ -104,7 +104,14 @@ def pull(
             views.rebuild(store)
     except BaseException as e:
         status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
-        message = str(e) if isinstance(e, FlowsyncError) else f"{type(e).__name__}: {e}"
+        if isinstance(e, SignalInterrupt):
+            message = f"stopped by {e.signal_name}; what was committed is kept"
+        elif isinstance(e, KeyboardInterrupt):
+            message = "stopped by SIGINT (Ctrl-C); what was committed is kept"
+        elif isinstance(e, FlowsyncError):
+            message = str(e)
+        else:
+            message = f"{type(e).__name__}: {e}"
         try:
             with store.transaction():
                 sync_log.finish_sync_run(

@@ -1,0 +1,585 @@
+"""The DuckDB file under faults of its own: versions, damaged snapshots, full or read-only
+disks, unwritable WALs, truncated and bit-flipped files, SIGTERM, and locks.
+
+Each fault asserts the exit code, exactly one line on stderr (no traceback),
+and, where a pull can follow, the file equal to the server after that pull.
+Tests without a server build their file through ``Store`` and ``publish``;
+the others pull from the session server (``prefect``, read-only: nothing here
+changes its data). Disk faults use small tmpfs mounts (root only; skipped
+with the reason elsewhere); WAL and read-only faults use a read-only mount,
+which holds even for root where file modes do not.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+
+import flowsync
+from flowsync.errors import DamagedFileError, NewerFileError, NewerFileWarning
+from flowsync.store import Store
+from flowsync.store.locks import classify
+from flowsync.store.snapshot import CURRENT, publish, snapshot_dir
+from tests.helpers import SeededServer, query, run_cli, scalar
+from tests.server_truth import assert_matches_server
+from tests.support.seed import seed
+from tests.support.server import Server
+
+# -- helpers -------------------------------------------------------------------------------------
+
+POLICY = """\
+version: 1
+max_actions: 1000
+rules:
+  - name: purge-completed
+    action: delete
+    sql: SELECT id FROM flow_runs WHERE deleted_at IS NULL AND state_type = 'COMPLETED'
+"""
+UNREACHABLE = "http://127.0.0.1:9/api"  # never reached: every fault here stops the command first
+
+
+def stderr_lines(result: Any) -> list[str]:
+    return [line for line in result.stderr.splitlines() if line.strip()]
+
+
+def one_line(result: Any, code: int) -> str:
+    """The command exited ``code`` with exactly one line on stderr; returns it."""
+    lines = stderr_lines(result)
+    assert result.exit_code == code, result.output
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+def built(folder: Path, runs: int = 2000) -> Path:
+    """A file with ``runs`` flow runs and one published snapshot, without a server."""
+    db = folder / "runs.duckdb"
+    with Store.open(db) as store:
+        store.execute(
+            "INSERT INTO flow_runs (id, name, state_type, synced_at) "
+            "SELECT uuid(), 'run-' || i, 'COMPLETED', now() FROM range(?) r(i)",
+            [runs],
+        )
+        publish(store)
+    return db
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def truncate(path: Path) -> None:
+    with path.open("r+b") as f:
+        f.truncate(path.stat().st_size // 2)
+
+
+def flip_bits(path: Path) -> None:
+    """Flip a byte in every 256 KiB block after the headers: DuckDB's checksums catch each."""
+    size = path.stat().st_size
+    with path.open("r+b") as f:
+        for offset in range(12288 + 100, size, 262144):
+            f.seek(offset)
+            byte = f.read(1)
+            f.seek(offset)
+            f.write(bytes([byte[0] ^ 0xFF]))
+
+
+def add_future_migration(db: Path, version: str = "9.0.0") -> None:
+    """What a newer flowsync leaves: a migration this one does not know, a column it added."""
+    con = duckdb.connect(str(db))
+    try:
+        con.execute("INSERT INTO _flowsync_migrations VALUES ('m999_from_the_future', now())")
+        con.execute("ALTER TABLE flow_runs ADD COLUMN future_column VARCHAR")
+        con.execute("UPDATE flow_runs SET future_column = 'kept'")
+        con.execute("UPDATE _flowsync_file SET value = ? WHERE key = 'written_by'", [version])
+        con.execute("CHECKPOINT")
+    finally:
+        con.close()
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
+    """``tmpfs("2m")``: a fresh tmpfs of that size, unmounted afterwards (root only)."""
+    mounted: list[Path] = []
+
+    def mount(size: str, options: str = "") -> Path:
+        point = tmp_path / f"mnt{len(mounted)}"
+        point.mkdir()
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}{options}", "tmpfs", str(point)],
+            capture_output=True,
+            text=True,
+        )
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
+        mounted.append(point)
+        return point
+
+    yield mount
+    for point in reversed(mounted):
+        subprocess.run(["umount", "-l", str(point)], check=False)
+
+
+def remount(point: Path, options: str) -> None:
+    subprocess.run(["mount", "-o", f"remount,{options}", str(point)], check=True)
+
+
+# -- 1. versioned files ----------------------------------------------------------------------------
+
+
+def test_the_file_records_which_flowsync_wrote_it(tmp_path: Path) -> None:
+    db = built(tmp_path, runs=1)
+    with Store.open(db, read_only=True) as store:
+        versions = store.file_versions()
+    assert versions["written_by"] == flowsync.__version__
+    assert versions["schema"] == "m004_file_versions"
+
+
+def test_a_newer_file_is_never_written_and_read_only_with_one_warning(tmp_path: Path) -> None:
+    db = built(tmp_path, runs=50)
+    add_future_migration(db)
+    before = sha256(db)
+
+    refused = run_cli("pull", "--full", "--api-url", UNREACHABLE, "--db", str(db))
+    line = one_line(refused, 5)
+    assert "written by flowsync 9.0.0" in line and f"this flowsync {flowsync.__version__}" in line
+    assert "Upgrade flowsync" in line and "another --db" in line
+    with pytest.raises(NewerFileError) as caught:
+        Store.open(db)
+    assert caught.value.written_by == "9.0.0" and caught.value.unknown == ["m999_from_the_future"]
+    assert sha256(db) == before and not Path(f"{db}.wal").exists()
+
+    read = run_cli("sql", "SELECT count(future_column) FROM flow_runs", "--live", "--db", str(db))
+    assert read.exit_code == 0, read.output
+    assert "50" in read.stdout
+    (warning,) = stderr_lines(read)
+    assert warning.startswith("warning:") and "read-only" in warning and "9.0.0" in warning
+    assert sha256(db) == before
+
+
+def test_a_notebook_reading_a_newer_file_gets_a_warning_and_cannot_write_it(
+    tmp_path: Path,
+) -> None:
+    db = built(tmp_path, runs=3)
+    add_future_migration(db)
+    with pytest.warns(NewerFileWarning, match="9.0.0"):
+        con = flowsync.connect(db, live=True)
+    try:
+        assert con.execute("SELECT count(future_column) FROM flow_runs").fetchone() == (3,)
+    finally:
+        con.close()
+    with pytest.raises(NewerFileError):
+        flowsync.connect(db, read_only=False)
+
+
+def test_a_snapshot_from_a_newer_flowsync_is_read_with_one_warning(tmp_path: Path) -> None:
+    db = built(tmp_path, runs=5)
+    published = snapshot_dir(db) / os.readlink(snapshot_dir(db) / CURRENT)
+    add_future_migration(published)  # as a newer flowsync publishes it, with its metadata:
+    meta = published.with_suffix(".json")
+    info = json.loads(meta.read_text())
+    meta.write_text(
+        json.dumps({**info, "bytes": published.stat().st_size, "flowsync_version": "9.0.0"})
+    )
+    read = run_cli("sql", "SELECT count(future_column) FROM flow_runs", "--db", str(db))
+    assert read.exit_code == 0, read.output
+    (warning,) = stderr_lines(read)
+    assert str(published) in warning and "9.0.0" in warning
+
+
+# -- 2. snapshots that cannot be confused ----------------------------------------------------------
+
+
+def test_generations_never_repeat_so_a_notebook_never_gets_an_old_view(tmp_path: Path) -> None:
+    db = tmp_path / "runs.duckdb"
+    count = "SELECT count(*) FROM flows"
+    with Store.open(db) as store:
+        store.execute("INSERT INTO flows (id, name, synced_at) VALUES (uuid(), 'a', now())")
+        first = publish(store).snapshot
+        notebook = flowsync.connect(db)  # a long-lived kernel keeps this open
+        assert notebook.execute(count).fetchone() == (1,)
+        shutil.rmtree(snapshot_dir(db))  # someone cleans up
+        store.execute("INSERT INTO flows (id, name, synced_at) VALUES (uuid(), 'b', now())")
+        second = publish(store).snapshot
+    assert second.generation > first.generation and second.path != first.path
+    fresh = flowsync.connect(db)  # same process: DuckDB's per-path cache must not answer
+    try:
+        assert fresh.execute(count).fetchone() == (2,)
+        assert notebook.execute(count).fetchone() == (1,)  # its own view, as documented
+    finally:
+        fresh.close()
+        notebook.close()
+
+
+def _damage_pointer(db: Path, kind: str) -> None:
+    folder = snapshot_dir(db)
+    pointer = folder / CURRENT
+    target = folder / os.readlink(pointer)
+    if kind == "file":
+        pointer.unlink()
+        pointer.write_text("00000001.duckdb\n")
+    elif kind == "directory":
+        pointer.unlink()
+        pointer.mkdir()
+    elif kind == "dangling":
+        target.unlink()
+    elif kind == "truncated":
+        truncate(target)
+
+
+@pytest.mark.parametrize("kind", ["file", "directory", "dangling", "truncated"])
+def test_a_damaged_current_is_reported_to_readers_and_rebuilt_by_the_next_writer(
+    tmp_path: Path, kind: str
+) -> None:
+    db = built(tmp_path, runs=20)
+    _damage_pointer(db, kind)
+    refused = run_cli("sql", "SELECT count(*) FROM flow_runs", "--db", str(db))
+    line = one_line(refused, 5)
+    assert "snapshot" in line and "damaged" in line and f"flowsync pull --db {db}" in line
+    assert "--live" in line and "changed 5 times" not in line
+    with pytest.raises(DamagedFileError):
+        flowsync.connect(db)
+    status = run_cli("status", "--db", str(db))  # reads the live file: reports, never fails
+    assert status.exit_code == 0 and "readers cannot open the snapshot" in status.stdout
+
+    with Store.open(db) as store:  # a writer that changed nothing (a no-change pull)
+        result = publish(store, changed=False)
+    assert result.published and "damaged" in result.reason
+    read = run_cli("sql", "SELECT count(*) FROM flow_runs", "--db", str(db), "--format", "csv")
+    assert read.exit_code == 0, read.output
+    assert read.stdout.splitlines()[-1] == "20"
+
+
+# -- 5. lock messages that fit the command and the holder -----------------------------------------
+
+
+def _holder(db: Path, *argv: str) -> subprocess.Popen[str]:
+    """A real process holding ``db``, whose command line reads ``argv``."""
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); print('ok', flush=True); "
+            "time.sleep(60)",
+            str(db),
+            *argv,
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ok"
+    return proc
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["status"],
+        ["apply", "POLICY", "--yes", "--api-url", UNREACHABLE],
+        ["plan", "POLICY", "--refresh", "--api-url", UNREACHABLE],
+    ],
+)
+def test_commands_without_live_are_never_told_to_drop_it(
+    tmp_path: Path, command: list[str]
+) -> None:
+    db = built(tmp_path, runs=1)
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY)
+    holder = _holder(db, "flowsync", "pull")
+    try:
+        args = [str(policy) if a == "POLICY" else a for a in command]
+        line = one_line(run_cli(*args, "--db", str(db)), 6)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert f"a running `flowsync pull` (PID {holder.pid})" in line
+    assert "--live" not in line and "--wait" in line
+
+
+def test_a_reader_that_fell_back_to_the_live_file_is_not_said_to_use_live(
+    tmp_path: Path,
+) -> None:
+    db = built(tmp_path, runs=1)
+    shutil.rmtree(snapshot_dir(db))  # readers now read the live file
+    holder = _holder(db, "flowsync", "sql", "SELECT 1")
+    try:
+        line = one_line(run_cli("pull", "--api-url", UNREACHABLE, "--db", str(db)), 6)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert f"`flowsync sql` (PID {holder.pid})" in line
+    assert "no published snapshot" in line and "--live" not in line
+
+
+def test_plan_refresh_is_a_writer_and_other_plans_are_readers() -> None:
+    assert classify(["/venv/bin/flowsync", "plan", "p.yaml", "--refresh"]) == (
+        "plan",
+        "flowsync plan --refresh",
+    )
+    assert classify(["/venv/bin/flowsync", "plan", "p.yaml"])[0] == "reader"
+
+
+def test_a_live_reader_is_named_as_one(tmp_path: Path) -> None:
+    db = built(tmp_path, runs=1)
+    holder = _holder(db, "flowsync", "report", "failures", "--live")
+    try:
+        line = one_line(run_cli("pull", "--api-url", UNREACHABLE, "--db", str(db)), 6)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert "reading it with --live" in line and "without --live" in line
+
+
+# -- 3 and 6. an unreadable file: one line, exit 5, the remedy, for every command ------------------
+
+COMMANDS = {
+    "pull": ["pull", "--api-url", UNREACHABLE],
+    "sql": ["sql", "SELECT count(*) FROM flow_runs", "--live"],
+    "report": ["report", "failures", "--live"],
+    "status": ["status"],
+    "export": ["export", "--format", "parquet", "OUT", "--live"],
+    "plan": ["plan", "POLICY", "--live"],
+    "apply": ["apply", "POLICY", "--yes", "--api-url", UNREACHABLE],
+}
+
+
+@pytest.mark.parametrize("damage", [truncate, flip_bits], ids=["truncated", "bit-flipped"])
+def test_a_damaged_file_is_exit_5_with_the_remedy_for_every_command(
+    tmp_path: Path, damage: Callable[[Path], None]
+) -> None:
+    db = built(tmp_path)
+    snapshot = snapshot_dir(db) / os.readlink(snapshot_dir(db) / CURRENT)
+    damage(db)
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY)
+    for name, command in COMMANDS.items():
+        args = [
+            str(policy) if a == "POLICY" else str(tmp_path / "out") if a == "OUT" else a
+            for a in command
+        ]
+        line = one_line(run_cli(*args, "--db", str(db)), 5)
+        assert f"{db} is damaged" in line, (name, line)
+        assert f"restore it from the last snapshot (cp {snapshot} {db})" in line, (name, line)
+        assert f"flowsync pull --db {db}" in line, (name, line)
+    # The snapshot readers use by default is intact: they go on working.
+    read = run_cli("sql", "SELECT count(*) FROM flow_runs", "--db", str(db), "--format", "csv")
+    assert read.exit_code == 0 and read.stdout.splitlines()[-1] == "2000", read.output
+
+
+# -- against the session server: the fault, its one line, then the next pull matches the server ---
+
+
+def pull_cli(url: str, db: Path, *extra: str) -> Any:
+    return run_cli("pull", "--api-url", url, "--db", str(db), "--quiet", *extra)
+
+
+def test_pull_full_by_an_older_flowsync_leaves_a_newer_file_untouched(
+    prefect: SeededServer, tmp_path: Path
+) -> None:
+    db = tmp_path / "runs.duckdb"
+    assert pull_cli(prefect.url, db).exit_code == 0
+    add_future_migration(db)
+    before, rows = sha256(db), query(db, "SELECT * FROM flow_runs ORDER BY id")
+    line = one_line(pull_cli(prefect.url, db, "--full"), 5)
+    assert "written by flowsync 9.0.0" in line
+    assert sha256(db) == before and query(db, "SELECT * FROM flow_runs ORDER BY id") == rows
+    assert scalar(db, "SELECT count(*) FROM flow_runs WHERE future_column = 'kept'") == len(rows)
+
+
+def test_a_no_change_pull_replaces_a_truncated_current_snapshot(
+    prefect: SeededServer, tmp_path: Path
+) -> None:
+    db = tmp_path / "runs.duckdb"
+    assert pull_cli(prefect.url, db).exit_code == 0
+    _damage_pointer(db, "truncated")
+    one_line(run_cli("sql", "SELECT count(*) FROM flow_runs", "--db", str(db)), 5)
+    assert pull_cli(prefect.url, db).exit_code == 0  # nothing changed on the server
+    read = run_cli("sql", "SELECT count(*) FROM flow_runs", "--db", str(db), "--format", "csv")
+    assert read.exit_code == 0, read.output
+    assert_matches_server(db, prefect.url)
+
+
+@pytest.mark.parametrize("damage", [truncate, flip_bits], ids=["truncated", "bit-flipped"])
+def test_a_damaged_file_restored_from_its_snapshot_then_pulled_matches_the_server(
+    prefect: SeededServer, tmp_path: Path, damage: Callable[[Path], None]
+) -> None:
+    db = tmp_path / "runs.duckdb"
+    assert pull_cli(prefect.url, db).exit_code == 0
+    snapshot = snapshot_dir(db) / os.readlink(snapshot_dir(db) / CURRENT)
+    damage(db)
+    line = one_line(pull_cli(prefect.url, db), 5)
+    assert f"cp {snapshot} {db}" in line
+    shutil.copyfile(snapshot, db)  # the remedy the line names
+    assert pull_cli(prefect.url, db).exit_code == 0
+    assert_matches_server(db, prefect.url)
+
+
+# Fractions of a full pull's file size: full at open, mid-pull (twice), at the snapshot copy,
+# and room for everything.
+DISK_SIZES = [0.05, 0.4, 0.8, 1.3, 3.0]
+
+
+@pytest.mark.parametrize("fraction", DISK_SIZES)
+def test_a_full_disk_is_one_line_exit_5_recorded_and_the_next_pull_matches(
+    prefect: SeededServer,
+    tmp_path: Path,
+    tmpfs: Callable[[str], Path],
+    fraction: float,
+) -> None:
+    reference = tmp_path / "reference.duckdb"
+    assert pull_cli(prefect.url, reference).exit_code == 0
+    size = max(int(reference.stat().st_size * fraction) // 4096 * 4096, 4096)
+    disk = tmpfs(str(size))
+    db = disk / "runs.duckdb"
+    result = pull_cli(prefect.url, db)
+    assert (result.exit_code == 0) == (fraction >= 3), result.output  # each size below fails
+    if result.exit_code != 0:
+        line = one_line(result, 5)
+        assert "No space left on device" in line, line
+        assert "Free disk space" in line or "free disk space" in line, line
+        if db.exists() and db.stat().st_size > 0:
+            try:
+                last = query(db, "SELECT status, error FROM sync_runs ORDER BY id DESC LIMIT 1")
+            except duckdb.Error:
+                last = []  # full before the file had its schema
+            for status, error in last:
+                # failed with the disk's words, or ok when only the publish after it failed
+                assert status in {"failed", "ok"}, (status, error)
+                if status == "failed":
+                    assert "No space left on device" in error
+                else:
+                    assert "What the pull or apply wrote is saved" in line
+    remount(disk, "size=256m")
+    again = pull_cli(prefect.url, db)
+    assert again.exit_code == 0, again.output
+    assert_matches_server(db, prefect.url)
+
+
+def test_a_read_only_mount_refuses_writers_in_one_line_and_readers_go_on(
+    prefect: SeededServer, tmp_path: Path, tmpfs: Callable[[str], Path]
+) -> None:
+    disk = tmpfs("64m")
+    db = disk / "runs.duckdb"
+    assert pull_cli(prefect.url, db).exit_code == 0
+    remount(disk, "ro")
+    line = one_line(pull_cli(prefect.url, db), 5)
+    assert "read-only" in line and "Remount it read-write" in line
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY)
+    applied = run_cli("apply", str(policy), "--yes", "--api-url", prefect.url, "--db", str(db))
+    assert "read-only" in one_line(applied, 5)
+    for reader in (
+        ["sql", "SELECT count(*) FROM flow_runs"],
+        ["sql", "SELECT count(*) FROM flow_runs", "--live"],
+        ["status"],
+        ["report", "failures"],
+        ["export", "--format", "parquet", str(tmp_path / "out"), "--quiet"],
+    ):
+        read = run_cli(*reader, "--db", str(db))
+        assert read.exit_code == 0 and not read.stderr.strip(), (reader, read.output)
+    remount(disk, "rw")
+    assert pull_cli(prefect.url, db).exit_code == 0
+    assert_matches_server(db, prefect.url)
+
+
+def test_an_unwritable_wal_is_one_line_exit_5(
+    prefect: SeededServer, tmp_path: Path, tmpfs: Callable[[str], Path]
+) -> None:
+    db = tmp_path / "runs.duckdb"
+    assert pull_cli(prefect.url, db).exit_code == 0
+    readonly = tmpfs("1m")
+    remount(readonly, "ro")
+    wal = Path(f"{db}.wal")
+    wal.symlink_to(readonly / "runs.duckdb.wal")  # the WAL can be neither created nor written
+    line = one_line(pull_cli(prefect.url, db, "--full"), 5)
+    assert "runs.duckdb.wal" in line and "read-only" in line
+    wal.unlink()
+    assert pull_cli(prefect.url, db).exit_code == 0
+    assert_matches_server(db, prefect.url)
+
+
+# A pull that stops right after committing its first page of runs, until a signal comes.
+PAUSED_PULL = """
+import signal, sys
+from flowsync.sync import context
+original = context.PullContext.write_pages
+def write_pages(self, spec, pages, state=None):
+    n = original(self, spec, pages, state)
+    if spec.name == "flow_runs":
+        print("committed", flush=True)
+        signal.pause()  # until the test's SIGTERM
+    return n
+context.PullContext.write_pages = write_pages
+from flowsync.cli import app
+app(sys.argv[1:], prog_name="flowsync")
+"""
+
+
+def test_sigterm_keeps_committed_runs_records_the_signal_and_exits_143(
+    prefect: SeededServer, tmp_path: Path
+) -> None:
+    db = tmp_path / "runs.duckdb"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            PAUSED_PULL,
+            "pull",
+            "--db",
+            str(db),
+            "--quiet",
+            "--concurrency",
+            "1",
+        ],
+        env={**os.environ, "PREFECT_API_URL": prefect.url},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "committed"
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "interrupted (SIGTERM)" in lines[0], stderr
+    assert "what was committed is kept" in lines[0]
+    assert scalar(db, "SELECT count(*) FROM flow_runs") > 0  # the committed page
+    status, error = query(db, "SELECT status, error FROM sync_runs ORDER BY id DESC LIMIT 1")[0]
+    assert status == "interrupted" and "SIGTERM" in error
+    assert pull_cli(prefect.url, db).exit_code == 0
+    assert_matches_server(db, prefect.url)
+
+
+def test_apply_whose_publish_fails_shows_its_summary_then_one_error(
+    fresh_server: Server, tmp_path: Path
+) -> None:
+    url, db = fresh_server.url, tmp_path / "runs.duckdb"
+    seed(url, runs=12, flows=1, deployments_per_flow=1, seed_value=20)
+    assert pull_cli(url, db).exit_code == 0
+    shutil.rmtree(snapshot_dir(db))
+    snapshot_dir(db).write_text("in the way\n")  # publishing after the calls fails
+    policy = tmp_path / "purge.yaml"
+    policy.write_text(POLICY.replace("AND state_type = 'COMPLETED'", ""))
+    applied = run_cli("apply", str(policy), "--yes", "--api-url", url, "--db", str(db))
+    assert applied.exit_code == 5, applied.output
+    lines = stderr_lines(applied)
+    assert any(line.startswith("success: 12 done") for line in lines), applied.stderr
+    assert (
+        lines[-1].startswith("error: Cannot publish a snapshot")
+        and "Traceback" not in applied.output
+    )
+    snapshot_dir(db).unlink()
+    assert pull_cli(url, db).exit_code == 0
+    assert_matches_server(db, url)
