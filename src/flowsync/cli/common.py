@@ -28,7 +28,14 @@ from uuid import UUID
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from flowsync.errors import INTERRUPTED_EXIT, FlowsyncError, FlowsyncWarning, SignalInterrupt
 
@@ -185,6 +192,8 @@ class TerminalProgress:
             MofNCompleteColumn(),
             TextColumn("{task.fields[rate]}"),
             TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
             console=err,
             transient=False,
         )
