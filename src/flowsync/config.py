@@ -10,6 +10,7 @@ puts them in a header.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -56,6 +57,18 @@ class ApiSettings:
         if self.auth_string is not None:
             return "auth string (basic)"
         return "none"
+
+
+_CLOUD = re.compile(
+    r"/api/accounts/(?P<account>[0-9a-f-]{36})/workspaces/(?P<workspace>[0-9a-f-]{36})$",
+    re.IGNORECASE,
+)
+
+
+def cloud_workspace(url: str) -> tuple[str, str] | None:
+    """(account id, workspace id) of a Prefect Cloud workspace URL, else None."""
+    m = _CLOUD.search(url.rstrip("/"))
+    return (m.group("account").lower(), m.group("workspace").lower()) if m else None
 
 
 def mask_url(url: str) -> str:

@@ -9,7 +9,11 @@ code. Must not: print, log, or hold secrets in messages.
     ├── ConfigError               bad settings, flags, files (exit 2)
     ├── ApiError                  the Prefect API failed or answered nonsense (exit 3)
     │   ├── AuthError             401/403 (exit 4)
-    │   └── UncertainError        a call that changes data got no answer: it may have been applied
+    │   ├── UncertainError        a call that changes data got no answer: it may have been applied
+    │   ├── NotSentError          a call that changes data never reached the server (safe to resend, after a re-check)
+    │   ├── ThrottledError        a call that changes data answered 429: not applied (``retry_after``)
+    │   ├── NotFoundError         404 for an object (``path``): it does not exist (any more)
+    │   └── UnsupportedError      the server lacks an endpoint (``endpoint``, ``version``, ``needs``)
     ├── StoreError                the DuckDB file cannot be used (exit 5)
     │   ├── StoreLockedError      another process holds the file (exit 6)
     │   └── QueryError            a statement failed: ``.detail``, ``.sql``, ``.kind`` (exit 5)
@@ -51,6 +55,40 @@ class UncertainError(ApiError):
     def __init__(self, message: str, problem: str) -> None:
         super().__init__(message)
         self.problem = problem
+
+
+class NotSentError(ApiError):
+    """A non-idempotent call never reached the server (the connection was never made):
+    nothing was applied. The transport does not resend it; the caller re-checks, then may."""
+
+
+class ThrottledError(ApiError):
+    """A non-idempotent call answered 429: the server did not act on it. The transport does
+    not resend it; the caller waits ``retry_after`` seconds (None: the server did not say),
+    re-checks, then may send again."""
+
+    def __init__(self, message: str, retry_after: float | None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class NotFoundError(ApiError):
+    """The API answered 404 for ``path``: the object does not exist (any more)."""
+
+    def __init__(self, message: str, path: str) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class UnsupportedError(ApiError):
+    """The server has no ``endpoint``: its ``version`` (None: it does not say) is older than
+    ``needs``, the first release that has it."""
+
+    def __init__(self, message: str, *, endpoint: str, version: str | None, needs: str) -> None:
+        super().__init__(message)
+        self.endpoint = endpoint
+        self.version = version
+        self.needs = needs
 
 
 class StoreError(FlowsyncError):

@@ -2,13 +2,28 @@
 
 Owns: every request flowsync makes. Read-only calls retry 429 (honouring
 ``Retry-After``), 500/502/503/504, transport errors and unreadable bodies, with
-bounded exponential backoff and full jitter. Calls that change data (the bulk
-endpoints) are never resent blindly: they retry only what proves the server did
-not act (429, a connection that was never made) and raise ``UncertainError`` for
-anything that may have been applied (5xx, a dropped connection, a timeout, an
-unreadable body), so the caller can read the server's state first. Everything
-else becomes ``ApiError``/``AuthError`` with one line that names the URL. Must not: print,
-touch the store, or let the API key out of the ``Authorization`` header.
+bounded exponential backoff and full jitter. Calls that change data
+(``idempotent=False``: the bulk endpoints, ``delete_flow_run``,
+``set_flow_run_state``) are sent exactly once and never resent by this
+transport: a 429 raises ``ThrottledError`` (with ``retry_after``), a connection
+that was never made raises ``NotSentError`` (neither was applied), and anything
+that may have been applied (5xx, a dropped connection, a timeout, an
+unreadable body) raises ``UncertainError``; the caller re-checks the server's
+state before it sends again. Everything else becomes ``ApiError``/``AuthError``
+(``NotFoundError`` for a 404, ``UnsupportedError`` for an endpoint the server's
+version lacks) with one line that names the URL.
+
+What the server can do (``capabilities()``) is read once, from
+``GET /admin/version``: the bulk endpoints exist from Prefect 3.6.16. Prefect
+Cloud does not say its version; it runs current code and has them. Every
+self-hosted 3.x server says its version, so one that does not (a proxy hiding
+``/admin``) is taken to be current too; should a bulk endpoint then answer 404,
+the call raises ``UnsupportedError`` and the caller uses the per-run endpoints
+every 3.x server has.
+
+With a ``RequestBudget`` (``--max-requests-per-minute``) every request, retries
+included, first takes a slot from it. Must not: print, touch the store, or let
+the API key out of the ``Authorization`` header.
 """
 
 from __future__ import annotations
@@ -29,16 +44,23 @@ from urllib.parse import urlsplit
 import httpx
 
 from flowsync import __version__
-from flowsync.config import ApiSettings
-from flowsync.errors import ApiError, AuthError, UncertainError
+from flowsync.api.budget import RequestBudget
+from flowsync.config import ApiSettings, cloud_workspace
+from flowsync.errors import (
+    ApiError,
+    AuthError,
+    NotFoundError,
+    NotSentError,
+    ThrottledError,
+    UncertainError,
+    UnsupportedError,
+)
 
 # Read-only calls (filters, counts, history) are safe to repeat after any of these: the
 # SQLite-backed server answers 500/503 for "database is locked" under write load.
 READ_RETRY_STATUS = {429, 500, 502, 503, 504}
-# A call that changes data is repeated only when the server certainly did not act on it.
-WRITE_RETRY_STATUS = {429}
 TRANSPORT_ERRORS = (httpx.TransportError,)
-# The request never reached the server: safe to send again even when it changes data.
+# The request never reached the server: a call that changes data was not applied.
 NOT_SENT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
 
@@ -74,6 +96,72 @@ class Page:
         return len(self.rows)
 
 
+# The first release with POST /flow_runs/bulk_delete and /flow_runs/bulk_set_state.
+BULK_SINCE = (3, 6, 16)
+
+
+def parse_version(text: str | None) -> tuple[int, ...] | None:
+    """``"3.6.16"`` -> ``(3, 6, 16)``; pre-release or local suffixes are dropped; None if unreadable."""
+    match = re.match(r"^\s*v?(\d+)\.(\d+)(?:\.(\d+))?", text or "")
+    if not match:
+        return None
+    return tuple(int(g) for g in match.groups() if g is not None)
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What one Prefect API can do, from its version.
+
+    ``version``: as the server says it (None: it does not say, e.g. Prefect
+    Cloud); ``parsed``: that as numbers; ``cloud``: a Prefect Cloud workspace URL;
+    ``bulk``: it has ``bulk_delete`` and ``bulk_set_state`` (3.6.16+; taken as
+    True when the version is unknown, see the module docstring)."""
+
+    version: str | None
+    parsed: tuple[int, ...] | None
+    cloud: bool
+    bulk: bool
+
+    @classmethod
+    def of(cls, version: str | None, *, cloud: bool) -> Capabilities:
+        parsed = parse_version(version)
+        # No version: Prefect Cloud, or a server hiding /admin (see the module docstring).
+        bulk = True if parsed is None else parsed >= BULK_SINCE
+        return cls(version, parsed, cloud, bulk)
+
+    def describe(self) -> str:
+        if self.version:
+            return f"Prefect {self.version}"
+        return "Prefect Cloud" if self.cloud else "a Prefect server that does not say its version"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"version": self.version, "cloud": self.cloud, "bulk": self.bulk}
+
+
+@dataclass(frozen=True)
+class DeleteResult:
+    """``DELETE /flow_runs/{id}``: ``deleted`` False means the server had no such run (already gone)."""
+
+    run_id: str
+    deleted: bool
+
+
+@dataclass(frozen=True)
+class OrchestrationResult:
+    """``POST /flow_runs/{id}/set_state``: Prefect's answer. ``status`` is ACCEPT, REJECT,
+    ABORT or WAIT; ``state`` the run's state after the call (the new one on ACCEPT);
+    ``details`` why (``reason``, ``delay_seconds`` for WAIT)."""
+
+    run_id: str
+    status: str
+    state: dict[str, Any] | None
+    details: dict[str, Any]
+
+    @property
+    def accepted(self) -> bool:
+        return self.status == "ACCEPT"
+
+
 def _retry_after(response: httpx.Response) -> float | None:
     value = response.headers.get("retry-after")
     if not value:
@@ -106,9 +194,12 @@ class PrefectClient:
         retry: RetryPolicy | None = None,
         sleep: Callable[[float], None] = time.sleep,
         on_retry: Callable[[str], None] | None = None,
+        budget: RequestBudget | None = None,
     ) -> None:
         self.settings = settings
         self.retry = retry or RetryPolicy()
+        self.budget = budget
+        self._capabilities: Capabilities | None = None
         self._sleep = sleep
         self._on_retry = on_retry
         self._lock = threading.Lock()
@@ -164,15 +255,15 @@ class PrefectClient:
 
         With ``raw``, return ``(decoded, body text, response headers)``. With
         ``idempotent=False`` a failure the server may have acted on raises
-        ``UncertainError`` at once instead of being retried."""
-        attempts = attempts or self.retry.attempts
+        ``UncertainError``, ``ThrottledError`` or ``NotSentError`` at once and
+        is never sent twice (see the module docstring)."""
+        attempts = 1 if not idempotent else (attempts or self.retry.attempts)
         url = path if path.startswith("http") else path.lstrip("/")
         if url.startswith("http") and urlsplit(url).netloc != self._host:
             # Never send credentials to another host, e.g. via a next-page link.
             raise ApiError(
                 f"Prefect API returned a link to another host ({urlsplit(url).netloc}); refusing to follow it."
             )
-        retry_status = READ_RETRY_STATUS if idempotent else WRITE_RETRY_STATUS
         where = (
             f"{self.settings.display_url}/{path.lstrip('/')}"
             if not path.startswith("http")
@@ -182,11 +273,18 @@ class PrefectClient:
         for attempt in range(attempts):
             self._count(attempt > 0)
             retry_after: float | None = None
+            if self.budget is not None:
+                self.budget.acquire()
             try:
                 response = self._http.request(method, url, json=body)
             except TRANSPORT_ERRORS as e:
                 last_problem = f"{type(e).__name__}: {_short(str(e)) or 'connection failed'}"
-                if not idempotent and not isinstance(e, NOT_SENT_ERRORS):
+                if not idempotent and isinstance(e, NOT_SENT_ERRORS):
+                    raise NotSentError(
+                        f"Prefect API at {self.settings.display_url}: {method} /{_bare(path)} "
+                        f"was not sent ({last_problem}); nothing was applied."
+                    ) from e
+                if not idempotent:
                     raise self._uncertain(method, path, last_problem) from e
             else:
                 status = response.status_code
@@ -196,13 +294,23 @@ class PrefectClient:
                         f"({status} {response.reason_phrase}): check PREFECT_API_KEY / "
                         "PREFECT_API_AUTH_STRING or --api-key."
                     )
-                if status in retry_status:
+                if status == 429 and not idempotent:
+                    after = _retry_after(response)
+                    raise ThrottledError(
+                        f"Prefect API at {self.settings.display_url} throttled {method} /{_bare(path)} "
+                        f"(429{f', retry after {after:.0f}s' if after is not None else ''}); "
+                        "nothing was applied.",
+                        after,
+                    )
+                if status in READ_RETRY_STATUS and idempotent:
                     retry_after = _retry_after(response) if status == 429 else None
                     last_problem = f"HTTP {status} {_short(response.text, 80)}"
                 elif status >= 500 and not idempotent:
                     raise self._uncertain(
                         method, path, f"HTTP {status} {_short(response.text, 80)}"
                     )
+                elif status == 404:
+                    raise NotFoundError(self._status_message(method, where, response), path)
                 elif status >= 400:
                     raise ApiError(self._status_message(method, where, response))
                 elif status == 204 or not expect_json:
@@ -235,7 +343,7 @@ class PrefectClient:
 
     def _uncertain(self, method: str, path: str, problem: str) -> UncertainError:
         return UncertainError(
-            f"Prefect API at {self.settings.display_url}: {method} /{path.lstrip('/').split('?')[0]} "
+            f"Prefect API at {self.settings.display_url}: {method} /{_bare(path)} "
             f"failed in transit ({problem}); the server may have applied it.",
             problem,
         )
@@ -277,11 +385,43 @@ class PrefectClient:
         return _server_date(headers.get("date"))
 
     def server_version(self) -> str | None:
+        """What ``GET /admin/version`` says, or None when the server does not say (Cloud)."""
         try:
-            answer = self.request("GET", "admin/version")
+            answer = self.request("GET", "admin/version", attempts=2)
+        except AuthError:
+            raise
         except ApiError:
             return None
         return str(answer) if answer is not None else None
+
+    def capabilities(self) -> Capabilities:
+        """What this server can do; its version is read once per client (thread-safe)."""
+        with self._lock:
+            known = self._capabilities
+        if known is not None:
+            return known
+        found = Capabilities.of(
+            self.server_version(), cloud=cloud_workspace(self.settings.url) is not None
+        )
+        with self._lock:
+            if self._capabilities is None:
+                self._capabilities = found
+            return self._capabilities
+
+    def _unsupported(self, endpoint: str, caps: Capabilities) -> UnsupportedError:
+        needs = ".".join(map(str, BULK_SINCE))
+        has = (
+            f"{caps.describe()} < {needs}"
+            if caps.version
+            else f"{caps.describe()}; the endpoint answered 404"
+        )
+        return UnsupportedError(
+            f"Prefect API at {self.settings.display_url} has no POST /{endpoint} ({has}, "
+            f"the first release with it): upgrade the server, or use the per-run endpoints.",
+            endpoint=endpoint,
+            version=caps.version,
+            needs=needs,
+        )
 
     def filter(self, resource: str, body: dict[str, Any]) -> list[dict[str, Any]]:
         """POST /{resource}/filter; resource is flows, deployments or flow_runs."""
@@ -409,9 +549,12 @@ class PrefectClient:
     def bulk_delete(self, ids: Sequence[str], state_types: Sequence[str] | None) -> dict[str, Any]:
         """POST /flow_runs/bulk_delete for exactly these ids (never an open filter).
 
-        Raises ``UncertainError`` when the answer is lost: read the runs before resending."""
+        Raises ``UncertainError`` when the answer is lost: read the runs before resending;
+        ``ThrottledError``/``NotSentError`` when it was not applied; ``UnsupportedError``
+        on a server older than 3.6.16 (not sent at all when ``capabilities()`` already
+        said so; callers choose the path from ``capabilities()`` first)."""
         body = {"flow_runs": _id_filter(ids, state_types), "limit": len(ids)}
-        answer = self.request("POST", "flow_runs/bulk_delete", body, idempotent=False)
+        answer = self._bulk("flow_runs/bulk_delete", body)
         if not isinstance(answer, dict):
             raise ApiError("POST /flow_runs/bulk_delete answered something other than an object.")
         return answer
@@ -430,12 +573,61 @@ class PrefectClient:
             "force": force,
             "limit": len(ids),
         }
-        answer = self.request("POST", "flow_runs/bulk_set_state", body, idempotent=False)
+        answer = self._bulk("flow_runs/bulk_set_state", body)
         if not isinstance(answer, dict):
             raise ApiError(
                 "POST /flow_runs/bulk_set_state answered something other than an object."
             )
         return answer
+
+    def _bulk(self, endpoint: str, body: dict[str, Any]) -> Any:
+        with self._lock:
+            known = self._capabilities
+        if known is not None and not known.bulk:
+            raise self._unsupported(endpoint, known)  # already read: older than 3.6.16
+        try:
+            return self.request("POST", endpoint, body, idempotent=False)
+        except NotFoundError as e:
+            # A 404 for the route itself ({"detail": "Not Found"}), not for a run: the
+            # server lacks the endpoint (its version does not say so, or is unreadable).
+            raise self._unsupported(endpoint, self.capabilities()) from e
+
+    def delete_flow_run(self, run_id: str) -> DeleteResult:
+        """DELETE /flow_runs/{id} (every 3.x server has it): one run, no state guard.
+
+        A 404 means the run is already gone: ``DeleteResult(deleted=False)``, no error.
+        Sent once: ``UncertainError`` when the answer is lost, ``ThrottledError`` /
+        ``NotSentError`` when it was not applied; re-check before sending again."""
+        try:
+            self.request("DELETE", f"flow_runs/{_run_id(run_id)}", idempotent=False)
+        except NotFoundError:
+            return DeleteResult(str(run_id), deleted=False)
+        return DeleteResult(str(run_id), deleted=True)
+
+    def set_flow_run_state(
+        self, run_id: str, state: dict[str, Any], *, force: bool
+    ) -> OrchestrationResult:
+        """POST /flow_runs/{id}/set_state (every 3.x server has it): Prefect's orchestration
+        rules decide unless ``force``. Raises ``NotFoundError`` when the run is gone; sent
+        once, with the same errors as ``delete_flow_run``."""
+        answer = self.request(
+            "POST",
+            f"flow_runs/{_run_id(run_id)}/set_state",
+            {"state": state, "force": force},
+            idempotent=False,
+        )
+        if not isinstance(answer, dict) or not isinstance(answer.get("status"), str):
+            raise ApiError(
+                f"POST /flow_runs/{run_id}/set_state answered something other than an orchestration result."
+            )
+        state_now = answer.get("state")
+        details = answer.get("details")
+        return OrchestrationResult(
+            str(run_id),
+            answer["status"],
+            state_now if isinstance(state_now, dict) else None,
+            details if isinstance(details, dict) else {},
+        )
 
     def flow_run_states(self, run_id: str) -> list[dict[str, Any]]:
         """Every state a flow run has had (GET /flow_run_states/?flow_run_id=...), oldest first."""
@@ -474,6 +666,21 @@ def _server_date(value: str | None) -> datetime:
         except (TypeError, ValueError):
             pass
     return datetime.now(timezone.utc)
+
+
+def _bare(path: str) -> str:
+    return path.lstrip("/").split("?")[0]
+
+
+_UUID = re.compile(r"^[0-9a-fA-F-]{32,36}$")
+
+
+def _run_id(run_id: str) -> str:
+    """A run id safe to put in a path (a UUID): never a path of its own."""
+    text = str(run_id)
+    if not _UUID.match(text):
+        raise ValueError(f"not a flow run id: {text!r}")
+    return text
 
 
 def _id_filter(ids: Sequence[str], state_types: Sequence[str] | None) -> dict[str, Any]:

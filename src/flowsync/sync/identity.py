@@ -13,11 +13,11 @@ print (the message goes back to the caller), or touch flow runs.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from flowsync.api import PrefectClient
+from flowsync.config import cloud_workspace
 from flowsync.errors import ConfigError
 from flowsync.store import Store, sync_log, synced_tables
 
@@ -25,10 +25,6 @@ URL_KEY = "api_url"
 MOVES_KEY = "api_url_moves"
 # Flows checked by id when the URL changed: any match proves the same database.
 SAMPLE = 200
-_CLOUD = re.compile(
-    r"/api/accounts/(?P<account>[0-9a-f-]{36})/workspaces/(?P<workspace>[0-9a-f-]{36})$",
-    re.IGNORECASE,
-)
 
 
 @dataclass(frozen=True)
@@ -47,12 +43,6 @@ class Moved:
             f"{self.new_url} is the server this file was pulled from as {self.old_url} "
             f"({self.evidence}); the file now follows {self.new_url}."
         )
-
-
-def cloud_workspace(url: str) -> tuple[str, str] | None:
-    """(account id, workspace id) of a Prefect Cloud workspace URL, else None."""
-    m = _CLOUD.search(url.rstrip("/"))
-    return (m.group("account").lower(), m.group("workspace").lower()) if m else None
 
 
 def _refuse(store: Store, known: str, url: str, why: str) -> ConfigError:
