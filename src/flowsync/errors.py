@@ -12,7 +12,7 @@ code. Must not: print, log, or hold secrets in messages.
     │   ├── UncertainError        a call that changes data got no answer: it may have been applied
     │   ├── NotSentError          a call that changes data never reached the server (safe to resend, after a re-check)
     │   ├── ThrottledError        a call that changes data answered 429: not applied (``retry_after``)
-    │   ├── NotFoundError         404 for an object (``path``): it does not exist (any more)
+    │   ├── NotFoundError         404/405 for ``path``: no such object (any more), or no such route
     │   └── UnsupportedError      the server lacks an endpoint (``endpoint``, ``version``, ``needs``)
     ├── StoreError                the DuckDB file cannot be used (exit 5)
     │   ├── StoreLockedError      another process holds the file (exit 6)
@@ -73,11 +73,13 @@ class ThrottledError(ApiError):
 
 
 class NotFoundError(ApiError):
-    """The API answered 404 for ``path``: the object does not exist (any more)."""
+    """The API answered ``status`` 404 for ``path`` (the object does not exist, any more,
+    or the route does not), or 405 (the route does not exist for this method)."""
 
-    def __init__(self, message: str, path: str) -> None:
+    def __init__(self, message: str, path: str, status: int = 404) -> None:
         super().__init__(message)
         self.path = path
+        self.status = status
 
 
 class UnsupportedError(ApiError):

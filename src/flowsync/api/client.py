@@ -309,8 +309,8 @@ class PrefectClient:
                     raise self._uncertain(
                         method, path, f"HTTP {status} {_short(response.text, 80)}"
                     )
-                elif status == 404:
-                    raise NotFoundError(self._status_message(method, where, response), path)
+                elif status in (404, 405):
+                    raise NotFoundError(self._status_message(method, where, response), path, status)
                 elif status >= 400:
                     raise ApiError(self._status_message(method, where, response))
                 elif status == 204 or not expect_json:
@@ -412,7 +412,7 @@ class PrefectClient:
         needs = ".".join(map(str, BULK_SINCE))
         has = (
             f"{caps.describe()} < {needs}"
-            if caps.version
+            if caps.version and not caps.bulk
             else f"{caps.describe()}; the endpoint answered 404"
         )
         return UnsupportedError(
@@ -588,8 +588,8 @@ class PrefectClient:
         try:
             return self.request("POST", endpoint, body, idempotent=False)
         except NotFoundError as e:
-            # A 404 for the route itself ({"detail": "Not Found"}), not for a run: the
-            # server lacks the endpoint (its version does not say so, or is unreadable).
+            # 404 for the route itself (or 405 where 3.0-3.2 route POST /flow_runs/bulk_delete
+            # to /flow_runs/{id}): the server lacks the endpoint.
             raise self._unsupported(endpoint, self.capabilities()) from e
 
     def delete_flow_run(self, run_id: str) -> DeleteResult:

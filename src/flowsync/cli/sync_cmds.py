@@ -166,6 +166,17 @@ def status_cmd(
         return
     last = summary["last_pull"]
     out.print(f"[bold]{path}[/]  from {summary['api_url'] or '(never pulled)'}", highlight=False)
+    server = summary["server"]
+    if server:
+        version = server.get("version")
+        kind = "Prefect Cloud" if server.get("cloud") else "Prefect"
+        said = f"{kind} {version}" if version else f"{kind} (version not stated)"
+        path_kind = "bulk" if server.get("bulk") else "per-run"
+        seen = str(server.get("seen_at", ""))[:19].replace("T", " ")
+        out.print(
+            f"server: {said}; policies use its {path_kind} endpoints; as of {seen} UTC",
+            highlight=False,
+        )
     if last:
         out.print(
             f"last pull #{last['id']}: {last['status']} ({last['mode'] or '-'}) at {last['started_at']:%Y-%m-%d %H:%M:%S %Z}"

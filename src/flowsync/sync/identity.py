@@ -7,7 +7,10 @@ is the account and workspace ids in its URL; an open-source server's is what
 it holds: flow ids are random UUIDs minted by that server's database, so a
 server that knows the file's flows by id is the same server (or a restore of
 its database), and one that knows none of them is another server. A re-point
-is recorded in ``sync_state`` (``api_url_moves``) and reported. Must not:
+is recorded in ``sync_state`` (``api_url_moves``) and reported. What the
+server said it is (its version, Cloud or not, bulk endpoints or not) is
+recorded on every pull (``server``, see ``record_server``), for ``flowsync
+status`` and for whoever reads the file later. Must not:
 print (the message goes back to the caller), or touch flow runs.
 """
 
@@ -16,13 +19,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from flowsync.api import PrefectClient
+from flowsync.api import Capabilities, PrefectClient
 from flowsync.config import cloud_workspace
 from flowsync.errors import ConfigError
 from flowsync.store import Store, sync_log, synced_tables
 
 URL_KEY = "api_url"
 MOVES_KEY = "api_url_moves"
+SERVER_KEY = "server"  # {"version", "cloud", "bulk", "seen_at"}: the server as last pulled
 # Flows checked by id when the URL changed: any match proves the same database.
 SAMPLE = 200
 
@@ -105,3 +109,10 @@ def bind(client: PrefectClient, store: Store) -> Moved | None:
         sync_log.set_state(store, URL_KEY, url)
         sync_log.set_state(store, MOVES_KEY, moves)
     return Moved(str(known), url, evidence)
+
+
+def record_server(store: Store, caps: Capabilities) -> None:
+    """Record what the server said it is, as of this pull (its version changes on upgrades)."""
+    value = {**caps.to_json(), "seen_at": datetime.now(timezone.utc).isoformat()}
+    with store.transaction():
+        sync_log.set_state(store, SERVER_KEY, value)
