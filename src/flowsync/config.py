@@ -1,7 +1,9 @@
 """Where flowsync finds its settings: the API URL and credentials, and the DB path.
 
 Owns: resolving each setting the way the Prefect CLI does (flag, then
-environment, then the active profile in ``$PREFECT_HOME/profiles.toml``), and
+environment, then the active profile in ``$PREFECT_HOME/profiles.toml``; the
+request budget ``FLOWSYNC_MAX_REQUESTS_PER_MINUTE`` likewise, so a profile can
+hold a Cloud workspace's share of its quota), and
 masking secrets for display. Must not: open connections, print, or write the
 API key anywhere; secrets stay in ``pydantic.SecretStr`` until the HTTP layer
 puts them in a header.
@@ -45,6 +47,7 @@ class ApiSettings:
     auth_string: SecretStr | None = None
     verify: bool | str = True
     source: str = "flag"
+    max_requests_per_minute: float | None = None  # the request budget; None: unpaced
 
     @property
     def display_url(self) -> str:
@@ -120,10 +123,15 @@ def _truthy(value: object) -> bool:
     return str(value).strip().lower() in {"1", "true", "yes", "on"}
 
 
+BUDGET_KEY = "FLOWSYNC_MAX_REQUESTS_PER_MINUTE"
+
+
 def resolve_api(
     api_url: str | None = None,
     api_key: str | None = None,
     env: Mapping[str, str] | None = None,
+    *,
+    max_requests_per_minute: float | None = None,
 ) -> ApiSettings:
     """Each setting from the flag, else the environment, else the active profile."""
     env = os.environ if env is None else env
@@ -164,13 +172,36 @@ def resolve_api(
             raise ConfigError(f"PREFECT_API_SSL_CERT_FILE {cert_file!r} does not exist.")
         verify = str(Path(cert_file).expanduser())
 
+    flag_budget = None if max_requests_per_minute is None else str(max_requests_per_minute)
+    budget, budget_source = pick(flag_budget, BUDGET_KEY)
     return ApiSettings(
         url=url,
         api_key=SecretStr(key) if key else None,
         auth_string=SecretStr(auth) if auth and not key else None,
         verify=verify,
         source=source,
+        max_requests_per_minute=_budget(budget, budget_source),
     )
+
+
+def _budget(value: str | None, source: str) -> float | None:
+    """A request budget: a positive number of requests per minute; 0 or empty: none."""
+    if value is None or not value.strip():
+        return None
+    try:
+        rate = float(value)
+    except ValueError:
+        rate = -1.0
+    if rate < 0 or rate != rate or rate == float("inf"):
+        raise ConfigError(
+            f"{BUDGET_KEY} {value!r} (from {source}) is not a number of requests per minute; "
+            "expected e.g. 300 (0 turns the budget off)."
+        )
+    if 0 < rate < 1:
+        raise ConfigError(
+            f"{BUDGET_KEY} {value!r} (from {source}) is below 1 request per minute; use 1 or more."
+        )
+    return rate or None
 
 
 def resolve_db_path(

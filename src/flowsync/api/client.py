@@ -21,8 +21,12 @@ self-hosted 3.x server says its version, so one that does not (a proxy hiding
 the call raises ``UnsupportedError`` and the caller uses the per-run endpoints
 every 3.x server has.
 
-With a ``RequestBudget`` (``--max-requests-per-minute``) every request, retries
-included, first takes a slot from it. Must not: print, touch the store, or let
+With a request budget (``ApiSettings.max_requests_per_minute``, from
+``--max-requests-per-minute``, the environment or the profile) every request,
+retries included, first takes a slot from a ``RequestBudget`` shared by every
+thread of the client, so the client stays under its share of a quota before the
+server has to say 429; ``on_retry`` also hears when the budget, not the
+server, holds requests back (at most every 30 s). Must not: print, touch the store, or let
 the API key out of the ``Authorization`` header.
 """
 
@@ -198,7 +202,10 @@ class PrefectClient:
     ) -> None:
         self.settings = settings
         self.retry = retry or RetryPolicy()
+        if budget is None and settings.max_requests_per_minute:
+            budget = RequestBudget(settings.max_requests_per_minute, sleep=sleep)
         self.budget = budget
+        self._budget_told = -1e9  # when on_retry last heard that the budget is the limit
         self._capabilities: Capabilities | None = None
         self._sleep = sleep
         self._on_retry = on_retry
@@ -273,8 +280,8 @@ class PrefectClient:
         for attempt in range(attempts):
             self._count(attempt > 0)
             retry_after: float | None = None
-            if self.budget is not None:
-                self.budget.acquire()
+            if self.budget is not None and self.budget.acquire() > 0:
+                self._budget_notice()
             try:
                 response = self._http.request(method, url, json=body)
             except TRANSPORT_ERRORS as e:
@@ -335,6 +342,20 @@ class PrefectClient:
             f"Prefect API at {self.settings.display_url} failed {method} /{path.lstrip('/').split('?')[0]} "
             f"after {attempts} attempts: {last_problem}. "
             "Check that the server is up and the URL is right, then run again."
+        )
+
+    def _budget_notice(self) -> None:
+        if self._on_retry is None or self.budget is None:
+            return
+        now = time.monotonic()
+        with self._lock:
+            if now - self._budget_told < 30:
+                return
+            self._budget_told = now
+        stats = self.budget.stats()
+        self._on_retry(
+            f"the request budget ({stats.per_minute:g}/min), not the server, is the limit: "
+            f"{stats.waits} of {stats.requests} requests waited {stats.waited_seconds:.1f}s so far"
         )
 
     def pause(self, attempt: int) -> None:

@@ -22,6 +22,7 @@ from flowsync.cli.common import (
     DbOption,
     JsonOption,
     LiveOption,
+    MaxRequestsOption,
     MemoryLimitOption,
     WaitOption,
     err,
@@ -235,6 +236,7 @@ def apply_cmd(
     wait: WaitOption = 0.0,
     sample: SampleOption = 5,
     memory_limit: MemoryLimitOption = None,
+    max_requests_per_minute: MaxRequestsOption = None,
     json_out: JsonOption = False,
 ) -> None:
     """Apply a policy: show the plan, confirm, then bulk delete / set state in batches of 50.
@@ -256,7 +258,7 @@ def apply_cmd(
     from flowsync.store.snapshot import publish
 
     with errors():
-        settings = resolve_api(api_url, api_key)
+        settings = resolve_api(api_url, api_key, max_requests_per_minute=max_requests_per_minute)
         path = resolve_db_path(db)
         plan = _compute_plan(policy, path, wait, live=True)
         if not json_out:
