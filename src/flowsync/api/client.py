@@ -497,38 +497,49 @@ class PrefectClient:
     def changed_flow_runs(self, since: datetime, until: datetime) -> dict[str, datetime]:
         """Flow-run ids with a state-change event in [since, until], and the latest one.
 
-        One request: ``/events/count-by/resource`` groups events by resource id.
+        One request per ``EVENTS_QUERY_SPAN`` (14 days, Prefect Cloud's limit for
+        one events query): ``/events/count-by/resource`` groups events by resource id.
         """
-        body = {
-            "filter": {
-                "occurred": {"since": since.isoformat(), "until": until.isoformat()},
-                "event": {"prefix": ["prefect.flow-run."]},
-                "any_resource": {"id_prefix": ["prefect.flow-run."]},
-            },
-            "time_unit": "day",
-            "time_interval": 1.0,
-        }
-        answer = self.request("POST", "events/count-by/resource", body)
-        if not isinstance(answer, list):
-            raise ApiError("POST /events/count-by/resource answered something other than a list.")
         changed: dict[str, datetime] = {}
         prefix = "prefect.flow-run."
-        for row in answer:
-            value = str(row.get("value", ""))
-            if value.startswith(prefix):
-                end_time = datetime.fromisoformat(str(row["end_time"]).replace("Z", "+00:00"))
-                changed[value[len(prefix) :]] = end_time
+        for start, end in _spans(since, until, EVENTS_QUERY_SPAN):
+            body = {
+                "filter": {
+                    "occurred": {"since": start.isoformat(), "until": end.isoformat()},
+                    "event": {"prefix": [prefix]},
+                    "any_resource": {"id_prefix": [prefix]},
+                },
+                "time_unit": "day",
+                "time_interval": 1.0,
+            }
+            answer = self.request("POST", "events/count-by/resource", body)
+            if not isinstance(answer, list):
+                raise ApiError(
+                    "POST /events/count-by/resource answered something other than a list."
+                )
+            for row in answer:
+                value = str(row.get("value", ""))
+                if value.startswith(prefix):
+                    end_time = datetime.fromisoformat(str(row["end_time"]).replace("Z", "+00:00"))
+                    run_id = value[len(prefix) :]
+                    if run_id not in changed or changed[run_id] < end_time:
+                        changed[run_id] = end_time
         return changed
 
     def flow_run_event_before(self, when: datetime) -> datetime | None:
         """When the newest flow-run state event at or before ``when`` occurred, or None if the server holds none.
 
         Prefect trims events oldest first (retention, ``db_vacuum``): one held at
-        or before ``when`` proves every later one is still held.
+        or before ``when`` proves every later one is still held. Looks back one
+        ``EVENTS_QUERY_SPAN`` (Prefect Cloud refuses longer queries): None also when
+        the newest such event is older than that.
         """
         body = {
             "filter": {
-                "occurred": {"since": "1970-01-01T00:00:00+00:00", "until": when.isoformat()},
+                "occurred": {
+                    "since": (when - EVENTS_QUERY_SPAN).isoformat(),
+                    "until": when.isoformat(),
+                },
                 "event": {"prefix": ["prefect.flow-run."]},
                 "any_resource": {"id_prefix": ["prefect.flow-run."]},
                 "order": "DESC",
@@ -656,6 +667,22 @@ class PrefectClient:
         if not isinstance(answer, list) or any(not isinstance(s, dict) for s in answer):
             raise ApiError("GET /flow_run_states/ answered something other than a list of states.")
         return sorted(answer, key=lambda s: str(s.get("timestamp") or ""))
+
+
+# Prefect Cloud answers one events query for at most 14 days: longer spans are split.
+EVENTS_QUERY_SPAN = timedelta(days=14)
+
+
+def _spans(since: datetime, until: datetime, span: timedelta) -> list[tuple[datetime, datetime]]:
+    """[since, until] as consecutive windows of at most ``span`` (one, if it is short or empty)."""
+    out = []
+    start = since
+    while True:
+        end = min(start + span, until)
+        out.append((start, end))
+        if end >= until:
+            return out
+        start = end
 
 
 # What the API accepts: /filter and /count refuse `limit` above PAGE_LIMIT (422); the
