@@ -2,8 +2,9 @@
 
 Owns: resolving each setting the way the Prefect CLI does (flag, then
 environment, then the active profile in ``$PREFECT_HOME/profiles.toml``; the
-request budget ``FLOWSYNC_MAX_REQUESTS_PER_MINUTE`` likewise, so a profile can
-hold a Cloud workspace's share of its quota), and
+request budget ``FLOWSYNC_MAX_REQUESTS_PER_MINUTE`` and the run retention
+``FLOWSYNC_RUN_RETENTION_DAYS`` likewise, so a profile can hold a Cloud
+workspace's share of its quota and its plan's retention), and
 masking secrets for display. Must not: open connections, print, or write the
 API key anywhere; secrets stay in ``pydantic.SecretStr`` until the HTTP layer
 puts them in a header.
@@ -48,6 +49,8 @@ class ApiSettings:
     verify: bool | str = True
     source: str = "flag"
     max_requests_per_minute: float | None = None  # the request budget; None: unpaced
+    # How long the server keeps runs, when it cannot say (Prefect Cloud: 7, 14 or 30 days by plan).
+    run_retention_days: float | None = None
 
     @property
     def display_url(self) -> str:
@@ -124,6 +127,7 @@ def _truthy(value: object) -> bool:
 
 
 BUDGET_KEY = "FLOWSYNC_MAX_REQUESTS_PER_MINUTE"
+RETENTION_KEY = "FLOWSYNC_RUN_RETENTION_DAYS"
 
 
 def resolve_api(
@@ -181,7 +185,23 @@ def resolve_api(
         verify=verify,
         source=source,
         max_requests_per_minute=_budget(budget, budget_source),
+        run_retention_days=_retention(*pick(None, RETENTION_KEY)),
     )
+
+
+def _retention(value: str | None, source: str) -> float | None:
+    if value is None or not value.strip():
+        return None
+    try:
+        days = float(value)
+    except ValueError:
+        days = -1.0
+    if not 0 < days < 100_000:
+        raise ConfigError(
+            f"{RETENTION_KEY} {value!r} (from {source}) is not a number of days; "
+            "expected e.g. 14 (Prefect Cloud keeps runs 7, 14 or 30 days, by plan)."
+        )
+    return days
 
 
 def _budget(value: str | None, source: str) -> float | None:

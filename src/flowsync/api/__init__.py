@@ -8,6 +8,7 @@ from flowsync.api.client import (
     Page,
     PrefectClient,
     RetryPolicy,
+    RunRetention,
 )
 
 __all__ = [
@@ -18,4 +19,5 @@ __all__ = [
     "PrefectClient",
     "RequestBudget",
     "RetryPolicy",
+    "RunRetention",
 ]

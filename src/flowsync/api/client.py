@@ -143,6 +143,22 @@ class Capabilities:
 
 
 @dataclass(frozen=True)
+class RunRetention:
+    """How long the server keeps flow runs before it deletes them itself.
+
+    ``known``: whether that could be told; ``period``: None when it never does
+    (or is not known); ``source``: where this came from, in words."""
+
+    known: bool
+    period: timedelta | None
+    source: str
+
+    def to_json(self) -> dict[str, Any]:
+        seconds = self.period.total_seconds() if self.period is not None else None
+        return {"known": self.known, "seconds": seconds, "source": self.source}
+
+
+@dataclass(frozen=True)
 class DeleteResult:
     """``DELETE /flow_runs/{id}``: ``deleted`` False means the server had no such run (already gone)."""
 
@@ -572,6 +588,34 @@ class PrefectClient:
         except (KeyError, TypeError, ValueError, AttributeError):
             return None
         return min(periods)
+
+    def run_retention(self) -> RunRetention:
+        """Whether and when the server deletes flow runs on its own: Prefect's ``db_vacuum``
+        (3.6.19+) with ``flow_runs`` enabled deletes runs whose end is older than its
+        ``retention_period``. Unknown where the settings are not exposed (Prefect Cloud)."""
+        try:
+            settings = self.request("GET", "admin/settings", attempts=2)
+        except AuthError:
+            raise
+        except ApiError:
+            return RunRetention(False, None, "the server does not expose its settings")
+        try:
+            services = settings["server"]["services"]
+            vacuum = services.get("db_vacuum") if isinstance(services, dict) else None
+            if not isinstance(vacuum, dict):
+                return RunRetention(True, None, "this server version deletes no runs on its own")
+            enabled = vacuum.get("enabled")
+            kinds = (
+                {"flow_runs"}
+                if enabled is True
+                else set(enabled.split(",") if isinstance(enabled, str) else enabled or [])
+            )
+            if "flow_runs" not in {str(k).strip() for k in kinds}:
+                return RunRetention(True, None, "db_vacuum does not delete flow runs")
+            period = _duration(vacuum["retention_period"])
+        except (KeyError, TypeError, ValueError, AttributeError):
+            return RunRetention(False, None, "the server's settings did not say")
+        return RunRetention(True, period, "the server's db_vacuum retention_period")
 
     def server_now(self) -> datetime:
         """The server's clock (from the Date header), so cursors never depend on ours."""

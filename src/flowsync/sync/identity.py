@@ -10,22 +10,28 @@ its database), and one that knows none of them is another server. A re-point
 is recorded in ``sync_state`` (``api_url_moves``) and reported. What the
 server said it is (its version, Cloud or not, bulk endpoints or not) is
 recorded on every pull (``server``, see ``record_server``), for ``flowsync
-status`` and for whoever reads the file later. Must not:
+status`` and for whoever reads the file later; so is how long it keeps runs
+(``run_retention``, see ``record_retention``), on pulls that find runs gone, so
+the ``deleted_runs`` view can tell a run the server aged out from one a person
+deleted. Must not:
 print (the message goes back to the caller), or touch flow runs.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
-from flowsync.api import Capabilities, PrefectClient
+from flowsync.api import Capabilities, PrefectClient, RunRetention
 from flowsync.config import cloud_workspace
 from flowsync.errors import ConfigError
 from flowsync.store import Store, sync_log, synced_tables
 
 URL_KEY = "api_url"
 MOVES_KEY = "api_url_moves"
+RETENTION_KEY = (
+    "run_retention"  # {"known", "seconds", "source", "seen_at"}: read by sql/ deleted_runs
+)
 SERVER_KEY = "server"  # {"version", "cloud", "bulk", "seen_at"}: the server as last pulled
 # Flows checked by id when the URL changed: any match proves the same database.
 SAMPLE = 200
@@ -116,3 +122,17 @@ def record_server(store: Store, caps: Capabilities) -> None:
     value = {**caps.to_json(), "seen_at": datetime.now(timezone.utc).isoformat()}
     with store.transaction():
         sync_log.set_state(store, SERVER_KEY, value)
+
+
+def record_retention(client: PrefectClient, store: Store) -> RunRetention:
+    """Record how long the server keeps runs: ``FLOWSYNC_RUN_RETENTION_DAYS`` when set (Prefect
+    Cloud does not say: 7, 14 or 30 days by plan), else what the server's settings say."""
+    days = client.settings.run_retention_days
+    if days is not None:
+        retention = RunRetention(True, timedelta(days=days), "FLOWSYNC_RUN_RETENTION_DAYS")
+    else:
+        retention = client.run_retention()
+    value = {**retention.to_json(), "seen_at": datetime.now(timezone.utc).isoformat()}
+    with store.transaction():
+        sync_log.set_state(store, RETENTION_KEY, value)
+    return retention

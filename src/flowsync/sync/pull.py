@@ -107,6 +107,10 @@ def pull(
                 runs.incremental(ctx, cursor - options.overlap)
                 with store.transaction():
                     sync_log.set_state(store, runs.CURSOR, server_start.isoformat())
+            runs_counter = ctx.counters.get(FLOW_RUNS.name)
+            if runs_counter is not None and runs_counter.marked_deleted:
+                # Runs went: record the server's retention now, to tell aged-out from deleted.
+                identity.record_retention(client, store)
             views.rebuild(store)
     except BaseException as e:
         status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
