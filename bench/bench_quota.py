@@ -161,6 +161,34 @@ def policy(folder: Path, n: int) -> Path:
     return path
 
 
+def through_proxy(
+    server_url: str, limit: int, folder: Path, name: str, args: list[str]
+) -> dict[str, Any]:
+    """Run ``flowsync ARGS`` against ``server_url`` behind a fresh limiting proxy; what it saw."""
+    limiter = Limiter(limit)
+    front = proxy(server_url.removesuffix("/api"), limiter)
+    url = f"http://127.0.0.1:{front.server_address[1]}/api"
+    try:
+        rc, summary, seconds, last = flowsync(*args, "--api-url", url)
+    finally:
+        front.shutdown()
+    passed, throttled = limiter.take()
+    if not summary:
+        result = last[:160]
+    elif args[0] == "pull":
+        result = f"{summary.get('inserted', 0)} runs inserted, {summary.get('retries', 0)} retries"
+    else:
+        result = f"{summary.get('done', 0)} done, {summary.get('failed', 0)} failed, {summary.get('calls', 0)} bulk calls"
+    return {
+        "variant": name,
+        "exit": rc,
+        "requests answered": passed,
+        "429s": throttled,
+        "seconds": round(seconds, 1),
+        "result": result,
+    }
+
+
 def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -171,58 +199,49 @@ def main() -> None:
         "--budget", type=float, default=240, help="--max-requests-per-minute for the paced runs"
     )
     p.add_argument("--delete", type=int, default=300, help="runs the apply deletes")
+    p.add_argument("--repeat", type=int, default=3, help="pulls of each variant (interleaved)")
     p.add_argument("--out", type=Path)
     a = p.parse_args()
+    paced = ["--max-requests-per-minute", f"{a.budget:g}"]
     rows = []
     with tempfile.TemporaryDirectory(prefix="flowsync-quota-") as tmp:
         folder = Path(tmp)
-        for i, (command, budget) in enumerate(
-            [("pull", None), ("pull", a.budget), ("apply", None), ("apply", a.budget)]
+        with prefect_server() as server:
+            seed(server.url, runs=a.runs, flows=4, deployments_per_flow=3, days=30, seed_value=21)
+            for r in range(a.repeat):
+                for name, extra in (
+                    ("pull", []),
+                    (f"pull --max-requests-per-minute {a.budget:g}", paced),
+                ):
+                    db = folder / f"pull-{r}-{len(extra)}.duckdb"
+                    args = ["pull", "--json", "--quiet", "--db", str(db), *extra]
+                    rows.append(through_proxy(server.url, a.limit, folder, name, args))
+                    print(rows[-1], flush=True)
+        for name, extra in (
+            ("apply", []),
+            (f"apply --max-requests-per-minute {a.budget:g}", paced),
         ):
-            with prefect_server() as server:
+            with prefect_server() as server:  # a fresh server each: the apply deletes runs
                 seed(
                     server.url, runs=a.runs, flows=4, deployments_per_flow=3, days=30, seed_value=21
                 )
-                limiter = Limiter(a.limit)
-                front = proxy(server.url.removesuffix("/api"), limiter)
-                url = f"http://127.0.0.1:{front.server_address[1]}/api"
-                db = folder / f"run{i}.duckdb"
-                paced = ["--max-requests-per-minute", f"{budget:g}"] if budget else []
-                if command == "apply":
-                    flowsync("pull", "--api-url", server.url, "--db", str(db), "--json", "--quiet")
-                    limiter.take()
-                    args = ["apply", str(policy(folder, a.delete)), "--yes", "--json"]
-                else:
-                    args = ["pull", "--json", "--quiet"]
-                rc, summary, seconds, last = flowsync(
-                    *args, "--api-url", url, "--db", str(db), *paced
-                )
-                passed, throttled = limiter.take()
-                front.shutdown()
-                rows.append(
-                    {
-                        "variant": " ".join([command, *paced]),
-                        "exit": rc,
-                        "requests answered": passed,
-                        "429s": throttled,
-                        "seconds": round(seconds, 1),
-                        "result": (
-                            f"{summary.get('inserted', 0)} runs inserted, {summary.get('retries', 0)} retries"
-                            if command == "pull"
-                            else (
-                                json.dumps(summary.get("counts", summary.get("outcomes", {})))
-                                or last
-                            )
-                        )
-                        if summary
-                        else last[:160],
-                    }
-                )
+                db = folder / f"apply-{len(extra)}.duckdb"
+                flowsync("pull", "--api-url", server.url, "--db", str(db), "--json", "--quiet")
+                args = [
+                    "apply",
+                    str(policy(folder, a.delete)),
+                    "--yes",
+                    "--json",
+                    "--db",
+                    str(db),
+                    *extra,
+                ]
+                rows.append(through_proxy(server.url, a.limit, folder, name, args))
                 print(rows[-1], flush=True)
     header = (
         f"Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; machine: {os.cpu_count()} cores, "
-        f"{platform.platform()}, Python {platform.python_version()}; proxy limit {a.limit} requests/s "
-        f"(429, Retry-After: 1); {a.runs} runs; apply deletes {a.delete}.\n\n"
+        f"{platform.platform()}, Python {platform.python_version()}; proxy limit {a.limit} requests "
+        f"in any rolling second (429, Retry-After: 1); {a.runs} runs; apply deletes {a.delete}.\n\n"
     )
     table = "| variant | exit | requests answered | 429s | seconds | result |\n|---|---|---|---|---|---|\n"
     table += "".join(

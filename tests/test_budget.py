@@ -36,7 +36,7 @@ class FakeClock:
 
 def test_the_bucket_paces_after_a_burst() -> None:
     clock = FakeClock()
-    budget = RequestBudget(120, clock=clock, sleep=clock.sleep)  # 2/s: burst 2, then one per 0.5 s
+    budget = RequestBudget(120, burst=2, clock=clock, sleep=clock.sleep)  # 2 at once, then 1 per 0.5 s
     waits = [budget.acquire() for _ in range(5)]
     assert waits == [0.0, 0.0, 0.5, 1.0, 1.5]
     clock.now = 10.0  # a quiet spell refills the burst, no more
@@ -66,6 +66,13 @@ def test_concurrent_threads_share_one_schedule() -> None:
         t.join()
     # 64 requests, each its own second: never two in the same slot, whichever thread sent it.
     assert sorted(waits) == [float(i) for i in range(64)]
+
+
+def test_by_default_requests_are_evenly_spaced() -> None:
+    clock = FakeClock()
+    budget = RequestBudget(600, clock=clock, sleep=clock.sleep)  # 10/s: one per 0.1 s, no burst
+    waits = [budget.acquire() for _ in range(4)]
+    assert waits == pytest.approx([0.0, 0.1, 0.2, 0.3])
 
 
 def test_a_budget_needs_a_positive_rate() -> None:

@@ -81,13 +81,14 @@ def server_versions(value: str | None = None) -> list[str]:
 
 
 def version_pins(version: str) -> list[str]:
-    """What an old release needs pinned beside it to start: newer FastAPI and pydantic
-    releases break 3.0-3.6, and 3.0-3.4 import ``importlib_metadata`` without declaring it."""
+    """What an old release needs pinned beside it to start (found by starting each): newer
+    FastAPI releases break 3.0-3.7 (``Body(min_items=...)``), 3.0-3.5 import
+    ``importlib_metadata`` without declaring it, and 3.0 needs an older pydantic."""
     v = version_tuple(version)
     pins = [f"prefect=={version}"]
-    if v < (3, 7):
+    if v < (3, 8):
         pins.append("fastapi==0.115.12")
-    if v < (3, 5):
+    if v < (3, 6):
         pins.append("importlib_metadata")
     if v < (3, 1):
         pins.append("pydantic==2.9.2")
@@ -130,7 +131,8 @@ def server_venv(version: str) -> Path:
     done = venv / ".flowsync-complete"
     with (root / f".{version}.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not done.exists():
+        wanted = " ".join(version_pins(version))
+        if not done.exists() or done.read_text().strip() != wanted:  # new pins: build again
             shutil.rmtree(venv, ignore_errors=True)
             subprocess.run(
                 [_interpreter(version), "-m", "venv", str(venv)], check=True, capture_output=True
@@ -146,7 +148,7 @@ def server_venv(version: str) -> Path:
                 raise RuntimeError(
                     f"could not install prefect {version} into {venv}:\n{proc.stderr[-3000:]}"
                 )
-            done.write_text(" ".join(version_pins(version)) + "\n")
+            done.write_text(wanted + "\n")
     return venv / "bin"
 
 

@@ -6,14 +6,14 @@ shared with the production workers, so a pull must leave them their share).
 A token bucket (as GCRA: one "theoretical arrival time") shared by every
 thread of the client: each ``acquire`` reserves the next slot under a lock and
 sleeps outside it, so concurrent requests are served in order and together
-never exceed the rate; up to ``burst`` requests (one second's worth) may go at
-once after a quiet spell. Keeps how often and how long the budget, not the
+never exceed the rate. Evenly spaced by default (``burst`` 1): a limit counted
+over any rolling second sees no more than over the minute, which a burst of a
+second's worth would break (measured: 3 throttled requests instead of 0). Keeps how often and how long the budget, not the
 server, held requests back. Must not: send requests, print, or retry.
 """
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from collections.abc import Callable
@@ -39,7 +39,7 @@ class BudgetStats:
 
 
 class RequestBudget:
-    """At most ``per_minute`` requests a minute (and ``burst`` at once), across threads."""
+    """At most ``per_minute`` requests a minute, evenly spaced (``burst`` may go at once), across threads."""
 
     def __init__(
         self,
@@ -53,7 +53,7 @@ class RequestBudget:
             raise ValueError("a request budget needs a positive rate")
         self.per_minute = float(per_minute)
         self.interval = 60.0 / self.per_minute
-        self.burst = burst if burst is not None else max(1, math.floor(self.per_minute / 60))
+        self.burst = max(1, burst or 1)
         self._tolerance = (self.burst - 1) * self.interval
         self._clock = clock
         self._sleep = sleep
