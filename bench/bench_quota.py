@@ -178,7 +178,10 @@ def through_proxy(
     elif args[0] == "pull":
         result = f"{summary.get('inserted', 0)} runs inserted, {summary.get('retries', 0)} retries"
     else:
-        result = f"{summary.get('done', 0)} done, {summary.get('failed', 0)} failed, {summary.get('calls', 0)} bulk calls"
+        res = summary.get("result", {})
+        errors = res.get("errors") or []
+        result = f"{res.get('done', 0)} done, {res.get('failed', 0)} failed, {res.get('calls', 0)} bulk calls"
+        result += f"; {errors[0][:140]}" if errors else ""
     return {
         "variant": name,
         "exit": rc,
