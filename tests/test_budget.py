@@ -36,7 +36,9 @@ class FakeClock:
 
 def test_the_bucket_paces_after_a_burst() -> None:
     clock = FakeClock()
-    budget = RequestBudget(120, burst=2, clock=clock, sleep=clock.sleep)  # 2 at once, then 1 per 0.5 s
+    budget = RequestBudget(
+        120, burst=2, clock=clock, sleep=clock.sleep
+    )  # 2 at once, then 1 per 0.5 s
     waits = [budget.acquire() for _ in range(5)]
     assert waits == [0.0, 0.0, 0.5, 1.0, 1.5]
     clock.now = 10.0  # a quiet spell refills the burst, no more

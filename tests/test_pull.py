@@ -137,7 +137,7 @@ def test_status_shows_the_server_version(pulled: Path) -> None:
     assert data["server"]["version"] == version
     assert (data["server"]["bulk"], data["server"]["cloud"]) == (True, False)
     text = run_cli("status", "--db", str(pulled))
-    assert f"server: Prefect {version}; policies use its bulk endpoints" in text.stdout
+    assert f"server: Prefect {version}, has the bulk endpoints policies use" in text.stdout
 
 
 class _Recording:

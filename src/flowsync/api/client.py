@@ -454,7 +454,7 @@ class PrefectClient:
         )
         return UnsupportedError(
             f"Prefect API at {self.settings.display_url} has no POST /{endpoint} ({has}, "
-            f"the first release with it): upgrade the server, or use the per-run endpoints.",
+            "the first release with it); upgrade the server to use it.",
             endpoint=endpoint,
             version=caps.version,
             needs=needs,

@@ -185,10 +185,10 @@ def status_cmd(
         version = server.get("version")
         kind = "Prefect Cloud" if server.get("cloud") else "Prefect"
         said = f"{kind} {version}" if version else f"{kind} (version not stated)"
-        path_kind = "bulk" if server.get("bulk") else "per-run"
+        bulk = "has" if server.get("bulk") else "lacks (before 3.6.16)"
         seen = str(server.get("seen_at", ""))[:19].replace("T", " ")
         out.print(
-            f"server: {said}; policies use its {path_kind} endpoints; as of {seen} UTC",
+            f"server: {said}, {bulk} the bulk endpoints policies use; as of {seen} UTC",
             highlight=False,
         )
     if last:
