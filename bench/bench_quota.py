@@ -12,7 +12,8 @@ variant runs as a subprocess on a new file:
   ``--delete`` of those runs (re-read + ``bulk_delete`` per 50), on a fresh
   server copy each.
 
-    python -m bench.bench_quota --runs 1500 --limit 5 --budget 240 --out bench/results/quota.md
+    python -m bench.bench_quota --runs 1500 --limit 5 --budget 240 --repeat 3 --apply-repeat 3 \
+        --out bench/results/quota.md
 """
 
 from __future__ import annotations
@@ -203,6 +204,9 @@ def main() -> None:
     )
     p.add_argument("--delete", type=int, default=300, help="runs the apply deletes")
     p.add_argument("--repeat", type=int, default=3, help="pulls of each variant (interleaved)")
+    p.add_argument(
+        "--apply-repeat", type=int, default=1, help="applies of each variant (interleaved)"
+    )
     p.add_argument("--out", type=Path)
     a = p.parse_args()
     paced = ["--max-requests-per-minute", f"{a.budget:g}"]
@@ -220,15 +224,13 @@ def main() -> None:
                     args = ["pull", "--json", "--quiet", "--db", str(db), *extra]
                     rows.append(through_proxy(server.url, a.limit, folder, name, args))
                     print(rows[-1], flush=True)
-        for name, extra in (
-            ("apply", []),
-            (f"apply --max-requests-per-minute {a.budget:g}", paced),
-        ):
+        applies = [("apply", []), (f"apply --max-requests-per-minute {a.budget:g}", paced)]
+        for name, extra in applies * a.apply_repeat:
             with prefect_server() as server:  # a fresh server each: the apply deletes runs
                 seed(
                     server.url, runs=a.runs, flows=4, deployments_per_flow=3, days=30, seed_value=21
                 )
-                db = folder / f"apply-{len(extra)}.duckdb"
+                db = folder / f"apply-{len(rows)}.duckdb"
                 flowsync("pull", "--api-url", server.url, "--db", str(db), "--json", "--quiet")
                 args = [
                     "apply",
