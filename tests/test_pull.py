@@ -129,6 +129,17 @@ def test_status_reports_counts(prefect: SeededServer, pulled: Path) -> None:
     assert data["api_url"] == prefect.url
 
 
+def test_status_shows_the_server_version(pulled: Path) -> None:
+    from tests.support.server import installed_prefect_version
+
+    version = installed_prefect_version()
+    data = json.loads(run_cli("status", "--db", str(pulled), "--json").stdout)
+    assert data["server"]["version"] == version
+    assert (data["server"]["bulk"], data["server"]["cloud"]) == (True, False)
+    text = run_cli("status", "--db", str(pulled))
+    assert f"server: Prefect {version}, has the bulk endpoints policies use" in text.stdout
+
+
 class _Recording:
     """A Progress that keeps what the pull reports, per phase."""
 

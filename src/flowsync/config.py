@@ -1,7 +1,10 @@
 """Where flowsync finds its settings: the API URL and credentials, and the DB path.
 
 Owns: resolving each setting the way the Prefect CLI does (flag, then
-environment, then the active profile in ``$PREFECT_HOME/profiles.toml``), and
+environment, then the active profile in ``$PREFECT_HOME/profiles.toml``; the
+request budget ``FLOWSYNC_MAX_REQUESTS_PER_MINUTE`` and the run retention
+``FLOWSYNC_RUN_RETENTION_DAYS`` likewise, so a profile can hold a Cloud
+workspace's share of its quota and its plan's retention), and
 masking secrets for display. Must not: open connections, print, or write the
 API key anywhere; secrets stay in ``pydantic.SecretStr`` until the HTTP layer
 puts them in a header.
@@ -10,6 +13,7 @@ puts them in a header.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -44,6 +48,9 @@ class ApiSettings:
     auth_string: SecretStr | None = None
     verify: bool | str = True
     source: str = "flag"
+    max_requests_per_minute: float | None = None  # the request budget; None: unpaced
+    # How long the server keeps runs, when it cannot say (Prefect Cloud: 7, 14 or 30 days by plan).
+    run_retention_days: float | None = None
 
     @property
     def display_url(self) -> str:
@@ -56,6 +63,18 @@ class ApiSettings:
         if self.auth_string is not None:
             return "auth string (basic)"
         return "none"
+
+
+_CLOUD = re.compile(
+    r"/api/accounts/(?P<account>[0-9a-f-]{36})/workspaces/(?P<workspace>[0-9a-f-]{36})$",
+    re.IGNORECASE,
+)
+
+
+def cloud_workspace(url: str) -> tuple[str, str] | None:
+    """(account id, workspace id) of a Prefect Cloud workspace URL, else None."""
+    m = _CLOUD.search(url.rstrip("/"))
+    return (m.group("account").lower(), m.group("workspace").lower()) if m else None
 
 
 def mask_url(url: str) -> str:
@@ -107,10 +126,16 @@ def _truthy(value: object) -> bool:
     return str(value).strip().lower() in {"1", "true", "yes", "on"}
 
 
+BUDGET_KEY = "FLOWSYNC_MAX_REQUESTS_PER_MINUTE"
+RETENTION_KEY = "FLOWSYNC_RUN_RETENTION_DAYS"
+
+
 def resolve_api(
     api_url: str | None = None,
     api_key: str | None = None,
     env: Mapping[str, str] | None = None,
+    *,
+    max_requests_per_minute: float | None = None,
 ) -> ApiSettings:
     """Each setting from the flag, else the environment, else the active profile."""
     env = os.environ if env is None else env
@@ -151,13 +176,52 @@ def resolve_api(
             raise ConfigError(f"PREFECT_API_SSL_CERT_FILE {cert_file!r} does not exist.")
         verify = str(Path(cert_file).expanduser())
 
+    flag_budget = None if max_requests_per_minute is None else str(max_requests_per_minute)
+    budget, budget_source = pick(flag_budget, BUDGET_KEY)
     return ApiSettings(
         url=url,
         api_key=SecretStr(key) if key else None,
         auth_string=SecretStr(auth) if auth and not key else None,
         verify=verify,
         source=source,
+        max_requests_per_minute=_budget(budget, budget_source),
+        run_retention_days=_retention(*pick(None, RETENTION_KEY)),
     )
+
+
+def _retention(value: str | None, source: str) -> float | None:
+    if value is None or not value.strip():
+        return None
+    try:
+        days = float(value)
+    except ValueError:
+        days = -1.0
+    if not 0 < days < 100_000:
+        raise ConfigError(
+            f"{RETENTION_KEY} {value!r} (from {source}) is not a number of days; "
+            "expected e.g. 14 (Prefect Cloud keeps runs 7, 14 or 30 days, by plan)."
+        )
+    return days
+
+
+def _budget(value: str | None, source: str) -> float | None:
+    """A request budget: a positive number of requests per minute; 0 or empty: none."""
+    if value is None or not value.strip():
+        return None
+    try:
+        rate = float(value)
+    except ValueError:
+        rate = -1.0
+    if rate < 0 or rate != rate or rate == float("inf"):
+        raise ConfigError(
+            f"{BUDGET_KEY} {value!r} (from {source}) is not a number of requests per minute; "
+            "expected e.g. 300 (0 turns the budget off)."
+        )
+    if 0 < rate < 1:
+        raise ConfigError(
+            f"{BUDGET_KEY} {value!r} (from {source}) is below 1 request per minute; use 1 or more."
+        )
+    return rate or None
 
 
 def resolve_db_path(

@@ -10,7 +10,10 @@ code. Must not: print, log, or hold secrets in messages.
     ├── ApiError                  the Prefect API failed or answered nonsense (exit 3)
     │   ├── AuthError             401/403 (exit 4)
     │   ├── UncertainError        a call that changes data got no answer: it may have been applied
-    │   └── NotSentError          a call that changes data certainly did not act (429, never connected)
+    │   ├── NotSentError          a call that changes data never reached the server (safe to resend, after a re-check)
+    │   ├── ThrottledError        a call that changes data answered 429: not applied (``retry_after``)
+    │   ├── NotFoundError         404/405 for ``path``: no such object (any more), or no such route
+    │   └── UnsupportedError      the server lacks an endpoint (``endpoint``, ``version``, ``needs``)
     ├── StoreError                the DuckDB file cannot be used (exit 5)
     │   ├── StoreLockedError      another process holds the file (exit 6)
     │   ├── NewerFileError        a newer flowsync wrote it: this one refuses to write it (exit 5)
@@ -66,15 +69,39 @@ class UncertainError(ApiError):
 
 
 class NotSentError(ApiError):
-    """A non-idempotent call the server certainly did not act on: it answered 429
-    (``retry_after``: seconds it asked to wait, if it said) or the connection was
-    never made. The transport does not send it again: the caller re-checks what
-    it is about to change, then decides whether to send. ``problem`` says why."""
+    """A non-idempotent call never reached the server (the connection was never made):
+    nothing was applied. The transport does not resend it; the caller re-checks, then may."""
 
-    def __init__(self, message: str, problem: str, retry_after: float | None = None) -> None:
+
+class ThrottledError(ApiError):
+    """A non-idempotent call answered 429: the server did not act on it. The transport does
+    not resend it; the caller waits ``retry_after`` seconds (None: the server did not say),
+    re-checks, then may send again."""
+
+    def __init__(self, message: str, retry_after: float | None) -> None:
         super().__init__(message)
-        self.problem = problem
         self.retry_after = retry_after
+
+
+class NotFoundError(ApiError):
+    """The API answered ``status`` 404 for ``path`` (the object does not exist, any more,
+    or the route does not), or 405 (the route does not exist for this method)."""
+
+    def __init__(self, message: str, path: str, status: int = 404) -> None:
+        super().__init__(message)
+        self.path = path
+        self.status = status
+
+
+class UnsupportedError(ApiError):
+    """The server has no ``endpoint``: its ``version`` (None: it does not say) is older than
+    ``needs``, the first release that has it."""
+
+    def __init__(self, message: str, *, endpoint: str, version: str | None, needs: str) -> None:
+        super().__init__(message)
+        self.endpoint = endpoint
+        self.version = version
+        self.needs = needs
 
 
 class StoreError(FlowsyncError):

@@ -96,6 +96,9 @@ def ensure_base(
                     "work_pool_name": "seed-pool" if j % 2 == 0 else None,
                     "paused": j == 3,
                     "parameters": {"batch": j},
+                    # Prefect 3.0 refuses runs of a deployment without a parameter schema
+                    # unless the schema is not enforced.
+                    "enforce_parameter_schema": False,
                 },
             )
             out.deployments[f"{name}/{dname}"] = d["id"]
@@ -155,10 +158,24 @@ def seed(
     return out
 
 
+def has_bulk(c: httpx.Client) -> bool:
+    """Whether the server has the bulk endpoints (Prefect 3.6.16+)."""
+    version = c.get("admin/version").json()
+    parts = tuple(int(p) for p in str(version).split(".")[:3] if p.isdigit())
+    return parts >= (3, 6, 16)
+
+
 def create_bulk(c: httpx.Client, deployment_id: str, payload: list[dict[str, Any]]) -> list[str]:
-    """Create runs; re-send the ones that failed (the idempotency key makes that safe)."""
+    """Create runs; re-send the ones that failed (the idempotency key makes that safe).
+
+    Servers older than 3.6.16 have no bulk endpoint: one POST per run there."""
     ids: dict[str, str] = {}
     todo = payload
+    if not has_bulk(c):
+        for item in payload:
+            created = post_json(c, f"deployments/{deployment_id}/create_flow_run", item)
+            ids[item["idempotency_key"]] = created["id"]
+        return [ids[p["idempotency_key"]] for p in payload]
     for _ in range(10):
         res = post_json(c, f"deployments/{deployment_id}/create_flow_run/bulk", todo)
         retry = []
@@ -179,7 +196,16 @@ def create_bulk(c: httpx.Client, deployment_id: str, payload: list[dict[str, Any
 
 
 def set_states(c: httpx.Client, ids: list[str], state_type: str, state_name: str) -> None:
-    """Force runs into a state, 50 at a time, re-sending per-run failures."""
+    """Force runs into a state, 50 at a time, re-sending per-run failures (one call per
+    run on servers without the bulk endpoint)."""
+    if not has_bulk(c):
+        for run_id in ids:
+            post_json(
+                c,
+                f"flow_runs/{run_id}/set_state",
+                {"state": {"type": state_type, "name": state_name}, "force": True},
+            )
+        return
     for i in range(0, len(ids), 50):
         chunk = ids[i : i + 50]
         for _ in range(10):

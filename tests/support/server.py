@@ -7,11 +7,20 @@ lives in the home), ``postgres`` (a database of its own in a throwaway
 cluster, see ``tests.support.postgres``) and ``postgres-2w`` (PostgreSQL,
 Redis for messaging, ``--workers 2`` and the background services in a
 separate ``prefect server services start`` process, as production runs them).
-Never used by ``src/``.
+
+Server versions: by default the ``prefect`` pinned in the dev group (the
+running interpreter's environment). ``prefect_server(version="3.4.25")`` runs
+that release instead, from a virtualenv of its own built on first use under
+``FLOWSYNC_TEST_SERVERS`` (default ``~/.cache/flowsync-test-servers/<version>``,
+pip's downloads cached beside it) and reused afterwards. ``SERVER_VERSIONS``
+holds the latest patch of every supported minor; ``server_versions()`` says
+which of them this run tests (``FLOWSYNC_TEST_SERVER_VERSIONS``). Never used
+by ``src/``.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import signal
@@ -33,6 +42,118 @@ if TYPE_CHECKING:
 
 BACKENDS = ("sqlite", "postgres", "postgres-2w")
 
+# The latest patch of every Prefect 3 minor (`pip index versions prefect`, 2026-12-04).
+SERVER_VERSIONS = {
+    "3.0": "3.0.11",
+    "3.1": "3.1.15",
+    "3.2": "3.2.15",
+    "3.3": "3.3.7",
+    "3.4": "3.4.25",
+    "3.5": "3.5.0",
+    "3.6": "3.6.29",
+    "3.7": "3.7.8",
+    "3.8": "3.8.8",
+    "3.9": "3.9.1",
+}
+# What CI tests besides the pinned default: the oldest and the newest supported.
+CI_SERVER_VERSIONS = (SERVER_VERSIONS["3.0"], SERVER_VERSIONS["3.9"])
+VERSIONS_ENV = "FLOWSYNC_TEST_SERVER_VERSIONS"
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in version.split(".")[:3] if p.isdigit())
+
+
+def server_versions(value: str | None = None) -> list[str]:
+    """The server versions a compatibility run covers: ``FLOWSYNC_TEST_SERVER_VERSIONS``
+    as ``all`` (every minor's latest patch), ``ci`` (the oldest and newest, the default)
+    or a comma-separated list of versions or minors (``3.4,3.9.1``)."""
+    value = (value if value is not None else os.environ.get(VERSIONS_ENV, "")).strip() or "ci"
+    if value == "all":
+        return list(SERVER_VERSIONS.values())
+    if value == "ci":
+        return list(CI_SERVER_VERSIONS)
+    out = []
+    for item in (v.strip() for v in value.split(",")):
+        if item:
+            out.append(SERVER_VERSIONS.get(item, item))
+    return out
+
+
+def version_pins(version: str) -> list[str]:
+    """What an old release needs pinned beside it to start (found by starting each): newer
+    FastAPI releases break 3.0-3.7 (``Body(min_items=...)``; 3.7 needs one from
+    0.139 on, so it gets the one 3.8.8 runs with), 3.0-3.5 import
+    ``importlib_metadata`` without declaring it, and 3.0 needs an older pydantic."""
+    v = version_tuple(version)
+    pins = [f"prefect=={version}"]
+    if v < (3, 7):
+        pins.append("fastapi==0.115.12")
+    elif v < (3, 8):
+        pins.append("fastapi==0.154.0")  # 3.7 wants >=0.139; what 3.8.8 runs with here
+    if v < (3, 6):
+        pins.append("importlib_metadata")
+    if v < (3, 1):
+        pins.append("pydantic==2.9.2")
+    return pins
+
+
+def _interpreter(version: str) -> str:
+    """A Python for this release: 3.9 needs 3.11+, the older ones run on any 3.10+."""
+    if version_tuple(version) < (3, 9) or sys.version_info >= (3, 11):
+        return sys.executable
+    for name in ("python3.11", "python3.12", "python3.13"):
+        found = shutil.which(name)
+        if found:
+            return found
+    raise RuntimeError(f"prefect {version} needs Python 3.11 or newer: install python3.11.")
+
+
+def servers_cache() -> Path:
+    default = Path.home() / ".cache" / "flowsync-test-servers"
+    return Path(os.environ.get("FLOWSYNC_TEST_SERVERS") or default)
+
+
+def installed_prefect_version() -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version("prefect")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def server_venv(version: str) -> Path:
+    """The bin directory of a virtualenv holding ``prefect==version``; built once, then reused.
+
+    Built under a file lock (parallel test processes wait for one build) and marked
+    complete only at the end, so a build cut short is redone rather than reused."""
+    root = servers_cache()
+    root.mkdir(parents=True, exist_ok=True)
+    venv = root / version
+    done = venv / ".flowsync-complete"
+    with (root / f".{version}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        wanted = " ".join(version_pins(version))
+        if not done.exists() or done.read_text().strip() != wanted:  # new pins: build again
+            shutil.rmtree(venv, ignore_errors=True)
+            subprocess.run(
+                [_interpreter(version), "-m", "venv", str(venv)], check=True, capture_output=True
+            )
+            env = {**os.environ, "PIP_CACHE_DIR": str(root / "pip-cache")}
+            env.pop("PYTHONPATH", None)
+            proc = subprocess.run(
+                [str(venv / "bin" / "python"), "-m", "pip", "install", "-q",
+                 "--disable-pip-version-check", *version_pins(version)],
+                env=env, capture_output=True, text=True,
+            )  # fmt: skip
+            if proc.returncode != 0:
+                raise RuntimeError(
+                    f"could not install prefect {version} into {venv}:\n{proc.stderr[-3000:]}"
+                )
+            done.write_text(wanted + "\n")
+    return venv / "bin"
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -40,7 +161,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def prefect_executable() -> str:
+def prefect_executable(version: str | None = None) -> str:
+    """The ``prefect`` command: the dev group's, or ``version``'s own virtualenv's."""
+    if version is not None and version != installed_prefect_version():
+        return str(server_venv(version) / "prefect")
     here = Path(sys.executable).parent / "prefect"
     found = str(here) if here.exists() else shutil.which("prefect")
     if not found:
@@ -59,6 +183,7 @@ class Server:
     backend: str = "sqlite"
     database_url: str | None = None  # PostgreSQL backends: where the server keeps its rows
     workers: int = 1
+    version: str | None = None  # None: the dev group's pinned prefect
 
     def env(self) -> dict[str, str]:
         """Environment for a Prefect client (e.g. a real @flow) pointed at this server."""
@@ -119,8 +244,12 @@ def prefect_server(
     workers: int = 1,
     extra_env: dict[str, str] | None = None,
     backend: str = "sqlite",
+    version: str | None = None,
 ) -> Iterator[Server]:
     """A running server; stopped (and its temp home removed) on exit.
+
+    ``version`` runs that Prefect release from its own virtualenv (see the module
+    docstring); None runs the dev group's.
 
     With ``workers`` > 1 the API processes run no background services (Prefect
     turns them off), so they run in a ``prefect server services start``
@@ -135,7 +264,8 @@ def prefect_server(
     port = port or free_port()
     log = home / "server.log"
     env = {**server_env(home, quiet_services, database_url), **(extra_env or {})}
-    cmd = [prefect_executable(), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    prefect = prefect_executable(version)
+    cmd = [prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)]
     if workers > 1:
         cmd += ["--workers", str(workers)]
     with log.open("wb") as log_f:
@@ -144,7 +274,7 @@ def prefect_server(
         )
     services: subprocess.Popen[bytes] | None = None
     url = f"http://127.0.0.1:{port}/api"
-    server = Server(url, home, proc, log, backend, database_url, workers)
+    server = Server(url, home, proc, log, backend, database_url, workers, version)
     try:
         deadline = time.monotonic() + timeout
         while True:
@@ -165,7 +295,7 @@ def prefect_server(
         if workers > 1:
             with (home / "services.log").open("wb") as log_f:
                 services = subprocess.Popen(
-                    [prefect_executable(), "server", "services", "start"],
+                    [prefect, "server", "services", "start"],
                     env=env,
                     stdout=log_f,
                     stderr=subprocess.STDOUT,

@@ -2,15 +2,33 @@
 
 Owns: every request flowsync makes. Read-only calls retry 429 (honouring
 ``Retry-After``), 500/502/503/504, transport errors and unreadable bodies, with
-bounded exponential backoff and full jitter. Calls that change data (the bulk
-endpoints) are never sent twice by the transport: what proves the server did
-not act (429, a connection that was never made) raises ``NotSentError`` (with
-``Retry-After``), anything that may have been applied (5xx, a dropped
-connection, a timeout, an unreadable body) raises ``UncertainError``. Only the
-caller knows whether sending again is still right: it re-reads and re-decides
-first (a run may have been protected while the server asked us to wait). Everything
-else becomes ``ApiError``/``AuthError`` with one line that names the URL. Must not: print,
-touch the store, or let the API key out of the ``Authorization`` header.
+bounded exponential backoff and full jitter. Calls that change data
+(``idempotent=False``: the bulk endpoints, ``delete_flow_run``,
+``set_flow_run_state``) are sent exactly once and never resent by this
+transport: a 429 raises ``ThrottledError`` (with ``retry_after``), a connection
+that was never made raises ``NotSentError`` (neither was applied), and anything
+that may have been applied (5xx, a dropped connection, a timeout, an
+unreadable body) raises ``UncertainError``; the caller re-reads and re-decides
+before it sends again (a run may have been protected while the server asked us to
+wait). Everything else becomes ``ApiError``/``AuthError``
+(``NotFoundError`` for a 404, ``UnsupportedError`` for an endpoint the server's
+version lacks) with one line that names the URL.
+
+What the server can do (``capabilities()``) is read once, from
+``GET /admin/version``: the bulk endpoints exist from Prefect 3.6.16. Prefect
+Cloud does not say its version; it runs current code and has them. Every
+self-hosted 3.x server says its version, so one that does not (a proxy hiding
+``/admin``) is taken to be current too; should a bulk endpoint then answer 404,
+the call raises ``UnsupportedError`` and the caller uses the per-run endpoints
+every 3.x server has.
+
+With a request budget (``ApiSettings.max_requests_per_minute``, from
+``--max-requests-per-minute``, the environment or the profile) every request,
+retries included, first takes a slot from a ``RequestBudget`` shared by every
+thread of the client, so the client stays under its share of a quota before the
+server has to say 429; ``on_retry`` also hears when the budget, not the
+server, holds requests back (at most every 30 s). Must not: print, touch the store, or let
+the API key out of the ``Authorization`` header.
 """
 
 from __future__ import annotations
@@ -31,14 +49,30 @@ from urllib.parse import urlsplit
 import httpx
 
 from flowsync import __version__
-from flowsync.config import ApiSettings
-from flowsync.errors import ApiError, AuthError, NotSentError, UncertainError
+from flowsync.api.budget import RequestBudget
+from flowsync.api.models import (
+    BULK_SINCE,
+    Capabilities,
+    DeleteResult,
+    OrchestrationResult,
+    RunRetention,
+)
+from flowsync.config import ApiSettings, cloud_workspace
+from flowsync.errors import (
+    ApiError,
+    AuthError,
+    NotFoundError,
+    NotSentError,
+    ThrottledError,
+    UncertainError,
+    UnsupportedError,
+)
 
 # Read-only calls (filters, counts, history) are safe to repeat after any of these: the
 # SQLite-backed server answers 500/503 for "database is locked" under write load.
 READ_RETRY_STATUS = {429, 500, 502, 503, 504}
 TRANSPORT_ERRORS = (httpx.TransportError,)
-# The request never reached the server: safe to send again even when it changes data.
+# The request never reached the server: a call that changes data was not applied.
 NOT_SENT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
 
@@ -106,9 +140,15 @@ class PrefectClient:
         retry: RetryPolicy | None = None,
         sleep: Callable[[float], None] = time.sleep,
         on_retry: Callable[[str], None] | None = None,
+        budget: RequestBudget | None = None,
     ) -> None:
         self.settings = settings
         self.retry = retry or RetryPolicy()
+        if budget is None and settings.max_requests_per_minute:
+            budget = RequestBudget(settings.max_requests_per_minute, sleep=sleep)
+        self.budget = budget
+        self._budget_told = -1e9  # when on_retry last heard that the budget is the limit
+        self._capabilities: Capabilities | None = None
         self._sleep = sleep
         self._on_retry = on_retry
         self._lock = threading.Lock()
@@ -164,16 +204,15 @@ class PrefectClient:
 
         With ``raw``, return ``(decoded, body text, response headers)``. With
         ``idempotent=False`` a failure the server may have acted on raises
-        ``UncertainError`` at once instead of being retried."""
-        attempts = attempts or self.retry.attempts
+        ``UncertainError``, ``ThrottledError`` or ``NotSentError`` at once and
+        is never sent twice (see the module docstring)."""
+        attempts = 1 if not idempotent else (attempts or self.retry.attempts)
         url = path if path.startswith("http") else path.lstrip("/")
         if url.startswith("http") and urlsplit(url).netloc != self._host:
             # Never send credentials to another host, e.g. via a next-page link.
             raise ApiError(
                 f"Prefect API returned a link to another host ({urlsplit(url).netloc}); refusing to follow it."
             )
-        if not idempotent:
-            attempts = 1  # the caller re-checks before it sends a call that changes data again
         where = (
             f"{self.settings.display_url}/{path.lstrip('/')}"
             if not path.startswith("http")
@@ -183,13 +222,18 @@ class PrefectClient:
         for attempt in range(attempts):
             self._count(attempt > 0)
             retry_after: float | None = None
+            if self.budget is not None and self.budget.acquire() > 0:
+                self._budget_notice()
             try:
                 response = self._http.request(method, url, json=body)
             except TRANSPORT_ERRORS as e:
                 last_problem = f"{type(e).__name__}: {_short(str(e)) or 'connection failed'}"
+                if not idempotent and isinstance(e, NOT_SENT_ERRORS):
+                    raise NotSentError(
+                        f"Prefect API at {self.settings.display_url}: {method} /{_bare(path)} "
+                        f"was not sent ({last_problem}); nothing was applied."
+                    ) from e
                 if not idempotent:
-                    if isinstance(e, NOT_SENT_ERRORS):
-                        raise self._not_sent(method, path, last_problem, None) from e
                     raise self._uncertain(method, path, last_problem) from e
             else:
                 status = response.status_code
@@ -200,11 +244,12 @@ class PrefectClient:
                         "PREFECT_API_AUTH_STRING or --api-key."
                     )
                 if status == 429 and not idempotent:
-                    raise self._not_sent(
-                        method,
-                        path,
-                        f"HTTP 429 {_short(response.text, 80)}",
-                        _retry_after(response),
+                    after = _retry_after(response)
+                    raise ThrottledError(
+                        f"Prefect API at {self.settings.display_url} throttled {method} /{_bare(path)} "
+                        f"(429{f', retry after {after:.0f}s' if after is not None else ''}); "
+                        "nothing was applied.",
+                        after,
                     )
                 if status in READ_RETRY_STATUS and idempotent:
                     retry_after = _retry_after(response) if status == 429 else None
@@ -213,6 +258,8 @@ class PrefectClient:
                     raise self._uncertain(
                         method, path, f"HTTP {status} {_short(response.text, 80)}", status
                     )
+                elif status in (404, 405):
+                    raise NotFoundError(self._status_message(method, where, response), path, status)
                 elif status >= 400:
                     raise ApiError(self._status_message(method, where, response))
                 elif status == 204 or not expect_json:
@@ -243,27 +290,34 @@ class PrefectClient:
         """How long the retry policy waits before try ``attempt + 1`` (for callers that resend themselves)."""
         return self.retry.delay(attempt, None)
 
+    def _budget_notice(self) -> None:
+        if self._on_retry is None or self.budget is None:
+            return
+        now = time.monotonic()
+        with self._lock:
+            if now - self._budget_told < 30:
+                return
+            self._budget_told = now
+        stats = self.budget.stats()
+        self._on_retry(
+            f"the request budget ({stats.per_minute:g}/min), not the server, is the limit: "
+            f"{stats.waits} of {stats.requests} requests waited {stats.waited_seconds:.1f}s so far"
+        )
+
+    def pause(self, attempt: int) -> None:
+        """Sleep as the retry policy would before try ``attempt + 1`` (for callers that resend themselves)."""
+        self._sleep(self.retry.delay(attempt, None))
+
     def pause_for(self, seconds: float) -> None:
         """Sleep ``seconds`` with the client's clock (tests give it a fake one)."""
         if seconds > 0:
             self._sleep(seconds)
 
-    def _not_sent(
-        self, method: str, path: str, problem: str, retry_after: float | None
-    ) -> NotSentError:
-        wait = f"; it asked to wait {retry_after:.0f}s" if retry_after is not None else ""
-        return NotSentError(
-            f"Prefect API at {self.settings.display_url}: {method} /{path.lstrip('/').split('?')[0]} "
-            f"was not carried out ({problem}){wait}.",
-            problem,
-            retry_after,
-        )
-
     def _uncertain(
         self, method: str, path: str, problem: str, status: int | None = None
     ) -> UncertainError:
         return UncertainError(
-            f"Prefect API at {self.settings.display_url}: {method} /{path.lstrip('/').split('?')[0]} "
+            f"Prefect API at {self.settings.display_url}: {method} /{_bare(path)} "
             f"failed in transit ({problem}); the server may have applied it.",
             problem,
             status,
@@ -306,11 +360,43 @@ class PrefectClient:
         return _server_date(headers.get("date"))
 
     def server_version(self) -> str | None:
+        """What ``GET /admin/version`` says, or None when the server does not say (Cloud)."""
         try:
-            answer = self.request("GET", "admin/version")
+            answer = self.request("GET", "admin/version", attempts=2)
+        except AuthError:
+            raise
         except ApiError:
             return None
         return str(answer) if answer is not None else None
+
+    def capabilities(self) -> Capabilities:
+        """What this server can do; its version is read once per client (thread-safe)."""
+        with self._lock:
+            known = self._capabilities
+        if known is not None:
+            return known
+        found = Capabilities.of(
+            self.server_version(), cloud=cloud_workspace(self.settings.url) is not None
+        )
+        with self._lock:
+            if self._capabilities is None:
+                self._capabilities = found
+            return self._capabilities
+
+    def _unsupported(self, endpoint: str, caps: Capabilities) -> UnsupportedError:
+        needs = ".".join(map(str, BULK_SINCE))
+        has = (
+            f"{caps.describe()} < {needs}"
+            if caps.version and not caps.bulk
+            else f"{caps.describe()}; the endpoint answered 404"
+        )
+        return UnsupportedError(
+            f"Prefect API at {self.settings.display_url} has no POST /{endpoint} ({has}, "
+            "the first release with it); upgrade the server to use it.",
+            endpoint=endpoint,
+            version=caps.version,
+            needs=needs,
+        )
 
     def filter(self, resource: str, body: dict[str, Any]) -> list[dict[str, Any]]:
         """POST /{resource}/filter; resource is flows, deployments or flow_runs."""
@@ -365,38 +451,49 @@ class PrefectClient:
     def changed_flow_runs(self, since: datetime, until: datetime) -> dict[str, datetime]:
         """Flow-run ids with a state-change event in [since, until], and the latest one.
 
-        One request: ``/events/count-by/resource`` groups events by resource id.
+        One request per ``EVENTS_QUERY_SPAN`` (14 days, Prefect Cloud's limit for
+        one events query): ``/events/count-by/resource`` groups events by resource id.
         """
-        body = {
-            "filter": {
-                "occurred": {"since": since.isoformat(), "until": until.isoformat()},
-                "event": {"prefix": ["prefect.flow-run."]},
-                "any_resource": {"id_prefix": ["prefect.flow-run."]},
-            },
-            "time_unit": "day",
-            "time_interval": 1.0,
-        }
-        answer = self.request("POST", "events/count-by/resource", body)
-        if not isinstance(answer, list):
-            raise ApiError("POST /events/count-by/resource answered something other than a list.")
         changed: dict[str, datetime] = {}
         prefix = "prefect.flow-run."
-        for row in answer:
-            value = str(row.get("value", ""))
-            if value.startswith(prefix):
-                end_time = datetime.fromisoformat(str(row["end_time"]).replace("Z", "+00:00"))
-                changed[value[len(prefix) :]] = end_time
+        for start, end in _spans(since, until, EVENTS_QUERY_SPAN):
+            body = {
+                "filter": {
+                    "occurred": {"since": start.isoformat(), "until": end.isoformat()},
+                    "event": {"prefix": [prefix]},
+                    "any_resource": {"id_prefix": [prefix]},
+                },
+                "time_unit": "day",
+                "time_interval": 1.0,
+            }
+            answer = self.request("POST", "events/count-by/resource", body)
+            if not isinstance(answer, list):
+                raise ApiError(
+                    "POST /events/count-by/resource answered something other than a list."
+                )
+            for row in answer:
+                value = str(row.get("value", ""))
+                if value.startswith(prefix):
+                    end_time = datetime.fromisoformat(str(row["end_time"]).replace("Z", "+00:00"))
+                    run_id = value[len(prefix) :]
+                    if run_id not in changed or changed[run_id] < end_time:
+                        changed[run_id] = end_time
         return changed
 
     def flow_run_event_before(self, when: datetime) -> datetime | None:
         """When the newest flow-run state event at or before ``when`` occurred, or None if the server holds none.
 
         Prefect trims events oldest first (retention, ``db_vacuum``): one held at
-        or before ``when`` proves every later one is still held.
+        or before ``when`` proves every later one is still held. Looks back one
+        ``EVENTS_QUERY_SPAN`` (Prefect Cloud refuses longer queries): None also when
+        the newest such event is older than that.
         """
         body = {
             "filter": {
-                "occurred": {"since": "1970-01-01T00:00:00+00:00", "until": when.isoformat()},
+                "occurred": {
+                    "since": (when - EVENTS_QUERY_SPAN).isoformat(),
+                    "until": when.isoformat(),
+                },
                 "event": {"prefix": ["prefect.flow-run."]},
                 "any_resource": {"id_prefix": ["prefect.flow-run."]},
                 "order": "DESC",
@@ -430,6 +527,34 @@ class PrefectClient:
             return None
         return min(periods)
 
+    def run_retention(self) -> RunRetention:
+        """Whether and when the server deletes flow runs on its own: Prefect's ``db_vacuum``
+        (3.6.19+) with ``flow_runs`` enabled deletes runs whose end is older than its
+        ``retention_period``. Unknown where the settings are not exposed (Prefect Cloud)."""
+        try:
+            settings = self.request("GET", "admin/settings", attempts=2)
+        except AuthError:
+            raise
+        except ApiError:
+            return RunRetention(False, None, "the server does not expose its settings")
+        try:
+            services = settings["server"]["services"]
+            vacuum = services.get("db_vacuum") if isinstance(services, dict) else None
+            if not isinstance(vacuum, dict):
+                return RunRetention(True, None, "this server version deletes no runs on its own")
+            enabled = vacuum.get("enabled")
+            kinds = (
+                {"flow_runs"}
+                if enabled is True
+                else set(enabled.split(",") if isinstance(enabled, str) else enabled or [])
+            )
+            if "flow_runs" not in {str(k).strip() for k in kinds}:
+                return RunRetention(True, None, "db_vacuum does not delete flow runs")
+            period = _duration(vacuum["retention_period"])
+        except (KeyError, TypeError, ValueError, AttributeError):
+            return RunRetention(False, None, "the server's settings did not say")
+        return RunRetention(True, period, "the server's db_vacuum retention_period")
+
     def server_now(self) -> datetime:
         """The server's clock (from the Date header), so cursors never depend on ours."""
         _answer, _text, headers = self.request("GET", "health", attempts=2, raw=True)
@@ -438,9 +563,12 @@ class PrefectClient:
     def bulk_delete(self, ids: Sequence[str], state_types: Sequence[str] | None) -> dict[str, Any]:
         """POST /flow_runs/bulk_delete for exactly these ids (never an open filter).
 
-        Raises ``UncertainError`` when the answer is lost: read the runs before resending."""
+        Raises ``UncertainError`` when the answer is lost: read the runs before resending;
+        ``ThrottledError``/``NotSentError`` when it was not applied; ``UnsupportedError``
+        on a server older than 3.6.16 (not sent at all when ``capabilities()`` already
+        said so; callers choose the path from ``capabilities()`` first)."""
         body = {"flow_runs": _id_filter(ids, state_types), "limit": len(ids)}
-        answer = self.request("POST", "flow_runs/bulk_delete", body, idempotent=False)
+        answer = self._bulk("flow_runs/bulk_delete", body)
         if not isinstance(answer, dict):
             raise ApiError("POST /flow_runs/bulk_delete answered something other than an object.")
         return answer
@@ -459,12 +587,61 @@ class PrefectClient:
             "force": force,
             "limit": len(ids),
         }
-        answer = self.request("POST", "flow_runs/bulk_set_state", body, idempotent=False)
+        answer = self._bulk("flow_runs/bulk_set_state", body)
         if not isinstance(answer, dict):
             raise ApiError(
                 "POST /flow_runs/bulk_set_state answered something other than an object."
             )
         return answer
+
+    def _bulk(self, endpoint: str, body: dict[str, Any]) -> Any:
+        with self._lock:
+            known = self._capabilities
+        if known is not None and not known.bulk:
+            raise self._unsupported(endpoint, known)  # already read: older than 3.6.16
+        try:
+            return self.request("POST", endpoint, body, idempotent=False)
+        except NotFoundError as e:
+            # 404 for the route itself (or 405 where 3.0-3.2 route POST /flow_runs/bulk_delete
+            # to /flow_runs/{id}): the server lacks the endpoint.
+            raise self._unsupported(endpoint, self.capabilities()) from e
+
+    def delete_flow_run(self, run_id: str) -> DeleteResult:
+        """DELETE /flow_runs/{id} (every 3.x server has it): one run, no state guard.
+
+        A 404 means the run is already gone: ``DeleteResult(deleted=False)``, no error.
+        Sent once: ``UncertainError`` when the answer is lost, ``ThrottledError`` /
+        ``NotSentError`` when it was not applied; re-check before sending again."""
+        try:
+            self.request("DELETE", f"flow_runs/{_run_id(run_id)}", idempotent=False)
+        except NotFoundError:
+            return DeleteResult(str(run_id), deleted=False)
+        return DeleteResult(str(run_id), deleted=True)
+
+    def set_flow_run_state(
+        self, run_id: str, state: dict[str, Any], *, force: bool
+    ) -> OrchestrationResult:
+        """POST /flow_runs/{id}/set_state (every 3.x server has it): Prefect's orchestration
+        rules decide unless ``force``. Raises ``NotFoundError`` when the run is gone; sent
+        once, with the same errors as ``delete_flow_run``."""
+        answer = self.request(
+            "POST",
+            f"flow_runs/{_run_id(run_id)}/set_state",
+            {"state": state, "force": force},
+            idempotent=False,
+        )
+        if not isinstance(answer, dict) or not isinstance(answer.get("status"), str):
+            raise ApiError(
+                f"POST /flow_runs/{run_id}/set_state answered something other than an orchestration result."
+            )
+        state_now = answer.get("state")
+        details = answer.get("details")
+        return OrchestrationResult(
+            str(run_id),
+            answer["status"],
+            state_now if isinstance(state_now, dict) else None,
+            details if isinstance(details, dict) else {},
+        )
 
     def flow_run_states(self, run_id: str) -> list[dict[str, Any]]:
         """Every state a flow run has had (GET /flow_run_states/?flow_run_id=...), oldest first."""
@@ -472,6 +649,22 @@ class PrefectClient:
         if not isinstance(answer, list) or any(not isinstance(s, dict) for s in answer):
             raise ApiError("GET /flow_run_states/ answered something other than a list of states.")
         return sorted(answer, key=lambda s: str(s.get("timestamp") or ""))
+
+
+# Prefect Cloud answers one events query for at most 14 days: longer spans are split.
+EVENTS_QUERY_SPAN = timedelta(days=14)
+
+
+def _spans(since: datetime, until: datetime, span: timedelta) -> list[tuple[datetime, datetime]]:
+    """[since, until] as consecutive windows of at most ``span`` (one, if it is short or empty)."""
+    out = []
+    start = since
+    while True:
+        end = min(start + span, until)
+        out.append((start, end))
+        if end >= until:
+            return out
+        start = end
 
 
 # What the API accepts: /filter and /count refuse `limit` above PAGE_LIMIT (422); the
@@ -503,6 +696,21 @@ def _server_date(value: str | None) -> datetime:
         except (TypeError, ValueError):
             pass
     return datetime.now(timezone.utc)
+
+
+def _bare(path: str) -> str:
+    return path.lstrip("/").split("?")[0]
+
+
+_UUID = re.compile(r"^[0-9a-fA-F-]{32,36}$")
+
+
+def _run_id(run_id: str) -> str:
+    """A run id safe to put in a path (a UUID): never a path of its own."""
+    text = str(run_id)
+    if not _UUID.match(text):
+        raise ValueError(f"not a flow run id: {text!r}")
+    return text
 
 
 def _id_filter(ids: Sequence[str], state_types: Sequence[str] | None) -> dict[str, Any]:

@@ -92,6 +92,18 @@ ApiKeyOption = Annotated[
     ),
 ]
 
+MaxRequestsOption = Annotated[
+    float | None,
+    typer.Option(
+        "--max-requests-per-minute",
+        help="Request budget: send at most this many requests a minute (pull and apply), paced "
+        "before the server has to say 429; for a share of a Prefect Cloud account's quota. "
+        "Default: $FLOWSYNC_MAX_REQUESTS_PER_MINUTE, else the active Prefect profile's, else none.",
+        min=0,
+        show_default=False,
+    ),
+]
+
 
 def fail(e: FlowsyncError) -> NoReturn:
     err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)

@@ -22,6 +22,7 @@ from flowsync.cli.common import (
     DbOption,
     JsonOption,
     LiveOption,
+    MaxRequestsOption,
     MemoryLimitOption,
     WaitOption,
     err,
@@ -266,6 +267,7 @@ def apply_cmd(
             min=0,
         ),
     ] = 30.0,
+    max_requests_per_minute: MaxRequestsOption = None,
     json_out: JsonOption = False,
 ) -> None:
     """Apply a policy: show the plan, confirm, then bulk delete / set state in batches of 50.
@@ -303,7 +305,7 @@ def apply_cmd(
         return True
 
     with errors():
-        settings = resolve_api(api_url, api_key)
+        settings = resolve_api(api_url, api_key, max_requests_per_minute=max_requests_per_minute)
         path = resolve_db_path(db)
         try:
             with progress:

@@ -13,6 +13,7 @@ from flowsync.cli.common import (
     ApiUrlOption,
     DbOption,
     JsonOption,
+    MaxRequestsOption,
     MemoryLimitOption,
     WaitOption,
     err,
@@ -77,6 +78,7 @@ def pull_cmd(
         ),
     ] = PULL_STALENESS_HOURS,
     memory_limit: MemoryLimitOption = None,
+    max_requests_per_minute: MaxRequestsOption = None,
     json_out: JsonOption = False,
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="No progress output; errors only (for cron).")
@@ -98,7 +100,7 @@ def pull_cmd(
     from flowsync.sync import PullOptions, pull
 
     with errors():
-        settings = resolve_api(api_url, api_key)
+        settings = resolve_api(api_url, api_key, max_requests_per_minute=max_requests_per_minute)
         path = resolve_db_path(db)
         options = PullOptions(
             full=full,
@@ -134,6 +136,7 @@ def pull_cmd(
             f"{result.inserted} new, {result.updated} updated, {result.marked_deleted} marked deleted, "
             f"{result.reread} re-read for staleness; "
             f"{result.requests} requests in {result.seconds:.1f}s; "
+            + _budget_line(result.budget)
             + (
                 f"published snapshot {published.snapshot.generation} in {published.seconds:.2f}s"
                 if published.published
@@ -141,6 +144,17 @@ def pull_cmd(
             ),
             highlight=False,
         )
+
+
+def _budget_line(budget: dict[str, float | int] | None) -> str:
+    if not budget:
+        return ""
+    held = (
+        f"{budget['waits']} waited {budget['waited_seconds']:.1f}s"
+        if budget["waits"]
+        else "none waited"
+    )
+    return f"budget {budget['max_requests_per_minute']:g}/min: {held}; "
 
 
 def status_cmd(
@@ -167,6 +181,17 @@ def status_cmd(
         return
     last = summary["last_pull"]
     out.print(f"[bold]{path}[/]  from {summary['api_url'] or '(never pulled)'}", highlight=False)
+    server = summary["server"]
+    if server:
+        version = server.get("version")
+        kind = "Prefect Cloud" if server.get("cloud") else "Prefect"
+        said = f"{kind} {version}" if version else f"{kind} (version not stated)"
+        bulk = "has" if server.get("bulk") else "lacks (before 3.6.16)"
+        seen = str(server.get("seen_at", ""))[:19].replace("T", " ")
+        out.print(
+            f"server: {said}, {bulk} the bulk endpoints policies use; as of {seen} UTC",
+            highlight=False,
+        )
     if last:
         out.print(
             f"last pull #{last['id']}: {last['status']} ({last['mode'] or '-'}) at {last['started_at']:%Y-%m-%d %H:%M:%S %Z}"

@@ -54,6 +54,7 @@ from flowsync.errors import (
     PolicyError,
     PolicyLimitError,
     StoreError,
+    ThrottledError,
     UncertainError,
 )
 from flowsync.policy.ledger import Ledger
@@ -580,8 +581,10 @@ class _Applier:
             else:
                 answer = self.client.bulk_delete(call.ids, state_types=[call.state_type])
             results, notes = _answered(rule, call.ids, answer)
+        except ThrottledError as e:
+            return Throttled(e.retry_after, "HTTP 429")
         except NotSentError as e:
-            return Throttled(e.retry_after, e.problem)
+            return Throttled(None, str(e))
         except UncertainError as e:
             return Lost(e.problem, finished=e.status is not None)
         except AuthError:

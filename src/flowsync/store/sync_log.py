@@ -92,6 +92,7 @@ def status_summary(store: Store) -> dict[str, Any]:
     out["last_successful_pull_at"] = ok[0] if ok else None
     out["pulls"] = int(store.execute("SELECT count(*) FROM sync_runs").scalar())
     out["api_url"] = get_state(store, "api_url")
+    out["server"] = get_state(store, "server")  # version, cloud, bulk, seen_at (sync.identity)
     return out
 
 

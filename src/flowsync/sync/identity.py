@@ -7,28 +7,34 @@ is the account and workspace ids in its URL; an open-source server's is what
 it holds: flow ids are random UUIDs minted by that server's database, so a
 server that knows the file's flows by id is the same server (or a restore of
 its database), and one that knows none of them is another server. A re-point
-is recorded in ``sync_state`` (``api_url_moves``) and reported. Must not:
+is recorded in ``sync_state`` (``api_url_moves``) and reported. What the
+server said it is (its version, Cloud or not, bulk endpoints or not) is
+recorded on every pull (``server``, see ``record_server``), for ``flowsync
+status`` and for whoever reads the file later; so is how long it keeps runs
+(``run_retention``, see ``record_retention``), on pulls that find runs gone, so
+the ``deleted_runs`` view can tell a run the server aged out from one a person
+deleted. Must not:
 print (the message goes back to the caller), or touch flow runs.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
-from flowsync.api import PrefectClient
+from flowsync.api import Capabilities, PrefectClient, RunRetention
+from flowsync.config import cloud_workspace
 from flowsync.errors import ConfigError
 from flowsync.store import Store, sync_log, synced_tables
 
 URL_KEY = "api_url"
 MOVES_KEY = "api_url_moves"
+RETENTION_KEY = (
+    "run_retention"  # {"known", "seconds", "source", "seen_at"}: read by sql/ deleted_runs
+)
+SERVER_KEY = "server"  # {"version", "cloud", "bulk", "seen_at"}: the server as last pulled
 # Flows checked by id when the URL changed: any match proves the same database.
 SAMPLE = 200
-_CLOUD = re.compile(
-    r"/api/accounts/(?P<account>[0-9a-f-]{36})/workspaces/(?P<workspace>[0-9a-f-]{36})$",
-    re.IGNORECASE,
-)
 
 
 @dataclass(frozen=True)
@@ -47,12 +53,6 @@ class Moved:
             f"{self.new_url} is the server this file was pulled from as {self.old_url} "
             f"({self.evidence}); the file now follows {self.new_url}."
         )
-
-
-def cloud_workspace(url: str) -> tuple[str, str] | None:
-    """(account id, workspace id) of a Prefect Cloud workspace URL, else None."""
-    m = _CLOUD.search(url.rstrip("/"))
-    return (m.group("account").lower(), m.group("workspace").lower()) if m else None
 
 
 def _refuse(store: Store, known: str, url: str, why: str) -> ConfigError:
@@ -115,3 +115,24 @@ def bind(client: PrefectClient, store: Store) -> Moved | None:
         sync_log.set_state(store, URL_KEY, url)
         sync_log.set_state(store, MOVES_KEY, moves)
     return Moved(str(known), url, evidence)
+
+
+def record_server(store: Store, caps: Capabilities) -> None:
+    """Record what the server said it is, as of this pull (its version changes on upgrades)."""
+    value = {**caps.to_json(), "seen_at": datetime.now(timezone.utc).isoformat()}
+    with store.transaction():
+        sync_log.set_state(store, SERVER_KEY, value)
+
+
+def record_retention(client: PrefectClient, store: Store) -> RunRetention:
+    """Record how long the server keeps runs: ``FLOWSYNC_RUN_RETENTION_DAYS`` when set (Prefect
+    Cloud does not say: 7, 14 or 30 days by plan), else what the server's settings say."""
+    days = client.settings.run_retention_days
+    if days is not None:
+        retention = RunRetention(True, timedelta(days=days), "FLOWSYNC_RUN_RETENTION_DAYS")
+    else:
+        retention = client.run_retention()
+    value = {**retention.to_json(), "seen_at": datetime.now(timezone.utc).isoformat()}
+    with store.transaction():
+        sync_log.set_state(store, RETENTION_KEY, value)
+    return retention

@@ -34,6 +34,8 @@ class PullResult:
     retries: int
     tables: dict[str, dict[str, int]] = field(default_factory=dict)
     moved: identity.Moved | None = None  # the file followed its server to a new URL
+    server: dict[str, Any] = field(default_factory=dict)  # version, cloud, bulk (Capabilities)
+    budget: dict[str, Any] | None = None  # what --max-requests-per-minute held back
 
     @property
     def inserted(self) -> int:
@@ -65,6 +67,8 @@ class PullResult:
             "reread": self.reread,
             "tables": self.tables,
             "moved": self.moved.to_json() if self.moved else None,
+            "server": self.server,
+            "budget": self.budget,
         }
 
 
@@ -82,6 +86,8 @@ def pull(
     moved = identity.bind(client, store)
     if moved is not None:
         progress.message(moved.describe())
+    caps = client.capabilities()
+    identity.record_server(store, caps)
     with store.transaction():
         sync_log.abandon_stale_runs(store)
         pull_id = sync_log.start_sync_run(store, url)
@@ -101,6 +107,10 @@ def pull(
                 runs.incremental(ctx, cursor - options.overlap)
                 with store.transaction():
                     sync_log.set_state(store, runs.CURSOR, server_start.isoformat())
+            runs_counter = ctx.counters.get(FLOW_RUNS.name)
+            if runs_counter is not None and runs_counter.marked_deleted:
+                # Runs went: record the server's retention now, to tell aged-out from deleted.
+                identity.record_retention(client, store)
             views.rebuild(store)
     except BaseException as e:
         status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
@@ -137,6 +147,8 @@ def pull(
             for name, c in ctx.counters.items()
         },
         moved=moved,
+        server=caps.to_json(),
+        budget=client.budget.stats().to_json() if client.budget else None,
     )
     with store.transaction():
         sync_log.finish_sync_run(

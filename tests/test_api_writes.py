@@ -1,0 +1,217 @@
+"""The calls that change data, and what the client knows of its server.
+
+Against real servers, the current pin and an old release without bulk
+endpoints (3.4.25, its own virtualenv): ``capabilities()`` reads the version
+once; the per-run ``delete_flow_run`` and ``set_flow_run_state`` work on both;
+a bulk call to the old server says the server lacks it (not "is this a Prefect
+API URL?"). Through a fake transport (faults no server makes on demand): a
+call that changes data is sent exactly once, whatever comes back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from flowsync.api import Capabilities, PrefectClient, RetryPolicy
+from flowsync.config import ApiSettings
+from flowsync.errors import (
+    ApiError,
+    NotFoundError,
+    NotSentError,
+    ThrottledError,
+    UncertainError,
+    UnsupportedError,
+)
+from tests.support.seed import Seeded, seed
+from tests.support.server import Server, installed_prefect_version, prefect_server
+
+OLD = "3.4.25"
+RUN = "6a0e2f4c-3f3a-4b8e-9c1d-2b9f0e1a7c55"
+
+
+@pytest.fixture(scope="module", params=["current", OLD])
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Server, Seeded]]:
+    version = None if request.param == "current" else str(request.param)
+    home = tmp_path_factory.mktemp(f"prefect-writes-{request.param}")
+    with prefect_server(home=home, version=version) as s:
+        yield s, seed(s.url, runs=12, flows=1, deployments_per_flow=1, seed_value=5)
+
+
+def client(url: str, **kwargs: object) -> PrefectClient:
+    return PrefectClient(ApiSettings(url=url), **kwargs)  # type: ignore[arg-type]
+
+
+def run_state(url: str, run_id: str) -> str | None:
+    r = httpx.get(f"{url}/flow_runs/{run_id}", timeout=30)
+    return None if r.status_code == 404 else str(r.json()["state"]["type"])
+
+
+def test_capabilities_are_read_once(server: tuple[Server, Seeded]) -> None:
+    s, _ = server
+    with client(s.url) as c:
+        caps = c.capabilities()
+        sent = c.requests
+        assert c.capabilities() is caps
+        assert c.requests == sent == 1
+    expected = s.version or installed_prefect_version()
+    assert caps.version == expected
+    assert caps.bulk is (s.version != OLD)
+    assert not caps.cloud
+
+
+def test_delete_flow_run_and_again(server: tuple[Server, Seeded]) -> None:
+    s, seeded = server
+    victim = next(i for i, t in seeded.runs.items() if t == "COMPLETED")
+    with client(s.url) as c:
+        first = c.delete_flow_run(victim)
+        second = c.delete_flow_run(victim)
+    assert (first.run_id, first.deleted) == (victim, True)
+    assert (second.run_id, second.deleted) == (victim, False)  # already gone: no error
+    assert run_state(s.url, victim) is None
+
+
+def test_set_flow_run_state_orchestrated_and_forced(server: tuple[Server, Seeded]) -> None:
+    s, seeded = server
+    target = next(i for i, t in seeded.runs.items() if t == "FAILED")
+    with client(s.url) as c:
+        running = c.set_flow_run_state(target, {"type": "RUNNING", "name": "Running"}, force=False)
+        # Prefect's rules refuse PENDING for a run already RUNNING unless forced.
+        refused = c.set_flow_run_state(target, {"type": "PENDING", "name": "Pending"}, force=False)
+        assert run_state(s.url, target) == "RUNNING"
+        forced = c.set_flow_run_state(target, {"type": "PENDING", "name": "Pending"}, force=True)
+        with pytest.raises(NotFoundError):
+            c.set_flow_run_state(RUN, {"type": "CANCELLED", "name": "Cancelled"}, force=True)
+    assert running.accepted and running.state is not None and running.state["type"] == "RUNNING"
+    assert not refused.accepted and refused.status in ("REJECT", "ABORT", "WAIT")
+    assert forced.accepted and run_state(s.url, target) == "PENDING"
+
+
+def test_bulk_calls_say_when_the_server_lacks_them(server: tuple[Server, Seeded]) -> None:
+    s, seeded = server
+    if s.version != OLD:
+        pytest.skip("the current server has the bulk endpoints")
+    run_id = next(iter(seeded.runs))
+    with client(s.url) as c:
+        with pytest.raises(UnsupportedError) as sent:
+            c.bulk_delete([run_id], ["COMPLETED"])  # sent: the client did not know yet
+        assert c.capabilities().bulk is False
+        before = c.requests
+        with pytest.raises(UnsupportedError) as known:
+            c.bulk_set_state([run_id], {"type": "CANCELLED"}, force=False, state_types=None)
+        assert c.requests == before  # known to be missing: not sent at all
+    for e in (sent.value, known.value):
+        assert e.version == OLD and e.needs == "3.6.16"
+        assert "Is this a Prefect API URL" not in str(e)
+    assert f"Prefect {OLD} < 3.6.16" in str(sent.value)
+    assert "bulk_delete" in str(sent.value) and "bulk_set_state" in str(known.value)
+
+
+# -- sent exactly once: faults through a fake transport -------------------------------------------
+
+
+def faulty(answer: httpx.Response | Exception) -> tuple[httpx.MockTransport, list[str]]:
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(f"{request.method} {request.url.path}")
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    return httpx.MockTransport(handler), seen
+
+
+def fake_client(transport: httpx.BaseTransport, sleeps: list[float]) -> PrefectClient:
+    return PrefectClient(
+        ApiSettings(url="http://127.0.0.1:9/api"),
+        transport=transport,
+        retry=RetryPolicy(attempts=5, base_delay=0.01),
+        sleep=sleeps.append,
+    )
+
+
+WRITES = {
+    "delete": lambda c: c.delete_flow_run(RUN),
+    "set_state": lambda c: c.set_flow_run_state(RUN, {"type": "CANCELLED"}, force=False),
+    "bulk_delete": lambda c: c.bulk_delete([RUN], ["COMPLETED"]),
+    "bulk_set_state": lambda c: c.bulk_set_state(
+        [RUN], {"type": "CANCELLED"}, force=False, state_types=None
+    ),
+}
+
+
+@pytest.mark.parametrize("call", sorted(WRITES))
+@pytest.mark.parametrize(
+    ("answer", "error"),
+    [
+        (
+            httpx.Response(429, headers={"Retry-After": "7"}, json={"detail": "slow"}),
+            ThrottledError,
+        ),
+        (httpx.ConnectError("refused"), NotSentError),
+        (httpx.Response(503, text="busy"), UncertainError),
+        (httpx.ReadError("reset"), UncertainError),
+    ],
+    ids=["429", "never-connected", "503", "dropped"],
+)
+def test_a_call_that_changes_data_is_sent_once(
+    call: str, answer: httpx.Response | Exception, error: type[ApiError]
+) -> None:
+    transport, seen = faulty(answer)
+    sleeps: list[float] = []
+    with fake_client(transport, sleeps) as c, pytest.raises(error) as raised:
+        WRITES[call](c)
+    assert len(seen) == 1 and sleeps == []
+    if isinstance(raised.value, ThrottledError):
+        assert raised.value.retry_after == 7.0
+    assert "http://127.0.0.1:9/api" in str(raised.value)
+
+
+def test_reads_still_retry_429() -> None:
+    transport, seen = faulty(httpx.Response(429, headers={"Retry-After": "3"}))
+    sleeps: list[float] = []
+    with fake_client(transport, sleeps) as c, pytest.raises(ApiError):
+        c.count("flow_runs")
+    assert len(seen) == 5 and sleeps == [3.0] * 4
+
+
+def test_run_ids_never_become_paths() -> None:
+    transport, seen = faulty(httpx.Response(204))
+    with fake_client(transport, []) as c, pytest.raises(ValueError):
+        c.delete_flow_run("../../admin/database/clear")
+    assert seen == []
+
+
+@pytest.mark.parametrize(
+    ("version", "cloud", "bulk"),
+    [
+        ("3.0.11", False, False),
+        ("3.6.15", False, False),
+        ("3.6.16", False, True),
+        ("3.9.1", False, True),
+        ("3.10.0rc1", False, True),
+        (None, True, True),  # Prefect Cloud does not say its version; it has the endpoints
+        (None, False, True),  # a server hiding /admin: tried, and a 404 says it lacks them
+    ],
+)
+def test_capabilities_from_the_version(version: str | None, cloud: bool, bulk: bool) -> None:
+    caps = Capabilities.of(version, cloud=cloud)
+    assert (caps.bulk, caps.cloud, caps.version) == (bulk, cloud, version)
+
+
+def test_cloud_capabilities_without_admin_version(tmp_path: Path) -> None:
+    url = (
+        "https://api.prefect.cloud/api/accounts/0b1f4e2a-6d0c-4f57-9a2e-5c1d3e7f9a10"
+        "/workspaces/7c3e9d21-84b6-4f0a-b2d5-1e6f8a9c0d34"
+    )
+    transport = httpx.MockTransport(lambda r: httpx.Response(404, json={"detail": "Not Found"}))
+    with PrefectClient(ApiSettings(url=url), transport=transport) as c:
+        caps = c.capabilities()
+    assert (caps.version, caps.cloud, caps.bulk) == (None, True, True)
+    assert caps.describe() == "Prefect Cloud"
