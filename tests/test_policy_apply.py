@@ -95,6 +95,8 @@ class Recorder:
         self.bodies.append((path, body))
         if path == "health":
             return httpx.Response(200, json=True)
+        if path == "admin/version":
+            return httpx.Response(200, json="3.8.8")
         if path == "flow_runs/filter" and set(body.get("flow_runs", {})) == {"id"}:
             return httpx.Response(
                 200, json=[self.runs[i] for i in body["flow_runs"]["id"]["any_"] if i in self.runs]
@@ -538,6 +540,8 @@ def test_cli_partial_failure_exits_9_with_a_summary(
     def some_aborted(path: str, body: dict[str, Any]) -> httpx.Response:
         if path == "health":
             return httpx.Response(200, json=True)
+        if path == "admin/version":
+            return httpx.Response(200, json="3.8.8")
         ids = body["flow_runs"]["id"]["any_"]
         return httpx.Response(
             200,

@@ -120,12 +120,20 @@ def test_apply_delete_and_set_state(versioned: Versioned, tmp_path: Path) -> Non
         "--json",
     )  # fmt: skip
     if version_tuple(versioned.version) < BULK_SINCE:
-        # Until apply takes the per-run path: a clear refusal, nothing changed.
-        assert result.exit_code != 0
-        assert "3.6.16" in result.output and versioned.version in result.output
-        assert "Is this a Prefect API URL" not in result.output
+        # No bulk endpoints: a forced state cannot be guarded per run, so that is refused
+        # before any call, in one line that says why; nothing changed.
+        assert result.exit_code == 7, result.output
+        assert "3.6.16" in result.stderr and versioned.version in result.stderr
+        assert "force" in result.stderr and "Is this a Prefect API URL" not in result.output
         assert server_runs(versioned.url) == before
-        return
+        # Without force, apply takes the per-run path (DELETE / set_state per run), and says so.
+        policy.write_text(POLICY.replace("force: true", "force: false"))
+        result = run_cli(
+            "apply", str(policy), "--db", str(versioned.db), "--api-url", versioned.url, "--yes",
+            "--json",
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout)["result"]["path"].startswith("per-run")
     assert result.exit_code == 0, result.output
     after = server_runs(versioned.url)
     assert "COMPLETED" not in after.values() and "SCHEDULED" not in after.values()

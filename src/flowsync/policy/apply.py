@@ -50,12 +50,14 @@ from flowsync.api.client import BULK_LIMIT
 from flowsync.errors import (
     ApiError,
     AuthError,
+    NotFoundError,
     NotSentError,
     PolicyError,
     PolicyLimitError,
     StoreError,
     ThrottledError,
     UncertainError,
+    UnsupportedError,
 )
 from flowsync.policy.ledger import Ledger
 from flowsync.policy.model import LoadedPolicy, SetStateRule
@@ -87,6 +89,9 @@ __all__ = [
 # read until they change or stay unchanged this long (Prefect's own statement timeout is
 # 10 s by default, PREFECT_SERVER_DATABASE_TIMEOUT).
 SETTLE_SECONDS = 30.0
+# On a server without the bulk endpoints, runs re-read per decision: each run's call follows
+# the re-read within a few per-run calls.
+PER_RUN_BATCH = 10
 # The longest wait a throttled call is given before it is re-checked and sent again.
 MAX_THROTTLE_WAIT = 120.0
 # State events reach the server's store a few seconds late: a catch-up re-reads this far back.
@@ -392,7 +397,17 @@ class Refused:
     error: ApiError
 
 
-Answer = Acted | Throttled | Lost | Refused
+@dataclass(frozen=True)
+class Partial:
+    """Per-run calls (a server without the bulk endpoints) that stopped part way: the runs
+    answered, and what happened to the call of ``stopped_at`` (the runs after it were not sent)."""
+
+    results: dict[str, RunResult]
+    stopped_at: int
+    answer: Throttled | Lost | Refused
+
+
+Answer = Acted | Throttled | Lost | Refused | Partial
 
 
 @dataclass(frozen=True)
@@ -437,6 +452,7 @@ class _Applier:
         self.reader = RunReader(client, store, "apply")
         self.lost: dict[str, tuple[str, Seen]] = {}  # run -> (problem, state before that call)
         self.ranked = self._ranked_rules()
+        self.per_run = False  # the server lacks the bulk endpoints: one call per run
         self.caught_up: datetime | None = (
             None  # state events read up to here (rules reading others)
         )
@@ -570,8 +586,11 @@ class _Applier:
 
     # 3. send ------------------------------------------------------------------------------
 
-    def send(self, rule: RuleModel, call: Call) -> Answer:
+    def send(self, rule: RuleModel, call: Call, read_at: float) -> Answer:
         """Step 3: one call; whatever happens comes back as a typed answer (AuthError raises)."""
+        if self.per_run:
+            return self._send_per_run(rule, call, read_at)
+        self.result.windows.append(time.monotonic() - read_at)
         self.result.calls += 1
         try:
             if isinstance(rule, SetStateRule):
@@ -593,11 +612,81 @@ class _Applier:
             return Refused(e)
         return Acted(results, notes)
 
+    def _send_per_run(self, rule: RuleModel, call: Call, read_at: float) -> Answer:
+        """A server older than 3.6.16: one call per run, in the batch's order. DELETE has no
+        state guard there; set_state keeps Prefect's orchestration rules (force is refused
+        before any call)."""
+        results: dict[str, RunResult] = {}
+        for n, run_id in enumerate(call.ids):
+            self.result.windows.append(time.monotonic() - read_at)
+            self.result.calls += 1
+            stopped: Throttled | Lost | Refused | None = None
+            try:
+                if isinstance(rule, SetStateRule):
+                    answer = self.client.set_flow_run_state(
+                        run_id, rule.state.to_api(), force=rule.force
+                    )
+                    state = answer.state or {}
+                    results[run_id] = RunResult(
+                        SET_STATE_STATUS.get(answer.status, Outcome.FAILED),
+                        {
+                            "status": answer.status,
+                            "details": answer.details,
+                            "state": {"type": state.get("type"), "name": state.get("name")}
+                            if state
+                            else None,
+                            "path": "per-run",
+                        },
+                    )
+                elif self.client.delete_flow_run(run_id).deleted:
+                    results[run_id] = RunResult(Outcome.DELETED, {"path": "per-run"})
+                # else: already gone; step 4 reads it back to say why
+            except NotFoundError:
+                pass  # set_state on a run that is gone: step 4 reads it back
+            except ThrottledError as e:
+                stopped = Throttled(e.retry_after, "HTTP 429")
+            except NotSentError as e:
+                stopped = Throttled(None, str(e))
+            except UncertainError as e:
+                stopped = Lost(e.problem, finished=e.status is not None)
+            except AuthError:
+                raise
+            except ApiError as e:
+                stopped = Refused(e)
+            if stopped is not None:
+                return Partial(results, n, stopped)
+        return Acted(results, [])
+
     # 4. classify --------------------------------------------------------------------------
 
     def classify(
         self, number: int, rule: RuleModel, call: Call, fresh: Fresh, answer: Answer, attempt: int
     ) -> Verdict:
+        if isinstance(answer, Partial):
+            # The runs answered, then the one call that stopped, then the runs never sent.
+            done = self.classify(
+                number,
+                rule,
+                Call(call.state_type, call.ids[: answer.stopped_at]),
+                fresh,
+                Acted(answer.results, []),
+                attempt,
+            )
+            stopped = self.classify(
+                number,
+                rule,
+                Call(call.state_type, [call.ids[answer.stopped_at]]),
+                fresh,
+                answer.answer,
+                attempt,
+            )
+            rest = call.ids[answer.stopped_at + 1 :]
+            return Verdict(
+                {**done.results, **stopped.results},
+                done.again + stopped.again + rest,
+                stopped.wait,
+                stopped.stop,
+            )
         if isinstance(answer, Throttled):
             self.progress.message(
                 f"batch {number} ({rule.name}): not carried out ({answer.problem}); "
@@ -609,7 +698,7 @@ class _Applier:
             self.result.errors.append(message)
             self.progress.message(message)
             results = {i: RunResult(Outcome.FAILED, {"error": str(answer.error)}) for i in call.ids}
-            stop = str(answer.error) if "answered 404" in str(answer.error) else None
+            stop = str(answer.error) if isinstance(answer.error, UnsupportedError) else None
             return Verdict(results, stop=stop)
         if isinstance(answer, Lost):
             return self._settle_lost(number, rule, call, fresh, answer, attempt)
@@ -745,9 +834,8 @@ class _Applier:
                     _requested(rule),
                     {i: call.state_type for i in call.ids},
                 )
-                self.result.windows.append(time.monotonic() - fresh.answered_at)
                 try:
-                    answer = self.send(rule, call)
+                    answer = self.send(rule, call, fresh.answered_at)
                 except AuthError as e:
                     if call is decided.calls[0]:
                         self.record(number, rule, decided.final, guards)
@@ -767,10 +855,15 @@ class _Applier:
                     self._not_sent(number, rule, [i for c in calls for i in c.ids], verdict.stop)
                     raise _Stop
                 again += verdict.again
-                if isinstance(answer, Throttled):
+                throttled = answer.answer if isinstance(answer, Partial) else answer
+                if isinstance(throttled, Throttled):
                     # Everything not sent yet goes back to step 1 after the wait.
                     again += [i for c in calls for i in c.ids]
-                    wait = answer.wait if answer.wait is not None else self.client.backoff(attempt)
+                    wait = (
+                        throttled.wait
+                        if throttled.wait is not None
+                        else self.client.backoff(attempt)
+                    )
                     break
             if not again:
                 break
@@ -979,6 +1072,27 @@ def apply_plan(
         client, store, plan, progress, attempts or client.retry.attempts, settle_seconds, result
     )
     client.check()  # a wrong URL or a stopped server fails in a second, not after retries
+    caps = client.capabilities()
+    if not caps.bulk:
+        forced = [
+            rp.rule.name
+            for rp in plan.rules
+            if isinstance(rp.rule, SetStateRule) and rp.rule.force and rp.runs
+        ]
+        if forced:
+            raise PolicyError(
+                f"{caps.describe()} has no bulk_set_state (before 3.6.16): rule "
+                f"{forced[0]!r} forces a state, which the per-run endpoint cannot guard by the "
+                "state the run had when re-read; upgrade the server, or drop `force` from the rule."
+            )
+        applier.per_run = True
+        batch_size = min(batch_size, PER_RUN_BATCH)
+    result.path = (
+        "bulk"
+        if caps.bulk
+        else f"per-run: {caps.describe()} lacks the bulk endpoints (3.6.16+); "
+        "DELETE /flow_runs/{id} has no state guard"
+    )
     failure: str | None = None
     try:
         earlier = audit.unresolved(store, besides=result.apply_id)

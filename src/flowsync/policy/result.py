@@ -75,6 +75,7 @@ class ApplyResult:
     rereads: int = 0  # read-by-id requests before and after calls
     decisions: int = 0  # times the policy was decided again over the file (per batch, scoped)
     resolved_earlier: int = 0  # pending runs of earlier applies read back and settled
+    path: str = "bulk"  # bulk calls, or per-run calls on a server without them (and why)
     # seconds from the re-read's answer to the call being sent, one per call
     windows: list[float] = field(default_factory=list)
     seconds: float = 0.0
@@ -120,6 +121,7 @@ class ApplyResult:
             "rereads": self.rereads,
             "decisions": self.decisions,
             "resolved_earlier": self.resolved_earlier,
+            "path": self.path,
             "reread_to_call_seconds": {
                 "p50": _quantile(self.windows, 0.5),
                 "p99": _quantile(self.windows, 0.99),
