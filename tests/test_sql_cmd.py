@@ -52,7 +52,7 @@ def test_json_markdown_table(pulled: Path) -> None:
 def test_nested_values_flatten_for_csv(pulled: Path) -> None:
     result = run_cli("sql", "SELECT ['a', 'b'] AS tags, {'x': 1} AS s", "--db", str(pulled))
     assert result.exit_code == 0, result.output
-    assert result.stdout.splitlines()[1] == '"a,b","{""x"":1}"'
+    assert result.stdout.splitlines()[1] == '"a, b","{""x"": 1}"'
 
 
 def test_parquet_to_stdout_when_piped_and_to_output(pulled: Path, tmp_path: Path) -> None:

@@ -9,20 +9,17 @@ stdout is not a terminal. Must not: hold SQL (that is ``flowsync.reports``).
 
 from __future__ import annotations
 
-import io
 import os
 import sys
 import tempfile
 from collections.abc import Callable
-from datetime import date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.table import Table
 
 from flowsync import reports
-from flowsync.cli import render
+from flowsync.cli import formats, render
 from flowsync.cli.common import LiveOption, WaitOption, err, errors, out
 from flowsync.cli.report_options import FormatOption, OutputOption, ReportOptions, report_options
 from flowsync.config import resolve_db_path
@@ -33,7 +30,7 @@ if TYPE_CHECKING:  # Polars and DuckDB load inside the commands, so --help stays
 
     from flowsync.store import Store
 
-FORMATS = ("table", "csv", "json", "markdown", "parquet")
+FORMATS = ("table", "line", "csv", "json", "markdown", "parquet")
 HEALTH_FORMATS = (*FORMATS, "openmetrics")
 
 
@@ -61,67 +58,6 @@ def _choose_format(fmt: str | None, output: Path | None, allowed: tuple[str, ...
             "Parquet is binary and stdout is a terminal: pass --output FILE or redirect stdout."
         )
     return fmt
-
-
-def _flat(frame: pl.DataFrame) -> pl.DataFrame:
-    """CSV and markdown cannot hold nested values: lists become 'a,b', structs JSON."""
-    import polars as pl
-
-    cols = []
-    for name, dtype in frame.schema.items():
-        if isinstance(dtype, (pl.List, pl.Array)):
-            cols.append(
-                pl.col(name).list.eval(pl.element().cast(pl.String)).list.join(",").alias(name)
-            )
-        elif isinstance(dtype, pl.Struct):
-            cols.append(pl.col(name).struct.json_encode().alias(name))
-    return frame.with_columns(cols) if cols else frame
-
-
-def _text(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
-    if isinstance(value, int):
-        return f"{value:,}"
-    if isinstance(value, datetime):
-        return f"{value:%Y-%m-%d %H:%M:%S}"
-    if isinstance(value, date):
-        return value.isoformat()
-    if isinstance(value, list):
-        return ", ".join(map(str, value))
-    return str(value)
-
-
-def to_markdown(frame: pl.DataFrame) -> str:
-    def cell(v: Any) -> str:
-        if v is None:
-            return ""
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
-            return str(round(v, 4))
-        return _text(v).replace("|", "\\|").replace("\n", " ")
-
-    lines = [
-        "| " + " | ".join(frame.columns) + " |",
-        "|" + "|".join("---" for _ in frame.columns) + "|",
-    ]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.iter_rows()]
-    return "\n".join(lines) + "\n"
-
-
-def encode(frame: pl.DataFrame, fmt: str) -> bytes:
-    if fmt == "csv":
-        return _flat(frame).write_csv().encode()
-    if fmt == "json":
-        return (frame.write_json() + "\n").encode()
-    if fmt == "markdown":
-        return to_markdown(frame).encode()
-    buf = io.BytesIO()
-    frame.write_parquet(buf)
-    return buf.getvalue()
 
 
 def write_atomic(path: Path, data: bytes, option: str = "--output") -> None:
@@ -152,19 +88,55 @@ def emit(
     title: str = "",
     report: str | None = None,
     ids: bool = False,
+    json_columns: tuple[str, ...] = (),
 ) -> None:
+    """Write ``frame`` in ``fmt`` (see ``flowsync.cli.formats``); ``report`` names a report,
+    whose table and markdown show readable values (names, percentages) instead of raw ones."""
     if fmt == "table":
         if report is not None:
-            table = render.readable_table(frame, report, ids=ids, width=out.width, title=title)
+            out.print(render.readable_table(frame, report, ids=ids, width=out.width, title=title))
         else:
-            table = Table(*frame.columns, title=title or None)
-            for row in frame.iter_rows():
-                table.add_row(*(_text(v) for v in row))
-        out.print(table)
+            headers, rows = formats.text_rows(frame)
+            fitted = render.result_table(
+                headers, rows, formats.numeric_columns(frame), width=out.width, title=title
+            )
+            out.print(fitted.table)
+            _say_what_was_cut(fitted)
         if frame.is_empty():
             err.print("no rows", highlight=False)
         return
-    write(encode(frame, fmt), output, f"{frame.height} rows")
+    if fmt == "markdown":
+        text = (
+            render.readable_markdown(frame, report, ids=ids)
+            if report is not None
+            else formats.to_markdown(frame)
+        )
+        data = text.encode()
+    elif fmt == "line":
+        data = formats.to_lines(frame).encode()
+    elif fmt == "csv":
+        data = formats.to_csv(frame)
+    elif fmt == "json":
+        data = formats.to_json(frame, json_columns)
+    else:
+        data = formats.to_parquet(frame)
+    write(data, output, f"{frame.height} rows")
+
+
+def _say_what_was_cut(fitted: render.Fitted) -> None:
+    notes = []
+    if fitted.hidden_columns:
+        n = len(fitted.hidden_columns)
+        notes.append(
+            f"{n} column{'s' if n > 1 else ''} not shown ({', '.join(fitted.hidden_columns)})"
+        )
+    if fitted.cut_cells:
+        notes.append(f"{fitted.cut_cells} cell{'s' if fitted.cut_cells > 1 else ''} cut (…)")
+    if notes:
+        err.print(
+            f"{'; '.join(notes)} to fit {out.width} columns: --format line shows every value whole.",
+            highlight=False,
+        )
 
 
 def write(data: bytes, output: Path | None, what: str) -> None:
@@ -204,13 +176,48 @@ def _open_many(dbs: list[str], wait: float, live: bool) -> Store:
 # -- commands ---------------------------------------------------------------------
 
 
+def _read_sql(query: str | None, file: Path | None) -> str:
+    """The SQL to run: the argument, ``-`` for stdin, or --file."""
+    if query is not None and file is not None:
+        raise ConfigError("Pass the SQL either as an argument or with --file, not both.")
+    if file is not None:
+        try:
+            return file.read_text(encoding="utf-8")
+        except OSError as e:
+            raise ConfigError(f"Cannot read --file {file}: {e.strerror}.") from e
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"--file {file} is not UTF-8 text.") from e
+    if query == "-":
+        return sys.stdin.read()
+    if query is None:
+        raise ConfigError(
+            'No SQL given: pass a query such as "SELECT count(*) FROM flow_runs", '
+            "- to read it from stdin, --file FILE, or --tables to see what there is."
+        )
+    return query
+
+
 def sql_cmd(
     query: Annotated[
-        str,
+        str | None,
         typer.Argument(
-            help="SQL to run (read-only). Tables: flows, deployments, flow_runs; views: see docs/analysis.md."
+            help="SQL to run (read-only), or - to read it from stdin. Tables: flows, "
+            "deployments, flow_runs; views and macros: --tables, docs/analysis.md.",
+            show_default=False,
         ),
-    ],
+    ] = None,
+    file: Annotated[
+        Path | None,
+        typer.Option(
+            "--file", help="Read the SQL from this file.", show_default=False, metavar="FILE"
+        ),
+    ] = None,
+    tables: Annotated[
+        bool,
+        typer.Option(
+            "--tables", help="List the tables, views and macros with their columns, and exit."
+        ),
+    ] = False,
     fmt: FormatOption = None,
     output: OutputOption = None,
     db: DbsOption = None,
@@ -220,19 +227,27 @@ def sql_cmd(
     """Run SQL on a read-only connection to the DuckDB file and print the rows.
 
     Statements that change the file are refused. With several statements,
-    the rows of the last one are printed. Reads the latest published
-    snapshot (--live: the live file). Several --db files are queried
-    together, with a source column (one file per server or workspace).
+    the rows of the last one are printed. Every DuckDB type prints (intervals,
+    maps, structs, blobs ...); a wide result is cut to the terminal with a
+    note, and --format line shows one column = value line each. Reads the
+    latest published snapshot (--live: the live file). Several --db files are
+    queried together, with a source column (one file per server or workspace).
 
     Example: flowsync sql "SELECT * FROM failure_rates_by_deployment" --format markdown
+
+    Example: flowsync sql - < query.sql --format line
 
     Example: flowsync sql "SELECT source, count(*) FROM flow_runs GROUP BY 1" --db prod=prod.duckdb --db dev=dev.duckdb
     """
     with errors():
         chosen = _choose_format(fmt, output)
+        sql = None if tables else _read_sql(query, file)
         with _open_many(db or [], wait, live) as store:
-            frame = reports.sql_query(store, query)
-        emit(frame, chosen, output)
+            if sql is None:
+                emit(reports.tables(store), chosen, output)
+                return
+            result = reports.sql_result(store, sql)
+        emit(result.frame, chosen, output, json_columns=result.json_columns)
 
 
 report_app = typer.Typer(

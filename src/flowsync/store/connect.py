@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import duckdb
+from duckdb.sqltypes import DuckDBPyType
 
 from flowsync.errors import QueryError, ReadOnlyError, SandboxError, StoreError
 from flowsync.store import migrations
@@ -98,6 +99,40 @@ def session_settings(con: duckdb.DuckDBPyConnection) -> None:
 
 def _first_line(e: Exception) -> str:
     return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+# DuckDB types Polars cannot hold, or holds wrongly (UHUGEINT wraps, TIME WITH TIME ZONE
+# loses its offset, INTERVAL and UNION do not import at all): read as DuckDB's own text,
+# which is what the duckdb CLI prints for them.
+_AS_TEXT = {"interval", "union", "bit", "time with time zone", "uhugeint", "bignum", "varint"}
+
+
+def _portable(t: DuckDBPyType) -> str | None:
+    """The type to cast a column of DuckDB type ``t`` to before Polars reads it, or None
+    when Polars reads it as it is. Nested types keep their shape; only the leaves change."""
+    kind = t.id
+    if kind in _AS_TEXT:
+        return "VARCHAR"
+    if kind not in ("list", "array", "struct", "map"):
+        return None
+    children = [
+        (name, child) for name, child in t.children if isinstance(child, DuckDBPyType)
+    ]  # an ARRAY's size is a child too
+    changed = [_portable(child) for _, child in children]
+    if all(c is None for c in changed):
+        return None
+    inner = [c if c is not None else str(child) for c, (_, child) in zip(changed, children)]
+    if kind == "list":
+        return f"{inner[0]}[]"
+    if kind == "array":
+        return f"{inner[0]}[{dict(t.children)['size']}]"
+    if kind == "map":
+        return f"MAP({inner[0]}, {inner[1]})"
+    return "STRUCT(" + ", ".join(f"{_quote(n)} {c}" for (n, _), c in zip(children, inner)) + ")"
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
 
 
 def _is_lock_error(err: Exception) -> bool:
@@ -329,12 +364,33 @@ class Store:
         return Result(self, sql)
 
     def frame(self, sql: str, params: Params = None) -> pl.DataFrame:
-        """``execute`` for analysis: the last statement's rows as a Polars frame, same errors."""
-        import polars  # noqa: F401  (DuckDB's .pl() needs it; imported here so a pull never loads it)
+        """``execute`` for analysis: the last statement's rows as a Polars frame, same errors.
+
+        Every DuckDB type arrives as something Polars holds without loss (see ``_portable``)."""
+        return self.typed_frame(sql, params)[0]
+
+    def typed_frame(self, sql: str, params: Params = None) -> tuple[pl.DataFrame, list[str]]:
+        """``frame``, with the DuckDB type of each column as DuckDB names it (``JSON``,
+        ``INTERVAL``, ``STRUCT(a INTEGER)``): what the value was before it became Polars."""
+        import polars as pl
 
         with self._errors(sql):
-            frame: pl.DataFrame = self._con.sql(sql, params=params).pl()
-            return frame
+            rel = self._con.sql(sql, params=params)
+            if rel is None:  # the last statement returns nothing (SET, CALL ...)
+                return pl.DataFrame(), []
+            types = [str(t) for t in rel.types]
+            casts = [_portable(t) for t in rel.types]
+            if any(c is not None for c in casts):
+                # by position: a result may repeat a column name
+                rel = rel.project(
+                    ", ".join(
+                        (f"#{i}" if cast is None else f"CAST(#{i} AS {cast})")
+                        + f" AS {_quote(name)}"
+                        for i, (name, cast) in enumerate(zip(rel.columns, casts), start=1)
+                    )
+                )
+            frame: pl.DataFrame = rel.pl()
+            return frame, types
 
     @contextmanager
     def registered(self, name: str, data: Any) -> Iterator[None]:
