@@ -184,3 +184,30 @@ def test_tables_lists_tables_views_and_macros_with_columns(built: Path) -> None:
     assert by_name["failure_rates"]["kind"] == "table macro"
     assert "since" in by_name["failure_rates"]["columns"]
     assert by_name["signature_of"]["kind"] == "macro"
+
+
+@pytest.mark.parametrize(
+    ("query", "headline", "hint"),
+    [
+        (
+            "SELECT * FROM flowruns",
+            "Table with name flowruns does not exist!",
+            'Did you mean "flow_runs"?',
+        ),
+        ("SELECT nme FROM flow_runs", 'Referenced column "nme" not found', '"name"'),
+        (
+            "SELECT * FROM failure_rates('deployment')",
+            "does not support the supplied arguments",
+            "failure_rates(per, since, until, prev_start, include_deleted)",
+        ),
+        ("SELEC 1", 'syntax error at or near "SELEC"', "LINE 1: SELEC 1"),
+    ],
+)
+def test_errors_keep_duckdbs_hints(built: Path, query: str, headline: str, hint: str) -> None:
+    result = run_cli("sql", query, "--db", str(built))
+    assert result.exit_code == 5 and result.stdout == ""
+    first, *rest = result.stderr.rstrip().splitlines()
+    assert first.startswith("error: Query failed:") and headline in first
+    assert rest and all(line.startswith("  ") for line in rest), result.stderr
+    assert hint in "\n".join(rest)
+    assert "Traceback" not in result.output

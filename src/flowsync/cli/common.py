@@ -79,7 +79,11 @@ ApiKeyOption = Annotated[
 
 
 def fail(e: FlowsyncError) -> NoReturn:
+    """One line saying what failed; the error's ``hint`` (DuckDB's suggestions), if any,
+    on the lines after it, indented, so ``grep error:`` still finds one line."""
     err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
+    for line in e.hint.splitlines():
+        err.print(f"  {escape(line)}", highlight=False)
     raise typer.Exit(e.exit_code)
 
 

@@ -101,6 +101,13 @@ def _first_line(e: Exception) -> str:
     return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
+def _hint(e: Exception) -> str:
+    """What DuckDB says after its first line: ``Did you mean "flow_runs"?``, candidate
+    columns or macros, the ``LINE 1:`` pointer (its indentation kept, so the ``^`` aligns)."""
+    lines = str(e).strip().splitlines()[1:]
+    return "\n".join(line.replace("\t", "    ").rstrip() for line in lines if line.strip())
+
+
 # DuckDB types Polars cannot hold, or holds wrongly (UHUGEINT wraps, TIME WITH TIME ZONE
 # loses its offset, INTERVAL and UNION do not import at all): read as DuckDB's own text,
 # which is what the duckdb CLI prints for them.
@@ -343,15 +350,15 @@ class Store:
             with self.memory_guard():
                 yield
         except duckdb.Error as e:
-            detail = _first_line(e)
+            detail, hint = _first_line(e), _hint(e)
             kind = type(e).__name__
             if self.read_only and "read-only mode" in str(e):
                 raise ReadOnlyError(detail, sql=sql, kind=kind, path=str(self.path)) from e
             if isinstance(e, duckdb.PermissionException) or (
                 self.sandboxed and "configuration has been locked" in str(e)
             ):
-                raise SandboxError(detail, sql=sql, kind=kind) from e
-            raise QueryError(detail, sql=sql, kind=kind) from e
+                raise SandboxError(detail, sql=sql, kind=kind, hint=hint) from e
+            raise QueryError(detail, sql=sql, kind=kind, hint=hint) from e
 
     def execute(self, sql: str, params: Params = None) -> Result:
         """Run SQL (one or more statements; the last one's rows are the result).
