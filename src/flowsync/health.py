@@ -11,9 +11,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from flowsync import reports
+from flowsync.errors import StoreError
 
 if TYPE_CHECKING:
     import polars as pl
@@ -37,12 +39,50 @@ class Health:
     unresolved: pl.DataFrame  # unresolved_failures
     durations: pl.DataFrame  # duration_percentiles per deployment, with the trend
     lateness: pl.DataFrame  # lateness per deployment
-    last_pull: datetime | None
+    last_pull: (
+        datetime | None
+    )  # the latest successful pull, from the live sync log if it could be read
+    now: pl.DataFrame  # runs_now per deployment: running, waiting and late right now
+    history_start: datetime | None  # the earliest run: where an all-history window begins
+
+    @property
+    def window_seconds(self) -> float | None:
+        """The window's length; all history counts from the earliest run, not from 1970."""
+        start = self.window.since or self.history_start
+        return None if start is None else max((self.window.until - start).total_seconds(), 0.0)
+
+
+def live_last_pull(db: Path) -> datetime | None:
+    """When the latest successful pull finished, from the live file's sync log.
+
+    A pull that changes nothing publishes no snapshot, so a snapshot's own sync log
+    stops at the last pull that changed something: on a quiet server a freshness
+    alert would fire although every pull succeeds. The live file is opened read-only
+    for one query; while a pull holds it (or it cannot be read) this gives None and
+    the snapshot's figure stands."""
+    from flowsync.store import Store
+
+    try:
+        with Store.open(db, read_only=True) as live:
+            return reports.last_pull(live)
+    except StoreError:
+        return None
 
 
 def collect(
-    store: Store, window: reports.Window, *, include_deleted: bool = False, late_after: float = 60.0
+    store: Store,
+    window: reports.Window,
+    *,
+    include_deleted: bool = False,
+    late_after: float = 60.0,
+    live_db: Path | None = None,
 ) -> Health:
+    """The figures of ``window`` from ``store``; ``live_db``: the live file whose sync log
+    says when the last pull succeeded (see ``live_last_pull``)."""
+    last_pull = reports.last_pull(store)
+    live = live_last_pull(live_db) if live_db is not None else None
+    if live is not None and (last_pull is None or live > last_pull):
+        last_pull = live
     failures_all = reports._failures(store, "all", window, include_deleted)
     durations_all = reports._durations(store, "all", window, include_deleted, True)
     late_all = reports._late(store, "all", window, late_after, include_deleted)
@@ -70,7 +110,13 @@ def collect(
         unresolved=unresolved,
         durations=reports._durations(store, "deployment", window, include_deleted, True),
         lateness=reports._late(store, "deployment", window, late_after, include_deleted),
-        last_pull=reports.last_pull(store),
+        last_pull=last_pull,
+        now=reports.runs_now(store, late_after=late_after),
+        history_start=(
+            reports.history_start(store, include_deleted=include_deleted)
+            if window.since is None
+            else window.since
+        ),
     )
 
 

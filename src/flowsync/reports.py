@@ -406,6 +406,29 @@ def failure_rate_daily(
 
 
 def last_pull(store: Store) -> datetime | None:
-    """When the latest successful pull finished (None before the first one)."""
-    value = store.execute("SELECT max(finished_at) FROM sync_runs WHERE status = 'ok'").scalar()
+    """When the latest successful pull (full or incremental) finished (None before the first
+    one). A snapshot is not republished by a pull that changed nothing, so for the freshness
+    of the file ask its live sync log (``health.collect(..., live_db=...)``)."""
+    value = store.execute(
+        "SELECT max(finished_at) FROM sync_runs WHERE status = 'ok' AND mode IN ('full', 'incremental')"
+    ).scalar()
+    return value if isinstance(value, datetime) else None
+
+
+def runs_now(store: Store, *, late_after: float = 60.0) -> pl.DataFrame:
+    """Per deployment: live runs running, waiting to start (expected already) and late
+    (expected more than ``late_after`` s ago) now (the ``runs_now`` macro, ``sql/17_runs_now.sql``)."""
+    return run_sql(
+        store,
+        "SELECT * FROM runs_now($late_after) ORDER BY running DESC, waiting_now DESC, deployment_id",
+        {"late_after": late_after},
+    )
+
+
+def history_start(store: Store, *, include_deleted: bool = False) -> datetime | None:
+    """When the earliest run in the file was meant to start: where ``--since all`` begins."""
+    value = store.execute(
+        "SELECT min(run_at) FROM flow_runs_enriched WHERE $include_deleted OR NOT is_deleted",
+        {"include_deleted": include_deleted},
+    ).scalar()
     return value if isinstance(value, datetime) else None

@@ -473,7 +473,12 @@ def health_cmd(opts: ReportOptions) -> None:
             None if opts.html is not None else _choose_format(opts.fmt, opts.output, HEALTH_FORMATS)
         )
         with _open(opts.db, opts.wait, opts.live) as store:
-            figures = health_mod.collect(store, window, include_deleted=opts.include_deleted)
+            figures = health_mod.collect(
+                store,
+                window,
+                include_deleted=opts.include_deleted,
+                live_db=None if opts.live else resolve_db_path(opts.db),
+            )
         if opts.html is not None:
             write_atomic(opts.html, report_html.render_health(figures).encode(), "--html")
             err.print(
