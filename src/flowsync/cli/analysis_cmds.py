@@ -269,7 +269,9 @@ def _run_report(
 
     with errors():
         window = reports.parse_since(opts.since)
-        chosen = None if opts.html is not None else _choose_format(opts.fmt, opts.output)
+        # --html alone writes only the page; with --format (or --output) the data too
+        wants_data = opts.html is None or opts.fmt is not None or opts.output is not None
+        chosen = _choose_format(opts.fmt, opts.output) if wants_data else None
         with _open(opts.db, opts.wait, opts.live) as store:
             frame = build(store, window)
             page = (
@@ -290,8 +292,8 @@ def _run_report(
                 f"wrote {title} ({frame.height} rows, {window.describe()}) to {opts.html}",
                 highlight=False,
             )
+        if chosen is None:
             return
-        assert chosen is not None
         emit(
             frame,
             chosen,
@@ -446,7 +448,8 @@ HealthHtmlOption = Annotated[
     Path | None,
     typer.Option(
         "--html",
-        help="Write the health page (one self-contained HTML file) to FILE.",
+        help="Write the health page (one self-contained HTML file) to FILE (with --format "
+        "or --output, the figures are written too).",
         show_default=False,
     ),
 ]
@@ -469,9 +472,8 @@ def health_cmd(opts: ReportOptions) -> None:
 
     with errors():
         window = reports.parse_since(opts.since)
-        chosen = (
-            None if opts.html is not None else _choose_format(opts.fmt, opts.output, HEALTH_FORMATS)
-        )
+        wants_data = opts.html is None or opts.fmt is not None or opts.output is not None
+        chosen = _choose_format(opts.fmt, opts.output, HEALTH_FORMATS) if wants_data else None
         with _open(opts.db, opts.wait, opts.live) as store:
             figures = health_mod.collect(
                 store,
@@ -484,6 +486,7 @@ def health_cmd(opts: ReportOptions) -> None:
             err.print(
                 f"wrote the health page ({window.describe()}) to {opts.html}", highlight=False
             )
+        if chosen is None:
             return
         if chosen == "openmetrics":
             write(openmetrics.render(figures).encode(), opts.output, "OpenMetrics")
@@ -491,5 +494,4 @@ def health_cmd(opts: ReportOptions) -> None:
         if chosen == "table":
             out.print(render.headline_table(figures.headline, f"Health, {window.describe()}"))
             return
-        assert chosen is not None
         emit(health_mod.headline_frame(figures), chosen, opts.output)

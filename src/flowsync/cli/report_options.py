@@ -48,7 +48,8 @@ HtmlOption = Annotated[
     Path | None,
     typer.Option(
         "--html",
-        help="Write the self-contained health page plus this table to FILE instead.",
+        help="Write the self-contained health page plus this table to FILE (with --format "
+        "or --output, the data is written too).",
         show_default=False,
     ),
 ]
