@@ -94,7 +94,10 @@ TABLE = [
         "ClientResponseError: 429, message='Too Many Requests', url='https://x.example'",
         "ClientResponseError: 429, message=<str>, url=<str>",
     ),
-    ("upstream answered HTTP/1.1 502 after 3 tries", "upstream answered HTTP/<n> 502 after <n> tries"),
+    (
+        "upstream answered HTTP/1.1 502 after 3 tries",
+        "upstream answered HTTP/<n> 502 after <n> tries",
+    ),
     ("request failed: status_code=404 id=77", "request failed: status_code=404 id=<n>"),
     ("took 500 ms for 404 rows", "took <n> ms for <n> rows"),
 ]

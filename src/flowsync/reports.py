@@ -331,21 +331,30 @@ def _late(
     return run_sql(store, sql, params)
 
 
-def flaky(store: Store, window: Window | None = None, *, last: int = 3) -> pl.DataFrame:
+def flaky(
+    store: Store, window: Window | None = None, *, last: int = 3, min_rate: float = 0.05
+) -> pl.DataFrame:
     """Deployments that fail: failures and retries in the window, the current failing
     streak over all history (``broken`` when the last ``last`` finished runs all
     failed), and the mean time from a failure to the next success (``mttr_s``).
+    ``flaky``: not broken, and it failed and recovered by itself at least twice at a
+    failure rate of at least ``min_rate``, or at least ``min_rate`` of its runs needed
+    a retry.
     Live runs only (the ``flaky_deployments`` macro, ``sql/55_flaky_deployments.sql``)."""
+    if not 0 <= min_rate <= 1:
+        raise ConfigError(f"--min-rate {min_rate} must be a share between 0 and 1 (0.05 is 5%).")
     if last < 1:
         raise ConfigError(
             f"--last {last} must be at least 1 (the number of latest runs that must all have failed)."
         )
     window = window or parse_since(None)
     sql = """
-        SELECT * FROM flaky_deployments($since, $until, $last)
-        ORDER BY broken DESC, failing_streak DESC, failure_rate DESC NULLS LAST, deployment_id
+        SELECT * FROM flaky_deployments($since, $until, $last, min_rate := $min_rate)
+        ORDER BY broken DESC, flaky DESC, failing_streak DESC, failure_rate DESC NULLS LAST,
+            deployment_id
     """
-    return run_sql(store, sql, {"since": window.start, "until": window.until, "last": last})
+    params = {"since": window.start, "until": window.until, "last": last, "min_rate": min_rate}
+    return run_sql(store, sql, params)
 
 
 def errors(

@@ -381,15 +381,29 @@ def flaky_cmd(
     last: Annotated[
         int, typer.Option("--last", help="Broken = the last N finished runs all failed.")
     ] = 3,
+    min_rate: Annotated[
+        float,
+        typer.Option(
+            "--min-rate",
+            help="Flaky needs a failure (or retry) rate of at least this share (0.05 = 5%).",
+            min=0,
+            max=1,
+        ),
+    ] = 0.05,
 ) -> None:
     """Flaky and broken deployments: failures, retried runs, failing streak, time to recover (MTTR).
+
+    Broken: the last --last finished runs all failed. Flaky: not broken, and it
+    failed and recovered by itself at least twice in the window at a failure
+    rate of at least --min-rate, or at least --min-rate of its runs needed a
+    retry. A rare failure, or one long outage, is not flaky.
 
     Example: flowsync report flaky --last 3 --since 30d --format json
     """
     _run_report(
         opts,
         "Flaky and broken deployments",
-        lambda store, window: reports.flaky(store, window, last=last),
+        lambda store, window: reports.flaky(store, window, last=last, min_rate=min_rate),
         report="flaky",
     )
 
