@@ -1,10 +1,11 @@
 -- grouped_runs(per, since, until, include_deleted): a table macro, one row per
 -- flow run of flow_run_measures whose run_at is in [since, until) and per
--- group it counts in under `per`, with the group's keys in g_day, g_flow_id,
+-- group it counts in under `per`, with the group's keys in g_day, g_hour, g_flow_id,
 -- g_deployment_id, g_work_pool_name, g_tag (the keys `per` does not use are
 -- NULL). `per` is one of:
 --   all            one group
 --   day            UTC day of run_at
+--   hour           UTC hour of run_at (a timestamp; the health page of a short window)
 --   flow           flow
 --   deployment     deployment and flow (runs without a deployment: a group per flow)
 --   day_deployment UTC day x deployment and flow
@@ -16,6 +17,7 @@
 CREATE OR REPLACE MACRO grouped_runs(per, since, until, include_deleted) AS TABLE
 SELECT
     CASE WHEN per IN ('day', 'day_deployment') THEN run_day END AS g_day,
+    CASE WHEN per = 'hour' THEN date_trunc('hour', run_at) END AS g_hour,
     CASE WHEN per IN ('flow', 'deployment', 'day_deployment') THEN flow_id END AS g_flow_id,
     CASE WHEN per IN ('deployment', 'day_deployment') THEN deployment_id END AS g_deployment_id,
     CASE WHEN per = 'work_pool' THEN work_pool_name END AS g_work_pool_name,
@@ -26,6 +28,7 @@ WHERE per <> 'tag' AND run_at >= since AND run_at < until AND (include_deleted O
 UNION ALL BY NAME
 SELECT
     CAST(NULL AS DATE) AS g_day,
+    CAST(NULL AS TIMESTAMPTZ) AS g_hour,
     CAST(NULL AS UUID) AS g_flow_id,
     CAST(NULL AS UUID) AS g_deployment_id,
     CAST(NULL AS VARCHAR) AS g_work_pool_name,

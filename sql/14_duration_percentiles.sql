@@ -11,7 +11,7 @@
 CREATE OR REPLACE MACRO duration_percentiles(per, since, until, prev_start, include_deleted) AS TABLE
 WITH a AS (
     SELECT
-        g_day, g_flow_id, g_deployment_id, g_work_pool_name, g_tag,
+        g_day, g_hour, g_flow_id, g_deployment_id, g_work_pool_name, g_tag,
         count(*) FILTER (WHERE run_at >= since) AS runs,
         -- One list quantile: a single sort per group for all four percentiles.
         quantile_cont(duration_s, [0.50, 0.90, 0.95, 0.99]) FILTER (WHERE run_at >= since) AS q,
@@ -25,14 +25,14 @@ WITH a AS (
         p95_s - prev_p95_s AS p95_change_s
     FROM grouped_runs(per, least(prev_start, since), until, include_deleted)
     WHERE is_finished AND duration_s IS NOT NULL
-    GROUP BY g_day, g_flow_id, g_deployment_id, g_work_pool_name, g_tag
+    GROUP BY g_day, g_hour, g_flow_id, g_deployment_id, g_work_pool_name, g_tag
     HAVING runs > 0
 )
 SELECT
-    a.g_day AS run_day, a.g_flow_id AS flow_id, f.name AS flow_name,
+    a.g_day AS run_day, a.g_hour AS run_hour, a.g_flow_id AS flow_id, f.name AS flow_name,
     a.g_deployment_id AS deployment_id, d.name AS deployment_name,
     a.g_work_pool_name AS work_pool_name, a.g_tag AS tag,
-    a.* EXCLUDE (g_day, g_flow_id, g_deployment_id, g_work_pool_name, g_tag, q, prev_q)
+    a.* EXCLUDE (g_day, g_hour, g_flow_id, g_deployment_id, g_work_pool_name, g_tag, q, prev_q)
 FROM a
 LEFT JOIN flows AS f ON f.id = a.g_flow_id
 LEFT JOIN deployments AS d ON d.id = a.g_deployment_id;

@@ -10,7 +10,7 @@
 CREATE OR REPLACE MACRO lateness(per, since, until, late_after, include_deleted) AS TABLE
 WITH a AS (
     SELECT
-        g_day, g_flow_id, g_deployment_id, g_work_pool_name, g_tag,
+        g_day, g_hour, g_flow_id, g_deployment_id, g_work_pool_name, g_tag,
         count(lateness_s) AS started,
         count(*) FILTER (WHERE lateness_s > late_after) AS late_runs,
         quantile_cont(lateness_s, [0.50, 0.95]) AS q,
@@ -18,14 +18,14 @@ WITH a AS (
         max(lateness_s) AS max_lateness_s,
         count(*) FILTER (WHERE state_type IN ('SCHEDULED', 'PENDING') AND start_time IS NULL) AS waiting_now
     FROM grouped_runs(per, since, until, include_deleted)
-    GROUP BY g_day, g_flow_id, g_deployment_id, g_work_pool_name, g_tag
+    GROUP BY g_day, g_hour, g_flow_id, g_deployment_id, g_work_pool_name, g_tag
     HAVING started + waiting_now > 0
 )
 SELECT
-    a.g_day AS run_day, a.g_flow_id AS flow_id, f.name AS flow_name,
+    a.g_day AS run_day, a.g_hour AS run_hour, a.g_flow_id AS flow_id, f.name AS flow_name,
     a.g_deployment_id AS deployment_id, d.name AS deployment_name,
     a.g_work_pool_name AS work_pool_name, a.g_tag AS tag,
-    a.* EXCLUDE (g_day, g_flow_id, g_deployment_id, g_work_pool_name, g_tag, q)
+    a.* EXCLUDE (g_day, g_hour, g_flow_id, g_deployment_id, g_work_pool_name, g_tag, q)
 FROM a
 LEFT JOIN flows AS f ON f.id = a.g_flow_id
 LEFT JOIN deployments AS d ON d.id = a.g_deployment_id;

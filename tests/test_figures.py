@@ -8,13 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from flowsync import reports, views
+from flowsync import report_html, reports, views
 from flowsync.store import Store
+from tests.helpers import run_cli
 from tests.policy_db import make_db, run
 
 
 def built(path: Path, runs: list[dict[str, object]]) -> Path:
-    db = make_db(path, runs)  # type: ignore[arg-type]
+    db = make_db(path, runs)
     with Store.open(db) as store:
         views.rebuild(store)
     return db
@@ -32,3 +33,53 @@ def test_flaky_separates_rare_failures_from_failures_that_come_and_go(tmp_path: 
     with Store.open(db, read_only=True) as store:
         strict = reports.flaky(store, reports.parse_since("30d"), min_rate=0.2)
     assert not any(strict["flaky"])
+
+
+@pytest.fixture(scope="module")
+def three_days(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Runs every 30 minutes over the last three days, one in 25 failed (4%)."""
+    runs = [run(n, "FAILED" if n % 25 == 0 else "COMPLETED", n / 48) for n in range(1, 144)]
+    return built(tmp_path_factory.mktemp("figures") / "runs.duckdb", runs)
+
+
+def test_health_page_rate_on_its_own_scale_and_short_windows_by_hour(
+    three_days: Path, tmp_path: Path
+) -> None:
+    assert [report_html.rate_scale(r) for r in (None, 0.004, 0.03, 0.05, 0.07, 0.6)] == [
+        0.01,
+        0.01,
+        0.05,
+        0.05,
+        0.1,
+        1.0,
+    ]
+    page = tmp_path / "health.html"
+    assert (
+        run_cli(
+            "report", "health", "--since", "24h", "--html", str(page), "--db", str(three_days)
+        ).exit_code
+        == 0
+    )
+    text = page.read_text()
+    assert "Runs and failure rate per hour" in text
+    assert "failure rate (right axis, 0 to 50%)" in text  # two runs an hour: one failure is 50%
+    result = run_cli(
+        "report", "health", "--since", "3d", "--html", str(page), "--db", str(three_days)
+    )
+    assert result.exit_code == 0
+    text = page.read_text()
+    assert "Runs and failure rate per day" in text
+    assert "(right axis, 0 to 5%)" in text or "(right axis, 0 to 10%)" in text  # 4%, not 0..100%
+
+
+def test_a_previous_window_the_data_does_not_cover_is_said(
+    three_days: Path, tmp_path: Path
+) -> None:
+    result = run_cli("report", "failures", "--since", "2d", "-f", "csv", "--db", str(three_days))
+    assert result.exit_code == 0, result.output
+    assert "warning: The data starts" in result.stderr and "cover only" in result.stderr
+    covered = run_cli("report", "failures", "--since", "1d", "-f", "csv", "--db", str(three_days))
+    assert covered.exit_code == 0 and covered.stderr == ""
+    page = tmp_path / "health.html"
+    run_cli("report", "health", "--since", "2d", "--html", str(page), "--db", str(three_days))
+    assert "cover only" in page.read_text()

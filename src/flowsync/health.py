@@ -10,7 +10,7 @@ render (``report_html`` and ``openmetrics`` do).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     from flowsync.store import Store
 
 TOP = 10
+# Windows up to this long chart runs and failure rate per UTC hour, longer ones per UTC day.
+HOURLY_UP_TO = timedelta(hours=48)
 
 
 @dataclass(frozen=True)
@@ -32,7 +34,7 @@ class Health:
     headline: dict[
         str, Any
     ]  # one row: failure_rates, duration_percentiles, lateness over everything
-    daily: pl.DataFrame  # failure_rates per UTC day
+    daily: pl.DataFrame  # failure_rates per UTC day (run_day), or per UTC hour (run_hour)
     heatmap: pl.DataFrame  # failure_rates per UTC day x deployment
     deployments: pl.DataFrame  # failure_rates per deployment, with the previous window
     signatures: pl.DataFrame  # error_signatures
@@ -43,7 +45,13 @@ class Health:
         datetime | None
     )  # the latest successful pull, from the live sync log if it could be read
     now: pl.DataFrame  # runs_now per deployment: running, waiting and late right now
-    history_start: datetime | None  # the earliest run: where an all-history window begins
+    history_start: datetime | None  # the earliest run in the file (all history begins there)
+    bucket: str = "day"  # what a row of ``daily`` covers: "day", or "hour" for short windows
+
+    @property
+    def previous_uncovered(self) -> timedelta | None:
+        """How much of the previous window has no data (see ``reports.previous_uncovered``)."""
+        return reports.previous_uncovered(self.window, self.history_start)
 
     @property
     def window_seconds(self) -> float | None:
@@ -95,13 +103,19 @@ def collect(
     headline["signatures"] = signatures.height
     headline["unresolved_deployments"] = unresolved.height
     headline["since"], headline["until"] = window.since, window.until
+    hourly = window.since is not None and window.until - window.since <= HOURLY_UP_TO
     return Health(
         window=window,
         include_deleted=include_deleted,
         headline=headline,
-        daily=reports.failure_rate_daily(
-            store, window, by_deployment=False, include_deleted=include_deleted
+        daily=(
+            reports.failure_rate_hourly(store, window, include_deleted=include_deleted)
+            if hourly
+            else reports.failure_rate_daily(
+                store, window, by_deployment=False, include_deleted=include_deleted
+            )
         ),
+        bucket="hour" if hourly else "day",
         heatmap=reports.failure_rate_daily(
             store, window, by_deployment=True, include_deleted=include_deleted
         ),
@@ -112,11 +126,7 @@ def collect(
         lateness=reports._late(store, "deployment", window, late_after, include_deleted),
         last_pull=last_pull,
         now=reports.runs_now(store, late_after=late_after),
-        history_start=(
-            reports.history_start(store, include_deleted=include_deleted)
-            if window.since is None
-            else window.since
-        ),
+        history_start=reports.history_start(store, include_deleted=include_deleted),
     )
 
 

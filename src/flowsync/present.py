@@ -249,3 +249,13 @@ def group_name(row: dict[str, Any]) -> str:
         if key in row:
             return str(row[key]) if row[key] is not None else f"(no {label(key)})"
     return ""
+
+
+def uncovered_note(length_s: float, gap_s: float, data_start: datetime) -> str:
+    """What to say when the previous window begins before the data does."""
+    covered = max(0.0, 1 - gap_s / length_s) if length_s > 0 else 0.0
+    return (
+        f"The data starts {when(data_start)} UTC, {duration(gap_s)} into the previous "
+        f"{duration(length_s)}: the previous figures and the changes cover only "
+        f"{covered * 100:.0f}% of it."
+    )

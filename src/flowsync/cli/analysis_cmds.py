@@ -13,12 +13,13 @@ import os
 import sys
 import tempfile
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from flowsync import reports
+from flowsync import present, reports
 from flowsync.cli import formats, render
 from flowsync.cli.common import LiveOption, WaitOption, err, errors, out
 from flowsync.cli.report_options import FormatOption, OutputOption, ReportOptions, report_options
@@ -258,13 +259,28 @@ report_app = typer.Typer(
 )
 
 
+def _warn_uncovered(window: reports.Window, data_start: datetime | None) -> None:
+    """A warning on stderr when the previous window begins well before the data does."""
+    gap = reports.previous_uncovered(window, data_start)
+    if gap is None or data_start is None:
+        return
+    length = (window.until - window.start).total_seconds()
+    err.print(
+        f"warning: {present.uncovered_note(length, gap.total_seconds(), data_start)}",
+        highlight=False,
+    )
+
+
 def _run_report(
     opts: ReportOptions,
     title: str,
     build: Callable[[Store, reports.Window], pl.DataFrame],
     *,
     report: str,
+    compares: bool = False,
 ) -> None:
+    """``compares``: the report has previous-window columns (warn when the data does not
+    cover that window)."""
     from flowsync import report_html
 
     with errors():
@@ -274,6 +290,10 @@ def _run_report(
         chosen = _choose_format(opts.fmt, opts.output) if wants_data else None
         with _open(opts.db, opts.wait, opts.live) as store:
             frame = build(store, window)
+            if compares and window.since is not None:
+                _warn_uncovered(
+                    window, reports.history_start(store, include_deleted=opts.include_deleted)
+                )
             page = (
                 report_html.build_page(
                     store,
@@ -325,6 +345,7 @@ def failures_cmd(
             store, by, window, include_deleted=opts.include_deleted
         ),
         report="failures",
+        compares=True,
     )
 
 
@@ -426,6 +447,7 @@ def errors_cmd(opts: ReportOptions) -> None:
         "Error signatures",
         lambda store, window: reports.errors(store, window, include_deleted=opts.include_deleted),
         report="errors",
+        compares=True,
     )
 
 
@@ -495,6 +517,8 @@ def health_cmd(opts: ReportOptions) -> None:
                 include_deleted=opts.include_deleted,
                 live_db=None if opts.live else resolve_db_path(opts.db),
             )
+        if chosen != "openmetrics":  # a textfile job's stderr goes to cron mail
+            _warn_uncovered(window, figures.history_start)
         if opts.html is not None:
             write_atomic(opts.html, report_html.render_health(figures).encode(), "--html")
             err.print(
