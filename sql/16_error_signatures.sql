@@ -7,9 +7,10 @@
 --   share                  runs / all failed runs in the window
 --   deployments, flows     distinct deployments / flows affected in the window
 --   prev_runs, runs_change failed runs in [prev_start, since), runs - prev_runs
---   first_seen, last_seen  run_at of its first and latest failure from
---                          prev_start on (with --since all: in all history);
---                          first_seen in the window and prev_runs = 0: new
+--   first_seen             run_at of its first failure in all the history the
+--                          file has seen (error_signatures_seen, recorded at
+--                          pull time; deleted runs too): in the window means new
+--   last_seen              run_at of its latest failure
 --   example_run_id, example_state_type, example_message  its latest failed
 --                          run in the window, with the full state message
 --   flow_name, deployment_name  of that run
@@ -46,9 +47,11 @@ WITH failed AS (
 SELECT
     signature_of(a.error_text) AS signature, a.error_text, a.runs,
     a.runs / sum(a.runs) OVER () AS share,
-    a.deployments, a.flows, a.prev_runs, a.runs_change, a.first_seen, a.last_seen,
+    a.deployments, a.flows, a.prev_runs, a.runs_change,
+    least(a.first_seen, seen.first_seen) AS first_seen, a.last_seen,
     a.example_run_id, a.example_state_type, a.example_message,
     f.name AS flow_name, d.name AS deployment_name
 FROM a
+LEFT JOIN error_signatures_seen AS seen ON seen.error_text = a.error_text
 LEFT JOIN flows AS f ON f.id = a.example_flow_id
 LEFT JOIN deployments AS d ON d.id = a.example_deployment_id;

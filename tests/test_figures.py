@@ -4,14 +4,15 @@ the health page's rate has its own scale and short windows are bucketed by hour.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from flowsync import report_html, reports, views
-from flowsync.store import Store
+from flowsync.store import Store, signatures
 from tests.helpers import run_cli
-from tests.policy_db import make_db, run
+from tests.policy_db import FLOW, NOW, make_db, rid, run
 
 
 def built(path: Path, runs: list[dict[str, object]]) -> Path:
@@ -83,3 +84,28 @@ def test_a_previous_window_the_data_does_not_cover_is_said(
     page = tmp_path / "health.html"
     run_cli("report", "health", "--since", "2d", "--html", str(page), "--db", str(three_days))
     assert "cover only" in page.read_text()
+
+
+def test_first_seen_is_over_all_history_recorded_at_pull_time(tmp_path: Path) -> None:
+    runs = [run(1, "FAILED", 20), run(2, "FAILED", 0.5), run(3, "COMPLETED", 0.4)]
+    db = make_db(tmp_path / "seen.duckdb", runs)
+    with Store.open(db) as store:
+        store.execute("UPDATE flow_runs SET state_message = 'KeyError: ' || name")
+        views.rebuild(store)
+        assert signatures.record_first_seen(store) == 1
+    with Store.open(db, read_only=True) as store:
+        row = reports.errors(store, reports.parse_since("24h")).row(0, named=True)
+    assert row["runs"] == 1
+    assert row["first_seen"] == NOW - timedelta(days=20)  # not the window's (or the previous one's)
+    # a later pull writes an even older failure of the same signature: only it is read
+    with Store.open(db) as store:
+        store.execute(
+            "INSERT INTO flow_runs (id, name, flow_id, state_type, state_message, expected_start_time, "
+            "synced_at) VALUES (?, 'old', ?, 'FAILED', 'KeyError: run-0009', ?, now())",
+            [rid(9), FLOW, NOW - timedelta(days=30)],
+        )
+        assert signatures.record_first_seen(store) == 1
+        assert signatures.record_first_seen(store) == 0  # nothing new since
+    with Store.open(db, read_only=True) as store:
+        row = reports.errors(store, reports.parse_since("24h")).row(0, named=True)
+    assert row["first_seen"] == NOW - timedelta(days=30)

@@ -192,3 +192,21 @@ def m003_flow_runs_without_primary_key(con: Any) -> None:
         ALTER TABLE flow_runs ALTER COLUMN synced_at SET NOT NULL;
         """
     )
+
+
+@migration
+def m005_error_signatures_seen(con: Any) -> None:
+    # When each error signature first failed a run, over all the history the file has
+    # seen (deleted runs too): `report errors` reads it for first_seen instead of
+    # normalising every old failure message on every report (store/signatures.py
+    # fills it at the end of each pull, from the runs that pull wrote).
+    con.execute(
+        """
+        CREATE TABLE error_signatures_seen (
+            error_text VARCHAR PRIMARY KEY,   -- error_signature_text(state_message)
+            first_seen TIMESTAMPTZ NOT NULL,  -- run_at of its earliest failed run
+            first_run_id UUID,                -- that run
+            recorded_at TIMESTAMPTZ NOT NULL
+        );
+        """
+    )

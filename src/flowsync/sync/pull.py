@@ -18,7 +18,7 @@ from flowsync import views
 from flowsync.api import Page, PrefectClient
 from flowsync.api.pagination import pages_by_id, parse_ts
 from flowsync.errors import FlowsyncError
-from flowsync.store import Store, sync_log, synced_tables
+from flowsync.store import Store, signatures, sync_log, synced_tables
 from flowsync.store.tables import DEPLOYMENTS, FLOW_RUNS, FLOWS
 from flowsync.sync import catalog, identity, runs
 from flowsync.sync.context import NullProgress, Progress, PullContext, PullOptions
@@ -102,6 +102,7 @@ def pull(
                 with store.transaction():
                     sync_log.set_state(store, runs.CURSOR, server_start.isoformat())
             views.rebuild(store)
+            signatures.record_first_seen(store)
     except BaseException as e:
         status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
         message = str(e) if isinstance(e, FlowsyncError) else f"{type(e).__name__}: {e}"
