@@ -22,7 +22,14 @@ import typer
 from flowsync import present, reports
 from flowsync.cli import formats, render
 from flowsync.cli.common import LiveOption, WaitOption, err, errors, out
-from flowsync.cli.report_options import FormatOption, OutputOption, ReportOptions, report_options
+from flowsync.cli.report_options import (
+    FORMATS,
+    FormatOption,
+    OutputOption,
+    ReportOptions,
+    complete,
+    report_options,
+)
 from flowsync.config import resolve_db_path
 from flowsync.errors import ConfigError
 
@@ -31,12 +38,16 @@ if TYPE_CHECKING:  # Polars and DuckDB load inside the commands, so --help stays
 
     from flowsync.store import Store
 
-FORMATS = ("table", "line", "csv", "json", "markdown", "parquet")
 HEALTH_FORMATS = (*FORMATS, "openmetrics")
 
 
 def _by_option(choices: tuple[str, ...]) -> Any:
-    return typer.Option("--by", help=f"Group by: {', '.join(choices)}.")
+    return typer.Option(
+        "--by",
+        help=f"Group by: {', '.join(choices)}.",
+        metavar="[" + "|".join(choices) + "]",
+        autocompletion=complete(choices),
+    )
 
 
 # -- rendering --------------------------------------------------------------------
@@ -156,6 +167,7 @@ DbsOption = Annotated[
         help="DuckDB file. Default: $FLOWSYNC_DB, else ./flowsync.duckdb. Repeat to query several "
         "files together (NAME=PATH names a source; every table and view gets a source column).",
         show_default=False,
+        metavar="PATH|NAME=PATH",
     ),
 ]
 
@@ -205,6 +217,7 @@ def sql_cmd(
             help="SQL to run (read-only), or - to read it from stdin. Tables: flows, "
             "deployments, flow_runs; views and macros: --tables, docs/analysis.md.",
             show_default=False,
+            metavar="SQL",
         ),
     ] = None,
     file: Annotated[
@@ -253,7 +266,9 @@ def sql_cmd(
 
 report_app = typer.Typer(
     name="report",
-    help="Reports over the pulled runs: failures, durations, late, flaky.",
+    help="Reports over the pulled runs: failures, durations, late, flaky, errors, unresolved, "
+    "health.\n\nEach takes --format, --output and --db; most take --since and --by.\n\n"
+    "Example: flowsync report failures --by deployment --since 7d",
     no_args_is_help=True,
     rich_markup_mode=None,
 )
@@ -377,7 +392,10 @@ def late_cmd(
     late_after: Annotated[
         float,
         typer.Option(
-            "--late-after", help="Seconds after the expected start that count as late.", min=0
+            "--late-after",
+            help="Seconds after the expected start that count as late.",
+            min=0,
+            metavar="SECONDS",
         ),
     ] = 60.0,
 ) -> None:
@@ -400,7 +418,8 @@ def late_cmd(
 def flaky_cmd(
     opts: ReportOptions,
     last: Annotated[
-        int, typer.Option("--last", help="Broken = the last N finished runs all failed.")
+        int,
+        typer.Option("--last", help="Broken = the last N finished runs all failed.", metavar="N"),
     ] = 3,
     min_rate: Annotated[
         float,
@@ -409,6 +428,7 @@ def flaky_cmd(
             help="Flaky needs a failure (or retry) rate of at least this share (0.05 = 5%).",
             min=0,
             max=1,
+            metavar="SHARE",
         ),
     ] = 0.05,
 ) -> None:
@@ -453,7 +473,10 @@ def errors_cmd(opts: ReportOptions) -> None:
 
 @report_app.command("unresolved")
 @report_options(since=None, include_deleted=False)
-def unresolved_cmd(opts: ReportOptions) -> None:
+def unresolved_cmd(
+    opts: ReportOptions,
+    since: Annotated[str | None, typer.Option("--since", hidden=True)] = None,
+) -> None:
     """Deployments whose latest finished run failed: since when, how many failures, which error.
 
     The on-call backlog, oldest first: failing since (the first failure after
@@ -462,6 +485,13 @@ def unresolved_cmd(opts: ReportOptions) -> None:
 
     Example: flowsync report unresolved --format json
     """
+    if since is not None:
+        with errors():
+            raise ConfigError(
+                "report unresolved has no --since: it is the current state (each deployment's "
+                "latest finished run). For failures in a window: report errors --since "
+                f"{since} or report failures --since {since}."
+            )
     _run_report(
         opts,
         "Unresolved failures",
@@ -475,9 +505,11 @@ HealthFormatOption = Annotated[
     typer.Option(
         "--format",
         "-f",
-        help="table, csv, json, markdown, parquet or openmetrics (Prometheus textfile "
+        help="table, line, csv, json, markdown, parquet or openmetrics (Prometheus textfile "
         "collector). Default: table on a terminal, csv otherwise.",
         show_default=False,
+        metavar="[" + "|".join(HEALTH_FORMATS) + "]",
+        autocompletion=complete(HEALTH_FORMATS),
     ),
 ]
 HealthHtmlOption = Annotated[
@@ -487,6 +519,7 @@ HealthHtmlOption = Annotated[
         help="Write the health page (one self-contained HTML file) to FILE (with --format "
         "or --output, the figures are written too).",
         show_default=False,
+        metavar="FILE",
     ),
 ]
 

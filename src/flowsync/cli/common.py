@@ -33,12 +33,16 @@ DbOption = Annotated[
         "--db",
         help="DuckDB file. Default: $FLOWSYNC_DB, else ./flowsync.duckdb.",
         show_default=False,
+        metavar="PATH",
     ),
 ]
 WaitOption = Annotated[
     float,
     typer.Option(
-        "--wait", help="Seconds to wait for another flowsync process to release the file.", min=0
+        "--wait",
+        help="Seconds to wait for another flowsync process to release the file.",
+        min=0,
+        metavar="SECONDS",
     ),
 ]
 LiveOption = Annotated[
@@ -55,6 +59,7 @@ MemoryLimitOption = Annotated[
         help="DuckDB memory cap in MB (default 64; 0: DuckDB's own default, 80% of RAM).",
         min=0,
         show_default=False,
+        metavar="MB",
     ),
 ]
 JsonOption = Annotated[
@@ -66,6 +71,7 @@ ApiUrlOption = Annotated[
         "--api-url",
         help="Prefect API URL. Default: $PREFECT_API_URL, else the active Prefect profile.",
         show_default=False,
+        metavar="URL",
     ),
 ]
 ApiKeyOption = Annotated[
@@ -74,6 +80,7 @@ ApiKeyOption = Annotated[
         "--api-key",
         help="Prefect Cloud API key. Default: $PREFECT_API_KEY, else the profile. Never printed or stored.",
         show_default=False,
+        metavar="KEY",
     ),
 ]
 

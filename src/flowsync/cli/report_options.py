@@ -22,19 +22,37 @@ from flowsync.cli.common import DbOption, LiveOption, WaitOption
 
 P = ParamSpec("P")
 
+FORMATS = ("table", "line", "csv", "json", "markdown", "parquet")
+
+
+def complete(choices: tuple[str, ...]) -> Callable[[str], list[str]]:
+    """Shell completion offering ``choices`` (``--install-completion`` sets it up)."""
+
+    def offer(incomplete: str) -> list[str]:
+        return [c for c in choices if c.startswith(incomplete)]
+
+    return offer
+
+
 FormatOption = Annotated[
     str | None,
     typer.Option(
         "--format",
         "-f",
-        help="table, csv, json, markdown or parquet. Default: table on a terminal, csv otherwise.",
+        help="table, line, csv, json, markdown or parquet. Default: table on a terminal, csv otherwise.",
         show_default=False,
+        metavar="[" + "|".join(FORMATS) + "]",
+        autocompletion=complete(FORMATS),
     ),
 ]
 OutputOption = Annotated[
     Path | None,
     typer.Option(
-        "--output", "-o", help="Write the data to this file instead of stdout.", show_default=False
+        "--output",
+        "-o",
+        help="Write the data to this file instead of stdout.",
+        show_default=False,
+        metavar="FILE",
     ),
 ]
 SinceOption = Annotated[
@@ -42,6 +60,8 @@ SinceOption = Annotated[
     typer.Option(
         "--since",
         help="Window of runs (by expected start): 7d, 12h, 30m, 2w, a date 2026-01-01, or 'all'.",
+        metavar="AGE|DATE|all",
+        autocompletion=complete(("24h", "7d", "30d", "all")),
     ),
 ]
 HtmlOption = Annotated[
@@ -51,6 +71,7 @@ HtmlOption = Annotated[
         help="Write the self-contained health page plus this table to FILE (with --format "
         "or --output, the data is written too).",
         show_default=False,
+        metavar="FILE",
     ),
 ]
 IncludeDeletedOption = Annotated[

@@ -244,12 +244,30 @@ class Store:
             return set()
         return {r[0] for r in self.execute("SELECT name FROM _flowsync_migrations").rows()}
 
+    def _refuse_foreign(self) -> None:
+        """A DuckDB file with tables but no flowsync record is someone else's: never add ours."""
+        tables = [
+            r[0]
+            for r in self.execute(
+                "SELECT table_name FROM information_schema.tables "
+                "WHERE table_catalog = current_database() ORDER BY table_name"
+            ).rows()
+        ]
+        if tables:
+            shown = ", ".join(tables[:5]) + (", ..." if len(tables) > 5 else "")
+            raise StoreError(
+                f"{self.path} is a DuckDB database but not a flowsync file (its tables: {shown}); "
+                "choose another --db, or a new path for flowsync pull to create."
+            )
+
     def migrate(self) -> list[str]:
         """Apply pending migrations, each in a transaction with its record."""
         applied = self.applied_migrations()
         todo = migrations.pending(applied)
         if not todo:
             return []
+        if not applied:
+            self._refuse_foreign()
         if self.read_only:
             raise StoreError(
                 f"{self.path} has an older schema ({len(todo)} migrations pending); "
