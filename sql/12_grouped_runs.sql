@@ -11,10 +11,14 @@
 --   day_deployment UTC day x deployment and flow
 --   work_pool      work pool of the run
 --   tag            run tag: a run counts once under each distinct tag, untagged runs under none
--- Live runs only unless include_deleted. Every grouped figure (failure_rates,
+-- Live runs only unless include_deleted; the optional only_* filters
+-- (--flow, --deployment, --tag, --state) keep the runs run_selected passes. Every grouped figure (failure_rates,
 -- duration_percentiles, lateness) aggregates this, so groups mean the same
 -- thing in every report.
-CREATE OR REPLACE MACRO grouped_runs(per, since, until, include_deleted) AS TABLE
+CREATE OR REPLACE MACRO grouped_runs(
+    per, since, until, include_deleted,
+    only_flows := NULL, only_deployments := NULL, only_tags := NULL, only_states := NULL
+) AS TABLE
 SELECT
     CASE WHEN per IN ('day', 'day_deployment') THEN run_day END AS g_day,
     CASE WHEN per = 'hour' THEN date_trunc('hour', run_at) END AS g_hour,
@@ -25,6 +29,7 @@ SELECT
     * EXCLUDE (tags)
 FROM flow_run_measures
 WHERE per <> 'tag' AND run_at >= since AND run_at < until AND (include_deleted OR NOT is_deleted)
+    AND run_selected(flow_id, deployment_id, tags, state_type, only_flows, only_deployments, only_tags, only_states)
 UNION ALL BY NAME
 SELECT
     CAST(NULL AS DATE) AS g_day,
@@ -35,4 +40,5 @@ SELECT
     g_tag,
     * EXCLUDE (g_tag)
 FROM (SELECT unnest(list_distinct(tags)) AS g_tag, * EXCLUDE (tags) FROM flow_run_measures
-      WHERE per = 'tag' AND run_at >= since AND run_at < until AND (include_deleted OR NOT is_deleted));
+      WHERE per = 'tag' AND run_at >= since AND run_at < until AND (include_deleted OR NOT is_deleted)
+          AND run_selected(flow_id, deployment_id, tags, state_type, only_flows, only_deployments, only_tags, only_states));

@@ -13,7 +13,10 @@
 -- prev_runs and failed_change = failed - prev_failed. Pass prev_start = since for
 -- no previous window. Groups with no finished or cancelled run in either
 -- window are left out.
-CREATE OR REPLACE MACRO failure_rates(per, since, until, prev_start, include_deleted) AS TABLE
+CREATE OR REPLACE MACRO failure_rates(
+    per, since, until, prev_start, include_deleted,
+    only_flows := NULL, only_deployments := NULL, only_tags := NULL, only_states := NULL
+) AS TABLE
 WITH a AS (
     SELECT
         g_day, g_hour, g_flow_id, g_deployment_id, g_work_pool_name, g_tag,
@@ -28,7 +31,11 @@ WITH a AS (
         failure_rate - prev_failure_rate AS failure_rate_change,
         runs - prev_runs AS runs_change,
         failed - prev_failed AS failed_change
-    FROM grouped_runs(per, least(prev_start, since), until, include_deleted)
+    FROM grouped_runs(
+        per, least(prev_start, since), until, include_deleted,
+        only_flows := only_flows, only_deployments := only_deployments,
+        only_tags := only_tags, only_states := only_states
+    )
     GROUP BY g_day, g_hour, g_flow_id, g_deployment_id, g_work_pool_name, g_tag
     HAVING runs + cancelled + prev_runs + prev_cancelled > 0
 )

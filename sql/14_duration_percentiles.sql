@@ -8,7 +8,10 @@
 -- and for the previous window [prev_start, since): prev_runs, prev_p50_s,
 -- prev_p95_s, with p50_change_s and p95_change_s = this - previous (the
 -- trend). Pass prev_start = since for no previous window.
-CREATE OR REPLACE MACRO duration_percentiles(per, since, until, prev_start, include_deleted) AS TABLE
+CREATE OR REPLACE MACRO duration_percentiles(
+    per, since, until, prev_start, include_deleted,
+    only_flows := NULL, only_deployments := NULL, only_tags := NULL, only_states := NULL
+) AS TABLE
 WITH a AS (
     SELECT
         g_day, g_hour, g_flow_id, g_deployment_id, g_work_pool_name, g_tag,
@@ -23,7 +26,11 @@ WITH a AS (
         prev_q[1] AS prev_p50_s, prev_q[2] AS prev_p95_s,
         p50_s - prev_p50_s AS p50_change_s,
         p95_s - prev_p95_s AS p95_change_s
-    FROM grouped_runs(per, least(prev_start, since), until, include_deleted)
+    FROM grouped_runs(
+        per, least(prev_start, since), until, include_deleted,
+        only_flows := only_flows, only_deployments := only_deployments,
+        only_tags := only_tags, only_states := only_states
+    )
     WHERE is_finished AND duration_s IS NOT NULL
     GROUP BY g_day, g_hour, g_flow_id, g_deployment_id, g_work_pool_name, g_tag
     HAVING runs > 0

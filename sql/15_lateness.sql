@@ -7,7 +7,10 @@
 --   p50_lateness_s, p95_lateness_s, max_lateness_s
 --   waiting_now     SCHEDULED or PENDING runs expected in the window that
 --                   have not started (with until = now: expected in the past)
-CREATE OR REPLACE MACRO lateness(per, since, until, late_after, include_deleted) AS TABLE
+CREATE OR REPLACE MACRO lateness(
+    per, since, until, late_after, include_deleted,
+    only_flows := NULL, only_deployments := NULL, only_tags := NULL, only_states := NULL
+) AS TABLE
 WITH a AS (
     SELECT
         g_day, g_hour, g_flow_id, g_deployment_id, g_work_pool_name, g_tag,
@@ -17,7 +20,11 @@ WITH a AS (
         q[1] AS p50_lateness_s, q[2] AS p95_lateness_s,
         max(lateness_s) AS max_lateness_s,
         count(*) FILTER (WHERE state_type IN ('SCHEDULED', 'PENDING') AND start_time IS NULL) AS waiting_now
-    FROM grouped_runs(per, since, until, include_deleted)
+    FROM grouped_runs(
+        per, since, until, include_deleted,
+        only_flows := only_flows, only_deployments := only_deployments,
+        only_tags := only_tags, only_states := only_states
+    )
     GROUP BY g_day, g_hour, g_flow_id, g_deployment_id, g_work_pool_name, g_tag
     HAVING started + waiting_now > 0
 )

@@ -14,13 +14,17 @@
 --   example_run_id, example_state_type, example_message  its latest failed
 --                          run in the window, with the full state message
 --   flow_name, deployment_name  of that run
--- Live runs only unless include_deleted. Pass prev_start = since for no
+-- Live runs only unless include_deleted; only_*: see 06_run_selected.sql. Pass prev_start = since for no
 -- previous window. Each distinct message is normalised once.
-CREATE OR REPLACE MACRO error_signatures(since, until, prev_start, include_deleted) AS TABLE
+CREATE OR REPLACE MACRO error_signatures(
+    since, until, prev_start, include_deleted,
+    only_flows := NULL, only_deployments := NULL, only_tags := NULL, only_states := NULL
+) AS TABLE
 WITH failed AS (
     SELECT id, run_at, state_type, state_message, flow_id, deployment_id
     FROM flow_run_measures
     WHERE is_failure AND run_at >= least(prev_start, since) AND run_at < until AND (include_deleted OR NOT is_deleted)
+        AND run_selected(flow_id, deployment_id, tags, state_type, only_flows, only_deployments, only_tags, only_states)
 ), texts AS (
     SELECT state_message, error_signature_text(state_message) AS error_text
     FROM (SELECT DISTINCT state_message FROM failed)

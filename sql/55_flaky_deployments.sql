@@ -1,4 +1,5 @@
--- flaky_deployments(since, until, last_n, min_rate := 0.05): a table macro, one row per
+-- flaky_deployments(since, until, last_n, min_rate := 0.05, only_flows, only_deployments):
+-- a table macro (only_*: see 06_run_selected.sql), one row per
 -- deployment with live failures or retried runs in [since, until), or a
 -- failing streak of at least `last_n`:
 --   runs, failed, failure_rate  as failure_rates('deployment', ...)
@@ -15,7 +16,9 @@
 --                    their mean time to the next success (failure_recoveries)
 --   recovered_episodes  of those, the ones that ended with a success
 --   last_state_type, last_success_at, last_failure_at  (deployment_streaks)
-CREATE OR REPLACE MACRO flaky_deployments(since, until, last_n, min_rate := 0.05) AS TABLE
+CREATE OR REPLACE MACRO flaky_deployments(
+    since, until, last_n, min_rate := 0.05, only_flows := NULL, only_deployments := NULL
+) AS TABLE
 WITH rates AS (
     SELECT deployment_id, runs, failed, failure_rate
     FROM failure_rates('deployment', since, until, since, false)
@@ -60,4 +63,5 @@ LEFT JOIN episodes AS e ON e.deployment_id = k.deployment_id
 LEFT JOIN deployment_streaks AS s ON s.deployment_id = k.deployment_id
 LEFT JOIN deployments AS d ON d.id = k.deployment_id
 LEFT JOIN flows AS f ON f.id = d.flow_id
-WHERE coalesce(r.failed, 0) > 0 OR coalesce(t.retried_runs, 0) > 0 OR coalesce(s.failing_streak, 0) >= last_n;
+WHERE (coalesce(r.failed, 0) > 0 OR coalesce(t.retried_runs, 0) > 0 OR coalesce(s.failing_streak, 0) >= last_n)
+    AND run_selected(d.flow_id, k.deployment_id, NULL, NULL, only_flows, only_deployments, NULL, NULL);

@@ -43,7 +43,7 @@ def test_json_markdown_table(pulled: Path) -> None:
     rows = json.loads(run_cli("sql", Q, "--format", "json", "--db", str(pulled)).stdout)
     assert {r["state_type"]: r["n"] for r in rows} == expected(pulled)
     md = run_cli("sql", Q, "-f", "markdown", "--db", str(pulled)).stdout.splitlines()
-    assert md[0] == "| state_type | n |" and md[1] == "|---|---|"
+    assert md[0] == "| state_type | n |" and md[1] == "|---|---:|"  # numbers align right
     assert len(md) == 2 + len(expected(pulled))
     table = run_cli("sql", Q, "-f", "table", "--db", str(pulled)).stdout
     assert "state_type" in table and "COMPLETED" in table

@@ -254,6 +254,11 @@ def group_name(row: dict[str, Any]) -> str:
 def uncovered_note(length_s: float, gap_s: float, data_start: datetime) -> str:
     """What to say when the previous window begins before the data does."""
     covered = max(0.0, 1 - gap_s / length_s) if length_s > 0 else 0.0
+    if covered == 0:
+        return (
+            f"The data starts {when(data_start)} UTC, after the previous {duration(length_s)} "
+            "ended: the previous figures and the changes compare against no runs."
+        )
     return (
         f"The data starts {when(data_start)} UTC, {duration(gap_s)} into the previous "
         f"{duration(length_s)}: the previous figures and the changes cover only "

@@ -103,6 +103,93 @@ def parse_since(text: str | None, now: datetime | None = None) -> Window:
     return Window(since_time(text, now), now)
 
 
+STATES = (
+    "SCHEDULED",
+    "PENDING",
+    "RUNNING",
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+    "CRASHED",
+    "PAUSED",
+    "CANCELLING",
+)
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Which runs a report counts (``--flow``, ``--deployment``, ``--tag``, ``--state``);
+    empty means all. Deployments are ``flow/deployment`` or a deployment name."""
+
+    flows: tuple[str, ...] = ()
+    deployments: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+    states: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.flows or self.deployments or self.tags or self.states)
+
+
+def _filter_params(store: Store, filters: Filters | None) -> dict[str, Any]:
+    """The ``only_*`` parameters of the macros (see ``sql/06_run_selected.sql``): names
+    resolved to ids, each name checked so a typo is an error, not an empty report."""
+    f = filters or Filters()
+    params: dict[str, Any] = {
+        "only_flows": None,
+        "only_deployments": None,
+        "only_tags": list(f.tags) or None,
+        "only_states": None,
+    }
+    if f.flows:
+        rows = store.execute(
+            "SELECT name, list(CAST(id AS VARCHAR)) FROM flows WHERE list_contains($names, name) GROUP BY name",
+            {"names": list(f.flows)},
+        ).rows()
+        found = {name: ids for name, ids in rows}
+        _unknown("--flow", [n for n in f.flows if n not in found], "SELECT name FROM flows")
+        params["only_flows"] = [i for ids in found.values() for i in ids]
+    if f.deployments:
+        rows = store.execute(
+            """
+            SELECT n.name, list(CAST(d.id AS VARCHAR))
+            FROM unnest($names) AS n(name)
+            JOIN deployments AS d ON d.name = n.name
+                OR (SELECT f.name FROM flows AS f WHERE f.id = d.flow_id) || '/' || d.name = n.name
+            GROUP BY n.name
+            """,
+            {"names": list(f.deployments)},
+        ).rows()
+        found = {name: ids for name, ids in rows}
+        _unknown(
+            "--deployment",
+            [n for n in f.deployments if n not in found],
+            "SELECT flow_name || '/' || deployment_name FROM failure_rates_by_deployment",
+        )
+        params["only_deployments"] = [i for ids in found.values() for i in ids]
+    if f.states:
+        states = [s.upper() for s in f.states]
+        bad = [s for s in states if s not in STATES]
+        if bad:
+            raise ConfigError(
+                f"--state {bad[0]!r} is not a Prefect state type; choose from: {', '.join(STATES)}."
+            )
+        params["only_states"] = states
+    return params
+
+
+def _unknown(option: str, names: list[str], sql: str) -> None:
+    if names:
+        raise ConfigError(
+            f'{option} {names[0]!r}: no such name in the file; list them with flowsync sql "{sql}".'
+        )
+
+
+_ONLY = (
+    "only_flows := $only_flows, only_deployments := $only_deployments, "
+    "only_tags := $only_tags, only_states := $only_states"
+)
+
+
 def _check_by(by: str, allowed: tuple[str, ...]) -> Grouping:
     if by not in allowed:
         raise ConfigError(
@@ -239,23 +326,27 @@ def failures(
     window: Window | None = None,
     *,
     include_deleted: bool = False,
+    filters: Filters | None = None,
 ) -> pl.DataFrame:
     """One row per group: runs (finished), failed, failure_rate, cancelled, and the same for
     the previous window of equal length, with ``failure_rate_change`` (this - previous).
     The figures are the ``failure_rates`` macro of ``sql/13_failure_rates.sql``."""
     window = window or parse_since(None)
     _check_by(by, tuple(GROUPS))
-    return _failures(store, by, window, include_deleted)
+    return _failures(store, by, window, include_deleted, filters)
 
 
-def _failures(store: Store, by: str, window: Window, include_deleted: bool) -> pl.DataFrame:
+def _failures(
+    store: Store, by: str, window: Window, include_deleted: bool, filters: Filters | None = None
+) -> pl.DataFrame:
     sql = _grouped(
         "failure_rates",
         by,
-        "$since, $until, $prev_start, $include_deleted",
+        f"$since, $until, $prev_start, $include_deleted, {_ONLY}",
         "failed DESC, failure_rate DESC NULLS LAST, runs DESC",
     )
-    frame = run_sql(store, sql, _params(window, include_deleted))
+    params = {**_params(window, include_deleted), **_filter_params(store, filters)}
+    frame = run_sql(store, sql, params)
     return _no_previous(frame, window, PREVIOUS_FAILURE_COLUMNS)
 
 
@@ -278,22 +369,32 @@ def durations(
     *,
     include_deleted: bool = False,
     trend: bool = False,
+    filters: Filters | None = None,
 ) -> pl.DataFrame:
     """Duration percentiles (seconds, wall clock) of finished runs per group, slowest p95 first;
     with ``trend``, also the previous window's p50/p95 and ``p95_change_s``. The figures are
     the ``duration_percentiles`` macro of ``sql/14_duration_percentiles.sql``."""
     window = window or parse_since(None)
     _check_by(by, DURATION_GROUPS)
-    return _durations(store, by, window, include_deleted, trend)
+    return _durations(store, by, window, include_deleted, trend, filters)
 
 
 def _durations(
-    store: Store, by: str, window: Window, include_deleted: bool, trend: bool
+    store: Store,
+    by: str,
+    window: Window,
+    include_deleted: bool,
+    trend: bool,
+    filters: Filters | None = None,
 ) -> pl.DataFrame:
     sql = _grouped(
-        "duration_percentiles", by, "$since, $until, $prev_start, $include_deleted", "p95_s DESC"
+        "duration_percentiles",
+        by,
+        f"$since, $until, $prev_start, $include_deleted, {_ONLY}",
+        "p95_s DESC",
     )
-    frame = run_sql(store, sql, _params(window, include_deleted, previous=trend))
+    params = {**_params(window, include_deleted, previous=trend), **_filter_params(store, filters)}
+    frame = run_sql(store, sql, params)
     if not trend:
         return frame.drop(_TREND_COLUMNS)
     return _no_previous(frame, window, _TREND_COLUMNS)
@@ -306,22 +407,28 @@ def late(
     *,
     late_after: float = 60.0,
     include_deleted: bool = False,
+    filters: Filters | None = None,
 ) -> pl.DataFrame:
     """Start lateness per group: runs that started, how many more than ``late_after`` s
     late, lateness percentiles, and ``waiting_now``: SCHEDULED/PENDING runs expected
     in the window that have not started yet (the ``lateness`` macro, ``sql/15_lateness.sql``)."""
     window = window or parse_since(None)
     _check_by(by, tuple(GROUPS))
-    return _late(store, by, window, late_after, include_deleted)
+    return _late(store, by, window, late_after, include_deleted, filters)
 
 
 def _late(
-    store: Store, by: str, window: Window, late_after: float, include_deleted: bool
+    store: Store,
+    by: str,
+    window: Window,
+    late_after: float,
+    include_deleted: bool,
+    filters: Filters | None = None,
 ) -> pl.DataFrame:
     sql = _grouped(
         "lateness",
         by,
-        "$since, $until, $late_after, $include_deleted",
+        f"$since, $until, $late_after, $include_deleted, {_ONLY}",
         "late_runs + waiting_now DESC, p95_lateness_s DESC NULLS LAST",
     )
     params = {
@@ -329,12 +436,18 @@ def _late(
         "until": window.until,
         "late_after": late_after,
         "include_deleted": include_deleted,
+        **_filter_params(store, filters),
     }
     return run_sql(store, sql, params)
 
 
 def flaky(
-    store: Store, window: Window | None = None, *, last: int = 3, min_rate: float = 0.05
+    store: Store,
+    window: Window | None = None,
+    *,
+    last: int = 3,
+    min_rate: float = 0.05,
+    filters: Filters | None = None,
 ) -> pl.DataFrame:
     """Deployments that fail: failures and retries in the window, the current failing
     streak over all history (``broken`` when the last ``last`` finished runs all
@@ -351,37 +464,72 @@ def flaky(
         )
     window = window or parse_since(None)
     sql = """
-        SELECT * FROM flaky_deployments($since, $until, $last, min_rate := $min_rate)
+        SELECT * FROM flaky_deployments(
+            $since, $until, $last, min_rate := $min_rate,
+            only_flows := $only_flows, only_deployments := $only_deployments
+        )
         ORDER BY broken DESC, flaky DESC, failing_streak DESC, failure_rate DESC NULLS LAST,
             deployment_id
     """
-    params = {"since": window.start, "until": window.until, "last": last, "min_rate": min_rate}
+    only = _filter_params(store, _runs_only(filters, "flaky"))
+    params = {
+        "since": window.start,
+        "until": window.until,
+        "last": last,
+        "min_rate": min_rate,
+        "only_flows": only["only_flows"],
+        "only_deployments": only["only_deployments"],
+    }
     return run_sql(store, sql, params)
 
 
+def _runs_only(filters: Filters | None, report: str) -> Filters | None:
+    """A per-deployment report (flaky, unresolved) filters by flow and deployment only."""
+    if filters and (filters.tags or filters.states):
+        raise ConfigError(
+            f"report {report} is per deployment: filter it with --flow or --deployment "
+            "(--tag and --state select runs, for failures, durations, late and errors)."
+        )
+    return filters
+
+
 def errors(
-    store: Store, window: Window | None = None, *, include_deleted: bool = False
+    store: Store,
+    window: Window | None = None,
+    *,
+    include_deleted: bool = False,
+    filters: Filters | None = None,
 ) -> pl.DataFrame:
     """Error signatures: failed runs (FAILED or CRASHED) grouped by their normalised
     message, most runs first, with deployments and flows affected, first and last seen,
     the change against the previous window and an example run (the ``error_signatures``
     macro, ``sql/16_error_signatures.sql``)."""
     window = window or parse_since(None)
-    sql = """
-        SELECT * FROM error_signatures($since, $until, $prev_start, $include_deleted)
+    sql = f"""
+        SELECT * FROM error_signatures($since, $until, $prev_start, $include_deleted, {_ONLY})
         ORDER BY runs DESC, last_seen DESC, signature
     """
-    frame = run_sql(store, sql, _params(window, include_deleted))
+    frame = run_sql(
+        store, sql, {**_params(window, include_deleted), **_filter_params(store, filters)}
+    )
     return _no_previous(frame, window, ("prev_runs", "runs_change"))
 
 
-def unresolved(store: Store) -> pl.DataFrame:
+def unresolved(store: Store, *, filters: Filters | None = None) -> pl.DataFrame:
     """Deployments whose latest finished run failed: since when, failures since the last
     success, and the latest failure's signature (the ``unresolved_failures`` view).
     Current state of live runs, so no window; longest failing first."""
+    only = _filter_params(store, _runs_only(filters, "unresolved"))
     return run_sql(
         store,
-        "SELECT * FROM unresolved_failures ORDER BY failing_since, failures_since_success DESC, deployment_id",
+        """
+        SELECT u.* FROM unresolved_failures AS u
+        LEFT JOIN deployments AS d ON d.id = u.deployment_id
+        WHERE run_selected(d.flow_id, u.deployment_id, NULL, NULL,
+            $only_flows, $only_deployments, NULL, NULL)
+        ORDER BY failing_since, failures_since_success DESC, deployment_id
+        """,
+        {"only_flows": only["only_flows"], "only_deployments": only["only_deployments"]},
     )
 
 

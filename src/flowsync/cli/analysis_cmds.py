@@ -357,7 +357,7 @@ def failures_cmd(
         opts,
         f"Failures by {by}",
         lambda store, window: reports.failures(
-            store, by, window, include_deleted=opts.include_deleted
+            store, by, window, include_deleted=opts.include_deleted, filters=opts.filters
         ),
         report="failures",
         compares=True,
@@ -378,7 +378,7 @@ def durations_cmd(
         opts,
         f"Durations by {by}",
         lambda store, window: reports.durations(
-            store, by, window, include_deleted=opts.include_deleted
+            store, by, window, include_deleted=opts.include_deleted, filters=opts.filters
         ),
         report="durations",
     )
@@ -407,14 +407,19 @@ def late_cmd(
         opts,
         f"Lateness by {by}",
         lambda store, window: reports.late(
-            store, by, window, late_after=late_after, include_deleted=opts.include_deleted
+            store,
+            by,
+            window,
+            late_after=late_after,
+            include_deleted=opts.include_deleted,
+            filters=opts.filters,
         ),
         report="late",
     )
 
 
 @report_app.command("flaky")
-@report_options(since="30d", include_deleted=False)
+@report_options(since="30d", include_deleted=False, filters=("flow", "deployment"))
 def flaky_cmd(
     opts: ReportOptions,
     last: Annotated[
@@ -444,7 +449,9 @@ def flaky_cmd(
     _run_report(
         opts,
         "Flaky and broken deployments",
-        lambda store, window: reports.flaky(store, window, last=last, min_rate=min_rate),
+        lambda store, window: reports.flaky(
+            store, window, last=last, min_rate=min_rate, filters=opts.filters
+        ),
         report="flaky",
     )
 
@@ -465,14 +472,16 @@ def errors_cmd(opts: ReportOptions) -> None:
     _run_report(
         opts,
         "Error signatures",
-        lambda store, window: reports.errors(store, window, include_deleted=opts.include_deleted),
+        lambda store, window: reports.errors(
+            store, window, include_deleted=opts.include_deleted, filters=opts.filters
+        ),
         report="errors",
         compares=True,
     )
 
 
 @report_app.command("unresolved")
-@report_options(since=None, include_deleted=False)
+@report_options(since=None, include_deleted=False, filters=("flow", "deployment"))
 def unresolved_cmd(
     opts: ReportOptions,
     since: Annotated[str | None, typer.Option("--since", hidden=True)] = None,
@@ -495,7 +504,7 @@ def unresolved_cmd(
     _run_report(
         opts,
         "Unresolved failures",
-        lambda store, window: reports.unresolved(store),
+        lambda store, window: reports.unresolved(store, filters=opts.filters),
         report="unresolved",
     )
 
@@ -525,7 +534,7 @@ HealthHtmlOption = Annotated[
 
 
 @report_app.command("health")
-@report_options(since="7d", fmt=HealthFormatOption, html=HealthHtmlOption, ids=False)
+@report_options(since="7d", fmt=HealthFormatOption, html=HealthHtmlOption, ids=False, filters=())
 def health_cmd(opts: ReportOptions) -> None:
     """The headline figures against the previous window; --html writes the one-page health report.
 
