@@ -198,7 +198,7 @@ def test_tables_lists_tables_views_and_macros_with_columns(built: Path) -> None:
         (
             "SELECT * FROM failure_rates('deployment')",
             "does not support the supplied arguments",
-            "failure_rates(per, since, until, prev_start, include_deleted)",
+            "failure_rates(per, since, until, prev_start, include_deleted",
         ),
         ("SELEC 1", 'syntax error at or near "SELEC"', "LINE 1: SELEC 1"),
     ],

@@ -20,6 +20,7 @@ below (macros, groupings, columns) are formatted in.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
@@ -616,3 +617,100 @@ def history_start(store: Store, *, include_deleted: bool = False) -> datetime | 
         {"include_deleted": include_deleted},
     ).scalar()
     return value if isinstance(value, datetime) else None
+
+
+# -- runs: a list, and the ones stuck -------------------------------------------------
+
+FAILED_STATES = ("FAILED", "CRASHED")
+_CLOUD = re.compile(r"^(https?)://api\.([^/]+)/api/accounts/([^/]+)/workspaces/([^/?#]+)")
+_OSS = re.compile(r"^(https?://[^/?#]+(?:/[^?#]*?)?)/api/?$")
+
+
+def prefect_ui(api_url: str | None) -> str | None:
+    """The Prefect UI the API URL belongs to, or None when it cannot be told: a Cloud
+    workspace (``https://api.prefect.cloud/api/accounts/A/workspaces/W`` ->
+    ``https://app.prefect.cloud/account/A/workspace/W``) or a server's UI at the root
+    of its API (``http://host:4200/api`` -> ``http://host:4200``)."""
+    if not api_url:
+        return None
+    url = re.sub(r"//[^/@]*@", "//", api_url.strip())  # no user:password in a link
+    cloud = _CLOUD.match(url)
+    if cloud:
+        scheme, host, account, workspace = cloud.groups()
+        return f"{scheme}://app.{host}/account/{account}/workspace/{workspace}"
+    oss = _OSS.match(url)
+    return oss.group(1) if oss else None
+
+
+def _with_links(store: Store, frame: pl.DataFrame) -> pl.DataFrame:
+    """Add ``url``, the run's page in the Prefect UI (null when the API URL tells no UI)."""
+    import polars as pl
+
+    raw = store.execute("SELECT value FROM sync_state WHERE key = 'api_url'").scalar()
+    api_url = raw.strip('"') if isinstance(raw, str) else None
+    base = prefect_ui(api_url)
+    if base is None:
+        return frame.with_columns(pl.lit(None, dtype=pl.String).alias("url"))
+    return frame.with_columns(
+        pl.concat_str(pl.lit(f"{base}/runs/flow-run/"), pl.col("id").cast(pl.String)).alias("url")
+    )
+
+
+def runs(
+    store: Store,
+    window: Window | None = None,
+    *,
+    last: int = 20,
+    filters: Filters | None = None,
+    include_deleted: bool = False,
+) -> pl.DataFrame:
+    """The newest ``last`` runs in the window that pass ``filters``, failed and crashed ones
+    unless ``filters.states`` says otherwise, with their error signature and a link to the
+    run in the Prefect UI (the ``run_list`` macro, ``sql/56_run_list.sql``)."""
+    if last < 1:
+        raise ConfigError(f"--last {last} must be at least 1 (the number of runs to list).")
+    window = window or parse_since(None)
+    f = filters or Filters()
+    if not f.states:
+        f = Filters(f.flows, f.deployments, f.tags, FAILED_STATES)
+    sql = f"""
+        SELECT * FROM run_list($since, $until, $include_deleted, {_ONLY})
+        ORDER BY run_at DESC, id LIMIT $last
+    """
+    params = {
+        "since": window.start,
+        "until": window.until,
+        "include_deleted": include_deleted,
+        "last": last,
+        **_filter_params(store, f),
+    }
+    return _with_links(store, run_sql(store, sql, params))
+
+
+def stuck(
+    store: Store,
+    history: Window | None = None,
+    *,
+    late_after: float = 60.0,
+    min_runs: int = 5,
+    filters: Filters | None = None,
+) -> pl.DataFrame:
+    """Runs running longer than their deployment's usual p95 duration, or waiting past their
+    expected start longer than its usual p95 lateness (and ``late_after``); usual = finished
+    runs in ``history`` (the ``stuck_runs`` macro, ``sql/57_stuck_runs.sql``). Longest first."""
+    history = history or parse_since("30d")
+    only = _filter_params(store, _runs_only(filters, "stuck"))
+    sql = """
+        SELECT * FROM stuck_runs($history_since, $late_after, min_runs := $min_runs)
+        WHERE run_selected(flow_id, deployment_id, NULL, NULL,
+            $only_flows, $only_deployments, NULL, NULL)
+        ORDER BY times_usual DESC, for_s DESC, id
+    """
+    params = {
+        "history_since": history.start,
+        "late_after": late_after,
+        "min_runs": min_runs,
+        "only_flows": only["only_flows"],
+        "only_deployments": only["only_deployments"],
+    }
+    return _with_links(store, run_sql(store, sql, params))

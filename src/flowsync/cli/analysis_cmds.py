@@ -267,7 +267,7 @@ def sql_cmd(
 report_app = typer.Typer(
     name="report",
     help="Reports over the pulled runs: failures, durations, late, flaky, errors, unresolved, "
-    "health.\n\nEach takes --format, --output and --db; most take --since and --by.\n\n"
+    "runs, stuck, health.\n\nEach takes --format, --output and --db; most take --since and --by.\n\n"
     "Example: flowsync report failures --by deployment --since 7d",
     no_args_is_help=True,
     rich_markup_mode=None,
@@ -506,6 +506,86 @@ def unresolved_cmd(
         "Unresolved failures",
         lambda store, window: reports.unresolved(store, filters=opts.filters),
         report="unresolved",
+    )
+
+
+@report_app.command("runs")
+@report_options(since="7d")
+def runs_cmd(
+    opts: ReportOptions,
+    last: Annotated[
+        int, typer.Option("--last", help="How many runs, newest first.", metavar="N")
+    ] = 20,
+) -> None:
+    """The last runs, failed and crashed ones unless --state says otherwise, with their
+    error signature and a link to the run in the Prefect UI.
+
+    The run list behind a failure rate: filter it to one deployment, flow, tag
+    or state. The link is the run's page on the server or Cloud workspace the
+    file was pulled from (empty when the API URL does not tell the UI).
+
+    Example: flowsync report runs --deployment etl/prod --last 10
+    """
+    _run_report(
+        opts,
+        "Runs",
+        lambda store, window: reports.runs(
+            store, window, last=last, filters=opts.filters, include_deleted=opts.include_deleted
+        ),
+        report="runs",
+    )
+
+
+@report_app.command("stuck")
+@report_options(since=None, include_deleted=False, filters=("flow", "deployment"))
+def stuck_cmd(
+    opts: ReportOptions,
+    history: Annotated[
+        str,
+        typer.Option(
+            "--history",
+            help="Finished runs whose p95 is the usual: 30d, 2w, a date, or 'all'.",
+            metavar="AGE|DATE|all",
+        ),
+    ] = "30d",
+    late_after: Annotated[
+        float,
+        typer.Option(
+            "--late-after",
+            help="A waiting run is stuck only past this many seconds too.",
+            min=0,
+            metavar="SECONDS",
+        ),
+    ] = 60.0,
+    min_runs: Annotated[
+        int,
+        typer.Option(
+            "--min-runs",
+            help="Deployments with fewer finished runs have no usual and are left out.",
+            min=1,
+            metavar="N",
+        ),
+    ] = 5,
+) -> None:
+    """Runs running or waiting longer than their deployment's usual p95, longest first.
+
+    Running: for longer than the p95 duration of the deployment's finished runs
+    in --history. Waiting (SCHEDULED or PENDING, due): past the expected start
+    for longer than its p95 lateness and --late-after. As of the last pull.
+
+    Example: flowsync report stuck --history 30d
+    """
+    _run_report(
+        opts,
+        "Stuck runs",
+        lambda store, window: reports.stuck(
+            store,
+            reports.parse_since(history),
+            late_after=late_after,
+            min_runs=min_runs,
+            filters=opts.filters,
+        ),
+        report="stuck",
     )
 
 
