@@ -5,7 +5,11 @@ ProtectHome does not hide it, cron finds flowsync where pipx and uv put it and m
 from __future__ import annotations
 
 import configparser
+import importlib.util
 from pathlib import Path
+from typing import Any
+
+from flowsync.errors import ApiError, ConfigError, StoreError, StoreLockedError
 
 DEPLOY = Path(__file__).resolve().parent.parent / "docs" / "deploy"
 
@@ -37,3 +41,34 @@ def test_cron_finds_flowsync_where_pipx_puts_it_and_mails_failures() -> None:
     [job] = [line for line in lines if line.startswith("*/15")]
     assert " flowsync pull --quiet" in job and "/usr/local/bin/flowsync" not in job
     assert ">>" not in job and "2>&1" not in job  # cron mails what --quiet prints: errors
+
+
+def _prefect_recipe() -> Any:
+    spec = importlib.util.spec_from_file_location("prefect_flow", DEPLOY / "prefect_flow.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class _Failed:
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def result(self) -> None:
+        raise self.error
+
+
+def test_prefect_recipe_retries_only_what_may_pass_and_needs_no_root_directory() -> None:
+    recipe = _prefect_recipe()
+    assert not recipe.worth_retrying(None, None, _Failed(StoreError("Directory x does not exist")))
+    assert not recipe.worth_retrying(None, None, _Failed(ConfigError("no API URL")))
+    assert recipe.worth_retrying(None, None, _Failed(StoreLockedError("held by a pull")))
+    assert recipe.worth_retrying(None, None, _Failed(ApiError("503 after retries")))
+    assert recipe.pull_history.retry_condition_fn is recipe.worth_retrying
+    default = Path(recipe.DEFAULT_DB)
+    assert default.is_relative_to(Path.home()) and not str(default).startswith("/var/lib")
+    assert (
+        "Path(db).expanduser().parent.mkdir(parents=True, exist_ok=True)"
+        in (DEPLOY / "prefect_flow.py").read_text()
+    )
