@@ -1,5 +1,5 @@
--- stuck_runs(history_since, late_after, min_runs := 5): a table macro, one row
--- per live run that has been RUNNING longer than its deployment's usual p95
+-- stuck_runs(history_since, late_after, min_runs := 5): a table macro,
+-- one row per live run that has been RUNNING longer than its deployment's usual p95
 -- duration, or SCHEDULED/PENDING past its expected start for longer than the
 -- deployment's usual p95 lateness (and at least late_after seconds), "now"
 -- being the time of the query over the runs as of the last pull. Usual = the
