@@ -102,3 +102,30 @@ def test_stuck_runs_exceed_their_deployments_usual_p95(built: Path) -> None:
 )
 def test_prefect_ui_from_the_api_url(api_url: str | None, ui: str | None) -> None:
     assert reports.prefect_ui(api_url) == ui
+
+
+def test_the_html_page_links_runs_to_the_prefect_ui(built: Path, tmp_path: Path) -> None:
+    page = tmp_path / "health.html"
+    result = run_cli("report", "health", "--since", "30d", "--html", str(page), "--db", str(built))
+    assert result.exit_code == 0, result.output
+    text = page.read_text()
+    assert (
+        f'href="http://127.0.0.1:4200/runs/flow-run/{rid(3)}"' in text
+    )  # latest failure / example
+    runs_page = tmp_path / "runs.html"
+    result = run_cli(
+        "report",
+        "runs",
+        "--since",
+        "30d",
+        "--deployment",
+        "prod",
+        "--html",
+        str(runs_page),
+        "--db",
+        str(built),
+    )
+    assert result.exit_code == 0, result.output
+    assert (
+        f'<a href="http://127.0.0.1:4200/runs/flow-run/{rid(3)}">open</a>' in runs_page.read_text()
+    )

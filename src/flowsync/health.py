@@ -47,6 +47,7 @@ class Health:
     now: pl.DataFrame  # runs_now per deployment: running, waiting and late right now
     history_start: datetime | None  # the earliest run in the file (all history begins there)
     bucket: str = "day"  # what a row of ``daily`` covers: "day", or "hour" for short windows
+    ui: str | None = None  # the Prefect UI the runs link to (None: the API URL tells none)
 
     @property
     def previous_uncovered(self) -> timedelta | None:
@@ -125,6 +126,7 @@ def collect(
         durations=reports._durations(store, "deployment", window, include_deleted, True),
         lateness=reports._late(store, "deployment", window, late_after, include_deleted),
         last_pull=last_pull,
+        ui=reports.ui_base(store),
         now=reports.runs_now(store, late_after=late_after),
         history_start=reports.history_start(store, include_deleted=include_deleted),
     )

@@ -295,14 +295,21 @@ def _td(text: str, kind: str = "") -> str:
     return f'<td class="{kind}">{_e(text)}</td>' if kind else f"<td>{_e(text)}</td>"
 
 
-def signatures_table(frame: pl.DataFrame, limit: int = 10) -> str:
+def _run_link(ui: str | None, run_id: Any, text: str) -> str:
+    """``text`` (already escaped) as a link to the run in the Prefect UI, when there is one."""
+    url = reports.run_url(ui, run_id)
+    return f'<a href="{_e(url)}">{text}</a>' if url else text
+
+
+def signatures_table(frame: pl.DataFrame, limit: int = 10, ui: str | None = None) -> str:
     if frame.is_empty():
         return _empty("No failed runs in this window.")
     rows = []
     for r in frame.head(limit).iter_rows(named=True):
         bar = f'<span class="bar" style="width:{max(r["share"] * 60, 2):.0f}px"></span>'
+        run_id = _run_link(ui, r["example_run_id"], f"<code>{_e(r['example_run_id'])}</code>")
         example = (
-            f"<details><summary>example run <code>{_e(r['example_run_id'])}</code> "
+            f"<details><summary>example run {run_id} "
             f"({_e(present.group_name(r))})</summary><pre>{_e(r['example_message'])}</pre></details>"
         )
         rows.append(
@@ -328,7 +335,9 @@ def signatures_table(frame: pl.DataFrame, limit: int = 10) -> str:
     return f'<div class="scroll"><table id="signatures"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>{more}'
 
 
-def unresolved_table(frame: pl.DataFrame, now: datetime, limit: int = 15) -> str:
+def unresolved_table(
+    frame: pl.DataFrame, now: datetime, limit: int = 15, ui: str | None = None
+) -> str:
     if frame.is_empty():
         return _empty("Every deployment's latest finished run succeeded.")
     rows = []
@@ -338,11 +347,13 @@ def unresolved_table(frame: pl.DataFrame, now: datetime, limit: int = 15) -> str
             if r["failing_since"]
             else present.NONE
         )
+        signature = f"<code>{_e(r['latest_signature'])}</code>"
         rows.append(
             f'<tr>{_td(present.group_name(r), "name")}<td class="num">{_e(present.when(r["failing_since"]))}<br>'
             f'<span class="muted">{_e(age)} ago</span></td>{_td(present.count(r["failures_since_success"]), "num")}'
             f"{_td(present.when(r['last_success_at']) if r['last_success_at'] else 'never', 'num')}"
-            f'<td class="text"><code>{_e(r["latest_signature"])}</code> {_e(r["latest_error_text"])}</td></tr>'
+            f'<td class="text">{_run_link(ui, r.get("latest_failure_run_id"), signature)} '
+            f"{_e(r['latest_error_text'])}</td></tr>"
         )
     head = (
         _th("flow/deployment")
@@ -421,7 +432,9 @@ def table_html(frame: pl.DataFrame, report: str, limit: int = 200) -> str:
     for r in frame.head(limit).iter_rows(named=True):
         cells = _td(present.group_name(r), "name") if has_name else ""
         cells += "".join(
-            _td(
+            f'<td><a href="{_e(r[c])}">open</a></td>'
+            if c == "url" and r[c]
+            else _td(
                 present.value(c, r[c]),
                 "num" if frame.schema[c].is_numeric() else "text" if c.endswith("text") else "",
             )
@@ -502,13 +515,13 @@ def render_health(h: health.Health, extra: str = "") -> str:
         ),
         _section(
             "Top error signatures",
-            signatures_table(h.signatures),
+            signatures_table(h.signatures, ui=h.ui),
             "Failed runs grouped by their message with ids, numbers, paths, times and quoted values masked.",
             "errors",
         ),
         _section(
             "Unresolved failures",
-            unresolved_table(h.unresolved, generated),
+            unresolved_table(h.unresolved, generated, ui=h.ui),
             "Deployments whose latest finished run failed (all history, not only this window).",
             "unresolved-section",
         ),

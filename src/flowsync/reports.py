@@ -642,13 +642,22 @@ def prefect_ui(api_url: str | None) -> str | None:
     return oss.group(1) if oss else None
 
 
+def ui_base(store: Store) -> str | None:
+    """The Prefect UI of the server the file was pulled from (``prefect_ui`` of its API URL)."""
+    raw = store.execute("SELECT value FROM sync_state WHERE key = 'api_url'").scalar()
+    return prefect_ui(raw.strip('"') if isinstance(raw, str) else None)
+
+
+def run_url(base: str | None, run_id: object) -> str | None:
+    """A flow run's page in the Prefect UI at ``base``."""
+    return None if base is None or run_id is None else f"{base}/runs/flow-run/{run_id}"
+
+
 def _with_links(store: Store, frame: pl.DataFrame) -> pl.DataFrame:
     """Add ``url``, the run's page in the Prefect UI (null when the API URL tells no UI)."""
     import polars as pl
 
-    raw = store.execute("SELECT value FROM sync_state WHERE key = 'api_url'").scalar()
-    api_url = raw.strip('"') if isinstance(raw, str) else None
-    base = prefect_ui(api_url)
+    base = ui_base(store)
     if base is None:
         return frame.with_columns(pl.lit(None, dtype=pl.String).alias("url"))
     return frame.with_columns(
