@@ -124,47 +124,58 @@ def to_csv(frame: pl.DataFrame) -> bytes:
     return textual(frame).write_csv().encode()
 
 
-def to_json(frame: pl.DataFrame, json_columns: Iterable[str] = ()) -> bytes:
-    """An array of objects, one per row. JSON columns are parsed into the document."""
+def _needs_python(dtype: Any) -> bool:
+    """Whether a nested type holds values Polars' JSON encoder writes its own way (times,
+    decimals, blobs, maps): those cells are encoded by ``jsonable`` instead."""
     import polars as pl
 
+    if isinstance(dtype, (pl.List, pl.Array)):
+        return _needs_python(dtype.inner)
+    if isinstance(dtype, pl.Struct):
+        return any(_needs_python(f.dtype) for f in dtype.fields)
+    if isinstance(dtype, (pl.Datetime, pl.Time, pl.Duration, pl.Decimal, pl.Object)):
+        return True
+    return dtype == pl.Binary or (dtype.is_nested() and not isinstance(dtype, pl.Struct))
+
+
+def to_json(frame: pl.DataFrame, json_columns: Iterable[str] = ()) -> bytes:
+    """An array of objects, one per row, built by Polars column by column (a Python loop
+    only for nested values holding times, decimals, blobs or maps). JSON columns are
+    parsed into the document, decimals and HUGEINTs are exact JSON numbers."""
+    import polars as pl
+
+    if frame.is_empty():
+        return b"[]\n"
     parsed = set(json_columns)
-    exact: dict[str, bool] = {}  # decimal column -> whole numbers (read back as int)
-    converted: list[pl.Expr] = []
+    parts: list[pl.Expr] = []
     for name, dtype in frame.schema.items():
         col = pl.col(name)
-        if isinstance(dtype, pl.Datetime):
-            converted.append(col.dt.to_string(_timestamp_format(dtype)).alias(name))
+        key = pl.lit(json.dumps(name, ensure_ascii=False) + ":")
+        raw: pl.Expr | None = None  # text that is already JSON
+        if name in parsed:
+            raw = col
+        elif isinstance(dtype, pl.Decimal):
+            raw = col.cast(pl.String)  # the exact digits: a JSON number
+        elif isinstance(dtype, pl.Datetime):
+            col = col.dt.to_string(_timestamp_format(dtype))
         elif isinstance(dtype, pl.Time):
-            converted.append(col.dt.to_string(TIME_FORMAT).alias(name))
-        elif isinstance(dtype, pl.Decimal):  # Python's Decimal of a HUGEINT loses digits
-            converted.append(col.cast(pl.String).alias(name))
-            exact[name] = not dtype.scale
-    if converted:
-        frame = frame.with_columns(converted)
-    names = frame.columns
-    loads = [name in parsed for name in names]
-    decimals = [exact.get(name) for name in names]
-    buf = io.StringIO()
-    buf.write("[")
-    for i, row in enumerate(frame.iter_rows()):
-        record = {
-            name: _json_value(v, load, whole)
-            for name, v, load, whole in zip(names, row, loads, decimals)
-        }
-        buf.write(("," if i else "") + json.dumps(record, ensure_ascii=False, allow_nan=False))
-    buf.write("]\n")
-    return buf.getvalue().encode()
-
-
-def _json_value(value: Any, load: bool, whole: bool | None) -> Any:
-    if value is None:
-        return None
-    if load:
-        return json.loads(value)
-    if whole is not None:
-        return int(value) if whole else float(value)
-    return jsonable(value)
+            col = col.dt.to_string(TIME_FORMAT)
+        elif dtype == pl.Binary:
+            col = col.map_elements(blob_text, return_dtype=pl.String, skip_nulls=True)
+        elif isinstance(dtype, (pl.Categorical, pl.Enum)):
+            col = col.cast(pl.String)
+        elif dtype.is_nested() and _needs_python(dtype):
+            raw = col.map_elements(_json_text, return_dtype=pl.String, skip_nulls=True)
+        if raw is not None:
+            parts.append(pl.concat_str([key, raw.fill_null("null")]))
+        else:  # Polars escapes strings and writes NaN and infinity as null
+            encoded = pl.struct(col.alias(name)).struct.json_encode()
+            parts.append(encoded.str.strip_prefix("{").str.strip_suffix("}"))
+    if not parts:
+        return ("[" + ",".join(["{}"] * frame.height) + "]\n").encode()
+    row = pl.concat_str([pl.lit("{"), pl.concat_str(parts, separator=","), pl.lit("}")])
+    rows = frame.select(row.alias("row"))["row"].to_list()
+    return ("[" + ",".join(rows) + "]\n").encode()
 
 
 def to_parquet(frame: pl.DataFrame) -> bytes:
