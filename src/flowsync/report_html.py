@@ -4,9 +4,11 @@ Owns: turning the health figures (``flowsync.health``) into a page that opens
 offline (no CDN, no fetches; the only script is inline and small: it records
 JS errors and marks the page as rendered, which the browser test reads) and
 reads on a phone and on a wide screen. Sections: headline against the previous
-window, runs and failure rate per day, a deployment x day heatmap of failures,
-top error signatures, unresolved failures, slowest deployments, lateness, and
-(for ``report X --html``) that report's table. Values read through
+window, runs and failure rate per day (per hour for windows up to 48 h; the
+rate on its own axis, scaled to its highest value), a deployment x day heatmap
+of failures, top error signatures, unresolved failures, slowest deployments,
+lateness, and (for ``report X --html``) that report's table. Runs link to the
+Prefect UI where the API URL tells it. Values read through
 ``flowsync.present``. Must not: print, write files (the CLI does), or compute
 a figure (they all come from ``flowsync.reports``).
 """

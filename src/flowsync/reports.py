@@ -143,24 +143,23 @@ def _filter_params(store: Store, filters: Filters | None) -> dict[str, Any]:
     }
     if f.flows:
         rows = store.execute(
-            "SELECT name, list(CAST(id AS VARCHAR)) FROM flows WHERE list_contains($names, name) GROUP BY name",
+            "SELECT name, CAST(id AS VARCHAR) FROM flows WHERE list_contains($names, name)",
             {"names": list(f.flows)},
         ).rows()
-        found = {name: ids for name, ids in rows}
+        found = _ids_by_name(rows)
         _unknown("--flow", [n for n in f.flows if n not in found], "SELECT name FROM flows")
         params["only_flows"] = [i for ids in found.values() for i in ids]
     if f.deployments:
         rows = store.execute(
             """
-            SELECT n.name, list(CAST(d.id AS VARCHAR))
+            SELECT n.name, CAST(d.id AS VARCHAR)
             FROM unnest($names) AS n(name)
             JOIN deployments AS d ON d.name = n.name
                 OR (SELECT f.name FROM flows AS f WHERE f.id = d.flow_id) || '/' || d.name = n.name
-            GROUP BY n.name
             """,
             {"names": list(f.deployments)},
         ).rows()
-        found = {name: ids for name, ids in rows}
+        found = _ids_by_name(rows)
         _unknown(
             "--deployment",
             [n for n in f.deployments if n not in found],
@@ -176,6 +175,13 @@ def _filter_params(store: Store, filters: Filters | None) -> dict[str, Any]:
             )
         params["only_states"] = states
     return params
+
+
+def _ids_by_name(rows: list[tuple[Any, ...]]) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    for name, id_ in rows:
+        found.setdefault(name, []).append(id_)
+    return found
 
 
 def _unknown(option: str, names: list[str], sql: str) -> None:

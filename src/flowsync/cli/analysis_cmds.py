@@ -1,7 +1,10 @@
 """``flowsync sql`` and ``flowsync report ...``: run a query or a report, render it.
 
-Owns: the output formats. Data goes to stdout (or --output); every message to
-stderr, so ``flowsync report failures --format csv | ...`` pipes cleanly.
+Owns: choosing the output format and writing the data (how each format writes a
+value is ``flowsync.cli.formats``; terminal tables are ``flowsync.cli.render``).
+Data goes to stdout (or --output); every message (a note that a table was cut, a
+warning that the data does not cover the previous window) to stderr, so
+``flowsync report failures --format csv | ...`` pipes cleanly.
 ``--format`` defaults to a table on a terminal and to CSV when stdout is a
 pipe or file. Parquet is binary: it goes to --output, or to stdout only when
 stdout is not a terminal. Must not: hold SQL (that is ``flowsync.reports``).

@@ -1,10 +1,14 @@
-"""Terminal tables of the reports: names first, readable values, fitted to the width.
+"""Terminal tables: the reports' (names first, readable values) and any ``flowsync sql`` result.
 
 Owns: which columns each report shows in a terminal and which go first when
 the terminal is narrow. Names are never cut: columns are dropped instead,
 lowest priority first, until the table fits (``COLUMNS`` or the terminal's
 width). Ids appear only with ``--ids``; machine formats keep everything.
-Values read through ``flowsync.present``.
+Values read through ``flowsync.present``. A ``flowsync sql`` result is shown
+like the duckdb CLI shows it (``result_table``): numbers right-aligned, one line
+per row, long cells cut with ``…`` and columns past the edge hidden, and the
+caller told what was cut. The reports' markdown is the same readable table
+without a width (``readable_markdown``).
 """
 
 from __future__ import annotations

@@ -4,7 +4,9 @@ Owns: the one ``duckdb`` connection of a command, its transactions, and the
 one way to run SQL on it: ``Store.execute`` (rule, audit, report, sync and
 export SQL alike), which turns DuckDB's exceptions into typed store errors
 (``QueryError``, ``ReadOnlyError``, ``StoreError`` for running out of memory)
-carrying the statement and DuckDB's detail. The connection itself stays
+carrying the statement and DuckDB's detail and hint; ``Store.frame``/``typed_frame``
+read any DuckDB type into Polars (the ones Polars cannot hold as DuckDB's text). It
+also refuses a DuckDB file that is not flowsync's. The connection itself stays
 private (``_con``); only ``store/`` modules reach it, and a test keeps it so.
 ``flowsync.connect()`` (``store/notebook.py``) is the documented exception: a
 notebook asks for a DuckDB connection to run its own SQL.
