@@ -23,10 +23,9 @@ from flowsync.store import Store
 from flowsync.store.snapshot import publish
 from flowsync.store.sync_log import finish_sync_run, start_sync_run
 from tests.helpers import run_cli
-from tests.policy_db import DEPLOYMENTS, FLOW, make_db, rid, run
+from tests.policy_db import DEPLOYMENTS, FLOW, NOW, make_db, rid, run
 
 MONITORING = Path(__file__).resolve().parent.parent / "docs" / "monitoring"
-NOW = datetime.now(timezone.utc)
 
 
 def pull_ok(store: Store, finished: datetime) -> None:
@@ -42,7 +41,7 @@ def quiet(tmp_path_factory: pytest.TempPathFactory) -> Path:
         [run(1, "FAILED", 3), run(2, "COMPLETED", 2), run(3, "RUNNING", 0.1)],
     )
     with Store.open(db) as store:
-        for n, minutes in ((4, 10), (5, 0.5)):  # due 10 min and 30 s ago, not started
+        for n, minutes in ((4, 120), (5, 10)):  # due 2 h and 10 min ago, not started
             store.execute(
                 """INSERT INTO flow_runs (id, name, flow_id, deployment_id, state_type, state_name,
                     expected_start_time, created, synced_at)
@@ -73,18 +72,24 @@ def test_freshness_comes_from_the_live_sync_log(quiet: Path) -> None:
 
 
 def test_all_history_counts_from_the_earliest_run(quiet: Path) -> None:
+    earliest = NOW - timedelta(days=3)  # run 1 (tests/policy_db.py's NOW)
+    before = datetime.now(timezone.utc)
     [(_, value)] = metrics(quiet, "--since", "all")["flowsync_window_seconds"]
-    assert value == pytest.approx(timedelta(days=3).total_seconds(), abs=120)
+    after = datetime.now(timezone.utc)
+    assert (
+        (before - earliest).total_seconds() - 1 <= value <= (after - earliest).total_seconds() + 1
+    )
     [(_, value)] = metrics(quiet, "--since", "2d")["flowsync_window_seconds"]
     assert value == pytest.approx(2 * 86400, abs=5)
 
 
 def test_runs_running_waiting_and_late_now(quiet: Path) -> None:
-    found = metrics(quiet)
+    found = metrics(quiet, "--late-after", "3600")
     prod = {"flow": "etl", "deployment": "prod", "deployment_id": DEPLOYMENTS["prod"]}
     assert found["flowsync_runs_running"] == [(prod, 1.0)]
     assert found["flowsync_runs_waiting"] == [(prod, 2.0)]
-    assert found["flowsync_runs_late"] == [(prod, 1.0)]  # 10 min > --late-after 60 s; 30 s is not
+    assert found["flowsync_runs_late"] == [(prod, 1.0)]  # 2 h > --late-after 1 h; 10 min is not
+    assert metrics(quiet)["flowsync_runs_late"] == [(prod, 2.0)]  # both > the default 60 s
 
 
 def _names_used(text: str) -> set[str]:

@@ -5,7 +5,7 @@ than their deployment's usual p95."""
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +28,12 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "UPDATE flow_runs SET state_message = 'KeyError: ' || name WHERE state_type = 'FAILED'"
         )
         # finished runs take a minute (make_db); one prod run has been running 2 h, one dev
-        # run waits 10 min past its start, and one prod run has run 30 s (not stuck)
+        # run waits 10 min past its start, and one prod run started just now (not stuck)
+        now = datetime.now(timezone.utc)
         for n, state, dep, started, expected in (
-            (50, "RUNNING", "prod", NOW - timedelta(hours=2), NOW - timedelta(hours=2)),
-            (51, "RUNNING", "prod", NOW - timedelta(seconds=30), NOW - timedelta(seconds=30)),
-            (52, "SCHEDULED", "dev", None, NOW - timedelta(minutes=10)),
+            (50, "RUNNING", "prod", now - timedelta(hours=2), now - timedelta(hours=2)),
+            (51, "RUNNING", "prod", now, now),
+            (52, "SCHEDULED", "dev", None, now - timedelta(minutes=10)),
         ):
             store.execute(
                 """INSERT INTO flow_runs (id, name, flow_id, deployment_id, state_type, state_name,

@@ -618,7 +618,18 @@ HealthHtmlOption = Annotated[
 
 @report_app.command("health")
 @report_options(since="7d", fmt=HealthFormatOption, html=HealthHtmlOption, ids=False, filters=())
-def health_cmd(opts: ReportOptions) -> None:
+def health_cmd(
+    opts: ReportOptions,
+    late_after: Annotated[
+        float,
+        typer.Option(
+            "--late-after",
+            help="Seconds after the expected start that count as late (late starts, runs late now).",
+            min=0,
+            metavar="SECONDS",
+        ),
+    ] = 60.0,
+) -> None:
     """The headline figures against the previous window; --html writes the one-page health report.
 
     The page: headline, runs and failure rate per day, a deployment x day
@@ -640,6 +651,7 @@ def health_cmd(opts: ReportOptions) -> None:
                 store,
                 window,
                 include_deleted=opts.include_deleted,
+                late_after=late_after,
                 live_db=None if opts.live else resolve_db_path(opts.db),
             )
         if chosen != "openmetrics":  # a textfile job's stderr goes to cron mail
