@@ -5,7 +5,8 @@ text of a cell in a terminal table. Each kind of value is written one way per fo
 (docs/analysis.md, "Output formats"):
 
 - times: ISO 8601 with a ``T``, microseconds and, with a time zone, ``+00:00``
-  (``2026-01-01T09:30:00.000000+00:00``), the same in CSV and JSON; dates ``2026-01-01``;
+  (``2026-01-01T09:30:00.000000+00:00``), the same in CSV and JSON; in markdown, line and
+  table as a person reads them, ``2026-01-01 09:30:00`` (UTC); dates ``2026-01-01``;
 - lists of plain values (tags): ``a, b`` in csv, markdown, line and table; JSON arrays in JSON;
 - structs, maps and nested lists: JSON text in csv, markdown, line and table; JSON in JSON;
 - JSON columns (``parameters``, ``labels``, ...): their JSON as it is in csv and the

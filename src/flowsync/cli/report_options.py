@@ -106,6 +106,14 @@ StateFilter = _filter_option(
         ("SCHEDULED", "PENDING", "RUNNING", "COMPLETED", "FAILED", "CANCELLED", "CRASHED")
     ),
 )
+FILTERS = {
+    "flow": FlowFilter,
+    "deployment": DeploymentFilter,
+    "tag": TagFilter,
+    "state": StateFilter,
+}
+
+
 IdsOption = Annotated[
     bool,
     typer.Option(
@@ -166,12 +174,6 @@ def report_options(
     option for --format or --html, with its own help (``report health``).
     Typer reads the command's signature, so the wrapper carries the combined one.
     """
-    FILTERS = {
-        "flow": FlowFilter,
-        "deployment": DeploymentFilter,
-        "tag": TagFilter,
-        "state": StateFilter,
-    }
     shared = [
         *([_option("since", SinceOption, since)] if since is not None else []),
         *([_option("include_deleted", IncludeDeletedOption, False)] if include_deleted else []),
