@@ -1,6 +1,6 @@
 -- failure_rates(per, since, until, prev_start, include_deleted): a table macro,
 -- one row per group of grouped_runs(per, ...) (see 12_grouped_runs.sql) with
--- runs in [prev_start, until), named: run_day, flow_id, flow_name,
+-- runs in [prev_start, until), named: run_day, run_hour, flow_id, flow_name,
 -- deployment_id, deployment_name, work_pool_name, tag (keys `per` does not use
 -- are NULL), then for the window [since, until):
 --   runs         finished runs (COMPLETED, FAILED or CRASHED)
@@ -13,10 +13,13 @@
 -- prev_runs and failed_change = failed - prev_failed. Pass prev_start = since for
 -- no previous window. Groups with no finished or cancelled run in either
 -- window are left out.
-CREATE OR REPLACE MACRO failure_rates(per, since, until, prev_start, include_deleted) AS TABLE
+CREATE OR REPLACE MACRO failure_rates(
+    per, since, until, prev_start, include_deleted,
+    only_flows := NULL, only_deployments := NULL, only_tags := NULL, only_states := NULL
+) AS TABLE
 WITH a AS (
     SELECT
-        g_day, g_flow_id, g_deployment_id, g_work_pool_name, g_tag,
+        g_day, g_hour, g_flow_id, g_deployment_id, g_work_pool_name, g_tag,
         count(*) FILTER (WHERE is_finished AND run_at >= since) AS runs,
         count(*) FILTER (WHERE is_failure AND run_at >= since) AS failed,
         failed / nullif(runs, 0) AS failure_rate,
@@ -28,15 +31,19 @@ WITH a AS (
         failure_rate - prev_failure_rate AS failure_rate_change,
         runs - prev_runs AS runs_change,
         failed - prev_failed AS failed_change
-    FROM grouped_runs(per, least(prev_start, since), until, include_deleted)
-    GROUP BY g_day, g_flow_id, g_deployment_id, g_work_pool_name, g_tag
+    FROM grouped_runs(
+        per, least(prev_start, since), until, include_deleted,
+        only_flows := only_flows, only_deployments := only_deployments,
+        only_tags := only_tags, only_states := only_states
+    )
+    GROUP BY g_day, g_hour, g_flow_id, g_deployment_id, g_work_pool_name, g_tag
     HAVING runs + cancelled + prev_runs + prev_cancelled > 0
 )
 SELECT
-    a.g_day AS run_day, a.g_flow_id AS flow_id, f.name AS flow_name,
+    a.g_day AS run_day, a.g_hour AS run_hour, a.g_flow_id AS flow_id, f.name AS flow_name,
     a.g_deployment_id AS deployment_id, d.name AS deployment_name,
     a.g_work_pool_name AS work_pool_name, a.g_tag AS tag,
-    a.* EXCLUDE (g_day, g_flow_id, g_deployment_id, g_work_pool_name, g_tag)
+    a.* EXCLUDE (g_day, g_hour, g_flow_id, g_deployment_id, g_work_pool_name, g_tag)
 FROM a
 LEFT JOIN flows AS f ON f.id = a.g_flow_id
 LEFT JOIN deployments AS d ON d.id = a.g_deployment_id;

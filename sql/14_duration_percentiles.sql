@@ -8,10 +8,13 @@
 -- and for the previous window [prev_start, since): prev_runs, prev_p50_s,
 -- prev_p95_s, with p50_change_s and p95_change_s = this - previous (the
 -- trend). Pass prev_start = since for no previous window.
-CREATE OR REPLACE MACRO duration_percentiles(per, since, until, prev_start, include_deleted) AS TABLE
+CREATE OR REPLACE MACRO duration_percentiles(
+    per, since, until, prev_start, include_deleted,
+    only_flows := NULL, only_deployments := NULL, only_tags := NULL, only_states := NULL
+) AS TABLE
 WITH a AS (
     SELECT
-        g_day, g_flow_id, g_deployment_id, g_work_pool_name, g_tag,
+        g_day, g_hour, g_flow_id, g_deployment_id, g_work_pool_name, g_tag,
         count(*) FILTER (WHERE run_at >= since) AS runs,
         -- One list quantile: a single sort per group for all four percentiles.
         quantile_cont(duration_s, [0.50, 0.90, 0.95, 0.99]) FILTER (WHERE run_at >= since) AS q,
@@ -23,16 +26,20 @@ WITH a AS (
         prev_q[1] AS prev_p50_s, prev_q[2] AS prev_p95_s,
         p50_s - prev_p50_s AS p50_change_s,
         p95_s - prev_p95_s AS p95_change_s
-    FROM grouped_runs(per, least(prev_start, since), until, include_deleted)
+    FROM grouped_runs(
+        per, least(prev_start, since), until, include_deleted,
+        only_flows := only_flows, only_deployments := only_deployments,
+        only_tags := only_tags, only_states := only_states
+    )
     WHERE is_finished AND duration_s IS NOT NULL
-    GROUP BY g_day, g_flow_id, g_deployment_id, g_work_pool_name, g_tag
+    GROUP BY g_day, g_hour, g_flow_id, g_deployment_id, g_work_pool_name, g_tag
     HAVING runs > 0
 )
 SELECT
-    a.g_day AS run_day, a.g_flow_id AS flow_id, f.name AS flow_name,
+    a.g_day AS run_day, a.g_hour AS run_hour, a.g_flow_id AS flow_id, f.name AS flow_name,
     a.g_deployment_id AS deployment_id, d.name AS deployment_name,
     a.g_work_pool_name AS work_pool_name, a.g_tag AS tag,
-    a.* EXCLUDE (g_day, g_flow_id, g_deployment_id, g_work_pool_name, g_tag, q, prev_q)
+    a.* EXCLUDE (g_day, g_hour, g_flow_id, g_deployment_id, g_work_pool_name, g_tag, q, prev_q)
 FROM a
 LEFT JOIN flows AS f ON f.id = a.g_flow_id
 LEFT JOIN deployments AS d ON d.id = a.g_deployment_id;

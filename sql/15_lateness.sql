@@ -7,25 +7,32 @@
 --   p50_lateness_s, p95_lateness_s, max_lateness_s
 --   waiting_now     SCHEDULED or PENDING runs expected in the window that
 --                   have not started (with until = now: expected in the past)
-CREATE OR REPLACE MACRO lateness(per, since, until, late_after, include_deleted) AS TABLE
+CREATE OR REPLACE MACRO lateness(
+    per, since, until, late_after, include_deleted,
+    only_flows := NULL, only_deployments := NULL, only_tags := NULL, only_states := NULL
+) AS TABLE
 WITH a AS (
     SELECT
-        g_day, g_flow_id, g_deployment_id, g_work_pool_name, g_tag,
+        g_day, g_hour, g_flow_id, g_deployment_id, g_work_pool_name, g_tag,
         count(lateness_s) AS started,
         count(*) FILTER (WHERE lateness_s > late_after) AS late_runs,
         quantile_cont(lateness_s, [0.50, 0.95]) AS q,
         q[1] AS p50_lateness_s, q[2] AS p95_lateness_s,
         max(lateness_s) AS max_lateness_s,
         count(*) FILTER (WHERE state_type IN ('SCHEDULED', 'PENDING') AND start_time IS NULL) AS waiting_now
-    FROM grouped_runs(per, since, until, include_deleted)
-    GROUP BY g_day, g_flow_id, g_deployment_id, g_work_pool_name, g_tag
+    FROM grouped_runs(
+        per, since, until, include_deleted,
+        only_flows := only_flows, only_deployments := only_deployments,
+        only_tags := only_tags, only_states := only_states
+    )
+    GROUP BY g_day, g_hour, g_flow_id, g_deployment_id, g_work_pool_name, g_tag
     HAVING started + waiting_now > 0
 )
 SELECT
-    a.g_day AS run_day, a.g_flow_id AS flow_id, f.name AS flow_name,
+    a.g_day AS run_day, a.g_hour AS run_hour, a.g_flow_id AS flow_id, f.name AS flow_name,
     a.g_deployment_id AS deployment_id, d.name AS deployment_name,
     a.g_work_pool_name AS work_pool_name, a.g_tag AS tag,
-    a.* EXCLUDE (g_day, g_flow_id, g_deployment_id, g_work_pool_name, g_tag, q)
+    a.* EXCLUDE (g_day, g_hour, g_flow_id, g_deployment_id, g_work_pool_name, g_tag, q)
 FROM a
 LEFT JOIN flows AS f ON f.id = a.g_flow_id
 LEFT JOIN deployments AS d ON d.id = a.g_deployment_id;

@@ -7,19 +7,24 @@
 --   share                  runs / all failed runs in the window
 --   deployments, flows     distinct deployments / flows affected in the window
 --   prev_runs, runs_change failed runs in [prev_start, since), runs - prev_runs
---   first_seen, last_seen  run_at of its first and latest failure from
---                          prev_start on (with --since all: in all history);
---                          first_seen in the window and prev_runs = 0: new
+--   first_seen             run_at of its first failure in all the history the
+--                          file has seen (error_signatures_seen, recorded at
+--                          pull time; deleted runs too): in the window means new
+--   last_seen              run_at of its latest failure
 --   example_run_id, example_state_type, example_message  its latest failed
 --                          run in the window, with the full state message
 --   flow_name, deployment_name  of that run
--- Live runs only unless include_deleted. Pass prev_start = since for no
+-- Live runs only unless include_deleted; only_*: see 06_run_selected.sql. Pass prev_start = since for no
 -- previous window. Each distinct message is normalised once.
-CREATE OR REPLACE MACRO error_signatures(since, until, prev_start, include_deleted) AS TABLE
+CREATE OR REPLACE MACRO error_signatures(
+    since, until, prev_start, include_deleted,
+    only_flows := NULL, only_deployments := NULL, only_tags := NULL, only_states := NULL
+) AS TABLE
 WITH failed AS (
     SELECT id, run_at, state_type, state_message, flow_id, deployment_id
     FROM flow_run_measures
     WHERE is_failure AND run_at >= least(prev_start, since) AND run_at < until AND (include_deleted OR NOT is_deleted)
+        AND run_selected(flow_id, deployment_id, tags, state_type, only_flows, only_deployments, only_tags, only_states)
 ), texts AS (
     SELECT state_message, error_signature_text(state_message) AS error_text
     FROM (SELECT DISTINCT state_message FROM failed)
@@ -46,9 +51,11 @@ WITH failed AS (
 SELECT
     signature_of(a.error_text) AS signature, a.error_text, a.runs,
     a.runs / sum(a.runs) OVER () AS share,
-    a.deployments, a.flows, a.prev_runs, a.runs_change, a.first_seen, a.last_seen,
+    a.deployments, a.flows, a.prev_runs, a.runs_change,
+    least(a.first_seen, seen.first_seen) AS first_seen, a.last_seen,
     a.example_run_id, a.example_state_type, a.example_message,
     f.name AS flow_name, d.name AS deployment_name
 FROM a
+LEFT JOIN error_signatures_seen AS seen ON seen.error_text = a.error_text
 LEFT JOIN flows AS f ON f.id = a.example_flow_id
 LEFT JOIN deployments AS d ON d.id = a.example_deployment_id;

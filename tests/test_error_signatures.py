@@ -77,6 +77,29 @@ TABLE = [
     ("  too    many   spaces 12  ", "too many spaces <n>"),
     ("", "(no message)"),
     (None, "(no message)"),
+    # HTTP statuses stay: a 401 is not a 500 (httpx, requests, aiohttp, plain text)
+    (
+        "PrefectHTTPStatusError: Client error '401 Unauthorized' for url 'http://127.0.0.1:4200/api/flows/'",
+        "PrefectHTTPStatusError: Client error HTTP 401 Unauthorized for url <str>",
+    ),
+    (
+        "HTTPStatusError: Server error '500 Internal Server Error' for url 'https://x.example/v1'",
+        "HTTPStatusError: Server error HTTP 500 Internal Server Error for url <str>",
+    ),
+    (
+        "HTTPError: 503 Server Error: Service Unavailable for url: https://x.example/a/7",
+        "HTTPError: 503 Server Error: Service Unavailable for url: <url>",
+    ),
+    (
+        "ClientResponseError: 429, message='Too Many Requests', url='https://x.example'",
+        "ClientResponseError: 429, message=<str>, url=<str>",
+    ),
+    (
+        "upstream answered HTTP/1.1 502 after 3 tries",
+        "upstream answered HTTP/<n> 502 after <n> tries",
+    ),
+    ("request failed: status_code=404 id=77", "request failed: status_code=404 id=<n>"),
+    ("took 500 ms for 404 rows", "took <n> ms for <n> rows"),
 ]
 
 

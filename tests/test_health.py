@@ -201,5 +201,6 @@ def test_changes_and_rates_read_with_arrows() -> None:
 def test_last_pull_is_the_latest_ok_pull(pulled: Path) -> None:
     with Store.open(pulled, read_only=True) as store:
         assert reports.last_pull(store) == scalar(
-            pulled, "SELECT max(finished_at) FROM sync_runs WHERE status = 'ok'"
+            pulled,
+            "SELECT max(finished_at) FROM sync_runs WHERE status = 'ok' AND mode IN ('full', 'incremental')",
         )

@@ -73,7 +73,9 @@ def test_dbt_sources_name_only_real_tables_and_columns(pulled: Path) -> None:
         "main",
     )
     have = relations(pulled)
-    assert source["loaded_at_field"] in have["flow_runs"]
+    for table in source["tables"]:  # freshness only where the column is (test_dbt_recipe.py)
+        if "loaded_at_field" in table:
+            assert table["loaded_at_field"] in have[table["name"]]
     named = 0
     for table in source["tables"]:
         assert table["name"] in have, f"sources.yml names {table['name']!r}, not in a pulled DB"

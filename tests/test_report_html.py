@@ -63,7 +63,10 @@ def page(prefect: SeededServer, tmp_path_factory: pytest.TempPathFactory) -> Pat
 
 def test_page_is_self_contained(page: Path) -> None:
     text = page.read_text()
-    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", text), "no network resources"
+    # Nothing the page loads comes from the network; links (<a href>) to the Prefect UI
+    # are for the reader to follow.
+    anchors = re.sub(r"""<a href="[^"]*">""", "<a>", text)
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", anchors), "no network resources"
     assert "@import" not in text and "fetch(" not in text
     for chart in CHART_IDS:
         assert f'id="{chart}"' in text

@@ -7,8 +7,10 @@ Each step is a task, so its outcome and summary show in the Prefect UI; a
 failure (the file held by another process longer than ``wait``, a policy that
 selects more than ``max_actions``, a partial apply) fails the flow run.
 
-Serve it from any machine with flowsync installed (a long-running process
-that runs the schedule, no work pool needed)::
+Without a policy it only pulls. Serve it from any machine with flowsync
+installed (a long-running process that runs the schedule, no work pool
+needed); the file is ``~/.local/share/flowsync/flowsync.duckdb`` unless
+``FLOWSYNC_DB`` names another, and its directory is created::
 
     python prefect_flow.py
 
@@ -18,6 +20,7 @@ the ``__main__`` block. Requires ``pip install prefect flowsync``.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +29,7 @@ from prefect.settings import get_current_settings
 
 import flowsync
 from flowsync.config import resolve_api
+from flowsync.errors import ConfigError, StoreError, StoreLockedError
 
 
 def _settings(api_url: str | None) -> Any:
@@ -35,10 +39,31 @@ def _settings(api_url: str | None) -> Any:
     return resolve_api(api_url or current.url, None if api_url else key)
 
 
-@task(retries=2, retry_delay_seconds=60)
+DEFAULT_DB = os.environ.get("FLOWSYNC_DB") or str(
+    Path.home() / ".local" / "share" / "flowsync" / "flowsync.duckdb"
+)
+
+
+def worth_retrying(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry what may pass in a minute (the API, a file held by another process), not
+    settings or a file that cannot be used: those fail the run at once, with their message."""
+    try:
+        state.result()
+    except StoreLockedError:
+        return True
+    except (ConfigError, StoreError):
+        return False
+    except Exception:
+        return True
+    return False
+
+
+@task(retries=2, retry_delay_seconds=60, retry_condition_fn=worth_retrying)
 def pull_history(db: str, api_url: str | None = None, wait: float = 300.0) -> dict[str, Any]:
-    """``flowsync pull``: bring the DuckDB file up to date and publish the readers' snapshot."""
-    pulled = flowsync.pull(Path(db), api=_settings(api_url), wait=wait)
+    """``flowsync pull``: bring the DuckDB file up to date (its directory created if missing)
+    and publish the readers' snapshot."""
+    Path(db).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    pulled = flowsync.pull(Path(db).expanduser(), api=_settings(api_url), wait=wait)
     result = pulled.result
     get_run_logger().info(
         "pulled %s: %s new, %s updated, %s marked deleted",
@@ -51,10 +76,10 @@ def pull_history(db: str, api_url: str | None = None, wait: float = 300.0) -> di
 def run_policy(db: str, policy: str, apply: bool, api_url: str | None = None, wait: float = 300.0) -> dict[str, Any]:
     """``flowsync plan POLICY``, and with ``apply`` also ``flowsync apply POLICY --yes``."""
     if not apply:
-        plan = flowsync.plan(Path(db), Path(policy), live=True, wait=wait)
+        plan = flowsync.plan(Path(db).expanduser(), Path(policy), live=True, wait=wait)
         get_run_logger().info("policy %s selects %s runs", policy, plan.total)
         return {"planned": plan.total, "over_max_actions": plan.over_max}
-    applied = flowsync.apply(Path(db), Path(policy), api=_settings(api_url), wait=wait)
+    applied = flowsync.apply(Path(db).expanduser(), Path(policy), api=_settings(api_url), wait=wait)
     summary: dict[str, Any] = {"planned": applied.plan.total, "over_max_actions": applied.plan.over_max}
     get_run_logger().info("policy %s selects %s runs", policy, applied.plan.total)
     if applied.result is not None:
@@ -68,20 +93,20 @@ def run_policy(db: str, policy: str, apply: bool, api_url: str | None = None, wa
 
 @flow(name="flowsync-pull-and-clean")
 def flowsync_pull_and_clean(
-    db: str = "flowsync.duckdb",
+    db: str = DEFAULT_DB,
     policy: str | None = None,
     apply: bool = False,
     api_url: str | None = None,
     wait: float = 300.0,
 ) -> dict[str, Any]:
-    """Pull Prefect run history into DuckDB, then plan/apply a flowsync policy."""
+    """Pull Prefect run history into DuckDB; given a policy, plan it (and apply it with apply=True)."""
     out: dict[str, Any] = {"pull": pull_history(db, api_url, wait)}
     if policy:
         out["policy"] = run_policy(db, policy, apply, api_url, wait)
     return out
 
 
-def build_deployment(db: str = "/var/lib/flowsync/flowsync.duckdb", policy: str | None = None) -> Any:
+def build_deployment(db: str = DEFAULT_DB, policy: str | None = None) -> Any:
     """The deployment: every 15 minutes; the policy is only planned until you set apply=True."""
     return flowsync_pull_and_clean.to_deployment(
         name="every-15-minutes",

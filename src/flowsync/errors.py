@@ -38,9 +38,11 @@ from __future__ import annotations
 
 
 class FlowsyncError(Exception):
-    """Base class. ``str(err)`` is the one line the CLI prints."""
+    """Base class. ``str(err)`` is the one line the CLI prints; ``hint``, when not empty,
+    is help that follows it on the next lines (DuckDB's ``Did you mean "flow_runs"?``)."""
 
     exit_code = 1
+    hint = ""
 
 
 class ConfigError(FlowsyncError):
@@ -165,22 +167,25 @@ class QueryError(StoreError):
     """A statement DuckDB refused or failed: raised only by the store's query path.
 
     ``detail`` is DuckDB's first line (``Binder Error: ...``), ``kind`` its error
-    class (``BinderException``), ``sql`` the statement. ``str()`` is
+    class (``BinderException``), ``sql`` the statement, ``hint`` the rest of DuckDB's
+    message: its suggestions (``Did you mean "flow_runs"?``, candidate columns, a
+    macro's parameters) and the ``LINE 1: ...`` pointer. ``str()`` is
     ``Query failed: <detail>``.
     """
 
-    def __init__(self, detail: str, *, sql: str, kind: str) -> None:
+    def __init__(self, detail: str, *, sql: str, kind: str, hint: str = "") -> None:
         super().__init__(f"Query failed: {detail}")
         self.detail = detail
         self.sql = sql
         self.kind = kind
+        self.hint = hint
 
 
 class ReadOnlyError(QueryError):
     """The statement would change a file opened read-only (``path``)."""
 
-    def __init__(self, detail: str, *, sql: str, kind: str, path: str) -> None:
-        super().__init__(detail, sql=sql, kind=kind)
+    def __init__(self, detail: str, *, sql: str, kind: str, path: str, hint: str = "") -> None:
+        super().__init__(detail, sql=sql, kind=kind, hint=hint)
         self.path = path
 
 

@@ -10,10 +10,12 @@ render (``report_html`` and ``openmetrics`` do).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from flowsync import reports
+from flowsync.errors import StoreError
 
 if TYPE_CHECKING:
     import polars as pl
@@ -21,6 +23,8 @@ if TYPE_CHECKING:
     from flowsync.store import Store
 
 TOP = 10
+# Windows up to this long chart runs and failure rate per UTC hour, longer ones per UTC day.
+HOURLY_UP_TO = timedelta(hours=48)
 
 
 @dataclass(frozen=True)
@@ -30,19 +34,64 @@ class Health:
     headline: dict[
         str, Any
     ]  # one row: failure_rates, duration_percentiles, lateness over everything
-    daily: pl.DataFrame  # failure_rates per UTC day
+    daily: pl.DataFrame  # failure_rates per UTC day (run_day), or per UTC hour (run_hour)
     heatmap: pl.DataFrame  # failure_rates per UTC day x deployment
     deployments: pl.DataFrame  # failure_rates per deployment, with the previous window
     signatures: pl.DataFrame  # error_signatures
     unresolved: pl.DataFrame  # unresolved_failures
     durations: pl.DataFrame  # duration_percentiles per deployment, with the trend
     lateness: pl.DataFrame  # lateness per deployment
-    last_pull: datetime | None
+    last_pull: (
+        datetime | None
+    )  # the latest successful pull, from the live sync log if it could be read
+    now: pl.DataFrame  # runs_now per deployment: running, waiting and late right now
+    history_start: datetime | None  # the earliest run in the file (all history begins there)
+    bucket: str = "day"  # what a row of ``daily`` covers: "day", or "hour" for short windows
+    ui: str | None = None  # the Prefect UI the runs link to (None: the API URL tells none)
+
+    @property
+    def previous_uncovered(self) -> timedelta | None:
+        """How much of the previous window has no data (see ``reports.previous_uncovered``)."""
+        return reports.previous_uncovered(self.window, self.history_start)
+
+    @property
+    def window_seconds(self) -> float | None:
+        """The window's length; all history counts from the earliest run, not from 1970."""
+        start = self.window.since or self.history_start
+        return None if start is None else max((self.window.until - start).total_seconds(), 0.0)
+
+
+def live_last_pull(db: Path) -> datetime | None:
+    """When the latest successful pull finished, from the live file's sync log.
+
+    A pull that changes nothing publishes no snapshot, so a snapshot's own sync log
+    stops at the last pull that changed something: on a quiet server a freshness
+    alert would fire although every pull succeeds. The live file is opened read-only
+    for one query; while a pull holds it (or it cannot be read) this gives None and
+    the snapshot's figure stands."""
+    from flowsync.store import Store
+
+    try:
+        with Store.open(db, read_only=True) as live:
+            return reports.last_pull(live)
+    except StoreError:
+        return None
 
 
 def collect(
-    store: Store, window: reports.Window, *, include_deleted: bool = False, late_after: float = 60.0
+    store: Store,
+    window: reports.Window,
+    *,
+    include_deleted: bool = False,
+    late_after: float = 60.0,
+    live_db: Path | None = None,
 ) -> Health:
+    """The figures of ``window`` from ``store``; ``live_db``: the live file whose sync log
+    says when the last pull succeeded (see ``live_last_pull``)."""
+    last_pull = reports.last_pull(store)
+    live = live_last_pull(live_db) if live_db is not None else None
+    if live is not None and (last_pull is None or live > last_pull):
+        last_pull = live
     failures_all = reports._failures(store, "all", window, include_deleted)
     durations_all = reports._durations(store, "all", window, include_deleted, True)
     late_all = reports._late(store, "all", window, late_after, include_deleted)
@@ -55,13 +104,19 @@ def collect(
     headline["signatures"] = signatures.height
     headline["unresolved_deployments"] = unresolved.height
     headline["since"], headline["until"] = window.since, window.until
+    hourly = window.since is not None and window.until - window.since <= HOURLY_UP_TO
     return Health(
         window=window,
         include_deleted=include_deleted,
         headline=headline,
-        daily=reports.failure_rate_daily(
-            store, window, by_deployment=False, include_deleted=include_deleted
+        daily=(
+            reports.failure_rate_hourly(store, window, include_deleted=include_deleted)
+            if hourly
+            else reports.failure_rate_daily(
+                store, window, by_deployment=False, include_deleted=include_deleted
+            )
         ),
+        bucket="hour" if hourly else "day",
         heatmap=reports.failure_rate_daily(
             store, window, by_deployment=True, include_deleted=include_deleted
         ),
@@ -70,7 +125,10 @@ def collect(
         unresolved=unresolved,
         durations=reports._durations(store, "deployment", window, include_deleted, True),
         lateness=reports._late(store, "deployment", window, late_after, include_deleted),
-        last_pull=reports.last_pull(store),
+        last_pull=last_pull,
+        ui=reports.ui_base(store),
+        now=reports.runs_now(store, late_after=late_after),
+        history_start=reports.history_start(store, include_deleted=include_deleted),
     )
 
 

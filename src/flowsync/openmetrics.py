@@ -1,8 +1,14 @@
 """OpenMetrics text of the health figures, for node_exporter's textfile collector.
 
-Owns: metric names, labels and help texts. Every metric is a gauge over the
-report window (``flowsync_window_seconds``), labelled by flow and deployment
-names plus the deployment id (names change, ids do not). The output is valid
+Owns: metric names, labels and help texts. Every metric is a gauge: the
+window's figures over the report window (``flowsync_window_seconds``, which for
+``--since all`` counts from the earliest run), the ``runs_*`` gauges right now,
+the last pull from the live sync log. Per-deployment metrics are labelled by
+flow and deployment names plus the deployment id (names change, ids do not).
+No counter: a windowed count goes down as the window moves, and an
+all-history total goes down when a run's state changes (FAILED retried to
+COMPLETED), which Prometheus would read as a counter reset. docs/monitoring/
+holds alert rules and a Grafana dashboard over these names (a test checks them). The output is valid
 OpenMetrics (``# EOF`` last) and Prometheus text format 0.0.4, which the
 textfile collector reads. Must not: write files (the CLI writes atomically).
 """
@@ -64,7 +70,6 @@ def _deployment_labels(row: dict[str, Any]) -> dict[str, Any]:
 
 def render(health: Health) -> str:
     """The metrics of ``health`` as OpenMetrics text (ends with ``# EOF``)."""
-    window = health.window
     families = [
         runs := _Family(
             "runs",
@@ -110,7 +115,20 @@ def render(health: Health) -> str:
             "seconds",
         ),
         span := _Family(
-            "window_seconds", "Length of the report window the other figures cover.", "seconds"
+            "window_seconds",
+            "Length of the report window the other figures cover (all history: since the earliest run).",
+            "seconds",
+        ),
+        running := _Family(
+            "runs_running", "Flow runs RUNNING now (as of the last pull), per deployment."
+        ),
+        waiting := _Family(
+            "runs_waiting",
+            "Flow runs SCHEDULED or PENDING whose expected start has passed, per deployment.",
+        ),
+        late_now := _Family(
+            "runs_late",
+            "Waiting flow runs expected to start more than --late-after seconds ago, per deployment.",
         ),
     ]
     for row in health.deployments.iter_rows(named=True):
@@ -135,6 +153,11 @@ def render(health: Health) -> str:
     total_failed.add({}, head.get("failed") or 0)
     total_rate.add({}, head.get("failure_rate"))
     pulled.add({}, health.last_pull.timestamp() if health.last_pull else None)
-    span.add({}, (window.until - window.start).total_seconds())
+    span.add({}, health.window_seconds)
+    for row in health.now.iter_rows(named=True):
+        labels = _deployment_labels(row)
+        running.add(labels, row["running"])
+        waiting.add(labels, row["waiting_now"])
+        late_now.add(labels, row["late_now"])
     lines = [line for family in families for line in family.lines()]
     return "\n".join([*lines, "# EOF"]) + "\n"

@@ -71,6 +71,16 @@ LABELS = {
     "latest_error_text": "latest error (normalised)",
     "latest_failure_run_id": "latest run id",
     "latest_message": "latest message",
+    "run_at": "expected start",
+    "name": "run",
+    "state_type": "state",
+    "duration_s": "duration",
+    "error_signature": "signature",
+    "since": "since",
+    "for_s": "for",
+    "usual_p95_s": "usual p95",
+    "times_usual": "× usual",
+    "url": "link",
 }
 
 
@@ -130,6 +140,24 @@ REPORT_COLUMNS: dict[str, list[tuple[str, int]]] = {
         ("last_seen", 6),
         ("signature", 4),
         ("example_state_type", 2),
+    ],
+    "runs": [
+        ("run_at", 9),
+        ("name", 8),
+        ("state_type", 7),
+        ("duration_s", 5),
+        ("error_signature", 4),
+        ("error_text", 8),
+        ("url", 6),
+    ],
+    "stuck": [
+        ("name", 8),
+        ("state_type", 9),
+        ("since", 6),
+        ("for_s", 9),
+        ("usual_p95_s", 8),
+        ("times_usual", 7),
+        ("url", 6),
     ],
     "unresolved": [
         ("failing_since", 9),
@@ -221,6 +249,8 @@ def value(column: str, v: Any) -> str:
         return count_change(v)
     if column in DURATION_CHANGE_COLUMNS:
         return duration_change(v)
+    if column == "times_usual" and isinstance(v, (int, float)):
+        return f"{v:,.1f}×"
     if column.endswith("_s") and isinstance(v, (int, float)):
         return duration(v)
     if isinstance(v, bool):
@@ -249,3 +279,18 @@ def group_name(row: dict[str, Any]) -> str:
         if key in row:
             return str(row[key]) if row[key] is not None else f"(no {label(key)})"
     return ""
+
+
+def uncovered_note(length_s: float, gap_s: float, data_start: datetime) -> str:
+    """What to say when the previous window begins before the data does."""
+    covered = max(0.0, 1 - gap_s / length_s) if length_s > 0 else 0.0
+    if covered == 0:
+        return (
+            f"The data starts {when(data_start)} UTC, after the previous {duration(length_s)} "
+            "ended: the previous figures and the changes compare against no runs."
+        )
+    return (
+        f"The data starts {when(data_start)} UTC, {duration(gap_s)} into the previous "
+        f"{duration(length_s)}: the previous figures and the changes cover only "
+        f"{covered * 100:.0f}% of it."
+    )

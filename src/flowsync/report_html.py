@@ -4,9 +4,11 @@ Owns: turning the health figures (``flowsync.health``) into a page that opens
 offline (no CDN, no fetches; the only script is inline and small: it records
 JS errors and marks the page as rendered, which the browser test reads) and
 reads on a phone and on a wide screen. Sections: headline against the previous
-window, runs and failure rate per day, a deployment x day heatmap of failures,
-top error signatures, unresolved failures, slowest deployments, lateness, and
-(for ``report X --html``) that report's table. Values read through
+window, runs and failure rate per day (per hour for windows up to 48 h; the
+rate on its own axis, scaled to its highest value), a deployment x day heatmap
+of failures, top error signatures, unresolved failures, slowest deployments,
+lateness, and (for ``report X --html``) that report's table. Runs link to the
+Prefect UI where the API URL tells it. Values read through
 ``flowsync.present``. Must not: print, write files (the CLI does), or compute
 a figure (they all come from ``flowsync.reports``).
 """
@@ -139,9 +141,25 @@ def _headline(h: dict[str, Any], has_previous: bool) -> str:
 # -- runs and failure rate per day -----------------------------------------------------
 
 
+RATE_SCALES = (0.01, 0.02, 0.05, 0.1, 0.2, 0.25, 0.5, 1.0)
+
+
+def rate_scale(peak: float | None) -> float:
+    """The top of the failure rate's axis: the smallest of 1%, 2%, 5%, 10%, 20%, 25%,
+    50%, 100% that holds the highest rate, so a 3% rate is not a flat line at the bottom."""
+    return next((top for top in RATE_SCALES if (peak or 0) <= top), 1.0)
+
+
+def _axis_percent(value: float) -> str:
+    return f"{value:.0%}" if round(value * 100, 6).is_integer() else f"{value:.1%}"
+
+
 def daily_chart(daily: pl.DataFrame) -> str:
-    """Stacked bars per UTC day (completed, failed) and the failure rate as a line."""
-    daily = daily.filter(pl.col("runs") + pl.col("cancelled") > 0).sort("run_day")
+    """Stacked bars per UTC day or hour (completed, failed) and the failure rate as a line,
+    on its own axis (right) scaled to the highest rate."""
+    key = "run_hour" if "run_hour" in daily.columns else "run_day"
+    unit = "hour" if key == "run_hour" else "day"
+    daily = daily.filter(pl.col("runs") + pl.col("cancelled") > 0).sort(key)
     if daily.is_empty():
         return _empty("No finished runs in this window.")
     w, hgt, left, right, top, bottom = 960, 260, 48, 44, 14, 34
@@ -150,6 +168,7 @@ def daily_chart(daily: pl.DataFrame) -> str:
     step = plot_w / n
     bar_w = max(min(step * 0.72, 64), 1.5)
     peak = max(int(daily["runs"].max() or 0), 1)  # type: ignore[arg-type]
+    rate_top = rate_scale(daily["failure_rate"].max())  # type: ignore[arg-type]
     body = []
     for frac in (0, 0.5, 1):
         y = top + plot_h * (1 - frac)
@@ -157,14 +176,17 @@ def daily_chart(daily: pl.DataFrame) -> str:
         body.append(
             f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{present.count(round(peak * frac))}</text>'
         )
-        body.append(f'<text x="{w - right + 6}" y="{y + 4:.1f}">{frac:.0%}</text>')
+        body.append(
+            f'<text class="rate-axis" x="{w - right + 6}" y="{y + 4:.1f}">{_axis_percent(rate_top * frac)}</text>'
+        )
     points = []
     for i, row in enumerate(daily.iter_rows(named=True)):
         x = left + step * i + (step - bar_w) / 2
         ok = row["runs"] - row["failed"]
         h_ok, h_bad = plot_h * ok / peak, plot_h * row["failed"] / peak
+        when = f"{row[key]:%Y-%m-%d %H:00} UTC" if unit == "hour" else str(row[key])
         tip = (
-            f"{row['run_day']}: {present.count(row['runs'])} finished, {present.count(row['failed'])} failed "
+            f"{when}: {present.count(row['runs'])} finished, {present.count(row['failed'])} failed "
             f"({present.percent(row['failure_rate'])}), {present.count(row['cancelled'])} cancelled"
         )
         y_ok = top + plot_h - h_ok
@@ -175,7 +197,8 @@ def daily_chart(daily: pl.DataFrame) -> str:
             f'<rect class="mark" x="{x:.1f}" y="{y_ok - h_bad:.1f}" width="{bar_w:.1f}" height="{h_bad:.1f}" fill="{RED}"><title>{_e(tip)}</title></rect>'
         )
         if row["failure_rate"] is not None:
-            points.append(f"{x + bar_w / 2:.1f},{top + plot_h * (1 - row['failure_rate']):.1f}")
+            y_rate = top + plot_h * (1 - row["failure_rate"] / rate_top)
+            points.append(f"{x + bar_w / 2:.1f},{y_rate:.1f}")
     if len(points) > 1:
         body.append(
             f'<polyline class="mark" fill="none" stroke="#111827" stroke-width="1.8" points="{" ".join(points)}"/>'
@@ -183,20 +206,21 @@ def daily_chart(daily: pl.DataFrame) -> str:
     body.append(
         f'<line class="axis" x1="{left}" x2="{w - right}" y1="{top + plot_h}" y2="{top + plot_h}"/>'
     )
-    days: list[date] = daily["run_day"].to_list()
+    buckets = daily[key].to_list()
+    label = "%b %d %H:00" if unit == "hour" else "%b %d"
     for i in sorted({0, n // 2, n - 1}):
         anchor = "start" if i == 0 else "end" if i == n - 1 else "middle"
         x = left + step * i + step / 2
         body.append(
-            f'<text x="{x:.1f}" y="{hgt - 12}" text-anchor="{anchor}">{days[i]:%b %d}</text>'
+            f'<text x="{x:.1f}" y="{hgt - 12}" text-anchor="{anchor}">{buckets[i]:{label}}</text>'
         )
     svg = (
         f'<div class="scroll"><svg class="chart" id="chart-daily" role="img" viewBox="0 0 {w} {hgt}" '
-        f'xmlns="http://www.w3.org/2000/svg"><title>Runs and failure rate per day</title>{"".join(body)}</svg></div>'
+        f'xmlns="http://www.w3.org/2000/svg"><title>Runs and failure rate per {unit}</title>{"".join(body)}</svg></div>'
     )
     legend = (
         f'<div class="legend"><i style="background:#bfdbfe"></i>completed<i style="background:{RED}"></i>failed'
-        '<i style="background:#111827;height:2px"></i>failure rate (right axis)</div>'
+        f'<i style="background:#111827;height:2px"></i>failure rate (right axis, 0 to {_axis_percent(rate_top)})</div>'
     )
     return svg + legend
 
@@ -273,14 +297,21 @@ def _td(text: str, kind: str = "") -> str:
     return f'<td class="{kind}">{_e(text)}</td>' if kind else f"<td>{_e(text)}</td>"
 
 
-def signatures_table(frame: pl.DataFrame, limit: int = 10) -> str:
+def _run_link(ui: str | None, run_id: Any, text: str) -> str:
+    """``text`` (already escaped) as a link to the run in the Prefect UI, when there is one."""
+    url = reports.run_url(ui, run_id)
+    return f'<a href="{_e(url)}">{text}</a>' if url else text
+
+
+def signatures_table(frame: pl.DataFrame, limit: int = 10, ui: str | None = None) -> str:
     if frame.is_empty():
         return _empty("No failed runs in this window.")
     rows = []
     for r in frame.head(limit).iter_rows(named=True):
         bar = f'<span class="bar" style="width:{max(r["share"] * 60, 2):.0f}px"></span>'
+        run_id = _run_link(ui, r["example_run_id"], f"<code>{_e(r['example_run_id'])}</code>")
         example = (
-            f"<details><summary>example run <code>{_e(r['example_run_id'])}</code> "
+            f"<details><summary>example run {run_id} "
             f"({_e(present.group_name(r))})</summary><pre>{_e(r['example_message'])}</pre></details>"
         )
         rows.append(
@@ -306,7 +337,9 @@ def signatures_table(frame: pl.DataFrame, limit: int = 10) -> str:
     return f'<div class="scroll"><table id="signatures"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>{more}'
 
 
-def unresolved_table(frame: pl.DataFrame, now: datetime, limit: int = 15) -> str:
+def unresolved_table(
+    frame: pl.DataFrame, now: datetime, limit: int = 15, ui: str | None = None
+) -> str:
     if frame.is_empty():
         return _empty("Every deployment's latest finished run succeeded.")
     rows = []
@@ -316,11 +349,13 @@ def unresolved_table(frame: pl.DataFrame, now: datetime, limit: int = 15) -> str
             if r["failing_since"]
             else present.NONE
         )
+        signature = f"<code>{_e(r['latest_signature'])}</code>"
         rows.append(
             f'<tr>{_td(present.group_name(r), "name")}<td class="num">{_e(present.when(r["failing_since"]))}<br>'
             f'<span class="muted">{_e(age)} ago</span></td>{_td(present.count(r["failures_since_success"]), "num")}'
             f"{_td(present.when(r['last_success_at']) if r['last_success_at'] else 'never', 'num')}"
-            f'<td class="text"><code>{_e(r["latest_signature"])}</code> {_e(r["latest_error_text"])}</td></tr>'
+            f'<td class="text">{_run_link(ui, r.get("latest_failure_run_id"), signature)} '
+            f"{_e(r['latest_error_text'])}</td></tr>"
         )
     head = (
         _th("flow/deployment")
@@ -399,7 +434,9 @@ def table_html(frame: pl.DataFrame, report: str, limit: int = 200) -> str:
     for r in frame.head(limit).iter_rows(named=True):
         cells = _td(present.group_name(r), "name") if has_name else ""
         cells += "".join(
-            _td(
+            f'<td><a href="{_e(r[c])}">open</a></td>'
+            if c == "url" and r[c]
+            else _td(
                 present.value(c, r[c]),
                 "num" if frame.schema[c].is_numeric() else "text" if c.endswith("text") else "",
             )
@@ -452,12 +489,22 @@ def render_health(h: health.Health, extra: str = "") -> str:
         if has_previous
         else ""
     )
+    gap = h.previous_uncovered
+    if gap is not None and h.history_start is not None:
+        compare += " " + present.uncovered_note(
+            (window.until - window.start).total_seconds(), gap.total_seconds(), h.history_start
+        )
     sections = [
         _headline(h.headline, has_previous),
         _section(
-            "Runs and failure rate per day",
+            f"Runs and failure rate per {h.bucket}",
             daily_chart(h.daily),
-            "UTC days, by expected start.",
+            f"UTC {h.bucket}s, by expected start"
+            + (
+                f" (windows up to {present.duration(health.HOURLY_UP_TO.total_seconds())} are charted by hour)."
+                if h.bucket == "hour"
+                else "."
+            ),
             "daily",
         ),
         _section(
@@ -470,13 +517,13 @@ def render_health(h: health.Health, extra: str = "") -> str:
         ),
         _section(
             "Top error signatures",
-            signatures_table(h.signatures),
+            signatures_table(h.signatures, ui=h.ui),
             "Failed runs grouped by their message with ids, numbers, paths, times and quoted values masked.",
             "errors",
         ),
         _section(
             "Unresolved failures",
-            unresolved_table(h.unresolved, generated),
+            unresolved_table(h.unresolved, generated, ui=h.ui),
             "Deployments whose latest finished run failed (all history, not only this window).",
             "unresolved-section",
         ),
@@ -502,7 +549,7 @@ def render_health(h: health.Health, extra: str = "") -> str:
 <style>{CSS}</style></head>
 <body><main>
 <h1>Flow run health</h1>
-<p class="muted">Runs expected {_e(window.describe())}. {_e(scope)} {_e(compare)} {_e(pulled)}<br>
+<p class="muted" id="window-note">Runs expected {_e(window.describe())}. {_e(scope)} {_e(compare)} {_e(pulled)}<br>
 failed = FAILED or CRASHED; finished = COMPLETED, FAILED or CRASHED; failure rate = failed / finished; CANCELLED is counted apart.
 Generated {generated:%Y-%m-%d %H:%M} UTC by flowsync {__version__}.</p>
 {"".join(sections)}

@@ -20,8 +20,9 @@ below (macros, groupings, columns) are formatted in.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 from flowsync.errors import ConfigError, ReadOnlyError, StoreError
@@ -52,10 +53,12 @@ DURATION_GROUPS = ("flow", "deployment", "work_pool", "tag")
 _INTERNAL_GROUPS: dict[str, Grouping] = {
     "all": Grouping(()),
     "day": Grouping(("run_day",)),
+    "hour": Grouping(("run_hour",)),
     "day_deployment": Grouping(("run_day", "deployment_id", "flow_name", "deployment_name")),
 }
 GROUP_COLUMNS = (
     "run_day",
+    "run_hour",
     "flow_id",
     "flow_name",
     "deployment_id",
@@ -99,6 +102,99 @@ def parse_since(text: str | None, now: datetime | None = None) -> Window:
     (``flowsync.since.parse_since``, which export uses too), as a window ending now."""
     now = now or utcnow()
     return Window(since_time(text, now), now)
+
+
+STATES = (
+    "SCHEDULED",
+    "PENDING",
+    "RUNNING",
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+    "CRASHED",
+    "PAUSED",
+    "CANCELLING",
+)
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Which runs a report counts (``--flow``, ``--deployment``, ``--tag``, ``--state``);
+    empty means all. Deployments are ``flow/deployment`` or a deployment name."""
+
+    flows: tuple[str, ...] = ()
+    deployments: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+    states: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.flows or self.deployments or self.tags or self.states)
+
+
+def _filter_params(store: Store, filters: Filters | None) -> dict[str, Any]:
+    """The ``only_*`` parameters of the macros (see ``sql/06_run_selected.sql``): names
+    resolved to ids, each name checked so a typo is an error, not an empty report."""
+    f = filters or Filters()
+    params: dict[str, Any] = {
+        "only_flows": None,
+        "only_deployments": None,
+        "only_tags": list(f.tags) or None,
+        "only_states": None,
+    }
+    if f.flows:
+        rows = store.execute(
+            "SELECT name, CAST(id AS VARCHAR) FROM flows WHERE list_contains($names, name)",
+            {"names": list(f.flows)},
+        ).rows()
+        found = _ids_by_name(rows)
+        _unknown("--flow", [n for n in f.flows if n not in found], "SELECT name FROM flows")
+        params["only_flows"] = [i for ids in found.values() for i in ids]
+    if f.deployments:
+        rows = store.execute(
+            """
+            SELECT n.name, CAST(d.id AS VARCHAR)
+            FROM unnest($names) AS n(name)
+            JOIN deployments AS d ON d.name = n.name
+                OR (SELECT f.name FROM flows AS f WHERE f.id = d.flow_id) || '/' || d.name = n.name
+            """,
+            {"names": list(f.deployments)},
+        ).rows()
+        found = _ids_by_name(rows)
+        _unknown(
+            "--deployment",
+            [n for n in f.deployments if n not in found],
+            "SELECT flow_name || '/' || deployment_name FROM failure_rates_by_deployment",
+        )
+        params["only_deployments"] = [i for ids in found.values() for i in ids]
+    if f.states:
+        states = [s.upper() for s in f.states]
+        bad = [s for s in states if s not in STATES]
+        if bad:
+            raise ConfigError(
+                f"--state {bad[0]!r} is not a Prefect state type; choose from: {', '.join(STATES)}."
+            )
+        params["only_states"] = states
+    return params
+
+
+def _ids_by_name(rows: list[tuple[Any, ...]]) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    for name, id_ in rows:
+        found.setdefault(name, []).append(id_)
+    return found
+
+
+def _unknown(option: str, names: list[str], sql: str) -> None:
+    if names:
+        raise ConfigError(
+            f'{option} {names[0]!r}: no such name in the file; list them with flowsync sql "{sql}".'
+        )
+
+
+_ONLY = (
+    "only_flows := $only_flows, only_deployments := $only_deployments, "
+    "only_tags := $only_tags, only_states := $only_states"
+)
 
 
 def _check_by(by: str, allowed: tuple[str, ...]) -> Grouping:
@@ -151,18 +247,81 @@ def run_sql(
     try:
         return store.frame(sql, params)
     except ReadOnlyError as e:
-        raise StoreError(
-            f"{e.path} is open read-only, so statements that change it are refused "
-            f"({e.detail}). Use SELECT to read; "
-            "the file is changed only by flowsync pull and policy apply."
-        ) from e
+        raise _refused(e) from e
+
+
+def _refused(e: ReadOnlyError) -> StoreError:
+    return StoreError(
+        f"{e.path} is open read-only, so statements that change it are refused "
+        f"({e.detail}). Use SELECT to read; "
+        "the file is changed only by flowsync pull and policy apply."
+    )
+
+
+@dataclass(frozen=True)
+class SqlResult:
+    """The rows of an ad-hoc query and DuckDB's type of each column (``JSON``, ``INTERVAL``...),
+    which the frame alone no longer tells (a JSON column is a Polars string)."""
+
+    frame: pl.DataFrame
+    types: tuple[str, ...]
+
+    @property
+    def json_columns(self) -> tuple[str, ...]:
+        return tuple(name for name, t in zip(self.frame.columns, self.types) if t == "JSON")
+
+
+def sql_result(store: Store, sql: str) -> SqlResult:
+    """An ad-hoc query (``flowsync sql``): one or more statements, the last one's rows.
+
+    Every DuckDB type comes back as a value Polars holds (intervals, unions and the like
+    as DuckDB's own text; see ``Store.typed_frame``)."""
+    if not sql.strip():
+        raise ConfigError('No SQL given: pass a query such as "SELECT count(*) FROM flow_runs".')
+    try:
+        frame, types = store.typed_frame(sql)
+    except ReadOnlyError as e:
+        raise _refused(e) from e
+    return SqlResult(frame, tuple(types))
 
 
 def sql_query(store: Store, sql: str) -> pl.DataFrame:
-    """An ad-hoc query (``flowsync sql``): one or more statements, the last one's rows."""
-    if not sql.strip():
-        raise ConfigError('No SQL given: pass a query such as "SELECT count(*) FROM flow_runs".')
-    return run_sql(store, sql)
+    """``sql_result``'s rows."""
+    return sql_result(store, sql).frame
+
+
+# What a file holds, for `flowsync sql --tables`: the catalog, not a figure.
+_CATALOG = """
+    WITH cols AS (
+        SELECT database_name, schema_name, table_name,
+            list(column_name || ' ' || data_type ORDER BY column_index) AS columns
+        FROM duckdb_columns() WHERE NOT internal GROUP BY ALL
+    )
+    SELECT kind, name, columns FROM (
+        SELECT 'table' AS kind, table_name AS name, cols.columns
+        FROM duckdb_tables() JOIN cols USING (database_name, schema_name, table_name)
+        WHERE NOT internal AND database_name = current_database() AND schema_name = 'main'
+        UNION ALL
+        SELECT 'view', v.view_name, cols.columns
+        FROM duckdb_views() AS v JOIN cols ON cols.database_name = v.database_name
+            AND cols.schema_name = v.schema_name AND cols.table_name = v.view_name
+        WHERE NOT v.internal AND v.database_name = current_database() AND v.schema_name = 'main'
+        UNION ALL
+        SELECT CASE function_type WHEN 'table_macro' THEN 'table macro' ELSE 'macro' END,
+            function_name, parameters
+        FROM duckdb_functions()
+        WHERE function_type IN ('macro', 'table_macro') AND NOT internal
+            AND database_name = current_database() AND schema_name = 'main'
+    )
+    ORDER BY CASE kind WHEN 'table' THEN 1 WHEN 'view' THEN 2 WHEN 'table macro' THEN 3 ELSE 4 END,
+        name
+"""
+
+
+def tables(store: Store) -> pl.DataFrame:
+    """Every table, view and macro of the file: its kind, name, and its columns with their
+    types (for a macro: its parameters), as ``flowsync sql --tables`` lists them."""
+    return run_sql(store, _CATALOG)
 
 
 # -- reports --------------------------------------------------------------------
@@ -174,23 +333,27 @@ def failures(
     window: Window | None = None,
     *,
     include_deleted: bool = False,
+    filters: Filters | None = None,
 ) -> pl.DataFrame:
     """One row per group: runs (finished), failed, failure_rate, cancelled, and the same for
     the previous window of equal length, with ``failure_rate_change`` (this - previous).
     The figures are the ``failure_rates`` macro of ``sql/13_failure_rates.sql``."""
     window = window or parse_since(None)
     _check_by(by, tuple(GROUPS))
-    return _failures(store, by, window, include_deleted)
+    return _failures(store, by, window, include_deleted, filters)
 
 
-def _failures(store: Store, by: str, window: Window, include_deleted: bool) -> pl.DataFrame:
+def _failures(
+    store: Store, by: str, window: Window, include_deleted: bool, filters: Filters | None = None
+) -> pl.DataFrame:
     sql = _grouped(
         "failure_rates",
         by,
-        "$since, $until, $prev_start, $include_deleted",
+        f"$since, $until, $prev_start, $include_deleted, {_ONLY}",
         "failed DESC, failure_rate DESC NULLS LAST, runs DESC",
     )
-    frame = run_sql(store, sql, _params(window, include_deleted))
+    params = {**_params(window, include_deleted), **_filter_params(store, filters)}
+    frame = run_sql(store, sql, params)
     return _no_previous(frame, window, PREVIOUS_FAILURE_COLUMNS)
 
 
@@ -213,22 +376,32 @@ def durations(
     *,
     include_deleted: bool = False,
     trend: bool = False,
+    filters: Filters | None = None,
 ) -> pl.DataFrame:
     """Duration percentiles (seconds, wall clock) of finished runs per group, slowest p95 first;
     with ``trend``, also the previous window's p50/p95 and ``p95_change_s``. The figures are
     the ``duration_percentiles`` macro of ``sql/14_duration_percentiles.sql``."""
     window = window or parse_since(None)
     _check_by(by, DURATION_GROUPS)
-    return _durations(store, by, window, include_deleted, trend)
+    return _durations(store, by, window, include_deleted, trend, filters)
 
 
 def _durations(
-    store: Store, by: str, window: Window, include_deleted: bool, trend: bool
+    store: Store,
+    by: str,
+    window: Window,
+    include_deleted: bool,
+    trend: bool,
+    filters: Filters | None = None,
 ) -> pl.DataFrame:
     sql = _grouped(
-        "duration_percentiles", by, "$since, $until, $prev_start, $include_deleted", "p95_s DESC"
+        "duration_percentiles",
+        by,
+        f"$since, $until, $prev_start, $include_deleted, {_ONLY}",
+        "p95_s DESC",
     )
-    frame = run_sql(store, sql, _params(window, include_deleted, previous=trend))
+    params = {**_params(window, include_deleted, previous=trend), **_filter_params(store, filters)}
+    frame = run_sql(store, sql, params)
     if not trend:
         return frame.drop(_TREND_COLUMNS)
     return _no_previous(frame, window, _TREND_COLUMNS)
@@ -241,22 +414,28 @@ def late(
     *,
     late_after: float = 60.0,
     include_deleted: bool = False,
+    filters: Filters | None = None,
 ) -> pl.DataFrame:
     """Start lateness per group: runs that started, how many more than ``late_after`` s
     late, lateness percentiles, and ``waiting_now``: SCHEDULED/PENDING runs expected
     in the window that have not started yet (the ``lateness`` macro, ``sql/15_lateness.sql``)."""
     window = window or parse_since(None)
     _check_by(by, tuple(GROUPS))
-    return _late(store, by, window, late_after, include_deleted)
+    return _late(store, by, window, late_after, include_deleted, filters)
 
 
 def _late(
-    store: Store, by: str, window: Window, late_after: float, include_deleted: bool
+    store: Store,
+    by: str,
+    window: Window,
+    late_after: float,
+    include_deleted: bool,
+    filters: Filters | None = None,
 ) -> pl.DataFrame:
     sql = _grouped(
         "lateness",
         by,
-        "$since, $until, $late_after, $include_deleted",
+        f"$since, $until, $late_after, $include_deleted, {_ONLY}",
         "late_runs + waiting_now DESC, p95_lateness_s DESC NULLS LAST",
     )
     params = {
@@ -264,50 +443,100 @@ def _late(
         "until": window.until,
         "late_after": late_after,
         "include_deleted": include_deleted,
+        **_filter_params(store, filters),
     }
     return run_sql(store, sql, params)
 
 
-def flaky(store: Store, window: Window | None = None, *, last: int = 3) -> pl.DataFrame:
+def flaky(
+    store: Store,
+    window: Window | None = None,
+    *,
+    last: int = 3,
+    min_rate: float = 0.05,
+    filters: Filters | None = None,
+) -> pl.DataFrame:
     """Deployments that fail: failures and retries in the window, the current failing
     streak over all history (``broken`` when the last ``last`` finished runs all
     failed), and the mean time from a failure to the next success (``mttr_s``).
+    ``flaky``: not broken, and it failed and recovered by itself at least twice at a
+    failure rate of at least ``min_rate``, or at least ``min_rate`` of its runs needed
+    a retry.
     Live runs only (the ``flaky_deployments`` macro, ``sql/55_flaky_deployments.sql``)."""
+    if not 0 <= min_rate <= 1:
+        raise ConfigError(f"--min-rate {min_rate} must be a share between 0 and 1 (0.05 is 5%).")
     if last < 1:
         raise ConfigError(
             f"--last {last} must be at least 1 (the number of latest runs that must all have failed)."
         )
     window = window or parse_since(None)
     sql = """
-        SELECT * FROM flaky_deployments($since, $until, $last)
-        ORDER BY broken DESC, failing_streak DESC, failure_rate DESC NULLS LAST, deployment_id
+        SELECT * FROM flaky_deployments(
+            $since, $until, $last, min_rate := $min_rate,
+            only_flows := $only_flows, only_deployments := $only_deployments
+        )
+        ORDER BY broken DESC, flaky DESC, failing_streak DESC, failure_rate DESC NULLS LAST,
+            deployment_id
     """
-    return run_sql(store, sql, {"since": window.start, "until": window.until, "last": last})
+    only = _filter_params(store, _runs_only(filters, "flaky"))
+    params = {
+        "since": window.start,
+        "until": window.until,
+        "last": last,
+        "min_rate": min_rate,
+        "only_flows": only["only_flows"],
+        "only_deployments": only["only_deployments"],
+    }
+    return run_sql(store, sql, params)
+
+
+def _runs_only(filters: Filters | None, report: str) -> Filters | None:
+    """A per-deployment report (flaky, unresolved) filters by flow and deployment only."""
+    if filters and (filters.tags or filters.states):
+        raise ConfigError(
+            f"report {report} is per deployment: filter it with --flow or --deployment "
+            "(--tag and --state select runs, for failures, durations, late and errors)."
+        )
+    return filters
 
 
 def errors(
-    store: Store, window: Window | None = None, *, include_deleted: bool = False
+    store: Store,
+    window: Window | None = None,
+    *,
+    include_deleted: bool = False,
+    filters: Filters | None = None,
 ) -> pl.DataFrame:
     """Error signatures: failed runs (FAILED or CRASHED) grouped by their normalised
     message, most runs first, with deployments and flows affected, first and last seen,
     the change against the previous window and an example run (the ``error_signatures``
     macro, ``sql/16_error_signatures.sql``)."""
     window = window or parse_since(None)
-    sql = """
-        SELECT * FROM error_signatures($since, $until, $prev_start, $include_deleted)
+    sql = f"""
+        SELECT * FROM error_signatures($since, $until, $prev_start, $include_deleted, {_ONLY})
         ORDER BY runs DESC, last_seen DESC, signature
     """
-    frame = run_sql(store, sql, _params(window, include_deleted))
+    frame = run_sql(
+        store, sql, {**_params(window, include_deleted), **_filter_params(store, filters)}
+    )
     return _no_previous(frame, window, ("prev_runs", "runs_change"))
 
 
-def unresolved(store: Store) -> pl.DataFrame:
+def unresolved(store: Store, *, filters: Filters | None = None) -> pl.DataFrame:
     """Deployments whose latest finished run failed: since when, failures since the last
     success, and the latest failure's signature (the ``unresolved_failures`` view).
     Current state of live runs, so no window; longest failing first."""
+    only = _filter_params(store, _runs_only(filters, "unresolved"))
     return run_sql(
         store,
-        "SELECT * FROM unresolved_failures ORDER BY failing_since, failures_since_success DESC, deployment_id",
+        """
+        SELECT u.* FROM unresolved_failures AS u
+        LEFT JOIN deployments AS d ON d.id = u.deployment_id
+        WHERE run_selected(d.flow_id, u.deployment_id, NULL, NULL,
+            $only_flows, $only_deployments, NULL, NULL)
+        ORDER BY failing_since, failures_since_success DESC, deployment_id
+        """,
+        {"only_flows": only["only_flows"], "only_deployments": only["only_deployments"]},
     )
 
 
@@ -342,7 +571,161 @@ def failure_rate_daily(
     return frame.drop(PREVIOUS_FAILURE_COLUMNS)
 
 
+def previous_uncovered(window: Window, history_start: datetime | None) -> timedelta | None:
+    """How much of the previous window lies before the earliest run in the file, when that is
+    more than a tenth of it (a schedule's first run seldom falls on the window's start): its
+    figures then compare against part of a window. None when covered or no previous window."""
+    if window.since is None or history_start is None:
+        return None
+    gap = history_start - window.previous_start
+    return gap if gap > (window.until - window.since) / 10 else None
+
+
+def failure_rate_hourly(
+    store: Store, window: Window | None = None, *, include_deleted: bool = False
+) -> pl.DataFrame:
+    """Failure rate per UTC hour (``run_hour``) in the window: the chart series of a short
+    window, where UTC days would show two partial days that look like a collapse."""
+    window = window or parse_since(None)
+    sql = _grouped("failure_rates", "hour", "$since, $until, $since, $include_deleted", "run_hour")
+    frame = run_sql(
+        store,
+        sql,
+        {"since": window.start, "until": window.until, "include_deleted": include_deleted},
+    )
+    return frame.drop(PREVIOUS_FAILURE_COLUMNS)
+
+
 def last_pull(store: Store) -> datetime | None:
-    """When the latest successful pull finished (None before the first one)."""
-    value = store.execute("SELECT max(finished_at) FROM sync_runs WHERE status = 'ok'").scalar()
+    """When the latest successful pull (full or incremental) finished (None before the first
+    one). A snapshot is not republished by a pull that changed nothing, so for the freshness
+    of the file ask its live sync log (``health.collect(..., live_db=...)``)."""
+    value = store.execute(
+        "SELECT max(finished_at) FROM sync_runs WHERE status = 'ok' AND mode IN ('full', 'incremental')"
+    ).scalar()
     return value if isinstance(value, datetime) else None
+
+
+def runs_now(store: Store, *, late_after: float = 60.0) -> pl.DataFrame:
+    """Per deployment: live runs running, waiting to start (expected already) and late
+    (expected more than ``late_after`` s ago) now (the ``runs_now`` macro, ``sql/17_runs_now.sql``)."""
+    return run_sql(
+        store,
+        "SELECT * FROM runs_now($late_after) ORDER BY running DESC, waiting_now DESC, deployment_id",
+        {"late_after": late_after},
+    )
+
+
+def history_start(store: Store, *, include_deleted: bool = False) -> datetime | None:
+    """When the earliest run in the file was meant to start: where ``--since all`` begins."""
+    value = store.execute(
+        "SELECT min(run_at) FROM flow_runs_enriched WHERE $include_deleted OR NOT is_deleted",
+        {"include_deleted": include_deleted},
+    ).scalar()
+    return value if isinstance(value, datetime) else None
+
+
+# -- runs: a list, and the ones stuck -------------------------------------------------
+
+FAILED_STATES = ("FAILED", "CRASHED")
+_CLOUD = re.compile(r"^(https?)://api\.([^/]+)/api/accounts/([^/]+)/workspaces/([^/?#]+)")
+_OSS = re.compile(r"^(https?://[^/?#]+(?:/[^?#]*?)?)/api/?$")
+
+
+def prefect_ui(api_url: str | None) -> str | None:
+    """The Prefect UI the API URL belongs to, or None when it cannot be told: a Cloud
+    workspace (``https://api.prefect.cloud/api/accounts/A/workspaces/W`` ->
+    ``https://app.prefect.cloud/account/A/workspace/W``) or a server's UI at the root
+    of its API (``http://host:4200/api`` -> ``http://host:4200``)."""
+    if not api_url:
+        return None
+    url = re.sub(r"//[^/@]*@", "//", api_url.strip())  # no user:password in a link
+    cloud = _CLOUD.match(url)
+    if cloud:
+        scheme, host, account, workspace = cloud.groups()
+        return f"{scheme}://app.{host}/account/{account}/workspace/{workspace}"
+    oss = _OSS.match(url)
+    return oss.group(1) if oss else None
+
+
+def ui_base(store: Store) -> str | None:
+    """The Prefect UI of the server the file was pulled from (``prefect_ui`` of its API URL)."""
+    raw = store.execute("SELECT value FROM sync_state WHERE key = 'api_url'").scalar()
+    return prefect_ui(raw.strip('"') if isinstance(raw, str) else None)
+
+
+def run_url(base: str | None, run_id: object) -> str | None:
+    """A flow run's page in the Prefect UI at ``base``."""
+    return None if base is None or run_id is None else f"{base}/runs/flow-run/{run_id}"
+
+
+def _with_links(store: Store, frame: pl.DataFrame) -> pl.DataFrame:
+    """Add ``url``, the run's page in the Prefect UI (null when the API URL tells no UI)."""
+    import polars as pl
+
+    base = ui_base(store)
+    if base is None:
+        return frame.with_columns(pl.lit(None, dtype=pl.String).alias("url"))
+    return frame.with_columns(
+        pl.concat_str(pl.lit(f"{base}/runs/flow-run/"), pl.col("id").cast(pl.String)).alias("url")
+    )
+
+
+def runs(
+    store: Store,
+    window: Window | None = None,
+    *,
+    last: int = 20,
+    filters: Filters | None = None,
+    include_deleted: bool = False,
+) -> pl.DataFrame:
+    """The newest ``last`` runs in the window that pass ``filters``, failed and crashed ones
+    unless ``filters.states`` says otherwise, with their error signature and a link to the
+    run in the Prefect UI (the ``run_list`` macro, ``sql/56_run_list.sql``)."""
+    if last < 1:
+        raise ConfigError(f"--last {last} must be at least 1 (the number of runs to list).")
+    window = window or parse_since(None)
+    f = filters or Filters()
+    if not f.states:
+        f = Filters(f.flows, f.deployments, f.tags, FAILED_STATES)
+    sql = f"""
+        SELECT * FROM run_list($since, $until, $include_deleted, {_ONLY})
+        ORDER BY run_at DESC, id LIMIT $last
+    """
+    params = {
+        "since": window.start,
+        "until": window.until,
+        "include_deleted": include_deleted,
+        "last": last,
+        **_filter_params(store, f),
+    }
+    return _with_links(store, run_sql(store, sql, params))
+
+
+def stuck(
+    store: Store,
+    history: Window | None = None,
+    *,
+    late_after: float = 60.0,
+    min_runs: int = 5,
+    filters: Filters | None = None,
+) -> pl.DataFrame:
+    """Runs running longer than their deployment's usual p95 duration, or waiting past their
+    expected start longer than its usual p95 lateness (and ``late_after``); usual = finished
+    runs in ``history`` (the ``stuck_runs`` macro, ``sql/57_stuck_runs.sql``). Longest first."""
+    history = history or parse_since("30d")
+    only = _filter_params(store, _runs_only(filters, "stuck"))
+    sql = """
+        SELECT * FROM stuck_runs($history_since, $late_after, min_runs := $min_runs)
+        WHERE run_selected(flow_id, deployment_id, NULL, NULL,
+            $only_flows, $only_deployments, NULL, NULL)
+        ORDER BY times_usual DESC, for_s DESC, id
+    """
+    params = {
+        "history_since": history.start,
+        "late_after": late_after,
+        "min_runs": min_runs,
+        "only_flows": only["only_flows"],
+        "only_deployments": only["only_deployments"],
+    }
+    return _with_links(store, run_sql(store, sql, params))

@@ -1,7 +1,10 @@
 """``flowsync sql`` and ``flowsync report ...``: run a query or a report, render it.
 
-Owns: the output formats. Data goes to stdout (or --output); every message to
-stderr, so ``flowsync report failures --format csv | ...`` pipes cleanly.
+Owns: choosing the output format and writing the data (how each format writes a
+value is ``flowsync.cli.formats``; terminal tables are ``flowsync.cli.render``).
+Data goes to stdout (or --output); every message (a note that a table was cut, a
+warning that the data does not cover the previous window) to stderr, so
+``flowsync report failures --format csv | ...`` pipes cleanly.
 ``--format`` defaults to a table on a terminal and to CSV when stdout is a
 pipe or file. Parquet is binary: it goes to --output, or to stdout only when
 stdout is not a terminal. Must not: hold SQL (that is ``flowsync.reports``).
@@ -9,22 +12,27 @@ stdout is not a terminal. Must not: hold SQL (that is ``flowsync.reports``).
 
 from __future__ import annotations
 
-import io
 import os
 import sys
 import tempfile
 from collections.abc import Callable
-from datetime import date, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.table import Table
 
-from flowsync import reports
-from flowsync.cli import render
+from flowsync import present, reports
+from flowsync.cli import formats, render
 from flowsync.cli.common import LiveOption, WaitOption, err, errors, out
-from flowsync.cli.report_options import FormatOption, OutputOption, ReportOptions, report_options
+from flowsync.cli.report_options import (
+    FORMATS,
+    FormatOption,
+    OutputOption,
+    ReportOptions,
+    complete,
+    report_options,
+)
 from flowsync.config import resolve_db_path
 from flowsync.errors import ConfigError
 
@@ -33,12 +41,16 @@ if TYPE_CHECKING:  # Polars and DuckDB load inside the commands, so --help stays
 
     from flowsync.store import Store
 
-FORMATS = ("table", "csv", "json", "markdown", "parquet")
 HEALTH_FORMATS = (*FORMATS, "openmetrics")
 
 
 def _by_option(choices: tuple[str, ...]) -> Any:
-    return typer.Option("--by", help=f"Group by: {', '.join(choices)}.")
+    return typer.Option(
+        "--by",
+        help=f"Group by: {', '.join(choices)}.",
+        metavar="[" + "|".join(choices) + "]",
+        autocompletion=complete(choices),
+    )
 
 
 # -- rendering --------------------------------------------------------------------
@@ -61,67 +73,6 @@ def _choose_format(fmt: str | None, output: Path | None, allowed: tuple[str, ...
             "Parquet is binary and stdout is a terminal: pass --output FILE or redirect stdout."
         )
     return fmt
-
-
-def _flat(frame: pl.DataFrame) -> pl.DataFrame:
-    """CSV and markdown cannot hold nested values: lists become 'a,b', structs JSON."""
-    import polars as pl
-
-    cols = []
-    for name, dtype in frame.schema.items():
-        if isinstance(dtype, (pl.List, pl.Array)):
-            cols.append(
-                pl.col(name).list.eval(pl.element().cast(pl.String)).list.join(",").alias(name)
-            )
-        elif isinstance(dtype, pl.Struct):
-            cols.append(pl.col(name).struct.json_encode().alias(name))
-    return frame.with_columns(cols) if cols else frame
-
-
-def _text(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
-    if isinstance(value, int):
-        return f"{value:,}"
-    if isinstance(value, datetime):
-        return f"{value:%Y-%m-%d %H:%M:%S}"
-    if isinstance(value, date):
-        return value.isoformat()
-    if isinstance(value, list):
-        return ", ".join(map(str, value))
-    return str(value)
-
-
-def to_markdown(frame: pl.DataFrame) -> str:
-    def cell(v: Any) -> str:
-        if v is None:
-            return ""
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
-            return str(round(v, 4))
-        return _text(v).replace("|", "\\|").replace("\n", " ")
-
-    lines = [
-        "| " + " | ".join(frame.columns) + " |",
-        "|" + "|".join("---" for _ in frame.columns) + "|",
-    ]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.iter_rows()]
-    return "\n".join(lines) + "\n"
-
-
-def encode(frame: pl.DataFrame, fmt: str) -> bytes:
-    if fmt == "csv":
-        return _flat(frame).write_csv().encode()
-    if fmt == "json":
-        return (frame.write_json() + "\n").encode()
-    if fmt == "markdown":
-        return to_markdown(frame).encode()
-    buf = io.BytesIO()
-    frame.write_parquet(buf)
-    return buf.getvalue()
 
 
 def write_atomic(path: Path, data: bytes, option: str = "--output") -> None:
@@ -152,19 +103,55 @@ def emit(
     title: str = "",
     report: str | None = None,
     ids: bool = False,
+    json_columns: tuple[str, ...] = (),
 ) -> None:
+    """Write ``frame`` in ``fmt`` (see ``flowsync.cli.formats``); ``report`` names a report,
+    whose table and markdown show readable values (names, percentages) instead of raw ones."""
     if fmt == "table":
         if report is not None:
-            table = render.readable_table(frame, report, ids=ids, width=out.width, title=title)
+            out.print(render.readable_table(frame, report, ids=ids, width=out.width, title=title))
         else:
-            table = Table(*frame.columns, title=title or None)
-            for row in frame.iter_rows():
-                table.add_row(*(_text(v) for v in row))
-        out.print(table)
+            headers, rows = formats.text_rows(frame)
+            fitted = render.result_table(
+                headers, rows, formats.numeric_columns(frame), width=out.width, title=title
+            )
+            out.print(fitted.table)
+            _say_what_was_cut(fitted)
         if frame.is_empty():
             err.print("no rows", highlight=False)
         return
-    write(encode(frame, fmt), output, f"{frame.height} rows")
+    if fmt == "markdown":
+        text = (
+            render.readable_markdown(frame, report, ids=ids)
+            if report is not None
+            else formats.to_markdown(frame)
+        )
+        data = text.encode()
+    elif fmt == "line":
+        data = formats.to_lines(frame).encode()
+    elif fmt == "csv":
+        data = formats.to_csv(frame)
+    elif fmt == "json":
+        data = formats.to_json(frame, json_columns)
+    else:
+        data = formats.to_parquet(frame)
+    write(data, output, f"{frame.height} rows")
+
+
+def _say_what_was_cut(fitted: render.Fitted) -> None:
+    notes = []
+    if fitted.hidden_columns:
+        n = len(fitted.hidden_columns)
+        notes.append(
+            f"{n} column{'s' if n > 1 else ''} not shown ({', '.join(fitted.hidden_columns)})"
+        )
+    if fitted.cut_cells:
+        notes.append(f"{fitted.cut_cells} cell{'s' if fitted.cut_cells > 1 else ''} cut (…)")
+    if notes:
+        err.print(
+            f"{'; '.join(notes)} to fit {out.width} columns: --format line shows every value whole.",
+            highlight=False,
+        )
 
 
 def write(data: bytes, output: Path | None, what: str) -> None:
@@ -183,6 +170,7 @@ DbsOption = Annotated[
         help="DuckDB file. Default: $FLOWSYNC_DB, else ./flowsync.duckdb. Repeat to query several "
         "files together (NAME=PATH names a source; every table and view gets a source column).",
         show_default=False,
+        metavar="PATH|NAME=PATH",
     ),
 ]
 
@@ -204,13 +192,49 @@ def _open_many(dbs: list[str], wait: float, live: bool) -> Store:
 # -- commands ---------------------------------------------------------------------
 
 
+def _read_sql(query: str | None, file: Path | None) -> str:
+    """The SQL to run: the argument, ``-`` for stdin, or --file."""
+    if query is not None and file is not None:
+        raise ConfigError("Pass the SQL either as an argument or with --file, not both.")
+    if file is not None:
+        try:
+            return file.read_text(encoding="utf-8")
+        except OSError as e:
+            raise ConfigError(f"Cannot read --file {file}: {e.strerror}.") from e
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"--file {file} is not UTF-8 text.") from e
+    if query == "-":
+        return sys.stdin.read()
+    if query is None:
+        raise ConfigError(
+            'No SQL given: pass a query such as "SELECT count(*) FROM flow_runs", '
+            "- to read it from stdin, --file FILE, or --tables to see what there is."
+        )
+    return query
+
+
 def sql_cmd(
     query: Annotated[
-        str,
+        str | None,
         typer.Argument(
-            help="SQL to run (read-only). Tables: flows, deployments, flow_runs; views: see docs/analysis.md."
+            help="SQL to run (read-only), or - to read it from stdin. Tables: flows, "
+            "deployments, flow_runs; views and macros: --tables, docs/analysis.md.",
+            show_default=False,
+            metavar="SQL",
         ),
-    ],
+    ] = None,
+    file: Annotated[
+        Path | None,
+        typer.Option(
+            "--file", help="Read the SQL from this file.", show_default=False, metavar="FILE"
+        ),
+    ] = None,
+    tables: Annotated[
+        bool,
+        typer.Option(
+            "--tables", help="List the tables, views and macros with their columns, and exit."
+        ),
+    ] = False,
     fmt: FormatOption = None,
     output: OutputOption = None,
     db: DbsOption = None,
@@ -220,27 +244,49 @@ def sql_cmd(
     """Run SQL on a read-only connection to the DuckDB file and print the rows.
 
     Statements that change the file are refused. With several statements,
-    the rows of the last one are printed. Reads the latest published
-    snapshot (--live: the live file). Several --db files are queried
-    together, with a source column (one file per server or workspace).
+    the rows of the last one are printed. Every DuckDB type prints (intervals,
+    maps, structs, blobs ...); a wide result is cut to the terminal with a
+    note, and --format line shows one column = value line each. Reads the
+    latest published snapshot (--live: the live file). Several --db files are
+    queried together, with a source column (one file per server or workspace).
 
     Example: flowsync sql "SELECT * FROM failure_rates_by_deployment" --format markdown
+
+    Example: flowsync sql - < query.sql --format line
 
     Example: flowsync sql "SELECT source, count(*) FROM flow_runs GROUP BY 1" --db prod=prod.duckdb --db dev=dev.duckdb
     """
     with errors():
         chosen = _choose_format(fmt, output)
+        sql = None if tables else _read_sql(query, file)
         with _open_many(db or [], wait, live) as store:
-            frame = reports.sql_query(store, query)
-        emit(frame, chosen, output)
+            if sql is None:
+                emit(reports.tables(store), chosen, output)
+                return
+            result = reports.sql_result(store, sql)
+        emit(result.frame, chosen, output, json_columns=result.json_columns)
 
 
 report_app = typer.Typer(
     name="report",
-    help="Reports over the pulled runs: failures, durations, late, flaky.",
+    help="Reports over the pulled runs: failures, durations, late, flaky, errors, unresolved, "
+    "runs, stuck, health.\n\nEach takes --format, --output and --db; most take --since and --by.\n\n"
+    "Example: flowsync report failures --by deployment --since 7d",
     no_args_is_help=True,
     rich_markup_mode=None,
 )
+
+
+def _warn_uncovered(window: reports.Window, data_start: datetime | None) -> None:
+    """A warning on stderr when the previous window begins well before the data does."""
+    gap = reports.previous_uncovered(window, data_start)
+    if gap is None or data_start is None:
+        return
+    length = (window.until - window.start).total_seconds()
+    err.print(
+        f"warning: {present.uncovered_note(length, gap.total_seconds(), data_start)}",
+        highlight=False,
+    )
 
 
 def _run_report(
@@ -249,14 +295,23 @@ def _run_report(
     build: Callable[[Store, reports.Window], pl.DataFrame],
     *,
     report: str,
+    compares: bool = False,
 ) -> None:
+    """``compares``: the report has previous-window columns (warn when the data does not
+    cover that window)."""
     from flowsync import report_html
 
     with errors():
         window = reports.parse_since(opts.since)
-        chosen = None if opts.html is not None else _choose_format(opts.fmt, opts.output)
+        # --html alone writes only the page; with --format (or --output) the data too
+        wants_data = opts.html is None or opts.fmt is not None or opts.output is not None
+        chosen = _choose_format(opts.fmt, opts.output) if wants_data else None
         with _open(opts.db, opts.wait, opts.live) as store:
             frame = build(store, window)
+            if compares and window.since is not None:
+                _warn_uncovered(
+                    window, reports.history_start(store, include_deleted=opts.include_deleted)
+                )
             page = (
                 report_html.build_page(
                     store,
@@ -275,8 +330,8 @@ def _run_report(
                 f"wrote {title} ({frame.height} rows, {window.describe()}) to {opts.html}",
                 highlight=False,
             )
+        if chosen is None:
             return
-        assert chosen is not None
         emit(
             frame,
             chosen,
@@ -305,9 +360,10 @@ def failures_cmd(
         opts,
         f"Failures by {by}",
         lambda store, window: reports.failures(
-            store, by, window, include_deleted=opts.include_deleted
+            store, by, window, include_deleted=opts.include_deleted, filters=opts.filters
         ),
         report="failures",
+        compares=True,
     )
 
 
@@ -325,7 +381,7 @@ def durations_cmd(
         opts,
         f"Durations by {by}",
         lambda store, window: reports.durations(
-            store, by, window, include_deleted=opts.include_deleted
+            store, by, window, include_deleted=opts.include_deleted, filters=opts.filters
         ),
         report="durations",
     )
@@ -339,7 +395,10 @@ def late_cmd(
     late_after: Annotated[
         float,
         typer.Option(
-            "--late-after", help="Seconds after the expected start that count as late.", min=0
+            "--late-after",
+            help="Seconds after the expected start that count as late.",
+            min=0,
+            metavar="SECONDS",
         ),
     ] = 60.0,
 ) -> None:
@@ -351,28 +410,51 @@ def late_cmd(
         opts,
         f"Lateness by {by}",
         lambda store, window: reports.late(
-            store, by, window, late_after=late_after, include_deleted=opts.include_deleted
+            store,
+            by,
+            window,
+            late_after=late_after,
+            include_deleted=opts.include_deleted,
+            filters=opts.filters,
         ),
         report="late",
     )
 
 
 @report_app.command("flaky")
-@report_options(since="30d", include_deleted=False)
+@report_options(since="30d", include_deleted=False, filters=("flow", "deployment"))
 def flaky_cmd(
     opts: ReportOptions,
     last: Annotated[
-        int, typer.Option("--last", help="Broken = the last N finished runs all failed.")
+        int,
+        typer.Option("--last", help="Broken = the last N finished runs all failed.", metavar="N"),
     ] = 3,
+    min_rate: Annotated[
+        float,
+        typer.Option(
+            "--min-rate",
+            help="Flaky needs a failure (or retry) rate of at least this share (0.05 = 5%).",
+            min=0,
+            max=1,
+            metavar="SHARE",
+        ),
+    ] = 0.05,
 ) -> None:
     """Flaky and broken deployments: failures, retried runs, failing streak, time to recover (MTTR).
+
+    Broken: the last --last finished runs all failed. Flaky: not broken, and it
+    failed and recovered by itself at least twice in the window at a failure
+    rate of at least --min-rate, or at least --min-rate of its runs needed a
+    retry. A rare failure, or one long outage, is not flaky.
 
     Example: flowsync report flaky --last 3 --since 30d --format json
     """
     _run_report(
         opts,
         "Flaky and broken deployments",
-        lambda store, window: reports.flaky(store, window, last=last),
+        lambda store, window: reports.flaky(
+            store, window, last=last, min_rate=min_rate, filters=opts.filters
+        ),
         report="flaky",
     )
 
@@ -393,14 +475,20 @@ def errors_cmd(opts: ReportOptions) -> None:
     _run_report(
         opts,
         "Error signatures",
-        lambda store, window: reports.errors(store, window, include_deleted=opts.include_deleted),
+        lambda store, window: reports.errors(
+            store, window, include_deleted=opts.include_deleted, filters=opts.filters
+        ),
         report="errors",
+        compares=True,
     )
 
 
 @report_app.command("unresolved")
-@report_options(since=None, include_deleted=False)
-def unresolved_cmd(opts: ReportOptions) -> None:
+@report_options(since=None, include_deleted=False, filters=("flow", "deployment"))
+def unresolved_cmd(
+    opts: ReportOptions,
+    since: Annotated[str | None, typer.Option("--since", hidden=True)] = None,
+) -> None:
     """Deployments whose latest finished run failed: since when, how many failures, which error.
 
     The on-call backlog, oldest first: failing since (the first failure after
@@ -409,11 +497,98 @@ def unresolved_cmd(opts: ReportOptions) -> None:
 
     Example: flowsync report unresolved --format json
     """
+    if since is not None:
+        with errors():
+            raise ConfigError(
+                "report unresolved has no --since: it is the current state (each deployment's "
+                "latest finished run). For failures in a window: report errors --since "
+                f"{since} or report failures --since {since}."
+            )
     _run_report(
         opts,
         "Unresolved failures",
-        lambda store, window: reports.unresolved(store),
+        lambda store, window: reports.unresolved(store, filters=opts.filters),
         report="unresolved",
+    )
+
+
+@report_app.command("runs")
+@report_options(since="7d")
+def runs_cmd(
+    opts: ReportOptions,
+    last: Annotated[
+        int, typer.Option("--last", help="How many runs, newest first.", metavar="N")
+    ] = 20,
+) -> None:
+    """The last runs, failed and crashed ones unless --state says otherwise, with their
+    error signature and a link to the run in the Prefect UI.
+
+    The run list behind a failure rate: filter it to one deployment, flow, tag
+    or state. The link is the run's page on the server or Cloud workspace the
+    file was pulled from (empty when the API URL does not tell the UI).
+
+    Example: flowsync report runs --deployment etl/prod --last 10
+    """
+    _run_report(
+        opts,
+        "Runs",
+        lambda store, window: reports.runs(
+            store, window, last=last, filters=opts.filters, include_deleted=opts.include_deleted
+        ),
+        report="runs",
+    )
+
+
+@report_app.command("stuck")
+@report_options(since=None, include_deleted=False, filters=("flow", "deployment"))
+def stuck_cmd(
+    opts: ReportOptions,
+    history: Annotated[
+        str,
+        typer.Option(
+            "--history",
+            help="Finished runs whose p95 is the usual: 30d, 2w, a date, or 'all'.",
+            metavar="AGE|DATE|all",
+        ),
+    ] = "30d",
+    late_after: Annotated[
+        float,
+        typer.Option(
+            "--late-after",
+            help="A waiting run is stuck only past this many seconds too.",
+            min=0,
+            metavar="SECONDS",
+        ),
+    ] = 60.0,
+    min_runs: Annotated[
+        int,
+        typer.Option(
+            "--min-runs",
+            help="Deployments with fewer finished runs have no usual and are left out.",
+            min=1,
+            metavar="N",
+        ),
+    ] = 5,
+) -> None:
+    """Runs running or waiting longer than their deployment's usual p95, longest first.
+
+    Running: for longer than the p95 duration of the deployment's finished runs
+    in --history. Waiting (SCHEDULED or PENDING, due): past the expected start
+    for longer than its p95 lateness and --late-after. As of the last pull.
+
+    Example: flowsync report stuck --history 30d
+    """
+    _run_report(
+        opts,
+        "Stuck runs",
+        lambda store, window: reports.stuck(
+            store,
+            reports.parse_since(history),
+            late_after=late_after,
+            min_runs=min_runs,
+            filters=opts.filters,
+        ),
+        report="stuck",
     )
 
 
@@ -422,24 +597,39 @@ HealthFormatOption = Annotated[
     typer.Option(
         "--format",
         "-f",
-        help="table, csv, json, markdown, parquet or openmetrics (Prometheus textfile "
+        help="table, line, csv, json, markdown, parquet or openmetrics (Prometheus textfile "
         "collector). Default: table on a terminal, csv otherwise.",
         show_default=False,
+        metavar="[" + "|".join(HEALTH_FORMATS) + "]",
+        autocompletion=complete(HEALTH_FORMATS),
     ),
 ]
 HealthHtmlOption = Annotated[
     Path | None,
     typer.Option(
         "--html",
-        help="Write the health page (one self-contained HTML file) to FILE.",
+        help="Write the health page (one self-contained HTML file) to FILE (with --format "
+        "or --output, the figures are written too).",
         show_default=False,
+        metavar="FILE",
     ),
 ]
 
 
 @report_app.command("health")
-@report_options(since="7d", fmt=HealthFormatOption, html=HealthHtmlOption, ids=False)
-def health_cmd(opts: ReportOptions) -> None:
+@report_options(since="7d", fmt=HealthFormatOption, html=HealthHtmlOption, ids=False, filters=())
+def health_cmd(
+    opts: ReportOptions,
+    late_after: Annotated[
+        float,
+        typer.Option(
+            "--late-after",
+            help="Seconds after the expected start that count as late (late starts, runs late now).",
+            min=0,
+            metavar="SECONDS",
+        ),
+    ] = 60.0,
+) -> None:
     """The headline figures against the previous window; --html writes the one-page health report.
 
     The page: headline, runs and failure rate per day, a deployment x day
@@ -454,16 +644,24 @@ def health_cmd(opts: ReportOptions) -> None:
 
     with errors():
         window = reports.parse_since(opts.since)
-        chosen = (
-            None if opts.html is not None else _choose_format(opts.fmt, opts.output, HEALTH_FORMATS)
-        )
+        wants_data = opts.html is None or opts.fmt is not None or opts.output is not None
+        chosen = _choose_format(opts.fmt, opts.output, HEALTH_FORMATS) if wants_data else None
         with _open(opts.db, opts.wait, opts.live) as store:
-            figures = health_mod.collect(store, window, include_deleted=opts.include_deleted)
+            figures = health_mod.collect(
+                store,
+                window,
+                include_deleted=opts.include_deleted,
+                late_after=late_after,
+                live_db=None if opts.live else resolve_db_path(opts.db),
+            )
+        if chosen != "openmetrics":  # a textfile job's stderr goes to cron mail
+            _warn_uncovered(window, figures.history_start)
         if opts.html is not None:
             write_atomic(opts.html, report_html.render_health(figures).encode(), "--html")
             err.print(
                 f"wrote the health page ({window.describe()}) to {opts.html}", highlight=False
             )
+        if chosen is None:
             return
         if chosen == "openmetrics":
             write(openmetrics.render(figures).encode(), opts.output, "OpenMetrics")
@@ -471,5 +669,4 @@ def health_cmd(opts: ReportOptions) -> None:
         if chosen == "table":
             out.print(render.headline_table(figures.headline, f"Health, {window.describe()}"))
             return
-        assert chosen is not None
         emit(health_mod.headline_frame(figures), chosen, opts.output)

@@ -48,12 +48,16 @@ DbOption = Annotated[
         "--db",
         help="DuckDB file. Default: $FLOWSYNC_DB, else ./flowsync.duckdb.",
         show_default=False,
+        metavar="PATH",
     ),
 ]
 WaitOption = Annotated[
     float,
     typer.Option(
-        "--wait", help="Seconds to wait for another flowsync process to release the file.", min=0
+        "--wait",
+        help="Seconds to wait for another flowsync process to release the file.",
+        min=0,
+        metavar="SECONDS",
     ),
 ]
 LiveOption = Annotated[
@@ -70,6 +74,7 @@ MemoryLimitOption = Annotated[
         help="DuckDB memory cap in MB (default 64; 0: DuckDB's own default, 80% of RAM).",
         min=0,
         show_default=False,
+        metavar="MB",
     ),
 ]
 JsonOption = Annotated[
@@ -81,6 +86,7 @@ ApiUrlOption = Annotated[
         "--api-url",
         help="Prefect API URL. Default: $PREFECT_API_URL, else the active Prefect profile.",
         show_default=False,
+        metavar="URL",
     ),
 ]
 ApiKeyOption = Annotated[
@@ -89,6 +95,7 @@ ApiKeyOption = Annotated[
         "--api-key",
         help="Prefect Cloud API key. Default: $PREFECT_API_KEY, else the profile. Never printed or stored.",
         show_default=False,
+        metavar="KEY",
     ),
 ]
 
@@ -106,7 +113,11 @@ MaxRequestsOption = Annotated[
 
 
 def fail(e: FlowsyncError) -> NoReturn:
+    """One line saying what failed; the error's ``hint`` (DuckDB's suggestions), if any,
+    on the lines after it, indented, so ``grep error:`` still finds one line."""
     err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
+    for line in e.hint.splitlines():
+        err.print(f"  {escape(line)}", highlight=False)
     raise typer.Exit(e.exit_code)
 
 

@@ -1,19 +1,25 @@
-"""Terminal tables of the reports: names first, readable values, fitted to the width.
+"""Terminal tables: the reports' (names first, readable values) and any ``flowsync sql`` result.
 
 Owns: which columns each report shows in a terminal and which go first when
 the terminal is narrow. Names are never cut: columns are dropped instead,
 lowest priority first, until the table fits (``COLUMNS`` or the terminal's
 width). Ids appear only with ``--ids``; machine formats keep everything.
-Values read through ``flowsync.present``.
+Values read through ``flowsync.present``. A ``flowsync sql`` result is shown
+like the duckdb CLI shows it (``result_table``): numbers right-aligned, one line
+per row, long cells cut with ``…`` and columns past the edge hidden, and the
+caller told what was cut. The reports' markdown is the same readable table
+without a width (``readable_markdown``).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from rich.table import Table
 
 from flowsync import present
+from flowsync.cli import formats
 
 if TYPE_CHECKING:
     import polars as pl
@@ -33,12 +39,9 @@ def _name_header(columns: list[str]) -> str:
     return ""
 
 
-def readable_table(
-    frame: pl.DataFrame, report: str, *, ids: bool, width: int, title: str | None
-) -> Table:
-    rows = frame.to_dicts()
-    columns = list(frame.columns)
-    shown: list[tuple[str, str, int]] = []  # (key, header, priority)
+def _readable_columns(columns: list[str], report: str, ids: bool) -> list[tuple[str, str, int]]:
+    """(key, header, priority) of what a person sees of a report, names first."""
+    shown: list[tuple[str, str, int]] = []
     name_header = _name_header(columns) if report != "errors" else ""
     if name_header:
         shown.append(("__name__", name_header, 11))
@@ -47,13 +50,39 @@ def readable_table(
     shown += [(c, present.label(c), p) for c, p in TERMINAL.get(report, []) if c in columns]
     if report == "errors" and "deployment_name" in columns:
         shown.append(("__name__", "example in", 5))
+    return shown
+
+
+def _readable_cells(frame: pl.DataFrame, shown: list[tuple[str, str, int]]) -> dict[str, list[str]]:
+    rows = frame.to_dicts()
 
     def cell(key: str, row: dict[str, Any]) -> str:
         if key == "__name__":
             return present.group_name(row)
         return present.value(key, row.get(key))
 
-    cells = {key: [cell(key, r) for r in rows] for key, _, _ in shown}
+    return {key: [cell(key, r) for r in rows] for key, _, _ in shown}
+
+
+def _is_numeric(frame: pl.DataFrame, key: str) -> bool:
+    dtype = frame.schema.get(key)
+    return key not in WRAPPING and dtype is not None and dtype.is_numeric()
+
+
+def readable_markdown(frame: pl.DataFrame, report: str, *, ids: bool) -> str:
+    """A report as a person pastes it into a ticket: the terminal's columns and values."""
+    shown = _readable_columns(list(frame.columns), report, ids)
+    cells = _readable_cells(frame, shown)
+    rows = [[cells[key][i] for key, _, _ in shown] for i in range(frame.height)]
+    right = [_is_numeric(frame, key) for key, _, _ in shown]
+    return formats.markdown_table([h for _, h, _ in shown], rows, right)
+
+
+def readable_table(
+    frame: pl.DataFrame, report: str, *, ids: bool, width: int, title: str | None
+) -> Table:
+    shown = _readable_columns(list(frame.columns), report, ids)
+    cells = _readable_cells(frame, shown)
 
     def needed(key: str, header: str) -> int:
         longest = max((len(v) for v in cells[key]), default=0)
@@ -68,18 +97,82 @@ def readable_table(
         shown.pop(min(droppable)[1])
     table = Table(title=title or None, title_justify="left")
     for key, header, _ in shown:
-        dtype = frame.schema.get(key)
-        numeric = key not in WRAPPING and dtype is not None and dtype.is_numeric()
         table.add_column(
             header,
-            justify="right" if numeric else "left",
+            justify="right" if _is_numeric(frame, key) else "left",
             no_wrap=key not in WRAPPING,
             overflow="fold",
             min_width=MIN_WRAP if key in WRAPPING else None,
         )
-    for i in range(len(rows)):
+    for i in range(frame.height):
         table.add_row(*(cells[key][i] for key, _, _ in shown))
     return table
+
+
+# -- any result (flowsync sql) ------------------------------------------------------
+
+MIN_COLUMN = 8  # a column narrower than this is hidden rather than squeezed
+ELLIPSIS = "…"
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """A result fitted to the terminal: the table, and what was left out to fit."""
+
+    table: Table
+    hidden_columns: list[str]
+    cut_cells: int
+
+
+def _fit(natural: list[int], width: int) -> tuple[int, list[int]]:
+    """How many leading columns fit ``width`` and how wide each may be: every column its
+    natural width if all fit, else the widest ones cut to a common cap (water-filling)."""
+    shown = len(natural)
+    while shown > 1 and sum(min(n, MIN_COLUMN) + 3 for n in natural[:shown]) + 1 > width:
+        shown -= 1
+    wanted = natural[:shown]
+    budget = width - 1 - 3 * shown
+    if sum(wanted) <= budget:
+        return shown, wanted
+    low, high = 1, max(wanted)
+    while low < high:  # the largest cap at which the columns still fit
+        mid = (low + high + 1) // 2
+        if sum(min(n, mid) for n in wanted) <= budget:
+            low = mid
+        else:
+            high = mid - 1
+    return shown, [min(n, max(low, 1)) for n in wanted]
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: max(width - 1, 0)] + ELLIPSIS
+
+
+def result_table(
+    headers: list[str],
+    rows: list[list[str]],
+    right: list[bool],
+    *,
+    width: int,
+    title: str | None = None,
+) -> Fitted:
+    """Any result in a terminal, like the duckdb CLI: numbers right-aligned, one line per
+    row; when it is wider than ``width``, long cells are cut with ``…`` and columns past
+    the edge hidden, and ``Fitted`` says what was cut so the caller can say so."""
+    natural = [max(len(h), *(len(r[i]) for r in rows), 1) for i, h in enumerate(headers)]
+    shown, widths = _fit(natural, max(width, 20))
+    table = Table(title=title or None, title_justify="left")
+    for header, w, r in zip(headers[:shown], widths, right):
+        table.add_column(_cut(header, w), justify="right" if r else "left", no_wrap=True, width=w)
+    cut = 0
+    for row in rows:
+        cells = []
+        for text, w in zip(row[:shown], widths):
+            one_line = text.replace("\n", "⏎")
+            cells.append(_cut(one_line, w))
+            cut += len(one_line) > w
+        table.add_row(*cells)
+    return Fitted(table, headers[shown:], cut)
 
 
 # The health headline: (label, column, previous column, change column, how to read it).

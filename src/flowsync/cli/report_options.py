@@ -19,22 +19,41 @@ from typing import Annotated, Any, Concatenate, ParamSpec
 import typer
 
 from flowsync.cli.common import DbOption, LiveOption, WaitOption
+from flowsync.reports import Filters
 
 P = ParamSpec("P")
+
+FORMATS = ("table", "line", "csv", "json", "markdown", "parquet")
+
+
+def complete(choices: tuple[str, ...]) -> Callable[[str], list[str]]:
+    """Shell completion offering ``choices`` (``--install-completion`` sets it up)."""
+
+    def offer(incomplete: str) -> list[str]:
+        return [c for c in choices if c.startswith(incomplete)]
+
+    return offer
+
 
 FormatOption = Annotated[
     str | None,
     typer.Option(
         "--format",
         "-f",
-        help="table, csv, json, markdown or parquet. Default: table on a terminal, csv otherwise.",
+        help="table, line, csv, json, markdown or parquet. Default: table on a terminal, csv otherwise.",
         show_default=False,
+        metavar="[" + "|".join(FORMATS) + "]",
+        autocompletion=complete(FORMATS),
     ),
 ]
 OutputOption = Annotated[
     Path | None,
     typer.Option(
-        "--output", "-o", help="Write the data to this file instead of stdout.", show_default=False
+        "--output",
+        "-o",
+        help="Write the data to this file instead of stdout.",
+        show_default=False,
+        metavar="FILE",
     ),
 ]
 SinceOption = Annotated[
@@ -42,14 +61,18 @@ SinceOption = Annotated[
     typer.Option(
         "--since",
         help="Window of runs (by expected start): 7d, 12h, 30m, 2w, a date 2026-01-01, or 'all'.",
+        metavar="AGE|DATE|all",
+        autocompletion=complete(("24h", "7d", "30d", "all")),
     ),
 ]
 HtmlOption = Annotated[
     Path | None,
     typer.Option(
         "--html",
-        help="Write the self-contained health page plus this table to FILE instead.",
+        help="Write the self-contained health page plus this table to FILE (with --format "
+        "or --output, the data is written too).",
         show_default=False,
+        metavar="FILE",
     ),
 ]
 IncludeDeletedOption = Annotated[
@@ -59,6 +82,38 @@ IncludeDeletedOption = Annotated[
         help="History: also count runs deleted on the server (live runs only by default).",
     ),
 ]
+
+
+def _filter_option(name: str, help_text: str, metavar: str, **extra: Any) -> Any:
+    return Annotated[
+        list[str] | None,
+        typer.Option(name, help=help_text, show_default=False, metavar=metavar, **extra),
+    ]
+
+
+FlowFilter = _filter_option("--flow", "Only runs of this flow (repeat for several).", "NAME")
+DeploymentFilter = _filter_option(
+    "--deployment",
+    "Only runs of this deployment: FLOW/DEPLOYMENT or a deployment name (repeat for several).",
+    "FLOW/NAME",
+)
+TagFilter = _filter_option("--tag", "Only runs with this tag (repeat: any of them).", "TAG")
+StateFilter = _filter_option(
+    "--state",
+    "Only runs in this state type: COMPLETED, FAILED, CRASHED, RUNNING ... (repeat for several).",
+    "STATE",
+    autocompletion=complete(
+        ("SCHEDULED", "PENDING", "RUNNING", "COMPLETED", "FAILED", "CANCELLED", "CRASHED")
+    ),
+)
+FILTERS = {
+    "flow": FlowFilter,
+    "deployment": DeploymentFilter,
+    "tag": TagFilter,
+    "state": StateFilter,
+}
+
+
 IdsOption = Annotated[
     bool,
     typer.Option(
@@ -80,6 +135,19 @@ class ReportOptions:
     db: Path | None = None
     wait: float = 0.0
     live: bool = False
+    flow: list[str] | None = None
+    deployment: list[str] | None = None
+    tag: list[str] | None = None
+    state: list[str] | None = None
+
+    @property
+    def filters(self) -> Filters:
+        return Filters(
+            tuple(self.flow or ()),
+            tuple(self.deployment or ()),
+            tuple(self.tag or ()),
+            tuple(self.state or ()),
+        )
 
 
 def _option(name: str, annotation: Any, default: object) -> inspect.Parameter:
@@ -95,12 +163,14 @@ def report_options(
     fmt: Any = FormatOption,
     html: Any = HtmlOption,
     ids: bool = True,
+    filters: tuple[str, ...] = ("flow", "deployment", "tag", "state"),
 ) -> Callable[[Callable[Concatenate[ReportOptions, P], None]], Callable[..., None]]:
     """Give a report command the shared options, after its own, in ``--help`` order.
 
     The command takes a ``ReportOptions`` as its first parameter and declares only
     its own options after it. ``since=None``: no --since (the window is all runs);
-    ``include_deleted``/``ids`` False: no such flag. ``fmt``/``html``: another
+    ``include_deleted``/``ids`` False: no such flag. ``filters``: which of --flow,
+    --deployment, --tag, --state the report takes. ``fmt``/``html``: another
     option for --format or --html, with its own help (``report health``).
     Typer reads the command's signature, so the wrapper carries the combined one.
     """
@@ -111,6 +181,7 @@ def report_options(
         _option("output", OutputOption, None),
         _option("html", html, None),
         *([_option("ids", IdsOption, False)] if ids else []),
+        *[_option(name, FILTERS[name], None) for name in filters],
         _option("db", DbOption, None),
         _option("wait", WaitOption, 0.0),
         _option("live", LiveOption, False),

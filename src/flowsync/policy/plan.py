@@ -281,7 +281,9 @@ def _rule_rows(
             "make it cheaper, or raise rule_timeout_seconds in the policy (or --rule-timeout)."
         ) from e
     except QueryError as e:
-        raise PolicyError(f"rule {rule.name!r}: SQL failed: {e.detail}. {hint}") from e
+        failed = PolicyError(f"rule {rule.name!r}: SQL failed: {e.detail}. {hint}")
+        failed.hint = e.hint  # DuckDB's own help (did you mean, candidates), under the line
+        raise failed from e
     except StoreError as e:
         if isinstance(e, QueryError) or "memory" not in str(e):
             raise

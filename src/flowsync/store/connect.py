@@ -7,7 +7,10 @@ export SQL alike), which turns DuckDB's exceptions into typed store errors
 carrying the statement and DuckDB's detail; the disk refusing a write (full,
 read-only, no permission: ``StorageError``) and a truncated or corrupt file
 (``DamagedFileError``, naming the remedy) are typed here too, at open, in
-queries and at ``COMMIT``, so no DuckDB traceback reaches a user. The connection itself stays
+queries and at ``COMMIT``, so no DuckDB traceback reaches a user. Errors carry DuckDB's detail and hint;
+``Store.frame``/``typed_frame`` read any DuckDB type into Polars (the ones Polars
+cannot hold as DuckDB's text). It also refuses a DuckDB file that is not flowsync's.
+The connection itself stays
 private (``_con``); only ``store/`` modules reach it, and a test keeps it so.
 ``flowsync.connect()`` (``store/notebook.py``) is the documented exception: a
 notebook asks for a DuckDB connection to run its own SQL.
@@ -44,6 +47,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import duckdb
+from duckdb.sqltypes import DuckDBPyType
 
 from flowsync import __version__
 from flowsync.errors import (
@@ -222,6 +226,47 @@ def _first_line(e: Exception) -> str:
     return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
+def _hint(e: Exception) -> str:
+    """What DuckDB says after its first line: ``Did you mean "flow_runs"?``, candidate
+    columns or macros, the ``LINE 1:`` pointer (its indentation kept, so the ``^`` aligns)."""
+    lines = str(e).strip().splitlines()[1:]
+    return "\n".join(line.replace("\t", "    ").rstrip() for line in lines if line.strip())
+
+
+# DuckDB types Polars cannot hold, or holds wrongly (UHUGEINT wraps, TIME WITH TIME ZONE
+# loses its offset, INTERVAL and UNION do not import at all): read as DuckDB's own text,
+# which is what the duckdb CLI prints for them.
+_AS_TEXT = {"interval", "union", "bit", "time with time zone", "uhugeint", "bignum", "varint"}
+
+
+def _portable(t: DuckDBPyType) -> str | None:
+    """The type to cast a column of DuckDB type ``t`` to before Polars reads it, or None
+    when Polars reads it as it is. Nested types keep their shape; only the leaves change."""
+    kind = t.id
+    if kind in _AS_TEXT:
+        return "VARCHAR"
+    if kind not in ("list", "array", "struct", "map"):
+        return None
+    children = [
+        (name, child) for name, child in t.children if isinstance(child, DuckDBPyType)
+    ]  # an ARRAY's size is a child too
+    changed = [_portable(child) for _, child in children]
+    if all(c is None for c in changed):
+        return None
+    inner = [c if c is not None else str(child) for c, (_, child) in zip(changed, children)]
+    if kind == "list":
+        return f"{inner[0]}[]"
+    if kind == "array":
+        return f"{inner[0]}[{dict(t.children)['size']}]"
+    if kind == "map":
+        return f"MAP({inner[0]}, {inner[1]})"
+    return "STRUCT(" + ", ".join(f"{_quote(n)} {c}" for (n, _), c in zip(children, inner)) + ")"
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
 def _is_lock_error(err: Exception) -> bool:
     text = str(err)
     return "Could not set lock" in text or "Conflicting lock" in text
@@ -386,6 +431,22 @@ class Store:
                     [key, value, now],
                 )
 
+    def _refuse_foreign(self) -> None:
+        """A DuckDB file with tables but no flowsync record is someone else's: never add ours."""
+        tables = [
+            r[0]
+            for r in self.execute(
+                "SELECT table_name FROM information_schema.tables "
+                "WHERE table_catalog = current_database() ORDER BY table_name"
+            ).rows()
+        ]
+        if tables:
+            shown = ", ".join(tables[:5]) + (", ..." if len(tables) > 5 else "")
+            raise StoreError(
+                f"{self.path} is a DuckDB database but not a flowsync file (its tables: {shown}); "
+                "choose another --db, or a new path for flowsync pull to create."
+            )
+
     def migrate(self) -> list[str]:
         """Apply pending migrations, each in a transaction with its record.
 
@@ -398,6 +459,8 @@ class Store:
             if not self.read_only:
                 self._record_writer()
             return []
+        if not applied:
+            self._refuse_foreign()
         if self.read_only:
             raise StoreError(
                 f"{self.path} has an older schema ({len(todo)} migrations pending); "
@@ -550,7 +613,7 @@ class Store:
             typed = storage_error(self.path, e, query=True)
             if typed is not None:
                 raise typed from e
-            detail = _first_line(e)
+            detail, hint = _first_line(e), _hint(e)
             kind = type(e).__name__
             if isinstance(e, duckdb.InterruptException) and timeout and fired[0]:
                 raise QueryTimeoutError(
@@ -561,8 +624,8 @@ class Store:
             if isinstance(e, duckdb.PermissionException) or (
                 self.sandboxed and "configuration has been locked" in str(e)
             ):
-                raise SandboxError(detail, sql=sql, kind=kind) from e
-            raise QueryError(detail, sql=sql, kind=kind) from e
+                raise SandboxError(detail, sql=sql, kind=kind, hint=hint) from e
+            raise QueryError(detail, sql=sql, kind=kind, hint=hint) from e
 
     def execute(self, sql: str, params: Params = None, *, timeout: float | None = None) -> Result:
         """Run SQL (one or more statements; the last one's rows are the result).
@@ -583,12 +646,33 @@ class Store:
         return Result(self, sql)
 
     def frame(self, sql: str, params: Params = None) -> pl.DataFrame:
-        """``execute`` for analysis: the last statement's rows as a Polars frame, same errors."""
-        import polars  # noqa: F401  (DuckDB's .pl() needs it; imported here so a pull never loads it)
+        """``execute`` for analysis: the last statement's rows as a Polars frame, same errors.
+
+        Every DuckDB type arrives as something Polars holds without loss (see ``_portable``)."""
+        return self.typed_frame(sql, params)[0]
+
+    def typed_frame(self, sql: str, params: Params = None) -> tuple[pl.DataFrame, list[str]]:
+        """``frame``, with the DuckDB type of each column as DuckDB names it (``JSON``,
+        ``INTERVAL``, ``STRUCT(a INTEGER)``): what the value was before it became Polars."""
+        import polars as pl
 
         with self._errors(sql):
-            frame: pl.DataFrame = self._con.sql(sql, params=params).pl()
-            return frame
+            rel = self._con.sql(sql, params=params)
+            if rel is None:  # the last statement returns nothing (SET, CALL ...)
+                return pl.DataFrame(), []
+            types = [str(t) for t in rel.types]
+            casts = [_portable(t) for t in rel.types]
+            if any(c is not None for c in casts):
+                # by position: a result may repeat a column name
+                rel = rel.project(
+                    ", ".join(
+                        (f"#{i}" if cast is None else f"CAST(#{i} AS {cast})")
+                        + f" AS {_quote(name)}"
+                        for i, (name, cast) in enumerate(zip(rel.columns, casts), start=1)
+                    )
+                )
+            frame: pl.DataFrame = rel.pl()
+            return frame, types
 
     @contextmanager
     def registered(self, name: str, data: Any) -> Iterator[None]:

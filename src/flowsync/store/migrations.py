@@ -211,3 +211,21 @@ def m004_file_versions(con: Any) -> None:
         );
         """
     )
+
+
+@migration
+def m005_error_signatures_seen(con: Any) -> None:
+    # When each error signature first failed a run, over all the history the file has
+    # seen (deleted runs too): `report errors` reads it for first_seen instead of
+    # normalising every old failure message on every report (store/signatures.py
+    # fills it at the end of each pull, from the runs that pull wrote).
+    con.execute(
+        """
+        CREATE TABLE error_signatures_seen (
+            error_text VARCHAR PRIMARY KEY,   -- error_signature_text(state_message)
+            first_seen TIMESTAMPTZ NOT NULL,  -- run_at of its earliest failed run
+            first_run_id UUID,                -- that run
+            recorded_at TIMESTAMPTZ NOT NULL
+        );
+        """
+    )

@@ -18,7 +18,7 @@ from flowsync import views
 from flowsync.api import Page, PrefectClient
 from flowsync.api.pagination import pages_by_id, parse_ts
 from flowsync.errors import FlowsyncError, SignalInterrupt
-from flowsync.store import Store, sync_log, synced_tables
+from flowsync.store import Store, signatures, sync_log, synced_tables
 from flowsync.store.tables import DEPLOYMENTS, FLOW_RUNS, FLOWS
 from flowsync.sync import catalog, identity, runs
 from flowsync.sync.context import NullProgress, Progress, PullContext, PullOptions
@@ -112,6 +112,7 @@ def pull(
                 # Runs went: record the server's retention now, to tell aged-out from deleted.
                 identity.record_retention(client, store)
             views.rebuild(store)
+            signatures.record_first_seen(store)
     except BaseException as e:
         status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
         if isinstance(e, SignalInterrupt):

@@ -1,0 +1,132 @@
+"""report runs and report stuck (fast lane: a built file, no server): the last failed runs
+of a deployment with their signature and a link, and the runs running or waiting longer
+than their deployment's usual p95."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flowsync import reports, views
+from flowsync.store import Store
+from flowsync.store.sync_log import set_state
+from tests.helpers import run_cli
+from tests.policy_db import DEPLOYMENTS, FLOW, NOW, make_db, rid, run
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    runs = [run(n, "FAILED" if n % 3 == 0 else "COMPLETED", n / 4, "prod") for n in range(1, 25)]
+    runs += [run(100 + n, "COMPLETED", n / 4, "dev") for n in range(1, 10)]
+    db = make_db(tmp_path_factory.mktemp("runs") / "runs.duckdb", runs)
+    with Store.open(db) as store:
+        store.execute(
+            "UPDATE flow_runs SET state_message = 'KeyError: ' || name WHERE state_type = 'FAILED'"
+        )
+        # finished runs take a minute (make_db); one prod run has been running 2 h, one dev
+        # run waits 10 min past its start, and one prod run started just now (not stuck)
+        now = datetime.now(timezone.utc)
+        for n, state, dep, started, expected in (
+            (50, "RUNNING", "prod", now - timedelta(hours=2), now - timedelta(hours=2)),
+            (51, "RUNNING", "prod", now, now),
+            (52, "SCHEDULED", "dev", None, now - timedelta(minutes=10)),
+        ):
+            store.execute(
+                """INSERT INTO flow_runs (id, name, flow_id, deployment_id, state_type, state_name,
+                    expected_start_time, start_time, created, synced_at)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, now())""",
+                [
+                    rid(n),
+                    f"open-{n}",
+                    FLOW,
+                    DEPLOYMENTS[dep],
+                    state,
+                    state.title(),
+                    expected,
+                    started,
+                    NOW,
+                ],
+            )
+        set_state(store, "api_url", "http://127.0.0.1:4200/api")
+        views.rebuild(store)
+    return db
+
+
+def cli(db: Path, *args: str) -> list[dict[str, Any]]:
+    result = run_cli("report", *args, "-f", "json", "--db", str(db))
+    assert result.exit_code == 0, result.output
+    return list(json.loads(result.stdout))
+
+
+def test_runs_lists_the_last_failed_runs_of_a_deployment_with_signature_and_link(
+    built: Path,
+) -> None:
+    rows = cli(built, "runs", "--deployment", "etl/prod", "--since", "30d", "--last", "3")
+    assert [r["name"] for r in rows] == ["run-0003", "run-0006", "run-0009"]  # newest first
+    assert {r["state_type"] for r in rows} == {"FAILED"}
+    assert rows[0]["error_text"] == "KeyError: run-<n>" and len(rows[0]["error_signature"]) == 8
+    assert rows[0]["url"] == f"http://127.0.0.1:4200/runs/flow-run/{rid(3)}"
+    completed = cli(built, "runs", "--deployment", "dev", "--state", "COMPLETED", "--since", "30d")
+    assert len(completed) == 9 and {r["deployment_name"] for r in completed} == {"dev"}
+
+
+def test_stuck_runs_exceed_their_deployments_usual_p95(built: Path) -> None:
+    rows = cli(built, "stuck")
+    assert {r["name"]: r["state_type"] for r in rows} == {
+        "open-50": "RUNNING",
+        "open-52": "SCHEDULED",
+    }
+    running = next(r for r in rows if r["name"] == "open-50")
+    assert running["usual_p95_s"] == pytest.approx(60.0) and running["for_s"] > 7000
+    assert running["url"].endswith(rid(50))
+    assert [r["name"] for r in cli(built, "stuck", "--deployment", "dev")] == ["open-52"]
+    assert cli(built, "stuck", "--min-runs", "100") == []  # no usual: left out, not guessed
+
+
+@pytest.mark.parametrize(
+    ("api_url", "ui"),
+    [
+        ("http://127.0.0.1:4200/api", "http://127.0.0.1:4200"),
+        ("https://prefect.example.com/prefect/api/", "https://prefect.example.com/prefect"),
+        ("https://user:***@prefect.example.com/api", "https://prefect.example.com"),
+        (
+            "https://api.prefect.cloud/api/accounts/a1/workspaces/w2",
+            "https://app.prefect.cloud/account/a1/workspace/w2",
+        ),
+        ("https://example.com/graphql", None),
+        (None, None),
+    ],
+)
+def test_prefect_ui_from_the_api_url(api_url: str | None, ui: str | None) -> None:
+    assert reports.prefect_ui(api_url) == ui
+
+
+def test_the_html_page_links_runs_to_the_prefect_ui(built: Path, tmp_path: Path) -> None:
+    page = tmp_path / "health.html"
+    result = run_cli("report", "health", "--since", "30d", "--html", str(page), "--db", str(built))
+    assert result.exit_code == 0, result.output
+    text = page.read_text()
+    assert (
+        f'href="http://127.0.0.1:4200/runs/flow-run/{rid(3)}"' in text
+    )  # latest failure / example
+    runs_page = tmp_path / "runs.html"
+    result = run_cli(
+        "report",
+        "runs",
+        "--since",
+        "30d",
+        "--deployment",
+        "prod",
+        "--html",
+        str(runs_page),
+        "--db",
+        str(built),
+    )
+    assert result.exit_code == 0, result.output
+    assert (
+        f'<a href="http://127.0.0.1:4200/runs/flow-run/{rid(3)}">open</a>' in runs_page.read_text()
+    )
