@@ -13,16 +13,25 @@ carry the ``postgres`` marker (deselect with ``-m "not postgres"``) and share
 one throwaway cluster per session (``pg_cluster``), started only when needed.
 Without PostgreSQL binaries they skip, saying how to install them, unless
 FLOWSYNC_TEST_REQUIRE_POSTGRES=1 (CI) turns that into a failure.
+
+Tiers: every test whose fixtures start a server or a cluster (``SERVER_FIXTURES``,
+directly or through another fixture) gets the ``server`` marker at collection; the rest
+are the fast lane (``scripts/check --fast`` runs ``-m "not server"``). A test or fixture
+that starts its own server takes ``start_server`` (or ``start_backend_server``) rather
+than calling the harness inline, and the harness refuses to start one for a test
+without the marker (``tests.support.may_start``), so the lanes cannot drift.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
 
+from tests import support
 from tests.helpers import SeededServer
 from tests.support.postgres import (
     PgCluster,
@@ -32,9 +41,38 @@ from tests.support.postgres import (
     postgres_cluster,
 )
 from tests.support.seed import run_real_flows, seed
-from tests.support.server import BACKENDS, Server, backend_server
+from tests.support.server import BACKENDS, Server, backend_server, prefect_server
 
 SEED_RUNS = 400
+# The fixtures that start a Prefect server or a PostgreSQL cluster: a test whose fixture
+# closure holds one of them is marked ``server`` (not in the fast lane).
+SERVER_FIXTURES = frozenset(
+    {"prefect", "fresh_server", "pg_cluster", "start_server", "start_backend_server"}
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.server)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    support.servers_allowed = item.get_closest_marker("server") is not None
+
+
+@pytest.fixture(scope="session")
+def start_server() -> Callable[..., AbstractContextManager[Server]]:
+    """``prefect_server`` for a test or fixture that starts a server of its own; taking this
+    fixture is what marks the test ``server``."""
+    return prefect_server
+
+
+@pytest.fixture(scope="session")
+def start_backend_server() -> Callable[..., AbstractContextManager[Server]]:
+    """``backend_server``, as ``start_server`` (a server on a given backend)."""
+    return backend_server
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

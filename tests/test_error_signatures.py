@@ -100,11 +100,9 @@ def test_normaliser_table(empty_store: Store) -> None:
 
 
 @pytest.fixture(scope="module")
-def failing(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    from tests.support.server import prefect_server
-
+def failing(start_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
     home = tmp_path_factory.mktemp("failing")
-    with prefect_server(home=home / "prefect") as server:
+    with start_server(home=home / "prefect") as server:
         ids = run_failing_flows(server.url, server.home)
         db = home / "runs.duckdb"
         result = run_cli("pull", "--api-url", server.url, "--db", str(db))
