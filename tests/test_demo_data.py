@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from bench.demo_data import BROKEN, DEPLOYMENTS, seed_demo
 from flowsync import reports
 from flowsync.store import Store
 from tests.helpers import query, run_cli, scalar
+from tests.support.demo_data import BROKEN, DEPLOYMENTS, seed_demo
 
 
 @pytest.fixture(scope="module")

@@ -57,3 +57,15 @@ def test_tests_import_helpers_not_each_other() -> None:
         if bad.search(path.read_text(encoding="utf-8"))
     ]
     assert not offenders, f"tests importing conftest or another test: {offenders}"
+
+
+def test_the_harness_never_imports_the_benchmarks() -> None:
+    """Imports run one way: ``bench/`` and the demo use ``tests.support``; nothing under
+    ``tests/`` imports ``bench`` (the seeders, demo data and failing flows live in tests/support)."""
+    bench = re.compile(r"^\s*(from|import)\s+bench\b", re.MULTILINE)
+    offenders = [
+        str(path.relative_to(ROOT))
+        for path in (ROOT / "tests").rglob("*.py")
+        if bench.search(path.read_text(encoding="utf-8"))
+    ]
+    assert not offenders, f"tests importing bench: {offenders}"

@@ -1,7 +1,7 @@
 """Realistic run history for the demo: schedules, durations, lateness and failures as on a real server.
 
 The API cannot backdate a run's start and end (the server stamps them when the
-state changes), so, as ``bench.fast_seed`` does, this creates the work pool,
+state changes), so, as ``tests.support.fast_seed`` does, this creates the work pool,
 flows, deployments and one scheduled run per deployment through the API (the
 server's own rows and JSON shapes), stops the server, and writes the history
 into its SQLite file: runs on each deployment's cadence over the last
@@ -18,7 +18,7 @@ final) and start, end and run time. What it looks like:
   (an expired API token), and recovered failures elsewhere;
 - the next run of each deployment scheduled in the future, one running now.
 
-    python -m bench.demo_data --home .demo/prefect     # then start a server on that home
+    python -m tests.support.demo_data --home .demo/prefect     # then start a server on that home
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from typing import Any
 
 import httpx
 
-from bench.fast_seed import STATE_SQL, _fmt, _iso, state_row
+from tests.support.fast_seed import STATE_SQL, _fmt, _iso, state_row
 from tests.support.seed import post_json
 from tests.support.server import prefect_server
 
@@ -301,7 +301,7 @@ def write_history(
     added = 0
     try:
         details_row = con.execute("SELECT state_details FROM flow_run_state LIMIT 1").fetchone()
-        details_keys = {k: None for k in json.loads(details_row[0])}
+        details_keys: dict[str, Any] = {k: None for k in json.loads(details_row[0])}
         details_keys.update(deferred=False, untrackable_result=False, pause_reschedule=False)
         con.execute(
             "PRAGMA foreign_keys = OFF"
