@@ -4,7 +4,9 @@
 (SEED_RUNS runs plus real @flow executions): tests must treat it as
 read-only. Tests that change server data (deletes, state changes, churn) take
 ``fresh_server``, a new empty server of their own, and seed what they need
-with ``tests.support.seed``.
+with ``tests.support.seed``. Tests of figures, rendering and commands over a
+populated file take ``built`` instead: a realistic file built without a server
+(``tests.support.built``) with the answers the server would give about it.
 
 Backends: every server fixture runs on ``backend`` (``sqlite`` unless a test
 module asks for more). A module marked ``pytest.mark.backends("sqlite",
@@ -33,6 +35,7 @@ import pytest
 
 from tests import support
 from tests.helpers import SeededServer
+from tests.support.built import BuiltHistory, build
 from tests.support.postgres import (
     PgCluster,
     Unavailable,
@@ -139,6 +142,14 @@ def prefect(
         )
         real = run_real_flows(server.url, home)
         yield SeededServer(server, seeded, real)
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory: pytest.TempPathFactory) -> BuiltHistory:
+    """A realistic flowsync file as a full pull leaves it, built without a server in ~2 s
+    (``tests.support.built``), with the server's answers about it; read-only for tests."""
+    # 45 days, as the seeded server: the reports' 20-day window has a whole previous one
+    return build(tmp_path_factory.mktemp("built") / "runs.duckdb", days=45)
 
 
 @pytest.fixture
