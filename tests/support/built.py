@@ -6,8 +6,8 @@ durations by flow, lateness, distinct failure messages, one deployment failing s
 yesterday, runs still running), each deployment's next scheduled run, runs waiting
 late (SCHEDULED ``Late`` and PENDING without a start), a paused deployment outside any
 work pool with manual runs, the real ``@flow`` shapes of ``tests/support/real_flows.py``
-(a parent and its subflow, a retried run, two timed runs, a failure, none with a
-deployment), and runs deleted on the server since (``deleted_at``). The rows go in as
+(a parent and its subflow, a retried run, two timed runs, a flow that always fails,
+none with a deployment), and runs deleted on the server since (``deleted_at``). The rows go in as
 API objects through the pull's own writer (``upsert_pages``), inside a ``sync_runs``
 record, then the views are rebuilt and a snapshot published, as a pull does.
 
@@ -382,6 +382,14 @@ def build(
         b.finished("real-sleepy", "COMPLETED", s, timedelta(hours=2, minutes=40 - i))
         for i, s in enumerate((0.5, 1.2))
     ]
+    for week in range(1, 7):  # it always fails: run by hand now and then, failing each time
+        b.finished(
+            "real-broken",
+            "FAILED",
+            0.1,
+            timedelta(weeks=week, hours=3),
+            PREFIX + "ValueError: this flow always fails",
+        )
     broken = b.finished(
         "real-broken",
         "FAILED",
