@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import random
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -197,7 +198,7 @@ class Builder:
     def run(
         self,
         flow: str,
-        states: list[tuple[str, str, datetime, str | None]],
+        states: Sequence[tuple[str, str, datetime, str | None]],
         expected: datetime,
         *,
         deployment: dict[str, Any] | None = None,
