@@ -18,7 +18,8 @@ FLOWSYNC_TEST_REQUIRE_POSTGRES=1 (CI) turns that into a failure.
 
 Tiers: every test whose fixtures start a server or a cluster (``SERVER_FIXTURES``,
 directly or through another fixture) gets the ``server`` marker at collection; the rest
-are the fast lane (``scripts/check --fast`` runs ``-m "not server"``). A test or fixture
+are the fast lane (``scripts/check --fast`` runs ``-m "not server and not slow"``;
+``slow`` marks the packaging tests, which build and install the wheel). A test or fixture
 that starts its own server takes ``start_server`` (or ``start_backend_server``) rather
 than calling the harness inline, and the harness refuses to start one for a test
 without the marker (``tests.support.may_start``), so the lanes cannot drift.

@@ -1,5 +1,5 @@
 """The test tiers: a test's fixtures say whether it starts a server, and the fast lane
-(``scripts/check --fast``, ``-m "not server"``) cannot start one by accident."""
+(``scripts/check --fast``, ``-m "not server and not slow"``) cannot start one by accident."""
 
 from __future__ import annotations
 
