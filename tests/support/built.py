@@ -156,17 +156,13 @@ class Builder:
     def uid(self) -> str:
         return str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
 
+    def _object(self, name: str, days_old: int, **fields: Any) -> dict[str, Any]:
+        at = _iso(self.now - timedelta(days=days_old))
+        return {"id": self.uid(), "created": at, "updated": at, "name": name, **fields}
+
     def flow(self, name: str) -> dict[str, Any]:
         if name not in self.flows:
-            at = _iso(self.now - timedelta(days=90))
-            self.flows[name] = {
-                "id": self.uid(),
-                "created": at,
-                "updated": at,
-                "name": name,
-                "tags": [],
-                "labels": {},
-            }
+            self.flows[name] = self._object(name, 90, tags=[], labels={})
         return self.flows[name]
 
     def deployment(
@@ -174,25 +170,22 @@ class Builder:
     ) -> dict[str, Any]:
         key = f"{flow}/{name}"
         if key not in self.deployments:
-            at = _iso(self.now - timedelta(days=60))
-            self.deployments[key] = {
-                "id": self.uid(),
-                "created": at,
-                "updated": at,
-                "name": name,
-                "flow_id": self.flow(flow)["id"],
-                "paused": paused,
-                "status": "NOT_READY" if paused else "READY",
-                "schedules": [],
-                "parameters": {},
-                "job_variables": {},
-                "tags": tags,
-                "labels": {},
-                "work_pool_name": pool,
-                "work_queue_name": "default" if pool else None,
-                "entrypoint": f"flows/{flow.replace('-', '_')}.py:main",
-                "enforce_parameter_schema": True,
-            }
+            self.deployments[key] = self._object(
+                name,
+                60,
+                flow_id=self.flow(flow)["id"],
+                paused=paused,
+                status="NOT_READY" if paused else "READY",
+                schedules=[],
+                parameters={},
+                job_variables={},
+                tags=tags,
+                labels={},
+                work_pool_name=pool,
+                work_queue_name="default" if pool else None,
+                entrypoint=f"flows/{flow.replace('-', '_')}.py:main",
+                enforce_parameter_schema=True,
+            )
         return self.deployments[key]
 
     def run(
