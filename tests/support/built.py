@@ -29,7 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from flowsync import views
-from flowsync.store import Store, snapshot, sync_log
+from flowsync.store import Store
+from flowsync.store.snapshot import publish
+from flowsync.store.sync_log import finish_sync_run, start_sync_run
 from flowsync.store.synced_tables import mark_deleted, upsert_pages
 from flowsync.store.tables import DEPLOYMENTS as DEPLOYMENT_SPEC
 from flowsync.store.tables import FLOW_RUNS as FLOW_RUN_SPEC
@@ -282,7 +284,7 @@ class Builder:
         (``deleted``: runs pulled, then deleted on the server)."""
         with Store.open(path) as store:
             with store.transaction():
-                pull_id = sync_log.start_sync_run(store, API_URL)
+                pull_id = start_sync_run(store, API_URL)
             with store.transaction():
                 for spec, rows in (
                     (FLOW_SPEC, list(self.flows.values())),
@@ -293,10 +295,8 @@ class Builder:
                 mark_deleted(store, "flow_runs", sorted(self.deleted), self.now)
             views.rebuild(store)
             with store.transaction():
-                sync_log.finish_sync_run(
-                    store, pull_id, status="ok", mode="full", inserted=len(self.runs)
-                )
-            snapshot.publish(store, pull_id=pull_id)
+                finish_sync_run(store, pull_id, status="ok", mode="full", inserted=len(self.runs))
+            publish(store, pull_id=pull_id)
         return BuiltHistory(
             path,
             self.now,
