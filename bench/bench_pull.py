@@ -4,7 +4,7 @@ One command reproduces every figure in BENCHMARKS.md (pull part):
 
     .venv/bin/python -m bench.bench_pull --runs 20000 --repeat 3 --scale 10000,100000
 
-It fast-seeds a Prefect server (``bench.fast_seed``, reused from bench/.work/),
+It fast-seeds a Prefect server (``tests.support.fast_seed``, reused from bench/.work/),
 starts it with ``tests.support.server.prefect_server``, creates the contenders'
 virtualenvs if missing (bench/.work/venv-dlt, bench/.work/venv-prefect), and
 runs every contender as its own process, interleaved (A B C ... A B C ...):
@@ -48,7 +48,7 @@ from typing import Any
 import duckdb
 import httpx
 
-from bench.fast_seed import WORK, fast_seed
+from tests.support.fast_seed import WORK, fast_seed
 from tests.support.seed import set_states
 from tests.support.server import Server, prefect_server
 

@@ -2,7 +2,7 @@
 
     scripts/demo            # or: .venv/bin/python -m bench.demo [--days N] [--keep]
 
-The history (``bench.demo_data``) follows each deployment's schedule, with
+The history (``tests.support.demo_data``) follows each deployment's schedule, with
 durations that differ by flow, lateness of seconds (a few minutes-late
 outliers), several distinct failure messages, and one deployment failing
 since yesterday. The server's home, the DuckDB file, the health page and the
@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.demo_data import seed_demo
+from tests.support.demo_data import seed_demo
 from tests.support.server import prefect_server
 
 ROOT = Path(__file__).resolve().parent.parent

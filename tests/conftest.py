@@ -4,7 +4,9 @@
 (SEED_RUNS runs plus real @flow executions): tests must treat it as
 read-only. Tests that change server data (deletes, state changes, churn) take
 ``fresh_server``, a new empty server of their own, and seed what they need
-with ``tests.support.seed``.
+with ``tests.support.seed``. Tests of figures, rendering and commands over a
+populated file take ``built`` instead: a realistic file built without a server
+(``tests.support.built``) with the answers the server would give about it.
 
 Backends: every server fixture runs on ``backend`` (``sqlite`` unless a test
 module asks for more). A module marked ``pytest.mark.backends("sqlite",
@@ -13,17 +15,28 @@ carry the ``postgres`` marker (deselect with ``-m "not postgres"``) and share
 one throwaway cluster per session (``pg_cluster``), started only when needed.
 Without PostgreSQL binaries they skip, saying how to install them, unless
 FLOWSYNC_TEST_REQUIRE_POSTGRES=1 (CI) turns that into a failure.
+
+Tiers: every test whose fixtures start a server or a cluster (``SERVER_FIXTURES``,
+directly or through another fixture) gets the ``server`` marker at collection; the rest
+are the fast lane (``scripts/check --fast`` runs ``-m "not server and not slow"``;
+``slow`` marks the packaging tests, which build and install the wheel). A test or fixture
+that starts its own server takes ``start_server`` (or ``start_backend_server``) rather
+than calling the harness inline, and the harness refuses to start one for a test
+without the marker (``tests.support.may_start``), so the lanes cannot drift.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
 
+from tests import support
 from tests.helpers import SeededServer
+from tests.support.built import BuiltHistory, build
 from tests.support.postgres import (
     PgCluster,
     Unavailable,
@@ -32,9 +45,38 @@ from tests.support.postgres import (
     postgres_cluster,
 )
 from tests.support.seed import run_real_flows, seed
-from tests.support.server import BACKENDS, Server, backend_server
+from tests.support.server import BACKENDS, Server, backend_server, prefect_server
 
 SEED_RUNS = 400
+# The fixtures that start a Prefect server or a PostgreSQL cluster: a test whose fixture
+# closure holds one of them is marked ``server`` (not in the fast lane).
+SERVER_FIXTURES = frozenset(
+    {"prefect", "fresh_server", "pg_cluster", "start_server", "start_backend_server"}
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.server)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    support.servers_allowed = item.get_closest_marker("server") is not None
+
+
+@pytest.fixture(scope="session")
+def start_server() -> Callable[..., AbstractContextManager[Server]]:
+    """``prefect_server`` for a test or fixture that starts a server of its own; taking this
+    fixture is what marks the test ``server``."""
+    return prefect_server
+
+
+@pytest.fixture(scope="session")
+def start_backend_server() -> Callable[..., AbstractContextManager[Server]]:
+    """``backend_server``, as ``start_server`` (a server on a given backend)."""
+    return backend_server
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -101,6 +143,14 @@ def prefect(
         )
         real = run_real_flows(server.url, home)
         yield SeededServer(server, seeded, real)
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory: pytest.TempPathFactory) -> BuiltHistory:
+    """A realistic flowsync file as a full pull leaves it, built without a server in ~2 s
+    (``tests.support.built``), with the server's answers about it; read-only for tests."""
+    # 45 days, as the seeded server: the reports' 20-day window has a whole previous one
+    return build(tmp_path_factory.mktemp("built") / "runs.duckdb", days=45)
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ session server's type (``SeededServer``; the fixtures themselves live in conftes
 from __future__ import annotations
 
 import itertools
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +31,16 @@ def pulled_db(url: str, folder: Path) -> Path:
     result = run_cli("pull", "--api-url", url, "--db", str(db))
     assert result.exit_code == 0, result.output
     return db
+
+
+def copy_db(db: Path, folder: Path, name: str = "runs.duckdb") -> Path:
+    """``folder/name``: a copy of ``db`` with its published snapshots (for a test that writes)."""
+    dest = folder / name
+    shutil.copy(db, dest)
+    snapshots = db.with_name(db.name + ".snapshots")
+    if snapshots.exists():
+        shutil.copytree(snapshots, dest.with_name(dest.name + ".snapshots"), symlinks=True)
+    return dest
 
 
 def patch_run(url: str, run_id: str, fields: dict[str, Any]) -> None:

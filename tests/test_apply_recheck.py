@@ -26,12 +26,12 @@ from flowsync.policy import apply_plan, make_plan, parse_policy
 from flowsync.store import Store
 from tests.helpers import Fault, forwarding, patch_run, query, run_cli, scalar
 from tests.support.seed import seed
-from tests.support.server import Server, prefect_server
+from tests.support.server import Server
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    with prefect_server(home=tmp_path_factory.mktemp("recheck-prefect")) as s:
+def server(start_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    with start_server(home=tmp_path_factory.mktemp("recheck-prefect")) as s:
         seed(s.url, runs=160, flows=2, deployments_per_flow=1, days=60, seed_value=11)
         yield s
 

@@ -10,6 +10,9 @@ import pytest
 from tests.helpers import SeededServer, run_cli
 from tests.support.server import free_port
 
+# The --db path is checked before any request: a URL nobody answers shows it (exit 5, not 3).
+NOBODY = f"http://127.0.0.1:{free_port()}/api"
+
 
 def one_clear_line(result: object, code: int, *needles: str) -> str:
     assert result.exit_code == code, (result.exit_code, result.output)  # type: ignore[attr-defined]
@@ -45,28 +48,24 @@ def test_no_url_anywhere(db_path: Path) -> None:
     one_clear_line(run_cli("pull", "--db", str(db_path)), 2, "PREFECT_API_URL")
 
 
-def test_db_is_a_directory(prefect: SeededServer, tmp_path: Path) -> None:
-    one_clear_line(
-        run_cli("pull", "--api-url", prefect.url, "--db", str(tmp_path)), 5, "is a directory"
-    )
+def test_db_is_a_directory(tmp_path: Path) -> None:
+    one_clear_line(run_cli("pull", "--api-url", NOBODY, "--db", str(tmp_path)), 5, "is a directory")
 
 
-def test_db_in_missing_directory(prefect: SeededServer, tmp_path: Path) -> None:
+def test_db_in_missing_directory(tmp_path: Path) -> None:
     target = tmp_path / "nope" / "x.duckdb"
-    one_clear_line(
-        run_cli("pull", "--api-url", prefect.url, "--db", str(target)), 5, "does not exist"
-    )
+    one_clear_line(run_cli("pull", "--api-url", NOBODY, "--db", str(target)), 5, "does not exist")
     assert not target.parent.exists()
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
-def test_unwritable_directory(prefect: SeededServer, tmp_path: Path) -> None:
+def test_unwritable_directory(tmp_path: Path) -> None:
     locked = tmp_path / "ro"
     locked.mkdir()
     locked.chmod(0o500)
     try:
         one_clear_line(
-            run_cli("pull", "--api-url", prefect.url, "--db", str(locked / "x.duckdb")),
+            run_cli("pull", "--api-url", NOBODY, "--db", str(locked / "x.duckdb")),
             5,
             "permission",
         )
@@ -74,23 +73,21 @@ def test_unwritable_directory(prefect: SeededServer, tmp_path: Path) -> None:
         locked.chmod(0o700)
 
 
-def test_unwritable_path_as_root_too(prefect: SeededServer) -> None:
+def test_unwritable_path_as_root_too() -> None:
     # /proc is read-only for everyone, root included
     one_clear_line(
-        run_cli("pull", "--api-url", prefect.url, "--db", "/proc/flowsync.duckdb"), 5, "/proc"
+        run_cli("pull", "--api-url", NOBODY, "--db", "/proc/flowsync.duckdb"), 5, "/proc"
     )
 
 
 @pytest.mark.parametrize(
     "content", [b"not a database at all\n" * 100, b"SQLite format 3\x00" + b"\x00" * 4096]
 )
-def test_file_that_is_not_duckdb_is_left_alone(
-    prefect: SeededServer, tmp_path: Path, content: bytes
-) -> None:
+def test_file_that_is_not_duckdb_is_left_alone(tmp_path: Path, content: bytes) -> None:
     target = tmp_path / "notes.duckdb"
     target.write_bytes(content)
     one_clear_line(
-        run_cli("pull", "--api-url", prefect.url, "--db", str(target)), 5, "not a DuckDB database"
+        run_cli("pull", "--api-url", NOBODY, "--db", str(target)), 5, "not a DuckDB database"
     )
     assert target.read_bytes() == content
     assert not Path(str(target) + ".wal").exists()

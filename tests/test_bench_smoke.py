@@ -10,24 +10,24 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
-from bench.fast_seed import fast_seed, verify
-from tests.support.server import prefect_server
+from tests.support.fast_seed import fast_seed, verify
 
 FLOOR = Path(__file__).resolve().parent.parent / "bench" / "contenders" / "floor.py"
 
 
 @pytest.mark.timeout(240)
-def test_fast_seed_count_matches_and_reuses(tmp_path: Path) -> None:
+def test_fast_seed_count_matches_and_reuses(start_server: Any, tmp_path: Path) -> None:
     home = tmp_path / "prefect-home"
     seeded = fast_seed(300, home, template_runs=40, check=False, log=lambda _msg: None)
     assert not seeded.reused
     again = fast_seed(300, home, template_runs=40, check=False, log=lambda _msg: None)
     assert again.reused
-    with prefect_server(home=home) as server:
+    with start_server(home=home) as server:
         assert verify(server.url, 300)["read"] == 300
         with httpx.Client(base_url=server.url + "/", timeout=60) as c:
             by_state = c.post(

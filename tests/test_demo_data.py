@@ -4,23 +4,23 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from bench.demo_data import BROKEN, DEPLOYMENTS, seed_demo
 from flowsync import reports
 from flowsync.store import Store
 from tests.helpers import query, run_cli, scalar
-from tests.support.server import prefect_server
+from tests.support.demo_data import BROKEN, DEPLOYMENTS, seed_demo
 
 
 @pytest.fixture(scope="module")
-def demo_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def demo_db(start_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("demo")
     written = seed_demo(tmp / "prefect", days=3)
     assert written > 500
     db = tmp / "demo.duckdb"
-    with prefect_server(home=tmp / "prefect") as server:
+    with start_server(home=tmp / "prefect") as server:
         result = run_cli("pull", "--api-url", server.url, "--db", str(db))
         assert result.exit_code == 0, result.output
         with server_client(server.url) as c:

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from bench.failing_flows import FLOW_NAMES, run_failing_flows
 from flowsync import reports
 from flowsync.store import Store
 from tests.helpers import SeededServer, run_cli
+from tests.support.failing_flows import FLOW_NAMES, run_failing_flows
 from tests.support.server import Server
 
 FAILED = ["FAILED", "CRASHED"]
@@ -22,7 +22,7 @@ FINISHED = ["COMPLETED", "FAILED", "CRASHED"]
 PREFIX = "Flow run encountered an exception: "
 
 # (state message as Prefect wrote it, normalised text). The first rows are
-# copied from real @flow runs of bench/failing_flows.py; the worker and
+# copied from real @flow runs of tests/support/failing_flows.py; the worker and
 # runtime messages from Prefect 3.8's engine and workers.
 TABLE = [
     (
@@ -123,11 +123,9 @@ def test_normaliser_table(empty_store: Store) -> None:
 
 
 @pytest.fixture(scope="module")
-def failing(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    from tests.support.server import prefect_server
-
+def failing(start_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
     home = tmp_path_factory.mktemp("failing")
-    with prefect_server(home=home / "prefect") as server:
+    with start_server(home=home / "prefect") as server:
         ids = run_failing_flows(server.url, server.home)
         db = home / "runs.duckdb"
         result = run_cli("pull", "--api-url", server.url, "--db", str(db))

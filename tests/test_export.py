@@ -11,18 +11,19 @@ import duckdb
 import polars as pl
 import pytest
 
-from tests.helpers import SeededServer, run_cli, scalar
+from tests.helpers import copy_db, run_cli, scalar
+from tests.support.built import BuiltHistory
 
 TABLES = ("flows", "deployments", "flow_runs")
 
 
 @pytest.fixture(scope="module")
-def pulled(prefect: SeededServer, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    db = tmp_path_factory.mktemp("export-src") / "runs.duckdb"
-    result = run_cli("pull", "--api-url", prefect.url, "--db", str(db), "--quiet")
-    assert result.exit_code == 0, result.output
-    # Two runs as a pull leaves runs deleted on the server: still there, deleted_at set.
+def pulled(built: BuiltHistory, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    db = copy_db(built.path, tmp_path_factory.mktemp("export-src"))
+    # Two runs as a pull leaves runs deleted on the server: still there, deleted_at set
+    # (and only those two: the built file's own deleted runs come back).
     con = duckdb.connect(str(db))
+    con.execute("UPDATE flow_runs SET deleted_at = NULL")
     con.execute(
         "UPDATE flow_runs SET deleted_at = now() WHERE id IN (SELECT id FROM flow_runs ORDER BY id LIMIT 2)"
     )
@@ -117,9 +118,13 @@ def test_since_rewrites_only_changed_partitions(db: Path, tmp_path: Path) -> Non
         con.execute(
             f"UPDATE {table} SET synced_at = synced_at - INTERVAL 2 DAY, deleted_at = deleted_at - INTERVAL 2 DAY"
         )
+    # The oldest run created the day before its expected start, on a day that holds runs.
     run_id, day, created_day = con.execute(
         "SELECT id, CAST(expected_start_time AS DATE), CAST(created AS DATE) FROM flow_runs "
-        "WHERE expected_start_time IS NOT NULL ORDER BY expected_start_time LIMIT 1"
+        "WHERE expected_start_time IS NOT NULL "
+        "AND CAST(created AS DATE) <> CAST(expected_start_time AS DATE) "
+        "AND CAST(created AS DATE) > (SELECT min(CAST(expected_start_time AS DATE)) FROM flow_runs) "
+        "ORDER BY expected_start_time LIMIT 1"
     ).fetchall()[0]
     con.execute(
         "UPDATE flow_runs SET synced_at = now(), state_name = 'Changed' WHERE id = ?", [run_id]

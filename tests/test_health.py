@@ -1,5 +1,5 @@
 """report health: the headline, the OpenMetrics file and the readable terminal tables,
-each figure against the server's own counts (POST /flow_runs/count)."""
+each figure against the server's own counts (POST /flow_runs/count), on a built file."""
 
 from __future__ import annotations
 
@@ -21,27 +21,28 @@ from rich.console import Console
 from flowsync import present, reports
 from flowsync.cli import render
 from flowsync.store import Store
-from tests.helpers import FAILED, FINISHED, SeededServer, pulled_db, run_cli, scalar, server_count
+from tests.helpers import FAILED, FINISHED, run_cli, scalar, server_count
+from tests.support.built import BuiltHistory
 
 UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 @pytest.fixture(scope="module")
-def pulled(prefect: SeededServer, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return pulled_db(prefect.url, tmp_path_factory.mktemp("health"))
+def pulled(built: BuiltHistory) -> Path:
+    return built.path
 
 
-def test_headline_json_matches_server(prefect: SeededServer, pulled: Path) -> None:
+def test_headline_json_matches_server(built: BuiltHistory, pulled: Path) -> None:
     result = run_cli("report", "health", "--since", "20d", "--format", "json", "--db", str(pulled))
     assert result.exit_code == 0, result.output
     (row,) = json.loads(result.stdout)
     until = datetime.fromisoformat(row["until"])
     window = reports.Window(until - timedelta(days=20), until)
     previous = reports.Window(window.previous_start, window.start)
-    assert row["runs"] == server_count(prefect.count, FINISHED, window)
-    assert row["failed"] == server_count(prefect.count, FAILED, window)
-    assert row["prev_runs"] == server_count(prefect.count, FINISHED, previous)
-    assert row["prev_failed"] == server_count(prefect.count, FAILED, previous)
+    assert row["runs"] == server_count(built.count, FINISHED, window)
+    assert row["failed"] == server_count(built.count, FAILED, window)
+    assert row["prev_runs"] == server_count(built.count, FINISHED, previous)
+    assert row["prev_failed"] == server_count(built.count, FAILED, previous)
     assert row["failure_rate"] == pytest.approx(row["failed"] / row["runs"])
     assert row["failure_rate_change"] == pytest.approx(
         row["failure_rate"] - row["prev_failed"] / row["prev_runs"]
@@ -52,7 +53,7 @@ def test_headline_json_matches_server(prefect: SeededServer, pulled: Path) -> No
 
 
 def test_openmetrics_file_parses_and_matches_server(
-    prefect: SeededServer, pulled: Path, tmp_path: Path
+    built: BuiltHistory, pulled: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "textfile" / "flowsync.prom"
     out.parent.mkdir()
@@ -88,25 +89,25 @@ def test_openmetrics_file_parses_and_matches_server(
     checked = 0
     for sample in families["flowsync_runs"].samples:
         dep = {"deployments": {"id": {"any_": [sample.labels["deployment_id"]]}}}
-        assert sample.value == server_count(prefect.count, FINISHED, window, **dep), sample
+        assert sample.value == server_count(built.count, FINISHED, window, **dep), sample
         checked += 1
     with_runs = [
         d
-        for d in prefect.seeded.deployments.values()
-        if server_count(prefect.count, FINISHED, window, deployments={"id": {"any_": [d]}})
+        for d in built.deployments.values()
+        if server_count(built.count, FINISHED, window, deployments={"id": {"any_": [d]}})
     ]
     assert (
         checked == len(with_runs) > 0
     )  # every deployment with finished runs in the window has a sample
     for sample in families["flowsync_failed_runs"].samples:
         dep = {"deployments": {"id": {"any_": [sample.labels["deployment_id"]]}}}
-        assert sample.value == server_count(prefect.count, FAILED, window, **dep), sample
+        assert sample.value == server_count(built.count, FAILED, window, **dep), sample
     names = {
         f"{s.labels['flow']}/{s.labels['deployment']}" for s in families["flowsync_runs"].samples
     }
-    assert names <= set(prefect.seeded.deployments)
+    assert names <= set(built.deployments)
     total = families["flowsync_all_failed_runs"].samples[0].value
-    assert total == server_count(prefect.count, FAILED, window)
+    assert total == server_count(built.count, FAILED, window)
     with Store.open(pulled, read_only=True) as store:
         unresolved = reports.unresolved(store)
         last = reports.last_pull(store)
@@ -138,7 +139,7 @@ def _rendered(frame: Any, report: str, width: int, ids: bool = False) -> str:
 
 @pytest.mark.parametrize("report", ["failures", "durations", "late", "flaky"])
 def test_terminal_tables_fit_100_columns_with_whole_names(
-    prefect: SeededServer, pulled: Path, report: str
+    built: BuiltHistory, pulled: Path, report: str
 ) -> None:
     with Store.open(pulled, read_only=True) as store:
         window = reports.parse_since("60d")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -16,7 +17,7 @@ from flowsync.sync import identity
 from tests.helpers import run_cli, scalar
 from tests.server_truth import assert_matches_server
 from tests.support.seed import seed
-from tests.support.server import Server, prefect_server
+from tests.support.server import Server
 
 
 def scalar_count(url: str) -> int:
@@ -31,7 +32,7 @@ def pull(url: str, db: Path) -> tuple[dict[str, object], str]:
 
 
 def test_same_server_by_another_name_is_followed_and_another_server_refused(
-    fresh_server: Server, tmp_path: Path
+    fresh_server: Server, start_server: Any, tmp_path: Path
 ) -> None:
     url = fresh_server.url
     assert "127.0.0.1" in url
@@ -65,7 +66,7 @@ def test_same_server_by_another_name_is_followed_and_another_server_refused(
     assert_matches_server(db, other_name)
 
     # Same flow names, deployments and seed on another server: still another server.
-    with prefect_server(home=tmp_path / "second-prefect") as second:
+    with start_server(home=tmp_path / "second-prefect") as second:
         seed(second.url, runs=60, flows=2, deployments_per_flow=2, seed_value=31)
         refused = run_cli("pull", "--api-url", second.url, "--db", str(db))
         # apply re-reads its runs by id and marks the ones the server lacks deleted:

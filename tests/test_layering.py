@@ -48,12 +48,20 @@ def test_the_notebook_connection_is_the_one_documented_exception() -> None:
     assert handed_out == ["notebook.py"]
 
 
+def _importing(pattern: str, files: list[Path]) -> list[str]:
+    """The files among ``files`` with an import line matching ``pattern``."""
+    line = re.compile(rf"^\s*(from|import)\s+{pattern}\b", re.MULTILINE)
+    return [str(p.relative_to(ROOT)) for p in files if line.search(p.read_text(encoding="utf-8"))]
+
+
 def test_tests_import_helpers_not_each_other() -> None:
     """Shared setup lives in fixtures (conftest.py) and helper modules, never in another test file."""
-    bad = re.compile(r"^\s*(from|import)\s+tests\.(conftest|test_\w+)\b", re.MULTILINE)
-    offenders = [
-        str(path.relative_to(ROOT))
-        for path in (ROOT / "tests").glob("*.py")
-        if bad.search(path.read_text(encoding="utf-8"))
-    ]
+    offenders = _importing(r"tests\.(conftest|test_\w+)", list((ROOT / "tests").glob("*.py")))
     assert not offenders, f"tests importing conftest or another test: {offenders}"
+
+
+def test_the_harness_never_imports_the_benchmarks() -> None:
+    """Imports run one way: ``bench/`` and the demo use ``tests.support``; nothing under
+    ``tests/`` imports ``bench`` (the seeders, demo data and failing flows live in tests/support)."""
+    offenders = _importing("bench", list((ROOT / "tests").rglob("*.py")))
+    assert not offenders, f"tests importing bench: {offenders}"

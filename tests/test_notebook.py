@@ -1,4 +1,4 @@
-"""The starter notebook runs top to bottom against a DB pulled from the test server."""
+"""The starter notebook runs top to bottom against a pulled DB (a built one: no server)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from tests.helpers import SeededServer, run_cli
+from tests.helpers import copy_db
+from tests.support.built import BuiltHistory
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "start_here.ipynb"
 
@@ -21,10 +22,9 @@ def test_notebook_is_committed_without_outputs() -> None:
 
 
 def test_notebook_runs(
-    prefect: SeededServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    built: BuiltHistory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    db = tmp_path / "runs.duckdb"
-    assert run_cli("pull", "--api-url", prefect.url, "--db", str(db)).exit_code == 0
+    db = copy_db(built.path, tmp_path)
     monkeypatch.setenv("FLOWSYNC_DB", str(db))  # the kernel inherits it
     nb = nbformat.read(NOTEBOOK, as_version=4)
     NotebookClient(

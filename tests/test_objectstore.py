@@ -19,7 +19,8 @@ import polars as pl
 import pytest
 import s3fs
 
-from tests.helpers import SeededServer, run_cli, scalar
+from tests.helpers import run_cli, scalar
+from tests.support.built import BuiltHistory
 
 SECRET = "flowsync-test-secret-never-printed"
 BUCKET = "history"
@@ -78,10 +79,8 @@ def aws_env(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> s3fs.S3FileSyste
 
 
 @pytest.fixture(scope="module")
-def pulled(prefect: SeededServer, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    db = tmp_path_factory.mktemp("s3") / "runs.duckdb"
-    assert run_cli("pull", "--api-url", prefect.url, "--db", str(db)).exit_code == 0
-    return db
+def pulled(built: BuiltHistory) -> Path:
+    return built.path
 
 
 def test_export_to_s3_reads_back_in_duckdb_and_polars(

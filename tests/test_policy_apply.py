@@ -23,7 +23,7 @@ from flowsync.sync import NullProgress
 from tests.helpers import query, run_cli, scalar
 from tests.policy_db import make_db, rid, run
 from tests.support.seed import seed
-from tests.support.server import Server, backend_server
+from tests.support.server import Server
 
 pytestmark = pytest.mark.backends("sqlite", "postgres")
 
@@ -380,10 +380,13 @@ def test_cli_refuses_over_max_actions_with_exit_8(mixed_db: Path) -> None:
 
 @pytest.fixture(scope="module")
 def server(
-    backend: str, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+    backend: str,
+    start_backend_server: Any,
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Server]:
     cluster = request.getfixturevalue("pg_cluster") if backend.startswith("postgres") else None
-    with backend_server(backend, tmp_path_factory.mktemp("apply-prefect"), cluster) as s:
+    with start_backend_server(backend, tmp_path_factory.mktemp("apply-prefect"), cluster) as s:
         seed(s.url, runs=160, flows=2, deployments_per_flow=1, days=60, seed_value=3)
         yield s
 

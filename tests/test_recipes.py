@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +21,8 @@ from nbclient import NotebookClient
 
 import flowsync
 from flowsync.errors import StoreError
-from tests.helpers import SeededServer, query, run_cli, scalar
+from tests.helpers import copy_db, query, scalar
+from tests.support.built import BuiltHistory
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
@@ -37,19 +37,14 @@ def block(heading: str, lang: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def pulled(prefect: SeededServer, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    db = tmp_path_factory.mktemp("recipes") / "flowsync.duckdb"
-    result = run_cli("pull", "--api-url", prefect.url, "--db", str(db), "--quiet")
-    assert result.exit_code == 0, result.output
-    return db
+def pulled(built: BuiltHistory) -> Path:
+    return built.path
 
 
 @pytest.fixture
 def workdir(pulled: Path, tmp_path: Path) -> Path:
     """A directory with ./flowsync.duckdb, the name the recipes use."""
-    shutil.copy(pulled, tmp_path / "flowsync.duckdb")
-    snapshots = pulled.with_name(pulled.name + ".snapshots")
-    shutil.copytree(snapshots, tmp_path / snapshots.name, symlinks=True)
+    copy_db(pulled, tmp_path, "flowsync.duckdb")
     return tmp_path
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import SeededServer, run_cli
+from tests.helpers import copy_db, run_cli
+from tests.support.built import BuiltHistory
 
 CHART_IDS = ("chart-daily", "chart-heatmap", "slowest")
 
@@ -50,10 +51,9 @@ def browse(page: Path, tmp_path: Path, *extra: str) -> subprocess.CompletedProce
 
 
 @pytest.fixture(scope="module")
-def page(prefect: SeededServer, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def page(built: BuiltHistory, tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("html")
-    db = tmp / "runs.duckdb"
-    assert run_cli("pull", "--api-url", prefect.url, "--db", str(db)).exit_code == 0
+    db = copy_db(built.path, tmp)
     out = tmp / "report.html"
     result = run_cli("report", "failures", "--since", "60d", "--html", str(out), "--db", str(db))
     assert result.exit_code == 0, result.output

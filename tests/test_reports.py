@@ -1,4 +1,8 @@
-"""Every report figure against the server's own answers (POST /flow_runs/count)."""
+"""Every report figure against the server's own answers (POST /flow_runs/count).
+
+The figures are read from a built file (``built``: no server) and compared with the
+answers the server would give about its runs (``BuiltHistory.count`` / ``.filter``);
+only runs deleted on a real server and pulled again need one."""
 
 from __future__ import annotations
 
@@ -14,7 +18,8 @@ import pytest
 from flowsync import reports
 from flowsync.errors import ConfigError
 from flowsync.store import Store
-from tests.helpers import FAILED, FINISHED, SeededServer, pulled_db, run_cli, scalar, server_count
+from tests.helpers import FAILED, FINISHED, run_cli, scalar, server_count
+from tests.support.built import BuiltHistory
 from tests.support.seed import delete_runs, seed
 from tests.support.server import Server
 
@@ -23,8 +28,8 @@ WINDOW = reports.Window(NOW - timedelta(days=20), NOW)
 
 
 @pytest.fixture(scope="module")
-def pulled(prefect: SeededServer, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return pulled_db(prefect.url, tmp_path_factory.mktemp("reports"))
+def pulled(built: BuiltHistory) -> Path:
+    return built.path
 
 
 def assert_rates(count: Any, frame: pl.DataFrame, key_filter: Any, window: reports.Window) -> None:
@@ -49,7 +54,7 @@ def assert_rates(count: Any, frame: pl.DataFrame, key_filter: Any, window: repor
             )
 
 
-def test_failures_by_deployment_match_server(prefect: SeededServer, pulled: Path) -> None:
+def test_failures_by_deployment_match_server(built: BuiltHistory, pulled: Path) -> None:
     with Store.open(pulled, read_only=True) as store:
         frame = reports.failures(store, "deployment", WINDOW)
     assert {
@@ -65,10 +70,10 @@ def test_failures_by_deployment_match_server(prefect: SeededServer, pulled: Path
         "prev_failure_rate",
         "failure_rate_change",
     } <= set(frame.columns)
-    seeded = set(prefect.seeded.deployments.values())
+    seeded = set(built.deployments.values())
     assert seeded & set(frame["deployment_id"].drop_nulls()), "seeded deployments are in the report"
     assert_rates(
-        prefect.count,
+        built.count,
         frame,
         lambda r: (
             {"deployments": {"id": {"any_": [r["deployment_id"]]}}} if r["deployment_id"] else None
@@ -77,18 +82,16 @@ def test_failures_by_deployment_match_server(prefect: SeededServer, pulled: Path
     )
 
 
-def test_failures_by_flow_work_pool_and_tag_match_server(
-    prefect: SeededServer, pulled: Path
-) -> None:
+def test_failures_by_flow_work_pool_and_tag_match_server(built: BuiltHistory, pulled: Path) -> None:
     with Store.open(pulled, read_only=True) as store:
         by_flow = reports.failures(store, "flow", WINDOW)
         by_pool = reports.failures(store, "work_pool", WINDOW)
         by_tag = reports.failures(store, "tag", WINDOW)
     assert_rates(
-        prefect.count, by_flow, lambda r: {"flows": {"id": {"any_": [r["flow_id"]]}}}, WINDOW
+        built.count, by_flow, lambda r: {"flows": {"id": {"any_": [r["flow_id"]]}}}, WINDOW
     )
     assert_rates(
-        prefect.count,
+        built.count,
         by_pool,
         lambda r: (
             {"work_pools": {"name": {"any_": [r["work_pool_name"]]}}}
@@ -99,26 +102,26 @@ def test_failures_by_flow_work_pool_and_tag_match_server(
     )
     assert set(by_tag["tag"]) >= {"etl", "critical"}
     assert_rates(
-        prefect.count, by_tag, lambda r: {"flow_runs": {"tags": {"all_": [r["tag"]]}}}, WINDOW
+        built.count, by_tag, lambda r: {"flow_runs": {"tags": {"all_": [r["tag"]]}}}, WINDOW
     )
 
 
-def test_all_history_totals_match_server(prefect: SeededServer, pulled: Path) -> None:
+def test_all_history_totals_match_server(built: BuiltHistory, pulled: Path) -> None:
     with Store.open(pulled, read_only=True) as store:
         frame = reports.failures(store, "flow", reports.parse_since("all"))
-    assert frame["failed"].sum() == prefect.count(
+    assert frame["failed"].sum() == built.count(
         {"flow_runs": {"state": {"type": {"any_": FAILED}}}}
     )
-    assert frame["runs"].sum() == prefect.count(
+    assert frame["runs"].sum() == built.count(
         {"flow_runs": {"state": {"type": {"any_": FINISHED}}}}
     )
-    assert frame["cancelled"].sum() == prefect.count(
+    assert frame["cancelled"].sum() == built.count(
         {"flow_runs": {"state": {"type": {"any_": ["CANCELLED"]}}}}
     )
     assert frame["prev_runs"].null_count() == frame.height  # no previous window for all history
 
 
-def test_cli_failures_json_matches_server(prefect: SeededServer, pulled: Path) -> None:
+def test_cli_failures_json_matches_server(built: BuiltHistory, pulled: Path) -> None:
     result = run_cli(
         "report",
         "failures",
@@ -133,7 +136,7 @@ def test_cli_failures_json_matches_server(prefect: SeededServer, pulled: Path) -
     )
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout)  # only data on stdout
-    assert sum(r["failed"] for r in rows) == prefect.count(
+    assert sum(r["failed"] for r in rows) == built.count(
         {"flow_runs": {"state": {"type": {"any_": FAILED}}}}
     )
     assert {
@@ -155,14 +158,11 @@ def quantile(values: list[float], q: float) -> float:
     return values[lo] + (values[hi] - values[lo]) * (pos - lo)
 
 
-def test_durations_match_server_run_times(prefect: SeededServer, pulled: Path) -> None:
+def test_durations_match_server_run_times(built: BuiltHistory, pulled: Path) -> None:
     with Store.open(pulled, read_only=True) as store:
         frame = reports.durations(store, "flow", reports.parse_since("all"))
     row = frame.filter(pl.col("flow_name") == "real-sleepy").row(0, named=True)
-    with prefect.api() as c:
-        runs = c.post(
-            "flow_runs/filter", json={"flows": {"name": {"any_": ["real-sleepy"]}}}
-        ).json()
+    runs = built.filter({"flows": {"name": {"any_": ["real-sleepy"]}}})
 
     def ts(s: str) -> datetime:
         return datetime.fromisoformat(s.replace("Z", "+00:00"))
@@ -174,13 +174,13 @@ def test_durations_match_server_run_times(prefect: SeededServer, pulled: Path) -
     assert row["max_s"] == pytest.approx(max(secs), abs=1e-5)
 
 
-def test_late_waiting_now_matches_server(prefect: SeededServer, pulled: Path) -> None:
+def test_late_waiting_now_matches_server(built: BuiltHistory, pulled: Path) -> None:
     with Store.open(pulled, read_only=True) as store:
         frame = reports.late(store, "deployment", WINDOW)
     checked = 0
     for row in frame.filter(pl.col("deployment_id").is_not_null()).iter_rows(named=True):
         server = server_count(
-            prefect.count,
+            built.count,
             ["SCHEDULED", "PENDING"],
             WINDOW,
             deployments={"id": {"any_": [row["deployment_id"]]}},
@@ -191,28 +191,26 @@ def test_late_waiting_now_matches_server(prefect: SeededServer, pulled: Path) ->
     assert checked > 0
 
 
-def test_flaky_streak_matches_server_order(prefect: SeededServer, pulled: Path) -> None:
+def test_flaky_streak_matches_server_order(built: BuiltHistory, pulled: Path) -> None:
     with Store.open(pulled, read_only=True) as store:
         frame = reports.flaky(store, reports.parse_since("all"), last=1)
     assert not frame.is_empty()
-    with prefect.api() as c:
-        for row in frame.iter_rows(named=True):
-            latest = c.post(
-                "flow_runs/filter",
-                json={
-                    "deployments": {"id": {"any_": [row["deployment_id"]]}},
-                    "flow_runs": {"state": {"type": {"any_": FINISHED}}},
-                    "sort": "EXPECTED_START_TIME_DESC",
-                    "limit": 50,
-                },
-            ).json()
-            streak = 0
-            for run in latest:
-                if run["state"]["type"] not in FAILED:
-                    break
-                streak += 1
-            assert row["failing_streak"] == streak, row
-            assert row["broken"] == (streak >= 1)
+    for row in frame.iter_rows(named=True):
+        latest = built.filter(
+            {
+                "deployments": {"id": {"any_": [row["deployment_id"]]}},
+                "flow_runs": {"state": {"type": {"any_": FINISHED}}},
+                "sort": "EXPECTED_START_TIME_DESC",
+                "limit": 50,
+            }
+        )
+        streak = 0
+        for run in latest:
+            if run["state"]["type"] not in FAILED:
+                break
+            streak += 1
+        assert row["failing_streak"] == streak, row
+        assert row["broken"] == (streak >= 1)
 
 
 def test_deleted_runs_leave_live_figures_and_stay_in_history(

@@ -13,16 +13,15 @@ import pytest
 
 from flowsync.cli import analysis_cmds
 from flowsync.errors import ConfigError
-from tests.helpers import SeededServer, run_cli, scalar
+from tests.helpers import run_cli, scalar
+from tests.support.built import BuiltHistory
 
 Q = "SELECT state_type, count(*) AS n FROM flow_runs GROUP BY 1 ORDER BY 1"
 
 
 @pytest.fixture(scope="module")
-def pulled(prefect: SeededServer, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    db = tmp_path_factory.mktemp("sql") / "runs.duckdb"
-    assert run_cli("pull", "--api-url", prefect.url, "--db", str(db)).exit_code == 0
-    return db
+def pulled(built: BuiltHistory) -> Path:
+    return built.path
 
 
 def expected(db: Path) -> dict[str, int]:

@@ -25,12 +25,12 @@ from flowsync.sync import PullOptions, pull
 from tests.helpers import patch_run, query, run_cli, scalar
 from tests.policy_db import make_db, run
 from tests.support.seed import seed
-from tests.support.server import Server, prefect_server
+from tests.support.server import Server
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    with prefect_server(home=tmp_path_factory.mktemp("stale-prefect")) as s:
+def server(start_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    with start_server(home=tmp_path_factory.mktemp("stale-prefect")) as s:
         seed(s.url, runs=60, flows=2, deployments_per_flow=1, days=20, seed_value=5)
         yield s
 
@@ -173,14 +173,14 @@ def test_events_window_is_checked_against_the_server(server: Server, tmp_path: P
 
 
 def test_a_server_keeping_events_for_less_than_the_cursor_age_gets_a_full_reconciliation(
-    tmp_path: Path,
+    start_server: Any, tmp_path: Path
 ) -> None:
     home = tmp_path / "short-retention"
     home.mkdir()
     (home / "profiles.toml").write_text(
         'active = "short"\n[profiles.short]\nPREFECT_SERVER_EVENTS_RETENTION_PERIOD = "PT2H"\n'
     )
-    with prefect_server(home=home) as s:
+    with start_server(home=home) as s:
         seed(s.url, runs=20, flows=1, deployments_per_flow=1, days=5, seed_value=9)
         db = tmp_path / "runs.duckdb"
         pull_with(s.url, db)

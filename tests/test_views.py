@@ -1,26 +1,26 @@
-"""The views in sql/: built on pull, one row per what their header says, right numbers."""
+"""The views in sql/: built on pull, one row per what their header says, right numbers.
+
+The figures are checked on a built file (``built``: no server) against the answers the
+server would give about its runs; only the view-building of a real pull needs a server."""
 
 from __future__ import annotations
 
+import random
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-import httpx
 import pytest
 
 from flowsync import reports, views
 from flowsync.store import Store
 from tests.helpers import SeededServer, query, run_cli, scalar
-from tests.support.seed import set_states
-from tests.support.server import Server
+from tests.support.built import Builder, BuiltHistory
 
 
 @pytest.fixture(scope="module")
-def pulled(prefect: SeededServer, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    db = tmp_path_factory.mktemp("views") / "runs.duckdb"
-    assert run_cli("pull", "--api-url", prefect.url, "--db", str(db)).exit_code == 0
-    return db
+def pulled(built: BuiltHistory) -> Path:
+    return built.path
 
 
 def test_every_sql_file_is_one_view_or_macro_with_a_header() -> None:
@@ -37,7 +37,9 @@ def test_every_sql_file_is_one_view_or_macro_with_a_header() -> None:
             assert f"CREATE OR REPLACE MACRO {name}(" in text, path.name
 
 
-def test_pull_builds_every_view(pulled: Path) -> None:
+def test_pull_builds_every_view(prefect: SeededServer, tmp_path: Path) -> None:
+    pulled = tmp_path / "runs.duckdb"
+    assert run_cli("pull", "--api-url", prefect.url, "--db", str(pulled)).exit_code == 0
     names = {r[0] for r in query(pulled, "SELECT view_name FROM duckdb_views() WHERE NOT internal")}
     names |= {
         r[0]
@@ -52,8 +54,8 @@ def test_pull_builds_every_view(pulled: Path) -> None:
     )
 
 
-def test_enriched_columns(prefect: SeededServer, pulled: Path) -> None:
-    child = prefect.real["child"]
+def test_enriched_columns(built: BuiltHistory, pulled: Path) -> None:
+    child = built.real["child"]
     row = query(
         pulled,
         "SELECT is_subflow, flow_name, is_finished, is_failure, is_deleted FROM flow_runs_enriched WHERE id = ?",
@@ -64,16 +66,16 @@ def test_enriched_columns(prefect: SeededServer, pulled: Path) -> None:
     broken = query(
         pulled,
         "SELECT is_failure, is_finished, deployment_name FROM flow_runs_enriched WHERE id = ?",
-        [prefect.real["broken"]],
+        [built.real["broken"]],
     )[0]
     assert broken == (True, True, None)
-    dep_id = next(iter(prefect.seeded.deployments.values()))
+    dep_id = next(iter(built.deployments.values()))
     names = query(
         pulled,
         "SELECT DISTINCT flow_name, deployment_name FROM flow_runs_enriched WHERE deployment_id = ?",
         [dep_id],
     )
-    flow, dep = next(k for k, v in prefect.seeded.deployments.items() if v == dep_id).split("/")
+    flow, dep = next(k for k, v in built.deployments.items() if v == dep_id).split("/")
     assert names == [(flow, dep)] or names == []
     # duration and lateness are end - start and start - expected start
     bad = scalar(
@@ -83,19 +85,18 @@ def test_enriched_columns(prefect: SeededServer, pulled: Path) -> None:
     )
     assert bad == 0
     assert (
-        scalar(pulled, "SELECT count(*) FROM retried_runs WHERE id = ?", [prefect.real["flaky"]])
-        == 1
+        scalar(pulled, "SELECT count(*) FROM retried_runs WHERE id = ?", [built.real["flaky"]]) == 1
     )
-    # run_at is expected_start_time, which the server sets on every run (seeded and real @flow runs)
+    # run_at is expected_start_time, which the server sets on every run (scheduled and real @flow runs)
     assert scalar(pulled, "SELECT count(*) FROM flow_runs_enriched WHERE run_at IS NULL") == 0
 
 
-def test_daily_and_group_views_match_server_totals(prefect: SeededServer, pulled: Path) -> None:
-    failed = prefect.count({"flow_runs": {"state": {"type": {"any_": ["FAILED", "CRASHED"]}}}})
-    finished = prefect.count(
+def test_daily_and_group_views_match_server_totals(built: BuiltHistory, pulled: Path) -> None:
+    failed = built.count({"flow_runs": {"state": {"type": {"any_": ["FAILED", "CRASHED"]}}}})
+    finished = built.count(
         {"flow_runs": {"state": {"type": {"any_": ["COMPLETED", "FAILED", "CRASHED"]}}}}
     )
-    cancelled = prefect.count({"flow_runs": {"state": {"type": {"any_": ["CANCELLED"]}}}})
+    cancelled = built.count({"flow_runs": {"state": {"type": {"any_": ["CANCELLED"]}}}})
     for view in (
         "failure_rates_by_day",
         "failure_rates_by_day_deployment",
@@ -105,7 +106,7 @@ def test_daily_and_group_views_match_server_totals(prefect: SeededServer, pulled
     ):
         row = query(pulled, f"SELECT sum(failed), sum(runs), sum(cancelled) FROM {view}")[0]
         assert row == (failed, finished, cancelled), view
-    etl = prefect.count(
+    etl = built.count(
         {
             "flow_runs": {
                 "tags": {"all_": ["etl"]},
@@ -120,7 +121,7 @@ def test_daily_and_group_views_match_server_totals(prefect: SeededServer, pulled
     )
 
 
-def test_streaks_and_recoveries_on_a_known_sequence(fresh_server: Server, tmp_path: Path) -> None:
+def test_streaks_and_recoveries_on_a_known_sequence(tmp_path: Path) -> None:
     """FAILED, CRASHED, COMPLETED, CANCELLED, FAILED, COMPLETED, FAILED, FAILED an hour apart."""
     sequence = [
         "FAILED",
@@ -132,29 +133,16 @@ def test_streaks_and_recoveries_on_a_known_sequence(fresh_server: Server, tmp_pa
         "FAILED",
         "FAILED",
     ]
-    t0 = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(days=2)
-    with httpx.Client(base_url=fresh_server.url + "/", timeout=60) as c:
-        flow = c.post("flows/", json={"name": "seq-flow"}).json()
-        dep = c.post("deployments/", json={"name": "seq", "flow_id": flow["id"]}).json()
-        res = c.post(
-            f"deployments/{dep['id']}/create_flow_run/bulk",
-            json=[
-                {
-                    "idempotency_key": str(uuid.uuid4()),
-                    "state": {
-                        "type": "SCHEDULED",
-                        "name": "Scheduled",
-                        "state_details": {"scheduled_time": (t0 + timedelta(hours=i)).isoformat()},
-                    },
-                }
-                for i in range(len(sequence))
-            ],
-        ).json()
-        ids = [r["flow_run_id"] for r in res["results"]]
-        for run_id, state in zip(ids, sequence):
-            set_states(c, [run_id], state, state.title())
-    db = tmp_path / "seq.duckdb"
-    assert run_cli("pull", "--api-url", fresh_server.url, "--db", str(db)).exit_code == 0
+    now = datetime.now(timezone.utc).replace(microsecond=0)
+    t0 = now - timedelta(days=2)
+    runs = Builder(random.Random(5), now)
+    dep = runs.deployment("seq-flow", "seq", [], None)
+    ids = []
+    for i, state in enumerate(sequence):  # scheduled, then set to their state (no start time)
+        at = t0 + timedelta(hours=i)
+        states = [("SCHEDULED", "Scheduled", at, None), (state, state.title(), now, None)]
+        ids.append(runs.run("seq-flow", states, at, deployment=dep, end=now)["id"])
+    db = runs.write(tmp_path / "seq.duckdb").path
     episodes = query(
         db, "SELECT failed_at, failed_runs, recovery_s FROM failure_recoveries ORDER BY failed_at"
     )

@@ -28,6 +28,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests import support
+
 HOW_TO_GET = (
     "PostgreSQL server binaries not found (initdb/pg_ctl in /usr/lib/postgresql/<version>/bin "
     "or on PATH): run scripts/setup as root (it installs Debian's `postgresql` package), "
@@ -147,6 +149,7 @@ def postgres_cluster(
     """
     from tests.support.server import free_port
 
+    support.may_start("a PostgreSQL cluster")
     bin_dir = pg_bin_dir()
     prefix, uid, gid = _as_owner()
     if keep_at is not None:

@@ -37,6 +37,8 @@ from typing import TYPE_CHECKING
 
 import httpx
 
+from tests import support
+
 if TYPE_CHECKING:
     from tests.support.postgres import PgCluster
 
@@ -257,6 +259,7 @@ def prefect_server(
     """
     # Several workers each import the server and check the database: slower to start on a
     # loaded machine than one.
+    support.may_start("a Prefect server")
     timeout = timeout or (90.0 if workers == 1 else 300.0)
     own_home = home is None
     home = Path(tempfile.mkdtemp(prefix="flowsync-prefect-")) if home is None else home

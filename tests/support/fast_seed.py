@@ -13,10 +13,11 @@ idempotency key and name each. It then starts the server again and checks that
 run.
 
 The seeded home lives under ``bench/.work/`` and is reused when its marker
-(``fast_seed.json``) matches the request. Benchmarks only: tests keep using the
-API seeder, and nothing in ``src/`` imports this.
+(``fast_seed.json``) matches the request. For the benchmarks (and one smoke test,
+``tests/test_bench_smoke.py``): tests keep using the API seeder, and nothing in
+``src/`` imports this.
 
-    python -m bench.fast_seed --runs 20000            # -> bench/.work/prefect-20000
+    python -m tests.support.fast_seed --runs 20000            # -> bench/.work/prefect-20000
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ import httpx
 from tests.support.seed import STATE_MIX, seed
 from tests.support.server import prefect_server
 
-WORK = Path(__file__).resolve().parent / ".work"
+WORK = Path(__file__).resolve().parents[2] / "bench" / ".work"  # the benchmarks' cache (gitignored)
 MARKER = "fast_seed.json"
 TS = "%Y-%m-%d %H:%M:%S.%f"  # how the server's SQLite file stores DATETIME (naive UTC)
 ADJECTIVES = [
@@ -213,7 +214,9 @@ def replicate(
         templates = [dict(r) for r in con.execute("SELECT * FROM flow_run")]
         columns = list(templates[0])
         details_row = con.execute("SELECT state_details FROM flow_run_state LIMIT 1").fetchone()
-        details_keys = {k: None for k in json.loads(details_row[0])} if details_row else {}
+        details_keys: dict[str, Any] = (
+            {k: None for k in json.loads(details_row[0])} if details_row else {}
+        )
         details_keys.update(deferred=False, untrackable_result=False, pause_reschedule=False)
         weights = [w for _, _, w in STATE_MIX]
         run_sql = (
@@ -260,7 +263,7 @@ def replicate(
                 if len(batch_runs) >= 5000:
                     flush()
             flush()
-        return todo
+        return int(todo)
     finally:
         con.close()
 

@@ -14,7 +14,7 @@ bulk-load recipe; ten times faster than maintaining 26 indexes row by row),
 then both tables are analysed. It then starts the server again and checks
 through the API that ``/flow_runs/count`` equals the total, the per-state
 counts equal the planned mix, and sampled runs read by id carry the state
-history their row points at (a full offset read, as ``bench.fast_seed`` does
+history their row points at (a full offset read, as ``tests.support.fast_seed`` does
 for SQLite, costs O(n^2) at a million runs; the benchmark's full pull reads
 every run anyway and is checked against the count).
 
@@ -22,7 +22,7 @@ The cluster lives in ``bench/.work/pg-<runs>/`` (kept between runs, reused
 when its marker matches); ``pg_server`` starts a server on it with 1 or 2 API
 workers. Benchmarks only; nothing in ``src/`` imports this.
 
-    python -m bench.pg_seed --runs 1000000
+    python -m tests.support.pg_seed --runs 1000000
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from typing import Any
 
 import httpx
 
-from bench.fast_seed import WORK, seed_args, seed_spec, seeded_before, write_marker
+from tests.support.fast_seed import WORK, seed_args, seed_spec, seeded_before, write_marker
 from tests.support.postgres import PgCluster, postgres_cluster
 from tests.support.seed import STATE_MIX, seed
 from tests.support.server import Server, postgres_server, prefect_server

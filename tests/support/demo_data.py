@@ -1,7 +1,7 @@
 """Realistic run history for the demo: schedules, durations, lateness and failures as on a real server.
 
 The API cannot backdate a run's start and end (the server stamps them when the
-state changes), so, as ``bench.fast_seed`` does, this creates the work pool,
+state changes), so, as ``tests.support.fast_seed`` does, this creates the work pool,
 flows, deployments and one scheduled run per deployment through the API (the
 server's own rows and JSON shapes), stops the server, and writes the history
 into its SQLite file: runs on each deployment's cadence over the last
@@ -18,7 +18,7 @@ final) and start, end and run time. What it looks like:
   (an expired API token), and recovered failures elsewhere;
 - the next run of each deployment scheduled in the future, one running now.
 
-    python -m bench.demo_data --home .demo/prefect     # then start a server on that home
+    python -m tests.support.demo_data --home .demo/prefect     # then start a server on that home
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import json
 import random
 import sqlite3
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -35,7 +35,7 @@ from typing import Any
 
 import httpx
 
-from bench.fast_seed import STATE_SQL, _fmt, _iso, state_row
+from tests.support.fast_seed import STATE_SQL, _fmt, _iso, state_row
 from tests.support.seed import post_json
 from tests.support.server import prefect_server
 
@@ -285,6 +285,47 @@ def _history(
     return states, {"start": start, "end": states[-1][2], "seconds": seconds}
 
 
+@dataclass(frozen=True)
+class DemoRun:
+    """One run of the history: its deployment, expected start, states (type, name, time,
+    message; oldest first, the last is the current one) and time fields."""
+
+    deployment: Deployment
+    expected: datetime
+    states: list[tuple[str, str, datetime, str | None]]
+    start: datetime
+    end: datetime | None  # None: still running
+    seconds: float  # total run time
+
+
+def demo_runs(rng: random.Random, days: int, now: datetime) -> Iterator[DemoRun]:
+    """Every deployment's runs on its cadence over the last ``days`` up to ``now``.
+
+    The one generator of the demo's history: ``write_history`` puts it into a stopped
+    server's SQLite file, ``tests.support.built`` into a flowsync file without a server.
+    """
+    broken_since = (now - timedelta(days=1)).replace(hour=14, minute=0, second=0, microsecond=0)
+    for d in DEPLOYMENTS:
+        expected = _first_run(d, days, now)
+        while expected < now:
+            states, times = _history(rng, d, expected, now, broken_since)
+            yield DemoRun(d, expected, states, times["start"], times["end"], times["seconds"])
+            expected += timedelta(minutes=d.every_minutes)
+
+
+def _first_run(d: Deployment, days: int, now: datetime) -> datetime:
+    day0 = (now - timedelta(days=days)).replace(hour=0, minute=0, second=0, microsecond=0)
+    return day0 + timedelta(minutes=d.offset_minutes)
+
+
+def next_run_at(d: Deployment, days: int, now: datetime) -> datetime:
+    """The deployment's first slot at or after ``now`` (its next scheduled run)."""
+    expected = _first_run(d, days, now)
+    while expected < now:
+        expected += timedelta(minutes=d.every_minutes)
+    return expected
+
+
 def write_history(
     db: Path,
     ids: dict[tuple[str, str], str],
@@ -295,74 +336,79 @@ def write_history(
     """Add ``days`` of runs per deployment to a stopped server's SQLite file; returns how many."""
     rng = random.Random(seed_value)
     now = now or datetime.now(timezone.utc)
-    broken_since = (now - timedelta(days=1)).replace(hour=14, minute=0, second=0, microsecond=0)
     con = sqlite3.connect(db, timeout=60)
     con.row_factory = sqlite3.Row
     added = 0
     try:
         details_row = con.execute("SELECT state_details FROM flow_run_state LIMIT 1").fetchone()
-        details_keys = {k: None for k in json.loads(details_row[0])}
+        details_keys: dict[str, Any] = {k: None for k in json.loads(details_row[0])}
         details_keys.update(deferred=False, untrackable_result=False, pause_reschedule=False)
         con.execute(
             "PRAGMA foreign_keys = OFF"
         )  # state_id points at a row inserted in the same batch
         with con:
-            for d in DEPLOYMENTS:
-                dep_id = ids[(d.flow, d.name)]
-                template = dict(
+            templates = {
+                d: dict(
                     con.execute(
-                        "SELECT * FROM flow_run WHERE deployment_id = ?", [dep_id]
+                        "SELECT * FROM flow_run WHERE deployment_id = ?", [ids[(d.flow, d.name)]]
                     ).fetchone()
                 )
+                for d in DEPLOYMENTS
+            }
+            for run in demo_runs(rng, days, now):
+                d, expected = run.deployment, run.expected
+                dep_id = ids[(d.flow, d.name)]
+                template = templates[d]
                 columns = list(template)
                 run_sql = f"INSERT INTO flow_run ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
-                day0 = (now - timedelta(days=days)).replace(
-                    hour=0, minute=0, second=0, microsecond=0
+                run_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+                state_rows = [
+                    state_row(rng, details_keys, run_id, expected, typ, name, at, message)
+                    for typ, name, at, message in run.states
+                ]
+                last = state_rows[-1]
+                row = dict(template)
+                row.update(
+                    id=run_id,
+                    created=state_rows[0][1],
+                    updated=last[1],
+                    idempotency_key=f"scheduled {dep_id} {_iso(expected)}",
+                    name=run_name(rng),
+                    expected_start_time=_fmt(expected),
+                    next_scheduled_start_time=None,
+                    start_time=_fmt(run.start),
+                    end_time=_fmt(run.end) if run.end else None,
+                    total_run_time=_fmt(
+                        datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(seconds=run.seconds)
+                    ),
+                    run_count=1,
+                    state_id=last[0],
+                    state_type=last[3],
+                    state_name=last[5],
+                    state_timestamp=last[4],
+                    auto_scheduled=1,
                 )
-                expected = day0 + timedelta(minutes=d.offset_minutes)
-                while expected < now:
-                    states, times = _history(rng, d, expected, now, broken_since)
-                    run_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
-                    state_rows = [
-                        state_row(rng, details_keys, run_id, expected, typ, name, at, message)
-                        for typ, name, at, message in states
-                    ]
-                    last = state_rows[-1]
-                    row = dict(template)
-                    row.update(
-                        id=run_id,
-                        created=state_rows[0][1],
-                        updated=last[1],
-                        idempotency_key=f"scheduled {dep_id} {_iso(expected)}",
-                        name=f"{rng.choice(['amber', 'brisk', 'calm', 'eager', 'jolly', 'keen', 'proud', 'rapid'])}-"
-                        f"{rng.choice(['bison', 'crane', 'gecko', 'heron', 'lemur', 'otter', 'panda', 'raven'])}",
-                        expected_start_time=_fmt(expected),
-                        next_scheduled_start_time=None,
-                        start_time=_fmt(times["start"]),
-                        end_time=_fmt(times["end"]) if times["end"] else None,
-                        total_run_time=_fmt(
-                            datetime(1970, 1, 1, tzinfo=timezone.utc)
-                            + timedelta(seconds=times["seconds"])
-                        ),
-                        run_count=1,
-                        state_id=last[0],
-                        state_type=last[3],
-                        state_name=last[5],
-                        state_timestamp=last[4],
-                        auto_scheduled=1,
-                    )
-                    con.execute(run_sql, [row[c] for c in columns])
-                    con.executemany(STATE_SQL, state_rows)
-                    added += 1
-                    expected += timedelta(minutes=d.every_minutes)
-                # the template becomes the next scheduled run
+                con.execute(run_sql, [row[c] for c in columns])
+                con.executemany(STATE_SQL, state_rows)
+                added += 1
+            # each template becomes its deployment's next scheduled run
+            for d, template in templates.items():
+                at = _fmt(next_run_at(d, days, now))
                 con.execute(
                     "UPDATE flow_run SET expected_start_time = ?, next_scheduled_start_time = ? WHERE id = ?",
-                    [_fmt(expected), _fmt(expected), template["id"]],
+                    [at, at, template["id"]],
                 )
     finally:
         con.close()
     return added
+
+
+def run_name(rng: random.Random) -> str:
+    """A run name as Prefect makes them (adjective-animal)."""
+    return (
+        f"{rng.choice(['amber', 'brisk', 'calm', 'eager', 'jolly', 'keen', 'proud', 'rapid'])}-"
+        f"{rng.choice(['bison', 'crane', 'gecko', 'heron', 'lemur', 'otter', 'panda', 'raven'])}"
+    )
 
 
 def seed_demo(home: Path, days: int = 14, seed_value: int = 0) -> int:
