@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -27,7 +28,7 @@ from flowsync.errors import (
     UnsupportedError,
 )
 from tests.support.seed import Seeded, seed
-from tests.support.server import Server, installed_prefect_version, prefect_server
+from tests.support.server import Server, installed_prefect_version
 
 OLD = "3.4.25"
 RUN = "6a0e2f4c-3f3a-4b8e-9c1d-2b9f0e1a7c55"
@@ -35,11 +36,11 @@ RUN = "6a0e2f4c-3f3a-4b8e-9c1d-2b9f0e1a7c55"
 
 @pytest.fixture(scope="module", params=["current", OLD])
 def server(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, start_server: Any
 ) -> Iterator[tuple[Server, Seeded]]:
     version = None if request.param == "current" else str(request.param)
     home = tmp_path_factory.mktemp(f"prefect-writes-{request.param}")
-    with prefect_server(home=home, version=version) as s:
+    with start_server(home=home, version=version) as s:
         yield s, seed(s.url, runs=12, flows=1, deployments_per_flow=1, seed_value=5)
 
 

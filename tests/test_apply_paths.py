@@ -37,12 +37,12 @@ from flowsync.policy import ApplyResult, apply_plan, make_plan, parse_policy
 from flowsync.store import Store
 from tests.helpers import forwarding, patch_run, pulled_db, query, run_cli
 from tests.support.seed import create_bulk, post_json, set_states
-from tests.support.server import Server, prefect_server
+from tests.support.server import Server
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    with prefect_server(home=tmp_path_factory.mktemp("paths-prefect")) as s:
+def server(start_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    with start_server(home=tmp_path_factory.mktemp("paths-prefect")) as s:
         yield s
 
 

@@ -22,7 +22,7 @@ from flowsync.store import Store
 from tests.helpers import query, run_cli
 from tests.policy_db import make_db, rid, run
 from tests.support.seed import delete_runs, seed
-from tests.support.server import Server, prefect_server
+from tests.support.server import Server
 
 
 def set_retention(db: Path, value: dict[str, Any] | None) -> dict[str, str]:
@@ -67,19 +67,19 @@ def test_deleted_runs_say_how_they_went(tmp_path: Path) -> None:
     assert set_retention(db, None)[rid(1)] == "unknown"  # nothing recorded yet
 
 
-def test_run_retention_from_the_servers_settings(tmp_path: Path) -> None:
+def test_run_retention_from_the_servers_settings(tmp_path: Path, start_server: Any) -> None:
     env = {
         "PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED": "events,flow_runs",
         "PREFECT_SERVER_SERVICES_DB_VACUUM_RETENTION_PERIOD": "7200",
     }
     with (
-        prefect_server(home=tmp_path / "vacuum", extra_env=env) as server,
+        start_server(home=tmp_path / "vacuum", extra_env=env) as server,
         PrefectClient(ApiSettings(url=server.url)) as c,
     ):
         retention = c.run_retention()
     assert retention.known and retention.period == timedelta(hours=2)
     with (
-        prefect_server(home=tmp_path / "plain") as server,
+        start_server(home=tmp_path / "plain") as server,
         PrefectClient(ApiSettings(url=server.url)) as c,
     ):
         plain = c.run_retention()

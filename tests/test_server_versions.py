@@ -18,6 +18,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -25,7 +26,7 @@ import pytest
 from tests.helpers import pulled_db, query, run_cli, wait_for_state_events
 from tests.server_truth import assert_matches_server, server_runs
 from tests.support.seed import Seeded, delete_runs, seed, set_states
-from tests.support.server import Server, prefect_server, server_versions, version_tuple
+from tests.support.server import Server, server_versions, version_tuple
 
 BULK_SINCE = (3, 6, 16)
 
@@ -50,12 +51,12 @@ class Versioned:
 
 @pytest.fixture(scope="module", params=server_versions())
 def versioned(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, start_server: Any
 ) -> Iterator[Versioned]:
     """A server of one version, seeded, and a file pulled from it once."""
     version = str(request.param)
     home = tmp_path_factory.mktemp(f"prefect-{version}")
-    with prefect_server(home=home, version=version) as server:
+    with start_server(home=home, version=version) as server:
         seeded = seed(server.url, runs=80, flows=2, deployments_per_flow=2, days=10, seed_value=13)
         db = pulled_db(server.url, tmp_path_factory.mktemp(f"db-{version}"))
         yield Versioned(server, version, seeded, db)
