@@ -28,7 +28,7 @@ import pytest
 
 import flowsync
 from flowsync.errors import DamagedFileError, NewerFileError, NewerFileWarning
-from flowsync.store import Store
+from flowsync.store import Store, migrations
 from flowsync.store.locks import classify
 from flowsync.store.snapshot import CURRENT, publish, snapshot_dir
 from tests.helpers import SeededServer, query, run_cli, scalar
@@ -143,7 +143,7 @@ def test_the_file_records_which_flowsync_wrote_it(tmp_path: Path) -> None:
     with Store.open(db, read_only=True) as store:
         versions = store.file_versions()
     assert versions["written_by"] == flowsync.__version__
-    assert versions["schema"] == "m004_file_versions"
+    assert versions["schema"] == migrations.MIGRATIONS[-1][0]
 
 
 def test_a_newer_file_is_never_written_and_read_only_with_one_warning(tmp_path: Path) -> None:
