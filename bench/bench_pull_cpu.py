@@ -172,7 +172,10 @@ def main() -> None:
         print("|---|---:|---:|---:|---:|---:|---|")
         for src in srcs:
             mine = [f for f in results if f["src"] == src]
-            med = {k: statistics.median(f[k] for f in mine) for k in ("cpu_us_per_run", "cpu_s", "wall_s", "maxrss_mb")}
+            med = {
+                k: statistics.median(f[k] for f in mine)
+                for k in ("cpu_us_per_run", "cpu_s", "wall_s", "maxrss_mb")
+            }
             digests = sorted({f["digest"] for f in mine})
             print(
                 f"| {src} | {med['cpu_us_per_run']:.1f} | {med['cpu_s']:.1f} | {med['wall_s']:.1f} "

@@ -121,7 +121,9 @@ class Replay:
                         "sum_estimated_lateness": 0.0,
                     }
                 )
-            out.append({"interval_start": a.isoformat(), "interval_end": b.isoformat(), "states": states})
+            out.append(
+                {"interval_start": a.isoformat(), "interval_end": b.isoformat(), "states": states}
+            )
         return json.dumps(out)
 
     def answer(self, method: str, path: str, body: dict[str, Any]) -> tuple[int, str]:
@@ -167,13 +169,13 @@ def serve(capture_path: str, runs: int, port: int) -> None:
             self.end_headers()
             self.wfile.write(data)
 
-        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        def do_GET(self) -> None:
             self._reply("GET")
 
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             self._reply("POST")
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        def log_message(self, format: str, *args: Any) -> None:
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
