@@ -271,7 +271,9 @@ class Store:
         try:
             yield
         finally:
-            self._con.execute(f"SET threads = {threads}")
+            # Never hide the error that ended the block (an aborted transaction refuses SET).
+            with contextlib.suppress(duckdb.Error):
+                self._con.execute(f"SET threads = {threads}")
 
     def _out_of_memory(self) -> StoreError:
         if self.memory_budget:  # a cap this command set (`pull --memory-limit` changes it)

@@ -49,14 +49,15 @@ def upsert_pages(store: Store, spec: TableSpec, pages: Sequence[Page], *, pull_i
     rows = [r for p in pages for r in p.rows]
     if not rows:
         return Written(0, 0, 0)
-    arrow = None if spec.unknown_fields(rows) else spec.arrow_batch(rows)
+    unknown = spec.unknown_fields(rows)
+    arrow = None if unknown else spec.arrow_batch(rows)
     if arrow is not None:
         with store.registered("_batch", arrow):
             store.execute(
                 "CREATE OR REPLACE TEMP TABLE _incoming AS "
                 + spec.select_sql("_batch", rewrite_json=True)
             )
-    elif spec.unknown_fields(rows):
+    elif unknown:
         # Fields this version has no column for: keep them in `extra` (slower path).
         with store.registered("_batch", spec.batch(rows)):
             store.execute(f"CREATE OR REPLACE TEMP TABLE _incoming AS {spec.select_sql('_batch')}")
