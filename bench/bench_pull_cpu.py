@@ -122,6 +122,8 @@ def measure(src: str, url: str, runs: int, concurrency: int) -> dict[str, Any]:
         if out.returncode != 0:
             raise RuntimeError(f"child failed ({src}):\n{out.stderr[-3000:]}")
         figures: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+        if figures["rows"] != runs:
+            raise RuntimeError(f"the pull ({src}) wrote {figures['rows']} runs, not {runs}")
         figures["src"] = src
         return figures
 
