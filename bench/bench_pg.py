@@ -10,7 +10,7 @@ lines in bench/results/pg.raw (gitignored), what BENCHMARKS.md reports:
   ``--concurrency`` 1..4, interleaved, each its own process (wall, peak RSS);
 - ``--large`` runs, ``--large-workers``: a full pull at ``--concurrency`` 4,
   the no-change pull after it, ``--verify``, the pull after 1% of runs changed
-  state, direct latency probes of the request shapes involved (offset pages
+  state (and the snapshot publish after it, timed apart), direct latency probes of the request shapes involved (offset pages
   deep in the table, the history over the whole range), and ``apply`` of a
   10,000-run delete policy against a per-run ``DELETE`` loop (sampled on 1,000
   runs; its rate is per run).
@@ -173,7 +173,7 @@ def large(
             set_states(c, changed, "CANCELLED", "Cancelled")
         change_s = time.monotonic() - t
         time.sleep(15)  # the services process stores events every few seconds
-        row = timed_pull(url, db)
+        row = timed_pull(url, db, "--publish")  # and the snapshot publish after it, timed apart
         rows = row.pop("inserted", None)
         record(
             phase="1% changed",
@@ -269,6 +269,13 @@ def report() -> str:
                     f"{v['n']} | {v['max_s']} | {v['total_s'] / v['n']:.3f} |"
                 )
         out.append("")
+    for r in rows:
+        if r["phase"] == "1% changed" and "publish_s" in r:
+            out.append(
+                f"Publish after the 1%-changed pull at {r['runs']:,} runs: {r['publish_s']} s "
+                f"({r.get('snapshot_bytes', 0) / 2**20:,.0f} MiB) against {r['seconds']} s for the pull: "
+                f"{r['publish_s'] / r['seconds']:.1%}."
+            )
     for r in rows:
         if r["phase"] == "apply":
             out.append(

@@ -22,6 +22,7 @@ import httpx
 from flowsync.api import PrefectClient
 from flowsync.config import ApiSettings
 from flowsync.store import Store
+from flowsync.store.snapshot import publish
 from flowsync.sync import PullOptions, pull
 
 
@@ -83,6 +84,11 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, default=2)
     p.add_argument("--full", action="store_true")
     p.add_argument("--verify", action="store_true")
+    p.add_argument(
+        "--publish",
+        action="store_true",
+        help="publish the readers' snapshot after the pull, as `flowsync pull` does (timed apart)",
+    )
     a = p.parse_args()
     transport = TimingTransport()
     began = time.monotonic()
@@ -92,7 +98,17 @@ def main() -> None:
         PrefectClient(ApiSettings(url=a.url), transport=transport) as client,
     ):
         result = pull(client, store, options)
-    seconds = time.monotonic() - began
+        seconds = time.monotonic() - began
+        published: dict[str, object] = {}
+        if a.publish:
+            changed = bool(result.inserted or result.updated or result.marked_deleted)
+            t = time.monotonic()
+            done = publish(store, pull_id=result.pull_id, changed=changed)
+            published = {
+                "publish_s": round(time.monotonic() - t, 3),
+                "published": done.published,
+                "snapshot_bytes": done.snapshot.bytes,
+            }
     kinds = {
         k: {"n": v["n"], "total_s": round(v["total_s"], 3), "max_s": round(v["max_s"], 3)}
         for k, v in sorted(transport.kinds.items())
@@ -105,6 +121,7 @@ def main() -> None:
                 "requests": sum(v["n"] for v in kinds.values()),
                 "inserted": result.inserted,
                 "kinds": kinds,
+                **published,
             }
         )
     )

@@ -47,6 +47,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+import orjson
 
 from flowsync import __version__
 from flowsync.api.budget import RequestBudget
@@ -94,15 +95,20 @@ class RetryPolicy:
 class Page:
     """One page of a filter endpoint: the decoded rows and the body as sent.
 
-    The body lets the store parse the page itself (DuckDB reads JSON far faster
-    than Python builds columns)."""
+    The body lets the store parse the page itself when a value does not fit its
+    column's type (DuckDB's JSON reader copes with any shape)."""
 
     rows: list[dict[str, Any]]
-    raw: str
+    body: bytes
+
+    @property
+    def raw(self) -> str:
+        """The body as text (decoded only when the store needs it)."""
+        return self.body.decode()
 
     @classmethod
     def from_rows(cls, rows: list[dict[str, Any]]) -> Page:
-        return cls(rows, json.dumps(rows))
+        return cls(rows, json.dumps(rows).encode())
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -121,6 +127,18 @@ def _retry_after(response: httpx.Response) -> float | None:
     except (TypeError, ValueError):
         return None
     return (when - datetime.now(timezone.utc)).total_seconds()
+
+
+def _decode(body: bytes) -> Any:
+    """A JSON body: orjson (about 30% less CPU than json on a page of runs), else json.
+
+    json takes what orjson refuses (NaN, integers beyond 64 bits), so nothing
+    decodes differently; its errors are the caller's "unreadable body".
+    """
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return json.loads(body)
 
 
 def _short(text: str, limit: int = 120) -> str:
@@ -202,7 +220,7 @@ class PrefectClient:
     ) -> Any:
         """Send one request with retries; return the decoded JSON (or None for 204).
 
-        With ``raw``, return ``(decoded, body text, response headers)``. With
+        With ``raw``, return ``(decoded, body bytes, response headers)``. With
         ``idempotent=False`` a failure the server may have acted on raises
         ``UncertainError``, ``ThrottledError`` or ``NotSentError`` at once and
         is never sent twice (see the module docstring)."""
@@ -266,8 +284,8 @@ class PrefectClient:
                     return None
                 else:
                     try:
-                        decoded = response.json()
-                        return (decoded, response.text, response.headers) if raw else decoded
+                        decoded = _decode(response.content)
+                        return (decoded, response.content, response.headers) if raw else decoded
                     except (json.JSONDecodeError, UnicodeDecodeError):
                         # A truncated body is usually a dropped connection: try again.
                         last_problem = f"unreadable JSON body ({_short(response.text, 60)!r})"
@@ -412,14 +430,14 @@ class PrefectClient:
 
     def filter_page(self, resource: str, body: dict[str, Any]) -> Page:
         """Like ``filter``, keeping the body text for the store to parse."""
-        rows, text, _headers = self.request("POST", f"{resource}/filter", body, raw=True)
+        rows, content, _headers = self.request("POST", f"{resource}/filter", body, raw=True)
         if not isinstance(rows, list) or any(
             not isinstance(r, dict) or "id" not in r for r in rows
         ):
             raise ApiError(
                 f"POST /{resource}/filter answered something other than a list of objects with ids."
             )
-        return Page(rows, text)
+        return Page(rows, content)
 
     def count(self, resource: str, body: dict[str, Any] | None = None) -> int:
         answer = self.request("POST", f"{resource}/count", body or {})

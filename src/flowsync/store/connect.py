@@ -511,6 +511,24 @@ class Store:
         self.memory_budget = want
         return want
 
+    @contextmanager
+    def single_threaded(self) -> Iterator[None]:
+        """Run DuckDB on the calling thread only inside the block (a pull's writes).
+
+        A pull writes a batch of ~2,000 rows at a time: too little for DuckDB's
+        worker threads to pay off, and their hand-offs cost CPU that the
+        pull's fetch threads (and, on a shared machine, the server) need:
+        BENCHMARKS.md, "Client CPU per run". The previous setting is restored after.
+        """
+        threads = int(self.execute("SELECT current_setting('threads')").scalar())
+        self._con.execute("SET threads = 1")
+        try:
+            yield
+        finally:
+            # Never hide the error that ended the block (an aborted transaction refuses SET).
+            with contextlib.suppress(duckdb.Error):
+                self._con.execute(f"SET threads = {threads}")
+
     def _out_of_memory(self) -> StoreError:
         if self.memory_budget:  # a cap this command set (`pull --memory-limit` changes it)
             hint = f" under its {self.memory_budget // 2**20} MB cap"

@@ -40,18 +40,29 @@ class Written(NamedTuple):
 def upsert_pages(store: Store, spec: TableSpec, pages: Sequence[Page], *, pull_id: int) -> Written:
     """Insert new rows, update changed ones, from API pages.
 
-    One statement for all the pages: DuckDB parses the pages' JSON itself. A
-    row counts as updated when its ``updated`` stamp moved or it had been
-    marked deleted; every row gets ``seen_pull`` and ``synced_at``.
+    One statement for all the pages: the rows the client already decoded go to
+    DuckDB as one Arrow table (building it costs less CPU than DuckDB's
+    ``from_json`` over the page text; the same values and JSON text). A row counts
+    as updated when its ``updated`` stamp moved or it had been marked deleted;
+    every row gets ``seen_pull`` and ``synced_at``.
     """
     rows = [r for p in pages for r in p.rows]
     if not rows:
         return Written(0, 0, 0)
-    if spec.unknown_fields(rows):
+    unknown = spec.unknown_fields(rows)
+    arrow = None if unknown else spec.arrow_batch(rows)
+    if arrow is not None:
+        with store.registered("_batch", arrow):
+            store.execute(
+                "CREATE OR REPLACE TEMP TABLE _incoming AS "
+                + spec.select_sql("_batch", rewrite_json=True)
+            )
+    elif unknown:
         # Fields this version has no column for: keep them in `extra` (slower path).
         with store.registered("_batch", spec.batch(rows)):
             store.execute(f"CREATE OR REPLACE TEMP TABLE _incoming AS {spec.select_sql('_batch')}")
     else:
+        # A value that does not fit its column's batch type: DuckDB reads the page text.
         body = "[" + ",".join(p.raw.strip()[1:-1] for p in pages if p.rows) + "]"
         store.execute(f"CREATE OR REPLACE TEMP TABLE _incoming AS {spec.json_select_sql()}", [body])
     return _merge_incoming(store, spec, pull_id)

@@ -9,13 +9,16 @@ The DDL itself lives in migrations; ``tests/test_store.py`` checks the two agree
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Iterable, Mapping, Sequence
+import operator
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import polars as pl
+    import pyarrow as pa
 
 
 # kind -> DuckDB type of the column
@@ -199,13 +202,7 @@ class TableSpec:
 
     def batch(self, objects: Sequence[Mapping[str, Any]]) -> pl.DataFrame:
         """One page of API objects as a typed frame, deduplicated by id (newest ``updated`` wins)."""
-        newest: dict[str, Mapping[str, Any]] = {}
-        for obj in objects:
-            key = str(obj["id"])
-            prev = newest.get(key)
-            if prev is None or str(obj.get("updated") or "") >= str(prev.get("updated") or ""):
-                newest[key] = obj
-        rows = list(newest.values())
+        rows = _newest(objects)
         data: dict[str, list[Any]] = {c.name: [c.extract(o) for o in rows] for c in self.columns}
         known = self.known_fields
         data["extra"] = [_extra(o, known) for o in rows]
@@ -214,6 +211,35 @@ class TableSpec:
         schema: dict[str, Any] = {c.name: _polars_type(_KINDS[c.kind][0]) for c in self.columns}
         schema["extra"] = pl.Utf8
         return pl.DataFrame(data, schema=schema)
+
+    def arrow_batch(self, objects: Sequence[Mapping[str, Any]]) -> pa.Table | None:
+        """Pages of API objects without unknown fields as one Arrow table, deduplicated by id
+        (newest ``updated`` wins), for ``select_sql`` to cast; None when a value does not
+        fit its column's batch type (the caller then lets DuckDB read the JSON text).
+
+        Nested objects become JSON text (orjson, key order kept), which
+        ``select_sql(..., rewrite_json=True)`` has DuckDB write again exactly as its
+        ``from_json`` stores it; ``extra`` is NULL.
+        """
+        import orjson
+        import pyarrow as pa
+
+        rows = _newest(objects)
+        read, where = _row_reader(self.columns)
+        try:
+            # Row by row, then transposed: one pass over each object (column by column
+            # touched each of ~2,000 objects 39 times, 3x the CPU).
+            flat = list(zip(*map(read, rows))) if rows else [()] * len(where)
+            data: dict[str, Any] = {}
+            for c, i in zip(self.columns, where, strict=True):
+                values = flat[i]
+                if c.kind == "json":
+                    values = tuple(None if v is None else orjson.dumps(v).decode() for v in values)
+                data[c.name] = pa.array(values, _arrow_type(c.kind))
+            data["extra"] = pa.nulls(len(rows), pa.string())
+        except (TypeError, ValueError, AttributeError, orjson.JSONEncodeError, pa.ArrowException):
+            return None
+        return pa.table(data)
 
     def unknown_fields(self, objects: Sequence[Mapping[str, Any]]) -> set[str]:
         """Top-level fields no column holds (they go to ``extra``)."""
@@ -246,11 +272,95 @@ class TableSpec:
             QUALIFY row_number() OVER (PARTITION BY r.id ORDER BY r.updated DESC NULLS LAST) = 1
         """
 
-    def select_sql(self, source: str) -> str:
-        """SELECT list that casts a batch's string columns to the table's types."""
-        casts = [f'{c.cast_sql} AS "{c.name}"' for c in self.columns]
+    def select_sql(self, source: str, *, rewrite_json: bool = False) -> str:
+        """SELECT list that casts a batch's string columns to the table's types.
+
+        ``rewrite_json``: JSON columns are parsed and written again by DuckDB
+        (``json()``), the text its ``from_json`` stores (orjson writes ``1e+16``
+        where DuckDB writes ``10000000000000000.0``).
+        """
+        casts = [
+            f'json("{c.name}") AS "{c.name}"'
+            if rewrite_json and c.kind == "json"
+            else f'{c.cast_sql} AS "{c.name}"'
+            for c in self.columns
+        ]
         casts.append('CAST("extra" AS JSON) AS "extra"')
         return f"SELECT {', '.join(casts)} FROM {source}"
+
+
+def _newest(objects: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """One object per id: the one with the newest ``updated`` (the later one on a tie)."""
+    newest: dict[str, Mapping[str, Any]] = {}
+    for obj in objects:
+        key = str(obj["id"])
+        prev = newest.get(key)
+        if prev is None or str(obj.get("updated") or "") >= str(prev.get("updated") or ""):
+            newest[key] = obj
+    return list(newest.values())
+
+
+@functools.lru_cache(maxsize=8)
+def _row_reader(
+    columns: tuple[Column, ...],
+) -> tuple[Callable[[Mapping[str, Any]], tuple[Any, ...]], list[int]]:
+    """A function: API object -> its column values (None where missing), and where each
+    column is in that tuple.
+
+    Paths are one field or one level down (``state.message``).
+    """
+    paths = [(c.source or c.name).split(".") for c in columns]
+    if any(len(p) > 2 for p in paths):
+        raise ValueError("column paths go at most one level down")
+    top = [p[0] for p in paths if len(p) == 1]
+    parents = sorted({p[0] for p in paths if len(p) == 2})
+    inner = {parent: [p[1] for p in paths if len(p) == 2 and p[0] == parent] for parent in parents}
+    order = [*top, *(f"{a}.{b}" for a in parents for b in inner[a])]
+    where = [order.index(".".join(p)) for p in paths]
+    get_top = _getter(top)
+    get_inner = {a: _getter(inner[a]) for a in parents}
+    none = {a: (None,) * len(inner[a]) for a in parents}
+
+    def values(obj: Mapping[str, Any]) -> tuple[Any, ...]:
+        try:
+            flat = get_top(obj)
+        except KeyError:
+            flat = tuple(obj.get(k) for k in top)
+        for a in parents:
+            sub = obj.get(a)
+            if sub is None:
+                flat += none[a]
+                continue
+            try:
+                flat += get_inner[a](sub)
+            except KeyError:
+                flat += tuple(sub.get(k) for k in inner[a])
+        return flat
+
+    return values, where
+
+
+def _getter(keys: list[str]) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:
+    """``operator.itemgetter``, always returning a tuple (KeyError when a key is missing)."""
+    if len(keys) == 1:
+        key = keys[0]
+        return lambda obj: (obj[key],)
+    return operator.itemgetter(*keys)
+
+
+def _arrow_type(kind: str) -> Any:
+    import pyarrow as pa
+
+    return {
+        "uuid": pa.string(),
+        "ts": pa.string(),
+        "str": pa.string(),
+        "json": pa.string(),
+        "list": pa.list_(pa.string()),
+        "float": pa.float64(),
+        "int": pa.int64(),
+        "bool": pa.bool_(),
+    }[kind]
 
 
 def _extra(obj: Mapping[str, Any], known: Iterable[str]) -> str | None:

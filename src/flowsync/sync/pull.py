@@ -94,7 +94,9 @@ def pull(
     ctx = PullContext(client, store, options, progress, pull_id, server_start)
     mode, reason = "incremental", ""
     try:
-        with store.memory_guard():  # under the memory cap, reads can run out too: one clear error
+        # Under the memory cap, reads can run out too: one clear error. One DuckDB thread:
+        # a batch is too small for more to pay off (BENCHMARKS.md, "Client CPU per run").
+        with store.memory_guard(), store.single_threaded():
             store.budget_memory(fixed_mb=options.memory_limit_mb)
             catalog.sync_collection(ctx, FLOWS)
             catalog.sync_collection(ctx, DEPLOYMENTS)

@@ -1,0 +1,145 @@
+"""A page of runs lands the same whichever way the store reads it.
+
+A pull hands DuckDB the rows the client already decoded, as one Arrow table
+(``TableSpec.arrow_batch``); before, DuckDB parsed the page text itself with
+``from_json``, and it still does when a value does not fit its column's batch
+type. Both must write the same rows, byte for byte in the JSON columns. No
+server: pages are built here, the file is real.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flowsync.api import Page
+from flowsync.store import Store, synced_tables
+from flowsync.store.tables import FLOW_RUNS, TableSpec
+
+RUN: dict[str, Any] = {
+    "id": "00000000-0000-4000-8000-000000000001",
+    "created": "2026-11-01T10:00:00.123456Z",
+    "updated": "2026-11-01T10:05:00.654321Z",
+    "name": "amber-otter",
+    "flow_id": "00000000-0000-4000-8000-0000000000f1",
+    "deployment_id": "00000000-0000-4000-8000-0000000000d1",
+    "deployment_version": "v1",
+    "work_pool_id": None,
+    "work_pool_name": "pool",
+    "work_queue_id": None,
+    "work_queue_name": "default",
+    "flow_version": "abc",
+    "parameters": {"x": 1, "name": "n"},
+    "idempotency_key": "k1",
+    "context": {},
+    "empirical_policy": {"retries": 0, "retry_delay": None, "pause_keys": []},
+    "tags": ["a", "b"],
+    "labels": {"prefect.flow.id": "f1"},
+    "parent_task_run_id": None,
+    "state_id": "00000000-0000-4000-8000-0000000000a1",
+    "state_type": "COMPLETED",
+    "state_name": "Completed",
+    "state": {
+        "id": "00000000-0000-4000-8000-0000000000a1",
+        "type": "COMPLETED",
+        "name": "Completed",
+        "timestamp": "2026-11-01T10:05:00.000001Z",
+        "message": "done",
+        "data": None,
+        "state_details": {"flow_run_id": "00000000-0000-4000-8000-000000000001"},
+    },
+    "run_count": 1,
+    "expected_start_time": "2026-11-01T10:00:00Z",
+    "next_scheduled_start_time": None,
+    "start_time": "2026-11-01T10:00:01+00:00",
+    "end_time": "2026-11-01T10:05:00Z",
+    "total_run_time": 299,
+    "estimated_run_time": 299.5,
+    "estimated_start_time_delta": 1.0,
+    "auto_scheduled": False,
+    "infrastructure_document_id": None,
+    "infrastructure_pid": None,
+    "created_by": None,
+    "job_variables": {},
+}
+
+
+def run(n: int, **fields: Any) -> dict[str, Any]:
+    obj = copy.deepcopy(RUN)
+    obj["id"] = f"00000000-0000-4000-8000-{n:012d}"
+    obj.update(fields)
+    return obj
+
+
+def tricky_page() -> list[dict[str, Any]]:
+    """Values where two JSON writers could disagree, and shapes a row may take."""
+    missing_fields = run(4)
+    for field in ("work_queue_name", "labels", "run_count"):
+        del missing_fields[field]
+    return [
+        run(
+            1,
+            parameters={
+                "text": "héllo ✓ 😀",
+                "escapes": 'a\nb\t"q" \\ / \u0001 \u007f \u2028',
+                "floats": [1e-7, 1.5e300, 0.1, -0.0, 3.0, 1e16, 123456789.123],
+                "ints": [2**53 + 1, -(2**63), 2**63 - 1],
+                "empty": [{}, []],
+            },
+        ),
+        run(2, state=None, tags=[], labels={}, parameters={"z": 1, "a": {"y": 2, "b": None}}),
+        run(3, state={"type": "FAILED", "message": None}),
+        missing_fields,
+        # the same run twice on a batch (keyset pages re-read their boundary rows): newest wins
+        run(5, updated="2026-11-02T00:00:00Z", name="older"),
+        run(5, updated="2026-11-03T00:00:00Z", name="newer"),
+    ]
+
+
+def written(tmp_path: Path, rows: list[dict[str, Any]], name: str) -> list[tuple[Any, ...]]:
+    """Upsert ``rows`` as one page into a new file; its flow_runs rows as text, by id."""
+    body = json.dumps(rows).encode()
+    with Store.open(tmp_path / f"{name}.duckdb") as store:
+        with store.transaction():
+            synced_tables.upsert_pages(store, FLOW_RUNS, [Page(rows, body)], pull_id=1)
+        return store.execute(
+            "SELECT CAST(t AS VARCHAR) FROM (SELECT * EXCLUDE (synced_at) FROM flow_runs) t "
+            "ORDER BY id"
+        ).rows()
+
+
+def test_arrow_batch_writes_what_duckdbs_json_reader_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rows = tricky_page()
+    assert FLOW_RUNS.arrow_batch(rows) is not None  # these go through Arrow
+    fast = written(tmp_path, rows, "arrow")
+    monkeypatch.setattr(TableSpec, "arrow_batch", lambda self, objects: None)
+    reference = written(tmp_path, rows, "from_json")
+    assert len(fast) == 5
+    assert fast == reference
+    assert "newer" in fast[-1][0]
+
+
+def test_a_value_arrow_cannot_hold_falls_back_to_duckdbs_reader(tmp_path: Path) -> None:
+    # A number where the column is text: DuckDB's JSON reader stores its text.
+    rows = [run(1, flow_version=3, tags=["a", 7])]
+    assert FLOW_RUNS.arrow_batch(rows) is None
+    with Store.open(tmp_path / "x.duckdb") as store:
+        with store.transaction():
+            synced_tables.upsert_pages(
+                store, FLOW_RUNS, [Page(rows, json.dumps(rows).encode())], pull_id=1
+            )
+        assert store.execute("SELECT flow_version, tags FROM flow_runs").one() == ("3", ["a", "7"])
+
+
+def test_single_threaded_restores_the_setting(tmp_path: Path) -> None:
+    with Store.open(tmp_path / "x.duckdb") as store:
+        store.execute("SET threads = 3")
+        with store.single_threaded():
+            assert store.execute("SELECT current_setting('threads')").scalar() == 1
+        assert store.execute("SELECT current_setting('threads')").scalar() == 3
