@@ -41,7 +41,6 @@ from typing import Any
 import httpx
 
 from bench.bench_delete import count, policy_text, publish, sh
-from tests.support.pg_seed import DATABASE, pg_cluster_at, pg_fast_seed
 from flowsync.api import PrefectClient
 from flowsync.config import resolve_api
 from flowsync.policy import apply_plan, make_plan, parse_policy
@@ -49,6 +48,7 @@ from flowsync.store import Store
 from flowsync.store.snapshot import open_for_reading
 from flowsync.store.snapshot import publish as publish_snapshot
 from flowsync.sync import pull
+from tests.support.pg_seed import DATABASE, pg_cluster_at, pg_fast_seed
 from tests.support.server import postgres_server
 
 BULK = 50
