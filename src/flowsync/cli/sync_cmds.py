@@ -94,10 +94,8 @@ def pull_cmd(
     Example: flowsync pull --api-url http://127.0.0.1:4200/api --db runs.duckdb
     """
     # Imported here so `--help` and shell completion stay fast.
-    from flowsync.api import PrefectClient
-    from flowsync.store import Store
-    from flowsync.store.snapshot import publish
-    from flowsync.sync import PullOptions, pull
+    from flowsync import operations
+    from flowsync.sync import PullOptions
 
     with errors():
         settings = resolve_api(api_url, api_key, max_requests_per_minute=max_requests_per_minute)
@@ -112,14 +110,16 @@ def pull_cmd(
             memory_limit_mb=memory_limit,
         )
         progress = make_progress(quiet or json_out)
-        with (
-            Store.open(path, wait=wait) as store,
-            progress,
-            PrefectClient(settings, on_retry=progress.message) as client,
-        ):
-            result = pull(client, store, options, progress)
-            changed = bool(result.inserted or result.updated or result.marked_deleted)
-            published = publish(store, pull_id=result.pull_id, changed=changed)
+        with progress:
+            pulled = operations.pull(
+                path,
+                api=settings,
+                options=options,
+                progress=progress,
+                wait=wait,
+                on_retry=progress.message,
+            )
+        result, published = pulled.result, pulled.snapshot
     if json_out:
         print_json(
             {
