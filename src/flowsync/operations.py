@@ -9,6 +9,7 @@ Must not: print or parse arguments (the CLI renders what they return), or hold
 the API key anywhere but the client's header.
 
     pull(db, *, api, options=None, progress=None, wait=0.0) -> Pulled
+    export(db, dest, *, fmt="parquet", tables=None, since=None, live=False) -> Exported
     plan(db, policy, *, refresh=None, live=False, wait=0.0, timeout=None) -> Plan
     apply(db, policy, *, api, confirm=None, progress=None, ...) -> Applied
 
@@ -21,9 +22,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from flowsync import api as http  # looked up per call: tests swap the client class
+from flowsync import export as export_tables
+from flowsync import objectstore
 from flowsync.config import ApiSettings
 from flowsync.errors import FlowsyncError
 from flowsync.policy import ApplyResult, Plan, apply_plan, load_policy, make_plan
@@ -39,7 +43,7 @@ from flowsync.store.snapshot import PublishResult, open_for_reading, publish
 from flowsync.sync import Progress, PullOptions, PullResult
 from flowsync.sync import pull as pull_runs
 
-__all__ = ["Applied", "Pulled", "apply", "plan", "pull"]
+__all__ = ["Applied", "Exported", "Pulled", "apply", "export", "plan", "pull"]
 
 
 @dataclass
@@ -178,3 +182,38 @@ def apply(
             # The calls are done and audited: the caller shows the summary, then this.
             return Applied(made, held, confirmed=True, publish_error=e)
     return Applied(made, held, confirmed=True)
+
+
+@dataclass
+class Exported:
+    """What an export wrote, and for an object-store destination what it uploaded."""
+
+    result: export_tables.ExportResult
+    uploaded: objectstore.UploadResult | None = None
+
+
+def export(
+    db: Path,
+    dest: str | Path,
+    *,
+    fmt: str = "parquet",
+    tables: list[str] | None = None,
+    since: datetime | None = None,
+    live: bool = False,
+    wait: float = 0.0,
+) -> Exported:
+    """The tables as Parquet partitioned by day under ``dest`` (a folder, or ``s3://``,
+    ``gs://``, ``az://``), each partition replaced atomically, with a manifest; with
+    ``since``, only the partitions changed since then. Reads the latest snapshot
+    (``live``: the live file), so it never blocks a pull."""
+    remote = objectstore.is_remote(str(dest))
+    out_dir = Path(str(dest).removeprefix("file://"))
+    if not remote:
+        export_tables.check_request(out_dir, fmt, tables)
+    with open_for_reading(Path(db), live=live, wait=wait) as store:
+        if remote:
+            result, uploaded = objectstore.export_remote(
+                store, str(dest), fmt=fmt, tables=tables, since=since
+            )
+            return Exported(result, uploaded)
+        return Exported(export_tables.export(store, out_dir, fmt=fmt, tables=tables, since=since))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -71,25 +70,16 @@ def export_cmd(
 
     Example: flowsync export --format parquet exports/ --db runs.duckdb --since 2d
     """
-    from flowsync import export, objectstore  # with pyarrow and DuckDB: loaded only when exporting
-    from flowsync.store.snapshot import open_for_reading
+    from flowsync import export, operations  # with pyarrow and DuckDB: loaded only when exporting
 
     with errors():
         names = [t.strip() for item in tables or [] for t in item.split(",") if t.strip()] or None
-        remote = objectstore.is_remote(dest)
-        out_dir = Path(dest.removeprefix("file://"))
-        if not remote:
-            export.check_request(out_dir, fmt, names)
         cutoff = parse_since(since, datetime.now(timezone.utc))
         path = resolve_db_path(db)
-        uploaded = None
-        with open_for_reading(path, live=live, wait=wait) as store:
-            if remote:
-                result, uploaded = objectstore.export_remote(
-                    store, dest, fmt=fmt, tables=names, since=cutoff
-                )
-            else:
-                result = export.export(store, out_dir, fmt=fmt, tables=names, since=cutoff)
+        exported = operations.export(
+            path, dest, fmt=fmt, tables=names, since=cutoff, live=live, wait=wait
+        )
+    result, uploaded = exported.result, exported.uploaded
     summary = {"db": str(path), **result.to_json()}
     if uploaded is not None:
         summary.update(
