@@ -5,7 +5,8 @@ The library does what the commands do, one call each (``flowsync.operations``):
     flowsync.pull(db, api=ApiSettings, options=None) -> Pulled
     flowsync.plan(db, policy, refresh=None, live=False) -> Plan
     flowsync.apply(db, policy, api=ApiSettings, confirm=None, progress=None) -> Applied
-    flowsync.export(db, dest, fmt="parquet", since=None) -> Exported
+    flowsync.operations.export(db, dest, fmt="parquet", since=None) -> Exported
+      (``flowsync.export`` is the module that writes the files)
     flowsync.connect(db) -> a read-only DuckDB connection to the latest snapshot
 
 ``import flowsync`` stays light: these load on first use, so duckdb and httpx
@@ -18,10 +19,10 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "apply", "connect", "export", "plan", "pull"]
+__all__ = ["__version__", "apply", "connect", "plan", "pull"]
 
 if TYPE_CHECKING:
-    from flowsync.operations import apply, export, plan, pull
+    from flowsync.operations import apply, plan, pull
     from flowsync.store.notebook import connect
 
 
@@ -30,7 +31,7 @@ def __getattr__(name: str) -> Any:
         from flowsync.store.notebook import connect
 
         return connect
-    if name in ("pull", "plan", "apply", "export"):
+    if name in ("pull", "plan", "apply"):
         from flowsync import operations
 
         return getattr(operations, name)
