@@ -18,11 +18,9 @@ import argparse
 import json
 import tempfile
 import time
-import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from pathlib import Path
 
-import httpx
 import yaml
 
 from flowsync.api import PrefectClient
@@ -31,33 +29,14 @@ from flowsync.policy import apply_plan, make_plan, parse_policy
 from flowsync.store import Store
 from flowsync.sync import pull
 from tests.support.history import _HISTORY_SQL, START
-from tests.support.seed import create_bulk, post_json, set_states
+from tests.support.seed import new_deployment, runs_in_state
 from tests.support.server import prefect_server
 
 
 def seed_round(url: str, runs: int, tag: str) -> None:
-    now = datetime.now(timezone.utc)
-    with httpx.Client(base_url=url + "/", timeout=120) as c:
-        flow = post_json(c, "flows/", {"name": f"window-{tag}"})
-        dep = post_json(c, "deployments/", {"name": "prod", "flow_id": flow["id"]})
-        payload = [
-            {
-                "idempotency_key": str(uuid.uuid4()),
-                "tags": [tag],
-                "state": {
-                    "type": "SCHEDULED",
-                    "name": "Scheduled",
-                    "state_details": {
-                        "scheduled_time": (now - timedelta(minutes=runs - i)).isoformat()
-                    },
-                },
-            }
-            for i in range(runs)
-        ]
-        ids = [
-            i for k in range(0, runs, 50) for i in create_bulk(c, dep["id"], payload[k : k + 50])
-        ]
-        set_states(c, ids, "COMPLETED", "Completed")
+    runs_in_state(
+        url, new_deployment(url, f"window-{tag}"), runs, "COMPLETED", tag, timedelta(minutes=1)
+    )
 
 
 def add_filler(db: Path, filler: int, offset: int) -> None:

@@ -22,7 +22,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,7 @@ from flowsync.config import ApiSettings
 from flowsync.policy import ApplyResult, apply_plan, make_plan, parse_policy
 from flowsync.store import Store
 from tests.helpers import forwarding, patch_run, pulled_db, query, run_cli
-from tests.support.seed import create_bulk, post_json, set_states
+from tests.support.seed import new_deployment, runs_in_state, set_states
 from tests.support.server import Server
 
 
@@ -48,31 +48,12 @@ def server(start_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Itera
 
 def deployment(server: Server) -> str:
     """A new flow and deployment of its own (each test ranks only its own runs)."""
-    with httpx.Client(base_url=server.url + "/", timeout=60) as c:
-        flow = post_json(c, "flows/", {"name": f"paths-{uuid.uuid4().hex[:8]}"})
-        dep = post_json(c, "deployments/", {"name": "prod", "flow_id": flow["id"]})
-    return str(dep["id"])
+    return new_deployment(server.url, f"paths-{uuid.uuid4().hex[:8]}")
 
 
 def runs(server: Server, dep: str, n: int, state: str, tag: str) -> list[str]:
     """``n`` runs of ``dep`` in ``state``, tagged ``tag``, oldest first (a day apart)."""
-    now = datetime.now(timezone.utc)
-    payload = [
-        {
-            "idempotency_key": str(uuid.uuid4()),
-            "tags": [tag],
-            "state": {
-                "type": "SCHEDULED",
-                "name": "Scheduled",
-                "state_details": {"scheduled_time": (now - timedelta(days=30 - i)).isoformat()},
-            },
-        }
-        for i in range(n)
-    ]
-    with httpx.Client(base_url=server.url + "/", timeout=60) as c:
-        ids = [i for k in range(0, n, 50) for i in create_bulk(c, dep, payload[k : k + 50])]
-        set_states(c, ids, state, state.title())
-    return ids
+    return runs_in_state(server.url, dep, n, state, tag, timedelta(days=1))
 
 
 def set_state(server: Server, ids: list[str], state: str) -> None:
@@ -400,36 +381,18 @@ def killing_proxy(
     return ThreadingHTTPServer(("127.0.0.1", 0), Handler)
 
 
-def test_an_apply_killed_after_a_call_is_settled_by_the_next_under_its_own_id(
-    server: Server, tmp_path: Path
-) -> None:
-    dep = deployment(server)
-    ids = runs(server, dep, 120, "COMPLETED", "kill")
-    db = pulled_db(server.url, tmp_path)
-    policy = policy_file(
-        tmp_path, [{"name": "purge", "action": "delete", "sql": tagged("kill", "COMPLETED")}]
-    )
-
+def apply_killed_at(server: Server, db: Path, policy: Path, *, before_server: bool) -> str:
+    """``flowsync apply`` in its own process, through a proxy that SIGKILLs it at its second
+    bulk call (see ``killing_proxy``); returns the killed apply's id."""
     victim: list[int] = []
-    httpd = killing_proxy(server.url.rsplit("/api", 1)[0], 2, victim)
+    httpd = killing_proxy(server.url.rsplit("/api", 1)[0], 2, victim, before_server=before_server)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     proxy_url = f"http://127.0.0.1:{httpd.server_address[1]}/api"
+    command = ["apply", str(policy), "--db", str(db), "--api-url", proxy_url, "--yes"]
     try:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "flowsync",
-                "apply",
-                str(policy),
-                "--db",
-                str(db),
-                "--api-url",
-                proxy_url,
-                "--yes",
-            ],
-            env=env,
+            [sys.executable, "-m", "flowsync", *command],
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )
@@ -440,7 +403,20 @@ def test_an_apply_killed_after_a_call_is_settled_by_the_next_under_its_own_id(
         httpd.shutdown()
     killed = query(db, "SELECT DISTINCT apply_id FROM policy_actions")
     assert len(killed) == 1
-    first_apply = killed[0][0]
+    return str(killed[0][0])
+
+
+def test_an_apply_killed_after_a_call_is_settled_by_the_next_under_its_own_id(
+    server: Server, tmp_path: Path
+) -> None:
+    dep = deployment(server)
+    ids = runs(server, dep, 120, "COMPLETED", "kill")
+    db = pulled_db(server.url, tmp_path)
+    policy = policy_file(
+        tmp_path, [{"name": "purge", "action": "delete", "sql": tagged("kill", "COMPLETED")}]
+    )
+
+    first_apply = apply_killed_at(server, db, policy, before_server=False)
     pending = query(db, "SELECT count(*) FROM policy_actions WHERE outcome = 'pending'")[0][0]
     assert pending == 50, "the second batch was sent, its answer never recorded"
     # The next apply reads them back and settles them under the apply that sent them.
@@ -475,33 +451,7 @@ def test_an_apply_killed_before_its_call_reached_the_server_is_finished_by_the_n
     policy = policy_file(
         tmp_path, [{"name": "purge", "action": "delete", "sql": tagged("killb", "COMPLETED")}]
     )
-    victim: list[int] = []
-    httpd = killing_proxy(server.url.rsplit("/api", 1)[0], 2, victim, before_server=True)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    proxy_url = f"http://127.0.0.1:{httpd.server_address[1]}/api"
-    try:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "flowsync",
-                "apply",
-                str(policy),
-                "--db",
-                str(db),
-                "--api-url",
-                proxy_url,
-                "--yes",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        victim.append(proc.pid)
-        proc.wait(timeout=300)
-        assert proc.returncode == -signal.SIGKILL
-    finally:
-        httpd.shutdown()
-    (first_apply,) = query(db, "SELECT DISTINCT apply_id FROM policy_actions")[0]
+    first_apply = apply_killed_at(server, db, policy, before_server=True)
     assert len(live(server, ids)) == 30  # batch 2 (30 runs) never reached the server
     result = run_cli(
         "apply",

@@ -295,3 +295,37 @@ def delete_runs(url: str, ids: list[str], tries: int = 10) -> None:
                 time.sleep(0.2 * (attempt + 1))
             else:
                 raise RuntimeError(f"DELETE flow_runs/{run_id} kept failing")
+
+
+def new_deployment(url: str, flow_name: str) -> str:
+    """A new flow called ``flow_name`` with one deployment (``prod``); returns the deployment's id."""
+    with httpx.Client(base_url=url.rstrip("/") + "/", timeout=60) as c:
+        flow = post_json(c, "flows/", {"name": flow_name})
+        dep = post_json(c, "deployments/", {"name": "prod", "flow_id": flow["id"]})
+    return str(dep["id"])
+
+
+def runs_in_state(
+    url: str, deployment_id: str, n: int, state: str, tag: str, spacing: timedelta
+) -> list[str]:
+    """``n`` runs of the deployment forced into ``state``, tagged ``tag``, oldest first,
+    ``spacing`` apart and ending now."""
+    now = datetime.now(timezone.utc)
+    payload = [
+        {
+            "idempotency_key": str(uuid.uuid4()),
+            "tags": [tag],
+            "state": {
+                "type": "SCHEDULED",
+                "name": "Scheduled",
+                "state_details": {"scheduled_time": (now - spacing * (n - i)).isoformat()},
+            },
+        }
+        for i in range(n)
+    ]
+    with httpx.Client(base_url=url.rstrip("/") + "/", timeout=120) as c:
+        ids = [
+            i for k in range(0, n, 50) for i in create_bulk(c, deployment_id, payload[k : k + 50])
+        ]
+        set_states(c, ids, state, state.title())
+    return ids

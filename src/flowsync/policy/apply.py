@@ -568,6 +568,13 @@ class _Applier:
         self, rule: RuleModel, run_id: str, before: Seen, now: Seen | None
     ) -> RunResult | None:
         requested = rule.state.type if isinstance(rule, SetStateRule) else None
+        return self._evidence(rule.action, requested, run_id, before, now)
+
+    def _evidence(
+        self, action: str, requested: str | None, run_id: str, before: Seen, now: Seen | None
+    ) -> RunResult | None:
+        """``classify_lost``, reading the run's state history when only it can tell
+        whether the requested state came in between (one request, rare)."""
         history = None
         if (
             requested
@@ -575,8 +582,8 @@ class _Applier:
             and now.state_id != before.state_id
             and now.state_type != requested
         ):
-            history = self._history(run_id)  # did our state come in between? (one request, rare)
-        return classify_lost(rule.action, requested, before, now, history)
+            history = self._history(run_id)
+        return classify_lost(action, requested, before, now, history)
 
     def _history(self, run_id: str) -> list[dict[str, Any]] | None:
         try:
@@ -988,15 +995,7 @@ def _settle_rows(
         before = Seen(row.state_type_before, row.state_id_before, None)
         now = after.get(row.flow_run_id)
         requested = row.requested_type if row.action == "set_state" else None
-        history = None
-        if (
-            requested
-            and now is not None
-            and now.state_id != before.state_id
-            and now.state_type != requested
-        ):
-            history = applier._history(row.flow_run_id)
-        verdict = classify_lost(row.action, requested, before, now, history)
+        verdict = applier._evidence(row.action, requested, row.flow_run_id, before, now)
         if verdict is None:
             if not final:
                 continue  # it may still be on its way

@@ -364,12 +364,16 @@ class Scope:
 
 # Only the columns the guards and the plan's listing need: a rule's picks joined to
 # whole rows (JSON columns included) cost more than the rule itself at a million runs.
-_SELECT = """
+# The distinct ids a rule's SQL returns (``{sql}``), the start of every selection below.
+_PICKED = """
 WITH picked AS (
     SELECT DISTINCT CAST(id AS UUID) AS id FROM (
 {sql}
     ) AS rule_rows WHERE id IS NOT NULL
-), candidates AS (
+)"""
+_SELECT = (
+    _PICKED
+    + """, candidates AS (
     SELECT id, name, flow_id, deployment_id, state_type, state_name, tags,
            expected_start_time, end_time, deleted_at,
            coalesce(expected_start_time, start_time, created) AS sort_time
@@ -391,15 +395,13 @@ LEFT JOIN flows f ON f.id = r.flow_id
 LEFT JOIN deployments d ON d.id = r.deployment_id
 ORDER BY r.sort_time ASC NULLS FIRST, r.picked_id
 """
+)
 # A batch's decision: its runs, ranked by keep_newest against only the runs that can outrank
 # them. The ranking reads three narrow columns of the batch's deployments (the N newest
 # picked live runs of each), so its cost follows the rule's scan, not the deployment's size.
-_SELECT_SCOPED = """
-WITH picked AS (
-    SELECT DISTINCT CAST(id AS UUID) AS id FROM (
-{sql}
-    ) AS rule_rows WHERE id IS NOT NULL
-), kept AS (
+_SELECT_SCOPED = (
+    _PICKED
+    + """, kept AS (
     SELECT k.id, row_number() OVER (
                PARTITION BY k.deployment_id ORDER BY k.sort_time DESC NULLS LAST, k.id DESC) AS newest_rank
     FROM (SELECT id, deployment_id, coalesce(expected_start_time, start_time, created) AS sort_time
@@ -433,6 +435,7 @@ LEFT JOIN deployments d ON d.id = r.deployment_id
 WHERE r.is_picked
 ORDER BY r.sort_time ASC NULLS FIRST, r.picked_id
 """
+)
 
 
 def _select(
