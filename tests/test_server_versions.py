@@ -121,6 +121,12 @@ def test_apply_delete_and_set_state(versioned: Versioned, tmp_path: Path) -> Non
         "--json",
     )  # fmt: skip
     if version_tuple(versioned.version) < BULK_SINCE:
+        # The plan says which calls apply will make, from the server the last pull saw.
+        planned = run_cli("plan", str(policy), "--db", str(versioned.db))
+        assert (
+            "apply path: per-run" in planned.stdout
+            and "no server-side state guard" in planned.stdout
+        )
         # No bulk endpoints: a forced state cannot be guarded per run, so that is refused
         # before any call, in one line that says why; nothing changed.
         assert result.exit_code == 7, result.output

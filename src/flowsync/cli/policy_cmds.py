@@ -144,6 +144,8 @@ def _render_plan(plan: Plan, sample: int) -> None:
             highlight=False,
         )
     out.print(f"data: {_data_age(plan)}", highlight=False)
+    if plan.apply_path != "bulk":
+        out.print(f"[yellow]apply path:[/] {escape(plan.apply_path)}", highlight=False)
     out.print(
         "apply re-reads each batch's runs from the server right before its call and checks this "
         "policy again: runs that no longer qualify are skipped (with the reason), runs gone are not sent.",

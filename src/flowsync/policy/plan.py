@@ -114,6 +114,20 @@ class Plan:
     timeout: float | None = None  # seconds each rule statement may run
     # rule name -> why its SQL may decide a run from other runs' rows (see reads_other_runs)
     reads_other_runs: dict[str, str] = field(default_factory=dict)
+    # the server as the last pull saw it ({"version", "cloud", "bulk", "seen_at"}), if known
+    server: dict[str, Any] | None = None
+
+    @property
+    def apply_path(self) -> str:
+        """Which calls apply will make, as the last pull saw the server (apply asks it again)."""
+        if not self.server or self.server.get("bulk", True):
+            return "bulk"
+        return (
+            f"per-run: Prefect {self.server.get('version') or '?'} (as last pulled) lacks the bulk "
+            "endpoints (3.6.16+); apply sends one DELETE or set_state per run, re-checked in "
+            "batches of 10; DELETE /flow_runs/{id} has no server-side state guard, and forced "
+            "states are refused"
+        )
 
     @property
     def total(self) -> int:
@@ -138,6 +152,7 @@ class Plan:
             },
             "rules": [r.to_json(sample) for r in self.rules],
             "reads_other_runs": self.reads_other_runs,
+            "apply_path": self.apply_path,
         }
 
 
@@ -567,6 +582,8 @@ def make_plan(
     if describe:  # how old the data is (not needed by apply's re-check)
         planned = [run.id for rp in rules for run in rp.runs]
         plan.last_pull_at = sync_log.last_pull_at(store)
+        server = sync_log.get_state(store, "server")
+        plan.server = server if isinstance(server, dict) else None
         plan.oldest_read_at = synced_tables.oldest_read(store, planned) if planned else None
     return plan
 
