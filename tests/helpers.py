@@ -163,3 +163,18 @@ def forwarding(
         return httpx.Response(response.status_code, headers=headers, content=response.content)
 
     return httpx.MockTransport(handler)
+
+
+def outside(server: Server, ids: list[str]) -> dict[str, tuple[str, str]]:
+    """Every run on the server but ``ids``: id -> (state type, updated). Equal before and
+    after an apply: nothing outside the policy's selection was touched."""
+    found: dict[str, tuple[str, str]] = {}
+    with httpx.Client(base_url=server.url + "/", timeout=60) as c:
+        while True:
+            page = c.post(
+                "flow_runs/filter", json={"sort": "ID_DESC", "limit": 200, "offset": len(found)}
+            ).json()
+            found.update({r["id"]: (r["state_type"], r["updated"]) for r in page})
+            if len(page) < 200:
+                break
+    return {i: v for i, v in found.items() if i not in set(ids)}

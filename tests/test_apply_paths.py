@@ -35,7 +35,7 @@ from flowsync.api import PrefectClient, RetryPolicy
 from flowsync.config import ApiSettings
 from flowsync.policy import ApplyResult, apply_plan, make_plan, parse_policy
 from flowsync.store import Store
-from tests.helpers import forwarding, patch_run, pulled_db, query, run_cli
+from tests.helpers import forwarding, outside, patch_run, pulled_db, query, run_cli
 from tests.support.seed import new_deployment, runs_in_state, set_states
 from tests.support.server import Server
 
@@ -131,6 +131,7 @@ def test_keep_newest_is_decided_on_the_newest_runs_as_they_are_now(
     dep = deployment(server)
     ids = runs(server, dep, 10, "FAILED", "kn1")
     db = pulled_db(server.url, tmp_path)
+    others = outside(server, ids)
     policy = policy_file(
         tmp_path,
         [{"name": "purge", "action": "delete", "keep_newest": 2, "sql": tagged("kn1", "FAILED")}],
@@ -144,6 +145,7 @@ def test_keep_newest_is_decided_on_the_newest_runs_as_they_are_now(
     assert [i for i in ids if now.get(i) == "FAILED"] == ids[-4:-2]
     assert outcomes(db, ids[-4:-2]) == dict.fromkeys(ids[-4:-2], "skipped")
     assert set(outcomes(db, ids[:-4]).values()) == {"deleted"}
+    assert outside(server, ids) == others  # nothing outside the selection touched
 
 
 def test_keep_newest_counts_what_an_earlier_rule_of_the_same_apply_took(
@@ -154,6 +156,7 @@ def test_keep_newest_counts_what_an_earlier_rule_of_the_same_apply_took(
     for i in ids[-2:]:
         patch_run(server.url, i, {"tags": ["kn2", "doomed"]})
     db = pulled_db(server.url, tmp_path)
+    others = outside(server, ids)
     policy = policy_file(
         tmp_path,
         [
@@ -178,12 +181,14 @@ def test_keep_newest_counts_what_an_earlier_rule_of_the_same_apply_took(
         )[0][0]
         == 8
     )
+    assert outside(server, ids) == others  # nothing outside the selection touched
 
 
 def test_a_rule_reading_other_runs_sees_their_state_changes(server: Server, tmp_path: Path) -> None:
     dep = deployment(server)
     ids = runs(server, dep, 6, "FAILED", "xr")
     db = pulled_db(server.url, tmp_path)
+    others = outside(server, ids)
     # Delete FAILED runs of deployments that have no COMPLETED run: NOT EXISTS over other runs.
     sql = (
         "SELECT r.id FROM flow_runs r WHERE r.deleted_at IS NULL AND list_contains(r.tags, 'xr') "
@@ -202,8 +207,8 @@ def test_a_rule_reading_other_runs_sees_their_state_changes(server: Server, tmp_
     assert live(server, ids) == {**dict.fromkeys(ids[:-1], "FAILED"), ids[-1]: "COMPLETED"}
     assert set(outcomes(db, ids[:-1]).values()) == {"skipped"}
 
-
-# -- throttled and timed-out calls ------------------------------------------------------------------
+    # -- throttled and timed-out calls ------------------------------------------------------------------
+    assert outside(server, ids) == others  # nothing outside the selection touched
 
 
 def test_a_run_protected_while_the_server_asks_to_wait_is_not_deleted(
@@ -212,6 +217,7 @@ def test_a_run_protected_while_the_server_asks_to_wait_is_not_deleted(
     dep = deployment(server)
     ids = runs(server, dep, 6, "COMPLETED", "thr")
     db = pulled_db(server.url, tmp_path)
+    others = outside(server, ids)
     policy = policy_file(
         tmp_path,
         [{"name": "purge", "action": "delete", "sql": tagged("thr", "COMPLETED")}],
@@ -237,6 +243,7 @@ def test_a_run_protected_while_the_server_asks_to_wait_is_not_deleted(
     assert set(live(server, ids)) == {ids[0]}
     assert outcomes(db, ids)[ids[0]] == "skipped"
     assert result.counts["purge"] == {"deleted": 5, "skipped": 1}
+    assert outside(server, ids) == others  # nothing outside the selection touched
 
 
 def test_a_timed_out_call_the_server_completes_later_is_attributed_to_this_apply(
@@ -245,6 +252,7 @@ def test_a_timed_out_call_the_server_completes_later_is_attributed_to_this_apply
     dep = deployment(server)
     ids = runs(server, dep, 5, "COMPLETED", "late")
     db = pulled_db(server.url, tmp_path)
+    others = outside(server, ids)
     policy = policy_file(
         tmp_path, [{"name": "purge", "action": "delete", "sql": tagged("late", "COMPLETED")}]
     )
@@ -272,6 +280,7 @@ def test_a_timed_out_call_the_server_completes_later_is_attributed_to_this_apply
     assert set(outcomes(db, ids).values()) == {"deleted"}
     assert result.counts["purge"] == {"deleted": 5}
     assert result.status == "success"
+    assert outside(server, ids) == others  # nothing outside the selection touched
 
 
 def test_a_401_on_the_second_call_of_a_batch_keeps_what_the_first_did(
@@ -280,6 +289,7 @@ def test_a_401_on_the_second_call_of_a_batch_keeps_what_the_first_did(
     dep = deployment(server)
     ids = runs(server, dep, 6, "COMPLETED", "auth")
     db = pulled_db(server.url, tmp_path)
+    others = outside(server, ids)
     # Half the batch moves on to FAILED after the pull, so its one batch goes out as two
     # calls (one per state type the server shows): the second is refused with 401.
     policy = policy_file(
@@ -331,6 +341,7 @@ def test_a_401_on_the_second_call_of_a_batch_keeps_what_the_first_did(
     )
     assert sorted(r[0] for r in marked) == sorted(gone)
     assert held.counts["purge"] == {"deleted": 3, "failed": 3}
+    assert outside(server, ids) == others  # nothing outside the selection touched
 
 
 # -- kill -9 between a call and its record -----------------------------------------------------------
@@ -412,6 +423,7 @@ def test_an_apply_killed_after_a_call_is_settled_by_the_next_under_its_own_id(
     dep = deployment(server)
     ids = runs(server, dep, 120, "COMPLETED", "kill")
     db = pulled_db(server.url, tmp_path)
+    others = outside(server, ids)
     policy = policy_file(
         tmp_path, [{"name": "purge", "action": "delete", "sql": tagged("kill", "COMPLETED")}]
     )
@@ -440,6 +452,7 @@ def test_an_apply_killed_after_a_call_is_settled_by_the_next_under_its_own_id(
     assert resolved == 50
     summary = json.loads(result.stdout)["result"]
     assert summary["resolved_earlier"] == 50
+    assert outside(server, ids) == others  # nothing outside the selection touched
 
 
 def test_an_apply_killed_before_its_call_reached_the_server_is_finished_by_the_next(
@@ -448,6 +461,7 @@ def test_an_apply_killed_before_its_call_reached_the_server_is_finished_by_the_n
     dep = deployment(server)
     ids = runs(server, dep, 80, "COMPLETED", "killb")
     db = pulled_db(server.url, tmp_path)
+    others = outside(server, ids)
     policy = policy_file(
         tmp_path, [{"name": "purge", "action": "delete", "sql": tagged("killb", "COMPLETED")}]
     )
@@ -473,3 +487,67 @@ def test_an_apply_killed_before_its_call_reached_the_server_is_finished_by_the_n
     # the killed apply's batch 2: read back unchanged after the settle bound -> failed (not
     # done by it); this apply then deleted those runs itself
     assert sorted(rows) == [(False, "deleted", 30), (True, "deleted", 50), (True, "failed", 30)]
+    assert outside(server, ids) == others  # nothing outside the selection touched
+
+
+def test_a_call_whose_connection_was_never_made_is_rechecked_then_sent_once_more(
+    server: Server, tmp_path: Path
+) -> None:
+    dep = deployment(server)
+    ids = runs(server, dep, 5, "COMPLETED", "conn")
+    db = pulled_db(server.url, tmp_path)
+    others = outside(server, ids)
+    policy = policy_file(
+        tmp_path, [{"name": "purge", "action": "delete", "sql": tagged("conn", "COMPLETED")}]
+    )
+    sent: list[int] = []
+
+    def fault(request: httpx.Request, n: int) -> httpx.Response | None:
+        if request.url.path.endswith("bulk_delete"):
+            sent.append(n)
+            if len(sent) == 1:
+                raise httpx.ConnectError("connection refused", request=request)
+        return None
+
+    result = library_apply(server, db, policy, forwarding(fault), sleep=lambda s: None)
+    assert len(sent) == 2 and result.calls == 2  # re-read and re-decided, then sent once more
+    assert live(server, ids) == {}
+    assert outcomes(db, ids) == dict.fromkeys(ids, "deleted")
+    assert result.counts == {"purge": {"deleted": 5}} and result.status == "success"
+    assert outside(server, ids) == others
+
+
+def test_ctrl_c_while_a_call_is_in_flight_records_what_the_server_did(
+    server: Server, tmp_path: Path
+) -> None:
+    dep = deployment(server)
+    ids = runs(server, dep, 120, "COMPLETED", "ctrlc")
+    db = pulled_db(server.url, tmp_path)
+    others = outside(server, ids)
+    policy = policy_file(
+        tmp_path, [{"name": "purge", "action": "delete", "sql": tagged("ctrlc", "COMPLETED")}]
+    )
+    calls: list[list[str]] = []
+
+    def ctrl_c(request: httpx.Request, response: httpx.Response) -> None:
+        if request.url.path.endswith("bulk_delete"):
+            calls.append(json.loads(request.content)["flow_runs"]["id"]["any_"])
+            if len(calls) == 2:  # the server deleted batch 2; Ctrl-C before its answer arrives
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        library_apply(server, db, policy, forwarding(None, ctrl_c))
+    sent = [i for call in calls for i in call]
+    assert len(sent) == 100  # batch 3 was never sent
+    remaining = live(server, ids)
+    assert set(remaining) == set(ids) - set(sent)
+    # batch 2's rows were read back on the way out: deleted, attributed to this apply
+    assert outcomes(db, ids) == dict.fromkeys(sent, "deleted")
+    marked = query(
+        db,
+        "SELECT count(*) FROM flow_runs WHERE deleted_at IS NOT NULL AND id IN "
+        "(SELECT unnest(CAST(? AS UUID[])))",
+        [ids],
+    )[0][0]
+    assert marked == 100
+    assert outside(server, ids) == others

@@ -24,7 +24,7 @@ from flowsync.api import PrefectClient, RetryPolicy
 from flowsync.config import ApiSettings
 from flowsync.policy import apply_plan, make_plan, parse_policy
 from flowsync.store import Store
-from tests.helpers import Fault, forwarding, patch_run, query, run_cli, scalar
+from tests.helpers import Fault, forwarding, outside, patch_run, query, run_cli, scalar
 from tests.support.seed import seed
 from tests.support.server import Server
 
@@ -274,6 +274,7 @@ def test_a_lost_delete_answer_after_the_commit_is_recorded_deleted(
     server: Server, tmp_path: Path
 ) -> None:
     db, ids = pulled_and_picked(server, tmp_path, "COMPLETED", 12)
+    others = outside(server, ids)
     path = delete_policy(tmp_path, ids)
     bulk: list[list[str]] = []
 
@@ -291,12 +292,14 @@ def test_a_lost_delete_answer_after_the_commit_is_recorded_deleted(
     assert {o for o, _ in rows.values()} == {"deleted"}
     assert all("gone after it" in d["evidence"] for _, d in rows.values())
     assert count_in_file(db, "deleted_at IS NOT NULL", ids) == 12
+    assert outside(server, ids) == others  # nothing outside the selection touched
 
 
 def test_a_lost_set_state_answer_is_accepted_and_a_run_that_moved_on_is_not_sent_twice(
     server: Server, tmp_path: Path
 ) -> None:
     db, ids = pulled_and_picked(server, tmp_path, "SCHEDULED", 6)
+    others = outside(server, ids)
     moved = ids[0]
     path = cancel_policy(tmp_path, ids, message="flowsync test")
     bulk: list[list[str]] = []
@@ -320,10 +323,12 @@ def test_a_lost_set_state_answer_is_accepted_and_a_run_that_moved_on_is_not_sent
     assert {now[i]["state_type"] for i in ids[1:]} == {"CANCELLED"}
     rows = audit(db, ids)
     assert "moved on to RUNNING" in rows[moved][1]["evidence"]
+    assert outside(server, ids) == others  # nothing outside the selection touched
 
 
 def test_a_call_the_server_never_received_is_resent_once(server: Server, tmp_path: Path) -> None:
     db, ids = pulled_and_picked(server, tmp_path, "COMPLETED", 4)
+    others = outside(server, ids)
     path = cancel_policy(tmp_path, ids)
     bulk: list[int] = []
 
@@ -339,3 +344,4 @@ def test_a_call_the_server_never_received_is_resent_once(server: Server, tmp_pat
     assert {r["state_type"] for r in on_server(server, ids).values()} == {"CANCELLED"}
     rows = audit(db, ids)
     assert all("attempt 1: HTTP 503" in d["after_lost_answer"] for _, d in rows.values())
+    assert outside(server, ids) == others  # nothing outside the selection touched
