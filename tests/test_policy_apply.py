@@ -16,8 +16,9 @@ from flowsync.api import PrefectClient, RetryPolicy
 from flowsync.config import ApiSettings
 from flowsync.errors import ApiError, PolicyLimitError
 from flowsync.policy import apply_plan, make_plan, parse_policy
-from flowsync.policy.apply import Outcome, Seen, classify_lost, classify_unanswered
+from flowsync.policy.answers import Seen, classify_lost, classify_unanswered
 from flowsync.policy.plan import Plan
+from flowsync.policy.result import Outcome
 from flowsync.store import Store
 from flowsync.sync import NullProgress
 from tests.helpers import query, run_cli, scalar

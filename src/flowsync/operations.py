@@ -35,9 +35,9 @@ from flowsync.policy.apply import (
     SETTLE_SECONDS,
     check_guards,
     new_result,
-    refresh_plan,
     reread_runs,
 )
+from flowsync.policy.plan import selected_ids
 from flowsync.store import Store, locks
 from flowsync.store.snapshot import PublishResult, open_for_reading, publish
 from flowsync.sync import Progress, PullOptions, PullResult
@@ -102,7 +102,7 @@ def plan(
         with open_for_reading(
             db, live=True, wait=wait, sandbox=True, lock_context=locks.WRITE
         ) as store:
-            ids = refresh_plan(None, store, loaded)
+            ids = selected_ids(make_plan(store, loaded))
         with (
             Store.open(db, wait=wait, lock_context=locks.WRITE) as store,
             http.PrefectClient(refresh) as client,

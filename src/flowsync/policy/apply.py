@@ -33,7 +33,9 @@ runs), each step a function with typed inputs and outputs:
 Runs a killed apply left ``pending`` are read back and settled under the apply
 that sent them when the next apply starts (``resolve_earlier``). A failed batch
 does not stop the next one; a server that cannot be read stops the apply.
-Must not: select runs (that is ``plan``), print, or import httpx/duckdb.
+The values passed between the steps and the classification of each run live in
+``policy/answers.py``. Must not: select runs (that is ``plan``), print, or import
+httpx/duckdb.
 """
 
 from __future__ import annotations
@@ -59,16 +61,33 @@ from flowsync.errors import (
     UncertainError,
     UnsupportedError,
 )
+from flowsync.policy.answers import (
+    Acted,
+    Answer,
+    Call,
+    Decided,
+    Fresh,
+    Lost,
+    Partial,
+    Refused,
+    Seen,
+    Throttled,
+    Verdict,
+    answered,
+    changes,
+    classify_lost,
+    classify_unanswered,
+    file_rows,
+    with_lost,
+)
 from flowsync.policy.ledger import Ledger
-from flowsync.policy.model import LoadedPolicy, SetStateRule
+from flowsync.policy.model import SetStateRule
 from flowsync.policy.plan import (
     Decision,
     Plan,
     RuleModel,
     Scope,
     decide_scope,
-    make_plan,
-    selected_ids,
 )
 from flowsync.policy.result import SET_STATE_STATUS, ApplyResult, Outcome, RunResult
 from flowsync.store import Store, audit, sync_log, synced_tables
@@ -77,12 +96,11 @@ from flowsync.sync import NullProgress, Progress, RunReader
 __all__ = [
     "ApplyResult",
     "Batch",
-    "Outcome",
-    "Seen",
     "apply_plan",
     "batches",
     "check_guards",
-    "refresh_plan",
+    "new_result",
+    "reread_runs",
 ]
 
 # How long a call whose answer was lost may still be running on the server: its runs are
@@ -96,20 +114,6 @@ PER_RUN_BATCH = 10
 MAX_THROTTLE_WAIT = 120.0
 # State events reach the server's store a few seconds late: a catch-up re-reads this far back.
 EVENTS_OVERLAP = timedelta(minutes=2)
-
-# Columns compared to say what changed on the server when the re-check drops a run.
-WATCHED = (
-    "name",
-    "tags",
-    "state_type",
-    "state_name",
-    "deployment_id",
-    "flow_id",
-    "parameters",
-    "job_variables",
-    "expected_start_time",
-    "labels",
-)
 
 
 @dataclass(frozen=True)
@@ -152,272 +156,10 @@ def check_guards(plan: Plan) -> None:
                 )
 
 
-# -- what the server showed ------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Seen:
-    """A run's state as one read from the server showed it."""
-
-    state_type: str | None
-    state_id: str | None
-    state_name: str | None
-
-    @classmethod
-    def of(cls, row: dict[str, Any]) -> Seen:
-        state = row.get("state") or {}
-        return cls(
-            state_type=row.get("state_type") or state.get("type"),
-            state_id=str(row.get("state_id") or state.get("id") or "") or None,
-            state_name=row.get("state_name") or state.get("name"),
-        )
-
-
-def classify_lost(
-    action: str,
-    requested: str | None,
-    before: Seen,
-    after: Seen | None,
-    history: list[dict[str, Any]] | None = None,
-) -> RunResult | None:
-    """A run sent by a call whose answer was lost: what the server shows now says what happened.
-
-    ``before`` is the read right before that call, ``after`` a read since
-    (None: gone); ``history`` the run's states, oldest first, for a set_state
-    run that now holds another state. None means the server shows the run
-    untouched: it may be re-checked and sent again.
-    """
-    lost = "the call's answer was lost"
-    if after is None:
-        if action == "delete":
-            return RunResult(
-                Outcome.DELETED,
-                {"evidence": f"present right before the call, gone after it ({lost})"},
-            )
-        return RunResult(
-            Outcome.GONE, {"reason": "deleted on the server during the call, not by this apply"}
-        )
-    if after.state_id == before.state_id:
-        return None
-    if action == "set_state" and after.state_type == requested:
-        return RunResult(
-            Outcome.ACCEPTED,
-            {
-                "evidence": f"a new {after.state_type} state after the call ({lost})",
-                "state": {"type": after.state_type, "name": after.state_name},
-            },
-        )
-    if action == "set_state" and history is None:
-        return RunResult(
-            Outcome.PENDING,
-            {
-                "reason": f"its state changed during the call ({before.state_type} -> {after.state_type}) and its "
-                "state history could not be read to tell whether this apply did it; check it, then run "
-                f"apply again ({lost})",
-            },
-        )
-    if action == "set_state" and _took(history or [], before.state_id, requested):
-        return RunResult(
-            Outcome.ACCEPTED,
-            {
-                "evidence": f"its state history holds the requested {requested} state after the one it had "
-                f"before the call ({lost}); it has since moved on to {after.state_type}",
-                "state_type_now": after.state_type,
-            },
-        )
-    return RunResult(
-        Outcome.SKIPPED,
-        {
-            "reason": f"its state changed during the call ({before.state_type} -> {after.state_type}) "
-            "but not as requested; not sent again",
-            "check": "state guard",
-            "state_type_now": after.state_type,
-        },
-    )
-
-
-def _took(history: list[dict[str, Any]], before_id: str | None, requested: str | None) -> bool:
-    """Whether a state of the requested type follows the state the run had before the call."""
-    ids = [str(s.get("id")) for s in history]
-    if before_id not in ids:
-        return False
-    return any(s.get("type") == requested for s in history[ids.index(before_id) + 1 :])
-
-
-def classify_unanswered(before: Seen, after: Seen | None) -> RunResult:
-    """A run the server's answer did not act on: why, from a read after the call."""
-    if after is None:
-        return RunResult(
-            Outcome.GONE, {"reason": "deleted on the server between the re-read and the call"}
-        )
-    if after.state_id != before.state_id:
-        return RunResult(
-            Outcome.SKIPPED,
-            {
-                "reason": f"its state changed between the re-read and the call ({before.state_type} -> "
-                f"{after.state_type}); the state guard held",
-                "check": "state guard",
-                "state_type_now": after.state_type,
-            },
-        )
-    return RunResult(Outcome.FAILED, {"reason": "the server did not act on it; run apply again"})
-
-
-def _answered(
-    rule: RuleModel, ids: list[str], answer: dict[str, Any]
-) -> tuple[dict[str, RunResult], list[str]]:
-    """The runs the server's answer acted on (or refused), and notes on anything odd in it."""
-    if isinstance(rule, SetStateRule):
-        results = answer.get("results")
-        if not isinstance(results, list):
-            raise ApiError("POST /flow_runs/bulk_set_state answered without a `results` list.")
-        out: dict[str, RunResult] = {}
-        notes = []
-        for item in results:
-            run_id = str(item.get("flow_run_id"))
-            if run_id not in ids:
-                notes.append(f"server answered for a run that was not asked for: {run_id}")
-                continue
-            status = str(item.get("status"))
-            state = item.get("state") or {}
-            out[run_id] = RunResult(
-                SET_STATE_STATUS.get(status, Outcome.FAILED),
-                {
-                    "status": status,
-                    "details": item.get("details"),
-                    "state": {"type": state.get("type"), "name": state.get("name")}
-                    if state
-                    else None,
-                },
-            )
-        return out, notes
-    deleted = answer.get("deleted")
-    if not isinstance(deleted, list):
-        raise ApiError("POST /flow_runs/bulk_delete answered without a `deleted` list.")
-    got = {str(i) for i in deleted}
-    stray = sorted(got.difference(ids))
-    notes = [f"server reported deleting runs that were not asked for: {stray}"] if stray else []
-    return {i: RunResult(Outcome.DELETED) for i in ids if i in got}, notes
-
-
-def _changes(before: dict[str, Any] | None, after: dict[str, Any] | None) -> dict[str, list[Any]]:
-    if not before or not after:
-        return {}
-    return {c: [before[c], after[c]] for c in WATCHED if before.get(c) != after.get(c)}
-
-
-def _file_rows(store: Store, ids: list[str]) -> dict[str, dict[str, Any]]:
-    """The watched columns of these runs' rows in the file."""
-    if not ids:
-        return {}
-    cols = ", ".join(
-        f"CAST({c} AS VARCHAR) AS {c}"
-        if c.endswith("_id") or c in ("parameters", "job_variables", "labels")
-        else c
-        for c in WATCHED
-    )
-    _, rows = store.execute(
-        f"SELECT CAST(id AS VARCHAR) AS id, {cols} FROM flow_runs WHERE id IN (SELECT unnest(CAST(? AS UUID[])))",
-        [ids],
-    ).dicts()
-    return {r["id"]: r for r in rows}
-
-
-def _with_lost(result: RunResult, lost: str | None) -> RunResult:
-    """The audit of a run sent again after a lost answer says so."""
-    if lost is None:
-        return result
-    return RunResult(result.outcome, {**(result.details or {}), "after_lost_answer": lost})
-
-
 def _requested(rule: RuleModel) -> dict[str, Any] | None:
     if isinstance(rule, SetStateRule):
         return {"state": rule.state.to_api(), "force": rule.force}
     return None
-
-
-# -- the steps' typed values --------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Fresh:
-    """Step 1: the batch's runs as the server showed them (absent: gone), and when."""
-
-    seen: dict[str, Seen]
-    before: dict[str, dict[str, Any]]  # file rows the read changed, as they were
-    answered_at: float  # monotonic time the last read of the step answered
-    decision: Decision  # the policy decided over the file after that read
-
-
-@dataclass(frozen=True)
-class Call:
-    """One call about to be sent: runs that all have ``state_type`` right now."""
-
-    state_type: str
-    ids: list[str]
-
-
-@dataclass(frozen=True)
-class Decided:
-    """Step 2: the calls to send, and the final outcome of every run not sent."""
-
-    calls: list[Call]
-    final: dict[str, RunResult]
-
-
-@dataclass(frozen=True)
-class Acted:
-    """The server answered: its per-run results (runs it did not act on are absent)."""
-
-    results: dict[str, RunResult]
-    notes: list[str]
-
-
-@dataclass(frozen=True)
-class Throttled:
-    """Nothing was done (429, connection never made): wait this long, then re-check."""
-
-    wait: float | None
-    problem: str
-
-
-@dataclass(frozen=True)
-class Lost:
-    """No usable answer (5xx, dropped connection, timeout): the server may have acted.
-    ``finished``: it did answer (a status), so it is no longer working on the call."""
-
-    problem: str
-    finished: bool
-
-
-@dataclass(frozen=True)
-class Refused:
-    """The server refused the call (4xx): it did nothing."""
-
-    error: ApiError
-
-
-@dataclass(frozen=True)
-class Partial:
-    """Per-run calls (a server without the bulk endpoints) that stopped part way: the runs
-    answered, and what happened to the call of ``stopped_at`` (the runs after it were not sent)."""
-
-    results: dict[str, RunResult]
-    stopped_at: int
-    answer: Throttled | Lost | Refused
-
-
-Answer = Acted | Throttled | Lost | Refused | Partial
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """Step 4: each run's outcome, the runs to re-check and send again, and how long to wait."""
-
-    results: dict[str, RunResult]
-    again: list[str] = field(default_factory=list)
-    wait: float | None = None
-    stop: str | None = None  # the apply cannot go on: why
 
 
 class _Stop(Exception):
@@ -478,7 +220,7 @@ class _Applier:
 
         def keep_before(changed: list[str]) -> None:
             before.update(
-                {k: v for k, v in _file_rows(self.store, changed).items() if k not in before}
+                {k: v for k, v in file_rows(self.store, changed).items() if k not in before}
             )
 
         rows = self.reader.read(ids, keep_before)
@@ -532,7 +274,7 @@ class _Applier:
         """Step 2: what to send, from the decision made over the file after the fresh read."""
         reasons = fresh.decision.reasons
         dropped = [i for i in todo if i in fresh.seen and reasons[i] is not None]
-        file_now = _file_rows(self.store, dropped)
+        file_now = file_rows(self.store, dropped)
         final: dict[str, RunResult] = {}
         groups: dict[str, list[str]] = {}
         for i in todo:
@@ -541,7 +283,7 @@ class _Applier:
                 # An earlier call of this apply may have done it: the evidence decides.
                 verdict = self._after_lost(batch.rule, i, lost[1], fresh.seen.get(i))
                 if verdict is not None:
-                    final[i] = _with_lost(verdict, lost[0])
+                    final[i] = with_lost(verdict, lost[0])
                     continue
             if i not in fresh.seen:
                 final[i] = RunResult(
@@ -553,7 +295,7 @@ class _Applier:
                     {
                         "reason": f"re-checked right before the call: {reasons[i]}; not sent",
                         "check": reasons[i],
-                        "changes": _changes(fresh.before.get(i), file_now.get(i)),
+                        "changes": changes(fresh.before.get(i), file_now.get(i)),
                         "state_type_now": fresh.seen[i].state_type,
                     },
                 )
@@ -561,7 +303,7 @@ class _Applier:
                 groups.setdefault(str(fresh.seen[i].state_type), []).append(i)
         calls = [Call(state_type, ids) for state_type, ids in groups.items()]
         return Decided(
-            calls, {i: _with_lost(r, self.lost.get(i, (None,))[0]) for i, r in final.items()}
+            calls, {i: with_lost(r, self.lost.get(i, (None,))[0]) for i, r in final.items()}
         )
 
     def _after_lost(
@@ -606,7 +348,7 @@ class _Applier:
                 )
             else:
                 answer = self.client.bulk_delete(call.ids, state_types=[call.state_type])
-            results, notes = _answered(rule, call.ids, answer)
+            results, notes = answered(rule, call.ids, answer)
         except ThrottledError as e:
             return Throttled(e.retry_after, "HTTP 429")
         except NotSentError as e:
@@ -733,7 +475,7 @@ class _Applier:
                     lost = self.lost.get(i)
                     earlier = self._after_lost(rule, i, lost[1], after.get(i)) if lost else None
                     acted[i] = earlier or classify_unanswered(fresh.seen[i], after.get(i))
-        return Verdict({i: _with_lost(r, self.lost.get(i, (None,))[0]) for i, r in acted.items()})
+        return Verdict({i: with_lost(r, self.lost.get(i, (None,))[0]) for i, r in acted.items()})
 
     def _settle_lost(
         self, number: int, rule: RuleModel, call: Call, fresh: Fresh, answer: Lost, attempt: int
@@ -771,7 +513,7 @@ class _Applier:
                 if verdict is None:
                     still.append(i)
                 else:
-                    results[i] = _with_lost(verdict, self.lost[i][0])
+                    results[i] = with_lost(verdict, self.lost[i][0])
             untouched = still
             if not untouched or answer.finished or waited >= self.settle_seconds:
                 break
@@ -951,6 +693,10 @@ class _Applier:
         open_rows = self.ledger.open_rows()
         if not open_rows:
             return
+        self.progress.message(
+            f"interrupted: reading back the {len(open_rows)} runs whose call was in flight "
+            "(Ctrl-C again to leave them pending for the next apply)"
+        )
         pending = {
             p.flow_run_id: p
             for p in audit.unresolved(self.store)
@@ -1011,16 +757,6 @@ def _settle_rows(
         }
         outcomes[(row.apply_id, row.flow_run_id)] = (verdict.outcome.value, evidence)
     return outcomes
-
-
-def refresh_plan(client: PrefectClient | None, store: Store, loaded: LoadedPolicy) -> list[str]:
-    """The runs ``plan --refresh`` re-reads: every run the rules select (on ``store``, read-only).
-
-    The caller writes them with ``reread_runs`` on a writable store, then plans again
-    read-only, so rule SQL never runs where it could write. Never changes the server."""
-    if not store.sandboxed:
-        raise StoreError(f"{store.path}: plan --refresh evaluates rule SQL only sandboxed.")
-    return selected_ids(make_plan(store, loaded))
 
 
 def reread_runs(client: PrefectClient, store: Store, ids: list[str]) -> int:
