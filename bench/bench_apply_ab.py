@@ -3,7 +3,7 @@
 For a change to apply's per-batch work (issue #11: a re-read and re-check before
 every bulk call), the question is the ratio between two versions of flowsync on
 the same data, on a machine others are loading. One server (a copy of the
-fast-seeded home, see ``tests/support/fast_seed.py``), one pull, then ``rounds`` rounds;
+fast-seeded home, see ``harness/fast_seed.py``), one pull, then ``rounds`` rounds;
 each round deletes a fresh set of N runs with each version (order alternating
 per round), every apply a whole subprocess on its own copy of the pulled file.
 A bare ``DELETE /flow_runs/{id}`` loop over N more runs (the per-run recipe
@@ -36,8 +36,8 @@ from bench.bench_delete import (
     sh,
     split_sets,
 )
-from tests.support.fast_seed import fast_seed
-from tests.support.server import prefect_server
+from harness.fast_seed import fast_seed
+from harness.server import prefect_server
 
 HERE = Path(__file__).resolve().parent.parent / "src"
 

@@ -2,7 +2,7 @@
 
 The yardstick is a bare loop of ``POST /flow_runs/bulk_delete`` calls, 50
 explicit ids each, with no checks: the server's own bulk delete, one call after
-the other. On a PostgreSQL-backed Prefect server (``tests.support.pg_seed`` seeds
+the other. On a PostgreSQL-backed Prefect server (``harness.pg_seed`` seeds
 ``--runs`` runs once into a kept cluster; each benchmark runs on a fresh copy of
 that database, so the kept one is never changed), flowsync pulls every run into
 a new file, then the two contenders delete ``--deletions`` runs each, different
@@ -48,8 +48,8 @@ from flowsync.store import Store
 from flowsync.store.snapshot import open_for_reading
 from flowsync.store.snapshot import publish as publish_snapshot
 from flowsync.sync import pull
-from tests.support.pg_seed import DATABASE, pg_cluster_at, pg_fast_seed
-from tests.support.server import postgres_server
+from harness.pg_seed import DATABASE, pg_cluster_at, pg_fast_seed
+from harness.server import postgres_server
 
 BULK = 50
 
@@ -230,7 +230,7 @@ def main() -> None:
 - Date: {began:%Y-%m-%d %H:%M}-{datetime.now(timezone.utc):%H:%M} UTC; machine: {sh("nproc")} cores, Linux
   {platform.machine()}, Python {platform.python_version()}; load average {min(loads):.1f}-{max(loads):.1f}
   during the run (1-minute, sampled between contenders).
-- Server: Prefect 3.8.8 on PostgreSQL (a fresh copy of the `tests.support.pg_seed` database of {a.runs:,}
+- Server: Prefect 3.8.8 on PostgreSQL (a fresh copy of the `harness.pg_seed` database of {a.runs:,}
   runs), {a.workers} API worker{"s" if a.workers > 1 else ""}; {total:,} runs left at the end.
 - Command: `python -m bench.bench_apply_bulk --runs {a.runs} --deletions {a.deletions} --workers {a.workers} --rounds {a.rounds}`
 - Each contender deleted {n:,} runs (the same state mix, different runs) in {a.rounds} interleaved

@@ -2,7 +2,7 @@
 
 A real Prefect server (SQLite, the pinned version) holds ``--runs`` COMPLETED runs
 of one deployment, tagged per round. They are pulled into a file, which then gets
-``--filler`` more runs written straight into DuckDB (``tests/support/history.py``:
+``--filler`` more runs written straight into DuckDB (``harness/history.py``:
 a pull's layout, no server), so the decisions run over a file of that size. Then a
 delete policy (``keep_newest: 5``, so every batch also reads and ranks its
 deployment) is applied through the library, as the CLI does, and the apply's own
@@ -28,9 +28,9 @@ from flowsync.config import ApiSettings
 from flowsync.policy import apply_plan, make_plan, parse_policy
 from flowsync.store import Store
 from flowsync.sync import pull
-from tests.support.history import _HISTORY_SQL, START
-from tests.support.seed import new_deployment, runs_in_state
-from tests.support.server import prefect_server
+from harness.history import _HISTORY_SQL, START
+from harness.seed import new_deployment, runs_in_state
+from harness.server import prefect_server
 
 
 def seed_round(url: str, runs: int, tag: str) -> None:

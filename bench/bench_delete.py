@@ -1,7 +1,7 @@
 """Benchmark: delete N runs with ``flowsync apply`` (bulk_delete) vs per-run DELETE loops.
 
 One real Prefect server holding 3 x N runs or more (a copy of a fast-seeded home,
-see ``tests/support/fast_seed.py``), split into three sets with the same state mix:
+see ``harness/fast_seed.py``), split into three sets with the same state mix:
 
 A. ``flowsync apply`` of a delete policy that names set A's ids: plan, 50-id
    ``bulk_delete`` calls with the state guard, audit rows, local refresh; the
@@ -32,8 +32,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.support.fast_seed import fast_seed
-from tests.support.server import prefect_server
+from harness.fast_seed import fast_seed
+from harness.server import prefect_server
 
 
 def split_sets(runs: dict[str, str], n: int, sets: int = 3) -> list[list[str]]:

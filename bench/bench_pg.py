@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench.bench_pg --large 1000000 --small 100000
 
-Seeds (or reuses) kept clusters with ``tests.support.pg_seed`` and records, as JSON
+Seeds (or reuses) kept clusters with ``harness.pg_seed`` and records, as JSON
 lines in bench/results/pg.raw (gitignored), what BENCHMARKS.md reports:
 
 - ``--small`` runs, workers 1 and 2: the raw-HTTP floor (bench/contenders/
@@ -35,9 +35,9 @@ import httpx
 
 from bench.bench_delete import delete_loop, policy_text
 from bench.bench_pull import child_env, last_json, run_child
-from tests.support.fast_seed import WORK
-from tests.support.pg_seed import pg_cluster_at, pg_fast_seed, pg_server
-from tests.support.seed import set_states
+from harness.fast_seed import WORK
+from harness.pg_seed import pg_cluster_at, pg_fast_seed, pg_server
+from harness.seed import set_states
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTENDERS = Path(__file__).resolve().parent / "contenders"

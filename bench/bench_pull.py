@@ -4,8 +4,8 @@ One command reproduces every figure in BENCHMARKS.md (pull part):
 
     .venv/bin/python -m bench.bench_pull --runs 20000 --repeat 3 --scale 10000,100000
 
-It fast-seeds a Prefect server (``tests.support.fast_seed``, reused from bench/.work/),
-starts it with ``tests.support.server.prefect_server``, creates the contenders'
+It fast-seeds a Prefect server (``harness.fast_seed``, reused from bench/.work/),
+starts it with ``harness.server.prefect_server``, creates the contenders'
 virtualenvs if missing (bench/.work/venv-dlt, bench/.work/venv-prefect), and
 runs every contender as its own process, interleaved (A B C ... A B C ...):
 
@@ -48,9 +48,9 @@ from typing import Any
 import duckdb
 import httpx
 
-from tests.support.fast_seed import WORK, fast_seed
-from tests.support.seed import set_states
-from tests.support.server import Server, prefect_server
+from harness.fast_seed import WORK, fast_seed
+from harness.seed import set_states
+from harness.server import Server, prefect_server
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTENDERS = Path(__file__).resolve().parent / "contenders"

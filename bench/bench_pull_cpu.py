@@ -46,8 +46,8 @@ def capture(path: Path = CAPTURE, runs: int = 2000) -> Path:
     """Flows, deployments and ``runs`` flow runs from a fast-seeded real server, as it sent them."""
     if path.exists():
         return path
-    from tests.support.fast_seed import fast_seed
-    from tests.support.server import prefect_server
+    from harness.fast_seed import fast_seed
+    from harness.server import prefect_server
 
     seeded = fast_seed(runs)
     with prefect_server(home=seeded.home) as server, httpx.Client(base_url=server.url + "/") as c:

@@ -35,8 +35,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from tests.support.seed import seed
-from tests.support.server import prefect_server
+from harness.seed import seed
+from harness.server import prefect_server
 
 HOP = {
     "connection",

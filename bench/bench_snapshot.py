@@ -1,6 +1,6 @@
 """Benchmark: what publishing the readers' snapshot costs, and reports on it vs the live file.
 
-Part 1, a real server (``--runs``, default 100,000, seeded by ``tests.support.fast_seed``):
+Part 1, a real server (``--runs``, default 100,000, seeded by ``harness.fast_seed``):
 a full pull, then ``--repeat`` no-change pulls and ``--repeat`` pulls after 1% of
 the runs changed state, each followed by ``snapshot.publish`` as ``flowsync pull``
 does; pull and publish are timed apart, in-process. Then every report on the
@@ -38,9 +38,9 @@ from flowsync.config import ApiSettings
 from flowsync.store import Store
 from flowsync.store import snapshot as snap
 from flowsync.sync import PullOptions, pull
-from tests.support.fast_seed import fast_seed
-from tests.support.seed import set_states
-from tests.support.server import prefect_server
+from harness.fast_seed import fast_seed
+from harness.seed import set_states
+from harness.server import prefect_server
 
 
 def log(msg: str) -> None:

@@ -3,7 +3,7 @@
 Every live run is re-read at least once per staleness window W (default 24 h),
 spread over the pulls: at a 15-minute schedule each pull re-reads about
 ``live x 15 min / (0.85 W)`` runs by id, 200 per request. This measures, on a
-copy of the fast-seeded home (``tests/support/fast_seed.py``): a full pull, a
+copy of the fast-seeded home (``harness/fast_seed.py``): a full pull, a
 no-change pull, and a no-change pull whose steady-state share of runs is due
 (their ``synced_at`` moved back a day), and the same with a 100,000-run share
 (about 1,200 runs, 7 requests) to estimate a 100k history.
@@ -27,8 +27,8 @@ from flowsync.api import PrefectClient
 from flowsync.config import ApiSettings
 from flowsync.store import Store
 from flowsync.sync import PullOptions, pull
-from tests.support.fast_seed import fast_seed
-from tests.support.server import prefect_server
+from harness.fast_seed import fast_seed
+from harness.server import prefect_server
 
 
 def share(live: int, interval_min: float = 15.0, window_h: float = 24.0) -> int:

@@ -1,6 +1,6 @@
 """Benchmark: the DuckDB memory an incremental write needs, against the cap a pull sets.
 
-For each history size (``--runs``, synthetic files of ``tests.support.history``) and
+For each history size (``--runs``, synthetic files of ``harness.history``) and
 each batch of changed runs (``--changed``, spread at random over the history, as a
 1%-changed pull's ~2,000-row write batches are), the smallest ``memory_limit`` under
 which ``upsert_pages`` commits, found by bisection on a fresh copy of the file each
@@ -30,7 +30,7 @@ from flowsync.errors import StoreError
 from flowsync.store import Store, synced_tables
 from flowsync.store.synced_tables import Written, upsert_pages
 from flowsync.store.tables import FLOW_RUNS, TableSpec
-from tests.support.history import changed_run, make_history
+from harness.history import changed_run, make_history
 
 
 def _merge_on_conflict(store: Store, spec: TableSpec, pull_id: int) -> Written:

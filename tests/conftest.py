@@ -4,9 +4,9 @@
 (SEED_RUNS runs plus real @flow executions): tests must treat it as
 read-only. Tests that change server data (deletes, state changes, churn) take
 ``fresh_server``, a new empty server of their own, and seed what they need
-with ``tests.support.seed``. Tests of figures, rendering and commands over a
+with ``harness.seed``. Tests of figures, rendering and commands over a
 populated file take ``built`` instead: a realistic file built without a server
-(``tests.support.built``) with the answers the server would give about it.
+(``harness.built``) with the answers the server would give about it.
 
 Backends: every server fixture runs on ``backend`` (``sqlite`` unless a test
 module asks for more). A module marked ``pytest.mark.backends("sqlite",
@@ -22,7 +22,7 @@ are the fast lane (``scripts/check --fast`` runs ``-m "not server and not slow"`
 ``slow`` marks the packaging tests, which build and install the wheel). A test or fixture
 that starts its own server takes ``start_server`` (or ``start_backend_server``) rather
 than calling the harness inline, and the harness refuses to start one for a test
-without the marker (``tests.support.may_start``), so the lanes cannot drift.
+without the marker (``harness.may_start``), so the lanes cannot drift.
 """
 
 from __future__ import annotations
@@ -34,18 +34,18 @@ from pathlib import Path
 
 import pytest
 
-from tests import support
-from tests.helpers import SeededServer
-from tests.support.built import BuiltHistory, build
-from tests.support.postgres import (
+import harness
+from harness.built import BuiltHistory, build
+from harness.postgres import (
     PgCluster,
     Unavailable,
     migrate_template,
     pg_bin_dir,
     postgres_cluster,
 )
-from tests.support.seed import run_real_flows, seed
-from tests.support.server import BACKENDS, Server, backend_server, prefect_server
+from harness.seed import run_real_flows, seed
+from harness.server import BACKENDS, Server, backend_server, prefect_server
+from tests.helpers import SeededServer
 
 SEED_RUNS = 400
 # The fixtures that start a Prefect server or a PostgreSQL cluster: a test whose fixture
@@ -63,7 +63,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    support.servers_allowed = item.get_closest_marker("server") is not None
+    harness.servers_allowed = item.get_closest_marker("server") is not None
 
 
 @pytest.fixture(scope="session")
@@ -148,7 +148,7 @@ def prefect(
 @pytest.fixture(scope="session")
 def built(tmp_path_factory: pytest.TempPathFactory) -> BuiltHistory:
     """A realistic flowsync file as a full pull leaves it, built without a server in ~2 s
-    (``tests.support.built``), with the server's answers about it; read-only for tests."""
+    (``harness.built``), with the server's answers about it; read-only for tests."""
     # 45 days, as the seeded server: the reports' 20-day window has a whole previous one
     return build(tmp_path_factory.mktemp("built") / "runs.duckdb", days=45)
 

@@ -16,8 +16,8 @@ import httpx
 from typer.testing import CliRunner
 
 from flowsync.cli import app
-from tests.support.seed import Seeded
-from tests.support.server import Server
+from harness.seed import Seeded
+from harness.server import Server
 
 
 def run_cli(*args: str, input: str | None = None, env: dict[str, str] | None = None) -> Any:

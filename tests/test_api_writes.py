@@ -27,8 +27,8 @@ from flowsync.errors import (
     UncertainError,
     UnsupportedError,
 )
-from tests.support.seed import Seeded, seed
-from tests.support.server import Server, installed_prefect_version
+from harness.seed import Seeded, seed
+from harness.server import Server, installed_prefect_version
 
 OLD = "3.4.25"
 RUN = "6a0e2f4c-3f3a-4b8e-9c1d-2b9f0e1a7c55"

@@ -35,9 +35,9 @@ from flowsync.api import PrefectClient, RetryPolicy
 from flowsync.config import ApiSettings
 from flowsync.policy import ApplyResult, apply_plan, make_plan, parse_policy
 from flowsync.store import Store
+from harness.seed import new_deployment, runs_in_state, set_states
+from harness.server import Server
 from tests.helpers import forwarding, outside, patch_run, pulled_db, query, run_cli
-from tests.support.seed import new_deployment, runs_in_state, set_states
-from tests.support.server import Server
 
 
 @pytest.fixture(scope="module")

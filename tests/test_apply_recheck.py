@@ -24,9 +24,9 @@ from flowsync.api import PrefectClient, RetryPolicy
 from flowsync.config import ApiSettings
 from flowsync.policy import apply_plan, make_plan, parse_policy
 from flowsync.store import Store
+from harness.seed import seed
+from harness.server import Server
 from tests.helpers import Fault, forwarding, outside, patch_run, query, run_cli, scalar
-from tests.support.seed import seed
-from tests.support.server import Server
 
 
 @pytest.fixture(scope="module")

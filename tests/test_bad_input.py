@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from harness.server import free_port
 from tests.helpers import SeededServer, run_cli
-from tests.support.server import free_port
 
 # The --db path is checked before any request: a URL nobody answers shows it (exit 5, not 3).
 NOBODY = f"http://127.0.0.1:{free_port()}/api"

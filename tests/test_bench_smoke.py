@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.fast_seed import fast_seed, verify
+from harness.fast_seed import fast_seed, verify
 
 FLOOR = Path(__file__).resolve().parent.parent / "bench" / "contenders" / "floor.py"
 

@@ -17,9 +17,9 @@ import pytest
 from flowsync.api import PrefectClient, RequestBudget
 from flowsync.config import resolve_api
 from flowsync.errors import ConfigError
+from harness.seed import seed
+from harness.server import Server
 from tests.helpers import run_cli
-from tests.support.seed import seed
-from tests.support.server import Server
 
 
 class FakeClock:

@@ -10,8 +10,8 @@ import pytest
 
 from flowsync import reports
 from flowsync.store import Store
+from harness.demo_data import BROKEN, DEPLOYMENTS, seed_demo
 from tests.helpers import query, run_cli, scalar
-from tests.support.demo_data import BROKEN, DEPLOYMENTS, seed_demo
 
 
 @pytest.fixture(scope="module")

@@ -13,16 +13,16 @@ import pytest
 
 from flowsync import reports
 from flowsync.store import Store
+from harness.failing_flows import FLOW_NAMES, run_failing_flows
+from harness.server import Server
 from tests.helpers import SeededServer, run_cli
-from tests.support.failing_flows import FLOW_NAMES, run_failing_flows
-from tests.support.server import Server
 
 FAILED = ["FAILED", "CRASHED"]
 FINISHED = ["COMPLETED", "FAILED", "CRASHED"]
 PREFIX = "Flow run encountered an exception: "
 
 # (state message as Prefect wrote it, normalised text). The first rows are
-# copied from real @flow runs of tests/support/failing_flows.py; the worker and
+# copied from real @flow runs of harness/failing_flows.py; the worker and
 # runtime messages from Prefect 3.8's engine and workers.
 TABLE = [
     (

@@ -11,8 +11,8 @@ import duckdb
 import polars as pl
 import pytest
 
+from harness.built import BuiltHistory
 from tests.helpers import copy_db, run_cli, scalar
-from tests.support.built import BuiltHistory
 
 TABLES = ("flows", "deployments", "flow_runs")
 

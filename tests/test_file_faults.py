@@ -31,10 +31,10 @@ from flowsync.errors import DamagedFileError, NewerFileError, NewerFileWarning
 from flowsync.store import Store, migrations
 from flowsync.store.locks import classify
 from flowsync.store.snapshot import CURRENT, publish, snapshot_dir
+from harness.seed import seed
+from harness.server import Server
 from tests.helpers import SeededServer, query, run_cli, scalar
 from tests.server_truth import assert_matches_server
-from tests.support.seed import seed
-from tests.support.server import Server
 
 # -- helpers -------------------------------------------------------------------------------------
 

@@ -21,8 +21,8 @@ from rich.console import Console
 from flowsync import present, reports
 from flowsync.cli import render
 from flowsync.store import Store
+from harness.built import BuiltHistory
 from tests.helpers import FAILED, FINISHED, run_cli, scalar, server_count
-from tests.support.built import BuiltHistory
 
 UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 

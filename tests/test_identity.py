@@ -14,10 +14,10 @@ from flowsync.config import ApiSettings
 from flowsync.errors import ConfigError
 from flowsync.store import Store, sync_log
 from flowsync.sync import identity
+from harness.seed import seed
+from harness.server import Server
 from tests.helpers import run_cli, scalar
 from tests.server_truth import assert_matches_server
-from tests.support.seed import seed
-from tests.support.server import Server
 
 
 def scalar_count(url: str) -> int:

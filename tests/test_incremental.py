@@ -18,6 +18,8 @@ from typing import Any
 import httpx
 import pytest
 
+from harness.seed import create_bulk, delete_runs, seed, set_states
+from harness.server import Server
 from tests.helpers import (
     SeededServer,
     forwarding,
@@ -27,8 +29,6 @@ from tests.helpers import (
     wait_for_state_events,
 )
 from tests.server_truth import assert_matches_server, server_runs
-from tests.support.seed import create_bulk, delete_runs, seed, set_states
-from tests.support.server import Server
 
 pytestmark = pytest.mark.backends("sqlite", "postgres")
 

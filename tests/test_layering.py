@@ -18,7 +18,9 @@ CONNECTION = re.compile(r"\.(_)?con\b(?!\w)")
 
 
 def _python_files() -> list[Path]:
-    files = [p for d in ("src", "tests", "bench") for p in (ROOT / d).rglob("*.py")]
+    files = [
+        p for d in ("src", "tests", "harness", "bench", "demo") for p in (ROOT / d).rglob("*.py")
+    ]
     return [p for p in files if STORE not in p.parents]
 
 
@@ -60,8 +62,13 @@ def test_tests_import_helpers_not_each_other() -> None:
     assert not offenders, f"tests importing conftest or another test: {offenders}"
 
 
-def test_the_harness_never_imports_the_benchmarks() -> None:
-    """Imports run one way: ``bench/`` and the demo use ``tests.support``; nothing under
-    ``tests/`` imports ``bench`` (the seeders, demo data and failing flows live in tests/support)."""
-    offenders = _importing("bench", list((ROOT / "tests").rglob("*.py")))
-    assert not offenders, f"tests importing bench: {offenders}"
+def test_the_harness_is_shared_and_imports_run_one_way() -> None:
+    """``harness/`` is the one package of servers, seeders and histories that the tests, the
+    benchmarks and the demo share. It imports none of them; the tests import neither the
+    benchmarks nor the demo; the benchmarks and the demo never import the tests."""
+    below = [p for d in ("harness", "tests") for p in (ROOT / d).rglob("*.py")]
+    offenders = _importing(r"(bench|demo)", below)
+    offenders += _importing("tests", list((ROOT / "harness").rglob("*.py")))
+    above = [p for d in ("bench", "demo") for p in (ROOT / d).rglob("*.py")]
+    offenders += _importing("tests", above)
+    assert not offenders, f"imports against the harness's direction: {offenders}"

@@ -14,8 +14,8 @@ import pytest
 
 import flowsync
 from flowsync.errors import ConfigError
+from harness.built import Builder, BuiltHistory
 from tests.helpers import copy_db, run_cli, scalar
-from tests.support.built import Builder, BuiltHistory
 
 
 @pytest.fixture

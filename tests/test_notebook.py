@@ -8,8 +8,8 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+from harness.built import BuiltHistory
 from tests.helpers import copy_db
-from tests.support.built import BuiltHistory
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "start_here.ipynb"
 

@@ -19,8 +19,8 @@ import polars as pl
 import pytest
 import s3fs
 
+from harness.built import BuiltHistory
 from tests.helpers import run_cli, scalar
-from tests.support.built import BuiltHistory
 
 SECRET = "flowsync-test-secret-never-printed"
 BUCKET = "history"

@@ -21,10 +21,10 @@ from flowsync.policy.plan import Plan
 from flowsync.policy.result import Outcome
 from flowsync.store import Store
 from flowsync.sync import NullProgress
+from harness.seed import seed
+from harness.server import Server
 from tests.helpers import query, run_cli, scalar
 from tests.policy_db import make_db, rid, run
-from tests.support.seed import seed
-from tests.support.server import Server
 
 pytestmark = pytest.mark.backends("sqlite", "postgres")
 

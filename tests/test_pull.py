@@ -130,7 +130,7 @@ def test_status_reports_counts(prefect: SeededServer, pulled: Path) -> None:
 
 
 def test_status_shows_the_server_version(pulled: Path) -> None:
-    from tests.support.server import installed_prefect_version
+    from harness.server import installed_prefect_version
 
     version = installed_prefect_version()
     data = json.loads(run_cli("status", "--db", str(pulled), "--json").stdout)

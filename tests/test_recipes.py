@@ -21,8 +21,8 @@ from nbclient import NotebookClient
 
 import flowsync
 from flowsync.errors import StoreError
+from harness.built import BuiltHistory
 from tests.helpers import copy_db, query, scalar
-from tests.support.built import BuiltHistory
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 

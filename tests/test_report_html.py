@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from harness.built import BuiltHistory
 from tests.helpers import copy_db, run_cli
-from tests.support.built import BuiltHistory
 
 CHART_IDS = ("chart-daily", "chart-heatmap", "slowest")
 

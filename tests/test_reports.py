@@ -18,10 +18,10 @@ import pytest
 from flowsync import reports
 from flowsync.errors import ConfigError
 from flowsync.store import Store
+from harness.built import BuiltHistory
+from harness.seed import delete_runs, seed
+from harness.server import Server
 from tests.helpers import FAILED, FINISHED, run_cli, scalar, server_count
-from tests.support.built import BuiltHistory
-from tests.support.seed import delete_runs, seed
-from tests.support.server import Server
 
 NOW = datetime.now(timezone.utc)
 WINDOW = reports.Window(NOW - timedelta(days=20), NOW)

@@ -19,10 +19,10 @@ from flowsync import views
 from flowsync.api import PrefectClient
 from flowsync.config import ApiSettings
 from flowsync.store import Store
+from harness.seed import delete_runs, seed
+from harness.server import Server
 from tests.helpers import query, run_cli
 from tests.policy_db import make_db, rid, run
-from tests.support.seed import delete_runs, seed
-from tests.support.server import Server
 
 
 def set_retention(db: Path, value: dict[str, Any] | None) -> dict[str, str]:

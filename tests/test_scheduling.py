@@ -21,9 +21,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from harness.seed import seed
+from harness.server import Server
 from tests.helpers import SeededServer, scalar
-from tests.support.seed import seed
-from tests.support.server import Server
 
 DEPLOY = Path(__file__).resolve().parent.parent / "docs" / "deploy"
 FLOWSYNC = Path(sys.executable).with_name("flowsync")

@@ -1,6 +1,6 @@
 """flowsync against every Prefect server version a team may run (3.0 to 3.9).
 
-Each version runs from its own virtualenv (``tests.support.server``, built once
+Each version runs from its own virtualenv (``harness.server``, built once
 under ``~/.cache/flowsync-test-servers``). Which versions: the environment
 variable ``FLOWSYNC_TEST_SERVER_VERSIONS`` (``ci``, the default: the oldest and
 the newest supported; ``all``: every minor's latest patch, as
@@ -23,10 +23,10 @@ from typing import Any
 import httpx
 import pytest
 
+from harness.seed import Seeded, delete_runs, seed, set_states
+from harness.server import Server, server_versions, version_tuple
 from tests.helpers import pulled_db, query, run_cli, wait_for_state_events
 from tests.server_truth import assert_matches_server, server_runs
-from tests.support.seed import Seeded, delete_runs, seed, set_states
-from tests.support.server import Server, server_versions, version_tuple
 
 BULK_SINCE = (3, 6, 16)
 

@@ -26,9 +26,9 @@ from flowsync.errors import StoreLockedError
 from flowsync.store import Store, locks
 from flowsync.store import snapshot as snap
 from flowsync.store.locks import classify
+from harness.seed import delete_runs, seed
+from harness.server import Server
 from tests.helpers import run_cli, scalar
-from tests.support.seed import delete_runs, seed
-from tests.support.server import Server
 
 
 class Kernel:

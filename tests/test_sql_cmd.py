@@ -13,8 +13,8 @@ import pytest
 
 from flowsync.cli import analysis_cmds
 from flowsync.errors import ConfigError
+from harness.built import BuiltHistory
 from tests.helpers import run_cli, scalar
-from tests.support.built import BuiltHistory
 
 Q = "SELECT state_type, count(*) AS n FROM flow_runs GROUP BY 1 ORDER BY 1"
 

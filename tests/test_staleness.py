@@ -22,10 +22,10 @@ from flowsync.api import PrefectClient
 from flowsync.config import ApiSettings
 from flowsync.store import Store, synced_tables
 from flowsync.sync import PullOptions, pull
+from harness.seed import seed
+from harness.server import Server
 from tests.helpers import patch_run, query, run_cli, scalar
 from tests.policy_db import make_db, run
-from tests.support.seed import seed
-from tests.support.server import Server
 
 
 @pytest.fixture(scope="module")

@@ -15,9 +15,9 @@ from flowsync.store.connect import WRITE_MEMORY
 from flowsync.store.migrations import MIGRATIONS
 from flowsync.store.synced_tables import upsert_pages
 from flowsync.store.tables import FLOW_RUNS
+from harness.history import changed_run, make_history, run_id
 from tests.helpers import SeededServer, run_cli, scalar
 from tests.server_truth import assert_matches_server
-from tests.support.history import changed_run, make_history, run_id
 
 
 def _setting_mib(store: Store) -> float:

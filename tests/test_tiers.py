@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from tests import support
-from tests.support.postgres import postgres_cluster
-from tests.support.server import prefect_server
+import harness
+from harness.postgres import postgres_cluster
+from harness.server import prefect_server
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -21,12 +21,12 @@ def test_a_test_without_a_server_fixture_is_in_the_fast_lane(
     request: pytest.FixtureRequest,
 ) -> None:
     assert request.node.get_closest_marker("server") is None
-    assert support.servers_allowed is False
+    assert harness.servers_allowed is False
 
 
 def test_a_server_fixture_marks_its_test(start_server: Any, request: pytest.FixtureRequest) -> None:
     assert request.node.get_closest_marker("server") is not None
-    assert support.servers_allowed is True
+    assert harness.servers_allowed is True
 
 
 def test_the_harness_refuses_a_server_to_a_fast_test(tmp_path: Path) -> None:

@@ -14,8 +14,8 @@ import pytest
 
 from flowsync import reports, views
 from flowsync.store import Store
+from harness.built import Builder, BuiltHistory
 from tests.helpers import SeededServer, query, run_cli, scalar
-from tests.support.built import Builder, BuiltHistory
 
 
 @pytest.fixture(scope="module")

@@ -16,11 +16,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from harness.postgres import PgCluster
+from harness.seed import delete_runs, seed, set_states
+from harness.server import Server, backend_server
 from tests.helpers import query, run_cli, scalar, wait_for_state_events
 from tests.server_truth import assert_matches_server
-from tests.support.postgres import PgCluster
-from tests.support.seed import delete_runs, seed, set_states
-from tests.support.server import Server, backend_server
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 

@@ -1,11 +1,11 @@
 """A realistic flowsync file built without a server, and the answers a server would give about it.
 
 ``build`` writes what a full pull of a server holding the demo's history would leave:
-two weeks of runs on each deployment's cadence (``tests.support.demo_data.demo_runs``:
+two weeks of runs on each deployment's cadence (``harness.demo_data.demo_runs``:
 durations by flow, lateness, distinct failure messages, one deployment failing since
 yesterday, runs still running), each deployment's next scheduled run, runs waiting
 late (SCHEDULED ``Late`` and PENDING without a start), a paused deployment outside any
-work pool with manual runs, the real ``@flow`` shapes of ``tests/support/real_flows.py``
+work pool with manual runs, the real ``@flow`` shapes of ``harness/real_flows.py``
 (a parent and its subflow, a retried run, two timed runs, a flow that always fails,
 none with a deployment), and runs deleted on the server since (``deleted_at``). The rows go in as
 API objects through the pull's own writer (``upsert_pages``), inside a ``sync_runs``
@@ -36,7 +36,7 @@ from flowsync.store.synced_tables import mark_deleted, upsert_pages
 from flowsync.store.tables import DEPLOYMENTS as DEPLOYMENT_SPEC
 from flowsync.store.tables import FLOW_RUNS as FLOW_RUN_SPEC
 from flowsync.store.tables import FLOWS as FLOW_SPEC
-from tests.support.demo_data import DEPLOYMENTS, PREFIX, demo_runs, next_run_at, run_name
+from harness.demo_data import DEPLOYMENTS, PREFIX, demo_runs, next_run_at, run_name
 
 API_URL = "http://127.0.0.1:4200/api"  # the server the file says it was pulled from
 POOL = "k8s-prod"
@@ -366,7 +366,7 @@ def build(
             deployment=adhoc,
             tags=["etl", "manual"],
         )
-    # what tests/support/real_flows.py leaves: no deployment, real durations
+    # what harness/real_flows.py leaves: no deployment, real durations
     parent = b.finished("real-parent", "COMPLETED", 0.6, timedelta(hours=3))
     child = b.finished(
         "real-child", "COMPLETED", 0.3, timedelta(hours=3), parent_task_run_id=b.uid()

@@ -5,7 +5,7 @@ numbers, paths, times), so the normaliser can be tested on the state messages
 Prefect itself writes: exceptions with ids and numbers, a missing file, a
 timeout, a crash (a BaseException the engine reports as CRASHED).
 
-    python -m tests.support.failing_flows     # with PREFECT_API_URL set; prints a JSON summary
+    python -m harness.failing_flows     # with PREFECT_API_URL set; prints a JSON summary
 
 ``run_failing_flows(url)`` runs this in a subprocess (as the tests and the demo do).
 """
@@ -94,12 +94,12 @@ def run_failing_flows(
     if home:
         env["PREFECT_HOME"] = str(home)
     proc = subprocess.run(
-        [sys.executable, "-m", "tests.support.failing_flows"],
+        [sys.executable, "-m", "harness.failing_flows"],
         env=env,
         capture_output=True,
         text=True,
         timeout=timeout,
-        cwd=Path(__file__).resolve().parents[2],
+        cwd=Path(__file__).resolve().parents[1],
     )
     if proc.returncode != 0:
         raise RuntimeError(

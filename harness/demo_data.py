@@ -1,7 +1,7 @@
 """Realistic run history for the demo: schedules, durations, lateness and failures as on a real server.
 
 The API cannot backdate a run's start and end (the server stamps them when the
-state changes), so, as ``tests.support.fast_seed`` does, this creates the work pool,
+state changes), so, as ``harness.fast_seed`` does, this creates the work pool,
 flows, deployments and one scheduled run per deployment through the API (the
 server's own rows and JSON shapes), stops the server, and writes the history
 into its SQLite file: runs on each deployment's cadence over the last
@@ -18,7 +18,7 @@ final) and start, end and run time. What it looks like:
   (an expired API token), and recovered failures elsewhere;
 - the next run of each deployment scheduled in the future, one running now.
 
-    python -m tests.support.demo_data --home .demo/prefect     # then start a server on that home
+    python -m harness.demo_data --home .demo/prefect     # then start a server on that home
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ from typing import Any
 
 import httpx
 
-from tests.support.fast_seed import STATE_SQL, _fmt, _iso, state_row
-from tests.support.seed import post_json
-from tests.support.server import prefect_server
+from harness.fast_seed import STATE_SQL, _fmt, _iso, state_row
+from harness.seed import post_json
+from harness.server import prefect_server
 
 PREFIX = "Flow run encountered an exception: "
 
@@ -302,7 +302,7 @@ def demo_runs(rng: random.Random, days: int, now: datetime) -> Iterator[DemoRun]
     """Every deployment's runs on its cadence over the last ``days`` up to ``now``.
 
     The one generator of the demo's history: ``write_history`` puts it into a stopped
-    server's SQLite file, ``tests.support.built`` into a flowsync file without a server.
+    server's SQLite file, ``harness.built`` into a flowsync file without a server.
     """
     broken_since = (now - timedelta(days=1)).replace(hour=14, minute=0, second=0, microsecond=0)
     for d in DEPLOYMENTS:

@@ -4,7 +4,7 @@ Runs ``prefect server start`` from the dev dependency group on a free loopback
 port, with its own PREFECT_HOME and the analytics and cancellation-cleanup
 services off. Three backends (``BACKENDS``): ``sqlite`` (the database file
 lives in the home), ``postgres`` (a database of its own in a throwaway
-cluster, see ``tests.support.postgres``) and ``postgres-2w`` (PostgreSQL,
+cluster, see ``harness.postgres``) and ``postgres-2w`` (PostgreSQL,
 Redis for messaging, ``--workers 2`` and the background services in a
 separate ``prefect server services start`` process, as production runs them).
 
@@ -37,10 +37,10 @@ from typing import TYPE_CHECKING
 
 import httpx
 
-from tests import support
+import harness
 
 if TYPE_CHECKING:
-    from tests.support.postgres import PgCluster
+    from harness.postgres import PgCluster
 
 BACKENDS = ("sqlite", "postgres", "postgres-2w")
 
@@ -259,7 +259,7 @@ def prefect_server(
     """
     # Several workers each import the server and check the database: slower to start on a
     # loaded machine than one.
-    support.may_start("a Prefect server")
+    harness.may_start("a Prefect server")
     timeout = timeout or (90.0 if workers == 1 else 300.0)
     own_home = home is None
     home = Path(tempfile.mkdtemp(prefix="flowsync-prefect-")) if home is None else home
@@ -346,7 +346,7 @@ def postgres_server(
 ) -> Iterator[Server]:
     """A server on a PostgreSQL database: one API worker, or ``workers`` sharing a Redis
     (with a services process); ``kwargs`` go to ``prefect_server``."""
-    from tests.support.postgres import redis_env, redis_server
+    from harness.postgres import redis_env, redis_server
 
     if workers == 1:
         with prefect_server(

@@ -1,6 +1,6 @@
 """Real @flow executions against PREFECT_API_URL: durations, retries, a subflow, failures.
 
-Run as a script (``tests.support.seed.run_real_flows`` does); prints a JSON summary
+Run as a script (``harness.seed.run_real_flows`` does); prints a JSON summary
 of the flow-run ids it produced on its last line.
 """
 

@@ -8,7 +8,7 @@ span history), then moved to their final state with ``bulk_set_state`` to a
 realistic mix. ``run_real_flows`` adds real ``@flow`` executions (durations,
 retries, a subflow, a failure) in a subprocess.
 
-    python -m tests.support.seed --url http://127.0.0.1:4200/api --runs 20000
+    python -m harness.seed --url http://127.0.0.1:4200/api --runs 20000
 """
 
 from __future__ import annotations
@@ -234,7 +234,7 @@ REAL_FLOWS = Path(__file__).with_name("real_flows.py")
 def run_real_flows(
     url: str, home: str | os.PathLike[str] | None = None, timeout: float = 300
 ) -> dict[str, Any]:
-    """Execute the real @flow runs of tests/support/real_flows.py against the server (a subprocess)."""
+    """Execute the real @flow runs of harness/real_flows.py against the server (a subprocess)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update(
         PREFECT_API_URL=url,

@@ -1,8 +1,8 @@
 """The demo: a local Prefect server with two weeks of realistic history, a pull, the reports.
 
-    scripts/demo            # or: .venv/bin/python -m bench.demo [--days N] [--keep]
+    scripts/demo            # or: .venv/bin/python -m demo [--days N] [--keep]
 
-The history (``tests.support.demo_data``) follows each deployment's schedule, with
+The history (``harness.demo_data``) follows each deployment's schedule, with
 durations that differ by flow, lateness of seconds (a few minutes-late
 outliers), several distinct failure messages, and one deployment failing
 since yesterday. The server's home, the DuckDB file, the health page and the
@@ -18,8 +18,8 @@ import sys
 import time
 from pathlib import Path
 
-from tests.support.demo_data import seed_demo
-from tests.support.server import prefect_server
+from harness.demo_data import seed_demo
+from harness.server import prefect_server
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -6,7 +6,7 @@ flows, deployments, state rows and JSON shapes are the server's own), stops
 the server and replicates flow runs in SQL (``INSERT ... SELECT`` over
 ``generate_series``) into its database: new UUIDs, expected start times spread
 over ``days`` (some scheduled runs in the future), the state mix of
-``tests.support.seed.STATE_MIX``, a consistent state history per run
+``harness.seed.STATE_MIX``, a consistent state history per run
 (SCHEDULED, then PENDING/RUNNING/final with start, end and run time; the run's
 ``state_id`` is its last state row), a new idempotency key and name each.
 The secondary indexes are dropped for the load and rebuilt after it (the usual
@@ -14,7 +14,7 @@ bulk-load recipe; ten times faster than maintaining 26 indexes row by row),
 then both tables are analysed. It then starts the server again and checks
 through the API that ``/flow_runs/count`` equals the total, the per-state
 counts equal the planned mix, and sampled runs read by id carry the state
-history their row points at (a full offset read, as ``tests.support.fast_seed`` does
+history their row points at (a full offset read, as ``harness.fast_seed`` does
 for SQLite, costs O(n^2) at a million runs; the benchmark's full pull reads
 every run anyway and is checked against the count).
 
@@ -22,7 +22,7 @@ The cluster lives in ``bench/.work/pg-<runs>/`` (kept between runs, reused
 when its marker matches); ``pg_server`` starts a server on it with 1 or 2 API
 workers. Benchmarks only; nothing in ``src/`` imports this.
 
-    python -m tests.support.pg_seed --runs 1000000
+    python -m harness.pg_seed --runs 1000000
 """
 
 from __future__ import annotations
@@ -38,10 +38,10 @@ from typing import Any
 
 import httpx
 
-from tests.support.fast_seed import WORK, seed_args, seed_spec, seeded_before, write_marker
-from tests.support.postgres import PgCluster, postgres_cluster
-from tests.support.seed import STATE_MIX, seed
-from tests.support.server import Server, postgres_server, prefect_server
+from harness.fast_seed import WORK, seed_args, seed_spec, seeded_before, write_marker
+from harness.postgres import PgCluster, postgres_cluster
+from harness.seed import STATE_MIX, seed
+from harness.server import Server, postgres_server, prefect_server
 
 MARKER = "pg_seed.json"
 DATABASE = "prefect"

@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests import support
+import harness
 
 HOW_TO_GET = (
     "PostgreSQL server binaries not found (initdb/pg_ctl in /usr/lib/postgresql/<version>/bin "
@@ -147,9 +147,9 @@ def postgres_cluster(
     bigger buffers a benchmark at a million runs wants; fsync stays off
     either way (a throwaway cluster, never production data).
     """
-    from tests.support.server import free_port
+    from harness.server import free_port
 
-    support.may_start("a PostgreSQL cluster")
+    harness.may_start("a PostgreSQL cluster")
     bin_dir = pg_bin_dir()
     prefix, uid, gid = _as_owner()
     if keep_at is not None:
@@ -237,7 +237,7 @@ def migrate_template(cluster: PgCluster, home: Path) -> None:
     database race to register those and one of them dies on a unique
     violation (``uq_block_type__slug``); on a prepared copy neither does.
     """
-    from tests.support.server import prefect_server
+    from harness.server import prefect_server
 
     if cluster.has_database(TEMPLATE_DB):
         return
@@ -259,7 +259,7 @@ class Redis:
 @contextmanager
 def redis_server(base: Path | None = None) -> Iterator[Redis]:
     """A throwaway redis-server on a free loopback port, no persistence; stopped on exit."""
-    from tests.support.server import free_port
+    from harness.server import free_port
 
     exe = shutil.which("redis-server")
     if not exe:

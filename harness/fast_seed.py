@@ -1,12 +1,12 @@
 """Seed a real Prefect server with many flow runs, fast, for benchmarks.
 
-The API seeder (``tests.support.seed``) creates about 25 runs/s on the SQLite-backed
+The API seeder (``harness.seed``) creates about 25 runs/s on the SQLite-backed
 server: an hour for 100,000 runs. This module seeds a small template through
 the API (so flows, deployments, work pool, state rows and JSON shapes are the
 server's own), stops the server, and replicates flow runs straight into its
 SQLite file (``$PREFECT_HOME/prefect.db``): new UUIDs, expected start times
 spread over ``days`` (some scheduled runs in the future), the state mix of
-``tests.support.seed.STATE_MIX``, a consistent state history per run (SCHEDULED,
+``harness.seed.STATE_MIX``, a consistent state history per run (SCHEDULED,
 then PENDING/RUNNING/final with start, end and run time), and a new
 idempotency key and name each. It then starts the server again and checks that
 ``POST /flow_runs/count`` and a full ``/flow_runs/filter`` read both see every
@@ -17,7 +17,7 @@ The seeded home lives under ``bench/.work/`` and is reused when its marker
 ``tests/test_bench_smoke.py``): tests keep using the API seeder, and nothing in
 ``src/`` imports this.
 
-    python -m tests.support.fast_seed --runs 20000            # -> bench/.work/prefect-20000
+    python -m harness.fast_seed --runs 20000            # -> bench/.work/prefect-20000
 """
 
 from __future__ import annotations
@@ -36,10 +36,10 @@ from typing import Any
 
 import httpx
 
-from tests.support.seed import STATE_MIX, seed
-from tests.support.server import prefect_server
+from harness.seed import STATE_MIX, seed
+from harness.server import prefect_server
 
-WORK = Path(__file__).resolve().parents[2] / "bench" / ".work"  # the benchmarks' cache (gitignored)
+WORK = Path(__file__).resolve().parents[1] / "bench" / ".work"  # the benchmarks' cache (gitignored)
 MARKER = "fast_seed.json"
 TS = "%Y-%m-%d %H:%M:%S.%f"  # how the server's SQLite file stores DATETIME (naive UTC)
 ADJECTIVES = [

@@ -1,0 +1,1 @@
+"""The demo the README's first command runs: ``scripts/demo`` or ``python -m demo``."""
