@@ -1,0 +1,117 @@
+"""Each command is one call into the library: the command and the call give the same result.
+
+``flowsync plan`` against ``flowsync.plan`` is in test_policy_plan.py; the reports' commands
+against ``flowsync.report`` in the report tests. Here: pull, apply and export.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pyarrow.parquet as pq
+
+import flowsync
+from flowsync.config import ApiSettings
+from flowsync.operations import export
+from harness.built import BuiltHistory
+from harness.seed import new_deployment, runs_in_state
+from harness.server import Server
+from tests.helpers import copy_db, query, run_cli
+
+COLUMNS = (
+    "CAST(id AS VARCHAR), name, CAST(flow_id AS VARCHAR), CAST(deployment_id AS VARCHAR), "
+    "state_type, state_name, tags, expected_start_time, start_time, end_time, deleted_at IS NULL"
+)
+
+
+def _runs(db: Path) -> list[tuple[Any, ...]]:
+    return query(db, f"SELECT {COLUMNS} FROM flow_runs ORDER BY id")
+
+
+def _policy(folder: Path, deployment: str) -> Path:
+    path = folder / f"retention-{deployment}.yaml"
+    path.write_text(
+        f"""version: 1
+rules:
+  - name: purge-failed
+    action: delete
+    keep_newest: 2
+    sql: |
+      SELECT id FROM flow_runs
+      WHERE deleted_at IS NULL AND state_type = 'FAILED'
+        AND deployment_id = '{deployment}'
+"""
+    )
+    return path
+
+
+def _audit(db: Path) -> list[tuple[Any, ...]]:
+    """Each audited run's outcome, by its rank among the deployment's runs (oldest first)."""
+    return query(
+        db,
+        """
+        SELECT r.rank, a.rule, a.action, a.state_type_before, a.outcome FROM policy_actions a
+        JOIN (SELECT id, row_number() OVER (PARTITION BY deployment_id ORDER BY expected_start_time) AS rank
+              FROM flow_runs) r ON r.id = a.flow_run_id
+        ORDER BY r.rank""",
+    )
+
+
+def test_pull_and_apply_do_what_their_commands_do(fresh_server: Server, tmp_path: Path) -> None:
+    url = fresh_server.url
+    deployments = {side: new_deployment(url, f"library-{side}") for side in ("cli", "lib")}
+    for dep in deployments.values():
+        runs_in_state(url, dep, 6, "FAILED", "library", timedelta(minutes=5))
+    cli_db, lib_db = tmp_path / "cli.duckdb", tmp_path / "lib.duckdb"
+
+    pulled = run_cli("pull", "--api-url", url, "--db", str(cli_db))
+    assert pulled.exit_code == 0, pulled.output
+    result = flowsync.pull(lib_db, api=ApiSettings(url=url))
+    assert result.result.tables["flow_runs"]["inserted"] == 12
+    assert _runs(cli_db) == _runs(lib_db) and len(_runs(lib_db)) == 12
+    # both published the readers' snapshot: flowsync.connect sees the runs
+    for db in (cli_db, lib_db):
+        with flowsync.connect(db) as con:
+            assert con.execute("SELECT count(*) FROM flow_runs").fetchone() == (12,)
+
+    cli_policy = _policy(tmp_path, deployments["cli"])
+    lib_policy = _policy(tmp_path, deployments["lib"])
+    applied_cli = run_cli(
+        "apply", str(cli_policy), "--db", str(cli_db), "--api-url", url, "--yes", "--json"
+    )
+    assert applied_cli.exit_code == 0, applied_cli.output
+    applied_lib = flowsync.apply(lib_db, lib_policy, api=ApiSettings(url=url))
+    assert applied_lib.result is not None
+    timing = ("apply_id", "policy_sha256", "seconds", "reread_to_call_seconds")
+    by_cli = json.loads(applied_cli.stdout)["result"]
+    by_library = applied_lib.result.to_json()
+    for key in timing:
+        del by_cli[key], by_library[key]
+    assert by_cli == by_library
+    assert by_cli["rules"] == {"purge-failed": {"deleted": 4}}
+    assert _audit(cli_db) == _audit(lib_db) and len(_audit(lib_db)) == 4
+    # the server kept the two newest of each deployment, and each file knows what it deleted
+    with httpx.Client(base_url=url + "/", timeout=60) as c:
+        for dep in deployments.values():
+            body = {"deployments": {"id": {"any_": [dep]}}}
+            assert c.post("flow_runs/count", json=body).json() == 2
+    deleted = "SELECT count(*) FROM flow_runs WHERE deleted_at IS NOT NULL"
+    assert query(cli_db, deleted) == query(lib_db, deleted) == [(4,)]
+
+
+def test_export_does_what_the_command_does(built: BuiltHistory, tmp_path: Path) -> None:
+    db = copy_db(built.path, tmp_path)
+    by_cli, by_library = tmp_path / "cli", tmp_path / "lib"
+    exported = run_cli("export", str(by_cli), "--db", str(db))
+    assert exported.exit_code == 0, exported.output
+    export(db, by_library)
+    files = sorted(p.relative_to(by_cli) for p in by_cli.rglob("*.parquet"))
+    assert files and files == sorted(
+        p.relative_to(by_library) for p in by_library.rglob("*.parquet")
+    )
+    for name in files:
+        assert pq.read_table(by_cli / name).equals(pq.read_table(by_library / name)), name
