@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from flowsync.errors import ConfigError, ReadOnlyError, StoreError
 from flowsync.since import parse_since as since_time
+from flowsync.states import FAILED_STATES, STATE_TYPES
 
 if TYPE_CHECKING:  # imported lazily: the CLI reads GROUPS without loading Polars or DuckDB
     import polars as pl
@@ -104,19 +105,6 @@ def parse_since(text: str | None, now: datetime | None = None) -> Window:
     return Window(since_time(text, now), now)
 
 
-STATES = (
-    "SCHEDULED",
-    "PENDING",
-    "RUNNING",
-    "COMPLETED",
-    "FAILED",
-    "CANCELLED",
-    "CRASHED",
-    "PAUSED",
-    "CANCELLING",
-)
-
-
 @dataclass(frozen=True)
 class Filters:
     """Which runs a report counts (``--flow``, ``--deployment``, ``--tag``, ``--state``);
@@ -168,10 +156,10 @@ def _filter_params(store: Store, filters: Filters | None) -> dict[str, Any]:
         params["only_deployments"] = [i for ids in found.values() for i in ids]
     if f.states:
         states = [s.upper() for s in f.states]
-        bad = [s for s in states if s not in STATES]
+        bad = [s for s in states if s not in STATE_TYPES]
         if bad:
             raise ConfigError(
-                f"--state {bad[0]!r} is not a Prefect state type; choose from: {', '.join(STATES)}."
+                f"--state {bad[0]!r} is not a Prefect state type; choose from: {', '.join(STATE_TYPES)}."
             )
         params["only_states"] = states
     return params
@@ -627,7 +615,6 @@ def history_start(store: Store, *, include_deleted: bool = False) -> datetime | 
 
 # -- runs: a list, and the ones stuck -------------------------------------------------
 
-FAILED_STATES = ("FAILED", "CRASHED")
 _CLOUD = re.compile(r"^(https?)://api\.([^/]+)/api/accounts/([^/]+)/workspaces/([^/?#]+)")
 _OSS = re.compile(r"^(https?://[^/?#]+(?:/[^?#]*?)?)/api/?$")
 

@@ -20,6 +20,7 @@ import typer
 
 from flowsync.cli.common import DbOption, LiveOption, WaitOption
 from flowsync.reports import Filters
+from flowsync.states import STATE_TYPES
 
 P = ParamSpec("P")
 
@@ -102,9 +103,7 @@ StateFilter = _filter_option(
     "--state",
     "Only runs in this state type: COMPLETED, FAILED, CRASHED, RUNNING ... (repeat for several).",
     "STATE",
-    autocompletion=complete(
-        ("SCHEDULED", "PENDING", "RUNNING", "COMPLETED", "FAILED", "CANCELLED", "CRASHED")
-    ),
+    autocompletion=complete(STATE_TYPES),
 )
 FILTERS = {
     "flow": FlowFilter,
