@@ -51,7 +51,7 @@ GROUPS: dict[str, Grouping] = {
 }
 DURATION_GROUPS = ("flow", "deployment", "work_pool", "tag")
 # Groupings used inside flowsync (the health page, OpenMetrics), not offered as --by.
-_INTERNAL_GROUPS: dict[str, Grouping] = {
+INTERNAL_GROUPS: dict[str, Grouping] = {
     "all": Grouping(()),
     "day": Grouping(("run_day",)),
     "hour": Grouping(("run_hour",)),
@@ -186,6 +186,10 @@ _ONLY = (
 
 
 def _check_by(by: str, allowed: tuple[str, ...]) -> Grouping:
+    """``by`` as a grouping: one of ``allowed`` (the --by choices), or one of the
+    groupings the health figures use (``all``: one row over everything)."""
+    if by in INTERNAL_GROUPS:
+        return INTERNAL_GROUPS[by]
     if by not in allowed:
         raise ConfigError(
             f"--by {by!r} is not a grouping of this report; choose one of: {', '.join(allowed)}."
@@ -199,7 +203,7 @@ def _grouped(macro: str, by: str, args: str, order: str) -> str:
     ``by`` goes in as a literal, not a parameter: it is one of the fixed names
     above (checked by the caller), and a constant lets DuckDB fold the grouping
     and drop the branch of grouped_runs that does not apply (the tag unnest)."""
-    grouping = GROUPS.get(by) or _INTERNAL_GROUPS[by]
+    grouping = GROUPS.get(by) or INTERNAL_GROUPS[by]
     keep = grouping.columns
     shown = ", ".join((*keep, f"* EXCLUDE ({', '.join(GROUP_COLUMNS)})"))
     tie = f", {keep[0]}" if keep else ""
@@ -328,12 +332,6 @@ def failures(
     The figures are the ``failure_rates`` macro of ``sql/13_failure_rates.sql``."""
     window = window or parse_since(None)
     _check_by(by, tuple(GROUPS))
-    return _failures(store, by, window, include_deleted, filters)
-
-
-def _failures(
-    store: Store, by: str, window: Window, include_deleted: bool, filters: Filters | None = None
-) -> pl.DataFrame:
     sql = _grouped(
         "failure_rates",
         by,
@@ -371,17 +369,6 @@ def durations(
     the ``duration_percentiles`` macro of ``sql/14_duration_percentiles.sql``."""
     window = window or parse_since(None)
     _check_by(by, DURATION_GROUPS)
-    return _durations(store, by, window, include_deleted, trend, filters)
-
-
-def _durations(
-    store: Store,
-    by: str,
-    window: Window,
-    include_deleted: bool,
-    trend: bool,
-    filters: Filters | None = None,
-) -> pl.DataFrame:
     sql = _grouped(
         "duration_percentiles",
         by,
@@ -409,17 +396,6 @@ def late(
     in the window that have not started yet (the ``lateness`` macro, ``sql/15_lateness.sql``)."""
     window = window or parse_since(None)
     _check_by(by, tuple(GROUPS))
-    return _late(store, by, window, late_after, include_deleted, filters)
-
-
-def _late(
-    store: Store,
-    by: str,
-    window: Window,
-    late_after: float,
-    include_deleted: bool,
-    filters: Filters | None = None,
-) -> pl.DataFrame:
     sql = _grouped(
         "lateness",
         by,
