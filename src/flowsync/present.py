@@ -123,6 +123,11 @@ def duration(seconds: float | None) -> str:
     return f"{sign}{hours // 24}d {hours % 24:02d}h"
 
 
+def age(when: datetime | None, now: datetime) -> str:
+    """How long before ``now`` ``when`` was, as ``duration`` writes it (``3d 04h``)."""
+    return NONE if when is None else duration((now - when).total_seconds())
+
+
 def percent(value: float | None) -> str:
     return NONE if value is None else f"{value * 100:.1f}%"
 
