@@ -1,5 +1,9 @@
 """``flowsync sql`` and ``flowsync report ...``: run a query or a report, render it.
 
+The report commands are generated from ``flowsync.registry`` (one per report, its
+options from the declaration, ``report_options.report_command``); each is
+``run_report``: parse, one call to ``flowsync.report``, render.
+
 Owns: choosing the output format and writing the data (how each format writes a
 value is ``flowsync.cli.formats``; terminal tables are ``flowsync.cli.render``).
 Data goes to stdout (or --output); every message (a note that a table was cut, a
@@ -7,7 +11,8 @@ warning that the data does not cover the previous window) to stderr, so
 ``flowsync report failures --format csv | ...`` pipes cleanly.
 ``--format`` defaults to a table on a terminal and to CSV when stdout is a
 pipe or file. Parquet is binary: it goes to --output, or to stdout only when
-stdout is not a terminal. Must not: hold SQL (that is ``flowsync.reports``).
+stdout is not a terminal. Must not: hold SQL (that is ``flowsync.reports``), or
+declare a report (that is ``flowsync.registry``).
 """
 
 from __future__ import annotations
