@@ -5,6 +5,7 @@ The library does what the commands do, one call each (``flowsync.operations``):
     flowsync.pull(db, api=ApiSettings, options=None) -> Pulled
     flowsync.plan(db, policy, refresh=None, live=False) -> Plan
     flowsync.apply(db, policy, api=ApiSettings, confirm=None, progress=None) -> Applied
+    flowsync.report(db, name, since=None, by=None, **options) -> Reported (.frame: Polars)
     flowsync.operations.export(db, dest, fmt="parquet", since=None) -> Exported
       (``flowsync.export`` is the module that writes the files)
     flowsync.connect(db) -> a read-only DuckDB connection to the latest snapshot
@@ -19,10 +20,10 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "apply", "connect", "plan", "pull"]
+__all__ = ["__version__", "apply", "connect", "plan", "pull", "report"]
 
 if TYPE_CHECKING:
-    from flowsync.operations import apply, plan, pull
+    from flowsync.operations import apply, plan, pull, report
     from flowsync.store.notebook import connect
 
 
@@ -31,7 +32,7 @@ def __getattr__(name: str) -> Any:
         from flowsync.store.notebook import connect
 
         return connect
-    if name in ("pull", "plan", "apply"):
+    if name in ("pull", "plan", "apply", "report"):
         from flowsync import operations
 
         return getattr(operations, name)

@@ -92,9 +92,13 @@ def collect(
     live = live_last_pull(live_db) if live_db is not None else None
     if live is not None and (last_pull is None or live > last_pull):
         last_pull = live
-    failures_all = reports._failures(store, "all", window, include_deleted)
-    durations_all = reports._durations(store, "all", window, include_deleted, True)
-    late_all = reports._late(store, "all", window, late_after, include_deleted)
+    failures_all = reports.failures(store, "all", window, include_deleted=include_deleted)
+    durations_all = reports.durations(
+        store, "all", window, include_deleted=include_deleted, trend=True
+    )
+    late_all = reports.late(
+        store, "all", window, late_after=late_after, include_deleted=include_deleted
+    )
     signatures = reports.errors(store, window, include_deleted=include_deleted)
     unresolved = reports.unresolved(store)
     headline: dict[str, Any] = {}
@@ -120,11 +124,15 @@ def collect(
         heatmap=reports.failure_rate_daily(
             store, window, by_deployment=True, include_deleted=include_deleted
         ),
-        deployments=reports._failures(store, "deployment", window, include_deleted),
+        deployments=reports.failures(store, "deployment", window, include_deleted=include_deleted),
         signatures=signatures,
         unresolved=unresolved,
-        durations=reports._durations(store, "deployment", window, include_deleted, True),
-        lateness=reports._late(store, "deployment", window, late_after, include_deleted),
+        durations=reports.durations(
+            store, "deployment", window, include_deleted=include_deleted, trend=True
+        ),
+        lateness=reports.late(
+            store, "deployment", window, late_after=late_after, include_deleted=include_deleted
+        ),
         last_pull=last_pull,
         ui=reports.ui_base(store),
         now=reports.runs_now(store, late_after=late_after),

@@ -1,10 +1,13 @@
 """What each command does, as one call: the library the CLI, recipes and notebooks share.
 
-Owns: the whole sequence behind ``flowsync plan`` and ``flowsync apply`` (which
+Owns: the whole sequence behind ``flowsync plan``, ``flowsync apply`` and
+``flowsync report NAME`` (which
 file to open and how — snapshot or live, read-only or writer, sandboxed, memory
 capped —, the re-read of ``plan --refresh``, the confirmation hook, publishing
-the readers' snapshot after an apply), so a Python caller gets exactly what
-the command does. ``flowsync.plan`` and ``flowsync.apply`` are these functions.
+the readers' snapshot after an apply; a report's options checked against its
+declaration in ``flowsync.registry``), so a Python caller gets exactly what the
+command does. ``flowsync.plan``, ``flowsync.apply`` and ``flowsync.report`` are
+these functions.
 Must not: print or parse arguments (the CLI renders what they return), or hold
 the API key anywhere but the client's header.
 
@@ -12,24 +15,27 @@ the API key anywhere but the client's header.
     export(db, dest, *, fmt="parquet", tables=None, since=None, live=False) -> Exported
     plan(db, policy, *, refresh=None, live=False, wait=0.0, timeout=None) -> Plan
     apply(db, policy, *, api, confirm=None, progress=None, ...) -> Applied
+    report(db, name, *, since=None, by=None, flow=(), ..., **options) -> Reported
 
 Errors: ``PolicyError`` (exit 7: the file or a rule; ``PolicyLimitError``, exit 8:
 over max_actions), ``ApiError``/``AuthError`` (3/4), ``StoreError`` (5),
-``StoreLockedError`` (6); see ``flowsync.errors``.
+``StoreLockedError`` (6), ``ConfigError`` (2: an unknown report, grouping, option or
+filter name); see ``flowsync.errors``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from flowsync import api as http  # looked up per call: tests swap the client class
 from flowsync import export as export_tables
-from flowsync import objectstore
+from flowsync import objectstore, present, registry, reports
 from flowsync.config import ApiSettings
-from flowsync.errors import FlowsyncError
+from flowsync.errors import ConfigError, FlowsyncError
 from flowsync.policy import ApplyResult, Plan, apply_plan, load_policy, make_plan
 from flowsync.policy.apply import (
     SETTLE_SECONDS,
@@ -43,7 +49,22 @@ from flowsync.store.snapshot import PublishResult, open_for_reading, publish
 from flowsync.sync import Progress, PullOptions, PullResult
 from flowsync.sync import pull as pull_runs
 
-__all__ = ["Applied", "Exported", "Pulled", "apply", "export", "plan", "pull"]
+if TYPE_CHECKING:
+    import polars as pl
+
+    from flowsync.health import Health
+
+__all__ = [
+    "Applied",
+    "Exported",
+    "Pulled",
+    "Reported",
+    "apply",
+    "export",
+    "plan",
+    "pull",
+    "report",
+]
 
 
 @dataclass
@@ -217,3 +238,158 @@ def export(
             )
             return Exported(result, uploaded)
         return Exported(export_tables.export(store, out_dir, fmt=fmt, tables=tables, since=since))
+
+
+@dataclass
+class Reported:
+    """A report's rows and what the command shows around them: its declaration (title,
+    columns and their kinds), the window it covers, a warning when the data does not cover
+    the previous window, the HTML page (``html=True``) and, for ``health``, its figures."""
+
+    report: registry.Report
+    title: str
+    frame: pl.DataFrame
+    window: reports.Window
+    warning: str | None = None
+    page: str | None = None
+    health: Health | None = None
+
+
+def _names(values: str | Sequence[str] | None) -> tuple[str, ...]:
+    return (values,) if isinstance(values, str) else tuple(values or ())
+
+
+def _query_args(
+    spec: registry.Report,
+    window: reports.Window,
+    by: str | None,
+    include_deleted: bool,
+    filters: reports.Filters,
+    options: dict[str, Any],
+) -> dict[str, Any]:
+    """The keyword arguments of ``spec.query``, each checked against the declaration."""
+    args: dict[str, Any] = {}
+    if spec.groupings:
+        chosen = by or spec.default_by
+        if chosen not in spec.groupings:
+            raise ConfigError(
+                f"--by {chosen!r} is not a grouping of this report; "
+                f"choose one of: {', '.join(spec.groupings)}."
+            )
+        args["by"] = chosen
+    elif by is not None:
+        raise ConfigError(f"report {spec.name} has no --by.")
+    if spec.since is not None:
+        args["window"] = window
+    if spec.include_deleted:
+        args["include_deleted"] = include_deleted
+    elif include_deleted:
+        raise ConfigError(f"report {spec.name} counts live runs only: no --include-deleted.")
+    if spec.filters:
+        args["filters"] = filters
+    params = {p.name: p for p in spec.params}
+    unknown = [k for k in options if k not in params]
+    if unknown:
+        raise ConfigError(
+            f"report {spec.name} has no option {unknown[0]!r}; "
+            f"its options: {', '.join(params) or 'none'}."
+        )
+    for name, param in params.items():
+        value = options.get(name, param.default)
+        args[name] = reports.parse_since(value) if param.kind == "window" else value
+    return args
+
+
+def report(
+    db: Path,
+    name: str,
+    *,
+    since: str | None = None,
+    by: str | None = None,
+    include_deleted: bool = False,
+    flow: str | Sequence[str] | None = None,
+    deployment: str | Sequence[str] | None = None,
+    tag: str | Sequence[str] | None = None,
+    state: str | Sequence[str] | None = None,
+    live: bool = False,
+    wait: float = 0.0,
+    html: bool = False,
+    **options: Any,
+) -> Reported:
+    """The report ``name`` (``flowsync.registry.REPORTS``) over ``db``'s latest snapshot
+    (``live``: the live file): ``since`` as ``--since`` (default: the report's),
+    ``by`` as ``--by``, ``flow``/``deployment``/``tag``/``state`` as the filters, and the
+    report's own options by name (``late_after=300``, ``last=10``, ``history="30d"``).
+    With ``html``, also the health page with this report's table under it."""
+    spec = registry.get(name)
+    if spec.since is None and since is not None and spec.no_since:
+        raise ConfigError(spec.no_since.format(since=since))
+    filters = reports.Filters(_names(flow), _names(deployment), _names(tag), _names(state))
+    offered = {"flow": filters.flows, "deployment": filters.deployments}
+    offered |= {"tag": filters.tags, "state": filters.states}
+    extra = [f for f, values in offered.items() if values and f not in spec.filters]
+    if extra:
+        raise ConfigError(
+            f"report {spec.name} has no --{extra[0]} filter; "
+            f"it takes: {', '.join('--' + f for f in spec.filters) or 'none'}."
+        )
+    if spec.query is None:
+        return _health(Path(db), spec, since, include_deleted, live, wait, html, options)
+    window = reports.parse_since(since if since is not None else spec.since)
+    args = _query_args(spec, window, by, include_deleted, filters, options)
+    title = spec.heading(args.get("by"))
+    with open_for_reading(Path(db), live=live, wait=wait) as store:
+        frame = spec.query(store, **args)
+        start = None
+        if spec.compares and window.since is not None:
+            start = reports.history_start(store, include_deleted=include_deleted)
+        page = None
+        if html:
+            from flowsync import report_html
+
+            page = report_html.build_page(
+                store, window, title, frame, include_deleted=include_deleted, report=spec.name
+            )
+    return Reported(spec, title, frame, window, _uncovered(window, start), page)
+
+
+def _uncovered(window: reports.Window, data_start: datetime | None) -> str | None:
+    """What to say when the previous window begins well before the data does."""
+    gap = reports.previous_uncovered(window, data_start)
+    if gap is None or data_start is None:
+        return None
+    length = (window.until - window.start).total_seconds()
+    return present.uncovered_note(length, gap.total_seconds(), data_start)
+
+
+def _health(
+    db: Path,
+    spec: registry.Report,
+    since: str | None,
+    include_deleted: bool,
+    live: bool,
+    wait: float,
+    html: bool,
+    options: dict[str, Any],
+) -> Reported:
+    from flowsync import health, report_html
+
+    window = reports.parse_since(since if since is not None else spec.since)
+    args = _query_args(spec, window, None, include_deleted, reports.Filters(), options)
+    with open_for_reading(db, live=live, wait=wait) as store:
+        figures = health.collect(
+            store,
+            window,
+            include_deleted=include_deleted,
+            late_after=args["late_after"],
+            live_db=None if live else db,
+        )
+    return Reported(
+        spec,
+        spec.title,
+        health.headline_frame(figures),
+        window,
+        _uncovered(window, figures.history_start),
+        report_html.render_health(figures) if html else None,
+        figures,
+    )

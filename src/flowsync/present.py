@@ -2,8 +2,10 @@
 
 Owns: the one way every human-facing output (the terminal tables, the HTML
 page) writes a value: percentages with one decimal, durations as ``1m 32s`` or
-``2h 05m``, changes with an arrow and a sign, times to the minute in UTC, and
-which columns are names, ids, rates or durations. Machine formats (CSV, JSON,
+``2h 05m``, changes with an arrow and a sign, times to the minute in UTC, each by
+the kind of its column (``show``; which column is which kind is declared once, in
+``flowsync.registry``), and the headers and names a person reads (``label``,
+``group_name``). Machine formats (CSV, JSON,
 Parquet, OpenMetrics) never pass through here: they keep raw values and ids.
 Must not: print, import rich/typer, or run SQL.
 """
@@ -17,13 +19,22 @@ from typing import Any
 UP, DOWN, SAME = "▲", "▼", "="
 NONE = "–"
 
-# Columns whose value is a share (0..1), shown as a percentage.
-RATE_COLUMNS = {"failure_rate", "prev_failure_rate", "share"}
-# Changes in rate points, in counts, in seconds.
-RATE_CHANGE_COLUMNS = {"failure_rate_change"}
-COUNT_CHANGE_COLUMNS = {"runs_change", "failed_change"}
-DURATION_CHANGE_COLUMNS = {"p50_change_s", "p95_change_s"}
-TIME_COLUMNS = {"first_seen", "last_seen", "failing_since"}
+# How a report column reads (``flowsync.registry`` declares each column's kind).
+KINDS = (
+    "count",
+    "number",
+    "percent",
+    "duration",
+    "timestamp",
+    "text",
+    "flag",
+    "ratio",
+    "rate_change",
+    "count_change",
+    "duration_change",
+)
+# The kind of a column's change against the previous window, by the column's own kind.
+CHANGE_OF = {"count": "count_change", "percent": "rate_change", "duration": "duration_change"}
 LABELS = {
     "flow_name": "flow",
     "deployment_name": "deployment",
@@ -84,93 +95,6 @@ LABELS = {
 }
 
 
-# Per report: the columns a person sees (terminal and HTML), in order, with a priority (10 =
-# dropped last in a narrow terminal). The group's name column comes first.
-REPORT_COLUMNS: dict[str, list[tuple[str, int]]] = {
-    "failures": [
-        ("runs", 9),
-        ("failed", 9),
-        ("failure_rate", 9),
-        ("failure_rate_change", 8),
-        ("cancelled", 5),
-        ("prev_failure_rate", 4),
-        ("prev_failed", 3),
-        ("prev_runs", 2),
-        ("prev_cancelled", 1),
-    ],
-    "durations": [
-        ("runs", 8),
-        ("p50_s", 9),
-        ("p90_s", 5),
-        ("p95_s", 9),
-        ("p99_s", 4),
-        ("max_s", 6),
-        ("mean_s", 3),
-    ],
-    "late": [
-        ("started", 8),
-        ("late_runs", 9),
-        ("p50_lateness_s", 7),
-        ("p95_lateness_s", 9),
-        ("max_lateness_s", 5),
-        ("waiting_now", 8),
-    ],
-    "flaky": [
-        ("runs", 7),
-        ("failed", 8),
-        ("failure_rate", 8),
-        ("retried_runs", 5),
-        ("failing_streak", 9),
-        ("broken", 9),
-        ("flaky", 6),
-        ("failure_episodes", 3),
-        ("mttr_s", 6),
-        ("last_state_type", 2),
-        ("last_success_at", 4),
-        ("last_failure_at", 4),
-    ],
-    "errors": [
-        ("error_text", 10),
-        ("runs", 10),
-        ("share", 6),
-        ("runs_change", 8),
-        ("deployments", 5),
-        ("flows", 3),
-        ("first_seen", 7),
-        ("last_seen", 6),
-        ("signature", 4),
-        ("example_state_type", 2),
-    ],
-    "runs": [
-        ("run_at", 9),
-        ("name", 8),
-        ("state_type", 7),
-        ("duration_s", 5),
-        ("error_signature", 4),
-        ("error_text", 8),
-        ("url", 6),
-    ],
-    "stuck": [
-        ("name", 8),
-        ("state_type", 9),
-        ("since", 6),
-        ("for_s", 9),
-        ("usual_p95_s", 8),
-        ("times_usual", 7),
-        ("url", 6),
-    ],
-    "unresolved": [
-        ("failing_since", 9),
-        ("failures_since_success", 9),
-        ("last_success_at", 6),
-        ("latest_state_type", 3),
-        ("latest_error_text", 8),
-        ("latest_signature", 4),
-        ("latest_failure_at", 5),
-    ],
-}
-
-
 def label(column: str) -> str:
     return LABELS.get(column, column.replace("_", " "))
 
@@ -197,6 +121,11 @@ def duration(seconds: float | None) -> str:
         return f"{sign}{minutes // 60}h {minutes % 60:02d}m"
     hours = round(s / 3600)
     return f"{sign}{hours // 24}d {hours % 24:02d}h"
+
+
+def age(when: datetime | None, now: datetime) -> str:
+    """How long before ``now`` ``when`` was, as ``duration`` writes it (``3d 04h``)."""
+    return NONE if when is None else duration((now - when).total_seconds())
 
 
 def percent(value: float | None) -> str:
@@ -237,22 +166,24 @@ def count(value: int | None) -> str:
     return NONE if value is None else f"{value:,d}"
 
 
-def value(column: str, v: Any) -> str:
-    """Any report value, readable, chosen by its column."""
+def show(kind: str, v: Any) -> str:
+    """Any report value, readable, as its column's kind (``KINDS``) says."""
     if v is None:
         return NONE
-    if column in RATE_COLUMNS:
+    if kind == "percent":
         return percent(v)
-    if column in RATE_CHANGE_COLUMNS:
+    if kind == "rate_change":
         return rate_change(v)
-    if column in COUNT_CHANGE_COLUMNS:
+    if kind == "count_change":
         return count_change(v)
-    if column in DURATION_CHANGE_COLUMNS:
+    if kind == "duration_change":
         return duration_change(v)
-    if column == "times_usual" and isinstance(v, (int, float)):
+    if kind == "ratio":
         return f"{v:,.1f}×"
-    if column.endswith("_s") and isinstance(v, (int, float)):
+    if kind == "duration":
         return duration(v)
+    if kind == "timestamp" and isinstance(v, datetime):
+        return when(v)
     if isinstance(v, bool):
         return "yes" if v else "no"
     if isinstance(v, int):

@@ -21,7 +21,7 @@ from typing import Any
 
 import polars as pl
 
-from flowsync import __version__, health, present, reports
+from flowsync import __version__, health, present, registry, reports
 from flowsync.store import Store
 
 RED, GREEN, BLUE, GREY = "#dc2626", "#16a34a", "#2563eb", "#9ca3af"
@@ -237,18 +237,11 @@ def _heat_color(failed: int, peak: int) -> str:
     return f"hsl(0,75%,{lightness:.0f}%)"
 
 
-def heatmap(cells: pl.DataFrame, days: list[date]) -> str:
-    """Deployments (most failures first) x UTC days, coloured by failed runs."""
-    failing = (
-        cells.group_by(["deployment_id", "flow_name", "deployment_name"])
-        .agg(pl.col("failed").sum().alias("total"))
-        .filter(pl.col("total") > 0)
-        .sort(
-            ["total", "flow_name", "deployment_name"],
-            descending=[True, False, False],
-            nulls_last=True,
-        )
-    )
+def heatmap(cells: pl.DataFrame, days: list[date], deployments: pl.DataFrame) -> str:
+    """Deployments x UTC days, coloured by failed runs: ``cells`` per day and deployment,
+    rows and their totals from ``deployments`` (the window's failures per deployment,
+    most failed first), as the health figures hold them."""
+    failing = deployments.filter(pl.col("failed") > 0)
     if failing.is_empty() or not days:
         return _empty("No failures in this window.")
     shown = failing.head(HEAT_ROWS)
@@ -274,7 +267,7 @@ def heatmap(cells: pl.DataFrame, days: list[date]) -> str:
                 f'<td class="mark" style="background:{_heat_color(failed, peak)}" title="{_e(tip)}"></td>'
             )
         rows.append(
-            f'<tr><td class="name">{_e(name)}</td>{"".join(tds)}<td class="num">&nbsp;{dep["total"]}</td></tr>'
+            f'<tr><td class="name">{_e(name)}</td>{"".join(tds)}<td class="num">&nbsp;{dep["failed"]}</td></tr>'
         )
     more = failing.height - shown.height
     note = (
@@ -422,23 +415,28 @@ def lateness_table(frame: pl.DataFrame, limit: int = 10) -> str:
 
 def table_html(frame: pl.DataFrame, report: str, limit: int = 200) -> str:
     """A report's own table, readable: the group's name first, no ids, formatted values."""
-    columns = [c for c, _ in present.REPORT_COLUMNS.get(report, []) if c in frame.columns]
+    spec = registry.REPORTS.get(report)
+    columns = [c for c in (spec.columns if spec else ()) if c.name in frame.columns]
     has_name = (
         any(c in frame.columns for c in ("flow_name", "work_pool_name", "tag"))
         and report != "errors"
     )
     head = (_th("name") if has_name else "") + "".join(
-        _th(present.label(c), frame.schema[c].is_numeric()) for c in columns
+        _th(present.label(c.name), frame.schema[c.name].is_numeric()) for c in columns
     )
     body = []
     for r in frame.head(limit).iter_rows(named=True):
         cells = _td(present.group_name(r), "name") if has_name else ""
         cells += "".join(
-            f'<td><a href="{_e(r[c])}">open</a></td>'
-            if c == "url" and r[c]
+            f'<td><a href="{_e(r[c.name])}">open</a></td>'
+            if c.name == "url" and r[c.name]
             else _td(
-                present.value(c, r[c]),
-                "num" if frame.schema[c].is_numeric() else "text" if c.endswith("text") else "",
+                present.show(c.kind, r[c.name]),
+                "num"
+                if frame.schema[c.name].is_numeric()
+                else "text"
+                if c.name.endswith("text")
+                else "",
             )
             for c in columns
         )
@@ -509,7 +507,7 @@ def render_health(h: health.Health, extra: str = "") -> str:
         ),
         _section(
             "Failures by deployment and day",
-            heatmap(h.heatmap, _days(window, h.daily)),
+            heatmap(h.heatmap, _days(window, h.daily), h.deployments),
             _e(_day_span(_days(window, h.daily)))
             + " Failed runs (FAILED or CRASHED) per UTC day; darker is more. "
             "Hover a cell for its numbers.",

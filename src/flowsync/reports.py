@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from flowsync.errors import ConfigError, ReadOnlyError, StoreError
 from flowsync.since import parse_since as since_time
+from flowsync.states import FAILED_STATES, STATE_TYPES
 
 if TYPE_CHECKING:  # imported lazily: the CLI reads GROUPS without loading Polars or DuckDB
     import polars as pl
@@ -50,7 +51,7 @@ GROUPS: dict[str, Grouping] = {
 }
 DURATION_GROUPS = ("flow", "deployment", "work_pool", "tag")
 # Groupings used inside flowsync (the health page, OpenMetrics), not offered as --by.
-_INTERNAL_GROUPS: dict[str, Grouping] = {
+INTERNAL_GROUPS: dict[str, Grouping] = {
     "all": Grouping(()),
     "day": Grouping(("run_day",)),
     "hour": Grouping(("run_hour",)),
@@ -104,19 +105,6 @@ def parse_since(text: str | None, now: datetime | None = None) -> Window:
     return Window(since_time(text, now), now)
 
 
-STATES = (
-    "SCHEDULED",
-    "PENDING",
-    "RUNNING",
-    "COMPLETED",
-    "FAILED",
-    "CANCELLED",
-    "CRASHED",
-    "PAUSED",
-    "CANCELLING",
-)
-
-
 @dataclass(frozen=True)
 class Filters:
     """Which runs a report counts (``--flow``, ``--deployment``, ``--tag``, ``--state``);
@@ -168,10 +156,10 @@ def _filter_params(store: Store, filters: Filters | None) -> dict[str, Any]:
         params["only_deployments"] = [i for ids in found.values() for i in ids]
     if f.states:
         states = [s.upper() for s in f.states]
-        bad = [s for s in states if s not in STATES]
+        bad = [s for s in states if s not in STATE_TYPES]
         if bad:
             raise ConfigError(
-                f"--state {bad[0]!r} is not a Prefect state type; choose from: {', '.join(STATES)}."
+                f"--state {bad[0]!r} is not a Prefect state type; choose from: {', '.join(STATE_TYPES)}."
             )
         params["only_states"] = states
     return params
@@ -198,6 +186,10 @@ _ONLY = (
 
 
 def _check_by(by: str, allowed: tuple[str, ...]) -> Grouping:
+    """``by`` as a grouping: one of ``allowed`` (the --by choices), or one of the
+    groupings the health figures use (``all``: one row over everything)."""
+    if by in INTERNAL_GROUPS:
+        return INTERNAL_GROUPS[by]
     if by not in allowed:
         raise ConfigError(
             f"--by {by!r} is not a grouping of this report; choose one of: {', '.join(allowed)}."
@@ -211,7 +203,7 @@ def _grouped(macro: str, by: str, args: str, order: str) -> str:
     ``by`` goes in as a literal, not a parameter: it is one of the fixed names
     above (checked by the caller), and a constant lets DuckDB fold the grouping
     and drop the branch of grouped_runs that does not apply (the tag unnest)."""
-    grouping = GROUPS.get(by) or _INTERNAL_GROUPS[by]
+    grouping = GROUPS.get(by) or INTERNAL_GROUPS[by]
     keep = grouping.columns
     shown = ", ".join((*keep, f"* EXCLUDE ({', '.join(GROUP_COLUMNS)})"))
     tie = f", {keep[0]}" if keep else ""
@@ -340,12 +332,6 @@ def failures(
     The figures are the ``failure_rates`` macro of ``sql/13_failure_rates.sql``."""
     window = window or parse_since(None)
     _check_by(by, tuple(GROUPS))
-    return _failures(store, by, window, include_deleted, filters)
-
-
-def _failures(
-    store: Store, by: str, window: Window, include_deleted: bool, filters: Filters | None = None
-) -> pl.DataFrame:
     sql = _grouped(
         "failure_rates",
         by,
@@ -383,17 +369,6 @@ def durations(
     the ``duration_percentiles`` macro of ``sql/14_duration_percentiles.sql``."""
     window = window or parse_since(None)
     _check_by(by, DURATION_GROUPS)
-    return _durations(store, by, window, include_deleted, trend, filters)
-
-
-def _durations(
-    store: Store,
-    by: str,
-    window: Window,
-    include_deleted: bool,
-    trend: bool,
-    filters: Filters | None = None,
-) -> pl.DataFrame:
     sql = _grouped(
         "duration_percentiles",
         by,
@@ -421,17 +396,6 @@ def late(
     in the window that have not started yet (the ``lateness`` macro, ``sql/15_lateness.sql``)."""
     window = window or parse_since(None)
     _check_by(by, tuple(GROUPS))
-    return _late(store, by, window, late_after, include_deleted, filters)
-
-
-def _late(
-    store: Store,
-    by: str,
-    window: Window,
-    late_after: float,
-    include_deleted: bool,
-    filters: Filters | None = None,
-) -> pl.DataFrame:
     sql = _grouped(
         "lateness",
         by,
@@ -627,7 +591,6 @@ def history_start(store: Store, *, include_deleted: bool = False) -> datetime | 
 
 # -- runs: a list, and the ones stuck -------------------------------------------------
 
-FAILED_STATES = ("FAILED", "CRASHED")
 _CLOUD = re.compile(r"^(https?)://api\.([^/]+)/api/accounts/([^/]+)/workspaces/([^/?#]+)")
 _OSS = re.compile(r"^(https?://[^/?#]+(?:/[^?#]*?)?)/api/?$")
 

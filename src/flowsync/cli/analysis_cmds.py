@@ -1,5 +1,9 @@
 """``flowsync sql`` and ``flowsync report ...``: run a query or a report, render it.
 
+The report commands are generated from ``flowsync.registry`` (one per report, its
+options from the declaration, ``report_options.report_command``); each is
+``run_report``: parse, one call to ``flowsync.report``, render.
+
 Owns: choosing the output format and writing the data (how each format writes a
 value is ``flowsync.cli.formats``; terminal tables are ``flowsync.cli.render``).
 Data goes to stdout (or --output); every message (a note that a table was cut, a
@@ -7,7 +11,8 @@ warning that the data does not cover the previous window) to stderr, so
 ``flowsync report failures --format csv | ...`` pipes cleanly.
 ``--format`` defaults to a table on a terminal and to CSV when stdout is a
 pipe or file. Parquet is binary: it goes to --output, or to stdout only when
-stdout is not a terminal. Must not: hold SQL (that is ``flowsync.reports``).
+stdout is not a terminal. Must not: hold SQL (that is ``flowsync.reports``), or
+declare a report (that is ``flowsync.registry``).
 """
 
 from __future__ import annotations
@@ -15,23 +20,21 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-from collections.abc import Callable
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from flowsync import present, reports
+from flowsync import registry, reports
 from flowsync.cli import formats, render
 from flowsync.cli.common import LiveOption, WaitOption, err, errors, out
 from flowsync.cli.report_options import (
     FORMATS,
+    HEALTH_FORMATS,
     FormatOption,
     OutputOption,
     ReportOptions,
-    complete,
-    report_options,
+    report_command,
 )
 from flowsync.config import resolve_db_path
 from flowsync.errors import ConfigError
@@ -40,18 +43,6 @@ if TYPE_CHECKING:  # Polars and DuckDB load inside the commands, so --help stays
     import polars as pl
 
     from flowsync.store import Store
-
-HEALTH_FORMATS = (*FORMATS, "openmetrics")
-
-
-def _by_option(choices: tuple[str, ...]) -> Any:
-    return typer.Option(
-        "--by",
-        help=f"Group by: {', '.join(choices)}.",
-        metavar="[" + "|".join(choices) + "]",
-        autocompletion=complete(choices),
-    )
-
 
 # -- rendering --------------------------------------------------------------------
 
@@ -277,396 +268,56 @@ report_app = typer.Typer(
 )
 
 
-def _warn_uncovered(window: reports.Window, data_start: datetime | None) -> None:
-    """A warning on stderr when the previous window begins well before the data does."""
-    gap = reports.previous_uncovered(window, data_start)
-    if gap is None or data_start is None:
-        return
-    length = (window.until - window.start).total_seconds()
-    err.print(
-        f"warning: {present.uncovered_note(length, gap.total_seconds(), data_start)}",
-        highlight=False,
-    )
+def run_report(spec: registry.Report, opts: ReportOptions, own: dict[str, Any]) -> None:
+    """Every ``flowsync report NAME``: parse, one call to ``flowsync.report``, render."""
+    from flowsync import operations
 
-
-def _run_report(
-    opts: ReportOptions,
-    title: str,
-    build: Callable[[Store, reports.Window], pl.DataFrame],
-    *,
-    report: str,
-    compares: bool = False,
-) -> None:
-    """``compares``: the report has previous-window columns (warn when the data does not
-    cover that window)."""
-    from flowsync import report_html
-
+    health = spec.query is None
     with errors():
-        window = reports.parse_since(opts.since)
         # --html alone writes only the page; with --format (or --output) the data too
         wants_data = opts.html is None or opts.fmt is not None or opts.output is not None
-        chosen = _choose_format(opts.fmt, opts.output) if wants_data else None
-        with _open(opts.db, opts.wait, opts.live) as store:
-            frame = build(store, window)
-            if compares and window.since is not None:
-                _warn_uncovered(
-                    window, reports.history_start(store, include_deleted=opts.include_deleted)
-                )
-            page = (
-                report_html.build_page(
-                    store,
-                    window,
-                    title,
-                    frame,
-                    include_deleted=opts.include_deleted,
-                    report=report,
-                )
-                if opts.html
-                else None
-            )
-        if opts.html is not None and page is not None:
-            write_atomic(opts.html, page.encode(), "--html")
-            err.print(
-                f"wrote {title} ({frame.height} rows, {window.describe()}) to {opts.html}",
-                highlight=False,
-            )
+        allowed = HEALTH_FORMATS if health else FORMATS
+        chosen = _choose_format(opts.fmt, opts.output, allowed) if wants_data else None
+        done = operations.report(
+            resolve_db_path(opts.db),
+            spec.name,
+            since=opts.since,
+            include_deleted=opts.include_deleted,
+            flow=opts.flow,
+            deployment=opts.deployment,
+            tag=opts.tag,
+            state=opts.state,
+            live=opts.live,
+            wait=opts.wait,
+            html=opts.html is not None,
+            **own,
+        )
+        window = done.window.describe()
+        if done.warning is not None and chosen != "openmetrics":  # cron mails a job's stderr
+            err.print(f"warning: {done.warning}", highlight=False)
+        if opts.html is not None and done.page is not None:
+            write_atomic(opts.html, done.page.encode(), "--html")
+            what = "the health page (" if health else f"{done.title} ({done.frame.height} rows, "
+            err.print(f"wrote {what}{window}) to {opts.html}", highlight=False)
         if chosen is None:
             return
+        if health and done.health is not None and chosen in ("openmetrics", "table"):
+            if chosen == "openmetrics":
+                from flowsync import openmetrics
+
+                write(openmetrics.render(done.health).encode(), opts.output, "OpenMetrics")
+            else:
+                out.print(render.headline_table(done.health.headline, f"Health, {window}"))
+            return
         emit(
-            frame,
+            done.frame,
             chosen,
             opts.output,
-            title=f"{title}, {window.describe()}",
-            report=report,
+            title=f"{done.title}, {window}",
+            report=None if health else spec.name,
             ids=opts.ids,
         )
 
 
-@report_app.command("failures")
-@report_options(since="7d")
-def failures_cmd(
-    opts: ReportOptions,
-    by: Annotated[str, _by_option(tuple(reports.GROUPS))] = "deployment",
-) -> None:
-    """Failure rate per flow, deployment, work pool or tag, against the previous window.
-
-    failed = FAILED or CRASHED; runs = finished (COMPLETED, FAILED or CRASHED);
-    failure_rate = failed / runs; CANCELLED is counted apart. The prev_* columns
-    cover the window of the same length just before --since.
-
-    Example: flowsync report failures --by deployment --since 7d --format csv
-    """
-    _run_report(
-        opts,
-        f"Failures by {by}",
-        lambda store, window: reports.failures(
-            store, by, window, include_deleted=opts.include_deleted, filters=opts.filters
-        ),
-        report="failures",
-        compares=True,
-    )
-
-
-@report_app.command("durations")
-@report_options(since="7d")
-def durations_cmd(
-    opts: ReportOptions,
-    by: Annotated[str, _by_option(reports.DURATION_GROUPS)] = "deployment",
-) -> None:
-    """Duration percentiles (p50, p90, p95, p99, max, mean; seconds) of finished runs per group.
-
-    Example: flowsync report durations --by flow --since 30d
-    """
-    _run_report(
-        opts,
-        f"Durations by {by}",
-        lambda store, window: reports.durations(
-            store, by, window, include_deleted=opts.include_deleted, filters=opts.filters
-        ),
-        report="durations",
-    )
-
-
-@report_app.command("late")
-@report_options(since="7d")
-def late_cmd(
-    opts: ReportOptions,
-    by: Annotated[str, _by_option(tuple(reports.GROUPS))] = "deployment",
-    late_after: Annotated[
-        float,
-        typer.Option(
-            "--late-after",
-            help="Seconds after the expected start that count as late.",
-            min=0,
-            metavar="SECONDS",
-        ),
-    ] = 60.0,
-) -> None:
-    """Start lateness per group (start time - expected start) and runs still waiting to start.
-
-    Example: flowsync report late --by work_pool --late-after 300
-    """
-    _run_report(
-        opts,
-        f"Lateness by {by}",
-        lambda store, window: reports.late(
-            store,
-            by,
-            window,
-            late_after=late_after,
-            include_deleted=opts.include_deleted,
-            filters=opts.filters,
-        ),
-        report="late",
-    )
-
-
-@report_app.command("flaky")
-@report_options(since="30d", include_deleted=False, filters=("flow", "deployment"))
-def flaky_cmd(
-    opts: ReportOptions,
-    last: Annotated[
-        int,
-        typer.Option("--last", help="Broken = the last N finished runs all failed.", metavar="N"),
-    ] = 3,
-    min_rate: Annotated[
-        float,
-        typer.Option(
-            "--min-rate",
-            help="Flaky needs a failure (or retry) rate of at least this share (0.05 = 5%).",
-            min=0,
-            max=1,
-            metavar="SHARE",
-        ),
-    ] = 0.05,
-) -> None:
-    """Flaky and broken deployments: failures, retried runs, failing streak, time to recover (MTTR).
-
-    Broken: the last --last finished runs all failed. Flaky: not broken, and it
-    failed and recovered by itself at least twice in the window at a failure
-    rate of at least --min-rate, or at least --min-rate of its runs needed a
-    retry. A rare failure, or one long outage, is not flaky.
-
-    Example: flowsync report flaky --last 3 --since 30d --format json
-    """
-    _run_report(
-        opts,
-        "Flaky and broken deployments",
-        lambda store, window: reports.flaky(
-            store, window, last=last, min_rate=min_rate, filters=opts.filters
-        ),
-        report="flaky",
-    )
-
-
-@report_app.command("errors")
-@report_options(since="7d")
-def errors_cmd(opts: ReportOptions) -> None:
-    """Why runs fail: failed and crashed runs grouped by error signature, most runs first.
-
-    A signature is the first line of the state message with ids, UUIDs, numbers,
-    hex, paths, URLs, times and quoted values masked, and a short hash of it.
-    Per signature: runs, share of failures, change against the previous window,
-    deployments and flows affected, first and last seen, and an example run with
-    its full message (csv/json/parquet, or --ids).
-
-    Example: flowsync report errors --since 24h
-    """
-    _run_report(
-        opts,
-        "Error signatures",
-        lambda store, window: reports.errors(
-            store, window, include_deleted=opts.include_deleted, filters=opts.filters
-        ),
-        report="errors",
-        compares=True,
-    )
-
-
-@report_app.command("unresolved")
-@report_options(since=None, include_deleted=False, filters=("flow", "deployment"))
-def unresolved_cmd(
-    opts: ReportOptions,
-    since: Annotated[str | None, typer.Option("--since", hidden=True)] = None,
-) -> None:
-    """Deployments whose latest finished run failed: since when, how many failures, which error.
-
-    The on-call backlog, oldest first: failing since (the first failure after
-    the last success), failures since the last success, and the signature of
-    the latest failure. Current state of live runs, so no --since.
-
-    Example: flowsync report unresolved --format json
-    """
-    if since is not None:
-        with errors():
-            raise ConfigError(
-                "report unresolved has no --since: it is the current state (each deployment's "
-                "latest finished run). For failures in a window: report errors --since "
-                f"{since} or report failures --since {since}."
-            )
-    _run_report(
-        opts,
-        "Unresolved failures",
-        lambda store, window: reports.unresolved(store, filters=opts.filters),
-        report="unresolved",
-    )
-
-
-@report_app.command("runs")
-@report_options(since="7d")
-def runs_cmd(
-    opts: ReportOptions,
-    last: Annotated[
-        int, typer.Option("--last", help="How many runs, newest first.", metavar="N")
-    ] = 20,
-) -> None:
-    """The last runs, failed and crashed ones unless --state says otherwise, with their
-    error signature and a link to the run in the Prefect UI.
-
-    The run list behind a failure rate: filter it to one deployment, flow, tag
-    or state. The link is the run's page on the server or Cloud workspace the
-    file was pulled from (empty when the API URL does not tell the UI).
-
-    Example: flowsync report runs --deployment etl/prod --last 10
-    """
-    _run_report(
-        opts,
-        "Runs",
-        lambda store, window: reports.runs(
-            store, window, last=last, filters=opts.filters, include_deleted=opts.include_deleted
-        ),
-        report="runs",
-    )
-
-
-@report_app.command("stuck")
-@report_options(since=None, include_deleted=False, filters=("flow", "deployment"))
-def stuck_cmd(
-    opts: ReportOptions,
-    history: Annotated[
-        str,
-        typer.Option(
-            "--history",
-            help="Finished runs whose p95 is the usual: 30d, 2w, a date, or 'all'.",
-            metavar="AGE|DATE|all",
-        ),
-    ] = "30d",
-    late_after: Annotated[
-        float,
-        typer.Option(
-            "--late-after",
-            help="A waiting run is stuck only past this many seconds too.",
-            min=0,
-            metavar="SECONDS",
-        ),
-    ] = 60.0,
-    min_runs: Annotated[
-        int,
-        typer.Option(
-            "--min-runs",
-            help="Deployments with fewer finished runs have no usual and are left out.",
-            min=1,
-            metavar="N",
-        ),
-    ] = 5,
-) -> None:
-    """Runs running or waiting longer than their deployment's usual p95, longest first.
-
-    Running: for longer than the p95 duration of the deployment's finished runs
-    in --history. Waiting (SCHEDULED or PENDING, due): past the expected start
-    for longer than its p95 lateness and --late-after. As of the last pull.
-
-    Example: flowsync report stuck --history 30d
-    """
-    _run_report(
-        opts,
-        "Stuck runs",
-        lambda store, window: reports.stuck(
-            store,
-            reports.parse_since(history),
-            late_after=late_after,
-            min_runs=min_runs,
-            filters=opts.filters,
-        ),
-        report="stuck",
-    )
-
-
-HealthFormatOption = Annotated[
-    str | None,
-    typer.Option(
-        "--format",
-        "-f",
-        help="table, line, csv, json, markdown, parquet or openmetrics (Prometheus textfile "
-        "collector). Default: table on a terminal, csv otherwise.",
-        show_default=False,
-        metavar="[" + "|".join(HEALTH_FORMATS) + "]",
-        autocompletion=complete(HEALTH_FORMATS),
-    ),
-]
-HealthHtmlOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--html",
-        help="Write the health page (one self-contained HTML file) to FILE (with --format "
-        "or --output, the figures are written too).",
-        show_default=False,
-        metavar="FILE",
-    ),
-]
-
-
-@report_app.command("health")
-@report_options(since="7d", fmt=HealthFormatOption, html=HealthHtmlOption, ids=False, filters=())
-def health_cmd(
-    opts: ReportOptions,
-    late_after: Annotated[
-        float,
-        typer.Option(
-            "--late-after",
-            help="Seconds after the expected start that count as late (late starts, runs late now).",
-            min=0,
-            metavar="SECONDS",
-        ),
-    ] = 60.0,
-) -> None:
-    """The headline figures against the previous window; --html writes the one-page health report.
-
-    The page: headline, runs and failure rate per day, a deployment x day
-    heatmap of failures, top error signatures, unresolved failures, slowest
-    deployments (p50/p95 and trend) and lateness. --format openmetrics writes
-    the figures for node_exporter's textfile collector (atomically with --output).
-
-    Example: flowsync report health --since 7d --html health.html
-    """
-    from flowsync import health as health_mod
-    from flowsync import openmetrics, report_html
-
-    with errors():
-        window = reports.parse_since(opts.since)
-        wants_data = opts.html is None or opts.fmt is not None or opts.output is not None
-        chosen = _choose_format(opts.fmt, opts.output, HEALTH_FORMATS) if wants_data else None
-        with _open(opts.db, opts.wait, opts.live) as store:
-            figures = health_mod.collect(
-                store,
-                window,
-                include_deleted=opts.include_deleted,
-                late_after=late_after,
-                live_db=None if opts.live else resolve_db_path(opts.db),
-            )
-        if chosen != "openmetrics":  # a textfile job's stderr goes to cron mail
-            _warn_uncovered(window, figures.history_start)
-        if opts.html is not None:
-            write_atomic(opts.html, report_html.render_health(figures).encode(), "--html")
-            err.print(
-                f"wrote the health page ({window.describe()}) to {opts.html}", highlight=False
-            )
-        if chosen is None:
-            return
-        if chosen == "openmetrics":
-            write(openmetrics.render(figures).encode(), opts.output, "OpenMetrics")
-            return
-        if chosen == "table":
-            out.print(render.headline_table(figures.headline, f"Health, {window.describe()}"))
-            return
-        emit(health_mod.headline_frame(figures), chosen, opts.output)
+for _spec in registry.REPORTS.values():
+    report_app.command(_spec.name)(report_command(_spec, run_report))

@@ -8,7 +8,6 @@ selection lives in ``flowsync.policy.plan``, the API calls in
 from __future__ import annotations
 
 import sys
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -16,6 +15,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from flowsync import present
 from flowsync.cli.common import (
     ApiKeyOption,
     ApiUrlOption,
@@ -60,29 +60,18 @@ policy_app = typer.Typer(
 )
 
 
-def _age(when: datetime | None, now: datetime) -> str:
-    if when is None:
-        return "-"
-    days = (now - when).total_seconds() / 86400
-    if abs(days) >= 1:
-        return f"{days:.0f}d"
-    if abs(days * 24) >= 1:
-        return f"{days * 24:.0f}h"
-    return f"{days * 1440:.0f}m"
-
-
 def _data_age(plan: Plan) -> str:
     now = plan.generated_at
     parts = []
     if plan.refreshed is not None:
         parts.append(f"{plan.refreshed} selected runs re-read from the server just now")
     parts.append(
-        f"last pull {plan.last_pull_at:%Y-%m-%d %H:%M} UTC ({_age(plan.last_pull_at, now)} ago)"
+        f"last pull {plan.last_pull_at:%Y-%m-%d %H:%M} UTC ({present.age(plan.last_pull_at, now)} ago)"
         if plan.last_pull_at
         else "no successful pull"
     )
     if plan.oldest_read_at is not None:
-        parts.append(f"oldest read of a planned run {_age(plan.oldest_read_at, now)} ago")
+        parts.append(f"oldest read of a planned run {present.age(plan.oldest_read_at, now)} ago")
     if plan.refreshed is None:
         parts.append("`plan --refresh` re-reads the selected runs first")
     return "; ".join(parts)
@@ -130,7 +119,7 @@ def _render_plan(plan: Plan, sample: int) -> None:
                     escape(run.name or run.id),
                     escape(f"{run.flow_name or '-'}/{run.deployment_name or '-'}"),
                     escape(run.state_name or run.state_type),
-                    _age(run.expected_start_time, now),
+                    present.age(run.expected_start_time, now),
                     escape(",".join(run.tags)),
                 )
             out.print(table)

@@ -1,6 +1,7 @@
 """Terminal tables: the reports' (names first, readable values) and any ``flowsync sql`` result.
 
-Owns: which columns each report shows in a terminal and which go first when
+Owns: laying out a report's columns (declared with their kinds and priorities in
+``flowsync.registry``) in a terminal and dropping the least important first when
 the terminal is narrow. Names are never cut: columns are dropped instead,
 lowest priority first, until the table fits (``COLUMNS`` or the terminal's
 width). Ids appear only with ``--ids``; machine formats keep everything.
@@ -18,14 +19,12 @@ from typing import TYPE_CHECKING, Any
 
 from rich.table import Table
 
-from flowsync import present
+from flowsync import present, registry
 from flowsync.cli import formats
 
 if TYPE_CHECKING:
     import polars as pl
 
-TERMINAL = present.REPORT_COLUMNS
-NAME_COLUMNS = ("flow_name", "deployment_name", "work_pool_name", "tag")
 WRAPPING = {"error_text", "latest_error_text"}  # long texts wrap; names never do
 MIN_WRAP = 28
 
@@ -47,19 +46,23 @@ def _readable_columns(columns: list[str], report: str, ids: bool) -> list[tuple[
         shown.append(("__name__", name_header, 11))
     if ids:
         shown += [(c, present.label(c), 10) for c in columns if present.is_id(c)]
-    shown += [(c, present.label(c), p) for c, p in TERMINAL.get(report, []) if c in columns]
+    declared = registry.REPORTS[report].columns if report in registry.REPORTS else ()
+    shown += [(c.name, present.label(c.name), c.priority) for c in declared if c.name in columns]
     if report == "errors" and "deployment_name" in columns:
         shown.append(("__name__", "example in", 5))
     return shown
 
 
-def _readable_cells(frame: pl.DataFrame, shown: list[tuple[str, str, int]]) -> dict[str, list[str]]:
+def _readable_cells(
+    frame: pl.DataFrame, report: str, shown: list[tuple[str, str, int]]
+) -> dict[str, list[str]]:
     rows = frame.to_dicts()
+    spec = registry.REPORTS.get(report)
 
     def cell(key: str, row: dict[str, Any]) -> str:
         if key == "__name__":
             return present.group_name(row)
-        return present.value(key, row.get(key))
+        return present.show(spec.kind_of(key) if spec else "text", row.get(key))
 
     return {key: [cell(key, r) for r in rows] for key, _, _ in shown}
 
@@ -72,7 +75,7 @@ def _is_numeric(frame: pl.DataFrame, key: str) -> bool:
 def readable_markdown(frame: pl.DataFrame, report: str, *, ids: bool) -> str:
     """A report as a person pastes it into a ticket: the terminal's columns and values."""
     shown = _readable_columns(list(frame.columns), report, ids)
-    cells = _readable_cells(frame, shown)
+    cells = _readable_cells(frame, report, shown)
     rows = [[cells[key][i] for key, _, _ in shown] for i in range(frame.height)]
     right = [_is_numeric(frame, key) for key, _, _ in shown]
     return formats.markdown_table([h for _, h, _ in shown], rows, right)
@@ -82,7 +85,7 @@ def readable_table(
     frame: pl.DataFrame, report: str, *, ids: bool, width: int, title: str | None
 ) -> Table:
     shown = _readable_columns(list(frame.columns), report, ids)
-    cells = _readable_cells(frame, shown)
+    cells = _readable_cells(frame, report, shown)
 
     def needed(key: str, header: str) -> int:
         longest = max((len(v) for v in cells[key]), default=0)
@@ -175,21 +178,6 @@ def result_table(
     return Fitted(table, headers[shown:], cut)
 
 
-# The health headline: (label, column, previous column, change column, how to read it).
-HEADLINE = [
-    ("finished runs", "runs", "prev_runs", "runs_change", "count"),
-    ("failed runs", "failed", "prev_failed", "failed_change", "count"),
-    ("failure rate", "failure_rate", "prev_failure_rate", "failure_rate_change", "rate"),
-    ("cancelled", "cancelled", "prev_cancelled", None, "count"),
-    ("p50 duration", "p50_s", "prev_p50_s", "p50_change_s", "duration"),
-    ("p95 duration", "p95_s", "prev_p95_s", "p95_change_s", "duration"),
-    ("late starts", "late_runs", None, None, "count"),
-    ("p95 lateness", "p95_lateness_s", None, None, "duration"),
-    ("error signatures", "signatures", None, None, "count"),
-    ("unresolved deployments", "unresolved_deployments", None, None, "count"),
-]
-
-
 def headline_table(row: dict[str, Any], title: str | None) -> Table:
     """The health headline as figure / this window / previous window / change."""
     table = Table(title=title or None, title_justify="left")
@@ -200,9 +188,10 @@ def headline_table(row: dict[str, Any], title: str | None) -> Table:
         ("change", "right"),
     ):
         table.add_column(header, justify=justify, no_wrap=True)  # type: ignore[arg-type]
-    read = {"count": present.count, "rate": present.percent, "duration": present.duration}
-    for name, col, prev, change, kind in HEADLINE:
-        now_v, prev_v = row.get(col), row.get(prev) if prev else None
-        delta = present.value(change, row.get(change)) if change else present.NONE
-        table.add_row(name, read[kind](now_v), read[kind](prev_v) if prev else present.NONE, delta)
+    for f in registry.HEADLINE:
+        previous = present.show(f.kind, row.get(f.previous)) if f.previous else present.NONE
+        delta = (
+            present.show(present.CHANGE_OF[f.kind], row.get(f.change)) if f.change else present.NONE
+        )
+        table.add_row(f.label, present.show(f.kind, row.get(f.column)), previous, delta)
     return table

@@ -1,27 +1,27 @@
-"""The options every ``flowsync report`` command shares, declared once.
+"""The options of the ``flowsync report`` commands, made from the report registry.
 
-Owns: their names, help texts and defaults, and ``report_options``, the decorator
-that adds them after a report command's own options and hands their values to it
-as one ``ReportOptions``. A command then states only what is its own: its
-grouping, its ``--since`` default, its extra options and its build function.
+Owns: the shared options' names, help texts and defaults, and ``report_command``,
+which turns one ``flowsync.registry.Report`` into a Typer command: its own options
+(``--by`` with the report's groupings, its ``Param``s), then the shared ones it
+takes, with the report's help text, handing their values to one run function
+as a ``ReportOptions`` and a dict of its own options.
 Must not: open the store or render (that is ``analysis_cmds``).
 """
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Concatenate, ParamSpec
+from typing import Annotated, Any
 
 import typer
 
 from flowsync.cli.common import DbOption, LiveOption, WaitOption
-from flowsync.reports import Filters
-
-P = ParamSpec("P")
+from flowsync.registry import Param, Report
+from flowsync.states import STATE_TYPES
 
 FORMATS = ("table", "line", "csv", "json", "markdown", "parquet")
 
@@ -35,17 +35,31 @@ def complete(choices: tuple[str, ...]) -> Callable[[str], list[str]]:
     return offer
 
 
-FormatOption = Annotated[
-    str | None,
-    typer.Option(
-        "--format",
-        "-f",
-        help="table, line, csv, json, markdown or parquet. Default: table on a terminal, csv otherwise.",
-        show_default=False,
-        metavar="[" + "|".join(FORMATS) + "]",
-        autocompletion=complete(FORMATS),
-    ),
-]
+def format_option(formats: tuple[str, ...], help_text: str) -> Any:
+    """A ``--format`` option offering ``formats``."""
+    return Annotated[
+        str | None,
+        typer.Option(
+            "--format",
+            "-f",
+            help=help_text,
+            show_default=False,
+            metavar="[" + "|".join(formats) + "]",
+            autocompletion=complete(formats),
+        ),
+    ]
+
+
+FormatOption = format_option(
+    FORMATS,
+    "table, line, csv, json, markdown or parquet. Default: table on a terminal, csv otherwise.",
+)
+HEALTH_FORMATS = (*FORMATS, "openmetrics")
+HealthFormatOption = format_option(
+    HEALTH_FORMATS,
+    "table, line, csv, json, markdown, parquet or openmetrics (Prometheus textfile "
+    "collector). Default: table on a terminal, csv otherwise.",
+)
 OutputOption = Annotated[
     Path | None,
     typer.Option(
@@ -71,6 +85,16 @@ HtmlOption = Annotated[
         "--html",
         help="Write the self-contained health page plus this table to FILE (with --format "
         "or --output, the data is written too).",
+        show_default=False,
+        metavar="FILE",
+    ),
+]
+HealthHtmlOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--html",
+        help="Write the health page (one self-contained HTML file) to FILE (with --format "
+        "or --output, the figures are written too).",
         show_default=False,
         metavar="FILE",
     ),
@@ -102,9 +126,7 @@ StateFilter = _filter_option(
     "--state",
     "Only runs in this state type: COMPLETED, FAILED, CRASHED, RUNNING ... (repeat for several).",
     "STATE",
-    autocompletion=complete(
-        ("SCHEDULED", "PENDING", "RUNNING", "COMPLETED", "FAILED", "CANCELLED", "CRASHED")
-    ),
+    autocompletion=complete(STATE_TYPES),
 )
 FILTERS = {
     "flow": FlowFilter,
@@ -126,7 +148,7 @@ IdsOption = Annotated[
 class ReportOptions:
     """The shared options' values; a command without one of them gets its default here."""
 
-    since: str = "all"
+    since: str | None = None
     include_deleted: bool = False
     fmt: str | None = None
     output: Path | None = None
@@ -140,15 +162,6 @@ class ReportOptions:
     tag: list[str] | None = None
     state: list[str] | None = None
 
-    @property
-    def filters(self) -> Filters:
-        return Filters(
-            tuple(self.flow or ()),
-            tuple(self.deployment or ()),
-            tuple(self.tag or ()),
-            tuple(self.state or ()),
-        )
-
 
 def _option(name: str, annotation: Any, default: object) -> inspect.Parameter:
     return inspect.Parameter(
@@ -156,48 +169,77 @@ def _option(name: str, annotation: Any, default: object) -> inspect.Parameter:
     )
 
 
-def report_options(
-    *,
-    since: str | None,
-    include_deleted: bool = True,
-    fmt: Any = FormatOption,
-    html: Any = HtmlOption,
-    ids: bool = True,
-    filters: tuple[str, ...] = ("flow", "deployment", "tag", "state"),
-) -> Callable[[Callable[Concatenate[ReportOptions, P], None]], Callable[..., None]]:
-    """Give a report command the shared options, after its own, in ``--help`` order.
+def _by_option(choices: tuple[str, ...]) -> Any:
+    return Annotated[
+        str,
+        typer.Option(
+            "--by",
+            help=f"Group by: {', '.join(choices)}.",
+            metavar="[" + "|".join(choices) + "]",
+            autocompletion=complete(choices),
+        ),
+    ]
 
-    The command takes a ``ReportOptions`` as its first parameter and declares only
-    its own options after it. ``since=None``: no --since (the window is all runs);
-    ``include_deleted``/``ids`` False: no such flag. ``filters``: which of --flow,
-    --deployment, --tag, --state the report takes. ``fmt``/``html``: another
-    option for --format or --html, with its own help (``report health``).
-    Typer reads the command's signature, so the wrapper carries the combined one.
-    """
-    shared = [
-        *([_option("since", SinceOption, since)] if since is not None else []),
-        *([_option("include_deleted", IncludeDeletedOption, False)] if include_deleted else []),
-        _option("fmt", fmt, None),
+
+def _param_option(param: Param) -> Any:
+    return Annotated[
+        param.type,
+        typer.Option(
+            param.flag, help=param.help, min=param.min, max=param.max, metavar=param.metavar
+        ),
+    ]
+
+
+def _own(spec: Report) -> list[inspect.Parameter]:
+    """The report's own options, in ``--help`` order: --by, its params; for a report
+    without a window that says why, a hidden --since (the library refuses it)."""
+    own = []
+    if spec.groupings:
+        own.append(_option("by", _by_option(spec.groupings), spec.default_by))
+    own += [_option(p.name, _param_option(p), p.default) for p in spec.params]
+    if spec.since is None and spec.no_since:
+        hidden = Annotated[str | None, typer.Option("--since", hidden=True)]
+        own.append(_option("no_since", hidden, None))
+    return own
+
+
+def _shared(spec: Report) -> list[inspect.Parameter]:
+    health = spec.query is None
+    return [
+        *([_option("since", SinceOption, spec.since)] if spec.since is not None else []),
+        *(
+            [_option("include_deleted", IncludeDeletedOption, False)]
+            if spec.include_deleted
+            else []
+        ),
+        _option("fmt", HealthFormatOption if health else FormatOption, None),
         _option("output", OutputOption, None),
-        _option("html", html, None),
-        *([_option("ids", IdsOption, False)] if ids else []),
-        *[_option(name, FILTERS[name], None) for name in filters],
+        _option("html", HealthHtmlOption if health else HtmlOption, None),
+        *([_option("ids", IdsOption, False)] if spec.ids else []),
+        *[_option(name, FILTERS[name], None) for name in spec.filters],
         _option("db", DbOption, None),
         _option("wait", WaitOption, 0.0),
         _option("live", LiveOption, False),
     ]
+
+
+def report_command(
+    spec: Report, run: Callable[[Report, ReportOptions, dict[str, Any]], None]
+) -> Callable[..., None]:
+    """``spec`` as a Typer command that calls ``run(spec, options, own options)``.
+
+    Typer reads the command's signature and docstring, so the function carries the
+    combined signature and the report's help text."""
+    own, shared = _own(spec), _shared(spec)
     names = [p.name for p in shared]
 
-    def decorate(command: Callable[Concatenate[ReportOptions, P], None]) -> Callable[..., None]:
-        own = list(inspect.signature(command, eval_str=True).parameters.values())[1:]
-        call: Callable[..., None] = command  # typer passes the command's own options by name
+    def command(**kwargs: Any) -> None:
+        opts = ReportOptions(**{name: kwargs.pop(name) for name in names if name in kwargs})
+        if spec.since is None:  # a hidden --since reaches the library, which says why not
+            opts = dataclasses.replace(opts, since=kwargs.pop("no_since", None))
+        run(spec, opts, kwargs)
 
-        @functools.wraps(command)
-        def wrapper(**kwargs: Any) -> None:
-            opts = ReportOptions(**{name: kwargs.pop(name) for name in names})
-            call(opts, **kwargs)
-
-        wrapper.__signature__ = inspect.Signature([*own, *shared])  # type: ignore[attr-defined]
-        return wrapper
-
-    return decorate
+    command.__name__ = f"{spec.name}_cmd"
+    command.__doc__ = spec.help
+    command.__signature__ = inspect.Signature([*own, *shared])  # type: ignore[attr-defined]
+    return command

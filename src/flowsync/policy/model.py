@@ -16,18 +16,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from flowsync.errors import PolicyError
+from flowsync.states import StateType
 
-StateType = Literal[
-    "SCHEDULED",
-    "PENDING",
-    "RUNNING",
-    "COMPLETED",
-    "FAILED",
-    "CANCELLED",
-    "CRASHED",
-    "PAUSED",
-    "CANCELLING",
-]
 RULE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
 
