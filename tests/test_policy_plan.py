@@ -111,17 +111,18 @@ def db(tmp_path: Path) -> Path:
 def test_plan_selects_oldest_first_and_skips_protected_and_deleted(db: Path) -> None:
     plan = plan_of(db, policy(rule("purge", OLD_COMPLETED), extra="protect_tags: [keep]\n"))
     rp = plan.rules[0]
-    assert len(rp.runs) == 13
+    runs = rp.sample(None)
+    assert rp.planned == len(runs) == 13
     assert rp.skipped == {"protected tag": 1, "already deleted": 1}
-    assert rp.runs[0].id == rid(13)  # the oldest (44 days) first
-    assert rp.runs[0].flow_name == "etl" and rp.runs[0].deployment_name == "dev"
-    assert rid(21) not in {r.id for r in rp.runs}
+    assert runs[0].id == rid(13)  # the oldest (44 days) first
+    assert runs[0].flow_name == "etl" and runs[0].deployment_name == "dev"
+    assert rid(21) not in {r.id for r in runs}
 
 
 def test_keep_newest_is_per_deployment(db: Path) -> None:
     plan = plan_of(db, policy(rule("purge", OLD_COMPLETED, more="keep_newest: 2")))
     kept = {rid(1), rid(2), rid(11), rid(12)}  # the two newest selected in prod and in dev
-    ids = {r.id for r in plan.rules[0].runs}
+    ids = {r.id for r in plan.rules[0].sample(None)}
     assert not ids & kept
     assert plan.rules[0].skipped["keep_newest"] == 4
 
@@ -133,10 +134,14 @@ def test_first_rule_wins_and_disabled_rules_select_nothing(db: Path) -> None:
         rule("switched-off", "SELECT id FROM flow_runs", more="enabled: false"),
     )
     plan = plan_of(db, text)
-    assert len(plan.rules[0].runs) == 2
+    assert plan.rules[0].planned == len(plan.rules[0].sample(None)) == 2
     assert plan.rules[1].skipped["taken by an earlier rule"] == 2
-    assert plan.rules[2].runs == [] and plan.rules[2].selected == 0
-    assert plan.total == len(plan.rules[0].runs) + len(plan.rules[1].runs)
+    assert (
+        plan.rules[2].planned == 0
+        and plan.rules[2].sample(None) == []
+        and plan.rules[2].selected == 0
+    )
+    assert plan.total == plan.rules[0].planned + plan.rules[1].planned
 
 
 def test_max_actions_is_flagged(db: Path) -> None:
@@ -165,7 +170,7 @@ def test_plan_exit_code_says_whether_apply_would_change_anything(db: Path) -> No
 def test_duplicate_ids_and_uuid_strings_are_fine(db: Path) -> None:
     sql = f"SELECT '{rid(30)}' AS id UNION ALL SELECT '{rid(30)}' UNION ALL SELECT CAST(id AS VARCHAR) FROM flow_runs WHERE state_type = 'FAILED'"
     plan = plan_of(db, policy(rule("r", sql)))
-    assert sorted(r.id for r in plan.rules[0].runs) == sorted([rid(30), rid(32)])
+    assert sorted(r.id for r in plan.rules[0].sample(None)) == sorted([rid(30), rid(32)])
 
 
 BAD_SQL = [
