@@ -260,7 +260,7 @@ ALLOWED_TABLE_FUNCTIONS = frozenset(
 DEFAULT_RULE_TIMEOUT = 60.0
 # DuckDB's memory cap on the connection a plan reads (MB): the ranking of a rule's picks
 # spills past it, so planning a million runs needs about what planning 100k does.
-PLAN_MEMORY_MB = 128
+PLAN_MEMORY_MB = 64
 
 _ALLOWED_SQL = """
 SELECT DISTINCT lower(function_name) FROM duckdb_functions()
@@ -588,16 +588,39 @@ class _Guards:
 
     def reason(self, row: dict[str, Any], taken: bool) -> str | None:
         """Why the row is skipped (None: the rule acts on it). ``taken``: an earlier rule has it."""
+        return self.verdict(
+            row["unknown"],
+            row["deleted"],
+            row["state_type"],
+            row["protected"],
+            row["newest_rank"],
+            taken,
+        )
+
+    def verdict(
+        self,
+        unknown: bool,
+        deleted: bool,
+        state_type: str | None,
+        protected: bool,
+        newest_rank: int | None,
+        taken: bool,
+    ) -> str | None:
+        """``reason`` over the row's columns."""
         rule = self.rule
-        if row["unknown"]:
+        if unknown:
             return NOT_IN_FILE
-        if row["deleted"]:
+        if deleted:
             return DELETED
-        if row["state_type"] is None:
+        if state_type is None:
             return "no known state"
-        if row["protected"]:
+        if protected:
             return PROTECTED
-        if rule.keep_newest is not None and row["newest_rank"] <= rule.keep_newest:
+        if (
+            rule.keep_newest is not None
+            and newest_rank is not None
+            and newest_rank <= rule.keep_newest
+        ):
             return KEEP_NEWEST
         if taken:
             return TAKEN
@@ -677,13 +700,12 @@ def _plan_rule_runs(
                     break
                 taken = runs.taken(page["id"].to_list()) if earlier else set()
                 reasons: list[str | None] = []
-                for row in page.select(_GUARDED).iter_rows(named=True):
-                    why = guards.reason(row, row["id"] in taken)
+                columns = [page[name].to_list() for name in _GUARDED]
+                for run_id, unknown, deleted, state, protected, rank, read in zip(*columns):
+                    why = guards.verdict(unknown, deleted, state, protected, rank, run_id in taken)
                     reasons.append(why)
                     if why is None:
-                        state = row["state_type"]
                         out.by_state[state] = out.by_state.get(state, 0) + 1
-                        read = row["synced_at"]
                         if read is not None and (oldest is None or read < oldest):
                             oldest = read
                     else:

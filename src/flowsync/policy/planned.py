@@ -2,7 +2,7 @@
 
 Owns: the plan's store, a scratch DuckDB file in a private temporary folder (never
 the user's file; removed by ``close`` or at the end of the process), its memory
-capped like a write job's so it stays flat however many runs a policy selects. It
+capped so it stays flat however many runs a policy selects. It
 holds every run each rule's SQL returned, in the rule's rank order, with the
 columns apply and the plan's listing need and why a guard skipped it (NULL:
 planned). ``plan.make_plan`` fills it; ``Plan`` and ``RulePlan`` read it. Must not:
@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 
 # Runs read back per query: a page of the plan in memory at a time.
 PAGE = 10_000
+# DuckDB's memory cap on the plan's store (MB): it only appends and reads ranges back.
+RUNS_MEMORY_MB = 32
 
 # What a rule's page holds (see ``plan._SELECT``), plus the guard's verdict.
 _COLUMNS = (
@@ -63,7 +65,12 @@ class PlanRuns:
         self.folder = Path(tempfile.mkdtemp(prefix="flowsync-plan-"))
         self._lock = threading.Lock()
         try:
-            self._store = Store.open(self.folder / "plan.duckdb", migrate=False, memory_cap=True)
+            self._store = Store.open(
+                self.folder / "plan.duckdb",
+                migrate=False,
+                memory_cap=True,
+                memory_limit_mb=RUNS_MEMORY_MB,
+            )
         except BaseException:
             shutil.rmtree(self.folder, ignore_errors=True)
             raise
@@ -88,7 +95,8 @@ class PlanRuns:
 
     def add(self, rule: int, page: pl.DataFrame) -> None:
         """A page of a rule's rows (``_COLUMNS`` and ``reason``), in rank order."""
-        with self._lock, self._store.registered("plan_page", page):
+        # as Arrow: DuckDB reads Polars' string views slower than Arrow's strings
+        with self._lock, self._store.registered("plan_page", page.to_arrow()):
             self._store.execute(
                 f"INSERT INTO plan_runs SELECT ?, {_COLUMNS}, reason FROM plan_page", [rule]
             )
