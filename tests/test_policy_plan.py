@@ -471,3 +471,29 @@ def test_plan_json_streams_the_ids_as_print_json_would_write_them(
         _print_plan_json(plan, 4, wrap, **({"result": 1} if wrap else {}))
         assert capsys.readouterr().out == old
         assert json.loads(old)  # and it is JSON
+
+
+def test_a_plan_of_many_runs_crosses_the_real_page_sizes(tmp_path: Path) -> None:
+    """56,000 runs planned: two listing pages and six store pages, as `plan` and apply read them."""
+    from flowsync import operations
+    from flowsync.policy import plan as plan_module
+    from flowsync.policy import planned
+    from flowsync.policy.apply import batches
+    from harness.history import make_history, run_id
+
+    runs = 70_000
+    assert runs * 0.8 > plan_module.LIST_PAGE and runs * 0.8 > 5 * planned.PAGE
+    db = make_history(tmp_path / "history.duckdb", runs)
+    policy_file = _write(
+        tmp_path,
+        policy(
+            rule("done", "SELECT id FROM flow_runs WHERE state_type = 'COMPLETED'"),
+            extra="max_actions: 1000000\n",
+        ),
+    )
+    with operations.plan(db, policy_file, live=True) as plan:
+        expected = [run_id(i) for i in range(runs) if i % 10 >= 2]  # oldest (lowest i) first
+        assert plan.total == plan.rules[0].planned == len(expected) == 56_000
+        assert [r.id for r in plan.rules[0].sample(3)] == expected[:3]
+        sent = [i for batch in batches(plan) for i in batch.ids]
+        assert sent == expected
