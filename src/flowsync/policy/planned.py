@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from flowsync.errors import StoreError
 from flowsync.store import Store
 
 if TYPE_CHECKING:
@@ -62,7 +63,13 @@ class PlanRuns:
     """One plan's runs, in a scratch DuckDB file. Safe to read from several threads."""
 
     def __init__(self) -> None:
-        self.folder = Path(tempfile.mkdtemp(prefix="flowsync-plan-"))
+        try:
+            self.folder = Path(tempfile.mkdtemp(prefix="flowsync-plan-"))
+        except OSError as e:
+            raise StoreError(
+                f"Cannot create the plan's scratch folder in {tempfile.gettempdir()}: "
+                f"{e.strerror}; point TMPDIR at a writable folder with room."
+            ) from e
         self._lock = threading.Lock()
         try:
             self._store = Store.open(
