@@ -33,7 +33,7 @@ PAGE = 10_000
 # DuckDB's memory cap on the plan's store (MB): it only appends and reads ranges back.
 RUNS_MEMORY_MB = 32
 
-# What a rule's page holds (see ``plan._SELECT``), plus the guard's verdict.
+# What a rule's page holds (see ``plan._LISTED``), plus the guard's verdict.
 _COLUMNS = (
     "pos, id, name, flow_name, deployment_name, state_type, state_name, tags, "
     "expected_start_time, end_time, deployment_id"
