@@ -5,7 +5,8 @@ the user's file; removed by ``close`` or at the end of the process), its memory
 capped so it stays flat however many runs a policy selects. It
 holds every run each rule's SQL returned, in the rule's rank order, with the
 columns apply and the plan's listing need and why a guard skipped it (NULL:
-planned). ``plan.make_plan`` fills it; ``Plan`` and ``RulePlan`` read it. Must not:
+planned); and the plan itself (``Plan``, ``RulePlan``: counts in memory, runs read
+from that store). ``plan.make_plan`` fills both. Must not:
 decide anything (the guards are ``plan``'s), read the user's file, call the API,
 or print.
 """
@@ -17,16 +18,18 @@ import tempfile
 import threading
 import weakref
 from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from flowsync.errors import StoreError
+from flowsync.policy.model import DeleteRule, LoadedPolicy, SetStateRule
 from flowsync.store import Store
 
 if TYPE_CHECKING:
     import polars as pl
 
-    from flowsync.policy.plan import PlannedRun
 
 # Runs read back per query: a page of the plan in memory at a time.
 PAGE = 10_000
@@ -149,8 +152,6 @@ class PlanRuns:
 
     def sample(self, rule: int, limit: int | None) -> list[PlannedRun]:
         """The first ``limit`` planned runs of a rule (None: every one)."""
-        from flowsync.policy.plan import PlannedRun
-
         rows = self._rows(
             "SELECT id, name, flow_name, deployment_name, state_type, state_name, tags, "
             "expected_start_time, end_time, deployment_id FROM plan_runs "
@@ -199,3 +200,205 @@ class PlanRuns:
             [besides],
         )
         return [r[0] for r in rows]
+
+
+# -- what a plan is (``plan.make_plan`` makes it) ----------------------------------------
+
+
+RuleModel = DeleteRule | SetStateRule
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """A run a rule would act on, as last pulled."""
+
+    id: str
+    name: str | None
+    flow_name: str | None
+    deployment_name: str | None
+    state_type: str
+    state_name: str | None
+    tags: tuple[str, ...]
+    expected_start_time: datetime | None
+    end_time: datetime | None
+    deployment_id: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "flow": self.flow_name,
+            "deployment": self.deployment_name,
+            "state_type": self.state_type,
+            "state_name": self.state_name,
+            "tags": list(self.tags),
+            "expected_start_time": self.expected_start_time,
+            "end_time": self.end_time,
+        }
+
+
+@dataclass
+class Decided:
+    """One rule decided over a few runs held in memory (apply's batch decision, the guards'
+    tests): the runs it would act on, and why each run its SQL returned was skipped."""
+
+    rule: RuleModel
+    runs: list[PlannedRun] = field(default_factory=list)
+    selected: int = 0  # distinct ids the SQL returned
+    reasons: dict[str, str] = field(default_factory=dict)  # skipped run id -> reason
+
+    @property
+    def skipped(self) -> dict[str, int]:
+        """reason -> runs skipped for it."""
+        counts: dict[str, int] = {}
+        for reason in self.reasons.values():
+            counts[reason] = counts.get(reason, 0) + 1
+        return counts
+
+
+@dataclass
+class RulePlan:
+    """One rule's share of a plan: counts held here, its runs in the plan's store (read them
+    in pages: ``ids``, ``sample``), so memory does not grow with the runs selected."""
+
+    rule: RuleModel
+    planned: int = 0  # runs the rule would act on
+    selected: int = 0  # distinct ids the SQL returned
+    skipped: dict[str, int] = field(default_factory=dict)  # reason -> runs, first met first
+    by_state: dict[str, int] = field(default_factory=dict)  # state type -> planned runs
+    number: int = -1  # the rule's key in the plan's store (-1: a disabled rule, no runs)
+    runs_store: PlanRuns | None = field(default=None, repr=False, compare=False)
+
+    def sample(self, limit: int | None) -> list[PlannedRun]:
+        """The first ``limit`` planned runs, oldest first (None: all of them)."""
+        if self.runs_store is None or not self.planned or limit == 0:
+            return []
+        return self.runs_store.sample(self.number, limit)
+
+    def ids(self) -> Iterator[list[str]]:
+        """Every planned run id, in rank order, a page at a time."""
+        if self.runs_store is None or not self.planned:
+            return
+        for page in self.runs_store.planned(self.number):
+            yield [run_id for run_id, _, _ in page]
+
+    def to_json(self, sample: int | None = None, *, ids: bool = True) -> dict[str, Any]:
+        """The rule's part of ``Plan.to_json``; ``ids=False`` leaves the ``ids`` list out
+        (a caller writing the JSON streams them from ``ids()``)."""
+        out: dict[str, Any] = {
+            "rule": self.rule.name,
+            "action": self.rule.action,
+            "enabled": self.rule.enabled,
+            "runs": self.planned,
+            "selected_by_sql": self.selected,
+            "skipped": dict(self.skipped),
+            "by_state": dict(self.by_state),
+        }
+        if ids:
+            out["ids"] = [i for page in self.ids() for i in page]
+        out["sample"] = [r.to_json() for r in self.sample(sample)]
+        if isinstance(self.rule, SetStateRule):
+            out["state"] = self.rule.state.to_api()
+            out["force"] = self.rule.force
+        return out
+
+
+@dataclass
+class Plan:
+    """What a policy would do. The planned and skipped runs live in the plan's own store
+    (``PlanRuns``: a scratch DuckDB file in a temporary folder, never the user's file),
+    read back a page at a time; ``close()`` (or the end of the process) removes it."""
+
+    policy: LoadedPolicy
+    rules: list[RulePlan]
+    generated_at: datetime
+    last_pull_at: datetime | None = None  # the data planned on: last successful pull
+    oldest_read_at: datetime | None = None  # ... and the oldest read of a planned run
+    refreshed: int | None = None  # runs re-read from the server before planning (plan --refresh)
+    statements: dict[str, str] = field(default_factory=dict)  # rule name -> its checked SQL
+    timeout: float | None = None  # seconds each rule statement may run
+    # rule name -> why its SQL may decide a run from other runs' rows (see reads_other_runs)
+    reads_other_runs: dict[str, str] = field(default_factory=dict)
+    # the server as the last pull saw it ({"version", "cloud", "bulk", "seen_at"}), if known
+    server: dict[str, Any] | None = None
+    runs_store: PlanRuns | None = field(default=None, repr=False, compare=False)
+
+    def close(self) -> None:
+        """Remove the plan's store (its runs can no longer be read)."""
+        if self.runs_store is not None:
+            self.runs_store.close()
+
+    def __enter__(self) -> Plan:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def apply_path(self) -> str:
+        """Which calls apply will make, as the last pull saw the server (apply asks it again)."""
+        if not self.server or self.server.get("bulk", True):
+            return "bulk"
+        return (
+            f"per-run: Prefect {self.server.get('version') or '?'} (as last pulled) lacks the bulk "
+            "endpoints (3.6.16+); apply sends one DELETE or set_state per run, re-checked in "
+            "batches of 10; DELETE /flow_runs/{id} has no server-side state guard, and forced "
+            "states are refused"
+        )
+
+    @property
+    def total(self) -> int:
+        return sum(r.planned for r in self.rules)
+
+    @property
+    def over_max(self) -> bool:
+        return self.total > self.policy.policy.max_actions
+
+    def batches(self, size: int) -> Iterator[tuple[RuleModel, str, list[tuple[str, str | None]]]]:
+        """Per rule, per planned state type (in the order the rule first meets it), its
+        planned runs in rank order, ``size`` at a time: (run id, deployment id) pairs."""
+        size = max(1, size)
+        for rp in self.rules:
+            if rp.runs_store is None or not rp.planned:
+                continue
+            for state_type in rp.runs_store.state_types(rp.number):
+                chunk: list[tuple[str, str | None]] = []
+                for page in rp.runs_store.planned(rp.number, state_type):
+                    for run_id, _, deployment_id in page:
+                        chunk.append((run_id, deployment_id))
+                        if len(chunk) == size:
+                            yield rp.rule, state_type, chunk
+                            chunk = []
+                if chunk:
+                    yield rp.rule, state_type, chunk
+
+    def protected_run(self, tags: list[str]) -> str | None:
+        """A planned run carrying one of ``tags`` (None: none does)."""
+        if self.runs_store is None or not tags or not self.total:
+            return None
+        return self.runs_store.with_tags(tags)
+
+    def skipped_for(self, rule: RuleModel, reason: str, among: set[str]) -> set[str]:
+        """Which of ``among`` the plan skipped for ``reason`` under ``rule``."""
+        planned = next((rp for rp in self.rules if rp.rule.name == rule.name), None)
+        if planned is None or planned.runs_store is None or not among:
+            return set()
+        return planned.runs_store.skipped_among(planned.number, reason, among)
+
+    def to_json(self, sample: int | None = 10, *, ids: bool = True) -> dict[str, Any]:
+        return {
+            "policy": self.policy.source,
+            "policy_sha256": self.policy.sha256,
+            "generated_at": self.generated_at,
+            "total": self.total,
+            "max_actions": self.policy.policy.max_actions,
+            "over_max_actions": self.over_max,
+            "data": {
+                "last_pull_at": self.last_pull_at,
+                "oldest_read_at": self.oldest_read_at,
+                "refreshed": self.refreshed,
+            },
+            "rules": [r.to_json(sample, ids=ids) for r in self.rules],
+            "reads_other_runs": self.reads_other_runs,
+            "apply_path": self.apply_path,
+        }
