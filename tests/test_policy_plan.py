@@ -111,17 +111,18 @@ def db(tmp_path: Path) -> Path:
 def test_plan_selects_oldest_first_and_skips_protected_and_deleted(db: Path) -> None:
     plan = plan_of(db, policy(rule("purge", OLD_COMPLETED), extra="protect_tags: [keep]\n"))
     rp = plan.rules[0]
-    assert len(rp.runs) == 13
+    runs = rp.sample(None)
+    assert rp.planned == len(runs) == 13
     assert rp.skipped == {"protected tag": 1, "already deleted": 1}
-    assert rp.runs[0].id == rid(13)  # the oldest (44 days) first
-    assert rp.runs[0].flow_name == "etl" and rp.runs[0].deployment_name == "dev"
-    assert rid(21) not in {r.id for r in rp.runs}
+    assert runs[0].id == rid(13)  # the oldest (44 days) first
+    assert runs[0].flow_name == "etl" and runs[0].deployment_name == "dev"
+    assert rid(21) not in {r.id for r in runs}
 
 
 def test_keep_newest_is_per_deployment(db: Path) -> None:
     plan = plan_of(db, policy(rule("purge", OLD_COMPLETED, more="keep_newest: 2")))
     kept = {rid(1), rid(2), rid(11), rid(12)}  # the two newest selected in prod and in dev
-    ids = {r.id for r in plan.rules[0].runs}
+    ids = {r.id for r in plan.rules[0].sample(None)}
     assert not ids & kept
     assert plan.rules[0].skipped["keep_newest"] == 4
 
@@ -133,10 +134,14 @@ def test_first_rule_wins_and_disabled_rules_select_nothing(db: Path) -> None:
         rule("switched-off", "SELECT id FROM flow_runs", more="enabled: false"),
     )
     plan = plan_of(db, text)
-    assert len(plan.rules[0].runs) == 2
+    assert plan.rules[0].planned == len(plan.rules[0].sample(None)) == 2
     assert plan.rules[1].skipped["taken by an earlier rule"] == 2
-    assert plan.rules[2].runs == [] and plan.rules[2].selected == 0
-    assert plan.total == len(plan.rules[0].runs) + len(plan.rules[1].runs)
+    assert (
+        plan.rules[2].planned == 0
+        and plan.rules[2].sample(None) == []
+        and plan.rules[2].selected == 0
+    )
+    assert plan.total == plan.rules[0].planned + plan.rules[1].planned
 
 
 def test_max_actions_is_flagged(db: Path) -> None:
@@ -165,7 +170,7 @@ def test_plan_exit_code_says_whether_apply_would_change_anything(db: Path) -> No
 def test_duplicate_ids_and_uuid_strings_are_fine(db: Path) -> None:
     sql = f"SELECT '{rid(30)}' AS id UNION ALL SELECT '{rid(30)}' UNION ALL SELECT CAST(id AS VARCHAR) FROM flow_runs WHERE state_type = 'FAILED'"
     plan = plan_of(db, policy(rule("r", sql)))
-    assert sorted(r.id for r in plan.rules[0].runs) == sorted([rid(30), rid(32)])
+    assert sorted(r.id for r in plan.rules[0].sample(None)) == sorted([rid(30), rid(32)])
 
 
 BAD_SQL = [
@@ -360,3 +365,135 @@ def test_the_cli_plan_is_one_call_into_the_library(db: Path) -> None:
         data.pop("generated_at")
     assert from_cli == from_library
     assert from_cli["total"] > 0
+
+
+# -- the plan's runs: in a store of the plan's own, read a page at a time ----------------
+
+
+@pytest.fixture
+def many(tmp_path: Path) -> Path:
+    """310 runs over both deployments and three states, oldest first by their number."""
+    states = ["COMPLETED", "FAILED", "CANCELLED"]
+    runs = [
+        run(i, state=states[i % 3], days_ago=400 - i, dep="prod" if i % 2 else "dev")
+        for i in range(1, 301)
+    ]
+    runs += [run(i, tags=["keep"], days_ago=500) for i in range(301, 311)]
+    return make_db(tmp_path / "many.duckdb", runs)
+
+
+MANY = policy(
+    rule(
+        "failed",
+        "SELECT id FROM flow_runs WHERE state_type = 'FAILED'",
+        more="limit: 40",
+    ),
+    rule("rest", "SELECT id FROM flow_runs"),
+    extra="protect_tags: [keep]\n",
+)
+
+
+def test_batches_yield_every_planned_run_once_in_rank_order_across_pages(
+    many: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flowsync.policy import plan as plan_module
+    from flowsync.policy import planned
+    from flowsync.policy.apply import batches
+
+    whole = plan_of(many, MANY)  # one page: what the plan is
+    expected = [[r.id for r in rp.sample(None)] for rp in whole.rules]
+    states = [[r.state_type for r in rp.sample(None)] for rp in whole.rules]
+    # pages far smaller than the rules' selections: every page boundary is crossed
+    monkeypatch.setattr(plan_module, "LIST_PAGE", 7)
+    monkeypatch.setattr(planned, "PAGE", 5)
+    plan = plan_of(many, MANY)
+    assert [rp.planned for rp in plan.rules] == [40, 260] == [len(e) for e in expected]
+    assert plan.rules[0].skipped == {"over the rule's limit": 60}
+    assert plan.rules[1].skipped == {"protected tag": 10, "taken by an earlier rule": 40}
+    assert [[r.id for r in rp.sample(None)] for rp in plan.rules] == expected
+    assert [[i for page in rp.ids() for i in page] for rp in plan.rules] == expected
+
+    sent = [(b.rule.name, b.state_type, b.ids) for b in batches(plan, 3)]
+    assert all(1 <= len(ids) <= 3 for _, _, ids in sent)
+    ids = [i for _, _, chunk in sent for i in chunk]
+    assert len(ids) == len(set(ids)) == plan.total == 300  # each planned run exactly once
+    for number, rp in enumerate(plan.rules):
+        mine = [(state, chunk) for name, state, chunk in sent if name == rp.rule.name]
+        # per state type (in the order the ranking meets them), the runs in rank order
+        order = list(dict.fromkeys(states[number]))
+        assert list(dict.fromkeys(state for state, _ in mine)) == order
+        for state in order:
+            got = [i for s, chunk in mine if s == state for i in chunk]
+            assert got == [i for i, s in zip(expected[number], states[number]) if s == state]
+    deployment = {r.id: r.deployment_id for rp in whole.rules for r in rp.sample(None)}
+    assert all(b.deployments == {i: deployment[i] for i in b.ids} for b in batches(plan, 3))
+
+
+def test_the_sample_is_bounded_and_the_plan_holds_no_runs_in_memory(many: Path) -> None:
+    plan = plan_of(many, MANY)
+    rp = plan.rules[1]
+    assert [r.id for r in rp.sample(3)] == [r.id for r in rp.sample(None)][:3]
+    assert rp.sample(0) == [] and len(rp.sample(10_000)) == rp.planned
+    # what the plan keeps in Python: counts, not runs
+    held = json.dumps(plan.to_json(sample=2, ids=False), default=str)
+    assert rid(150) not in held and rid(299) not in held  # planned, not in the sample
+    assert len(plan.to_json(sample=2)["rules"][1]["ids"]) == rp.planned
+
+
+def test_the_plan_store_is_its_own_file_and_goes_with_close(many: Path) -> None:
+    before = many.read_bytes()
+    plan = plan_of(many, MANY)
+    assert plan.runs_store is not None
+    folder = plan.runs_store.folder
+    assert folder.is_dir() and folder != many.parent
+    plan.close()
+    assert not folder.exists()
+    with pytest.raises(RuntimeError, match="closed"):
+        plan.rules[0].sample(1)
+    assert many.read_bytes() == before  # the user's file: not a byte written
+
+
+def test_plan_json_streams_the_ids_as_print_json_would_write_them(
+    many: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flowsync.cli.common import print_json
+    from flowsync.cli.policy_cmds import _print_plan_json
+    from flowsync.policy import planned
+
+    monkeypatch.setattr(planned, "PAGE", 7)
+    text = MANY + rule("none", "SELECT id FROM flow_runs WHERE false")
+    plan = plan_of(many, text)
+    for wrap in (None, "plan"):
+        print_json(
+            plan.to_json(sample=4) if wrap is None else {wrap: plan.to_json(sample=4), "result": 1}
+        )
+        old = capsys.readouterr().out
+        _print_plan_json(plan, 4, wrap, **({"result": 1} if wrap else {}))
+        assert capsys.readouterr().out == old
+        assert json.loads(old)  # and it is JSON
+
+
+def test_a_plan_of_many_runs_crosses_the_real_page_sizes(tmp_path: Path) -> None:
+    """56,000 runs planned: two listing pages and six store pages, as `plan` and apply read them."""
+    from flowsync import operations
+    from flowsync.policy import plan as plan_module
+    from flowsync.policy import planned
+    from flowsync.policy.apply import batches
+    from harness.history import make_history, run_id
+
+    runs = 70_000
+    assert runs * 0.8 > plan_module.LIST_PAGE and runs * 0.8 > 5 * planned.PAGE
+    db = make_history(tmp_path / "history.duckdb", runs)
+    policy_file = _write(
+        tmp_path,
+        policy(
+            rule("done", "SELECT id FROM flow_runs WHERE state_type = 'COMPLETED'"),
+            extra="max_actions: 1000000\n",
+        ),
+    )
+    with operations.plan(db, policy_file, live=True) as plan:
+        expected = [run_id(i) for i in range(runs) if i % 10 >= 2]  # oldest (lowest i) first
+        assert plan.total == plan.rules[0].planned == len(expected) == 56_000
+        assert [r.id for r in plan.rules[0].sample(3)] == expected[:3]
+        sent = [i for batch in batches(plan) for i in batch.ids]
+        assert sent == expected

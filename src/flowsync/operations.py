@@ -43,7 +43,7 @@ from flowsync.policy.apply import (
     new_result,
     reread_runs,
 )
-from flowsync.policy.plan import selected_ids
+from flowsync.policy.plan import PLAN_MEMORY_MB, selected_ids
 from flowsync.store import Store, locks
 from flowsync.store.snapshot import PublishResult, open_for_reading, publish
 from flowsync.sync import Progress, PullOptions, PullResult
@@ -120,10 +120,18 @@ def plan(
     if refresh is not None:
         # Which runs to re-read, from the live file opened read-only; the re-read on a
         # writable connection that runs no rule SQL; the plan read-only again.
-        with open_for_reading(
-            db, live=True, wait=wait, sandbox=True, lock_context=locks.WRITE
-        ) as store:
-            ids = selected_ids(make_plan(store, loaded))
+        with (
+            open_for_reading(
+                db,
+                live=True,
+                wait=wait,
+                sandbox=True,
+                lock_context=locks.WRITE,
+                memory_limit_mb=PLAN_MEMORY_MB,
+            ) as store,
+            make_plan(store, loaded) as selecting,
+        ):
+            ids = selected_ids(selecting)
         with (
             Store.open(db, wait=wait, lock_context=locks.WRITE) as store,
             http.PrefectClient(refresh) as client,
@@ -131,7 +139,12 @@ def plan(
             reread_runs(client, store, ids)
             publish(store)  # readers see the runs the refresh re-read
         with open_for_reading(
-            db, live=True, wait=wait, sandbox=True, lock_context=locks.WRITE
+            db,
+            live=True,
+            wait=wait,
+            sandbox=True,
+            lock_context=locks.WRITE,
+            memory_limit_mb=PLAN_MEMORY_MB,
         ) as store:
             made = make_plan(store, loaded, timeout=timeout)
         made.refreshed = len(ids)
@@ -139,7 +152,12 @@ def plan(
     # `plan` reads the published snapshot (what the last pull or apply left); `apply`
     # decides on the live file, which equals that snapshot unless a pull is running.
     with open_for_reading(
-        db, live=live, wait=wait, sandbox=True, lock_context=lock_context
+        db,
+        live=live,
+        wait=wait,
+        sandbox=True,
+        lock_context=lock_context,
+        memory_limit_mb=PLAN_MEMORY_MB,
     ) as store:
         return make_plan(store, loaded, timeout=timeout)
 

@@ -7,9 +7,10 @@ selection lives in ``flowsync.policy.plan``, the API calls in
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -30,6 +31,7 @@ from flowsync.cli.common import (
     make_progress,
     out,
     print_json,
+    to_jsonable,
 )
 from flowsync.config import resolve_api, resolve_db_path
 from flowsync.errors import PARTIAL_FAILURE_EXIT, ConfigError, PolicyLimitError
@@ -77,6 +79,40 @@ def _data_age(plan: Plan) -> str:
     return "; ".join(parts)
 
 
+# Stands for a rule's list of run ids in the JSON: written from the plan's store, a page at a time.
+_IDS = "\x00flowsync-plan-ids:{}\x00"
+
+
+def _print_plan_json(plan: Plan | None, sample: int, key: str | None = None, **more: Any) -> None:
+    """``print_json`` of the plan's JSON (under ``key``, beside ``more``), with every rule's
+    ``ids`` streamed from the plan's store instead of held in one list: the same text."""
+    if plan is None:
+        print_json({key: None, **more} if key else None)
+        return
+    doc = plan.to_json(sample=sample, ids=False)
+    for number, rule in enumerate(doc["rules"]):
+        # the placeholder takes the place json.dumps gives "ids" (after "by_state")
+        items = list(rule.items())
+        at = [k for k, _ in items].index("by_state") + 1
+        ids: list[str] = [_IDS.format(number)] if plan.rules[number].planned else []
+        doc["rules"][number] = dict([*items[:at], ("ids", ids), *items[at:]])
+    text = json.dumps(to_jsonable({key: doc, **more} if key else doc), indent=2) + "\n"
+    for line in text.splitlines(keepends=True):
+        marker = line.strip().strip('"')
+        if not marker.startswith("\\u0000flowsync-plan-ids:"):
+            sys.stdout.write(line)
+            continue
+        indent = line[: len(line) - len(line.lstrip())]
+        number = int(marker.split(":")[1].split("\\")[0])
+        first = True
+        for page in plan.rules[number].ids():
+            chunk = (",\n" + indent).join(json.dumps(i) for i in page)
+            sys.stdout.write(("" if first else ",\n") + indent + chunk)
+            first = False
+        sys.stdout.write("\n")
+    sys.stdout.flush()
+
+
 def _render_plan(plan: Plan, sample: int) -> None:
     """The plan on stdout: per rule a count, the reasons runs were skipped, a sample."""
     now = plan.generated_at
@@ -92,9 +128,9 @@ def _render_plan(plan: Plan, sample: int) -> None:
         if not rule.enabled:
             out.print(f"\n[bold]{escape(rule.name)}[/] ({what}): disabled", highlight=False)
             continue
-        states = ", ".join(f"{n} {s}" for s, n in sorted(rp.to_json()["by_state"].items()))
+        states = ", ".join(f"{n} {s}" for s, n in sorted(rp.by_state.items()))
         out.print(
-            f"\n[bold]{escape(rule.name)}[/] ({what}): {len(rp.runs)} runs"
+            f"\n[bold]{escape(rule.name)}[/] ({what}): {rp.planned} runs"
             + (f" ({states})" if states else ""),
             highlight=False,
         )
@@ -110,11 +146,11 @@ def _render_plan(plan: Plan, sample: int) -> None:
                 "edits and deletions of other runs count as of the last pull (docs/policies.md).",
                 highlight=False,
             )
-        if rp.runs and sample:
+        if rp.planned and sample:
             table = Table(box=None, padding=(0, 2, 0, 2))
             for column in ("run", "flow/deployment", "state", "age", "tags"):
                 table.add_column(column, no_wrap=True, overflow="ellipsis")
-            for run in rp.runs[:sample]:
+            for run in rp.sample(sample):
                 table.add_row(
                     escape(run.name or run.id),
                     escape(f"{run.flow_name or '-'}/{run.deployment_name or '-'}"),
@@ -123,8 +159,8 @@ def _render_plan(plan: Plan, sample: int) -> None:
                     escape(",".join(run.tags)),
                 )
             out.print(table)
-            if len(rp.runs) > sample:
-                out.print(f"  ... and {len(rp.runs) - sample} more", highlight=False)
+            if rp.planned > sample:
+                out.print(f"  ... and {rp.planned - sample} more", highlight=False)
     max_actions = plan.policy.policy.max_actions
     out.print(f"\n[bold]total: {plan.total} runs[/] (max_actions {max_actions})", highlight=False)
     if plan.over_max:
@@ -194,7 +230,7 @@ def plan_cmd(
         )
         source = None if live or refresh else current(resolve_db_path(db))
     if json_out:
-        print_json(plan.to_json(sample=sample))
+        _print_plan_json(plan, sample)
     else:
         _render_plan(plan, sample)
         if source is not None:
@@ -227,9 +263,7 @@ def _render_result(result: ApplyResult) -> None:
 
 def _summary(result: ApplyResult, sample: int, json_out: bool, plan: Plan | None) -> None:
     if json_out:
-        print_json(
-            {"plan": plan.to_json(sample=sample) if plan else None, "result": result.to_json()}
-        )
+        _print_plan_json(plan, sample, "plan", result=result.to_json())
     else:
         _render_result(result)
 
@@ -320,7 +354,7 @@ def apply_cmd(
             raise
     if applied.result is None:
         if json_out:
-            print_json({"plan": applied.plan.to_json(sample=sample), "result": None})
+            _print_plan_json(applied.plan, sample, "plan", result=None)
         else:
             if applied.plan.total == 0:
                 _render_plan(applied.plan, sample)

@@ -127,16 +127,8 @@ class Batch:
 def batches(plan: Plan, size: int = BULK_LIMIT) -> Iterator[Batch]:
     """Per rule, per planned state type, chunks of at most ``size`` ids (never empty)."""
     size = max(1, min(size, BULK_LIMIT))
-    for rule_plan in plan.rules:
-        by_type: dict[str, list[str]] = {}
-        deployment: dict[str, str | None] = {}
-        for run in rule_plan.runs:
-            by_type.setdefault(run.state_type, []).append(run.id)
-            deployment[run.id] = run.deployment_id
-        for state_type, ids in by_type.items():
-            for i in range(0, len(ids), size):
-                chunk = ids[i : i + size]
-                yield Batch(rule_plan.rule, state_type, chunk, {r: deployment[r] for r in chunk})
+    for rule, state_type, chunk in plan.batches(size):  # read from the plan's store, page by page
+        yield Batch(rule, state_type, [run_id for run_id, _ in chunk], dict(chunk))
 
 
 def check_guards(plan: Plan) -> None:
@@ -147,13 +139,11 @@ def check_guards(plan: Plan) -> None:
             f"{plan.policy.source}: the rules select {plan.total} runs, more than max_actions "
             f"({policy.max_actions}); narrow the rules, add a per-rule limit, or raise max_actions."
         )
-    protected = set(policy.protect_tags)
-    for rule_plan in plan.rules:
-        for run in rule_plan.runs:
-            if protected.intersection(run.tags):
-                raise PolicyError(
-                    f"run {run.id} has a protected tag but was planned; refusing to apply."
-                )
+    protected = plan.protected_run(list(policy.protect_tags))
+    if protected is not None:
+        raise PolicyError(
+            f"run {protected} has a protected tag but was planned; refusing to apply."
+        )
 
 
 def _requested(rule: RuleModel) -> dict[str, Any] | None:
@@ -812,7 +802,7 @@ def apply_plan(
         forced = [
             rp.rule.name
             for rp in plan.rules
-            if isinstance(rp.rule, SetStateRule) and rp.rule.force and rp.runs
+            if isinstance(rp.rule, SetStateRule) and rp.rule.force and rp.planned
         ]
         if forced:
             raise PolicyError(

@@ -4,9 +4,10 @@ Owns: checking each rule's SQL (one SELECT with an ``id`` column), running it,
 and turning its rows into the runs each rule would touch after the policy's
 guards (locally deleted, no known state, protected tags, keep_newest, claimed
 by an earlier rule, per-rule limit), with the reason for every run a guard
-skipped. ``recheck`` is the same decision for a few runs of a confirmed plan,
-as apply asks it right before each call. Must not: call the API, write to the
-store, or print.
+skipped. The plan's runs go to a store of its own (``policy/planned.py``), a page
+at a time, so planning a million runs holds a page in memory, not the runs.
+Must not: call the API, write to the user's file (its rows are paged through a
+TEMP table of the plan's connection: read-only, or a transaction rolled back), or print.
 
 Rule SQL runs only on a sandboxed ``Store`` (files, network and extensions off,
 settings locked, spill capped), must be a single SELECT statement, may call only
@@ -23,145 +24,21 @@ deployments), so its cost follows the batch, not the file.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
 from flowsync.errors import PolicyError, QueryError, QueryTimeoutError, SandboxError, StoreError
-from flowsync.policy.model import DeleteRule, LoadedPolicy, SetStateRule
-from flowsync.store import Store, sync_log, synced_tables
-
-RuleModel = DeleteRule | SetStateRule
-
-
-@dataclass(frozen=True)
-class PlannedRun:
-    """A run a rule would act on, as last pulled."""
-
-    id: str
-    name: str | None
-    flow_name: str | None
-    deployment_name: str | None
-    state_type: str
-    state_name: str | None
-    tags: tuple[str, ...]
-    expected_start_time: datetime | None
-    end_time: datetime | None
-    deployment_id: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "name": self.name,
-            "flow": self.flow_name,
-            "deployment": self.deployment_name,
-            "state_type": self.state_type,
-            "state_name": self.state_name,
-            "tags": list(self.tags),
-            "expected_start_time": self.expected_start_time,
-            "end_time": self.end_time,
-        }
-
-
-@dataclass
-class RulePlan:
-    """One rule's selection, and why each run its SQL returned but a guard stopped was skipped."""
-
-    rule: RuleModel
-    runs: list[PlannedRun] = field(default_factory=list)
-    selected: int = 0  # distinct ids the SQL returned
-    reasons: dict[str, str] = field(default_factory=dict)  # skipped run id -> reason
-
-    def skip(self, run_id: str, reason: str) -> None:
-        self.reasons[run_id] = reason
-
-    @property
-    def skipped(self) -> dict[str, int]:
-        """reason -> runs skipped for it."""
-        counts: dict[str, int] = {}
-        for reason in self.reasons.values():
-            counts[reason] = counts.get(reason, 0) + 1
-        return counts
-
-    def to_json(self, sample: int | None = None) -> dict[str, Any]:
-        runs = self.runs if sample is None else self.runs[:sample]
-        out: dict[str, Any] = {
-            "rule": self.rule.name,
-            "action": self.rule.action,
-            "enabled": self.rule.enabled,
-            "runs": len(self.runs),
-            "selected_by_sql": self.selected,
-            "skipped": self.skipped,
-            "by_state": by_state(self.runs),
-            "ids": [r.id for r in self.runs],
-            "sample": [r.to_json() for r in runs],
-        }
-        if isinstance(self.rule, SetStateRule):
-            out["state"] = self.rule.state.to_api()
-            out["force"] = self.rule.force
-        return out
-
-
-@dataclass
-class Plan:
-    policy: LoadedPolicy
-    rules: list[RulePlan]
-    generated_at: datetime
-    last_pull_at: datetime | None = None  # the data planned on: last successful pull
-    oldest_read_at: datetime | None = None  # ... and the oldest read of a planned run
-    refreshed: int | None = None  # runs re-read from the server before planning (plan --refresh)
-    statements: dict[str, str] = field(default_factory=dict)  # rule name -> its checked SQL
-    timeout: float | None = None  # seconds each rule statement may run
-    # rule name -> why its SQL may decide a run from other runs' rows (see reads_other_runs)
-    reads_other_runs: dict[str, str] = field(default_factory=dict)
-    # the server as the last pull saw it ({"version", "cloud", "bulk", "seen_at"}), if known
-    server: dict[str, Any] | None = None
-
-    @property
-    def apply_path(self) -> str:
-        """Which calls apply will make, as the last pull saw the server (apply asks it again)."""
-        if not self.server or self.server.get("bulk", True):
-            return "bulk"
-        return (
-            f"per-run: Prefect {self.server.get('version') or '?'} (as last pulled) lacks the bulk "
-            "endpoints (3.6.16+); apply sends one DELETE or set_state per run, re-checked in "
-            "batches of 10; DELETE /flow_runs/{id} has no server-side state guard, and forced "
-            "states are refused"
-        )
-
-    @property
-    def total(self) -> int:
-        return sum(len(r.runs) for r in self.rules)
-
-    @property
-    def over_max(self) -> bool:
-        return self.total > self.policy.policy.max_actions
-
-    def to_json(self, sample: int | None = 10) -> dict[str, Any]:
-        return {
-            "policy": self.policy.source,
-            "policy_sha256": self.policy.sha256,
-            "generated_at": self.generated_at,
-            "total": self.total,
-            "max_actions": self.policy.policy.max_actions,
-            "over_max_actions": self.over_max,
-            "data": {
-                "last_pull_at": self.last_pull_at,
-                "oldest_read_at": self.oldest_read_at,
-                "refreshed": self.refreshed,
-            },
-            "rules": [r.to_json(sample) for r in self.rules],
-            "reads_other_runs": self.reads_other_runs,
-            "apply_path": self.apply_path,
-        }
-
-
-def by_state(runs: list[PlannedRun]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for run in runs:
-        counts[run.state_type] = counts.get(run.state_type, 0) + 1
-    return counts
-
+from flowsync.policy.model import LoadedPolicy
+from flowsync.policy.planned import Decided as Decided
+from flowsync.policy.planned import Plan as Plan
+from flowsync.policy.planned import PlannedRun as PlannedRun
+from flowsync.policy.planned import PlanRuns as PlanRuns
+from flowsync.policy.planned import RuleModel as RuleModel
+from flowsync.policy.planned import RulePlan as RulePlan
+from flowsync.store import Store, sync_log
 
 # -- rule SQL -------------------------------------------------------------------
 
@@ -187,6 +64,9 @@ ALLOWED_TABLE_FUNCTIONS = frozenset(
 )
 # Rule SQL's time limit when the policy does not set one (seconds).
 DEFAULT_RULE_TIMEOUT = 60.0
+# DuckDB's memory cap on the connection a plan reads (MB): the ranking of a rule's picks
+# spills past it, so planning a million runs needs about what planning 100k does.
+PLAN_MEMORY_MB = 64
 
 _ALLOWED_SQL = """
 SELECT DISTINCT lower(function_name) FROM duckdb_functions()
@@ -272,22 +152,11 @@ def _sandbox_error(rule: RuleModel, e: SandboxError) -> PolicyError:
     )
 
 
-def _rule_rows(
-    store: Store,
-    rule: RuleModel,
-    sql: str,
-    params: list[Any] | dict[str, Any] | None = None,
-    hint: str = "The id column must hold flow-run ids (UUIDs).",
-    timeout: float | None = DEFAULT_RULE_TIMEOUT,
-) -> tuple[list[str], list[dict[str, Any]]]:
-    """Run SQL built around a rule's statement; every failure is a PolicyError naming the rule.
-
-    On a writable store it runs in a transaction that is always rolled back."""
+@contextlib.contextmanager
+def _rule_errors(rule: RuleModel, hint: str) -> Iterator[None]:
+    """Every failure of SQL built around a rule's statement, as a PolicyError naming the rule."""
     try:
-        if store.read_only:
-            return store.execute(sql, params, timeout=timeout).dicts()
-        with store.discarded():
-            return store.execute(sql, params, timeout=timeout).dicts()
+        yield
     except SandboxError as e:
         raise _sandbox_error(rule, e) from e
     except QueryTimeoutError as e:
@@ -306,6 +175,27 @@ def _rule_rows(
             f"rule {rule.name!r}: its SQL needed more memory and disk than rule SQL may use "
             "(DuckDB's memory cap, 1 GiB of spill); make it cheaper."
         ) from e
+
+
+def _sandboxed(store: Store) -> contextlib.AbstractContextManager[None]:
+    """Where rule SQL runs: as is on a read-only store, in a transaction always rolled back
+    on a writable one."""
+    return contextlib.nullcontext() if store.read_only else store.discarded()
+
+
+def _rule_rows(
+    store: Store,
+    rule: RuleModel,
+    sql: str,
+    params: list[Any] | dict[str, Any] | None = None,
+    hint: str = "The id column must hold flow-run ids (UUIDs).",
+    timeout: float | None = DEFAULT_RULE_TIMEOUT,
+) -> tuple[list[str], list[dict[str, Any]]]:
+    """Run SQL built around a rule's statement; every failure is a PolicyError naming the rule.
+
+    On a writable store it runs in a transaction that is always rolled back."""
+    with _rule_errors(rule, hint), _sandboxed(store):
+        return store.execute(sql, params, timeout=timeout).dicts()
 
 
 def rule_statement(
@@ -386,31 +276,43 @@ WITH picked AS (
 {sql}
     ) AS rule_rows WHERE id IS NOT NULL
 )"""
-_SELECT = (
+# The plan's ranking of a rule's picks: the narrowest rows that rank them (id, deployment,
+# sort time), so that its sorts stay small and spill under the plan connection's memory cap;
+# stored in rank order (pos is 1..n), so a page is a range of pos.
+_RANKED = (
     _PICKED
-    + """, candidates AS (
-    SELECT id, name, flow_id, deployment_id, state_type, state_name, tags,
-           expected_start_time, end_time, deleted_at,
-           coalesce(expected_start_time, start_time, created) AS sort_time
-    FROM flow_runs
-), runs AS (
-    SELECT p.id AS picked_id, r.*, r.id IS NOT NULL AND r.deleted_at IS NULL AS live
-    FROM picked p LEFT JOIN candidates r ON r.id = p.id
+    + """, runs AS (
+    SELECT p.id AS picked_id, r.deployment_id, r.sort_time, coalesce(r.live, false) AS live
+    FROM picked p LEFT JOIN (
+        SELECT id, deployment_id, deleted_at IS NULL AS live,
+               coalesce(expected_start_time, start_time, created) AS sort_time
+        FROM flow_runs) r ON r.id = p.id
 )
-SELECT CAST(r.picked_id AS VARCHAR) AS id, r.name, f.name AS flow_name, d.name AS deployment_name,
-       r.state_type, r.state_name, r.tags, r.expected_start_time, r.end_time,
-       CAST(r.deployment_id AS VARCHAR) AS deployment_id,
-       r.id IS NULL AS unknown, r.deleted_at IS NOT NULL AS deleted,
-       coalesce(list_has_any(r.tags, CAST($protect AS VARCHAR[])), false) AS protected,
-       CASE WHEN r.live THEN row_number() OVER (
-           PARTITION BY r.live, r.deployment_id ORDER BY r.sort_time DESC NULLS LAST, r.picked_id DESC)
+SELECT row_number() OVER (ORDER BY sort_time ASC NULLS FIRST, picked_id) AS pos, picked_id,
+       CASE WHEN live THEN row_number() OVER (
+           PARTITION BY live, deployment_id ORDER BY sort_time DESC NULLS LAST, picked_id DESC)
        END AS newest_rank
-FROM runs r
-LEFT JOIN flows f ON f.id = r.flow_id
-LEFT JOIN deployments d ON d.id = r.deployment_id
-ORDER BY r.sort_time ASC NULLS FIRST, r.picked_id
+FROM runs
+ORDER BY pos
 """
 )
+# One page of the ranked picks ({ranked}: that table), with what the guards and the plan's
+# listing read of each run, in rank order.
+_LISTED = """
+SELECT x.pos, CAST(x.picked_id AS VARCHAR) AS id, r.name, f.name AS flow_name,
+       d.name AS deployment_name, r.state_type, r.state_name, r.tags, r.expected_start_time,
+       r.end_time, CAST(r.deployment_id AS VARCHAR) AS deployment_id,
+       r.id IS NULL AS unknown, r.deleted_at IS NOT NULL AS deleted,
+       coalesce(list_has_any(r.tags, CAST(? AS VARCHAR[])), false) AS protected,
+       x.newest_rank, r.synced_at
+FROM (SELECT * FROM {ranked} WHERE pos > ? AND pos <= ?) x
+LEFT JOIN flow_runs r ON r.id = x.picked_id
+LEFT JOIN flows f ON f.id = r.flow_id
+LEFT JOIN deployments d ON d.id = r.deployment_id
+ORDER BY x.pos
+"""
+# Picks listed per page: enough to keep the page's scan of flow_runs rare.
+LIST_PAGE = 50_000
 # A batch's decision: its runs, ranked by keep_newest against only the runs that can outrank
 # them. The ranking reads three narrow columns of the batch's deployments (the N newest
 # picked live runs of each), so its cost follows the rule's scan, not the deployment's size.
@@ -458,21 +360,18 @@ def _select(
     rule: RuleModel,
     sql: str,
     protect_tags: list[str],
-    scope: Scope | None,
+    scope: Scope,
     timeout: float | None,
 ) -> list[dict[str, Any]]:
-    params: dict[str, Any] = {"protect": protect_tags}
-    if scope is None:
-        text = _SELECT.format(sql=sql)
-    else:
-        text = _SELECT_SCOPED.format(sql=sql)
-        deployments = [d for d in scope.deployments if d is not None]
-        params.update(
-            ids=list(scope.ids),
-            deployments=deployments,
-            adhoc=len(deployments) < len(scope.deployments),
-            keep=rule.keep_newest if scope.deployments else None,
-        )
+    deployments = [d for d in scope.deployments if d is not None]
+    params: dict[str, Any] = {
+        "protect": protect_tags,
+        "ids": list(scope.ids),
+        "deployments": deployments,
+        "adhoc": len(deployments) < len(scope.deployments),
+        "keep": rule.keep_newest if scope.deployments else None,
+    }
+    text = _SELECT_SCOPED.format(sql=sql)
     return _rule_rows(store, rule, text, params, timeout=timeout)[1]
 
 
@@ -486,45 +385,149 @@ NOT_SELECTED = "the rule's SQL no longer selects it"
 OVER_MAX = "max_actions"
 
 
+class _Guards:
+    """The guards over one rule's rows, oldest first, one row at a time: the one definition
+    the plan (paged over the plan's store) and apply's batch decision (in memory) share."""
+
+    def __init__(self, rule: RuleModel, *, limit: bool = True) -> None:
+        self.rule, self.limit, self.planned = rule, limit, 0
+
+    def reason(self, row: dict[str, Any], taken: bool) -> str | None:
+        """Why the row is skipped (None: the rule acts on it). ``taken``: an earlier rule has it."""
+        return self.verdict(
+            row["unknown"],
+            row["deleted"],
+            row["state_type"],
+            row["protected"],
+            row["newest_rank"],
+            taken,
+        )
+
+    def verdict(
+        self,
+        unknown: bool,
+        deleted: bool,
+        state_type: str | None,
+        protected: bool,
+        newest_rank: int | None,
+        taken: bool,
+    ) -> str | None:
+        """``reason`` over the row's columns."""
+        rule = self.rule
+        if unknown:
+            return NOT_IN_FILE
+        if deleted:
+            return DELETED
+        if state_type is None:
+            return "no known state"
+        if protected:
+            return PROTECTED
+        if (
+            rule.keep_newest is not None
+            and newest_rank is not None
+            and newest_rank <= rule.keep_newest
+        ):
+            return KEEP_NEWEST
+        if taken:
+            return TAKEN
+        if self.limit and rule.limit is not None and self.planned >= rule.limit:
+            return OVER_LIMIT
+        self.planned += 1
+        return None
+
+
+def _planned_run(row: dict[str, Any]) -> PlannedRun:
+    return PlannedRun(
+        id=row["id"],
+        name=row["name"],
+        flow_name=row["flow_name"],
+        deployment_name=row["deployment_name"],
+        state_type=row["state_type"],
+        state_name=row["state_name"],
+        tags=tuple(row["tags"] or ()),
+        expected_start_time=row["expected_start_time"],
+        end_time=row["end_time"],
+        deployment_id=row.get("deployment_id"),
+    )
+
+
 def plan_rule(
     rule: RuleModel, rows: list[dict[str, Any]], claimed: set[str], *, limit: bool = True
-) -> RulePlan:
+) -> Decided:
     """Apply the guards to one rule's rows (oldest first); adds the chosen ids to ``claimed``.
 
     ``limit=False`` leaves the rule's limit out (apply: the confirmed plan bounds it)."""
-    out = RulePlan(rule, selected=len(rows))
+    out = Decided(rule, selected=len(rows))
+    guards = _Guards(rule, limit=limit)
     for row in rows:
-        if row["unknown"]:
-            out.skip(row["id"], NOT_IN_FILE)
-        elif row["deleted"]:
-            out.skip(row["id"], DELETED)
-        elif row["state_type"] is None:
-            out.skip(row["id"], "no known state")
-        elif row["protected"]:
-            out.skip(row["id"], PROTECTED)
-        elif rule.keep_newest is not None and row["newest_rank"] <= rule.keep_newest:
-            out.skip(row["id"], KEEP_NEWEST)
-        elif row["id"] in claimed:
-            out.skip(row["id"], TAKEN)
-        elif limit and rule.limit is not None and len(out.runs) >= rule.limit:
-            out.skip(row["id"], OVER_LIMIT)
-        else:
+        why = guards.reason(row, row["id"] in claimed)
+        if why is None:
             claimed.add(row["id"])
-            out.runs.append(
-                PlannedRun(
-                    id=row["id"],
-                    name=row["name"],
-                    flow_name=row["flow_name"],
-                    deployment_name=row["deployment_name"],
-                    state_type=row["state_type"],
-                    state_name=row["state_name"],
-                    tags=tuple(row["tags"] or ()),
-                    expected_start_time=row["expected_start_time"],
-                    end_time=row["end_time"],
-                    deployment_id=row.get("deployment_id"),
-                )
-            )
+            out.runs.append(_planned_run(row))
+        else:
+            out.reasons[row["id"]] = why
     return out
+
+
+# A rule's rows on their way from the plan's connection to the plan's store: TEMP tables,
+# so nothing is written to the user's file (and a writable connection rolls them back).
+_RANKED_TABLE = "flowsync_plan_ranked"
+
+
+def _plan_rule_runs(
+    store: Store,
+    runs: PlanRuns,
+    out: RulePlan,
+    sql: str,
+    protect: list[str],
+    timeout: float | None,
+    earlier: bool,
+) -> datetime | None:
+    """One enabled rule's rows through the guards, a page at a time, into ``runs``; fills
+    ``out``'s counts and returns the oldest read of a run it plans. ``earlier``: an
+    earlier rule planned runs (which this one may not take)."""
+    import polars as pl
+
+    guards = _Guards(out.rule)
+    oldest: datetime | None = None
+    with _sandboxed(store):
+        try:
+            with _rule_errors(out.rule, "The id column must hold flow-run ids (UUIDs)."):
+                store.execute(
+                    f"CREATE OR REPLACE TEMP TABLE {_RANKED_TABLE} AS {_RANKED.format(sql=sql)}",
+                    timeout=timeout,
+                )
+            after = 0
+            while True:  # pos is 1..n: a page is a range of it
+                page = store.frame(
+                    _LISTED.format(ranked=_RANKED_TABLE), [protect, after, after + LIST_PAGE]
+                )
+                if page.is_empty():
+                    break
+                taken = runs.taken(page["id"].to_list()) if earlier else set()
+                reasons: list[str | None] = []
+                columns = [page[name].to_list() for name in _GUARDED]
+                for run_id, unknown, deleted, state, protected, rank, read in zip(*columns):
+                    why = guards.verdict(unknown, deleted, state, protected, rank, run_id in taken)
+                    reasons.append(why)
+                    if why is None:
+                        out.by_state[state] = out.by_state.get(state, 0) + 1
+                        if read is not None and (oldest is None or read < oldest):
+                            oldest = read
+                    else:
+                        out.skipped[why] = out.skipped.get(why, 0) + 1
+                runs.add(out.number, page.with_columns(reason=pl.Series(reasons, dtype=pl.Utf8)))
+                out.selected += page.height
+                after += LIST_PAGE
+        finally:
+            with contextlib.suppress(StoreError):  # a failed statement may have ended it all
+                store.execute(f"DROP TABLE IF EXISTS {_RANKED_TABLE}")
+    out.planned = guards.planned
+    return oldest
+
+
+# What the guards read of a row.
+_GUARDED = ["id", "unknown", "deleted", "state_type", "protected", "newest_rank", "synced_at"]
 
 
 def _require_sandbox(store: Store) -> None:
@@ -552,25 +555,40 @@ def make_plan(
     """
     _require_sandbox(store)
     limit = timeout or loaded.policy.rule_timeout_seconds
-    claimed: set[str] = set()
-    rules = []
+    rules: list[RulePlan] = []
     checked = dict(statements or {})
     cross: dict[str, str] = {}
-    for rule in loaded.policy.rules:
-        if rule.name not in checked:
-            checked[rule.name] = rule_statement(
-                store, rule, limit
-            )  # a disabled rule must still be valid
-        why = reads_other_runs(store, checked[rule.name])
-        if why:
-            cross[rule.name] = why
-        if not rule.enabled:
-            rules.append(RulePlan(rule))
-            continue
-        rows = _select(
-            store, rule, checked[rule.name], list(loaded.policy.protect_tags), None, limit
-        )
-        rules.append(plan_rule(rule, rows, claimed))
+    runs = PlanRuns()
+    oldest: datetime | None = None
+    try:
+        for rule in loaded.policy.rules:
+            if rule.name not in checked:
+                checked[rule.name] = rule_statement(
+                    store, rule, limit
+                )  # a disabled rule must still be valid
+            why = reads_other_runs(store, checked[rule.name])
+            if why:
+                cross[rule.name] = why
+            if not rule.enabled:
+                rules.append(RulePlan(rule))
+                continue
+            out = RulePlan(rule, number=len(rules), runs_store=runs)
+            earlier = any(rp.planned for rp in rules)
+            read = _plan_rule_runs(
+                store,
+                runs,
+                out,
+                checked[rule.name],
+                list(loaded.policy.protect_tags),
+                limit,
+                earlier,
+            )
+            if read is not None and (oldest is None or read < oldest):
+                oldest = read
+            rules.append(out)
+    except BaseException:
+        runs.close()
+        raise
     plan = Plan(
         loaded,
         rules,
@@ -578,23 +596,21 @@ def make_plan(
         statements=checked,
         timeout=limit,
         reads_other_runs=cross,
+        runs_store=runs,
     )
     if describe:  # how old the data is (not needed by apply's re-check)
-        planned = [run.id for rp in rules for run in rp.runs]
         plan.last_pull_at = sync_log.last_pull_at(store)
         server = sync_log.get_state(store, "server")
         plan.server = server if isinstance(server, dict) else None
-        plan.oldest_read_at = synced_tables.oldest_read(store, planned) if planned else None
+        plan.oldest_read_at = oldest
     return plan
 
 
 def selected_ids(plan: Plan) -> list[str]:
     """Every run the rules' SQL returned that is in the file: planned, or skipped by a guard."""
-    ids: dict[str, None] = {}
-    for rp in plan.rules:
-        ids.update(dict.fromkeys(run.id for run in rp.runs))
-        ids.update(dict.fromkeys(i for i, why in rp.reasons.items() if why != NOT_IN_FILE))
-    return list(ids)
+    if plan.runs_store is None:
+        return []
+    return plan.runs_store.selected(besides=NOT_IN_FILE)
 
 
 @dataclass(frozen=True)
@@ -618,9 +634,8 @@ def decide_scope(store: Store, confirmed: Plan, rule: RuleModel, scope: Scope) -
     _require_sandbox(store)
     protect = list(confirmed.policy.policy.protect_tags)
     claimed: set[str] = set()
-    planned_by: dict[str, RulePlan] = {rp.rule.name: rp for rp in confirmed.rules}
     kept: set[str] = set()
-    mine: RulePlan | None = None
+    mine: Decided | None = None
     for candidate in confirmed.policy.policy.rules:
         if not candidate.enabled:
             continue
@@ -632,8 +647,8 @@ def decide_scope(store: Store, confirmed: Plan, rule: RuleModel, scope: Scope) -
             mine = decided
             break
         # A run over this earlier rule's limit at plan time is not taken by it now.
-        over = {i for i, why in planned_by[candidate.name].reasons.items() if why == OVER_LIMIT}
-        claimed.difference_update(over)
+        if candidate.limit is not None:
+            claimed.difference_update(confirmed.skipped_for(candidate, OVER_LIMIT, claimed))
     if mine is None:
         raise PolicyError(f"rule {rule.name!r} is not an enabled rule of the confirmed plan")
     chosen = {run.id for run in mine.runs}

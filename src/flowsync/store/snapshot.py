@@ -373,7 +373,9 @@ def _remove_old(folder: Path, newest: int) -> None:
                     (folder / f"{generation:08d}{suffix}").unlink(missing_ok=True)
 
 
-def open_latest(db: Path, *, attempts: int = 5, sandbox: bool = False) -> Store | None:
+def open_latest(
+    db: Path, *, attempts: int = 5, sandbox: bool = False, memory_limit_mb: int | None = None
+) -> Store | None:
     """A read-only Store on the latest snapshot of ``db``, or None if none was published.
 
     ``sandbox``: files, network and extensions off (for policy rule SQL; see ``Store.open``).
@@ -392,7 +394,13 @@ def open_latest(db: Path, *, attempts: int = 5, sandbox: bool = False) -> Store 
             raise _damaged(db, problem)
         assert info is not None
         try:
-            return Store.open(info.path, read_only=True, sandbox=sandbox)
+            return Store.open(
+                info.path,
+                read_only=True,
+                sandbox=sandbox,
+                memory_cap=memory_limit_mb is not None,
+                memory_limit_mb=memory_limit_mb,
+            )
         except DamagedFileError:
             raise
         except StoreError:
@@ -410,6 +418,7 @@ def open_for_reading(
     wait: float = 0.0,
     sandbox: bool = False,
     lock_context: str | None = None,
+    memory_limit_mb: int | None = None,
 ) -> Store:
     """What readers open: the latest snapshot, or the live file with ``live`` or before any publish.
 
@@ -417,15 +426,29 @@ def open_for_reading(
     live is what that version did (its next pull publishes one).
     ``lock_context`` overrides how a lock on the live file is explained
     (``locks.LIVE_ONLY`` for a command without --live that reads it, such as apply).
+    ``memory_limit_mb`` caps DuckDB's memory on the connection (a plan: its sorts spill).
     """
     db = Path(db)
+    capped = memory_limit_mb is not None
     if live:
         return Store.open(
-            db, read_only=True, wait=wait, sandbox=sandbox, lock_context=lock_context or locks.LIVE
+            db,
+            read_only=True,
+            wait=wait,
+            sandbox=sandbox,
+            lock_context=lock_context or locks.LIVE,
+            memory_cap=capped,
+            memory_limit_mb=memory_limit_mb,
         )
-    store = open_latest(db, sandbox=sandbox)
+    store = open_latest(db, sandbox=sandbox, memory_limit_mb=memory_limit_mb)
     if store is not None:
         return store
     return Store.open(
-        db, read_only=True, wait=wait, sandbox=sandbox, lock_context=lock_context or locks.FALLBACK
+        db,
+        read_only=True,
+        wait=wait,
+        sandbox=sandbox,
+        lock_context=lock_context or locks.FALLBACK,
+        memory_cap=capped,
+        memory_limit_mb=memory_limit_mb,
     )
