@@ -39,7 +39,7 @@ from flowsync.policy.apply import (
 )
 from flowsync.policy.plan import selected_ids
 from flowsync.store import Store, locks
-from flowsync.store.snapshot import PublishResult, open_for_reading, publish
+from flowsync.store.snapshot import PublishResult, publish
 from flowsync.sync import Progress, PullOptions, PullResult
 from flowsync.sync import pull as pull_runs
 
@@ -69,7 +69,7 @@ def pull(
     it), refuses another server's file, caps DuckDB's memory, records the pull
     in ``sync_runs``; a pull that changed nothing keeps the current snapshot."""
     with (
-        Store.open(Path(db), wait=wait) as store,
+        Store.writer(Path(db), wait=wait) as store,
         http.PrefectClient(api, on_retry=on_retry) as client,
     ):
         result = pull_runs(client, store, options, progress)
@@ -99,27 +99,21 @@ def plan(
     if refresh is not None:
         # Which runs to re-read, from the live file opened read-only; the re-read on a
         # writable connection that runs no rule SQL; the plan read-only again.
-        with open_for_reading(
-            db, live=True, wait=wait, sandbox=True, lock_context=locks.WRITE
-        ) as store:
+        with Store.sandboxed(db, live=True, wait=wait, lock_context=locks.WRITE) as store:
             ids = selected_ids(make_plan(store, loaded))
         with (
-            Store.open(db, wait=wait, lock_context=locks.WRITE) as store,
+            Store.writer(db, wait=wait, lock_context=locks.WRITE) as store,
             http.PrefectClient(refresh) as client,
         ):
             reread_runs(client, store, ids)
             publish(store)  # readers see the runs the refresh re-read
-        with open_for_reading(
-            db, live=True, wait=wait, sandbox=True, lock_context=locks.WRITE
-        ) as store:
+        with Store.sandboxed(db, live=True, wait=wait, lock_context=locks.WRITE) as store:
             made = make_plan(store, loaded, timeout=timeout)
         made.refreshed = len(ids)
         return made
     # `plan` reads the published snapshot (what the last pull or apply left); `apply`
     # decides on the live file, which equals that snapshot unless a pull is running.
-    with open_for_reading(
-        db, live=live, wait=wait, sandbox=True, lock_context=lock_context
-    ) as store:
+    with Store.sandboxed(db, live=live, wait=wait, lock_context=lock_context) as store:
         return make_plan(store, loaded, timeout=timeout)
 
 
@@ -167,9 +161,7 @@ def apply(
     # Capped like a pull: uncapped, DuckDB kept every block the batches' writes touched
     # (977 MB for 10,000 deletes at a million runs).
     with (
-        Store.open(
-            db, wait=wait, sandbox=True, memory_cap=True, memory_limit_mb=memory_limit_mb
-        ) as store,
+        Store.sandboxed_writer(db, wait=wait, memory_limit_mb=memory_limit_mb) as store,
         http.PrefectClient(api, on_retry=on_retry) as client,
         store.memory_guard(),
     ):
@@ -210,7 +202,7 @@ def export(
     out_dir = Path(str(dest).removeprefix("file://"))
     if not remote:
         export_tables.check_request(out_dir, fmt, tables)
-    with open_for_reading(Path(db), live=live, wait=wait) as store:
+    with Store.reader(Path(db), live=live, wait=wait) as store:
         if remote:
             result, uploaded = objectstore.export_remote(
                 store, str(dest), fmt=fmt, tables=tables, since=since

@@ -8,9 +8,9 @@ skipped. ``recheck`` is the same decision for a few runs of a confirmed plan,
 as apply asks it right before each call. Must not: call the API, write to the
 store, or print.
 
-Rule SQL runs only on a sandboxed ``Store`` (files, network and extensions off,
-settings locked, spill capped), must be a single SELECT statement, may call only
-functions that compute (an allow list built from DuckDB's own catalog: no side
+Rule SQL runs only on a ``Sandbox`` (files, network and extensions off, settings
+locked, spill capped: every function here that runs it takes one), must be a
+single SELECT statement, may call only functions that compute (an allow list built from DuckDB's own catalog: no side
 effects, no sequences, no SQL text, no randomness, a few harmless table
 functions, the file's own macros), and runs under a time limit per rule. Plan
 runs it on a read-only connection; apply, which must write its audit on the
@@ -29,7 +29,7 @@ from typing import Any
 
 from flowsync.errors import PolicyError, QueryError, QueryTimeoutError, SandboxError, StoreError
 from flowsync.policy.model import DeleteRule, LoadedPolicy, SetStateRule
-from flowsync.store import Store, sync_log, synced_tables
+from flowsync.store import Sandbox, Store, sync_log, synced_tables
 
 RuleModel = DeleteRule | SetStateRule
 
@@ -273,7 +273,7 @@ def _sandbox_error(rule: RuleModel, e: SandboxError) -> PolicyError:
 
 
 def _rule_rows(
-    store: Store,
+    store: Sandbox,
     rule: RuleModel,
     sql: str,
     params: list[Any] | dict[str, Any] | None = None,
@@ -282,12 +282,9 @@ def _rule_rows(
 ) -> tuple[list[str], list[dict[str, Any]]]:
     """Run SQL built around a rule's statement; every failure is a PolicyError naming the rule.
 
-    On a writable store it runs in a transaction that is always rolled back."""
+    It changes nothing: the sandbox is read-only, or apply's writer rolls it back."""
     try:
-        if store.read_only:
-            return store.execute(sql, params, timeout=timeout).dicts()
-        with store.discarded():
-            return store.execute(sql, params, timeout=timeout).dicts()
+        return store.select(sql, params, timeout=timeout)
     except SandboxError as e:
         raise _sandbox_error(rule, e) from e
     except QueryTimeoutError as e:
@@ -309,11 +306,10 @@ def _rule_rows(
 
 
 def rule_statement(
-    store: Store, rule: RuleModel, timeout: float | None = DEFAULT_RULE_TIMEOUT
+    store: Sandbox, rule: RuleModel, timeout: float | None = DEFAULT_RULE_TIMEOUT
 ) -> str:
     """The rule's SQL as one SELECT statement with an ``id`` column, or PolicyError."""
     where = f"rule {rule.name!r}"
-    _require_sandbox(store)
     try:
         parsed = store.statements(rule.sql)
     except QueryError as e:
@@ -353,7 +349,9 @@ def rule_statement(
     return sql
 
 
-def check_rules(store: Store, loaded: LoadedPolicy, timeout: float | None = None) -> dict[str, int]:
+def check_rules(
+    store: Sandbox, loaded: LoadedPolicy, timeout: float | None = None
+) -> dict[str, int]:
     """Run every rule's SQL (read-only); rule name -> non-null ids returned."""
     limit = timeout or loaded.policy.rule_timeout_seconds
     counts = {}
@@ -454,7 +452,7 @@ ORDER BY r.sort_time ASC NULLS FIRST, r.picked_id
 
 
 def _select(
-    store: Store,
+    store: Sandbox,
     rule: RuleModel,
     sql: str,
     protect_tags: list[str],
@@ -527,16 +525,8 @@ def plan_rule(
     return out
 
 
-def _require_sandbox(store: Store) -> None:
-    if not store.sandboxed:
-        # A programming error, not a user's: rule SQL must never run with files and network on.
-        raise StoreError(
-            f"{store.path} is not open sandboxed; rule SQL runs only on Store.open(..., sandbox=True)."
-        )
-
-
 def make_plan(
-    store: Store,
+    store: Sandbox,
     loaded: LoadedPolicy,
     now: datetime | None = None,
     *,
@@ -550,7 +540,6 @@ def make_plan(
     rule's SQL again; ``describe`` adds how old the data is; ``timeout`` replaces
     the policy's time limit per rule statement (seconds).
     """
-    _require_sandbox(store)
     limit = timeout or loaded.policy.rule_timeout_seconds
     claimed: set[str] = set()
     rules = []
@@ -606,7 +595,7 @@ class Decision:
     ranked_above: frozenset[str]  # runs kept by keep_newest in the batch's deployments
 
 
-def decide_scope(store: Store, confirmed: Plan, rule: RuleModel, scope: Scope) -> Decision:
+def decide_scope(store: Sandbox, confirmed: Plan, rule: RuleModel, scope: Scope) -> Decision:
     """The confirmed plan's policy decided again over the file for ``scope.ids`` of ``rule``.
 
     Every guard the plan applies counts, up to and including ``rule``: the rules'
@@ -615,7 +604,6 @@ def decide_scope(store: Store, confirmed: Plan, rule: RuleModel, scope: Scope) -
     max_actions bound the confirmed plan, which bounds what apply sends, so
     they are not counted again (a run over an earlier rule's limit at plan time
     stays over it)."""
-    _require_sandbox(store)
     protect = list(confirmed.policy.policy.protect_tags)
     claimed: set[str] = set()
     planned_by: dict[str, RulePlan] = {rp.rule.name: rp for rp in confirmed.rules}

@@ -18,7 +18,7 @@ from flowsync import views
 from flowsync.api import Page, PrefectClient
 from flowsync.api.pagination import pages_by_id, parse_ts
 from flowsync.errors import FlowsyncError, SignalInterrupt
-from flowsync.store import Store, signatures, sync_log, synced_tables
+from flowsync.store import Store, Writer, signatures, sync_log, synced_tables
 from flowsync.store.tables import DEPLOYMENTS, FLOW_RUNS, FLOWS
 from flowsync.sync import catalog, identity, runs
 from flowsync.sync.context import NullProgress, Progress, PullContext, PullOptions
@@ -74,7 +74,7 @@ class PullResult:
 
 def pull(
     client: PrefectClient,
-    store: Store,
+    store: Writer,
     options: PullOptions | None = None,
     progress: Progress | None = None,
 ) -> PullResult:
