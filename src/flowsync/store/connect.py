@@ -176,7 +176,7 @@ S = TypeVar("S", bound="Store")
 class Store:
     """A DuckDB file with flowsync's schema, opened in one of its roles (each a context manager):
 
-    - ``Store.writer``: the file's one writer (pull, apply, ``plan --refresh``) -> ``Writer``
+    - ``Store.writer``: the file's one writer (pull, ``plan --refresh``, seeders) -> ``Writer``
     - ``Store.reader``: the latest snapshot, or the live file (``sql``, reports, export,
       ``flowsync.connect()``), or several files at once -> ``Reader``
     - ``Store.sandboxed``: rule SQL on the latest snapshot or the live file (``plan``,
@@ -256,19 +256,12 @@ class Store:
 
     @classmethod
     def sandboxed_writer(
-        cls,
-        path: str | os.PathLike[str],
-        *,
-        wait: float = 0.0,
-        memory_limit_mb: int | None = None,
-        lock_context: str | None = None,
+        cls, path: str | os.PathLike[str], *, wait: float = 0.0, memory_limit_mb: int | None = None
     ) -> SandboxedWriter:
         """``writer`` that is also a ``Sandbox`` for its whole life: apply re-decides rule SQL
         on the connection that writes its audit (DuckDB opens a file either read-write or
         read-only in one process, and can never switch external access back on)."""
-        return SandboxedWriter._open(
-            Path(path), wait=wait, lock_context=lock_context, memory_limit_mb=memory_limit_mb
-        )
+        return SandboxedWriter._open(Path(path), wait=wait, memory_limit_mb=memory_limit_mb)
 
     @classmethod
     def _open(
