@@ -45,7 +45,6 @@ from flowsync.api import PrefectClient
 from flowsync.config import resolve_api
 from flowsync.policy import apply_plan, make_plan, parse_policy
 from flowsync.store import Store
-from flowsync.store.snapshot import open_for_reading
 from flowsync.store.snapshot import publish as publish_snapshot
 from flowsync.sync import pull
 from harness.pg_seed import DATABASE, pg_cluster_at, pg_fast_seed
@@ -96,11 +95,11 @@ def flowsync_apply(url: str, db: Path, ids: list[str]) -> dict[str, Any]:
     settings = resolve_api(url, None)
     transport = TimedTransport()
     cpu0, began = time.process_time(), time.perf_counter()
-    with open_for_reading(db, live=True, sandbox=True) as store:
+    with Store.sandboxed(db, live=True) as store:
         plan = make_plan(store, loaded)
     planned = time.perf_counter() - began
     with (
-        Store.open(db, sandbox=True, memory_cap=True) as store,
+        Store.sandboxed_writer(db) as store,
         PrefectClient(settings, transport=transport) as client,
     ):
         t = time.perf_counter()
@@ -131,7 +130,7 @@ def flowsync_apply(url: str, db: Path, ids: list[str]) -> dict[str, Any]:
 
 def victims(db: Path, n: int, sets: int) -> list[list[str]]:
     """``sets`` lists of ``n`` runs with the same state mix (runs dealt round-robin by state)."""
-    with Store.open(db, read_only=True) as store:
+    with Store.reader(db, live=True) as store:
         rows = store.execute(
             "SELECT CAST(id AS VARCHAR) FROM flow_runs WHERE deleted_at IS NULL ORDER BY state_type, id"
         ).rows()
@@ -184,7 +183,7 @@ def main() -> None:
     with fresh_server(a.runs, a.workers, log) as server:
         url = server.url
         t = time.perf_counter()
-        with Store.open(db) as store, PrefectClient(resolve_api(url, None)) as client:
+        with Store.writer(db) as store, PrefectClient(resolve_api(url, None)) as client:
             pulled = pull(client, store)
         log(f"pulled {pulled.inserted} runs in {time.perf_counter() - t:.1f}s")
         loop_sets = victims(db, chunk, 2 * a.rounds)

@@ -41,7 +41,7 @@ def seed_round(url: str, runs: int, tag: str) -> None:
 
 def add_filler(db: Path, filler: int, offset: int) -> None:
     """``filler`` runs of another (synthetic) deployment, as a pull would have left them."""
-    with Store.open(db) as store:
+    with Store.writer(db, memory_limit_mb=0) as store:  # bulk filler: no write-job cap
         store.execute(
             f"CREATE TEMP MACRO _run_id(i) AS CAST(printf('00000000-0000-4000-8000-%012x', i + {offset}) AS UUID)"
         )
@@ -54,7 +54,7 @@ def one_round(url: str, folder: Path, runs: int, filler: int) -> dict[str, objec
     seed_round(url, runs, tag)
     db = folder / f"runs-{filler}.duckdb"
     settings = ApiSettings(url=url)
-    with Store.open(db) as store, PrefectClient(settings) as client:
+    with Store.writer(db) as store, PrefectClient(settings) as client:
         pull(client, store)
     add_filler(db, filler, offset=10_000_000)
     text = yaml.safe_dump(
@@ -73,7 +73,7 @@ def one_round(url: str, folder: Path, runs: int, filler: int) -> dict[str, objec
     )
     loaded = parse_policy(text.encode(), "window.yaml")
     with (
-        Store.open(db, sandbox=True, memory_cap=True) as store,
+        Store.sandboxed_writer(db) as store,
         PrefectClient(settings) as client,
     ):
         began = time.monotonic()

@@ -58,7 +58,7 @@ def child(db: Path, policy: Path) -> dict[str, object]:
     batched = time.monotonic() - began
     decided = 0.0
     if first is not None:
-        with Store.open(db, sandbox=True, memory_cap=True) as store:
+        with Store.sandboxed_writer(db) as store:
             began = time.monotonic()
             scope = Scope(tuple(first.ids), tuple(set(first.deployments.values())))
             decision = decide_scope(store, plan, first.rule, scope)

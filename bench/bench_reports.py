@@ -1,7 +1,7 @@
 """Benchmark: each report end-to-end vs the bare DuckDB aggregate it is built on.
 
 Generates a synthetic flowsync file of ``--runs`` flow runs (default 10,000,000)
-with DuckDB SQL straight into the flowsync schema (``Store.open`` creates the
+with DuckDB SQL straight into the flowsync schema (``Store.writer`` creates the
 tables through the migrations, then one ``INSERT ... SELECT ... FROM range(N)``),
 rebuilds the views, then times every report function (SQL through the views +
 Polars frame) against its bare aggregate on ``flow_runs`` in the same process,
@@ -137,7 +137,7 @@ BARE = {
 def generate(path: Path, runs: int) -> float:
     path.unlink(missing_ok=True)
     started = time.monotonic()
-    with Store.open(path) as store:
+    with Store.writer(path, memory_limit_mb=0) as store:  # bulk generation: no write-job cap
         for statement in GENERATE.split(";"):
             if statement.strip():
                 params = {"now": NOW, "runs": runs} if "$runs" in statement else {"now": NOW}
@@ -191,7 +191,7 @@ def run(path: Path, repeat: int) -> list[tuple[str, float, float, int]]:
     rows = []
     # The bare figure uses a plain duckdb connection of its own (both read-only).
     with (
-        Store.open(path, read_only=True) as store,
+        Store.reader(path, live=True) as store,
         duckdb.connect(str(path), read_only=True) as con,
     ):
         con.execute("SET TimeZone = 'UTC'")
@@ -234,7 +234,7 @@ def health_page(path: Path, repeat: int) -> list[tuple[str, float, float, int]]:
     import tempfile
 
     rows = []
-    with Store.open(path, read_only=True) as store:
+    with Store.reader(path, live=True) as store:
         for label, days in (
             ("health page --since 7d (in process)", 7),
             ("health page --since 30d (in process)", 30),
@@ -345,7 +345,7 @@ def main() -> None:
     a = p.parse_args()
     if a.reuse and a.db.exists():
         gen_s = 0.0
-        with Store.open(a.db) as store:  # the views may have changed since the file was made
+        with Store.writer(a.db) as store:  # the views may have changed since the file was made
             views.rebuild(store)
     else:
         gen_s = generate(a.db, a.runs)

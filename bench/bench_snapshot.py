@@ -55,7 +55,7 @@ MEMORY_LIMIT_MB: int | None = None
 
 
 def pull_and_publish(url: str, db: Path) -> dict[str, Any]:
-    with Store.open(db) as store, PrefectClient(ApiSettings(url=url)) as client:
+    with Store.writer(db) as store, PrefectClient(ApiSettings(url=url)) as client:
         t = time.perf_counter()
         result = pull(client, store, PullOptions(memory_limit_mb=MEMORY_LIMIT_MB))
         pulled = time.perf_counter() - t
@@ -93,7 +93,7 @@ def report_timings(db: Path, repeat: int) -> list[tuple[str, float, float]]:
         "flaky": lambda s: reports.flaky(s, window),
     }
     out = []
-    with Store.open(db, read_only=True) as live, snap.open_for_reading(db) as shot:
+    with Store.reader(db, live=True) as live, Store.reader(db) as shot:
         assert shot.path != db
         for name, job in jobs.items():
             job(live), job(shot)  # warm-up
@@ -140,7 +140,7 @@ def part_synthetic(runs: int, repeat: int, scratch: Path, parquet: bool = True) 
     log(f"generating {runs} synthetic runs")
     generate(db, runs)
     res: dict[str, Any] = {"runs": runs, "bytes": db.stat().st_size}
-    with Store.open(db) as store:
+    with Store.writer(db) as store:
         res["copy_s"] = med([snap.publish(store).seconds for _ in range(repeat)])
         res["skip_s"] = med([snap.publish(store, changed=False).seconds for _ in range(repeat)])
         copies = []

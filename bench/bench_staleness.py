@@ -36,7 +36,7 @@ def share(live: int, interval_min: float = 15.0, window_h: float = 24.0) -> int:
 
 
 def timed_pull(url: str, db: Path, due: int = 0) -> tuple[float, int, int]:
-    with Store.open(db) as store:
+    with Store.writer(db, memory_limit_mb=0) as store:  # a bulk UPDATE: no write-job cap
         if due:  # make `due` runs a day old: the steady-state share of one scheduled pull
             store.execute(
                 "UPDATE flow_runs SET synced_at = synced_at - INTERVAL 1 DAY WHERE id IN "

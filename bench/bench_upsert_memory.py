@@ -63,14 +63,14 @@ def _shape(name: str) -> Iterator[None]:
 def _fits(source: Path, work: Path, runs: int, changed: int, cap_mb: int, shape: str) -> bool:
     shutil.copy(source, work)
     if shape != "replace":  # the schema before m003
-        with Store.open(work) as store:
+        with Store.writer(work, memory_limit_mb=0) as store:  # the old shape, uncapped
             store.execute("ALTER TABLE flow_runs ADD PRIMARY KEY (id)")
     ids = random.Random(runs + changed).sample(range(runs), changed)
     pages = [
         Page.from_rows([changed_run(i) for i in ids[lo : lo + 200]])
         for lo in range(0, changed, 200)
     ]
-    with Store.open(work) as store, _shape(shape):
+    with Store.writer(work) as store, _shape(shape):
         store.budget_memory(fixed_mb=cap_mb)
         try:
             with store.memory_guard(), store.transaction():
@@ -113,7 +113,7 @@ def main() -> None:
             t = time.perf_counter()
             source = make_history(Path(tmp) / f"history-{runs}.duckdb", runs)
             built = time.perf_counter() - t
-            with Store.open(source) as store:
+            with Store.writer(source) as store:
                 cap = store.budget_memory() // 2**20
             for changed in (int(x) for x in args.changed.split(",")):
                 work = Path(tmp) / "work.duckdb"

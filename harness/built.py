@@ -282,7 +282,7 @@ class Builder:
     def write(self, path: Path) -> BuiltHistory:
         """The file at ``path`` as a full pull of a server holding these objects leaves it
         (``deleted``: runs pulled, then deleted on the server)."""
-        with Store.open(path) as store:
+        with Store.writer(path) as store:
             with store.transaction():
                 pull_id = start_sync_run(store, API_URL)
             with store.transaction():

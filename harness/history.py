@@ -41,7 +41,7 @@ def run_id(i: int) -> str:
 
 def make_history(path: Path, runs: int) -> Path:
     """A checkpointed flowsync file with runs 0..runs-1 (``seen_pull`` 1, ``run_count`` 1)."""
-    with Store.open(path) as store:
+    with Store.writer(path, memory_limit_mb=0) as store:  # bulk seeding: no write-job cap
         store.execute(
             "CREATE TEMP MACRO _run_id(i) AS CAST(printf('00000000-0000-4000-8000-%012x', i) AS UUID)"
         )

@@ -39,7 +39,7 @@ def run(
 
 def make_db(path: Path, runs: list[dict[str, Any]]) -> Path:
     """A flowsync file holding exactly these runs (one flow, two deployments)."""
-    with Store.open(path) as store:
+    with Store.writer(path) as store:
         store.execute("INSERT INTO flows (id, name, synced_at) VALUES (?, 'etl', now())", [FLOW])
         for name, dep_id in DEPLOYMENTS.items():
             store.execute(

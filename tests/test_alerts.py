@@ -40,7 +40,7 @@ def quiet(tmp_path_factory: pytest.TempPathFactory) -> Path:
         tmp_path_factory.mktemp("alerts") / "runs.duckdb",
         [run(1, "FAILED", 3), run(2, "COMPLETED", 2), run(3, "RUNNING", 0.1)],
     )
-    with Store.open(db) as store:
+    with Store.writer(db) as store:
         for n, minutes in ((4, 120), (5, 10)):  # due 2 h and 10 min ago, not started
             store.execute(
                 """INSERT INTO flow_runs (id, name, flow_id, deployment_id, state_type, state_name,

@@ -110,7 +110,7 @@ def library_apply(
 ) -> ApplyResult:
     """apply through the library, with a fault transport in front of the real server."""
     loaded = parse_policy(policy.read_bytes(), str(policy))
-    with Store.open(db, sandbox=True) as store:
+    with Store.sandboxed_writer(db) as store:
         plan = make_plan(store, loaded)
         client = PrefectClient(
             ApiSettings(url=server.url),
@@ -315,7 +315,7 @@ def test_a_401_on_the_second_call_of_a_batch_keeps_what_the_first_did(
     from flowsync.policy.apply import new_result
 
     loaded = parse_policy(policy.read_bytes(), str(policy))
-    with Store.open(db, sandbox=True) as store:
+    with Store.sandboxed_writer(db) as store:
         plan = make_plan(store, loaded)
         held = new_result(plan)
         client = PrefectClient(

@@ -241,7 +241,7 @@ def apply_with(
     after: Callable[[httpx.Request, httpx.Response], None] | None = None,
 ) -> Any:
     loaded = parse_policy(policy.read_bytes(), str(policy))
-    with Store.open(db, read_only=True, sandbox=True) as store:
+    with Store.sandboxed(db, live=True) as store:
         plan = make_plan(store, loaded)
     client = PrefectClient(
         ApiSettings(url=server.url),
@@ -249,7 +249,7 @@ def apply_with(
         retry=RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.05),
         sleep=lambda s: None,
     )
-    with Store.open(db, sandbox=True) as store, client:
+    with Store.sandboxed_writer(db) as store, client:
         return apply_plan(client, store, plan)
 
 

@@ -81,7 +81,7 @@ def test_every_reporting_command_can_print_json(path: tuple[str, ...], command: 
 
 def test_json_output_parses(tmp_path: Path) -> None:
     db = tmp_path / "runs.duckdb"
-    Store.open(db).close()  # an empty, migrated file
+    Store.writer(db).close()  # an empty, migrated file
     status = run_cli("status", "--db", str(db), "--json")
     assert status.exit_code == 0, status.output
     assert json.loads(status.stdout)["flow_runs"]["live"] == 0

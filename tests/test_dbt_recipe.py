@@ -21,7 +21,7 @@ DBT = Path(__file__).resolve().parent.parent / "docs" / "dbt"
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     db = make_db(tmp_path_factory.mktemp("dbt") / "flowsync.duckdb", [run(1), run(2, "FAILED")])
-    with Store.open(db) as store:
+    with Store.writer(db) as store:
         views.rebuild(store)
     return db
 

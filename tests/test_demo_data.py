@@ -69,7 +69,7 @@ def test_lateness_is_seconds_with_a_few_outliers(demo_db: Path) -> None:
 
 
 def test_failures_have_several_signatures_and_one_deployment_is_broken(demo_db: Path) -> None:
-    with Store.open(demo_db, read_only=True) as store:
+    with Store.reader(demo_db, live=True) as store:
         signatures = reports.errors(store, reports.parse_since("all"))
         unresolved = reports.unresolved(store)
     assert signatures.height >= 5
@@ -91,7 +91,7 @@ def test_duration_trend_is_the_previous_window(demo_db: Path) -> None:
     now = datetime.now(timezone.utc)
     window = reports.Window(now - timedelta(days=2), now)  # a daily run finished in each window
     previous = reports.Window(window.previous_start, window.start)
-    with Store.open(demo_db, read_only=True) as store:
+    with Store.reader(demo_db, live=True) as store:
         trend = reports.durations(store, "deployment", window, trend=True)
         before = reports.durations(store, "deployment", previous)
     prev = {r["deployment_id"]: r for r in before.iter_rows(named=True)}

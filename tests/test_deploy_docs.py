@@ -88,7 +88,7 @@ def test_duckdb_cli_recipe_says_where_the_cli_comes_from_and_runs_through_flowsy
     assert "neither flowsync nor its dev setup" in section and "duckdb.org" in section
     sql = shlex.split(section.split("```sh", 1)[1].split("```", 1)[0])[-1]
     db = make_db(tmp_path / "flowsync.duckdb", [run(1), run(2, "FAILED")])
-    with Store.open(db) as store:
+    with Store.writer(db) as store:
         views.rebuild(store)
     result = run_cli("sql", sql, "-f", "csv", "--db", str(db))  # the same query, no CLI needed
     assert result.exit_code == 0, result.output

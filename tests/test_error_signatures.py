@@ -105,7 +105,7 @@ TABLE = [
 
 @pytest.fixture
 def empty_store(tmp_path: Path) -> Any:
-    with Store.open(tmp_path / "empty.duckdb") as store:
+    with Store.writer(tmp_path / "empty.duckdb") as store:
         from flowsync import views
 
         views.rebuild(store)
@@ -148,7 +148,7 @@ def _server_runs(server: Server, flow: str) -> list[dict[str, Any]]:
 
 def test_real_failures_group_by_signature(failing: Any) -> None:
     server, _ids, db = failing
-    with Store.open(db, read_only=True) as store:
+    with Store.reader(db, live=True) as store:
         frame = reports.errors(store, reports.parse_since("all"))
         normalised = reports.error_signature(
             store, [r["state"]["message"] for f in FLOW_NAMES for r in _server_runs(server, f)]
@@ -190,7 +190,7 @@ def test_errors_window_and_previous_window_match_server(failing: Any) -> None:
     window = reports.Window(
         since, times[-1] + (times[-1] - since)
     )  # previous window covers the first half
-    with Store.open(db, read_only=True) as store:
+    with Store.reader(db, live=True) as store:
         frame = reports.errors(store, window)
     for row in frame.iter_rows(named=True):
         mine = [
@@ -243,7 +243,7 @@ def test_report_errors_cli(failing: Any) -> None:
 def test_unresolved_failures_match_server(prefect: SeededServer, tmp_path: Path) -> None:
     db = tmp_path / "runs.duckdb"
     assert run_cli("pull", "--api-url", prefect.url, "--db", str(db)).exit_code == 0
-    with Store.open(db, read_only=True) as store:
+    with Store.reader(db, live=True) as store:
         frame = reports.unresolved(store)
     unresolved = {r["deployment_id"]: r for r in frame.iter_rows(named=True)}
     checked = 0

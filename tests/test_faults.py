@@ -54,7 +54,7 @@ def test_429_retry_after_is_honoured(prefect: SeededServer, db_path: Path) -> No
         return None
 
     transport, sleeps = forwarding(prefect.url, fault)
-    with Store.open(db_path) as store, client_for(prefect.url, transport, sleeps) as client:
+    with Store.writer(db_path) as store, client_for(prefect.url, transport, sleeps) as client:
         result = pull(client, store)
     assert sleeps.count(7.0) == 2
     assert result.retries == 2
@@ -69,7 +69,7 @@ def test_bursts_of_server_errors_are_retried(
         return httpx.Response(status, text="database is locked") if n % 3 == 1 else None
 
     transport, sleeps = forwarding(prefect.url, fault)
-    with Store.open(db_path) as store, client_for(prefect.url, transport, sleeps) as client:
+    with Store.writer(db_path) as store, client_for(prefect.url, transport, sleeps) as client:
         pull(client, store)
     assert sleeps, "expected retries"
     assert_matches_server(db_path, prefect.url)
@@ -92,7 +92,7 @@ def test_truncated_and_non_json_bodies_and_resets_are_retried(
 
     transport, sleeps = forwarding(prefect.url, fault)
     with (
-        Store.open(db_path) as store,
+        Store.writer(db_path) as store,
         client_for(prefect.url, transport, sleeps, attempts=6) as client,
     ):
         pull(client, store)
@@ -112,7 +112,7 @@ def test_persistent_failure_fails_clearly_and_keeps_the_file_consistent(
 
     transport, sleeps = forwarding(prefect.url, fault)
     with (
-        Store.open(db_path) as store,
+        Store.writer(db_path) as store,
         client_for(prefect.url, transport, sleeps) as client,
         pytest.raises(ApiError) as err,
     ):
@@ -124,7 +124,7 @@ def test_persistent_failure_fails_clearly_and_keeps_the_file_consistent(
     assert 0 < partial < prefect.count()
     assert scalar(db_path, "SELECT count(*) - count(DISTINCT id) FROM flow_runs") == 0
     # the next pull, with the server back, resumes and completes
-    with Store.open(db_path) as store, PrefectClient(ApiSettings(url=prefect.url)) as client:
+    with Store.writer(db_path) as store, PrefectClient(ApiSettings(url=prefect.url)) as client:
         result = pull(client, store)
     assert result.mode == "full" and "resuming" in result.reason
     assert_matches_server(db_path, prefect.url)
@@ -136,7 +136,7 @@ def test_auth_errors_fail_at_once(prefect: SeededServer, db_path: Path, status: 
         prefect.url, lambda r, n: httpx.Response(status, json={"detail": "no"})
     )
     with (
-        Store.open(db_path) as store,
+        Store.writer(db_path) as store,
         client_for(prefect.url, transport, sleeps) as client,
         pytest.raises(AuthError) as err,
     ):
@@ -157,7 +157,7 @@ def test_api_key_goes_only_in_the_header(prefect: SeededServer, db_path: Path) -
 
     transport, _ = forwarding(prefect.url, fault)
     settings = ApiSettings(url=prefect.url, api_key=SecretStr("sk-test-secret"))
-    with Store.open(db_path) as store, PrefectClient(settings, transport=transport) as client:
+    with Store.writer(db_path) as store, PrefectClient(settings, transport=transport) as client:
         pull(client, store)
     assert set(seen) == {"Bearer sk-test-secret"}
     dump = db_path.read_bytes()

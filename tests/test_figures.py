@@ -17,7 +17,7 @@ from tests.policy_db import FLOW, NOW, make_db, rid, run
 
 def built(path: Path, runs: list[dict[str, object]]) -> Path:
     db = make_db(path, runs)
-    with Store.open(db) as store:
+    with Store.writer(db) as store:
         views.rebuild(store)
     return db
 
@@ -27,11 +27,11 @@ def test_flaky_separates_rare_failures_from_failures_that_come_and_go(tmp_path: 
         run(n, "FAILED" if n % 8 == 0 else "COMPLETED", n / 4, dep="prod") for n in range(1, 81)
     ] + [run(100 + n, "FAILED" if n == 30 else "COMPLETED", n / 4, dep="dev") for n in range(1, 61)]
     db = built(tmp_path / "flaky.duckdb", runs)
-    with Store.open(db, read_only=True) as store:
+    with Store.reader(db, live=True) as store:
         frame = reports.flaky(store, reports.parse_since("30d"))
     flaky = {r["deployment_name"]: r["flaky"] for r in frame.iter_rows(named=True)}
     assert flaky == {"prod": True, "dev": False}
-    with Store.open(db, read_only=True) as store:
+    with Store.reader(db, live=True) as store:
         strict = reports.flaky(store, reports.parse_since("30d"), min_rate=0.2)
     assert not any(strict["flaky"])
 
@@ -89,16 +89,16 @@ def test_a_previous_window_the_data_does_not_cover_is_said(
 def test_first_seen_is_over_all_history_recorded_at_pull_time(tmp_path: Path) -> None:
     runs = [run(1, "FAILED", 20), run(2, "FAILED", 0.5), run(3, "COMPLETED", 0.4)]
     db = make_db(tmp_path / "seen.duckdb", runs)
-    with Store.open(db) as store:
+    with Store.writer(db) as store:
         store.execute("UPDATE flow_runs SET state_message = 'KeyError: ' || name")
         views.rebuild(store)
         assert signatures.record_first_seen(store) == 1
-    with Store.open(db, read_only=True) as store:
+    with Store.reader(db, live=True) as store:
         row = reports.errors(store, reports.parse_since("24h")).row(0, named=True)
     assert row["runs"] == 1
     assert row["first_seen"] == NOW - timedelta(days=20)  # not the window's (or the previous one's)
     # a later pull writes an even older failure of the same signature: only it is read
-    with Store.open(db) as store:
+    with Store.writer(db) as store:
         store.execute(
             "INSERT INTO flow_runs (id, name, flow_id, state_type, state_message, expected_start_time, "
             "synced_at) VALUES (?, 'old', ?, 'FAILED', 'KeyError: run-0009', ?, now())",
@@ -106,6 +106,6 @@ def test_first_seen_is_over_all_history_recorded_at_pull_time(tmp_path: Path) ->
         )
         assert signatures.record_first_seen(store) == 1
         assert signatures.record_first_seen(store) == 0  # nothing new since
-    with Store.open(db, read_only=True) as store:
+    with Store.reader(db, live=True) as store:
         row = reports.errors(store, reports.parse_since("24h")).row(0, named=True)
     assert row["first_seen"] == NOW - timedelta(days=30)

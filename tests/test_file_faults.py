@@ -65,7 +65,7 @@ def one_line(result: Any, code: int) -> str:
 def built(folder: Path, runs: int = 2000) -> Path:
     """A file with ``runs`` flow runs and one published snapshot, without a server."""
     db = folder / "runs.duckdb"
-    with Store.open(db) as store:
+    with Store.writer(db) as store:
         store.execute(
             "INSERT INTO flow_runs (id, name, state_type, synced_at) "
             "SELECT uuid(), 'run-' || i, 'COMPLETED', now() FROM range(?) r(i)",
@@ -140,7 +140,7 @@ def remount(point: Path, options: str) -> None:
 
 def test_the_file_records_which_flowsync_wrote_it(tmp_path: Path) -> None:
     db = built(tmp_path, runs=1)
-    with Store.open(db, read_only=True) as store:
+    with Store.reader(db, live=True) as store:
         versions = store.file_versions()
     assert versions["written_by"] == flowsync.__version__
     assert versions["schema"] == migrations.MIGRATIONS[-1][0]
@@ -156,7 +156,7 @@ def test_a_newer_file_is_never_written_and_read_only_with_one_warning(tmp_path: 
     assert "written by flowsync 9.0.0" in line and f"this flowsync {flowsync.__version__}" in line
     assert "Upgrade flowsync" in line and "another --db" in line
     with pytest.raises(NewerFileError) as caught:
-        Store.open(db)
+        Store.writer(db)
     assert caught.value.written_by == "9.0.0" and caught.value.unknown == ["m999_from_the_future"]
     assert sha256(db) == before and not Path(f"{db}.wal").exists()
 
@@ -204,7 +204,7 @@ def test_a_snapshot_from_a_newer_flowsync_is_read_with_one_warning(tmp_path: Pat
 def test_generations_never_repeat_so_a_notebook_never_gets_an_old_view(tmp_path: Path) -> None:
     db = tmp_path / "runs.duckdb"
     count = "SELECT count(*) FROM flows"
-    with Store.open(db) as store:
+    with Store.writer(db) as store:
         store.execute("INSERT INTO flows (id, name, synced_at) VALUES (uuid(), 'a', now())")
         first = publish(store).snapshot
         notebook = flowsync.connect(db)  # a long-lived kernel keeps this open
@@ -253,7 +253,7 @@ def test_a_damaged_current_is_reported_to_readers_and_rebuilt_by_the_next_writer
     status = run_cli("status", "--db", str(db))  # reads the live file: reports, never fails
     assert status.exit_code == 0 and "readers cannot open the snapshot" in status.stdout
 
-    with Store.open(db) as store:  # a writer that changed nothing (a no-change pull)
+    with Store.writer(db) as store:  # a writer that changed nothing (a no-change pull)
         result = publish(store, changed=False)
     assert result.published and "damaged" in result.reason
     read = run_cli("sql", "SELECT count(*) FROM flow_runs", "--db", str(db), "--format", "csv")

@@ -47,7 +47,7 @@ def test_headline_json_matches_server(built: BuiltHistory, pulled: Path) -> None
     assert row["failure_rate_change"] == pytest.approx(
         row["failure_rate"] - row["prev_failed"] / row["prev_runs"]
     )
-    with Store.open(pulled, read_only=True) as store:
+    with Store.reader(pulled, live=True) as store:
         assert row["unresolved_deployments"] == reports.unresolved(store).height
         assert row["signatures"] == reports.errors(store, window).height
 
@@ -108,7 +108,7 @@ def test_openmetrics_file_parses_and_matches_server(
     assert names <= set(built.deployments)
     total = families["flowsync_all_failed_runs"].samples[0].value
     assert total == server_count(built.count, FAILED, window)
-    with Store.open(pulled, read_only=True) as store:
+    with Store.reader(pulled, live=True) as store:
         unresolved = reports.unresolved(store)
         last = reports.last_pull(store)
     got = {
@@ -141,7 +141,7 @@ def _rendered(frame: Any, report: str, width: int, ids: bool = False) -> str:
 def test_terminal_tables_fit_100_columns_with_whole_names(
     built: BuiltHistory, pulled: Path, report: str
 ) -> None:
-    with Store.open(pulled, read_only=True) as store:
+    with Store.reader(pulled, live=True) as store:
         window = reports.parse_since("60d")
         frame = {
             "failures": lambda: reports.failures(store, "deployment", window),
@@ -160,7 +160,7 @@ def test_terminal_tables_fit_100_columns_with_whole_names(
 
 
 def test_terminal_values_are_readable(pulled: Path) -> None:
-    with Store.open(pulled, read_only=True) as store:
+    with Store.reader(pulled, live=True) as store:
         frame = reports.failures(store, "deployment", reports.parse_since("20d"))
     text = _rendered(frame, "failures", 100)
     row = frame.row(0, named=True)
@@ -200,7 +200,7 @@ def test_changes_and_rates_read_with_arrows() -> None:
 
 
 def test_last_pull_is_the_latest_ok_pull(pulled: Path) -> None:
-    with Store.open(pulled, read_only=True) as store:
+    with Store.reader(pulled, live=True) as store:
         assert reports.last_pull(store) == scalar(
             pulled,
             "SELECT max(finished_at) FROM sync_runs WHERE status = 'ok' AND mode IN ('full', 'incremental')",

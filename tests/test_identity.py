@@ -55,7 +55,7 @@ def test_same_server_by_another_name_is_followed_and_another_server_refused(
     assert shown.exit_code == 0 and "the file now follows" in shown.stderr
     assert pull(other_name, db)[0]["moved"]
     assert scalar(db, "SELECT count(*) FROM flow_runs") == runs
-    with Store.open(db, read_only=True) as store:
+    with Store.reader(db, live=True) as store:
         assert sync_log.get_state(store, identity.URL_KEY) == other_name
         moves = sync_log.get_state(store, identity.MOVES_KEY)
     assert [(m["from"], m["to"]) for m in moves] == [
@@ -90,7 +90,7 @@ def test_same_server_by_another_name_is_followed_and_another_server_refused(
     line = " ".join(refused.stderr.split())
     assert "is a different server (it has none of the file's 2 flows, checked by id)" in line, line
     assert "another --db" in line and "Traceback" not in refused.output
-    with Store.open(db, read_only=True) as store:
+    with Store.reader(db, live=True) as store:
         assert sync_log.get_state(store, identity.URL_KEY) == other_name  # nothing changed
     assert scalar(db, "SELECT count(*) FROM flow_runs") == runs
 
@@ -107,7 +107,7 @@ def _cloud(host: str, workspace: str = WORKSPACE) -> PrefectClient:
 
 def test_cloud_workspaces_are_bound_by_their_ids(tmp_path: Path) -> None:
     db = tmp_path / "cloud.duckdb"
-    with Store.open(db) as store:
+    with Store.writer(db) as store:
         with _cloud("api.prefect.cloud") as client:
             assert identity.bind(client, store) is None
         # Through a corporate proxy: same account and workspace ids.

@@ -363,7 +363,7 @@ def test_runs_changing_state_inside_a_tie_are_not_skipped(
 
     options = PullOptions(concurrency=1, page_size=100)
     with (
-        Store.open(db_path) as store,
+        Store.writer(db_path) as store,
         PrefectClient(ApiSettings(url=url), transport=forwarding(change_mid_tie)) as client,
     ):
         pull_api(client, store, options)
@@ -392,7 +392,7 @@ def test_history_is_asked_in_parts_of_bounded_size(
             sizes.append(sum(int(s["count_runs"]) for b in response.json() for s in b["states"]))
 
     with (
-        Store.open(db_path) as store,
+        Store.writer(db_path) as store,
         PrefectClient(
             ApiSettings(url=prefect.url), transport=forwarding(after=count_history)
         ) as client,

@@ -103,7 +103,7 @@ def tricky_page() -> list[dict[str, Any]]:
 def written(tmp_path: Path, rows: list[dict[str, Any]], name: str) -> list[tuple[Any, ...]]:
     """Upsert ``rows`` as one page into a new file; its flow_runs rows as text, by id."""
     body = json.dumps(rows).encode()
-    with Store.open(tmp_path / f"{name}.duckdb") as store:
+    with Store.writer(tmp_path / f"{name}.duckdb") as store:
         with store.transaction():
             synced_tables.upsert_pages(store, FLOW_RUNS, [Page(rows, body)], pull_id=1)
         return store.execute(
@@ -129,7 +129,7 @@ def test_a_value_arrow_cannot_hold_falls_back_to_duckdbs_reader(tmp_path: Path) 
     # A number where the column is text: DuckDB's JSON reader stores its text.
     rows = [run(1, flow_version=3, tags=["a", 7])]
     assert FLOW_RUNS.arrow_batch(rows) is None
-    with Store.open(tmp_path / "x.duckdb") as store:
+    with Store.writer(tmp_path / "x.duckdb") as store:
         with store.transaction():
             synced_tables.upsert_pages(
                 store, FLOW_RUNS, [Page(rows, json.dumps(rows).encode())], pull_id=1
@@ -138,7 +138,7 @@ def test_a_value_arrow_cannot_hold_falls_back_to_duckdbs_reader(tmp_path: Path) 
 
 
 def test_single_threaded_restores_the_setting(tmp_path: Path) -> None:
-    with Store.open(tmp_path / "x.duckdb") as store:
+    with Store.writer(tmp_path / "x.duckdb") as store:
         store.execute("SET threads = 3")
         with store.single_threaded():
             assert store.execute("SELECT current_setting('threads')").scalar() == 1

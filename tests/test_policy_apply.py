@@ -32,7 +32,7 @@ Handler = Callable[[httpx.Request], httpx.Response]
 
 
 def plan_for(db: Path, text: str) -> Plan:
-    with Store.open(db, read_only=True, sandbox=True) as store:
+    with Store.sandboxed(db, live=True) as store:
         return make_plan(store, parse_policy(text.encode(), "p.yaml"))
 
 
@@ -157,7 +157,7 @@ def mixed_db(tmp_path: Path) -> Path:
 def test_every_bulk_call_names_its_runs_and_guards_their_state(mixed_db: Path) -> None:
     fake = Recorder(accept_all, api_rows(mixed_db))
     plan = plan_for(mixed_db, DELETE_ALL)
-    with Store.open(mixed_db, sandbox=True) as store, mock_client(fake) as client:
+    with Store.sandboxed_writer(mixed_db) as store, mock_client(fake) as client:
         result = apply_plan(client, store, plan)
     assert result.status == "success" and result.counts == {"purge": {"deleted": 130}}
     bulk = fake.bulk
@@ -191,7 +191,7 @@ def test_every_bulk_call_names_its_runs_and_guards_their_state(mixed_db: Path) -
 def test_set_state_sends_the_state_and_force(mixed_db: Path) -> None:
     fake = Recorder(accept_all, api_rows(mixed_db))
     plan = plan_for(mixed_db, CANCEL_ALL.replace("sql:", "force: true\n    sql:"))
-    with Store.open(mixed_db, sandbox=True) as store, mock_client(fake) as client:
+    with Store.sandboxed_writer(mixed_db) as store, mock_client(fake) as client:
         result = apply_plan(client, store, plan)
     assert result.counts == {"cancel": {"accepted": 131}}
     for _, body in fake.bulk:
@@ -241,7 +241,7 @@ def test_per_run_failures_inside_http_200_are_read(mixed_db: Path) -> None:
 
     plan = plan_for(mixed_db, CANCEL_ALL)
     fake = Recorder(locked, api_rows(mixed_db))
-    with Store.open(mixed_db, sandbox=True) as store, mock_client(fake) as client:
+    with Store.sandboxed_writer(mixed_db) as store, mock_client(fake) as client:
         result = apply_plan(client, store, plan)
     counts = result.counts["cancel"]
     assert counts["aborted"] > 0 and counts["rejected"] > 0 and counts["accepted"] > 0
@@ -268,7 +268,7 @@ def test_a_failing_batch_does_not_stop_the_next(mixed_db: Path) -> None:
 
     fake = Recorder(second_fails, api_rows(mixed_db))
     plan = plan_for(mixed_db, DELETE_ALL)
-    with Store.open(mixed_db, sandbox=True) as store, mock_client(fake) as client:
+    with Store.sandboxed_writer(mixed_db) as store, mock_client(fake) as client:
         result = apply_plan(client, store, plan, attempts=3, settle_seconds=0)
     assert result.status == "partial" and result.batches == 4
     assert result.counts["purge"] == {"deleted": 130 - 20, "failed": 20}
@@ -292,7 +292,7 @@ def test_missing_from_deleted_is_not_counted_deleted(mixed_db: Path) -> None:
 
     plan = plan_for(mixed_db, DELETE_ALL)
     fake = Recorder(half, api_rows(mixed_db))
-    with Store.open(mixed_db, sandbox=True) as store, mock_client(fake) as client:
+    with Store.sandboxed_writer(mixed_db) as store, mock_client(fake) as client:
         result = apply_plan(client, store, plan)
     # the others were re-read after the call: still there, unchanged -> failed (not sent again)
     assert result.counts["purge"] == {"deleted": 25 + 10 + 25 + 5, "failed": 25 + 10 + 25 + 5}
@@ -310,7 +310,7 @@ def test_apply_against_an_unreachable_server_fails_fast(mixed_db: Path) -> None:
         transport=httpx.MockTransport(refused),
         sleep=pauses.append,
     )
-    with Store.open(mixed_db, sandbox=True) as store, client, pytest.raises(ApiError):
+    with Store.sandboxed_writer(mixed_db) as store, client, pytest.raises(ApiError):
         apply_plan(client, store, plan)
     assert len(pauses) == 1  # the health check's two quick tries, not seven with backoff
     assert scalar(mixed_db, "SELECT count(*) FROM policy_actions") == 0
@@ -356,7 +356,7 @@ def test_max_actions_refuses_before_any_request(mixed_db: Path) -> None:
     fake = Recorder(accept_all, api_rows(mixed_db))
     plan = plan_for(mixed_db, DELETE_ALL.replace("version: 1\n", "version: 1\nmax_actions: 100\n"))
     with (
-        Store.open(mixed_db, sandbox=True) as store,
+        Store.sandboxed_writer(mixed_db) as store,
         mock_client(fake) as client,
         pytest.raises(PolicyLimitError),
     ):
@@ -592,7 +592,7 @@ def test_an_interrupted_apply_leaves_pending_rows_and_sends_nothing_more(mixed_d
     fake = Recorder(ctrl_c_in_flight, api_rows(mixed_db))
     plan = plan_for(mixed_db, DELETE_ALL)
     with (
-        Store.open(mixed_db, sandbox=True) as store,
+        Store.sandboxed_writer(mixed_db) as store,
         mock_client(fake) as client,
         pytest.raises(KeyboardInterrupt),
     ):

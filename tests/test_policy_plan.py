@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
+import typing
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from flowsync.errors import PolicyError, ReadOnlyError, SandboxError, StoreError
+from flowsync.errors import PolicyError, ReadOnlyError, SandboxError
 from flowsync.policy import make_plan, parse_policy
-from flowsync.policy.plan import plan_rule
-from flowsync.store import Store
+from flowsync.policy.plan import check_rules, decide_scope, plan_rule, rule_statement
+from flowsync.store import Sandbox, Store, Writer
 from tests.helpers import run_cli, scalar
 from tests.policy_db import make_db, rid, run
 
@@ -28,7 +29,7 @@ def rule(name: str, sql: str, action: str = "delete", more: str = "") -> str:
 
 
 def plan_of(db: Path, text: str) -> Any:
-    with Store.open(db, read_only=True, sandbox=True) as store:
+    with Store.sandboxed(db, live=True) as store:
         return make_plan(store, parse_policy(text.encode(), "p.yaml"))
 
 
@@ -271,7 +272,6 @@ def test_rule_sql_has_a_time_limit(db: Path) -> None:
 
 def test_rules_reading_other_runs_are_told_apart(db: Path) -> None:
     from flowsync.policy.plan import reads_other_runs
-    from flowsync.store.snapshot import open_for_reading
 
     own_row = [
         "SELECT id FROM flow_runs WHERE state_type = 'FAILED' AND end_time < now() - INTERVAL 1 DAY",
@@ -286,28 +286,43 @@ def test_rules_reading_other_runs_are_told_apart(db: Path) -> None:
         "SELECT any_value(id) AS id FROM flow_runs GROUP BY deployment_id",
         "SELECT id FROM flow_runs WHERE deployment_id IN (SELECT deployment_id FROM failure_rates_by_deployment)",
     ]
-    with open_for_reading(db, live=True, sandbox=True) as store:
+    with Store.sandboxed(db, live=True) as store:
         assert [reads_other_runs(store, sql) for sql in own_row] == [None] * len(own_row)
         assert all(reads_other_runs(store, sql) for sql in other_runs)
 
 
-def test_rule_sql_needs_a_sandboxed_store(db: Path) -> None:
-    with (
-        Store.open(db, read_only=True) as store,
-        pytest.raises(StoreError, match="not open sandboxed"),
-    ):
-        make_plan(store, parse_policy(policy(rule("purge", OLD_COMPLETED)).encode(), "p.yaml"))
-    # and the sandbox cannot be switched off from inside
-    with (
-        Store.open(db, read_only=True, sandbox=True) as store,
-        pytest.raises(SandboxError, match="locked"),
-    ):
-        store.execute("SET enable_external_access = true")
+def test_rule_sql_needs_a_sandbox_and_says_so_in_its_signature(db: Path) -> None:
+    # The type is the check: every function that runs rule SQL takes a Sandbox, which only
+    # Store.sandboxed and Store.sandboxed_writer return (mypy holds every caller to it).
+    for runs_rule_sql in (make_plan, decide_scope, check_rules, rule_statement):
+        assert typing.get_type_hints(runs_rule_sql)["store"] is Sandbox, runs_rule_sql
+    with Store.reader(db, live=True) as reader:
+        assert not isinstance(reader, Sandbox)
+    with Store.sandboxed(db, live=True) as sandbox:
+        assert isinstance(sandbox, Sandbox)
+        # and the sandbox cannot be switched off from inside
+        with pytest.raises(SandboxError, match="locked"):
+            sandbox.execute("SET enable_external_access = true")
+        with pytest.raises(SandboxError, match="locked"):
+            sandbox.select("SET enable_external_access = true", timeout=None)
+        with pytest.raises(ReadOnlyError):  # what it runs changes nothing
+            sandbox.select("DELETE FROM flow_runs", timeout=None)
+
+
+def test_apply_writer_is_a_sandbox_whose_rule_sql_changes_nothing(db: Path) -> None:
+    with Store.sandboxed_writer(db) as store:
+        assert isinstance(store, Sandbox) and isinstance(store, Writer)
+        before = store.execute("SELECT count(*) FROM flow_runs").scalar()
+        assert store.select("DELETE FROM flow_runs RETURNING id", timeout=None)[1]
+        assert store.execute("SELECT count(*) FROM flow_runs").scalar() == before > 0
+        with pytest.raises(SandboxError, match="locked"):
+            store.execute("SET enable_external_access = true")
+        store.execute("INSERT INTO sync_state VALUES ('k', '1', now())")  # it still writes
 
 
 def test_rule_sql_runs_read_only(db: Path) -> None:
     # A SELECT cannot write, and the connection could not anyway: prove the second.
-    with Store.open(db, read_only=True) as store, pytest.raises(ReadOnlyError, match="read-only"):
+    with Store.reader(db, live=True) as store, pytest.raises(ReadOnlyError, match="read-only"):
         store.execute("DELETE FROM flow_runs")
 
 

@@ -169,7 +169,7 @@ def test_full_pull_progress_counts_each_run_once(prefect: SeededServer, db_path:
 
     progress = _Recording()
     pages: list[int] = []
-    with Store.open(db_path) as store, PrefectClient(resolve_api(prefect.url, None)) as client:
+    with Store.writer(db_path) as store, PrefectClient(resolve_api(prefect.url, None)) as client:
         original = client.filter_page
 
         def counting(resource: str, body: dict[str, Any]) -> Page:

@@ -29,7 +29,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ),
     ]
     db = make_db(tmp_path_factory.mktemp("filters") / "runs.duckdb", runs)
-    with Store.open(db) as store:
+    with Store.writer(db) as store:
         views.rebuild(store)
     return db
 

@@ -23,7 +23,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
         for n in range(1, 41)
     ]
     db = make_db(tmp_path_factory.mktemp("formats") / "runs.duckdb", runs)
-    with Store.open(db) as store:
+    with Store.writer(db) as store:
         views.rebuild(store)
     return db
 

@@ -55,7 +55,7 @@ def assert_rates(count: Any, frame: pl.DataFrame, key_filter: Any, window: repor
 
 
 def test_failures_by_deployment_match_server(built: BuiltHistory, pulled: Path) -> None:
-    with Store.open(pulled, read_only=True) as store:
+    with Store.reader(pulled, live=True) as store:
         frame = reports.failures(store, "deployment", WINDOW)
     assert {
         "deployment_id",
@@ -83,7 +83,7 @@ def test_failures_by_deployment_match_server(built: BuiltHistory, pulled: Path) 
 
 
 def test_failures_by_flow_work_pool_and_tag_match_server(built: BuiltHistory, pulled: Path) -> None:
-    with Store.open(pulled, read_only=True) as store:
+    with Store.reader(pulled, live=True) as store:
         by_flow = reports.failures(store, "flow", WINDOW)
         by_pool = reports.failures(store, "work_pool", WINDOW)
         by_tag = reports.failures(store, "tag", WINDOW)
@@ -107,7 +107,7 @@ def test_failures_by_flow_work_pool_and_tag_match_server(built: BuiltHistory, pu
 
 
 def test_all_history_totals_match_server(built: BuiltHistory, pulled: Path) -> None:
-    with Store.open(pulled, read_only=True) as store:
+    with Store.reader(pulled, live=True) as store:
         frame = reports.failures(store, "flow", reports.parse_since("all"))
     assert frame["failed"].sum() == built.count(
         {"flow_runs": {"state": {"type": {"any_": FAILED}}}}
@@ -159,7 +159,7 @@ def quantile(values: list[float], q: float) -> float:
 
 
 def test_durations_match_server_run_times(built: BuiltHistory, pulled: Path) -> None:
-    with Store.open(pulled, read_only=True) as store:
+    with Store.reader(pulled, live=True) as store:
         frame = reports.durations(store, "flow", reports.parse_since("all"))
     row = frame.filter(pl.col("flow_name") == "real-sleepy").row(0, named=True)
     runs = built.filter({"flows": {"name": {"any_": ["real-sleepy"]}}})
@@ -175,7 +175,7 @@ def test_durations_match_server_run_times(built: BuiltHistory, pulled: Path) -> 
 
 
 def test_late_waiting_now_matches_server(built: BuiltHistory, pulled: Path) -> None:
-    with Store.open(pulled, read_only=True) as store:
+    with Store.reader(pulled, live=True) as store:
         frame = reports.late(store, "deployment", WINDOW)
     checked = 0
     for row in frame.filter(pl.col("deployment_id").is_not_null()).iter_rows(named=True):
@@ -192,7 +192,7 @@ def test_late_waiting_now_matches_server(built: BuiltHistory, pulled: Path) -> N
 
 
 def test_flaky_streak_matches_server_order(built: BuiltHistory, pulled: Path) -> None:
-    with Store.open(pulled, read_only=True) as store:
+    with Store.reader(pulled, live=True) as store:
         frame = reports.flaky(store, reports.parse_since("all"), last=1)
     assert not frame.is_empty()
     for row in frame.iter_rows(named=True):
@@ -222,7 +222,7 @@ def test_deleted_runs_leave_live_figures_and_stay_in_history(
     db = tmp_path / "runs.duckdb"
     assert run_cli("pull", "--api-url", fresh_server.url, "--db", str(db)).exit_code == 0
     everything = reports.parse_since("all")
-    with Store.open(db, read_only=True) as store:
+    with Store.reader(db, live=True) as store:
         before = reports.failures(store, "deployment", everything)
     failed_ids = [rid for rid, state in seeded.runs.items() if state in FAILED][:4]
     done_ids = [rid for rid, state in seeded.runs.items() if state == "COMPLETED"][:2]
@@ -235,7 +235,7 @@ def test_deleted_runs_leave_live_figures_and_stay_in_history(
         with httpx.Client(base_url=fresh_server.url + "/", timeout=60) as c:
             return int(c.post("flow_runs/count", json=body).json())
 
-    with Store.open(db, read_only=True) as store:
+    with Store.reader(db, live=True) as store:
         live = reports.failures(store, "deployment", everything)
         history = reports.failures(store, "deployment", everything, include_deleted=True)
     assert_rates(

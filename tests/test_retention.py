@@ -26,7 +26,7 @@ from tests.policy_db import make_db, rid, run
 
 
 def set_retention(db: Path, value: dict[str, Any] | None) -> dict[str, str]:
-    with Store.open(db) as store:
+    with Store.writer(db) as store:
         store.execute("DELETE FROM sync_state WHERE key = 'run_retention'")
         if value is not None:
             store.execute(
@@ -47,7 +47,7 @@ def test_deleted_runs_say_how_they_went(tmp_path: Path) -> None:
             run(4, days_ago=40),  # still on the server
         ],
     )
-    with Store.open(db) as store:
+    with Store.writer(db) as store:
         store.execute(
             """INSERT INTO policy_actions (apply_id, batch, sent_at, policy_sha256, rule, action,
                    flow_run_id, state_type_before, outcome)

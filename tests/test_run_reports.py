@@ -23,7 +23,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     runs = [run(n, "FAILED" if n % 3 == 0 else "COMPLETED", n / 4, "prod") for n in range(1, 25)]
     runs += [run(100 + n, "COMPLETED", n / 4, "dev") for n in range(1, 10)]
     db = make_db(tmp_path_factory.mktemp("runs") / "runs.duckdb", runs)
-    with Store.open(db) as store:
+    with Store.writer(db) as store:
         store.execute(
             "UPDATE flow_runs SET state_message = 'KeyError: ' || name WHERE state_type = 'FAILED'"
         )

@@ -183,7 +183,7 @@ def test_a_notebook_holding_the_live_file_is_named_in_the_pull_error(
 
 def test_a_running_pull_is_named_to_live_readers(tmp_path: Path) -> None:
     db = tmp_path / "runs.duckdb"
-    Store.open(db).close()
+    Store.writer(db).close()
     # A real process holding the write lock, whose command line reads `flowsync pull`.
     holder = subprocess.Popen(
         [
@@ -200,15 +200,15 @@ def test_a_running_pull_is_named_to_live_readers(tmp_path: Path) -> None:
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "ok"
         with pytest.raises(StoreLockedError) as caught:
-            Store.open(db, read_only=True, lock_context=locks.LIVE)  # --live, connect(live=True)
+            Store.reader(db, live=True)  # --live, connect(live=True)
         assert caught.value.holder_role == "pull" and caught.value.holder_pid == holder.pid
         assert f"a running `flowsync pull` (PID {holder.pid})" in str(caught.value)
         assert "drop --live" in str(caught.value)
         with pytest.raises(StoreLockedError) as caught:
-            Store.open(db, read_only=True)  # status: it has no --live to drop
+            Store.reader(db, live=True, lock_context=locks.LIVE_ONLY)  # status: no --live to drop
         assert "--live" not in str(caught.value) and "--wait" in str(caught.value)
         with pytest.raises(StoreLockedError, match=r"no published snapshot yet .* pull .*--wait"):
-            snap.open_for_reading(db)  # a file from before snapshots, mid-pull
+            Store.reader(db)  # a file from before snapshots, mid-pull
     finally:
         holder.kill()
         holder.wait()
@@ -233,7 +233,7 @@ import sys
 from pathlib import Path
 from flowsync.store import Store, locks
 from flowsync.store.snapshot import publish
-with Store.open(Path(sys.argv[1])) as store:
+with Store.writer(Path(sys.argv[1])) as store:
     while True:
         publish(store)
 """
@@ -241,7 +241,7 @@ with Store.open(Path(sys.argv[1])) as store:
 
 def test_kill_9_during_publish_leaves_the_previous_snapshot_readable(tmp_path: Path) -> None:
     db = tmp_path / "runs.duckdb"
-    with Store.open(db) as store:
+    with Store.writer(db) as store:
         # Ballast so that copying takes long enough to be caught half-way.
         store.execute(
             "CREATE TABLE ballast AS SELECT range AS i, md5(CAST(range AS VARCHAR)) AS s FROM range(1500000)"
@@ -261,13 +261,12 @@ def test_kill_9_during_publish_leaves_the_previous_snapshot_readable(tmp_path: P
         finally:
             proc.wait()
         caught_mid_copy += any(".tmp-" in p.name for p in folder.iterdir())
-        opened = snap.open_latest(db)
-        assert opened is not None
-        with opened:
+        with Store.reader(db) as opened:
+            assert opened.path.parent == folder  # the snapshot, not the live file
             assert opened.execute("SELECT count(*) FROM ballast").scalar() == 1500000
             assert opened.execute("SELECT count(*) FROM _flowsync_migrations").scalar() > 0
     assert caught_mid_copy > 0  # the kill did land inside a copy at least once
-    with Store.open(db) as store:  # the next publish clears the dead one's leftovers
+    with Store.writer(db) as store:  # the next publish clears the dead one's leftovers
         result = snap.publish(store)
     assert not any(".tmp-" in p.name for p in folder.iterdir())
     with duckdb.connect(str(result.snapshot.path), read_only=True) as con:

@@ -102,7 +102,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
         tmp_path_factory.mktemp("types") / "runs.duckdb",
         [run(1, "FAILED", 1), run(2, "COMPLETED", 2), run(3, "RUNNING", 0.1)],
     )
-    with Store.open(db) as store:
+    with Store.writer(db) as store:
         views.rebuild(store)
     return db
 
@@ -131,7 +131,7 @@ def test_every_type_prints_in_every_format(
 
 def test_json_columns_are_json_and_times_agree_across_formats(built: Path) -> None:
     query = "SELECT parameters, start_time FROM flow_runs WHERE id = '00000000-0000-0000-0000-000000000001'"
-    with Store.open(built, read_only=True) as store:
+    with Store.reader(built, live=True) as store:
         store.execute("SELECT 1")
     rows = json.loads(sql(built, query, "json").stdout)
     csv = pl.read_csv(io.StringIO(sql(built, query, "csv").stdout), infer_schema=False)

@@ -36,7 +36,7 @@ def server(start_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Itera
 
 
 def pull_with(url: str, db: Path, **options: object) -> dict[str, object]:
-    with Store.open(db) as store, PrefectClient(ApiSettings(url=url)) as client:
+    with Store.writer(db) as store, PrefectClient(ApiSettings(url=url)) as client:
         return pull(client, store, PullOptions(**options)).to_json()  # type: ignore[arg-type]
 
 
@@ -112,7 +112,7 @@ def test_edits_without_events_reach_the_file_within_the_window(
     # store at a fixed moment, a second after the oldest read: a pull's own duration on a
     # loaded machine can exceed this 3 s window)
     oldest = scalar(db, "SELECT min(synced_at) FROM flow_runs WHERE deleted_at IS NULL")
-    with Store.open(db, read_only=True) as store:
+    with Store.reader(db, live=True) as store:
         assert synced_tables.due_for_reread(store, window, now=oldest + timedelta(seconds=1)) == []
 
 
@@ -121,7 +121,7 @@ def test_re_reads_are_spread_over_the_window(tmp_path: Path) -> None:
     db = make_db(tmp_path / "runs.duckdb", [run(i) for i in range(1, 1001)])
     read_at = scalar(db, "SELECT max(synced_at) FROM flow_runs")
     window = timedelta(hours=24)
-    with Store.open(db, read_only=True) as store:
+    with Store.reader(db, live=True) as store:
         due = {
             f: len(synced_tables.due_for_reread(store, window, now=read_at + window * f))
             for f in (0.7, 0.8, 0.85, 0.9, 0.96)
@@ -155,7 +155,7 @@ def test_status_shows_the_oldest_re_read(server: Server, tmp_path: Path) -> None
 
 
 def _age_cursor(db: Path, hours: float) -> None:
-    with Store.open(db) as store:
+    with Store.writer(db) as store:
         store.execute(
             "UPDATE sync_state SET value = to_json(strftime(CAST(value->>'$' AS TIMESTAMPTZ) - to_hours(CAST(? AS BIGINT)), "
             "'%Y-%m-%dT%H:%M:%S.%f+00:00')) WHERE key = 'flow_runs.cursor'",

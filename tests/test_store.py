@@ -14,7 +14,6 @@ import pytest
 
 from flowsync.errors import QueryError
 from flowsync.store import Store
-from flowsync.store.multi import open_sources
 from flowsync.store.tables import SQL_TYPES, TABLES
 
 # Columns the store adds to every synced table; they do not come from the API.
@@ -29,7 +28,7 @@ BOOKKEEPING = {
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
     path: Path = tmp_path_factory.mktemp("store") / "flowsync.duckdb"
-    with Store.open(path) as opened:
+    with Store.writer(path) as opened:
         yield opened
 
 
@@ -63,7 +62,7 @@ def test_every_spec_kind_has_a_type() -> None:
 
 def test_atomic_commits_together_alone_and_joins_an_open_transaction(tmp_path: Path) -> None:
     # upsert_pages deletes the rows it replaces, then inserts them: never a commit in between.
-    with Store.open(tmp_path / "atomic.duckdb") as s:
+    with Store.writer(tmp_path / "atomic.duckdb") as s:
         s.execute("CREATE TABLE t (i INTEGER PRIMARY KEY)")
         s.execute("INSERT INTO t VALUES (1)")
         with pytest.raises(QueryError), s.atomic():
@@ -85,12 +84,9 @@ def test_no_connection_draws_duckdbs_progress_bar(tmp_path: Path) -> None:
     # DuckDB draws its progress bar on stdout, into `--json` and csv output, when a query
     # runs over 2 s (the m003 migration of a million-run file printed one).
     path = tmp_path / "runs.duckdb"
-    Store.open(path).close()
-    options: dict[str, bool]
-    for options in ({}, {"read_only": True}, {"sandbox": True}):
-        with Store.open(
-            path, read_only=options.get("read_only", False), sandbox=options.get("sandbox", False)
-        ) as opened:
+    Store.writer(path).close()
+    for role in (Store.writer, Store.reader, Store.sandboxed, Store.sandboxed_writer):
+        with role(path) as opened:
             assert opened.execute("SELECT current_setting('enable_progress_bar')").scalar() is False
-    with open_sources({"a": path, "b": path}, live=True) as stacked:
+    with Store.reader({"a": path, "b": path}, live=True) as stacked:
         assert stacked.execute("SELECT current_setting('enable_progress_bar')").scalar() is False

@@ -27,7 +27,9 @@ def _setting_mib(store: Store) -> float:
 
 
 def test_budget_is_flat_and_replaced_by_a_fixed_cap(db_path: Path) -> None:
-    with Store.open(db_path) as store:
+    with Store.writer(db_path) as store:  # a writer opens capped for a write job
+        assert store.memory_budget == WRITE_MEMORY
+        assert _setting_mib(store) == pytest.approx(WRITE_MEMORY / 2**20, abs=1)
         cap = store.budget_memory()
         assert cap == WRITE_MEMORY
         assert _setting_mib(store) == pytest.approx(cap / 2**20, abs=1)
@@ -51,7 +53,7 @@ def test_flow_runs_has_no_index_and_an_old_file_is_upgraded(tmp_path: Path) -> N
         "SELECT uuid(), 'run-' || range, ['a'], now(), 1 FROM range(500)"
     )
     con.close()
-    with Store.open(old) as store:
+    with Store.writer(old) as store:
         assert "m003_flow_runs_without_primary_key" in store.applied_migrations()
         constraints = store.execute(
             "SELECT constraint_type, constraint_column_names FROM duckdb_constraints() "
@@ -75,7 +77,7 @@ def test_a_run_written_again_replaces_its_row(db_path: Path) -> None:
     # Without a key, the write path alone keeps ids unique: within a batch, across batches.
     first = Page.from_rows([changed_run(i) for i in range(300)])
     again = Page.from_rows([changed_run(i) for i in range(200, 400)])
-    with Store.open(db_path) as store:
+    with Store.writer(db_path) as store:
         with store.transaction():
             upsert_pages(store, FLOW_RUNS, [first, again], pull_id=1)
         with store.transaction():
@@ -89,14 +91,17 @@ def test_a_run_written_again_replaces_its_row(db_path: Path) -> None:
 
 
 def test_zero_leaves_duckdbs_default(db_path: Path) -> None:
-    with Store.open(db_path) as store:
+    with Store.writer(db_path, memory_limit_mb=0) as store:
         default = _setting_mib(store)
+        assert store.memory_budget is None and default > WRITE_MEMORY / 2**20
         assert store.budget_memory(fixed_mb=0) == 0
         assert _setting_mib(store) == default
+    with Store.writer(db_path, memory_limit_mb=512) as store:
+        assert _setting_mib(store) == pytest.approx(512, abs=1)
 
 
 def test_running_out_under_the_cap_is_one_clear_error_and_saves_nothing(db_path: Path) -> None:
-    with Store.open(db_path) as store:
+    with Store.writer(db_path) as store:
         store.execute("SET max_temp_directory_size = '0KB'")  # no spilling: the cap is hard
         store.budget_memory(fixed_mb=8)
         with (
@@ -133,7 +138,7 @@ def test_pull_with_a_too_small_cap_fails_clearly_then_a_default_pull_completes(
 
 
 def test_running_out_in_a_read_under_the_guard_is_one_clear_error(db_path: Path) -> None:
-    with Store.open(db_path) as store:
+    with Store.writer(db_path) as store:
         store.execute("SET max_temp_directory_size = '0KB'")
         store.budget_memory(fixed_mb=8)
         with (
@@ -156,7 +161,7 @@ def test_an_incremental_upsert_into_a_large_history_fits_the_default_cap(tmp_pat
         Page.from_rows([changed_run(i) for i in changed[lo : lo + 200]])
         for lo in range(0, len(changed), 200)
     ]
-    with Store.open(path) as store:
+    with Store.writer(path) as store:
         cap = store.budget_memory()
         assert _setting_mib(store) == pytest.approx(cap / 2**20, abs=1)
         with store.transaction():

@@ -171,7 +171,7 @@ def test_streaks_and_recoveries_on_a_known_sequence(tmp_path: Path) -> None:
             uuid.UUID(ids[7]),
         )
     ]
-    with Store.open(db, read_only=True) as store:
+    with Store.reader(db, live=True) as store:
         two = reports.flaky(store, reports.parse_since("all"), last=2).row(0, named=True)
         three = reports.flaky(store, reports.parse_since("all"), last=3).row(0, named=True)
     assert two["broken"] and not three["broken"]

@@ -94,7 +94,7 @@ def main() -> None:
     began = time.monotonic()
     options = PullOptions(concurrency=a.concurrency, full=a.full, verify=a.verify)
     with (
-        Store.open(a.db) as store,
+        Store.writer(a.db) as store,
         PrefectClient(ApiSettings(url=a.url), transport=transport) as client,
     ):
         result = pull(client, store, options)

@@ -38,7 +38,7 @@ def main() -> None:
     duckdb.connect = _connect_with_setting  # type: ignore[assignment]
     url, db = sys.argv[1], Path(sys.argv[2])
     began = time.monotonic()
-    with Store.open(db) as store, PrefectClient(resolve_api(url, None)) as client:
+    with Store.writer(db) as store, PrefectClient(resolve_api(url, None)) as client:
         result = pull(client, store)
         memory = store.execute(
             "SELECT tag, memory_usage_bytes // 1048576 FROM duckdb_memory() WHERE memory_usage_bytes > 0"

@@ -69,10 +69,10 @@ def live_last_pull(db: Path) -> datetime | None:
     alert would fire although every pull succeeds. The live file is opened read-only
     for one query; while a pull holds it (or it cannot be read) this gives None and
     the snapshot's figure stands."""
-    from flowsync.store import Store
+    from flowsync.store import Store, locks
 
     try:
-        with Store.open(db, read_only=True) as live:
+        with Store.reader(db, live=True, lock_context=locks.LIVE_ONLY) as live:
             return reports.last_pull(live)
     except StoreError:
         return None

@@ -45,7 +45,7 @@ from flowsync.policy.apply import (
 )
 from flowsync.policy.plan import PLAN_MEMORY_MB, selected_ids
 from flowsync.store import Store, locks
-from flowsync.store.snapshot import PublishResult, open_for_reading, publish
+from flowsync.store.snapshot import PublishResult, publish
 from flowsync.sync import Progress, PullOptions, PullResult
 from flowsync.sync import pull as pull_runs
 
@@ -90,7 +90,7 @@ def pull(
     it), refuses another server's file, caps DuckDB's memory, records the pull
     in ``sync_runs``; a pull that changed nothing keeps the current snapshot."""
     with (
-        Store.open(Path(db), wait=wait) as store,
+        Store.writer(Path(db), wait=wait) as store,
         http.PrefectClient(api, on_retry=on_retry) as client,
     ):
         result = pull_runs(client, store, options, progress)
@@ -121,11 +121,10 @@ def plan(
         # Which runs to re-read, from the live file opened read-only; the re-read on a
         # writable connection that runs no rule SQL; the plan read-only again.
         with (
-            open_for_reading(
+            Store.sandboxed(
                 db,
                 live=True,
                 wait=wait,
-                sandbox=True,
                 lock_context=locks.WRITE,
                 memory_limit_mb=PLAN_MEMORY_MB,
             ) as store,
@@ -133,31 +132,21 @@ def plan(
         ):
             ids = selected_ids(selecting)
         with (
-            Store.open(db, wait=wait, lock_context=locks.WRITE) as store,
+            Store.writer(db, wait=wait, lock_context=locks.WRITE) as writer,
             http.PrefectClient(refresh) as client,
         ):
-            reread_runs(client, store, ids)
-            publish(store)  # readers see the runs the refresh re-read
-        with open_for_reading(
-            db,
-            live=True,
-            wait=wait,
-            sandbox=True,
-            lock_context=locks.WRITE,
-            memory_limit_mb=PLAN_MEMORY_MB,
+            reread_runs(client, writer, ids)
+            publish(writer)  # readers see the runs the refresh re-read
+        with Store.sandboxed(
+            db, live=True, wait=wait, lock_context=locks.WRITE, memory_limit_mb=PLAN_MEMORY_MB
         ) as store:
             made = make_plan(store, loaded, timeout=timeout)
         made.refreshed = len(ids)
         return made
     # `plan` reads the published snapshot (what the last pull or apply left); `apply`
     # decides on the live file, which equals that snapshot unless a pull is running.
-    with open_for_reading(
-        db,
-        live=live,
-        wait=wait,
-        sandbox=True,
-        lock_context=lock_context,
-        memory_limit_mb=PLAN_MEMORY_MB,
+    with Store.sandboxed(
+        db, live=live, wait=wait, lock_context=lock_context, memory_limit_mb=PLAN_MEMORY_MB
     ) as store:
         return make_plan(store, loaded, timeout=timeout)
 
@@ -206,9 +195,7 @@ def apply(
     # Capped like a pull: uncapped, DuckDB kept every block the batches' writes touched
     # (977 MB for 10,000 deletes at a million runs).
     with (
-        Store.open(
-            db, wait=wait, sandbox=True, memory_cap=True, memory_limit_mb=memory_limit_mb
-        ) as store,
+        Store.sandboxed_writer(db, wait=wait, memory_limit_mb=memory_limit_mb) as store,
         http.PrefectClient(api, on_retry=on_retry) as client,
         store.memory_guard(),
     ):
@@ -249,7 +236,7 @@ def export(
     out_dir = Path(str(dest).removeprefix("file://"))
     if not remote:
         export_tables.check_request(out_dir, fmt, tables)
-    with open_for_reading(Path(db), live=live, wait=wait) as store:
+    with Store.reader(Path(db), live=live, wait=wait) as store:
         if remote:
             result, uploaded = objectstore.export_remote(
                 store, str(dest), fmt=fmt, tables=tables, since=since
@@ -356,7 +343,7 @@ def report(
     window = reports.parse_since(since if since is not None else spec.since)
     args = _query_args(spec, window, by, include_deleted, filters, options)
     title = spec.heading(args.get("by"))
-    with open_for_reading(Path(db), live=live, wait=wait) as store:
+    with Store.reader(Path(db), live=live, wait=wait) as store:
         frame = spec.query(store, **args)
         start = None
         if spec.compares and window.since is not None:
@@ -394,7 +381,7 @@ def _health(
 
     window = reports.parse_since(since if since is not None else spec.since)
     args = _query_args(spec, window, None, include_deleted, reports.Filters(), options)
-    with open_for_reading(db, live=live, wait=wait) as store:
+    with Store.reader(db, live=live, wait=wait) as store:
         figures = health.collect(
             store,
             window,

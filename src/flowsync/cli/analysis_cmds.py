@@ -167,17 +167,17 @@ DbsOption = Annotated[
 
 
 def _open(db: Path | None, wait: float, live: bool) -> Store:
-    from flowsync.store.snapshot import open_for_reading
+    from flowsync.store import Store
 
-    return open_for_reading(resolve_db_path(db), live=live, wait=wait)
+    return Store.reader(resolve_db_path(db), live=live, wait=wait)
 
 
 def _open_many(dbs: list[str], wait: float, live: bool) -> Store:
     if len(dbs) <= 1 and not any("=" in d and not Path(d).exists() for d in dbs):
         return _open(Path(dbs[0]) if dbs else None, wait, live)
-    from flowsync.store.multi import open_sources
+    from flowsync.store import Store
 
-    return open_sources(dbs, live=live)
+    return Store.reader(dbs, live=live)
 
 
 # -- commands ---------------------------------------------------------------------

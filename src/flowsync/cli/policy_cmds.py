@@ -398,13 +398,13 @@ def check_cmd(
     Example: flowsync policy check policies/retention.yaml --db runs.duckdb
     """
     from flowsync.policy import check_rules, load_policy
-    from flowsync.store.snapshot import open_for_reading
+    from flowsync.store import Store
 
     with errors():
         loaded = load_policy(policy)
         rows: dict[str, int] | None = None
         if db is not None:
-            with open_for_reading(db, wait=wait, sandbox=True) as store:
+            with Store.sandboxed(db, wait=wait) as store:
                 rows = check_rules(store, loaded)
     summary = {
         "policy": str(policy),

@@ -166,11 +166,11 @@ def status_cmd(
 
     Example: flowsync status --db runs.duckdb --json
     """
-    from flowsync.store import Store, snapshot, sync_log
+    from flowsync.store import Store, locks, snapshot, sync_log
 
     with errors():
         path = resolve_db_path(db)
-        with Store.open(path, read_only=True, wait=wait) as store:
+        with Store.reader(path, live=True, wait=wait, lock_context=locks.LIVE_ONLY) as store:
             summary = sync_log.status_summary(store)
         published, problem = snapshot.inspect(path)  # status reports a damaged one, not fails
     summary["db"] = str(path)

@@ -56,7 +56,6 @@ from flowsync.errors import (
     NotSentError,
     PolicyError,
     PolicyLimitError,
-    StoreError,
     ThrottledError,
     UncertainError,
     UnsupportedError,
@@ -90,7 +89,7 @@ from flowsync.policy.plan import (
     decide_scope,
 )
 from flowsync.policy.result import SET_STATE_STATUS, ApplyResult, Outcome, RunResult
-from flowsync.store import Store, audit, sync_log, synced_tables
+from flowsync.store import SandboxedWriter, Writer, audit, sync_log, synced_tables
 from flowsync.sync import NullProgress, Progress, RunReader
 
 __all__ = [
@@ -163,7 +162,7 @@ class _Applier:
     def __init__(
         self,
         client: PrefectClient,
-        store: Store,
+        store: SandboxedWriter,
         plan: Plan,
         progress: Progress,
         attempts: int,
@@ -749,7 +748,7 @@ def _settle_rows(
     return outcomes
 
 
-def reread_runs(client: PrefectClient, store: Store, ids: list[str]) -> int:
+def reread_runs(client: PrefectClient, store: Writer, ids: list[str]) -> int:
     """Read these runs from the server into the file (``plan --refresh``); returns how many."""
     reader = RunReader(client, store, "plan-refresh")
     try:
@@ -769,7 +768,7 @@ def new_result(plan: Plan) -> ApplyResult:
 
 def apply_plan(
     client: PrefectClient,
-    store: Store,
+    store: SandboxedWriter,
     plan: Plan,
     *,
     progress: Progress | None = None,
@@ -784,12 +783,6 @@ def apply_plan(
     done when this raises (401, the file, Ctrl-C): every outcome known is in it and in
     ``policy_actions``."""
     check_guards(plan)
-    if store.read_only:
-        raise StoreError(f"{store.path} is open read-only; apply needs to write its audit rows.")
-    if not store.sandboxed:
-        raise StoreError(
-            f"{store.path} is not open sandboxed; apply re-runs rule SQL on it (Store.open(..., sandbox=True))."
-        )
     progress = progress or NullProgress()
     began = time.monotonic()
     result = result or new_result(plan)

@@ -50,15 +50,10 @@ class Ledger:
         requested: Mapping[str, Any] | None,
         runs: list[tuple[str, str, str, Any]],
     ) -> None:
-        audit.record_runs(
-            self.store,
-            batch=batch,
-            rule=rule,
-            action=action,
-            requested_state=requested,
-            runs=runs,
-            **self._header,
+        call = audit.Call(
+            batch=batch, rule=rule, action=action, requested_state=requested, **self._header
         )
+        audit.record_runs(self.store, call, runs)
         self.rows.update(r[0] for r in runs)
 
     def pending(

@@ -9,8 +9,8 @@ at a time, so planning a million runs holds a page in memory, not the runs.
 Must not: call the API, write to the user's file (its rows are paged through a
 TEMP table of the plan's connection: read-only, or a transaction rolled back), or print.
 
-Rule SQL runs only on a sandboxed ``Store`` (files, network and extensions off,
-settings locked, spill capped), must be a single SELECT statement, may call only
+Rule SQL runs only on a ``Sandbox`` (files, network and extensions off, settings
+locked, spill capped: every function here that runs it takes one), must be a single SELECT statement, may call only
 functions that compute (an allow list built from DuckDB's own catalog: no side
 effects, no sequences, no SQL text, no randomness, a few harmless table
 functions, the file's own macros), and runs under a time limit per rule. Plan
@@ -38,7 +38,7 @@ from flowsync.policy.planned import PlannedRun as PlannedRun
 from flowsync.policy.planned import PlanRuns as PlanRuns
 from flowsync.policy.planned import RuleModel as RuleModel
 from flowsync.policy.planned import RulePlan as RulePlan
-from flowsync.store import Store, sync_log
+from flowsync.store import Sandbox, Store, sync_log
 
 # -- rule SQL -------------------------------------------------------------------
 
@@ -177,14 +177,14 @@ def _rule_errors(rule: RuleModel, hint: str) -> Iterator[None]:
         ) from e
 
 
-def _sandboxed(store: Store) -> contextlib.AbstractContextManager[None]:
+def _sandboxed(store: Sandbox) -> contextlib.AbstractContextManager[None]:
     """Where rule SQL runs: as is on a read-only store, in a transaction always rolled back
     on a writable one."""
     return contextlib.nullcontext() if store.read_only else store.discarded()
 
 
 def _rule_rows(
-    store: Store,
+    store: Sandbox,
     rule: RuleModel,
     sql: str,
     params: list[Any] | dict[str, Any] | None = None,
@@ -199,11 +199,10 @@ def _rule_rows(
 
 
 def rule_statement(
-    store: Store, rule: RuleModel, timeout: float | None = DEFAULT_RULE_TIMEOUT
+    store: Sandbox, rule: RuleModel, timeout: float | None = DEFAULT_RULE_TIMEOUT
 ) -> str:
     """The rule's SQL as one SELECT statement with an ``id`` column, or PolicyError."""
     where = f"rule {rule.name!r}"
-    _require_sandbox(store)
     try:
         parsed = store.statements(rule.sql)
     except QueryError as e:
@@ -243,7 +242,9 @@ def rule_statement(
     return sql
 
 
-def check_rules(store: Store, loaded: LoadedPolicy, timeout: float | None = None) -> dict[str, int]:
+def check_rules(
+    store: Sandbox, loaded: LoadedPolicy, timeout: float | None = None
+) -> dict[str, int]:
     """Run every rule's SQL (read-only); rule name -> non-null ids returned."""
     limit = timeout or loaded.policy.rule_timeout_seconds
     counts = {}
@@ -356,7 +357,7 @@ ORDER BY r.sort_time ASC NULLS FIRST, r.picked_id
 
 
 def _select(
-    store: Store,
+    store: Sandbox,
     rule: RuleModel,
     sql: str,
     protect_tags: list[str],
@@ -475,7 +476,7 @@ _RANKED_TABLE = "flowsync_plan_ranked"
 
 
 def _plan_rule_runs(
-    store: Store,
+    store: Sandbox,
     runs: PlanRuns,
     out: RulePlan,
     sql: str,
@@ -530,16 +531,8 @@ def _plan_rule_runs(
 _GUARDED = ["id", "unknown", "deleted", "state_type", "protected", "newest_rank", "synced_at"]
 
 
-def _require_sandbox(store: Store) -> None:
-    if not store.sandboxed:
-        # A programming error, not a user's: rule SQL must never run with files and network on.
-        raise StoreError(
-            f"{store.path} is not open sandboxed; rule SQL runs only on Store.open(..., sandbox=True)."
-        )
-
-
 def make_plan(
-    store: Store,
+    store: Sandbox,
     loaded: LoadedPolicy,
     now: datetime | None = None,
     *,
@@ -553,7 +546,6 @@ def make_plan(
     rule's SQL again; ``describe`` adds how old the data is; ``timeout`` replaces
     the policy's time limit per rule statement (seconds).
     """
-    _require_sandbox(store)
     limit = timeout or loaded.policy.rule_timeout_seconds
     rules: list[RulePlan] = []
     checked = dict(statements or {})
@@ -622,7 +614,7 @@ class Decision:
     ranked_above: frozenset[str]  # runs kept by keep_newest in the batch's deployments
 
 
-def decide_scope(store: Store, confirmed: Plan, rule: RuleModel, scope: Scope) -> Decision:
+def decide_scope(store: Sandbox, confirmed: Plan, rule: RuleModel, scope: Scope) -> Decision:
     """The confirmed plan's policy decided again over the file for ``scope.ids`` of ``rule``.
 
     Every guard the plan applies counts, up to and including ``rule``: the rules'
@@ -631,7 +623,6 @@ def decide_scope(store: Store, confirmed: Plan, rule: RuleModel, scope: Scope) -
     max_actions bound the confirmed plan, which bounds what apply sends, so
     they are not counted again (a run over an earlier rule's limit at plan time
     stays over it)."""
-    _require_sandbox(store)
     protect = list(confirmed.policy.policy.protect_tags)
     claimed: set[str] = set()
     kept: set[str] = set()

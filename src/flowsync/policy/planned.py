@@ -75,11 +75,8 @@ class PlanRuns:
             ) from e
         self._lock = threading.Lock()
         try:
-            self._store = Store.open(
-                self.folder / "plan.duckdb",
-                migrate=False,
-                memory_cap=True,
-                memory_limit_mb=RUNS_MEMORY_MB,
+            self._store: Store = Store.scratch(
+                self.folder / "plan.duckdb", memory_limit_mb=RUNS_MEMORY_MB
             )
         except BaseException:
             shutil.rmtree(self.folder, ignore_errors=True)

@@ -1,5 +1,8 @@
-"""The local DuckDB file. The only package that imports duckdb."""
+"""The local DuckDB file. The only package that imports duckdb.
 
-from flowsync.store.connect import Store
+Open it in a role (``flowsync.store.connect``): ``Store.writer``, ``Store.reader``,
+``Store.sandboxed`` or ``Store.sandboxed_writer``; each returns its type."""
 
-__all__ = ["Store"]
+from flowsync.store.connect import Reader, Sandbox, SandboxedWriter, Store, Writer
+
+__all__ = ["Reader", "Sandbox", "SandboxedWriter", "Store", "Writer"]

@@ -22,20 +22,22 @@ from typing import Any
 from flowsync.store.connect import Store
 
 
-def record_runs(
-    store: Store,
-    *,
-    apply_id: str,
-    batch: int,
-    api_url: str,
-    policy_path: str,
-    policy_sha256: str,
-    rule: str,
-    action: str,
-    requested_state: Mapping[str, Any] | None,
-    runs: Sequence[tuple[str, str, str, Any]],
-) -> None:
-    """Insert one row per run, with the run's row in the file as JSON.
+@dataclass(frozen=True)
+class Call:
+    """What the rows of one call's runs share: the apply, its batch, rule and request."""
+
+    apply_id: str
+    api_url: str
+    policy_path: str
+    policy_sha256: str
+    batch: int
+    rule: str
+    action: str
+    requested_state: Mapping[str, Any] | None
+
+
+def record_runs(store: Store, call: Call, runs: Sequence[tuple[str, str, str, Any]]) -> None:
+    """Insert one row per run of ``call``, with the run's row in the file as JSON.
 
     ``runs`` holds (id, state type guarded or last known, outcome, details):
     outcome ``pending`` for a run about to be sent (its answer is recorded by
@@ -55,15 +57,15 @@ def record_runs(
             LEFT JOIN flow_runs r ON r.id = b.id
             """,
             [
-                apply_id,
-                batch,
+                call.apply_id,
+                call.batch,
                 datetime.now(timezone.utc),
-                api_url,
-                policy_path,
-                policy_sha256,
-                rule,
-                action,
-                json.dumps(requested_state) if requested_state is not None else None,
+                call.api_url,
+                call.policy_path,
+                call.policy_sha256,
+                call.rule,
+                call.action,
+                json.dumps(call.requested_state) if call.requested_state is not None else None,
                 [str(r[0]) for r in runs],
                 [r[1] for r in runs],
                 [r[2] for r in runs],

@@ -1,32 +1,31 @@
-"""Opening the DuckDB file: paths checked, locks reported, migrations applied.
+"""Opening the DuckDB file in a role, and the one way to run SQL on it.
 
-Owns: the one ``duckdb`` connection of a command, its transactions, and the
-one way to run SQL on it: ``Store.execute`` (rule, audit, report, sync and
-export SQL alike), which turns DuckDB's exceptions into typed store errors
-(``QueryError``, ``ReadOnlyError``, ``StoreError`` for running out of memory)
-carrying the statement and DuckDB's detail; the disk refusing a write (full,
-read-only, no permission: ``StorageError``) and a truncated or corrupt file
-(``DamagedFileError``, naming the remedy) are typed here too, at open, in
-queries and at ``COMMIT``, so no DuckDB traceback reaches a user. Errors carry DuckDB's detail and hint;
-``Store.frame``/``typed_frame`` read any DuckDB type into Polars (the ones Polars
-cannot hold as DuckDB's text). It also refuses a DuckDB file that is not flowsync's.
-The connection itself stays
-private (``_con``); only ``store/`` modules reach it, and a test keeps it so.
-``flowsync.connect()`` (``store/notebook.py``) is the documented exception: a
-notebook asks for a DuckDB connection to run its own SQL.
+Owns: the one ``duckdb`` connection of a command, opened in one of four roles
+whose guarantees are their types (see ``Store``): ``Writer`` (lock, migrations,
+newer-file refusal, memory cap), ``Reader`` (read-only: snapshot, live file or
+several files), ``Sandbox`` (rule SQL: files, network and extensions off,
+configuration locked, spill capped) and ``SandboxedWriter`` (apply: both). Also
+its transactions, and ``Store.execute`` (rule, audit, report, sync and export
+SQL alike), which turns DuckDB's exceptions into typed store errors
+(``QueryError``, ``ReadOnlyError``, ``SandboxError``, ``StoreError`` for running
+out of memory) carrying the statement and DuckDB's detail and hint; the disk's
+refusals and damaged files are typed by ``store/files.py``, at open, in queries
+and at ``COMMIT``, so no DuckDB traceback reaches a user. ``Store.frame``/
+``typed_frame`` read any DuckDB type into Polars (the ones Polars cannot hold as
+DuckDB's text). It also refuses a DuckDB file that is not flowsync's. The
+connection itself stays private (``_con``); only ``store/`` modules reach it,
+and a test keeps it so. ``flowsync.connect()`` (``store/notebook.py``) is the
+documented exception: a notebook asks for a DuckDB connection to run its own SQL.
 
 A writer holds DuckDB's own file lock for as long as the command runs; a
-second writer (or a reader while a writer runs) gets ``StoreLockedError`` or
-waits with ``wait``. A *sandboxed* store (``sandbox=True``, for policy rule SQL) has
-files, network and extensions switched off and its configuration locked for the
-life of the connection: DuckDB cannot switch external access back on, so a
-command that runs rule SQL opens its store sandboxed from the start and does
-nothing on it that needs the outside (no Parquet, no memory settings); its
-refusals come out as ``SandboxError``.
+second writer (or a reader of the live file while a writer runs) gets
+``StoreLockedError`` or waits with ``wait``. A sandbox is sandboxed from the
+start: DuckDB cannot switch external access back on, so nothing on it may need
+the outside (no Parquet, no memory settings after opening).
 
 Versions: ``migrate`` refuses to write a file holding a migration this flowsync
 does not know (``NewerFileError``: a newer flowsync wrote it, and writing would
-lose what it keeps); a read-only store opens it, with one ``NewerFileWarning``
+lose what it keeps); a reader opens it, with one ``NewerFileWarning``
 (reading is safe: DuckDB cannot write through a read-only connection). A writer
 records itself in ``_flowsync_file`` (``written_by``: the newest version that
 wrote the file). Must not: know about the API.
@@ -44,7 +43,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import duckdb
 from duckdb.sqltypes import DuckDBPyType
@@ -58,16 +57,15 @@ from flowsync.errors import (
     QueryTimeoutError,
     ReadOnlyError,
     SandboxError,
-    StorageError,
     StoreError,
 )
-from flowsync.store import migrations
+from flowsync.store import locks, migrations
+from flowsync.store.files import check_path, first_line, storage_error
 
 if TYPE_CHECKING:
     import polars as pl
 
-DUCKDB_MAGIC_OFFSET = 8
-DUCKDB_MAGIC = b"DUCK"
+    from flowsync.store.multi import Sources
 
 # A write job's DuckDB memory cap (see ``Store.budget_memory``). Flat in the size of
 # the history: flow_runs has no index (migration m003), and a write batch needs 19-27 MB
@@ -87,130 +85,6 @@ SANDBOX_CONFIG: dict[str, str | bool | int | float | list[str]] = {
 SANDBOX_SPILL = "1GiB"
 
 
-def snapshot_dir(db: Path) -> Path:
-    """``runs.duckdb`` -> ``runs.duckdb.snapshots`` (where ``store/snapshot.py`` publishes)."""
-    return db.with_name(db.name + ".snapshots")
-
-
-SNAPSHOTS_SUFFIX = ".snapshots"
-
-
-def damaged_error(path: Path, detail: str) -> DamagedFileError:
-    """A truncated or corrupt file, with the remedy that fits: a snapshot is replaced by the
-    next pull; the live file is restored from its last snapshot, or moved away and re-pulled."""
-    path = Path(path)
-    if path.parent.name.endswith(SNAPSHOTS_SUFFIX):
-        live = path.parent.with_name(path.parent.name[: -len(SNAPSHOTS_SUFFIX)])
-        return DamagedFileError(
-            f"The published snapshot {path} is damaged ({detail}); run `flowsync pull --db {live}` "
-            "to publish a new one, or read the live file (--live).",
-            path=str(path),
-            detail=detail,
-        )
-    last = snapshot_dir(path) / "current"
-    target = Path(os.path.realpath(last)) if last.is_symlink() else None
-    if target is not None and target.is_file():
-        restore = f"restore it from the last snapshot (cp {target} {path}), or move it away and"
-    else:
-        restore = "move it away and"
-    return DamagedFileError(
-        f"{path} is damaged ({detail}): {restore} run `flowsync pull --db {path}` to read the "
-        "history again from the server.",
-        path=str(path),
-        detail=detail,
-    )
-
-
-_FULL = ("No space left on device", "Disk quota exceeded", "File too large")
-_READ_ONLY = ("Read-only file system",)
-_PERMISSION = ("Permission denied", "Operation not permitted")
-_DAMAGED = (
-    "Could not read enough bytes",
-    "Corrupt database file",
-    "not a valid DuckDB database",
-)
-
-
-def storage_error(path: Path, e: BaseException, *, query: bool = False) -> StoreError | None:
-    """The typed error for a filesystem or corruption failure in ``e`` (DuckDB's or the OS's),
-    or None when ``e`` is something else. The one place that reads those words.
-
-    ``query``: ``e`` came from a statement, where a user's own ``COPY`` can meet a full
-    disk too; only failures on this file (or its WAL, or at COMMIT) are the file's."""
-    text = str(e)
-    detail = _first_line(e) if isinstance(e, Exception) else text
-    if isinstance(e, OSError) and e.strerror:
-        detail = e.strerror
-    if "Corrupt database file" in text:  # DuckDB's checksum of a block of this file
-        return damaged_error(path, detail)
-    if query and not (path.name in text or "Failed to commit" in text or "invalidated" in text):
-        return None
-    if any(w in text for w in _FULL):
-        return StorageError(
-            f"The disk holding {path} is full ({detail}); nothing from this step was saved. "
-            "Free disk space, then run the command again.",
-            path=str(path),
-            reason="full",
-            detail=detail,
-        )
-    if any(w in text for w in _READ_ONLY):
-        return StorageError(
-            f"Cannot write {path}: a read-only filesystem refused it or its write-ahead log "
-            f"{path.name}.wal ({detail}). Remount it read-write, or choose another --db.",
-            path=str(path),
-            reason="read-only",
-            detail=detail,
-        )
-    if any(w in text for w in _PERMISSION):
-        return StorageError(
-            f"Cannot write {path} or its write-ahead log {path}.wal in {path.parent} "
-            f"(permission denied: {detail}). Make the file and its directory writable for this "
-            "user, or choose another --db.",
-            path=str(path),
-            reason="permission",
-            detail=detail,
-        )
-    if any(w in text for w in _DAMAGED):
-        return damaged_error(path, detail)
-    if "database has been invalidated" in text or "Could not write file" in text:
-        return StorageError(
-            f"Writing {path} failed ({detail}); nothing from this step was saved. "
-            "Check the disk, then run the command again.",
-            path=str(path),
-            reason="io",
-            detail=detail,
-        )
-    return None
-
-
-def _check_path(path: Path, read_only: bool) -> None:
-    if path.is_dir():
-        raise StoreError(
-            f"--db {path} is a directory; pass a file path such as {path / 'flowsync.duckdb'}."
-        )
-    if read_only and not path.exists():
-        raise StoreError(f"{path} does not exist: run `flowsync pull --db {path}` first.")
-    if not path.parent.exists():
-        raise StoreError(
-            f"Directory {path.parent} does not exist: create it or choose another --db."
-        )
-    if path.exists():
-        # Refuse non-DuckDB files before DuckDB touches them, so nothing is ever written to them.
-        try:
-            with path.open("rb") as f:
-                head = f.read(DUCKDB_MAGIC_OFFSET + 4)
-        except OSError as e:
-            raise StoreError(
-                f"Cannot read {path}: {e.strerror}. Check its permissions or choose another --db."
-            ) from e
-        if path.stat().st_size > 0 and head[DUCKDB_MAGIC_OFFSET:] != DUCKDB_MAGIC:
-            raise StoreError(f"{path} is not a DuckDB database; choose another --db path.")
-        if path.stat().st_size == 0:
-            raise StoreError(
-                f"{path} is an empty file, not a DuckDB database; remove it or choose another --db."
-            )
-
-
 def session_settings(con: duckdb.DuckDBPyConnection) -> None:
     """What every connection sets first: UTC, and no progress bar (DuckDB draws it on
     stdout, into `--json` and csv output, when a query runs over 2 s, e.g. the m003
@@ -220,10 +94,6 @@ def session_settings(con: duckdb.DuckDBPyConnection) -> None:
     # the bar is a widget, not our stdout.
     with contextlib.suppress(duckdb.InvalidInputException):
         con.execute("SET enable_progress_bar = false")
-
-
-def _first_line(e: Exception) -> str:
-    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
 def _hint(e: Exception) -> str:
@@ -272,90 +142,228 @@ def _is_lock_error(err: Exception) -> bool:
     return "Could not set lock" in text or "Conflicting lock" in text
 
 
-class Store:
-    """A DuckDB file with flowsync's schema. Use ``Store.open`` as a context manager."""
+def _connect(
+    path: Path, *, read_only: bool, sandbox: bool, wait: float, lock_context: str | None
+) -> duckdb.DuckDBPyConnection:
+    """DuckDB's connection to ``path`` (checked first), waiting up to ``wait`` s for its lock."""
+    check_path(path, read_only=read_only)
+    deadline = time.monotonic() + wait
+    delay = 0.2
+    while True:
+        try:
+            return duckdb.connect(
+                str(path), read_only=read_only, config=dict(SANDBOX_CONFIG) if sandbox else {}
+            )
+        except duckdb.Error as e:
+            if _is_lock_error(e):
+                if time.monotonic() < deadline:
+                    time.sleep(min(delay, max(deadline - time.monotonic(), 0.01)))
+                    delay = min(delay * 1.5, 2.0)
+                    continue
+                raise locks.locked_error(path, str(e), read_only=read_only, how=lock_context) from e
+            if "different configuration" in str(e):
+                raise StoreError(
+                    f"{path} is already open in this process with other settings; close it first."
+                ) from e
+            raise storage_error(path, e) or StoreError(
+                f"Cannot open {path}: {str(e).splitlines()[0]}"
+            ) from e
 
-    def __init__(
-        self, con: duckdb.DuckDBPyConnection, path: Path, read_only: bool, sandboxed: bool = False
-    ) -> None:
+
+S = TypeVar("S", bound="Store")
+
+
+class Store:
+    """A DuckDB file with flowsync's schema, opened in one of its roles (each a context manager):
+
+    - ``Store.writer``: the file's one writer (pull, ``plan --refresh``, seeders) -> ``Writer``
+    - ``Store.reader``: the latest snapshot, or the live file (``sql``, reports, export,
+      ``flowsync.connect()``), or several files at once -> ``Reader``
+    - ``Store.sandboxed``: rule SQL on the latest snapshot or the live file (``plan``,
+      ``policy check``) -> ``Sandbox``
+    - ``Store.sandboxed_writer``: apply's writer, which re-decides rule SQL on its own
+      connection -> ``SandboxedWriter`` (a ``Writer`` and a ``Sandbox``)
+
+    Code that runs SQL on any of them takes ``Store``; code that needs a role's guarantee
+    takes its type (``def decide_scope(store: Sandbox, ...)``)."""
+
+    read_only = False  # DuckDB refuses every write on the connection (ReadOnlyError)
+    _sandbox = False  # no files, network or extensions; settings locked (SandboxError)
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, path: Path) -> None:
         # Private: SQL goes through `execute` so its errors are typed (see tests/test_layering.py).
         self._con = con
         self.path = path
-        self.read_only = read_only
-        self.sandboxed = sandboxed
         self.memory_budget: int | None = None
         self._in_transaction = False
         # Set when a newer flowsync wrote the file (read-only stores only): its version.
         self.newer_file: str | None = None
 
+    # -- the roles ----------------------------------------------------------
+
     @classmethod
-    def open(
+    def writer(
         cls,
-        path: Path,
+        path: str | os.PathLike[str],
         *,
-        read_only: bool = False,
         wait: float = 0.0,
-        migrate: bool = True,
-        sandbox: bool = False,
-        memory_cap: bool = False,
         memory_limit_mb: int | None = None,
         lock_context: str | None = None,
-    ) -> Store:
-        """Open (and for writers create and upgrade) the file; wait up to ``wait`` s for a lock.
+    ) -> Writer:
+        """The file's one writer: creates it, holds DuckDB's write lock for as long as it is
+        open (``wait`` s for it), refuses a file that is not flowsync's or that a newer
+        flowsync wrote (``NewerFileError``), applies pending migrations, records itself in
+        ``_flowsync_file`` and caps DuckDB's memory for a write job (64 MB;
+        ``memory_limit_mb`` replaces it, 0 leaves DuckDB's default). ``lock_context``: how
+        this opener is explained when another process holds the file (``store/locks.py``)."""
+        return Writer._open(
+            Path(path), wait=wait, lock_context=lock_context, memory_limit_mb=memory_limit_mb
+        )
 
-        ``sandbox``: files, network and extensions off, configuration locked (see the module).
-        ``memory_cap``: cap DuckDB's memory for a write job (``budget_memory`` with
-        ``memory_limit_mb``) while the configuration can still change.
-        ``lock_context``: how this opener reads (``store/locks.py``), for the advice
-        when another process holds the file."""
-        path = Path(path)
-        _check_path(path, read_only)
-        deadline = time.monotonic() + wait
-        delay = 0.2
-        while True:
-            try:
-                con = duckdb.connect(
-                    str(path), read_only=read_only, config=dict(SANDBOX_CONFIG) if sandbox else {}
-                )
-                break
-            except duckdb.Error as e:
-                if _is_lock_error(e):
-                    if time.monotonic() < deadline:
-                        time.sleep(min(delay, max(deadline - time.monotonic(), 0.01)))
-                        delay = min(delay * 1.5, 2.0)
-                        continue
-                    from flowsync.store.locks import locked_error
+    @classmethod
+    def reader(
+        cls,
+        path: str | os.PathLike[str] | Sources,
+        *,
+        live: bool = False,
+        wait: float = 0.0,
+        lock_context: str | None = None,
+    ) -> Reader:
+        """A read-only view: the latest published snapshot (never blocks a pull), or the live
+        file with ``live`` or when none is published yet (``wait`` s for its lock). A file
+        a newer flowsync wrote opens with one ``NewerFileWarning``; an older schema is
+        refused (a pull upgrades it). Several files (a list of paths or ``NAME=PATH``, or
+        a dict of name to path) open as one, every table and view with a ``source`` column."""
+        if not isinstance(path, (str, os.PathLike)):
+            from flowsync.store.multi import connect_sources
 
-                    raise locked_error(path, str(e), read_only=read_only, how=lock_context) from e
-                if "different configuration" in str(e):
-                    raise StoreError(
-                        f"{path} is already open in this process with other settings; close it first."
-                    ) from e
-                typed = storage_error(path, e)
-                if typed is not None:
-                    raise typed from e
-                raise StoreError(f"Cannot open {path}: {str(e).splitlines()[0]}") from e
-        store = cls(con, path, read_only, sandboxed=sandbox)
+            con, label = connect_sources(path, live=live)
+            return Reader(con, label)
+        return Reader._latest(Path(path), live=live, wait=wait, lock_context=lock_context)
+
+    @classmethod
+    def sandboxed(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        live: bool = False,
+        wait: float = 0.0,
+        lock_context: str | None = None,
+        memory_limit_mb: int | None = None,
+    ) -> Sandbox:
+        """``reader`` for policy rule SQL: also no files, network or extensions, its settings
+        locked and its spill to disk capped (``SANDBOX_CONFIG``, ``SANDBOX_SPILL``);
+        ``memory_limit_mb`` caps DuckDB's memory (a plan's sorts spill past it)."""
+        return SandboxedReader._latest(
+            Path(path),
+            live=live,
+            wait=wait,
+            lock_context=lock_context,
+            memory_limit_mb=memory_limit_mb,
+        )
+
+    @classmethod
+    def sandboxed_writer(
+        cls, path: str | os.PathLike[str], *, wait: float = 0.0, memory_limit_mb: int | None = None
+    ) -> SandboxedWriter:
+        """``writer`` that is also a ``Sandbox`` for its whole life: apply re-decides rule SQL
+        on the connection that writes its audit (DuckDB opens a file either read-write or
+        read-only in one process, and can never switch external access back on)."""
+        return SandboxedWriter._open(Path(path), wait=wait, memory_limit_mb=memory_limit_mb)
+
+    @classmethod
+    def scratch(cls, path: str | os.PathLike[str], *, memory_limit_mb: int) -> Scratch:
+        """A working file of flowsync's own, never a user's (a plan's runs): no migrations,
+        no identity, DuckDB's memory capped at ``memory_limit_mb``."""
+        return Scratch._open(Path(path), memory_limit_mb=memory_limit_mb)
+
+    @classmethod
+    def _open(
+        cls: type[S],
+        path: Path,
+        *,
+        wait: float = 0.0,
+        lock_context: str | None = None,
+        memory_limit_mb: int | None = None,
+    ) -> S:
+        con = _connect(
+            path,
+            read_only=cls.read_only,
+            sandbox=cls._sandbox,
+            wait=wait,
+            lock_context=lock_context,
+        )
+        store = cls(con, path)
         try:
             with store._errors("open"):
                 session_settings(con)
-                if migrate:
-                    store.migrate()
-                if memory_cap:
-                    store.budget_memory(fixed_mb=memory_limit_mb)
-                if sandbox:
-                    con.execute(f"SET max_temp_directory_size = '{SANDBOX_SPILL}'")
-                    # After the time zone: nothing (rule SQL included) may change settings from here on.
-                    con.execute("SET lock_configuration = true")
+                store.migrate()
+                store._prepare(memory_limit_mb)
         except BaseException:
             con.close()
             raise
         return store
 
+    def _prepare(self, memory_limit_mb: int | None) -> None:
+        """What a role sets after the migrations, while the configuration can still change."""
+
+    @classmethod
+    def _latest(
+        cls: type[S],
+        db: Path,
+        *,
+        live: bool,
+        wait: float,
+        lock_context: str | None,
+        memory_limit_mb: int | None = None,
+        attempts: int = 5,
+    ) -> S:
+        """The latest snapshot of ``db``, else (``live``, or none published) the live file.
+
+        A damaged snapshot (pointer or file) raises ``DamagedFileError`` naming the fix."""
+        from flowsync.store import snapshot
+
+        if live:
+            return cls._open(
+                db,
+                wait=wait,
+                lock_context=lock_context or locks.LIVE,
+                memory_limit_mb=memory_limit_mb,
+            )
+        for _ in range(attempts):
+            info, problem = snapshot.inspect(db)
+            if info is None and not problem:
+                # A file last written by an older flowsync has no snapshot yet; reading it
+                # live is what that version did (its next pull publishes one).
+                return cls._open(
+                    db,
+                    wait=wait,
+                    lock_context=lock_context or locks.FALLBACK,
+                    memory_limit_mb=memory_limit_mb,
+                )
+            if problem and info is not None and not info.path.exists():
+                # Removed between resolving ``current`` and opening it, if ``current`` moved on.
+                again, _ = snapshot.inspect(db)
+                if again is not None and again.path != info.path:
+                    continue
+            if problem:
+                raise snapshot.damaged(db, problem)
+            assert info is not None
+            try:
+                return cls._open(info.path, memory_limit_mb=memory_limit_mb)
+            except DamagedFileError:
+                raise
+            except StoreError:
+                if info.path.exists():
+                    raise
+        raise StoreError(
+            f"The snapshots of {db} changed {attempts} times while opening one; try again."
+        )
+
     def close(self) -> None:
         self._con.close()
 
-    def __enter__(self) -> Store:
+    def __enter__(self: S) -> S:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -490,45 +498,6 @@ class Store:
 
     # -- memory -------------------------------------------------------------
 
-    def budget_memory(self, *, fixed_mb: int | None = None) -> int:
-        """Cap DuckDB's memory for a write job; returns the cap in bytes (0: none set).
-
-        Unbounded, DuckDB's buffer pool keeps every block a checkpoint touches
-        (the partly filled row group is rewritten whole), so a pull's peak memory
-        grew with the size of its history. Under a cap it evicts them instead.
-        ``fixed_mb`` replaces the cap (0 = DuckDB's default, 80% of RAM).
-        """
-        if fixed_mb == 0:
-            return 0
-        want = fixed_mb * 2**20 if fixed_mb else WRITE_MEMORY
-        try:
-            self._con.execute(f"SET memory_limit = '{want // 2**20}MiB'")
-        except duckdb.OutOfMemoryException as e:
-            raise StoreError(
-                f"A memory limit of {want // 2**20} MB is below what DuckDB already holds for {self.path}; "
-                "pass a larger --memory-limit (at least 64), or 0 for DuckDB's default."
-            ) from e
-        self.memory_budget = want
-        return want
-
-    @contextmanager
-    def single_threaded(self) -> Iterator[None]:
-        """Run DuckDB on the calling thread only inside the block (a pull's writes).
-
-        A pull writes a batch of ~2,000 rows at a time: too little for DuckDB's
-        worker threads to pay off, and their hand-offs cost CPU that the
-        pull's fetch threads (and, on a shared machine, the server) need:
-        BENCHMARKS.md, "Client CPU per run". The previous setting is restored after.
-        """
-        threads = int(self.execute("SELECT current_setting('threads')").scalar())
-        self._con.execute("SET threads = 1")
-        try:
-            yield
-        finally:
-            # Never hide the error that ended the block (an aborted transaction refuses SET).
-            with contextlib.suppress(duckdb.Error):
-                self._con.execute(f"SET threads = {threads}")
-
     def _out_of_memory(self) -> StoreError:
         if self.memory_budget:  # a cap this command set (`pull --memory-limit` changes it)
             hint = f" under its {self.memory_budget // 2**20} MB cap"
@@ -631,7 +600,7 @@ class Store:
             typed = storage_error(self.path, e, query=True)
             if typed is not None:
                 raise typed from e
-            detail, hint = _first_line(e), _hint(e)
+            detail, hint = first_line(e), _hint(e)
             kind = type(e).__name__
             if isinstance(e, duckdb.InterruptException) and timeout and fired[0]:
                 raise QueryTimeoutError(
@@ -640,7 +609,7 @@ class Store:
             if self.read_only and "read-only mode" in str(e):
                 raise ReadOnlyError(detail, sql=sql, kind=kind, path=str(self.path)) from e
             if isinstance(e, duckdb.PermissionException) or (
-                self.sandboxed and "configuration has been locked" in str(e)
+                self._sandbox and "configuration has been locked" in str(e)
             ):
                 raise SandboxError(detail, sql=sql, kind=kind, hint=hint) from e
             raise QueryError(detail, sql=sql, kind=kind, hint=hint) from e
@@ -734,6 +703,117 @@ class Store:
 
         walk(self.parse_tree(sql))
         return found
+
+
+class Reader(Store):
+    """A read-only connection (``Store.reader``): a published snapshot, the live file, or
+    several files as one. DuckDB refuses every write on it (``ReadOnlyError``)."""
+
+    read_only = True
+
+
+class Writer(Store):
+    """The file's one writer (``Store.writer``): migrated, recorded, holding DuckDB's write
+    lock for as long as it is open, its memory capped for a write job."""
+
+    def _prepare(self, memory_limit_mb: int | None) -> None:
+        self.budget_memory(fixed_mb=memory_limit_mb)
+        super()._prepare(memory_limit_mb)
+
+    def budget_memory(self, *, fixed_mb: int | None = None) -> int:
+        """Cap DuckDB's memory for a write job; returns the cap in bytes (0: none set).
+
+        Unbounded, DuckDB's buffer pool keeps every block a checkpoint touches
+        (the partly filled row group is rewritten whole), so a pull's peak memory
+        grew with the size of its history. Under a cap it evicts them instead.
+        ``fixed_mb`` replaces the cap (0 = DuckDB's default, 80% of RAM).
+        """
+        if fixed_mb == 0:
+            return 0
+        want = fixed_mb * 2**20 if fixed_mb else WRITE_MEMORY
+        try:
+            self._con.execute(f"SET memory_limit = '{want // 2**20}MiB'")
+        except duckdb.OutOfMemoryException as e:
+            raise StoreError(
+                f"A memory limit of {want // 2**20} MB is below what DuckDB already holds for {self.path}; "
+                "pass a larger --memory-limit (at least 64), or 0 for DuckDB's default."
+            ) from e
+        self.memory_budget = want
+        return want
+
+    @contextmanager
+    def single_threaded(self) -> Iterator[None]:
+        """Run DuckDB on the calling thread only inside the block (a pull's writes).
+
+        A pull writes a batch of ~2,000 rows at a time: too little for DuckDB's
+        worker threads to pay off, and their hand-offs cost CPU that the
+        pull's fetch threads (and, on a shared machine, the server) need:
+        BENCHMARKS.md, "Client CPU per run". The previous setting is restored after.
+        """
+        threads = int(self.execute("SELECT current_setting('threads')").scalar())
+        self._con.execute("SET threads = 1")
+        try:
+            yield
+        finally:
+            # Never hide the error that ended the block (an aborted transaction refuses SET).
+            with contextlib.suppress(duckdb.Error):
+                self._con.execute(f"SET threads = {threads}")
+
+
+class Sandbox(Store):
+    """Where policy rule SQL runs (``Store.sandboxed``, ``Store.sandboxed_writer``): files,
+    network and extensions off and the configuration locked for the life of the connection
+    (DuckDB cannot switch external access back on), spill to disk capped at
+    ``SANDBOX_SPILL``; refusals are ``SandboxError``. ``select`` runs a statement so that it
+    changes nothing, under a time limit. (Which functions rule SQL may call, and that it
+    is one SELECT, the policy checks: ``flowsync.policy.plan``.)"""
+
+    _sandbox = True
+
+    def _prepare(self, memory_limit_mb: int | None) -> None:
+        super()._prepare(memory_limit_mb)
+        self._con.execute(f"SET max_temp_directory_size = '{SANDBOX_SPILL}'")
+        # Last (after the time zone and a writer's memory cap): nothing, rule SQL included,
+        # may change settings from here on.
+        self._con.execute("SET lock_configuration = true")
+
+    def select(
+        self, sql: str, params: Params = None, *, timeout: float | None
+    ) -> tuple[list[str], list[dict[str, Any]]]:
+        """Run ``sql`` (rows read inside ``timeout`` seconds, None: no limit) so that it
+        changes nothing: the column names and the rows as dicts."""
+        return self.execute(sql, params, timeout=timeout).dicts()
+
+
+class SandboxedReader(Reader, Sandbox):
+    """``Store.sandboxed``: a read-only ``Sandbox``, its memory capped when asked."""
+
+    def _prepare(self, memory_limit_mb: int | None) -> None:
+        if memory_limit_mb:
+            self._con.execute(f"SET memory_limit = '{int(memory_limit_mb)}MiB'")
+        super()._prepare(memory_limit_mb)
+
+
+class Scratch(Store):
+    """``Store.scratch``: a working file of flowsync's own (no schema of a user's file)."""
+
+    def migrate(self) -> list[str]:
+        return []
+
+    def _prepare(self, memory_limit_mb: int | None) -> None:
+        if memory_limit_mb:
+            self._con.execute(f"SET memory_limit = '{int(memory_limit_mb)}MiB'")
+
+
+class SandboxedWriter(Writer, Sandbox):
+    """``Store.sandboxed_writer``: apply's writer, a ``Sandbox`` too. Rule SQL runs in a
+    transaction that is always rolled back (``discarded``), so it changes no table."""
+
+    def select(
+        self, sql: str, params: Params = None, *, timeout: float | None
+    ) -> tuple[list[str], list[dict[str, Any]]]:
+        with self.discarded():
+            return self.execute(sql, params, timeout=timeout).dicts()
 
 
 Params = list[Any] | dict[str, Any] | None

@@ -87,7 +87,7 @@ def holder_from_error(text: str) -> Holder:
     return Holder(pid, m.group("program"), role, command, live="--live" in argv)
 
 
-# How the opener reads or writes the file (``Store.open(lock_context=...)``).
+# How the opener reads or writes the file (``lock_context`` of ``Store.writer``, ``.reader``, ``.sandboxed``).
 WRITE = "write"  # pull, apply, plan --refresh, connect(read_only=False)
 LIVE = "live"  # a reader that asked for the live file: --live, connect(live=True)
 FALLBACK = "fallback"  # a reader on a file with no published snapshot yet

@@ -1,8 +1,8 @@
 """Several flowsync files read as one: prod, staging and dev side by side, with a ``source`` column.
 
-Owns: an in-memory DuckDB session that attaches each file (its latest
-published snapshot, or the live file with ``live``) read-only under its
-source name, and defines every table and view of the files once more as
+Owns: the in-memory DuckDB session behind ``Store.reader`` of several files,
+which attaches each file (its latest published snapshot, or the live file with
+``live``) read-only under its source name, and defines every table and view of the files once more as
 ``SELECT '<source>' AS source, * FROM <source>.<name> UNION ALL BY NAME ...``.
 Each attached view is bound inside its own file, so a figure of one source
 is computed from that source's rows only; the union only stacks them. Every
@@ -20,7 +20,8 @@ from pathlib import Path
 import duckdb
 
 from flowsync.errors import ConfigError, StoreError
-from flowsync.store.connect import Store, _check_path, session_settings, storage_error
+from flowsync.store.connect import session_settings
+from flowsync.store.files import check_path, storage_error
 from flowsync.store.snapshot import current
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -66,7 +67,7 @@ def _attach(con: duckdb.DuckDBPyConnection, name: str, db: Path, live: bool) -> 
     for _ in range(5):
         info = None if live else current(db)
         path = info.path if info else db
-        _check_path(path, read_only=True)
+        check_path(path, read_only=True)
         try:
             con.execute(f'ATTACH ? AS "{name}" (READ_ONLY)', [str(path)])
             return
@@ -88,8 +89,11 @@ def _attach(con: duckdb.DuckDBPyConnection, name: str, db: Path, live: bool) -> 
     raise StoreError(f"The snapshots of {db} kept changing while opening one; try again.")
 
 
-def open_sources(sources: Sources, *, live: bool = False) -> Store:
-    """A read-only Store whose tables and views stack every source, with a ``source`` column first."""
+def connect_sources(
+    sources: Sources, *, live: bool = False
+) -> tuple[duckdb.DuckDBPyConnection, Path]:
+    """An in-memory session whose tables and views stack every source, with a ``source``
+    column first, and the label naming its files (``Store.reader`` wraps them)."""
     named = parse_sources(sources)
     con = duckdb.connect(":memory:")
     try:
@@ -114,4 +118,4 @@ def open_sources(sources: Sources, *, live: bool = False) -> Store:
     except BaseException:
         con.close()
         raise
-    return Store(con, Path(" + ".join(str(p) for p in named.values())), read_only=True)
+    return con, Path(" + ".join(str(p) for p in named.values()))

@@ -55,17 +55,15 @@ def connect(
         both = flowsync.connect({"prod": "prod.duckdb", "staging": "staging.duckdb"})
         both.sql("SELECT source, count(*) FROM flow_runs GROUP BY 1").pl()
     """
-    from flowsync.store.snapshot import open_for_reading
-
     # The documented exception: a notebook runs its own SQL on the connection.
+    store: Store
     if path is not None and not isinstance(path, (str, os.PathLike)):
-        from flowsync.store.multi import open_sources
-
         if not read_only:
             raise StoreError("Several files open read-only only; open one file to write to it.")
-        store = open_sources(path, live=live)
+        store = Store.reader(path, live=live)
     elif read_only:
-        store = open_for_reading(resolve_db_path(path), live=live, wait=wait)
+        store = Store.reader(resolve_db_path(path), live=live, wait=wait)
     else:
-        store = Store.open(resolve_db_path(path), read_only=False, wait=wait)
+        # A notebook that writes keeps DuckDB's own memory default, as any DuckDB session.
+        store = Store.writer(resolve_db_path(path), wait=wait, memory_limit_mb=0)
     return store._con

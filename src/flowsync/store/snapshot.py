@@ -1,7 +1,8 @@
 """Published snapshots: a read-only copy of the DuckDB file that readers open instead of it.
 
 Owns: publishing a snapshot of the live file (by its one writer, after a pull
-or an apply) and opening the latest one for readers. DuckDB allows one
+or an apply) and finding the latest one, which ``Store.reader`` and
+``Store.sandboxed`` open. DuckDB allows one
 writing process per file or many readers, never both; so readers (notebooks,
 ``flowsync sql``/``report``/``plan``) open a copy, and the writer never waits
 for them. Layout, next to the live file ``runs.duckdb``::
@@ -51,10 +52,20 @@ from typing import Any
 
 from flowsync import __version__
 from flowsync.errors import DamagedFileError, StorageError, StoreError
-from flowsync.store import locks, sync_log
-from flowsync.store.connect import DUCKDB_MAGIC, DUCKDB_MAGIC_OFFSET, Store, snapshot_dir
+from flowsync.store import sync_log
+from flowsync.store.connect import Sandbox, Writer
+from flowsync.store.files import DUCKDB_MAGIC, DUCKDB_MAGIC_OFFSET, snapshot_dir
 
-__all__ = ["CURRENT", "PublishResult", "SnapshotInfo", "current", "publish", "snapshot_dir"]
+__all__ = [
+    "CURRENT",
+    "PublishResult",
+    "SnapshotInfo",
+    "current",
+    "damaged",
+    "inspect",
+    "publish",
+    "snapshot_dir",
+]
 
 CURRENT = "current"
 _GENERATION = re.compile(r"^(\d{8})\.duckdb$")
@@ -182,7 +193,7 @@ def _looks_like_duckdb(path: Path) -> bool:
     return head[DUCKDB_MAGIC_OFFSET:] == DUCKDB_MAGIC
 
 
-def _damaged(db: Path, problem: str) -> DamagedFileError:
+def damaged(db: Path, problem: str) -> DamagedFileError:
     return DamagedFileError(
         f"The published snapshot of {db} is damaged: {problem}. Run `flowsync pull --db {db}` "
         "to publish a new one, or read the live file (--live).",
@@ -197,7 +208,7 @@ def current(db: Path) -> SnapshotInfo | None:
     A damaged pointer raises ``DamagedFileError`` (what happened, what to run)."""
     info, problem = inspect(db)
     if problem:
-        raise _damaged(Path(db), problem)
+        raise damaged(Path(db), problem)
     return info
 
 
@@ -250,13 +261,13 @@ def _copy(src: Path, dest: Path) -> None:
         os.fsync(f.fileno())
 
 
-def _readable(store: Store, info: SnapshotInfo) -> bool:
+def _readable(store: Writer, info: SnapshotInfo) -> bool:
     """The generation opens and answers (a no-change pull keeps it only then).
 
     Attached to the writer's own connection: opening a second DuckDB instance cost
     75-200 ms on a loaded 2-core machine, an ATTACH 10-40 ms. A sandboxed store (no
     files) relies on ``inspect``'s size and header check alone."""
-    if store.sandboxed:
+    if isinstance(store, Sandbox):
         return True
     try:
         store.execute("ATTACH ? AS _flowsync_snapshot_check (READ_ONLY)", [str(info.path)])
@@ -269,13 +280,13 @@ def _readable(store: Store, info: SnapshotInfo) -> bool:
     return True
 
 
-def _next_generation(store: Store, folder: Path, latest: SnapshotInfo | None) -> int:
+def _next_generation(store: Writer, folder: Path, latest: SnapshotInfo | None) -> int:
     """One more than any number this file ever published: never a path seen before."""
     counted = sync_log.get_state(store, GENERATION_KEY) or 0
     return max([*_generations(folder), latest.generation if latest else 0, int(counted)]) + 1
 
 
-def publish(store: Store, *, pull_id: int | None = None, changed: bool = True) -> PublishResult:
+def publish(store: Writer, *, pull_id: int | None = None, changed: bool = True) -> PublishResult:
     """Publish the live file as a new snapshot generation; the caller is its only writer.
 
     ``changed=False`` (a pull that wrote no rows) keeps the current snapshot
@@ -283,8 +294,6 @@ def publish(store: Store, *, pull_id: int | None = None, changed: bool = True) -
     still opens, so a no-change pull costs no copy. A damaged ``current`` is
     replaced (``reason`` says so).
     """
-    if store.read_only:
-        raise StoreError(f"{store.path} is open read-only; only its writer publishes snapshots.")
     began = time.monotonic()
     folder = snapshot_dir(store.path)
     migrations = len(store.applied_migrations())
@@ -371,84 +380,3 @@ def _remove_old(folder: Path, newest: int) -> None:
             for suffix in (".duckdb", ".json", ".duckdb.wal"):
                 with contextlib.suppress(OSError):
                     (folder / f"{generation:08d}{suffix}").unlink(missing_ok=True)
-
-
-def open_latest(
-    db: Path, *, attempts: int = 5, sandbox: bool = False, memory_limit_mb: int | None = None
-) -> Store | None:
-    """A read-only Store on the latest snapshot of ``db``, or None if none was published.
-
-    ``sandbox``: files, network and extensions off (for policy rule SQL; see ``Store.open``).
-    A damaged snapshot (pointer or file) raises ``DamagedFileError`` naming the fix."""
-    db = Path(db)
-    for _ in range(attempts):
-        info, problem = inspect(db)
-        if info is None and not problem:
-            return None
-        if problem and info is not None and not info.path.exists():
-            # Removed between resolving ``current`` and opening it, if ``current`` moved on.
-            again, _ = inspect(db)
-            if again is not None and again.path != info.path:
-                continue
-        if problem:
-            raise _damaged(db, problem)
-        assert info is not None
-        try:
-            return Store.open(
-                info.path,
-                read_only=True,
-                sandbox=sandbox,
-                memory_cap=memory_limit_mb is not None,
-                memory_limit_mb=memory_limit_mb,
-            )
-        except DamagedFileError:
-            raise
-        except StoreError:
-            if info.path.exists():
-                raise
-    raise StoreError(
-        f"The snapshots of {db} changed {attempts} times while opening one; try again."
-    )
-
-
-def open_for_reading(
-    db: Path,
-    *,
-    live: bool = False,
-    wait: float = 0.0,
-    sandbox: bool = False,
-    lock_context: str | None = None,
-    memory_limit_mb: int | None = None,
-) -> Store:
-    """What readers open: the latest snapshot, or the live file with ``live`` or before any publish.
-
-    A file last written by an older flowsync has no snapshot yet; reading it
-    live is what that version did (its next pull publishes one).
-    ``lock_context`` overrides how a lock on the live file is explained
-    (``locks.LIVE_ONLY`` for a command without --live that reads it, such as apply).
-    ``memory_limit_mb`` caps DuckDB's memory on the connection (a plan: its sorts spill).
-    """
-    db = Path(db)
-    capped = memory_limit_mb is not None
-    if live:
-        return Store.open(
-            db,
-            read_only=True,
-            wait=wait,
-            sandbox=sandbox,
-            lock_context=lock_context or locks.LIVE,
-            memory_cap=capped,
-            memory_limit_mb=memory_limit_mb,
-        )
-    store = open_latest(db, sandbox=sandbox, memory_limit_mb=memory_limit_mb)
-    if store is not None:
-        return store
-    return Store.open(
-        db,
-        read_only=True,
-        wait=wait,
-        sandbox=sandbox,
-        lock_context=lock_context or locks.FALLBACK,
-        memory_cap=capped,
-        memory_limit_mb=memory_limit_mb,
-    )

@@ -25,7 +25,7 @@ from datetime import datetime, timedelta, timezone
 from flowsync.api import Capabilities, PrefectClient, RunRetention
 from flowsync.config import cloud_workspace
 from flowsync.errors import ConfigError
-from flowsync.store import Store, sync_log, synced_tables
+from flowsync.store import Store, Writer, sync_log, synced_tables
 
 URL_KEY = "api_url"
 MOVES_KEY = "api_url_moves"
@@ -87,7 +87,7 @@ def _same_server(client: PrefectClient, store: Store, known: str, url: str) -> s
     return f"it has {len(found.rows)} of the file's {len(local)} flows, checked by id"
 
 
-def bind(client: PrefectClient, store: Store) -> Moved | None:
+def bind(client: PrefectClient, store: Writer) -> Moved | None:
     """Bind the file to the client's server on the first pull; on a new URL, check identity first.
 
     Returns what moved when the file now follows a new URL; raises ConfigError

@@ -18,7 +18,7 @@ from flowsync import views
 from flowsync.api import Page, PrefectClient
 from flowsync.api.pagination import pages_by_id, parse_ts
 from flowsync.errors import FlowsyncError, SignalInterrupt
-from flowsync.store import Store, signatures, sync_log, synced_tables
+from flowsync.store import Writer, signatures, sync_log, synced_tables
 from flowsync.store.tables import DEPLOYMENTS, FLOW_RUNS, FLOWS
 from flowsync.sync import catalog, identity, runs
 from flowsync.sync.context import NullProgress, Progress, PullContext, PullOptions
@@ -74,7 +74,7 @@ class PullResult:
 
 def pull(
     client: PrefectClient,
-    store: Store,
+    store: Writer,
     options: PullOptions | None = None,
     progress: Progress | None = None,
 ) -> PullResult:
@@ -180,7 +180,7 @@ class RunReader:
     ones the server no longer has are marked deleted.
     """
 
-    def __init__(self, client: PrefectClient, store: Store, mode: str) -> None:
+    def __init__(self, client: PrefectClient, store: Writer, mode: str) -> None:
         # A run the server does not know is marked deleted: reading another server's
         # runs into this file would mark its whole history deleted. Same check as a pull.
         identity.bind(client, store)
@@ -246,7 +246,7 @@ class RunReader:
             )
 
 
-def refresh_runs(client: PrefectClient, store: Store, ids: list[str]) -> dict[str, int]:
+def refresh_runs(client: PrefectClient, store: Writer, ids: list[str]) -> dict[str, int]:
     """Re-read these flow runs by id: update the ones that exist, mark the rest deleted.
 
     For callers that changed runs on the server and want the file to show it

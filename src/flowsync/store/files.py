@@ -1,0 +1,146 @@
+"""The DuckDB file as the filesystem holds it: checked before DuckDB opens it, and its faults.
+
+Owns: refusing a path that cannot be flowsync's file (a directory, a missing
+folder, an empty or non-DuckDB file) before DuckDB touches it, and turning the
+disk refusing a write (full, read-only, no permission: ``StorageError``) or a
+truncated or corrupt file (``DamagedFileError``, naming the remedy: restore the
+last snapshot, or pull again) into typed errors. The one place that reads
+those words in DuckDB's and the OS's messages. Must not: open a connection
+(``store/connect.py`` does) or know about the API.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from flowsync.errors import DamagedFileError, StorageError, StoreError
+
+DUCKDB_MAGIC_OFFSET = 8
+DUCKDB_MAGIC = b"DUCK"
+SNAPSHOTS_SUFFIX = ".snapshots"
+
+
+def snapshot_dir(db: Path) -> Path:
+    """``runs.duckdb`` -> ``runs.duckdb.snapshots`` (where ``store/snapshot.py`` publishes)."""
+    return db.with_name(db.name + SNAPSHOTS_SUFFIX)
+
+
+def damaged_error(path: Path, detail: str) -> DamagedFileError:
+    """A truncated or corrupt file, with the remedy that fits: a snapshot is replaced by the
+    next pull; the live file is restored from its last snapshot, or moved away and re-pulled."""
+    path = Path(path)
+    if path.parent.name.endswith(SNAPSHOTS_SUFFIX):
+        live = path.parent.with_name(path.parent.name[: -len(SNAPSHOTS_SUFFIX)])
+        return DamagedFileError(
+            f"The published snapshot {path} is damaged ({detail}); run `flowsync pull --db {live}` "
+            "to publish a new one, or read the live file (--live).",
+            path=str(path),
+            detail=detail,
+        )
+    last = snapshot_dir(path) / "current"
+    target = Path(os.path.realpath(last)) if last.is_symlink() else None
+    if target is not None and target.is_file():
+        restore = f"restore it from the last snapshot (cp {target} {path}), or move it away and"
+    else:
+        restore = "move it away and"
+    return DamagedFileError(
+        f"{path} is damaged ({detail}): {restore} run `flowsync pull --db {path}` to read the "
+        "history again from the server.",
+        path=str(path),
+        detail=detail,
+    )
+
+
+# (words in the message, StorageError.reason, the one line: {path}, {name}, {parent}, {detail})
+_REFUSALS = (
+    (
+        ("No space left on device", "Disk quota exceeded", "File too large"),
+        "full",
+        "The disk holding {path} is full ({detail}); nothing from this step was saved. "
+        "Free disk space, then run the command again.",
+    ),
+    (
+        ("Read-only file system",),
+        "read-only",
+        "Cannot write {path}: a read-only filesystem refused it or its write-ahead log "
+        "{name}.wal ({detail}). Remount it read-write, or choose another --db.",
+    ),
+    (
+        ("Permission denied", "Operation not permitted"),
+        "permission",
+        "Cannot write {path} or its write-ahead log {path}.wal in {parent} "
+        "(permission denied: {detail}). Make the file and its directory writable for this "
+        "user, or choose another --db.",
+    ),
+)
+_DAMAGED = (
+    "Could not read enough bytes",
+    "Corrupt database file",
+    "not a valid DuckDB database",
+)
+
+
+def first_line(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def storage_error(path: Path, e: BaseException, *, query: bool = False) -> StoreError | None:
+    """The typed error for a filesystem or corruption failure in ``e`` (DuckDB's or the OS's),
+    or None when ``e`` is something else. The one place that reads those words.
+
+    ``query``: ``e`` came from a statement, where a user's own ``COPY`` can meet a full
+    disk too; only failures on this file (or its WAL, or at COMMIT) are the file's."""
+    text = str(e)
+    detail = first_line(e) if isinstance(e, Exception) else text
+    if isinstance(e, OSError) and e.strerror:
+        detail = e.strerror
+    if "Corrupt database file" in text:  # DuckDB's checksum of a block of this file
+        return damaged_error(path, detail)
+    if query and not (path.name in text or "Failed to commit" in text or "invalidated" in text):
+        return None
+    for words, reason, line in _REFUSALS:
+        if any(w in text for w in words):
+            message = line.format(path=path, name=path.name, parent=path.parent, detail=detail)
+            return StorageError(message, path=str(path), reason=reason, detail=detail)
+    if any(w in text for w in _DAMAGED):
+        return damaged_error(path, detail)
+    if "database has been invalidated" in text or "Could not write file" in text:
+        return StorageError(
+            f"Writing {path} failed ({detail}); nothing from this step was saved. "
+            "Check the disk, then run the command again.",
+            path=str(path),
+            reason="io",
+            detail=detail,
+        )
+    return None
+
+
+def check_path(path: Path, *, read_only: bool) -> None:
+    """Refuse what cannot be flowsync's file before DuckDB touches it (so nothing is written
+    to it): a directory, a missing folder, a file that is empty or not DuckDB's; a reader
+    also refuses a file that does not exist yet."""
+    if path.is_dir():
+        raise StoreError(
+            f"--db {path} is a directory; pass a file path such as {path / 'flowsync.duckdb'}."
+        )
+    if read_only and not path.exists():
+        raise StoreError(f"{path} does not exist: run `flowsync pull --db {path}` first.")
+    if not path.parent.exists():
+        raise StoreError(
+            f"Directory {path.parent} does not exist: create it or choose another --db."
+        )
+    if path.exists():
+        try:
+            with path.open("rb") as f:
+                head = f.read(DUCKDB_MAGIC_OFFSET + 4)
+        except OSError as e:
+            raise StoreError(
+                f"Cannot read {path}: {e.strerror}. Check its permissions or choose another --db."
+            ) from e
+        if path.stat().st_size > 0 and head[DUCKDB_MAGIC_OFFSET:] != DUCKDB_MAGIC:
+            raise StoreError(f"{path} is not a DuckDB database; choose another --db path.")
+        if path.stat().st_size == 0:
+            raise StoreError(
+                f"{path} is an empty file, not a DuckDB database; remove it or choose another --db."
+            )
