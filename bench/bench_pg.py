@@ -62,7 +62,9 @@ def record(**row: Any) -> dict[str, Any]:
 
 def timed_pull(url: str, db: Path, *args: str) -> dict[str, Any]:
     cmd = [PY, str(CONTENDERS / "flowsync_timed.py"), "--url", url, "--db", str(db), *args]
-    wall, rc, rss, cpu, out, err = run_child(cmd, child_env(PYTHONPATH=str(ROOT)), timeout=7200)
+    # This checkout's src first: the venv's editable install may point at another checkout.
+    path = os.pathsep.join([str(ROOT / "src"), str(ROOT)])
+    wall, rc, rss, cpu, out, err = run_child(cmd, child_env(PYTHONPATH=path), timeout=7200)
     if rc != 0:
         raise RuntimeError(f"pull failed ({rc}): {err[-3000:]}")
     result = last_json(out)
