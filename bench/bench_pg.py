@@ -159,16 +159,17 @@ def large(
     seeded = pg_fast_seed(runs, log=log)
     with pg_cluster_at(seeded.root) as cluster, pg_server(cluster, workers=workers) as server:
         url = server.url
-        record(phase="probes", runs=runs, workers=workers, **probes(url, runs))
+        at = {"runs": runs, "workers": workers}  # every record of this size and server
+        record(phase="probes", **at, **probes(url, runs))
         db = scratch / f"large-{runs}-w{workers}.duckdb"
         for n in in_flight:
             # At this size the offset floor measures the server's offset scan (seconds a
             # page deep in the table), so the floor here walks by keyset, like the pull.
-            floor_then_pull(url, db, n, runs=runs, workers=workers, keyset=True)
+            floor_then_pull(url, db, n, **at, keyset=True)
         if pulls_only:
             return
-        record(phase="no-change", runs=runs, workers=workers, **timed_pull(url, db))
-        record(phase="verify", runs=runs, workers=workers, **timed_pull(url, db, "--verify"))
+        record(phase="no-change", **at, **timed_pull(url, db))
+        record(phase="verify", **at, **timed_pull(url, db, "--verify"))
         changed = run_ids(db, "state_type = 'COMPLETED'", runs // 100)
         t = time.monotonic()
         with httpx.Client(base_url=url + "/", timeout=120) as c:
@@ -179,8 +180,7 @@ def large(
         rows = row.pop("inserted", None)
         record(
             phase="1% changed",
-            runs=runs,
-            workers=workers,
+            **at,
             changed=len(changed),
             change_s=round(change_s, 1),
             inserted=rows,
@@ -199,8 +199,7 @@ def large(
         loop_s, retries, _slept = delete_loop(url, loop_ids)
         record(
             phase="apply",
-            runs=runs,
-            workers=workers,
+            **at,
             apply_runs=len(victims),
             apply_s=round(wall, 1),
             apply_rss_mb=round(rss, 1),
