@@ -60,7 +60,9 @@ def test_wheel_ships_every_sql_view(installed: tuple[Path, Path]) -> None:
         )
         == repo_views
     )
-    assert not [n for n in names if n.startswith(("tests/", "harness/", "demo/", "bench/", "docs/"))]
+    assert not [
+        n for n in names if n.startswith(("tests/", "harness/", "demo/", "bench/", "docs/"))
+    ]
 
 
 def test_installed_command_runs_from_anywhere(installed: tuple[Path, Path], tmp_path: Path) -> None:
