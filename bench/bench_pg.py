@@ -62,7 +62,9 @@ def record(**row: Any) -> dict[str, Any]:
 
 def timed_pull(url: str, db: Path, *args: str) -> dict[str, Any]:
     cmd = [PY, str(CONTENDERS / "flowsync_timed.py"), "--url", url, "--db", str(db), *args]
-    wall, rc, rss, cpu, out, err = run_child(cmd, child_env(PYTHONPATH=str(ROOT)), timeout=7200)
+    # This checkout's src first: the venv's editable install may point at another checkout.
+    path = os.pathsep.join([str(ROOT / "src"), str(ROOT)])
+    wall, rc, rss, cpu, out, err = run_child(cmd, child_env(PYTHONPATH=path), timeout=7200)
     if rc != 0:
         raise RuntimeError(f"pull failed ({rc}): {err[-3000:]}")
     result = last_json(out)
@@ -157,16 +159,17 @@ def large(
     seeded = pg_fast_seed(runs, log=log)
     with pg_cluster_at(seeded.root) as cluster, pg_server(cluster, workers=workers) as server:
         url = server.url
-        record(phase="probes", runs=runs, workers=workers, **probes(url, runs))
+        at = {"runs": runs, "workers": workers}  # every record of this size and server
+        record(phase="probes", **at, **probes(url, runs))
         db = scratch / f"large-{runs}-w{workers}.duckdb"
         for n in in_flight:
             # At this size the offset floor measures the server's offset scan (seconds a
             # page deep in the table), so the floor here walks by keyset, like the pull.
-            floor_then_pull(url, db, n, runs=runs, workers=workers, keyset=True)
+            floor_then_pull(url, db, n, **at, keyset=True)
         if pulls_only:
             return
-        record(phase="no-change", runs=runs, workers=workers, **timed_pull(url, db))
-        record(phase="verify", runs=runs, workers=workers, **timed_pull(url, db, "--verify"))
+        record(phase="no-change", **at, **timed_pull(url, db))
+        record(phase="verify", **at, **timed_pull(url, db, "--verify"))
         changed = run_ids(db, "state_type = 'COMPLETED'", runs // 100)
         t = time.monotonic()
         with httpx.Client(base_url=url + "/", timeout=120) as c:
@@ -177,8 +180,7 @@ def large(
         rows = row.pop("inserted", None)
         record(
             phase="1% changed",
-            runs=runs,
-            workers=workers,
+            **at,
             changed=len(changed),
             change_s=round(change_s, 1),
             inserted=rows,
@@ -197,8 +199,7 @@ def large(
         loop_s, retries, _slept = delete_loop(url, loop_ids)
         record(
             phase="apply",
-            runs=runs,
-            workers=workers,
+            **at,
             apply_runs=len(victims),
             apply_s=round(wall, 1),
             apply_rss_mb=round(rss, 1),

@@ -527,6 +527,24 @@ def ratio(rows: dict[str, Any], a: str, b: str, i: int) -> float:
     return med([ra[k][i] / rb[k][i] for k in ra if k in rb and ra[k][i] and rb[k][i]])
 
 
+def ratios(rows: dict[str, Any], a: str, b: str) -> tuple[float, float]:
+    """``ratio`` by wall time and by in-process time."""
+    return ratio(rows, a, b, 0), ratio(rows, a, b, 1)
+
+
+def share(
+    rows: dict[str, Any], name: str, limit: float, wall_note: str = ""
+) -> tuple[str, str, bool]:
+    """The target "``name`` takes <= ``limit`` of a full pull's time", held to in-process time."""
+    v, v_own = ratios(rows, name, "flowsync full c=2")
+    pull = name.removeprefix("flowsync ")
+    return (
+        f"{pull} pull <= {limit:.0%} of a full pull's time",
+        f"{v:.1%} by wall time{wall_note}, {v_own:.1%} in-process",
+        v_own <= limit,
+    )
+
+
 def fmt(x: float | None, spec: str = ".2f") -> str:
     return "n/a" if x is None or x != x else format(x, spec)
 
@@ -568,10 +586,7 @@ def targets(rows: list[dict[str, Any]], scale: list[Run]) -> list[tuple[str, str
             )
         )
     if full and dlt:
-        v, v_own = (
-            ratio(by, "dlt rest_api", "flowsync full c=2", 0),
-            ratio(by, "dlt rest_api", "flowsync full c=2", 1),
-        )
+        v, v_own = ratios(by, "dlt rest_api", "flowsync full c=2")
         out.append(
             (
                 "full pull >= 2x dlt's rows/s",
@@ -581,31 +596,13 @@ def targets(rows: list[dict[str, Any]], scale: list[Run]) -> list[tuple[str, str
         )
     nc = by.get("flowsync no-change")
     if full and nc:
-        v, v_own = (
-            ratio(by, "flowsync no-change", "flowsync full c=2", 0),
-            ratio(by, "flowsync no-change", "flowsync full c=2", 1),
-        )
-        out.append(
-            (
-                "no-change pull <= 3% of a full pull's time",
-                f"{v:.1%} by wall time (incl. ~process start), {v_own:.1%} in-process",
-                v_own <= 0.03,
-            )
-        )
+        out.append(share(by, "flowsync no-change", 0.03, " (incl. ~process start)"))
         out.append(
             ("no-change pull <= 10 requests", str(nc["requests"]), (nc["requests"] or 99) <= 10)
         )
     inc = by.get("flowsync 1% changed")
     if full and inc:
-        v = ratio(by, "flowsync 1% changed", "flowsync full c=2", 0)
-        v_own = ratio(by, "flowsync 1% changed", "flowsync full c=2", 1)
-        out.append(
-            (
-                "1%-changed pull <= 10% of a full pull",
-                f"{v:.1%} by wall time, {v_own:.1%} in-process",
-                v_own <= 0.10,
-            )
-        )
+        out.append(share(by, "flowsync 1% changed", 0.10))
     sizes = sorted({r.extra["n"] for r in scale if r.contender.startswith("flowsync")})
     if len(sizes) >= 2:
         lo = max(

@@ -19,7 +19,6 @@ variant runs as a subprocess on a new file:
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
 import platform
@@ -35,18 +34,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from bench.contenders.count_proxy import forward, reply, request_parts
 from harness.seed import seed
 from harness.server import prefect_server
-
-HOP = {
-    "connection",
-    "keep-alive",
-    "transfer-encoding",
-    "content-length",
-    "te",
-    "trailer",
-    "upgrade",
-}
 
 
 class Limiter:
@@ -88,43 +78,15 @@ def proxy(upstream: str, limiter: Limiter) -> ThreadingHTTPServer:
         def log_message(self, format: str, *args: object) -> None:
             pass
 
-        def _reply(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
-            self.send_response(status)
-            for k, v in headers:
-                if k.lower() not in HOP:
-                    self.send_header(k, v)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
         def _forward(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            data = self.rfile.read(length) if length else None
+            data, headers = request_parts(self)
             if not limiter.admit():
                 body = json.dumps({"detail": "Rate limit exceeded"}).encode()
-                self._reply(429, [("Retry-After", "1"), ("Content-Type", "application/json")], body)
+                reply(self, 429, [("Retry-After", "1"), ("Content-Type", "application/json")], body)
                 return
-            headers = {
-                k: v
-                for k, v in self.headers.items()
-                if k.lower() not in HOP and k.lower() != "host"
-            }
-            for attempt in range(2):
-                conn = getattr(local, "conn", None) or http.client.HTTPConnection(
-                    up.hostname or "127.0.0.1", up.port or 80, timeout=300
-                )
-                local.conn = conn
-                try:
-                    conn.request(self.command, self.path, body=data, headers=headers)
-                    resp = conn.getresponse()
-                    payload = resp.read()
-                    break
-                except (http.client.HTTPException, OSError):
-                    conn.close()
-                    local.conn = None
-                    if attempt:
-                        raise
-            self._reply(resp.status, resp.getheaders(), payload)
+            host, port = up.hostname or "127.0.0.1", up.port or 80
+            resp, payload = forward(self, host, port, data, headers, local)
+            reply(self, resp.status, resp.getheaders(), payload)
 
         do_GET = do_POST = do_PATCH = do_DELETE = _forward
 

@@ -29,15 +29,18 @@ import shutil
 import sqlite3
 import time
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypedDict
 
 import httpx
+from typing_extensions import Unpack
 
 from harness.seed import STATE_MIX, seed
-from harness.server import prefect_server
+from harness.server import Server, prefect_server
 
 WORK = Path(__file__).resolve().parents[1] / "bench" / ".work"  # the benchmarks' cache (gitignored)
 MARKER = "fast_seed.json"
@@ -317,6 +320,11 @@ def write_marker(marker: Path, want: dict[str, Any], checked: dict[str, Any]) ->
     )
 
 
+def shape_args(a: argparse.Namespace) -> SeedShape:
+    """The seed's shape from ``seed_args``' command line."""
+    return {"template_runs": a.template_runs, "days": a.days, "seed_value": a.seed}
+
+
 def seed_args(doc: str | None, place: str, place_help: str) -> argparse.Namespace:
     """The command line of a seeding script: --runs, ``place`` (a folder) and the seed's shape."""
     p = argparse.ArgumentParser(
@@ -330,44 +338,100 @@ def seed_args(doc: str | None, place: str, place_help: str) -> argparse.Namespac
     return p.parse_args()
 
 
-def fast_seed(
+class SeedPlace(Protocol):
+    """Where a fast seed goes (a PREFECT_HOME's SQLite file, a PostgreSQL database), empty."""
+
+    def template_server(self) -> AbstractContextManager[Server]: ...
+    def replicate(self, runs: int, days: int, seed_value: int) -> int: ...
+    def server(self) -> AbstractContextManager[Server]: ...
+    def verify(self, url: str, runs: int) -> dict[str, Any]: ...
+
+
+class SeedShape(TypedDict, total=False):
+    """How a fast seed is made, besides its size (``seed_once``'s defaults)."""
+
+    template_runs: int  # runs seeded through the API, then replicated
+    days: int  # expected start times spread over this many days
+    seed_value: int
+    check: bool  # read every run back through the API after seeding
+    log: Callable[[str], object]
+
+
+def seed_once(
+    marker: Path,
+    place: Callable[[], AbstractContextManager[SeedPlace]],
     runs: int,
-    home: Path | None = None,
     *,
     template_runs: int = 400,
     days: int = 90,
     seed_value: int = 0,
     check: bool = True,
-    log: Any = print,
-) -> FastSeeded:
-    """A PREFECT_HOME whose server holds ``runs`` flow runs (reused if already seeded the same way)."""
+    log: Callable[[str], object] = print,
+) -> tuple[int, float, bool]:
+    """Seed ``place`` unless ``marker`` records the same seed: a template of runs through the
+    API, replicated to ``runs`` in the database, checked through the API.
+
+    Returns the template's runs, the seconds it took and whether the seed was reused.
+    """
     began = time.monotonic()
-    home = home or default_home(runs)
     want = seed_spec(runs, min(template_runs, runs), days, seed_value)
-    marker = home / MARKER
     if seeded_before(marker, want):
-        return FastSeeded(home, runs, want["template_runs"], time.monotonic() - began, reused=True)
+        return want["template_runs"], time.monotonic() - began, True
+    with place() as where:
+        log(f"seeding a template of {want['template_runs']} runs through the API into {where}")
+        with where.template_server() as server:
+            seed(server.url, runs=want["template_runs"], days=days, seed_value=seed_value)
+        log(f"replicating to {runs} runs in {where}")
+        t = time.monotonic()
+        added = where.replicate(runs, days, seed_value)
+        log(f"added {added} runs in {time.monotonic() - t:.1f}s")
+        checked: dict[str, Any] = {}
+        if check:
+            with where.server() as server:
+                checked = where.verify(server.url, runs)
+            log(f"server check: {checked}")
+    write_marker(marker, want, checked)
+    return want["template_runs"], time.monotonic() - began, False
+
+
+@dataclass
+class _Home:
+    """A PREFECT_HOME whose server keeps its runs in ``prefect.db`` (SQLite)."""
+
+    home: Path
+
+    def __str__(self) -> str:
+        return str(self.home / "prefect.db")
+
+    def template_server(self) -> AbstractContextManager[Server]:
+        return prefect_server(home=self.home)
+
+    def replicate(self, runs: int, days: int, seed_value: int) -> int:
+        return replicate(self.home / "prefect.db", runs, days=days, seed_value=seed_value)
+
+    server = template_server
+
+    def verify(self, url: str, runs: int) -> dict[str, Any]:
+        return verify(url, runs)
+
+
+@contextmanager
+def _empty_home(home: Path) -> Iterator[_Home]:
     shutil.rmtree(home, ignore_errors=True)
     home.mkdir(parents=True)
-    log(f"seeding a template of {want['template_runs']} runs through the API into {home}")
-    with prefect_server(home=home) as server:
-        seed(server.url, runs=want["template_runs"], days=days, seed_value=seed_value)
-    log(f"replicating to {runs} runs in {home / 'prefect.db'}")
-    t = time.monotonic()
-    added = replicate(home / "prefect.db", runs, days=days, seed_value=seed_value)
-    log(f"added {added} runs in {time.monotonic() - t:.1f}s")
-    checked: dict[str, Any] = {}
-    if check:
-        with prefect_server(home=home) as server:
-            checked = verify(server.url, runs)
-        log(f"server check: {checked}")
-    write_marker(marker, want, checked)
-    return FastSeeded(home, runs, want["template_runs"], time.monotonic() - began, reused=False)
+    yield _Home(home)
+
+
+def fast_seed(runs: int, home: Path | None = None, **shape: Unpack[SeedShape]) -> FastSeeded:
+    """A PREFECT_HOME whose server holds ``runs`` flow runs (reused if already seeded the same way)."""
+    where = home or default_home(runs)
+    template, seconds, reused = seed_once(where / MARKER, lambda: _empty_home(where), runs, **shape)
+    return FastSeeded(where, runs, template, seconds, reused)
 
 
 def main() -> None:
     a = seed_args(__doc__, "--home", "default: bench/.work/prefect-<runs>")
-    s = fast_seed(a.runs, a.home, template_runs=a.template_runs, days=a.days, seed_value=a.seed)
+    s = fast_seed(a.runs, a.home, **shape_args(a))
     print(f"{'reused' if s.reused else 'seeded'} {s.runs} runs in {s.home} ({s.seconds:.1f}s)")
 
 

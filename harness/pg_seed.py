@@ -30,17 +30,18 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import httpx
+from typing_extensions import Unpack
 
-from harness.fast_seed import WORK, seed_args, seed_spec, seeded_before, write_marker
+from harness.fast_seed import WORK, SeedShape, seed_args, seed_once, shape_args
 from harness.postgres import PgCluster, postgres_cluster
-from harness.seed import STATE_MIX, seed
+from harness.seed import STATE_MIX
 from harness.server import Server, postgres_server, prefect_server
 
 MARKER = "pg_seed.json"
@@ -281,48 +282,52 @@ def pg_server(cluster: PgCluster, workers: int = 1, home: Path | None = None) ->
         yield server
 
 
-def pg_fast_seed(
-    runs: int,
-    root: Path | None = None,
-    *,
-    template_runs: int = 400,
-    days: int = 90,
-    seed_value: int = 0,
-    check: bool = True,
-    log: Any = print,
-) -> PgSeeded:
-    """A kept PostgreSQL cluster whose ``prefect`` database holds ``runs`` flow runs."""
-    began = time.monotonic()
-    root = root or default_root(runs)
-    want = seed_spec(runs, min(template_runs, runs), days, seed_value)
-    marker = root / MARKER
-    if seeded_before(marker, want):
-        return PgSeeded(root, runs, want["template_runs"], time.monotonic() - began, reused=True)
+@dataclass
+class _Database:
+    """The ``prefect`` database of a PostgreSQL cluster."""
+
+    cluster: PgCluster
+    log: Any
+
+    def __str__(self) -> str:
+        return f"database {DATABASE!r} on port {self.cluster.port}"
+
+    def template_server(self) -> AbstractContextManager[Server]:
+        url = self.cluster.url(DATABASE)
+        return prefect_server(database_url=url, backend="postgres", timeout=300)
+
+    def replicate(self, runs: int, days: int, seed_value: int) -> int:
+        return replicate(self.cluster, runs, days, seed_value, self.log)
+
+    def server(self) -> AbstractContextManager[Server]:
+        return pg_server(self.cluster)
+
+    def verify(self, url: str, runs: int) -> dict[str, Any]:
+        return verify(url, runs)
+
+
+@contextmanager
+def _empty_database(root: Path, log: Any) -> Iterator[_Database]:
     with pg_cluster_at(root) as cluster:
         if cluster.has_database(DATABASE):
             cluster.drop_database(DATABASE)
         cluster.create_database(DATABASE, template=None)
-        log(f"seeding a template of {want['template_runs']} runs through the API")
-        with prefect_server(
-            database_url=cluster.url(DATABASE), backend="postgres", timeout=300
-        ) as server:
-            seed(server.url, runs=want["template_runs"], days=days, seed_value=seed_value)
-        log(f"replicating to {runs} runs in SQL")
-        t = time.monotonic()
-        added = replicate(cluster, runs, days, seed_value, log)
-        log(f"added {added} runs in {time.monotonic() - t:.0f}s")
-        checked: dict[str, Any] = {}
-        if check:
-            with pg_server(cluster) as server:
-                checked = verify(server.url, runs)
-            log(f"server check: {checked}")
-    write_marker(marker, want, checked)
-    return PgSeeded(root, runs, want["template_runs"], time.monotonic() - began, reused=False)
+        yield _Database(cluster, log)
+
+
+def pg_fast_seed(runs: int, root: Path | None = None, **shape: Unpack[SeedShape]) -> PgSeeded:
+    """A kept PostgreSQL cluster whose ``prefect`` database holds ``runs`` flow runs."""
+    where = root or default_root(runs)
+    log = shape.get("log", print)
+    template, seconds, reused = seed_once(
+        where / MARKER, lambda: _empty_database(where, log), runs, **shape
+    )
+    return PgSeeded(where, runs, template, seconds, reused)
 
 
 def main() -> None:
     a = seed_args(__doc__, "--root", "default: bench/.work/pg-<runs>")
-    s = pg_fast_seed(a.runs, a.root, template_runs=a.template_runs, days=a.days, seed_value=a.seed)
+    s = pg_fast_seed(a.runs, a.root, **shape_args(a))
     print(f"{'reused' if s.reused else 'seeded'} {s.runs} runs in {s.root} ({s.seconds:.1f}s)")
 
 

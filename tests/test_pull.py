@@ -184,3 +184,41 @@ def test_full_pull_progress_counts_each_run_once(prefect: SeededServer, db_path:
     assert sum(pages) > total  # the walk did re-read boundary rows ...
     assert progress.totals["flow_runs"] == total
     assert progress.done["flow_runs"] == total  # ... and progress counted each run once
+
+
+def test_a_pull_leaves_the_cyclic_collector_nothing_and_runs_it_rarely(
+    prefect: SeededServer, db_path: Path
+) -> None:
+    """httpx ties each response to its stream in a reference cycle: every page's body
+    (~300 KB) waited for Python's cyclic collector, which a pull runs rarely (its
+    threshold is raised during the pull, restored after: BENCHMARKS.md, "Issue #24")."""
+    import gc
+
+    from flowsync.api import PrefectClient
+    from flowsync.config import resolve_api
+    from flowsync.store import Store
+    from flowsync.sync import PullOptions, pull
+
+    thresholds: list[tuple[int, int, int]] = []
+
+    class Watching(_Recording):
+        def phase(self, name: str, total: int | None = None) -> None:
+            thresholds.append(gc.get_threshold())
+            super().phase(name, total)
+
+    before = gc.get_threshold()
+    gc.collect()
+    gc.disable()  # what the pull leaves is found below, not by a collection in between
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        with Store.open(db_path) as store, PrefectClient(resolve_api(prefect.url, None)) as client:
+            pull(client, store, PullOptions(page_size=50), Watching())
+            gc.collect()
+            left = sorted({type(o).__module__ for o in gc.garbage})
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert not [m for m in left if m.startswith(("httpx", "httpcore"))], left
+    assert thresholds and all(t[0] >= 50_000 for t in thresholds)
+    assert gc.get_threshold() == before

@@ -35,6 +35,58 @@ lock = threading.Lock()
 local = threading.local()
 
 
+def request_parts(handler: BaseHTTPRequestHandler) -> tuple[bytes | None, dict[str, str]]:
+    """The request's body and the headers to pass on (no hop-by-hop headers, no Host)."""
+    length = int(handler.headers.get("Content-Length") or 0)
+    data = handler.rfile.read(length) if length else None
+    headers = {
+        k: v for k, v in handler.headers.items() if k.lower() not in HOP and k.lower() != "host"
+    }
+    return data, headers
+
+
+def forward(
+    handler: BaseHTTPRequestHandler,
+    host: str,
+    port: int,
+    data: bytes | None,
+    headers: dict[str, str],
+    kept: threading.local,
+) -> tuple[http.client.HTTPResponse, bytes]:
+    """Send the handler's request upstream on this thread's kept-alive connection (``kept.conn``),
+    once more on a new one if that was dropped: the response and its body."""
+    for attempt in range(2):
+        conn = getattr(kept, "conn", None) or http.client.HTTPConnection(host, port, timeout=300)
+        kept.conn = conn
+        try:
+            conn.request(handler.command, handler.path, body=data, headers=headers)
+            resp = conn.getresponse()
+            return resp, resp.read()
+        except (http.client.HTTPException, OSError):
+            conn.close()
+            kept.conn = None
+            if attempt:
+                raise
+    raise AssertionError("unreachable")
+
+
+def reply(
+    handler: BaseHTTPRequestHandler,
+    status: int,
+    headers: list[tuple[str, str]],
+    body: bytes,
+    reason: str | None = None,
+) -> None:
+    """Answer the handler's request: status, the end-to-end headers, the body."""
+    handler.send_response(status, reason)
+    for k, v in headers:
+        if k.lower() not in HOP:
+            handler.send_header(k, v)
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
 def make_handler(host: str, port: int) -> type[BaseHTTPRequestHandler]:
     class Proxy(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -42,55 +94,22 @@ def make_handler(host: str, port: int) -> type[BaseHTTPRequestHandler]:
         def log_message(self, format: str, *args: object) -> None:
             pass
 
-        def _upstream(self) -> http.client.HTTPConnection:
-            conn = getattr(local, "conn", None)
-            if conn is None:
-                conn = local.conn = http.client.HTTPConnection(host, port, timeout=300)
-            return conn
-
         def _forward(self) -> None:
             if self.path in ("/__count__", "/__times__"):
                 with lock:
                     body = json.dumps(dict(counts) if self.path == "/__count__" else times).encode()
                     (counts if self.path == "/__count__" else times).clear()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                reply(self, 200, [("Content-Type", "application/json")], body)
                 return
-            length = int(self.headers.get("Content-Length") or 0)
-            data = self.rfile.read(length) if length else None
-            headers = {
-                k: v
-                for k, v in self.headers.items()
-                if k.lower() not in HOP and k.lower() != "host"
-            }
+            data, headers = request_parts(self)
+            key = f"{self.command} {self.path.split('?')[0]}"
             with lock:
-                counts[f"{self.command} {self.path.split('?')[0]}"] += 1
+                counts[key] += 1
             began = time.monotonic()
-            for attempt in range(2):
-                conn = self._upstream()
-                try:
-                    conn.request(self.command, self.path, body=data, headers=headers)
-                    resp = conn.getresponse()
-                    payload = resp.read()
-                    break
-                except (http.client.HTTPException, OSError):
-                    conn.close()
-                    local.conn = None
-                    if attempt:
-                        raise
+            resp, payload = forward(self, host, port, data, headers, local)
             with lock:
-                key = f"{self.command} {self.path.split('?')[0]}"
                 times.append((key, round((time.monotonic() - began) * 1000, 1), len(payload)))
-            self.send_response(resp.status, resp.reason)
-            for k, v in resp.getheaders():
-                if k.lower() not in HOP:
-                    self.send_header(k, v)
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
+            reply(self, resp.status, resp.getheaders(), payload, resp.reason)
 
         do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _forward
 

@@ -114,6 +114,17 @@ class Page:
         return len(self.rows)
 
 
+def _unbind(response: httpx.Response) -> None:
+    """Break the reference cycle httpx leaves between a read response and its stream.
+
+    ``Client.send`` wraps the stream in one that points back at the response, so
+    every response, its body (a page: ~300 KB) and httpcore's request objects
+    could only be freed by Python's cyclic collector, never when the last
+    reference goes. The body is read by then (``request`` never streams).
+    """
+    response.stream = httpx.ByteStream(b"")
+
+
 def _retry_after(response: httpx.Response) -> float | None:
     value = response.headers.get("retry-after")
     if not value:
@@ -254,6 +265,7 @@ class PrefectClient:
                 if not idempotent:
                     raise self._uncertain(method, path, last_problem) from e
             else:
+                _unbind(response)
                 status = response.status_code
                 if status in (401, 403):
                     raise AuthError(
