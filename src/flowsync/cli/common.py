@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import date, datetime
 from decimal import Decimal
@@ -205,6 +205,21 @@ def print_json(value: Any) -> None:
     sys.stdout.flush()
 
 
+# What a phase counts: apply counts runs, a pull's phases count rows of a table.
+_UNITS = {"apply": "runs"}
+
+
+def _unit(phase: str) -> str:
+    return _UNITS.get(phase, "rows")
+
+
+def _eta(seconds: float) -> str:
+    seconds = round(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m {seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
 class TerminalProgress:
     """A live bar per phase on a terminal."""
 
@@ -223,6 +238,7 @@ class TerminalProgress:
         self._task: Any = None
         self._started = time.monotonic()
         self._done = 0
+        self._unit = "rows"
 
     def __enter__(self) -> TerminalProgress:
         self._progress.start()
@@ -235,27 +251,30 @@ class TerminalProgress:
         self._task = self._progress.add_task(name, total=total, rate="")
         self._started = time.monotonic()
         self._done = 0
+        self._unit = _unit(name)
 
     def advance(self, n: int) -> None:
         if self._task is None:
             return
         self._done += n
         rate = self._done / max(time.monotonic() - self._started, 1e-6)
-        self._progress.update(self._task, advance=n, rate=f"{rate:,.0f} rows/s")
+        self._progress.update(self._task, advance=n, rate=f"{rate:,.0f} {self._unit}/s")
 
     def message(self, text: str) -> None:
         self._progress.console.print(f"  {escape(text)}", highlight=False)
 
 
 class LineProgress:
-    """Quiet, line-oriented progress for cron and logs: a line per phase and every 10 s."""
+    """Quiet, line-oriented progress for cron and logs: a line per phase and every 10 s,
+    with the rate since the phase began and, when its total is known, an ETA."""
 
-    def __init__(self, quiet: bool = False) -> None:
+    def __init__(self, quiet: bool = False, clock: Callable[[], float] = time.monotonic) -> None:
         self.quiet = quiet
+        self._clock = clock
         self._name = ""
         self._total: int | None = None
         self._done = 0
-        self._last = time.monotonic()
+        self._last = self._started = clock()
 
     def __enter__(self) -> LineProgress:
         return self
@@ -265,18 +284,26 @@ class LineProgress:
 
     def _flush(self) -> None:
         if self._name and not self.quiet:
-            total = f"/{self._total}" if self._total else ""
-            err.print(f"{self._name}: {self._done}{total} rows", highlight=False)
+            unit = _unit(self._name)
+            line = f"{self._name}: {self._done}{f'/{self._total}' if self._total else ''} {unit}"
+            elapsed = self._clock() - self._started
+            if self._done and elapsed > 0:
+                rate = self._done / elapsed
+                line += f", {rate:,.0f} {unit}/s"
+                if self._total and self._done < self._total:
+                    line += f", eta {_eta((self._total - self._done) / rate)}"
+            err.print(line, highlight=False)
 
     def phase(self, name: str, total: int | None = None) -> None:
         self._flush()
-        self._name, self._total, self._done, self._last = name, total, 0, time.monotonic()
+        self._name, self._total, self._done = name, total, 0
+        self._last = self._started = self._clock()
 
     def advance(self, n: int) -> None:
         self._done += n
-        if time.monotonic() - self._last > 10:
+        if self._clock() - self._last > 10:
             self._flush()
-            self._last = time.monotonic()
+            self._last = self._clock()
 
     def message(self, text: str) -> None:
         if not self.quiet:
