@@ -16,6 +16,13 @@ pip's downloads cached beside it) and reused afterwards. ``SERVER_VERSIONS``
 holds the latest patch of every supported minor; ``server_versions()`` says
 which of them this run tests (``FLOWSYNC_TEST_SERVER_VERSIONS``). Never used
 by ``src/``.
+
+Start-up cost: a new SQLite server of the dev group's Prefect starts from a copy of a
+migrated database (``sqlite_template``: built once by a server's own start on an
+empty home, cached per Prefect version beside the version venvs), with migrations and
+block registration at start turned off (``PREPARED_DATABASE_ENV``), as the PostgreSQL
+backends copy a template database. Other versions, and a home that already holds a
+database (a restart), start the ordinary way.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -225,6 +233,41 @@ def server_env(
     return env
 
 
+# A database that a server of this Prefect already migrated and registered the built-in
+# block types in (a copy of the SQLite template, or of the PostgreSQL template database):
+# what a server does at start to prepare it is already done.
+PREPARED_DATABASE_ENV = {
+    "PREFECT_API_DATABASE_MIGRATE_ON_START": "false",
+    "PREFECT_API_BLOCKS_REGISTER_ON_START": "false",
+}
+SQLITE_DB = "prefect.db"
+
+
+def sqlite_template() -> Path:
+    """A migrated, empty ``prefect.db`` of the dev group's Prefect, with its block types.
+
+    Built once by starting a server on an empty home (its own migrations and block
+    registration), then copied with ``VACUUM INTO`` (one consistent file, no WAL) and
+    renamed into place, under a file lock, so a copy is never half written."""
+    root = servers_cache()
+    root.mkdir(parents=True, exist_ok=True)
+    template = root / f"sqlite-template-{installed_prefect_version()}.db"
+    with (root / f".{template.name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not template.exists():
+            with tempfile.TemporaryDirectory(prefix="flowsync-template-") as tmp:
+                with prefect_server(home=Path(tmp), template=False):
+                    pass
+                partial = Path(tmp) / "template.db"
+                con = sqlite3.connect(Path(tmp) / SQLITE_DB)
+                try:
+                    con.execute("VACUUM INTO ?", (str(partial),))
+                finally:
+                    con.close()
+                os.replace(partial, template)
+    return template
+
+
 def _stop(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -247,11 +290,15 @@ def prefect_server(
     extra_env: dict[str, str] | None = None,
     backend: str = "sqlite",
     version: str | None = None,
+    template: bool = True,
+    prepared_database: bool = False,
 ) -> Iterator[Server]:
     """A running server; stopped (and its temp home removed) on exit.
 
     ``version`` runs that Prefect release from its own virtualenv (see the module
-    docstring); None runs the dev group's.
+    docstring); None runs the dev group's. A SQLite server of the dev group's Prefect on
+    a home without a database starts from ``sqlite_template()`` unless ``template`` is
+    False. ``prepared_database``: ``database_url`` is a copy of a prepared template.
 
     With ``workers`` > 1 the API processes run no background services (Prefect
     turns them off), so they run in a ``prefect server services start``
@@ -267,6 +314,12 @@ def prefect_server(
     port = port or free_port()
     log = home / "server.log"
     env = {**server_env(home, quiet_services, database_url), **(extra_env or {})}
+    fresh_sqlite = database_url is None and not (home / SQLITE_DB).exists()
+    if template and fresh_sqlite and version in (None, installed_prefect_version()):
+        shutil.copyfile(sqlite_template(), home / SQLITE_DB)
+        env.update(PREPARED_DATABASE_ENV)
+    elif prepared_database:
+        env.update(PREPARED_DATABASE_ENV)
     prefect = prefect_executable(version)
     cmd = [prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)]
     if workers > 1:
@@ -331,10 +384,15 @@ def backend_server(
         raise ValueError(f"unknown backend {backend!r}: one of {', '.join(BACKENDS)}")
     if cluster is None:
         raise ValueError(f"backend {backend!r} needs a PostgreSQL cluster")
+    from harness.postgres import TEMPLATE_DB
+
+    prepared = cluster.has_database(TEMPLATE_DB)
     db = cluster.create_database()
     try:
         workers = 1 if backend == "postgres" else 2
-        with postgres_server(cluster.url(db), workers, home, backend=backend, **kwargs) as server:
+        with postgres_server(
+            cluster.url(db), workers, home, backend=backend, prepared_database=prepared, **kwargs
+        ) as server:
             yield server
     finally:
         cluster.drop_database(db)
