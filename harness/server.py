@@ -17,17 +17,17 @@ holds the latest patch of every supported minor; ``server_versions()`` says
 which of them this run tests (``FLOWSYNC_TEST_SERVER_VERSIONS``). Never used
 by ``src/``.
 
-Start-up cost: a new SQLite server of the dev group's Prefect starts from a copy of a
-migrated database (``sqlite_template``: built once by a server's own start on an
-empty home, cached per Prefect version beside the version venvs), with migrations and
-block registration at start turned off (``PREPARED_DATABASE_ENV``), as the PostgreSQL
-backends copy a template database. Other versions, and a home that already holds a
-database (a restart), start the ordinary way.
+Start-up cost: a new SQLite server starts from a copy of a migrated database of its own
+Prefect version (``sqlite_template``: built once by that version's own start on an empty
+home, cached beside the version venvs), with migrations and block registration at start
+turned off (``PREPARED_DATABASE_ENV``), as the PostgreSQL backends copy a template
+database. A home that already holds a database (a restart) starts the ordinary way.
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import shutil
 import signal
@@ -243,28 +243,33 @@ PREPARED_DATABASE_ENV = {
 SQLITE_DB = "prefect.db"
 
 
-def sqlite_template() -> Path:
-    """A migrated, empty ``prefect.db`` of the dev group's Prefect, with its block types.
+def sqlite_template(version: str | None = None) -> Path:
+    """A migrated, empty ``prefect.db`` of ``version`` (None: the dev group's Prefect), with
+    its built-in block types.
 
-    Built once by starting a server on an empty home (its own migrations and block
-    registration), then copied with ``VACUUM INTO`` (one consistent file, no WAL) and
-    renamed into place, under a file lock, so a copy is never half written."""
+    Built once per version (and its pins) by starting a server of that version on an empty
+    home (its own migrations and block registration), then copied with ``VACUUM INTO`` (one
+    consistent file, no WAL) and renamed into place under a file lock, so a copy is never
+    half written."""
+    version = version or installed_prefect_version()
+    pins = hashlib.sha1(" ".join(version_pins(str(version))).encode()).hexdigest()[:8]
     root = servers_cache()
     root.mkdir(parents=True, exist_ok=True)
-    template = root / f"sqlite-template-{installed_prefect_version()}.db"
+    template = root / f"sqlite-template-{version}-{pins}.db"
     with (root / f".{template.name}.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not template.exists():
+            partial = root / f".{template.name}.partial"
+            partial.unlink(missing_ok=True)
             with tempfile.TemporaryDirectory(prefix="flowsync-template-") as tmp:
-                with prefect_server(home=Path(tmp), template=False):
+                with prefect_server(home=Path(tmp), version=version, template=False):
                     pass
-                partial = Path(tmp) / "template.db"
                 con = sqlite3.connect(Path(tmp) / SQLITE_DB)
                 try:
                     con.execute("VACUUM INTO ?", (str(partial),))
                 finally:
                     con.close()
-                os.replace(partial, template)
+            os.replace(partial, template)
     return template
 
 
@@ -296,9 +301,8 @@ def prefect_server(
     """A running server; stopped (and its temp home removed) on exit.
 
     ``version`` runs that Prefect release from its own virtualenv (see the module
-    docstring); None runs the dev group's. A SQLite server of the dev group's Prefect on
-    a home without a database starts from ``sqlite_template()`` unless ``template`` is
-    False. ``prepared_database``: ``database_url`` is a copy of a prepared template.
+    docstring); None runs the dev group's. A SQLite server on a home without a database
+    starts from ``sqlite_template(version)`` unless ``template`` is False. ``prepared_database``: ``database_url`` is a copy of a prepared template.
 
     With ``workers`` > 1 the API processes run no background services (Prefect
     turns them off), so they run in a ``prefect server services start``
@@ -315,8 +319,8 @@ def prefect_server(
     log = home / "server.log"
     env = {**server_env(home, quiet_services, database_url), **(extra_env or {})}
     fresh_sqlite = database_url is None and not (home / SQLITE_DB).exists()
-    if template and fresh_sqlite and version in (None, installed_prefect_version()):
-        shutil.copyfile(sqlite_template(), home / SQLITE_DB)
+    if template and fresh_sqlite:
+        shutil.copyfile(sqlite_template(version), home / SQLITE_DB)
         env.update(PREPARED_DATABASE_ENV)
     elif prepared_database:
         env.update(PREPARED_DATABASE_ENV)
