@@ -195,6 +195,27 @@ class Server:
     workers: int = 1
     version: str | None = None  # None: the dev group's pinned prefect
 
+    def wait_ready(self, timeout: float = 90.0) -> Server:
+        """Return once the server answers ``/health``; raise with its log's tail if it exits
+        or is not ready after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"prefect server exited with {self.process.returncode}:\n"
+                    f"{self.log.read_text()[-3000:]}"
+                )
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"prefect server not ready after {timeout}s:\n{self.log.read_text()[-3000:]}"
+                )
+            time.sleep(0.3)
+
     def env(self) -> dict[str, str]:
         """Environment for a Prefect client (e.g. a real @flow) pointed at this server."""
         return {
@@ -297,12 +318,16 @@ def prefect_server(
     version: str | None = None,
     template: bool = True,
     prepared_database: bool = False,
+    wait: bool = True,
 ) -> Iterator[Server]:
     """A running server; stopped (and its temp home removed) on exit.
 
     ``version`` runs that Prefect release from its own virtualenv (see the module
     docstring); None runs the dev group's. A SQLite server on a home without a database
-    starts from ``sqlite_template(version)`` unless ``template`` is False. ``prepared_database``: ``database_url`` is a copy of a prepared template.
+    starts from ``sqlite_template(version)`` unless ``template`` is False.
+    ``prepared_database``: ``database_url`` is a copy of a prepared template. With
+    ``wait=False`` (one worker only) it yields as soon as the process is launched, to be
+    started in the background while something else runs: ``Server.wait_ready`` before use.
 
     With ``workers`` > 1 the API processes run no background services (Prefect
     turns them off), so they run in a ``prefect server services start``
@@ -336,22 +361,8 @@ def prefect_server(
     url = f"http://127.0.0.1:{port}/api"
     server = Server(url, home, proc, log, backend, database_url, workers, version)
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(
-                    f"prefect server exited with {proc.returncode}:\n{log.read_text()[-3000:]}"
-                )
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"prefect server not ready after {timeout}s:\n{log.read_text()[-3000:]}"
-                )
-            time.sleep(0.3)
+        if wait or workers > 1:
+            server.wait_ready(timeout)
         if workers > 1:
             with (home / "services.log").open("wb") as log_f:
                 services = subprocess.Popen(
