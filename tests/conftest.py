@@ -160,9 +160,10 @@ def _backend_of(item: pytest.Item) -> str:
 
 class FreshServers:
     """Where ``fresh_server`` gets its servers: each one new and empty, for one test. When a
-    later test of the same module will take one on the same backend, its server is launched
-    now (``spare``) and starts while this test runs; a spare nobody took is stopped with the
-    module."""
+    later test will take one on the same backend, its server is launched now (a spare) and
+    starts while the tests before it run: any later test for SQLite, a later test of the same
+    module for PostgreSQL (its database lives in the session's cluster, which must outlive
+    it). A spare nobody took is stopped with its module (PostgreSQL) or the session."""
 
     def __init__(self, tmp: pytest.TempPathFactory) -> None:
         self.tmp = tmp
@@ -178,23 +179,31 @@ class FreshServers:
         return self.spares.pop(backend, None) or self.launch(backend, cluster)
 
     def spare_for(self, item: pytest.Item, backend: str, cluster: PgCluster | None) -> None:
-        """Launch the server of the next test in ``item``'s module that takes one, if any."""
+        """Launch the server of the next test that takes one on ``backend``, if any."""
         items = item.session.items
         later = items[items.index(item) + 1 :]
         if backend not in self.spares and any(
-            i.module is item.module  # type: ignore[attr-defined]
-            and "fresh_server" in getattr(i, "fixturenames", ())
+            "fresh_server" in getattr(i, "fixturenames", ())
             and _backend_of(i) == backend
+            and (backend == "sqlite" or i.module is item.module)  # type: ignore[attr-defined]
             for i in later
         ):
             self.spares[backend] = self.launch(backend, cluster)
+            module = item.getparent(pytest.Module)
+            if backend != "sqlite" and module is not None:  # stopped with its module
+                module.addfinalizer(lambda: self.discard(backend))
+
+    def discard(self, backend: str) -> None:
+        spare = self.spares.pop(backend, None)
+        if spare is not None:
+            spare[0].close()
 
     def close(self) -> None:
-        while self.spares:
-            self.spares.popitem()[1][0].close()
+        for backend in list(self.spares):
+            self.discard(backend)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def fresh_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FreshServers]:
     pool = FreshServers(tmp_path_factory)
     try:
