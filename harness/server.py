@@ -16,15 +16,23 @@ pip's downloads cached beside it) and reused afterwards. ``SERVER_VERSIONS``
 holds the latest patch of every supported minor; ``server_versions()`` says
 which of them this run tests (``FLOWSYNC_TEST_SERVER_VERSIONS``). Never used
 by ``src/``.
+
+Start-up cost: a new SQLite server starts from a copy of a migrated database of its own
+Prefect version (``sqlite_template``: built once by that version's own start on an empty
+home, cached beside the version venvs), with migrations and block registration at start
+turned off (``PREPARED_DATABASE_ENV``), as the PostgreSQL backends copy a template
+database. A home that already holds a database (a restart) starts the ordinary way.
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -187,6 +195,27 @@ class Server:
     workers: int = 1
     version: str | None = None  # None: the dev group's pinned prefect
 
+    def wait_ready(self, timeout: float = 90.0) -> Server:
+        """Return once the server answers ``/health``; raise with its log's tail if it exits
+        or is not ready after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"prefect server exited with {self.process.returncode}:\n"
+                    f"{self.log.read_text()[-3000:]}"
+                )
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"prefect server not ready after {timeout}s:\n{self.log.read_text()[-3000:]}"
+                )
+            time.sleep(0.3)
+
     def env(self) -> dict[str, str]:
         """Environment for a Prefect client (e.g. a real @flow) pointed at this server."""
         return {
@@ -225,6 +254,46 @@ def server_env(
     return env
 
 
+# A database that a server of this Prefect already migrated and registered the built-in
+# block types in (a copy of the SQLite template, or of the PostgreSQL template database):
+# what a server does at start to prepare it is already done.
+PREPARED_DATABASE_ENV = {
+    "PREFECT_API_DATABASE_MIGRATE_ON_START": "false",
+    "PREFECT_API_BLOCKS_REGISTER_ON_START": "false",
+}
+SQLITE_DB = "prefect.db"
+
+
+def sqlite_template(version: str | None = None) -> Path:
+    """A migrated, empty ``prefect.db`` of ``version`` (None: the dev group's Prefect), with
+    its built-in block types.
+
+    Built once per version (and its pins) by starting a server of that version on an empty
+    home (its own migrations and block registration), then copied with ``VACUUM INTO`` (one
+    consistent file, no WAL) and renamed into place under a file lock, so a copy is never
+    half written."""
+    version = version or installed_prefect_version()
+    pins = hashlib.sha1(" ".join(version_pins(str(version))).encode()).hexdigest()[:8]
+    root = servers_cache()
+    root.mkdir(parents=True, exist_ok=True)
+    template = root / f"sqlite-template-{version}-{pins}.db"
+    with (root / f".{template.name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not template.exists():
+            partial = root / f".{template.name}.partial"
+            partial.unlink(missing_ok=True)
+            with tempfile.TemporaryDirectory(prefix="flowsync-template-") as tmp:
+                with prefect_server(home=Path(tmp), version=version, template=False):
+                    pass
+                con = sqlite3.connect(Path(tmp) / SQLITE_DB)
+                try:
+                    con.execute("VACUUM INTO ?", (str(partial),))
+                finally:
+                    con.close()
+            os.replace(partial, template)
+    return template
+
+
 def _stop(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -247,11 +316,18 @@ def prefect_server(
     extra_env: dict[str, str] | None = None,
     backend: str = "sqlite",
     version: str | None = None,
+    template: bool = True,
+    prepared_database: bool = False,
+    wait: bool = True,
 ) -> Iterator[Server]:
     """A running server; stopped (and its temp home removed) on exit.
 
     ``version`` runs that Prefect release from its own virtualenv (see the module
-    docstring); None runs the dev group's.
+    docstring); None runs the dev group's. A SQLite server on a home without a database
+    starts from ``sqlite_template(version)`` unless ``template`` is False.
+    ``prepared_database``: ``database_url`` is a copy of a prepared template. With
+    ``wait=False`` (one worker only) it yields as soon as the process is launched, to be
+    started in the background while something else runs: ``Server.wait_ready`` before use.
 
     With ``workers`` > 1 the API processes run no background services (Prefect
     turns them off), so they run in a ``prefect server services start``
@@ -267,6 +343,12 @@ def prefect_server(
     port = port or free_port()
     log = home / "server.log"
     env = {**server_env(home, quiet_services, database_url), **(extra_env or {})}
+    fresh_sqlite = database_url is None and not (home / SQLITE_DB).exists()
+    if template and fresh_sqlite:
+        shutil.copyfile(sqlite_template(version), home / SQLITE_DB)
+        env.update(PREPARED_DATABASE_ENV)
+    elif prepared_database:
+        env.update(PREPARED_DATABASE_ENV)
     prefect = prefect_executable(version)
     cmd = [prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)]
     if workers > 1:
@@ -279,22 +361,8 @@ def prefect_server(
     url = f"http://127.0.0.1:{port}/api"
     server = Server(url, home, proc, log, backend, database_url, workers, version)
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(
-                    f"prefect server exited with {proc.returncode}:\n{log.read_text()[-3000:]}"
-                )
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"prefect server not ready after {timeout}s:\n{log.read_text()[-3000:]}"
-                )
-            time.sleep(0.3)
+        if wait or workers > 1:
+            server.wait_ready(timeout)
         if workers > 1:
             with (home / "services.log").open("wb") as log_f:
                 services = subprocess.Popen(
@@ -331,10 +399,15 @@ def backend_server(
         raise ValueError(f"unknown backend {backend!r}: one of {', '.join(BACKENDS)}")
     if cluster is None:
         raise ValueError(f"backend {backend!r} needs a PostgreSQL cluster")
+    from harness.postgres import TEMPLATE_DB
+
+    prepared = cluster.has_database(TEMPLATE_DB)
     db = cluster.create_database()
     try:
         workers = 1 if backend == "postgres" else 2
-        with postgres_server(cluster.url(db), workers, home, backend=backend, **kwargs) as server:
+        with postgres_server(
+            cluster.url(db), workers, home, backend=backend, prepared_database=prepared, **kwargs
+        ) as server:
             yield server
     finally:
         cluster.drop_database(db)

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, ExitStack
 from pathlib import Path
 
 import pytest
@@ -153,11 +153,76 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> BuiltHistory:
     return build(tmp_path_factory.mktemp("built") / "runs.duckdb", days=45)
 
 
+def _backend_of(item: pytest.Item) -> str:
+    callspec = getattr(item, "callspec", None)
+    return str(callspec.params.get("backend", "sqlite")) if callspec else "sqlite"
+
+
+class FreshServers:
+    """Where ``fresh_server`` gets its servers: each one new and empty, for one test. When a
+    later test will take one on the same backend, its server is launched now (a spare) and
+    starts while the tests before it run: any later test for SQLite, a later test of the same
+    module for PostgreSQL (its database lives in the session's cluster, which must outlive
+    it). A spare nobody took is stopped with its module (PostgreSQL) or the session."""
+
+    def __init__(self, tmp: pytest.TempPathFactory) -> None:
+        self.tmp = tmp
+        self.spares: dict[str, tuple[ExitStack, Server]] = {}
+
+    def launch(self, backend: str, cluster: PgCluster | None) -> tuple[ExitStack, Server]:
+        stack = ExitStack()
+        home = self.tmp.mktemp("fresh-prefect")
+        server = stack.enter_context(backend_server(backend, home, cluster, wait=False))
+        return stack, server
+
+    def take(self, backend: str, cluster: PgCluster | None) -> tuple[ExitStack, Server]:
+        return self.spares.pop(backend, None) or self.launch(backend, cluster)
+
+    def spare_for(self, item: pytest.Item, backend: str, cluster: PgCluster | None) -> None:
+        """Launch the server of the next test that takes one on ``backend``, if any."""
+        items = item.session.items
+        later = items[items.index(item) + 1 :]
+        if backend not in self.spares and any(
+            "fresh_server" in getattr(i, "fixturenames", ())
+            and _backend_of(i) == backend
+            and (backend == "sqlite" or i.module is item.module)  # type: ignore[attr-defined]
+            for i in later
+        ):
+            self.spares[backend] = self.launch(backend, cluster)
+            module = item.getparent(pytest.Module)
+            if backend != "sqlite" and module is not None:  # stopped with its module
+                module.addfinalizer(lambda: self.discard(backend))
+
+    def discard(self, backend: str) -> None:
+        spare = self.spares.pop(backend, None)
+        if spare is not None:
+            spare[0].close()
+
+    def close(self) -> None:
+        for backend in list(self.spares):
+            self.discard(backend)
+
+
+@pytest.fixture(scope="session")
+def fresh_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FreshServers]:
+    pool = FreshServers(tmp_path_factory)
+    try:
+        yield pool
+    finally:
+        pool.close()
+
+
 @pytest.fixture
-def fresh_server(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Server]:
-    with backend_server(
-        backend, tmp_path / "fresh-prefect", _cluster_for(backend, request)
-    ) as server:
+def fresh_server(
+    backend: str, request: pytest.FixtureRequest, fresh_servers: FreshServers
+) -> Iterator[Server]:
+    """A new, empty server of this test's own (started from the template database; see
+    ``FreshServers`` for when it starts)."""
+    cluster = _cluster_for(backend, request)
+    stack, server = fresh_servers.take(backend, cluster)
+    with stack:
+        server.wait_ready()
+        fresh_servers.spare_for(request.node, backend, cluster)
         yield server
 
 

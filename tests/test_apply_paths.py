@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 import pytest
@@ -71,6 +71,22 @@ def live(server: Server, ids: list[str]) -> dict[str, str]:
     return {r["id"]: r["state_type"] for r in found}
 
 
+class Pulled(NamedTuple):
+    """Runs of a deployment of their own, a file pulled after they were made, and every
+    other run on the server as it was then (``outside``: equal after the apply)."""
+
+    ids: list[str]
+    db: Path
+    others: dict[str, tuple[str, str]]
+
+
+def pulled_runs(server: Server, folder: Path, n: int, state: str, tag: str) -> Pulled:
+    """``runs`` of a new ``deployment``, then a pull into ``folder``."""
+    ids = runs(server, deployment(server), n, state, tag)
+    db = pulled_db(server.url, folder)
+    return Pulled(ids, db, outside(server, ids))
+
+
 def policy_file(folder: Path, rules: list[dict[str, Any]], **top: Any) -> Path:
     path = folder / "policy.yaml"
     path.write_text(yaml.safe_dump({"version": 1, **top, "rules": rules}, sort_keys=False))
@@ -81,6 +97,25 @@ def tagged(tag: str, state: str) -> str:
     return (
         f"SELECT id FROM flow_runs WHERE deleted_at IS NULL AND list_contains(tags, '{tag}') "
         f"AND state_type = '{state}'"
+    )
+
+
+def purge(folder: Path, tag: str, state: str, **top: Any) -> Path:
+    """A policy of one rule: delete the runs tagged ``tag`` in ``state``."""
+    return policy_file(
+        folder, [{"name": "purge", "action": "delete", "sql": tagged(tag, state)}], **top
+    )
+
+
+def marked_deleted(db: Path, ids: list[str]) -> int:
+    """How many of ``ids`` the file marks deleted."""
+    return int(
+        query(
+            db,
+            "SELECT count(*) FROM flow_runs WHERE deleted_at IS NOT NULL AND id IN "
+            "(SELECT unnest(CAST(? AS UUID[])))",
+            [ids],
+        )[0][0]
     )
 
 
@@ -128,10 +163,7 @@ def library_apply(
 def test_keep_newest_is_decided_on_the_newest_runs_as_they_are_now(
     server: Server, tmp_path: Path
 ) -> None:
-    dep = deployment(server)
-    ids = runs(server, dep, 10, "FAILED", "kn1")
-    db = pulled_db(server.url, tmp_path)
-    others = outside(server, ids)
+    ids, db, others = pulled_runs(server, tmp_path, 10, "FAILED", "kn1")
     policy = policy_file(
         tmp_path,
         [{"name": "purge", "action": "delete", "keep_newest": 2, "sql": tagged("kn1", "FAILED")}],
@@ -172,23 +204,12 @@ def test_keep_newest_counts_what_an_earlier_rule_of_the_same_apply_took(
     now = live(server, ids)
     # rule 1 deleted the two newest; rule 2 kept the next two (the file said so in time)
     assert [i for i in ids if i in now] == ids[-4:-2]
-    assert (
-        query(
-            db,
-            "SELECT count(*) FROM flow_runs WHERE deleted_at IS NOT NULL AND id IN "
-            "(SELECT unnest(CAST(? AS UUID[])))",
-            [ids],
-        )[0][0]
-        == 8
-    )
+    assert marked_deleted(db, ids) == 8
     assert outside(server, ids) == others  # nothing outside the selection touched
 
 
 def test_a_rule_reading_other_runs_sees_their_state_changes(server: Server, tmp_path: Path) -> None:
-    dep = deployment(server)
-    ids = runs(server, dep, 6, "FAILED", "xr")
-    db = pulled_db(server.url, tmp_path)
-    others = outside(server, ids)
+    ids, db, others = pulled_runs(server, tmp_path, 6, "FAILED", "xr")
     # Delete FAILED runs of deployments that have no COMPLETED run: NOT EXISTS over other runs.
     sql = (
         "SELECT r.id FROM flow_runs r WHERE r.deleted_at IS NULL AND list_contains(r.tags, 'xr') "
@@ -214,15 +235,8 @@ def test_a_rule_reading_other_runs_sees_their_state_changes(server: Server, tmp_
 def test_a_run_protected_while_the_server_asks_to_wait_is_not_deleted(
     server: Server, tmp_path: Path
 ) -> None:
-    dep = deployment(server)
-    ids = runs(server, dep, 6, "COMPLETED", "thr")
-    db = pulled_db(server.url, tmp_path)
-    others = outside(server, ids)
-    policy = policy_file(
-        tmp_path,
-        [{"name": "purge", "action": "delete", "sql": tagged("thr", "COMPLETED")}],
-        protect_tags=["keep"],
-    )
+    ids, db, others = pulled_runs(server, tmp_path, 6, "COMPLETED", "thr")
+    policy = purge(tmp_path, "thr", "COMPLETED", protect_tags=["keep"])
     throttled = {"n": 0}
 
     def fault(request: httpx.Request, n: int) -> httpx.Response | None:
@@ -249,13 +263,8 @@ def test_a_run_protected_while_the_server_asks_to_wait_is_not_deleted(
 def test_a_timed_out_call_the_server_completes_later_is_attributed_to_this_apply(
     server: Server, tmp_path: Path
 ) -> None:
-    dep = deployment(server)
-    ids = runs(server, dep, 5, "COMPLETED", "late")
-    db = pulled_db(server.url, tmp_path)
-    others = outside(server, ids)
-    policy = policy_file(
-        tmp_path, [{"name": "purge", "action": "delete", "sql": tagged("late", "COMPLETED")}]
-    )
+    ids, db, others = pulled_runs(server, tmp_path, 5, "COMPLETED", "late")
+    policy = purge(tmp_path, "late", "COMPLETED")
     sent: list[str] = []
     real = httpx.Client(timeout=60)
 
@@ -286,10 +295,7 @@ def test_a_timed_out_call_the_server_completes_later_is_attributed_to_this_apply
 def test_a_401_on_the_second_call_of_a_batch_keeps_what_the_first_did(
     server: Server, tmp_path: Path
 ) -> None:
-    dep = deployment(server)
-    ids = runs(server, dep, 6, "COMPLETED", "auth")
-    db = pulled_db(server.url, tmp_path)
-    others = outside(server, ids)
+    ids, db, others = pulled_runs(server, tmp_path, 6, "COMPLETED", "auth")
     # Half the batch moves on to FAILED after the pull, so its one batch goes out as two
     # calls (one per state type the server shows): the second is refused with 401.
     policy = policy_file(
@@ -420,21 +426,14 @@ def apply_killed_at(server: Server, db: Path, policy: Path, *, before_server: bo
 def test_an_apply_killed_after_a_call_is_settled_by_the_next_under_its_own_id(
     server: Server, tmp_path: Path
 ) -> None:
-    dep = deployment(server)
-    ids = runs(server, dep, 120, "COMPLETED", "kill")
-    db = pulled_db(server.url, tmp_path)
-    others = outside(server, ids)
-    policy = policy_file(
-        tmp_path, [{"name": "purge", "action": "delete", "sql": tagged("kill", "COMPLETED")}]
-    )
+    ids, db, others = pulled_runs(server, tmp_path, 120, "COMPLETED", "kill")
+    policy = purge(tmp_path, "kill", "COMPLETED")
 
     first_apply = apply_killed_at(server, db, policy, before_server=False)
     pending = query(db, "SELECT count(*) FROM policy_actions WHERE outcome = 'pending'")[0][0]
     assert pending == 50, "the second batch was sent, its answer never recorded"
     # The next apply reads them back and settles them under the apply that sent them.
-    result = run_cli(
-        "apply", str(policy), "--db", str(db), "--api-url", server.url, "--yes", "--json"
-    )
+    result = apply_cli(server, db, policy)
     assert result.exit_code == 0, result.output
     assert live(server, ids) == {}
     rows = query(
@@ -458,27 +457,11 @@ def test_an_apply_killed_after_a_call_is_settled_by_the_next_under_its_own_id(
 def test_an_apply_killed_before_its_call_reached_the_server_is_finished_by_the_next(
     server: Server, tmp_path: Path
 ) -> None:
-    dep = deployment(server)
-    ids = runs(server, dep, 80, "COMPLETED", "killb")
-    db = pulled_db(server.url, tmp_path)
-    others = outside(server, ids)
-    policy = policy_file(
-        tmp_path, [{"name": "purge", "action": "delete", "sql": tagged("killb", "COMPLETED")}]
-    )
+    ids, db, others = pulled_runs(server, tmp_path, 80, "COMPLETED", "killb")
+    policy = purge(tmp_path, "killb", "COMPLETED")
     first_apply = apply_killed_at(server, db, policy, before_server=True)
     assert len(live(server, ids)) == 30  # batch 2 (30 runs) never reached the server
-    result = run_cli(
-        "apply",
-        str(policy),
-        "--db",
-        str(db),
-        "--api-url",
-        server.url,
-        "--yes",
-        "--json",
-        "--settle-seconds",
-        "1",
-    )
+    result = apply_cli(server, db, policy, "--settle-seconds", "1")
     assert result.exit_code == 0, result.output
     assert live(server, ids) == {}
     rows = query(
@@ -493,13 +476,8 @@ def test_an_apply_killed_before_its_call_reached_the_server_is_finished_by_the_n
 def test_a_call_whose_connection_was_never_made_is_rechecked_then_sent_once_more(
     server: Server, tmp_path: Path
 ) -> None:
-    dep = deployment(server)
-    ids = runs(server, dep, 5, "COMPLETED", "conn")
-    db = pulled_db(server.url, tmp_path)
-    others = outside(server, ids)
-    policy = policy_file(
-        tmp_path, [{"name": "purge", "action": "delete", "sql": tagged("conn", "COMPLETED")}]
-    )
+    ids, db, others = pulled_runs(server, tmp_path, 5, "COMPLETED", "conn")
+    policy = purge(tmp_path, "conn", "COMPLETED")
     sent: list[int] = []
 
     def fault(request: httpx.Request, n: int) -> httpx.Response | None:
@@ -520,13 +498,8 @@ def test_a_call_whose_connection_was_never_made_is_rechecked_then_sent_once_more
 def test_ctrl_c_while_a_call_is_in_flight_records_what_the_server_did(
     server: Server, tmp_path: Path
 ) -> None:
-    dep = deployment(server)
-    ids = runs(server, dep, 120, "COMPLETED", "ctrlc")
-    db = pulled_db(server.url, tmp_path)
-    others = outside(server, ids)
-    policy = policy_file(
-        tmp_path, [{"name": "purge", "action": "delete", "sql": tagged("ctrlc", "COMPLETED")}]
-    )
+    ids, db, others = pulled_runs(server, tmp_path, 120, "COMPLETED", "ctrlc")
+    policy = purge(tmp_path, "ctrlc", "COMPLETED")
     calls: list[list[str]] = []
 
     def ctrl_c(request: httpx.Request, response: httpx.Response) -> None:
@@ -543,11 +516,5 @@ def test_ctrl_c_while_a_call_is_in_flight_records_what_the_server_did(
     assert set(remaining) == set(ids) - set(sent)
     # batch 2's rows were read back on the way out: deleted, attributed to this apply
     assert outcomes(db, ids) == dict.fromkeys(sent, "deleted")
-    marked = query(
-        db,
-        "SELECT count(*) FROM flow_runs WHERE deleted_at IS NOT NULL AND id IN "
-        "(SELECT unnest(CAST(? AS UUID[])))",
-        [ids],
-    )[0][0]
-    assert marked == 100
+    assert marked_deleted(db, ids) == 100
     assert outside(server, ids) == others

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from harness.seed import create_bulk, delete_runs, seed, set_states
+from harness.seed import Seeded, create_bulk, delete_runs, seed, set_states
 from harness.server import Server
 from tests.helpers import (
     SeededServer,
@@ -31,6 +31,23 @@ from tests.helpers import (
 from tests.server_truth import assert_matches_server, server_runs
 
 pytestmark = pytest.mark.backends("sqlite", "postgres")
+
+
+def seeded_and_pulled(url: str, db: Path, runs: int, seed_value: int) -> Seeded:
+    """``runs`` runs of one flow and deployment on the server, then a first pull into ``db``."""
+    seeded = seed(url, runs=runs, flows=1, deployments_per_flow=1, seed_value=seed_value)
+    pull(url, db)
+    return seeded
+
+
+def completed(seeded: Seeded) -> list[str]:
+    return [i for i, s in seeded.runs.items() if s == "COMPLETED"]
+
+
+def move_to(url: str, ids: list[str], state_type: str) -> None:
+    """Force ``ids`` into ``state_type`` on the server at ``url``."""
+    with httpx.Client(base_url=url + "/", timeout=60) as c:
+        set_states(c, ids, state_type, state_type.title())
 
 
 def pull(url: str, db: Path, *extra: str) -> dict[str, Any]:
@@ -50,8 +67,7 @@ def test_changes_between_pulls(fresh_server: Server, db_path: Path) -> None:
     rng = random.Random(3)
     changed = rng.sample(ids, 10)
     deleted = rng.sample([i for i in ids if i not in changed], 7)
-    with httpx.Client(base_url=url + "/", timeout=60) as c:
-        set_states(c, changed, "CANCELLED", "Cancelled")
+    move_to(url, changed, "CANCELLED")
     delete_runs(url, deleted)
     new = seed(url, runs=12, flows=1, deployments_per_flow=1, seed_value=99)
 
@@ -77,8 +93,7 @@ def test_changes_between_pulls(fresh_server: Server, db_path: Path) -> None:
 
 def test_full_flag_reconciles_and_marks_deleted(fresh_server: Server, db_path: Path) -> None:
     url = fresh_server.url
-    seeded = seed(url, runs=60, flows=1, deployments_per_flow=1, seed_value=2)
-    pull(url, db_path)
+    seeded = seeded_and_pulled(url, db_path, runs=60, seed_value=2)
     gone = list(seeded.runs)[:5]
     delete_runs(url, gone)
     result = pull(url, db_path, "--full")
@@ -192,8 +207,7 @@ def test_kill_9_mid_pull_then_resume(fresh_server: Server, db_path: Path) -> Non
 
 def test_second_concurrent_pull_is_refused_then_waits(fresh_server: Server, db_path: Path) -> None:
     url = fresh_server.url
-    seed(url, runs=20, flows=1, deployments_per_flow=1, seed_value=8)
-    pull(url, db_path)
+    seeded_and_pulled(url, db_path, runs=20, seed_value=8)
     holder = subprocess.Popen(
         [
             sys.executable,
@@ -254,11 +268,9 @@ def test_verify_finds_a_state_change_whose_event_was_missed(
 ) -> None:
     """With the event window moved past the change, only the per-bucket counts can find it."""
     url = fresh_server.url
-    seeded = seed(url, runs=40, flows=1, deployments_per_flow=1, seed_value=11)
-    pull(url, db_path)
-    target = next(i for i, s in seeded.runs.items() if s == "COMPLETED")
-    with httpx.Client(base_url=url + "/", timeout=60) as c:
-        set_states(c, [target], "FAILED", "Failed")
+    seeded = seeded_and_pulled(url, db_path, runs=40, seed_value=11)
+    target = completed(seeded)[0]
+    move_to(url, [target], "FAILED")
     # Pretend the last pull happened after the change, so its event is outside the window.
     import duckdb
 
@@ -281,12 +293,10 @@ def test_runs_already_read_inside_the_overlap_are_not_read_again(
 ) -> None:
     """The overlap window re-lists recent events; runs whose local state is that recent are skipped."""
     url = fresh_server.url
-    seeded = seed(url, runs=30, flows=1, deployments_per_flow=1, seed_value=13)
-    pull(url, db_path)
+    seeded = seeded_and_pulled(url, db_path, runs=30, seed_value=13)
     baseline = int(pull(url, db_path)["requests"])
-    targets = [i for i, s in seeded.runs.items() if s == "COMPLETED"][:3]
-    with httpx.Client(base_url=url + "/", timeout=60) as c:
-        set_states(c, targets, "CANCELLED", "Cancelled")
+    targets = completed(seeded)[:3]
+    move_to(url, targets, "CANCELLED")
     wait_for_state_events(url, targets, "CANCELLED")
 
     changed = pull(url, db_path)
@@ -298,8 +308,7 @@ def test_runs_already_read_inside_the_overlap_are_not_read_again(
     assert int(pull(url, db_path)["requests"]) == baseline
 
     # A newer change to one of them is read again.
-    with httpx.Client(base_url=url + "/", timeout=60) as c:
-        set_states(c, targets[:1], "FAILED", "Failed")
+    move_to(url, targets[:1], "FAILED")
     wait_for_state_events(url, targets[:1], "FAILED")
     again = pull(url, db_path)
     assert int(again["requests"]) == baseline + 1
@@ -358,8 +367,7 @@ def test_runs_changing_state_inside_a_tie_are_not_skipped(
             if window.get("after_") and window.get("after_") == window.get("before_"):
                 tie_pages += 1
                 if tie_pages == 2:  # between the first and the second page of the tie
-                    with httpx.Client(base_url=url + "/", timeout=60) as c:
-                        set_states(c, rng.sample(tied, 225), "CANCELLED", "Cancelled")
+                    move_to(url, rng.sample(tied, 225), "CANCELLED")
 
     options = PullOptions(concurrency=1, page_size=100)
     with (

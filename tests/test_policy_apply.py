@@ -411,6 +411,19 @@ def write(folder: Path, text: str) -> Path:
     return path
 
 
+def purge_state(folder: Path, state: str) -> Path:
+    """A policy of one rule, ``purge-<state>``: delete the live runs in ``state``."""
+    return write(
+        folder,
+        f"""version: 1
+rules:
+  - name: purge-{state.lower()}
+    action: delete
+    sql: SELECT id FROM flow_runs WHERE deleted_at IS NULL AND state_type = '{state}'
+""",
+    )
+
+
 def pulled(server: Server, db: Path) -> Path:
     result = run_cli("pull", "--api-url", server.url, "--db", str(db), "--quiet")
     assert result.exit_code == 0, result.output
@@ -505,15 +518,7 @@ def test_runs_changed_on_the_server_since_the_pull_are_left_alone(
         },
     )
     assert [x["status"] for x in r.json()["results"]] == ["ACCEPT"] * 3
-    path = write(
-        tmp_path,
-        """version: 1
-rules:
-  - name: purge-failed
-    action: delete
-    sql: SELECT id FROM flow_runs WHERE deleted_at IS NULL AND state_type = 'FAILED'
-""",
-    )
+    path = purge_state(tmp_path, "FAILED")
     result = run_cli(
         "apply", str(path), "--db", str(db), "--api-url", server.url, "--yes", "--json"
     )
@@ -655,15 +660,7 @@ def test_a_terminal_asks_first_and_no_changes_nothing(server: Server, tmp_path: 
     db = pulled(server, tmp_path / "runs.duckdb")
     pending = count(server, {"flow_runs": {"state": {"type": {"any_": ["PENDING"]}}}})
     assert pending
-    path = write(
-        tmp_path,
-        """version: 1
-rules:
-  - name: purge-pending
-    action: delete
-    sql: SELECT id FROM flow_runs WHERE deleted_at IS NULL AND state_type = 'PENDING'
-""",
-    )
+    path = purge_state(tmp_path, "PENDING")
     args = [str(path), "--db", str(db), "--api-url", server.url]
     code, screen = _apply_on_a_terminal(args, "n")
     assert code == 1, screen

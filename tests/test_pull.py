@@ -211,7 +211,10 @@ def test_a_pull_leaves_the_cyclic_collector_nothing_and_runs_it_rarely(
     gc.disable()  # what the pull leaves is found below, not by a collection in between
     gc.set_debug(gc.DEBUG_SAVEALL)
     try:
-        with Store.writer(db_path) as store, PrefectClient(resolve_api(prefect.url, None)) as client:
+        with (
+            Store.writer(db_path) as store,
+            PrefectClient(resolve_api(prefect.url, None)) as client,
+        ):
             pull(client, store, PullOptions(page_size=50), Watching())
             gc.collect()
             left = sorted({type(o).__module__ for o in gc.garbage})

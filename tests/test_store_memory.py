@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
@@ -10,7 +12,7 @@ import pytest
 
 from flowsync.api.client import Page
 from flowsync.errors import StoreError
-from flowsync.store import Store
+from flowsync.store import Store, Writer
 from flowsync.store.connect import WRITE_MEMORY
 from flowsync.store.migrations import MIGRATIONS
 from flowsync.store.synced_tables import upsert_pages
@@ -90,6 +92,18 @@ def test_a_run_written_again_replaces_its_row(db_path: Path) -> None:
         assert store.execute("SELECT count(*) FROM flow_runs WHERE seen_pull = 2").scalar() == 200
 
 
+OUT_OF_MEMORY = r"out of memory under its 8 MB cap.*--memory-limit"
+
+
+@contextmanager
+def capped_at_8mb(db_path: Path) -> Iterator[Writer]:
+    """A writer capped at 8 MB that may not spill to disk: the cap is hard."""
+    with Store.writer(db_path) as store:
+        store.execute("SET max_temp_directory_size = '0KB'")
+        store.budget_memory(fixed_mb=8)
+        yield store
+
+
 def test_zero_leaves_duckdbs_default(db_path: Path) -> None:
     with Store.writer(db_path, memory_limit_mb=0) as store:
         default = _setting_mib(store)
@@ -101,13 +115,8 @@ def test_zero_leaves_duckdbs_default(db_path: Path) -> None:
 
 
 def test_running_out_under_the_cap_is_one_clear_error_and_saves_nothing(db_path: Path) -> None:
-    with Store.writer(db_path) as store:
-        store.execute("SET max_temp_directory_size = '0KB'")  # no spilling: the cap is hard
-        store.budget_memory(fixed_mb=8)
-        with (
-            pytest.raises(StoreError, match=r"out of memory under its 8 MB cap.*--memory-limit"),
-            store.transaction(),
-        ):
+    with capped_at_8mb(db_path) as store:
+        with pytest.raises(StoreError, match=OUT_OF_MEMORY), store.transaction():
             store.execute(
                 "CREATE TABLE big AS SELECT range AS i, repeat('x', 200) || range AS s FROM range(300000) ORDER BY s"
             )
@@ -138,16 +147,14 @@ def test_pull_with_a_too_small_cap_fails_clearly_then_a_default_pull_completes(
 
 
 def test_running_out_in_a_read_under_the_guard_is_one_clear_error(db_path: Path) -> None:
-    with Store.writer(db_path) as store:
-        store.execute("SET max_temp_directory_size = '0KB'")
-        store.budget_memory(fixed_mb=8)
-        with (
-            pytest.raises(StoreError, match=r"out of memory under its 8 MB cap.*--memory-limit"),
-            store.memory_guard(),
-        ):
-            store.execute(
-                "SELECT s, count(*) FROM (SELECT repeat('x', 200) || range AS s FROM range(300000)) GROUP BY s ORDER BY s"
-            ).rows()
+    with (
+        capped_at_8mb(db_path) as store,
+        pytest.raises(StoreError, match=OUT_OF_MEMORY),
+        store.memory_guard(),
+    ):
+        store.execute(
+            "SELECT s, count(*) FROM (SELECT repeat('x', 200) || range AS s FROM range(300000)) GROUP BY s ORDER BY s"
+        ).rows()
 
 
 def test_an_incremental_upsert_into_a_large_history_fits_the_default_cap(tmp_path: Path) -> None:
