@@ -31,13 +31,13 @@ from typing import Any
 
 import httpx
 
+import flowsync
 from bench.bench_reports import generate
 from flowsync import export, reports
-from flowsync.api import PrefectClient
 from flowsync.config import ApiSettings
 from flowsync.store import Store
 from flowsync.store import snapshot as snap
-from flowsync.sync import PullOptions, pull
+from flowsync.sync import PullOptions
 from harness.fast_seed import fast_seed
 from harness.seed import set_states
 from harness.server import prefect_server
@@ -55,20 +55,18 @@ MEMORY_LIMIT_MB: int | None = None
 
 
 def pull_and_publish(url: str, db: Path) -> dict[str, Any]:
-    with Store.writer(db) as store, PrefectClient(ApiSettings(url=url)) as client:
-        t = time.perf_counter()
-        result = pull(client, store, PullOptions(memory_limit_mb=MEMORY_LIMIT_MB))
-        pulled = time.perf_counter() - t
-        t = time.perf_counter()
-        changed = bool(result.inserted or result.updated or result.marked_deleted)
-        published = snap.publish(store, pull_id=result.pull_id, changed=changed)
-        return {
-            "pull_s": pulled,
-            "publish_s": time.perf_counter() - t,
-            "published": published.published,
-            "rows_changed": result.inserted + result.updated + result.marked_deleted,
-            "bytes": db.stat().st_size,
-        }
+    """One ``flowsync pull``, through the library call the command makes (pull, then publish)."""
+    pulled = flowsync.pull(
+        db, api=ApiSettings(url=url), options=PullOptions(memory_limit_mb=MEMORY_LIMIT_MB)
+    )
+    result, published = pulled.result, pulled.snapshot
+    return {
+        "pull_s": result.seconds,
+        "publish_s": published.seconds,
+        "published": published.published,
+        "rows_changed": result.inserted + result.updated + result.marked_deleted,
+        "bytes": db.stat().st_size,
+    }
 
 
 def all_ids(url: str) -> list[str]:
