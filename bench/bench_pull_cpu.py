@@ -90,7 +90,9 @@ def child(url: str, runs: int, concurrency: int, db: Path) -> dict[str, Any]:
     from flowsync.sync import pull
     from flowsync.sync.context import PullOptions
 
-    with Store.writer(db) as store, PrefectClient(resolve_api(url, None)) as client:
+    # A version from before the store's roles (``--src`` of an older checkout) opens by flags.
+    writer = Store.writer if hasattr(Store, "writer") else Store.open  # type: ignore[attr-defined]
+    with writer(db) as store, PrefectClient(resolve_api(url, None)) as client:
         cpu0, wall0 = time.process_time(), time.monotonic()
         result = pull(client, store, PullOptions(concurrency=concurrency))
         cpu = time.process_time() - cpu0
