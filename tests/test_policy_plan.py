@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import typing
 from pathlib import Path
 from typing import Any
@@ -466,6 +467,36 @@ def test_the_plan_store_is_its_own_file_and_goes_with_close(many: Path) -> None:
     with pytest.raises(RuntimeError, match="closed"):
         plan.rules[0].sample(1)
     assert many.read_bytes() == before  # the user's file: not a byte written
+
+
+def test_a_plan_folder_left_by_a_killed_process_goes_with_the_next_plan(
+    many: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """kill -9 leaves a plan's scratch folder behind; the next plan removes it, and only it."""
+    import subprocess
+    import sys
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    orphan, live, unknown = (tmp_path / f"flowsync-plan-{n}" for n in ("orphan", "live", "old"))
+    for folder in (orphan, live, unknown):
+        folder.mkdir()
+        (folder / "plan.duckdb").write_bytes(b"x" * 1024)
+    (orphan / "owner.pid").write_text(gone.stdout.strip())  # that process has exited
+    (live / "owner.pid").write_text(str(os.getppid()))
+    with plan_of(many, MANY) as plan:
+        assert plan.runs_store is not None and plan.runs_store.folder.parent == tmp_path
+        assert not orphan.exists()
+        assert live.exists() and unknown.exists()
+        own = plan.runs_store.folder
+        assert (own / "owner.pid").read_text() == str(os.getpid())
+    assert not own.exists()
 
 
 def test_plan_json_streams_the_ids_as_print_json_would_write_them(

@@ -1,7 +1,8 @@
 """The runs of one plan, kept in a DuckDB file of their own and read back a page at a time.
 
 Owns: the plan's store, a scratch DuckDB file in a private temporary folder (never
-the user's file; removed by ``close`` or at the end of the process), its memory
+the user's file; removed by ``close`` or at the end of the process, and a folder left by
+a process that was killed is removed by the next plan), its memory
 capped so it stays flat however many runs a policy selects. It
 holds every run each rule's SQL returned, in the rule's rank order, with the
 columns apply and the plan's listing need and why a guard skipped it (NULL:
@@ -13,6 +14,8 @@ or print.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 import tempfile
 import threading
@@ -62,17 +65,50 @@ def _remove(store: Store, folder: Path) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+_PREFIX = "flowsync-plan-"
+_OWNER = "owner.pid"  # the process that made the folder
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
+def sweep_orphans(root: Path) -> list[Path]:
+    """Remove the plan folders under ``root`` whose process is gone (a plan's process killed
+    with -9 cannot remove its own); a folder of a live process, or without an owner, stays."""
+    removed = []
+    for folder in root.glob(f"{_PREFIX}*"):
+        with contextlib.suppress(OSError, ValueError):
+            pid = int((folder / _OWNER).read_text())
+            if pid != os.getpid() and not _alive(pid):
+                shutil.rmtree(folder, ignore_errors=True)
+                removed.append(folder)
+    return removed
+
+
 class PlanRuns:
     """One plan's runs, in a scratch DuckDB file. Safe to read from several threads."""
 
     def __init__(self) -> None:
+        sweep_orphans(Path(tempfile.gettempdir()))
+        made: Path | None = None
         try:
-            self.folder = Path(tempfile.mkdtemp(prefix="flowsync-plan-"))
+            made = Path(tempfile.mkdtemp(prefix=_PREFIX))
+            (made / _OWNER).write_text(str(os.getpid()))
         except OSError as e:
+            if made is not None:
+                shutil.rmtree(made, ignore_errors=True)
             raise StoreError(
                 f"Cannot create the plan's scratch folder in {tempfile.gettempdir()}: "
                 f"{e.strerror}; point TMPDIR at a writable folder with room."
             ) from e
+        self.folder = made
         self._lock = threading.Lock()
         try:
             self._store: Store = Store.scratch(
