@@ -305,7 +305,10 @@ class Store:
         return store
 
     def _prepare(self, memory_limit_mb: int | None) -> None:
-        """What a role sets after the migrations, while the configuration can still change."""
+        """What a role sets after the migrations, while the configuration can still change:
+        here, DuckDB's memory cap when one is asked for (a writer budgets its own)."""
+        if memory_limit_mb:
+            self._con.execute(f"SET memory_limit = '{int(memory_limit_mb)}MiB'")
 
     @classmethod
     def _latest(
@@ -718,7 +721,7 @@ class Writer(Store):
 
     def _prepare(self, memory_limit_mb: int | None) -> None:
         self.budget_memory(fixed_mb=memory_limit_mb)
-        super()._prepare(memory_limit_mb)
+        super()._prepare(None)  # the cap is set
 
     def budget_memory(self, *, fixed_mb: int | None = None) -> int:
         """Cap DuckDB's memory for a write job; returns the cap in bytes (0: none set).
@@ -788,21 +791,12 @@ class Sandbox(Store):
 class SandboxedReader(Reader, Sandbox):
     """``Store.sandboxed``: a read-only ``Sandbox``, its memory capped when asked."""
 
-    def _prepare(self, memory_limit_mb: int | None) -> None:
-        if memory_limit_mb:
-            self._con.execute(f"SET memory_limit = '{int(memory_limit_mb)}MiB'")
-        super()._prepare(memory_limit_mb)
-
 
 class Scratch(Store):
     """``Store.scratch``: a working file of flowsync's own (no schema of a user's file)."""
 
     def migrate(self) -> list[str]:
         return []
-
-    def _prepare(self, memory_limit_mb: int | None) -> None:
-        if memory_limit_mb:
-            self._con.execute(f"SET memory_limit = '{int(memory_limit_mb)}MiB'")
 
 
 class SandboxedWriter(Writer, Sandbox):
