@@ -1,4 +1,4 @@
-"""Opening the DuckDB file in a role: the one place a ``duckdb`` connection is made.
+"""Opening the DuckDB file in a role, and what opening it checks and upgrades.
 
 Owns ``Store``, a DuckDB file with flowsync's schema, and its openers, one per
 role (``Store.writer``, ``.reader``, ``.sandboxed``, ``.sandboxed_writer``,
@@ -9,9 +9,9 @@ files, network and extensions off, configuration locked, spill capped;
 ``SandboxedWriter`` apply: both). Also the settings every connection starts with,
 the latest snapshot or the live file (``_latest``), the migrations, and the
 refusal of a DuckDB file that is not flowsync's. How SQL runs on the connection
-once open, and how DuckDB's errors are typed, is ``store/session.py``
-(``Session``, the base of ``Store``); the disk's refusals and damaged files at
-open are typed by ``store/files.py``, so no DuckDB traceback reaches a user.
+once open is ``store/session.py`` (``Session``, the base of ``Store``); DuckDB's
+errors are typed by ``store/sqlerrors.py`` and, the disk's refusals and damaged
+files, by ``store/files.py``, so no DuckDB traceback reaches a user.
 ``flowsync.connect()`` (``store/notebook.py``) is the documented exception to the
 private connection: a notebook asks for a DuckDB connection to run its own SQL.
 
@@ -47,6 +47,7 @@ from flowsync.errors import DamagedFileError, NewerFileError, NewerFileWarning, 
 from flowsync.store import locks, migrations
 from flowsync.store.files import check_path, storage_error
 from flowsync.store.session import Session
+from flowsync.store.sqlerrors import is_config_clash, is_lock_error
 
 if TYPE_CHECKING:
     from flowsync.store.multi import Sources
@@ -81,11 +82,6 @@ def session_settings(con: duckdb.DuckDBPyConnection) -> None:
         con.execute("SET enable_progress_bar = false")
 
 
-def _is_lock_error(err: Exception) -> bool:
-    text = str(err)
-    return "Could not set lock" in text or "Conflicting lock" in text
-
-
 def _connect(
     path: Path, *, read_only: bool, sandbox: bool, wait: float, lock_context: str | None
 ) -> duckdb.DuckDBPyConnection:
@@ -99,13 +95,13 @@ def _connect(
                 str(path), read_only=read_only, config=dict(SANDBOX_CONFIG) if sandbox else {}
             )
         except duckdb.Error as e:
-            if _is_lock_error(e):
+            if is_lock_error(e):
                 if time.monotonic() < deadline:
                     time.sleep(min(delay, max(deadline - time.monotonic(), 0.01)))
                     delay = min(delay * 1.5, 2.0)
                     continue
                 raise locks.locked_error(path, str(e), read_only=read_only, how=lock_context) from e
-            if "different configuration" in str(e):
+            if is_config_clash(e):
                 raise StoreError(
                     f"{path} is already open in this process with other settings; close it first."
                 ) from e

@@ -5,9 +5,9 @@ its transactions (``transaction``, ``atomic``, ``discarded``), ``execute`` (rule
 audit, report, sync and export SQL alike), which turns DuckDB's exceptions into
 typed store errors (``QueryError``, ``ReadOnlyError``, ``SandboxError``,
 ``QueryTimeoutError``, ``StoreError`` for running out of memory) carrying the
-statement and DuckDB's detail and hint (the disk's refusals and damaged files
-are typed by ``store/files.py``, here in queries and at ``COMMIT``), a statement's
-time limit, and ``Result``, the rows of the statement just run. ``frame``/
+statement and DuckDB's detail and hint (``store/sqlerrors.py`` tells which; the
+disk's refusals and damaged files, in queries and at ``COMMIT``, ``store/files.py``),
+a statement's time limit, and ``Result``, the rows of the statement just run. ``frame``/
 ``typed_frame`` read any DuckDB type into Polars (the ones Polars cannot hold as
 DuckDB's text). The connection itself stays private (``_con``); only ``store/``
 modules reach it, and a test keeps it so. Must not: open, lock or migrate a file
@@ -30,12 +30,9 @@ from duckdb.sqltypes import DuckDBPyType
 
 from flowsync.errors import (
     QueryError,
-    QueryTimeoutError,
-    ReadOnlyError,
-    SandboxError,
     StoreError,
 )
-from flowsync.store.files import first_line, storage_error
+from flowsync.store.sqlerrors import out_of_memory, query_error
 
 if TYPE_CHECKING:
     import polars as pl
@@ -43,13 +40,6 @@ if TYPE_CHECKING:
 __all__ = ["Params", "Result", "Session"]
 
 Params = list[Any] | dict[str, Any] | None
-
-
-def _hint(e: Exception) -> str:
-    """What DuckDB says after its first line: ``Did you mean "flow_runs"?``, candidate
-    columns or macros, the ``LINE 1:`` pointer (its indentation kept, so the ``^`` aligns)."""
-    lines = str(e).strip().splitlines()[1:]
-    return "\n".join(line.replace("\t", "    ").rstrip() for line in lines if line.strip())
 
 
 # DuckDB types Polars cannot hold, or holds wrongly (UHUGEINT wraps, TIME WITH TIME ZONE
@@ -114,23 +104,13 @@ class Session:
 
     # -- memory -------------------------------------------------------------
 
-    def _out_of_memory(self) -> StoreError:
-        if self.memory_budget:  # a cap this command set (`pull --memory-limit` changes it)
-            hint = f" under its {self.memory_budget // 2**20} MB cap"
-            fix = " Re-run with a larger --memory-limit (MB)."
-        else:
-            hint, fix = "", " Free some memory (or close other programs) and run it again."
-        return StoreError(
-            f"DuckDB ran out of memory{hint} on {self.path}; nothing from this step was saved.{fix}"
-        )
-
     @contextmanager
     def memory_guard(self) -> Iterator[None]:
         """Turn DuckDB running out of memory anywhere inside (reads too) into one StoreError."""
         try:
             yield
         except duckdb.OutOfMemoryException as e:
-            raise self._out_of_memory() from e
+            raise out_of_memory(self.path, self.memory_budget) from e
 
     # -- transactions and queries -------------------------------------------
 
@@ -208,27 +188,20 @@ class Session:
 
     @contextmanager
     def _errors(self, sql: str, timeout: float | None = None) -> Iterator[None]:
-        """DuckDB's exceptions as typed store errors (the only place that reads their text)."""
+        """DuckDB's exceptions as typed store errors (``store/sqlerrors.py`` reads them)."""
         try:
             with self.memory_guard(), self._time_limit(timeout) as fired:
                 yield
         except duckdb.Error as e:
-            typed = storage_error(self.path, e, query=True)
-            if typed is not None:
-                raise typed from e
-            detail, hint = first_line(e), _hint(e)
-            kind = type(e).__name__
-            if isinstance(e, duckdb.InterruptException) and timeout and fired[0]:
-                raise QueryTimeoutError(
-                    f"stopped after {timeout:g}s (time limit)", sql=sql, kind=kind, seconds=timeout
-                ) from e
-            if self.read_only and "read-only mode" in str(e):
-                raise ReadOnlyError(detail, sql=sql, kind=kind, path=str(self.path)) from e
-            if isinstance(e, duckdb.PermissionException) or (
-                self._sandbox and "configuration has been locked" in str(e)
-            ):
-                raise SandboxError(detail, sql=sql, kind=kind, hint=hint) from e
-            raise QueryError(detail, sql=sql, kind=kind, hint=hint) from e
+            raise query_error(
+                e,
+                sql,
+                path=self.path,
+                read_only=self.read_only,
+                sandbox=self._sandbox,
+                timeout=timeout,
+                timed_out=fired[0],
+            ) from e
 
     def execute(self, sql: str, params: Params = None, *, timeout: float | None = None) -> Result:
         """Run SQL (one or more statements; the last one's rows are the result).
