@@ -9,10 +9,10 @@ Each batch is one fixed sequence, read -> decide -> send -> classify -> record
 (``policy/settle.py``).
 
 Runs a killed apply left ``pending`` are read back and settled under the apply
-that sent them when the next apply starts (counted in ``resolved_earlier``); runs whose call was
-in flight when this apply is interrupted are read back once before it stops. A
-failed batch does not stop the next one; a server that cannot be read stops the
-apply. Also ``reread_runs`` (``plan --refresh``) and ``new_result``. Must not:
+that sent them when the next apply starts (counted in ``resolved_earlier``); runs
+whose call was in flight when this apply is interrupted are read back once before
+it stops. A failed batch does not stop the next one; a server that cannot be read
+stops the apply. Also ``reread_runs`` (``plan --refresh``) and ``new_result``. Must not:
 select runs (that is ``plan``), send or classify a call itself (that is the
 batch's), print, or import httpx/duckdb.
 """
