@@ -53,8 +53,8 @@ from typing import Any
 from flowsync import __version__
 from flowsync.errors import DamagedFileError, StorageError, StoreError
 from flowsync.store import sync_log
-from flowsync.store.connect import Sandbox, Writer
 from flowsync.store.files import DUCKDB_MAGIC, DUCKDB_MAGIC_OFFSET, snapshot_dir
+from flowsync.store.roles import Sandbox, Writer
 
 __all__ = [
     "CURRENT",

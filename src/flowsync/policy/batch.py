@@ -1,0 +1,498 @@
+"""One batch of an apply: every call decided on the server as it is right before it.
+
+Owns the sequence of one batch (one rule, one planned state type, at most 50
+runs), each step a method of ``Applier`` with typed inputs and outputs:
+
+1. ``reread``: read from the server every run the decision rests on and write
+   what changed to the file: the batch's runs; for rules ranked by
+   ``keep_newest``, the runs that outrank them in their deployments (read until
+   every run the decision keeps was read in this step); for rules whose SQL
+   reads other runs, every run with a state change since the last pull
+   (state events). A run the server no longer has is marked deleted.
+2. ``decide``: the policy decided again over the file for these runs
+   (``plan.decide_scope``: rule SQL, protect_tags, keep_newest, earlier rules);
+   the confirmed plan bounds it, so nothing the plan did not hold is ever sent.
+   Runs not sent get their final outcome at once: ``gone`` or ``skipped`` with
+   the check and what changed (or, for a run an earlier call of this apply may
+   have changed, what the evidence says: ``deleted``/``accepted``).
+3. ``send``: one call per fresh state type (``policy/send.py``), explicit
+   ``id.any_`` (<= 50) and that state type as the server-side guard (one call per
+   run on a server without the bulk endpoints). The transport never sends it twice.
+4. ``classify``: the answer, run by run. The server's per-run answer; or a
+   throttle / a connection never made (``NotSentError``): nothing happened,
+   wait as told and go back to step 1; or a lost answer (``UncertainError``:
+   5xx, dropped connection, timeout): the ``Settler`` (``policy/settle.py``)
+   reads the runs until they show the change or stay unchanged for
+   ``settle_seconds``, what changed is attributed to this apply, and only runs
+   still unchanged go back to step 1.
+5. ``record``: the ``Ledger`` writes each outcome, and the file marks the
+   runs deleted (or re-reads the runs set) in the same transaction, before the
+   next batch is decided.
+
+``run_batch`` runs the steps, up to ``attempts`` times for the runs sent back to
+step 1; a run never done gets ``failed``. A server that cannot be read, or that
+refuses every call, raises ``Stop``: the apply (``policy/apply.py``) sends no
+further batch. The values passed between the steps and the classification of
+each run live in ``policy/answers.py``. Must not: select runs (that is ``plan``),
+choose or order the batches (that is ``apply``), print, or import httpx/duckdb.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from flowsync.api import PrefectClient
+from flowsync.errors import (
+    ApiError,
+    AuthError,
+    UnsupportedError,
+)
+from flowsync.policy.answers import (
+    Acted,
+    Answer,
+    Call,
+    Decided,
+    Fresh,
+    Lost,
+    Partial,
+    Refused,
+    Seen,
+    Throttled,
+    Verdict,
+    changes,
+    classify_unanswered,
+    file_rows,
+    with_lost,
+)
+from flowsync.policy.ledger import Ledger
+from flowsync.policy.model import SetStateRule
+from flowsync.policy.plan import (
+    Decision,
+    Plan,
+    RuleModel,
+    Scope,
+    decide_scope,
+)
+from flowsync.policy.result import ApplyResult, Outcome, RunResult
+from flowsync.policy.send import send_call
+from flowsync.policy.settle import Settler
+from flowsync.store import SandboxedWriter, sync_log, synced_tables
+from flowsync.sync import Progress, RunReader
+
+__all__ = ["Applier", "Batch", "Stop"]
+
+# The longest wait a throttled call is given before it is re-checked and sent again.
+MAX_THROTTLE_WAIT = 120.0
+# State events reach the server's store a few seconds late: a catch-up re-reads this far back.
+EVENTS_OVERLAP = timedelta(minutes=2)
+
+
+@dataclass(frozen=True)
+class Batch:
+    rule: RuleModel
+    state_type: str  # every run in the batch had this state type when planned
+    ids: list[str]
+    deployments: dict[str, str | None] = field(default_factory=dict)  # run -> its deployment
+
+
+def _requested(rule: RuleModel) -> dict[str, Any] | None:
+    if isinstance(rule, SetStateRule):
+        return {"state": rule.state.to_api(), "force": rule.force}
+    return None
+
+
+class Stop(Exception):
+    """The server cannot be read, or refuses every call: no further batch can be checked."""
+
+
+# -- the applier ------------------------------------------------------------------------------
+
+
+class Applier:
+    """The steps of one batch, and what they share across the batches of one apply."""
+
+    def __init__(
+        self,
+        client: PrefectClient,
+        store: SandboxedWriter,
+        plan: Plan,
+        progress: Progress,
+        attempts: int,
+        settle_seconds: float,
+        result: ApplyResult,
+        reader: RunReader,
+    ) -> None:
+        self.client, self.store, self.plan, self.progress = client, store, plan, progress
+        self.attempts = max(1, attempts)
+        self.result = result
+        self.ledger = Ledger(
+            store,
+            self.result,
+            api_url=client.settings.display_url,
+            policy_path=plan.policy.source,
+            policy_sha256=plan.policy.sha256,
+        )
+        self.reader = reader
+        self.settler = Settler(
+            client, store, result, progress, lambda ids: self._read(ids, {}), settle_seconds
+        )
+        self.lost = self.settler.lost  # run -> (problem, state before that call): the settler's
+        self.ranked = self._ranked_rules()
+        self.per_run = False  # the server lacks the bulk endpoints: one call per run
+        self.caught_up: datetime | None = (
+            None  # state events read up to here (rules reading others)
+        )
+
+    def _ranked_rules(self) -> set[str]:
+        """Rules whose decision ranks runs against each other: keep_newest at or before them."""
+        out, seen_keep = set(), False
+        for rule in self.plan.policy.policy.rules:
+            seen_keep = seen_keep or (rule.enabled and rule.keep_newest is not None)
+            if seen_keep:
+                out.add(rule.name)
+        return out
+
+    def _reads_others(self, rule: RuleModel) -> bool:
+        names = [r.name for r in self.plan.policy.policy.rules]
+        upto = names[: names.index(rule.name) + 1]
+        return any(n in self.plan.reads_other_runs for n in upto)
+
+    # 1. read ------------------------------------------------------------------------------
+
+    def _read(self, ids: list[str], before: dict[str, dict[str, Any]]) -> dict[str, Seen]:
+        self.result.rereads += 1
+
+        def keep_before(changed: list[str]) -> None:
+            before.update(
+                {k: v for k, v in file_rows(self.store, changed).items() if k not in before}
+            )
+
+        rows = self.reader.read(ids, keep_before)
+        return {i: Seen.of(row) for i, row in rows.items()}
+
+    def _catch_up(self) -> None:
+        """Re-read every run in the file with a state change since the last catch-up (or pull)."""
+        now = datetime.now(timezone.utc)
+        since = self.caught_up or sync_log.last_pull_at(self.store) or now - timedelta(days=6)
+        since = max(since - EVENTS_OVERLAP, now - timedelta(days=6))
+        changed = self.client.changed_flow_runs(since, now + timedelta(minutes=5))
+        known = synced_tables.existing_ids(self.store, "flow_runs", list(changed))
+        if known:
+            self._read(sorted(known), {})
+        self.caught_up = now
+
+    def reread(self, batch: Batch, todo: list[str]) -> Fresh:
+        """Step 1: the server's current rows for every run the decision rests on, into the file."""
+        before: dict[str, dict[str, Any]] = {}
+        if self._reads_others(batch.rule):
+            self._catch_up()
+        want = set(todo)
+        if batch.rule.name in self.ranked:
+            # The runs that outrank the batch as the file says now; read with the batch.
+            want |= self._decide(batch, todo).ranked_above
+        seen: dict[str, Seen] = {}
+        read: set[str] = set()
+        for _ in range(8):
+            got = self._read(sorted(want - read), before)
+            answered = time.monotonic()
+            read |= want
+            seen.update(got)
+            for gone in want - set(got):
+                seen.pop(gone, None)
+            decision = self._decide(batch, todo)
+            # Reads may have moved the ranks: read what the decision now keeps, until it was all read.
+            want = set(decision.ranked_above) - read
+            if not want:
+                break
+        return Fresh({i: seen[i] for i in todo if i in seen}, before, answered, decision)
+
+    # 2. decide ----------------------------------------------------------------------------
+
+    def _decide(self, batch: Batch, todo: list[str]) -> Decision:
+        self.result.decisions += 1
+        deployments = tuple(sorted({batch.deployments.get(i) for i in todo}, key=str))
+        scope = Scope(tuple(todo), deployments if batch.rule.name in self.ranked else ())
+        return decide_scope(self.store, self.plan, batch.rule, scope)
+
+    def decide(self, batch: Batch, todo: list[str], fresh: Fresh) -> Decided:
+        """Step 2: what to send, from the decision made over the file after the fresh read."""
+        reasons = fresh.decision.reasons
+        dropped = [i for i in todo if i in fresh.seen and reasons[i] is not None]
+        file_now = file_rows(self.store, dropped)
+        final: dict[str, RunResult] = {}
+        groups: dict[str, list[str]] = {}
+        for i in todo:
+            lost = self.lost.get(i)
+            if lost is not None and (i not in fresh.seen or reasons[i] is not None):
+                # An earlier call of this apply may have done it: the evidence decides.
+                verdict = self.settler.after_lost(batch.rule, i, lost[1], fresh.seen.get(i))
+                if verdict is not None:
+                    final[i] = with_lost(verdict, lost[0])
+                    continue
+            if i not in fresh.seen:
+                final[i] = RunResult(
+                    Outcome.GONE, {"reason": "not on the server right before the call; not sent"}
+                )
+            elif reasons[i] is not None:
+                final[i] = RunResult(
+                    Outcome.SKIPPED,
+                    {
+                        "reason": f"re-checked right before the call: {reasons[i]}; not sent",
+                        "check": reasons[i],
+                        "changes": changes(fresh.before.get(i), file_now.get(i)),
+                        "state_type_now": fresh.seen[i].state_type,
+                    },
+                )
+            else:
+                groups.setdefault(str(fresh.seen[i].state_type), []).append(i)
+        calls = [Call(state_type, ids) for state_type, ids in groups.items()]
+        return Decided(
+            calls, {i: with_lost(r, self.lost.get(i, (None,))[0]) for i, r in final.items()}
+        )
+
+    # 3. send ------------------------------------------------------------------------------
+
+    def send(self, rule: RuleModel, call: Call, read_at: float) -> Answer:
+        """Step 3: one call (``policy/send.py``); whatever happens comes back as a typed
+        answer (AuthError raises)."""
+        return send_call(self.client, self.result, rule, call, read_at, per_run=self.per_run)
+
+    # 4. classify --------------------------------------------------------------------------
+
+    def classify(
+        self, number: int, rule: RuleModel, call: Call, fresh: Fresh, answer: Answer, attempt: int
+    ) -> Verdict:
+        if isinstance(answer, Partial):
+            # The runs answered, then the one call that stopped, then the runs never sent.
+            done = self.classify(
+                number,
+                rule,
+                Call(call.state_type, call.ids[: answer.stopped_at]),
+                fresh,
+                Acted(answer.results, []),
+                attempt,
+            )
+            stopped = self.classify(
+                number,
+                rule,
+                Call(call.state_type, [call.ids[answer.stopped_at]]),
+                fresh,
+                answer.answer,
+                attempt,
+            )
+            rest = call.ids[answer.stopped_at + 1 :]
+            return Verdict(
+                {**done.results, **stopped.results},
+                done.again + stopped.again + rest,
+                stopped.wait,
+                stopped.stop,
+            )
+        if isinstance(answer, Throttled):
+            self.progress.message(
+                f"batch {number} ({rule.name}): not carried out ({answer.problem}); "
+                "waiting, then re-checking before sending again"
+            )
+            return Verdict({}, list(call.ids), wait=answer.wait)
+        if isinstance(answer, Refused):
+            message = f"batch {number} ({rule.name}, {len(call.ids)} runs): {answer.error}"
+            self.result.errors.append(message)
+            self.progress.message(message)
+            results = {i: RunResult(Outcome.FAILED, {"error": str(answer.error)}) for i in call.ids}
+            stop = str(answer.error) if isinstance(answer.error, UnsupportedError) else None
+            return Verdict(results, stop=stop)
+        if isinstance(answer, Lost):
+            return self.settler.settle_lost(number, rule, call, fresh, answer, attempt)
+        self.result.errors.extend(answer.notes)
+        acted = dict(answer.results)
+        missing = [i for i in call.ids if i not in acted]
+        if missing:
+            try:
+                after = self._read(missing, {})
+            except ApiError as read_error:
+                acted.update(
+                    {
+                        i: RunResult(
+                            Outcome.FAILED,
+                            {
+                                "reason": "the server did not act on it, and it could not be read to tell why",
+                                "error": str(read_error),
+                            },
+                        )
+                        for i in missing
+                    }
+                )
+            else:
+                for i in missing:
+                    lost = self.lost.get(i)
+                    earlier = (
+                        self.settler.after_lost(rule, i, lost[1], after.get(i)) if lost else None
+                    )
+                    acted[i] = earlier or classify_unanswered(fresh.seen[i], after.get(i))
+        return Verdict({i: with_lost(r, self.lost.get(i, (None,))[0]) for i, r in acted.items()})
+
+    # 5. record ----------------------------------------------------------------------------
+
+    def record(
+        self, number: int, rule: RuleModel, results: dict[str, RunResult], guards: dict[str, str]
+    ) -> None:
+        deleted = [i for i, r in results.items() if r.outcome is Outcome.DELETED]
+
+        def mark_deleted() -> None:
+            n = synced_tables.mark_deleted(self.store, "flow_runs", deleted)
+            self.result.refreshed["marked_deleted"] = (
+                self.result.refreshed.get("marked_deleted", 0) + n
+            )
+
+        self.ledger.final(
+            number, rule.name, rule.action, _requested(rule), results, guards, also=mark_deleted
+        )
+        accepted = [i for i, r in results.items() if r.outcome is Outcome.ACCEPTED]
+        if accepted:
+            # The file shows the state this apply set before the next batch is decided.
+            try:
+                self._read(accepted, {})
+            except ApiError as e:
+                self.result.errors.append(
+                    f"re-reading the {len(accepted)} runs set in batch {number} failed: {e}; "
+                    "`flowsync pull` brings the file up to date."
+                )
+            else:
+                self.result.refreshed["updated"] = self.result.refreshed.get("updated", 0) + len(
+                    accepted
+                )
+
+    # the sequence -------------------------------------------------------------------------
+
+    def run_batch(self, number: int, batch: Batch) -> None:
+        rule = batch.rule
+        todo = list(batch.ids)
+        for attempt in range(1, self.attempts + 1):
+            try:
+                fresh = self.reread(batch, todo)
+            except AuthError:
+                raise
+            except ApiError as e:
+                self._not_checked(number, batch, todo, e)
+                raise Stop from e
+            decided = self.decide(batch, todo, fresh)
+            guards = {i: s.state_type or batch.state_type for i, s in fresh.seen.items()}
+            again: list[str] = []
+            wait: float | None = None
+            calls = list(decided.calls)
+            if not calls:
+                self.record(number, rule, decided.final, guards)
+            while calls:
+                call = calls.pop(0)
+                self.ledger.pending(
+                    number,
+                    rule.name,
+                    rule.action,
+                    _requested(rule),
+                    {i: call.state_type for i in call.ids},
+                )
+                try:
+                    answer = self.send(rule, call, fresh.answered_at)
+                except AuthError as e:
+                    if call is decided.calls[0]:
+                        self.record(number, rule, decided.final, guards)
+                    self._auth_failed(number, batch, call, calls, str(e))
+                    raise
+                verdict = self.classify(number, rule, call, fresh, answer, attempt)
+                if decided.final and call is decided.calls[0]:
+                    # The runs not sent are recorded after the first call, out of its window.
+                    verdict = Verdict(
+                        {**decided.final, **verdict.results},
+                        verdict.again,
+                        verdict.wait,
+                        verdict.stop,
+                    )
+                self.record(number, rule, verdict.results, guards)
+                if verdict.stop is not None:
+                    self._not_sent(number, rule, [i for c in calls for i in c.ids], verdict.stop)
+                    raise Stop
+                again += verdict.again
+                throttled = answer.answer if isinstance(answer, Partial) else answer
+                if isinstance(throttled, Throttled):
+                    # Everything not sent yet goes back to step 1 after the wait.
+                    again += [i for c in calls for i in c.ids]
+                    wait = (
+                        throttled.wait
+                        if throttled.wait is not None
+                        else self.client.backoff(attempt)
+                    )
+                    break
+            if not again:
+                break
+            if attempt == self.attempts:
+                self._gave_up(number, rule, again, attempt)
+                break
+            self.client.pause_for(min(wait if wait is not None else 0.0, MAX_THROTTLE_WAIT))
+            todo = again
+        self.progress.advance(len(batch.ids))
+
+    def _gave_up(self, number: int, rule: RuleModel, ids: list[str], attempt: int) -> None:
+        why = {i: self.lost[i][0] for i in ids if i in self.lost}
+        results = {
+            i: RunResult(
+                Outcome.FAILED,
+                {
+                    "reason": f"not done after {attempt} attempts (throttled, or the answer lost while "
+                    "the server shows the run unchanged); run apply again",
+                    "error": why.get(i),
+                },
+            )
+            for i in ids
+        }
+        self.record(number, rule, results, {})
+        message = f"batch {number} ({rule.name}): {len(ids)} runs not done after {attempt} attempts"
+        self.result.errors.append(message)
+        self.progress.message(message)
+
+    def _not_sent(self, number: int, rule: RuleModel, ids: list[str], why: str) -> None:
+        if ids:
+            self.record(
+                number,
+                rule,
+                {
+                    i: RunResult(Outcome.FAILED, {"reason": f"not sent: the apply stopped ({why})"})
+                    for i in ids
+                },
+                {},
+            )
+
+    def _auth_failed(
+        self, number: int, batch: Batch, call: Call, rest: list[Call], error: str
+    ) -> None:
+        self.record(
+            number,
+            batch.rule,
+            {i: RunResult(Outcome.FAILED, {"error": error}) for i in call.ids},
+            {},
+        )
+        self._not_sent(number, batch.rule, [i for c in rest for i in c.ids], error)
+
+    def _not_checked(self, number: int, batch: Batch, ids: list[str], e: ApiError) -> None:
+        message = (
+            f"batch {number} ({batch.rule.name}): cannot re-read its runs before the call: {e}"
+        )
+        self.result.errors.append(message + "; stopped, nothing more sent. Run apply again.")
+        self.progress.message(message)
+        self.record(
+            number,
+            batch.rule,
+            {
+                i: RunResult(
+                    Outcome.FAILED,
+                    {
+                        "reason": "could not be re-read right before the call; not sent",
+                        "error": str(e),
+                    },
+                )
+                for i in ids
+                if i not in self.ledger.final_outcomes
+            },
+            {},
+        )

@@ -1,0 +1,114 @@
+"""Step 3 of a batch: one call that changes runs on the server, its answer typed.
+
+Owns ``send_call``: the only place in ``policy/`` that calls the endpoints that change
+runs (``bulk_set_state``/``bulk_delete``, each run listed by id and guarded by the
+state type it had when re-read; on a server before 3.6.16, which lacks them,
+``set_flow_run_state``/``DELETE /flow_runs/{id}`` one run at a time). Whatever happens
+comes back as an ``Answer`` (``policy/answers.py``): acted on, throttled or never
+sent, lost, refused, or, per run, a partial answer up to the run that stopped. An
+``AuthError`` raises. Counts each call and its window since the re-read in the
+``ApplyResult``. Must not: send a call again (the transport never does, and only the
+batch decides to, after re-checking: ``policy/batch.py``), read or write the file,
+print, or import httpx/duckdb.
+"""
+
+from __future__ import annotations
+
+import time
+
+from flowsync.api import PrefectClient
+from flowsync.errors import (
+    ApiError,
+    AuthError,
+    NotFoundError,
+    NotSentError,
+    ThrottledError,
+    UncertainError,
+)
+from flowsync.policy.answers import Acted, Answer, Call, Lost, Partial, Refused, Throttled, answered
+from flowsync.policy.model import SetStateRule
+from flowsync.policy.plan import RuleModel
+from flowsync.policy.result import SET_STATE_STATUS, ApplyResult, Outcome, RunResult
+
+__all__ = ["send_call"]
+
+
+def send_call(
+    client: PrefectClient,
+    result: ApplyResult,
+    rule: RuleModel,
+    call: Call,
+    read_at: float,
+    *,
+    per_run: bool,
+) -> Answer:
+    """Step 3: one call; whatever happens comes back as a typed answer (AuthError raises)."""
+    if per_run:
+        return _send_per_run(client, result, rule, call, read_at)
+    result.windows.append(time.monotonic() - read_at)
+    result.calls += 1
+    try:
+        if isinstance(rule, SetStateRule):
+            answer = client.bulk_set_state(
+                call.ids, rule.state.to_api(), force=rule.force, state_types=[call.state_type]
+            )
+        else:
+            answer = client.bulk_delete(call.ids, state_types=[call.state_type])
+        results, notes = answered(rule, call.ids, answer)
+    except ThrottledError as e:
+        return Throttled(e.retry_after, "HTTP 429")
+    except NotSentError as e:
+        return Throttled(None, str(e))
+    except UncertainError as e:
+        return Lost(e.problem, finished=e.status is not None)
+    except AuthError:
+        raise
+    except ApiError as e:
+        return Refused(e)
+    return Acted(results, notes)
+
+
+def _send_per_run(
+    client: PrefectClient, result: ApplyResult, rule: RuleModel, call: Call, read_at: float
+) -> Answer:
+    """A server older than 3.6.16: one call per run, in the batch's order. DELETE has no
+    state guard there; set_state keeps Prefect's orchestration rules (force is refused
+    before any call)."""
+    results: dict[str, RunResult] = {}
+    for n, run_id in enumerate(call.ids):
+        result.windows.append(time.monotonic() - read_at)
+        result.calls += 1
+        stopped: Throttled | Lost | Refused | None = None
+        try:
+            if isinstance(rule, SetStateRule):
+                answer = client.set_flow_run_state(run_id, rule.state.to_api(), force=rule.force)
+                state = answer.state or {}
+                results[run_id] = RunResult(
+                    SET_STATE_STATUS.get(answer.status, Outcome.FAILED),
+                    {
+                        "status": answer.status,
+                        "details": answer.details,
+                        "state": {"type": state.get("type"), "name": state.get("name")}
+                        if state
+                        else None,
+                        "path": "per-run",
+                    },
+                )
+            elif client.delete_flow_run(run_id).deleted:
+                results[run_id] = RunResult(Outcome.DELETED, {"path": "per-run"})
+            # else: already gone; step 4 reads it back to say why
+        except NotFoundError:
+            pass  # set_state on a run that is gone: step 4 reads it back
+        except ThrottledError as e:
+            stopped = Throttled(e.retry_after, "HTTP 429")
+        except NotSentError as e:
+            stopped = Throttled(None, str(e))
+        except UncertainError as e:
+            stopped = Lost(e.problem, finished=e.status is not None)
+        except AuthError:
+            raise
+        except ApiError as e:
+            stopped = Refused(e)
+        if stopped is not None:
+            return Partial(results, n, stopped)
+    return Acted(results, [])

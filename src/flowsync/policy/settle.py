@@ -1,0 +1,210 @@
+"""Settling what a lost answer or a killed apply left: reading the runs until the server shows.
+
+Owns ``Settler``, one per apply: what the apply knows of its calls whose answer was
+lost (each run's problem and its state before that call, ``lost``), and how what
+happened to a run is read from the server afterwards:
+
+- ``settle_lost`` (step 4 of a batch, ``policy/batch.py``, for a lost answer: 5xx,
+  dropped connection, timeout): read the runs until they show the change or stay
+  unchanged for ``settle_seconds`` (after a timeout or a dropped connection the
+  server may still be working on the call; after a 5xx it has finished, and one
+  read settles it). What changed is attributed to this apply; only runs still
+  unchanged go back to the batch's step 1.
+- ``after_lost``/``evidence``: ``classify_lost`` for one run, reading its state
+  history when only that can tell whether the requested state came in between.
+- ``settle_pending``: runs an apply sent with no answer recorded (its ``pending``
+  audit rows), settled under the apply that sent them: a killed apply's when the
+  next apply starts (``apply_plan``), this apply's own on an interrupt
+  (``close_open_rows``).
+
+Must not: send a call (only the batch sends, and only after re-checking), select
+runs (that is ``plan``), write audit rows other than settling pending ones
+(``store/audit.py``'s ``settle_earlier``), print, or import httpx/duckdb.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any
+
+from flowsync.api import PrefectClient
+from flowsync.errors import ApiError
+from flowsync.policy.answers import Call, Fresh, Lost, Seen, Verdict, classify_lost, with_lost
+from flowsync.policy.model import SetStateRule
+from flowsync.policy.plan import RuleModel
+from flowsync.policy.result import ApplyResult, Outcome, RunResult
+from flowsync.store import SandboxedWriter, audit, synced_tables
+from flowsync.sync import Progress
+
+__all__ = ["SETTLE_SECONDS", "Settler"]
+
+# How long a call whose answer was lost may still be running on the server: its runs are
+# read until they change or stay unchanged this long (Prefect's own statement timeout is
+# 10 s by default, PREFECT_SERVER_DATABASE_TIMEOUT).
+SETTLE_SECONDS = 30.0
+
+
+class Settler:
+    def __init__(
+        self,
+        client: PrefectClient,
+        store: SandboxedWriter,
+        result: ApplyResult,
+        progress: Progress,
+        read: Callable[[list[str]], dict[str, Seen]],
+        settle_seconds: float,
+    ) -> None:
+        self.client, self.store, self.result, self.progress = client, store, result, progress
+        self.read = read  # the batch's re-read by id (counted as a re-read), into the file
+        self.settle_seconds = settle_seconds
+        self.lost: dict[str, tuple[str, Seen]] = {}  # run -> (problem, state before that call)
+
+    # what one run shows after a lost answer ------------------------------------------------
+
+    def after_lost(
+        self, rule: RuleModel, run_id: str, before: Seen, now: Seen | None
+    ) -> RunResult | None:
+        requested = rule.state.type if isinstance(rule, SetStateRule) else None
+        return self.evidence(rule.action, requested, run_id, before, now)
+
+    def evidence(
+        self, action: str, requested: str | None, run_id: str, before: Seen, now: Seen | None
+    ) -> RunResult | None:
+        """``classify_lost``, reading the run's state history when only it can tell
+        whether the requested state came in between (one request, rare)."""
+        history = None
+        if (
+            requested
+            and now is not None
+            and now.state_id != before.state_id
+            and now.state_type != requested
+        ):
+            history = self._history(run_id)
+        return classify_lost(action, requested, before, now, history)
+
+    def _history(self, run_id: str) -> list[dict[str, Any]] | None:
+        try:
+            return self.client.flow_run_states(run_id)
+        except ApiError:
+            return None  # without it the run is not counted as changed by this apply, nor resent
+
+    # a lost answer in a batch ----------------------------------------------------------------
+
+    def settle_lost(
+        self, number: int, rule: RuleModel, call: Call, fresh: Fresh, answer: Lost, attempt: int
+    ) -> Verdict:
+        """The answer was lost: read until every run shows the change or stays unchanged for
+        ``settle_seconds`` (the first call may still be running); never resend before. A
+        server that answered (5xx) has finished with the call: one read settles it."""
+        self.progress.message(
+            f"batch {number} ({rule.name}): the answer was lost ({answer.problem}); "
+            "reading the runs until the server settles"
+        )
+        for i in call.ids:
+            self.lost.setdefault(i, (f"attempt {attempt}: {answer.problem}", fresh.seen[i]))
+        waited, delay = 0.0, 0.5  # the client's clock: time spent waiting, reads not counted
+        results: dict[str, RunResult] = {}
+        untouched = list(call.ids)
+        while True:
+            try:
+                after = self.read(untouched)
+            except ApiError as read_error:
+                message = (
+                    f"batch {number} ({rule.name}): answer lost ({answer.problem}) and the runs "
+                    f"cannot be read: {read_error}"
+                )
+                self.result.errors.append(
+                    message + "; the next apply settles the runs left pending."
+                )
+                results.update(
+                    {i: RunResult(Outcome.PENDING, {"error": message}) for i in untouched}
+                )
+                return Verdict(results, stop=message)
+            still = []
+            for i in untouched:
+                verdict = self.after_lost(rule, i, self.lost[i][1], after.get(i))
+                if verdict is None:
+                    still.append(i)
+                else:
+                    results[i] = with_lost(verdict, self.lost[i][0])
+            untouched = still
+            if not untouched or answer.finished or waited >= self.settle_seconds:
+                break
+            pause = min(delay, self.settle_seconds - waited)
+            self.client.pause_for(pause)
+            waited += pause
+            delay = min(delay * 2, 5.0)
+        return Verdict(results, again=untouched)
+
+    # pending rows: sent, no answer recorded --------------------------------------------------
+
+    def close_open_rows(self, open_rows: list[str]) -> None:
+        """Runs sent by this apply with no answer recorded (interrupted): one read back settles
+        the ones that show the change; the rest stay pending for the next apply."""
+        if not open_rows:
+            return
+        self.progress.message(
+            f"interrupted: reading back the {len(open_rows)} runs whose call was in flight "
+            "(Ctrl-C again to leave them pending for the next apply)"
+        )
+        pending = {
+            p.flow_run_id: p
+            for p in audit.unresolved(self.store)
+            if p.apply_id == self.result.apply_id
+        }
+        self.settle_pending([pending[i] for i in open_rows if i in pending], wait=False)
+        # (what it could not settle stays pending: the next apply reads it back)
+
+    def settle_pending(self, rows: list[audit.PendingRow], *, wait: bool) -> set[str]:
+        """Read back runs sent by an apply that never recorded their answer; settle what shows.
+
+        A run is settled under the apply that sent it: gone after a delete is ``deleted``
+        by that apply, a new state of the requested type ``accepted``, unchanged (after
+        ``settle_seconds`` since it was sent) ``failed``. Returns the runs now known to have
+        changed (done by that apply, or gone)."""
+        if not rows:
+            return set()
+        outcomes = self._settle_rows(rows, final=False)
+        unchanged = [r for r in rows if (r.apply_id, r.flow_run_id) not in outcomes]
+        if wait and unchanged:
+            # Unchanged so far: its call may still be running; wait out the bound, then decide.
+            newest = max(r.sent_at for r in unchanged)
+            left = self.settle_seconds - (datetime.now(timezone.utc) - newest).total_seconds()
+            self.client.pause_for(left)
+            outcomes.update(self._settle_rows(unchanged, final=True))
+        deleted = [run for (_, run), (o, _) in outcomes.items() if o == Outcome.DELETED.value]
+        with self.store.transaction():
+            audit.settle_earlier(self.store, outcomes, self.result.apply_id)
+            synced_tables.mark_deleted(self.store, "flow_runs", deleted)
+        return {run for (_, run), (o, _) in outcomes.items() if o != Outcome.FAILED.value}
+
+    def _settle_rows(
+        self, rows: list[audit.PendingRow], *, final: bool
+    ) -> dict[tuple[str, str], tuple[str, Any]]:
+        """Read the runs back: (apply, run) -> outcome for those the server shows settled
+        (with ``final``, unchanged runs too: ``failed``)."""
+        after = self.read([r.flow_run_id for r in rows])
+        outcomes: dict[tuple[str, str], tuple[str, Any]] = {}
+        for row in rows:
+            before = Seen(row.state_type_before, row.state_id_before, None)
+            now = after.get(row.flow_run_id)
+            requested = row.requested_type if row.action == "set_state" else None
+            verdict = self.evidence(row.action, requested, row.flow_run_id, before, now)
+            if verdict is None:
+                if not final:
+                    continue  # it may still be on its way
+                verdict = RunResult(
+                    Outcome.FAILED,
+                    {
+                        "reason": "sent, but the server shows it unchanged: not done; run apply again"
+                    },
+                )
+            if verdict.outcome is Outcome.PENDING:
+                continue
+            evidence = {
+                "read_back_at": datetime.now(timezone.utc).isoformat(),
+                **(verdict.details or {}),
+            }
+            outcomes[(row.apply_id, row.flow_run_id)] = (verdict.outcome.value, evidence)
+        return outcomes
