@@ -458,26 +458,27 @@ def flaky(
         ORDER BY broken DESC, flaky DESC, failing_streak DESC, failure_rate DESC NULLS LAST,
             deployment_id
     """
-    only = _filter_params(store, _runs_only(filters, "flaky"))
+    only = _deployments_only(store, filters, "flaky")
     params = {
         "since": window.start,
         "until": window.until,
         "last": last,
         "min_rate": min_rate,
-        "only_flows": only["only_flows"],
-        "only_deployments": only["only_deployments"],
+        **only,
     }
     return run_sql(store, sql, params)
 
 
-def _runs_only(filters: Filters | None, report: str) -> Filters | None:
-    """A per-deployment report (flaky, unresolved) filters by flow and deployment only."""
+def _deployments_only(store: Store, filters: Filters | None, report: str) -> dict[str, Any]:
+    """$only_flows and $only_deployments of a per-deployment report (flaky, unresolved,
+    stuck), which filters by flow and deployment only."""
     if filters and (filters.tags or filters.states):
         raise ConfigError(
             f"report {report} is per deployment: filter it with --flow or --deployment "
             "(--tag and --state select runs, for failures, durations, late and errors)."
         )
-    return filters
+    only = _filter_params(store, filters)
+    return {"only_flows": only["only_flows"], "only_deployments": only["only_deployments"]}
 
 
 def errors(
@@ -506,7 +507,7 @@ def unresolved(store: Store, *, filters: Filters | None = None) -> pl.DataFrame:
     """Deployments whose latest finished run failed: since when, failures since the last
     success, and the latest failure's signature (the ``unresolved_failures`` view).
     Current state of live runs, so no window; longest failing first."""
-    only = _filter_params(store, _runs_only(filters, "unresolved"))
+    only = _deployments_only(store, filters, "unresolved")
     return run_sql(
         store,
         """
@@ -516,7 +517,7 @@ def unresolved(store: Store, *, filters: Filters | None = None) -> pl.DataFrame:
             $only_flows, $only_deployments, NULL, NULL)
         ORDER BY failing_since, failures_since_success DESC, deployment_id
         """,
-        {"only_flows": only["only_flows"], "only_deployments": only["only_deployments"]},
+        only,
     )
 
 
@@ -679,7 +680,7 @@ def stuck(
     expected start longer than its usual p95 lateness (and ``late_after``); usual = finished
     runs in ``history`` (the ``stuck_runs`` macro, ``sql/57_stuck_runs.sql``). Longest first."""
     history = history or parse_since("30d")
-    only = _filter_params(store, _runs_only(filters, "stuck"))
+    only = _deployments_only(store, filters, "stuck")
     sql = """
         SELECT * FROM stuck_runs($history_since, $late_after, min_runs := $min_runs)
         WHERE run_selected(flow_id, deployment_id, NULL, NULL,
@@ -690,7 +691,6 @@ def stuck(
         "history_since": history.start,
         "late_after": late_after,
         "min_runs": min_runs,
-        "only_flows": only["only_flows"],
-        "only_deployments": only["only_deployments"],
+        **only,
     }
     return _with_links(store, run_sql(store, sql, params))
