@@ -94,12 +94,19 @@ ENDED = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 
 @dataclass
-class FastSeeded:
-    home: Path
+class Seeded:
+    """What a fast seed holds (``seed_once``'s answer): its runs, the template's, the
+    seconds it took, whether an earlier seed was reused."""
+
     runs: int
     template_runs: int
     seconds: float
     reused: bool
+
+
+@dataclass
+class FastSeeded(Seeded):
+    home: Path  # a PREFECT_HOME
 
 
 def default_home(runs: int) -> Path:
@@ -320,13 +327,10 @@ def write_marker(marker: Path, want: dict[str, Any], checked: dict[str, Any]) ->
     )
 
 
-def shape_args(a: argparse.Namespace) -> SeedShape:
-    """The seed's shape from ``seed_args``' command line."""
-    return {"template_runs": a.template_runs, "days": a.days, "seed_value": a.seed}
-
-
-def seed_args(doc: str | None, place: str, place_help: str) -> argparse.Namespace:
-    """The command line of a seeding script: --runs, ``place`` (a folder) and the seed's shape."""
+def seed_main(doc: str | None, place: str, place_help: str, seeder: Callable[..., Seeded]) -> None:
+    """The command line of a seeding script: --runs, ``place`` (a folder: ``--home``, ``--root``)
+    and the seed's shape, given to ``seeder``; then one line on where the seed is (the
+    attribute of ``seeder``'s result named like ``place``) and how long it took."""
     p = argparse.ArgumentParser(
         description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -335,7 +339,12 @@ def seed_args(doc: str | None, place: str, place_help: str) -> argparse.Namespac
     p.add_argument("--template-runs", type=int, default=400)
     p.add_argument("--days", type=int, default=90)
     p.add_argument("--seed", type=int, default=0)
-    return p.parse_args()
+    a = p.parse_args()
+    name = place.removeprefix("--")
+    shape: SeedShape = {"template_runs": a.template_runs, "days": a.days, "seed_value": a.seed}
+    s = seeder(a.runs, getattr(a, name), **shape)
+    where = getattr(s, name)
+    print(f"{'reused' if s.reused else 'seeded'} {s.runs} runs in {where} ({s.seconds:.1f}s)")
 
 
 class SeedPlace(Protocol):
@@ -426,13 +435,11 @@ def fast_seed(runs: int, home: Path | None = None, **shape: Unpack[SeedShape]) -
     """A PREFECT_HOME whose server holds ``runs`` flow runs (reused if already seeded the same way)."""
     where = home or default_home(runs)
     template, seconds, reused = seed_once(where / MARKER, lambda: _empty_home(where), runs, **shape)
-    return FastSeeded(where, runs, template, seconds, reused)
+    return FastSeeded(runs, template, seconds, reused, home=where)
 
 
 def main() -> None:
-    a = seed_args(__doc__, "--home", "default: bench/.work/prefect-<runs>")
-    s = fast_seed(a.runs, a.home, **shape_args(a))
-    print(f"{'reused' if s.reused else 'seeded'} {s.runs} runs in {s.home} ({s.seconds:.1f}s)")
+    seed_main(__doc__, "--home", "default: bench/.work/prefect-<runs>", fast_seed)
 
 
 if __name__ == "__main__":

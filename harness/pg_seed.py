@@ -39,7 +39,7 @@ from typing import Any
 import httpx
 from typing_extensions import Unpack
 
-from harness.fast_seed import WORK, SeedShape, seed_args, seed_once, shape_args
+from harness.fast_seed import WORK, Seeded, SeedShape, seed_main, seed_once
 from harness.postgres import PgCluster, postgres_cluster
 from harness.seed import STATE_MIX
 from harness.server import Server, postgres_server, prefect_server
@@ -51,12 +51,8 @@ ENDED = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
 
 
 @dataclass
-class PgSeeded:
-    root: Path
-    runs: int
-    template_runs: int
-    seconds: float
-    reused: bool
+class PgSeeded(Seeded):
+    root: Path  # a PostgreSQL cluster's folder
 
 
 def default_root(runs: int) -> Path:
@@ -322,13 +318,11 @@ def pg_fast_seed(runs: int, root: Path | None = None, **shape: Unpack[SeedShape]
     template, seconds, reused = seed_once(
         where / MARKER, lambda: _empty_database(where, log), runs, **shape
     )
-    return PgSeeded(where, runs, template, seconds, reused)
+    return PgSeeded(runs, template, seconds, reused, root=where)
 
 
 def main() -> None:
-    a = seed_args(__doc__, "--root", "default: bench/.work/pg-<runs>")
-    s = pg_fast_seed(a.runs, a.root, **shape_args(a))
-    print(f"{'reused' if s.reused else 'seeded'} {s.runs} runs in {s.root} ({s.seconds:.1f}s)")
+    seed_main(__doc__, "--root", "default: bench/.work/pg-<runs>", pg_fast_seed)
 
 
 if __name__ == "__main__":

@@ -42,3 +42,20 @@ SELECT
 FROM (SELECT unnest(list_distinct(tags)) AS g_tag, * EXCLUDE (tags) FROM flow_run_measures
       WHERE per = 'tag' AND run_at >= since AND run_at < until AND (include_deleted OR NOT is_deleted)
           AND run_selected(flow_id, deployment_id, tags, state_type, only_flows, only_deployments, only_tags, only_states));
+
+-- named_groups(grouped): the rows of `grouped`, the name of a table or CTE with one
+-- row per group of grouped_runs (its keys g_day ... g_tag, then the group's
+-- figures), with the keys as the reports name them (run_day, run_hour, flow_id,
+-- deployment_id, work_pool_name, tag) and the flow's and deployment's names beside
+-- their ids. The grouped figures (failure_rates, duration_percentiles, lateness)
+-- aggregate first and name their groups here: the names are looked up once per
+-- group, not once per run.
+CREATE OR REPLACE MACRO named_groups(grouped) AS TABLE
+SELECT
+    a.g_day AS run_day, a.g_hour AS run_hour, a.g_flow_id AS flow_id, f.name AS flow_name,
+    a.g_deployment_id AS deployment_id, d.name AS deployment_name,
+    a.g_work_pool_name AS work_pool_name, a.g_tag AS tag,
+    a.* EXCLUDE (g_day, g_hour, g_flow_id, g_deployment_id, g_work_pool_name, g_tag)
+FROM query_table(grouped) AS a
+LEFT JOIN flows AS f ON f.id = a.g_flow_id
+LEFT JOIN deployments AS d ON d.id = a.g_deployment_id;

@@ -28,11 +28,4 @@ WITH a AS (
     GROUP BY g_day, g_hour, g_flow_id, g_deployment_id, g_work_pool_name, g_tag
     HAVING started + waiting_now > 0
 )
-SELECT
-    a.g_day AS run_day, a.g_hour AS run_hour, a.g_flow_id AS flow_id, f.name AS flow_name,
-    a.g_deployment_id AS deployment_id, d.name AS deployment_name,
-    a.g_work_pool_name AS work_pool_name, a.g_tag AS tag,
-    a.* EXCLUDE (g_day, g_hour, g_flow_id, g_deployment_id, g_work_pool_name, g_tag, q)
-FROM a
-LEFT JOIN flows AS f ON f.id = a.g_flow_id
-LEFT JOIN deployments AS d ON d.id = a.g_deployment_id;
+SELECT * EXCLUDE (q) FROM named_groups('a');

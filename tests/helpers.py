@@ -43,6 +43,11 @@ def copy_db(db: Path, folder: Path, name: str = "runs.duckdb") -> Path:
     return dest
 
 
+def local_state(db: Path, run_id: str) -> Any:
+    """The state type the file holds for ``run_id``."""
+    return scalar(db, "SELECT state_type FROM flow_runs WHERE id = ?", [run_id])
+
+
 def patch_run(url: str, run_id: str, fields: dict[str, Any]) -> None:
     """PATCH a flow run on the server at ``url``, retrying while it answers 503."""
     for _ in range(20):  # the SQLite server answers 503 while it is busy writing

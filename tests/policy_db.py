@@ -8,6 +8,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+from flowsync import views
 from flowsync.store import Store
 
 NOW = datetime.now(timezone.utc)
@@ -69,4 +70,12 @@ def make_db(path: Path, runs: list[dict[str, Any]]) -> Path:
                     NOW if r["deleted"] else None,
                 ],
             )
+    return path
+
+
+def built_db(path: Path, runs: list[dict[str, Any]]) -> Path:
+    """``make_db`` with the views built: a file the reports and ``flowsync sql`` read."""
+    make_db(path, runs)
+    with Store.writer(path) as store:
+        views.rebuild(store)
     return path

@@ -22,6 +22,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -33,8 +34,8 @@ import yaml
 
 from flowsync.api import PrefectClient, RetryPolicy
 from flowsync.config import ApiSettings
-from flowsync.policy import ApplyResult, apply_plan, make_plan, parse_policy
-from flowsync.store import Store
+from flowsync.policy import ApplyResult, Plan, apply_plan, make_plan, parse_policy
+from flowsync.store import SandboxedWriter, Store
 from harness.seed import new_deployment, runs_in_state, set_states
 from harness.server import Server
 from tests.helpers import forwarding, outside, patch_run, pulled_db, query, run_cli
@@ -71,20 +72,13 @@ def live(server: Server, ids: list[str]) -> dict[str, str]:
     return {r["id"]: r["state_type"] for r in found}
 
 
-class Pulled(NamedTuple):
-    """Runs of a deployment of their own, a file pulled after they were made, and every
-    other run on the server as it was then (``outside``: equal after the apply)."""
+class Case(NamedTuple):
+    """Runs of a deployment of their own, a file pulled after they were made, and a policy
+    file for them."""
 
     ids: list[str]
     db: Path
-    others: dict[str, tuple[str, str]]
-
-
-def pulled_runs(server: Server, folder: Path, n: int, state: str, tag: str) -> Pulled:
-    """``runs`` of a new ``deployment``, then a pull into ``folder``."""
-    ids = runs(server, deployment(server), n, state, tag)
-    db = pulled_db(server.url, folder)
-    return Pulled(ids, db, outside(server, ids))
+    policy: Path
 
 
 def policy_file(folder: Path, rules: list[dict[str, Any]], **top: Any) -> Path:
@@ -93,30 +87,48 @@ def policy_file(folder: Path, rules: list[dict[str, Any]], **top: Any) -> Path:
     return path
 
 
-def tagged(tag: str, state: str) -> str:
-    return (
-        f"SELECT id FROM flow_runs WHERE deleted_at IS NULL AND list_contains(tags, '{tag}') "
-        f"AND state_type = '{state}'"
+def tagged(tag: str, state: str | None = None) -> str:
+    """The live runs tagged ``tag`` (in ``state``, if given)."""
+    sql = f"SELECT id FROM flow_runs WHERE deleted_at IS NULL AND list_contains(tags, '{tag}')"
+    return sql if state is None else f"{sql} AND state_type = '{state}'"
+
+
+def purge(
+    tag: str, state: str | None = None, name: str = "purge", **options: Any
+) -> dict[str, Any]:
+    """A rule: delete the runs tagged ``tag`` (in ``state``, if given)."""
+    return {"name": name, "action": "delete", **options, "sql": tagged(tag, state)}
+
+
+@contextmanager
+def pulled_runs(
+    server: Server,
+    folder: Path,
+    n: int,
+    state: str,
+    tag: str,
+    rules: list[dict[str, Any]] | None = None,
+    **top: Any,
+) -> Iterator[Case]:
+    """``runs`` of a new ``deployment``, a pull into ``folder``, and a policy file of
+    ``rules`` (by default one ``purge`` of them); on the way out, checks that every other
+    run on the server is as it was before (nothing outside the selection touched)."""
+    ids = runs(server, deployment(server), n, state, tag)
+    db = pulled_db(server.url, folder)
+    others = outside(server, ids)
+    yield Case(ids, db, policy_file(folder, rules or [purge(tag, state)], **top))
+    assert outside(server, ids) == others  # nothing outside the selection touched
+
+
+def marked_deleted(db: Path, ids: list[str]) -> list[str]:
+    """The runs of ``ids`` the file marks deleted."""
+    rows = query(
+        db,
+        "SELECT CAST(id AS VARCHAR) FROM flow_runs WHERE deleted_at IS NOT NULL AND id IN "
+        "(SELECT unnest(CAST(? AS UUID[])))",
+        [ids],
     )
-
-
-def purge(folder: Path, tag: str, state: str, **top: Any) -> Path:
-    """A policy of one rule: delete the runs tagged ``tag`` in ``state``."""
-    return policy_file(
-        folder, [{"name": "purge", "action": "delete", "sql": tagged(tag, state)}], **top
-    )
-
-
-def marked_deleted(db: Path, ids: list[str]) -> int:
-    """How many of ``ids`` the file marks deleted."""
-    return int(
-        query(
-            db,
-            "SELECT count(*) FROM flow_runs WHERE deleted_at IS NOT NULL AND id IN "
-            "(SELECT unnest(CAST(? AS UUID[])))",
-            [ids],
-        )[0][0]
-    )
+    return [r[0] for r in rows]
 
 
 def outcomes(db: Path, ids: list[str]) -> dict[str, str]:
@@ -135,6 +147,21 @@ def apply_cli(server: Server, db: Path, policy: Path, *extra: str) -> Any:
     )
 
 
+@contextmanager
+def planned(db: Path, policy: Path) -> Iterator[tuple[SandboxedWriter, Plan]]:
+    """The store apply writes to, and the plan of ``policy`` on it."""
+    loaded = parse_policy(policy.read_bytes(), str(policy))
+    with Store.sandboxed_writer(db) as store:
+        yield store, make_plan(store, loaded)
+
+
+def fault_client(
+    server: Server, transport: httpx.BaseTransport, retry: RetryPolicy, sleep: Any = time.sleep
+) -> PrefectClient:
+    """A client of the real server with a fault ``transport`` in front of it."""
+    return PrefectClient(ApiSettings(url=server.url), transport=transport, retry=retry, sleep=sleep)
+
+
 def library_apply(
     server: Server,
     db: Path,
@@ -144,16 +171,9 @@ def library_apply(
     settle_seconds: float = 10.0,
 ) -> ApplyResult:
     """apply through the library, with a fault transport in front of the real server."""
-    loaded = parse_policy(policy.read_bytes(), str(policy))
-    with Store.sandboxed_writer(db) as store:
-        plan = make_plan(store, loaded)
-        client = PrefectClient(
-            ApiSettings(url=server.url),
-            transport=transport,
-            retry=RetryPolicy(attempts=3, base_delay=0.05),
-            sleep=sleep,
-        )
-        with client:
+    with planned(db, policy) as (store, plan):
+        retry = RetryPolicy(attempts=3, base_delay=0.05)
+        with fault_client(server, transport, retry, sleep) as client:
             return apply_plan(client, store, plan, settle_seconds=settle_seconds)
 
 
@@ -163,21 +183,17 @@ def library_apply(
 def test_keep_newest_is_decided_on_the_newest_runs_as_they_are_now(
     server: Server, tmp_path: Path
 ) -> None:
-    ids, db, others = pulled_runs(server, tmp_path, 10, "FAILED", "kn1")
-    policy = policy_file(
-        tmp_path,
-        [{"name": "purge", "action": "delete", "keep_newest": 2, "sql": tagged("kn1", "FAILED")}],
-    )
-    # After the pull the two newest are retried and complete: the rule must now keep the
-    # two newest runs that are still FAILED.
-    set_state(server, ids[-2:], "COMPLETED")
-    result = apply_cli(server, db, policy)
-    assert result.exit_code == 0, result.output
-    now = live(server, ids)
-    assert [i for i in ids if now.get(i) == "FAILED"] == ids[-4:-2]
-    assert outcomes(db, ids[-4:-2]) == dict.fromkeys(ids[-4:-2], "skipped")
-    assert set(outcomes(db, ids[:-4]).values()) == {"deleted"}
-    assert outside(server, ids) == others  # nothing outside the selection touched
+    rules = [purge("kn1", "FAILED", keep_newest=2)]
+    with pulled_runs(server, tmp_path, 10, "FAILED", "kn1", rules) as (ids, db, policy):
+        # After the pull the two newest are retried and complete: the rule must now keep the
+        # two newest runs that are still FAILED.
+        set_state(server, ids[-2:], "COMPLETED")
+        result = apply_cli(server, db, policy)
+        assert result.exit_code == 0, result.output
+        now = live(server, ids)
+        assert [i for i in ids if now.get(i) == "FAILED"] == ids[-4:-2]
+        assert outcomes(db, ids[-4:-2]) == dict.fromkeys(ids[-4:-2], "skipped")
+        assert set(outcomes(db, ids[:-4]).values()) == {"deleted"}
 
 
 def test_keep_newest_counts_what_an_earlier_rule_of_the_same_apply_took(
@@ -192,8 +208,8 @@ def test_keep_newest_counts_what_an_earlier_rule_of_the_same_apply_took(
     policy = policy_file(
         tmp_path,
         [
-            {"name": "doomed", "action": "delete", "sql": tagged("doomed", "FAILED")},
-            {"name": "purge", "action": "delete", "keep_newest": 2, "sql": tagged("kn2", "FAILED")},
+            purge("doomed", "FAILED", name="doomed"),
+            purge("kn2", "FAILED", keep_newest=2),
         ],
     )
     plan = run_cli("plan", str(policy), "--db", str(db), "--json")
@@ -204,150 +220,130 @@ def test_keep_newest_counts_what_an_earlier_rule_of_the_same_apply_took(
     now = live(server, ids)
     # rule 1 deleted the two newest; rule 2 kept the next two (the file said so in time)
     assert [i for i in ids if i in now] == ids[-4:-2]
-    assert marked_deleted(db, ids) == 8
+    assert len(marked_deleted(db, ids)) == 8
     assert outside(server, ids) == others  # nothing outside the selection touched
 
 
 def test_a_rule_reading_other_runs_sees_their_state_changes(server: Server, tmp_path: Path) -> None:
-    ids, db, others = pulled_runs(server, tmp_path, 6, "FAILED", "xr")
     # Delete FAILED runs of deployments that have no COMPLETED run: NOT EXISTS over other runs.
     sql = (
         "SELECT r.id FROM flow_runs r WHERE r.deleted_at IS NULL AND list_contains(r.tags, 'xr') "
         "AND r.state_type = 'FAILED' AND NOT EXISTS (SELECT 1 FROM flow_runs o WHERE "
         "o.deployment_id = r.deployment_id AND o.state_type = 'COMPLETED' AND o.deleted_at IS NULL)"
     )
-    policy = policy_file(tmp_path, [{"name": "orphans", "action": "delete", "sql": sql}])
-    plan = run_cli("plan", str(policy), "--db", str(db))
-    assert "its SQL reads other runs" in plan.stdout
-    set_state(server, ids[-1:], "COMPLETED")  # a state change: an event the catch-up reads
-    from tests.helpers import wait_for_state_events
+    rules = [{"name": "orphans", "action": "delete", "sql": sql}]
+    with pulled_runs(server, tmp_path, 6, "FAILED", "xr", rules) as (ids, db, policy):
+        plan = run_cli("plan", str(policy), "--db", str(db))
+        assert "its SQL reads other runs" in plan.stdout
+        set_state(server, ids[-1:], "COMPLETED")  # a state change: an event the catch-up reads
+        from tests.helpers import wait_for_state_events
 
-    wait_for_state_events(server.url, ids[-1:], "COMPLETED")
-    result = apply_cli(server, db, policy)
-    assert result.exit_code == 0, result.output
-    assert live(server, ids) == {**dict.fromkeys(ids[:-1], "FAILED"), ids[-1]: "COMPLETED"}
-    assert set(outcomes(db, ids[:-1]).values()) == {"skipped"}
+        wait_for_state_events(server.url, ids[-1:], "COMPLETED")
+        result = apply_cli(server, db, policy)
+        assert result.exit_code == 0, result.output
+        assert live(server, ids) == {**dict.fromkeys(ids[:-1], "FAILED"), ids[-1]: "COMPLETED"}
+        assert set(outcomes(db, ids[:-1]).values()) == {"skipped"}
 
-    # -- throttled and timed-out calls ------------------------------------------------------------------
-    assert outside(server, ids) == others  # nothing outside the selection touched
+
+# -- throttled and timed-out calls ------------------------------------------------------------------
 
 
 def test_a_run_protected_while_the_server_asks_to_wait_is_not_deleted(
     server: Server, tmp_path: Path
 ) -> None:
-    ids, db, others = pulled_runs(server, tmp_path, 6, "COMPLETED", "thr")
-    policy = purge(tmp_path, "thr", "COMPLETED", protect_tags=["keep"])
-    throttled = {"n": 0}
+    with pulled_runs(server, tmp_path, 6, "COMPLETED", "thr", protect_tags=["keep"]) as (
+        ids,
+        db,
+        policy,
+    ):
+        throttled = {"n": 0}
 
-    def fault(request: httpx.Request, n: int) -> httpx.Response | None:
-        if request.url.path.endswith("bulk_delete") and throttled["n"] == 0:
-            throttled["n"] += 1
-            return httpx.Response(429, headers={"Retry-After": "3"}, text="slow down")
-        return None
+        def fault(request: httpx.Request, n: int) -> httpx.Response | None:
+            if request.url.path.endswith("bulk_delete") and throttled["n"] == 0:
+                throttled["n"] += 1
+                return httpx.Response(429, headers={"Retry-After": "3"}, text="slow down")
+            return None
 
-    waits: list[float] = []
+        waits: list[float] = []
 
-    def sleep(seconds: float) -> None:
-        waits.append(seconds)
-        if seconds >= 3:  # while the server asked us to wait, someone protects a run
-            patch_run(server.url, ids[0], {"tags": ["thr", "keep"]})
+        def sleep(seconds: float) -> None:
+            waits.append(seconds)
+            if seconds >= 3:  # while the server asked us to wait, someone protects a run
+                patch_run(server.url, ids[0], {"tags": ["thr", "keep"]})
 
-    result = library_apply(server, db, policy, forwarding(fault), sleep=sleep)
-    assert 3 in waits
-    assert set(live(server, ids)) == {ids[0]}
-    assert outcomes(db, ids)[ids[0]] == "skipped"
-    assert result.counts["purge"] == {"deleted": 5, "skipped": 1}
-    assert outside(server, ids) == others  # nothing outside the selection touched
+        result = library_apply(server, db, policy, forwarding(fault), sleep=sleep)
+        assert 3 in waits
+        assert set(live(server, ids)) == {ids[0]}
+        assert outcomes(db, ids)[ids[0]] == "skipped"
+        assert result.counts["purge"] == {"deleted": 5, "skipped": 1}
 
 
 def test_a_timed_out_call_the_server_completes_later_is_attributed_to_this_apply(
     server: Server, tmp_path: Path
 ) -> None:
-    ids, db, others = pulled_runs(server, tmp_path, 5, "COMPLETED", "late")
-    policy = purge(tmp_path, "late", "COMPLETED")
-    sent: list[str] = []
-    real = httpx.Client(timeout=60)
+    with pulled_runs(server, tmp_path, 5, "COMPLETED", "late") as (ids, db, policy):
+        sent: list[str] = []
+        real = httpx.Client(timeout=60)
 
-    def fault(request: httpx.Request, n: int) -> httpx.Response | None:
-        if request.url.path.endswith("bulk_delete"):
-            sent.append(request.url.path)
-            if len(sent) == 1:
-                # The server gets the call but finishes it after the client gave up.
-                body, headers, url = request.content, dict(request.headers), str(request.url)
+        def fault(request: httpx.Request, n: int) -> httpx.Response | None:
+            if request.url.path.endswith("bulk_delete"):
+                sent.append(request.url.path)
+                if len(sent) == 1:
+                    # The server gets the call but finishes it after the client gave up.
+                    body, headers, url = request.content, dict(request.headers), str(request.url)
 
-                def later() -> None:
-                    time.sleep(1.5)
-                    real.post(url, content=body, headers=headers)
+                    def later() -> None:
+                        time.sleep(1.5)
+                        real.post(url, content=body, headers=headers)
 
-                threading.Thread(target=later, daemon=True).start()
-                raise httpx.ReadTimeout("timed out", request=request)
-        return None
+                    threading.Thread(target=later, daemon=True).start()
+                    raise httpx.ReadTimeout("timed out", request=request)
+            return None
 
-    result = library_apply(server, db, policy, forwarding(fault), settle_seconds=10)
-    assert live(server, ids) == {}
-    assert len(sent) == 1, "nothing is sent again while the first call may still be running"
-    assert set(outcomes(db, ids).values()) == {"deleted"}
-    assert result.counts["purge"] == {"deleted": 5}
-    assert result.status == "success"
-    assert outside(server, ids) == others  # nothing outside the selection touched
+        result = library_apply(server, db, policy, forwarding(fault), settle_seconds=10)
+        assert live(server, ids) == {}
+        assert len(sent) == 1, "nothing is sent again while the first call may still be running"
+        assert set(outcomes(db, ids).values()) == {"deleted"}
+        assert result.counts["purge"] == {"deleted": 5}
+        assert result.status == "success"
 
 
 def test_a_401_on_the_second_call_of_a_batch_keeps_what_the_first_did(
     server: Server, tmp_path: Path
 ) -> None:
-    ids, db, others = pulled_runs(server, tmp_path, 6, "COMPLETED", "auth")
     # Half the batch moves on to FAILED after the pull, so its one batch goes out as two
     # calls (one per state type the server shows): the second is refused with 401.
-    policy = policy_file(
-        tmp_path,
-        [
-            {
-                "name": "purge",
-                "action": "delete",
-                "sql": "SELECT id FROM flow_runs WHERE deleted_at IS NULL AND list_contains(tags, 'auth')",
-            }
-        ],
-    )
-    set_state(server, ids[:3], "FAILED")
-    calls: list[int] = []
+    rules = [purge("auth")]  # in any state
+    with pulled_runs(server, tmp_path, 6, "COMPLETED", "auth", rules) as (ids, db, policy):
+        set_state(server, ids[:3], "FAILED")
+        calls: list[int] = []
 
-    def fault(request: httpx.Request, n: int) -> httpx.Response | None:
-        if request.url.path.endswith("bulk_delete"):
-            calls.append(n)
-            if len(calls) == 2:
-                return httpx.Response(401, json={"detail": "expired"})
-        return None
+        def fault(request: httpx.Request, n: int) -> httpx.Response | None:
+            if request.url.path.endswith("bulk_delete"):
+                calls.append(n)
+                if len(calls) == 2:
+                    return httpx.Response(401, json={"detail": "expired"})
+            return None
 
-    from flowsync.policy.apply import new_result
+        from flowsync.policy.apply import new_result
 
-    loaded = parse_policy(policy.read_bytes(), str(policy))
-    with Store.sandboxed_writer(db) as store:
-        plan = make_plan(store, loaded)
-        held = new_result(plan)
-        client = PrefectClient(
-            ApiSettings(url=server.url),
-            transport=forwarding(fault),
-            retry=RetryPolicy(attempts=2, base_delay=0.01),
-        )
-        from flowsync.errors import AuthError
+        with planned(db, policy) as (store, plan):
+            held = new_result(plan)
+            client = fault_client(
+                server, forwarding(fault), RetryPolicy(attempts=2, base_delay=0.01)
+            )
+            from flowsync.errors import AuthError
 
-        with client, pytest.raises(AuthError):
-            apply_plan(client, store, plan, result=held)
-    gone = [i for i in ids if i not in live(server, ids)]
-    assert len(gone) == 3
-    audit = outcomes(db, ids)
-    assert {audit[i] for i in gone} == {"deleted"}
-    assert {audit[i] for i in ids if i not in gone} == {"failed"}
-    # the file says so before apply exits, and the held result counts it
-    marked = query(
-        db,
-        "SELECT CAST(id AS VARCHAR) FROM flow_runs WHERE deleted_at IS NOT NULL AND id IN "
-        "(SELECT unnest(CAST(? AS UUID[])))",
-        [ids],
-    )
-    assert sorted(r[0] for r in marked) == sorted(gone)
-    assert held.counts["purge"] == {"deleted": 3, "failed": 3}
-    assert outside(server, ids) == others  # nothing outside the selection touched
+            with client, pytest.raises(AuthError):
+                apply_plan(client, store, plan, result=held)
+        gone = [i for i in ids if i not in live(server, ids)]
+        assert len(gone) == 3
+        audit = outcomes(db, ids)
+        assert {audit[i] for i in gone} == {"deleted"}
+        assert {audit[i] for i in ids if i not in gone} == {"failed"}
+        # the file says so before apply exits, and the held result counts it
+        assert sorted(marked_deleted(db, ids)) == sorted(gone)
+        assert held.counts["purge"] == {"deleted": 3, "failed": 3}
 
 
 # -- kill -9 between a call and its record -----------------------------------------------------------
@@ -426,95 +422,88 @@ def apply_killed_at(server: Server, db: Path, policy: Path, *, before_server: bo
 def test_an_apply_killed_after_a_call_is_settled_by_the_next_under_its_own_id(
     server: Server, tmp_path: Path
 ) -> None:
-    ids, db, others = pulled_runs(server, tmp_path, 120, "COMPLETED", "kill")
-    policy = purge(tmp_path, "kill", "COMPLETED")
-
-    first_apply = apply_killed_at(server, db, policy, before_server=False)
-    pending = query(db, "SELECT count(*) FROM policy_actions WHERE outcome = 'pending'")[0][0]
-    assert pending == 50, "the second batch was sent, its answer never recorded"
-    # The next apply reads them back and settles them under the apply that sent them.
-    result = apply_cli(server, db, policy)
-    assert result.exit_code == 0, result.output
-    assert live(server, ids) == {}
-    rows = query(
-        db,
-        "SELECT apply_id, outcome, count(*) FROM policy_actions GROUP BY ALL ORDER BY ALL",
-    )
-    by_first = {o: n for a, o, n in rows if a == first_apply}
-    assert by_first == {"deleted": 100}, rows  # two batches: both deleted by the killed apply
-    assert not [r for r in rows if r[1] in ("pending", "gone")]
-    resolved = query(
-        db,
-        "SELECT count(*) FROM policy_actions WHERE apply_id = ? AND details->>'resolved_by' IS NOT NULL",
-        [first_apply],
-    )[0][0]
-    assert resolved == 50
-    summary = json.loads(result.stdout)["result"]
-    assert summary["resolved_earlier"] == 50
-    assert outside(server, ids) == others  # nothing outside the selection touched
+    with pulled_runs(server, tmp_path, 120, "COMPLETED", "kill") as (ids, db, policy):
+        first_apply = apply_killed_at(server, db, policy, before_server=False)
+        pending = query(db, "SELECT count(*) FROM policy_actions WHERE outcome = 'pending'")[0][0]
+        assert pending == 50, "the second batch was sent, its answer never recorded"
+        # The next apply reads them back and settles them under the apply that sent them.
+        result = apply_cli(server, db, policy)
+        assert result.exit_code == 0, result.output
+        assert live(server, ids) == {}
+        rows = query(
+            db,
+            "SELECT apply_id, outcome, count(*) FROM policy_actions GROUP BY ALL ORDER BY ALL",
+        )
+        by_first = {o: n for a, o, n in rows if a == first_apply}
+        assert by_first == {"deleted": 100}, rows  # two batches: both deleted by the killed apply
+        assert not [r for r in rows if r[1] in ("pending", "gone")]
+        resolved = query(
+            db,
+            "SELECT count(*) FROM policy_actions WHERE apply_id = ? AND details->>'resolved_by' IS NOT NULL",
+            [first_apply],
+        )[0][0]
+        assert resolved == 50
+        summary = json.loads(result.stdout)["result"]
+        assert summary["resolved_earlier"] == 50
 
 
 def test_an_apply_killed_before_its_call_reached_the_server_is_finished_by_the_next(
     server: Server, tmp_path: Path
 ) -> None:
-    ids, db, others = pulled_runs(server, tmp_path, 80, "COMPLETED", "killb")
-    policy = purge(tmp_path, "killb", "COMPLETED")
-    first_apply = apply_killed_at(server, db, policy, before_server=True)
-    assert len(live(server, ids)) == 30  # batch 2 (30 runs) never reached the server
-    result = apply_cli(server, db, policy, "--settle-seconds", "1")
-    assert result.exit_code == 0, result.output
-    assert live(server, ids) == {}
-    rows = query(
-        db, "SELECT apply_id = ?, outcome, count(*) FROM policy_actions GROUP BY ALL", [first_apply]
-    )
-    # the killed apply's batch 2: read back unchanged after the settle bound -> failed (not
-    # done by it); this apply then deleted those runs itself
-    assert sorted(rows) == [(False, "deleted", 30), (True, "deleted", 50), (True, "failed", 30)]
-    assert outside(server, ids) == others  # nothing outside the selection touched
+    with pulled_runs(server, tmp_path, 80, "COMPLETED", "killb") as (ids, db, policy):
+        first_apply = apply_killed_at(server, db, policy, before_server=True)
+        assert len(live(server, ids)) == 30  # batch 2 (30 runs) never reached the server
+        result = apply_cli(server, db, policy, "--settle-seconds", "1")
+        assert result.exit_code == 0, result.output
+        assert live(server, ids) == {}
+        rows = query(
+            db,
+            "SELECT apply_id = ?, outcome, count(*) FROM policy_actions GROUP BY ALL",
+            [first_apply],
+        )
+        # the killed apply's batch 2: read back unchanged after the settle bound -> failed (not
+        # done by it); this apply then deleted those runs itself
+        assert sorted(rows) == [(False, "deleted", 30), (True, "deleted", 50), (True, "failed", 30)]
 
 
 def test_a_call_whose_connection_was_never_made_is_rechecked_then_sent_once_more(
     server: Server, tmp_path: Path
 ) -> None:
-    ids, db, others = pulled_runs(server, tmp_path, 5, "COMPLETED", "conn")
-    policy = purge(tmp_path, "conn", "COMPLETED")
-    sent: list[int] = []
+    with pulled_runs(server, tmp_path, 5, "COMPLETED", "conn") as (ids, db, policy):
+        sent: list[int] = []
 
-    def fault(request: httpx.Request, n: int) -> httpx.Response | None:
-        if request.url.path.endswith("bulk_delete"):
-            sent.append(n)
-            if len(sent) == 1:
-                raise httpx.ConnectError("connection refused", request=request)
-        return None
+        def fault(request: httpx.Request, n: int) -> httpx.Response | None:
+            if request.url.path.endswith("bulk_delete"):
+                sent.append(n)
+                if len(sent) == 1:
+                    raise httpx.ConnectError("connection refused", request=request)
+            return None
 
-    result = library_apply(server, db, policy, forwarding(fault), sleep=lambda s: None)
-    assert len(sent) == 2 and result.calls == 2  # re-read and re-decided, then sent once more
-    assert live(server, ids) == {}
-    assert outcomes(db, ids) == dict.fromkeys(ids, "deleted")
-    assert result.counts == {"purge": {"deleted": 5}} and result.status == "success"
-    assert outside(server, ids) == others
+        result = library_apply(server, db, policy, forwarding(fault), sleep=lambda s: None)
+        assert len(sent) == 2 and result.calls == 2  # re-read and re-decided, then sent once more
+        assert live(server, ids) == {}
+        assert outcomes(db, ids) == dict.fromkeys(ids, "deleted")
+        assert result.counts == {"purge": {"deleted": 5}} and result.status == "success"
 
 
 def test_ctrl_c_while_a_call_is_in_flight_records_what_the_server_did(
     server: Server, tmp_path: Path
 ) -> None:
-    ids, db, others = pulled_runs(server, tmp_path, 120, "COMPLETED", "ctrlc")
-    policy = purge(tmp_path, "ctrlc", "COMPLETED")
-    calls: list[list[str]] = []
+    with pulled_runs(server, tmp_path, 120, "COMPLETED", "ctrlc") as (ids, db, policy):
+        calls: list[list[str]] = []
 
-    def ctrl_c(request: httpx.Request, response: httpx.Response) -> None:
-        if request.url.path.endswith("bulk_delete"):
-            calls.append(json.loads(request.content)["flow_runs"]["id"]["any_"])
-            if len(calls) == 2:  # the server deleted batch 2; Ctrl-C before its answer arrives
-                raise KeyboardInterrupt
+        def ctrl_c(request: httpx.Request, response: httpx.Response) -> None:
+            if request.url.path.endswith("bulk_delete"):
+                calls.append(json.loads(request.content)["flow_runs"]["id"]["any_"])
+                if len(calls) == 2:  # the server deleted batch 2; Ctrl-C before its answer arrives
+                    raise KeyboardInterrupt
 
-    with pytest.raises(KeyboardInterrupt):
-        library_apply(server, db, policy, forwarding(None, ctrl_c))
-    sent = [i for call in calls for i in call]
-    assert len(sent) == 100  # batch 3 was never sent
-    remaining = live(server, ids)
-    assert set(remaining) == set(ids) - set(sent)
-    # batch 2's rows were read back on the way out: deleted, attributed to this apply
-    assert outcomes(db, ids) == dict.fromkeys(sent, "deleted")
-    assert marked_deleted(db, ids) == 100
-    assert outside(server, ids) == others
+        with pytest.raises(KeyboardInterrupt):
+            library_apply(server, db, policy, forwarding(None, ctrl_c))
+        sent = [i for call in calls for i in call]
+        assert len(sent) == 100  # batch 3 was never sent
+        remaining = live(server, ids)
+        assert set(remaining) == set(ids) - set(sent)
+        # batch 2's rows were read back on the way out: deleted, attributed to this apply
+        assert outcomes(db, ids) == dict.fromkeys(sent, "deleted")
+        assert len(marked_deleted(db, ids)) == 100

@@ -11,19 +11,14 @@ import duckdb
 import pytest
 import yaml
 
-from flowsync import views
-from flowsync.store import Store
-from tests.policy_db import make_db, run
+from tests.policy_db import built_db, run
 
 DBT = Path(__file__).resolve().parent.parent / "docs" / "dbt"
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    db = make_db(tmp_path_factory.mktemp("dbt") / "flowsync.duckdb", [run(1), run(2, "FAILED")])
-    with Store.writer(db) as store:
-        views.rebuild(store)
-    return db
+    return built_db(tmp_path_factory.mktemp("dbt") / "flowsync.duckdb", [run(1), run(2, "FAILED")])
 
 
 def _source() -> Any:

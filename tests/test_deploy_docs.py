@@ -78,18 +78,14 @@ def test_prefect_recipe_retries_only_what_may_pass_and_needs_no_root_directory()
 def test_duckdb_cli_recipe_says_where_the_cli_comes_from_and_runs_through_flowsync_sql(
     tmp_path: Path,
 ) -> None:
-    from flowsync import views
-    from flowsync.store import Store
     from tests.helpers import run_cli
-    from tests.policy_db import make_db, run
+    from tests.policy_db import built_db, run
 
     text = (DEPLOY.parent / "ecosystem.md").read_text()
     section = text.split("### duckdb CLI", 1)[1].split("\n### ", 1)[0]
     assert "neither flowsync nor its dev setup" in section and "duckdb.org" in section
     sql = shlex.split(section.split("```sh", 1)[1].split("```", 1)[0])[-1]
-    db = make_db(tmp_path / "flowsync.duckdb", [run(1), run(2, "FAILED")])
-    with Store.writer(db) as store:
-        views.rebuild(store)
+    db = built_db(tmp_path / "flowsync.duckdb", [run(1), run(2, "FAILED")])
     result = run_cli("sql", sql, "-f", "csv", "--db", str(db))  # the same query, no CLI needed
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines()[0] == "state_type,runs"

@@ -12,21 +12,14 @@ import pytest
 from flowsync import report_html, reports, views
 from flowsync.store import Store, signatures
 from tests.helpers import run_cli
-from tests.policy_db import FLOW, NOW, make_db, rid, run
-
-
-def built(path: Path, runs: list[dict[str, object]]) -> Path:
-    db = make_db(path, runs)
-    with Store.writer(db) as store:
-        views.rebuild(store)
-    return db
+from tests.policy_db import FLOW, NOW, built_db, make_db, rid, run
 
 
 def test_flaky_separates_rare_failures_from_failures_that_come_and_go(tmp_path: Path) -> None:
     runs = [  # prod: every 8th run fails and the next succeeds (12.5%); dev: one failure in 60
         run(n, "FAILED" if n % 8 == 0 else "COMPLETED", n / 4, dep="prod") for n in range(1, 81)
     ] + [run(100 + n, "FAILED" if n == 30 else "COMPLETED", n / 4, dep="dev") for n in range(1, 61)]
-    db = built(tmp_path / "flaky.duckdb", runs)
+    db = built_db(tmp_path / "flaky.duckdb", runs)
     with Store.reader(db, live=True) as store:
         frame = reports.flaky(store, reports.parse_since("30d"))
     flaky = {r["deployment_name"]: r["flaky"] for r in frame.iter_rows(named=True)}
@@ -40,7 +33,7 @@ def test_flaky_separates_rare_failures_from_failures_that_come_and_go(tmp_path: 
 def three_days(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Runs every 30 minutes over the last three days, one in 25 failed (4%)."""
     runs = [run(n, "FAILED" if n % 25 == 0 else "COMPLETED", n / 48) for n in range(1, 144)]
-    return built(tmp_path_factory.mktemp("figures") / "runs.duckdb", runs)
+    return built_db(tmp_path_factory.mktemp("figures") / "runs.duckdb", runs)
 
 
 def test_health_page_rate_on_its_own_scale_and_short_windows_by_hour(

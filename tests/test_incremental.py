@@ -23,6 +23,7 @@ from harness.server import Server
 from tests.helpers import (
     SeededServer,
     forwarding,
+    local_state,
     query,
     run_cli,
     scalar,
@@ -80,10 +81,7 @@ def test_changes_between_pulls(fresh_server: Server, db_path: Path) -> None:
     }
     assert marked == set(deleted)
     for run_id in changed:
-        assert (
-            scalar(db_path, "SELECT state_type FROM flow_runs WHERE id = ?", [run_id])
-            == "CANCELLED"
-        )
+        assert local_state(db_path, run_id) == "CANCELLED"
     assert set(new.runs) <= {str(r[0]) for r in query(db_path, "SELECT id FROM flow_runs")}
     # and the pull after that does nothing, cheaply
     third = pull(url, db_path)
@@ -281,10 +279,10 @@ def test_verify_finds_a_state_change_whose_event_was_missed(
     )
     con.close()
     quiet = pull(url, db_path, "--overlap", "0")
-    assert scalar(db_path, "SELECT state_type FROM flow_runs WHERE id = ?", [target]) == "COMPLETED"
+    assert local_state(db_path, target) == "COMPLETED"
     assert int(quiet["requests"]) <= 7  # totals agree: no histogram
     pull(url, db_path, "--overlap", "0", "--verify")
-    assert scalar(db_path, "SELECT state_type FROM flow_runs WHERE id = ?", [target]) == "FAILED"
+    assert local_state(db_path, target) == "FAILED"
     assert_matches_server(db_path, url)
 
 
@@ -301,9 +299,7 @@ def test_runs_already_read_inside_the_overlap_are_not_read_again(
 
     changed = pull(url, db_path)
     assert int(changed["requests"]) == baseline + 1  # one filter by id for the three runs
-    assert {
-        scalar(db_path, "SELECT state_type FROM flow_runs WHERE id = ?", [i]) for i in targets
-    } == {"CANCELLED"}
+    assert {local_state(db_path, i) for i in targets} == {"CANCELLED"}
     # Same events, still inside the overlap: nothing to read.
     assert int(pull(url, db_path)["requests"]) == baseline
 
@@ -312,9 +308,7 @@ def test_runs_already_read_inside_the_overlap_are_not_read_again(
     wait_for_state_events(url, targets[:1], "FAILED")
     again = pull(url, db_path)
     assert int(again["requests"]) == baseline + 1
-    assert (
-        scalar(db_path, "SELECT state_type FROM flow_runs WHERE id = ?", [targets[0]]) == "FAILED"
-    )
+    assert local_state(db_path, targets[0]) == "FAILED"
     assert_matches_server(db_path, url)
 
 

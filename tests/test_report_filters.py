@@ -9,10 +9,8 @@ from typing import Any
 
 import pytest
 
-from flowsync import views
-from flowsync.store import Store
 from tests.helpers import run_cli
-from tests.policy_db import make_db, run
+from tests.policy_db import built_db, run
 
 
 @pytest.fixture(scope="module")
@@ -28,10 +26,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
             for n in range(1, 7)
         ),
     ]
-    db = make_db(tmp_path_factory.mktemp("filters") / "runs.duckdb", runs)
-    with Store.writer(db) as store:
-        views.rebuild(store)
-    return db
+    return built_db(tmp_path_factory.mktemp("filters") / "runs.duckdb", runs)
 
 
 def report(db: Path, *args: str) -> list[dict[str, Any]]:

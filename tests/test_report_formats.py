@@ -10,10 +10,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from flowsync import views
-from flowsync.store import Store
 from tests.helpers import run_cli
-from tests.policy_db import DEPLOYMENTS, make_db, run
+from tests.policy_db import DEPLOYMENTS, built_db, run
 
 
 @pytest.fixture(scope="module")
@@ -22,10 +20,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
         run(n, "FAILED" if n % 4 == 0 else "COMPLETED", n / 10, tags=["etl", "ml"])
         for n in range(1, 41)
     ]
-    db = make_db(tmp_path_factory.mktemp("formats") / "runs.duckdb", runs)
-    with Store.writer(db) as store:
-        views.rebuild(store)
-    return db
+    return built_db(tmp_path_factory.mktemp("formats") / "runs.duckdb", runs)
 
 
 def report(db: Path, *args: str) -> str:

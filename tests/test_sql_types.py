@@ -15,11 +15,10 @@ from typing import Any
 import polars as pl
 import pytest
 
-from flowsync import views
 from flowsync.cli import render
 from flowsync.store import Store
 from tests.helpers import run_cli
-from tests.policy_db import make_db, run
+from tests.policy_db import built_db, run
 
 # (sql, CSV cell, JSON value)
 TYPES: list[tuple[str, str, Any]] = [
@@ -98,13 +97,10 @@ TERMINAL = {
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    db = make_db(
+    return built_db(
         tmp_path_factory.mktemp("types") / "runs.duckdb",
         [run(1, "FAILED", 1), run(2, "COMPLETED", 2), run(3, "RUNNING", 0.1)],
     )
-    with Store.writer(db) as store:
-        views.rebuild(store)
-    return db
 
 
 def sql(db: Path, query: str, fmt: str) -> Any:

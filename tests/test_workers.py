@@ -19,7 +19,7 @@ import pytest
 from harness.postgres import PgCluster
 from harness.seed import delete_runs, seed, set_states
 from harness.server import Server, backend_server
-from tests.helpers import query, run_cli, scalar, wait_for_state_events
+from tests.helpers import local_state, query, run_cli, scalar, wait_for_state_events
 from tests.server_truth import assert_matches_server
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
@@ -66,9 +66,7 @@ def test_full_then_incremental_pull_against_two_workers(
     assert_matches_server(db, url)
     marked = {str(r[0]) for r in query(db, "SELECT id FROM flow_runs WHERE deleted_at IS NOT NULL")}
     assert marked == set(deleted)
-    assert {scalar(db, "SELECT state_type FROM flow_runs WHERE id = ?", [i]) for i in changed} == {
-        "CANCELLED"
-    }
+    assert {local_state(db, i) for i in changed} == {"CANCELLED"}
     assert set(new.runs) <= {str(r[0]) for r in query(db, "SELECT id FROM flow_runs")}
 
     # --full with four pages in flight over both workers finds nothing to fix.

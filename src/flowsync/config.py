@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -189,35 +189,52 @@ def resolve_api(
     )
 
 
-def _retention(value: str | None, source: str) -> float | None:
+def _number(
+    key: str,
+    value: str | None,
+    source: str,
+    valid: Callable[[float], bool],
+    unit: str,
+    example: str,
+) -> float | None:
+    """A numeric setting from the environment or a profile: None when unset or empty; a
+    ``ConfigError`` naming the key, its value and where it came from when it is not a
+    number ``valid`` accepts."""
     if value is None or not value.strip():
         return None
     try:
-        days = float(value)
+        number = float(value)
     except ValueError:
-        days = -1.0
-    if not 0 < days < 100_000:
+        number = float("nan")  # valid() refuses it, as it does a NaN spelt out
+    if not valid(number):
         raise ConfigError(
-            f"{RETENTION_KEY} {value!r} (from {source}) is not a number of days; "
-            "expected e.g. 14 (Prefect Cloud keeps runs 7, 14 or 30 days, by plan)."
+            f"{key} {value!r} (from {source}) is not a number of {unit}; expected e.g. {example}."
         )
-    return days
+    return number
+
+
+def _retention(value: str | None, source: str) -> float | None:
+    return _number(
+        RETENTION_KEY,
+        value,
+        source,
+        lambda days: 0 < days < 100_000,
+        "days",
+        "14 (Prefect Cloud keeps runs 7, 14 or 30 days, by plan)",
+    )
 
 
 def _budget(value: str | None, source: str) -> float | None:
     """A request budget: a positive number of requests per minute; 0 or empty: none."""
-    if value is None or not value.strip():
-        return None
-    try:
-        rate = float(value)
-    except ValueError:
-        rate = -1.0
-    if rate < 0 or rate != rate or rate == float("inf"):
-        raise ConfigError(
-            f"{BUDGET_KEY} {value!r} (from {source}) is not a number of requests per minute; "
-            "expected e.g. 300 (0 turns the budget off)."
-        )
-    if 0 < rate < 1:
+    rate = _number(
+        BUDGET_KEY,
+        value,
+        source,
+        lambda rate: 0 <= rate < float("inf"),
+        "requests per minute",
+        "300 (0 turns the budget off)",
+    )
+    if rate is not None and 0 < rate < 1:
         raise ConfigError(
             f"{BUDGET_KEY} {value!r} (from {source}) is below 1 request per minute; use 1 or more."
         )

@@ -21,7 +21,7 @@ import json
 import re
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -57,12 +57,7 @@ class UploadResult:
     partitions_removed: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "url": self.url,
-            "files_uploaded": self.files_uploaded,
-            "bytes_uploaded": self.bytes_uploaded,
-            "partitions_removed": self.partitions_removed,
-        }
+        return asdict(self)  # every field, by its name
 
 
 def _filesystem(url: str) -> tuple[Any, str]:

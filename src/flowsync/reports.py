@@ -210,13 +210,32 @@ def _grouped(macro: str, by: str, args: str, order: str) -> str:
     return f"SELECT {shown} FROM {macro}('{by}', {args}) ORDER BY {order}{tie}"
 
 
+def _by_group(
+    store: Store,
+    macro: str,
+    by: str,
+    allowed: tuple[str, ...],
+    args: str,
+    params: dict[str, Any],
+    order: str,
+    filters: Filters | None,
+) -> pl.DataFrame:
+    """A grouped table macro's rows per ``by`` (one of ``allowed``), called with ``args``
+    (``params``) and the runs ``filters`` select, ordered by ``order``."""
+    _check_by(by, allowed)
+    sql = _grouped(macro, by, f"{args}, {_ONLY}", order)
+    return run_sql(store, sql, {**params, **_filter_params(store, filters)})
+
+
+def _window(window: Window, include_deleted: bool) -> dict[str, Any]:
+    """The parameters every windowed macro takes: $since, $until, $include_deleted."""
+    return {"since": window.start, "until": window.until, "include_deleted": include_deleted}
+
+
 def _params(window: Window, include_deleted: bool, *, previous: bool = True) -> dict[str, Any]:
-    return {
-        "since": window.start,
-        "until": window.until,
-        "prev_start": window.previous_start if previous else window.start,
-        "include_deleted": include_deleted,
-    }
+    """``_window`` and $prev_start (the previous window; with ``previous=False`` none)."""
+    prev_start = window.previous_start if previous else window.start
+    return {**_window(window, include_deleted), "prev_start": prev_start}
 
 
 def _no_previous(frame: pl.DataFrame, window: Window, columns: tuple[str, ...]) -> pl.DataFrame:
@@ -331,15 +350,16 @@ def failures(
     the previous window of equal length, with ``failure_rate_change`` (this - previous).
     The figures are the ``failure_rates`` macro of ``sql/13_failure_rates.sql``."""
     window = window or parse_since(None)
-    _check_by(by, tuple(GROUPS))
-    sql = _grouped(
+    frame = _by_group(
+        store,
         "failure_rates",
         by,
-        f"$since, $until, $prev_start, $include_deleted, {_ONLY}",
+        tuple(GROUPS),
+        "$since, $until, $prev_start, $include_deleted",
+        _params(window, include_deleted),
         "failed DESC, failure_rate DESC NULLS LAST, runs DESC",
+        filters,
     )
-    params = {**_params(window, include_deleted), **_filter_params(store, filters)}
-    frame = run_sql(store, sql, params)
     return _no_previous(frame, window, PREVIOUS_FAILURE_COLUMNS)
 
 
@@ -368,15 +388,16 @@ def durations(
     with ``trend``, also the previous window's p50/p95 and ``p95_change_s``. The figures are
     the ``duration_percentiles`` macro of ``sql/14_duration_percentiles.sql``."""
     window = window or parse_since(None)
-    _check_by(by, DURATION_GROUPS)
-    sql = _grouped(
+    frame = _by_group(
+        store,
         "duration_percentiles",
         by,
-        f"$since, $until, $prev_start, $include_deleted, {_ONLY}",
+        DURATION_GROUPS,
+        "$since, $until, $prev_start, $include_deleted",
+        _params(window, include_deleted, previous=trend),
         "p95_s DESC",
+        filters,
     )
-    params = {**_params(window, include_deleted, previous=trend), **_filter_params(store, filters)}
-    frame = run_sql(store, sql, params)
     if not trend:
         return frame.drop(_TREND_COLUMNS)
     return _no_previous(frame, window, _TREND_COLUMNS)
@@ -395,21 +416,16 @@ def late(
     late, lateness percentiles, and ``waiting_now``: SCHEDULED/PENDING runs expected
     in the window that have not started yet (the ``lateness`` macro, ``sql/15_lateness.sql``)."""
     window = window or parse_since(None)
-    _check_by(by, tuple(GROUPS))
-    sql = _grouped(
+    return _by_group(
+        store,
         "lateness",
         by,
-        f"$since, $until, $late_after, $include_deleted, {_ONLY}",
+        tuple(GROUPS),
+        "$since, $until, $late_after, $include_deleted",
+        {**_window(window, include_deleted), "late_after": late_after},
         "late_runs + waiting_now DESC, p95_lateness_s DESC NULLS LAST",
+        filters,
     )
-    params = {
-        "since": window.start,
-        "until": window.until,
-        "late_after": late_after,
-        "include_deleted": include_deleted,
-        **_filter_params(store, filters),
-    }
-    return run_sql(store, sql, params)
 
 
 def flaky(
@@ -442,26 +458,27 @@ def flaky(
         ORDER BY broken DESC, flaky DESC, failing_streak DESC, failure_rate DESC NULLS LAST,
             deployment_id
     """
-    only = _filter_params(store, _runs_only(filters, "flaky"))
+    only = _deployments_only(store, filters, "flaky")
     params = {
         "since": window.start,
         "until": window.until,
         "last": last,
         "min_rate": min_rate,
-        "only_flows": only["only_flows"],
-        "only_deployments": only["only_deployments"],
+        **only,
     }
     return run_sql(store, sql, params)
 
 
-def _runs_only(filters: Filters | None, report: str) -> Filters | None:
-    """A per-deployment report (flaky, unresolved) filters by flow and deployment only."""
+def _deployments_only(store: Store, filters: Filters | None, report: str) -> dict[str, Any]:
+    """$only_flows and $only_deployments of a per-deployment report (flaky, unresolved,
+    stuck), which filters by flow and deployment only."""
     if filters and (filters.tags or filters.states):
         raise ConfigError(
             f"report {report} is per deployment: filter it with --flow or --deployment "
             "(--tag and --state select runs, for failures, durations, late and errors)."
         )
-    return filters
+    only = _filter_params(store, filters)
+    return {"only_flows": only["only_flows"], "only_deployments": only["only_deployments"]}
 
 
 def errors(
@@ -490,7 +507,7 @@ def unresolved(store: Store, *, filters: Filters | None = None) -> pl.DataFrame:
     """Deployments whose latest finished run failed: since when, failures since the last
     success, and the latest failure's signature (the ``unresolved_failures`` view).
     Current state of live runs, so no window; longest failing first."""
-    only = _filter_params(store, _runs_only(filters, "unresolved"))
+    only = _deployments_only(store, filters, "unresolved")
     return run_sql(
         store,
         """
@@ -500,7 +517,7 @@ def unresolved(store: Store, *, filters: Filters | None = None) -> pl.DataFrame:
             $only_flows, $only_deployments, NULL, NULL)
         ORDER BY failing_since, failures_since_success DESC, deployment_id
         """,
-        {"only_flows": only["only_flows"], "only_deployments": only["only_deployments"]},
+        only,
     )
 
 
@@ -527,11 +544,7 @@ def failure_rate_daily(
     window = window or parse_since(None)
     by = "day_deployment" if by_deployment else "day"
     sql = _grouped("failure_rates", by, "$since, $until, $since, $include_deleted", "run_day")
-    frame = run_sql(
-        store,
-        sql,
-        {"since": window.start, "until": window.until, "include_deleted": include_deleted},
-    )
+    frame = run_sql(store, sql, _window(window, include_deleted))
     return frame.drop(PREVIOUS_FAILURE_COLUMNS)
 
 
@@ -552,11 +565,7 @@ def failure_rate_hourly(
     window, where UTC days would show two partial days that look like a collapse."""
     window = window or parse_since(None)
     sql = _grouped("failure_rates", "hour", "$since, $until, $since, $include_deleted", "run_hour")
-    frame = run_sql(
-        store,
-        sql,
-        {"since": window.start, "until": window.until, "include_deleted": include_deleted},
-    )
+    frame = run_sql(store, sql, _window(window, include_deleted))
     return frame.drop(PREVIOUS_FAILURE_COLUMNS)
 
 
@@ -655,13 +664,7 @@ def runs(
         SELECT * FROM run_list($since, $until, $include_deleted, {_ONLY})
         ORDER BY run_at DESC, id LIMIT $last
     """
-    params = {
-        "since": window.start,
-        "until": window.until,
-        "include_deleted": include_deleted,
-        "last": last,
-        **_filter_params(store, f),
-    }
+    params = {**_window(window, include_deleted), "last": last, **_filter_params(store, f)}
     return _with_links(store, run_sql(store, sql, params))
 
 
@@ -677,7 +680,7 @@ def stuck(
     expected start longer than its usual p95 lateness (and ``late_after``); usual = finished
     runs in ``history`` (the ``stuck_runs`` macro, ``sql/57_stuck_runs.sql``). Longest first."""
     history = history or parse_since("30d")
-    only = _filter_params(store, _runs_only(filters, "stuck"))
+    only = _deployments_only(store, filters, "stuck")
     sql = """
         SELECT * FROM stuck_runs($history_since, $late_after, min_runs := $min_runs)
         WHERE run_selected(flow_id, deployment_id, NULL, NULL,
@@ -688,7 +691,6 @@ def stuck(
         "history_since": history.start,
         "late_after": late_after,
         "min_runs": min_runs,
-        "only_flows": only["only_flows"],
-        "only_deployments": only["only_deployments"],
+        **only,
     }
     return _with_links(store, run_sql(store, sql, params))

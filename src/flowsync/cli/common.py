@@ -112,6 +112,12 @@ MaxRequestsOption = Annotated[
 ]
 
 
+def quiet_option(what: str) -> Any:
+    """``--quiet``/``-q`` of a command that writes ``what`` (progress, a summary) to stderr:
+    errors only, for cron."""
+    return typer.Option("--quiet", "-q", help=f"No {what}; errors only (for cron).")
+
+
 def fail(e: FlowsyncError) -> NoReturn:
     """One line saying what failed; the error's ``hint`` (DuckDB's suggestions), if any,
     on the lines after it, indented, so ``grep error:`` still finds one line."""

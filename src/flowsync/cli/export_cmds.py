@@ -15,6 +15,7 @@ from flowsync.cli.common import (
     err,
     errors,
     print_json,
+    quiet_option,
 )
 from flowsync.config import resolve_db_path
 from flowsync.since import parse_since
@@ -52,9 +53,7 @@ def export_cmd(
     wait: WaitOption = 0.0,
     live: LiveOption = False,
     json_out: JsonOption = False,
-    quiet: Annotated[
-        bool, typer.Option("--quiet", "-q", help="No summary; errors only (for cron).")
-    ] = False,
+    quiet: Annotated[bool, quiet_option("summary")] = False,
 ) -> None:
     """Write flows, deployments and flow runs as Parquet, partitioned by day (hive style).
 

@@ -21,6 +21,7 @@ from flowsync.cli.common import (
     make_progress,
     out,
     print_json,
+    quiet_option,
 )
 from flowsync.config import (
     PULL_CONCURRENCY,
@@ -80,9 +81,7 @@ def pull_cmd(
     memory_limit: MemoryLimitOption = None,
     max_requests_per_minute: MaxRequestsOption = None,
     json_out: JsonOption = False,
-    quiet: Annotated[
-        bool, typer.Option("--quiet", "-q", help="No progress output; errors only (for cron).")
-    ] = False,
+    quiet: Annotated[bool, quiet_option("progress output")] = False,
 ) -> None:
     """Sync flows, deployments and flow runs from a Prefect API into the DuckDB file.
 

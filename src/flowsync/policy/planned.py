@@ -134,6 +134,10 @@ class PlanRuns:
                 raise RuntimeError("the plan was closed: its runs can no longer be read")
             return self._store.execute(sql, params).rows()
 
+    def _column(self, sql: str, params: list[Any]) -> list[Any]:
+        """The one column ``sql`` selects."""
+        return [r[0] for r in self._rows(sql, params)]
+
     # -- filling (plan.make_plan) ------------------------------------------------------
 
     def add(self, rule: int, page: pl.DataFrame) -> None:
@@ -146,12 +150,13 @@ class PlanRuns:
 
     def taken(self, ids: list[str]) -> set[str]:
         """Which of ``ids`` an earlier rule already plans."""
-        rows = self._rows(
-            "SELECT id FROM plan_runs WHERE reason IS NULL "
-            "AND id IN (SELECT unnest(CAST(? AS VARCHAR[])))",
-            [ids],
+        return set(
+            self._column(
+                "SELECT id FROM plan_runs WHERE reason IS NULL "
+                "AND id IN (SELECT unnest(CAST(? AS VARCHAR[])))",
+                [ids],
+            )
         )
-        return {r[0] for r in rows}
 
     # -- reading -----------------------------------------------------------------------
 
@@ -176,12 +181,11 @@ class PlanRuns:
 
     def state_types(self, rule: int) -> list[str]:
         """The state types of a rule's planned runs, in the order its ranking meets them."""
-        rows = self._rows(
+        return self._column(
             "SELECT state_type FROM plan_runs WHERE rule = ? AND reason IS NULL "
             "GROUP BY state_type ORDER BY min(pos)",
             [rule],
         )
-        return [r[0] for r in rows]
 
     def sample(self, rule: int, limit: int | None) -> list[PlannedRun]:
         """The first ``limit`` planned runs of a rule (None: every one)."""
@@ -209,30 +213,30 @@ class PlanRuns:
 
     def with_tags(self, tags: list[str]) -> str | None:
         """A planned run (of any rule) carrying one of ``tags``."""
-        rows = self._rows(
+        found = self._column(
             "SELECT id FROM plan_runs WHERE reason IS NULL "
             "AND list_has_any(tags, CAST(? AS VARCHAR[])) LIMIT 1",
             [tags],
         )
-        return str(rows[0][0]) if rows else None
+        return str(found[0]) if found else None
 
     def skipped_among(self, rule: int, reason: str, among: set[str]) -> set[str]:
         """Which of ``among`` the rule skipped for ``reason``."""
-        rows = self._rows(
-            "SELECT id FROM plan_runs WHERE rule = ? AND reason = ? "
-            "AND id IN (SELECT unnest(CAST(? AS VARCHAR[])))",
-            [rule, reason, sorted(among)],
+        return set(
+            self._column(
+                "SELECT id FROM plan_runs WHERE rule = ? AND reason = ? "
+                "AND id IN (SELECT unnest(CAST(? AS VARCHAR[])))",
+                [rule, reason, sorted(among)],
+            )
         )
-        return {r[0] for r in rows}
 
     def selected(self, besides: str) -> list[str]:
         """Every run any rule's SQL returned, planned or skipped, but not for ``besides``."""
-        rows = self._rows(
+        return self._column(
             "SELECT id FROM plan_runs WHERE reason IS DISTINCT FROM ? "
             "GROUP BY id ORDER BY min(rule), min(pos)",
             [besides],
         )
-        return [r[0] for r in rows]
 
 
 # -- what a plan is (``plan.make_plan`` makes it) ----------------------------------------
