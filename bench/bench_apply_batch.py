@@ -27,6 +27,8 @@ the versions run interleaved, one child at a time, ``--repeat`` rounds.
 from __future__ import annotations
 
 import argparse
+import functools
+import inspect
 import json
 import os
 import resource
@@ -36,6 +38,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 WORK = Path(__file__).resolve().parent / ".work" / "apply-batch"
@@ -87,49 +91,47 @@ def child(source: Path, policy: Path, batches: int) -> dict[str, object]:
                 policy_sha256=plan.policy.sha256,
             )
 
-            def timed(step: str, fn: object) -> None:
+            takes_held = "held" in inspect.signature(Ledger.pending).parameters
+
+            @contextmanager
+            def timed(step: str) -> Iterator[None]:
                 start = time.perf_counter()
-                fn()  # type: ignore[operator]
+                yield
                 times[step].append((time.perf_counter() - start) * 1000)
 
-            for number in range(batches):
-                rows = sample[number * BATCH : (number + 1) * BATCH]
+            for number in range(1, batches + 1):
+                rows = sample[(number - 1) * BATCH : number * BATCH]
                 ids = [r[0] for r in rows]
                 stamps = {r[0]: r[1].isoformat() for r in rows}
-                changed = [
-                    changed_run(int(r[2].rsplit("-", 1)[1]), scattered=True)
-                    for r in rows[:CHANGED]
-                ]
-                assert [c["id"] for c in changed] == ids[:CHANGED]
+                # The server's answer to the re-read (API objects), the first CHANGED changed.
+                answer = [changed_run(int(r[2].rsplit("-", 1)[1]), scattered=True) for r in rows]
+                assert [c["id"] for c in answer] == ids
                 guards = dict.fromkeys(ids, "COMPLETED")
-
-                def write() -> None:
+                # apply hands the ledger the re-read's answer where this version takes it
+                held = {"held": {c["id"]: c for c in answer}} if takes_held else {}
+                with timed("differing"):
+                    synced_tables.runs_differing(store, stamps)
+                with timed("reread_write"):
                     file_rows(store, ids[:CHANGED])
                     with store.transaction():
                         synced_tables.upsert_pages(
-                            store, FLOW_RUNS, [Page.from_rows(changed)], pull_id=1_000_000
+                            store, FLOW_RUNS, [Page.from_rows(answer[:CHANGED])], pull_id=1_000_000
                         )
-
-                timed("differing", lambda: synced_tables.runs_differing(store, stamps))
-                timed("reread_write", write)
-                timed("decide", lambda: decide_scope(store, plan, rule, Scope(tuple(ids))))
-                timed(
-                    "pending",
-                    lambda: ledger.pending(number + 1, rule.name, rule.action, None, guards),
-                )
+                with timed("decide"):
+                    decide_scope(store, plan, rule, Scope(tuple(ids)))
+                with timed("pending"):
+                    ledger.pending(number, rule.name, rule.action, None, guards, **held)
                 results = {i: RunResult(Outcome.DELETED, {"status": "deleted"}) for i in ids}
-                timed(
-                    "outcome",
-                    lambda: ledger.final(
-                        number + 1,
+                with timed("outcome"):
+                    ledger.final(
+                        number,
                         rule.name,
                         rule.action,
                         None,
                         results,
                         guards,
-                        also=lambda: synced_tables.mark_deleted(store, "flow_runs", ids),
-                    ),
-                )
+                        also=functools.partial(synced_tables.mark_deleted, store, "flow_runs", ids),
+                    )
             marked = store.execute(
                 "SELECT count(*) FROM flow_runs WHERE deleted_at IS NOT NULL"
             ).scalar()
@@ -178,8 +180,10 @@ def main() -> None:
                 env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, str(root)])}
                 load = os.getloadavg()[0]
                 out = subprocess.run(
-                    [sys.executable, "-m", "bench.bench_apply_batch", "--child", str(db)]
-                    + [str(policy), str(args.batches)],
+                    [
+                        *(sys.executable, "-m", "bench.bench_apply_batch", "--child"),
+                        *(str(db), str(policy), str(args.batches)),
+                    ],
                     env=env,
                     check=True,
                     capture_output=True,
