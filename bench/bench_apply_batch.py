@@ -17,9 +17,10 @@ sampled across the file what ``policy/apply.py`` runs per batch, with no server:
 - ``pending``: the audit's pending rows and their commit (``Ledger.pending``);
 - ``outcome``: the outcomes, the runs marked deleted, and their commit (``Ledger.final``).
 
-It prints one JSON line per child: the median and max ms of each step, and the process's
-peak RSS (``ru_maxrss``). ``--src`` may be given several times (a ``src`` directory each):
-the versions run interleaved, one child at a time, ``--repeat`` rounds.
+It prints one JSON line per child: the median and max ms of each step, the sum of the
+medians (``batch_ms``), and the process's peak RSS (``ru_maxrss``, the plan included).
+``--src`` may be given several times (a ``src`` directory each): the versions run
+interleaved, one child at a time, ``--repeat`` rounds.
 
     python -m bench.bench_apply_batch --runs 10000 100000 1000000 --src /work/main/src --src src
 """
@@ -103,7 +104,8 @@ def child(source: Path, policy: Path, batches: int) -> dict[str, object]:
                 rows = sample[(number - 1) * BATCH : number * BATCH]
                 ids = [r[0] for r in rows]
                 stamps = {r[0]: r[1].isoformat() for r in rows}
-                # The server's answer to the re-read (API objects), the first CHANGED changed.
+                # The server's answer to the re-read (API objects), the first CHANGED changed; the
+                # others' objects are the same shape (what the audit's staging costs depends on).
                 answer = [changed_run(int(r[2].rsplit("-", 1)[1]), scattered=True) for r in rows]
                 assert [c["id"] for c in answer] == ids
                 guards = dict.fromkeys(ids, "COMPLETED")
