@@ -20,9 +20,16 @@ import pytest
 from flowsync.api import Page
 from flowsync.store import Store, audit, synced_tables
 from flowsync.store.tables import FLOW_RUNS
-from tests.test_page_batch import RUN
+from harness.history import changed_run
 
 BOOKKEEPING = ("synced_at", "seen_pull")
+# A run as the API returns it: nested objects (parameters, state details), tags, times.
+RUN = {
+    **changed_run(7),
+    "empirical_policy": {"retries": 0, "retry_delay": None, "pause_keys": []},
+    "job_variables": {"image": "python:3.12", "cpu": 0.5},
+    "state_message": "All states completed.",
+}
 
 
 def _call(batch: int = 1) -> audit.Call:
