@@ -46,6 +46,9 @@ class Seen:
     state_type: str | None
     state_id: str | None
     state_name: str | None
+    # The whole run as that read returned it (the audit's row of the run, without a
+    # lookup in the file); None where a Seen is rebuilt from the audit.
+    row: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def of(cls, row: dict[str, Any]) -> Seen:
@@ -54,6 +57,7 @@ class Seen:
             state_type=row.get("state_type") or state.get("type"),
             state_id=str(row.get("state_id") or state.get("id") or "") or None,
             state_name=row.get("state_name") or state.get("name"),
+            row=row,
         )
 
 

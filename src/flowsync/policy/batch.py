@@ -392,6 +392,7 @@ class Applier:
                     rule.action,
                     _requested(rule),
                     {i: call.state_type for i in call.ids},
+                    {i: row for i in call.ids if (row := fresh.seen[i].row) is not None},
                 )
                 try:
                     answer = self.send(rule, call, fresh.answered_at)

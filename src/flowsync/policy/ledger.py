@@ -49,11 +49,12 @@ class Ledger:
         action: str,
         requested: Mapping[str, Any] | None,
         runs: list[tuple[str, str, str, Any]],
+        held: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
         call = audit.Call(
             batch=batch, rule=rule, action=action, requested_state=requested, **self._header
         )
-        audit.record_runs(self.store, call, runs)
+        audit.record_runs(self.store, call, runs, held)
         self.rows.update(r[0] for r in runs)
 
     def pending(
@@ -63,11 +64,13 @@ class Ledger:
         action: str,
         requested: Mapping[str, Any] | None,
         guards: Mapping[str, str],
+        held: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
-        """Rows for runs about to be sent (run -> the state type guarded), committed first."""
+        """Rows for runs about to be sent (run -> the state type guarded), committed first;
+        ``held``: the runs as the re-read showed them (else their rows in the file)."""
         new = [(i, t, Outcome.PENDING.value, None) for i, t in guards.items() if i not in self.rows]
         with self.store.transaction():
-            self._insert(batch, rule, action, requested, new)
+            self._insert(batch, rule, action, requested, new, held)
 
     def final(
         self,

@@ -317,8 +317,17 @@ LIST_PAGE = 50_000
 # A batch's decision: its runs, ranked by keep_newest against only the runs that can outrank
 # them. The ranking reads three narrow columns of the batch's deployments (the N newest
 # picked live runs of each), so its cost follows the rule's scan, not the deployment's size.
+# Unranked ({picked}: _PICKED_IN_SCOPE), the rule's picks matter only for the batch's runs:
+# they are asked for those alone, so that a rule selecting most of a million-run file does
+# not hash every pick for 50 runs (DuckDB pushes the id filter into the rule's scan when it can).
+_PICKED_IN_SCOPE = """
+WITH picked AS (
+    SELECT DISTINCT CAST(id AS UUID) AS id FROM (
+{sql}
+    ) AS rule_rows WHERE CAST(id AS UUID) IN (SELECT unnest(CAST($ids AS UUID[])))
+)"""
 _SELECT_SCOPED = (
-    _PICKED
+    "{picked}"
     + """, kept AS (
     SELECT k.id, row_number() OVER (
                PARTITION BY k.deployment_id ORDER BY k.sort_time DESC NULLS LAST, k.id DESC) AS newest_rank
@@ -372,7 +381,9 @@ def _select(
         "adhoc": len(deployments) < len(scope.deployments),
         "keep": rule.keep_newest if scope.deployments else None,
     }
-    text = _SELECT_SCOPED.format(sql=sql)
+    # Without a ranking (no keep_newest here) only the scope's own runs can be picked.
+    picked = _PICKED if params["keep"] is not None else _PICKED_IN_SCOPE
+    text = _SELECT_SCOPED.format(picked=picked.format(sql=sql))
     return _rule_rows(store, rule, text, params, timeout=timeout)[1]
 
 

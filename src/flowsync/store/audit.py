@@ -13,6 +13,7 @@ reads) through ``Store.execute``. Must not: decide what to apply or call the API
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ from datetime import datetime, timezone
 from typing import Any
 
 from flowsync.store.connect import Store
+from flowsync.store.synced_tables import held_rows
+from flowsync.store.tables import FLOW_RUNS
 
 
 @dataclass(frozen=True)
@@ -36,25 +39,40 @@ class Call:
     requested_state: Mapping[str, Any] | None
 
 
-def record_runs(store: Store, call: Call, runs: Sequence[tuple[str, str, str, Any]]) -> None:
-    """Insert one row per run of ``call``, with the run's row in the file as JSON.
+def record_runs(
+    store: Store,
+    call: Call,
+    runs: Sequence[tuple[str, str, str, Any]],
+    held: Mapping[str, Mapping[str, Any]] | None = None,
+) -> None:
+    """Insert one row per run of ``call``, with the run's row as JSON.
 
     ``runs`` holds (id, state type guarded or last known, outcome, details):
     outcome ``pending`` for a run about to be sent (its answer is recorded by
     ``record_outcomes``), or the final outcome of a run that will not be sent.
+    ``held``: the runs as the re-read right before just showed them (API objects),
+    written as the file holds such a row; a run not in it gets its row in the file.
     """
     if not runs:
         return
-    with store.atomic():
+    objects = [dict(held[r[0]]) for r in runs if held and held.get(r[0]) is not None]
+    others = [str(r[0]) for r in runs if not (held and held.get(r[0]) is not None)]
+    with store.atomic(), contextlib.ExitStack() as stack:
+        parts, params = [], []
+        if objects:
+            parts.append(stack.enter_context(held_rows(store, FLOW_RUNS, objects, "_audit_held")))
+        if others:
+            parts.append("SELECT * FROM flow_runs WHERE id IN (SELECT unnest(CAST(? AS UUID[])))")
+            params.append(others)
         store.execute(
-            """
+            f"""
             INSERT INTO policy_actions (apply_id, batch, sent_at, api_url, policy_path, policy_sha256,
                 rule, action, requested_state, flow_run_id, state_type_before, outcome, details, run_row)
             SELECT ?, ?, ?, ?, ?, ?, ?, ?, CAST(? AS JSON), b.id, b.state_type, b.outcome,
                    CAST(b.details AS JSON), CASE WHEN r.id IS NOT NULL THEN to_json(r) END
             FROM (SELECT unnest(CAST(? AS UUID[])) AS id, unnest(CAST(? AS VARCHAR[])) AS state_type,
                          unnest(CAST(? AS VARCHAR[])) AS outcome, unnest(CAST(? AS VARCHAR[])) AS details) b
-            LEFT JOIN flow_runs r ON r.id = b.id
+            LEFT JOIN ({" UNION ALL BY NAME ".join(parts)}) r ON r.id = b.id
             """,
             [
                 call.apply_id,
@@ -70,6 +88,7 @@ def record_runs(store: Store, call: Call, runs: Sequence[tuple[str, str, str, An
                 [r[1] for r in runs],
                 [r[2] for r in runs],
                 [json.dumps(r[3], default=str) if r[3] is not None else None for r in runs],
+                *params,
             ],
         )
 

@@ -2,7 +2,7 @@
 
 Owns: upserting a page of API objects (per batch, one ``DELETE`` of the rows
 it replaces and one ``INSERT``, in the caller's transaction), marking rows
-deleted, and the local reads and aggregates the sync compares with the server (live ids, counts, histograms, runs behind their
+deleted, API objects the client holds as a table's rows (``held_rows``), and the local reads and aggregates the sync compares with the server (live ids, counts, histograms, runs behind their
 latest state event). The pull's own bookkeeping (cursors, ``sync_runs``) is
 ``sync_log``. Must not: call the API or decide what to fetch (that is
 ``flowsync.sync``).
@@ -10,7 +10,9 @@ latest state event). The pull's own bookkeeping (cursors, ``sync_runs``) is
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from typing import Any, NamedTuple, Protocol
 
@@ -46,26 +48,64 @@ def upsert_pages(store: Store, spec: TableSpec, pages: Sequence[Page], *, pull_i
     as updated when its ``updated`` stamp moved or it had been marked deleted;
     every row gets ``seen_pull`` and ``synced_at``.
     """
-    rows = [r for p in pages for r in p.rows]
-    if not rows:
+    if not any(p.rows for p in pages):
         return Written(0, 0, 0)
+    _stage(store, spec, pages, "_incoming")
+    return _merge_incoming(store, spec, pull_id)
+
+
+def _stage(store: Store, spec: TableSpec, pages: Sequence[Page], name: str) -> None:
+    """The pages' objects as TEMP table ``name``: the table's columns and ``extra``, typed
+    and deduplicated as the table holds them."""
+    rows = [r for p in pages for r in p.rows]
     unknown = spec.unknown_fields(rows)
     arrow = None if unknown else spec.arrow_batch(rows)
     if arrow is not None:
         with store.registered("_batch", arrow):
             store.execute(
-                "CREATE OR REPLACE TEMP TABLE _incoming AS "
+                f"CREATE OR REPLACE TEMP TABLE {name} AS "
                 + spec.select_sql("_batch", rewrite_json=True)
             )
     elif unknown:
         # Fields this version has no column for: keep them in `extra` (slower path).
         with store.registered("_batch", spec.batch(rows)):
-            store.execute(f"CREATE OR REPLACE TEMP TABLE _incoming AS {spec.select_sql('_batch')}")
+            store.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {spec.select_sql('_batch')}")
     else:
         # A value that does not fit its column's batch type: DuckDB reads the page text.
         body = "[" + ",".join(p.raw.strip()[1:-1] for p in pages if p.rows) + "]"
-        store.execute(f"CREATE OR REPLACE TEMP TABLE _incoming AS {spec.json_select_sql()}", [body])
-    return _merge_incoming(store, spec, pull_id)
+        store.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {spec.json_select_sql()}", [body])
+
+
+class _Held:
+    """API objects the client holds, as a ``Page`` (their text made only if DuckDB needs it)."""
+
+    def __init__(self, rows: list[dict[str, Any]]) -> None:
+        self.rows = rows
+
+    @property
+    def raw(self) -> str:
+        return json.dumps(self.rows, default=str)
+
+
+@contextmanager
+def held_rows(
+    store: Store, spec: TableSpec, rows: list[dict[str, Any]], name: str
+) -> Iterator[str]:
+    """API objects the client holds (a re-read's answer) as TEMP table ``name``, dropped
+    after: a row of ``spec``'s table as the upsert would write it, without the file's
+    bookkeeping (``synced_at``, ``seen_pull``, ``deleted_at``). Yields the SELECT list
+    that reads them in the table's column order, the bookkeeping as of now (read, live,
+    no pull), so that a caller can use them where it would read the table's rows by id:
+    reading 50 rows by id reads every column of 50 scattered vectors of a million-run
+    table (BENCHMARKS.md, "Issue #24", apply per batch)."""
+    _stage(store, spec, [_Held(rows)], name)
+    cols = ", ".join(f'"{c}"' for c in [*spec.column_names, "extra"])
+    yield (
+        f"SELECT {cols}, CAST(now() AS TIMESTAMPTZ) AS synced_at, "
+        f"CAST(NULL AS BIGINT) AS seen_pull, CAST(NULL AS TIMESTAMPTZ) AS deleted_at FROM {name}"
+    )
+    # (after an error the caller's transaction rolls the table back with everything else)
+    store.execute(f"DROP TABLE {name}")
 
 
 def _merge_incoming(store: Store, spec: TableSpec, pull_id: int) -> Written:
@@ -105,15 +145,17 @@ def mark_deleted(store: Store, table: str, ids: Sequence[str], when: datetime | 
     """Set ``deleted_at`` on live rows with these ids; returns how many changed."""
     if not ids:
         return 0
-    row = store.execute(
+    # DuckDB answers an UPDATE with the number of rows it changed. Not RETURNING: that
+    # makes the UPDATE read every column of the rows it changes (~300 ms for 50 runs
+    # scattered over a million, against ~25 without; BENCHMARKS.md, "Issue #24").
+    changed = store.execute(
         f"""
         UPDATE {table} SET deleted_at = CAST(? AS TIMESTAMPTZ)
         WHERE deleted_at IS NULL AND id IN (SELECT unnest(CAST(? AS UUID[])))
-        RETURNING id
         """,
         [when or now_utc(), [str(i) for i in ids]],
-    ).rows()
-    return len(row)
+    ).scalar()
+    return int(changed or 0)
 
 
 def existing_ids(store: Store, table: str, ids: Sequence[str]) -> set[str]:
