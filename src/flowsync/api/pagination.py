@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
 
-from flowsync.api.client import PAGE_LIMIT, Page, PrefectClient
+from flowsync.api.client import PrefectClient
+from flowsync.api.reads import PAGE_LIMIT, Page
 
 PAGE_SIZE = PAGE_LIMIT  # the largest page the API serves
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)

@@ -85,7 +85,7 @@ def fewer_collections() -> Iterator[None]:
     With the default threshold (700 new objects) it ran ~3,000 times in a 200,000-run
     pull, each time walking the pages queued and the batch being written (a run is five
     containers of ~40 references): ~10 us of a run's CPU. A pull makes no reference
-    cycles of its own (the client breaks httpx's, ``api.client._unbind``), so its
+    cycles of its own (the client breaks httpx's, ``api.session._unbind``), so its
     garbage still goes when its last reference does: the peak RSS is unchanged
     (BENCHMARKS.md, "Issue #24").
     """

@@ -1,0 +1,182 @@
+"""The read endpoints: filters and counts, run history, state-change events, a run's states.
+
+Owns: ``Reads``, the calls a pull and an apply's re-reads make, all safe to
+repeat (``ApiSession.request`` retries them); the ``Page`` a filter answers; what
+the filter endpoints accept (``PAGE_LIMIT``); how long one events query may span
+(``EVENTS_QUERY_SPAN``). Each answer's shape is checked: one that is not what
+the endpoint documents raises ``ApiError``. Must not: import httpx, send a call
+that changes data, print, or touch the store.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from flowsync.api.session import ApiSession, short
+from flowsync.errors import ApiError
+
+# What the API accepts: /filter and /count refuse `limit` above PAGE_LIMIT (422).
+PAGE_LIMIT = 200
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a filter endpoint: the decoded rows and the body as sent.
+
+    The body lets the store parse the page itself when a value does not fit its
+    column's type (DuckDB's JSON reader copes with any shape)."""
+
+    rows: list[dict[str, Any]]
+    body: bytes
+
+    @property
+    def raw(self) -> str:
+        """The body as text (decoded only when the store needs it)."""
+        return self.body.decode()
+
+    @classmethod
+    def from_rows(cls, rows: list[dict[str, Any]]) -> Page:
+        return cls(rows, json.dumps(rows).encode())
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+class Reads(ApiSession):
+    """The read endpoints, sent through the session's retries."""
+
+    def filter(self, resource: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+        """POST /{resource}/filter; resource is flows, deployments or flow_runs."""
+        answer = self.request("POST", f"{resource}/filter", body)
+        if not isinstance(answer, list):
+            raise ApiError(
+                f"POST /{resource}/filter answered {type(answer).__name__}, expected a list."
+            )
+        for item in answer:
+            if not isinstance(item, dict) or "id" not in item:
+                raise ApiError(f"POST /{resource}/filter answered an item without an id.")
+        return answer
+
+    def filter_page(self, resource: str, body: dict[str, Any]) -> Page:
+        """Like ``filter``, keeping the body text for the store to parse."""
+        rows, content, _headers = self.request("POST", f"{resource}/filter", body, raw=True)
+        if not isinstance(rows, list) or any(
+            not isinstance(r, dict) or "id" not in r for r in rows
+        ):
+            raise ApiError(
+                f"POST /{resource}/filter answered something other than a list of objects with ids."
+            )
+        return Page(rows, content)
+
+    def count(self, resource: str, body: dict[str, Any] | None = None) -> int:
+        answer = self.request("POST", f"{resource}/count", body or {})
+        if not isinstance(answer, int):
+            raise ApiError(
+                f"POST /{resource}/count answered {short(repr(answer), 60)}, expected an integer."
+            )
+        return answer
+
+    def flow_run_history(
+        self,
+        start: datetime,
+        end: datetime,
+        interval_seconds: float,
+        body: dict[str, Any] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Counts per expected-start-time bucket and state (at most 500 buckets)."""
+        payload = dict(body or {})
+        payload.update(
+            history_start=start.isoformat(),
+            history_end=end.isoformat(),
+            history_interval_seconds=interval_seconds,
+        )
+        answer = self.request("POST", "flow_runs/history", payload)
+        if not isinstance(answer, list):
+            raise ApiError("POST /flow_runs/history answered something other than a list.")
+        return answer
+
+    def changed_flow_runs(self, since: datetime, until: datetime) -> dict[str, datetime]:
+        """Flow-run ids with a state-change event in [since, until], and the latest one.
+
+        One request per ``EVENTS_QUERY_SPAN`` (14 days, Prefect Cloud's limit for
+        one events query): ``/events/count-by/resource`` groups events by resource id.
+        """
+        changed: dict[str, datetime] = {}
+        prefix = "prefect.flow-run."
+        for start, end in _spans(since, until, EVENTS_QUERY_SPAN):
+            body = {
+                "filter": {
+                    "occurred": {"since": start.isoformat(), "until": end.isoformat()},
+                    "event": {"prefix": [prefix]},
+                    "any_resource": {"id_prefix": [prefix]},
+                },
+                "time_unit": "day",
+                "time_interval": 1.0,
+            }
+            answer = self.request("POST", "events/count-by/resource", body)
+            if not isinstance(answer, list):
+                raise ApiError(
+                    "POST /events/count-by/resource answered something other than a list."
+                )
+            for row in answer:
+                value = str(row.get("value", ""))
+                if value.startswith(prefix):
+                    end_time = datetime.fromisoformat(str(row["end_time"]).replace("Z", "+00:00"))
+                    run_id = value[len(prefix) :]
+                    if run_id not in changed or changed[run_id] < end_time:
+                        changed[run_id] = end_time
+        return changed
+
+    def flow_run_event_before(self, when: datetime) -> datetime | None:
+        """When the newest flow-run state event at or before ``when`` occurred, or None if the server holds none.
+
+        Prefect trims events oldest first (retention, ``db_vacuum``): one held at
+        or before ``when`` proves every later one is still held. Looks back one
+        ``EVENTS_QUERY_SPAN`` (Prefect Cloud refuses longer queries): None also when
+        the newest such event is older than that.
+        """
+        body = {
+            "filter": {
+                "occurred": {
+                    "since": (when - EVENTS_QUERY_SPAN).isoformat(),
+                    "until": when.isoformat(),
+                },
+                "event": {"prefix": ["prefect.flow-run."]},
+                "any_resource": {"id_prefix": ["prefect.flow-run."]},
+                "order": "DESC",
+            },
+            "limit": 1,
+        }
+        answer = self.request("POST", "events/filter", body)
+        events = answer.get("events") if isinstance(answer, dict) else None
+        if not isinstance(events, list):
+            raise ApiError("POST /events/filter answered without an `events` list.")
+        if not events:
+            return None
+        return datetime.fromisoformat(str(events[0]["occurred"]).replace("Z", "+00:00"))
+
+    def flow_run_states(self, run_id: str) -> list[dict[str, Any]]:
+        """Every state a flow run has had (GET /flow_run_states/?flow_run_id=...), oldest first."""
+        answer = self.request("GET", f"flow_run_states/?flow_run_id={run_id}")
+        if not isinstance(answer, list) or any(not isinstance(s, dict) for s in answer):
+            raise ApiError("GET /flow_run_states/ answered something other than a list of states.")
+        return sorted(answer, key=lambda s: str(s.get("timestamp") or ""))
+
+
+# Prefect Cloud answers one events query for at most 14 days: longer spans are split.
+EVENTS_QUERY_SPAN = timedelta(days=14)
+
+
+def _spans(since: datetime, until: datetime, span: timedelta) -> list[tuple[datetime, datetime]]:
+    """[since, until] as consecutive windows of at most ``span`` (one, if it is short or empty)."""
+    out = []
+    start = since
+    while True:
+        end = min(start + span, until)
+        out.append((start, end))
+        if end >= until:
+            return out
+        start = end
