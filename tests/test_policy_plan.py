@@ -543,3 +543,33 @@ def test_a_plan_of_many_runs_crosses_the_real_page_sizes(tmp_path: Path) -> None
         assert [r.id for r in plan.rules[0].sample(3)] == expected[:3]
         sent = [i for batch in batches(plan) for i in batch.ids]
         assert sent == expected
+
+
+# Rules that rank or cut runs in their own SQL: a batch's decision must see what the rule
+# sees over the whole file, never the rule re-run over the batch's 50 runs alone (a filter
+# pushed below a window function, a LIMIT or an aggregate would pick other runs).
+RANKING_SQL = {
+    "window": "SELECT id FROM (SELECT id, row_number() OVER (PARTITION BY deployment_id ORDER BY created DESC) AS k FROM flow_runs) WHERE k > 3",
+    "limit": "SELECT id FROM flow_runs ORDER BY created LIMIT 40",
+    "qualify": "SELECT id FROM flow_runs QUALIFY row_number() OVER (ORDER BY created) % 7 = 0",
+    "aggregate": "SELECT max(id) AS id FROM flow_runs GROUP BY state_type",
+}
+
+
+@pytest.mark.parametrize("sql", list(RANKING_SQL.values()), ids=list(RANKING_SQL))
+def test_a_batch_decision_picks_what_the_rule_picks_over_the_whole_file(
+    many: Path, sql: str
+) -> None:
+    from flowsync.policy.plan import Scope
+
+    confirmed = plan_of(many, policy(rule("ranked", sql)))
+    picks = {i for page in confirmed.rules[0].ids() for i in page}
+    assert 0 < len(picks) < 310
+    everyone = [rid(i) for i in range(1, 311)]
+    chosen: set[str] = set()
+    with Store.sandboxed(many, live=True) as store:
+        for start in range(0, len(everyone), 50):  # the batches apply would decide
+            scope = Scope(tuple(everyone[start : start + 50]))
+            reasons = decide_scope(store, confirmed, confirmed.rules[0].rule, scope).reasons
+            chosen |= {i for i, why in reasons.items() if why is None}
+    assert chosen == picks
