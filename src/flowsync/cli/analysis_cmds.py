@@ -27,7 +27,7 @@ import typer
 
 from flowsync import registry, reports
 from flowsync.cli import formats, render
-from flowsync.cli.common import LiveOption, WaitOption, err, errors, out
+from flowsync.cli.common import LiveOption, WaitOption, err, errors, no_default_option, out
 from flowsync.cli.report_options import (
     FORMATS,
     HEALTH_FORMATS,
@@ -156,11 +156,10 @@ def write(data: bytes, output: Path | None, what: str) -> None:
 
 DbsOption = Annotated[
     list[str] | None,
-    typer.Option(
+    no_default_option(
         "--db",
         help="DuckDB file. Default: $FLOWSYNC_DB, else ./flowsync.duckdb. Repeat to query several "
         "files together (NAME=PATH names a source; every table and view gets a source column).",
-        show_default=False,
         metavar="PATH|NAME=PATH",
     ),
 ]
@@ -216,9 +215,7 @@ def sql_cmd(
     ] = None,
     file: Annotated[
         Path | None,
-        typer.Option(
-            "--file", help="Read the SQL from this file.", show_default=False, metavar="FILE"
-        ),
+        no_default_option("--file", help="Read the SQL from this file.", metavar="FILE"),
     ] = None,
     tables: Annotated[
         bool,

@@ -42,12 +42,18 @@ from flowsync.errors import INTERRUPTED_EXIT, FlowsyncError, FlowsyncWarning, Si
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
+
+def no_default_option(*names: str, **settings: Any) -> Any:
+    """An option whose --help shows no default: it has none, or its help says where it
+    comes from (an environment variable, the Prefect profile, the terminal)."""
+    return typer.Option(*names, show_default=False, **settings)
+
+
 DbOption = Annotated[
     Path | None,
-    typer.Option(
+    no_default_option(
         "--db",
         help="DuckDB file. Default: $FLOWSYNC_DB, else ./flowsync.duckdb.",
-        show_default=False,
         metavar="PATH",
     ),
 ]
@@ -69,11 +75,10 @@ LiveOption = Annotated[
 ]
 MemoryLimitOption = Annotated[
     int | None,
-    typer.Option(
+    no_default_option(
         "--memory-limit",
         help="DuckDB memory cap in MB (default 64; 0: DuckDB's own default, 80% of RAM).",
         min=0,
-        show_default=False,
         metavar="MB",
     ),
 ]
@@ -82,32 +87,29 @@ JsonOption = Annotated[
 ]
 ApiUrlOption = Annotated[
     str | None,
-    typer.Option(
+    no_default_option(
         "--api-url",
         help="Prefect API URL. Default: $PREFECT_API_URL, else the active Prefect profile.",
-        show_default=False,
         metavar="URL",
     ),
 ]
 ApiKeyOption = Annotated[
     str | None,
-    typer.Option(
+    no_default_option(
         "--api-key",
         help="Prefect Cloud API key. Default: $PREFECT_API_KEY, else the profile. Never printed or stored.",
-        show_default=False,
         metavar="KEY",
     ),
 ]
 
 MaxRequestsOption = Annotated[
     float | None,
-    typer.Option(
+    no_default_option(
         "--max-requests-per-minute",
         help="Request budget: send at most this many requests a minute (pull and apply), paced "
         "before the server has to say 429; for a share of a Prefect Cloud account's quota. "
         "Default: $FLOWSYNC_MAX_REQUESTS_PER_MINUTE, else the active Prefect profile's, else none.",
         min=0,
-        show_default=False,
     ),
 ]
 

@@ -14,6 +14,7 @@ from flowsync.cli.common import (
     WaitOption,
     err,
     errors,
+    no_default_option,
     print_json,
     quiet_option,
 )
@@ -36,18 +37,16 @@ def export_cmd(
     db: DbOption = None,
     tables: Annotated[
         list[str] | None,
-        typer.Option(
+        no_default_option(
             "--tables",
             help="Table to export (repeat or comma-separate). Default: flows, deployments, flow_runs.",
-            show_default=False,
         ),
     ] = None,
     since: Annotated[
         str | None,
-        typer.Option(
+        no_default_option(
             "--since",
             help="Rewrite only partitions with rows synced or deleted since then: 30min, 12h, 7d, 2026-11-01, an ISO time, or all (the same forms as report --since).",
-            show_default=False,
         ),
     ] = None,
     wait: WaitOption = 0.0,

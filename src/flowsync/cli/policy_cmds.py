@@ -29,6 +29,7 @@ from flowsync.cli.common import (
     err,
     errors,
     make_progress,
+    no_default_option,
     out,
     print_json,
     to_jsonable,
@@ -45,11 +46,10 @@ PolicyArg = Annotated[Path, typer.Argument(help="Policy file (YAML).", show_defa
 SampleOption = Annotated[int, typer.Option("--sample", help="Runs listed per rule.", min=0)]
 RuleTimeoutOption = Annotated[
     float | None,
-    typer.Option(
+    no_default_option(
         "--rule-timeout",
         help="Stop each rule's SQL after this many seconds (default: the policy's rule_timeout_seconds, 60).",
         min=0.1,
-        show_default=False,
     ),
 ]
 # `plan --exit-code`: the plan would change something on the server.
@@ -384,10 +384,9 @@ def check_cmd(
     policy: PolicyArg,
     db: Annotated[
         Path | None,
-        typer.Option(
+        no_default_option(
             "--db",
             help="Also run each rule's SQL (read-only) against this DuckDB file.",
-            show_default=False,
         ),
     ] = None,
     wait: WaitOption = 0.0,

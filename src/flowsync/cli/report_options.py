@@ -19,7 +19,7 @@ from typing import Annotated, Any
 
 import typer
 
-from flowsync.cli.common import DbOption, LiveOption, WaitOption
+from flowsync.cli.common import DbOption, LiveOption, WaitOption, no_default_option
 from flowsync.registry import Param, Report
 from flowsync.states import STATE_TYPES
 
@@ -39,11 +39,10 @@ def format_option(formats: tuple[str, ...], help_text: str) -> Any:
     """A ``--format`` option offering ``formats``."""
     return Annotated[
         str | None,
-        typer.Option(
+        no_default_option(
             "--format",
             "-f",
             help=help_text,
-            show_default=False,
             metavar="[" + "|".join(formats) + "]",
             autocompletion=complete(formats),
         ),
@@ -62,11 +61,10 @@ HealthFormatOption = format_option(
 )
 OutputOption = Annotated[
     Path | None,
-    typer.Option(
+    no_default_option(
         "--output",
         "-o",
         help="Write the data to this file instead of stdout.",
-        show_default=False,
         metavar="FILE",
     ),
 ]
@@ -81,21 +79,19 @@ SinceOption = Annotated[
 ]
 HtmlOption = Annotated[
     Path | None,
-    typer.Option(
+    no_default_option(
         "--html",
         help="Write the self-contained health page plus this table to FILE (with --format "
         "or --output, the data is written too).",
-        show_default=False,
         metavar="FILE",
     ),
 ]
 HealthHtmlOption = Annotated[
     Path | None,
-    typer.Option(
+    no_default_option(
         "--html",
         help="Write the health page (one self-contained HTML file) to FILE (with --format "
         "or --output, the figures are written too).",
-        show_default=False,
         metavar="FILE",
     ),
 ]
@@ -111,7 +107,7 @@ IncludeDeletedOption = Annotated[
 def _filter_option(name: str, help_text: str, metavar: str, **extra: Any) -> Any:
     return Annotated[
         list[str] | None,
-        typer.Option(name, help=help_text, show_default=False, metavar=metavar, **extra),
+        no_default_option(name, help=help_text, metavar=metavar, **extra),
     ]
 
 

@@ -68,7 +68,6 @@ from flowsync.policy.answers import (
     with_lost,
 )
 from flowsync.policy.ledger import Ledger
-from flowsync.policy.model import SetStateRule
 from flowsync.policy.plan import (
     Decision,
     Plan,
@@ -96,12 +95,6 @@ class Batch:
     state_type: str  # every run in the batch had this state type when planned
     ids: list[str]
     deployments: dict[str, str | None] = field(default_factory=dict)  # run -> its deployment
-
-
-def _requested(rule: RuleModel) -> dict[str, Any] | None:
-    if isinstance(rule, SetStateRule):
-        return {"state": rule.state.to_api(), "force": rule.force}
-    return None
 
 
 class Stop(Exception):
@@ -346,9 +339,7 @@ class Applier:
                 self.result.refreshed.get("marked_deleted", 0) + n
             )
 
-        self.ledger.final(
-            number, rule.name, rule.action, _requested(rule), results, guards, also=mark_deleted
-        )
+        self.ledger.final(self.ledger.call(number, rule), results, guards, also=mark_deleted)
         accepted = [i for i, r in results.items() if r.outcome is Outcome.ACCEPTED]
         if accepted:
             # The file shows the state this apply set before the next batch is decided.
@@ -387,10 +378,7 @@ class Applier:
             while calls:
                 call = calls.pop(0)
                 self.ledger.pending(
-                    number,
-                    rule.name,
-                    rule.action,
-                    _requested(rule),
+                    self.ledger.call(number, rule),
                     {i: call.state_type for i in call.ids},
                     {i: row for i in call.ids if (row := fresh.seen[i].row) is not None},
                 )

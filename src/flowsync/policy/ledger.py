@@ -1,12 +1,13 @@
 """The audit ledger of one apply: the only writer of its ``policy_actions`` rows.
 
-Owns: a run's row ``pending`` before the call that may change it, its one final
-outcome after, counted into the ``ApplyResult`` once that outcome is committed;
-and which runs of this apply had a call whose answer was lost (so a later
-``gone``/``skipped`` is never recorded for a run this apply may have changed).
-What the file must say about the outcome (a deleted run marked deleted) is
-written in the same transaction (``also``). Must not: call the API, decide, or
-print.
+Owns: what the rows of one rule's calls in a batch share (``call``: this apply,
+the rule, the state it requests); a run's row ``pending`` before the call that
+may change it, its one final outcome after, counted into the ``ApplyResult``
+once that outcome is committed; and which runs of this apply had a call whose
+answer was lost (so a later ``gone``/``skipped`` is never recorded for a run
+this apply may have changed). What the file must say about the outcome (a
+deleted run marked deleted) is written in the same transaction (``also``).
+Must not: call the API, decide, or print.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from flowsync.policy.model import SetStateRule
+from flowsync.policy.planned import RuleModel
 from flowsync.policy.result import ApplyResult, Outcome, RunResult
 from flowsync.store import Store, audit
 
@@ -42,27 +45,34 @@ class Ledger:
     def apply_id(self) -> str:
         return self.result.apply_id
 
+    def call(self, batch: int, rule: RuleModel) -> audit.Call:
+        """What the rows of ``rule``'s calls in ``batch`` share: this apply, the rule, and the
+        state it requests (a ``set_state`` rule; none for a delete)."""
+        requested = (
+            {"state": rule.state.to_api(), "force": rule.force}
+            if isinstance(rule, SetStateRule)
+            else None
+        )
+        return audit.Call(
+            batch=batch,
+            rule=rule.name,
+            action=rule.action,
+            requested_state=requested,
+            **self._header,
+        )
+
     def _insert(
         self,
-        batch: int,
-        rule: str,
-        action: str,
-        requested: Mapping[str, Any] | None,
+        call: audit.Call,
         runs: list[tuple[str, str, str, Any]],
         held: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
-        call = audit.Call(
-            batch=batch, rule=rule, action=action, requested_state=requested, **self._header
-        )
         audit.record_runs(self.store, call, runs, held)
         self.rows.update(r[0] for r in runs)
 
     def pending(
         self,
-        batch: int,
-        rule: str,
-        action: str,
-        requested: Mapping[str, Any] | None,
+        call: audit.Call,
         guards: Mapping[str, str],
         held: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
@@ -70,14 +80,11 @@ class Ledger:
         ``held``: the runs as the re-read showed them (else their rows in the file)."""
         new = [(i, t, Outcome.PENDING.value, None) for i, t in guards.items() if i not in self.rows]
         with self.store.transaction():
-            self._insert(batch, rule, action, requested, new, held)
+            self._insert(call, new, held)
 
     def final(
         self,
-        batch: int,
-        rule: str,
-        action: str,
-        requested: Mapping[str, Any] | None,
+        call: audit.Call,
         results: Mapping[str, RunResult],
         guards: Mapping[str, str],
         also: Callable[[], None] | None = None,
@@ -93,7 +100,7 @@ class Ledger:
         ]
         inserted = {n[0] for n in new}
         with self.store.transaction():
-            self._insert(batch, rule, action, requested, new)
+            self._insert(call, new)
             audit.record_outcomes(
                 self.store,
                 self.apply_id,
@@ -104,7 +111,7 @@ class Ledger:
         for i, r in results.items():
             if r.outcome is not Outcome.PENDING:
                 self.final_outcomes[i] = r.outcome
-            self.result.add(rule, r.outcome)
+            self.result.add(call.rule, r.outcome)
 
     def open_rows(self) -> list[str]:
         """Runs of this apply whose row is still pending."""

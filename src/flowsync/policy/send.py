@@ -55,17 +55,23 @@ def send_call(
         else:
             answer = client.bulk_delete(call.ids, state_types=[call.state_type])
         results, notes = answered(rule, call.ids, answer)
-    except ThrottledError as e:
-        return Throttled(e.retry_after, "HTTP 429")
-    except NotSentError as e:
-        return Throttled(None, str(e))
-    except UncertainError as e:
-        return Lost(e.problem, finished=e.status is not None)
     except AuthError:
         raise
     except ApiError as e:
-        return Refused(e)
+        return _unanswered(e)
     return Acted(results, notes)
+
+
+def _unanswered(e: ApiError) -> Throttled | Lost | Refused:
+    """What a call that raised ``e`` (not an ``AuthError``) did: nothing yet (429, or never
+    sent: re-check, then send again), maybe something (its answer was lost), or refused."""
+    if isinstance(e, ThrottledError):
+        return Throttled(e.retry_after, "HTTP 429")
+    if isinstance(e, NotSentError):
+        return Throttled(None, str(e))
+    if isinstance(e, UncertainError):
+        return Lost(e.problem, finished=e.status is not None)
+    return Refused(e)
 
 
 def _send_per_run(
@@ -78,7 +84,6 @@ def _send_per_run(
     for n, run_id in enumerate(call.ids):
         result.windows.append(time.monotonic() - read_at)
         result.calls += 1
-        stopped: Throttled | Lost | Refused | None = None
         try:
             if isinstance(rule, SetStateRule):
                 answer = client.set_flow_run_state(run_id, rule.state.to_api(), force=rule.force)
@@ -99,16 +104,8 @@ def _send_per_run(
             # else: already gone; step 4 reads it back to say why
         except NotFoundError:
             pass  # set_state on a run that is gone: step 4 reads it back
-        except ThrottledError as e:
-            stopped = Throttled(e.retry_after, "HTTP 429")
-        except NotSentError as e:
-            stopped = Throttled(None, str(e))
-        except UncertainError as e:
-            stopped = Lost(e.problem, finished=e.status is not None)
         except AuthError:
             raise
         except ApiError as e:
-            stopped = Refused(e)
-        if stopped is not None:
-            return Partial(results, n, stopped)
+            return Partial(results, n, _unanswered(e))
     return Acted(results, [])
