@@ -27,10 +27,14 @@ without the marker (``harness.may_start``), so the lanes cannot drift.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -55,10 +59,76 @@ SERVER_FIXTURES = frozenset(
 )
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+# Which tests must share one process when the suite runs on several (``-n N --dist
+# loadgroup``, as scripts/check does): the users of one seeded ``prefect`` server, every test
+# on PostgreSQL (one cluster a session), and a test's own ``xdist_group``. The rest go
+# wherever a process is free. (pytest-xdist's own grouping renames node ids, which pytest 9.2
+# no longer allows: each worker writes the groups it collected to GROUPS_FILE, and the
+# controller's scheduler reads them.)
+GROUP = pytest.StashKey[str]()
+GROUPS_FILE = "FLOWSYNC_TEST_GROUPS"
+# The test this process runs next (pytest's own ``nextitem``): under xdist the session's
+# items are every process's, so a spare server is launched only for this process's tests.
+NEXT = pytest.StashKey["pytest.Item | None"]()
+
+
+def _group(item: pytest.Item) -> str | None:
+    marked = item.get_closest_marker("xdist_group")  # a test's own: kept together on purpose
+    if marked is not None:
+        return str(marked.args[0] if marked.args else marked.kwargs["name"])
+    names = set(getattr(item, "fixturenames", ()))
+    backend = _backend_of(item)
+    if backend.startswith("postgres") or "pg_cluster" in names:
+        return "postgres"
+    if "prefect" in names:
+        return f"prefect-{backend}"
+    return None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not hasattr(config, "workerinput") and config.getoption("dist", "no") == "loadgroup":
+        folder = Path(tempfile.mkdtemp(prefix="flowsync-test-groups-"))
+        os.environ[GROUPS_FILE] = str(folder / "groups.json")  # the workers inherit it
+        config.add_cleanup(lambda: shutil.rmtree(folder, ignore_errors=True))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    groups: dict[str, str] = {}
     for item in items:
         if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.server)
+        group = _group(item)
+        if group is not None:
+            item.stash[GROUP] = group
+            groups[item.nodeid] = group
+    target = os.environ.get(GROUPS_FILE)
+    if hasattr(config, "workerinput") and target:
+        partial = Path(f"{target}.{config.workerinput['workerid']}")
+        partial.write_text(json.dumps(groups))
+        os.replace(partial, target)  # every worker collects the same groups
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``--dist loadgroup``: the tests of a group go to one process, each other test alone."""
+    if config.getoption("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling  # type: ignore[import-untyped]
+
+    class ByGroup(LoadScopeScheduling):  # type: ignore[misc]
+        groups: dict[str, str] | None = None
+
+        def _split_scope(self, nodeid: str) -> str:
+            if self.groups is None:  # asked once every worker has collected
+                self.groups = json.loads(Path(os.environ[GROUPS_FILE]).read_text())
+            return self.groups.get(nodeid, nodeid)
+
+    return ByGroup(config, log)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    item.stash[NEXT] = nextitem
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -182,6 +252,12 @@ class FreshServers:
         """Launch the server of the next test that takes one on ``backend``, if any."""
         items = item.session.items
         later = items[items.index(item) + 1 :]
+        if hasattr(item.config, "workerinput"):  # xdist: this process's next test, its group's
+            group = item.stash.get(GROUP, None)
+            later = [i for i in later if group is not None and i.stash.get(GROUP, None) == group]
+            following = item.stash.get(NEXT, None)
+            if following is not None:
+                later.append(following)
         if backend not in self.spares and any(
             "fresh_server" in getattr(i, "fixturenames", ())
             and _backend_of(i) == backend

@@ -101,6 +101,7 @@ def test_a_server_from_the_template_is_as_empty_and_prepared_as_one_started_cold
 FRESH_TURNS: list[int] = []
 
 
+@pytest.mark.xdist_group("fresh-spares")  # both turns in one process: its spare is the other's
 @pytest.mark.parametrize("turn", [1, 2])
 def test_each_fresh_server_is_new_and_empty_and_the_next_starts_meanwhile(
     fresh_server: Any, fresh_servers: Any, turn: int
