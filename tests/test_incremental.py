@@ -71,6 +71,12 @@ def test_changes_between_pulls(fresh_server: Server, db_path: Path) -> None:
     move_to(url, changed, "CANCELLED")
     delete_runs(url, deleted)
     new = seed(url, runs=12, flows=1, deployments_per_flow=1, seed_value=99)
+    # The changes reach a pull through their state events, which the server stores on its own
+    # schedule (seconds late on a busy machine; a later pull's overlap takes the late ones):
+    # this test is about the changes, so it waits until the server has them.
+    wait_for_state_events(url, changed, "CANCELLED")
+    for state in set(new.runs.values()):
+        wait_for_state_events(url, [i for i, s in new.runs.items() if s == state], state)
 
     second = pull(url, db_path)
     assert second["mode"] == "incremental"
