@@ -43,15 +43,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from bench.bench_plan import POLICY  # the same policy: every COMPLETED run
+
 WORK = Path(__file__).resolve().parent / ".work" / "apply-batch"
-POLICY = """\
-version: 1
-max_actions: 1000000
-rules:
-  - name: completed
-    action: delete
-    sql: SELECT id FROM flow_runs WHERE state_type = 'COMPLETED'
-"""
 BATCH = 50
 CHANGED = 5  # runs of a batch the server changed since the pull (re-read and upserted)
 STEPS = ("differing", "reread_write", "decide", "pending", "outcome")
