@@ -88,6 +88,12 @@ def child(source: Path, policy: Path, batches: int) -> dict[str, object]:
 
             takes_held = "held" in inspect.signature(Ledger.pending).parameters
 
+            def call(number: int) -> tuple[object, ...]:
+                """What this version's ledger takes first: one call value, or its four parts."""
+                if hasattr(Ledger, "call"):
+                    return (ledger.call(number, rule),)
+                return (number, rule.name, rule.action, None)
+
             @contextmanager
             def timed(step: str) -> Iterator[None]:
                 start = time.perf_counter()
@@ -116,14 +122,11 @@ def child(source: Path, policy: Path, batches: int) -> dict[str, object]:
                 with timed("decide"):
                     decide_scope(store, plan, rule, Scope(tuple(ids)))
                 with timed("pending"):
-                    ledger.pending(number, rule.name, rule.action, None, guards, **held)
+                    ledger.pending(*call(number), guards, **held)  # type: ignore[arg-type]
                 results = {i: RunResult(Outcome.DELETED, {"status": "deleted"}) for i in ids}
                 with timed("outcome"):
-                    ledger.final(
-                        number,
-                        rule.name,
-                        rule.action,
-                        None,
+                    ledger.final(  # type: ignore[call-arg]
+                        *call(number),  # type: ignore[arg-type]
                         results,
                         guards,
                         also=functools.partial(synced_tables.mark_deleted, store, "flow_runs", ids),

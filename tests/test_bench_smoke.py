@@ -62,3 +62,19 @@ def test_fast_seed_count_matches_and_reuses(start_server: Any, tmp_path: Path) -
             summary = json.loads(floor.stdout.strip().splitlines()[-1])
             assert summary["rows"] == 300, summary
             assert summary["rows_read"] >= 300 and summary["requests"] >= 300 // 25
+
+
+def test_the_apply_batch_benchmark_runs_on_this_code() -> None:
+    """``bench_apply_batch`` drives the ledger and the store as apply does, so a change to
+    their signatures breaks it: it runs here at a tiny size (no server)."""
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.bench_apply_batch", *("--runs", "2000", "--batches", "2")],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    row = json.loads(out.stdout.strip().splitlines()[-1])
+    assert row["runs"] == 2000 and row["batch_ms"] > 0 and row["pending_ms"] > 0
