@@ -23,6 +23,11 @@ are the fast lane (``scripts/check --fast`` runs ``-m "not server and not slow"`
 that starts its own server takes ``start_server`` (or ``start_backend_server``) rather
 than calling the harness inline, and the harness refuses to start one for a test
 without the marker (``harness.may_start``), so the lanes cannot drift.
+
+Processes: ``scripts/check`` runs both lanes on every core (``-n auto --dist loadgroup``).
+The tests of one session server (``prefect``), the PostgreSQL ones and a test's own
+``xdist_group`` run in one process (``GROUP``, ``pytest_xdist_make_scheduler``); the rest
+wherever a process is free.
 """
 
 from __future__ import annotations
