@@ -1,8 +1,8 @@
 """What the server showed and answered, and what it means for each run of an apply.
 
 Owns: ``Seen`` (a run's state as one read showed it), the typed answers of one
-call (``Acted``, ``Throttled``, ``Lost``, ``Refused``, ``Partial``) and the
-values apply's steps pass on (``Fresh``, ``Call``, ``Decided``, ``Verdict``), and
+call (``Acted``, ``Throttled``, ``Lost``, ``Refused``, ``Partial``; ``from_error``: the
+answer of a call that raised) and the values apply's steps pass on (``Fresh``, ``Call``, ``Decided``, ``Verdict``), and
 the classification of a run from them: the server's per-run answer
 (``answered``), a run the answer did not act on (``classify_unanswered``), a run
 whose call's answer was lost (``classify_lost``), and what changed in a run the
@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from flowsync.errors import ApiError
+from flowsync.errors import ApiError, NotSentError, ThrottledError, UncertainError
 from flowsync.policy.model import SetStateRule
 from flowsync.policy.plan import Decision, RuleModel
 from flowsync.policy.result import SET_STATE_STATUS, Outcome, RunResult
@@ -290,6 +290,18 @@ class Partial:
 
 
 Answer = Acted | Throttled | Lost | Refused | Partial
+
+
+def from_error(e: ApiError) -> Throttled | Lost | Refused:
+    """What a call that raised ``e`` (not an ``AuthError``) did: nothing yet (429, or never
+    sent: re-check, then send again), maybe something (its answer was lost), or refused."""
+    if isinstance(e, ThrottledError):
+        return Throttled(e.retry_after, "HTTP 429")
+    if isinstance(e, NotSentError):
+        return Throttled(None, str(e))
+    if isinstance(e, UncertainError):
+        return Lost(e.problem, finished=e.status is not None)
+    return Refused(e)
 
 
 @dataclass(frozen=True)

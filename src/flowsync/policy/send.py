@@ -17,15 +17,8 @@ from __future__ import annotations
 import time
 
 from flowsync.api import PrefectClient
-from flowsync.errors import (
-    ApiError,
-    AuthError,
-    NotFoundError,
-    NotSentError,
-    ThrottledError,
-    UncertainError,
-)
-from flowsync.policy.answers import Acted, Answer, Call, Lost, Partial, Refused, Throttled, answered
+from flowsync.errors import ApiError, AuthError, NotFoundError
+from flowsync.policy.answers import Acted, Answer, Call, Partial, answered, from_error
 from flowsync.policy.model import SetStateRule
 from flowsync.policy.plan import RuleModel
 from flowsync.policy.result import SET_STATE_STATUS, ApplyResult, Outcome, RunResult
@@ -58,20 +51,8 @@ def send_call(
     except AuthError:
         raise
     except ApiError as e:
-        return _unanswered(e)
+        return from_error(e)
     return Acted(results, notes)
-
-
-def _unanswered(e: ApiError) -> Throttled | Lost | Refused:
-    """What a call that raised ``e`` (not an ``AuthError``) did: nothing yet (429, or never
-    sent: re-check, then send again), maybe something (its answer was lost), or refused."""
-    if isinstance(e, ThrottledError):
-        return Throttled(e.retry_after, "HTTP 429")
-    if isinstance(e, NotSentError):
-        return Throttled(None, str(e))
-    if isinstance(e, UncertainError):
-        return Lost(e.problem, finished=e.status is not None)
-    return Refused(e)
 
 
 def _send_per_run(
@@ -107,5 +88,5 @@ def _send_per_run(
         except AuthError:
             raise
         except ApiError as e:
-            return Partial(results, n, _unanswered(e))
+            return Partial(results, n, from_error(e))
     return Acted(results, [])
