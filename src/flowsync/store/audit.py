@@ -55,8 +55,9 @@ def record_runs(
     """
     if not runs:
         return
-    objects = [dict(held[r[0]]) for r in runs if held and held.get(r[0]) is not None]
-    others = [str(r[0]) for r in runs if not (held and held.get(r[0]) is not None)]
+    shown = {str(r[0]): held.get(r[0]) for r in runs} if held else {}
+    objects = [dict(row) for row in shown.values() if row is not None]
+    others = [str(r[0]) for r in runs if shown.get(str(r[0])) is None]
     with store.atomic(), contextlib.ExitStack() as stack:
         parts, params = [], []
         if objects:
