@@ -12,7 +12,8 @@ import pytest
 
 from flowsync.errors import PolicyError, ReadOnlyError, SandboxError
 from flowsync.policy import make_plan, parse_policy
-from flowsync.policy.plan import check_rules, decide_scope, plan_rule, rule_statement
+from flowsync.policy.plan import decide_scope, plan_rule
+from flowsync.policy.rulesql import check_rules, rule_statement
 from flowsync.store import Sandbox, Store, Writer
 from tests.helpers import run_cli, scalar
 from tests.policy_db import make_db, rid, run
@@ -272,12 +273,13 @@ def test_rule_sql_has_a_time_limit(db: Path) -> None:
 
 
 def test_rules_reading_other_runs_are_told_apart(db: Path) -> None:
-    from flowsync.policy.plan import reads_other_runs
+    from flowsync.policy.rulesql import reads_other_runs
 
     own_row = [
         "SELECT id FROM flow_runs WHERE state_type = 'FAILED' AND end_time < now() - INTERVAL 1 DAY",
         "SELECT r.id FROM flow_runs r JOIN deployments d ON d.id = r.deployment_id WHERE d.name = 'x'",
         "SELECT id FROM flow_runs_enriched WHERE flow_name LIKE 'etl%' AND list_contains(tags, 'a')",
+        "SELECT DISTINCT id FROM flow_runs WHERE state_type = 'FAILED' ORDER BY end_time",
     ]
     other_runs = [
         "SELECT id FROM flow_runs r WHERE NOT EXISTS (SELECT 1 FROM flow_runs n WHERE n.deployment_id = r.deployment_id AND n.state_type = 'COMPLETED')",
@@ -286,6 +288,12 @@ def test_rules_reading_other_runs_are_told_apart(db: Path) -> None:
         "WITH f AS (SELECT id FROM flow_runs) SELECT id FROM f",
         "SELECT any_value(id) AS id FROM flow_runs GROUP BY deployment_id",
         "SELECT id FROM flow_runs WHERE deployment_id IN (SELECT deployment_id FROM failure_rates_by_deployment)",
+        # A run kept or dropped by its place among the others: the oldest 40, all but the
+        # first 10, one per deployment, a sample.
+        "SELECT id FROM flow_runs WHERE state_type = 'FAILED' ORDER BY end_time LIMIT 40",
+        "SELECT id FROM flow_runs ORDER BY created OFFSET 10",
+        "SELECT DISTINCT ON (deployment_id) id FROM flow_runs ORDER BY deployment_id, created",
+        "SELECT id FROM flow_runs USING SAMPLE 10 ROWS (reservoir, 7)",
     ]
     with Store.sandboxed(db, live=True) as store:
         assert [reads_other_runs(store, sql) for sql in own_row] == [None] * len(own_row)

@@ -1,7 +1,8 @@
 """Reports: pure functions from the DuckDB file to Polars frames.
 
 Owns: choosing which view or table macro of ``sql/`` answers each report,
-with which window (``--since``) and grouping (``--by``). Every figure is
+with which window (``--since``) and grouping (``--by``) (their types and parser:
+``report_args.py``; the statement run as a frame: ``frames.py``). Every figure is
 defined once, in those SQL files; nothing here computes one. The definition of
 failure they all use:
 
@@ -21,180 +22,31 @@ below (macros, groupings, columns) are formatted in.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from flowsync.errors import ConfigError, ReadOnlyError, StoreError
-from flowsync.since import parse_since as since_time
-from flowsync.states import FAILED_STATES, STATE_TYPES
+from flowsync.errors import ConfigError
+from flowsync.frames import SqlResult as SqlResult
+from flowsync.frames import run_sql as run_sql
+from flowsync.frames import sql_query as sql_query
+from flowsync.frames import sql_result as sql_result
+from flowsync.frames import tables as tables
+from flowsync.report_args import DURATION_GROUPS as DURATION_GROUPS
+from flowsync.report_args import GROUP_COLUMNS as GROUP_COLUMNS
+from flowsync.report_args import GROUPS as GROUPS
+from flowsync.report_args import INTERNAL_GROUPS as INTERNAL_GROUPS
+from flowsync.report_args import ONLY, check_by, filter_params
+from flowsync.report_args import Filters as Filters
+from flowsync.report_args import Grouping as Grouping
+from flowsync.report_args import Window as Window
+from flowsync.report_args import parse_since as parse_since
+from flowsync.report_args import utcnow as utcnow
+from flowsync.states import FAILED_STATES
 
 if TYPE_CHECKING:  # imported lazily: the CLI reads GROUPS without loading Polars or DuckDB
     import polars as pl
 
     from flowsync.store import Store
-
-
-@dataclass(frozen=True)
-class Grouping:
-    """A --by choice: the group columns a report shows, out of the ones every
-    grouped macro in ``sql/`` returns (``GROUP_COLUMNS``; see 12_grouped_runs.sql)."""
-
-    columns: tuple[str, ...]
-
-
-GROUPS: dict[str, Grouping] = {
-    "flow": Grouping(("flow_id", "flow_name")),
-    "deployment": Grouping(("deployment_id", "flow_name", "deployment_name")),
-    "work_pool": Grouping(("work_pool_name",)),
-    "tag": Grouping(("tag",)),
-}
-DURATION_GROUPS = ("flow", "deployment", "work_pool", "tag")
-# Groupings used inside flowsync (the health page, OpenMetrics), not offered as --by.
-INTERNAL_GROUPS: dict[str, Grouping] = {
-    "all": Grouping(()),
-    "day": Grouping(("run_day",)),
-    "hour": Grouping(("run_hour",)),
-    "day_deployment": Grouping(("run_day", "deployment_id", "flow_name", "deployment_name")),
-}
-GROUP_COLUMNS = (
-    "run_day",
-    "run_hour",
-    "flow_id",
-    "flow_name",
-    "deployment_id",
-    "deployment_name",
-    "work_pool_name",
-    "tag",
-)
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-
-
-@dataclass(frozen=True)
-class Window:
-    """Runs whose ``run_at`` is in [since, until); ``since=None`` means all history."""
-
-    since: datetime | None
-    until: datetime
-
-    @property
-    def start(self) -> datetime:
-        return self.since if self.since is not None else _EPOCH
-
-    @property
-    def previous_start(self) -> datetime:
-        """Start of the previous window of the same length (ends where this one starts)."""
-        if self.since is None:
-            return _EPOCH
-        return self.since - (self.until - self.since)
-
-    def describe(self) -> str:
-        if self.since is None:
-            return f"all runs before {self.until:%Y-%m-%d %H:%M} UTC"
-        return f"{self.since:%Y-%m-%d %H:%M} to {self.until:%Y-%m-%d %H:%M} UTC"
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def parse_since(text: str | None, now: datetime | None = None) -> Window:
-    """``7d``, ``12h``, ``30m``, ``2w``, a date ``2026-01-01``, an ISO time, or ``all``
-    (``flowsync.since.parse_since``, which export uses too), as a window ending now."""
-    now = now or utcnow()
-    return Window(since_time(text, now), now)
-
-
-@dataclass(frozen=True)
-class Filters:
-    """Which runs a report counts (``--flow``, ``--deployment``, ``--tag``, ``--state``);
-    empty means all. Deployments are ``flow/deployment`` or a deployment name."""
-
-    flows: tuple[str, ...] = ()
-    deployments: tuple[str, ...] = ()
-    tags: tuple[str, ...] = ()
-    states: tuple[str, ...] = ()
-
-    def __bool__(self) -> bool:
-        return bool(self.flows or self.deployments or self.tags or self.states)
-
-
-def _filter_params(store: Store, filters: Filters | None) -> dict[str, Any]:
-    """The ``only_*`` parameters of the macros (see ``sql/06_run_selected.sql``): names
-    resolved to ids, each name checked so a typo is an error, not an empty report."""
-    f = filters or Filters()
-    params: dict[str, Any] = {
-        "only_flows": None,
-        "only_deployments": None,
-        "only_tags": list(f.tags) or None,
-        "only_states": None,
-    }
-    if f.flows:
-        rows = store.execute(
-            "SELECT name, CAST(id AS VARCHAR) FROM flows WHERE list_contains($names, name)",
-            {"names": list(f.flows)},
-        ).rows()
-        found = _ids_by_name(rows)
-        _unknown("--flow", [n for n in f.flows if n not in found], "SELECT name FROM flows")
-        params["only_flows"] = [i for ids in found.values() for i in ids]
-    if f.deployments:
-        rows = store.execute(
-            """
-            SELECT n.name, CAST(d.id AS VARCHAR)
-            FROM unnest($names) AS n(name)
-            JOIN deployments AS d ON d.name = n.name
-                OR (SELECT f.name FROM flows AS f WHERE f.id = d.flow_id) || '/' || d.name = n.name
-            """,
-            {"names": list(f.deployments)},
-        ).rows()
-        found = _ids_by_name(rows)
-        _unknown(
-            "--deployment",
-            [n for n in f.deployments if n not in found],
-            "SELECT flow_name || '/' || deployment_name FROM failure_rates_by_deployment",
-        )
-        params["only_deployments"] = [i for ids in found.values() for i in ids]
-    if f.states:
-        states = [s.upper() for s in f.states]
-        bad = [s for s in states if s not in STATE_TYPES]
-        if bad:
-            raise ConfigError(
-                f"--state {bad[0]!r} is not a Prefect state type; choose from: {', '.join(STATE_TYPES)}."
-            )
-        params["only_states"] = states
-    return params
-
-
-def _ids_by_name(rows: list[tuple[Any, ...]]) -> dict[str, list[str]]:
-    found: dict[str, list[str]] = {}
-    for name, id_ in rows:
-        found.setdefault(name, []).append(id_)
-    return found
-
-
-def _unknown(option: str, names: list[str], sql: str) -> None:
-    if names:
-        raise ConfigError(
-            f'{option} {names[0]!r}: no such name in the file; list them with flowsync sql "{sql}".'
-        )
-
-
-_ONLY = (
-    "only_flows := $only_flows, only_deployments := $only_deployments, "
-    "only_tags := $only_tags, only_states := $only_states"
-)
-
-
-def _check_by(by: str, allowed: tuple[str, ...]) -> Grouping:
-    """``by`` as a grouping: one of ``allowed`` (the --by choices), or one of the
-    groupings the health figures use (``all``: one row over everything)."""
-    if by in INTERNAL_GROUPS:
-        return INTERNAL_GROUPS[by]
-    if by not in allowed:
-        raise ConfigError(
-            f"--by {by!r} is not a grouping of this report; choose one of: {', '.join(allowed)}."
-        )
-    return GROUPS[by]
 
 
 def _grouped(macro: str, by: str, args: str, order: str) -> str:
@@ -222,9 +74,9 @@ def _by_group(
 ) -> pl.DataFrame:
     """A grouped table macro's rows per ``by`` (one of ``allowed``), called with ``args``
     (``params``) and the runs ``filters`` select, ordered by ``order``."""
-    _check_by(by, allowed)
-    sql = _grouped(macro, by, f"{args}, {_ONLY}", order)
-    return run_sql(store, sql, {**params, **_filter_params(store, filters)})
+    check_by(by, allowed)
+    sql = _grouped(macro, by, f"{args}, {ONLY}", order)
+    return run_sql(store, sql, {**params, **filter_params(store, filters)})
 
 
 def _window(window: Window, include_deleted: bool) -> dict[str, Any]:
@@ -246,93 +98,6 @@ def _no_previous(frame: pl.DataFrame, window: Window, columns: tuple[str, ...]) 
 
     present = [c for c in columns if c in frame.columns]
     return frame.with_columns(pl.lit(None, dtype=frame.schema[c]).alias(c) for c in present)
-
-
-# -- running SQL ---------------------------------------------------------------
-
-
-def run_sql(
-    store: Store, sql: str, params: list[Any] | dict[str, Any] | None = None
-) -> pl.DataFrame:
-    """One statement through the store, as a Polars frame; a refused write says why."""
-    try:
-        return store.frame(sql, params)
-    except ReadOnlyError as e:
-        raise _refused(e) from e
-
-
-def _refused(e: ReadOnlyError) -> StoreError:
-    return StoreError(
-        f"{e.path} is open read-only, so statements that change it are refused "
-        f"({e.detail}). Use SELECT to read; "
-        "the file is changed only by flowsync pull and policy apply."
-    )
-
-
-@dataclass(frozen=True)
-class SqlResult:
-    """The rows of an ad-hoc query and DuckDB's type of each column (``JSON``, ``INTERVAL``...),
-    which the frame alone no longer tells (a JSON column is a Polars string)."""
-
-    frame: pl.DataFrame
-    types: tuple[str, ...]
-
-    @property
-    def json_columns(self) -> tuple[str, ...]:
-        return tuple(name for name, t in zip(self.frame.columns, self.types) if t == "JSON")
-
-
-def sql_result(store: Store, sql: str) -> SqlResult:
-    """An ad-hoc query (``flowsync sql``): one or more statements, the last one's rows.
-
-    Every DuckDB type comes back as a value Polars holds (intervals, unions and the like
-    as DuckDB's own text; see ``Store.typed_frame``)."""
-    if not sql.strip():
-        raise ConfigError('No SQL given: pass a query such as "SELECT count(*) FROM flow_runs".')
-    try:
-        frame, types = store.typed_frame(sql)
-    except ReadOnlyError as e:
-        raise _refused(e) from e
-    return SqlResult(frame, tuple(types))
-
-
-def sql_query(store: Store, sql: str) -> pl.DataFrame:
-    """``sql_result``'s rows."""
-    return sql_result(store, sql).frame
-
-
-# What a file holds, for `flowsync sql --tables`: the catalog, not a figure.
-_CATALOG = """
-    WITH cols AS (
-        SELECT database_name, schema_name, table_name,
-            list(column_name || ' ' || data_type ORDER BY column_index) AS columns
-        FROM duckdb_columns() WHERE NOT internal GROUP BY ALL
-    )
-    SELECT kind, name, columns FROM (
-        SELECT 'table' AS kind, table_name AS name, cols.columns
-        FROM duckdb_tables() JOIN cols USING (database_name, schema_name, table_name)
-        WHERE NOT internal AND database_name = current_database() AND schema_name = 'main'
-        UNION ALL
-        SELECT 'view', v.view_name, cols.columns
-        FROM duckdb_views() AS v JOIN cols ON cols.database_name = v.database_name
-            AND cols.schema_name = v.schema_name AND cols.table_name = v.view_name
-        WHERE NOT v.internal AND v.database_name = current_database() AND v.schema_name = 'main'
-        UNION ALL
-        SELECT CASE function_type WHEN 'table_macro' THEN 'table macro' ELSE 'macro' END,
-            function_name, parameters
-        FROM duckdb_functions()
-        WHERE function_type IN ('macro', 'table_macro') AND NOT internal
-            AND database_name = current_database() AND schema_name = 'main'
-    )
-    ORDER BY CASE kind WHEN 'table' THEN 1 WHEN 'view' THEN 2 WHEN 'table macro' THEN 3 ELSE 4 END,
-        name
-"""
-
-
-def tables(store: Store) -> pl.DataFrame:
-    """Every table, view and macro of the file: its kind, name, and its columns with their
-    types (for a macro: its parameters), as ``flowsync sql --tables`` lists them."""
-    return run_sql(store, _CATALOG)
 
 
 # -- reports --------------------------------------------------------------------
@@ -477,7 +242,7 @@ def _deployments_only(store: Store, filters: Filters | None, report: str) -> dic
             f"report {report} is per deployment: filter it with --flow or --deployment "
             "(--tag and --state select runs, for failures, durations, late and errors)."
         )
-    only = _filter_params(store, filters)
+    only = filter_params(store, filters)
     return {"only_flows": only["only_flows"], "only_deployments": only["only_deployments"]}
 
 
@@ -494,11 +259,11 @@ def errors(
     macro, ``sql/16_error_signatures.sql``)."""
     window = window or parse_since(None)
     sql = f"""
-        SELECT * FROM error_signatures($since, $until, $prev_start, $include_deleted, {_ONLY})
+        SELECT * FROM error_signatures($since, $until, $prev_start, $include_deleted, {ONLY})
         ORDER BY runs DESC, last_seen DESC, signature
     """
     frame = run_sql(
-        store, sql, {**_params(window, include_deleted), **_filter_params(store, filters)}
+        store, sql, {**_params(window, include_deleted), **filter_params(store, filters)}
     )
     return _no_previous(frame, window, ("prev_runs", "runs_change"))
 
@@ -661,10 +426,10 @@ def runs(
     if not f.states:
         f = Filters(f.flows, f.deployments, f.tags, FAILED_STATES)
     sql = f"""
-        SELECT * FROM run_list($since, $until, $include_deleted, {_ONLY})
+        SELECT * FROM run_list($since, $until, $include_deleted, {ONLY})
         ORDER BY run_at DESC, id LIMIT $last
     """
-    params = {**_window(window, include_deleted), "last": last, **_filter_params(store, f)}
+    params = {**_window(window, include_deleted), "last": last, **filter_params(store, f)}
     return _with_links(store, run_sql(store, sql, params))
 
 

@@ -100,7 +100,7 @@ class Sandbox(Store):
     (DuckDB cannot switch external access back on), spill to disk capped at
     ``SANDBOX_SPILL``; refusals are ``SandboxError``. ``select`` runs a statement so that it
     changes nothing, under a time limit. (Which functions rule SQL may call, and that it
-    is one SELECT, the policy checks: ``flowsync.policy.plan``.)"""
+    is one SELECT, the policy checks: ``flowsync.policy.rulesql``.)"""
 
     _sandbox = True
 

@@ -1,0 +1,251 @@
+"""Rule SQL: checked, classified and run on a sandbox, every failure a PolicyError.
+
+Owns: the checks a rule's SQL passes before it is run (exactly one SELECT with an
+``id`` column, only functions that compute: an allow list built from DuckDB's own
+catalog), telling a rule that decides each run from its own row from one that reads
+other runs (``reads_other_runs``), and running SQL built around a rule's statement
+(``rule_rows``) under its time limit, read-only or in a transaction always rolled
+back, every failure a PolicyError naming the rule. Must not: decide what a policy
+does (that is ``policy/plan.py``), call the API, or print.
+
+Rule SQL runs only on a ``Sandbox`` (files, network and extensions off, settings
+locked, spill capped: every function here that runs it takes one), may call only
+functions that compute (no side effects, no sequences, no SQL text, no randomness,
+a few harmless table functions, the file's own macros), and runs under a time limit
+per rule.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+from flowsync.errors import PolicyError, QueryError, QueryTimeoutError, SandboxError, StoreError
+from flowsync.policy.model import LoadedPolicy
+from flowsync.policy.planned import RuleModel
+from flowsync.store import Sandbox, Store
+
+# Never, whatever DuckDB's catalog says of them: they change state (sequences), run SQL
+# text built at run time, sleep, or log.
+FORBIDDEN_FUNCTIONS = frozenset(
+    {
+        "nextval",
+        "setval",
+        "currval",
+        "query",
+        "query_table",
+        "json_execute_serialized_sql",
+        "sleep_ms",
+        "pg_sleep",
+        "write_log",
+    }
+)
+# Table functions that only compute; every other one (read_csv, checkpoint, duckdb_*...) is refused.
+ALLOWED_TABLE_FUNCTIONS = frozenset(
+    {"range", "generate_series", "unnest", "json_each", "json_tree", "repeat"}
+)
+# Rule SQL's time limit when the policy does not set one (seconds).
+DEFAULT_RULE_TIMEOUT = 60.0
+
+_ALLOWED_SQL = """
+SELECT DISTINCT lower(function_name) FROM duckdb_functions()
+WHERE (internal AND function_type IN ('scalar', 'aggregate', 'window')
+       AND NOT coalesce(has_side_effects, false))
+   OR (internal AND function_type = 'macro'
+       AND NOT regexp_matches(lower(coalesce(macro_definition, '')), ?))
+   OR (NOT internal AND function_type IN ('macro', 'table_macro') AND schema_name = 'main')
+"""
+
+
+def allowed_functions(store: Store) -> frozenset[str]:
+    """Every function rule SQL may call: the allow list, from this DuckDB's own catalog."""
+    side_effects = "|".join(sorted(FORBIDDEN_FUNCTIONS | {"random", "uuid", "setseed", "error"}))
+    rows = store.execute(_ALLOWED_SQL, [f"\\b({side_effects})\\b"]).rows()
+    return frozenset(r[0] for r in rows) - FORBIDDEN_FUNCTIONS | ALLOWED_TABLE_FUNCTIONS
+
+
+# Tables a run's own row comes from (one reference), and the lookups joined to it.
+RUN_TABLES = frozenset({"flow_runs", "flow_run_measures", "flow_runs_enriched"})
+LOOKUP_TABLES = frozenset({"flows", "deployments"})
+
+
+def reads_other_runs(store: Store, sql: str) -> str | None:
+    """Why a rule's SQL decides a run from other runs' rows (None: from its own row only).
+
+    Its own row only: one reference to flow_runs (or the row-by-row views over it),
+    joined at most to flows and deployments, with no subquery, CTE, set operation,
+    window, aggregate, table function, LIMIT/OFFSET, DISTINCT ON or sample (each of
+    these keeps or drops a run by the rows beside it). Anything else may look at
+    other runs."""
+    aggregates = {
+        r[0]
+        for r in store.execute(
+            "SELECT lower(function_name) FROM duckdb_functions() GROUP BY 1 "
+            "HAVING bool_and(function_type IN ('aggregate', 'window'))"
+        ).rows()
+    }
+    run_refs = 0
+    why: list[str] = []
+
+    def walk(node: Any) -> None:
+        nonlocal run_refs
+        if isinstance(node, list):
+            for value in node:
+                walk(value)
+            return
+        if not isinstance(node, dict):
+            return
+        kind, cls = node.get("type"), node.get("class")
+        if kind == "BASE_TABLE":
+            name = str(node.get("table_name", "")).lower()
+            if name in RUN_TABLES:
+                run_refs += 1
+            elif name not in LOOKUP_TABLES:
+                why.append(f"reads {name}")
+        elif kind in ("SUBQUERY", "TABLE_FUNCTION") or cls == "SUBQUERY":
+            why.append("a subquery" if "SUBQUERY" in (kind, cls) else "a table function")
+        elif kind == "SET_OPERATION_NODE":
+            why.append("a set operation")
+        elif cls == "WINDOW":
+            why.append("a window function")
+        elif (
+            isinstance(node.get("function_name"), str)
+            and node["function_name"].lower() in aggregates
+        ):
+            why.append(f"an aggregate ({node['function_name']})")
+        if (node.get("cte_map") or {}).get("map"):
+            why.append("a CTE")
+        if node.get("group_expressions") or node.get("having"):
+            why.append("GROUP BY")
+        if node.get("sample"):
+            why.append("a sample")
+        for modifier in node.get("modifiers") or []:
+            if modifier.get("type") == "LIMIT_MODIFIER":
+                why.append("LIMIT/OFFSET")
+            elif modifier.get("type") == "DISTINCT_MODIFIER" and modifier.get(
+                "distinct_on_targets"
+            ):
+                why.append("DISTINCT ON")
+        for value in node.values():
+            walk(value)
+
+    walk(store.parse_tree(sql))
+    if run_refs > 1:
+        why.append("flow_runs more than once")
+    return ", ".join(dict.fromkeys(why)) or None
+
+
+def _sandbox_error(rule: RuleModel, e: SandboxError) -> PolicyError:
+    return PolicyError(
+        f"rule {rule.name!r} tried to reach outside the history ({e.detail}): rule SQL runs with files, "
+        "network and extensions off; query only the tables and views of the file."
+    )
+
+
+@contextlib.contextmanager
+def rule_errors(rule: RuleModel, hint: str) -> Iterator[None]:
+    """Every failure of SQL built around a rule's statement, as a PolicyError naming the rule."""
+    try:
+        yield
+    except SandboxError as e:
+        raise _sandbox_error(rule, e) from e
+    except QueryTimeoutError as e:
+        raise PolicyError(
+            f"rule {rule.name!r}: its SQL ran longer than {e.seconds:g}s and was stopped; "
+            "make it cheaper, or raise rule_timeout_seconds in the policy (or --rule-timeout)."
+        ) from e
+    except QueryError as e:
+        failed = PolicyError(f"rule {rule.name!r}: SQL failed: {e.detail}. {hint}")
+        failed.hint = e.hint  # DuckDB's own help (did you mean, candidates), under the line
+        raise failed from e
+    except StoreError as e:
+        if isinstance(e, QueryError) or "memory" not in str(e):
+            raise
+        raise PolicyError(
+            f"rule {rule.name!r}: its SQL needed more memory and disk than rule SQL may use "
+            "(DuckDB's memory cap, 1 GiB of spill); make it cheaper."
+        ) from e
+
+
+def sandboxed(store: Sandbox) -> contextlib.AbstractContextManager[None]:
+    """Where rule SQL runs: as is on a read-only store, in a transaction always rolled back
+    on a writable one."""
+    return contextlib.nullcontext() if store.read_only else store.discarded()
+
+
+def rule_rows(
+    store: Sandbox,
+    rule: RuleModel,
+    sql: str,
+    params: list[Any] | dict[str, Any] | None = None,
+    hint: str = "The id column must hold flow-run ids (UUIDs).",
+    timeout: float | None = DEFAULT_RULE_TIMEOUT,
+) -> tuple[list[str], list[dict[str, Any]]]:
+    """Run SQL built around a rule's statement; every failure is a PolicyError naming the rule.
+
+    On a writable store it runs in a transaction that is always rolled back."""
+    with rule_errors(rule, hint), sandboxed(store):
+        return store.execute(sql, params, timeout=timeout).dicts()
+
+
+def rule_statement(
+    store: Sandbox, rule: RuleModel, timeout: float | None = DEFAULT_RULE_TIMEOUT
+) -> str:
+    """The rule's SQL as one SELECT statement with an ``id`` column, or PolicyError."""
+    where = f"rule {rule.name!r}"
+    try:
+        parsed = store.statements(rule.sql)
+    except QueryError as e:
+        raise PolicyError(f"{where}: SQL does not parse: {e.detail}. Fix the rule's sql.") from e
+    if len(parsed) != 1:
+        raise PolicyError(
+            f"{where}: sql holds {len(parsed)} statements; a rule is exactly one SELECT."
+        )
+    kind, text = parsed[0]
+    if kind != "SELECT":
+        raise PolicyError(
+            f"{where}: sql is a {kind} statement; a rule is one read-only SELECT returning an id column."
+        )
+    sql = text.strip().rstrip(";").strip()
+    try:
+        forbidden = sorted(store.functions_called(sql) - allowed_functions(store))
+    except QueryError as e:
+        raise PolicyError(f"{where}: SQL does not parse: {e.detail}. Fix the rule's sql.") from e
+    if forbidden:
+        raise PolicyError(
+            f"{where}: sql calls {', '.join(forbidden)}, which rule SQL may not use: only functions "
+            "that compute (no side effects, sequences, SQL text, randomness, files). "
+            "Select from the tables and views directly."
+        )
+    columns, _ = rule_rows(
+        store,
+        rule,
+        f"SELECT * FROM (\n{sql}\n) AS rule_rows LIMIT 0",
+        hint="Try it with `flowsync sql`.",
+        timeout=timeout,
+    )
+    if "id" not in columns:
+        raise PolicyError(
+            f"{where}: SQL returns columns {columns}, not an `id` column of flow-run ids; "
+            "select e.g. `SELECT id FROM flow_runs WHERE ...`."
+        )
+    return sql
+
+
+def check_rules(
+    store: Sandbox, loaded: LoadedPolicy, timeout: float | None = None
+) -> dict[str, int]:
+    """Run every rule's SQL (read-only); rule name -> non-null ids returned."""
+    limit = timeout or loaded.policy.rule_timeout_seconds
+    counts = {}
+    for rule in loaded.policy.rules:
+        sql = rule_statement(store, rule, limit)
+        _, rows = rule_rows(
+            store,
+            rule,
+            f"SELECT count(CAST(id AS UUID)) AS n FROM (\n{sql}\n) AS rule_rows",
+            timeout=limit,
+        )
+        counts[rule.name] = int(rows[0]["n"])
+    return counts
