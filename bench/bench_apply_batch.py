@@ -13,7 +13,8 @@ sampled across the file what ``policy/apply.py`` runs per batch, with no server:
 - ``reread_write``: 5 of the 50 changed on the server: their watched columns kept
   (``answers.file_rows``, the re-read's ``before_write``), then upserted (``upsert_pages``)
   and committed;
-- ``decide``: ``plan.decide_scope`` for the 50;
+- ``decide``: ``plan.decide_scope`` for the 50 (given the re-read's answer where the
+  version takes it);
 - ``pending``: the audit's pending rows and their commit (``Ledger.pending``);
 - ``outcome``: the outcomes, the runs marked deleted, and their commit (``Ledger.final``).
 
@@ -87,6 +88,10 @@ def child(source: Path, policy: Path, batches: int) -> dict[str, object]:
             )
 
             takes_held = "held" in inspect.signature(Ledger.pending).parameters
+            decides_on_held = "held" in inspect.signature(decide_scope).parameters
+
+            def decide_held(answer: list[dict[str, object]]) -> tuple[object, ...]:
+                return (answer,) if decides_on_held else ()
 
             def call(number: int) -> tuple[object, ...]:
                 """What this version's ledger takes first: one call value, or its four parts."""
@@ -120,7 +125,8 @@ def child(source: Path, policy: Path, batches: int) -> dict[str, object]:
                             store, FLOW_RUNS, [Page.from_rows(answer[:CHANGED])], pull_id=1_000_000
                         )
                 with timed("decide"):
-                    decide_scope(store, plan, rule, Scope(tuple(ids)))
+                    # this version's decision reads the batch's rows from the re-read's answer
+                    decide_scope(store, plan, rule, Scope(tuple(ids)), *decide_held(answer))
                 with timed("pending"):
                     ledger.pending(*call(number), guards, **held)  # type: ignore[arg-type]
                 results = {i: RunResult(Outcome.DELETED, {"status": "deleted"}) for i in ids}

@@ -581,3 +581,47 @@ def test_a_batch_decision_picks_what_the_rule_picks_over_the_whole_file(
             reasons = decide_scope(store, confirmed, confirmed.rules[0].rule, scope).reasons
             chosen |= {i for i, why in reasons.items() if why is None}
     assert chosen == picks
+
+
+def test_a_decision_on_the_runs_just_read_is_the_decision_on_the_file(tmp_path: Path) -> None:
+    """apply decides an unranked batch from the rows its re-read returned (staged as the
+    file holds them), not from the file's rows found by id: once the re-read has written
+    them, both must give every run the same reason, through earlier rules, protected
+    tags and rule SQL over joined tables."""
+    import copy
+
+    from flowsync.api import Page
+    from flowsync.policy.plan import Scope
+    from flowsync.store import synced_tables
+    from flowsync.store.tables import FLOW_RUNS
+    from harness.history import changed_run, make_history, run_id
+
+    db = make_history(tmp_path / "h.duckdb", 400)
+    read: list[dict[str, Any]] = []
+    for i in range(100, 160):
+        run = copy.deepcopy(changed_run(i))
+        run["state_type"] = run["state"]["type"] = ("COMPLETED", "FAILED", "CANCELLED")[i % 3]
+        run["tags"] = ["keep"] if i % 7 == 0 else ["prod"] if i % 2 else []
+        run["end_time"] = None if i % 11 == 0 else run["end_time"]
+        read.append(run)
+    with Store.writer(db) as store, store.transaction():  # what the re-read wrote
+        synced_tables.upsert_pages(store, FLOW_RUNS, [Page.from_rows(read)], pull_id=2)
+    text = policy(
+        rule("failed", "SELECT id FROM flow_runs WHERE state_type = 'FAILED' AND run_count > 1"),
+        rule(
+            "done",
+            "SELECT r.id FROM flow_runs r LEFT JOIN flows f ON f.id = r.flow_id "
+            "WHERE r.state_type IN ('COMPLETED', 'FAILED') AND r.end_time IS NOT NULL "
+            "AND f.id IS NULL",
+        ),
+        extra="protect_tags: [keep]\n",
+    )
+    confirmed = plan_of(db, text)
+    later = confirmed.policy.policy.rules[1]
+    ids = (*[r["id"] for r in read], run_id(3))  # the last: one the re-read did not return
+    with Store.sandboxed_writer(db) as store:
+        from_file = decide_scope(store, confirmed, later, Scope(ids)).reasons
+        from_read = decide_scope(store, confirmed, later, Scope(ids), read).reasons
+    assert set(from_file.values()) >= {None, "protected tag", "taken by an earlier rule"}
+    assert {i: from_read[i] for i in ids[:-1]} == {i: from_file[i] for i in ids[:-1]}
+    assert from_read[ids[-1]] is not None  # not read: never sent

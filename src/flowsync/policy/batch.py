@@ -195,7 +195,7 @@ class Applier:
             seen.update(got)
             for gone in want - set(got):
                 seen.pop(gone, None)
-            decision = self._decide(batch, todo)
+            decision = self._decide(batch, todo, seen)
             # Reads may have moved the ranks: read what the decision now keeps, until it was all read.
             want = set(decision.ranked_above) - read
             if not want:
@@ -204,11 +204,21 @@ class Applier:
 
     # 2. decide ----------------------------------------------------------------------------
 
-    def _decide(self, batch: Batch, todo: list[str]) -> Decision:
+    def _decide(
+        self, batch: Batch, todo: list[str], seen: dict[str, Seen] | None = None
+    ) -> Decision:
         self.result.decisions += 1
+        ranked = batch.rule.name in self.ranked
         deployments = tuple(sorted({batch.deployments.get(i) for i in todo}, key=str))
-        scope = Scope(tuple(todo), deployments if batch.rule.name in self.ranked else ())
-        return decide_scope(self.store, self.plan, batch.rule, scope)
+        scope = Scope(tuple(todo), deployments if ranked else ())
+        # Unranked, the batch's own rows are all the decision reads besides the rules' SQL:
+        # the ones just read (and written where they differed), not looked up in the file.
+        held = (
+            [row for i in todo if i in seen and (row := seen[i].row) is not None]
+            if seen is not None and not ranked
+            else ()
+        )
+        return decide_scope(self.store, self.plan, batch.rule, scope, held)
 
     def decide(self, batch: Batch, todo: list[str], fresh: Fresh) -> Decided:
         """Step 2: what to send, from the decision made over the file after the fresh read."""

@@ -20,6 +20,7 @@ deployments), so its cost follows the batch, not the file.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -40,6 +41,8 @@ from flowsync.policy.rulesql import (
     sandboxed,
 )
 from flowsync.store import Sandbox, sync_log
+from flowsync.store.synced_tables import held_rows
+from flowsync.store.tables import FLOW_RUNS
 
 # DuckDB's memory cap on the connection a plan reads (MB): the ranking of a rule's picks
 # spills past it, so planning a million runs needs about what planning 100k does.
@@ -133,7 +136,7 @@ _SELECT_SCOPED = (
     LEFT JOIN (SELECT id, name, flow_id, deployment_id, state_type, state_name, tags,
                       expected_start_time, end_time, deleted_at,
                       coalesce(expected_start_time, start_time, created) AS sort_time
-               FROM flow_runs WHERE id IN (SELECT id FROM wanted)) r ON r.id = w.id
+               FROM {runs}) r ON r.id = w.id
 )
 SELECT CAST(r.picked_id AS VARCHAR) AS id, r.name, f.name AS flow_name, d.name AS deployment_name,
        r.state_type, r.state_name, r.tags, r.expected_start_time, r.end_time,
@@ -151,6 +154,11 @@ ORDER BY r.sort_time ASC NULLS FIRST, r.picked_id
 )
 
 
+# Where a decision reads its runs' own rows: the file, or (``held``) the rows a re-read
+# just returned, staged as the file holds them.
+_RUNS_IN_FILE = "flow_runs WHERE id IN (SELECT id FROM wanted)"
+
+
 def _select(
     store: Sandbox,
     rule: RuleModel,
@@ -158,6 +166,7 @@ def _select(
     protect_tags: list[str],
     scope: Scope,
     timeout: float | None,
+    held: str | None = None,
 ) -> list[dict[str, Any]]:
     deployments = [d for d in scope.deployments if d is not None]
     params: dict[str, Any] = {
@@ -169,7 +178,8 @@ def _select(
     }
     # Without a ranking (no keep_newest here) only the scope's own runs can be picked.
     picked = _PICKED if params["keep"] is not None else _PICKED_IN_SCOPE
-    text = _SELECT_SCOPED.format(picked=picked.format(sql=sql))
+    runs = f"({held}) AS held" if held is not None and params["keep"] is None else _RUNS_IN_FILE
+    text = _SELECT_SCOPED.format(picked=picked.format(sql=sql), runs=runs)
     return rule_rows(store, rule, text, params, timeout=timeout)[1]
 
 
@@ -411,7 +421,13 @@ class Decision:
     ranked_above: frozenset[str]  # runs kept by keep_newest in the batch's deployments
 
 
-def decide_scope(store: Sandbox, confirmed: Plan, rule: RuleModel, scope: Scope) -> Decision:
+def decide_scope(
+    store: Sandbox,
+    confirmed: Plan,
+    rule: RuleModel,
+    scope: Scope,
+    held: Sequence[Mapping[str, Any]] = (),
+) -> Decision:
     """The confirmed plan's policy decided again over the file for ``scope.ids`` of ``rule``.
 
     Every guard the plan applies counts, up to and including ``rule``: the rules'
@@ -419,16 +435,49 @@ def decide_scope(store: Sandbox, confirmed: Plan, rule: RuleModel, scope: Scope)
     must hold every deployment of the batch), earlier rules. Limits and
     max_actions bound the confirmed plan, which bounds what apply sends, so
     they are not counted again (a run over an earlier rule's limit at plan time
-    stays over it)."""
+    stays over it).
+
+    ``held``: the scope's runs as a re-read just returned them (API objects), once
+    the file holds them (the re-read wrote every run whose ``updated`` stamp moved).
+    An unranked decision reads the guards' columns of the runs from these, staged as
+    the file holds such a row, rather than finding 50 rows by id among a million (the
+    rules' own SQL still runs over the file); a scope run not among them is treated as
+    not in the file."""
     protect = list(confirmed.policy.policy.protect_tags)
     claimed: set[str] = set()
     kept: set[str] = set()
+    mine: Decided | None = None
+    with contextlib.ExitStack() as stack:
+        staged = (
+            stack.enter_context(
+                held_rows(store, FLOW_RUNS, [dict(r) for r in held], "_decide_held")
+            )
+            if held
+            else None
+        )
+        mine = _decide_rules(store, confirmed, rule, scope, protect, claimed, kept, staged)
+    chosen = {run.id for run in mine.runs}
+    reasons = {i: None if i in chosen else mine.reasons.get(i, NOT_SELECTED) for i in scope.ids}
+    return Decision(reasons, frozenset(kept))
+
+
+def _decide_rules(
+    store: Sandbox,
+    confirmed: Plan,
+    rule: RuleModel,
+    scope: Scope,
+    protect: list[str],
+    claimed: set[str],
+    kept: set[str],
+    held: str | None,
+) -> Decided:
+    """``decide_scope``'s rules in order, up to ``rule``: its decision."""
     mine: Decided | None = None
     for candidate in confirmed.policy.policy.rules:
         if not candidate.enabled:
             continue
         sql = confirmed.statements[candidate.name]
-        rows = _select(store, candidate, sql, protect, scope, confirmed.timeout)
+        rows = _select(store, candidate, sql, protect, scope, confirmed.timeout, held)
         decided = plan_rule(candidate, rows, claimed, limit=False)
         kept.update(i for i, why in decided.reasons.items() if why == KEEP_NEWEST)
         if candidate.name == rule.name:
@@ -439,6 +488,4 @@ def decide_scope(store: Sandbox, confirmed: Plan, rule: RuleModel, scope: Scope)
             claimed.difference_update(confirmed.skipped_for(candidate, OVER_LIMIT, claimed))
     if mine is None:
         raise PolicyError(f"rule {rule.name!r} is not an enabled rule of the confirmed plan")
-    chosen = {run.id for run in mine.runs}
-    reasons = {i: None if i in chosen else mine.reasons.get(i, NOT_SELECTED) for i in scope.ids}
-    return Decision(reasons, frozenset(kept))
+    return mine
