@@ -29,6 +29,7 @@ from flowsync.errors import (
 )
 from harness.seed import Seeded, seed
 from harness.server import Server, installed_prefect_version
+from tests.helpers import wait_for_state_events
 
 OLD = "3.4.25"
 RUN = "6a0e2f4c-3f3a-4b8e-9c1d-2b9f0e1a7c55"
@@ -41,7 +42,15 @@ def server(
     version = None if request.param == "current" else str(request.param)
     home = tmp_path_factory.mktemp(f"prefect-writes-{request.param}")
     with start_server(home=home, version=version) as s:
-        yield s, seed(s.url, runs=12, flows=1, deployments_per_flow=1, seed_value=5)
+        seeded = seed(s.url, runs=12, flows=1, deployments_per_flow=1, seed_value=5)
+        # The server stores the seeding's state events a few seconds later; a write of ours
+        # meeting that write on SQLite is answered 503 (once, under load), which a call that
+        # changes data may not resend. Start once those writes are done.
+        for state_type in ("COMPLETED", "FAILED"):
+            wait_for_state_events(
+                s.url, [i for i, t in seeded.runs.items() if t == state_type], state_type
+            )
+        yield s, seeded
 
 
 def client(url: str, **kwargs: object) -> PrefectClient:
