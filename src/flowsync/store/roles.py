@@ -46,12 +46,23 @@ class Reader(Store):
     read_only = True
 
 
+# The WAL size at which a writer's commit checkpoints (DuckDB's default: 16 MB).
+WRITE_CHECKPOINT_MB = 128
+
+
 class Writer(Store):
     """The file's one writer (``Store.writer``): migrated, recorded, holding DuckDB's write
     lock for as long as it is open, its memory capped for a write job."""
 
     def _prepare(self, memory_limit_mb: int | None) -> None:
         self.budget_memory(fixed_mb=memory_limit_mb)
+        # DuckDB checkpoints when the WAL passes 16 MB by default: a full pull of a million
+        # runs checkpointed every few commits, each rewriting the table's last row groups
+        # (66.5 s of CPU against 51.1 s at 128 MB, replayed pages), and left the file half
+        # as large again (251 MB against 165 MB). Committed rows past the memory cap wait in the temp folder until the
+        # checkpoint; a killed process's WAL is replayed at the next open, as before.
+        # (BENCHMARKS.md, "The writer's checkpoints".)
+        self._con.execute(f"SET checkpoint_threshold = '{WRITE_CHECKPOINT_MB}MiB'")
         super()._prepare(None)  # the cap is set
 
     def budget_memory(self, *, fixed_mb: int | None = None) -> int:
