@@ -59,8 +59,7 @@ from flowsync.policy import apply_plan, make_plan, parse_policy
 from flowsync.store import Store
 from flowsync.store.snapshot import publish as publish_snapshot
 from flowsync.sync import pull
-from harness.pg_seed import DATABASE, pg_cluster_at, pg_fast_seed
-from harness.server import postgres_server
+from harness.pg_seed import pg_cluster_at, pg_fast_seed, pg_server
 
 BULK = 50
 
@@ -194,16 +193,8 @@ def fresh_server(runs: int, workers: int, log: Any) -> Any:
     """A server on a fresh copy of the seeded database (the kept one is never changed), and
     the folder of the kept cluster."""
     seeded = pg_fast_seed(runs, log=log)
-    with pg_cluster_at(seeded.root) as cluster:
-        copy = cluster.create_database(f"bench_apply_{os.getpid()}", template=DATABASE)
-        try:
-            backend = "postgres" if workers == 1 else "postgres-2w"
-            with postgres_server(
-                cluster.url(copy), workers, backend=backend, timeout=300
-            ) as server:
-                yield server, seeded.root
-        finally:
-            cluster.drop_database(copy)
+    with pg_cluster_at(seeded.root) as cluster, pg_server(cluster, workers, copy=True) as server:
+        yield server, seeded.root
 
 
 def main() -> None:

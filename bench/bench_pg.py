@@ -27,8 +27,6 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -38,9 +36,8 @@ import httpx
 from bench.bench_delete import delete_loop, policy_text
 from bench.bench_pull import child_env, last_json, run_child
 from harness.fast_seed import WORK
-from harness.pg_seed import DATABASE, PgCluster, pg_cluster_at, pg_fast_seed, pg_server
+from harness.pg_seed import pg_cluster_at, pg_fast_seed, pg_server
 from harness.seed import set_states
-from harness.server import Server, postgres_server
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTENDERS = Path(__file__).resolve().parent / "contenders"
@@ -151,19 +148,6 @@ def run_ids(db: Path, where: str, limit: int) -> list[str]:
         con.close()
 
 
-@contextmanager
-def fresh_copy(cluster: PgCluster, workers: int) -> Iterator[Server]:
-    """A server on a fresh copy of the seeded database: the 1% change and the apply below
-    change runs, and the kept database must stay as seeded for every later benchmark."""
-    copy = cluster.create_database(f"bench_pg_{os.getpid()}", template=DATABASE)
-    try:
-        backend = "postgres" if workers == 1 else "postgres-2w"
-        with postgres_server(cluster.url(copy), workers, backend=backend, timeout=300) as server:
-            yield server
-    finally:
-        cluster.drop_database(copy)
-
-
 def large(
     runs: int,
     workers: int,
@@ -173,7 +157,7 @@ def large(
     pulls_only: bool = False,
 ) -> None:
     seeded = pg_fast_seed(runs, log=log)
-    with pg_cluster_at(seeded.root) as cluster, fresh_copy(cluster, workers) as server:
+    with pg_cluster_at(seeded.root) as cluster, pg_server(cluster, workers, copy=True) as server:
         url = server.url
         at = {"runs": runs, "workers": workers}  # every record of this size and server
         record(phase="probes", **at, **probes(url, runs))

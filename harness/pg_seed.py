@@ -27,6 +27,7 @@ workers. Benchmarks only; nothing in ``src/`` imports this.
 
 from __future__ import annotations
 
+import os
 import random
 import time
 from collections.abc import Iterator
@@ -269,13 +270,25 @@ def pg_cluster_at(root: Path) -> Iterator[PgCluster]:
 
 
 @contextmanager
-def pg_server(cluster: PgCluster, workers: int = 1, home: Path | None = None) -> Iterator[Server]:
-    """A server on the seeded database: one API worker, or ``workers`` with Redis and a services process."""
+def pg_server(
+    cluster: PgCluster, workers: int = 1, home: Path | None = None, *, copy: bool = False
+) -> Iterator[Server]:
+    """A server on the seeded database: one API worker, or ``workers`` with Redis and a services process.
+
+    ``copy``: on a fresh copy of it, dropped afterwards, for a benchmark that changes runs
+    (the kept database stays as seeded for every later one)."""
     backend = "postgres" if workers == 1 else "postgres-2w"
-    with postgres_server(
-        cluster.url(DATABASE), workers, home, backend=backend, timeout=300
-    ) as server:
-        yield server
+    database = (
+        cluster.create_database(f"copy_{os.getpid()}", template=DATABASE) if copy else DATABASE
+    )
+    try:
+        with postgres_server(
+            cluster.url(database), workers, home, backend=backend, timeout=300
+        ) as server:
+            yield server
+    finally:
+        if copy:
+            cluster.drop_database(database)
 
 
 @dataclass
