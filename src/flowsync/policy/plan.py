@@ -443,35 +443,26 @@ def decide_scope(
     the file holds such a row, rather than finding 50 rows by id among a million (the
     rules' own SQL still runs over the file); a scope run not among them is treated as
     not in the file."""
-    protect = list(confirmed.policy.policy.protect_tags)
-    claimed: set[str] = set()
-    kept: set[str] = set()
-    mine: Decided | None = None
-    with contextlib.ExitStack() as stack:
-        staged = (
-            stack.enter_context(
-                held_rows(store, FLOW_RUNS, [dict(r) for r in held], "_decide_held")
-            )
-            if held
-            else None
-        )
-        mine = _decide_rules(store, confirmed, rule, scope, protect, claimed, kept, staged)
+    staged = (
+        held_rows(store, FLOW_RUNS, [dict(r) for r in held], "_decide_held")
+        if held
+        else contextlib.nullcontext(None)
+    )
+    with staged as runs:
+        mine, kept = _decide_rules(store, confirmed, rule, scope, runs)
     chosen = {run.id for run in mine.runs}
     reasons = {i: None if i in chosen else mine.reasons.get(i, NOT_SELECTED) for i in scope.ids}
     return Decision(reasons, frozenset(kept))
 
 
 def _decide_rules(
-    store: Sandbox,
-    confirmed: Plan,
-    rule: RuleModel,
-    scope: Scope,
-    protect: list[str],
-    claimed: set[str],
-    kept: set[str],
-    held: str | None,
-) -> Decided:
-    """``decide_scope``'s rules in order, up to ``rule``: its decision."""
+    store: Sandbox, confirmed: Plan, rule: RuleModel, scope: Scope, held: str | None
+) -> tuple[Decided, set[str]]:
+    """``decide_scope``'s rules in order, up to ``rule``: its decision, and the runs
+    keep_newest kept on the way."""
+    protect = list(confirmed.policy.policy.protect_tags)
+    claimed: set[str] = set()
+    kept: set[str] = set()
     mine: Decided | None = None
     for candidate in confirmed.policy.policy.rules:
         if not candidate.enabled:
@@ -488,4 +479,4 @@ def _decide_rules(
             claimed.difference_update(confirmed.skipped_for(candidate, OVER_LIMIT, claimed))
     if mine is None:
         raise PolicyError(f"rule {rule.name!r} is not an enabled rule of the confirmed plan")
-    return mine
+    return mine, kept
