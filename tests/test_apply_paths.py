@@ -169,12 +169,27 @@ def library_apply(
     transport: httpx.BaseTransport,
     sleep: Any = time.sleep,
     settle_seconds: float = 10.0,
+    batch_size: int = 50,
 ) -> ApplyResult:
     """apply through the library, with a fault transport in front of the real server."""
     with planned(db, policy) as (store, plan):
         retry = RetryPolicy(attempts=3, base_delay=0.05)
         with fault_client(server, transport, retry, sleep) as client:
-            return apply_plan(client, store, plan, settle_seconds=settle_seconds)
+            return apply_plan(
+                client, store, plan, settle_seconds=settle_seconds, batch_size=batch_size
+            )
+
+
+def batch_ids(db: Path, policy: Path, size: int) -> list[list[str]]:
+    """The runs of each batch an apply of ``policy`` sends, in order, ``size`` at most each."""
+    from flowsync.policy.apply import batches
+
+    with planned(db, policy) as (_, plan):
+        return [b.ids for b in batches(plan, size)]
+
+
+def bulk_ids(request: httpx.Request) -> list[str]:
+    return list(json.loads(request.content)["flow_runs"]["id"]["any_"])
 
 
 # -- decisions that depend on other runs ---------------------------------------------------------
@@ -346,6 +361,76 @@ def test_a_401_on_the_second_call_of_a_batch_keeps_what_the_first_did(
         # the file says so before apply exits, and the held result counts it
         assert sorted(marked_deleted(db, ids)) == sorted(gone)
         assert held.counts["purge"] == {"deleted": 3, "failed": 3}
+
+
+# -- the next batch's head start (policy/ahead.py) ----------------------------------------------
+
+
+def test_a_batch_decided_ahead_is_decided_again_when_its_re_read_shows_a_change(
+    server: Server, tmp_path: Path
+) -> None:
+    """Batch 2 is decided over the file while batch 1's call is in flight; meanwhile a run of
+    batch 2 is protected on the server. Its re-read (sent while batch 1's outcomes were
+    written) shows the change, so batch 2 is decided again on it: a decision made ahead
+    would delete the run, as a tag is no server-side guard. Batch 3, unchanged, is sent on
+    the decision made for it ahead."""
+    with pulled_runs(server, tmp_path, 9, "COMPLETED", "ahead", protect_tags=["keep"]) as (
+        ids,
+        db,
+        policy,
+    ):
+        first, second, third = batch_ids(db, policy, 3)
+        calls: list[list[str]] = []
+        readers: list[str] = []  # the thread each re-read of a batch after the first went out on
+
+        def fault(request: httpx.Request, n: int) -> httpx.Response | None:
+            if request.url.path.endswith("bulk_delete"):
+                calls.append(bulk_ids(request))
+                if len(calls) == 1:
+                    patch_run(server.url, second[0], {"tags": ["ahead", "keep"]})
+            elif request.url.path.endswith("flow_runs/filter") and calls:
+                readers.append(threading.current_thread().name)
+            return None
+
+        result = library_apply(server, db, policy, forwarding(fault), batch_size=3)
+        assert calls == [first, second[1:], third]
+        assert readers == ["flowsync-ahead", "flowsync-ahead"]
+        assert set(live(server, ids)) == {second[0]}
+        assert outcomes(db, ids) == {i: "skipped" if i == second[0] else "deleted" for i in ids}
+        check = query(
+            db,
+            "SELECT details->>'check' FROM policy_actions WHERE flow_run_id = CAST(? AS UUID)",
+            [second[0]],
+        )
+        assert check == [("protected tag",)]
+        assert result.decided_ahead == 1  # batch 3; batch 2 was decided again
+        assert result.counts["purge"] == {"deleted": 8, "skipped": 1}
+        assert len(result.windows) == 3
+
+
+def test_a_batch_whose_early_re_read_fails_is_not_sent(server: Server, tmp_path: Path) -> None:
+    """Batch 2's re-read goes out while batch 1's outcomes are written; the server cannot
+    answer it: batch 2 is not sent and the apply stops, as when a re-read fails in place."""
+    with pulled_runs(server, tmp_path, 6, "COMPLETED", "aheadfail") as (ids, db, policy):
+        first, second = batch_ids(db, policy, 3)
+        deleted: list[list[str]] = []
+        failed_on: list[str] = []
+
+        def fault(request: httpx.Request, n: int) -> httpx.Response | None:
+            if request.url.path.endswith("bulk_delete"):
+                deleted.append(bulk_ids(request))
+            elif request.url.path.endswith("flow_runs/filter") and deleted:
+                failed_on.append(threading.current_thread().name)
+                return httpx.Response(503, text="unavailable")
+            return None
+
+        result = library_apply(server, db, policy, forwarding(fault), batch_size=3)
+        assert deleted == [first]
+        assert set(failed_on) == {"flowsync-ahead"} and len(failed_on) == 3  # with its retries
+        assert set(live(server, ids)) == set(second)
+        assert outcomes(db, ids) == {i: "deleted" if i in first else "failed" for i in ids}
+        assert result.counts["purge"] == {"deleted": 3, "failed": 3}
+        assert any("cannot re-read its runs before the call" in e for e in result.errors)
 
 
 # -- kill -9 between a call and its record -----------------------------------------------------------

@@ -2,7 +2,7 @@
 
 Owns: ``Seen`` (a run's state as one read showed it), the typed answers of one
 call (``Acted``, ``Throttled``, ``Lost``, ``Refused``, ``Partial``; ``from_error``: the
-answer of a call that raised) and the values apply's steps pass on (``Fresh``, ``Call``, ``Decided``, ``Verdict``), and
+answer of a call that raised) and the values apply's steps pass on (``Batch``, ``Fresh``, ``Call``, ``Decided``, ``Verdict``), and
 the classification of a run from them: the server's per-run answer
 (``answered``), a run the answer did not act on (``classify_unanswered``), a run
 whose call's answer was lost (``classify_lost``), and what changed in a run the
@@ -219,6 +219,16 @@ def with_lost(result: RunResult, lost: str | None) -> RunResult:
 
 
 # -- the steps' typed values --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One batch of an apply: runs of one rule, of one state type when planned (<= 50)."""
+
+    rule: RuleModel
+    state_type: str  # every run in the batch had this state type when planned
+    ids: list[str]
+    deployments: dict[str, str | None] = field(default_factory=dict)  # run -> its deployment
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,8 @@ protect_tags on the confirmed plan, before any call), the server's capabilities 
 bulk endpoints, or one call per run on a server before 3.6.16), ``batches`` (per rule,
 per planned state type, at most 50 runs), and ``apply_plan``, which runs them in order.
 Each batch is one fixed sequence, read -> decide -> send -> classify -> record
-(``policy/batch.py``); a lost answer is settled by reading the runs back
-(``policy/settle.py``).
+(``policy/batch.py``), given the next batch to prepare while it waits; a lost
+answer is settled by reading the runs back (``policy/settle.py``).
 
 Runs a killed apply left ``pending`` are read back and settled under the apply
 that sent them when the next apply starts (counted in ``resolved_earlier``); runs
@@ -155,25 +155,35 @@ def apply_plan(
         else:
             settled = set()
         progress.phase("apply", total=plan.total)
-        for number, batch in enumerate(batches(plan, batch_size), 1):
+        # A run an earlier apply is now known to have changed belongs to that apply.
+        listed = (
+            (
+                len(b.ids),
+                Batch(b.rule, b.state_type, [i for i in b.ids if i not in settled], b.deployments),
+            )
+            for b in batches(plan, batch_size)
+        )
+        number, current = 1, next(listed, None)
+        while current is not None:
             result.batches = number
-            # A run an earlier apply is now known to have changed belongs to that apply.
-            todo = [i for i in batch.ids if i not in settled]
-            if todo:
-                applier.run_batch(
-                    number, Batch(batch.rule, batch.state_type, todo, batch.deployments)
-                )
+            upcoming = next(listed, None)  # the applier prepares it while this one waits
+            planned, batch = current
+            if batch.ids:
+                applier.run_batch(number, batch, upcoming[1] if upcoming else None)
             else:
-                progress.advance(len(batch.ids))
+                progress.advance(planned)
+            number, current = number + 1, upcoming
     except Stop:
         pass
     except BaseException as e:
         failure = f"{type(e).__name__}: {e}"
         with contextlib.suppress(Exception):
+            applier.ahead.settle()
             applier.settler.close_open_rows(applier.ledger.open_rows())
         raise
     finally:
         with contextlib.suppress(Exception):
+            applier.ahead.settle()
             reader.finish(error=failure)
         result.seconds = time.monotonic() - began
     result.seconds = time.monotonic() - began

@@ -1,18 +1,14 @@
 """One batch of an apply: every call decided on the server as it is right before it.
 
 Owns the sequence of one batch (one rule, one planned state type, at most 50
-runs), each step a method of ``Applier`` with typed inputs and outputs:
+runs), each step with typed inputs and outputs:
 
-1. ``reread``: read from the server every run the decision rests on and write
-   what changed to the file: the batch's runs; for rules ranked by
-   ``keep_newest``, the runs that outrank them in their deployments (read until
-   every run the decision keeps was read in this step); for rules whose SQL
-   reads other runs, every run with a state change since the last pull
-   (state events). A run the server no longer has is marked deleted.
-2. ``decide``: the policy decided again over the file for these runs
-   (``plan.decide_scope``: rule SQL, protect_tags, keep_newest, earlier rules);
-   the confirmed plan bounds it, so nothing the plan did not hold is ever sent.
-   Runs not sent get their final outcome at once: ``gone`` or ``skipped`` with
+1. ``reread`` (``policy/reread.py``): read from the server every run the decision
+   rests on, write what changed to the file, and decide the policy again over
+   the file for the batch (``plan.decide_scope``: rule SQL, protect_tags,
+   keep_newest, earlier rules); the confirmed plan bounds it, so nothing the
+   plan did not hold is ever sent.
+2. ``decide``: the calls to send from that decision. Runs not sent get their final outcome at once: ``gone`` or ``skipped`` with
    the check and what changed (or, for a run an earlier call of this apply may
    have changed, what the evidence says: ``deleted``/``accepted``).
 3. ``send``: one call per fresh state type (``policy/send.py``), explicit
@@ -30,7 +26,11 @@ runs), each step a method of ``Applier`` with typed inputs and outputs:
    next batch is decided.
 
 ``run_batch`` runs the steps, up to ``attempts`` times for the runs sent back to
-step 1; a run never done gets ``failed``. A server that cannot be read, or that
+step 1; a run never done gets ``failed``. When this batch and the next decide a
+run from its own row, the next one gets a head start (``policy/ahead.py``): it is
+decided over the file while this batch's last call is in flight, and its re-read
+is sent while this batch's outcomes are written; it is still re-read right before
+its call, and that decision stands only if the re-read changed none of its rows. A server that cannot be read, or that
 refuses every call, raises ``Stop``: the apply (``policy/apply.py``) sends no
 further batch. The values passed between the steps and the classification of
 each run live in ``policy/answers.py``. Must not: select runs (that is ``plan``),
@@ -39,10 +39,7 @@ choose or order the batches (that is ``apply``), print, or import httpx/duckdb.
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
-from typing import Any
+import functools
 
 from flowsync.api import PrefectClient
 from flowsync.errors import (
@@ -50,16 +47,17 @@ from flowsync.errors import (
     AuthError,
     UnsupportedError,
 )
+from flowsync.policy.ahead import Ahead
 from flowsync.policy.answers import (
     Acted,
     Answer,
+    Batch,
     Call,
     Decided,
     Fresh,
     Lost,
     Partial,
     Refused,
-    Seen,
     Throttled,
     Verdict,
     changes,
@@ -68,33 +66,18 @@ from flowsync.policy.answers import (
     with_lost,
 )
 from flowsync.policy.ledger import Ledger
-from flowsync.policy.plan import (
-    Decision,
-    Plan,
-    RuleModel,
-    Scope,
-    decide_scope,
-)
+from flowsync.policy.plan import Plan, RuleModel
+from flowsync.policy.reread import Rereader
 from flowsync.policy.result import ApplyResult, Outcome, RunResult
 from flowsync.policy.send import send_call
 from flowsync.policy.settle import Settler
-from flowsync.store import SandboxedWriter, sync_log, synced_tables
+from flowsync.store import SandboxedWriter, synced_tables
 from flowsync.sync import Progress, RunReader
 
 __all__ = ["Applier", "Batch", "Stop"]
 
 # The longest wait a throttled call is given before it is re-checked and sent again.
 MAX_THROTTLE_WAIT = 120.0
-# State events reach the server's store a few seconds late: a catch-up re-reads this far back.
-EVENTS_OVERLAP = timedelta(minutes=2)
-
-
-@dataclass(frozen=True)
-class Batch:
-    rule: RuleModel
-    state_type: str  # every run in the batch had this state type when planned
-    ids: list[str]
-    deployments: dict[str, str | None] = field(default_factory=dict)  # run -> its deployment
 
 
 class Stop(Exception):
@@ -130,95 +113,22 @@ class Applier:
         )
         self.reader = reader
         self.settler = Settler(
-            client, store, result, progress, lambda ids: self._read(ids, {}), settle_seconds
+            client, store, result, progress, lambda ids: self.rereader.read(ids, {}), settle_seconds
         )
         self.lost = self.settler.lost  # run -> (problem, state before that call): the settler's
-        self.ranked = self._ranked_rules()
-        self.per_run = False  # the server lacks the bulk endpoints: one call per run
-        self.caught_up: datetime | None = (
-            None  # state events read up to here (rules reading others)
-        )
+        self.rereader = Rereader(client, store, plan, result, reader, self.lost)
+        self.ahead = Ahead()  # the next batch, prepared while this one waits (policy/ahead.py)
 
-    def _ranked_rules(self) -> set[str]:
-        """Rules whose decision ranks runs against each other: keep_newest at or before them."""
-        out, seen_keep = set(), False
-        for rule in self.plan.policy.policy.rules:
-            seen_keep = seen_keep or (rule.enabled and rule.keep_newest is not None)
-            if seen_keep:
-                out.add(rule.name)
-        return out
+    @property
+    def per_run(self) -> bool:
+        """The server lacks the bulk endpoints: one call per run."""
+        return self.rereader.per_run
 
-    def _reads_others(self, rule: RuleModel) -> bool:
-        names = [r.name for r in self.plan.policy.policy.rules]
-        upto = names[: names.index(rule.name) + 1]
-        return any(n in self.plan.reads_other_runs for n in upto)
+    @per_run.setter
+    def per_run(self, value: bool) -> None:
+        self.rereader.per_run = value
 
-    # 1. read ------------------------------------------------------------------------------
-
-    def _read(self, ids: list[str], before: dict[str, dict[str, Any]]) -> dict[str, Seen]:
-        self.result.rereads += 1
-
-        def keep_before(changed: list[str]) -> None:
-            before.update(
-                {k: v for k, v in file_rows(self.store, changed).items() if k not in before}
-            )
-
-        rows = self.reader.read(ids, keep_before)
-        return {i: Seen.of(row) for i, row in rows.items()}
-
-    def _catch_up(self) -> None:
-        """Re-read every run in the file with a state change since the last catch-up (or pull)."""
-        now = datetime.now(timezone.utc)
-        since = self.caught_up or sync_log.last_pull_at(self.store) or now - timedelta(days=6)
-        since = max(since - EVENTS_OVERLAP, now - timedelta(days=6))
-        changed = self.client.changed_flow_runs(since, now + timedelta(minutes=5))
-        known = synced_tables.existing_ids(self.store, "flow_runs", list(changed))
-        if known:
-            self._read(sorted(known), {})
-        self.caught_up = now
-
-    def reread(self, batch: Batch, todo: list[str]) -> Fresh:
-        """Step 1: the server's current rows for every run the decision rests on, into the file."""
-        before: dict[str, dict[str, Any]] = {}
-        if self._reads_others(batch.rule):
-            self._catch_up()
-        want = set(todo)
-        if batch.rule.name in self.ranked:
-            # The runs that outrank the batch as the file says now; read with the batch.
-            want |= self._decide(batch, todo).ranked_above
-        seen: dict[str, Seen] = {}
-        read: set[str] = set()
-        for _ in range(8):
-            got = self._read(sorted(want - read), before)
-            answered = time.monotonic()
-            read |= want
-            seen.update(got)
-            for gone in want - set(got):
-                seen.pop(gone, None)
-            decision = self._decide(batch, todo, seen)
-            # Reads may have moved the ranks: read what the decision now keeps, until it was all read.
-            want = set(decision.ranked_above) - read
-            if not want:
-                break
-        return Fresh({i: seen[i] for i in todo if i in seen}, before, answered, decision)
-
-    # 2. decide ----------------------------------------------------------------------------
-
-    def _decide(
-        self, batch: Batch, todo: list[str], seen: dict[str, Seen] | None = None
-    ) -> Decision:
-        self.result.decisions += 1
-        ranked = batch.rule.name in self.ranked
-        deployments = tuple(sorted({batch.deployments.get(i) for i in todo}, key=str))
-        scope = Scope(tuple(todo), deployments if ranked else ())
-        # Unranked, the batch's own rows are all the decision reads besides the rules' SQL:
-        # the ones just read (and written where they differed), not looked up in the file.
-        held = (
-            [row for i in todo if i in seen and (row := seen[i].row) is not None]
-            if seen is not None and not ranked
-            else ()
-        )
-        return decide_scope(self.store, self.plan, batch.rule, scope, held)
+    # 1. read: policy/reread.py; 2. decide ------------------------------------------------
 
     def decide(self, batch: Batch, todo: list[str], fresh: Fresh) -> Decided:
         """Step 2: what to send, from the decision made over the file after the fresh read."""
@@ -313,7 +223,7 @@ class Applier:
         missing = [i for i in call.ids if i not in acted]
         if missing:
             try:
-                after = self._read(missing, {})
+                after = self.rereader.read(missing, {})
             except ApiError as read_error:
                 acted.update(
                     {
@@ -354,7 +264,7 @@ class Applier:
         if accepted:
             # The file shows the state this apply set before the next batch is decided.
             try:
-                self._read(accepted, {})
+                self.rereader.read(accepted, {})
             except ApiError as e:
                 self.result.errors.append(
                     f"re-reading the {len(accepted)} runs set in batch {number} failed: {e}; "
@@ -367,12 +277,19 @@ class Applier:
 
     # the sequence -------------------------------------------------------------------------
 
-    def run_batch(self, number: int, batch: Batch) -> None:
+    def run_batch(self, number: int, batch: Batch, upcoming: Batch | None = None) -> None:
+        """The steps for ``batch``; ``upcoming``: the next batch, prepared while this one waits
+        (``policy/ahead.py``) when both decide a run from its own row."""
         rule = batch.rule
         todo = list(batch.ids)
+        prepared = self.ahead.take(number, todo)
+        ahead = (
+            upcoming if self.rereader.own_rows(upcoming) and self.rereader.own_rows(batch) else None
+        )
         for attempt in range(1, self.attempts + 1):
             try:
-                fresh = self.reread(batch, todo)
+                fresh = self.rereader.reread(batch, todo, prepared)
+                prepared = None
             except AuthError:
                 raise
             except ApiError as e:
@@ -392,8 +309,18 @@ class Applier:
                     {i: call.state_type for i in call.ids},
                     {i: row for i in call.ids if (row := fresh.seen[i].row) is not None},
                 )
+                if ahead is not None and not calls and attempt == 1:
+                    # While the batch's last call is in flight, the next is decided over the file.
+                    self.ahead.decide(
+                        number + 1,
+                        ahead.ids,
+                        functools.partial(self.rereader.decide_batch, ahead, list(ahead.ids)),
+                    )
                 try:
-                    answer = self.send(rule, call, fresh.answered_at)
+                    try:
+                        answer = self.send(rule, call, fresh.answered_at)
+                    finally:
+                        self.ahead.settle()  # the file is this thread's again
                 except AuthError as e:
                     if call is decided.calls[0]:
                         self.record(number, rule, decided.final, guards)
@@ -407,6 +334,21 @@ class Applier:
                         verdict.again,
                         verdict.wait,
                         verdict.stop,
+                    )
+                if (
+                    ahead is not None
+                    and not calls
+                    and not again
+                    and not verdict.again
+                    and verdict.stop is None
+                    and not any(r.outcome is Outcome.ACCEPTED for r in verdict.results.values())
+                ):
+                    # The batch ends with this record, which sends nothing: the next re-read
+                    # goes out while the outcomes are written.
+                    self.ahead.fetch(
+                        number + 1,
+                        ahead.ids,
+                        functools.partial(self.reader.fetch, sorted(ahead.ids)),
                     )
                 self.record(number, rule, verdict.results, guards)
                 if verdict.stop is not None:

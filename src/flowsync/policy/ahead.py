@@ -1,0 +1,119 @@
+"""A head start on an apply's next batch, taken while the current one waits.
+
+Owns the helper thread of an apply and what it prepared for the next batch. The
+``Applier`` (``policy/batch.py``) says when; two kinds of work run there:
+
+- ``decide``: while a batch's last call is in flight (the main thread waits on the
+  server and does not touch the file), the next batch is decided over the file as
+  it is;
+- ``fetch``: while a batch's outcomes are written (the main thread writes the file
+  and sends nothing), the next batch's re-read is sent. HTTP only: the answer is
+  compared with the file and written by the main thread, in step 1, after those
+  outcomes.
+
+The two threads never use the file at once: ``settle`` returns once the helper is
+done with it, and the main thread calls it before it touches the file again (the
+API session is safe to share between threads). A head start never replaces a
+check: the next batch is still re-read right before its call (its window is
+measured from that answer), and a decision made ahead is used only when that
+re-read left every run of the batch in the file as it was. The ``Applier`` asks
+for a head start only for rules whose decision reads each run's own row. Must
+not: write the file, send a call, or choose the batches.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from flowsync.policy.plan import Decision
+from flowsync.sync import Fetched
+
+__all__ = ["Ahead", "Prepared", "Task"]
+
+T = TypeVar("T")
+
+
+class Task(Generic[T]):
+    """``fn`` run on a daemon thread (an interrupted apply never waits for it to exit)."""
+
+    def __init__(self, fn: Callable[[], T]) -> None:
+        self._done = threading.Event()
+        self._value: T | None = None
+        self._error: BaseException | None = None
+        threading.Thread(target=self._run, args=(fn,), name="flowsync-ahead", daemon=True).start()
+
+    def _run(self, fn: Callable[[], T]) -> None:
+        try:
+            self._value = fn()
+        except BaseException as e:  # handed to whoever asks for the result
+            self._error = e
+        finally:
+            self._done.set()
+
+    def wait(self) -> None:
+        self._done.wait()
+
+    def result(self) -> T:
+        """Its value, or what it raised, raised here."""
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+        return self._value  # type: ignore[return-value]
+
+    def value(self) -> T | None:
+        """Its value; None if it raised (the caller does the work itself)."""
+        self._done.wait()
+        return None if self._error is not None else self._value
+
+
+@dataclass
+class Prepared:
+    """What the helper prepared for batch ``number`` with these runs."""
+
+    number: int
+    ids: tuple[str, ...]
+    decision: Task[Decision] | None = None  # decided over the file before its re-read
+    fetched: Task[Fetched] | None = None  # its re-read, sent
+
+
+class Ahead:
+    """The head start of one apply: at most one batch prepared, at most one task running."""
+
+    def __init__(self) -> None:
+        self.prepared: Prepared | None = None
+        self.taken = 0  # batches that found a head start prepared for them
+
+    def _for(self, number: int, ids: list[str]) -> Prepared:
+        if self.prepared is None or (self.prepared.number, self.prepared.ids) != (
+            number,
+            tuple(ids),
+        ):
+            self.settle()
+            self.prepared = Prepared(number, tuple(ids))
+        return self.prepared
+
+    def decide(self, number: int, ids: list[str], fn: Callable[[], Decision]) -> None:
+        """Decide batch ``number`` on the helper; the file is the helper's until ``settle``."""
+        self._for(number, ids).decision = Task(fn)
+
+    def fetch(self, number: int, ids: list[str], fn: Callable[[], Fetched]) -> None:
+        """Send batch ``number``'s re-read on the helper (no file access)."""
+        self._for(number, ids).fetched = Task(fn)
+
+    def settle(self) -> None:
+        """Return once the helper no longer uses the file."""
+        if self.prepared is not None and self.prepared.decision is not None:
+            self.prepared.decision.wait()
+
+    def take(self, number: int, ids: list[str]) -> Prepared | None:
+        """What was prepared for batch ``number`` with exactly these runs (else None, and
+        whatever was prepared is dropped); the helper is done with the file on return."""
+        self.settle()
+        prepared, self.prepared = self.prepared, None
+        if prepared is None or (prepared.number, prepared.ids) != (number, tuple(ids)):
+            return None
+        self.taken += 1
+        return prepared

@@ -1,0 +1,157 @@
+"""Step 1 of a batch: the server's rows for every run its decision rests on, and the decision.
+
+Owns, for the ``Applier`` (``policy/batch.py``): the re-read right before a call
+(``reread``): the batch's runs; for rules ranked by ``keep_newest``, the runs that
+outrank them in their deployments (read until every run the decision keeps was read
+in this step); for rules whose SQL reads other runs, every run with a state change
+since the last pull (state events, ``_catch_up``). What changed is written to the
+file and a run the server no longer has is marked deleted (``RunReader``). Then the
+policy decided again over the file for the batch (``decide_batch``): an unranked
+batch from the rows the re-read just returned, staged as the file holds them.
+
+Which batches decide a run from its own row only (``own_rows``), so that a decision
+made ahead over the file (``policy/ahead.py``) is the decision the re-read would
+give whenever the re-read leaves the batch's rows in the file as they were: not
+ranked, no rule up to it reading other runs, none of its runs with a lost answer,
+bulk calls. Must not: send a call, write the audit, print, or import httpx/duckdb.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from flowsync.api import PrefectClient
+from flowsync.policy.ahead import Prepared
+from flowsync.policy.answers import Batch, Fresh, Seen, file_rows
+from flowsync.policy.plan import Decision, Plan, RuleModel, Scope, decide_scope
+from flowsync.policy.result import ApplyResult
+from flowsync.store import SandboxedWriter, sync_log, synced_tables
+from flowsync.sync import Fetched, RunReader
+
+__all__ = ["EVENTS_OVERLAP", "Rereader"]
+
+# State events reach the server's store a few seconds late: a catch-up re-reads this far back.
+EVENTS_OVERLAP = timedelta(minutes=2)
+
+
+class Rereader:
+    """Step 1 for the batches of one apply, and what it keeps between them."""
+
+    def __init__(
+        self,
+        client: PrefectClient,
+        store: SandboxedWriter,
+        plan: Plan,
+        result: ApplyResult,
+        reader: RunReader,
+        lost: dict[str, Any],
+    ) -> None:
+        self.client, self.store, self.plan, self.result = client, store, plan, result
+        self.reader = reader
+        self.lost = lost  # run -> (problem, state before): runs whose call's answer was lost
+        self.ranked = self._ranked_rules()
+        self.per_run = False  # the server lacks the bulk endpoints: one call per run
+        # state events read up to here (rules reading others)
+        self.caught_up: datetime | None = None
+
+    def _ranked_rules(self) -> set[str]:
+        """Rules whose decision ranks runs against each other: keep_newest at or before them."""
+        out, seen_keep = set(), False
+        for rule in self.plan.policy.policy.rules:
+            seen_keep = seen_keep or (rule.enabled and rule.keep_newest is not None)
+            if seen_keep:
+                out.add(rule.name)
+        return out
+
+    def reads_others(self, rule: RuleModel) -> bool:
+        names = [r.name for r in self.plan.policy.policy.rules]
+        upto = names[: names.index(rule.name) + 1]
+        return any(n in self.plan.reads_other_runs for n in upto)
+
+    def own_rows(self, batch: Batch | None) -> bool:
+        """The batch's decision reads each run's own row only: it may be prepared ahead."""
+        return (
+            batch is not None
+            and bool(batch.ids)
+            and not self.per_run
+            and batch.rule.name not in self.ranked
+            and not self.reads_others(batch.rule)
+            and not any(i in self.lost for i in batch.ids)
+        )
+
+    def read(
+        self, ids: list[str], before: dict[str, dict[str, Any]], fetched: Fetched | None = None
+    ) -> dict[str, Seen]:
+        self.result.rereads += 1
+
+        def keep_before(changed: list[str]) -> None:
+            before.update(
+                {k: v for k, v in file_rows(self.store, changed).items() if k not in before}
+            )
+
+        rows = self.reader.read(ids, keep_before, fetched)
+        return {i: Seen.of(row) for i, row in rows.items()}
+
+    def _catch_up(self) -> None:
+        """Re-read every run in the file with a state change since the last catch-up (or pull)."""
+        now = datetime.now(timezone.utc)
+        since = self.caught_up or sync_log.last_pull_at(self.store) or now - timedelta(days=6)
+        since = max(since - EVENTS_OVERLAP, now - timedelta(days=6))
+        changed = self.client.changed_flow_runs(since, now + timedelta(minutes=5))
+        known = synced_tables.existing_ids(self.store, "flow_runs", list(changed))
+        if known:
+            self.read(sorted(known), {})
+        self.caught_up = now
+
+    def reread(self, batch: Batch, todo: list[str], prepared: Prepared | None = None) -> Fresh:
+        """Step 1: the server's current rows for every run the decision rests on, into the file.
+
+        ``prepared``: the re-read already sent, and the decision made over the file before
+        it, used only if this re-read left every run of the batch in the file as it was."""
+        before: dict[str, dict[str, Any]] = {}
+        if self.reads_others(batch.rule):
+            self._catch_up()
+        want = set(todo)
+        if batch.rule.name in self.ranked:
+            # The runs that outrank the batch as the file says now; read with the batch.
+            want |= self.decide_batch(batch, todo).ranked_above
+        seen: dict[str, Seen] = {}
+        read: set[str] = set()
+        fetched = prepared.fetched.result() if prepared and prepared.fetched else None
+        for _ in range(8):
+            got = self.read(sorted(want - read), before, fetched)
+            answered = fetched.answered_at if fetched else time.monotonic()
+            ahead = prepared.decision if prepared and not read and not self.reader.changed else None
+            fetched = None
+            read |= want
+            seen.update(got)
+            for gone in want - set(got):
+                seen.pop(gone, None)
+            made_ahead = ahead.value() if ahead else None  # None: it raised; decide here
+            decision = made_ahead or self.decide_batch(batch, todo, seen)
+            self.result.decided_ahead += made_ahead is not None
+            # Reads may have moved the ranks: read what the decision now keeps, until it was all read.
+            want = set(decision.ranked_above) - read
+            if not want:
+                break
+        return Fresh({i: seen[i] for i in todo if i in seen}, before, answered, decision)
+
+    def decide_batch(
+        self, batch: Batch, todo: list[str], seen: dict[str, Seen] | None = None
+    ) -> Decision:
+        """The policy decided again over the file for ``todo`` (``plan.decide_scope``); ``seen``:
+        the rows the re-read just returned, read in place of the file's for an unranked batch."""
+        self.result.decisions += 1
+        ranked = batch.rule.name in self.ranked
+        deployments = tuple(sorted({batch.deployments.get(i) for i in todo}, key=str))
+        scope = Scope(tuple(todo), deployments if ranked else ())
+        # Unranked, the batch's own rows are all the decision reads besides the rules' SQL:
+        # the ones just read (and written where they differed), not looked up in the file.
+        held = (
+            [row for i in todo if i in seen and (row := seen[i].row) is not None]
+            if seen is not None and not ranked
+            else ()
+        )
+        return decide_scope(self.store, self.plan, batch.rule, scope, held)

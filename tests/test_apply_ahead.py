@@ -1,0 +1,86 @@
+"""The head start of an apply's next batch (``policy/ahead.py``), without a server.
+
+What the real-server tests cannot pin down by timing: the helper's file work is over
+whenever ``settle``/``take`` return, what it raised reaches the batch (a fetch) or is
+dropped for a decision made in place (a decision), and a head start prepared for other
+runs than the batch's is never handed to it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from flowsync.errors import ApiError
+from flowsync.policy.ahead import Ahead, Task
+from flowsync.policy.plan import Decision
+from flowsync.sync import Fetched
+
+DECISION = Decision({"a": None}, frozenset())
+
+
+def slow_decision(log: list[str]) -> Decision:
+    time.sleep(0.2)
+    log.append("done")
+    return DECISION
+
+
+def test_settle_returns_only_once_the_decision_made_ahead_is_done() -> None:
+    ahead, log = Ahead(), list[str]()
+    ahead.decide(2, ["a"], lambda: slow_decision(log))
+    ahead.settle()
+    assert log == ["done"]
+
+
+def test_a_head_start_goes_to_its_batch_only() -> None:
+    ahead = Ahead()
+    fetched = Fetched(("a",), [], 0.0)
+    ahead.decide(2, ["a"], lambda: DECISION)
+    ahead.fetch(2, ["a"], lambda: fetched)
+    assert ahead.take(3, ["a"]) is None  # another batch: dropped
+    assert ahead.take(2, ["a"]) is None  # and gone
+    ahead.decide(2, ["a", "b"], lambda: DECISION)
+    assert ahead.take(2, ["a"]) is None  # other runs (an earlier apply settled "b")
+    ahead.decide(2, ["a"], lambda: DECISION)
+    ahead.fetch(2, ["a"], lambda: fetched)
+    prepared = ahead.take(2, ["a"])
+    assert prepared is not None and prepared.decision is not None and prepared.fetched is not None
+    assert prepared.decision.value() is DECISION and prepared.fetched.result() is fetched
+    assert ahead.taken == 1
+
+
+def test_a_dropped_head_start_is_waited_for_before_the_file_is_used_again() -> None:
+    ahead, log = Ahead(), list[str]()
+    ahead.decide(2, ["a"], lambda: slow_decision(log))
+    assert ahead.take(5, ["z"]) is None
+    assert log == ["done"]
+
+
+def test_what_the_helper_raised_reaches_the_batch_or_is_left_to_it() -> None:
+    def fails() -> Fetched:
+        raise ApiError("the server cannot be read")
+
+    def bad_rule() -> Decision:
+        raise RuntimeError("rule SQL timed out")
+
+    ahead = Ahead()
+    ahead.decide(2, ["a"], bad_rule)
+    ahead.fetch(2, ["a"], fails)
+    prepared = ahead.take(2, ["a"])
+    assert prepared is not None and prepared.decision is not None and prepared.fetched is not None
+    assert prepared.decision.value() is None  # the batch decides in place
+    with pytest.raises(ApiError, match="cannot be read"):
+        prepared.fetched.result()  # as a re-read in place would raise
+
+
+def test_the_helper_is_a_daemon_thread_an_interrupted_apply_does_not_wait_for() -> None:
+    names: list[tuple[str, bool]] = []
+
+    def note() -> None:
+        current = threading.current_thread()
+        names.append((current.name, current.daemon))
+
+    Task(note).result()
+    assert names == [("flowsync-ahead", True)]
