@@ -90,3 +90,13 @@ def test_no_connection_draws_duckdbs_progress_bar(tmp_path: Path) -> None:
             assert opened.execute("SELECT current_setting('enable_progress_bar')").scalar() is False
     with Store.reader({"a": path, "b": path}, live=True) as stacked:
         assert stacked.execute("SELECT current_setting('enable_progress_bar')").scalar() is False
+
+
+def test_applys_writer_runs_duckdb_on_one_thread_and_keeps_it(tmp_path: Path) -> None:
+    # Its batches touch ~50 rows each; worker threads' hand-offs only take CPU from the server.
+    path = tmp_path / "runs.duckdb"
+    Store.writer(path).close()
+    with Store.sandboxed_writer(path) as store:
+        assert store.execute("SELECT current_setting('threads')").scalar() == 1
+        with pytest.raises(Exception, match="configuration"):
+            store.execute("SET threads = 4")  # rule SQL cannot change it either

@@ -143,7 +143,17 @@ class Scratch(Store):
 
 class SandboxedWriter(Writer, Sandbox):
     """``Store.sandboxed_writer``: apply's writer, a ``Sandbox`` too. Rule SQL runs in a
-    transaction that is always rolled back (``discarded``), so it changes no table."""
+    transaction that is always rolled back (``discarded``), so it changes no table.
+
+    DuckDB runs on one thread here, as a pull's writes do (``single_threaded``; fixed
+    before the sandbox locks the configuration): each batch's statements touch ~50 rows,
+    its decision is made while the call before it is in flight, and worker threads'
+    hand-offs took CPU from the server on a shared machine (at a million runs, 2 cores:
+    apply / bare bulk loop 0.49x -> 0.56x; BENCHMARKS.md, "Issue #24")."""
+
+    def _prepare(self, memory_limit_mb: int | None) -> None:
+        self._con.execute("SET threads = 1")
+        super()._prepare(memory_limit_mb)
 
     def select(
         self, sql: str, params: Params = None, *, timeout: float | None
