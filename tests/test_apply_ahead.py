@@ -14,14 +14,14 @@ import time
 import pytest
 
 from flowsync.errors import ApiError
-from flowsync.policy.ahead import Ahead, Task
+from flowsync.policy.ahead import Ahead, DecidedAhead, Task
 from flowsync.policy.plan import Decision
 from flowsync.sync import Fetched
 
-DECISION = Decision({"a": None}, frozenset())
+DECISION = DecidedAhead(Decision({"a": None}, frozenset()), {"a": None})
 
 
-def slow_decision(log: list[str]) -> Decision:
+def slow_decision(log: list[str]) -> DecidedAhead:
     time.sleep(0.2)
     log.append("done")
     return DECISION
@@ -62,7 +62,7 @@ def test_what_the_helper_raised_reaches_the_batch_or_is_left_to_it() -> None:
     def fails() -> Fetched:
         raise ApiError("the server cannot be read")
 
-    def bad_rule() -> Decision:
+    def bad_rule() -> DecidedAhead:
         raise RuntimeError("rule SQL timed out")
 
     ahead = Ahead()

@@ -143,3 +143,33 @@ def test_single_threaded_restores_the_setting(tmp_path: Path) -> None:
         with store.single_threaded():
             assert store.execute("SELECT current_setting('threads')").scalar() == 1
         assert store.execute("SELECT current_setting('threads')").scalar() == 3
+
+
+def test_a_re_read_compared_with_stamps_read_before_gives_the_querys_answer(
+    tmp_path: Path,
+) -> None:
+    """``differing_from`` (the stamps a decision made ahead read) and ``runs_differing`` (a
+    query) tell the same runs apart: same instant in another notation, a microsecond later,
+    a deleted run, a run not in the file, no stamp, a stamp that does not parse."""
+    stamp = "2026-11-02T10:00:00.123456+00:00"
+    rows = [run(n, updated=stamp) for n in range(1, 8)]
+    rows[6]["updated"] = None
+    with Store.writer(tmp_path / "runs.duckdb") as store:
+        with store.transaction():
+            synced_tables.upsert_pages(store, FLOW_RUNS, [Page.from_rows(rows)], pull_id=1)
+            synced_tables.mark_deleted(store, "flow_runs", [rows[3]["id"]])
+        server = {
+            rows[0]["id"]: "2026-11-02T10:00:00.123456Z",  # the same instant: unchanged
+            rows[1]["id"]: "2026-11-02T12:00:00.123456+02:00",  # the same instant: unchanged
+            rows[2]["id"]: "2026-11-02T10:00:00.123457Z",  # a microsecond later
+            rows[3]["id"]: stamp,  # marked deleted in the file
+            rows[4]["id"]: None,  # the server sent no stamp
+            rows[6]["id"]: None,  # neither holds one: unchanged
+            run(9)["id"]: stamp,  # not in the file
+        }
+        by_query = synced_tables.runs_differing(store, server)
+        stamps = synced_tables.live_updated(store, list(server))
+        assert sorted(synced_tables.differing_from(stamps, server)) == sorted(by_query)
+        assert sorted(by_query) == sorted([rows[i]["id"] for i in (2, 3, 4)] + [run(9)["id"]])
+        # a stamp that does not parse is counted as changed (written and decided again)
+        assert synced_tables.differing_from(stamps, {rows[0]["id"]: "yesterday"}) == [rows[0]["id"]]

@@ -5,7 +5,7 @@ Owns the helper thread of an apply and what it prepared for the next batch. The
 
 - ``decide``: while a batch's last call is in flight (the main thread waits on the
   server and does not touch the file), the next batch is decided over the file as
-  it is;
+  it is, and its runs' ``updated`` stamps in the file are read with it (``DecidedAhead``);
 - ``fetch``: while a batch's outcomes are written (the main thread writes the file
   and sends nothing), the next batch's re-read is sent. HTTP only: the answer is
   compared with the file and written by the main thread, in step 1, after those
@@ -16,7 +16,8 @@ done with it, and the main thread calls it before it touches the file again (the
 API session is safe to share between threads). A head start never replaces a
 check: the next batch is still re-read right before its call (its window is
 measured from that answer), and a decision made ahead is used only when that
-re-read left every run of the batch in the file as it was. The ``Applier`` asks
+re-read left every run of the batch in the file as it was (which the stamps read
+with the decision tell without a query). The ``Applier`` asks
 for a head start only for rules whose decision reads each run's own row. Must
 not: write the file, send a call, or choose the batches.
 """
@@ -26,12 +27,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Generic, TypeVar
 
 from flowsync.policy.plan import Decision
 from flowsync.sync import Fetched
 
-__all__ = ["Ahead", "Prepared", "Task"]
+__all__ = ["Ahead", "DecidedAhead", "Prepared", "Task"]
 
 T = TypeVar("T")
 
@@ -69,13 +71,21 @@ class Task(Generic[T]):
         return None if self._error is not None else self._value
 
 
+@dataclass(frozen=True)
+class DecidedAhead:
+    """A batch decided over the file, and what the file held of its runs then."""
+
+    decision: Decision
+    stamps: dict[str, datetime | None]  # each live run in the file -> its ``updated``
+
+
 @dataclass
 class Prepared:
     """What the helper prepared for batch ``number`` with these runs."""
 
     number: int
     ids: tuple[str, ...]
-    decision: Task[Decision] | None = None  # decided over the file before its re-read
+    decision: Task[DecidedAhead] | None = None  # decided over the file before its re-read
     fetched: Task[Fetched] | None = None  # its re-read, sent
 
 
@@ -95,7 +105,7 @@ class Ahead:
             self.prepared = Prepared(number, tuple(ids))
         return self.prepared
 
-    def decide(self, number: int, ids: list[str], fn: Callable[[], Decision]) -> None:
+    def decide(self, number: int, ids: list[str], fn: Callable[[], DecidedAhead]) -> None:
         """Decide batch ``number`` on the helper; the file is the helper's until ``settle``."""
         self._for(number, ids).decision = Task(fn)
 

@@ -314,7 +314,7 @@ class Applier:
                     self.ahead.decide(
                         number + 1,
                         ahead.ids,
-                        functools.partial(self.rereader.decide_batch, ahead, list(ahead.ids)),
+                        functools.partial(self.rereader.decide_ahead, ahead),
                     )
                 try:
                     try:

@@ -23,7 +23,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from flowsync.api import PrefectClient
-from flowsync.policy.ahead import Prepared
+from flowsync.policy.ahead import DecidedAhead, Prepared
 from flowsync.policy.answers import Batch, Fresh, Seen, file_rows
 from flowsync.policy.plan import Decision, Plan, RuleModel, Scope, decide_scope
 from flowsync.policy.result import ApplyResult
@@ -82,7 +82,11 @@ class Rereader:
         )
 
     def read(
-        self, ids: list[str], before: dict[str, dict[str, Any]], fetched: Fetched | None = None
+        self,
+        ids: list[str],
+        before: dict[str, dict[str, Any]],
+        fetched: Fetched | None = None,
+        stamps: dict[str, datetime | None] | None = None,
     ) -> dict[str, Seen]:
         self.result.rereads += 1
 
@@ -91,7 +95,7 @@ class Rereader:
                 {k: v for k, v in file_rows(self.store, changed).items() if k not in before}
             )
 
-        rows = self.reader.read(ids, keep_before, fetched)
+        rows = self.reader.read(ids, keep_before, fetched, stamps)
         return {i: Seen.of(row) for i, row in rows.items()}
 
     def _catch_up(self) -> None:
@@ -120,16 +124,17 @@ class Rereader:
         seen: dict[str, Seen] = {}
         read: set[str] = set()
         fetched = prepared.fetched.result() if prepared and prepared.fetched else None
+        ahead = prepared.decision.value() if prepared and prepared.decision else None
         for _ in range(8):
-            got = self.read(sorted(want - read), before, fetched)
+            got = self.read(sorted(want - read), before, fetched, ahead.stamps if ahead else None)
             answered = fetched.answered_at if fetched else time.monotonic()
-            ahead = prepared.decision if prepared and not read and not self.reader.changed else None
-            fetched = None
+            # Made over the very rows the file holds now: the re-read changed none of them.
+            made_ahead = ahead.decision if ahead and not self.reader.changed else None
+            fetched = ahead = None
             read |= want
             seen.update(got)
             for gone in want - set(got):
                 seen.pop(gone, None)
-            made_ahead = ahead.value() if ahead else None  # None: it raised; decide here
             decision = made_ahead or self.decide_batch(batch, todo, seen)
             self.result.decided_ahead += made_ahead is not None
             # Reads may have moved the ranks: read what the decision now keeps, until it was all read.
@@ -137,6 +142,12 @@ class Rereader:
             if not want:
                 break
         return Fresh({i: seen[i] for i in todo if i in seen}, before, answered, decision)
+
+    def decide_ahead(self, batch: Batch) -> DecidedAhead:
+        """``batch`` decided over the file as it is, with its runs' stamps in the file (on the
+        helper thread, while the call before it is in flight)."""
+        stamps = synced_tables.live_updated(self.store, batch.ids)
+        return DecidedAhead(self.decide_batch(batch, list(batch.ids)), stamps)
 
     def decide_batch(
         self, batch: Batch, todo: list[str], seen: dict[str, Seen] | None = None

@@ -11,7 +11,7 @@ latest state event). The pull's own bookkeeping (cursors, ``sync_runs``) is
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from typing import Any, NamedTuple, Protocol
@@ -215,6 +215,35 @@ def runs_differing(store: Store, updated: dict[str, str | None]) -> list[str]:
         [list(updated), list(updated.values())],
     ).rows()
     return [r[0] for r in rows]
+
+
+def live_updated(store: Store, ids: Sequence[str]) -> dict[str, datetime | None]:
+    """The ``updated`` stamps the file holds for these runs' live rows (a run not in the file,
+    or marked deleted, is left out): what ``differing_from`` compares a re-read with."""
+    rows = store.execute(
+        "SELECT CAST(id AS VARCHAR), updated FROM flow_runs "
+        "WHERE deleted_at IS NULL AND id IN (SELECT unnest(CAST(? AS UUID[])))",
+        [list(ids)],
+    ).rows()
+    return {r[0]: r[1] for r in rows}
+
+
+def differing_from(
+    stamps: Mapping[str, datetime | None], updated: dict[str, str | None]
+) -> list[str]:
+    """``runs_differing`` without a query, from the file's stamps read before (``live_updated``):
+    the same answer while nothing has written these runs since. A stamp that does not parse
+    counts as differing (the run is written and decided again)."""
+    out = []
+    for run_id, value in updated.items():
+        try:
+            server = None if value is None else datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except (TypeError, ValueError):
+            out.append(run_id)
+            continue
+        if run_id not in stamps or stamps[run_id] != server:
+            out.append(run_id)
+    return out
 
 
 def runs_behind(store: Store, changed: dict[str, datetime]) -> list[str]:

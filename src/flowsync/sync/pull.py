@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import gc
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from flowsync import views
@@ -243,6 +244,7 @@ class RunReader:
         ids: list[str],
         before_write: Callable[[list[str]], None] | None = None,
         fetched: Fetched | None = None,
+        stamps: Mapping[str, datetime | None] | None = None,
     ) -> dict[str, dict[str, Any]]:
         """The server's current rows for ``ids`` (a missing id is gone from the server).
 
@@ -250,6 +252,8 @@ class RunReader:
         another ``updated`` stamp (Prefect moves it on every write to a run).
         ``before_write`` gets their ids first; ``changed`` holds them after.
         ``fetched``: this read's answer, fetched already (``fetch``) for these ids.
+        ``stamps``: the file's ``updated`` of these runs (``synced_tables.live_updated``),
+        read when nothing has written them since: compared without a query.
         """
         found: dict[str, dict[str, Any]] = {}
         self.changed = []
@@ -259,8 +263,11 @@ class RunReader:
         for chunk, page in answers:
             got = {str(o["id"]): o for o in page.rows}
             found.update(got)
-            differ = synced_tables.runs_differing(
-                self.ctx.store, {k: o.get("updated") for k, o in got.items()}
+            server = {k: o.get("updated") for k, o in got.items()}
+            differ = (
+                synced_tables.differing_from(stamps, server)
+                if stamps is not None
+                else synced_tables.runs_differing(self.ctx.store, server)
             )
             gone = [r for r in chunk if r not in got]
             if before_write is not None and (differ or gone):
