@@ -8,9 +8,10 @@ runs), each step with typed inputs and outputs:
    the file for the batch (``plan.decide_scope``: rule SQL, protect_tags,
    keep_newest, earlier rules); the confirmed plan bounds it, so nothing the
    plan did not hold is ever sent.
-2. ``decide``: the calls to send from that decision. Runs not sent get their final outcome at once: ``gone`` or ``skipped`` with
-   the check and what changed (or, for a run an earlier call of this apply may
-   have changed, what the evidence says: ``deleted``/``accepted``).
+2. ``decide``: the calls to send from that decision. Runs not sent get their
+   final outcome at once: ``gone`` or ``skipped`` with the check and what
+   changed (or, for a run an earlier call of this apply may have changed, what
+   the evidence says: ``deleted``/``accepted``).
 3. ``send``: one call per fresh state type (``policy/send.py``), explicit
    ``id.any_`` (<= 50) and that state type as the server-side guard (one call per
    run on a server without the bulk endpoints). The transport never sends it twice.
@@ -30,11 +31,12 @@ step 1; a run never done gets ``failed``. When this batch and the next decide a
 run from its own row, the next one gets a head start (``policy/ahead.py``): it is
 decided over the file while this batch's last call is in flight, and its re-read
 is sent while this batch's outcomes are written; it is still re-read right before
-its call, and that decision stands only if the re-read changed none of its rows. A server that cannot be read, or that
-refuses every call, raises ``Stop``: the apply (``policy/apply.py``) sends no
-further batch. The values passed between the steps and the classification of
-each run live in ``policy/answers.py``. Must not: select runs (that is ``plan``),
-choose or order the batches (that is ``apply``), print, or import httpx/duckdb.
+its call, and that decision stands only if the re-read changed none of its rows.
+A server that cannot be read, or that refuses every call, raises ``Stop``: the
+apply (``policy/apply.py``) sends no further batch. The values passed between the
+steps and the classification of each run live in ``policy/answers.py``. Must not:
+select runs (that is ``plan``), choose or order the batches (that is ``apply``),
+print, or import httpx/duckdb.
 """
 
 from __future__ import annotations
@@ -128,7 +130,7 @@ class Applier:
     def per_run(self, value: bool) -> None:
         self.rereader.per_run = value
 
-    # 1. read: policy/reread.py; 2. decide ------------------------------------------------
+    # 2. decide (step 1, the re-read, is policy/reread.py) -------------------------------
 
     def decide(self, batch: Batch, todo: list[str], fresh: Fresh) -> Decided:
         """Step 2: what to send, from the decision made over the file after the fresh read."""

@@ -66,6 +66,7 @@ class Rereader:
         return out
 
     def reads_others(self, rule: RuleModel) -> bool:
+        """Some rule up to and including ``rule`` decides a run from other runs' rows."""
         names = [r.name for r in self.plan.policy.policy.rules]
         upto = names[: names.index(rule.name) + 1]
         return any(n in self.plan.reads_other_runs for n in upto)
@@ -88,6 +89,8 @@ class Rereader:
         fetched: Fetched | None = None,
         stamps: dict[str, datetime | None] | None = None,
     ) -> dict[str, Seen]:
+        """These runs from the server (``fetched``: already sent), what changed written to the
+        file, the file's rows it changed kept in ``before``; a run not returned is absent."""
         self.result.rereads += 1
 
         def keep_before(changed: list[str]) -> None:
