@@ -625,3 +625,79 @@ def test_a_decision_on_the_runs_just_read_is_the_decision_on_the_file(tmp_path: 
     assert set(from_file.values()) >= {None, "protected tag", "taken by an earlier rule"}
     assert {i: from_read[i] for i in ids[:-1]} == {i: from_file[i] for i in ids[:-1]}
     assert from_read[ids[-1]] is not None  # not read: never sent
+
+
+def test_rules_over_a_batchs_re_read_rows_alone_decide_as_over_the_file(tmp_path: Path) -> None:
+    """When the re-read changed none of a batch's rows, apply runs rules that decide a run
+    from its own row over those rows alone (a temporary ``flow_runs`` in the transaction
+    the decision rolls back), each row completed by the file's bookkeeping. Every run must
+    get the reason the file gives it: through a view with joined names, JSON fields,
+    the bookkeeping columns, protected tags and an earlier rule."""
+    import copy
+
+    from flowsync import views
+    from flowsync.api import Page
+    from flowsync.policy.plan import Scope
+    from flowsync.store import synced_tables
+    from flowsync.store.tables import FLOW_RUNS
+    from harness.history import changed_run, make_history, run_id
+
+    db = make_history(tmp_path / "h.duckdb", 400)
+    read: list[dict[str, Any]] = []
+    for i in range(100, 160):
+        run = copy.deepcopy(changed_run(i))
+        run["state_type"] = run["state"]["type"] = ("COMPLETED", "FAILED", "CANCELLED")[i % 3]
+        run["tags"] = ["keep"] if i % 7 == 0 else ["prod"] if i % 2 else []
+        run["parameters"] = {"size": i % 5}
+        read.append(run)
+    with Store.writer(db) as store:  # an earlier pull wrote these, and the views
+        with store.transaction():
+            synced_tables.upsert_pages(store, FLOW_RUNS, [Page.from_rows(read)], pull_id=2)
+        views.rebuild(store)
+    text = policy(
+        rule("big", "SELECT id FROM flow_runs WHERE CAST(parameters->>'size' AS INT) >= 3"),
+        rule(
+            "named",
+            "SELECT id FROM flow_runs_enriched WHERE is_finished AND flow_name IS NOT NULL "
+            "OR is_cancelled",
+        ),
+        rule("seen", "SELECT id FROM flow_runs WHERE seen_pull = 2 AND synced_at < now()"),
+        extra="protect_tags: [keep]\n",
+    )
+    confirmed = plan_of(db, text)
+    ids = (*[r["id"] for r in read], run_id(3))  # the last: not in the re-read's answer
+    for later in confirmed.policy.policy.rules[1:]:
+        with Store.sandboxed_writer(db) as store:
+            stamps = synced_tables.file_stamps(store, ids)
+            from_file = decide_scope(store, confirmed, later, Scope(ids))
+            alone = decide_scope(store, confirmed, later, Scope(ids), read, stamps)
+            # the shadow went with its transaction: the file's table is the table again
+            assert store.execute("SELECT count(*) FROM flow_runs").scalar() == 400
+        assert alone.alone and not from_file.alone
+        assert {i: alone.reasons[i] for i in ids[:-1]} == {
+            i: from_file.reasons[i] for i in ids[:-1]
+        }
+        assert alone.reasons[ids[-1]] is not None  # not read: never sent
+        assert set(from_file.reasons.values()) >= {
+            None,
+            "protected tag",
+            "taken by an earlier rule",
+        }
+
+
+def test_rules_reading_other_runs_are_never_run_over_a_batch_alone(tmp_path: Path) -> None:
+    from flowsync.policy.plan import Scope
+    from flowsync.store import synced_tables
+    from harness.history import changed_run, make_history
+
+    db = make_history(tmp_path / "h.duckdb", 200)
+    text = policy(rule("ranked", "SELECT id FROM flow_runs QUALIFY row_number() OVER () > 10"))
+    confirmed = plan_of(db, text)
+    read = [changed_run(i) for i in range(20, 30)]
+    with Store.sandboxed_writer(db) as store:
+        stamps = synced_tables.file_stamps(store, [r["id"] for r in read])
+        scope = Scope(tuple(r["id"] for r in read))
+        decided = decide_scope(
+            store, confirmed, confirmed.policy.policy.rules[0], scope, read, stamps
+        )
+    assert not decided.alone
