@@ -153,7 +153,7 @@ def flowsync_apply(url: str, db: Path, policy: str, profile: Path | None) -> dic
         "client_s": applied - transport.seconds,
         "cpu_s": cpu,
         "done": result.done,
-        "decided_alone": getattr(result, "decided_alone", 0),  # 0 before it existed
+        "decided_ahead": getattr(result, "decided_ahead", 0),  # 0 before the head start existed
         "window_p50": statistics.median(result.windows) if result.windows else None,
         "window_max": max(result.windows) if result.windows else None,
     }
@@ -268,7 +268,7 @@ def main() -> None:
     cpu_s = sum(r["cpu_s"] for r in apply_rows)
     publish_s = statistics.median(r["publish_s"] for r in apply_rows)
     calls = [c for r in loop_rows for c in r["per_call"]]
-    alone = sum(r["decided_alone"] for r in apply_rows)
+    ahead = sum(r["decided_ahead"] for r in apply_rows)
     window_p50 = statistics.median(r["window_p50"] for r in apply_rows)
     window_max = max(r["window_max"] for r in apply_rows)
     rounds_md = "\n".join(
@@ -302,7 +302,7 @@ def main() -> None:
 ({publish_s:.3f} s median). "client" is apply's wall time outside HTTP requests (a request
 sent while the client works, such as the next batch's re-read sent while the outcomes are
 written, counts as the server's); "CPU" its process CPU (all threads, planning included).
-Batches decided on their re-read rows alone: {alone:,} of {batches:,}. Re-read -> call window:
+Batches sent on a decision made ahead: {ahead:,} of {batches:,}. Re-read -> call window:
 median {window_p50 * 1000:.0f} ms (of the rounds' medians), max {window_max * 1000:.0f} ms.
 """
     publish(text, a.out)

@@ -168,7 +168,7 @@ def test_a_re_read_compared_with_stamps_read_before_gives_the_querys_answer(
             run(9)["id"]: stamp,  # not in the file
         }
         by_query = synced_tables.runs_differing(store, server)
-        stamps = synced_tables.file_stamps(store, list(server))
+        stamps = synced_tables.live_updated(store, list(server))
         assert sorted(synced_tables.differing_from(stamps, server)) == sorted(by_query)
         assert sorted(by_query) == sorted([rows[i]["id"] for i in (2, 3, 4)] + [run(9)["id"]])
         # a stamp that does not parse is counted as changed (written and decided again)

@@ -3,10 +3,9 @@
 Owns the helper thread of an apply and what it prepared for the next batch. The
 ``Applier`` (``policy/batch.py``) says when; two kinds of work run there:
 
-- ``stamps``: while a batch's last call is in flight (the main thread waits on the
-  server and does not touch the file), what the file holds of the next batch's
-  runs is read: each live run's ``updated`` stamp and bookkeeping
-  (``synced_tables.file_stamps``);
+- ``decide``: while a batch's last call is in flight (the main thread waits on the
+  server and does not touch the file), the next batch is decided over the file as
+  it is, and its runs' ``updated`` stamps in the file are read with it (``DecidedAhead``);
 - ``fetch``: while a batch's outcomes are written (the main thread writes the file
   and sends nothing), the next batch's re-read is sent. HTTP only: the answer is
   compared with the file and written by the main thread, in step 1, after those
@@ -16,11 +15,11 @@ The two threads never use the file at once: ``settle`` returns once the helper i
 done with it, and the main thread calls it before it touches the file again (the
 API session is safe to share between threads). A head start never replaces a
 check: the next batch is still re-read right before its call (its window is
-measured from that answer) and decided on that answer. The stamps stand for the
-file only while nothing writes the batch's runs, which holds from the read to the
-batch's re-read: only the current batch's runs are written meanwhile. The
-``Applier`` asks for a head start only for rules whose decision reads each run's
-own row. Must not: write the file, decide, send a call, or choose the batches.
+measured from that answer), and a decision made ahead is used only when that
+re-read left every run of the batch in the file as it was (which the stamps read
+with the decision tell without a query). The ``Applier`` asks
+for a head start only for rules whose decision reads each run's own row. Must
+not: write the file, send a call, or choose the batches.
 """
 
 from __future__ import annotations
@@ -28,12 +27,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Generic, TypeVar
 
-from flowsync.store.synced_tables import FileStamp
+from flowsync.policy.plan import Decision
 from flowsync.sync import Fetched
 
-__all__ = ["Ahead", "Prepared", "Task"]
+__all__ = ["Ahead", "DecidedAhead", "Prepared", "Task"]
 
 T = TypeVar("T")
 
@@ -71,13 +71,21 @@ class Task(Generic[T]):
         return None if self._error is not None else self._value
 
 
+@dataclass(frozen=True)
+class DecidedAhead:
+    """A batch decided over the file, and what the file held of its runs then."""
+
+    decision: Decision
+    stamps: dict[str, datetime | None]  # each live run in the file -> its ``updated``
+
+
 @dataclass
 class Prepared:
     """What the helper prepared for batch ``number`` with these runs."""
 
     number: int
     ids: tuple[str, ...]
-    stamps: Task[dict[str, FileStamp]] | None = None  # its live runs as the file holds them
+    decision: Task[DecidedAhead] | None = None  # decided over the file before its re-read
     fetched: Task[Fetched] | None = None  # its re-read, sent
 
 
@@ -97,10 +105,9 @@ class Ahead:
             self.prepared = Prepared(number, tuple(ids))
         return self.prepared
 
-    def stamps(self, number: int, ids: list[str], fn: Callable[[], dict[str, FileStamp]]) -> None:
-        """Read batch ``number``'s runs from the file on the helper; the file is the helper's
-        until ``settle``."""
-        self._for(number, ids).stamps = Task(fn)
+    def decide(self, number: int, ids: list[str], fn: Callable[[], DecidedAhead]) -> None:
+        """Decide batch ``number`` on the helper; the file is the helper's until ``settle``."""
+        self._for(number, ids).decision = Task(fn)
 
     def fetch(self, number: int, ids: list[str], fn: Callable[[], Fetched]) -> None:
         """Send batch ``number``'s re-read on the helper (no file access)."""
@@ -108,8 +115,8 @@ class Ahead:
 
     def settle(self) -> None:
         """Return once the helper no longer uses the file."""
-        if self.prepared is not None and self.prepared.stamps is not None:
-            self.prepared.stamps.wait()
+        if self.prepared is not None and self.prepared.decision is not None:
+            self.prepared.decision.wait()
 
     def take(self, number: int, ids: list[str]) -> Prepared | None:
         """What was prepared for batch ``number`` with exactly these runs (else None, and

@@ -28,10 +28,10 @@ runs), each step with typed inputs and outputs:
 
 ``run_batch`` runs the steps, up to ``attempts`` times for the runs sent back to
 step 1; a run never done gets ``failed``. When this batch and the next decide a
-run from its own row, the next one gets a head start (``policy/ahead.py``): its
-runs are read from the file while this batch's last call is in flight, and its
-re-read is sent while this batch's outcomes are written; it is still re-read and
-decided right before its call.
+run from its own row, the next one gets a head start (``policy/ahead.py``): it is
+decided over the file while this batch's last call is in flight, and its re-read
+is sent while this batch's outcomes are written; it is still re-read right before
+its call, and that decision stands only if the re-read changed none of its rows.
 A server that cannot be read, or that refuses every call, raises ``Stop``: the
 apply (``policy/apply.py``) sends no further batch. The values passed between the
 steps and the classification of each run live in ``policy/answers.py``. Must not:
@@ -312,10 +312,11 @@ class Applier:
                     {i: row for i in call.ids if (row := fresh.seen[i].row) is not None},
                 )
                 if ahead is not None and not calls and attempt == 1:
-                    # While the batch's last call is in flight, the next one's runs are read
-                    # from the file.
-                    self.ahead.stamps(
-                        number + 1, ahead.ids, functools.partial(self.rereader.stamps_ahead, ahead)
+                    # While the batch's last call is in flight, the next is decided over the file.
+                    self.ahead.decide(
+                        number + 1,
+                        ahead.ids,
+                        functools.partial(self.rereader.decide_ahead, ahead),
                     )
                 try:
                     try:

@@ -41,7 +41,7 @@ from flowsync.policy.rulesql import (
     sandboxed,
 )
 from flowsync.store import Sandbox, sync_log
-from flowsync.store.synced_tables import FileStamp, differing_from, held_rows, runs_alone
+from flowsync.store.synced_tables import held_rows
 from flowsync.store.tables import FLOW_RUNS
 
 # DuckDB's memory cap on the connection a plan reads (MB): the ranking of a rule's picks
@@ -419,7 +419,6 @@ class Decision:
 
     reasons: dict[str, str | None]  # batch run -> None (send) or why not
     ranked_above: frozenset[str]  # runs kept by keep_newest in the batch's deployments
-    alone: bool = False  # the rules ran over the batch's re-read rows alone
 
 
 def decide_scope(
@@ -428,7 +427,6 @@ def decide_scope(
     rule: RuleModel,
     scope: Scope,
     held: Sequence[Mapping[str, Any]] = (),
-    stamps: Mapping[str, FileStamp] | None = None,
 ) -> Decision:
     """The confirmed plan's policy decided again over the file for ``scope.ids`` of ``rule``.
 
@@ -444,44 +442,17 @@ def decide_scope(
     An unranked decision reads the guards' columns of the runs from these, staged as
     the file holds such a row, rather than finding 50 rows by id among a million (the
     rules' own SQL still runs over the file); a scope run not among them is treated as
-    not in the file.
-
-    ``stamps``: the file's stamps of the scope's runs (``synced_tables.file_stamps``), when
-    the file holds every held run as the re-read returned it. If every rule up to ``rule``
-    decides a run from its own row (``reads_other_runs`` names none of them) and none
-    ranks, the rules' SQL then runs over the held rows alone, as the file holds them
-    (``synced_tables.runs_alone``): the same answer, without scanning the file."""
-    rows = [dict(r) for r in held]
-    if held and stamps is not None and _own_rows_only(store, confirmed, rule, scope):
-        server = {str(r["id"]): r.get("updated") for r in rows}
-        if not differing_from(stamps, server):  # the file holds each as the re-read returned it
-            with store.discarded(), runs_alone(store, rows, stamps):
-                mine, kept = _decide_rules(store, confirmed, rule, scope, None)
-            return _decision(scope, mine, kept, alone=True)
+    not in the file."""
     staged = (
-        held_rows(store, FLOW_RUNS, rows, "_decide_held") if held else contextlib.nullcontext(None)
+        held_rows(store, FLOW_RUNS, [dict(r) for r in held], "_decide_held")
+        if held
+        else contextlib.nullcontext(None)
     )
     with staged as runs:
         mine, kept = _decide_rules(store, confirmed, rule, scope, runs)
-    return _decision(scope, mine, kept)
-
-
-def _own_rows_only(store: Sandbox, confirmed: Plan, rule: RuleModel, scope: Scope) -> bool:
-    """Every rule up to ``rule`` decides a run from its own row, and nothing ranks."""
-    names = [r.name for r in confirmed.policy.policy.rules]
-    upto = confirmed.policy.policy.rules[: names.index(rule.name) + 1]
-    return (
-        not store.read_only
-        and not scope.deployments
-        and not any(r.keep_newest is not None for r in upto if r.enabled)
-        and not any(r.name in confirmed.reads_other_runs for r in upto)
-    )
-
-
-def _decision(scope: Scope, mine: Decided, kept: set[str], *, alone: bool = False) -> Decision:
     chosen = {run.id for run in mine.runs}
     reasons = {i: None if i in chosen else mine.reasons.get(i, NOT_SELECTED) for i in scope.ids}
-    return Decision(reasons, frozenset(kept), alone)
+    return Decision(reasons, frozenset(kept))
 
 
 def _decide_rules(

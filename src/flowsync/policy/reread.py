@@ -23,12 +23,11 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from flowsync.api import PrefectClient
-from flowsync.policy.ahead import Prepared
+from flowsync.policy.ahead import DecidedAhead, Prepared
 from flowsync.policy.answers import Batch, Fresh, Seen, file_rows
 from flowsync.policy.plan import Decision, Plan, RuleModel, Scope, decide_scope
 from flowsync.policy.result import ApplyResult
 from flowsync.store import SandboxedWriter, sync_log, synced_tables
-from flowsync.store.synced_tables import FileStamp
 from flowsync.sync import Fetched, RunReader
 
 __all__ = ["EVENTS_OVERLAP", "Rereader"]
@@ -88,7 +87,7 @@ class Rereader:
         ids: list[str],
         before: dict[str, dict[str, Any]],
         fetched: Fetched | None = None,
-        stamps: dict[str, FileStamp] | None = None,
+        stamps: dict[str, datetime | None] | None = None,
     ) -> dict[str, Seen]:
         """These runs from the server (``fetched``: already sent), what changed written to the
         file, the file's rows it changed kept in ``before``; a run not returned is absent."""
@@ -116,9 +115,8 @@ class Rereader:
     def reread(self, batch: Batch, todo: list[str], prepared: Prepared | None = None) -> Fresh:
         """Step 1: the server's current rows for every run the decision rests on, into the file.
 
-        ``prepared``: the re-read already sent, and what the file held of the batch's runs
-        before it (their stamps): compared with them without a query and, when it changed
-        none, the batch decided on the re-read's rows alone (``plan.decide_scope``)."""
+        ``prepared``: the re-read already sent, and the decision made over the file before
+        it, used only if this re-read left every run of the batch in the file as it was."""
         before: dict[str, dict[str, Any]] = {}
         if self.reads_others(batch.rule):
             self._catch_up()
@@ -129,40 +127,36 @@ class Rereader:
         seen: dict[str, Seen] = {}
         read: set[str] = set()
         fetched = prepared.fetched.result() if prepared and prepared.fetched else None
-        stamps = prepared.stamps.value() if prepared and prepared.stamps else None
+        ahead = prepared.decision.value() if prepared and prepared.decision else None
         for _ in range(8):
-            got = self.read(sorted(want - read), before, fetched, stamps)
+            got = self.read(sorted(want - read), before, fetched, ahead.stamps if ahead else None)
             answered = fetched.answered_at if fetched else time.monotonic()
-            # The stamps stand for the file while the re-read changed none of its rows.
-            alone = stamps if stamps is not None and not self.reader.changed else None
-            fetched = stamps = None
+            # Made over the very rows the file holds now: the re-read changed none of them.
+            made_ahead = ahead.decision if ahead and not self.reader.changed else None
+            fetched = ahead = None
             read |= want
             seen.update(got)
             for gone in want - set(got):
                 seen.pop(gone, None)
-            decision = self.decide_batch(batch, todo, seen, alone)
+            decision = made_ahead or self.decide_batch(batch, todo, seen)
+            self.result.decided_ahead += made_ahead is not None
             # Reads may have moved the ranks: read what the decision now keeps, until it was all read.
             want = set(decision.ranked_above) - read
             if not want:
                 break
         return Fresh({i: seen[i] for i in todo if i in seen}, before, answered, decision)
 
-    def stamps_ahead(self, batch: Batch) -> dict[str, FileStamp]:
-        """What the file holds of ``batch``'s runs (on the helper thread, while the call
-        before it is in flight)."""
-        return synced_tables.file_stamps(self.store, batch.ids)
+    def decide_ahead(self, batch: Batch) -> DecidedAhead:
+        """``batch`` decided over the file as it is, with its runs' stamps in the file (on the
+        helper thread, while the call before it is in flight)."""
+        stamps = synced_tables.live_updated(self.store, batch.ids)
+        return DecidedAhead(self.decide_batch(batch, list(batch.ids)), stamps)
 
     def decide_batch(
-        self,
-        batch: Batch,
-        todo: list[str],
-        seen: dict[str, Seen] | None = None,
-        stamps: dict[str, FileStamp] | None = None,
+        self, batch: Batch, todo: list[str], seen: dict[str, Seen] | None = None
     ) -> Decision:
         """The policy decided again over the file for ``todo`` (``plan.decide_scope``); ``seen``:
-        the rows the re-read just returned, read in place of the file's for an unranked batch;
-        ``stamps``: the file's stamps of them, when the re-read changed none (the rules then
-        run over those rows alone, if they decide a run from its own row)."""
+        the rows the re-read just returned, read in place of the file's for an unranked batch."""
         self.result.decisions += 1
         ranked = batch.rule.name in self.ranked
         deployments = tuple(sorted({batch.deployments.get(i) for i in todo}, key=str))
@@ -174,6 +168,4 @@ class Rereader:
             if seen is not None and not ranked
             else ()
         )
-        decided = decide_scope(self.store, self.plan, batch.rule, scope, held, stamps)
-        self.result.decided_alone += decided.alone
-        return decided
+        return decide_scope(self.store, self.plan, batch.rule, scope, held)

@@ -74,8 +74,8 @@ class ApplyResult:
     calls: int = 0  # bulk calls sent (a lost answer resolved and resent counts twice)
     rereads: int = 0  # read-by-id requests before and after calls
     decisions: int = 0  # times the policy was decided again over the file (per batch, scoped)
-    # batch decisions whose rules ran over the batch's re-read rows alone (own-row rules)
-    decided_alone: int = 0
+    # batches sent on the decision made while the call before them was in flight
+    decided_ahead: int = 0
     resolved_earlier: int = 0  # pending runs of earlier applies read back and settled
     path: str = "bulk"  # bulk calls, or per-run calls on a server without them (and why)
     # seconds from the re-read's answer to the call being sent, one per call
@@ -122,7 +122,7 @@ class ApplyResult:
             "calls": self.calls,
             "rereads": self.rereads,
             "decisions": self.decisions,
-            "decided_alone": self.decided_alone,
+            "decided_ahead": self.decided_ahead,
             "resolved_earlier": self.resolved_earlier,
             "path": self.path,
             "reread_to_call_seconds": {

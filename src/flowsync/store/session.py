@@ -92,7 +92,6 @@ class Session:
         self.path = path
         self.memory_budget: int | None = None
         self._in_transaction = False
-        self._discarding = False  # inside ``discarded``: a nested one joins it
 
     def close(self) -> None:
         self._con.close()
@@ -150,31 +149,21 @@ class Session:
         with self.transaction():
             yield
 
-    @property
-    def discarding(self) -> bool:
-        """Inside ``discarded``: what runs now is rolled back."""
-        return self._discarding
-
     @contextmanager
     def discarded(self) -> Iterator[None]:
         """A transaction that is always rolled back: the statements inside change no table.
 
-        Inside another ``discarded`` it joins that one (rolled back with it); inside a
-        transaction that commits it is an error. (DuckDB does not roll back sequences:
-        what runs here must not call ``setval`` or ``nextval``; policy rule SQL is held
-        to an allow list of functions for that.)"""
-        if self._discarding:
-            yield
-            return
+        (DuckDB does not roll back sequences: what runs here must not call ``setval`` or
+        ``nextval``; policy rule SQL is held to an allow list of functions for that.)"""
         if self._in_transaction:
             raise StoreError("discarded() cannot run inside another transaction")
         self._con.execute("BEGIN TRANSACTION")
-        self._in_transaction = self._discarding = True
+        self._in_transaction = True
         try:
             with self.memory_guard():
                 yield
         finally:
-            self._in_transaction = self._discarding = False
+            self._in_transaction = False
             self._con.execute("ROLLBACK")
 
     @contextmanager

@@ -16,9 +16,8 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from typing import Any, NamedTuple, Protocol
 
-from flowsync.errors import StoreError
 from flowsync.store.connect import Store
-from flowsync.store.tables import FLOW_RUNS, TableSpec
+from flowsync.store.tables import TableSpec
 
 
 class Page(Protocol):
@@ -107,42 +106,6 @@ def held_rows(
     )
     # (after an error the caller's transaction rolls the table back with everything else)
     store.execute(f"DROP TABLE {name}")
-
-
-@contextmanager
-def runs_alone(
-    store: Store, rows: list[dict[str, Any]], stamps: Mapping[str, FileStamp]
-) -> Iterator[None]:
-    """Inside ``store.discarded()``: ``flow_runs`` is these API objects alone for the
-    statements in the block, each row as the file holds it: staged as the upsert writes
-    it (``held_rows``), with the file's bookkeeping from ``stamps`` (every row must have
-    one: a run the file holds live, with the same ``updated`` stamp). A temporary table
-    in the file's columns shadows the file's (and the views over it, which name it
-    unqualified) and goes with the transaction's rollback, whatever ends the block.
-    For SQL that decides each run from its own row: over these rows it gives what it
-    gives over the file for them, without reading 50 rows by id among a million."""
-    if not store.discarding:
-        raise StoreError("runs_alone() runs only inside discarded(): the shadow must roll back")
-    ids = [str(r["id"]) for r in rows]
-    if any(i not in stamps for i in ids):
-        raise StoreError("runs_alone(): every run needs the file's stamp")
-    database = store.execute("SELECT current_database()").scalar()
-    with held_rows(store, FLOW_RUNS, rows, "_alone_held") as held:
-        store.execute(
-            f'CREATE TEMP TABLE flow_runs AS SELECT * FROM "{database}".main.flow_runs LIMIT 0'
-        )
-        store.execute(
-            f"""
-            INSERT INTO temp.main.flow_runs BY NAME
-            SELECT h.* REPLACE (s.synced_at AS synced_at, s.seen_pull AS seen_pull)
-            FROM ({held}) h JOIN (
-                SELECT unnest(CAST(? AS UUID[])) AS id,
-                       unnest(CAST(? AS TIMESTAMPTZ[])) AS synced_at,
-                       unnest(CAST(? AS BIGINT[])) AS seen_pull) s ON s.id = h.id
-            """,
-            [ids, [stamps[i].synced_at for i in ids], [stamps[i].seen_pull for i in ids]],
-        )
-        yield
 
 
 def _merge_incoming(store: Store, spec: TableSpec, pull_id: int) -> Written:
@@ -254,28 +217,21 @@ def runs_differing(store: Store, updated: dict[str, str | None]) -> list[str]:
     return [r[0] for r in rows]
 
 
-class FileStamp(NamedTuple):
-    """What the file holds of a live run besides the server's fields: the ``updated`` stamp
-    its row was written from, and the file's bookkeeping."""
-
-    updated: datetime | None
-    synced_at: datetime
-    seen_pull: int | None
-
-
-def file_stamps(store: Store, ids: Sequence[str]) -> dict[str, FileStamp]:
-    """These runs' live rows in the file (a run not in the file, or marked deleted, is left
-    out): what ``differing_from`` compares a re-read with, and ``runs_alone`` completes it by."""
+def live_updated(store: Store, ids: Sequence[str]) -> dict[str, datetime | None]:
+    """The ``updated`` stamps the file holds for these runs' live rows (a run not in the file,
+    or marked deleted, is left out): what ``differing_from`` compares a re-read with."""
     rows = store.execute(
-        "SELECT CAST(id AS VARCHAR), updated, synced_at, seen_pull FROM flow_runs "
+        "SELECT CAST(id AS VARCHAR), updated FROM flow_runs "
         "WHERE deleted_at IS NULL AND id IN (SELECT unnest(CAST(? AS UUID[])))",
         [list(ids)],
     ).rows()
-    return {r[0]: FileStamp(r[1], r[2], r[3]) for r in rows}
+    return {r[0]: r[1] for r in rows}
 
 
-def differing_from(stamps: Mapping[str, FileStamp], updated: dict[str, str | None]) -> list[str]:
-    """``runs_differing`` without a query, from the file's stamps read before (``file_stamps``):
+def differing_from(
+    stamps: Mapping[str, datetime | None], updated: dict[str, str | None]
+) -> list[str]:
+    """``runs_differing`` without a query, from the file's stamps read before (``live_updated``):
     the same answer while nothing has written these runs since. A stamp that does not parse
     counts as differing (the run is written and decided again)."""
     out = []
@@ -285,7 +241,7 @@ def differing_from(stamps: Mapping[str, FileStamp], updated: dict[str, str | Non
         except (TypeError, ValueError):
             out.append(run_id)
             continue
-        if run_id not in stamps or stamps[run_id].updated != server:
+        if run_id not in stamps or stamps[run_id] != server:
             out.append(run_id)
     return out
 

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from flowsync import views
@@ -243,7 +244,7 @@ class RunReader:
         ids: list[str],
         before_write: Callable[[list[str]], None] | None = None,
         fetched: Fetched | None = None,
-        stamps: Mapping[str, synced_tables.FileStamp] | None = None,
+        stamps: Mapping[str, datetime | None] | None = None,
     ) -> dict[str, dict[str, Any]]:
         """The server's current rows for ``ids`` (a missing id is gone from the server).
 
@@ -251,7 +252,7 @@ class RunReader:
         another ``updated`` stamp (Prefect moves it on every write to a run).
         ``before_write`` gets their ids first; ``changed`` holds them after.
         ``fetched``: this read's answer, fetched already (``fetch``) for these ids.
-        ``stamps``: what the file holds of these runs (``synced_tables.file_stamps``),
+        ``stamps``: the file's ``updated`` of these runs (``synced_tables.live_updated``),
         read when nothing has written them since: compared without a query.
         """
         found: dict[str, dict[str, Any]] = {}
