@@ -149,7 +149,7 @@ class SandboxedWriter(Writer, Sandbox):
     before the sandbox locks the configuration): each batch's statements touch ~50 rows,
     its decision is made while the call before it is in flight, and worker threads'
     hand-offs took CPU from the server on a shared machine (at a million runs, 2 cores:
-    apply / bare bulk loop 0.49x -> 0.56x; BENCHMARKS.md, "Issue #24")."""
+    apply / bare bulk loop 0.49x -> 0.53-0.56x; BENCHMARKS.md, "Issue #24")."""
 
     def _prepare(self, memory_limit_mb: int | None) -> None:
         self._con.execute("SET threads = 1")
