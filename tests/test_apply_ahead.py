@@ -84,3 +84,16 @@ def test_the_helper_is_a_daemon_thread_an_interrupted_apply_does_not_wait_for() 
 
     Task(note).result()
     assert names == [("flowsync-ahead", True)]
+
+
+def test_close_returns_once_every_task_is_done() -> None:
+    ahead, log = Ahead(), list[str]()
+
+    def slow_fetch() -> Fetched:
+        time.sleep(0.2)
+        log.append("fetched")
+        return Fetched(("a",), [], 0.0)
+
+    ahead.fetch(2, ["a"], slow_fetch)
+    ahead.close()
+    assert log == ["fetched"] and ahead.prepared is None

@@ -118,6 +118,14 @@ class Ahead:
         if self.prepared is not None and self.prepared.decision is not None:
             self.prepared.decision.wait()
 
+    def close(self) -> None:
+        """Return once every task is done. (An interrupted apply does not call this: its
+        helper may still wait on the server, and being a daemon it never holds up the exit.)"""
+        self.settle()
+        if self.prepared is not None and self.prepared.fetched is not None:
+            self.prepared.fetched.wait()
+        self.prepared = None
+
     def take(self, number: int, ids: list[str]) -> Prepared | None:
         """What was prepared for batch ``number`` with exactly these runs (else None, and
         whatever was prepared is dropped); the helper is done with the file on return."""

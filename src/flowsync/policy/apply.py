@@ -186,5 +186,6 @@ def apply_plan(
             applier.ahead.settle()
             reader.finish(error=failure)
         result.seconds = time.monotonic() - began
+    applier.ahead.close()  # a re-read sent for a batch after a Stop: no thread outlives apply
     result.seconds = time.monotonic() - began
     return result
