@@ -94,7 +94,6 @@ class Ahead:
 
     def __init__(self) -> None:
         self.prepared: Prepared | None = None
-        self.taken = 0  # batches that found a head start prepared for them
 
     def _for(self, number: int, ids: list[str]) -> Prepared:
         if self.prepared is None or (self.prepared.number, self.prepared.ids) != (
@@ -133,5 +132,4 @@ class Ahead:
         prepared, self.prepared = self.prepared, None
         if prepared is None or (prepared.number, prepared.ids) != (number, tuple(ids)):
             return None
-        self.taken += 1
         return prepared

@@ -285,7 +285,7 @@ class Applier:
         rule = batch.rule
         todo = list(batch.ids)
         prepared = self.ahead.take(number, todo)
-        ahead = (
+        following = (
             upcoming if self.rereader.own_rows(upcoming) and self.rereader.own_rows(batch) else None
         )
         for attempt in range(1, self.attempts + 1):
@@ -311,12 +311,12 @@ class Applier:
                     {i: call.state_type for i in call.ids},
                     {i: row for i in call.ids if (row := fresh.seen[i].row) is not None},
                 )
-                if ahead is not None and not calls and attempt == 1:
+                if following is not None and not calls and attempt == 1:
                     # While the batch's last call is in flight, the next is decided over the file.
                     self.ahead.decide(
                         number + 1,
-                        ahead.ids,
-                        functools.partial(self.rereader.decide_ahead, ahead),
+                        following.ids,
+                        functools.partial(self.rereader.decide_ahead, following),
                     )
                 try:
                     try:
@@ -338,7 +338,7 @@ class Applier:
                         verdict.stop,
                     )
                 if (
-                    ahead is not None
+                    following is not None
                     and not calls
                     and not again
                     and not verdict.again
@@ -349,8 +349,8 @@ class Applier:
                     # goes out while the outcomes are written.
                     self.ahead.fetch(
                         number + 1,
-                        ahead.ids,
-                        functools.partial(self.reader.fetch, sorted(ahead.ids)),
+                        following.ids,
+                        functools.partial(self.reader.fetch, sorted(following.ids)),
                     )
                 self.record(number, rule, verdict.results, guards)
                 if verdict.stop is not None:

@@ -59,8 +59,9 @@ class Writer(Store):
         # DuckDB checkpoints when the WAL passes 16 MB by default: a full pull of a million
         # runs checkpointed every few commits, each rewriting the table's last row groups
         # (66.5 s of CPU against 51.1 s at 128 MB, replayed pages), and left the file half
-        # as large again (251 MB against 165 MB). Committed rows past the memory cap wait in the temp folder until the
-        # checkpoint; a killed process's WAL is replayed at the next open, as before.
+        # as large again (251 MB against 165 MB). Committed rows past the memory cap wait in
+        # the temp folder until the checkpoint; a killed process's WAL is replayed at the next
+        # open, as before.
         # (BENCHMARKS.md, "The writer's checkpoints".)
         self._con.execute(f"SET checkpoint_threshold = '{WRITE_CHECKPOINT_MB}MiB'")
         super()._prepare(None)  # the cap is set
