@@ -112,9 +112,15 @@ def server_count(count: Any, states: list[str], window: Any, **filters: Any) -> 
 
 
 def wait_for_state_events(url: str, ids: list[str], state_type: str, timeout: float = 60) -> None:
-    """Block until the server's event persister has stored each run's change to ``state_type``."""
-    wanted = {f"prefect.flow-run.{i}" for i in ids}
+    """Block until the server's event persister has stored each run's change to ``state_type``
+    (asked 50 runs at a time: one page of events)."""
     deadline = time.monotonic() + timeout
+    for start in range(0, len(ids), 50):
+        _wait_for_events(url, ids[start : start + 50], state_type, deadline)
+
+
+def _wait_for_events(url: str, ids: list[str], state_type: str, deadline: float) -> None:
+    wanted = {f"prefect.flow-run.{i}" for i in ids}
     with httpx.Client(base_url=url + "/", timeout=30) as c:
         while True:
             res = c.post(
