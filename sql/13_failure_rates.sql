@@ -19,7 +19,7 @@ CREATE OR REPLACE MACRO failure_rates(
 ) AS TABLE
 WITH a AS (
     SELECT
-        g_day, g_hour, g_flow_id, g_deployment_id, g_work_pool_name, g_tag,
+        COLUMNS('^g_'),  -- the group's keys, as grouped_runs names them
         count(*) FILTER (WHERE is_finished AND run_at >= since) AS runs,
         count(*) FILTER (WHERE is_failure AND run_at >= since) AS failed,
         failed / nullif(runs, 0) AS failure_rate,
@@ -36,7 +36,7 @@ WITH a AS (
         only_flows := only_flows, only_deployments := only_deployments,
         only_tags := only_tags, only_states := only_states
     )
-    GROUP BY g_day, g_hour, g_flow_id, g_deployment_id, g_work_pool_name, g_tag
+    GROUP BY ALL
     HAVING runs + cancelled + prev_runs + prev_cancelled > 0
 )
 SELECT * FROM named_groups('a');

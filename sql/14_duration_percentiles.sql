@@ -14,7 +14,7 @@ CREATE OR REPLACE MACRO duration_percentiles(
 ) AS TABLE
 WITH a AS (
     SELECT
-        g_day, g_hour, g_flow_id, g_deployment_id, g_work_pool_name, g_tag,
+        COLUMNS('^g_'),  -- the group's keys, as grouped_runs names them
         count(*) FILTER (WHERE run_at >= since) AS runs,
         -- One list quantile: a single sort per group for all four percentiles.
         quantile_cont(duration_s, [0.50, 0.90, 0.95, 0.99]) FILTER (WHERE run_at >= since) AS q,
@@ -32,7 +32,7 @@ WITH a AS (
         only_tags := only_tags, only_states := only_states
     )
     WHERE is_finished AND duration_s IS NOT NULL
-    GROUP BY g_day, g_hour, g_flow_id, g_deployment_id, g_work_pool_name, g_tag
+    GROUP BY ALL
     HAVING runs > 0
 )
 SELECT * EXCLUDE (q, prev_q) FROM named_groups('a');

@@ -13,7 +13,7 @@ CREATE OR REPLACE MACRO lateness(
 ) AS TABLE
 WITH a AS (
     SELECT
-        g_day, g_hour, g_flow_id, g_deployment_id, g_work_pool_name, g_tag,
+        COLUMNS('^g_'),  -- the group's keys, as grouped_runs names them
         count(lateness_s) AS started,
         count(*) FILTER (WHERE lateness_s > late_after) AS late_runs,
         quantile_cont(lateness_s, [0.50, 0.95]) AS q,
@@ -25,7 +25,7 @@ WITH a AS (
         only_flows := only_flows, only_deployments := only_deployments,
         only_tags := only_tags, only_states := only_states
     )
-    GROUP BY g_day, g_hour, g_flow_id, g_deployment_id, g_work_pool_name, g_tag
+    GROUP BY ALL
     HAVING started + waiting_now > 0
 )
 SELECT * EXCLUDE (q) FROM named_groups('a');
