@@ -23,7 +23,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -427,6 +427,42 @@ def test_a_batch_decided_ahead_is_decided_again_when_its_re_read_shows_a_change(
         assert len(result.windows) == 3
 
 
+def test_a_batch_decided_two_batches_ahead_is_decided_again_when_its_re_read_shows_a_change(
+    server: Server, tmp_path: Path
+) -> None:
+    """Batches 2 and 3 are decided in one decision while batch 1's call is in flight; a run of
+    batch 3 is protected on the server later, while batch 2's call is in flight. Batch 2 is
+    sent on its part of that decision; batch 3's re-read shows the change, so it is decided
+    again and the run is not sent."""
+    with pulled_runs(server, tmp_path, 9, "COMPLETED", "ahead2", protect_tags=["keep"]) as (
+        ids,
+        db,
+        policy,
+    ):
+        first, second, third = batch_ids(db, policy, 3)
+        calls: list[list[str]] = []  # the bulk calls the server carried out
+        sent: list[str] = []
+
+        def fault(request: httpx.Request, n: int) -> httpx.Response | None:
+            if request.url.path.endswith("bulk_delete"):
+                sent.extend(bulk_ids(request))
+                if bulk_ids(request) == second:  # batch 2's call, in flight
+                    patch_run(server.url, third[0], {"tags": ["ahead2", "keep"]})
+            return None
+
+        def answered(request: httpx.Request, response: httpx.Response) -> None:
+            if request.url.path.endswith("bulk_delete") and response.is_success:
+                calls.append(bulk_ids(request))
+
+        result = library_apply(server, db, policy, forwarding(fault, answered), batch_size=3)
+        assert calls == [first, second, third[1:]]
+        assert third[0] not in sent
+        assert set(live(server, ids)) == {third[0]}
+        assert outcomes(db, ids) == {i: "skipped" if i == third[0] else "deleted" for i in ids}
+        assert result.decided_ahead == 1  # batch 2; batch 3 was decided again
+        assert result.decisions == 3  # batch 1 in place, batches 2-3 ahead, batch 3 again
+
+
 def test_a_batch_whose_early_re_read_fails_is_not_sent(server: Server, tmp_path: Path) -> None:
     """Batch 2's re-read goes out while batch 1's outcomes are written; the server cannot
     answer it: batch 2 is not sent and the apply stops, as when a re-read fails in place."""
@@ -450,6 +486,50 @@ def test_a_batch_whose_early_re_read_fails_is_not_sent(server: Server, tmp_path:
         assert outcomes(db, ids) == {i: "deleted" if i in first else "failed" for i in ids}
         assert result.counts["purge"] == {"deleted": 3, "failed": 3}
         assert any("cannot re-read its runs before the call" in e for e in result.errors)
+
+
+def test_a_decision_made_ahead_is_made_again_once_too_old_for_a_rule_reading_the_clock(
+    server: Server, tmp_path: Path
+) -> None:
+    """Batch 2 is decided ahead while batch 1's call is in flight, when the rule still
+    selects its runs; that call then takes longer than AHEAD_MAX_AGE, past the moment
+    the rule stops selecting anything (it reads now()). Batch 2's rows are unchanged, but
+    its decision is too old to stand: decided again at its re-read, it is not sent."""
+    from flowsync.policy.ahead import AHEAD_MAX_AGE
+
+    with pulled_runs(server, tmp_path, 6, "COMPLETED", "clock") as (ids, db, _):
+        deadline = datetime.now(timezone.utc) + timedelta(seconds=AHEAD_MAX_AGE + 5)
+        clock = tagged("clock", "COMPLETED") + f" AND now() < TIMESTAMPTZ '{deadline.isoformat()}'"
+        policy = policy_file(tmp_path, [{"name": "purge", "action": "delete", "sql": clock}])
+        first, second = batch_ids(db, policy, 3)
+        calls: list[list[str]] = []
+        went_out: list[datetime] = []
+
+        def fault(request: httpx.Request, n: int) -> httpx.Response | None:
+            if request.url.path.endswith("bulk_delete") and not calls:
+                calls.append(bulk_ids(request))
+                # Batch 2 was decided ahead as this call went out, while its rule selected it
+                # (asserted below); hold the call past the deadline and past AHEAD_MAX_AGE.
+                now = datetime.now(timezone.utc)
+                went_out.append(now)
+                time.sleep(max((deadline - now).total_seconds(), AHEAD_MAX_AGE) + 0.3)
+            elif request.url.path.endswith("bulk_delete"):
+                calls.append(bulk_ids(request))
+            return None
+
+        result = library_apply(server, db, policy, forwarding(fault), batch_size=3)
+        assert went_out[0] < deadline  # so batch 2's decision made ahead selected its runs
+        assert calls == [first]
+        assert set(live(server, ids)) == set(second)
+        assert outcomes(db, ids) == {i: "deleted" if i in first else "skipped" for i in ids}
+        checks = query(
+            db,
+            "SELECT DISTINCT details->>'check' FROM policy_actions "
+            "WHERE flow_run_id IN (SELECT unnest(CAST(? AS UUID[])))",
+            [second],
+        )
+        assert checks == [("the rule's SQL no longer selects it",)]
+        assert result.decided_ahead == 0
 
 
 # -- kill -9 between a call and its record -----------------------------------------------------------

@@ -20,12 +20,15 @@ batch's), print, or import httpx/duckdb.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import time
+from collections import deque
 from collections.abc import Iterator
 
 from flowsync.api import PrefectClient
 from flowsync.api.client import BULK_LIMIT
 from flowsync.errors import PolicyError, PolicyLimitError
+from flowsync.policy.ahead import AHEAD_BATCHES
 from flowsync.policy.batch import Applier, Batch, Stop
 from flowsync.policy.model import SetStateRule
 from flowsync.policy.plan import Plan
@@ -163,16 +166,18 @@ def apply_plan(
             )
             for b in batches(plan, batch_size)
         )
-        number, current = 1, next(listed, None)
-        while current is not None:
+        # The batches after the current one: the applier prepares the next while it waits.
+        window = deque(itertools.islice(listed, AHEAD_BATCHES + 1))
+        number = 1
+        while window:
             result.batches = number
-            upcoming = next(listed, None)  # the applier prepares it while this one waits
-            planned, batch = current
+            planned, batch = window.popleft()
+            window.extend(itertools.islice(listed, 1))
             if batch.ids:
-                applier.run_batch(number, batch, upcoming[1] if upcoming else None)
+                applier.run_batch(number, batch, [b for _, b in window])
             else:
                 progress.advance(planned)
-            number, current = number + 1, upcoming
+            number += 1
     except Stop:
         pass
     except BaseException as e:

@@ -42,6 +42,7 @@ print, or import httpx/duckdb.
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 
 from flowsync.api import PrefectClient
 from flowsync.errors import (
@@ -49,7 +50,7 @@ from flowsync.errors import (
     AuthError,
     UnsupportedError,
 )
-from flowsync.policy.ahead import Ahead
+from flowsync.policy.ahead import AHEAD_BATCHES, Ahead
 from flowsync.policy.answers import (
     Acted,
     Answer,
@@ -279,15 +280,26 @@ class Applier:
 
     # the sequence -------------------------------------------------------------------------
 
-    def run_batch(self, number: int, batch: Batch, upcoming: Batch | None = None) -> None:
-        """The steps for ``batch``; ``upcoming``: the next batch, prepared while this one waits
-        (``policy/ahead.py``) when both decide a run from its own row."""
+    def following(self, batch: Batch, upcoming: Sequence[Batch]) -> list[Batch]:
+        """The batches after ``batch`` that may be prepared while it waits (``policy/ahead.py``):
+        when it and they decide a run from its own row, up to ``AHEAD_BATCHES`` of one rule."""
+        out: list[Batch] = []
+        if not self.rereader.own_rows(batch):
+            return out
+        for later in upcoming[:AHEAD_BATCHES]:
+            if later.rule.name != upcoming[0].rule.name or not self.rereader.own_rows(later):
+                break
+            out.append(later)
+        return out
+
+    def run_batch(self, number: int, batch: Batch, upcoming: Sequence[Batch] = ()) -> None:
+        """The steps for ``batch``; ``upcoming``: the batches after it, in order (the next ones
+        are prepared while this one waits, ``policy/ahead.py``)."""
         rule = batch.rule
         todo = list(batch.ids)
         prepared = self.ahead.take(number, todo)
-        following = (
-            upcoming if self.rereader.own_rows(upcoming) and self.rereader.own_rows(batch) else None
-        )
+        ahead = self.following(batch, upcoming)
+        following = ahead[0] if ahead else None
         for attempt in range(1, self.attempts + 1):
             try:
                 fresh = self.rereader.reread(batch, todo, prepared)
@@ -311,12 +323,17 @@ class Applier:
                     {i: call.state_type for i in call.ids},
                     {i: row for i in call.ids if (row := fresh.seen[i].row) is not None},
                 )
-                if following is not None and not calls and attempt == 1:
-                    # While the batch's last call is in flight, the next is decided over the file.
+                if (
+                    following is not None
+                    and not calls
+                    and attempt == 1
+                    and not self.ahead.holds(number + 1, following.ids)
+                ):
+                    # While the batch's last call is in flight, the next ones are decided
+                    # over the file (each batch takes its part of that one decision).
                     self.ahead.decide(
-                        number + 1,
-                        following.ids,
-                        functools.partial(self.rereader.decide_ahead, following),
+                        {number + 1 + k: b.ids for k, b in enumerate(ahead)},
+                        functools.partial(self.rereader.decide_ahead, ahead),
                     )
                 try:
                     try:

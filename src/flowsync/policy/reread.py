@@ -23,7 +23,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from flowsync.api import PrefectClient
-from flowsync.policy.ahead import DecidedAhead, Prepared
+from flowsync.policy.ahead import AHEAD_MAX_AGE, DecidedAhead, Prepared
 from flowsync.policy.answers import Batch, Fresh, Seen, file_rows
 from flowsync.policy.plan import Decision, Plan, RuleModel, Scope, decide_scope
 from flowsync.policy.result import ApplyResult
@@ -127,12 +127,17 @@ class Rereader:
         seen: dict[str, Seen] = {}
         read: set[str] = set()
         fetched = prepared.fetched.result() if prepared and prepared.fetched else None
-        ahead = prepared.decision.value() if prepared and prepared.decision else None
+        ahead = prepared.decision if prepared else None
         for _ in range(8):
             got = self.read(sorted(want - read), before, fetched, ahead.stamps if ahead else None)
             answered = fetched.answered_at if fetched else time.monotonic()
-            # Made over the very rows the file holds now: the re-read changed none of them.
-            made_ahead = ahead.decision if ahead and not self.reader.changed else None
+            # Made over the very rows the file holds now (the re-read changed none of them),
+            # and recently enough that a rule reading the clock would decide the same.
+            made_ahead = (
+                ahead.decision
+                if ahead and not self.reader.changed and answered - ahead.made_at <= AHEAD_MAX_AGE
+                else None
+            )
             fetched = ahead = None
             read |= want
             seen.update(got)
@@ -146,11 +151,14 @@ class Rereader:
                 break
         return Fresh({i: seen[i] for i in todo if i in seen}, before, answered, decision)
 
-    def decide_ahead(self, batch: Batch) -> DecidedAhead:
-        """``batch`` decided over the file as it is, with its runs' stamps in the file (on the
-        helper thread, while the call before it is in flight)."""
-        stamps = synced_tables.live_updated(self.store, batch.ids)
-        return DecidedAhead(self.decide_batch(batch, list(batch.ids)), stamps)
+    def decide_ahead(self, batches: list[Batch]) -> DecidedAhead:
+        """``batches`` (of one rule whose decision reads each run's own row) decided over the
+        file as it is, in one decision, with their runs' stamps in the file (on the helper
+        thread, while the call before them is in flight)."""
+        made_at = time.monotonic()
+        ids = [i for b in batches for i in b.ids]
+        stamps = synced_tables.live_updated(self.store, ids)
+        return DecidedAhead(self.decide_batch(batches[0], ids), stamps, made_at)
 
     def decide_batch(
         self, batch: Batch, todo: list[str], seen: dict[str, Seen] | None = None
