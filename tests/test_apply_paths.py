@@ -13,6 +13,7 @@ moment).
 
 from __future__ import annotations
 
+import _thread
 import json
 import os
 import signal
@@ -23,7 +24,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -204,6 +205,14 @@ def bulk_ids(request: httpx.Request) -> list[str]:
     return list(json.loads(request.content)["flow_runs"]["id"]["any_"])
 
 
+def read_ids(request: httpx.Request) -> set[str]:
+    """The runs a ``/flow_runs/filter`` request asks for by id (none for other filters)."""
+    try:
+        return set(json.loads(request.content)["flow_runs"]["id"]["any_"] or ())
+    except (KeyError, TypeError, ValueError):
+        return set()
+
+
 # -- decisions that depend on other runs ---------------------------------------------------------
 
 
@@ -381,11 +390,10 @@ def test_a_401_on_the_second_call_of_a_batch_keeps_what_the_first_did(
 def test_a_batch_decided_ahead_is_decided_again_when_its_re_read_shows_a_change(
     server: Server, tmp_path: Path
 ) -> None:
-    """Batch 2 is decided over the file while batch 1's call is in flight; meanwhile a run of
-    batch 2 is protected on the server. Its re-read (sent while batch 1's outcomes were
-    written) shows the change, so batch 2 is decided again on it: a decision made ahead
-    would delete the run, as a tag is no server-side guard. Batch 3, unchanged, is sent on
-    the decision made for it ahead."""
+    """Batches 1-3 are decided in one decision over the file before batch 1's re-read; then
+    a run of batch 2 is protected on the server. Batch 2's re-read shows the change, so it
+    is decided again on it: the decision made ahead would delete the run, as a tag is no
+    server-side guard. Batch 3, unchanged, is sent on its part of the decision made ahead."""
     with pulled_runs(server, tmp_path, 9, "COMPLETED", "ahead", protect_tags=["keep"]) as (
         ids,
         db,
@@ -394,15 +402,13 @@ def test_a_batch_decided_ahead_is_decided_again_when_its_re_read_shows_a_change(
         first, second, third = batch_ids(db, policy, 3)
         calls: list[list[str]] = []  # the bulk calls the server carried out
         sent: list[str] = []
-        readers: list[str] = []  # the thread each re-read of a batch after the first went out on
 
         def fault(request: httpx.Request, n: int) -> httpx.Response | None:
             if request.url.path.endswith("bulk_delete"):
                 sent.extend(bulk_ids(request))
-                if len(sent) == len(first):  # batch 1's call, in flight
-                    patch_run(server.url, second[0], {"tags": ["ahead", "keep"]})
-            elif request.url.path.endswith("flow_runs/filter") and sent:
-                readers.append(threading.current_thread().name)
+            elif request.url.path.endswith("flow_runs/filter") and read_ids(request) == set(first):
+                # batch 1's re-read: batches 1-3 were decided ahead already
+                patch_run(server.url, second[0], {"tags": ["ahead", "keep"]})
             return None
 
         def answered(request: httpx.Request, response: httpx.Response) -> None:
@@ -413,7 +419,6 @@ def test_a_batch_decided_ahead_is_decided_again_when_its_re_read_shows_a_change(
         result = library_apply(server, db, policy, forwarding(fault, answered), batch_size=3)
         assert calls == [first, second[1:], third]
         assert second[0] not in sent  # never in any call, carried out or not
-        assert "flowsync-ahead" in readers
         assert set(live(server, ids)) == {second[0]}
         assert outcomes(db, ids) == {i: "skipped" if i == second[0] else "deleted" for i in ids}
         check = query(
@@ -422,7 +427,7 @@ def test_a_batch_decided_ahead_is_decided_again_when_its_re_read_shows_a_change(
             [second[0]],
         )
         assert check == [("protected tag",)]
-        assert result.decided_ahead == 1  # batch 3; batch 2 was decided again
+        assert result.decided_ahead == 2  # batches 1 and 3; batch 2 was decided again
         assert result.counts["purge"] == {"deleted": 8, "skipped": 1}
         assert len(result.windows) == 3
 
@@ -430,10 +435,10 @@ def test_a_batch_decided_ahead_is_decided_again_when_its_re_read_shows_a_change(
 def test_a_batch_decided_two_batches_ahead_is_decided_again_when_its_re_read_shows_a_change(
     server: Server, tmp_path: Path
 ) -> None:
-    """Batches 2 and 3 are decided in one decision while batch 1's call is in flight; a run of
-    batch 3 is protected on the server later, while batch 2's call is in flight. Batch 2 is
-    sent on its part of that decision; batch 3's re-read shows the change, so it is decided
-    again and the run is not sent."""
+    """Batches 1-3 are decided in one decision before batch 1's re-read; a run of batch 3 is
+    protected on the server later, when batch 2 is re-read (batch 1's call may be in flight).
+    Batches 1 and 2 are sent on their parts of that decision; batch 3's re-read shows the
+    change, so it is decided again and the run is not sent."""
     with pulled_runs(server, tmp_path, 9, "COMPLETED", "ahead2", protect_tags=["keep"]) as (
         ids,
         db,
@@ -446,8 +451,8 @@ def test_a_batch_decided_two_batches_ahead_is_decided_again_when_its_re_read_sho
         def fault(request: httpx.Request, n: int) -> httpx.Response | None:
             if request.url.path.endswith("bulk_delete"):
                 sent.extend(bulk_ids(request))
-                if bulk_ids(request) == second:  # batch 2's call, in flight
-                    patch_run(server.url, third[0], {"tags": ["ahead2", "keep"]})
+            elif request.url.path.endswith("flow_runs/filter") and read_ids(request) == set(second):
+                patch_run(server.url, third[0], {"tags": ["ahead2", "keep"]})
             return None
 
         def answered(request: httpx.Request, response: httpx.Response) -> None:
@@ -459,77 +464,37 @@ def test_a_batch_decided_two_batches_ahead_is_decided_again_when_its_re_read_sho
         assert third[0] not in sent
         assert set(live(server, ids)) == {third[0]}
         assert outcomes(db, ids) == {i: "skipped" if i == third[0] else "deleted" for i in ids}
-        assert result.decided_ahead == 1  # batch 2; batch 3 was decided again
-        assert result.decisions == 3  # batch 1 in place, batches 2-3 ahead, batch 3 again
+        assert result.decided_ahead == 2  # batches 1 and 2; batch 3 was decided again
+        assert result.decisions == 2  # batches 1-3 ahead, batch 3 again
 
 
-def test_a_batch_whose_early_re_read_fails_is_not_sent(server: Server, tmp_path: Path) -> None:
-    """Batch 2's re-read goes out while batch 1's outcomes are written; the server cannot
-    answer it: batch 2 is not sent and the apply stops, as when a re-read fails in place."""
+def test_a_batch_whose_re_read_fails_while_the_call_before_it_is_in_flight_is_not_sent(
+    server: Server, tmp_path: Path
+) -> None:
+    """Batch 2 is re-read while batch 1's call is in flight; the server cannot answer that
+    re-read: batch 2 is not sent, batch 1's answer is still recorded, and the apply stops,
+    as when a re-read fails with no call out."""
     with pulled_runs(server, tmp_path, 6, "COMPLETED", "aheadfail") as (ids, db, policy):
         first, second = batch_ids(db, policy, 3)
         deleted: list[list[str]] = []
-        failed_on: list[str] = []
+        failed: list[int] = []
 
         def fault(request: httpx.Request, n: int) -> httpx.Response | None:
             if request.url.path.endswith("bulk_delete"):
                 deleted.append(bulk_ids(request))
-            elif request.url.path.endswith("flow_runs/filter") and deleted:
-                failed_on.append(threading.current_thread().name)
+            elif request.url.path.endswith("flow_runs/filter") and read_ids(request) == set(second):
+                failed.append(n)
                 return httpx.Response(503, text="unavailable")
             return None
 
         result = library_apply(server, db, policy, forwarding(fault), batch_size=3)
         assert deleted == [first]
-        assert set(failed_on) == {"flowsync-ahead"} and len(failed_on) == 3  # with its retries
+        assert len(failed) == 3  # with its retries
         assert set(live(server, ids)) == set(second)
         assert outcomes(db, ids) == {i: "deleted" if i in first else "failed" for i in ids}
+        assert sorted(marked_deleted(db, ids)) == sorted(first)
         assert result.counts["purge"] == {"deleted": 3, "failed": 3}
         assert any("cannot re-read its runs before the call" in e for e in result.errors)
-
-
-def test_a_decision_made_ahead_is_made_again_once_too_old_for_a_rule_reading_the_clock(
-    server: Server, tmp_path: Path
-) -> None:
-    """Batch 2 is decided ahead while batch 1's call is in flight, when the rule still
-    selects its runs; that call then takes longer than AHEAD_MAX_AGE, past the moment
-    the rule stops selecting anything (it reads now()). Batch 2's rows are unchanged, but
-    its decision is too old to stand: decided again at its re-read, it is not sent."""
-    from flowsync.policy.ahead import AHEAD_MAX_AGE
-
-    with pulled_runs(server, tmp_path, 6, "COMPLETED", "clock") as (ids, db, _):
-        deadline = datetime.now(timezone.utc) + timedelta(seconds=AHEAD_MAX_AGE + 5)
-        clock = tagged("clock", "COMPLETED") + f" AND now() < TIMESTAMPTZ '{deadline.isoformat()}'"
-        policy = policy_file(tmp_path, [{"name": "purge", "action": "delete", "sql": clock}])
-        first, second = batch_ids(db, policy, 3)
-        calls: list[list[str]] = []
-        went_out: list[datetime] = []
-
-        def fault(request: httpx.Request, n: int) -> httpx.Response | None:
-            if request.url.path.endswith("bulk_delete") and not calls:
-                calls.append(bulk_ids(request))
-                # Batch 2 was decided ahead as this call went out, while its rule selected it
-                # (asserted below); hold the call past the deadline and past AHEAD_MAX_AGE.
-                now = datetime.now(timezone.utc)
-                went_out.append(now)
-                time.sleep(max((deadline - now).total_seconds(), AHEAD_MAX_AGE) + 0.3)
-            elif request.url.path.endswith("bulk_delete"):
-                calls.append(bulk_ids(request))
-            return None
-
-        result = library_apply(server, db, policy, forwarding(fault), batch_size=3)
-        assert went_out[0] < deadline  # so batch 2's decision made ahead selected its runs
-        assert calls == [first]
-        assert set(live(server, ids)) == set(second)
-        assert outcomes(db, ids) == {i: "deleted" if i in first else "skipped" for i in ids}
-        checks = query(
-            db,
-            "SELECT DISTINCT details->>'check' FROM policy_actions "
-            "WHERE flow_run_id IN (SELECT unnest(CAST(? AS UUID[])))",
-            [second],
-        )
-        assert checks == [("the rule's SQL no longer selects it",)]
-        assert result.decided_ahead == 0
 
 
 # -- kill -9 between a call and its record -----------------------------------------------------------
@@ -675,18 +640,30 @@ def test_a_call_whose_connection_was_never_made_is_rechecked_then_sent_once_more
 def test_ctrl_c_while_a_call_is_in_flight_records_what_the_server_did(
     server: Server, tmp_path: Path
 ) -> None:
+    """Ctrl-C (to the apply's thread) once the server has carried out batch 2's call, before
+    its answer reaches the apply, while batch 3 is re-read: batch 3 is never sent, and batch
+    2's runs, read back on the way out, are recorded deleted by this apply."""
     with pulled_runs(server, tmp_path, 120, "COMPLETED", "ctrlc") as (ids, db, policy):
+        third = set(batch_ids(db, policy, 50)[2])
         calls: list[list[str]] = []
+        second_done = threading.Event()
+
+        def fault(request: httpx.Request, n: int) -> httpx.Response | None:
+            if request.url.path.endswith("flow_runs/filter") and read_ids(request) == third:
+                assert second_done.wait(30)  # batch 3's re-read waits for batch 2's call
+                time.sleep(2)  # the Ctrl-C lands here, on the apply's thread
+            return None
 
         def ctrl_c(request: httpx.Request, response: httpx.Response) -> None:
             # (a SQLite server may answer a call 503 while busy: nothing done, re-checked, resent)
             if request.url.path.endswith("bulk_delete") and response.is_success:
                 calls.append(json.loads(request.content)["flow_runs"]["id"]["any_"])
                 if len(calls) == 2:  # the server deleted batch 2; Ctrl-C before its answer arrives
-                    raise KeyboardInterrupt
+                    _thread.interrupt_main()
+                    second_done.set()
 
         with pytest.raises(KeyboardInterrupt):
-            library_apply(server, db, policy, forwarding(None, ctrl_c))
+            library_apply(server, db, policy, forwarding(fault, ctrl_c))
         sent = [i for call in calls for i in call]
         assert len(sent) == 100  # batch 3 was never sent
         remaining = live(server, ids)

@@ -3,7 +3,10 @@ failures (MockTransport), and the real thing against a real Prefect server."""
 
 from __future__ import annotations
 
+import _thread
 import json
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,6 +20,7 @@ from flowsync.config import ApiSettings
 from flowsync.errors import ApiError, PolicyLimitError
 from flowsync.policy import apply_plan, make_plan, parse_policy
 from flowsync.policy.answers import Seen, classify_lost, classify_unanswered
+from flowsync.policy.apply import batches
 from flowsync.policy.plan import Plan
 from flowsync.policy.result import Outcome
 from flowsync.store import Store
@@ -254,20 +258,16 @@ def test_per_run_failures_inside_http_200_are_read(mixed_db: Path) -> None:
 
 
 def test_a_failing_batch_does_not_stop_the_next(mixed_db: Path) -> None:
-    calls = {"n": 0}
+    plan = plan_for(mixed_db, DELETE_ALL)
+    second = set(list(batches(plan))[1].ids)
 
     def second_fails(path: str, body: dict[str, Any]) -> httpx.Response:
-        calls["n"] += 1
-        if calls["n"] in (
-            2,
-            3,
-            4,
-        ):  # batch 2: the call and both resends (it changed nothing each time)
+        # batch 2: the call and both resends (it changed nothing each time)
+        if set(body["flow_runs"]["id"]["any_"]) == second:
             return httpx.Response(503, text="overloaded")
         return accept_all(path, body)
 
     fake = Recorder(second_fails, api_rows(mixed_db))
-    plan = plan_for(mixed_db, DELETE_ALL)
     with Store.sandboxed_writer(mixed_db) as store, mock_client(fake) as client:
         result = apply_plan(client, store, plan, attempts=3, settle_seconds=0)
     assert result.status == "partial" and result.batches == 4
@@ -275,8 +275,12 @@ def test_a_failing_batch_does_not_stop_the_next(mixed_db: Path) -> None:
     assert len(result.errors) == 1 and "batch 2" in result.errors[0]
     # a 503 on a bulk call is never retried blindly: the runs are read until the server settles
     # (here: at once), and each resend follows a fresh re-read and decision
-    paths = [p for p, _ in fake.bodies if p not in ("health", "admin/version")]
-    assert paths[2:11] == ["flow_runs/filter", "flow_runs/bulk_delete", "flow_runs/filter"] * 3
+    paths = [
+        p
+        for p, b in fake.bodies
+        if p.startswith("flow_runs/") and set(b["flow_runs"]["id"]["any_"]) == second
+    ]
+    assert paths == ["flow_runs/filter", "flow_runs/bulk_delete", "flow_runs/filter"] * 3
     assert (
         scalar(
             mixed_db, "SELECT count(*) FROM policy_actions WHERE outcome = 'failed' AND batch = 2"
@@ -589,16 +593,32 @@ def test_cli_partial_failure_exits_9_with_a_summary(
 
 
 def test_an_interrupted_apply_leaves_pending_rows_and_sends_nothing_more(mixed_db: Path) -> None:
+    """Ctrl-C (SIGINT, to the apply's thread) while batch 2's call is in flight and batch 3 is
+    being re-read meanwhile: batch 2 stays pending, batch 3 is never sent."""
+    plan = plan_for(mixed_db, DELETE_ALL)
+    third = set(list(batches(plan))[2].ids)
+    in_flight = threading.Event()
+
     def ctrl_c_in_flight(path: str, body: dict[str, Any]) -> httpx.Response:
-        if len(fake.bulk) == 2:  # Ctrl-C while batch 2's call is in flight
-            raise KeyboardInterrupt
+        if len(fake.bulk) == 2:  # batch 2's call, on its own thread: still out at the Ctrl-C
+            in_flight.set()
+            time.sleep(5)  # (the apply does not wait for it)
+            raise httpx.ReadTimeout("no answer", request=httpx.Request("POST", path))
         return accept_all(path, body)
 
+    def reads(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content) if request.content else {}
+        if set(body.get("flow_runs", {}).get("id", {}).get("any_") or ()) == third:
+            # batch 3's re-read, on the apply's thread, once batch 2's call is out: Ctrl-C
+            assert in_flight.wait(5)
+            _thread.interrupt_main()
+            time.sleep(1)
+        return fake(request)
+
     fake = Recorder(ctrl_c_in_flight, api_rows(mixed_db))
-    plan = plan_for(mixed_db, DELETE_ALL)
     with (
         Store.sandboxed_writer(mixed_db) as store,
-        mock_client(fake) as client,
+        mock_client(reads) as client,
         pytest.raises(KeyboardInterrupt),
     ):
         apply_plan(client, store, plan, progress=NullProgress())

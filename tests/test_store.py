@@ -100,3 +100,27 @@ def test_applys_writer_runs_duckdb_on_one_thread_and_keeps_it(tmp_path: Path) ->
         assert store.execute("SELECT current_setting('threads')").scalar() == 1
         with pytest.raises(Exception, match="configuration"):
             store.execute("SET threads = 4")  # rule SQL cannot change it either
+
+
+def test_ctrl_c_during_a_statement_is_a_keyboard_interrupt(tmp_path: Path) -> None:
+    """DuckDB catches SIGINT mid-statement and raises an error of its own; the store hands it
+    on as the Ctrl-C it was, so every command stops as interrupted (inside a transaction too)."""
+    import os
+    import signal
+    import threading
+
+    long = "SELECT count(*) FROM range(100000000000) a"
+    with Store.writer(tmp_path / "runs.duckdb") as store:
+        for inside in (False, True):
+            timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
+            timer.start()
+            try:
+                with pytest.raises(KeyboardInterrupt):
+                    if inside:
+                        with store.transaction():
+                            store.execute(long).rows()
+                    else:
+                        store.execute(long).rows()
+            finally:
+                timer.cancel()
+        assert store.execute("SELECT 1").scalar() == 1  # the store is still usable

@@ -1,29 +1,24 @@
-"""A head start on an apply's next batch, taken while the current one waits.
+"""Work an apply does for its batches ahead of them: decisions made over the file before
+the re-read, and the call left in flight while the next batch is checked.
 
-Owns the helper thread of an apply and what it prepared for the next batch. The
-``Applier`` (``policy/batch.py``) says when; two kinds of work run there:
+Owns two things the ``Applier`` (``policy/batch.py``) uses when a batch and the ones
+after it decide a run from its own row (``Rereader.own_rows``):
 
-- ``decide``: while a batch's last call is in flight (the main thread waits on the
-  server and does not touch the file), the next batches (up to ``AHEAD_BATCHES`` of
-  the same rule) are decided over the file as it is, in one decision, and their runs'
-  ``updated`` stamps in the file are read with it (``DecidedAhead``). Each of those
-  batches later takes its part;
-- ``fetch``: while a batch's outcomes are written (the main thread writes the file
-  and sends nothing), the next batch's re-read is sent. HTTP only: the answer is
-  compared with the file and written by the main thread, in step 1, after those
-  outcomes.
+- ``Ahead``: one decision over the file for up to ``AHEAD_BATCHES`` batches of a
+  rule, made before the first of them is re-read (the rules' SQL scans the file, so a
+  decision costs about the same for 50 runs as for 400), with their runs' ``updated``
+  stamps in the file read with it (``DecidedAhead``). Each batch takes its part.
+  A decision made ahead never replaces a check: each batch is still re-read right
+  before its call (its window is measured from that answer), and its part is used only
+  when that re-read left every run of the batch in the file as it was (the stamps tell,
+  without a query; apply writes a run's row only in its own batch) and answered within
+  ``AHEAD_MAX_AGE`` of the decision (a rule may read the clock).
+- ``Task``: a batch's last call, sent on its own daemon thread, so that the next
+  batch is re-read, decided and sent while it is in flight (at most two calls out).
+  The thread does HTTP only; every file access stays on the apply's thread, and an
+  interrupted apply never waits for it.
 
-The two threads never use the file at once: ``settle`` returns once the helper is
-done with it, and the main thread calls it before it touches the file again (the
-API session is safe to share between threads). A head start never replaces a
-check: each batch is still re-read right before its call (its window is
-measured from that answer), and a decision made ahead is used only when that
-re-read left every run of the batch in the file as it was (which the stamps read
-with the decision tell without a query; apply writes a run's row only in its own
-batch) and answered within ``AHEAD_MAX_AGE`` of the decision (a rule may read the
-clock). The ``Applier`` asks
-for a head start only for rules whose decision reads each run's own row. Must
-not: write the file, send a call, or choose the batches.
+Must not: write the file, choose the batches, or decide when a call may overlap.
 """
 
 from __future__ import annotations
@@ -35,9 +30,8 @@ from datetime import datetime
 from typing import Generic, TypeVar
 
 from flowsync.policy.plan import Decision
-from flowsync.sync import Fetched
 
-__all__ = ["AHEAD_BATCHES", "AHEAD_MAX_AGE", "Ahead", "DecidedAhead", "Prepared", "Task"]
+__all__ = ["AHEAD_BATCHES", "AHEAD_MAX_AGE", "Ahead", "DecidedAhead", "Task"]
 
 T = TypeVar("T")
 
@@ -52,11 +46,11 @@ AHEAD_MAX_AGE = 3.0
 class Task(Generic[T]):
     """``fn`` run on a daemon thread (an interrupted apply never waits for it to exit)."""
 
-    def __init__(self, fn: Callable[[], T]) -> None:
+    def __init__(self, fn: Callable[[], T], name: str = "flowsync-call") -> None:
         self._done = threading.Event()
         self._value: T | None = None
         self._error: BaseException | None = None
-        threading.Thread(target=self._run, args=(fn,), name="flowsync-ahead", daemon=True).start()
+        threading.Thread(target=self._run, args=(fn,), name=name, daemon=True).start()
 
     def _run(self, fn: Callable[[], T]) -> None:
         try:
@@ -66,8 +60,8 @@ class Task(Generic[T]):
         finally:
             self._done.set()
 
-    def wait(self) -> None:
-        self._done.wait()
+    def done(self) -> bool:
+        return self._done.is_set()
 
     def result(self) -> T:
         """Its value, or what it raised, raised here."""
@@ -75,11 +69,6 @@ class Task(Generic[T]):
         if self._error is not None:
             raise self._error
         return self._value  # type: ignore[return-value]
-
-    def value(self) -> T | None:
-        """Its value; None if it raised (the caller does the work itself)."""
-        self._done.wait()
-        return None if self._error is not None else self._value
 
 
 @dataclass(frozen=True)
@@ -100,73 +89,36 @@ class DecidedAhead:
         )
 
 
-@dataclass
-class Prepared:
-    """What the helper prepared for batch ``number`` with these runs."""
-
-    number: int
-    ids: tuple[str, ...]
-    decision: DecidedAhead | None = None  # decided over the file before its re-read
-    fetched: Task[Fetched] | None = None  # its re-read, sent
-
-
 class Ahead:
-    """The head start of one apply: one decision made ahead for up to ``AHEAD_BATCHES``
-    batches, one re-read sent, at most one task using the file."""
+    """The decision made ahead of one apply's batches: at most one, for up to
+    ``AHEAD_BATCHES`` batches."""
 
     def __init__(self) -> None:
         self.decided: dict[int, tuple[str, ...]] = {}  # batch -> its runs in ``decision``
-        self.decision: Task[DecidedAhead] | None = None
-        self.fetched: tuple[int, tuple[str, ...], Task[Fetched]] | None = None
+        self.decision: DecidedAhead | None = None
 
     def holds(self, number: int, ids: Sequence[str]) -> bool:
-        """A decision made ahead covers batch ``number`` with exactly these runs."""
+        """The decision made ahead covers batch ``number`` with exactly these runs."""
         return self.decision is not None and self.decided.get(number) == tuple(ids)
 
     def decide(self, batches: Mapping[int, Sequence[str]], fn: Callable[[], DecidedAhead]) -> None:
-        """Decide ``batches`` (batch -> its runs) in one decision on the helper; the file is the
-        helper's until ``settle``. Replaces what an earlier decision made ahead still held."""
-        self.settle()
+        """Decide ``batches`` (batch -> its runs) in one decision, now; replaces what an
+        earlier decision made ahead still held."""
+        self.decided, self.decision = {}, None
+        decision = fn()
         self.decided = {number: tuple(ids) for number, ids in batches.items()}
-        self.decision = Task(fn)
+        self.decision = decision
 
-    def fetch(self, number: int, ids: Sequence[str], fn: Callable[[], Fetched]) -> None:
-        """Send batch ``number``'s re-read on the helper (no file access)."""
-        if self.fetched is not None:
-            self.fetched[2].wait()
-        self.fetched = (number, tuple(ids), Task(fn))
-
-    def settle(self) -> None:
-        """Return once the helper no longer uses the file."""
-        if self.decision is not None:
-            self.decision.wait()
-
-    def close(self) -> None:
-        """Return once every task is done. (An interrupted apply does not call this: its
-        helper may still wait on the server, and being a daemon it never holds up the exit.)"""
-        self.settle()
-        if self.fetched is not None:
-            self.fetched[2].wait()
-        self.decided, self.decision, self.fetched = {}, None, None
-
-    def take(self, number: int, ids: Sequence[str]) -> Prepared | None:
-        """What was prepared for batch ``number`` with exactly these runs (else None); what was
-        prepared for it or an earlier batch is dropped, a later batch's part kept. The helper
-        is done with the file on return."""
-        self.settle()
+    def take(self, number: int, ids: Sequence[str]) -> DecidedAhead | None:
+        """Batch ``number``'s part of the decision made ahead, if it covers exactly these
+        runs (else None); what it held for this batch or an earlier one is dropped."""
         key = tuple(ids)
-        decided: DecidedAhead | None = None
-        if self.decision is not None and self.decided.get(number) == key:
-            whole = self.decision.value()  # None if it raised: the batch decides in place
-            decided = whole.part(key) if whole is not None else None
+        part = (
+            self.decision.part(key)
+            if self.decision is not None and self.decided.get(number) == key
+            else None
+        )
         self.decided = {n: i for n, i in self.decided.items() if n > number}
         if not self.decided:
             self.decision = None
-        fetched: Task[Fetched] | None = None
-        if self.fetched is not None:
-            if self.fetched[:2] == (number, key):
-                fetched = self.fetched[2]
-            self.fetched = None
-        if decided is None and fetched is None:
-            return None
-        return Prepared(number, key, decided, fetched)
+        return part

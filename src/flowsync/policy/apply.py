@@ -93,6 +93,40 @@ def new_result(plan: Plan) -> ApplyResult:
     return ApplyResult.new(plan.policy.sha256)
 
 
+def _advance(steps: Iterator[None], in_flight: Iterator[None] | None) -> bool:
+    """Run a batch's steps until its last call is in flight (True) or to its end (False). If
+    they raise, the batch whose call is already out is answered and recorded first."""
+    try:
+        return next(steps, _ENDED) is not _ENDED
+    except BaseException as e:
+        _answer_after(in_flight, e)
+        raise
+
+
+def _finish(steps: Iterator[None], in_flight: Iterator[None] | None) -> None:
+    """The rest of a batch whose last call is out: its answer, classified and recorded. If that
+    raises, the batch sent after it is answered and recorded first."""
+    try:
+        for _ in steps:
+            pass
+    except BaseException as e:
+        _answer_after(in_flight, e)
+        raise
+
+
+def _answer_after(steps: Iterator[None] | None, error: BaseException) -> None:
+    """A call already out when ``error`` stops the apply: its answer is still recorded (but not
+    waited for on Ctrl-C: the apply reads back what it left pending before it stops)."""
+    if steps is None or isinstance(error, KeyboardInterrupt):
+        return
+    with contextlib.suppress(Exception):  # the error that stops the apply is ``error``
+        for _ in steps:
+            pass
+
+
+_ENDED = object()
+
+
 def apply_plan(
     client: PrefectClient,
     store: SandboxedWriter,
@@ -166,31 +200,35 @@ def apply_plan(
             )
             for b in batches(plan, batch_size)
         )
-        # The batches after the current one: the applier prepares the next while it waits.
+        # The batches after the current one: decided ahead with it, checked while it waits.
         window = deque(itertools.islice(listed, AHEAD_BATCHES + 1))
         number = 1
+        in_flight: Iterator[None] | None = None  # a batch whose last call is out
         while window:
             result.batches = number
             planned, batch = window.popleft()
             window.extend(itertools.islice(listed, 1))
             if batch.ids:
-                applier.run_batch(number, batch, [b for _, b in window])
+                steps = applier.steps(number, batch, [b for _, b in window])
+                # Up to its last call, sent while the batch before it still waits for its answer.
+                waiting = _advance(steps, in_flight)
+                if in_flight is not None:
+                    _finish(in_flight, steps if waiting else None)
+                in_flight = steps if waiting else None
             else:
                 progress.advance(planned)
             number += 1
+        if in_flight is not None:
+            _finish(in_flight, None)
     except Stop:
         pass
     except BaseException as e:
         failure = f"{type(e).__name__}: {e}"
         with contextlib.suppress(Exception):
-            applier.ahead.settle()
             applier.settler.close_open_rows(applier.ledger.open_rows())
         raise
     finally:
         with contextlib.suppress(Exception):
-            applier.ahead.settle()
             reader.finish(error=failure)
         result.seconds = time.monotonic() - began
-    applier.ahead.close()  # a re-read sent for a batch after a Stop: no thread outlives apply
-    result.seconds = time.monotonic() - began
     return result

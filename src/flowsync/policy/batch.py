@@ -42,7 +42,7 @@ print, or import httpx/duckdb.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from flowsync.api import PrefectClient
 from flowsync.errors import (
@@ -50,7 +50,7 @@ from flowsync.errors import (
     AuthError,
     UnsupportedError,
 )
-from flowsync.policy.ahead import AHEAD_BATCHES, Ahead
+from flowsync.policy.ahead import AHEAD_BATCHES, Ahead, Task
 from flowsync.policy.answers import (
     Acted,
     Answer,
@@ -72,7 +72,7 @@ from flowsync.policy.ledger import Ledger
 from flowsync.policy.plan import Plan, RuleModel
 from flowsync.policy.reread import Rereader
 from flowsync.policy.result import ApplyResult, Outcome, RunResult
-from flowsync.policy.send import send_call
+from flowsync.policy.send import note_call, send_bulk, send_call
 from flowsync.policy.settle import Settler
 from flowsync.store import SandboxedWriter, synced_tables
 from flowsync.sync import Progress, RunReader
@@ -120,7 +120,7 @@ class Applier:
         )
         self.lost = self.settler.lost  # run -> (problem, state before that call): the settler's
         self.rereader = Rereader(client, store, plan, result, reader, self.lost)
-        self.ahead = Ahead()  # the next batch, prepared while this one waits (policy/ahead.py)
+        self.ahead = Ahead()  # the decision made ahead of the next batches (policy/ahead.py)
 
     @property
     def per_run(self) -> bool:
@@ -280,30 +280,53 @@ class Applier:
 
     # the sequence -------------------------------------------------------------------------
 
-    def following(self, batch: Batch, upcoming: Sequence[Batch]) -> list[Batch]:
-        """The batches after ``batch`` that may be prepared while it waits (``policy/ahead.py``):
-        when it and they decide a run from its own row, up to ``AHEAD_BATCHES`` of one rule."""
-        out: list[Batch] = []
+    def chunk(self, batch: Batch, upcoming: Sequence[Batch]) -> list[Batch]:
+        """``batch`` and the batches after it that one decision made ahead may serve
+        (``policy/ahead.py``): of its rule, each deciding a run from its own row, up to
+        ``AHEAD_BATCHES``; none when ``batch`` does not decide its runs that way."""
         if not self.rereader.own_rows(batch):
-            return out
-        for later in upcoming[:AHEAD_BATCHES]:
-            if later.rule.name != upcoming[0].rule.name or not self.rereader.own_rows(later):
+            return []
+        out = [batch]
+        for later in upcoming[: AHEAD_BATCHES - 1]:
+            if later.rule.name != batch.rule.name or not self.rereader.own_rows(later):
                 break
             out.append(later)
         return out
 
+    def overlaps(self, batch: Batch, upcoming: Sequence[Batch]) -> bool:
+        """The next batch may be checked and sent while ``batch``'s last call is in flight:
+        both decide a run from its own row, so neither decision rests on the other's answer."""
+        return (
+            bool(upcoming) and self.rereader.own_rows(batch) and self.rereader.own_rows(upcoming[0])
+        )
+
     def run_batch(self, number: int, batch: Batch, upcoming: Sequence[Batch] = ()) -> None:
-        """The steps for ``batch``; ``upcoming``: the batches after it, in order (the next ones
-        are prepared while this one waits, ``policy/ahead.py``)."""
+        """The steps for ``batch``, to the end (its calls one after the other)."""
+        for _ in self.steps(number, batch, upcoming, overlap=False):
+            pass
+
+    def steps(
+        self, number: int, batch: Batch, upcoming: Sequence[Batch] = (), *, overlap: bool = True
+    ) -> Iterator[None]:
+        """The steps for ``batch``; ``upcoming``: the batches after it, in order. Yields once,
+        with its last call in flight, when the next batch may be checked and sent meanwhile
+        (``overlaps``); resumed, it takes that call's answer and ends the batch."""
         rule = batch.rule
         todo = list(batch.ids)
-        prepared = self.ahead.take(number, todo)
-        ahead = self.following(batch, upcoming)
-        following = ahead[0] if ahead else None
+        chunk = self.chunk(batch, upcoming)
+        if chunk and not self.ahead.holds(number, todo):
+            # One decision over the file for this batch and the next ones of its rule, before
+            # the re-read: each batch takes its part, used only if its re-read changes nothing.
+            self.ahead.decide(
+                {number + k: b.ids for k, b in enumerate(chunk)},
+                functools.partial(self.rereader.decide_ahead, chunk),
+            )
+        ahead = self.ahead.take(number, todo)
+        overlap = overlap and self.overlaps(batch, upcoming)
         for attempt in range(1, self.attempts + 1):
             try:
-                fresh = self.rereader.reread(batch, todo, prepared)
-                prepared = None
+                fresh = self.rereader.reread(batch, todo, ahead)
+                ahead = None
             except AuthError:
                 raise
             except ApiError as e:
@@ -323,23 +346,14 @@ class Applier:
                     {i: call.state_type for i in call.ids},
                     {i: row for i in call.ids if (row := fresh.seen[i].row) is not None},
                 )
-                if (
-                    following is not None
-                    and not calls
-                    and attempt == 1
-                    and not self.ahead.holds(number + 1, following.ids)
-                ):
-                    # While the batch's last call is in flight, the next ones are decided
-                    # over the file (each batch takes its part of that one decision).
-                    self.ahead.decide(
-                        {number + 1 + k: b.ids for k, b in enumerate(ahead)},
-                        functools.partial(self.rereader.decide_ahead, ahead),
-                    )
                 try:
-                    try:
+                    if overlap and not calls and attempt == 1:
+                        note_call(self.result, fresh.answered_at)
+                        in_flight = Task(functools.partial(send_bulk, self.client, rule, call))
+                        yield  # the next batch is re-read, decided and sent meanwhile
+                        answer = in_flight.result()
+                    else:
                         answer = self.send(rule, call, fresh.answered_at)
-                    finally:
-                        self.ahead.settle()  # the file is this thread's again
                 except AuthError as e:
                     if call is decided.calls[0]:
                         self.record(number, rule, decided.final, guards)
@@ -353,21 +367,6 @@ class Applier:
                         verdict.again,
                         verdict.wait,
                         verdict.stop,
-                    )
-                if (
-                    following is not None
-                    and not calls
-                    and not again
-                    and not verdict.again
-                    and verdict.stop is None
-                    and not any(r.outcome is Outcome.ACCEPTED for r in verdict.results.values())
-                ):
-                    # The batch ends with this record, which sends nothing: the next re-read
-                    # goes out while the outcomes are written.
-                    self.ahead.fetch(
-                        number + 1,
-                        following.ids,
-                        functools.partial(self.reader.fetch, sorted(following.ids)),
                     )
                 self.record(number, rule, verdict.results, guards)
                 if verdict.stop is not None:

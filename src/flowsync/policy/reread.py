@@ -23,12 +23,12 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from flowsync.api import PrefectClient
-from flowsync.policy.ahead import AHEAD_MAX_AGE, DecidedAhead, Prepared
+from flowsync.policy.ahead import AHEAD_MAX_AGE, DecidedAhead
 from flowsync.policy.answers import Batch, Fresh, Seen, file_rows
 from flowsync.policy.plan import Decision, Plan, RuleModel, Scope, decide_scope
 from flowsync.policy.result import ApplyResult
 from flowsync.store import SandboxedWriter, sync_log, synced_tables
-from flowsync.sync import Fetched, RunReader
+from flowsync.sync import RunReader
 
 __all__ = ["EVENTS_OVERLAP", "Rereader"]
 
@@ -86,11 +86,11 @@ class Rereader:
         self,
         ids: list[str],
         before: dict[str, dict[str, Any]],
-        fetched: Fetched | None = None,
         stamps: dict[str, datetime | None] | None = None,
     ) -> dict[str, Seen]:
-        """These runs from the server (``fetched``: already sent), what changed written to the
-        file, the file's rows it changed kept in ``before``; a run not returned is absent."""
+        """These runs from the server, what changed written to the file, the file's rows it
+        changed kept in ``before``; a run not returned is absent. ``stamps``: the file's
+        ``updated`` of these runs, read when nothing has written them since."""
         self.result.rereads += 1
 
         def keep_before(changed: list[str]) -> None:
@@ -98,7 +98,7 @@ class Rereader:
                 {k: v for k, v in file_rows(self.store, changed).items() if k not in before}
             )
 
-        rows = self.reader.read(ids, keep_before, fetched, stamps)
+        rows = self.reader.read(ids, keep_before, stamps)
         return {i: Seen.of(row) for i, row in rows.items()}
 
     def _catch_up(self) -> None:
@@ -112,11 +112,12 @@ class Rereader:
             self.read(sorted(known), {})
         self.caught_up = now
 
-    def reread(self, batch: Batch, todo: list[str], prepared: Prepared | None = None) -> Fresh:
+    def reread(self, batch: Batch, todo: list[str], ahead: DecidedAhead | None = None) -> Fresh:
         """Step 1: the server's current rows for every run the decision rests on, into the file.
 
-        ``prepared``: the re-read already sent, and the decision made over the file before
-        it, used only if this re-read left every run of the batch in the file as it was."""
+        ``ahead``: the batch decided over the file before this re-read (``policy/ahead.py``),
+        used only if this re-read left every run of the batch in the file as it was, and
+        answered within ``AHEAD_MAX_AGE`` of that decision."""
         before: dict[str, dict[str, Any]] = {}
         if self.reads_others(batch.rule):
             self._catch_up()
@@ -126,11 +127,9 @@ class Rereader:
             want |= self.decide_batch(batch, todo).ranked_above
         seen: dict[str, Seen] = {}
         read: set[str] = set()
-        fetched = prepared.fetched.result() if prepared and prepared.fetched else None
-        ahead = prepared.decision if prepared else None
         for _ in range(8):
-            got = self.read(sorted(want - read), before, fetched, ahead.stamps if ahead else None)
-            answered = fetched.answered_at if fetched else time.monotonic()
+            got = self.read(sorted(want - read), before, ahead.stamps if ahead else None)
+            answered = self.reader.answered_at
             # Made over the very rows the file holds now (the re-read changed none of them),
             # and recently enough that a rule reading the clock would decide the same.
             made_ahead = (
@@ -138,7 +137,7 @@ class Rereader:
                 if ahead and not self.reader.changed and answered - ahead.made_at <= AHEAD_MAX_AGE
                 else None
             )
-            fetched = ahead = None
+            ahead = None
             read |= want
             seen.update(got)
             for gone in want - set(got):
@@ -153,8 +152,8 @@ class Rereader:
 
     def decide_ahead(self, batches: list[Batch]) -> DecidedAhead:
         """``batches`` (of one rule whose decision reads each run's own row) decided over the
-        file as it is, in one decision, with their runs' stamps in the file (on the helper
-        thread, while the call before them is in flight)."""
+        file as it is, in one decision, with their runs' stamps in the file (before the first
+        of them is re-read, while the call before it may be in flight)."""
         made_at = time.monotonic()
         ids = [i for b in batches for i in b.ids]
         stamps = synced_tables.live_updated(self.store, ids)

@@ -23,7 +23,7 @@ from flowsync.policy.model import SetStateRule
 from flowsync.policy.plan import RuleModel
 from flowsync.policy.result import SET_STATE_STATUS, ApplyResult, Outcome, RunResult
 
-__all__ = ["send_call"]
+__all__ = ["note_call", "send_bulk", "send_call"]
 
 
 def send_call(
@@ -38,8 +38,19 @@ def send_call(
     """Step 3: one call; whatever happens comes back as a typed answer (AuthError raises)."""
     if per_run:
         return _send_per_run(client, result, rule, call, read_at)
+    note_call(result, read_at)
+    return send_bulk(client, rule, call)
+
+
+def note_call(result: ApplyResult, read_at: float) -> None:
+    """Count a bulk call about to go out, and its window since the re-read (this thread only)."""
     result.windows.append(time.monotonic() - read_at)
     result.calls += 1
+
+
+def send_bulk(client: PrefectClient, rule: RuleModel, call: Call) -> Answer:
+    """One bulk call, its answer typed (AuthError raises). HTTP only: safe on another
+    thread while this apply's file is in use (``note_call`` counts it first)."""
     try:
         if isinstance(rule, SetStateRule):
             answer = client.bulk_set_state(

@@ -79,6 +79,9 @@ def _quote(name: str) -> str:
 T = TypeVar("T", bound="Session")
 
 
+# What DuckDB raises (a RuntimeError) when Ctrl-C reaches it during a statement.
+CTRL_C = "Query interrupted"
+
 class Session:
     """One open DuckDB connection (a ``Store`` in one of its roles): run SQL on it through
     ``execute`` (rows), ``frame`` (Polars) or a transaction; its errors are typed."""
@@ -106,11 +109,18 @@ class Session:
 
     @contextmanager
     def memory_guard(self) -> Iterator[None]:
-        """Turn DuckDB running out of memory anywhere inside (reads too) into one StoreError."""
+        """Turn DuckDB running out of memory anywhere inside (reads too) into one StoreError,
+        and a Ctrl-C that DuckDB caught mid-statement back into KeyboardInterrupt."""
         try:
             yield
         except duckdb.OutOfMemoryException as e:
             raise out_of_memory(self.path, self.memory_budget) from e
+        except RuntimeError as e:
+            # DuckDB answers Ctrl-C (SIGINT) during a statement with this, not with
+            # KeyboardInterrupt: the command must stop as interrupted, not with an error.
+            if str(e) == CTRL_C:
+                raise KeyboardInterrupt from e
+            raise
 
     # -- transactions and queries -------------------------------------------
 
@@ -193,6 +203,8 @@ class Session:
             with self.memory_guard(), self._time_limit(timeout) as fired:
                 yield
         except duckdb.Error as e:
+            if isinstance(e, duckdb.InterruptException) and not fired[0]:
+                raise KeyboardInterrupt from e  # Ctrl-C, not our time limit
             raise query_error(
                 e,
                 sql,

@@ -10,10 +10,9 @@ log: ``flowsync.store.sync_log``. Must not: print or import httpx/duckdb.
 """
 
 from flowsync.sync.context import NullProgress, Progress, PullOptions
-from flowsync.sync.pull import Fetched, PullResult, RunReader, pull, refresh_runs
+from flowsync.sync.pull import PullResult, RunReader, pull, refresh_runs
 
 __all__ = [
-    "Fetched",
     "NullProgress",
     "Progress",
     "PullOptions",

@@ -197,15 +197,6 @@ def _totals(ctx: PullContext) -> dict[str, int]:
     }
 
 
-@dataclass(frozen=True)
-class Fetched:
-    """A re-read's answer from the server, not yet compared with the file (``RunReader.fetch``)."""
-
-    ids: tuple[str, ...]
-    pages: list[tuple[list[str], Page]]  # each chunk of ids, with the page of those that exist
-    answered_at: float  # monotonic time the last page answered
-
-
 class RunReader:
     """Re-reads flow runs by id into the file, for a caller about to act on them (policy apply).
 
@@ -225,25 +216,16 @@ class RunReader:
         self.mode = mode
         self.requests = 0
         self.changed: list[str] = []  # ids the last read wrote or marked deleted
+        self.answered_at = time.monotonic()  # when the last read's last page answered
         # The server clock is not needed for reads by id; ours only stamps the record.
         self.ctx = PullContext(
             client, store, PullOptions(), NullProgress(), pull_id, synced_tables.now_utc()
         )
 
-    def fetch(self, ids: list[str]) -> Fetched:
-        """The server's answer for ``ids`` (one request per 200), not yet compared with the
-        file: for ``read(..., fetched=)``. Sends requests only; safe on another thread
-        while this one's file is in use."""
-        pages = list(pages_by_id(self.ctx.client, "flow_runs", ids))
-        answered = time.monotonic()
-        self.requests += len(pages)
-        return Fetched(tuple(ids), pages, answered)
-
     def read(
         self,
         ids: list[str],
         before_write: Callable[[list[str]], None] | None = None,
-        fetched: Fetched | None = None,
         stamps: Mapping[str, datetime | None] | None = None,
     ) -> dict[str, dict[str, Any]]:
         """The server's current rows for ``ids`` (a missing id is gone from the server).
@@ -251,16 +233,12 @@ class RunReader:
         Only rows that differ from the file are written: new, gone, or with
         another ``updated`` stamp (Prefect moves it on every write to a run).
         ``before_write`` gets their ids first; ``changed`` holds them after.
-        ``fetched``: this read's answer, fetched already (``fetch``) for these ids.
         ``stamps``: the file's ``updated`` of these runs (``synced_tables.live_updated``),
         read when nothing has written them since: compared without a query.
         """
         found: dict[str, dict[str, Any]] = {}
         self.changed = []
-        if fetched is not None and list(fetched.ids) != list(ids):
-            raise ValueError("the fetched answer is for other runs than this read's")
-        answers = fetched.pages if fetched is not None else self._counted(ids)
-        for chunk, page in answers:
+        for chunk, page in self._counted(ids):
             got = {str(o["id"]): o for o in page.rows}
             found.update(got)
             server = {k: o.get("updated") for k, o in got.items()}
@@ -290,6 +268,7 @@ class RunReader:
     def _counted(self, ids: list[str]) -> Iterator[tuple[list[str], Page]]:
         for chunk, page in pages_by_id(self.ctx.client, "flow_runs", ids):
             self.requests += 1
+            self.answered_at = time.monotonic()
             yield chunk, page
 
     def counts(self) -> dict[str, int]:
