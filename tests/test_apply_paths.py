@@ -501,13 +501,19 @@ def test_a_batch_whose_re_read_fails_while_the_call_before_it_is_in_flight_is_no
 
 
 def killing_proxy(
-    target: str, kill_after: int, victim: list[int], before_server: bool = False
+    target: str,
+    kill_after: int,
+    victim: list[int],
+    before_server: bool = False,
+    hold: frozenset[str] = frozenset(),
 ) -> ThreadingHTTPServer:
     """A loopback proxy to the real server that SIGKILLs ``victim[0]`` at its
     ``kill_after``-th bulk call: once the server has answered it (the answer never reaches
     the client; a busy server's 503 passes through), or with ``before_server`` before the
-    server ever sees it."""
+    server ever sees it. A re-read of the runs in ``hold`` (the batch checked while that call
+    is in flight) is held until the kill, so that batch never reaches its own call."""
     bulk_seen = [0]
+    killed = threading.Event()
 
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *args: Any) -> None:
@@ -516,10 +522,15 @@ def killing_proxy(
         def _forward(self) -> None:
             length = int(self.headers.get("content-length") or 0)
             body = self.rfile.read(length) if length else None
+            if hold and self.path.endswith("flow_runs/filter"):
+                asked = json.loads(body or b"{}").get("flow_runs", {}).get("id", {}).get("any_")
+                if asked and set(asked) <= hold and killed.wait(60):
+                    return  # the apply was killed while this re-read was held
             if before_server and self.path.endswith("bulk_delete"):
                 bulk_seen[0] += 1
                 if bulk_seen[0] == kill_after:
                     os.kill(victim[0], signal.SIGKILL)
+                    killed.set()
                     return
             response = httpx.request(
                 self.command,
@@ -532,6 +543,7 @@ def killing_proxy(
                 bulk_seen[0] += 1
                 if bulk_seen[0] == kill_after:
                     os.kill(victim[0], signal.SIGKILL)
+                    killed.set()
             self.send_response(response.status_code)
             self.send_header(
                 "content-type", response.headers.get("content-type", "application/json")
@@ -545,11 +557,20 @@ def killing_proxy(
     return ThreadingHTTPServer(("127.0.0.1", 0), Handler)
 
 
-def apply_killed_at(server: Server, db: Path, policy: Path, *, before_server: bool) -> str:
+def apply_killed_at(
+    server: Server,
+    db: Path,
+    policy: Path,
+    *,
+    before_server: bool,
+    hold: frozenset[str] = frozenset(),
+) -> str:
     """``flowsync apply`` in its own process, through a proxy that SIGKILLs it at its second
     bulk call (see ``killing_proxy``); returns the killed apply's id."""
     victim: list[int] = []
-    httpd = killing_proxy(server.url.rsplit("/api", 1)[0], 2, victim, before_server=before_server)
+    httpd = killing_proxy(
+        server.url.rsplit("/api", 1)[0], 2, victim, before_server=before_server, hold=hold
+    )
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     proxy_url = f"http://127.0.0.1:{httpd.server_address[1]}/api"
     command = ["apply", str(policy), "--db", str(db), "--api-url", proxy_url, "--yes"]
@@ -574,7 +595,8 @@ def test_an_apply_killed_after_a_call_is_settled_by_the_next_under_its_own_id(
     server: Server, tmp_path: Path
 ) -> None:
     with pulled_runs(server, tmp_path, 120, "COMPLETED", "kill") as (ids, db, policy):
-        first_apply = apply_killed_at(server, db, policy, before_server=False)
+        third = frozenset(batch_ids(db, policy, 50)[2])
+        first_apply = apply_killed_at(server, db, policy, before_server=False, hold=third)
         pending = query(db, "SELECT count(*) FROM policy_actions WHERE outcome = 'pending'")[0][0]
         assert pending == 50, "the second batch was sent, its answer never recorded"
         # The next apply reads them back and settles them under the apply that sent them.

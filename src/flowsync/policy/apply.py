@@ -5,13 +5,17 @@ protect_tags on the confirmed plan, before any call), the server's capabilities 
 bulk endpoints, or one call per run on a server before 3.6.16), ``batches`` (per rule,
 per planned state type, at most 50 runs), and ``apply_plan``, which runs them in order.
 Each batch is one fixed sequence, read -> decide -> send -> classify -> record
-(``policy/batch.py``), given the next batch to prepare while it waits; a lost
-answer is settled by reading the runs back (``policy/settle.py``).
+(``policy/batch.py``), given the batches after it (decided ahead with it when they
+decide runs from their own rows); when it may, a batch leaves its last call in flight
+and the next batch runs up to its own call before the first one's answer is taken
+(at most two calls out; when either stops the apply, the call already out is still
+answered and recorded). A lost answer is settled by reading the runs back
+(``policy/settle.py``).
 
 Runs a killed apply left ``pending`` are read back and settled under the apply
 that sent them when the next apply starts (counted in ``resolved_earlier``); runs
-whose call was in flight when this apply is interrupted are read back once before
-it stops. A failed batch does not stop the next one; a server that cannot be read
+whose call was in flight when this apply is interrupted (up to two) are read back
+once before it stops. A failed batch does not stop the next one; a server that cannot be read
 stops the apply. Also ``reread_runs`` (``plan --refresh``) and ``new_result``. Must not:
 select runs (that is ``plan``), send or classify a call itself (that is the
 batch's), print, or import httpx/duckdb.

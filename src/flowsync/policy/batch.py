@@ -23,15 +23,19 @@ runs), each step with typed inputs and outputs:
    ``settle_seconds``, what changed is attributed to this apply, and only runs
    still unchanged go back to step 1.
 5. ``record``: the ``Ledger`` writes each outcome, and the file marks the
-   runs deleted (or re-reads the runs set) in the same transaction, before the
-   next batch is decided.
+   runs deleted (or re-reads the runs set) in the same transaction, before any
+   batch whose decision may rest on them is decided.
 
-``run_batch`` runs the steps, up to ``attempts`` times for the runs sent back to
-step 1; a run never done gets ``failed``. When this batch and the next decide a
-run from its own row, the next one gets a head start (``policy/ahead.py``): it is
-decided over the file while this batch's last call is in flight, and its re-read
-is sent while this batch's outcomes are written; it is still re-read right before
-its call, and that decision stands only if the re-read changed none of its rows.
+``steps`` runs them, up to ``attempts`` times for the runs sent back to step 1; a
+run never done gets ``failed``. When this batch and the next ones decide a run from
+its own row (``Rereader.own_rows``), two things are done ahead (``policy/ahead.py``):
+up to ``AHEAD_BATCHES`` batches of the rule are decided over the file in one
+decision before the first is re-read (each still re-read right before its call; its
+part stands only if that re-read changed none of its rows and answered within
+``AHEAD_MAX_AGE``); and this batch's last call is left in flight on its own thread
+while the next batch is re-read, decided and sent (``steps`` yields then, and
+resumed takes the answer). Neither batch's decision rests on the other's answer;
+every file access stays on the apply's thread; at most two calls are out.
 A server that cannot be read, or that refuses every call, raises ``Stop``: the
 apply (``policy/apply.py``) sends no further batch. The values passed between the
 steps and the classification of each run live in ``policy/answers.py``. Must not:
@@ -300,14 +304,7 @@ class Applier:
             bool(upcoming) and self.rereader.own_rows(batch) and self.rereader.own_rows(upcoming[0])
         )
 
-    def run_batch(self, number: int, batch: Batch, upcoming: Sequence[Batch] = ()) -> None:
-        """The steps for ``batch``, to the end (its calls one after the other)."""
-        for _ in self.steps(number, batch, upcoming, overlap=False):
-            pass
-
-    def steps(
-        self, number: int, batch: Batch, upcoming: Sequence[Batch] = (), *, overlap: bool = True
-    ) -> Iterator[None]:
+    def steps(self, number: int, batch: Batch, upcoming: Sequence[Batch] = ()) -> Iterator[None]:
         """The steps for ``batch``; ``upcoming``: the batches after it, in order. Yields once,
         with its last call in flight, when the next batch may be checked and sent meanwhile
         (``overlaps``); resumed, it takes that call's answer and ends the batch."""
@@ -322,7 +319,7 @@ class Applier:
                 functools.partial(self.rereader.decide_ahead, chunk),
             )
         ahead = self.ahead.take(number, todo)
-        overlap = overlap and self.overlaps(batch, upcoming)
+        overlap = self.overlaps(batch, upcoming)
         for attempt in range(1, self.attempts + 1):
             try:
                 fresh = self.rereader.reread(batch, todo, ahead)

@@ -82,6 +82,7 @@ T = TypeVar("T", bound="Session")
 # What DuckDB raises (a RuntimeError) when Ctrl-C reaches it during a statement.
 CTRL_C = "Query interrupted"
 
+
 class Session:
     """One open DuckDB connection (a ``Store`` in one of its roles): run SQL on it through
     ``execute`` (rows), ``frame`` (Polars) or a transaction; its errors are typed."""
