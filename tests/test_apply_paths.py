@@ -24,7 +24,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -384,31 +384,36 @@ def test_a_401_on_the_second_call_of_a_batch_keeps_what_the_first_did(
         assert held.counts["purge"] == {"deleted": 3, "failed": 3}
 
 
-# -- the next batch's head start (policy/ahead.py) ----------------------------------------------
+# -- work done ahead of a batch (policy/ahead.py) ----------------------------------------------
 
 
+@pytest.mark.parametrize("changed", [1, 2], ids=["next batch", "two batches on"])
 def test_a_batch_decided_ahead_is_decided_again_when_its_re_read_shows_a_change(
-    server: Server, tmp_path: Path
+    server: Server, tmp_path: Path, changed: int
 ) -> None:
-    """Batches 1-3 are decided in one decision over the file before batch 1's re-read; then
-    a run of batch 2 is protected on the server. Batch 2's re-read shows the change, so it
-    is decided again on it: the decision made ahead would delete the run, as a tag is no
-    server-side guard. Batch 3, unchanged, is sent on its part of the decision made ahead."""
-    with pulled_runs(server, tmp_path, 9, "COMPLETED", "ahead", protect_tags=["keep"]) as (
+    """Batches 1-3 are decided in one decision over the file before batch 1's re-read; then a
+    run of batch 2 (or 3) is protected on the server, when the batch before it is re-read
+    (whose own call may be out). That batch's re-read shows the change, so it is decided again
+    on it: the decision made ahead would delete the run, as a tag is no server-side guard.
+    The other batches, unchanged, are sent on their parts of the decision made ahead."""
+    tag = f"ahead{changed}"
+    with pulled_runs(server, tmp_path, 9, "COMPLETED", tag, protect_tags=["keep"]) as (
         ids,
         db,
         policy,
     ):
-        first, second, third = batch_ids(db, policy, 3)
+        batches = batch_ids(db, policy, 3)
+        protected = batches[changed][0]
         calls: list[list[str]] = []  # the bulk calls the server carried out
         sent: list[str] = []
 
         def fault(request: httpx.Request, n: int) -> httpx.Response | None:
             if request.url.path.endswith("bulk_delete"):
                 sent.extend(bulk_ids(request))
-            elif request.url.path.endswith("flow_runs/filter") and read_ids(request) == set(first):
-                # batch 1's re-read: batches 1-3 were decided ahead already
-                patch_run(server.url, second[0], {"tags": ["ahead", "keep"]})
+            elif request.url.path.endswith("flow_runs/filter") and read_ids(request) == set(
+                batches[changed - 1]
+            ):
+                patch_run(server.url, protected, {"tags": [tag, "keep"]})
             return None
 
         def answered(request: httpx.Request, response: httpx.Response) -> None:
@@ -417,55 +422,64 @@ def test_a_batch_decided_ahead_is_decided_again_when_its_re_read_shows_a_change(
                 calls.append(bulk_ids(request))
 
         result = library_apply(server, db, policy, forwarding(fault, answered), batch_size=3)
-        assert calls == [first, second[1:], third]
-        assert second[0] not in sent  # never in any call, carried out or not
-        assert set(live(server, ids)) == {second[0]}
-        assert outcomes(db, ids) == {i: "skipped" if i == second[0] else "deleted" for i in ids}
+        assert calls == [[i for i in b if i != protected] for b in batches]
+        assert protected not in sent  # never in any call, carried out or not
+        assert set(live(server, ids)) == {protected}
+        assert outcomes(db, ids) == {i: "skipped" if i == protected else "deleted" for i in ids}
         check = query(
             db,
             "SELECT details->>'check' FROM policy_actions WHERE flow_run_id = CAST(? AS UUID)",
-            [second[0]],
+            [protected],
         )
         assert check == [("protected tag",)]
-        assert result.decided_ahead == 2  # batches 1 and 3; batch 2 was decided again
+        assert result.decided_ahead == 2  # the two unchanged batches
+        assert result.decisions == 2  # batches 1-3 ahead, the changed one again
         assert result.counts["purge"] == {"deleted": 8, "skipped": 1}
         assert len(result.windows) == 3
 
 
-def test_a_batch_decided_two_batches_ahead_is_decided_again_when_its_re_read_shows_a_change(
+def test_a_decision_made_ahead_is_made_again_once_too_old_for_a_rule_reading_the_clock(
     server: Server, tmp_path: Path
 ) -> None:
-    """Batches 1-3 are decided in one decision before batch 1's re-read; a run of batch 3 is
-    protected on the server later, when batch 2 is re-read (batch 1's call may be in flight).
-    Batches 1 and 2 are sent on their parts of that decision; batch 3's re-read shows the
-    change, so it is decided again and the run is not sent."""
-    with pulled_runs(server, tmp_path, 9, "COMPLETED", "ahead2", protect_tags=["keep"]) as (
-        ids,
-        db,
-        policy,
-    ):
-        first, second, third = batch_ids(db, policy, 3)
-        calls: list[list[str]] = []  # the bulk calls the server carried out
-        sent: list[str] = []
+    """Batches 1 and 2 are decided in one decision before batch 1's re-read, when the rule
+    still selects their runs; batch 2's re-read then answers more than AHEAD_MAX_AGE later,
+    past the moment the rule stops selecting anything (it reads now()). Batch 2's rows are
+    unchanged, but its part of the decision is too old to stand: decided again at its
+    re-read, it is not sent. (Held here; in use, a throttled or slow call before it.)"""
+    from flowsync.policy.ahead import AHEAD_MAX_AGE
+
+    with pulled_runs(server, tmp_path, 6, "COMPLETED", "clock") as (ids, db, _):
+        deadline = datetime.now(timezone.utc) + timedelta(seconds=AHEAD_MAX_AGE + 5)
+        clock = tagged("clock", "COMPLETED") + f" AND now() < TIMESTAMPTZ '{deadline.isoformat()}'"
+        policy = policy_file(tmp_path, [{"name": "purge", "action": "delete", "sql": clock}])
+        first, second = batch_ids(db, policy, 3)
+        calls: list[list[str]] = []
+        went_out: list[datetime] = []
 
         def fault(request: httpx.Request, n: int) -> httpx.Response | None:
             if request.url.path.endswith("bulk_delete"):
-                sent.extend(bulk_ids(request))
+                calls.append(bulk_ids(request))
+            elif request.url.path.endswith("flow_runs/filter") and read_ids(request) == set(first):
+                went_out.append(datetime.now(timezone.utc))  # after the decision made ahead
             elif request.url.path.endswith("flow_runs/filter") and read_ids(request) == set(second):
-                patch_run(server.url, third[0], {"tags": ["ahead2", "keep"]})
+                # batch 2's re-read: held past the deadline and past AHEAD_MAX_AGE
+                now = datetime.now(timezone.utc)
+                time.sleep(max((deadline - now).total_seconds(), AHEAD_MAX_AGE) + 0.3)
             return None
 
-        def answered(request: httpx.Request, response: httpx.Response) -> None:
-            if request.url.path.endswith("bulk_delete") and response.is_success:
-                calls.append(bulk_ids(request))
-
-        result = library_apply(server, db, policy, forwarding(fault, answered), batch_size=3)
-        assert calls == [first, second, third[1:]]
-        assert third[0] not in sent
-        assert set(live(server, ids)) == {third[0]}
-        assert outcomes(db, ids) == {i: "skipped" if i == third[0] else "deleted" for i in ids}
-        assert result.decided_ahead == 2  # batches 1 and 2; batch 3 was decided again
-        assert result.decisions == 2  # batches 1-3 ahead, batch 3 again
+        result = library_apply(server, db, policy, forwarding(fault), batch_size=3)
+        assert went_out[0] < deadline  # so the decision made ahead selected batch 2's runs
+        assert calls == [first]
+        assert set(live(server, ids)) == set(second)
+        assert outcomes(db, ids) == {i: "deleted" if i in first else "skipped" for i in ids}
+        checks = query(
+            db,
+            "SELECT DISTINCT details->>'check' FROM policy_actions "
+            "WHERE flow_run_id IN (SELECT unnest(CAST(? AS UUID[])))",
+            [second],
+        )
+        assert checks == [("the rule's SQL no longer selects it",)]
+        assert result.decided_ahead == 1  # batch 1; batch 2's part was too old
 
 
 def test_a_batch_whose_re_read_fails_while_the_call_before_it_is_in_flight_is_not_sent(
