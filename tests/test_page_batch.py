@@ -168,8 +168,38 @@ def test_a_re_read_compared_with_stamps_read_before_gives_the_querys_answer(
             run(9)["id"]: stamp,  # not in the file
         }
         by_query = synced_tables.runs_differing(store, server)
-        stamps = synced_tables.live_updated(store, list(server))
+        stamps = {i: u for i, (u, _) in synced_tables.live_rows(store, list(server)).items()}
         assert sorted(synced_tables.differing_from(stamps, server)) == sorted(by_query)
         assert sorted(by_query) == sorted([rows[i]["id"] for i in (2, 3, 4)] + [run(9)["id"]])
         # a stamp that does not parse is counted as changed (written and decided again)
         assert synced_tables.differing_from(stamps, {rows[0]["id"]: "yesterday"}) == [rows[0]["id"]]
+
+
+def test_runs_marked_deleted_by_row_id_hints_are_exactly_the_runs_named(tmp_path: Path) -> None:
+    """``mark_deleted`` with row ids read before: right hints mark by row id; a hint left
+    stale by a row written again since (it now points at another run, or at nothing) never
+    marks a run not named, and the runs it missed are found by id; the count is exact."""
+    rows = [run(n) for n in range(1, 9)]
+    ids = [r["id"] for r in rows]
+    with Store.writer(tmp_path / "runs.duckdb") as store:
+        with store.transaction():
+            synced_tables.upsert_pages(store, FLOW_RUNS, [Page.from_rows(rows)], pull_id=1)
+        hints = {i: rowid for i, (_, rowid) in synced_tables.live_rows(store, ids).items()}
+        assert len(set(hints.values())) == 8
+
+        def live() -> set[str]:
+            return set(synced_tables.live_rows(store, ids))
+
+        with store.transaction():
+            assert synced_tables.mark_deleted(store, "flow_runs", ids[:2], rowids=hints) == 2
+        assert live() == set(ids[2:])
+        # run 3 written again (a re-read): its row moves; a stale hint points run 4 at run 5's row
+        with store.transaction():
+            synced_tables.upsert_pages(store, FLOW_RUNS, [Page.from_rows([rows[2]])], pull_id=2)
+        stale = {ids[2]: hints[ids[2]], ids[3]: hints[ids[4]]}
+        with store.transaction():
+            assert synced_tables.mark_deleted(store, "flow_runs", ids[2:4], rowids=stale) == 2
+        assert live() == set(ids[4:])  # run 5 not marked: its row was hinted, it was not named
+        with store.transaction():  # no hints, some already marked: the live ones counted
+            assert synced_tables.mark_deleted(store, "flow_runs", ids[3:6]) == 2
+        assert live() == set(ids[6:])

@@ -7,7 +7,8 @@ after it decide a run from its own row (``Rereader.own_rows``):
 - ``Ahead``: one decision over the file for up to ``AHEAD_BATCHES`` batches of a
   rule, made before the first of them is re-read (the rules' SQL scans the file, so a
   decision costs about the same for 50 runs as for 400), with their runs' ``updated``
-  stamps in the file read with it (``DecidedAhead``). Each batch takes its part.
+  stamps and row ids in the file read with it (``DecidedAhead``; the row ids let the
+  batch mark its deleted runs without a scan). Each batch takes its part.
   A decision made ahead never replaces a check: each batch is still re-read right
   before its call (its window is measured from that answer), and its part is used only
   when that re-read left every run of the batch in the file as it was (the stamps tell,
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Generic, TypeVar
 
@@ -79,6 +80,7 @@ class DecidedAhead:
     decision: Decision
     stamps: dict[str, datetime | None]  # each live run in the file -> its ``updated``
     made_at: float
+    rowids: dict[str, int] = field(default_factory=dict)  # where each live run's row was
 
     def part(self, ids: tuple[str, ...]) -> DecidedAhead:
         """The same decision for ``ids`` (some of its runs) alone."""
@@ -86,6 +88,7 @@ class DecidedAhead:
             Decision({i: self.decision.reasons[i] for i in ids}, self.decision.ranked_above),
             {i: self.stamps[i] for i in ids if i in self.stamps},
             self.made_at,
+            {i: self.rowids[i] for i in ids if i in self.rowids},
         )
 
 

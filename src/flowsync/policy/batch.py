@@ -46,7 +46,7 @@ print, or import httpx/duckdb.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 from flowsync.api import PrefectClient
 from flowsync.errors import (
@@ -256,12 +256,18 @@ class Applier:
     # 5. record ----------------------------------------------------------------------------
 
     def record(
-        self, number: int, rule: RuleModel, results: dict[str, RunResult], guards: dict[str, str]
+        self,
+        number: int,
+        rule: RuleModel,
+        results: dict[str, RunResult],
+        guards: dict[str, str],
+        rowids: Mapping[str, int] | None = None,
     ) -> None:
+        """Step 5; ``rowids``: where the runs' rows were when decided ahead (a hint)."""
         deleted = [i for i, r in results.items() if r.outcome is Outcome.DELETED]
 
         def mark_deleted() -> None:
-            n = synced_tables.mark_deleted(self.store, "flow_runs", deleted)
+            n = synced_tables.mark_deleted(self.store, "flow_runs", deleted, rowids=rowids)
             self.result.refreshed["marked_deleted"] = (
                 self.result.refreshed.get("marked_deleted", 0) + n
             )
@@ -319,6 +325,7 @@ class Applier:
                 functools.partial(self.rereader.decide_ahead, chunk),
             )
         ahead = self.ahead.take(number, todo)
+        rowids = ahead.rowids if ahead else None
         overlap = self.overlaps(batch, upcoming)
         for attempt in range(1, self.attempts + 1):
             try:
@@ -365,7 +372,7 @@ class Applier:
                         verdict.wait,
                         verdict.stop,
                     )
-                self.record(number, rule, verdict.results, guards)
+                self.record(number, rule, verdict.results, guards, rowids)
                 if verdict.stop is not None:
                     self._not_sent(number, rule, [i for c in calls for i in c.ids], verdict.stop)
                     raise Stop

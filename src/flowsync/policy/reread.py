@@ -156,8 +156,13 @@ class Rereader:
         of them is re-read, while the call before it may be in flight)."""
         made_at = time.monotonic()
         ids = [i for b in batches for i in b.ids]
-        stamps = synced_tables.live_updated(self.store, ids)
-        return DecidedAhead(self.decide_batch(batches[0], ids), stamps, made_at)
+        rows = synced_tables.live_rows(self.store, ids)
+        return DecidedAhead(
+            self.decide_batch(batches[0], ids),
+            {i: updated for i, (updated, _) in rows.items()},
+            made_at,
+            {i: rowid for i, (_, rowid) in rows.items()},
+        )
 
     def decide_batch(
         self, batch: Batch, todo: list[str], seen: dict[str, Seen] | None = None
