@@ -205,12 +205,14 @@ def bulk_ids(request: httpx.Request) -> list[str]:
     return list(json.loads(request.content)["flow_runs"]["id"]["any_"])
 
 
-def read_ids(request: httpx.Request) -> set[str]:
-    """The runs a ``/flow_runs/filter`` request asks for by id (none for other filters)."""
+def reads(request: httpx.Request, ids: list[str] | set[str] | frozenset[str]) -> bool:
+    """The request is a re-read (``/flow_runs/filter`` by id) of exactly the runs ``ids``."""
+    if not request.url.path.endswith("flow_runs/filter"):
+        return False
     try:
-        return set(json.loads(request.content)["flow_runs"]["id"]["any_"] or ())
+        return set(json.loads(request.content)["flow_runs"]["id"]["any_"] or ()) == set(ids)
     except (KeyError, TypeError, ValueError):
-        return set()
+        return False
 
 
 # -- decisions that depend on other runs ---------------------------------------------------------
@@ -410,9 +412,7 @@ def test_a_batch_decided_ahead_is_decided_again_when_its_re_read_shows_a_change(
         def fault(request: httpx.Request, n: int) -> httpx.Response | None:
             if request.url.path.endswith("bulk_delete"):
                 sent.extend(bulk_ids(request))
-            elif request.url.path.endswith("flow_runs/filter") and read_ids(request) == set(
-                batches[changed - 1]
-            ):
+            elif reads(request, batches[changed - 1]):
                 patch_run(server.url, protected, {"tags": [tag, "keep"]})
             return None
 
@@ -453,21 +453,24 @@ def test_a_decision_made_ahead_is_made_again_once_too_old_for_a_rule_reading_the
         clock = tagged("clock", "COMPLETED") + f" AND now() < TIMESTAMPTZ '{deadline.isoformat()}'"
         policy = policy_file(tmp_path, [{"name": "purge", "action": "delete", "sql": clock}])
         first, second = batch_ids(db, policy, 3)
-        calls: list[list[str]] = []
         went_out: list[datetime] = []
 
         def fault(request: httpx.Request, n: int) -> httpx.Response | None:
-            if request.url.path.endswith("bulk_delete"):
-                calls.append(bulk_ids(request))
-            elif request.url.path.endswith("flow_runs/filter") and read_ids(request) == set(first):
+            if reads(request, first):
                 went_out.append(datetime.now(timezone.utc))  # after the decision made ahead
-            elif request.url.path.endswith("flow_runs/filter") and read_ids(request) == set(second):
+            elif reads(request, second):
                 # batch 2's re-read: held past the deadline and past AHEAD_MAX_AGE
                 now = datetime.now(timezone.utc)
                 time.sleep(max((deadline - now).total_seconds(), AHEAD_MAX_AGE) + 0.3)
             return None
 
-        result = library_apply(server, db, policy, forwarding(fault), batch_size=3)
+        calls: list[list[str]] = []  # the bulk calls the server carried out
+
+        def answered(request: httpx.Request, response: httpx.Response) -> None:
+            if request.url.path.endswith("bulk_delete") and response.is_success:
+                calls.append(bulk_ids(request))
+
+        result = library_apply(server, db, policy, forwarding(fault, answered), batch_size=3)
         assert went_out[0] < deadline  # so the decision made ahead selected batch 2's runs
         assert calls == [first]
         assert set(live(server, ids)) == set(second)
@@ -496,7 +499,7 @@ def test_a_batch_whose_re_read_fails_while_the_call_before_it_is_in_flight_is_no
         def fault(request: httpx.Request, n: int) -> httpx.Response | None:
             if request.url.path.endswith("bulk_delete"):
                 deleted.append(bulk_ids(request))
-            elif request.url.path.endswith("flow_runs/filter") and read_ids(request) == set(second):
+            elif reads(request, second):
                 failed.append(n)
                 return httpx.Response(503, text="unavailable")
             return None
@@ -685,7 +688,7 @@ def test_ctrl_c_while_a_call_is_in_flight_records_what_the_server_did(
         second_done = threading.Event()
 
         def fault(request: httpx.Request, n: int) -> httpx.Response | None:
-            if request.url.path.endswith("flow_runs/filter") and read_ids(request) == third:
+            if reads(request, third):
                 assert second_done.wait(30)  # batch 3's re-read waits for batch 2's call
                 time.sleep(2)  # the Ctrl-C lands here, on the apply's thread
             return None
