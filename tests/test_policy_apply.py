@@ -17,7 +17,7 @@ import pytest
 
 from flowsync.api import PrefectClient, RetryPolicy
 from flowsync.config import ApiSettings
-from flowsync.errors import ApiError, PolicyLimitError
+from flowsync.errors import ApiError, AuthError, PolicyLimitError
 from flowsync.policy import apply_plan, make_plan, parse_policy
 from flowsync.policy.answers import Seen, classify_lost, classify_unanswered
 from flowsync.policy.apply import batches
@@ -628,6 +628,40 @@ def test_an_interrupted_apply_leaves_pending_rows_and_sends_nothing_more(mixed_d
         mixed_db, "SELECT batch, outcome, count(*) FROM policy_actions GROUP BY ALL ORDER BY 1"
     ) == [(1, "deleted", 50), (2, "pending", 20)]
     assert scalar(mixed_db, "SELECT status FROM sync_runs ORDER BY id DESC LIMIT 1") == "failed"
+
+
+def test_a_401_on_the_call_out_when_the_next_batch_cannot_be_read_is_the_error(
+    mixed_db: Path,
+) -> None:
+    """Batch 1's call is refused 401 while batch 2 is re-read, and that re-read fails (503):
+    both batches are recorded (batch 1 failed with the 401, batch 2 not checked), nothing
+    else is sent, and the apply ends on the 401, not on the re-read."""
+    plan = plan_for(mixed_db, DELETE_ALL)
+    first, second = (set(b.ids) for b in list(batches(plan))[:2])
+    out = threading.Event()
+
+    def refused(path: str, body: dict[str, Any]) -> httpx.Response:
+        out.set()
+        return httpx.Response(401, json={"detail": "expired"})
+
+    def reads(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content) if request.content else {}
+        if set(body.get("flow_runs", {}).get("id", {}).get("any_") or ()) == second:
+            assert out.wait(5)  # batch 1's call is out (and refused) first
+            return httpx.Response(503, text="unavailable")
+        return fake(request)
+
+    fake = Recorder(refused, api_rows(mixed_db))
+    with (
+        Store.sandboxed_writer(mixed_db) as store,
+        mock_client(reads) as client,
+        pytest.raises(AuthError, match="401"),
+    ):
+        apply_plan(client, store, plan, progress=NullProgress())
+    assert [set(b["flow_runs"]["id"]["any_"]) for _, b in fake.bulk] == [first]
+    assert query(
+        mixed_db, "SELECT batch, outcome, count(*) FROM policy_actions GROUP BY ALL ORDER BY 1"
+    ) == [(1, "failed", len(first)), (2, "failed", len(second))]
 
 
 def _apply_on_a_terminal(args: list[str], answer: str, timeout: float = 120) -> tuple[int, str]:

@@ -120,12 +120,19 @@ def _finish(steps: Iterator[None], in_flight: Iterator[None] | None) -> None:
 
 def _answer_after(steps: Iterator[None] | None, error: BaseException) -> None:
     """A call already out when ``error`` stops the apply: its answer is still recorded (but not
-    waited for on Ctrl-C: the apply reads back what it left pending before it stops)."""
+    waited for on Ctrl-C: the apply reads back what it left pending before it stops). The
+    apply ends on ``error``, unless that is a ``Stop`` and the answer raises something the
+    user must see instead (a 401: the credentials, not the server, are the problem)."""
     if steps is None or isinstance(error, KeyboardInterrupt):
         return
-    with contextlib.suppress(Exception):  # the error that stops the apply is ``error``
+    try:
         for _ in steps:
             pass
+    except Stop:
+        pass
+    except Exception:
+        if isinstance(error, Stop):
+            raise
 
 
 _ENDED = object()
