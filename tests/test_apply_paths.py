@@ -485,6 +485,63 @@ def test_a_decision_made_ahead_is_made_again_once_too_old_for_a_rule_reading_the
         assert result.decided_ahead == 1  # batch 1; batch 2's part was too old
 
 
+@pytest.mark.parametrize("fault_kind", ["429", "connect", "timeout", "503"])
+def test_a_fault_on_the_call_out_while_the_next_batch_is_sent_is_settled_and_sent_once(
+    server: Server, tmp_path: Path, fault_kind: str
+) -> None:
+    """Batch 1's call is throttled, never connected, timed out (the server finishes it later)
+    or answered 503 while batch 2 is re-read, decided and sent: batch 1 is settled as on the
+    serial path (re-checked and resent once, or read back and attributed), every run is
+    deleted by exactly one call the server carried out, and the audit has one row a run."""
+    with pulled_runs(server, tmp_path, 6, "COMPLETED", f"lane{fault_kind}") as (ids, db, policy):
+        first, second = batch_ids(db, policy, 3)
+        faulted: list[int] = []
+        real = httpx.Client(timeout=60)
+
+        def fault(request: httpx.Request, n: int) -> httpx.Response | None:
+            if not (request.url.path.endswith("bulk_delete") and bulk_ids(request) == first):
+                return None
+            if faulted:
+                return None
+            faulted.append(n)
+            if fault_kind == "429":
+                return httpx.Response(429, headers={"Retry-After": "1"}, text="slow down")
+            if fault_kind == "connect":
+                raise httpx.ConnectError("connection refused", request=request)
+            if fault_kind == "503":
+                return httpx.Response(503, text="unavailable")
+            body, headers, url = request.content, dict(request.headers), str(request.url)
+
+            def later() -> None:  # the server gets the call after the client gave up
+                time.sleep(1.0)
+                real.post(url, content=body, headers=headers)
+
+            threading.Thread(target=later, daemon=True).start()
+            raise httpx.ReadTimeout("timed out", request=request)
+
+        carried: list[list[str]] = []  # the bulk calls the server carried out (by the apply)
+
+        def answered(request: httpx.Request, response: httpx.Response) -> None:
+            if request.url.path.endswith("bulk_delete") and response.is_success:
+                carried.append(bulk_ids(request))
+
+        result = library_apply(
+            server, db, policy, forwarding(fault, answered), settle_seconds=30, batch_size=3
+        )
+        assert faulted, "batch 1's call met the fault"
+        assert live(server, ids) == {}
+        assert outcomes(db, ids) == dict.fromkeys(ids, "deleted")
+        rows = query(db, "SELECT count(*) FROM policy_actions")[0][0]
+        assert rows == len(ids)  # one audit row a run
+        assert result.counts == {"purge": {"deleted": 6}} and result.status == "success"
+        assert sorted(marked_deleted(db, ids)) == sorted(ids)
+        sent = [i for call in carried for i in call]
+        if fault_kind == "timeout":  # the late call did batch 1: never sent again
+            assert sorted(sent) == sorted(second)
+        else:
+            assert sorted(sent) == sorted(ids)  # each run in exactly one carried-out call
+
+
 def test_a_batch_whose_re_read_fails_while_the_call_before_it_is_in_flight_is_not_sent(
     server: Server, tmp_path: Path
 ) -> None:
