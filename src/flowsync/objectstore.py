@@ -17,19 +17,17 @@ reads, stores or prints a credential. Must not: print, or query DuckDB.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from flowsync import export
 from flowsync.errors import ConfigError, StoreError
 from flowsync.export import MANIFEST, ExportResult
-from flowsync.store import Store
 
 _URL = re.compile(r"^(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*)://(?P<rest>.+)$")
 EXTRAS = {
@@ -156,17 +154,10 @@ def upload(local_dir: Path, result: ExportResult, url: str) -> UploadResult:
     return out
 
 
-def export_remote(
-    store: Store,
-    url: str,
-    *,
-    fmt: str = "parquet",
-    tables: Sequence[str] | None = None,
-    since: datetime | None = None,
-) -> tuple[ExportResult, UploadResult]:
-    """``flowsync.export.export`` to a local staging directory, then ``upload`` to ``url``."""
-    _filesystem(url)  # a missing extra fails before any work
+@contextlib.contextmanager
+def staging(url: str) -> Iterator[Path]:
+    """A local directory for an export bound for ``url``, removed after; a missing extra
+    fails here, before any work."""
+    _filesystem(url)
     with tempfile.TemporaryDirectory(prefix="flowsync-export-") as tmp:
-        result = export.export(store, Path(tmp), fmt=fmt, tables=tables, since=since)
-        uploaded = upload(Path(tmp), result, url)
-    return result, uploaded
+        yield Path(tmp)

@@ -25,6 +25,7 @@ filter name); see ``flowsync.errors``.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -236,13 +237,13 @@ def export(
     out_dir = Path(str(dest).removeprefix("file://"))
     if not remote:
         export_tables.check_request(out_dir, fmt, tables)
-    with Store.reader(Path(db), live=live, wait=wait) as store:
+    with contextlib.ExitStack() as stack:
+        store = stack.enter_context(Store.reader(Path(db), live=live, wait=wait))
         if remote:
-            result, uploaded = objectstore.export_remote(
-                store, str(dest), fmt=fmt, tables=tables, since=since
-            )
-            return Exported(result, uploaded)
-        return Exported(export_tables.export(store, out_dir, fmt=fmt, tables=tables, since=since))
+            out_dir = stack.enter_context(objectstore.staging(str(dest)))
+        result = export_tables.export(store, out_dir, fmt=fmt, tables=tables, since=since)
+        uploaded = objectstore.upload(out_dir, result, str(dest)) if remote else None
+    return Exported(result, uploaded)
 
 
 @dataclass
