@@ -81,16 +81,16 @@ def test_guards(r: dict[str, Any], more: str | None, claimed: set[str], reason: 
     loaded = parse_policy(policy(rule("r", "SELECT 1 AS id", more=more or "")).encode(), "p")
     rp = plan_rule(loaded.policy.rules[0], [r], set(claimed))
     if reason is None:
-        assert [x.id for x in rp.runs] == [r["id"]] and rp.skipped == {}
+        assert rp.chosen == [r["id"]] and rp.skipped == {}
     else:
-        assert rp.runs == [] and rp.skipped == {reason: 1}
+        assert rp.chosen == [] and rp.skipped == {reason: 1}
 
 
 def test_limit_takes_the_first_rows_and_counts_the_rest() -> None:
     loaded = parse_policy(policy(rule("r", "SELECT 1 AS id", more="limit: 2")).encode(), "p")
     claimed: set[str] = set()
     rp = plan_rule(loaded.policy.rules[0], [row(1), row(2), row(3)], claimed)
-    assert [r.id for r in rp.runs] == [rid(1), rid(2)]
+    assert rp.chosen == [rid(1), rid(2)]
     assert rp.skipped == {"over the rule's limit": 1}
     assert claimed == {rid(1), rid(2)}
 

@@ -280,7 +280,7 @@ class Decided:
     tests): the runs it would act on, and why each run its SQL returned was skipped."""
 
     rule: RuleModel
-    runs: list[PlannedRun] = field(default_factory=list)
+    chosen: list[str] = field(default_factory=list)  # run ids, in the order decided
     selected: int = 0  # distinct ids the SQL returned
     reasons: dict[str, str] = field(default_factory=dict)  # skipped run id -> reason
 

@@ -155,13 +155,12 @@ class Rereader:
         file as it is, in one decision, with their runs' stamps in the file (before the first
         of them is re-read, while the call before it may be in flight)."""
         made_at = time.monotonic()
-        ids = [i for b in batches for i in b.ids]
-        rows = synced_tables.live_rows(self.store, ids)
+        decision = self.decide_batch(batches[0], [i for b in batches for i in b.ids])
         return DecidedAhead(
-            self.decide_batch(batches[0], ids),
-            {i: updated for i, (updated, _) in rows.items()},
+            decision,
+            {i: updated for i, (updated, _) in decision.rows.items()},
             made_at,
-            {i: rowid for i, (_, rowid) in rows.items()},
+            {i: rowid for i, (_, rowid) in decision.rows.items()},
         )
 
     def decide_batch(
