@@ -124,3 +124,25 @@ def test_ctrl_c_during_a_statement_is_a_keyboard_interrupt(tmp_path: Path) -> No
             finally:
                 timer.cancel()
         assert store.execute("SELECT 1").scalar() == 1  # the store is still usable
+
+
+def test_checkpoint_early_checkpoints_only_near_the_threshold(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flowsync.store import roles
+
+    monkeypatch.setattr(roles, "WRITE_CHECKPOINT", 4 * 2**20)
+    monkeypatch.setattr(roles, "CHECKPOINT_MARGIN", 2 * 2**20)
+    wal = Path(f"{tmp_path / 'x.duckdb'}.wal")
+    with Store.writer(tmp_path / "x.duckdb") as store:
+        with store.transaction():
+            store.execute(
+                "CREATE TABLE t AS SELECT repeat('x', 1000) || i AS v FROM range(500) r(i)"
+            )
+        assert 0 < wal.stat().st_size < 2 * 2**20 and not store.checkpoint_early()
+        with store.transaction():
+            store.execute("INSERT INTO t SELECT repeat('y', 1000) || i FROM range(2500) r(i)")
+        assert wal.stat().st_size >= 2 * 2**20  # within the margin, below the threshold
+        assert store.checkpoint_early()
+        assert not wal.exists() or wal.stat().st_size < 2**20
+        assert store.execute("SELECT count(*) FROM t").scalar() == 3000

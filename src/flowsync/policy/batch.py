@@ -395,6 +395,9 @@ class Applier:
             self.client.pause_for(min(wait if wait is not None else 0.0, MAX_THROTTLE_WAIT))
             todo = again
         self.progress.advance(len(batch.ids))
+        # Its calls answered, the next batch's re-read not sent: a checkpoint due soon is made
+        # here, never by a commit inside a re-read -> call window (BENCHMARKS.md).
+        self.store.checkpoint_early()
 
     def _gave_up(self, number: int, rule: RuleModel, ids: list[str], attempt: int) -> None:
         why = {i: self.lost[i][0] for i in ids if i in self.lost}
