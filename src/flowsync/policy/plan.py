@@ -142,7 +142,7 @@ SELECT CAST(r.picked_id AS VARCHAR) AS id, r.state_type, r.updated, r.row_id, r.
        coalesce(list_has_any(r.tags, protect.tags), false) AS protected,
        CASE WHEN r.live THEN coalesce(k.newest_rank, $keep + 1) END AS newest_rank
 FROM runs r
--- cast once: a cast of the parameter in the row's expression costs ~9 ms a 400 rows
+-- cast once: cast in each row's expression, the parameter cost ~9 ms for 400 rows
 CROSS JOIN (SELECT CAST($protect AS VARCHAR[]) AS tags) protect
 LEFT JOIN kept k ON k.id = r.picked_id
 ORDER BY r.sort_time ASC NULLS FIRST, r.picked_id
