@@ -151,9 +151,13 @@ Fault = Callable[[httpx.Request, int], httpx.Response | None]
 def forwarding(
     fault: Fault | None = None,
     after: Callable[[httpx.Request, httpx.Response], None] | None = None,
+    *,
+    resend_busy: bool = False,
 ) -> httpx.MockTransport:
     """Forward every request to the real server unless ``fault`` (given the request and its
-    0-based number) answers it first; ``after`` sees the real answer (and may raise to drop it)."""
+    0-based number) answers it first; ``after`` sees the real answer (and may raise to drop it).
+    ``resend_busy``: a bulk call that a busy SQLite server answers 503 (its transaction rolled
+    back: nothing done) is sent again, for a test whose point is not that 503."""
     real = httpx.Client(timeout=60)
     calls = itertools.count()
 
@@ -161,9 +165,14 @@ def forwarding(
         injected = fault(request, next(calls)) if fault is not None else None
         if injected is not None:
             return injected
-        response = real.request(
-            request.method, str(request.url), content=request.content, headers=request.headers
-        )
+        for _ in range(20):
+            response = real.request(
+                request.method, str(request.url), content=request.content, headers=request.headers
+            )
+            busy = response.status_code == 503 and "/bulk_" in request.url.path
+            if not (resend_busy and busy):
+                break
+            time.sleep(0.2)
         if after is not None:
             after(request, response)
         headers = {

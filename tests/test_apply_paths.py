@@ -417,7 +417,8 @@ def test_a_batch_decided_ahead_is_decided_again_when_its_re_read_shows_a_change(
             return None
 
         def answered(request: httpx.Request, response: httpx.Response) -> None:
-            # (a SQLite server may answer a call 503 while busy: nothing done, re-checked, resent)
+            # (a busy SQLite server's 503 is sent again: else batch 3's re-read, which waits for
+            # batch 2's call, would hold the apply's thread that must re-check and resend it)
             if request.url.path.endswith("bulk_delete") and response.is_success:
                 calls.append(bulk_ids(request))
 
@@ -756,19 +757,23 @@ def test_ctrl_c_while_a_call_is_in_flight_records_what_the_server_did(
         def fault(request: httpx.Request, n: int) -> httpx.Response | None:
             if reads(request, third):
                 assert second_done.wait(30)  # batch 3's re-read waits for batch 2's call
-                time.sleep(2)  # the Ctrl-C lands here, on the apply's thread
+                # The Ctrl-C lands here, on the apply's thread. (Sent from the call's thread
+                # it could land in a DuckDB statement of batch 1's outcomes, which may take
+                # the signal and finish without raising: the apply then went on, 1 run in 10.)
+                _thread.interrupt_main()
+                time.sleep(2)
             return None
 
         def ctrl_c(request: httpx.Request, response: httpx.Response) -> None:
-            # (a SQLite server may answer a call 503 while busy: nothing done, re-checked, resent)
+            # (a busy SQLite server's 503 is sent again: else batch 3's re-read, which waits for
+            # batch 2's call, would hold the apply's thread that must re-check and resend it)
             if request.url.path.endswith("bulk_delete") and response.is_success:
                 calls.append(json.loads(request.content)["flow_runs"]["id"]["any_"])
-                if len(calls) == 2:  # the server deleted batch 2; Ctrl-C before its answer arrives
-                    _thread.interrupt_main()
+                if len(calls) == 2:  # the server deleted batch 2, before its answer arrives
                     second_done.set()
 
         with pytest.raises(KeyboardInterrupt):
-            library_apply(server, db, policy, forwarding(fault, ctrl_c))
+            library_apply(server, db, policy, forwarding(fault, ctrl_c, resend_busy=True))
         sent = [i for call in calls for i in call]
         assert len(sent) == 100  # batch 3 was never sent
         remaining = live(server, ids)
