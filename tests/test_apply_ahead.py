@@ -17,8 +17,11 @@ from flowsync.policy.ahead import Ahead, DecidedAhead, Task
 from flowsync.policy.plan import Decision
 
 WHOLE = DecidedAhead(
-    Decision({"a": None, "b": "protected tag", "c": None, "d": None}, frozenset()),
-    {"a": None, "b": None, "c": None},  # d: not live in the file
+    Decision(
+        {"a": None, "b": "protected tag", "c": None, "d": None},
+        frozenset(),
+        {"a": (None, 0), "b": (None, 1), "c": (None, 2)},  # d: not live in the file
+    ),
     12.5,
 )
 

@@ -168,7 +168,7 @@ def test_a_re_read_compared_with_stamps_read_before_gives_the_querys_answer(
             run(9)["id"]: stamp,  # not in the file
         }
         by_query = synced_tables.runs_differing(store, server)
-        stamps = {i: u for i, (u, _) in synced_tables.live_rows(store, list(server)).items()}
+        stamps = {i: u for i, (u, _) in _live_rows(store, list(server)).items()}
         assert sorted(synced_tables.differing_from(stamps, server)) == sorted(by_query)
         assert sorted(by_query) == sorted([rows[i]["id"] for i in (2, 3, 4)] + [run(9)["id"]])
         # a stamp that does not parse is counted as changed (written and decided again)
@@ -184,11 +184,11 @@ def test_runs_marked_deleted_by_row_id_hints_are_exactly_the_runs_named(tmp_path
     with Store.writer(tmp_path / "runs.duckdb") as store:
         with store.transaction():
             synced_tables.upsert_pages(store, FLOW_RUNS, [Page.from_rows(rows)], pull_id=1)
-        hints = {i: rowid for i, (_, rowid) in synced_tables.live_rows(store, ids).items()}
+        hints = {i: rowid for i, (_, rowid) in _live_rows(store, ids).items()}
         assert len(set(hints.values())) == 8
 
         def live() -> set[str]:
-            return set(synced_tables.live_rows(store, ids))
+            return set(_live_rows(store, ids))
 
         with store.transaction():
             assert synced_tables.mark_deleted(store, "flow_runs", ids[:2], rowids=hints) == 2
@@ -203,3 +203,13 @@ def test_runs_marked_deleted_by_row_id_hints_are_exactly_the_runs_named(tmp_path
         with store.transaction():  # no hints, some already marked: the live ones counted
             assert synced_tables.mark_deleted(store, "flow_runs", ids[3:6]) == 2
         assert live() == set(ids[6:])
+
+
+def _live_rows(store: Store, ids: list[str]) -> dict[str, tuple[Any, int]]:
+    """What a decision reads of these runs' live rows: id -> (``updated``, row id)."""
+    rows = store.execute(
+        "SELECT CAST(id AS VARCHAR), updated, rowid FROM flow_runs "
+        "WHERE deleted_at IS NULL AND id IN (SELECT unnest(CAST(? AS UUID[])))",
+        [ids],
+    ).rows()
+    return {r[0]: (r[1], int(r[2])) for r in rows}

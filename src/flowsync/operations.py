@@ -237,10 +237,8 @@ def export(
     out_dir = Path(str(dest).removeprefix("file://"))
     if not remote:
         export_tables.check_request(out_dir, fmt, tables)
-    with contextlib.ExitStack() as stack:
-        store = stack.enter_context(Store.reader(Path(db), live=live, wait=wait))
-        if remote:
-            out_dir = stack.enter_context(objectstore.staging(str(dest)))
+    staged = objectstore.staging(str(dest)) if remote else contextlib.nullcontext(out_dir)
+    with Store.reader(Path(db), live=live, wait=wait) as store, staged as out_dir:
         result = export_tables.export(store, out_dir, fmt=fmt, tables=tables, since=since)
         uploaded = objectstore.upload(out_dir, result, str(dest)) if remote else None
     return Exported(result, uploaded)

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Generic, TypeVar
 
@@ -74,21 +74,32 @@ class Task(Generic[T]):
 
 @dataclass(frozen=True)
 class DecidedAhead:
-    """Runs decided over the file, what the file held of them then, and when (monotonic
-    seconds, taken before the decision read the file or its clock)."""
+    """Runs decided over the file, with what the file held of them then (``decision.rows``),
+    and when (monotonic seconds, taken before the decision read the file or its clock)."""
 
     decision: Decision
-    stamps: dict[str, datetime | None]  # each live run in the file -> its ``updated``
     made_at: float
-    rowids: dict[str, int] = field(default_factory=dict)  # where each live run's row was
+
+    @property
+    def stamps(self) -> dict[str, datetime | None]:
+        """Each live run in the file -> its ``updated``."""
+        return {i: updated for i, (updated, _) in self.decision.rows.items()}
+
+    @property
+    def rowids(self) -> dict[str, int]:
+        """Each live run in the file -> where its row was."""
+        return {i: rowid for i, (_, rowid) in self.decision.rows.items()}
 
     def part(self, ids: tuple[str, ...]) -> DecidedAhead:
         """The same decision for ``ids`` (some of its runs) alone."""
+        d = self.decision
         return DecidedAhead(
-            Decision({i: self.decision.reasons[i] for i in ids}, self.decision.ranked_above),
-            {i: self.stamps[i] for i in ids if i in self.stamps},
+            Decision(
+                {i: d.reasons[i] for i in ids},
+                d.ranked_above,
+                {i: d.rows[i] for i in ids if i in d.rows},
+            ),
             self.made_at,
-            {i: self.rowids[i] for i in ids if i in self.rowids},
         )
 
 

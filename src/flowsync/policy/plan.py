@@ -405,7 +405,7 @@ class Decision:
     reasons: dict[str, str | None]  # batch run -> None (send) or why not
     ranked_above: frozenset[str]  # runs kept by keep_newest in the batch's deployments
     # Read from the file (not over held rows): each live batch run's ``updated`` stamp and
-    # row id as the decision saw them (what ``synced_tables.live_rows`` returns).
+    # row id as the decision saw them (the stamps a re-read is compared with; row ids, hints).
     rows: Mapping[str, tuple[datetime | None, int]] = field(default_factory=dict)
 
 
@@ -452,18 +452,12 @@ def _decide_rules(
     claimed: set[str] = set()
     kept: set[str] = set()
     mine: Decided | None = None
-    scope_ids = set(scope.ids)
-    live: dict[str, tuple[datetime | None, int]] = {}
+    rows: list[dict[str, Any]] = []
     for candidate in confirmed.policy.policy.rules:
         if not candidate.enabled:
             continue
         sql = confirmed.statements[candidate.name]
         rows = _select(store, candidate, sql, protect, scope, confirmed.timeout, held)
-        live = {
-            r["id"]: (r["updated"], int(r["row_id"]))
-            for r in rows
-            if r["live"] and r["row_id"] is not None and r["id"] in scope_ids
-        }
         decided = plan_rule(candidate, [r for r in rows if r["is_picked"]], claimed, limit=False)
         kept.update(i for i, why in decided.reasons.items() if why == KEEP_NEWEST)
         if candidate.name == rule.name:
@@ -474,4 +468,10 @@ def _decide_rules(
             claimed.difference_update(confirmed.skipped_for(candidate, OVER_LIMIT, claimed))
     if mine is None:
         raise PolicyError(f"rule {rule.name!r} is not an enabled rule of the confirmed plan")
+    scope_ids = set(scope.ids)
+    live = {
+        r["id"]: (r["updated"], int(r["row_id"]))
+        for r in rows  # (every rule's selection reads the same runs' rows)
+        if r["live"] and r["row_id"] is not None and r["id"] in scope_ids
+    }
     return mine, kept, live

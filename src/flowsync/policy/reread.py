@@ -155,12 +155,8 @@ class Rereader:
         file as it is, in one decision, with their runs' stamps in the file (before the first
         of them is re-read, while the call before it may be in flight)."""
         made_at = time.monotonic()
-        decision = self.decide_batch(batches[0], [i for b in batches for i in b.ids])
         return DecidedAhead(
-            decision,
-            {i: updated for i, (updated, _) in decision.rows.items()},
-            made_at,
-            {i: rowid for i, (_, rowid) in decision.rows.items()},
+            self.decide_batch(batches[0], [i for b in batches for i in b.ids]), made_at
         )
 
     def decide_batch(

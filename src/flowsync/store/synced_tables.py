@@ -150,7 +150,7 @@ def mark_deleted(
 ) -> int:
     """Set ``deleted_at`` on live rows with these ids; returns how many changed.
 
-    ``rowids``: where these runs' rows were when last read (``live_rows``), a hint only: a
+    ``rowids``: where these runs' rows were when last read (a decision's ``rows``), a hint only: a
     row is marked only if its ``id`` is one of these too, and the runs the hints missed (a
     row written again since sits elsewhere) are then found by id. Finding 50 rows by id
     scans the ``id`` column (~8-10 ms at a million runs); by row id, ~3.5 ms."""
@@ -246,22 +246,10 @@ def runs_differing(store: Store, updated: dict[str, str | None]) -> list[str]:
     return [r[0] for r in rows]
 
 
-def live_rows(store: Store, ids: Sequence[str]) -> dict[str, tuple[datetime | None, int]]:
-    """For these runs' live rows in the file (a run not in the file, or marked deleted, is left
-    out): the ``updated`` stamp, what ``differing_from`` compares a re-read with, and the
-    row id, a hint for ``mark_deleted``."""
-    rows = store.execute(
-        "SELECT CAST(id AS VARCHAR), updated, rowid FROM flow_runs "
-        "WHERE deleted_at IS NULL AND id IN (SELECT unnest(CAST(? AS UUID[])))",
-        [list(ids)],
-    ).rows()
-    return {r[0]: (r[1], int(r[2])) for r in rows}
-
-
 def differing_from(
     stamps: Mapping[str, datetime | None], updated: dict[str, str | None]
 ) -> list[str]:
-    """``runs_differing`` without a query, from the file's stamps read before (``live_rows``):
+    """``runs_differing`` without a query, from the file's stamps read before (a decision's ``rows``):
     the same answer while nothing has written these runs since. A stamp that does not parse
     counts as differing (the run is written and decided again)."""
     out = []

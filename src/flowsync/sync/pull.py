@@ -233,7 +233,7 @@ class RunReader:
         Only rows that differ from the file are written: new, gone, or with
         another ``updated`` stamp (Prefect moves it on every write to a run).
         ``before_write`` gets their ids first; ``changed`` holds them after.
-        ``stamps``: the file's ``updated`` of these runs (``synced_tables.live_rows``),
+        ``stamps``: the file's ``updated`` of these runs (``plan.Decision.rows``),
         read when nothing has written them since: compared without a query.
         """
         found: dict[str, dict[str, Any]] = {}
