@@ -486,21 +486,25 @@ def test_a_decision_made_ahead_is_made_again_once_too_old_for_a_rule_reading_the
         assert result.decided_ahead == 1  # batch 1; batch 2's part was too old
 
 
+@pytest.mark.parametrize("where", ["in flight", "serial"])
 @pytest.mark.parametrize("fault_kind", ["429", "connect", "timeout", "503"])
 def test_a_fault_on_the_call_out_while_the_next_batch_is_sent_is_settled_and_sent_once(
-    server: Server, tmp_path: Path, fault_kind: str
+    server: Server, tmp_path: Path, fault_kind: str, where: str
 ) -> None:
     """Batch 1's call is throttled, never connected, timed out (the server finishes it later)
-    or answered 503 while batch 2 is re-read, decided and sent: batch 1 is settled as on the
-    serial path (re-checked and resent once, or read back and attributed), every run is
+    or answered 503 while batch 2 is re-read, decided and sent (``in flight``), or the same
+    on batch 2's call, the last, sent with nothing after it (``serial``): the batch is
+    settled (re-checked and resent once, or read back and attributed), every run is
     deleted by exactly one call the server carried out, and the audit has one row a run."""
-    with pulled_runs(server, tmp_path, 6, "COMPLETED", f"lane{fault_kind}") as (ids, db, policy):
+    tag = f"lane{fault_kind}{where[0]}"
+    with pulled_runs(server, tmp_path, 6, "COMPLETED", tag) as (ids, db, policy):
         first, second = batch_ids(db, policy, 3)
+        target, other = (first, second) if where == "in flight" else (second, first)
         faulted: list[int] = []
         real = httpx.Client(timeout=60)
 
         def fault(request: httpx.Request, n: int) -> httpx.Response | None:
-            if not (request.url.path.endswith("bulk_delete") and bulk_ids(request) == first):
+            if not (request.url.path.endswith("bulk_delete") and bulk_ids(request) == target):
                 return None
             if faulted:
                 return None
@@ -529,7 +533,7 @@ def test_a_fault_on_the_call_out_while_the_next_batch_is_sent_is_settled_and_sen
         result = library_apply(
             server, db, policy, forwarding(fault, answered), settle_seconds=30, batch_size=3
         )
-        assert faulted, "batch 1's call met the fault"
+        assert faulted, "the batch's call met the fault"
         assert live(server, ids) == {}
         assert outcomes(db, ids) == dict.fromkeys(ids, "deleted")
         rows = query(db, "SELECT count(*) FROM policy_actions")[0][0]
@@ -537,8 +541,8 @@ def test_a_fault_on_the_call_out_while_the_next_batch_is_sent_is_settled_and_sen
         assert result.counts == {"purge": {"deleted": 6}} and result.status == "success"
         assert sorted(marked_deleted(db, ids)) == sorted(ids)
         sent = [i for call in carried for i in call]
-        if fault_kind == "timeout":  # the late call did batch 1: never sent again
-            assert sorted(sent) == sorted(second)
+        if fault_kind == "timeout":  # the late call did the batch: never sent again
+            assert sorted(sent) == sorted(other)
         else:
             assert sorted(sent) == sorted(ids)  # each run in exactly one carried-out call
 
