@@ -37,7 +37,7 @@ from flowsync.api import PrefectClient, RetryPolicy
 from flowsync.config import ApiSettings
 from flowsync.policy import ApplyResult, Plan, apply_plan, make_plan, parse_policy
 from flowsync.store import SandboxedWriter, Store
-from harness.seed import new_deployment, runs_in_state, set_states
+from harness.seed import new_deployment, post_json, runs_in_state, set_states
 from harness.server import Server
 from tests.helpers import (
     forwarding,
@@ -574,6 +574,121 @@ def test_a_batch_whose_re_read_fails_while_the_call_before_it_is_in_flight_is_no
         assert sorted(marked_deleted(db, ids)) == sorted(first)
         assert result.counts["purge"] == {"deleted": 3, "failed": 3}
         assert any("cannot re-read its runs before the call" in e for e in result.errors)
+
+
+# -- answers that refuse runs, and a batch that fails for good --------------------------------------
+
+
+def flow_only_runs(server: Server, dep: str, n: int, state: str, tag: str) -> list[str]:
+    """``n`` runs of ``dep``'s flow but of no deployment, in ``state``, tagged ``tag``, older
+    than any run ``runs`` makes (a month back, a day apart)."""
+    flow_id = httpx.get(f"{server.url}/deployments/{dep}", timeout=60).json()["flow_id"]
+    now = datetime.now(timezone.utc)
+    ids = []
+    with httpx.Client(base_url=server.url + "/", timeout=60) as c:
+        for i in range(n):
+            when = (now - timedelta(days=30 + n - i)).isoformat()
+            body = {
+                "flow_id": flow_id,
+                "tags": [tag],
+                "state": {"type": "SCHEDULED", "state_details": {"scheduled_time": when}},
+            }
+            ids.append(str(post_json(c, "flow_runs/", body)["id"]))
+        set_states(c, ids, state, state.title())
+    return ids
+
+
+@pytest.mark.parametrize("batch_size", [6, 3], ids=["one call", "a batch each"])
+def test_runs_the_server_refuses_inside_an_http_200_are_read_run_by_run(
+    server: Server, tmp_path: Path, batch_size: int
+) -> None:
+    """Failed runs rescheduled without ``force``: Prefect's orchestration aborts the runs that
+    have no deployment ("Cannot reschedule a run without an associated deployment") and
+    accepts the others, in one HTTP 200 (``one call``), or a batch all refused and then the
+    next (``a batch each``), which is still sent. Each run's own result is its audit row."""
+    tag = f"refuse{batch_size}"
+    dep = deployment(server)
+    orphans = flow_only_runs(server, dep, 3, "FAILED", tag)
+    deployed = runs(server, dep, 3, "FAILED", tag)
+    ids = orphans + deployed
+    wait_for_state_events(server.url, ids, "FAILED")
+    db = pulled_db(server.url, tmp_path)
+    others = outside(server, ids)
+    rule = {
+        "name": "rerun",
+        "action": "set_state",
+        "state": {"type": "SCHEDULED", "name": "Scheduled"},
+        "sql": tagged(tag, "FAILED"),
+    }
+    policy = policy_file(tmp_path, [rule])
+    order = batch_ids(db, policy, batch_size)
+    if batch_size == 3:
+        assert [set(b) for b in order] == [set(orphans), set(deployed)]  # the oldest first
+    bodies: list[dict[str, Any]] = []
+
+    def seen(request: httpx.Request, response: httpx.Response) -> None:
+        if request.url.path.endswith("bulk_set_state"):
+            assert response.status_code == 200
+            bodies.append(response.json())
+
+    result = library_apply(
+        server, db, policy, forwarding(None, seen, resend_busy=True), batch_size=batch_size
+    )
+    assert outside(server, ids) == others  # nothing outside the selection touched
+    assert len(bodies) == len(order)  # every batch was sent, the refused one too
+    statuses = [{r["status"] for r in b["results"]} for b in bodies]
+    assert statuses == ([{"ABORT", "ACCEPT"}] if batch_size == 6 else [{"ABORT"}, {"ACCEPT"}])
+    assert live(server, ids) == {
+        **dict.fromkeys(orphans, "FAILED"),
+        **dict.fromkeys(deployed, "SCHEDULED"),
+    }
+    assert outcomes(db, ids) == {
+        **dict.fromkeys(orphans, "aborted"),
+        **dict.fromkeys(deployed, "accepted"),
+    }
+    assert result.counts == {"rerun": {"aborted": 3, "accepted": 3}}
+    assert result.status == "partial"
+    reasons = query(
+        db,
+        "SELECT DISTINCT details->'details'->>'reason' FROM policy_actions WHERE outcome = 'aborted'",
+    )
+    assert reasons == [("Cannot reschedule a run without an associated deployment.",)]
+    assert query(db, "SELECT count(*) FROM policy_actions")[0][0] == len(ids)
+
+
+def test_a_batch_the_server_cannot_take_does_not_stop_the_next(
+    server: Server, tmp_path: Path
+) -> None:
+    """Every send of batch 1's call is answered 503 (the server's answer when it cannot
+    write): batch 1 is settled each time (its runs read back unchanged), resent after a fresh
+    re-check, and recorded failed after the last attempt; batch 2 is then sent and deleted."""
+    with pulled_runs(server, tmp_path, 6, "COMPLETED", "failgood") as (ids, db, policy):
+        first, second = batch_ids(db, policy, 3)
+        refused: list[int] = []
+        carried: list[list[str]] = []
+
+        def fault(request: httpx.Request, n: int) -> httpx.Response | None:
+            if request.url.path.endswith("bulk_delete") and set(bulk_ids(request)) == set(first):
+                refused.append(n)
+                return httpx.Response(503, text="unavailable")
+            return None
+
+        def answered(request: httpx.Request, response: httpx.Response) -> None:
+            if request.url.path.endswith("bulk_delete") and response.is_success:
+                carried.append(bulk_ids(request))
+
+        result = library_apply(
+            server, db, policy, forwarding(fault, answered), settle_seconds=0, batch_size=3
+        )
+        assert len(refused) == 3  # the call and two resends, each after a re-check
+        assert carried == [second]
+        assert live(server, ids) == dict.fromkeys(first, "COMPLETED")
+        assert outcomes(db, ids) == {i: "failed" if i in first else "deleted" for i in ids}
+        assert sorted(marked_deleted(db, ids)) == sorted(second)
+        assert result.counts == {"purge": {"deleted": 3, "failed": 3}}
+        assert result.status == "partial" and len(result.errors) == 1
+        assert "batch 1" in result.errors[0]
+        assert query(db, "SELECT count(*) FROM policy_actions")[0][0] == len(ids)
 
 
 # -- kill -9 between a call and its record -----------------------------------------------------------
