@@ -380,6 +380,37 @@ def test_runs_changing_state_inside_a_tie_are_not_skipped(
     assert not set(tied) - local, f"{len(set(tied) - local)} of the tied runs were skipped"
 
 
+def test_history_parts_asked_at_once_come_back_in_their_order() -> None:
+    """The parts are in flight ``concurrency`` at a time; the first part's answer, here the
+    last to arrive, still comes first: the buckets are the ones one request would give."""
+    from types import SimpleNamespace
+
+    from flowsync.sync import runs as sync_runs
+
+    start = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    in_flight, most = [0], [0]
+    lock = threading.Lock()
+
+    def flow_run_history(lo: datetime, hi: datetime, interval: float) -> list[dict[str, Any]]:
+        with lock:
+            in_flight[0] += 1
+            most[0] = max(most[0], in_flight[0])
+        first = int((lo - start).total_seconds() // interval)
+        time.sleep(0.2 if first == 0 else 0.05)
+        with lock:
+            in_flight[0] -= 1
+        n = int((hi - lo).total_seconds() // interval)
+        return [{"bucket": first + i} for i in range(n)] + [{"bucket": "past the part's end"}]
+
+    ctx = SimpleNamespace(
+        client=SimpleNamespace(flow_run_history=flow_run_history),
+        options=SimpleNamespace(concurrency=3),
+    )
+    got = sync_runs.history_in_parts(ctx, start, 60.0, 10, [40_000.0] * 10)  # type: ignore[arg-type]
+    assert [b["bucket"] for b in got] == list(range(10))
+    assert most[0] == 3
+
+
 def test_history_is_asked_in_parts_of_bounded_size(
     prefect: SeededServer, db_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -124,15 +124,22 @@ def history_in_parts(
             first, acc = i, 0.0
         acc += weights[i]
     parts.append((first, buckets))
-    out: list[dict[str, Any]] = []
-    for a, b in parts:
+
+    def part(edges: tuple[int, int]) -> list[dict[str, Any]]:
+        a, b = edges
         answer = ctx.client.flow_run_history(
             start + timedelta(seconds=interval * a),
             start + timedelta(seconds=interval * b),
             interval,
         )
-        out.extend(answer[: b - a])
-    return out
+        return answer[: b - a]
+
+    # The parts are independent: asked ``concurrency`` at a time, as the walk's pages are.
+    workers = max(1, min(ctx.options.concurrency, len(parts)))
+    if workers == 1:
+        return [bucket for edges in parts for bucket in part(edges)]
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="flowsync-history") as pool:
+        return [bucket for answer in pool.map(part, parts) for bucket in answer]
 
 
 def plan_segments(ctx: PullContext, total: int) -> list[dict[str, Any]]:
