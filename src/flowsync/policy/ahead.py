@@ -37,8 +37,10 @@ __all__ = ["AHEAD_BATCHES", "AHEAD_MAX_AGE", "Ahead", "DecidedAhead", "Task"]
 T = TypeVar("T")
 
 # Batches decided in one decision made ahead: a decision costs about the same for 50 runs as
-# for 400 (the rules' SQL scans the file: ~80 ms at a million runs), so each batch pays an eighth.
-AHEAD_BATCHES = 8
+# for 800 (the rules' SQL scans the file: ~50 ms at a million runs), so each batch pays a
+# sixteenth. 16 batches take ~2 s at a million runs, inside AHEAD_MAX_AGE; 16 rather than 8:
+# the apply's thread 35 -> 30 ms of CPU a batch there (BENCHMARKS.md).
+AHEAD_BATCHES = 16
 # A decision made ahead stands only if its batch's re-read answers within this many seconds of
 # it: a rule may read the clock (now()), and a throttled or slow call must not stretch it.
 AHEAD_MAX_AGE = 3.0
