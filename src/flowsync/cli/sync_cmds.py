@@ -52,7 +52,9 @@ def pull_cmd(
     concurrency: Annotated[
         int,
         typer.Option(
-            help="Pages in flight during a full pull (more than 2 slows the server).", min=1, max=8
+            help="Pages, and history parts, in flight at once (more than 2 slows the server).",
+            min=1,
+            max=8,
         ),
     ] = PULL_CONCURRENCY,
     overlap: Annotated[
