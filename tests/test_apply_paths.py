@@ -154,6 +154,12 @@ def outcomes(db: Path, ids: list[str]) -> dict[str, str]:
     return {r[0]: r[1] for r in rows}
 
 
+def audit_rows(db: Path) -> int:
+    """The file's audit rows, every apply's: with ``outcomes`` equal to what a test expects for
+    its runs, one row a run says the audit is exact (no run twice, none outside them)."""
+    return int(query(db, "SELECT count(*) FROM policy_actions")[0][0])
+
+
 def apply_cli(server: Server, db: Path, policy: Path, *extra: str) -> Any:
     return run_cli(
         "apply", str(policy), "--db", str(db), "--api-url", server.url, "--yes", "--json", *extra
@@ -313,6 +319,8 @@ def test_a_run_protected_while_the_server_asks_to_wait_is_not_deleted(
         assert 3 in waits
         assert set(live(server, ids)) == {ids[0]}
         assert outcomes(db, ids)[ids[0]] == "skipped"
+        assert outcomes(db, ids) == {i: "skipped" if i == ids[0] else "deleted" for i in ids}
+        assert audit_rows(db) == len(ids)
         assert result.counts["purge"] == {"deleted": 5, "skipped": 1}
 
 
@@ -344,6 +352,7 @@ def test_a_timed_out_call_the_server_completes_later_is_attributed_to_this_apply
         assert live(server, ids) == {}
         assert len(sent) == 1, "nothing is sent again while the first call may still be running"
         assert set(outcomes(db, ids).values()) == {"deleted"}
+        assert outcomes(db, ids) == dict.fromkeys(ids, "deleted") and audit_rows(db) == len(ids)
         assert result.counts["purge"] == {"deleted": 5}
         assert result.status == "success"
 
@@ -381,6 +390,7 @@ def test_a_401_on_the_second_call_of_a_batch_keeps_what_the_first_did(
         audit = outcomes(db, ids)
         assert {audit[i] for i in gone} == {"deleted"}
         assert {audit[i] for i in ids if i not in gone} == {"failed"}
+        assert audit_rows(db) == len(ids)
         # the file says so before apply exits, and the held result counts it
         assert sorted(marked_deleted(db, ids)) == sorted(gone)
         assert held.counts["purge"] == {"deleted": 3, "failed": 3}
@@ -536,8 +546,7 @@ def test_a_fault_on_the_call_out_while_the_next_batch_is_sent_is_settled_and_sen
         assert faulted, "the batch's call met the fault"
         assert live(server, ids) == {}
         assert outcomes(db, ids) == dict.fromkeys(ids, "deleted")
-        rows = query(db, "SELECT count(*) FROM policy_actions")[0][0]
-        assert rows == len(ids)  # one audit row a run
+        assert audit_rows(db) == len(ids)  # one audit row a run
         assert result.counts == {"purge": {"deleted": 6}} and result.status == "success"
         assert sorted(marked_deleted(db, ids)) == sorted(ids)
         sent = [i for call in carried for i in call]
@@ -651,7 +660,7 @@ def test_runs_the_server_refuses_inside_an_http_200_are_read_run_by_run(
         "SELECT DISTINCT details->'details'->>'reason' FROM policy_actions WHERE outcome = 'aborted'",
     )
     assert reasons == [("Cannot reschedule a run without an associated deployment.",)]
-    assert query(db, "SELECT count(*) FROM policy_actions")[0][0] == len(ids)
+    assert audit_rows(db) == len(ids)
 
 
 def test_a_batch_the_server_cannot_take_does_not_stop_the_next(
@@ -691,7 +700,7 @@ def test_a_batch_the_server_cannot_take_does_not_stop_the_next(
         assert result.counts == {"purge": {"deleted": 3, "failed": 3}}
         assert result.status == "partial" and len(result.errors) == 1
         assert "batch 1" in result.errors[0]
-        assert query(db, "SELECT count(*) FROM policy_actions")[0][0] == len(ids)
+        assert audit_rows(db) == len(ids)
 
 
 # -- kill -9 between a call and its record -----------------------------------------------------------
@@ -924,6 +933,7 @@ def _ctrl_c_while_a_call_is_in_flight(
         assert set(remaining) == set(ids) - set(sent)
         # batch 2's rows were read back on the way out: deleted, attributed to this apply
         assert outcomes(db, ids) == dict.fromkeys(sent, "deleted")
+        assert audit_rows(db) == len(sent)  # batch 3: no row, never sent
         assert len(marked_deleted(db, ids)) == 100
 
 

@@ -142,6 +142,11 @@ def audit(db: Path, ids: list[str]) -> dict[str, tuple[str, dict[str, Any]]]:
     return {i: (o, json.loads(d) if d else {}) for i, o, d in rows}
 
 
+def audit_count(db: Path) -> Any:
+    """Every audit row in the file (each test's file holds only its own applies)."""
+    return scalar(db, "SELECT count(*) FROM policy_actions")
+
+
 def count_in_file(db: Path, condition: str, ids: list[str]) -> Any:
     """How many of ``ids`` the file holds as runs meeting the SQL ``condition``."""
     return scalar(
@@ -162,7 +167,9 @@ def test_a_run_tagged_protected_after_the_plan_is_not_deleted(
     kept = ids[:3]
     for i in kept:  # after the pull and after the plan; PATCH emits no event
         patch(server, i, tags=["on-hold"])
+    others = outside(server, ids)
     result = apply_cli(server, db, path)
+    assert outside(server, ids) == others  # nothing outside the selection touched
     assert result["result"]["rules"] == {"purge": {"deleted": 5, "skipped": 3}}
     assert sorted(on_server(server, ids)) == sorted(kept)  # the tagged ones are still there
     rows = audit(db, ids)
@@ -172,6 +179,7 @@ def test_a_run_tagged_protected_after_the_plan_is_not_deleted(
         assert details["changes"]["tags"][1] == ["on-hold"]
         assert "re-checked right before the call" in details["reason"]
     assert {rows[i][0] for i in ids[3:]} == {"deleted"}
+    assert audit_count(db) == len(ids)  # one row a run
     # the file has the fresh read: tagged, live
     assert count_in_file(db, "list_contains(tags, 'on-hold') AND deleted_at IS NULL", kept) == 3
 
@@ -204,7 +212,9 @@ def test_runs_the_rule_no_longer_selects_are_left_alone(server: Server, tmp_path
     )
     patch(server, ids[0], name="vip-renamed")
     patch(server, ids[1], tags=["vip"])
+    others = outside(server, ids)
     result = apply_cli(server, db, path)
+    assert outside(server, ids) == others  # nothing outside the selection touched
     assert result["result"]["rules"] == {"purge-plain": {"deleted": 4, "skipped": 2}}
     assert sorted(on_server(server, ids)) == sorted(ids[:2])
     rows = audit(db, ids)
@@ -214,6 +224,10 @@ def test_runs_the_rule_no_longer_selects_are_left_alone(server: Server, tmp_path
     )
     assert rows[ids[0]][1]["changes"]["name"][1] == "vip-renamed"
     assert rows[ids[1]][1]["changes"]["tags"][1] == ["vip"]
+    assert {i: o for i, (o, _) in rows.items()} == {
+        i: "skipped" if i in ids[:2] else "deleted" for i in ids
+    }
+    assert audit_count(db) == len(ids)  # one row a run
 
 
 def test_a_run_gone_before_the_call_is_audited_gone_and_not_sent(
