@@ -305,6 +305,7 @@ def test_a_lost_delete_answer_after_the_commit_is_recorded_deleted(
     rows = audit(db, ids)
     assert {o for o, _ in rows.values()} == {"deleted"}
     assert all("gone after it" in d["evidence"] for _, d in rows.values())
+    assert sorted(rows) == sorted(ids) and audit_count(db) == len(ids)  # one row a run
     assert count_in_file(db, "deleted_at IS NOT NULL", ids) == 12
     assert outside(server, ids) == others  # nothing outside the selection touched
 
@@ -337,6 +338,8 @@ def test_a_lost_set_state_answer_is_accepted_and_a_run_that_moved_on_is_not_sent
     assert {now[i]["state_type"] for i in ids[1:]} == {"CANCELLED"}
     rows = audit(db, ids)
     assert "moved on to RUNNING" in rows[moved][1]["evidence"]
+    assert {o for o, _ in rows.values()} == {"accepted"}
+    assert sorted(rows) == sorted(ids) and audit_count(db) == len(ids)  # one row a run
     assert outside(server, ids) == others  # nothing outside the selection touched
 
 
@@ -358,4 +361,6 @@ def test_a_call_the_server_never_received_is_resent_once(server: Server, tmp_pat
     assert {r["state_type"] for r in on_server(server, ids).values()} == {"CANCELLED"}
     rows = audit(db, ids)
     assert all("attempt 1: HTTP 503" in d["after_lost_answer"] for _, d in rows.values())
+    assert {o for o, _ in rows.values()} == {"accepted"}
+    assert sorted(rows) == sorted(ids) and audit_count(db) == len(ids)  # one row a run
     assert outside(server, ids) == others  # nothing outside the selection touched
