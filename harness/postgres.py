@@ -209,7 +209,9 @@ def postgres_cluster(
         if uid is not None and gid is not None:
             log.touch()
             os.chown(log, uid, gid)
-        _pg_ctl(bin_dir, data, "start", "-w", "-t", "300", "-l", str(log), "-o", f"-p {port}")
+        # The socket folder given at each start: a kept cluster still starts after its folder moved.
+        options = f"-p {port} -k {sock}"
+        _pg_ctl(bin_dir, data, "start", "-w", "-t", "300", "-l", str(log), "-o", options)
         try:
             yield PgCluster(bin_dir, root, port, log)
         finally:
