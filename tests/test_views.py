@@ -54,6 +54,52 @@ def test_pull_builds_every_view(prefect: SeededServer, tmp_path: Path) -> None:
     )
 
 
+def test_views_are_rebuilt_only_when_what_built_them_changed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pull rebuilds the views when the SQL, the schema or the views themselves differ."""
+    db = tmp_path / "runs.duckdb"
+
+    def ensure() -> bool:
+        with Store.writer(db) as store:
+            return views.ensure_current(store)
+
+    def has(name: str) -> bool:
+        return bool(scalar(db, f"SELECT count(*) FROM duckdb_views() WHERE view_name = '{name}'"))
+
+    assert ensure() is True  # a new file: built
+    assert has("flow_runs_enriched")
+    assert ensure() is False  # the same installation, every view there: skipped
+    with Store.writer(db) as store:
+        store.execute("DROP VIEW failure_rates_by_flow")
+    assert ensure() is True  # a view gone: rebuilt
+    assert has("failure_rates_by_flow")
+    assert ensure() is False
+    # Another flowsync's SQL (one view's text changed): rebuilt, with that text.
+    sql = tmp_path / "sql"
+    sql.mkdir()
+    for path in views.view_files():
+        text = path.read_text()
+        if path.stem == "22_failure_rates_by_flow":
+            text = text.replace("ORDER BY ALL;", "ORDER BY ALL LIMIT 987654;")
+            assert "987654" in text
+        (sql / path.name).write_text(text)
+    monkeypatch.setattr(views, "sql_dir", lambda: sql)
+    assert ensure() is True
+    assert "987654" in str(
+        scalar(db, "SELECT sql FROM duckdb_views() WHERE view_name = 'failure_rates_by_flow'")
+    )
+    assert ensure() is False
+    # A schema this installation knows more of (another migration): rebuilt.
+    from flowsync.store import migrations
+
+    monkeypatch.setattr(
+        migrations, "MIGRATIONS", [*migrations.MIGRATIONS, ("m999", lambda c: None)]
+    )
+    monkeypatch.setattr(views, "MIGRATIONS", migrations.MIGRATIONS)
+    assert ensure() is True
+
+
 def test_enriched_columns(built: BuiltHistory, pulled: Path) -> None:
     child = built.real["child"]
     row = query(
