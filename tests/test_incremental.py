@@ -411,6 +411,44 @@ def test_history_parts_asked_at_once_come_back_in_their_order() -> None:
     assert most[0] == 3
 
 
+def test_pages_by_id_in_flight_come_back_in_order_and_stop_with_the_caller() -> None:
+    """Requests by id ``in_flight`` at a time, answers in the chunks' order even when the first
+    arrives last, at most twice that many asked ahead; a caller that stops leaves the rest unsent."""
+    from types import SimpleNamespace
+
+    from flowsync.api import Page
+    from flowsync.api.pagination import pages_by_id
+
+    ids = [f"id-{i:03d}" for i in range(50)]
+    sent: list[str] = []
+    in_flight, most = [0], [0]
+    lock = threading.Lock()
+
+    def filter_page(resource: str, body: dict[str, Any]) -> Page:
+        chunk = body[resource]["id"]["any_"]
+        with lock:
+            sent.append(chunk[0])
+            in_flight[0] += 1
+            most[0] = max(most[0], in_flight[0])
+        time.sleep(0.15 if chunk[0] == "id-000" else 0.02)
+        with lock:
+            in_flight[0] -= 1
+        return Page.from_rows([{"id": i} for i in chunk if i != "id-007"])  # one run gone
+
+    client = SimpleNamespace(filter_page=filter_page)
+    got = list(pages_by_id(client, "flow_runs", ids, 5, in_flight=3))  # type: ignore[arg-type]
+    assert [chunk for chunk, _ in got] == [ids[i : i + 5] for i in range(0, 50, 5)]
+    assert [o["id"] for _, page in got for o in page.rows] == [i for i in ids if i != "id-007"]
+    assert most[0] == 3
+    # A caller that stops after the first page: no more than 2 x 3 chunks were ever asked.
+    sent.clear()
+    walk = pages_by_id(client, "flow_runs", ids, 5, in_flight=3)  # type: ignore[arg-type]
+    next(walk)
+    walk.close()
+    time.sleep(0.2)
+    assert len(sent) <= 7  # the six asked ahead, and the one asked when the first was taken
+
+
 def test_history_is_asked_in_parts_of_bounded_size(
     prefect: SeededServer, db_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -114,6 +115,29 @@ def test_edits_without_events_reach_the_file_within_the_window(
     oldest = scalar(db, "SELECT min(synced_at) FROM flow_runs WHERE deleted_at IS NULL")
     with Store.reader(db, live=True) as store:
         assert synced_tables.due_for_reread(store, window, now=oldest + timedelta(seconds=1)) == []
+
+
+def test_a_re_read_in_many_requests_at_once_brings_every_edit(
+    server: Server, tmp_path: Path
+) -> None:
+    """The re-read by id with three requests in flight (pages of 7: nine requests) misses no
+    run and no edit, whatever order the answers arrive in."""
+    db = tmp_path / "runs.duckdb"
+    pull_with(server.url, db)
+    runs = httpx.post(f"{server.url}/flow_runs/filter", json={"limit": 200}, timeout=60).json()
+    tag = f"reread-{uuid.uuid4().hex[:8]}"
+    edited = {r["id"] for r in runs[::5]}  # spread over every request of the re-read
+    for run_id in edited:
+        patch_run(server.url, run_id, {"tags": [tag]})
+    window = timedelta(seconds=2)
+    time.sleep(window.total_seconds())
+    result = pull_with(server.url, db, staleness=window, concurrency=3, page_size=7)
+    live = scalar(db, "SELECT count(*) FROM flow_runs WHERE deleted_at IS NULL")
+    assert result["reread"] == live == len(runs)
+    tagged = query(
+        db, f"SELECT CAST(id AS VARCHAR) FROM flow_runs WHERE list_contains(tags, '{tag}')"
+    )
+    assert {r[0] for r in tagged} == edited
 
 
 def test_re_reads_are_spread_over_the_window(tmp_path: Path) -> None:

@@ -13,7 +13,10 @@ shared timestamp alone skips runs. Must not: write anything.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+import itertools
+from collections import deque
+from collections.abc import Generator, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
@@ -60,15 +63,46 @@ def chunks(items: Sequence[T], size: int = PAGE_SIZE) -> Iterator[list[T]]:
 
 
 def pages_by_id(
-    client: PrefectClient, resource: str, ids: Iterable[str], size: int = PAGE_SIZE
-) -> Iterator[tuple[list[str], Page]]:
+    client: PrefectClient,
+    resource: str,
+    ids: Iterable[str],
+    size: int = PAGE_SIZE,
+    *,
+    in_flight: int = 1,
+) -> Generator[tuple[list[str], Page], None, None]:
     """Each chunk of ``ids`` with the page of those objects that still exist (one request each).
 
     The filter key equals the resource name (``flows``, ``deployments``, ``flow_runs``).
+    ``in_flight`` > 1: that many requests at once, in worker threads, the pages still
+    yielded in the chunks' order; at most twice that many answers are asked ahead of
+    the caller. When the caller stops (an error, a break), the requests not yet sent
+    are dropped; those already out finish and are discarded.
     """
-    for chunk in chunks(list(ids), min(size, PAGE_LIMIT)):
+    parts = chunks(list(ids), min(size, PAGE_LIMIT))
+
+    def fetch(chunk: list[str]) -> Page:
         body = {resource: {"id": {"any_": chunk}}, "limit": len(chunk), "offset": 0}
-        yield chunk, client.filter_page(resource, body)
+        return client.filter_page(resource, body)
+
+    if in_flight <= 1:
+        for chunk in parts:
+            yield chunk, fetch(chunk)
+        return
+    ahead: deque[tuple[list[str], Future[Page]]] = deque()
+    with ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="flowsync-by-id") as pool:
+        try:
+            for chunk in itertools.islice(parts, 2 * in_flight):
+                ahead.append((chunk, pool.submit(fetch, chunk)))
+            while ahead:
+                chunk, future = ahead.popleft()
+                page = future.result()
+                following = next(parts, None)
+                if following is not None:
+                    ahead.append((following, pool.submit(fetch, following)))
+                yield chunk, page
+        finally:
+            for _, future in ahead:
+                future.cancel()
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,8 @@ from flowsync.config import (
 from flowsync.store import Store, sync_log, synced_tables
 from flowsync.store.tables import TableSpec
 
+WRITE_ROWS = 2000  # rows a commit of pulled pages: one upsert, one transaction
+
 
 class Progress(Protocol):
     """How a pull reports progress; the CLI renders it, tests ignore it."""
@@ -120,7 +122,7 @@ class PageBuffer:
     """
 
     def __init__(
-        self, ctx: PullContext, spec: TableSpec, rows: int = 2000, seconds: float = 2.0
+        self, ctx: PullContext, spec: TableSpec, rows: int = WRITE_ROWS, seconds: float = 2.0
     ) -> None:
         self.ctx, self.spec, self.max_rows, self.max_seconds = ctx, spec, rows, seconds
         self.pages: list[Page] = []
