@@ -135,6 +135,11 @@ def main() -> None:
                     )
         if a.phases:
             for n in a.sizes:
+                make_due(dbs[n], share(n))
+                print(
+                    f"\n### cProfile of one pull with the 15-min share due, {n:,} runs\n\n"
+                    f"```\n{phases(urls[n], dbs[n])}```"
+                )
                 print(
                     f"\n### cProfile of one no-change pull, {n:,} runs\n\n```\n{phases(urls[n], dbs[n])}```"
                 )

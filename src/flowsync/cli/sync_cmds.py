@@ -52,7 +52,7 @@ def pull_cmd(
     concurrency: Annotated[
         int,
         typer.Option(
-            help="Pages, and history parts, in flight at once (more than 2 slows the server).",
+            help="Requests in flight at once: pages, history parts, re-reads by id (more than 2 slows the server).",
             min=1,
             max=8,
         ),

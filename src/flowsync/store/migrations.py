@@ -5,7 +5,8 @@ its record, in order; opening an older file upgrades it. A released migration is
 never edited: change the schema by appending ``m00N_...``. A file holding a
 migration this list does not know was written by a newer flowsync: ``Store``
 refuses to write it (``NewerFileError``) and reads it read-only only. Must not: hold data
-logic (that is ``synced_tables``) or views (rebuilt from ``sql/`` on every pull).
+logic (that is ``synced_tables``) or views (``views.py``: built from ``sql/``,
+brought up to date by every pull).
 """
 
 from __future__ import annotations
