@@ -57,12 +57,17 @@ def test_pull_builds_every_view(prefect: SeededServer, tmp_path: Path) -> None:
 def test_views_are_rebuilt_only_when_what_built_them_changed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A pull rebuilds the views when the SQL, the schema or the views themselves differ."""
+    """A pull rebuilds the views when the SQL, the schema, the pull before it or the views
+    themselves differ, and on --full."""
+    from flowsync.store import sync_log
+
     db = tmp_path / "runs.duckdb"
 
-    def ensure() -> bool:
+    def ensure(force: bool = False) -> bool:
         with Store.writer(db) as store:
-            return views.ensure_current(store)
+            with store.transaction():
+                pull_id = sync_log.start_sync_run(store, "http://test/api")
+            return views.ensure_current(store, pull_id, force=force)
 
     def has(name: str) -> bool:
         return bool(scalar(db, f"SELECT count(*) FROM duckdb_views() WHERE view_name = '{name}'"))
@@ -70,10 +75,23 @@ def test_views_are_rebuilt_only_when_what_built_them_changed(
     assert ensure() is True  # a new file: built
     assert has("flow_runs_enriched")
     assert ensure() is False  # the same installation, every view there: skipped
+    assert ensure() is False
+    assert ensure(force=True) is True  # pull --full
     with Store.writer(db) as store:
         store.execute("DROP VIEW failure_rates_by_flow")
     assert ensure() is True  # a view gone: rebuilt
     assert has("failure_rates_by_flow")
+    assert ensure() is False
+    # An older flowsync's pull in between: its own views and macros, nothing recorded.
+    macro = "SELECT macro_definition FROM duckdb_functions() WHERE function_name = 'signature_of'"
+    ours = scalar(db, macro)
+    with Store.writer(db) as store:
+        with store.transaction():
+            sync_log.start_sync_run(store, "http://test/api")
+        store.execute("CREATE OR REPLACE MACRO signature_of(text) AS 'older'")
+    assert "older" in str(scalar(db, macro))
+    assert ensure() is True
+    assert scalar(db, macro) == ours
     assert ensure() is False
     # Another flowsync's SQL (one view's text changed): rebuilt, with that text.
     sql = tmp_path / "sql"
@@ -93,10 +111,9 @@ def test_views_are_rebuilt_only_when_what_built_them_changed(
     # A schema this installation knows more of (another migration): rebuilt.
     from flowsync.store import migrations
 
-    monkeypatch.setattr(
-        migrations, "MIGRATIONS", [*migrations.MIGRATIONS, ("m999", lambda c: None)]
-    )
-    monkeypatch.setattr(views, "MIGRATIONS", migrations.MIGRATIONS)
+    more = [*migrations.MIGRATIONS, ("m999_test", lambda con: None)]
+    monkeypatch.setattr(migrations, "MIGRATIONS", more)
+    monkeypatch.setattr(views, "MIGRATIONS", more)
     assert ensure() is True
 
 

@@ -52,6 +52,12 @@ def finish_sync_run(store: Store, pull_id: int, **fields: Any) -> None:
     store.execute(f"UPDATE sync_runs SET {sets} WHERE id = ?", [*fields.values(), pull_id])
 
 
+def previous_run_id(store: Store, pull_id: int) -> int | None:
+    """The ``sync_runs`` row started before this one (any flowsync, any outcome)."""
+    value = store.execute("SELECT max(id) FROM sync_runs WHERE id < ?", [pull_id]).scalar()
+    return None if value is None else int(value)
+
+
 def abandon_stale_runs(store: Store) -> None:
     """Pulls left 'running' by a crash (the file lock proves none is running now)."""
     store.execute(

@@ -140,7 +140,7 @@ def pull(
             if runs_counter is not None and runs_counter.marked_deleted:
                 # Runs went: record the server's retention now, to tell aged-out from deleted.
                 identity.record_retention(client, store)
-            views.ensure_current(store)
+            views.ensure_current(store, pull_id, force=options.full)
             signatures.record_first_seen(store)
     except BaseException as e:
         status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
