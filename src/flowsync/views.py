@@ -2,8 +2,8 @@
 
 Owns: finding the shipped SQL (inside the wheel as ``flowsync/sql``, or the
 repository's ``sql/`` in a development checkout) and rebuilding every view.
-Views are derived: never migrated, brought up to date by every pull (rebuilt when
-this installation's SQL or schema differs from what built the file's views).
+Views are derived: never migrated, brought up to date by every pull (rebuilt only
+when needed: ``ensure_current`` says when).
 """
 
 from __future__ import annotations
