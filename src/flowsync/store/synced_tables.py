@@ -283,7 +283,6 @@ def runs_behind(store: Store, changed: dict[str, datetime]) -> list[str]:
 
 def due_for_reread(store: Store, window: timedelta, now: datetime | None = None) -> list[str]:
     """Live runs whose last read is at least 75-95% of ``window`` old (the fraction fixed per id), oldest first."""
-    at, seconds = now or now_utc(), window.total_seconds()
     # The first bound (75% of the window: every due run's is later) lets DuckDB skip the
     # row groups read recently by their min/max, before the per-row hash: 1.5 ms instead
     # of 26-69 ms over a million runs read within the last 18 h.
@@ -291,11 +290,11 @@ def due_for_reread(store: Store, window: timedelta, now: datetime | None = None)
         """
         SELECT CAST(id AS VARCHAR) FROM flow_runs
         WHERE deleted_at IS NULL
-          AND synced_at < CAST(? AS TIMESTAMPTZ) - to_seconds(0.75 * ?)
-          AND epoch(synced_at) < epoch(CAST(? AS TIMESTAMPTZ)) - ? * (0.75 + 0.2 * (hash(id) % 1000) / 1000.0)
+          AND synced_at < CAST($at AS TIMESTAMPTZ) - to_seconds(0.75 * $w)
+          AND epoch(synced_at) < epoch(CAST($at AS TIMESTAMPTZ)) - $w * (0.75 + 0.2 * (hash(id) % 1000) / 1000.0)
         ORDER BY synced_at
         """,
-        [at, seconds, at, seconds],
+        {"at": now or now_utc(), "w": window.total_seconds()},
     ).rows()
     return [r[0] for r in rows]
 
