@@ -131,9 +131,26 @@ def test_a_re_read_in_many_requests_at_once_brings_every_edit(
         patch_run(server.url, run_id, {"tags": [tag]})
     window = timedelta(seconds=2)
     time.sleep(window.total_seconds())
-    result = pull_with(server.url, db, staleness=window, concurrency=3, page_size=7)
+    shown: list[tuple[str, int | None]] = []
+
+    class Shown:  # what the CLI's progress would show: the phase, its total, each advance
+        def phase(self, name: str, total: int | None = None) -> None:
+            shown.append((name, total))
+
+        def advance(self, n: int) -> None:
+            shown.append(("advance", n))
+
+        def message(self, text: str) -> None:
+            pass
+
+    options = PullOptions(staleness=window, concurrency=3, page_size=7)
+    with Store.writer(db) as store, PrefectClient(ApiSettings(url=server.url)) as client:
+        result = pull(client, store, options, Shown()).to_json()
     live = scalar(db, "SELECT count(*) FROM flow_runs WHERE deleted_at IS NULL")
     assert result["reread"] == live == len(runs)
+    # the re-read is a phase of its own with its total, advanced to it
+    after = shown[shown.index(("re-read", live)) + 1 :]
+    assert sum(n or 0 for kind, n in after if kind == "advance") == live
     tagged = query(
         db, f"SELECT CAST(id AS VARCHAR) FROM flow_runs WHERE list_contains(tags, '{tag}')"
     )

@@ -214,7 +214,7 @@ def print_json(value: Any) -> None:
 
 
 # What a phase counts: apply counts runs, a pull's phases count rows of a table.
-_UNITS = {"apply": "runs"}
+_UNITS = {"apply": "runs", "re-read": "runs"}
 
 
 def _unit(phase: str) -> str:

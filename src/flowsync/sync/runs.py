@@ -280,23 +280,28 @@ def _reconcile_unseen(ctx: PullContext, pass_id: int) -> None:
     check_ids(ctx, unseen)
 
 
-def check_ids(ctx: PullContext, ids: Iterable[str]) -> set[str]:
+def check_ids(ctx: PullContext, ids: Iterable[str], *, advance: bool = False) -> set[str]:
     """Fetch these runs by id: upsert the ones that exist, mark the rest deleted.
 
     ``concurrency`` requests in flight, as the walk's pages; written ~2,000 rows a
     commit (what arrived intact is written even when a later request fails).
+    ``advance``: the progress advances by each request's runs as they are written.
     """
     found: set[str] = set()
     pages: list[Page] = []
     gone: list[str] = []
+    held = [0]  # runs in ``pages`` and ``gone``
 
     def write() -> None:
         if pages:
             ctx.write_pages(FLOW_RUNS, pages)
         if gone:
             ctx.mark_deleted("flow_runs", gone)
+        if advance and held[0]:
+            ctx.progress.advance(held[0])
         pages.clear()
         gone.clear()
+        held[0] = 0
 
     by_id = pages_by_id(
         ctx.client, "flow_runs", ids, ctx.options.page_size, in_flight=ctx.options.concurrency
@@ -307,7 +312,8 @@ def check_ids(ctx: PullContext, ids: Iterable[str]) -> set[str]:
             found |= got
             pages.append(page)
             gone.extend(i for i in chunk if i not in got)
-            if sum(len(p.rows) for p in pages) + len(gone) >= WRITE_ROWS:
+            held[0] += len(chunk)
+            if held[0] >= WRITE_ROWS:
                 write()
     finally:
         by_id.close()  # the requests not yet sent are dropped before anything is written
@@ -374,7 +380,10 @@ def rolling_reread(ctx: PullContext) -> int:
             f"re-reading {len(due)} runs last read more than "
             f"{_span(ctx.options.staleness * 0.75)} ago"
         )
-        check_ids(ctx, due)
+        # Its own phase with a total: after a long pause it is most of the pull (minutes at
+        # a million runs), and the rate and ETA say so.
+        ctx.progress.phase("re-read", len(due))
+        check_ids(ctx, due, advance=True)
         ctx.counter("flow_runs").reread += len(due)
     return len(due)
 
