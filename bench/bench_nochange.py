@@ -34,6 +34,7 @@ from typing import Any
 
 from bench.bench_apply_bulk import pulled_file
 from bench.bench_pull import child_env, last_json, run_child
+from bench.bench_staleness import make_due as make_due_in
 from bench.bench_staleness import share
 from harness.fast_seed import WORK
 from harness.pg_seed import pg_cluster_at, pg_fast_seed, pg_server
@@ -65,15 +66,11 @@ def cli_pull(url: str, db: Path) -> dict[str, Any]:
 
 
 def make_due(db: Path, due: int) -> None:
-    """Make ``due`` live runs a day old in the file: one scheduled pull's share of the re-read."""
+    """Make ``due`` live runs in the file a day old (``bench_staleness.make_due``)."""
     from flowsync.store import Store
 
     with Store.writer(db, memory_limit_mb=0) as store:  # a bulk UPDATE: no write-job cap
-        store.execute(
-            "UPDATE flow_runs SET synced_at = synced_at - INTERVAL 1 DAY WHERE id IN "
-            "(SELECT id FROM flow_runs WHERE deleted_at IS NULL ORDER BY hash(id) LIMIT ?)",
-            [due],
-        )
+        make_due_in(store, due)
 
 
 def phases(url: str, db: Path) -> str:

@@ -35,14 +35,19 @@ def share(live: int, interval_min: float = 15.0, window_h: float = 24.0) -> int:
     return math.ceil(live * interval_min / (0.85 * window_h * 60))
 
 
+def make_due(store: Store, due: int) -> None:
+    """Make ``due`` live runs a day old: the steady-state share of one scheduled pull."""
+    store.execute(
+        "UPDATE flow_runs SET synced_at = synced_at - INTERVAL 1 DAY WHERE id IN "
+        "(SELECT id FROM flow_runs WHERE deleted_at IS NULL ORDER BY hash(id) LIMIT ?)",
+        [due],
+    )
+
+
 def timed_pull(url: str, db: Path, due: int = 0) -> tuple[float, int, int]:
     with Store.writer(db, memory_limit_mb=0) as store:  # a bulk UPDATE: no write-job cap
-        if due:  # make `due` runs a day old: the steady-state share of one scheduled pull
-            store.execute(
-                "UPDATE flow_runs SET synced_at = synced_at - INTERVAL 1 DAY WHERE id IN "
-                "(SELECT id FROM flow_runs WHERE deleted_at IS NULL ORDER BY hash(id) LIMIT ?)",
-                [due],
-            )
+        if due:
+            make_due(store, due)
         with PrefectClient(ApiSettings(url=url)) as client:
             t = time.monotonic()
             result = pull(client, store, PullOptions())
