@@ -1,8 +1,8 @@
 """Paging over the filter endpoints: offset pages, resumable keyset pages, pages by id.
 
-Owns: the request bodies that walk a collection, and the one id chunker
-(``chunks``, ``pages_by_id``) every re-read by id goes through. Offset paging is kept for the
-small collections (flows, deployments); flow runs are walked by keyset on
+Owns: the request bodies that walk a collection, the one id chunker (``chunks``,
+``pages_by_id``) every re-read by id goes through, and ``in_order`` (requests in flight
+together, answers in their order). Offset paging is kept for the small collections (flows, deployments); flow runs are walked by keyset on
 ``expected_start_time`` so that deletions of earlier rows cannot make a page
 skip rows (offset paging does), with an offset walk only inside a run of more
 than a page of rows sharing one timestamp, ordered by id there: the server has
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from collections.abc import Generator, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -52,6 +52,7 @@ def offset_pages(
 
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 def chunks(items: Sequence[T], size: int = PAGE_SIZE) -> Iterator[list[T]]:
@@ -60,6 +61,36 @@ def chunks(items: Sequence[T], size: int = PAGE_SIZE) -> Iterator[list[T]]:
         raise ValueError(f"chunk size must be at least 1, not {size}")
     for i in range(0, len(items), size):
         yield list(items[i : i + size])
+
+
+def in_order(
+    fetch: Callable[[T], R], items: Iterable[T], in_flight: int = 1
+) -> Generator[tuple[T, R], None, None]:
+    """Each item with ``fetch(item)``, in the items' order.
+
+    ``in_flight`` > 1: that many calls at once, in worker threads; at most twice that many
+    answers are asked ahead of the caller. When the caller stops (an error, a break), the
+    calls not yet started are dropped; those already running finish and are discarded.
+    """
+    todo = iter(items)
+    if in_flight <= 1:
+        for item in todo:
+            yield item, fetch(item)
+        return
+    ahead: deque[tuple[T, Future[R]]] = deque()
+    with ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="flowsync-fetch") as pool:
+        try:
+            for item in itertools.islice(todo, 2 * in_flight):
+                ahead.append((item, pool.submit(fetch, item)))
+            while ahead:
+                item, future = ahead.popleft()
+                answer = future.result()
+                for following in itertools.islice(todo, 1):
+                    ahead.append((following, pool.submit(fetch, following)))
+                yield item, answer
+        finally:
+            for _, future in ahead:
+                future.cancel()
 
 
 def pages_by_id(
@@ -73,36 +104,14 @@ def pages_by_id(
     """Each chunk of ``ids`` with the page of those objects that still exist (one request each).
 
     The filter key equals the resource name (``flows``, ``deployments``, ``flow_runs``).
-    ``in_flight`` > 1: that many requests at once, in worker threads, the pages still
-    yielded in the chunks' order; at most twice that many answers are asked ahead of
-    the caller. When the caller stops (an error, a break), the requests not yet sent
-    are dropped; those already out finish and are discarded.
+    ``in_flight``: requests at once, the pages still in the chunks' order (``in_order``).
     """
-    parts = chunks(list(ids), min(size, PAGE_LIMIT))
 
     def fetch(chunk: list[str]) -> Page:
         body = {resource: {"id": {"any_": chunk}}, "limit": len(chunk), "offset": 0}
         return client.filter_page(resource, body)
 
-    if in_flight <= 1:
-        for chunk in parts:
-            yield chunk, fetch(chunk)
-        return
-    ahead: deque[tuple[list[str], Future[Page]]] = deque()
-    with ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="flowsync-by-id") as pool:
-        try:
-            for chunk in itertools.islice(parts, 2 * in_flight):
-                ahead.append((chunk, pool.submit(fetch, chunk)))
-            while ahead:
-                chunk, future = ahead.popleft()
-                page = future.result()
-                following = next(parts, None)
-                if following is not None:
-                    ahead.append((following, pool.submit(fetch, following)))
-                yield chunk, page
-        finally:
-            for _, future in ahead:
-                future.cancel()
+    return in_order(fetch, chunks(list(ids), min(size, PAGE_LIMIT)), in_flight)
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ from flowsync.api import Page
 from flowsync.api.pagination import (
     EPOCH,
     Position,
+    in_order,
     iso,
     keyset_run_pages,
     offset_pages,
@@ -135,11 +136,8 @@ def history_in_parts(
         return answer[: b - a]
 
     # The parts are independent: asked ``concurrency`` at a time, as the walk's pages are.
-    workers = max(1, min(ctx.options.concurrency, len(parts)))
-    if workers == 1:
-        return [bucket for edges in parts for bucket in part(edges)]
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="flowsync-history") as pool:
-        return [bucket for answer in pool.map(part, parts) for bucket in answer]
+    answers = in_order(part, parts, ctx.options.concurrency)
+    return [bucket for _, answer in answers for bucket in answer]
 
 
 def plan_segments(ctx: PullContext, total: int) -> list[dict[str, Any]]:
