@@ -137,6 +137,45 @@ def test_a_value_arrow_cannot_hold_falls_back_to_duckdbs_reader(tmp_path: Path) 
         assert store.execute("SELECT flow_version, tags FROM flow_runs").one() == ("3", ["a", "7"])
 
 
+@pytest.mark.parametrize(
+    "rows",
+    [
+        pytest.param(tricky_page(), id="arrow"),
+        pytest.param([run(1, a_field_we_do_not_know={"k": 1}), run(2)], id="unknown-fields"),
+        pytest.param([run(1, flow_version=3, tags=["a", 7]), run(2)], id="json-text"),
+    ],
+)
+def test_held_rows_read_as_the_upsert_writes_them(
+    tmp_path: Path, rows: list[dict[str, Any]]
+) -> None:
+    """A re-read's answer read in place of the file's rows (``held_rows``: the audit's run
+    row, a decision's guards) is the row the upsert writes, on each of the upsert's paths;
+    nothing is left behind in the file."""
+    with Store.writer(tmp_path / "x.duckdb") as store:
+        with store.transaction():
+            synced_tables.upsert_pages(
+                store, FLOW_RUNS, [Page(rows, json.dumps(rows).encode())], pull_id=1
+            )
+        bookkeeping = "EXCLUDE (synced_at, seen_pull, deleted_at)"
+        in_file = store.execute(
+            f"SELECT CAST(t AS VARCHAR) FROM (SELECT * {bookkeeping} FROM flow_runs) t ORDER BY id"
+        ).rows()
+        tables = "SELECT count(*) FROM duckdb_tables() WHERE table_name = '_held'"
+        with store.transaction():
+            with synced_tables.held_rows(store, FLOW_RUNS, rows, "_held") as select:
+                held = store.execute(
+                    f"SELECT CAST(t AS VARCHAR) FROM (SELECT * {bookkeeping} FROM ({select})) t "
+                    "ORDER BY id"
+                ).rows()
+                live = store.execute(
+                    f"SELECT DISTINCT seen_pull IS NULL AND deleted_at IS NULL FROM ({select})"
+                ).rows()
+            assert store.execute(tables).scalar() == 0
+        assert held == in_file
+        assert live == [(True,)]
+        assert len(held) == len({r["id"] for r in rows})
+
+
 def test_single_threaded_restores_the_setting(tmp_path: Path) -> None:
     with Store.writer(tmp_path / "x.duckdb") as store:
         store.execute("SET threads = 3")

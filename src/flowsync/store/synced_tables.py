@@ -2,7 +2,7 @@
 
 Owns: upserting a page of API objects (per batch, one ``DELETE`` of the rows
 it replaces and one ``INSERT``, in the caller's transaction), marking rows
-deleted, API objects the client holds as a table's rows (``held_rows``), and the local reads and aggregates the sync compares with the server (live ids, counts, histograms, runs behind their
+deleted, API objects the client holds read as a table's rows (``held_rows``), and the local reads and aggregates the sync compares with the server (live ids, counts, histograms, runs behind their
 latest state event). The pull's own bookkeeping (cursors, ``sync_runs``) is
 ``sync_log``. Must not: call the API or decide what to fetch (that is
 ``flowsync.sync``).
@@ -57,23 +57,38 @@ def upsert_pages(store: Store, spec: TableSpec, pages: Sequence[Page], *, pull_i
 def _stage(store: Store, spec: TableSpec, pages: Sequence[Page], name: str) -> None:
     """The pages' objects as TEMP table ``name``: the table's columns and ``extra``, typed
     and deduplicated as the table holds them."""
-    rows = [r for p in pages for r in p.rows]
+    with _cast(store, spec, [r for p in pages for r in p.rows], "_batch") as select:
+        if select is not None:
+            store.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {select}")
+            return
+    _stage_json(store, spec, pages, name)
+
+
+def _stage_json(store: Store, spec: TableSpec, pages: Sequence[Page], name: str) -> None:
+    """``_stage`` for objects with a value that does not fit its column's batch type:
+    DuckDB reads the page text."""
+    body = "[" + ",".join(p.raw.strip()[1:-1] for p in pages if p.rows) + "]"
+    store.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {spec.json_select_sql()}", [body])
+
+
+@contextmanager
+def _cast(
+    store: Store, spec: TableSpec, rows: list[dict[str, Any]], name: str
+) -> Iterator[str | None]:
+    """The objects registered with DuckDB as ``name`` inside the block, and the SELECT that
+    casts them to the table's columns and ``extra``, deduplicated; None (nothing registered)
+    when a value does not fit its column's batch type and DuckDB must read the JSON text."""
     unknown = spec.unknown_fields(rows)
     arrow = None if unknown else spec.arrow_batch(rows)
     if arrow is not None:
-        with store.registered("_batch", arrow):
-            store.execute(
-                f"CREATE OR REPLACE TEMP TABLE {name} AS "
-                + spec.select_sql("_batch", rewrite_json=True)
-            )
+        with store.registered(name, arrow):
+            yield spec.select_sql(name, rewrite_json=True)
     elif unknown:
         # Fields this version has no column for: keep them in `extra` (slower path).
-        with store.registered("_batch", spec.batch(rows)):
-            store.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {spec.select_sql('_batch')}")
+        with store.registered(name, spec.batch(rows)):
+            yield spec.select_sql(name)
     else:
-        # A value that does not fit its column's batch type: DuckDB reads the page text.
-        body = "[" + ",".join(p.raw.strip()[1:-1] for p in pages if p.rows) + "]"
-        store.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {spec.json_select_sql()}", [body])
+        yield None
 
 
 class _Held:
@@ -91,19 +106,29 @@ class _Held:
 def held_rows(
     store: Store, spec: TableSpec, rows: list[dict[str, Any]], name: str
 ) -> Iterator[str]:
-    """API objects the client holds (a re-read's answer) as TEMP table ``name``, dropped
-    after: a row of ``spec``'s table as the upsert would write it, without the file's
+    """API objects the client holds (a re-read's answer) readable as ``name`` inside the
+    block: a row of ``spec``'s table as the upsert would write it, without the file's
     bookkeeping (``synced_at``, ``seen_pull``, ``deleted_at``). Yields the SELECT list
     that reads them in the table's column order, the bookkeeping as of now (read, live,
     no pull), so that a caller can use them where it would read the table's rows by id:
     reading 50 rows by id reads every column of 50 scattered vectors of a million-run
-    table (BENCHMARKS.md, "Issue #24", apply per batch)."""
-    _stage(store, spec, [_Held(rows)], name)
+    table (BENCHMARKS.md, "Issue #24", apply per batch).
+
+    The objects are registered with DuckDB as ``name`` and cast by the SELECT itself: no
+    TEMP table is written and dropped (apply's pending rows 1.1-1.3 ms less a batch of 50,
+    its decision ~0.8 ms; BENCHMARKS.md). Only objects that need DuckDB's own JSON reading
+    are staged as TEMP table ``name``, dropped after."""
     cols = ", ".join(f'"{c}"' for c in [*spec.column_names, "extra"])
-    yield (
-        f"SELECT {cols}, CAST(now() AS TIMESTAMPTZ) AS synced_at, "
-        f"CAST(NULL AS BIGINT) AS seen_pull, CAST(NULL AS TIMESTAMPTZ) AS deleted_at FROM {name}"
+    bookkeeping = (
+        "CAST(now() AS TIMESTAMPTZ) AS synced_at, CAST(NULL AS BIGINT) AS seen_pull, "
+        "CAST(NULL AS TIMESTAMPTZ) AS deleted_at"
     )
+    with _cast(store, spec, rows, name) as select:
+        if select is not None:
+            yield f"SELECT {cols}, {bookkeeping} FROM ({select})"
+            return
+    _stage_json(store, spec, [_Held(rows)], name)
+    yield f"SELECT {cols}, {bookkeeping} FROM {name}"
     # (after an error the caller's transaction rolls the table back with everything else)
     store.execute(f"DROP TABLE {name}")
 
