@@ -288,18 +288,19 @@ def check_ids(ctx: PullContext, ids: Iterable[str], *, advance: bool = False) ->
     found: set[str] = set()
     pages: list[Page] = []
     gone: list[str] = []
-    held = [0]  # runs in ``pages`` and ``gone``
+    waiting = 0  # runs in ``pages`` and ``gone``, not written yet
 
     def write() -> None:
+        nonlocal waiting
         if pages:
             ctx.write_pages(FLOW_RUNS, pages)
         if gone:
             ctx.mark_deleted("flow_runs", gone)
-        if advance and held[0]:
-            ctx.progress.advance(held[0])
+        if advance and waiting:
+            ctx.progress.advance(waiting)
         pages.clear()
         gone.clear()
-        held[0] = 0
+        waiting = 0
 
     by_id = pages_by_id(
         ctx.client, "flow_runs", ids, ctx.options.page_size, in_flight=ctx.options.concurrency
@@ -310,8 +311,8 @@ def check_ids(ctx: PullContext, ids: Iterable[str], *, advance: bool = False) ->
             found |= got
             pages.append(page)
             gone.extend(i for i in chunk if i not in got)
-            held[0] += len(chunk)
-            if held[0] >= WRITE_ROWS:
+            waiting += len(chunk)
+            if waiting >= WRITE_ROWS:
                 write()
     finally:
         by_id.close()  # the requests not yet sent are dropped before anything is written
