@@ -125,7 +125,12 @@ def main() -> None:
                 assert count(url, ids) == 0
                 times[which].append(seconds)
                 results[which].append(result)
-                print(f"round {r + 1} {which}: {seconds:.2f}s", flush=True)
+                print(
+                    f"round {r + 1} {which}: {seconds:.2f}s, {result.get('batches')} batches, "
+                    f"{result.get('calls')} calls, one call at a time after batch "
+                    f"{result.get('one_call_at_a_time_after_batch', '-')}",
+                    flush=True,
+                )
             loop_s, _retries, _slept = delete_loop(url, sets[3 * r + 2])
             times["loop"].append(loop_s)
             print(f"round {r + 1} DELETE loop: {loop_s:.2f}s", flush=True)

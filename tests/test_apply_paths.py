@@ -556,6 +556,76 @@ def test_a_fault_on_the_call_out_while_the_next_batch_is_sent_is_settled_and_sen
             assert sorted(sent) == sorted(ids)  # each run in exactly one carried-out call
 
 
+def test_after_the_server_loses_an_answer_the_apply_sends_one_call_at_a_time(
+    server: Server, tmp_path: Path
+) -> None:
+    """Batch 1's call, in flight while batch 2 is sent, is answered 503 (what a SQLite-backed
+    server answers a second writer): batch 1 is settled and sent again, and from then on no
+    call goes out while another is: batch 3 waits for batch 2's answer (held 1.5 s, still
+    out when batch 1 is done) before its re-read, and batch 4 for batch 3's. Every other bulk
+    call is held 0.4 s, so calls that overlap are seen to."""
+    with pulled_runs(server, tmp_path, 12, "COMPLETED", "onecall") as (ids, db, policy):
+        batches_ = batch_ids(db, policy, 3)
+        assert len(batches_) == 4
+        lock = threading.Lock()
+        spans: list[tuple[int, float, float]] = []  # (batch, call sent, call answered)
+        reread_at: dict[int, float] = {}  # batch -> its last re-read sent
+        refused: list[int] = []
+
+        def batch_of(some: list[str] | set[str]) -> int:
+            return next(k for k, b in enumerate(batches_, 1) if set(some) <= set(b))
+
+        def fault(request: httpx.Request, n: int) -> httpx.Response | None:
+            now = time.monotonic()
+            for k, b in enumerate(batches_, 1):
+                if reads(request, b):
+                    with lock:
+                        reread_at[k] = now
+            if not request.url.path.endswith("bulk_delete"):
+                return None
+            # batch 2's call still out when batch 1 has been settled and sent again
+            time.sleep(1.5 if batch_of(bulk_ids(request)) == 2 else 0.4)
+            if batch_of(bulk_ids(request)) == 1 and not refused:
+                refused.append(n)
+                with lock:
+                    spans.append((1, now, time.monotonic()))
+                return httpx.Response(503, text="database is locked")
+            request.extensions["sent_at"] = now
+            return None
+
+        carried: list[list[str]] = []
+
+        def answered(request: httpx.Request, response: httpx.Response) -> None:
+            if request.url.path.endswith("bulk_delete") and response.is_success:
+                with lock:
+                    carried.append(bulk_ids(request))
+                    spans.append(
+                        (
+                            batch_of(bulk_ids(request)),
+                            request.extensions["sent_at"],
+                            time.monotonic(),
+                        )
+                    )
+
+        result = library_apply(
+            server, db, policy, forwarding(fault, answered), settle_seconds=30, batch_size=3
+        )
+        assert refused and result.one_call_after == 1
+        assert live(server, ids) == {}
+        assert outcomes(db, ids) == dict.fromkeys(ids, "deleted")
+        assert audit_rows(db) == len(ids)
+        assert sorted(i for call in carried for i in call) == sorted(ids)  # each run once
+        first_1 = min(s for k, s, _ in spans if k == 1)
+        call_2 = next((s, e) for k, s, e in spans if k == 2)
+        assert call_2[0] < first_1 + 0.4  # batch 2 went out while batch 1's first call was
+        assert call_2[1] > max(e for k, _, e in spans if k == 1)  # and was out after batch 1
+        for k in (3, 4):
+            sent, _ = next((s, e) for k2, s, e in spans if k2 == k)
+            # its re-read and its call after every call before it was answered
+            assert all(e <= reread_at[k] for k2, _, e in spans if k2 < k), (k, spans, reread_at)
+            assert not any(s2 < sent < e2 for k2, s2, e2 in spans if k2 != k), (k, spans)
+
+
 def test_a_batch_whose_re_read_fails_while_the_call_before_it_is_in_flight_is_not_sent(
     server: Server, tmp_path: Path
 ) -> None:

@@ -35,7 +35,9 @@ part stands only if that re-read changed none of its rows and answered within
 ``AHEAD_MAX_AGE``); and this batch's last call is left in flight on its own thread
 while the next batch is re-read, decided and sent (``steps`` yields then, and
 resumed takes the answer). Neither batch's decision rests on the other's answer;
-every file access stays on the apply's thread; at most two calls are out.
+every file access stays on the apply's thread; at most two calls are out, and one once
+the server has lost an answer in this apply (``one_call_after``: ``apply_plan`` then takes
+the answer of the call in flight before it starts the next batch).
 A server that cannot be read, or that refuses every call, raises ``Stop``: the
 apply (``policy/apply.py``) sends no further batch. The values passed between the
 steps and the classification of each run live in ``policy/answers.py``. Must not:
@@ -305,10 +307,23 @@ class Applier:
 
     def overlaps(self, batch: Batch, upcoming: Sequence[Batch]) -> bool:
         """The next batch may be checked and sent while ``batch``'s last call is in flight:
-        both decide a run from its own row, so neither decision rests on the other's answer."""
+        both decide a run from its own row, so neither decision rests on the other's answer.
+        (Once the server has lost an answer, ``apply_plan`` takes that answer first.)"""
         return (
             bool(upcoming) and self.rereader.own_rows(batch) and self.rereader.own_rows(upcoming[0])
         )
+
+    def _lost_answer(self, number: int, answer: Answer) -> None:
+        """After the server lost a call's answer (5xx, a dropped connection, a timeout), the
+        apply sends one call at a time: a server that takes one writer at a time (SQLite)
+        answers 503 to a second call out, and each such answer costs a read and a resend
+        (BENCHMARKS.md, apply against a SQLite-backed server)."""
+        if isinstance(answer, Lost) and self.result.one_call_after is None:
+            self.result.one_call_after = number
+            self.progress.message(
+                f"batch {number}: the server lost a call's answer ({answer.problem}); "
+                "from here on one call at a time"
+            )
 
     def steps(self, number: int, batch: Batch, upcoming: Sequence[Batch] = ()) -> Iterator[None]:
         """The steps for ``batch``; ``upcoming``: the batches after it, in order. Yields once,
@@ -363,6 +378,7 @@ class Applier:
                         self.record(number, rule, decided.final, guards)
                     self._auth_failed(number, batch, call, calls, str(e))
                     raise
+                self._lost_answer(number, answer)
                 verdict = self.classify(number, rule, call, fresh, answer, attempt)
                 if decided.final and call is decided.calls[0]:
                     # The runs not sent are recorded after the first call, out of its window.

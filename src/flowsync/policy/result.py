@@ -77,6 +77,8 @@ class ApplyResult:
     # batches sent on the decision made while the call before them was in flight
     decided_ahead: int = 0
     resolved_earlier: int = 0  # pending runs of earlier applies read back and settled
+    # the batch whose call's answer the server lost: from then on, one call out at a time
+    one_call_after: int | None = None
     path: str = "bulk"  # bulk calls, or per-run calls on a server without them (and why)
     # seconds from the re-read's answer to the call being sent, one per call
     windows: list[float] = field(default_factory=list)
@@ -124,6 +126,7 @@ class ApplyResult:
             "decisions": self.decisions,
             "decided_ahead": self.decided_ahead,
             "resolved_earlier": self.resolved_earlier,
+            "one_call_at_a_time_after_batch": self.one_call_after,
             "path": self.path,
             "reread_to_call_seconds": {
                 "p50": _quantile(self.windows, 0.5),
