@@ -8,8 +8,8 @@ Each batch is one fixed sequence, read -> decide -> send -> classify -> record
 (``policy/batch.py``), given the batches after it (decided ahead with it when they
 decide runs from their own rows); when it may, a batch leaves its last call in flight
 and the next batch runs up to its own call before the first one's answer is taken
-(at most two calls out, and one at a time once the server has lost an answer; when either
-stops the apply, the call already out is still answered and recorded). A lost answer is
+(at most two calls out, one at a time for a while after the server lost an answer; when
+either stops the apply, the call already out is still answered and recorded). A lost answer is
 settled by reading the runs back (``policy/settle.py``).
 
 Runs a killed apply left ``pending`` are read back and settled under the apply
@@ -220,8 +220,8 @@ def apply_plan(
             planned, batch = window.popleft()
             window.extend(itertools.islice(listed, 1))
             if batch.ids:
-                if in_flight is not None and result.one_call_after is not None:
-                    # The server lost an answer: this batch waits for the call still out.
+                if in_flight is not None and applier.one_call_at_a_time(number):
+                    # The server lost an answer lately: this batch waits for the call still out.
                     _finish(in_flight, None)
                     in_flight = None
                 steps = applier.steps(number, batch, [b for _, b in window])

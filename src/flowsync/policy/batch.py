@@ -35,9 +35,9 @@ part stands only if that re-read changed none of its rows and answered within
 ``AHEAD_MAX_AGE``); and this batch's last call is left in flight on its own thread
 while the next batch is re-read, decided and sent (``steps`` yields then, and
 resumed takes the answer). Neither batch's decision rests on the other's answer;
-every file access stays on the apply's thread; at most two calls are out, and one once
-the server has lost an answer in this apply (``one_call_after``: ``apply_plan`` then takes
-the answer of the call in flight before it starts the next batch).
+every file access stays on the apply's thread; at most two calls are out, and one for the
+``ONE_CALL_BATCHES`` batches after the server lost an answer (``one_call_at_a_time``:
+``apply_plan`` then takes the answer of the call in flight before it starts a batch).
 A server that cannot be read, or that refuses every call, raises ``Stop``: the
 apply (``policy/apply.py``) sends no further batch. The values passed between the
 steps and the classification of each run live in ``policy/answers.py``. Must not:
@@ -87,6 +87,9 @@ __all__ = ["Applier", "Batch", "Stop"]
 
 # The longest wait a throttled call is given before it is re-checked and sent again.
 MAX_THROTTLE_WAIT = 120.0
+# After the server loses a call's answer, the batches up to this many after it send one call
+# at a time (each further loss extends it); then two calls may be out again.
+ONE_CALL_BATCHES = 20
 
 
 class Stop(Exception):
@@ -127,6 +130,7 @@ class Applier:
         self.lost = self.settler.lost  # run -> (problem, state before that call): the settler's
         self.rereader = Rereader(client, store, plan, result, reader, self.lost)
         self.ahead = Ahead()  # the decision made ahead of the next batches (policy/ahead.py)
+        self.one_call_until = 0  # batches up to this one send one call at a time
 
     @property
     def per_run(self) -> bool:
@@ -308,22 +312,31 @@ class Applier:
     def overlaps(self, batch: Batch, upcoming: Sequence[Batch]) -> bool:
         """The next batch may be checked and sent while ``batch``'s last call is in flight:
         both decide a run from its own row, so neither decision rests on the other's answer.
-        (Once the server has lost an answer, ``apply_plan`` takes that answer first.)"""
+        (``apply_plan`` still takes that answer first while ``one_call_at_a_time``.)"""
         return (
             bool(upcoming) and self.rereader.own_rows(batch) and self.rereader.own_rows(upcoming[0])
         )
 
+    def one_call_at_a_time(self, number: int) -> bool:
+        """Batch ``number`` waits for the call still out before it starts: the server lost a
+        call's answer within the last ``ONE_CALL_BATCHES`` batches."""
+        return number <= self.one_call_until
+
     def _lost_answer(self, number: int, answer: Answer) -> None:
         """After the server lost a call's answer (5xx, a dropped connection, a timeout), the
-        apply sends one call at a time: a server that takes one writer at a time (SQLite)
-        answers 503 to a second call out, and each such answer costs a read and a resend
-        (BENCHMARKS.md, apply against a SQLite-backed server)."""
-        if isinstance(answer, Lost) and self.result.one_call_after is None:
-            self.result.one_call_after = number
+        next ``ONE_CALL_BATCHES`` batches send one call at a time: a server that takes one
+        writer at a time (SQLite) answers 503 to a second call out, and each such answer
+        costs a read and a resend (BENCHMARKS.md, apply against a SQLite-backed server)."""
+        if not isinstance(answer, Lost):
+            return
+        if not self.one_call_at_a_time(number + 1):
             self.progress.message(
                 f"batch {number}: the server lost a call's answer ({answer.problem}); "
-                "from here on one call at a time"
+                f"one call at a time for the next {ONE_CALL_BATCHES} batches"
             )
+        self.one_call_until = number + ONE_CALL_BATCHES
+        if self.result.one_call_after is None:
+            self.result.one_call_after = number
 
     def steps(self, number: int, batch: Batch, upcoming: Sequence[Batch] = ()) -> Iterator[None]:
         """The steps for ``batch``; ``upcoming``: the batches after it, in order. Yields once,

@@ -77,7 +77,7 @@ class ApplyResult:
     # batches sent on the decision made while the call before them was in flight
     decided_ahead: int = 0
     resolved_earlier: int = 0  # pending runs of earlier applies read back and settled
-    # the batch whose call's answer the server lost: from then on, one call out at a time
+    # the first batch whose call's answer the server lost (one call out at a time after it)
     one_call_after: int | None = None
     path: str = "bulk"  # bulk calls, or per-run calls on a server without them (and why)
     # seconds from the re-read's answer to the call being sent, one per call
