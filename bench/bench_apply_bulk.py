@@ -157,6 +157,8 @@ def flowsync_apply(url: str, db: Path, policy: str, profile: Path | None) -> dic
         "thread_cpu_s": thread_cpu,  # the apply's own thread (the calls' threads wait on HTTP)
         "done": result.done,
         "decided_ahead": getattr(result, "decided_ahead", 0),  # 0 before the head start existed
+        # the first batch whose answer the server lost (None: none lost, or before it existed)
+        "one_call_after": getattr(result, "one_call_after", None),
         "window_p50": statistics.median(result.windows) if result.windows else None,
         "window_max": max(result.windows) if result.windows else None,
     }
@@ -308,6 +310,8 @@ may be out at once: a call in flight while the next batch is re-read and sent); 
 apply's wall time minus that sum (below zero when requests overlap); "CPU" its process CPU
 (all threads, planning included), and of it the apply's own thread (every file access and
 decision; a call's thread only waits on HTTP).
+Bulk calls: {sum(r["calls"] for r in apply_rows):,} for {batches:,} batches; a lost answer (then one call at a
+time for 20 batches) first at batch {", ".join(str(r.get("one_call_after") or "-") for r in apply_rows)} (by round).
 Batches sent on a decision made ahead: {ahead:,} of {batches:,}. Re-read -> call window:
 median {window_p50 * 1000:.0f} ms (of the rounds' medians), max {window_max * 1000:.0f} ms.
 """
