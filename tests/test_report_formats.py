@@ -61,3 +61,72 @@ def test_html_with_format_writes_both(built: Path, tmp_path: Path, command: str)
     page.unlink()
     assert report(built, command, "--since", "30d", "--html", str(page)) == ""
     assert page.exists()
+
+
+MARKUP = "etl [/x] [red]"  # Rich markup: a closing tag with no opening one, and a style
+
+
+@pytest.fixture(scope="module")
+def bracketed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A built file whose flow's name reads as Rich markup."""
+    from flowsync.store import Store
+
+    runs = [run(n, "FAILED" if n % 2 else "COMPLETED", n / 10) for n in range(1, 11)]
+    db = built_db(tmp_path_factory.mktemp("bracketed") / "runs.duckdb", runs)
+    with Store.writer(db) as store:
+        store.execute("UPDATE flows SET name = ?", [MARKUP])
+    return db
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("report", "failures", "--since", "30d", "--format", "table"),
+        ("report", "runs", "--since", "30d", "--format", "table"),
+        ("sql", 'SELECT name AS "[b]flow" FROM flows', "--format", "table"),
+    ],
+    ids=["report failures", "report runs", "sql"],
+)
+def test_names_that_read_as_markup_are_shown_as_they_are(
+    bracketed: Path, args: tuple[str, ...]
+) -> None:
+    """A terminal table shows names, headers and values as text: `[/x]` in a flow's name
+    neither stops the command (Rich's MarkupError) nor vanishes as a style."""
+    result = run_cli(*args, "--db", str(bracketed), env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert MARKUP in result.stdout
+    if args[0] == "sql":
+        assert "[b]flow" in result.stdout
+
+
+def test_progress_lines_show_messages_as_they_are(capsys: pytest.CaptureFixture[str]) -> None:
+    """Progress without a terminal (cron, logs) prints a message as text: a server's error
+    such as `[/flow_runs/filter]` must not stop an apply midway."""
+    from flowsync.cli.common import LineProgress
+
+    progress = LineProgress()
+    progress.phase("apply [/x]", total=10)
+    progress.message("batch 3: lost (HTTP 503 [database is locked]) at [/flow_runs/filter]")
+    progress.advance(10)
+    progress.phase("done", total=None)
+    err = capsys.readouterr().err
+    assert "batch 3: lost (HTTP 503 [database is locked]) at [/flow_runs/filter]" in err
+    assert "apply [/x]: 10/10" in err
+
+
+def test_paths_that_read_as_markup_are_printed_as_they_are(tmp_path: Path) -> None:
+    """`x[/y]` is a valid path and a Rich closing tag: status, sql --output and export
+    print it as it is."""
+    folder = tmp_path / "x[" / "y]"
+    folder.mkdir(parents=True)
+    db = built_db(folder / "runs.duckdb", [run(n) for n in range(1, 4)])
+    status = run_cli("status", "--db", str(db), env={"COLUMNS": "300"})
+    assert status.exit_code == 0, status.output
+    assert str(db) in status.stdout
+    csv = folder / "out.csv"
+    sql = run_cli("sql", "SELECT 1 AS one", "--db", str(db), "-f", "csv", "-o", str(csv))
+    assert sql.exit_code == 0, sql.output
+    assert f"to {csv}" in sql.stderr.replace("\n", "")
+    export = run_cli("export", str(folder / "parquet"), "--db", str(db), env={"COLUMNS": "300"})
+    assert export.exit_code == 0, export.output
+    assert f"to {folder / 'parquet'}" in export.stderr.replace("\n", "")

@@ -148,7 +148,7 @@ def _say_what_was_cut(fitted: render.Fitted) -> None:
 def write(data: bytes, output: Path | None, what: str) -> None:
     if output is not None:
         write_atomic(output, data)
-        err.print(f"wrote {what} to {output}", highlight=False)
+        err.print(f"wrote {what} to {output}", highlight=False, markup=False)
         return
     sys.stdout.buffer.write(data)
     sys.stdout.flush()
@@ -291,11 +291,11 @@ def run_report(spec: registry.Report, opts: ReportOptions, own: dict[str, Any]) 
         )
         window = done.window.describe()
         if done.warning is not None and chosen != "openmetrics":  # cron mails a job's stderr
-            err.print(f"warning: {done.warning}", highlight=False)
+            err.print(f"warning: {done.warning}", highlight=False, markup=False)
         if opts.html is not None and done.page is not None:
             write_atomic(opts.html, done.page.encode(), "--html")
             what = "the health page (" if health else f"{done.title} ({done.frame.height} rows, "
-            err.print(f"wrote {what}{window}) to {opts.html}", highlight=False)
+            err.print(f"wrote {what}{window}) to {opts.html}", highlight=False, markup=False)
         if chosen is None:
             return
         if health and done.health is not None and chosen in ("openmetrics", "table"):

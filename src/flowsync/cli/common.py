@@ -300,7 +300,7 @@ class LineProgress:
                 line += f", {rate:,.0f} {unit}/s"
                 if self._total and self._done < self._total:
                     line += f", eta {_eta((self._total - self._done) / rate)}"
-            err.print(line, highlight=False)
+            err.print(line, highlight=False, markup=False)
 
     def phase(self, name: str, total: int | None = None) -> None:
         self._flush()
@@ -315,7 +315,7 @@ class LineProgress:
 
     def message(self, text: str) -> None:
         if not self.quiet:
-            err.print(text, highlight=False)
+            err.print(text, highlight=False, markup=False)
 
 
 def make_progress(quiet: bool) -> TerminalProgress | LineProgress:

@@ -89,4 +89,5 @@ def export_cmd(
         err.print(
             f"exported {result.rows_written:,} rows in {result.files_written} files from {path} to {dest}",
             highlight=False,
+            markup=False,
         )

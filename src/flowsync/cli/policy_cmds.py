@@ -138,6 +138,7 @@ def _render_plan(plan: Plan, sample: int) -> None:
             out.print(
                 "  skipped: " + ", ".join(f"{n} {why}" for why, n in rp.skipped.items()),
                 highlight=False,
+                markup=False,
             )
         if rule.name in plan.reads_other_runs:
             out.print(

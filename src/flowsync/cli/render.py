@@ -9,7 +9,8 @@ Values read through ``flowsync.present``. A ``flowsync sql`` result is shown
 like the duckdb CLI shows it (``result_table``): numbers right-aligned, one line
 per row, long cells cut with ``…`` and columns past the edge hidden, and the
 caller told what was cut. The reports' markdown is the same readable table
-without a width (``readable_markdown``).
+without a width (``readable_markdown``). Every header and cell is plain text (``Text``),
+never Rich markup: a value such as ``[/data]`` in a run's name or error shows as it is.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from rich.table import Table
+from rich.text import Text
 
 from flowsync import present, registry
 from flowsync.cli import formats
@@ -98,17 +100,17 @@ def readable_table(
         if not droppable:
             break
         shown.pop(min(droppable)[1])
-    table = Table(title=title or None, title_justify="left")
+    table = Table(title=Text(title) if title else None, title_justify="left")
     for key, header, _ in shown:
         table.add_column(
-            header,
+            Text(header),
             justify="right" if _is_numeric(frame, key) else "left",
             no_wrap=key not in WRAPPING,
             overflow="fold",
             min_width=MIN_WRAP if key in WRAPPING else None,
         )
     for i in range(frame.height):
-        table.add_row(*(cells[key][i] for key, _, _ in shown))
+        table.add_row(*(Text(cells[key][i]) for key, _, _ in shown))
     return table
 
 
@@ -164,15 +166,17 @@ def result_table(
     the edge hidden, and ``Fitted`` says what was cut so the caller can say so."""
     natural = [max(len(h), *(len(r[i]) for r in rows), 1) for i, h in enumerate(headers)]
     shown, widths = _fit(natural, max(width, 20))
-    table = Table(title=title or None, title_justify="left")
+    table = Table(title=Text(title) if title else None, title_justify="left")
     for header, w, r in zip(headers[:shown], widths, right):
-        table.add_column(_cut(header, w), justify="right" if r else "left", no_wrap=True, width=w)
+        table.add_column(
+            Text(_cut(header, w)), justify="right" if r else "left", no_wrap=True, width=w
+        )
     cut = 0
     for row in rows:
         cells = []
         for text, w in zip(row[:shown], widths):
             one_line = text.replace("\n", "⏎")
-            cells.append(_cut(one_line, w))
+            cells.append(Text(_cut(one_line, w)))
             cut += len(one_line) > w
         table.add_row(*cells)
     return Fitted(table, headers[shown:], cut)
@@ -180,7 +184,7 @@ def result_table(
 
 def headline_table(row: dict[str, Any], title: str | None) -> Table:
     """The health headline as figure / this window / previous window / change."""
-    table = Table(title=title or None, title_justify="left")
+    table = Table(title=Text(title) if title else None, title_justify="left")
     for header, justify in (
         ("figure", "left"),
         ("this window", "right"),

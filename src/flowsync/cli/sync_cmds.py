@@ -6,6 +6,7 @@ from datetime import timedelta
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from flowsync.cli.common import (
@@ -144,6 +145,7 @@ def pull_cmd(
                 else f"snapshot {published.snapshot.generation} unchanged"
             ),
             highlight=False,
+            markup=False,
         )
 
 
@@ -181,7 +183,10 @@ def status_cmd(
         print_json(summary)
         return
     last = summary["last_pull"]
-    out.print(f"[bold]{path}[/]  from {summary['api_url'] or '(never pulled)'}", highlight=False)
+    out.print(
+        f"[bold]{escape(str(path))}[/]  from {escape(summary['api_url'] or '(never pulled)')}",
+        highlight=False,
+    )
     server = summary["server"]
     if server:
         version = server.get("version")
@@ -198,6 +203,7 @@ def status_cmd(
             f"last pull #{last['id']}: {last['status']} ({last['mode'] or '-'}) at {last['started_at']:%Y-%m-%d %H:%M:%S %Z}"
             + (f" — {last['error']}" if last["error"] else ""),
             highlight=False,
+            markup=False,
         )
     if summary["last_successful_pull_at"]:
         out.print(
@@ -211,6 +217,7 @@ def status_cmd(
         out.print(
             f"readers cannot open the snapshot: {problem}; the next pull publishes a new one",
             highlight=False,
+            markup=False,
         )
     elif published:
         out.print(
