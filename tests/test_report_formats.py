@@ -130,3 +130,12 @@ def test_paths_that_read_as_markup_are_printed_as_they_are(tmp_path: Path) -> No
     export = run_cli("export", str(folder / "parquet"), "--db", str(db), env={"COLUMNS": "300"})
     assert export.exit_code == 0, export.output
     assert f"to {folder / 'parquet'}" in export.stderr.replace("\n", "")
+
+
+def test_a_hidden_column_whose_name_reads_as_markup_is_named_as_it_is(bracketed: Path) -> None:
+    """The note on what a narrow terminal left out names the columns as they are."""
+    wide = ", ".join(f"repeat('v', 30) AS c{i}" for i in range(6))
+    query = f'SELECT {wide}, 1 AS "[/x]"'
+    result = run_cli("sql", query, "--db", str(bracketed), "-f", "table", env={"COLUMNS": "60"})
+    assert result.exit_code == 0, result.output
+    assert "[/x]" in result.stderr and "not shown" in result.stderr

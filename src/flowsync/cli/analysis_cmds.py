@@ -142,6 +142,7 @@ def _say_what_was_cut(fitted: render.Fitted) -> None:
         err.print(
             f"{'; '.join(notes)} to fit {out.width} columns: --format line shows every value whole.",
             highlight=False,
+            markup=False,
         )
 
 

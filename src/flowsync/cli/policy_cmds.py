@@ -128,7 +128,7 @@ def _render_plan(plan: Plan, sample: int) -> None:
         if not rule.enabled:
             out.print(f"\n[bold]{escape(rule.name)}[/] ({what}): disabled", highlight=False)
             continue
-        states = ", ".join(f"{n} {s}" for s, n in sorted(rp.by_state.items()))
+        states = escape(", ".join(f"{n} {s}" for s, n in sorted(rp.by_state.items())))
         out.print(
             f"\n[bold]{escape(rule.name)}[/] ({what}): {rp.planned} runs"
             + (f" ({states})" if states else ""),

@@ -197,6 +197,7 @@ def status_cmd(
         out.print(
             f"server: {said}, {bulk} the bulk endpoints policies use; as of {seen} UTC",
             highlight=False,
+            markup=False,
         )
     if last:
         out.print(
@@ -232,5 +233,5 @@ def status_cmd(
     if summary["flow_runs"]["by_state"]:
         states = Table("state", "runs")
         for state, n in summary["flow_runs"]["by_state"].items():
-            states.add_row(state, f"{n:,}")
+            states.add_row(escape(str(state)), f"{n:,}")
         out.print(states)
