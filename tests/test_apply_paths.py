@@ -240,6 +240,56 @@ def test_keep_newest_is_decided_on_the_newest_runs_as_they_are_now(
         assert set(outcomes(db, ids[:-4]).values()) == {"deleted"}
 
 
+def checks(db: Path, ids: list[str]) -> dict[str, str | None]:
+    """run -> the check its audit row names (``details.check``), for the runs of ``ids``."""
+    rows = query(
+        db,
+        "SELECT CAST(flow_run_id AS VARCHAR), details->>'check' FROM policy_actions "
+        "WHERE flow_run_id IN (SELECT unnest(CAST(? AS UUID[])))",
+        [ids],
+    )
+    return {r[0]: r[1] for r in rows}
+
+
+def test_keep_newest_reads_down_past_many_newer_runs_that_moved_on(
+    server: Server, tmp_path: Path
+) -> None:
+    """Ten of twelve retried after the pull: the first batch's re-read reads the kept run ten
+    times before it reaches the newest still FAILED (it once stopped after eight, then sent)."""
+    rules = [purge("kn3", "FAILED", keep_newest=1)]
+    with pulled_runs(server, tmp_path, 12, "FAILED", "kn3", rules) as (ids, db, policy):
+        set_state(server, ids[2:], "COMPLETED")
+        library_apply(server, db, policy, forwarding(resend_busy=True), batch_size=2)
+        now = live(server, ids)
+        assert ids[0] not in now
+        assert [i for i in ids if now.get(i) == "FAILED"] == [ids[1]]  # the newest FAILED, kept
+        assert outcomes(db, ids[:11]) == {
+            ids[0]: "deleted",
+            **dict.fromkeys(ids[1:11], "skipped"),
+        }
+        assert checks(db, ids[:2]) == {ids[0]: None, ids[1]: "keep_newest"}
+        assert audit_rows(db) == 11
+
+
+def test_a_batch_whose_kept_runs_keep_moving_is_not_sent(
+    server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same, with fewer rounds than it needs: the batch's decision rests on runs it never
+    read, so none of it is sent."""
+    from flowsync.policy import reread
+
+    monkeypatch.setattr(reread, "RANK_ROUNDS", 3)
+    rules = [purge("kn4", "FAILED", keep_newest=1)]
+    with pulled_runs(server, tmp_path, 12, "FAILED", "kn4", rules) as (ids, db, policy):
+        set_state(server, ids[2:], "COMPLETED")
+        library_apply(server, db, policy, forwarding(resend_busy=True), batch_size=2)
+        now = live(server, ids)
+        assert [i for i in ids if now.get(i) == "FAILED"] == ids[:2]  # nothing deleted
+        assert outcomes(db, ids[:11]) == dict.fromkeys(ids[:11], "skipped")
+        assert checks(db, ids[:2]) == dict.fromkeys(ids[:2], reread.UNCONFIRMED)
+        assert audit_rows(db) == 11
+
+
 def test_keep_newest_counts_what_an_earlier_rule_of_the_same_apply_took(
     server: Server, tmp_path: Path
 ) -> None:

@@ -3,7 +3,7 @@
 Owns, for the ``Applier`` (``policy/batch.py``): the re-read right before a call
 (``reread``): the batch's runs; for rules ranked by ``keep_newest``, the runs that
 outrank them in their deployments (read until every run the decision keeps was read
-in this step); for rules whose SQL reads other runs, every run with a state change
+in this step, at most ``RANK_ROUNDS`` rounds; a batch still unconfirmed then is not sent); for rules whose SQL reads other runs, every run with a state change
 since the last pull (state events, ``_catch_up``). What changed is written to the
 file and a run the server no longer has is marked deleted (``RunReader``). Then the
 policy decided again over the file for the batch (``decide_batch``): an unranked
@@ -19,6 +19,7 @@ bulk calls. Must not: send a call, write the audit, print, or import httpx/duckd
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -30,10 +31,19 @@ from flowsync.policy.result import ApplyResult
 from flowsync.store import SandboxedWriter, sync_log, synced_tables
 from flowsync.sync import RunReader
 
-__all__ = ["EVENTS_OVERLAP", "Rereader"]
+__all__ = ["EVENTS_OVERLAP", "RANK_ROUNDS", "UNCONFIRMED", "Rereader"]
 
 # State events reach the server's store a few seconds late: a catch-up re-reads this far back.
 EVENTS_OVERLAP = timedelta(minutes=2)
+
+# A ranked batch's re-read: rounds of reading the runs its decision now keeps (each round reads
+# every run newly kept). A batch whose kept runs still moved after this many rounds (a bulk retry
+# of many newer runs since the pull) is not sent: its decision rests on runs it never read.
+RANK_ROUNDS = 16
+UNCONFIRMED = (
+    "keep_newest not confirmed: the newer runs it keeps changed on the server since the pull; "
+    "pull, then apply again"
+)
 
 
 class Rereader:
@@ -127,7 +137,7 @@ class Rereader:
             want |= self.decide_batch(batch, todo).ranked_above
         seen: dict[str, Seen] = {}
         read: set[str] = set()
-        for _ in range(8):
+        for _ in range(RANK_ROUNDS):
             got = self.read(sorted(want - read), before, ahead.stamps if ahead else None)
             answered = self.reader.answered_at
             # Made over the very rows the file holds now (the re-read changed none of them),
@@ -148,6 +158,14 @@ class Rereader:
             want = set(decision.ranked_above) - read
             if not want:
                 break
+        if want:
+            # What the decision keeps was never read: send none of the batch.
+            decision = replace(
+                decision,
+                reasons={
+                    i: UNCONFIRMED if why is None else why for i, why in decision.reasons.items()
+                },
+            )
         return Fresh({i: seen[i] for i in todo if i in seen}, before, answered, decision)
 
     def decide_ahead(self, batches: list[Batch]) -> DecidedAhead:
