@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -117,3 +118,29 @@ def test_runs_not_held_get_their_row_in_the_file_and_unknown_runs_none(tmp_path:
         assert "_audit_held" not in {
             r[0] for r in store.execute("SELECT table_name FROM duckdb_tables()").rows()
         }
+
+
+def test_a_run_sent_again_has_one_row_with_what_the_last_call_sent(tmp_path: Path) -> None:
+    """A lost answer, the run unchanged after the settle bound, sent again: its one pending row
+    holds the second call's guard, row and time, which a next apply settles a kill -9 by."""
+    from flowsync.policy.ledger import Ledger
+    from flowsync.policy.model import DeleteRule
+    from flowsync.policy.result import ApplyResult
+
+    first = {**copy.deepcopy(RUN), "state_type": "SCHEDULED", "state_id": str(uuid.UUID(int=1))}
+    second = {**copy.deepcopy(RUN), "state_type": "PENDING", "state_id": str(uuid.UUID(int=2))}
+    run = RUN["id"]
+    with Store.writer(tmp_path / "x.duckdb") as store:
+        ledger = Ledger(
+            store, ApplyResult.new("0" * 64), api_url="u", policy_path="p", policy_sha256="0" * 64
+        )
+        rule = DeleteRule(name="r", action="delete", sql="SELECT id FROM flow_runs")
+        ledger.pending(ledger.call(1, rule), {run: "SCHEDULED"}, {run: first})
+        (sent_first,) = audit.unresolved(store)
+        ledger.pending(ledger.call(1, rule), {run: "PENDING"}, {run: second})
+        (sent_again,) = audit.unresolved(store)
+        assert sent_again.state_type_before == "PENDING"
+        assert sent_again.state_id_before == str(uuid.UUID(int=2))
+        assert sent_again.sent_at > sent_first.sent_at
+        assert store.execute("SELECT count(*) FROM policy_actions").scalar() == 1
+        assert ledger.open_rows() == [run]

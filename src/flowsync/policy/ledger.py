@@ -77,10 +77,19 @@ class Ledger:
         held: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
         """Rows for runs about to be sent (run -> the state type guarded), committed first;
-        ``held``: the runs as the re-read showed them (else their rows in the file)."""
+        ``held``: the runs as the re-read showed them (else their rows in the file). A run
+        sent again (its earlier call's answer lost, the run still unchanged) gets its row
+        anew: the guard, the row and the time of this call."""
         new = [(i, t, Outcome.PENDING.value, None) for i, t in guards.items() if i not in self.rows]
+        again = [
+            (i, t, Outcome.PENDING.value, None)
+            for i, t in guards.items()
+            if i in self.rows and i not in self.final_outcomes
+        ]
         with self.store.transaction():
             self._insert(call, new, held)
+            if again:
+                audit.record_runs(self.store, call, again, held, replace=True)
 
     def final(
         self,

@@ -44,6 +44,8 @@ def record_runs(
     call: Call,
     runs: Sequence[tuple[str, str, str, Any]],
     held: Mapping[str, Mapping[str, Any]] | None = None,
+    *,
+    replace: bool = False,
 ) -> None:
     """Insert one row per run of ``call``, with the run's row as JSON.
 
@@ -52,6 +54,9 @@ def record_runs(
     ``record_outcomes``), or the final outcome of a run that will not be sent.
     ``held``: the runs as the re-read right before just showed them (API objects),
     written as the file holds such a row; a run not in it gets its row in the file.
+    ``replace``: the runs are sent again by this apply; their pending rows are replaced, so a
+    row says what the last call sent (its guard, the run's row before it, when it was sent):
+    what the next apply settles a kill -9 by.
     """
     if not runs:
         return
@@ -65,6 +70,12 @@ def record_runs(
         if others:
             parts.append("SELECT * FROM flow_runs WHERE id IN (SELECT unnest(CAST(? AS UUID[])))")
             params.append(others)
+        if replace:
+            store.execute(
+                "DELETE FROM policy_actions WHERE apply_id = ? AND outcome = 'pending' "
+                "AND flow_run_id IN (SELECT unnest(CAST(? AS UUID[])))",
+                [call.apply_id, [str(r[0]) for r in runs]],
+            )
         store.execute(
             f"""
             INSERT INTO policy_actions (apply_id, batch, sent_at, api_url, policy_path, policy_sha256,
