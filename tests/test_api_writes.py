@@ -183,6 +183,32 @@ def test_a_call_that_changes_data_is_sent_once(
     assert "http://127.0.0.1:9/api" in str(raised.value)
 
 
+@pytest.mark.parametrize(
+    ("answer", "finished"),
+    [
+        (httpx.Response(500, json={"exception_message": "Internal Server Error"}), True),
+        (httpx.Response(503, json={"exception_message": "Service Unavailable"}), True),
+        (httpx.Response(504, text="upstream request timeout"), False),
+        (httpx.Response(502, text="<html><h1>502 Bad Gateway</h1></html>"), False),
+        (httpx.Response(503, json={"message": "no healthy upstream"}), False),
+    ],
+    ids=["prefect-500", "prefect-503", "gateway-504", "gateway-502", "proxy-503"],
+)
+def test_a_5xx_means_the_server_finished_only_when_prefect_itself_answered(
+    answer: httpx.Response, finished: bool
+) -> None:
+    """A gateway's 5xx may stand for a call the server behind it is still running: apply
+    then reads the runs for the whole settle bound, not once."""
+    from flowsync.policy.answers import Lost, from_error
+
+    transport, seen = faulty(answer)
+    with fake_client(transport, []) as c, pytest.raises(UncertainError) as raised:
+        WRITES["bulk_delete"](c)
+    lost = from_error(raised.value)
+    assert isinstance(lost, Lost) and lost.finished is finished
+    assert len(seen) == 1
+
+
 def test_reads_still_retry_429() -> None:
     transport, seen = faulty(httpx.Response(429, headers={"Retry-After": "3"}))
     sleeps: list[float] = []

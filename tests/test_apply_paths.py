@@ -374,9 +374,13 @@ def test_a_run_protected_while_the_server_asks_to_wait_is_not_deleted(
         assert result.counts["purge"] == {"deleted": 5, "skipped": 1}
 
 
+@pytest.mark.parametrize("lost", ["timeout", "gateway-504"])
 def test_a_timed_out_call_the_server_completes_later_is_attributed_to_this_apply(
-    server: Server, tmp_path: Path
+    server: Server, tmp_path: Path, lost: str
 ) -> None:
+    """The client gives up on the call (a read timeout), or a gateway in front of the server
+    answers 504 for it, while the server still carries it out: the runs are read until the
+    change shows, never sent again, and the change is this apply's."""
     with pulled_runs(server, tmp_path, 5, "COMPLETED", "late") as (ids, db, policy):
         sent: list[str] = []
         real = httpx.Client(timeout=60)
@@ -393,6 +397,8 @@ def test_a_timed_out_call_the_server_completes_later_is_attributed_to_this_apply
                         real.post(url, content=body, headers=headers)
 
                     threading.Thread(target=later, daemon=True).start()
+                    if lost == "gateway-504":
+                        return httpx.Response(504, text="upstream request timeout")
                     raise httpx.ReadTimeout("timed out", request=request)
             return None
 

@@ -61,8 +61,10 @@ class UncertainError(ApiError):
     """A non-idempotent call failed in transit (5xx, dropped connection, timeout,
     unreadable body): the server may or may not have applied it. Never resend it
     blindly; read the server's state first. ``problem`` says what went wrong;
-    ``status`` is the HTTP status when the server did answer (it has finished with
-    the request then), None when no answer came (it may still be working on it)."""
+    ``status`` is the HTTP status when the Prefect server itself answered (its own error
+    body, or a 2xx with a body cut short: it has finished with the request then), None
+    when no answer came or something in front of it answered (a gateway's 502/504: the
+    server may still be working on it)."""
 
     def __init__(self, message: str, problem: str, status: int | None = None) -> None:
         super().__init__(message)

@@ -87,6 +87,17 @@ def _unbind(response: httpx.Response) -> None:
     response.stream = httpx.ByteStream(b"")
 
 
+def _from_prefect(response: httpx.Response) -> bool:
+    """The 5xx is the Prefect server's own: its error handlers answer JSON with an
+    ``exception_message`` (500 "Internal Server Error", 503 "Service Unavailable") once the
+    request's transaction is over."""
+    try:
+        payload = response.json()
+    except ValueError:
+        return False
+    return isinstance(payload, dict) and "exception_message" in payload
+
+
 def _retry_after(response: httpx.Response) -> float | None:
     value = response.headers.get("retry-after")
     if not value:
@@ -245,8 +256,13 @@ class ApiSession:
                     retry_after = _retry_after(response) if status == 429 else None
                     last_problem = f"HTTP {status} {short(response.text, 80)}"
                 elif status >= 500 and not idempotent:
+                    # Finished only if Prefect itself answered: a gateway's 502/504 (or any other
+                    # body) may stand for a call the server behind it is still running.
                     raise self._uncertain(
-                        method, path, f"HTTP {status} {short(response.text, 80)}", status
+                        method,
+                        path,
+                        f"HTTP {status} {short(response.text, 80)}",
+                        status if _from_prefect(response) else None,
                     )
                 elif status in (404, 405):
                     raise NotFoundError(self._status_message(method, where, response), path, status)
