@@ -339,6 +339,31 @@ def test_a_rule_reading_other_runs_sees_their_state_changes(server: Server, tmp_
         assert set(outcomes(db, ids[:-1]).values()) == {"skipped"}
 
 
+def test_a_rule_reading_other_runs_is_refused_when_the_events_since_the_pull_may_be_gone(
+    server: Server, tmp_path: Path
+) -> None:
+    """The last pull is older than the server keeps state events: the catch-up could not see
+    the other runs' changes since, so apply sends nothing and says to pull first."""
+    import duckdb
+
+    sql = (
+        "SELECT r.id FROM flow_runs r WHERE r.deleted_at IS NULL AND list_contains(r.tags, 'xg') "
+        "AND r.state_type = 'FAILED' AND NOT EXISTS (SELECT 1 FROM flow_runs o WHERE "
+        "o.deployment_id = r.deployment_id AND o.state_type = 'COMPLETED' AND o.deleted_at IS NULL)"
+    )
+    rules = [{"name": "orphans", "action": "delete", "sql": sql}]
+    with pulled_runs(server, tmp_path, 3, "FAILED", "xg", rules) as (ids, db, policy):
+        with duckdb.connect(str(db)) as con:  # the pull, ten days ago (the server keeps seven)
+            con.execute("UPDATE sync_runs SET started_at = started_at - INTERVAL 10 DAY")
+        result = apply_cli(server, db, policy)
+        assert result.exit_code == 7, result.output
+        assert "rule 'orphans' reads other runs" in result.stderr
+        assert "run `flowsync pull`, then apply again (nothing was sent)" in result.stderr
+        assert "Traceback" not in result.output
+        assert live(server, ids) == dict.fromkeys(ids, "FAILED")
+        assert audit_rows(db) == 0
+
+
 # -- throttled and timed-out calls ------------------------------------------------------------------
 
 

@@ -24,12 +24,13 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from flowsync.api import PrefectClient
+from flowsync.errors import PolicyError
 from flowsync.policy.ahead import AHEAD_MAX_AGE, DecidedAhead
 from flowsync.policy.answers import Batch, Fresh, Seen, file_rows
 from flowsync.policy.plan import Decision, Plan, RuleModel, Scope, decide_scope
 from flowsync.policy.result import ApplyResult
 from flowsync.store import SandboxedWriter, sync_log, synced_tables
-from flowsync.sync import RunReader
+from flowsync.sync import RunReader, events_cover
 
 __all__ = ["EVENTS_OVERLAP", "RANK_ROUNDS", "UNCONFIRMED", "Rereader"]
 
@@ -111,11 +112,32 @@ class Rereader:
         rows = self.reader.read(ids, keep_before, stamps)
         return {i: Seen.of(row) for i, row in rows.items()}
 
+    def check_catch_up(self) -> None:
+        """Before the first call: a rule reading other runs is decided on their states as the
+        server's state events since the last pull show them (``_catch_up``). Refuses the apply
+        (``PolicyError``) when those events may be gone: the decision would rest on states the
+        catch-up cannot see."""
+        needs = [rp.rule for rp in self.plan.rules if rp.planned and self.reads_others(rp.rule)]
+        if not needs:
+            return
+        last = sync_log.last_pull_at(self.store)
+        why = (
+            "the file records no pull"
+            if last is None
+            else events_cover(self.client, last - EVENTS_OVERLAP, datetime.now(timezone.utc))
+        )
+        if why is not None:
+            raise PolicyError(
+                f"rule {needs[0].name!r} reads other runs, whose state changes since the last pull "
+                f"apply reads from the server's events, but {why}; run `flowsync pull`, then apply "
+                "again (nothing was sent)."
+            )
+
     def _catch_up(self) -> None:
         """Re-read every run in the file with a state change since the last catch-up (or pull)."""
         now = datetime.now(timezone.utc)
         since = self.caught_up or sync_log.last_pull_at(self.store) or now - timedelta(days=6)
-        since = max(since - EVENTS_OVERLAP, now - timedelta(days=6))
+        since = since - EVENTS_OVERLAP
         changed = self.client.changed_flow_runs(since, now + timedelta(minutes=5))
         known = synced_tables.existing_ids(self.store, "flow_runs", list(changed))
         if known:

@@ -11,6 +11,7 @@ log: ``flowsync.store.sync_log``. Must not: print or import httpx/duckdb.
 
 from flowsync.sync.context import NullProgress, Progress, PullOptions
 from flowsync.sync.pull import PullResult, RunReader, pull, refresh_runs
+from flowsync.sync.runs import events_cover
 
 __all__ = [
     "NullProgress",
@@ -18,6 +19,7 @@ __all__ = [
     "PullOptions",
     "PullResult",
     "RunReader",
+    "events_cover",
     "pull",
     "refresh_runs",
 ]

@@ -32,7 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from flowsync.api import Page
+from flowsync.api import Page, PrefectClient
 from flowsync.api.pagination import (
     EPOCH,
     Position,
@@ -43,6 +43,7 @@ from flowsync.api.pagination import (
     pages_by_id,
     parse_ts,
 )
+from flowsync.config import PULL_EVENTS_HORIZON_DAYS
 from flowsync.errors import ApiError
 from flowsync.store import sync_log, synced_tables
 from flowsync.store.tables import FLOW_RUNS
@@ -77,20 +78,32 @@ def needs_full(ctx: PullContext) -> str | None:
 
 
 def events_gap(ctx: PullContext, since: datetime) -> str | None:
+    """Why the server's state events may no longer cover [since, now], or None when they do
+    (``events_cover`` with the pull's clock and ``--events-horizon``)."""
+    try:
+        return events_cover(ctx.client, since, ctx.server_start, ctx.options.events_horizon)
+    except ApiError:
+        return None  # no events API: the incremental pull falls back to re-reading unfinished runs
+
+
+def events_cover(
+    client: PrefectClient,
+    since: datetime,
+    now: datetime,
+    horizon: timedelta = timedelta(days=PULL_EVENTS_HORIZON_DAYS),
+) -> str | None:
     """Why the server's state events may no longer cover [since, now], or None when they do.
 
     Prefect trims events oldest first (its retention period, per-type overrides,
     ``db_vacuum``), so one flow-run event held at or before ``since`` proves the
     window whole (one request). Without one, the server's own retention decides
-    when it says (``/admin/settings``), else ``--events-horizon``.
+    when it says (``/admin/settings``), else ``horizon``. Raises ``ApiError`` when the
+    server has no events API.
     """
-    try:
-        if ctx.client.flow_run_event_before(since) is not None:
-            return None
-    except ApiError:
-        return None  # no events API: the incremental pull falls back to re-reading unfinished runs
-    age = ctx.server_start - since
-    retention = ctx.client.events_retention()
+    if client.flow_run_event_before(since) is not None:
+        return None
+    age = now - since
+    retention = client.events_retention()
     if retention is not None:
         if age < retention:
             return None
@@ -98,9 +111,9 @@ def events_gap(ctx: PullContext, since: datetime) -> str | None:
             f"the server keeps flow-run events for {_span(retention)} and holds none from before the "
             f"last pull ({iso(since)})"
         )
-    if age <= ctx.options.events_horizon:
+    if age <= horizon:
         return None
-    return f"last pull is older than {_span(ctx.options.events_horizon)} (--events-horizon) and the server holds no earlier events"
+    return f"last pull is older than {_span(horizon)} (--events-horizon) and the server holds no earlier events"
 
 
 def _span(value: timedelta) -> str:
