@@ -387,16 +387,59 @@ def test_a_run_protected_while_the_server_asks_to_wait_is_not_deleted(
 
         def sleep(seconds: float) -> None:
             waits.append(seconds)
-            if seconds >= 3:  # while the server asked us to wait, someone protects a run
+            if seconds >= 2.5:  # while the server asked us to wait, someone protects a run
                 patch_run(server.url, ids[0], {"tags": ["thr", "keep"]})
 
         result = library_apply(server, db, policy, forwarding(fault), sleep=sleep)
-        assert 3 in waits
+        # Retry-After counts from the 429: what is left of it when the apply takes the answer.
+        assert [w for w in waits if 2.5 <= w <= 3]
         assert set(live(server, ids)) == {ids[0]}
         assert outcomes(db, ids)[ids[0]] == "skipped"
         assert outcomes(db, ids) == {i: "skipped" if i == ids[0] else "deleted" for i in ids}
         assert audit_rows(db) == len(ids)
         assert result.counts["purge"] == {"deleted": 5, "skipped": 1}
+
+
+def test_no_call_goes_out_while_the_call_still_out_is_answered_429(
+    server: Server, tmp_path: Path
+) -> None:
+    """Batch 1's call is answered 429 (Retry-After 3 s) while batch 2 is re-read: batch 2's
+    call is not sent into the limit; both batches wait out the one Retry-After (not one
+    after the other), are re-read, and each run is deleted by exactly one call."""
+    with pulled_runs(server, tmp_path, 6, "COMPLETED", "thr2") as (ids, db, policy):
+        first, second = batch_ids(db, policy, 3)
+        lock = threading.Lock()
+        bulk: list[tuple[float, list[str], int]] = []  # (when, runs, status)
+        throttled_at: list[float] = []
+
+        def fault(request: httpx.Request, n: int) -> httpx.Response | None:
+            if request.url.path.endswith("bulk_delete") and not throttled_at:
+                throttled_at.append(time.monotonic())
+                with lock:
+                    bulk.append((throttled_at[0], bulk_ids(request), 429))
+                return httpx.Response(429, headers={"Retry-After": "3"}, text="slow down")
+            if reads(request, second) and len(throttled_at) == 1 and len(bulk) == 1:
+                time.sleep(0.5)  # batch 2's re-read: the 429 is in before batch 2 would send
+            return None
+
+        def answered(request: httpx.Request, response: httpx.Response) -> None:
+            if request.url.path.endswith("bulk_delete"):
+                with lock:
+                    bulk.append((time.monotonic(), bulk_ids(request), response.status_code))
+
+        result = library_apply(
+            server, db, policy, forwarding(fault, answered, resend_busy=True), batch_size=3
+        )
+        assert bulk[0][1] == first  # batch 1's call met the limit, batch 2 was checked after
+        t429 = throttled_at[0]
+        after = sorted((round(t - t429, 2), status) for t, _, status in bulk)
+        assert [a for a in after if 0 < a[0] < 2.9] == [], after  # nothing into the limit
+        assert [s for _, s in after] == [429, 200, 200], after
+        assert max(a[0] for a in after) < 5.5, after  # one wait of 3 s, not two in a row
+        assert sorted(i for _, call, s in bulk if s == 200 for i in call) == sorted(ids)
+        assert outcomes(db, ids) == dict.fromkeys(ids, "deleted")
+        assert audit_rows(db) == len(ids)
+        assert result.counts == {"purge": {"deleted": 6}} and result.status == "success"
 
 
 @pytest.mark.parametrize("lost", ["timeout", "gateway-504"])

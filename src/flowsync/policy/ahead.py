@@ -66,6 +66,10 @@ class Task(Generic[T]):
     def done(self) -> bool:
         return self._done.is_set()
 
+    def peek(self) -> T | None:
+        """Its value if it has returned one, else None (never waits, never raises)."""
+        return self._value if self._done.is_set() and self._error is None else None
+
     def result(self) -> T:
         """Its value, or what it raised, raised here."""
         self._done.wait()

@@ -12,6 +12,7 @@ runs (``file_rows``). Must not: call the API, write the store, or print.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -267,10 +268,16 @@ class Acted:
 
 @dataclass(frozen=True)
 class Throttled:
-    """Nothing was done (429, connection never made): wait this long, then re-check."""
+    """Nothing was done (429, connection never made): wait this long, then re-check.
+    ``at``: when the answer came (``time.monotonic``): the wait counts from then."""
 
     wait: float | None
     problem: str
+    at: float = field(default_factory=time.monotonic, compare=False)
+
+    def left(self) -> float | None:
+        """What is left of the wait now (None: the server named none)."""
+        return None if self.wait is None else self.wait - (time.monotonic() - self.at)
 
 
 @dataclass(frozen=True)

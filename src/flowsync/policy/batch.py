@@ -131,6 +131,7 @@ class Applier:
         self.rereader = Rereader(client, store, plan, result, reader, self.lost)
         self.ahead = Ahead()  # the decision made ahead of the next batches (policy/ahead.py)
         self.one_call_until = 0  # batches up to this one send one call at a time
+        self.out: set[Task[Answer]] = set()  # calls in flight while the next batch is checked
 
     @property
     def per_run(self) -> bool:
@@ -322,6 +323,19 @@ class Applier:
         call's answer within the last ``ONE_CALL_BATCHES`` batches."""
         return number <= self.one_call_until
 
+    def _throttled_out(self) -> Throttled | None:
+        """The answer of a call still out (its batch waiting to take it) if it was a 429 whose
+        Retry-After has not passed yet."""
+        for task in list(self.out):
+            answer = task.peek()
+            if isinstance(answer, Throttled) and (answer.left() or 0.0) > 0:
+                return Throttled(
+                    answer.wait,
+                    f"the call still out was not carried out: {answer.problem}",
+                    answer.at,
+                )
+        return None
+
     def _lost_answer(self, number: int, answer: Answer) -> None:
         """After the server lost a call's answer (5xx, a dropped connection, a timeout), the
         next ``ONE_CALL_BATCHES`` batches send one call at a time: a server that takes one
@@ -373,17 +387,28 @@ class Applier:
                 self.record(number, rule, decided.final, guards)
             while calls:
                 call = calls.pop(0)
-                self.ledger.pending(
-                    self.ledger.call(number, rule),
-                    {i: call.state_type for i in call.ids},
-                    {i: row for i in call.ids if (row := fresh.seen[i].row) is not None},
-                )
+                # The call still out was answered 429: this one would meet the same limit. It is
+                # not sent; it waits as told, then is re-read and decided again.
+                throttled_out = self._throttled_out()
+                if throttled_out is None:
+                    self.ledger.pending(
+                        self.ledger.call(number, rule),
+                        {i: call.state_type for i in call.ids},
+                        {i: row for i in call.ids if (row := fresh.seen[i].row) is not None},
+                    )
                 try:
-                    if overlap and not calls and attempt == 1:
+                    answer: Answer
+                    if throttled_out is not None:
+                        answer = throttled_out
+                    elif overlap and not calls and attempt == 1:
                         note_call(self.result, fresh.answered_at)
                         in_flight = Task(functools.partial(send_bulk, self.client, rule, call))
-                        yield  # the next batch is re-read, decided and sent meanwhile
-                        answer = in_flight.result()
+                        self.out.add(in_flight)
+                        try:
+                            yield  # the next batch is re-read, decided and sent meanwhile
+                            answer = in_flight.result()
+                        finally:
+                            self.out.discard(in_flight)
                     else:
                         answer = self.send(rule, call, fresh.answered_at)
                 except AuthError as e:
@@ -410,11 +435,8 @@ class Applier:
                 if isinstance(throttled, Throttled):
                     # Everything not sent yet goes back to step 1 after the wait.
                     again += [i for c in calls for i in c.ids]
-                    wait = (
-                        throttled.wait
-                        if throttled.wait is not None
-                        else self.client.backoff(attempt)
-                    )
+                    left = throttled.left()
+                    wait = left if left is not None else self.client.backoff(attempt)
                     break
             if not again:
                 break
