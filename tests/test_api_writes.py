@@ -251,3 +251,48 @@ def test_cloud_capabilities_without_admin_version(tmp_path: Path) -> None:
         caps = c.capabilities()
     assert (caps.version, caps.cloud, caps.bulk) == (None, True, True)
     assert caps.describe() == "Prefect Cloud"
+
+
+@pytest.mark.parametrize(
+    "credential",
+    [{"api_key": "pnu_SUPERSECRET123"}, {"auth_string": 'admin:hunter"2'}],
+    ids=["api-key", "auth-string"],
+)
+@pytest.mark.parametrize("status", [502, 400])
+def test_an_answer_that_echoes_the_credentials_never_shows_them(
+    credential: dict[str, str], status: int
+) -> None:
+    """A proxy's error body quoting the request's Authorization header: the retry lines and
+    the errors (which the pull also writes to ``sync_runs``) hold *** in its place."""
+    import base64
+    import json
+
+    from pydantic import SecretStr
+
+    secret = next(iter(credential.values()))
+    forms = {secret, json.dumps(secret)[1:-1], base64.b64encode(secret.encode()).decode()}
+
+    def echo(request: httpx.Request) -> httpx.Response:
+        said = request.headers["authorization"]
+        return httpx.Response(status, json={"detail": f"upstream said: {said}"})
+
+    told: list[str] = []
+    settings = ApiSettings(
+        url="http://127.0.0.1:9/api", **{k: SecretStr(v) for k, v in credential.items()}
+    )
+    retry = RetryPolicy(attempts=3, base_delay=0.01)
+    with PrefectClient(
+        settings,
+        transport=httpx.MockTransport(echo),
+        retry=retry,
+        sleep=lambda s: None,
+        on_retry=told.append,
+    ) as c:
+        with pytest.raises(ApiError) as read:
+            c.count("flow_runs")
+        with pytest.raises(ApiError) as write:
+            WRITES["bulk_delete"](c)
+    messages = [str(read.value), str(write.value), *told]
+    assert all("***" in m for m in messages[:2]), messages
+    for message in messages:
+        assert not any(form in message for form in forms), message

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from flowsync.api.session import ApiSession, short
+from flowsync.api.session import ApiSession
 from flowsync.errors import ApiError
 
 # What the API accepts: /filter and /count refuse `limit` above PAGE_LIMIT (422).
@@ -75,7 +75,7 @@ class Reads(ApiSession):
         answer = self.request("POST", f"{resource}/count", body or {})
         if not isinstance(answer, int):
             raise ApiError(
-                f"POST /{resource}/count answered {short(repr(answer), 60)}, expected an integer."
+                f"POST /{resource}/count answered {self._said(repr(answer), 60)}, expected an integer."
             )
         return answer
 

@@ -24,7 +24,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from flowsync.api.models import BULK_SINCE, Capabilities, RunRetention
-from flowsync.api.session import ApiSession, short
+from flowsync.api.session import ApiSession
 from flowsync.config import cloud_workspace
 from flowsync.errors import ApiError, AuthError, UnsupportedError
 
@@ -52,7 +52,7 @@ class ServerInfo(ApiSession):
         if answer is not True:
             raise ApiError(
                 f"{self.settings.display_url} does not look like a Prefect API "
-                f"(GET /health answered {short(json.dumps(answer), 60)}). The URL usually ends in /api."
+                f"(GET /health answered {self._said(json.dumps(answer), 60)}). The URL usually ends in /api."
             )
         return _server_date(headers.get("date"))
 

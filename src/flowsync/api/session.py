@@ -161,11 +161,18 @@ class ApiSession:
         self.requests = 0
         self.retries = 0
         headers = {"User-Agent": f"flowsync/{__version__}", "Accept": "application/json"}
+        secrets: list[str] = []
         if settings.api_key is not None:
-            headers["Authorization"] = f"Bearer {settings.api_key.get_secret_value()}"
+            secrets.append(settings.api_key.get_secret_value())
+            headers["Authorization"] = f"Bearer {secrets[0]}"
         elif settings.auth_string is not None:
-            token = base64.b64encode(settings.auth_string.get_secret_value().encode()).decode()
-            headers["Authorization"] = f"Basic {token}"
+            secrets.append(settings.auth_string.get_secret_value())
+            secrets.append(base64.b64encode(secrets[0].encode()).decode())
+            headers["Authorization"] = f"Basic {secrets[1]}"
+        # What a server or proxy may echo back (an error body quoting the request's headers):
+        # removed from every text of an answer before it reaches a message, a log or the file.
+        quoted = [json.dumps(x)[1:-1] for x in secrets]  # as a JSON body would quote them
+        self._secrets = tuple(sorted({x for x in secrets + quoted if x}, key=len, reverse=True))
         self._base = settings.url.rstrip("/") + "/"
         self._host = urlsplit(self._base).netloc
         self._http = httpx.Client(
@@ -227,7 +234,7 @@ class ApiSession:
             try:
                 response = self._http.request(method, url, json=body)
             except TRANSPORT_ERRORS as e:
-                last_problem = f"{type(e).__name__}: {short(str(e)) or 'connection failed'}"
+                last_problem = f"{type(e).__name__}: {self._said(str(e)) or 'connection failed'}"
                 if not idempotent and isinstance(e, NOT_SENT_ERRORS):
                     raise NotSentError(
                         f"Prefect API at {self.settings.display_url}: {method} /{_bare(path)} "
@@ -254,14 +261,14 @@ class ApiSession:
                     )
                 if status in READ_RETRY_STATUS and idempotent:
                     retry_after = _retry_after(response) if status == 429 else None
-                    last_problem = f"HTTP {status} {short(response.text, 80)}"
+                    last_problem = f"HTTP {status} {self._said(response.text)}"
                 elif status >= 500 and not idempotent:
                     # Finished only if Prefect itself answered: a gateway's 502/504 (or any other
                     # body) may stand for a call the server behind it is still running.
                     raise self._uncertain(
                         method,
                         path,
-                        f"HTTP {status} {short(response.text, 80)}",
+                        f"HTTP {status} {self._said(response.text)}",
                         status if _from_prefect(response) else None,
                     )
                 elif status in (404, 405):
@@ -276,7 +283,7 @@ class ApiSession:
                         return (decoded, response.content, response.headers) if raw else decoded
                     except (json.JSONDecodeError, UnicodeDecodeError):
                         # A truncated body is usually a dropped connection: try again.
-                        last_problem = f"unreadable JSON body ({short(response.text, 60)!r})"
+                        last_problem = f"unreadable JSON body ({self._said(response.text, 60)!r})"
                         if not idempotent:
                             raise self._uncertain(method, path, last_problem, status) from None
             if attempt + 1 < attempts:
@@ -319,6 +326,13 @@ class ApiSession:
         if seconds > 0:
             self._sleep(seconds)
 
+    def _said(self, text: str, limit: int = 80) -> str:
+        """Text the server (or something between) answered, shortened, without the credentials
+        this client sends (a proxy's error page may quote the Authorization header)."""
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return short(text, limit)
+
     def _uncertain(
         self, method: str, path: str, problem: str, status: int | None = None
     ) -> UncertainError:
@@ -340,4 +354,4 @@ class ApiSession:
         hint = ""
         if response.status_code == 404:
             hint = " Is this a Prefect API URL? It usually ends in /api."
-        return f"{method} {where} answered {response.status_code}: {short(detail, 200)}.{hint}"
+        return f"{method} {where} answered {response.status_code}: {self._said(detail, 200)}.{hint}"
