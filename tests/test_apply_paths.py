@@ -189,13 +189,20 @@ def library_apply(
     sleep: Any = time.sleep,
     settle_seconds: float = 10.0,
     batch_size: int = 50,
+    result: ApplyResult | None = None,
 ) -> ApplyResult:
-    """apply through the library, with a fault transport in front of the real server."""
+    """apply through the library, with a fault transport in front of the real server;
+    ``result``: filled as the apply goes (read it when the apply raises)."""
     with planned(db, policy) as (store, plan):
         retry = RetryPolicy(attempts=3, base_delay=0.05)
         with fault_client(server, transport, retry, sleep) as client:
             return apply_plan(
-                client, store, plan, settle_seconds=settle_seconds, batch_size=batch_size
+                client,
+                store,
+                plan,
+                settle_seconds=settle_seconds,
+                batch_size=batch_size,
+                result=result,
             )
 
 
@@ -1126,8 +1133,11 @@ def _ctrl_c_while_a_call_is_in_flight(
                 if len(calls) == 2:  # the server deleted batch 2, before its answer arrives
                     second_done.set()
 
+        held = ApplyResult.new()
         try:
-            library_apply(server, db, policy, forwarding(fault, ctrl_c, resend_busy=True))
+            library_apply(
+                server, db, policy, forwarding(fault, ctrl_c, resend_busy=True), result=held
+            )
         except KeyboardInterrupt:
             pass
         else:
@@ -1144,6 +1154,8 @@ def _ctrl_c_while_a_call_is_in_flight(
         assert outcomes(db, ids) == dict.fromkeys(sent, "deleted")
         assert audit_rows(db) == len(sent)  # batch 3: no row, never sent
         assert len(marked_deleted(db, ids)) == 100
+        # what the interrupted apply reports counts the runs read back too
+        assert held.counts == {"purge": {"deleted": 100}} and held.done == 100
 
 
 # -- no checkpoint inside a re-read -> call window ---------------------------------------------------

@@ -153,16 +153,19 @@ class Settler:
             for p in audit.unresolved(self.store)
             if p.apply_id == self.result.apply_id
         }
-        self.settle_pending([pending[i] for i in open_rows if i in pending], wait=False)
+        self.settle_pending([pending[i] for i in open_rows if i in pending], wait=False, own=True)
         # (what it could not settle stays pending: the next apply reads it back)
 
-    def settle_pending(self, rows: list[audit.PendingRow], *, wait: bool) -> set[str]:
+    def settle_pending(
+        self, rows: list[audit.PendingRow], *, wait: bool, own: bool = False
+    ) -> set[str]:
         """Read back runs sent by an apply that never recorded their answer; settle what shows.
 
         A run is settled under the apply that sent it: gone after a delete is ``deleted``
         by that apply, a new state of the requested type ``accepted``, unchanged (after
-        ``settle_seconds`` since it was sent) ``failed``. Returns the runs now known to have
-        changed (done by that apply, or gone)."""
+        ``settle_seconds`` since it was sent) ``failed``. ``own``: the rows are this apply's
+        (it was interrupted): what settles is counted in its result too. Returns the runs now
+        known to have changed (done by that apply, or gone)."""
         if not rows:
             return set()
         outcomes = self._settle_rows(rows, final=False)
@@ -177,6 +180,10 @@ class Settler:
         with self.store.transaction():
             audit.settle_earlier(self.store, outcomes, self.result.apply_id)
             synced_tables.mark_deleted(self.store, "flow_runs", deleted)
+        if own:
+            rules = {r.flow_run_id: r.rule for r in rows}
+            for (_, run), (outcome, _) in outcomes.items():
+                self.result.add(rules[run], Outcome(outcome))
         return {run for (_, run), (o, _) in outcomes.items() if o != Outcome.FAILED.value}
 
     def _settle_rows(

@@ -148,6 +148,7 @@ class PendingRow:
     state_type_before: str
     state_id_before: str | None
     sent_at: datetime
+    rule: str
 
 
 def unresolved(store: Store, *, besides: str | None = None) -> list[PendingRow]:
@@ -156,7 +157,7 @@ def unresolved(store: Store, *, besides: str | None = None) -> list[PendingRow]:
         """
         SELECT apply_id, CAST(flow_run_id AS VARCHAR), action,
                json_extract_string(requested_state, '$.state.type'), state_type_before,
-               json_extract_string(run_row, '$.state_id'), sent_at
+               json_extract_string(run_row, '$.state_id'), sent_at, rule
         FROM policy_actions
         WHERE outcome = 'pending' AND apply_id IS DISTINCT FROM ?
         ORDER BY sent_at, id
