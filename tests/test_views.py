@@ -37,6 +37,19 @@ def test_every_sql_file_is_one_view_or_macro_with_a_header() -> None:
             assert f"CREATE OR REPLACE MACRO {name}(" in text, path.name
 
 
+def test_a_first_pull_that_stops_early_leaves_a_file_the_reports_read(tmp_path: Path) -> None:
+    """No server at the URL: the pull fails at its first request, after creating the file;
+    the views are there all the same (a report is empty, not a DuckDB catalog error)."""
+    db = tmp_path / "new.duckdb"
+    failed = run_cli("pull", "--db", str(db), "--api-url", "http://127.0.0.1:9/api")
+    assert failed.exit_code == 3, failed.output
+    report = run_cli("report", "failures", "--db", str(db), "--format", "json")
+    assert report.exit_code == 0, report.output
+    counted = run_cli("sql", "SELECT count(*) AS n FROM flow_runs_enriched", "--db", str(db))
+    assert counted.exit_code == 0 and "0" in counted.stdout, counted.output
+    assert "Catalog Error" not in report.output + counted.output
+
+
 def test_pull_builds_every_view(prefect: SeededServer, tmp_path: Path) -> None:
     pulled = tmp_path / "runs.duckdb"
     assert run_cli("pull", "--api-url", prefect.url, "--db", str(pulled)).exit_code == 0

@@ -40,6 +40,16 @@ def rebuild(store: Store, pull_id: int | None = None) -> list[str]:
     return _rebuild(store, files, _digest(files), pull_id)
 
 
+def ensure_built(store: Store) -> bool:
+    """A file whose views were never built (a pull's first step on a new file) gets them now,
+    so that a first pull that stops early (a wrong URL, a 401, Ctrl-C) leaves a file every
+    report and view can read (empty, or what was committed). Returns whether it built them."""
+    if sync_log.get_state(store, BUILT) is not None:
+        return False
+    rebuild(store)
+    return True
+
+
 def ensure_current(store: Store, pull_id: int, *, force: bool = False) -> bool:
     """Pull ``pull_id``'s views: rebuilt unless this installation built or checked them at
     the pull just before and they are all still there.

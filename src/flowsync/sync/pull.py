@@ -108,6 +108,7 @@ def pull(
     options = options or PullOptions()
     progress = progress or NullProgress()
     began = time.monotonic()
+    views.ensure_built(store)  # a new file: readable even if this first pull stops early
     server_start = client.check()
     url = client.settings.display_url
     moved = identity.bind(client, store)
