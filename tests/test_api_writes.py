@@ -278,7 +278,9 @@ def test_an_answer_that_echoes_the_credentials_never_shows_them(
 
     told: list[str] = []
     settings = ApiSettings(
-        url="http://127.0.0.1:9/api", **{k: SecretStr(v) for k, v in credential.items()}
+        url="http://127.0.0.1:9/api",
+        api_key=SecretStr(credential["api_key"]) if "api_key" in credential else None,
+        auth_string=SecretStr(credential["auth_string"]) if "auth_string" in credential else None,
     )
     retry = RetryPolicy(attempts=3, base_delay=0.01)
     with PrefectClient(
