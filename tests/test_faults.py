@@ -130,6 +130,27 @@ def test_persistent_failure_fails_clearly_and_keeps_the_file_consistent(
     assert_matches_server(db_path, prefect.url)
 
 
+def test_a_first_pull_stopped_in_the_catalog_is_recorded_full(
+    prefect: SeededServer, db_path: Path
+) -> None:
+    """The first pull of a file is a full one from its first request: stopped while reading
+    flows, its ``sync_runs`` row says so (it said ``incremental``)."""
+
+    def fault(request: httpx.Request, n: int) -> httpx.Response | None:
+        if request.url.path.endswith("/flows/filter"):
+            return httpx.Response(401, json={"detail": "no"})
+        return None
+
+    transport, sleeps = forwarding(prefect.url, fault)
+    with (
+        Store.writer(db_path) as store,
+        client_for(prefect.url, transport, sleeps) as client,
+        pytest.raises(AuthError),
+    ):
+        pull(client, store)
+    assert query(db_path, "SELECT status, mode FROM sync_runs") == [("failed", "full")]
+
+
 @pytest.mark.parametrize("status", [401, 403])
 def test_auth_errors_fail_at_once(prefect: SeededServer, db_path: Path, status: int) -> None:
     transport, sleeps = forwarding(

@@ -93,6 +93,9 @@ def test_changes_between_pulls(fresh_server: Server, db_path: Path) -> None:
     third = pull(url, db_path)
     assert third["inserted"] == 0 and third["marked_deleted"] == 0
     assert int(third["requests"]) <= 10
+    # every table is in the summary, changed or not (scripts read .tables.flow_runs)
+    assert set(third["tables"]) >= {"flows", "deployments", "flow_runs"}
+    assert third["tables"]["flow_runs"]["inserted"] == 0
 
 
 def test_full_flag_reconciles_and_marks_deleted(fresh_server: Server, db_path: Path) -> None:

@@ -126,11 +126,13 @@ def pull(
         # a batch is too small for more to pay off (BENCHMARKS.md, "Client CPU per run").
         with store.memory_guard(), store.single_threaded(), fewer_collections():
             store.budget_memory(fixed_mb=options.memory_limit_mb)
-            catalog.sync_collection(ctx, FLOWS)
-            catalog.sync_collection(ctx, DEPLOYMENTS)
+            # Decided first, so that a pull stopped in the catalog is recorded as what it was.
             why_full = runs.needs_full(ctx)
             if why_full:
                 mode, reason = "full", why_full
+            catalog.sync_collection(ctx, FLOWS)
+            catalog.sync_collection(ctx, DEPLOYMENTS)
+            if why_full:
                 runs.full_pass(ctx)
             else:
                 cursor = parse_ts(sync_log.get_state(store, runs.CURSOR))
@@ -175,7 +177,9 @@ def pull(
                 "marked_deleted": c.marked_deleted,
                 "reread": c.reread,
             }
-            for name, c in ctx.counters.items()
+            # every table, changed or not: a script reads .tables.flow_runs.inserted
+            for name in dict.fromkeys([FLOWS.name, DEPLOYMENTS.name, FLOW_RUNS.name, *ctx.counters])
+            for c in (ctx.counter(name),)
         },
         moved=moved,
         server=caps.to_json(),
