@@ -110,3 +110,174 @@ def test_other_server_into_same_file_is_refused(
         "holds runs from",
         "another --db",
     )
+
+
+# -- arguments refused before anything is read, written or sent --------------------------
+
+# Nobody listens on port 9 (discard): a pull that got past its arguments fails on the
+# connection (exit 3) after creating the file; a refused argument does neither.
+UNREACHABLE = "http://127.0.0.1:9/api"
+
+
+def files_under(folder: Path) -> dict[str, tuple[int, int]]:
+    """What is in ``folder``: each file's size and modification time (a write changes one)."""
+    return {
+        str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+    }
+
+
+def empty_folder(tmp_path: Path) -> Path:
+    """A folder of its own (``tmp_path`` holds the test's PREFECT_HOME)."""
+    folder = tmp_path / "work"
+    folder.mkdir()
+    return folder
+
+
+def refused(result: object, option: str) -> str:
+    """Exit 2 with no traceback, its error naming ``option``: a ``ConfigError``'s one line
+    (``error: --history ...``) or Click's usage error for a number out of its range."""
+    assert result.exit_code == 2, (result.exit_code, result.output)  # type: ignore[attr-defined]
+    assert "Traceback" not in result.output  # type: ignore[attr-defined]
+    stderr = str(result.stderr)  # type: ignore[attr-defined]
+    errors = [line for line in stderr.splitlines() if line.lower().startswith("error:")]
+    assert len(errors) == 1, stderr
+    assert option in errors[0], stderr
+    return errors[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (["report", "failures", "--since", "99999999d"], "--since"),
+        (["report", "failures", "--since", "1000000000h"], "--since"),
+        (["report", "failures", "--since", "100000000000000000000w"], "--since"),
+        (["report", "failures", "--since", "0001-01-01"], "--since"),
+        (["report", "health", "--since", "0001-01-01"], "--since"),
+        (["report", "health", "--since", "99999999d"], "--since"),
+        (["report", "stuck", "--history", "99999999d"], "--history"),
+        (["report", "stuck", "--history", "0001-01-01"], "--history"),
+        (["report", "stuck", "--history", "abc"], "--history 'abc'"),
+        (["report", "runs", "--last", "100000000000000000000"], "--last"),
+        (["report", "flaky", "--last", "100000000000000000000"], "--last"),
+        (["report", "stuck", "--min-runs", "100000000000000000000"], "--min-runs"),
+    ],
+)
+def test_report_arguments_out_of_range_are_one_clear_refusal(
+    built: object, args: list[str], option: str
+) -> None:
+    db = built.path  # type: ignore[attr-defined]
+    before = files_under(db.parent)
+    line = refused(run_cli(*args, "--db", str(db), "--format", "csv"), option)
+    assert "--since" not in line or option == "--since", line
+    assert files_under(db.parent) == before
+
+
+def test_export_since_too_far_back_writes_nothing(built: object, tmp_path: Path) -> None:
+    db = built.path  # type: ignore[attr-defined]
+    out = tmp_path / "out"
+    for since in ("99999999d", "100000000000000000000w", "0001-01-01"):
+        refused(run_cli("export", str(out), "--since", since, "--db", str(db)), "--since")
+        assert not out.exists()
+
+
+def test_plan_sample_too_large_is_an_argument_error(tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("rules: []\n")
+    db = tmp_path / "runs.duckdb"
+    refused(
+        run_cli("plan", str(policy), "--sample", "100000000000000000000", "--db", str(db)),
+        "--sample",
+    )
+    assert not db.exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (["--staleness", "inf"], "--staleness"),
+        (["--staleness", "1e12"], "--staleness"),
+        (["--overlap", "1e12"], "--overlap"),
+        (["--overlap", "inf"], "--overlap"),
+        (["--events-horizon", "1e12"], "--events-horizon"),
+        (["--events-horizon", "inf"], "--events-horizon"),
+        (["--max-requests-per-minute", "0.01"], "--max-requests-per-minute '0.01'"),
+        (["--max-requests-per-minute", "inf"], "--max-requests-per-minute 'inf'"),
+        (["--api-url", "http://[::1:4311/api"], "--api-url"),
+        (["--api-url", "http://127.0.0.1:99999/api"], "--api-url"),
+        (["--api-url", "http://h:abc/api"], "--api-url"),
+    ],
+)
+def test_pull_arguments_are_refused_before_any_connection_or_write(
+    tmp_path: Path, args: list[str], option: str
+) -> None:
+    here = empty_folder(tmp_path)
+    db = here / "runs.duckdb"
+    url = [] if "--api-url" in args else ["--api-url", UNREACHABLE]
+    refused(run_cli("pull", *url, *args, "--db", str(db)), option)
+    assert files_under(here) == {}
+
+
+def test_staleness_from_the_environment_is_bounded_too(tmp_path: Path) -> None:
+    here = empty_folder(tmp_path)
+    db = here / "runs.duckdb"
+    result = run_cli(
+        "pull", "--api-url", UNREACHABLE, "--db", str(db), env={"FLOWSYNC_STALENESS_HOURS": "inf"}
+    )
+    refused(result, "--staleness")
+    assert files_under(here) == {}
+
+
+def test_a_bad_url_never_shows_its_password(tmp_path: Path) -> None:
+    here = empty_folder(tmp_path)
+    db = here / "runs.duckdb"
+    line = refused(
+        run_cli("pull", "--api-url", "http://u:secret@[::1/api", "--db", str(db)), "--api-url"
+    )
+    assert "secret" not in line and "***@" in line, line
+    assert files_under(here) == {}
+
+
+@pytest.mark.parametrize("command", [["pull"], ["apply", "POLICY", "--yes"]])
+def test_empty_api_url_is_refused_not_replaced_by_the_environment(
+    tmp_path: Path, command: list[str]
+) -> None:
+    here = empty_folder(tmp_path)
+    policy = here / "policy.yaml"
+    policy.write_text("rules: []\n")
+    args = [str(policy) if a == "POLICY" else a for a in command]
+    db = here / "runs.duckdb"
+    result = run_cli(*args, "--api-url", "", "--db", str(db), env={"PREFECT_API_URL": UNREACHABLE})
+    refused(result, "--api-url is empty")
+    assert sorted(files_under(here)) == ["policy.yaml"]
+
+
+def test_apply_refuses_a_bad_url_before_the_file(tmp_path: Path) -> None:
+    here = empty_folder(tmp_path)
+    policy = here / "policy.yaml"
+    policy.write_text("rules: []\n")
+    db = here / "runs.duckdb"
+    result = run_cli(
+        "apply", str(policy), "--yes", "--api-url", "http://[::1:4311/api", "--db", str(db)
+    )
+    refused(result, "--api-url")
+    assert sorted(files_under(here)) == ["policy.yaml"]
+
+
+def test_pull_options_refuse_spans_the_pull_cannot_use() -> None:
+    from datetime import timedelta
+
+    from flowsync.errors import ConfigError
+    from flowsync.sync import PullOptions
+
+    for bad in (
+        {"overlap": timedelta(days=-1)},
+        {"overlap": timedelta(days=999_999_999)},
+        {"staleness": timedelta(0)},
+        {"staleness": timedelta(days=999_999_999)},
+        {"events_horizon": timedelta(0)},
+        {"events_horizon": timedelta(days=999_999_999)},
+    ):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            PullOptions(**bad)  # type: ignore[arg-type]
+    PullOptions(overlap=timedelta(0), staleness=timedelta(seconds=3))  # the tests' own values

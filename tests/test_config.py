@@ -89,3 +89,42 @@ def test_cert_file_must_exist() -> None:
                 "PREFECT_API_SSL_CERT_FILE": "/nonexistent.pem",
             }
         )
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("http://[::1:4311/api", "Invalid IPv6 URL"),
+        ("http://127.0.0.1:99999/api", "Port out of range"),
+        ("http://h:abc/api", "Port could not be cast"),
+    ],
+)
+def test_a_url_python_cannot_read_is_one_config_error(url: str, problem: str) -> None:
+    with pytest.raises(ConfigError, match=rf"^--api-url .* is not a valid URL \({problem}"):
+        resolve_api(url, env={})
+    with pytest.raises(ConfigError, match=r"^API URL .* \(from \$PREFECT_API_URL\) is not a valid"):
+        resolve_api(env={"PREFECT_API_URL": url})
+
+
+def test_mask_url_hides_userinfo_of_a_url_it_cannot_read() -> None:
+    assert mask_url("http://user:secret@[::1/api") == "http://***@[::1/api"
+
+
+def test_empty_api_url_flag_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"^--api-url is empty"):
+        resolve_api("", env={"PREFECT_API_URL": "http://127.0.0.1:4200/api"})
+    with pytest.raises(ConfigError, match=r"^--api-url is empty"):
+        resolve_api("  ", env={"PREFECT_API_URL": "http://127.0.0.1:4200/api"})
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [(0.01, "is below 1 request per minute"), (float("inf"), "is not a number of requests")],
+)
+def test_request_budget_errors_name_the_flag_it_came_from(value: float, message: str) -> None:
+    with pytest.raises(ConfigError, match=rf"^--max-requests-per-minute '{value}' {message}"):
+        resolve_api("http://h/api", env={}, max_requests_per_minute=value)
+    with pytest.raises(
+        ConfigError, match=rf"^FLOWSYNC_MAX_REQUESTS_PER_MINUTE '{value}' \(from \$"
+    ):
+        resolve_api("http://h/api", env={"FLOWSYNC_MAX_REQUESTS_PER_MINUTE": str(value)})

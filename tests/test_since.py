@@ -60,3 +60,39 @@ def test_both_commands_take_the_same_forms(command: list[str], tmp_path: Path) -
         )  # got past --since
     bad = run_cli(*args, "--since", "yesterday", "--db", str(missing))
     assert bad.exit_code == 2 and "--since 'yesterday' is not a time window" in bad.stderr
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "99999999d",
+        "1000000000h",
+        "100000000000000000000w",
+        "99999999999999min",
+        "0001-01-01",
+        "1969-12-31T23:59:59Z",
+    ],
+)
+def test_a_start_too_far_back_is_refused_in_one_line(text: str) -> None:
+    # ages too large for a date, and dates before any run: a ConfigError, not an OverflowError
+    # (here or later, when a report takes the previous window of the same length)
+    with pytest.raises(ConfigError, match=r"--since .* before 1970-01-01.*'all'"):
+        parse_since(text, NOW)
+    with pytest.raises(ConfigError, match="before 1970-01-01"):
+        reports.parse_since(text, NOW)
+
+
+def test_the_earliest_start_and_its_previous_window_are_dates() -> None:
+    window = reports.parse_since("1970-01-01", NOW)
+    assert window.since == datetime(1970, 1, 1, tzinfo=timezone.utc)
+    assert window.previous_start < window.start
+
+
+@pytest.mark.parametrize(
+    ("text", "message"), [("abc", "is not a time window"), ("0d", "is an empty window")]
+)
+def test_errors_name_the_option_that_was_given(text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=f"^--history {text!r} {message}"):
+        parse_since(text, NOW, option="--history")
+    with pytest.raises(ConfigError, match=f"^--history {text!r} {message}"):
+        reports.parse_since(text, NOW, option="--history")

@@ -37,6 +37,11 @@ PULL_CONCURRENCY = 2  # pages in flight during a full pull; more slows the serve
 PULL_OVERLAP_MINUTES = 10.0  # events re-read before the cursor (late events, client clocks)
 PULL_EVENTS_HORIZON_DAYS = 6.0  # assumed only when the server does not say how long it keeps events
 PULL_STALENESS_HOURS = 24.0  # every live run re-read at least this often (edits emit no event)
+# The most each may be (the CLI's option maximums, checked by ``PullOptions`` too): past
+# them a span means nothing to a pull, and a huge one is no date (OverflowError).
+PULL_OVERLAP_MAX_MINUTES = 7 * 24 * 60.0  # a week: Prefect keeps events 7 days by default
+PULL_EVENTS_HORIZON_MAX_DAYS = 365.0
+PULL_STALENESS_MAX_HOURS = 365 * 24.0  # every live run re-read at least once a year
 
 
 @dataclass(frozen=True)
@@ -77,9 +82,17 @@ def cloud_workspace(url: str) -> tuple[str, str] | None:
     return (m.group("account").lower(), m.group("workspace").lower()) if m else None
 
 
+_USERINFO = re.compile(r"(//)[^/?#]*@")
+
+
 def mask_url(url: str) -> str:
-    """The URL with any user:password part replaced, safe to print and store."""
-    parts = urlsplit(url)
+    """The URL with any user:password part replaced, safe to print and store (also a URL
+    Python cannot read: a bracket left open, a port that is no number)."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a port that is no port
+    except ValueError:
+        return _USERINFO.sub(r"\1***@", url, count=1)
     if parts.username or parts.password:
         host = parts.hostname or ""
         if parts.port:
@@ -150,6 +163,11 @@ def resolve_api(
             return str(profile[key]), f"profile {profile_name!r} in {profile_path}"
         return None, ""
 
+    if api_url is not None and not api_url.strip():
+        raise ConfigError(
+            "--api-url is empty: pass the Prefect API URL (e.g. http://127.0.0.1:4200/api), "
+            "or leave the flag out to use PREFECT_API_URL or the active Prefect profile."
+        )
     url, source = pick(api_url, "PREFECT_API_URL")
     if not url:
         raise ConfigError(
@@ -157,11 +175,18 @@ def resolve_api(
             "(e.g. http://127.0.0.1:4200/api), or activate a Prefect profile that has one."
         )
     url = url.strip().rstrip("/")
-    parts = urlsplit(url)
+    shown = mask_url(url)
+    named = f"--api-url {shown!r}" if source == "flag" else f"API URL {shown!r} (from {source})"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - a port that is no number, or past 65535, raises here
+    except ValueError as e:
+        raise ConfigError(
+            f"{named} is not a valid URL ({e}); expected e.g. http://127.0.0.1:4200/api."
+        ) from None
     if parts.scheme not in {"http", "https"} or not parts.hostname:
         raise ConfigError(
-            f"API URL {mask_url(url)!r} (from {source}) is not an http(s) URL; "
-            "expected e.g. http://127.0.0.1:4200/api."
+            f"{named} is not an http(s) URL; expected e.g. http://127.0.0.1:4200/api."
         )
     key, _ = pick(api_key, "PREFECT_API_KEY")
     auth, _ = pick(None, "PREFECT_API_AUTH_STRING")
@@ -208,9 +233,17 @@ def _number(
         number = float("nan")  # valid() refuses it, as it does a NaN spelt out
     if not valid(number):
         raise ConfigError(
-            f"{key} {value!r} (from {source}) is not a number of {unit}; expected e.g. {example}."
+            f"{_named(key, value, source)} is not a number of {unit}; expected e.g. {example}."
         )
     return number
+
+
+def _named(key: str, value: str | None, source: str) -> str:
+    """A setting and its value as an error names them: the flag when it came from one
+    (``--max-requests-per-minute '0.01'``), else the key and where it was found."""
+    if source == "flag":
+        return f"--{key.removeprefix('FLOWSYNC_').lower().replace('_', '-')} {value!r}"
+    return f"{key} {value!r} (from {source})"
 
 
 def _retention(value: str | None, source: str) -> float | None:
@@ -236,7 +269,8 @@ def _budget(value: str | None, source: str) -> float | None:
     )
     if rate is not None and 0 < rate < 1:
         raise ConfigError(
-            f"{BUDGET_KEY} {value!r} (from {source}) is below 1 request per minute; use 1 or more."
+            f"{_named(BUDGET_KEY, value, source)} is below 1 request per minute; use 1 or more "
+            "(or 0 for no budget)."
         )
     return rate or None
 

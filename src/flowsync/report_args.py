@@ -84,11 +84,14 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def parse_since(text: str | None, now: datetime | None = None) -> Window:
+def parse_since(
+    text: str | None, now: datetime | None = None, *, option: str = "--since"
+) -> Window:
     """``7d``, ``12h``, ``30m``, ``2w``, a date ``2026-01-01``, an ISO time, or ``all``
-    (``flowsync.since.parse_since``, which export uses too), as a window ending now."""
+    (``flowsync.since.parse_since``, which export uses too), as a window ending now;
+    ``option`` is the flag the errors name (``--history``)."""
     now = now or utcnow()
-    return Window(since_time(text, now), now)
+    return Window(since_time(text, now, option=option), now)
 
 
 @dataclass(frozen=True)

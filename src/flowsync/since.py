@@ -3,8 +3,11 @@
 Owns: turning ``30m`` / ``30min``, ``12h``, ``7d``, ``2w`` (an age before now), a
 date ``2026-01-01`` (UTC midnight), an ISO time (UTC when it has no offset) or
 ``all`` (no start) into an aware datetime, and the one-line errors for
-anything else, an empty age, or a time in the future. Must not: know what the
-time is used for (``reports.Window``, ``export``'s changed partitions).
+anything else, an empty age, a time in the future, or a start before 1970 (an age
+too large for a date included: no run is that old, and a report's previous window
+of the same length must still be a date), each naming the option it came from
+(``--since``, ``report stuck --history``). Must not: know what the time is used for
+(``reports.Window``, ``export``'s changed partitions).
 """
 
 from __future__ import annotations
@@ -16,10 +19,14 @@ from flowsync.errors import ConfigError
 
 _AGE = re.compile(r"^\s*(\d+)\s*(m|min|h|d|w)\s*$", re.IGNORECASE)
 _UNITS = {"m": "minutes", "min": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+# The earliest start: where ``all`` begins (``reports.Window.start``). Earlier is no run's
+# time, and an age past year 1 is no date at all (OverflowError).
+EARLIEST = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
-def parse_since(text: str | None, now: datetime) -> datetime | None:
-    """The start ``text`` names, relative to ``now``; None for no text or ``all``."""
+def parse_since(text: str | None, now: datetime, *, option: str = "--since") -> datetime | None:
+    """The start ``text`` names, relative to ``now``; None for no text or ``all``.
+    ``option`` is the flag the text came from, named in the errors."""
     if text is None or text.strip().lower() == "all":
         return None
     match = _AGE.match(text)
@@ -27,20 +34,35 @@ def parse_since(text: str | None, now: datetime) -> datetime | None:
         amount, unit = int(match.group(1)), match.group(2).lower()
         if amount <= 0:
             raise ConfigError(
-                f"--since {text!r} is an empty window; use a positive amount such as 7d."
+                f"{option} {text!r} is an empty window; use a positive amount such as 7d."
             )
-        return now - timedelta(**{_UNITS[unit]: amount})
+        try:
+            start = now - timedelta(**{_UNITS[unit]: amount})
+        except OverflowError:  # past year 1, or more than timedelta holds
+            start = None
+        if start is None or start < EARLIEST:
+            raise _too_early(text, option)
+        return start
     try:
         parsed = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:
         raise ConfigError(
-            f"--since {text!r} is not a time window: use an age such as 7d, 12h, 30m or 2w, "
+            f"{option} {text!r} is not a time window: use an age such as 7d, 12h, 30m or 2w, "
             "a date such as 2026-01-01, an ISO time, or 'all'."
         ) from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=timezone.utc)
     if parsed >= now:
         raise ConfigError(
-            f"--since {text!r} is in the future; pick a time before now ({now:%Y-%m-%d %H:%M} UTC)."
+            f"{option} {text!r} is in the future; pick a time before now ({now:%Y-%m-%d %H:%M} UTC)."
         )
+    if parsed < EARLIEST:
+        raise _too_early(text, option)
     return parsed
+
+
+def _too_early(text: str, option: str) -> ConfigError:
+    return ConfigError(
+        f"{option} {text!r} starts before {EARLIEST:%Y-%m-%d}, earlier than any run; "
+        "use a later start, or 'all' for all history."
+    )

@@ -18,6 +18,7 @@ from rich.table import Table
 
 from flowsync import present
 from flowsync.cli.common import (
+    COUNT_MAX,
     ApiKeyOption,
     ApiUrlOption,
     DbOption,
@@ -43,7 +44,9 @@ if (
     from flowsync.policy import ApplyResult, Plan
 
 PolicyArg = Annotated[Path, typer.Argument(help="Policy file (YAML).", show_default=False)]
-SampleOption = Annotated[int, typer.Option("--sample", help="Runs listed per rule.", min=0)]
+SampleOption = Annotated[
+    int, typer.Option("--sample", help="Runs listed per rule.", min=0, max=COUNT_MAX)
+]
 RuleTimeoutOption = Annotated[
     float | None,
     no_default_option(

@@ -27,8 +27,11 @@ from flowsync.cli.common import (
 from flowsync.config import (
     PULL_CONCURRENCY,
     PULL_EVENTS_HORIZON_DAYS,
+    PULL_EVENTS_HORIZON_MAX_DAYS,
+    PULL_OVERLAP_MAX_MINUTES,
     PULL_OVERLAP_MINUTES,
     PULL_STALENESS_HOURS,
+    PULL_STALENESS_MAX_HOURS,
     resolve_api,
     resolve_db_path,
 )
@@ -63,6 +66,7 @@ def pull_cmd(
         typer.Option(
             help="Minutes of events re-read before the last cursor (late events, client clocks).",
             min=0,
+            max=PULL_OVERLAP_MAX_MINUTES,
         ),
     ] = PULL_OVERLAP_MINUTES,
     events_horizon: Annotated[
@@ -70,6 +74,7 @@ def pull_cmd(
         typer.Option(
             help="Days of events to assume the server keeps when it holds none from before the cursor and does not say (Prefect Cloud); an older cursor triggers a full reconciliation.",
             min=0.01,
+            max=PULL_EVENTS_HORIZON_MAX_DAYS,
         ),
     ] = PULL_EVENTS_HORIZON_DAYS,
     staleness: Annotated[
@@ -79,6 +84,7 @@ def pull_cmd(
             envvar="FLOWSYNC_STALENESS_HOURS",
             help="Hours: every live run is re-read at least this often (edits such as tags or names emit no event), spread over the pulls. Env: FLOWSYNC_STALENESS_HOURS.",
             min=0.0001,
+            max=PULL_STALENESS_MAX_HOURS,
         ),
     ] = PULL_STALENESS_HOURS,
     memory_limit: MemoryLimitOption = None,

@@ -13,9 +13,13 @@ from flowsync.api.pagination import PAGE_SIZE
 from flowsync.config import (
     PULL_CONCURRENCY,
     PULL_EVENTS_HORIZON_DAYS,
+    PULL_EVENTS_HORIZON_MAX_DAYS,
+    PULL_OVERLAP_MAX_MINUTES,
     PULL_OVERLAP_MINUTES,
     PULL_STALENESS_HOURS,
+    PULL_STALENESS_MAX_HOURS,
 )
+from flowsync.errors import ConfigError
 from flowsync.store import Store, sync_log, synced_tables
 from flowsync.store.tables import TableSpec
 
@@ -62,6 +66,28 @@ class PullOptions:
     verify: bool = False
     # DuckDB memory cap in MB for this pull: None sizes it from the history, 0 leaves DuckDB's default.
     memory_limit_mb: int | None = None
+
+    def __post_init__(self) -> None:
+        """Refuse a span a pull cannot use before anything is opened or recorded (a huge one
+        would fail mid-pull as an OverflowError, after its sync_runs row was written)."""
+        spans = (
+            ("overlap", "--overlap", self.overlap, timedelta(minutes=PULL_OVERLAP_MAX_MINUTES)),
+            ("staleness", "--staleness", self.staleness, timedelta(hours=PULL_STALENESS_MAX_HOURS)),
+            (
+                "events_horizon",
+                "--events-horizon",
+                self.events_horizon,
+                timedelta(days=PULL_EVENTS_HORIZON_MAX_DAYS),
+            ),
+        )
+        for name, flag, span, most in spans:
+            least_ok = span >= timedelta(0) if name == "overlap" else span > timedelta(0)
+            if not least_ok or span > most:
+                floor = "0" if name == "overlap" else "more than 0"
+                raise ConfigError(
+                    f"PullOptions {name} ({flag}) of {span} is out of range: "
+                    f"use from {floor} up to {most}."
+                )
 
 
 @dataclass
