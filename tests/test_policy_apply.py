@@ -630,6 +630,49 @@ def test_an_interrupted_apply_leaves_pending_rows_and_sends_nothing_more(mixed_d
     assert scalar(mixed_db, "SELECT status FROM sync_runs ORDER BY id DESC LIMIT 1") == "failed"
 
 
+def test_an_interrupted_apply_says_what_it_did_and_what_stopped_it(
+    mixed_db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The command, Ctrl-C as above: its --json result counts batch 1's deletions and names
+    what stopped it (it said 0 done and "see the error below", with no error in JSON)."""
+    plan = plan_for(mixed_db, DELETE_ALL)
+    third = set(list(batches(plan))[2].ids)
+    in_flight = threading.Event()
+
+    def answer(path: str, body: dict[str, Any]) -> httpx.Response:
+        if path == "health":
+            return httpx.Response(200, json=True)
+        if path == "admin/version":
+            return httpx.Response(200, json="3.8.8")
+        if len(fake.bulk) == 2:
+            in_flight.set()
+            time.sleep(3)
+            raise httpx.ReadTimeout("no answer", request=httpx.Request("POST", path))
+        return accept_all(path, body)
+
+    class CtrlC(Recorder):
+        def __call__(self, request: httpx.Request) -> httpx.Response:
+            body = json.loads(request.content) if request.content else {}
+            if set(body.get("flow_runs", {}).get("id", {}).get("any_") or ()) == third:
+                assert in_flight.wait(5)
+                _thread.interrupt_main()
+                time.sleep(1)
+            return super().__call__(request)
+
+    fake = CtrlC(answer, api_rows(mixed_db))
+    monkeypatch.setattr("flowsync.api.PrefectClient", lambda settings, **kw: mock_client(fake))
+    path = mixed_db.parent / "p.yaml"
+    path.write_text(DELETE_ALL)
+    result = run_cli(
+        "apply", str(path), "--db", str(mixed_db), "--yes", "--json", "--api-url", "http://x/api"
+    )
+    assert result.exit_code == 130, result.output
+    done = json.loads(result.stdout)["result"]
+    assert done["rules"] == {"purge": {"deleted": 50}}
+    assert done["done"] == 50
+    assert done["errors"][-1].startswith("the apply stopped early: stopped by SIGINT (Ctrl-C)")
+
+
 def test_a_401_on_the_call_out_when_the_next_batch_cannot_be_read_is_the_error(
     mixed_db: Path,
 ) -> None:

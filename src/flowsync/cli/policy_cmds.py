@@ -36,7 +36,7 @@ from flowsync.cli.common import (
     to_jsonable,
 )
 from flowsync.config import resolve_api, resolve_db_path
-from flowsync.errors import PARTIAL_FAILURE_EXIT, ConfigError, PolicyLimitError
+from flowsync.errors import PARTIAL_FAILURE_EXIT, ConfigError, PolicyLimitError, SignalInterrupt
 
 if (
     TYPE_CHECKING
@@ -265,6 +265,16 @@ def _render_result(result: ApplyResult) -> None:
     )
 
 
+def _stopped_by(e: BaseException) -> str:
+    """What stopped an apply, as its summary's last error says it."""
+    if isinstance(e, KeyboardInterrupt):
+        by = e.signal_name if isinstance(e, SignalInterrupt) else "SIGINT (Ctrl-C)"
+        return f"stopped by {by}; runs still pending are read back by the next apply"
+    if isinstance(e, typer.Exit):
+        return "cancelled"
+    return str(e) or type(e).__name__
+
+
 def _summary(result: ApplyResult, sample: int, json_out: bool, plan: Plan | None) -> None:
     if json_out:
         _print_plan_json(plan, sample, "plan", result=result.to_json())
@@ -351,9 +361,9 @@ def apply_cmd(
                     on_retry=progress.message,
                     settle_seconds=settle_seconds,
                 )
-        except BaseException:
+        except BaseException as e:
             if held.calls:  # what was done is shown whatever stopped the apply
-                held.errors.append("the apply stopped early: see the error below")
+                held.errors.append(f"the apply stopped early: {_stopped_by(e)}")
                 _summary(held, sample, json_out, None)
             raise
     if applied.result is None:
