@@ -143,3 +143,39 @@ def test_no_color_removes_colour_even_on_a_forced_terminal() -> None:
     plain = _stderr_on_a_terminal({"NO_COLOR": "1"})
     assert not COLOR_SGR.search(plain), repr(plain)
     assert "error:" in plain
+
+
+@pytest.mark.parametrize(
+    ("args", "code"),
+    [
+        (["status"], 0),
+        (["plan", "{policy}", "--exit-code"], 10),
+        (["plan", "{policy_over}"], 8),
+    ],
+    ids=["status", "plan-exit-code", "plan-over-max"],
+)
+def test_a_reader_that_closes_the_pipe_keeps_the_exit_code(
+    built: Any, tmp_path: Path, args: list[str], code: int
+) -> None:
+    """`flowsync plan | head -1` in CI with pipefail: the command's own code, not 1 from a
+    broken pipe (its reader is closed here before it writes a byte)."""
+    rule = "rules: [{name: purge, action: delete, sql: \"SELECT id FROM flow_runs WHERE state_type = 'COMPLETED'\"}]\n"
+    policy = tmp_path / "p.yaml"
+    policy.write_text("version: 1\nmax_actions: 1000000\n" + rule)
+    over = tmp_path / "over.yaml"
+    over.write_text("version: 1\nmax_actions: 1\n" + rule)
+    argv = [a.format(policy=policy, policy_over=over) for a in args]
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        done = subprocess.run(
+            [str(FLOWSYNC), *argv, "--db", str(built.path)],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        os.close(write)
+    assert done.returncode == code, done.stderr
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr

@@ -6,7 +6,9 @@ Every command module registers its commands below.
 
 from __future__ import annotations
 
-from typing import Annotated
+import os
+import sys
+from typing import Annotated, Any, TextIO, cast
 
 import typer
 
@@ -52,5 +54,46 @@ app.command("apply")(apply_cmd)
 app.add_typer(policy_app, name="policy")
 
 
+class _PipeSafe:
+    """Standard output that a reader may close early (``flowsync plan | head -1``): once a
+    write meets the closed pipe, the rest goes nowhere and the command runs to its end, so
+    its exit code (8, 10, 9...) is still the one a script with ``pipefail`` sees."""
+
+    def __init__(self, inner: Any, owner: _PipeSafe | None = None) -> None:
+        self._inner = inner
+        self._owner = owner or self
+        self._broken = False
+
+    @property
+    def buffer(self) -> _PipeSafe:
+        return _PipeSafe(self._inner.buffer, self)
+
+    def write(self, data: Any) -> int:
+        if not self._owner._broken:
+            try:
+                return int(self._inner.write(data))
+            except BrokenPipeError:
+                self._owner._close()
+        return len(data)
+
+    def flush(self) -> None:
+        if not self._owner._broken:
+            try:
+                self._inner.flush()
+            except BrokenPipeError:
+                self._owner._close()
+
+    def _close(self) -> None:
+        self._broken = True
+        # What is still buffered, and the flush at exit, go to /dev/null, not to an error.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, self._inner.fileno())
+        os.close(devnull)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
 def main() -> None:
+    sys.stdout = cast(TextIO, _PipeSafe(sys.stdout))
     app()
