@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import typing
 from pathlib import Path
 from typing import Any
@@ -145,6 +147,28 @@ def test_first_rule_wins_and_disabled_rules_select_nothing(db: Path) -> None:
         and plan.rules[2].selected == 0
     )
     assert plan.total == plan.rules[0].planned + plan.rules[1].planned
+
+
+def test_the_plans_sample_keeps_every_name_whole_in_a_log(db: Path) -> None:
+    """Not a terminal (cron, CI: 80 columns): a line a run, the long name, its deployment and
+    its age whole (a table cut them to `quartz-ten…  nightly-backup/sta…  18…`)."""
+    import duckdb
+
+    long_name = "quartz-tenacious-nightly-backup-of-the-warehouse-" + "x" * 40
+    with duckdb.connect(str(db)) as con:
+        con.execute("UPDATE flow_runs SET name = ? WHERE id = ?", [long_name, rid(13)])
+    path = _write(db.parent, policy(rule("purge", OLD_COMPLETED)))
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}  # a pipe: Rich's 80 columns
+    result = subprocess.run(
+        [sys.executable, "-m", "flowsync", "plan", str(path), "--db", str(db), "--live"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    line = next(x for x in result.stdout.splitlines() if long_name in x)
+    assert "etl/dev" in line and "44d" in line and "…" not in line
 
 
 def test_max_actions_is_flagged(db: Path) -> None:

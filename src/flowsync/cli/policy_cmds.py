@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from flowsync import present
 from flowsync.cli.common import (
@@ -42,6 +43,15 @@ if (
     TYPE_CHECKING
 ):  # the library (pydantic, DuckDB, httpx) loads inside the commands: --help stays fast
     from flowsync.policy import ApplyResult, Plan
+
+# The plan's sample of runs: each column, and whether a long value folds in it.
+SAMPLE_COLUMNS = (
+    ("run", True),
+    ("flow/deployment", True),
+    ("state", False),
+    ("age", False),
+    ("tags", True),
+)
 
 PolicyArg = Annotated[Path, typer.Argument(help="Policy file (YAML).", show_default=False)]
 SampleOption = Annotated[
@@ -151,18 +161,27 @@ def _render_plan(plan: Plan, sample: int) -> None:
                 highlight=False,
             )
         if rp.planned and sample:
-            table = Table(box=None, padding=(0, 2, 0, 2))
-            for column in ("run", "flow/deployment", "state", "age", "tags"):
-                table.add_column(column, no_wrap=True, overflow="ellipsis")
-            for run in rp.sample(sample):
-                table.add_row(
-                    escape(run.name or run.id),
-                    escape(f"{run.flow_name or '-'}/{run.deployment_name or '-'}"),
-                    escape(run.state_name or run.state_type),
+            rows = [
+                (
+                    run.name or run.id,
+                    f"{run.flow_name or '-'}/{run.deployment_name or '-'}",
+                    run.state_name or run.state_type,
                     present.age(run.expected_start_time, now),
-                    escape(",".join(run.tags)),
+                    ",".join(run.tags),
                 )
-            out.print(table)
+                for run in rp.sample(sample)
+            ]
+            if out.is_terminal:
+                # Nothing cut: a long name folds inside its column (it is what a reviewer reads).
+                table = Table(box=None, padding=(0, 2, 0, 2))
+                for column, folds in SAMPLE_COLUMNS:
+                    table.add_column(column, no_wrap=not folds, overflow="fold")
+                for row in rows:
+                    table.add_row(*(Text(cell) for cell in row))
+                out.print(table)
+            else:  # logs (cron, CI): a line a run, every name whole
+                for row in rows:
+                    out.print(Text("  " + "  ".join(row)), soft_wrap=True)
             if rp.planned > sample:
                 out.print(f"  ... and {rp.planned - sample} more", highlight=False)
     max_actions = plan.policy.policy.max_actions
