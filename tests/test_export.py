@@ -11,7 +11,8 @@ import duckdb
 import polars as pl
 import pytest
 
-from harness.built import BuiltHistory
+from flowsync.store import Store
+from harness.built import API_URL, BuiltHistory
 from tests.helpers import copy_db, run_cli, scalar
 
 TABLES = ("flows", "deployments", "flow_runs")
@@ -38,7 +39,7 @@ def db(pulled: Path, tmp_path: Path) -> Path:
     return copy
 
 
-def export(db: Path, out: Path, *args: str) -> dict[str, Any]:
+def export(db: Path, out: Path | str, *args: str) -> dict[str, Any]:
     result = run_cli("export", "--format", "parquet", str(out), "--db", str(db), "--json", *args)
     assert result.exit_code == 0, result.output
     return dict(json.loads(result.stdout))
@@ -196,3 +197,129 @@ def test_missing_db_fails_cleanly(tmp_path: Path) -> None:
     assert "does not exist" in result.stderr and "flowsync pull" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert not missing.exists() and not out.exists()
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` (hidden ones too) with its bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize(
+    ("dest", "needle"),
+    [
+        ("s3://", "names no bucket"),
+        ("s3:///prefix", "names no bucket"),
+        ("gs://", "names no bucket"),
+        ("az:///x", "names no container"),
+        ("ftp://x/y", "Cannot export to ftp://"),
+        ("http://example.com/x", "Cannot export to http://"),
+        ("", "Export destination is empty"),
+        ("   ", "Export destination is empty"),
+        ("file://", "names no directory"),
+    ],
+)
+def test_bad_destination_is_refused_before_anything_is_written(
+    db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dest: str, needle: str
+) -> None:
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    result = run_cli("export", dest, "--db", str(db))
+    assert result.exit_code == 2, result.output
+    assert needle in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.output
+    assert list(cwd.iterdir()) == []
+
+
+def test_file_url_exports_to_its_directory(db: Path, tmp_path: Path) -> None:
+    out = tmp_path / "export"
+    summary = export(db, f"file://{out}")
+    assert summary["rows_written"] > 0
+    assert read_back(out, "flow_runs").height == scalar(db, "SELECT count(*) FROM flow_runs")
+
+
+def test_manifest_records_the_source_file_and_server(built: BuiltHistory, tmp_path: Path) -> None:
+    db = copy_db(built.path, tmp_path)  # with its snapshots: export reads the latest one
+    out = tmp_path / "export"
+    export(db, out)
+    export(db, out)  # the same file again: its own export, replaced
+    manifest = json.loads((out / "_flowsync_manifest.json").read_text())
+    assert manifest["source"] == {"db": str(db.resolve()), "api_url": API_URL}
+
+
+@pytest.mark.parametrize("other_kind", ["another file", "a file never pulled"])
+def test_export_from_another_source_is_refused_and_removes_nothing(
+    db: Path, tmp_path: Path, other_kind: str
+) -> None:
+    out = tmp_path / "export"
+    export(db, out)
+    before = _files(out)
+    if other_kind == "another file":
+        other = tmp_path / "other.duckdb"
+        shutil.copy(db, other)
+        con = duckdb.connect(str(other))
+        con.execute("DELETE FROM flow_runs")
+        con.close()
+        needle = f"{out} holds an export of {db.resolve()}"
+    else:
+        other = tmp_path / "empty.duckdb"
+        Store.writer(other).close()
+        needle = f"{other} has no completed pull"
+    for args in ([], ["--since", "1d"], ["--tables", "flow_runs"]):
+        result = run_cli("export", str(out), "--db", str(other), "--json", *args)
+        assert result.exit_code == 2, result.output
+        assert needle in result.stderr and "--replace" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+        assert "Traceback" not in result.output
+        assert _files(out) == before
+
+
+def test_an_older_manifest_from_another_file_is_refused(db: Path, tmp_path: Path) -> None:
+    out = tmp_path / "export"
+    export(db, out)
+    manifest_path = out / "_flowsync_manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    del manifest["source"]  # as written before the manifest named its source
+    manifest["source_db"] = str(tmp_path / "a.duckdb.snapshots" / "00000003.duckdb")
+    manifest_path.write_text(json.dumps(manifest))
+    before = _files(out)
+    result = run_cli("export", str(out), "--db", str(db))
+    assert result.exit_code == 2, result.output
+    assert f"holds an export of {tmp_path / 'a.duckdb'}" in result.stderr
+    assert _files(out) == before
+    # The file it names is the one it was written from: exported again, as before.
+    manifest["source_db"] = str(db.with_name(db.name + ".snapshots") / "00000001.duckdb")
+    manifest_path.write_text(json.dumps(manifest))
+    export(db, out)
+
+
+def test_the_same_file_pulled_from_another_server_is_refused(db: Path, tmp_path: Path) -> None:
+    out = tmp_path / "export"
+    export(db, out)
+    before = _files(out)
+    con = duckdb.connect(str(db))  # the file at the same path, now another server's
+    con.execute("UPDATE sync_runs SET api_url = 'http://10.0.0.9:4200/api'")
+    con.close()
+    result = run_cli("export", str(out), "--db", str(db))
+    assert result.exit_code == 2, result.output
+    assert API_URL in result.stderr and "http://10.0.0.9:4200/api" in result.stderr
+    assert _files(out) == before
+
+
+def test_replace_exports_another_file_over_an_export(db: Path, tmp_path: Path) -> None:
+    out = tmp_path / "export"
+    export(db, out)
+    other = tmp_path / "other.duckdb"
+    shutil.copy(db, other)
+    con = duckdb.connect(str(other))
+    con.execute("DELETE FROM flow_runs WHERE id NOT IN (SELECT id FROM flow_runs LIMIT 5)")
+    con.close()
+    bad = run_cli("export", str(out), "--db", str(other), "--replace", "--since", "1d")
+    assert bad.exit_code == 2 and "--replace" in bad.stderr and "--since" in bad.stderr
+    summary = export(other, out, "--replace")
+    assert summary["tables"]["flow_runs"]["rows_written"] == 5
+    assert read_back(out, "flow_runs").height == 5
+    manifest = json.loads((out / "_flowsync_manifest.json").read_text())
+    assert manifest["source"]["db"] == str(other.resolve())
+    export(other, out)  # its own export now

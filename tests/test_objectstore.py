@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -19,6 +20,8 @@ import polars as pl
 import pytest
 import s3fs
 
+from flowsync.objectstore import check_destination, is_remote
+from flowsync.store import Store
 from harness.built import BuiltHistory
 from tests.helpers import run_cli, scalar
 
@@ -176,3 +179,63 @@ def test_bad_credentials_are_one_clear_line_without_the_secret(
     assert "Upload to s3://no-such-bucket/x failed" in result.stderr
     assert SECRET not in result.output and "Traceback" not in result.output
     assert os.environ["AWS_SECRET_ACCESS_KEY"] == SECRET
+
+
+def test_an_export_of_another_file_is_refused_and_kept(
+    pulled: Path, aws_env: s3fs.S3FileSystem, tmp_path: Path
+) -> None:
+    url = f"s3://{BUCKET}/shared"
+    assert run_cli("export", url, "--db", str(pulled)).exit_code == 0
+    fs = aws_env
+    fs.invalidate_cache()
+
+    def remote() -> dict[str, bytes]:
+        fs.invalidate_cache()
+        return {str(p): fs.cat(p) for p in fs.find(f"{BUCKET}/shared")}
+
+    before = remote()
+    assert any("/flow_runs/date=" in p for p in before)
+    empty = tmp_path / "empty.duckdb"
+    Store.writer(empty).close()
+    other = tmp_path / "other.duckdb"
+    shutil.copy(pulled, other)
+    for db, needle in (
+        (empty, f"{empty} has no completed pull"),
+        (other, f"{url} holds an export of {pulled.resolve()}"),
+    ):
+        result = run_cli("export", url, "--db", str(db), "--json")
+        assert result.exit_code == 2, result.output
+        assert needle in result.stderr and "--replace" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+        assert remote() == before
+    replaced = run_cli("export", url, "--db", str(empty), "--replace", "--json")
+    assert replaced.exit_code == 0, replaced.output
+    assert json.loads(replaced.stdout)["upload"]["partitions_removed"]
+    fs.invalidate_cache()
+    manifest = json.loads(fs.cat(f"{BUCKET}/shared/_flowsync_manifest.json"))
+    assert manifest["source"]["db"] == str(empty.resolve())
+    assert "flow_runs" not in manifest["tables"]  # the empty file has no runs
+    assert not fs.glob(f"{BUCKET}/shared/flow_runs/date=*")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "s3://b/p",
+        "s3a://b",
+        "gs://b/p",
+        "gcs://b/p",
+        "az://c/p",
+        "abfs://c@acct.dfs.core.windows.net/p",
+        "abfss://c/p",
+    ],
+)
+def test_every_supported_scheme_with_a_bucket_is_accepted(url: str) -> None:
+    check_destination(url)  # no error: the check reaches no network
+    assert is_remote(url)
+
+
+@pytest.mark.parametrize("dest", ["exports", "./exports", "/tmp/exports", "file:///tmp/x"])
+def test_local_destinations_are_accepted(dest: str) -> None:
+    check_destination(dest)
+    assert not is_remote(dest)

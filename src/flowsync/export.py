@@ -5,7 +5,7 @@ Owns: the layout of an export directory and its manifest. Layout (hive style)::
     DIR/flows/part-0.parquet                      (small: one file)
     DIR/deployments/part-0.parquet
     DIR/flow_runs/date=YYYY-MM-DD/part-0.parquet  (UTC day of expected_start_time)
-    DIR/_flowsync_manifest.json                   (files and row counts on disk)
+    DIR/_flowsync_manifest.json                   (files and row counts on disk, the source)
 
 Flow runs are partitioned by the UTC day of ``expected_start_time`` (the day a
 run was meant to start, what analysts filter on), or ``created`` for a run that
@@ -17,6 +17,13 @@ possible, from its created day once it gets a first state, is covered because
 temporary name and renamed over the old one, so a reader sees the old or the
 new partition, never half of one, and re-running replaces rather than adds.
 Runs deleted on the server are exported too, with ``deleted_at`` set.
+
+An export mirrors one file: the manifest names its ``source`` (the DuckDB file,
+resolved, and the server it was pulled from), and an export into a destination
+whose manifest names another file or server, or from a file with no completed
+pull into a destination that holds an export, is refused before anything is
+written (a full export would delete every partition the other file does not
+have); ``replace`` (``--replace``) takes a destination over with a full export.
 
 Must not: print, or run SQL itself (the store's ``parquet`` module does).
 """
@@ -37,7 +44,7 @@ import pyarrow.parquet as pq
 
 from flowsync import __version__
 from flowsync.errors import ConfigError, StoreError
-from flowsync.store import Store, parquet
+from flowsync.store import Store, parquet, sync_log
 
 FORMATS = ("parquet",)
 # table -> the columns whose first non-null value's UTC day names its partition (empty: one file)
@@ -50,6 +57,115 @@ TABLES = tuple(PARTITION_BY)
 PART_FILE = "part-0.parquet"
 MANIFEST = "_flowsync_manifest.json"
 _PARTITION_DIR = re.compile(r"^date=\d{4}-\d{2}-\d{2}$")
+# A published snapshot of DB: DB.snapshots/00000007.duckdb (flowsync.store.snapshot)
+_SNAPSHOT = re.compile(r"^(?P<db>.+)\.snapshots[/\\]\d+\.duckdb$")
+
+
+@dataclass(frozen=True)
+class Source:
+    """What an export is of: the DuckDB file (resolved; the live file, not a snapshot of
+    it), the server it is bound to (None before its first pull) and the URLs that server
+    had before (the file followed it, ``flowsync.sync.identity``); ``pulled``: it has a
+    completed pull."""
+
+    db: str
+    api_url: str | None
+    earlier_urls: tuple[str, ...] = ()
+    pulled: bool = True
+
+    def to_json(self) -> dict[str, Any]:
+        return {"db": self.db, "api_url": self.api_url}
+
+    def describe(self) -> str:
+        return f"{self.db} ({self.api_url})" if self.api_url else self.db
+
+
+def _live_path(path: str | Path) -> str:
+    """The file ``path`` is (or is a published snapshot of), resolved."""
+    m = _SNAPSHOT.match(str(path))
+    return str(Path(m.group("db") if m else path).resolve())
+
+
+def source_of(store: Store, db: str | Path | None = None) -> Source:
+    """The source an export of ``store`` (opened from ``db``, default its own path) names."""
+    api_url = sync_log.get_state(store, "api_url")  # flowsync.sync.identity.URL_KEY
+    if api_url is None:  # not bound yet: the server of the last pull, if any
+        api_url = (sync_log.status_summary(store)["last_pull"] or {}).get("api_url")
+    moves = sync_log.get_state(store, "api_url_moves") or []  # identity.MOVES_KEY
+    return Source(
+        _live_path(db if db is not None else store.path),
+        str(api_url) if api_url else None,
+        tuple(str(m.get("from")) for m in moves if isinstance(m, dict) and m.get("from")),
+        sync_log.last_pull_at(store) is not None,
+    )
+
+
+def manifest_source(manifest: dict[str, Any]) -> Source:
+    """The source a manifest names; one written before manifests had ``source`` names
+    the file it read (``source_db``, maybe a snapshot of it)."""
+    found = manifest.get("source")
+    if isinstance(found, dict) and found.get("db"):
+        api_url = found.get("api_url")
+        return Source(str(found["db"]), str(api_url) if api_url else None)
+    db = manifest.get("source_db")
+    return Source(_live_path(db) if db else "an unknown file", None)
+
+
+def read_manifest(out_dir: Path) -> dict[str, Any] | None:
+    """The manifest in ``out_dir`` (``{}`` when unreadable), None when there is none."""
+    path = out_dir / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def holds_export(out_dir: Path) -> bool:
+    """``out_dir`` has a manifest or a table's Parquet file."""
+    return (out_dir / MANIFEST).exists() or any(
+        next((out_dir / name).rglob("*.parquet"), None) is not None
+        for name in TABLES
+        if (out_dir / name).is_dir()
+    )
+
+
+def _own_empty(manifest: dict[str, Any] | None, source: Source) -> bool:
+    """``manifest`` is of an export of ``source`` that holds no rows."""
+    if manifest is None or manifest_source(manifest).db != source.db:
+        return False
+    tables = manifest.get("tables")
+    if not isinstance(tables, dict):
+        return False
+    return all(isinstance(t, dict) and t.get("rows") == 0 for t in tables.values())
+
+
+def check_source(manifest: dict[str, Any] | None, holds: bool, source: Source, where: str) -> None:
+    """Refuse to export ``source`` into ``where`` when that would replace an export of
+    another file or server (its ``manifest``), or when ``source`` has no completed pull
+    and ``where`` ``holds`` an export: a full export would remove its partitions."""
+    if not source.pulled and (holds or manifest is not None) and not _own_empty(manifest, source):
+        raise ConfigError(
+            f"{source.db} has no completed pull, and exporting it would empty the export in "
+            f"{where}; run flowsync pull with --db {source.db} first, export to another "
+            "destination, or pass --replace to replace that export."
+        )
+    if manifest is None:
+        return
+    theirs = manifest_source(manifest)
+    same = theirs.db == source.db and (
+        theirs.api_url is None
+        or source.api_url is None
+        or theirs.api_url in (source.api_url, *source.earlier_urls)
+    )
+    if not same:
+        raise ConfigError(
+            f"{where} holds an export of {theirs.describe()}, not of {source.describe()}; "
+            "export to another destination, or pass --replace to replace that export "
+            "(partitions this file does not have are deleted)."
+        )
 
 
 @dataclass
@@ -102,8 +218,14 @@ def describe_partitioning(table: str) -> str | None:
     return f"date = UTC day of coalesce({', '.join(columns)})" if columns else None
 
 
-def check_request(out_dir: Path, fmt: str, tables: Iterable[str] | None) -> list[str]:
-    """Validate everything about an export before the DB is opened; returns the tables."""
+def check_options(
+    fmt: str,
+    tables: Iterable[str] | None,
+    *,
+    since: datetime | None = None,
+    replace: bool = False,
+) -> list[str]:
+    """Validate the format, the tables and ``replace``; returns the tables."""
     if fmt not in FORMATS:
         raise ConfigError(f"Unknown export format {fmt!r}; supported: {', '.join(FORMATS)}.")
     chosen = list(dict.fromkeys(tables or TABLES))
@@ -112,6 +234,24 @@ def check_request(out_dir: Path, fmt: str, tables: Iterable[str] | None) -> list
         raise ConfigError(
             f"Unknown table {unknown[0]!r} for --tables; choose from: {', '.join(TABLES)}."
         )
+    if replace and (since is not None or set(chosen) != set(TABLES)):
+        raise ConfigError(
+            "--replace rewrites the whole export from this file: pass it without --since "
+            "and --tables."
+        )
+    return chosen
+
+
+def check_request(
+    out_dir: Path,
+    fmt: str,
+    tables: Iterable[str] | None,
+    *,
+    since: datetime | None = None,
+    replace: bool = False,
+) -> list[str]:
+    """Validate everything about an export before the DB is opened; returns the tables."""
+    chosen = check_options(fmt, tables, since=since, replace=replace)
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(
             f"Export directory {out_dir} is a file; pass a directory path (it is created if missing)."
@@ -160,7 +300,9 @@ def _export_table(store: Store, out_dir: Path, name: str, since: datetime | None
     return result
 
 
-def _manifest(out_dir: Path, store: Store, since: datetime | None) -> dict[str, Any]:
+def _manifest(
+    out_dir: Path, store: Store, since: datetime | None, source: Source
+) -> dict[str, Any]:
     tables: dict[str, Any] = {}
     for name in PARTITION_BY:
         base = out_dir / name
@@ -179,7 +321,8 @@ def _manifest(out_dir: Path, store: Store, since: datetime | None) -> dict[str, 
         "flowsync_version": __version__,
         "format": "parquet",
         "exported_at": datetime.now(timezone.utc).isoformat(),
-        "source_db": str(store.path),
+        "source_db": str(store.path),  # the file read: the live one or a snapshot of it
+        "source": source.to_json(),
         "since": since.isoformat() if since else None,
         "tables": tables,
     }
@@ -192,14 +335,21 @@ def export(
     fmt: str = "parquet",
     tables: Sequence[str] | None = None,
     since: datetime | None = None,
+    source: Source | None = None,
+    replace: bool = False,
 ) -> ExportResult:
     """Write the tables under ``out_dir``; with ``since``, rewrite only partitions changed since then.
 
     A partition "changed" when one of its rows was synced or marked deleted at
-    or after ``since``; the whole partition is rewritten from the DB.
+    or after ``since``; the whole partition is rewritten from the DB. ``source`` is
+    what the manifest names (default: ``source_of(store)``); an ``out_dir`` holding an
+    export of another source is refused (``check_source``) unless ``replace``.
     """
     out_dir = Path(out_dir)
-    chosen = check_request(out_dir, fmt, tables)
+    chosen = check_request(out_dir, fmt, tables, since=since, replace=replace)
+    source = source or source_of(store)
+    if not replace:
+        check_source(read_manifest(out_dir), holds_export(out_dir), source, str(out_dir))
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -208,7 +358,7 @@ def export(
     try:
         for name in chosen:
             result.tables.append(_export_table(store, out_dir, name, since))
-        manifest = json.dumps(_manifest(out_dir, store, since), indent=2, sort_keys=True)
+        manifest = json.dumps(_manifest(out_dir, store, since, source), indent=2, sort_keys=True)
         tmp = out_dir / f".{MANIFEST}.tmp-{os.getpid()}"
         tmp.write_text(manifest + "\n", encoding="utf-8")
         os.replace(tmp, out_dir / MANIFEST)

@@ -1,4 +1,4 @@
-"""The Parquet export on object storage: ``s3://``, ``gs://``, ``az://`` (any fsspec URL).
+"""The Parquet export on object storage: ``s3://``, ``gs://``, ``az://`` (``EXTRAS``).
 
 Owns: copying an export directory written by ``flowsync.export`` to a remote
 prefix with the same layout, and keeping the remote manifest whole. Each file
@@ -7,7 +7,9 @@ all, so a reader sees the old or the new partition, never half of one; the
 manifest goes last, so every file it lists is already there. With ``since``,
 only the partitions that export rewrote are uploaded and the remote manifest
 is updated for them; a full export also deletes remote partitions the DB no
-longer has. Filesystems come from fsspec (``s3fs``, ``gcsfs``, ``adlfs``,
+longer has. A destination is checked before anything is written
+(``check_destination``: a supported scheme, with its bucket), and so is the
+remote manifest's source (``remote_manifest``, ``flowsync.export.check_source``). Filesystems come from fsspec (``s3fs``, ``gcsfs``, ``adlfs``,
 the ``flowsync[s3]``/``[gcs]``/``[azure]`` extras) and find credentials the
 way each cloud's own SDK does (``AWS_*`` variables, ``~/.aws`` profiles,
 instance roles; ``GOOGLE_APPLICATION_CREDENTIALS``; ``AZURE_STORAGE_*``); a
@@ -29,7 +31,8 @@ from typing import Any
 from flowsync.errors import ConfigError, StoreError
 from flowsync.export import MANIFEST, ExportResult
 
-_URL = re.compile(r"^(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*)://(?P<rest>.+)$")
+_URL = re.compile(r"^(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*)://(?P<rest>.*)$", re.DOTALL)
+# The schemes export writes to, each with the extra that brings its filesystem.
 EXTRAS = {
     "s3": "s3",
     "s3a": "s3",
@@ -39,12 +42,41 @@ EXTRAS = {
     "abfs": "azure",
     "abfss": "azure",
 }
+_SUPPORTED = "a directory, file://, " + ", ".join(f"{s}://" for s in EXTRAS)
 
 
 def is_remote(dest: str) -> bool:
     """``s3://bucket/prefix`` and friends; a plain path (or ``file://``) is local."""
     m = _URL.match(dest)
     return m is not None and m.group("scheme").lower() != "file"
+
+
+def check_destination(dest: str) -> None:
+    """Refuse, before anything is written, a destination export cannot write: an empty
+    one (it would be the current directory), a URL of a scheme export does not support,
+    one without its bucket (container) or a ``file://`` without a directory."""
+    if not dest.strip():
+        raise ConfigError(
+            "Export destination is empty; pass a directory (created if missing) or a URL "
+            "such as s3://bucket/prefix."
+        )
+    m = _URL.match(dest)
+    if m is None:
+        return  # a local path
+    scheme, rest = m.group("scheme").lower(), m.group("rest")
+    if scheme == "file":
+        if not rest.strip():
+            raise ConfigError(
+                f"Export URL {dest} names no directory; use file:///path/to/dir or the path itself."
+            )
+        return
+    if scheme not in EXTRAS:
+        raise ConfigError(f"Cannot export to {scheme}:// ({dest}); export writes to {_SUPPORTED}.")
+    bucket = "container" if EXTRAS[scheme] == "azure" else "bucket"
+    if not rest.split("/", 1)[0].strip():
+        raise ConfigError(
+            f"Export URL {dest} names no {bucket}; use {scheme}://{bucket.upper()}/prefix."
+        )
 
 
 @dataclass
@@ -77,6 +109,16 @@ def _filesystem(url: str) -> tuple[Any, str]:
     return fs, str(root).rstrip("/")
 
 
+_SDKS = {"botocore", "aiobotocore", "google", "azure", "s3fs", "gcsfs", "adlfs"}
+
+
+def _sdk_error(e: Exception) -> bool:
+    """An error of the storage itself: the OS's, or the SDKs' own types (they vary)."""
+    return isinstance(e, (OSError, ValueError, RuntimeError)) or (
+        type(e).__module__.split(".")[0] in _SDKS
+    )
+
+
 def _failed(url: str, e: Exception) -> StoreError:
     # Messages from the cloud SDKs name the bucket and the error code, never a secret.
     first = str(e).splitlines()[0] if str(e) else type(e).__name__
@@ -84,6 +126,30 @@ def _failed(url: str, e: Exception) -> StoreError:
         f"Upload to {url} failed: {first}. Files already uploaded are complete; fix access "
         "(credentials come from the environment or your cloud profile) and run it again."
     )
+
+
+def remote_manifest(url: str) -> dict[str, Any] | None:
+    """The manifest of the export at ``url`` (``{}`` when unreadable), None when there is
+    none; read before anything is written there."""
+    fs, root = _filesystem(url)
+    try:
+        with fs.open(f"{root}/{MANIFEST}", "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        return None
+    except Exception as e:
+        if not _sdk_error(e):
+            raise
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise StoreError(
+            f"Reading {url}/{MANIFEST} failed: {first}. Nothing was written; fix access "
+            "(credentials come from the environment or your cloud profile) and run it again."
+        ) from e
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def _remote_manifest(fs: Any, root: str) -> dict[str, Any] | None:
@@ -137,18 +203,8 @@ def upload(local_dir: Path, result: ExportResult, url: str) -> UploadResult:
         with fs.open(f"{root}/{MANIFEST}", "wb") as f:
             f.write((json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
         out.files_uploaded += 1
-    except (OSError, ValueError, RuntimeError) as e:
-        raise _failed(url, e) from e
     except Exception as e:  # the SDKs' own error types (botocore, google, azure) vary
-        if type(e).__module__.split(".")[0] in {
-            "botocore",
-            "aiobotocore",
-            "google",
-            "azure",
-            "s3fs",
-            "gcsfs",
-            "adlfs",
-        }:
+        if _sdk_error(e):
             raise _failed(url, e) from e
         raise
     return out

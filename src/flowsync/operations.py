@@ -228,18 +228,32 @@ def export(
     since: datetime | None = None,
     live: bool = False,
     wait: float = 0.0,
+    replace: bool = False,
 ) -> Exported:
     """The tables as Parquet partitioned by day under ``dest`` (a folder, or ``s3://``,
     ``gs://``, ``az://``), each partition replaced atomically, with a manifest; with
     ``since``, only the partitions changed since then. Reads the latest snapshot
-    (``live``: the live file), so it never blocks a pull."""
+    (``live``: the live file), so it never blocks a pull. A destination is checked
+    before anything is written: an empty one, an unsupported URL, or one holding an
+    export of another file or server (``replace``: take it over, a full export only)
+    is a ``ConfigError``."""
+    objectstore.check_destination(str(dest))
     remote = objectstore.is_remote(str(dest))
-    out_dir = Path(str(dest).removeprefix("file://"))
-    if not remote:
-        export_tables.check_request(out_dir, fmt, tables)
+    text = str(dest)
+    out_dir = Path(text[len("file://") :] if text[:7].lower() == "file://" else text)
+    if remote:
+        export_tables.check_options(fmt, tables, since=since, replace=replace)
+    else:
+        export_tables.check_request(out_dir, fmt, tables, since=since, replace=replace)
     staged = objectstore.staging(str(dest)) if remote else contextlib.nullcontext(out_dir)
     with Store.reader(Path(db), live=live, wait=wait) as store, staged as out_dir:
-        result = export_tables.export(store, out_dir, fmt=fmt, tables=tables, since=since)
+        source = export_tables.source_of(store, db)
+        if remote and not replace:
+            found = objectstore.remote_manifest(str(dest))
+            export_tables.check_source(found, found is not None, source, str(dest))
+        result = export_tables.export(
+            store, out_dir, fmt=fmt, tables=tables, since=since, source=source, replace=replace
+        )
         uploaded = objectstore.upload(out_dir, result, str(dest)) if remote else None
     return Exported(result, uploaded)
 

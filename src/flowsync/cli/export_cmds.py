@@ -49,6 +49,13 @@ def export_cmd(
             help="Rewrite only partitions with rows synced or deleted since then: 30min, 12h, 7d, 2026-11-01, an ISO time, or all (the same forms as report --since).",
         ),
     ] = None,
+    replace: Annotated[
+        bool,
+        typer.Option(
+            "--replace",
+            help="Replace an export written from another file or server (or any export, from a file never pulled): a full export, without --since or --tables; partitions this file does not have are deleted.",
+        ),
+    ] = False,
     wait: WaitOption = 0.0,
     live: LiveOption = False,
     json_out: JsonOption = False,
@@ -64,7 +71,8 @@ def export_cmd(
     deleted_at set. DIR/_flowsync_manifest.json lists every file and its rows.
     To s3:// (gs://, az://) each file is one object PUT and the manifest goes
     last; credentials come from the environment or your cloud profile
-    (pip install 'flowsync[s3]').
+    (pip install 'flowsync[s3]'). An export of another file or server already
+    at DIR is refused, nothing written; --replace takes it over.
 
     Example: flowsync export --format parquet exports/ --db runs.duckdb --since 2d
     """
@@ -75,7 +83,7 @@ def export_cmd(
         cutoff = parse_since(since, datetime.now(timezone.utc))
         path = resolve_db_path(db)
         exported = operations.export(
-            path, dest, fmt=fmt, tables=names, since=cutoff, live=live, wait=wait
+            path, dest, fmt=fmt, tables=names, since=cutoff, live=live, wait=wait, replace=replace
         )
     result, uploaded = exported.result, exported.uploaded
     summary = {"db": str(path), **result.to_json()}
