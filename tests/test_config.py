@@ -50,6 +50,15 @@ def test_prefect_profile_env_selects_profile(isolated_env: Path) -> None:
         resolve_api(env={"PREFECT_HOME": str(isolated_env), "PREFECT_PROFILE": "zzz"})
 
 
+def test_an_active_profile_the_file_does_not_hold_is_named(isolated_env: Path) -> None:
+    """`active = "ghost"` with no [profiles.ghost]: the error says so, not only "no URL"."""
+    write_profiles(
+        isolated_env, 'active = "ghost"\n[profiles.a]\nPREFECT_API_URL = "http://a/api"\n'
+    )
+    with pytest.raises(ConfigError, match="active profile 'ghost' in .* is not defined there"):
+        resolve_api(env={"PREFECT_HOME": str(isolated_env)})
+
+
 def test_auth_string_is_basic_auth_and_masked(isolated_env: Path) -> None:
     s = resolve_api(env={"PREFECT_API_URL": "http://h/api", "PREFECT_API_AUTH_STRING": "admin:pw"})
     assert s.auth_kind == "auth string (basic)"

@@ -135,6 +135,18 @@ def load_profile(env: Mapping[str, str]) -> tuple[str | None, dict[str, Any], Pa
     return name, {str(k): v for k, v in settings.items()}, path
 
 
+def _dangling_active(path: Path) -> str | None:
+    """The ``active`` profile named by the profiles file at ``path`` when it holds no such
+    profile (``prefect profile use`` was undone by hand), else None."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return None
+    active = data.get("active")
+    profiles = data.get("profiles") or {}
+    return str(active) if active and isinstance(profiles, dict) and active not in profiles else None
+
+
 def _truthy(value: object) -> bool:
     return str(value).strip().lower() in {"1", "true", "yes", "on"}
 
@@ -170,9 +182,15 @@ def resolve_api(
         )
     url, source = pick(api_url, "PREFECT_API_URL")
     if not url:
+        active = _dangling_active(profile_path) if not env.get("PREFECT_PROFILE") else None
         raise ConfigError(
             "No Prefect API URL: pass --api-url, set PREFECT_API_URL "
-            "(e.g. http://127.0.0.1:4200/api), or activate a Prefect profile that has one."
+            "(e.g. http://127.0.0.1:4200/api), or activate a Prefect profile that has one"
+            + (
+                f" (the active profile {active!r} in {profile_path} is not defined there)."
+                if active
+                else "."
+            )
         )
     url = url.strip().rstrip("/")
     shown = mask_url(url)
