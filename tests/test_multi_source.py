@@ -80,3 +80,23 @@ def test_source_names_must_be_distinct(tmp_path: Path) -> None:
         flowsync.connect([tmp_path / "a" / "runs.duckdb", tmp_path / "b" / "runs.duckdb"])
     bad = run_cli("sql", "SELECT 1", "--db", "x=a.duckdb", "--db", "x=b.duckdb")
     assert bad.exit_code == 2 and "used twice" in bad.stderr
+
+
+def test_a_name_that_is_no_name_is_said_to_be_the_name(tmp_path: Path) -> None:
+    """`--db "a b=a.duckdb"`: the source name is what is wrong, not a missing file called
+    `a b=a.duckdb` (a path holding "=" that exists is still read as a path)."""
+    bad = run_cli("sql", "SELECT 1", "--db", "a b=a.duckdb", "--db", "s=s.duckdb")
+    assert bad.exit_code == 2, bad.output
+    assert "Source name 'a b' (in 'a b=a.duckdb') must be letters, digits and _" in bad.stderr
+    with pytest.raises(ConfigError, match="Source name 'a b'"):
+        flowsync.connect(["a b=a.duckdb"])
+    from flowsync.store import Store
+
+    odd = tmp_path / "a b=c.duckdb"  # exists: a path, named by its stem
+    with Store.writer(odd):
+        pass
+    con = flowsync.connect([str(odd)])
+    try:
+        assert con.execute("SELECT count(*) FROM flow_runs").fetchone() == (0,)
+    finally:
+        con.close()

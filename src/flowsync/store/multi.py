@@ -39,6 +39,12 @@ def parse_sources(sources: Sources) -> dict[str, Path]:
             name, sep, rest = text.partition("=")
             if sep and _NAME.match(name):
                 items.append((name, Path(rest).expanduser()))
+            elif sep and not Path(text).expanduser().exists():
+                # NAME=PATH with a name that is no name (a path with "=" in it is taken whole)
+                raise ConfigError(
+                    f"Source name {name!r} (in {text!r}) must be letters, digits and _ "
+                    "(e.g. prod=prod.duckdb)."
+                )
             else:
                 stem = re.sub(r"[^A-Za-z0-9_]", "_", Path(text).name.split(".")[0]) or "source"
                 items.append(("_" + stem if stem[0].isdigit() else stem, Path(text).expanduser()))
