@@ -55,7 +55,7 @@ def test_an_active_profile_the_file_does_not_hold_is_named(isolated_env: Path) -
     write_profiles(
         isolated_env, 'active = "ghost"\n[profiles.a]\nPREFECT_API_URL = "http://a/api"\n'
     )
-    with pytest.raises(ConfigError, match="active profile 'ghost' in .* is not defined there"):
+    with pytest.raises(ConfigError, match=r"active profile 'ghost' in .* is not defined there"):
         resolve_api(env={"PREFECT_HOME": str(isolated_env)})
 
 
