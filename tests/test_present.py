@@ -50,3 +50,21 @@ def test_the_plan_shows_ages_as_every_other_duration(tmp_path: Path) -> None:
     result = run_cli("plan", str(policy), "--db", str(db))
     assert result.exit_code == 0, result.output
     assert present.duration(40 * 86400) in result.stdout  # "40d 00h", was "40d"
+
+
+HOSTILE = "boom \x1b[31mANSI\x1b[0m \u202eevil\u202c \x07\x9b\r\u2066x\u2069 tab\there\nnext"
+
+
+def test_outside_text_shows_its_controls_and_bidi_overrides_escaped() -> None:
+    """A terminal never receives a flow's error as control characters: ESC, BEL, C1
+    controls, CR and bidi overrides/isolates read as escapes; newline and tab stay."""
+    shown = present.printable(HOSTILE)
+    assert shown == (
+        "boom \\x1b[31mANSI\\x1b[0m \\u202eevil\\u202c \\x07\\x9b\\x0d\\u2066x\\u2069 tab\there\nnext"
+    )
+    assert present.printable("plain [/x] text, café ✓") == "plain [/x] text, café ✓"
+    for c in [*map(chr, range(0x20)), "\x7f", *map(chr, range(0x80, 0xA0))]:
+        if c not in "\n\t":
+            assert c not in present.printable(f"a{c}b")
+    for code in [*range(0x202A, 0x202F), *range(0x2066, 0x206A)]:
+        assert present.printable(chr(code)) == f"\\u{code:04x}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from pathlib import Path
 
 import polars as pl
@@ -139,3 +140,60 @@ def test_a_hidden_column_whose_name_reads_as_markup_is_named_as_it_is(bracketed:
     result = run_cli("sql", query, "--db", str(bracketed), "-f", "table", env={"COLUMNS": "60"})
     assert result.exit_code == 0, result.output
     assert "[/x]" in result.stderr and "not shown" in result.stderr
+
+
+# A state message and names from the server with terminal controls and a right-to-left override.
+HOSTILE = "boom \x1b[31mANSI\x1b[0m \u202eevil\u202c \x07 \x9b2J"
+UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A built file whose runs' messages, run names and flow name hold control characters."""
+    from flowsync.store import Store
+
+    runs = [run(n, "FAILED", n / 10) for n in range(1, 4)]
+    db = built_db(tmp_path_factory.mktemp("hostile") / "runs.duckdb", runs)
+    with Store.writer(db) as store:
+        store.execute(
+            "UPDATE flow_runs SET state_message = ?, name = ?", [HOSTILE, "run\x1b]0;x\x07"]
+        )
+        store.execute("UPDATE flows SET name = ?", ["etl\u202e"])
+    return db
+
+
+TERMINAL = [
+    ("report", "runs", "--last", "1", "--format", "line"),
+    ("report", "runs", "--last", "1", "--format", "table"),
+    ("report", "runs", "--last", "1", "--format", "markdown"),
+    ("report", "errors", "--since", "30d", "--format", "table"),
+    ("report", "failures", "--since", "30d", "--format", "table"),
+    ("report", "unresolved", "--format", "markdown"),
+    ("sql", "SELECT name, state_message FROM flow_runs", "--format", "table"),
+    ("sql", "SELECT name, state_message FROM flow_runs", "--format", "line"),
+    ("sql", "SELECT name, state_message FROM flow_runs", "--format", "markdown"),
+    ("sql", 'SELECT state_message AS "h\x1b[1m", [name] AS l FROM flow_runs', "--format", "table"),
+]
+
+
+@pytest.mark.parametrize("args", TERMINAL, ids=[" ".join(a) for a in TERMINAL])
+def test_outside_text_reaches_a_terminal_escaped(hostile: Path, args: tuple[str, ...]) -> None:
+    """A flow's error message cannot drive the terminal it is printed on: its ESC, BEL and
+    C1 controls and bidi overrides are shown escaped, in every terminal format."""
+    result = run_cli(*args, "--db", str(hostile), env={"COLUMNS": "400"})
+    assert result.exit_code == 0, result.output
+    assert not UNSAFE.search(result.stdout), repr(result.stdout)
+    assert not UNSAFE.search(result.stderr), repr(result.stderr)
+    if "failures" not in args:  # the message, its numbers masked in the normalised text
+        assert "\\x1b[" in result.stdout and "mANSI" in result.stdout, result.stdout
+    assert "\\u202e" in result.stdout, result.stdout
+
+
+@pytest.mark.parametrize("fmt", ["csv", "json"])
+def test_data_formats_keep_outside_text_byte_exact(hostile: Path, fmt: str) -> None:
+    out = run_cli("sql", "SELECT state_message FROM flow_runs", "-f", fmt, "--db", str(hostile))
+    assert out.exit_code == 0, out.output
+    assert HOSTILE in (json.loads(out.stdout)[0]["state_message"] if fmt == "json" else out.stdout)
+    rep = run_cli("report", "runs", "--last", "1", "-f", fmt, "--db", str(hostile))
+    assert rep.exit_code == 0, rep.output
+    assert HOSTILE in (json.loads(rep.stdout)[0]["state_message"] if fmt == "json" else rep.stdout)

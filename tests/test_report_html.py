@@ -149,3 +149,29 @@ def test_the_error_hook_catches_a_broken_script(page: Path, tmp_path: Path) -> N
     )
     dom = browse(broken, tmp_path, "--dump-dom").stdout
     assert "notDefinedAnywhere" in re.search(r"<html[^>]*>", dom).group(0)  # type: ignore[union-attr]
+
+
+RLO = "\u202e"  # RIGHT-TO-LEFT OVERRIDE: reverses what follows until its paragraph ends
+
+
+def test_outside_text_is_isolated_in_its_cell(tmp_path: Path) -> None:
+    """A run's message, a flow's name and a run's name are each in their own bidi isolate
+    (``<bdi>``): an override in one cannot reverse the rest of its cell or its row."""
+    from flowsync.store import Store
+    from tests.policy_db import built_db, run
+
+    db = built_db(tmp_path / "runs.duckdb", [run(n, "FAILED", n / 10) for n in range(1, 4)])
+    with Store.writer(db) as store:
+        store.execute(
+            "UPDATE flow_runs SET state_message = ?, name = ?",
+            [f"boom {RLO}evil tail", f"run{RLO}x"],
+        )
+        store.execute("UPDATE flows SET name = ?", [f"etl{RLO}"])
+    for report in ("runs", "failures"):
+        out = tmp_path / f"{report}.html"
+        result = run_cli("report", report, "--since", "30d", "--html", str(out), "--db", str(db))
+        assert result.exit_code == 0, result.output
+        text = out.read_text()
+        assert text.count(RLO) >= 3, "the page shows the text as it is"
+        outside = re.sub(r"<bdi>[^<]*</bdi>", "", text)
+        assert RLO not in outside, outside[max(outside.find(RLO) - 300, 0) : outside.find(RLO) + 50]

@@ -83,6 +83,35 @@ TYPES: list[tuple[str, str, Any]] = [
     ("SELECT true AS v", "true", True),
     ("SELECT NULL AS v", "", None),
     ("SELECT 'nan'::DOUBLE AS v", "NaN", None),
+    # DuckDB's infinite times: written as DuckDB writes them, never a Rust panic
+    ("SELECT 'infinity'::TIMESTAMP AS v", "infinity", "infinity"),
+    ("SELECT '-infinity'::TIMESTAMP AS v", "-infinity", "-infinity"),
+    ("SELECT 'infinity'::TIMESTAMPTZ AS v", "infinity", "infinity"),
+    ("SELECT '-infinity'::TIMESTAMPTZ AS v", "-infinity", "-infinity"),
+    ("SELECT 'infinity'::TIMESTAMP_MS AS v", "infinity", "infinity"),
+    ("SELECT 'infinity'::DATE AS v", "infinity", "infinity"),
+    ("SELECT '-infinity'::DATE AS v", "-infinity", "-infinity"),
+    (
+        "SELECT ['infinity'::TIMESTAMP, TIMESTAMP '2026-01-02 03:04:05'] AS v",
+        "infinity, 2026-01-02T03:04:05.000000",
+        ["infinity", "2026-01-02T03:04:05.000000"],
+    ),
+    (
+        "SELECT ['-infinity'::DATE, DATE '2026-01-02'] AS v",
+        "-infinity, 2026-01-02",
+        ["-infinity", "2026-01-02"],
+    ),
+    ("SELECT {'d': '-infinity'::DATE} AS v", '{"d": "-infinity"}', {"d": "-infinity"}),
+    (
+        "SELECT {'t': 'infinity'::TIMESTAMPTZ, 'u': TIMESTAMPTZ '2026-01-02 03:04:05+00'} AS v",
+        '{"t": "infinity", "u": "2026-01-02T03:04:05.000000+00:00"}',
+        {"t": "infinity", "u": "2026-01-02T03:04:05.000000+00:00"},
+    ),
+    # maps whose keys JSON cannot hold (lists, structs): DuckDB's own text
+    ("SELECT MAP {[1]: 2} AS v", "{[1]=2}", "{[1]=2}"),
+    ("SELECT MAP {{'a': 1}: 2} AS v", "{{'a': 1}=2}", "{{'a': 1}=2}"),
+    ("SELECT {'m': MAP {[1]: 2}} AS v", '{"m": "{[1]=2}"}', {"m": "{[1]=2}"}),
+    ("SELECT [MAP {[1]: 2}] AS v", '["{[1]=2}"]', ["{[1]=2}"]),
 ]
 
 
@@ -123,6 +152,38 @@ def test_every_type_prints_in_every_format(
         assert TERMINAL.get(query, csv_cell) in text, (fmt, text)
     frame = pl.read_parquet(io.BytesIO(sql(built, query, "parquet").stdout_bytes))
     assert frame.columns == ["v"] and frame.height == 1
+
+
+# Maps with keys JSON cannot hold, in every shape their text takes: what flowsync writes
+# must be what DuckDB itself writes for them (``::VARCHAR``).
+MAPS = [
+    "MAP {[1]: 2, [3, NULL]: 4}",
+    "MAP {{'a': 1}: 2}",
+    "MAP {{'a': 'x y', 'b': NULL, 'c d': 1.5}: [true, false]}",
+    "MAP {['x', 'a b', 'c,d', '', NULL, 'it''s', '[q]', 'e=f', '{g}', ' lead', 'null', 'NULL']: 1}",
+    "MAP {['a:b', 'back\\slash', 'quote\"d', '(p)']: 'v=w'}",
+    "MAP {[1.5::DOUBLE, 2]: MAP {'k': 'v'}}",
+    "MAP {[[1, 2], [3]]: NULL}",
+    "MAP {[1]: {'k': 'it''s', 'n': [NULL]}}",
+    "MAP {[DATE '2020-01-01']: 'infinity'::DATE}",
+    "MAP {[1]: 1.25::DECIMAL(5,2)}",
+    "MAP {[true]: 'NULL'}",
+    "MAP {[1]: 'infinity'::DOUBLE}",
+    "MAP {[1]: [TIMESTAMP '2020-01-01 01:02:03.5', 'infinity'::TIMESTAMP, NULL]}",
+    "MAP {[1]: TIMESTAMPTZ '2020-01-01 01:02:03.25+00'}",
+    "MAP {[1]: TIMESTAMP_NS '2020-01-01 01:02:03.123456789'}",
+    "MAP {[TIME '12:34:56.5']: 0.1::FLOAT}",
+    "MAP {[1]: '\\xAA'::BLOB}",
+]
+
+
+@pytest.mark.parametrize("expr", MAPS)
+def test_maps_with_nested_keys_read_as_duckdb_writes_them(built: Path, expr: str) -> None:
+    query = f"SELECT m, m::VARCHAR AS duckdb FROM (SELECT {expr} AS m)"
+    rows = json.loads(sql(built, query, "json").stdout)
+    assert rows[0]["m"] == rows[0]["duckdb"]
+    csv = pl.read_csv(io.StringIO(sql(built, query, "csv").stdout), infer_schema=False)
+    assert csv["m"][0] == csv["duckdb"][0]
 
 
 def test_json_columns_are_json_and_times_agree_across_formats(built: Path) -> None:

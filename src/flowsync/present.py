@@ -5,7 +5,9 @@ page) writes a value: percentages with one decimal, durations as ``1m 32s`` or
 ``2h 05m``, changes with an arrow and a sign, times to the minute in UTC, each by
 the kind of its column (``show``; which column is which kind is declared once, in
 ``flowsync.registry``), and the headers and names a person reads (``label``,
-``group_name``). Machine formats (CSV, JSON,
+``group_name``), and what of a text from outside (a flow's name, a run's error)
+a terminal may receive (``printable``: every terminal path writes its cells through
+it). Machine formats (CSV, JSON,
 Parquet, OpenMetrics) never pass through here: they keep raw values and ids.
 Must not: print, import rich/typer, or run SQL.
 """
@@ -13,6 +15,7 @@ Must not: print, import rich/typer, or run SQL.
 from __future__ import annotations
 
 import math
+import re
 from datetime import date, datetime, timezone
 from typing import Any
 
@@ -93,6 +96,24 @@ LABELS = {
     "times_usual": "× usual",
     "url": "link",
 }
+
+
+# What a terminal must not receive from outside text: C0 controls but newline and tab (ESC
+# starts the sequences that recolour, retitle or clear a terminal), DEL, C1 controls
+# (U+009B is ESC [ in one character), and the bidi overrides and isolates (U+202A-U+202E,
+# U+2066-U+2069), which reorder what follows them on the line.
+_UNPRINTABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def printable(text: str) -> str:
+    """``text`` as a terminal may show it: its control characters (but newline and tab)
+    and bidi overrides written as escapes (``\\x1b``, ``\\u202e``), the rest as it is."""
+    return _UNPRINTABLE.sub(_escape, text)
 
 
 def label(column: str) -> str:

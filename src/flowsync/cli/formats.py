@@ -12,6 +12,11 @@ text of a cell in a terminal table. Each kind of value is written one way per fo
 - JSON columns (``parameters``, ``labels``, ...): their JSON as it is in csv and the
   terminal; parsed into the document in JSON (never a string holding JSON);
 - blobs: DuckDB's ``\\xAA\\xBB`` text; NaN and infinity: ``NaN``/``inf`` in text, null in JSON;
+- DuckDB's infinite times and dates: ``infinity``/``-infinity`` (as DuckDB writes them) in
+  every format but Parquet, nested ones too (Polars holds them as the largest and smallest
+  integers, which it cannot format);
+- maps whose keys are nested (lists, structs), which neither JSON nor a Python dict can
+  hold: DuckDB's own text (``{[1]=2}``, as ``::VARCHAR`` writes it) in every format but Parquet;
 - decimals and HUGEINTs: exact digits in text, JSON numbers in JSON;
 - Parquet keeps every type as Polars holds it.
 
@@ -24,10 +29,14 @@ from __future__ import annotations
 import io
 import json
 import math
-from collections.abc import Iterable, Sequence
-from datetime import date, datetime, time, timedelta
+import struct
+from collections.abc import Callable, Iterable, Sequence
+from datetime import date, datetime, time, timedelta, timezone
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
+
+from flowsync import present
 
 if TYPE_CHECKING:
     import polars as pl
@@ -35,6 +44,7 @@ if TYPE_CHECKING:
 LIST_SEPARATOR = ", "
 TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%S%.6f"
 TIME_FORMAT = "%H:%M:%S%.6f"
+DATE_FORMAT = "%Y-%m-%d"
 
 
 def _timestamp_format(dtype: pl.Datetime) -> str:
@@ -44,6 +54,234 @@ def _timestamp_format(dtype: pl.Datetime) -> str:
 
 def blob_text(value: bytes) -> str:
     return "".join(f"\\x{b:02X}" for b in value)
+
+
+# -- DuckDB's infinite times --------------------------------------------------------
+
+
+def _infinity(dtype: Any) -> int | None:
+    """The physical integer Polars holds DuckDB's ``infinity`` of a time type as (its
+    negation is ``-infinity``): the largest of epoch microseconds (milliseconds,
+    nanoseconds) or epoch days. None for any other type."""
+    import polars as pl
+
+    if isinstance(dtype, pl.Datetime):
+        return 2**63 - 1
+    if dtype == pl.Date:
+        return 2**31 - 1
+    return None
+
+
+def _time_text(expr: pl.Expr, dtype: Any, fmt: str) -> pl.Expr:
+    """``expr.dt.to_string(fmt)``, DuckDB's infinite times as ``infinity``/``-infinity``
+    (formatting them would panic in Polars: they are kept from it)."""
+    import polars as pl
+
+    top = _infinity(dtype)
+    assert top is not None
+    physical = expr.to_physical()
+    finite = pl.when((physical < top) & (physical > -top)).then(expr)
+    return (
+        pl.when(physical == top)
+        .then(pl.lit("infinity"))
+        .when(physical == -top)
+        .then(pl.lit("-infinity"))
+        .otherwise(finite.dt.to_string(fmt))
+    )
+
+
+_EPOCH = datetime(1970, 1, 1)
+_PER_SECOND = {"ns": 10**9, "us": 10**6, "ms": 10**3}
+
+
+def _time_value(value: int, dtype: Any) -> date | datetime | str:
+    """A time held as its integer (``_python_dtype``) as Python's value, or DuckDB's
+    ``infinity``/``-infinity``."""
+    import polars as pl
+
+    top = _infinity(dtype)
+    if value == top:
+        return "infinity"
+    if top is not None and value == -top:
+        return "-infinity"
+    if dtype == pl.Date:
+        return _EPOCH.date() + timedelta(days=value)
+    seconds, fraction = divmod(value, _PER_SECOND[dtype.time_unit])
+    when = _EPOCH + timedelta(
+        seconds=seconds, microseconds=fraction * 10**6 // _PER_SECOND[dtype.time_unit]
+    )
+    if dtype.time_zone:
+        return when.replace(tzinfo=timezone.utc).astimezone(ZoneInfo(dtype.time_zone))
+    return when
+
+
+# -- values Python cannot hold as Polars hands them over ---------------------------
+
+
+def _python_dtype(dtype: Any) -> Any:
+    """The type a nested column is cast to before its values reach Python, or None when
+    it reaches Python as it is: times as their integers (DuckDB's infinite times have no
+    Python value) and maps whose keys are nested as their entries (no dict holds them).
+    ``_shaped`` turns the values back by ``dtype``."""
+    import polars as pl
+
+    if _infinity(dtype) is not None:
+        return pl.Int64 if isinstance(dtype, pl.Datetime) else pl.Int32
+    if isinstance(dtype, pl.Map):
+        key, value = _python_dtype(dtype.key), _python_dtype(dtype.value)
+        if dtype.key.is_nested():
+            return pl.List(pl.Struct({"key": key or dtype.key, "value": value or dtype.value}))
+        if key is None and value is None:
+            return None
+        return pl.Map(key or dtype.key, value or dtype.value)
+    if isinstance(dtype, (pl.List, pl.Array)):
+        inner = _python_dtype(dtype.inner)
+        if inner is None:
+            return None
+        return pl.List(inner) if isinstance(dtype, pl.List) else pl.Array(inner, dtype.shape)
+    if isinstance(dtype, pl.Struct):
+        fields = [(f.name, f.dtype, _python_dtype(f.dtype)) for f in dtype.fields]
+        if all(cast is None for _, _, cast in fields):
+            return None
+        return pl.Struct({name: cast or own for name, own, cast in fields})
+    return None
+
+
+def _cell(value: Any) -> Any:
+    return value.to_list() if hasattr(value, "to_list") else value  # a list cell is a Series
+
+
+def _shaped(value: Any, dtype: Any) -> Any:
+    """A value of a column cast to ``_python_dtype(dtype)`` as ``jsonable`` reads it: times
+    back to times (or ``infinity``), a map with nested keys as DuckDB's text of it."""
+    import polars as pl
+
+    value = _cell(value)
+    if value is None:
+        return None
+    if _infinity(dtype) is not None:
+        return _time_value(value, dtype)
+    if isinstance(dtype, pl.Map):
+        if dtype.key.is_nested():
+            return duckdb_text(value, dtype)
+        return {_shaped(k, dtype.key): _shaped(v, dtype.value) for k, v in value.items()}
+    if isinstance(dtype, (pl.List, pl.Array)):
+        return [_shaped(v, dtype.inner) for v in value]
+    if isinstance(dtype, pl.Struct):
+        return {f.name: _shaped(value.get(f.name), f.dtype) for f in dtype.fields}
+    return value
+
+
+def _in_python(col: pl.Expr, dtype: Any, write: Callable[[Any], str | None]) -> pl.Expr:
+    """``write`` of each (non-null) value of a nested column, which reaches it as
+    ``_shaped`` returns it."""
+    import polars as pl
+
+    cast = _python_dtype(dtype)
+    return (col if cast is None else col.cast(cast)).map_elements(
+        lambda v: write(_shaped(v, dtype)), return_dtype=pl.String, skip_nulls=True
+    )
+
+
+# -- DuckDB's text of a nested value (maps with nested keys) -----------------------
+
+# A value inside a list, struct or map is quoted when it holds one of these, is empty,
+# reads as NULL, or starts or ends with a space (as DuckDB's ``::VARCHAR`` does).
+_SPECIAL = frozenset("\"'(),:=[]{}\\")
+_SPACE = " \t\n\v\f\r"
+
+
+def _quoted(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _element_text(text: str) -> str:
+    plain = (
+        text
+        and text.upper() != "NULL"
+        and text[0] not in _SPACE
+        and text[-1] not in _SPACE
+        and _SPECIAL.isdisjoint(text)
+    )
+    return text if plain else _quoted(text)
+
+
+def _float_text(value: float, dtype: Any) -> str:
+    import polars as pl
+
+    if dtype == pl.Float32 and math.isfinite(value):  # the shortest text that reads back
+        for digits in range(1, 10):
+            text = f"{value:.{digits}g}"
+            if struct.unpack("f", struct.pack("f", float(text)))[0] == value:
+                return repr(float(text))
+    return repr(value)
+
+
+def _fraction(value: int, digits: int) -> str:
+    return f".{value:0{digits}d}".rstrip("0") if value else ""
+
+
+def _duckdb_time(value: int, dtype: Any) -> str:
+    """A time held as its integer as DuckDB writes it: ``2026-01-02 03:04:05.5+00``."""
+    import polars as pl
+
+    shown = _time_value(value, dtype)
+    if not isinstance(dtype, pl.Datetime) or isinstance(shown, str):  # a date, or infinity
+        return str(shown)
+    per = _PER_SECOND[dtype.time_unit]
+    fraction = value % per
+    whole = _time_value(value - fraction, dtype)
+    assert isinstance(whole, datetime)
+    text = f"{whole:%Y-%m-%d %H:%M:%S}" + _fraction(fraction, len(str(per)) - 1)
+    if whole.utcoffset() is not None:
+        offset = f"{whole:%z}"
+        text += offset[:3] + (f":{offset[3:]}" if offset[3:] != "00" else "")
+    return text
+
+
+def _scalar_text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bytes):
+        return blob_text(value)
+    if isinstance(value, time):
+        return f"{value:%H:%M:%S}" + _fraction(value.microsecond, 6)
+    return str(value)
+
+
+def duckdb_text(value: Any, dtype: Any) -> str:
+    """A value as DuckDB's ``::VARCHAR`` writes it (``{[1]=2}``, ``[a, 'b,c']``,
+    ``{'k': v}``): the text of a map whose keys are nested. ``value`` is as Polars hands
+    it over once cast to ``_python_dtype(dtype)`` (times as integers, maps as entries)."""
+    import polars as pl
+
+    value = _cell(value)
+    if value is None:
+        return "NULL"
+    if isinstance(dtype, pl.Map):
+        pairs = (
+            value.items() if isinstance(value, dict) else ((e["key"], e["value"]) for e in value)
+        )
+        inner = ", ".join(
+            f"{duckdb_text(k, dtype.key)}={duckdb_text(v, dtype.value)}" for k, v in pairs
+        )
+        return "{" + inner + "}"
+    if isinstance(dtype, (pl.List, pl.Array)):
+        return "[" + ", ".join(duckdb_text(v, dtype.inner) for v in value) + "]"
+    if isinstance(dtype, pl.Struct):
+        fields = (
+            f"{_quoted(f.name)}: {duckdb_text(value.get(f.name), f.dtype)}" for f in dtype.fields
+        )
+        return "{" + ", ".join(fields) + "}"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if _infinity(dtype) is not None:
+        return _element_text(_duckdb_time(value, dtype))
+    if isinstance(value, float):
+        return _float_text(value, dtype)
+    if isinstance(value, (int, Decimal)):
+        return str(value)
+    return _element_text(_scalar_text(value))
 
 
 def jsonable(value: Any) -> Any:
@@ -72,9 +310,22 @@ def jsonable(value: Any) -> Any:
 
 
 def _json_text(value: Any) -> str | None:
-    if hasattr(value, "to_list"):  # Polars hands a list cell over as a Series
-        value = value.to_list()
+    value = _cell(value)
     return None if value is None else json.dumps(jsonable(value), ensure_ascii=False)
+
+
+def _list_element(inner: Any) -> pl.Expr:
+    """A plain list's element as text: times in the one ISO format, null as ``NULL``."""
+    import polars as pl
+
+    element = pl.element()
+    if isinstance(inner, pl.Datetime):
+        text = _time_text(element, inner, _timestamp_format(inner))
+    elif inner == pl.Date:
+        text = _time_text(element, inner, DATE_FORMAT)
+    else:
+        text = element.cast(pl.String)
+    return text.fill_null("NULL")
 
 
 def _is_plain_list(dtype: pl.DataType) -> bool:
@@ -92,25 +343,27 @@ def textual(frame: pl.DataFrame) -> pl.DataFrame:
     for name, dtype in frame.schema.items():
         col = pl.col(name)
         if isinstance(dtype, pl.Datetime):
-            cols.append(col.dt.to_string(_timestamp_format(dtype)))
+            cols.append(_time_text(col, dtype, _timestamp_format(dtype)))
+        elif dtype == pl.Date:
+            cols.append(_time_text(col, dtype, DATE_FORMAT))
         elif isinstance(dtype, pl.Time):
             cols.append(col.dt.to_string(TIME_FORMAT))
         elif isinstance(dtype, pl.Array) and _is_plain_list(dtype):
             cols.append(
                 col.arr.to_list()
-                .list.eval(pl.element().cast(pl.String).fill_null("NULL"))
+                .list.eval(_list_element(dtype.inner))
                 .list.join(LIST_SEPARATOR, ignore_nulls=False)
             )
         elif isinstance(dtype, pl.List) and _is_plain_list(dtype) and dtype.inner != pl.Binary:
-            inner = dtype.inner
-            element = (
-                pl.element().dt.to_string(_timestamp_format(inner))
-                if isinstance(inner, pl.Datetime)
-                else pl.element().cast(pl.String)
-            ).fill_null("NULL")
-            cols.append(col.list.eval(element).list.join(LIST_SEPARATOR, ignore_nulls=False))
+            cols.append(
+                col.list.eval(_list_element(dtype.inner)).list.join(
+                    LIST_SEPARATOR, ignore_nulls=False
+                )
+            )
+        elif isinstance(dtype, pl.Map) and dtype.key.is_nested():
+            cols.append(_in_python(col, dtype, str))  # DuckDB's text, as it is
         elif dtype.is_nested():
-            cols.append(col.map_elements(_json_text, return_dtype=pl.String, skip_nulls=True))
+            cols.append(_in_python(col, dtype, _json_text))
         elif dtype == pl.Binary:
             cols.append(col.map_elements(blob_text, return_dtype=pl.String, skip_nulls=True))
         elif isinstance(dtype, pl.Decimal):
@@ -136,6 +389,8 @@ def _needs_python(dtype: Any) -> bool:
         return any(_needs_python(f.dtype) for f in dtype.fields)
     if isinstance(dtype, (pl.Datetime, pl.Time, pl.Duration, pl.Decimal, pl.Object)):
         return True
+    if dtype == pl.Date:  # DuckDB's infinite dates: Polars' encoder cannot write them
+        return True
     return dtype == pl.Binary or (dtype.is_nested() and not isinstance(dtype, pl.Struct))
 
 
@@ -158,7 +413,9 @@ def to_json(frame: pl.DataFrame, json_columns: Iterable[str] = ()) -> bytes:
         elif isinstance(dtype, pl.Decimal):
             raw = col.cast(pl.String)  # the exact digits: a JSON number
         elif isinstance(dtype, pl.Datetime):
-            col = col.dt.to_string(_timestamp_format(dtype))
+            col = _time_text(col, dtype, _timestamp_format(dtype))
+        elif dtype == pl.Date:
+            col = _time_text(col, dtype, DATE_FORMAT)
         elif isinstance(dtype, pl.Time):
             col = col.dt.to_string(TIME_FORMAT)
         elif dtype == pl.Binary:
@@ -166,7 +423,7 @@ def to_json(frame: pl.DataFrame, json_columns: Iterable[str] = ()) -> bytes:
         elif isinstance(dtype, (pl.Categorical, pl.Enum)):
             col = col.cast(pl.String)
         elif dtype.is_nested() and _needs_python(dtype):
-            raw = col.map_elements(_json_text, return_dtype=pl.String, skip_nulls=True)
+            raw = _in_python(col, dtype, _json_text)
         if raw is not None:
             parts.append(pl.concat_str([key, raw.fill_null("null")]))
         else:  # Polars escapes strings and writes NaN and infinity as null
@@ -215,9 +472,12 @@ def cell_text(value: Any) -> str:
 
 
 def text_rows(frame: pl.DataFrame) -> tuple[list[str], list[list[str]]]:
-    """Headers and cell texts of any frame, for the terminal, markdown and line output."""
+    """Headers and cell texts of any frame, for the terminal, markdown and line output:
+    control characters and bidi overrides escaped (``present.printable``)."""
     shown = _terminal_times(frame)
-    return list(frame.columns), [[cell_text(v) for v in row] for row in textual(shown).iter_rows()]
+    headers = [present.printable(h) for h in frame.columns]
+    rows = [[present.printable(cell_text(v)) for v in row] for row in textual(shown).iter_rows()]
+    return headers, rows
 
 
 def _terminal_times(frame: pl.DataFrame) -> pl.DataFrame:
@@ -225,7 +485,7 @@ def _terminal_times(frame: pl.DataFrame) -> pl.DataFrame:
     import polars as pl
 
     cols = [
-        pl.col(name).dt.to_string("%Y-%m-%d %H:%M:%S%.f").alias(name)
+        _time_text(pl.col(name), dtype, "%Y-%m-%d %H:%M:%S%.f").alias(name)
         for name, dtype in frame.schema.items()
         if isinstance(dtype, pl.Datetime)
     ]

@@ -10,7 +10,10 @@ like the duckdb CLI shows it (``result_table``): numbers right-aligned, one line
 per row, long cells cut with ``…`` and columns past the edge hidden, and the
 caller told what was cut. The reports' markdown is the same readable table
 without a width (``readable_markdown``). Every header and cell is plain text (``Text``),
-never Rich markup: a value such as ``[/data]`` in a run's name or error shows as it is.
+never Rich markup: a value such as ``[/data]`` in a run's name or error shows as it is;
+and its control characters and bidi overrides show escaped (``present.printable``, which
+``formats.text_rows`` applies to line and markdown output too), so a flow's error cannot
+drive the terminal.
 """
 
 from __future__ import annotations
@@ -29,6 +32,11 @@ if TYPE_CHECKING:
 
 WRAPPING = {"error_text", "latest_error_text"}  # long texts wrap; names never do
 MIN_WRAP = 28
+
+
+def _text(value: str) -> Text:
+    """A header, title or cell for a terminal: plain text, never markup, controls escaped."""
+    return Text(present.printable(value))
 
 
 def _name_header(columns: list[str]) -> str:
@@ -63,8 +71,8 @@ def _readable_cells(
 
     def cell(key: str, row: dict[str, Any]) -> str:
         if key == "__name__":
-            return present.group_name(row)
-        return present.show(spec.kind_of(key) if spec else "text", row.get(key))
+            return present.printable(present.group_name(row))
+        return present.printable(present.show(spec.kind_of(key) if spec else "text", row.get(key)))
 
     return {key: [cell(key, r) for r in rows] for key, _, _ in shown}
 
@@ -100,17 +108,17 @@ def readable_table(
         if not droppable:
             break
         shown.pop(min(droppable)[1])
-    table = Table(title=Text(title) if title else None, title_justify="left")
+    table = Table(title=_text(title) if title else None, title_justify="left")
     for key, header, _ in shown:
         table.add_column(
-            Text(header),
+            _text(header),
             justify="right" if _is_numeric(frame, key) else "left",
             no_wrap=key not in WRAPPING,
             overflow="fold",
             min_width=MIN_WRAP if key in WRAPPING else None,
         )
     for i in range(frame.height):
-        table.add_row(*(Text(cells[key][i]) for key, _, _ in shown))
+        table.add_row(*(_text(cells[key][i]) for key, _, _ in shown))
     return table
 
 
@@ -164,19 +172,21 @@ def result_table(
     """Any result in a terminal, like the duckdb CLI: numbers right-aligned, one line per
     row; when it is wider than ``width``, long cells are cut with ``…`` and columns past
     the edge hidden, and ``Fitted`` says what was cut so the caller can say so."""
+    headers = [present.printable(h) for h in headers]  # as shown, and as the note names them
+    rows = [[present.printable(v) for v in row] for row in rows]
     natural = [max(len(h), *(len(r[i]) for r in rows), 1) for i, h in enumerate(headers)]
     shown, widths = _fit(natural, max(width, 20))
-    table = Table(title=Text(title) if title else None, title_justify="left")
+    table = Table(title=_text(title) if title else None, title_justify="left")
     for header, w, r in zip(headers[:shown], widths, right):
         table.add_column(
-            Text(_cut(header, w)), justify="right" if r else "left", no_wrap=True, width=w
+            _text(_cut(header, w)), justify="right" if r else "left", no_wrap=True, width=w
         )
     cut = 0
     for row in rows:
         cells = []
         for text, w in zip(row[:shown], widths):
             one_line = text.replace("\n", "⏎")
-            cells.append(Text(_cut(one_line, w)))
+            cells.append(_text(_cut(one_line, w)))
             cut += len(one_line) > w
         table.add_row(*cells)
     return Fitted(table, headers[shown:], cut)
@@ -184,7 +194,7 @@ def result_table(
 
 def headline_table(row: dict[str, Any], title: str | None) -> Table:
     """The health headline as figure / this window / previous window / change."""
-    table = Table(title=Text(title) if title else None, title_justify="left")
+    table = Table(title=_text(title) if title else None, title_justify="left")
     for header, justify in (
         ("figure", "left"),
         ("this window", "right"),

@@ -17,7 +17,7 @@ from datetime import date
 import polars as pl
 
 from flowsync import present
-from flowsync.report_html.markup import empty, esc
+from flowsync.report_html.markup import empty, esc, isolated
 
 RED, GREEN, BLUE, GREY = "#dc2626", "#16a34a", "#2563eb", "#9ca3af"
 HEAT_ROWS = 12
@@ -148,10 +148,11 @@ def heatmap(cells: pl.DataFrame, days: list[date], deployments: pl.DataFrame) ->
                 else f"{name} {d}: no finished runs"
             )
             tds.append(
-                f'<td class="mark" style="background:{_heat_color(failed, peak)}" title="{esc(tip)}"></td>'
+                # a tooltip cannot hold an isolate: its controls and overrides show escaped
+                f'<td class="mark" style="background:{_heat_color(failed, peak)}" title="{esc(present.printable(tip))}"></td>'
             )
         rows.append(
-            f'<tr><td class="name">{esc(name)}</td>{"".join(tds)}<td class="num">&nbsp;{dep["failed"]}</td></tr>'
+            f'<tr><td class="name">{isolated(name)}</td>{"".join(tds)}<td class="num">&nbsp;{dep["failed"]}</td></tr>'
         )
     more = failing.height - shown.height
     note = (

@@ -2,7 +2,10 @@
 the note for an empty one, table cells.
 
 Owns: how a value becomes safe text in the page (``esc``: every value the page
-shows goes through it) and the markup the charts, tables and page share. Must
+shows goes through it; ``isolated``: text from outside, such as a flow's name or a
+run's error, in a bidi isolate of its own, so a right-to-left override in it
+cannot reverse the rest of its cell) and the markup the charts, tables and page
+share. Must
 not: read figures, format values (``flowsync.present`` does), or know a section's
 content.
 """
@@ -16,6 +19,12 @@ from typing import Any
 def esc(value: Any) -> str:
     """``value`` as HTML text (None as nothing), quotes escaped for attributes too."""
     return html.escape("" if value is None else str(value), quote=True)
+
+
+def isolated(value: Any) -> str:
+    """``value`` as HTML text in a ``<bdi>``: its direction its own, an override in it
+    ending where it ends."""
+    return f"<bdi>{esc(value)}</bdi>"
 
 
 def section(title: str, body: str, note: str = "", section_id: str = "") -> str:
@@ -36,5 +45,6 @@ def th(text: str, num: bool = False) -> str:
 
 
 def td(text: str, kind: str = "") -> str:
-    """A cell of ``text``, of class ``kind`` (num, name, text) when given."""
-    return f'<td class="{kind}">{esc(text)}</td>' if kind else f"<td>{esc(text)}</td>"
+    """A cell of ``text`` (isolated: it may come from outside), of class ``kind`` (num,
+    name, text) when given."""
+    return f'<td class="{kind}">{isolated(text)}</td>' if kind else f"<td>{isolated(text)}</td>"

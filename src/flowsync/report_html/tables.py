@@ -16,7 +16,7 @@ from typing import Any
 import polars as pl
 
 from flowsync import present, registry, reports
-from flowsync.report_html.markup import empty, esc, td, th
+from flowsync.report_html.markup import empty, esc, isolated, td, th
 
 
 def _run_link(ui: str | None, run_id: Any, text: str) -> str:
@@ -34,10 +34,10 @@ def signatures_table(frame: pl.DataFrame, limit: int = 10, ui: str | None = None
         run_id = _run_link(ui, r["example_run_id"], f"<code>{esc(r['example_run_id'])}</code>")
         example = (
             f"<details><summary>example run {run_id} "
-            f"({esc(present.group_name(r))})</summary><pre>{esc(r['example_message'])}</pre></details>"
+            f"({isolated(present.group_name(r))})</summary><pre>{isolated(r['example_message'])}</pre></details>"
         )
         rows.append(
-            f'<tr><td class="text"><code>{esc(r["signature"])}</code> {esc(r["error_text"])}{example}</td>'
+            f'<tr><td class="text"><code>{esc(r["signature"])}</code> {isolated(r["error_text"])}{example}</td>'
             f'<td class="num">{bar}{present.count(r["runs"])}</td>{td(present.percent(r["share"]), "num")}'
             f"{td(present.count_change(r['runs_change']), 'num')}{td(present.count(r['deployments']), 'num')}"
             f"{td(present.when(r['first_seen']), 'num')}{td(present.when(r['last_seen']), 'num')}</tr>"
@@ -77,7 +77,7 @@ def unresolved_table(
             f'<span class="muted">{esc(age)} ago</span></td>{td(present.count(r["failures_since_success"]), "num")}'
             f"{td(present.when(r['last_success_at']) if r['last_success_at'] else 'never', 'num')}"
             f'<td class="text">{_run_link(ui, r.get("latest_failure_run_id"), signature)} '
-            f"{esc(r['latest_error_text'])}</td></tr>"
+            f"{isolated(r['latest_error_text'])}</td></tr>"
         )
     head = (
         th("flow/deployment")
