@@ -263,7 +263,8 @@ def test_an_answer_that_echoes_the_credentials_never_shows_them(
     credential: dict[str, str], status: int
 ) -> None:
     """A proxy's error body quoting the request's Authorization header: the retry lines and
-    the errors (which the pull also writes to ``sync_runs``) hold *** in its place."""
+    the errors (which the pull also writes to ``sync_runs``) hold *** in its place, and its
+    terminal controls escaped."""
     import base64
     import json
 
@@ -274,7 +275,7 @@ def test_an_answer_that_echoes_the_credentials_never_shows_them(
 
     def echo(request: httpx.Request) -> httpx.Response:
         said = request.headers["authorization"]
-        return httpx.Response(status, json={"detail": f"upstream said: {said}"})
+        return httpx.Response(status, json={"detail": f"upstream said: {said} \x1b[2J"})
 
     told: list[str] = []
     settings = ApiSettings(
@@ -298,3 +299,4 @@ def test_an_answer_that_echoes_the_credentials_never_shows_them(
     assert all("***" in m for m in messages[:2]), messages
     for message in messages:
         assert not any(form in message for form in forms), message
+        assert "\x1b" not in message, message  # nor a terminal control (it clears the screen)

@@ -42,7 +42,7 @@ from urllib.parse import urlsplit
 import httpx
 import orjson
 
-from flowsync import __version__
+from flowsync import __version__, present
 from flowsync.api.budget import RequestBudget
 from flowsync.config import ApiSettings
 from flowsync.errors import (
@@ -331,7 +331,7 @@ class ApiSession:
         this client sends (a proxy's error page may quote the Authorization header)."""
         for secret in self._secrets:
             text = text.replace(secret, "***")
-        return short(text, limit)
+        return short(present.printable(text), limit)  # no terminal controls either
 
     def _uncertain(
         self, method: str, path: str, problem: str, status: int | None = None
