@@ -96,3 +96,19 @@ def test_a_wrong_option_is_one_config_error(
 ) -> None:
     with pytest.raises(ConfigError, match="^" + says.replace("(", r"\(").replace(".", r"\.")):
         flowsync.report(built.path, name, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "says"),
+    [
+        ("stuck", {"history": "abc"}, "--history 'abc' is not a time window"),
+        ("runs", {"last": 10**20}, "--last 100000000000000000000 is out of range"),
+        ("stuck", {"min_runs": 0}, "--min-runs 0 is out of range"),
+    ],
+    ids=["window-names-its-option", "count-too-large", "below-min"],
+)
+def test_the_library_checks_a_reports_options_as_the_command_does(
+    built: BuiltHistory, name: str, options: dict[str, Any], says: str
+) -> None:
+    with pytest.raises(ConfigError, match=says.replace("(", r"\(")):
+        flowsync.report(built.path, name, **options)

@@ -314,7 +314,11 @@ def _query_args(
         )
     for name, param in params.items():
         value = options.get(name, param.default)
-        args[name] = reports.parse_since(value) if param.kind == "window" else value
+        args[name] = (
+            reports.parse_since(value, option=param.flag)
+            if param.kind == "window"
+            else param.check(value)
+        )
     return args
 
 

@@ -37,6 +37,12 @@ class Column:
     priority: int
 
 
+# The largest count an option takes (--last, --min-runs, --sample): it reaches DuckDB as a
+# BIGINT (LIMIT, a macro's parameter), so a larger one is refused as an argument (exit 2)
+# rather than failing inside a query; a billion is more runs than any file holds.
+COUNT_MAX = 1_000_000_000
+
+
 @dataclass(frozen=True)
 class Param:
     """An option of one report (``--late-after``): ``kind`` ``window`` is a --since-like
@@ -51,6 +57,24 @@ class Param:
     min: float | None = None
     max: float | None = None
     kind: str = "value"
+
+    @property
+    def top(self) -> float | None:
+        """The most it takes: ``max``, or ``COUNT_MAX`` for a count that declares none."""
+        return COUNT_MAX if self.type is int and self.max is None else self.max
+
+    def check(self, value: Any) -> Any:
+        """``value`` if it is within ``min`` .. ``top``; else one line naming the flag (the
+        command line's own check, for a library caller)."""
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        low, high = self.min, self.top
+        if number and ((low is not None and value < low) or (high is not None and value > high)):
+            span = f"from {low:g}" if low is not None else "any"
+            raise ConfigError(
+                f"{self.flag} {value!r} is out of range: use {span}"
+                + (f" up to {high:g}." if high is not None else ".")
+            )
+        return value
 
 
 @dataclass(frozen=True)

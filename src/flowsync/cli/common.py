@@ -114,12 +114,6 @@ MaxRequestsOption = Annotated[
 ]
 
 
-# The largest count an option takes (--last, --min-runs, --sample): it reaches DuckDB as a
-# BIGINT (LIMIT, a macro's parameter), so a larger one is refused as an argument (exit 2)
-# rather than failing inside a query; a billion is more runs than any file holds.
-COUNT_MAX = 1_000_000_000
-
-
 def quiet_option(what: str) -> Any:
     """``--quiet``/``-q`` of a command that writes ``what`` (progress, a summary) to stderr:
     errors only, for cron."""

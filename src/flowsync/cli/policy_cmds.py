@@ -19,7 +19,6 @@ from rich.text import Text
 
 from flowsync import present
 from flowsync.cli.common import (
-    COUNT_MAX,
     ApiKeyOption,
     ApiUrlOption,
     DbOption,
@@ -38,6 +37,7 @@ from flowsync.cli.common import (
 )
 from flowsync.config import resolve_api, resolve_db_path
 from flowsync.errors import PARTIAL_FAILURE_EXIT, ConfigError, PolicyLimitError, SignalInterrupt
+from flowsync.registry import COUNT_MAX
 
 if (
     TYPE_CHECKING

@@ -19,7 +19,7 @@ from typing import Annotated, Any
 
 import typer
 
-from flowsync.cli.common import COUNT_MAX, DbOption, LiveOption, WaitOption, no_default_option
+from flowsync.cli.common import DbOption, LiveOption, WaitOption, no_default_option
 from flowsync.registry import Param, Report
 from flowsync.states import STATE_TYPES
 
@@ -178,12 +178,13 @@ def _by_option(choices: tuple[str, ...]) -> Any:
 
 
 def _param_option(param: Param) -> Any:
-    """A report's own option; a count without a declared maximum is bounded by
-    ``COUNT_MAX``, so a huge one is an argument error, not a failed query."""
-    top = COUNT_MAX if param.type is int and param.max is None else param.max
+    """A report's own option, within ``param.min`` .. ``param.top`` (a count without a
+    declared maximum is bounded: a huge one is an argument error, not a failed query)."""
     return Annotated[
         param.type,
-        typer.Option(param.flag, help=param.help, min=param.min, max=top, metavar=param.metavar),
+        typer.Option(
+            param.flag, help=param.help, min=param.min, max=param.top, metavar=param.metavar
+        ),
     ]
 
 
