@@ -144,14 +144,24 @@ def marked_deleted(db: Path, ids: list[str]) -> list[str]:
     return [r[0] for r in rows]
 
 
-def outcomes(db: Path, ids: list[str]) -> dict[str, str]:
+def audited(db: Path, ids: list[str], column: str) -> dict[str, Any]:
+    """run -> ``column`` of its audit row (an expression over ``policy_actions``)."""
     rows = query(
         db,
-        "SELECT CAST(flow_run_id AS VARCHAR), outcome FROM policy_actions "
+        f"SELECT CAST(flow_run_id AS VARCHAR), {column} FROM policy_actions "
         "WHERE flow_run_id IN (SELECT unnest(CAST(? AS UUID[])))",
         [ids],
     )
     return {r[0]: r[1] for r in rows}
+
+
+def outcomes(db: Path, ids: list[str]) -> dict[str, str]:
+    return audited(db, ids, "outcome")
+
+
+def checks(db: Path, ids: list[str]) -> dict[str, str | None]:
+    """run -> the check its audit row names (``details.check``), for the runs of ``ids``."""
+    return audited(db, ids, "details->>'check'")
 
 
 def audit_rows(db: Path) -> int:
@@ -247,17 +257,6 @@ def test_keep_newest_is_decided_on_the_newest_runs_as_they_are_now(
         assert set(outcomes(db, ids[:-4]).values()) == {"deleted"}
 
 
-def checks(db: Path, ids: list[str]) -> dict[str, str | None]:
-    """run -> the check its audit row names (``details.check``), for the runs of ``ids``."""
-    rows = query(
-        db,
-        "SELECT CAST(flow_run_id AS VARCHAR), details->>'check' FROM policy_actions "
-        "WHERE flow_run_id IN (SELECT unnest(CAST(? AS UUID[])))",
-        [ids],
-    )
-    return {r[0]: r[1] for r in rows}
-
-
 def test_keep_newest_reads_down_past_many_newer_runs_that_moved_on(
     server: Server, tmp_path: Path
 ) -> None:
@@ -325,15 +324,19 @@ def test_keep_newest_counts_what_an_earlier_rule_of_the_same_apply_took(
     assert outside(server, ids) == others  # nothing outside the selection touched
 
 
-def test_a_rule_reading_other_runs_sees_their_state_changes(server: Server, tmp_path: Path) -> None:
-    # Delete FAILED runs of deployments that have no COMPLETED run: NOT EXISTS over other runs.
+def orphans(tag: str) -> list[dict[str, Any]]:
+    """A rule reading other runs: delete the FAILED runs tagged ``tag`` of deployments that
+    have no COMPLETED run (NOT EXISTS over other runs)."""
     sql = (
-        "SELECT r.id FROM flow_runs r WHERE r.deleted_at IS NULL AND list_contains(r.tags, 'xr') "
+        f"SELECT r.id FROM flow_runs r WHERE r.deleted_at IS NULL AND list_contains(r.tags, '{tag}') "
         "AND r.state_type = 'FAILED' AND NOT EXISTS (SELECT 1 FROM flow_runs o WHERE "
         "o.deployment_id = r.deployment_id AND o.state_type = 'COMPLETED' AND o.deleted_at IS NULL)"
     )
-    rules = [{"name": "orphans", "action": "delete", "sql": sql}]
-    with pulled_runs(server, tmp_path, 6, "FAILED", "xr", rules) as (ids, db, policy):
+    return [{"name": "orphans", "action": "delete", "sql": sql}]
+
+
+def test_a_rule_reading_other_runs_sees_their_state_changes(server: Server, tmp_path: Path) -> None:
+    with pulled_runs(server, tmp_path, 6, "FAILED", "xr", orphans("xr")) as (ids, db, policy):
         plan = run_cli("plan", str(policy), "--db", str(db))
         assert "its SQL reads other runs" in plan.stdout
         set_state(server, ids[-1:], "COMPLETED")  # a state change: an event the catch-up reads
@@ -353,13 +356,7 @@ def test_a_rule_reading_other_runs_is_refused_when_the_events_since_the_pull_may
     the other runs' changes since, so apply sends nothing and says to pull first."""
     import duckdb
 
-    sql = (
-        "SELECT r.id FROM flow_runs r WHERE r.deleted_at IS NULL AND list_contains(r.tags, 'xg') "
-        "AND r.state_type = 'FAILED' AND NOT EXISTS (SELECT 1 FROM flow_runs o WHERE "
-        "o.deployment_id = r.deployment_id AND o.state_type = 'COMPLETED' AND o.deleted_at IS NULL)"
-    )
-    rules = [{"name": "orphans", "action": "delete", "sql": sql}]
-    with pulled_runs(server, tmp_path, 3, "FAILED", "xg", rules) as (ids, db, policy):
+    with pulled_runs(server, tmp_path, 3, "FAILED", "xg", orphans("xg")) as (ids, db, policy):
         with duckdb.connect(str(db)) as con:  # the pull, ten days ago (the server keeps seven)
             con.execute("UPDATE sync_runs SET started_at = started_at - INTERVAL 10 DAY")
         result = apply_cli(server, db, policy)

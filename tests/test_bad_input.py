@@ -149,18 +149,17 @@ def refused(result: object, option: str) -> str:
 @pytest.mark.parametrize(
     ("args", "option"),
     [
-        (["report", "failures", "--since", "99999999d"], "--since"),
-        (["report", "failures", "--since", "1000000000h"], "--since"),
-        (["report", "failures", "--since", "100000000000000000000w"], "--since"),
-        (["report", "failures", "--since", "0001-01-01"], "--since"),
-        (["report", "health", "--since", "0001-01-01"], "--since"),
-        (["report", "health", "--since", "99999999d"], "--since"),
-        (["report", "stuck", "--history", "99999999d"], "--history"),
-        (["report", "stuck", "--history", "0001-01-01"], "--history"),
+        *(
+            (["report", "failures", "--since", too_far], "--since")
+            for too_far in ("99999999d", "1000000000h", "100000000000000000000w", "0001-01-01")
+        ),
+        *((["report", "health", "--since", v], "--since") for v in ("0001-01-01", "99999999d")),
+        *((["report", "stuck", "--history", v], "--history") for v in ("99999999d", "0001-01-01")),
         (["report", "stuck", "--history", "abc"], "--history 'abc'"),
-        (["report", "runs", "--last", "100000000000000000000"], "--last"),
-        (["report", "flaky", "--last", "100000000000000000000"], "--last"),
-        (["report", "stuck", "--min-runs", "100000000000000000000"], "--min-runs"),
+        *(
+            (["report", name, flag, "100000000000000000000"], flag)
+            for name, flag in (("runs", "--last"), ("flaky", "--last"), ("stuck", "--min-runs"))
+        ),
     ],
 )
 def test_report_arguments_out_of_range_are_one_clear_refusal(

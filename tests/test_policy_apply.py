@@ -546,6 +546,19 @@ def test_runs_changed_on_the_server_since_the_pull_are_left_alone(
     )
 
 
+def apply_cli_against(
+    fake: Recorder, db: Path, policy: str, monkeypatch: pytest.MonkeyPatch, *extra: str
+) -> Any:
+    """``flowsync apply POLICY --yes`` with ``fake`` as the server (the command imports the
+    client when it runs: it is patched where it is looked up)."""
+    monkeypatch.setattr("flowsync.api.PrefectClient", lambda settings, **kw: mock_client(fake))
+    path = db.parent / "p.yaml"
+    path.write_text(policy)
+    return run_cli(
+        "apply", str(path), "--db", str(db), "--yes", "--api-url", "http://prefect.test/api", *extra
+    )
+
+
 def test_cli_partial_failure_exits_9_with_a_summary(
     mixed_db: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -579,13 +592,7 @@ def test_cli_partial_failure_exits_9_with_a_summary(
             return super().__call__(request)
 
     fake = RefreshFails(some_aborted, api_rows(mixed_db))
-    # the command imports the client when it runs: patch it where it is looked up
-    monkeypatch.setattr("flowsync.api.PrefectClient", lambda settings, **kw: mock_client(fake))
-    path = mixed_db.parent / "p.yaml"
-    path.write_text(CANCEL_ALL)
-    result = run_cli(
-        "apply", str(path), "--db", str(mixed_db), "--yes", "--api-url", "http://prefect.test/api"
-    )
+    result = apply_cli_against(fake, mixed_db, CANCEL_ALL, monkeypatch)
     assert result.exit_code == 9, result.output
     assert "cancel: 4 aborted, 127 accepted" in result.stderr
     assert "re-reading the 9 runs set in batch 4 failed" in result.stderr
@@ -660,12 +667,7 @@ def test_an_interrupted_apply_says_what_it_did_and_what_stopped_it(
             return super().__call__(request)
 
     fake = CtrlC(answer, api_rows(mixed_db))
-    monkeypatch.setattr("flowsync.api.PrefectClient", lambda settings, **kw: mock_client(fake))
-    path = mixed_db.parent / "p.yaml"
-    path.write_text(DELETE_ALL)
-    result = run_cli(
-        "apply", str(path), "--db", str(mixed_db), "--yes", "--json", "--api-url", "http://x/api"
-    )
+    result = apply_cli_against(fake, mixed_db, DELETE_ALL, monkeypatch, "--json")
     assert result.exit_code == 130, result.output
     done = json.loads(result.stdout)["result"]
     assert done["rules"] == {"purge": {"deleted": 50}}

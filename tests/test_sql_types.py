@@ -84,13 +84,11 @@ TYPES: list[tuple[str, str, Any]] = [
     ("SELECT NULL AS v", "", None),
     ("SELECT 'nan'::DOUBLE AS v", "NaN", None),
     # DuckDB's infinite times: written as DuckDB writes them, never a Rust panic
-    ("SELECT 'infinity'::TIMESTAMP AS v", "infinity", "infinity"),
-    ("SELECT '-infinity'::TIMESTAMP AS v", "-infinity", "-infinity"),
-    ("SELECT 'infinity'::TIMESTAMPTZ AS v", "infinity", "infinity"),
-    ("SELECT '-infinity'::TIMESTAMPTZ AS v", "-infinity", "-infinity"),
-    ("SELECT 'infinity'::TIMESTAMP_MS AS v", "infinity", "infinity"),
-    ("SELECT 'infinity'::DATE AS v", "infinity", "infinity"),
-    ("SELECT '-infinity'::DATE AS v", "-infinity", "-infinity"),
+    *(
+        (f"SELECT '{sign}infinity'::{kind} AS v", f"{sign}infinity", f"{sign}infinity")
+        for kind in ("TIMESTAMP", "TIMESTAMPTZ", "TIMESTAMP_MS", "DATE")
+        for sign in ("", "-")
+    ),
     (
         "SELECT ['infinity'::TIMESTAMP, TIMESTAMP '2026-01-02 03:04:05'] AS v",
         "infinity, 2026-01-02T03:04:05.000000",

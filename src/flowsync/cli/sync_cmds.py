@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Annotated
 
 import typer
@@ -27,11 +26,8 @@ from flowsync.cli.common import (
 from flowsync.config import (
     PULL_CONCURRENCY,
     PULL_EVENTS_HORIZON_DAYS,
-    PULL_EVENTS_HORIZON_MAX_DAYS,
-    PULL_OVERLAP_MAX_MINUTES,
     PULL_OVERLAP_MINUTES,
     PULL_STALENESS_HOURS,
-    PULL_STALENESS_MAX_HOURS,
     resolve_api,
     resolve_db_path,
 )
@@ -66,7 +62,6 @@ def pull_cmd(
         typer.Option(
             help="Minutes of events re-read before the last cursor (late events, client clocks).",
             min=0,
-            max=PULL_OVERLAP_MAX_MINUTES,
         ),
     ] = PULL_OVERLAP_MINUTES,
     events_horizon: Annotated[
@@ -74,7 +69,6 @@ def pull_cmd(
         typer.Option(
             help="Days of events to assume the server keeps when it holds none from before the cursor and does not say (Prefect Cloud); an older cursor triggers a full reconciliation.",
             min=0.01,
-            max=PULL_EVENTS_HORIZON_MAX_DAYS,
         ),
     ] = PULL_EVENTS_HORIZON_DAYS,
     staleness: Annotated[
@@ -84,7 +78,6 @@ def pull_cmd(
             envvar="FLOWSYNC_STALENESS_HOURS",
             help="Hours: every live run is re-read at least this often (edits such as tags or names emit no event), spread over the pulls. Env: FLOWSYNC_STALENESS_HOURS.",
             min=0.0001,
-            max=PULL_STALENESS_MAX_HOURS,
         ),
     ] = PULL_STALENESS_HOURS,
     memory_limit: MemoryLimitOption = None,
@@ -104,6 +97,7 @@ def pull_cmd(
     # Imported here so `--help` and shell completion stay fast.
     from flowsync import operations
     from flowsync.sync import PullOptions
+    from flowsync.sync.context import span
 
     with errors():
         settings = resolve_api(api_url, api_key, max_requests_per_minute=max_requests_per_minute)
@@ -112,9 +106,9 @@ def pull_cmd(
             full=full,
             verify=verify,
             concurrency=concurrency,
-            overlap=timedelta(minutes=overlap),
-            events_horizon=timedelta(days=events_horizon),
-            staleness=timedelta(hours=staleness),
+            overlap=span("--overlap", overlap, "minutes"),
+            events_horizon=span("--events-horizon", events_horizon, "days"),
+            staleness=span("--staleness", staleness, "hours"),
             memory_limit_mb=memory_limit,
         )
         progress = make_progress(quiet or json_out)

@@ -8,17 +8,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
+from flowsync import config
 from flowsync.api import Page, PrefectClient
 from flowsync.api.pagination import PAGE_SIZE
-from flowsync.config import (
-    PULL_CONCURRENCY,
-    PULL_EVENTS_HORIZON_DAYS,
-    PULL_EVENTS_HORIZON_MAX_DAYS,
-    PULL_OVERLAP_MAX_MINUTES,
-    PULL_OVERLAP_MINUTES,
-    PULL_STALENESS_HOURS,
-    PULL_STALENESS_MAX_HOURS,
-)
 from flowsync.errors import ConfigError
 from flowsync.store import Store, sync_log, synced_tables
 from flowsync.store.tables import TableSpec
@@ -50,14 +42,14 @@ class PullOptions:
     full: bool = False
     # Events reach the server's store a few seconds late, and a state's timestamp
     # comes from the client that proposed it: re-read this much before the cursor.
-    overlap: timedelta = timedelta(minutes=PULL_OVERLAP_MINUTES)
+    overlap: timedelta = timedelta(minutes=config.PULL_OVERLAP_MINUTES)
     # Used only when the server does not say how long it keeps events and holds none from before
     # the cursor: an older cursor falls back to a full reconciliation (Prefect's default is 7 days).
-    events_horizon: timedelta = timedelta(days=PULL_EVENTS_HORIZON_DAYS)
+    events_horizon: timedelta = timedelta(days=config.PULL_EVENTS_HORIZON_DAYS)
     # Edits emit no event (PATCH: tags, name, parameters...): every live run is re-read at least
     # this often, spread over the scheduled pulls (the rolling re-read).
-    staleness: timedelta = timedelta(hours=PULL_STALENESS_HOURS)
-    concurrency: int = PULL_CONCURRENCY
+    staleness: timedelta = timedelta(hours=config.PULL_STALENESS_HOURS)
+    concurrency: int = config.PULL_CONCURRENCY
     page_size: int = PAGE_SIZE
     segment_rows: int = 5000
     # Totals that match are trusted between full count checks; this often, compare
@@ -70,24 +62,38 @@ class PullOptions:
     def __post_init__(self) -> None:
         """Refuse a span a pull cannot use before anything is opened or recorded (a huge one
         would fail mid-pull as an OverflowError, after its sync_runs row was written)."""
-        spans = (
-            ("overlap", "--overlap", self.overlap, timedelta(minutes=PULL_OVERLAP_MAX_MINUTES)),
-            ("staleness", "--staleness", self.staleness, timedelta(hours=PULL_STALENESS_MAX_HOURS)),
-            (
-                "events_horizon",
-                "--events-horizon",
-                self.events_horizon,
-                timedelta(days=PULL_EVENTS_HORIZON_MAX_DAYS),
-            ),
-        )
-        for name, flag, span, most in spans:
-            least_ok = span >= timedelta(0) if name == "overlap" else span > timedelta(0)
-            if not least_ok or span > most:
-                floor = "0" if name == "overlap" else "more than 0"
+        for name, least in (
+            ("overlap", timedelta(0)),
+            ("staleness", _POSITIVE),
+            ("events_horizon", _POSITIVE),
+        ):
+            flag, value = "--" + name.replace("_", "-"), getattr(self, name)
+            if not least <= value <= SPAN_MAX[flag]:
                 raise ConfigError(
-                    f"PullOptions {name} ({flag}) of {span} is out of range: "
-                    f"use from {floor} up to {most}."
+                    f"{flag} of {value} is out of range (PullOptions.{name}): use from {least} "
+                    f"up to {SPAN_MAX[flag]}."
                 )
+
+
+# The most each span of a pull may be: past them a span means nothing to a pull, and a
+# huge one is no date (OverflowError).
+SPAN_MAX = {
+    "--overlap": timedelta(minutes=config.PULL_OVERLAP_MAX_MINUTES),
+    "--staleness": timedelta(hours=config.PULL_STALENESS_MAX_HOURS),
+    "--events-horizon": timedelta(days=config.PULL_EVENTS_HORIZON_MAX_DAYS),
+}
+_POSITIVE = timedelta(microseconds=1)
+
+
+def span(flag: str, value: float, unit: str) -> timedelta:
+    """``value`` ``unit`` (minutes, hours, days) as a span for ``PullOptions``; one that no
+    span holds (``inf``, ``nan``, ``1e12`` days) is past ``SPAN_MAX``, which it refuses."""
+    try:
+        return timedelta(**{unit: value})
+    except (OverflowError, ValueError):
+        raise ConfigError(
+            f"{flag} {value:g} is out of range: use at most {SPAN_MAX[flag]}."
+        ) from None
 
 
 @dataclass
