@@ -148,6 +148,13 @@ def _wait_for_events(url: str, ids: list[str], state_type: str, deadline: float)
 Fault = Callable[[httpx.Request, int], httpx.Response | None]
 
 
+def prefect_503() -> httpx.Response:
+    """What Prefect itself answers a write it could not take (a busy SQLite database): its
+    own error body, which tells apply the server is done with the call (a gateway's 5xx
+    does not)."""
+    return httpx.Response(503, json={"exception_message": "Service Unavailable"})
+
+
 def forwarding(
     fault: Fault | None = None,
     after: Callable[[httpx.Request, httpx.Response], None] | None = None,

@@ -43,6 +43,7 @@ from tests.helpers import (
     forwarding,
     outside,
     patch_run,
+    prefect_503,
     pulled_db,
     query,
     run_cli,
@@ -652,7 +653,7 @@ def test_a_fault_on_the_call_out_while_the_next_batch_is_sent_is_settled_and_sen
             if fault_kind == "connect":
                 raise httpx.ConnectError("connection refused", request=request)
             if fault_kind == "503":
-                return httpx.Response(503, text="unavailable")
+                return prefect_503()
             body, headers, url = request.content, dict(request.headers), str(request.url)
 
             def later() -> None:  # the server gets the call after the client gave up
@@ -722,7 +723,7 @@ def test_after_the_server_loses_an_answer_the_apply_sends_one_call_at_a_time_for
                 refused.append(n)
                 with lock:
                     spans.append((1, now, time.monotonic()))
-                return httpx.Response(503, text="database is locked")
+                return prefect_503()  # "database is locked", as Prefect answers it
             request.extensions["sent_at"] = now
             return None
 
@@ -882,7 +883,7 @@ def test_a_batch_the_server_cannot_take_does_not_stop_the_next(
         def fault(request: httpx.Request, n: int) -> httpx.Response | None:
             if request.url.path.endswith("bulk_delete") and set(bulk_ids(request)) == set(first):
                 refused.append(n)
-                return httpx.Response(503, text="unavailable")
+                return prefect_503()
             return None
 
         def answered(request: httpx.Request, response: httpx.Response) -> None:
