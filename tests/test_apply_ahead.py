@@ -88,3 +88,29 @@ def test_the_call_in_flight_runs_on_a_daemon_thread_and_hands_back_what_it_raise
         task.result()
     assert task.done() and names == [("flowsync-call", True)]
     assert Task(lambda: 7).result() == 7
+
+
+@pytest.mark.parametrize(
+    ("wait", "ago", "held"),
+    [(2.0, 0.5, True), (2.0, 2.5, False), (1000.0, 60.0, True), (1000.0, 130.0, False)],
+    ids=["inside-retry-after", "after-it", "long-retry-after", "past-the-120s-cap"],
+)
+def test_a_429_on_the_call_out_holds_other_calls_until_its_wait_or_the_cap(
+    wait: float, ago: float, held: bool
+) -> None:
+    """A call still out answered 429 holds the next batch's call for its Retry-After, counted
+    from the 429, and never longer than a batch's own wait (``MAX_THROTTLE_WAIT``, 120 s): a
+    longer Retry-After would use up the held batch's attempts."""
+    import time
+    from types import SimpleNamespace
+
+    from flowsync.policy.answers import Throttled
+    from flowsync.policy.batch import Applier
+
+    answer = Throttled(wait, "HTTP 429", time.monotonic() - ago)
+    task = Task(lambda: answer)
+    task.result()
+    found = Applier._throttled_out(SimpleNamespace(out={task}))  # type: ignore[arg-type]
+    assert (found is not None) is held
+    if found is not None:
+        assert found.at == answer.at and "HTTP 429" in found.problem

@@ -179,3 +179,17 @@ def test_a_reader_that_closes_the_pipe_keeps_the_exit_code(
         os.close(write)
     assert done.returncode == code, done.stderr
     assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr
+
+
+def test_a_command_started_with_stdout_closed_runs(built: Any) -> None:
+    """`flowsync status >&-` (stdout closed: Python has no sys.stdout): it runs and exits 0,
+    as it did before standard output was wrapped for closed pipes."""
+    done = subprocess.run(
+        [str(FLOWSYNC), "status", "--db", str(built.path)],
+        preexec_fn=lambda: os.close(1),
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr

@@ -292,6 +292,14 @@ def test_an_older_manifest_from_another_file_is_refused(db: Path, tmp_path: Path
     manifest["source_db"] = str(db.with_name(db.name + ".snapshots") / "00000001.duckdb")
     manifest_path.write_text(json.dumps(manifest))
     export(db, out)
+    # A path as it was given to that export, relative to where it ran: its name is compared.
+    for given, refused in ((f"{db.name}.snapshots/00000001.duckdb", False), ("b.duckdb", True)):
+        manifest = json.loads(manifest_path.read_text())
+        del manifest["source"]
+        manifest["source_db"] = given
+        manifest_path.write_text(json.dumps(manifest))
+        result = run_cli("export", str(out), "--db", str(db))
+        assert result.exit_code == (2 if refused else 0), result.output
 
 
 def test_the_same_file_pulled_from_another_server_is_refused(db: Path, tmp_path: Path) -> None:

@@ -107,6 +107,18 @@ TYPES: list[tuple[str, str, Any]] = [
     ),
     # maps whose keys JSON cannot hold (lists, structs): DuckDB's own text
     ("SELECT MAP {[1]: 2} AS v", "{[1]=2}", "{[1]=2}"),
+    # keys and values a map cannot be cast to hold (a DATE key), read from its entries
+    ("SELECT MAP {DATE '2020-01-01': 1} AS v", '{"2020-01-01": 1}', {"2020-01-01": 1}),
+    (
+        "SELECT [[TIMESTAMP '2020-01-01']]::TIMESTAMP[1][1] AS v",  # an array of arrays
+        '[["2020-01-01T00:00:00.000000"]]',
+        [["2020-01-01T00:00:00.000000"]],
+    ),
+    (
+        "SELECT ['infinity'::DATE, NULL, DATE '2026-01-02'] AS v",
+        "infinity, NULL, 2026-01-02",
+        ["infinity", None, "2026-01-02"],
+    ),
     ("SELECT MAP {{'a': 1}: 2} AS v", "{{'a': 1}=2}", "{{'a': 1}=2}"),
     ("SELECT {'m': MAP {[1]: 2}} AS v", '{"m": "{[1]=2}"}', {"m": "{[1]=2}"}),
     ("SELECT [MAP {[1]: 2}] AS v", '["{[1]=2}"]', ["{[1]=2}"]),

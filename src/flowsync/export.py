@@ -108,6 +108,9 @@ def manifest_source(manifest: dict[str, Any]) -> Source:
         api_url = found.get("api_url")
         return Source(str(found["db"]), str(api_url) if api_url else None)
     db = manifest.get("source_db")
+    if db and not Path(_SNAPSHOT.sub(r"\g<db>", str(db))).is_absolute():
+        # as it was given to that export (relative to where it ran): its name is what is known
+        return Source(Path(_SNAPSHOT.sub(r"\g<db>", str(db))).name, None)
     return Source(_live_path(db) if db else "an unknown file", None)
 
 
@@ -155,7 +158,10 @@ def check_source(manifest: dict[str, Any] | None, holds: bool, source: Source, w
     if manifest is None:
         return
     theirs = manifest_source(manifest)
-    same = theirs.db == source.db and (
+    named = theirs.db == source.db or (
+        not Path(theirs.db).is_absolute() and theirs.db == Path(source.db).name
+    )
+    same = named and (
         theirs.api_url is None
         or source.api_url is None
         or theirs.api_url in (source.api_url, *source.earlier_urls)

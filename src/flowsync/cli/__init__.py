@@ -95,5 +95,6 @@ class _PipeSafe:
 
 
 def main() -> None:
-    sys.stdout = cast(TextIO, _PipeSafe(sys.stdout))
+    if sys.stdout is not None:  # (None: started with stdout closed; Rich writes nowhere)
+        sys.stdout = cast(TextIO, _PipeSafe(sys.stdout))
     app()

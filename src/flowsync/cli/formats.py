@@ -14,7 +14,8 @@ text of a cell in a terminal table. Each kind of value is written one way per fo
 - blobs: DuckDB's ``\\xAA\\xBB`` text; NaN and infinity: ``NaN``/``inf`` in text, null in JSON;
 - DuckDB's infinite times and dates: ``infinity``/``-infinity`` (as DuckDB writes them) in
   every format but Parquet, nested ones too (Polars holds them as the largest and smallest
-  integers, which it cannot format);
+  integers, which it cannot format); not ``TIMESTAMP_S``, whose infinity DuckDB's handover
+  to Polars already turned into a time (1969-12-31T23:59:59);
 - maps whose keys are nested (lists, structs), which neither JSON nor a Python dict can
   hold: DuckDB's own text (``{[1]=2}``, as ``::VARCHAR`` writes it) in every format but Parquet;
 - decimals and HUGEINTs: exact digits in text, JSON numbers in JSON;
@@ -104,12 +105,16 @@ def _time_value(value: int, dtype: Any) -> date | datetime | str:
         return "infinity"
     if top is not None and value == -top:
         return "-infinity"
-    if dtype == pl.Date:
-        return _EPOCH.date() + timedelta(days=value)
-    seconds, fraction = divmod(value, _PER_SECOND[dtype.time_unit])
-    when = _EPOCH + timedelta(
-        seconds=seconds, microseconds=fraction * 10**6 // _PER_SECOND[dtype.time_unit]
-    )
+    try:
+        if dtype == pl.Date:
+            return _EPOCH.date() + timedelta(days=value)
+        seconds, fraction = divmod(value, _PER_SECOND[dtype.time_unit])
+        when = _EPOCH + timedelta(
+            seconds=seconds, microseconds=fraction * 10**6 // _PER_SECOND[dtype.time_unit]
+        )
+    except OverflowError:  # past year 9999, which DuckDB allows and Python does not
+        unit = "days" if dtype == pl.Date else dtype.time_unit
+        return f"{value} {unit} from 1970-01-01 (past year 9999)"
     if dtype.time_zone:
         return when.replace(tzinfo=timezone.utc).astimezone(ZoneInfo(dtype.time_zone))
     return when
@@ -129,16 +134,16 @@ def _python_dtype(dtype: Any) -> Any:
         return pl.Int64 if isinstance(dtype, pl.Datetime) else pl.Int32
     if isinstance(dtype, pl.Map):
         key, value = _python_dtype(dtype.key), _python_dtype(dtype.value)
-        if dtype.key.is_nested():
-            return pl.List(pl.Struct({"key": key or dtype.key, "value": value or dtype.value}))
-        if key is None and value is None:
+        if not dtype.key.is_nested() and key is None and value is None:
             return None
-        return pl.Map(key or dtype.key, value or dtype.value)
+        # As its entries: a map's keys cannot be cast (a DATE key to its integer), nor held
+        # in a dict when nested; ``_shaped`` rebuilds it.
+        return pl.List(pl.Struct({"key": key or dtype.key, "value": value or dtype.value}))
     if isinstance(dtype, (pl.List, pl.Array)):
         inner = _python_dtype(dtype.inner)
         if inner is None:
             return None
-        return pl.List(inner) if isinstance(dtype, pl.List) else pl.Array(inner, dtype.shape)
+        return pl.List(inner) if isinstance(dtype, pl.List) else pl.Array(inner, dtype.size)
     if isinstance(dtype, pl.Struct):
         fields = [(f.name, f.dtype, _python_dtype(f.dtype)) for f in dtype.fields]
         if all(cast is None for _, _, cast in fields):
@@ -164,7 +169,10 @@ def _shaped(value: Any, dtype: Any) -> Any:
     if isinstance(dtype, pl.Map):
         if dtype.key.is_nested():
             return duckdb_text(value, dtype)
-        return {_shaped(k, dtype.key): _shaped(v, dtype.value) for k, v in value.items()}
+        pairs = (
+            value.items() if isinstance(value, dict) else ((e["key"], e["value"]) for e in value)
+        )
+        return {_shaped(k, dtype.key): _shaped(v, dtype.value) for k, v in pairs}
     if isinstance(dtype, (pl.List, pl.Array)):
         return [_shaped(v, dtype.inner) for v in value]
     if isinstance(dtype, pl.Struct):
@@ -328,6 +336,26 @@ def _list_element(inner: Any) -> pl.Expr:
     return text.fill_null("NULL")
 
 
+def _is_time_list(dtype: Any) -> bool:
+    """A list or array (one level) of dates or timestamps."""
+    import polars as pl
+
+    return isinstance(dtype, (pl.List, pl.Array)) and _infinity(dtype.inner) is not None
+
+
+def _time_list_json(col: pl.Expr, dtype: Any) -> pl.Expr:
+    """A list of dates or timestamps as JSON text: each an ISO string (or ``infinity``)."""
+    import polars as pl
+
+    inner = dtype.inner
+    fmt = _timestamp_format(inner) if isinstance(inner, pl.Datetime) else DATE_FORMAT
+    quoted = pl.concat_str([pl.lit('"'), _time_text(pl.element(), inner, fmt), pl.lit('"')])
+    items = (col.arr.to_list() if isinstance(dtype, pl.Array) else col).list.eval(
+        quoted.fill_null("null")
+    )
+    return pl.concat_str([pl.lit("["), items.list.join(","), pl.lit("]")])
+
+
 def _is_plain_list(dtype: pl.DataType) -> bool:
     import polars as pl
 
@@ -422,6 +450,8 @@ def to_json(frame: pl.DataFrame, json_columns: Iterable[str] = ()) -> bytes:
             col = col.map_elements(blob_text, return_dtype=pl.String, skip_nulls=True)
         elif isinstance(dtype, (pl.Categorical, pl.Enum)):
             col = col.cast(pl.String)
+        elif _is_time_list(dtype):  # each time by Polars (infinity too), not row by row
+            raw = _time_list_json(col, dtype)
         elif dtype.is_nested() and _needs_python(dtype):
             raw = _in_python(col, dtype, _json_text)
         if raw is not None:

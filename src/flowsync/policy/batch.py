@@ -48,6 +48,7 @@ print, or import httpx/duckdb.
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Iterator, Mapping, Sequence
 
 from flowsync.api import PrefectClient
@@ -325,10 +326,13 @@ class Applier:
 
     def _throttled_out(self) -> Throttled | None:
         """The answer of a call still out (its batch waiting to take it) if it was a 429 whose
-        Retry-After has not passed yet."""
+        Retry-After has not passed yet (nor MAX_THROTTLE_WAIT since it came)."""
         for task in list(self.out):
             answer = task.peek()
-            if isinstance(answer, Throttled) and (answer.left() or 0.0) > 0:
+            if not isinstance(answer, Throttled):
+                continue
+            # (held at most MAX_THROTTLE_WAIT, as a batch's own wait is)
+            if min(answer.wait or 0.0, MAX_THROTTLE_WAIT) > time.monotonic() - answer.at:
                 return Throttled(
                     answer.wait,
                     f"the call still out was not carried out: {answer.problem}",
