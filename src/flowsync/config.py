@@ -37,8 +37,8 @@ PULL_CONCURRENCY = 2  # pages in flight during a full pull; more slows the serve
 PULL_OVERLAP_MINUTES = 10.0  # events re-read before the cursor (late events, client clocks)
 PULL_EVENTS_HORIZON_DAYS = 6.0  # assumed only when the server does not say how long it keeps events
 PULL_STALENESS_HOURS = 24.0  # every live run re-read at least this often (edits emit no event)
-# The most each may be (the CLI's option maximums, checked by ``PullOptions`` too): past
-# them a span means nothing to a pull, and a huge one is no date (OverflowError).
+# The most each may be (``PullOptions`` refuses more, for the CLI and the library alike):
+# past them a span means nothing to a pull, and a huge one is no date (OverflowError).
 PULL_OVERLAP_MAX_MINUTES = 7 * 24 * 60.0  # a week: Prefect keeps events 7 days by default
 PULL_EVENTS_HORIZON_MAX_DAYS = 365.0
 PULL_STALENESS_MAX_HOURS = 365 * 24.0  # every live run re-read at least once a year

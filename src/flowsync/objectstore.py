@@ -133,10 +133,7 @@ def remote_manifest(url: str) -> dict[str, Any] | None:
     none; read before anything is written there."""
     fs, root = _filesystem(url)
     try:
-        with fs.open(f"{root}/{MANIFEST}", "rb") as f:
-            raw = f.read()
-    except FileNotFoundError:
-        return None
+        return _remote_manifest(fs, root)
     except Exception as e:
         if not _sdk_error(e):
             raise
@@ -145,20 +142,20 @@ def remote_manifest(url: str) -> dict[str, Any] | None:
             f"Reading {url}/{MANIFEST} failed: {first}. Nothing was written; fix access "
             "(credentials come from the environment or your cloud profile) and run it again."
         ) from e
+
+
+def _remote_manifest(fs: Any, root: str) -> dict[str, Any] | None:
+    """The manifest under ``root`` (``{}`` when it is no JSON object), None when there is none."""
+    try:
+        with fs.open(f"{root}/{MANIFEST}", "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        return None
     try:
         data = json.loads(raw)
     except ValueError:
         return {}
     return data if isinstance(data, dict) else {}
-
-
-def _remote_manifest(fs: Any, root: str) -> dict[str, Any] | None:
-    try:
-        with fs.open(f"{root}/{MANIFEST}", "rb") as f:
-            data = json.loads(f.read())
-        return data if isinstance(data, dict) else None
-    except FileNotFoundError:
-        return None
 
 
 def _merged_manifest(

@@ -272,9 +272,6 @@ def run_report(spec: registry.Report, opts: ReportOptions, own: dict[str, Any]) 
 
     health = spec.query is None
     with errors():
-        for param in spec.params:  # a --since-like option: its errors name it, not --since
-            if param.kind == "window":
-                reports.parse_since(own.get(param.name, param.default), option=param.flag)
         # --html alone writes only the page; with --format (or --output) the data too
         wants_data = opts.html is None or opts.fmt is not None or opts.output is not None
         allowed = HEALTH_FORMATS if health else FORMATS

@@ -163,6 +163,8 @@ def pull(
         except Exception:  # the original error matters more than the bookkeeping
             pass
         raise
+    for table in (FLOWS, DEPLOYMENTS, FLOW_RUNS):  # every table in the summary, changed or not
+        ctx.counter(table.name)
     result = PullResult(
         pull_id=pull_id,
         mode=mode,
@@ -177,9 +179,7 @@ def pull(
                 "marked_deleted": c.marked_deleted,
                 "reread": c.reread,
             }
-            # every table, changed or not: a script reads .tables.flow_runs.inserted
-            for name in dict.fromkeys([FLOWS.name, DEPLOYMENTS.name, FLOW_RUNS.name, *ctx.counters])
-            for c in (ctx.counter(name),)
+            for name, c in ctx.counters.items()
         },
         moved=moved,
         server=caps.to_json(),
