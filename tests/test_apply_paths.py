@@ -1020,18 +1020,34 @@ def apply_killed_at(
     return str(killed[0][0])
 
 
+@pytest.mark.parametrize("next_policy", ["same", "selecting nothing"])
 def test_an_apply_killed_after_a_call_is_settled_by_the_next_under_its_own_id(
-    server: Server, tmp_path: Path
+    server: Server, tmp_path: Path, next_policy: str
 ) -> None:
-    with pulled_runs(server, tmp_path, 120, "COMPLETED", "kill") as (ids, db, policy):
+    tag = f"kill{len(next_policy)}"
+    with pulled_runs(server, tmp_path, 120, "COMPLETED", tag) as (ids, db, policy):
         third = frozenset(batch_ids(db, policy, 50)[2])
         first_apply = apply_killed_at(server, db, policy, before_server=False, hold=third)
         pending = query(db, "SELECT count(*) FROM policy_actions WHERE outcome = 'pending'")[0][0]
         assert pending == 50, "the second batch was sent, its answer never recorded"
-        # The next apply reads them back and settles them under the apply that sent them.
-        result = apply_cli(server, db, policy)
+        # The next apply reads them back and settles them under the apply that sent them,
+        # even one with nothing to send.
+        if next_policy == "same":
+            result = apply_cli(server, db, policy)
+        else:
+            (tmp_path / "next").mkdir()
+            nothing = policy_file(tmp_path / "next", [purge("no-run-has-this-tag")])
+            result = run_cli(
+                "apply", str(nothing), "--db", str(db), "--api-url", server.url, "--yes"
+            )
+            said = result.stderr.splitlines()
+            assert (
+                "  50 runs an earlier apply sent without a recorded answer: read back and settled"
+                in said
+            )
+            assert "nothing to do." not in said
         assert result.exit_code == 0, result.output
-        assert live(server, ids) == {}
+        assert set(live(server, ids)) == (set() if next_policy == "same" else third)
         rows = query(
             db,
             "SELECT apply_id, outcome, count(*) FROM policy_actions GROUP BY ALL ORDER BY ALL",
@@ -1045,8 +1061,8 @@ def test_an_apply_killed_after_a_call_is_settled_by_the_next_under_its_own_id(
             [first_apply],
         )[0][0]
         assert resolved == 50
-        summary = json.loads(result.stdout)["result"]
-        assert summary["resolved_earlier"] == 50
+        if next_policy == "same":
+            assert json.loads(result.stdout)["result"]["resolved_earlier"] == 50
 
 
 def test_an_apply_killed_before_its_call_reached_the_server_is_finished_by_the_next(

@@ -45,7 +45,7 @@ from flowsync.policy.apply import (
     reread_runs,
 )
 from flowsync.policy.plan import PLAN_MEMORY_MB, selected_ids
-from flowsync.store import Store, locks
+from flowsync.store import Store, audit, locks
 from flowsync.store.snapshot import PublishResult, publish
 from flowsync.sync import Progress, PullOptions, PullResult
 from flowsync.sync import pull as pull_runs
@@ -155,7 +155,8 @@ def plan(
 @dataclass
 class Applied:
     """What an apply did: the plan it confirmed, its result (None: nothing to do, or not
-    confirmed), and an error publishing the readers' snapshot after the calls."""
+    confirmed; with an empty plan, the earlier applies' runs it read back and settled), and
+    an error publishing the readers' snapshot after the calls."""
 
     plan: Plan
     result: ApplyResult | None
@@ -187,10 +188,16 @@ def apply(
     # apply has no --live: it always decides on the live file
     made = plan(db, policy, live=True, wait=wait, timeout=timeout, lock_context=locks.LIVE_ONLY)
     if made.total == 0:
-        return Applied(made, None, confirmed=False)
-    check_guards(made)
-    if confirm is not None and not confirm(made):
-        return Applied(made, None, confirmed=False)
+        # Nothing to send; an earlier apply's calls with no recorded answer are still read
+        # back and settled, as any apply does first (reads only: nothing to confirm).
+        with Store.reader(db, live=True, wait=wait, lock_context=locks.LIVE_ONLY) as store:
+            earlier = audit.unresolved(store)
+        if not earlier:
+            return Applied(made, None, confirmed=False)
+    else:
+        check_guards(made)
+        if confirm is not None and not confirm(made):
+            return Applied(made, None, confirmed=False)
     held = result or new_result(made)
     held.policy_sha256 = made.policy.sha256
     # Capped like a pull: uncapped, DuckDB kept every block the batches' writes touched
@@ -207,8 +214,8 @@ def apply(
             publish(store)  # readers (and the next `plan`) see what apply changed
         except FlowsyncError as e:
             # The calls are done and audited: the caller shows the summary, then this.
-            return Applied(made, held, confirmed=True, publish_error=e)
-    return Applied(made, held, confirmed=True)
+            return Applied(made, held, confirmed=made.total > 0, publish_error=e)
+    return Applied(made, held, confirmed=made.total > 0)
 
 
 @dataclass

@@ -272,6 +272,12 @@ def _render_result(result: ApplyResult) -> None:
     for rule, counts in result.counts.items():
         parts = ", ".join(f"{n} {outcome}" for outcome, n in sorted(counts.items()))
         err.print(f"  {escape(rule)}: {parts}", highlight=False)
+    if result.resolved_earlier:
+        err.print(
+            f"  {result.resolved_earlier} runs an earlier apply sent without a recorded answer: "
+            "read back and settled",
+            highlight=False,
+        )
     for message in result.errors:
         err.print(f"  [red]![/] {escape(message)}", highlight=False)
     colour = {"success": "green", "partial": "yellow", "error": "red"}[result.status]

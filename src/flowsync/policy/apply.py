@@ -202,7 +202,8 @@ def apply_plan(
             result.resolved_earlier = len(settled)
         else:
             settled = set()
-        applier.rereader.check_catch_up()
+        if plan.total:
+            applier.rereader.check_catch_up()
         progress.phase("apply", total=plan.total)
         # A run an earlier apply is now known to have changed belongs to that apply.
         listed = (
