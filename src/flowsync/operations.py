@@ -190,8 +190,8 @@ def apply(
     if made.total == 0:
         # Nothing to send; an earlier apply's calls with no recorded answer are still read
         # back and settled, as any apply does first (reads only: nothing to confirm).
-        with Store.reader(db, live=True, wait=wait, lock_context=locks.LIVE_ONLY) as store:
-            earlier = audit.unresolved(store)
+        with Store.reader(db, live=True, wait=wait, lock_context=locks.LIVE_ONLY) as reading:
+            earlier = audit.unresolved(reading)
         if not earlier:
             return Applied(made, None, confirmed=False)
     else:
