@@ -86,8 +86,32 @@ TYPES: list[tuple[str, str, Any]] = [
     # DuckDB's infinite times: written as DuckDB writes them, never a Rust panic
     *(
         (f"SELECT '{sign}infinity'::{kind} AS v", f"{sign}infinity", f"{sign}infinity")
-        for kind in ("TIMESTAMP", "TIMESTAMPTZ", "TIMESTAMP_MS", "DATE")
+        for kind in ("TIMESTAMP", "TIMESTAMPTZ", "TIMESTAMP_MS", "TIMESTAMP_S", "DATE")
         for sign in ("", "-")
+    ),
+    ("SELECT ['infinity'::TIMESTAMP_S] AS v", "infinity", ["infinity"]),
+    # times past year 9999 (Python's last) and 262143 (Polars'): as Polars writes them
+    (
+        "SELECT TIMESTAMP '294247-01-10 04:00:54.775806' AS v",
+        "+294247-01-10T04:00:54.775806",
+        "+294247-01-10T04:00:54.775806",
+    ),
+    (
+        "SELECT TIMESTAMP '290000-03-01 (BC) 12:00:00' AS v",
+        "-289999-03-01T12:00:00.000000",
+        "-289999-03-01T12:00:00.000000",
+    ),
+    ("SELECT DATE '5000000-02-29' AS v", "+5000000-02-29", "+5000000-02-29"),
+    (
+        "SELECT TIMESTAMP_MS '290000-01-01 01:00:00' AS v",
+        "+290000-01-01T01:00:00.000000",
+        "+290000-01-01T01:00:00.000000",
+    ),
+    ("SELECT [DATE '5881580-07-10'] AS v", "+5881580-07-10", ["+5881580-07-10"]),
+    (
+        "SELECT {'d': DATE '12000-03-01', 't': TIMESTAMPTZ '290000-01-01 00:00:00+00'} AS v",
+        '{"d": "+12000-03-01", "t": "+290000-01-01T00:00:00.000000+00:00"}',
+        {"d": "+12000-03-01", "t": "+290000-01-01T00:00:00.000000+00:00"},
     ),
     (
         "SELECT ['infinity'::TIMESTAMP, TIMESTAMP '2026-01-02 03:04:05'] AS v",
@@ -131,6 +155,9 @@ TERMINAL = {
     "SELECT TIMESTAMP '2026-01-02 03:04:05' AS v": "2026-01-02 03:04:05",
     "SELECT 'nan'::DOUBLE AS v": "nan",
     "SELECT NULL AS v": "NULL",
+    "SELECT TIMESTAMP '294247-01-10 04:00:54.775806' AS v": "+294247-01-10 04:00:54.775806",
+    "SELECT TIMESTAMP '290000-03-01 (BC) 12:00:00' AS v": "-289999-03-01 12:00:00",
+    "SELECT TIMESTAMP_MS '290000-01-01 01:00:00' AS v": "+290000-01-01 01:00:00",
 }
 
 

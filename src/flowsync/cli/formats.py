@@ -14,8 +14,10 @@ text of a cell in a terminal table. Each kind of value is written one way per fo
 - blobs: DuckDB's ``\\xAA\\xBB`` text; NaN and infinity: ``NaN``/``inf`` in text, null in JSON;
 - DuckDB's infinite times and dates: ``infinity``/``-infinity`` (as DuckDB writes them) in
   every format but Parquet, nested ones too (Polars holds them as the largest and smallest
-  integers, which it cannot format); not ``TIMESTAMP_S``, whose infinity DuckDB's handover
-  to Polars already turned into a time (1969-12-31T23:59:59);
+  integers, which it cannot format); ``TIMESTAMP_S`` arrives as ``TIMESTAMP``
+  (``Store.typed_frame``: DuckDB's handover turned its infinity into 1969-12-31T23:59:59);
+- times past year 9999 as Polars writes them, ``+12000-01-01T00:00:00.000000``, nested ones
+  and those past Polars' own years (262143) too;
 - maps whose keys are nested (lists, structs), which neither JSON nor a Python dict can
   hold: DuckDB's own text (``{[1]=2}``, as ``::VARCHAR`` writes it) in every format but Parquet;
 - decimals and HUGEINTs: exact digits in text, JSON numbers in JSON;
@@ -73,21 +75,52 @@ def _infinity(dtype: Any) -> int | None:
     return None
 
 
+# Polars formats times only within years -262143..262143 (chrono's); DuckDB's run to
+# 294247 (dates to 5881580, and back to 290309 BC). The Gregorian calendar repeats every
+# 400 years to the day, so a time past year 100,000 either way is formatted whole cycles
+# nearer (in 1970..2369), then given its own year.
+_CYCLE_DAYS = 146097  # days in 400 Gregorian years
+_FAR_DAYS = _CYCLE_DAYS * 245  # about 98,000 years from 1970
+
+
+def _per_day(dtype: Any) -> int:
+    """Units of ``dtype``'s physical integer in a day (1 for a date)."""
+    import polars as pl
+
+    return 1 if dtype == pl.Date else 86400 * _PER_SECOND[dtype.time_unit]
+
+
 def _time_text(expr: pl.Expr, dtype: Any, fmt: str) -> pl.Expr:
-    """``expr.dt.to_string(fmt)``, DuckDB's infinite times as ``infinity``/``-infinity``
-    (formatting them would panic in Polars: they are kept from it)."""
+    """``expr.dt.to_string(fmt)`` (``fmt`` starts with the year), DuckDB's infinite times
+    as ``infinity``/``-infinity`` (formatting them would panic in Polars: they are kept
+    from it), and times past Polars' years written as it writes years past 9999
+    (``+290000-01-01``)."""
     import polars as pl
 
     top = _infinity(dtype)
     assert top is not None
     physical = expr.to_physical()
-    finite = pl.when((physical < top) & (physical > -top)).then(expr)
+    finite = (physical < top) & (physical > -top)
+    if isinstance(dtype, pl.Datetime) and dtype.time_unit == "ns":  # never that far
+        text = pl.when(finite).then(expr).dt.to_string(fmt)
+    else:
+        span = _CYCLE_DAYS * _per_day(dtype)
+        far = finite & (physical.abs() > _FAR_DAYS * _per_day(dtype))
+        cycles = pl.when(far).then(physical // span).otherwise(0)
+        near = pl.when(finite).then(physical - cycles * span).cast(dtype).dt.to_string(fmt)
+        year = near.str.extract(r"^([+-]?\d+)", 1).cast(pl.Int64) + 400 * cycles.cast(pl.Int64)
+        moved = pl.concat_str(
+            pl.when(year > 9999).then(pl.lit("+")).otherwise(pl.lit("")),
+            year.cast(pl.String),
+            near.str.replace(r"^[+-]?\d+", ""),
+        )
+        text = pl.when(far).then(moved).otherwise(near)
     return (
         pl.when(physical == top)
         .then(pl.lit("infinity"))
         .when(physical == -top)
         .then(pl.lit("-infinity"))
-        .otherwise(finite.dt.to_string(fmt))
+        .otherwise(text)
     )
 
 
@@ -113,11 +146,21 @@ def _time_value(value: int, dtype: Any) -> date | datetime | str:
             seconds=seconds, microseconds=fraction * 10**6 // _PER_SECOND[dtype.time_unit]
         )
     except OverflowError:  # past year 9999, which DuckDB allows and Python does not
-        unit = "days" if dtype == pl.Date else dtype.time_unit
-        return f"{value} {unit} from 1970-01-01 (past year 9999)"
+        return _far_time(value, dtype)
     if dtype.time_zone:
         return when.replace(tzinfo=timezone.utc).astimezone(ZoneInfo(dtype.time_zone))
     return when
+
+
+def _far_time(value: int, dtype: Any) -> str:
+    """A time past Python's years (1..9999) as ISO text, its year written as Polars writes
+    it (``+12000-01-01T01:02:03.000000``): formatted whole 400-year cycles nearer."""
+    cycles = value // _per_day(dtype) // _CYCLE_DAYS
+    near = _time_value(value - cycles * _CYCLE_DAYS * _per_day(dtype), dtype)
+    assert isinstance(near, date)
+    text = near.isoformat(timespec="microseconds") if isinstance(near, datetime) else str(near)
+    year = near.year + 400 * cycles
+    return ("+" if year > 9999 else "") + str(year) + text[4:]
 
 
 # -- values Python cannot hold as Polars hands them over ---------------------------
