@@ -238,7 +238,7 @@ def test_a_bad_url_never_shows_its_password(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("command", [["pull"], ["apply", "POLICY", "--yes"]])
-def test_empty_api_url_is_refused_not_replaced_by_the_environment(
+def test_an_empty_api_url_or_key_is_refused_not_replaced_by_the_environment(
     tmp_path: Path, command: list[str]
 ) -> None:
     here = empty_folder(tmp_path)
@@ -248,6 +248,9 @@ def test_empty_api_url_is_refused_not_replaced_by_the_environment(
     db = here / "runs.duckdb"
     result = run_cli(*args, "--api-url", "", "--db", str(db), env={"PREFECT_API_URL": UNREACHABLE})
     refused(result, "--api-url is empty")
+    assert sorted(files_under(here)) == ["policy.yaml"]
+    result = run_cli(*args, "--api-key", "", "--db", str(db), env={"PREFECT_API_URL": UNREACHABLE})
+    refused(result, "--api-key is empty")
     assert sorted(files_under(here)) == ["policy.yaml"]
 
 

@@ -126,6 +126,15 @@ def test_empty_api_url_flag_is_refused() -> None:
         resolve_api("  ", env={"PREFECT_API_URL": "http://127.0.0.1:4200/api"})
 
 
+@pytest.mark.parametrize("flag", ["", " "])
+def test_an_empty_api_key_flag_is_refused_not_replaced_by_the_environment(flag: str) -> None:
+    env = {"PREFECT_API_URL": "http://127.0.0.1:4200/api", "PREFECT_API_KEY": "pnu_env"}
+    with pytest.raises(ConfigError, match=r"^--api-key is empty") as raised:
+        resolve_api(None, flag, env=env)
+    assert "pnu_env" not in str(raised.value)
+    assert resolve_api(None, None, env=env).api_key is not None  # left out: the environment's
+
+
 @pytest.mark.parametrize(
     ("value", "message"),
     [(0.01, "is below 1 request per minute"), (float("inf"), "is not a number of requests")],

@@ -206,6 +206,11 @@ def resolve_api(
         raise ConfigError(
             f"{named} is not an http(s) URL; expected e.g. http://127.0.0.1:4200/api."
         )
+    if api_key is not None and not api_key.strip():
+        raise ConfigError(
+            "--api-key is empty (an unset shell variable?): pass the key, or leave the flag "
+            "out to use PREFECT_API_KEY or the active Prefect profile's."
+        )
     key, _ = pick(api_key, "PREFECT_API_KEY")
     auth, _ = pick(None, "PREFECT_API_AUTH_STRING")
 
