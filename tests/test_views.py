@@ -76,17 +76,22 @@ def test_views_are_rebuilt_only_when_what_built_them_changed(
 
     db = tmp_path / "runs.duckdb"
 
-    def ensure(force: bool = False) -> bool:
+    def ensure(force: bool = False, first: bool = False) -> bool:
         with Store.writer(db) as store:
+            built_now = views.ensure_built(store) if first else False
             with store.transaction():
                 pull_id = sync_log.start_sync_run(store, "http://test/api")
-            return views.ensure_current(store, pull_id, force=force)
+            return views.ensure_current(store, pull_id, force=force, built_now=built_now)
 
     def has(name: str) -> bool:
         return bool(scalar(db, f"SELECT count(*) FROM duckdb_views() WHERE view_name = '{name}'"))
 
-    assert ensure() is True  # a new file: built
+    # A new file: built by the pull's first step, and not again at its end.
+    assert ensure(first=True) is False
     assert has("flow_runs_enriched")
+    assert ensure(first=True) is False  # a file that has them: ensure_built leaves them
+    db.unlink()
+    assert ensure() is True  # a new file without the first step: built
     assert ensure() is False  # the same installation, every view there: skipped
     assert ensure() is False
     assert ensure(force=True) is True  # pull --full

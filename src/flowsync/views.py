@@ -50,7 +50,9 @@ def ensure_built(store: Store) -> bool:
     return True
 
 
-def ensure_current(store: Store, pull_id: int, *, force: bool = False) -> bool:
+def ensure_current(
+    store: Store, pull_id: int, *, force: bool = False, built_now: bool = False
+) -> bool:
     """Pull ``pull_id``'s views: rebuilt unless this installation built or checked them at
     the pull just before and they are all still there.
 
@@ -58,8 +60,9 @@ def ensure_current(store: Store, pull_id: int, *, force: bool = False) -> bool:
     the same digest (every view file's name and text, and the migrations this
     installation knows) and the same views: another flowsync's SQL, a pull in between
     (an older flowsync rebuilds its own views without recording), or a view dropped
-    since, rebuilds; so does ``force`` (``pull --full``). Returns whether it rebuilt
-    (0.15-0.18 s; the check, about 1 ms)."""
+    since, rebuilds; so does ``force`` (``pull --full``). ``built_now``: this pull's own
+    first step built them (``ensure_built``), so the pull before does not matter. Returns
+    whether it rebuilt (0.15-0.18 s; the check, about 1 ms)."""
     files = _files()
     digest, views = _digest(files), _views(store)
     built = sync_log.get_state(store, BUILT) or {}
@@ -67,8 +70,13 @@ def ensure_current(store: Store, pull_id: int, *, force: bool = False) -> bool:
         not force
         and built.get("digest") == digest
         and built.get("views") == views
-        and built.get("pull_id") is not None
-        and built.get("pull_id") == sync_log.previous_run_id(store, pull_id)
+        and (
+            built_now
+            or (
+                built.get("pull_id") is not None
+                and built.get("pull_id") == sync_log.previous_run_id(store, pull_id)
+            )
+        )
     )
     if not current:
         _rebuild(store, files, digest, pull_id)

@@ -108,7 +108,7 @@ def pull(
     options = options or PullOptions()
     progress = progress or NullProgress()
     began = time.monotonic()
-    views.ensure_built(store)  # a new file: readable even if this first pull stops early
+    fresh = views.ensure_built(store)  # a new file: readable even if this first pull stops early
     server_start = client.check()
     url = client.settings.display_url
     moved = identity.bind(client, store)
@@ -143,7 +143,7 @@ def pull(
             if runs_counter is not None and runs_counter.marked_deleted:
                 # Runs went: record the server's retention now, to tell aged-out from deleted.
                 identity.record_retention(client, store)
-            views.ensure_current(store, pull_id, force=options.full)
+            views.ensure_current(store, pull_id, force=options.full and not fresh, built_now=fresh)
             signatures.record_first_seen(store)
     except BaseException as e:
         status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
