@@ -864,3 +864,58 @@ def test_cli_apply_under_a_too_small_memory_cap_fails_clearly_before_any_call(
     assert result.stderr.count("\n") == 1 and "--memory-limit" in result.stderr
     assert "Traceback" not in result.output
     assert scalar(mixed_db, "SELECT count(*) FROM policy_actions") == 0
+
+
+def test_a_second_lost_answer_is_judged_against_the_state_its_own_call_guarded(
+    tmp_path: Path,
+) -> None:
+    """Call 1 (guard COMPLETED) is answered 504 and the runs stay as they were; before the
+    resend a worker moves them on to FAILED, which the rule still selects, so call 2 goes
+    out with guard FAILED, and is answered 504 too while the server carries it out. The
+    runs are deleted by this apply: judged against call 1's COMPLETED they looked changed
+    by someone else and were recorded `skipped` at once, never waited for."""
+    db = make_db(tmp_path / "r.duckdb", [run(i) for i in range(1, 4)])
+    plan = plan_for(
+        db,
+        "version: 1\nrules:\n  - name: purge\n    action: delete\n    sql: SELECT id FROM "
+        "flow_runs WHERE state_type IN ('COMPLETED', 'FAILED')\n",
+    )
+    calls: list[list[str]] = []
+    reads_after = [0, 0]  # reads by id after call 1, after call 2
+
+    def bulk(path: str, body: dict[str, Any]) -> httpx.Response:
+        calls.append(list(body["flow_runs"]["id"]["any_"]))
+        return httpx.Response(504, text="gateway timeout")
+
+    def server(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("flow_runs/filter") and calls:
+            reads_after[len(calls) - 1] += 1
+            # The settle bound (1 s) is read out unchanged (reads 1-3, at 0, 0.5 and 1 s of
+            # the client's clock); at the re-read before the resend (read 4) they moved on.
+            if len(calls) == 1 and reads_after[0] == 4:
+                for r in fake.runs.values():
+                    moved = str(uuid.uuid4())
+                    r.update(
+                        state_type="FAILED",
+                        state_name="Failed",
+                        state_id=moved,
+                        state={"id": moved, "type": "FAILED", "name": "Failed"},
+                        updated="2030-01-01T00:00:00+00:00",
+                    )
+            if len(calls) == 2 and reads_after[1] == 2:  # call 2 done by its second settle read
+                for i in calls[1]:
+                    fake.runs.pop(i, None)
+        return fake(request)
+
+    fake = Recorder(bulk, api_rows(db))
+    with Store.sandboxed_writer(db) as store, mock_client(server) as client:
+        result = apply_plan(client, store, plan, progress=NullProgress(), settle_seconds=1)
+    assert [b["flow_runs"]["state"]["type"]["any_"] for _, b in fake.bulk] == [
+        ["COMPLETED"],
+        ["FAILED"],
+    ]
+    assert fake.runs == {}
+    rows = query(db, "SELECT outcome, details->>'after_lost_answer' FROM policy_actions")
+    assert [o for o, _ in rows] == ["deleted"] * 3, rows
+    assert all("attempt 1" in str(lost) and "attempt 2" in str(lost) for _, lost in rows), rows
+    assert result.counts == {"purge": {"deleted": 3}}

@@ -58,7 +58,7 @@ class Settler:
         self.client, self.store, self.result, self.progress = client, store, result, progress
         self.read = read  # the batch's re-read by id (counted as a re-read), into the file
         self.settle_seconds = settle_seconds
-        self.lost: dict[str, tuple[str, Seen]] = {}  # run -> (problem, state before that call)
+        self.lost: dict[str, tuple[str, Seen]] = {}  # run -> (problems, state before the last call)
 
     # what one run shows after a lost answer ------------------------------------------------
 
@@ -102,7 +102,11 @@ class Settler:
             "reading the runs until the server settles"
         )
         for i in call.ids:
-            self.lost.setdefault(i, (f"attempt {attempt}: {answer.problem}", fresh.seen[i]))
+            # Judged against the state this call guarded: an earlier lost call's guard no
+            # longer holds once the run was re-read in another state and sent again.
+            problem = f"attempt {attempt}: {answer.problem}"
+            earlier = self.lost.get(i)
+            self.lost[i] = (f"{earlier[0]}; {problem}" if earlier else problem, fresh.seen[i])
         waited, delay = 0.0, 0.5  # the client's clock: time spent waiting, reads not counted
         results: dict[str, RunResult] = {}
         untouched = list(call.ids)
