@@ -350,6 +350,53 @@ def test_a_rule_reading_other_runs_sees_their_state_changes(server: Server, tmp_
         assert set(outcomes(db, ids[:-1]).values()) == {"skipped"}
 
 
+def test_a_rule_reading_other_runs_counts_a_run_created_since_the_pull(
+    server: Server, tmp_path: Path
+) -> None:
+    """After the pull a COMPLETED run appears in the deployment: on the server as it is, the
+    rule selects none of the FAILED runs. The catch-up reads runs the file never had too."""
+    dep = deployment(server)
+    ids = runs(server, dep, 4, "FAILED", "xn")
+    wait_for_state_events(server.url, ids, "FAILED")
+    db = pulled_db(server.url, tmp_path)
+    policy = policy_file(tmp_path, orphans("xn"))
+    new = runs_in_state(server.url, dep, 1, "COMPLETED", "xn-new", timedelta(hours=1))
+    wait_for_state_events(server.url, new, "COMPLETED")
+    others = outside(server, ids)
+    result = apply_cli(server, db, policy)
+    assert result.exit_code == 0, result.output
+    assert live(server, ids) == dict.fromkeys(ids, "FAILED")
+    assert outcomes(db, ids) == dict.fromkeys(ids, "skipped")
+    assert outside(server, ids) == others
+    assert query(db, "SELECT state_type FROM flow_runs WHERE id = ?", new) == [("COMPLETED",)]
+
+
+def test_a_rule_joining_deployments_decides_on_the_deployment_as_it_is_now(
+    server: Server, tmp_path: Path
+) -> None:
+    """Runs of a paused deployment, pulled; the deployment is resumed (a PATCH: no event).
+    A rule deleting runs of paused deployments selects none of them on the server now."""
+    dep = deployment(server)
+    ids = runs(server, dep, 3, "COMPLETED", "dp")
+    wait_for_state_events(server.url, ids, "COMPLETED")
+    with httpx.Client(base_url=server.url + "/", timeout=60) as c:
+        assert c.patch(f"deployments/{dep}", json={"paused": True}).is_success
+        db = pulled_db(server.url, tmp_path)
+        sql = (
+            "SELECT r.id FROM flow_runs r JOIN deployments d ON d.id = r.deployment_id "
+            "WHERE d.paused AND list_contains(r.tags, 'dp')"
+        )
+        policy = policy_file(tmp_path, [{"name": "paused", "action": "delete", "sql": sql}])
+        assert c.patch(f"deployments/{dep}", json={"paused": False}).is_success
+    others = outside(server, ids)
+    result = apply_cli(server, db, policy)
+    assert result.exit_code == 0, result.output
+    assert live(server, ids) == dict.fromkeys(ids, "COMPLETED")
+    assert outcomes(db, ids) == dict.fromkeys(ids, "skipped")
+    assert outside(server, ids) == others
+    assert query(db, "SELECT paused FROM deployments WHERE id = ?", [dep]) == [(False,)]
+
+
 def test_a_rule_reading_other_runs_is_refused_when_the_events_since_the_pull_may_be_gone(
     server: Server, tmp_path: Path
 ) -> None:

@@ -324,6 +324,30 @@ def test_rules_reading_other_runs_are_told_apart(db: Path) -> None:
         assert all(reads_other_runs(store, sql) for sql in other_runs)
 
 
+def test_rules_that_may_read_flows_or_deployments_are_told_apart(db: Path) -> None:
+    """apply re-reads a batch's flows and deployments only for these (their edits emit no
+    event): every reference to them, and every view or table macro that may join them."""
+    from flowsync.policy.rulesql import reads_lookups
+
+    runs_only = [
+        "SELECT id FROM flow_runs WHERE state_type = 'FAILED'",
+        "SELECT id FROM flow_run_measures WHERE duration_s > 60",
+        "SELECT r.id FROM flow_runs r WHERE NOT EXISTS (SELECT 1 FROM flow_runs o WHERE o.id = r.id)",
+    ]
+    lookups = [
+        "SELECT r.id FROM flow_runs r JOIN deployments d ON d.id = r.deployment_id WHERE d.paused",
+        "SELECT id FROM flow_runs WHERE flow_id IN (SELECT id FROM flows WHERE name = 'x')",
+        "SELECT id FROM flow_runs_enriched WHERE deployment_name = 'nightly'",
+        "SELECT id FROM flow_runs WHERE deployment_id IN (SELECT deployment_id FROM failure_rates_by_deployment)",
+        "SELECT r.id FROM flow_runs r JOIN failure_rates('deployment', now() - INTERVAL 1 DAY, now(), "
+        "now() - INTERVAL 1 DAY, false) f ON f.deployment_id = r.deployment_id",
+        "WITH d AS (SELECT * FROM deployments) SELECT r.id FROM flow_runs r, d WHERE d.id = r.deployment_id",
+    ]
+    with Store.sandboxed(db, live=True) as store:
+        assert [reads_lookups(store, sql) for sql in runs_only] == [False] * len(runs_only)
+        assert [reads_lookups(store, sql) for sql in lookups] == [True] * len(lookups)
+
+
 def test_rule_sql_needs_a_sandbox_and_says_so_in_its_signature(db: Path) -> None:
     # The type is the check: every function that runs rule SQL takes a Sandbox, which only
     # Store.sandboxed and Store.sandboxed_writer return (mypy holds every caller to it).

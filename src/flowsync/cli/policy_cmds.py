@@ -156,7 +156,8 @@ def _render_plan(plan: Plan, sample: int) -> None:
         if rule.name in plan.reads_other_runs:
             out.print(
                 f"  its SQL reads other runs ({escape(plan.reads_other_runs[rule.name])}): apply re-reads "
-                "the batch and every run with a state change since the last pull before each call; "
+                "the batch and every run with a state change since the last pull (new runs too) "
+                "before each call; "
                 "edits and deletions of other runs count as of the last pull (docs/policies.md).",
                 highlight=False,
             )

@@ -34,6 +34,7 @@ from flowsync.policy.planned import PlanRuns as PlanRuns
 from flowsync.policy.planned import RuleModel as RuleModel
 from flowsync.policy.planned import RulePlan as RulePlan
 from flowsync.policy.rulesql import (
+    reads_lookups,
     reads_other_runs,
     rule_errors,
     rule_rows,
@@ -342,6 +343,7 @@ def make_plan(
     rules: list[RulePlan] = []
     checked = dict(statements or {})
     cross: dict[str, str] = {}
+    lookups: set[str] = set()
     runs = PlanRuns()
     oldest: datetime | None = None
     try:
@@ -353,6 +355,8 @@ def make_plan(
             why = reads_other_runs(store, checked[rule.name])
             if why:
                 cross[rule.name] = why
+            if reads_lookups(store, checked[rule.name]):
+                lookups.add(rule.name)
             if not rule.enabled:
                 rules.append(RulePlan(rule))
                 continue
@@ -380,6 +384,7 @@ def make_plan(
         statements=checked,
         timeout=limit,
         reads_other_runs=cross,
+        reads_lookups=frozenset(lookups),
         runs_store=runs,
     )
     if describe:  # how old the data is (not needed by apply's re-check)

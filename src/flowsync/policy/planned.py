@@ -356,6 +356,9 @@ class Plan:
     timeout: float | None = None  # seconds each rule statement may run
     # rule name -> why its SQL may decide a run from other runs' rows (see reads_other_runs)
     reads_other_runs: dict[str, str] = field(default_factory=dict)
+    # rules whose SQL may read flows or deployments (see rulesql.reads_lookups): apply
+    # re-reads the flows and deployments of the runs it decides on
+    reads_lookups: frozenset[str] = frozenset()
     # the server as the last pull saw it ({"version", "cloud", "bulk", "seen_at"}), if known
     server: dict[str, Any] | None = None
     runs_store: PlanRuns | None = field(default=None, repr=False, compare=False)

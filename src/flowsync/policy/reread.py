@@ -3,17 +3,20 @@
 Owns, for the ``Applier`` (``policy/batch.py``): the re-read right before a call
 (``reread``): the batch's runs; for rules ranked by ``keep_newest``, the runs that
 outrank them in their deployments (read until every run the decision keeps was read
-in this step, at most ``RANK_ROUNDS`` rounds; a batch still unconfirmed then is not sent); for rules whose SQL reads other runs, every run with a state change
-since the last pull (state events, ``_catch_up``). What changed is written to the
-file and a run the server no longer has is marked deleted (``RunReader``). Then the
+in this step, at most ``RANK_ROUNDS`` rounds; a batch still unconfirmed then is not
+sent); for rules whose SQL reads other runs, every run with a state change since the
+last pull, new runs included (state events, ``_catch_up``); for rules whose SQL may
+read flows or deployments, those of the runs read (``RunReader.read_lookups``: their
+changes emit no event). What changed is written to the file and a run (flow,
+deployment) the server no longer has is marked deleted (``RunReader``). Then the
 policy decided again over the file for the batch (``decide_batch``): an unranked
 batch from the rows the re-read just returned, staged as the file holds them.
 
 Which batches decide a run from its own row only (``own_rows``), so that a decision
 made ahead over the file (``policy/ahead.py``) is the decision the re-read would
 give whenever the re-read leaves the batch's rows in the file as they were: not
-ranked, no rule up to it reading other runs, none of its runs with a lost answer,
-bulk calls. Must not: send a call, write the audit, print, or import httpx/duckdb.
+ranked, no rule up to it reading other runs, flows or deployments, none of its runs
+with a lost answer, bulk calls. Must not: send a call, write the audit, print, or import httpx/duckdb.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from flowsync.policy.ahead import AHEAD_MAX_AGE, DecidedAhead
 from flowsync.policy.answers import Batch, Fresh, Seen, file_rows
 from flowsync.policy.plan import Decision, Plan, RuleModel, Scope, decide_scope
 from flowsync.policy.result import ApplyResult
-from flowsync.store import SandboxedWriter, sync_log, synced_tables
+from flowsync.store import SandboxedWriter, sync_log
 from flowsync.sync import RunReader, events_cover
 
 __all__ = ["EVENTS_OVERLAP", "RANK_ROUNDS", "UNCONFIRMED", "Rereader"]
@@ -82,6 +85,11 @@ class Rereader:
         upto = names[: names.index(rule.name) + 1]
         return any(n in self.plan.reads_other_runs for n in upto)
 
+    def reads_lookups(self, rule: RuleModel) -> bool:
+        """Some rule up to and including ``rule`` may read flows or deployments."""
+        names = [r.name for r in self.plan.policy.policy.rules]
+        return any(n in self.plan.reads_lookups for n in names[: names.index(rule.name) + 1])
+
     def own_rows(self, batch: Batch | None) -> bool:
         """The batch's decision reads each run's own row only: it may be prepared ahead."""
         return (
@@ -90,6 +98,7 @@ class Rereader:
             and not self.per_run
             and batch.rule.name not in self.ranked
             and not self.reads_others(batch.rule)
+            and not self.reads_lookups(batch.rule)
             and not any(i in self.lost for i in batch.ids)
         )
 
@@ -133,15 +142,18 @@ class Rereader:
                 "again (nothing was sent)."
             )
 
-    def _catch_up(self) -> None:
-        """Re-read every run in the file with a state change since the last catch-up (or pull)."""
+    def _catch_up(self, lookups: bool) -> None:
+        """Re-read every run with a state change since the last catch-up (or pull) into the
+        file: runs created since then too, which the decision may count (``lookups``: with
+        their flows and deployments)."""
         now = datetime.now(timezone.utc)
         since = self.caught_up or sync_log.last_pull_at(self.store) or now - timedelta(days=6)
         since = since - EVENTS_OVERLAP
         changed = self.client.changed_flow_runs(since, now + timedelta(minutes=5))
-        known = synced_tables.existing_ids(self.store, "flow_runs", list(changed))
-        if known:
-            self.read(sorted(known), {})
+        if changed:
+            got = self.read(sorted(changed), {})
+            if lookups:
+                self.reader.read_lookups(s.row for s in got.values() if s.row is not None)
         self.caught_up = now
 
     def reread(self, batch: Batch, todo: list[str], ahead: DecidedAhead | None = None) -> Fresh:
@@ -152,7 +164,7 @@ class Rereader:
         answered within ``AHEAD_MAX_AGE`` of that decision."""
         before: dict[str, dict[str, Any]] = {}
         if self.reads_others(batch.rule):
-            self._catch_up()
+            self._catch_up(self.reads_lookups(batch.rule))
         want = set(todo)
         if batch.rule.name in self.ranked:
             # The runs that outrank the batch as the file says now; read with the batch.
@@ -172,6 +184,9 @@ class Rereader:
             ahead = None
             read |= want
             seen.update(got)
+            if self.reads_lookups(batch.rule):
+                # Their flows and deployments as the server has them now, like the runs.
+                self.reader.read_lookups(s.row for s in got.values() if s.row is not None)
             for gone in want - set(got):
                 seen.pop(gone, None)
             decision = made_ahead or self.decide_batch(batch, todo, seen)

@@ -136,6 +136,35 @@ def reads_other_runs(store: Store, sql: str) -> str | None:
     return ", ".join(dict.fromkeys(why)) or None
 
 
+# Tables and views of the file that hold no flow or deployment row: a rule reading only
+# these decides without them.
+RUN_ONLY_TABLES = frozenset({"flow_runs", "flow_run_measures"})
+
+
+def reads_lookups(store: Store, sql: str) -> bool:
+    """Whether a rule's SQL may read flows or deployments: it names them, or a view or
+    table macro that may join them (``flow_runs_enriched``, the report macros...)."""
+    found = False
+
+    def walk(node: Any) -> None:
+        nonlocal found
+        if isinstance(node, list):
+            for value in node:
+                walk(value)
+        elif isinstance(node, dict):
+            kind = node.get("type")
+            if kind == "TABLE_FUNCTION" or (
+                kind == "BASE_TABLE"
+                and str(node.get("table_name", "")).lower() not in RUN_ONLY_TABLES
+            ):
+                found = True
+            for value in node.values():
+                walk(value)
+
+    walk(store.parse_tree(sql))
+    return found
+
+
 def _sandbox_error(rule: RuleModel, e: SandboxError) -> PolicyError:
     return PolicyError(
         f"rule {rule.name!r} tried to reach outside the history ({e.detail}): rule SQL runs with files, "

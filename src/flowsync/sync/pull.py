@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import gc
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -269,6 +269,22 @@ class RunReader:
                 self.ctx.mark_deleted("flow_runs", gone)
             self.changed += differ + gone
         return found
+
+    def read_lookups(self, runs: Iterable[Mapping[str, Any]]) -> None:
+        """The flows and deployments of these runs (rows as the server sent them) re-read by
+        id into the file, the ones the server no longer has marked deleted: for a decision
+        that joins them (a deployment paused or renamed since the pull emits no event)."""
+        rows = list(runs)
+        for spec, key in ((FLOWS, "flow_id"), (DEPLOYMENTS, "deployment_id")):
+            ids = sorted({str(r[key]) for r in rows if r.get(key)})
+            for chunk, page in pages_by_id(self.ctx.client, spec.name, ids):
+                self.requests += 1
+                self.answered_at = time.monotonic()
+                self.ctx.write_pages(spec, [page])
+                found = {str(o["id"]) for o in page.rows}
+                gone = [i for i in chunk if i not in found]
+                if gone:
+                    self.ctx.mark_deleted(spec.name, gone)
 
     def _counted(self, ids: list[str]) -> Iterator[tuple[list[str], Page]]:
         for chunk, page in pages_by_id(self.ctx.client, "flow_runs", ids):
