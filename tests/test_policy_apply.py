@@ -18,7 +18,7 @@ import pytest
 from flowsync.api import PrefectClient, RetryPolicy
 from flowsync.config import ApiSettings
 from flowsync.errors import ApiError, AuthError, PolicyLimitError
-from flowsync.policy import apply_plan, make_plan, parse_policy
+from flowsync.policy import ApplyResult, apply_plan, make_plan, parse_policy
 from flowsync.policy.answers import Seen, classify_lost, classify_unanswered
 from flowsync.policy.apply import batches
 from flowsync.policy.plan import Plan
@@ -919,3 +919,103 @@ def test_a_second_lost_answer_is_judged_against_the_state_its_own_call_guarded(
     assert [o for o, _ in rows] == ["deleted"] * 3, rows
     assert all("attempt 1" in str(lost) and "attempt 2" in str(lost) for _, lost in rows), rows
     assert result.counts == {"purge": {"deleted": 3}}
+
+
+DELETE_COMPLETED = """version: 1
+rules:
+  - name: purge
+    action: delete
+    sql: SELECT id FROM flow_runs WHERE state_type = 'COMPLETED'
+"""
+
+
+def per_run_server(
+    fake: Recorder, delete: Callable[[str, int], httpx.Response]
+) -> Callable[[httpx.Request], httpx.Response]:
+    """A server before 3.6.16 (no bulk endpoints): ``delete(run, n)`` answers the n-th
+    ``DELETE /flow_runs/{id}`` (from 1); every other request goes to ``fake``."""
+    sent: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        path = request.url.path.removeprefix("/api/")
+        if path == "admin/version":
+            return httpx.Response(200, json="3.4.0")
+        if request.method == "DELETE":
+            sent.append(path.rsplit("/", 1)[-1])
+            return delete(sent[-1], len(sent))
+        return fake(request)
+
+    return handler
+
+
+def test_a_401_part_way_through_per_run_calls_records_what_the_calls_before_it_did(
+    tmp_path: Path,
+) -> None:
+    db = make_db(tmp_path / "r.duckdb", [run(i) for i in range(1, 6)])
+    fake = Recorder(lambda p, b: httpx.Response(404), api_rows(db))
+
+    def delete(run_id: str, n: int) -> httpx.Response:
+        if n == 3:
+            return httpx.Response(401, json={"detail": "expired"})
+        fake.runs.pop(run_id)
+        return httpx.Response(204)
+
+    plan = plan_for(db, DELETE_COMPLETED)
+    with (
+        Store.sandboxed_writer(db) as store,
+        mock_client(per_run_server(fake, delete)) as client,
+        pytest.raises(AuthError),
+    ):
+        apply_plan(client, store, plan, progress=NullProgress())
+    gone = [i for i in map(rid, range(1, 6)) if i not in fake.runs]
+    assert len(gone) == 2
+    rows = dict(query(db, "SELECT CAST(flow_run_id AS VARCHAR), outcome FROM policy_actions"))
+    assert {i: o for i, o in rows.items() if i in gone} == dict.fromkeys(gone, "deleted")
+    assert sorted(o for i, o in rows.items() if i not in gone) == ["failed"] * 3
+    marked = query(db, "SELECT CAST(id AS VARCHAR) FROM flow_runs WHERE deleted_at IS NOT NULL")
+    assert sorted(r[0] for r in marked) == sorted(gone)
+
+
+def test_runs_never_sent_when_per_run_calls_stop_are_not_left_pending(tmp_path: Path) -> None:
+    """The 3rd DELETE times out and the runs cannot be read back: the apply stops. Runs 4 and
+    5 were never sent: recorded not sent, so the next apply does not credit this one with
+    what happens to them (run 4 deleted by someone else meanwhile)."""
+    db = make_db(tmp_path / "r.duckdb", [run(i) for i in range(1, 6)])
+    fake = Recorder(lambda p, b: httpx.Response(404), api_rows(db))
+    down = [False]
+
+    def delete(run_id: str, n: int) -> httpx.Response:
+        if n == 3:
+            down[0] = True
+            raise httpx.ReadTimeout("no answer", request=httpx.Request("DELETE", run_id))
+        fake.runs.pop(run_id)
+        return httpx.Response(204)
+
+    def server(request: httpx.Request) -> httpx.Response:
+        if down[0] and request.url.path.endswith("flow_runs/filter"):
+            return httpx.Response(503, text="down")
+        return handler(request)
+
+    handler = per_run_server(fake, delete)
+    plan = plan_for(db, DELETE_COMPLETED)
+    first = ApplyResult.new()
+    with Store.sandboxed_writer(db) as store, mock_client(server) as client:
+        apply_plan(client, store, plan, progress=NullProgress(), result=first)
+    by_run = dict(
+        query(db, "SELECT right(CAST(flow_run_id AS VARCHAR), 1), outcome FROM policy_actions")
+    )
+    assert by_run == {"1": "deleted", "2": "deleted", "3": "pending", "4": "failed", "5": "failed"}
+    down[0] = False
+    fake.runs.pop(rid(4))  # someone else
+    again = plan_for(db, DELETE_COMPLETED)
+    with Store.sandboxed_writer(db) as store, mock_client(server) as client:
+        apply_plan(client, store, again, progress=NullProgress(), settle_seconds=0)
+    mine = dict(
+        query(
+            db,
+            "SELECT right(CAST(flow_run_id AS VARCHAR), 1), outcome FROM policy_actions "
+            "WHERE apply_id = ?",
+            [first.apply_id],
+        )
+    )
+    assert mine["4"] == "failed" and mine["5"] == "failed"

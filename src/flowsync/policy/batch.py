@@ -61,6 +61,7 @@ from flowsync.policy.ahead import AHEAD_BATCHES, Ahead, Task
 from flowsync.policy.answers import (
     Acted,
     Answer,
+    AuthErrorPartWay,
     Batch,
     Call,
     Decided,
@@ -418,7 +419,11 @@ class Applier:
                 except AuthError as e:
                     if call is decided.calls[0]:
                         self.record(number, rule, decided.final, guards)
-                    self._auth_failed(number, batch, call, calls, str(e))
+                    done = e.results if isinstance(e, AuthErrorPartWay) else {}
+                    if done:  # per-run calls acted on before the 401
+                        self.record(number, rule, done, guards, rowids)
+                    refused = Call(call.state_type, [i for i in call.ids if i not in done])
+                    self._auth_failed(number, batch, refused, calls, str(e))
                     raise
                 self._lost_answer(number, answer)
                 verdict = self.classify(number, rule, call, fresh, answer, attempt)
@@ -432,7 +437,10 @@ class Applier:
                     )
                 self.record(number, rule, verdict.results, guards, rowids)
                 if verdict.stop is not None:
-                    self._not_sent(number, rule, [i for c in calls for i in c.ids], verdict.stop)
+                    # This call's runs still to send (per run: after the one that stopped) too:
+                    # their pending rows must not read as sent to the next apply.
+                    rest = verdict.again + [i for c in calls for i in c.ids]
+                    self._not_sent(number, rule, rest, verdict.stop)
                     raise Stop
                 again += verdict.again
                 throttled = answer.answer if isinstance(answer, Partial) else answer
