@@ -193,3 +193,29 @@ def test_a_command_started_with_stdout_closed_runs(built: Any) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("command", [["sql", "SELECT 1 AS one"], ["report", "failures"]])
+def test_output_to_a_device_or_through_a_link_writes_it_and_keeps_it(
+    built: Any, tmp_path: Path, command: list[str]
+) -> None:
+    """`--output /dev/null` wrote a file beside the device and renamed it over it: as root
+    that replaced /dev/null with a regular file. A device (or pipe) is written to as it is;
+    a link keeps pointing at the file it names, which gets the output."""
+    import stat
+
+    device = tmp_path / "null"
+    try:
+        os.mknod(device, stat.S_IFCHR | 0o666, os.makedev(1, 3))  # what /dev/null is
+    except PermissionError:
+        pytest.skip("making a device needs root")
+    target = tmp_path / "real.csv"
+    link = tmp_path / "link.csv"
+    link.symlink_to(target)
+    for out in (device, link):
+        result = run_cli(*command, "--db", str(built.path), "--format", "csv", "--output", str(out))
+        assert result.exit_code == 0, result.output
+    assert stat.S_ISCHR(device.lstat().st_mode) and device.stat().st_rdev == os.makedev(1, 3)
+    assert link.is_symlink() and target.read_text().startswith(("one\n", "deployment_id,"))
+    assert {p.name for p in tmp_path.iterdir()} >= {"link.csv", "null", "real.csv"}
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]

@@ -68,7 +68,21 @@ def _choose_format(fmt: str | None, output: Path | None, allowed: tuple[str, ...
 
 def write_atomic(path: Path, data: bytes, option: str = "--output") -> None:
     """Write to a temporary file beside ``path``, then rename: a reader (node_exporter's
-    textfile collector, a browser) sees the old file or the new one, never half of one."""
+    textfile collector, a browser) sees the old file or the new one, never half of one.
+    A link is followed (the file it names is replaced, not the link); what is not a file
+    (``/dev/null``, ``/dev/stdout``, a pipe) is written to as it is, never replaced."""
+    path = Path(os.path.realpath(path))
+    if path.exists() and not path.is_file():
+        if path.is_dir():
+            raise ConfigError(f"{option} {path} is a directory; name a file in it.")
+        try:
+            with path.open("wb") as f:
+                f.write(data)
+        except OSError as e:
+            raise ConfigError(
+                f"Cannot write {option} {path}: {e.strerror}. Choose a writable path."
+            ) from e
+        return
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as e:
