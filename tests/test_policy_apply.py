@@ -1019,3 +1019,83 @@ def test_runs_never_sent_when_per_run_calls_stop_are_not_left_pending(tmp_path: 
         )
     )
     assert mine["4"] == "failed" and mine["5"] == "failed"
+
+
+class Killed(BaseException):
+    """kill -9, as far as the apply's own code can tell: nothing after it runs."""
+
+
+def test_an_apply_with_nothing_to_send_settles_and_counts_a_killed_applys_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed with its first call out, the call never reached the server: the next apply,
+    whose plan is empty, reads the 5 runs back, settles them `failed` (unchanged after the
+    settle bound) under the killed apply, and counts all 5 as settled."""
+    from flowsync import operations
+    from flowsync.policy.settle import Settler
+
+    db = make_db(tmp_path / "r.duckdb", [run(i) for i in range(1, 6)])
+    fake = Recorder(lambda p, b: (_ for _ in ()).throw(Killed()), api_rows(db))
+    plan = plan_for(db, DELETE_COMPLETED)
+    with monkeypatch.context() as killed:
+        killed.setattr(Settler, "close_open_rows", lambda self, rows: None)  # no way out
+        with (
+            Store.sandboxed_writer(db) as store,
+            mock_client(fake) as client,
+            pytest.raises(Killed),
+        ):
+            apply_plan(client, store, plan, progress=NullProgress())
+    assert query(db, "SELECT outcome, count(*) FROM policy_actions GROUP BY 1") == [("pending", 5)]
+    nothing = tmp_path / "nothing.yaml"
+    nothing.write_text(DELETE_COMPLETED.replace("'COMPLETED'", "'NO-SUCH-STATE'"))
+    monkeypatch.setattr(
+        "flowsync.api.PrefectClient",
+        lambda settings, **kw: mock_client(Recorder(accept_all, fake.runs)),
+    )
+    applied = operations.apply(
+        db, nothing, api=ApiSettings(url="http://prefect.test/api"), settle_seconds=0
+    )
+    assert applied.plan.total == 0 and applied.result is not None
+    assert applied.result.resolved_earlier == 5 and applied.result.status == "success"
+    assert query(db, "SELECT outcome, count(*) FROM policy_actions GROUP BY 1") == [("failed", 5)]
+
+
+def test_a_killed_applys_run_that_cannot_be_settled_is_not_sent_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed with a set_state call out; the run then shows another state, and its state
+    history cannot be read: whether the killed apply set it is unknown. The next apply,
+    whose rule still selects it, leaves it pending and does not send it again."""
+    from flowsync.policy.settle import Settler
+
+    db = make_db(tmp_path / "r.duckdb", [run(1)])
+    fake = Recorder(lambda p, b: (_ for _ in ()).throw(Killed()), api_rows(db))
+    first = plan_for(db, CANCEL_ALL)
+    with monkeypatch.context() as killed:
+        killed.setattr(Settler, "close_open_rows", lambda self, rows: None)
+        with (
+            Store.sandboxed_writer(db) as store,
+            mock_client(fake) as client,
+            pytest.raises(Killed),
+        ):
+            apply_plan(client, store, first, progress=NullProgress())
+    moved = str(uuid.uuid4())
+    fake.runs[rid(1)].update(
+        state_type="RUNNING", state_name="Running", state_id=moved,
+        state={"id": moved, "type": "RUNNING", "name": "Running"},
+        updated="2030-01-01T00:00:00+00:00",
+    )  # fmt: skip
+    later = Recorder(accept_all, fake.runs)
+
+    def server(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("flow_run_states/"):
+            return httpx.Response(500, json={"exception_message": "Internal Server Error"})
+        return later(request)
+
+    again = plan_for(db, CANCEL_ALL)
+    with Store.sandboxed_writer(db) as store, mock_client(server) as client:
+        result = apply_plan(client, store, again, progress=NullProgress(), settle_seconds=0)
+    assert later.bulk == []
+    assert query(db, "SELECT outcome FROM policy_actions") == [("pending",)]
+    assert result.resolved_earlier == 0
+    assert any("could not be settled" in e for e in result.errors), result.errors

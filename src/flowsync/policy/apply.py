@@ -198,8 +198,16 @@ def apply_plan(
             progress.message(
                 f"{len(earlier)} runs sent by an earlier apply have no recorded answer; reading them back"
             )
-            settled = applier.settler.settle_pending(earlier, wait=True)
-            result.resolved_earlier = len(settled)
+            earlier_done = applier.settler.settle_pending(earlier, wait=True)
+            result.resolved_earlier = earlier_done.rows
+            # Known changed, they belong to that apply; still unknown, they wait for it.
+            settled = earlier_done.changed | earlier_done.unknown
+            if earlier_done.unknown:
+                result.errors.append(
+                    f"{len(earlier_done.unknown)} runs an earlier apply sent could not be settled "
+                    "(their state changed and its history could not be read): left pending and "
+                    "not sent again; run apply again"
+                )
         else:
             settled = set()
         if plan.total:

@@ -25,6 +25,7 @@ runs (that is ``plan``), write audit rows other than settling pending ones
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -37,12 +38,21 @@ from flowsync.policy.result import ApplyResult, Outcome, RunResult
 from flowsync.store import SandboxedWriter, audit, synced_tables
 from flowsync.sync import Progress
 
-__all__ = ["SETTLE_SECONDS", "Settler"]
+__all__ = ["SETTLE_SECONDS", "Settled", "Settler"]
 
 # How long a call whose answer was lost may still be running on the server: its runs are
 # read until they change or stay unchanged this long (Prefect's own statement timeout is
 # 10 s by default, PREFECT_SERVER_DATABASE_TIMEOUT).
 SETTLE_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class Settled:
+    """What ``settle_pending`` did: rows settled; runs now known changed; runs still unknown."""
+
+    rows: int
+    changed: set[str]
+    unknown: set[str]
 
 
 class Settler:
@@ -162,16 +172,17 @@ class Settler:
 
     def settle_pending(
         self, rows: list[audit.PendingRow], *, wait: bool, own: bool = False
-    ) -> set[str]:
+    ) -> Settled:
         """Read back runs sent by an apply that never recorded their answer; settle what shows.
 
         A run is settled under the apply that sent it: gone after a delete is ``deleted``
         by that apply, a new state of the requested type ``accepted``, unchanged (after
         ``settle_seconds`` since it was sent) ``failed``. ``own``: the rows are this apply's
-        (it was interrupted): what settles is counted in its result too. Returns the runs now
-        known to have changed (done by that apply, or gone)."""
+        (it was interrupted): what settles is counted in its result too. Returns how many
+        rows settled, the runs now known to have changed (done by that apply, or gone) and
+        the runs still unknown (a state history that could not be read)."""
         if not rows:
-            return set()
+            return Settled(0, set(), set())
         outcomes = self._settle_rows(rows, final=False)
         unchanged = [r for r in rows if (r.apply_id, r.flow_run_id) not in outcomes]
         if wait and unchanged:
@@ -188,7 +199,11 @@ class Settler:
             rules = {r.flow_run_id: r.rule for r in rows}
             for (_, run), (outcome, _) in outcomes.items():
                 self.result.add(rules[run], Outcome(outcome))
-        return {run for (_, run), (o, _) in outcomes.items() if o != Outcome.FAILED.value}
+        return Settled(
+            len(outcomes),
+            {run for (_, run), (o, _) in outcomes.items() if o != Outcome.FAILED.value},
+            {r.flow_run_id for r in rows if (r.apply_id, r.flow_run_id) not in outcomes},
+        )
 
     def _settle_rows(
         self, rows: list[audit.PendingRow], *, final: bool
