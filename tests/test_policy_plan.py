@@ -132,6 +132,28 @@ def test_keep_newest_is_per_deployment(db: Path) -> None:
     assert plan.rules[0].skipped["keep_newest"] == 4
 
 
+def test_keep_newest_ranks_runs_without_a_deployment_within_their_flow(tmp_path: Path) -> None:
+    """Runs of no deployment are not one bucket across flows: each flow keeps its newest, in
+    the plan and in apply's decision of a batch."""
+    import uuid
+
+    from flowsync.policy.plan import Scope
+
+    db = make_db(tmp_path / "runs.duckdb", [run(i, days_ago=31 + i, dep=None) for i in range(1, 5)])
+    other = str(uuid.UUID(int=1001))
+    with Store.writer(db) as store:
+        store.execute("INSERT INTO flows (id, name, synced_at) VALUES (?, 'other', now())", [other])
+        store.execute("UPDATE flow_runs SET flow_id = ? WHERE id = ?", [other, rid(4)])
+    plan = plan_of(db, policy(rule("purge", OLD_COMPLETED, more="keep_newest: 1")))
+    # etl keeps its newest (1); other keeps its only run (4), the oldest of all four
+    assert {r.id for r in plan.rules[0].sample(None)} == {rid(2), rid(3)}
+    with Store.sandboxed(db, live=True) as store:
+        scope = Scope((rid(2), rid(3), rid(4)), (None, None, None))
+        decision = decide_scope(store, plan, plan.rules[0].rule, scope)
+    assert decision.reasons == {rid(2): None, rid(3): None, rid(4): "keep_newest"}
+    assert decision.ranked_above == {rid(1), rid(4)}  # what the decision keeps
+
+
 def test_first_rule_wins_and_disabled_rules_select_nothing(db: Path) -> None:
     text = policy(
         rule("cancel", "SELECT id FROM flow_runs WHERE state_type = 'SCHEDULED'", "set_state"),

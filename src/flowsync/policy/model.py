@@ -54,7 +54,10 @@ class _RuleBase(_Strict):
         None, ge=1, description="At most this many runs per apply (oldest first)."
     )
     keep_newest: int | None = Field(
-        None, ge=0, description="Never touch the N newest selected runs of each deployment."
+        None,
+        ge=0,
+        description="Never touch the N newest selected runs of each deployment (runs without a "
+        "deployment: of each flow).",
     )
 
 

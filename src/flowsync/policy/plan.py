@@ -73,15 +73,19 @@ WITH picked AS (
 _RANKED = (
     _PICKED
     + """, runs AS (
-    SELECT p.id AS picked_id, r.deployment_id, r.sort_time, coalesce(r.live, false) AS live
+    SELECT p.id AS picked_id, r.deployment_id, r.adhoc_flow, r.sort_time,
+           coalesce(r.live, false) AS live
     FROM picked p LEFT JOIN (
         SELECT id, deployment_id, deleted_at IS NULL AS live,
+               CASE WHEN deployment_id IS NULL THEN flow_id END AS adhoc_flow,
                coalesce(expected_start_time, start_time, created) AS sort_time
         FROM flow_runs) r ON r.id = p.id
 )
+-- keep_newest ranks within a deployment; runs without one, within their flow
 SELECT row_number() OVER (ORDER BY sort_time ASC NULLS FIRST, picked_id) AS pos, picked_id,
        CASE WHEN live THEN row_number() OVER (
-           PARTITION BY live, deployment_id ORDER BY sort_time DESC NULLS LAST, picked_id DESC)
+           PARTITION BY live, deployment_id, adhoc_flow
+           ORDER BY sort_time DESC NULLS LAST, picked_id DESC)
        END AS newest_rank
 FROM runs
 ORDER BY pos
@@ -120,12 +124,18 @@ _SELECT_SCOPED = (
     "{picked}"
     + """, kept AS (
     SELECT k.id, row_number() OVER (
-               PARTITION BY k.deployment_id ORDER BY k.sort_time DESC NULLS LAST, k.id DESC) AS newest_rank
-    FROM (SELECT id, deployment_id, coalesce(expected_start_time, start_time, created) AS sort_time
+               PARTITION BY k.deployment_id, k.adhoc_flow
+               ORDER BY k.sort_time DESC NULLS LAST, k.id DESC) AS newest_rank
+    FROM (SELECT id, deployment_id, CASE WHEN deployment_id IS NULL THEN flow_id END AS adhoc_flow,
+                 coalesce(expected_start_time, start_time, created) AS sort_time
           FROM flow_runs
           WHERE deleted_at IS NULL AND $keep IS NOT NULL
             AND (deployment_id IN (SELECT unnest(CAST($deployments AS UUID[])))
-                 OR ($adhoc AND deployment_id IS NULL))) AS k
+                 -- runs without a deployment rank within their flow: the flows of the scope's
+                 OR ($adhoc AND deployment_id IS NULL AND flow_id IN (
+                     SELECT flow_id FROM flow_runs
+                     WHERE deployment_id IS NULL AND id IN (SELECT unnest(CAST($ids AS UUID[]))))))
+         ) AS k
     WHERE k.id IN (SELECT id FROM picked)
     QUALIFY newest_rank <= $keep
 ), wanted AS (
