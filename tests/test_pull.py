@@ -225,3 +225,22 @@ def test_a_pull_leaves_the_cyclic_collector_nothing_and_runs_it_rarely(
     assert not [m for m in left if m.startswith(("httpx", "httpcore"))], left
     assert thresholds and all(t[0] >= 50_000 for t in thresholds)
     assert gc.get_threshold() == before
+
+
+def test_a_pull_that_cannot_reach_the_server_is_recorded_failed(
+    pulled: Path, tmp_path: Path
+) -> None:
+    """A scheduled pull whose server is down (or whose key expired) fails before it starts:
+    `status` must say so, not show the last good pull as the last one."""
+    import shutil
+
+    db = tmp_path / "runs.duckdb"
+    shutil.copyfile(pulled, db)
+    before = query(db, "SELECT count(*) FROM sync_runs")[0][0]
+    result = run_cli("pull", "--api-url", "http://127.0.0.1:9/api", "--db", str(db))
+    assert result.exit_code == 3, result.output
+    rows = query(db, "SELECT status, error FROM sync_runs ORDER BY id")
+    assert len(rows) == before + 1
+    assert rows[-1][0] == "failed" and "127.0.0.1:9" in rows[-1][1]
+    status = json.loads(run_cli("status", "--db", str(db), "--json").stdout)
+    assert status["last_pull"]["status"] == "failed", status

@@ -9,6 +9,7 @@ through the ``Progress`` it is given) or import httpx/duckdb.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -20,7 +21,7 @@ from typing import Any
 from flowsync import views
 from flowsync.api import Page, PrefectClient
 from flowsync.api.pagination import pages_by_id, parse_ts
-from flowsync.errors import FlowsyncError, SignalInterrupt
+from flowsync.errors import ApiError, FlowsyncError, SignalInterrupt
 from flowsync.store import Writer, signatures, sync_log, synced_tables
 from flowsync.store.tables import DEPLOYMENTS, FLOW_RUNS, FLOWS
 from flowsync.sync import catalog, identity, runs
@@ -109,12 +110,23 @@ def pull(
     progress = progress or NullProgress()
     began = time.monotonic()
     fresh = views.ensure_built(store)  # a new file: readable even if this first pull stops early
-    server_start = client.check()
     url = client.settings.display_url
-    moved = identity.bind(client, store)
+    try:
+        server_start = client.check()
+        moved = identity.bind(client, store)
+        caps = client.capabilities()
+    except ApiError as e:
+        # The server was not reached or refused us (stopped, 401, 5xx): recorded, so that
+        # `status` and the metrics show the failing pulls of a schedule, not the last good one.
+        # (A ConfigError, another server's file, is bad input: nothing is written.)
+        with contextlib.suppress(Exception), store.transaction():
+            failed = sync_log.start_sync_run(store, url)
+            sync_log.finish_sync_run(
+                store, failed, status="failed", error=str(e)[:2000], requests=client.requests
+            )
+        raise
     if moved is not None:
         progress.message(moved.describe())
-    caps = client.capabilities()
     identity.record_server(store, caps)
     with store.transaction():
         sync_log.abandon_stale_runs(store)
