@@ -673,6 +673,28 @@ def test_an_interrupted_apply_says_what_it_did_and_what_stopped_it(
     assert done["rules"] == {"purge": {"deleted": 50}}
     assert done["done"] == 50
     assert done["errors"][-1].startswith("the apply stopped early: stopped by SIGINT (Ctrl-C)")
+    # its reads' record says so too (it said `failed`, "KeyboardInterrupt: ")
+    assert query(
+        mixed_db, "SELECT mode, status, error FROM sync_runs ORDER BY id DESC LIMIT 1"
+    ) == [("apply", "interrupted", "stopped by SIGINT (Ctrl-C); what was committed is kept")]
+
+
+def test_an_apply_that_cannot_reach_the_server_closes_its_record(mixed_db: Path) -> None:
+    """A 401 on the first request (the health check): the apply's record is `failed` with
+    the error, never left `running` (status showed a running apply until the next pull)."""
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(401, json={"detail": "expired"})
+
+    plan = plan_for(mixed_db, DELETE_ALL)
+    with (
+        Store.sandboxed_writer(mixed_db) as store,
+        mock_client(refuse) as client,
+        pytest.raises(AuthError),
+    ):
+        apply_plan(client, store, plan, progress=NullProgress())
+    rows = query(mixed_db, "SELECT mode, status, error FROM sync_runs ORDER BY id DESC LIMIT 1")
+    assert rows[0][:2] == ("apply", "failed") and "401" in rows[0][2], rows
 
 
 def test_a_401_on_the_call_out_when_the_next_batch_cannot_be_read_is_the_error(

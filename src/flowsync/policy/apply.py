@@ -86,7 +86,7 @@ def reread_runs(client: PrefectClient, store: Writer, ids: list[str]) -> int:
         reader.read(ids)
     except BaseException as e:
         with contextlib.suppress(Exception):
-            reader.finish(error=str(e))
+            reader.finish(error=e)
         raise
     reader.finish()
     return len(ids)
@@ -169,30 +169,30 @@ def apply_plan(
         result,
         reader,
     )
-    client.check()  # a wrong URL or a stopped server fails in a second, not after retries
-    caps = client.capabilities()
-    if not caps.bulk:
-        forced = [
-            rp.rule.name
-            for rp in plan.rules
-            if isinstance(rp.rule, SetStateRule) and rp.rule.force and rp.planned
-        ]
-        if forced:
-            raise PolicyError(
-                f"{caps.describe()} has no bulk_set_state (before 3.6.16): rule "
-                f"{forced[0]!r} forces a state, which the per-run endpoint cannot guard by the "
-                "state the run had when re-read; upgrade the server, or drop `force` from the rule."
-            )
-        applier.per_run = True
-        batch_size = min(batch_size, PER_RUN_BATCH)
-    result.path = (
-        "bulk"
-        if caps.bulk
-        else f"per-run: {caps.describe()} lacks the bulk endpoints (3.6.16+); "
-        "DELETE /flow_runs/{id} has no state guard"
-    )
-    failure: str | None = None
+    failure: BaseException | None = None
     try:
+        client.check()  # a wrong URL or a stopped server fails in a second, not after retries
+        caps = client.capabilities()
+        if not caps.bulk:
+            forced = [
+                rp.rule.name
+                for rp in plan.rules
+                if isinstance(rp.rule, SetStateRule) and rp.rule.force and rp.planned
+            ]
+            if forced:
+                raise PolicyError(
+                    f"{caps.describe()} has no bulk_set_state (before 3.6.16): rule "
+                    f"{forced[0]!r} forces a state, which the per-run endpoint cannot guard by the "
+                    "state the run had when re-read; upgrade the server, or drop `force` from the rule."
+                )
+            applier.per_run = True
+            batch_size = min(batch_size, PER_RUN_BATCH)
+        result.path = (
+            "bulk"
+            if caps.bulk
+            else f"per-run: {caps.describe()} lacks the bulk endpoints (3.6.16+); "
+            "DELETE /flow_runs/{id} has no state guard"
+        )
         earlier = audit.unresolved(store, besides=result.apply_id)
         if earlier:
             progress.message(
@@ -248,7 +248,7 @@ def apply_plan(
     except Stop:
         pass
     except BaseException as e:
-        failure = f"{type(e).__name__}: {e}"
+        failure = e
         with contextlib.suppress(Exception):
             applier.settler.close_open_rows(applier.ledger.open_rows())
         raise

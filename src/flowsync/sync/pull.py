@@ -158,15 +158,7 @@ def pull(
             views.ensure_current(store, pull_id, force=options.full and not fresh, built_now=fresh)
             signatures.record_first_seen(store)
     except BaseException as e:
-        status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
-        if isinstance(e, SignalInterrupt):
-            message = f"stopped by {e.signal_name}; what was committed is kept"
-        elif isinstance(e, KeyboardInterrupt):
-            message = "stopped by SIGINT (Ctrl-C); what was committed is kept"
-        elif isinstance(e, FlowsyncError):
-            message = str(e)
-        else:
-            message = f"{type(e).__name__}: {e}"
+        status, message = stopped_by(e)
         try:
             with store.transaction():
                 sync_log.finish_sync_run(
@@ -202,6 +194,15 @@ def pull(
             store, pull_id, status="ok", mode=mode, details=result.to_json(), **_totals(ctx)
         )
     return result
+
+
+def stopped_by(e: BaseException) -> tuple[str, str]:
+    """The ``sync_runs`` status and error of a pull (or an apply's reads) that ``e`` stopped."""
+    if isinstance(e, SignalInterrupt):
+        return "interrupted", f"stopped by {e.signal_name}; what was committed is kept"
+    if isinstance(e, KeyboardInterrupt):
+        return "interrupted", "stopped by SIGINT (Ctrl-C); what was committed is kept"
+    return "failed", str(e) if isinstance(e, FlowsyncError) else f"{type(e).__name__}: {e}"
 
 
 def _totals(ctx: PullContext) -> dict[str, int]:
@@ -308,14 +309,16 @@ class RunReader:
         c = self.ctx.counter("flow_runs")
         return {"updated": c.updated, "marked_deleted": c.marked_deleted}
 
-    def finish(self, error: str | None = None) -> None:
+    def finish(self, error: BaseException | None = None) -> None:
+        """Close the session's ``sync_runs`` record: ok, or what ``error`` stopped it with."""
+        status, message = stopped_by(error) if error is not None else ("ok", None)
         with self.ctx.store.transaction():
             sync_log.finish_sync_run(
                 self.ctx.store,
                 self.ctx.pull_id,
-                status="failed" if error else "ok",
+                status=status,
                 mode=self.mode,
-                error=error,
+                error=message[:2000] if message else None,
                 **_totals(self.ctx),
             )
 
