@@ -302,6 +302,14 @@ def test_bad_sql_is_refused_and_changes_nothing(db: Path, sql: str, expected: st
         assert result.exit_code == 7, result.output
         assert expected in result.stderr and "Traceback" not in result.output
     assert scalar(db, "SELECT count(*) FROM flow_runs WHERE deleted_at IS NULL") == before
+    # `policy check` in CI, with no file: the same refusal, but for ids only data can show
+    result = run_cli("policy", "check", str(path))
+    if sql == "SELECT name AS id FROM flow_runs":  # no rows, no value to cast
+        assert result.exit_code == 0, result.output
+        assert "SQL ok on an empty file (--db runs it on data)" in result.stdout
+    else:
+        assert result.exit_code == 7, result.output
+        assert expected in result.stderr and "Traceback" not in result.output
 
 
 def test_rule_sql_has_a_time_limit(db: Path) -> None:

@@ -26,6 +26,7 @@ filter name); see ``flowsync.errors``.
 from __future__ import annotations
 
 import contextlib
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -34,10 +35,18 @@ from typing import TYPE_CHECKING, Any
 
 from flowsync import api as http  # looked up per call: tests swap the client class
 from flowsync import export as export_tables
-from flowsync import objectstore, present, registry, reports
+from flowsync import objectstore, present, registry, reports, views
 from flowsync.config import ApiSettings
 from flowsync.errors import ConfigError, FlowsyncError
-from flowsync.policy import ApplyResult, Plan, apply_plan, load_policy, make_plan
+from flowsync.policy import (
+    ApplyResult,
+    LoadedPolicy,
+    Plan,
+    apply_plan,
+    check_rules,
+    load_policy,
+    make_plan,
+)
 from flowsync.policy.apply import (
     SETTLE_SECONDS,
     check_guards,
@@ -150,6 +159,26 @@ def plan(
         db, live=live, wait=wait, lock_context=lock_context, memory_limit_mb=PLAN_MEMORY_MB
     ) as store:
         return make_plan(store, loaded, timeout=timeout)
+
+
+def check_policy(
+    policy: Path, db: Path | None = None, *, wait: float = 0.0
+) -> tuple[LoadedPolicy, dict[str, int] | None]:
+    """Validate a policy file and every rule's SQL, read-only and sandboxed as plan runs it:
+    over ``db`` (then rule name -> ids it returns), or without one over an empty file of
+    this flowsync's schema and views (a typo, a write, a function not allowed or a missing
+    ``id`` column fails the same way; None). ``PolicyError`` on the first problem."""
+    loaded = load_policy(policy)
+    if db is not None:
+        with Store.sandboxed(Path(db), wait=wait) as store:
+            return loaded, check_rules(store, loaded)
+    with tempfile.TemporaryDirectory(prefix="flowsync-check-") as folder:
+        empty = Path(folder) / "empty.duckdb"
+        with Store.writer(empty) as writer:
+            views.ensure_built(writer)
+        with Store.sandboxed(empty, live=True) as store:
+            check_rules(store, loaded)
+    return loaded, None
 
 
 @dataclass

@@ -432,19 +432,14 @@ def check_cmd(
     wait: WaitOption = 0.0,
     json_out: JsonOption = False,
 ) -> None:
-    """Validate a policy file; with --db, also run each rule's SQL read-only and check its id column.
+    """Validate a policy file and its SQL (on an empty file); with --db, run each rule's SQL read-only on the data.
 
     Example: flowsync policy check policies/retention.yaml --db runs.duckdb
     """
-    from flowsync.policy import check_rules, load_policy
-    from flowsync.store import Store
+    from flowsync import operations
 
     with errors():
-        loaded = load_policy(policy)
-        rows: dict[str, int] | None = None
-        if db is not None:
-            with Store.sandboxed(db, wait=wait) as store:
-                rows = check_rules(store, loaded)
+        loaded, rows = operations.check_policy(policy, db, wait=wait)
     summary = {
         "policy": str(policy),
         "sha256": loaded.sha256,
@@ -455,7 +450,7 @@ def check_cmd(
     if json_out:
         print_json(summary)
         return
-    extra = ""
+    extra = "; SQL ok on an empty file (--db runs it on data)"
     if rows is not None:
         extra = "; SQL ok: " + ", ".join(f"{name} {n} rows" for name, n in rows.items())
     out.print(
