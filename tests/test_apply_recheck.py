@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -194,10 +195,13 @@ def test_plan_shows_its_data_age_and_refresh_rereads_the_selected_runs(
     assert stale.exit_code == 0, stale.output
     assert "data: last pull" in stale.stdout and "plan --refresh" in stale.stdout
     assert json.loads(plan(db, path, "--json").stdout)["total"] == 4
+    refreshed_at = datetime.now(timezone.utc)
     fresh = plan(db, path, "--refresh", "--api-url", server.url, "--json")
     assert fresh.exit_code == 0, fresh.output
     data = json.loads(fresh.stdout)
     assert data["total"] == 3 and data["data"]["refreshed"] == 4
+    # every planned run was just read, the unchanged ones too (it said "1m 00s ago")
+    assert datetime.fromisoformat(data["data"]["oldest_read_at"]) >= refreshed_at
     assert data["rules"][0]["skipped"] == {"protected tag": 1}
     assert len(on_server(server, ids)) == 4  # plan changed nothing on the server
 

@@ -83,7 +83,8 @@ def reread_runs(client: PrefectClient, store: Writer, ids: list[str]) -> int:
     """Read these runs from the server into the file (``plan --refresh``); returns how many."""
     reader = RunReader(client, store, "plan-refresh")
     try:
-        reader.read(ids)
+        # Read just now, changed or not: the plan's "oldest read of a planned run" says so.
+        reader.mark_read(list(reader.read(ids)))
     except BaseException as e:
         with contextlib.suppress(Exception):
             reader.finish(error=e)

@@ -212,6 +212,17 @@ def mark_deleted(
     return changed + int(rest or 0)
 
 
+def mark_read(store: Store, ids: Sequence[str], when: datetime | None = None) -> None:
+    """Live runs just read from the server, written or found as the file holds them: when
+    each was last read (``synced_at``) is now ``when``."""
+    if ids:
+        store.execute(
+            "UPDATE flow_runs SET synced_at = CAST(? AS TIMESTAMPTZ) "
+            "WHERE deleted_at IS NULL AND id IN (SELECT unnest(CAST(? AS UUID[])))",
+            [when or now_utc(), [str(i) for i in ids]],
+        )
+
+
 def existing_ids(store: Store, table: str, ids: Sequence[str]) -> set[str]:
     """The ids of these that have a row in ``table`` (live or deleted)."""
     if not ids:

@@ -283,6 +283,11 @@ class RunReader:
             self.changed += differ + gone
         return found
 
+    def mark_read(self, ids: list[str]) -> None:
+        """These runs (just read) count as read now in the file, unchanged ones too."""
+        with self.ctx.store.transaction():
+            synced_tables.mark_read(self.ctx.store, ids)
+
     def read_lookups(self, runs: Iterable[Mapping[str, Any]]) -> None:
         """The flows and deployments of these runs (rows as the server sent them) re-read by
         id into the file, the ones the server no longer has marked deleted: for a decision
