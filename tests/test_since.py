@@ -96,3 +96,14 @@ def test_errors_name_the_option_that_was_given(text: str, message: str) -> None:
         parse_since(text, NOW, option="--history")
     with pytest.raises(ConfigError, match=f"^--history {text!r} {message}"):
         reports.parse_since(text, NOW, option="--history")
+
+
+@pytest.mark.parametrize("text", ["3M", "3mo", "1 month", "2Y", "1yr", "3 years"])
+def test_months_and_years_are_refused_so_that_3M_is_never_three_minutes(text: str) -> None:
+    with pytest.raises(ConfigError, match=r"months and years are not ages .*\(90d"):
+        parse_since(text, NOW)
+
+
+@pytest.mark.parametrize(("text", "minutes"), [("3m", 3), ("3min", 3), ("3MIN", 3)])
+def test_minutes_are_a_small_m_or_min(text: str, minutes: int) -> None:
+    assert parse_since(text, NOW) == NOW - timedelta(minutes=minutes)
