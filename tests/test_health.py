@@ -133,7 +133,7 @@ def test_openmetrics_to_stdout_and_bad_format(pulled: Path) -> None:
 
 def _rendered(frame: Any, report: str, width: int, ids: bool = False) -> str:
     console = Console(width=width, file=io.StringIO(), no_color=True)
-    console.print(render.readable_table(frame, report, ids=ids, width=width, title="t"))
+    console.print(render.readable_table(frame, report, ids=ids, width=width, title="t").table)
     return console.file.getvalue()  # type: ignore[attr-defined,no-any-return]
 
 
@@ -205,3 +205,26 @@ def test_last_pull_is_the_latest_ok_pull(pulled: Path) -> None:
             pulled,
             "SELECT max(finished_at) FROM sync_runs WHERE status = 'ok' AND mode IN ('full', 'incremental')",
         )
+
+
+def test_a_long_name_folds_and_the_figures_stay_and_what_is_dropped_is_named(
+    built: BuiltHistory,
+) -> None:
+    """One 300-character flow name showed the name column alone, every figure dropped
+    without a word. It folds onto more lines (never cut); the figures stay; at a narrow
+    width the columns dropped are named."""
+    import polars as pl
+
+    with Store.reader(built.path, live=True) as store:
+        frame = reports.failures(store, "flow", reports.parse_since("60d"))
+    long = "Q" * 300
+    frame = frame.with_columns(
+        pl.when(pl.int_range(pl.len()) == 0).then(pl.lit(long)).otherwise(pl.col("flow_name"))
+        .alias("flow_name")
+    )  # fmt: skip
+    text = _rendered(frame, "failures", 100)
+    assert max(len(line) for line in text.splitlines()) <= 100
+    assert "failure rate" in text and "runs" in text
+    assert "".join(re.findall(r"Q+", text)) == long  # folded, every character there
+    fitted = render.readable_table(frame, "failures", ids=False, width=60, title=None)
+    assert fitted.hidden_columns and "failure rate" not in fitted.hidden_columns

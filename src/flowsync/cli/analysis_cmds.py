@@ -114,14 +114,14 @@ def emit(
     whose table and markdown show readable values (names, percentages) instead of raw ones."""
     if fmt == "table":
         if report is not None:
-            out.print(render.readable_table(frame, report, ids=ids, width=out.width, title=title))
+            fitted = render.readable_table(frame, report, ids=ids, width=out.width, title=title)
         else:
             headers, rows = formats.text_rows(frame)
             fitted = render.result_table(
                 headers, rows, formats.numeric_columns(frame), width=out.width, title=title
             )
-            out.print(fitted.table)
-            _say_what_was_cut(fitted)
+        out.print(fitted.table)
+        _say_what_was_cut(fitted, "--format line" if report is None else "--format markdown")
         if frame.is_empty():
             err.print("no rows", highlight=False)
         return
@@ -143,7 +143,7 @@ def emit(
     write(data, output, f"{frame.height} rows")
 
 
-def _say_what_was_cut(fitted: render.Fitted) -> None:
+def _say_what_was_cut(fitted: render.Fitted, whole: str) -> None:
     notes = []
     if fitted.hidden_columns:
         n = len(fitted.hidden_columns)
@@ -154,7 +154,7 @@ def _say_what_was_cut(fitted: render.Fitted) -> None:
         notes.append(f"{fitted.cut_cells} cell{'s' if fitted.cut_cells > 1 else ''} cut (…)")
     if notes:
         err.print(
-            f"{'; '.join(notes)} to fit {out.width} columns: --format line shows every value whole.",
+            f"{'; '.join(notes)} to fit {out.width} columns: {whole} shows every value whole.",
             highlight=False,
             markup=False,
         )

@@ -93,33 +93,42 @@ def readable_markdown(frame: pl.DataFrame, report: str, *, ids: bool) -> str:
 
 def readable_table(
     frame: pl.DataFrame, report: str, *, ids: bool, width: int, title: str | None
-) -> Table:
+) -> Fitted:
+    """A report in ``width`` columns: long names fold onto more lines (never cut) past a
+    third of the width, so that one long name does not push the figures out; then the
+    least important columns are dropped until the table fits, and ``Fitted`` names them."""
     shown = _readable_columns(list(frame.columns), report, ids)
     cells = _readable_cells(frame, report, shown)
+    fold_at = max(MIN_WRAP, width // 3)
 
     def needed(key: str, header: str) -> int:
         longest = max((len(v) for v in cells[key]), default=0)
         if key in WRAPPING:
             longest = min(longest, MIN_WRAP)
+        elif key == "__name__":
+            longest = min(longest, fold_at)
         return max(len(header), longest) + 3
 
+    hidden: list[str] = []
     while sum(needed(k, h) for k, h, _ in shown) + 1 > width:
         droppable = [(p, i) for i, (_, _, p) in enumerate(shown) if p < 10]
         if not droppable:
             break
-        shown.pop(min(droppable)[1])
+        hidden.append(shown.pop(min(droppable)[1])[1])
     table = Table(title=_text(title) if title else None, title_justify="left")
     for key, header, _ in shown:
+        folds = key in WRAPPING or key == "__name__"
         table.add_column(
             _text(header),
             justify="right" if _is_numeric(frame, key) else "left",
-            no_wrap=key not in WRAPPING,
+            no_wrap=not folds,
             overflow="fold",
             min_width=MIN_WRAP if key in WRAPPING else None,
+            max_width=fold_at if key == "__name__" else None,
         )
     for i in range(frame.height):
         table.add_row(*(_text(cells[key][i]) for key, _, _ in shown))
-    return table
+    return Fitted(table, hidden, 0)
 
 
 # -- any result (flowsync sql) ------------------------------------------------------
