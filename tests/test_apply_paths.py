@@ -350,6 +350,19 @@ def test_a_rule_reading_other_runs_sees_their_state_changes(server: Server, tmp_
         assert set(outcomes(db, ids[:-1]).values()) == {"skipped"}
 
 
+def applied_and_left_alone(
+    server: Server, db: Path, policy: Path, ids: list[str], state: str
+) -> None:
+    """``flowsync apply``: every run of ``ids`` skipped and still ``state`` on the server, and
+    nothing else on it touched."""
+    others = outside(server, ids)
+    result = apply_cli(server, db, policy)
+    assert result.exit_code == 0, result.output
+    assert live(server, ids) == dict.fromkeys(ids, state)
+    assert outcomes(db, ids) == dict.fromkeys(ids, "skipped")
+    assert outside(server, ids) == others
+
+
 def test_a_rule_reading_other_runs_counts_a_run_created_since_the_pull(
     server: Server, tmp_path: Path
 ) -> None:
@@ -362,12 +375,7 @@ def test_a_rule_reading_other_runs_counts_a_run_created_since_the_pull(
     policy = policy_file(tmp_path, orphans("xn"))
     new = runs_in_state(server.url, dep, 1, "COMPLETED", "xn-new", timedelta(hours=1))
     wait_for_state_events(server.url, new, "COMPLETED")
-    others = outside(server, ids)
-    result = apply_cli(server, db, policy)
-    assert result.exit_code == 0, result.output
-    assert live(server, ids) == dict.fromkeys(ids, "FAILED")
-    assert outcomes(db, ids) == dict.fromkeys(ids, "skipped")
-    assert outside(server, ids) == others
+    applied_and_left_alone(server, db, policy, ids, "FAILED")
     assert query(db, "SELECT state_type FROM flow_runs WHERE id = ?", new) == [("COMPLETED",)]
 
 
@@ -388,12 +396,7 @@ def test_a_rule_joining_deployments_decides_on_the_deployment_as_it_is_now(
         )
         policy = policy_file(tmp_path, [{"name": "paused", "action": "delete", "sql": sql}])
         assert c.patch(f"deployments/{dep}", json={"paused": False}).is_success
-    others = outside(server, ids)
-    result = apply_cli(server, db, policy)
-    assert result.exit_code == 0, result.output
-    assert live(server, ids) == dict.fromkeys(ids, "COMPLETED")
-    assert outcomes(db, ids) == dict.fromkeys(ids, "skipped")
-    assert outside(server, ids) == others
+    applied_and_left_alone(server, db, policy, ids, "COMPLETED")
     assert query(db, "SELECT paused FROM deployments WHERE id = ?", [dep]) == [(False,)]
 
 
