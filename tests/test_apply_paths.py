@@ -396,6 +396,8 @@ def test_a_rule_joining_deployments_decides_on_the_deployment_as_it_is_now(
         )
         policy = policy_file(tmp_path, [{"name": "paused", "action": "delete", "sql": sql}])
         assert c.patch(f"deployments/{dep}", json={"paused": False}).is_success
+    said = run_cli("plan", str(policy), "--db", str(db)).stdout
+    assert "its SQL reads deployments: apply re-reads those of each batch's runs" in said
     applied_and_left_alone(server, db, policy, ids, "COMPLETED")
     assert query(db, "SELECT paused FROM deployments WHERE id = ?", [dep]) == [(False,)]
 

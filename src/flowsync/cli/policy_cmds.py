@@ -161,6 +161,12 @@ def _render_plan(plan: Plan, sample: int) -> None:
                 "edits and deletions of other runs count as of the last pull (docs/policies.md).",
                 highlight=False,
             )
+        if rule.name in plan.reads_lookups:
+            out.print(
+                f"  its SQL reads {' and '.join(sorted(plan.reads_lookups[rule.name]))}: apply "
+                "re-reads those of each batch's runs with them (their edits emit no event).",
+                highlight=False,
+            )
         if rp.planned and sample:
             rows = [
                 (

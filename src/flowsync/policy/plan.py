@@ -353,7 +353,7 @@ def make_plan(
     rules: list[RulePlan] = []
     checked = dict(statements or {})
     cross: dict[str, str] = {}
-    lookups: set[str] = set()
+    lookups: dict[str, frozenset[str]] = {}
     runs = PlanRuns()
     oldest: datetime | None = None
     try:
@@ -365,8 +365,9 @@ def make_plan(
             why = reads_other_runs(store, checked[rule.name])
             if why:
                 cross[rule.name] = why
-            if reads_lookups(store, checked[rule.name]):
-                lookups.add(rule.name)
+            tables = reads_lookups(store, checked[rule.name])
+            if tables:
+                lookups[rule.name] = tables
             if not rule.enabled:
                 rules.append(RulePlan(rule))
                 continue
@@ -394,7 +395,7 @@ def make_plan(
         statements=checked,
         timeout=limit,
         reads_other_runs=cross,
-        reads_lookups=frozenset(lookups),
+        reads_lookups=lookups,
         runs_store=runs,
     )
     if describe:  # how old the data is (not needed by apply's re-check)

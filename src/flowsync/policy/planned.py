@@ -356,9 +356,9 @@ class Plan:
     timeout: float | None = None  # seconds each rule statement may run
     # rule name -> why its SQL may decide a run from other runs' rows (see reads_other_runs)
     reads_other_runs: dict[str, str] = field(default_factory=dict)
-    # rules whose SQL may read flows or deployments (see rulesql.reads_lookups): apply
-    # re-reads the flows and deployments of the runs it decides on
-    reads_lookups: frozenset[str] = frozenset()
+    # rule name -> which of flows and deployments its SQL may read (rulesql.reads_lookups):
+    # apply re-reads those of the runs it decides on
+    reads_lookups: dict[str, frozenset[str]] = field(default_factory=dict)
     # the server as the last pull saw it ({"version", "cloud", "bulk", "seen_at"}), if known
     server: dict[str, Any] | None = None
     runs_store: PlanRuns | None = field(default=None, repr=False, compare=False)
@@ -440,5 +440,6 @@ class Plan:
             },
             "rules": [r.to_json(sample, ids=ids) for r in self.rules],
             "reads_other_runs": self.reads_other_runs,
+            "reads_lookups": {name: sorted(t) for name, t in self.reads_lookups.items()},
             "apply_path": self.apply_path,
         }

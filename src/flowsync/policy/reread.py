@@ -85,10 +85,11 @@ class Rereader:
         upto = names[: names.index(rule.name) + 1]
         return any(n in self.plan.reads_other_runs for n in upto)
 
-    def reads_lookups(self, rule: RuleModel) -> bool:
-        """Some rule up to and including ``rule`` may read flows or deployments."""
+    def reads_lookups(self, rule: RuleModel) -> frozenset[str]:
+        """Which of flows and deployments the rules up to and including ``rule`` may read."""
         names = [r.name for r in self.plan.policy.policy.rules]
-        return any(n in self.plan.reads_lookups for n in names[: names.index(rule.name) + 1])
+        upto = names[: names.index(rule.name) + 1]
+        return frozenset().union(*(self.plan.reads_lookups.get(n, frozenset()) for n in upto))
 
     def own_rows(self, batch: Batch | None) -> bool:
         """The batch's decision reads each run's own row only: it may be prepared ahead."""
@@ -142,7 +143,7 @@ class Rereader:
                 "again (nothing was sent)."
             )
 
-    def _catch_up(self, lookups: bool) -> None:
+    def _catch_up(self, lookups: frozenset[str]) -> None:
         """Re-read every run with a state change since the last catch-up (or pull) into the
         file: runs created since then too, which the decision may count (``lookups``: with
         their flows and deployments)."""
@@ -153,7 +154,9 @@ class Rereader:
         if changed:
             got = self.read(sorted(changed), {})
             if lookups:
-                self.reader.read_lookups(s.row for s in got.values() if s.row is not None)
+                self.reader.read_lookups(
+                    (s.row for s in got.values() if s.row is not None), lookups
+                )
         self.caught_up = now
 
     def reread(self, batch: Batch, todo: list[str], ahead: DecidedAhead | None = None) -> Fresh:
@@ -184,9 +187,12 @@ class Rereader:
             ahead = None
             read |= want
             seen.update(got)
-            if self.reads_lookups(batch.rule):
-                # Their flows and deployments as the server has them now, like the runs.
-                self.reader.read_lookups(s.row for s in got.values() if s.row is not None)
+            lookups = self.reads_lookups(batch.rule)
+            if lookups:
+                # Their flows or deployments as the server has them now, like the runs.
+                self.reader.read_lookups(
+                    (s.row for s in got.values() if s.row is not None), lookups
+                )
             for gone in want - set(got):
                 seen.pop(gone, None)
             decision = made_ahead or self.decide_batch(batch, todo, seen)

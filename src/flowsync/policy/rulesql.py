@@ -141,28 +141,28 @@ def reads_other_runs(store: Store, sql: str) -> str | None:
 RUN_ONLY_TABLES = frozenset({"flow_runs", "flow_run_measures"})
 
 
-def reads_lookups(store: Store, sql: str) -> bool:
-    """Whether a rule's SQL may read flows or deployments: it names them, or a view or
-    table macro that may join them (``flow_runs_enriched``, the report macros...)."""
-    found = False
+def reads_lookups(store: Store, sql: str) -> frozenset[str]:
+    """Which of ``flows`` and ``deployments`` a rule's SQL may read: those it names, and
+    both for a view or table macro that may join them (``flow_runs_enriched``, the report
+    macros...). Empty: it reads runs only."""
+    found: set[str] = set()
 
     def walk(node: Any) -> None:
-        nonlocal found
         if isinstance(node, list):
             for value in node:
                 walk(value)
         elif isinstance(node, dict):
             kind = node.get("type")
-            if kind == "TABLE_FUNCTION" or (
-                kind == "BASE_TABLE"
-                and str(node.get("table_name", "")).lower() not in RUN_ONLY_TABLES
-            ):
-                found = True
+            name = str(node.get("table_name", "")).lower()
+            if kind == "BASE_TABLE" and name in LOOKUP_TABLES:
+                found.add(name)
+            elif kind == "TABLE_FUNCTION" or (kind == "BASE_TABLE" and name not in RUN_ONLY_TABLES):
+                found.update(LOOKUP_TABLES)
             for value in node.values():
                 walk(value)
 
     walk(store.parse_tree(sql))
-    return found
+    return frozenset(found)
 
 
 def _sandbox_error(rule: RuleModel, e: SandboxError) -> PolicyError:

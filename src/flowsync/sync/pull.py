@@ -288,12 +288,15 @@ class RunReader:
         with self.ctx.store.transaction():
             synced_tables.mark_read(self.ctx.store, ids)
 
-    def read_lookups(self, runs: Iterable[Mapping[str, Any]]) -> None:
-        """The flows and deployments of these runs (rows as the server sent them) re-read by
-        id into the file, the ones the server no longer has marked deleted: for a decision
-        that joins them (a deployment paused or renamed since the pull emits no event)."""
-        rows = list(runs)
+    def read_lookups(self, runs: Iterable[Mapping[str, Any]], tables: Iterable[str]) -> None:
+        """The flows or deployments (``tables``) of these runs (rows as the server sent
+        them) re-read by id into the file, the ones the server no longer has marked deleted:
+        for a decision that joins them (a deployment paused or renamed since the pull emits
+        no event)."""
+        rows, wanted = list(runs), set(tables)
         for spec, key in ((FLOWS, "flow_id"), (DEPLOYMENTS, "deployment_id")):
+            if spec.name not in wanted:
+                continue
             ids = sorted({str(r[key]) for r in rows if r.get(key)})
             for chunk, page in pages_by_id(self.ctx.client, spec.name, ids):
                 self.requests += 1
