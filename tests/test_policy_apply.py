@@ -634,7 +634,9 @@ def test_an_interrupted_apply_leaves_pending_rows_and_sends_nothing_more(mixed_d
     assert query(
         mixed_db, "SELECT batch, outcome, count(*) FROM policy_actions GROUP BY ALL ORDER BY 1"
     ) == [(1, "deleted", 50), (2, "pending", 20)]
-    assert scalar(mixed_db, "SELECT status FROM sync_runs ORDER BY id DESC LIMIT 1") == "failed"
+    assert (
+        scalar(mixed_db, "SELECT status FROM sync_runs ORDER BY id DESC LIMIT 1") == "interrupted"
+    )
 
 
 def test_an_interrupted_apply_says_what_it_did_and_what_stopped_it(
@@ -1121,3 +1123,39 @@ def test_a_killed_applys_run_that_cannot_be_settled_is_not_sent_again(
     assert query(db, "SELECT outcome FROM policy_actions") == [("pending",)]
     assert result.resolved_earlier == 0
     assert any("could not be settled" in e for e in result.errors), result.errors
+
+
+def test_ctrl_c_during_per_run_calls_leaves_pending_only_the_run_whose_request_was_out(
+    tmp_path: Path,
+) -> None:
+    """Per run, each run is its own call with its own pending row: Ctrl-C during the 3rd
+    DELETE leaves runs 4 and 5 unrecorded (never sent), so the next apply credits the
+    interrupted one with nothing that happens to them (run 4 deleted by someone else)."""
+    db = make_db(tmp_path / "r.duckdb", [run(i) for i in range(1, 6)])
+    fake = Recorder(lambda p, b: httpx.Response(404), api_rows(db))
+
+    def delete(run_id: str, n: int) -> httpx.Response:
+        if n == 3:
+            raise KeyboardInterrupt
+        fake.runs.pop(run_id)
+        return httpx.Response(204)
+
+    first = ApplyResult.new()
+    plan = plan_for(db, DELETE_COMPLETED)
+    with (
+        Store.sandboxed_writer(db) as store,
+        mock_client(per_run_server(fake, delete)) as client,
+        pytest.raises(KeyboardInterrupt),
+    ):
+        apply_plan(client, store, plan, progress=NullProgress(), result=first)
+    audit = "SELECT right(CAST(flow_run_id AS VARCHAR), 1), outcome FROM policy_actions"
+    assert dict(query(db, audit)) == {"1": "deleted", "2": "deleted", "3": "pending"}
+    fake.runs.pop(rid(4))  # someone else
+    again = plan_for(db, DELETE_COMPLETED)
+    with (
+        Store.sandboxed_writer(db) as store,
+        mock_client(per_run_server(fake, lambda r, n: httpx.Response(204))) as client,
+    ):
+        apply_plan(client, store, again, progress=NullProgress(), settle_seconds=0)
+    mine = dict(query(db, audit + " WHERE apply_id = ?", [first.apply_id]))
+    assert mine == {"1": "deleted", "2": "deleted", "3": "failed"}  # 3: read back unchanged

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from flowsync.errors import ApiError, AuthError, NotSentError, ThrottledError, UncertainError
+from flowsync.errors import ApiError, NotSentError, ThrottledError, UncertainError
 from flowsync.policy.model import SetStateRule
 from flowsync.policy.plan import Decision, RuleModel
 from flowsync.policy.result import SET_STATE_STATUS, Outcome, RunResult
@@ -307,16 +307,6 @@ class Partial:
 
 
 Answer = Acted | Throttled | Lost | Refused | Partial
-
-
-class AuthErrorPartWay(AuthError):
-    """A 401/403 part way through per-run calls: ``results``, the runs the calls before it
-    acted on (deleted, set), which the batch records before the apply stops."""
-
-    def __init__(self, error: AuthError, results: dict[str, RunResult]) -> None:
-        super().__init__(str(error))
-        self.hint = error.hint
-        self.results = results
 
 
 def from_error(e: ApiError) -> Throttled | Lost | Refused:

@@ -61,7 +61,6 @@ from flowsync.policy.ahead import AHEAD_BATCHES, Ahead, Task
 from flowsync.policy.answers import (
     Acted,
     Answer,
-    AuthErrorPartWay,
     Batch,
     Call,
     Decided,
@@ -177,7 +176,13 @@ class Applier:
                 )
             else:
                 groups.setdefault(str(fresh.seen[i].state_type), []).append(i)
-        calls = [Call(state_type, ids) for state_type, ids in groups.items()]
+        # Per run (no bulk endpoints), each run is its own call: its pending row is written
+        # right before its own request, so a stop, Ctrl-C or kill -9 leaves pending only the
+        # run whose request was out, never runs that were not sent.
+        if self.per_run:
+            calls = [Call(state_type, [i]) for state_type, ids in groups.items() for i in ids]
+        else:
+            calls = [Call(state_type, ids) for state_type, ids in groups.items()]
         return Decided(
             calls, {i: with_lost(r, self.lost.get(i, (None,))[0]) for i, r in final.items()}
         )
@@ -419,11 +424,7 @@ class Applier:
                 except AuthError as e:
                     if call is decided.calls[0]:
                         self.record(number, rule, decided.final, guards)
-                    done = e.results if isinstance(e, AuthErrorPartWay) else {}
-                    if done:  # per-run calls acted on before the 401
-                        self.record(number, rule, done, guards, rowids)
-                    refused = Call(call.state_type, [i for i in call.ids if i not in done])
-                    self._auth_failed(number, batch, refused, calls, str(e))
+                    self._auth_failed(number, batch, call, calls, str(e))
                     raise
                 self._lost_answer(number, answer)
                 verdict = self.classify(number, rule, call, fresh, answer, attempt)

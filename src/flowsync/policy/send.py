@@ -18,15 +18,7 @@ import time
 
 from flowsync.api import PrefectClient
 from flowsync.errors import ApiError, AuthError, NotFoundError
-from flowsync.policy.answers import (
-    Acted,
-    Answer,
-    AuthErrorPartWay,
-    Call,
-    Partial,
-    answered,
-    from_error,
-)
+from flowsync.policy.answers import Acted, Answer, Call, Partial, answered, from_error
 from flowsync.policy.model import SetStateRule
 from flowsync.policy.plan import RuleModel
 from flowsync.policy.result import SET_STATE_STATUS, ApplyResult, Outcome, RunResult
@@ -104,9 +96,7 @@ def _send_per_run(
             # else: already gone; step 4 reads it back to say why
         except NotFoundError:
             pass  # set_state on a run that is gone: step 4 reads it back
-        except AuthError as e:
-            if results:  # what the calls before it did is recorded before the apply stops
-                raise AuthErrorPartWay(e, results) from e
+        except AuthError:
             raise
         except ApiError as e:
             return Partial(results, n, from_error(e))
