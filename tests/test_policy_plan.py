@@ -709,3 +709,22 @@ def test_a_decision_on_the_runs_just_read_is_the_decision_on_the_file(tmp_path: 
     assert set(from_file.values()) >= {None, "protected tag", "taken by an earlier rule"}
     assert {i: from_read[i] for i in ids[:-1]} == {i: from_file[i] for i in ids[:-1]}
     assert from_read[ids[-1]] is not None  # not read: never sent
+
+
+def test_a_macro_of_the_users_that_reads_tables_counts_as_reading_other_rows(db: Path) -> None:
+    """A scalar macro added to the file can read any table: a rule calling one is decided like
+    a rule reading other runs, flows and deployments (never ahead, with the catch-up)."""
+    from flowsync.policy.rulesql import reads_lookups, reads_other_runs
+
+    with Store.writer(db) as store:
+        store.execute(
+            "CREATE MACRO dep_paused(x) AS (SELECT any_value(paused) FROM deployments WHERE id = x)"
+        )
+        store.execute("CREATE MACRO twice(x) AS x * 2")
+    reading = "SELECT id FROM flow_runs WHERE dep_paused(deployment_id)"
+    computing = "SELECT id FROM flow_runs WHERE twice(run_count) > 2 AND signature_of(name) <> ''"
+    with Store.sandboxed(db, live=True) as store:
+        assert reads_other_runs(store, reading) == "a macro that reads tables (dep_paused)"
+        assert reads_lookups(store, reading) == {"flows", "deployments"}
+        assert reads_other_runs(store, computing) is None
+        assert reads_lookups(store, computing) == frozenset()

@@ -164,7 +164,8 @@ def _render_plan(plan: Plan, sample: int) -> None:
         if rule.name in plan.reads_lookups:
             out.print(
                 f"  its SQL reads {' and '.join(sorted(plan.reads_lookups[rule.name]))}: apply "
-                "re-reads those of each batch's runs with them (their edits emit no event).",
+                "re-reads those of each batch's runs with them (their edits emit no event); "
+                "others it joins count as of the last pull.",
                 highlight=False,
             )
         if rp.planned and sample:

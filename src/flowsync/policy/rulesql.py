@@ -70,6 +70,17 @@ RUN_TABLES = frozenset({"flow_runs", "flow_run_measures", "flow_runs_enriched"})
 LOOKUP_TABLES = frozenset({"flows", "deployments"})
 
 
+def _macros_reading_tables(store: Store) -> frozenset[str]:
+    """Scalar macros in the file (a user's own too) whose body reads a table: a call to one
+    may read any run, flow or deployment."""
+    rows = store.execute(
+        "SELECT DISTINCT lower(function_name) FROM duckdb_functions() "
+        "WHERE NOT internal AND function_type = 'macro' "
+        "AND regexp_matches(lower(coalesce(macro_definition, '')), '\\b(from|join)\\b')"
+    ).rows()
+    return frozenset(r[0] for r in rows)
+
+
 def reads_other_runs(store: Store, sql: str) -> str | None:
     """Why a rule's SQL decides a run from other runs' rows (None: from its own row only).
 
@@ -85,6 +96,7 @@ def reads_other_runs(store: Store, sql: str) -> str | None:
             "HAVING bool_and(function_type IN ('aggregate', 'window'))"
         ).rows()
     }
+    macros = _macros_reading_tables(store)
     run_refs = 0
     why: list[str] = []
 
@@ -114,6 +126,8 @@ def reads_other_runs(store: Store, sql: str) -> str | None:
             and node["function_name"].lower() in aggregates
         ):
             why.append(f"an aggregate ({node['function_name']})")
+        elif isinstance(node.get("function_name"), str) and node["function_name"].lower() in macros:
+            why.append(f"a macro that reads tables ({node['function_name']})")
         if (node.get("cte_map") or {}).get("map"):
             why.append("a CTE")
         if node.get("group_expressions") or node.get("having"):
@@ -146,6 +160,7 @@ def reads_lookups(store: Store, sql: str) -> frozenset[str]:
     both for a view or table macro that may join them (``flow_runs_enriched``, the report
     macros...). Empty: it reads runs only."""
     found: set[str] = set()
+    macros = _macros_reading_tables(store)
 
     def walk(node: Any) -> None:
         if isinstance(node, list):
@@ -154,9 +169,14 @@ def reads_lookups(store: Store, sql: str) -> frozenset[str]:
         elif isinstance(node, dict):
             kind = node.get("type")
             name = str(node.get("table_name", "")).lower()
+            function = str(node.get("function_name") or "").lower()
             if kind == "BASE_TABLE" and name in LOOKUP_TABLES:
                 found.add(name)
-            elif kind == "TABLE_FUNCTION" or (kind == "BASE_TABLE" and name not in RUN_ONLY_TABLES):
+            elif (
+                kind == "TABLE_FUNCTION"
+                or (kind == "BASE_TABLE" and name not in RUN_ONLY_TABLES)
+                or function in macros
+            ):
                 found.update(LOOKUP_TABLES)
             for value in node.values():
                 walk(value)
