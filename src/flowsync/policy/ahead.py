@@ -2,7 +2,8 @@
 the re-read, and the call left in flight while the next batch is checked.
 
 Owns two things the ``Applier`` (``policy/batch.py``) uses when a batch and the ones
-after it decide a run from its own row (``Rereader.own_rows``):
+after it decide a run from its own row (``Rereader.own_rows``; decisions made ahead
+only when they read nothing else, ``Rereader.ahead_ok``):
 
 - ``Ahead``: one decision over the file for up to ``AHEAD_BATCHES`` batches of a
   rule, made before the first of them is re-read (the rules' SQL scans the file, so a

@@ -308,11 +308,11 @@ class Applier:
         """``batch`` and the batches after it that one decision made ahead may serve
         (``policy/ahead.py``): of its rule, each deciding a run from its own row, up to
         ``AHEAD_BATCHES``; none when ``batch`` does not decide its runs that way."""
-        if not self.rereader.own_rows(batch):
+        if not self.rereader.ahead_ok(batch):
             return []
         out = [batch]
         for later in upcoming[: AHEAD_BATCHES - 1]:
-            if later.rule.name != batch.rule.name or not self.rereader.own_rows(later):
+            if later.rule.name != batch.rule.name or not self.rereader.ahead_ok(later):
                 break
             out.append(later)
         return out

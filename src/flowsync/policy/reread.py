@@ -12,11 +12,13 @@ deployment) the server no longer has is marked deleted (``RunReader``). Then the
 policy decided again over the file for the batch (``decide_batch``): an unranked
 batch from the rows the re-read just returned, staged as the file holds them.
 
-Which batches decide a run from its own row only (``own_rows``), so that a decision
-made ahead over the file (``policy/ahead.py``) is the decision the re-read would
-give whenever the re-read leaves the batch's rows in the file as they were: not
-ranked, no rule up to it reading other runs, flows or deployments, none of its runs
-with a lost answer, bulk calls. Must not: send a call, write the audit, print, or import httpx/duckdb.
+Which batches decide a run from its own row (``own_rows``: not ranked, no rule up to
+it reading other runs, none of its runs with a lost answer, bulk calls), so that they
+may be decided while another batch's call is in flight; and of those, which read
+nothing but their runs' rows (``ahead_ok``: no rule up to it reading flows or
+deployments), so that a decision made ahead over the file (``policy/ahead.py``) is
+the decision the re-read would give whenever the re-read leaves the batch's rows in
+the file as they were. Must not: send a call, write the audit, print, or import httpx/duckdb.
 """
 
 from __future__ import annotations
@@ -92,16 +94,22 @@ class Rereader:
         return frozenset().union(*(self.plan.reads_lookups.get(n, frozenset()) for n in upto))
 
     def own_rows(self, batch: Batch | None) -> bool:
-        """The batch's decision reads each run's own row only: it may be prepared ahead."""
+        """The batch's decision reads each run's own row (and maybe its flow and deployment)
+        only: no call of another batch changes what it reads, so it may be made while that
+        call is in flight."""
         return (
             batch is not None
             and bool(batch.ids)
             and not self.per_run
             and batch.rule.name not in self.ranked
             and not self.reads_others(batch.rule)
-            and not self.reads_lookups(batch.rule)
             and not any(i in self.lost for i in batch.ids)
         )
+
+    def ahead_ok(self, batch: Batch | None) -> bool:
+        """``own_rows``, and nothing but the runs' rows: a decision made over the file before
+        the re-read holds when the re-read leaves those rows as they were."""
+        return batch is not None and self.own_rows(batch) and not self.reads_lookups(batch.rule)
 
     def read(
         self,
