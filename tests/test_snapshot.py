@@ -28,7 +28,7 @@ from flowsync.store import snapshot as snap
 from flowsync.store.locks import classify
 from harness.seed import delete_runs, seed
 from harness.server import Server
-from tests.helpers import run_cli, scalar
+from tests.helpers import query, run_cli, scalar
 
 
 class Kernel:
@@ -165,6 +165,39 @@ def test_no_change_pull_keeps_the_snapshot(fresh_server: Server, tmp_path: Path)
     assert snap.current(db) is not None
 
 
+def test_a_pull_whose_publish_fails_is_recorded_failed_and_the_next_one_publishes(
+    fresh_server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk fills while the snapshot is copied: the pull's rows are saved, readers do not
+    see them. It is recorded failed (it said ok), and the next pull, though the server has
+    not changed, publishes them."""
+    from flowsync import operations
+    from flowsync.errors import StorageError
+
+    url, db = fresh_server.url, tmp_path / "runs.duckdb"
+    seed(url, runs=10, flows=1, deployments_per_flow=1, seed_value=29)
+    pull(url, db)
+    seed(url, runs=5, flows=1, deployments_per_flow=1, seed_value=31)
+    with monkeypatch.context() as full:
+        message = "Cannot publish a snapshot: No space left on device"
+
+        def disk_full(*args: Any, **kwargs: Any) -> Any:
+            raise StorageError(message, path=str(db), reason="full", detail="No space left")
+
+        full.setattr(operations, "publish", disk_full)
+        failed = run_cli("pull", "--api-url", url, "--db", str(db))
+        assert failed.exit_code == 5, failed.output
+    last = "SELECT status, error FROM sync_runs ORDER BY id DESC LIMIT 1"
+    [(status, error)] = query(db, last)
+    assert status == "failed" and "rows are saved, but no snapshot was published" in error
+    current = snap.current(db)
+    assert current is not None
+    assert scalar(current.path, LIVE) == 10  # readers are on the last published snapshot
+    again = pull(url, db)
+    assert again["tables"]["flow_runs"]["inserted"] == 0 and again["snapshot"]["published"]
+    assert run_cli("sql", LIVE, "--db", str(db), "--format", "csv").stdout.split()[-1] == "15"
+
+
 def test_a_notebook_holding_the_live_file_is_named_in_the_pull_error(
     fresh_server: Server, tmp_path: Path, kernel: Kernel
 ) -> None:
@@ -272,3 +305,36 @@ def test_kill_9_during_publish_leaves_the_previous_snapshot_readable(tmp_path: P
     with duckdb.connect(str(result.snapshot.path), read_only=True) as con:
         assert con.execute("SELECT count(*) FROM ballast").fetchone() == (1500000,)
     assert scalar(folder / snap.CURRENT, "SELECT count(*) FROM ballast") == 1500000
+
+
+def test_a_no_change_pull_publishes_what_an_earlier_pull_wrote_but_never_published(
+    tmp_path: Path,
+) -> None:
+    """A pull's publish failed (a full disk) or it was killed before publishing: its rows are
+    in the live file only. The next pull, which changes nothing, must publish them; it kept
+    the old snapshot, and readers stayed on it until the server changed again."""
+    from flowsync.store import sync_log
+
+    db = tmp_path / "runs.duckdb"
+
+    def a_pull(store: Any, status: str = "ok", inserted: int = 0) -> int:
+        with store.transaction():
+            pull_id = sync_log.start_sync_run(store, "http://test/api")
+            sync_log.finish_sync_run(
+                store, pull_id, status=status, mode="incremental", inserted=inserted
+            )
+        return pull_id
+
+    with Store.writer(db) as store:
+        first = snap.publish(store, pull_id=a_pull(store, inserted=1), changed=True)
+        store.execute("CREATE TABLE written AS SELECT 1 AS n")
+        a_pull(store, inserted=1)  # ...whose publish failed
+        kept = snap.publish(store, pull_id=a_pull(store), changed=False)
+        assert kept.published and kept.snapshot.generation == first.snapshot.generation + 1
+        unchanged = snap.publish(store, pull_id=a_pull(store), changed=False)
+        assert not unchanged.published  # nothing written since: no copy
+        store.execute("INSERT INTO written VALUES (2)")
+        a_pull(store, status="interrupted")  # killed before its publish
+        again = snap.publish(store, pull_id=a_pull(store), changed=False)
+        assert again.published
+    assert scalar(snap.snapshot_dir(db) / snap.CURRENT, "SELECT count(*) FROM written") == 2

@@ -54,7 +54,7 @@ from flowsync.policy.apply import (
     reread_runs,
 )
 from flowsync.policy.plan import PLAN_MEMORY_MB, selected_ids
-from flowsync.store import Store, audit, locks
+from flowsync.store import Store, audit, locks, sync_log
 from flowsync.store.snapshot import PublishResult, publish
 from flowsync.sync import Progress, PullOptions, PullResult
 from flowsync.sync import pull as pull_runs
@@ -105,7 +105,18 @@ def pull(
     ):
         result = pull_runs(client, store, options, progress)
         changed = bool(result.inserted or result.updated or result.marked_deleted)
-        return Pulled(result, publish(store, pull_id=result.pull_id, changed=changed))
+        try:
+            return Pulled(result, publish(store, pull_id=result.pull_id, changed=changed))
+        except FlowsyncError as e:
+            # Its rows are saved, but readers do not see them: not a pull that went well.
+            with contextlib.suppress(Exception), store.transaction():
+                sync_log.finish_sync_run(
+                    store,
+                    result.pull_id,
+                    status="failed",
+                    error=f"the pull's rows are saved, but no snapshot was published: {e}"[:2000],
+                )
+            raise
 
 
 def plan(

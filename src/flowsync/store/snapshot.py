@@ -286,13 +286,31 @@ def _next_generation(store: Writer, folder: Path, latest: SnapshotInfo | None) -
     return max([*_generations(folder), latest.generation if latest else 0, int(counted)]) + 1
 
 
+def _nothing_written_since(store: Writer, published_by: int | None) -> bool:
+    """Every ``sync_runs`` record after the pull that published the snapshot is a pull that
+    finished and wrote no row (an apply, a refresh, a failed or killed pull may have)."""
+    if published_by is None:  # published by an apply or a refresh: not known
+        return False
+    written = store.execute(
+        """
+        SELECT count(*) FROM sync_runs
+        WHERE id > ? AND NOT (status = 'ok' AND mode IN ('full', 'incremental')
+              AND coalesce(inserted, 0) + coalesce(updated, 0) + coalesce(marked_deleted, 0) = 0)
+        """,
+        [published_by],
+    ).scalar()
+    return int(written or 0) == 0
+
+
 def publish(store: Writer, *, pull_id: int | None = None, changed: bool = True) -> PublishResult:
     """Publish the live file as a new snapshot generation; the caller is its only writer.
 
     ``changed=False`` (a pull that wrote no rows) keeps the current snapshot
-    when it was published by this flowsync version from the same schema and
-    still opens, so a no-change pull costs no copy. A damaged ``current`` is
-    replaced (``reason`` says so).
+    when it was published by this flowsync version from the same schema, still
+    opens, and nothing wrote the file since the pull that published it
+    (``_nothing_written_since``: a publish that failed, or a pull or apply killed
+    before its publish, left rows readers have not seen), so a no-change pull
+    costs no copy. A damaged ``current`` is replaced (``reason`` says so).
     """
     began = time.monotonic()
     folder = snapshot_dir(store.path)
@@ -304,6 +322,7 @@ def publish(store: Writer, *, pull_id: int | None = None, changed: bool = True) 
         and latest is not None
         and latest.flowsync_version == __version__
         and latest.migrations == migrations
+        and _nothing_written_since(store, latest.pull_id)
         and _readable(store, latest)
     ):
         return PublishResult(
