@@ -487,3 +487,31 @@ def test_history_is_asked_in_parts_of_bounded_size(
         assert sum(asked) >= total - 5  # runs far in the future or past may sit outside the range
         assert max(asked) <= 2 * 60, asked
     assert_matches_server(db_path, prefect.url)
+
+
+@pytest.mark.backends("sqlite")  # the catalog walk does not depend on the backend
+def test_a_deployment_deleted_while_another_is_created_is_found_by_the_next_pull(
+    fresh_server: Server, tmp_path: Path
+) -> None:
+    """More deployments than a page, one deleted and one created between pulls: the walk
+    stops at the cursor, yet the delete is found at once. The count check runs after the
+    walk wrote the new deployment, so the counts differ (13 in the file, 12 on the server)
+    and the full listing that follows marks the deleted one."""
+    import flowsync
+    from flowsync.config import ApiSettings
+    from flowsync.sync import PullOptions
+    from harness.seed import new_deployment
+
+    url = fresh_server.url
+    deps = [new_deployment(url, f"turn-{i}") for i in range(12)]
+    db = tmp_path / "runs.duckdb"
+    api = ApiSettings(url=url)
+    options = PullOptions(page_size=5, overlap=timedelta(0))
+    flowsync.pull(db, api=api, options=options)
+    with httpx.Client(base_url=url + "/", timeout=60) as c:
+        assert c.delete(f"deployments/{deps[0]}").is_success
+    new_deployment(url, "turn-new")
+    gone = "SELECT deleted_at IS NOT NULL FROM deployments WHERE id = ?"
+    flowsync.pull(db, api=api, options=options)
+    assert query(db, gone, [deps[0]]) == [(True,)]
+    assert query(db, "SELECT count(*) FROM deployments WHERE deleted_at IS NULL") == [(12,)]
