@@ -219,3 +219,14 @@ def test_output_to_a_device_or_through_a_link_writes_it_and_keeps_it(
     assert link.is_symlink() and target.read_text().startswith(("one\n", "deployment_id,"))
     assert {p.name for p in tmp_path.iterdir()} >= {"link.csv", "null", "real.csv"}
     assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    # a pipe named by /dev/fd (`--output >(gzip > x.gz)`, `--output /dev/stdout | ...`)
+    read, write = os.pipe()
+    try:
+        piped = run_cli(
+            *command, "--db", str(built.path), "--format", "csv", "--output", f"/dev/fd/{write}"
+        )
+        assert piped.exit_code == 0, piped.output
+    finally:
+        os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        assert pipe.read().decode().startswith(("one\n", "deployment_id,"))

@@ -721,10 +721,14 @@ def test_a_macro_of_the_users_that_reads_tables_counts_as_reading_other_rows(db:
             "CREATE MACRO dep_paused(x) AS (SELECT any_value(paused) FROM deployments WHERE id = x)"
         )
         store.execute("CREATE MACRO twice(x) AS x * 2")
+        store.execute("CREATE MACRO on_hold(x) AS coalesce(dep_paused(x), false)")  # nested
     reading = "SELECT id FROM flow_runs WHERE dep_paused(deployment_id)"
+    nested = "SELECT id FROM flow_runs WHERE on_hold(deployment_id)"
     computing = "SELECT id FROM flow_runs WHERE twice(run_count) > 2 AND signature_of(name) <> ''"
     with Store.sandboxed(db, live=True) as store:
         assert reads_other_runs(store, reading) == "a macro that reads tables (dep_paused)"
         assert reads_lookups(store, reading) == {"flows", "deployments"}
+        assert reads_other_runs(store, nested) == "a macro that reads tables (on_hold)"
+        assert reads_lookups(store, nested) == {"flows", "deployments"}
         assert reads_other_runs(store, computing) is None
         assert reads_lookups(store, computing) == frozenset()

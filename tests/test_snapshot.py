@@ -337,4 +337,17 @@ def test_a_no_change_pull_publishes_what_an_earlier_pull_wrote_but_never_publish
         a_pull(store, status="interrupted")  # killed before its publish
         again = snap.publish(store, pull_id=a_pull(store), changed=False)
         assert again.published
+        with store.transaction():  # a pull that never reached the server wrote nothing
+            unreached = sync_log.start_sync_run(store, "http://test/api")
+            sync_log.finish_sync_run(store, unreached, status="failed", error="refused")
+        assert not snap.publish(store, pull_id=a_pull(store), changed=False).published
     assert scalar(snap.snapshot_dir(db) / snap.CURRENT, "SELECT count(*) FROM written") == 2
+    # A notebook that opens the file for writing leaves no record of its own: still published.
+    import flowsync
+
+    notebook = flowsync.connect(db, read_only=False)
+    notebook.execute("INSERT INTO written VALUES (3)")
+    notebook.close()
+    with Store.writer(db) as store:
+        assert snap.publish(store, pull_id=a_pull(store), changed=False).published
+    assert scalar(snap.snapshot_dir(db) / snap.CURRENT, "SELECT count(*) FROM written") == 3

@@ -71,8 +71,7 @@ def write_atomic(path: Path, data: bytes, option: str = "--output") -> None:
     textfile collector, a browser) sees the old file or the new one, never half of one.
     A link is followed (the file it names is replaced, not the link); what is not a file
     (``/dev/null``, ``/dev/stdout``, a pipe) is written to as it is, never replaced."""
-    path = Path(os.path.realpath(path))
-    if path.exists() and not path.is_file():
+    if path.exists() and not path.is_file():  # followed as given: /dev/stdout, /dev/fd/N
         if path.is_dir():
             raise ConfigError(f"{option} {path} is a directory; name a file in it.")
         try:
@@ -83,6 +82,7 @@ def write_atomic(path: Path, data: bytes, option: str = "--output") -> None:
                 f"Cannot write {option} {path}: {e.strerror}. Choose a writable path."
             ) from e
         return
+    path = Path(os.path.realpath(path))  # a link: the file it names is replaced, not the link
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as e:

@@ -18,6 +18,7 @@ per rule.
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -71,14 +72,23 @@ LOOKUP_TABLES = frozenset({"flows", "deployments"})
 
 
 def _macros_reading_tables(store: Store) -> frozenset[str]:
-    """Scalar macros in the file (a user's own too) whose body reads a table: a call to one
-    may read any run, flow or deployment."""
+    """Scalar macros in the file (a user's own too) whose body reads a table, or calls a
+    macro that does: a call to one may read any run, flow or deployment."""
     rows = store.execute(
-        "SELECT DISTINCT lower(function_name) FROM duckdb_functions() "
-        "WHERE NOT internal AND function_type = 'macro' "
-        "AND regexp_matches(lower(coalesce(macro_definition, '')), '\\b(from|join)\\b')"
+        "SELECT lower(function_name), lower(coalesce(macro_definition, '')) "
+        "FROM duckdb_functions() WHERE NOT internal AND function_type = 'macro'"
     ).rows()
-    return frozenset(r[0] for r in rows)
+    bodies = {name: body for name, body in rows}
+    reading = {n for n, body in bodies.items() if re.search(r"\b(from|join)\b", body)}
+    while True:  # and the macros that call those, however deep
+        calling = {
+            n
+            for n, body in bodies.items()
+            if n not in reading and any(re.search(rf"\b{re.escape(r)}\s*\(", body) for r in reading)
+        }
+        if not calling:
+            return frozenset(reading)
+        reading |= calling
 
 
 def reads_other_runs(store: Store, sql: str) -> str | None:

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
 
 import duckdb
 
 from flowsync.config import resolve_db_path
 from flowsync.errors import StoreError
+from flowsync.store import snapshot, sync_log
 from flowsync.store.connect import Store
 
 
@@ -66,4 +68,8 @@ def connect(
     else:
         # A notebook that writes keeps DuckDB's own memory default, as any DuckDB session.
         store = Store.writer(resolve_db_path(path), wait=wait, memory_limit_mb=0)
+        with store.transaction():  # what it writes is published by the next pull
+            sync_log.set_state(
+                store, snapshot.OPENED_FOR_WRITING, datetime.now(timezone.utc).isoformat()
+            )
     return store._con

@@ -76,6 +76,9 @@ KEEP_PREVIOUS = 1
 
 # sync_state key: the last generation number published from this file (never reused).
 GENERATION_KEY = "snapshot_generation"
+# sync_state: when a notebook last opened the live file for writing (its writes leave no
+# sync_runs record; the next publish must copy them).
+OPENED_FOR_WRITING = "opened_for_writing_at"
 
 
 @dataclass(frozen=True)
@@ -286,18 +289,24 @@ def _next_generation(store: Writer, folder: Path, latest: SnapshotInfo | None) -
     return max([*_generations(folder), latest.generation if latest else 0, int(counted)]) + 1
 
 
-def _nothing_written_since(store: Writer, published_by: int | None) -> bool:
+def _nothing_written_since(store: Writer, latest: SnapshotInfo) -> bool:
     """Every ``sync_runs`` record after the pull that published the snapshot is a pull that
-    finished and wrote no row (an apply, a refresh, a failed or killed pull may have)."""
-    if published_by is None:  # published by an apply or a refresh: not known
+    finished and wrote no row, or one that never reached the server (an apply, a refresh, a
+    failed or killed pull may have written), and no notebook opened the file for writing
+    since it was published (``flowsync.connect(read_only=False)``: ``OPENED_FOR_WRITING``)."""
+    if latest.pull_id is None:  # published by an apply or a refresh: not known
+        return False
+    opened = sync_log.get_state(store, OPENED_FOR_WRITING)
+    if opened is not None and datetime.fromisoformat(str(opened)) >= latest.published_at:
         return False
     written = store.execute(
-        """
+        f"""
         SELECT count(*) FROM sync_runs
-        WHERE id > ? AND NOT (status = 'ok' AND mode IN ('full', 'incremental')
+        WHERE id > ? AND NOT ({sync_log.UNREACHED})
+          AND NOT (status = 'ok' AND mode IN ('full', 'incremental')
               AND coalesce(inserted, 0) + coalesce(updated, 0) + coalesce(marked_deleted, 0) = 0)
         """,
-        [published_by],
+        [latest.pull_id],
     ).scalar()
     return int(written or 0) == 0
 
@@ -322,7 +331,7 @@ def publish(store: Writer, *, pull_id: int | None = None, changed: bool = True) 
         and latest is not None
         and latest.flowsync_version == __version__
         and latest.migrations == migrations
-        and _nothing_written_since(store, latest.pull_id)
+        and _nothing_written_since(store, latest)
         and _readable(store, latest)
     ):
         return PublishResult(

@@ -52,9 +52,16 @@ def finish_sync_run(store: Store, pull_id: int, **fields: Any) -> None:
     store.execute(f"UPDATE sync_runs SET {sets} WHERE id = ?", [*fields.values(), pull_id])
 
 
+# A pull that never reached the server (recorded so that `status` shows it): it wrote nothing.
+UNREACHED = "status = 'failed' AND mode IS NULL"
+
+
 def previous_run_id(store: Store, pull_id: int) -> int | None:
-    """The ``sync_runs`` row started before this one (any flowsync, any outcome)."""
-    value = store.execute("SELECT max(id) FROM sync_runs WHERE id < ?", [pull_id]).scalar()
+    """The ``sync_runs`` row started before this one (any flowsync, any outcome; not a pull
+    that never reached the server)."""
+    value = store.execute(
+        f"SELECT max(id) FROM sync_runs WHERE id < ? AND NOT ({UNREACHED})", [pull_id]
+    ).scalar()
     return None if value is None else int(value)
 
 
