@@ -21,9 +21,7 @@ _AGE = re.compile(r"^\s*(\d+)\s*(m|min|h|d|w)\s*$", re.IGNORECASE)
 _UNITS = {"m": "minutes", "min": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 # Months and years (and a capital M, which means a month to many and a minute here): refused,
 # so that `3M` is never read as three minutes.
-_CALENDAR = re.compile(
-    r"^\s*\d+\s*(M|mo|mon|mons|month|months|y|yr|yrs|year|years)\s*$", re.IGNORECASE
-)
+_CALENDAR = re.compile(r"^\s*\d+\s*(?:M|(?i:mo|mons?|months?|y|yrs?|years?))\s*$")
 # The earliest start: where ``all`` begins (``reports.Window.start``). Earlier is no run's
 # time, and an age past year 1 is no date at all (OverflowError).
 EARLIEST = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -34,8 +32,7 @@ def parse_since(text: str | None, now: datetime, *, option: str = "--since") -> 
     ``option`` is the flag the text came from, named in the errors."""
     if text is None or text.strip().lower() == "all":
         return None
-    calendar = _CALENDAR.match(text)
-    if calendar and calendar.group(1) != "m":
+    if _CALENDAR.match(text):
         raise ConfigError(
             f"{option} {text!r}: months and years are not ages flowsync takes (and M could be "
             "minutes); use days or weeks (90d, 52w), or minutes as 30min."

@@ -34,9 +34,8 @@ from flowsync.policy.planned import PlanRuns as PlanRuns
 from flowsync.policy.planned import RuleModel as RuleModel
 from flowsync.policy.planned import RulePlan as RulePlan
 from flowsync.policy.rulesql import (
-    reads_lookups,
-    reads_other_runs,
     rule_errors,
+    rule_reads,
     rule_rows,
     rule_statement,
     sandboxed,
@@ -362,12 +361,11 @@ def make_plan(
                 checked[rule.name] = rule_statement(
                     store, rule, limit
                 )  # a disabled rule must still be valid
-            why = reads_other_runs(store, checked[rule.name])
-            if why:
-                cross[rule.name] = why
-            tables = reads_lookups(store, checked[rule.name])
-            if tables:
-                lookups[rule.name] = tables
+            reads = rule_reads(store, checked[rule.name])
+            if reads.other_runs:
+                cross[rule.name] = reads.other_runs
+            if reads.lookups:
+                lookups[rule.name] = reads.lookups
             if not rule.enabled:
                 rules.append(RulePlan(rule))
                 continue

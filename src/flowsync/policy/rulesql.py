@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from flowsync.errors import PolicyError, QueryError, QueryTimeoutError, SandboxError, StoreError
@@ -91,14 +92,29 @@ def _macros_reading_tables(store: Store) -> frozenset[str]:
         reading |= calling
 
 
-def reads_other_runs(store: Store, sql: str) -> str | None:
-    """Why a rule's SQL decides a run from other runs' rows (None: from its own row only).
+# Tables and views of the file that hold no flow or deployment row: a rule reading only
+# these decides without them.
+RUN_ONLY_TABLES = frozenset({"flow_runs", "flow_run_measures"})
+
+
+@dataclass(frozen=True)
+class RuleReads:
+    """What a rule's SQL may decide a run from besides its own row: why it may read other
+    runs (None: it does not), and which of ``flows`` and ``deployments`` it may read."""
+
+    other_runs: str | None
+    lookups: frozenset[str]
+
+
+def rule_reads(store: Store, sql: str) -> RuleReads:
+    """``RuleReads`` of a rule's SQL, from one walk of DuckDB's parse tree.
 
     Its own row only: one reference to flow_runs (or the row-by-row views over it),
     joined at most to flows and deployments, with no subquery, CTE, set operation,
-    window, aggregate, table function, LIMIT/OFFSET, DISTINCT ON or sample (each of
-    these keeps or drops a run by the rows beside it). Anything else may look at
-    other runs."""
+    window, aggregate, table function, LIMIT/OFFSET, DISTINCT ON, sample or macro that
+    reads tables (each of these keeps or drops a run by the rows beside it). Anything
+    else may look at other runs. The lookups: the tables it names, and both for a view,
+    table macro or table-reading macro that may join them (``flow_runs_enriched``...)."""
     aggregates = {
         r[0]
         for r in store.execute(
@@ -109,6 +125,7 @@ def reads_other_runs(store: Store, sql: str) -> str | None:
     macros = _macros_reading_tables(store)
     run_refs = 0
     why: list[str] = []
+    lookups: set[str] = set()
 
     def walk(node: Any) -> None:
         nonlocal run_refs
@@ -119,25 +136,31 @@ def reads_other_runs(store: Store, sql: str) -> str | None:
         if not isinstance(node, dict):
             return
         kind, cls = node.get("type"), node.get("class")
+        function = node.get("function_name")
+        function = function.lower() if isinstance(function, str) else ""
         if kind == "BASE_TABLE":
             name = str(node.get("table_name", "")).lower()
             if name in RUN_TABLES:
                 run_refs += 1
             elif name not in LOOKUP_TABLES:
                 why.append(f"reads {name}")
+            if name in LOOKUP_TABLES:
+                lookups.add(name)
+            elif name not in RUN_ONLY_TABLES:
+                lookups.update(LOOKUP_TABLES)
         elif kind in ("SUBQUERY", "TABLE_FUNCTION") or cls == "SUBQUERY":
             why.append("a subquery" if "SUBQUERY" in (kind, cls) else "a table function")
+            if kind == "TABLE_FUNCTION":
+                lookups.update(LOOKUP_TABLES)
         elif kind == "SET_OPERATION_NODE":
             why.append("a set operation")
         elif cls == "WINDOW":
             why.append("a window function")
-        elif (
-            isinstance(node.get("function_name"), str)
-            and node["function_name"].lower() in aggregates
-        ):
+        elif function in aggregates:
             why.append(f"an aggregate ({node['function_name']})")
-        elif isinstance(node.get("function_name"), str) and node["function_name"].lower() in macros:
+        elif function in macros:
             why.append(f"a macro that reads tables ({node['function_name']})")
+            lookups.update(LOOKUP_TABLES)
         if (node.get("cte_map") or {}).get("map"):
             why.append("a CTE")
         if node.get("group_expressions") or node.get("having"):
@@ -157,42 +180,17 @@ def reads_other_runs(store: Store, sql: str) -> str | None:
     walk(store.parse_tree(sql))
     if run_refs > 1:
         why.append("flow_runs more than once")
-    return ", ".join(dict.fromkeys(why)) or None
+    return RuleReads(", ".join(dict.fromkeys(why)) or None, frozenset(lookups))
 
 
-# Tables and views of the file that hold no flow or deployment row: a rule reading only
-# these decides without them.
-RUN_ONLY_TABLES = frozenset({"flow_runs", "flow_run_measures"})
+def reads_other_runs(store: Store, sql: str) -> str | None:
+    """Why a rule's SQL decides a run from other runs' rows (None: from its own row only)."""
+    return rule_reads(store, sql).other_runs
 
 
 def reads_lookups(store: Store, sql: str) -> frozenset[str]:
-    """Which of ``flows`` and ``deployments`` a rule's SQL may read: those it names, and
-    both for a view or table macro that may join them (``flow_runs_enriched``, the report
-    macros...). Empty: it reads runs only."""
-    found: set[str] = set()
-    macros = _macros_reading_tables(store)
-
-    def walk(node: Any) -> None:
-        if isinstance(node, list):
-            for value in node:
-                walk(value)
-        elif isinstance(node, dict):
-            kind = node.get("type")
-            name = str(node.get("table_name", "")).lower()
-            function = str(node.get("function_name") or "").lower()
-            if kind == "BASE_TABLE" and name in LOOKUP_TABLES:
-                found.add(name)
-            elif (
-                kind == "TABLE_FUNCTION"
-                or (kind == "BASE_TABLE" and name not in RUN_ONLY_TABLES)
-                or function in macros
-            ):
-                found.update(LOOKUP_TABLES)
-            for value in node.values():
-                walk(value)
-
-    walk(store.parse_tree(sql))
-    return frozenset(found)
+    """Which of ``flows`` and ``deployments`` a rule's SQL may read (empty: runs only)."""
+    return rule_reads(store, sql).lookups
 
 
 def _sandbox_error(rule: RuleModel, e: SandboxError) -> PolicyError:
