@@ -538,6 +538,54 @@ def test_a_timed_out_call_the_server_completes_later_is_attributed_to_this_apply
         assert result.status == "success"
 
 
+def test_a_call_after_a_lost_answer_in_its_batch_waits_for_a_new_re_read(
+    server: Server, tmp_path: Path
+) -> None:
+    """A batch goes out as two calls (its runs in two states at the re-read). The first
+    call's answer is lost (a timeout; it never reached the server) and its runs are read back
+    for seconds; meanwhile a run of the second call is tagged protected. The second call is
+    not sent on the re-read from before: its runs are re-read and decided again."""
+    rules = [
+        {
+            "name": "purge",
+            "action": "delete",
+            "sql": "SELECT id FROM flow_runs WHERE list_contains(tags, 'stale2') "
+            "AND state_type IN ('FAILED', 'CRASHED')",
+        }
+    ]
+    with pulled_runs(server, tmp_path, 4, "FAILED", "stale2", rules, protect_tags=["keep"]) as (
+        ids,
+        db,
+        policy,
+    ):
+        set_state(server, ids[:1], "CRASHED")  # the batch's first call: CRASHED, then FAILED
+        timed_out: list[int] = []
+
+        def fault(request: httpx.Request, n: int) -> httpx.Response | None:
+            if request.url.path.endswith("bulk_delete") and not timed_out:
+                timed_out.append(n)
+                raise httpx.ReadTimeout("no answer", request=request)
+            return None
+
+        tagged: list[str] = []
+
+        def sleep(seconds: float) -> None:
+            if not tagged:  # the read-back's first pause: protected on the server
+                tagged.append(ids[2])
+                patch_run(server.url, ids[2], {"tags": ["stale2", "keep"]})
+            time.sleep(min(seconds, 0.2))
+
+        result = library_apply(
+            server, db, policy, forwarding(fault, resend_busy=True), sleep=sleep, settle_seconds=2
+        )
+        assert tagged and timed_out
+        assert live(server, ids) == {ids[2]: "FAILED"}
+        audit = outcomes(db, ids)
+        assert audit[ids[2]] == "skipped" and audit_rows(db) == len(ids)
+        assert {audit[i] for i in ids if i != ids[2]} == {"deleted"}
+        assert result.counts["purge"] == {"deleted": 3, "skipped": 1}
+
+
 def test_a_401_on_the_second_call_of_a_batch_keeps_what_the_first_did(
     server: Server, tmp_path: Path
 ) -> None:

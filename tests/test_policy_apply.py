@@ -1000,6 +1000,66 @@ def test_a_401_part_way_through_per_run_calls_records_what_the_calls_before_it_d
     assert sorted(r[0] for r in marked) == sorted(gone)
 
 
+def test_per_run_calls_after_a_lost_answer_wait_for_a_new_re_read(tmp_path: Path) -> None:
+    """Per run (a server before 3.6.16; a DELETE has no state guard): the first DELETE's
+    answer is lost and its run is read back; meanwhile run 3 is tagged protected. The
+    DELETEs after it are not sent on the re-read from before the loss: run 3 stays."""
+    db = make_db(tmp_path / "r.duckdb", [run(i) for i in range(1, 6)])
+    fake = Recorder(lambda p, b: httpx.Response(404), api_rows(db))
+
+    def delete(run_id: str, n: int) -> httpx.Response:
+        if n == 1:
+            raise httpx.ReadTimeout("no answer", request=httpx.Request("DELETE", run_id))
+        fake.runs.pop(run_id)
+        return httpx.Response(204)
+
+    def sleep(seconds: float) -> None:  # the read-back's pauses: run 3 protected meanwhile
+        fake.runs[rid(3)].update(tags=["keep"], updated="2099-01-01T00:00:00+00:00")
+
+    client = PrefectClient(
+        ApiSettings(url="http://prefect.test/api"),
+        transport=httpx.MockTransport(per_run_server(fake, delete)),
+        retry=RetryPolicy(attempts=2),
+        sleep=sleep,
+    )
+    policy = "version: 1\nprotect_tags: [keep]\n" + DELETE_COMPLETED.removeprefix("version: 1\n")
+    plan = plan_for(db, policy)
+    with Store.sandboxed_writer(db) as store, client:
+        apply_plan(client, store, plan, progress=NullProgress())
+    assert list(fake.runs) == [rid(3)]
+    rows = dict(
+        query(db, "SELECT right(CAST(flow_run_id AS VARCHAR), 1), outcome FROM policy_actions")
+    )
+    assert rows == {"1": "deleted", "2": "deleted", "3": "skipped", "4": "deleted", "5": "deleted"}
+
+
+def test_per_run_calls_go_out_only_while_their_re_read_is_fresh(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Per run, one DELETE after another: once the batch's re-read is older than FRESH_FOR
+    (here at once), the runs not sent yet are re-read before the next DELETE. Run 3,
+    protected while run 2's DELETE was out, stays."""
+    from flowsync.policy import batch
+
+    monkeypatch.setattr(batch, "FRESH_FOR", 0.0)
+    db = make_db(tmp_path / "r.duckdb", [run(i) for i in range(1, 6)])
+    fake = Recorder(lambda p, b: httpx.Response(404), api_rows(db))
+
+    def delete(run_id: str, n: int) -> httpx.Response:
+        if run_id == rid(2):
+            fake.runs[rid(3)].update(tags=["keep"], updated="2099-01-01T00:00:00+00:00")
+        fake.runs.pop(run_id)
+        return httpx.Response(204)
+
+    policy = "version: 1\nprotect_tags: [keep]\n" + DELETE_COMPLETED.removeprefix("version: 1\n")
+    plan = plan_for(db, policy)
+    with Store.sandboxed_writer(db) as store, mock_client(per_run_server(fake, delete)) as client:
+        result = ApplyResult.new()
+        apply_plan(client, store, plan, progress=NullProgress(), result=result)
+    assert list(fake.runs) == [rid(3)]
+    assert result.counts == {"purge": {"deleted": 4, "skipped": 1}}
+
+
 def test_runs_never_sent_when_per_run_calls_stop_are_not_left_pending(tmp_path: Path) -> None:
     """The 3rd DELETE times out and the runs cannot be read back: the apply stops. Runs 4 and
     5 were never sent: recorded not sent, so the next apply does not credit this one with

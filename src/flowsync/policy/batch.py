@@ -27,7 +27,10 @@ runs), each step with typed inputs and outputs:
    batch whose decision may rest on them is decided.
 
 ``steps`` runs them, up to ``attempts`` times for the runs sent back to step 1; a
-run never done gets ``failed``. When this batch and the next ones decide a run from
+run never done gets ``failed``. A batch's calls after its first go out on its re-read only
+while that re-read is fresh: after a lost answer (the settle may have waited seconds), or
+``FRESH_FOR`` after the re-read answered (one call a run on older servers), the calls not
+sent go back to step 1 without using an attempt. When this batch and the next ones decide a run from
 its own row (``Rereader.own_rows``), two things are done ahead (``policy/ahead.py``):
 up to ``AHEAD_BATCHES`` batches of the rule are decided over the file in one
 decision before the first is re-read (each still re-read right before its call; its
@@ -57,7 +60,7 @@ from flowsync.errors import (
     AuthError,
     UnsupportedError,
 )
-from flowsync.policy.ahead import AHEAD_BATCHES, Ahead, Task
+from flowsync.policy.ahead import AHEAD_BATCHES, AHEAD_MAX_AGE, Ahead, Task
 from flowsync.policy.answers import (
     Acted,
     Answer,
@@ -88,6 +91,9 @@ __all__ = ["Applier", "Batch", "Stop"]
 
 # The longest wait a throttled call is given before it is re-checked and sent again.
 MAX_THROTTLE_WAIT = 120.0
+# The longest a batch's later calls go out after its re-read answered (as a decision made
+# ahead, ``AHEAD_MAX_AGE``): later, the calls not sent yet are re-read and decided again.
+FRESH_FOR = AHEAD_MAX_AGE
 # After the server loses a call's answer, the batches up to this many after it send one call
 # at a time (each further loss extends it); then two calls may be out again.
 ONE_CALL_BATCHES = 20
@@ -379,7 +385,8 @@ class Applier:
         ahead = self.ahead.take(number, todo)
         rowids = ahead.rowids if ahead else None
         overlap = self.overlaps(batch, upcoming)
-        for attempt in range(1, self.attempts + 1):
+        attempt = 1
+        while True:
             try:
                 fresh = self.rereader.reread(batch, todo, ahead)
                 ahead = None
@@ -390,12 +397,19 @@ class Applier:
                 raise Stop from e
             decided = self.decide(batch, todo, fresh)
             guards = {i: s.state_type or batch.state_type for i, s in fresh.seen.items()}
-            again: list[str] = []
+            again: list[str] = []  # sent back to step 1 by an answer: uses an attempt
+            stale: list[str] = []  # not sent: the re-read is no longer fresh enough for them
             wait: float | None = None
             calls = list(decided.calls)
+            lost = False
             if not calls:
                 self.record(number, rule, decided.final, guards)
             while calls:
+                if calls[0] is not decided.calls[0] and (
+                    lost or time.monotonic() - fresh.answered_at > FRESH_FOR
+                ):
+                    stale = [i for c in calls for i in c.ids]
+                    break
                 call = calls.pop(0)
                 # The call still out was answered 429: this one would meet the same limit. It is
                 # not sent; it waits as told, then is re-read and decided again.
@@ -427,6 +441,9 @@ class Applier:
                     self._auth_failed(number, batch, call, calls, str(e))
                     raise
                 self._lost_answer(number, answer)
+                lost = isinstance(answer, Lost) or (
+                    isinstance(answer, Partial) and isinstance(answer.answer, Lost)
+                )
                 verdict = self.classify(number, rule, call, fresh, answer, attempt)
                 if decided.final and call is decided.calls[0]:
                     # The runs not sent are recorded after the first call, out of its window.
@@ -451,13 +468,15 @@ class Applier:
                     left = throttled.left()
                     wait = left if left is not None else self.client.backoff(attempt)
                     break
-            if not again:
-                break
-            if attempt == self.attempts:
+            if again and attempt == self.attempts:
                 self._gave_up(number, rule, again, attempt)
+                again = []
+            if not again and not stale:
                 break
-            self.client.pause_for(min(wait if wait is not None else 0.0, MAX_THROTTLE_WAIT))
-            todo = again
+            if again:
+                attempt += 1
+                self.client.pause_for(min(wait if wait is not None else 0.0, MAX_THROTTLE_WAIT))
+            todo = again + stale
         self.progress.advance(len(batch.ids))
         # Its calls answered, the next batch's re-read not sent: a checkpoint due soon is made
         # here, never by a commit inside a re-read -> call window (BENCHMARKS.md).
