@@ -402,6 +402,50 @@ def test_a_rule_joining_deployments_decides_on_the_deployment_as_it_is_now(
     assert query(db, "SELECT paused FROM deployments WHERE id = ?", [dep]) == [(False,)]
 
 
+def pulled_days_ago(con: Any, days: float) -> None:
+    """The file's last pull moved ``days`` back: its record (this machine's clock) and its
+    runs cursor (the server's)."""
+    con.execute(
+        "UPDATE sync_runs SET started_at = started_at - to_microseconds(CAST(? AS BIGINT))",
+        [round(days * 86_400e6)],
+    )
+    con.execute(
+        "UPDATE sync_state SET value = to_json(strftime(CAST(value->>'$' AS TIMESTAMPTZ) "
+        "- to_microseconds(CAST(? AS BIGINT)), '%Y-%m-%dT%H:%M:%S.%f+00:00')) "
+        "WHERE key = 'flow_runs.cursor'",
+        [round(days * 86_400e6)],
+    )
+
+
+class _ClockAhead(datetime):
+    """This machine's clock, ten minutes ahead of the server's."""
+
+    @classmethod
+    def now(cls, tz: Any = None) -> Any:
+        return datetime.now(tz) + timedelta(minutes=10)
+
+
+def test_a_rule_reading_other_runs_reads_their_events_on_the_servers_clock(
+    server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """This machine's clock runs ten minutes ahead of the server's (the pull's record says so).
+    A run of the deployment completes after the pull: the catch-up's window is taken on the
+    server's clock, so it sees the event and the FAILED runs are left alone."""
+    import duckdb
+
+    from flowsync.policy import reread
+
+    with pulled_runs(server, tmp_path, 4, "FAILED", "skew", orphans("skew")) as (ids, db, policy):
+        with duckdb.connect(str(db)) as con:
+            con.execute("UPDATE sync_runs SET started_at = started_at + INTERVAL 10 MINUTE")
+        monkeypatch.setattr(reread, "datetime", _ClockAhead)
+        set_state(server, ids[-1:], "COMPLETED")
+        wait_for_state_events(server.url, ids[-1:], "COMPLETED")
+        library_apply(server, db, policy, forwarding(resend_busy=True), batch_size=1)
+        assert live(server, ids) == {**dict.fromkeys(ids[:-1], "FAILED"), ids[-1]: "COMPLETED"}
+        assert outcomes(db, ids[:-1]) == dict.fromkeys(ids[:-1], "skipped")
+
+
 def test_a_rule_reading_other_runs_is_refused_when_the_events_since_the_pull_may_be_gone(
     server: Server, tmp_path: Path
 ) -> None:
@@ -411,7 +455,7 @@ def test_a_rule_reading_other_runs_is_refused_when_the_events_since_the_pull_may
 
     with pulled_runs(server, tmp_path, 3, "FAILED", "xg", orphans("xg")) as (ids, db, policy):
         with duckdb.connect(str(db)) as con:  # the pull, ten days ago (the server keeps seven)
-            con.execute("UPDATE sync_runs SET started_at = started_at - INTERVAL 10 DAY")
+            pulled_days_ago(con, 10)
         result = apply_cli(server, db, policy)
         assert result.exit_code == 7, result.output
         assert "rule 'orphans' reads other runs" in result.stderr

@@ -172,7 +172,8 @@ def apply_plan(
     )
     failure: BaseException | None = None
     try:
-        client.check()  # a wrong URL or a stopped server fails in a second, not after retries
+        # A wrong URL or a stopped server fails in a second, not after retries.
+        applier.rereader.set_server_clock(client.check())
         caps = client.capabilities()
         if not caps.bulk:
             forced = [

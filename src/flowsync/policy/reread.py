@@ -34,8 +34,8 @@ from flowsync.policy.ahead import AHEAD_MAX_AGE, DecidedAhead
 from flowsync.policy.answers import Batch, Fresh, Seen, file_rows
 from flowsync.policy.plan import Decision, Plan, RuleModel, Scope, decide_scope
 from flowsync.policy.result import ApplyResult
-from flowsync.store import SandboxedWriter, sync_log
-from flowsync.sync import RunReader, events_cover
+from flowsync.store import SandboxedWriter
+from flowsync.sync import RunReader, events_cover, pulled_from
 
 __all__ = ["EVENTS_OVERLAP", "RANK_ROUNDS", "UNCONFIRMED", "Rereader"]
 
@@ -69,8 +69,19 @@ class Rereader:
         self.lost = lost  # run -> (problem, state before): runs whose call's answer was lost
         self.ranked = self._ranked_rules()
         self.per_run = False  # the server lacks the bulk endpoints: one call per run
-        # state events read up to here (rules reading others)
+        # state events read up to here (rules reading others), by the server's clock
         self.caught_up: datetime | None = None
+        # the server's clock less ours (``set_server_clock``): event times are the server's
+        self.clock_offset = timedelta(0)
+
+    def set_server_clock(self, server_now: datetime) -> None:
+        """The server's time now (its ``Date``, ``PrefectClient.check``): the catch-up's event
+        windows are taken on its clock, as the pull's cursors are, never on this machine's."""
+        self.clock_offset = server_now - datetime.now(timezone.utc)
+
+    def server_now(self) -> datetime:
+        """The server's time now, as far as its ``Date`` (whole seconds) tells."""
+        return datetime.now(timezone.utc) + self.clock_offset
 
     def _ranked_rules(self) -> set[str]:
         """Rules whose decision ranks runs against each other: keep_newest at or before them."""
@@ -138,11 +149,11 @@ class Rereader:
         needs = [rp.rule for rp in self.plan.rules if rp.planned and self.reads_others(rp.rule)]
         if not needs:
             return
-        last = sync_log.last_pull_at(self.store)
+        last = pulled_from(self.store)
         why = (
             "the file records no pull"
             if last is None
-            else events_cover(self.client, last - EVENTS_OVERLAP, datetime.now(timezone.utc))
+            else events_cover(self.client, last - EVENTS_OVERLAP, self.server_now())
         )
         if why is not None:
             raise PolicyError(
@@ -155,8 +166,8 @@ class Rereader:
         """Re-read every run with a state change since the last catch-up (or pull) into the
         file: runs created since then too, which the decision may count (``lookups``: with
         their flows and deployments)."""
-        now = datetime.now(timezone.utc)
-        since = self.caught_up or sync_log.last_pull_at(self.store) or now - timedelta(days=6)
+        now = self.server_now()
+        since = self.caught_up or pulled_from(self.store) or now - timedelta(days=6)
         since = since - EVENTS_OVERLAP
         changed = self.client.changed_flow_runs(since, now + timedelta(minutes=5))
         if changed:

@@ -11,7 +11,7 @@ log: ``flowsync.store.sync_log``. Must not: print or import httpx/duckdb.
 
 from flowsync.sync.context import NullProgress, Progress, PullOptions
 from flowsync.sync.pull import PullResult, RunReader, pull, refresh_runs
-from flowsync.sync.runs import events_cover
+from flowsync.sync.runs import events_cover, pulled_from
 
 __all__ = [
     "NullProgress",
@@ -21,5 +21,6 @@ __all__ = [
     "RunReader",
     "events_cover",
     "pull",
+    "pulled_from",
     "refresh_runs",
 ]

@@ -45,7 +45,7 @@ from flowsync.api.pagination import (
 )
 from flowsync.config import PULL_EVENTS_HORIZON_DAYS
 from flowsync.errors import ApiError
-from flowsync.store import sync_log, synced_tables
+from flowsync.store import Store, sync_log, synced_tables
 from flowsync.store.tables import FLOW_RUNS
 from flowsync.sync.context import WRITE_ROWS, PullContext
 
@@ -84,6 +84,14 @@ def events_gap(ctx: PullContext, since: datetime) -> str | None:
         return events_cover(ctx.client, since, ctx.server_start, ctx.options.events_horizon)
     except ApiError:
         return None  # no events API: the incremental pull falls back to re-reading unfinished runs
+
+
+def pulled_from(store: Store) -> datetime | None:
+    """When the last pull began by the server's clock (its runs cursor): the runs in the file
+    are as the server had them then or later. The pull's record's own time (this machine's
+    clock) for a file without a cursor; None for a file no pull completed."""
+    cursor = sync_log.get_state(store, CURSOR)
+    return parse_ts(cursor) if cursor else sync_log.last_pull_at(store)
 
 
 def events_cover(
