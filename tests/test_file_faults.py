@@ -168,6 +168,82 @@ def test_a_newer_file_is_never_written_and_read_only_with_one_warning(tmp_path: 
     assert sha256(db) == before
 
 
+def leave_a_wal(db: Path, sql: str) -> None:
+    """``sql`` run by a process killed before it checkpointed: the file keeps a write-ahead
+    log, which the next read-write open replays into it."""
+    code = (
+        "import duckdb, os, sys\n"
+        "con = duckdb.connect(sys.argv[1])\n"
+        "con.execute('CHECKPOINT')\n"
+        "con.execute(\"SET checkpoint_threshold = '1GB'\")\n"
+        "con.execute(sys.argv[2])\n"
+        "os._exit(0)\n"
+    )
+    subprocess.run([sys.executable, "-c", code, str(db), sql], check=True)
+    assert Path(f"{db}.wal").exists()
+
+
+@pytest.mark.parametrize("whose", ["another program's", "a newer flowsync's"])
+def test_a_file_with_a_leftover_wal_is_refused_before_the_wal_is_replayed(
+    tmp_path: Path, whose: str
+) -> None:
+    if whose == "a newer flowsync's":
+        db = built(tmp_path, runs=5)
+        add_future_migration(db)
+        leave_a_wal(db, "UPDATE flow_runs SET future_column = 'newer'")
+        needle = "written by flowsync 9.0.0"
+    else:
+        db = tmp_path / "sales.duckdb"
+        leave_a_wal(db, "CREATE TABLE sales AS SELECT 1 AS amount")
+        needle = "not a flowsync file (it holds table sales)"
+    wal = Path(f"{db}.wal")
+    before = (sha256(db), sha256(wal))
+    for args in (["pull"], ["apply", "p.yaml", "--yes"]):
+        if args[0] == "apply":
+            (tmp_path / "p.yaml").write_text(POLICY)
+            args[1] = str(tmp_path / "p.yaml")
+        result = run_cli(*args, "--api-url", UNREACHABLE, "--db", str(db))
+        # (apply's plan reads a newer file first, with its warning)
+        assert result.exit_code == 5 and needle in stderr_lines(result)[-1], result.output
+        assert "Traceback" not in result.output
+        assert (sha256(db), sha256(wal)) == before, args
+
+
+def test_a_file_whose_first_migration_never_committed_is_taken_up_by_the_next_pull(
+    tmp_path: Path,
+) -> None:
+    """The migrations' record is created before the first migration's transaction: a writer
+    killed (or out of disk) inside it leaves only that empty table. Ours, not foreign."""
+    db = tmp_path / "runs.duckdb"
+    with duckdb.connect(str(db)) as con:
+        con.execute(
+            "CREATE TABLE _flowsync_migrations (name VARCHAR PRIMARY KEY, "
+            "applied_at TIMESTAMPTZ NOT NULL)"
+        )
+    with Store.writer(db) as store:
+        assert store.applied_migrations() == {name for name, _ in migrations.MIGRATIONS}
+
+
+@pytest.mark.parametrize(
+    ("sql", "held"),
+    [
+        ("CREATE VIEW sales AS SELECT 1 AS amount", "view sales"),
+        ("CREATE SEQUENCE order_ids", "sequence order_ids"),
+        ("CREATE MACRO twice(x) AS x * 2", "macro twice"),
+    ],
+)
+def test_a_duckdb_file_holding_no_table_but_other_objects_is_not_taken_over(
+    tmp_path: Path, sql: str, held: str
+) -> None:
+    db = tmp_path / "other.duckdb"
+    with duckdb.connect(str(db)) as con:
+        con.execute(sql)
+    before = sha256(db)
+    line = one_line(run_cli("pull", "--api-url", UNREACHABLE, "--db", str(db)), 5)
+    assert f"not a flowsync file (it holds {held})" in line
+    assert sha256(db) == before
+
+
 def test_a_notebook_reading_a_newer_file_gets_a_warning_and_cannot_write_it(
     tmp_path: Path,
 ) -> None:

@@ -41,7 +41,7 @@ def test_a_duckdb_file_that_is_not_flowsyncs_is_refused_untouched(
     before = _digest(foreign)
     result = run_cli(*args, "--db", str(foreign))
     assert result.exit_code == 5, result.output
-    assert "is a DuckDB database but not a flowsync file (its tables: sales)" in result.stderr
+    assert "is a DuckDB database but not a flowsync file (it holds table sales)" in result.stderr
     assert "upgrade" not in result.stderr
     assert _digest(foreign) == before
 

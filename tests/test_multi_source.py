@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 import flowsync
-from flowsync.errors import ConfigError
+from flowsync.errors import ConfigError, NewerFileWarning, StoreError
+from flowsync.store import migrations
 from harness.built import Builder, BuiltHistory
 from tests.helpers import copy_db, run_cli, scalar
 
@@ -98,5 +99,38 @@ def test_a_name_that_is_no_name_is_said_to_be_the_name(tmp_path: Path) -> None:
     con = flowsync.connect([str(odd)])
     try:
         assert con.execute("SELECT count(*) FROM flow_runs").fetchone() == (0,)
+    finally:
+        con.close()
+
+
+def test_each_file_of_several_gets_the_checks_one_file_gets(
+    two_files: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Another program's file, a file of an older schema and one a newer flowsync wrote:
+    refused, refused, read with a warning, as each is alone."""
+    import duckdb
+
+    prod, staging = two_files
+    foreign = tmp_path / "sales.duckdb"
+    with duckdb.connect(str(foreign)) as con:
+        con.execute("CREATE TABLE orders AS SELECT 1 AS id")
+    result = run_cli("sql", "SELECT * FROM orders", "--db", f"a={foreign}", "--db", f"b={prod}")
+    assert result.exit_code == 5, result.output
+    assert result.stderr.strip() == (
+        f"error: {foreign} is not a flowsync file (no flowsync schema in it); pass only files "
+        "flowsync pull wrote."
+    )
+    last = migrations.MIGRATIONS[-1][0]
+    with duckdb.connect(str(staging)) as con:  # as an older flowsync left it
+        con.execute("DELETE FROM _flowsync_migrations WHERE name = ?", [last])
+    with pytest.raises(StoreError, match=r"has an older schema \(1 migrations pending\)"):
+        flowsync.connect({"prod": prod, "staging": staging}, live=True)
+    with duckdb.connect(str(staging)) as con:  # as a newer flowsync left it
+        con.execute("INSERT INTO _flowsync_migrations VALUES (?, now())", [last])
+        con.execute("INSERT INTO _flowsync_migrations VALUES ('m999_from_the_future', now())")
+    with pytest.warns(NewerFileWarning, match="m999_from_the_future"):
+        con = flowsync.connect({"prod": prod, "staging": staging}, live=True)
+    try:
+        assert con.execute("SELECT count(DISTINCT source) FROM flow_runs").fetchone() == (2,)
     finally:
         con.close()

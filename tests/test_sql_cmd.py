@@ -102,6 +102,28 @@ def test_bad_sql_is_one_line_and_changes_nothing(
     assert scalar(pulled, "SELECT count(*) FROM flow_runs") > 0
 
 
+@pytest.mark.parametrize("live", [False, True], ids=["snapshot", "live"])
+def test_attach_is_refused_so_no_file_can_be_written(
+    pulled: Path, tmp_path: Path, live: bool
+) -> None:
+    """The files are open read-only; a file ATTACHed by the query could be written (the live
+    file itself, read through its snapshot). Refused before anything runs."""
+    other = tmp_path / "other.duckdb"
+    before = digest(pulled)
+    for target in (pulled, other):
+        sql = (
+            f"ATTACH '{target}' AS w (READ_WRITE); CREATE TABLE w.pwned AS SELECT 1 AS x; SELECT 1"
+        )
+        result = run_cli("sql", sql, "--db", str(pulled), *(["--live"] if live else []))
+        assert result.exit_code == 2, result.output
+        assert result.stderr.strip() == (
+            "error: ATTACH is refused: flowsync sql reads only the files given with --db (each "
+            "read-only); to query another flowsync file too, add it as --db NAME=PATH."
+        )
+    assert digest(pulled) == before and not other.exists()
+    assert run_cli("sql", "DETACH x", "--db", str(pulled)).exit_code == 2
+
+
 def test_bad_format_and_missing_db(pulled: Path, tmp_path: Path) -> None:
     result = run_cli("sql", Q, "--format", "xlsx", "--db", str(pulled))
     assert result.exit_code == 2 and "--format 'xlsx' is not an output format" in result.stderr

@@ -57,6 +57,13 @@ def sql_result(store: Store, sql: str) -> SqlResult:
     as DuckDB's own text; see ``Store.typed_frame``)."""
     if not sql.strip():
         raise ConfigError('No SQL given: pass a query such as "SELECT count(*) FROM flow_runs".')
+    # The files are open read-only, but a file ATTACHed here could be written: refused.
+    attach = [kind for kind, _text in store.statements(sql) if kind in ("ATTACH", "DETACH")]
+    if attach:
+        raise ConfigError(
+            f"{attach[0]} is refused: flowsync sql reads only the files given with --db (each "
+            "read-only); to query another flowsync file too, add it as --db NAME=PATH."
+        )
     try:
         frame, types = store.typed_frame(sql)
     except ReadOnlyError as e:

@@ -229,6 +229,8 @@ class Store(Session):
         lock_context: str | None = None,
         memory_limit_mb: int | None = None,
     ) -> S:
+        if not cls.read_only:
+            cls._check_before_writing(path, wait=wait, lock_context=lock_context)
         con = _connect(
             path,
             read_only=cls.read_only,
@@ -246,6 +248,32 @@ class Store(Session):
             con.close()
             raise
         return store
+
+    @classmethod
+    def _check_before_writing(cls, path: Path, *, wait: float, lock_context: str | None) -> None:
+        """A write-ahead log left by a process killed mid-write is replayed into the file by
+        the first read-write open. Before that, such a file is checked on a read-only
+        connection, so one that is not flowsync's, or that a newer flowsync wrote, is refused
+        unchanged."""
+        if not path.with_name(path.name + ".wal").exists():
+            return
+        try:
+            con = _connect(
+                path, read_only=True, sandbox=False, wait=wait, lock_context=lock_context
+            )
+        except StoreError as e:
+            if isinstance(e.__cause__, duckdb.Error) and is_config_clash(e.__cause__):
+                return  # open read-write in this process: the log is that connection's own
+            raise
+        try:
+            probe = cls(con, path)  # the writer's own checks, nothing written
+            with probe._errors("open"):
+                applied = probe.applied_migrations()
+                probe._check_newer(applied)
+                if not applied:
+                    probe._refuse_foreign()
+        finally:
+            con.close()
 
     def _prepare(self, memory_limit_mb: int | None) -> None:
         """What a role sets after the migrations, while the configuration can still change:
@@ -377,18 +405,27 @@ class Store(Session):
                 )
 
     def _refuse_foreign(self) -> None:
-        """A DuckDB file with tables but no flowsync record is someone else's: never add ours."""
-        tables = [
-            r[0]
-            for r in self.execute(
-                "SELECT table_name FROM information_schema.tables "
-                "WHERE table_catalog = current_database() ORDER BY table_name"
+        """A DuckDB file holding anything but no flowsync migration is someone else's: never
+        add ours. (An empty ``_flowsync_migrations`` alone is ours: a first migration that
+        never committed, killed or out of disk; the next writer goes on.)"""
+        held = [
+            f"{kind} {name}"
+            for kind, name in self.execute(
+                "SELECT 'table', table_name FROM duckdb_tables() WHERE database_name = "
+                "current_database() AND NOT internal AND table_name <> '_flowsync_migrations' "
+                "UNION ALL SELECT 'view', view_name FROM duckdb_views() WHERE database_name = "
+                "current_database() AND NOT internal "
+                "UNION ALL SELECT 'sequence', sequence_name FROM duckdb_sequences() WHERE "
+                "database_name = current_database() "
+                "UNION ALL SELECT 'macro', function_name FROM duckdb_functions() WHERE "
+                "database_name = current_database() AND NOT internal "
+                "AND function_type IN ('macro', 'table_macro') ORDER BY 1, 2"
             ).rows()
         ]
-        if tables:
-            shown = ", ".join(tables[:5]) + (", ..." if len(tables) > 5 else "")
+        if held:
+            shown = ", ".join(held[:5]) + (", ..." if len(held) > 5 else "")
             raise StoreError(
-                f"{self.path} is a DuckDB database but not a flowsync file (its tables: {shown}); "
+                f"{self.path} is a DuckDB database but not a flowsync file (it holds {shown}); "
                 "choose another --db, or a new path for flowsync pull to create."
             )
 

@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import duckdb
 
-from flowsync.errors import ConfigError, StoreError
+from flowsync import __version__
+from flowsync.errors import ConfigError, NewerFileWarning, StoreError
+from flowsync.store import migrations
 from flowsync.store.connect import session_settings
 from flowsync.store.files import check_path, storage_error
 from flowsync.store.snapshot import current
@@ -95,6 +98,39 @@ def _attach(con: duckdb.DuckDBPyConnection, name: str, db: Path, live: bool) -> 
     raise StoreError(f"The snapshots of {db} kept changing while opening one; try again.")
 
 
+def _check_schema(con: duckdb.DuckDBPyConnection, name: str, db: Path) -> None:
+    """The checks one ``--db`` gets (``Store.migrate`` on a reader), for an attached source: a
+    file that is not flowsync's, or of an older schema, is refused; one a newer flowsync
+    wrote is read with a ``NewerFileWarning``."""
+    try:
+        applied = {
+            str(r[0])
+            for r in con.execute(f'SELECT name FROM "{name}"._flowsync_migrations').fetchall()
+        }
+    except duckdb.CatalogException:
+        raise StoreError(
+            f"{db} is not a flowsync file (no flowsync schema in it); pass only files "
+            "flowsync pull wrote."
+        ) from None
+    known = {migration for migration, _ in migrations.MIGRATIONS}
+    pending = known - applied
+    if pending:
+        raise StoreError(
+            f"{db} has an older schema ({len(pending)} migrations pending); "
+            f"run `flowsync pull --db {db}` once to upgrade it."
+        )
+    unknown = sorted(applied - known)
+    if unknown:
+        warnings.warn(
+            NewerFileWarning(
+                f"{db} was written by a newer flowsync (schema {unknown[-1]}); this flowsync "
+                f"{__version__} reads it read-only and may miss what that version added: upgrade "
+                "flowsync to see it."
+            ),
+            stacklevel=5,
+        )
+
+
 def connect_sources(
     sources: Sources, *, live: bool = False
 ) -> tuple[duckdb.DuckDBPyConnection, Path]:
@@ -106,6 +142,7 @@ def connect_sources(
         session_settings(con)
         for name, db in named.items():
             _attach(con, name, db, live)
+            _check_schema(con, name, db)
         found: dict[str, list[str]] = {}
         for catalog, table in con.execute(
             "SELECT table_catalog, table_name FROM information_schema.tables "
