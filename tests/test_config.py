@@ -146,3 +146,44 @@ def test_request_budget_errors_name_the_flag_it_came_from(value: float, message:
         ConfigError, match=rf"^FLOWSYNC_MAX_REQUESTS_PER_MINUTE '{value}' \(from \$"
     ):
         resolve_api("http://h/api", env={"FLOWSYNC_MAX_REQUESTS_PER_MINUTE": str(value)})
+
+
+@pytest.mark.parametrize("active", ['["a"]', '{ name = "a" }', "5"])
+def test_an_active_profile_that_is_no_name_is_one_config_error(
+    isolated_env: Path, active: str
+) -> None:
+    write_profiles(
+        isolated_env, f'active = {active}\n[profiles.a]\nPREFECT_API_URL = "http://a/api"\n'
+    )
+    with pytest.raises(ConfigError, match=r"`active` must be a profile's name, in quotes"):
+        resolve_api(env={"PREFECT_HOME": str(isolated_env)})
+
+
+@pytest.mark.parametrize(
+    ("key", "source"),
+    [
+        ("pnu_sec\u201dret", "$PREFECT_API_KEY"),
+        ("pnu_a\nb", "$PREFECT_API_KEY"),
+        ("pnu_\x00", "flag"),
+    ],
+)
+def test_a_key_no_http_header_can_carry_is_refused_without_showing_it(
+    key: str, source: str
+) -> None:
+    env = {"PREFECT_API_URL": "http://127.0.0.1:4200/api"}
+    if source == "flag":
+        call = lambda: resolve_api(None, key, env=env)  # noqa: E731
+        start = "--api-key holds"
+    else:
+        call = lambda: resolve_api(env={**env, "PREFECT_API_KEY": key})  # noqa: E731
+        start = "the API key (from $PREFECT_API_KEY) holds"
+    with pytest.raises(ConfigError, match=r"an HTTP header cannot carry") as raised:
+        call()
+    assert str(raised.value).startswith(start)
+    assert "pnu_" not in str(raised.value)
+
+
+def test_space_or_a_line_break_around_a_key_is_not_part_of_it() -> None:
+    env = {"PREFECT_API_URL": "http://127.0.0.1:4200/api", "PREFECT_API_KEY": " pnu_key\n"}
+    settings = resolve_api(env=env)
+    assert settings.api_key is not None and settings.api_key.get_secret_value() == "pnu_key"

@@ -337,6 +337,30 @@ def test_a_damaged_current_is_reported_to_readers_and_rebuilt_by_the_next_writer
     assert read.stdout.splitlines()[-1] == "20"
 
 
+@pytest.mark.parametrize(
+    "metadata", ["null", "[]", '{"generation": null}', '{"generation": 1, "published_at": 5}']
+)
+def test_a_snapshots_metadata_of_another_shape_is_passed_over(
+    tmp_path: Path, metadata: str
+) -> None:
+    """The ``.json`` beside a generation is a convenience (another flowsync may write another
+    shape): readers read the generation, and the next pull publishes as usual."""
+    db = built(tmp_path, runs=20)
+    (generation,) = snapshot_dir(db).glob("*.json")
+    generation.write_text(metadata)
+    read = run_cli("sql", "SELECT count(*) FROM flow_runs", "--db", str(db), "--format", "csv")
+    assert read.exit_code == 0, read.output
+    assert read.stdout.splitlines()[-1] == "20"
+    assert run_cli("status", "--db", str(db)).exit_code == 0
+    with Store.writer(db) as store:
+        store.execute("UPDATE flow_runs SET name = 'renamed' WHERE name = 'run-1'")
+        assert publish(store).published
+    renamed = "SELECT count(*) FROM flow_runs WHERE name = 'renamed'"
+    assert (
+        run_cli("sql", renamed, "--db", str(db), "--format", "csv").stdout.splitlines()[-1] == "1"
+    )
+
+
 # -- 5. lock messages that fit the command and the holder -----------------------------------------
 
 

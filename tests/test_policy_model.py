@@ -104,7 +104,7 @@ BAD = [
         "version: 1\nrules: [{name: r, action: delete, sql: x, state: {type: CANCELLED}}]",
         "rules[0].state: unknown key",
     ),
-    ("wrong version", f"version: 2\nrules: [{RULE}]", "version: Input should be 1"),
+    ("wrong version", f"version: 2\nrules: [{RULE}]", "version: 2 is a newer policy format than"),
     ("no rules", "version: 1\nrules: []", "rules: List should have at least 1 item"),
     ("duplicate rule names", f"version: 1\nrules: [{RULE}, {RULE}]", "rule name 'r' is used twice"),
     (
@@ -140,7 +140,41 @@ BAD = [
         f"version: 1\nrule_timeout_seconds: 0\nrules: [{RULE}]",
         "rule_timeout_seconds:",
     ),
+    # Values of another type are refused, not converted (true is not 1, "5" is not 5).
+    ("version true", f"version: true\nrules: [{RULE}]", "version: True is not a format version"),
+    ("version 1.0", f"version: 1.0\nrules: [{RULE}]", "version: 1.0 is not a format version"),
+    ("max_actions true", f"version: 1\nmax_actions: true\nrules: [{RULE}]", "max_actions: Input"),
+    (
+        "limit as text",
+        "version: 1\nrules: [{name: r, action: delete, sql: x, limit: '5'}]",
+        "rules[0].limit: Input should be a valid integer",
+    ),
+    (
+        "enabled as text",
+        "version: 1\nrules: [{name: r, action: delete, sql: x, enabled: 'off'}]",
+        "rules[0].enabled: Input should be a valid boolean",
+    ),
+    ("tag as a number", f"version: 1\nprotect_tags: [7]\nrules: [{RULE}]", "protect_tags[0]:"),
+    (
+        "a list as a key",
+        "version: 1\nrules: [{name: r, action: delete, sql: x, [a]: 1}]",
+        "YAML syntax error at line 2, column 43: a key that is a list or a mapping",
+    ),
 ]
+
+
+def test_yaml_merge_keys_are_read_and_a_key_written_out_overrides() -> None:
+    text = (
+        "version: 1\n"
+        "rules:\n"
+        "  - &base {name: a, action: delete, sql: SELECT id FROM flow_runs, limit: 5}\n"
+        "  - {<<: *base, name: b, limit: 7}\n"
+    )
+    rules = parse_policy(text.encode(), "m.yaml").policy.rules
+    assert [(r.name, r.limit, r.sql) for r in rules] == [
+        ("a", 5, "SELECT id FROM flow_runs"),
+        ("b", 7, "SELECT id FROM flow_runs"),
+    ]
 
 
 @pytest.mark.parametrize(

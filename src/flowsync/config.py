@@ -118,7 +118,13 @@ def load_profile(env: Mapping[str, str]) -> tuple[str | None, dict[str, Any], Pa
         raise ConfigError(
             f"Cannot read Prefect profiles file {path}: {e}. Fix the file or set PREFECT_API_URL."
         ) from e
-    name = env.get("PREFECT_PROFILE") or data.get("active") or "ephemeral"
+    active = data.get("active")
+    if active is not None and not isinstance(active, str):
+        raise ConfigError(
+            f"Prefect profiles file {path}: `active` must be a profile's name, in quotes "
+            '(e.g. active = "local"); fix the file or set PREFECT_API_URL.'
+        )
+    name = env.get("PREFECT_PROFILE") or active or "ephemeral"
     profiles = data.get("profiles") or {}
     if not isinstance(profiles, dict):
         raise ConfigError(f"Prefect profiles file {path}: [profiles] must be a table.")
@@ -144,7 +150,9 @@ def _dangling_active(path: Path) -> str | None:
         return None
     active = data.get("active")
     profiles = data.get("profiles") or {}
-    return str(active) if active and isinstance(profiles, dict) and active not in profiles else None
+    if not isinstance(active, str) or not active or not isinstance(profiles, dict):
+        return None
+    return active if active not in profiles else None
 
 
 def _truthy(value: object) -> bool:
@@ -211,7 +219,14 @@ def resolve_api(
             "--api-key is empty (an unset shell variable?): pass the key, or leave the flag "
             "out to use PREFECT_API_KEY or the active Prefect profile's."
         )
-    key, _ = pick(api_key, "PREFECT_API_KEY")
+    key, key_source = pick(api_key, "PREFECT_API_KEY")
+    key = key.strip() if key else key  # a line break or space around it is never part of it
+    if key and not (key.isascii() and key.isprintable()):
+        where = "--api-key" if key_source == "flag" else f"the API key (from {key_source})"
+        raise ConfigError(
+            f"{where} holds a character an HTTP header cannot carry (not printable ASCII: a "
+            "pasted curly quote or a line break?); copy the key again from Prefect."
+        )
     auth, _ = pick(None, "PREFECT_API_AUTH_STRING")
 
     verify: bool | str = True

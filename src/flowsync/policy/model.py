@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from flowsync.errors import PolicyError
 from flowsync.states import StateType
@@ -30,9 +30,13 @@ class TargetState(_Strict):
 
     type: StateType = Field(description="Prefect state type, e.g. CANCELLED.")
     name: str | None = Field(
-        None, description="Display name, e.g. Cancelled. Default: Prefect's for the type."
+        None,
+        strict=True,
+        description="Display name, e.g. Cancelled. Default: Prefect's for the type.",
     )
-    message: str | None = Field(None, description="Shown in the Prefect UI next to the state.")
+    message: str | None = Field(
+        None, strict=True, description="Shown in the Prefect UI next to the state."
+    )
 
     def to_api(self) -> dict[str, Any]:
         return self.model_dump(exclude_none=True)
@@ -40,21 +44,28 @@ class TargetState(_Strict):
 
 class _RuleBase(_Strict):
     name: str = Field(
+        strict=True,
         pattern=RULE_NAME,
         max_length=100,
         description="Unique rule name; recorded in the audit table.",
     )
-    description: str | None = Field(None, description="Why this rule exists (free text).")
-    enabled: bool = Field(True, description="false: the rule is validated but selects nothing.")
+    description: str | None = Field(
+        None, strict=True, description="Why this rule exists (free text)."
+    )
+    enabled: bool = Field(
+        True, strict=True, description="false: the rule is validated but selects nothing."
+    )
     sql: str = Field(
+        strict=True,
         min_length=1,
         description="One read-only SELECT over the local DuckDB file returning an `id` column of flow-run ids.",
     )
     limit: int | None = Field(
-        None, ge=1, description="At most this many runs per apply (oldest first)."
+        None, strict=True, ge=1, description="At most this many runs per apply (oldest first)."
     )
     keep_newest: int | None = Field(
         None,
+        strict=True,
         ge=0,
         description="Never touch the N newest selected runs of each deployment (runs without a "
         "deployment: of each flow).",
@@ -73,7 +84,9 @@ class SetStateRule(_RuleBase):
     action: Literal["set_state"]
     state: TargetState = Field(description="The state to set.")
     force: bool = Field(
-        False, description="true: skip Prefect's orchestration rules for the transition."
+        False,
+        strict=True,
+        description="true: skip Prefect's orchestration rules for the transition.",
     )
 
 
@@ -87,13 +100,19 @@ class Policy(_Strict):
 
     version: Literal[1] = Field(description="Policy file format version; always 1.")
     max_actions: int = Field(
-        1000, ge=1, description="Refuse to apply when the rules select more runs than this."
+        1000,
+        strict=True,
+        ge=1,
+        description="Refuse to apply when the rules select more runs than this.",
     )
     protect_tags: list[str] = Field(
-        default_factory=list, description="Runs with any of these tags are never touched."
+        default_factory=list,
+        strict=True,
+        description="Runs with any of these tags are never touched.",
     )
     rule_timeout_seconds: float = Field(
         60.0,
+        strict=True,
         gt=0,
         le=3600,
         description="Each rule's SQL is stopped after this many seconds (plan, apply, policy check).",
@@ -101,6 +120,18 @@ class Policy(_Strict):
     rules: list[Rule] = Field(
         min_length=1, description="Applied in order; a run goes to the first rule that selects it."
     )
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _known_format(cls, version: Any) -> Any:
+        if isinstance(version, (bool, float)):  # `true` or `1.0` would pass as 1
+            raise ValueError(f"{version!r} is not a format version; write `version: 1`")
+        if isinstance(version, int) and version > 1:
+            raise ValueError(
+                f"{version} is a newer policy format than this flowsync reads (it reads 1); "
+                "upgrade flowsync (pip install -U flowsync), or write the policy for version 1"
+            )
+        return version
 
     @model_validator(mode="after")
     def _unique_names(self) -> Policy:
@@ -132,8 +163,16 @@ def _construct_mapping(
 ) -> dict[Any, Any]:
     keys: set[Any] = set()
     for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue  # `<<: *anchor`: merged below, and a key written out overrides it
         key = loader.construct_object(key_node, deep=deep)
-        if key in keys:
+        try:
+            repeated = key in keys
+        except TypeError:  # a list or mapping as a key
+            raise yaml.constructor.ConstructorError(
+                None, None, "a key that is a list or a mapping", key_node.start_mark
+            ) from None
+        if repeated:
             raise yaml.constructor.ConstructorError(
                 None, None, f"duplicate key {key!r}", key_node.start_mark
             )
@@ -197,7 +236,7 @@ def format_errors(e: ValidationError, root: yaml.Node | None = None) -> str:
                 f'YAML reads this unquoted word as the boolean {word}; quote it (e.g. name: "off")'
             )
         else:
-            msg = str(error["msg"])
+            msg = str(error["msg"]).removeprefix("Value error, ")
         lines.append(f"  - {loc}: {msg}" + (f" (line {at})" if at else ""))
     return "\n".join(lines)
 

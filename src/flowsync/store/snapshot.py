@@ -144,8 +144,9 @@ def _info(path: Path) -> SnapshotInfo | None:
         data = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
         data["path"] = str(path)
         return SnapshotInfo.from_json(data)
-    except (OSError, ValueError, KeyError):
-        # The metadata is a convenience; the generation file is what counts.
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        # The metadata is a convenience (damaged, or of another shape: another flowsync's);
+        # the generation file is what counts.
         m = _GENERATION.match(path.name)
         if not m:
             return None
