@@ -138,6 +138,15 @@ def test_since_rewrites_only_changed_partitions(db: Path, tmp_path: Path) -> Non
     part = pl.read_parquet(out / "flow_runs" / f"date={day.isoformat()}" / "part-0.parquet")
     assert part.filter(pl.col("state_name") == "Changed").height == 1
     assert read_back(out, "flow_runs").height == scalar(db, "SELECT count(*) FROM flow_runs")
+    # The library takes --since's text too, and writes what the command wrote.
+    from flowsync import operations
+
+    again = operations.export(db, out, since="1d").result.to_json()
+    assert again["tables"]["flow_runs"]["files_written"] == len({day, created_day})
+    from flowsync.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^--since 1 is not an age or a time"):
+        operations.export(db, out, since=1)  # type: ignore[arg-type]
 
 
 def test_full_export_drops_partitions_the_db_no_longer_has(db: Path, tmp_path: Path) -> None:

@@ -104,8 +104,22 @@ def test_a_wrong_option_is_one_config_error(
         ("stuck", {"history": "abc"}, "--history 'abc' is not a time window"),
         ("runs", {"last": 10**20}, "--last 100000000000000000000 is out of range"),
         ("stuck", {"min_runs": 0}, "--min-runs 0 is out of range"),
+        ("runs", {"last": "abc"}, "--last 'abc' is not a whole number: pass N."),
+        ("runs", {"last": True}, "--last True is not a whole number"),
+        ("late", {"late_after": "x"}, "--late-after 'x' is not a number: pass SECONDS."),
+        ("failures", {"since": 7}, "--since 7 is not an age or a time"),
+        ("health", {"by": "flow"}, "report health has no --by."),
     ],
-    ids=["window-names-its-option", "count-too-large", "below-min"],
+    ids=[
+        "window-names-its-option",
+        "count-too-large",
+        "below-min",
+        "count-as-text",
+        "count-as-bool",
+        "seconds-as-text",
+        "since-as-number",
+        "health-by",
+    ],
 )
 def test_the_library_checks_a_reports_options_as_the_command_does(
     built: BuiltHistory, name: str, options: dict[str, Any], says: str

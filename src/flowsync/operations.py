@@ -29,7 +29,7 @@ import contextlib
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -54,6 +54,7 @@ from flowsync.policy.apply import (
     reread_runs,
 )
 from flowsync.policy.plan import PLAN_MEMORY_MB, selected_ids
+from flowsync.since import parse_since
 from flowsync.store import Store, audit, locks, sync_log
 from flowsync.store.snapshot import PublishResult, publish
 from flowsync.sync import Progress, PullOptions, PullResult
@@ -272,7 +273,7 @@ def export(
     *,
     fmt: str = "parquet",
     tables: list[str] | None = None,
-    since: datetime | None = None,
+    since: datetime | str | None = None,
     live: bool = False,
     wait: float = 0.0,
     replace: bool = False,
@@ -283,7 +284,9 @@ def export(
     (``live``: the live file), so it never blocks a pull. A destination is checked
     before anything is written: an empty one, an unsupported URL, or one holding an
     export of another file or server (``replace``: take it over, a full export only)
-    is a ``ConfigError``."""
+    is a ``ConfigError``. ``since`` may be text, as ``--since`` takes it (``2d``)."""
+    if since is not None and not isinstance(since, datetime):
+        since = parse_since(since, datetime.now(timezone.utc))
     objectstore.check_destination(str(dest))
     remote = objectstore.is_remote(str(dest))
     text = str(dest)
@@ -403,7 +406,7 @@ def report(
             f"it takes: {', '.join('--' + f for f in spec.filters) or 'none'}."
         )
     if spec.query is None:
-        return _health(Path(db), spec, since, include_deleted, live, wait, html, options)
+        return _health(Path(db), spec, since, by, include_deleted, live, wait, html, options)
     window = reports.parse_since(since if since is not None else spec.since)
     args = _query_args(spec, window, by, include_deleted, filters, options)
     title = spec.heading(args.get("by"))
@@ -435,6 +438,7 @@ def _health(
     db: Path,
     spec: registry.Report,
     since: str | None,
+    by: str | None,
     include_deleted: bool,
     live: bool,
     wait: float,
@@ -444,7 +448,7 @@ def _health(
     from flowsync import health, report_html
 
     window = reports.parse_since(since if since is not None else spec.since)
-    args = _query_args(spec, window, None, include_deleted, reports.Filters(), options)
+    args = _query_args(spec, window, by, include_deleted, reports.Filters(), options)
     with Store.reader(db, live=live, wait=wait) as store:
         figures = health.collect(
             store,

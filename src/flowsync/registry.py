@@ -67,6 +67,12 @@ class Param:
         """``value`` if it is within ``min`` .. ``top``; else one line naming the flag (the
         command line's own check, for a library caller)."""
         number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        fits = number and (self.type is float or isinstance(value, int))
+        if value is not None and not (
+            fits if self.type in (int, float) else isinstance(value, self.type)
+        ):
+            kind = {int: "a whole number", float: "a number", str: "text"}.get(self.type, "a value")
+            raise ConfigError(f"{self.flag} {value!r} is not {kind}: pass {self.metavar}.")
         low, high = self.min, self.top
         if number and ((low is not None and value < low) or (high is not None and value > high)):
             span = f"from {low:g}" if low is not None else "any"

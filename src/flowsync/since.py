@@ -30,6 +30,11 @@ EARLIEST = datetime(1970, 1, 1, tzinfo=timezone.utc)
 def parse_since(text: str | None, now: datetime, *, option: str = "--since") -> datetime | None:
     """The start ``text`` names, relative to ``now``; None for no text or ``all``.
     ``option`` is the flag the text came from, named in the errors."""
+    if text is not None and not isinstance(text, str):
+        raise ConfigError(
+            f"{option} {text!r} is not an age or a time: pass text such as 7d, 12h, "
+            "2026-11-01 or all."
+        )
     if text is None or text.strip().lower() == "all":
         return None
     if _CALENDAR.match(text):
