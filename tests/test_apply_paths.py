@@ -1316,48 +1316,5 @@ def _ctrl_c_while_a_call_is_in_flight(
         assert held.counts == {"purge": {"deleted": 100}} and held.done == 100
 
 
-# -- no checkpoint inside a re-read -> call window ---------------------------------------------------
-
-
-def test_no_commit_of_an_apply_makes_duckdb_checkpoint(
-    server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """DuckDB checkpoints inside the commit that takes its WAL past the threshold (0.4-1 s at
-    a million runs): apply makes that checkpoint itself between batches
-    (``Writer.checkpoint_early``), so no commit of its own, the audit rows right before a
-    call among them, ever does. Thresholds shrunk so that the apply crosses them."""
-    from flowsync.store import roles, session
-
-    # DuckDB checkpoints in a commit when the WAL plus its own estimate of that commit passes
-    # the threshold: at 1 MB, without checkpoint_early, a commit checkpointed at a WAL of
-    # ~260 KB (a mutation check). Early at 200 KB; 90 batches of 5 write ~1.2 MB of WAL.
-    monkeypatch.setattr(roles, "WRITE_CHECKPOINT", 2**20)
-    monkeypatch.setattr(roles, "CHECKPOINT_MARGIN", 2**20 - 200 * 1024)
-    with pulled_runs(server, tmp_path, 450, "COMPLETED", "ckpt") as (ids, db, policy):
-        wal = Path(f"{db}.wal")
-        size = lambda: wal.stat().st_size if wal.exists() else 0  # noqa: E731
-        shrunk: list[tuple[int, int]] = []
-        early: list[int] = []
-        transaction = session.Session.transaction
-        checkpoint_early = roles.Writer.checkpoint_early
-
-        @contextmanager
-        def watched(self: session.Session) -> Iterator[None]:
-            before = size()
-            with transaction(self):
-                yield
-            if size() < before:
-                shrunk.append((before, size()))
-
-        def counted(self: roles.Writer) -> bool:
-            done = checkpoint_early(self)
-            early.append(done)
-            return done
-
-        monkeypatch.setattr(session.Session, "transaction", watched)
-        monkeypatch.setattr(roles.Writer, "checkpoint_early", counted)
-        result = library_apply(server, db, policy, forwarding(), batch_size=5)
-        assert result.status == "success" and result.done == 450
-        assert shrunk == [], "a commit checkpointed (its WAL shrank)"
-        assert sum(early) >= 3, "the WAL never came near the threshold: the test proves nothing"
-        assert live(server, ids) == {}
+# (No checkpoint inside a re-read -> call window: test_policy_apply.py's
+# test_no_commit_of_an_apply_makes_duckdb_checkpoint, on a fake server: DuckDB's part.)

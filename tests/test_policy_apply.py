@@ -1219,3 +1219,52 @@ def test_ctrl_c_during_per_run_calls_leaves_pending_only_the_run_whose_request_w
         apply_plan(client, store, again, progress=NullProgress(), settle_seconds=0)
     mine = dict(query(db, audit + " WHERE apply_id = ?", [first.apply_id]))
     assert mine == {"1": "deleted", "2": "deleted", "3": "failed"}  # 3: read back unchanged
+
+
+def test_no_commit_of_an_apply_makes_duckdb_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DuckDB checkpoints inside the commit that takes its WAL past the threshold (0.4-1 s at
+    a million runs): apply makes that checkpoint itself between batches
+    (``Writer.checkpoint_early``), so no commit of its own, the audit rows right before a
+    call among them, ever does. Thresholds shrunk so that the apply crosses them; the
+    server's answers do not matter here (a fake one)."""
+    from contextlib import contextmanager
+
+    from flowsync.store import roles, session
+
+    # DuckDB checkpoints in a commit when the WAL plus its own estimate of that commit passes
+    # the threshold: early at THRESHOLD - MARGIN; 90 batches of 5 write WAL past it often.
+    monkeypatch.setattr(roles, "WRITE_CHECKPOINT", 2**20)
+    monkeypatch.setattr(roles, "CHECKPOINT_MARGIN", 2**20 - 200 * 1024)
+    db = make_db(tmp_path / "r.duckdb", [run(i) for i in range(1, 451)])
+    fake = Recorder(accept_all, api_rows(db))
+    plan = plan_for(db, DELETE_COMPLETED)
+    wal = Path(f"{db}.wal")
+    size = lambda: wal.stat().st_size if wal.exists() else 0  # noqa: E731
+    shrunk: list[tuple[int, int]] = []
+    early: list[bool] = []
+    transaction = session.Session.transaction
+    checkpoint_early = roles.Writer.checkpoint_early
+
+    @contextmanager
+    def watched(self: session.Session) -> Iterator[None]:
+        before = size()
+        with transaction(self):
+            yield
+        if size() < before:
+            shrunk.append((before, size()))
+
+    def counted(self: roles.Writer) -> bool:
+        done = checkpoint_early(self)
+        early.append(done)
+        return done
+
+    monkeypatch.setattr(session.Session, "transaction", watched)
+    monkeypatch.setattr(roles.Writer, "checkpoint_early", counted)
+    result = ApplyResult.new()
+    with Store.sandboxed_writer(db) as store, mock_client(fake) as client:
+        apply_plan(client, store, plan, progress=NullProgress(), result=result, batch_size=5)
+    assert result.status == "success" and result.done == 450
+    assert shrunk == [], "a commit checkpointed (its WAL shrank)"
+    assert sum(early) >= 3, "the WAL never came near the threshold: the test proves nothing"
