@@ -27,7 +27,7 @@ import duckdb
 import pytest
 
 import flowsync
-from flowsync.errors import DamagedFileError, NewerFileError, NewerFileWarning
+from flowsync.errors import DamagedFileError, NewerFileError, NewerFileWarning, StoreLockedError
 from flowsync.store import Store, migrations
 from flowsync.store.locks import classify
 from flowsync.store.snapshot import CURRENT, publish, snapshot_dir
@@ -207,6 +207,39 @@ def test_a_file_with_a_leftover_wal_is_refused_before_the_wal_is_replayed(
         assert result.exit_code == 5 and needle in stderr_lines(result)[-1], result.output
         assert "Traceback" not in result.output
         assert (sha256(db), sha256(wal)) == before, args
+
+
+def test_a_leftover_wal_without_its_file_does_not_stop_the_first_pull(tmp_path: Path) -> None:
+    """`rm runs.duckdb` after a killed pull leaves its log: the next pull creates the file."""
+    db = tmp_path / "runs.duckdb"
+    Path(f"{db}.wal").write_bytes(b"")
+    with Store.writer(db) as store:
+        assert store.applied_migrations() == {name for name, _ in migrations.MIGRATIONS}
+
+
+def test_a_writer_held_by_another_process_is_explained_as_for_a_writer(tmp_path: Path) -> None:
+    """Another process writes the file (its log on disk): the second writer is told about the
+    writer that holds it, at once (``wait`` 0), not as a reader of the live file."""
+    db = tmp_path / "runs.duckdb"
+    code = (
+        "import sys, time\n"
+        "from flowsync.store import Store\n"
+        "s = Store.writer(sys.argv[1])\n"
+        "s.execute('UPDATE _flowsync_file SET updated_at = now()')\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", code, str(db)], stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == b"ready"
+        assert Path(f"{db}.wal").exists()
+        with pytest.raises(StoreLockedError) as raised:
+            Store.writer(db)
+        said = str(raised.value)
+        assert f"(PID {holder.pid}), which blocks writers" in said, said
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def test_a_file_whose_first_migration_never_committed_is_taken_up_by_the_next_pull(

@@ -43,7 +43,13 @@ from typing import TYPE_CHECKING, TypeVar
 import duckdb
 
 from flowsync import __version__
-from flowsync.errors import DamagedFileError, NewerFileError, NewerFileWarning, StoreError
+from flowsync.errors import (
+    DamagedFileError,
+    NewerFileError,
+    NewerFileWarning,
+    StoreError,
+    StoreLockedError,
+)
 from flowsync.store import locks, migrations
 from flowsync.store.files import check_path, storage_error
 from flowsync.store.session import Session
@@ -230,7 +236,7 @@ class Store(Session):
         memory_limit_mb: int | None = None,
     ) -> S:
         if not cls.read_only:
-            cls._check_before_writing(path, wait=wait, lock_context=lock_context)
+            cls._check_before_writing(path)
         con = _connect(
             path,
             read_only=cls.read_only,
@@ -250,17 +256,19 @@ class Store(Session):
         return store
 
     @classmethod
-    def _check_before_writing(cls, path: Path, *, wait: float, lock_context: str | None) -> None:
+    def _check_before_writing(cls, path: Path) -> None:
         """A write-ahead log left by a process killed mid-write is replayed into the file by
         the first read-write open. Before that, such a file is checked on a read-only
         connection, so one that is not flowsync's, or that a newer flowsync wrote, is refused
         unchanged."""
-        if not path.with_name(path.name + ".wal").exists():
-            return
+        if not path.exists() or not path.with_name(path.name + ".wal").exists():
+            return  # (a log without its file: DuckDB drops it when it creates the file)
         try:
-            con = _connect(
-                path, read_only=True, sandbox=False, wait=wait, lock_context=lock_context
-            )
+            con = _connect(path, read_only=True, sandbox=False, wait=0.0, lock_context=None)
+        except StoreLockedError:
+            # A writer holds the file (the log is its own, not a leftover): the writer's own
+            # open waits for it, and says so as a writer.
+            return
         except StoreError as e:
             if isinstance(e.__cause__, duckdb.Error) and is_config_clash(e.__cause__):
                 return  # open read-write in this process: the log is that connection's own
