@@ -1033,6 +1033,35 @@ def test_per_run_calls_after_a_lost_answer_wait_for_a_new_re_read(tmp_path: Path
     assert rows == {"1": "deleted", "2": "deleted", "3": "skipped", "4": "deleted", "5": "deleted"}
 
 
+def test_each_run_gets_its_attempts_when_an_earlier_run_of_its_batch_keeps_losing(
+    tmp_path: Path,
+) -> None:
+    """Per run, two attempts: run 1's DELETE always times out (never done); run 2's first one
+    times out, its second would succeed. The runs after a lost answer are re-read first, and
+    that uses none of their attempts: run 2 is sent twice and deleted, run 1 fails once."""
+    db = make_db(tmp_path / "r.duckdb", [run(i) for i in range(1, 4)])
+    fake = Recorder(lambda p, b: httpx.Response(404), api_rows(db))
+    sends: dict[str, int] = {}
+
+    def delete(run_id: str, n: int) -> httpx.Response:
+        sends[run_id] = sends.get(run_id, 0) + 1
+        if run_id == rid(1) or (run_id == rid(2) and sends[run_id] == 1):
+            raise httpx.ReadTimeout("no answer", request=httpx.Request("DELETE", run_id))
+        fake.runs.pop(run_id)
+        return httpx.Response(204)
+
+    plan = plan_for(db, DELETE_COMPLETED)
+    result = ApplyResult.new()
+    with Store.sandboxed_writer(db) as store, mock_client(per_run_server(fake, delete)) as client:
+        apply_plan(client, store, plan, progress=NullProgress(), result=result, settle_seconds=0)
+    assert sends == {rid(1): 2, rid(2): 2, rid(3): 1}
+    rows = dict(
+        query(db, "SELECT right(CAST(flow_run_id AS VARCHAR), 1), outcome FROM policy_actions")
+    )
+    assert rows == {"1": "failed", "2": "deleted", "3": "deleted"}, rows
+    assert result.errors == ["batch 1 (purge): 1 runs not done after 2 attempts"], result.errors
+
+
 def test_per_run_calls_go_out_only_while_their_re_read_is_fresh(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -26,7 +26,7 @@ runs), each step with typed inputs and outputs:
    runs deleted (or re-reads the runs set) in the same transaction, before any
    batch whose decision may rest on them is decided.
 
-``steps`` runs them, up to ``attempts`` times for the runs sent back to step 1; a
+``steps`` runs them, up to ``attempts`` times for each run sent back to step 1; a
 run never done gets ``failed``. A batch's calls after its first go out on its re-read only
 while that re-read is fresh: after a lost answer (the settle may have waited seconds), or
 ``FRESH_FOR`` after the re-read answered (one call a run on older servers), the calls not
@@ -385,7 +385,8 @@ class Applier:
         ahead = self.ahead.take(number, todo)
         rowids = ahead.rowids if ahead else None
         overlap = self.overlaps(batch, upcoming)
-        attempt = 1
+        tries: dict[str, int] = {}  # per run: the attempts it used (sent, or met a 429)
+        first = True
         while True:
             try:
                 fresh = self.rereader.reread(batch, todo, ahead)
@@ -397,7 +398,7 @@ class Applier:
                 raise Stop from e
             decided = self.decide(batch, todo, fresh)
             guards = {i: s.state_type or batch.state_type for i, s in fresh.seen.items()}
-            again: list[str] = []  # sent back to step 1 by an answer: uses an attempt
+            again: list[str] = []  # sent back to step 1 by an answer: uses an attempt each
             stale: list[str] = []  # not sent: the re-read is no longer fresh enough for them
             wait: float | None = None
             calls = list(decided.calls)
@@ -411,6 +412,7 @@ class Applier:
                     stale = [i for c in calls for i in c.ids]
                     break
                 call = calls.pop(0)
+                attempt = 1 + max(tries.get(i, 0) for i in call.ids)
                 # The call still out was answered 429: this one would meet the same limit. It is
                 # not sent; it waits as told, then is re-read and decided again.
                 throttled_out = self._throttled_out()
@@ -424,7 +426,7 @@ class Applier:
                     answer: Answer
                     if throttled_out is not None:
                         answer = throttled_out
-                    elif overlap and not calls and attempt == 1:
+                    elif overlap and not calls and first:
                         note_call(self.result, fresh.answered_at)
                         in_flight = Task(functools.partial(send_bulk, self.client, rule, call))
                         self.out.add(in_flight)
@@ -468,13 +470,16 @@ class Applier:
                     left = throttled.left()
                     wait = left if left is not None else self.client.backoff(attempt)
                     break
-            if again and attempt == self.attempts:
-                self._gave_up(number, rule, again, attempt)
-                again = []
+            first = False
+            for i in again:
+                tries[i] = tries.get(i, 0) + 1
+            spent = [i for i in again if tries[i] >= self.attempts]
+            if spent:
+                self._gave_up(number, rule, spent, self.attempts)
+            again = [i for i in again if tries[i] < self.attempts]
             if not again and not stale:
                 break
             if again:
-                attempt += 1
                 self.client.pause_for(min(wait if wait is not None else 0.0, MAX_THROTTLE_WAIT))
             todo = again + stale
         self.progress.advance(len(batch.ids))
