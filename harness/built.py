@@ -46,6 +46,8 @@ DELETED = 6  # finished runs deleted on the server after they were pulled
 @dataclass(frozen=True)
 class _Page:
     rows: list[dict[str, Any]]
+    # Not counted: the builder's objects are ordinary runs, staged in one statement.
+    nbytes: int = 0
 
     @property
     def raw(self) -> str:

@@ -1297,3 +1297,26 @@ def test_no_commit_of_an_apply_makes_duckdb_checkpoint(
     assert result.status == "success" and result.done == 450
     assert shrunk == [], "a commit checkpointed (its WAL shrank)"
     assert sum(early) >= 3, "the WAL never came near the threshold: the test proves nothing"
+
+
+def test_runs_with_large_parameters_are_applied_and_audited_under_the_writers_cap(
+    tmp_path: Path,
+) -> None:
+    """50 runs with 200 KB of parameters each, as the server answers the re-read (10 MB of
+    JSON in one batch): the audit's rows are staged a few MB at a time under the writer's
+    64 MB cap, as a pull's are; every run deleted and audited with its row."""
+    db = make_db(tmp_path / "r.duckdb", [run(i) for i in range(1, 51)])
+    rows = api_rows(db)
+    for i, row in enumerate(rows.values()):
+        row["parameters"] = {"files": [f"s3://bucket/{i}/" + "x" * 90] * 2000}
+    fake = Recorder(accept_all, rows)
+    plan = plan_for(db, DELETE_COMPLETED)
+    result = ApplyResult.new()
+    with Store.sandboxed_writer(db) as store, mock_client(fake) as client:
+        apply_plan(client, store, plan, progress=NullProgress(), result=result)
+    assert result.counts == {"purge": {"deleted": 50}}
+    assert query(
+        db,
+        "SELECT count(*), min(length(CAST(run_row->'parameters' AS VARCHAR))) FROM policy_actions "
+        "WHERE outcome = 'deleted'",
+    ) == [(50, len(json.dumps(next(iter(rows.values()))["parameters"], separators=(",", ":"))))]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pytest
@@ -190,3 +192,58 @@ def test_an_incremental_upsert_into_a_large_history_fits_the_default_cap(tmp_pat
             ).scalar()
             == runs - 1000
         )
+
+
+def large_parameter_runs(n: int, kb: int) -> list[dict[str, Any]]:
+    """``n`` runs whose parameters are ``kb`` KB of JSON each (lists of file paths, say)."""
+    return [
+        {**changed_run(i), "parameters": {"files": [f"s3://bucket/{i}/" + "x" * 90] * (kb * 10)}}
+        for i in range(n)
+    ]
+
+
+def test_runs_with_large_parameters_are_written_under_the_default_cap(db_path: Path) -> None:
+    """A page of 200 runs with 200 KB of parameters each (40 MB of JSON): DuckDB needs about
+    seven times what one statement stages, and a transaction of 64 MB of such rows failed to
+    commit under the 64 MB cap. The pull stages and commits them a few MB at a time, the
+    cursor with the last part."""
+    from datetime import datetime, timezone
+
+    from flowsync.store import sync_log
+    from flowsync.sync import NullProgress, PullOptions
+    from flowsync.sync.context import PullContext
+
+    rows = large_parameter_runs(200, 200)
+    page = Page.from_rows(rows)
+    assert len(page.body) > 40 * 2**20
+    with Store.writer(db_path) as store:
+        ctx = PullContext(
+            None,  # type: ignore[arg-type]  # (writing pages asks nothing of the server)
+            store,
+            PullOptions(),
+            NullProgress(),
+            1,
+            datetime.now(timezone.utc),
+        )
+        assert ctx.write_pages(FLOW_RUNS, [page], {"flow_runs.cursor": "covered"}) == 200
+        assert sync_log.get_state(store, "flow_runs.cursor") == "covered"
+        assert store.execute(
+            "SELECT count(*), count(DISTINCT id), sum(length(CAST(parameters AS VARCHAR))) "
+            "FROM flow_runs"
+        ).one() == (
+            200,
+            200,
+            sum(len(json.dumps(r["parameters"], separators=(",", ":"))) for r in rows),
+        )
+
+
+def test_running_out_of_memory_while_staging_rows_is_the_one_clear_error(db_path: Path) -> None:
+    """Out of memory inside the upsert: the error says so and names --memory-limit (the
+    staged rows' clean-up on the aborted transaction used to replace it with DuckDB's
+    "Current transaction is aborted")."""
+    with (
+        capped_at_8mb(db_path) as store,
+        pytest.raises(StoreError, match=OUT_OF_MEMORY),
+        store.transaction(),
+    ):
+        upsert_pages(store, FLOW_RUNS, [Page.from_rows(large_parameter_runs(20, 200))], pull_id=1)

@@ -37,6 +37,11 @@ class Page:
         """The body as text (decoded only when the store needs it)."""
         return self.body.decode()
 
+    @property
+    def nbytes(self) -> int:
+        """The body's size."""
+        return len(self.body)
+
     @classmethod
     def from_rows(cls, rows: list[dict[str, Any]]) -> Page:
         return cls(rows, json.dumps(rows).encode())

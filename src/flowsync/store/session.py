@@ -272,8 +272,13 @@ class Session:
             self._con.register(name, data)
         try:
             yield
-        finally:
-            self._con.unregister(name)
+        except BaseException:
+            # The error that stopped the block is the one to tell (out of memory, say): an
+            # aborted transaction refuses the unregister too, until it is rolled back.
+            with contextlib.suppress(duckdb.Error):
+                self._con.unregister(name)
+            raise
+        self._con.unregister(name)
 
     def statements(self, sql: str) -> list[tuple[str, str]]:
         """Parse ``sql`` without running it: (statement type, text) per statement."""

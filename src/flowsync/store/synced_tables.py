@@ -27,6 +27,8 @@ class Page(Protocol):
     def rows(self) -> list[dict[str, Any]]: ...
     @property
     def raw(self) -> str: ...
+    @property
+    def nbytes(self) -> int: ...
 
 
 def now_utc() -> datetime:
@@ -50,8 +52,56 @@ def upsert_pages(store: Store, spec: TableSpec, pages: Sequence[Page], *, pull_i
     """
     if not any(p.rows for p in pages):
         return Written(0, 0, 0)
-    _stage(store, spec, pages, "_incoming")
-    return _merge_incoming(store, spec, pull_id)
+    total = Written(0, 0, 0)
+    for chunk in by_size(pages):
+        _stage(store, spec, chunk, "_incoming")
+        written = _merge_incoming(store, spec, pull_id)
+        total = Written(*(a + b for a, b in zip(total, written, strict=True)))
+    return total
+
+
+# The most JSON one upsert statement stages: DuckDB needs about seven times it under the
+# writer's 64 MB cap (runs with large parameters: 10 MB of them in one statement ran out of
+# memory, 8 MB did not). A pull's batch of 2,000 ordinary runs is ~3-4 MB: one statement.
+STAGE_BYTES = 4 * 2**20
+
+
+def by_size(pages: Sequence[Page]) -> Iterator[list[Page]]:
+    """``pages`` in runs of at most ``STAGE_BYTES`` of JSON each (a larger page split by its
+    rows; one row larger than that alone): what one upsert statement stages, and what a
+    pull commits at a time (a transaction of 64 MB of such rows failed to commit under the
+    cap)."""
+    chunk: list[Page] = []
+    size = 0
+    for page in pages:
+        parts: list[Page] = (
+            _split_rows(page.rows) if page.nbytes > STAGE_BYTES and len(page.rows) > 1 else [page]
+        )
+        for part in parts:
+            if chunk and size + part.nbytes > STAGE_BYTES:
+                yield chunk
+                chunk, size = [], 0
+            chunk.append(part)
+            size += part.nbytes
+    if chunk:
+        yield chunk
+
+
+def _split_rows(rows: list[dict[str, Any]]) -> list[Page]:
+    """A page too large to stage at once as pages of at most ``STAGE_BYTES`` of rows each."""
+    out: list[Page] = []
+    part: list[dict[str, Any]] = []
+    size = 0
+    for row in rows:
+        length = len(json.dumps(row, default=str))
+        if part and size + length > STAGE_BYTES:
+            out.append(_Held(part, size))
+            part, size = [], 0
+        part.append(row)
+        size += length
+    if part:
+        out.append(_Held(part, size))
+    return out
 
 
 def _stage(store: Store, spec: TableSpec, pages: Sequence[Page], name: str) -> None:
@@ -94,8 +144,9 @@ def _cast(
 class _Held:
     """API objects the client holds, as a ``Page`` (their text made only if DuckDB needs it)."""
 
-    def __init__(self, rows: list[dict[str, Any]]) -> None:
+    def __init__(self, rows: list[dict[str, Any]], nbytes: int = 0) -> None:
         self.rows = rows
+        self.nbytes = nbytes  # its JSON text's size, where known
 
     @property
     def raw(self) -> str:

@@ -124,17 +124,24 @@ class PullContext:
     def write_pages(
         self, spec: TableSpec, pages: Sequence[Page], state: dict[str, Any] | None = None
     ) -> int:
-        """Upsert pages in one transaction, with the cursor state that covers them.
+        """Upsert pages, with the cursor state that covers them in the last transaction: one
+        transaction, or one per ``synced_tables.by_size`` part of runs with large parameters
+        (DuckDB's memory cap), so a cursor never runs ahead of the rows it covers.
 
         Returns how many of the rows this pull had not written yet (what progress counts:
         keyset paging re-reads a page's boundary rows).
         """
-        with self.store.transaction():
-            written = synced_tables.upsert_pages(self.store, spec, pages, pull_id=self.pull_id)
-            for key, value in (state or {}).items():
-                sync_log.set_state(self.store, key, value)
-        self.counter(spec.name).add(written.inserted, written.updated)
-        return written.fresh
+        parts = list(synced_tables.by_size(pages)) or [[]]
+        fresh = 0
+        for k, part in enumerate(parts):
+            with self.store.transaction():
+                written = synced_tables.upsert_pages(self.store, spec, part, pull_id=self.pull_id)
+                if k == len(parts) - 1:
+                    for key, value in (state or {}).items():
+                        sync_log.set_state(self.store, key, value)
+            self.counter(spec.name).add(written.inserted, written.updated)
+            fresh += written.fresh
+        return fresh
 
     def buffer(self, spec: TableSpec) -> PageBuffer:
         return PageBuffer(self, spec)
