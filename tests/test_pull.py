@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import SeededServer, query, run_cli, scalar
+from harness.built import BuiltHistory
+from tests.helpers import SeededServer, copy_db, query, run_cli, scalar
 
 pytestmark = pytest.mark.backends("sqlite", "postgres")
 
@@ -244,3 +245,28 @@ def test_a_pull_that_cannot_reach_the_server_is_recorded_failed(
     assert rows[-1][0] == "failed" and "127.0.0.1:9" in rows[-1][1]
     status = json.loads(run_cli("status", "--db", str(db), "--json").stdout)
     assert status["last_pull"]["status"] == "failed", status
+
+
+def test_status_tells_the_last_pull_from_an_apply_or_refresh_after_it(
+    built: BuiltHistory, tmp_path: Path
+) -> None:
+    """A scheduled pull fails, then `plan --refresh` (or an apply) succeeds: status still says
+    the last pull failed, and when the last good one was; the refresh is named apart."""
+    from flowsync.store import Store, sync_log
+
+    db = copy_db(built.path, tmp_path, "runs.duckdb")
+    with Store.writer(db) as store, store.transaction():
+        good = store.execute("SELECT max(finished_at) FROM sync_runs WHERE status = 'ok'").scalar()
+        failed = sync_log.start_sync_run(store, "http://h/api")
+        sync_log.finish_sync_run(store, failed, status="failed", error="ApiError: down")
+        refresh = sync_log.start_sync_run(store, "http://h/api")
+        sync_log.finish_sync_run(store, refresh, status="ok", mode="plan-refresh")
+    said = run_cli("status", "--db", str(db), "--json")
+    assert said.exit_code == 0, said.output
+    status = json.loads(said.stdout)
+    assert status["last_pull"]["id"] == failed and status["last_pull"]["status"] == "failed"
+    assert status["last_successful_pull_at"][:19] == good.isoformat()[:19]
+    assert status["last_apply"]["id"] == refresh and status["last_apply"]["mode"] == "plan-refresh"
+    text = run_cli("status", "--db", str(db)).stdout
+    assert f"last pull #{failed}: failed (-)" in text and "ApiError: down" in text
+    assert f"last apply or plan --refresh #{refresh}: ok (plan-refresh)" in text

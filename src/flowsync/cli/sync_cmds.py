@@ -211,6 +211,15 @@ def status_cmd(
             f"last successful pull finished {summary['last_successful_pull_at']:%Y-%m-%d %H:%M:%S %Z}",
             highlight=False,
         )
+    other = summary["last_apply"]
+    if other:
+        out.print(
+            f"last apply or plan --refresh #{other['id']}: {other['status']} ({other['mode']}) at "
+            f"{other['started_at']:%Y-%m-%d %H:%M:%S %Z}"
+            + (f" — {other['error']}" if other["error"] else ""),
+            highlight=False,
+            markup=False,
+        )
     oldest = summary["flow_runs"]["oldest_read_at"]
     if oldest is not None:
         out.print(f"oldest re-read of a live run: {oldest:%Y-%m-%d %H:%M:%S %Z}", highlight=False)

@@ -99,10 +99,23 @@ def status_summary(store: Store) -> dict[str, Any]:
         "requests",
         "error",
     ]
-    last = store.execute(f"SELECT {', '.join(cols)} FROM sync_runs ORDER BY id DESC LIMIT 1").one()
-    ok = store.execute("SELECT max(finished_at) FROM sync_runs WHERE status = 'ok'").one()
+    # A pull's record (its mode is written when it ends: a pull still running, killed or that
+    # never reached the server has none); apply and `plan --refresh` write records too.
+    last, other = (
+        store.execute(
+            f"SELECT {', '.join(cols)} FROM sync_runs WHERE {where} ORDER BY id DESC LIMIT 1"
+        ).one()
+        for where in (
+            "mode IS NULL OR mode IN ('full', 'incremental')",
+            "mode NOT IN ('full', 'incremental')",
+        )
+    )
+    ok = store.execute(
+        "SELECT max(finished_at) FROM sync_runs WHERE status = 'ok' AND mode IN ('full', 'incremental')"
+    ).one()
     out["last_pull"] = dict(zip(cols, last)) if last else None
     out["last_successful_pull_at"] = ok[0] if ok else None
+    out["last_apply"] = dict(zip(cols, other)) if other else None  # or plan --refresh
     out["pulls"] = int(store.execute("SELECT count(*) FROM sync_runs").scalar())
     out["api_url"] = get_state(store, "api_url")
     out["server"] = get_state(store, "server")  # version, cloud, bulk, seen_at (sync.identity)
