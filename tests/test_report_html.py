@@ -175,3 +175,28 @@ def test_outside_text_is_isolated_in_its_cell(tmp_path: Path) -> None:
         assert text.count(RLO) >= 3, "the page shows the text as it is"
         outside = re.sub(r"<bdi>[^<]*</bdi>", "", text)
         assert RLO not in outside, outside[max(outside.find(RLO) - 300, 0) : outside.find(RLO) + 50]
+
+
+@pytest.mark.parametrize(("most", "labels"), [(1, [0, 1, 2]), (3, [0, 2, 4]), (6, [0, 3, 6])])
+def test_the_charts_run_axis_labels_whole_numbers_where_its_lines_are(
+    most: int, labels: list[int]
+) -> None:
+    """The middle gridline sits at half the top: an odd busiest day would put it at 0.5 or
+    1.5 runs, labelled 0 or 2."""
+    from datetime import date
+
+    import polars as pl
+
+    from flowsync.report_html.charts import daily_chart
+
+    daily = pl.DataFrame(
+        {
+            "run_day": [date(2026, 12, 1), date(2026, 12, 2)],
+            "runs": [most, 1],
+            "failed": [0, 1],
+            "cancelled": [0, 0],
+            "failure_rate": [0.0, 1.0],
+        }
+    )
+    svg = daily_chart(daily)
+    assert [int(n) for n in re.findall(r'text-anchor="end">(\d+)</text>', svg)] == labels

@@ -52,13 +52,14 @@ def daily_chart(daily: pl.DataFrame) -> str:
     step = plot_w / n
     bar_w = max(min(step * 0.72, 64), 1.5)
     peak = max(int(daily["runs"].max() or 0), 1)  # type: ignore[arg-type]
+    peak += peak % 2  # even: the middle gridline is a whole number of runs
     rate_top = rate_scale(daily["failure_rate"].max())  # type: ignore[arg-type]
     body = []
     for frac in (0, 0.5, 1):
         y = top + plot_h * (1 - frac)
         body.append(f'<line class="grid" x1="{left}" x2="{w - right}" y1="{y:.1f}" y2="{y:.1f}"/>')
         body.append(
-            f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{present.count(round(peak * frac))}</text>'
+            f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{present.count(int(peak * frac))}</text>'
         )
         body.append(
             f'<text class="rate-axis" x="{w - right + 6}" y="{y + 4:.1f}">{_axis_percent(rate_top * frac)}</text>'
