@@ -289,3 +289,19 @@ def test_prefect_flow_pulls_then_applies_a_policy(fresh_server: Server, tmp_path
     assert dep["parameters"] == {"db": "/tmp/x.duckdb", "policy": None, "apply": False}
     main_block = (DEPLOY / "prefect_flow.py").read_text().split('if __name__ == "__main__":', 1)[1]
     assert "serve(build_deployment())" in main_block and ".deploy(" in main_block
+    # Planned only, a policy over its max_actions fails the flow run, as `flowsync plan`
+    # exits 8 (apply would refuse it).
+    over = tmp_path / "over.yaml"
+    over.write_text(
+        "version: 1\nmax_actions: 1\nrules:\n  - name: all\n    action: delete\n"
+        "    sql: SELECT id FROM flow_runs WHERE deleted_at IS NULL\n"
+    )
+    code = (
+        "from prefect_flow import flowsync_pull_and_clean as f; "
+        f"f(db={str(db)!r}, policy={str(over)!r})"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode != 0
+    assert "more than max_actions (1)" in proc.stderr, proc.stderr[-3000:]

@@ -29,7 +29,7 @@ from prefect.settings import get_current_settings
 
 import flowsync
 from flowsync.config import resolve_api
-from flowsync.errors import ConfigError, StoreError, StoreLockedError
+from flowsync.errors import ConfigError, PolicyLimitError, StoreError, StoreLockedError
 
 
 def _settings(api_url: str | None) -> Any:
@@ -51,7 +51,7 @@ def worth_retrying(task: Any, task_run: Any, state: Any) -> bool:
         state.result()
     except StoreLockedError:
         return True
-    except (ConfigError, StoreError):
+    except (ConfigError, StoreError, OSError):
         return False
     except Exception:
         return True
@@ -76,9 +76,14 @@ def pull_history(db: str, api_url: str | None = None, wait: float = 300.0) -> di
 def run_policy(db: str, policy: str, apply: bool, api_url: str | None = None, wait: float = 300.0) -> dict[str, Any]:
     """``flowsync plan POLICY``, and with ``apply`` also ``flowsync apply POLICY --yes``."""
     if not apply:
-        plan = flowsync.plan(Path(db).expanduser(), Path(policy), live=True, wait=wait)
-        get_run_logger().info("policy %s selects %s runs", policy, plan.total)
-        return {"planned": plan.total, "over_max_actions": plan.over_max}
+        with flowsync.plan(Path(db).expanduser(), Path(policy), live=True, wait=wait) as plan:
+            get_run_logger().info("policy %s selects %s runs", policy, plan.total)
+            if plan.over_max:  # as `flowsync plan` exits 8: apply would refuse it
+                raise PolicyLimitError(
+                    f"{policy}: the rules select {plan.total} runs, more than max_actions "
+                    f"({plan.policy.policy.max_actions}); narrow the rules or raise max_actions."
+                )
+            return {"planned": plan.total, "over_max_actions": plan.over_max}
     applied = flowsync.apply(Path(db).expanduser(), Path(policy), api=_settings(api_url), wait=wait)
     summary: dict[str, Any] = {"planned": applied.plan.total, "over_max_actions": applied.plan.over_max}
     get_run_logger().info("policy %s selects %s runs", policy, applied.plan.total)
