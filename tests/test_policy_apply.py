@@ -1062,6 +1062,33 @@ def test_each_run_gets_its_attempts_when_an_earlier_run_of_its_batch_keeps_losin
     assert result.errors == ["batch 1 (purge): 1 runs not done after 2 attempts"], result.errors
 
 
+def test_runs_never_sent_while_the_server_says_wait_use_none_of_their_attempts(
+    tmp_path: Path,
+) -> None:
+    """Per run, two attempts: run 1's DELETE is answered 429 twice. Runs 2 and 3, after it,
+    were never sent: they wait as told, are re-read and sent, and deleted; run 1 fails."""
+    db = make_db(tmp_path / "r.duckdb", [run(i) for i in range(1, 4)])
+    fake = Recorder(lambda p, b: httpx.Response(404), api_rows(db))
+    sends: dict[str, int] = {}
+
+    def delete(run_id: str, n: int) -> httpx.Response:
+        sends[run_id] = sends.get(run_id, 0) + 1
+        if run_id == rid(1):
+            return httpx.Response(429, headers={"Retry-After": "0"})
+        fake.runs.pop(run_id)
+        return httpx.Response(204)
+
+    plan = plan_for(db, DELETE_COMPLETED)
+    result = ApplyResult.new()
+    with Store.sandboxed_writer(db) as store, mock_client(per_run_server(fake, delete)) as client:
+        apply_plan(client, store, plan, progress=NullProgress(), result=result, settle_seconds=0)
+    assert sends == {rid(1): 2, rid(2): 1, rid(3): 1}
+    rows = dict(
+        query(db, "SELECT right(CAST(flow_run_id AS VARCHAR), 1), outcome FROM policy_actions")
+    )
+    assert rows == {"1": "failed", "2": "deleted", "3": "deleted"}, rows
+
+
 def test_per_run_calls_go_out_only_while_their_re_read_is_fresh(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -250,8 +250,9 @@ def test_a_pull_that_cannot_reach_the_server_is_recorded_failed(
 def test_status_tells_the_last_pull_from_an_apply_or_refresh_after_it(
     built: BuiltHistory, tmp_path: Path
 ) -> None:
-    """A scheduled pull fails, then `plan --refresh` (or an apply) succeeds: status still says
-    the last pull failed, and when the last good one was; the refresh is named apart."""
+    """A scheduled pull fails, then `plan --refresh` succeeds and an apply is killed: status
+    still says the last pull failed, and when the last good one was; the apply is named
+    apart (its record says what it is from its start)."""
     from flowsync.store import Store, sync_log
 
     db = copy_db(built.path, tmp_path, "runs.duckdb")
@@ -259,14 +260,15 @@ def test_status_tells_the_last_pull_from_an_apply_or_refresh_after_it(
         good = store.execute("SELECT max(finished_at) FROM sync_runs WHERE status = 'ok'").scalar()
         failed = sync_log.start_sync_run(store, "http://h/api")
         sync_log.finish_sync_run(store, failed, status="failed", error="ApiError: down")
-        refresh = sync_log.start_sync_run(store, "http://h/api")
+        refresh = sync_log.start_sync_run(store, "http://h/api", "plan-refresh")
         sync_log.finish_sync_run(store, refresh, status="ok", mode="plan-refresh")
+        killed = sync_log.start_sync_run(store, "http://h/api", "apply")  # kill -9: never ended
     said = run_cli("status", "--db", str(db), "--json")
     assert said.exit_code == 0, said.output
     status = json.loads(said.stdout)
     assert status["last_pull"]["id"] == failed and status["last_pull"]["status"] == "failed"
     assert status["last_successful_pull_at"][:19] == good.isoformat()[:19]
-    assert status["last_apply"]["id"] == refresh and status["last_apply"]["mode"] == "plan-refresh"
+    assert status["last_apply"]["id"] == killed and status["last_apply"]["mode"] == "apply"
     text = run_cli("status", "--db", str(db)).stdout
     assert f"last pull #{failed}: failed (-)" in text and "ApiError: down" in text
-    assert f"last apply or plan --refresh #{refresh}: ok (plan-refresh)" in text
+    assert f"last apply or plan --refresh #{killed}: running (apply)" in text

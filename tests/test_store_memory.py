@@ -247,3 +247,26 @@ def test_running_out_of_memory_while_staging_rows_is_the_one_clear_error(db_path
         store.transaction(),
     ):
         upsert_pages(store, FLOW_RUNS, [Page.from_rows(large_parameter_runs(20, 200))], pull_id=1)
+
+
+def test_a_run_twice_in_pages_written_in_parts_keeps_its_newest_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pages written in parts (shrunk here) are merged first, as one statement merges them:
+    the newest ``updated`` of a run read twice is kept, and counted once."""
+    from flowsync.store import synced_tables
+
+    newer = {**changed_run(1), "updated": "2030-01-01T00:00:00+00:00", "name": "NEWER"}
+    older = {**changed_run(1), "updated": "2020-01-01T00:00:00+00:00", "name": "OLDER"}
+    filler = [changed_run(i) for i in range(10, 20)]
+    pages = [Page.from_rows([newer, *filler]), Page.from_rows([*filler, older])]
+    seen = {}
+    for stage in (4 * 2**20, 2000):  # one statement; parts of ~2 rows
+        monkeypatch.setattr(synced_tables, "STAGE_BYTES", stage)
+        assert len(list(synced_tables.by_size(pages))) == (1 if stage > 2000 else 6)
+        with Store.writer(tmp_path / f"{stage}.duckdb") as store:
+            with store.transaction():
+                written = upsert_pages(store, FLOW_RUNS, pages, pull_id=1)
+            name = store.execute("SELECT name FROM flow_runs WHERE id = ?", [newer["id"]]).scalar()
+        seen[stage] = (written, name)
+    assert seen[2000] == seen[4 * 2**20] == ((11, 0, 11), "NEWER")

@@ -465,8 +465,9 @@ class Applier:
                 again += verdict.again
                 throttled = answer.answer if isinstance(answer, Partial) else answer
                 if isinstance(throttled, Throttled):
-                    # Everything not sent yet goes back to step 1 after the wait.
-                    again += [i for c in calls for i in c.ids]
+                    # Everything not sent yet goes back to step 1 after the wait (unsent: it
+                    # uses no attempt).
+                    stale = [i for c in calls for i in c.ids]
                     left = throttled.left()
                     wait = left if left is not None else self.client.backoff(attempt)
                     break
@@ -479,7 +480,7 @@ class Applier:
             again = [i for i in again if tries[i] < self.attempts]
             if not again and not stale:
                 break
-            if again:
+            if again or wait is not None:
                 self.client.pause_for(min(wait if wait is not None else 0.0, MAX_THROTTLE_WAIT))
             todo = again + stale
         self.progress.advance(len(batch.ids))

@@ -35,10 +35,13 @@ def delete_state(store: Store, key: str) -> None:
     store.execute("DELETE FROM sync_state WHERE key = ?", [key])
 
 
-def start_sync_run(store: Store, api_url: str) -> int:
+def start_sync_run(store: Store, api_url: str, mode: str | None = None) -> int:
+    """A new ``sync_runs`` record, running. ``mode``: known from the start (``apply``,
+    ``plan-refresh``); a pull's (full or incremental) is written when it ends."""
     row = store.execute(
-        "INSERT INTO sync_runs (started_at, status, api_url) VALUES (?, 'running', ?) RETURNING id",
-        [now_utc(), api_url],
+        "INSERT INTO sync_runs (started_at, status, api_url, mode) VALUES (?, 'running', ?, ?) "
+        "RETURNING id",
+        [now_utc(), api_url, mode],
     ).one()
     assert row is not None
     return int(row[0])

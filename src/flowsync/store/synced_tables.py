@@ -17,7 +17,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, NamedTuple, Protocol
 
 from flowsync.store.connect import Store
-from flowsync.store.tables import TableSpec
+from flowsync.store.tables import TableSpec, newest_by_id
 
 
 class Page(Protocol):
@@ -67,41 +67,36 @@ STAGE_BYTES = 4 * 2**20
 
 
 def by_size(pages: Sequence[Page]) -> Iterator[list[Page]]:
-    """``pages`` in runs of at most ``STAGE_BYTES`` of JSON each (a larger page split by its
-    rows; one row larger than that alone): what one upsert statement stages, and what a
-    pull commits at a time (a transaction of 64 MB of such rows failed to commit under the
-    cap)."""
-    chunk: list[Page] = []
-    size = 0
+    """``pages`` in parts of at most ``STAGE_BYTES`` of JSON each: what one upsert statement
+    stages, and what a pull commits at a time (a transaction of 64 MB of such rows failed
+    to commit under the cap). Pages that fit are one part, as they are; larger ones are
+    merged first (one object per id, the newest ``updated``, as one statement keeps) and
+    split by their rows (one row larger than that alone)."""
+    if sum(p.nbytes for p in pages) <= STAGE_BYTES:
+        yield list(pages)
+        return
+    sizes: dict[int, int] = {}  # id(row) -> its JSON's size
     for page in pages:
-        parts: list[Page] = (
-            _split_rows(page.rows) if page.nbytes > STAGE_BYTES and len(page.rows) > 1 else [page]
-        )
-        for part in parts:
-            if chunk and size + part.nbytes > STAGE_BYTES:
-                yield chunk
-                chunk, size = [], 0
-            chunk.append(part)
-            size += part.nbytes
-    if chunk:
-        yield chunk
-
-
-def _split_rows(rows: list[dict[str, Any]]) -> list[Page]:
-    """A page too large to stage at once as pages of at most ``STAGE_BYTES`` of rows each."""
-    out: list[Page] = []
+        each = page.nbytes // max(len(page.rows), 1)
+        for row in page.rows:
+            # A page's rows alike share its size; rows of a page of large ones are measured.
+            sizes[id(row)] = len(json.dumps(row, default=str)) if each > _MEASURED else each
     part: list[dict[str, Any]] = []
     size = 0
-    for row in rows:
-        length = len(json.dumps(row, default=str))
+    for obj in newest_by_id([r for p in pages for r in p.rows]):
+        length = sizes[id(obj)]
         if part and size + length > STAGE_BYTES:
-            out.append(_Held(part, size))
+            yield [_Held(part, size)]
             part, size = [], 0
-        part.append(row)
+        part.append(dict(obj))
         size += length
     if part:
-        out.append(_Held(part, size))
-    return out
+        yield [_Held(part, size)]
+
+
+# Rows are measured one by one only in pages whose rows average more than this (ordinary
+# runs are 1-2 KB: their page's size, shared, is close enough).
+_MEASURED = 16 * 1024
 
 
 def _stage(store: Store, spec: TableSpec, pages: Sequence[Page], name: str) -> None:

@@ -202,7 +202,7 @@ class TableSpec:
 
     def batch(self, objects: Sequence[Mapping[str, Any]]) -> pl.DataFrame:
         """One page of API objects as a typed frame, deduplicated by id (newest ``updated`` wins)."""
-        rows = _newest(objects)
+        rows = newest_by_id(objects)
         data: dict[str, list[Any]] = {c.name: [c.extract(o) for o in rows] for c in self.columns}
         known = self.known_fields
         data["extra"] = [_extra(o, known) for o in rows]
@@ -224,7 +224,7 @@ class TableSpec:
         import orjson
         import pyarrow as pa
 
-        rows = _newest(objects)
+        rows = newest_by_id(objects)
         read, where = _row_reader(self.columns)
         try:
             # Row by row, then transposed: one pass over each object (column by column
@@ -289,7 +289,7 @@ class TableSpec:
         return f"SELECT {', '.join(casts)} FROM {source}"
 
 
-def _newest(objects: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+def newest_by_id(objects: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     """One object per id: the one with the newest ``updated`` (the later one on a tie)."""
     newest: dict[str, Mapping[str, Any]] = {}
     for obj in objects:

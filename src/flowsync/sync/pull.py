@@ -230,7 +230,7 @@ class RunReader:
         # runs into this file would mark its whole history deleted. Same check as a pull.
         identity.bind(client, store)
         with store.transaction():
-            pull_id = sync_log.start_sync_run(store, client.settings.display_url)
+            pull_id = sync_log.start_sync_run(store, client.settings.display_url, mode)
         self.mode = mode
         self.requests = 0
         self.changed: list[str] = []  # ids the last read wrote or marked deleted
