@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from typing import Any, NamedTuple, Protocol
 
+import orjson
+
 from flowsync.store.connect import Store
 from flowsync.store.tables import TableSpec, newest_by_id
 
@@ -80,7 +82,7 @@ def by_size(pages: Sequence[Page]) -> Iterator[list[Page]]:
         each = page.nbytes // max(len(page.rows), 1)
         for row in page.rows:
             # A page's rows alike share its size; rows of a page of large ones are measured.
-            sizes[id(row)] = len(json.dumps(row, default=str)) if each > _MEASURED else each
+            sizes[id(row)] = len(orjson.dumps(row, default=str)) if each > _MEASURED else each
     part: list[dict[str, Any]] = []
     size = 0
     for obj in newest_by_id([r for p in pages for r in p.rows]):
