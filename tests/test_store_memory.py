@@ -270,3 +270,27 @@ def test_a_run_twice_in_pages_written_in_parts_keeps_its_newest_copy(
             name = store.execute("SELECT name FROM flow_runs WHERE id = ?", [newer["id"]]).scalar()
         seen[stage] = (written, name)
     assert seen[2000] == seen[4 * 2**20] == ((11, 0, 11), "NEWER")
+
+
+def test_more_large_rows_than_the_cap_can_commit_is_the_one_clear_error(db_path: Path) -> None:
+    """~66 MB of parameters in one flush: past what the 64 MB cap can commit even in parts
+    (DuckDB "failed to pin block" at a commit): the error names --memory-limit, as any
+    out-of-memory does, not DuckDB's transaction error."""
+    from datetime import datetime, timezone
+
+    from flowsync.sync import NullProgress, PullOptions
+    from flowsync.sync.context import PullContext
+
+    page = Page.from_rows(large_parameter_runs(330, 200))
+    with Store.writer(db_path) as store, pytest.raises(StoreError) as raised:
+        ctx = PullContext(
+            None,  # type: ignore[arg-type]  # (writing pages asks nothing of the server)
+            store,
+            PullOptions(),
+            NullProgress(),
+            1,
+            datetime.now(timezone.utc),
+        )
+        ctx.write_pages(FLOW_RUNS, [page])
+    assert "ran out of memory under its 64 MB cap" in str(raised.value)
+    assert "--memory-limit" in str(raised.value)

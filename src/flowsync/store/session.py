@@ -118,6 +118,12 @@ class Session:
             yield
         except duckdb.OutOfMemoryException as e:
             raise out_of_memory(self.path, self.memory_budget) from e
+        except duckdb.Error as e:
+            # The same, met where DuckDB names it otherwise: a commit or a checkpoint that
+            # cannot hold a block under the cap ("failed to pin block of size ...").
+            if "failed to pin block" in str(e):
+                raise out_of_memory(self.path, self.memory_budget) from e
+            raise
         except RuntimeError as e:
             # DuckDB answers Ctrl-C (SIGINT) during a statement with this, not with
             # KeyboardInterrupt: the command must stop as interrupted, not with an error.
