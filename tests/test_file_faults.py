@@ -277,6 +277,25 @@ def test_a_duckdb_file_holding_no_table_but_other_objects_is_not_taken_over(
     assert sha256(db) == before
 
 
+def test_a_snapshot_an_older_flowsync_published_names_the_file_to_pull(tmp_path: Path) -> None:
+    """After an upgrade that adds a migration, the snapshot readers open is the older
+    flowsync's: the line says to pull the file (--db), not the snapshot's own path."""
+    db = built(tmp_path, runs=5)
+    snapshot = snapshot_dir(db) / os.readlink(snapshot_dir(db) / CURRENT)
+    with duckdb.connect(str(snapshot)) as con:  # as the older flowsync published it
+        con.execute(
+            "DELETE FROM _flowsync_migrations WHERE name = ?", [migrations.MIGRATIONS[-1][0]]
+        )
+    metadata = snapshot.with_suffix(".json")
+    published = json.loads(metadata.read_text())
+    metadata.write_text(json.dumps({**published, "bytes": snapshot.stat().st_size}))
+    line = one_line(run_cli("sql", "SELECT 1", "--db", str(db)), 5)
+    assert line == (
+        f"error: {db}'s published snapshot has an older schema (an older flowsync published "
+        f"it); run `flowsync pull --db {db}` once to upgrade the file and publish it again."
+    )
+
+
 def test_a_notebook_reading_a_newer_file_gets_a_warning_and_cannot_write_it(
     tmp_path: Path,
 ) -> None:

@@ -155,6 +155,15 @@ class StorageError(StoreError):
         self.detail = detail
 
 
+class OlderSchemaError(StoreError):
+    """``path`` (the live file or a snapshot) has migrations this flowsync would apply:
+    only a writer (the next pull) upgrades it."""
+
+    def __init__(self, message: str, *, path: str) -> None:
+        super().__init__(message)
+        self.path = path
+
+
 class DamagedFileError(StoreError):
     """``path`` (the live file or a snapshot) is truncated or corrupt; the message names
     the remedy (restore the last snapshot, or re-pull; for a snapshot, the next pull)."""

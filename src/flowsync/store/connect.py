@@ -47,6 +47,7 @@ from flowsync.errors import (
     DamagedFileError,
     NewerFileError,
     NewerFileWarning,
+    OlderSchemaError,
     StoreError,
     StoreLockedError,
 )
@@ -335,6 +336,14 @@ class Store(Session):
                 return cls._open(info.path, memory_limit_mb=memory_limit_mb)
             except DamagedFileError:
                 raise
+            except OlderSchemaError:
+                # Published by an older flowsync: the file is what to upgrade, not the copy.
+                raise OlderSchemaError(
+                    f"{db}'s published snapshot has an older schema (an older flowsync "
+                    f"published it); run `flowsync pull --db {db}` once to upgrade the file "
+                    "and publish it again.",
+                    path=str(db),
+                ) from None
             except StoreError:
                 if info.path.exists():
                     raise
@@ -452,9 +461,10 @@ class Store(Session):
         if not applied:
             self._refuse_foreign()
         if self.read_only:
-            raise StoreError(
+            raise OlderSchemaError(
                 f"{self.path} has an older schema ({len(todo)} migrations pending); "
-                "run `flowsync pull` once to upgrade it."
+                f"run `flowsync pull --db {self.path}` once to upgrade it.",
+                path=str(self.path),
             )
         self._con.execute(
             "CREATE TABLE IF NOT EXISTS _flowsync_migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL)"

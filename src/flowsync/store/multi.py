@@ -21,7 +21,7 @@ from pathlib import Path
 import duckdb
 
 from flowsync import __version__
-from flowsync.errors import ConfigError, NewerFileWarning, StoreError
+from flowsync.errors import ConfigError, NewerFileWarning, OlderSchemaError, StoreError
 from flowsync.store import migrations
 from flowsync.store.connect import session_settings
 from flowsync.store.files import check_path, storage_error
@@ -115,9 +115,10 @@ def _check_schema(con: duckdb.DuckDBPyConnection, name: str, db: Path) -> None:
     known = {migration for migration, _ in migrations.MIGRATIONS}
     pending = known - applied
     if pending:
-        raise StoreError(
+        raise OlderSchemaError(
             f"{db} has an older schema ({len(pending)} migrations pending); "
-            f"run `flowsync pull --db {db}` once to upgrade it."
+            f"run `flowsync pull --db {db}` once to upgrade it.",
+            path=str(db),
         )
     unknown = sorted(applied - known)
     if unknown:
