@@ -242,6 +242,35 @@ def test_a_writer_held_by_another_process_is_explained_as_for_a_writer(tmp_path:
         holder.wait()
 
 
+def test_status_while_a_pull_writes_shows_the_published_snapshot_and_who_writes(
+    tmp_path: Path,
+) -> None:
+    """A long first pull (or any writer) holds the file: status shows what readers see, and
+    who writes it, instead of refusing."""
+    db = built(tmp_path, runs=30)
+    code = (
+        "import sys, time\n"
+        "from flowsync.store import Store\n"
+        "s = Store.writer(sys.argv[1])\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", code, str(db), "pull"], stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == b"ready"
+        said = run_cli("status", "--db", str(db))
+        assert said.exit_code == 0, said.output
+        assert f"(PID {holder.pid}) is writing the file now" in said.stdout, said.stdout
+        assert "30" in said.stdout  # the snapshot's runs
+        status = json.loads(run_cli("status", "--db", str(db), "--json").stdout)
+        assert status["writing_now"]["pid"] == holder.pid
+        assert status["flow_runs"]["live"] == 30
+    finally:
+        holder.kill()
+        holder.wait()
+    assert json.loads(run_cli("status", "--db", str(db), "--json").stdout)["writing_now"] is None
+
+
 def test_a_file_whose_first_migration_never_committed_is_taken_up_by_the_next_pull(
     tmp_path: Path,
 ) -> None:
@@ -446,6 +475,8 @@ def test_commands_without_live_are_never_told_to_drop_it(
     tmp_path: Path, command: list[str]
 ) -> None:
     db = built(tmp_path, runs=1)
+    if command == ["status"]:  # (with a snapshot, status shows it instead: see above)
+        shutil.rmtree(snapshot_dir(db))
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY)
     holder = _holder(db, "flowsync", "pull")

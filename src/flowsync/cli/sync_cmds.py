@@ -31,6 +31,7 @@ from flowsync.config import (
     resolve_api,
     resolve_db_path,
 )
+from flowsync.errors import StoreLockedError
 
 
 def pull_cmd(
@@ -173,10 +174,22 @@ def status_cmd(
 
     with errors():
         path = resolve_db_path(db)
-        with Store.reader(path, live=True, wait=wait, lock_context=locks.LIVE_ONLY) as store:
-            summary = sync_log.status_summary(store)
+        writing: StoreLockedError | None = None
+        try:
+            with Store.reader(path, live=True, wait=wait, lock_context=locks.LIVE_ONLY) as store:
+                summary = sync_log.status_summary(store)
+        except StoreLockedError as e:
+            # A pull (or apply) writes the file now: what the last one published, said so.
+            if snapshot.inspect(path)[0] is None:
+                raise
+            writing = e
+            with Store.reader(path) as store:
+                summary = sync_log.status_summary(store)
         published, problem = snapshot.inspect(path)  # status reports a damaged one, not fails
     summary["db"] = str(path)
+    summary["writing_now"] = (
+        {"role": writing.holder_role, "pid": writing.holder_pid} if writing else None
+    )
     summary["snapshot"] = published.to_json() if published else None
     summary["snapshot_problem"] = problem or None
     if json_out:
@@ -187,6 +200,15 @@ def status_cmd(
         f"[bold]{escape(str(path))}[/]  from {escape(summary['api_url'] or '(never pulled)')}",
         highlight=False,
     )
+    if writing is not None and published is not None:
+        who = f"a {writing.holder_role}" if writing.holder_role != "unknown" else "another process"
+        pid = f" (PID {writing.holder_pid})" if writing.holder_pid else ""
+        out.print(
+            f"{who}{pid} is writing the file now: below, the snapshot readers see "
+            f"(published {published.published_at:%Y-%m-%d %H:%M:%S %Z})",
+            highlight=False,
+            markup=False,
+        )
     server = summary["server"]
     if server:
         version = server.get("version")
