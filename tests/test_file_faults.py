@@ -325,6 +325,26 @@ def test_a_snapshot_an_older_flowsync_published_names_the_file_to_pull(tmp_path:
     )
 
 
+def test_apply_on_a_newer_file_refuses_before_it_asks(tmp_path: Path) -> None:
+    """The plan reads a newer flowsync's file (with its warning); apply refuses before its
+    question, as its writer would after it."""
+    from flowsync.config import ApiSettings
+
+    db = built(tmp_path, runs=5)
+    add_future_migration(db)
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY)
+    asked: list[int] = []
+    with pytest.warns(NewerFileWarning), pytest.raises(NewerFileError):
+        flowsync.apply(
+            db,
+            policy,
+            api=ApiSettings(url=UNREACHABLE),
+            confirm=lambda plan: asked.append(plan.total) is None,
+        )
+    assert asked == []
+
+
 def test_a_notebook_reading_a_newer_file_gets_a_warning_and_cannot_write_it(
     tmp_path: Path,
 ) -> None:

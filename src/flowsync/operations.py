@@ -237,6 +237,7 @@ def apply(
             return Applied(made, None, confirmed=False)
     else:
         check_guards(made)
+        Store.check_writable(db)  # a newer flowsync's file: refused before the question
         if confirm is not None and not confirm(made):
             return Applied(made, None, confirmed=False)
     held = result or new_result(made)

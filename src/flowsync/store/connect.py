@@ -262,17 +262,32 @@ class Store(Session):
         the first read-write open. Before that, such a file is checked on a read-only
         connection, so one that is not flowsync's, or that a newer flowsync wrote, is refused
         unchanged."""
-        if not path.exists() or not path.with_name(path.name + ".wal").exists():
-            return  # (a log without its file: DuckDB drops it when it creates the file)
+        if path.exists() and path.with_name(path.name + ".wal").exists():
+            cls._refuse_unwritable(path)
+        # (a log without its file: DuckDB drops it when it creates the file)
+
+    @classmethod
+    def check_writable(cls, path: str | os.PathLike[str]) -> None:
+        """What a writer would refuse (a file not flowsync's, one a newer flowsync wrote),
+        checked on a read-only connection, so a command can refuse before it asks anything
+        (apply, before its prompt). Passes a file that does not exist yet, or that a writer
+        holds now (its own open then waits and says so)."""
+        from flowsync.store.roles import Writer
+
+        if Path(path).exists():
+            Writer._refuse_unwritable(Path(path))
+
+    @classmethod
+    def _refuse_unwritable(cls, path: Path) -> None:
         try:
             con = _connect(path, read_only=True, sandbox=False, wait=0.0, lock_context=None)
         except StoreLockedError:
-            # A writer holds the file (the log is its own, not a leftover): the writer's own
+            # A writer holds the file (a log is its own, not a leftover): the writer's own
             # open waits for it, and says so as a writer.
             return
         except StoreError as e:
             if isinstance(e.__cause__, duckdb.Error) and is_config_clash(e.__cause__):
-                return  # open read-write in this process: the log is that connection's own
+                return  # open read-write in this process (a log is that connection's own)
             raise
         try:
             probe = cls(con, path)  # the writer's own checks, nothing written
