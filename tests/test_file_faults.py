@@ -335,13 +335,13 @@ def test_apply_on_a_newer_file_refuses_before_it_asks(tmp_path: Path) -> None:
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY)
     asked: list[int] = []
+
+    def confirm(plan: Any) -> bool:
+        asked.append(plan.total)
+        return True
+
     with pytest.warns(NewerFileWarning), pytest.raises(NewerFileError):
-        flowsync.apply(
-            db,
-            policy,
-            api=ApiSettings(url=UNREACHABLE),
-            confirm=lambda plan: asked.append(plan.total) is None,
-        )
+        flowsync.apply(db, policy, api=ApiSettings(url=UNREACHABLE), confirm=confirm)
     assert asked == []
 
 
