@@ -1347,3 +1347,56 @@ def test_runs_with_large_parameters_are_applied_and_audited_under_the_writers_ca
         "SELECT count(*), min(length(CAST(run_row->'parameters' AS VARCHAR))) FROM policy_actions "
         "WHERE outcome = 'deleted'",
     ) == [(50, len(json.dumps(next(iter(rows.values()))["parameters"], separators=(",", ":"))))]
+
+
+def _moved(row: dict[str, Any], state: str) -> None:
+    """``row`` (a fake server's run) now in ``state``, as a new state."""
+    sid = str(uuid.uuid4())
+    row.update(
+        state_type=state,
+        state_name=state.title(),
+        state_id=sid,
+        state={"id": sid, "type": state, "name": state.title()},
+        updated="2099-01-01T00:00:00+00:00",
+    )
+
+
+def test_a_run_counted_pending_then_read_back_after_ctrl_c_is_counted_once(
+    tmp_path: Path,
+) -> None:
+    """Batch 1's set_state answer is lost (500) while run 1 moves to RUNNING, and its state
+    history cannot be read: recorded and counted `pending`. Ctrl-C with batch 3's call out;
+    the read-back of this apply's open rows finds run 1 CANCELLED too: its `pending` count
+    becomes `accepted`, not a second outcome."""
+    db = make_db(tmp_path / "r.duckdb", [run(1), run(2), run(3)])
+    calls = [0]
+
+    def answer(path: str, body: dict[str, Any]) -> httpx.Response:
+        if path == "flow_runs/bulk_set_state":
+            calls[0] += 1
+            if calls[0] == 1:
+                _moved(fake.runs[rid(1)], "RUNNING")
+                return httpx.Response(500, json={"exception_message": "Internal Server Error"})
+            if calls[0] == 3:  # Ctrl-C with batch 3's call out (it went through)
+                _moved(fake.runs[rid(1)], "CANCELLED")
+                _moved(fake.runs[rid(3)], "CANCELLED")
+                raise KeyboardInterrupt
+        if path.startswith("flow_run_states"):
+            return httpx.Response(500, json={"exception_message": "Internal Server Error"})
+        return accept_all(path, body)
+
+    fake = Recorder(answer, api_rows(db))
+    plan = plan_for(db, CANCEL_ALL)
+    result = ApplyResult.new()
+    with (
+        Store.sandboxed_writer(db) as store,
+        mock_client(fake) as client,
+        pytest.raises(KeyboardInterrupt),
+    ):
+        apply_plan(
+            client, store, plan, progress=NullProgress(), result=result, batch_size=1,
+            settle_seconds=0,
+        )  # fmt: skip
+    outcomes = [o for (o,) in query(db, "SELECT outcome FROM policy_actions")]
+    assert sorted(outcomes) == ["accepted"] * 3
+    assert result.counts == {"cancel": {"accepted": 3}}, result.counts

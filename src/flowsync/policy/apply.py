@@ -252,7 +252,9 @@ def apply_plan(
     except BaseException as e:
         failure = e
         with contextlib.suppress(Exception):
-            applier.settler.close_open_rows(applier.ledger.open_rows())
+            applier.settler.close_open_rows(
+                applier.ledger.open_rows(), counted=applier.ledger.counted_pending
+            )
         raise
     finally:
         with contextlib.suppress(Exception):

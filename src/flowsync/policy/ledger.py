@@ -40,6 +40,9 @@ class Ledger:
         }
         self.rows: set[str] = set()  # runs with a row in this apply
         self.final_outcomes: dict[str, Outcome] = {}
+        # runs whose row stays pending and whose `pending` the result counts (a lost answer
+        # that could not be settled): a later read-back replaces that count, never adds one
+        self.counted_pending: set[str] = set()
 
     @property
     def apply_id(self) -> str:
@@ -120,6 +123,9 @@ class Ledger:
         for i, r in results.items():
             if r.outcome is not Outcome.PENDING:
                 self.final_outcomes[i] = r.outcome
+                self.counted_pending.discard(i)
+            else:
+                self.counted_pending.add(i)
             self.result.add(call.rule, r.outcome)
 
     def open_rows(self) -> list[str]:

@@ -25,6 +25,7 @@ runs (that is ``plan``), write audit rows other than settling pending ones
 from __future__ import annotations
 
 from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -153,9 +154,12 @@ class Settler:
 
     # pending rows: sent, no answer recorded --------------------------------------------------
 
-    def close_open_rows(self, open_rows: list[str]) -> None:
+    def close_open_rows(
+        self, open_rows: list[str], counted: AbstractSet[str] = frozenset()
+    ) -> None:
         """Runs sent by this apply with no answer recorded (interrupted): one read back settles
-        the ones that show the change; the rest stay pending for the next apply."""
+        the ones that show the change; the rest stay pending for the next apply. ``counted``:
+        those the result already counts as ``pending``: a settled one replaces that count."""
         if not open_rows:
             return
         self.progress.message(
@@ -167,11 +171,18 @@ class Settler:
             for p in audit.unresolved(self.store)
             if p.apply_id == self.result.apply_id
         }
-        self.settle_pending([pending[i] for i in open_rows if i in pending], wait=False, own=True)
+        self.settle_pending(
+            [pending[i] for i in open_rows if i in pending], wait=False, own=True, counted=counted
+        )
         # (what it could not settle stays pending: the next apply reads it back)
 
     def settle_pending(
-        self, rows: list[audit.PendingRow], *, wait: bool, own: bool = False
+        self,
+        rows: list[audit.PendingRow],
+        *,
+        wait: bool,
+        own: bool = False,
+        counted: AbstractSet[str] = frozenset(),
     ) -> Settled:
         """Read back runs sent by an apply that never recorded their answer; settle what shows.
 
@@ -198,7 +209,12 @@ class Settler:
         if own:
             rules = {r.flow_run_id: r.rule for r in rows}
             for (_, run), (outcome, _) in outcomes.items():
+                if run in counted:  # counted `pending` before: now what it settled as
+                    self.result.add(rules[run], Outcome.PENDING, -1)
                 self.result.add(rules[run], Outcome(outcome))
+            for per in self.result.counts.values():
+                if per.get(Outcome.PENDING.value) == 0:
+                    del per[Outcome.PENDING.value]
         return Settled(
             len(outcomes),
             {run for (_, run), (o, _) in outcomes.items() if o != Outcome.FAILED.value},
