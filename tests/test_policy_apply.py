@@ -1400,3 +1400,37 @@ def test_a_run_counted_pending_then_read_back_after_ctrl_c_is_counted_once(
     outcomes = [o for (o,) in query(db, "SELECT outcome FROM policy_actions")]
     assert sorted(outcomes) == ["accepted"] * 3
     assert result.counts == {"cancel": {"accepted": 3}}, result.counts
+
+
+def test_ctrl_c_while_a_call_is_in_flight_keeps_the_rows_of_its_batchs_runs_not_sent(
+    tmp_path: Path,
+) -> None:
+    """Batch 1: run 2 was tagged protected since the pull (not sent: `skipped`), run 1 sent,
+    its call left in flight while batch 2 is re-read. Ctrl-C then: run 2's row is written
+    already, and the read-back settles run 1."""
+    db = make_db(tmp_path / "r.duckdb", [run(i) for i in range(1, 5)])
+    rows = api_rows(db)
+    rows[rid(2)].update(tags=["keep"], updated="2099-01-01T00:00:00+00:00")
+    fake = Recorder(accept_all, rows)
+
+    def server(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content) if request.content else {}
+        ids = body.get("flow_runs", {}).get("id", {}).get("any_") or []
+        if request.url.path.endswith("flow_runs/filter") and rid(3) in ids:
+            raise KeyboardInterrupt  # Ctrl-C during batch 2's re-read
+        if request.url.path.endswith("bulk_delete"):
+            for i in ids:
+                fake.runs.pop(i, None)
+        return fake(request)
+
+    plan = plan_for(db, DELETE_ALL)
+    result = ApplyResult.new()
+    with (
+        Store.sandboxed_writer(db) as store,
+        mock_client(server) as client,
+        pytest.raises(KeyboardInterrupt),
+    ):
+        apply_plan(client, store, plan, progress=NullProgress(), result=result, batch_size=2)
+    audit = "SELECT right(CAST(flow_run_id AS VARCHAR), 1), outcome FROM policy_actions"
+    assert dict(query(db, audit)) == {"1": "deleted", "2": "skipped"}
+    assert result.counts == {"purge": {"deleted": 1, "skipped": 1}}

@@ -403,6 +403,7 @@ class Applier:
             wait: float | None = None
             calls = list(decided.calls)
             lost = False
+            final_recorded = False  # decided.final's rows written
             if not calls:
                 self.record(number, rule, decided.final, guards)
             while calls:
@@ -430,6 +431,11 @@ class Applier:
                         note_call(self.result, fresh.answered_at)
                         in_flight = Task(functools.partial(send_bulk, self.client, rule, call))
                         self.out.add(in_flight)
+                        if decided.final and call is decided.calls[0]:
+                            # The runs not sent, recorded now the call is out: whatever stops
+                            # the apply while it is in flight, they have their rows.
+                            self.record(number, rule, decided.final, guards, rowids)
+                            final_recorded = True
                         try:
                             yield  # the next batch is re-read, decided and sent meanwhile
                             answer = in_flight.result()
@@ -438,7 +444,7 @@ class Applier:
                     else:
                         answer = self.send(rule, call, fresh.answered_at)
                 except AuthError as e:
-                    if call is decided.calls[0]:
+                    if call is decided.calls[0] and not final_recorded:
                         self.record(number, rule, decided.final, guards)
                     self._auth_failed(number, batch, call, calls, str(e))
                     raise
@@ -447,7 +453,7 @@ class Applier:
                     isinstance(answer, Partial) and isinstance(answer.answer, Lost)
                 )
                 verdict = self.classify(number, rule, call, fresh, answer, attempt)
-                if decided.final and call is decided.calls[0]:
+                if decided.final and call is decided.calls[0] and not final_recorded:
                     # The runs not sent are recorded after the first call, out of its window.
                     verdict = Verdict(
                         {**decided.final, **verdict.results},
