@@ -1033,20 +1033,21 @@ def test_per_run_calls_after_a_lost_answer_wait_for_a_new_re_read(tmp_path: Path
     assert rows == {"1": "deleted", "2": "deleted", "3": "skipped", "4": "deleted", "5": "deleted"}
 
 
-def test_each_run_gets_its_attempts_when_an_earlier_run_of_its_batch_keeps_losing(
-    tmp_path: Path,
-) -> None:
-    """Per run, two attempts: run 1's DELETE always times out (never done); run 2's first one
-    times out, its second would succeed. The runs after a lost answer are re-read first, and
-    that uses none of their attempts: run 2 is sent twice and deleted, run 1 fails once."""
+def per_run_sends(
+    tmp_path: Path, answer: Callable[[str, int], httpx.Response | None]
+) -> tuple[dict[str, int], dict[str, str], ApplyResult]:
+    """Runs 1-3 deleted one call each (a server before 3.6.16), two attempts: ``answer(run,
+    its n-th send)`` answers a DELETE, or None to carry it out. Returns how often each run
+    was sent, the audit's outcomes by run number, and the result."""
     db = make_db(tmp_path / "r.duckdb", [run(i) for i in range(1, 4)])
     fake = Recorder(lambda p, b: httpx.Response(404), api_rows(db))
     sends: dict[str, int] = {}
 
     def delete(run_id: str, n: int) -> httpx.Response:
         sends[run_id] = sends.get(run_id, 0) + 1
-        if run_id == rid(1) or (run_id == rid(2) and sends[run_id] == 1):
-            raise httpx.ReadTimeout("no answer", request=httpx.Request("DELETE", run_id))
+        said = answer(run_id, sends[run_id])
+        if said is not None:
+            return said
         fake.runs.pop(run_id)
         return httpx.Response(204)
 
@@ -1054,10 +1055,26 @@ def test_each_run_gets_its_attempts_when_an_earlier_run_of_its_batch_keeps_losin
     result = ApplyResult.new()
     with Store.sandboxed_writer(db) as store, mock_client(per_run_server(fake, delete)) as client:
         apply_plan(client, store, plan, progress=NullProgress(), result=result, settle_seconds=0)
-    assert sends == {rid(1): 2, rid(2): 2, rid(3): 1}
     rows = dict(
         query(db, "SELECT right(CAST(flow_run_id AS VARCHAR), 1), outcome FROM policy_actions")
     )
+    return sends, rows, result
+
+
+def test_each_run_gets_its_attempts_when_an_earlier_run_of_its_batch_keeps_losing(
+    tmp_path: Path,
+) -> None:
+    """Per run, two attempts: run 1's DELETE always times out (never done); run 2's first one
+    times out, its second would succeed. The runs after a lost answer are re-read first, and
+    that uses none of their attempts: run 2 is sent twice and deleted, run 1 fails once."""
+
+    def answer(run_id: str, n: int) -> httpx.Response | None:
+        if run_id == rid(1) or (run_id == rid(2) and n == 1):
+            raise httpx.ReadTimeout("no answer", request=httpx.Request("DELETE", run_id))
+        return None
+
+    sends, rows, result = per_run_sends(tmp_path, answer)
+    assert sends == {rid(1): 2, rid(2): 2, rid(3): 1}
     assert rows == {"1": "failed", "2": "deleted", "3": "deleted"}, rows
     assert result.errors == ["batch 1 (purge): 1 runs not done after 2 attempts"], result.errors
 
@@ -1067,25 +1084,9 @@ def test_runs_never_sent_while_the_server_says_wait_use_none_of_their_attempts(
 ) -> None:
     """Per run, two attempts: run 1's DELETE is answered 429 twice. Runs 2 and 3, after it,
     were never sent: they wait as told, are re-read and sent, and deleted; run 1 fails."""
-    db = make_db(tmp_path / "r.duckdb", [run(i) for i in range(1, 4)])
-    fake = Recorder(lambda p, b: httpx.Response(404), api_rows(db))
-    sends: dict[str, int] = {}
-
-    def delete(run_id: str, n: int) -> httpx.Response:
-        sends[run_id] = sends.get(run_id, 0) + 1
-        if run_id == rid(1):
-            return httpx.Response(429, headers={"Retry-After": "0"})
-        fake.runs.pop(run_id)
-        return httpx.Response(204)
-
-    plan = plan_for(db, DELETE_COMPLETED)
-    result = ApplyResult.new()
-    with Store.sandboxed_writer(db) as store, mock_client(per_run_server(fake, delete)) as client:
-        apply_plan(client, store, plan, progress=NullProgress(), result=result, settle_seconds=0)
+    throttled = httpx.Response(429, headers={"Retry-After": "0"})
+    sends, rows, _ = per_run_sends(tmp_path, lambda r, n: throttled if r == rid(1) else None)
     assert sends == {rid(1): 2, rid(2): 1, rid(3): 1}
-    rows = dict(
-        query(db, "SELECT right(CAST(flow_run_id AS VARCHAR), 1), outcome FROM policy_actions")
-    )
     assert rows == {"1": "failed", "2": "deleted", "3": "deleted"}, rows
 
 
@@ -1349,6 +1350,20 @@ def test_runs_with_large_parameters_are_applied_and_audited_under_the_writers_ca
     ) == [(50, len(json.dumps(next(iter(rows.values()))["parameters"], separators=(",", ":"))))]
 
 
+def interrupted_apply(db: Path, policy: str, handler: Handler, **options: Any) -> ApplyResult:
+    """apply ``policy`` on ``db`` against ``handler`` (a fake server), which raises
+    KeyboardInterrupt (Ctrl-C) at some request: what the interrupted apply counted."""
+    plan = plan_for(db, policy)
+    result = ApplyResult.new()
+    with (
+        Store.sandboxed_writer(db) as store,
+        mock_client(handler) as client,
+        pytest.raises(KeyboardInterrupt),
+    ):
+        apply_plan(client, store, plan, progress=NullProgress(), result=result, **options)
+    return result
+
+
 def _moved(row: dict[str, Any], state: str) -> None:
     """``row`` (a fake server's run) now in ``state``, as a new state."""
     sid = str(uuid.uuid4())
@@ -1386,17 +1401,7 @@ def test_a_run_counted_pending_then_read_back_after_ctrl_c_is_counted_once(
         return accept_all(path, body)
 
     fake = Recorder(answer, api_rows(db))
-    plan = plan_for(db, CANCEL_ALL)
-    result = ApplyResult.new()
-    with (
-        Store.sandboxed_writer(db) as store,
-        mock_client(fake) as client,
-        pytest.raises(KeyboardInterrupt),
-    ):
-        apply_plan(
-            client, store, plan, progress=NullProgress(), result=result, batch_size=1,
-            settle_seconds=0,
-        )  # fmt: skip
+    result = interrupted_apply(db, CANCEL_ALL, fake, batch_size=1, settle_seconds=0)
     outcomes = [o for (o,) in query(db, "SELECT outcome FROM policy_actions")]
     assert sorted(outcomes) == ["accepted"] * 3
     assert result.counts == {"cancel": {"accepted": 3}}, result.counts
@@ -1423,14 +1428,7 @@ def test_ctrl_c_while_a_call_is_in_flight_keeps_the_rows_of_its_batchs_runs_not_
                 fake.runs.pop(i, None)
         return fake(request)
 
-    plan = plan_for(db, DELETE_ALL)
-    result = ApplyResult.new()
-    with (
-        Store.sandboxed_writer(db) as store,
-        mock_client(server) as client,
-        pytest.raises(KeyboardInterrupt),
-    ):
-        apply_plan(client, store, plan, progress=NullProgress(), result=result, batch_size=2)
+    result = interrupted_apply(db, DELETE_ALL, server, batch_size=2)
     audit = "SELECT right(CAST(flow_run_id AS VARCHAR), 1), outcome FROM policy_actions"
     assert dict(query(db, audit)) == {"1": "deleted", "2": "skipped"}
     assert result.counts == {"purge": {"deleted": 1, "skipped": 1}}

@@ -202,29 +202,31 @@ def large_parameter_runs(n: int, kb: int) -> list[dict[str, Any]]:
     ]
 
 
+def pull_context(store: Writer) -> Any:
+    """What a pull writes its pages through (``PullContext.write_pages``), with no server."""
+    from datetime import datetime, timezone
+
+    from flowsync.sync import NullProgress, PullOptions
+    from flowsync.sync.context import PullContext
+
+    no_server: Any = None  # writing pages asks nothing of the server
+    return PullContext(
+        no_server, store, PullOptions(), NullProgress(), 1, datetime.now(timezone.utc)
+    )
+
+
 def test_runs_with_large_parameters_are_written_under_the_default_cap(db_path: Path) -> None:
     """A page of 200 runs with 200 KB of parameters each (40 MB of JSON): DuckDB needs about
     seven times what one statement stages, and a transaction of 64 MB of such rows failed to
     commit under the 64 MB cap. The pull stages and commits them a few MB at a time, the
     cursor with the last part."""
-    from datetime import datetime, timezone
-
     from flowsync.store import sync_log
-    from flowsync.sync import NullProgress, PullOptions
-    from flowsync.sync.context import PullContext
 
     rows = large_parameter_runs(200, 200)
     page = Page.from_rows(rows)
     assert len(page.body) > 40 * 2**20
     with Store.writer(db_path) as store:
-        ctx = PullContext(
-            None,  # type: ignore[arg-type]  # (writing pages asks nothing of the server)
-            store,
-            PullOptions(),
-            NullProgress(),
-            1,
-            datetime.now(timezone.utc),
-        )
+        ctx = pull_context(store)
         assert ctx.write_pages(FLOW_RUNS, [page], {"flow_runs.cursor": "covered"}) == 200
         assert sync_log.get_state(store, "flow_runs.cursor") == "covered"
         assert store.execute(
@@ -276,21 +278,9 @@ def test_more_large_rows_than_the_cap_can_commit_is_the_one_clear_error(db_path:
     """~66 MB of parameters in one flush: past what the 64 MB cap can commit even in parts
     (DuckDB "failed to pin block" at a commit): the error names --memory-limit, as any
     out-of-memory does, not DuckDB's transaction error."""
-    from datetime import datetime, timezone
-
-    from flowsync.sync import NullProgress, PullOptions
-    from flowsync.sync.context import PullContext
-
     page = Page.from_rows(large_parameter_runs(330, 200))
     with Store.writer(db_path) as store, pytest.raises(StoreError) as raised:
-        ctx = PullContext(
-            None,  # type: ignore[arg-type]  # (writing pages asks nothing of the server)
-            store,
-            PullOptions(),
-            NullProgress(),
-            1,
-            datetime.now(timezone.utc),
-        )
+        ctx = pull_context(store)
         ctx.write_pages(FLOW_RUNS, [page])
     assert "ran out of memory under its 64 MB cap" in str(raised.value)
     assert "--memory-limit" in str(raised.value)
