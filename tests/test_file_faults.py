@@ -271,6 +271,37 @@ def test_status_while_a_pull_writes_shows_the_published_snapshot_and_who_writes(
     assert json.loads(run_cli("status", "--db", str(db), "--json").stdout)["writing_now"] is None
 
 
+@pytest.mark.parametrize("snapshot", ["truncated", "missing", "older"])
+def test_status_while_a_pull_writes_says_who_when_the_snapshot_cannot_be_read(
+    tmp_path: Path, snapshot: str
+) -> None:
+    """The snapshot is damaged, gone, or an older flowsync's (the pull holding the file is
+    the one upgrading it): status says who writes the file (exit 6), not the snapshot's
+    fault with a remedy that does not apply."""
+    db = built(tmp_path, runs=3)
+    published = snapshot_dir(db) / os.readlink(snapshot_dir(db) / CURRENT)
+    if snapshot == "truncated":
+        truncate(published)
+    elif snapshot == "missing":
+        published.unlink()
+    else:
+        with duckdb.connect(str(published)) as con:
+            con.execute(
+                "DELETE FROM _flowsync_migrations WHERE name = ?", [migrations.MIGRATIONS[-1][0]]
+            )
+        metadata = published.with_suffix(".json")
+        held = json.loads(metadata.read_text())
+        metadata.write_text(json.dumps({**held, "bytes": published.stat().st_size}))
+    holder = _holder(db, "flowsync", "pull")
+    try:
+        line = one_line(run_cli("status", "--db", str(db)), 6)
+        assert one_line(run_cli("status", "--db", str(db), "--json"), 6) == line
+    finally:
+        holder.kill()
+        holder.wait()
+    assert f"a running `flowsync pull` (PID {holder.pid})" in line
+
+
 def test_a_file_whose_first_migration_never_committed_is_taken_up_by_the_next_pull(
     tmp_path: Path,
 ) -> None:

@@ -31,7 +31,7 @@ from flowsync.config import (
     resolve_api,
     resolve_db_path,
 )
-from flowsync.errors import StoreLockedError
+from flowsync.errors import StoreError, StoreLockedError
 
 
 def pull_cmd(
@@ -179,12 +179,17 @@ def status_cmd(
             with Store.reader(path, live=True, wait=wait, lock_context=locks.LIVE_ONLY) as store:
                 summary = sync_log.status_summary(store)
         except StoreLockedError as e:
-            # A pull (or apply) writes the file now: what the last one published, said so.
-            if snapshot.inspect(path)[0] is None:
+            # A pull (or apply) writes the file now: what the last one published, said so;
+            # who writes (exit 6) when no sound snapshot can be read.
+            info, problem = snapshot.inspect(path)
+            if info is None or problem:
                 raise
             writing = e
-            with Store.reader(path) as store:
-                summary = sync_log.status_summary(store)
+            try:
+                with Store.reader(path) as store:
+                    summary = sync_log.status_summary(store)
+            except StoreError:
+                raise e from None
         published, problem = snapshot.inspect(path)  # status reports a damaged one, not fails
     summary["db"] = str(path)
     summary["writing_now"] = (
