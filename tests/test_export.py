@@ -174,6 +174,8 @@ def test_tables_option_limits_the_export(db: Path, tmp_path: Path) -> None:
         (["--tables", "runs"], "Unknown table 'runs'"),
         (["--format", "csv"], "Unknown export format 'csv'"),
         (["--since", "yesterday"], "--since 'yesterday' is not a time"),
+        (["--tables", ","], "--tables names no table"),
+        (["--tables", ""], "--tables names no table"),
     ],
 )
 def test_bad_options_fail_with_one_line(
@@ -225,6 +227,7 @@ def _files(folder: Path) -> dict[str, bytes]:
         ("", "Export destination is empty"),
         ("   ", "Export destination is empty"),
         ("file://", "names no directory"),
+        ("file://otherhost/x", "names the host 'otherhost'"),
     ],
 )
 def test_bad_destination_is_refused_before_anything_is_written(
@@ -340,3 +343,35 @@ def test_replace_exports_another_file_over_an_export(db: Path, tmp_path: Path) -
     manifest = json.loads((out / "_flowsync_manifest.json").read_text())
     assert manifest["source"]["db"] == str(other.resolve())
     export(other, out)  # its own export now
+
+
+@pytest.mark.parametrize("name", ["exp:2026", "file:rel", "s3:foo"])
+def test_a_relative_folder_with_a_colon_in_its_name_is_a_folder(
+    db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    """Arrow reads a relative path such as ``exp:2026/...`` as a URL: the manifest's counts
+    are read through open files, so the export completes there, with its manifest."""
+    monkeypatch.chdir(tmp_path)
+    result = run_cli("export", name, "--db", str(db))
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / name / "_flowsync_manifest.json").read_text())
+    assert manifest["tables"]["flow_runs"]["rows"] == scalar(db, "SELECT count(*) FROM flow_runs")
+
+
+@pytest.mark.parametrize("url", ["file://localhost{path}", "file://{quoted}"])
+def test_a_file_url_names_its_path_as_rfc_8089_says(
+    db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, url: str
+) -> None:
+    """``file://localhost/p`` is ``/p`` (not ``./localhost/p``), and a URL's path is
+    percent-decoded (``sp%20ace`` is ``sp ace``)."""
+    from urllib.parse import quote
+
+    out = tmp_path / "sp ace"
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    dest = url.format(path=quote(str(out)), quoted=quote(str(out)))
+    result = run_cli("export", dest, "--db", str(db))
+    assert result.exit_code == 0, result.output
+    assert (out / "_flowsync_manifest.json").is_file()
+    assert not (tmp_path / "sp%20ace").exists() and list(cwd.iterdir()) == []

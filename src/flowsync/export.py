@@ -306,6 +306,13 @@ def _export_table(store: Store, out_dir: Path, name: str, since: datetime | None
     return result
 
 
+def _rows_in(part: Path) -> int:
+    """The rows of a Parquet file, read through an open file: Arrow would take a relative
+    path such as ``exp:2026/...`` for a URL."""
+    with part.open("rb") as f:
+        return int(pq.read_metadata(f).num_rows)
+
+
 def _manifest(
     out_dir: Path, store: Store, since: datetime | None, source: Source
 ) -> dict[str, Any]:
@@ -314,10 +321,7 @@ def _manifest(
         base = out_dir / name
         if not base.is_dir():
             continue
-        files = {
-            str(p.relative_to(base)): int(pq.read_metadata(p).num_rows)
-            for p in sorted(base.rglob(PART_FILE))
-        }
+        files = {str(p.relative_to(base)): _rows_in(p) for p in sorted(base.rglob(PART_FILE))}
         tables[name] = {
             "partition_by": describe_partitioning(name),
             "rows": sum(files.values()),

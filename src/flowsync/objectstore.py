@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from flowsync.errors import ConfigError, StoreError
 from flowsync.export import MANIFEST, ExportResult
@@ -51,6 +52,25 @@ def is_remote(dest: str) -> bool:
     return m is not None and m.group("scheme").lower() != "file"
 
 
+def local_dir(dest: str) -> Path:
+    """The directory a local destination names: a path, or a ``file://`` URL (RFC 8089: no
+    host or ``localhost``, the path percent-decoded)."""
+    if dest[:7].lower() != "file://":
+        return Path(dest)
+    parts = urlsplit(dest)
+    if parts.netloc.lower() not in ("", "localhost"):
+        raise ConfigError(
+            f"Export URL {dest} names the host {parts.netloc!r}; a file URL names this machine's "
+            "files: use file:///path/to/dir or the path itself."
+        )
+    path = unquote(parts.path)
+    if not path.strip("/").strip():
+        raise ConfigError(
+            f"Export URL {dest} names no directory; use file:///path/to/dir or the path itself."
+        )
+    return Path(path)
+
+
 def check_destination(dest: str) -> None:
     """Refuse, before anything is written, a destination export cannot write: an empty
     one (it would be the current directory), a URL of a scheme export does not support,
@@ -65,10 +85,7 @@ def check_destination(dest: str) -> None:
         return  # a local path
     scheme, rest = m.group("scheme").lower(), m.group("rest")
     if scheme == "file":
-        if not rest.strip():
-            raise ConfigError(
-                f"Export URL {dest} names no directory; use file:///path/to/dir or the path itself."
-            )
+        local_dir(dest)
         return
     if scheme not in EXTRAS:
         raise ConfigError(f"Cannot export to {scheme}:// ({dest}); export writes to {_SUPPORTED}.")

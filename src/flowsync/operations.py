@@ -290,8 +290,7 @@ def export(
         since = parse_since(since, datetime.now(timezone.utc))
     objectstore.check_destination(str(dest))
     remote = objectstore.is_remote(str(dest))
-    text = str(dest)
-    out_dir = Path(text[len("file://") :] if text[:7].lower() == "file://" else text)
+    out_dir = objectstore.local_dir(str(dest))
     if remote:
         export_tables.check_options(fmt, tables, since=since, replace=replace)
     else:

@@ -19,6 +19,7 @@ from flowsync.cli.common import (
     quiet_option,
 )
 from flowsync.config import resolve_db_path
+from flowsync.errors import ConfigError
 from flowsync.since import parse_since
 
 
@@ -79,11 +80,23 @@ def export_cmd(
     from flowsync import export, operations  # with pyarrow and DuckDB: loaded only when exporting
 
     with errors():
-        names = [t.strip() for item in tables or [] for t in item.split(",") if t.strip()] or None
+        names = [t.strip() for item in tables or [] for t in item.split(",") if t.strip()]
+        if tables is not None and not names:
+            raise ConfigError(
+                "--tables names no table; pass one or more of flows, deployments, flow_runs "
+                "(or leave it out for all)."
+            )
         cutoff = parse_since(since, datetime.now(timezone.utc))
         path = resolve_db_path(db)
         exported = operations.export(
-            path, dest, fmt=fmt, tables=names, since=cutoff, live=live, wait=wait, replace=replace
+            path,
+            dest,
+            fmt=fmt,
+            tables=names or None,
+            since=cutoff,
+            live=live,
+            wait=wait,
+            replace=replace,
         )
     result, uploaded = exported.result, exported.uploaded
     summary = {"db": str(path), **result.to_json()}
