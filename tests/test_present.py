@@ -68,3 +68,22 @@ def test_outside_text_shows_its_controls_and_bidi_overrides_escaped() -> None:
             assert c not in present.printable(f"a{c}b")
     for code in [*range(0x202A, 0x202F), *range(0x2066, 0x206A)]:
         assert present.printable(chr(code)) == f"\\u{code:04x}"
+
+
+def test_a_plans_sample_is_a_line_a_run_whatever_the_names_hold(tmp_path: Path) -> None:
+    """A run named with a newline and a tag with a tab: each run of the sample stays on its
+    own line in a log (newline and tab escaped, as control characters are)."""
+    from flowsync.store import Store
+
+    db = make_db(tmp_path / "runs.duckdb", [run(1), run(2)])
+    with Store.writer(db) as store:
+        store.execute("UPDATE flow_runs SET name = 'new\nline', tags = ['a\tb']")
+    assert present.one_line("new\nline\ta\x1b") == "new\\nline\\ta\\x1b"
+    policy = tmp_path / "p.yaml"
+    policy.write_text(
+        'version: 1\nrules:\n  - name: all\n    action: delete\n    sql: "SELECT id FROM flow_runs"\n'
+    )
+    result = run_cli("plan", str(policy), "--db", str(db), "--live")
+    assert result.exit_code == 0, result.output
+    runs = [line for line in result.stdout.splitlines() if "etl/prod" in line]
+    assert len(runs) == 2 and all("new\\nline" in r and "a\\tb" in r for r in runs), runs

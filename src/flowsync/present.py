@@ -116,6 +116,12 @@ def printable(text: str) -> str:
     return _UNPRINTABLE.sub(_escape, text)
 
 
+def one_line(text: str) -> str:
+    """``printable``, newlines and tabs escaped too (``\\n``, ``\\t``): a value on a line of
+    its own record (a run in a plan's sample) that must not look like two."""
+    return printable(text).replace("\n", "\\n").replace("\t", "\\t")
+
+
 def label(column: str) -> str:
     return LABELS.get(column, column.replace("_", " "))
 

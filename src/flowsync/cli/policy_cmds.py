@@ -185,11 +185,11 @@ def _render_plan(plan: Plan, sample: int) -> None:
                 for column, folds in SAMPLE_COLUMNS:
                     table.add_column(column, no_wrap=not folds, overflow="fold")
                 for row in rows:
-                    table.add_row(*(Text(present.printable(cell)) for cell in row))
+                    table.add_row(*(Text(present.one_line(cell)) for cell in row))
                 out.print(table)
             else:  # logs (cron, CI): a line a run, every name whole
                 for row in rows:
-                    out.print(Text(present.printable("  " + "  ".join(row))), soft_wrap=True)
+                    out.print(Text(present.one_line("  " + "  ".join(row))), soft_wrap=True)
             if rp.planned > sample:
                 out.print(f"  ... and {rp.planned - sample} more", highlight=False)
     max_actions = plan.policy.policy.max_actions
