@@ -14,12 +14,14 @@ import json
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 import orjson
 
 from flowsync.store.connect import Store
 from flowsync.store.tables import TableSpec, newest_by_id
+
+T = TypeVar("T")
 
 
 class Page(Protocol):
@@ -83,17 +85,26 @@ def by_size(pages: Sequence[Page]) -> Iterator[list[Page]]:
         for row in page.rows:
             # A page's rows alike share its size; rows of a page of large ones are measured.
             sizes[id(row)] = len(orjson.dumps(row, default=str)) if each > _MEASURED else each
-    part: list[dict[str, Any]] = []
-    size = 0
-    for obj in newest_by_id([r for p in pages for r in p.rows]):
-        length = sizes[id(obj)]
-        if part and size + length > STAGE_BYTES:
-            yield [_Held(part, size)]
-            part, size = [], 0
-        part.append(dict(obj))
-        size += length
+    objects = newest_by_id([r for p in pages for r in p.rows])
+    for part in packed(objects, [sizes[id(o)] for o in objects], STAGE_BYTES):
+        yield [_Held([dict(o) for o in part], sum(sizes[id(o)] for o in part))]
+
+
+def packed(items: Sequence[T], sizes: Sequence[int], limit: int) -> list[list[T]]:
+    """``items`` in order, in parts whose ``sizes`` add up to at most ``limit`` each (an item
+    larger than that alone): what one statement stages at a time."""
+    parts: list[list[T]] = []
+    part: list[T] = []
+    total = 0
+    for item, size in zip(items, sizes, strict=True):
+        if part and total + size > limit:
+            parts.append(part)
+            part, total = [], 0
+        part.append(item)
+        total += size
     if part:
-        yield [_Held(part, size)]
+        parts.append(part)
+    return parts
 
 
 # Rows are measured one by one only in pages whose rows average more than this (ordinary
