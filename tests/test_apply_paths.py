@@ -34,6 +34,7 @@ import pytest
 import yaml
 
 from flowsync.api import PrefectClient, RetryPolicy
+from flowsync.api.budget import RequestBudget
 from flowsync.config import ApiSettings
 from flowsync.policy import ApplyResult, Plan, apply_plan, make_plan, parse_policy
 from flowsync.store import SandboxedWriter, Store
@@ -499,6 +500,60 @@ def test_a_run_protected_while_the_server_asks_to_wait_is_not_deleted(
         assert outcomes(db, ids) == {i: "skipped" if i == ids[0] else "deleted" for i in ids}
         assert audit_rows(db) == len(ids)
         assert result.counts["purge"] == {"deleted": 5, "skipped": 1}
+
+
+def test_no_call_waits_for_the_request_budget_after_its_re_read(
+    server: Server, tmp_path: Path
+) -> None:
+    """--max-requests-per-minute 12 (a slot every 5 s, on a fake clock), two batches of 3: the
+    budget's waits fall before the re-reads; a wait between a re-read and its call would let a
+    run protected then (a PATCH: no event) be deleted."""
+    with pulled_runs(server, tmp_path, 6, "COMPLETED", "budget", protect_tags=["keep"]) as (
+        ids,
+        db,
+        policy,
+    ):
+        events: list[tuple[str, list[str]]] = []
+        now = [0.0]
+
+        def sent(request: httpx.Request, n: int) -> None:  # as each request goes out
+            if request.url.path.endswith("flow_runs/filter"):
+                asked = json.loads(request.content).get("flow_runs", {}).get("id", {})
+                if set(asked.get("any_") or ()) & set(ids):
+                    events.append(("read", asked["any_"]))
+            elif request.url.path.endswith("bulk_delete"):
+                events.append(("call", bulk_ids(request)))
+
+        def sleep(seconds: float) -> None:
+            now[0] += seconds
+            read = {i for kind, seen in events if kind == "read" for i in seen}
+            sent = {i for kind, seen in events if kind == "call" for i in seen}
+            done = {i for kind, seen in events if kind == "protected" for i in seen}
+            for i in sorted(read - sent - done):
+                patch_run(server.url, i, {"tags": ["budget", "keep"]})
+                events.append(("protected", [i]))
+            events.append(("wait", []))
+
+        with planned(db, policy) as (store, plan):
+            client = PrefectClient(
+                ApiSettings(url=server.url),
+                transport=forwarding(sent),
+                retry=RetryPolicy(attempts=3, base_delay=0.05),
+                budget=RequestBudget(12, clock=lambda: now[0], sleep=sleep),
+            )
+            with client:
+                result = apply_plan(client, store, plan, batch_size=3)
+        calls = [n for n, (kind, _) in enumerate(events) if kind == "call"]
+        assert len(calls) == 2
+        for n in calls:
+            first = events[n][1][0]
+            read = max(k for k in range(n) if events[k][0] == "read" and first in events[k][1])
+            assert [e[0] for e in events[read:n]] == ["read"], events
+        protected = [i for kind, seen in events if kind == "protected" for i in seen]
+        assert set(live(server, ids)) == set(protected)
+        assert outcomes(db, ids) == {i: "skipped" if i in protected else "deleted" for i in ids}
+        assert result.counts["purge"].get("deleted") == len(ids) - len(protected)
+        assert len([e for e in events if e[0] == "wait"]) >= 2
 
 
 def test_no_call_goes_out_while_the_call_still_out_is_answered_429(

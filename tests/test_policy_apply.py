@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from flowsync.api import PrefectClient, RetryPolicy
+from flowsync.api.budget import RequestBudget
 from flowsync.config import ApiSettings
 from flowsync.errors import ApiError, AuthError, PolicyLimitError
 from flowsync.policy import ApplyResult, apply_plan, make_plan, parse_policy
@@ -1432,3 +1433,77 @@ def test_ctrl_c_while_a_call_is_in_flight_keeps_the_rows_of_its_batchs_runs_not_
     audit = "SELECT right(CAST(flow_run_id AS VARCHAR), 1), outcome FROM policy_actions"
     assert dict(query(db, audit)) == {"1": "deleted", "2": "skipped"}
     assert result.counts == {"purge": {"deleted": 1, "skipped": 1}}
+
+
+@pytest.mark.parametrize("per_run", [False, True], ids=["bulk", "per-run"])
+def test_no_call_waits_for_the_request_budget_after_its_re_read(
+    tmp_path: Path, per_run: bool
+) -> None:
+    """--max-requests-per-minute (12: a slot every 5 s on a fake clock): the budget's waits fall
+    on the re-reads, never between a re-read and the call it checked. Run 3, protected during
+    the first wait after it was read, is seen by the next re-read and kept."""
+    db = make_db(tmp_path / "r.duckdb", [run(i) for i in range(1, 6)])
+
+    def bulk(path: str, body: dict[str, Any]) -> httpx.Response:
+        ids = [i for i in body["flow_runs"]["id"]["any_"] if i in fake.runs]
+        events.append(("call", ids))
+        for i in ids:
+            fake.runs.pop(i)
+        return httpx.Response(200, json={"deleted": ids})
+
+    def delete(run_id: str, n: int) -> httpx.Response:
+        events.append(("call", [run_id]))
+        fake.runs.pop(run_id)
+        return httpx.Response(204)
+
+    fake = Recorder(bulk if not per_run else lambda p, b: httpx.Response(404), api_rows(db))
+    events: list[tuple[str, Any]] = []
+    now = [0.0]
+
+    def sleep(seconds: float) -> None:
+        events.append(("wait", seconds))
+        now[0] += seconds
+        read = [i for kind, ids in events if kind == "read" for i in ids]
+        sent = [i for kind, ids in events if kind == "call" for i in ids]
+        if rid(3) in read and rid(3) not in sent and "keep" not in fake.runs[rid(3)]["tags"]:
+            fake.runs[rid(3)].update(tags=["keep"], updated="2099-01-01T00:00:00+00:00")
+            events.append(("protected", [rid(3)]))
+
+    def server(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content) if request.content else {}
+        if request.url.path.endswith("flow_runs/filter") and set(body.get("flow_runs", {})) == {
+            "id"
+        }:
+            events.append(("read", body["flow_runs"]["id"]["any_"]))
+        return (per_run_server(fake, delete) if per_run else fake)(request)
+
+    policy = "version: 1\nprotect_tags: [keep]\n" + DELETE_COMPLETED.removeprefix("version: 1\n")
+    plan = plan_for(db, policy)
+    result = ApplyResult.new()
+    client = PrefectClient(
+        ApiSettings(url="http://prefect.test/api"),
+        transport=httpx.MockTransport(server),
+        retry=RetryPolicy(attempts=2),
+        sleep=lambda s: None,
+        budget=RequestBudget(12, clock=lambda: now[0], sleep=sleep),
+    )
+    with Store.sandboxed_writer(db) as store, client:
+        apply_plan(client, store, plan, progress=NullProgress(), result=result, settle_seconds=0)
+    for n, (kind, ids) in enumerate(events):
+        if kind != "call":
+            continue
+        read = max(
+            k for k, (was, seen) in enumerate(events[:n]) if was == "read" and ids[0] in seen
+        )
+        assert not [e for e in events[read:n] if e[0] == "wait"], (
+            f"the budget held {ids} back after the re-read that checked it: {events[read : n + 1]}"
+        )
+    protected = [i for kind, ids in events if kind == "protected" for i in ids]
+    assert not [i for i in protected if i not in fake.runs], f"protected, then deleted: {events}"
+    deleted = [i for kind, ids in events if kind == "call" for i in ids]
+    assert sorted(deleted + list(fake.runs)) == sorted(map(rid, range(1, 6)))
+    assert result.counts == {
+        "purge": {"deleted": len(deleted), **({"skipped": 1} if protected else {})}
+    }
+    if per_run:  # one call a slot: every call after the first of a re-read waited for a new one
+        assert protected == [rid(3)] and len(deleted) == 4

@@ -9,7 +9,11 @@ sleeps outside it, so concurrent requests are served in order and together
 never exceed the rate. Evenly spaced by default (``burst`` 1): a limit counted
 over any rolling second sees no more than over the minute, which a burst of a
 second's worth would break (measured: 3 throttled requests instead of 0). Keeps how often and how long the budget, not the
-server, held requests back. Must not: send requests, print, or retry.
+server, held requests back. A call that changes runs takes its slot without waiting
+(``acquire(wait=False)``): the wait falls on the re-read before it, never between
+that re-read and the call, so a batch's re-read -> call window stays what its
+checks measure; ``due_now`` tells a batch whether its next call could go at once.
+Must not: send requests, print, or retry.
 """
 
 from __future__ import annotations
@@ -63,20 +67,28 @@ class RequestBudget:
         self._waits = 0
         self._waited = 0.0
 
-    def acquire(self) -> float:
-        """Take one slot, sleeping until it is due; return the seconds waited (0.0: none)."""
+    def acquire(self, *, wait: bool = True) -> float:
+        """Take one slot, sleeping until it is due; return the seconds waited (0.0: none).
+        ``wait=False``: take it now, not sleeping; the requests after it wait for it instead
+        (a call that changes runs must go out right after the re-read that checked them)."""
         with self._lock:
             now = self._clock()
             tat = now if self._tat is None else max(self._tat, now)
-            wait = max(0.0, tat - self._tolerance - now)
+            due_in = max(0.0, tat - self._tolerance - now) if wait else 0.0
             self._tat = tat + self.interval
             self._requests += 1
-            if wait > 0:
+            if due_in > 0:
                 self._waits += 1
-                self._waited += wait
-        if wait > 0:
-            self._sleep(wait)
-        return wait
+                self._waited += due_in
+        if due_in > 0:
+            self._sleep(due_in)
+        return due_in
+
+    def due_now(self) -> bool:
+        """Whether a slot is free now: ``acquire`` would not sleep."""
+        with self._lock:
+            now = self._clock()
+            return self._tat is None or self._tat - self._tolerance <= now
 
     def stats(self) -> BudgetStats:
         with self._lock:

@@ -18,7 +18,8 @@ With a request budget (``ApiSettings.max_requests_per_minute``, from
 ``--max-requests-per-minute``, the environment or the profile) every request,
 retries included, first takes a slot from a ``RequestBudget`` shared by every
 thread of the client, so the client stays under its share of a quota before the
-server has to say 429; ``on_retry`` also hears when the budget, not the
+server has to say 429 (a call that changes runs takes its slot without waiting, the
+re-read before it having waited: ``budget.py``); ``on_retry`` also hears when the budget, not the
 server, holds requests back (at most every 30 s). Must not: know what an
 endpoint's answer means (``server``, ``reads`` and ``writes`` send through
 ``request`` and read their answers), print, touch the store, or let the API key
@@ -229,7 +230,9 @@ class ApiSession:
         for attempt in range(attempts):
             self._count(attempt > 0)
             retry_after: float | None = None
-            if self.budget is not None and self.budget.acquire() > 0:
+            # A call that changes runs goes out at once, its slot charged to the requests
+            # after it: waiting here would stretch the window since the re-read that checked it.
+            if self.budget is not None and self.budget.acquire(wait=idempotent) > 0:
                 self._budget_notice()
             try:
                 response = self._http.request(method, url, json=body)
@@ -298,6 +301,10 @@ class ApiSession:
             f"after {attempts} attempts: {last_problem}. "
             "Check that the server is up and the URL is right, then run again."
         )
+
+    def may_send_now(self) -> bool:
+        """Whether a request could go out now without waiting for the request budget."""
+        return self.budget is None or self.budget.due_now()
 
     def backoff(self, attempt: int) -> float:
         """How long the retry policy waits before try ``attempt + 1`` (for callers that resend themselves)."""

@@ -29,8 +29,10 @@ runs), each step with typed inputs and outputs:
 ``steps`` runs them, up to ``attempts`` times for each run sent back to step 1; a
 run never done gets ``failed``. A batch's calls after its first go out on its re-read only
 while that re-read is fresh: after a lost answer (the settle may have waited seconds), or
-``FRESH_FOR`` after the re-read answered (one call a run on older servers), the calls not
-sent go back to step 1 without using an attempt. When this batch and the next ones decide a run from
+``FRESH_FOR`` after the re-read answered (one call a run on older servers), or when the
+request budget would hold the next call back, the calls not sent go back to step 1 without
+using an attempt. No call waits for the request budget after its re-read: the budget
+charges a call's slot to the requests after it (``api/budget.py``). When this batch and the next ones decide a run from
 its own row (``Rereader.own_rows``), two things are done ahead (``policy/ahead.py``):
 up to ``AHEAD_BATCHES`` batches of the rule are decided over the file in one
 decision before the first is re-read (each still re-read right before its call; its
@@ -407,8 +409,13 @@ class Applier:
             if not calls:
                 self.record(number, rule, decided.final, guards)
             while calls:
+                # A later call goes out on this re-read only at once: not after a lost answer,
+                # nor FRESH_FOR after the re-read answered, nor after a wait for the request
+                # budget (the first call takes its slot without waiting: api/budget.py).
                 if calls[0] is not decided.calls[0] and (
-                    lost or time.monotonic() - fresh.answered_at > FRESH_FOR
+                    lost
+                    or time.monotonic() - fresh.answered_at > FRESH_FOR
+                    or not self.client.may_send_now()
                 ):
                     stale = [i for c in calls for i in c.ids]
                     break
