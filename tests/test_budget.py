@@ -77,6 +77,19 @@ def test_by_default_requests_are_evenly_spaced() -> None:
     assert waits == pytest.approx([0.0, 0.1, 0.2, 0.3])
 
 
+def test_a_slot_taken_without_waiting_is_waited_for_by_the_next_request() -> None:
+    """A call that changes runs goes right after its re-read (``wait=False``); the rate holds."""
+    clock = FakeClock()
+    budget = RequestBudget(60, clock=clock, sleep=clock.sleep)  # one a second
+    assert budget.acquire() == 0.0 and not budget.due_now()  # the re-read
+    assert budget.acquire(wait=False) == 0.0  # its call, at once
+    assert clock.slept == [] and not budget.due_now()
+    assert budget.acquire() == 2.0  # the next re-read waits for both slots
+    clock.now = 3.0
+    assert budget.due_now()
+    assert budget.stats().requests == 3
+
+
 def test_a_budget_needs_a_positive_rate() -> None:
     with pytest.raises(ValueError):
         RequestBudget(0)
