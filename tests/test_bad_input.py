@@ -48,6 +48,13 @@ def test_no_url_anywhere(db_path: Path) -> None:
     one_clear_line(run_cli("pull", "--db", str(db_path)), 2, "PREFECT_API_URL")
 
 
+def test_a_first_pull_that_cannot_reach_the_server_leaves_no_file(tmp_path: Path) -> None:
+    (folder := tmp_path / "data").mkdir()
+    db = folder / "runs.duckdb"
+    one_clear_line(run_cli("pull", "--api-url", NOBODY, "--db", str(db)), 3, "Connection refused")
+    assert list(folder.iterdir()) == []
+
+
 def test_db_is_a_directory(tmp_path: Path) -> None:
     one_clear_line(run_cli("pull", "--api-url", NOBODY, "--db", str(tmp_path)), 5, "is a directory")
 

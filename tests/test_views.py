@@ -6,8 +6,10 @@ server would give about its runs; only the view-building of a real pull needs a 
 from __future__ import annotations
 
 import random
+import threading
 import uuid
 from datetime import datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -37,12 +39,38 @@ def test_every_sql_file_is_one_view_or_macro_with_a_header() -> None:
             assert f"CREATE OR REPLACE MACRO {name}(" in text, path.name
 
 
+class _HealthOnly(BaseHTTPRequestHandler):
+    """A server that says it is healthy, then refuses every other request (a token that
+    reads nothing): a first pull gets past its check, makes the file and stops."""
+
+    def do_GET(self) -> None:
+        healthy = self.path.endswith("/health")
+        body = b"true" if healthy else b'{"detail": "Unauthorized"}'
+        self.send_response(200 if healthy else 401)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_POST = do_GET
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
 def test_a_first_pull_that_stops_early_leaves_a_file_the_reports_read(tmp_path: Path) -> None:
-    """No server at the URL: the pull fails at its first request, after creating the file;
-    the views are there all the same (a report is empty, not a DuckDB catalog error)."""
+    """The pull fails at its first request after the server's check, after creating the
+    file; the views are there all the same (a report is empty, not a DuckDB catalog error)."""
     db = tmp_path / "new.duckdb"
-    failed = run_cli("pull", "--db", str(db), "--api-url", "http://127.0.0.1:9/api")
-    assert failed.exit_code == 3, failed.output
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _HealthOnly)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/api"
+        failed = run_cli("pull", "--db", str(db), "--api-url", url)
+    finally:
+        server.shutdown()
+    assert failed.exit_code == 4, failed.output
+    assert db.exists()
     report = run_cli("report", "failures", "--db", str(db), "--format", "json")
     assert report.exit_code == 0, report.output
     counted = run_cli("sql", "SELECT count(*) AS n FROM flow_runs_enriched", "--db", str(db))

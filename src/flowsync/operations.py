@@ -99,25 +99,27 @@ def pull(
 
     Creates and upgrades the file, holds its write lock (``wait`` seconds for
     it), refuses another server's file, caps DuckDB's memory, records the pull
-    in ``sync_runs``; a pull that changed nothing keeps the current snapshot."""
-    with (
-        Store.writer(Path(db), wait=wait) as store,
-        http.PrefectClient(api, on_retry=on_retry) as client,
-    ):
-        result = pull_runs(client, store, options, progress)
-        changed = bool(result.inserted or result.updated or result.marked_deleted)
-        try:
-            return Pulled(result, publish(store, pull_id=result.pull_id, changed=changed))
-        except FlowsyncError as e:
-            # Its rows are saved, but readers do not see them: not a pull that went well.
-            with contextlib.suppress(Exception), store.transaction():
-                sync_log.finish_sync_run(
-                    store,
-                    result.pull_id,
-                    status="failed",
-                    error=f"the pull's rows are saved, but no snapshot was published: {e}"[:2000],
-                )
-            raise
+    in ``sync_runs``; a pull that changed nothing keeps the current snapshot. A first
+    pull checks the file's place, then the server, before it makes the file: a wrong
+    path or URL leaves nothing behind."""
+    db = Path(db)
+    with http.PrefectClient(api, on_retry=on_retry) as client:
+        if not db.exists():
+            Store.check_writable(db)
+            client.check()
+        with Store.writer(db, wait=wait) as store:
+            result = pull_runs(client, store, options, progress)
+            changed = bool(result.inserted or result.updated or result.marked_deleted)
+            try:
+                return Pulled(result, publish(store, pull_id=result.pull_id, changed=changed))
+            except FlowsyncError as e:
+                # Its rows are saved, but readers do not see them: not a pull that went well.
+                why = f"the pull's rows are saved, but no snapshot was published: {e}"
+                with contextlib.suppress(Exception), store.transaction():
+                    sync_log.finish_sync_run(
+                        store, result.pull_id, status="failed", error=why[:2000]
+                    )
+                raise
 
 
 def plan(

@@ -52,7 +52,7 @@ from flowsync.errors import (
     StoreLockedError,
 )
 from flowsync.store import locks, migrations
-from flowsync.store.files import check_path, storage_error
+from flowsync.store.files import check_creatable, check_path, storage_error
 from flowsync.store.session import Session
 from flowsync.store.sqlerrors import is_config_clash, is_lock_error
 
@@ -270,12 +270,15 @@ class Store(Session):
     def check_writable(cls, path: str | os.PathLike[str]) -> None:
         """What a writer would refuse (a file not flowsync's, one a newer flowsync wrote),
         checked on a read-only connection, so a command can refuse before it asks anything
-        (apply, before its prompt). Passes a file that does not exist yet, or that a writer
-        holds now (its own open then waits and says so)."""
+        (apply, before its prompt; a first pull, before it asks the server). A file that
+        does not exist yet: the place it would be made in (``files.check_creatable``). Passes
+        a file that a writer holds now (its own open then waits and says so)."""
         from flowsync.store.roles import Writer
 
         if Path(path).exists():
             Writer._refuse_unwritable(Path(path))
+        else:
+            check_creatable(Path(path))
 
     @classmethod
     def _refuse_unwritable(cls, path: Path) -> None:

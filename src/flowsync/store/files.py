@@ -52,6 +52,24 @@ def damaged_error(path: Path, detail: str) -> DamagedFileError:
     )
 
 
+def check_creatable(path: Path) -> None:
+    """A writer's file that does not exist yet: its place refused as the writer's open would
+    refuse it (a directory, a missing folder, a folder the filesystem or this user will not
+    let it be made in), leaving nothing behind: the file is made and removed at once."""
+    check_path(path, read_only=False)
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return  # made meanwhile: the writer's own open checks it
+    except OSError as e:
+        known = storage_error(path, e)
+        raise known or StoreError(
+            f"Cannot create {path}: {e.strerror or e}. Choose another --db."
+        ) from e
+    os.close(fd)
+    path.unlink()
+
+
 # (words in the message, StorageError.reason, the one line: {path}, {name}, {parent}, {detail})
 _REFUSALS = (
     (
