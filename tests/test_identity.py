@@ -58,6 +58,9 @@ def test_same_server_by_another_name_is_followed_and_another_server_refused(
     with Store.reader(db, live=True) as store:
         assert sync_log.get_state(store, identity.URL_KEY) == other_name
         moves = sync_log.get_state(store, identity.MOVES_KEY)
+    # No row changed, but readers (report links, plan) see the URL the file follows now.
+    with Store.reader(db) as snapshot:
+        assert sync_log.get_state(snapshot, identity.URL_KEY) == other_name
     assert [(m["from"], m["to"]) for m in moves] == [
         (url, other_name),
         (other_name, url),

@@ -165,6 +165,41 @@ def test_no_change_pull_keeps_the_snapshot(fresh_server: Server, tmp_path: Path)
     assert snap.current(db) is not None
 
 
+def test_a_pull_that_changes_no_run_but_its_server_publishes(
+    fresh_server: Server, tmp_path: Path
+) -> None:
+    """Changes no `updated` stamp shows: a schedule added to a deployment (a row of another
+    table on the server), and the server upgraded in place (another version: plan's apply
+    path reads it). Each is published, so readers see it."""
+    url, db = fresh_server.url, tmp_path / "runs.duckdb"
+    seed(url, runs=10, flows=1, deployments_per_flow=1, seed_value=37)
+    pull(url, db)
+    (deployment,) = [r[0] for r in query(db, "SELECT CAST(id AS VARCHAR) FROM deployments")]
+    schedules = "SELECT json_array_length(schedules) FROM deployments"
+    before = scalar(db, schedules)
+    added = httpx.post(
+        f"{url}/deployments/{deployment}/schedules",
+        json=[{"schedule": {"interval": 3600}, "active": True}],
+        timeout=60,
+    )
+    assert added.status_code in (200, 201), added.text
+    scheduled = pull(url, db)
+    assert scheduled["tables"]["deployments"]["updated"] == 1
+    assert scheduled["snapshot"]["published"]
+    assert scalar(snap.current(db).path, schedules) == before + 1  # type: ignore[union-attr]
+    # The file last saw an older server (as after a pull before an in-place upgrade).
+    with duckdb.connect(str(db)) as con:
+        con.execute(
+            """UPDATE sync_state SET value = '{"version": "3.4.25", "cloud": false, "bulk": false}'
+               WHERE key = 'server'"""
+        )
+    upgraded = pull(url, db)
+    assert upgraded["server_changed"] and upgraded["snapshot"]["published"]
+    shown = "SELECT value->>'version' FROM sync_state WHERE key = 'server'"
+    assert scalar(snap.current(db).path, shown) == "3.8.8"  # type: ignore[union-attr]
+    assert not pull(url, db)["snapshot"]["published"]  # and then nothing new
+
+
 def test_a_pull_whose_publish_fails_is_recorded_failed_and_the_next_one_publishes(
     fresh_server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -351,3 +386,13 @@ def test_a_no_change_pull_publishes_what_an_earlier_pull_wrote_but_never_publish
     with Store.writer(db) as store:
         assert snap.publish(store, pull_id=a_pull(store), changed=False).published
     assert scalar(snap.snapshot_dir(db) / snap.CURRENT, "SELECT count(*) FROM written") == 3
+    # A pull that wrote no row but found its server changed (a new URL, another version),
+    # whose publish failed: the next no-change pull publishes.
+    with Store.writer(db) as store:
+        assert not snap.publish(store, pull_id=a_pull(store), changed=False).published
+        with store.transaction():
+            moved = sync_log.start_sync_run(store, "http://test/api")
+            sync_log.finish_sync_run(
+                store, moved, status="ok", mode="incremental", details={"server_changed": True}
+            )
+        assert snap.publish(store, pull_id=a_pull(store), changed=False).published

@@ -101,9 +101,8 @@ def main() -> None:
         seconds = time.monotonic() - began
         published: dict[str, object] = {}
         if a.publish:
-            changed = bool(result.inserted or result.updated or result.marked_deleted)
             t = time.monotonic()
-            done = publish(store, pull_id=result.pull_id, changed=changed)
+            done = publish(store, pull_id=result.pull_id, changed=result.changed)
             published = {
                 "publish_s": round(time.monotonic() - t, 3),
                 "published": done.published,

@@ -109,9 +109,10 @@ def pull(
             client.check()
         with Store.writer(db, wait=wait) as store:
             result = pull_runs(client, store, options, progress)
-            changed = bool(result.inserted or result.updated or result.marked_deleted)
             try:
-                return Pulled(result, publish(store, pull_id=result.pull_id, changed=changed))
+                return Pulled(
+                    result, publish(store, pull_id=result.pull_id, changed=result.changed)
+                )
             except FlowsyncError as e:
                 # Its rows are saved, but readers do not see them: not a pull that went well.
                 why = f"the pull's rows are saved, but no snapshot was published: {e}"

@@ -292,7 +292,8 @@ def _next_generation(store: Writer, folder: Path, latest: SnapshotInfo | None) -
 
 def _nothing_written_since(store: Writer, latest: SnapshotInfo) -> bool:
     """Every ``sync_runs`` record after the pull that published the snapshot is a pull that
-    finished and wrote no row, or one that never reached the server (an apply, a refresh, a
+    finished and wrote no row (nor found its server changed: ``server_changed`` in its
+    details), or one that never reached the server (an apply, a refresh, a
     failed or killed pull may have written), and no notebook opened the file for writing
     since it was published (``flowsync.connect(read_only=False)``: ``OPENED_FOR_WRITING``)."""
     if latest.pull_id is None:  # published by an apply or a refresh: not known
@@ -305,7 +306,9 @@ def _nothing_written_since(store: Writer, latest: SnapshotInfo) -> bool:
         SELECT count(*) FROM sync_runs
         WHERE id > ? AND NOT ({sync_log.UNREACHED})
           AND NOT (status = 'ok' AND mode IN ('full', 'incremental')
-              AND coalesce(inserted, 0) + coalesce(updated, 0) + coalesce(marked_deleted, 0) = 0)
+              AND coalesce(inserted, 0) + coalesce(updated, 0) + coalesce(marked_deleted, 0) = 0
+              AND coalesce(TRY_CAST(json_extract_string(details, '$.server_changed') AS BOOLEAN),
+                           false) = false)
         """,
         [latest.pull_id],
     ).scalar()

@@ -41,7 +41,7 @@ def now_utc() -> datetime:
 
 class Written(NamedTuple):
     inserted: int
-    updated: int  # the `updated` stamp moved, or the row had been marked deleted
+    updated: int  # the `updated` stamp moved (a compared table: any column), or was marked deleted
     fresh: int  # rows this pull had not written before (boundary re-reads excluded)
 
 
@@ -51,8 +51,8 @@ def upsert_pages(store: Store, spec: TableSpec, pages: Sequence[Page], *, pull_i
     One statement for all the pages: the rows the client already decoded go to
     DuckDB as one Arrow table (building it costs less CPU than DuckDB's
     ``from_json`` over the page text; the same values and JSON text). A row counts
-    as updated when its ``updated`` stamp moved or it had been marked deleted;
-    every row gets ``seen_pull`` and ``synced_at``.
+    as updated when its ``updated`` stamp moved (for a ``compare_rows`` table, any
+    column) or it had been marked deleted; every row gets ``seen_pull`` and ``synced_at``.
     """
     if not any(p.rows for p in pages):
         return Written(0, 0, 0)
@@ -193,17 +193,19 @@ def held_rows(
 
 
 def _merge_incoming(store: Store, spec: TableSpec, pull_id: int) -> Written:
+    cols = [*spec.column_names, "extra"]
+    # (flows and deployments, a few thousand rows: every column compared)
+    differs = "".join(f' OR t."{c}" IS DISTINCT FROM b."{c}"' for c in cols if spec.compare_rows)
     incoming, inserted, updated, fresh = store.execute(
         f"""
         SELECT count(*), count(*) FILTER (WHERE t.id IS NULL),
                count(*) FILTER (WHERE t.id IS NOT NULL AND (
-                    t.updated IS DISTINCT FROM b.updated OR t.deleted_at IS NOT NULL)),
+                    t.updated IS DISTINCT FROM b.updated OR t.deleted_at IS NOT NULL{differs})),
                count(*) FILTER (WHERE t.id IS NULL OR t.seen_pull IS DISTINCT FROM ?)
         FROM _incoming b LEFT JOIN {spec.name} t ON t.id = b.id
         """,
         [pull_id],
     ).one() or (0, 0, 0, 0)
-    cols = [*spec.column_names, "extra"]
     col_list = ", ".join(f'"{c}"' for c in cols)
     # Replace the rows, not update them in place: the upsert sets every column, and an
     # in-place UPDATE (ON CONFLICT DO UPDATE) keeps update bookkeeping for every touched

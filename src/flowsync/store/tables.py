@@ -191,6 +191,9 @@ _CONSUMED = {"state"}
 class TableSpec:
     name: str
     columns: tuple[Column, ...]
+    # A row can change on the server without its `updated` stamp moving (a deployment's
+    # schedules are rows of another table there): the upsert compares every column.
+    compare_rows: bool = False
 
     @property
     def column_names(self) -> list[str]:
@@ -368,7 +371,7 @@ def _extra(obj: Mapping[str, Any], known: Iterable[str]) -> str | None:
     return json.dumps(rest, separators=(",", ":"), sort_keys=True) if rest else None
 
 
-FLOWS = TableSpec("flows", FLOW_COLUMNS)
-DEPLOYMENTS = TableSpec("deployments", DEPLOYMENT_COLUMNS)
+FLOWS = TableSpec("flows", FLOW_COLUMNS, compare_rows=True)
+DEPLOYMENTS = TableSpec("deployments", DEPLOYMENT_COLUMNS, compare_rows=True)
 FLOW_RUNS = TableSpec("flow_runs", FLOW_RUN_COLUMNS)
 TABLES = {t.name: t for t in (FLOWS, DEPLOYMENTS, FLOW_RUNS)}

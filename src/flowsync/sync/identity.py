@@ -117,11 +117,18 @@ def bind(client: PrefectClient, store: Writer) -> Moved | None:
     return Moved(str(known), url, evidence)
 
 
-def record_server(store: Store, caps: Capabilities) -> None:
-    """Record what the server said it is, as of this pull (its version changes on upgrades)."""
-    value = {**caps.to_json(), "seen_at": datetime.now(timezone.utc).isoformat()}
+def record_server(store: Store, caps: Capabilities) -> bool:
+    """Record what the server said it is, as of this pull (its version changes on upgrades);
+    True when that differs from what the file held."""
+    before = sync_log.get_state(store, SERVER_KEY)
+    said = caps.to_json()
     with store.transaction():
-        sync_log.set_state(store, SERVER_KEY, value)
+        sync_log.set_state(
+            store, SERVER_KEY, {**said, "seen_at": datetime.now(timezone.utc).isoformat()}
+        )
+    return (
+        not isinstance(before, dict) or {k: v for k, v in before.items() if k != "seen_at"} != said
+    )
 
 
 def record_retention(client: PrefectClient, store: Store) -> RunRetention:

@@ -40,6 +40,9 @@ class PullResult:
     moved: identity.Moved | None = None  # the file followed its server to a new URL
     server: dict[str, Any] = field(default_factory=dict)  # version, cloud, bulk (Capabilities)
     budget: dict[str, Any] | None = None  # what --max-requests-per-minute held back
+    # The file follows a new URL, or the server says another version or capabilities: a
+    # change readers must see (plan's apply path, report links) though no row changed.
+    server_changed: bool = False
 
     @property
     def inserted(self) -> int:
@@ -57,6 +60,11 @@ class PullResult:
     def reread(self) -> int:
         return sum(t.get("reread", 0) for t in self.tables.values())
 
+    @property
+    def changed(self) -> bool:
+        """Whether this pull wrote anything readers see (else the snapshot can stay)."""
+        return bool(self.inserted or self.updated or self.marked_deleted or self.server_changed)
+
     def to_json(self) -> dict[str, Any]:
         return {
             "pull_id": self.pull_id,
@@ -73,6 +81,7 @@ class PullResult:
             "moved": self.moved.to_json() if self.moved else None,
             "server": self.server,
             "budget": self.budget,
+            "server_changed": self.server_changed,
         }
 
 
@@ -127,7 +136,7 @@ def pull(
         raise
     if moved is not None:
         progress.message(moved.describe())
-    identity.record_server(store, caps)
+    server_changed = identity.record_server(store, caps) or moved is not None
     with store.transaction():
         sync_log.abandon_stale_runs(store)
         pull_id = sync_log.start_sync_run(store, url)
@@ -188,6 +197,7 @@ def pull(
         moved=moved,
         server=caps.to_json(),
         budget=client.budget.stats().to_json() if client.budget else None,
+        server_changed=server_changed,
     )
     with store.transaction():
         sync_log.finish_sync_run(
