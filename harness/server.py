@@ -93,7 +93,7 @@ def server_versions(value: str | None = None) -> list[str]:
 def version_pins(version: str) -> list[str]:
     """What an old release needs pinned beside it to start (found by starting each): newer
     FastAPI releases break 3.0-3.7 (``Body(min_items=...)``; 3.7 needs one from
-    0.139 on, so it gets the one 3.8.8 runs with), 3.0-3.5 import
+    0.139 on, so it gets the one 3.8.8 runs with), 3.0-3.6 import
     ``importlib_metadata`` without declaring it, and 3.0 needs an older pydantic."""
     v = version_tuple(version)
     pins = [f"prefect=={version}"]
@@ -101,7 +101,7 @@ def version_pins(version: str) -> list[str]:
         pins.append("fastapi==0.115.12")
     elif v < (3, 8):
         pins.append("fastapi==0.154.0")  # 3.7 wants >=0.139; what 3.8.8 runs with here
-    if v < (3, 6):
+    if v < (3, 7):  # 3.0-3.5, and 3.6.15 and 3.6.16 too (prefect/workers/base.py)
         pins.append("importlib_metadata")
     if v < (3, 1):
         pins.append("pydantic==2.9.2")

@@ -146,6 +146,21 @@ def fake_client(transport: httpx.BaseTransport, sleeps: list[float]) -> PrefectC
     )
 
 
+@pytest.mark.parametrize("status", [404, 405])
+def test_a_server_that_hides_its_version_and_lacks_a_bulk_endpoint_says_which_release_has_it(
+    status: int,
+) -> None:
+    """A proxy hides /admin/version: the server is taken to have the bulk endpoints; when one
+    answers 404 (or 405, as 3.0-3.2 do), the error names the release that has it."""
+    transport, _ = faulty(httpx.Response(status, json={"detail": "Not Found"}))
+    with fake_client(transport, []) as c, pytest.raises(UnsupportedError) as refused:
+        c.bulk_delete([RUN], ["COMPLETED"])
+    message = str(refused.value)
+    assert refused.value.version is None and refused.value.needs == "3.6.16"
+    assert "does not say its version" in message and "older than 3.6.16" in message, message
+    assert "(HTTP 404/405)" in message and "answered 404, the first" not in message
+
+
 WRITES = {
     "delete": lambda c: c.delete_flow_run(RUN),
     "set_state": lambda c: c.set_flow_run_state(RUN, {"type": "CANCELLED"}, force=False),

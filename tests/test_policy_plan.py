@@ -207,6 +207,28 @@ def test_max_actions_is_flagged(db: Path) -> None:
     assert "apply would refuse" in result.stdout
 
 
+def test_a_rule_apply_would_refuse_on_the_server_as_last_pulled_is_flagged(db: Path) -> None:
+    """The last pull saw a server before 3.6.16: apply refuses a rule that forces a state
+    there (no state to guard it by, per run). plan says so, naming the rule, and exits with
+    apply's code, as it does over max_actions."""
+    from flowsync.store import sync_log
+
+    with Store.writer(db) as store, store.transaction():
+        sync_log.set_state(store, "server", {"version": "3.4.25", "cloud": False, "bulk": False})
+    forced = policy(rule("cancel", OLD_COMPLETED, "set_state", "force: true"))
+    result = run_cli("plan", str(_write(db.parent, forced)), "--db", str(db), "--exit-code")
+    assert result.exit_code == 7, result.output
+    assert "apply would refuse: rule 'cancel' forces a state" in result.stdout
+    assert "forced states are refused" in result.stdout and "DELETE" not in result.stdout
+    shown = run_cli("plan", str(_write(db.parent, forced)), "--db", str(db), "--json")
+    assert shown.exit_code == 7 and json.loads(shown.stdout)["refused_forced_rules"] == ["cancel"]
+    unforced = policy(rule("cancel", OLD_COMPLETED, "set_state"))
+    result = run_cli("plan", str(_write(db.parent, unforced)), "--db", str(db), "--exit-code")
+    assert result.exit_code == 10, result.output
+    assert "apply path: per-run" in result.stdout and "would refuse" not in result.stdout
+    assert "DELETE" not in result.stdout  # a set_state policy: no DELETE to warn of
+
+
 def test_plan_exit_code_says_whether_apply_would_change_anything(db: Path) -> None:
     changes = _write(db.parent, policy(rule("purge", OLD_COMPLETED)))
     assert run_cli("plan", str(changes), "--db", str(db)).exit_code == 0

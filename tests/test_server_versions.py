@@ -7,9 +7,9 @@ the newest supported; ``all``: every minor's latest patch, as
 ``scripts/check --servers all`` sets it; or a list such as ``3.4,3.6.29``).
 On each: a full pull is exact, an incremental pull after state changes and
 deletions is exact, the reports run, ``status`` shows the version, and a
-delete + set_state policy applies through the CLI where the server has the
-bulk endpoints (3.6.16+); on older servers apply refuses with a line that says
-the server lacks them (the per-run path is policy/apply.py's to take).
+delete + set_state policy applies through the CLI: with the bulk endpoints
+(3.6.16+), or on older servers one call per run (a rule that forces a state is
+refused there first, in one line, and ``plan`` says so).
 """
 
 from __future__ import annotations

@@ -8,9 +8,10 @@ clock (``server_now`` reads it again). What the server can do
 bulk endpoints exist from Prefect 3.6.16. Prefect Cloud does not say its version;
 it runs current code and has them. Every self-hosted 3.x server says its version,
 so one that does not (a proxy hiding ``/admin``) is taken to be current too;
-should a bulk endpoint then answer 404, the call raises ``UnsupportedError``
-(made here, ``_unsupported``) and the caller uses the per-run endpoints every 3.x
-server has. ``events_retention`` and ``run_retention`` read ``GET
+should a bulk endpoint then answer 404 (or 405, as 3.0-3.2 do), the call raises
+``UnsupportedError`` (made here, ``_unsupported``), naming the release that has it:
+apply stops there, rather than fall back to the per-run endpoints for a server whose
+version it could not read (it takes them only on a server that says it is older). ``events_retention`` and ``run_retention`` read ``GET
 /admin/settings`` where the server exposes it. Must not: import httpx (requests
 go through ``ApiSession.request``), print, or touch the store.
 """
@@ -82,14 +83,16 @@ class ServerInfo(ApiSession):
 
     def _unsupported(self, endpoint: str, caps: Capabilities) -> UnsupportedError:
         needs = ".".join(map(str, BULK_SINCE))
-        has = (
-            f"{caps.describe()} < {needs}"
-            if caps.version and not caps.bulk
-            else f"{caps.describe()}; the endpoint answered 404"
-        )
+        if caps.version and not caps.bulk:
+            has = f"{caps.describe()} < {needs}, the first release with it"
+        else:
+            has = (
+                f"{caps.describe()}, and the endpoint is not there (HTTP 404/405): older than "
+                f"{needs}, the first release with it"
+            )
         return UnsupportedError(
-            f"Prefect API at {self.settings.display_url} has no POST /{endpoint} ({has}, "
-            "the first release with it); upgrade the server to use it.",
+            f"Prefect API at {self.settings.display_url} has no POST /{endpoint} ({has}); "
+            "upgrade the server to use it.",
             endpoint=endpoint,
             version=caps.version,
             needs=needs,

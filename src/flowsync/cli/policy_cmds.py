@@ -36,7 +36,13 @@ from flowsync.cli.common import (
     to_jsonable,
 )
 from flowsync.config import resolve_api, resolve_db_path
-from flowsync.errors import PARTIAL_FAILURE_EXIT, ConfigError, PolicyLimitError, SignalInterrupt
+from flowsync.errors import (
+    PARTIAL_FAILURE_EXIT,
+    ConfigError,
+    PolicyError,
+    PolicyLimitError,
+    SignalInterrupt,
+)
 from flowsync.registry import COUNT_MAX
 
 if (
@@ -202,6 +208,13 @@ def _render_plan(plan: Plan, sample: int) -> None:
     out.print(f"data: {_data_age(plan)}", highlight=False)
     if plan.apply_path != "bulk":
         out.print(f"[yellow]apply path:[/] {escape(plan.apply_path)}", highlight=False)
+    for name in plan.forced_per_run:
+        out.print(
+            f"[bold red]apply would refuse:[/] rule {escape(repr(name))} forces a state, which a "
+            "server without the bulk endpoints cannot guard by the state each run had when "
+            "re-read; upgrade the server, or drop `force` from the rule.",
+            highlight=False,
+        )
     out.print(
         "apply re-reads each batch's runs from the server right before its call and checks this "
         "policy again: runs that no longer qualify are skipped (with the reason), runs gone are not sent.",
@@ -241,8 +254,9 @@ def plan_cmd(
     file), and shows how old its data is (last pull, oldest read of a planned
     run). With --refresh it first re-reads the runs the rules select from the
     server into the live file, so the plan is what apply would do now. Exits 8
-    when apply would refuse the plan (more runs than max_actions); with
-    --exit-code, 10 when apply would change something.
+    when apply would refuse the plan (more runs than max_actions), 7 when it would
+    refuse a rule (one that forces a state on a server before 3.6.16, as last
+    pulled); with --exit-code, 10 when apply would change something.
 
     Example: flowsync plan policies/retention.yaml --db runs.duckdb --refresh
     """
@@ -272,6 +286,8 @@ def plan_cmd(
             )
     if plan.over_max:
         raise typer.Exit(PolicyLimitError.exit_code)
+    if plan.forced_per_run:
+        raise typer.Exit(PolicyError.exit_code)
     if exit_code and plan.total:
         raise typer.Exit(PLAN_HAS_CHANGES_EXIT)
 

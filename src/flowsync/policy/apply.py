@@ -34,8 +34,8 @@ from flowsync.api.client import BULK_LIMIT
 from flowsync.errors import PolicyError, PolicyLimitError
 from flowsync.policy.ahead import AHEAD_BATCHES
 from flowsync.policy.batch import Applier, Batch, Stop
-from flowsync.policy.model import SetStateRule
 from flowsync.policy.plan import Plan
+from flowsync.policy.planned import per_run_path
 from flowsync.policy.result import ApplyResult
 from flowsync.policy.settle import SETTLE_SECONDS
 from flowsync.store import SandboxedWriter, Writer, audit
@@ -176,11 +176,7 @@ def apply_plan(
         applier.rereader.set_server_clock(client.check())
         caps = client.capabilities()
         if not caps.bulk:
-            forced = [
-                rp.rule.name
-                for rp in plan.rules
-                if isinstance(rp.rule, SetStateRule) and rp.rule.force and rp.planned
-            ]
+            forced = plan.forcing_rules
             if forced:
                 raise PolicyError(
                     f"{caps.describe()} has no bulk_set_state (before 3.6.16): rule "
@@ -189,12 +185,7 @@ def apply_plan(
                 )
             applier.per_run = True
             batch_size = min(batch_size, PER_RUN_BATCH)
-        result.path = (
-            "bulk"
-            if caps.bulk
-            else f"per-run: {caps.describe()} lacks the bulk endpoints (3.6.16+); "
-            "DELETE /flow_runs/{id} has no state guard"
-        )
+        result.path = "bulk" if caps.bulk else per_run_path(caps.describe(), plan)
         earlier = audit.unresolved(store, besides=result.apply_id)
         if earlier:
             progress.message(

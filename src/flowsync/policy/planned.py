@@ -245,6 +245,21 @@ class PlanRuns:
 RuleModel = DeleteRule | SetStateRule
 
 
+def per_run_path(server: str, plan: Plan) -> str:
+    """How apply calls ``server``, which lacks the bulk endpoints, for ``plan``'s rules."""
+    deletes = any(isinstance(rp.rule, DeleteRule) and rp.planned for rp in plan.rules)
+    return (
+        f"per-run: {server} lacks the bulk endpoints (3.6.16+); apply sends one call per run, "
+        "re-checked in batches of 10"
+        + ("; DELETE /flow_runs/{id} has no server-side state guard" if deletes else "")
+        + ("; forced states are refused" if plan.forcing_rules else "")
+    )
+
+
+def _forces(rule: RuleModel) -> bool:
+    return isinstance(rule, SetStateRule) and rule.force
+
+
 @dataclass(frozen=True)
 class PlannedRun:
     """A run a rule would act on, as last pulled."""
@@ -379,12 +394,18 @@ class Plan:
         """Which calls apply will make, as the last pull saw the server (apply asks it again)."""
         if not self.server or self.server.get("bulk", True):
             return "bulk"
-        return (
-            f"per-run: Prefect {self.server.get('version') or '?'} (as last pulled) lacks the bulk "
-            "endpoints (3.6.16+); apply sends one DELETE or set_state per run, re-checked in "
-            "batches of 10; DELETE /flow_runs/{id} has no server-side state guard, and forced "
-            "states are refused"
-        )
+        return per_run_path(f"Prefect {self.server.get('version') or '?'} (as last pulled)", self)
+
+    @property
+    def forced_per_run(self) -> list[str]:
+        """The rules apply would refuse on the server as last pulled: ones that force a state
+        on a server without the bulk endpoints (no state to guard it by; ``apply``)."""
+        return [] if self.apply_path == "bulk" else self.forcing_rules
+
+    @property
+    def forcing_rules(self) -> list[str]:
+        """The rules with runs planned that force a state."""
+        return [rp.rule.name for rp in self.rules if _forces(rp.rule) and rp.planned]
 
     @property
     def total(self) -> int:
@@ -442,4 +463,5 @@ class Plan:
             "reads_other_runs": self.reads_other_runs,
             "reads_lookups": {name: sorted(t) for name, t in self.reads_lookups.items()},
             "apply_path": self.apply_path,
+            "refused_forced_rules": self.forced_per_run,
         }
