@@ -396,3 +396,14 @@ def test_a_no_change_pull_publishes_what_an_earlier_pull_wrote_but_never_publish
                 store, moved, status="ok", mode="incremental", details={"server_changed": True}
             )
         assert snap.publish(store, pull_id=a_pull(store), changed=False).published
+
+
+def test_a_snapshot_says_what_published_it() -> None:
+    from datetime import datetime, timezone
+
+    info = snap.SnapshotInfo(
+        Path("x.duckdb"), 3, datetime(2026, 12, 6, 1, 2, 3, tzinfo=timezone.utc), 12, "1", 9, 0, 0
+    )
+    assert info.describe() == "snapshot 3 (pull #12, published 2026-12-06 01:02:03 UTC)"
+    by_apply = snap.SnapshotInfo(**{**info.__dict__, "pull_id": None})
+    assert by_apply.describe().startswith("snapshot 3 (by an apply or a refresh, published")

@@ -280,8 +280,8 @@ def plan_cmd(
         _render_plan(plan, sample)
         if source is not None:
             err.print(
-                f"planned on snapshot {source.generation} (pull #{source.pull_id or '-'}, published "
-                f"{source.published_at:%Y-%m-%d %H:%M:%S %Z}); apply re-plans on the live file and shows that plan first.",
+                f"planned on {source.describe()}; apply re-plans on the live file and shows "
+                "that plan first.",
                 highlight=False,
             )
     if plan.over_max:

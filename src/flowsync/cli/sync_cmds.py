@@ -258,8 +258,7 @@ def status_cmd(
         )
     elif published:
         out.print(
-            f"readers see snapshot {published.generation} (pull #{published.pull_id or '-'}, "
-            f"published {published.published_at:%Y-%m-%d %H:%M:%S %Z})",
+            f"readers see {published.describe()}",
             highlight=False,
         )
     table = Table("table", "live", "deleted on server")

@@ -94,6 +94,14 @@ class SnapshotInfo:
     seconds: float
     bytes: int
 
+    def describe(self) -> str:
+        """``snapshot 3 (pull #12, published 2026-12-06 01:02:03 UTC)``; by an apply or a
+        ``plan --refresh``, which have no pull number, it says so."""
+        by = f"pull #{self.pull_id}" if self.pull_id is not None else "by an apply or a refresh"
+        return (
+            f"snapshot {self.generation} ({by}, published {self.published_at:%Y-%m-%d %H:%M:%S %Z})"
+        )
+
     def to_json(self) -> dict[str, Any]:
         return {
             "path": str(self.path),
