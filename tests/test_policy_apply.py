@@ -29,7 +29,7 @@ from flowsync.sync import NullProgress
 from harness.seed import seed
 from harness.server import Server
 from tests.helpers import query, run_cli, scalar
-from tests.policy_db import make_db, rid, run
+from tests.policy_db import DEPLOYMENTS, FLOW, make_db, rid, run
 
 pytestmark = pytest.mark.backends("sqlite", "postgres")
 
@@ -1435,16 +1435,31 @@ def test_ctrl_c_while_a_call_is_in_flight_keeps_the_rows_of_its_batchs_runs_not_
     assert result.counts == {"purge": {"deleted": 1, "skipped": 1}}
 
 
-@pytest.mark.parametrize("per_run", [False, True], ids=["bulk", "per-run"])
+@pytest.mark.parametrize(
+    ("per_run", "joins"),
+    [(False, False), (True, False), (False, True)],
+    ids=["bulk", "per-run", "joining-deployments"],
+)
 def test_no_call_waits_for_the_request_budget_after_its_re_read(
-    tmp_path: Path, per_run: bool
+    tmp_path: Path, per_run: bool, joins: bool
 ) -> None:
     """--max-requests-per-minute (12: a slot every 5 s on a fake clock): the budget's waits fall
-    on the re-reads, never between a re-read and the call it checked. Run 3, protected during
-    the first wait after it was read, is seen by the next re-read and kept."""
+    before the re-reads, never between a re-read and the call it checked (nor before the
+    deployments a joining rule reads after the runs). Run 3, protected during the first wait
+    after it was read, is seen by the next re-read and kept."""
     db = make_db(tmp_path / "r.duckdb", [run(i) for i in range(1, 6)])
+    deployment = {
+        "id": DEPLOYMENTS["prod"],
+        "name": "prod",
+        "flow_id": FLOW,
+        "created": "2026-01-01T00:00:00+00:00",
+        "updated": "2026-01-01T00:00:00+00:00",
+    }
 
     def bulk(path: str, body: dict[str, Any]) -> httpx.Response:
+        if path == "deployments/filter":
+            events.append(("lookup", body["deployments"]["id"]["any_"]))
+            return httpx.Response(200, json=[deployment])
         ids = [i for i in body["flow_runs"]["id"]["any_"] if i in fake.runs]
         events.append(("call", ids))
         for i in ids:
@@ -1478,6 +1493,11 @@ def test_no_call_waits_for_the_request_budget_after_its_re_read(
         return (per_run_server(fake, delete) if per_run else fake)(request)
 
     policy = "version: 1\nprotect_tags: [keep]\n" + DELETE_COMPLETED.removeprefix("version: 1\n")
+    if joins:
+        policy = policy.replace(
+            "SELECT id FROM flow_runs WHERE",
+            "SELECT r.id FROM flow_runs r JOIN deployments d ON d.id = r.deployment_id WHERE",
+        )
     plan = plan_for(db, policy)
     result = ApplyResult.new()
     client = PrefectClient(
@@ -1507,3 +1527,9 @@ def test_no_call_waits_for_the_request_budget_after_its_re_read(
     }
     if per_run:  # one call a slot: every call after the first of a re-read waited for a new one
         assert protected == [rid(3)] and len(deleted) == 4
+    if joins:  # the deployment was read inside the window, after the runs
+        assert [kind for kind, _ in events if kind in ("read", "lookup", "call")][:3] == [
+            "read",
+            "lookup",
+            "call",
+        ]

@@ -10,8 +10,9 @@ never exceed the rate. Evenly spaced by default (``burst`` 1): a limit counted
 over any rolling second sees no more than over the minute, which a burst of a
 second's worth would break (measured: 3 throttled requests instead of 0). Keeps how often and how long the budget, not the
 server, held requests back. A call that changes runs takes its slot without waiting
-(``acquire(wait=False)``): the wait falls on the re-read before it, never between
-that re-read and the call, so a batch's re-read -> call window stays what its
+(``acquire(wait=False)``), as does every read between a batch's re-read and its
+call: the batch waits for a free slot (``wait_due``) before its re-read, never
+between that re-read and the call, so the re-read -> call window stays what its
 checks measure; ``due_now`` tells a batch whether its next call could go at once.
 Must not: send requests, print, or retry.
 """
@@ -77,6 +78,19 @@ class RequestBudget:
             due_in = max(0.0, tat - self._tolerance - now) if wait else 0.0
             self._tat = tat + self.interval
             self._requests += 1
+            if due_in > 0:
+                self._waits += 1
+                self._waited += due_in
+        if due_in > 0:
+            self._sleep(due_in)
+        return due_in
+
+    def wait_due(self) -> float:
+        """Sleep until a slot is free, taking none; return the seconds waited (0.0: none).
+        Where a caller's next requests must not wait (``acquire(wait=False)``)."""
+        with self._lock:
+            now = self._clock()
+            due_in = 0.0 if self._tat is None else max(0.0, self._tat - self._tolerance - now)
             if due_in > 0:
                 self._waits += 1
                 self._waited += due_in

@@ -34,7 +34,8 @@ import json
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -156,6 +157,7 @@ class ApiSession:
             budget = RequestBudget(settings.max_requests_per_minute, sleep=sleep)
         self.budget = budget
         self._budget_told = -1e9  # when on_retry last heard that the budget is the limit
+        self._unpaced = threading.local()  # .on: this thread's requests take slots unwaited
         self._sleep = sleep
         self._on_retry = on_retry
         self._lock = threading.Lock()
@@ -230,9 +232,11 @@ class ApiSession:
         for attempt in range(attempts):
             self._count(attempt > 0)
             retry_after: float | None = None
-            # A call that changes runs goes out at once, its slot charged to the requests
-            # after it: waiting here would stretch the window since the re-read that checked it.
-            if self.budget is not None and self.budget.acquire(wait=idempotent) > 0:
+            # A call that changes runs (and a read inside a batch's window: ``unpaced``) goes
+            # out at once, its slot charged to the requests after it: waiting here would
+            # stretch the window since the re-read that checked it.
+            paced = idempotent and not getattr(self._unpaced, "on", False)
+            if self.budget is not None and self.budget.acquire(wait=paced) > 0:
                 self._budget_notice()
             try:
                 response = self._http.request(method, url, json=body)
@@ -305,6 +309,20 @@ class ApiSession:
     def may_send_now(self) -> bool:
         """Whether a request could go out now without waiting for the request budget."""
         return self.budget is None or self.budget.due_now()
+
+    @contextmanager
+    def unpaced(self) -> Iterator[None]:
+        """A batch's re-read -> call window: first wait for a free slot of the request
+        budget; inside, this thread's requests take their slots without waiting (the
+        requests after the window wait for them), so no wait falls inside it."""
+        if self.budget is not None and self.budget.wait_due() > 0:
+            self._budget_notice()
+        before = getattr(self._unpaced, "on", False)
+        self._unpaced.on = True
+        try:
+            yield
+        finally:
+            self._unpaced.on = before
 
     def backoff(self, attempt: int) -> float:
         """How long the retry policy waits before try ``attempt + 1`` (for callers that resend themselves)."""

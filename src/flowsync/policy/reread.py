@@ -193,33 +193,42 @@ class Rereader:
             want |= self.decide_batch(batch, todo).ranked_above
         seen: dict[str, Seen] = {}
         read: set[str] = set()
-        for _ in range(RANK_ROUNDS):
-            got = self.read(sorted(want - read), before, ahead.stamps if ahead else None)
-            answered = self.reader.answered_at
-            # Made over the very rows the file holds now (the re-read changed none of them),
-            # and recently enough that a rule reading the clock would decide the same.
-            made_ahead = (
-                ahead.decision
-                if ahead and not self.reader.changed and answered - ahead.made_at <= AHEAD_MAX_AGE
-                else None
-            )
-            ahead = None
-            read |= want
-            seen.update(got)
-            lookups = self.reads_lookups(batch.rule)
-            if lookups:
-                # Their flows or deployments as the server has them now, like the runs.
-                self.reader.read_lookups(
-                    (s.row for s in got.values() if s.row is not None), lookups
+        answered: float | None = None
+        # From the batch's re-read to its call nothing waits for the request budget (a read
+        # of more ranked runs or of lookups included): the wait comes first.
+        with self.client.unpaced():
+            for _ in range(RANK_ROUNDS):
+                got = self.read(sorted(want - read), before, ahead.stamps if ahead else None)
+                if answered is None:  # the batch's own runs: its window counts from here
+                    answered = self.reader.answered_at
+                # Made over the very rows the file holds now (the re-read changed none of
+                # them), and recently enough that a rule reading the clock decides the same.
+                made_ahead = (
+                    ahead.decision
+                    if ahead
+                    and not self.reader.changed
+                    and answered - ahead.made_at <= AHEAD_MAX_AGE
+                    else None
                 )
-            for gone in want - set(got):
-                seen.pop(gone, None)
-            decision = made_ahead or self.decide_batch(batch, todo, seen)
-            self.result.decided_ahead += made_ahead is not None
-            # Reads may have moved the ranks: read what the decision now keeps, until it was all read.
-            want = set(decision.ranked_above) - read
-            if not want:
-                break
+                ahead = None
+                read |= want
+                seen.update(got)
+                lookups = self.reads_lookups(batch.rule)
+                if lookups:
+                    # Their flows or deployments as the server has them now, like the runs.
+                    self.reader.read_lookups(
+                        (s.row for s in got.values() if s.row is not None), lookups
+                    )
+                for gone in want - set(got):
+                    seen.pop(gone, None)
+                decision = made_ahead or self.decide_batch(batch, todo, seen)
+                self.result.decided_ahead += made_ahead is not None
+                # Reads may have moved the ranks: read what the decision now keeps, until it
+                # was all read.
+                want = set(decision.ranked_above) - read
+                if not want:
+                    break
+        assert answered is not None  # RANK_ROUNDS >= 1
         if want:
             # What the decision keeps was never read: send none of the batch.
             decision = replace(
