@@ -267,7 +267,23 @@ def test_keep_newest_reads_down_past_many_newer_runs_that_moved_on(
     rules = [purge("kn3", "FAILED", keep_newest=1)]
     with pulled_runs(server, tmp_path, 12, "FAILED", "kn3", rules) as (ids, db, policy):
         set_state(server, ids[2:], "COMPLETED")
-        library_apply(server, db, policy, forwarding(resend_busy=True), batch_size=2)
+        times: dict[str, float] = {}
+
+        def answered(request: httpx.Request, response: httpx.Response) -> None:
+            if request.url.path.endswith("flow_runs/filter") and "read" not in times:
+                asked = json.loads(request.content).get("flow_runs", {}).get("id", {})
+                if ids[0] in (asked.get("any_") or ()):
+                    times["read"] = time.monotonic()  # the batch's own runs, answered
+
+        def sent(request: httpx.Request, n: int) -> None:
+            if request.url.path.endswith("bulk_delete"):
+                times.setdefault("call", time.monotonic())
+
+        result = library_apply(
+            server, db, policy, forwarding(sent, answered, resend_busy=True), batch_size=2
+        )
+        # The window counts from the answer about the batch's own runs, through every round.
+        assert max(result.windows) >= 0.9 * (times["call"] - times["read"]) > 0
         now = live(server, ids)
         assert ids[0] not in now
         assert [i for i in ids if now.get(i) == "FAILED"] == [ids[1]]  # the newest FAILED, kept
