@@ -55,6 +55,23 @@ def test_a_first_pull_that_cannot_reach_the_server_leaves_no_file(tmp_path: Path
     assert list(folder.iterdir()) == []
 
 
+@pytest.mark.parametrize(
+    ("target", "said"),
+    [
+        ("missing/x.duckdb", "does not exist"),
+        ("afile/x.duckdb", "Not a directory"),
+        ("self", "symbolic link that leads to no file"),
+    ],
+)
+def test_a_first_pull_through_a_symlink_is_refused_where_it_leads(
+    tmp_path: Path, target: str, said: str
+) -> None:
+    (tmp_path / "afile").touch()
+    db = tmp_path / "runs.duckdb"
+    db.symlink_to(db if target == "self" else tmp_path / target)
+    one_clear_line(run_cli("pull", "--api-url", NOBODY, "--db", str(db)), 5, said)
+
+
 def test_db_is_a_directory(tmp_path: Path) -> None:
     one_clear_line(run_cli("pull", "--api-url", NOBODY, "--db", str(tmp_path)), 5, "is a directory")
 

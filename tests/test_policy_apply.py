@@ -1435,11 +1435,104 @@ def test_ctrl_c_while_a_call_is_in_flight_keeps_the_rows_of_its_batchs_runs_not_
     assert result.counts == {"purge": {"deleted": 1, "skipped": 1}}
 
 
-@pytest.mark.parametrize(
-    ("per_run", "joins"),
-    [(False, False), (True, False), (False, True)],
-    ids=["bulk", "per-run", "joining-deployments"],
-)
+def paced_apply(
+    db: Path,
+    policy: str,
+    answer: Callable[[Recorder, str, dict[str, Any]], httpx.Response],
+    *,
+    per_run: bool = False,
+    per_minute: float = 12,
+    protect: str | None = None,
+    latency: Callable[[httpx.Request], float] = lambda r: 0.0,
+    before: Callable[[Recorder], object] = lambda fake: None,
+) -> tuple[list[tuple[str, Any]], Recorder, ApplyResult]:
+    """apply ``policy`` on ``db`` against a fake server (``answer``: its bulk calls; per run:
+    DELETEs carried out) behind a request budget of ``per_minute`` on a fake clock, each
+    request taking ``latency(request)`` seconds of it. Returns what happened in order: a
+    re-read by id ("read", ids), a deployments read ("lookup", ids), a call ("call", ids), a
+    budget wait ("wait", seconds), and ``protect``, tagged `keep` during the first wait after
+    it was read and before it was sent ("protected", [id])."""
+    events: list[tuple[str, Any]] = []
+    now = [0.0]
+
+    def called(path: str, body: dict[str, Any]) -> httpx.Response:
+        if path == "deployments/filter":
+            events.append(("lookup", body["deployments"]["id"]["any_"]))
+            return httpx.Response(200, json=[DEPLOYMENT])
+        events.append(("call", [i for i in body["flow_runs"]["id"]["any_"] if i in fake.runs]))
+        return answer(fake, path, body)
+
+    def delete(run_id: str, n: int) -> httpx.Response:
+        events.append(("call", [run_id]))
+        fake.runs.pop(run_id)
+        return httpx.Response(204)
+
+    fake = Recorder(called, api_rows(db))
+    before(fake)
+
+    def sleep(seconds: float) -> None:
+        events.append(("wait", seconds))
+        now[0] += seconds
+        done = {i for kind, ids in events if kind in ("call", "protected") for i in ids}
+        if (
+            protect is not None
+            and protect in {i for k, ids in events if k == "read" for i in ids} - done
+        ):
+            fake.runs[protect].update(tags=["keep"], updated="2099-01-01T00:00:00+00:00")
+            events.append(("protected", [protect]))
+
+    def server(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content) if request.content else {}
+        if request.url.path.endswith("flow_runs/filter") and set(body.get("flow_runs", {})) == {
+            "id"
+        }:
+            events.append(("read", body["flow_runs"]["id"]["any_"]))
+        now[0] += latency(request)
+        return (per_run_server(fake, delete) if per_run else fake)(request)
+
+    result = ApplyResult.new()
+    client = PrefectClient(
+        ApiSettings(url="http://prefect.test/api"),
+        transport=httpx.MockTransport(server),
+        retry=RetryPolicy(attempts=2),
+        sleep=lambda s: None,
+        budget=RequestBudget(per_minute, clock=lambda: now[0], sleep=sleep),
+    )
+    plan = plan_for(db, policy)
+    with Store.sandboxed_writer(db) as store, client:
+        apply_plan(
+            client, store, plan, progress=NullProgress(), result=result, settle_seconds=0,
+            batch_size=2 if "keep_newest" in policy else 50,
+        )  # fmt: skip
+    return events, fake, result
+
+
+def no_wait_between_a_re_read_and_its_call(events: list[tuple[str, Any]]) -> None:
+    for n, (kind, ids) in enumerate(events):
+        if kind == "call" and ids:
+            read = max(k for k in range(n) if events[k][0] == "read" and ids[0] in events[k][1])
+            assert not [e for e in events[read:n] if e[0] == "wait"], (
+                f"the budget held {ids} back after the re-read that checked it: "
+                f"{events[read : n + 1]}"
+            )
+
+
+DEPLOYMENT = {
+    "id": DEPLOYMENTS["prod"],
+    "name": "prod",
+    "flow_id": FLOW,
+    "created": "2026-01-01T00:00:00+00:00",
+    "updated": "2026-01-01T00:00:00+00:00",
+}
+
+
+def delete_all(fake: Recorder, path: str, body: dict[str, Any]) -> httpx.Response:
+    ids = [i for i in body["flow_runs"]["id"]["any_"] if fake.runs.pop(i, None)]
+    return httpx.Response(200, json={"deleted": ids})
+
+
+@pytest.mark.parametrize("per_run", [False, True], ids=["bulk", "per-run"])
+@pytest.mark.parametrize("joins", [False, True], ids=["runs", "joining-deployments"])
 def test_no_call_waits_for_the_request_budget_after_its_re_read(
     tmp_path: Path, per_run: bool, joins: bool
 ) -> None:
@@ -1448,76 +1541,14 @@ def test_no_call_waits_for_the_request_budget_after_its_re_read(
     deployments a joining rule reads after the runs). Run 3, protected during the first wait
     after it was read, is seen by the next re-read and kept."""
     db = make_db(tmp_path / "r.duckdb", [run(i) for i in range(1, 6)])
-    deployment = {
-        "id": DEPLOYMENTS["prod"],
-        "name": "prod",
-        "flow_id": FLOW,
-        "created": "2026-01-01T00:00:00+00:00",
-        "updated": "2026-01-01T00:00:00+00:00",
-    }
-
-    def bulk(path: str, body: dict[str, Any]) -> httpx.Response:
-        if path == "deployments/filter":
-            events.append(("lookup", body["deployments"]["id"]["any_"]))
-            return httpx.Response(200, json=[deployment])
-        ids = [i for i in body["flow_runs"]["id"]["any_"] if i in fake.runs]
-        events.append(("call", ids))
-        for i in ids:
-            fake.runs.pop(i)
-        return httpx.Response(200, json={"deleted": ids})
-
-    def delete(run_id: str, n: int) -> httpx.Response:
-        events.append(("call", [run_id]))
-        fake.runs.pop(run_id)
-        return httpx.Response(204)
-
-    fake = Recorder(bulk if not per_run else lambda p, b: httpx.Response(404), api_rows(db))
-    events: list[tuple[str, Any]] = []
-    now = [0.0]
-
-    def sleep(seconds: float) -> None:
-        events.append(("wait", seconds))
-        now[0] += seconds
-        read = [i for kind, ids in events if kind == "read" for i in ids]
-        sent = [i for kind, ids in events if kind == "call" for i in ids]
-        if rid(3) in read and rid(3) not in sent and "keep" not in fake.runs[rid(3)]["tags"]:
-            fake.runs[rid(3)].update(tags=["keep"], updated="2099-01-01T00:00:00+00:00")
-            events.append(("protected", [rid(3)]))
-
-    def server(request: httpx.Request) -> httpx.Response:
-        body = json.loads(request.content) if request.content else {}
-        if request.url.path.endswith("flow_runs/filter") and set(body.get("flow_runs", {})) == {
-            "id"
-        }:
-            events.append(("read", body["flow_runs"]["id"]["any_"]))
-        return (per_run_server(fake, delete) if per_run else fake)(request)
-
     policy = "version: 1\nprotect_tags: [keep]\n" + DELETE_COMPLETED.removeprefix("version: 1\n")
     if joins:
         policy = policy.replace(
             "SELECT id FROM flow_runs WHERE",
             "SELECT r.id FROM flow_runs r JOIN deployments d ON d.id = r.deployment_id WHERE",
         )
-    plan = plan_for(db, policy)
-    result = ApplyResult.new()
-    client = PrefectClient(
-        ApiSettings(url="http://prefect.test/api"),
-        transport=httpx.MockTransport(server),
-        retry=RetryPolicy(attempts=2),
-        sleep=lambda s: None,
-        budget=RequestBudget(12, clock=lambda: now[0], sleep=sleep),
-    )
-    with Store.sandboxed_writer(db) as store, client:
-        apply_plan(client, store, plan, progress=NullProgress(), result=result, settle_seconds=0)
-    for n, (kind, ids) in enumerate(events):
-        if kind != "call":
-            continue
-        read = max(
-            k for k, (was, seen) in enumerate(events[:n]) if was == "read" and ids[0] in seen
-        )
-        assert not [e for e in events[read:n] if e[0] == "wait"], (
-            f"the budget held {ids} back after the re-read that checked it: {events[read : n + 1]}"
-        )
+    events, fake, result = paced_apply(db, policy, delete_all, per_run=per_run, protect=rid(3))
+    no_wait_between_a_re_read_and_its_call(events)
     protected = [i for kind, ids in events if kind == "protected" for i in ids]
     assert not [i for i in protected if i not in fake.runs], f"protected, then deleted: {events}"
     deleted = [i for kind, ids in events if kind == "call" for i in ids]
@@ -1528,8 +1559,54 @@ def test_no_call_waits_for_the_request_budget_after_its_re_read(
     if per_run:  # one call a slot: every call after the first of a re-read waited for a new one
         assert protected == [rid(3)] and len(deleted) == 4
     if joins:  # the deployment was read inside the window, after the runs
-        assert [kind for kind, _ in events if kind in ("read", "lookup", "call")][:3] == [
-            "read",
-            "lookup",
-            "call",
-        ]
+        kinds = [kind for kind, _ in events if kind in ("read", "lookup", "call")]
+        assert kinds[:3] == ["read", "lookup", "call"]
+
+
+def test_no_ranking_round_waits_for_the_request_budget_after_the_batch_was_read(
+    tmp_path: Path,
+) -> None:
+    """keep_newest 2, batches of 2; the newest run (6) was deleted on the server since the
+    pull, so the first round for runs 1 and 2 (with the kept 5 and 6) moves the kept runs to 4
+    and 5, and a second round reads 4: inside the window, without a wait."""
+    db = make_db(tmp_path / "r.duckdb", [run(i, days_ago=40 - i) for i in range(1, 7)])
+    keep_two = DELETE_COMPLETED.replace("action: delete", "action: delete\n    keep_newest: 2")
+    events, fake, _ = paced_apply(
+        db,
+        "version: 1\nprotect_tags: [keep]\n" + keep_two.removeprefix("version: 1\n"),
+        delete_all,
+        protect=rid(1),
+        before=lambda fake: fake.runs.pop(rid(6)),
+    )
+    assert [ids for kind, ids in events if kind == "read"][:2] == [
+        sorted([rid(1), rid(2), rid(5), rid(6)]),
+        [rid(4)],
+    ]
+    no_wait_between_a_re_read_and_its_call(events)
+    assert sorted(fake.runs) == [rid(4), rid(5)]
+
+
+def test_a_later_call_goes_back_to_a_re_read_after_the_budget_held_a_read_back(
+    tmp_path: Path,
+) -> None:
+    """One batch in two state types (two calls). The first call's accepted runs are read back,
+    and that read waits for the budget (600 a minute; a read answers in a slot's time, so the
+    budget is free again by then): the second call goes out only on a new re-read."""
+    db = make_db(tmp_path / "r.duckdb", [run(i, state="SCHEDULED") for i in (1, 2, 3)])
+
+    def cancel(fake: Recorder, path: str, body: dict[str, Any]) -> httpx.Response:
+        for i in body["flow_runs"]["id"]["any_"]:
+            _moved(fake.runs[i], "CANCELLED")
+        return accept_all(path, body)
+
+    events, _, result = paced_apply(
+        db,
+        CANCEL_ALL,
+        cancel,
+        per_minute=600,
+        latency=lambda r: 0.05 if "bulk" in r.url.path else 0.1,
+        before=lambda fake: _moved(fake.runs[rid(3)], "PENDING"),
+    )
+    assert len([e for e in events if e[0] == "call"]) == 2, events
+    no_wait_between_a_re_read_and_its_call(events)
+    assert result.counts == {"cancel": {"accepted": 3}}

@@ -200,6 +200,29 @@ def test_a_pull_that_changes_no_run_but_its_server_publishes(
     assert not pull(url, db)["snapshot"]["published"]  # and then nothing new
 
 
+def test_a_worker_polling_its_pool_does_not_make_a_pull_publish(
+    fresh_server: Server, tmp_path: Path
+) -> None:
+    """A worker's poll moves its deployments' last_polled and status, keeping `updated`
+    (Prefect's mark_deployments_ready): not a change readers wait for, so no new snapshot."""
+    url, db = fresh_server.url, tmp_path / "runs.duckdb"
+    seed(url, runs=10, flows=1, deployments_per_flow=2, seed_value=41)
+    pull(url, db)
+    with httpx.Client(base_url=url + "/", timeout=60) as c:
+        polled_before = {d["id"]: d["last_polled"] for d in c.post("deployments/filter").json()}
+        polled = c.post("work_pools/seed-pool/get_scheduled_flow_runs", json={})
+        assert polled.status_code == 200, polled.text
+        for _ in range(60):
+            now = {d["id"]: d["last_polled"] for d in c.post("deployments/filter").json()}
+            if now != polled_before:
+                break
+            time.sleep(0.5)
+    assert now != polled_before, "the poll moved no last_polled"
+    after = pull(url, db)
+    assert after["tables"]["deployments"]["updated"] == 0, after["tables"]
+    assert not after["snapshot"]["published"]
+
+
 def test_a_pull_whose_publish_fails_is_recorded_failed_and_the_next_one_publishes(
     fresh_server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -29,7 +29,13 @@ from prefect.settings import get_current_settings
 
 import flowsync
 from flowsync.config import resolve_api
-from flowsync.errors import ConfigError, PolicyLimitError, StoreError, StoreLockedError
+from flowsync.errors import (
+    ConfigError,
+    PolicyError,
+    PolicyLimitError,
+    StoreError,
+    StoreLockedError,
+)
 
 
 def _settings(api_url: str | None) -> Any:
@@ -82,6 +88,11 @@ def run_policy(db: str, policy: str, apply: bool, api_url: str | None = None, wa
                 raise PolicyLimitError(
                     f"{policy}: the rules select {plan.total} runs, more than max_actions "
                     f"({plan.policy.policy.max_actions}); narrow the rules or raise max_actions."
+                )
+            if plan.forced_per_run:  # as `flowsync plan` exits 7: apply would refuse them
+                raise PolicyError(
+                    f"{policy}: rules {plan.forced_per_run} force a state, which a server before "
+                    "3.6.16 cannot guard per run; upgrade the server, or drop `force`."
                 )
             return {"planned": plan.total, "over_max_actions": plan.over_max}
     applied = flowsync.apply(Path(db).expanduser(), Path(policy), api=_settings(api_url), wait=wait)

@@ -310,6 +310,10 @@ class ApiSession:
         """Whether a request could go out now without waiting for the request budget."""
         return self.budget is None or self.budget.due_now()
 
+    def budget_waits(self) -> int:
+        """How many times the request budget has held a request back so far (0: no budget)."""
+        return 0 if self.budget is None else self.budget.stats().waits
+
     @contextmanager
     def unpaced(self) -> Iterator[None]:
         """A batch's re-read -> call window: first wait for a free slot of the request

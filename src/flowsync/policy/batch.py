@@ -398,6 +398,7 @@ class Applier:
             except ApiError as e:
                 self._not_checked(number, batch, todo, e)
                 raise Stop from e
+            waits = self.client.budget_waits()  # none inside the window (Rereader.reread)
             decided = self.decide(batch, todo, fresh)
             guards = {i: s.state_type or batch.state_type for i, s in fresh.seen.items()}
             again: list[str] = []  # sent back to step 1 by an answer: uses an attempt each
@@ -410,12 +411,14 @@ class Applier:
                 self.record(number, rule, decided.final, guards)
             while calls:
                 # A later call goes out on this re-read only at once: not after a lost answer,
-                # nor FRESH_FOR after the re-read answered, nor after a wait for the request
-                # budget (the first call takes its slot without waiting: api/budget.py).
+                # nor FRESH_FOR after the re-read answered, nor when the request budget would
+                # hold it back or held anything back since (a read-back of the call before;
+                # the first call takes its slot without waiting: api/budget.py).
                 if calls[0] is not decided.calls[0] and (
                     lost
                     or time.monotonic() - fresh.answered_at > FRESH_FOR
                     or not self.client.may_send_now()
+                    or self.client.budget_waits() != waits
                 ):
                     stale = [i for c in calls for i in c.ids]
                     break

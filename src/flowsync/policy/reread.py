@@ -185,18 +185,19 @@ class Rereader:
         used only if this re-read left every run of the batch in the file as it was, and
         answered within ``AHEAD_MAX_AGE`` of that decision."""
         before: dict[str, dict[str, Any]] = {}
-        if self.reads_others(batch.rule):
-            self._catch_up(self.reads_lookups(batch.rule))
-        want = set(todo)
-        if batch.rule.name in self.ranked:
-            # The runs that outrank the batch as the file says now; read with the batch.
-            want |= self.decide_batch(batch, todo).ranked_above
         seen: dict[str, Seen] = {}
         read: set[str] = set()
         answered: float | None = None
-        # From the batch's re-read to its call nothing waits for the request budget (a read
-        # of more ranked runs or of lookups included): the wait comes first.
+        # From the first read the batch's decision rests on (the other runs' catch-up, its own
+        # runs, more ranked runs, lookups) to its call, nothing waits for the request budget:
+        # the wait comes first.
         with self.client.unpaced():
+            if self.reads_others(batch.rule):
+                self._catch_up(self.reads_lookups(batch.rule))
+            want = set(todo)
+            if batch.rule.name in self.ranked:
+                # The runs that outrank the batch as the file says now; read with the batch.
+                want |= self.decide_batch(batch, todo).ranked_above
             for _ in range(RANK_ROUNDS):
                 got = self.read(sorted(want - read), before, ahead.stamps if ahead else None)
                 if answered is None:  # the batch's own runs: its window counts from here

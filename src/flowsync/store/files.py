@@ -55,19 +55,29 @@ def damaged_error(path: Path, detail: str) -> DamagedFileError:
 def check_creatable(path: Path) -> None:
     """A writer's file that does not exist yet: its place refused as the writer's open would
     refuse it (a directory, a missing folder, a folder the filesystem or this user will not
-    let it be made in), leaving nothing behind: the file is made and removed at once."""
+    let it be made in; through a symbolic link, where it leads), leaving nothing behind: a
+    probe file of its own name is made beside it and removed at once (never the file's own
+    name: a process killed in between, or another first pull, would find it empty)."""
+    if path.is_symlink():
+        real = Path(os.path.realpath(path))
+        if real.is_symlink() or real == path:
+            raise StoreError(
+                f"--db {path} is a symbolic link that leads to no file; choose another --db."
+            )
+        path = real
     check_path(path, read_only=False)
+    probe = path.with_name(f".{path.name}.flowsync-probe-{os.getpid()}")
     try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
     except FileExistsError:
-        return  # made meanwhile: the writer's own open checks it
+        return  # another probe of this process, a moment ago: the writer's own open checks
     except OSError as e:
         known = storage_error(path, e)
         raise known or StoreError(
             f"Cannot create {path}: {e.strerror or e}. Choose another --db."
         ) from e
     os.close(fd)
-    path.unlink()
+    probe.unlink()
 
 
 # (words in the message, StorageError.reason, the one line: {path}, {name}, {parent}, {detail})

@@ -19,7 +19,7 @@ from typing import Any, NamedTuple, Protocol, TypeVar
 import orjson
 
 from flowsync.store.connect import Store
-from flowsync.store.tables import TableSpec, newest_by_id
+from flowsync.store.tables import POLLED, TableSpec, newest_by_id
 
 T = TypeVar("T")
 
@@ -194,8 +194,12 @@ def held_rows(
 
 def _merge_incoming(store: Store, spec: TableSpec, pull_id: int) -> Written:
     cols = [*spec.column_names, "extra"]
-    # (flows and deployments, a few thousand rows: every column compared)
-    differs = "".join(f' OR t."{c}" IS DISTINCT FROM b."{c}"' for c in cols if spec.compare_rows)
+    # (flows and deployments, a few thousand rows: every column compared but a poll's)
+    differs = "".join(
+        f' OR t."{c}" IS DISTINCT FROM b."{c}"'
+        for c in cols
+        if spec.compare_rows and c not in POLLED
+    )
     incoming, inserted, updated, fresh = store.execute(
         f"""
         SELECT count(*), count(*) FILTER (WHERE t.id IS NULL),

@@ -192,7 +192,8 @@ class TableSpec:
     name: str
     columns: tuple[Column, ...]
     # A row can change on the server without its `updated` stamp moving (a deployment's
-    # schedules are rows of another table there): the upsert compares every column.
+    # schedules are rows of another table there): the upsert compares every column but
+    # ``POLLED``, which Prefect moves on every worker poll, keeping `updated` as it was.
     compare_rows: bool = False
 
     @property
@@ -371,6 +372,9 @@ def _extra(obj: Mapping[str, Any], known: Iterable[str]) -> str | None:
     return json.dumps(rest, separators=(",", ":"), sort_keys=True) if rest else None
 
 
+# Set on each poll of a deployment's work pool (Prefect's ``mark_deployments_ready``), its
+# `updated` untouched: not a change a pull publishes a snapshot for.
+POLLED = frozenset({"last_polled", "status"})
 FLOWS = TableSpec("flows", FLOW_COLUMNS, compare_rows=True)
 DEPLOYMENTS = TableSpec("deployments", DEPLOYMENT_COLUMNS, compare_rows=True)
 FLOW_RUNS = TableSpec("flow_runs", FLOW_RUN_COLUMNS)
