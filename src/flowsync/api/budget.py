@@ -74,35 +74,36 @@ class RequestBudget:
         (a call that changes runs must go out right after the re-read that checked them)."""
         with self._lock:
             now = self._clock()
-            tat = now if self._tat is None else max(self._tat, now)
-            due_in = max(0.0, tat - self._tolerance - now) if wait else 0.0
-            self._tat = tat + self.interval
+            due_in = self._counted(self._due_in(now) if wait else 0.0)
+            self._tat = max(now if self._tat is None else self._tat, now) + self.interval
             self._requests += 1
-            if due_in > 0:
-                self._waits += 1
-                self._waited += due_in
-        if due_in > 0:
-            self._sleep(due_in)
-        return due_in
+        return self._slept(due_in)
 
     def wait_due(self) -> float:
         """Sleep until a slot is free, taking none; return the seconds waited (0.0: none).
         Where a caller's next requests must not wait (``acquire(wait=False)``)."""
         with self._lock:
-            now = self._clock()
-            due_in = 0.0 if self._tat is None else max(0.0, self._tat - self._tolerance - now)
-            if due_in > 0:
-                self._waits += 1
-                self._waited += due_in
-        if due_in > 0:
-            self._sleep(due_in)
-        return due_in
+            due_in = self._counted(self._due_in(self._clock()))
+        return self._slept(due_in)
 
     def due_now(self) -> bool:
         """Whether a slot is free now: ``acquire`` would not sleep."""
         with self._lock:
-            now = self._clock()
-            return self._tat is None or self._tat - self._tolerance <= now
+            return self._due_in(self._clock()) == 0.0
+
+    def _due_in(self, now: float) -> float:
+        return 0.0 if self._tat is None else max(0.0, self._tat - self._tolerance - now)
+
+    def _counted(self, wait: float) -> float:
+        if wait > 0:  # (under the lock)
+            self._waits += 1
+            self._waited += wait
+        return wait
+
+    def _slept(self, wait: float) -> float:
+        if wait > 0:  # out of the lock: the slot is reserved, later threads queue behind it
+            self._sleep(wait)
+        return wait
 
     def stats(self) -> BudgetStats:
         with self._lock:
