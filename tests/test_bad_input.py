@@ -72,6 +72,15 @@ def test_a_first_pull_through_a_symlink_is_refused_where_it_leads(
     one_clear_line(run_cli("pull", "--api-url", NOBODY, "--db", str(db)), 5, said)
 
 
+def test_a_first_pull_to_a_long_file_name_gets_past_the_place_check(tmp_path: Path) -> None:
+    """A name as long as DuckDB, its .wal and its .snapshots folder can take (240 bytes): the
+    place check's probe, of a name of its own, does not refuse it; the server is asked next."""
+    (folder := tmp_path / "data").mkdir()
+    db = folder / ("r" * 233 + ".duckdb")
+    one_clear_line(run_cli("pull", "--api-url", NOBODY, "--db", str(db)), 3, "Connection refused")
+    assert list(folder.iterdir()) == []
+
+
 def test_db_is_a_directory(tmp_path: Path) -> None:
     one_clear_line(run_cli("pull", "--api-url", NOBODY, "--db", str(tmp_path)), 5, "is a directory")
 

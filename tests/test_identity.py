@@ -130,3 +130,48 @@ def test_cloud_workspaces_are_bound_by_their_ids(tmp_path: Path) -> None:
         assert sync_log.get_state(store, identity.URL_KEY).startswith(
             "https://prefect-proxy.example.com/"
         )
+
+
+def test_a_url_move_whose_pull_then_failed_is_published_by_the_next_pull(tmp_path: Path) -> None:
+    """The file follows its workspace to a new URL (the move is written), then the same pull
+    fails (a key the new address refuses: 401 on /admin/version). The next pull, which sees
+    no move (the URL is already the file's) and the same server, still publishes: readers see
+    the new URL."""
+    from flowsync.errors import AuthError
+    from flowsync.store import snapshot as snap
+    from flowsync.sync import pull as pull_runs
+
+    refuse = [False]
+    workspace = "accounts/5f1c2e2a-0000-4000-8000-000000000001/workspaces/5f1c2e2a-0000-4000-8000-000000000002"
+    old, new = (f"https://{host}/api/{workspace}" for host in ("api.prefect.cloud", "proxy.test"))
+
+    def cloud(request: httpx.Request) -> httpx.Response:
+        path = request.url.path.split(workspace, 1)[-1].strip("/")
+        if path == "health":
+            return httpx.Response(200, json=True, headers={"date": "Sun, 06 Dec 2026 01:00:00 GMT"})
+        if path == "admin/version":
+            return httpx.Response(401 if refuse[0] else 200, json="3.8.8")
+        if path.endswith("/count"):
+            return httpx.Response(200, json=0)
+        return httpx.Response(404 if path == "admin/settings" else 200, json=[])
+
+    db = tmp_path / "runs.duckdb"
+
+    def one_pull(url: str) -> None:
+        with (
+            Store.writer(db) as store,
+            PrefectClient(
+                ApiSettings(url=url), transport=httpx.MockTransport(cloud), sleep=lambda s: None
+            ) as client,
+        ):
+            result = pull_runs(client, store)
+            snap.publish(store, pull_id=result.pull_id, changed=result.changed)
+
+    one_pull(old)
+    refuse[0] = True
+    with pytest.raises(AuthError):
+        one_pull(new)
+    refuse[0] = False
+    one_pull(new)
+    with Store.reader(db) as snapshot:
+        assert sync_log.get_state(snapshot, identity.URL_KEY) == new

@@ -1610,3 +1610,143 @@ def test_a_later_call_goes_back_to_a_re_read_after_the_budget_held_a_read_back(
     assert len([e for e in events if e[0] == "call"]) == 2, events
     no_wait_between_a_re_read_and_its_call(events)
     assert result.counts == {"cancel": {"accepted": 3}}
+
+
+def budgeted(
+    handler: Callable[[httpx.Request], httpx.Response],
+    now: list[float],
+    events: list[tuple[str, Any]],
+    per_minute: float,
+) -> PrefectClient:
+    """A client of ``handler`` behind a budget of ``per_minute`` on the fake clock ``now``;
+    its waits are ("wait", seconds) events."""
+
+    def sleep(seconds: float) -> None:
+        events.append(("wait", seconds))
+        now[0] += seconds
+
+    return PrefectClient(
+        ApiSettings(url="http://prefect.test/api"),
+        transport=httpx.MockTransport(handler),
+        retry=RetryPolicy(attempts=3),
+        sleep=lambda s: None,
+        budget=RequestBudget(per_minute, clock=lambda: now[0], sleep=sleep),
+    )
+
+
+CANCEL_SCHEDULED = """version: 1
+rules:
+  - name: cancel
+    action: set_state
+    state: {type: CANCELLED, name: Cancelled}
+    sql: SELECT id FROM flow_runs WHERE state_type = 'SCHEDULED'
+"""
+
+
+def test_a_lost_answers_history_is_read_inside_the_window_without_a_wait(tmp_path: Path) -> None:
+    """set_state, runs 1 and 2 SCHEDULED, 6 requests a minute. The first bulk call's answer
+    is lost (504) and the settle read shows both unchanged; before the re-read, a worker moves
+    run 1 to RUNNING. The re-read drops run 1; the decision reads its state history (it was in
+    a lost call) inside the window, without waiting for the budget, then run 2's call goes."""
+    db = make_db(tmp_path / "r.duckdb", [run(i, state="SCHEDULED") for i in (1, 2)])
+    events: list[tuple[str, Any]] = []
+    now = [0.0]
+    calls = [0]
+
+    def bulk(path: str, body: dict[str, Any]) -> httpx.Response:
+        calls[0] += 1
+        if calls[0] == 1:
+            return httpx.Response(504, text="gateway timeout")
+        return accept_all(path, body)
+
+    fake = Recorder(bulk, api_rows(db))
+    reads_after_call = [0]
+
+    def server(request: httpx.Request) -> httpx.Response:
+        path = request.url.path.removeprefix("/api/")
+        body = json.loads(request.content) if request.content else {}
+        if path == "flow_runs/filter" and set(body.get("flow_runs", {})) == {"id"}:
+            if calls[0] == 1:
+                reads_after_call[0] += 1
+                if reads_after_call[0] == 2:  # after the settle read, before the re-read
+                    _moved(fake.runs[rid(1)], "RUNNING")
+            events.append(("read", body["flow_runs"]["id"]["any_"]))
+        elif path.startswith("flow_run_states"):
+            events.append(("history", path))
+            return httpx.Response(200, json=[])
+        elif path.startswith("flow_runs/bulk"):
+            events.append(("call", body["flow_runs"]["id"]["any_"]))
+        return fake(request)
+
+    plan = plan_for(db, CANCEL_SCHEDULED)
+    result = ApplyResult.new()
+    with Store.sandboxed_writer(db) as store, budgeted(server, now, events, 6) as client:
+        apply_plan(client, store, plan, progress=NullProgress(), result=result, settle_seconds=0)
+    second = max(n for n, e in enumerate(events) if e[0] == "call")
+    read = max(n for n in range(second) if events[n][0] == "read")
+    assert not [e for e in events[read:second] if e[0] == "wait"], events[read : second + 1]
+
+
+def test_a_read_the_server_holds_back_inside_the_window_is_read_again_before_any_call(
+    tmp_path: Path,
+) -> None:
+    """A rule joining deployments: the runs are read, then their deployment (inside the
+    window) is answered 429 Retry-After 20 once. The read is retried after 20 s, while run 3
+    is tagged `keep` on the server: nothing goes out on the runs read before that wait; they
+    are read again, and run 3 is kept."""
+    db = make_db(tmp_path / "r.duckdb", [run(i) for i in range(1, 6)])
+    policy = "version: 1\nprotect_tags: [keep]\n" + DELETE_COMPLETED.removeprefix(
+        "version: 1\n"
+    ).replace(
+        "SELECT id FROM flow_runs WHERE",
+        "SELECT r.id FROM flow_runs r JOIN deployments d ON d.id = r.deployment_id WHERE",
+    )
+    events: list[tuple[str, Any]] = []
+    now = [0.0]
+    throttled = [False]
+
+    def answer(path: str, body: dict[str, Any]) -> httpx.Response:
+        if path == "deployments/filter":
+            if not throttled[0]:
+                throttled[0] = True
+                events.append(("429", path))
+                return httpx.Response(429, headers={"Retry-After": "20"})
+            return httpx.Response(200, json=[DEPLOYMENT])
+        events.append(("call", body["flow_runs"]["id"]["any_"]))
+        return delete_all(fake, path, body)
+
+    fake = Recorder(answer, api_rows(db))
+
+    def server(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content) if request.content else {}
+        if request.url.path.endswith("flow_runs/filter") and set(body.get("flow_runs", {})) == {
+            "id"
+        }:
+            events.append(("read", body["flow_runs"]["id"]["any_"]))
+        return fake(request)
+
+    def client_sleep(seconds: float) -> None:
+        events.append(("sleep", seconds))
+        now[0] += seconds
+        fake.runs[rid(3)].update(tags=["keep"], updated="2099-01-01T00:00:00+00:00")
+
+    client = PrefectClient(
+        ApiSettings(url="http://prefect.test/api"),
+        transport=httpx.MockTransport(server),
+        retry=RetryPolicy(attempts=3),
+        sleep=client_sleep,
+        budget=RequestBudget(600, clock=lambda: now[0], sleep=lambda s: None),
+    )
+    plan = plan_for(db, policy)
+    with Store.sandboxed_writer(db) as store, client:
+        apply_plan(client, store, plan, progress=NullProgress(), settle_seconds=0)
+    assert rid(3) in fake.runs, (
+        f"run 3, protected during a sleep inside its window, was deleted: {events}"
+    )
+    assert [e[0] for e in events if e[0] in ("read", "429", "sleep", "call")][:5] == [
+        "read",
+        "429",
+        "sleep",
+        "read",
+        "call",
+    ]

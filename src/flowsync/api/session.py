@@ -137,6 +137,16 @@ def _bare(path: str) -> str:
     return path.lstrip("/").split("?")[0]
 
 
+@dataclass
+class Window:
+    """A batch's re-read -> call window (``ApiSession.unpaced``): the seconds its reads were
+    held back by the server (a 429's Retry-After, a retry's backoff) once the first of them
+    had answered (before that, nothing read had aged)."""
+
+    answered: bool = False
+    slept: float = 0.0
+
+
 class ApiSession:
     """One httpx client and its retries for one Prefect API; safe to share between threads."""
 
@@ -157,7 +167,7 @@ class ApiSession:
             budget = RequestBudget(settings.max_requests_per_minute, sleep=sleep)
         self.budget = budget
         self._budget_told = -1e9  # when on_retry last heard that the budget is the limit
-        self._unpaced = threading.local()  # .on: this thread's requests take slots unwaited
+        self._unpaced = threading.local()  # .window: this thread's requests take slots unwaited
         self._sleep = sleep
         self._on_retry = on_retry
         self._lock = threading.Lock()
@@ -235,7 +245,8 @@ class ApiSession:
             # A call that changes runs (and a read inside a batch's window: ``unpaced``) goes
             # out at once, its slot charged to the requests after it: waiting here would
             # stretch the window since the re-read that checked it.
-            paced = idempotent and not getattr(self._unpaced, "on", False)
+            window: Window | None = getattr(self._unpaced, "window", None)
+            paced = idempotent and window is None
             if self.budget is not None and self.budget.acquire(wait=paced) > 0:
                 self._budget_notice()
             try:
@@ -252,6 +263,8 @@ class ApiSession:
             else:
                 _unbind(response)
                 status = response.status_code
+                if window is not None and status < 300:
+                    window.answered = True
                 if status in (401, 403):
                     raise AuthError(
                         f"Prefect API at {self.settings.display_url} refused the request "
@@ -299,6 +312,8 @@ class ApiSession:
                     self._on_retry(
                         f"{method} {path.split('?')[0]}: {last_problem}; retrying in {delay:.1f}s"
                     )
+                if window is not None and window.answered:
+                    window.slept += delay
                 self._sleep(delay)
         raise ApiError(
             f"Prefect API at {self.settings.display_url} failed {method} /{path.lstrip('/').split('?')[0]} "
@@ -315,18 +330,20 @@ class ApiSession:
         return 0 if self.budget is None else self.budget.stats().waits
 
     @contextmanager
-    def unpaced(self) -> Iterator[None]:
+    def unpaced(self) -> Iterator[Window]:
         """A batch's re-read -> call window: first wait for a free slot of the request
         budget; inside, this thread's requests take their slots without waiting (the
-        requests after the window wait for them), so no wait falls inside it."""
+        requests after the window wait for them), so no wait for the budget falls inside
+        it. What the server made its reads wait inside it (a 429's Retry-After, a retry's
+        backoff) is counted in the ``Window`` it yields."""
         if self.budget is not None and self.budget.wait_due() > 0:
             self._budget_notice()
-        before = getattr(self._unpaced, "on", False)
-        self._unpaced.on = True
+        before = getattr(self._unpaced, "window", None)
+        window = self._unpaced.window = Window()
         try:
-            yield
+            yield window
         finally:
-            self._unpaced.on = before
+            self._unpaced.window = before
 
     def backoff(self, attempt: int) -> float:
         """How long the retry policy waits before try ``attempt + 1`` (for callers that resend themselves)."""

@@ -390,21 +390,31 @@ class Applier:
         tries: dict[str, int] = {}  # per run: the attempts it used (sent, or met a 429)
         first = True
         while True:
-            try:
-                fresh = self.rereader.reread(batch, todo, ahead)
-                ahead = None
-            except AuthError:
-                raise
-            except ApiError as e:
-                self._not_checked(number, batch, todo, e)
-                raise Stop from e
-            waits = self.client.budget_waits()  # none inside the window (Rereader.reread)
-            decided = self.decide(batch, todo, fresh)
+            # The window: from the first read the decision rests on (the catch-up of other
+            # runs' events, the batch's runs, runs that outrank them, lookups, a lost answer's
+            # history) to the calls, nothing waits for the request budget (it waits first).
+            with self.client.unpaced() as window:
+                try:
+                    fresh = self.rereader.reread(batch, todo, ahead)
+                    ahead = None
+                except AuthError:
+                    raise
+                except ApiError as e:
+                    self._not_checked(number, batch, todo, e)
+                    raise Stop from e
+                decided = self.decide(batch, todo, fresh)
+            waits = self.client.budget_waits()
             guards = {i: s.state_type or batch.state_type for i, s in fresh.seen.items()}
             again: list[str] = []  # sent back to step 1 by an answer: uses an attempt each
             stale: list[str] = []  # not sent: the re-read is no longer fresh enough for them
             wait: float | None = None
             calls = list(decided.calls)
+            if window.slept:
+                # The server held a read inside the window back (a 429's Retry-After, a
+                # retry's backoff): nothing is sent on it; read and decided again, each run
+                # using an attempt (a server that keeps asking to wait ends the batch).
+                again = [i for c in calls for i in c.ids]
+                calls = []
             lost = False
             final_recorded = False  # decided.final's rows written
             if not calls:

@@ -188,47 +188,41 @@ class Rereader:
         seen: dict[str, Seen] = {}
         read: set[str] = set()
         answered: float | None = None
-        # From the first read the batch's decision rests on (the other runs' catch-up, its own
-        # runs, more ranked runs, lookups) to its call, nothing waits for the request budget:
-        # the wait comes first.
-        with self.client.unpaced():
-            if self.reads_others(batch.rule):
-                self._catch_up(self.reads_lookups(batch.rule))
-            want = set(todo)
-            if batch.rule.name in self.ranked:
-                # The runs that outrank the batch as the file says now; read with the batch.
-                want |= self.decide_batch(batch, todo).ranked_above
-            for _ in range(RANK_ROUNDS):
-                got = self.read(sorted(want - read), before, ahead.stamps if ahead else None)
-                if answered is None:  # the batch's own runs: its window counts from here
-                    answered = self.reader.answered_at
-                # Made over the very rows the file holds now (the re-read changed none of
-                # them), and recently enough that a rule reading the clock decides the same.
-                made_ahead = (
-                    ahead.decision
-                    if ahead
-                    and not self.reader.changed
-                    and answered - ahead.made_at <= AHEAD_MAX_AGE
-                    else None
+        if self.reads_others(batch.rule):
+            self._catch_up(self.reads_lookups(batch.rule))
+        want = set(todo)
+        if batch.rule.name in self.ranked:
+            # The runs that outrank the batch as the file says now; read with the batch.
+            want |= self.decide_batch(batch, todo).ranked_above
+        for _ in range(RANK_ROUNDS):
+            got = self.read(sorted(want - read), before, ahead.stamps if ahead else None)
+            if answered is None:  # the batch's own runs: its window counts from here
+                answered = self.reader.answered_at
+            # Made over the very rows the file holds now (the re-read changed none of
+            # them), and recently enough that a rule reading the clock decides the same.
+            made_ahead = (
+                ahead.decision
+                if ahead and not self.reader.changed and answered - ahead.made_at <= AHEAD_MAX_AGE
+                else None
+            )
+            ahead = None
+            read |= want
+            seen.update(got)
+            lookups = self.reads_lookups(batch.rule)
+            if lookups:
+                # Their flows or deployments as the server has them now, like the runs.
+                self.reader.read_lookups(
+                    (s.row for s in got.values() if s.row is not None), lookups
                 )
-                ahead = None
-                read |= want
-                seen.update(got)
-                lookups = self.reads_lookups(batch.rule)
-                if lookups:
-                    # Their flows or deployments as the server has them now, like the runs.
-                    self.reader.read_lookups(
-                        (s.row for s in got.values() if s.row is not None), lookups
-                    )
-                for gone in want - set(got):
-                    seen.pop(gone, None)
-                decision = made_ahead or self.decide_batch(batch, todo, seen)
-                self.result.decided_ahead += made_ahead is not None
-                # Reads may have moved the ranks: read what the decision now keeps, until it
-                # was all read.
-                want = set(decision.ranked_above) - read
-                if not want:
-                    break
+            for gone in want - set(got):
+                seen.pop(gone, None)
+            decision = made_ahead or self.decide_batch(batch, todo, seen)
+            self.result.decided_ahead += made_ahead is not None
+            # Reads may have moved the ranks: read what the decision now keeps, until it
+            # was all read.
+            want = set(decision.ranked_above) - read
+            if not want:
+                break
         assert answered is not None  # RANK_ROUNDS >= 1
         if want:
             # What the decision keeps was never read: send none of the batch.

@@ -12,6 +12,7 @@ those words in DuckDB's and the OS's messages. Must not: open a connection
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 from flowsync.errors import DamagedFileError, StorageError, StoreError
@@ -56,7 +57,7 @@ def check_creatable(path: Path) -> None:
     """A writer's file that does not exist yet: its place refused as the writer's open would
     refuse it (a directory, a missing folder, a folder the filesystem or this user will not
     let it be made in; through a symbolic link, where it leads), leaving nothing behind: a
-    probe file of its own name is made beside it and removed at once (never the file's own
+    probe file of a name of its own is made beside it and removed at once (never the file's
     name: a process killed in between, or another first pull, would find it empty)."""
     if path.is_symlink():
         real = Path(os.path.realpath(path))
@@ -66,18 +67,15 @@ def check_creatable(path: Path) -> None:
             )
         path = real
     check_path(path, read_only=False)
-    probe = path.with_name(f".{path.name}.flowsync-probe-{os.getpid()}")
     try:
-        fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-    except FileExistsError:
-        return  # another probe of this process, a moment ago: the writer's own open checks
+        fd, probe = tempfile.mkstemp(prefix=".flowsync-probe-", dir=path.parent)
     except OSError as e:
         known = storage_error(path, e)
         raise known or StoreError(
             f"Cannot create {path}: {e.strerror or e}. Choose another --db."
         ) from e
     os.close(fd)
-    probe.unlink()
+    os.unlink(probe)
 
 
 # (words in the message, StorageError.reason, the one line: {path}, {name}, {parent}, {detail})

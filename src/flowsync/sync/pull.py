@@ -120,6 +120,7 @@ def pull(
     began = time.monotonic()
     fresh = views.ensure_built(store)  # a new file: readable even if this first pull stops early
     url = client.settings.display_url
+    moved: identity.Moved | None = None
     try:
         server_start = client.check()
         moved = identity.bind(client, store)
@@ -127,9 +128,11 @@ def pull(
     except ApiError as e:
         # The server was not reached or refused us (stopped, 401, 5xx): recorded, so that
         # `status` and the metrics show the failing pulls of a schedule, not the last good one.
-        # (A ConfigError, another server's file, is bad input: nothing is written.)
+        # (A ConfigError, another server's file, is bad input: nothing is written.) One that
+        # got as far as following its server to a new URL wrote that: not "unreached", so
+        # the next pull publishes it.
         with contextlib.suppress(Exception), store.transaction():
-            failed = sync_log.start_sync_run(store, url)
+            failed = sync_log.start_sync_run(store, url, None if moved is None else "incremental")
             sync_log.finish_sync_run(
                 store, failed, status="failed", error=str(e)[:2000], requests=client.requests
             )
