@@ -18,8 +18,9 @@ With a request budget (``ApiSettings.max_requests_per_minute``, from
 ``--max-requests-per-minute``, the environment or the profile) every request,
 retries included, first takes a slot from a ``RequestBudget`` shared by every
 thread of the client, so the client stays under its share of a quota before the
-server has to say 429 (a call that changes runs takes its slot without waiting, the
-re-read before it having waited: ``budget.py``); ``on_retry`` also hears when the budget, not the
+server has to say 429 (a call that changes runs, and every request of a batch's re-read
+-> call window, take their slots without waiting, the batch having waited for one first:
+``unpaced``, ``budget.py``); ``on_retry`` also hears when the budget, not the
 server, holds requests back (at most every 30 s). Must not: know what an
 endpoint's answer means (``server``, ``reads`` and ``writes`` send through
 ``request`` and read their answers), print, touch the store, or let the API key

@@ -31,8 +31,11 @@ run never done gets ``failed``. A batch's calls after its first go out on its re
 while that re-read is fresh: after a lost answer (the settle may have waited seconds), or
 ``FRESH_FOR`` after the re-read answered (one call a run on older servers), or when the
 request budget would hold the next call back, the calls not sent go back to step 1 without
-using an attempt. No call waits for the request budget after its re-read: the budget
-charges a call's slot to the requests after it (``api/budget.py``). When this batch and the next ones decide a run from
+using an attempt. Nothing waits for the request budget inside a batch's window, from the
+first read its decision rests on to its calls (``ApiSession.unpaced``: the batch waits for a
+slot first); a read the server holds back inside it (429, a retry) sends nothing on it:
+the batch goes back to step 1, each run using an attempt. When this batch and the next
+ones decide a run from
 its own row (``Rereader.own_rows``), two things are done ahead (``policy/ahead.py``):
 up to ``AHEAD_BATCHES`` batches of the rule are decided over the file in one
 decision before the first is re-read (each still re-read right before its call; its
