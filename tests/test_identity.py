@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -132,46 +133,71 @@ def test_cloud_workspaces_are_bound_by_their_ids(tmp_path: Path) -> None:
         )
 
 
+WORKSPACE = (
+    "accounts/5f1c2e2a-0000-4000-8000-000000000001/workspaces/5f1c2e2a-0000-4000-8000-000000000002"
+)
+
+
+def empty_workspace(version: list[int]) -> Callable[[httpx.Request], httpx.Response]:
+    """A Prefect Cloud workspace holding nothing, at any host; ``/admin/version`` answers
+    3.8.8 with the status ``version[0]``."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        path = request.url.path.split(WORKSPACE, 1)[-1].strip("/")
+        if path == "health":
+            return httpx.Response(200, json=True, headers={"date": "Sun, 06 Dec 2026 01:00:00 GMT"})
+        if path == "admin/version":
+            return httpx.Response(version[0], json="3.8.8")
+        if path.endswith("/count"):
+            return httpx.Response(200, json=0)
+        return httpx.Response(404 if path == "admin/settings" else 200, json=[])
+
+    return handler
+
+
+def pulled_and_published(db: Path, url: str, version: list[int]) -> bool:
+    """A pull of ``empty_workspace`` at ``url`` into ``db``, then its publish: published?"""
+    from flowsync.store import snapshot as snap
+    from flowsync.sync import pull as pull_runs
+
+    transport = httpx.MockTransport(empty_workspace(version))
+    with (
+        Store.writer(db) as store,
+        PrefectClient(ApiSettings(url=url), transport=transport, sleep=lambda s: None) as client,
+    ):
+        result = pull_runs(client, store)
+        return snap.publish(store, pull_id=result.pull_id, changed=result.changed).published
+
+
 def test_a_url_move_whose_pull_then_failed_is_published_by_the_next_pull(tmp_path: Path) -> None:
     """The file follows its workspace to a new URL (the move is written), then the same pull
     fails (a key the new address refuses: 401 on /admin/version). The next pull, which sees
     no move (the URL is already the file's) and the same server, still publishes: readers see
     the new URL."""
     from flowsync.errors import AuthError
-    from flowsync.store import snapshot as snap
-    from flowsync.sync import pull as pull_runs
 
-    refuse = [False]
-    workspace = "accounts/5f1c2e2a-0000-4000-8000-000000000001/workspaces/5f1c2e2a-0000-4000-8000-000000000002"
-    old, new = (f"https://{host}/api/{workspace}" for host in ("api.prefect.cloud", "proxy.test"))
-
-    def cloud(request: httpx.Request) -> httpx.Response:
-        path = request.url.path.split(workspace, 1)[-1].strip("/")
-        if path == "health":
-            return httpx.Response(200, json=True, headers={"date": "Sun, 06 Dec 2026 01:00:00 GMT"})
-        if path == "admin/version":
-            return httpx.Response(401 if refuse[0] else 200, json="3.8.8")
-        if path.endswith("/count"):
-            return httpx.Response(200, json=0)
-        return httpx.Response(404 if path == "admin/settings" else 200, json=[])
-
-    db = tmp_path / "runs.duckdb"
-
-    def one_pull(url: str) -> None:
-        with (
-            Store.writer(db) as store,
-            PrefectClient(
-                ApiSettings(url=url), transport=httpx.MockTransport(cloud), sleep=lambda s: None
-            ) as client,
-        ):
-            result = pull_runs(client, store)
-            snap.publish(store, pull_id=result.pull_id, changed=result.changed)
-
-    one_pull(old)
-    refuse[0] = True
+    old, new = (f"https://{host}/api/{WORKSPACE}" for host in ("api.prefect.cloud", "proxy.test"))
+    db, version = tmp_path / "runs.duckdb", [200]
+    pulled_and_published(db, old, version)
+    version[0] = 401
     with pytest.raises(AuthError):
-        one_pull(new)
-    refuse[0] = False
-    one_pull(new)
+        pulled_and_published(db, new, version)
+    version[0] = 200
+    assert pulled_and_published(db, new, version)
     with Store.reader(db) as snapshot:
         assert sync_log.get_state(snapshot, identity.URL_KEY) == new
+
+
+def test_a_version_the_server_failed_to_say_changes_no_record_and_publishes_nothing(
+    tmp_path: Path,
+) -> None:
+    """/admin/version answers 503 (twice: a blip): the server's record stays as the last pull
+    left it, rather than 'no version, so bulk endpoints' and back, two needless publishes."""
+    url, db, version = f"https://api.prefect.cloud/api/{WORKSPACE}", tmp_path / "r.duckdb", [200]
+    pulled_and_published(db, url, version)
+    version[0] = 503
+    assert not pulled_and_published(db, url, version)
+    version[0] = 200
+    assert not pulled_and_published(db, url, version)
+    with Store.reader(db, live=True) as store:
+        assert sync_log.get_state(store, identity.SERVER_KEY)["version"] == "3.8.8"

@@ -32,19 +32,21 @@ class Capabilities:
     ``version``: as the server says it (None: it does not say, e.g. Prefect
     Cloud); ``parsed``: that as numbers; ``cloud``: a Prefect Cloud workspace URL;
     ``bulk``: it has ``bulk_delete`` and ``bulk_set_state`` (3.6.16+; taken as
-    True when the version is unknown, see the module docstring)."""
+    True when the version is unknown, see the module docstring); ``read``: False when
+    asking failed (a 5xx, a dropped connection), not the server declining to say."""
 
     version: str | None
     parsed: tuple[int, ...] | None
     cloud: bool
     bulk: bool
+    read: bool = True
 
     @classmethod
-    def of(cls, version: str | None, *, cloud: bool) -> Capabilities:
+    def of(cls, version: str | None, *, cloud: bool, read: bool = True) -> Capabilities:
         parsed = parse_version(version)
         # No version: Prefect Cloud, or a server hiding /admin (see the module docstring).
         bulk = True if parsed is None else parsed >= BULK_SINCE
-        return cls(version, parsed, cloud, bulk)
+        return cls(version, parsed, cloud, bulk, read)
 
     def describe(self) -> str:
         if self.version:

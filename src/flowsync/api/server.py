@@ -27,7 +27,7 @@ from typing import Any
 from flowsync.api.models import BULK_SINCE, Capabilities, RunRetention
 from flowsync.api.session import ApiSession
 from flowsync.config import cloud_workspace
-from flowsync.errors import ApiError, AuthError, UnsupportedError
+from flowsync.errors import ApiError, AuthError, NotFoundError, UnsupportedError
 
 
 class ServerInfo(ApiSession):
@@ -58,12 +58,11 @@ class ServerInfo(ApiSession):
         return _server_date(headers.get("date"))
 
     def server_version(self) -> str | None:
-        """What ``GET /admin/version`` says, or None when the server does not say (Cloud)."""
+        """What ``GET /admin/version`` says, or None when the server does not say (Cloud, a
+        proxy hiding ``/admin``: 404 or 405). Any other failure raises ``ApiError``."""
         try:
             answer = self.request("GET", "admin/version", attempts=2)
-        except AuthError:
-            raise
-        except ApiError:
+        except NotFoundError:
             return None
         return str(answer) if answer is not None else None
 
@@ -73,9 +72,13 @@ class ServerInfo(ApiSession):
             known = self._capabilities
         if known is not None:
             return known
-        found = Capabilities.of(
-            self.server_version(), cloud=cloud_workspace(self.settings.url) is not None
-        )
+        cloud = cloud_workspace(self.settings.url) is not None
+        try:
+            found = Capabilities.of(self.server_version(), cloud=cloud)
+        except AuthError:
+            raise
+        except ApiError:  # a 5xx, a dropped connection: not known (taken to be current)
+            found = Capabilities.of(None, cloud=cloud, read=False)
         with self._lock:
             if self._capabilities is None:
                 self._capabilities = found

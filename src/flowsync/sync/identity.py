@@ -119,7 +119,10 @@ def bind(client: PrefectClient, store: Writer) -> Moved | None:
 
 def record_server(store: Store, caps: Capabilities) -> bool:
     """Record what the server said it is, as of this pull (its version changes on upgrades);
-    True when that differs from what the file held."""
+    True when that differs from what the file held. Not when asking failed (``caps.read``):
+    the record stays as the last pull that could ask left it."""
+    if not caps.read:
+        return False
     before = sync_log.get_state(store, SERVER_KEY)
     said = caps.to_json()
     with store.transaction():
