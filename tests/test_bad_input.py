@@ -72,6 +72,14 @@ def test_a_first_pull_through_a_symlink_is_refused_where_it_leads(
     one_clear_line(run_cli("pull", "--api-url", NOBODY, "--db", str(db)), 5, said)
 
 
+def test_a_first_pull_to_a_file_name_too_long_for_the_system_is_one_line(tmp_path: Path) -> None:
+    one_clear_line(
+        run_cli("pull", "--api-url", NOBODY, "--db", str(tmp_path / ("r" * 300 + ".duckdb"))),
+        5,
+        "File name too long",
+    )
+
+
 def test_a_first_pull_to_a_long_file_name_gets_past_the_place_check(tmp_path: Path) -> None:
     """A name as long as DuckDB, its .wal and its .snapshots folder can take (240 bytes): the
     place check's probe, of a name of its own, does not refuse it; the server is asked next."""

@@ -138,15 +138,19 @@ WORKSPACE = (
 )
 
 
-def empty_workspace(version: list[int]) -> Callable[[httpx.Request], httpx.Response]:
+def empty_workspace(
+    version: list[int | type[BaseException]],
+) -> Callable[[httpx.Request], httpx.Response]:
     """A Prefect Cloud workspace holding nothing, at any host; ``/admin/version`` answers
-    3.8.8 with the status ``version[0]``."""
+    3.8.8 with the status ``version[0]``, or raises it (an exception: Ctrl-C meanwhile)."""
 
     def handler(request: httpx.Request) -> httpx.Response:
         path = request.url.path.split(WORKSPACE, 1)[-1].strip("/")
         if path == "health":
             return httpx.Response(200, json=True, headers={"date": "Sun, 06 Dec 2026 01:00:00 GMT"})
         if path == "admin/version":
+            if not isinstance(version[0], int):
+                raise version[0]
             return httpx.Response(version[0], json="3.8.8")
         if path.endswith("/count"):
             return httpx.Response(200, json=0)
@@ -155,7 +159,7 @@ def empty_workspace(version: list[int]) -> Callable[[httpx.Request], httpx.Respo
     return handler
 
 
-def pulled_and_published(db: Path, url: str, version: list[int]) -> bool:
+def pulled_and_published(db: Path, url: str, version: list[int | type[BaseException]]) -> bool:
     """A pull of ``empty_workspace`` at ``url`` into ``db``, then its publish: published?"""
     from flowsync.store import snapshot as snap
     from flowsync.sync import pull as pull_runs
@@ -169,18 +173,22 @@ def pulled_and_published(db: Path, url: str, version: list[int]) -> bool:
         return snap.publish(store, pull_id=result.pull_id, changed=result.changed).published
 
 
-def test_a_url_move_whose_pull_then_failed_is_published_by_the_next_pull(tmp_path: Path) -> None:
+@pytest.mark.parametrize("stop", [401, KeyboardInterrupt], ids=["401", "ctrl-c"])
+def test_a_url_move_whose_pull_then_failed_is_published_by_the_next_pull(
+    tmp_path: Path, stop: int | type[BaseException]
+) -> None:
     """The file follows its workspace to a new URL (the move is written), then the same pull
-    fails (a key the new address refuses: 401 on /admin/version). The next pull, which sees
-    no move (the URL is already the file's) and the same server, still publishes: readers see
-    the new URL."""
+    stops (a key the new address refuses: 401 on /admin/version; or Ctrl-C meanwhile). The
+    next pull, which sees no move (the URL is already the file's) and the same server, still
+    publishes: readers see the new URL."""
     from flowsync.errors import AuthError
 
     old, new = (f"https://{host}/api/{WORKSPACE}" for host in ("api.prefect.cloud", "proxy.test"))
-    db, version = tmp_path / "runs.duckdb", [200]
+    db = tmp_path / "runs.duckdb"
+    version: list[int | type[BaseException]] = [200]
     pulled_and_published(db, old, version)
-    version[0] = 401
-    with pytest.raises(AuthError):
+    version[0] = stop
+    with pytest.raises(AuthError if stop == 401 else KeyboardInterrupt):
         pulled_and_published(db, new, version)
     version[0] = 200
     assert pulled_and_published(db, new, version)
@@ -193,7 +201,8 @@ def test_a_version_the_server_failed_to_say_changes_no_record_and_publishes_noth
 ) -> None:
     """/admin/version answers 503 (twice: a blip): the server's record stays as the last pull
     left it, rather than 'no version, so bulk endpoints' and back, two needless publishes."""
-    url, db, version = f"https://api.prefect.cloud/api/{WORKSPACE}", tmp_path / "r.duckdb", [200]
+    url, db = f"https://api.prefect.cloud/api/{WORKSPACE}", tmp_path / "r.duckdb"
+    version: list[int | type[BaseException]] = [200]
     pulled_and_published(db, url, version)
     version[0] = 503
     assert not pulled_and_published(db, url, version)

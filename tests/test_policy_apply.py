@@ -1750,3 +1750,104 @@ def test_a_read_the_server_holds_back_inside_the_window_is_read_again_before_any
         "read",
         "call",
     ]
+
+
+JOINED = DELETE_COMPLETED.replace(
+    "SELECT id FROM flow_runs WHERE",
+    "SELECT r.id FROM flow_runs r JOIN deployments d ON d.id = r.deployment_id WHERE",
+)
+
+
+def apply_through(
+    db: Path, policy: str, server: Handler, tries: int, **options: Any
+) -> ApplyResult:
+    """apply ``policy`` on ``db`` against ``server``, each read tried ``tries`` times (retries
+    unslept)."""
+    client = PrefectClient(
+        ApiSettings(url="http://prefect.test/api"),
+        transport=httpx.MockTransport(server),
+        retry=RetryPolicy(attempts=tries),
+        sleep=lambda s: None,
+    )
+    result = ApplyResult.new()
+    plan = plan_for(db, policy)
+    with Store.sandboxed_writer(db) as store, client:
+        apply_plan(
+            client, store, plan, progress=NullProgress(), result=result, settle_seconds=0,
+            **options,
+        )  # fmt: skip
+    return result
+
+
+def busy_lookups(fake: Recorder, busy: Callable[[], bool] = lambda: True) -> Handler:
+    """``fake`` behind a SQLite-backed server that, while ``busy()``, answers each deployments
+    lookup 503 ("database is locked") on its first try and 200 on its retry."""
+    tries = [0]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("deployments/filter"):
+            tries[0] += busy()
+            if busy() and tries[0] % 2 == 1:
+                return httpx.Response(503, json={"exception_message": "database is locked"})
+            return httpx.Response(200, json=[DEPLOYMENT])
+        return fake(request)
+
+    return handler
+
+
+def test_a_busy_servers_503_retried_inside_the_window_does_not_stop_the_batch(
+    tmp_path: Path,
+) -> None:
+    """Each window's deployments lookup is answered 503 once, then 200 at once: the re-read is
+    still fresh, so the batch is sent (not sent back to step 1 until its attempts run out)."""
+    db = make_db(tmp_path / "r.duckdb", [run(i) for i in range(1, 4)])
+    fake = Recorder(lambda p, b: delete_all(fake, p, b), api_rows(db))
+    result = apply_through(db, JOINED, busy_lookups(fake), tries=7)
+    assert fake.runs == {} and result.counts == {"purge": {"deleted": 3}}
+
+
+def test_a_batch_checked_while_a_busy_server_runs_the_call_before_it_is_sent(
+    tmp_path: Path,
+) -> None:
+    """Two batches of a rule joining deployments: the second is checked while the first's call
+    is in flight, and the server, busy with that call, answers each lookup 503 once."""
+    db = make_db(tmp_path / "r.duckdb", [run(i) for i in range(1, 5)])
+    busy = threading.Event()
+
+    def answer(path: str, body: dict[str, Any]) -> httpx.Response:
+        busy.set()
+        time.sleep(0.3)  # the write holds SQLite's lock meanwhile
+        busy.clear()
+        return delete_all(fake, path, body)
+
+    fake = Recorder(answer, api_rows(db))
+    result = apply_through(db, JOINED, busy_lookups(fake, busy.is_set), tries=3, batch_size=2)
+    assert fake.runs == {} and result.counts == {"purge": {"deleted": 4}}
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        httpx.Response(200, content=b'[{"id": "'),
+        httpx.Response(503, json={"exception_message": "busy"}),
+    ],
+    ids=["truncated", "503"],
+)
+def test_a_first_read_retried_before_anything_answered_ages_nothing(
+    tmp_path: Path, first: httpx.Response
+) -> None:
+    """The window's first read fails once (a body cut short, a 503), its retry answers: nothing
+    had been read before it, so the runs are sent, with one attempt."""
+    db = make_db(tmp_path / "r.duckdb", [run(i) for i in range(1, 4)])
+    fake = Recorder(lambda p, b: delete_all(fake, p, b), api_rows(db))
+    reads = [0]
+
+    def server(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("flow_runs/filter"):
+            reads[0] += 1
+            if reads[0] == 1:
+                return first
+        return fake(request)
+
+    apply_through(db, DELETE_COMPLETED, server, tries=2, attempts=1)
+    assert fake.runs == {}

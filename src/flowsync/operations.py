@@ -104,7 +104,7 @@ def pull(
     path or URL leaves nothing behind."""
     db = Path(db)
     with http.PrefectClient(api, on_retry=on_retry) as client:
-        if not db.exists():
+        if not Store.exists(db):
             Store.check_writable(db)
             client.check()
         with Store.writer(db, wait=wait) as store:

@@ -264,8 +264,6 @@ class ApiSession:
             else:
                 _unbind(response)
                 status = response.status_code
-                if window is not None and status < 300:
-                    window.answered = True
                 if status in (401, 403):
                     raise AuthError(
                         f"Prefect API at {self.settings.display_url} refused the request "
@@ -297,10 +295,14 @@ class ApiSession:
                 elif status >= 400:
                     raise ApiError(self._status_message(method, where, response))
                 elif status == 204 or not expect_json:
+                    if window is not None:
+                        window.answered = True
                     return None
                 else:
                     try:
                         decoded = _decode(response.content)
+                        if window is not None:
+                            window.answered = True
                         return (decoded, response.content, response.headers) if raw else decoded
                     except (json.JSONDecodeError, UnicodeDecodeError):
                         # A truncated body is usually a dropped connection: try again.

@@ -412,10 +412,12 @@ class Applier:
             stale: list[str] = []  # not sent: the re-read is no longer fresh enough for them
             wait: float | None = None
             calls = list(decided.calls)
-            if window.slept:
+            if window.slept and time.monotonic() - fresh.answered_at > FRESH_FOR:
                 # The server held a read inside the window back (a 429's Retry-After, a
-                # retry's backoff): nothing is sent on it; read and decided again, each run
-                # using an attempt (a server that keeps asking to wait ends the batch).
+                # retry's backoff) until the batch's re-read was no longer fresh: nothing is
+                # sent on it; read and decided again, each run using an attempt (a server
+                # that keeps asking to wait ends the batch). A short retry (a busy SQLite
+                # server's 503) leaves it fresh: sent as usual.
                 again = [i for c in calls for i in c.ids]
                 calls = []
             lost = False
@@ -523,8 +525,9 @@ class Applier:
             i: RunResult(
                 Outcome.FAILED,
                 {
-                    "reason": f"not done after {attempt} attempts (throttled, or the answer lost while "
-                    "the server shows the run unchanged); run apply again",
+                    "reason": f"not done after {attempt} attempts (throttled, its re-read held "
+                    "back by the server, or the answer lost while the server shows the run "
+                    "unchanged); run apply again",
                     "error": why.get(i),
                 },
             )

@@ -266,6 +266,17 @@ class Store(Session):
             cls._refuse_unwritable(path)
         # (a log without its file: DuckDB drops it when it creates the file)
 
+    @staticmethod
+    def exists(path: str | os.PathLike[str]) -> bool:
+        """Whether the file is there; a path the system cannot look up at all (a name too
+        long) is a ``StoreError`` naming it."""
+        try:
+            return Path(path).exists()
+        except OSError as e:
+            raise StoreError(
+                f"Cannot use --db {path}: {e.strerror or e}. Choose another path."
+            ) from e
+
     @classmethod
     def check_writable(cls, path: str | os.PathLike[str]) -> None:
         """What a writer would refuse (a file not flowsync's, one a newer flowsync wrote),

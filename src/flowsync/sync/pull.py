@@ -125,17 +125,21 @@ def pull(
         server_start = client.check()
         moved = identity.bind(client, store)
         caps = client.capabilities()
-    except ApiError as e:
+    except BaseException as e:
         # The server was not reached or refused us (stopped, 401, 5xx): recorded, so that
         # `status` and the metrics show the failing pulls of a schedule, not the last good one.
         # (A ConfigError, another server's file, is bad input: nothing is written.) One that
-        # got as far as following its server to a new URL wrote that: not "unreached", so
-        # the next pull publishes it.
-        with contextlib.suppress(Exception), store.transaction():
-            failed = sync_log.start_sync_run(store, url, None if moved is None else "incremental")
-            sync_log.finish_sync_run(
-                store, failed, status="failed", error=str(e)[:2000], requests=client.requests
-            )
+        # got as far as following its server to a new URL wrote that, whatever stopped it:
+        # recorded too, not as "unreached", so the next pull publishes it.
+        if isinstance(e, ApiError) or moved is not None:
+            status, message = stopped_by(e)
+            with contextlib.suppress(Exception), store.transaction():
+                failed = sync_log.start_sync_run(
+                    store, url, None if moved is None else "incremental"
+                )
+                sync_log.finish_sync_run(
+                    store, failed, status=status, error=message[:2000], requests=client.requests
+                )
         raise
     if moved is not None:
         progress.message(moved.describe())
