@@ -33,8 +33,9 @@ while that re-read is fresh: after a lost answer (the settle may have waited sec
 request budget would hold the next call back, the calls not sent go back to step 1 without
 using an attempt. Nothing waits for the request budget inside a batch's window, from the
 first read its decision rests on to its calls (``ApiSession.unpaced``: the batch waits for a
-slot first); a read the server holds back inside it (429, a retry) sends nothing on it:
-the batch goes back to step 1, each run using an attempt. When this batch and the next
+slot first); when the server holds a read inside it back (429, a retry) until the re-read
+is older than ``FRESH_FOR``, nothing is sent on it: the batch goes back to step 1, each run
+using an attempt. When this batch and the next
 ones decide a run from
 its own row (``Rereader.own_rows``), two things are done ahead (``policy/ahead.py``):
 up to ``AHEAD_BATCHES`` batches of the rule are decided over the file in one
