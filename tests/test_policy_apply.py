@@ -1851,3 +1851,59 @@ def test_a_first_read_retried_before_anything_answered_ages_nothing(
 
     apply_through(db, DELETE_COMPLETED, server, tries=2, attempts=1)
     assert fake.runs == {}
+
+
+def test_a_window_held_back_by_the_server_is_as_old_as_its_first_page(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The batch's runs are read in two pages (of 2 here); the second is held back by a 429
+    (Retry-After 0.2 s, a real sleep), then the deployments lookup takes 0.2 s: page 1's rows
+    are ~0.4 s old, over FRESH_FOR (0.3 s here), so the batch is read again before its call."""
+    from flowsync.api import pagination
+    from flowsync.policy import batch
+
+    monkeypatch.setattr(batch, "FRESH_FOR", 0.3)
+    monkeypatch.setattr(pagination.pages_by_id, "__defaults__", (2,))
+    db = make_db(tmp_path / "r.duckdb", [run(i) for i in range(1, 5)])
+    events: list[tuple[str, Any]] = []
+    held = [False]
+
+    def answer(path: str, body: dict[str, Any]) -> httpx.Response:
+        if path == "deployments/filter":
+            time.sleep(0.2)
+            events.append(("lookup", time.monotonic()))
+            return httpx.Response(200, json=[DEPLOYMENT])
+        events.append(("call", time.monotonic()))
+        return delete_all(fake, path, body)
+
+    fake = Recorder(answer, api_rows(db))
+
+    def server(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content) if request.content else {}
+        if request.url.path.endswith("flow_runs/filter") and set(body.get("flow_runs", {})) == {
+            "id"
+        }:
+            if len([e for e in events if e[0] == "read"]) == 1 and not held[0]:
+                held[0] = True
+                events.append(("429", time.monotonic()))
+                return httpx.Response(429, headers={"Retry-After": "0.2"})
+            events.append(("read", time.monotonic()))
+        return fake(request)
+
+    client = PrefectClient(
+        ApiSettings(url="http://prefect.test/api"),
+        transport=httpx.MockTransport(server),
+        retry=RetryPolicy(attempts=3),
+    )
+    plan = plan_for(db, JOINED)
+    with Store.sandboxed_writer(db) as store, client:
+        apply_plan(client, store, plan, progress=NullProgress(), settle_seconds=0, batch_size=4)
+    call = next(n for n, (k, _) in enumerate(events) if k == "call")
+    lookups = [n for n in range(call) if events[n][0] == "lookup"]
+    start = lookups[-2] + 1 if len(lookups) > 1 else 0  # the call's own window
+    first_read = next(t for k, t in events[start:call] if k == "read")
+    kinds = [k for k, _ in events]
+    assert events[call][1] - first_read <= 0.3, (
+        f"call sent {events[call][1] - first_read:.2f}s after its window's first page: {kinds}"
+    )
+    assert kinds[:4] == ["read", "429", "read", "lookup"] and kinds.count("lookup") == 2, kinds

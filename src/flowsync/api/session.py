@@ -140,12 +140,16 @@ def _bare(path: str) -> str:
 
 @dataclass
 class Window:
-    """A batch's re-read -> call window (``ApiSession.unpaced``): the seconds its reads were
-    held back by the server (a 429's Retry-After, a retry's backoff) once the first of them
-    had answered (before that, nothing read had aged)."""
+    """A batch's re-read -> call window (``ApiSession.unpaced``): when its first read answered
+    (monotonic), and the seconds its reads were held back by the server after that (a 429's
+    Retry-After, a retry's backoff; before it, nothing read had aged)."""
 
-    answered: bool = False
+    answered_at: float | None = None
     slept: float = 0.0
+
+    def answered(self) -> None:
+        if self.answered_at is None:
+            self.answered_at = time.monotonic()
 
 
 class ApiSession:
@@ -296,13 +300,13 @@ class ApiSession:
                     raise ApiError(self._status_message(method, where, response))
                 elif status == 204 or not expect_json:
                     if window is not None:
-                        window.answered = True
+                        window.answered()
                     return None
                 else:
                     try:
                         decoded = _decode(response.content)
                         if window is not None:
-                            window.answered = True
+                            window.answered()
                         return (decoded, response.content, response.headers) if raw else decoded
                     except (json.JSONDecodeError, UnicodeDecodeError):
                         # A truncated body is usually a dropped connection: try again.
@@ -315,7 +319,7 @@ class ApiSession:
                     self._on_retry(
                         f"{method} {path.split('?')[0]}: {last_problem}; retrying in {delay:.1f}s"
                     )
-                if window is not None and window.answered:
+                if window is not None and window.answered_at is not None:
                     window.slept += delay
                 self._sleep(delay)
         raise ApiError(

@@ -413,8 +413,10 @@ class Applier:
             stale: list[str] = []  # not sent: the re-read is no longer fresh enough for them
             wait: float | None = None
             calls = list(decided.calls)
-            # (what it slept counts whatever the clock: a test's sleep takes no time)
-            age = max(window.slept, time.monotonic() - fresh.answered_at)
+            # Its rows are as old as the window's first answer (a page before a held one);
+            # what it slept counts whatever the clock (a test's sleep takes no time).
+            since = window.answered_at if window.answered_at is not None else fresh.answered_at
+            age = max(window.slept, time.monotonic() - since)
             if window.slept and age > FRESH_FOR:
                 # The server held a read inside the window back (a 429's Retry-After, a
                 # retry's backoff) until the batch's re-read was no longer fresh: nothing is
