@@ -1435,6 +1435,14 @@ def test_ctrl_c_while_a_call_is_in_flight_keeps_the_rows_of_its_batchs_runs_not_
     assert result.counts == {"purge": {"deleted": 1, "skipped": 1}}
 
 
+def reread_ids(request: httpx.Request) -> list[str] | None:
+    """The runs a re-read asks for (``/flow_runs/filter`` by id alone), else None."""
+    body = json.loads(request.content) if request.content else {}
+    if request.url.path.endswith("flow_runs/filter") and set(body.get("flow_runs", {})) == {"id"}:
+        return list(body["flow_runs"]["id"]["any_"])
+    return None
+
+
 def paced_apply(
     db: Path,
     policy: str,
@@ -1482,11 +1490,8 @@ def paced_apply(
             events.append(("protected", [protect]))
 
     def server(request: httpx.Request) -> httpx.Response:
-        body = json.loads(request.content) if request.content else {}
-        if request.url.path.endswith("flow_runs/filter") and set(body.get("flow_runs", {})) == {
-            "id"
-        }:
-            events.append(("read", body["flow_runs"]["id"]["any_"]))
+        if (ids := reread_ids(request)) is not None:
+            events.append(("read", ids))
         now[0] += latency(request)
         return (per_run_server(fake, delete) if per_run else fake)(request)
 
@@ -1718,11 +1723,8 @@ def test_a_read_the_server_holds_back_inside_the_window_is_read_again_before_any
     fake = Recorder(answer, api_rows(db))
 
     def server(request: httpx.Request) -> httpx.Response:
-        body = json.loads(request.content) if request.content else {}
-        if request.url.path.endswith("flow_runs/filter") and set(body.get("flow_runs", {})) == {
-            "id"
-        }:
-            events.append(("read", body["flow_runs"]["id"]["any_"]))
+        if (ids := reread_ids(request)) is not None:
+            events.append(("read", ids))
         return fake(request)
 
     def client_sleep(seconds: float) -> None:
@@ -1879,10 +1881,7 @@ def test_a_window_held_back_by_the_server_is_as_old_as_its_first_page(
     fake = Recorder(answer, api_rows(db))
 
     def server(request: httpx.Request) -> httpx.Response:
-        body = json.loads(request.content) if request.content else {}
-        if request.url.path.endswith("flow_runs/filter") and set(body.get("flow_runs", {})) == {
-            "id"
-        }:
+        if reread_ids(request) is not None:
             if len([e for e in events if e[0] == "read"]) == 1 and not held[0]:
                 held[0] = True
                 events.append(("429", time.monotonic()))
