@@ -25,7 +25,7 @@ from flowsync.api import PrefectClient, RetryPolicy
 from flowsync.config import ApiSettings
 from flowsync.policy import apply_plan, make_plan, parse_policy
 from flowsync.store import Store
-from harness.seed import seed
+from harness.seed import seed, set_states
 from harness.server import Server
 from tests.helpers import Fault, forwarding, outside, patch_run, query, run_cli, scalar
 
@@ -269,6 +269,38 @@ def apply_with(
     )
     with Store.sandboxed_writer(db) as store, client:
         return apply_plan(client, store, plan)
+
+
+@pytest.mark.parametrize("action", ["set_state", "delete"])
+def test_a_late_run_rescheduled_between_the_re_read_and_the_call_is_left_alone(
+    server: Server, tmp_path: Path, action: str
+) -> None:
+    """The state guard holds the state's name as well as its type: Late and Scheduled are
+    both SCHEDULED, and a rule on ``state_name = 'Late'`` no longer selects a run moved
+    back to Scheduled right before the call (it was cancelled or deleted all the same)."""
+    ids = pick(server, "SCHEDULED", 4)
+    with httpx.Client(base_url=server.url + "/", timeout=60) as c:
+        set_states(c, ids, "SCHEDULED", "Late")  # as Prefect's late-runs service marks them
+    db = tmp_path / "runs.duckdb"
+    assert run_cli("pull", "--api-url", server.url, "--db", str(db), "--quiet").exit_code == 0
+    cancel = {"action": "set_state", "state": {"type": "CANCELLED", "name": "Cancelled"}}
+    spec = cancel if action == "set_state" else {"action": "delete"}
+    policy = write_policy(tmp_path, ids, "late", spec, also="state_name = 'Late'")
+    moved = ids[0]
+
+    def reschedule(request: httpx.Request, n: int) -> httpx.Response | None:
+        if "/bulk_" in request.url.path and moved in ids_sent(request):
+            with httpx.Client(base_url=server.url + "/", timeout=60) as c:
+                set_states(c, [moved], "SCHEDULED", "Scheduled")
+        return None
+
+    result = apply_with(server, db, policy, reschedule)
+    now = on_server(server, ids)
+    assert now[moved]["state"]["name"] == "Scheduled", audit(db, [moved])
+    outcome, details = audit(db, [moved])[moved]
+    assert outcome == "skipped" and "SCHEDULED (Late) -> SCHEDULED" in details["reason"]
+    done = "accepted" if action == "set_state" else "deleted"
+    assert result.counts == {"late": {done: 3, "skipped": 1}}
 
 
 def ids_sent(request: httpx.Request) -> list[str]:

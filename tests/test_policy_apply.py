@@ -181,8 +181,13 @@ def test_every_bulk_call_names_its_runs_and_guards_their_state(mixed_db: Path) -
         ids = body["flow_runs"]["id"]["any_"]
         assert isinstance(ids, list) and 0 < len(ids) <= 50
         assert body["limit"] == len(ids)
-        guard = body["flow_runs"]["state"]["type"]["any_"]
-        assert len(guard) == 1 and {state_of[i] for i in ids} == set(guard)
+        guard = body["flow_runs"]["state"]
+        assert len(guard["type"]["any_"]) == 1 and {state_of[i] for i in ids} == set(
+            guard["type"]["any_"]
+        )
+        assert guard["name"]["any_"] == [
+            state_of[ids[0]].title()
+        ]  # the name too: Late is SCHEDULED
         sent += ids
     assert sorted(sent) == sorted(r["id"] for r in MIXED if "keep" not in r["tags"])
     assert rid(200) not in sent  # protected

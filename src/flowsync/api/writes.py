@@ -28,14 +28,21 @@ BULK_LIMIT = 50
 class Writes(ServerInfo):
     """The calls that change runs, each sent once."""
 
-    def bulk_delete(self, ids: Sequence[str], state_types: Sequence[str] | None) -> dict[str, Any]:
-        """POST /flow_runs/bulk_delete for exactly these ids (never an open filter).
+    def bulk_delete(
+        self,
+        ids: Sequence[str],
+        state_types: Sequence[str] | None,
+        *,
+        state_names: Sequence[str] | None = None,
+    ) -> dict[str, Any]:
+        """POST /flow_runs/bulk_delete for exactly these ids (never an open filter), of these
+        state types (and names, if given) at the call: the server refuses the others.
 
         Raises ``UncertainError`` when the answer is lost: read the runs before resending;
         ``ThrottledError``/``NotSentError`` when it was not applied; ``UnsupportedError``
         on a server older than 3.6.16 (not sent at all when ``capabilities()`` already
         said so; callers choose the path from ``capabilities()`` first)."""
-        body = {"flow_runs": _id_filter(ids, state_types), "limit": len(ids)}
+        body = {"flow_runs": _id_filter(ids, state_types, state_names), "limit": len(ids)}
         answer = self._bulk("flow_runs/bulk_delete", body)
         if not isinstance(answer, dict):
             raise ApiError("POST /flow_runs/bulk_delete answered something other than an object.")
@@ -48,9 +55,10 @@ class Writes(ServerInfo):
         *,
         force: bool,
         state_types: Sequence[str] | None,
+        state_names: Sequence[str] | None = None,
     ) -> dict[str, Any]:
         body = {
-            "flow_runs": _id_filter(ids, state_types),
+            "flow_runs": _id_filter(ids, state_types, state_names),
             "state": state,
             "force": force,
             "limit": len(ids),
@@ -123,7 +131,11 @@ def _run_id(run_id: str) -> str:
     return text
 
 
-def _id_filter(ids: Sequence[str], state_types: Sequence[str] | None) -> dict[str, Any]:
+def _id_filter(
+    ids: Sequence[str], state_types: Sequence[str] | None, state_names: Sequence[str] | None
+) -> dict[str, Any]:
+    """Exactly ``ids``, and only while their state is of ``state_types`` and, if given,
+    ``state_names`` (both must hold: Prefect ANDs a state filter's parts)."""
     ids = [str(i) for i in ids]
     if not ids:
         raise ValueError("a bulk call needs at least one id")
@@ -132,4 +144,6 @@ def _id_filter(ids: Sequence[str], state_types: Sequence[str] | None) -> dict[st
     flt: dict[str, Any] = {"id": {"any_": ids}}
     if state_types:
         flt["state"] = {"type": {"any_": sorted(set(state_types))}}
+        if state_names:
+            flt["state"]["name"] = {"any_": sorted(set(state_names))}
     return flt

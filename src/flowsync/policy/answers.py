@@ -51,6 +51,13 @@ class Seen:
     # lookup in the file); None where a Seen is rebuilt from the audit.
     row: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
+    @property
+    def label(self) -> str:
+        """The state as Prefect names it, type and name: ``SCHEDULED (Late)``."""
+        if self.state_name and self.state_name.upper() != (self.state_type or "").replace("_", ""):
+            return f"{self.state_type} ({self.state_name})"
+        return str(self.state_type)
+
     @classmethod
     def of(cls, row: dict[str, Any]) -> Seen:
         state = row.get("state") or {}
@@ -143,8 +150,8 @@ def classify_unanswered(before: Seen, after: Seen | None) -> RunResult:
         return RunResult(
             Outcome.SKIPPED,
             {
-                "reason": f"its state changed between the re-read and the call ({before.state_type} -> "
-                f"{after.state_type}); the state guard held",
+                "reason": f"its state changed between the re-read and the call ({before.label} -> "
+                f"{after.label}); the state guard held",
                 "check": "state guard",
                 "state_type_now": after.state_type,
             },
@@ -244,10 +251,13 @@ class Fresh:
 
 @dataclass(frozen=True)
 class Call:
-    """One call about to be sent: runs that all have ``state_type`` right now."""
+    """One call about to be sent: runs that all have ``state_type`` and ``state_name`` right
+    now (the bulk call's guard: a run that moved on to another state, of the same type too,
+    such as Late back to Scheduled, is refused by the server)."""
 
     state_type: str
     ids: list[str]
+    state_name: str | None = None
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,7 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import replace
 
 from flowsync.api import PrefectClient
 from flowsync.errors import (
@@ -163,7 +164,7 @@ class Applier:
         dropped = [i for i in todo if i in fresh.seen and reasons[i] is not None]
         file_now = file_rows(self.store, dropped)
         final: dict[str, RunResult] = {}
-        groups: dict[str, list[str]] = {}
+        groups: dict[tuple[str, str | None], list[str]] = {}
         for i in todo:
             lost = self.lost.get(i)
             if lost is not None and (i not in fresh.seen or reasons[i] is not None):
@@ -187,14 +188,15 @@ class Applier:
                     },
                 )
             else:
-                groups.setdefault(str(fresh.seen[i].state_type), []).append(i)
+                seen = fresh.seen[i]
+                groups.setdefault((str(seen.state_type), seen.state_name), []).append(i)
         # Per run (no bulk endpoints), each run is its own call: its pending row is written
         # right before its own request, so a stop, Ctrl-C or kill -9 leaves pending only the
         # run whose request was out, never runs that were not sent.
         if self.per_run:
-            calls = [Call(state_type, [i]) for state_type, ids in groups.items() for i in ids]
+            calls = [Call(kind, [i], name) for (kind, name), ids in groups.items() for i in ids]
         else:
-            calls = [Call(state_type, ids) for state_type, ids in groups.items()]
+            calls = [Call(kind, ids, name) for (kind, name), ids in groups.items()]
         return Decided(
             calls, {i: with_lost(r, self.lost.get(i, (None,))[0]) for i, r in final.items()}
         )
@@ -216,7 +218,7 @@ class Applier:
             done = self.classify(
                 number,
                 rule,
-                Call(call.state_type, call.ids[: answer.stopped_at]),
+                replace(call, ids=call.ids[: answer.stopped_at]),
                 fresh,
                 Acted(answer.results, []),
                 attempt,
@@ -224,7 +226,7 @@ class Applier:
             stopped = self.classify(
                 number,
                 rule,
-                Call(call.state_type, [call.ids[answer.stopped_at]]),
+                replace(call, ids=[call.ids[answer.stopped_at]]),
                 fresh,
                 answer.answer,
                 attempt,

@@ -51,13 +51,16 @@ def note_call(result: ApplyResult, read_at: float) -> None:
 def send_bulk(client: PrefectClient, rule: RuleModel, call: Call) -> Answer:
     """One bulk call, its answer typed (AuthError raises). HTTP only: safe on another
     thread while this apply's file is in use (``note_call`` counts it first)."""
+    # The state guard: the runs' state type and, where the read showed one, its name.
+    kinds, names = [call.state_type], [call.state_name] if call.state_name else None
     try:
         if isinstance(rule, SetStateRule):
+            state = rule.state.to_api()
             answer = client.bulk_set_state(
-                call.ids, rule.state.to_api(), force=rule.force, state_types=[call.state_type]
+                call.ids, state, force=rule.force, state_types=kinds, state_names=names
             )
         else:
-            answer = client.bulk_delete(call.ids, state_types=[call.state_type])
+            answer = client.bulk_delete(call.ids, kinds, state_names=names)
         results, notes = answered(rule, call.ids, answer)
     except AuthError:
         raise
