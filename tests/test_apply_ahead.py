@@ -16,11 +16,12 @@ from flowsync.errors import AuthError
 from flowsync.policy.ahead import Ahead, DecidedAhead, Task
 from flowsync.policy.plan import Decision
 
+STAMP = (None, (None,) * 4)  # a run's ``updated`` and unstamped columns in the file
 WHOLE = DecidedAhead(
     Decision(
         {"a": None, "b": "protected tag", "c": None, "d": None},
         frozenset(),
-        {"a": (None, 0), "b": (None, 1), "c": (None, 2)},  # d: not live in the file
+        {"a": (STAMP, 0), "b": (STAMP, 1), "c": (STAMP, 2)},  # d: not live in the file
     ),
     12.5,
 )
@@ -35,7 +36,7 @@ def test_one_decision_made_ahead_serves_each_of_its_batches_with_its_own_part() 
     third = ahead.take(3, ["c"])
     assert third is not None
     assert third.decision.reasons == {"c": None}
-    assert third.stamps == {"c": None} and third.made_at == 12.5
+    assert third.stamps == {"c": STAMP} and third.made_at == 12.5
     assert not ahead.holds(2, ["a", "b"]) and ahead.take(2, ["a", "b"]) is None
     fourth = ahead.take(4, ["d"])
     assert fourth is not None

@@ -25,7 +25,7 @@ from flowsync.api import PrefectClient, RetryPolicy
 from flowsync.config import ApiSettings
 from flowsync.policy import apply_plan, make_plan, parse_policy
 from flowsync.store import Store
-from harness.seed import seed, set_states
+from harness.seed import post_json, seed, set_states
 from harness.server import Server
 from tests.helpers import Fault, forwarding, outside, patch_run, query, run_cli, scalar
 
@@ -301,6 +301,41 @@ def test_a_late_run_rescheduled_between_the_re_read_and_the_call_is_left_alone(
     assert outcome == "skipped" and "SCHEDULED (Late) -> SCHEDULED" in details["reason"]
     done = "accepted" if action == "set_state" else "deleted"
     assert result.counts == {"late": {done: 3, "skipped": 1}}
+
+
+def test_a_subflow_whose_parent_was_deleted_after_the_pull_is_no_longer_a_subflow(
+    server: Server, tmp_path: Path
+) -> None:
+    """Deleting a parent run sets its subflows' ``parent_task_run_id`` to NULL on the server
+    (a foreign key's ON DELETE SET NULL) without moving their ``updated`` stamp: the re-read
+    still sees it, and a rule on subflow runs no longer selects them (all were deleted)."""
+    done = {"type": "COMPLETED", "name": "Completed"}
+    with httpx.Client(base_url=server.url + "/", timeout=60) as c:
+        flow = post_json(c, "flows/", {"name": "recheck-parent"})["id"]
+        parent = post_json(c, "flow_runs/", {"flow_id": flow, "state": done})["id"]
+        task = post_json(
+            c, "task_runs/", {"flow_run_id": parent, "task_key": "child", "dynamic_key": "0"}
+        )["id"]
+        children = [
+            post_json(
+                c, "flow_runs/", {"flow_id": flow, "parent_task_run_id": task, "state": done}
+            )["id"]
+            for _ in range(3)
+        ]
+    db = tmp_path / "runs.duckdb"
+    assert run_cli("pull", "--api-url", server.url, "--db", str(db), "--quiet").exit_code == 0
+    policy = write_policy(
+        tmp_path, children, "subflows", {"action": "delete"}, also="parent_task_run_id IS NOT NULL"
+    )
+    before = on_server(server, children)
+    assert httpx.delete(f"{server.url}/flow_runs/{parent}", timeout=60).status_code == 204
+    now = on_server(server, children)
+    assert all(now[i]["parent_task_run_id"] is None for i in children)
+    assert all(now[i]["updated"] == before[i]["updated"] for i in children), "the stamp moved"
+    result = apply_with(server, db, policy, lambda request, n: None)
+    assert sorted(on_server(server, children)) == sorted(children), result.counts
+    assert result.counts == {"subflows": {"skipped": 3}}
+    assert count_in_file(db, "parent_task_run_id IS NULL", children) == 3
 
 
 def ids_sent(request: httpx.Request) -> list[str]:

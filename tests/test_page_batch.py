@@ -189,29 +189,37 @@ def test_a_re_read_compared_with_stamps_read_before_gives_the_querys_answer(
 ) -> None:
     """``differing_from`` (the stamps a decision made ahead read) and ``runs_differing`` (a
     query) tell the same runs apart: same instant in another notation, a microsecond later,
-    a deleted run, a run not in the file, no stamp, a stamp that does not parse."""
+    a deleted run, a run not in the file, no stamp, a stamp that does not parse, and, with
+    the stamp unmoved, a column the server's database changes without it (a subflow's parent
+    set to NULL when the parent is deleted, a work queue deleted, a pool renamed)."""
     stamp = "2026-11-02T10:00:00.123456+00:00"
-    rows = [run(n, updated=stamp) for n in range(1, 8)]
+    parent, queue = "00000000-0000-4000-8000-0000000000a1", "00000000-0000-4000-8000-0000000000b1"
+    rows = [
+        run(n, updated=stamp, parent_task_run_id=parent, work_queue_id=queue) for n in range(1, 11)
+    ]
     rows[6]["updated"] = None
     with Store.writer(tmp_path / "runs.duckdb") as store:
         with store.transaction():
             synced_tables.upsert_pages(store, FLOW_RUNS, [Page.from_rows(rows)], pull_id=1)
             synced_tables.mark_deleted(store, "flow_runs", [rows[3]["id"]])
-        server = {
-            rows[0]["id"]: "2026-11-02T10:00:00.123456Z",  # the same instant: unchanged
-            rows[1]["id"]: "2026-11-02T12:00:00.123456+02:00",  # the same instant: unchanged
-            rows[2]["id"]: "2026-11-02T10:00:00.123457Z",  # a microsecond later
-            rows[3]["id"]: stamp,  # marked deleted in the file
-            rows[4]["id"]: None,  # the server sent no stamp
-            rows[6]["id"]: None,  # neither holds one: unchanged
-            run(9)["id"]: stamp,  # not in the file
-        }
+        server = {r["id"]: dict(r) for r in rows}
+        server[rows[0]["id"]]["updated"] = "2026-11-02T10:00:00.123456Z"  # the same instant
+        server[rows[1]["id"]]["updated"] = "2026-11-02T12:00:00.123456+02:00"  # the same instant
+        server[rows[2]["id"]]["updated"] = "2026-11-02T10:00:00.123457Z"  # a microsecond later
+        server[rows[4]["id"]]["updated"] = None  # the server sent no stamp
+        server[rows[7]["id"]]["parent_task_run_id"] = None  # its parent deleted
+        server[rows[8]["id"]]["work_queue_id"] = None  # its work queue deleted
+        server[rows[9]["id"]]["work_pool_name"] = "renamed"
+        server[rows[5]["id"]]["work_queue_id"] = queue.upper()  # the same id, other notation
+        server[run(11)["id"]] = run(11, updated=stamp)  # not in the file
         by_query = synced_tables.runs_differing(store, server)
         stamps = {i: u for i, (u, _) in _live_rows(store, list(server)).items()}
         assert sorted(synced_tables.differing_from(stamps, server)) == sorted(by_query)
-        assert sorted(by_query) == sorted([rows[i]["id"] for i in (2, 3, 4)] + [run(9)["id"]])
+        changed = [rows[i]["id"] for i in (2, 3, 4, 7, 8, 9)] + [run(11)["id"]]
+        assert sorted(by_query) == sorted(changed)
         # a stamp that does not parse is counted as changed (written and decided again)
-        assert synced_tables.differing_from(stamps, {rows[0]["id"]: "yesterday"}) == [rows[0]["id"]]
+        unparsed = {rows[0]["id"]: {**rows[0], "updated": "yesterday"}}
+        assert synced_tables.differing_from(stamps, unparsed) == [rows[0]["id"]]
 
 
 def test_runs_marked_deleted_by_row_id_hints_are_exactly_the_runs_named(tmp_path: Path) -> None:
@@ -245,10 +253,10 @@ def test_runs_marked_deleted_by_row_id_hints_are_exactly_the_runs_named(tmp_path
 
 
 def _live_rows(store: Store, ids: list[str]) -> dict[str, tuple[Any, int]]:
-    """What a decision reads of these runs' live rows: id -> (``updated``, row id)."""
+    """What a decision reads of these runs' live rows: id -> (its stamp, row id)."""
     rows = store.execute(
-        "SELECT CAST(id AS VARCHAR), updated, rowid FROM flow_runs "
-        "WHERE deleted_at IS NULL AND id IN (SELECT unnest(CAST(? AS UUID[])))",
+        f"SELECT CAST(id AS VARCHAR), updated, {synced_tables.unstamped_sql()}, rowid "
+        "FROM flow_runs WHERE deleted_at IS NULL AND id IN (SELECT unnest(CAST(? AS UUID[])))",
         [ids],
     ).rows()
-    return {r[0]: (r[1], int(r[2])) for r in rows}
+    return {r[0]: ((r[1], tuple(r[2])), int(r[3])) for r in rows}

@@ -28,10 +28,10 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Generic, TypeVar
 
 from flowsync.policy.plan import Decision
+from flowsync.store.synced_tables import Stamp
 
 __all__ = ["AHEAD_BATCHES", "AHEAD_MAX_AGE", "Ahead", "DecidedAhead", "Task"]
 
@@ -88,8 +88,8 @@ class DecidedAhead:
     made_at: float
 
     @property
-    def stamps(self) -> dict[str, datetime | None]:
-        """Each live run in the file -> its ``updated``."""
+    def stamps(self) -> dict[str, Stamp]:
+        """Each live run in the file -> its stamp (``updated`` and the unstamped columns)."""
         return {i: updated for i, (updated, _) in self.decision.rows.items()}
 
     @property

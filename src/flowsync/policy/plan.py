@@ -41,7 +41,7 @@ from flowsync.policy.rulesql import (
     sandboxed,
 )
 from flowsync.store import Sandbox, sync_log
-from flowsync.store.synced_tables import held_rows
+from flowsync.store.synced_tables import Stamp, held_rows, unstamped_sql
 from flowsync.store.tables import FLOW_RUNS
 
 # DuckDB's memory cap on the connection a plan reads (MB): the ranking of a rule's picks
@@ -143,11 +143,12 @@ _SELECT_SCOPED = (
     SELECT w.id AS picked_id, r.*, r.id IS NOT NULL AND r.deleted_at IS NULL AS live,
            w.id IN (SELECT id FROM picked) AS is_picked
     FROM wanted w
-    LEFT JOIN (SELECT id, state_type, tags, deleted_at, updated, {row_id} AS row_id,
+    LEFT JOIN (SELECT id, state_type, tags, deleted_at, updated, {unstamped} AS unstamped,
+                      {row_id} AS row_id,
                       coalesce(expected_start_time, start_time, created) AS sort_time
                FROM {runs}) r ON r.id = w.id
 )
-SELECT CAST(r.picked_id AS VARCHAR) AS id, r.state_type, r.updated, r.row_id, r.live,
+SELECT CAST(r.picked_id AS VARCHAR) AS id, r.state_type, r.updated, r.unstamped, r.row_id, r.live,
        r.is_picked, r.id IS NULL AS unknown, r.deleted_at IS NOT NULL AS deleted,
        coalesce(list_has_any(r.tags, protect.tags), false) AS protected,
        CASE WHEN r.live THEN coalesce(k.newest_rank, $keep + 1) END AS newest_rank
@@ -189,6 +190,7 @@ def _select(
         picked=picked.format(sql=sql),
         runs=f"({held}) AS held" if in_held else _RUNS_IN_FILE,
         row_id="CAST(NULL AS BIGINT)" if in_held else "rowid",
+        unstamped=unstamped_sql(),
     )
     return rule_rows(store, rule, text, params, timeout=timeout)[1]
 
@@ -418,9 +420,10 @@ class Decision:
 
     reasons: dict[str, str | None]  # batch run -> None (send) or why not
     ranked_above: frozenset[str]  # runs kept by keep_newest in the batch's deployments
-    # Read from the file (not over held rows): each live batch run's ``updated`` stamp and
-    # row id as the decision saw them (the stamps a re-read is compared with; row ids, hints).
-    rows: Mapping[str, tuple[datetime | None, int]] = field(default_factory=dict)
+    # Read from the file (not over held rows): each live batch run's stamp (``updated`` and
+    # the columns the server changes without it) and row id as the decision saw them (the
+    # stamps a re-read is compared with; row ids, hints).
+    rows: Mapping[str, tuple[Stamp, int]] = field(default_factory=dict)
 
 
 def decide_scope(
@@ -459,7 +462,7 @@ def decide_scope(
 
 def _decide_rules(
     store: Sandbox, confirmed: Plan, rule: RuleModel, scope: Scope, held: str | None
-) -> tuple[Decided, set[str], dict[str, tuple[datetime | None, int]]]:
+) -> tuple[Decided, set[str], dict[str, tuple[Stamp, int]]]:
     """``decide_scope``'s rules in order, up to ``rule``: its decision, the runs
     keep_newest kept on the way, and the scope's live rows as read (``Decision.rows``)."""
     protect = list(confirmed.policy.policy.protect_tags)
@@ -484,7 +487,7 @@ def _decide_rules(
         raise PolicyError(f"rule {rule.name!r} is not an enabled rule of the confirmed plan")
     scope_ids = set(scope.ids)
     live = {
-        r["id"]: (r["updated"], int(r["row_id"]))
+        r["id"]: ((r["updated"], tuple(r["unstamped"])), int(r["row_id"]))
         for r in rows  # (every rule's selection reads the same runs' rows)
         if r["live"] and r["row_id"] is not None and r["id"] in scope_ids
     }

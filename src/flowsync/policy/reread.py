@@ -35,6 +35,7 @@ from flowsync.policy.answers import Batch, Fresh, Seen, file_rows
 from flowsync.policy.plan import Decision, Plan, RuleModel, Scope, decide_scope
 from flowsync.policy.result import ApplyResult
 from flowsync.store import SandboxedWriter
+from flowsync.store.synced_tables import Stamp
 from flowsync.sync import RunReader, events_cover, pulled_from
 
 __all__ = ["EVENTS_OVERLAP", "RANK_ROUNDS", "UNCONFIRMED", "Rereader"]
@@ -126,11 +127,11 @@ class Rereader:
         self,
         ids: list[str],
         before: dict[str, dict[str, Any]],
-        stamps: dict[str, datetime | None] | None = None,
+        stamps: dict[str, Stamp] | None = None,
     ) -> dict[str, Seen]:
         """These runs from the server, what changed written to the file, the file's rows it
         changed kept in ``before``; a run not returned is absent. ``stamps``: the file's
-        ``updated`` of these runs, read when nothing has written them since."""
+        stamps of these runs, read when nothing has written them since."""
         self.result.rereads += 1
 
         def keep_before(changed: list[str]) -> None:

@@ -330,37 +330,67 @@ def unfinished_run_ids(store: Store) -> list[str]:
     return [r[0] for r in rows]
 
 
-def runs_differing(store: Store, updated: dict[str, str | None]) -> list[str]:
-    """Of these run ids (-> the server's ``updated`` stamp), the ones the file does not hold
-    as live rows with that same stamp: the rows a re-read must write."""
-    if not updated:
+# Run columns the server changes without moving ``updated``: foreign keys Prefect sets to
+# NULL when the row they point to is deleted (a subflow's parent task run, a work queue), and
+# the work pool it reads through the queue. A re-read compares them as well as the stamp.
+UNSTAMPED = ("parent_task_run_id", "work_queue_id", "work_pool_id", "work_pool_name")
+
+
+def unstamped_sql(alias: str = "") -> str:
+    """The ``UNSTAMPED`` columns of a row of ``flow_runs`` (or of rows read as one:
+    ``held_rows``), as a list of text: ``alias`` qualifies them."""
+    prefix = f"{alias}." if alias else ""
+    return "[" + ", ".join(f"CAST({prefix}{c} AS VARCHAR)" for c in UNSTAMPED) + "]"
+
+
+# A run's ``updated`` and ``UNSTAMPED`` values, as the file holds them: what tells a re-read
+# whether the server changed the run since the file's row was written.
+Stamp = tuple[datetime | None, tuple[str | None, ...]]
+
+
+def _unstamped(row: Mapping[str, Any]) -> tuple[str | None, ...]:
+    return tuple(
+        None if row.get(c) is None else str(row[c]).lower() if c.endswith("_id") else str(row[c])
+        for c in UNSTAMPED
+    )
+
+
+def runs_differing(store: Store, rows: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Of these runs (id -> the server's row), the ones the file does not hold as live rows
+    with the same ``updated`` stamp and ``UNSTAMPED`` values: the rows a re-read must write."""
+    if not rows:
         return []
-    rows = store.execute(
-        """
+    found = store.execute(
+        f"""
         SELECT CAST(b.id AS VARCHAR) FROM (
-            SELECT unnest(CAST(? AS UUID[])) AS id, unnest(CAST(? AS TIMESTAMPTZ[])) AS updated) b
+            SELECT unnest(CAST(? AS UUID[])) AS id, unnest(CAST(? AS TIMESTAMPTZ[])) AS updated,
+                   unnest(CAST(? AS VARCHAR[][])) AS unstamped) b
         LEFT JOIN flow_runs r ON r.id = b.id
         WHERE r.id IS NULL OR r.deleted_at IS NOT NULL OR r.updated IS DISTINCT FROM b.updated
+           OR {unstamped_sql("r")} IS DISTINCT FROM b.unstamped
         """,
-        [list(updated), list(updated.values())],
+        [
+            list(rows),
+            [r.get("updated") for r in rows.values()],
+            [list(_unstamped(r)) for r in rows.values()],
+        ],
     ).rows()
-    return [r[0] for r in rows]
+    return [r[0] for r in found]
 
 
-def differing_from(
-    stamps: Mapping[str, datetime | None], updated: dict[str, str | None]
-) -> list[str]:
-    """``runs_differing`` without a query, from the file's stamps read before (a decision's ``rows``):
-    the same answer while nothing has written these runs since. A stamp that does not parse
-    counts as differing (the run is written and decided again)."""
+def differing_from(stamps: Mapping[str, Stamp], rows: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """``runs_differing`` without a query, from the file's stamps read before (a decision's
+    ``rows``): the same answer while nothing has written these runs since. A stamp that does
+    not parse counts as differing (the run is written and decided again)."""
     out = []
-    for run_id, value in updated.items():
+    for run_id, row in rows.items():
+        value = row.get("updated")
         try:
             server = None if value is None else datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except (TypeError, ValueError):
+        except (AttributeError, TypeError, ValueError):
             out.append(run_id)
             continue
-        if run_id not in stamps or stamps[run_id] != server:
+        if stamps.get(run_id) != (server, _unstamped(row)):
             out.append(run_id)
     return out
 

@@ -15,7 +15,6 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from flowsync import views
@@ -261,14 +260,16 @@ class RunReader:
         self,
         ids: list[str],
         before_write: Callable[[list[str]], None] | None = None,
-        stamps: Mapping[str, datetime | None] | None = None,
+        stamps: Mapping[str, synced_tables.Stamp] | None = None,
     ) -> dict[str, dict[str, Any]]:
         """The server's current rows for ``ids`` (a missing id is gone from the server).
 
         Only rows that differ from the file are written: new, gone, or with
-        another ``updated`` stamp (Prefect moves it on every write to a run).
+        another ``updated`` stamp (Prefect moves it on every write to a run through the
+        API) or other ``UNSTAMPED`` values (columns the server's database changes without
+        it: a subflow's parent set to NULL when the parent is deleted).
         ``before_write`` gets their ids first; ``changed`` holds them after.
-        ``stamps``: the file's ``updated`` of these runs (``plan.Decision.rows``),
+        ``stamps``: the file's stamps of these runs (``plan.Decision.rows``),
         read when nothing has written them since: compared without a query.
         """
         found: dict[str, dict[str, Any]] = {}
@@ -276,11 +277,10 @@ class RunReader:
         for chunk, page in self._counted(ids):
             got = {str(o["id"]): o for o in page.rows}
             found.update(got)
-            server = {k: o.get("updated") for k, o in got.items()}
             differ = (
-                synced_tables.differing_from(stamps, server)
+                synced_tables.differing_from(stamps, got)
                 if stamps is not None
-                else synced_tables.runs_differing(self.ctx.store, server)
+                else synced_tables.runs_differing(self.ctx.store, got)
             )
             gone = [r for r in chunk if r not in got]
             if before_write is not None and (differ or gone):
