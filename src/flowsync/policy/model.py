@@ -118,7 +118,8 @@ class Policy(_Strict):
         description="Each rule's SQL is stopped after this many seconds (plan, apply, policy check).",
     )
     rules: list[Rule] = Field(
-        min_length=1, description="Applied in order; a run goes to the first rule that selects it."
+        min_length=1,
+        description="Applied in order; a run goes to the first rule that acts on it (not one that leaves it: over its limit, among its keep_newest).",
     )
 
     @field_validator("version", mode="before")
