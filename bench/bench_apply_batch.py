@@ -89,6 +89,9 @@ def child(source: Path, policy: Path, batches: int) -> dict[str, object]:
 
             takes_held = "held" in inspect.signature(Ledger.pending).parameters
             decides_on_held = "held" in inspect.signature(decide_scope).parameters
+            # the re-read's comparison takes the server's rows where this version compares
+            # more than the stamp, the stamps alone before
+            compares_rows = "rows" in inspect.signature(synced_tables.runs_differing).parameters
 
             def decide_held(answer: list[dict[str, object]]) -> tuple[object, ...]:
                 return (answer,) if decides_on_held else ()
@@ -109,6 +112,9 @@ def child(source: Path, policy: Path, batches: int) -> dict[str, object]:
                 rows = sample[(number - 1) * BATCH : number * BATCH]
                 ids = [r[0] for r in rows]
                 stamps = {r[0]: r[1].isoformat() for r in rows}
+                compared = (
+                    {i: {"updated": u} for i, u in stamps.items()} if compares_rows else stamps
+                )
                 # The server's answer to the re-read (API objects), the first CHANGED changed; the
                 # others' objects are the same shape (what the audit's staging costs depends on).
                 answer = [changed_run(int(r[2].rsplit("-", 1)[1]), scattered=True) for r in rows]
@@ -117,7 +123,7 @@ def child(source: Path, policy: Path, batches: int) -> dict[str, object]:
                 # apply hands the ledger the re-read's answer where this version takes it
                 held = {"held": {c["id"]: c for c in answer}} if takes_held else {}
                 with timed("differing"):
-                    synced_tables.runs_differing(store, stamps)
+                    synced_tables.runs_differing(store, compared)
                 with timed("reread_write"):
                     file_rows(store, ids[:CHANGED])
                     with store.transaction():

@@ -16,7 +16,7 @@ from flowsync.errors import ConfigError
 from flowsync.store import Store, sync_log
 from flowsync.sync import identity
 from harness.seed import seed
-from harness.server import Server
+from harness.server import Server, free_port
 from tests.helpers import run_cli, scalar
 from tests.server_truth import assert_matches_server
 
@@ -97,6 +97,35 @@ def test_same_server_by_another_name_is_followed_and_another_server_refused(
     with Store.reader(db, live=True) as store:
         assert sync_log.get_state(store, identity.URL_KEY) == other_name  # nothing changed
     assert scalar(db, "SELECT count(*) FROM flow_runs") == runs
+
+
+def test_another_server_started_at_the_files_own_url_is_refused(
+    start_server: Any, tmp_path: Path
+) -> None:
+    """A new database at the same address (a reset, a container recreated with a new volume)
+    knows none of the file's flows: pull and apply refuse it, as they do at a new URL; the
+    pull had marked the file's whole history deleted and mixed the two servers' runs."""
+    port, db = free_port(), tmp_path / "runs.duckdb"
+    with start_server(home=tmp_path / "first", port=port) as first:
+        seed(first.url, runs=40, flows=2, deployments_per_flow=1, days=5, seed_value=3)
+        pull(first.url, db)
+    with start_server(home=tmp_path / "second", port=port) as second:
+        assert second.url == first.url
+        seed(second.url, runs=40, flows=2, deployments_per_flow=1, days=5, seed_value=4)
+        refused = run_cli("pull", "--api-url", second.url, "--db", str(db))
+        policy = tmp_path / "purge.yaml"
+        policy.write_text(
+            "version: 1\nrules:\n  - name: purge\n    action: delete\n"
+            "    sql: SELECT id FROM flow_runs WHERE deleted_at IS NULL\n"
+        )
+        applied = run_cli("apply", str(policy), "--api-url", second.url, "--db", str(db), "--yes")
+        assert scalar_count(second.url) == 40
+    for result in (refused, applied):
+        line = " ".join(result.stderr.split())
+        assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+        assert "the server there now has none of the file's 2 flows, checked by id" in line, line
+    assert scalar(db, "SELECT count(*) FROM flow_runs WHERE deleted_at IS NOT NULL") == 0
+    assert scalar(db, "SELECT count(*) FROM flow_runs") == 40
 
 
 ACCOUNT = "5f1c2e2a-0000-4000-8000-000000000001"

@@ -107,6 +107,8 @@ class Recorder:
             return httpx.Response(
                 200, json=[self.runs[i] for i in body["flow_runs"]["id"]["any_"] if i in self.runs]
             )
+        if path == "flows/filter":  # the file's server (identity.bind): it knows the file's flows
+            return httpx.Response(200, json=[{"id": i} for i in body["flows"]["id"]["any_"]])
         return self.answer(path, body)
 
     @property

@@ -74,21 +74,46 @@ def _same_server(client: PrefectClient, store: Store, known: str, url: str) -> s
             )
             raise _refuse(store, known, url, why)
         return "same Cloud account and workspace ids"
-    local = synced_tables.live_ids(store, "flows")[:SAMPLE]
+    local, found = _flows_known(client, store)
     if not local:
         return "the file holds no flows yet"
+    if not found:
+        raise _refuse(store, known, url, f"it has none of the file's {local} flows, checked by id")
+    return f"it has {found} of the file's {local} flows, checked by id"
+
+
+def _flows_known(client: PrefectClient, store: Store) -> tuple[int, int]:
+    """How many of the file's live flows (up to ``SAMPLE``) were asked for by id, and how
+    many of them the server has (one request; none asked when the file holds none)."""
+    local = synced_tables.live_ids(store, "flows")[:SAMPLE]
+    if not local:
+        return 0, 0
     found = client.filter_page(
         "flows", {"flows": {"id": {"any_": local}}, "limit": len(local), "offset": 0}
     )
-    if not found.rows:
-        raise _refuse(
-            store, known, url, f"it has none of the file's {len(local)} flows, checked by id"
+    return len(local), len(found.rows)
+
+
+def _still_the_same(client: PrefectClient, store: Store, url: str) -> None:
+    """The server at the file's own URL is still the one it was pulled from: another server
+    started there (a new database, a ``prefect server database reset``) knows none of the
+    file's flows, and a pull would mark the file's whole history deleted and mix the two.
+    A Cloud URL names its workspace: nothing to ask."""
+    if cloud_workspace(url):
+        return
+    local, found = _flows_known(client, store)
+    if local and not found:
+        raise ConfigError(
+            f"{store.path} holds runs from {url}, but the server there now has none of the "
+            f"file's {local} flows, checked by id: another server, or its database was reset. "
+            "Use another --db for it (this file keeps the old server's history)."
         )
-    return f"it has {len(found.rows)} of the file's {len(local)} flows, checked by id"
 
 
 def bind(client: PrefectClient, store: Writer) -> Moved | None:
-    """Bind the file to the client's server on the first pull; on a new URL, check identity first.
+    """Bind the file to the client's server on the first pull; later, check its identity
+    (one request): at the same URL, that the server still knows the file's flows; on a new
+    URL, that it is the same server (``_same_server``).
 
     Returns what moved when the file now follows a new URL; raises ConfigError
     for a different server (nothing is written then).
@@ -96,6 +121,7 @@ def bind(client: PrefectClient, store: Writer) -> Moved | None:
     url = client.settings.display_url
     known = sync_log.get_state(store, URL_KEY)
     if known == url:
+        _still_the_same(client, store, url)
         return None
     if known is None:
         with store.transaction():
