@@ -270,8 +270,12 @@ def test_cloud_capabilities_without_admin_version(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "credential",
-    [{"api_key": "pnu_SUPERSECRET123"}, {"auth_string": 'admin:hunter"2'}],
-    ids=["api-key", "auth-string"],
+    [
+        {"api_key": "pnu_SUPERSECRET123"},
+        {"auth_string": 'admin:hunter"2'},
+        {"url": "alice:hunter2pw"},  # http://alice:hunter2pw@host/api: Basic auth too
+    ],
+    ids=["api-key", "auth-string", "url-userinfo"],
 )
 @pytest.mark.parametrize("status", [502, 400])
 def test_an_answer_that_echoes_the_credentials_never_shows_them(
@@ -287,6 +291,8 @@ def test_an_answer_that_echoes_the_credentials_never_shows_them(
 
     secret = next(iter(credential.values()))
     forms = {secret, json.dumps(secret)[1:-1], base64.b64encode(secret.encode()).decode()}
+    if "url" in credential:
+        forms.add(secret.partition(":")[2])  # nor the password alone
 
     def echo(request: httpx.Request) -> httpx.Response:
         said = request.headers["authorization"]
@@ -294,7 +300,9 @@ def test_an_answer_that_echoes_the_credentials_never_shows_them(
 
     told: list[str] = []
     settings = ApiSettings(
-        url="http://127.0.0.1:9/api",
+        url=f"http://{credential['url']}@127.0.0.1:9/api"
+        if "url" in credential
+        else "http://127.0.0.1:9/api",
         api_key=SecretStr(credential["api_key"]) if "api_key" in credential else None,
         auth_string=SecretStr(credential["auth_string"]) if "auth_string" in credential else None,
     )

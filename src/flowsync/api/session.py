@@ -1,6 +1,7 @@
 """An open HTTP session to one Prefect API: the only module that imports httpx.
 
-Owns: every request flowsync makes (``ApiSession.request``): the auth header,
+Owns: every request flowsync makes (``ApiSession.request``): the auth header
+(a ``user:password@`` in the URL included, sent as basic auth),
 retries, what each failure becomes, request counts. Read-only calls retry 429
 (honouring ``Retry-After``), 500/502/503/504, transport errors and unreadable
 bodies, with bounded exponential backoff and full jitter. Calls that change data
@@ -40,7 +41,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import httpx
 import orjson
@@ -134,6 +135,18 @@ def short(text: str, limit: int = 120) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def _userinfo(url: str) -> tuple[str, tuple[str, str] | None]:
+    """``url`` without its ``user:password@`` part, and that part's user and password
+    (percent-decoded, as Basic auth sends them); None when the URL holds none."""
+    parts = urlsplit(url)
+    info, at, host = parts.netloc.rpartition("@")
+    if not at:
+        return url, None
+    user, _, password = info.partition(":")
+    bare = urlunsplit(parts._replace(netloc=host))
+    return bare, (unquote(user), unquote(password)) if user or password else None
+
+
 def _bare(path: str) -> str:
     return path.lstrip("/").split("?")[0]
 
@@ -180,18 +193,27 @@ class ApiSession:
         self.retries = 0
         headers = {"User-Agent": f"flowsync/{__version__}", "Accept": "application/json"}
         secrets: list[str] = []
-        if settings.api_key is not None:
+        base, userinfo = _userinfo(settings.url)
+        basic = None
+        if userinfo is not None:
+            # http://user:password@host/api: Basic auth, over a key as httpx would send it, but
+            # sent (and so masked) by this session like the auth string.
+            basic = ":".join(userinfo)
+            secrets.append(userinfo[1])  # the password alone too
+        elif settings.api_key is not None:
             secrets.append(settings.api_key.get_secret_value())
             headers["Authorization"] = f"Bearer {secrets[0]}"
         elif settings.auth_string is not None:
-            secrets.append(settings.auth_string.get_secret_value())
-            secrets.append(base64.b64encode(secrets[0].encode()).decode())
-            headers["Authorization"] = f"Basic {secrets[1]}"
+            basic = settings.auth_string.get_secret_value()
+        if basic is not None:
+            token = base64.b64encode(basic.encode()).decode()
+            secrets += [basic, token]
+            headers["Authorization"] = f"Basic {token}"
         # What a server or proxy may echo back (an error body quoting the request's headers):
         # removed from every text of an answer before it reaches a message, a log or the file.
         quoted = [json.dumps(x)[1:-1] for x in secrets]  # as a JSON body would quote them
         self._secrets = tuple(sorted({x for x in secrets + quoted if x}, key=len, reverse=True))
-        self._base = settings.url.rstrip("/") + "/"
+        self._base = base.rstrip("/") + "/"
         self._host = urlsplit(self._base).netloc
         self._http = httpx.Client(
             base_url=self._base,
