@@ -268,6 +268,22 @@ def test_staleness_from_the_environment_is_bounded_too(tmp_path: Path) -> None:
     assert files_under(here) == {}
 
 
+@pytest.mark.parametrize("name", [":memory:", "md:runs", "MotherDuck:runs"])
+@pytest.mark.parametrize("how", ["pull", "status", "FLOWSYNC_DB"])
+def test_db_names_duckdb_reads_as_no_file_are_refused_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, how: str
+) -> None:
+    """``:memory:`` (a pull read the whole server, kept nothing, then said it was saved) and
+    MotherDuck's names: refused before the server is asked (exit 5, not 3), nothing made."""
+    monkeypatch.chdir(here := empty_folder(tmp_path))
+    args = ["status", "--db", name] if how == "status" else ["pull", "--api-url", NOBODY]
+    if how == "pull":
+        args += ["--db", name]
+    result = run_cli(*args, env={"FLOWSYNC_DB": name} if how == "FLOWSYNC_DB" else None)
+    one_clear_line(result, 5, f"--db {name} is no file to DuckDB")
+    assert files_under(here) == {}
+
+
 def test_a_bad_url_never_shows_its_password(tmp_path: Path) -> None:
     here = empty_folder(tmp_path)
     db = here / "runs.duckdb"

@@ -1,7 +1,7 @@
 """The DuckDB file as the filesystem holds it: checked before DuckDB opens it, and its faults.
 
-Owns: refusing a path that cannot be flowsync's file (a directory, a missing
-folder, an empty or non-DuckDB file) before DuckDB touches it, and turning the
+Owns: refusing a path that cannot be flowsync's file (DuckDB's ``:memory:`` and
+MotherDuck names, a directory, a missing folder, an empty or non-DuckDB file) before DuckDB touches it, and turning the
 disk refusing a write (full, read-only, no permission: ``StorageError``) or a
 truncated or corrupt file (``DamagedFileError``, naming the remedy: restore the
 last snapshot, or pull again) into typed errors. The one place that reads
@@ -142,10 +142,20 @@ def storage_error(path: Path, e: BaseException, *, query: bool = False) -> Store
     return None
 
 
+# Names DuckDB reads as no file: its in-memory database, MotherDuck's databases.
+DUCKDB_SPECIAL_NAMES = (":memory:", "md:", "motherduck:")
+
+
 def check_path(path: Path, *, read_only: bool) -> None:
     """Refuse what cannot be flowsync's file before DuckDB touches it (so nothing is written
-    to it): a directory, a missing folder, a file that is empty or not DuckDB's; a reader
-    also refuses a file that does not exist yet."""
+    to it): one of DuckDB's special names, a directory, a missing folder, a file that is
+    empty or not DuckDB's; a reader also refuses a file that does not exist yet."""
+    if str(path).lower().startswith(DUCKDB_SPECIAL_NAMES):
+        raise StoreError(
+            f"--db {path} is no file to DuckDB (its in-memory database, or MotherDuck's): "
+            "flowsync keeps the history in a file; pass a file path such as ./flowsync.duckdb "
+            "(an absolute one for a name that starts so)."
+        )
     if path.is_dir():
         raise StoreError(
             f"--db {path} is a directory; pass a file path such as {path / 'flowsync.duckdb'}."
