@@ -326,6 +326,26 @@ def test_the_same_file_pulled_from_another_server_is_refused(db: Path, tmp_path:
     assert _files(out) == before
 
 
+def test_an_export_a_newer_flowsync_wrote_is_refused_unchanged(db: Path, tmp_path: Path) -> None:
+    """Its manifest says a newer flowsync wrote it (with a table this version does not
+    know): not rewritten in this version's layout."""
+    out = tmp_path / "export"
+    export(db, out)
+    manifest_path = out / "_flowsync_manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["flowsync_version"] = "9.0.0"
+    manifest["tables"]["task_runs"] = {"partition_by": None, "rows": 7, "files": {}}
+    manifest_path.write_text(json.dumps(manifest))
+    before = _files(out)
+    for args in ([], ["--since", "1d"]):
+        result = run_cli("export", str(out), "--db", str(db), *args)
+        assert result.exit_code == 2, result.output
+        assert "written by flowsync 9.0.0" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+        assert "Traceback" not in result.output
+        assert _files(out) == before
+
+
 def test_replace_exports_another_file_over_an_export(db: Path, tmp_path: Path) -> None:
     out = tmp_path / "export"
     export(db, out)

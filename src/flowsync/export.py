@@ -24,6 +24,8 @@ whose manifest names another file or server, or from a file with no completed
 pull into a destination that holds an export, is refused before anything is
 written (a full export would delete every partition the other file does not
 have); ``replace`` (``--replace``) takes a destination over with a full export.
+An export a newer flowsync wrote (its manifest's ``flowsync_version``) is refused
+too, unless ``replace``.
 
 Must not: print, or run SQL itself (the store's ``parquet`` module does).
 """
@@ -45,6 +47,7 @@ import pyarrow.parquet as pq
 from flowsync import __version__
 from flowsync.errors import ConfigError, StoreError
 from flowsync.store import Store, parquet, sync_log
+from flowsync.store.connect import version_key
 
 FORMATS = ("parquet",)
 # table -> the columns whose first non-null value's UTC day names its partition (empty: one file)
@@ -148,7 +151,15 @@ def _own_empty(manifest: dict[str, Any] | None, source: Source) -> bool:
 def check_source(manifest: dict[str, Any] | None, holds: bool, source: Source, where: str) -> None:
     """Refuse to export ``source`` into ``where`` when that would replace an export of
     another file or server (its ``manifest``), or when ``source`` has no completed pull
-    and ``where`` ``holds`` an export: a full export would remove its partitions."""
+    and ``where`` ``holds`` an export: a full export would remove its partitions; or when
+    a newer flowsync wrote that export (a layout this version does not know)."""
+    written_by = (manifest or {}).get("flowsync_version")
+    if isinstance(written_by, str) and version_key(written_by) > version_key(__version__):
+        raise ConfigError(
+            f"{where} holds an export written by flowsync {written_by}, newer than this "
+            f"flowsync {__version__}; upgrade flowsync (pip install -U flowsync) where this "
+            "command runs, or export to another destination."
+        )
     if not source.pulled and (holds or manifest is not None) and not _own_empty(manifest, source):
         raise ConfigError(
             f"{source.db} has no completed pull, and exporting it would empty the export in "

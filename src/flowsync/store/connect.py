@@ -405,7 +405,7 @@ class Store(Session):
         if not unknown:
             return
         written_by = self.file_versions().get("written_by", "")
-        if written_by and _version_key(written_by) <= _version_key(__version__):
+        if written_by and version_key(written_by) <= version_key(__version__):
             written_by = ""  # not the version that added the migration: do not name it
         who = f"flowsync {written_by}" if written_by else "a newer flowsync"
         if not self.read_only:
@@ -433,7 +433,7 @@ class Store(Session):
         now = datetime.now(timezone.utc)
         known = self.file_versions()
         newest = known.get("written_by", "")
-        if not newest or _version_key(newest) < _version_key(__version__):
+        if not newest or version_key(newest) < version_key(__version__):
             newest = __version__
         want = {
             "written_by": newest,
@@ -518,7 +518,7 @@ class Store(Session):
         return done
 
 
-def _version_key(version: str) -> tuple[tuple[int, str], ...]:
+def version_key(version: str) -> tuple[tuple[int, str], ...]:
     """``0.10.1`` > ``0.9.3``; a non-numeric part sorts by its text (no packaging dependency)."""
     parts = []
     for part in version.replace("-", ".").replace("+", ".").split("."):
