@@ -356,6 +356,24 @@ def test_a_snapshot_an_older_flowsync_published_names_the_file_to_pull(tmp_path:
     )
 
 
+@pytest.mark.parametrize("server", ['"3.9.1"', '[{"version": "3.9.1"}]'])
+def test_status_reads_a_newer_files_server_record_of_another_shape(
+    tmp_path: Path, server: str
+) -> None:
+    """A newer flowsync may keep the server's record (``sync_state`` ``server``) in another
+    shape: status shows the rest, with the newer file's warning, as plan does."""
+    db = built(tmp_path, runs=5)
+    add_future_migration(db)
+    with duckdb.connect(str(db)) as con:
+        con.execute("INSERT INTO sync_state VALUES ('server', CAST(? AS JSON), now())", [server])
+    for args in ([], ["--json"]):
+        result = run_cli("status", "--db", str(db), *args)
+        assert result.exit_code == 0, result.output
+        (warning,) = stderr_lines(result)
+        assert "written by flowsync 9.0.0" in warning
+    assert json.loads(result.stdout)["server"] is None
+
+
 def test_apply_on_a_newer_file_refuses_before_it_asks(tmp_path: Path) -> None:
     """The plan reads a newer flowsync's file (with its warning); apply refuses before its
     question, as its writer would after it."""

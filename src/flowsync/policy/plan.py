@@ -400,8 +400,7 @@ def make_plan(
     )
     if describe:  # how old the data is (not needed by apply's re-check)
         plan.last_pull_at = sync_log.last_pull_at(store)
-        server = sync_log.get_state(store, "server")
-        plan.server = server if isinstance(server, dict) else None
+        plan.server = sync_log.server_record(store)
         plan.oldest_read_at = oldest
     return plan
 

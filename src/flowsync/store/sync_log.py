@@ -31,6 +31,17 @@ def set_state(store: Store, key: str, value: Any) -> None:
     )
 
 
+# {"version", "cloud", "bulk", "seen_at"}: the server as last pulled (``sync.identity`` writes it)
+SERVER_KEY = "server"
+
+
+def server_record(store: Store) -> dict[str, Any] | None:
+    """The server as last pulled; None when no pull recorded it, or when a newer flowsync
+    keeps it in another shape (status and plan read what else the file says)."""
+    server = get_state(store, SERVER_KEY)
+    return server if isinstance(server, dict) else None
+
+
 def delete_state(store: Store, key: str) -> None:
     store.execute("DELETE FROM sync_state WHERE key = ?", [key])
 
@@ -121,7 +132,7 @@ def status_summary(store: Store) -> dict[str, Any]:
     out["last_apply"] = dict(zip(cols, other)) if other else None  # or plan --refresh
     out["pulls"] = int(store.execute("SELECT count(*) FROM sync_runs").scalar())
     out["api_url"] = get_state(store, "api_url")
-    out["server"] = get_state(store, "server")  # version, cloud, bulk, seen_at (sync.identity)
+    out["server"] = server_record(store)
     return out
 
 

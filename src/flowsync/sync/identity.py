@@ -32,7 +32,7 @@ MOVES_KEY = "api_url_moves"
 RETENTION_KEY = (
     "run_retention"  # {"known", "seconds", "source", "seen_at"}: read by sql/ deleted_runs
 )
-SERVER_KEY = "server"  # {"version", "cloud", "bulk", "seen_at"}: the server as last pulled
+SERVER_KEY = sync_log.SERVER_KEY
 # Flows checked by id when the URL changed: any match proves the same database.
 SAMPLE = 200
 
@@ -149,15 +149,13 @@ def record_server(store: Store, caps: Capabilities) -> bool:
     the record stays as the last pull that could ask left it."""
     if not caps.read:
         return False
-    before = sync_log.get_state(store, SERVER_KEY)
+    before = sync_log.server_record(store)
     said = caps.to_json()
     with store.transaction():
         sync_log.set_state(
             store, SERVER_KEY, {**said, "seen_at": datetime.now(timezone.utc).isoformat()}
         )
-    return (
-        not isinstance(before, dict) or {k: v for k, v in before.items() if k != "seen_at"} != said
-    )
+    return before is None or {k: v for k, v in before.items() if k != "seen_at"} != said
 
 
 def record_retention(client: PrefectClient, store: Store) -> RunRetention:
