@@ -213,6 +213,29 @@ def test_report_arguments_out_of_range_are_one_clear_refusal(
     assert files_under(db.parent) == before
 
 
+@pytest.mark.parametrize("value", ["inf", "1e10", "nan", "3601"])
+def test_a_rule_timeout_past_the_policys_own_bound_is_refused(
+    built: object, tmp_path: Path, value: str
+) -> None:
+    """The policy's rule_timeout_seconds is at most 3600, and so is the flag (and the
+    library's ``timeout=``) that overrides it: ``inf`` killed the time limit's thread with a
+    traceback, and the rule's SQL ran with no limit."""
+    import flowsync
+    from flowsync.errors import ConfigError
+
+    db = built.path  # type: ignore[attr-defined]
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        "version: 1\nrules:\n  - name: r\n    action: delete\n"
+        "    sql: SELECT id FROM flow_runs WHERE state_type = 'COMPLETED'\n"
+    )
+    refused(
+        run_cli("plan", str(policy), "--db", str(db), "--rule-timeout", value), "--rule-timeout"
+    )
+    with pytest.raises(ConfigError, match="--rule-timeout"):
+        flowsync.plan(db, policy, timeout=float(value))
+
+
 def test_export_since_too_far_back_writes_nothing(built: object, tmp_path: Path) -> None:
     db = built.path  # type: ignore[attr-defined]
     out = tmp_path / "out"

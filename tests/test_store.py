@@ -102,6 +102,23 @@ def test_applys_writer_runs_duckdb_on_one_thread_and_keeps_it(tmp_path: Path) ->
             store.execute("SET threads = 4")  # rule SQL cannot change it either
 
 
+def test_a_time_limit_past_what_a_timer_can_wait_is_no_limit(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``inf`` or ``1e10`` s (past ``threading.TIMEOUT_MAX``): the statement runs, and no
+    time-limit thread dies of an OverflowError; a NaN or negative limit is refused."""
+    import threading
+
+    died: list[BaseException | None] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: died.append(args.exc_value))
+    for seconds in (float("inf"), 1e10):
+        assert store.execute("SELECT 1", timeout=seconds).scalar() == 1
+    for seconds in (float("nan"), -1.0):
+        with pytest.raises(ValueError, match="positive number of seconds"):
+            store.execute("SELECT 1", timeout=seconds)
+    assert died == []
+
+
 def test_ctrl_c_during_a_statement_is_a_keyboard_interrupt(tmp_path: Path) -> None:
     """DuckDB catches SIGINT mid-statement and raises an error of its own; the store hands it
     on as the Ctrl-C it was, so every command stops as interrupted (inside a transaction too).

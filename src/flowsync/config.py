@@ -42,6 +42,10 @@ PULL_STALENESS_HOURS = 24.0  # every live run re-read at least this often (edits
 PULL_OVERLAP_MAX_MINUTES = 7 * 24 * 60.0  # a week: Prefect keeps events 7 days by default
 PULL_EVENTS_HORIZON_MAX_DAYS = 365.0
 PULL_STALENESS_MAX_HOURS = 365 * 24.0  # every live run re-read at least once a year
+# How long a rule's SQL may run: the policy's rule_timeout_seconds is at most the largest,
+# and --rule-timeout (the library's plan and apply ``timeout=``), which overrides it, too.
+RULE_TIMEOUT_MIN_SECONDS = 0.1
+RULE_TIMEOUT_MAX_SECONDS = 3600.0
 
 
 @dataclass(frozen=True)

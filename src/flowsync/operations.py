@@ -53,6 +53,7 @@ from flowsync.policy.apply import (
     new_result,
     reread_runs,
 )
+from flowsync.policy.model import check_rule_timeout
 from flowsync.policy.plan import PLAN_MEMORY_MB, selected_ids
 from flowsync.since import parse_since
 from flowsync.store import Store, audit, locks, sync_log
@@ -138,8 +139,11 @@ def plan(
     Reads the latest published snapshot (``live``: the live file). With
     ``refresh`` (the API to read from) every run the rules select is first
     re-read from the server into the live file, and the plan is made on it. Rule
-    SQL always runs on a read-only, sandboxed connection. ``lock_context`` says how
+    SQL always runs on a read-only, sandboxed connection, stopped after ``timeout``
+    seconds (0.1 to 3600, as ``--rule-timeout``; None: the policy's
+    ``rule_timeout_seconds``; else a ``ConfigError``). ``lock_context`` says how
     a lock on the live file is explained (``store.locks``)."""
+    timeout = check_rule_timeout(timeout)
     loaded = load_policy(policy)
     db = Path(db)
     if refresh is not None:

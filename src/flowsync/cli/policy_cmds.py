@@ -35,7 +35,12 @@ from flowsync.cli.common import (
     print_json,
     to_jsonable,
 )
-from flowsync.config import resolve_api, resolve_db_path
+from flowsync.config import (
+    RULE_TIMEOUT_MAX_SECONDS,
+    RULE_TIMEOUT_MIN_SECONDS,
+    resolve_api,
+    resolve_db_path,
+)
 from flowsync.errors import (
     PARTIAL_FAILURE_EXIT,
     ConfigError,
@@ -67,8 +72,9 @@ RuleTimeoutOption = Annotated[
     float | None,
     no_default_option(
         "--rule-timeout",
-        help="Stop each rule's SQL after this many seconds (default: the policy's rule_timeout_seconds, 60).",
-        min=0.1,
+        help="Stop each rule's SQL after this many seconds, up to 3600 (default: the policy's rule_timeout_seconds, 60).",
+        min=RULE_TIMEOUT_MIN_SECONDS,
+        max=RULE_TIMEOUT_MAX_SECONDS,
     ),
 ]
 # `plan --exit-code`: the plan would change something on the server.

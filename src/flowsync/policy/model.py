@@ -15,7 +15,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from flowsync.errors import PolicyError
+from flowsync.config import RULE_TIMEOUT_MAX_SECONDS, RULE_TIMEOUT_MIN_SECONDS
+from flowsync.errors import ConfigError, PolicyError
 from flowsync.states import StateType
 
 RULE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
@@ -23,6 +24,24 @@ RULE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def check_rule_timeout(timeout: object) -> float | None:
+    """``--rule-timeout`` (the library's ``timeout=``): None (the policy's), or seconds from
+    0.1 to 3600, the bound of the policy's own rule_timeout_seconds; else a ``ConfigError``."""
+    if timeout is None:
+        return None
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, (int, float))
+        or not RULE_TIMEOUT_MIN_SECONDS <= timeout <= RULE_TIMEOUT_MAX_SECONDS  # NaN too
+    ):
+        raise ConfigError(
+            f"--rule-timeout {timeout!r} is not a number of seconds from "
+            f"{RULE_TIMEOUT_MIN_SECONDS:g} to {RULE_TIMEOUT_MAX_SECONDS:g} (the bound of a "
+            "policy's rule_timeout_seconds); pass e.g. 120."
+        )
+    return float(timeout)
 
 
 class TargetState(_Strict):
@@ -114,7 +133,7 @@ class Policy(_Strict):
         60.0,
         strict=True,
         gt=0,
-        le=3600,
+        le=RULE_TIMEOUT_MAX_SECONDS,
         description="Each rule's SQL is stopped after this many seconds (plan, apply, policy check).",
     )
     rules: list[Rule] = Field(

@@ -187,9 +187,12 @@ class Session:
 
     @contextmanager
     def _time_limit(self, seconds: float | None) -> Iterator[list[bool]]:
-        """Interrupt the statement when it runs past ``seconds`` (None: no limit)."""
+        """Interrupt the statement when it runs past ``seconds`` (None: no limit; nor beyond
+        the longest wait a timer can have, ``threading.TIMEOUT_MAX``, e.g. ``inf``)."""
         fired = [False]
-        if not seconds:
+        if seconds is not None and not seconds > 0:
+            raise ValueError(f"a time limit is a positive number of seconds, not {seconds!r}")
+        if not seconds or seconds >= threading.TIMEOUT_MAX:
             yield fired
             return
 
