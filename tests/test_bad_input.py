@@ -269,6 +269,12 @@ def test_plan_sample_too_large_is_an_argument_error(tmp_path: Path) -> None:
         (["--api-url", "http://[::1:4311/api"], "--api-url"),
         (["--api-url", "http://127.0.0.1:99999/api"], "--api-url"),
         (["--api-url", "http://h:abc/api"], "--api-url"),
+        # host names the resolver cannot be asked for: a doubled dot, a part past 63
+        # characters, an xn-- part that is no name, one IDNA 2008 refuses
+        (["--api-url", "http://prefect..example.com/api"], "--api-url"),
+        (["--api-url", "http://" + "a" * 64 + ".example.com/api"], "--api-url"),
+        (["--api-url", "http://xn--zz.example.com/api"], "--api-url"),
+        (["--api-url", "http://\N{SNOWMAN}.example/api"], "http://\N{SNOWMAN}.example/api"),
     ],
 )
 def test_pull_arguments_are_refused_before_any_connection_or_write(

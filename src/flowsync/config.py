@@ -218,6 +218,7 @@ def resolve_api(
         raise ConfigError(
             f"{named} is not an http(s) URL; expected e.g. http://127.0.0.1:4200/api."
         )
+    _check_host(parts.hostname, named)
     if api_key is not None and not api_key.strip():
         raise ConfigError(
             "--api-key is empty (an unset shell variable?): pass the key, or leave the flag "
@@ -254,6 +255,19 @@ def resolve_api(
         max_requests_per_minute=_budget(budget, budget_source),
         run_retention_days=_retention(*pick(None, RETENTION_KEY)),
     )
+
+
+def _check_host(host: str, named: str) -> None:
+    """A host name the resolver can be asked for, checked as the socket layer encodes it
+    (IDNA: no empty part, none longer than 63 characters) and an ``xn--`` part decodes."""
+    try:
+        host.encode("idna").decode("idna")
+    except UnicodeError:
+        raise ConfigError(
+            f"{named} has a host name that cannot be looked up ({host!r}: a doubled dot, a "
+            "part longer than 63 characters, or an xn-- part that is no name?); fix the host, "
+            "e.g. http://127.0.0.1:4200/api."
+        ) from None
 
 
 def _number(

@@ -52,6 +52,7 @@ from flowsync.config import ApiSettings
 from flowsync.errors import (
     ApiError,
     AuthError,
+    ConfigError,
     NotFoundError,
     NotSentError,
     ThrottledError,
@@ -215,15 +216,20 @@ class ApiSession:
         self._secrets = tuple(sorted({x for x in secrets + quoted if x}, key=len, reverse=True))
         self._base = base.rstrip("/") + "/"
         self._host = urlsplit(self._base).netloc
-        self._http = httpx.Client(
-            base_url=self._base,
-            headers=headers,
-            timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
-            verify=settings.verify,
-            transport=transport,
-            follow_redirects=False,
-            limits=httpx.Limits(max_connections=8, max_keepalive_connections=4),
-        )
+        try:
+            self._http = httpx.Client(
+                base_url=self._base,
+                headers=headers,
+                timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+                verify=settings.verify,
+                transport=transport,
+                follow_redirects=False,
+                limits=httpx.Limits(max_connections=8, max_keepalive_connections=4),
+            )
+        except httpx.InvalidURL as e:  # a host name IDNA 2008 refuses (config checks the rest)
+            raise ConfigError(
+                f"API URL {settings.display_url!r} cannot be used: {e}; fix the host name."
+            ) from None
 
     # -- plumbing ---------------------------------------------------------
 
