@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -90,14 +91,27 @@ def test_db_path_resolution(tmp_path: Path) -> None:
     )
 
 
-def test_cert_file_must_exist() -> None:
-    with pytest.raises(ConfigError, match="PREFECT_API_SSL_CERT_FILE"):
-        resolve_api(
-            env={
-                "PREFECT_API_URL": "https://h/api",
-                "PREFECT_API_SSL_CERT_FILE": "/nonexistent.pem",
-            }
-        )
+@pytest.mark.parametrize(
+    ("cert", "problem"),
+    [
+        ("/nonexistent.pem", "does not exist"),
+        ("a directory", "is a directory"),
+        ("not a certificate\n", "holds no PEM certificate"),  # a DER one, a key, a typo
+    ],
+)
+def test_cert_file_must_be_a_file_of_pem_certificates(
+    tmp_path: Path, cert: str, problem: str
+) -> None:
+    """Checked when the settings are read, one line naming the setting: not an ssl.SSLError
+    traceback when the client is built, nor "does not exist" for a directory."""
+    if cert == "a directory":
+        cert = str(tmp_path)
+    elif not cert.startswith("/"):
+        (tmp_path / "ca.pem").write_text(cert)
+        cert = str(tmp_path / "ca.pem")
+    named = re.escape(f"PREFECT_API_SSL_CERT_FILE '{cert}'")
+    with pytest.raises(ConfigError, match=rf"^{named} .*{problem}"):
+        resolve_api(env={"PREFECT_API_URL": "https://h/api", "PREFECT_API_SSL_CERT_FILE": cert})
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -236,13 +237,11 @@ def resolve_api(
 
     verify: bool | str = True
     insecure, _ = pick(None, "PREFECT_API_TLS_INSECURE_SKIP_VERIFY")
-    cert_file, _ = pick(None, "PREFECT_API_SSL_CERT_FILE")
+    cert_file, cert_source = pick(None, "PREFECT_API_SSL_CERT_FILE")
     if insecure and _truthy(insecure):
         verify = False
     elif cert_file:
-        if not Path(cert_file).expanduser().is_file():
-            raise ConfigError(f"PREFECT_API_SSL_CERT_FILE {cert_file!r} does not exist.")
-        verify = str(Path(cert_file).expanduser())
+        verify = _ca_file(cert_file, cert_source)
 
     flag_budget = None if max_requests_per_minute is None else str(max_requests_per_minute)
     budget, budget_source = pick(flag_budget, BUDGET_KEY)
@@ -255,6 +254,30 @@ def resolve_api(
         max_requests_per_minute=_budget(budget, budget_source),
         run_retention_days=_retention(*pick(None, RETENTION_KEY)),
     )
+
+
+def _ca_file(value: str, source: str) -> str:
+    """PREFECT_API_SSL_CERT_FILE: a file of PEM CA certificates, loaded here once as the
+    API client will load it, so that a file of anything else (a DER certificate, a key,
+    another file) is one line naming the setting, not an ``ssl.SSLError`` at the first
+    request."""
+    named = _named("PREFECT_API_SSL_CERT_FILE", value, source)
+    path = Path(value).expanduser()
+    if path.is_dir():
+        raise ConfigError(
+            f"{named} is a directory; point it at a file of PEM CA certificates (e.g. ca.pem)."
+        )
+    if not path.is_file():
+        raise ConfigError(f"{named} does not exist; point it at a file of PEM CA certificates.")
+    try:
+        ssl.create_default_context(cafile=str(path))
+    except (OSError, ssl.SSLError, ValueError) as e:
+        reason = getattr(e, "reason", None) or getattr(e, "strerror", None) or e
+        raise ConfigError(
+            f"{named} holds no PEM certificate Python can load ({reason}); point it at a file "
+            "of PEM CA certificates (a DER one: openssl x509 -inform der -in FILE -out ca.pem)."
+        ) from None
+    return str(path)
 
 
 def _check_host(host: str, named: str) -> None:
