@@ -187,6 +187,23 @@ def test_bad_policies_name_the_field(text: str, expected: str) -> None:
     assert str(info.value).startswith("bad.yaml")
 
 
+@pytest.mark.parametrize("nest", ["[]", "{a: }"], ids=["lists", "mappings"])
+def test_yaml_nested_past_pythons_recursion_limit_is_one_policy_error(
+    tmp_path: Path, nest: str
+) -> None:
+    """PyYAML reads nesting recursively: 2000 levels were a RecursionError traceback."""
+    opening, closing = nest[:-1], nest[-1]
+    text = "version: 1\nrules: " + opening * 2000 + closing * 2000 + "\n"
+    with pytest.raises(PolicyError, match=r"^deep\.yaml: YAML nested too deeply"):
+        parse_policy(text.encode(), "deep.yaml")
+    deep = tmp_path / "deep.yaml"
+    deep.write_text(text)
+    result = run_cli("policy", "check", str(deep))
+    assert result.exit_code == 7 and "nested too deeply" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.output
+
+
 def test_one_bullet_per_field() -> None:
     text = b"version: 1\nrules:\n - {name: a, action: nuke, sql: x}\n - {name: b, action: set_state, sql: x, bogus: 1}\n"
     with pytest.raises(PolicyError) as info:

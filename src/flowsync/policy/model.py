@@ -274,6 +274,11 @@ def parse_policy(data: bytes, source: str) -> LoadedPolicy:
         raise PolicyError(
             f"{source}: YAML syntax error{where}: {problem}. Fix the file and run again."
         ) from e
+    except RecursionError:  # PyYAML reads nested lists and mappings recursively
+        raise PolicyError(
+            f"{source}: YAML nested too deeply to read (lists or mappings inside each other "
+            "hundreds of levels down); a policy is a few levels deep. Fix the file and run again."
+        ) from None
     if raw is None:
         raise PolicyError(
             f"{source} is empty; a policy needs at least `version: 1` and `rules:` "
