@@ -98,9 +98,10 @@ def test_version_matches_the_installed_distribution() -> None:
 
 def test_bash_completion_script_and_completions() -> None:
     # Typer detects the shell from the process tree (shellingham): run it from bash, as a user would,
-    # so the test does not depend on what started pytest.
+    # so the test does not depend on what started pytest (bash stays its parent: a lone command
+    # is exec'd in bash's place, and what then sits above it varies).
     script = subprocess.run(
-        ["bash", "-c", f'"{FLOWSYNC}" --show-completion bash'],
+        ["bash", "-c", f'"{FLOWSYNC}" --show-completion bash; exit $?'],
         capture_output=True,
         text=True,
         timeout=60,

@@ -138,7 +138,8 @@ class Policy(_Strict):
     )
     rules: list[Rule] = Field(
         min_length=1,
-        description="Applied in order; a run goes to the first rule that acts on it (not one that leaves it: over its limit, among its keep_newest).",
+        description="Applied in order; a run goes to the first rule that acts on it (not to "
+        "one that leaves it: over its limit, among its keep_newest).",
     )
 
     @field_validator("version", mode="before")
