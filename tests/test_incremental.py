@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 import uuid
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -515,3 +516,40 @@ def test_a_deployment_deleted_while_another_is_created_is_found_by_the_next_pull
     flowsync.pull(db, api=api, options=options)
     assert query(db, gone, [deps[0]]) == [(True,)]
     assert query(db, "SELECT count(*) FROM deployments WHERE deleted_at IS NULL") == [(12,)]
+
+
+@pytest.mark.backends("sqlite")  # the catalog walk does not depend on the backend
+def test_a_schedule_paused_past_the_walks_first_page_is_read_within_the_staleness_window(
+    fresh_server: Server, tmp_path: Path
+) -> None:
+    """Pausing a deployment's schedule leaves its ``updated`` where it was (the schedule is a
+    row of another table on the server): the walk by ``updated`` stops at its first page and
+    never sees it. The whole collection is listed again once its last listing is older than
+    ``LISTED_EVERY`` of the staleness window, so the pause reaches the file within it."""
+    import flowsync
+    from flowsync.config import ApiSettings
+    from flowsync.sync import PullOptions
+    from harness.seed import new_deployment, post_json
+
+    url = fresh_server.url
+    with httpx.Client(base_url=url + "/", timeout=60) as c:
+        flow = post_json(c, "flows/", {"name": "hourly"})["id"]
+        schedules = [{"schedule": {"interval": 3600}, "active": True}]
+        first = post_json(
+            c, "deployments/", {"name": "hourly", "flow_id": flow, "schedules": schedules}
+        )["id"]
+    for i in range(11):
+        new_deployment(url, f"later-{i}")
+    db, api = tmp_path / "runs.duckdb", ApiSettings(url=url)
+    day = PullOptions(page_size=5, overlap=timedelta(0), staleness=timedelta(hours=24))
+    flowsync.pull(db, api=api, options=day)
+    with httpx.Client(base_url=url + "/", timeout=60) as c:
+        schedule = c.get(f"deployments/{first}").json()["schedules"][0]["id"]
+        paused = c.patch(f"deployments/{first}/schedules/{schedule}", json={"active": False})
+        assert paused.status_code == 204
+    active = "SELECT CAST(schedules AS VARCHAR) FROM deployments WHERE id = ?"
+    flowsync.pull(db, api=api, options=day)  # listed a moment ago: the walk alone
+    assert json.loads(query(db, active, [first])[0][0])[0]["active"] is True
+    time.sleep(1)
+    flowsync.pull(db, api=api, options=replace(day, staleness=timedelta(seconds=1)))
+    assert json.loads(query(db, active, [first])[0][0])[0]["active"] is False

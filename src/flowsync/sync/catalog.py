@@ -1,8 +1,9 @@
 """Syncing the small collections: flows and deployments.
 
 Owns: one incremental walk per collection (newest ``updated`` first, stopping
-at the cursor), a count check that falls back to a full listing, and marking
-rows the server no longer has. Must not: touch flow runs.
+at the cursor), a count check that falls back to a full listing, a full listing
+at least once per staleness window (``LISTED_EVERY``), and marking rows the
+server no longer has. Must not: touch flow runs.
 """
 
 from __future__ import annotations
@@ -14,15 +15,29 @@ from flowsync.store import sync_log, synced_tables
 from flowsync.store.tables import TableSpec
 from flowsync.sync.context import PullContext
 
+# Some changes leave a flow's or deployment's ``updated`` where it was (a schedule paused
+# or edited: a row of another table on the server; a work pool renamed), so the walk by
+# ``updated`` misses them past its first page. The whole collection is listed again once
+# its last full listing is older than this share of the staleness window: every row is
+# then at most that window old, as runs are (the rolling re-read).
+LISTED_EVERY = 0.75
+
 
 def sync_collection(ctx: PullContext, spec: TableSpec) -> None:
     resource = spec.name
-    key = f"{resource}.cursor"
+    key, listed_key = f"{resource}.cursor", f"{resource}.listed_at"
     cursor = sync_log.get_state(ctx.store, key)
+    listed = sync_log.get_state(ctx.store, listed_key)
+    started = synced_tables.now_utc()
     ctx.progress.phase(resource)
     seen: set[str] = set()
     complete = False
-    if cursor is None or ctx.options.full:
+    if (
+        cursor is None
+        or ctx.options.full
+        or listed is None
+        or started - parse_ts(listed) >= ctx.options.staleness * LISTED_EVERY
+    ):
         complete = _walk(ctx, spec, "CREATED_DESC", None, seen)
     else:
         since = parse_ts(cursor) - ctx.options.overlap
@@ -35,6 +50,8 @@ def sync_collection(ctx: PullContext, spec: TableSpec) -> None:
         _mark_missing(ctx, spec, seen)
     with ctx.store.transaction():
         sync_log.set_state(ctx.store, key, iso(ctx.server_start))
+        if complete:  # (a walk by ``updated`` that read every page listed it all too)
+            sync_log.set_state(ctx.store, listed_key, iso(started))
 
 
 def _walk(
