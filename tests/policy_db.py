@@ -40,7 +40,7 @@ def run(
 
 def make_db(path: Path, runs: list[dict[str, Any]]) -> Path:
     """A flowsync file holding exactly these runs (one flow, two deployments)."""
-    with Store.writer(path) as store:
+    with Store.writer(path) as store, store.transaction():  # one commit, not one a run
         store.execute("INSERT INTO flows (id, name, synced_at) VALUES (?, 'etl', now())", [FLOW])
         for name, dep_id in DEPLOYMENTS.items():
             store.execute(
