@@ -32,6 +32,18 @@ def pull(url: str, db: Path) -> tuple[dict[str, object], str]:
     return dict(json.loads(result.stdout)), result.stderr
 
 
+def pull_and_purge(url: str, db: Path) -> tuple[Any, Any]:
+    """``flowsync pull``, then ``flowsync apply --yes`` of a policy deleting every live run
+    in the file, against ``url``: the click Results, unchecked."""
+    policy = db.with_name("purge.yaml")
+    policy.write_text(
+        "version: 1\nmax_actions: 1000\nrules:\n  - name: purge\n    action: delete\n"
+        "    sql: SELECT id FROM flow_runs WHERE deleted_at IS NULL\n"
+    )
+    pulled = run_cli("pull", "--api-url", url, "--db", str(db))
+    return pulled, run_cli("apply", str(policy), "--api-url", url, "--db", str(db), "--yes")
+
+
 def test_same_server_by_another_name_is_followed_and_another_server_refused(
     fresh_server: Server, start_server: Any, tmp_path: Path
 ) -> None:
@@ -72,15 +84,9 @@ def test_same_server_by_another_name_is_followed_and_another_server_refused(
     # Same flow names, deployments and seed on another server: still another server.
     with start_server(home=tmp_path / "second-prefect") as second:
         seed(second.url, runs=60, flows=2, deployments_per_flow=2, seed_value=31)
-        refused = run_cli("pull", "--api-url", second.url, "--db", str(db))
         # apply re-reads its runs by id and marks the ones the server lacks deleted:
         # against another server it must refuse before reading, or the history is lost.
-        policy = tmp_path / "purge.yaml"
-        policy.write_text(
-            "version: 1\nmax_actions: 1000\nrules:\n  - name: purge\n    action: delete\n"
-            "    sql: SELECT id FROM flow_runs WHERE deleted_at IS NULL\n"
-        )
-        applied = run_cli("apply", str(policy), "--api-url", second.url, "--db", str(db), "--yes")
+        refused, applied = pull_and_purge(second.url, db)
         second_runs = scalar_count(second.url)
     assert applied.exit_code == 2, applied.output
     assert (
@@ -112,13 +118,7 @@ def test_another_server_started_at_the_files_own_url_is_refused(
     with start_server(home=tmp_path / "second", port=port) as second:
         assert second.url == first.url
         seed(second.url, runs=40, flows=2, deployments_per_flow=1, days=5, seed_value=4)
-        refused = run_cli("pull", "--api-url", second.url, "--db", str(db))
-        policy = tmp_path / "purge.yaml"
-        policy.write_text(
-            "version: 1\nrules:\n  - name: purge\n    action: delete\n"
-            "    sql: SELECT id FROM flow_runs WHERE deleted_at IS NULL\n"
-        )
-        applied = run_cli("apply", str(policy), "--api-url", second.url, "--db", str(db), "--yes")
+        refused, applied = pull_and_purge(second.url, db)
         assert scalar_count(second.url) == 40
     for result in (refused, applied):
         line = " ".join(result.stderr.split())
