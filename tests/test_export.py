@@ -259,6 +259,20 @@ def test_manifest_records_the_source_file_and_server(built: BuiltHistory, tmp_pa
     assert manifest["source"] == {"db": str(db.resolve()), "api_url": API_URL}
 
 
+def _refused_each(
+    out: Path, db: Path, argsets: list[list[str]], before: dict[str, bytes], *needles: str
+) -> None:
+    """``flowsync export OUT --db DB`` with each of ``argsets`` refused in one line saying
+    each of ``needles``, the export's files as ``before``."""
+    for args in argsets:
+        result = run_cli("export", str(out), "--db", str(db), "--json", *args)
+        assert result.exit_code == 2, result.output
+        assert all(n in result.stderr for n in needles), result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+        assert "Traceback" not in result.output
+        assert _files(out) == before
+
+
 @pytest.mark.parametrize("other_kind", ["another file", "a file never pulled"])
 def test_export_from_another_source_is_refused_and_removes_nothing(
     db: Path, tmp_path: Path, other_kind: str
@@ -277,13 +291,8 @@ def test_export_from_another_source_is_refused_and_removes_nothing(
         other = tmp_path / "empty.duckdb"
         Store.writer(other).close()
         needle = f"{other} has no completed pull"
-    for args in ([], ["--since", "1d"], ["--tables", "flow_runs"]):
-        result = run_cli("export", str(out), "--db", str(other), "--json", *args)
-        assert result.exit_code == 2, result.output
-        assert needle in result.stderr and "--replace" in result.stderr
-        assert len(result.stderr.strip().splitlines()) == 1
-        assert "Traceback" not in result.output
-        assert _files(out) == before
+    argsets = [[], ["--since", "1d"], ["--tables", "flow_runs"]]
+    _refused_each(out, other, argsets, before, needle, "--replace")
 
 
 def test_an_older_manifest_from_another_file_is_refused(db: Path, tmp_path: Path) -> None:
@@ -337,13 +346,7 @@ def test_an_export_a_newer_flowsync_wrote_is_refused_unchanged(db: Path, tmp_pat
     manifest["tables"]["task_runs"] = {"partition_by": None, "rows": 7, "files": {}}
     manifest_path.write_text(json.dumps(manifest))
     before = _files(out)
-    for args in ([], ["--since", "1d"]):
-        result = run_cli("export", str(out), "--db", str(db), *args)
-        assert result.exit_code == 2, result.output
-        assert "written by flowsync 9.0.0" in result.stderr
-        assert len(result.stderr.strip().splitlines()) == 1
-        assert "Traceback" not in result.output
-        assert _files(out) == before
+    _refused_each(out, db, [[], ["--since", "1d"]], before, "written by flowsync 9.0.0")
 
 
 def test_replace_exports_another_file_over_an_export(db: Path, tmp_path: Path) -> None:
