@@ -255,25 +255,26 @@ def test_plan_sample_too_large_is_an_argument_error(tmp_path: Path) -> None:
     assert not db.exists()
 
 
+SPANS = ("--staleness", "--overlap", "--events-horizon")
+BAD_URLS = (
+    "http://[::1:4311/api",
+    "http://127.0.0.1:99999/api",
+    "http://h:abc/api",
+    # host names the resolver cannot be asked for: a doubled dot, a part past 63
+    # characters, an xn-- part that is no name (the snowman, one IDNA 2008 refuses, below)
+    "http://prefect..example.com/api",
+    "http://" + "a" * 64 + ".example.com/api",
+    "http://xn--zz.example.com/api",
+)
+
+
 @pytest.mark.parametrize(
     ("args", "option"),
     [
-        (["--staleness", "inf"], "--staleness"),
-        (["--staleness", "1e12"], "--staleness"),
-        (["--overlap", "1e12"], "--overlap"),
-        (["--overlap", "inf"], "--overlap"),
-        (["--events-horizon", "1e12"], "--events-horizon"),
-        (["--events-horizon", "inf"], "--events-horizon"),
+        *(([flag, value], flag) for flag in SPANS for value in ("inf", "1e12")),
         (["--max-requests-per-minute", "0.01"], "--max-requests-per-minute '0.01'"),
         (["--max-requests-per-minute", "inf"], "--max-requests-per-minute 'inf'"),
-        (["--api-url", "http://[::1:4311/api"], "--api-url"),
-        (["--api-url", "http://127.0.0.1:99999/api"], "--api-url"),
-        (["--api-url", "http://h:abc/api"], "--api-url"),
-        # host names the resolver cannot be asked for: a doubled dot, a part past 63
-        # characters, an xn-- part that is no name, one IDNA 2008 refuses
-        (["--api-url", "http://prefect..example.com/api"], "--api-url"),
-        (["--api-url", "http://" + "a" * 64 + ".example.com/api"], "--api-url"),
-        (["--api-url", "http://xn--zz.example.com/api"], "--api-url"),
+        *((["--api-url", url], "--api-url") for url in BAD_URLS),
         (["--api-url", "http://\N{SNOWMAN}.example/api"], "http://\N{SNOWMAN}.example/api"),
     ],
 )
