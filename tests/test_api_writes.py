@@ -171,6 +171,25 @@ WRITES = {
 }
 
 
+@pytest.mark.parametrize("call", ["read", "bulk_delete", "delete"])
+def test_a_redirect_is_one_error_naming_where_it_leads(call: str) -> None:
+    """A proxy moving http to https answers 301 (a path without /api, 307): not followed, not
+    retried seven times as an unreadable body, and no write counted as maybe applied."""
+    moved = httpx.Response(
+        301, headers={"Location": "https://prefect.example.com/api/flows/filter"}
+    )
+    transport, seen = faulty(moved)
+    sleeps: list[float] = []
+    with fake_client(transport, sleeps) as c, pytest.raises(ApiError) as raised:
+        if call == "read":
+            c.filter_page("flows", {"limit": 1, "offset": 0})
+        else:
+            WRITES[call](c)
+    assert type(raised.value) is ApiError and len(seen) == 1 and sleeps == []
+    assert "redirected (301) to https://prefect.example.com/api/flows/filter" in str(raised.value)
+    assert "nothing was applied" in str(raised.value)
+
+
 @pytest.mark.parametrize("call", sorted(WRITES))
 @pytest.mark.parametrize(
     ("answer", "error"),

@@ -322,6 +322,15 @@ class ApiSession:
                         f"HTTP {status} {self._said(response.text)}",
                         status if _from_prefect(response) else None,
                     )
+                elif 300 <= status < 400:
+                    # A proxy moving http to https, a path without /api: nothing reached
+                    # Prefect's endpoint (not followed: a write must not go elsewhere).
+                    moved = self._said(response.headers.get("location", ""), 200) or "elsewhere"
+                    raise ApiError(
+                        f"Prefect API at {self.settings.display_url}: {method} /{_bare(path)} "
+                        f"was redirected ({status}) to {moved}; nothing was applied. Use the "
+                        "address it names as the API URL (--api-url / PREFECT_API_URL)."
+                    )
                 elif status in (404, 405):
                     raise NotFoundError(self._status_message(method, where, response), path, status)
                 elif status >= 400:
