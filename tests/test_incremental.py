@@ -13,6 +13,7 @@ import time
 import uuid
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
+from email.utils import format_datetime, parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,44 @@ def pull(url: str, db: Path, *extra: str) -> dict[str, Any]:
     result = run_cli("pull", "--api-url", url, "--db", str(db), "--json", *extra)
     assert result.exit_code == 0, result.output
     return dict(json.loads(result.stdout))
+
+
+def date_ahead(by: timedelta) -> httpx.MockTransport:
+    """The real server behind a ``Date`` header ``by`` ahead of its clock: a proxy that sets its
+    own (nginx does), this machine's clock standing in for a missing one, or the server's own
+    clock while it ran ahead."""
+
+    def shift(_: httpx.Request, response: httpx.Response) -> None:
+        date = parsedate_to_datetime(response.headers["date"])
+        response.headers["date"] = format_datetime(date + by, usegmt=True)
+
+    return forwarding(after=shift)
+
+
+def pull_through(url: str, db: Path, transport: httpx.BaseTransport | None = None) -> str:
+    """A pull through ``transport`` (the library's, which takes one); its mode."""
+    from flowsync.api import PrefectClient
+    from flowsync.config import ApiSettings
+    from flowsync.store import Store
+    from flowsync.sync import pull as pull_api
+
+    with (
+        Store.writer(db) as store,
+        PrefectClient(ApiSettings(url=url), transport=transport) as client,
+    ):
+        return pull_api(client, store).mode
+
+
+def fail_one(url: str) -> str:
+    """One run that is not FAILED, moved to FAILED on the server once its event is stored."""
+    with httpx.Client(base_url=url + "/", timeout=60) as c:
+        run = c.post(
+            "flow_runs/filter",
+            json={"limit": 1, "flow_runs": {"state": {"type": {"not_any_": ["FAILED"]}}}},
+        ).json()[0]["id"]
+        set_states(c, [run], "FAILED", "Failed")
+    wait_for_state_events(url, [run], "FAILED")
+    return str(run)
 
 
 def test_changes_between_pulls(fresh_server: Server, db_path: Path) -> None:
@@ -279,13 +318,16 @@ def test_verify_finds_a_state_change_whose_event_was_missed(
     seeded = seeded_and_pulled(url, db_path, runs=40, seed_value=11)
     target = completed(seeded)[0]
     move_to(url, [target], "FAILED")
-    # Pretend the last pull happened after the change, so its event is outside the window.
+    wait_for_state_events(url, [target], "FAILED")
+    time.sleep(1)  # the next pull's Date (whole seconds) is after the change
+    # Pretend the last pull happened after the change, so its event is outside the window
+    # (which starts no later than the next pull's Date).
     import duckdb
 
     con = duckdb.connect(str(db_path))
     con.execute(
         "UPDATE sync_state SET value = to_json(strftime(now() + INTERVAL 1 HOUR, '%Y-%m-%dT%H:%M:%S+00:00')) "
-        "WHERE key = 'flow_runs.cursor'"
+        "WHERE key IN ('flow_runs.cursor', 'flow_runs.events_cursor')"
     )
     con.close()
     quiet = pull(url, db_path, "--overlap", "0")
@@ -293,6 +335,40 @@ def test_verify_finds_a_state_change_whose_event_was_missed(
     assert int(quiet["requests"]) <= 8  # totals agree: no histogram (8: the identity check)
     pull(url, db_path, "--overlap", "0", "--verify")
     assert local_state(db_path, target) == "FAILED"
+    assert_matches_server(db_path, url)
+
+
+def test_a_state_change_after_the_server_clock_stepped_back_is_not_lost(
+    fresh_server: Server, db_path: Path
+) -> None:
+    """The server's clock ran 30 minutes ahead during one pull (a VM resumed, NTP off) and was
+    then put right. A cursor taken from that pull's Date would start the next events window
+    20 minutes in the future: the state change made right after the correction would be
+    outside every later window (until the daily check)."""
+    url = fresh_server.url
+    seed(url, runs=20, flows=1, deployments_per_flow=1, days=3, seed_value=11)
+    assert pull_through(url, db_path) == "full"
+    assert pull_through(url, db_path, date_ahead(timedelta(minutes=30))) == "incremental"
+    run = fail_one(url)  # the clock is right again
+    assert pull_through(url, db_path) == "incremental"
+    assert local_state(db_path, run) == "FAILED"
+    assert_matches_server(db_path, url)
+
+
+def test_a_state_change_is_not_lost_behind_a_proxy_whose_clock_is_ahead(
+    fresh_server: Server, db_path: Path
+) -> None:
+    """Every answer's Date is 15 minutes ahead of the server's clock (a proxy's own). A cursor
+    taken from it would start each events window 5 minutes after the previous pull: a state
+    change in those minutes would never be asked for."""
+    url = fresh_server.url
+    proxy = date_ahead(timedelta(minutes=15))
+    seed(url, runs=20, flows=1, deployments_per_flow=1, days=3, seed_value=11)
+    assert pull_through(url, db_path, proxy) == "full"
+    run = fail_one(url)
+    for _ in range(2):
+        assert pull_through(url, db_path, proxy) == "incremental"
+    assert local_state(db_path, run) == "FAILED"
     assert_matches_server(db_path, url)
 
 

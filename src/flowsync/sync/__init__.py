@@ -3,6 +3,7 @@
     pull.py      the order of a pull and its ``sync_runs`` record; ``refresh_runs``
     catalog.py   flows and deployments
     runs.py      flow runs: full reconciliation, incremental pull, re-read by id
+    cursor.py    where the runs' events window starts, and whether the server still holds it
     context.py   what a pull carries (client, store, options, progress, counters)
 
 Where a pull writes rows: ``flowsync.store.synced_tables``; its cursors and
@@ -10,8 +11,8 @@ log: ``flowsync.store.sync_log``. Must not: print or import httpx/duckdb.
 """
 
 from flowsync.sync.context import NullProgress, Progress, PullOptions
+from flowsync.sync.cursor import events_cover, pulled_from
 from flowsync.sync.pull import PullResult, RunReader, pull, refresh_runs
-from flowsync.sync.runs import events_cover, pulled_from
 
 __all__ = [
     "NullProgress",

@@ -19,11 +19,11 @@ from typing import Any
 
 from flowsync import views
 from flowsync.api import Page, PrefectClient
-from flowsync.api.pagination import pages_by_id, parse_ts
+from flowsync.api.pagination import pages_by_id
 from flowsync.errors import ApiError, FlowsyncError, SignalInterrupt
 from flowsync.store import Writer, signatures, sync_log, synced_tables
 from flowsync.store.tables import DEPLOYMENTS, FLOW_RUNS, FLOWS
-from flowsync.sync import catalog, identity, runs
+from flowsync.sync import catalog, cursor, identity, runs
 from flowsync.sync.context import NullProgress, Progress, PullContext, PullOptions
 
 
@@ -162,10 +162,15 @@ def pull(
             if why_full:
                 runs.full_pass(ctx)
             else:
-                cursor = parse_ts(sync_log.get_state(store, runs.CURSOR))
-                runs.incremental(ctx, cursor - options.overlap)
+                # The events window starts at the events' own clock (``cursor``); the Date
+                # at this pull's start is what the next pull counts the retention from.
+                start = cursor.window_start(store, server_start)
+                newest = runs.incremental(ctx, start - options.overlap)
                 with store.transaction():
-                    sync_log.set_state(store, runs.CURSOR, server_start.isoformat())
+                    sync_log.set_state(store, cursor.CURSOR, server_start.isoformat())
+                    sync_log.set_state(
+                        store, cursor.EVENTS_CURSOR, cursor.next_cursor(start, newest, server_start)
+                    )
             runs_counter = ctx.counters.get(FLOW_RUNS.name)
             if runs_counter is not None and runs_counter.marked_deleted:
                 # Runs went: record the server's retention now, to tell aged-out from deleted.

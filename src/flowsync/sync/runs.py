@@ -32,7 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from flowsync.api import Page, PrefectClient
+from flowsync.api import Page
 from flowsync.api.pagination import (
     EPOCH,
     Position,
@@ -43,13 +43,13 @@ from flowsync.api.pagination import (
     pages_by_id,
     parse_ts,
 )
-from flowsync.config import PULL_EVENTS_HORIZON_DAYS
 from flowsync.errors import ApiError
-from flowsync.store import Store, sync_log, synced_tables
+from flowsync.store import sync_log, synced_tables
 from flowsync.store.tables import FLOW_RUNS
+from flowsync.sync import cursor
 from flowsync.sync.context import WRITE_ROWS, PullContext
+from flowsync.sync.cursor import CURSOR, EVENTS_CURSOR
 
-CURSOR = "flow_runs.cursor"
 FULL_PASS = "flow_runs.full_pass"
 VERIFIED = "flow_runs.verified_at"
 # The server's history query costs ~3 ms per bucket on SQLite: few buckets, refined where they differ.
@@ -71,62 +71,23 @@ def needs_full(ctx: PullContext) -> str | None:
         return "resuming an interrupted full pull"
     if ctx.options.full:
         return "--full"
-    cursor = sync_log.get_state(ctx.store, CURSOR)
-    if cursor is None:
+    pulled = sync_log.get_state(ctx.store, CURSOR)
+    if pulled is None:
         return "first pull"
-    return events_gap(ctx, parse_ts(cursor) - ctx.options.overlap)
+    overlap = ctx.options.overlap
+    since = cursor.window_start(ctx.store, ctx.server_start) - overlap
+    return events_gap(ctx, since, parse_ts(pulled) - overlap)
 
 
-def events_gap(ctx: PullContext, since: datetime) -> str | None:
+def events_gap(ctx: PullContext, since: datetime, read_to: datetime) -> str | None:
     """Why the server's state events may no longer cover [since, now], or None when they do
-    (``events_cover`` with the pull's clock and ``--events-horizon``)."""
+    (``cursor.events_cover`` with the pull's clock and ``--events-horizon``)."""
     try:
-        return events_cover(ctx.client, since, ctx.server_start, ctx.options.events_horizon)
+        return cursor.events_cover(
+            ctx.client, since, ctx.server_start, ctx.options.events_horizon, read_to=read_to
+        )
     except ApiError:
         return None  # no events API: the incremental pull falls back to re-reading unfinished runs
-
-
-def pulled_from(store: Store) -> datetime | None:
-    """When the last pull began by the server's clock (its runs cursor): the runs in the file
-    are as the server had them then or later. The pull's record's own time (this machine's
-    clock) for a file without a cursor; None for a file no pull completed."""
-    cursor = sync_log.get_state(store, CURSOR)
-    return parse_ts(cursor) if cursor else sync_log.last_pull_at(store)
-
-
-def events_cover(
-    client: PrefectClient,
-    since: datetime,
-    now: datetime,
-    horizon: timedelta = timedelta(days=PULL_EVENTS_HORIZON_DAYS),
-) -> str | None:
-    """Why the server's state events may no longer cover [since, now], or None when they do.
-
-    Prefect trims events oldest first (its retention period, per-type overrides,
-    ``db_vacuum``), so one flow-run event held at or before ``since`` proves the
-    window whole (one request). Without one, the server's own retention decides
-    when it says (``/admin/settings``), else ``horizon``. Raises ``ApiError`` when the
-    server has no events API.
-    """
-    if client.flow_run_event_before(since) is not None:
-        return None
-    age = now - since
-    retention = client.events_retention()
-    if retention is not None:
-        if age < retention:
-            return None
-        return (
-            f"the server keeps flow-run events for {_span(retention)} and holds none from before the "
-            f"last pull ({iso(since)})"
-        )
-    if age <= horizon:
-        return None
-    return f"last pull is older than {_span(horizon)} (--events-horizon) and the server holds no earlier events"
-
-
-def _span(value: timedelta) -> str:
-    hours = value.total_seconds() / 3600
-    return f"{hours / 24:g} days" if hours >= 24 else f"{hours:g} hours"
 
 
 def history_in_parts(
@@ -198,12 +159,17 @@ def plan_segments(ctx: PullContext, total: int) -> list[dict[str, Any]]:
 
 
 def full_pass(ctx: PullContext) -> None:
+    """Read every run (resuming a pass a stopped pull began), then leave the cursors at the
+    pass's start: what changed during it is the next pull's to ask for."""
     state = sync_log.get_state(ctx.store, FULL_PASS)
     total = ctx.client.count("flow_runs")
     if not state:
+        newest = cursor.newest_event(ctx.client, ctx.server_start)
         state = {
             "pass_id": ctx.pull_id,
             "started": iso(ctx.server_start),
+            # the events cursor the pass leaves (None: the server held no state event)
+            "events": iso(newest) if newest else None,
             "segments": plan_segments(ctx, total),
         }
         with ctx.store.transaction():
@@ -212,8 +178,15 @@ def full_pass(ctx: PullContext) -> None:
     _walk_segments(ctx, state)
     _reconcile_unseen(ctx, int(state["pass_id"]))
     _null_start_runs(ctx)
+    events = state.get("events")  # a pass begun by an older flowsync has none
+    start = cursor.bounded(
+        parse_ts(events) if events else None, parse_ts(state["started"]), ctx.server_start
+    )
     with ctx.store.transaction():
         sync_log.set_state(ctx.store, CURSOR, state["started"])
+        sync_log.set_state(
+            ctx.store, EVENTS_CURSOR, cursor.next_cursor(start, None, ctx.server_start)
+        )
         sync_log.set_state(ctx.store, VERIFIED, state["started"])
         sync_log.delete_state(ctx.store, FULL_PASS)
 
@@ -361,20 +334,20 @@ def _null_start_runs(ctx: PullContext) -> None:
 # -- incremental ------------------------------------------------------------------
 
 
-def incremental(ctx: PullContext, since: datetime) -> None:
-    """Changes since ``since``: state events, then the count check for everything else."""
+def incremental(ctx: PullContext, since: datetime) -> datetime | None:
+    """Changes since ``since``: state events, then the count check for everything else.
+
+    Returns when the newest state event the server answered with occurred (None: none, or
+    no events API): where the next pull's events window may start (``cursor``)."""
     ctx.progress.phase("flow_runs")
     force = ctx.options.verify
     try:
-        changed = ctx.client.changed_flow_runs(since, ctx.server_start + timedelta(hours=1))
-        # Skip runs whose local row already holds their latest state (typically
-        # re-read by the previous pull inside the overlap window).
-        behind = synced_tables.runs_behind(ctx.store, changed)
+        behind, newest = state_events(ctx, since)
     except ApiError as e:
         # Servers without the events API: refresh every run that can still change,
         # and compare bucket counts every time.
         ctx.progress.message(f"events unavailable ({e}); refreshing unfinished runs instead")
-        behind = synced_tables.unfinished_run_ids(ctx.store)
+        behind, newest = synced_tables.unfinished_run_ids(ctx.store), None
         force = True
     if behind:
         ctx.progress.message(f"{len(behind)} runs changed state since {iso(since)}")
@@ -382,6 +355,16 @@ def incremental(ctx: PullContext, since: datetime) -> None:
         ctx.progress.advance(len(found))
     verify_counts(ctx, force=force)
     rolling_reread(ctx)
+    return newest
+
+
+def state_events(ctx: PullContext, since: datetime) -> tuple[list[str], datetime | None]:
+    """The runs with a state event since ``since`` that the file does not hold yet, and when
+    the newest of those events occurred (None: none). ``ApiError``: no events API."""
+    changed = ctx.client.changed_flow_runs(since, ctx.server_start + cursor.DATE_LAG_MAX)
+    # Skip runs whose local row already holds their latest state (typically
+    # re-read by the previous pull inside the overlap window).
+    return synced_tables.runs_behind(ctx.store, changed), max(changed.values(), default=None)
 
 
 def rolling_reread(ctx: PullContext) -> int:
@@ -398,7 +381,7 @@ def rolling_reread(ctx: PullContext) -> int:
     if due:
         ctx.progress.message(
             f"re-reading {len(due)} runs last read more than "
-            f"{_span(ctx.options.staleness * 0.75)} ago"
+            f"{cursor.in_words(ctx.options.staleness * 0.75)} ago"
         )
         # Its own phase with a total: after a long pause it is most of the pull (minutes at
         # a million runs), and the rate and ETA say so.
