@@ -198,6 +198,82 @@ def test_status_shows_the_oldest_re_read(server: Server, tmp_path: Path) -> None
     )
 
 
+def _full_pull_stopped(url: str, db: Path, options: dict[str, Any]) -> str:
+    """A first (full) pull stopped by a 503 storm after its first segments; the id of the
+    earliest run, read in a segment done before the stop."""
+    from flowsync.api import RetryPolicy
+    from flowsync.errors import ApiError
+    from flowsync.store import sync_log
+    from flowsync.sync import runs as sync_runs
+    from tests.helpers import forwarding
+
+    calls = iter(range(10**6))
+
+    def storm(request: httpx.Request, _: int) -> httpx.Response | None:
+        if request.url.path.endswith("/flow_runs/filter") and next(calls) >= 6:
+            return httpx.Response(503, text="Service Unavailable")
+        return None
+
+    with (
+        Store.writer(db) as store,
+        PrefectClient(
+            ApiSettings(url=url), transport=forwarding(storm), retry=RetryPolicy(attempts=1)
+        ) as client,
+        pytest.raises(ApiError),
+    ):
+        pull(client, store, PullOptions(**options))
+    with Store.reader(db, live=True) as reader:
+        segments = sync_log.get_state(reader, sync_runs.FULL_PASS)["segments"]
+    assert segments[0]["done"] and not segments[-1]["done"]
+    return str(
+        query(db, "SELECT CAST(id AS VARCHAR) FROM flow_runs ORDER BY expected_start_time")[0][0]
+    )
+
+
+SMALL_SEGMENTS: dict[str, Any] = {"segment_rows": 10, "page_size": 10, "concurrency": 1}
+
+
+def test_a_resumed_full_pull_keeps_the_staleness_guarantee(
+    fresh_server: Server, tmp_path: Path
+) -> None:
+    """A full pull resumed later than the window walks only the segments not done: the runs of
+    the done ones (one of them edited in between, which emits no event) are re-read before
+    the pull ends."""
+    url = fresh_server.url
+    seed(url, runs=60, flows=1, deployments_per_flow=1, days=20, seed_value=13)
+    db = tmp_path / "runs.duckdb"
+    early = _full_pull_stopped(url, db, SMALL_SEGMENTS)
+    window = timedelta(seconds=3)
+    time.sleep(window.total_seconds() + 1)  # resumed later than the window
+    patch_run(url, early, {"tags": ["edited"]})
+    began = scalar(db, "SELECT now()")
+    result = pull_with(url, db, staleness=window, **SMALL_SEGMENTS)
+    assert result["mode"] == "full" and "resuming" in str(result["reason"])
+    oldest = scalar(db, "SELECT min(synced_at) FROM flow_runs WHERE deleted_at IS NULL")
+    assert oldest >= began - window
+    assert scalar(db, "SELECT tags FROM flow_runs WHERE id = ?", [early]) == ["edited"]
+
+
+def test_a_resumed_full_pull_asks_the_state_changes_since_the_pass_began(
+    fresh_server: Server, tmp_path: Path
+) -> None:
+    """A run of a segment done before the stop changes state before the resume: the resumed
+    pull brings it, as an incremental pull would, not the next one."""
+    from harness.seed import set_states
+    from tests.helpers import local_state, wait_for_state_events
+
+    url = fresh_server.url
+    seed(url, runs=60, flows=1, deployments_per_flow=1, days=20, seed_value=13)
+    db = tmp_path / "runs.duckdb"
+    early = _full_pull_stopped(url, db, SMALL_SEGMENTS)
+    to = "CANCELLED" if local_state(db, early) != "CANCELLED" else "FAILED"
+    with httpx.Client(base_url=url + "/", timeout=60) as c:
+        set_states(c, [early], to, to.title())
+    wait_for_state_events(url, [early], to)
+    assert pull_with(url, db, **SMALL_SEGMENTS)["mode"] == "full"
+    assert local_state(db, early) == to
+
+
 def _age_cursor(db: Path, hours: float) -> None:
     with Store.writer(db) as store:
         store.execute(

@@ -160,8 +160,15 @@ def plan_segments(ctx: PullContext, total: int) -> list[dict[str, Any]]:
 
 def full_pass(ctx: PullContext) -> None:
     """Read every run (resuming a pass a stopped pull began), then leave the cursors at the
-    pass's start: what changed during it is the next pull's to ask for."""
+    pass's start: what changed during it is the next pull's to ask for.
+
+    A resumed pass also asks the state events since the pass began (the runs read before
+    the stop may have changed state since) and re-reads the runs read longer ago than the
+    staleness window allows (``rolling_reread``): a pass resumed hours later is as current
+    as an incremental pull. (A pass read in one pull has nothing due, unless it took most
+    of the window.)"""
     state = sync_log.get_state(ctx.store, FULL_PASS)
+    resumed = bool(state)
     total = ctx.client.count("flow_runs")
     if not state:
         newest = cursor.newest_event(ctx.client, ctx.server_start)
@@ -182,10 +189,20 @@ def full_pass(ctx: PullContext) -> None:
     start = cursor.bounded(
         parse_ts(events) if events else None, parse_ts(state["started"]), ctx.server_start
     )
+    newest = None
+    if resumed:
+        try:
+            behind, newest = state_events(ctx, start - ctx.options.overlap)
+        except ApiError:
+            behind = []  # no events API: the re-read below and the next pulls' checks cover it
+        if behind:
+            ctx.progress.message(f"{len(behind)} runs changed state since the pass began")
+            check_ids(ctx, behind)
+    rolling_reread(ctx)
     with ctx.store.transaction():
         sync_log.set_state(ctx.store, CURSOR, state["started"])
         sync_log.set_state(
-            ctx.store, EVENTS_CURSOR, cursor.next_cursor(start, None, ctx.server_start)
+            ctx.store, EVENTS_CURSOR, cursor.next_cursor(start, newest, ctx.server_start)
         )
         sync_log.set_state(ctx.store, VERIFIED, state["started"])
         sync_log.delete_state(ctx.store, FULL_PASS)
