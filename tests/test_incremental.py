@@ -71,7 +71,9 @@ def date_ahead(by: timedelta) -> httpx.MockTransport:
     return forwarding(after=shift)
 
 
-def pull_through(url: str, db: Path, transport: httpx.BaseTransport | None = None) -> str:
+def pull_through(
+    url: str, db: Path, transport: httpx.BaseTransport | None = None, progress: Any = None
+) -> str:
     """A pull through ``transport`` (the library's, which takes one); its mode."""
     from flowsync.api import PrefectClient
     from flowsync.config import ApiSettings
@@ -82,7 +84,7 @@ def pull_through(url: str, db: Path, transport: httpx.BaseTransport | None = Non
         Store.writer(db) as store,
         PrefectClient(ApiSettings(url=url), transport=transport) as client,
     ):
-        return pull_api(client, store).mode
+        return pull_api(client, store, progress=progress).mode
 
 
 def fail_one(url: str) -> str:
@@ -370,6 +372,32 @@ def test_a_state_change_is_not_lost_behind_a_proxy_whose_clock_is_ahead(
         assert pull_through(url, db_path, proxy) == "incremental"
     assert local_state(db_path, run) == "FAILED"
     assert_matches_server(db_path, url)
+
+
+def test_a_missing_date_header_is_said_and_loses_no_state_change(
+    fresh_server: Server, db_path: Path
+) -> None:
+    """Answers without a Date header: this machine's clock stands in for the server's, and
+    the pull says so; the events window does not depend on it."""
+    from flowsync.sync import NullProgress
+
+    said: list[str] = []
+
+    class Said(NullProgress):
+        def message(self, text: str) -> None:
+            said.append(text)
+
+    def drop_date(_: httpx.Request, response: httpx.Response) -> None:
+        del response.headers["date"]
+
+    url = fresh_server.url
+    no_date = forwarding(after=drop_date)
+    seed(url, runs=20, flows=1, deployments_per_flow=1, days=3, seed_value=11)
+    assert pull_through(url, db_path, no_date) == "full"
+    run = fail_one(url)
+    assert pull_through(url, db_path, no_date, Said()) == "incremental"
+    assert local_state(db_path, run) == "FAILED"
+    assert any("no readable Date header" in line for line in said), said
 
 
 def test_runs_already_read_inside_the_overlap_are_not_read_again(

@@ -3,7 +3,8 @@ capabilities, how long it keeps events and runs.
 
 Owns: ``ServerInfo``, the calls that ask the server about itself. ``check``
 fails clearly unless the URL is a reachable Prefect API and returns the server's
-clock (``server_now`` reads it again). What the server can do
+clock (its ``Date``; None without one: the caller says so; ``server_now`` reads it
+again). What the server can do
 (``capabilities()``) is read once per client, from ``GET /admin/version``: the
 bulk endpoints exist from Prefect 3.6.16. Prefect Cloud does not say its version;
 it runs current code and has them. Every self-hosted 3.x server says its version,
@@ -36,8 +37,9 @@ class ServerInfo(ApiSession):
     # Read once per client by ``capabilities()``, under the session's lock.
     _capabilities: Capabilities | None = None
 
-    def check(self) -> datetime:
-        """Fail clearly unless the URL is a reachable Prefect API; return the server's clock."""
+    def check(self) -> datetime | None:
+        """Fail clearly unless the URL is a reachable Prefect API; return the server's clock
+        (its ``Date`` header), or None when the answer carried no readable one."""
         try:
             # Two quick tries: a wrong URL or a stopped server should fail in a second, not minutes.
             answer, _text, headers = self.request("GET", "health", attempts=2, raw=True)
@@ -151,7 +153,7 @@ class ServerInfo(ApiSession):
     def server_now(self) -> datetime:
         """The server's clock (from the Date header), so cursors never depend on ours."""
         _answer, _text, headers = self.request("GET", "health", attempts=2, raw=True)
-        return _server_date(headers.get("date"))
+        return _server_date(headers.get("date")) or datetime.now(timezone.utc)
 
 
 _ISO_DURATION = re.compile(
@@ -170,10 +172,11 @@ def _duration(value: Any) -> timedelta:
     return timedelta(**{k: float(v) for k, v in match.groupdict().items() if v})
 
 
-def _server_date(value: str | None) -> datetime:
+def _server_date(value: str | None) -> datetime | None:
+    """A ``Date`` header's time, or None when there is none or it does not read as a date."""
     if value:
         try:
             return email.utils.parsedate_to_datetime(value).astimezone(timezone.utc)
         except (TypeError, ValueError):
             pass
-    return datetime.now(timezone.utc)
+    return None

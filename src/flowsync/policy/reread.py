@@ -75,10 +75,12 @@ class Rereader:
         # the server's clock less ours (``set_server_clock``): event times are the server's
         self.clock_offset = timedelta(0)
 
-    def set_server_clock(self, server_now: datetime) -> None:
+    def set_server_clock(self, server_now: datetime | None) -> None:
         """The server's time now (its ``Date``, ``PrefectClient.check``): the catch-up's event
-        windows are taken on its clock, as the pull's cursors are, never on this machine's."""
-        self.clock_offset = server_now - datetime.now(timezone.utc)
+        windows are taken on its clock, never on this machine's (None: the server sent no
+        ``Date``; this machine's clock stands in)."""
+        if server_now is not None:
+            self.clock_offset = server_now - datetime.now(timezone.utc)
 
     def server_now(self) -> datetime:
         """The server's time now, as far as its ``Date`` (whole seconds) tells."""

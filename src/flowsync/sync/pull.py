@@ -84,6 +84,12 @@ class PullResult:
         }
 
 
+NO_DATE = (
+    "the server's answer has no readable Date header: this machine's clock stands in for the "
+    "server's (the age of the last pull against the events retention, the daily check, the "
+    "flows' and deployments' cursors; the runs' events window follows the events' own times)"
+)
+
 # Young objects Python's cyclic collector lets pile up before it looks, during a pull.
 PULL_GC_THRESHOLD = 50_000
 
@@ -142,6 +148,9 @@ def pull(
         raise
     if moved is not None:
         progress.message(moved.describe())
+    if server_start is None:
+        server_start = synced_tables.now_utc()
+        progress.message(NO_DATE)
     server_changed = identity.record_server(store, caps) or moved is not None
     with store.transaction():
         sync_log.abandon_stale_runs(store)
