@@ -6,16 +6,23 @@ against ``flowsync.report`` in the report tests. Here: pull, apply and export.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
+import time
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pyarrow.parquet as pq
+import pytest
 
 import flowsync
+from flowsync import operations
 from flowsync.config import ApiSettings
+from flowsync.errors import StoreLockedError
 from flowsync.operations import export
 from harness.built import BuiltHistory
 from harness.seed import new_deployment, runs_in_state
@@ -115,3 +122,61 @@ def test_export_does_what_the_command_does(built: BuiltHistory, tmp_path: Path) 
     )
     for name in files:
         assert pq.read_table(by_cli / name).equals(pq.read_table(by_library / name)), name
+
+
+UNREACHABLE = ApiSettings(url="http://127.0.0.1:9/api")
+
+
+@contextlib.contextmanager
+def _held_in_a_thread(
+    monkeypatch: pytest.MonkeyPatch, step: str, call: Callable[[], object]
+) -> Iterator[None]:
+    """``call`` on another thread, held inside ``operations.<step>`` (its writer open) until
+    the block ends."""
+    inside, release = threading.Event(), threading.Event()
+
+    def hold(*args: object, **kwargs: object) -> None:
+        inside.set()
+        release.wait(60)
+
+    def run() -> None:
+        with contextlib.suppress(Exception):  # (its own ending is not what is tested)
+            call()
+
+    monkeypatch.setattr(operations, step, hold)
+    thread = threading.Thread(target=run)
+    thread.start()
+    assert inside.wait(60)
+    try:
+        yield
+    finally:
+        release.set()
+        thread.join()
+
+
+def test_a_pull_waits_for_a_writer_of_its_own_process_as_for_another_process(
+    built: BuiltHistory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DuckDB's file lock is its process's: a pull or apply on another thread of the same
+    service held the file, and a second pull got it as well (or an exit-5 StoreError for an
+    apply's other settings), ignoring ``wait``. Now it waits, then says who holds it (6)."""
+    db = copy_db(built.path, tmp_path)
+    pulls = len(query(db, "SELECT id FROM sync_runs"))
+    policy = tmp_path / "purge.yaml"
+    policy.write_text(
+        "version: 1\nmax_actions: 100000\nrules:\n  - name: purge\n    action: delete\n"
+        "    sql: SELECT id FROM flow_runs WHERE state_type = 'COMPLETED'\n"
+    )
+    holders = {
+        "pull": ("pull_runs", lambda: flowsync.pull(db, api=UNREACHABLE)),
+        "apply": ("apply_plan", lambda: flowsync.apply(db, policy, api=UNREACHABLE)),
+    }
+    for step, call in holders.values():
+        with _held_in_a_thread(monkeypatch, step, call):
+            started = time.monotonic()
+            with pytest.raises(StoreLockedError, match="held by a writer of this process"):
+                flowsync.pull(db, api=UNREACHABLE, wait=0.5)
+            assert time.monotonic() - started >= 0.5
+            with pytest.raises(StoreLockedError):
+                flowsync.report(db, "runs", live=True)
+    assert len(query(db, "SELECT id FROM sync_runs")) == pulls  # the held pull never read

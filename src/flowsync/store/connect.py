@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import time
 import warnings
 from datetime import datetime, timezone
@@ -89,18 +90,62 @@ def session_settings(con: duckdb.DuckDBPyConnection) -> None:
         con.execute("SET enable_progress_bar = false")
 
 
+# The files a writer of this process holds (pull, apply, ``plan --refresh`` in another thread
+# of a long-running service or notebook kernel): DuckDB's file lock is its process's, so a
+# second connection from this process would get the file as well. Released by ``close``.
+_WRITING: set[str] = set()
+_WRITING_LOCK = threading.Lock()
+
+
+def _key(path: Path) -> str:
+    return os.path.realpath(path)
+
+
+def _held_here(path: Path, how: str | None) -> StoreLockedError:
+    finish = "wait for it to close" if how not in (None, locks.WRITE) else "wait for it to finish"
+    return StoreLockedError(
+        f"{path} is held by a writer of this process (a pull, apply or plan --refresh in "
+        f"another thread, or a connection opened with read_only=False): {finish}, or pass "
+        "--wait SECONDS (wait=SECONDS).",
+        holder_pid=os.getpid(),
+        holder_role="this process",
+    )
+
+
 def _connect(
     path: Path, *, read_only: bool, sandbox: bool, wait: float, lock_context: str | None
 ) -> duckdb.DuckDBPyConnection:
-    """DuckDB's connection to ``path`` (checked first), waiting up to ``wait`` s for its lock."""
+    """DuckDB's connection to ``path`` (checked first), waiting up to ``wait`` s for its lock:
+    another process's, or a writer of this process (``_WRITING``; a writer opened here is
+    added to it)."""
     check_path(path, read_only=read_only)
     deadline = time.monotonic() + wait
     delay = 0.2
+    key = _key(path)
     while True:
+        held: StoreLockedError | None = None
+        with _WRITING_LOCK:
+            if key in _WRITING:
+                held = _held_here(path, lock_context)
+            elif not read_only:
+                _WRITING.add(key)
         try:
-            return duckdb.connect(
-                str(path), read_only=read_only, config=dict(SANDBOX_CONFIG) if sandbox else {}
-            )
+            if held is not None:
+                raise held
+            try:
+                return duckdb.connect(
+                    str(path), read_only=read_only, config=dict(SANDBOX_CONFIG) if sandbox else {}
+                )
+            except BaseException:
+                if not read_only:
+                    _release(path)
+                raise
+        except StoreLockedError:
+            if time.monotonic() < deadline:
+                time.sleep(min(delay, max(deadline - time.monotonic(), 0.01)))
+                delay = min(delay * 1.5, 2.0)
+                continue
+            raise
         except duckdb.Error as e:
             if is_lock_error(e):
                 if time.monotonic() < deadline:
@@ -115,6 +160,12 @@ def _connect(
             raise storage_error(path, e) or StoreError(
                 f"Cannot open {path}: {str(e).splitlines()[0]}"
             ) from e
+
+
+def _release(path: Path) -> None:
+    """``path``'s writer of this process is closed."""
+    with _WRITING_LOCK:
+        _WRITING.discard(_key(path))
 
 
 S = TypeVar("S", bound="Store")
@@ -252,9 +303,23 @@ class Store(Session):
                 store.migrate()
                 store._prepare(memory_limit_mb)
         except BaseException:
-            con.close()
+            store.close()
             raise
         return store
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            if not self.read_only:
+                _release(self.path)
+
+    def hand_over(self) -> duckdb.DuckDBPyConnection:
+        """The connection, for a caller that closes it itself (``flowsync.connect``): this
+        process's other writers no longer wait for it (its close cannot be seen)."""
+        if not self.read_only:
+            _release(self.path)
+        return self._con
 
     @classmethod
     def _check_before_writing(cls, path: Path) -> None:

@@ -72,4 +72,4 @@ def connect(
             sync_log.set_state(
                 store, snapshot.OPENED_FOR_WRITING, datetime.now(timezone.utc).isoformat()
             )
-    return store._con
+    return store.hand_over()
