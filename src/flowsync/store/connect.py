@@ -314,12 +314,11 @@ class Store(Session):
             if not self.read_only:
                 _release(self.path)
 
-    def hand_over(self) -> duckdb.DuckDBPyConnection:
-        """The connection, for a caller that closes it itself (``flowsync.connect``): this
-        process's other writers no longer wait for it (its close cannot be seen)."""
+    def detach(self) -> None:
+        """For a connection handed to a caller that closes it itself (``flowsync.connect``):
+        this process's other writers no longer wait for it (its close cannot be seen)."""
         if not self.read_only:
             _release(self.path)
-        return self._con
 
     @classmethod
     def _check_before_writing(cls, path: Path) -> None:

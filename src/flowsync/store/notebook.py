@@ -72,4 +72,5 @@ def connect(
             sync_log.set_state(
                 store, snapshot.OPENED_FOR_WRITING, datetime.now(timezone.utc).isoformat()
             )
-    return store.hand_over()
+    store.detach()
+    return store._con
