@@ -11,6 +11,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator
+import tempfile
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ import pytest
 import flowsync
 from flowsync import operations
 from flowsync.config import ApiSettings
-from flowsync.errors import StoreLockedError
+from flowsync.errors import PolicyLimitError, StoreLockedError
 from flowsync.operations import export
 from harness.built import BuiltHistory
 from harness.seed import new_deployment, runs_in_state
@@ -127,6 +128,17 @@ def test_export_does_what_the_command_does(built: BuiltHistory, tmp_path: Path) 
 UNREACHABLE = ApiSettings(url="http://127.0.0.1:9/api")
 
 
+def _purge_completed(folder: Path, max_actions: int) -> Path:
+    """``folder/purge.yaml``: one rule deleting the file's live COMPLETED runs."""
+    policy = folder / "purge.yaml"
+    policy.write_text(
+        f"version: 1\nmax_actions: {max_actions}\nrules:\n  - name: purge-completed\n"
+        "    action: delete\n    sql: SELECT id FROM flow_runs WHERE deleted_at IS NULL "
+        "AND state_type = 'COMPLETED'\n"
+    )
+    return policy
+
+
 @contextlib.contextmanager
 def _held_in_a_thread(
     monkeypatch: pytest.MonkeyPatch, step: str, call: Callable[[], object]
@@ -162,11 +174,7 @@ def test_a_pull_waits_for_a_writer_of_its_own_process_as_for_another_process(
     apply's other settings), ignoring ``wait``. Now it waits, then says who holds it (6)."""
     db = copy_db(built.path, tmp_path)
     pulls = len(query(db, "SELECT id FROM sync_runs"))
-    policy = tmp_path / "purge.yaml"
-    policy.write_text(
-        "version: 1\nmax_actions: 100000\nrules:\n  - name: purge\n    action: delete\n"
-        "    sql: SELECT id FROM flow_runs WHERE state_type = 'COMPLETED'\n"
-    )
+    policy = _purge_completed(tmp_path, 100_000)
     holders = {
         "pull": ("pull_runs", lambda: flowsync.pull(db, api=UNREACHABLE)),
         "apply": ("apply_plan", lambda: flowsync.apply(db, policy, api=UNREACHABLE)),
@@ -180,3 +188,33 @@ def test_a_pull_waits_for_a_writer_of_its_own_process_as_for_another_process(
             with pytest.raises(StoreLockedError):
                 flowsync.report(db, "runs", live=True)
     assert len(query(db, "SELECT id FROM sync_runs")) == pulls  # the held pull never read
+
+
+def _refuse(plan: object) -> bool:
+    raise KeyboardInterrupt  # the confirm hook stopped: a prompt's Ctrl-C
+
+
+@pytest.mark.parametrize(
+    ("max_actions", "confirm", "error"),
+    [(10, None, PolicyLimitError), (100_000, _refuse, KeyboardInterrupt)],
+    ids=["over-max-actions", "confirm-raises"],
+)
+def test_a_refused_apply_leaves_no_plan_scratch_behind(
+    built: BuiltHistory,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    max_actions: int,
+    confirm: Any,
+    error: type[BaseException],
+) -> None:
+    """The plan's scratch file was left while the error lived on (a Prefect task's state,
+    a notebook's last traceback): an apply that raises closes its plan."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where plans keep their runs
+    db = copy_db(built.path, tmp_path)
+    policy = _purge_completed(tmp_path, max_actions)
+    with pytest.raises(error) as refused:
+        flowsync.apply(db, policy, api=UNREACHABLE, confirm=confirm)
+    assert refused.value is not None  # still held
+    assert list(scratch.iterdir()) == []

@@ -12,12 +12,13 @@ puts them in a header.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import ssl
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -47,6 +48,54 @@ PULL_STALENESS_MAX_HOURS = 365 * 24.0  # every live run re-read at least once a 
 # and --rule-timeout (the library's plan and apply ``timeout=``), which overrides it, too.
 RULE_TIMEOUT_MIN_SECONDS = 0.1
 RULE_TIMEOUT_MAX_SECONDS = 3600.0
+# The bounds of the options a command and its library call share: the CLI's options declare
+# them, ``PullOptions`` and ``operations.apply`` refuse what is outside (``check_number``).
+PULL_CONCURRENCY_MIN, PULL_CONCURRENCY_MAX = 1, 8  # --concurrency: requests in flight
+MEMORY_LIMIT_MIN_MB = 0  # --memory-limit: 0 is DuckDB's own default; below it, no cap at all
+SETTLE_MIN_SECONDS = 0.0  # apply --settle-seconds
+
+
+def check_number(
+    flag: str,
+    value: object,
+    *,
+    whole: bool = False,
+    low: float | None = None,
+    high: float | None = None,
+    metavar: str = "N",
+) -> Any:
+    """``value`` if it is a number (``whole``: an int) from ``low`` up to ``high``, and
+    finite; else a ``ConfigError`` naming ``flag``: the command line's own check, for a
+    library caller (NaN and infinity are no setting, and ``NaN < 0`` is False)."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or (whole and not isinstance(value, int))
+    ):
+        raise ConfigError(
+            f"{flag} {value!r} is not {'a whole number' if whole else 'a number'}: pass {metavar}."
+        )
+    least = -math.inf if low is None else low
+    most = math.inf if high is None else high
+    finite = isinstance(value, int) or math.isfinite(value)  # an int may be past any float
+    if not (finite and least <= value <= most):
+        span = f"from {low:g}" if low is not None else "any"
+        raise ConfigError(
+            f"{flag} {value!r} is out of range: use {span}"
+            + (f" up to {high:g}." if high is not None else " (a finite number).")
+        )
+    return value
+
+
+def check_memory_limit(value: object) -> int | None:
+    """``--memory-limit`` (``memory_limit_mb=``): None (flowsync sizes it), 0 (DuckDB's own
+    default) or more MB; a negative one would lift DuckDB's cap altogether."""
+    if value is None:
+        return None
+    limit: int = check_number(
+        "--memory-limit", value, whole=True, low=MEMORY_LIMIT_MIN_MB, metavar="MB"
+    )
+    return limit
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ the API key anywhere but the client's header.
 Errors: ``PolicyError`` (exit 7: the file or a rule; ``PolicyLimitError``, exit 8:
 over max_actions), ``ApiError``/``AuthError`` (3/4), ``StoreError`` (5),
 ``StoreLockedError`` (6), ``ConfigError`` (2: an unknown report, grouping, option or
-filter name); see ``flowsync.errors``.
+filter name, or a value its flag refuses); see ``flowsync.errors``.
 """
 
 from __future__ import annotations
@@ -36,7 +36,12 @@ from typing import TYPE_CHECKING, Any
 from flowsync import api as http  # looked up per call: tests swap the client class
 from flowsync import export as export_tables
 from flowsync import objectstore, present, registry, reports, views
-from flowsync.config import ApiSettings
+from flowsync.config import (
+    SETTLE_MIN_SECONDS,
+    ApiSettings,
+    check_memory_limit,
+    check_number,
+)
 from flowsync.errors import ConfigError, FlowsyncError
 from flowsync.policy import (
     ApplyResult,
@@ -231,10 +236,44 @@ def apply(
     Every batch is re-read and re-decided right before its call (see
     ``flowsync.policy.apply``); DuckDB's memory is capped like a pull's. Pass
     ``result`` (``ApplyResult.new()``) to keep what was done when this raises:
-    the outcomes are in it and in ``policy_actions`` whatever stops the apply."""
+    the outcomes are in it and in ``policy_actions`` whatever stops the apply. A refused
+    or failed apply closes its plan (its scratch file); a returned one is the caller's."""
     db = Path(db)
+    memory_limit_mb = check_memory_limit(memory_limit_mb)
+    check_number("--settle-seconds", settle_seconds, low=SETTLE_MIN_SECONDS, metavar="SECONDS")
     # apply has no --live: it always decides on the live file
     made = plan(db, policy, live=True, wait=wait, timeout=timeout, lock_context=locks.LIVE_ONLY)
+    try:
+        return _apply_plan(
+            db,
+            made,
+            api,
+            confirm,
+            progress,
+            wait,
+            memory_limit_mb,
+            result,
+            on_retry,
+            settle_seconds,
+        )
+    except BaseException:
+        made.close()  # the error may live on (a traceback, a task state): not its scratch file
+        raise
+
+
+def _apply_plan(
+    db: Path,
+    made: Plan,
+    api: ApiSettings,
+    confirm: Callable[[Plan], bool] | None,
+    progress: Progress | None,
+    wait: float,
+    memory_limit_mb: int | None,
+    result: ApplyResult | None,
+    on_retry: Callable[[str], None] | None,
+    settle_seconds: float,
+) -> Applied:
+    """``apply`` once its plan is made: the guards, the question, the calls, the snapshot."""
     if made.total == 0:
         # Nothing to send; an earlier apply's calls with no recorded answer are still read
         # back and settled, as any apply does first (reads only: nothing to confirm).

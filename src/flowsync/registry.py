@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from flowsync import reports
+from flowsync.config import check_number
 from flowsync.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -64,22 +65,22 @@ class Param:
         return COUNT_MAX if self.type is int and self.max is None else self.max
 
     def check(self, value: Any) -> Any:
-        """``value`` if it is within ``min`` .. ``top``; else one line naming the flag (the
-        command line's own check, for a library caller)."""
-        number = isinstance(value, (int, float)) and not isinstance(value, bool)
-        fits = number and (self.type is float or isinstance(value, int))
-        if value is not None and not (
-            fits if self.type in (int, float) else isinstance(value, self.type)
-        ):
-            kind = {int: "a whole number", float: "a number", str: "text"}.get(self.type, "a value")
-            raise ConfigError(f"{self.flag} {value!r} is not {kind}: pass {self.metavar}.")
-        low, high = self.min, self.top
-        if number and ((low is not None and value < low) or (high is not None and value > high)):
-            span = f"from {low:g}" if low is not None else "any"
-            raise ConfigError(
-                f"{self.flag} {value!r} is out of range: use {span}"
-                + (f" up to {high:g}." if high is not None else ".")
+        """``value`` if it is within ``min`` .. ``top`` (finite: not NaN); else one line naming
+        the flag (the command line's own check, for a library caller)."""
+        if value is None:
+            return value
+        if self.type in (int, float):
+            return check_number(
+                self.flag,
+                value,
+                whole=self.type is int,
+                low=self.min,
+                high=self.top,
+                metavar=self.metavar,
             )
+        if not isinstance(value, self.type):
+            kind = "text" if self.type is str else "a value"
+            raise ConfigError(f"{self.flag} {value!r} is not {kind}: pass {self.metavar}.")
         return value
 
 

@@ -37,6 +37,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from flowsync.config import MEMORY_LIMIT_MIN_MB
 from flowsync.errors import INTERRUPTED_EXIT, FlowsyncError, FlowsyncWarning, SignalInterrupt
 
 out = Console(soft_wrap=True)
@@ -78,7 +79,7 @@ MemoryLimitOption = Annotated[
     no_default_option(
         "--memory-limit",
         help="DuckDB memory cap in MB (default 64; 0: DuckDB's own default, 80% of RAM).",
-        min=0,
+        min=MEMORY_LIMIT_MIN_MB,
         metavar="MB",
     ),
 ]

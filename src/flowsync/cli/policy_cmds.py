@@ -38,6 +38,7 @@ from flowsync.cli.common import (
 from flowsync.config import (
     RULE_TIMEOUT_MAX_SECONDS,
     RULE_TIMEOUT_MIN_SECONDS,
+    SETTLE_MIN_SECONDS,
     resolve_api,
     resolve_db_path,
 )
@@ -358,7 +359,7 @@ def apply_cmd(
             "--settle-seconds",
             help="After a call's answer is lost, how long its runs are read back before they "
             "count as untouched and are re-checked (the server may still be running it).",
-            min=0,
+            min=SETTLE_MIN_SECONDS,
         ),
     ] = 30.0,
     max_requests_per_minute: MaxRequestsOption = None,

@@ -25,6 +25,8 @@ from flowsync.cli.common import (
 )
 from flowsync.config import (
     PULL_CONCURRENCY,
+    PULL_CONCURRENCY_MAX,
+    PULL_CONCURRENCY_MIN,
     PULL_EVENTS_HORIZON_DAYS,
     PULL_OVERLAP_MINUTES,
     PULL_STALENESS_HOURS,
@@ -54,8 +56,8 @@ def pull_cmd(
         int,
         typer.Option(
             help="Requests in flight at once: pages, history parts, re-reads by id (more than 2 slows the server).",
-            min=1,
-            max=8,
+            min=PULL_CONCURRENCY_MIN,
+            max=PULL_CONCURRENCY_MAX,
         ),
     ] = PULL_CONCURRENCY,
     overlap: Annotated[

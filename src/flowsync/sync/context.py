@@ -60,8 +60,18 @@ class PullOptions:
     memory_limit_mb: int | None = None
 
     def __post_init__(self) -> None:
-        """Refuse a span a pull cannot use before anything is opened or recorded (a huge one
-        would fail mid-pull as an OverflowError, after its sync_runs row was written)."""
+        """Refuse what ``flowsync pull``'s options refuse before anything is opened or
+        recorded: a span a pull cannot use (a huge one would fail mid-pull as an
+        OverflowError, after its sync_runs row was written), a concurrency outside 1..8, a
+        negative memory cap (DuckDB would read it as none)."""
+        config.check_number(
+            "--concurrency",
+            self.concurrency,
+            whole=True,
+            low=config.PULL_CONCURRENCY_MIN,
+            high=config.PULL_CONCURRENCY_MAX,
+        )
+        config.check_memory_limit(self.memory_limit_mb)
         for name, least in (
             ("overlap", timedelta(0)),
             ("staleness", _POSITIVE),
