@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from flowsync.config import mask_url, resolve_api, resolve_db_path
+from flowsync.config import ApiSettings, mask_url, resolve_api, resolve_db_path
 from flowsync.errors import ConfigError
 
 
@@ -77,6 +78,46 @@ def test_mask_url_hides_userinfo() -> None:
         mask_url("https://user:secret@example.com:8443/api") == "https://***@example.com:8443/api"
     )
     assert mask_url("http://127.0.0.1:4200/api") == "http://127.0.0.1:4200/api"
+
+
+def test_settings_never_show_the_urls_password_nor_the_key() -> None:
+    settings = resolve_api("http://flowsync:s3cret-pw@127.0.0.1:4200/api", "pnu_KEY", env={})
+    assert settings.display_url == "http://***@127.0.0.1:4200/api"
+    for shown in (repr(settings), str(settings), f"{settings}", repr([settings])):
+        assert "s3cret-pw" not in shown and "pnu_KEY" not in shown, shown
+        assert "http://***@127.0.0.1:4200/api" in shown
+    assert settings.url == "http://flowsync:s3cret-pw@127.0.0.1:4200/api"  # what is sent
+    assert settings == resolve_api(settings.url, "pnu_KEY", env={})
+
+
+@pytest.mark.parametrize(
+    ("settings", "says"),
+    [
+        ({"url": "http://[::1:4311/api"}, "--api-url 'http://[::1:4311/api' is not a valid URL"),
+        ({"url": "ftp://h/api"}, "is not an http(s) URL"),
+        ({"url": "http://prefect..example.com/api"}, "cannot be looked up"),
+        ({"verify": "/nonexistent/ca.pem"}, "ApiSettings verify '/nonexistent/ca.pem' does not"),
+        ({"verify": "a directory"}, "is a directory"),
+        ({"api_key": "pnu_KEY"}, "ApiSettings api_key must be a pydantic SecretStr"),
+        ({"auth_string": "u:pw"}, "ApiSettings auth_string must be a pydantic SecretStr"),
+        ({"max_requests_per_minute": -1.0}, "ApiSettings max_requests_per_minute '-1.0' is not"),
+        ({"max_requests_per_minute": float("nan")}, "max_requests_per_minute 'nan' is not"),
+        ({"max_requests_per_minute": 0.5}, "max_requests_per_minute '0.5' is below 1 request"),
+        ({"run_retention_days": 0}, "ApiSettings run_retention_days '0' is not a number"),
+    ],
+)
+def test_settings_built_by_hand_are_checked_as_resolve_api_checks_them(
+    tmp_path: Path, settings: dict[str, Any], says: str
+) -> None:
+    """The library's ``api=`` is an ApiSettings: one built by hand was used unchecked (a
+    ValueError, a FileNotFoundError or an AttributeError from the client, a budget of
+    NaN or 0.5 a minute); now the same ConfigError as the settings resolve_api reads."""
+    if settings.get("verify") == "a directory":
+        settings["verify"] = str(tmp_path)
+        says = f"ApiSettings verify '{tmp_path}' is a directory"
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        ApiSettings(**{"url": "http://127.0.0.1:4200/api", **settings})
+    ApiSettings(url="http://127.0.0.1:4200/api", max_requests_per_minute=0)  # 0: no budget
 
 
 def test_db_path_resolution(tmp_path: Path) -> None:

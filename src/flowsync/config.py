@@ -111,6 +111,37 @@ class ApiSettings:
     # How long the server keeps runs, when it cannot say (Prefect Cloud: 7, 14 or 30 days by plan).
     run_retention_days: float | None = None
 
+    def __post_init__(self) -> None:
+        """One built by hand (the library's ``api=``) is checked as ``resolve_api`` checks
+        what it reads, so a bad one is a ``ConfigError`` before anything is read or written:
+        the URL, the secrets kept in ``SecretStr``, the CA file, the budget, the retention."""
+        _check_url(self.url, self.source)
+        for name in ("api_key", "auth_string"):
+            if not isinstance(getattr(self, name), (SecretStr, type(None))):
+                raise ConfigError(
+                    f"ApiSettings {name} must be a pydantic SecretStr (or None), so that it "
+                    f"is never shown: pass {name}=SecretStr(...)."
+                )
+        if isinstance(self.verify, str):
+            named = f"ApiSettings verify {self.verify!r}"
+            object.__setattr__(self, "verify", _ca_file(self.verify, named))
+        elif not isinstance(self.verify, bool):
+            raise ConfigError(
+                f"ApiSettings verify {self.verify!r} is neither True, False nor the path of a "
+                "file of PEM CA certificates."
+            )
+        _budget(_as_text(self.max_requests_per_minute), BUILT)
+        _retention(_as_text(self.run_retention_days), BUILT)
+
+    def __repr__(self) -> str:
+        """Its fields with the URL masked (``display_url``): a password in the URL is never
+        shown (the key and the auth string are ``SecretStr``)."""
+        shown = (
+            f"{f.name}={self.display_url if f.name == 'url' else getattr(self, f.name)!r}"
+            for f in fields(self)
+        )
+        return f"ApiSettings({', '.join(shown)})"
+
     @property
     def display_url(self) -> str:
         return mask_url(self.url)
@@ -255,20 +286,7 @@ def resolve_api(
             )
         )
     url = url.strip().rstrip("/")
-    shown = mask_url(url)
-    named = f"--api-url {shown!r}" if source == "flag" else f"API URL {shown!r} (from {source})"
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - a port that is no number, or past 65535, raises here
-    except ValueError as e:
-        raise ConfigError(
-            f"{named} is not a valid URL ({e}); expected e.g. http://127.0.0.1:4200/api."
-        ) from None
-    if parts.scheme not in {"http", "https"} or not parts.hostname:
-        raise ConfigError(
-            f"{named} is not an http(s) URL; expected e.g. http://127.0.0.1:4200/api."
-        )
-    _check_host(parts.hostname, named)
+    _check_url(url, source)
     if api_key is not None and not api_key.strip():
         raise ConfigError(
             "--api-key is empty (an unset shell variable?): pass the key, or leave the flag "
@@ -290,7 +308,7 @@ def resolve_api(
     if insecure and _truthy(insecure):
         verify = False
     elif cert_file:
-        verify = _ca_file(cert_file, cert_source)
+        verify = _ca_file(cert_file, _named("PREFECT_API_SSL_CERT_FILE", cert_file, cert_source))
 
     flag_budget = None if max_requests_per_minute is None else str(max_requests_per_minute)
     budget, budget_source = pick(flag_budget, BUDGET_KEY)
@@ -305,12 +323,35 @@ def resolve_api(
     )
 
 
-def _ca_file(value: str, source: str) -> str:
-    """PREFECT_API_SSL_CERT_FILE: a file of PEM CA certificates, loaded here once as the
-    API client will load it, so that a file of anything else (a DER certificate, a key,
-    another file) is one line naming the setting, not an ``ssl.SSLError`` at the first
-    request."""
-    named = _named("PREFECT_API_SSL_CERT_FILE", value, source)
+def _check_url(url: object, source: str) -> None:
+    """An http(s) URL Python can read, with a host the resolver can be asked for; else a
+    ``ConfigError`` naming it, masked, and where it came from (``source``)."""
+    if not isinstance(url, str):
+        raise ConfigError(
+            f"ApiSettings url is {type(url).__name__}, not text: pass the Prefect API URL, "
+            "e.g. http://127.0.0.1:4200/api."
+        )
+    shown = mask_url(url)
+    named = f"--api-url {shown!r}" if source == "flag" else f"API URL {shown!r} (from {source})"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - a port that is no number, or past 65535, raises here
+    except ValueError as e:
+        raise ConfigError(
+            f"{named} is not a valid URL ({e}); expected e.g. http://127.0.0.1:4200/api."
+        ) from None
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise ConfigError(
+            f"{named} is not an http(s) URL; expected e.g. http://127.0.0.1:4200/api."
+        )
+    _check_host(parts.hostname, named)
+
+
+def _ca_file(value: str, named: str) -> str:
+    """PREFECT_API_SSL_CERT_FILE (``named``: the setting and where it came from): a file of
+    PEM CA certificates, loaded here once as the API client will load it, so that a file
+    of anything else (a DER certificate, a key, another file) is one line naming the
+    setting, not an ``ssl.SSLError`` at the first request."""
     path = Path(value).expanduser()
     if path.is_dir():
         raise ConfigError(
@@ -371,7 +412,20 @@ def _named(key: str, value: str | None, source: str) -> str:
     (``--max-requests-per-minute '0.01'``), else the key and where it was found."""
     if source == "flag":
         return f"--{key.removeprefix('FLOWSYNC_').lower().replace('_', '-')} {value!r}"
+    if source == BUILT:
+        return f"ApiSettings {key.removeprefix('FLOWSYNC_').lower()} {value!r}"
     return f"{key} {value!r} (from {source})"
+
+
+BUILT = "ApiSettings"  # the source of a setting an ApiSettings was built with by hand
+
+
+def _as_text(value: object) -> str | None:
+    """A number an ApiSettings holds, as the text its setting is read from (anything else,
+    a bool too, as text no number reads from)."""
+    if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)):
+        return None if value is None else str(value)
+    return repr(value)
 
 
 def _retention(value: str | None, source: str) -> float | None:
