@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from harness.server import free_port
-from tests.helpers import SeededServer, run_cli
+from tests.helpers import SeededServer, copy_db, query, run_cli
 
 # The --db path is checked before any request: a URL nobody answers shows it (exit 5, not 3).
 NOBODY = f"http://127.0.0.1:{free_port()}/api"
@@ -370,3 +370,72 @@ def test_pull_options_refuse_spans_the_pull_cannot_use() -> None:
         with pytest.raises(ConfigError, match=next(iter(bad))):
             PullOptions(**bad)  # type: ignore[arg-type]
     PullOptions(overlap=timedelta(0), staleness=timedelta(seconds=3))  # the tests' own values
+
+
+def test_pull_options_refuse_what_the_pull_flags_refuse(tmp_path: Path) -> None:
+    """--concurrency 1..8 and --memory-limit from 0, for the command and ``PullOptions``
+    alike: DuckDB read ``memory_limit_mb=-1`` (``SET memory_limit='-1MiB'``) as no cap."""
+    from flowsync.errors import ConfigError
+    from flowsync.sync import PullOptions
+
+    here = empty_folder(tmp_path)
+    for flag, value in (("--memory-limit", "-1"), ("--concurrency", "0"), ("--concurrency", "9")):
+        args = ("pull", "--api-url", UNREACHABLE, flag, value, "--db", str(here / "runs.duckdb"))
+        refused(run_cli(*args), flag)
+    assert files_under(here) == {}
+    for bad, flag in (
+        ({"memory_limit_mb": -1}, "--memory-limit"),
+        ({"memory_limit_mb": "64"}, "--memory-limit"),  # was a TypeError mid-pull
+        ({"concurrency": 0}, "--concurrency"),
+        ({"concurrency": 500}, "--concurrency"),
+        ({"concurrency": 2.5}, "--concurrency"),
+    ):
+        with pytest.raises(ConfigError, match=rf"^{flag} "):
+            PullOptions(**bad)
+    PullOptions(memory_limit_mb=0, concurrency=8)  # DuckDB's own default; the most
+
+
+@pytest.mark.parametrize(
+    ("option", "flag"),
+    [
+        ({"memory_limit_mb": -1}, "--memory-limit"),  # no cap, as a pull's
+        ({"settle_seconds": -1.0}, "--settle-seconds"),
+        ({"settle_seconds": float("nan")}, "--settle-seconds"),
+    ],
+)
+def test_apply_refuses_what_its_flags_refuse_before_the_plan(
+    built: object, tmp_path: Path, option: dict[str, object], flag: str
+) -> None:
+    import flowsync
+    from flowsync.config import ApiSettings
+    from flowsync.errors import ConfigError
+
+    db = copy_db(built.path, tmp_path)  # type: ignore[attr-defined]
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        "version: 1\nrules:\n  - name: r\n    action: delete\n"
+        "    sql: SELECT id FROM flow_runs WHERE state_type = 'COMPLETED'\n"
+    )
+    actions = query(db, "SELECT count(*) FROM policy_actions")
+    with pytest.raises(ConfigError, match=rf"^{flag} "):
+        flowsync.apply(db, policy, api=ApiSettings(url=UNREACHABLE), **option)  # type: ignore[arg-type]
+    assert query(db, "SELECT count(*) FROM policy_actions") == actions
+
+
+def test_export_refuses_what_the_command_refuses(built: object, tmp_path: Path) -> None:
+    """No table (the command's empty --tables; the call exported every table), a start
+    before 1970 as a datetime as well as text, and one in the future."""
+    from datetime import datetime, timezone
+
+    from flowsync.errors import ConfigError
+    from flowsync.operations import export
+
+    db = built.path  # type: ignore[attr-defined]
+    out = tmp_path / "out"
+    refused(run_cli("export", str(out), "--tables", ",", "--db", str(db)), "--tables")
+    with pytest.raises(ConfigError, match=r"^--tables names no table"):
+        export(db, out, tables=[])
+    for since in (datetime(1900, 1, 1), datetime(2999, 1, 1, tzinfo=timezone.utc)):
+        with pytest.raises(ConfigError, match=r"^--since '(1900|2999)-01-01"):
+            export(db, out, since=since)
+    assert not out.exists()

@@ -83,6 +83,13 @@ def test_source_names_must_be_distinct(tmp_path: Path) -> None:
     assert bad.exit_code == 2 and "used twice" in bad.stderr
 
 
+@pytest.mark.parametrize("files", [123, b"runs.duckdb", [3], {"prod": 3}])
+def test_what_is_no_file_nor_files_is_a_config_error(files: object) -> None:
+    """connect(123) was a TypeError ('int' object is not iterable)."""
+    with pytest.raises(ConfigError, match=r"is not a (file to read|path)"):
+        flowsync.connect(files)  # type: ignore[arg-type]
+
+
 def test_a_name_that_is_no_name_is_said_to_be_the_name(tmp_path: Path) -> None:
     """`--db "a b=a.duckdb"`: the source name is what is wrong, not a missing file called
     `a b=a.duckdb` (a path holding "=" that exists is still read as a path)."""

@@ -5,6 +5,7 @@ column is in the frame, and a wrong name or option is one clear ``ConfigError``.
 from __future__ import annotations
 
 import json
+import math
 from datetime import datetime
 from typing import Any
 
@@ -109,6 +110,13 @@ def test_a_wrong_option_is_one_config_error(
         ("late", {"late_after": "x"}, "--late-after 'x' is not a number: pass SECONDS."),
         ("failures", {"since": 7}, "--since 7 is not an age or a time"),
         ("health", {"by": "flow"}, "report health has no --by."),
+        # NaN passed `nan < 0`: wrong frames from late and stuck, a QueryError from health
+        ("late", {"late_after": math.nan}, "--late-after nan is out of range"),
+        ("stuck", {"late_after": math.nan}, "--late-after nan is out of range"),
+        ("health", {"late_after": math.nan}, "--late-after nan is out of range"),
+        ("late", {"late_after": math.inf}, "--late-after inf is out of range"),
+        ("runs", {"flow": 3}, "--flow 3 is not a name"),  # was a TypeError
+        ("runs", {"state": ["FAILED", None]}, "None] is not a name or a list of names"),
     ],
     ids=[
         "window-names-its-option",
@@ -119,6 +127,12 @@ def test_a_wrong_option_is_one_config_error(
         "seconds-as-text",
         "since-as-number",
         "health-by",
+        "late-nan",
+        "stuck-nan",
+        "health-nan",
+        "late-inf",
+        "filter-as-number",
+        "filter-holding-no-name",
     ],
 )
 def test_the_library_checks_a_reports_options_as_the_command_does(

@@ -245,7 +245,12 @@ def check_options(
     """Validate the format, the tables and ``replace``; returns the tables."""
     if fmt not in FORMATS:
         raise ConfigError(f"Unknown export format {fmt!r}; supported: {', '.join(FORMATS)}.")
-    chosen = list(dict.fromkeys(tables or TABLES))
+    chosen = list(dict.fromkeys(TABLES if tables is None else tables))
+    if not chosen:
+        raise ConfigError(
+            "--tables names no table; pass one or more of flows, deployments, flow_runs "
+            "(or leave it out for all)."
+        )
     unknown = [t for t in chosen if t not in PARTITION_BY]
     if unknown:
         raise ConfigError(

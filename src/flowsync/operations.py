@@ -60,7 +60,7 @@ from flowsync.policy.apply import (
 )
 from flowsync.policy.model import check_rule_timeout
 from flowsync.policy.plan import PLAN_MEMORY_MB, selected_ids
-from flowsync.since import parse_since
+from flowsync.since import check_start, parse_since
 from flowsync.store import Store, audit, locks, sync_log
 from flowsync.store.snapshot import PublishResult, publish
 from flowsync.sync import Progress, PullOptions, PullResult
@@ -332,7 +332,9 @@ def export(
     before anything is written: an empty one, an unsupported URL, or one holding an
     export of another file or server (``replace``: take it over, a full export only)
     is a ``ConfigError``. ``since`` may be text, as ``--since`` takes it (``2d``)."""
-    if since is not None and not isinstance(since, datetime):
+    if isinstance(since, datetime):
+        since = check_start(since, datetime.now(timezone.utc))
+    elif since is not None:
         since = parse_since(since, datetime.now(timezone.utc))
     objectstore.check_destination(str(dest))
     remote = objectstore.is_remote(str(dest))
@@ -369,8 +371,20 @@ class Reported:
     health: Health | None = None
 
 
-def _names(values: str | Sequence[str] | None) -> tuple[str, ...]:
-    return (values,) if isinstance(values, str) else tuple(values or ())
+def _names(flag: str, values: str | Sequence[str] | None) -> tuple[str, ...]:
+    """A filter's names: one, several, or None; anything else (a number, a list holding
+    one) is a ``ConfigError`` naming ``flag``, as the command's own check would be."""
+    if isinstance(values, str):
+        return (values,)
+    try:
+        names = () if values is None else tuple(values)
+    except TypeError:  # a number: no name, nor names
+        names = (values,)  # type: ignore[assignment]
+    if not all(isinstance(name, str) for name in names):
+        raise ConfigError(
+            f"{flag} {values!r} is not a name or a list of names: pass text such as 'etl'."
+        )
+    return names
 
 
 def _query_args(
@@ -442,7 +456,12 @@ def report(
     spec = registry.get(name)
     if spec.since is None and since is not None and spec.no_since:
         raise ConfigError(spec.no_since.format(since=since))
-    filters = reports.Filters(_names(flow), _names(deployment), _names(tag), _names(state))
+    filters = reports.Filters(
+        _names("--flow", flow),
+        _names("--deployment", deployment),
+        _names("--tag", tag),
+        _names("--state", state),
+    )
     offered = {"flow": filters.flows, "deployment": filters.deployments}
     offered |= {"tag": filters.tags, "state": filters.states}
     extra = [f for f, values in offered.items() if values and f not in spec.filters]

@@ -63,15 +63,24 @@ def parse_since(text: str | None, now: datetime, *, option: str = "--since") -> 
             f"{option} {text!r} is not a time window: use an age such as 7d, 12h, 30m or 2w, "
             "a date such as 2026-01-01, an ISO time, or 'all'."
         ) from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
-    if parsed >= now:
+    return check_start(parsed, now, option=option, text=text)
+
+
+def check_start(
+    start: datetime, now: datetime, *, option: str = "--since", text: str | None = None
+) -> datetime:
+    """A start given as a time (a library's ``since=datetime``, or an ISO ``text``): UTC
+    when it has no offset; one in the future or before 1970 is refused as its text is."""
+    shown = start.isoformat() if text is None else text
+    if start.tzinfo is None:
+        start = start.replace(tzinfo=timezone.utc)
+    if start >= now:
         raise ConfigError(
-            f"{option} {text!r} is in the future; pick a time before now ({now:%Y-%m-%d %H:%M} UTC)."
+            f"{option} {shown!r} is in the future; pick a time before now ({now:%Y-%m-%d %H:%M} UTC)."
         )
-    if parsed < EARLIEST:
-        raise _too_early(text, option)
-    return parsed
+    if start < EARLIEST:
+        raise _too_early(shown, option)
+    return start
 
 
 def _too_early(text: str, option: str) -> ConfigError:

@@ -19,7 +19,6 @@ from flowsync.cli.common import (
     quiet_option,
 )
 from flowsync.config import resolve_db_path
-from flowsync.errors import ConfigError
 from flowsync.since import parse_since
 
 
@@ -81,18 +80,13 @@ def export_cmd(
 
     with errors():
         names = [t.strip() for item in tables or [] for t in item.split(",") if t.strip()]
-        if tables is not None and not names:
-            raise ConfigError(
-                "--tables names no table; pass one or more of flows, deployments, flow_runs "
-                "(or leave it out for all)."
-            )
         cutoff = parse_since(since, datetime.now(timezone.utc))
         path = resolve_db_path(db)
         exported = operations.export(
             path,
             dest,
             fmt=fmt,
-            tables=names or None,
+            tables=None if tables is None else names,
             since=cutoff,
             live=live,
             wait=wait,

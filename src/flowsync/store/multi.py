@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import re
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import duckdb
@@ -35,10 +35,15 @@ def parse_sources(sources: Sources) -> dict[str, Path]:
     """``{"prod": "prod.duckdb"}``, or paths (``NAME=PATH`` or a path whose stem names it)."""
     items: list[tuple[str, Path]] = []
     if isinstance(sources, Mapping):
-        items = [(str(k), Path(v).expanduser()) for k, v in sources.items()]
+        items = [(str(k), Path(_path_text(v)).expanduser()) for k, v in sources.items()]
+    elif isinstance(sources, (str, bytes)) or not isinstance(sources, Iterable):
+        raise ConfigError(
+            f"{sources!r} is not a file to read: pass a path, a list of paths or a dict of "
+            "name to path (e.g. {'prod': 'prod.duckdb'})."
+        )
     else:
         for raw in sources:
-            text = os.fspath(raw)
+            text = _path_text(raw)
             name, sep, rest = text.partition("=")
             if sep and _NAME.match(name):
                 items.append((name, Path(rest).expanduser()))
@@ -70,6 +75,14 @@ def parse_sources(sources: Sources) -> dict[str, Path]:
     if not out:
         raise ConfigError("No files to read: pass at least one --db.")
     return out
+
+
+def _path_text(raw: object) -> str:
+    """A source's path as text; anything that is no path (a number, bytes) a ``ConfigError``."""
+    text = os.fspath(raw) if isinstance(raw, (str, os.PathLike)) else None
+    if not isinstance(text, str):
+        raise ConfigError(f"{raw!r} is not a path: pass a DuckDB file's path, e.g. prod.duckdb.")
+    return text
 
 
 def _attach(con: duckdb.DuckDBPyConnection, name: str, db: Path, live: bool) -> None:
