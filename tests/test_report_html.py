@@ -200,3 +200,23 @@ def test_the_charts_run_axis_labels_whole_numbers_where_its_lines_are(
     )
     svg = daily_chart(daily)
     assert [int(n) for n in re.findall(r'text-anchor="end">(\d+)</text>', svg)] == labels
+
+
+def test_the_lateness_tables_late_header_names_the_late_after_it_counts(tmp_path: Path) -> None:
+    """`report health --late-after 300 --html`: the lateness column counts runs started more
+    than 300 s late, and its header says so (it said '> 60s' whatever the option)."""
+    from flowsync.store import Store
+    from tests.policy_db import built_db, run
+
+    db = built_db(tmp_path / "runs.duckdb", [run(n, "COMPLETED", n / 10) for n in range(1, 4)])
+    with Store.writer(db) as store:  # each run started 2 minutes late: late after 60 s, not 300 s
+        store.execute("UPDATE flow_runs SET start_time = expected_start_time + INTERVAL 2 MINUTE")
+    page = tmp_path / "health.html"
+    result = run_cli(
+        "report", "health", "--since", "7d", "--late-after", "300", "--html", str(page), "--db", str(db)
+    )
+    assert result.exit_code == 0, result.output
+    table = re.search(r'<table id="lateness">.*?</table>', page.read_text()).group(0)  # type: ignore[union-attr]
+    late_cell = re.findall(r'<td class="num"><bdi>([^<]*)</bdi></td>', table)[3]
+    assert late_cell == "0", "3 runs 120 s late, none more than 300 s"
+    assert "late (&gt; 300s)" in table, table

@@ -47,6 +47,7 @@ class Health:
     now: pl.DataFrame  # runs_now per deployment: running, waiting and late right now
     history_start: datetime | None  # the earliest run in the file (all history begins there)
     bucket: str = "day"  # what a row of ``daily`` covers: "day", or "hour" for short windows
+    late_after: float = 60.0  # seconds past its expected start a run counts late (``lateness``)
     ui: str | None = None  # the Prefect UI the runs link to (None: the API URL tells none)
 
     @property
@@ -121,6 +122,7 @@ def collect(
             )
         ),
         bucket="hour" if hourly else "day",
+        late_after=late_after,
         heatmap=reports.failure_rate_daily(
             store, window, by_deployment=True, include_deleted=include_deleted
         ),

@@ -211,7 +211,7 @@ def render_health(h: health.Health, extra: str = "") -> str:
         ),
         section(
             "Lateness",
-            lateness_table(h.lateness),
+            lateness_table(h.lateness, h.late_after),
             "Start time minus expected start, most late first.",
             "late",
         ),

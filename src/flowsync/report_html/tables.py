@@ -117,7 +117,9 @@ def slowest_table(frame: pl.DataFrame, limit: int = 10) -> str:
     return f'<div class="scroll"><table id="slowest" class="chart"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
 
 
-def lateness_table(frame: pl.DataFrame, limit: int = 10) -> str:
+def lateness_table(frame: pl.DataFrame, late_after: float, limit: int = 10) -> str:
+    """Lateness per deployment, most late first; ``late_after``: the seconds past its
+    expected start after which the ``late_runs`` column counted a run."""
     frame = (
         frame.filter(pl.col("deployment_id").is_not_null())
         .sort(["p95_lateness_s", "late_runs"], descending=True, nulls_last=True)
@@ -136,7 +138,7 @@ def lateness_table(frame: pl.DataFrame, limit: int = 10) -> str:
         + th("p50 late", True)
         + th("p95 late", True)
         + th("max late", True)
-        + th("late (> 60s)", True)
+        + th(f"late (> {late_after:g}s)", True)
         + th("waiting now", True)
     )
     return f'<div class="scroll"><table id="lateness"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
