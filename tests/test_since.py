@@ -107,3 +107,10 @@ def test_months_and_years_are_refused_so_that_3M_is_never_three_minutes(text: st
 @pytest.mark.parametrize(("text", "minutes"), [("3m", 3), ("3min", 3), ("3MIN", 3)])
 def test_minutes_are_a_small_m_or_min(text: str, minutes: int) -> None:
     assert parse_since(text, NOW) == NOW - timedelta(minutes=minutes)
+
+
+def test_a_time_with_an_offset_is_described_in_utc() -> None:
+    """2026-05-31T08:00+02:00 is 06:00 UTC: the window note says 06:00 UTC, not 08:00 UTC."""
+    window = reports.parse_since("2026-05-31T08:00+02:00", NOW)
+    assert window.since == datetime(2026, 5, 31, 6, 0, tzinfo=timezone.utc)
+    assert window.describe() == "2026-05-31 06:00 to 2026-06-01 12:00 UTC"

@@ -2,7 +2,8 @@
 
 Owns: turning ``30m`` / ``30min``, ``12h``, ``7d``, ``2w`` (an age before now), a
 date ``2026-01-01`` (UTC midnight), an ISO time (UTC when it has no offset) or
-``all`` (no start) into an aware datetime, and the one-line errors for
+``all`` (no start) into an aware datetime in UTC (a time with another offset is
+converted: what shows it as UTC shows that instant), and the one-line errors for
 anything else, an empty age, a time in the future, or a start before 1970 (an age
 too large for a date included: no run is that old, and a report's previous window
 of the same length must still be a date), each naming the option it came from
@@ -28,7 +29,7 @@ EARLIEST = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 def parse_since(text: str | None, now: datetime, *, option: str = "--since") -> datetime | None:
-    """The start ``text`` names, relative to ``now``; None for no text or ``all``.
+    """The start ``text`` names, in UTC, relative to ``now``; None for no text or ``all``.
     ``option`` is the flag the text came from, named in the errors."""
     if text is not None and not isinstance(text, str):
         raise ConfigError(
@@ -74,6 +75,7 @@ def check_start(
     shown = start.isoformat() if text is None else text
     if start.tzinfo is None:
         start = start.replace(tzinfo=timezone.utc)
+    start = start.astimezone(timezone.utc)  # described in UTC: "10:00+05:00" is 05:00 UTC
     if start >= now:
         raise ConfigError(
             f"{option} {shown!r} is in the future; pick a time before now ({now:%Y-%m-%d %H:%M} UTC)."
