@@ -220,3 +220,44 @@ def test_the_lateness_tables_late_header_names_the_late_after_it_counts(tmp_path
     late_cell = re.findall(r'<td class="num"><bdi>([^<]*)</bdi></td>', table)[3]
     assert late_cell == "0", "3 runs 120 s late, none more than 300 s"
     assert "late (&gt; 300s)" in table, table
+
+
+def test_the_daily_chart_keeps_days_without_runs_in_their_place() -> None:
+    """Runs on Dec 1, 2 and 7 only: the chart has a slot for each day, so the four days when
+    nothing ran show as a gap, not three adjacent bars that read as Dec 1 to 3."""
+    from datetime import date
+
+    import polars as pl
+
+    from flowsync.report_html.charts import daily_chart
+
+    daily = pl.DataFrame(
+        {
+            "run_day": [date(2026, 12, 1), date(2026, 12, 2), date(2026, 12, 7)],
+            "runs": [4, 4, 4],
+            "failed": [0, 1, 4],
+            "cancelled": [0, 0, 0],
+            "failure_rate": [0.0, 0.25, 1.0],
+        }
+    )
+    svg = daily_chart(daily)
+    xs = [float(x) for x in re.findall(r'<rect class="mark" x="([\d.]+)"', svg)[::2]]
+    gaps = [b - a for a, b in zip(xs, xs[1:], strict=False)]
+    assert gaps[1] == pytest.approx(5 * gaps[0], abs=0.2), f"Dec 2 to Dec 7 drawn as one day: {xs}"
+
+
+def test_the_health_pages_chart_spans_the_whole_window(tmp_path: Path) -> None:
+    """Runs 5 and 3 days ago in a 7-day window: 8 day slots (the first and last days
+    partial), the bars in the slots of their days, the days before and after them empty."""
+    from tests.policy_db import built_db, run
+
+    db = built_db(tmp_path / "runs.duckdb", [run(1, "COMPLETED", 5), run(2, "FAILED", 3)])
+    page = tmp_path / "health.html"
+    result = run_cli("report", "health", "--since", "7d", "--html", str(page), "--db", str(db))
+    assert result.exit_code == 0, result.output
+    svg = re.search(r'<svg class="chart" id="chart-daily".*?</svg>', page.read_text()).group(0)  # type: ignore[union-attr]
+    left, plot_w = 48, 960 - 48 - 44
+    step = plot_w / 8
+    xs = [float(x) for x in re.findall(r'<rect class="mark" x="([\d.]+)"', svg)[::2]]
+    slots = [int((x - left) // step) for x in xs]
+    assert slots == [2, 4], (xs, step)

@@ -2,7 +2,8 @@
 deployment x day heatmap of failures.
 
 Owns: drawing the figures as inline SVG and an HTML table (no scripts, no
-fetches): the stacked bars per UTC day or hour with the failure rate as a line
+fetches): the stacked bars per UTC day or hour, one slot for each of the
+window's (an empty one where nothing finished), with the failure rate as a line
 on its own axis (right), scaled to its highest value (``rate_scale``), and the
 heatmap of failed runs per deployment and day (the ``HEAT_ROWS`` most failed
 deployments). Every mark has class ``mark`` and every chart class ``chart``,
@@ -12,7 +13,7 @@ a figure (the frames come from ``flowsync.health``), print, or write files.
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, datetime, timedelta
 
 import polars as pl
 
@@ -38,17 +39,33 @@ def _axis_percent(value: float) -> str:
     return f"{value:.0%}" if round(value * 100, 6).is_integer() else f"{value:.1%}"
 
 
-def daily_chart(daily: pl.DataFrame) -> str:
+def slots(first: date, last: date) -> list[date]:
+    """Every UTC day from ``first`` to ``last`` (dates), or every UTC hour (datetimes),
+    both included: the daily chart's slots."""
+    step = timedelta(hours=1) if isinstance(first, datetime) else timedelta(days=1)
+    out = []
+    while first <= last:
+        out.append(first)
+        first += step
+    return out
+
+
+def daily_chart(daily: pl.DataFrame, span: tuple[date, date] | None = None) -> str:
     """Stacked bars per UTC day or hour (completed, failed) and the failure rate as a line,
-    on its own axis (right) scaled to the highest rate."""
+    on its own axis (right) scaled to the highest rate. One slot per day or hour from
+    ``span``'s first to its last (the window's; by default the frame's first and last), so a
+    day or hour when nothing finished is an empty slot and the line breaks there."""
     key = "run_hour" if "run_hour" in daily.columns else "run_day"
     unit = "hour" if key == "run_hour" else "day"
     daily = daily.filter(pl.col("runs") + pl.col("cancelled") > 0).sort(key)
     if daily.is_empty():
         return empty("No finished runs in this window.")
+    first, last = daily[key][0], daily[key][-1]
+    buckets = slots(min(first, span[0]), max(last, span[1])) if span else slots(first, last)
+    by_bucket = {row[key]: row for row in daily.iter_rows(named=True)}
     w, hgt, left, right, top, bottom = 960, 260, 48, 44, 14, 34
     plot_w, plot_h = w - left - right, hgt - top - bottom
-    n = daily.height
+    n = len(buckets)
     step = plot_w / n
     bar_w = max(min(step * 0.72, 64), 1.5)
     peak = max(int(daily["runs"].max() or 0), 1)  # type: ignore[arg-type]
@@ -64,12 +81,17 @@ def daily_chart(daily: pl.DataFrame) -> str:
         body.append(
             f'<text class="rate-axis" x="{w - right + 6}" y="{y + 4:.1f}">{_axis_percent(rate_top * frac)}</text>'
         )
-    points = []
-    for i, row in enumerate(daily.iter_rows(named=True)):
+    lines: list[list[str]] = [[]]  # the rate line, broken where a slot has no rate
+    for i, bucket in enumerate(buckets):
+        row = by_bucket.get(bucket)
+        if row is None or row["failure_rate"] is None:
+            lines.append([])
+        if row is None:
+            continue
         x = left + step * i + (step - bar_w) / 2
         ok = row["runs"] - row["failed"]
         h_ok, h_bad = plot_h * ok / peak, plot_h * row["failed"] / peak
-        when = f"{row[key]:%Y-%m-%d %H:00} UTC" if unit == "hour" else str(row[key])
+        when = f"{bucket:%Y-%m-%d %H:00} UTC" if unit == "hour" else str(bucket)
         tip = (
             f"{when}: {present.count(row['runs'])} finished, {present.count(row['failed'])} failed "
             f"({present.percent(row['failure_rate'])}), {present.count(row['cancelled'])} cancelled"
@@ -83,15 +105,18 @@ def daily_chart(daily: pl.DataFrame) -> str:
         )
         if row["failure_rate"] is not None:
             y_rate = top + plot_h * (1 - row["failure_rate"] / rate_top)
-            points.append(f"{x + bar_w / 2:.1f},{y_rate:.1f}")
-    if len(points) > 1:
-        body.append(
-            f'<polyline class="mark" fill="none" stroke="#111827" stroke-width="1.8" points="{" ".join(points)}"/>'
-        )
+            lines[-1].append(f"{x + bar_w / 2:.1f},{y_rate:.1f}")
+    for points in lines:
+        if len(points) > 1:
+            body.append(
+                f'<polyline class="mark" fill="none" stroke="#111827" stroke-width="1.8" points="{" ".join(points)}"/>'
+            )
+        elif points:  # a rate with no other beside it: a dot
+            cx, cy = points[0].split(",")
+            body.append(f'<circle class="mark" fill="#111827" r="2.5" cx="{cx}" cy="{cy}"/>')
     body.append(
         f'<line class="axis" x1="{left}" x2="{w - right}" y1="{top + plot_h}" y2="{top + plot_h}"/>'
     )
-    buckets = daily[key].to_list()
     label = "%b %d %H:00" if unit == "hour" else "%b %d"
     for i in sorted({0, n // 2, n - 1}):
         anchor = "start" if i == 0 else "end" if i == n - 1 else "middle"

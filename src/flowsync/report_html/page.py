@@ -13,7 +13,7 @@ not: print, write files (the CLI does), or compute a figure (they all come from
 
 from __future__ import annotations
 
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
 import polars as pl
@@ -130,16 +130,37 @@ def _headline(h: dict[str, Any], has_previous: bool) -> str:
 # -- the page -------------------------------------------------------------------------------
 
 
+def _first_day(window: reports.Window, daily: pl.DataFrame) -> date:
+    """The window's first UTC day; for all history, the first day with a finished run."""
+    if window.since is not None:
+        return window.since.astimezone(timezone.utc).date()
+    first = daily["run_day"].min()
+    assert isinstance(first, date)
+    return first
+
+
+def _last_moment(window: reports.Window) -> datetime:
+    """The window's last instant (it is ``[since, until)``), in UTC."""
+    return window.until.astimezone(timezone.utc) - timedelta(microseconds=1)
+
+
+def _chart_span(h: health.Health) -> tuple[date, date] | None:
+    """The daily chart's first and last slot: every UTC day (or hour) of the window."""
+    if h.daily.is_empty():
+        return None
+    last = _last_moment(h.window)
+    if h.bucket == "hour":
+        assert h.window.since is not None  # only a window with a start is charted by hour
+        hour = {"minute": 0, "second": 0, "microsecond": 0}
+        return h.window.since.astimezone(timezone.utc).replace(**hour), last.replace(**hour)
+    return _first_day(h.window, h.daily), last.date()
+
+
 def _days(window: reports.Window, daily: pl.DataFrame) -> list[date]:
+    """The heatmap's days: the window's UTC days, at most the last 93."""
     if daily.is_empty():
         return []
-    first = (
-        daily["run_day"].min()
-        if window.since is None
-        else window.since.astimezone(timezone.utc).date()
-    )
-    last = window.until.astimezone(timezone.utc).date()
-    assert isinstance(first, date)
+    first, last = _first_day(window, daily), _last_moment(window).date()
     return [
         date.fromordinal(o)
         for o in range(max(first.toordinal(), last.toordinal() - 92), last.toordinal() + 1)
@@ -174,7 +195,7 @@ def render_health(h: health.Health, extra: str = "") -> str:
         _headline(h.headline, has_previous),
         section(
             f"Runs and failure rate per {h.bucket}",
-            daily_chart(h.daily),
+            daily_chart(h.daily, _chart_span(h)),
             f"UTC {h.bucket}s, by expected start"
             + (
                 f" (windows up to {present.duration(health.HOURLY_UP_TO.total_seconds())} are charted by hour)."
