@@ -5,8 +5,9 @@ Owns: the page that opens offline (no CDN, no fetches; the only script is
 inline and small: it records JS errors and marks the page as rendered, which
 the browser test reads) and reads on a phone and on a wide screen (``CSS``);
 the headline cards against the previous window; the note on the window, scope
-and last pull; which days the heatmap spans; the sections in order
-(``render_health``), and a report's table after them (``build_page``). Must
+and last pull; which days (or hours) the chart and the heatmap span; the
+sections in order (``render_health``), and a report's table after them
+(``build_page``). Must
 not: print, write files (the CLI does), or compute a figure (they all come from
 ``flowsync.health`` and ``flowsync.reports``).
 """
