@@ -12,7 +12,8 @@
 --                          pull time; deleted runs too): in the window means new
 --   last_seen              run_at of its latest failure
 --   example_run_id, example_state_type, example_message  its latest failed
---                          run in the window, with the full state message
+--                          run in the window (by run_at, then id: one run
+--                          when two share a run_at), with the full state message
 --   flow_name, deployment_name  of that run
 -- Live runs only unless include_deleted; only_*: see 06_run_selected.sql. Pass prev_start = since for no
 -- previous window. Each distinct message is normalised once.
@@ -38,11 +39,11 @@ WITH failed AS (
         runs - prev_runs AS runs_change,
         min(run_at) AS first_seen,
         max(run_at) AS last_seen,
-        arg_max(id, run_at) FILTER (WHERE run_at >= since) AS example_run_id,
-        arg_max(state_type, run_at) FILTER (WHERE run_at >= since) AS example_state_type,
-        arg_max(f.state_message, run_at) FILTER (WHERE run_at >= since) AS example_message,
-        arg_max(flow_id, run_at) FILTER (WHERE run_at >= since) AS example_flow_id,
-        arg_max(deployment_id, run_at) FILTER (WHERE run_at >= since) AS example_deployment_id
+        arg_max(id, (run_at, id)) FILTER (WHERE run_at >= since) AS example_run_id,
+        arg_max(state_type, (run_at, id)) FILTER (WHERE run_at >= since) AS example_state_type,
+        arg_max(f.state_message, (run_at, id)) FILTER (WHERE run_at >= since) AS example_message,
+        arg_max(flow_id, (run_at, id)) FILTER (WHERE run_at >= since) AS example_flow_id,
+        arg_max(deployment_id, (run_at, id)) FILTER (WHERE run_at >= since) AS example_deployment_id
     FROM failed AS f
     JOIN texts AS t ON t.state_message IS NOT DISTINCT FROM f.state_message
     GROUP BY t.error_text

@@ -1,6 +1,7 @@
 -- failure_recoveries: one row per failure episode of a deployment: a run of
--- consecutive failed finished runs (FAILED or CRASHED, in run_at order,
--- cancelled runs skipped), over live runs. recovered_at is the run_at of the
+-- consecutive failed finished runs (FAILED or CRASHED, in (run_at, id) order:
+-- runs with the same run_at go by id, as in deployment_streaks; cancelled runs
+-- skipped), over live runs. recovered_at is the run_at of the
 -- next COMPLETED run (NULL while still failing: that episode's failed_runs is
 -- the deployment's current failing streak); recovery_s = recovered_at -
 -- failed_at, the time from the first failure to the next success (MTTR is

@@ -1,6 +1,8 @@
 -- deployment_streaks: one row per deployment with live finished runs
 -- (COMPLETED, FAILED or CRASHED; cancelled runs are skipped), ordered by
--- run_at. failing_streak = how many of its most recent finished runs failed
+-- (run_at, id) as in failure_recoveries: runs with the same run_at (two
+-- schedules at one time) go by id, so both views agree on which is latest.
+-- failing_streak = how many of its most recent finished runs failed
 -- in a row (the failures after its last success; 0 when the latest one
 -- completed); "broken" means failing_streak >= N for the N you choose
 -- (`flowsync report flaky --last N`). failing_since = run_at of the first of
@@ -12,8 +14,9 @@ WITH runs AS (
     SELECT
         deployment_id,
         count(*) AS finished_runs,
-        arg_max(state_type, run_at) AS last_state_type,
+        arg_max(state_type, (run_at, id)) AS last_state_type,
         max(run_at) FILTER (WHERE NOT is_failure) AS last_success_at,
+        max((run_at, id)) FILTER (WHERE NOT is_failure) AS last_success,
         max(run_at) FILTER (WHERE is_failure) AS last_failure_at
     FROM flow_run_measures
     WHERE NOT is_deleted AND is_finished AND deployment_id IS NOT NULL
@@ -23,12 +26,12 @@ WITH runs AS (
         m.deployment_id,
         count(*) AS failing_streak,
         min(m.run_at) AS failing_since,
-        arg_max(m.id, m.run_at) AS latest_failure_run_id,
-        arg_max(m.state_type, m.run_at) AS latest_state_type,
-        arg_max(m.state_message, m.run_at) AS latest_message
+        arg_max(m.id, (m.run_at, m.id)) AS latest_failure_run_id,
+        arg_max(m.state_type, (m.run_at, m.id)) AS latest_state_type,
+        arg_max(m.state_message, (m.run_at, m.id)) AS latest_message
     FROM flow_run_measures AS m
     JOIN runs AS r ON r.deployment_id = m.deployment_id
-    WHERE NOT m.is_deleted AND m.is_failure AND (r.last_success_at IS NULL OR m.run_at > r.last_success_at)
+    WHERE NOT m.is_deleted AND m.is_failure AND (r.last_success IS NULL OR (m.run_at, m.id) > r.last_success)
     GROUP BY m.deployment_id
 )
 SELECT

@@ -18,6 +18,7 @@ from flowsync import reports, views
 from flowsync.store import Store
 from harness.built import Builder, BuiltHistory
 from tests.helpers import SeededServer, query, run_cli, scalar
+from tests.policy_db import built_db, rid, run
 
 
 @pytest.fixture(scope="module")
@@ -285,3 +286,35 @@ def test_streaks_and_recoveries_on_a_known_sequence(tmp_path: Path) -> None:
         three = reports.flaky(store, reports.parse_since("all"), last=3).row(0, named=True)
     assert two["broken"] and not three["broken"]
     assert (two["failed"], two["runs"], two["failure_episodes"], two["mttr_s"]) == (5, 7, 3, 5400.0)
+
+
+def test_streaks_and_episodes_agree_on_runs_with_the_same_expected_start(tmp_path: Path) -> None:
+    """Two schedules at the same time: each night one run completes and one fails. Every
+    view takes tied runs in (run_at, id) order: the failure (the higher id) is the latest,
+    so the open episode's failed_runs is the failing streak, unresolved_failures lists the
+    deployment, and its latest failure is the last night's failed run."""
+    runs = []
+    for night in (3, 2, 1):
+        runs += [run(100 + night, "COMPLETED", night), run(200 + night, "FAILED", night)]
+    db = built_db(tmp_path / "runs.duckdb", runs)
+    assert query(db, "SELECT failed_runs FROM failure_recoveries WHERE recovered_at IS NULL") == [(1,)]
+    assert query(
+        db, "SELECT failing_streak, last_state_type, latest_failure_run_id FROM deployment_streaks"
+    ) == [(1, "FAILED", uuid.UUID(rid(201)))]
+    assert scalar(db, "SELECT failures_since_success FROM unresolved_failures") == 1
+
+
+def test_the_latest_of_runs_with_the_same_expected_start_is_one_run_everywhere(
+    tmp_path: Path,
+) -> None:
+    """Two failed runs at the same run_at, one signature: the error's example (its id and
+    message from one run) and `report runs --last 1` name the same run, the higher id."""
+    db = built_db(tmp_path / "runs.duckdb", [run(7, "FAILED", 1), run(3, "FAILED", 1)])
+    with Store.writer(db) as store:
+        store.execute("UPDATE flow_runs SET state_message = 'bad row ' || CAST(id AS VARCHAR)[-1:]")
+        store.execute("UPDATE flow_runs SET expected_start_time = (SELECT min(expected_start_time) FROM flow_runs)")
+    with Store.reader(db, live=True) as store:
+        example = reports.errors(store, reports.parse_since("7d")).row(0, named=True)
+        latest = reports.runs(store, reports.parse_since("7d"), last=1)["id"].to_list()
+    assert (str(example["example_run_id"]), example["example_message"]) == (rid(7), "bad row 7")
+    assert [str(i) for i in latest] == [rid(7)]

@@ -427,7 +427,7 @@ def runs(
         f = Filters(f.flows, f.deployments, f.tags, FAILED_STATES)
     sql = f"""
         SELECT * FROM run_list($since, $until, $include_deleted, {ONLY})
-        ORDER BY run_at DESC, id LIMIT $last
+        ORDER BY run_at DESC, id DESC LIMIT $last
     """
     params = {**_window(window, include_deleted), "last": last, **filter_params(store, f)}
     return _with_links(store, run_sql(store, sql, params))
