@@ -261,3 +261,22 @@ def test_the_health_pages_chart_spans_the_whole_window(tmp_path: Path) -> None:
     xs = [float(x) for x in re.findall(r'<rect class="mark" x="([\d.]+)"', svg)[::2]]
     slots = [int((x - left) // step) for x in xs]
     assert slots == [2, 4], (xs, step)
+
+
+def test_the_heatmaps_failed_total_is_of_the_days_it_shows(tmp_path: Path) -> None:
+    """--since 120d: the heatmap shows the last 93 days, and each row's 'failed' total counts
+    those days (5 failures 100 days ago counted in the total but in no cell); the note says
+    which days."""
+    from tests.policy_db import built_db, run
+
+    runs = [run(n, "FAILED", 100) for n in range(1, 6)] + [run(9, "FAILED", 1)]
+    db = built_db(tmp_path / "runs.duckdb", runs)
+    page = tmp_path / "health.html"
+    result = run_cli("report", "health", "--since", "120d", "--html", str(page), "--db", str(db))
+    assert result.exit_code == 0, result.output
+    text = page.read_text()
+    heat = re.search(r'id="chart-heatmap".*?</table>', text).group(0)  # type: ignore[union-attr]
+    shown = sum(int(n) for n in re.findall(r'title="[^"]*: (\d+) of \d+ failed"', heat))
+    totals = [int(n) for n in re.findall(r"&nbsp;(\d+)</td>", heat)]
+    assert totals == [shown] == [1], (totals, shown)
+    assert "the last 93 days of the window" in text

@@ -10,7 +10,7 @@ render (``report_html`` and ``openmetrics`` do).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, time, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 TOP = 10
 # Windows up to this long chart runs and failure rate per UTC hour, longer ones per UTC day.
 HOURLY_UP_TO = timedelta(hours=48)
+# The heatmap shows a window's last this many UTC days (a quarter), its rows' totals too.
+HEAT_DAYS = 93
 
 
 @dataclass(frozen=True)
@@ -35,7 +37,8 @@ class Health:
         str, Any
     ]  # one row: failure_rates, duration_percentiles, lateness over everything
     daily: pl.DataFrame  # failure_rates per UTC day (run_day), or per UTC hour (run_hour)
-    heatmap: pl.DataFrame  # failure_rates per UTC day x deployment
+    heatmap: pl.DataFrame  # failure_rates per UTC day x deployment, over ``heat_window``
+    heat_rows: pl.DataFrame  # failure_rates per deployment over ``heat_window``, most failed first
     deployments: pl.DataFrame  # failure_rates per deployment, with the previous window
     signatures: pl.DataFrame  # error_signatures
     unresolved: pl.DataFrame  # unresolved_failures
@@ -56,10 +59,22 @@ class Health:
         return reports.previous_uncovered(self.window, self.history_start)
 
     @property
+    def heat_window(self) -> reports.Window:
+        return heat_window(self.window)
+
+    @property
     def window_seconds(self) -> float | None:
         """The window's length; all history counts from the earliest run, not from 1970."""
         start = self.window.since or self.history_start
         return None if start is None else max((self.window.until - start).total_seconds(), 0.0)
+
+
+def heat_window(window: reports.Window) -> reports.Window:
+    """The part of ``window`` the heatmap shows: its last ``HEAT_DAYS`` UTC days."""
+    first_day = window.last_instant.date() - timedelta(days=HEAT_DAYS - 1)
+    start = datetime.combine(first_day, time(), tzinfo=timezone.utc)
+    since = start if window.since is None or window.since < start else window.since
+    return reports.Window(since, window.until)
 
 
 def live_last_pull(db: Path) -> datetime | None:
@@ -110,6 +125,8 @@ def collect(
     headline["unresolved_deployments"] = unresolved.height
     headline["since"], headline["until"] = window.since, window.until
     hourly = window.since is not None and window.until - window.since <= HOURLY_UP_TO
+    heat = heat_window(window)
+    deployments = reports.failures(store, "deployment", window, include_deleted=include_deleted)
     return Health(
         window=window,
         include_deleted=include_deleted,
@@ -124,9 +141,14 @@ def collect(
         bucket="hour" if hourly else "day",
         late_after=late_after,
         heatmap=reports.failure_rate_daily(
-            store, window, by_deployment=True, include_deleted=include_deleted
+            store, heat, by_deployment=True, include_deleted=include_deleted
         ),
-        deployments=reports.failures(store, "deployment", window, include_deleted=include_deleted),
+        heat_rows=(
+            deployments
+            if heat == window
+            else reports.failures(store, "deployment", heat, include_deleted=include_deleted)
+        ),
+        deployments=deployments,
         signatures=signatures,
         unresolved=unresolved,
         durations=reports.durations(

@@ -10,7 +10,7 @@ import Polars or DuckDB at import time (the CLI reads ``GROUPS`` for its help), 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 from flowsync.errors import ConfigError
@@ -73,6 +73,11 @@ class Window:
         if self.since is None:
             return _EPOCH
         return self.since - (self.until - self.since)
+
+    @property
+    def last_instant(self) -> datetime:
+        """The window's last instant in UTC (it is [since, until)): its last day and hour."""
+        return self.until.astimezone(timezone.utc) - timedelta(microseconds=1)
 
     def describe(self) -> str:
         if self.since is None:

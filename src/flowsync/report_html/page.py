@@ -14,7 +14,7 @@ not: print, write files (the CLI does), or compute a figure (they all come from
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, timezone
 from typing import Any
 
 import polars as pl
@@ -140,16 +140,11 @@ def _first_day(window: reports.Window, daily: pl.DataFrame) -> date:
     return first
 
 
-def _last_moment(window: reports.Window) -> datetime:
-    """The window's last instant (it is ``[since, until)``), in UTC."""
-    return window.until.astimezone(timezone.utc) - timedelta(microseconds=1)
-
-
 def _chart_span(h: health.Health) -> tuple[date, date] | None:
     """The daily chart's first and last slot: every UTC day (or hour) of the window."""
     if h.daily.is_empty():
         return None
-    last = _last_moment(h.window)
+    last = h.window.last_instant
     if h.bucket == "hour":
         assert h.window.since is not None  # only a window with a start is charted by hour
         hour = {"minute": 0, "second": 0, "microsecond": 0}
@@ -157,19 +152,23 @@ def _chart_span(h: health.Health) -> tuple[date, date] | None:
     return _first_day(h.window, h.daily), last.date()
 
 
-def _days(window: reports.Window, daily: pl.DataFrame) -> list[date]:
-    """The heatmap's days: the window's UTC days, at most the last 93."""
-    if daily.is_empty():
+def _days(h: health.Health) -> list[date]:
+    """The heatmap's days: the window's UTC days, at most its last ``health.HEAT_DAYS``."""
+    if h.daily.is_empty():
         return []
-    first, last = _first_day(window, daily), _last_moment(window).date()
-    return [
-        date.fromordinal(o)
-        for o in range(max(first.toordinal(), last.toordinal() - 92), last.toordinal() + 1)
-    ]
+    heat = h.heat_window
+    assert heat.since is not None  # the heatmap's window always has a start
+    first = max(_first_day(h.window, h.daily), heat.since.date())
+    last = heat.last_instant.date()
+    return [date.fromordinal(o) for o in range(first.toordinal(), last.toordinal() + 1)]
 
 
-def _day_span(days: list[date]) -> str:
-    return f"Days {days[0]:%b %d} to {days[-1]:%b %d}." if days else ""
+def _day_span(h: health.Health, days: list[date]) -> str:
+    if not days:
+        return ""
+    cut = _first_day(h.window, h.daily) < days[0]
+    shown = f", the last {health.HEAT_DAYS} days of the window" if cut else ""
+    return f"Days {days[0]:%b %d} to {days[-1]:%b %d}{shown}."
 
 
 def render_health(h: health.Health, extra: str = "") -> str:
@@ -207,9 +206,10 @@ def render_health(h: health.Health, extra: str = "") -> str:
         ),
         section(
             "Failures by deployment and day",
-            heatmap(h.heatmap, _days(window, h.daily), h.deployments),
-            esc(_day_span(_days(window, h.daily)))
-            + " Failed runs (FAILED or CRASHED) per UTC day; darker is more. "
+            heatmap(h.heatmap, _days(h), h.heat_rows),
+            esc(_day_span(h, _days(h)))
+            + " Failed runs (FAILED or CRASHED) per UTC day; darker is more; "
+            "the failed column is each row's total over these days. "
             "Hover a cell for its numbers.",
             "heatmap",
         ),
