@@ -289,3 +289,20 @@ def test_parse_since_forms() -> None:
     assert window.previous_start == now - timedelta(days=2)
     with pytest.raises(ConfigError):
         reports.parse_since("0d", now)
+
+
+def test_a_subflow_counts_as_a_run_of_its_own(tmp_path: Path) -> None:
+    """As docs/analysis.md defines it: a parent that failed because its subflow raised is two
+    failed runs, its error signature counted twice; `NOT is_subflow` leaves the parent."""
+    from tests.policy_db import built_db, rid, run
+
+    msg = "Flow run encountered an exception: ValueError: bad row 17"
+    db = built_db(tmp_path / "runs.duckdb", [run(1, "FAILED", 1), run(2, "FAILED", 1, dep=None)])
+    with Store.writer(db) as store:
+        store.execute("UPDATE flow_runs SET state_message = ?", [msg])
+        store.execute("UPDATE flow_runs SET parent_task_run_id = ? WHERE id = ?", [rid(77), rid(2)])
+    with Store.reader(db, live=True) as store:
+        errors = reports.errors(store, reports.parse_since("7d"))
+    assert errors["runs"].to_list() == [2]
+    top_level = "SELECT count(*) FROM flow_runs_enriched WHERE is_failure AND NOT is_subflow"
+    assert scalar(db, top_level) == 1
