@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 import shutil
 import subprocess
@@ -213,7 +214,16 @@ def test_the_lateness_tables_late_header_names_the_late_after_it_counts(tmp_path
         store.execute("UPDATE flow_runs SET start_time = expected_start_time + INTERVAL 2 MINUTE")
     page = tmp_path / "health.html"
     result = run_cli(
-        "report", "health", "--since", "7d", "--late-after", "300", "--html", str(page), "--db", str(db)
+        "report",
+        "health",
+        "--since",
+        "7d",
+        "--late-after",
+        "300",
+        "--html",
+        str(page),
+        "--db",
+        str(db),
     )
     assert result.exit_code == 0, result.output
     table = re.search(r'<table id="lateness">.*?</table>', page.read_text()).group(0)  # type: ignore[union-attr]
@@ -242,7 +252,7 @@ def test_the_daily_chart_keeps_days_without_runs_in_their_place() -> None:
     )
     svg = daily_chart(daily)
     xs = [float(x) for x in re.findall(r'<rect class="mark" x="([\d.]+)"', svg)[::2]]
-    gaps = [b - a for a, b in zip(xs, xs[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(xs)]
     assert gaps[1] == pytest.approx(5 * gaps[0], abs=0.2), f"Dec 2 to Dec 7 drawn as one day: {xs}"
 
 

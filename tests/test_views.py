@@ -297,7 +297,9 @@ def test_streaks_and_episodes_agree_on_runs_with_the_same_expected_start(tmp_pat
     for night in (3, 2, 1):
         runs += [run(100 + night, "COMPLETED", night), run(200 + night, "FAILED", night)]
     db = built_db(tmp_path / "runs.duckdb", runs)
-    assert query(db, "SELECT failed_runs FROM failure_recoveries WHERE recovered_at IS NULL") == [(1,)]
+    assert query(db, "SELECT failed_runs FROM failure_recoveries WHERE recovered_at IS NULL") == [
+        (1,)
+    ]
     assert query(
         db, "SELECT failing_streak, last_state_type, latest_failure_run_id FROM deployment_streaks"
     ) == [(1, "FAILED", uuid.UUID(rid(201)))]
@@ -312,7 +314,9 @@ def test_the_latest_of_runs_with_the_same_expected_start_is_one_run_everywhere(
     db = built_db(tmp_path / "runs.duckdb", [run(7, "FAILED", 1), run(3, "FAILED", 1)])
     with Store.writer(db) as store:
         store.execute("UPDATE flow_runs SET state_message = 'bad row ' || CAST(id AS VARCHAR)[-1:]")
-        store.execute("UPDATE flow_runs SET expected_start_time = (SELECT min(expected_start_time) FROM flow_runs)")
+        store.execute(
+            "UPDATE flow_runs SET expected_start_time = (SELECT min(expected_start_time) FROM flow_runs)"
+        )
     with Store.reader(db, live=True) as store:
         example = reports.errors(store, reports.parse_since("7d")).row(0, named=True)
         latest = reports.runs(store, reports.parse_since("7d"), last=1)["id"].to_list()

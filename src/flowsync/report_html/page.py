@@ -147,8 +147,11 @@ def _chart_span(h: health.Health) -> tuple[date, date] | None:
     last = h.window.last_instant
     if h.bucket == "hour":
         assert h.window.since is not None  # only a window with a start is charted by hour
-        hour = {"minute": 0, "second": 0, "microsecond": 0}
-        return h.window.since.astimezone(timezone.utc).replace(**hour), last.replace(**hour)
+        first = h.window.since.astimezone(timezone.utc)
+        return (
+            first.replace(minute=0, second=0, microsecond=0),
+            last.replace(minute=0, second=0, microsecond=0),
+        )
     return _first_day(h.window, h.daily), last.date()
 
 
