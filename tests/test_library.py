@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-import tempfile
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
