@@ -646,6 +646,7 @@ def test_a_schedule_paused_past_the_walks_first_page_is_read_within_the_stalenes
         new_deployment(url, f"later-{i}")
     db, api = tmp_path / "runs.duckdb", ApiSettings(url=url)
     day = PullOptions(page_size=5, overlap=timedelta(0), staleness=timedelta(hours=24))
+    time.sleep(2)  # the cursor is the server's Date, in whole seconds: past every deployment
     flowsync.pull(db, api=api, options=day)
     with httpx.Client(base_url=url + "/", timeout=60) as c:
         schedule = c.get(f"deployments/{first}").json()["schedules"][0]["id"]
