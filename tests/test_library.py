@@ -218,3 +218,18 @@ def test_a_refused_apply_leaves_no_plan_scratch_behind(
         flowsync.apply(db, policy, api=UNREACHABLE, confirm=confirm)
     assert refused.value is not None  # still held
     assert list(scratch.iterdir()) == []
+
+
+def test_status_does_what_the_command_does(built: BuiltHistory, tmp_path: Path) -> None:
+    """``flowsync status --json`` is ``flowsync.status(db).to_json()`` (the command only
+    prints what the call returns)."""
+    from flowsync.cli.common import to_jsonable
+
+    db = copy_db(built.path, tmp_path)
+    shown = run_cli("status", "--db", str(db), "--json")
+    assert shown.exit_code == 0, shown.output
+    called = flowsync.status(db)
+    assert json.loads(shown.stdout) == to_jsonable(called.to_json())
+    assert called.writing is None and called.snapshot is not None
+    live = "SELECT id FROM flow_runs WHERE deleted_at IS NULL"
+    assert called.summary["flow_runs"]["live"] == len(query(db, live))

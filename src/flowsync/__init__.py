@@ -6,6 +6,7 @@ The library does what the commands do, one call each (``flowsync.operations``):
     flowsync.plan(db, policy, refresh=None, live=False) -> Plan
     flowsync.apply(db, policy, api=ApiSettings, confirm=None, progress=None) -> Applied
     flowsync.report(db, name, since=None, by=None, **options) -> Reported (.frame: Polars)
+    flowsync.status(db=None, wait=0.0) -> Status (.summary: what `status --json` prints)
     flowsync.operations.export(db, dest, fmt="parquet", since=None) -> Exported
       (``flowsync.export`` is the module that writes the files)
     flowsync.connect(db) -> a read-only DuckDB connection to the latest snapshot
@@ -20,10 +21,10 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "apply", "connect", "plan", "pull", "report"]
+__all__ = ["__version__", "apply", "connect", "plan", "pull", "report", "status"]
 
 if TYPE_CHECKING:
-    from flowsync.operations import apply, plan, pull, report
+    from flowsync.operations import apply, plan, pull, report, status
     from flowsync.store.notebook import connect
 
 
@@ -32,7 +33,7 @@ def __getattr__(name: str) -> Any:
         from flowsync.store.notebook import connect
 
         return connect
-    if name in ("pull", "plan", "apply", "report"):
+    if name in ("pull", "plan", "apply", "report", "status"):
         from flowsync import operations
 
         return getattr(operations, name)

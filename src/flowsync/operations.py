@@ -26,6 +26,7 @@ filter name, or a value its flag refuses); see ``flowsync.errors``.
 from __future__ import annotations
 
 import contextlib
+import os
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -41,8 +42,9 @@ from flowsync.config import (
     ApiSettings,
     check_memory_limit,
     check_number,
+    resolve_db_path,
 )
-from flowsync.errors import ConfigError, FlowsyncError
+from flowsync.errors import ConfigError, FlowsyncError, StoreError, StoreLockedError
 from flowsync.policy import (
     ApplyResult,
     LoadedPolicy,
@@ -61,8 +63,8 @@ from flowsync.policy.apply import (
 from flowsync.policy.model import check_rule_timeout
 from flowsync.policy.plan import PLAN_MEMORY_MB, selected_ids
 from flowsync.since import check_start, parse_since
-from flowsync.store import Store, audit, locks, sync_log
-from flowsync.store.snapshot import PublishResult, publish
+from flowsync.store import Store, audit, locks, snapshot, sync_log
+from flowsync.store.snapshot import PublishResult, SnapshotInfo, publish
 from flowsync.sync import Progress, PullOptions, PullResult
 from flowsync.sync import pull as pull_runs
 
@@ -304,6 +306,51 @@ def _apply_plan(
             # The calls are done and audited: the caller shows the summary, then this.
             return Applied(made, held, confirmed=made.total > 0, publish_error=e)
     return Applied(made, held, confirmed=made.total > 0)
+
+
+@dataclass(frozen=True)
+class Status:
+    """What ``flowsync status`` shows: ``summary`` (its ``--json``: source API, server, last
+    pull and apply, row counts, the snapshot), the snapshot readers see, and who writes the
+    file now (a ``StoreLockedError`` naming them; None when nobody does)."""
+
+    path: Path
+    summary: dict[str, Any]
+    snapshot: SnapshotInfo | None
+    snapshot_problem: str
+    writing: StoreLockedError | None
+
+    def to_json(self) -> dict[str, Any]:
+        return self.summary
+
+
+def status(db: str | os.PathLike[str] | None = None, *, wait: float = 0.0) -> Status:
+    """``flowsync status``: the live file's summary; while a pull or apply writes it, the
+    published snapshot's, saying who writes (``StoreLockedError`` when no sound snapshot
+    can be read either). A damaged snapshot is reported, not raised."""
+    path = resolve_db_path(db)
+    writing: StoreLockedError | None = None
+    try:
+        with Store.reader(path, live=True, wait=wait, lock_context=locks.LIVE_ONLY) as store:
+            summary = sync_log.status_summary(store)
+    except StoreLockedError as e:
+        info, problem = snapshot.inspect(path)
+        if info is None or problem:
+            raise
+        writing = e
+        try:
+            with Store.reader(path) as store:
+                summary = sync_log.status_summary(store)
+        except StoreError:
+            raise e from None
+    published, problem = snapshot.inspect(path)
+    summary["db"] = str(path)
+    summary["writing_now"] = (
+        {"role": writing.holder_role, "pid": writing.holder_pid} if writing else None
+    )
+    summary["snapshot"] = published.to_json() if published else None
+    summary["snapshot_problem"] = problem or None
+    return Status(path, summary, published, problem, writing)
 
 
 @dataclass

@@ -33,7 +33,6 @@ from flowsync.config import (
     resolve_api,
     resolve_db_path,
 )
-from flowsync.errors import StoreError, StoreLockedError
 
 
 def pull_cmd(
@@ -172,33 +171,12 @@ def status_cmd(
 
     Example: flowsync status --db runs.duckdb --json
     """
-    from flowsync.store import Store, locks, snapshot, sync_log
+    from flowsync.operations import status
 
     with errors():
-        path = resolve_db_path(db)
-        writing: StoreLockedError | None = None
-        try:
-            with Store.reader(path, live=True, wait=wait, lock_context=locks.LIVE_ONLY) as store:
-                summary = sync_log.status_summary(store)
-        except StoreLockedError as e:
-            # A pull (or apply) writes the file now: what the last one published, said so;
-            # who writes (exit 6) when no sound snapshot can be read.
-            info, problem = snapshot.inspect(path)
-            if info is None or problem:
-                raise
-            writing = e
-            try:
-                with Store.reader(path) as store:
-                    summary = sync_log.status_summary(store)
-            except StoreError:
-                raise e from None
-        published, problem = snapshot.inspect(path)  # status reports a damaged one, not fails
-    summary["db"] = str(path)
-    summary["writing_now"] = (
-        {"role": writing.holder_role, "pid": writing.holder_pid} if writing else None
-    )
-    summary["snapshot"] = published.to_json() if published else None
-    summary["snapshot_problem"] = problem or None
+        shown = status(db, wait=wait)
+    path, summary, writing = shown.path, shown.summary, shown.writing
+    published, problem = shown.snapshot, shown.snapshot_problem
     if json_out:
         print_json(summary)
         return
