@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from flowsync.errors import QueryError
+from flowsync.errors import QueryError, StoreLockedError
 from flowsync.store import Store
 from flowsync.store.tables import SQL_TYPES, TABLES
 
@@ -190,3 +190,32 @@ def test_checkpoint_early_checkpoints_only_near_the_threshold(
         assert store.checkpoint_early()
         assert not wal.exists() or wal.stat().st_size < 2**20
         assert store.execute("SELECT count(*) FROM t").scalar() == 3000
+
+
+def test_a_writer_closed_after_a_chdir_lets_go_of_its_own_file_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hold of this process's writer on its file is released by the key it was taken
+    with: a relative path closed from another directory released another file's hold."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    monkeypatch.chdir(a)
+    first = Store.writer("runs.duckdb")
+    monkeypatch.chdir(b)
+    with Store.writer("runs.duckdb"):  # b/runs.duckdb, held
+        first.close()  # a/runs.duckdb, closed from b
+        with pytest.raises(StoreLockedError, match="held by a writer of this process"):
+            Store.writer(b / "runs.duckdb").close()
+    with Store.writer(a / "runs.duckdb", wait=0.5):
+        pass
+
+
+def test_a_writer_closed_twice_lets_go_of_no_later_writer(tmp_path: Path) -> None:
+    db = tmp_path / "runs.duckdb"
+    first = Store.writer(db)
+    first.close()
+    with Store.writer(db):
+        first.close()  # again (an explicit close, then its with block's)
+        with pytest.raises(StoreLockedError, match="held by a writer of this process"):
+            Store.writer(db).close()

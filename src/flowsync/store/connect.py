@@ -138,7 +138,8 @@ def _connect(
                 )
             except BaseException:
                 if not read_only:
-                    _release(path)
+                    with _WRITING_LOCK:
+                        _WRITING.discard(key)
                 raise
         except StoreLockedError:
             if time.monotonic() < deadline:
@@ -162,12 +163,6 @@ def _connect(
             ) from e
 
 
-def _release(path: Path) -> None:
-    """``path``'s writer of this process is closed."""
-    with _WRITING_LOCK:
-        _WRITING.discard(_key(path))
-
-
 S = TypeVar("S", bound="Store")
 
 
@@ -189,6 +184,7 @@ class Store(Session):
         super().__init__(con, path)
         # Set when a newer flowsync wrote the file (read-only stores only): its version.
         self.newer_file: str | None = None
+        self._held: str | None = None  # a writer's key in ``_WRITING`` until it lets go
 
     # -- the roles ----------------------------------------------------------
 
@@ -297,6 +293,8 @@ class Store(Session):
             lock_context=lock_context,
         )
         store = cls(con, path)
+        if not cls.read_only:
+            store._held = _key(path)  # as registered: a later chdir changes no key
         try:
             with store._errors("open"):
                 session_settings(con)
@@ -311,14 +309,17 @@ class Store(Session):
         try:
             super().close()
         finally:
-            if not self.read_only:
-                _release(self.path)
+            self.detach()
 
     def detach(self) -> None:
-        """For a connection handed to a caller that closes it itself (``flowsync.connect``):
-        this process's other writers no longer wait for it (its close cannot be seen)."""
-        if not self.read_only:
-            _release(self.path)
+        """Let go of this writer's hold on its file, once (a second close releases no later
+        writer's). Also for a connection handed to a caller that closes it itself
+        (``flowsync.connect``): this process's other writers no longer wait for it (its
+        close cannot be seen)."""
+        held, self._held = self._held, None
+        if held is not None:
+            with _WRITING_LOCK:
+                _WRITING.discard(held)
 
     @classmethod
     def _check_before_writing(cls, path: Path) -> None:
