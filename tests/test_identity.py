@@ -98,7 +98,7 @@ def test_same_server_by_another_name_is_followed_and_another_server_refused(
     assert scalar(db, "SELECT count(*) FROM policy_actions") == 0
     assert refused.exit_code == 2
     line = " ".join(refused.stderr.split())
-    assert "is a different server (it has none of the file's 2 flows, checked by id)" in line, line
+    assert "is a different server (it has none of the file's 2 flows, checked by id" in line, line
     assert "another --db" in line and "Traceback" not in refused.output
     with Store.reader(db, live=True) as store:
         assert sync_log.get_state(store, identity.URL_KEY) == other_name  # nothing changed
@@ -126,6 +126,27 @@ def test_another_server_started_at_the_files_own_url_is_refused(
         assert "the server there now has none of the file's 2 flows, checked by id" in line, line
     assert scalar(db, "SELECT count(*) FROM flow_runs WHERE deleted_at IS NOT NULL") == 0
     assert scalar(db, "SELECT count(*) FROM flow_runs") == 40
+
+
+def test_a_server_whose_flows_were_all_deleted_is_still_the_files_server(
+    fresh_server: Server, tmp_path: Path
+) -> None:
+    """Every flow the file holds deleted on the server (their runs with them) and one
+    deployed again under the same name (a new id): the same database, which still holds the
+    state events of the file's runs. It was refused as another server, for good."""
+    url, db = fresh_server.url, tmp_path / "runs.duckdb"
+    seed(url, runs=30, flows=1, deployments_per_flow=1, days=5, seed_value=5)
+    pull(url, db)
+    with httpx.Client(base_url=url + "/", timeout=60) as c:
+        for flow in c.post("flows/filter", json={}).json():
+            assert c.delete(f"flows/{flow['id']}").status_code == 204
+    seed(url, runs=10, flows=1, deployments_per_flow=1, days=5, seed_value=6)
+    assert scalar_count(url) == 10
+    pulled, applied = pull_and_purge(url, db)
+    assert pulled.exit_code == 0 and applied.exit_code == 0, pulled.stderr + applied.stderr
+    # the 30 gone with their flows, then the 10 new ones the purge deleted
+    assert scalar(db, "SELECT count(*) FROM flow_runs WHERE deleted_at IS NOT NULL") == 40
+    assert scalar_count(url) == 0
 
 
 ACCOUNT = "5f1c2e2a-0000-4000-8000-000000000001"

@@ -11,6 +11,7 @@ that changes data, print, or touch the store.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -164,6 +165,29 @@ class Reads(ApiSession):
         if not events:
             return None
         return datetime.fromisoformat(str(events[0]["occurred"]).replace("Z", "+00:00"))
+
+    def flow_run_events_about(
+        self, run_ids: Sequence[str], since: datetime, until: datetime
+    ) -> bool:
+        """Whether the server holds a state event of any of these flow runs in [since, until]
+        (one request, a span of at most ``EVENTS_QUERY_SPAN``). Events outlive the runs they
+        are about (a deleted run's stay until the server's retention trims them)."""
+        body = {
+            "filter": {
+                "occurred": {
+                    "since": max(since, until - EVENTS_QUERY_SPAN).isoformat(),
+                    "until": until.isoformat(),
+                },
+                "event": {"prefix": ["prefect.flow-run."]},
+                "any_resource": {"id": [f"prefect.flow-run.{i}" for i in run_ids]},
+            },
+            "limit": 1,
+        }
+        answer = self.request("POST", "events/filter", body)
+        events = answer.get("events") if isinstance(answer, dict) else None
+        if not isinstance(events, list):
+            raise ApiError("POST /events/filter answered without an `events` list.")
+        return bool(events)
 
     def flow_run_states(self, run_id: str) -> list[dict[str, Any]]:
         """Every state a flow run has had (GET /flow_run_states/?flow_run_id=...), oldest first."""

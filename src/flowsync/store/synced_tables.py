@@ -308,6 +308,17 @@ def live_ids(store: Store, table: str, *, not_seen_since: int | None = None) -> 
     return [r[0] for r in store.execute(sql, params).rows()]
 
 
+def newest_state_changes(store: Store, n: int) -> list[tuple[str, datetime]]:
+    """The ``n`` runs of the file (deleted on the server too) whose state changed last, and
+    when: what the server's state events of them would show."""
+    rows = store.execute(
+        "SELECT CAST(id AS VARCHAR), state_timestamp FROM flow_runs "
+        "WHERE state_timestamp IS NOT NULL ORDER BY state_timestamp DESC LIMIT ?",
+        [n],
+    ).rows()
+    return [(r[0], r[1]) for r in rows]
+
+
 def live_run_ids_between(store: Store, lo: datetime | None, hi: datetime | None) -> set[str]:
     """Live runs whose expected start is in [lo, hi] (None = unbounded)."""
     sql = "SELECT CAST(id AS VARCHAR) FROM flow_runs WHERE deleted_at IS NULL AND expected_start_time IS NOT NULL"

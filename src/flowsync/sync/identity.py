@@ -24,7 +24,7 @@ from datetime import datetime, timedelta, timezone
 
 from flowsync.api import Capabilities, PrefectClient, RunRetention
 from flowsync.config import cloud_workspace
-from flowsync.errors import ConfigError
+from flowsync.errors import ApiError, ConfigError
 from flowsync.store import Store, Writer, sync_log, synced_tables
 
 URL_KEY = "api_url"
@@ -77,9 +77,36 @@ def _same_server(client: PrefectClient, store: Store, known: str, url: str) -> s
     local, found = _flows_known(client, store)
     if not local:
         return "the file holds no flows yet"
-    if not found:
-        raise _refuse(store, known, url, f"it has none of the file's {local} flows, checked by id")
-    return f"it has {found} of the file's {local} flows, checked by id"
+    if found:
+        return f"it has {found} of the file's {local} flows, checked by id"
+    if _holds_events_of_its_runs(client, store):
+        return f"it has none of the file's {local} flows (deleted since) but {HELD_EVENTS}"
+    raise _refuse(
+        store, known, url, f"it has none of the file's {local} flows, checked by id, {NOR_EVENTS}"
+    )
+
+
+# Runs whose state events are asked for when none of the file's flows is found: run ids
+# are random UUIDs too, and a run's events outlive it (until the server's retention).
+EVENT_SAMPLE = 50
+HELD_EVENTS = "holds the state events of the file's newest runs"
+NOR_EVENTS = "nor the state events of its newest runs"
+
+
+def _holds_events_of_its_runs(client: PrefectClient, store: Store) -> bool:
+    """Whether the server holds a state event of one of the file's newest runs (one request):
+    the same database after every flow the file knows was deleted (their runs with them), as
+    a reset or another server does not. False when it cannot tell (no events API; the file's
+    newest runs older than the server's event retention)."""
+    runs = synced_tables.newest_state_changes(store, EVENT_SAMPLE)
+    if not runs:
+        return False
+    margin = timedelta(minutes=5)  # a state's timestamp and its event's are the server's
+    since, until = min(t for _, t in runs) - margin, max(t for _, t in runs) + margin
+    try:
+        return client.flow_run_events_about([i for i, _ in runs], since, until)
+    except ApiError:
+        return False
 
 
 def _flows_known(client: PrefectClient, store: Store) -> tuple[int, int]:
@@ -102,11 +129,12 @@ def _still_the_same(client: PrefectClient, store: Store, url: str) -> None:
     if cloud_workspace(url):
         return
     local, found = _flows_known(client, store)
-    if local and not found:
+    if local and not found and not _holds_events_of_its_runs(client, store):
         raise ConfigError(
             f"{store.path} holds runs from {url}, but the server there now has none of the "
-            f"file's {local} flows, checked by id: another server, or its database was reset. "
-            "Use another --db for it (this file keeps the old server's history)."
+            f"file's {local} flows, checked by id, {NOR_EVENTS}: another server, or its "
+            "database was reset. Use another --db for it (this file keeps the old server's "
+            "history)."
         )
 
 
