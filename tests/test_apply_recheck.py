@@ -295,6 +295,7 @@ def test_a_late_run_rescheduled_between_the_re_read_and_the_call_is_left_alone(
                 set_states(c, [moved], "SCHEDULED", "Scheduled")
         return None
 
+    others = outside(server, ids)
     result = apply_with(server, db, policy, reschedule)
     now = on_server(server, ids)
     assert now[moved]["state"]["name"] == "Scheduled", audit(db, [moved])
@@ -302,6 +303,17 @@ def test_a_late_run_rescheduled_between_the_re_read_and_the_call_is_left_alone(
     assert outcome == "skipped" and "SCHEDULED (Late) -> SCHEDULED" in details["reason"]
     done = "accepted" if action == "set_state" else "deleted"
     assert result.counts == {"late": {done: 3, "skipped": 1}}
+    rows = audit(db, ids)  # one row a run, each as the server shows it now
+    assert audit_count(db) == len(ids) and {i: rows[i][0] for i in ids if i != moved} == {
+        i: done for i in ids if i != moved
+    }
+    if action == "delete":
+        assert sorted(now) == [moved]
+    else:
+        assert {i: now[i]["state_type"] for i in ids if i != moved} == {
+            i: "CANCELLED" for i in ids if i != moved
+        }
+    assert outside(server, ids) == others  # nothing outside the selection touched
 
 
 def test_a_subflow_whose_parent_was_deleted_after_the_pull_is_no_longer_a_subflow(
@@ -333,9 +345,12 @@ def test_a_subflow_whose_parent_was_deleted_after_the_pull_is_no_longer_a_subflo
     now = on_server(server, children)
     assert all(now[i]["parent_task_run_id"] is None for i in children)
     assert all(now[i]["updated"] == before[i]["updated"] for i in children), "the stamp moved"
+    others = outside(server, children)
     result = apply_with(server, db, policy, lambda request, n: None)
     assert sorted(on_server(server, children)) == sorted(children), result.counts
     assert result.counts == {"subflows": {"skipped": 3}}
+    assert audit_count(db) == 3 and {o for o, _ in audit(db, children).values()} == {"skipped"}
+    assert outside(server, children) == others  # nothing outside the selection touched
     assert count_in_file(db, "parent_task_run_id IS NULL", children) == 3
 
 
