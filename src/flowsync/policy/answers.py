@@ -54,7 +54,7 @@ class Seen:
     @property
     def label(self) -> str:
         """The state as Prefect names it, type and name: ``SCHEDULED (Late)``."""
-        if self.state_name and self.state_name.upper() != (self.state_type or "").replace("_", ""):
+        if self.state_name and self.state_name.upper() != self.state_type:
             return f"{self.state_type} ({self.state_name})"
         return str(self.state_type)
 

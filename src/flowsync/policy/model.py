@@ -15,8 +15,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from flowsync.config import RULE_TIMEOUT_MAX_SECONDS, RULE_TIMEOUT_MIN_SECONDS
-from flowsync.errors import ConfigError, PolicyError
+from flowsync.config import RULE_TIMEOUT_MAX_SECONDS, RULE_TIMEOUT_MIN_SECONDS, check_number
+from flowsync.errors import PolicyError
 from flowsync.states import StateType
 
 RULE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
@@ -31,17 +31,14 @@ def check_rule_timeout(timeout: object) -> float | None:
     0.1 to 3600, the bound of the policy's own rule_timeout_seconds; else a ``ConfigError``."""
     if timeout is None:
         return None
-    if (
-        isinstance(timeout, bool)
-        or not isinstance(timeout, (int, float))
-        or not RULE_TIMEOUT_MIN_SECONDS <= timeout <= RULE_TIMEOUT_MAX_SECONDS  # NaN too
-    ):
-        raise ConfigError(
-            f"--rule-timeout {timeout!r} is not a number of seconds from "
-            f"{RULE_TIMEOUT_MIN_SECONDS:g} to {RULE_TIMEOUT_MAX_SECONDS:g} (the bound of a "
-            "policy's rule_timeout_seconds); pass e.g. 120."
-        )
-    return float(timeout)
+    seconds = check_number(
+        "--rule-timeout",
+        timeout,
+        low=RULE_TIMEOUT_MIN_SECONDS,
+        high=RULE_TIMEOUT_MAX_SECONDS,
+        metavar="SECONDS (the bound of a policy's rule_timeout_seconds)",
+    )
+    return float(seconds)
 
 
 class TargetState(_Strict):

@@ -39,7 +39,7 @@ import time
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, NoReturn, TypeVar
 
 import duckdb
 
@@ -123,44 +123,43 @@ def _connect(
     delay = 0.2
     key = _key(path)
     while True:
-        held: StoreLockedError | None = None
+        locked: StoreLockedError | None = None
         with _WRITING_LOCK:
             if key in _WRITING:
-                held = _held_here(path, lock_context)
+                locked = _held_here(path, lock_context)
             elif not read_only:
                 _WRITING.add(key)
-        try:
-            if held is not None:
-                raise held
+        if locked is None:
             try:
                 return duckdb.connect(
                     str(path), read_only=read_only, config=dict(SANDBOX_CONFIG) if sandbox else {}
                 )
-            except BaseException:
+            except BaseException as e:
                 if not read_only:
                     with _WRITING_LOCK:
                         _WRITING.discard(key)
-                raise
-        except StoreLockedError:
-            if time.monotonic() < deadline:
-                time.sleep(min(delay, max(deadline - time.monotonic(), 0.01)))
-                delay = min(delay * 1.5, 2.0)
-                continue
-            raise
-        except duckdb.Error as e:
-            if is_lock_error(e):
-                if time.monotonic() < deadline:
-                    time.sleep(min(delay, max(deadline - time.monotonic(), 0.01)))
-                    delay = min(delay * 1.5, 2.0)
-                    continue
-                raise locks.locked_error(path, str(e), read_only=read_only, how=lock_context) from e
-            if is_config_clash(e):
-                raise StoreError(
-                    f"{path} is already open in this process with other settings; close it first."
-                ) from e
-            raise storage_error(path, e) or StoreError(
-                f"Cannot open {path}: {str(e).splitlines()[0]}"
-            ) from e
+                if not isinstance(e, duckdb.Error) or not is_lock_error(e):
+                    _open_error(path, e)
+                locked = locks.locked_error(path, str(e), read_only=read_only, how=lock_context)
+                locked.__cause__ = e
+        # Held by another process or a writer of this one: wait up to the deadline.
+        if time.monotonic() >= deadline:
+            raise locked
+        time.sleep(min(delay, max(deadline - time.monotonic(), 0.01)))
+        delay = min(delay * 1.5, 2.0)
+
+
+def _open_error(path: Path, e: BaseException) -> NoReturn:
+    """Raise what an open of ``path`` that failed otherwise than on a lock is to the caller."""
+    if not isinstance(e, duckdb.Error):
+        raise e
+    if is_config_clash(e):
+        raise StoreError(
+            f"{path} is already open in this process with other settings; close it first."
+        ) from e
+    raise storage_error(path, e) or StoreError(
+        f"Cannot open {path}: {str(e).splitlines()[0]}"
+    ) from e
 
 
 S = TypeVar("S", bound="Store")

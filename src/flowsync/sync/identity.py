@@ -74,23 +74,35 @@ def _same_server(client: PrefectClient, store: Store, known: str, url: str) -> s
             )
             raise _refuse(store, known, url, why)
         return "same Cloud account and workspace ids"
-    local, found = _flows_known(client, store)
-    if not local:
-        return "the file holds no flows yet"
-    if found:
-        return f"it has {found} of the file's {local} flows, checked by id"
-    if _holds_events_of_its_runs(client, store):
-        return f"it has none of the file's {local} flows (deleted since) but {HELD_EVENTS}"
-    raise _refuse(
-        store, known, url, f"it has none of the file's {local} flows, checked by id, {NOR_EVENTS}"
-    )
+    evidence, lacks = _holds_its_history(client, store)
+    if evidence is None:
+        raise _refuse(store, known, url, f"it has {lacks}")
+    return evidence
 
 
 # Runs whose state events are asked for when none of the file's flows is found: run ids
 # are random UUIDs too, and a run's events outlive it (until the server's retention).
 EVENT_SAMPLE = 50
-HELD_EVENTS = "holds the state events of the file's newest runs"
-NOR_EVENTS = "nor the state events of its newest runs"
+
+
+def _holds_its_history(client: PrefectClient, store: Store) -> tuple[str | None, str]:
+    """Evidence that the server holds the file's history (a self-hosted one: it has some of
+    the file's flows, by id, or, all of them deleted there, the state events of the file's
+    newest runs); else None and what it lacks, for the refusal. One or two requests."""
+    local, found = _flows_known(client, store)
+    if not local:
+        return "the file holds no flows yet", ""
+    if found:
+        return f"it has {found} of the file's {local} flows, checked by id", ""
+    if _holds_events_of_its_runs(client, store):
+        return (
+            f"it has none of the file's {local} flows (deleted since) but holds the state "
+            "events of the file's newest runs",
+            "",
+        )
+    return None, (
+        f"none of the file's {local} flows, checked by id, nor the state events of its newest runs"
+    )
 
 
 def _holds_events_of_its_runs(client: PrefectClient, store: Store) -> bool:
@@ -128,13 +140,12 @@ def _still_the_same(client: PrefectClient, store: Store, url: str) -> None:
     A Cloud URL names its workspace: nothing to ask."""
     if cloud_workspace(url):
         return
-    local, found = _flows_known(client, store)
-    if local and not found and not _holds_events_of_its_runs(client, store):
+    evidence, lacks = _holds_its_history(client, store)
+    if evidence is None:
         raise ConfigError(
-            f"{store.path} holds runs from {url}, but the server there now has none of the "
-            f"file's {local} flows, checked by id, {NOR_EVENTS}: another server, or its "
-            "database was reset. Use another --db for it (this file keeps the old server's "
-            "history)."
+            f"{store.path} holds runs from {url}, but the server there now has {lacks}: "
+            "another server, or its database was reset. Use another --db for it (this file "
+            "keeps the old server's history)."
         )
 
 
