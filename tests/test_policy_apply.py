@@ -1905,12 +1905,9 @@ def test_a_window_held_back_by_the_server_is_as_old_as_its_first_page(
     plan = plan_for(db, JOINED)
     with Store.sandboxed_writer(db) as store, client:
         apply_plan(client, store, plan, progress=NullProgress(), settle_seconds=0, batch_size=4)
-    call = next(n for n, (k, _) in enumerate(events) if k == "call")
-    lookups = [n for n in range(call) if events[n][0] == "lookup"]
-    start = lookups[-2] + 1 if len(lookups) > 1 else 0  # the call's own window
-    first_read = next(t for k, t in events[start:call] if k == "read")
+    # The held-back window (read, 429, read, lookup) sends nothing; the call goes out on a
+    # window read again, in which the server held nothing back. (Said by the order of what
+    # the server saw, not by a clock: on a loaded machine the second window may itself take
+    # longer than FRESH_FOR, which is no reason to read it again: nothing slept in it.)
     kinds = [k for k, _ in events]
-    assert events[call][1] - first_read <= 0.3, (
-        f"call sent {events[call][1] - first_read:.2f}s after its window's first page: {kinds}"
-    )
-    assert kinds[:4] == ["read", "429", "read", "lookup"] and kinds.count("lookup") == 2, kinds
+    assert kinds == ["read", "429", "read", "lookup", "read", "read", "lookup", "call"], kinds
