@@ -249,14 +249,14 @@ def apply(
         return _apply_plan(
             db,
             made,
-            api,
-            confirm,
-            progress,
-            wait,
-            memory_limit_mb,
-            result,
-            on_retry,
-            settle_seconds,
+            api=api,
+            confirm=confirm,
+            progress=progress,
+            wait=wait,
+            memory_limit_mb=memory_limit_mb,
+            result=result,
+            on_retry=on_retry,
+            settle_seconds=settle_seconds,
         )
     except BaseException:
         made.close()  # the error may live on (a traceback, a task state): not its scratch file
@@ -266,6 +266,7 @@ def apply(
 def _apply_plan(
     db: Path,
     made: Plan,
+    *,
     api: ApiSettings,
     confirm: Callable[[Plan], bool] | None,
     progress: Progress | None,
