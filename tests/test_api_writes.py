@@ -342,3 +342,39 @@ def test_an_answer_that_echoes_the_credentials_never_shows_them(
     for message in messages:
         assert not any(form in message for form in forms), message
         assert "\x1b" not in message, message  # nor a terminal control (it clears the screen)
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "waits"),
+    [
+        ("nan", None),  # not a number of seconds: the backoff applies
+        ("inf", None),
+        ("-5", None),  # RFC 9110: delay-seconds are digits; a negative one says nothing
+        ("Wed, 21 Oct 2015 07:28:00 -0000", 0.0),  # RFC 5322's "no zone": GMT, and past
+        ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0),
+        ("Fri, 31 Dec 9999 23:59:59 GMT", 120.0),  # held to the retry policy's bound
+        ("1e300", 120.0),
+    ],
+)
+def test_a_retry_after_that_is_no_wait_or_a_huge_one_is_bounded_never_a_crash(
+    retry_after: str, waits: float | None
+) -> None:
+    """A 429's Retry-After as a server or proxy may write it: a read waits as it says, at most
+    the retry policy's bound, or backs off when it says nothing usable (it never sleeps NaN,
+    which time.sleep refuses, nor resends at once); a call that changes data raises
+    ThrottledError with a finite, bounded wait or None, and one short line."""
+    answer = httpx.Response(429, headers={"Retry-After": retry_after}, json={"detail": "slow"})
+    transport, _seen = faulty(answer)
+    sleeps: list[float] = []
+    with fake_client(transport, sleeps) as c:
+        with pytest.raises(ApiError) as read:
+            c.count("flow_runs")
+        with pytest.raises(ThrottledError) as write:
+            WRITES["bulk_delete"](c)
+    assert type(read.value) is ApiError and len(sleeps) == 4
+    if waits is None:
+        assert all(0 < s <= 30.0 for s in sleeps), sleeps  # the backoff: bounded, not 0
+    else:
+        assert sleeps == [waits] * 4
+    assert write.value.retry_after == waits
+    assert len(str(write.value)) < 200 and "nan" not in str(write.value)

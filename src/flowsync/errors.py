@@ -79,8 +79,8 @@ class NotSentError(ApiError):
 
 class ThrottledError(ApiError):
     """A non-idempotent call answered 429: the server did not act on it. The transport does
-    not resend it; the caller waits ``retry_after`` seconds (None: the server did not say),
-    re-checks, then may send again."""
+    not resend it; the caller waits ``retry_after`` seconds (finite, at most the retry
+    policy's bound; None: the server named no usable wait), re-checks, then may send again."""
 
     def __init__(self, message: str, retry_after: float | None) -> None:
         super().__init__(message)

@@ -3,7 +3,7 @@
 Owns: every request flowsync makes (``ApiSession.request``): the auth header
 (a ``user:password@`` in the URL included, sent as basic auth),
 retries, what each failure becomes, request counts. Read-only calls retry 429
-(honouring ``Retry-After``), 500/502/503/504, transport errors and unreadable
+(honouring ``Retry-After``, at most ``RetryPolicy.max_retry_after``), 500/502/503/504, transport errors and unreadable
 bodies, with bounded exponential backoff and full jitter. Calls that change data
 (``idempotent=False``: the bulk endpoints, ``delete_flow_run``,
 ``set_flow_run_state``) are sent exactly once and never resent by this
@@ -33,6 +33,7 @@ from __future__ import annotations
 import base64
 import email.utils
 import json
+import math
 import random
 import threading
 import time
@@ -103,19 +104,27 @@ def _from_prefect(response: httpx.Response) -> bool:
     return isinstance(payload, dict) and "exception_message" in payload
 
 
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after")
+def _retry_after(response: httpx.Response, most: float) -> float | None:
+    """The seconds a 429's ``Retry-After`` asks for, at most ``most``: delay-seconds, or an
+    HTTP-date (a past one: 0; RFC 5322's ``-0000`` zone read as GMT, as HTTP-dates are). None
+    when it says no usable wait (absent, unreadable, negative, NaN, infinite): the backoff
+    applies then, never a wait of NaN (``time.sleep`` refuses it) nor a resend at once."""
+    value = (response.headers.get("retry-after") or "").strip()
     if not value:
         return None
     try:
-        return float(value)
+        seconds = float(value)
     except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+        seconds = max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+    if not (math.isfinite(seconds) and seconds >= 0):
         return None
-    return (when - datetime.now(timezone.utc)).total_seconds()
+    return min(seconds, most)
 
 
 def _decode(body: bytes) -> Any:
@@ -303,7 +312,7 @@ class ApiSession:
                         "PREFECT_API_AUTH_STRING or --api-key."
                     )
                 if status == 429 and not idempotent:
-                    after = _retry_after(response)
+                    after = _retry_after(response, self.retry.max_retry_after)
                     raise ThrottledError(
                         f"Prefect API at {self.settings.display_url} throttled {method} /{_bare(path)} "
                         f"(429{f', retry after {after:.0f}s' if after is not None else ''}); "
@@ -311,7 +320,11 @@ class ApiSession:
                         after,
                     )
                 if status in READ_RETRY_STATUS and idempotent:
-                    retry_after = _retry_after(response) if status == 429 else None
+                    retry_after = (
+                        _retry_after(response, self.retry.max_retry_after)
+                        if status == 429
+                        else None
+                    )
                     last_problem = f"HTTP {status} {self._said(response.text)}"
                 elif status >= 500 and not idempotent:
                     # Finished only if Prefect itself answered: a gateway's 502/504 (or any other
