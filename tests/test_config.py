@@ -242,3 +242,28 @@ def test_space_or_a_line_break_around_a_key_is_not_part_of_it() -> None:
     env = {"PREFECT_API_URL": "http://127.0.0.1:4200/api", "PREFECT_API_KEY": " pnu_key\n"}
     settings = resolve_api(env=env)
     assert settings.api_key is not None and settings.api_key.get_secret_value() == "pnu_key"
+
+
+@pytest.mark.parametrize("password", ["pa/ss9w", "pa?ss9w", "pa#ss9w", "12/ss9w"])
+@pytest.mark.parametrize("where", ["flag", "env", "profile"])
+def test_a_password_with_a_slash_question_mark_or_hash_in_the_url_is_refused_never_shown(
+    isolated_env: Path, password: str, where: str
+) -> None:
+    """``http://admin:pa/ss@host/api``: Python reads the URL's authority only up to the first
+    ``/``, ``?`` or ``#``, so the password reads as a port (or the user as the host): the URL
+    is refused with one line that says to percent-encode it, and neither the message nor a
+    masked display of the URL holds the password (or any part of it past that character)."""
+    url = f"http://admin:{password}@127.0.0.1:4200/api"
+    secret = password.partition(password[2])[2]  # what follows the / ? or #
+    env = {"PREFECT_API_URL": url} if where == "env" else {}
+    if where == "profile":
+        (isolated_env / "profiles.toml").write_text(
+            f'active = "p"\n[profiles.p]\nPREFECT_API_URL = "{url}"\n'
+        )
+        env = {"PREFECT_HOME": str(isolated_env)}
+    with pytest.raises(ConfigError) as raised:
+        resolve_api(url if where == "flag" else None, env=env)
+    message = str(raised.value)
+    assert "percent-encode" in message and "\n" not in message, message
+    assert password not in message and secret not in message, message
+    assert secret not in mask_url(url)

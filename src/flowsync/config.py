@@ -168,11 +168,23 @@ def cloud_workspace(url: str) -> tuple[str, str] | None:
 
 
 _USERINFO = re.compile(r"(//)[^/?#]*@")
+_TO_LAST_AT = re.compile(r"(//).*@")
+_STRAY_AT = re.compile(r"//[^/?#]*[/?#].*@")
+
+
+def _stray_at(url: str) -> bool:
+    """An ``@`` past a ``/``, ``?`` or ``#`` after the host: a password holding one of
+    them unencoded (``http://admin:pa/ss@host/api``), which Python reads as part of the path
+    (the password's start then reads as a port, or the user as the host)."""
+    return _STRAY_AT.search(url) is not None
 
 
 def mask_url(url: str) -> str:
     """The URL with any user:password part replaced, safe to print and store (also a URL
-    Python cannot read: a bracket left open, a port that is no number)."""
+    Python cannot read: a bracket left open, a port that is no number, a password that
+    holds an unencoded ``/``, ``?`` or ``#``: masked up to its last ``@``)."""
+    if _stray_at(url):
+        return _TO_LAST_AT.sub(r"\1***@", url, count=1)
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError on a port that is no port
@@ -333,6 +345,12 @@ def _check_url(url: object, source: str) -> None:
         )
     shown = mask_url(url)
     named = f"--api-url {shown!r}" if source == "flag" else f"API URL {shown!r} (from {source})"
+    if _stray_at(url):
+        raise ConfigError(
+            f"{named} has an @ after a /, ? or # (a password holding one?): percent-encode "
+            "them in the user and password (/ as %2F, ? as %3F, # as %23, @ as %40), e.g. "
+            "http://user:pa%2Fss@127.0.0.1:4200/api."
+        )
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - a port that is no number, or past 65535, raises here
