@@ -95,6 +95,14 @@ def test_a_budget_needs_a_positive_rate() -> None:
         RequestBudget(0)
 
 
+@pytest.mark.parametrize("rate", [float("nan"), float("inf"), -float("inf")])
+def test_a_budget_of_nan_or_infinity_is_refused_not_silently_no_pacing(rate: float) -> None:
+    """``RequestBudget(nan)`` passed ``nan <= 0`` (False): its interval NaN, every request
+    went at once, the budget unheeded without a word."""
+    with pytest.raises(ValueError, match="positive"):
+        RequestBudget(rate)
+
+
 def test_the_client_takes_a_slot_for_every_request_and_says_so() -> None:
     sleeps: list[float] = []
     notices: list[str] = []

@@ -19,6 +19,7 @@ Must not: send requests, print, or retry.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -54,8 +55,8 @@ class RequestBudget:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        if per_minute <= 0:
-            raise ValueError("a request budget needs a positive rate")
+        if not (per_minute > 0 and math.isfinite(per_minute)):  # NaN passes ``<= 0``
+            raise ValueError("a request budget needs a positive, finite rate")
         self.per_minute = float(per_minute)
         self.interval = 60.0 / self.per_minute
         self.burst = max(1, burst or 1)
