@@ -12,12 +12,12 @@ import pytest
 
 from flowsync.api import PrefectClient
 from flowsync.config import ApiSettings
-from flowsync.errors import ConfigError
+from flowsync.errors import ApiError, ConfigError
 from flowsync.store import Store, sync_log
 from flowsync.sync import identity
 from harness.seed import seed
 from harness.server import Server, free_port
-from tests.helpers import run_cli, scalar
+from tests.helpers import forwarding, run_cli, scalar
 from tests.server_truth import assert_matches_server
 
 
@@ -140,6 +140,22 @@ def test_a_server_whose_flows_were_all_deleted_is_still_the_files_server(
     with httpx.Client(base_url=url + "/", timeout=60) as c:
         for flow in c.post("flows/filter", json={}).json():
             assert c.delete(f"flows/{flow['id']}").status_code == 204
+    # The events query that tells it failing (a 401, a server error after the retries) is
+    # that failure, not "another server": it was taken as "no events", and refused so.
+    for status in (401, 500):
+
+        def fault(request: httpx.Request, n: int, status: int = status) -> httpx.Response | None:
+            return httpx.Response(status) if request.url.path.endswith("/events/filter") else None
+
+        with (
+            Store.writer(db) as store,
+            PrefectClient(
+                ApiSettings(url=url), transport=forwarding(fault), sleep=lambda s: None
+            ) as client,
+            pytest.raises(ApiError) as failed,
+        ):
+            identity.bind(client, store)
+        assert str(status) in str(failed.value), failed.value
     seed(url, runs=10, flows=1, deployments_per_flow=1, days=5, seed_value=6)
     assert scalar_count(url) == 10
     pulled, applied = pull_and_purge(url, db)

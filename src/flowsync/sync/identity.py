@@ -24,7 +24,7 @@ from datetime import datetime, timedelta, timezone
 
 from flowsync.api import Capabilities, PrefectClient, RunRetention
 from flowsync.config import cloud_workspace
-from flowsync.errors import ApiError, ConfigError
+from flowsync.errors import ConfigError, NotFoundError, UnsupportedError
 from flowsync.store import Store, Writer, sync_log, synced_tables
 
 URL_KEY = "api_url"
@@ -109,7 +109,8 @@ def _holds_events_of_its_runs(client: PrefectClient, store: Store) -> bool:
     """Whether the server holds a state event of one of the file's newest runs (one request):
     the same database after every flow the file knows was deleted (their runs with them), as
     a reset or another server does not. False when it cannot tell (no events API; the file's
-    newest runs older than the server's event retention)."""
+    newest runs older than the server's event retention); a request that fails raises (a
+    401 or a failing server is that, not another server)."""
     runs = synced_tables.newest_state_changes(store, EVENT_SAMPLE)
     if not runs:
         return False
@@ -117,8 +118,8 @@ def _holds_events_of_its_runs(client: PrefectClient, store: Store) -> bool:
     since, until = min(t for _, t in runs) - margin, max(t for _, t in runs) + margin
     try:
         return client.flow_run_events_about([i for i, _ in runs], since, until)
-    except ApiError:
-        return False
+    except (NotFoundError, UnsupportedError):
+        return False  # no events API: it cannot tell (a 401, a 429, a failing server raise)
 
 
 def _flows_known(client: PrefectClient, store: Store) -> tuple[int, int]:
