@@ -378,3 +378,16 @@ def test_a_retry_after_that_is_no_wait_or_a_huge_one_is_bounded_never_a_crash(
         assert sleeps == [waits] * 4
     assert write.value.retry_after == waits
     assert len(str(write.value)) < 200 and "nan" not in str(write.value)
+
+
+def test_a_read_the_server_keeps_throttling_ends_saying_so_and_how_to_pace_it() -> None:
+    """A read answered 429 on every attempt (a Cloud account's limit, shared with its workers)
+    ends in one line that says the server kept asking to wait and names the request budget,
+    not "check that the server is up and the URL is right" (it is, and it is)."""
+    answer = httpx.Response(429, headers={"Retry-After": "1"}, json={"detail": "slow down"})
+    transport, _seen = faulty(answer)
+    with fake_client(transport, []) as c, pytest.raises(ApiError) as read:
+        c.count("flow_runs")
+    message = str(read.value)
+    assert "HTTP 429" in message and "kept asking to wait" in message, message
+    assert "--max-requests-per-minute" in message and "server is up" not in message, message

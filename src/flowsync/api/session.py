@@ -372,10 +372,16 @@ class ApiSession:
                 if window is not None and window.answered_at is not None:
                     window.slept += delay
                 self._sleep(delay)
+        hint = (
+            "The server kept asking to wait (a rate limit, shared with its workers): set "
+            "--max-requests-per-minute (or FLOWSYNC_MAX_REQUESTS_PER_MINUTE) under it, or run "
+            "again later."
+            if last_problem.startswith("HTTP 429")
+            else "Check that the server is up and the URL is right, then run again."
+        )
         raise ApiError(
             f"Prefect API at {self.settings.display_url} failed {method} /{path.lstrip('/').split('?')[0]} "
-            f"after {attempts} attempts: {last_problem}. "
-            "Check that the server is up and the URL is right, then run again."
+            f"after {attempts} attempts: {last_problem}. {hint}"
         )
 
     def may_send_now(self) -> bool:
