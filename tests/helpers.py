@@ -3,6 +3,7 @@ session server's type (``SeededServer``; the fixtures themselves live in conftes
 
 from __future__ import annotations
 
+import functools
 import itertools
 import shutil
 import time
@@ -13,11 +14,19 @@ from typing import Any
 
 import duckdb
 import httpx
+import typer.main
+import typer.testing
 from typer.testing import CliRunner
 
 from flowsync.cli import app
 from harness.seed import Seeded
 from harness.server import Server
+
+# Typer builds the click command tree from the app's functions on every invoke (about 50 ms
+# of signature and type-hint reading, as long as the commands themselves take): a process of
+# tests builds it once. A command's body and every default read from the environment still
+# run per invoke, as in ``flowsync`` itself, which builds it once a process too.
+typer.testing._get_command = functools.cache(typer.main.get_command)  # type: ignore[attr-defined]
 
 
 def run_cli(*args: str, input: str | None = None, env: dict[str, str] | None = None) -> Any:
