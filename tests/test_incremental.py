@@ -658,3 +658,142 @@ def test_a_schedule_paused_past_the_walks_first_page_is_read_within_the_stalenes
     time.sleep(1)
     flowsync.pull(db, api=api, options=replace(day, staleness=timedelta(seconds=1)))
     assert json.loads(query(db, active, [first])[0][0])[0]["active"] is False
+
+
+Rows = tuple[dict[str, Any], dict[str, Any]]
+
+
+def run_rows(server: Server, run_id: str) -> Rows:
+    """A run's flow_run row and its current flow_run_state row, in the server's SQLite file."""
+    import sqlite3
+
+    con = sqlite3.connect(server.home / "prefect.db", timeout=60)
+    con.row_factory = sqlite3.Row
+    try:
+        run = dict(con.execute("SELECT * FROM flow_run WHERE id = ?", [run_id]).fetchone())
+        state = con.execute("SELECT * FROM flow_run_state WHERE id = ?", [run["state_id"]])
+        return run, dict(state.fetchone())
+    finally:
+        con.close()
+
+
+def scheduler_insert(server: Server, template: Rows, times: list[datetime]) -> list[str]:
+    """Runs at ``times`` inserted as Prefect's scheduler inserts them
+    (``models.deployments._insert_scheduled_flow_runs``: flow_run and flow_run_state rows,
+    auto-scheduled, no orchestration, so no state event), copied from ``template`` (a run of
+    the same deployment). Written to the server's SQLite file because the scheduler's insert
+    fails in this test environment (SQLAlchemy 2.1: "Can't evaluate bulk DML statement", for
+    ``POST /deployments/{id}/schedule`` and the scheduler service alike)."""
+    import sqlite3
+
+    def fmt(t: datetime) -> str:
+        return t.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+    run, state = template
+    now = fmt(datetime.now(timezone.utc))
+    ids: list[str] = []
+    con = sqlite3.connect(server.home / "prefect.db", timeout=60)
+    try:
+        with con:
+            for t in times:
+                run_id, state_id = str(uuid.uuid4()), str(uuid.uuid4())
+                details = {**json.loads(state["state_details"]), "flow_run_id": run_id}
+                details["scheduled_time"] = t.isoformat()
+                new_run = {
+                    **run,
+                    "id": run_id,
+                    "name": f"scheduled-{run_id[:8]}",
+                    "created": now,
+                    "updated": now,
+                    "idempotency_key": f"scheduled {run_id}",
+                    "auto_scheduled": 1,
+                    "expected_start_time": fmt(t),
+                    "next_scheduled_start_time": fmt(t),
+                    "state_id": state_id,
+                    "state_timestamp": now,
+                }
+                new_state = {
+                    **state,
+                    "id": state_id,
+                    "created": now,
+                    "updated": now,
+                    "timestamp": now,
+                    "flow_run_id": run_id,
+                    "state_details": json.dumps(details),
+                }
+                for table, row in (("flow_run", new_run), ("flow_run_state", new_state)):
+                    con.execute(
+                        f"INSERT INTO {table} ({', '.join(row)}) "
+                        f"VALUES ({', '.join('?' * len(row))})",
+                        list(row.values()),
+                    )
+                ids.append(run_id)
+        return ids
+    finally:
+        con.close()
+
+
+def pause_and_resume(c: httpx.Client, deployment: str) -> None:
+    from harness.seed import post_json
+
+    post_json(c, f"deployments/{deployment}/pause_deployment", None)
+    post_json(c, f"deployments/{deployment}/resume_deployment", None)
+
+
+def schedule_off_and_on(c: httpx.Client, deployment: str) -> None:
+    """The deployment's schedule switched off and on again: a row of another table on the
+    server (the deployment's ``updated`` stays), and Prefect deletes the scheduled runs."""
+    schedule = c.get(f"deployments/{deployment}").json()["schedules"][0]["id"]
+    for active in (False, True):
+        answer = c.patch(f"deployments/{deployment}/schedules/{schedule}", json={"active": active})
+        assert answer.status_code == 204, answer.text
+
+
+@pytest.mark.backends("sqlite")  # what the scheduler writes does not depend on the backend
+@pytest.mark.parametrize("replace_runs", [pause_and_resume, schedule_off_and_on])
+def test_scheduled_runs_replaced_without_events_reach_the_next_pull(
+    fresh_server: Server, tmp_path: Path, replace_runs: Any
+) -> None:
+    """Pausing a deployment (or switching its schedule off) deletes its auto-scheduled runs,
+    and after it is resumed the scheduler inserts them again: new ids, the same times, the
+    same state. Neither emits a state event, the total stays where it was and every history
+    bucket holds as many runs of each state as before, so neither the count check nor the
+    daily per-bucket check sees it. The next pull must still mark the old runs deleted and
+    read the new ones."""
+    import flowsync
+    from flowsync.config import ApiSettings
+    from flowsync.sync import PullOptions
+    from harness.seed import post_json
+
+    url = fresh_server.url
+    start = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
+    times = [start + timedelta(hours=h) for h in range(2, 7)]
+    with httpx.Client(base_url=url + "/", timeout=60) as c:
+        flow = post_json(c, "flows/", {"name": "hourly"})["id"]
+        schedules = [{"schedule": {"interval": 3600}, "active": True}]
+        deployment = post_json(
+            c, "deployments/", {"name": "hourly", "flow_id": flow, "schedules": schedules}
+        )["id"]
+        made = post_json(
+            c,
+            f"deployments/{deployment}/create_flow_run",
+            {"state": {"type": "SCHEDULED", "name": "Scheduled"}},
+        )["id"]
+    template = run_rows(fresh_server, made)
+    first = scheduler_insert(fresh_server, template, times)
+    delete_runs(url, [made])
+    db, api = tmp_path / "runs.duckdb", ApiSettings(url=url)
+    # No overlap, and the cursor (the server's Date, in whole seconds) past the deployment's
+    # creation: the next pull knows the deployment changed only from what changed it.
+    options = PullOptions(overlap=timedelta(0))
+    time.sleep(2)
+    flowsync.pull(db, api=api, options=options)
+    assert_matches_server(db, url)
+    with httpx.Client(base_url=url + "/", timeout=60) as c:
+        replace_runs(c, deployment)
+    assert not set(first) & set(server_runs(url))  # Prefect deleted them
+    again = scheduler_insert(fresh_server, template, times)  # the scheduler's next loop
+    assert set(server_runs(url)) == set(again)
+    flowsync.pull(db, api=api, options=options)
+    flowsync.pull(db, api=api, options=replace(options, verify=True))
+    assert_matches_server(db, url)

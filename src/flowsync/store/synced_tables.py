@@ -299,6 +299,18 @@ def existing_ids(store: Store, table: str, ids: Sequence[str]) -> set[str]:
     return {r[0] for r in rows}
 
 
+def live_ids_among(store: Store, table: str, ids: Sequence[str]) -> set[str]:
+    """The ids of these that the table holds as live rows."""
+    if not ids:
+        return set()
+    rows = store.execute(
+        f"SELECT CAST(id AS VARCHAR) FROM {table} WHERE deleted_at IS NULL "
+        "AND id IN (SELECT unnest(CAST(? AS UUID[])))",
+        [[str(i) for i in ids]],
+    ).rows()
+    return {r[0] for r in rows}
+
+
 def live_ids(store: Store, table: str, *, not_seen_since: int | None = None) -> list[str]:
     sql = f"SELECT CAST(id AS VARCHAR) FROM {table} WHERE deleted_at IS NULL"
     params: list[Any] = []
@@ -330,6 +342,35 @@ def live_run_ids_between(store: Store, lo: datetime | None, hi: datetime | None)
         sql += " AND expected_start_time <= ?"
         params.append(hi)
     return {r[0] for r in store.execute(sql, params).rows()}
+
+
+def deployments_updated_since(store: Store, since: datetime) -> list[str]:
+    """Deployments (live or marked deleted) whose server ``updated`` stamp, or one of their
+    schedules' (a row of another table on the server: editing it leaves the deployment's),
+    is at or after ``since``: the ones changed since then, as far as the file knows."""
+    rows = store.execute(
+        """
+        SELECT CAST(id AS VARCHAR) FROM deployments
+        WHERE updated >= CAST($since AS TIMESTAMPTZ)
+           OR list_max(list_transform(json_extract_string(schedules, '$[*].updated'),
+                                      lambda s: TRY_CAST(s AS TIMESTAMPTZ)))
+              >= CAST($since AS TIMESTAMPTZ)
+        """,
+        {"since": since},
+    ).rows()
+    return [r[0] for r in rows]
+
+
+def scheduled_run_ids_of(store: Store, deployments: Sequence[str]) -> set[str]:
+    """Live runs of these deployments that the file holds in a SCHEDULED state."""
+    if not deployments:
+        return set()
+    rows = store.execute(
+        "SELECT CAST(id AS VARCHAR) FROM flow_runs WHERE deleted_at IS NULL "
+        "AND state_type = 'SCHEDULED' AND deployment_id IN (SELECT unnest(CAST(? AS UUID[])))",
+        [list(deployments)],
+    ).rows()
+    return {r[0] for r in rows}
 
 
 def unfinished_run_ids(store: Store) -> list[str]:

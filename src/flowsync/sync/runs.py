@@ -36,6 +36,7 @@ from flowsync.api import Page
 from flowsync.api.pagination import (
     EPOCH,
     Position,
+    chunks,
     in_order,
     iso,
     keyset_run_pages,
@@ -370,9 +371,45 @@ def incremental(ctx: PullContext, since: datetime) -> datetime | None:
         ctx.progress.message(f"{len(behind)} runs changed state since {iso(since)}")
         found = check_ids(ctx, behind)
         ctx.progress.advance(len(found))
+    rescheduled(ctx)
     verify_counts(ctx, force=force)
     rolling_reread(ctx)
     return newest
+
+
+def rescheduled(ctx: PullContext) -> None:
+    """Read the scheduled runs that replaced others in the deployments changed since the
+    last pull.
+
+    A deployment updated, paused or deployed again has Prefect delete its scheduled runs,
+    and its scheduler inserts them again (new ids, the same times and state): neither
+    emits a state event, and the total and every history bucket stay as they were, so
+    neither the count check nor the per-bucket check would see it. Of their SCHEDULED
+    runs the server lists, the ones the file does not hold are written; the file's that
+    it does not list are checked by id (the rest are the rolling re-read's). Nothing is
+    asked when no deployment changed (the catalog has just been read)."""
+    pulled = sync_log.get_state(ctx.store, CURSOR)
+    if pulled is None:
+        return
+    since = parse_ts(pulled) - ctx.options.overlap
+    changed = synced_tables.deployments_updated_since(ctx.store, since)
+    for deployments in chunks(changed):
+        body = {
+            "flow_runs": {
+                "deployment_id": {"any_": deployments},
+                "state": {"type": {"any_": ["SCHEDULED"]}},
+            },
+            "sort": "ID_DESC",
+        }
+        listed: dict[str, dict[str, Any]] = {}
+        for page in offset_pages(ctx.client, "flow_runs", body, ctx.options.page_size):
+            listed.update((str(o["id"]), o) for o in page.rows)
+        held = synced_tables.scheduled_run_ids_of(ctx.store, deployments)
+        live = synced_tables.live_ids_among(ctx.store, "flow_runs", list(listed))
+        fresh = [o for i, o in listed.items() if i not in live]
+        if fresh:
+            ctx.write_pages(FLOW_RUNS, [Page.from_rows(fresh)])
+        check_ids(ctx, sorted(held - set(listed)))
 
 
 def state_events(ctx: PullContext, since: datetime) -> tuple[list[str], datetime | None]:
