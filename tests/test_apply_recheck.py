@@ -451,3 +451,61 @@ def test_a_call_the_server_never_received_is_resent_once(server: Server, tmp_pat
     assert {o for o, _ in rows.values()} == {"accepted"}
     assert sorted(rows) == sorted(ids) and audit_count(db) == len(ids)  # one row a run
     assert outside(server, ids) == others  # nothing outside the selection touched
+
+
+# -- Prefect's orchestration rules may set another state than the one requested -----------------
+
+
+@pytest.mark.parametrize("case", ["cancelling", "failed-with-retries"])
+def test_a_state_prefect_sets_instead_of_the_requested_one_is_audited_as_set(
+    server: Server, tmp_path: Path, case: str
+) -> None:
+    """``force: false`` leaves the transition to Prefect's orchestration rules, and some of
+    them answer REJECT while they set another state: Cancelling on a scheduled run with no
+    infrastructure becomes Cancelled (BypassCancellingFlowRunsWithNoInfra), Failed on a
+    running run with retries left becomes AwaitingRetry (RetryFailedFlows). The server
+    changed those runs: their audit rows say so and name the state set (not "rejected",
+    which means the run was left as it was), and the file shows that state."""
+    ids = pick(server, "COMPLETED", 3)
+    with httpx.Client(base_url=server.url + "/", timeout=60) as c:
+        if case == "cancelling":
+            set_states(c, ids, "SCHEDULED", "Scheduled")
+            requested, set_instead = ("CANCELLING", "Cancelling"), ("CANCELLED", "Cancelled")
+        else:
+            for i in ids:
+                patch(server, i, empirical_policy={"retries": 3, "retry_delay": 0})
+            set_states(c, ids, "RUNNING", "Running")
+            requested, set_instead = ("FAILED", "Failed"), ("SCHEDULED", "AwaitingRetry")
+    db = tmp_path / "runs.duckdb"
+    assert run_cli("pull", "--api-url", server.url, "--db", str(db), "--quiet").exit_code == 0
+    policy = write_policy(
+        tmp_path,
+        ids,
+        "orchestrated",
+        {
+            "action": "set_state",
+            "state": {"type": requested[0], "name": requested[1]},
+            "force": False,
+        },
+    )
+    before = on_server(server, ids)
+    others = outside(server, ids)
+    result = run_cli(
+        "apply", str(policy), "--db", str(db), "--api-url", server.url, "--yes", "--json"
+    )
+    now = on_server(server, ids)
+    # What the server did: each run has a new state, not the one requested.
+    assert {(now[i]["state_type"], now[i]["state"]["name"]) for i in ids} == {set_instead}
+    assert all(now[i]["state_id"] != before[i]["state_id"] for i in ids)
+    rows = audit(db, ids)
+    assert {o for o, _ in rows.values()} == {"replaced"}, rows
+    for _, details in rows.values():
+        assert details["status"] == "REJECT"
+        assert (details["state"]["type"], details["state"]["name"]) == set_instead
+    data = json.loads(result.stdout)
+    assert data["result"]["rules"] == {"orchestrated": {"replaced": 3}}
+    assert result.exit_code == 9  # not what the policy asked for: the operator looks
+    assert audit_count(db) == len(ids)  # one row a run
+    # the file shows the state the server set
+    assert count_in_file(db, f"state_type = '{set_instead[0]}'", ids) == 3
+    assert outside(server, ids) == others  # nothing outside the selection touched

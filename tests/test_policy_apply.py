@@ -20,10 +20,10 @@ from flowsync.api.budget import RequestBudget
 from flowsync.config import ApiSettings
 from flowsync.errors import ApiError, AuthError, PolicyLimitError
 from flowsync.policy import ApplyResult, apply_plan, make_plan, parse_policy
-from flowsync.policy.answers import Seen, classify_lost, classify_unanswered
+from flowsync.policy.answers import Seen, classify_lost, classify_unanswered, set_instead
 from flowsync.policy.apply import batches
 from flowsync.policy.plan import Plan
-from flowsync.policy.result import Outcome
+from flowsync.policy.result import Outcome, RunResult
 from flowsync.store import Store
 from flowsync.sync import NullProgress
 from harness.seed import seed
@@ -1911,3 +1911,21 @@ def test_a_window_held_back_by_the_server_is_as_old_as_its_first_page(
     # longer than FRESH_FOR, which is no reason to read it again: nothing slept in it.)
     kinds = [k for k, _ in events]
     assert kinds == ["read", "429", "read", "lookup", "read", "read", "lookup", "call"], kinds
+
+
+@pytest.mark.parametrize(
+    ("state", "expected"),
+    [
+        ({"type": "SCHEDULED", "name": "Scheduled", "id": "s1"}, "rejected"),  # left as it was
+        ({"type": "CANCELLED", "name": "Cancelled", "id": "s2"}, "replaced"),  # set instead
+        ({"type": "CANCELLED", "name": "Cancelled"}, "rejected"),  # no id: proves nothing
+        (None, "rejected"),
+    ],
+)
+def test_a_reject_that_carries_a_new_state_is_replaced(
+    state: dict[str, Any] | None, expected: str
+) -> None:
+    rejected = RunResult(Outcome.REJECTED, {"status": "REJECT", "state": state})
+    assert set_instead(rejected, BEFORE).outcome.value == expected
+    accepted = RunResult(Outcome.ACCEPTED, {"status": "ACCEPT", "state": state})
+    assert set_instead(accepted, BEFORE).outcome is Outcome.ACCEPTED

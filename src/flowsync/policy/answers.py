@@ -181,9 +181,7 @@ def answered(
                 {
                     "status": status,
                     "details": item.get("details"),
-                    "state": {"type": state.get("type"), "name": state.get("name")}
-                    if state
-                    else None,
+                    "state": answered_state(state),
                 },
             )
         return out, notes
@@ -194,6 +192,36 @@ def answered(
     stray = sorted(got.difference(ids))
     notes = [f"server reported deleting runs that were not asked for: {stray}"] if stray else []
     return {i: RunResult(Outcome.DELETED) for i in ids if i in got}, notes
+
+
+def answered_state(state: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The state a set_state answer carries, as its audit row keeps it (None: none)."""
+    if not state:
+        return None
+    return {"type": state.get("type"), "name": state.get("name"), "id": state.get("id")}
+
+
+def set_instead(result: RunResult, before: Seen | None) -> RunResult:
+    """A set_state answer REJECT that carries a state other than the one the run had right
+    before the call (``before``): Prefect's orchestration rules set that state instead of the
+    requested state (``REPLACED``). A REJECT that left the run as it was answers the state it
+    has; an answer without state ids proves nothing either way (left ``REJECTED``)."""
+    if result.outcome is not Outcome.REJECTED or before is None or before.state_id is None:
+        return result
+    details = result.details or {}
+    state = details.get("state") or {}
+    if state.get("id") is None or str(state["id"]).lower() == before.state_id.lower():
+        return result
+    label = Seen(state.get("type"), None, state.get("name")).label
+    return RunResult(
+        Outcome.REPLACED,
+        {
+            **details,
+            "reason": f"answered REJECT with a new state: Prefect's orchestration rules set "
+            f"{label} in place of the requested state (or, rarely, another client set it while "
+            "the call ran)",
+        },
+    )
 
 
 def changes(before: dict[str, Any] | None, after: dict[str, Any] | None) -> dict[str, list[Any]]:

@@ -83,6 +83,7 @@ from flowsync.policy.answers import (
     changes,
     classify_unanswered,
     file_rows,
+    set_instead,
     with_lost,
 )
 from flowsync.policy.ledger import Ledger
@@ -254,7 +255,8 @@ class Applier:
         if isinstance(answer, Lost):
             return self.settler.settle_lost(number, rule, call, fresh, answer, attempt)
         self.result.errors.extend(answer.notes)
-        acted = dict(answer.results)
+        # A REJECT that set another state changed the run all the same.
+        acted = {i: set_instead(r, fresh.seen.get(i)) for i, r in answer.results.items()}
         missing = [i for i in call.ids if i not in acted]
         if missing:
             try:
@@ -301,9 +303,12 @@ class Applier:
             )
 
         self.ledger.final(self.ledger.call(number, rule), results, guards, also=mark_deleted)
-        accepted = [i for i, r in results.items() if r.outcome is Outcome.ACCEPTED]
+        accepted = [
+            i for i, r in results.items() if r.outcome in (Outcome.ACCEPTED, Outcome.REPLACED)
+        ]
         if accepted:
-            # The file shows the state this apply set before the next batch is decided.
+            # The file shows the state this apply set (or Prefect set instead) before the next
+            # batch is decided.
             try:
                 self.rereader.read(accepted, {})
             except ApiError as e:

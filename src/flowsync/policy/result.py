@@ -26,6 +26,10 @@ class Outcome(str, Enum):
         "accepted"  # the server set the state (its answer, or the new state after a lost answer)
     )
     REJECTED = "rejected"  # set_state: orchestration rules refused the transition
+    # set_state: orchestration rules refused the requested state and set another one instead
+    # (details.state: Cancelled for Cancelling on a run with no infrastructure, AwaitingRetry
+    # for Failed on a run with retries left): changed, not as requested
+    REPLACED = "replaced"
     ABORTED = "aborted"  # set_state: the server aborted (e.g. database is locked)
     WAIT = "wait"  # set_state: the server asked to wait
     SKIPPED = "skipped"  # the re-check right before (or during) the call dropped it; never changed
@@ -42,6 +46,7 @@ class Outcome(str, Enum):
         return self in (
             Outcome.PENDING,
             Outcome.REJECTED,
+            Outcome.REPLACED,
             Outcome.ABORTED,
             Outcome.WAIT,
             Outcome.FAILED,

@@ -18,7 +18,15 @@ import time
 
 from flowsync.api import PrefectClient
 from flowsync.errors import ApiError, AuthError, NotFoundError
-from flowsync.policy.answers import Acted, Answer, Call, Partial, answered, from_error
+from flowsync.policy.answers import (
+    Acted,
+    Answer,
+    Call,
+    Partial,
+    answered,
+    answered_state,
+    from_error,
+)
 from flowsync.policy.model import SetStateRule
 from flowsync.policy.plan import RuleModel
 from flowsync.policy.result import SET_STATE_STATUS, ApplyResult, Outcome, RunResult
@@ -88,9 +96,7 @@ def _send_per_run(
                     {
                         "status": answer.status,
                         "details": answer.details,
-                        "state": {"type": state.get("type"), "name": state.get("name")}
-                        if state
-                        else None,
+                        "state": answered_state(state),
                         "path": "per-run",
                     },
                 )
