@@ -60,7 +60,15 @@ SEED_RUNS = 400
 # The fixtures that start a Prefect server or a PostgreSQL cluster: a test whose fixture
 # closure holds one of them is marked ``server`` (not in the fast lane).
 SERVER_FIXTURES = frozenset(
-    {"prefect", "fresh_server", "pg_cluster", "start_server", "start_backend_server"}
+    {
+        "prefect",
+        "prefect_on_sqlite",
+        "prefect_on_postgres",
+        "fresh_server",
+        "pg_cluster",
+        "start_server",
+        "start_backend_server",
+    }
 )
 
 
@@ -207,17 +215,40 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return home
 
 
-@pytest.fixture(scope="session")
-def prefect(
-    backend: str, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+def _seeded(
+    backend: str, tmp: pytest.TempPathFactory, cluster: PgCluster | None
 ) -> Iterator[SeededServer]:
-    home = tmp_path_factory.mktemp(f"prefect-session-{backend}")
-    with backend_server(backend, home, _cluster_for(backend, request)) as server:
+    home = tmp.mktemp(f"prefect-session-{backend}")
+    with backend_server(backend, home, cluster) as server:
         seeded = seed(
             server.url, runs=SEED_RUNS, flows=4, deployments_per_flow=3, days=45, seed_value=7
         )
         real = run_real_flows(server.url, home)
         yield SeededServer(server, seeded, real)
+
+
+@pytest.fixture(scope="session")
+def prefect_on_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeededServer]:
+    yield from _seeded("sqlite", tmp_path_factory, None)
+
+
+@pytest.fixture(scope="session")
+def prefect_on_postgres(
+    pg_cluster: PgCluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[SeededServer]:
+    yield from _seeded("postgres", tmp_path_factory, pg_cluster)
+
+
+@pytest.fixture(scope="module")
+def prefect(backend: str, request: pytest.FixtureRequest) -> SeededServer:
+    """The session's seeded server on this test's backend (read-only for tests). Each backend's
+    is a session fixture of its own, not one that takes ``backend``: pytest keys such a
+    fixture's value by how the test got ``backend`` (a module marked ``backends`` or not), so
+    the 400-run server was stopped, started and seeded again each time the suite went from
+    one kind of module to the other (three times a run, 40 s each on a loaded machine)."""
+    if backend not in ("sqlite", "postgres"):
+        raise pytest.UsageError(f"no seeded session server on {backend}: use sqlite or postgres")
+    return request.getfixturevalue(f"prefect_on_{backend}")  # type: ignore[no-any-return]
 
 
 @pytest.fixture(scope="session")
