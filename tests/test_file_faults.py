@@ -629,6 +629,63 @@ def test_a_damaged_file_is_exit_5_with_the_remedy_for_every_command(
     assert read.exit_code == 0 and read.stdout.splitlines()[-1] == "2000", read.output
 
 
+def stamp_storage_version(path: Path, version: int) -> None:
+    """Give the file's header another storage version, as a DuckDB of another storage
+    format writes it: the main header's version number, its checksum recomputed as DuckDB
+    computes it (each 8-byte word times a constant, XORed, seeded with 5381)."""
+    mask = (1 << 64) - 1
+    with path.open("r+b") as f:
+        header = bytearray(f.read(4096))
+        header[12:20] = version.to_bytes(8, "little")
+        checksum = 5381
+        for i in range(8, 4096, 8):
+            checksum ^= (int.from_bytes(header[i : i + 8], "little") * 0xBF58476D1CE4E5B9) & mask
+        header[0:8] = checksum.to_bytes(8, "little")
+        f.seek(0)
+        f.write(header)
+
+
+@pytest.mark.parametrize("where", ["the live file", "the published snapshot"])
+def test_a_file_from_a_newer_duckdb_says_to_upgrade_for_every_command_and_stays_unchanged(
+    tmp_path: Path, where: str
+) -> None:
+    """A flowsync whose DuckDB writes a newer storage format: every command refuses in one
+    line naming the file and the upgrade, not DuckDB's 'storage version' alone, nor
+    'damaged' (a pull again would not help)."""
+    db = built(tmp_path, runs=5)
+    newer = (
+        db
+        if where == "the live file"
+        else snapshot_dir(db) / os.readlink(snapshot_dir(db) / CURRENT)
+    )
+    stamp_storage_version(newer, 1000)
+    if newer != db:
+        meta = newer.with_suffix(".json")
+        meta.write_text(json.dumps({**json.loads(meta.read_text()), "bytes": newer.stat().st_size}))
+    before = {p: sha256(p) for p in (db, newer)}
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY)
+    commands = (
+        COMMANDS
+        if newer == db
+        else {
+            "sql": ["sql", "SELECT 1"],
+            "report": ["report", "failures"],
+            "plan": ["plan", "POLICY"],
+        }
+    )
+    for name, command in commands.items():
+        args = [
+            str(policy) if a == "POLICY" else str(tmp_path / "out") if a == "OUT" else a
+            for a in command
+        ]
+        line = one_line(run_cli(*args, "--db", str(db)), 5)
+        assert f"{newer} was written by a newer DuckDB" in line, (name, line)
+        assert f"this flowsync's DuckDB {duckdb.__version__}" in line, (name, line)
+        assert "upgrade flowsync and duckdb" in line and "damaged" not in line, (name, line)
+    assert {p: sha256(p) for p in (db, newer)} == before
+
+
 # -- against the session server: the fault, its one line, then the next pull matches the server ---
 
 

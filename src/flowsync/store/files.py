@@ -15,6 +15,8 @@ import os
 import tempfile
 from pathlib import Path
 
+import duckdb
+
 from flowsync.errors import DamagedFileError, StorageError, StoreError
 
 DUCKDB_MAGIC_OFFSET = 8
@@ -125,6 +127,12 @@ def storage_error(path: Path, e: BaseException, *, query: bool = False) -> Store
         return damaged_error(path, detail)
     if query and not (path.name in text or "Failed to commit" in text or "invalidated" in text):
         return None
+    if "storage version" in text and "newer version of DuckDB" in text:
+        return StoreError(
+            f"{path} was written by a newer DuckDB than this flowsync's DuckDB "
+            f"{duckdb.__version__} reads ({detail}); upgrade flowsync and duckdb "
+            "(pip install -U flowsync duckdb) where this command runs, or use another --db."
+        )
     for words, reason, line in _REFUSALS:
         if any(w in text for w in words):
             message = line.format(path=path, name=path.name, parent=path.parent, detail=detail)
