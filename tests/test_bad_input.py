@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -132,6 +134,36 @@ def test_file_that_is_not_duckdb_is_left_alone(tmp_path: Path, content: bytes) -
     )
     assert target.read_bytes() == content
     assert not Path(str(target) + ".wal").exists()
+
+
+@pytest.mark.parametrize(
+    "command", [["status"], ["sql", "SELECT 1", "--live"], ["pull", "--api-url", NOBODY]]
+)
+def test_a_pipe_as_db_is_refused_in_one_line_not_waited_on(
+    tmp_path: Path, command: list[str]
+) -> None:
+    """A named pipe no one writes to: reading its header waited forever (every command)."""
+    fifo = tmp_path / "runs.duckdb"
+    os.mkfifo(fifo)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "flowsync", *command, "--db", str(fifo)],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"flowsync {command[0]} --db FIFO still waiting after 20 s")
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 5 and len(lines) == 1, done.stderr
+    assert f"--db {fifo} is not a regular file" in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("command", [["status"], ["pull", "--api-url", NOBODY]])
+def test_a_device_as_db_is_not_called_an_empty_file_to_remove(command: list[str]) -> None:
+    line = one_clear_line(run_cli(*command, "--db", "/dev/null"), 5, "/dev/null")
+    assert "is not a regular file" in line and "remove" not in line
 
 
 def test_status_on_missing_file(tmp_path: Path) -> None:

@@ -156,7 +156,7 @@ DUCKDB_SPECIAL_NAMES = (":memory:", "md:", "motherduck:")
 
 def check_path(path: Path, *, read_only: bool) -> None:
     """Refuse what cannot be flowsync's file before DuckDB touches it (so nothing is written
-    to it): one of DuckDB's special names, a directory, a missing folder, a file that is
+    to it): one of DuckDB's special names, a directory, a pipe or a device, a missing folder, a file that is
     empty or not DuckDB's; a reader also refuses a file that does not exist yet."""
     if str(path).lower().startswith(DUCKDB_SPECIAL_NAMES):
         raise StoreError(
@@ -167,6 +167,13 @@ def check_path(path: Path, *, read_only: bool) -> None:
     if path.is_dir():
         raise StoreError(
             f"--db {path} is a directory; pass a file path such as {path / 'flowsync.duckdb'}."
+        )
+    if path.exists() and not path.is_file():
+        # Reading a pipe's header waits for a writer that may never come; a device is no
+        # file to remove.
+        raise StoreError(
+            f"--db {path} is not a regular file (a pipe, a device or a socket); pass a file "
+            "path such as ./flowsync.duckdb."
         )
     if read_only and not path.exists():
         raise StoreError(f"{path} does not exist: run `flowsync pull --db {path}` first.")
