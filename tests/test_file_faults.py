@@ -409,6 +409,49 @@ def test_a_notebook_reading_a_newer_file_gets_a_warning_and_cannot_write_it(
         flowsync.connect(db, read_only=False)
 
 
+def test_a_newer_file_whose_tables_changed_fails_each_reader_saying_to_upgrade(
+    tmp_path: Path,
+) -> None:
+    """A newer flowsync's migration renamed or dropped a column this flowsync reads (m003
+    rebuilt a table; a later one may do more): each reader says the file is newer and to
+    upgrade, not DuckDB's binder error on flowsync's own SQL alone; nothing changes."""
+    db = built(tmp_path, runs=5)
+    add_future_migration(db)
+    with duckdb.connect(str(db)) as con:
+        con.execute("ALTER TABLE sync_runs RENAME COLUMN api_url TO source_url")
+        con.execute("ALTER TABLE flow_runs DROP COLUMN state_name")
+    published = snapshot_dir(db) / os.readlink(snapshot_dir(db) / CURRENT)
+    shutil.copyfile(db, published)  # as the newer flowsync publishes it
+    meta = published.with_suffix(".json")
+    meta.write_text(
+        json.dumps(
+            {
+                **json.loads(meta.read_text()),
+                "bytes": published.stat().st_size,
+                "flowsync_version": "9.0.0",
+            }
+        )
+    )
+    before = (sha256(db), sha256(published))
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY)
+    for command in (
+        ["status"],
+        ["report", "failures"],
+        ["report", "runs", "--live"],
+        ["export", str(tmp_path / "out")],
+        ["plan", str(policy)],
+    ):
+        result = run_cli(*command, "--db", str(db))
+        assert result.exit_code == 5, (command, result.output)
+        assert "Traceback" not in result.output
+        (line,) = [x for x in stderr_lines(result) if x.startswith("error:")]
+        assert "was written by flowsync 9.0.0" in line, (command, line)
+        assert f"newer than this flowsync {flowsync.__version__}" in line, (command, line)
+        assert "upgrade flowsync (pip install -U flowsync)" in line, (command, line)
+    assert (sha256(db), sha256(published)) == before
+
+
 def test_a_snapshot_from_a_newer_flowsync_is_read_with_one_warning(tmp_path: Path) -> None:
     db = built(tmp_path, runs=5)
     published = snapshot_dir(db) / os.readlink(snapshot_dir(db) / CURRENT)

@@ -37,6 +37,7 @@ import os
 import threading
 import time
 import warnings
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn, TypeVar
@@ -49,6 +50,7 @@ from flowsync.errors import (
     NewerFileError,
     NewerFileWarning,
     OlderSchemaError,
+    QueryError,
     StoreError,
     StoreLockedError,
 )
@@ -163,6 +165,9 @@ def _open_error(path: Path, e: BaseException) -> NoReturn:
 
 
 S = TypeVar("S", bound="Store")
+
+# DuckDB's errors for a name a statement uses that the file does not have (as it is now).
+_SCHEMA_ERRORS = ("BinderException", "CatalogException")
 
 
 class Store(Session):
@@ -443,6 +448,29 @@ class Store(Session):
         raise StoreError(
             f"The snapshots of {db} changed {attempts} times while opening one; try again."
         )
+
+    @contextlib.contextmanager
+    def _errors(self, sql: str, timeout: float | None = None) -> Iterator[None]:
+        """``Session._errors``; on a file a newer flowsync wrote, a statement that names a
+        table, column or macro the file no longer has this way (its migrations may rename or
+        drop them) also says whose file it is and to upgrade."""
+        try:
+            with super()._errors(sql, timeout):
+                yield
+        except QueryError as e:
+            if self.newer_file is None or e.kind not in _SCHEMA_ERRORS or type(e) is not QueryError:
+                raise
+            who = (
+                "a newer flowsync" if self.newer_file == "newer" else f"flowsync {self.newer_file}"
+            )
+            raise QueryError(
+                f"{e.detail} ({self.path} was written by {who}, newer than this flowsync "
+                f"{__version__}, which may not know its tables and columns: upgrade flowsync "
+                "(pip install -U flowsync) where this command runs)",
+                sql=e.sql,
+                kind=e.kind,
+                hint=e.hint,
+            ) from e.__cause__
 
     # -- schema -----------------------------------------------------------
 
