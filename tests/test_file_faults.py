@@ -19,6 +19,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -375,8 +376,8 @@ def test_status_reads_a_newer_files_server_record_of_another_shape(
 
 
 def test_apply_on_a_newer_file_refuses_before_it_asks(tmp_path: Path) -> None:
-    """The plan reads a newer flowsync's file (with its warning); apply refuses before its
-    question, as its writer would after it."""
+    """apply refuses a newer flowsync's file before its plan reads it (no reading warning)
+    and before its question, as its writer would after them."""
     from flowsync.config import ApiSettings
 
     db = built(tmp_path, runs=5)
@@ -389,9 +390,34 @@ def test_apply_on_a_newer_file_refuses_before_it_asks(tmp_path: Path) -> None:
         asked.append(plan.total)
         return True
 
-    with pytest.warns(NewerFileWarning), pytest.raises(NewerFileError):
-        flowsync.apply(db, policy, api=ApiSettings(url=UNREACHABLE), confirm=confirm)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NewerFileWarning)
+        with pytest.raises(NewerFileError):
+            flowsync.apply(db, policy, api=ApiSettings(url=UNREACHABLE), confirm=confirm)
     assert asked == []
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["apply", "POLICY", "--yes"], ["plan", "POLICY", "--refresh"]],
+    ids=["apply", "plan --refresh"],
+)
+def test_a_writer_command_on_a_newer_file_refuses_in_one_line_without_a_reading_warning(
+    tmp_path: Path, command: list[str]
+) -> None:
+    """apply and plan --refresh read the file first (the plan, the runs to re-read), then
+    write it: on a newer file they said 'reads it read-only' and then that they will not
+    write it. The refusal alone, before any read, as pull's."""
+    db = built(tmp_path, runs=5)
+    add_future_migration(db)
+    before = sha256(db)
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY)
+    args = [str(policy) if a == "POLICY" else a for a in command]
+    line = one_line(run_cli(*args, "--api-url", UNREACHABLE, "--db", str(db)), 5)
+    assert line.startswith("error:") and "written by flowsync 9.0.0" in line
+    assert "Upgrade flowsync" in line
+    assert sha256(db) == before
 
 
 def test_a_notebook_reading_a_newer_file_gets_a_warning_and_cannot_write_it(

@@ -154,6 +154,8 @@ def plan(
     loaded = load_policy(policy)
     db = Path(db)
     if refresh is not None:
+        if Store.exists(db):
+            Store.check_writable(db)  # a newer flowsync's file: refused before it is read
         # Which runs to re-read, from the live file opened read-only; the re-read on a
         # writable connection that runs no rule SQL; the plan read-only again.
         with (
@@ -243,6 +245,8 @@ def apply(
     db = Path(db)
     memory_limit_mb = check_memory_limit(memory_limit_mb)
     check_number("--settle-seconds", settle_seconds, low=SETTLE_MIN_SECONDS, metavar="SECONDS")
+    if Store.exists(db):
+        Store.check_writable(db)  # a newer flowsync's file: refused before it is read
     # apply has no --live: it always decides on the live file
     made = plan(db, policy, live=True, wait=wait, timeout=timeout, lock_context=locks.LIVE_ONLY)
     try:
