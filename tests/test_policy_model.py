@@ -157,6 +157,33 @@ BAD = [
     ),
     ("tag as a number", f"version: 1\nprotect_tags: [7]\nrules: [{RULE}]", "protect_tags[0]:"),
     (
+        "a key YAML reads as a number",
+        f"version: 1\n1: x\nrules: [{RULE}]",
+        "YAML syntax error at line 2, column 1: a key that is not text (1); policy keys are "
+        "names such as version, rules or sql: quote it or check its spelling",
+    ),
+    (
+        "a key YAML reads as a boolean",
+        f"version: 1\nrules: [{RULE}]\non: x",
+        "YAML syntax error at line 3, column 1: a key that is not text (on);",
+    ),
+    (
+        "an empty key",
+        f"version: 1\n~: x\nrules: [{RULE}]",
+        "YAML syntax error at line 2, column 1: a key that is not text (~);",
+    ),
+    (
+        "a name YAML reads as a number",
+        "version: 1\nrules: [{name: 12345, action: delete, sql: x}]",
+        'rules[0].name: YAML reads this unquoted value as a number; quote it (e.g. name: "12345")',
+    ),
+    (
+        "a description YAML reads as a date",
+        "version: 1\nrules: [{name: r, action: delete, sql: x, description: 2024-01-01}]",
+        "rules[0].description: YAML reads this unquoted value as a date; quote it "
+        '(e.g. description: "2024-01-01")',
+    ),
+    (
         "a list as a key",
         "version: 1\nrules: [{name: r, action: delete, sql: x, [a]: 1}]",
         "YAML syntax error at line 2, column 43: a key that is a list or a mapping",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -184,6 +185,15 @@ def _construct_mapping(
         if key_node.tag == "tag:yaml.org,2002:merge":
             continue  # `<<: *anchor`: merged below, and a key written out overrides it
         key = loader.construct_object(key_node, deep=deep)
+        if not isinstance(key, str) and not isinstance(key_node, yaml.CollectionNode):
+            # `1:`, `on:`, `~:` are a number, a boolean, null: no policy key is one
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                f"a key that is not text ({key_node.value}); policy keys are names such as "
+                "version, rules or sql: quote it or check its spelling",
+                key_node.start_mark,
+            )
         try:
             repeated = key in keys
         except TypeError:  # a list or mapping as a key
@@ -252,6 +262,13 @@ def format_errors(e: ValidationError, root: yaml.Node | None = None) -> str:
             word = "true" if error["input"] else "false"
             msg = (
                 f'YAML reads this unquoted word as the boolean {word}; quote it (e.g. name: "off")'
+            )
+        elif error["type"] == "string_type" and isinstance(error.get("input"), (int, float, date)):
+            what = "a date" if isinstance(error["input"], date) else "a number"
+            field = next((p for p in reversed(error["loc"]) if isinstance(p, str)), "name")
+            msg = (
+                f"YAML reads this unquoted value as {what}; quote it "
+                f'(e.g. {field}: "{error["input"]}")'
             )
         else:
             msg = str(error["msg"]).removeprefix("Value error, ")
