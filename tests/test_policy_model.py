@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+import flowsync
 from flowsync.errors import PolicyError
 from flowsync.policy import load_policy, parse_policy, policy_schema
 from flowsync.policy.model import DeleteRule, SetStateRule
@@ -189,6 +190,36 @@ BAD = [
         "YAML syntax error at line 2, column 43: a key that is a list or a mapping",
     ),
 ]
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        (f"version: 1\nrequire_approval: true\nrules: [{RULE}]", "require_approval"),
+        (
+            "version: 1\nrules: [{name: r, action: delete, sql: x, protect_states: [RUNNING]}]",
+            "rules[0].protect_states",
+        ),
+        (
+            "version: 1\nrules: [{name: r, action: set_state, sql: x, "
+            "state: {type: CANCELLED, only_from: [PENDING]}}]",
+            "rules[0].state.only_from",
+        ),
+    ],
+    ids=["top level", "a rule's guard", "the state"],
+)
+def test_an_unknown_key_a_newer_flowsync_may_know_is_not_to_be_removed(
+    text: str, where: str
+) -> None:
+    """A key this flowsync does not know may be a newer flowsync's guard: removing it to
+    get past the refusal would widen what the policy touches. The refusal names this
+    version and the upgrade, and never says to remove it."""
+    with pytest.raises(PolicyError) as info:
+        parse_policy(text.encode(), "newer.yaml")
+    (bullet,) = str(info.value).splitlines()[1:]
+    assert bullet.startswith(f"  - {where}: unknown key"), bullet
+    assert f"flowsync {flowsync.__version__}" in bullet and "upgrade flowsync" in bullet, bullet
+    assert "remove" not in bullet, bullet
 
 
 def test_yaml_merge_keys_are_read_and_a_key_written_out_overrides() -> None:

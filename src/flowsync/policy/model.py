@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from flowsync import __version__
 from flowsync.config import RULE_TIMEOUT_MAX_SECONDS, RULE_TIMEOUT_MIN_SECONDS, check_number
 from flowsync.errors import PolicyError
 from flowsync.states import StateType
@@ -257,7 +258,11 @@ def format_errors(e: ValidationError, root: yaml.Node | None = None) -> str:
             loc += ".action"
             msg = "missing; expected delete or set_state"
         elif error["type"] == "extra_forbidden":
-            msg = "unknown key; remove it or check its spelling (see `flowsync policy schema`)"
+            # Maybe a newer flowsync's (a guard, a limit): dropping it would widen the policy.
+            msg = (
+                f"unknown key to flowsync {__version__}: check its spelling (see `flowsync "
+                "policy schema`), or upgrade flowsync if a newer version added it"
+            )
         elif error["type"] == "string_type" and isinstance(error.get("input"), bool):
             word = "true" if error["input"] else "false"
             msg = (
