@@ -154,6 +154,39 @@ def test_keep_newest_ranks_runs_without_a_deployment_within_their_flow(tmp_path:
     assert decision.ranked_above == {rid(1), rid(4)}  # what the decision keeps
 
 
+@pytest.mark.parametrize("keep", [2**63 - 1, 10**40], ids=["BIGINT's max", "past HUGEINT"])
+def test_a_keep_newest_past_what_the_decision_can_count_is_refused_with_the_policy(
+    db: Path, keep: int
+) -> None:
+    """The plan ranks in its own store and kept every run; apply's decision of a later
+    rule's batch passes keep_newest to DuckDB (``$keep + 1``), which could not hold it:
+    the apply failed after its question ('rule ...: SQL failed: ... too large', 'the id
+    column must hold flow-run ids'). Refused when the policy is read instead."""
+    text = policy(
+        rule("keep-all", OLD_COMPLETED, more=f"keep_newest: {keep}"),
+        rule("purge", OLD_COMPLETED),
+    )
+    with pytest.raises(PolicyError, match=r"rules\[0\]\.keep_newest: .*1000000000"):
+        parse_policy(text.encode(), "keep.yaml")
+
+
+def test_a_keep_newest_of_a_billion_is_decided_as_planned(db: Path) -> None:
+    from flowsync.policy.plan import Scope
+    from tests.policy_db import DEPLOYMENTS
+
+    text = policy(
+        rule("keep-all", OLD_COMPLETED, more="keep_newest: 1000000000"),
+        rule("purge", OLD_COMPLETED),
+    )
+    plan = plan_of(db, text)
+    assert plan.rules[0].planned == 0 and plan.rules[1].planned > 0
+    picked = plan.rules[1].sample(None)[0].id
+    with Store.sandboxed(db, live=True) as store:
+        scope = Scope((picked,), tuple(DEPLOYMENTS.values()))
+        decision = decide_scope(store, plan, plan.rules[1].rule, scope)
+    assert decision.reasons == {picked: None}
+
+
 def test_first_rule_wins_and_disabled_rules_select_nothing(db: Path) -> None:
     text = policy(
         rule("cancel", "SELECT id FROM flow_runs WHERE state_type = 'SCHEDULED'", "set_state"),

@@ -22,6 +22,7 @@ from flowsync.errors import PolicyError
 from flowsync.states import StateType
 
 RULE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+KEEP_NEWEST_MAX = 1_000_000_000
 
 
 class _Strict(BaseModel):
@@ -85,6 +86,9 @@ class _RuleBase(_Strict):
         None,
         strict=True,
         ge=0,
+        # apply's decision of a batch counts with it in DuckDB (BIGINT): more than any
+        # deployment's runs, far from its bound
+        le=KEEP_NEWEST_MAX,
         description="Never touch the N newest selected runs of each deployment (runs without a "
         "deployment: of each flow).",
     )
