@@ -28,6 +28,7 @@ import duckdb
 import pytest
 
 import flowsync
+from flowsync import views
 from flowsync.errors import DamagedFileError, NewerFileError, NewerFileWarning, StoreLockedError
 from flowsync.store import Store, migrations
 from flowsync.store.locks import classify
@@ -491,6 +492,29 @@ def test_a_snapshot_from_a_newer_flowsync_is_read_with_one_warning(tmp_path: Pat
     assert read.exit_code == 0, read.output
     (warning,) = stderr_lines(read)
     assert str(published) in warning and "9.0.0" in warning
+
+
+@pytest.mark.parametrize("output", [["--format", "openmetrics"], ["--html", "HTML"]])
+def test_the_health_figures_of_a_newer_file_warn_once(tmp_path: Path, output: list[str]) -> None:
+    """health reads the snapshot, and the live file for one figure (when the last pull
+    finished): a newer file's warning came twice, once per path, into cron's mail."""
+    db = built(tmp_path, runs=5)
+    with Store.writer(db) as store:
+        views.rebuild(store)
+    add_future_migration(db)
+    published = snapshot_dir(db) / os.readlink(snapshot_dir(db) / CURRENT)
+    shutil.copyfile(db, published)  # as the newer flowsync publishes it
+    meta = published.with_suffix(".json")
+    info = json.loads(meta.read_text())
+    meta.write_text(
+        json.dumps({**info, "bytes": published.stat().st_size, "flowsync_version": "9.0.0"})
+    )
+    args = [str(tmp_path / "health.html") if a == "HTML" else a for a in output]
+    result = run_cli("report", "health", *args, "--db", str(db))
+    assert result.exit_code == 0, result.output
+    warnings_shown = [x for x in stderr_lines(result) if x.startswith("warning:")]
+    assert len(warnings_shown) == 1, warnings_shown
+    assert str(published) in warnings_shown[0] and "9.0.0" in warnings_shown[0]
 
 
 # -- 2. snapshots that cannot be confused ----------------------------------------------------------
