@@ -185,6 +185,14 @@ BAD = [
         '(e.g. description: "2024-01-01")',
     ),
     (
+        "two merge keys in one mapping",
+        "version: 1\nrules:\n  - name: r\n    action: delete\n"
+        "    <<: {sql: SELECT id FROM flow_runs WHERE false, limit: 1}\n"
+        "    <<: {sql: SELECT id FROM flow_runs}\n",
+        "YAML syntax error at line 6, column 5: duplicate key '<<' (a second merge silently "
+        "replaces keys the first gave): merge once, `<<: [*a, *b]`, where the first wins",
+    ),
+    (
         "a list as a key",
         "version: 1\nrules: [{name: r, action: delete, sql: x, [a]: 1}]",
         "YAML syntax error at line 2, column 43: a key that is a list or a mapping",

@@ -186,8 +186,18 @@ def _construct_mapping(
     loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False
 ) -> dict[Any, Any]:
     keys: set[Any] = set()
+    merges = 0
     for key_node, _ in node.value:
         if key_node.tag == "tag:yaml.org,2002:merge":
+            merges += 1
+            if merges > 1:  # PyYAML would let the later merge's keys replace the earlier's
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    "duplicate key '<<' (a second merge silently replaces keys the first "
+                    "gave): merge once, `<<: [*a, *b]`, where the first wins",
+                    key_node.start_mark,
+                )
             continue  # `<<: *anchor`: merged below, and a key written out overrides it
         key = loader.construct_object(key_node, deep=deep)
         if not isinstance(key, str) and not isinstance(key_node, yaml.CollectionNode):
