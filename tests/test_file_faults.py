@@ -29,7 +29,13 @@ import pytest
 
 import flowsync
 from flowsync import views
-from flowsync.errors import DamagedFileError, NewerFileError, NewerFileWarning, StoreLockedError
+from flowsync.errors import (
+    DamagedFileError,
+    NewerFileError,
+    NewerFileWarning,
+    StoreError,
+    StoreLockedError,
+)
 from flowsync.store import Store, migrations
 from flowsync.store.locks import classify
 from flowsync.store.snapshot import CURRENT, publish, snapshot_dir
@@ -518,6 +524,21 @@ def test_the_health_figures_of_a_newer_file_warn_once(tmp_path: Path, output: li
 
 
 # -- 2. snapshots that cannot be confused ----------------------------------------------------------
+
+
+def test_a_file_where_the_snapshot_folder_goes_is_named_not_the_disk(tmp_path: Path) -> None:
+    """``runs.duckdb.snapshots`` a file: publishing said 'File exists ... free disk space or
+    fix permissions', a remedy that never helps; it names the file and says to move it."""
+    db = tmp_path / "runs.duckdb"
+    folder = snapshot_dir(db)
+    folder.write_text("notes\n")
+    with Store.writer(db) as store, pytest.raises(StoreError) as caught:
+        publish(store)
+    assert str(caught.value) == (
+        f"Cannot publish a snapshot of {db}: {folder} is a file, not its snapshot folder. What "
+        "the pull or apply wrote is saved; move that file away, then pull again."
+    )
+    assert folder.read_text() == "notes\n"
 
 
 def test_generations_never_repeat_so_a_notebook_never_gets_an_old_view(tmp_path: Path) -> None:

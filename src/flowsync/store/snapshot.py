@@ -350,6 +350,11 @@ def publish(store: Writer, *, pull_id: int | None = None, changed: bool = True) 
             False, latest, time.monotonic() - began, "nothing changed since the last snapshot"
         )
     reason = f"replaced a damaged snapshot: {problem}" if problem else ""
+    if folder.exists() and not folder.is_dir():
+        raise StoreError(
+            f"Cannot publish a snapshot of {store.path}: {folder} is a file, not its snapshot "
+            "folder. What the pull or apply wrote is saved; move that file away, then pull again."
+        )
     try:
         folder.mkdir(exist_ok=True)
         _remove_leftovers(folder)
