@@ -156,8 +156,9 @@ DUCKDB_SPECIAL_NAMES = (":memory:", "md:", "motherduck:")
 
 def check_path(path: Path, *, read_only: bool) -> None:
     """Refuse what cannot be flowsync's file before DuckDB touches it (so nothing is written
-    to it): one of DuckDB's special names, a directory, a pipe or a device, a missing folder, a file that is
-    empty or not DuckDB's; a reader also refuses a file that does not exist yet."""
+    to it): one of DuckDB's special names, a directory, a pipe or a device, a missing folder,
+    a file that is empty or not DuckDB's; a reader also refuses a file that does not exist
+    yet."""
     if str(path).lower().startswith(DUCKDB_SPECIAL_NAMES):
         raise StoreError(
             f"--db {path} is no file to DuckDB (its in-memory database, or MotherDuck's): "
