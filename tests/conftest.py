@@ -86,13 +86,13 @@ NEXT = pytest.StashKey["pytest.Item | None"]()
 
 
 def _group(item: pytest.Item) -> str | None:
-    marked = item.get_closest_marker("xdist_group")  # a test's own: kept together on purpose
-    if marked is not None:
-        return str(marked.args[0] if marked.args else marked.kwargs["name"])
     names = set(getattr(item, "fixturenames", ()))
     backend = _backend_of(item)
     if backend.startswith("postgres") or "pg_cluster" in names:
-        return "postgres"
+        return "postgres"  # first: a test on PostgreSQL elsewhere would start a second cluster
+    marked = item.get_closest_marker("xdist_group")  # a test's own: kept together on purpose
+    if marked is not None:
+        return str(marked.args[0] if marked.args else marked.kwargs["name"])
     if "prefect" in names:
         return f"prefect-{backend}"
     return None
