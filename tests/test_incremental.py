@@ -751,16 +751,25 @@ def schedule_off_and_on(c: httpx.Client, deployment: str) -> None:
 
 @pytest.mark.backends("sqlite")  # what the scheduler writes does not depend on the backend
 @pytest.mark.parametrize("replace_runs", [pause_and_resume, schedule_off_and_on])
+@pytest.mark.parametrize("excluded", [2000, 2], ids=["new-listed", "all-listed"])
 def test_scheduled_runs_replaced_without_events_reach_the_next_pull(
-    fresh_server: Server, tmp_path: Path, replace_runs: Any
+    fresh_server: Server,
+    tmp_path: Path,
+    replace_runs: Any,
+    excluded: int,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Pausing a deployment (or switching its schedule off) deletes its auto-scheduled runs,
     and after it is resumed the scheduler inserts them again: new ids, the same times, the
     same state. Neither emits a state event, the total stays where it was and every history
     bucket holds as many runs of each state as before, so neither the count check nor the
     daily per-bucket check sees it. The next pull must still mark the old runs deleted and
-    read the new ones."""
+    read the new ones. (``all-listed``: a deployment holding more scheduled runs than a
+    request names to leave out, as after a backfill: all of them are listed.)"""
     import flowsync
+    import flowsync.sync.runs
+
+    monkeypatch.setattr(flowsync.sync.runs, "EXCLUDED_IDS", excluded)
     from flowsync.config import ApiSettings
     from flowsync.sync import PullOptions
     from harness.seed import post_json

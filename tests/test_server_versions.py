@@ -149,3 +149,58 @@ def test_apply_delete_and_set_state(versioned: Versioned, tmp_path: Path) -> Non
     )
     versioned.pull()
     assert_matches_server(versioned.db, versioned.url)
+
+
+def test_a_pull_after_worker_polls_alone_asks_no_more_than_a_quiet_one(
+    versioned: Versioned,
+) -> None:
+    """A worker (or ``serve``) polls its deployments every few seconds, and Prefect before
+    3.6.11 moves a polled deployment's ``updated`` with each poll (``mark_deployments_ready``
+    leaves it to the column's ``onupdate``). A pull after polls alone must not list all
+    their scheduled runs (100 a deployment by default, one request per 200, every pull): it
+    asks at most one request more than a pull with nothing changed (the server's scheduled
+    runs of those deployments the file lacks: none)."""
+    import time
+    import uuid
+    from datetime import datetime, timedelta, timezone
+
+    from harness.seed import create_bulk, new_deployment
+
+    url = versioned.url
+    deployments = [new_deployment(url, f"polled-{uuid.uuid4().hex[:8]}") for _ in range(3)]
+    later = datetime.now(timezone.utc) + timedelta(days=1)
+    with httpx.Client(base_url=url + "/", timeout=120) as c:
+        for deployment in deployments:
+            payload = [
+                {
+                    "idempotency_key": str(uuid.uuid4()),
+                    "state": {
+                        "type": "SCHEDULED",
+                        "name": "Scheduled",
+                        "state_details": {
+                            "scheduled_time": (later + timedelta(hours=i)).isoformat()
+                        },
+                    },
+                }
+                for i in range(150)
+            ]
+            for k in range(0, len(payload), 50):
+                create_bulk(c, deployment, payload[k : k + 50])
+    time.sleep(2)  # the cursor (the server's Date, whole seconds) past the deployments' creation
+    versioned.pull("--overlap", "0")
+    time.sleep(2)
+    quiet = versioned.pull("--overlap", "0")
+    with httpx.Client(base_url=url + "/", timeout=60) as c:
+        before = {d: c.get(f"deployments/{d}").json()["updated"] for d in deployments}
+        polled = c.post(
+            "deployments/get_scheduled_flow_runs",
+            json={"deployment_ids": deployments, "scheduled_before": later.isoformat()},
+        )
+        assert polled.status_code == 200, polled.text
+        time.sleep(1)  # Prefect marks the deployments polled after it answers
+        moved = [d for d in deployments if c.get(f"deployments/{d}").json()["updated"] != before[d]]
+    after_polls = versioned.pull("--overlap", "0")
+    assert int(str(after_polls["requests"])) <= int(str(quiet["requests"])) + 1, (
+        f"{len(moved)} of {len(deployments)} deployments' `updated` moved with the poll"
+    )
+    assert_matches_server(versioned.db, versioned.url)

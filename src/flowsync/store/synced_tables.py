@@ -361,16 +361,20 @@ def deployments_updated_since(store: Store, since: datetime) -> list[str]:
     return [r[0] for r in rows]
 
 
-def scheduled_run_ids_of(store: Store, deployments: Sequence[str]) -> set[str]:
-    """Live runs of these deployments that the file holds in a SCHEDULED state."""
+def scheduled_runs_of(store: Store, deployments: Sequence[str]) -> dict[str, list[str]]:
+    """Live runs of these deployments that the file holds in a SCHEDULED state, by deployment."""
     if not deployments:
-        return set()
+        return {}
     rows = store.execute(
-        "SELECT CAST(id AS VARCHAR) FROM flow_runs WHERE deleted_at IS NULL "
-        "AND state_type = 'SCHEDULED' AND deployment_id IN (SELECT unnest(CAST(? AS UUID[])))",
+        "SELECT CAST(deployment_id AS VARCHAR), CAST(id AS VARCHAR) FROM flow_runs "
+        "WHERE deleted_at IS NULL AND state_type = 'SCHEDULED' "
+        "AND deployment_id IN (SELECT unnest(CAST(? AS UUID[]))) ORDER BY id",
         [list(deployments)],
     ).rows()
-    return {r[0] for r in rows}
+    out: dict[str, list[str]] = {}
+    for deployment, run in rows:
+        out.setdefault(deployment, []).append(run)
+    return out
 
 
 def unfinished_run_ids(store: Store) -> list[str]:

@@ -35,8 +35,8 @@ from typing import Any
 from flowsync.api import Page
 from flowsync.api.pagination import (
     EPOCH,
+    PAGE_SIZE,
     Position,
-    chunks,
     in_order,
     iso,
     keyset_run_pages,
@@ -377,6 +377,11 @@ def incremental(ctx: PullContext, since: datetime) -> datetime | None:
     return newest
 
 
+# A request of ``rescheduled`` names at most this many of the file's runs to leave out (about
+# 80 kB; a server binds each id as a parameter, and SQLite and asyncpg take ~32,000).
+EXCLUDED_IDS = 2000
+
+
 def rescheduled(ctx: PullContext) -> None:
     """Read the scheduled runs that replaced others in the deployments changed since the
     last pull.
@@ -384,32 +389,63 @@ def rescheduled(ctx: PullContext) -> None:
     A deployment updated, paused or deployed again has Prefect delete its scheduled runs,
     and its scheduler inserts them again (new ids, the same times and state): neither
     emits a state event, and the total and every history bucket stay as they were, so
-    neither the count check nor the per-bucket check would see it. Of their SCHEDULED
-    runs the server lists, the ones the file does not hold are written; the file's that
-    it does not list are checked by id (the rest are the rolling re-read's). Nothing is
-    asked when no deployment changed (the catalog has just been read)."""
+    neither the count check nor the per-bucket check would see it. The server's SCHEDULED
+    runs of those deployments that the file does not hold as such are listed (one request
+    for up to 200 deployments and ``EXCLUDED_IDS`` of the file's runs: none when nothing
+    was replaced, since Prefect before 3.6.11 moves a deployment's ``updated`` on every
+    worker poll) and written; when there are some, the file's that the server no longer
+    has are found by one count and then checked by id (the rest are the rolling
+    re-read's). Nothing is asked when no deployment changed (the catalog has just been
+    read)."""
     pulled = sync_log.get_state(ctx.store, CURSOR)
     if pulled is None:
         return
     since = parse_ts(pulled) - ctx.options.overlap
     changed = synced_tables.deployments_updated_since(ctx.store, since)
-    for deployments in chunks(changed):
-        body = {
-            "flow_runs": {
-                "deployment_id": {"any_": deployments},
-                "state": {"type": {"any_": ["SCHEDULED"]}},
-            },
-            "sort": "ID_DESC",
+    held = synced_tables.scheduled_runs_of(ctx.store, changed)
+    for deployments in _by_excluded(changed, held):
+        known = [i for d in deployments for i in held.get(d, ())]
+        runs: dict[str, Any] = {
+            "deployment_id": {"any_": deployments},
+            "state": {"type": {"any_": ["SCHEDULED"]}},
         }
+        # One deployment holding more (a backfill): all its scheduled runs are listed.
+        excluded = known if len(known) <= EXCLUDED_IDS else []
+        if excluded:
+            runs["id"] = {"not_any_": excluded}
         listed: dict[str, dict[str, Any]] = {}
+        body = {"flow_runs": runs, "sort": "ID_DESC"}
         for page in offset_pages(ctx.client, "flow_runs", body, ctx.options.page_size):
             listed.update((str(o["id"]), o) for o in page.rows)
-        held = synced_tables.scheduled_run_ids_of(ctx.store, deployments)
+        if not listed:
+            continue
+        # New runs: the scheduler may have inserted them in place of the file's. Those are
+        # checked before the new ones are written: a pull stopped in between lists the new
+        # ones again (the file would hold them as SCHEDULED, and none would be listed).
+        if not excluded:
+            check_ids(ctx, sorted(set(known) - set(listed)))
+        elif ctx.client.count("flow_runs", {"flow_runs": {"id": {"any_": known}}}) < len(known):
+            check_ids(ctx, known)
         live = synced_tables.live_ids_among(ctx.store, "flow_runs", list(listed))
         fresh = [o for i, o in listed.items() if i not in live]
         if fresh:
             ctx.write_pages(FLOW_RUNS, [Page.from_rows(fresh)])
-        check_ids(ctx, sorted(held - set(listed)))
+
+
+def _by_excluded(deployments: list[str], held: dict[str, list[str]]) -> Iterable[list[str]]:
+    """``deployments`` in groups of at most 200 whose held runs number at most
+    ``EXCLUDED_IDS`` (a deployment holding more is a group of its own)."""
+    group: list[str] = []
+    n = 0
+    for d in deployments:
+        k = len(held.get(d, ()))
+        if group and (len(group) >= PAGE_SIZE or n + k > EXCLUDED_IDS):
+            yield group
+            group, n = [], 0
+        group.append(d)
+        n += k
+    if group:
+        yield group
 
 
 def state_events(ctx: PullContext, since: datetime) -> tuple[list[str], datetime | None]:
