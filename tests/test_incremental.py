@@ -745,7 +745,13 @@ def schedule_off_and_on(c: httpx.Client, deployment: str) -> None:
     server (the deployment's ``updated`` stays), and Prefect deletes the scheduled runs."""
     schedule = c.get(f"deployments/{deployment}").json()["schedules"][0]["id"]
     for active in (False, True):
-        answer = c.patch(f"deployments/{deployment}/schedules/{schedule}", json={"active": active})
+        for attempt in range(8):  # a busy SQLite server answers 503, its transaction undone
+            answer = c.patch(
+                f"deployments/{deployment}/schedules/{schedule}", json={"active": active}
+            )
+            if answer.status_code != 503:
+                break
+            time.sleep(0.2 * (attempt + 1))
         assert answer.status_code == 204, answer.text
 
 
