@@ -28,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -221,6 +221,17 @@ class Applied:
     publish_error: FlowsyncError | None = None
 
 
+@contextlib.contextmanager
+def _closed_if_raised(made: Plan) -> Iterator[Plan]:
+    """``made``, closed (its scratch file removed) when the block raises: the error may live
+    on (a traceback, a task state), the scratch file need not."""
+    try:
+        yield made
+    except BaseException:
+        made.close()
+        raise
+
+
 def apply(
     db: Path,
     policy: Path,
@@ -249,68 +260,37 @@ def apply(
         Store.check_writable(db)  # a newer flowsync's file: refused before it is read
     # apply has no --live: it always decides on the live file
     made = plan(db, policy, live=True, wait=wait, timeout=timeout, lock_context=locks.LIVE_ONLY)
-    try:
-        return _apply_plan(
-            db,
-            made,
-            api=api,
-            confirm=confirm,
-            progress=progress,
-            wait=wait,
-            memory_limit_mb=memory_limit_mb,
-            result=result,
-            on_retry=on_retry,
-            settle_seconds=settle_seconds,
-        )
-    except BaseException:
-        made.close()  # the error may live on (a traceback, a task state): not its scratch file
-        raise
-
-
-def _apply_plan(
-    db: Path,
-    made: Plan,
-    *,
-    api: ApiSettings,
-    confirm: Callable[[Plan], bool] | None,
-    progress: Progress | None,
-    wait: float,
-    memory_limit_mb: int | None,
-    result: ApplyResult | None,
-    on_retry: Callable[[str], None] | None,
-    settle_seconds: float,
-) -> Applied:
-    """``apply`` once its plan is made: the guards, the question, the calls, the snapshot."""
-    if made.total == 0:
-        # Nothing to send; an earlier apply's calls with no recorded answer are still read
-        # back and settled, as any apply does first (reads only: nothing to confirm).
-        with Store.reader(db, live=True, wait=wait, lock_context=locks.LIVE_ONLY) as reading:
-            earlier = audit.unresolved(reading)
-        if not earlier:
-            return Applied(made, None, confirmed=False)
-    else:
-        check_guards(made)
-        Store.check_writable(db)  # a newer flowsync's file: refused before the question
-        if confirm is not None and not confirm(made):
-            return Applied(made, None, confirmed=False)
-    held = result or new_result(made)
-    held.policy_sha256 = made.policy.sha256
-    # Capped like a pull: uncapped, DuckDB kept every block the batches' writes touched
-    # (977 MB for 10,000 deletes at a million runs).
-    with (
-        Store.sandboxed_writer(db, wait=wait, memory_limit_mb=memory_limit_mb) as store,
-        http.PrefectClient(api, on_retry=on_retry) as client,
-        store.memory_guard(),
-    ):
-        apply_plan(
-            client, store, made, progress=progress, result=held, settle_seconds=settle_seconds
-        )
-        try:
-            publish(store)  # readers (and the next `plan`) see what apply changed
-        except FlowsyncError as e:
-            # The calls are done and audited: the caller shows the summary, then this.
-            return Applied(made, held, confirmed=made.total > 0, publish_error=e)
-    return Applied(made, held, confirmed=made.total > 0)
+    with _closed_if_raised(made):  # a refused or failed apply: its scratch file goes
+        if made.total == 0:
+            # Nothing to send; an earlier apply's calls with no recorded answer are still read
+            # back and settled, as any apply does first (reads only: nothing to confirm).
+            with Store.reader(db, live=True, wait=wait, lock_context=locks.LIVE_ONLY) as reading:
+                earlier = audit.unresolved(reading)
+            if not earlier:
+                return Applied(made, None, confirmed=False)
+        else:
+            check_guards(made)
+            Store.check_writable(db)  # a newer flowsync's file: refused before the question
+            if confirm is not None and not confirm(made):
+                return Applied(made, None, confirmed=False)
+        held = result or new_result(made)
+        held.policy_sha256 = made.policy.sha256
+        # Capped like a pull: uncapped, DuckDB kept every block the batches' writes touched
+        # (977 MB for 10,000 deletes at a million runs).
+        with (
+            Store.sandboxed_writer(db, wait=wait, memory_limit_mb=memory_limit_mb) as store,
+            http.PrefectClient(api, on_retry=on_retry) as client,
+            store.memory_guard(),
+        ):
+            apply_plan(
+                client, store, made, progress=progress, result=held, settle_seconds=settle_seconds
+            )
+            try:
+                publish(store)  # readers (and the next `plan`) see what apply changed
+            except FlowsyncError as e:
+                # The calls are done and audited: the caller shows the summary, then this.
+                return Applied(made, held, confirmed=made.total > 0, publish_error=e)
+        return Applied(made, held, confirmed=made.total > 0)
 
 
 @dataclass(frozen=True)
