@@ -85,6 +85,21 @@ GROUPS_FILE = "FLOWSYNC_TEST_GROUPS"
 NEXT = pytest.StashKey["pytest.Item | None"]()
 
 
+# Modules whose module-scoped fixture costs much (a server it starts and seeds, flows it runs,
+# a wheel it builds): their tests share one process, which sets it up once, rather than each
+# process that takes one of them setting it up again. Their PostgreSQL tests and their users
+# of the seeded session server stay in those groups' processes.
+ONE_PROCESS = {
+    "tests.test_apply_recheck": "apply-recheck",
+    "tests.test_demo_data": "demo",
+    "tests.test_error_signatures": "failing-flows",
+    "tests.test_policy_apply": "policy-apply",
+    "tests.test_staleness": "staleness",
+    # the wheel's, with the seeded SQLite server that one of them pulls from
+    "tests.test_packaging": "prefect-sqlite",
+}
+
+
 def _group(item: pytest.Item) -> str | None:
     names = set(getattr(item, "fixturenames", ()))
     backend = _backend_of(item)
@@ -95,7 +110,7 @@ def _group(item: pytest.Item) -> str | None:
         return str(marked.args[0] if marked.args else marked.kwargs["name"])
     if "prefect" in names:
         return f"prefect-{backend}"
-    return None
+    return ONE_PROCESS.get(item.module.__name__ if item.module else "")  # type: ignore[attr-defined]
 
 
 def pytest_configure(config: pytest.Config) -> None:

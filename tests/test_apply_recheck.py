@@ -29,9 +29,6 @@ from harness.seed import post_json, seed, set_states
 from harness.server import Server
 from tests.helpers import Fault, forwarding, outside, patch_run, query, run_cli, scalar
 
-# One process starts the module's seeded server, not each process that takes one of its tests.
-pytestmark = pytest.mark.xdist_group("apply-recheck")
-
 
 @pytest.fixture(scope="module")
 def server(start_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:

@@ -13,10 +13,6 @@ from flowsync.store import Store
 from harness.demo_data import BROKEN, DEPLOYMENTS, seed_demo
 from tests.helpers import query, run_cli, scalar
 
-# One process builds the demo's server and file (the module's fixture, ~20 s), not each
-# process that takes one of its tests.
-pytestmark = pytest.mark.xdist_group("demo")
-
 
 @pytest.fixture(scope="module")
 def demo_db(start_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:

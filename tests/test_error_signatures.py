@@ -122,10 +122,6 @@ def test_normaliser_table(empty_store: Store) -> None:
     )
 
 
-# The tests of the module's failing flows run in one process: it runs them once (~30 s).
-FAILING_FLOWS = pytest.mark.xdist_group("failing-flows")
-
-
 @pytest.fixture(scope="module")
 def failing(start_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
     home = tmp_path_factory.mktemp("failing")
@@ -150,7 +146,6 @@ def _server_runs(server: Server, flow: str) -> list[dict[str, Any]]:
     return list(runs)
 
 
-@FAILING_FLOWS
 def test_real_failures_group_by_signature(failing: Any) -> None:
     server, _ids, db = failing
     with Store.reader(db, live=True) as store:
@@ -184,7 +179,6 @@ def test_real_failures_group_by_signature(failing: Any) -> None:
     assert crash["example_state_type"] == "CRASHED"
 
 
-@FAILING_FLOWS
 def test_errors_window_and_previous_window_match_server(failing: Any) -> None:
     server, _ids, db = failing
     runs = sorted(
@@ -219,7 +213,6 @@ def _flow_name(server: Server, flow_id: str) -> str:
     return _FLOW_NAMES[flow_id]
 
 
-@FAILING_FLOWS
 def test_report_errors_cli(failing: Any) -> None:
     _server, ids, db = failing
     result = run_cli("report", "errors", "--since", "all", "--format", "json", "--db", str(db))

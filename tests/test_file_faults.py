@@ -720,6 +720,21 @@ COMMANDS = {
 }
 
 
+def each_command_on(
+    db: Path, tmp_path: Path, commands: dict[str, list[str]], code: int
+) -> Iterator[tuple[str, str]]:
+    """Each command run on ``db`` (POLICY: a policy file, OUT: a folder in ``tmp_path``),
+    with the one line it must end in with exit ``code``."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY)
+    for name, command in commands.items():
+        args = [
+            str(policy) if a == "POLICY" else str(tmp_path / "out") if a == "OUT" else a
+            for a in command
+        ]
+        yield name, one_line(run_cli(*args, "--db", str(db)), code)
+
+
 @pytest.mark.parametrize("damage", [truncate, flip_bits], ids=["truncated", "bit-flipped"])
 def test_a_damaged_file_is_exit_5_with_the_remedy_for_every_command(
     tmp_path: Path, damage: Callable[[Path], None]
@@ -727,14 +742,7 @@ def test_a_damaged_file_is_exit_5_with_the_remedy_for_every_command(
     db = built(tmp_path)
     snapshot = snapshot_dir(db) / os.readlink(snapshot_dir(db) / CURRENT)
     damage(db)
-    policy = tmp_path / "policy.yaml"
-    policy.write_text(POLICY)
-    for name, command in COMMANDS.items():
-        args = [
-            str(policy) if a == "POLICY" else str(tmp_path / "out") if a == "OUT" else a
-            for a in command
-        ]
-        line = one_line(run_cli(*args, "--db", str(db)), 5)
+    for name, line in each_command_on(db, tmp_path, COMMANDS, 5):
         assert f"{db} is damaged" in line, (name, line)
         assert f"restore it from the last snapshot (cp {snapshot} {db})" in line, (name, line)
         assert f"flowsync pull --db {db}" in line, (name, line)
@@ -777,8 +785,6 @@ def test_a_file_from_a_newer_duckdb_says_to_upgrade_for_every_command_and_stays_
         meta = newer.with_suffix(".json")
         meta.write_text(json.dumps({**json.loads(meta.read_text()), "bytes": newer.stat().st_size}))
     before = {p: sha256(p) for p in (db, newer)}
-    policy = tmp_path / "policy.yaml"
-    policy.write_text(POLICY)
     commands = (
         COMMANDS
         if newer == db
@@ -788,12 +794,7 @@ def test_a_file_from_a_newer_duckdb_says_to_upgrade_for_every_command_and_stays_
             "plan": ["plan", "POLICY"],
         }
     )
-    for name, command in commands.items():
-        args = [
-            str(policy) if a == "POLICY" else str(tmp_path / "out") if a == "OUT" else a
-            for a in command
-        ]
-        line = one_line(run_cli(*args, "--db", str(db)), 5)
+    for name, line in each_command_on(db, tmp_path, commands, 5):
         assert f"{newer} was written by a newer DuckDB" in line, (name, line)
         assert f"this flowsync's DuckDB {duckdb.__version__}" in line, (name, line)
         assert "upgrade flowsync and duckdb" in line and "damaged" not in line, (name, line)

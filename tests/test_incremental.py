@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from harness.seed import Seeded, create_bulk, delete_runs, seed, set_states
+from harness.seed import Seeded, create_bulk, delete_runs, post_json, seed, set_states
 from harness.server import Server
 from tests.helpers import (
     SeededServer,
@@ -622,6 +622,14 @@ def test_a_deployment_deleted_while_another_is_created_is_found_by_the_next_pull
     assert query(db, "SELECT count(*) FROM deployments WHERE deleted_at IS NULL") == [(12,)]
 
 
+def hourly_deployment(c: httpx.Client) -> str:
+    """A new flow ``hourly`` and its deployment with an active hourly schedule: its id."""
+    flow = post_json(c, "flows/", {"name": "hourly"})["id"]
+    schedules = [{"schedule": {"interval": 3600}, "active": True}]
+    body = {"name": "hourly", "flow_id": flow, "schedules": schedules}
+    return str(post_json(c, "deployments/", body)["id"])
+
+
 @pytest.mark.backends("sqlite")  # the catalog walk does not depend on the backend
 def test_a_schedule_paused_past_the_walks_first_page_is_read_within_the_staleness_window(
     fresh_server: Server, tmp_path: Path
@@ -633,15 +641,11 @@ def test_a_schedule_paused_past_the_walks_first_page_is_read_within_the_stalenes
     import flowsync
     from flowsync.config import ApiSettings
     from flowsync.sync import PullOptions
-    from harness.seed import new_deployment, post_json
+    from harness.seed import new_deployment
 
     url = fresh_server.url
     with httpx.Client(base_url=url + "/", timeout=60) as c:
-        flow = post_json(c, "flows/", {"name": "hourly"})["id"]
-        schedules = [{"schedule": {"interval": 3600}, "active": True}]
-        first = post_json(
-            c, "deployments/", {"name": "hourly", "flow_id": flow, "schedules": schedules}
-        )["id"]
+        first = hourly_deployment(c)
     for i in range(11):
         new_deployment(url, f"later-{i}")
     db, api = tmp_path / "runs.duckdb", ApiSettings(url=url)
@@ -734,8 +738,6 @@ def scheduler_insert(server: Server, template: Rows, times: list[datetime]) -> l
 
 
 def pause_and_resume(c: httpx.Client, deployment: str) -> None:
-    from harness.seed import post_json
-
     post_json(c, f"deployments/{deployment}/pause_deployment", None)
     post_json(c, f"deployments/{deployment}/resume_deployment", None)
 
@@ -778,17 +780,12 @@ def test_scheduled_runs_replaced_without_events_reach_the_next_pull(
     monkeypatch.setattr(flowsync.sync.runs, "EXCLUDED_IDS", excluded)
     from flowsync.config import ApiSettings
     from flowsync.sync import PullOptions
-    from harness.seed import post_json
 
     url = fresh_server.url
     start = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
     times = [start + timedelta(hours=h) for h in range(2, 7)]
     with httpx.Client(base_url=url + "/", timeout=60) as c:
-        flow = post_json(c, "flows/", {"name": "hourly"})["id"]
-        schedules = [{"schedule": {"interval": 3600}, "active": True}]
-        deployment = post_json(
-            c, "deployments/", {"name": "hourly", "flow_id": flow, "schedules": schedules}
-        )["id"]
+        deployment = hourly_deployment(c)
         made = post_json(
             c,
             f"deployments/{deployment}/create_flow_run",

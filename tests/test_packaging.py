@@ -20,9 +20,7 @@ from flowsync import __version__
 from tests.helpers import SeededServer, query
 
 ROOT = Path(__file__).resolve().parent.parent
-# One process builds and installs the wheel (the module's fixture), not each process that
-# takes one of its tests: the process of the seeded SQLite server, which one of them pulls.
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("prefect-sqlite")]
+pytestmark = pytest.mark.slow
 
 
 def run(*cmd: str | Path, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:

@@ -31,9 +31,7 @@ from harness.server import Server
 from tests.helpers import query, run_cli, scalar
 from tests.policy_db import DEPLOYMENTS, FLOW, make_db, rid, run
 
-# One process starts and seeds the module's SQLite server (its PostgreSQL one is the
-# PostgreSQL tests' process's), not each process that takes one of its tests.
-pytestmark = [pytest.mark.backends("sqlite", "postgres"), pytest.mark.xdist_group("policy-apply")]
+pytestmark = pytest.mark.backends("sqlite", "postgres")
 
 Handler = Callable[[httpx.Request], httpx.Response]
 

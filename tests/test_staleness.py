@@ -28,9 +28,6 @@ from harness.server import Server
 from tests.helpers import patch_run, query, run_cli, scalar
 from tests.policy_db import make_db, run
 
-# One process starts the module's server, not each process that takes one of its tests.
-pytestmark = pytest.mark.xdist_group("staleness")
-
 
 @pytest.fixture(scope="module")
 def server(start_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
