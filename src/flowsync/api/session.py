@@ -4,8 +4,8 @@ Owns: every request flowsync makes (``ApiSession.request``): the auth header
 (a ``user:password@`` in the URL included, sent as basic auth),
 retries, what each failure becomes, request counts. Read-only calls retry 429
 (honouring ``Retry-After``, at most ``RetryPolicy.max_retry_after``), 500/502/503/504,
-transport errors and unreadable bodies, with bounded exponential backoff and full jitter. Calls that change data
-(``idempotent=False``: the bulk endpoints, ``delete_flow_run``,
+transport errors and unreadable bodies, with bounded exponential backoff and full jitter.
+Calls that change data (``idempotent=False``: the bulk endpoints, ``delete_flow_run``,
 ``set_flow_run_state``) are sent exactly once and never resent by this
 transport: a 429 raises ``ThrottledError`` (with ``retry_after``), a connection
 that was never made raises ``NotSentError`` (neither was applied), and anything
