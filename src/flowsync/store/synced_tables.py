@@ -288,17 +288,6 @@ def mark_read(store: Store, ids: Sequence[str], when: datetime | None = None) ->
         )
 
 
-def existing_ids(store: Store, table: str, ids: Sequence[str]) -> set[str]:
-    """The ids of these that have a row in ``table`` (live or deleted)."""
-    if not ids:
-        return set()
-    rows = store.execute(
-        f"SELECT CAST(id AS VARCHAR) FROM {table} WHERE id IN (SELECT unnest(CAST(? AS UUID[])))",
-        [[str(i) for i in ids]],
-    ).rows()
-    return {r[0] for r in rows}
-
-
 def live_ids_among(store: Store, table: str, ids: Sequence[str]) -> set[str]:
     """The ids of these that the table holds as live rows."""
     if not ids:

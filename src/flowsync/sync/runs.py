@@ -35,8 +35,8 @@ from typing import Any
 from flowsync.api import Page
 from flowsync.api.pagination import (
     EPOCH,
-    PAGE_SIZE,
     Position,
+    chunks,
     in_order,
     iso,
     keyset_run_pages,
@@ -403,7 +403,14 @@ def rescheduled(ctx: PullContext) -> None:
     since = parse_ts(pulled) - ctx.options.overlap
     changed = synced_tables.deployments_updated_since(ctx.store, since)
     held = synced_tables.scheduled_runs_of(ctx.store, changed)
-    for deployments in _by_excluded(changed, held):
+    # Up to 200 deployments a request, naming at most EXCLUDED_IDS of the file's runs (a
+    # deployment holding more alone).
+    groups = (
+        part
+        for some in chunks(changed)
+        for part in synced_tables.packed(some, [len(held.get(d, ())) for d in some], EXCLUDED_IDS)
+    )
+    for deployments in groups:
         known = [i for d in deployments for i in held.get(d, ())]
         runs: dict[str, Any] = {
             "deployment_id": {"any_": deployments},
@@ -430,22 +437,6 @@ def rescheduled(ctx: PullContext) -> None:
         fresh = [o for i, o in listed.items() if i not in live]
         if fresh:
             ctx.write_pages(FLOW_RUNS, [Page.from_rows(fresh)])
-
-
-def _by_excluded(deployments: list[str], held: dict[str, list[str]]) -> Iterable[list[str]]:
-    """``deployments`` in groups of at most 200 whose held runs number at most
-    ``EXCLUDED_IDS`` (a deployment holding more is a group of its own)."""
-    group: list[str] = []
-    n = 0
-    for d in deployments:
-        k = len(held.get(d, ()))
-        if group and (len(group) >= PAGE_SIZE or n + k > EXCLUDED_IDS):
-            yield group
-            group, n = [], 0
-        group.append(d)
-        n += k
-    if group:
-        yield group
 
 
 def state_events(ctx: PullContext, since: datetime) -> tuple[list[str], datetime | None]:
