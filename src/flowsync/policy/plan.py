@@ -34,6 +34,7 @@ from flowsync.policy.planned import PlanRuns as PlanRuns
 from flowsync.policy.planned import RuleModel as RuleModel
 from flowsync.policy.planned import RulePlan as RulePlan
 from flowsync.policy.rulesql import (
+    functions,
     rule_errors,
     rule_reads,
     rule_rows,
@@ -358,12 +359,13 @@ def make_plan(
     runs = PlanRuns()
     oldest: datetime | None = None
     try:
+        known = functions(store)
         for rule in loaded.policy.rules:
             if rule.name not in checked:
                 checked[rule.name] = rule_statement(
-                    store, rule, limit
+                    store, rule, known, limit
                 )  # a disabled rule must still be valid
-            reads = rule_reads(store, checked[rule.name])
+            reads = rule_reads(store, checked[rule.name], known)
             if reads.other_runs:
                 cross[rule.name] = reads.other_runs
             if reads.lookups:
