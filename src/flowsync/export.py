@@ -286,11 +286,11 @@ def check_request(
     return chosen
 
 
-def _replace_atomically(store: Store, table: str, dest: Path, **where: Any) -> None:
+def _replace_atomically(store: Store, select: str, dest: Path, **where: Any) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
     try:
-        parquet.write_parquet(store, table, tmp, **where)
+        parquet.write_parquet(store, select, tmp, **where)
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
@@ -300,16 +300,17 @@ def _export_table(store: Store, out_dir: Path, name: str, since: datetime | None
     columns = PARTITION_BY[name]
     result = TableExport(name, columns)
     base = out_dir / name
+    select = parquet.table_select(store, name)
     if not columns:
         if since is None or parquet.changed_rows(store, name, since):
-            _replace_atomically(store, name, base / PART_FILE)
+            _replace_atomically(store, select, base / PART_FILE)
             result.files_written.append(PART_FILE)
             result.rows_written = parquet.row_count(store, name)
         return result
     days = parquet.day_counts(store, name, columns, since)
     for day, n in sorted(days.items()):
         rel = f"date={day.isoformat()}/{PART_FILE}"
-        _replace_atomically(store, name, base / rel, day_columns=columns, day=day)
+        _replace_atomically(store, select, base / rel, day_columns=columns, day=day)
         result.files_written.append(rel)
         result.rows_written += n
     if since is None and base.is_dir():

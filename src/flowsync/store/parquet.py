@@ -32,12 +32,14 @@ def _columns(store: Store, table: str) -> list[tuple[str, str]]:
     return [(str(n), str(t)) for n, t in rows]
 
 
-def _select_list(store: Store, table: str) -> str:
+def table_select(store: Store, table: str) -> str:
+    """``SELECT`` every column of ``table``, the types Parquet readers disagree on as text:
+    what ``write_parquet`` copies (built once a table, not once a partition)."""
     cols = []
     for name, kind in _columns(store, table):
         quoted = '"' + name.replace('"', '""') + '"'
         cols.append(f"CAST({quoted} AS VARCHAR) AS {quoted}" if kind in _AS_TEXT else quoted)
-    return ", ".join(cols)
+    return f"SELECT {', '.join(cols)} FROM {table}"
 
 
 def _day_expr(day_columns: Sequence[str]) -> str:
@@ -85,17 +87,18 @@ def changed_rows(store: Store, table: str, since: datetime) -> int:
 
 def write_parquet(
     store: Store,
-    table: str,
+    select: str,
     dest: Path,
     *,
     day_columns: Sequence[str] = (),
     day: date | None = None,
 ) -> None:
-    """Copy ``table`` (or the rows of one UTC day, as ``day_counts`` counts) to the Parquet file ``dest``.
+    """Copy a table (its ``table_select``; or the rows of one UTC day, as ``day_counts``
+    counts) to the Parquet file ``dest``.
 
     Rows are ordered by ``id`` so the same data always makes the same file.
     """
-    sql = f"SELECT {_select_list(store, table)} FROM {table}"
+    sql = select
     params: list[object] = []
     if day_columns and day is not None:
         sql += f" WHERE {_day_expr(day_columns)} = CAST(? AS DATE)"
