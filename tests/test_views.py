@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from flowsync import reports, views
+from flowsync import __version__, reports, views
 from flowsync.store import Store
 from harness.built import Builder, BuiltHistory
 from tests.helpers import SeededServer, query, run_cli, scalar
@@ -162,6 +162,52 @@ def test_views_are_rebuilt_only_when_what_built_them_changed(
     monkeypatch.setattr(migrations, "MIGRATIONS", more)
     monkeypatch.setattr(views, "MIGRATIONS", more)
     assert ensure() is True
+
+
+def test_an_older_flowsyncs_pull_keeps_the_views_a_newer_one_built(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two installations pull one file at the same schema: the older one's pulls (--full
+    too) leave the newer one's views as they are, so readers do not flip between their SQL
+    with whoever pulled last; a view gone since is rebuilt all the same."""
+    from flowsync.store import sync_log
+
+    db = tmp_path / "runs.duckdb"
+    ours = views.sql_dir()
+    newer = tmp_path / "sql"
+    newer.mkdir()
+    for path in views.view_files():
+        text = path.read_text()
+        if path.stem == "22_failure_rates_by_flow":
+            text = text.replace("ORDER BY ALL;", "ORDER BY ALL LIMIT 987654;")
+        (newer / path.name).write_text(text)
+
+    def pull_step(version: str, sql: Path, force: bool = False) -> bool:
+        monkeypatch.setattr(views, "__version__", version, raising=False)
+        monkeypatch.setattr(views, "sql_dir", lambda: sql)
+        with Store.writer(db) as store:
+            with store.transaction():
+                pull_id = sync_log.start_sync_run(store, "http://test/api")
+            return views.ensure_current(store, pull_id, force=force)
+
+    def text() -> str:
+        return str(
+            scalar(db, "SELECT sql FROM duckdb_views() WHERE view_name = 'failure_rates_by_flow'")
+        )
+
+    assert pull_step("999.0.0", newer) is True
+    assert "987654" in text()
+    assert pull_step(__version__, ours) is False
+    assert pull_step(__version__, ours, force=True) is False
+    assert "987654" in text()
+    assert pull_step("999.0.0", newer) is False  # the newer one's next pull: nothing to do
+    # A view dropped since: the older one rebuilds every view, with its own SQL.
+    with Store.writer(db) as store:
+        store.execute("DROP VIEW flow_runs_enriched CASCADE")
+    assert pull_step(__version__, ours) is True
+    assert "987654" not in text()
+    assert pull_step("999.0.0", newer) is True  # and the newer one puts its own back
+    assert "987654" in text()
 
 
 def test_enriched_columns(built: BuiltHistory, pulled: Path) -> None:

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Any
 
+from flowsync import __version__
 from flowsync.errors import QueryError, StoreError
 from flowsync.store import Store, sync_log
+from flowsync.store.connect import version_key
 from flowsync.store.migrations import MIGRATIONS
 
 BUILT = "views_built"  # sync_state: what built the file's views, at which pull
@@ -60,12 +63,21 @@ def ensure_current(
     the same digest (every view file's name and text, and the migrations this
     installation knows) and the same views: another flowsync's SQL, a pull in between
     (an older flowsync rebuilds its own views without recording), or a view dropped
-    since, rebuilds; so does ``force`` (``pull --full``). ``built_now``: this pull's own
-    first step built them (``ensure_built``), so the pull before does not matter. Returns
+    since, rebuilds; so does ``force`` (``pull --full``). The views a newer flowsync
+    built (at this schema) stay while they are all there, ``force`` or not: an older
+    flowsync's pull never puts its older SQL back. ``built_now``: this pull's own first
+    step built them (``ensure_built``), so the pull before does not matter. Returns
     whether it rebuilt (0.15-0.18 s; the check, about 1 ms)."""
     files = _files()
     digest, views = _digest(files), _views(store)
     built = sync_log.get_state(store, BUILT) or {}
+    if _newer(built.get("by")) and built.get("views") == views:
+        # A newer flowsync built them, at the schema this one knows (a newer schema is
+        # refused before this): its SQL stays, never replaced by this older text, even on
+        # --full. Only a view gone since is rebuilt (then with this flowsync's SQL).
+        with store.transaction():
+            sync_log.set_state(store, BUILT, {**built, "pull_id": pull_id})
+        return False
     current = (
         not force
         and built.get("digest") == digest
@@ -82,8 +94,18 @@ def ensure_current(
         _rebuild(store, files, digest, pull_id)
         return True
     with store.transaction():
-        sync_log.set_state(store, BUILT, {"digest": digest, "views": views, "pull_id": pull_id})
+        sync_log.set_state(store, BUILT, _record(digest, views, pull_id))
     return False
+
+
+def _record(digest: str, views: list[str], pull_id: int | None) -> dict[str, Any]:
+    """What ``BUILT`` holds: the SQL and schema's digest, the views, the pull, and which
+    flowsync built them (a newer one's views are kept by an older one's pulls)."""
+    return {"digest": digest, "views": views, "pull_id": pull_id, "by": __version__}
+
+
+def _newer(by: Any) -> bool:
+    return isinstance(by, str) and version_key(by) > version_key(__version__)
 
 
 def _rebuild(
@@ -97,8 +119,7 @@ def _rebuild(
             except QueryError as e:
                 raise StoreError(f"View {path.name} failed to build: {e.detail}") from e
             names.append(path.stem)
-        built = {"digest": digest, "views": _views(store), "pull_id": pull_id}
-        sync_log.set_state(store, BUILT, built)
+        sync_log.set_state(store, BUILT, _record(digest, _views(store), pull_id))
     return names
 
 
