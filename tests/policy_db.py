@@ -59,11 +59,17 @@ _COLUMNS = (
 _ROWS_A_STATEMENT = 200
 
 
-def _filled(path: Path, runs: list[dict[str, Any]], *, views: bool) -> Path:
-    """A copy of this process's empty file (migrated by ``Store.writer``, views built by
-    ``views.rebuild`` when asked: the same code a first pull runs, once, not per test),
-    with these runs written in one commit."""
+def empty_file(path: Path, *, views: bool = False) -> Path:
+    """A new flowsync file with no rows: a copy of the one this process's ``Store.writer``
+    migrated (and ``views.rebuild`` built views in, when asked: the code a first pull
+    runs), made once, not once a test."""
     shutil.copyfile(_empty(views), path)
+    return path
+
+
+def _filled(path: Path, runs: list[dict[str, Any]], *, views: bool) -> Path:
+    """``empty_file`` with these runs written in one commit."""
+    empty_file(path, views=views)
     with Store.writer(path) as store, store.transaction():
         store.execute("INSERT INTO flows (id, name, synced_at) VALUES (?, 'etl', now())", [FLOW])
         for name, dep_id in DEPLOYMENTS.items():

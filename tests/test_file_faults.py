@@ -42,6 +42,7 @@ from flowsync.store.snapshot import CURRENT, publish, snapshot_dir
 from harness.seed import seed
 from harness.server import Server
 from tests.helpers import SeededServer, query, run_cli, scalar
+from tests.policy_db import empty_file
 from tests.server_truth import assert_matches_server
 
 # -- helpers -------------------------------------------------------------------------------------
@@ -72,7 +73,7 @@ def one_line(result: Any, code: int) -> str:
 
 def built(folder: Path, runs: int = 2000) -> Path:
     """A file with ``runs`` flow runs and one published snapshot, without a server."""
-    db = folder / "runs.duckdb"
+    db = empty_file(folder / "runs.duckdb")
     with Store.writer(db) as store:
         store.execute(
             "INSERT INTO flow_runs (id, name, state_type, synced_at) "
