@@ -342,6 +342,55 @@ def test_keep_newest_counts_what_an_earlier_rule_of_the_same_apply_took(
     assert outside(server, ids) == others  # nothing outside the selection touched
 
 
+@pytest.mark.parametrize(
+    ("change", "action", "where"),
+    [
+        ("deleted", "delete", "deployment"),
+        ("retried", "delete", "deployment"),
+        ("deleted", "set_state", "flow"),
+    ],
+    ids=["deleted", "retried", "set_state-no-deployment"],
+)
+def test_keep_newest_reads_a_protected_newest_run_it_ranks(
+    server: Server, tmp_path: Path, change: str, action: str, where: str
+) -> None:
+    """The newest FAILED run is protected (protect_tags) and so ranked first by keep_newest 2:
+    the plan keeps it and the one after it. After the pull another client deletes it (no
+    event) or retries it: on the server the two newest FAILED runs are now the next two, so
+    the third newest must be kept. A ranked run another guard leaves (protected) is read
+    with the batch like the kept ones (it was never read: the third newest was deleted, or
+    cancelled; runs without a deployment rank within their flow)."""
+    tag = f"knp-{change}-{action}"
+    dep = deployment(server)
+    if where == "flow":
+        ids = flow_only_runs(server, dep, 6, "FAILED", tag)
+    else:
+        ids = runs(server, dep, 6, "FAILED", tag)
+    patch_run(server.url, ids[-1], {"tags": [tag, "keep"]})
+    wait_for_state_events(server.url, ids, "FAILED")
+    db = pulled_db(server.url, tmp_path)
+    others = outside(server, ids)
+    rule = purge(tag, "FAILED", keep_newest=2)
+    if action == "set_state":
+        rule = {**rule, "action": "set_state", "state": {"type": "CANCELLED"}, "force": True}
+    policy = policy_file(tmp_path, [rule], protect_tags=["keep"])
+    plan = json.loads(run_cli("plan", str(policy), "--db", str(db), "--json").stdout)
+    assert plan["rules"][0]["skipped"] == {"protected tag": 1, "keep_newest": 1}
+    if change == "deleted":
+        assert httpx.delete(f"{server.url}/flow_runs/{ids[-1]}", timeout=60).status_code == 204
+    else:
+        set_state(server, ids[-1:], "COMPLETED")
+    result = apply_cli(server, db, policy)
+    assert result.exit_code == 0, result.output
+    now = live(server, ids)
+    # the two newest FAILED, kept
+    assert [i for i in ids[:-1] if now.get(i) == "FAILED"] == ids[-3:-1]
+    done = "deleted" if action == "delete" else "accepted"
+    assert outcomes(db, ids[:-2]) == {**dict.fromkeys(ids[:-3], done), ids[-3]: "skipped"}
+    assert checks(db, ids[-3:-2]) == {ids[-3]: "keep_newest"}
+    assert outside(server, ids) == others  # nothing outside the selection touched
+
+
 def orphans(tag: str) -> list[dict[str, Any]]:
     """A rule reading other runs: delete the FAILED runs tagged ``tag`` of deployments that
     have no COMPLETED run (NOT EXISTS over other runs)."""

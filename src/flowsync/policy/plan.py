@@ -420,7 +420,9 @@ class Decision:
     runs that rank above the batch (kept by ``keep_newest``), which the decision rests on."""
 
     reasons: dict[str, str | None]  # batch run -> None (send) or why not
-    ranked_above: frozenset[str]  # runs kept by keep_newest in the batch's deployments
+    # runs ranked among keep_newest's newest in the batch's deployments (kept, or left by
+    # another guard: a protected run still holds its place)
+    ranked_above: frozenset[str]
     # Read from the file (not over held rows): each live batch run's stamp (``updated`` and
     # the columns the server changes without it) and row id as the decision saw them (the
     # stamps a re-read is compared with; row ids, hints).
@@ -476,8 +478,17 @@ def _decide_rules(
             continue
         sql = confirmed.statements[candidate.name]
         rows = _select(store, candidate, sql, protect, scope, confirmed.timeout, held)
-        decided = plan_rule(candidate, [r for r in rows if r["is_picked"]], claimed, limit=False)
-        kept.update(i for i, why in decided.reasons.items() if why == KEEP_NEWEST)
+        picked = [r for r in rows if r["is_picked"]]
+        decided = plan_rule(candidate, picked, claimed, limit=False)
+        if candidate.keep_newest is not None:
+            # Every run the ranking counts among the newest, whatever guard leaves it (a
+            # protected run ranks too): the re-read reads each, or a run gone or moved on
+            # since the pull would still hold a place that is now the batch's.
+            kept.update(
+                r["id"]
+                for r in picked
+                if r["newest_rank"] is not None and r["newest_rank"] <= candidate.keep_newest
+            )
         if candidate.name == rule.name:
             mine = decided
             break
