@@ -391,6 +391,51 @@ def test_keep_newest_reads_a_protected_newest_run_it_ranks(
     assert outside(server, ids) == others  # nothing outside the selection touched
 
 
+def test_a_rule_after_keep_newest_leaves_a_run_the_earlier_rule_takes_now(
+    server: Server, tmp_path: Path
+) -> None:
+    """Rule 1 deletes FAILED runs but its keep_newest 2; rule 2 cancels FAILED runs: the plan
+    gives rule 2 the two newest FAILED runs, which rule 1 keeps. After the pull a newer run of
+    the deployment, running then, fails: on the server rule 1 now keeps it and the newest
+    before it, and takes the next one, which rule 2 must leave (and rule 1, which did not plan
+    it, leaves to the next apply)."""
+    dep = deployment(server)
+    ids = runs(server, dep, 4, "FAILED", "kr")
+    running = runs_in_state(server.url, dep, 1, "RUNNING", "kr", timedelta(minutes=1))
+    wait_for_state_events(server.url, running, "RUNNING")
+    db = pulled_db(server.url, tmp_path)
+    others = outside(server, ids + running)
+    policy = policy_file(
+        tmp_path,
+        [
+            purge("kr", "FAILED", keep_newest=2),
+            {
+                **purge("kr", "FAILED", name="cancel"),
+                "action": "set_state",
+                "state": {"type": "CANCELLED"},
+                "force": True,
+            },
+        ],
+    )
+    set_state(server, running, "FAILED")
+    wait_for_state_events(server.url, running, "FAILED")
+    result = apply_cli(server, db, policy)
+    assert result.exit_code == 0, result.output
+    assert live(server, ids + running) == {
+        ids[2]: "FAILED",  # rule 1's now: left to the next apply
+        ids[3]: "CANCELLED",  # still kept by rule 1: rule 2's
+        running[0]: "FAILED",
+    }
+    assert outcomes(db, ids) == {
+        ids[0]: "deleted",
+        ids[1]: "deleted",
+        ids[2]: "skipped",
+        ids[3]: "accepted",
+    }
+    assert checks(db, ids[2:3]) == {ids[2]: "taken by an earlier rule"}
+    assert outside(server, ids + running) == others
+
+
 def orphans(tag: str) -> list[dict[str, Any]]:
     """A rule reading other runs: delete the FAILED runs tagged ``tag`` of deployments that
     have no COMPLETED run (NOT EXISTS over other runs)."""

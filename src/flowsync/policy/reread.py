@@ -32,7 +32,7 @@ from flowsync.api import PrefectClient
 from flowsync.errors import PolicyError
 from flowsync.policy.ahead import AHEAD_MAX_AGE, DecidedAhead
 from flowsync.policy.answers import Batch, Fresh, Seen, file_rows
-from flowsync.policy.plan import Decision, Plan, RuleModel, Scope, decide_scope
+from flowsync.policy.plan import KEEP_NEWEST, Decision, Plan, RuleModel, Scope, decide_scope
 from flowsync.policy.result import ApplyResult
 from flowsync.store import SandboxedWriter
 from flowsync.store.synced_tables import Stamp
@@ -101,6 +101,22 @@ class Rereader:
         upto = names[: names.index(rule.name) + 1]
         return any(n in self.plan.reads_other_runs for n in upto)
 
+    def kept_before(self, rule: RuleModel, ids: list[str]) -> RuleModel | None:
+        """An earlier rule whose keep_newest kept some of ``ids`` in the confirmed plan (None:
+        none). ``rule`` may act on such a run only while that rule still keeps it, which rests
+        on other runs: a newer run that rule selects now (one that failed since the pull, or
+        is new) makes it that rule's, and ``rule`` must leave it."""
+        for earlier in self.plan.policy.policy.rules:
+            if earlier.name == rule.name:
+                return None
+            if (
+                earlier.enabled
+                and earlier.keep_newest is not None
+                and self.plan.skipped_for(earlier, KEEP_NEWEST, set(ids))
+            ):
+                return earlier
+        return None
+
     def reads_lookups(self, rule: RuleModel) -> frozenset[str]:
         """Which of flows and deployments the rules up to and including ``rule`` may read."""
         names = [r.name for r in self.plan.policy.policy.rules]
@@ -150,6 +166,16 @@ class Rereader:
         (``PolicyError``) when those events may be gone: the decision would rest on states the
         catch-up cannot see."""
         needs = [rp.rule for rp in self.plan.rules if rp.planned and self.reads_others(rp.rule)]
+        what = "reads other runs"
+        if not needs:
+            for rp in self.plan.rules:
+                if not rp.planned or rp.rule.name not in self.ranked:
+                    continue  # (no keep_newest rule before it)
+                kept = next((k for ids in rp.ids() if (k := self.kept_before(rp.rule, ids))), None)
+                if kept is not None:
+                    needs = [rp.rule]
+                    what = f"acts on runs rule {kept.name!r} keeps by keep_newest, which rests on other runs"
+                    break
         if not needs:
             return
         last = pulled_from(self.store)
@@ -160,7 +186,7 @@ class Rereader:
         )
         if why is not None:
             raise PolicyError(
-                f"rule {needs[0].name!r} reads other runs, whose state changes since the last pull "
+                f"rule {needs[0].name!r} {what}, whose state changes since the last pull "
                 f"apply reads from the server's events, but {why}; run `flowsync pull`, then apply "
                 "again (nothing was sent)."
             )
@@ -191,7 +217,8 @@ class Rereader:
         seen: dict[str, Seen] = {}
         read: set[str] = set()
         answered: float | None = None
-        if self.reads_others(batch.rule):
+        if self.reads_others(batch.rule) or self.kept_before(batch.rule, todo) is not None:
+            # (Runs an earlier rule keeps: which it keeps rests on other runs' states too.)
             self._catch_up(self.reads_lookups(batch.rule))
         want = set(todo)
         if batch.rule.name in self.ranked:
