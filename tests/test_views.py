@@ -190,24 +190,24 @@ def test_an_older_flowsyncs_pull_keeps_the_views_a_newer_one_built(
                 pull_id = sync_log.start_sync_run(store, "http://test/api")
             return views.ensure_current(store, pull_id, force=force)
 
-    def text() -> str:
+    def view_sql() -> str:
         return str(
             scalar(db, "SELECT sql FROM duckdb_views() WHERE view_name = 'failure_rates_by_flow'")
         )
 
     assert pull_step("999.0.0", newer) is True
-    assert "987654" in text()
+    assert "987654" in view_sql()
     assert pull_step(__version__, ours) is False
     assert pull_step(__version__, ours, force=True) is False
-    assert "987654" in text()
+    assert "987654" in view_sql()
     assert pull_step("999.0.0", newer) is False  # the newer one's next pull: nothing to do
     # A view dropped since: the older one rebuilds every view, with its own SQL.
     with Store.writer(db) as store:
         store.execute("DROP VIEW flow_runs_enriched CASCADE")
     assert pull_step(__version__, ours) is True
-    assert "987654" not in text()
+    assert "987654" not in view_sql()
     assert pull_step("999.0.0", newer) is True  # and the newer one puts its own back
-    assert "987654" in text()
+    assert "987654" in view_sql()
 
 
 def test_enriched_columns(built: BuiltHistory, pulled: Path) -> None:
