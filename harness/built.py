@@ -19,10 +19,11 @@ them. They refuse a filter they do not know rather than ignore it.
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -84,8 +85,8 @@ class BuiltHistory:
         return found[:limit] if limit is not None else found
 
     def _select(self, body: dict[str, Any]) -> list[dict[str, Any]]:
-        flow_names = {v: k for k, v in self.flows.items()}
-        return [r for r in self.live() if _matches(r, body, flow_names)]
+        matches = _matcher(body, {v: k for k, v in self.flows.items()})
+        return [r for r in self.live() if matches(r)]
 
 
 def _any(spec: dict[str, Any], key: str) -> set[Any]:
@@ -95,48 +96,59 @@ def _any(spec: dict[str, Any], key: str) -> set[Any]:
     return set(values)
 
 
-def _matches(run: dict[str, Any], body: dict[str, Any], flow_names: dict[str, str]) -> bool:
-    """Prefect's filter semantics for the filters the tests use (bounds are inclusive)."""
+Run = dict[str, Any]
+
+
+def _matcher(body: dict[str, Any], flow_names: dict[str, str]) -> Callable[[Run], bool]:
+    """Prefect's filter semantics for the filters the tests use (bounds are inclusive), as
+    one test a run: the body is read once, not once a run."""
+    checks: list[Callable[[Run], bool]] = []
     for section, spec in body.items():
         for key, cond in spec.items():
-            if section == "flow_runs" and key == "state":
-                if run["state_type"] not in _any(cond, "type"):
-                    return False
-            elif section == "flow_runs" and key == "expected_start_time":
-                at = _ts(run["expected_start_time"])
-                if "after_" in cond and at < _ts(cond["after_"]):
-                    return False
-                if "before_" in cond and at > _ts(cond["before_"]):
-                    return False
-                if set(cond) - {"after_", "before_"}:
-                    raise ValueError(f"expected_start_time: {cond} is not modelled")
-            elif section == "flow_runs" and key == "tags":
-                if set(cond) != {"all_"}:
-                    raise ValueError(f"tags: {cond} is not modelled")
-                if not set(cond["all_"]) <= set(run["tags"]):
-                    return False
-            elif section == "flow_runs" and key == "start_time":
-                if set(cond) != {"is_null_"}:
-                    raise ValueError(f"start_time: {cond} is not modelled")
-                if (run["start_time"] is None) != cond["is_null_"]:
-                    return False
-            elif section == "deployments" and key == "id":
-                if run["deployment_id"] not in _any(spec, "id"):
-                    return False
-            elif section == "flows" and key == "id":
-                if run["flow_id"] not in _any(spec, "id"):
-                    return False
-            elif section == "flows" and key == "name":
-                if flow_names[run["flow_id"]] not in _any(spec, "name"):
-                    return False
-            elif section == "work_pools" and key == "name":
-                if run["work_pool_name"] not in _any(spec, "name"):
-                    return False
-            else:
-                raise ValueError(f"filter {section}.{key} is not modelled")
-    return True
+            checks.append(_check(section, key, spec, cond, flow_names))
+    return lambda run: all(check(run) for check in checks)
 
 
+def _check(
+    section: str, key: str, spec: dict[str, Any], cond: Any, flow_names: dict[str, str]
+) -> Callable[[Run], bool]:
+    if section == "flow_runs" and key == "state":
+        types = _any(cond, "type")
+        return lambda run: run["state_type"] in types
+    if section == "flow_runs" and key == "expected_start_time":
+        if set(cond) - {"after_", "before_"}:
+            raise ValueError(f"expected_start_time: {cond} is not modelled")
+        after = _ts(cond["after_"]) if "after_" in cond else None
+        before = _ts(cond["before_"]) if "before_" in cond else None
+        return lambda run: (
+            (after is None or _ts(run["expected_start_time"]) >= after)
+            and (before is None or _ts(run["expected_start_time"]) <= before)
+        )
+    if section == "flow_runs" and key == "tags":
+        if set(cond) != {"all_"}:
+            raise ValueError(f"tags: {cond} is not modelled")
+        tags = set(cond["all_"])
+        return lambda run: tags <= set(run["tags"])
+    if section == "flow_runs" and key == "start_time":
+        if set(cond) != {"is_null_"}:
+            raise ValueError(f"start_time: {cond} is not modelled")
+        return lambda run: (run["start_time"] is None) == cond["is_null_"]
+    if section == "deployments" and key == "id":
+        deployments = _any(spec, "id")
+        return lambda run: run["deployment_id"] in deployments
+    if section == "flows" and key == "id":
+        flows = _any(spec, "id")
+        return lambda run: run["flow_id"] in flows
+    if section == "flows" and key == "name":
+        names = _any(spec, "name")
+        return lambda run: flow_names[run["flow_id"]] in names
+    if section == "work_pools" and key == "name":
+        pools = _any(spec, "name")
+        return lambda run: run["work_pool_name"] in pools
+    raise ValueError(f"filter {section}.{key} is not modelled")
+
+
+@functools.cache
 def _ts(value: str) -> datetime:
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
