@@ -32,13 +32,14 @@ Must not: print, or run SQL itself (the store's ``parquet`` module does).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
 import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -286,11 +287,11 @@ def check_request(
     return chosen
 
 
-def _replace_atomically(store: Store, select: str, dest: Path, **where: Any) -> None:
+def _replace_atomically(write: Callable[[Path], None], dest: Path) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
     try:
-        parquet.write_parquet(store, select, tmp, **where)
+        write(tmp)
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
@@ -303,16 +304,20 @@ def _export_table(store: Store, out_dir: Path, name: str, since: datetime | None
     select = parquet.table_select(store, name)
     if not columns:
         if since is None or parquet.changed_rows(store, name, since):
-            _replace_atomically(store, select, base / PART_FILE)
+            _replace_atomically(
+                lambda tmp: parquet.write_parquet(store, select, tmp), base / PART_FILE
+            )
             result.files_written.append(PART_FILE)
             result.rows_written = parquet.row_count(store, name)
         return result
     days = parquet.day_counts(store, name, columns, since)
-    for day, n in sorted(days.items()):
-        rel = f"date={day.isoformat()}/{PART_FILE}"
-        _replace_atomically(store, select, base / rel, day_columns=columns, day=day)
-        result.files_written.append(rel)
-        result.rows_written += n
+    for batch in _batches(sorted(days.items()), parquet.STAGE_ROWS):
+        with parquet.staged(store, select, columns, [day for day, _ in batch]) as write:
+            for day, n in batch:
+                rel = f"date={day.isoformat()}/{PART_FILE}"
+                _replace_atomically(functools.partial(write, day), base / rel)
+                result.files_written.append(rel)
+                result.rows_written += n
     if since is None and base.is_dir():
         # A full export mirrors the DB: drop partitions the DB no longer has.
         keep = {f"date={d.isoformat()}" for d in days}
@@ -321,6 +326,20 @@ def _export_table(store: Store, out_dir: Path, name: str, since: datetime | None
                 shutil.rmtree(sub)
                 result.partitions_removed.append(sub.name)
     return result
+
+
+def _batches(days: list[tuple[date, int]], most: int) -> Iterator[list[tuple[date, int]]]:
+    """``days`` (day, rows) in order, in runs of at most ``most`` rows (a larger day alone)."""
+    batch: list[tuple[date, int]] = []
+    rows = 0
+    for day, n in days:
+        if batch and rows + n > most:
+            yield batch
+            batch, rows = [], 0
+        batch.append((day, n))
+        rows += n
+    if batch:
+        yield batch
 
 
 def _rows_in(part: Path) -> int:

@@ -7,7 +7,8 @@ is ``flowsync.export``), or know about the API.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from datetime import date, datetime
 from pathlib import Path
 
@@ -85,25 +86,49 @@ def changed_rows(store: Store, table: str, since: datetime) -> int:
     )
 
 
-def write_parquet(
-    store: Store,
-    select: str,
-    dest: Path,
-    *,
-    day_columns: Sequence[str] = (),
-    day: date | None = None,
-) -> None:
-    """Copy a table (its ``table_select``; or the rows of one UTC day, as ``day_counts``
-    counts) to the Parquet file ``dest``.
+def write_parquet(store: Store, select: str, dest: Path) -> None:
+    """Copy a table (its ``table_select``) to the Parquet file ``dest``, ordered by ``id`` so
+    that the same data always makes the same file."""
+    _write(store, f"{select} ORDER BY id", [], dest)
 
-    Rows are ordered by ``id`` so the same data always makes the same file.
-    """
-    sql = select
-    params: list[object] = []
-    if day_columns and day is not None:
-        sql += f" WHERE {_day_expr(day_columns)} = CAST(? AS DATE)"
-        params.append(day)
-    sql += " ORDER BY id"
+
+# The rows ``staged`` holds at a time, about (a day with more is staged alone): a batch of
+# days costs one scan of the table, not one a day (a million runs over 694 days: one scan
+# of 1M rows a day was 1.2 s, 14 min in all).
+STAGE_ROWS = 50_000
+_STAGED = "flowsync_export_days"
+_DAY = "flowsync_export_day"
+
+
+@contextlib.contextmanager
+def staged(
+    store: Store, select: str, day_columns: Sequence[str], days: Sequence[date]
+) -> Iterator[Callable[[date, Path], None]]:
+    """The rows of ``days`` (UTC days of the first non-null of ``day_columns``, as
+    ``day_counts`` counts them) of a ``table_select``, read in one scan into a TEMP table
+    sorted by day and id; yields ``write(day, dest)``, which copies one of those days to the
+    Parquet file ``dest`` (ordered by ``id``, as ``write_parquet``), reading only that day's
+    row groups. The TEMP table is dropped on the way out."""
+    day = _day_expr(day_columns)
+    try:
+        store.execute(
+            f"CREATE OR REPLACE TEMP TABLE {_STAGED} AS "
+            f"SELECT *, {day} AS {_DAY} FROM ({select}) AS t "
+            f"WHERE {day} IN (SELECT unnest(CAST(? AS DATE[]))) ORDER BY {_DAY}, id",
+            [list(days)],
+        )
+
+        def write(one: date, dest: Path) -> None:
+            sql = f"SELECT * EXCLUDE ({_DAY}) FROM {_STAGED} WHERE {_DAY} = ? ORDER BY id"
+            _write(store, sql, [one], dest)
+
+        yield write
+    finally:
+        with contextlib.suppress(StoreError):  # a failed statement may have ended it all
+            store.execute(f"DROP TABLE IF EXISTS {_STAGED}")
+
+
+def _write(store: Store, sql: str, params: list[object], dest: Path) -> None:
     try:
         store._con.sql(sql, params=params).write_parquet(str(dest), compression="zstd")
     except (duckdb.Error, OSError) as e:
