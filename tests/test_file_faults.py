@@ -19,6 +19,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -985,6 +986,57 @@ def test_sigterm_keeps_committed_runs_records_the_signal_and_exits_143(
     assert status == "interrupted" and "SIGTERM" in error
     assert pull_cli(prefect.url, db).exit_code == 0
     assert_matches_server(db, prefect.url)
+
+
+# A command that says when it is inside a DuckDB statement that runs for minutes: the
+# test's SIGTERM lands in DuckDB, which turns it into its own "Query interrupted".
+IN_A_STATEMENT = """
+import sys
+from flowsync.store import parquet, session
+LONG = "SELECT count(*) AS n FROM range(20000000000) t(i) WHERE i % 7 = 3"
+def started():
+    print("in a statement", flush=True)
+typed_frame = session.Session.typed_frame
+def slow_frame(self, sql, params=None):
+    started()
+    return typed_frame(self, LONG)
+session.Session.typed_frame = slow_frame
+write = parquet._write
+def slow_write(store, sql, params, dest):
+    started()
+    return write(store, LONG, [], dest)
+parquet._write = slow_write
+from flowsync.cli import app
+app(sys.argv[1:], prog_name="flowsync")
+"""
+
+
+@pytest.mark.parametrize("command", ["sql", "export"])
+def test_sigterm_inside_a_duckdb_statement_is_one_line_and_exits_143(
+    command: str, tmp_path: Path
+) -> None:
+    """systemd stops a command mid-statement: DuckDB hides the signal (its "Query
+    interrupted"), which must still read as SIGTERM with 143, in one line, not as a Ctrl-C
+    (130) or a traceback (export wrote through DuckDB unguarded)."""
+    db = built(tmp_path, runs=10)
+    out = tmp_path / "out"
+    args = {"sql": ["sql", "SELECT 1"], "export": ["export", str(out)]}[command]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", IN_A_STATEMENT, *args, "--db", str(db)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "in a statement"
+    time.sleep(0.5)  # well inside: the statement runs for minutes
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "interrupted (SIGTERM)" in lines[0], stderr
+    if command == "export":
+        assert not [p for p in out.rglob("*") if p.is_file()]  # no part file, no temp file
 
 
 def test_apply_whose_publish_fails_shows_its_summary_then_one_error(

@@ -130,10 +130,16 @@ def fail(e: FlowsyncError) -> NoReturn:
     raise typer.Exit(e.exit_code)
 
 
+# The SIGTERM this command received, if any: DuckDB turns the SignalInterrupt raised in a
+# statement into its own "Query interrupted", which the store raises as KeyboardInterrupt.
+_received: list[SignalInterrupt] = []
+
+
 def _on_sigterm(signum: int, frame: object) -> None:
     # One-shot: a second SIGTERM must not break the bookkeeping the first one started.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise SignalInterrupt(signum, signal.Signals(signum).name)
+    _received.append(SignalInterrupt(signum, signal.Signals(signum).name))
+    raise _received[-1]
 
 
 @contextmanager
@@ -142,6 +148,7 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         yield  # signal handlers belong to the main thread (a test runner's worker, say)
         return
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    _received.clear()
     try:
         yield
     finally:
@@ -183,6 +190,8 @@ def errors() -> Iterator[None]:
         except FlowsyncError as e:
             fail(e)
         except KeyboardInterrupt as e:
+            if not isinstance(e, SignalInterrupt) and _received:
+                e = _received[-1]  # met inside a DuckDB statement, which hid it
             if isinstance(e, SignalInterrupt):
                 name, code = e.signal_name, e.exit_code
             else:

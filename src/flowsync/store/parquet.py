@@ -130,6 +130,7 @@ def staged(
 
 def _write(store: Store, sql: str, params: list[object], dest: Path) -> None:
     try:
-        store._con.sql(sql, params=params).write_parquet(str(dest), compression="zstd")
+        with store.memory_guard():  # out of memory, and Ctrl-C or SIGTERM mid-write
+            store._con.sql(sql, params=params).write_parquet(str(dest), compression="zstd")
     except (duckdb.Error, OSError) as e:
         raise StoreError(f"Cannot write {dest}: {str(e).splitlines()[0]}") from e
