@@ -210,6 +210,36 @@ def test_an_older_flowsyncs_pull_keeps_the_views_a_newer_one_built(
     assert "987654" in view_sql()
 
 
+def test_an_older_flowsyncs_pull_rebuilds_a_newer_ones_views_replaced_by_an_unrecording_pull(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A newer flowsync built the views; a pull in between by a flowsync that rebuilds its
+    own views without recording replaced some (here a macro the views use): the file no
+    longer holds the newer one's SQL, so this flowsync's pull rebuilds rather than keeping
+    what the record names."""
+    from flowsync.store import sync_log
+
+    db = tmp_path / "runs.duckdb"
+    macro = "SELECT macro_definition FROM duckdb_functions() WHERE function_name = 'signature_of'"
+
+    def pull_step(version: str) -> bool:
+        monkeypatch.setattr(views, "__version__", version, raising=False)
+        with Store.writer(db) as store:
+            with store.transaction():
+                pull_id = sync_log.start_sync_run(store, "http://test/api")
+            return views.ensure_current(store, pull_id)
+
+    assert pull_step("999.0.0") is True
+    ours = scalar(db, macro)
+    with Store.writer(db) as store:  # the unrecording pull: its own SQL, nothing recorded
+        with store.transaction():
+            sync_log.start_sync_run(store, "http://test/api")
+        store.execute("CREATE OR REPLACE MACRO signature_of(text) AS 'older'")
+    assert pull_step(__version__) is True
+    assert scalar(db, macro) == ours
+    assert pull_step(__version__) is False
+
+
 def test_enriched_columns(built: BuiltHistory, pulled: Path) -> None:
     child = built.real["child"]
     row = query(

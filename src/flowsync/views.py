@@ -71,24 +71,21 @@ def ensure_current(
     files = _files()
     digest, views = _digest(files), _views(store)
     built = sync_log.get_state(store, BUILT) or {}
-    if _newer(built.get("by")) and built.get("views") == views:
+    unbroken = built_now or (
+        built.get("pull_id") is not None
+        and built.get("pull_id") == sync_log.previous_run_id(store, pull_id)
+    )
+    if _newer(built.get("by")) and built.get("views") == views and unbroken:
         # A newer flowsync built them, at the schema this one knows (a newer schema is
         # refused before this): its SQL stays, never replaced by this older text, even on
-        # --full. Only a view gone since is rebuilt (then with this flowsync's SQL).
+        # --full. Only a view gone since, or a pull in between (one that rebuilds its own
+        # views without recording: the file may no longer hold the newer SQL), rebuilds
+        # (then with this flowsync's SQL).
         with store.transaction():
             sync_log.set_state(store, BUILT, {**built, "pull_id": pull_id})
         return False
     current = (
-        not force
-        and built.get("digest") == digest
-        and built.get("views") == views
-        and (
-            built_now
-            or (
-                built.get("pull_id") is not None
-                and built.get("pull_id") == sync_log.previous_run_id(store, pull_id)
-            )
-        )
+        not force and built.get("digest") == digest and built.get("views") == views and unbroken
     )
     if not current:
         _rebuild(store, files, digest, pull_id)
