@@ -333,6 +333,11 @@ def test_a_file_whose_first_migration_never_committed_is_taken_up_by_the_next_pu
         ("CREATE VIEW sales AS SELECT 1 AS amount", "view sales"),
         ("CREATE SEQUENCE order_ids", "sequence order_ids"),
         ("CREATE MACRO twice(x) AS x * 2", "macro twice"),
+        # a table of flowsync's name in another schema is not flowsync's record
+        (
+            "CREATE SCHEMA staging; CREATE TABLE staging._flowsync_migrations (name VARCHAR)",
+            "table staging._flowsync_migrations",
+        ),
     ],
 )
 def test_a_duckdb_file_holding_no_table_but_other_objects_is_not_taken_over(

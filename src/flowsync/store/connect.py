@@ -555,8 +555,12 @@ class Store(Session):
         held = [
             f"{kind} {name}"
             for kind, name in self.execute(
-                "SELECT 'table', table_name FROM duckdb_tables() WHERE database_name = "
-                "current_database() AND NOT internal AND table_name <> '_flowsync_migrations' "
+                # flowsync's own record is main's table of that name (read directly,
+                # ``_own_rows``); one in another schema is someone else's
+                "SELECT 'table', CASE WHEN schema_name = 'main' THEN table_name "
+                "ELSE schema_name || '.' || table_name END FROM duckdb_tables() WHERE "
+                "database_name = current_database() AND NOT internal AND NOT "
+                "(schema_name = 'main' AND table_name = '_flowsync_migrations') "
                 "UNION ALL SELECT 'view', view_name FROM duckdb_views() WHERE database_name = "
                 "current_database() AND NOT internal "
                 "UNION ALL SELECT 'sequence', sequence_name FROM duckdb_sequences() WHERE "
