@@ -436,6 +436,39 @@ def test_a_rule_after_keep_newest_leaves_a_run_the_earlier_rule_takes_now(
     assert outside(server, ids + running) == others
 
 
+def test_per_run_a_rule_after_keep_newest_leaves_a_run_the_earlier_rule_takes_now(
+    start_server: Any, tmp_path: Path
+) -> None:
+    """The case above on a server without the bulk endpoints (Prefect 3.4, one call per
+    run), rule 2 deleting: after the pull a newer run fails, so rule 1 now keeps it and the
+    newest before it; the third newest is rule 1's (left to the next apply), never rule 2's."""
+    with start_server(home=tmp_path / "home", version="3.4.25") as old:
+        dep = deployment(old)
+        ids = runs(old, dep, 4, "FAILED", "krp")
+        running = runs_in_state(old.url, dep, 1, "RUNNING", "krp", timedelta(minutes=1))
+        wait_for_state_events(old.url, running, "RUNNING")
+        db = pulled_db(old.url, tmp_path)
+        others = outside(old, ids + running)
+        policy = policy_file(
+            tmp_path,
+            [purge("krp", "FAILED", keep_newest=2), purge("krp", "FAILED", name="rest")],
+        )
+        set_state(old, running, "FAILED")
+        wait_for_state_events(old.url, running, "FAILED")
+        result = apply_cli(old, db, policy)
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout)["result"]["path"].startswith("per-run")
+        assert live(old, ids + running) == {ids[2]: "FAILED", running[0]: "FAILED"}
+        assert outcomes(db, ids) == {
+            ids[0]: "deleted",
+            ids[1]: "deleted",
+            ids[2]: "skipped",
+            ids[3]: "deleted",
+        }
+        assert checks(db, ids[2:3]) == {ids[2]: "taken by an earlier rule"}
+        assert outside(old, ids + running) == others
+
+
 def orphans(tag: str) -> list[dict[str, Any]]:
     """A rule reading other runs: delete the FAILED runs tagged ``tag`` of deployments that
     have no COMPLETED run (NOT EXISTS over other runs)."""
@@ -609,6 +642,42 @@ def test_a_rule_reading_other_runs_is_refused_when_the_events_since_the_pull_may
         assert "Traceback" not in result.output
         assert live(server, ids) == dict.fromkeys(ids, "FAILED")
         assert audit_rows(db) == 0
+
+
+@pytest.mark.parametrize("overlap", [True, False], ids=["kept-runs", "disjoint"])
+def test_a_rule_after_keep_newest_is_refused_when_the_events_since_the_pull_may_be_gone(
+    server: Server, tmp_path: Path, overlap: bool
+) -> None:
+    """The last pull is older than the server keeps state events. A rule given runs that a
+    keep_newest rule before it keeps needs them: apply refuses before it sends anything. A
+    policy whose rules select disjoint runs (docs/examples/retention.yaml's shape) needs no
+    events and applies."""
+    import duckdb
+
+    tag = f"kg-{overlap}"
+    dep = deployment(server)
+    done = runs(server, dep, 3, "COMPLETED", tag)
+    failed = runs(server, dep, 3, "FAILED", tag)
+    wait_for_state_events(server.url, failed, "FAILED")
+    db = pulled_db(server.url, tmp_path)
+    first = purge(tag, "FAILED" if overlap else "COMPLETED", keep_newest=2)
+    policy = policy_file(tmp_path, [first, purge(tag, "FAILED", name="rest")])
+    with duckdb.connect(str(db)) as con:  # the pull, ten days ago (the server keeps seven)
+        pulled_days_ago(con, 10)
+    result = apply_cli(server, db, policy)
+    if overlap:
+        assert result.exit_code == 7, result.output
+        assert "rule 'rest' acts on runs rule 'purge' keeps by keep_newest" in result.stderr
+        assert "(nothing was sent)" in result.stderr
+        assert "Traceback" not in result.output
+        assert live(server, done + failed) == {
+            **dict.fromkeys(done, "COMPLETED"),
+            **dict.fromkeys(failed, "FAILED"),
+        }
+        assert audit_rows(db) == 0
+    else:
+        assert result.exit_code == 0, result.output
+        assert live(server, done + failed) == dict.fromkeys(done[1:], "COMPLETED")
 
 
 # -- throttled and timed-out calls ------------------------------------------------------------------
