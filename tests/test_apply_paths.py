@@ -14,6 +14,7 @@ moment).
 from __future__ import annotations
 
 import _thread
+import contextlib
 import json
 import os
 import signal
@@ -467,6 +468,56 @@ def test_per_run_a_rule_after_keep_newest_leaves_a_run_the_earlier_rule_takes_no
         }
         assert checks(db, ids[2:3]) == {ids[2]: "taken by an earlier rule"}
         assert outside(old, ids + running) == others
+
+
+@pytest.mark.parametrize("fault", ["429", "503", "timeout"])
+def test_a_rule_after_keep_newest_whose_events_read_is_held_back_or_fails(
+    server: Server, tmp_path: Path, fault: str
+) -> None:
+    """The case above, the catch-up's events read of rule 2's batch answered 429 (Retry-After)
+    once, or failing every attempt (503, a timeout): held back, it is read again and rule 2
+    still leaves the run rule 1 now takes; failing, rule 2's batch is not sent at all."""
+    tag = f"kre-{fault}"
+    dep = deployment(server)
+    ids = runs(server, dep, 4, "FAILED", tag)
+    running = runs_in_state(server.url, dep, 1, "RUNNING", tag, timedelta(minutes=1))
+    wait_for_state_events(server.url, running, "RUNNING")
+    db = pulled_db(server.url, tmp_path)
+    policy = policy_file(
+        tmp_path,
+        [
+            purge(tag, "FAILED", keep_newest=2),
+            {
+                **purge(tag, "FAILED", name="cancel"),
+                "action": "set_state",
+                "state": {"type": "CANCELLED"},
+                "force": True,
+            },
+        ],
+    )
+    set_state(server, running, "FAILED")
+    wait_for_state_events(server.url, running, "FAILED")
+    seen: list[str] = []
+
+    def events(request: httpx.Request, n: int) -> httpx.Response | None:
+        if not request.url.path.endswith("/events/count-by/resource"):
+            return None
+        seen.append(fault)
+        if fault == "429":
+            return None if len(seen) > 1 else httpx.Response(429, headers={"Retry-After": "1"})
+        if fault == "503":
+            return httpx.Response(503, text="busy")
+        raise httpx.ReadTimeout("timed out", request=request)
+
+    with contextlib.suppress(Exception):
+        library_apply(server, db, policy, forwarding(events), sleep=lambda s: None)
+    assert seen  # rule 2's batch read the events
+    now = live(server, ids + running)
+    if fault == "429":
+        assert now == {ids[2]: "FAILED", ids[3]: "CANCELLED", running[0]: "FAILED"}
+    else:
+        assert now == {ids[2]: "FAILED", ids[3]: "FAILED", running[0]: "FAILED"}
+        assert outcomes(db, ids[:2]) == dict.fromkeys(ids[:2], "deleted")
 
 
 def orphans(tag: str) -> list[dict[str, Any]]:
