@@ -240,6 +240,30 @@ def test_an_older_flowsyncs_pull_rebuilds_a_newer_ones_views_replaced_by_an_unre
     assert pull_step(__version__) is False
 
 
+def test_an_older_flowsyncs_pull_full_restores_a_macro_dropped_by_hand_from_a_newer_ones_views(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/analysis.md: `pull --full` restores a macro dropped by hand. On a file whose views
+    a newer flowsync built, an older one's `pull --full` does too (its own SQL: the views
+    that call the macro are broken until then)."""
+    from flowsync.store import sync_log
+
+    db = tmp_path / "runs.duckdb"
+
+    def pull_step(version: str, force: bool = False) -> bool:
+        monkeypatch.setattr(views, "__version__", version, raising=False)
+        with Store.writer(db) as store:
+            with store.transaction():
+                pull_id = sync_log.start_sync_run(store, "http://test/api")
+            return views.ensure_current(store, pull_id, force=force)
+
+    assert pull_step("999.0.0") is True
+    with Store.writer(db) as store:
+        store.execute("DROP MACRO TABLE failure_rates")
+    assert pull_step(__version__, force=True) is True
+    assert scalar(db, "SELECT count(*) FROM failure_rates_by_day") == 0
+
+
 def test_enriched_columns(built: BuiltHistory, pulled: Path) -> None:
     child = built.real["child"]
     row = query(

@@ -9,6 +9,7 @@ when needed: ``ensure_current`` says when).
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 from typing import Any
 
@@ -75,12 +76,18 @@ def ensure_current(
         built.get("pull_id") is not None
         and built.get("pull_id") == sync_log.previous_run_id(store, pull_id)
     )
-    if _newer(built.get("by")) and built.get("views") == views and unbroken:
+    if (
+        _newer(built.get("by"))
+        and built.get("views") == views
+        and unbroken
+        and not (force and _macros_missing(store, files))
+    ):
         # A newer flowsync built them, at the schema this one knows (a newer schema is
         # refused before this): its SQL stays, never replaced by this older text, even on
         # --full. Only a view gone since, or a pull in between (one that rebuilds its own
         # views without recording: the file may no longer hold the newer SQL), rebuilds
-        # (then with this flowsync's SQL).
+        # (then with this flowsync's SQL); so does --full when a macro of this
+        # flowsync's SQL is gone (dropped by hand: the views calling it are broken).
         with store.transaction():
             sync_log.set_state(store, BUILT, {**built, "pull_id": pull_id})
         return False
@@ -118,6 +125,24 @@ def _rebuild(
             names.append(path.stem)
         sync_log.set_state(store, BUILT, _record(digest, _views(store), pull_id))
     return names
+
+
+_MACRO = re.compile(r"\bCREATE\s+OR\s+REPLACE\s+MACRO\s+(\w+)", re.IGNORECASE)
+
+
+def _macros_missing(store: Store, files: list[tuple[Path, str]]) -> bool:
+    """Some macro the view files create is not in the file (~40 ms: DuckDB lists its
+    macros only among all of its functions; asked on ``pull --full`` alone)."""
+    wanted = {m.lower() for _, text in files for m in _MACRO.findall(text)}
+    have = {
+        str(r[0]).lower()
+        for r in store.execute(
+            "SELECT function_name FROM duckdb_functions() WHERE NOT internal "
+            "AND database_name = current_database() "
+            "AND function_type IN ('macro', 'table_macro')"
+        ).rows()
+    }
+    return bool(wanted - have)
 
 
 def _files() -> list[tuple[Path, str]]:
