@@ -264,6 +264,44 @@ def test_an_older_flowsyncs_pull_full_restores_a_macro_dropped_by_hand_from_a_ne
     assert scalar(db, "SELECT count(*) FROM failure_rates_by_day") == 0
 
 
+def test_a_release_rebuilds_the_views_its_own_pre_release_built(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pre-release (0.2.0rc1, 0.2.0.dev3) is older than its release: after the upgrade the
+    release's pull rebuilds the views the pre-release built, with its own SQL, not keeping
+    them as a newer flowsync's."""
+    from flowsync.store import sync_log
+
+    ours = views.sql_dir()
+    pre = tmp_path / "sql"
+    pre.mkdir()
+    for path in views.view_files():
+        text = path.read_text()
+        if path.stem == "22_failure_rates_by_flow":
+            text = text.replace("ORDER BY ALL;", "ORDER BY ALL LIMIT 987654;")
+        (pre / path.name).write_text(text)
+
+    def pull_step(version: str, sql: Path) -> bool:
+        monkeypatch.setattr(views, "__version__", version, raising=False)
+        monkeypatch.setattr(views, "sql_dir", lambda: sql)
+        with Store.writer(db) as store:
+            with store.transaction():
+                pull_id = sync_log.start_sync_run(store, "http://test/api")
+            return views.ensure_current(store, pull_id)
+
+    def text() -> str:
+        return str(
+            scalar(db, "SELECT sql FROM duckdb_views() WHERE view_name = 'failure_rates_by_flow'")
+        )
+
+    for before in ("0.2.0rc1", "0.2.0.dev3", "0.2.0b2"):
+        db = tmp_path / f"{before}.duckdb"
+        assert pull_step(before, pre) is True
+        assert "987654" in text()
+        assert pull_step("0.2.0", ours) is True, before
+        assert "987654" not in text()
+
+
 def test_enriched_columns(built: BuiltHistory, pulled: Path) -> None:
     child = built.real["child"]
     row = query(

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import threading
 import time
 import warnings
@@ -620,10 +621,36 @@ class Store(Session):
         return done
 
 
-def version_key(version: str) -> tuple[tuple[int, str], ...]:
-    """``0.10.1`` > ``0.9.3``; a non-numeric part sorts by its text (no packaging dependency)."""
+# A pre-release's tag (PEP 440, and the spellings it normalises), in order: all before
+# its release.
+_PRE_RELEASE = {
+    "dev": 0,
+    "a": 1,
+    "alpha": 1,
+    "b": 2,
+    "beta": 2,
+    "c": 3,
+    "rc": 3,
+    "pre": 3,
+    "preview": 3,
+}
+
+
+def version_key(version: str) -> tuple[Any, ...]:
+    """``0.10.1`` > ``0.9.3``; a pre-release (``0.2.0rc1``, ``0.2.0.dev3``) < its release
+    < its post-release or local build; other non-numeric parts sort by their text (no
+    packaging dependency)."""
+    release = re.match(r"v?(\d+(?:\.\d+)*)", version.strip())
+    numbers = [int(p) for p in release.group(1).split(".")] if release else []
+    while len(numbers) > 1 and numbers[-1] == 0:
+        numbers.pop()  # 1.0 == 1.0.0
+    rest = version.strip()[release.end() :] if release else version
     parts = []
-    for part in version.replace("-", ".").replace("+", ".").split("."):
+    for part in rest.replace("-", ".").replace("+", ".").replace("_", ".").split("."):
+        if not part:
+            continue
         digits = "".join(c for c in part if c.isdigit())
         parts.append((int(digits) if digits else -1, part))
-    return tuple(parts)
+    tag = re.match(r"[.\-_]?([A-Za-z]+)", rest)
+    phase = _PRE_RELEASE.get(tag.group(1).lower(), 4) if tag else 4
+    return (tuple(numbers), phase, tuple(parts))
