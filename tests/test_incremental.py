@@ -31,7 +31,7 @@ from tests.helpers import (
     scalar,
     wait_for_state_events,
 )
-from tests.server_truth import assert_matches_server, server_runs
+from tests.server_truth import assert_matches_server, local_runs, server_runs
 
 pytestmark = pytest.mark.backends("sqlite", "postgres")
 
@@ -809,3 +809,73 @@ def test_scheduled_runs_replaced_without_events_reach_the_next_pull(
     flowsync.pull(db, api=api, options=options)
     flowsync.pull(db, api=api, options=replace(options, verify=True))
     assert_matches_server(db, url)
+
+
+def older_pull(db: Path, api: Any, options: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pull as a flowsync from before the scheduled-runs step left the file: no step 3a,
+    and the sync_state keys it does not know as they were (the cursors it knows moved)."""
+    import flowsync
+    import flowsync.sync.runs
+    from flowsync.store import Store, sync_log
+
+    def own_keys() -> list[tuple[str, str]]:
+        with Store.reader(db, live=True) as store:
+            rows = store.execute("SELECT key, CAST(value AS VARCHAR) FROM sync_state").rows()
+        return [(k, v) for k, v in rows if k == "flow_runs.rescheduled_cursor"]
+
+    kept = own_keys() if db.exists() else []
+    with monkeypatch.context() as m:
+        m.setattr(flowsync.sync.runs, "rescheduled", lambda ctx: None)
+        flowsync.pull(db, api=api, options=options)
+    left = own_keys()
+    with Store.writer(db) as store, store.transaction():
+        for key, _ in left:
+            sync_log.delete_state(store, key)
+        for key, value in kept:
+            sync_log.set_state(store, key, json.loads(value))
+
+
+@pytest.mark.backends("sqlite")
+@pytest.mark.parametrize("first", ["ours", "older"])
+def test_an_older_flowsyncs_pull_in_between_does_not_hide_replaced_scheduled_runs(
+    fresh_server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, first: str
+) -> None:
+    """A deployment paused and resumed after a pull (its scheduled runs replaced, no event),
+    then a pull by an older flowsync (one without the scheduled-runs step): it moves the runs
+    cursor past the change without looking. The next pull of this flowsync must still look at
+    that deployment (it looked only at deployments changed since the runs cursor: the new runs
+    never reached the file, the deleted ones stayed live, --verify did not see it).
+    (``older``: the file's first pull was an older flowsync's too: no pull of this one ever
+    took the step, so every deployment is looked at.)"""
+    import flowsync
+    from flowsync.config import ApiSettings
+    from flowsync.sync import PullOptions
+
+    url = fresh_server.url
+    start = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
+    times = [start + timedelta(hours=h) for h in range(2, 7)]
+    with httpx.Client(base_url=url + "/", timeout=60) as c:
+        deployment = hourly_deployment(c)
+        made = post_json(
+            c,
+            f"deployments/{deployment}/create_flow_run",
+            {"state": {"type": "SCHEDULED", "name": "Scheduled"}},
+        )["id"]
+    template = run_rows(fresh_server, made)
+    scheduler_insert(fresh_server, template, times)
+    delete_runs(url, [made])
+    db, api = tmp_path / "runs.duckdb", ApiSettings(url=url)
+    options = PullOptions(overlap=timedelta(0))
+    time.sleep(2)
+    if first == "older":
+        older_pull(db, api, options, monkeypatch)
+    else:
+        flowsync.pull(db, api=api, options=options)
+    with httpx.Client(base_url=url + "/", timeout=60) as c:
+        pause_and_resume(c, deployment)
+    again = scheduler_insert(fresh_server, template, times)
+    time.sleep(2)  # the older pull's cursor (whole seconds) past the change
+    older_pull(db, api, options, monkeypatch)
+    flowsync.pull(db, api=api, options=options)
+    assert_matches_server(db, url)
+    assert set(again) <= set(local_runs(db))

@@ -177,6 +177,7 @@ def pull(
                 newest = runs.incremental(ctx, start - options.overlap)
                 with store.transaction():
                     sync_log.set_state(store, cursor.CURSOR, server_start.isoformat())
+                    sync_log.set_state(store, runs.RESCHEDULED, server_start.isoformat())
                     sync_log.set_state(
                         store, cursor.EVENTS_CURSOR, cursor.next_cursor(start, newest, server_start)
                     )

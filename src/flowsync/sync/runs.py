@@ -53,6 +53,10 @@ from flowsync.sync.cursor import CURSOR, EVENTS_CURSOR
 
 FULL_PASS = "flow_runs.full_pass"
 VERIFIED = "flow_runs.verified_at"
+# When the last pull that looked for replaced scheduled runs (``rescheduled``) began, by the
+# server's clock: a cursor of its own, since an older flowsync's pull moves ``CURSOR`` without
+# that step (the deployments it saw changed would never be looked at again).
+RESCHEDULED = "flow_runs.rescheduled_cursor"
 # The server's history query costs ~3 ms per bucket on SQLite: few buckets, refined where they differ.
 PLAN_BUCKETS = 100
 VERIFY_BUCKETS = 100
@@ -206,6 +210,7 @@ def full_pass(ctx: PullContext) -> None:
             ctx.store, EVENTS_CURSOR, cursor.next_cursor(start, newest, ctx.server_start)
         )
         sync_log.set_state(ctx.store, VERIFIED, state["started"])
+        sync_log.set_state(ctx.store, RESCHEDULED, state["started"])
         sync_log.delete_state(ctx.store, FULL_PASS)
 
 
@@ -396,11 +401,13 @@ def rescheduled(ctx: PullContext) -> None:
     worker poll) and written; when there are some, the file's that the server no longer
     has are found by one count and then checked by id (the rest are the rolling
     re-read's). Nothing is asked when no deployment changed (the catalog has just been
-    read)."""
-    pulled = sync_log.get_state(ctx.store, CURSOR)
-    if pulled is None:
+    read). The deployments changed since the last pull that took this step
+    (``RESCHEDULED``) are looked at; in a file no such pull left (only older flowsyncs
+    pulled it), every deployment is, once."""
+    if sync_log.get_state(ctx.store, CURSOR) is None:
         return
-    since = parse_ts(pulled) - ctx.options.overlap
+    through = sync_log.get_state(ctx.store, RESCHEDULED)
+    since = parse_ts(through) - ctx.options.overlap if through else EPOCH
     changed = synced_tables.deployments_updated_since(ctx.store, since)
     held = synced_tables.scheduled_runs_of(ctx.store, changed)
     # Up to 200 deployments a request, naming at most EXCLUDED_IDS of the file's runs (a
