@@ -1250,6 +1250,41 @@ def test_a_killed_applys_run_that_cannot_be_settled_is_not_sent_again(
     assert any("could not be settled" in e for e in result.errors), result.errors
 
 
+def test_a_pending_row_of_an_action_this_flowsync_does_not_know_stays_pending_and_unsent(
+    tmp_path: Path,
+) -> None:
+    """A newer flowsync's apply killed with a call out whose action this flowsync does not
+    know (its ``pending`` row, same schema): what that call did cannot be read from the run
+    by this flowsync's rules (it settled it ``failed``, ``gone`` or ``skipped`` under that
+    apply, a wrong record the newer one then never settles). The row stays pending for a
+    flowsync that knows the action, the run is not sent by this apply, and the apply says
+    to upgrade; the other runs are applied."""
+    from flowsync.store import audit
+
+    db = make_db(tmp_path / "r.duckdb", [run(1), run(2)])
+    fake = Recorder(accept_all, api_rows(db))
+    with Store.writer(db) as store:
+        store.execute(
+            "UPDATE flow_runs SET state_id = CAST(? AS UUID) WHERE id = CAST(? AS UUID)",
+            [fake.runs[rid(1)]["state_id"], rid(1)],
+        )
+        call = audit.Call(
+            "newer-apply", "http://prefect.test/api", "p.yaml", "0" * 64, 1, "tag", "set_tags",
+            {"tags": ["archived"]},
+        )  # fmt: skip
+        audit.record_runs(store, call, [(rid(1), "COMPLETED", "pending", None)])
+    plan = plan_for(db, DELETE_COMPLETED)
+    with Store.sandboxed_writer(db) as store, mock_client(fake) as client:
+        result = apply_plan(client, store, plan, progress=NullProgress(), settle_seconds=0)
+    assert query(db, "SELECT outcome FROM policy_actions WHERE apply_id = 'newer-apply'") == [
+        ("pending",)
+    ]
+    sent = [i for _, body in fake.bulk for i in body["flow_runs"]["id"]["any_"]]
+    assert sent == [rid(2)]
+    assert result.resolved_earlier == 0 and result.status != "success"
+    assert any("'set_tags'" in e and "upgrade flowsync" in e for e in result.errors), result.errors
+
+
 def test_ctrl_c_during_per_run_calls_leaves_pending_only_the_run_whose_request_was_out(
     tmp_path: Path,
 ) -> None:

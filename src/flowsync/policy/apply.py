@@ -195,11 +195,20 @@ def apply_plan(
             result.resolved_earlier = earlier_done.rows
             # Known changed, they belong to that apply; still unknown, they wait for it.
             settled = earlier_done.changed | earlier_done.unknown
-            if earlier_done.unknown:
+            foreign = earlier_done.foreign
+            unread = len(earlier_done.unknown) - len(foreign)
+            if unread:
                 result.errors.append(
-                    f"{len(earlier_done.unknown)} runs an earlier apply sent could not be settled "
+                    f"{unread} runs an earlier apply sent could not be settled "
                     "(their state changed and its history could not be read): left pending and "
                     "not sent again; run apply again"
+                )
+            if foreign:
+                actions = ", ".join(repr(a) for a in sorted(set(foreign.values())))
+                result.errors.append(
+                    f"{len(foreign)} runs an earlier apply sent with an action this flowsync "
+                    f"does not know ({actions}: a newer flowsync's) have no recorded answer: "
+                    "left pending and not sent again; upgrade flowsync to settle them"
                 )
         else:
             settled = set()

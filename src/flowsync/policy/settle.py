@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
@@ -47,13 +47,20 @@ __all__ = ["SETTLE_SECONDS", "Settled", "Settler"]
 SETTLE_SECONDS = 30.0
 
 
+# The actions whose effect ``classify_lost`` reads from a run (a rule's ``action``).
+KNOWN_ACTIONS = frozenset({"delete", "set_state"})
+
+
 @dataclass(frozen=True)
 class Settled:
-    """What ``settle_pending`` did: rows settled; runs now known changed; runs still unknown."""
+    """What ``settle_pending`` did: rows settled; runs now known changed; runs still unknown;
+    of those, the ones sent with an action this flowsync does not know (run -> action: a
+    newer flowsync's, left pending for it)."""
 
     rows: int
     changed: set[str]
     unknown: set[str]
+    foreign: dict[str, str] = field(default_factory=dict)
 
 
 class Settler:
@@ -194,7 +201,11 @@ class Settler:
         the runs still unknown (a state history that could not be read)."""
         if not rows:
             return Settled(0, set(), set())
-        outcomes = self._settle_rows(rows, final=False)
+        # A newer flowsync's action: what its call did cannot be read from the run by these
+        # rules; its row stays pending (for a flowsync that knows it), its run unsent.
+        foreign = {r.flow_run_id: r.action for r in rows if r.action not in KNOWN_ACTIONS}
+        rows = [r for r in rows if r.action in KNOWN_ACTIONS]
+        outcomes = self._settle_rows(rows, final=False) if rows else {}
         unchanged = [r for r in rows if (r.apply_id, r.flow_run_id) not in outcomes]
         if wait and unchanged:
             # Unchanged so far: its call may still be running; wait out the bound, then decide.
@@ -218,7 +229,9 @@ class Settler:
         return Settled(
             len(outcomes),
             {run for (_, run), (o, _) in outcomes.items() if o != Outcome.FAILED.value},
-            {r.flow_run_id for r in rows if (r.apply_id, r.flow_run_id) not in outcomes},
+            {r.flow_run_id for r in rows if (r.apply_id, r.flow_run_id) not in outcomes}
+            | set(foreign),
+            foreign,
         )
 
     def _settle_rows(
