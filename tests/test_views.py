@@ -289,7 +289,7 @@ def test_a_release_rebuilds_the_views_its_own_pre_release_built(
                 pull_id = sync_log.start_sync_run(store, "http://test/api")
             return views.ensure_current(store, pull_id)
 
-    def text() -> str:
+    def view_sql() -> str:
         return str(
             scalar(db, "SELECT sql FROM duckdb_views() WHERE view_name = 'failure_rates_by_flow'")
         )
@@ -297,9 +297,9 @@ def test_a_release_rebuilds_the_views_its_own_pre_release_built(
     for before in ("0.2.0rc1", "0.2.0.dev3", "0.2.0b2"):
         db = tmp_path / f"{before}.duckdb"
         assert pull_step(before, pre) is True
-        assert "987654" in text()
+        assert "987654" in view_sql()
         assert pull_step("0.2.0", ours) is True, before
-        assert "987654" not in text()
+        assert "987654" not in view_sql()
 
 
 def test_enriched_columns(built: BuiltHistory, pulled: Path) -> None:
