@@ -96,6 +96,50 @@ def test_pull_builds_every_view(prefect: SeededServer, tmp_path: Path) -> None:
     )
 
 
+MARK = "987654"  # in the marked copy's failure_rates_by_flow (``marked_sql``)
+OURS = views.sql_dir()  # this installation's view files (tests patch ``sql_dir``)
+
+
+def marked_sql(folder: Path) -> Path:
+    """A copy of the view files, failure_rates_by_flow's text changed (``LIMIT MARK``):
+    another flowsync's SQL."""
+    sql = folder / "sql"
+    sql.mkdir()
+    for path in views.view_files():
+        text = path.read_text()
+        if path.stem == "22_failure_rates_by_flow":
+            text = text.replace("ORDER BY ALL;", f"ORDER BY ALL LIMIT {MARK};")
+            assert MARK in text
+        (sql / path.name).write_text(text)
+    return sql
+
+
+def marked(db: Path) -> bool:
+    """Whether the file's failure_rates_by_flow is the marked copy's."""
+    view = "SELECT sql FROM duckdb_views() WHERE view_name = 'failure_rates_by_flow'"
+    return MARK in str(scalar(db, view))
+
+
+def views_step(
+    db: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    version: str,
+    sql: Path | None = None,
+    force: bool = False,
+) -> bool:
+    """The views step of a pull of ``db`` (``ensure_current``) by flowsync ``version`` with
+    the view files in ``sql`` (default: this installation's); whether it rebuilt."""
+    from flowsync.store import sync_log
+
+    files = OURS if sql is None else sql
+    monkeypatch.setattr(views, "__version__", version, raising=False)
+    monkeypatch.setattr(views, "sql_dir", lambda: files)
+    with Store.writer(db) as store:
+        with store.transaction():
+            pull_id = sync_log.start_sync_run(store, "http://test/api")
+        return views.ensure_current(store, pull_id, force=force)
+
+
 def test_views_are_rebuilt_only_when_what_built_them_changed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -141,19 +185,10 @@ def test_views_are_rebuilt_only_when_what_built_them_changed(
     assert scalar(db, macro) == ours
     assert ensure() is False
     # Another flowsync's SQL (one view's text changed): rebuilt, with that text.
-    sql = tmp_path / "sql"
-    sql.mkdir()
-    for path in views.view_files():
-        text = path.read_text()
-        if path.stem == "22_failure_rates_by_flow":
-            text = text.replace("ORDER BY ALL;", "ORDER BY ALL LIMIT 987654;")
-            assert "987654" in text
-        (sql / path.name).write_text(text)
+    sql = marked_sql(tmp_path)
     monkeypatch.setattr(views, "sql_dir", lambda: sql)
     assert ensure() is True
-    assert "987654" in str(
-        scalar(db, "SELECT sql FROM duckdb_views() WHERE view_name = 'failure_rates_by_flow'")
-    )
+    assert marked(db)
     assert ensure() is False
     # A schema this installation knows more of (another migration): rebuilt.
     from flowsync.store import migrations
@@ -170,44 +205,25 @@ def test_an_older_flowsyncs_pull_keeps_the_views_a_newer_one_built(
     """Two installations pull one file at the same schema: the older one's pulls (--full
     too) leave the newer one's views as they are, so readers do not flip between their SQL
     with whoever pulled last; a view gone since is rebuilt all the same."""
-    from flowsync.store import sync_log
-
     db = tmp_path / "runs.duckdb"
-    ours = views.sql_dir()
-    newer = tmp_path / "sql"
-    newer.mkdir()
-    for path in views.view_files():
-        text = path.read_text()
-        if path.stem == "22_failure_rates_by_flow":
-            text = text.replace("ORDER BY ALL;", "ORDER BY ALL LIMIT 987654;")
-        (newer / path.name).write_text(text)
+    newer = marked_sql(tmp_path)
 
-    def pull_step(version: str, sql: Path, force: bool = False) -> bool:
-        monkeypatch.setattr(views, "__version__", version, raising=False)
-        monkeypatch.setattr(views, "sql_dir", lambda: sql)
-        with Store.writer(db) as store:
-            with store.transaction():
-                pull_id = sync_log.start_sync_run(store, "http://test/api")
-            return views.ensure_current(store, pull_id, force=force)
+    def pull(version: str, sql: Path | None = None, force: bool = False) -> bool:
+        return views_step(db, monkeypatch, version, sql, force)
 
-    def view_sql() -> str:
-        return str(
-            scalar(db, "SELECT sql FROM duckdb_views() WHERE view_name = 'failure_rates_by_flow'")
-        )
-
-    assert pull_step("999.0.0", newer) is True
-    assert "987654" in view_sql()
-    assert pull_step(__version__, ours) is False
-    assert pull_step(__version__, ours, force=True) is False
-    assert "987654" in view_sql()
-    assert pull_step("999.0.0", newer) is False  # the newer one's next pull: nothing to do
+    assert pull("999.0.0", newer) is True
+    assert marked(db)
+    assert pull(__version__) is False
+    assert pull(__version__, force=True) is False
+    assert marked(db)
+    assert pull("999.0.0", newer) is False  # the newer one's next pull: nothing to do
     # A view dropped since: the older one rebuilds every view, with its own SQL.
     with Store.writer(db) as store:
         store.execute("DROP VIEW flow_runs_enriched CASCADE")
-    assert pull_step(__version__, ours) is True
-    assert "987654" not in view_sql()
-    assert pull_step("999.0.0", newer) is True  # and the newer one puts its own back
-    assert "987654" in view_sql()
+    assert pull(__version__) is True
+    assert not marked(db)
+    assert pull("999.0.0", newer) is True  # and the newer one puts its own back
+    assert marked(db)
 
 
 def test_an_older_flowsyncs_pull_rebuilds_a_newer_ones_views_replaced_by_an_unrecording_pull(
@@ -221,23 +237,15 @@ def test_an_older_flowsyncs_pull_rebuilds_a_newer_ones_views_replaced_by_an_unre
 
     db = tmp_path / "runs.duckdb"
     macro = "SELECT macro_definition FROM duckdb_functions() WHERE function_name = 'signature_of'"
-
-    def pull_step(version: str) -> bool:
-        monkeypatch.setattr(views, "__version__", version, raising=False)
-        with Store.writer(db) as store:
-            with store.transaction():
-                pull_id = sync_log.start_sync_run(store, "http://test/api")
-            return views.ensure_current(store, pull_id)
-
-    assert pull_step("999.0.0") is True
+    assert views_step(db, monkeypatch, "999.0.0") is True
     ours = scalar(db, macro)
     with Store.writer(db) as store:  # the unrecording pull: its own SQL, nothing recorded
         with store.transaction():
             sync_log.start_sync_run(store, "http://test/api")
         store.execute("CREATE OR REPLACE MACRO signature_of(text) AS 'older'")
-    assert pull_step(__version__) is True
+    assert views_step(db, monkeypatch, __version__) is True
     assert scalar(db, macro) == ours
-    assert pull_step(__version__) is False
+    assert views_step(db, monkeypatch, __version__) is False
 
 
 def test_an_older_flowsyncs_pull_full_restores_a_macro_dropped_by_hand_from_a_newer_ones_views(
@@ -246,21 +254,11 @@ def test_an_older_flowsyncs_pull_full_restores_a_macro_dropped_by_hand_from_a_ne
     """docs/analysis.md: `pull --full` restores a macro dropped by hand. On a file whose views
     a newer flowsync built, an older one's `pull --full` does too (its own SQL: the views
     that call the macro are broken until then)."""
-    from flowsync.store import sync_log
-
     db = tmp_path / "runs.duckdb"
-
-    def pull_step(version: str, force: bool = False) -> bool:
-        monkeypatch.setattr(views, "__version__", version, raising=False)
-        with Store.writer(db) as store:
-            with store.transaction():
-                pull_id = sync_log.start_sync_run(store, "http://test/api")
-            return views.ensure_current(store, pull_id, force=force)
-
-    assert pull_step("999.0.0") is True
+    assert views_step(db, monkeypatch, "999.0.0") is True
     with Store.writer(db) as store:
         store.execute("DROP MACRO TABLE failure_rates")
-    assert pull_step(__version__, force=True) is True
+    assert views_step(db, monkeypatch, __version__, force=True) is True
     assert scalar(db, "SELECT count(*) FROM failure_rates_by_day") == 0
 
 
@@ -270,36 +268,13 @@ def test_a_release_rebuilds_the_views_its_own_pre_release_built(
     """A pre-release (0.2.0rc1, 0.2.0.dev3) is older than its release: after the upgrade the
     release's pull rebuilds the views the pre-release built, with its own SQL, not keeping
     them as a newer flowsync's."""
-    from flowsync.store import sync_log
-
-    ours = views.sql_dir()
-    pre = tmp_path / "sql"
-    pre.mkdir()
-    for path in views.view_files():
-        text = path.read_text()
-        if path.stem == "22_failure_rates_by_flow":
-            text = text.replace("ORDER BY ALL;", "ORDER BY ALL LIMIT 987654;")
-        (pre / path.name).write_text(text)
-
-    def pull_step(version: str, sql: Path) -> bool:
-        monkeypatch.setattr(views, "__version__", version, raising=False)
-        monkeypatch.setattr(views, "sql_dir", lambda: sql)
-        with Store.writer(db) as store:
-            with store.transaction():
-                pull_id = sync_log.start_sync_run(store, "http://test/api")
-            return views.ensure_current(store, pull_id)
-
-    def view_sql() -> str:
-        return str(
-            scalar(db, "SELECT sql FROM duckdb_views() WHERE view_name = 'failure_rates_by_flow'")
-        )
-
+    pre = marked_sql(tmp_path)
     for before in ("0.2.0rc1", "0.2.0.dev3", "0.2.0b2"):
         db = tmp_path / f"{before}.duckdb"
-        assert pull_step(before, pre) is True
-        assert "987654" in view_sql()
-        assert pull_step("0.2.0", ours) is True, before
-        assert "987654" not in view_sql()
+        assert views_step(db, monkeypatch, before, pre) is True
+        assert marked(db)
+        assert views_step(db, monkeypatch, "0.2.0") is True, before
+        assert not marked(db)
 
 
 def test_enriched_columns(built: BuiltHistory, pulled: Path) -> None:
