@@ -392,6 +392,25 @@ def test_keep_newest_reads_a_protected_newest_run_it_ranks(
     assert outside(server, ids) == others  # nothing outside the selection touched
 
 
+def four_failed_one_running(
+    server: Server, tmp_path: Path, tag: str
+) -> tuple[list[str], list[str], Path, dict[str, tuple[str, str]]]:
+    """Four FAILED runs of a new deployment (oldest first) and a newer one RUNNING, tagged
+    ``tag``, pulled: their ids, the running one's, the file, and ``outside`` of them."""
+    dep = deployment(server)
+    ids = runs(server, dep, 4, "FAILED", tag)
+    running = runs_in_state(server.url, dep, 1, "RUNNING", tag, timedelta(minutes=1))
+    wait_for_state_events(server.url, running, "RUNNING")
+    db = pulled_db(server.url, tmp_path)
+    return ids, running, db, outside(server, ids + running)
+
+
+def fail_now(server: Server, ids: list[str]) -> None:
+    """``ids`` fail on the server, their events stored."""
+    set_state(server, ids, "FAILED")
+    wait_for_state_events(server.url, ids, "FAILED")
+
+
 def test_a_rule_after_keep_newest_leaves_a_run_the_earlier_rule_takes_now(
     server: Server, tmp_path: Path
 ) -> None:
@@ -400,12 +419,7 @@ def test_a_rule_after_keep_newest_leaves_a_run_the_earlier_rule_takes_now(
     the deployment, running then, fails: on the server rule 1 now keeps it and the newest
     before it, and takes the next one, which rule 2 must leave (and rule 1, which did not plan
     it, leaves to the next apply)."""
-    dep = deployment(server)
-    ids = runs(server, dep, 4, "FAILED", "kr")
-    running = runs_in_state(server.url, dep, 1, "RUNNING", "kr", timedelta(minutes=1))
-    wait_for_state_events(server.url, running, "RUNNING")
-    db = pulled_db(server.url, tmp_path)
-    others = outside(server, ids + running)
+    ids, running, db, others = four_failed_one_running(server, tmp_path, "kr")
     policy = policy_file(
         tmp_path,
         [
@@ -418,8 +432,7 @@ def test_a_rule_after_keep_newest_leaves_a_run_the_earlier_rule_takes_now(
             },
         ],
     )
-    set_state(server, running, "FAILED")
-    wait_for_state_events(server.url, running, "FAILED")
+    fail_now(server, running)
     result = apply_cli(server, db, policy)
     assert result.exit_code == 0, result.output
     assert live(server, ids + running) == {
@@ -427,12 +440,7 @@ def test_a_rule_after_keep_newest_leaves_a_run_the_earlier_rule_takes_now(
         ids[3]: "CANCELLED",  # still kept by rule 1: rule 2's
         running[0]: "FAILED",
     }
-    assert outcomes(db, ids) == {
-        ids[0]: "deleted",
-        ids[1]: "deleted",
-        ids[2]: "skipped",
-        ids[3]: "accepted",
-    }
+    assert outcomes(db, ids) == dict(zip(ids, ["deleted", "deleted", "skipped", "accepted"]))
     assert checks(db, ids[2:3]) == {ids[2]: "taken by an earlier rule"}
     assert outside(server, ids + running) == others
 
@@ -444,28 +452,17 @@ def test_per_run_a_rule_after_keep_newest_leaves_a_run_the_earlier_rule_takes_no
     run), rule 2 deleting: after the pull a newer run fails, so rule 1 now keeps it and the
     newest before it; the third newest is rule 1's (left to the next apply), never rule 2's."""
     with start_server(home=tmp_path / "home", version="3.4.25") as old:
-        dep = deployment(old)
-        ids = runs(old, dep, 4, "FAILED", "krp")
-        running = runs_in_state(old.url, dep, 1, "RUNNING", "krp", timedelta(minutes=1))
-        wait_for_state_events(old.url, running, "RUNNING")
-        db = pulled_db(old.url, tmp_path)
-        others = outside(old, ids + running)
+        ids, running, db, others = four_failed_one_running(old, tmp_path, "krp")
         policy = policy_file(
             tmp_path,
             [purge("krp", "FAILED", keep_newest=2), purge("krp", "FAILED", name="rest")],
         )
-        set_state(old, running, "FAILED")
-        wait_for_state_events(old.url, running, "FAILED")
+        fail_now(old, running)
         result = apply_cli(old, db, policy)
         assert result.exit_code == 0, result.output
         assert json.loads(result.stdout)["result"]["path"].startswith("per-run")
         assert live(old, ids + running) == {ids[2]: "FAILED", running[0]: "FAILED"}
-        assert outcomes(db, ids) == {
-            ids[0]: "deleted",
-            ids[1]: "deleted",
-            ids[2]: "skipped",
-            ids[3]: "deleted",
-        }
+        assert outcomes(db, ids) == dict(zip(ids, ["deleted", "deleted", "skipped", "deleted"]))
         assert checks(db, ids[2:3]) == {ids[2]: "taken by an earlier rule"}
         assert outside(old, ids + running) == others
 

@@ -757,6 +757,25 @@ def schedule_off_and_on(c: httpx.Client, deployment: str) -> None:
         assert answer.status_code == 204, answer.text
 
 
+def scheduled_by_the_scheduler(server: Server) -> tuple[str, Rows, list[datetime], list[str]]:
+    """An hourly deployment whose next five runs its scheduler inserted (``scheduler_insert``,
+    from a template run made and deleted here): the deployment, the template, the runs'
+    times and ids."""
+    start = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
+    times = [start + timedelta(hours=h) for h in range(2, 7)]
+    with httpx.Client(base_url=server.url + "/", timeout=60) as c:
+        deployment = hourly_deployment(c)
+        made = post_json(
+            c,
+            f"deployments/{deployment}/create_flow_run",
+            {"state": {"type": "SCHEDULED", "name": "Scheduled"}},
+        )["id"]
+    template = run_rows(server, made)
+    inserted = scheduler_insert(server, template, times)
+    delete_runs(server.url, [made])
+    return deployment, template, times, inserted
+
+
 @pytest.mark.backends("sqlite")  # what the scheduler writes does not depend on the backend
 @pytest.mark.parametrize("replace_runs", [pause_and_resume, schedule_off_and_on])
 @pytest.mark.parametrize("excluded", [2000, 2], ids=["new-listed", "all-listed"])
@@ -782,18 +801,7 @@ def test_scheduled_runs_replaced_without_events_reach_the_next_pull(
     from flowsync.sync import PullOptions
 
     url = fresh_server.url
-    start = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
-    times = [start + timedelta(hours=h) for h in range(2, 7)]
-    with httpx.Client(base_url=url + "/", timeout=60) as c:
-        deployment = hourly_deployment(c)
-        made = post_json(
-            c,
-            f"deployments/{deployment}/create_flow_run",
-            {"state": {"type": "SCHEDULED", "name": "Scheduled"}},
-        )["id"]
-    template = run_rows(fresh_server, made)
-    first = scheduler_insert(fresh_server, template, times)
-    delete_runs(url, [made])
+    deployment, template, times, first = scheduled_by_the_scheduler(fresh_server)
     db, api = tmp_path / "runs.duckdb", ApiSettings(url=url)
     # No overlap, and the cursor (the server's Date, in whole seconds) past the deployment's
     # creation: the next pull knows the deployment changed only from what changed it.
@@ -852,18 +860,7 @@ def test_an_older_flowsyncs_pull_in_between_does_not_hide_replaced_scheduled_run
     from flowsync.sync import PullOptions
 
     url = fresh_server.url
-    start = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
-    times = [start + timedelta(hours=h) for h in range(2, 7)]
-    with httpx.Client(base_url=url + "/", timeout=60) as c:
-        deployment = hourly_deployment(c)
-        made = post_json(
-            c,
-            f"deployments/{deployment}/create_flow_run",
-            {"state": {"type": "SCHEDULED", "name": "Scheduled"}},
-        )["id"]
-    template = run_rows(fresh_server, made)
-    scheduler_insert(fresh_server, template, times)
-    delete_runs(url, [made])
+    deployment, template, times, _ = scheduled_by_the_scheduler(fresh_server)
     db, api = tmp_path / "runs.duckdb", ApiSettings(url=url)
     options = PullOptions(overlap=timedelta(0))
     time.sleep(2)
