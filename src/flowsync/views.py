@@ -65,8 +65,9 @@ def ensure_current(
     installation knows) and the same views: another flowsync's SQL, a pull in between
     (an older flowsync rebuilds its own views without recording), or a view dropped
     since, rebuilds; so does ``force`` (``pull --full``). The views a newer flowsync
-    built (at this schema) stay while they are all there, ``force`` or not: an older
-    flowsync's pull never puts its older SQL back. ``built_now``: this pull's own first
+    built (at this schema) stay while they are all there and nothing pulled in between,
+    ``force`` too unless one of this flowsync's macros is gone: an older flowsync's pull
+    does not put its older SQL back over them. ``built_now``: this pull's own first
     step built them (``ensure_built``), so the pull before does not matter. Returns
     whether it rebuilt (0.15-0.18 s; the check, about 1 ms)."""
     files = _files()

@@ -94,7 +94,7 @@ def write_parquet(store: Store, select: str, dest: Path) -> None:
 
 # The rows ``staged`` holds at a time, about (a day with more is staged alone): a batch of
 # days costs one scan of the table, not one a day (a million runs over 694 days: one scan
-# of 1M rows a day was 1.2 s, 14 min in all).
+# of 1M rows a day was 0.36 s, about 4 min in all; 25 s now, BENCHMARKS.md).
 STAGE_ROWS = 50_000
 _STAGED = "flowsync_export_days"
 _DAY = "flowsync_export_day"
