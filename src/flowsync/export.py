@@ -37,9 +37,9 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,7 @@ import pyarrow.parquet as pq
 
 from flowsync import __version__
 from flowsync.errors import ConfigError, StoreError
-from flowsync.store import Store, parquet, sync_log
+from flowsync.store import Store, parquet, sync_log, synced_tables
 from flowsync.store.connect import version_key
 
 FORMATS = ("parquet",)
@@ -311,13 +311,14 @@ def _export_table(store: Store, out_dir: Path, name: str, since: datetime | None
             result.rows_written = parquet.row_count(store, name)
         return result
     days = parquet.day_counts(store, name, columns, since)
-    for batch in _batches(sorted(days.items()), parquet.STAGE_ROWS):
-        with parquet.staged(store, select, columns, [day for day, _ in batch]) as write:
-            for day, n in batch:
+    ordered = sorted(days)
+    for batch in synced_tables.packed(ordered, [days[d] for d in ordered], parquet.STAGE_ROWS):
+        with parquet.staged(store, select, columns, batch) as write:
+            for day in batch:
                 rel = f"date={day.isoformat()}/{PART_FILE}"
                 _replace_atomically(functools.partial(write, day), base / rel)
                 result.files_written.append(rel)
-                result.rows_written += n
+                result.rows_written += days[day]
     if since is None and base.is_dir():
         # A full export mirrors the DB: drop partitions the DB no longer has.
         keep = {f"date={d.isoformat()}" for d in days}
@@ -326,20 +327,6 @@ def _export_table(store: Store, out_dir: Path, name: str, since: datetime | None
                 shutil.rmtree(sub)
                 result.partitions_removed.append(sub.name)
     return result
-
-
-def _batches(days: list[tuple[date, int]], most: int) -> Iterator[list[tuple[date, int]]]:
-    """``days`` (day, rows) in order, in runs of at most ``most`` rows (a larger day alone)."""
-    batch: list[tuple[date, int]] = []
-    rows = 0
-    for day, n in days:
-        if batch and rows + n > most:
-            yield batch
-            batch, rows = [], 0
-        batch.append((day, n))
-        rows += n
-    if batch:
-        yield batch
 
 
 def _rows_in(part: Path) -> int:

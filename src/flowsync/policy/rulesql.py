@@ -140,8 +140,6 @@ def rule_reads(store: Store, sql: str, known: Functions) -> RuleReads:
     reads tables (each of these keeps or drops a run by the rows beside it). Anything
     else may look at other runs. The lookups: the tables it names, and both for a view,
     table macro or table-reading macro that may join them (``flow_runs_enriched``...)."""
-    aggregates = known.aggregates
-    macros = known.reading_macros
     run_refs = 0
     why: list[str] = []
     lookups: set[str] = set()
@@ -175,9 +173,9 @@ def rule_reads(store: Store, sql: str, known: Functions) -> RuleReads:
             why.append("a set operation")
         elif cls == "WINDOW":
             why.append("a window function")
-        elif function in aggregates:
+        elif function in known.aggregates:
             why.append(f"an aggregate ({node['function_name']})")
-        elif function in macros:
+        elif function in known.reading_macros:
             why.append(f"a macro that reads tables ({node['function_name']})")
             lookups.update(LOOKUP_TABLES)
         if (node.get("cte_map") or {}).get("map"):
