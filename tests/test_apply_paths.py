@@ -475,11 +475,7 @@ def test_a_rule_after_keep_newest_whose_events_read_is_held_back_or_fails(
     once, or failing every attempt (503, a timeout): held back, it is read again and rule 2
     still leaves the run rule 1 now takes; failing, rule 2's batch is not sent at all."""
     tag = f"kre-{fault}"
-    dep = deployment(server)
-    ids = runs(server, dep, 4, "FAILED", tag)
-    running = runs_in_state(server.url, dep, 1, "RUNNING", tag, timedelta(minutes=1))
-    wait_for_state_events(server.url, running, "RUNNING")
-    db = pulled_db(server.url, tmp_path)
+    ids, running, db, others = four_failed_one_running(server, tmp_path, tag)
     policy = policy_file(
         tmp_path,
         [
@@ -492,8 +488,7 @@ def test_a_rule_after_keep_newest_whose_events_read_is_held_back_or_fails(
             },
         ],
     )
-    set_state(server, running, "FAILED")
-    wait_for_state_events(server.url, running, "FAILED")
+    fail_now(server, running)
     seen: list[str] = []
 
     def events(request: httpx.Request, n: int) -> httpx.Response | None:
@@ -512,9 +507,12 @@ def test_a_rule_after_keep_newest_whose_events_read_is_held_back_or_fails(
     now = live(server, ids + running)
     if fault == "429":
         assert now == {ids[2]: "FAILED", ids[3]: "CANCELLED", running[0]: "FAILED"}
-    else:
+        assert outcomes(db, ids) == dict(zip(ids, ["deleted", "deleted", "skipped", "accepted"]))
+        assert checks(db, ids[2:3]) == {ids[2]: "taken by an earlier rule"}
+    else:  # rule 2's batch not sent: audited failed (run apply again)
         assert now == {ids[2]: "FAILED", ids[3]: "FAILED", running[0]: "FAILED"}
-        assert outcomes(db, ids[:2]) == dict.fromkeys(ids[:2], "deleted")
+        assert outcomes(db, ids) == dict(zip(ids, ["deleted", "deleted", "failed", "failed"]))
+    assert outside(server, ids + running) == others  # nothing outside the selection touched
 
 
 def orphans(tag: str) -> list[dict[str, Any]]:
