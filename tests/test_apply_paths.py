@@ -706,6 +706,7 @@ def test_a_rule_after_keep_newest_is_refused_when_the_events_since_the_pull_may_
     failed = runs(server, dep, 3, "FAILED", tag)
     wait_for_state_events(server.url, failed, "FAILED")
     db = pulled_db(server.url, tmp_path)
+    others = outside(server, done + failed)
     first = purge(tag, "FAILED" if overlap else "COMPLETED", keep_newest=2)
     policy = policy_file(tmp_path, [first, purge(tag, "FAILED", name="rest")])
     with duckdb.connect(str(db)) as con:  # the pull, ten days ago (the server keeps seven)
@@ -724,6 +725,8 @@ def test_a_rule_after_keep_newest_is_refused_when_the_events_since_the_pull_may_
     else:
         assert result.exit_code == 0, result.output
         assert live(server, done + failed) == dict.fromkeys(done[1:], "COMPLETED")
+        assert outcomes(db, done + failed) == dict.fromkeys([done[0], *failed], "deleted")
+    assert outside(server, done + failed) == others  # nothing outside the selection touched
 
 
 # -- throttled and timed-out calls ------------------------------------------------------------------
