@@ -17,7 +17,7 @@ from flowsync.store import Store, sync_log
 from flowsync.sync import identity
 from harness.seed import seed
 from harness.server import Server, free_port
-from tests.helpers import forwarding, run_cli, scalar
+from tests.helpers import forwarding, run_cli, scalar, wait_for_state_events
 from tests.server_truth import assert_matches_server
 
 
@@ -156,12 +156,21 @@ def test_a_server_whose_flows_were_all_deleted_is_still_the_files_server(
         ):
             identity.bind(client, store)
         assert str(status) in str(failed.value), failed.value
-    seed(url, runs=10, flows=1, deployments_per_flow=1, days=5, seed_value=6)
+    seeded = seed(url, runs=10, flows=1, deployments_per_flow=1, days=5, seed_value=6)
     assert scalar_count(url) == 10
+    # A pull finds the new runs by their state events: it must not start before Prefect's
+    # event persister has stored them (every 5 s; later on a loaded machine). Before that,
+    # only the history check could tell, and a bucket where an old run and a new one of the
+    # same state trade places counts the same on both sides.
+    for state_type in set(seeded.runs.values()):
+        wait_for_state_events(
+            url, [i for i, s in seeded.runs.items() if s == state_type], state_type
+        )
     pulled, applied = pull_and_purge(url, db)
     assert pulled.exit_code == 0 and applied.exit_code == 0, pulled.stderr + applied.stderr
     # the 30 gone with their flows, then the 10 new ones the purge deleted
-    assert scalar(db, "SELECT count(*) FROM flow_runs WHERE deleted_at IS NOT NULL") == 40
+    gone = scalar(db, "SELECT count(*) FROM flow_runs WHERE deleted_at IS NOT NULL")
+    assert gone == 40, pulled.stdout + applied.stdout
     assert scalar_count(url) == 0
 
 
