@@ -46,6 +46,8 @@ from typing import TYPE_CHECKING
 import httpx
 
 import harness
+from harness import zygote
+from harness.zygote import Child, Zygote
 
 if TYPE_CHECKING:
     from harness.postgres import PgCluster
@@ -188,7 +190,7 @@ def prefect_executable(version: str | None = None) -> str:
 class Server:
     url: str
     home: Path
-    process: subprocess.Popen[bytes]
+    process: subprocess.Popen[bytes] | Child  # a Child: forked by the zygote
     log: Path
     backend: str = "sqlite"
     database_url: str | None = None  # PostgreSQL backends: where the server keeps its rows
@@ -294,7 +296,7 @@ def sqlite_template(version: str | None = None) -> Path:
     return template
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
+def _stop(proc: subprocess.Popen[bytes] | Child) -> None:
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -353,10 +355,15 @@ def prefect_server(
     cmd = [prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)]
     if workers > 1:
         cmd += ["--workers", str(workers)]
-    with log.open("wb") as log_f:
-        proc = subprocess.Popen(
-            cmd, env=env, stdout=log_f, stderr=subprocess.STDOUT, start_new_session=True
-        )
+    proc: subprocess.Popen[bytes] | Child
+    if workers == 1 and prefect == prefect_executable() and zygote.enabled():
+        log.write_bytes(b"")
+        proc = Zygote.get().spawn(cmd[1:], env, log)
+    else:
+        with log.open("wb") as log_f:
+            proc = subprocess.Popen(
+                cmd, env=env, stdout=log_f, stderr=subprocess.STDOUT, start_new_session=True
+            )
     services: subprocess.Popen[bytes] | None = None
     url = f"http://127.0.0.1:{port}/api"
     server = Server(url, home, proc, log, backend, database_url, workers, version)

@@ -28,6 +28,10 @@ Processes: ``scripts/check`` runs both lanes on every core (``-n auto --dist loa
 The tests of one session server (``prefect``), the PostgreSQL ones and a test's own
 ``xdist_group`` run in one process (``GROUP``, ``pytest_xdist_make_scheduler``); the rest
 wherever a process is free.
+
+Servers of the dev group's Prefect with one API worker are forked from a process that has
+already imported Prefect (``harness.zygote``: about 1.3 CPU-seconds a start instead of 6);
+``FLOWSYNC_TEST_FORK_SERVERS=0`` launches each as ``prefect server start`` instead.
 """
 
 from __future__ import annotations
@@ -54,7 +58,10 @@ from harness.postgres import (
 )
 from harness.seed import run_real_flows, seed
 from harness.server import BACKENDS, Server, backend_server, prefect_server
+from harness.zygote import ENABLED_ENV
 from tests.helpers import SeededServer
+
+os.environ.setdefault(ENABLED_ENV, "1")
 
 SEED_RUNS = 400
 # The fixtures that start a Prefect server or a PostgreSQL cluster: a test whose fixture
