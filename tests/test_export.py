@@ -397,3 +397,51 @@ def test_a_file_url_names_its_path_as_rfc_8089_says(
     assert result.exit_code == 0, result.output
     assert (out / "_flowsync_manifest.json").is_file()
     assert not (tmp_path / "sp%20ace").exists() and list(cwd.iterdir()) == []
+
+
+class Recorded:
+    """A ``Progress`` that keeps what it was told."""
+
+    def __init__(self) -> None:
+        self.phases: list[tuple[str, int | None]] = []
+        self.done: dict[str, int] = {}
+
+    def phase(self, name: str, total: int | None = None) -> None:
+        self.phases.append((name, total))
+        self.done[name] = 0
+
+    def advance(self, n: int) -> None:
+        self.done[self.phases[-1][0]] += n
+
+    def message(self, text: str) -> None:
+        pass
+
+
+def runs_in(db: Path) -> int:
+    return int(scalar(db, "SELECT count(*) FROM flow_runs"))
+
+
+def test_export_reports_each_tables_rows_as_it_writes_them(db: Path, tmp_path: Path) -> None:
+    """A phase per table written, its total the rows it writes, advanced to that total (a
+    --since export: what it rewrites). The command prints it as lines in a log."""
+    from flowsync import operations
+
+    progress = Recorded()
+    exported = operations.export(db, tmp_path / "lib", progress=progress)
+    written = {t.name: t.rows_written for t in exported.result.tables}
+    assert written["flow_runs"] == runs_in(db) > 0
+    assert progress.phases == [(f"export {name}", rows) for name, rows in written.items()]
+    assert progress.done == {f"export {name}": rows for name, rows in written.items()}
+
+    # --since: what it rewrites (the file was pulled a minute ago: all of it, partitioned)
+    again = Recorded()
+    since = operations.export(db, tmp_path / "lib", since="1d", progress=again)
+    assert again.done == {f"export {t.name}": t.rows_written for t in since.result.tables}
+    assert again.done["export flow_runs"] == runs_in(db)
+
+    shown = run_cli("export", str(tmp_path / "cli"), "--db", str(db))
+    assert shown.exit_code == 0, shown.output
+    runs = written["flow_runs"]
+    assert f"export flow_runs: {runs}/{runs} rows" in shown.stderr, shown.stderr
+    quiet = run_cli("export", str(tmp_path / "quiet"), "--db", str(db), "--quiet")
+    assert quiet.exit_code == 0 and "export flow_runs" not in quiet.stderr, quiet.stderr

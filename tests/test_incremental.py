@@ -379,7 +379,7 @@ def test_a_missing_date_header_is_said_and_loses_no_state_change(
 ) -> None:
     """Answers without a Date header: this machine's clock stands in for the server's, and
     the pull says so; the events window does not depend on it."""
-    from flowsync.sync import NullProgress
+    from flowsync.progress import NullProgress
 
     said: list[str] = []
 

@@ -97,6 +97,11 @@ def test_export_to_s3_reads_back_in_duckdb_and_polars(
     runs = scalar(pulled, "SELECT count(*) FROM flow_runs")
     assert summary["tables"]["flow_runs"]["rows_written"] == runs
     assert summary["upload"]["files_uploaded"] == summary["files_written"] + 1  # + the manifest
+    # Without --json (and no terminal): a line per phase, the upload's in files.
+    shown = run_cli("export", url, "--db", str(pulled))
+    assert shown.exit_code == 0, shown.output
+    files = summary["upload"]["files_uploaded"]
+    assert f"upload: {files}/{files} files" in shown.stderr, shown.stderr
 
     fs = aws_env
     fs.invalidate_cache()

@@ -24,8 +24,8 @@ from flowsync.policy.answers import Seen, classify_lost, classify_unanswered, se
 from flowsync.policy.apply import batches
 from flowsync.policy.plan import Plan
 from flowsync.policy.result import Outcome, RunResult
+from flowsync.progress import NullProgress
 from flowsync.store import Store
-from flowsync.sync import NullProgress
 from harness.seed import seed
 from harness.server import Server
 from tests.helpers import query, run_cli, scalar

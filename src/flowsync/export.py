@@ -47,6 +47,7 @@ import pyarrow.parquet as pq
 
 from flowsync import __version__
 from flowsync.errors import ConfigError, StoreError
+from flowsync.progress import NullProgress, Progress
 from flowsync.store import Store, parquet, sync_log, synced_tables
 from flowsync.store.connect import version_key
 
@@ -297,21 +298,27 @@ def _replace_atomically(write: Callable[[Path], None], dest: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _export_table(store: Store, out_dir: Path, name: str, since: datetime | None) -> TableExport:
+def _export_table(
+    store: Store, out_dir: Path, name: str, since: datetime | None, progress: Progress
+) -> TableExport:
     columns = PARTITION_BY[name]
     result = TableExport(name, columns)
     base = out_dir / name
     select = parquet.table_select(store, name)
     if not columns:
         if since is None or parquet.changed_rows(store, name, since):
+            rows = parquet.row_count(store, name)
+            progress.phase(f"export {name}", rows)
             _replace_atomically(
                 lambda tmp: parquet.write_parquet(store, select, tmp), base / PART_FILE
             )
             result.files_written.append(PART_FILE)
-            result.rows_written = parquet.row_count(store, name)
+            result.rows_written = rows
+            progress.advance(rows)
         return result
     days = parquet.day_counts(store, name, columns, since)
     ordered = sorted(days)
+    progress.phase(f"export {name}", sum(days.values()))
     for batch in synced_tables.packed(ordered, [days[d] for d in ordered], parquet.STAGE_ROWS):
         with parquet.staged(store, select, columns, batch) as write:
             for day in batch:
@@ -319,6 +326,7 @@ def _export_table(store: Store, out_dir: Path, name: str, since: datetime | None
                 _replace_atomically(functools.partial(write, day), base / rel)
                 result.files_written.append(rel)
                 result.rows_written += days[day]
+                progress.advance(days[day])
     if since is None and base.is_dir():
         # A full export mirrors the DB: drop partitions the DB no longer has.
         keep = {f"date={d.isoformat()}" for d in days}
@@ -370,6 +378,7 @@ def export(
     since: datetime | None = None,
     source: Source | None = None,
     replace: bool = False,
+    progress: Progress | None = None,
 ) -> ExportResult:
     """Write the tables under ``out_dir``; with ``since``, rewrite only partitions changed since then.
 
@@ -377,6 +386,7 @@ def export(
     or after ``since``; the whole partition is rewritten from the DB. ``source`` is
     what the manifest names (default: ``source_of(store)``); an ``out_dir`` holding an
     export of another source is refused (``check_source``) unless ``replace``.
+    ``progress`` gets a phase per table written (``export flow_runs``), its rows the work.
     """
     out_dir = Path(out_dir)
     chosen = check_request(out_dir, fmt, tables, since=since, replace=replace)
@@ -388,9 +398,10 @@ def export(
     except OSError as e:
         raise ConfigError(f"Cannot create export directory {out_dir}: {e.strerror}.") from e
     result = ExportResult(out_dir, fmt, since)
+    progress = progress or NullProgress()
     try:
         for name in chosen:
-            result.tables.append(_export_table(store, out_dir, name, since))
+            result.tables.append(_export_table(store, out_dir, name, since, progress))
         manifest = json.dumps(_manifest(out_dir, store, since, source), indent=2, sort_keys=True)
         tmp = out_dir / f".{MANIFEST}.tmp-{os.getpid()}"
         tmp.write_text(manifest + "\n", encoding="utf-8")

@@ -31,6 +31,7 @@ from urllib.parse import unquote, urlsplit
 
 from flowsync.errors import ConfigError, StoreError
 from flowsync.export import MANIFEST, ExportResult
+from flowsync.progress import NullProgress, Progress
 
 _URL = re.compile(r"^(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*)://(?P<rest>.*)$", re.DOTALL)
 # The schemes export writes to, each with the extra that brings its filesystem.
@@ -188,11 +189,16 @@ def _merged_manifest(
     return {**local, "tables": tables}
 
 
-def upload(local_dir: Path, result: ExportResult, url: str) -> UploadResult:
-    """Copy the files ``result`` wrote under ``local_dir`` to ``url``, then the manifest."""
+def upload(
+    local_dir: Path, result: ExportResult, url: str, progress: Progress | None = None
+) -> UploadResult:
+    """Copy the files ``result`` wrote under ``local_dir`` to ``url``, then the manifest;
+    ``progress`` gets an ``upload`` phase, its files the work."""
     fs, root = _filesystem(url)
     out = UploadResult(url)
     full = result.since is None
+    progress = progress or NullProgress()
+    progress.phase("upload", sum(len(t.files_written) for t in result.tables) + 1)
     try:
         for table in result.tables:
             for rel in table.files_written:
@@ -200,6 +206,7 @@ def upload(local_dir: Path, result: ExportResult, url: str) -> UploadResult:
                 fs.put_file(str(src), f"{root}/{table.name}/{rel}")
                 out.files_uploaded += 1
                 out.bytes_uploaded += src.stat().st_size
+                progress.advance(1)
             if full and table.partition_by:
                 keep = {rel.split("/", 1)[0] for rel in table.files_written}
                 for entry in (
@@ -217,6 +224,7 @@ def upload(local_dir: Path, result: ExportResult, url: str) -> UploadResult:
         with fs.open(f"{root}/{MANIFEST}", "wb") as f:
             f.write((json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
         out.files_uploaded += 1
+        progress.advance(1)
     except Exception as e:  # the SDKs' own error types (botocore, google, azure) vary
         if _sdk_error(e):
             raise _failed(url, e) from e

@@ -62,10 +62,11 @@ from flowsync.policy.apply import (
 )
 from flowsync.policy.model import check_rule_timeout
 from flowsync.policy.plan import PLAN_MEMORY_MB, selected_ids
+from flowsync.progress import Progress
 from flowsync.since import check_start, parse_since
 from flowsync.store import Store, audit, locks, snapshot, sync_log
 from flowsync.store.snapshot import PublishResult, SnapshotInfo, publish
-from flowsync.sync import Progress, PullOptions, PullResult
+from flowsync.sync import PullOptions, PullResult
 from flowsync.sync import pull as pull_runs
 
 if TYPE_CHECKING:
@@ -356,6 +357,7 @@ def export(
     live: bool = False,
     wait: float = 0.0,
     replace: bool = False,
+    progress: Progress | None = None,
 ) -> Exported:
     """The tables as Parquet partitioned by day under ``dest`` (a folder, or ``s3://``,
     ``gs://``, ``az://``), each partition replaced atomically, with a manifest; with
@@ -363,7 +365,9 @@ def export(
     (``live``: the live file), so it never blocks a pull. A destination is checked
     before anything is written: an empty one, an unsupported URL, or one holding an
     export of another file or server (``replace``: take it over, a full export only)
-    is a ``ConfigError``. ``since`` may be text, as ``--since`` takes it (``2d``)."""
+    is a ``ConfigError``. ``since`` may be text, as ``--since`` takes it (``2d``).
+    ``progress`` gets a phase per table (``export flow_runs``: rows) and, for a URL,
+    ``upload`` (files)."""
     if isinstance(since, datetime):
         since = check_start(since, datetime.now(timezone.utc))
     elif since is not None:
@@ -382,9 +386,16 @@ def export(
             found = objectstore.remote_manifest(str(dest))
             export_tables.check_source(found, found is not None, source, str(dest))
         result = export_tables.export(
-            store, out_dir, fmt=fmt, tables=tables, since=since, source=source, replace=replace
+            store,
+            out_dir,
+            fmt=fmt,
+            tables=tables,
+            since=since,
+            source=source,
+            replace=replace,
+            progress=progress,
         )
-        uploaded = objectstore.upload(out_dir, result, str(dest)) if remote else None
+        uploaded = objectstore.upload(out_dir, result, str(dest), progress) if remote else None
     return Exported(result, uploaded)
 
 

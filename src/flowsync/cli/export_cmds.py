@@ -14,6 +14,7 @@ from flowsync.cli.common import (
     WaitOption,
     err,
     errors,
+    make_progress,
     no_default_option,
     print_json,
     quiet_option,
@@ -82,16 +83,18 @@ def export_cmd(
         names = [t.strip() for item in tables or [] for t in item.split(",") if t.strip()]
         cutoff = parse_since(since, datetime.now(timezone.utc))
         path = resolve_db_path(db)
-        exported = operations.export(
-            path,
-            dest,
-            fmt=fmt,
-            tables=None if tables is None else names,
-            since=cutoff,
-            live=live,
-            wait=wait,
-            replace=replace,
-        )
+        with make_progress(quiet or json_out) as progress:
+            exported = operations.export(
+                path,
+                dest,
+                fmt=fmt,
+                tables=None if tables is None else names,
+                since=cutoff,
+                live=live,
+                wait=wait,
+                replace=replace,
+                progress=progress,
+            )
     result, uploaded = exported.result, exported.uploaded
     summary = {"db": str(path), **result.to_json()}
     if uploaded is not None:

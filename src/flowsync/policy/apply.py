@@ -38,8 +38,9 @@ from flowsync.policy.plan import Plan
 from flowsync.policy.planned import per_run_path
 from flowsync.policy.result import ApplyResult
 from flowsync.policy.settle import SETTLE_SECONDS
+from flowsync.progress import NullProgress, Progress
 from flowsync.store import SandboxedWriter, Writer, audit
-from flowsync.sync import NullProgress, Progress, RunReader
+from flowsync.sync import RunReader
 
 __all__ = [
     "SETTLE_SECONDS",

@@ -92,8 +92,9 @@ from flowsync.policy.reread import Rereader
 from flowsync.policy.result import ApplyResult, Outcome, RunResult
 from flowsync.policy.send import note_call, send_bulk, send_call
 from flowsync.policy.settle import Settler
+from flowsync.progress import Progress
 from flowsync.store import SandboxedWriter, synced_tables
-from flowsync.sync import Progress, RunReader
+from flowsync.sync import RunReader
 
 __all__ = ["Applier", "Batch", "Stop"]
 

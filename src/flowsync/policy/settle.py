@@ -36,8 +36,8 @@ from flowsync.policy.answers import Call, Fresh, Lost, Seen, Verdict, classify_l
 from flowsync.policy.model import SetStateRule
 from flowsync.policy.plan import RuleModel
 from flowsync.policy.result import ApplyResult, Outcome, RunResult
+from flowsync.progress import Progress
 from flowsync.store import SandboxedWriter, audit, synced_tables
-from flowsync.sync import Progress
 
 __all__ = ["SETTLE_SECONDS", "Settled", "Settler"]
 

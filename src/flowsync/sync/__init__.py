@@ -10,7 +10,8 @@ Where a pull writes rows: ``flowsync.store.synced_tables``; its cursors and
 log: ``flowsync.store.sync_log``. Must not: print or import httpx/duckdb.
 """
 
-from flowsync.sync.context import NullProgress, Progress, PullOptions
+from flowsync.progress import NullProgress, Progress
+from flowsync.sync.context import PullOptions
 from flowsync.sync.cursor import events_cover, pulled_from
 from flowsync.sync.pull import PullResult, RunReader, pull, refresh_runs
 

@@ -6,35 +6,17 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 from flowsync import config
 from flowsync.api import Page, PrefectClient
 from flowsync.api.pagination import PAGE_SIZE
 from flowsync.errors import ConfigError
+from flowsync.progress import Progress
 from flowsync.store import Store, sync_log, synced_tables
 from flowsync.store.tables import TableSpec
 
 WRITE_ROWS = 2000  # rows a commit of pulled pages: one upsert, one transaction
-
-
-class Progress(Protocol):
-    """How a pull reports progress; the CLI renders it, tests ignore it."""
-
-    def phase(self, name: str, total: int | None = None) -> None: ...
-    def advance(self, n: int) -> None: ...
-    def message(self, text: str) -> None: ...
-
-
-class NullProgress:
-    def phase(self, name: str, total: int | None = None) -> None:
-        pass
-
-    def advance(self, n: int) -> None:
-        pass
-
-    def message(self, text: str) -> None:
-        pass
 
 
 @dataclass(frozen=True)

@@ -21,10 +21,11 @@ from flowsync import views
 from flowsync.api import Page, PrefectClient
 from flowsync.api.pagination import pages_by_id
 from flowsync.errors import ApiError, FlowsyncError, SignalInterrupt
+from flowsync.progress import NullProgress, Progress
 from flowsync.store import Writer, signatures, sync_log, synced_tables
 from flowsync.store.tables import DEPLOYMENTS, FLOW_RUNS, FLOWS
 from flowsync.sync import catalog, cursor, identity, runs
-from flowsync.sync.context import NullProgress, Progress, PullContext, PullOptions
+from flowsync.sync.context import PullContext, PullOptions
 
 
 @dataclass
