@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -139,20 +140,24 @@ def serve(path: str, parent: int) -> None:
     listener.listen(16)
     listener.settimeout(1.0)
     os.replace(partial, path)
-    while os.getppid() == parent:
-        try:
-            conn, _ = listener.accept()
-        except TimeoutError:
-            continue
-        with conn:
-            conn.settimeout(None)
-            request = json.loads(_read_all(conn))
-            pid = os.fork()
-            if pid == 0:
-                listener.close()
-                conn.close()
-                _child(request)
-            conn.sendall(json.dumps({"pid": pid}).encode())
+    try:
+        while os.getppid() == parent:  # until the process that started it exits
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.settimeout(None)
+                request = json.loads(_read_all(conn))
+                pid = os.fork()
+                if pid == 0:
+                    listener.close()
+                    conn.close()
+                    _child(request)
+                conn.sendall(json.dumps({"pid": pid}).encode())
+    finally:
+        listener.close()
+        shutil.rmtree(Path(path).parent, ignore_errors=True)
 
 
 def _child(request: dict) -> None:  # type: ignore[type-arg]
