@@ -1636,3 +1636,87 @@ def _ctrl_c_while_a_call_is_in_flight(
 
 # (No checkpoint inside a re-read -> call window: test_policy_apply.py's
 # test_no_commit_of_an_apply_makes_duckdb_checkpoint, on a fake server: DuckDB's part.)
+
+
+# -- the per-run path (a server without the bulk endpoints: Prefect before 3.6.16) -------------------
+
+
+@pytest.fixture(scope="module")
+def old_server(start_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """Prefect 3.4.25: no bulk endpoints, so apply sends one call per run."""
+    with start_server(home=tmp_path_factory.mktemp("paths-prefect-3.4"), version="3.4.25") as s:
+        yield s
+
+
+def per_run_call(request: httpx.Request) -> str | None:
+    """The run a per-run call (``DELETE /flow_runs/{id}``, ``POST /flow_runs/{id}/set_state``)
+    acts on; None for any other request."""
+    parts = request.url.path.rstrip("/").split("/")
+    if request.method == "DELETE" and parts[-2] == "flow_runs":
+        return parts[-1]
+    if request.method == "POST" and parts[-1] == "set_state":
+        return parts[-2]
+    return None
+
+
+@pytest.mark.parametrize("action", ["delete", "set_state"])
+def test_per_run_a_timed_out_call_landing_after_another_clients_change_is_this_applys(
+    old_server: Server, tmp_path: Path, action: str
+) -> None:
+    """Per run there is no state guard: a call the client gave up on (a read timeout) while
+    the server still works on it lands whatever state the run has moved on to. Another client
+    fails the run meanwhile; the read-back sees that change first, then the call lands. The
+    run is this apply's (deleted / accepted), never "skipped" (untouched), nor sent again."""
+    tag = f"unguarded-{action[:3]}"
+    rules = [purge(tag, "COMPLETED")]
+    if action == "set_state":
+        rules = [
+            {
+                "name": "cancel",
+                "action": "set_state",
+                "state": {"type": "CANCELLED", "name": "Cancelled"},
+                "sql": tagged(tag, "COMPLETED"),
+            }
+        ]
+    with pulled_runs(old_server, tmp_path, 4, "COMPLETED", tag, rules) as (ids, db, policy):
+        sent: list[str] = []
+        real = httpx.Client(timeout=60)
+        failed_seen, landed = threading.Event(), threading.Event()
+
+        def fault(request: httpx.Request, n: int) -> httpx.Response | None:
+            run = per_run_call(request)
+            if run is not None:
+                sent.append(run)
+                if run == ids[1] and sent.count(run) == 1:
+                    method, url = request.method, str(request.url)
+                    body, headers = request.content, dict(request.headers)
+
+                    def later() -> None:
+                        set_state(old_server, [run], "FAILED")  # another client
+                        failed_seen.wait(30)  # the apply's read-back has seen it
+                        time.sleep(0.3)
+                        real.request(method, url, content=body, headers=headers)
+                        landed.set()
+
+                    threading.Thread(target=later, daemon=True).start()
+                    raise httpx.ReadTimeout("timed out", request=request)
+            return None
+
+        def after(request: httpx.Request, response: httpx.Response) -> None:
+            if reads(request, [ids[1]]) and '"FAILED"' in response.text:
+                failed_seen.set()
+
+        result = library_apply(old_server, db, policy, forwarding(fault, after), settle_seconds=15)
+        assert landed.wait(30) and result.path.startswith("per-run")
+        assert sorted(sent) == sorted(ids)  # each run sent once
+        if action == "delete":
+            assert live(old_server, ids) == {}
+            assert outcomes(db, ids) == dict.fromkeys(ids, "deleted")
+            assert sorted(marked_deleted(db, ids)) == sorted(ids)
+            assert result.counts == {"purge": {"deleted": 4}}
+        else:
+            assert live(old_server, ids) == dict.fromkeys(ids, "CANCELLED")
+            assert outcomes(db, ids) == dict.fromkeys(ids, "accepted")
+            assert result.counts == {"cancel": {"accepted": 4}}
+        assert "timed out" in audited(db, ids[1:2], "details->>'after_lost_answer'")[ids[1]]
+        assert audit_rows(db) == len(ids)

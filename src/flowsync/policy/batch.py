@@ -157,6 +157,7 @@ class Applier:
     @per_run.setter
     def per_run(self, value: bool) -> None:
         self.rereader.per_run = value
+        self.settler.unguarded = value
 
     # 2. decide (step 1, the re-read, is policy/reread.py) -------------------------------
 

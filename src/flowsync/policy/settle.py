@@ -77,6 +77,9 @@ class Settler:
         self.read = read  # the batch's re-read by id (counted as a re-read), into the file
         self.settle_seconds = settle_seconds
         self.lost: dict[str, tuple[str, Seen]] = {}  # run -> (problems, state before the last call)
+        # The calls carry no server-side state guard (per run, a server without the bulk
+        # endpoints): one still running lands whatever state the run has moved on to.
+        self.unguarded = False
 
     # what one run shows after a lost answer ------------------------------------------------
 
@@ -128,6 +131,10 @@ class Settler:
         waited, delay = 0.0, 0.5  # the client's clock: time spent waiting, reads not counted
         results: dict[str, RunResult] = {}
         untouched = list(call.ids)
+        # Runs whose state another client changed (not as requested) while an unguarded call
+        # may still be running: that call may yet delete the run or set the requested state,
+        # so what they show is their outcome only once the server has finished (the bound).
+        moved: dict[str, RunResult] = {}
         while True:
             try:
                 after = self.read(untouched)
@@ -146,7 +153,15 @@ class Settler:
             still = []
             for i in untouched:
                 verdict = self.after_lost(rule, i, self.lost[i][1], after.get(i))
+                moved.pop(i, None)
                 if verdict is None:
+                    still.append(i)
+                elif (
+                    self.unguarded
+                    and not answer.finished
+                    and verdict.outcome in (Outcome.SKIPPED, Outcome.PENDING)
+                ):
+                    moved[i] = with_lost(verdict, self.lost[i][0])
                     still.append(i)
                 else:
                     results[i] = with_lost(verdict, self.lost[i][0])
@@ -157,7 +172,8 @@ class Settler:
             self.client.pause_for(pause)
             waited += pause
             delay = min(delay * 2, 5.0)
-        return Verdict(results, again=untouched)
+        results.update(moved)  # the server has finished with the call: as they were last read
+        return Verdict(results, again=[i for i in untouched if i not in moved])
 
     # pending rows: sent, no answer recorded --------------------------------------------------
 
