@@ -1720,3 +1720,96 @@ def test_per_run_a_timed_out_call_landing_after_another_clients_change_is_this_a
             assert result.counts == {"cancel": {"accepted": 4}}
         assert "timed out" in audited(db, ids[1:2], "details->>'after_lost_answer'")[ids[1]]
         assert audit_rows(db) == len(ids)
+
+
+def holding_proxy(
+    target: str, victim: list[int], held: list[str], release: threading.Event
+) -> ThreadingHTTPServer:
+    """A loopback proxy to the real server that SIGKILLs ``victim[0]`` at its second per-run
+    DELETE, whose run it appends to ``held``; that DELETE reaches the server only once
+    ``release`` is set (a call still on its way when the apply that sent it is killed)."""
+    deletes = [0]
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def _forward(self) -> None:
+            length = int(self.headers.get("content-length") or 0)
+            body = self.rfile.read(length) if length else None
+            if self.command == "DELETE" and "/flow_runs/" in self.path:
+                deletes[0] += 1
+                if deletes[0] == 2:
+                    held.append(self.path.rstrip("/").rsplit("/", 1)[1])
+                    os.kill(victim[0], signal.SIGKILL)
+                    if release.wait(60):
+                        time.sleep(0.3)
+                        httpx.request("DELETE", target + self.path, timeout=60)
+                    return
+            response = httpx.request(
+                self.command,
+                target + self.path,
+                content=body,
+                headers={"content-type": self.headers.get("content-type") or "application/json"},
+                timeout=60,
+            )
+            self.send_response(response.status_code)
+            self.send_header(
+                "content-type", response.headers.get("content-type", "application/json")
+            )
+            self.send_header("content-length", str(len(response.content)))
+            self.end_headers()
+            self.wfile.write(response.content)
+
+        do_GET = do_POST = do_PATCH = do_DELETE = _forward
+
+    return ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+
+
+def test_per_run_a_killed_applys_delete_landing_after_another_clients_change_is_that_applys(
+    old_server: Server, tmp_path: Path
+) -> None:
+    """An apply is killed (SIGKILL) with a per-run DELETE on its way; the next apply starts
+    while the server has not carried it out yet, and another client has failed the run. The
+    next apply's read-back sees that change first, then the DELETE lands (no state guard per
+    run): the run is the killed apply's, "deleted", never "skipped" (untouched)."""
+    tag = "killed-unguarded"
+    with pulled_runs(old_server, tmp_path, 4, "COMPLETED", tag) as (ids, db, policy):
+        victim: list[int] = []
+        held: list[str] = []
+        release = threading.Event()
+        httpd = holding_proxy(old_server.url.rsplit("/api", 1)[0], victim, held, release)
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        proxy_url = f"http://127.0.0.1:{httpd.server_address[1]}/api"
+        try:
+            command = ["apply", str(policy), "--db", str(db), "--api-url", proxy_url, "--yes"]
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "flowsync", *command],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+            victim.append(proc.pid)
+            proc.wait(timeout=300)
+            assert proc.returncode == -signal.SIGKILL and len(held) == 1
+            killed = str(query(db, "SELECT DISTINCT apply_id FROM policy_actions")[0][0])
+            first = [i for i, o in outcomes(db, ids).items() if o == "deleted"]
+            assert outcomes(db, ids) == {**dict.fromkeys(first, "deleted"), held[0]: "pending"}
+            assert len(first) == 1
+            set_state(old_server, held, "FAILED")  # another client, before the DELETE lands
+
+            def after(request: httpx.Request, response: httpx.Response) -> None:
+                if reads(request, held) and '"FAILED"' in response.text:
+                    release.set()  # the read-back has seen the change: now the DELETE lands
+
+            result = library_apply(
+                old_server, db, policy, forwarding(None, after), settle_seconds=15
+            )
+        finally:
+            release.set()
+            httpd.shutdown()
+        assert live(old_server, ids) == {}
+        assert outcomes(db, ids) == dict.fromkeys(ids, "deleted") and audit_rows(db) == len(ids)
+        by_killed = audited(db, ids, f"apply_id = '{killed}'")
+        assert by_killed == {i: i in (first[0], held[0]) for i in ids}
+        assert result.resolved_earlier == 1 and result.counts == {"purge": {"deleted": 2}}
+        assert sorted(marked_deleted(db, ids)) == sorted(ids)

@@ -256,12 +256,23 @@ class Settler:
         """Read the runs back: (apply, run) -> outcome for those the server shows settled
         (with ``final``, unchanged runs too: ``failed``)."""
         after = self.read([r.flow_run_id for r in rows])
+        read_at = datetime.now(timezone.utc)
         outcomes: dict[tuple[str, str], tuple[str, Any]] = {}
         for row in rows:
             before = Seen(row.state_type_before, row.state_id_before, None)
             now = after.get(row.flow_run_id)
             requested = row.requested_type if row.action == "set_state" else None
             verdict = self.evidence(row.action, requested, row.flow_run_id, before, now)
+            if (
+                not final
+                and verdict is not None
+                and verdict.outcome is Outcome.SKIPPED
+                and self.unguarded
+                and (read_at - row.sent_at).total_seconds() < self.settle_seconds
+            ):
+                # Another client changed the run, and the call (without a state guard) may
+                # still be on its way: it may yet land, so the run is read again after the bound.
+                verdict = None
             if verdict is None:
                 if not final:
                     continue  # it may still be on its way
