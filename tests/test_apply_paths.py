@@ -1813,3 +1813,39 @@ def test_per_run_a_killed_applys_delete_landing_after_another_clients_change_is_
         assert by_killed == {i: i in (first[0], held[0]) for i in ids}
         assert result.resolved_earlier == 1 and result.counts == {"purge": {"deleted": 2}}
         assert sorted(marked_deleted(db, ids)) == sorted(ids)
+
+
+def test_per_run_the_first_call_waits_for_a_new_re_read_once_its_re_read_is_old(
+    old_server: Server, tmp_path: Path
+) -> None:
+    """Per run a DELETE carries no state guard: the re-read is all that holds it. A rule
+    joining deployments reads the batch's deployments after its runs; the server is slow to
+    answer that read (FRESH_FOR and more), and meanwhile another client fails every run. No
+    call goes out on the old re-read, the first one neither: the runs are re-read, and the rule
+    (COMPLETED runs) selects none of them now."""
+    from flowsync.policy.batch import FRESH_FOR
+
+    sql = (
+        "SELECT r.id FROM flow_runs r JOIN deployments d ON d.id = r.deployment_id "
+        "WHERE r.state_type = 'COMPLETED' AND list_contains(r.tags, 'slowdep') AND d.name = 'prod'"
+    )
+    rules = [{"name": "purge", "action": "delete", "sql": sql}]
+    with pulled_runs(old_server, tmp_path, 3, "COMPLETED", "slowdep", rules) as (ids, db, policy):
+        sent: list[str] = []
+        slowed: list[int] = []
+
+        def fault(request: httpx.Request, n: int) -> httpx.Response | None:
+            if request.url.path.endswith("deployments/filter") and not slowed:
+                slowed.append(n)
+                set_state(old_server, ids, "FAILED")  # another client, during the slow read
+                time.sleep(FRESH_FOR + 1)
+            if (run := per_run_call(request)) is not None:
+                sent.append(run)
+            return None
+
+        result = library_apply(old_server, db, policy, forwarding(fault))
+        assert slowed and result.path.startswith("per-run")
+        assert sent == []  # nothing was sent on the old re-read
+        assert live(old_server, ids) == dict.fromkeys(ids, "FAILED")
+        assert outcomes(db, ids) == dict.fromkeys(ids, "skipped") and audit_rows(db) == len(ids)
+        assert result.counts == {"purge": {"skipped": 3}}

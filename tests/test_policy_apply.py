@@ -1107,17 +1107,19 @@ def test_per_run_calls_go_out_only_while_their_re_read_is_fresh(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Per run, one DELETE after another: once the batch's re-read is older than FRESH_FOR
-    (here at once), the runs not sent yet are re-read before the next DELETE. Run 3,
-    protected while run 2's DELETE was out, stays."""
+    (here by the time run 2's slow DELETE is answered), the runs not sent yet are re-read
+    before the next DELETE. Run 3, protected while run 2's DELETE was out, stays. (FRESH_FOR
+    0 would send nothing: per run the first call, too, goes out only on a fresh re-read.)"""
     from flowsync.policy import batch
 
-    monkeypatch.setattr(batch, "FRESH_FOR", 0.0)
+    monkeypatch.setattr(batch, "FRESH_FOR", 0.5)
     db = make_db(tmp_path / "r.duckdb", [run(i) for i in range(1, 6)])
     fake = Recorder(lambda p, b: httpx.Response(404), api_rows(db))
 
     def delete(run_id: str, n: int) -> httpx.Response:
         if run_id == rid(2):
             fake.runs[rid(3)].update(tags=["keep"], updated="2099-01-01T00:00:00+00:00")
+            time.sleep(0.6)
         fake.runs.pop(run_id)
         return httpx.Response(204)
 

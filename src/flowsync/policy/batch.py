@@ -28,8 +28,9 @@ runs), each step with typed inputs and outputs:
 
 ``steps`` runs them, up to ``attempts`` times for each run sent back to step 1; a
 run never done gets ``failed``. A batch's calls after its first go out on its re-read only
-while that re-read is fresh: after a lost answer (the settle may have waited seconds), or
-``FRESH_FOR`` after the re-read answered (one call a run on older servers), or when the
+while that re-read is fresh (per run, its first call too): after a lost answer (the settle
+may have waited seconds), or ``FRESH_FOR`` after the re-read answered (one call a run on
+older servers), or when the
 request budget would hold the next call back, the calls not sent go back to step 1 without
 using an attempt. Nothing waits for the request budget inside a batch's window, from the
 first read its decision rests on to its calls (``ApiSession.unpaced``: the batch waits for a
@@ -426,12 +427,15 @@ class Applier:
             # what it slept counts whatever the clock (a test's sleep takes no time).
             since = window.answered_at if window.answered_at is not None else fresh.answered_at
             age = max(window.slept, time.monotonic() - since)
-            if window.slept and age > FRESH_FOR:
+            if (window.slept or self.per_run) and age > FRESH_FOR:
                 # The server held a read inside the window back (a 429's Retry-After, a
                 # retry's backoff) until the batch's re-read was no longer fresh: nothing is
                 # sent on it; read and decided again, each run using an attempt (a server
                 # that keeps asking to wait ends the batch). A short retry (a busy SQLite
-                # server's 503) leaves it fresh: sent as usual.
+                # server's 503) leaves it fresh: sent as usual. Per run (no server-side state
+                # guard: the re-read is all that holds a call) the first call as well as the
+                # later ones goes out only while it is fresh, however the window took long (a
+                # slow read of the runs' deployments, a slow rule).
                 again = [i for c in calls for i in c.ids]
                 calls = []
             lost = False
@@ -540,7 +544,7 @@ class Applier:
                 Outcome.FAILED,
                 {
                     "reason": f"not done after {attempt} attempts (throttled, its re-read held "
-                    "back by the server, or the answer lost while the server shows the run "
+                    "back by the server or too old by its call, or the answer lost while the server shows the run "
                     "unchanged); run apply again",
                     "error": why.get(i),
                 },
