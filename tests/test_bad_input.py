@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from flowsync.store import Store
 from harness.server import free_port
 from tests.helpers import SeededServer, copy_db, query, run_cli
 
@@ -471,3 +472,39 @@ def test_export_refuses_what_the_command_refuses(built: object, tmp_path: Path) 
         with pytest.raises(ConfigError, match=r"^--since '(1900|2999)-01-01"):
             export(db, out, since=since)
     assert not out.exists()
+
+
+_PULL = ["pull", "--api-url", NOBODY]
+_REFRESH = ["plan", "docs/examples/retention.yaml", "--refresh", "--api-url", NOBODY]
+_APPLY = ["apply", "docs/examples/retention.yaml", "--yes", "--api-url", NOBODY]
+
+
+@pytest.mark.parametrize(
+    ("command", "inside"),
+    [
+        *(
+            (command, inside)
+            for command in (_PULL, _REFRESH, _APPLY)
+            for inside in ("current", "00000001.duckdb")
+        ),
+        (_PULL, "new.duckdb"),
+    ],
+)
+def test_a_writer_on_a_published_snapshot_is_refused_and_the_snapshot_kept(
+    built: object, tmp_path: Path, command: list[str], inside: str
+) -> None:
+    """`--db runs.duckdb.snapshots/current` (the path a dashboard reads) wrote the pull into
+    the published snapshot: readers of the live file then got 'snapshot damaged'."""
+    db = copy_db(built.path, tmp_path)  # type: ignore[attr-defined]
+    folder = db.with_name(db.name + ".snapshots")
+    before = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+    one_clear_line(
+        run_cli(*command, "--db", str(folder / inside)),
+        5,
+        "published snapshot",
+        f"--db {db}",
+    )
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == before
+    assert {p.name for p in folder.iterdir()} == set(before)  # nothing made there either
+    with Store.reader(db) as reader:  # readers still open the snapshot, undamaged
+        assert reader.execute("SELECT count(*) FROM flow_runs").rows()[0][0] > 0

@@ -56,7 +56,7 @@ from flowsync.errors import (
     StoreLockedError,
 )
 from flowsync.store import locks, migrations
-from flowsync.store.files import check_creatable, check_path, storage_error
+from flowsync.store.files import check_creatable, check_not_snapshot, check_path, storage_error
 from flowsync.store.session import Session
 from flowsync.store.sqlerrors import is_config_clash, is_lock_error
 
@@ -356,6 +356,7 @@ class Store(Session):
         a file that a writer holds now (its own open then waits and says so)."""
         from flowsync.store.roles import Writer
 
+        check_not_snapshot(Path(path))
         if Path(path).exists():
             Writer._refuse_unwritable(Path(path))
         else:

@@ -154,11 +154,32 @@ def storage_error(path: Path, e: BaseException, *, query: bool = False) -> Store
 DUCKDB_SPECIAL_NAMES = (":memory:", "md:", "motherduck:")
 
 
+def published_by(path: Path) -> Path | None:
+    """The live file whose snapshot folder holds ``path`` (``runs.duckdb.snapshots/current``,
+    a generation, or a new name there; through symbolic links, where it leads), else None."""
+    folder = Path(os.path.realpath(path)).parent
+    if not folder.name.endswith(SNAPSHOTS_SUFFIX):
+        return None
+    live = folder.with_name(folder.name[: -len(SNAPSHOTS_SUFFIX)])
+    return live if live.is_file() else None
+
+
+def check_not_snapshot(path: Path) -> None:
+    """Refuse to write in a published snapshot's folder: the snapshot readers open would be
+    changed under them (reported damaged), and the pull's rows kept out of the live file."""
+    live = published_by(path)
+    if live is not None:
+        raise StoreError(
+            f"--db {path} is in the published snapshot folder of {live}, which readers open "
+            f"and flowsync never writes to; pass the live file: --db {live}."
+        )
+
+
 def check_path(path: Path, *, read_only: bool) -> None:
     """Refuse what cannot be flowsync's file before DuckDB touches it (so nothing is written
     to it): one of DuckDB's special names, a directory, a pipe or a device, a missing folder,
-    a file that is empty or not DuckDB's; a reader also refuses a file that does not exist
-    yet."""
+    a file that is empty or not DuckDB's; a writer also a path in a published snapshot's
+    folder; a reader a file that does not exist yet."""
     if str(path).lower().startswith(DUCKDB_SPECIAL_NAMES):
         raise StoreError(
             f"--db {path} is no file to DuckDB (its in-memory database, or MotherDuck's): "
@@ -176,6 +197,8 @@ def check_path(path: Path, *, read_only: bool) -> None:
             f"--db {path} is not a regular file (a pipe, a device or a socket); pass a file "
             "path such as ./flowsync.duckdb."
         )
+    if not read_only:
+        check_not_snapshot(path)
     if read_only and not path.exists():
         raise StoreError(f"{path} does not exist: run `flowsync pull --db {path}` first.")
     if not path.parent.exists():
