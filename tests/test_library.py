@@ -23,11 +23,11 @@ import pytest
 import flowsync
 from flowsync import operations
 from flowsync.config import ApiSettings
-from flowsync.errors import PolicyLimitError, StoreLockedError
+from flowsync.errors import ApiError, PolicyLimitError, StoreLockedError
 from flowsync.operations import export
 from harness.built import BuiltHistory
 from harness.seed import new_deployment, runs_in_state
-from harness.server import Server
+from harness.server import Server, free_port
 from tests.helpers import copy_db, query, run_cli
 
 COLUMNS = (
@@ -233,3 +233,31 @@ def test_status_does_what_the_command_does(built: BuiltHistory, tmp_path: Path) 
     assert called.writing is None and called.snapshot is not None
     live = "SELECT id FROM flow_runs WHERE deleted_at IS NULL"
     assert called.summary["flow_runs"]["live"] == len(query(db, live))
+
+
+def test_every_call_reads_a_path_from_home_as_its_command_and_connect_do(
+    built: BuiltHistory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--db ~/runs.duckdb`` (quoted, or from $FLOWSYNC_DB) and ``flowsync.connect`` and
+    ``flowsync.status`` expand the ``~``; ``flowsync.report``, ``.plan``, ``.export``,
+    ``.pull``, ``.apply`` and ``check_policy`` took it for a folder named ``~`` (a report:
+    "does not exist: run `flowsync pull --db ~/runs.duckdb` first")."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    db = copy_db(built.path, tmp_path)
+    home = "~/runs.duckdb"
+    nobody = ApiSettings(url=f"http://127.0.0.1:{free_port()}/api")
+    policy = Path(__file__).parents[1] / "docs" / "examples" / "retention.yaml"
+    command = run_cli("report", "failures", "--db", home, "--format", "json")
+    assert command.exit_code == 0, command.output
+    assert flowsync.status(home).path == db
+    flowsync.connect(home).close()
+    assert flowsync.report(home, "failures").frame.height == len(json.loads(command.stdout))
+    with flowsync.plan(home, policy) as made, flowsync.plan(db, policy) as expected:
+        assert made.total == expected.total
+    assert operations.check_policy(policy, home)[1] == operations.check_policy(policy, db)[1]
+    assert export(home, tmp_path / "out").result.rows_written > 0
+    refused = flowsync.apply(home, policy, api=nobody, confirm=lambda p: False)
+    refused.plan.close()
+    assert not refused.confirmed and refused.plan.total > 0
+    with pytest.raises(ApiError):  # the file is found: the server is asked next
+        flowsync.pull(home, api=nobody)

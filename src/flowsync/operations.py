@@ -96,7 +96,7 @@ class Pulled:
 
 
 def pull(
-    db: Path,
+    db: str | os.PathLike[str],
     *,
     api: ApiSettings,
     options: PullOptions | None = None,
@@ -111,7 +111,7 @@ def pull(
     in ``sync_runs``; a pull that changed nothing keeps the current snapshot. A first
     pull checks the file's place, then the server, before it makes the file: a wrong
     path or URL leaves nothing behind."""
-    db = Path(db)
+    db = resolve_db_path(db)  # `~` expanded, as --db and flowsync.connect() do
     with http.PrefectClient(api, on_retry=on_retry) as client:
         if not Store.exists(db):
             Store.check_writable(db)
@@ -133,7 +133,7 @@ def pull(
 
 
 def plan(
-    db: Path,
+    db: str | os.PathLike[str],
     policy: Path,
     *,
     refresh: ApiSettings | None = None,
@@ -153,7 +153,7 @@ def plan(
     a lock on the live file is explained (``store.locks``)."""
     timeout = check_rule_timeout(timeout)
     loaded = load_policy(policy)
-    db = Path(db)
+    db = resolve_db_path(db)  # `~` expanded, as --db and flowsync.connect() do
     if refresh is not None:
         if Store.exists(db):
             Store.check_writable(db)  # a newer flowsync's file: refused before it is read
@@ -191,7 +191,7 @@ def plan(
 
 
 def check_policy(
-    policy: Path, db: Path | None = None, *, wait: float = 0.0
+    policy: Path, db: str | os.PathLike[str] | None = None, *, wait: float = 0.0
 ) -> tuple[LoadedPolicy, dict[str, int] | None]:
     """Validate a policy file and every rule's SQL, read-only and sandboxed as plan runs it:
     over ``db`` (then rule name -> ids it returns), or without one over an empty file of
@@ -199,7 +199,7 @@ def check_policy(
     ``id`` column fails the same way; None). ``PolicyError`` on the first problem."""
     loaded = load_policy(policy)
     if db is not None:
-        with Store.sandboxed(Path(db), wait=wait) as store:
+        with Store.sandboxed(resolve_db_path(db), wait=wait) as store:
             return loaded, check_rules(store, loaded)
     with tempfile.TemporaryDirectory(prefix="flowsync-check-") as folder:
         empty = Path(folder) / "empty.duckdb"
@@ -234,7 +234,7 @@ def _closed_if_raised(made: Plan) -> Iterator[Plan]:
 
 
 def apply(
-    db: Path,
+    db: str | os.PathLike[str],
     policy: Path,
     *,
     api: ApiSettings,
@@ -254,7 +254,7 @@ def apply(
     ``result`` (``ApplyResult.new()``) to keep what was done when this raises:
     the outcomes are in it and in ``policy_actions`` whatever stops the apply. A refused
     or failed apply closes its plan (its scratch file); a returned one is the caller's."""
-    db = Path(db)
+    db = resolve_db_path(db)  # `~` expanded, as --db and flowsync.connect() do
     memory_limit_mb = check_memory_limit(memory_limit_mb)
     check_number("--settle-seconds", settle_seconds, low=SETTLE_MIN_SECONDS, metavar="SECONDS")
     if Store.exists(db):
@@ -348,7 +348,7 @@ class Exported:
 
 
 def export(
-    db: Path,
+    db: str | os.PathLike[str],
     dest: str | Path,
     *,
     fmt: str = "parquet",
@@ -368,6 +368,7 @@ def export(
     is a ``ConfigError``. ``since`` may be text, as ``--since`` takes it (``2d``).
     ``progress`` gets a phase per table (``export flow_runs``: rows) and, for a URL,
     ``upload`` (files)."""
+    db = resolve_db_path(db)  # `~` expanded, as --db and flowsync.connect() do
     if isinstance(since, datetime):
         since = check_start(since, datetime.now(timezone.utc))
     elif since is not None:
@@ -380,7 +381,7 @@ def export(
     else:
         export_tables.check_request(out_dir, fmt, tables, since=since, replace=replace)
     staged = objectstore.staging(str(dest)) if remote else contextlib.nullcontext(out_dir)
-    with Store.reader(Path(db), live=live, wait=wait) as store, staged as out_dir:
+    with Store.reader(db, live=live, wait=wait) as store, staged as out_dir:
         source = export_tables.source_of(store, db)
         if remote and not replace:
             found = objectstore.remote_manifest(str(dest))
@@ -476,7 +477,7 @@ def _query_args(
 
 
 def report(
-    db: Path,
+    db: str | os.PathLike[str],
     name: str,
     *,
     since: str | None = None,
@@ -496,6 +497,7 @@ def report(
     ``by`` as ``--by``, ``flow``/``deployment``/``tag``/``state`` as the filters, and the
     report's own options by name (``late_after=300``, ``last=10``, ``history="30d"``).
     With ``html``, also the health page with this report's table under it."""
+    db = resolve_db_path(db)  # `~` expanded, as --db and flowsync.connect() do
     spec = registry.get(name)
     if spec.since is None and since is not None and spec.no_since:
         raise ConfigError(spec.no_since.format(since=since))
@@ -514,11 +516,11 @@ def report(
             f"it takes: {', '.join('--' + f for f in spec.filters) or 'none'}."
         )
     if spec.query is None:
-        return _health(Path(db), spec, since, by, include_deleted, live, wait, html, options)
+        return _health(db, spec, since, by, include_deleted, live, wait, html, options)
     window = reports.parse_since(since if since is not None else spec.since)
     args = _query_args(spec, window, by, include_deleted, filters, options)
     title = spec.heading(args.get("by"))
-    with Store.reader(Path(db), live=live, wait=wait) as store:
+    with Store.reader(db, live=live, wait=wait) as store:
         frame = spec.query(store, **args)
         start = None
         if spec.compares and window.since is not None:
