@@ -508,3 +508,37 @@ def test_a_writer_on_a_published_snapshot_is_refused_and_the_snapshot_kept(
     assert {p.name for p in folder.iterdir()} == set(before)  # nothing made there either
     with Store.reader(db) as reader:  # readers still open the snapshot, undamaged
         assert reader.execute("SELECT count(*) FROM flow_runs").rows()[0][0] > 0
+
+
+@pytest.mark.parametrize("given", ["http://127.0.0.1:4200/api", {"url": "x"}, None])
+@pytest.mark.parametrize("call", ["pull", "pull-new", "plan-refresh", "apply", "apply-nothing"])
+def test_an_api_that_is_no_api_settings_is_one_config_error_before_anything(
+    built: object, tmp_path: Path, call: str, given: object
+) -> None:
+    """``flowsync.pull(db, api="http://...")`` raised AttributeError ('str' object has no
+    attribute 'max_requests_per_minute'), and an apply with nothing to do returned without
+    ever looking at its ``api``: a ``ConfigError`` naming the type and what to pass."""
+    import flowsync
+    from flowsync.errors import ConfigError
+
+    db = copy_db(built.path, tmp_path)  # type: ignore[attr-defined]
+    policy = tmp_path / "policy.yaml"
+    selects = "state_type = 'COMPLETED'" if call != "apply-nothing" else "false"
+    policy.write_text(
+        "version: 1\nmax_actions: 1000000\nrules:\n  - name: r\n    action: delete\n"
+        f"    sql: SELECT id FROM flow_runs WHERE {selects}\n"
+    )
+    runs = query(db, "SELECT count(*) FROM sync_runs")
+    calls = {
+        "pull": lambda: flowsync.pull(db, api=given),  # type: ignore[arg-type]
+        "pull-new": lambda: flowsync.pull(tmp_path / "new.duckdb", api=given),  # type: ignore[arg-type]
+        "plan-refresh": lambda: flowsync.plan(db, policy, refresh=given or ""),  # type: ignore[arg-type]
+        "apply": lambda: flowsync.apply(db, policy, api=given),  # type: ignore[arg-type]
+        "apply-nothing": lambda: flowsync.apply(db, policy, api=given),  # type: ignore[arg-type]
+    }
+    with pytest.raises(
+        ConfigError, match=r"^(api|refresh) is an? \w+, not an ApiSettings: .*resolve_api"
+    ):
+        calls[call]()
+    assert query(db, "SELECT count(*) FROM sync_runs") == runs
+    assert not (tmp_path / "new.duckdb").exists()

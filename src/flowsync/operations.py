@@ -87,6 +87,19 @@ __all__ = [
 ]
 
 
+def _check_api(name: str, api: object) -> ApiSettings:
+    """``api`` (or ``refresh``) if it is an ``ApiSettings``; else a ``ConfigError`` before
+    anything is read or written (a URL passed as text raised AttributeError mid-call, and an
+    apply with nothing to do never looked). Names the type only: the value may be a key."""
+    if not isinstance(api, ApiSettings):
+        article = "an" if type(api).__name__[:1].lower() in "aeiou" else "a"
+        raise ConfigError(
+            f"{name} is {article} {type(api).__name__}, not an ApiSettings: pass "
+            f"{name}=flowsync.config.resolve_api(url, key), or ApiSettings(url=...)."
+        )
+    return api
+
+
 @dataclass
 class Pulled:
     """A pull's result, and the snapshot readers now see (published, or kept unchanged)."""
@@ -111,6 +124,7 @@ def pull(
     in ``sync_runs``; a pull that changed nothing keeps the current snapshot. A first
     pull checks the file's place, then the server, before it makes the file: a wrong
     path or URL leaves nothing behind."""
+    api = _check_api("api", api)
     db = resolve_db_path(db)  # `~` expanded, as --db and flowsync.connect() do
     with http.PrefectClient(api, on_retry=on_retry) as client:
         if not Store.exists(db):
@@ -152,6 +166,8 @@ def plan(
     ``rule_timeout_seconds``; else a ``ConfigError``). ``lock_context`` says how
     a lock on the live file is explained (``store.locks``)."""
     timeout = check_rule_timeout(timeout)
+    if refresh is not None:
+        refresh = _check_api("refresh", refresh)
     loaded = load_policy(policy)
     db = resolve_db_path(db)  # `~` expanded, as --db and flowsync.connect() do
     if refresh is not None:
@@ -254,6 +270,7 @@ def apply(
     ``result`` (``ApplyResult.new()``) to keep what was done when this raises:
     the outcomes are in it and in ``policy_actions`` whatever stops the apply. A refused
     or failed apply closes its plan (its scratch file); a returned one is the caller's."""
+    api = _check_api("api", api)
     db = resolve_db_path(db)  # `~` expanded, as --db and flowsync.connect() do
     memory_limit_mb = check_memory_limit(memory_limit_mb)
     check_number("--settle-seconds", settle_seconds, low=SETTLE_MIN_SECONDS, metavar="SECONDS")
