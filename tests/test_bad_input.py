@@ -542,3 +542,24 @@ def test_an_api_that_is_no_api_settings_is_one_config_error_before_anything(
         calls[call]()
     assert query(db, "SELECT count(*) FROM sync_runs") == runs
     assert not (tmp_path / "new.duckdb").exists()
+
+
+@pytest.mark.parametrize(
+    "dest", ["s3:/bucket/flowsync", "gs:/bucket", "az:/container/x", "file:/tmp"]
+)
+def test_an_export_url_missing_a_slash_is_refused_not_written_to_a_local_folder(
+    built: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dest: str
+) -> None:
+    """`flowsync export s3:/bucket` (one slash) exported, exit 0, into ./s3:/bucket (a folder
+    `s3:` holding `bucket`); `s3:name`, no slash, stays a folder of that name (test_export)."""
+    import flowsync.operations
+    from flowsync.errors import ConfigError
+
+    monkeypatch.chdir(tmp_path)
+    db = copy_db(built.path, tmp_path)  # type: ignore[attr-defined]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    scheme = dest.split(":")[0]
+    one_clear_line(run_cli("export", "--db", str(db), dest), 2, dest, f"{scheme}://", f"./{dest}")
+    with pytest.raises(ConfigError, match="a slash missing"):
+        flowsync.operations.export(db, dest)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before

@@ -44,6 +44,9 @@ EXTRAS = {
     "abfs": "azure",
     "abfss": "azure",
 }
+# ``s3:/bucket``: a scheme export writes to with a slash missing, which would otherwise be
+# a local folder ``s3:`` holding ``bucket`` (``s3:name``, no slash, is a folder of that name).
+_SLASH_MISSING = re.compile(r"^(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*):/(?!/)")
 _SUPPORTED = "a directory, file://, " + ", ".join(f"{s}://" for s in EXTRAS)
 
 
@@ -83,6 +86,13 @@ def check_destination(dest: str) -> None:
         )
     m = _URL.match(dest)
     if m is None:
+        short = _SLASH_MISSING.match(dest)
+        if short and short.group("scheme").lower() in (*EXTRAS, "file"):
+            scheme = short.group("scheme").lower()
+            raise ConfigError(
+                f"Export destination {dest} is a {scheme}:// URL with a slash missing; write "
+                f"{scheme}://{dest[short.end() :]} (or ./{dest} for a local folder)."
+            )
         return  # a local path
     scheme, rest = m.group("scheme").lower(), m.group("rest")
     if scheme == "file":
