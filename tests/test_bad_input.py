@@ -563,3 +563,53 @@ def test_an_export_url_missing_a_slash_is_refused_not_written_to_a_local_folder(
     with pytest.raises(ConfigError, match="a slash missing"):
         flowsync.operations.export(db, dest)
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+@pytest.mark.parametrize(
+    ("command", "target"),
+    [
+        (["sql", "SELECT 1", "--format", "csv", "--output"], "runs.duckdb"),
+        (["sql", "SELECT 1", "--format", "csv", "--output"], "runs.duckdb.snapshots/current"),
+        (["sql", "SELECT 1", "--format", "csv", "--output"], "link.duckdb"),
+        (["sql", "SELECT 1", "--format", "csv", "--output"], "runs.duckdb.snapshots/new.csv"),
+        (["report", "failures", "--format", "parquet", "--output"], "runs.duckdb"),
+        (["report", "health", "--format", "openmetrics", "--output"], "runs.duckdb"),
+        (["report", "health", "--html"], "runs.duckdb"),
+    ],
+)
+def test_an_output_that_names_the_duckdb_file_is_refused_and_the_file_kept(
+    built: object, tmp_path: Path, command: list[str], target: str
+) -> None:
+    """`flowsync sql ... --output runs.duckdb` (a slip for --db) replaced the whole history
+    with one CSV line, and `--output runs.duckdb.snapshots/current` the snapshot readers
+    open: a read-only command lost the file."""
+    db = copy_db(built.path, tmp_path)  # type: ignore[attr-defined]
+    (tmp_path / "link.duckdb").symlink_to(db)
+    folder = db.with_name(db.name + ".snapshots")
+    files = [db, *(p for p in folder.iterdir() if p.is_file())]
+    before = {p: p.read_bytes() for p in files}
+    one_clear_line(run_cli(*command, str(tmp_path / target), "--db", str(db)), 2, target)
+    assert {p: p.read_bytes() for p in files} == before
+    assert {p.name for p in folder.iterdir()} == {p.name for p in files if p != db}
+
+
+def test_an_output_to_a_named_pipe_is_still_written_as_it_is(built: object, tmp_path: Path) -> None:
+    """The check that an output is no DuckDB file never opens a pipe (that would wait)."""
+    fifo = tmp_path / "out.pipe"
+    os.mkfifo(fifo)
+    db = str(built.path)  # type: ignore[attr-defined]
+    command = [sys.executable, "-m", "flowsync", "sql", "SELECT 42 AS n", "--format", "csv"]
+    command += ["--output", str(fifo), "--db", db]
+    reader = subprocess.Popen(["cat", str(fifo)], stdout=subprocess.PIPE)
+    try:
+        done = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        )
+        assert done.returncode == 0, done.stderr
+        assert reader.communicate(timeout=10)[0] == b"n\n42\n"
+    finally:
+        reader.kill()

@@ -71,6 +71,9 @@ def write_atomic(path: Path, data: bytes, option: str = "--output") -> None:
     textfile collector, a browser) sees the old file or the new one, never half of one.
     A link is followed (the file it names is replaced, not the link); what is not a file
     (``/dev/null``, ``/dev/stdout``, a pipe) is written to as it is, never replaced."""
+    from flowsync.store.files import check_not_a_database
+
+    check_not_a_database(path, option)  # a slip for --db would lose the history
     if path.exists() and not path.is_file():  # followed as given: /dev/stdout, /dev/fd/N
         if path.is_dir():
             raise ConfigError(f"{option} {path} is a directory; name a file in it.")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import duckdb
 
-from flowsync.errors import DamagedFileError, StorageError, StoreError
+from flowsync.errors import ConfigError, DamagedFileError, StorageError, StoreError
 
 DUCKDB_MAGIC_OFFSET = 8
 DUCKDB_MAGIC = b"DUCK"
@@ -172,6 +172,31 @@ def check_not_snapshot(path: Path) -> None:
         raise StoreError(
             f"--db {path} is in the published snapshot folder of {live}, which readers open "
             f"and flowsync never writes to; pass the live file: --db {live}."
+        )
+
+
+def check_not_a_database(path: Path, option: str) -> None:
+    """Refuse a command's output file (``--output``, ``--html``) that would replace a DuckDB
+    file (the live file, through a link too, or any other) or land in a published snapshot
+    folder: a report or a query written over ``runs.duckdb`` loses the history."""
+    real = Path(os.path.realpath(path))
+    live = published_by(real)
+    if live is not None:
+        raise ConfigError(
+            f"{option} {path} is in the published snapshot folder of {live}, which readers "
+            "open; name a file elsewhere."
+        )
+    if not real.is_file():
+        return  # not there yet, or no file (a pipe is never opened here: it would wait)
+    try:
+        with real.open("rb") as f:
+            head = f.read(DUCKDB_MAGIC_OFFSET + 4)
+    except OSError:
+        return  # not readable: the write says what is wrong
+    if head[DUCKDB_MAGIC_OFFSET:] == DUCKDB_MAGIC:
+        raise ConfigError(
+            f"{option} {path} is a DuckDB database, which the output would replace; name "
+            "another file (the database to read goes in --db)."
         )
 
 
