@@ -1253,6 +1253,83 @@ def test_a_batch_whose_re_read_fails_while_the_call_before_it_is_in_flight_is_no
         assert any("cannot re-read its runs before the call" in e for e in result.errors)
 
 
+@pytest.mark.parametrize("stop", ["401", "ctrl-c"])
+def test_a_call_answered_429_then_stopped_before_it_is_sent_again_is_failed_not_pending(
+    server: Server, tmp_path: Path, stop: str
+) -> None:
+    """Batch 1's call, in flight while batch 2 is re-read and sent, is answered 429 (nothing
+    done); then the apply stops before sending it again: every later request is refused 401
+    (the key revoked), or Ctrl-C during the wait the 429 asked for. Batch 1's runs were never
+    carried out: their rows say failed, not pending. (Left pending, the next apply read them
+    back under this one: a run another client deleted meanwhile was counted as deleted by it.)"""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        _answered_429_then_stopped(server, tmp_path, stop)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _answered_429_then_stopped(server: Server, tmp_path: Path, stop: str) -> None:
+    from flowsync.errors import AuthError
+    from flowsync.policy.apply import new_result
+
+    with pulled_runs(server, tmp_path, 6, "COMPLETED", f"thr{stop[0]}") as (ids, db, policy):
+        first, second = batch_ids(db, policy, 3)
+        revoked = threading.Event()
+        second_done = threading.Event()
+
+        def fault(request: httpx.Request, n: int) -> httpx.Response | None:
+            if revoked.is_set():
+                return httpx.Response(401, json={"detail": "expired"})
+            if request.url.path.endswith("bulk_delete") and bulk_ids(request) == first:
+                assert second_done.wait(20)  # batch 2 is re-read and sent meanwhile
+                if stop == "401":
+                    revoked.set()
+                else:  # in the 3 s the 429 asks the apply to wait
+                    threading.Timer(1.0, _thread.interrupt_main).start()
+                return httpx.Response(429, headers={"Retry-After": "3"}, text="slow down")
+            return None
+
+        def answered(request: httpx.Request, response: httpx.Response) -> None:
+            if request.url.path.endswith("bulk_delete") and bulk_ids(request) == second:
+                second_done.set()
+
+        with planned(db, policy) as (_, plan):
+            held = new_result(plan)
+        with pytest.raises(AuthError if stop == "401" else KeyboardInterrupt):
+            library_apply(
+                server,
+                db,
+                policy,
+                forwarding(fault, answered, resend_busy=True),
+                batch_size=3,
+                result=held,
+            )
+        assert set(live(server, ids)) == set(first)
+        assert outcomes(db, ids) == {
+            **dict.fromkeys(first, "failed"),
+            **dict.fromkeys(second, "deleted"),
+        }
+        assert held.counts == {"purge": {"deleted": 3, "failed": 3}}
+        # Another client deletes one of batch 1's runs; the next apply finds nothing of the
+        # first one's to settle, and records that run gone under its own id.
+        assert httpx.delete(f"{server.url}/flow_runs/{first[0]}", timeout=60).status_code == 204
+        again = library_apply(
+            server, db, policy, forwarding(resend_busy=True), batch_size=3, settle_seconds=2
+        )
+        assert again.resolved_earlier == 0
+        assert live(server, ids) == {}
+        rows = query(
+            db, "SELECT apply_id, CAST(flow_run_id AS VARCHAR), outcome FROM policy_actions"
+        )
+        assert sorted((a == held.apply_id, i, o) for a, i, o in rows) == sorted(
+            [(True, i, "failed") for i in first]
+            + [(True, i, "deleted") for i in second]
+            + [(False, first[0], "gone")]
+            + [(False, i, "deleted") for i in first[1:]]
+        )
+
+
 # -- answers that refuse runs, and a batch that fails for good --------------------------------------
 
 

@@ -253,6 +253,8 @@ def apply_plan(
     except BaseException as e:
         failure = e
         with contextlib.suppress(Exception):
+            applier.close_not_done(str(e) or "interrupted")
+        with contextlib.suppress(Exception):
             applier.settler.close_open_rows(
                 applier.ledger.open_rows(), counted=applier.ledger.counted_pending
             )

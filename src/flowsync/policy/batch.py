@@ -148,7 +148,11 @@ class Applier:
         self.rereader = Rereader(client, store, plan, result, reader, self.lost)
         self.ahead = Ahead()  # the decision made ahead of the next batches (policy/ahead.py)
         self.one_call_until = 0  # batches up to this one send one call at a time
-        self.out: set[Task[Answer]] = set()  # calls in flight while the next batch is checked
+        # calls in flight while the next batch is checked -> (batch, rule, runs)
+        self.out: dict[Task[Answer], tuple[int, RuleModel, list[str]]] = {}
+        # runs whose row is pending for a call the server did not carry out (a 429, a call
+        # never sent), to be sent again -> (batch, rule): ``close_not_done``
+        self.not_done: dict[str, tuple[int, RuleModel]] = {}
 
     @property
     def per_run(self) -> bool:
@@ -466,6 +470,8 @@ class Applier:
                         {i: call.state_type for i in call.ids},
                         {i: row for i in call.ids if (row := fresh.seen[i].row) is not None},
                     )
+                    for i in call.ids:
+                        self.not_done.pop(i, None)
                 try:
                     answer: Answer
                     if throttled_out is not None:
@@ -473,7 +479,7 @@ class Applier:
                     elif overlap and not calls and first:
                         note_call(self.result, fresh.answered_at)
                         in_flight = Task(functools.partial(send_bulk, self.client, rule, call))
-                        self.out.add(in_flight)
+                        self.out[in_flight] = (number, rule, list(call.ids))
                         if decided.final and call is decided.calls[0]:
                             # The runs not sent, recorded now the call is out: whatever stops
                             # the apply while it is in flight, they have their rows.
@@ -483,7 +489,7 @@ class Applier:
                             yield  # the next batch is re-read, decided and sent meanwhile
                             answer = in_flight.result()
                         finally:
-                            self.out.discard(in_flight)
+                            self.out.pop(in_flight, None)
                     else:
                         answer = self.send(rule, call, fresh.answered_at)
                 except AuthError as e:
@@ -514,6 +520,8 @@ class Applier:
                 again += verdict.again
                 throttled = answer.answer if isinstance(answer, Partial) else answer
                 if isinstance(throttled, Throttled):
+                    if throttled_out is None:  # (not sent: the rows are as they were)
+                        self.not_done.update(dict.fromkeys(verdict.again, (number, rule)))
                     # Everything not sent yet goes back to step 1 after the wait (unsent: it
                     # uses no attempt).
                     stale = [i for c in calls for i in c.ids]
@@ -536,6 +544,33 @@ class Applier:
         # Its calls answered, the next batch's re-read not sent: a checkpoint due soon is made
         # here, never by a commit inside a re-read -> call window (BENCHMARKS.md).
         self.store.checkpoint_early()
+
+    def close_not_done(self, why: str) -> None:
+        """The apply stops (Ctrl-C, SIGTERM, a 401): runs whose row is pending for a call the
+        server did not carry out (a 429, a call never sent; the answer may still wait in a
+        call out) are ``failed``, never left pending: the next apply would read them back
+        under this one, and credit it with what another client did to them since."""
+        for task, (number, rule, ids) in list(self.out.items()):
+            if isinstance(task.peek(), Throttled):
+                self.not_done.update(dict.fromkeys(ids, (number, rule)))
+        still = set(self.ledger.open_rows())
+        groups: dict[tuple[int, str], tuple[RuleModel, list[str]]] = {}
+        for i, (number, rule) in self.not_done.items():
+            if i in still:
+                groups.setdefault((number, rule.name), (rule, []))[1].append(i)
+        for (number, _), (rule, ids) in groups.items():
+            results = {
+                i: RunResult(
+                    Outcome.FAILED,
+                    {
+                        "reason": "the server did not carry out its call (throttled, or never "
+                        f"sent), and the apply stopped before sending it again ({why})",
+                    },
+                )
+                for i in ids
+            }
+            self.record(number, rule, results, {})
+        self.not_done.clear()
 
     def _gave_up(self, number: int, rule: RuleModel, ids: list[str], attempt: int) -> None:
         why = {i: self.lost[i][0] for i in ids if i in self.lost}
