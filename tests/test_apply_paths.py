@@ -1711,6 +1711,78 @@ def _ctrl_c_while_a_call_is_in_flight(
         assert held.counts == {"purge": {"deleted": 100}} and held.done == 100
 
 
+def test_ctrl_c_after_the_call_out_was_answered_records_that_answer(
+    server: Server, tmp_path: Path
+) -> None:
+    """Failed runs rescheduled without ``force``: batch 1 (runs with no deployment) is
+    answered ABORT run by run in an HTTP 200 while batch 2 is re-read; Ctrl-C lands in that
+    re-read. Batch 1's answer is in hand: its rows say what the server answered (aborted,
+    with Prefect's reason), not pending for the next apply to read back as unchanged and
+    record `failed`; batch 2 is never sent."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        _ctrl_c_after_the_call_out_was_answered(server, tmp_path)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _ctrl_c_after_the_call_out_was_answered(server: Server, tmp_path: Path) -> None:
+    tag = "abortc"
+    dep = deployment(server)
+    orphans = flow_only_runs(server, dep, 3, "FAILED", tag)
+    deployed = runs(server, dep, 3, "FAILED", tag)
+    ids = orphans + deployed
+    wait_for_state_events(server.url, ids, "FAILED")
+    db = pulled_db(server.url, tmp_path)
+    others = outside(server, ids)
+    rule = {
+        "name": "rerun",
+        "action": "set_state",
+        "state": {"type": "SCHEDULED", "name": "Scheduled"},
+        "sql": tagged(tag, "FAILED"),
+    }
+    policy = policy_file(tmp_path, [rule])
+    first, second = batch_ids(db, policy, 3)
+    assert first == orphans
+    answered_1 = threading.Event()
+    sent: list[list[str]] = []
+
+    def fault(request: httpx.Request, n: int) -> httpx.Response | None:
+        if request.url.path.endswith("bulk_set_state"):
+            sent.append(bulk_ids(request))
+        elif reads(request, second):
+            assert answered_1.wait(30)  # batch 1's answer is back, not yet taken
+            _thread.interrupt_main()
+            time.sleep(2)
+        return None
+
+    def answered(request: httpx.Request, response: httpx.Response) -> None:
+        if request.url.path.endswith("bulk_set_state") and bulk_ids(request) == first:
+            answered_1.set()
+
+    held = ApplyResult.new()
+    with pytest.raises(KeyboardInterrupt):
+        library_apply(
+            server,
+            db,
+            policy,
+            forwarding(fault, answered, resend_busy=True),
+            batch_size=3,
+            result=held,
+        )
+    assert sent == [first]  # batch 2 never sent
+    assert outside(server, ids) == others
+    assert live(server, ids) == dict.fromkeys(ids, "FAILED")
+    assert outcomes(db, ids) == dict.fromkeys(first, "aborted")
+    assert audit_rows(db) == len(first)  # one row a run; batch 2: none, never sent
+    reasons = query(
+        db,
+        "SELECT DISTINCT details->'details'->>'reason' FROM policy_actions",
+    )
+    assert reasons == [("Cannot reschedule a run without an associated deployment.",)]
+    assert held.counts == {"rerun": {"aborted": 3}}
+
+
 # (No checkpoint inside a re-read -> call window: test_policy_apply.py's
 # test_no_commit_of_an_apply_makes_duckdb_checkpoint, on a fake server: DuckDB's part.)
 

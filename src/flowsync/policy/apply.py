@@ -14,7 +14,8 @@ settled by reading the runs back (``policy/settle.py``).
 
 Runs a killed apply left ``pending`` are read back and settled under the apply
 that sent them when the next apply starts (counted in ``resolved_earlier``); runs
-whose call was in flight when this apply is interrupted (up to two) are read back
+whose call was in flight when this apply is interrupted (up to two) are recorded from
+its answer if it is back (``Applier.close_out``; a 429: ``failed``), else read back
 once before it stops. A failed batch does not stop the next one; a server that cannot be read
 stops the apply. Also ``reread_runs`` (``plan --refresh``) and ``new_result``. Must not:
 select runs (that is ``plan``), send or classify a call itself (that is the
@@ -253,7 +254,7 @@ def apply_plan(
     except BaseException as e:
         failure = e
         with contextlib.suppress(Exception):
-            applier.close_not_done(str(e) or "interrupted")
+            applier.close_out(str(e) or "interrupted")
         with contextlib.suppress(Exception):
             applier.settler.close_open_rows(
                 applier.ledger.open_rows(), counted=applier.ledger.counted_pending

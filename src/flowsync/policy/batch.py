@@ -60,7 +60,7 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from flowsync.api import PrefectClient
 from flowsync.errors import (
@@ -113,6 +113,20 @@ class Stop(Exception):
     """The server cannot be read, or refuses every call: no further batch can be checked."""
 
 
+@dataclass(frozen=True)
+class Out:
+    """A batch's call in flight while the next batch is checked: what classifying and
+    recording its answer takes (``Applier.close_out``, when the apply is interrupted)."""
+
+    number: int
+    rule: RuleModel
+    call: Call
+    fresh: Fresh
+    guards: dict[str, str]
+    attempt: int
+    rowids: Mapping[str, int] | None
+
+
 # -- the applier ------------------------------------------------------------------------------
 
 
@@ -148,8 +162,7 @@ class Applier:
         self.rereader = Rereader(client, store, plan, result, reader, self.lost)
         self.ahead = Ahead()  # the decision made ahead of the next batches (policy/ahead.py)
         self.one_call_until = 0  # batches up to this one send one call at a time
-        # calls in flight while the next batch is checked -> (batch, rule, runs)
-        self.out: dict[Task[Answer], tuple[int, RuleModel, list[str]]] = {}
+        self.out: dict[Task[Answer], Out] = {}  # calls in flight while the next batch is checked
         # runs whose row is pending for a call the server did not carry out (a 429, a call
         # never sent), to be sent again -> (batch, rule): ``close_not_done``
         self.not_done: dict[str, tuple[int, RuleModel]] = {}
@@ -479,7 +492,9 @@ class Applier:
                     elif overlap and not calls and first:
                         note_call(self.result, fresh.answered_at)
                         in_flight = Task(functools.partial(send_bulk, self.client, rule, call))
-                        self.out[in_flight] = (number, rule, list(call.ids))
+                        self.out[in_flight] = Out(
+                            number, rule, call, fresh, guards, attempt, rowids
+                        )
                         if decided.final and call is decided.calls[0]:
                             # The runs not sent, recorded now the call is out: whatever stops
                             # the apply while it is in flight, they have their rows.
@@ -545,14 +560,30 @@ class Applier:
         # here, never by a commit inside a re-read -> call window (BENCHMARKS.md).
         self.store.checkpoint_early()
 
+    def close_out(self, why: str) -> None:
+        """The apply stops (Ctrl-C, SIGTERM, a 401) with a call out: one whose answer is back
+        (its batch had not taken it yet: the next batch was being checked) is recorded as
+        answered, not read back (a run the server refused, unchanged, read as `pending`,
+        then `failed` by the next apply). Then ``close_not_done``."""
+        for task, out in list(self.out.items()):
+            answer = task.peek()
+            if isinstance(answer, Throttled):
+                self.not_done.update(dict.fromkeys(out.call.ids, (out.number, out.rule)))
+            elif isinstance(answer, (Acted, Refused)):
+                verdict = self.classify(
+                    out.number, out.rule, out.call, out.fresh, answer, out.attempt
+                )
+                self.record(out.number, out.rule, verdict.results, out.guards, out.rowids)
+            else:
+                continue
+            self.out.pop(task, None)
+        self.close_not_done(why)
+
     def close_not_done(self, why: str) -> None:
-        """The apply stops (Ctrl-C, SIGTERM, a 401): runs whose row is pending for a call the
-        server did not carry out (a 429, a call never sent; the answer may still wait in a
-        call out) are ``failed``, never left pending: the next apply would read them back
-        under this one, and credit it with what another client did to them since."""
-        for task, (number, rule, ids) in list(self.out.items()):
-            if isinstance(task.peek(), Throttled):
-                self.not_done.update(dict.fromkeys(ids, (number, rule)))
+        """Runs whose row is pending for a call the server did not carry out (a 429, a call
+        never sent), the apply stopping before they are sent again: ``failed``, never left
+        pending: the next apply would read them back under this one, and credit it with
+        what another client did to them since."""
         still = set(self.ledger.open_rows())
         groups: dict[tuple[int, str], tuple[RuleModel, list[str]]] = {}
         for i, (number, rule) in self.not_done.items():
