@@ -297,8 +297,9 @@ class LineProgress:
     def __enter__(self) -> LineProgress:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self._flush()
+    def __exit__(self, kind: object, *exc: object) -> None:
+        if kind is None:  # an error or a signal is its own one line: no progress beside it
+            self._flush()
 
     def _flush(self) -> None:
         if self._name and not self.quiet:
