@@ -1297,14 +1297,8 @@ def _answered_429_then_stopped(server: Server, tmp_path: Path, stop: str) -> Non
         with planned(db, policy) as (_, plan):
             held = new_result(plan)
         with pytest.raises(AuthError if stop == "401" else KeyboardInterrupt):
-            library_apply(
-                server,
-                db,
-                policy,
-                forwarding(fault, answered, resend_busy=True),
-                batch_size=3,
-                result=held,
-            )
+            transport = forwarding(fault, answered, resend_busy=True)
+            library_apply(server, db, policy, transport, batch_size=3, result=held)
         assert set(live(server, ids)) == set(first)
         assert outcomes(db, ids) == {
             **dict.fromkeys(first, "failed"),
@@ -1352,6 +1346,26 @@ def flow_only_runs(server: Server, dep: str, n: int, state: str, tag: str) -> li
     return ids
 
 
+def failed_runs_to_reschedule(
+    server: Server, tmp_path: Path, tag: str
+) -> tuple[list[str], list[str], Path, Path]:
+    """Three FAILED runs with no deployment (the oldest) and three of a deployment, tagged
+    ``tag``, pulled into a file; and a policy rescheduling them without ``force`` (Prefect
+    aborts the ones with no deployment): (no deployment, deployed, the file, the policy)."""
+    dep = deployment(server)
+    orphans = flow_only_runs(server, dep, 3, "FAILED", tag)
+    deployed = runs(server, dep, 3, "FAILED", tag)
+    wait_for_state_events(server.url, orphans + deployed, "FAILED")
+    db = pulled_db(server.url, tmp_path)
+    rule = {
+        "name": "rerun",
+        "action": "set_state",
+        "state": {"type": "SCHEDULED", "name": "Scheduled"},
+        "sql": tagged(tag, "FAILED"),
+    }
+    return orphans, deployed, db, policy_file(tmp_path, [rule])
+
+
 def test_runs_the_server_refuses_inside_an_http_200_are_read_run_by_run(
     server: Server, tmp_path: Path
 ) -> None:
@@ -1359,21 +1373,9 @@ def test_runs_the_server_refuses_inside_an_http_200_are_read_run_by_run(
     have no deployment ("Cannot reschedule a run without an associated deployment") and
     accepts the others. Batch 1 (the three oldest, with no deployment, and one with) gets
     both in one HTTP 200; batch 2 is still sent. Each run's own result is its audit row."""
-    tag = "refuse"
-    dep = deployment(server)
-    orphans = flow_only_runs(server, dep, 3, "FAILED", tag)
-    deployed = runs(server, dep, 3, "FAILED", tag)
+    orphans, deployed, db, policy = failed_runs_to_reschedule(server, tmp_path, "refuse")
     ids = orphans + deployed
-    wait_for_state_events(server.url, ids, "FAILED")
-    db = pulled_db(server.url, tmp_path)
     others = outside(server, ids)
-    rule = {
-        "name": "rerun",
-        "action": "set_state",
-        "state": {"type": "SCHEDULED", "name": "Scheduled"},
-        "sql": tagged(tag, "FAILED"),
-    }
-    policy = policy_file(tmp_path, [rule])
     first, _ = batch_ids(db, policy, 4)
     assert set(orphans) < set(first)  # the oldest first
     bodies: list[dict[str, Any]] = []
@@ -1451,6 +1453,26 @@ def test_a_batch_the_server_cannot_take_does_not_stop_the_next(
 # -- kill -9 between a call and its record -----------------------------------------------------------
 
 
+class ProxyHandler(BaseHTTPRequestHandler):
+    """What the loopback proxies in front of the real server share (quiet)."""
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def body(self) -> bytes | None:
+        """The request's body, if any."""
+        length = int(self.headers.get("content-length") or 0)
+        return self.rfile.read(length) if length else None
+
+    def relay(self, response: httpx.Response) -> None:
+        """Answer the client with the server's ``response``."""
+        self.send_response(response.status_code)
+        self.send_header("content-type", response.headers.get("content-type", "application/json"))
+        self.send_header("content-length", str(len(response.content)))
+        self.end_headers()
+        self.wfile.write(response.content)
+
+
 def killing_proxy(
     target: str,
     kill_after: int,
@@ -1467,13 +1489,9 @@ def killing_proxy(
     bulk_sent = [0]
     killed = threading.Event()
 
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args: Any) -> None:
-            pass
-
+    class Handler(ProxyHandler):
         def _forward(self) -> None:
-            length = int(self.headers.get("content-length") or 0)
-            body = self.rfile.read(length) if length else None
+            body = self.body()
             if hold and self.path.endswith("flow_runs/filter"):
                 asked = json.loads(body or b"{}").get("flow_runs", {}).get("id", {}).get("any_")
                 if asked and set(asked) <= hold and killed.wait(60):
@@ -1512,13 +1530,7 @@ def killing_proxy(
                 if bulk_seen[0] == kill_after:
                     os.kill(victim[0], signal.SIGKILL)
                     killed.set()
-            self.send_response(response.status_code)
-            self.send_header(
-                "content-type", response.headers.get("content-type", "application/json")
-            )
-            self.send_header("content-length", str(len(response.content)))
-            self.end_headers()
-            self.wfile.write(response.content)
+            self.relay(response)
 
         do_GET = do_POST = do_PATCH = do_DELETE = _forward
 
@@ -1727,21 +1739,9 @@ def test_ctrl_c_after_the_call_out_was_answered_records_that_answer(
 
 
 def _ctrl_c_after_the_call_out_was_answered(server: Server, tmp_path: Path) -> None:
-    tag = "abortc"
-    dep = deployment(server)
-    orphans = flow_only_runs(server, dep, 3, "FAILED", tag)
-    deployed = runs(server, dep, 3, "FAILED", tag)
+    orphans, deployed, db, policy = failed_runs_to_reschedule(server, tmp_path, "abortc")
     ids = orphans + deployed
-    wait_for_state_events(server.url, ids, "FAILED")
-    db = pulled_db(server.url, tmp_path)
     others = outside(server, ids)
-    rule = {
-        "name": "rerun",
-        "action": "set_state",
-        "state": {"type": "SCHEDULED", "name": "Scheduled"},
-        "sql": tagged(tag, "FAILED"),
-    }
-    policy = policy_file(tmp_path, [rule])
     first, second = batch_ids(db, policy, 3)
     assert first == orphans
     answered_1 = threading.Event()
@@ -1762,14 +1762,8 @@ def _ctrl_c_after_the_call_out_was_answered(server: Server, tmp_path: Path) -> N
 
     held = ApplyResult.new()
     with pytest.raises(KeyboardInterrupt):
-        library_apply(
-            server,
-            db,
-            policy,
-            forwarding(fault, answered, resend_busy=True),
-            batch_size=3,
-            result=held,
-        )
+        transport = forwarding(fault, answered, resend_busy=True)
+        library_apply(server, db, policy, transport, batch_size=3, result=held)
     assert sent == [first]  # batch 2 never sent
     assert outside(server, ids) == others
     assert live(server, ids) == dict.fromkeys(ids, "FAILED")
@@ -1879,13 +1873,9 @@ def holding_proxy(
     ``release`` is set (a call still on its way when the apply that sent it is killed)."""
     deletes = [0]
 
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args: Any) -> None:
-            pass
-
+    class Handler(ProxyHandler):
         def _forward(self) -> None:
-            length = int(self.headers.get("content-length") or 0)
-            body = self.rfile.read(length) if length else None
+            body = self.body()
             if self.command == "DELETE" and "/flow_runs/" in self.path:
                 deletes[0] += 1
                 if deletes[0] == 2:
@@ -1902,13 +1892,7 @@ def holding_proxy(
                 headers={"content-type": self.headers.get("content-type") or "application/json"},
                 timeout=60,
             )
-            self.send_response(response.status_code)
-            self.send_header(
-                "content-type", response.headers.get("content-type", "application/json")
-            )
-            self.send_header("content-length", str(len(response.content)))
-            self.end_headers()
-            self.wfile.write(response.content)
+            self.relay(response)
 
         do_GET = do_POST = do_PATCH = do_DELETE = _forward
 
