@@ -1982,3 +1982,123 @@ def test_per_run_the_first_call_waits_for_a_new_re_read_once_its_re_read_is_old(
         assert live(old_server, ids) == dict.fromkeys(ids, "FAILED")
         assert outcomes(db, ids) == dict.fromkeys(ids, "skipped") and audit_rows(db) == len(ids)
         assert result.counts == {"purge": {"skipped": 3}}
+
+
+# -- kill -9 in the wait a 429 asked for -----------------------------------------------------------
+
+
+def throttling_proxy(
+    target: str, victim: list[int], throttled: list[str], nth: int
+) -> ThreadingHTTPServer:
+    """A loopback proxy to the real server that answers the apply's ``nth`` call that would
+    change runs (a bulk_delete, or a per-run DELETE) 429 with a long Retry-After, nothing
+    done (its runs appended to ``throttled``), then SIGKILLs ``victim[0]`` a few seconds into
+    the wait it asked for."""
+    changes = [0]
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def _forward(self) -> None:
+            length = int(self.headers.get("content-length") or 0)
+            body = self.rfile.read(length) if length else None
+            bulk = self.path.endswith("bulk_delete")
+            if bulk or (self.command == "DELETE" and "/flow_runs/" in self.path):
+                changes[0] += 1
+                if changes[0] == nth:
+                    if bulk:
+                        throttled.extend(json.loads(body or b"{}")["flow_runs"]["id"]["any_"])
+                    else:
+                        throttled.append(self.path.rstrip("/").rsplit("/", 1)[1])
+                    threading.Timer(4.0, os.kill, (victim[0], signal.SIGKILL)).start()
+                    self.send_response(429)
+                    self.send_header("retry-after", "60")
+                    self.send_header("content-length", "9")
+                    self.end_headers()
+                    self.wfile.write(b"slow down")
+                    return
+            for _ in range(20):
+                response = httpx.request(
+                    self.command,
+                    target + self.path,
+                    content=body,
+                    headers={
+                        "content-type": self.headers.get("content-type") or "application/json"
+                    },
+                    timeout=60,
+                )
+                if response.status_code != 503 or not bulk:
+                    break
+                time.sleep(0.2)
+            self.send_response(response.status_code)
+            self.send_header(
+                "content-type", response.headers.get("content-type", "application/json")
+            )
+            self.send_header("content-length", str(len(response.content)))
+            self.end_headers()
+            self.wfile.write(response.content)
+
+        do_GET = do_POST = do_PATCH = do_DELETE = _forward
+
+    return ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+
+
+def _killed_in_a_429_wait(server: Server, tmp_path: Path, tag: str, nth: int, n: int) -> None:
+    """An apply (its own process) whose ``nth`` call is answered 429 (nothing done) is killed
+    (SIGKILL) in the wait the 429 asked for; another client then deletes the throttled runs.
+    The killed apply's rows for them say not done (`failed`), durably, before the wait: the
+    next apply credits it with nothing, and records those runs `gone` under its own id."""
+    with pulled_runs(server, tmp_path, n, "COMPLETED", tag) as (ids, db, policy):
+        victim: list[int] = []
+        throttled: list[str] = []
+        httpd = throttling_proxy(server.url.rsplit("/api", 1)[0], victim, throttled, nth)
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        proxy_url = f"http://127.0.0.1:{httpd.server_address[1]}/api"
+        command = ["apply", str(policy), "--db", str(db), "--api-url", proxy_url, "--yes"]
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "flowsync", *command],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+            victim.append(proc.pid)
+            proc.wait(timeout=300)
+        finally:
+            httpd.shutdown()
+        assert proc.returncode == -signal.SIGKILL and throttled
+        killed = str(query(db, "SELECT DISTINCT apply_id FROM policy_actions")[0][0])
+        done_before = [i for i in ids if i not in live(server, ids)]  # its calls before the 429
+        assert outcomes(db, throttled) == dict.fromkeys(throttled, "failed")
+        assert outcomes(db, done_before) == dict.fromkeys(done_before, "deleted")
+        for run in throttled:  # another client
+            assert httpx.delete(f"{server.url}/flow_runs/{run}", timeout=60).status_code == 204
+        again = library_apply(server, db, policy, forwarding(resend_busy=True), settle_seconds=2)
+        assert again.resolved_earlier == 0
+        assert live(server, ids) == {}
+        rows = query(
+            db, "SELECT apply_id, CAST(flow_run_id AS VARCHAR), outcome FROM policy_actions"
+        )
+        rest = [i for i in ids if i not in throttled and i not in done_before]
+        assert sorted((a == killed, i, o) for a, i, o in rows) == sorted(
+            [(True, i, "failed") for i in throttled]
+            + [(True, i, "deleted") for i in done_before]
+            + [(False, i, "gone") for i in throttled]
+            + [(False, i, "deleted") for i in rest]
+        )
+
+
+@pytest.mark.parametrize("runs", [4, 60])
+def test_an_apply_killed_in_the_wait_a_429_asked_for_is_credited_with_nothing(
+    server: Server, tmp_path: Path, runs: int
+) -> None:
+    """4 runs: one batch, its own call answered 429. 60: batch 1's call, in flight while
+    batch 2 is checked, is answered 429; batch 2 is not sent and waits (batch 1 takes its
+    answer only after that wait)."""
+    _killed_in_a_429_wait(server, tmp_path, f"kill429-{runs}", nth=1, n=runs)
+
+
+def test_per_run_an_apply_killed_in_the_wait_a_429_asked_for_is_credited_with_nothing(
+    old_server: Server, tmp_path: Path
+) -> None:
+    _killed_in_a_429_wait(old_server, tmp_path, "kill429pr", nth=2, n=4)

@@ -166,6 +166,7 @@ class Applier:
         # runs whose row is pending for a call the server did not carry out (a 429, a call
         # never sent), to be sent again -> (batch, rule): ``close_not_done``
         self.not_done: dict[str, tuple[int, RuleModel]] = {}
+        self.noted: set[Task[Answer]] = set()  # calls out whose 429 their rows already say
 
     @property
     def per_run(self) -> bool:
@@ -385,6 +386,18 @@ class Applier:
                 )
         return None
 
+    def _note_throttled_out(self) -> None:
+        """The calls still out answered 429: their batch takes that answer only after the wait
+        it holds this batch in; their rows say now that the server did not carry them out (a
+        kill -9 in the wait leaves no pending row for the next apply to credit)."""
+        for task, out in list(self.out.items()):
+            answer = task.peek()
+            if isinstance(answer, Throttled) and task not in self.noted:
+                self.noted.add(task)
+                self.ledger.not_carried_out(
+                    self.ledger.call(out.number, out.rule), list(out.call.ids), answer.problem
+                )
+
     def _lost_answer(self, number: int, answer: Answer) -> None:
         """After the server lost a call's answer (5xx, a dropped connection, a timeout), the
         next ``ONE_CALL_BATCHES`` batches send one call at a time: a server that takes one
@@ -485,6 +498,8 @@ class Applier:
                     )
                     for i in call.ids:
                         self.not_done.pop(i, None)
+                else:
+                    self._note_throttled_out()
                 try:
                     answer: Answer
                     if throttled_out is not None:
@@ -505,6 +520,7 @@ class Applier:
                             answer = in_flight.result()
                         finally:
                             self.out.pop(in_flight, None)
+                            self.noted.discard(in_flight)
                     else:
                         answer = self.send(rule, call, fresh.answered_at)
                 except AuthError as e:
@@ -537,6 +553,10 @@ class Applier:
                 if isinstance(throttled, Throttled):
                     if throttled_out is None:  # (not sent: the rows are as they were)
                         self.not_done.update(dict.fromkeys(verdict.again, (number, rule)))
+                        # durably, before the wait: a kill -9 in it leaves no pending row
+                        self.ledger.not_carried_out(
+                            self.ledger.call(number, rule), verdict.again, throttled.problem
+                        )
                     # Everything not sent yet goes back to step 1 after the wait (unsent: it
                     # uses no attempt).
                     stale = [i for c in calls for i in c.ids]

@@ -94,6 +94,27 @@ class Ledger:
             if again:
                 audit.record_runs(self.store, call, again, held, replace=True)
 
+    def not_carried_out(self, call: audit.Call, ids: list[str], problem: str) -> None:
+        """Runs whose call the server answered without carrying it out (a 429), to be re-checked
+        and sent again after the wait: their pending rows say so now, committed before the
+        wait (``failed``, ``not_carried_out``), so an apply killed in it leaves nothing for the
+        next apply to read back and credit this one with. Not an outcome yet: the row is sent
+        again (``pending``) or given its outcome later, and counted then."""
+        runs = [i for i in ids if i in self.rows and i not in self.final_outcomes]
+        reason = (
+            f"the server did not carry out its call ({problem}); the apply was to wait, "
+            "re-check and send it again, and stopped before that: not done; run apply again"
+        )
+        with self.store.transaction():
+            audit.record_outcomes(
+                self.store,
+                call.apply_id,
+                {
+                    i: (Outcome.FAILED.value, {"reason": reason, "not_carried_out": True})
+                    for i in runs
+                },
+            )
+
     def final(
         self,
         call: audit.Call,

@@ -58,7 +58,8 @@ def record_runs(
     written as the file holds such a row; a run not in it gets its row in the file.
     ``replace``: the runs are sent again by this apply; their pending rows are replaced, so a
     row says what the last call sent (its guard, the run's row before it, when it was sent):
-    what the next apply settles a kill -9 by.
+    what the next apply settles a kill -9 by. (A row whose call the server did not carry
+    out, a 429, says so until then: ``Ledger.not_carried_out``.)
     """
     if not runs:
         return
@@ -66,7 +67,8 @@ def record_runs(
     with store.atomic():
         if replace:
             store.execute(
-                "DELETE FROM policy_actions WHERE apply_id = ? AND outcome = 'pending' "
+                "DELETE FROM policy_actions WHERE apply_id = ? AND (outcome = 'pending' "
+                "OR details->>'not_carried_out' = 'true') "
                 "AND flow_run_id IN (SELECT unnest(CAST(? AS UUID[])))",
                 [call.apply_id, [str(r[0]) for r in runs]],
             )
