@@ -2102,3 +2102,56 @@ def test_per_run_an_apply_killed_in_the_wait_a_429_asked_for_is_credited_with_no
     old_server: Server, tmp_path: Path
 ) -> None:
     _killed_in_a_429_wait(old_server, tmp_path, "kill429pr", nth=2, n=4)
+
+
+def test_per_run_a_killed_applys_delete_is_that_applys_when_the_next_cannot_read_the_version(
+    old_server: Server, tmp_path: Path
+) -> None:
+    """As above (a killed apply's per-run DELETE lands after another client's change), but the
+    next apply cannot read the server's version (``/admin/version`` answered 503: a busy
+    server; a proxy hiding ``/admin`` is the same): it takes the server to have the bulk
+    endpoints, with their state guard. A pending row does not say how its call was sent: the
+    run is still read until the bound, and is the killed apply's "deleted", never "skipped"."""
+    tag = "killed-unknown-version"
+    with pulled_runs(old_server, tmp_path, 4, "COMPLETED", tag) as (ids, db, policy):
+        victim: list[int] = []
+        held: list[str] = []
+        release = threading.Event()
+        httpd = holding_proxy(old_server.url.rsplit("/api", 1)[0], victim, held, release)
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        proxy_url = f"http://127.0.0.1:{httpd.server_address[1]}/api"
+        try:
+            command = ["apply", str(policy), "--db", str(db), "--api-url", proxy_url, "--yes"]
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "flowsync", *command],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+            victim.append(proc.pid)
+            proc.wait(timeout=300)
+            assert proc.returncode == -signal.SIGKILL and len(held) == 1
+            killed = str(query(db, "SELECT DISTINCT apply_id FROM policy_actions")[0][0])
+            assert outcomes(db, held)[held[0]] == "pending"
+            set_state(old_server, held, "FAILED")  # another client, before the DELETE lands
+
+            def busy(request: httpx.Request, n: int) -> httpx.Response | None:
+                if request.url.path.endswith("admin/version"):
+                    return prefect_503()
+                return None
+
+            def after(request: httpx.Request, response: httpx.Response) -> None:
+                if reads(request, held) and '"FAILED"' in response.text:
+                    release.set()  # the read-back has seen the change: now the DELETE lands
+
+            with contextlib.suppress(Exception):
+                library_apply(old_server, db, policy, forwarding(busy, after), settle_seconds=15)
+        finally:
+            release.set()
+            httpd.shutdown()
+        for _ in range(50):  # the killed apply's DELETE lands
+            if held[0] not in live(old_server, ids):
+                break
+            time.sleep(0.2)
+        assert held[0] not in live(old_server, ids)
+        assert audited(db, held, f"apply_id = '{killed}'") == {held[0]: True}
+        assert outcomes(db, held) == {held[0]: "deleted"}

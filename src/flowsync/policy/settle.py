@@ -221,14 +221,18 @@ class Settler:
         # rules; its row stays pending (for a flowsync that knows it), its run unsent.
         foreign = {r.flow_run_id: r.action for r in rows if r.action not in KNOWN_ACTIONS}
         rows = [r for r in rows if r.action in KNOWN_ACTIONS]
-        outcomes = self._settle_rows(rows, final=False) if rows else {}
+        # Another apply's row does not say how its call was sent: whatever this apply takes the
+        # server to be now (upgraded since, or its version unreadable: taken to have the bulk
+        # endpoints), that call may have had no state guard, and may still land.
+        unguarded = self.unguarded or not own
+        outcomes = self._settle_rows(rows, final=False, unguarded=unguarded) if rows else {}
         unchanged = [r for r in rows if (r.apply_id, r.flow_run_id) not in outcomes]
         if wait and unchanged:
             # Unchanged so far: its call may still be running; wait out the bound, then decide.
             newest = max(r.sent_at for r in unchanged)
             left = self.settle_seconds - (datetime.now(timezone.utc) - newest).total_seconds()
             self.client.pause_for(left)
-            outcomes.update(self._settle_rows(unchanged, final=True))
+            outcomes.update(self._settle_rows(unchanged, final=True, unguarded=unguarded))
         deleted = [run for (_, run), (o, _) in outcomes.items() if o == Outcome.DELETED.value]
         with self.store.transaction():
             audit.settle_earlier(self.store, outcomes, self.result.apply_id)
@@ -251,7 +255,7 @@ class Settler:
         )
 
     def _settle_rows(
-        self, rows: list[audit.PendingRow], *, final: bool
+        self, rows: list[audit.PendingRow], *, final: bool, unguarded: bool
     ) -> dict[tuple[str, str], tuple[str, Any]]:
         """Read the runs back: (apply, run) -> outcome for those the server shows settled
         (with ``final``, unchanged runs too: ``failed``)."""
@@ -267,7 +271,7 @@ class Settler:
                 not final
                 and verdict is not None
                 and verdict.outcome is Outcome.SKIPPED
-                and self.unguarded
+                and unguarded
                 and (read_at - row.sent_at).total_seconds() < self.settle_seconds
             ):
                 # Another client changed the run, and the call (without a state guard) may
