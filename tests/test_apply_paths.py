@@ -2155,3 +2155,53 @@ def test_per_run_a_killed_applys_delete_is_that_applys_when_the_next_cannot_read
         assert held[0] not in live(old_server, ids)
         assert audited(db, held, f"apply_id = '{killed}'") == {held[0]: True}
         assert outcomes(db, held) == {held[0]: "deleted"}
+
+
+def test_runs_a_429_held_back_then_deleted_by_the_resend_stay_deleted_after_a_401(
+    server: Server, tmp_path: Path
+) -> None:
+    """Batch 1's call, in flight while batch 2 is sent, is answered 429; after the wait it is
+    re-checked and sent again, and the server deletes its runs; then the key is revoked (401
+    on batch 3's re-read). Batch 1's runs are `deleted` (what the server did), never `failed`
+    by the stop that came after."""
+    from flowsync.errors import AuthError
+    from flowsync.policy.apply import new_result
+
+    with pulled_runs(server, tmp_path, 9, "COMPLETED", "thr-resend") as (ids, db, policy):
+        first, second, third = batch_ids(db, policy, 3)
+        revoked = threading.Event()
+        second_done = threading.Event()
+        throttled: list[int] = []
+
+        def fault(request: httpx.Request, n: int) -> httpx.Response | None:
+            if revoked.is_set():
+                return httpx.Response(401, json={"detail": "expired"})
+            first_call = request.url.path.endswith("bulk_delete") and bulk_ids(request) == first
+            if first_call and not throttled:
+                throttled.append(n)
+                assert second_done.wait(20)  # batch 2 is re-read and sent meanwhile
+                return httpx.Response(429, headers={"Retry-After": "1"}, text="slow down")
+            return None
+
+        def answered(request: httpx.Request, response: httpx.Response) -> None:
+            if request.url.path.endswith("bulk_delete") and response.is_success:
+                if bulk_ids(request) == second:
+                    second_done.set()
+                elif bulk_ids(request) == first:
+                    revoked.set()  # the resend deleted batch 1's runs; then the key is revoked
+
+        with planned(db, policy) as (_, plan):
+            held = new_result(plan)
+        with pytest.raises(AuthError):
+            library_apply(
+                server,
+                db,
+                policy,
+                forwarding(fault, answered, resend_busy=True),
+                batch_size=3,
+                result=held,
+            )
+        assert set(live(server, ids)) == set(third)
+        assert outcomes(db, first + second) == dict.fromkeys(first + second, "deleted")
+        assert held.counts["purge"]["deleted"] == 6
+        assert "failed" not in outcomes(db, first).values()
