@@ -876,3 +876,65 @@ def test_an_older_flowsyncs_pull_in_between_does_not_hide_replaced_scheduled_run
     flowsync.pull(db, api=api, options=options)
     assert_matches_server(db, url)
     assert set(again) <= set(local_runs(db))
+
+
+@pytest.mark.backends("sqlite")  # what the scheduler writes does not depend on the backend
+def test_a_run_the_scheduler_inserts_while_another_is_deleted_reaches_the_next_pull(
+    fresh_server: Server, tmp_path: Path
+) -> None:
+    """Between two pulls the scheduler inserts an upcoming run (no state event, its deployment
+    unchanged) and an old finished run is deleted (Prefect's flow-run vacuum, a person): the
+    total stays where it was, so the count check saw nothing and the next pull kept the deleted
+    run live and lacked the new one until the daily per-bucket check. The pull right after
+    must match the server."""
+    import flowsync
+    from flowsync.config import ApiSettings
+    from flowsync.sync import PullOptions
+
+    url = fresh_server.url
+    _, template, times, _ = scheduled_by_the_scheduler(fresh_server)
+    seeded = seed(url, runs=20, flows=1, deployments_per_flow=1, seed_value=11)
+    db, api = tmp_path / "runs.duckdb", ApiSettings(url=url)
+    # No overlap, and the cursor past the deployments' creation (whole seconds): the next pull
+    # knows no deployment changed, as on a server whose deployments were made long ago.
+    options = PullOptions(overlap=timedelta(0))
+    time.sleep(2)
+    flowsync.pull(db, api=api, options=options)
+    assert_matches_server(db, url)
+    delete_runs(url, completed(seeded)[:1])  # the vacuum's hourly delete of an old run
+    added = scheduler_insert(fresh_server, template, [times[-1] + timedelta(hours=1)])
+    flowsync.pull(db, api=api, options=options)
+    assert set(added) <= set(local_runs(db))
+    assert_matches_server(db, url)
+
+
+@pytest.mark.backends("sqlite")  # what the scheduler writes does not depend on the backend
+@pytest.mark.xfail(
+    strict=True,
+    reason="an upcoming scheduled run deleted and inserted again by the scheduler (new id, "
+    "same time and state, no event, deployment unchanged) leaves the total, the SCHEDULED "
+    "count and every history bucket as they were: only the rolling re-read finds it (<= W)",
+)
+def test_an_upcoming_run_deleted_and_inserted_again_by_the_scheduler_reaches_the_next_pull(
+    fresh_server: Server, tmp_path: Path
+) -> None:
+    """A person deletes an upcoming scheduled run (the UI's delete); the scheduler's next loop
+    inserts the same slot again (its idempotency key is free): a new id at the same time, in
+    the same state, without a state event, the deployment's ``updated`` unchanged. The pull
+    after must hold the new run and mark the deleted one."""
+    import flowsync
+    from flowsync.config import ApiSettings
+    from flowsync.sync import PullOptions
+
+    url = fresh_server.url
+    _, template, times, first = scheduled_by_the_scheduler(fresh_server)
+    db, api = tmp_path / "runs.duckdb", ApiSettings(url=url)
+    options = PullOptions(overlap=timedelta(0))
+    time.sleep(2)
+    flowsync.pull(db, api=api, options=options)
+    assert_matches_server(db, url)
+    delete_runs(url, first[:1])
+    scheduler_insert(fresh_server, template, times[:1])
+    flowsync.pull(db, api=api, options=options)
+    flowsync.pull(db, api=api, options=replace(options, verify=True))
+    assert_matches_server(db, url)

@@ -490,6 +490,29 @@ def count_live(store: Store, table: str) -> int:
     return int(store.execute(f"SELECT count(*) FROM {table} WHERE deleted_at IS NULL").scalar())
 
 
+def any_active_schedule(store: Store) -> bool:
+    """Whether a live deployment in the file has an active schedule (its scheduler may
+    insert runs)."""
+    value = store.execute(
+        """
+        SELECT count(*) FROM deployments
+        WHERE deleted_at IS NULL
+          AND list_contains(json_extract_string(schedules, '$[*].active'), 'true')
+        """
+    ).scalar()
+    return bool(value)
+
+
+def count_live_in_state(store: Store, state_type: str) -> int:
+    """Live runs whose state type is ``state_type``."""
+    return int(
+        store.execute(
+            "SELECT count(*) FROM flow_runs WHERE deleted_at IS NULL AND state_type = ?",
+            [state_type],
+        ).scalar()
+    )
+
+
 def run_time_bounds(store: Store) -> tuple[datetime | None, datetime | None, int]:
     """Min and max expected start of live runs, and how many live runs have none."""
     row = store.execute(
