@@ -938,3 +938,57 @@ def test_an_upcoming_run_deleted_and_inserted_again_by_the_scheduler_reaches_the
     flowsync.pull(db, api=api, options=options)
     flowsync.pull(db, api=api, options=replace(options, verify=True))
     assert_matches_server(db, url)
+
+
+def heartbeat_from_a_clock_ahead(url: str, run: str, ahead: timedelta) -> None:
+    """A ``prefect.flow-run.heartbeat`` of ``run`` as Prefect's flow engine emits it (its
+    ``PREFECT_RUNNER_HEARTBEAT_FREQUENCY``), stamped by the clock of the machine running the
+    flow, ``ahead`` of the server's; returns once the server has stored it."""
+    event = {
+        "id": str(uuid.uuid4()),
+        "occurred": (datetime.now(timezone.utc) + ahead).isoformat(),
+        "event": "prefect.flow-run.heartbeat",
+        "resource": {"prefect.resource.id": f"prefect.flow-run.{run}"},
+    }
+    with httpx.Client(base_url=url + "/", timeout=60) as c:
+        post_json(c, "events", [event])
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            body = {
+                "filter": {
+                    "id": {"id": [event["id"]]},
+                    "occurred": {
+                        "since": (datetime.now(timezone.utc) - timedelta(days=1)).isoformat(),
+                        "until": (datetime.now(timezone.utc) + ahead * 2).isoformat(),
+                    },
+                },
+                "limit": 1,
+            }
+            if c.post("events/filter", json=body).json()["events"]:
+                return
+            time.sleep(0.3)
+    raise AssertionError("the heartbeat was not stored")
+
+
+def test_a_heartbeat_stamped_ahead_does_not_move_the_events_cursor_past_a_state_change(
+    fresh_server: Server, db_path: Path
+) -> None:
+    """Behind a proxy whose Date is 15 minutes ahead (handled: the cursor follows the events'
+    own clock), a flow's heartbeat event, stamped by the clock of the machine running the
+    flow (15 minutes ahead too), is a ``prefect.flow-run.*`` event but not a state change on
+    the server's clock. Taken as the newest event, it put the cursor 15 minutes ahead and
+    the next window started 5 minutes after the pull: the state change made just after it
+    was never asked for."""
+    url = fresh_server.url
+    proxy = date_ahead(timedelta(minutes=15))
+    seeded = seed(url, runs=20, flows=1, deployments_per_flow=1, days=3, seed_value=11)
+    assert pull_through(url, db_path, proxy) == "full"
+    heartbeat_from_a_clock_ahead(url, completed(seeded)[0], timedelta(minutes=15))
+    assert pull_through(url, db_path, proxy) == "incremental"
+    run = completed(seeded)[1]
+    move_to(url, [run], "FAILED")
+    wait_for_state_events(url, [run], "FAILED")
+    for _ in range(2):
+        assert pull_through(url, db_path, proxy) == "incremental"
+    assert local_state(db_path, run) == "FAILED"
+    assert_matches_server(db_path, url)
