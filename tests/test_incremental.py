@@ -992,3 +992,25 @@ def test_a_heartbeat_stamped_ahead_does_not_move_the_events_cursor_past_a_state_
         assert pull_through(url, db_path, proxy) == "incremental"
     assert local_state(db_path, run) == "FAILED"
     assert_matches_server(db_path, url)
+
+
+@pytest.mark.backends("sqlite")  # what the scheduler writes does not depend on the backend
+def test_scheduled_runs_replaced_behind_a_proxy_whose_clock_is_ahead_reach_the_next_pull(
+    fresh_server: Server, db_path: Path
+) -> None:
+    """Every answer's Date is 15 minutes ahead of the server's clock (a proxy's own). A
+    deployment paused and resumed right after a pull has its scheduled runs replaced (no
+    event; total, SCHEDULED count and buckets unchanged): the next pull must look at it,
+    though its ``updated`` (the server's clock) is older than that pull's Date less the
+    overlap."""
+    url = fresh_server.url
+    proxy = date_ahead(timedelta(minutes=15))
+    deployment, template, times, _ = scheduled_by_the_scheduler(fresh_server)
+    time.sleep(1)
+    assert pull_through(url, db_path, proxy) == "full"
+    with httpx.Client(base_url=url + "/", timeout=60) as c:
+        pause_and_resume(c, deployment)
+    again = scheduler_insert(fresh_server, template, times)
+    assert pull_through(url, db_path, proxy) == "incremental"
+    assert set(again) <= set(local_runs(db_path))
+    assert_matches_server(db_path, url)

@@ -176,12 +176,13 @@ def pull(
                 # at this pull's start is what the next pull counts the retention from.
                 start = cursor.window_start(store, server_start)
                 newest = runs.incremental(ctx, start - options.overlap)
+                # The scheduled runs' step compares deployments' ``updated`` (the server's
+                # clock) with its cursor: the events cursor, on that clock too, not the Date.
+                events_cursor = cursor.next_cursor(start, newest, server_start)
                 with store.transaction():
                     sync_log.set_state(store, cursor.CURSOR, server_start.isoformat())
-                    sync_log.set_state(store, runs.RESCHEDULED, server_start.isoformat())
-                    sync_log.set_state(
-                        store, cursor.EVENTS_CURSOR, cursor.next_cursor(start, newest, server_start)
-                    )
+                    sync_log.set_state(store, runs.RESCHEDULED, events_cursor)
+                    sync_log.set_state(store, cursor.EVENTS_CURSOR, events_cursor)
             runs_counter = ctx.counters.get(FLOW_RUNS.name)
             if runs_counter is not None and runs_counter.marked_deleted:
                 # Runs went: record the server's retention now, to tell aged-out from deleted.

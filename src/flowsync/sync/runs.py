@@ -53,9 +53,11 @@ from flowsync.sync.cursor import CURSOR, EVENTS_CURSOR
 
 FULL_PASS = "flow_runs.full_pass"
 VERIFIED = "flow_runs.verified_at"
-# When the last pull that looked for replaced scheduled runs (``rescheduled``) began, by the
-# server's clock: a cursor of its own, since an older flowsync's pull moves ``CURSOR`` without
-# that step (the deployments it saw changed would never be looked at again).
+# When the last pull that looked for replaced scheduled runs (``rescheduled``) began, on the
+# server's clock (the events cursor that pull left, not its Date: deployments' ``updated`` is
+# the server's clock, and a proxy's Date ahead of it skipped the ones changed right after):
+# a cursor of its own, since an older flowsync's pull moves ``CURSOR`` without that step (the
+# deployments it saw changed would never be looked at again).
 RESCHEDULED = "flow_runs.rescheduled_cursor"
 # The server's history query costs ~3 ms per bucket on SQLite: few buckets, refined where they differ.
 PLAN_BUCKETS = 100
@@ -204,13 +206,12 @@ def full_pass(ctx: PullContext) -> None:
             ctx.progress.message(f"{len(behind)} runs changed state since the pass began")
             check_ids(ctx, behind)
     rolling_reread(ctx)
+    events_cursor = cursor.next_cursor(start, newest, ctx.server_start)
     with ctx.store.transaction():
         sync_log.set_state(ctx.store, CURSOR, state["started"])
-        sync_log.set_state(
-            ctx.store, EVENTS_CURSOR, cursor.next_cursor(start, newest, ctx.server_start)
-        )
+        sync_log.set_state(ctx.store, EVENTS_CURSOR, events_cursor)
         sync_log.set_state(ctx.store, VERIFIED, state["started"])
-        sync_log.set_state(ctx.store, RESCHEDULED, state["started"])
+        sync_log.set_state(ctx.store, RESCHEDULED, events_cursor)
         sync_log.delete_state(ctx.store, FULL_PASS)
 
 
