@@ -1899,6 +1899,35 @@ def holding_proxy(
     return ThreadingHTTPServer(("127.0.0.1", 0), Handler)
 
 
+@contextlib.contextmanager
+def apply_killed_with_a_delete_held(
+    server: Server, db: Path, policy: Path
+) -> Iterator[tuple[list[str], threading.Event, str]]:
+    """``flowsync apply`` in its own process through ``holding_proxy``, SIGKILLed at its
+    second per-run DELETE, which the proxy holds until ``release`` is set (on exit too):
+    yields (that DELETE's run, ``release``, the killed apply's id)."""
+    victim: list[int] = []
+    held: list[str] = []
+    release = threading.Event()
+    httpd = holding_proxy(server.url.rsplit("/api", 1)[0], victim, held, release)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    proxy_url = f"http://127.0.0.1:{httpd.server_address[1]}/api"
+    try:
+        command = ["apply", str(policy), "--db", str(db), "--api-url", proxy_url, "--yes"]
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "flowsync", *command],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        victim.append(proc.pid)
+        proc.wait(timeout=300)
+        assert proc.returncode == -signal.SIGKILL and len(held) == 1
+        yield held, release, str(query(db, "SELECT DISTINCT apply_id FROM policy_actions")[0][0])
+    finally:
+        release.set()
+        httpd.shutdown()
+
+
 def test_per_run_a_killed_applys_delete_landing_after_another_clients_change_is_that_applys(
     old_server: Server, tmp_path: Path
 ) -> None:
@@ -1908,23 +1937,7 @@ def test_per_run_a_killed_applys_delete_landing_after_another_clients_change_is_
     run): the run is the killed apply's, "deleted", never "skipped" (untouched)."""
     tag = "killed-unguarded"
     with pulled_runs(old_server, tmp_path, 4, "COMPLETED", tag) as (ids, db, policy):
-        victim: list[int] = []
-        held: list[str] = []
-        release = threading.Event()
-        httpd = holding_proxy(old_server.url.rsplit("/api", 1)[0], victim, held, release)
-        threading.Thread(target=httpd.serve_forever, daemon=True).start()
-        proxy_url = f"http://127.0.0.1:{httpd.server_address[1]}/api"
-        try:
-            command = ["apply", str(policy), "--db", str(db), "--api-url", proxy_url, "--yes"]
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "flowsync", *command],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-            )
-            victim.append(proc.pid)
-            proc.wait(timeout=300)
-            assert proc.returncode == -signal.SIGKILL and len(held) == 1
-            killed = str(query(db, "SELECT DISTINCT apply_id FROM policy_actions")[0][0])
+        with apply_killed_with_a_delete_held(old_server, db, policy) as (held, release, killed):
             first = [i for i, o in outcomes(db, ids).items() if o == "deleted"]
             assert outcomes(db, ids) == {**dict.fromkeys(first, "deleted"), held[0]: "pending"}
             assert len(first) == 1
@@ -1937,9 +1950,6 @@ def test_per_run_a_killed_applys_delete_landing_after_another_clients_change_is_
             result = library_apply(
                 old_server, db, policy, forwarding(None, after), settle_seconds=15
             )
-        finally:
-            release.set()
-            httpd.shutdown()
         assert live(old_server, ids) == {}
         assert outcomes(db, ids) == dict.fromkeys(ids, "deleted") and audit_rows(db) == len(ids)
         by_killed = audited(db, ids, f"apply_id = '{killed}'")
@@ -2114,23 +2124,7 @@ def test_per_run_a_killed_applys_delete_is_that_applys_when_the_next_cannot_read
     run is still read until the bound, and is the killed apply's "deleted", never "skipped"."""
     tag = "killed-unknown-version"
     with pulled_runs(old_server, tmp_path, 4, "COMPLETED", tag) as (ids, db, policy):
-        victim: list[int] = []
-        held: list[str] = []
-        release = threading.Event()
-        httpd = holding_proxy(old_server.url.rsplit("/api", 1)[0], victim, held, release)
-        threading.Thread(target=httpd.serve_forever, daemon=True).start()
-        proxy_url = f"http://127.0.0.1:{httpd.server_address[1]}/api"
-        try:
-            command = ["apply", str(policy), "--db", str(db), "--api-url", proxy_url, "--yes"]
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "flowsync", *command],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-            )
-            victim.append(proc.pid)
-            proc.wait(timeout=300)
-            assert proc.returncode == -signal.SIGKILL and len(held) == 1
-            killed = str(query(db, "SELECT DISTINCT apply_id FROM policy_actions")[0][0])
+        with apply_killed_with_a_delete_held(old_server, db, policy) as (held, release, killed):
             assert outcomes(db, held)[held[0]] == "pending"
             set_state(old_server, held, "FAILED")  # another client, before the DELETE lands
 
@@ -2145,9 +2139,6 @@ def test_per_run_a_killed_applys_delete_is_that_applys_when_the_next_cannot_read
 
             with contextlib.suppress(Exception):
                 library_apply(old_server, db, policy, forwarding(busy, after), settle_seconds=15)
-        finally:
-            release.set()
-            httpd.shutdown()
         for _ in range(50):  # the killed apply's DELETE lands
             if held[0] not in live(old_server, ids):
                 break
