@@ -1464,6 +1464,22 @@ class ProxyHandler(BaseHTTPRequestHandler):
         length = int(self.headers.get("content-length") or 0)
         return self.rfile.read(length) if length else None
 
+    def send_on(self, target: str, body: bytes | None, resend_busy: bool) -> httpx.Response:
+        """The request sent on to the server at ``target``; with ``resend_busy``, again while
+        a busy SQLite server answers 503 (it did nothing: its transaction rolled back)."""
+        for _ in range(20):
+            response = httpx.request(
+                self.command,
+                target + self.path,
+                content=body,
+                headers={"content-type": self.headers.get("content-type") or "application/json"},
+                timeout=60,
+            )
+            if response.status_code != 503 or not resend_busy:
+                break
+            time.sleep(0.2)
+        return response
+
     def relay(self, response: httpx.Response) -> None:
         """Answer the client with the server's ``response``."""
         self.send_response(response.status_code)
@@ -1509,22 +1525,9 @@ def killing_proxy(
                     # out; on a loaded machine the server finished this one first now and then
                     # (the kill then left both batches pending). Held a second, it lands after.
                     time.sleep(1.0)
-            for _ in range(20):
-                response = httpx.request(
-                    self.command,
-                    target + self.path,
-                    content=body,
-                    headers={
-                        "content-type": self.headers.get("content-type") or "application/json"
-                    },
-                    timeout=60,
-                )
-                # A busy SQLite server answers 503 and does nothing (its transaction rolled
-                # back): the proxy sends the call again, so that the kill lands where the test
-                # says and not after a 60 s hold (then the held batch goes out: 70 pending).
-                if response.status_code != 503 or not self.path.endswith("bulk_delete"):
-                    break
-                time.sleep(0.2)
+            # A busy server's 503 on a bulk call is sent again, so that the kill lands where
+            # the test says and not after a 60 s hold (then the held batch goes out: 70 pending).
+            response = self.send_on(target, body, self.path.endswith("bulk_delete"))
             if self.path.endswith("bulk_delete") and not before_server and response.is_success:
                 bulk_seen[0] += 1
                 if bulk_seen[0] == kill_after:
@@ -1535,6 +1538,22 @@ def killing_proxy(
         do_GET = do_POST = do_PATCH = do_DELETE = _forward
 
     return ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+
+
+def cli_apply_through(httpd: ThreadingHTTPServer, db: Path, policy: Path, victim: list[int]) -> int:
+    """``flowsync apply --yes`` in its own process through the proxy ``httpd`` (served on a
+    thread from here), its pid in ``victim`` for the proxy to kill: its exit status."""
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    proxy_url = f"http://127.0.0.1:{httpd.server_address[1]}/api"
+    command = ["apply", str(policy), "--db", str(db), "--api-url", proxy_url, "--yes"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flowsync", *command],
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    victim.append(proc.pid)
+    return proc.wait(timeout=300)
 
 
 def apply_killed_at(
@@ -1551,19 +1570,8 @@ def apply_killed_at(
     httpd = killing_proxy(
         server.url.rsplit("/api", 1)[0], 2, victim, before_server=before_server, hold=hold
     )
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    proxy_url = f"http://127.0.0.1:{httpd.server_address[1]}/api"
-    command = ["apply", str(policy), "--db", str(db), "--api-url", proxy_url, "--yes"]
     try:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "flowsync", *command],
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        victim.append(proc.pid)
-        proc.wait(timeout=300)
-        assert proc.returncode == -signal.SIGKILL
+        assert cli_apply_through(httpd, db, policy, victim) == -signal.SIGKILL
     finally:
         httpd.shutdown()
     killed = query(db, "SELECT DISTINCT apply_id FROM policy_actions")
@@ -1885,14 +1893,7 @@ def holding_proxy(
                         time.sleep(0.3)
                         httpx.request("DELETE", target + self.path, timeout=60)
                     return
-            response = httpx.request(
-                self.command,
-                target + self.path,
-                content=body,
-                headers={"content-type": self.headers.get("content-type") or "application/json"},
-                timeout=60,
-            )
-            self.relay(response)
+            self.relay(self.send_on(target, body, resend_busy=False))
 
         do_GET = do_POST = do_PATCH = do_DELETE = _forward
 
@@ -1910,18 +1911,8 @@ def apply_killed_with_a_delete_held(
     held: list[str] = []
     release = threading.Event()
     httpd = holding_proxy(server.url.rsplit("/api", 1)[0], victim, held, release)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    proxy_url = f"http://127.0.0.1:{httpd.server_address[1]}/api"
     try:
-        command = ["apply", str(policy), "--db", str(db), "--api-url", proxy_url, "--yes"]
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "flowsync", *command],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        victim.append(proc.pid)
-        proc.wait(timeout=300)
-        assert proc.returncode == -signal.SIGKILL and len(held) == 1
+        assert cli_apply_through(httpd, db, policy, victim) == -signal.SIGKILL and len(held) == 1
         yield held, release, str(query(db, "SELECT DISTINCT apply_id FROM policy_actions")[0][0])
     finally:
         release.set()
@@ -2006,13 +1997,9 @@ def throttling_proxy(
     the wait it asked for."""
     changes = [0]
 
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args: Any) -> None:
-            pass
-
+    class Handler(ProxyHandler):
         def _forward(self) -> None:
-            length = int(self.headers.get("content-length") or 0)
-            body = self.rfile.read(length) if length else None
+            body = self.body()
             bulk = self.path.endswith("bulk_delete")
             if bulk or (self.command == "DELETE" and "/flow_runs/" in self.path):
                 changes[0] += 1
@@ -2028,26 +2015,7 @@ def throttling_proxy(
                     self.end_headers()
                     self.wfile.write(b"slow down")
                     return
-            for _ in range(20):
-                response = httpx.request(
-                    self.command,
-                    target + self.path,
-                    content=body,
-                    headers={
-                        "content-type": self.headers.get("content-type") or "application/json"
-                    },
-                    timeout=60,
-                )
-                if response.status_code != 503 or not bulk:
-                    break
-                time.sleep(0.2)
-            self.send_response(response.status_code)
-            self.send_header(
-                "content-type", response.headers.get("content-type", "application/json")
-            )
-            self.send_header("content-length", str(len(response.content)))
-            self.end_headers()
-            self.wfile.write(response.content)
+            self.relay(self.send_on(target, body, bulk))
 
         do_GET = do_POST = do_PATCH = do_DELETE = _forward
 
@@ -2063,20 +2031,11 @@ def _killed_in_a_429_wait(server: Server, tmp_path: Path, tag: str, nth: int, n:
         victim: list[int] = []
         throttled: list[str] = []
         httpd = throttling_proxy(server.url.rsplit("/api", 1)[0], victim, throttled, nth)
-        threading.Thread(target=httpd.serve_forever, daemon=True).start()
-        proxy_url = f"http://127.0.0.1:{httpd.server_address[1]}/api"
-        command = ["apply", str(policy), "--db", str(db), "--api-url", proxy_url, "--yes"]
         try:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "flowsync", *command],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-            )
-            victim.append(proc.pid)
-            proc.wait(timeout=300)
+            returncode = cli_apply_through(httpd, db, policy, victim)
         finally:
             httpd.shutdown()
-        assert proc.returncode == -signal.SIGKILL and throttled
+        assert returncode == -signal.SIGKILL and throttled
         killed = str(query(db, "SELECT DISTINCT apply_id FROM policy_actions")[0][0])
         done_before = [i for i in ids if i not in live(server, ids)]  # its calls before the 429
         assert outcomes(db, throttled) == dict.fromkeys(throttled, "failed")
