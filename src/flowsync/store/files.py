@@ -175,6 +175,16 @@ def check_not_snapshot(path: Path) -> None:
         )
 
 
+def looks_like_duckdb(path: Path) -> bool:
+    """Whether ``path`` starts as a DuckDB database does (False if it cannot be read)."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(DUCKDB_MAGIC_OFFSET + len(DUCKDB_MAGIC))
+    except OSError:
+        return False
+    return head[DUCKDB_MAGIC_OFFSET:] == DUCKDB_MAGIC
+
+
 def check_not_a_database(path: Path, option: str) -> None:
     """Refuse a command's output file (``--output``, ``--html``) that would replace a DuckDB
     file (the live file, through a link too, or any other) or land in a published snapshot
@@ -186,14 +196,9 @@ def check_not_a_database(path: Path, option: str) -> None:
             f"{option} {path} is in the published snapshot folder of {live}, which readers "
             "open; name a file elsewhere."
         )
-    if not real.is_file():
-        return  # not there yet, or no file (a pipe is never opened here: it would wait)
-    try:
-        with real.open("rb") as f:
-            head = f.read(DUCKDB_MAGIC_OFFSET + 4)
-    except OSError:
-        return  # not readable: the write says what is wrong
-    if head[DUCKDB_MAGIC_OFFSET:] == DUCKDB_MAGIC:
+    # not there yet, or no file (a pipe is never opened here: it would wait); an unreadable
+    # file is left to the write to say what is wrong
+    if real.is_file() and looks_like_duckdb(real):
         raise ConfigError(
             f"{option} {path} is a DuckDB database, which the output would replace; name "
             "another file (the database to read goes in --db)."

@@ -53,7 +53,7 @@ from typing import Any
 from flowsync import __version__
 from flowsync.errors import DamagedFileError, StorageError, StoreError
 from flowsync.store import sync_log
-from flowsync.store.files import DUCKDB_MAGIC, DUCKDB_MAGIC_OFFSET, snapshot_dir
+from flowsync.store.files import looks_like_duckdb, snapshot_dir
 from flowsync.store.roles import Sandbox, Writer
 
 __all__ = [
@@ -191,18 +191,9 @@ def inspect(db: Path) -> tuple[SnapshotInfo | None, str]:
     if info.bytes and size != info.bytes:
         what = "truncated" if size < info.bytes else "written to after it was published"
         return info, f"{path} is {size:,} bytes where {info.bytes:,} were published ({what})"
-    if not _looks_like_duckdb(path):
+    if not looks_like_duckdb(path):
         return info, f"{path} is not a DuckDB file any more (its header is gone)"
     return info, ""
-
-
-def _looks_like_duckdb(path: Path) -> bool:
-    try:
-        with path.open("rb") as f:
-            head = f.read(DUCKDB_MAGIC_OFFSET + len(DUCKDB_MAGIC))
-    except OSError:
-        return False
-    return head[DUCKDB_MAGIC_OFFSET:] == DUCKDB_MAGIC
 
 
 def damaged(db: Path, problem: str) -> DamagedFileError:
