@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 import uuid
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime, parsedate_to_datetime
 from pathlib import Path
@@ -770,10 +770,52 @@ def scheduled_by_the_scheduler(server: Server) -> tuple[str, Rows, list[datetime
             f"deployments/{deployment}/create_flow_run",
             {"state": {"type": "SCHEDULED", "name": "Scheduled"}},
         )["id"]
+    # Its state event stored first: a first pull's events cursor is then that event's time, as
+    # on a server with history (with none stored yet it is a day back, and every deployment
+    # looks changed to the next pull: whether a test saw a gap hung on the event persister).
+    wait_for_state_events(server.url, [made], "SCHEDULED")
     template = run_rows(server, made)
     inserted = scheduler_insert(server, template, times)
     delete_runs(server.url, [made])
     return deployment, template, times, inserted
+
+
+@dataclass
+class SchedulerCase:
+    """A server whose hourly deployment the scheduler filled (``scheduled_by_the_scheduler``)
+    and the file to pull it into with no overlap."""
+
+    url: str
+    deployment: str
+    template: Rows
+    times: list[datetime]
+    first: list[str]
+    db: Path
+    api: Any
+    options: Any
+
+    def pull(self, verify: bool = False) -> None:
+        import flowsync
+
+        flowsync.pull(self.db, api=self.api, options=replace(self.options, verify=verify))
+
+
+def scheduler_case(server: Server, tmp_path: Path, first_pull: bool = True) -> SchedulerCase:
+    """A ``SchedulerCase`` and, a whole second later, its first pull, checked against the
+    server: the cursor (the server's Date, in whole seconds) is past the deployments'
+    creation, so the next pull knows a deployment changed only from what changed it."""
+    from flowsync.config import ApiSettings
+    from flowsync.sync import PullOptions
+
+    deployment, template, times, first = scheduled_by_the_scheduler(server)
+    db, api = tmp_path / "runs.duckdb", ApiSettings(url=server.url)
+    options = PullOptions(overlap=timedelta(0))
+    case = SchedulerCase(server.url, deployment, template, times, first, db, api, options)
+    time.sleep(2)
+    if first_pull:
+        case.pull()
+        assert_matches_server(db, server.url)
+    return case
 
 
 @pytest.mark.backends("sqlite")  # what the scheduler writes does not depend on the backend
@@ -793,30 +835,18 @@ def test_scheduled_runs_replaced_without_events_reach_the_next_pull(
     daily per-bucket check sees it. The next pull must still mark the old runs deleted and
     read the new ones. (``all-listed``: a deployment holding more scheduled runs than a
     request names to leave out, as after a backfill: all of them are listed.)"""
-    import flowsync
     import flowsync.sync.runs
 
     monkeypatch.setattr(flowsync.sync.runs, "EXCLUDED_IDS", excluded)
-    from flowsync.config import ApiSettings
-    from flowsync.sync import PullOptions
-
-    url = fresh_server.url
-    deployment, template, times, first = scheduled_by_the_scheduler(fresh_server)
-    db, api = tmp_path / "runs.duckdb", ApiSettings(url=url)
-    # No overlap, and the cursor (the server's Date, in whole seconds) past the deployment's
-    # creation: the next pull knows the deployment changed only from what changed it.
-    options = PullOptions(overlap=timedelta(0))
-    time.sleep(2)
-    flowsync.pull(db, api=api, options=options)
-    assert_matches_server(db, url)
-    with httpx.Client(base_url=url + "/", timeout=60) as c:
-        replace_runs(c, deployment)
-    assert not set(first) & set(server_runs(url))  # Prefect deleted them
-    again = scheduler_insert(fresh_server, template, times)  # the scheduler's next loop
-    assert set(server_runs(url)) == set(again)
-    flowsync.pull(db, api=api, options=options)
-    flowsync.pull(db, api=api, options=replace(options, verify=True))
-    assert_matches_server(db, url)
+    case = scheduler_case(fresh_server, tmp_path)
+    with httpx.Client(base_url=case.url + "/", timeout=60) as c:
+        replace_runs(c, case.deployment)
+    assert not set(case.first) & set(server_runs(case.url))  # Prefect deleted them
+    again = scheduler_insert(fresh_server, case.template, case.times)  # the scheduler's next loop
+    assert set(server_runs(case.url)) == set(again)
+    case.pull()
+    case.pull(verify=True)
+    assert_matches_server(case.db, case.url)
 
 
 def older_pull(db: Path, api: Any, options: Any, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -855,27 +885,17 @@ def test_an_older_flowsyncs_pull_in_between_does_not_hide_replaced_scheduled_run
     never reached the file, the deleted ones stayed live, --verify did not see it).
     (``older``: the file's first pull was an older flowsync's too: no pull of this one ever
     took the step, so every deployment is looked at.)"""
-    import flowsync
-    from flowsync.config import ApiSettings
-    from flowsync.sync import PullOptions
-
-    url = fresh_server.url
-    deployment, template, times, _ = scheduled_by_the_scheduler(fresh_server)
-    db, api = tmp_path / "runs.duckdb", ApiSettings(url=url)
-    options = PullOptions(overlap=timedelta(0))
-    time.sleep(2)
+    case = scheduler_case(fresh_server, tmp_path, first_pull=first == "ours")
     if first == "older":
-        older_pull(db, api, options, monkeypatch)
-    else:
-        flowsync.pull(db, api=api, options=options)
-    with httpx.Client(base_url=url + "/", timeout=60) as c:
-        pause_and_resume(c, deployment)
-    again = scheduler_insert(fresh_server, template, times)
+        older_pull(case.db, case.api, case.options, monkeypatch)
+    with httpx.Client(base_url=case.url + "/", timeout=60) as c:
+        pause_and_resume(c, case.deployment)
+    again = scheduler_insert(fresh_server, case.template, case.times)
     time.sleep(2)  # the older pull's cursor (whole seconds) past the change
-    older_pull(db, api, options, monkeypatch)
-    flowsync.pull(db, api=api, options=options)
-    assert_matches_server(db, url)
-    assert set(again) <= set(local_runs(db))
+    older_pull(case.db, case.api, case.options, monkeypatch)
+    case.pull()
+    assert_matches_server(case.db, case.url)
+    assert set(again) <= set(local_runs(case.db))
 
 
 @pytest.mark.backends("sqlite")  # what the scheduler writes does not depend on the backend
@@ -887,25 +907,15 @@ def test_a_run_the_scheduler_inserts_while_another_is_deleted_reaches_the_next_p
     total stays where it was, so the count check saw nothing and the next pull kept the deleted
     run live and lacked the new one until the daily per-bucket check. The pull right after
     must match the server."""
-    import flowsync
-    from flowsync.config import ApiSettings
-    from flowsync.sync import PullOptions
-
-    url = fresh_server.url
-    _, template, times, _ = scheduled_by_the_scheduler(fresh_server)
-    seeded = seed(url, runs=20, flows=1, deployments_per_flow=1, seed_value=11)
-    db, api = tmp_path / "runs.duckdb", ApiSettings(url=url)
-    # No overlap, and the cursor past the deployments' creation (whole seconds): the next pull
-    # knows no deployment changed, as on a server whose deployments were made long ago.
-    options = PullOptions(overlap=timedelta(0))
-    time.sleep(2)
-    flowsync.pull(db, api=api, options=options)
-    assert_matches_server(db, url)
-    delete_runs(url, completed(seeded)[:1])  # the vacuum's hourly delete of an old run
-    added = scheduler_insert(fresh_server, template, [times[-1] + timedelta(hours=1)])
-    flowsync.pull(db, api=api, options=options)
-    assert set(added) <= set(local_runs(db))
-    assert_matches_server(db, url)
+    # The seeded deployments made before the first pull's cursor too: the next pull knows no
+    # deployment changed, as on a server whose deployments were made long ago.
+    seeded = seed(fresh_server.url, runs=20, flows=1, deployments_per_flow=1, seed_value=11)
+    case = scheduler_case(fresh_server, tmp_path)
+    delete_runs(case.url, completed(seeded)[:1])  # the vacuum's hourly delete of an old run
+    added = scheduler_insert(fresh_server, case.template, [case.times[-1] + timedelta(hours=1)])
+    case.pull()
+    assert set(added) <= set(local_runs(case.db))
+    assert_matches_server(case.db, case.url)
 
 
 @pytest.mark.backends("sqlite")  # what the scheduler writes does not depend on the backend
@@ -922,22 +932,12 @@ def test_an_upcoming_run_deleted_and_inserted_again_by_the_scheduler_reaches_the
     inserts the same slot again (its idempotency key is free): a new id at the same time, in
     the same state, without a state event, the deployment's ``updated`` unchanged. The pull
     after must hold the new run and mark the deleted one."""
-    import flowsync
-    from flowsync.config import ApiSettings
-    from flowsync.sync import PullOptions
-
-    url = fresh_server.url
-    _, template, times, first = scheduled_by_the_scheduler(fresh_server)
-    db, api = tmp_path / "runs.duckdb", ApiSettings(url=url)
-    options = PullOptions(overlap=timedelta(0))
-    time.sleep(2)
-    flowsync.pull(db, api=api, options=options)
-    assert_matches_server(db, url)
-    delete_runs(url, first[:1])
-    scheduler_insert(fresh_server, template, times[:1])
-    flowsync.pull(db, api=api, options=options)
-    flowsync.pull(db, api=api, options=replace(options, verify=True))
-    assert_matches_server(db, url)
+    case = scheduler_case(fresh_server, tmp_path)
+    delete_runs(case.url, case.first[:1])
+    scheduler_insert(fresh_server, case.template, case.times[:1])
+    case.pull()
+    case.pull(verify=True)
+    assert_matches_server(case.db, case.url)
 
 
 def heartbeat_from_a_clock_ahead(url: str, run: str, ahead: timedelta) -> None:
