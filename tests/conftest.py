@@ -102,6 +102,7 @@ ONE_PROCESS = {
     "tests.test_error_signatures": "failing-flows",
     "tests.test_policy_apply": "policy-apply",
     "tests.test_staleness": "staleness",
+    "tests.test_objectstore": "s3",  # its S3 server (moto: 3 CPU-s to start)
     # the wheel's, with the seeded SQLite server that one of them pulls from
     "tests.test_packaging": "prefect-sqlite",
 }
