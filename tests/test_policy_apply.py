@@ -1292,6 +1292,36 @@ def test_a_pending_row_of_an_action_this_flowsync_does_not_know_stays_pending_an
     assert any("'set_tags'" in e and "upgrade flowsync" in e for e in result.errors), result.errors
 
 
+@pytest.mark.parametrize("outcome", ["sending", "resent"])
+def test_a_row_with_an_outcome_this_flowsync_does_not_know_leaves_its_run_unsent_and_unchanged(
+    tmp_path: Path, outcome: str
+) -> None:
+    """A newer flowsync's apply left a row whose outcome this flowsync does not know (same
+    schema: an outcome is a value, not a migration), e.g. a call out under another name than
+    ``pending``. Whether that call changed the run cannot be told by this flowsync: sending
+    the run again would have the newer flowsync credit its apply with this one's change (or
+    this one credit itself with that one's). As for an unknown action: the row stays as it
+    is, the run is not sent, and the apply says to upgrade; the other runs are applied."""
+    from flowsync.store import audit
+
+    db = make_db(tmp_path / "r.duckdb", [run(1), run(2)])
+    fake = Recorder(accept_all, api_rows(db))
+    with Store.writer(db) as store:
+        call = audit.Call(
+            "newer-apply", "http://prefect.test/api", "p.yaml", "0" * 64, 1, "purge", "delete", None
+        )
+        audit.record_runs(store, call, [(rid(1), "COMPLETED", outcome, None)])
+    before = query(db, "SELECT * FROM policy_actions")
+    plan = plan_for(db, DELETE_COMPLETED)
+    with Store.sandboxed_writer(db) as store, mock_client(fake) as client:
+        result = apply_plan(client, store, plan, progress=NullProgress(), settle_seconds=0)
+    sent = [i for _, body in fake.bulk for i in body["flow_runs"]["id"]["any_"]]
+    assert sent == [rid(2)]
+    assert query(db, "SELECT * FROM policy_actions WHERE apply_id = 'newer-apply'") == before
+    assert result.status != "success"
+    assert any(repr(outcome) in e and "upgrade flowsync" in e for e in result.errors), result.errors
+
+
 def test_ctrl_c_during_per_run_calls_leaves_pending_only_the_run_whose_request_was_out(
     tmp_path: Path,
 ) -> None:

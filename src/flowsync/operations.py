@@ -62,6 +62,7 @@ from flowsync.policy.apply import (
 )
 from flowsync.policy.model import check_rule_timeout
 from flowsync.policy.plan import PLAN_MEMORY_MB, selected_ids
+from flowsync.policy.result import KNOWN_OUTCOMES
 from flowsync.progress import Progress
 from flowsync.since import check_start, parse_since
 from flowsync.store import Store, audit, locks, snapshot, sync_log
@@ -283,7 +284,7 @@ def apply(
             # Nothing to send; an earlier apply's calls with no recorded answer are still read
             # back and settled, as any apply does first (reads only: nothing to confirm).
             with Store.reader(db, live=True, wait=wait, lock_context=locks.LIVE_ONLY) as reading:
-                earlier = audit.unresolved(reading)
+                earlier = audit.unresolved(reading, known=KNOWN_OUTCOMES)
             if not earlier:
                 return Applied(made, None, confirmed=False)
         else:

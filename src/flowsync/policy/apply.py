@@ -37,7 +37,7 @@ from flowsync.policy.ahead import AHEAD_BATCHES
 from flowsync.policy.batch import Applier, Batch, Stop
 from flowsync.policy.plan import Plan
 from flowsync.policy.planned import per_run_path
-from flowsync.policy.result import ApplyResult
+from flowsync.policy.result import KNOWN_OUTCOMES, ApplyResult
 from flowsync.policy.settle import SETTLE_SECONDS
 from flowsync.progress import NullProgress, Progress
 from flowsync.store import SandboxedWriter, Writer, audit
@@ -188,7 +188,7 @@ def apply_plan(
             applier.per_run = True
             batch_size = min(batch_size, PER_RUN_BATCH)
         result.path = "bulk" if caps.bulk else per_run_path(caps.describe(), plan)
-        earlier = audit.unresolved(store, besides=result.apply_id)
+        earlier = audit.unresolved(store, besides=result.apply_id, known=KNOWN_OUTCOMES)
         if earlier:
             progress.message(
                 f"{len(earlier)} runs sent by an earlier apply have no recorded answer; reading them back"
@@ -206,11 +206,11 @@ def apply_plan(
                     "not sent again; run apply again"
                 )
             if foreign:
-                actions = ", ".join(repr(a) for a in sorted(set(foreign.values())))
+                unknown = ", ".join(sorted(set(foreign.values())))
                 result.errors.append(
-                    f"{len(foreign)} runs an earlier apply sent with an action this flowsync "
-                    f"does not know ({actions}: a newer flowsync's) have no recorded answer: "
-                    "left pending and not sent again; upgrade flowsync to settle them"
+                    f"{len(foreign)} runs an earlier apply sent have an action or outcome this "
+                    f"flowsync does not know ({unknown}: a newer flowsync's), so no answer it "
+                    "can read: left as they are and not sent again; upgrade flowsync to settle them"
                 )
         else:
             settled = set()

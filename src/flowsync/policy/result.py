@@ -53,6 +53,11 @@ class Outcome(str, Enum):
         )
 
 
+# The ``policy_actions.outcome`` values this flowsync writes: a row with another is a newer
+# flowsync's (``audit.unresolved``), left as it is, its run not sent.
+KNOWN_OUTCOMES = frozenset(o.value for o in Outcome)
+
+
 # The server's per-run status in a bulk_set_state answer.
 SET_STATE_STATUS = {
     "ACCEPT": Outcome.ACCEPTED,

@@ -54,8 +54,8 @@ KNOWN_ACTIONS = frozenset({"delete", "set_state"})
 @dataclass(frozen=True)
 class Settled:
     """What ``settle_pending`` did: rows settled; runs now known changed; runs still unknown;
-    of those, the ones sent with an action this flowsync does not know (run -> action: a
-    newer flowsync's, left pending for it)."""
+    of those, the ones sent with an action, or left with an outcome, this flowsync does not
+    know (run -> "action 'x'" or "outcome 'y'": a newer flowsync's, left as is for it)."""
 
     rows: int
     changed: set[str]
@@ -217,10 +217,17 @@ class Settler:
         the runs still unknown (a state history that could not be read)."""
         if not rows:
             return Settled(0, set(), set())
-        # A newer flowsync's action: what its call did cannot be read from the run by these
-        # rules; its row stays pending (for a flowsync that knows it), its run unsent.
-        foreign = {r.flow_run_id: r.action for r in rows if r.action not in KNOWN_ACTIONS}
-        rows = [r for r in rows if r.action in KNOWN_ACTIONS]
+        # A newer flowsync's action, or outcome (``audit.unresolved``'s ``known``): what its
+        # call did cannot be read from the run by these rules; its row stays as it is (for a
+        # flowsync that knows it), its run unsent.
+        foreign = {
+            r.flow_run_id: f"action {r.action!r}"
+            if r.action not in KNOWN_ACTIONS
+            else f"outcome {r.outcome!r}"
+            for r in rows
+            if r.action not in KNOWN_ACTIONS or r.outcome != Outcome.PENDING.value
+        }
+        rows = [r for r in rows if r.flow_run_id not in foreign]
         # Another apply's row does not say how its call was sent: whatever this apply takes the
         # server to be now (upgraded since, or its version unreadable: taken to have the bulk
         # endpoints), that call may have had no state guard, and may still land.

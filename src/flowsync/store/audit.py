@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -185,20 +185,28 @@ class PendingRow:
     state_id_before: str | None
     sent_at: datetime
     rule: str
+    outcome: str = "pending"
 
 
-def unresolved(store: Store, *, besides: str | None = None) -> list[PendingRow]:
-    """Every ``pending`` row in the file (of any apply but ``besides``), oldest first."""
+def unresolved(
+    store: Store, *, besides: str | None = None, known: Collection[str] | None = None
+) -> list[PendingRow]:
+    """Every ``pending`` row in the file (of any apply but ``besides``), oldest first.
+
+    ``known``: the outcomes this flowsync knows; a row with any other (a newer flowsync's,
+    same schema) is returned too, with its ``outcome``: whether its call changed the run
+    cannot be told here, so the caller leaves it, and its run, alone."""
     rows = store.execute(
         """
         SELECT apply_id, CAST(flow_run_id AS VARCHAR), action,
                json_extract_string(requested_state, '$.state.type'), state_type_before,
-               json_extract_string(run_row, '$.state_id'), sent_at, rule
+               json_extract_string(run_row, '$.state_id'), sent_at, rule, outcome
         FROM policy_actions
-        WHERE outcome = 'pending' AND apply_id IS DISTINCT FROM ?
+        WHERE (outcome = 'pending' OR (? AND NOT list_contains(CAST(? AS VARCHAR[]), outcome)))
+          AND apply_id IS DISTINCT FROM ?
         ORDER BY sent_at, id
         """,
-        [besides],
+        [known is not None, sorted(known or ()), besides],
     ).rows()
     return [PendingRow(*row) for row in rows]
 
