@@ -141,3 +141,35 @@ def test_each_file_of_several_gets_the_checks_one_file_gets(
         assert con.execute("SELECT count(DISTINCT source) FROM flow_runs").fetchone() == (2,)
     finally:
         con.close()
+
+
+def test_a_newer_file_whose_views_no_longer_read_is_one_line_naming_it_among_several(
+    two_files: tuple[Path, Path],
+) -> None:
+    """A newer flowsync migrated staging (a column renamed, as its migrations may) and was
+    killed before its pull rebuilt the views: a view there no longer reads. One --db says so
+    when queried (tests/test_file_faults.py); several stacked them at open and let DuckDB's
+    binder error out as a traceback, for every query. One line naming the file and saying to
+    upgrade, exit 5, nothing written."""
+    import hashlib
+
+    import duckdb
+
+    prod, staging = two_files
+    with duckdb.connect(str(staging)) as con:  # as the newer flowsync left it
+        con.execute("INSERT INTO _flowsync_migrations VALUES ('m999_from_the_future', now())")
+        con.execute("UPDATE _flowsync_file SET value = '9.0.0' WHERE key = 'written_by'")
+        con.execute("ALTER TABLE flow_runs RENAME COLUMN state_name TO state_label")
+    before = [hashlib.sha256(p.read_bytes()).hexdigest() for p in (prod, staging)]
+    result = run_cli(
+        "sql", "SELECT count(*) FROM flows", "--live", "--db", f"prod={prod}",
+        "--db", f"staging={staging}",
+    )  # fmt: skip
+    assert result.exit_code == 5, result.output
+    assert "Traceback" not in result.output
+    (line,) = [x for x in result.stderr.splitlines() if x.startswith("error:")]
+    assert str(staging) in line and str(prod) not in line, line
+    assert "written by flowsync 9.0.0" in line and "upgrade flowsync" in line, line
+    with pytest.warns(NewerFileWarning), pytest.raises(StoreError, match="upgrade flowsync"):
+        flowsync.connect({"prod": prod, "staging": staging}, live=True)
+    assert [hashlib.sha256(p.read_bytes()).hexdigest() for p in (prod, staging)] == before

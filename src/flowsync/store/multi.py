@@ -23,7 +23,7 @@ import duckdb
 from flowsync import __version__
 from flowsync.errors import ConfigError, NewerFileWarning, OlderSchemaError, StoreError
 from flowsync.store import migrations
-from flowsync.store.connect import session_settings
+from flowsync.store.connect import session_settings, version_key
 from flowsync.store.files import check_path, storage_error
 from flowsync.store.snapshot import current
 
@@ -111,10 +111,11 @@ def _attach(con: duckdb.DuckDBPyConnection, name: str, db: Path, live: bool) -> 
     raise StoreError(f"The snapshots of {db} kept changing while opening one; try again.")
 
 
-def _check_schema(con: duckdb.DuckDBPyConnection, name: str, db: Path) -> None:
+def _check_schema(con: duckdb.DuckDBPyConnection, name: str, db: Path) -> str | None:
     """The checks one ``--db`` gets (``Store.migrate`` on a reader), for an attached source: a
     file that is not flowsync's, or of an older schema, is refused; one a newer flowsync
-    wrote is read with a ``NewerFileWarning``."""
+    wrote is read with a ``NewerFileWarning``, and who wrote it is returned ("flowsync 9.0.0",
+    or "a newer flowsync"; None for a file of this flowsync's schema)."""
     try:
         applied = {
             str(r[0])
@@ -134,15 +135,27 @@ def _check_schema(con: duckdb.DuckDBPyConnection, name: str, db: Path) -> None:
             path=str(db),
         )
     unknown = sorted(applied - known)
-    if unknown:
-        warnings.warn(
-            NewerFileWarning(
-                f"{db} was written by a newer flowsync (schema {unknown[-1]}); this flowsync "
-                f"{__version__} reads it read-only and may miss what that version added: upgrade "
-                "flowsync to see it."
-            ),
-            stacklevel=5,
-        )
+    if not unknown:
+        return None
+    try:
+        row = con.execute(
+            f"SELECT value FROM \"{name}\"._flowsync_file WHERE key = 'written_by'"
+        ).fetchone()
+    except duckdb.Error:
+        row = None
+    written_by = str(row[0]) if row and row[0] else ""
+    if written_by and version_key(written_by) <= version_key(__version__):
+        written_by = ""  # not the version that added the migration: do not name it
+    who = f"flowsync {written_by}" if written_by else "a newer flowsync"
+    warnings.warn(
+        NewerFileWarning(
+            f"{db} was written by a newer flowsync (schema {unknown[-1]}); this flowsync "
+            f"{__version__} reads it read-only and may miss what that version added: upgrade "
+            "flowsync to see it."
+        ),
+        stacklevel=5,
+    )
+    return who
 
 
 def connect_sources(
@@ -154,9 +167,10 @@ def connect_sources(
     con = duckdb.connect(":memory:")
     try:
         session_settings(con)
+        newer: dict[str, str | None] = {}
         for name, db in named.items():
             _attach(con, name, db, live)
-            _check_schema(con, name, db)
+            newer[name] = _check_schema(con, name, db)
         found: dict[str, list[str]] = {}
         for catalog, table in con.execute(
             "SELECT table_catalog, table_name FROM information_schema.tables "
@@ -171,8 +185,44 @@ def connect_sources(
                 for c in named
                 if c in catalogs
             )
-            con.execute(f'CREATE VIEW "{table}" AS {union}')
+            try:
+                con.execute(f'CREATE VIEW "{table}" AS {union}')
+            except duckdb.Error as e:
+                raise _unstackable(con, table, catalogs, named, newer, e) from None
     except BaseException:
         con.close()
         raise
     return con, Path(" + ".join(str(p) for p in named.values()))
+
+
+def _unstackable(
+    con: duckdb.DuckDBPyConnection,
+    table: str,
+    catalogs: list[str],
+    named: Mapping[str, Path],
+    newer: Mapping[str, str | None],
+    error: duckdb.Error,
+) -> StoreError:
+    """Why ``table`` of the sources could not be stacked, naming the file: one whose own
+    ``table`` no longer reads (a view left by a newer flowsync's migration, or a damaged one),
+    else the files whose ``table`` differ too much to stack."""
+    broken = []
+    for c in catalogs:
+        try:
+            con.execute(f'SELECT * FROM "{c}".main."{table}" LIMIT 0')
+        except duckdb.Error:
+            broken.append(c)
+    detail = str(error).splitlines()[0]
+    culprits = broken or catalogs
+    named_newer = [newer[c] for c in culprits if newer.get(c)]
+    files = ", ".join(str(named[c]) for c in culprits)
+    if named_newer:
+        return StoreError(
+            f"{files}: {table} cannot be read ({detail}); written by {named_newer[0]}, newer than "
+            f"this flowsync {__version__}, which may not know its tables and columns: upgrade "
+            "flowsync (pip install -U flowsync) where this command runs, or leave it out."
+        )
+    return StoreError(
+        f"{files}: {table} cannot be read ({detail}); run `flowsync pull --db FILE` on "
+        "each once to rebuild its views, or leave it out."
+    )
