@@ -327,6 +327,45 @@ def test_a_file_whose_first_migration_never_committed_is_taken_up_by_the_next_pu
         assert store.applied_migrations() == {name for name, _ in migrations.MIGRATIONS}
 
 
+def test_a_writer_killed_inside_a_later_migration_leaves_the_older_schema_to_finish(
+    tmp_path: Path,
+) -> None:
+    """A file of an older flowsync (m001, m002) upgraded by a writer SIGKILLed inside m003,
+    after it dropped flow_runs and before the copy took its name: the migration and its
+    record commit together, so readers see the older schema (told to pull, not an empty
+    history) and the next writer migrates it with every run."""
+    db = tmp_path / "runs.duckdb"
+    with duckdb.connect(str(db)) as con:
+        con.execute(
+            "CREATE TABLE _flowsync_migrations (name VARCHAR PRIMARY KEY, "
+            "applied_at TIMESTAMPTZ NOT NULL)"
+        )
+        for name, fn in migrations.MIGRATIONS[:2]:
+            fn(con)
+            con.execute("INSERT INTO _flowsync_migrations VALUES (?, now())", [name])
+        con.execute(
+            "INSERT INTO flow_runs (id, name, state_type, synced_at) "
+            "SELECT uuid(), 'run-' || i, 'COMPLETED', now() FROM range(3000) r(i)"
+        )
+    code = (
+        "import os, sys\n"
+        "from flowsync.store import Store, migrations\n"
+        "def killed(con):\n"
+        "    con.execute('CREATE TABLE flow_runs_m003 AS SELECT * FROM flow_runs; "
+        "DROP TABLE flow_runs')\n"
+        "    os.kill(os.getpid(), 9)\n"
+        "migrations.MIGRATIONS[2] = (migrations.MIGRATIONS[2][0], killed)\n"
+        "Store.writer(sys.argv[1])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(db)], check=False)
+    assert done.returncode == -signal.SIGKILL
+    line = one_line(run_cli("sql", "SELECT count(*) FROM flow_runs", "--db", str(db)), 5)
+    assert "older schema" in line and f"flowsync pull --db {db}" in line
+    with Store.writer(db) as store:
+        assert store.applied_migrations() == {name for name, _ in migrations.MIGRATIONS}
+        assert store.execute("SELECT count(*) FROM flow_runs").scalar() == 3000
+
+
 @pytest.mark.parametrize(
     ("sql", "held"),
     [
