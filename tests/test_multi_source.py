@@ -173,3 +173,38 @@ def test_a_newer_file_whose_views_no_longer_read_is_one_line_naming_it_among_sev
     with pytest.warns(NewerFileWarning), pytest.raises(StoreError, match="upgrade flowsync"):
         flowsync.connect({"prod": prod, "staging": staging}, live=True)
     assert [hashlib.sha256(p.read_bytes()).hexdigest() for p in (prod, staging)] == before
+
+
+def test_a_column_a_newer_file_renamed_is_refused_among_several_as_alone(
+    two_files: tuple[Path, Path],
+) -> None:
+    """Several files stack each table by name: a column a newer flowsync renamed or dropped
+    read as NULL for that file's rows (exit 0, a wrong figure: here its runs vanished from
+    the count) where the file alone refuses the query saying to upgrade. Now a query that
+    reads the column refuses as well; one that does not is answered."""
+    import duckdb
+
+    prod, staging = two_files
+    with duckdb.connect(str(staging)) as con:  # as the newer flowsync left it, views rebuilt
+        con.execute("INSERT INTO _flowsync_migrations VALUES ('m999_from_the_future', now())")
+        con.execute("UPDATE _flowsync_file SET value = '9.0.0' WHERE key = 'written_by'")
+        for (view,) in con.execute(
+            "SELECT view_name FROM duckdb_views() WHERE NOT internal"
+        ).fetchall():
+            con.execute(f'DROP VIEW IF EXISTS "{view}" CASCADE')
+        con.execute("ALTER TABLE flow_runs RENAME COLUMN state_name TO state_label")
+    sql = "SELECT count(*) FROM flow_runs WHERE state_name IS NOT NULL"
+    alone = run_cli("sql", sql, "--live", "--db", str(staging))
+    assert alone.exit_code == 5 and "upgrade flowsync" in alone.stderr, alone.output
+    together = run_cli(
+        "sql", sql.replace("count(*)", "source, count(*)") + " GROUP BY 1", "--live",
+        "--db", f"prod={prod}", "--db", f"staging={staging}",
+    )  # fmt: skip
+    assert together.exit_code == 5 and "upgrade flowsync" in together.stderr, together.output
+    assert str(staging) in together.stderr and str(prod) not in together.stderr
+    counted = run_cli(
+        "sql", "SELECT source, count(*) FROM flow_runs GROUP BY 1 ORDER BY 1", "--format",
+        "csv", "--live", "--db", f"prod={prod}", "--db", f"staging={staging}",
+    )  # fmt: skip
+    assert counted.exit_code == 0, counted.output
+    assert counted.stdout.splitlines()[2].startswith("staging,")

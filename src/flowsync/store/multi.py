@@ -12,6 +12,7 @@ not: write to any file, or know about the API.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import warnings
@@ -178,10 +179,20 @@ def connect_sources(
             [list(named)],
         ).fetchall():
             found.setdefault(str(table), []).append(str(catalog))
+        columns: dict[tuple[str, str], dict[str, str]] = {}
+        if any(newer.values()):
+            for catalog, table, column, kind in con.execute(
+                "SELECT table_catalog, table_name, column_name, data_type "
+                "FROM information_schema.columns WHERE table_schema = 'main' "
+                "AND table_catalog IN (SELECT unnest(?)) ORDER BY ordinal_position",
+                [list(named)],
+            ).fetchall():
+                columns.setdefault((str(catalog), str(table)), {})[str(column)] = str(kind)
         for table, catalogs in found.items():
             # Source and object names are checked identifiers or come from the files' own catalogs.
             union = " UNION ALL BY NAME ".join(
-                f'SELECT \'{c}\' AS source, * FROM "{c}".main."{table}"'
+                f"SELECT '{c}' AS source, *{_missing(table, c, catalogs, named, newer, columns)} "
+                f'FROM "{c}".main."{table}"'
                 for c in named
                 if c in catalogs
             )
@@ -193,6 +204,59 @@ def connect_sources(
         con.close()
         raise
     return con, Path(" + ".join(str(p) for p in named.values()))
+
+
+def _missing(
+    table: str,
+    catalog: str,
+    catalogs: list[str],
+    named: Mapping[str, Path],
+    newer: Mapping[str, str | None],
+    columns: Mapping[tuple[str, str], Mapping[str, str]],
+) -> str:
+    """For a source a newer flowsync wrote: the columns of ``table`` that this flowsync's
+    schema or the other sources have and it lacks (a newer migration renamed or dropped
+    them), each as an error raised only when a query reads it. Stacked by name, they would
+    read as NULL for its rows (a wrong figure), where the file alone refuses the query."""
+    who = newer.get(catalog)
+    if not who:
+        return ""
+    own = columns.get((catalog, table), {})
+    expected: dict[str, str] = dict(_known_columns().get(table, {}))
+    for other in catalogs:
+        if not newer.get(other):
+            expected.update(columns.get((other, table), {}))
+    gone = [(c, kind) for c, kind in expected.items() if c not in own]
+    message = (
+        f"{named[catalog]}'s {table} has no column {{}}: written by {who}, newer than this "
+        f"flowsync {__version__}, which may not know its tables and columns: upgrade flowsync "
+        "(pip install -U flowsync) where this command runs, or leave the file out"
+    )
+    return "".join(
+        f', CAST(error({_quote(message.format(c))}) AS {kind}) AS "{c}"' for c, kind in gone
+    )
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+@functools.cache
+def _known_columns() -> dict[str, dict[str, str]]:
+    """This flowsync's tables and their columns, as its migrations make them (in memory)."""
+    con = duckdb.connect(":memory:")
+    try:
+        for _, fn in migrations.MIGRATIONS:
+            fn(con)
+        known: dict[str, dict[str, str]] = {}
+        for table, column, kind in con.execute(
+            "SELECT table_name, column_name, data_type FROM information_schema.columns "
+            "WHERE table_schema = 'main' ORDER BY ordinal_position"
+        ).fetchall():
+            known.setdefault(str(table), {})[str(column)] = str(kind)
+        return known
+    finally:
+        con.close()
 
 
 def _unstackable(
