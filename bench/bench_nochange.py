@@ -4,8 +4,9 @@
 
 One PostgreSQL-backed server (1 API worker, a fresh copy of each kept seed from
 ``harness.pg_seed``) per size, all up at once. Each size's file is the one pulled
-from its seed before (``bench_apply_bulk.pulled_file``), copied. One catch-up pull
-each, then ``--rounds`` rounds: in each, one ``flowsync pull --json --quiet`` per
+from its seed before (``bench_apply_bulk.pulled_file``), copied; one deployment is
+given an active schedule, as production servers have (each pull then asks for the
+server's SCHEDULED count too). One catch-up pull each, then ``--rounds`` rounds: in each, one ``flowsync pull --json --quiet`` per
 size, as cron would run it (a new process of this checkout's CLI), the sizes in
 alternating order, then the same with the rolling re-read's steady-state share of
 one 15-minute pull due (``bench_staleness.share``: ``live x 15 min / 0.85 W``, W =
@@ -65,6 +66,22 @@ def cli_pull(url: str, db: Path) -> dict[str, Any]:
     }
 
 
+def schedule_one_deployment(url: str) -> None:
+    """Give one deployment an active hourly schedule, as production servers have: every
+    incremental pull then asks for the server's SCHEDULED count too (``_scheduled_agree``).
+    The benchmark's servers run no scheduler, so no run is inserted; the catch-up pull reads
+    the changed deployment."""
+    import httpx
+
+    with httpx.Client(base_url=url + "/", timeout=120) as c:
+        deployment = c.post("deployments/filter", json={"limit": 1}).json()[0]["id"]
+        answer = c.post(
+            f"deployments/{deployment}/schedules",
+            json=[{"schedule": {"interval": 3600}, "active": True}],
+        )
+        answer.raise_for_status()
+
+
 def make_due(db: Path, due: int) -> None:
     """Make ``due`` live runs in the file a day old (``bench_staleness.make_due``)."""
     from flowsync.store import Store
@@ -114,6 +131,7 @@ def main() -> None:
             server = stack.enter_context(pg_server(cluster, 1, copy=True))
             urls[n], dbs[n] = server.url, scratch / f"nochange-{n}.duckdb"
             pulled_file(server.url, dbs[n], seeded.root, log)
+            schedule_one_deployment(server.url)
         for n in a.sizes:
             r = cli_pull(urls[n], dbs[n])
             log(f"{n}: catch-up pull {r['mode']}, {r['wall']:.2f}s, {r['requests']} requests")
