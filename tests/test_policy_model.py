@@ -336,3 +336,47 @@ def test_errors_name_the_line() -> None:
         for line in str(info.value).splitlines()[1:]
     }
     assert found == {"max_actions": "2", "rules[1].state.type": "11", "rules[1].colour": "12"}
+
+
+@pytest.mark.parametrize(
+    ("value", "read_as", "why"),
+    [
+        ("keep_newest: 010", "8", "octal, for its leading zero"),
+        ("limit: 0100", "64", "octal, for its leading zero"),
+        ("keep_newest: 1:30", "90", "base 60"),
+        ("limit: -1:00", "-60", "base 60"),
+    ],
+)
+def test_a_number_yaml_reads_as_octal_or_base_60_is_refused_not_acted_on(
+    tmp_path: Path, value: str, read_as: str, why: str
+) -> None:
+    """PyYAML reads YAML 1.1: `keep_newest: 010` is 8 (octal) and `1:30` is 90 (base 60),
+    whatever a `%YAML 1.2` line says. Taken as read, the rule would keep 8 runs where the
+    file shows 10 (and delete the other 2): refused in one line naming the value, its line
+    and how to fix it."""
+    for header in ("", "%YAML 1.2\n---\n"):
+        text = (
+            f"{header}version: 1\nrules:\n  - name: r\n    action: delete\n"
+            f"    sql: SELECT id FROM flow_runs\n    {value}\n"
+        )
+        with pytest.raises(PolicyError) as info:
+            parse_policy(text.encode(), "octal.yaml")
+        message = str(info.value)
+        assert len(message.splitlines()) == 1, message
+        number = value.split(": ")[1]
+        assert f"YAML reads the number {number} as {read_as} ({why})" in message, message
+        assert "line " in message and "without a leading zero" in message, message
+    # on the command line: the same line, exit 7, no traceback
+    bad = tmp_path / "octal.yaml"
+    bad.write_text(text)
+    result = run_cli("policy", "check", str(bad))
+    assert result.exit_code == 7, result.output
+    assert f"YAML reads the number {number} as {read_as}" in result.stderr
+    assert "Traceback" not in result.output
+    # numbers YAML 1.1 and 1.2 read alike are read as written
+    loaded = parse_policy(
+        b"version: 1\nmax_actions: 1_000\n"
+        b"rules: [{name: r, action: delete, sql: x, keep_newest: 0, limit: 0x10}]",
+        "plain.yaml",
+    ).policy
+    assert (loaded.max_actions, loaded.rules[0].keep_newest, loaded.rules[0].limit) == (1000, 0, 16)

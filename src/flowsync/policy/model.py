@@ -8,6 +8,7 @@ bad one is reported: one line naming the file, then one bullet per field
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -224,6 +225,36 @@ def _construct_mapping(
 
 
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+# YAML 1.1 (PyYAML's, whatever a `%YAML 1.2` line says) reads `010` as 8 (octal) and `1:30`
+# as 90 (base 60): `keep_newest: 010` would keep 8 runs, not the 10 the file shows.
+_OCTAL = re.compile(r"[-+]?0[0-7_]*[0-7][0-7_]*")
+
+
+def _number(node: yaml.ScalarNode, value: Any) -> Any:
+    text = str(node.value)
+    if ":" in text or _OCTAL.fullmatch(text):
+        kind = "base 60" if ":" in text else "octal, for its leading zero"
+        raise yaml.constructor.ConstructorError(
+            None,
+            None,
+            f"YAML reads the number {text} as {value} ({kind}); write the number you mean "
+            "in plain digits, without a leading zero or `:`",
+            node.start_mark,
+        )
+    return value
+
+
+def _construct_int(loader: _UniqueKeyLoader, node: yaml.ScalarNode) -> Any:
+    return _number(node, loader.construct_yaml_int(node))
+
+
+def _construct_float(loader: _UniqueKeyLoader, node: yaml.ScalarNode) -> Any:
+    return _number(node, loader.construct_yaml_float(node))
+
+
+_UniqueKeyLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+_UniqueKeyLoader.add_constructor("tag:yaml.org,2002:float", _construct_float)
 
 
 def _loc(loc: tuple[int | str, ...]) -> str:
