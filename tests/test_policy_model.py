@@ -380,3 +380,36 @@ def test_a_number_yaml_reads_as_octal_or_base_60_is_refused_not_acted_on(
         "plain.yaml",
     ).policy
     assert (loaded.max_actions, loaded.rules[0].keep_newest, loaded.rules[0].limit) == (1000, 0, 16)
+
+
+@pytest.mark.parametrize("key", ["keep_newest", "limit"])
+@pytest.mark.parametrize("empty", ["", " # 5, once we agree", " ~", " null"])
+def test_a_guard_left_empty_is_refused_not_read_as_no_guard(
+    tmp_path: Path, key: str, empty: str
+) -> None:
+    """YAML reads `keep_newest:` with no value (a placeholder, a number commented out, a
+    template variable that was unset) as null. Taken as "no keep_newest", the rule would
+    delete the newest runs the line was there to keep: refused in one line naming the key,
+    as a missing key is the way to say "none"."""
+    text = (
+        "version: 1\nrules:\n  - name: purge\n    action: delete\n"
+        f"    sql: SELECT id FROM flow_runs\n    {key}:{empty}\n"
+    )
+    with pytest.raises(PolicyError) as info:
+        parse_policy(text.encode(), "empty.yaml")
+    (bullet,) = str(info.value).splitlines()[1:]
+    assert bullet.startswith(f"  - rules[0].{key}: empty"), bullet
+    assert "line 6" in bullet and f"leave `{key}` out" in bullet, bullet
+    bad = tmp_path / "empty.yaml"
+    bad.write_text(text)
+    result = run_cli("policy", "check", str(bad))
+    assert result.exit_code == 7 and "Traceback" not in result.output, result.output
+    assert f"rules[0].{key}: empty" in result.stderr
+    # left out, the rule has none (as before)
+    rule = parse_policy(text.replace(f"    {key}:{empty}\n", "").encode(), "ok.yaml").policy.rules[
+        0
+    ]
+    assert (rule.keep_newest, rule.limit) == (None, None)
+    # and an editor reading the schema flags it too
+    props = policy_schema()["$defs"]["DeleteRule"]["properties"]
+    assert props[key]["type"] == "integer" and "anyOf" not in props[key]

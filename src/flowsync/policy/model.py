@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from flowsync import __version__
 from flowsync.config import RULE_TIMEOUT_MAX_SECONDS, RULE_TIMEOUT_MIN_SECONDS, check_number
@@ -24,6 +32,14 @@ from flowsync.states import StateType
 
 RULE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 KEEP_NEWEST_MAX = 1_000_000_000
+
+
+def _written_as_number(schema: dict[str, Any]) -> None:
+    """The JSON Schema of an optional number that may be left out but not written empty
+    (``_RuleBase._not_empty``): an editor flags `limit:` with no value as the policy does."""
+    number = next(s for s in schema.pop("anyOf") if s.get("type") != "null")
+    schema.update(number)
+    schema.pop("default", None)
 
 
 class _Strict(BaseModel):
@@ -81,7 +97,11 @@ class _RuleBase(_Strict):
         description="One read-only SELECT over the local DuckDB file returning an `id` column of flow-run ids.",
     )
     limit: int | None = Field(
-        None, strict=True, ge=1, description="At most this many runs per apply (oldest first)."
+        None,
+        strict=True,
+        ge=1,
+        description="At most this many runs per apply (oldest first).",
+        json_schema_extra=_written_as_number,
     )
     keep_newest: int | None = Field(
         None,
@@ -92,7 +112,22 @@ class _RuleBase(_Strict):
         le=KEEP_NEWEST_MAX,
         description="Never touch the N newest selected runs of each deployment (runs without a "
         "deployment: of each flow).",
+        json_schema_extra=_written_as_number,
     )
+
+    @field_validator("limit", "keep_newest", mode="before")
+    @classmethod
+    def _not_empty(cls, value: Any, info: ValidationInfo) -> Any:
+        # Only a key written out is validated: `keep_newest:` with no value, `~` or `null`
+        # (a placeholder, a number commented out, an unset template variable) is YAML's null,
+        # which would run the rule without the guard the line was written for.
+        if value is None:
+            raise ValueError(
+                f"empty (YAML reads `{info.field_name}:` with no value, `~` or `null` as none, "
+                f"which would run the rule without it); write the number, or leave "
+                f"`{info.field_name}` out for none"
+            )
+        return value
 
 
 class DeleteRule(_RuleBase):
