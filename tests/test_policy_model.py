@@ -413,3 +413,23 @@ def test_a_guard_left_empty_is_refused_not_read_as_no_guard(
     # and an editor reading the schema flags it too
     props = policy_schema()["$defs"]["DeleteRule"]["properties"]
     assert props[key]["type"] == "integer" and "anyOf" not in props[key]
+
+
+@pytest.mark.parametrize("tags", ['[""]', '[keep, "  "]', '["${PROTECT_TAG}", keep]'])
+def test_a_protected_tag_that_protects_nothing_is_refused(tmp_path: Path, tags: str) -> None:
+    """An empty tag (`"${PROTECT_TAG}"` rendered with the variable unset) or one of spaces
+    matches no run: the policy would look guarded and protect nothing. Refused in one line
+    naming the entry."""
+    text = f"version: 1\nprotect_tags: {tags.replace('${PROTECT_TAG}', '')}\nrules: [{RULE}]\n"
+    with pytest.raises(PolicyError) as info:
+        parse_policy(text.encode(), "tags.yaml")
+    (bullet,) = str(info.value).splitlines()[1:]
+    assert bullet.startswith("  - protect_tags["), bullet
+    assert "protects no run" in bullet and "(line 2)" in bullet, bullet
+    bad = tmp_path / "tags.yaml"
+    bad.write_text(text)
+    result = run_cli("policy", "check", str(bad))
+    assert result.exit_code == 7 and "Traceback" not in result.output, result.output
+    assert parse_policy(
+        f"version: 1\nprotect_tags: [keep, 'on call']\nrules: [{RULE}]".encode(), "ok.yaml"
+    ).policy.protect_tags == ["keep", "on call"]

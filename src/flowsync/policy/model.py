@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -151,6 +152,18 @@ class SetStateRule(_RuleBase):
 Rule = Annotated[DeleteRule | SetStateRule, Field(discriminator="action")]
 
 
+def _protecting(tag: str) -> str:
+    if not tag.strip():
+        raise ValueError(
+            f"{tag!r} protects no run (an empty tag, e.g. a template variable that was unset); "
+            "write the tag, or remove the entry"
+        )
+    return tag
+
+
+ProtectedTag = Annotated[str, Field(strict=True), AfterValidator(_protecting)]
+
+
 class Policy(_Strict):
     """A policy file (``version: 1``)."""
 
@@ -163,7 +176,7 @@ class Policy(_Strict):
         ge=1,
         description="Refuse to apply when the rules select more runs than this.",
     )
-    protect_tags: list[str] = Field(
+    protect_tags: list[ProtectedTag] = Field(
         default_factory=list,
         strict=True,
         description="Runs with any of these tags are never touched.",
