@@ -787,3 +787,35 @@ def test_a_macro_of_the_users_that_reads_tables_counts_as_reading_other_rows(db:
         assert reads_lookups(store, nested) == {"flows", "deployments"}
         assert reads_other_runs(store, computing) is None
         assert reads_lookups(store, computing) == frozenset()
+
+
+@pytest.mark.parametrize(
+    ("macro", "called"),
+    [
+        ("CREATE MACRO coin() AS random() < 0.5", "random"),
+        ("CREATE MACRO toss() AS coin_of(uuid())", "uuid"),
+        ("CREATE MACRO half() AS TABLE SELECT id FROM flow_runs WHERE random() < 0.5", "random"),
+    ],
+    ids=["scalar", "nested", "table"],
+)
+def test_a_macro_of_the_users_is_held_to_the_functions_rule_sql_may_call(
+    db: Path, macro: str, called: str
+) -> None:
+    """Rule SQL may not call random(): the plan would list runs apply then decides again by
+    another draw, each batch its own (the plan shows 10, apply acts on some of them). A
+    macro the file holds is allowed only if every function it calls is, however deep:
+    `coin()` wrapping random() is refused as random() is, before anything runs."""
+    with Store.writer(db) as store:
+        store.execute("CREATE MACRO coin_of(x) AS hash(x) % 2 = 0")  # computes: allowed
+        store.execute(macro)
+    name = macro.split()[2].split("(")[0]
+    sql = (
+        f"SELECT id FROM {name}()"
+        if "TABLE" in macro
+        else f"SELECT id FROM flow_runs WHERE {name}()"
+    )
+    with pytest.raises(PolicyError) as info:
+        plan_of(db, policy(rule("drawn", sql)))
+    assert f"sql calls {name}, which rule SQL may not use" in str(info.value)
+    # a macro that only computes is still allowed
+    assert plan_of(db, policy(rule("fine", "SELECT id FROM flow_runs WHERE coin_of(id)"))).total

@@ -47,6 +47,10 @@ FORBIDDEN_FUNCTIONS = frozenset(
 ALLOWED_TABLE_FUNCTIONS = frozenset(
     {"range", "generate_series", "unnest", "json_each", "json_tree", "repeat"}
 )
+# What a macro of the file may call besides: flowsync's grouped figures (``named_groups``,
+# sql/12_grouped_runs.sql) read the table or CTE named by their argument, which on the
+# sandbox is one of the file's.
+MACRO_TABLE_FUNCTIONS = frozenset({"query_table"})
 # Rule SQL's time limit when the policy does not set one (seconds).
 DEFAULT_RULE_TIMEOUT = 60.0
 
@@ -78,6 +82,7 @@ def functions(store: Store) -> Functions:
     allowed: set[str] = set()
     kinds: dict[str, set[str]] = {}
     bodies: dict[str, str] = {}
+    mine: dict[str, set[str]] = {}  # the file's own macros -> the functions their bodies call
     for name, kind, internal, effects, body, schema in store.execute(_FUNCTIONS_SQL).rows():
         kinds.setdefault(name, set()).add(kind)
         if internal:
@@ -87,14 +92,32 @@ def functions(store: Store) -> Functions:
                 allowed.add(name)
         elif kind in ("macro", "table_macro"):
             if schema == "main":
-                allowed.add(name)
+                mine.setdefault(name, set()).update(_called(store, kind, body))
             if kind == "macro":
                 bodies[name] = body
+    allowed = allowed - FORBIDDEN_FUNCTIONS | ALLOWED_TABLE_FUNCTIONS
+    # The file's macros that call only allowed functions (other such macros too, however
+    # deep): one wrapping random() or nextval() is refused as those are.
+    may_call = allowed | MACRO_TABLE_FUNCTIONS
+    while True:
+        computing = {n for n, calls in mine.items() if n not in allowed and calls <= may_call}
+        if not computing:
+            break
+        allowed |= computing
+        may_call |= computing
     return Functions(
-        allowed=frozenset(allowed - FORBIDDEN_FUNCTIONS | ALLOWED_TABLE_FUNCTIONS),
+        allowed=frozenset(allowed),
         aggregates=frozenset(n for n, k in kinds.items() if k <= {"aggregate", "window"}),
         reading_macros=_reading(bodies),
     )
+
+
+def _called(store: Store, kind: str, body: str) -> set[str]:
+    """The functions a macro's body calls (one that does not parse calls something unknown)."""
+    try:
+        return store.functions_called(body if kind == "table_macro" else f"SELECT {body}")
+    except QueryError:
+        return {"?"}
 
 
 # Tables a run's own row comes from (one reference), and the lookups joined to it.
