@@ -26,6 +26,7 @@ filter name, or a value its flag refuses); see ``flowsync.errors``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
@@ -220,11 +221,21 @@ def check_policy(
             return loaded, check_rules(store, loaded)
     with tempfile.TemporaryDirectory(prefix="flowsync-check-") as folder:
         empty = Path(folder) / "empty.duckdb"
-        with Store.writer(empty) as writer:
-            views.ensure_built(writer)
+        empty.write_bytes(_empty_file())
         with Store.sandboxed(empty, live=True) as store:
             check_rules(store, loaded)
     return loaded, None
+
+
+@functools.cache
+def _empty_file() -> bytes:
+    """An empty file of this flowsync's schema and views, built once a process (0.4 s: the
+    views) and copied for each check: a caller checking many policies pays it once."""
+    with tempfile.TemporaryDirectory(prefix="flowsync-check-") as folder:
+        empty = Path(folder) / "empty.duckdb"
+        with Store.writer(empty) as writer:
+            views.ensure_built(writer)
+        return empty.read_bytes()  # closed and checkpointed: the whole file, no WAL
 
 
 @dataclass
