@@ -350,6 +350,23 @@ def deployments_updated_since(store: Store, since: datetime) -> list[str]:
     return [r[0] for r in rows]
 
 
+def deployment_stamps(store: Store) -> dict[str, str]:
+    """Each deployment's change stamp as the file holds it (live or marked deleted): its
+    server ``updated`` and its schedules' (a row of another table on the server: editing
+    one leaves the deployment's), which pausing, resuming, deploying again or switching a
+    schedule moves."""
+    rows = store.execute(
+        """
+        SELECT CAST(id AS VARCHAR),
+               coalesce(CAST(updated AS VARCHAR), '') || ' '
+               || coalesce(array_to_string(list_sort(
+                      json_extract_string(schedules, '$[*].updated')), ' '), '')
+        FROM deployments
+        """
+    ).rows()
+    return {str(d): str(stamp) for d, stamp in rows}
+
+
 def scheduled_runs_of(store: Store, deployments: Sequence[str]) -> dict[str, list[str]]:
     """Live runs of these deployments that the file holds in a SCHEDULED state, by deployment."""
     if not deployments:
