@@ -1041,3 +1041,69 @@ def test_scheduled_runs_replaced_behind_a_proxy_whose_clock_is_ahead_reach_the_n
     assert pull_through(url, db_path, proxy) == "incremental"
     assert set(again) <= set(local_runs(db_path))
     assert_matches_server(db_path, url)
+
+
+def test_a_throttled_events_query_fails_the_pull_and_keeps_the_cursor(
+    fresh_server: Server, db_path: Path
+) -> None:
+    """Two finished runs sharing one expected start swap their states (COMPLETED and FAILED):
+    only their state events say so (the per-bucket counts by state type stay equal). The
+    server answers 429 to every events query: the events API is there, the pull cannot read
+    it. The pull fails saying so and leaves its cursor where it was, so the next one reads
+    those events; it must not finish as if the server had no events API (refreshing only
+    unfinished runs and comparing counts) and move the cursor past the swap."""
+    from flowsync.api import PrefectClient, RetryPolicy
+    from flowsync.config import ApiSettings
+    from flowsync.errors import ApiError
+    from flowsync.store import Store
+    from flowsync.sync import pull as pull_api
+
+    url = fresh_server.url
+    seeded = seed(url, runs=1, flows=1, deployments_per_flow=1)
+    deployment = next(iter(seeded.deployments.values()))
+    when = "2026-01-01T00:00:00+00:00"
+    with httpx.Client(base_url=url + "/", timeout=60) as c:
+        one, two = create_bulk(
+            c,
+            deployment,
+            [
+                {
+                    "idempotency_key": str(uuid.uuid4()),
+                    "state": {"type": "SCHEDULED", "state_details": {"scheduled_time": when}},
+                }
+                for _ in range(2)
+            ],
+        )
+    move_to(url, [one], "COMPLETED")
+    move_to(url, [two], "FAILED")
+    wait_for_state_events(url, [one], "COMPLETED")
+    wait_for_state_events(url, [two], "FAILED")
+    pull(url, db_path)
+    assert_matches_server(db_path, url)
+    move_to(url, [one], "FAILED")
+    move_to(url, [two], "COMPLETED")
+    wait_for_state_events(url, [one], "FAILED")
+    wait_for_state_events(url, [two], "COMPLETED")
+    cursor_before = query(db_path, "SELECT key, value FROM sync_state WHERE key LIKE 'flow_runs.%'")
+
+    def throttled(request: httpx.Request, n: int) -> httpx.Response | None:
+        if request.url.path.startswith("/api/events/"):
+            return httpx.Response(429, headers={"Retry-After": "1"}, json={"detail": "slow"})
+        return None
+
+    with (
+        Store.writer(db_path) as store,
+        PrefectClient(
+            ApiSettings(url=url),
+            transport=forwarding(throttled),
+            retry=RetryPolicy(attempts=3),
+            sleep=lambda s: None,
+        ) as client,
+        pytest.raises(ApiError) as stopped,
+    ):
+        pull_api(client, store)
+    assert "429" in str(stopped.value) and "events" in str(stopped.value), stopped.value
+    after = query(db_path, "SELECT key, value FROM sync_state WHERE key LIKE 'flow_runs.%'")
+    assert after == cursor_before
+    pull(url, db_path)  # the server answers again: the swap is read
+    assert_matches_server(db_path, url)

@@ -13,6 +13,7 @@ code. Must not: print, log, or hold secrets in messages.
     │   ├── NotSentError          a call that changes data never reached the server (safe to resend, after a re-check)
     │   ├── ThrottledError        a call that changes data answered 429: not applied (``retry_after``)
     │   ├── NotFoundError         404/405 for ``path``: no such object (any more), or no such route
+    │   ├── UnavailableError      a read failed on every try (429, 5xx, dropped): the endpoint is there
     │   └── UnsupportedError      the server lacks an endpoint (``endpoint``, ``version``, ``needs``)
     ├── StoreError                the DuckDB file cannot be used (exit 5)
     │   ├── StoreLockedError      another process holds the file (exit 6)
@@ -95,6 +96,13 @@ class NotFoundError(ApiError):
         super().__init__(message)
         self.path = path
         self.status = status
+
+
+class UnavailableError(ApiError):
+    """A read failed on every try of the retry policy (429, 500/502/503/504, a dropped
+    connection, an unreadable body): the server has the endpoint and did not answer now. Never
+    read as "the server lacks it" (a pull taking that for "no events API" finished on what
+    it could not read)."""
 
 
 class UnsupportedError(ApiError):

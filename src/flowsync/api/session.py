@@ -57,6 +57,7 @@ from flowsync.errors import (
     NotFoundError,
     NotSentError,
     ThrottledError,
+    UnavailableError,
     UncertainError,
 )
 
@@ -379,7 +380,7 @@ class ApiSession:
             if last_problem.startswith("HTTP 429")
             else "Check that the server is up and the URL is right, then run again."
         )
-        raise ApiError(
+        raise UnavailableError(
             f"Prefect API at {self.settings.display_url} failed {method} /{path.lstrip('/').split('?')[0]} "
             f"after {attempts} attempts: {last_problem}. {hint}"
         )

@@ -44,7 +44,7 @@ from flowsync.api.pagination import (
     pages_by_id,
     parse_ts,
 )
-from flowsync.errors import ApiError
+from flowsync.errors import ApiError, UnavailableError
 from flowsync.store import sync_log, synced_tables
 from flowsync.store.tables import FLOW_RUNS
 from flowsync.sync import cursor
@@ -100,6 +100,8 @@ def events_gap(ctx: PullContext, since: datetime, read_to: datetime) -> str | No
         return cursor.events_cover(
             ctx.client, since, ctx.server_start, ctx.options.events_horizon, read_to=read_to
         )
+    except UnavailableError:
+        raise  # the server has an events API and did not answer (429, 5xx): nothing known
     except ApiError:
         return None  # no events API: the incremental pull falls back to re-reading unfinished runs
 
@@ -375,6 +377,8 @@ def incremental(ctx: PullContext, since: datetime) -> datetime | None:
     force = ctx.options.verify
     try:
         behind, newest = state_events(ctx, since)
+    except UnavailableError:
+        raise  # throttled or down, not without events: fail, the cursor stays where it was
     except ApiError as e:
         # Servers without the events API: refresh every run that can still change,
         # and compare bucket counts every time.
