@@ -71,3 +71,38 @@ def test_the_events_window_check_looks_back_14_days_only() -> None:
         assert c.flow_run_event_before(NOW) is None
     [(start, end)] = spans(bodies)
     assert end == NOW and end - start == EVENTS_QUERY_SPAN
+
+
+def test_a_throttled_settings_read_never_makes_a_stale_window_look_covered() -> None:
+    """A server that keeps state events one day and holds none from before a pull three days
+    ago: the window is not covered (a pull goes full, apply refuses). When its
+    ``/admin/settings`` answers 429 on every try, the retention is not known: the check fails
+    saying so, never falls back to the six-day horizon the server never claimed and answers
+    "covered"."""
+    import pytest
+
+    from flowsync.api import RetryPolicy
+    from flowsync.errors import ApiError
+    from flowsync.sync import events_cover
+
+    def server(throttled: bool) -> httpx.MockTransport:
+        def handler(request: httpx.Request) -> httpx.Response:
+            if request.url.path.endswith("/admin/settings"):
+                if throttled:
+                    return httpx.Response(429, headers={"Retry-After": "1"}, json={})
+                return httpx.Response(200, json={"server": {"events": {"retention_period": "P1D"}}})
+            return httpx.Response(200, json={"events": []})  # none from before the pull
+
+        return httpx.MockTransport(handler)
+
+    since = NOW - timedelta(days=3)
+    settings = ApiSettings(url="http://127.0.0.1:9/api")
+    retry = RetryPolicy(attempts=3)
+    with PrefectClient(settings, transport=server(False), retry=retry, sleep=lambda s: None) as c:
+        assert "keeps flow-run events for 1 days" in (events_cover(c, since, NOW) or "")
+    with (
+        PrefectClient(settings, transport=server(True), retry=retry, sleep=lambda s: None) as c,
+        pytest.raises(ApiError) as unknown,
+    ):
+        events_cover(c, since, NOW)
+    assert "admin/settings" in str(unknown.value) and "429" in str(unknown.value)

@@ -28,7 +28,13 @@ from typing import Any
 from flowsync.api.models import BULK_SINCE, Capabilities, RunRetention
 from flowsync.api.session import ApiSession
 from flowsync.config import cloud_workspace
-from flowsync.errors import ApiError, AuthError, NotFoundError, UnsupportedError
+from flowsync.errors import (
+    ApiError,
+    AuthError,
+    NotFoundError,
+    UnavailableError,
+    UnsupportedError,
+)
 
 
 class ServerInfo(ApiSession):
@@ -106,7 +112,9 @@ class ServerInfo(ApiSession):
     def events_retention(self) -> timedelta | None:
         """How long the server keeps flow-run state events (its settings), or None if it does not say."""
         try:
-            settings = self.request("GET", "admin/settings", attempts=2)
+            settings = self.request("GET", "admin/settings")
+        except UnavailableError:
+            raise  # throttled or down: how long it keeps events is not known, nor "not said"
         except ApiError:
             return None  # Prefect Cloud and locked-down servers do not expose settings
         try:
