@@ -267,3 +267,31 @@ def test_a_password_with_a_slash_question_mark_or_hash_in_the_url_is_refused_nev
     assert "percent-encode" in message and "\n" not in message, message
     assert password not in message and secret not in message, message
     assert secret not in mask_url(url)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:9/api?token=qs-secret-9f2",
+        "http://127.0.0.1:9/api?api_key=qs-secret-9f2&x=1",
+        "http://127.0.0.1:9/api#qs-secret-9f2",
+    ],
+    ids=["query", "query-two", "fragment"],
+)
+def test_a_url_with_a_query_or_fragment_is_refused_never_printed_nor_stored(
+    tmp_path: Path, url: str
+) -> None:
+    """A key pasted into the URL's query string (``?token=...``, as some proxies take it):
+    Prefect reads credentials from headers only, and httpx would send every request to
+    ``/api?token=...flows/filter``. The pull is refused with one line before anything is
+    sent or written, and neither that line nor the file holds the query."""
+    from tests.helpers import run_cli
+
+    db = tmp_path / "q.duckdb"
+    result = run_cli("pull", "--api-url", url, "--db", str(db))
+    assert result.exit_code == 2, result.output
+    assert "qs-secret-9f2" not in result.output, result.output
+    assert "query" in result.stderr or "fragment" in result.stderr, result.stderr
+    assert "Traceback" not in result.output
+    assert not db.exists() or b"qs-secret-9f2" not in db.read_bytes()
+    assert "qs-secret-9f2" not in mask_url(url)

@@ -180,9 +180,9 @@ def _stray_at(url: str) -> bool:
 
 
 def mask_url(url: str) -> str:
-    """The URL with any user:password part replaced, safe to print and store (also a URL
-    Python cannot read: a bracket left open, a port that is no number, a password that
-    holds an unencoded ``/``, ``?`` or ``#``: masked up to its last ``@``)."""
+    """The URL with any user:password part, query and fragment replaced, safe to print and
+    store (also a URL Python cannot read: a bracket left open, a port that is no number, a
+    password that holds an unencoded ``/``, ``?`` or ``#``: masked up to its last ``@``)."""
     if _stray_at(url):
         return _TO_LAST_AT.sub(r"\1***@", url, count=1)
     try:
@@ -195,6 +195,10 @@ def mask_url(url: str) -> str:
         if parts.port:
             host = f"{host}:{parts.port}"
         parts = parts._replace(netloc=f"***@{host}")
+    if parts.query:  # ?token=...: a key some proxies take there
+        parts = parts._replace(query="***")
+    if parts.fragment:
+        parts = parts._replace(fragment="***")
     return urlunsplit(parts)
 
 
@@ -361,6 +365,14 @@ def _check_url(url: object, source: str) -> None:
     if parts.scheme not in {"http", "https"} or not parts.hostname:
         raise ConfigError(
             f"{named} is not an http(s) URL; expected e.g. http://127.0.0.1:4200/api."
+        )
+    if parts.query or parts.fragment or "?" in url or "#" in url:
+        # Prefect reads credentials from headers only; httpx would send every request to
+        # /api?...flows/filter, and the URL is shown and stored (a key in it with it).
+        raise ConfigError(
+            f"{named} has a query string or fragment (after ? or #), which a Prefect API URL "
+            "never has: remove it; a key goes in PREFECT_API_KEY (or --api-key), basic auth "
+            "in PREFECT_API_AUTH_STRING."
         )
     _check_host(parts.hostname, named)
 
