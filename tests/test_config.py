@@ -295,3 +295,37 @@ def test_a_url_with_a_query_or_fragment_is_refused_never_printed_nor_stored(
     assert "Traceback" not in result.output
     assert not db.exists() or b"qs-secret-9f2" not in db.read_bytes()
     assert "qs-secret-9f2" not in mask_url(url)
+
+
+@pytest.mark.parametrize("key", ["pnu_hand\x00made9", "pnu_hand\nmade9", "pnu_hand\u201cmade9"])
+def test_a_key_built_by_hand_is_checked_as_resolve_api_checks_it_never_shown(
+    tmp_path: Path, key: str
+) -> None:
+    """The library's ``api=ApiSettings(url, api_key=SecretStr(key))`` with a key no HTTP header
+    can carry (a NUL, a line break inside it, a pasted curly quote): one
+    ``ConfigError`` before anything is sent, as ``resolve_api`` gives, never an error or a
+    retry line quoting the header (``Illegal header value b'Bearer pnu_...'``) seven times,
+    nor a ``UnicodeEncodeError`` from httpx."""
+    import socket
+
+    from pydantic import SecretStr
+
+    import flowsync
+
+    told: list[str] = []
+    with socket.socket() as listening:  # connections are made; nothing ever answers
+        listening.bind(("127.0.0.1", 0))
+        listening.listen(16)
+        url = f"http://127.0.0.1:{listening.getsockname()[1]}/api"
+        with pytest.raises(ConfigError, match="an HTTP header cannot carry") as raised:
+            api = ApiSettings(url=url, api_key=SecretStr(key))
+            flowsync.pull(tmp_path / "k.duckdb", api=api, on_retry=told.append)
+    for shown in [str(raised.value), *told]:
+        assert "made9" not in shown and "pnu_hand" not in shown, shown
+
+
+def test_space_or_a_line_break_around_a_key_built_by_hand_is_not_part_of_it() -> None:
+    from pydantic import SecretStr
+
+    settings = ApiSettings(url="http://127.0.0.1:4200/api", api_key=SecretStr(" pnu_key\n"))
+    assert settings.api_key is not None and settings.api_key.get_secret_value() == "pnu_key"

@@ -122,6 +122,9 @@ class ApiSettings:
                     f"ApiSettings {name} must be a pydantic SecretStr (or None), so that it "
                     f"is never shown: pass {name}=SecretStr(...)."
                 )
+        if self.api_key is not None:  # as resolve_api reads one: stripped, then a header's
+            key = _check_key(self.api_key.get_secret_value(), "ApiSettings api_key")
+            object.__setattr__(self, "api_key", SecretStr(key))
         if isinstance(self.verify, str):
             named = f"ApiSettings verify {self.verify!r}"
             object.__setattr__(self, "verify", _ca_file(self.verify, named))
@@ -309,12 +312,9 @@ def resolve_api(
             "out to use PREFECT_API_KEY or the active Prefect profile's."
         )
     key, key_source = pick(api_key, "PREFECT_API_KEY")
-    key = key.strip() if key else key  # a line break or space around it is never part of it
-    if key and not (key.isascii() and key.isprintable()):
-        where = "--api-key" if key_source == "flag" else f"the API key (from {key_source})"
-        raise ConfigError(
-            f"{where} holds a character an HTTP header cannot carry (not printable ASCII: a "
-            "pasted curly quote or a line break?); copy the key again from Prefect."
+    if key:
+        key = _check_key(
+            key, "--api-key" if key_source == "flag" else f"the API key (from {key_source})"
         )
     auth, _ = pick(None, "PREFECT_API_AUTH_STRING")
 
@@ -337,6 +337,20 @@ def resolve_api(
         max_requests_per_minute=_budget(budget, budget_source),
         run_retention_days=_retention(*pick(None, RETENTION_KEY)),
     )
+
+
+def _check_key(key: str, where: str) -> str:
+    """An API key as it goes in the header: without the space or line break around it (never
+    part of it), else a ``ConfigError`` naming ``where`` it came from, never the key, when it
+    holds a character a header cannot carry (httpx and h11 would refuse it at the first
+    request, quoting the header)."""
+    key = key.strip()
+    if not (key.isascii() and key.isprintable()):
+        raise ConfigError(
+            f"{where} holds a character an HTTP header cannot carry (not printable ASCII: a "
+            "pasted curly quote or a line break?); copy the key again from Prefect."
+        )
+    return key
 
 
 def _check_url(url: object, source: str) -> None:
