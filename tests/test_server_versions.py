@@ -204,3 +204,64 @@ def test_a_pull_after_worker_polls_alone_asks_no_more_than_a_quiet_one(
         f"{len(moved)} of {len(deployments)} deployments' `updated` moved with the poll"
     )
     assert_matches_server(versioned.db, versioned.url)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="Prefect before 3.6.11 moves a polled deployment's `updated` on every worker poll: "
+    "its change stamp differs at every pull, and a deployment holding more than EXCLUDED_IDS "
+    "scheduled runs has all of them listed again (200 a request) by every pull",
+)
+def test_worker_polls_alone_never_relist_a_deployment_holding_more_than_the_excluded_ids(
+    versioned: Versioned, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As the test above, with deployments holding more scheduled runs than one request of
+    the scheduled-runs step may name (``EXCLUDED_IDS``, 2,000; 50 here, so that 150 runs a
+    deployment stand for a backfill of thousands): polls alone change nothing in the file,
+    so the pull after them asks no more than a quiet one, plus one request."""
+    import time
+    import uuid
+    from datetime import datetime, timedelta, timezone
+
+    from flowsync.sync import runs
+    from harness.seed import create_bulk, new_deployment
+
+    if version_tuple(versioned.version) >= (3, 6, 11):
+        pytest.skip("Prefect 3.6.11+ leaves `updated` as it was on a poll")
+    monkeypatch.setattr(runs, "EXCLUDED_IDS", 50)
+    url = versioned.url
+    deployments = [new_deployment(url, f"backfilled-{uuid.uuid4().hex[:8]}") for _ in range(3)]
+    later = datetime.now(timezone.utc) + timedelta(days=1)
+    with httpx.Client(base_url=url + "/", timeout=120) as c:
+        for deployment in deployments:
+            payload = [
+                {
+                    "idempotency_key": str(uuid.uuid4()),
+                    "state": {
+                        "type": "SCHEDULED",
+                        "name": "Scheduled",
+                        "state_details": {
+                            "scheduled_time": (later + timedelta(hours=i)).isoformat()
+                        },
+                    },
+                }
+                for i in range(150)
+            ]
+            for k in range(0, len(payload), 50):
+                create_bulk(c, deployment, payload[k : k + 50])
+    time.sleep(2)
+    versioned.pull("--overlap", "0")
+    time.sleep(2)
+    quiet = versioned.pull("--overlap", "0")
+    with httpx.Client(base_url=url + "/", timeout=60) as c:
+        polled = c.post(
+            "deployments/get_scheduled_flow_runs",
+            json={"deployment_ids": deployments, "scheduled_before": later.isoformat()},
+        )
+        assert polled.status_code == 200, polled.text
+        time.sleep(1)
+    after_polls = versioned.pull("--overlap", "0")
+    assert int(str(after_polls["requests"])) <= int(str(quiet["requests"])) + 1, (
+        f"quiet pull: {quiet['requests']} requests; after polls alone: {after_polls['requests']}"
+    )
+    assert_matches_server(versioned.db, versioned.url)
