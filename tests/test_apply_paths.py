@@ -1787,6 +1787,116 @@ def _ctrl_c_after_the_call_out_was_answered(server: Server, tmp_path: Path) -> N
     assert held.counts == {"rerun": {"aborted": 3}}
 
 
+def test_ctrl_c_with_a_call_out_leaves_a_run_set_again_in_its_guarded_state_to_the_next_apply(
+    server: Server, tmp_path: Path
+) -> None:
+    """Ctrl-C while batch 2's bulk_delete is on its way (not yet at the server); meanwhile
+    another client sets one of its runs COMPLETED again (a new state, the same type and name).
+    The call's guard (COMPLETED, Completed) still holds that run, so the delete, landing after
+    the apply stopped, deletes it. The read-back on the way out must not record it `skipped`
+    (untouched) under the stopped apply: it stays pending, and the next apply settles it as
+    that apply's `deleted`, never `gone` under its own id."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        _ctrl_c_with_a_call_out_and_a_run_set_again(server, tmp_path)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _ctrl_c_with_a_call_out_and_a_run_set_again(server: Server, tmp_path: Path) -> None:
+    with pulled_runs(server, tmp_path, 9, "COMPLETED", "ctrlc-again") as (ids, db, policy):
+        first, second, third = batch_ids(db, policy, 3)
+        moved = second[0]
+        out, release, landed = threading.Event(), threading.Event(), threading.Event()
+
+        def fault(request: httpx.Request, n: int) -> httpx.Response | None:
+            if request.url.path.endswith("bulk_delete") and bulk_ids(request) == second:
+                set_state(server, [moved], "COMPLETED")  # another client, while the call is out
+                out.set()
+                assert release.wait(60)  # reaches the server once the apply has stopped
+            elif reads(request, third):
+                assert out.wait(30)
+                _thread.interrupt_main()
+                time.sleep(2)
+            return None
+
+        def answered(request: httpx.Request, response: httpx.Response) -> None:
+            if request.url.path.endswith("bulk_delete") and bulk_ids(request) == second:
+                landed.set()
+
+        held = ApplyResult.new()
+        with pytest.raises(KeyboardInterrupt):
+            transport = forwarding(fault, answered, resend_busy=True)
+            library_apply(server, db, policy, transport, batch_size=3, result=held)
+        release.set()
+        assert landed.wait(60)
+        assert set(live(server, ids)) == set(third)  # batch 2's delete landed, moved too
+        stopped = held.apply_id
+        assert outcomes(db, [moved]) == {moved: "pending"}  # not `skipped`: the call was out
+        again = library_apply(server, db, policy, forwarding(resend_busy=True), settle_seconds=2)
+        assert live(server, ids) == {}
+        rows = query(
+            db, "SELECT apply_id, CAST(flow_run_id AS VARCHAR), outcome FROM policy_actions"
+        )
+        assert sorted((a == stopped, i, o) for a, i, o in rows) == sorted(
+            [(True, i, "deleted") for i in first + second] + [(False, i, "deleted") for i in third]
+        )
+        assert again.resolved_earlier == 3
+        assert sorted(marked_deleted(db, ids)) == sorted(ids)
+
+
+def test_a_timed_out_bulk_delete_landing_after_a_run_was_set_again_in_its_state_is_this_applys(
+    server: Server, tmp_path: Path
+) -> None:
+    """A bulk_delete the client gave up on (a read timeout) while it is still on its way;
+    another client sets one of its runs COMPLETED again (a new state, the same type and name)
+    and the read-back sees that first, then the call lands: the guard (COMPLETED) still held
+    the run, so this apply deleted it. It is `deleted`, never `skipped` (untouched)."""
+    with pulled_runs(server, tmp_path, 3, "COMPLETED", "bulk-again") as (ids, db, policy):
+        moved = ids[1]
+        sent: list[list[str]] = []
+        real = httpx.Client(timeout=60)
+        seen, landed = threading.Event(), threading.Event()
+
+        def fault(request: httpx.Request, n: int) -> httpx.Response | None:
+            if request.url.path.endswith("bulk_delete"):
+                sent.append(bulk_ids(request))
+                if len(sent) == 1:
+                    method, url = request.method, str(request.url)
+                    body, headers = request.content, dict(request.headers)
+
+                    def later() -> None:
+                        set_state(server, [moved], "COMPLETED")  # another client
+                        seen.wait(30)  # the apply's read-back has seen it
+                        time.sleep(0.3)
+                        real.request(method, url, content=body, headers=headers)
+                        landed.set()
+
+                    threading.Thread(target=later, daemon=True).start()
+                    raise httpx.ReadTimeout("timed out", request=request)
+            return None
+
+        before = state_id_on_server(server, moved)
+
+        def after(request: httpx.Request, response: httpx.Response) -> None:
+            if reads(request, ids) or reads(request, [moved]):
+                found = {r["id"]: r.get("state_id") for r in response.json()}
+                if found.get(moved) not in (None, before):
+                    seen.set()
+
+        result = library_apply(server, db, policy, forwarding(fault, after), settle_seconds=15)
+        assert landed.wait(30)
+        assert live(server, ids) == {}
+        assert len(sent) == 1  # never sent again
+        assert outcomes(db, ids) == dict.fromkeys(ids, "deleted")
+        assert result.counts == {"purge": {"deleted": 3}}
+        assert sorted(marked_deleted(db, ids)) == sorted(ids)
+
+
+def state_id_on_server(server: Server, run: str) -> str:
+    return str(httpx.get(f"{server.url}/flow_runs/{run}", timeout=60).json()["state_id"])
+
+
 # (No checkpoint inside a re-read -> call window: test_policy_apply.py's
 # test_no_commit_of_an_apply_makes_duckdb_checkpoint, on a fake server: DuckDB's part.)
 

@@ -51,6 +51,13 @@ SETTLE_SECONDS = 30.0
 KNOWN_ACTIONS = frozenset({"delete", "set_state"})
 
 
+def within_guard(before: Seen, now: Seen | None) -> bool:
+    """Whether a bulk call guarded by the state type ``before`` had may still act on the run
+    as ``now`` shows it: another client gave it a new state of the same type (a retry that
+    failed again, a state set again), which the server-side guard does not tell apart."""
+    return now is not None and now.state_type is not None and now.state_type == before.state_type
+
+
 @dataclass(frozen=True)
 class Settled:
     """What ``settle_pending`` did: rows settled; runs now known changed; runs still unknown;
@@ -131,8 +138,9 @@ class Settler:
         waited, delay = 0.0, 0.5  # the client's clock: time spent waiting, reads not counted
         results: dict[str, RunResult] = {}
         untouched = list(call.ids)
-        # Runs whose state another client changed (not as requested) while an unguarded call
-        # may still be running: that call may yet delete the run or set the requested state,
+        # Runs whose state another client changed (not as requested) while a call without a
+        # state guard, or with one their new state still meets, may still be running: that
+        # call may yet delete the run or set the requested state,
         # so what they show is their outcome only once the server has finished (the bound).
         moved: dict[str, RunResult] = {}
         while True:
@@ -157,7 +165,7 @@ class Settler:
                 if verdict is None:
                     still.append(i)
                 elif (
-                    self.unguarded
+                    (self.unguarded or within_guard(self.lost[i][1], after.get(i)))
                     and not answer.finished
                     and verdict.outcome in (Outcome.SKIPPED, Outcome.PENDING)
                 ):
@@ -278,11 +286,12 @@ class Settler:
                 not final
                 and verdict is not None
                 and verdict.outcome is Outcome.SKIPPED
-                and unguarded
+                and (unguarded or within_guard(before, now))
                 and (read_at - row.sent_at).total_seconds() < self.settle_seconds
             ):
-                # Another client changed the run, and the call (without a state guard) may
-                # still be on its way: it may yet land, so the run is read again after the bound.
+                # Another client changed the run, and the call (without a state guard, or with
+                # one the run's new state still meets) may still be on its way: it may yet
+                # land, so the run is read again after the bound.
                 verdict = None
             if verdict is None:
                 if not final:
