@@ -1645,6 +1645,38 @@ def test_an_apply_killed_before_its_call_reached_the_server_is_finished_by_the_n
         assert sorted(rows) == [(False, "deleted", 30), (True, "deleted", 50), (True, "failed", 30)]
 
 
+def test_a_run_a_killed_apply_left_untouched_is_still_sent_by_the_next_when_the_rule_takes_it(
+    server: Server, tmp_path: Path
+) -> None:
+    """An apply is killed (SIGKILL) as its second call (30 runs) goes out, before the server
+    sees it; another client then fails one of those runs. The rule (the tag, any state) still
+    takes it. The next apply settles the killed apply's rows: that run `skipped` (its call
+    never touched it: another client changed it), the others `failed` (unchanged). Being
+    untouched, the run is the next apply's to decide like any other: re-checked, sent and
+    audited under its id, not left on the server with no row in the apply that planned it."""
+    with pulled_runs(server, tmp_path, 80, "COMPLETED", "killsk", [purge("killsk")]) as (
+        ids,
+        db,
+        policy,
+    ):
+        first_apply = apply_killed_at(server, db, policy, before_server=True)
+        left = sorted(live(server, ids))
+        assert len(left) == 30  # batch 2 never reached the server
+        moved = left[0]
+        set_state(server, [moved], "FAILED")  # another client
+        again = library_apply(server, db, policy, forwarding(resend_busy=True), settle_seconds=1)
+        rows = query(
+            db, "SELECT apply_id, CAST(flow_run_id AS VARCHAR), outcome FROM policy_actions"
+        )
+        by_run = {(a == first_apply, i): o for a, i, o in rows}
+        assert by_run[(True, moved)] == "skipped"
+        assert by_run.get((False, moved)) == "deleted"
+        assert again.counts == {"purge": {"deleted": 30}}
+        # the killed apply's 80 rows (batch 1's recorded, or settled), the next apply's 30
+        assert len(rows) == 80 + 30
+        assert live(server, ids) == {}
+
+
 def test_a_call_whose_connection_was_never_made_is_rechecked_then_sent_once_more(
     server: Server, tmp_path: Path
 ) -> None:

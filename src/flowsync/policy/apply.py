@@ -195,7 +195,9 @@ def apply_plan(
             )
             earlier_done = applier.settler.settle_pending(earlier, wait=True)
             result.resolved_earlier = earlier_done.rows
-            # Known changed, they belong to that apply; still unknown, they wait for it.
+            # Known changed by it, they belong to that apply; still unknown, they wait for it.
+            # Left untouched (unchanged, another client's change, gone), they are this apply's
+            # to re-check, send and record, as any run it planned.
             settled = earlier_done.changed | earlier_done.unknown
             foreign = earlier_done.foreign
             unread = len(earlier_done.unknown) - len(foreign)

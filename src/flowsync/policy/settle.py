@@ -47,6 +47,9 @@ __all__ = ["SETTLE_SECONDS", "Settled", "Settler"]
 SETTLE_SECONDS = 30.0
 
 
+# What a settled row says when its call left the run untouched.
+UNTOUCHED = frozenset({Outcome.FAILED.value, Outcome.SKIPPED.value, Outcome.GONE.value})
+
 # The actions whose effect ``classify_lost`` reads from a run (a rule's ``action``).
 KNOWN_ACTIONS = frozenset({"delete", "set_state"})
 
@@ -60,7 +63,9 @@ def within_guard(before: Seen, now: Seen | None) -> bool:
 
 @dataclass(frozen=True)
 class Settled:
-    """What ``settle_pending`` did: rows settled; runs now known changed; runs still unknown;
+    """What ``settle_pending`` did: rows settled; runs now known changed by the apply that sent
+    them (not those it left untouched: unchanged, changed by another client, or gone: the
+    apply settling them decides those again, as any run it planned); runs still unknown;
     of those, the ones sent with an action, or left with an outcome, this flowsync does not
     know (run -> "action 'x'" or "outcome 'y'": a newer flowsync's, left as is for it)."""
 
@@ -221,7 +226,7 @@ class Settler:
         by that apply, a new state of the requested type ``accepted``, unchanged (after
         ``settle_seconds`` since it was sent) ``failed``. ``own``: the rows are this apply's
         (it was interrupted): what settles is counted in its result too. Returns how many
-        rows settled, the runs now known to have changed (done by that apply, or gone) and
+        rows settled, the runs now known to have been changed by that apply and
         the runs still unknown (a state history that could not be read)."""
         if not rows:
             return Settled(0, set(), set())
@@ -263,7 +268,7 @@ class Settler:
                     del per[Outcome.PENDING.value]
         return Settled(
             len(outcomes),
-            {run for (_, run), (o, _) in outcomes.items() if o != Outcome.FAILED.value},
+            {run for (_, run), (o, _) in outcomes.items() if o not in UNTOUCHED},
             {r.flow_run_id for r in rows if (r.apply_id, r.flow_run_id) not in outcomes}
             | set(foreign),
             foreign,
