@@ -23,12 +23,12 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, NoReturn
 
 import httpx
 import pytest
@@ -1697,20 +1697,42 @@ def test_a_call_whose_connection_was_never_made_is_rechecked_then_sent_once_more
         assert result.counts == {"purge": {"deleted": 5}} and result.status == "success"
 
 
+def ctrl_c_now() -> None:
+    """Ctrl-C from inside a request: KeyboardInterrupt on the main thread (the apply's), which
+    it gets within the 2 s this request is held."""
+    _thread.interrupt_main()
+    time.sleep(2)
+
+
+@pytest.fixture
+def ctrl_c_raises() -> Iterator[None]:
+    """What a terminal gives Python: Ctrl-C raises KeyboardInterrupt on the main thread (a
+    process started in the background, or code run before, may have left SIGINT otherwise)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def test_ctrl_c_while_a_call_is_in_flight_records_what_the_server_did(
-    server: Server, tmp_path: Path
+    server: Server, tmp_path: Path, ctrl_c_raises: None
 ) -> None:
     """Ctrl-C (to the apply's thread) once the server has carried out batch 2's call, before
     its answer reaches the apply, while batch 3 is re-read: batch 3 is never sent, and batch
     2's runs, read back on the way out, are recorded deleted by this apply."""
-    # What a terminal gives Python: Ctrl-C raises KeyboardInterrupt on the main thread (a
-    # process started in the background, or code run before, may have left SIGINT otherwise).
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    request_thread: list[str] = []
-    try:
-        _ctrl_c_while_a_call_is_in_flight(server, tmp_path, request_thread)
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    _ctrl_c_while_a_call_is_in_flight(server, tmp_path, [])
+
+
+def interrupted_apply(
+    server: Server, db: Path, policy: Path, transport: httpx.MockTransport
+) -> ApplyResult:
+    """An apply in batches of 3 through ``transport``, which interrupts it (Ctrl-C: a
+    ``KeyboardInterrupt``); what it had done when it stopped."""
+    held = ApplyResult.new()
+    with pytest.raises(KeyboardInterrupt):
+        library_apply(server, db, policy, transport, batch_size=3, result=held)
+    return held
 
 
 def _ctrl_c_while_a_call_is_in_flight(
@@ -1728,8 +1750,7 @@ def _ctrl_c_while_a_call_is_in_flight(
                 # The Ctrl-C lands here, on the apply's thread. (Sent from the call's thread
                 # it could land in a DuckDB statement of batch 1's outcomes, which may take
                 # the signal and finish without raising: the apply then went on, 1 run in 10.)
-                _thread.interrupt_main()
-                time.sleep(2)
+                ctrl_c_now()
             return None
 
         def ctrl_c(request: httpx.Request, response: httpx.Response) -> None:
@@ -1766,18 +1787,14 @@ def _ctrl_c_while_a_call_is_in_flight(
 
 
 def test_ctrl_c_after_the_call_out_was_answered_records_that_answer(
-    server: Server, tmp_path: Path
+    server: Server, tmp_path: Path, ctrl_c_raises: None
 ) -> None:
     """Failed runs rescheduled without ``force``: batch 1 (runs with no deployment) is
     answered ABORT run by run in an HTTP 200 while batch 2 is re-read; Ctrl-C lands in that
     re-read. Batch 1's answer is in hand: its rows say what the server answered (aborted,
     with Prefect's reason), not pending for the next apply to read back as unchanged and
     record `failed`; batch 2 is never sent."""
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        _ctrl_c_after_the_call_out_was_answered(server, tmp_path)
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    _ctrl_c_after_the_call_out_was_answered(server, tmp_path)
 
 
 def _ctrl_c_after_the_call_out_was_answered(server: Server, tmp_path: Path) -> None:
@@ -1794,18 +1811,14 @@ def _ctrl_c_after_the_call_out_was_answered(server: Server, tmp_path: Path) -> N
             sent.append(bulk_ids(request))
         elif reads(request, second):
             assert answered_1.wait(30)  # batch 1's answer is back, not yet taken
-            _thread.interrupt_main()
-            time.sleep(2)
+            ctrl_c_now()
         return None
 
     def answered(request: httpx.Request, response: httpx.Response) -> None:
         if request.url.path.endswith("bulk_set_state") and bulk_ids(request) == first:
             answered_1.set()
 
-    held = ApplyResult.new()
-    with pytest.raises(KeyboardInterrupt):
-        transport = forwarding(fault, answered, resend_busy=True)
-        library_apply(server, db, policy, transport, batch_size=3, result=held)
+    held = interrupted_apply(server, db, policy, forwarding(fault, answered, resend_busy=True))
     assert sent == [first]  # batch 2 never sent
     assert outside(server, ids) == others
     assert live(server, ids) == dict.fromkeys(ids, "FAILED")
@@ -1820,7 +1833,7 @@ def _ctrl_c_after_the_call_out_was_answered(server: Server, tmp_path: Path) -> N
 
 
 def test_ctrl_c_with_a_call_out_leaves_a_run_set_again_in_its_guarded_state_to_the_next_apply(
-    server: Server, tmp_path: Path
+    server: Server, tmp_path: Path, ctrl_c_raises: None
 ) -> None:
     """Ctrl-C while batch 2's bulk_delete is on its way (not yet at the server); meanwhile
     another client sets one of its runs COMPLETED again (a new state, the same type and name).
@@ -1828,11 +1841,7 @@ def test_ctrl_c_with_a_call_out_leaves_a_run_set_again_in_its_guarded_state_to_t
     the apply stopped, deletes it. The read-back on the way out must not record it `skipped`
     (untouched) under the stopped apply: it stays pending, and the next apply settles it as
     that apply's `deleted`, never `gone` under its own id."""
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        _ctrl_c_with_a_call_out_and_a_run_set_again(server, tmp_path)
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    _ctrl_c_with_a_call_out_and_a_run_set_again(server, tmp_path)
 
 
 def _ctrl_c_with_a_call_out_and_a_run_set_again(server: Server, tmp_path: Path) -> None:
@@ -1848,18 +1857,15 @@ def _ctrl_c_with_a_call_out_and_a_run_set_again(server: Server, tmp_path: Path) 
                 assert release.wait(60)  # reaches the server once the apply has stopped
             elif reads(request, third):
                 assert out.wait(30)
-                _thread.interrupt_main()
-                time.sleep(2)
+                ctrl_c_now()
             return None
 
         def answered(request: httpx.Request, response: httpx.Response) -> None:
             if request.url.path.endswith("bulk_delete") and bulk_ids(request) == second:
                 landed.set()
 
-        held = ApplyResult.new()
-        with pytest.raises(KeyboardInterrupt):
-            transport = forwarding(fault, answered, resend_busy=True)
-            library_apply(server, db, policy, transport, batch_size=3, result=held)
+        transport = forwarding(fault, answered, resend_busy=True)
+        held = interrupted_apply(server, db, policy, transport)
         release.set()
         assert landed.wait(60)
         assert set(live(server, ids)) == set(third)  # batch 2's delete landed, moved too
@@ -1887,25 +1893,15 @@ def test_a_timed_out_bulk_delete_landing_after_a_run_was_set_again_in_its_state_
     with pulled_runs(server, tmp_path, 3, "COMPLETED", "bulk-again") as (ids, db, policy):
         moved = ids[1]
         sent: list[list[str]] = []
-        real = httpx.Client(timeout=60)
         seen, landed = threading.Event(), threading.Event()
 
         def fault(request: httpx.Request, n: int) -> httpx.Response | None:
             if request.url.path.endswith("bulk_delete"):
                 sent.append(bulk_ids(request))
                 if len(sent) == 1:
-                    method, url = request.method, str(request.url)
-                    body, headers = request.content, dict(request.headers)
-
-                    def later() -> None:
-                        set_state(server, [moved], "COMPLETED")  # another client
-                        seen.wait(30)  # the apply's read-back has seen it
-                        time.sleep(0.3)
-                        real.request(method, url, content=body, headers=headers)
-                        landed.set()
-
-                    threading.Thread(target=later, daemon=True).start()
-                    raise httpx.ReadTimeout("timed out", request=request)
+                    lands_after(
+                        request, lambda: set_state(server, [moved], "COMPLETED"), seen, landed
+                    )
             return None
 
         before = state_id_on_server(server, moved)
@@ -1923,6 +1919,29 @@ def test_a_timed_out_bulk_delete_landing_after_a_run_was_set_again_in_its_state_
         assert outcomes(db, ids) == dict.fromkeys(ids, "deleted")
         assert result.counts == {"purge": {"deleted": 3}}
         assert sorted(marked_deleted(db, ids)) == sorted(ids)
+
+
+def lands_after(
+    request: httpx.Request,
+    change: Callable[[], None],
+    seen: threading.Event,
+    landed: threading.Event,
+) -> NoReturn:
+    """The client gives up on ``request`` (a read timeout) while it is still on its way:
+    another client's ``change`` comes first; once the apply's read-back has seen it (``seen``),
+    the request reaches the real server (then ``landed``)."""
+    method, url = request.method, str(request.url)
+    body, headers = request.content, dict(request.headers)
+
+    def later() -> None:
+        change()  # another client
+        seen.wait(30)
+        time.sleep(0.3)
+        httpx.request(method, url, content=body, headers=headers, timeout=60)
+        landed.set()
+
+    threading.Thread(target=later, daemon=True).start()
+    raise httpx.ReadTimeout("timed out", request=request)
 
 
 def state_id_on_server(server: Server, run: str) -> str:
@@ -1975,7 +1994,6 @@ def test_per_run_a_timed_out_call_landing_after_another_clients_change_is_this_a
         ]
     with pulled_runs(old_server, tmp_path, 4, "COMPLETED", tag, rules) as (ids, db, policy):
         sent: list[str] = []
-        real = httpx.Client(timeout=60)
         failed_seen, landed = threading.Event(), threading.Event()
 
         def fault(request: httpx.Request, n: int) -> httpx.Response | None:
@@ -1983,18 +2001,9 @@ def test_per_run_a_timed_out_call_landing_after_another_clients_change_is_this_a
             if run is not None:
                 sent.append(run)
                 if run == ids[1] and sent.count(run) == 1:
-                    method, url = request.method, str(request.url)
-                    body, headers = request.content, dict(request.headers)
-
-                    def later() -> None:
-                        set_state(old_server, [run], "FAILED")  # another client
-                        failed_seen.wait(30)  # the apply's read-back has seen it
-                        time.sleep(0.3)
-                        real.request(method, url, content=body, headers=headers)
-                        landed.set()
-
-                    threading.Thread(target=later, daemon=True).start()
-                    raise httpx.ReadTimeout("timed out", request=request)
+                    lands_after(
+                        request, lambda: set_state(old_server, [run], "FAILED"), failed_seen, landed
+                    )
             return None
 
         def after(request: httpx.Request, response: httpx.Response) -> None:

@@ -15,8 +15,11 @@ refused there first, in one line, and ``plan`` says so).
 from __future__ import annotations
 
 import json
+import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -151,23 +154,42 @@ def test_apply_delete_and_set_state(versioned: Versioned, tmp_path: Path) -> Non
     assert_matches_server(versioned.db, versioned.url)
 
 
-def test_a_pull_after_worker_polls_alone_asks_no_more_than_a_quiet_one(
-    versioned: Versioned,
-) -> None:
-    """A worker (or ``serve``) polls its deployments every few seconds, and Prefect before
-    3.6.11 moves a polled deployment's ``updated`` with each poll (``mark_deployments_ready``
-    leaves it to the column's ``onupdate``). A pull after polls alone must not list all
-    their scheduled runs (100 a deployment by default, one request per 200, every pull): it
-    asks at most one request more than a pull with nothing changed (the server's scheduled
-    runs of those deployments the file lacks: none)."""
-    import time
-    import uuid
-    from datetime import datetime, timedelta, timezone
+@dataclass
+class Polled:
+    """Three new deployments of 150 scheduled runs each, a day ahead, pulled twice: their
+    ids, ``later`` (when their runs start) and the second pull's summary (nothing changed)."""
 
+    deployments: list[str]
+    later: datetime
+    quiet: dict[str, Any]
+
+    def poll(self, url: str) -> list[str]:
+        """A worker's poll of the deployments (``get_scheduled_flow_runs``); the ones whose
+        ``updated`` it moved (Prefect before 3.6.11)."""
+        with httpx.Client(base_url=url + "/", timeout=60) as c:
+            before = {d: c.get(f"deployments/{d}").json()["updated"] for d in self.deployments}
+            polled = c.post(
+                "deployments/get_scheduled_flow_runs",
+                json={
+                    "deployment_ids": self.deployments,
+                    "scheduled_before": self.later.isoformat(),
+                },
+            )
+            assert polled.status_code == 200, polled.text
+            time.sleep(1)  # Prefect marks the deployments polled after it answers
+            return [
+                d
+                for d in self.deployments
+                if c.get(f"deployments/{d}").json()["updated"] != before[d]
+            ]
+
+
+def scheduled_and_pulled(versioned: Versioned, prefix: str) -> Polled:
+    """``Polled``: the deployments made (their runs a day ahead), then two pulls."""
     from harness.seed import create_bulk, new_deployment
 
     url = versioned.url
-    deployments = [new_deployment(url, f"polled-{uuid.uuid4().hex[:8]}") for _ in range(3)]
+    deployments = [new_deployment(url, f"{prefix}-{uuid.uuid4().hex[:8]}") for _ in range(3)]
     later = datetime.now(timezone.utc) + timedelta(days=1)
     with httpx.Client(base_url=url + "/", timeout=120) as c:
         for deployment in deployments:
@@ -189,19 +211,23 @@ def test_a_pull_after_worker_polls_alone_asks_no_more_than_a_quiet_one(
     time.sleep(2)  # the cursor (the server's Date, whole seconds) past the deployments' creation
     versioned.pull("--overlap", "0")
     time.sleep(2)
-    quiet = versioned.pull("--overlap", "0")
-    with httpx.Client(base_url=url + "/", timeout=60) as c:
-        before = {d: c.get(f"deployments/{d}").json()["updated"] for d in deployments}
-        polled = c.post(
-            "deployments/get_scheduled_flow_runs",
-            json={"deployment_ids": deployments, "scheduled_before": later.isoformat()},
-        )
-        assert polled.status_code == 200, polled.text
-        time.sleep(1)  # Prefect marks the deployments polled after it answers
-        moved = [d for d in deployments if c.get(f"deployments/{d}").json()["updated"] != before[d]]
+    return Polled(deployments, later, versioned.pull("--overlap", "0"))
+
+
+def test_a_pull_after_worker_polls_alone_asks_no_more_than_a_quiet_one(
+    versioned: Versioned,
+) -> None:
+    """A worker (or ``serve``) polls its deployments every few seconds, and Prefect before
+    3.6.11 moves a polled deployment's ``updated`` with each poll (``mark_deployments_ready``
+    leaves it to the column's ``onupdate``). A pull after polls alone must not list all
+    their scheduled runs (100 a deployment by default, one request per 200, every pull): it
+    asks at most one request more than a pull with nothing changed (the server's scheduled
+    runs of those deployments the file lacks: none)."""
+    polled = scheduled_and_pulled(versioned, "polled")
+    moved = polled.poll(versioned.url)
     after_polls = versioned.pull("--overlap", "0")
-    assert int(str(after_polls["requests"])) <= int(str(quiet["requests"])) + 1, (
-        f"{len(moved)} of {len(deployments)} deployments' `updated` moved with the poll"
+    assert int(str(after_polls["requests"])) <= int(str(polled.quiet["requests"])) + 1, (
+        f"{len(moved)} of {len(polled.deployments)} deployments' `updated` moved with the poll"
     )
     assert_matches_server(versioned.db, versioned.url)
 
@@ -219,49 +245,16 @@ def test_worker_polls_alone_never_relist_a_deployment_holding_more_than_the_excl
     the scheduled-runs step may name (``EXCLUDED_IDS``, 2,000; 50 here, so that 150 runs a
     deployment stand for a backfill of thousands): polls alone change nothing in the file,
     so the pull after them asks no more than a quiet one, plus one request."""
-    import time
-    import uuid
-    from datetime import datetime, timedelta, timezone
-
     from flowsync.sync import runs
-    from harness.seed import create_bulk, new_deployment
 
     if version_tuple(versioned.version) >= (3, 6, 11):
         pytest.skip("Prefect 3.6.11+ leaves `updated` as it was on a poll")
     monkeypatch.setattr(runs, "EXCLUDED_IDS", 50)
-    url = versioned.url
-    deployments = [new_deployment(url, f"backfilled-{uuid.uuid4().hex[:8]}") for _ in range(3)]
-    later = datetime.now(timezone.utc) + timedelta(days=1)
-    with httpx.Client(base_url=url + "/", timeout=120) as c:
-        for deployment in deployments:
-            payload = [
-                {
-                    "idempotency_key": str(uuid.uuid4()),
-                    "state": {
-                        "type": "SCHEDULED",
-                        "name": "Scheduled",
-                        "state_details": {
-                            "scheduled_time": (later + timedelta(hours=i)).isoformat()
-                        },
-                    },
-                }
-                for i in range(150)
-            ]
-            for k in range(0, len(payload), 50):
-                create_bulk(c, deployment, payload[k : k + 50])
-    time.sleep(2)
-    versioned.pull("--overlap", "0")
-    time.sleep(2)
-    quiet = versioned.pull("--overlap", "0")
-    with httpx.Client(base_url=url + "/", timeout=60) as c:
-        polled = c.post(
-            "deployments/get_scheduled_flow_runs",
-            json={"deployment_ids": deployments, "scheduled_before": later.isoformat()},
-        )
-        assert polled.status_code == 200, polled.text
-        time.sleep(1)
+    polled = scheduled_and_pulled(versioned, "backfilled")
+    polled.poll(versioned.url)
     after_polls = versioned.pull("--overlap", "0")
-    assert int(str(after_polls["requests"])) <= int(str(quiet["requests"])) + 1, (
-        f"quiet pull: {quiet['requests']} requests; after polls alone: {after_polls['requests']}"
+    quiet = polled.quiet["requests"]
+    assert int(str(after_polls["requests"])) <= int(str(quiet)) + 1, (
+        f"quiet pull: {quiet} requests; after polls alone: {after_polls['requests']}"
     )
     assert_matches_server(versioned.db, versioned.url)
