@@ -176,8 +176,8 @@ def pull(
                 # at this pull's start is what the next pull counts the retention from.
                 start = cursor.window_start(store, server_start)
                 newest = runs.incremental(ctx, start - options.overlap)
-                # The scheduled runs' step compares deployments' ``updated`` (the server's
-                # clock) with its cursor: the events cursor, on that clock too, not the Date.
+                # ``RESCHEDULED``, the scheduled-runs step's time cursor before its stamps
+                # (``runs.LOOKED``), is kept for older flowsyncs: the events cursor.
                 events_cursor = cursor.next_cursor(start, newest, server_start)
                 with store.transaction():
                     sync_log.set_state(store, cursor.CURSOR, server_start.isoformat())

@@ -454,6 +454,11 @@ def _look_at(ctx: PullContext, changed: list[str]) -> None:
         excluded = known if len(known) <= EXCLUDED_IDS else []
         if excluded:
             runs["id"] = {"not_any_": excluded}
+        elif known:  # the long case (a request per 200 runs): said, not silent
+            ctx.progress.message(
+                f"a changed deployment holds {len(known):,} scheduled runs, more than a request "
+                f"leaves out ({EXCLUDED_IDS:,}): listing them all to find any replaced"
+            )
         listed: dict[str, dict[str, Any]] = {}
         body = {"flow_runs": runs, "sort": "ID_DESC"}
         for page in offset_pages(ctx.client, "flow_runs", body, ctx.options.page_size):
