@@ -93,6 +93,39 @@ def test_cloud_retention_is_unknown_unless_configured() -> None:
     assert (retention.known, retention.period) == (False, None)
 
 
+def test_a_busy_server_keeps_the_retention_recorded_not_unknown(tmp_path: Path) -> None:
+    """The settings read answers 429 on every try (a busy server, a rate limit): the retention
+    an earlier pull recorded stays, so deleted runs stay told apart; it is not replaced by
+    "the server does not expose its settings", which would make them all "unknown"."""
+    from flowsync.api import RetryPolicy
+    from flowsync.sync import identity
+
+    db = make_db(tmp_path / "runs.duckdb", [run(1, days_ago=40, deleted=True)])
+    two_weeks = {"known": True, "seconds": 14 * 86400.0, "source": "db_vacuum"}
+    assert set_retention(db, two_weeks) == {rid(1): "aged_out"}
+    asked: list[str] = []
+
+    def busy(request: httpx.Request) -> httpx.Response:
+        asked.append(request.url.path)
+        return httpx.Response(429, headers={"Retry-After": "0"}, json={"detail": "slow down"})
+
+    with (
+        Store.writer(db) as store,
+        PrefectClient(
+            ApiSettings(url="http://127.0.0.1:9/api"),
+            transport=httpx.MockTransport(busy),
+            retry=RetryPolicy(attempts=3),
+            sleep=lambda s: None,
+        ) as client,
+    ):
+        assert identity.record_retention(client, store) is None
+        views.rebuild(store)
+    assert asked and all(path.endswith("/admin/settings") for path in asked)
+    assert {str(i): how for i, how in query(db, "SELECT id, deleted_how FROM deleted_runs")} == {
+        rid(1): "aged_out"
+    }
+
+
 def test_a_pull_that_finds_runs_gone_records_the_retention(
     fresh_server: Server, db_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

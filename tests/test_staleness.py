@@ -274,6 +274,52 @@ def test_a_resumed_full_pull_asks_the_state_changes_since_the_pass_began(
     assert local_state(db, early) == to
 
 
+def test_a_resumed_full_pull_whose_events_query_is_throttled_fails_and_resumes_later(
+    fresh_server: Server, tmp_path: Path
+) -> None:
+    """As above, but the server answers 429 to every events query of the resumed pull: the
+    events API is there and did not answer. The pull fails saying so and keeps its pass, so
+    the next one (answered) still asks the state changes since the pass began; it must not
+    finish as if the server had no events API, its changed run left as it was."""
+    from flowsync.api import RetryPolicy
+    from flowsync.errors import ApiError
+    from flowsync.store import sync_log
+    from flowsync.sync import runs as sync_runs
+    from harness.seed import set_states
+    from tests.helpers import forwarding, local_state, wait_for_state_events
+
+    url = fresh_server.url
+    seed(url, runs=60, flows=1, deployments_per_flow=1, days=20, seed_value=13)
+    db = tmp_path / "runs.duckdb"
+    early = _full_pull_stopped(url, db, SMALL_SEGMENTS)
+    to = "CANCELLED" if local_state(db, early) != "CANCELLED" else "FAILED"
+    with httpx.Client(base_url=url + "/", timeout=60) as c:
+        set_states(c, [early], to, to.title())
+    wait_for_state_events(url, [early], to)
+
+    def throttled(request: httpx.Request, _: int) -> httpx.Response | None:
+        if request.url.path.startswith("/api/events/"):
+            return httpx.Response(429, headers={"Retry-After": "1"}, json={"detail": "slow"})
+        return None
+
+    with (
+        Store.writer(db) as store,
+        PrefectClient(
+            ApiSettings(url=url),
+            transport=forwarding(throttled),
+            retry=RetryPolicy(attempts=2),
+            sleep=lambda s: None,
+        ) as client,
+        pytest.raises(ApiError) as stopped,
+    ):
+        pull(client, store, PullOptions(**SMALL_SEGMENTS))
+    assert "429" in str(stopped.value) and "events" in str(stopped.value), stopped.value
+    with Store.reader(db, live=True) as reader:
+        assert sync_log.get_state(reader, sync_runs.FULL_PASS) is not None  # still to finish
+    assert pull_with(url, db, **SMALL_SEGMENTS)["mode"] == "full"
+    assert local_state(db, early) == to
+
+
 def _age_cursor(db: Path, hours: float) -> None:
     with Store.writer(db) as store:
         store.execute(

@@ -136,8 +136,8 @@ class ServerInfo(ApiSession):
         ``retention_period``. Unknown where the settings are not exposed (Prefect Cloud)."""
         try:
             settings = self.request("GET", "admin/settings", attempts=2)
-        except AuthError:
-            raise
+        except (AuthError, UnavailableError):
+            raise  # throttled or down: what the server keeps is not known, nor "not said"
         except ApiError:
             return RunRetention(False, None, "the server does not expose its settings")
         try:

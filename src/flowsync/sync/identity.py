@@ -24,7 +24,7 @@ from datetime import datetime, timedelta, timezone
 
 from flowsync.api import Capabilities, PrefectClient, RunRetention
 from flowsync.config import cloud_workspace
-from flowsync.errors import ConfigError, NotFoundError, UnsupportedError
+from flowsync.errors import ConfigError, NotFoundError, UnavailableError, UnsupportedError
 from flowsync.store import Store, Writer, sync_log, synced_tables
 
 URL_KEY = "api_url"
@@ -198,14 +198,19 @@ def record_server(store: Store, caps: Capabilities) -> bool:
     return before is None or {k: v for k, v in before.items() if k != "seen_at"} != said
 
 
-def record_retention(client: PrefectClient, store: Store) -> RunRetention:
+def record_retention(client: PrefectClient, store: Store) -> RunRetention | None:
     """Record how long the server keeps runs: ``FLOWSYNC_RUN_RETENTION_DAYS`` when set (Prefect
-    Cloud does not say: 7, 14 or 30 days by plan), else what the server's settings say."""
+    Cloud does not say: 7, 14 or 30 days by plan), else what the server's settings say. None,
+    and the earlier record kept, when the settings read failed on every try (429, 5xx): a
+    busy server is not one that does not say."""
     days = client.settings.run_retention_days
     if days is not None:
         retention = RunRetention(True, timedelta(days=days), "FLOWSYNC_RUN_RETENTION_DAYS")
     else:
-        retention = client.run_retention()
+        try:
+            retention = client.run_retention()
+        except UnavailableError:
+            return None
     value = {**retention.to_json(), "seen_at": datetime.now(timezone.utc).isoformat()}
     with store.transaction():
         sync_log.set_state(store, RETENTION_KEY, value)

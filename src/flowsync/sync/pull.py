@@ -184,9 +184,13 @@ def pull(
                     sync_log.set_state(store, runs.RESCHEDULED, events_cursor)
                     sync_log.set_state(store, cursor.EVENTS_CURSOR, events_cursor)
             runs_counter = ctx.counters.get(FLOW_RUNS.name)
-            if runs_counter is not None and runs_counter.marked_deleted:
-                # Runs went: record the server's retention now, to tell aged-out from deleted.
-                identity.record_retention(client, store)
+            # Runs went: record the server's retention now, to tell aged-out from deleted.
+            went = runs_counter is not None and runs_counter.marked_deleted
+            if went and identity.record_retention(client, store) is None:
+                progress.message(
+                    "the server's settings did not answer (busy): its run retention, which "
+                    "tells aged-out runs from deleted ones, stays as last recorded"
+                )
             views.ensure_current(store, pull_id, force=options.full and not fresh, built_now=fresh)
             signatures.record_first_seen(store)
     except BaseException as e:

@@ -209,6 +209,8 @@ def full_pass(ctx: PullContext) -> None:
     if resumed:
         try:
             behind, newest = state_events(ctx, start - ctx.options.overlap)
+        except UnavailableError:
+            raise  # throttled or down, not without events: fail, the pass stays to resume
         except ApiError:
             behind = []  # no events API: the re-read below and the next pulls' checks cover it
         if behind:
