@@ -201,6 +201,36 @@ def forwarding(
     return httpx.MockTransport(handler)
 
 
+def pull_with_events_throttled(url: str, db: Path, options: Any = None) -> Exception:
+    """A pull (``PullOptions`` or the defaults) through a server that answers 429 to every
+    events query (the rest is forwarded); the ``ApiError`` it must fail with."""
+    import pytest
+
+    from flowsync.api import PrefectClient, RetryPolicy
+    from flowsync.config import ApiSettings
+    from flowsync.errors import ApiError
+    from flowsync.store import Store
+    from flowsync.sync import PullOptions, pull
+
+    def throttled(request: httpx.Request, _: int) -> httpx.Response | None:
+        if request.url.path.startswith("/api/events/"):
+            return httpx.Response(429, headers={"Retry-After": "1"}, json={"detail": "slow"})
+        return None
+
+    with (
+        Store.writer(db) as store,
+        PrefectClient(
+            ApiSettings(url=url),
+            transport=forwarding(throttled),
+            retry=RetryPolicy(attempts=3),
+            sleep=lambda s: None,
+        ) as client,
+        pytest.raises(ApiError) as stopped,
+    ):
+        pull(client, store, options or PullOptions())
+    return stopped.value
+
+
 def outside(server: Server, ids: list[str]) -> dict[str, tuple[str, str]]:
     """Every run on the server but ``ids``: id -> (state type, updated). Equal before and
     after an apply: nothing outside the policy's selection was touched."""

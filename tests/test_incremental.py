@@ -26,6 +26,7 @@ from tests.helpers import (
     SeededServer,
     forwarding,
     local_state,
+    pull_with_events_throttled,
     query,
     run_cli,
     scalar,
@@ -1052,11 +1053,6 @@ def test_a_throttled_events_query_fails_the_pull_and_keeps_the_cursor(
     it. The pull fails saying so and leaves its cursor where it was, so the next one reads
     those events; it must not finish as if the server had no events API (refreshing only
     unfinished runs and comparing counts) and move the cursor past the swap."""
-    from flowsync.api import PrefectClient, RetryPolicy
-    from flowsync.config import ApiSettings
-    from flowsync.errors import ApiError
-    from flowsync.store import Store
-    from flowsync.sync import pull as pull_api
 
     url = fresh_server.url
     seeded = seed(url, runs=1, flows=1, deployments_per_flow=1)
@@ -1086,23 +1082,8 @@ def test_a_throttled_events_query_fails_the_pull_and_keeps_the_cursor(
     wait_for_state_events(url, [two], "COMPLETED")
     cursor_before = query(db_path, "SELECT key, value FROM sync_state WHERE key LIKE 'flow_runs.%'")
 
-    def throttled(request: httpx.Request, n: int) -> httpx.Response | None:
-        if request.url.path.startswith("/api/events/"):
-            return httpx.Response(429, headers={"Retry-After": "1"}, json={"detail": "slow"})
-        return None
-
-    with (
-        Store.writer(db_path) as store,
-        PrefectClient(
-            ApiSettings(url=url),
-            transport=forwarding(throttled),
-            retry=RetryPolicy(attempts=3),
-            sleep=lambda s: None,
-        ) as client,
-        pytest.raises(ApiError) as stopped,
-    ):
-        pull_api(client, store)
-    assert "429" in str(stopped.value) and "events" in str(stopped.value), stopped.value
+    stopped = pull_with_events_throttled(url, db_path)
+    assert "429" in str(stopped) and "events" in str(stopped), stopped
     after = query(db_path, "SELECT key, value FROM sync_state WHERE key LIKE 'flow_runs.%'")
     assert after == cursor_before
     pull(url, db_path)  # the server answers again: the swap is read

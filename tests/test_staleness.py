@@ -254,15 +254,13 @@ def test_a_resumed_full_pull_keeps_the_staleness_guarantee(
     assert scalar(db, "SELECT tags FROM flow_runs WHERE id = ?", [early]) == ["edited"]
 
 
-def test_a_resumed_full_pull_asks_the_state_changes_since_the_pass_began(
-    fresh_server: Server, tmp_path: Path
-) -> None:
-    """A run of a segment done before the stop changes state before the resume: the resumed
-    pull brings it, as an incremental pull would, not the next one."""
+def _stopped_then_changed(url: str, tmp_path: Path) -> tuple[Path, str, str]:
+    """A full pull stopped after its first segments (``_full_pull_stopped``), then a run of a
+    segment done before the stop moved to another state (its event stored): the file, that
+    run's id and its new state."""
     from harness.seed import set_states
     from tests.helpers import local_state, wait_for_state_events
 
-    url = fresh_server.url
     seed(url, runs=60, flows=1, deployments_per_flow=1, days=20, seed_value=13)
     db = tmp_path / "runs.duckdb"
     early = _full_pull_stopped(url, db, SMALL_SEGMENTS)
@@ -270,7 +268,18 @@ def test_a_resumed_full_pull_asks_the_state_changes_since_the_pass_began(
     with httpx.Client(base_url=url + "/", timeout=60) as c:
         set_states(c, [early], to, to.title())
     wait_for_state_events(url, [early], to)
-    assert pull_with(url, db, **SMALL_SEGMENTS)["mode"] == "full"
+    return db, early, to
+
+
+def test_a_resumed_full_pull_asks_the_state_changes_since_the_pass_began(
+    fresh_server: Server, tmp_path: Path
+) -> None:
+    """A run of a segment done before the stop changes state before the resume: the resumed
+    pull brings it, as an incremental pull would, not the next one."""
+    from tests.helpers import local_state
+
+    db, early, to = _stopped_then_changed(fresh_server.url, tmp_path)
+    assert pull_with(fresh_server.url, db, **SMALL_SEGMENTS)["mode"] == "full"
     assert local_state(db, early) == to
 
 
@@ -281,42 +290,16 @@ def test_a_resumed_full_pull_whose_events_query_is_throttled_fails_and_resumes_l
     events API is there and did not answer. The pull fails saying so and keeps its pass, so
     the next one (answered) still asks the state changes since the pass began; it must not
     finish as if the server had no events API, its changed run left as it was."""
-    from flowsync.api import RetryPolicy
-    from flowsync.errors import ApiError
     from flowsync.store import sync_log
     from flowsync.sync import runs as sync_runs
-    from harness.seed import set_states
-    from tests.helpers import forwarding, local_state, wait_for_state_events
+    from tests.helpers import local_state, pull_with_events_throttled
 
-    url = fresh_server.url
-    seed(url, runs=60, flows=1, deployments_per_flow=1, days=20, seed_value=13)
-    db = tmp_path / "runs.duckdb"
-    early = _full_pull_stopped(url, db, SMALL_SEGMENTS)
-    to = "CANCELLED" if local_state(db, early) != "CANCELLED" else "FAILED"
-    with httpx.Client(base_url=url + "/", timeout=60) as c:
-        set_states(c, [early], to, to.title())
-    wait_for_state_events(url, [early], to)
-
-    def throttled(request: httpx.Request, _: int) -> httpx.Response | None:
-        if request.url.path.startswith("/api/events/"):
-            return httpx.Response(429, headers={"Retry-After": "1"}, json={"detail": "slow"})
-        return None
-
-    with (
-        Store.writer(db) as store,
-        PrefectClient(
-            ApiSettings(url=url),
-            transport=forwarding(throttled),
-            retry=RetryPolicy(attempts=2),
-            sleep=lambda s: None,
-        ) as client,
-        pytest.raises(ApiError) as stopped,
-    ):
-        pull(client, store, PullOptions(**SMALL_SEGMENTS))
-    assert "429" in str(stopped.value) and "events" in str(stopped.value), stopped.value
+    db, early, to = _stopped_then_changed(fresh_server.url, tmp_path)
+    stopped = pull_with_events_throttled(fresh_server.url, db, PullOptions(**SMALL_SEGMENTS))
+    assert "429" in str(stopped) and "events" in str(stopped), stopped
     with Store.reader(db, live=True) as reader:
         assert sync_log.get_state(reader, sync_runs.FULL_PASS) is not None  # still to finish
-    assert pull_with(url, db, **SMALL_SEGMENTS)["mode"] == "full"
+    assert pull_with(fresh_server.url, db, **SMALL_SEGMENTS)["mode"] == "full"
     assert local_state(db, early) == to
 
 
