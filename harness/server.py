@@ -228,6 +228,13 @@ class Server:
         }
 
 
+# Seconds between the event persister's flushes on the servers the tests start (set by
+# tests/conftest.py; unset, as for the benchmarks and the demo: Prefect's own 5 s). A test
+# waits for a state change's event before it pulls or applies: a third of the server tests'
+# time went to those waits. A test of the window before a flush sets its own (extra_env).
+EVENT_FLUSH_ENV = "FLOWSYNC_TEST_EVENT_FLUSH_SECONDS"
+
+
 def server_env(
     home: Path, quiet_services: bool = True, database_url: str | None = None
 ) -> dict[str, str]:
@@ -239,6 +246,9 @@ def server_env(
         PREFECT_UI_ENABLED="false",
         PREFECT_LOGGING_LEVEL="WARNING",
     )
+    flush = os.environ.get(EVENT_FLUSH_ENV)
+    if flush:
+        env["PREFECT_SERVER_SERVICES_EVENT_PERSISTER_FLUSH_INTERVAL"] = flush
     if database_url:
         env["PREFECT_API_DATABASE_CONNECTION_URL"] = database_url
     if quiet_services:

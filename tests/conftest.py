@@ -57,11 +57,12 @@ from harness.postgres import (
     postgres_cluster,
 )
 from harness.seed import run_real_flows, seed
-from harness.server import BACKENDS, Server, backend_server, prefect_server
+from harness.server import BACKENDS, EVENT_FLUSH_ENV, Server, backend_server, prefect_server
 from harness.zygote import ENABLED_ENV
 from tests.helpers import SeededServer
 
 os.environ.setdefault(ENABLED_ENV, "1")
+os.environ.setdefault(EVENT_FLUSH_ENV, "0.5")
 
 SEED_RUNS = 400
 # The fixtures that start a Prefect server or a PostgreSQL cluster: a test whose fixture
@@ -226,9 +227,11 @@ def _cluster_for(backend: str, request: pytest.FixtureRequest) -> PgCluster | No
 
 @pytest.fixture(autouse=True)
 def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """No PREFECT_* / FLOWSYNC_* from the machine leaks into a test; HOME-like dirs are temp."""
+    """No PREFECT_* / FLOWSYNC_* from the machine leaks into a test; HOME-like dirs are temp.
+    The harness's own FLOWSYNC_TEST_* stay (flowsync reads none): a server a test starts
+    itself is forked and flushes events as the fixtures' servers do."""
     for key in list(os.environ):
-        if key.startswith(("PREFECT_", "FLOWSYNC_")):
+        if key.startswith(("PREFECT_", "FLOWSYNC_")) and not key.startswith("FLOWSYNC_TEST_"):
             monkeypatch.delenv(key)
     home = tmp_path / "prefect-home"
     home.mkdir()

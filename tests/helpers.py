@@ -149,7 +149,7 @@ def _wait_for_events(url: str, ids: list[str], state_type: str, deadline: float)
             assert time.monotonic() < deadline, (
                 f"state events for {len(wanted)} runs never appeared"
             )
-            time.sleep(0.5)
+            time.sleep(0.2)
 
 
 # -- a transport in front of the real server, for faults it won't produce on demand -----------------
