@@ -13,6 +13,7 @@ are test_apply_paths.py's.)
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -336,3 +337,71 @@ def test_keep_newest_re_reads_the_kept_runs_after_another_client_deleted_one_mid
         assert checks(db, ids[7:8]) == {ids[7]: "keep_newest"}
         assert audit_rows(db) == 8
         assert result.counts == {"purge": {"deleted": 7, "skipped": 1}}
+
+
+def hold_row(dsn: str, run: str, locked: threading.Event, release: threading.Event) -> None:
+    """Another client's write transaction on the run's row (PostgreSQL), open until ``release``."""
+    import asyncio
+    import uuid
+
+    import asyncpg  # type: ignore[import-untyped]
+
+    async def main() -> None:
+        con = await asyncpg.connect(dsn)
+        try:
+            async with con.transaction():
+                await con.execute("SELECT 1 FROM flow_run WHERE id = $1 FOR UPDATE", uuid.UUID(run))
+                locked.set()
+                while not release.is_set():
+                    await asyncio.sleep(0.05)
+        finally:
+            await con.close()
+
+    asyncio.run(main())
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="Prefect's bulk_delete reads the runs its filter (the state guard) matches, then "
+    "deletes them by id in a second statement of the same transaction; on PostgreSQL (READ "
+    "COMMITTED) a state change another client commits between the two is not re-checked, and "
+    "the run is deleted in its new state. No call flowsync can send closes that window.",
+)
+def test_a_run_another_client_starts_while_the_guarded_bulk_delete_runs_is_not_deleted(
+    two_workers: Server, tmp_path: Path
+) -> None:
+    """A purge of COMPLETED runs. When its bulk_delete reaches the server, another client's
+    write transaction holds one run's row (a worker of the server setting it RUNNING waits
+    behind it, as does the delete once it has read its runs). The row is released: the run
+    is RUNNING first, then the delete, guarded by COMPLETED, acts. A run no longer COMPLETED
+    must not be deleted (the state guard, docs/policies.md); it is `skipped`."""
+    server = two_workers
+    assert server.database_url is not None
+    dsn = server.database_url.replace("+asyncpg", "")
+    with pulled_runs(server, tmp_path, 3, "COMPLETED", "w2guard") as (ids, db, policy):
+        victim = ids[1]
+        locked, release, started = threading.Event(), threading.Event(), threading.Event()
+        answers: list[str] = []
+
+        def start() -> None:  # another client: the run is retried and starts
+            started.set()
+            r = httpx.post(
+                f"{server.url}/flow_runs/{victim}/set_state",
+                json={"state": {"type": "RUNNING", "name": "Running"}, "force": True},
+                timeout=60,
+            )
+            answers.append(r.json()["status"])
+
+        def during(request: httpx.Request, n: int) -> None:
+            if "/bulk_delete" in request.url.path and not locked.is_set():
+                threading.Thread(target=hold_row, args=(dsn, victim, locked, release)).start()
+                assert locked.wait(10)
+                threading.Thread(target=start).start()
+                assert started.wait(10)
+                time.sleep(0.5)  # its set_state waits behind the row
+                threading.Timer(1.0, release.set).start()  # then the delete reads, and waits
+
+        library_apply(server, db, policy, forwarding(any_worker(during)))
+        assert answers == ["ACCEPT"]  # the run was set RUNNING before the delete acted
+        assert live(server, ids) == {victim: "RUNNING"}
+        assert outcomes(db, ids) == {**dict.fromkeys(ids, "deleted"), victim: "skipped"}
