@@ -8,7 +8,7 @@ timed-out call the server completes later, a 401 on the second call of a
 batch, and an apply killed with SIGKILL between a call and its record. Fault
 transports and a loopback proxy stand in front of the real server only for
 what it will not do on demand (429, a lost answer, a 401, a kill at a chosen
-moment).
+moment). The last section takes the same paths with ``action: set_state``.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from harness.seed import new_deployment, post_json, runs_in_state, set_states
 from harness.server import Server
 from tests.helpers import (
     forwarding,
+    local_state,
     outside,
     patch_run,
     prefect_503,
@@ -1497,9 +1498,10 @@ def killing_proxy(
     victim: list[int],
     before_server: bool = False,
     hold: frozenset[str] = frozenset(),
+    endpoint: str = "bulk_delete",
 ) -> ThreadingHTTPServer:
     """A loopback proxy to the real server that SIGKILLs ``victim[0]`` at its
-    ``kill_after``-th bulk call: once the server has answered it (the answer never reaches
+    ``kill_after``-th bulk call (to ``endpoint``): once the server has answered it (the answer never reaches
     the client; a busy server's 503 on a bulk call is sent again), or with ``before_server`` before the
     server ever sees it. A re-read of the runs in ``hold`` (the batch checked while that call
     is in flight) is held until the kill, so that batch never reaches its own call."""
@@ -1514,13 +1516,13 @@ def killing_proxy(
                 asked = json.loads(body or b"{}").get("flow_runs", {}).get("id", {}).get("any_")
                 if asked and set(asked) <= hold and killed.wait(60):
                     return  # the apply was killed while this re-read was held
-            if before_server and self.path.endswith("bulk_delete"):
+            if before_server and self.path.endswith(endpoint):
                 bulk_seen[0] += 1
                 if bulk_seen[0] == kill_after:
                     os.kill(victim[0], signal.SIGKILL)
                     killed.set()
                     return
-            if not before_server and self.path.endswith("bulk_delete"):
+            if not before_server and self.path.endswith(endpoint):
                 bulk_sent[0] += 1
                 if bulk_sent[0] == kill_after:
                     # apply records the answer of the call before this one while this one is
@@ -1529,8 +1531,8 @@ def killing_proxy(
                     time.sleep(1.0)
             # A busy server's 503 on a bulk call is sent again, so that the kill lands where
             # the test says and not after a 60 s hold (then the held batch goes out: 70 pending).
-            response = self.send_on(target, body, self.path.endswith("bulk_delete"))
-            if self.path.endswith("bulk_delete") and not before_server and response.is_success:
+            response = self.send_on(target, body, self.path.endswith(endpoint))
+            if self.path.endswith(endpoint) and not before_server and response.is_success:
                 bulk_seen[0] += 1
                 if bulk_seen[0] == kill_after:
                     os.kill(victim[0], signal.SIGKILL)
@@ -1565,12 +1567,18 @@ def apply_killed_at(
     *,
     before_server: bool,
     hold: frozenset[str] = frozenset(),
+    endpoint: str = "bulk_delete",
 ) -> str:
     """``flowsync apply`` in its own process, through a proxy that SIGKILLs it at its second
-    bulk call (see ``killing_proxy``); returns the killed apply's id."""
+    bulk call to ``endpoint`` (see ``killing_proxy``); returns the killed apply's id."""
     victim: list[int] = []
     httpd = killing_proxy(
-        server.url.rsplit("/api", 1)[0], 2, victim, before_server=before_server, hold=hold
+        server.url.rsplit("/api", 1)[0],
+        2,
+        victim,
+        before_server=before_server,
+        hold=hold,
+        endpoint=endpoint,
     )
     try:
         assert cli_apply_through(httpd, db, policy, victim) == -signal.SIGKILL
@@ -2308,3 +2316,168 @@ def test_runs_a_429_held_back_then_deleted_by_the_resend_stay_deleted_after_a_40
         assert outcomes(db, first + second) == dict.fromkeys(first + second, "deleted")
         assert held.counts["purge"]["deleted"] == 6
         assert "failed" not in outcomes(db, first).values()
+
+
+# -- set_state on the fault paths (bulk_set_state; the tests above mostly send bulk_delete) ---------
+
+
+def cancel(tag: str, state: str = "COMPLETED", **options: Any) -> list[dict[str, Any]]:
+    """A rule: cancel (forced) the runs tagged ``tag`` in ``state``."""
+    return [
+        {
+            "name": "cancel",
+            "action": "set_state",
+            "state": {"type": "CANCELLED", "name": "Cancelled"},
+            "force": True,
+            **options,
+            "sql": tagged(tag, state),
+        }
+    ]
+
+
+def test_a_timed_out_bulk_set_state_landing_after_a_run_was_set_again_in_its_state_is_this_applys(
+    server: Server, tmp_path: Path
+) -> None:
+    """A bulk_set_state the client gave up on (a read timeout) while it is still on its way;
+    another client sets one of its runs COMPLETED again (a new state, the same type), the
+    read-back sees that first, then the call lands: the guard (COMPLETED) still held the run,
+    so this apply cancelled it. Every run is `accepted`, never `skipped`, and sent once."""
+    with pulled_runs(server, tmp_path, 3, "COMPLETED", "ss-late", cancel("ss-late")) as (
+        ids,
+        db,
+        policy,
+    ):
+        moved = ids[1]
+        sent: list[list[str]] = []
+        seen, landed = threading.Event(), threading.Event()
+
+        def fault(request: httpx.Request, n: int) -> httpx.Response | None:
+            if request.url.path.endswith("bulk_set_state"):
+                sent.append(bulk_ids(request))
+                if len(sent) == 1:
+                    lands_after(
+                        request, lambda: set_state(server, [moved], "COMPLETED"), seen, landed
+                    )
+            return None
+
+        before = state_id_on_server(server, moved)
+
+        def after(request: httpx.Request, response: httpx.Response) -> None:
+            if reads(request, ids) or reads(request, [moved]):
+                found = {r["id"]: r.get("state_id") for r in response.json()}
+                if found.get(moved) not in (None, before):
+                    seen.set()
+
+        result = library_apply(server, db, policy, forwarding(fault, after), settle_seconds=15)
+        assert landed.wait(30)
+        assert live(server, ids) == dict.fromkeys(ids, "CANCELLED")
+        assert len(sent) == 1  # never sent again
+        assert outcomes(db, ids) == dict.fromkeys(ids, "accepted") and audit_rows(db) == len(ids)
+        assert result.counts == {"cancel": {"accepted": 3}}
+        assert {local_state(db, i) for i in ids} == {"CANCELLED"}
+
+
+def test_an_apply_killed_after_its_set_state_call_is_settled_accepted_by_the_next(
+    server: Server, tmp_path: Path
+) -> None:
+    """An apply is killed (SIGKILL) once the server has carried out its second bulk_set_state
+    (30 runs), before the answer reaches it; another client then moves one of those runs on
+    to RUNNING. The next apply reads the runs left pending back: all `accepted` by the killed apply (the
+    moved one from its state history), none sent again, the file showing each run as it is."""
+    with pulled_runs(server, tmp_path, 80, "COMPLETED", "ss-k9", cancel("ss-k9")) as (
+        ids,
+        db,
+        policy,
+    ):
+        killed = apply_killed_at(server, db, policy, before_server=False, endpoint="bulk_set_state")
+        pending = [i for i, o in outcomes(db, ids).items() if o == "pending"]
+        # batch 2 at least (batch 1 too when the server, setting each run in a transaction
+        # of its own, finished it after batch 2: both calls were out)
+        assert len(pending) in (30, 80)
+        moved = pending[0]
+        set_state(server, [moved], "RUNNING")  # another client, after the call
+        sent: list[list[str]] = []
+
+        def fault(request: httpx.Request, n: int) -> httpx.Response | None:
+            if request.url.path.endswith("bulk_set_state"):
+                sent.append(bulk_ids(request))
+            return None
+
+        result = library_apply(server, db, policy, forwarding(fault), settle_seconds=2)
+        assert sent == []  # nothing sent again
+        assert result.resolved_earlier == len(pending)
+        assert live(server, ids) == {**dict.fromkeys(ids, "CANCELLED"), moved: "RUNNING"}
+        rows = query(
+            db, "SELECT apply_id, CAST(flow_run_id AS VARCHAR), outcome FROM policy_actions"
+        )
+        assert sorted((a == killed, i, o) for a, i, o in rows) == sorted(
+            (True, i, "accepted") for i in ids
+        )
+        assert {i: local_state(db, i) for i in ids} == {
+            **dict.fromkeys(ids, "CANCELLED"),
+            moved: "RUNNING",
+        }
+
+
+def test_ctrl_c_with_a_set_state_call_out_leaves_it_to_the_next_apply_to_settle_as_accepted(
+    server: Server, tmp_path: Path, ctrl_c_raises: None
+) -> None:
+    """Ctrl-C while batch 2's bulk_set_state is on its way (not yet at the server); meanwhile
+    another client sets one of its runs COMPLETED again (a new state, the same type: the
+    guard still holds it). The call lands after the apply stopped and cancels all of batch 2.
+    The read-back on the way out leaves them pending (not `skipped`); the next apply settles
+    them `accepted` under the stopped apply, sends them nothing, and cancels batch 3."""
+    with pulled_runs(server, tmp_path, 9, "COMPLETED", "ss-ctrlc", cancel("ss-ctrlc")) as (
+        ids,
+        db,
+        policy,
+    ):
+        first, second, third = batch_ids(db, policy, 3)
+        moved = second[0]
+        out, release, landed = threading.Event(), threading.Event(), threading.Event()
+        sent: list[list[str]] = []
+
+        def fault(request: httpx.Request, n: int) -> httpx.Response | None:
+            if request.url.path.endswith("bulk_set_state"):
+                sent.append(bulk_ids(request))
+                if bulk_ids(request) == second:
+                    set_state(server, [moved], "COMPLETED")  # another client, call out
+                    out.set()
+                    assert release.wait(60)  # reaches the server once the apply has stopped
+            elif reads(request, third):
+                assert out.wait(30)
+                ctrl_c_now()
+            return None
+
+        def answered(request: httpx.Request, response: httpx.Response) -> None:
+            if request.url.path.endswith("bulk_set_state") and bulk_ids(request) == second:
+                landed.set()
+
+        held = interrupted_apply(server, db, policy, forwarding(fault, answered, resend_busy=True))
+        release.set()
+        assert landed.wait(60)
+        assert live(server, ids) == {
+            **dict.fromkeys(first + second, "CANCELLED"),
+            **dict.fromkeys(third, "COMPLETED"),
+        }
+        assert outcomes(db, second) == dict.fromkeys(second, "pending")
+
+        def recorded(request: httpx.Request, n: int) -> httpx.Response | None:
+            if request.url.path.endswith("bulk_set_state"):
+                sent.append(bulk_ids(request))
+            return None
+
+        again = library_apply(
+            server, db, policy, forwarding(recorded, resend_busy=True), settle_seconds=2
+        )
+        assert live(server, ids) == dict.fromkeys(ids, "CANCELLED")
+        assert sorted(map(sorted, sent)) == sorted([sorted(first), sorted(second), sorted(third)])
+        rows = query(
+            db, "SELECT apply_id, CAST(flow_run_id AS VARCHAR), outcome FROM policy_actions"
+        )
+        assert sorted((a == held.apply_id, i, o) for a, i, o in rows) == sorted(
+            [(True, i, "accepted") for i in first + second]
+            + [(False, i, "accepted") for i in third]
+        )
+        assert again.resolved_earlier == 3
+        assert {local_state(db, i) for i in ids} == {"CANCELLED"}
