@@ -2377,6 +2377,65 @@ def test_a_timed_out_bulk_set_state_landing_after_a_run_was_set_again_in_its_sta
         assert {local_state(db, i) for i in ids} == {"CANCELLED"}
 
 
+def killed_at_the_read_back(target: str, victim: list[int], ids: list[str]) -> ThreadingHTTPServer:
+    """A loopback proxy to the real server that SIGKILLs ``victim[0]`` when, after a
+    bulk_set_state was answered, the apply reads ``ids`` again: the read-back that brings the
+    states it set into the file, which comes once their outcome rows are committed."""
+    answered = threading.Event()
+
+    class Handler(ProxyHandler):
+        def _forward(self) -> None:
+            body = self.body()
+            if answered.is_set() and self.path.endswith("flow_runs/filter"):
+                asked = json.loads(body or b"{}").get("flow_runs", {}).get("id", {}).get("any_")
+                if asked and set(asked) == set(ids):
+                    os.kill(victim[0], signal.SIGKILL)
+                    return
+            response = self.send_on(target, body, self.path.endswith("bulk_set_state"))
+            if self.path.endswith("bulk_set_state") and response.is_success:
+                answered.set()
+            self.relay(response)
+
+        do_GET = do_POST = do_PATCH = do_DELETE = _forward
+
+    return ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+
+
+def test_an_apply_killed_before_the_file_shows_the_states_it_set_leaves_nothing_to_the_next(
+    server: Server, tmp_path: Path
+) -> None:
+    """An apply cancels its runs (answered ACCEPT, outcome rows committed) and is killed
+    (SIGKILL) as it reads them back into the file. The next apply of the same policy finds
+    nothing to do: the runs are this apply's `accepted`, one row a run, nothing sent again,
+    no `skipped` row saying their state changed since the pull (the change was the apply's
+    own), and the file shows the state set."""
+    with pulled_runs(server, tmp_path, 4, "COMPLETED", "ss-kill", cancel("ss-kill")) as (
+        ids,
+        db,
+        policy,
+    ):
+        victim: list[int] = []
+        httpd = killed_at_the_read_back(server.url.rsplit("/api", 1)[0], victim, ids)
+        try:
+            assert cli_apply_through(httpd, db, policy, victim) == -signal.SIGKILL
+        finally:
+            httpd.shutdown()
+        assert live(server, ids) == dict.fromkeys(ids, "CANCELLED")
+        assert outcomes(db, ids) == dict.fromkeys(ids, "accepted")
+        killed = query(db, "SELECT DISTINCT apply_id FROM policy_actions")[0][0]
+        states_before = {local_state(db, i) for i in ids}
+        result = apply_cli(server, db, policy)
+        assert result.exit_code == 0, (states_before, result.output)
+        assert live(server, ids) == dict.fromkeys(ids, "CANCELLED")
+        rows = query(
+            db, "SELECT apply_id, CAST(flow_run_id AS VARCHAR), outcome FROM policy_actions"
+        )
+        assert sorted((a == killed, i, o) for a, i, o in rows) == sorted(
+            (True, i, "accepted") for i in ids
+        ), (states_before, rows)
+        assert {local_state(db, i) for i in ids} == {"CANCELLED"}
+
+
 def test_an_apply_killed_after_its_set_state_call_is_settled_accepted_by_the_next(
     server: Server, tmp_path: Path
 ) -> None:
@@ -2417,6 +2476,41 @@ def test_an_apply_killed_after_its_set_state_call_is_settled_accepted_by_the_nex
             **dict.fromkeys(ids, "CANCELLED"),
             moved: "RUNNING",
         }
+
+
+def test_a_401_after_a_set_state_call_was_answered_leaves_the_file_showing_the_state_set(
+    server: Server, tmp_path: Path
+) -> None:
+    """The key is revoked right after a bulk_set_state is answered (ACCEPT, the outcomes
+    recorded): the read-back of the runs it set is refused 401. The file shows the state the
+    answer gave all the same, so the next apply (a good key) plans nothing: no run is planned
+    again on the state it had before, nor recorded `skipped` as if another client changed it."""
+    with pulled_runs(server, tmp_path, 4, "COMPLETED", "ss-401", cancel("ss-401")) as (
+        ids,
+        db,
+        policy,
+    ):
+        revoked = threading.Event()
+
+        def fault(request: httpx.Request, n: int) -> httpx.Response | None:
+            if revoked.is_set():
+                return httpx.Response(401, json={"detail": "expired"})
+            return None
+
+        def answered(request: httpx.Request, response: httpx.Response) -> None:
+            if request.url.path.endswith("bulk_set_state") and response.is_success:
+                revoked.set()
+
+        from flowsync.errors import AuthError
+
+        with contextlib.suppress(AuthError):
+            library_apply(server, db, policy, forwarding(fault, answered, resend_busy=True))
+        assert revoked.is_set()
+        assert live(server, ids) == dict.fromkeys(ids, "CANCELLED")
+        assert outcomes(db, ids) == dict.fromkeys(ids, "accepted")
+        assert {local_state(db, i) for i in ids} == {"CANCELLED"}
+        again = library_apply(server, db, policy, forwarding(resend_busy=True), settle_seconds=2)
+        assert again.counts == {} and audit_rows(db) == len(ids)
 
 
 def test_ctrl_c_with_a_set_state_call_out_leaves_it_to_the_next_apply_to_settle_as_accepted(

@@ -317,11 +317,23 @@ class Applier:
         """Step 5; ``rowids``: where the runs' rows were when decided ahead (a hint)."""
         deleted = [i for i, r in results.items() if r.outcome is Outcome.DELETED]
 
+        # The state each call set, as its answer (or the read-back) says: the file shows it with
+        # the outcome rows, so an apply killed before the re-read below leaves no run the next
+        # apply plans again on the state it had before.
+        states = {
+            i: (str(state["type"]), state.get("name"), state.get("id"))
+            for i, r in results.items()
+            if r.outcome in (Outcome.ACCEPTED, Outcome.REPLACED)
+            and isinstance(state := (r.details or {}).get("state"), dict)
+            and state.get("type")
+        }
+
         def mark_deleted() -> None:
             n = synced_tables.mark_deleted(self.store, "flow_runs", deleted, rowids=rowids)
             self.result.refreshed["marked_deleted"] = (
                 self.result.refreshed.get("marked_deleted", 0) + n
             )
+            synced_tables.set_states(self.store, states)
 
         self.ledger.final(self.ledger.call(number, rule), results, guards, also=mark_deleted)
         accepted = [

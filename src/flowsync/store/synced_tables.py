@@ -277,6 +277,33 @@ def mark_deleted(
     return changed + int(rest or 0)
 
 
+def set_states(store: Store, states: Mapping[str, tuple[str, str | None, str | None]]) -> int:
+    """Live runs a call set a state on: run -> (state type, name, state id or None), as its
+    answer said; the rest of each row is left for a re-read to write. Returns how many
+    changed. (Written with the call's outcome rows: an apply killed before its re-read leaves
+    the file showing the state it set, as ``mark_deleted`` does for a delete.)"""
+    if not states:
+        return 0
+    ids = list(states)
+    changed = store.execute(
+        """
+        UPDATE flow_runs SET state_type = s.state_type, state_name = s.state_name,
+               state_id = CAST(s.state_id AS UUID)
+        FROM (SELECT unnest(CAST(? AS UUID[])) AS id, unnest(CAST(? AS VARCHAR[])) AS state_type,
+                     unnest(CAST(? AS VARCHAR[])) AS state_name,
+                     unnest(CAST(? AS VARCHAR[])) AS state_id) s
+        WHERE flow_runs.id = s.id AND flow_runs.deleted_at IS NULL
+        """,
+        [
+            ids,
+            [states[i][0] for i in ids],
+            [states[i][1] for i in ids],
+            [states[i][2] for i in ids],
+        ],
+    ).scalar()
+    return int(changed or 0)
+
+
 def mark_read(store: Store, ids: Sequence[str], when: datetime | None = None) -> None:
     """Live runs just read from the server, written or found as the file holds them: when
     each was last read (``synced_at``) is now ``when``."""
