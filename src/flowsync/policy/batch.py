@@ -328,14 +328,14 @@ class Applier:
             and state.get("type")
         }
 
-        def mark_deleted() -> None:
+        def show_in_file() -> None:  # with the outcome rows, in their transaction
             n = synced_tables.mark_deleted(self.store, "flow_runs", deleted, rowids=rowids)
             self.result.refreshed["marked_deleted"] = (
                 self.result.refreshed.get("marked_deleted", 0) + n
             )
             synced_tables.set_states(self.store, states)
 
-        self.ledger.final(self.ledger.call(number, rule), results, guards, also=mark_deleted)
+        self.ledger.final(self.ledger.call(number, rule), results, guards, also=show_in_file)
         accepted = [
             i for i, r in results.items() if r.outcome in (Outcome.ACCEPTED, Outcome.REPLACED)
         ]
