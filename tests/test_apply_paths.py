@@ -2575,3 +2575,46 @@ def test_ctrl_c_with_a_set_state_call_out_leaves_it_to_the_next_apply_to_settle_
         )
         assert again.resolved_earlier == 3
         assert {local_state(db, i) for i in ids} == {"CANCELLED"}
+
+
+def test_a_run_deleted_while_prefect_sets_the_batch_is_gone_not_aborted(
+    server: Server, tmp_path: Path
+) -> None:
+    """Prefect's bulk_set_state reads the batch, then sets each run in a transaction of its
+    own: another client deletes a run in between, and the server answers it ABORT ("Flow run
+    with id ... not found", no state) inside the HTTP 200. (The window is Prefect's and cannot
+    be hit on demand: the server here gets the call without the run, deleted just before,
+    and the answer is given the item the server gives such a run.) The audit says the run is
+    `gone`, deleted by someone else during the call, not `aborted` by the server; the others
+    are `accepted`."""
+    rule = {**purge("abort-gone", "COMPLETED"), "action": "set_state"}
+    rule |= {"state": {"type": "CANCELLED"}, "force": True}
+    with pulled_runs(server, tmp_path, 4, "COMPLETED", "abort-gone", [rule]) as (ids, db, policy):
+        victim = ids[0]
+        real = httpx.Client(timeout=60)
+
+        def deleted_between(request: httpx.Request, n: int) -> httpx.Response | None:
+            if not request.url.path.endswith("bulk_set_state"):
+                return None
+            assert real.delete(f"{server.url}/flow_runs/{victim}").status_code == 204
+            body = json.loads(request.content)
+            body["flow_runs"]["id"]["any_"] = [i for i in bulk_ids(request) if i != victim]
+            answer = real.post(str(request.url), json=body).json()
+            answer["results"].append(
+                {
+                    "flow_run_id": victim,
+                    "status": "ABORT",
+                    "state": None,
+                    "details": {
+                        "type": "abort_details",
+                        "reason": f"Flow run with id {victim} not found",
+                    },
+                }
+            )
+            return httpx.Response(200, json=answer)
+
+        result = library_apply(server, db, policy, forwarding(deleted_between), batch_size=4)
+        assert live(server, ids) == dict.fromkeys(ids[1:], "CANCELLED")
+        assert outcomes(db, ids) == {victim: "gone", **dict.fromkeys(ids[1:], "accepted")}
+        assert result.counts == {"purge": {"gone": 1, "accepted": 3}}
+        assert audit_rows(db) == len(ids)

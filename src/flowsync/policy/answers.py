@@ -194,6 +194,24 @@ def answered(
     return {i: RunResult(Outcome.DELETED) for i in ids if i in got}, notes
 
 
+def aborted_without_state(result: RunResult) -> bool:
+    """A set_state answer ABORT that carries no state: the server could not set the run (its
+    reason says why; a run deleted after the server read the batch is "not found")."""
+    return result.outcome is Outcome.ABORTED and not (result.details or {}).get("state")
+
+
+def gone_during_the_call(result: RunResult) -> RunResult:
+    """An ABORT without a state whose run is no longer on the server: deleted by someone else
+    during the call, not aborted (the server's answer is kept in the details)."""
+    return RunResult(
+        Outcome.GONE,
+        {
+            "reason": "deleted on the server during the call, not by this apply",
+            "answer": result.details,
+        },
+    )
+
+
 def answered_state(state: dict[str, Any] | None) -> dict[str, Any] | None:
     """The state a set_state answer carries, as its audit row keeps it (None: none)."""
     if not state:

@@ -81,9 +81,11 @@ from flowsync.policy.answers import (
     Refused,
     Throttled,
     Verdict,
+    aborted_without_state,
     changes,
     classify_unanswered,
     file_rows,
+    gone_during_the_call,
     set_instead,
     with_lost,
 )
@@ -279,9 +281,13 @@ class Applier:
         # A REJECT that set another state changed the run all the same.
         acted = {i: set_instead(r, fresh.seen.get(i)) for i, r in answer.results.items()}
         missing = [i for i in call.ids if i not in acted]
-        if missing:
+        # Prefect's bulk_set_state reads the batch, then sets each run in a transaction of its
+        # own: a run deleted in between is answered ABORT with no state ("not found"). Read to
+        # tell that from an ABORT of a run still there.
+        unsure = [i for i, r in acted.items() if aborted_without_state(r)]
+        if missing or unsure:
             try:
-                after = self.rereader.read(missing, {})
+                after = self.rereader.read(missing + unsure, {})
             except ApiError as read_error:
                 acted.update(
                     {
@@ -302,6 +308,9 @@ class Applier:
                         self.settler.after_lost(rule, i, lost[1], after.get(i)) if lost else None
                     )
                     acted[i] = earlier or classify_unanswered(fresh.seen[i], after.get(i))
+                for i in unsure:
+                    if i not in after:
+                        acted[i] = gone_during_the_call(acted[i])
         return Verdict({i: with_lost(r, self.lost.get(i, (None,))[0]) for i, r in acted.items()})
 
     # 5. record ----------------------------------------------------------------------------
