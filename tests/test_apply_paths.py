@@ -22,25 +22,47 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, NamedTuple, NoReturn
+from typing import Any
 
 import httpx
 import pytest
-import yaml
 
 from flowsync.api import PrefectClient, RetryPolicy
 from flowsync.api.budget import RequestBudget
 from flowsync.config import ApiSettings
-from flowsync.policy import ApplyResult, Plan, apply_plan, make_plan, parse_policy
-from flowsync.store import SandboxedWriter, Store
-from harness.seed import new_deployment, post_json, runs_in_state, set_states
+from flowsync.policy import ApplyResult, apply_plan
+from harness.seed import runs_in_state
 from harness.server import Server
+from tests.apply_cases import (
+    apply_cli,
+    audit_rows,
+    audited,
+    batch_ids,
+    bulk_ids,
+    checks,
+    deployment,
+    failed_runs_to_reschedule,
+    fault_client,
+    flow_only_runs,
+    lands_after,
+    library_apply,
+    live,
+    marked_deleted,
+    outcomes,
+    planned,
+    policy_file,
+    pulled_runs,
+    purge,
+    reads,
+    runs,
+    set_state,
+    state_id_on_server,
+    tagged,
+)
 from tests.helpers import (
     forwarding,
     local_state,
@@ -58,188 +80,6 @@ from tests.helpers import (
 def server(start_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     with start_server(home=tmp_path_factory.mktemp("paths-prefect")) as s:
         yield s
-
-
-def deployment(server: Server) -> str:
-    """A new flow and deployment of its own (each test ranks only its own runs)."""
-    return new_deployment(server.url, f"paths-{uuid.uuid4().hex[:8]}")
-
-
-def runs(server: Server, dep: str, n: int, state: str, tag: str) -> list[str]:
-    """``n`` runs of ``dep`` in ``state``, tagged ``tag``, oldest first (a day apart)."""
-    return runs_in_state(server.url, dep, n, state, tag, timedelta(days=1))
-
-
-def set_state(server: Server, ids: list[str], state: str) -> None:
-    with httpx.Client(base_url=server.url + "/", timeout=60) as c:
-        set_states(c, ids, state, state.title())
-
-
-def live(server: Server, ids: list[str]) -> dict[str, str]:
-    """run id -> state type, for the runs of ``ids`` the server still has."""
-    found = httpx.post(
-        f"{server.url}/flow_runs/filter",
-        json={"flow_runs": {"id": {"any_": ids}}, "limit": 200},
-        timeout=60,
-    ).json()
-    return {r["id"]: r["state_type"] for r in found}
-
-
-class Case(NamedTuple):
-    """Runs of a deployment of their own, a file pulled after they were made, and a policy
-    file for them."""
-
-    ids: list[str]
-    db: Path
-    policy: Path
-
-
-def policy_file(folder: Path, rules: list[dict[str, Any]], **top: Any) -> Path:
-    path = folder / "policy.yaml"
-    path.write_text(yaml.safe_dump({"version": 1, **top, "rules": rules}, sort_keys=False))
-    return path
-
-
-def tagged(tag: str, state: str | None = None) -> str:
-    """The live runs tagged ``tag`` (in ``state``, if given)."""
-    sql = f"SELECT id FROM flow_runs WHERE deleted_at IS NULL AND list_contains(tags, '{tag}')"
-    return sql if state is None else f"{sql} AND state_type = '{state}'"
-
-
-def purge(
-    tag: str, state: str | None = None, name: str = "purge", **options: Any
-) -> dict[str, Any]:
-    """A rule: delete the runs tagged ``tag`` (in ``state``, if given)."""
-    return {"name": name, "action": "delete", **options, "sql": tagged(tag, state)}
-
-
-@contextmanager
-def pulled_runs(
-    server: Server,
-    folder: Path,
-    n: int,
-    state: str,
-    tag: str,
-    rules: list[dict[str, Any]] | None = None,
-    **top: Any,
-) -> Iterator[Case]:
-    """``runs`` of a new ``deployment``, a pull into ``folder``, and a policy file of
-    ``rules`` (by default one ``purge`` of them); on the way out, checks that every other
-    run on the server is as it was before (nothing outside the selection touched)."""
-    ids = runs(server, deployment(server), n, state, tag)
-    # The server stores the runs' state events in the background; on SQLite a write of the
-    # apply's meeting that one is answered 503 (a lost answer, settled and resent by design),
-    # which would change the calls a test counts.
-    wait_for_state_events(server.url, ids, state)
-    db = pulled_db(server.url, folder)
-    others = outside(server, ids)
-    yield Case(ids, db, policy_file(folder, rules or [purge(tag, state)], **top))
-    assert outside(server, ids) == others  # nothing outside the selection touched
-
-
-def marked_deleted(db: Path, ids: list[str]) -> list[str]:
-    """The runs of ``ids`` the file marks deleted."""
-    rows = query(
-        db,
-        "SELECT CAST(id AS VARCHAR) FROM flow_runs WHERE deleted_at IS NOT NULL AND id IN "
-        "(SELECT unnest(CAST(? AS UUID[])))",
-        [ids],
-    )
-    return [r[0] for r in rows]
-
-
-def audited(db: Path, ids: list[str], column: str) -> dict[str, Any]:
-    """run -> ``column`` of its audit row (an expression over ``policy_actions``)."""
-    rows = query(
-        db,
-        f"SELECT CAST(flow_run_id AS VARCHAR), {column} FROM policy_actions "
-        "WHERE flow_run_id IN (SELECT unnest(CAST(? AS UUID[])))",
-        [ids],
-    )
-    return {r[0]: r[1] for r in rows}
-
-
-def outcomes(db: Path, ids: list[str]) -> dict[str, str]:
-    return audited(db, ids, "outcome")
-
-
-def checks(db: Path, ids: list[str]) -> dict[str, str | None]:
-    """run -> the check its audit row names (``details.check``), for the runs of ``ids``."""
-    return audited(db, ids, "details->>'check'")
-
-
-def audit_rows(db: Path) -> int:
-    """The file's audit rows, every apply's: with ``outcomes`` equal to what a test expects for
-    its runs, one row a run says the audit is exact (no run twice, none outside them)."""
-    return int(query(db, "SELECT count(*) FROM policy_actions")[0][0])
-
-
-def apply_cli(server: Server, db: Path, policy: Path, *extra: str) -> Any:
-    return run_cli(
-        "apply", str(policy), "--db", str(db), "--api-url", server.url, "--yes", "--json", *extra
-    )
-
-
-@contextmanager
-def planned(db: Path, policy: Path) -> Iterator[tuple[SandboxedWriter, Plan]]:
-    """The store apply writes to, and the plan of ``policy`` on it."""
-    loaded = parse_policy(policy.read_bytes(), str(policy))
-    with Store.sandboxed_writer(db) as store:
-        yield store, make_plan(store, loaded)
-
-
-def fault_client(
-    server: Server, transport: httpx.BaseTransport, retry: RetryPolicy, sleep: Any = time.sleep
-) -> PrefectClient:
-    """A client of the real server with a fault ``transport`` in front of it."""
-    return PrefectClient(ApiSettings(url=server.url), transport=transport, retry=retry, sleep=sleep)
-
-
-def library_apply(
-    server: Server,
-    db: Path,
-    policy: Path,
-    transport: httpx.BaseTransport,
-    sleep: Any = time.sleep,
-    settle_seconds: float = 10.0,
-    batch_size: int = 50,
-    result: ApplyResult | None = None,
-) -> ApplyResult:
-    """apply through the library, with a fault transport in front of the real server;
-    ``result``: filled as the apply goes (read it when the apply raises)."""
-    with planned(db, policy) as (store, plan):
-        retry = RetryPolicy(attempts=3, base_delay=0.05)
-        with fault_client(server, transport, retry, sleep) as client:
-            return apply_plan(
-                client,
-                store,
-                plan,
-                settle_seconds=settle_seconds,
-                batch_size=batch_size,
-                result=result,
-            )
-
-
-def batch_ids(db: Path, policy: Path, size: int) -> list[list[str]]:
-    """The runs of each batch an apply of ``policy`` sends, in order, ``size`` at most each."""
-    from flowsync.policy.apply import batches
-
-    with planned(db, policy) as (_, plan):
-        return [b.ids for b in batches(plan, size)]
-
-
-def bulk_ids(request: httpx.Request) -> list[str]:
-    return list(json.loads(request.content)["flow_runs"]["id"]["any_"])
-
-
-def reads(request: httpx.Request, ids: list[str] | set[str] | frozenset[str]) -> bool:
-    """The request is a re-read (``/flow_runs/filter`` by id) of exactly the runs ``ids``."""
-    if not request.url.path.endswith("flow_runs/filter"):
-        return False
-    try:
-        return set(json.loads(request.content)["flow_runs"]["id"]["any_"] or ()) == set(ids)
-    except (KeyError, TypeError, ValueError):
-        return False
 
 
 # -- decisions that depend on other runs ---------------------------------------------------------
@@ -1330,45 +1170,6 @@ def _answered_429_then_stopped(server: Server, tmp_path: Path, stop: str) -> Non
 # -- answers that refuse runs, and a batch that fails for good --------------------------------------
 
 
-def flow_only_runs(server: Server, dep: str, n: int, state: str, tag: str) -> list[str]:
-    """``n`` runs of ``dep``'s flow but of no deployment, in ``state``, tagged ``tag``, older
-    than any run ``runs`` makes (a month back, a day apart)."""
-    flow_id = httpx.get(f"{server.url}/deployments/{dep}", timeout=60).json()["flow_id"]
-    now = datetime.now(timezone.utc)
-    ids = []
-    with httpx.Client(base_url=server.url + "/", timeout=60) as c:
-        for i in range(n):
-            when = (now - timedelta(days=30 + n - i)).isoformat()
-            body = {
-                "flow_id": flow_id,
-                "tags": [tag],
-                "state": {"type": "SCHEDULED", "state_details": {"scheduled_time": when}},
-            }
-            ids.append(str(post_json(c, "flow_runs/", body)["id"]))
-        set_states(c, ids, state, state.title())
-    return ids
-
-
-def failed_runs_to_reschedule(
-    server: Server, tmp_path: Path, tag: str
-) -> tuple[list[str], list[str], Path, Path]:
-    """Three FAILED runs with no deployment (the oldest) and three of a deployment, tagged
-    ``tag``, pulled into a file; and a policy rescheduling them without ``force`` (Prefect
-    aborts the ones with no deployment): (no deployment, deployed, the file, the policy)."""
-    dep = deployment(server)
-    orphans = flow_only_runs(server, dep, 3, "FAILED", tag)
-    deployed = runs(server, dep, 3, "FAILED", tag)
-    wait_for_state_events(server.url, orphans + deployed, "FAILED")
-    db = pulled_db(server.url, tmp_path)
-    rule = {
-        "name": "rerun",
-        "action": "set_state",
-        "state": {"type": "SCHEDULED", "name": "Scheduled"},
-        "sql": tagged(tag, "FAILED"),
-    }
-    return orphans, deployed, db, policy_file(tmp_path, [rule])
-
-
 def test_runs_the_server_refuses_inside_an_http_200_are_read_run_by_run(
     server: Server, tmp_path: Path
 ) -> None:
@@ -1927,33 +1728,6 @@ def test_a_timed_out_bulk_delete_landing_after_a_run_was_set_again_in_its_state_
         assert outcomes(db, ids) == dict.fromkeys(ids, "deleted")
         assert result.counts == {"purge": {"deleted": 3}}
         assert sorted(marked_deleted(db, ids)) == sorted(ids)
-
-
-def lands_after(
-    request: httpx.Request,
-    change: Callable[[], None],
-    seen: threading.Event,
-    landed: threading.Event,
-) -> NoReturn:
-    """The client gives up on ``request`` (a read timeout) while it is still on its way:
-    another client's ``change`` comes first; once the apply's read-back has seen it (``seen``),
-    the request reaches the real server (then ``landed``)."""
-    method, url = request.method, str(request.url)
-    body, headers = request.content, dict(request.headers)
-
-    def later() -> None:
-        change()  # another client
-        seen.wait(30)
-        time.sleep(0.3)
-        httpx.request(method, url, content=body, headers=headers, timeout=60)
-        landed.set()
-
-    threading.Thread(target=later, daemon=True).start()
-    raise httpx.ReadTimeout("timed out", request=request)
-
-
-def state_id_on_server(server: Server, run: str) -> str:
-    return str(httpx.get(f"{server.url}/flow_runs/{run}", timeout=60).json()["state_id"])
 
 
 # (No checkpoint inside a re-read -> call window: test_policy_apply.py's
@@ -2587,9 +2361,11 @@ def test_a_run_deleted_while_prefect_sets_the_batch_is_gone_not_aborted(
     and the answer is given the item the server gives such a run.) The audit says the run is
     `gone`, deleted by someone else during the call, not `aborted` by the server; the others
     are `accepted`."""
-    rule = {**purge("abort-gone", "COMPLETED"), "action": "set_state"}
-    rule |= {"state": {"type": "CANCELLED"}, "force": True}
-    with pulled_runs(server, tmp_path, 4, "COMPLETED", "abort-gone", [rule]) as (ids, db, policy):
+    with pulled_runs(server, tmp_path, 4, "COMPLETED", "abort-gone", cancel("abort-gone")) as (
+        ids,
+        db,
+        policy,
+    ):
         victim = ids[0]
         real = httpx.Client(timeout=60)
 
@@ -2616,5 +2392,65 @@ def test_a_run_deleted_while_prefect_sets_the_batch_is_gone_not_aborted(
         result = library_apply(server, db, policy, forwarding(deleted_between), batch_size=4)
         assert live(server, ids) == dict.fromkeys(ids[1:], "CANCELLED")
         assert outcomes(db, ids) == {victim: "gone", **dict.fromkeys(ids[1:], "accepted")}
-        assert result.counts == {"purge": {"gone": 1, "accepted": 3}}
+        assert result.counts == {"cancel": {"gone": 1, "accepted": 3}}
         assert audit_rows(db) == len(ids)
+
+
+def test_a_set_state_call_whose_connection_was_never_made_is_rechecked_then_sent_once_more(
+    server: Server, tmp_path: Path
+) -> None:
+    """As for bulk_delete: the first bulk_set_state never reaches the server (connection
+    refused); its runs are re-read and re-decided, then sent once more, and set once."""
+    with pulled_runs(server, tmp_path, 5, "COMPLETED", "conn-ss", cancel("conn-ss")) as (
+        ids,
+        db,
+        policy,
+    ):
+        sent: list[int] = []
+
+        def fault(request: httpx.Request, n: int) -> httpx.Response | None:
+            if request.url.path.endswith("bulk_set_state"):
+                sent.append(n)
+                if len(sent) == 1:
+                    raise httpx.ConnectError("connection refused", request=request)
+            return None
+
+        result = library_apply(server, db, policy, forwarding(fault), sleep=lambda s: None)
+        assert len(sent) == 2 and result.calls == 2
+        assert live(server, ids) == dict.fromkeys(ids, "CANCELLED")
+        assert outcomes(db, ids) == dict.fromkeys(ids, "accepted")
+        assert result.counts == {"cancel": {"accepted": 5}} and result.status == "success"
+        assert {local_state(db, i) for i in ids} == {"CANCELLED"}
+
+
+def test_a_run_protected_while_the_server_asks_to_wait_is_not_set(
+    server: Server, tmp_path: Path
+) -> None:
+    """As for bulk_delete: the first bulk_set_state is answered 429 (Retry-After 3 s, nothing
+    done); while the apply waits, another client protects a run (a PATCH: no event). The
+    re-check before the call is sent again leaves that run alone; the rest are set once."""
+    rules = cancel("thr-ss")
+    with pulled_runs(server, tmp_path, 6, "COMPLETED", "thr-ss", rules, protect_tags=["keep"]) as (
+        ids,
+        db,
+        policy,
+    ):
+        calls: list[list[str]] = []
+
+        def fault(request: httpx.Request, n: int) -> httpx.Response | None:
+            if request.url.path.endswith("bulk_set_state"):
+                calls.append(bulk_ids(request))
+                if len(calls) == 1:
+                    return httpx.Response(429, headers={"Retry-After": "3"}, text="slow down")
+            return None
+
+        def sleep(seconds: float) -> None:
+            if seconds >= 2.5:  # while the server asked us to wait, someone protects a run
+                patch_run(server.url, ids[0], {"tags": ["thr-ss", "keep"]})
+
+        result = library_apply(server, db, policy, forwarding(fault), sleep=sleep)
+        assert live(server, ids) == {ids[0]: "COMPLETED", **dict.fromkeys(ids[1:], "CANCELLED")}
+        assert [sorted(c) for c in calls] == [sorted(ids), sorted(ids[1:])]
+        assert outcomes(db, ids) == {ids[0]: "skipped", **dict.fromkeys(ids[1:], "accepted")}
+        assert audit_rows(db) == len(ids)
+        assert result.counts["cancel"] == {"accepted": 5, "skipped": 1}

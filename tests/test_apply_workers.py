@@ -7,7 +7,7 @@ must still rest on the server as it is at the call: a write another client made
 through one worker is seen by the re-read the other serves, a call the client gave up
 on that one worker completes later is read back through the other and attributed to
 this apply, and nothing outside the plan is touched. (The setup and audit helpers
-are test_apply_paths.py's.)
+are tests/apply_cases.py's, shared with test_apply_paths.py.)
 """
 
 from __future__ import annotations
@@ -22,8 +22,7 @@ import pytest
 
 from harness.postgres import PgCluster
 from harness.server import Server, backend_server
-from tests.helpers import Fault, forwarding, outside, patch_run
-from tests.test_apply_paths import (
+from tests.apply_cases import (
     audit_rows,
     batch_ids,
     bulk_ids,
@@ -41,6 +40,7 @@ from tests.test_apply_paths import (
     set_state,
     state_id_on_server,
 )
+from tests.helpers import Fault, forwarding, outside, patch_run
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
