@@ -263,7 +263,10 @@ def apply_with(
         plan = make_plan(store, loaded)
     client = PrefectClient(
         ApiSettings(url=server.url),
-        transport=forwarding(fault, after),
+        # A call a busy SQLite server answers 503 (nothing done) is sent again by the
+        # transport: under load, apply's own settle-and-resend path replaced the first send
+        # these tests are about (CI, 2026-12-06).
+        transport=forwarding(fault, after, resend_busy=True),
         retry=RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.05),
         sleep=lambda s: None,
     )

@@ -107,7 +107,7 @@ def classify_lost(
         return RunResult(
             Outcome.PENDING,
             {
-                "reason": f"its state changed during the call ({before.state_type} -> {after.state_type}) and its "
+                "reason": f"its state changed during the call ({before.label} -> {after.label}) and its "
                 "state history could not be read to tell whether this apply did it; check it, then run "
                 f"apply again ({lost})",
             },
@@ -124,7 +124,7 @@ def classify_lost(
     return RunResult(
         Outcome.SKIPPED,
         {
-            "reason": f"its state changed during the call ({before.state_type} -> {after.state_type}) "
+            "reason": f"its state changed during the call ({before.label} -> {after.label}) "
             "but not as requested; not sent again",
             "check": "state guard",
             "state_type_now": after.state_type,
