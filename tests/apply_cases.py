@@ -85,6 +85,15 @@ def purge(
     return {"name": name, "action": "delete", **options, "sql": tagged(tag, state)}
 
 
+def acting(action: str, tag: str, state: str) -> dict[str, Any]:
+    """A rule named ``purge`` on the runs tagged ``tag`` in ``state``: ``delete`` them, or
+    (``set_state``) cancel them, forced."""
+    rule = purge(tag, state)
+    if action == "set_state":
+        rule = {**rule, "action": "set_state", "state": {"type": "CANCELLED"}, "force": True}
+    return rule
+
+
 @contextmanager
 def pulled_runs(
     server: Server,
@@ -278,3 +287,37 @@ def lands_after(
 
 def state_id_on_server(server: Server, run: str) -> str:
     return str(httpx.get(f"{server.url}/flow_runs/{run}", timeout=60).json()["state_id"])
+
+
+class SetAgain(NamedTuple):
+    """``set_again_while_out``'s hooks for ``forwarding(fault, after)``, the bulk calls sent
+    (their ids, in order) and the event set once the first reached the server."""
+
+    fault: Callable[[httpx.Request, int], httpx.Response | None]
+    after: Callable[[httpx.Request, httpx.Response], None]
+    sent: list[list[str]]
+    landed: threading.Event
+
+
+def set_again_while_out(server: Server, ids: list[str], moved: str, state: str) -> SetAgain:
+    """The first bulk call is given up on by the client (``lands_after``: a read timeout)
+    while another client sets ``moved`` in ``state`` again (a new state the call's guard still
+    meets); it reaches the server once a read-back of ``ids`` (or of ``moved``) has seen that."""
+    before = state_id_on_server(server, moved)
+    sent: list[list[str]] = []
+    seen, landed = threading.Event(), threading.Event()
+
+    def fault(request: httpx.Request, n: int) -> httpx.Response | None:
+        if "/bulk_" in request.url.path:
+            sent.append(bulk_ids(request))
+            if len(sent) == 1:
+                lands_after(request, lambda: set_state(server, [moved], state), seen, landed)
+        return None
+
+    def after(request: httpx.Request, response: httpx.Response) -> None:
+        if reads(request, ids) or reads(request, [moved]):
+            found = {r["id"]: r.get("state_id") for r in response.json()}
+            if found.get(moved) not in (None, before):
+                seen.set()
+
+    return SetAgain(fault, after, sent, landed)

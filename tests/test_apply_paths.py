@@ -38,6 +38,7 @@ from flowsync.policy import ApplyResult, apply_plan
 from harness.seed import runs_in_state
 from harness.server import Server
 from tests.apply_cases import (
+    acting,
     apply_cli,
     audit_rows,
     audited,
@@ -59,8 +60,8 @@ from tests.apply_cases import (
     purge,
     reads,
     runs,
+    set_again_while_out,
     set_state,
-    state_id_on_server,
     tagged,
 )
 from tests.helpers import (
@@ -1486,14 +1487,19 @@ def test_a_run_a_killed_apply_left_untouched_is_still_sent_by_the_next_when_the_
         assert live(server, ids) == {}
 
 
+@pytest.mark.parametrize("action", ["delete", "set_state"])
 def test_a_call_whose_connection_was_never_made_is_rechecked_then_sent_once_more(
-    server: Server, tmp_path: Path
+    server: Server, tmp_path: Path, action: str
 ) -> None:
-    with pulled_runs(server, tmp_path, 5, "COMPLETED", "conn") as (ids, db, policy):
+    """The first bulk call never reaches the server (connection refused): its runs are
+    re-read and re-decided, then sent once more, and changed once."""
+    tag = f"conn-{action}"
+    rules = [acting(action, tag, "COMPLETED")]
+    with pulled_runs(server, tmp_path, 5, "COMPLETED", tag, rules) as (ids, db, policy):
         sent: list[int] = []
 
         def fault(request: httpx.Request, n: int) -> httpx.Response | None:
-            if request.url.path.endswith("bulk_delete"):
+            if "/bulk_" in request.url.path:
                 sent.append(n)
                 if len(sent) == 1:
                     raise httpx.ConnectError("connection refused", request=request)
@@ -1501,9 +1507,10 @@ def test_a_call_whose_connection_was_never_made_is_rechecked_then_sent_once_more
 
         result = library_apply(server, db, policy, forwarding(fault), sleep=lambda s: None)
         assert len(sent) == 2 and result.calls == 2  # re-read and re-decided, then sent once more
-        assert live(server, ids) == {}
-        assert outcomes(db, ids) == dict.fromkeys(ids, "deleted")
-        assert result.counts == {"purge": {"deleted": 5}} and result.status == "success"
+        done = "deleted" if action == "delete" else "accepted"
+        assert live(server, ids) == ({} if action == "delete" else dict.fromkeys(ids, "CANCELLED"))
+        assert outcomes(db, ids) == dict.fromkeys(ids, done)
+        assert result.counts == {"purge": {done: 5}} and result.status == "success"
 
 
 def ctrl_c_now() -> None:
@@ -1641,26 +1648,26 @@ def _ctrl_c_after_the_call_out_was_answered(server: Server, tmp_path: Path) -> N
     assert held.counts == {"rerun": {"aborted": 3}}
 
 
+@pytest.mark.parametrize("action", ["delete", "set_state"])
 def test_ctrl_c_with_a_call_out_leaves_a_run_set_again_in_its_guarded_state_to_the_next_apply(
-    server: Server, tmp_path: Path, ctrl_c_raises: None
+    server: Server, tmp_path: Path, ctrl_c_raises: None, action: str
 ) -> None:
-    """Ctrl-C while batch 2's bulk_delete is on its way (not yet at the server); meanwhile
+    """Ctrl-C while batch 2's bulk call is on its way (not yet at the server); meanwhile
     another client sets one of its runs COMPLETED again (a new state, the same type and name).
-    The call's guard (COMPLETED, Completed) still holds that run, so the delete, landing after
-    the apply stopped, deletes it. The read-back on the way out must not record it `skipped`
-    (untouched) under the stopped apply: it stays pending, and the next apply settles it as
-    that apply's `deleted`, never `gone` under its own id."""
-    _ctrl_c_with_a_call_out_and_a_run_set_again(server, tmp_path)
-
-
-def _ctrl_c_with_a_call_out_and_a_run_set_again(server: Server, tmp_path: Path) -> None:
-    with pulled_runs(server, tmp_path, 9, "COMPLETED", "ctrlc-again") as (ids, db, policy):
+    The call's guard (COMPLETED, Completed) still holds that run, so the call, landing after
+    the apply stopped, deletes (or cancels) it with the rest of batch 2. The read-back on the
+    way out must not record it `skipped` (untouched) under the stopped apply: batch 2 stays
+    pending, and the next apply settles it as that apply's, never `gone` or `skipped` under
+    its own id; it sends batch 2 nothing again, and batch 3 once."""
+    tag = f"ctrlc-again-{action}"
+    rules = [acting(action, tag, "COMPLETED")]
+    with pulled_runs(server, tmp_path, 9, "COMPLETED", tag, rules) as (ids, db, policy):
         first, second, third = batch_ids(db, policy, 3)
         moved = second[0]
         out, release, landed = threading.Event(), threading.Event(), threading.Event()
 
         def fault(request: httpx.Request, n: int) -> httpx.Response | None:
-            if request.url.path.endswith("bulk_delete") and bulk_ids(request) == second:
+            if "/bulk_" in request.url.path and bulk_ids(request) == second:
                 set_state(server, [moved], "COMPLETED")  # another client, while the call is out
                 out.set()
                 assert release.wait(60)  # reaches the server once the apply has stopped
@@ -1670,64 +1677,68 @@ def _ctrl_c_with_a_call_out_and_a_run_set_again(server: Server, tmp_path: Path) 
             return None
 
         def answered(request: httpx.Request, response: httpx.Response) -> None:
-            if request.url.path.endswith("bulk_delete") and bulk_ids(request) == second:
+            if "/bulk_" in request.url.path and bulk_ids(request) == second:
                 landed.set()
 
-        transport = forwarding(fault, answered, resend_busy=True)
-        held = interrupted_apply(server, db, policy, transport)
+        held = interrupted_apply(server, db, policy, forwarding(fault, answered, resend_busy=True))
         release.set()
         assert landed.wait(60)
-        assert set(live(server, ids)) == set(third)  # batch 2's delete landed, moved too
-        stopped = held.apply_id
-        assert outcomes(db, [moved]) == {moved: "pending"}  # not `skipped`: the call was out
-        again = library_apply(server, db, policy, forwarding(resend_busy=True), settle_seconds=2)
-        assert live(server, ids) == {}
+        done = "deleted" if action == "delete" else "accepted"
+        after = {} if action == "delete" else dict.fromkeys(first + second, "CANCELLED")
+        assert live(server, ids) == {**after, **dict.fromkeys(third, "COMPLETED")}
+        assert outcomes(db, second) == dict.fromkeys(second, "pending")  # not `skipped`
+        sent: list[list[str]] = []
+
+        def recorded(request: httpx.Request, n: int) -> httpx.Response | None:
+            if "/bulk_" in request.url.path:
+                sent.append(bulk_ids(request))
+            return None
+
+        again = library_apply(
+            server, db, policy, forwarding(recorded, resend_busy=True), settle_seconds=2
+        )
+        assert sent == [third]
+        assert live(server, ids) == ({} if action == "delete" else dict.fromkeys(ids, "CANCELLED"))
         rows = query(
             db, "SELECT apply_id, CAST(flow_run_id AS VARCHAR), outcome FROM policy_actions"
         )
-        assert sorted((a == stopped, i, o) for a, i, o in rows) == sorted(
-            [(True, i, "deleted") for i in first + second] + [(False, i, "deleted") for i in third]
+        assert sorted((a == held.apply_id, i, o) for a, i, o in rows) == sorted(
+            [(True, i, done) for i in first + second] + [(False, i, done) for i in third]
         )
         assert again.resolved_earlier == 3
-        assert sorted(marked_deleted(db, ids)) == sorted(ids)
+        if action == "delete":
+            assert sorted(marked_deleted(db, ids)) == sorted(ids)
+        else:
+            assert {local_state(db, i) for i in ids} == {"CANCELLED"}
 
 
-def test_a_timed_out_bulk_delete_landing_after_a_run_was_set_again_in_its_state_is_this_applys(
-    server: Server, tmp_path: Path
+@pytest.mark.parametrize("action", ["delete", "set_state"])
+def test_a_timed_out_call_landing_after_a_run_was_set_again_in_its_state_is_this_applys(
+    server: Server, tmp_path: Path, action: str
 ) -> None:
-    """A bulk_delete the client gave up on (a read timeout) while it is still on its way;
+    """A bulk call the client gave up on (a read timeout) while it is still on its way;
     another client sets one of its runs COMPLETED again (a new state, the same type and name)
     and the read-back sees that first, then the call lands: the guard (COMPLETED) still held
-    the run, so this apply deleted it. It is `deleted`, never `skipped` (untouched)."""
-    with pulled_runs(server, tmp_path, 3, "COMPLETED", "bulk-again") as (ids, db, policy):
+    the run, so this apply deleted (or cancelled) it. Every run is this apply's, `deleted` or
+    `accepted`, never `skipped` (untouched), and the call is sent once."""
+    tag = f"again-{action}"
+    rules = [acting(action, tag, "COMPLETED")]
+    with pulled_runs(server, tmp_path, 3, "COMPLETED", tag, rules) as (ids, db, policy):
         moved = ids[1]
-        sent: list[list[str]] = []
-        seen, landed = threading.Event(), threading.Event()
-
-        def fault(request: httpx.Request, n: int) -> httpx.Response | None:
-            if request.url.path.endswith("bulk_delete"):
-                sent.append(bulk_ids(request))
-                if len(sent) == 1:
-                    lands_after(
-                        request, lambda: set_state(server, [moved], "COMPLETED"), seen, landed
-                    )
-            return None
-
-        before = state_id_on_server(server, moved)
-
-        def after(request: httpx.Request, response: httpx.Response) -> None:
-            if reads(request, ids) or reads(request, [moved]):
-                found = {r["id"]: r.get("state_id") for r in response.json()}
-                if found.get(moved) not in (None, before):
-                    seen.set()
-
-        result = library_apply(server, db, policy, forwarding(fault, after), settle_seconds=15)
-        assert landed.wait(30)
-        assert live(server, ids) == {}
-        assert len(sent) == 1  # never sent again
-        assert outcomes(db, ids) == dict.fromkeys(ids, "deleted")
-        assert result.counts == {"purge": {"deleted": 3}}
-        assert sorted(marked_deleted(db, ids)) == sorted(ids)
+        out = set_again_while_out(server, ids, moved, "COMPLETED")
+        transport = forwarding(out.fault, out.after)
+        result = library_apply(server, db, policy, transport, settle_seconds=15)
+        assert out.landed.wait(30)
+        assert len(out.sent) == 1  # never sent again
+        done = "deleted" if action == "delete" else "accepted"
+        assert outcomes(db, ids) == dict.fromkeys(ids, done) and audit_rows(db) == len(ids)
+        assert result.counts == {"purge": {done: 3}}
+        if action == "delete":
+            assert live(server, ids) == {}
+            assert sorted(marked_deleted(db, ids)) == sorted(ids)
+        else:
+            assert live(server, ids) == dict.fromkeys(ids, "CANCELLED")
+            assert {local_state(db, i) for i in ids} == {"CANCELLED"}
 
 
 # (No checkpoint inside a re-read -> call window: test_policy_apply.py's
@@ -2109,48 +2120,6 @@ def cancel(tag: str, state: str = "COMPLETED", **options: Any) -> list[dict[str,
     ]
 
 
-def test_a_timed_out_bulk_set_state_landing_after_a_run_was_set_again_in_its_state_is_this_applys(
-    server: Server, tmp_path: Path
-) -> None:
-    """A bulk_set_state the client gave up on (a read timeout) while it is still on its way;
-    another client sets one of its runs COMPLETED again (a new state, the same type), the
-    read-back sees that first, then the call lands: the guard (COMPLETED) still held the run,
-    so this apply cancelled it. Every run is `accepted`, never `skipped`, and sent once."""
-    with pulled_runs(server, tmp_path, 3, "COMPLETED", "ss-late", cancel("ss-late")) as (
-        ids,
-        db,
-        policy,
-    ):
-        moved = ids[1]
-        sent: list[list[str]] = []
-        seen, landed = threading.Event(), threading.Event()
-
-        def fault(request: httpx.Request, n: int) -> httpx.Response | None:
-            if request.url.path.endswith("bulk_set_state"):
-                sent.append(bulk_ids(request))
-                if len(sent) == 1:
-                    lands_after(
-                        request, lambda: set_state(server, [moved], "COMPLETED"), seen, landed
-                    )
-            return None
-
-        before = state_id_on_server(server, moved)
-
-        def after(request: httpx.Request, response: httpx.Response) -> None:
-            if reads(request, ids) or reads(request, [moved]):
-                found = {r["id"]: r.get("state_id") for r in response.json()}
-                if found.get(moved) not in (None, before):
-                    seen.set()
-
-        result = library_apply(server, db, policy, forwarding(fault, after), settle_seconds=15)
-        assert landed.wait(30)
-        assert live(server, ids) == dict.fromkeys(ids, "CANCELLED")
-        assert len(sent) == 1  # never sent again
-        assert outcomes(db, ids) == dict.fromkeys(ids, "accepted") and audit_rows(db) == len(ids)
-        assert result.counts == {"cancel": {"accepted": 3}}
-        assert {local_state(db, i) for i in ids} == {"CANCELLED"}
-
-
 def killed_at_the_read_back(target: str, victim: list[int], ids: list[str]) -> ThreadingHTTPServer:
     """A loopback proxy to the real server that SIGKILLs ``victim[0]`` when, after a
     bulk_set_state was answered, the apply reads ``ids`` again: the read-back that brings the
@@ -2287,70 +2256,6 @@ def test_a_401_after_a_set_state_call_was_answered_leaves_the_file_showing_the_s
         assert again.counts == {} and audit_rows(db) == len(ids)
 
 
-def test_ctrl_c_with_a_set_state_call_out_leaves_it_to_the_next_apply_to_settle_as_accepted(
-    server: Server, tmp_path: Path, ctrl_c_raises: None
-) -> None:
-    """Ctrl-C while batch 2's bulk_set_state is on its way (not yet at the server); meanwhile
-    another client sets one of its runs COMPLETED again (a new state, the same type: the
-    guard still holds it). The call lands after the apply stopped and cancels all of batch 2.
-    The read-back on the way out leaves them pending (not `skipped`); the next apply settles
-    them `accepted` under the stopped apply, sends them nothing, and cancels batch 3."""
-    with pulled_runs(server, tmp_path, 9, "COMPLETED", "ss-ctrlc", cancel("ss-ctrlc")) as (
-        ids,
-        db,
-        policy,
-    ):
-        first, second, third = batch_ids(db, policy, 3)
-        moved = second[0]
-        out, release, landed = threading.Event(), threading.Event(), threading.Event()
-        sent: list[list[str]] = []
-
-        def fault(request: httpx.Request, n: int) -> httpx.Response | None:
-            if request.url.path.endswith("bulk_set_state"):
-                sent.append(bulk_ids(request))
-                if bulk_ids(request) == second:
-                    set_state(server, [moved], "COMPLETED")  # another client, call out
-                    out.set()
-                    assert release.wait(60)  # reaches the server once the apply has stopped
-            elif reads(request, third):
-                assert out.wait(30)
-                ctrl_c_now()
-            return None
-
-        def answered(request: httpx.Request, response: httpx.Response) -> None:
-            if request.url.path.endswith("bulk_set_state") and bulk_ids(request) == second:
-                landed.set()
-
-        held = interrupted_apply(server, db, policy, forwarding(fault, answered, resend_busy=True))
-        release.set()
-        assert landed.wait(60)
-        assert live(server, ids) == {
-            **dict.fromkeys(first + second, "CANCELLED"),
-            **dict.fromkeys(third, "COMPLETED"),
-        }
-        assert outcomes(db, second) == dict.fromkeys(second, "pending")
-
-        def recorded(request: httpx.Request, n: int) -> httpx.Response | None:
-            if request.url.path.endswith("bulk_set_state"):
-                sent.append(bulk_ids(request))
-            return None
-
-        again = library_apply(
-            server, db, policy, forwarding(recorded, resend_busy=True), settle_seconds=2
-        )
-        assert live(server, ids) == dict.fromkeys(ids, "CANCELLED")
-        assert sorted(map(sorted, sent)) == sorted([sorted(first), sorted(second), sorted(third)])
-        rows = query(
-            db, "SELECT apply_id, CAST(flow_run_id AS VARCHAR), outcome FROM policy_actions"
-        )
-        assert sorted((a == held.apply_id, i, o) for a, i, o in rows) == sorted(
-            [(True, i, "accepted") for i in first + second]
-            + [(False, i, "accepted") for i in third]
-        )
-        assert again.resolved_earlier == 3
-        assert {local_state(db, i) for i in ids} == {"CANCELLED"}
-
-
 def test_a_run_deleted_while_prefect_sets_the_batch_is_gone_not_aborted(
     server: Server, tmp_path: Path
 ) -> None:
@@ -2394,33 +2299,6 @@ def test_a_run_deleted_while_prefect_sets_the_batch_is_gone_not_aborted(
         assert outcomes(db, ids) == {victim: "gone", **dict.fromkeys(ids[1:], "accepted")}
         assert result.counts == {"cancel": {"gone": 1, "accepted": 3}}
         assert audit_rows(db) == len(ids)
-
-
-def test_a_set_state_call_whose_connection_was_never_made_is_rechecked_then_sent_once_more(
-    server: Server, tmp_path: Path
-) -> None:
-    """As for bulk_delete: the first bulk_set_state never reaches the server (connection
-    refused); its runs are re-read and re-decided, then sent once more, and set once."""
-    with pulled_runs(server, tmp_path, 5, "COMPLETED", "conn-ss", cancel("conn-ss")) as (
-        ids,
-        db,
-        policy,
-    ):
-        sent: list[int] = []
-
-        def fault(request: httpx.Request, n: int) -> httpx.Response | None:
-            if request.url.path.endswith("bulk_set_state"):
-                sent.append(n)
-                if len(sent) == 1:
-                    raise httpx.ConnectError("connection refused", request=request)
-            return None
-
-        result = library_apply(server, db, policy, forwarding(fault), sleep=lambda s: None)
-        assert len(sent) == 2 and result.calls == 2
-        assert live(server, ids) == dict.fromkeys(ids, "CANCELLED")
-        assert outcomes(db, ids) == dict.fromkeys(ids, "accepted")
-        assert result.counts == {"cancel": {"accepted": 5}} and result.status == "success"
-        assert {local_state(db, i) for i in ids} == {"CANCELLED"}
 
 
 def test_a_run_protected_while_the_server_asks_to_wait_is_not_set(

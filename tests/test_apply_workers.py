@@ -23,12 +23,12 @@ import pytest
 from harness.postgres import PgCluster
 from harness.server import Server, backend_server
 from tests.apply_cases import (
+    acting,
     audit_rows,
     batch_ids,
     bulk_ids,
     checks,
     failed_runs_to_reschedule,
-    lands_after,
     library_apply,
     live,
     marked_deleted,
@@ -36,9 +36,8 @@ from tests.apply_cases import (
     policy_file,
     pulled_runs,
     purge,
-    reads,
+    set_again_while_out,
     set_state,
-    state_id_on_server,
 )
 from tests.helpers import Fault, forwarding, outside, patch_run
 
@@ -167,33 +166,13 @@ def test_a_timed_out_call_one_worker_completes_later_is_read_back_through_the_ot
     run, the one set again too, is this apply's, and nothing is sent twice."""
     server = two_workers
     tag = f"w2late-{action}"
-    rule = purge(tag, "FAILED")
-    if action == "set_state":
-        rule = {**rule, "action": "set_state", "state": {"type": "CANCELLED"}, "force": True}
+    rule = acting(action, tag, "FAILED")
     with pulled_runs(server, tmp_path, 4, "FAILED", tag, [rule]) as (ids, db, policy):
-        moved = ids[1]
-        before = state_id_on_server(server, moved)
-        sent: list[list[str]] = []
-        seen, landed = threading.Event(), threading.Event()
-
-        def fault(request: httpx.Request, n: int) -> httpx.Response | None:
-            if "/bulk_" in request.url.path:
-                sent.append(bulk_ids(request))
-                if len(sent) == 1:
-                    lands_after(request, lambda: set_state(server, [moved], "FAILED"), seen, landed)
-            return None
-
-        def after(request: httpx.Request, response: httpx.Response) -> None:
-            if reads(request, ids) or reads(request, [moved]):
-                found = {r["id"]: r.get("state_id") for r in response.json()}
-                if found.get(moved) not in (None, before):
-                    seen.set()
-
-        result = library_apply(
-            server, db, policy, forwarding(any_worker(fault), after), settle_seconds=15
-        )
-        assert landed.wait(30)
-        assert len(sent) == 1  # never sent again
+        out = set_again_while_out(server, ids, ids[1], "FAILED")
+        transport = forwarding(any_worker(out.fault), out.after)
+        result = library_apply(server, db, policy, transport, settle_seconds=15)
+        assert out.landed.wait(30)
+        assert len(out.sent) == 1  # never sent again
         if action == "delete":
             assert live(server, ids) == {}
             assert outcomes(db, ids) == dict.fromkeys(ids, "deleted")
@@ -216,9 +195,7 @@ def test_an_answer_lost_after_the_server_acted_is_read_back_through_the_other_wo
     the third batch, re-read after that answer, leaves its deleted run out (gone)."""
     server = two_workers
     tag = f"w2lost-{action}"
-    rule = purge(tag, "FAILED")
-    if action == "set_state":
-        rule = {**rule, "action": "set_state", "state": {"type": "CANCELLED"}, "force": True}
+    rule = acting(action, tag, "FAILED")
     with pulled_runs(server, tmp_path, 9, "FAILED", tag, [rule]) as (ids, db, policy):
         first, second, third = batch_ids(db, policy, 3)
         sent: list[list[str]] = []
