@@ -230,7 +230,7 @@ class Server:
 
 # Seconds between the event persister's flushes on the servers the tests start (set by
 # tests/conftest.py; unset, as for the benchmarks and the demo: Prefect's own 5 s). A test
-# waits for a state change's event before it pulls or applies: a third of the server tests'
+# waits for a state change's event before it pulls or applies: 28% of the server tests'
 # time went to those waits. A test of the window before a flush sets its own (extra_env).
 EVENT_FLUSH_ENV = "FLOWSYNC_TEST_EVENT_FLUSH_SECONDS"
 
