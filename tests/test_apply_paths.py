@@ -1094,6 +1094,7 @@ def test_a_batch_whose_re_read_fails_while_the_call_before_it_is_in_flight_is_no
         assert outcomes(db, ids) == {i: "deleted" if i in first else "failed" for i in ids}
         assert sorted(marked_deleted(db, ids)) == sorted(first)
         assert result.counts["purge"] == {"deleted": 3, "failed": 3}
+        assert audit_rows(db) == len(ids)  # one row a run
         assert any("cannot re-read its runs before the call" in e for e in result.errors)
 
 
@@ -1509,7 +1510,7 @@ def test_a_call_whose_connection_was_never_made_is_rechecked_then_sent_once_more
         assert len(sent) == 2 and result.calls == 2  # re-read and re-decided, then sent once more
         done = "deleted" if action == "delete" else "accepted"
         assert live(server, ids) == ({} if action == "delete" else dict.fromkeys(ids, "CANCELLED"))
-        assert outcomes(db, ids) == dict.fromkeys(ids, done)
+        assert outcomes(db, ids) == dict.fromkeys(ids, done) and audit_rows(db) == len(ids)
         assert result.counts == {"purge": {done: 5}} and result.status == "success"
 
 

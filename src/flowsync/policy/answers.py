@@ -69,6 +69,10 @@ class Seen:
         )
 
 
+# Why a run sent by a call is `gone`: another client deleted it while the call was out.
+GONE_DURING_THE_CALL = "deleted on the server during the call, not by this apply"
+
+
 def classify_lost(
     action: str,
     requested: str | None,
@@ -90,9 +94,7 @@ def classify_lost(
                 Outcome.DELETED,
                 {"evidence": f"present right before the call, gone after it ({lost})"},
             )
-        return RunResult(
-            Outcome.GONE, {"reason": "deleted on the server during the call, not by this apply"}
-        )
+        return RunResult(Outcome.GONE, {"reason": GONE_DURING_THE_CALL})
     if after.state_id == before.state_id:
         return None
     if action == "set_state" and after.state_type == requested:
@@ -206,7 +208,7 @@ def gone_during_the_call(result: RunResult) -> RunResult:
     return RunResult(
         Outcome.GONE,
         {
-            "reason": "deleted on the server during the call, not by this apply",
+            "reason": GONE_DURING_THE_CALL,
             "answer": result.details,
         },
     )
