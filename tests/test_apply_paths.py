@@ -422,7 +422,7 @@ def test_a_rule_reading_other_runs_sees_a_state_change_whose_event_is_not_stored
 ) -> None:
     """A run of the deployment, running at the pull, completes a moment before the apply: on
     the server as it is at the call, the rule selects none of the FAILED runs. The server's
-    event persister flushes every 30 s here (Prefect's default is 5 s), so the change's event
+    event persister flushes every 15 s here (Prefect's default is 5 s), so the change's event
     is not stored yet when the catch-up asks for it; the run's row on the server is. (The
     catch-up's look-back before the pull is set to none: the run's earlier events, minutes
     old in life, are seconds old here.)"""
@@ -430,14 +430,15 @@ def test_a_rule_reading_other_runs_sees_a_state_change_whose_event_is_not_stored
 
     monkeypatch.setattr(reread, "EVENTS_OVERLAP", timedelta(0))
     env = {
-        "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_FLUSH_INTERVAL": "30",
+        "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_FLUSH_INTERVAL": "15",
         "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_BATCH_SIZE": "10000",
     }
     with start_server(home=tmp_path / "prefect", extra_env=env) as server:
         dep = deployment(server)
         ids = runs(server, dep, 4, "FAILED", "xl")
         running = runs(server, dep, 1, "RUNNING", "xl-running")
-        # Returns within half a second of a flush: the next is about 30 s away.
+        # Returns within half a second of a flush: the next is about 15 s away (the pull, the
+        # change and the apply take a few).
         wait_for_state_events(server.url, running, "RUNNING", timeout=90)
         time.sleep(2)  # the pull begins (by the server's clock, in whole seconds) after them
         db = pulled_db(server.url, tmp_path)
