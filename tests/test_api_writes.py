@@ -10,7 +10,7 @@ call that changes data is sent exactly once, whatever comes back.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -126,14 +126,27 @@ def test_bulk_calls_say_when_the_server_lacks_them(server: tuple[Server, Seeded]
 # -- sent exactly once: faults through a fake transport -------------------------------------------
 
 
-def faulty(answer: httpx.Response | Exception) -> tuple[httpx.MockTransport, list[str]]:
+def gzip_that_is_not() -> httpx.Response:
+    """What a proxy that says it compressed a body it did not sends (httpx: DecodingError)."""
+    return httpx.Response(
+        200,
+        headers={"Content-Encoding": "gzip", "Content-Type": "application/json"},
+        stream=httpx.ByteStream(b"[]"),
+    )
+
+
+Answer = httpx.Response | Exception | Callable[[], httpx.Response]
+
+
+def faulty(answer: Answer) -> tuple[httpx.MockTransport, list[str]]:
+    """A transport giving every request ``answer`` (a callable: a new one each time)."""
     seen: list[str] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
         seen.append(f"{request.method} {request.url.path}")
         if isinstance(answer, Exception):
             raise answer
-        return answer
+        return answer if isinstance(answer, httpx.Response) else answer()
 
     return httpx.MockTransport(handler), seen
 
@@ -202,11 +215,12 @@ def test_a_redirect_is_one_error_naming_where_it_leads(call: str) -> None:
         (httpx.ConnectError("refused"), NotSentError),
         (httpx.Response(503, text="busy"), UncertainError),
         (httpx.ReadError("reset"), UncertainError),
+        (gzip_that_is_not, UncertainError),
     ],
-    ids=["429", "never-connected", "503", "dropped"],
+    ids=["429", "never-connected", "503", "dropped", "body-not-gzip"],
 )
 def test_a_call_that_changes_data_is_sent_once(
-    call: str, answer: httpx.Response | Exception, error: type[ApiError]
+    call: str, answer: Answer, error: type[ApiError]
 ) -> None:
     transport, seen = faulty(answer)
     sleeps: list[float] = []
@@ -242,6 +256,18 @@ def test_a_5xx_means_the_server_finished_only_when_prefect_itself_answered(
     lost = from_error(raised.value)
     assert isinstance(lost, Lost) and lost.finished is finished
     assert len(seen) == 1
+
+
+def test_a_body_that_does_not_decode_as_it_says_is_retried_then_one_error() -> None:
+    """A proxy answering ``Content-Encoding: gzip`` with a body that is not: a read is retried
+    as an unreadable body, then fails as a server that did not answer (not httpx's own
+    exception, which the CLI would print as a traceback)."""
+    transport, seen = faulty(gzip_that_is_not)
+    sleeps: list[float] = []
+    with fake_client(transport, sleeps) as c, pytest.raises(UnavailableError) as raised:
+        c.count("flow_runs")
+    assert len(seen) == 5 and len(sleeps) == 4
+    assert "DecodingError" in str(raised.value) and "http://127.0.0.1:9/api" in str(raised.value)
 
 
 def test_reads_still_retry_429() -> None:

@@ -64,7 +64,10 @@ from flowsync.errors import (
 # Read-only calls (filters, counts, history) are safe to repeat after any of these: the
 # SQLite-backed server answers 500/503 for "database is locked" under write load.
 READ_RETRY_STATUS = {429, 500, 502, 503, 504}
-TRANSPORT_ERRORS = (httpx.TransportError,)
+# A body that does not decode as its Content-Encoding says (a proxy's gzip header on a plain
+# body) is httpx's DecodingError, not a TransportError: the answer came and cannot be read,
+# as a body cut short (a read tries again; a write may have been applied).
+TRANSPORT_ERRORS = (httpx.TransportError, httpx.DecodingError)
 # The request never reached the server: a call that changes data was not applied.
 NOT_SENT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
