@@ -329,3 +329,33 @@ def test_space_or_a_line_break_around_a_key_built_by_hand_is_not_part_of_it() ->
 
     settings = ApiSettings(url="http://127.0.0.1:4200/api", api_key=SecretStr(" pnu_key\n"))
     assert settings.api_key is not None and settings.api_key.get_secret_value() == "pnu_key"
+
+
+@pytest.mark.parametrize("char", ["\uff1f", "\uff0f", "\uff03", "\uff20", "\u2100"])
+@pytest.mark.parametrize("where", ["flag", "env", "library"])
+def test_a_password_with_a_character_that_normalizes_to_a_url_delimiter_is_never_shown(
+    tmp_path: Path, char: str, where: str
+) -> None:
+    """``http://admin:hunter2？zz@host/api`` (a fullwidth ？ typed on a CJK keyboard; ／ ＃ ＠ ℀
+    likewise): Python's urlsplit refuses a netloc whose NFKC form holds / ? # @ or :, quoting
+    the whole netloc, password included. The URL is refused with one line that holds no part
+    of the password: the CLI's error, and the library's ConfigError (str and repr)."""
+    import flowsync
+    from tests.helpers import run_cli
+
+    password = f"hunter2{char}zz9q"
+    url = f"http://admin:{password}@127.0.0.1:9/api"
+    db = tmp_path / "n.duckdb"
+    if where == "library":
+        with pytest.raises(ConfigError) as raised:
+            flowsync.pull(db, api=ApiSettings(url=url))
+        said = f"{raised.value} {raised.value!r}"
+    else:
+        env = {"PREFECT_API_URL": url} if where == "env" else None
+        flag = ["--api-url", url] if where == "flag" else []
+        result = run_cli("pull", "--db", str(db), *flag, env=env)
+        assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+        said = result.output
+    assert "hunter2" not in said and "zz9q" not in said, said
+    assert "***@127.0.0.1:9" in said, said  # still says which URL it refuses
+    assert not db.exists()

@@ -374,7 +374,8 @@ def _check_url(url: object, source: str) -> None:
         parts.port  # noqa: B018 - a port that is no number, or past 65535, raises here
     except ValueError as e:
         raise ConfigError(
-            f"{named} is not a valid URL ({e}); expected e.g. http://127.0.0.1:4200/api."
+            f"{named} is not a valid URL ({_without_userinfo(str(e), url)}); expected e.g. "
+            "http://127.0.0.1:4200/api."
         ) from None
     if parts.scheme not in {"http", "https"} or not parts.hostname:
         raise ConfigError(
@@ -389,6 +390,14 @@ def _check_url(url: object, source: str) -> None:
             "in PREFECT_API_AUTH_STRING."
         )
     _check_host(parts.hostname, named)
+
+
+def _without_userinfo(text: str, url: str) -> str:
+    """``text``, an error about ``url``, with the URL's ``user:password@`` masked as
+    ``mask_url`` masks it (urlsplit's check of a netloc's NFKC form quotes the netloc)."""
+    netloc = re.split(r"[/?#]", url.partition("//")[2], maxsplit=1)[0]
+    info = netloc.rpartition("@")[0]
+    return text.replace(f"{info}@", "***@") if info else text
 
 
 def _ca_file(value: str, named: str) -> str:
