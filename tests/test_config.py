@@ -359,3 +359,36 @@ def test_a_password_with_a_character_that_normalizes_to_a_url_delimiter_is_never
     assert "hunter2" not in said and "zz9q" not in said, said
     assert "***@127.0.0.1:9" in said, said  # still says which URL it refuses
     assert not db.exists()
+
+
+@pytest.mark.parametrize("where", ["auth-string", "url"])
+def test_credentials_holding_a_byte_that_is_not_utf8_are_one_line_never_shown(
+    tmp_path: Path, where: str
+) -> None:
+    """An auth string (or a URL's password) set from a shell in another encoding: Python
+    reads the byte into os.environ as a lone surrogate, which Basic auth cannot encode. It is
+    one line naming the setting (exit 2, no traceback, nothing written), never a
+    UnicodeEncodeError whose text (and, from the library, whose repr) quotes the secret."""
+    from pydantic import SecretStr
+
+    import flowsync
+    from tests.helpers import run_cli
+
+    password = "hunt\udce4r2pw9q"
+    url = "http://127.0.0.1:9/api"
+    env = {"PREFECT_API_URL": url, "PREFECT_API_AUTH_STRING": f"admin:{password}"}
+    if where == "url":
+        url = f"http://admin:{password}@127.0.0.1:9/api"
+        env = {"PREFECT_API_URL": url}
+    db = tmp_path / "n.duckdb"
+    result = run_cli("pull", "--db", str(db), env=env)
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert "PREFECT_API_AUTH_STRING" in result.stderr or "PREFECT_API_URL" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    with pytest.raises(ConfigError) as raised:
+        secret = SecretStr(f"admin:{password}") if where == "auth-string" else None
+        flowsync.pull(db, api=ApiSettings(url=url, auth_string=secret))
+    assert raised.value.__context__ is None and raised.value.__cause__ is None
+    for said in (result.output, str(raised.value), repr(raised.value)):
+        assert "hunt" not in said and "r2pw9q" not in said and "\udce4" not in said, said
+    assert not db.exists()

@@ -122,6 +122,8 @@ class ApiSettings:
                     f"ApiSettings {name} must be a pydantic SecretStr (or None), so that it "
                     f"is never shown: pass {name}=SecretStr(...)."
                 )
+        if self.auth_string is not None:
+            _check_auth_string(self.auth_string.get_secret_value(), "ApiSettings auth_string")
         if self.api_key is not None:  # as resolve_api reads one: stripped, then a header's
             key = _check_key(self.api_key.get_secret_value(), "ApiSettings api_key")
             object.__setattr__(self, "api_key", SecretStr(key))
@@ -316,7 +318,9 @@ def resolve_api(
         key = _check_key(
             key, "--api-key" if key_source == "flag" else f"the API key (from {key_source})"
         )
-    auth, _ = pick(None, "PREFECT_API_AUTH_STRING")
+    auth, auth_source = pick(None, "PREFECT_API_AUTH_STRING")
+    if auth and not key:
+        _check_auth_string(auth, f"PREFECT_API_AUTH_STRING (from {auth_source})")
 
     verify: bool | str = True
     insecure, _ = pick(None, "PREFECT_API_TLS_INSECURE_SKIP_VERIFY")
@@ -361,6 +365,12 @@ def _check_url(url: object, source: str) -> None:
             f"ApiSettings url is {type(url).__name__}, not text: pass the Prefect API URL, "
             "e.g. http://127.0.0.1:4200/api."
         )
+    if not _utf8(url):  # a password typed in another encoding: Basic auth cannot send it
+        raise ConfigError(
+            f"{'--api-url' if source == 'flag' else f'The API URL (from {source})'} holds a "
+            "byte that is not UTF-8 (set from a shell in another encoding?); set it again in "
+            "UTF-8, or percent-encode the user and password."
+        )
     shown = mask_url(url)
     named = f"--api-url {shown!r}" if source == "flag" else f"API URL {shown!r} (from {source})"
     if _stray_at(url):
@@ -398,6 +408,25 @@ def _without_userinfo(text: str, url: str) -> str:
     netloc = re.split(r"[/?#]", url.partition("//")[2], maxsplit=1)[0]
     info = netloc.rpartition("@")[0]
     return text.replace(f"{info}@", "***@") if info else text
+
+
+def _utf8(text: str) -> bool:
+    """Whether ``text`` encodes as UTF-8: not so a byte of another encoding that Python read
+    from the environment (a lone surrogate). Checked without raising where the caller would:
+    a ``UnicodeEncodeError`` quotes the whole text (its repr, its ``object``)."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _check_auth_string(auth: str, where: str) -> None:
+    if not _utf8(auth):
+        raise ConfigError(
+            f"{where} holds a byte that is not UTF-8 (set from a shell in another encoding?); "
+            "set it again in UTF-8."
+        )
 
 
 def _ca_file(value: str, named: str) -> str:
