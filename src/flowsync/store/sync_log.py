@@ -1,8 +1,8 @@
 """The pull's bookkeeping: ``sync_state`` cursors and the ``sync_runs`` log.
 
 Owns: reading and writing the JSON values a pull resumes from (``sync_state``),
-one ``sync_runs`` row per pull (or per post-apply refresh, ``mode = 'refresh'``),
-and the summary ``flowsync status`` shows. Must not: call the API or write the
+one ``sync_runs`` row per pull (or per apply or ``plan --refresh``: ``mode = 'apply'`` or
+``'plan-refresh'``), and the summary ``flowsync status`` shows. Must not: call the API or write the
 synced tables (that is ``synced_tables``).
 """
 

@@ -367,15 +367,3 @@ class RunReader:
                 error=message[:2000] if message else None,
                 **_totals(self.ctx),
             )
-
-
-def refresh_runs(client: PrefectClient, store: Writer, ids: list[str]) -> dict[str, int]:
-    """Re-read these flow runs by id: update the ones that exist, mark the rest deleted.
-
-    For callers that changed runs on the server and want the file to show it
-    without a full pull. Returns counts: found, marked_deleted, updated.
-    """
-    reader = RunReader(client, store, "refresh")
-    found = reader.read(ids)
-    reader.finish()
-    return {"found": len(found), **reader.counts()}
