@@ -116,3 +116,69 @@ def test_readme_exit_code_table_covers_every_error() -> None:
     ]
     used = {c.exit_code for c in classes} | {errors.PARTIAL_FAILURE_EXIT, errors.INTERRUPTED_EXIT}
     assert used <= codes, f"exit codes missing from README's table: {sorted(used - codes)}"
+
+
+ANALYSIS = (ROOT / "docs" / "analysis.md").read_text()
+
+
+def _doc_table(heading: str) -> dict[str, list[str]]:
+    """docs/analysis.md's table under ``heading``: its first cell's name -> the column names
+    its last cell lists before any ``;`` (backticked, comma-separated; ``…``, ``prev_*`` and
+    "every `view` column" dropped)."""
+    section = ANALYSIS.split(heading, 1)[1]
+    table = "\n|" + section.split("\n|", 1)[1].split("\n\n", 1)[0]
+    out: dict[str, list[str]] = {}
+    for row in table.splitlines()[2:]:
+        cells = [c.strip() for c in row.strip().strip("|").split("|")]
+        for name in re.findall(r"`(\w+)[`(]", cells[0]):
+            text = re.sub(r"`\w+` columns?", "", cells[-1].split(";", 1)[0])  # "every `x` column"
+            listed = ", ".join(re.findall(r"`([^`]*)`", text))
+            out[name] = [c.split()[0] for c in listed.split(",") if re.fullmatch(r"\s*\w+\b.*", c)]
+            out[name] = [c for c in out[name] if "*" not in c]
+    return out
+
+
+_MACRO_CALLS = {
+    "grouped_runs": "grouped_runs('hour', now() - INTERVAL 7 DAY, now(), false)",
+    "failure_rates": "failure_rates('hour', now() - INTERVAL 7 DAY, now(), now(), false)",
+    "duration_percentiles": "duration_percentiles('flow', now() - INTERVAL 7 DAY, now(), now(), false)",
+    "lateness": "lateness('flow', now() - INTERVAL 7 DAY, now(), 60, false)",
+    "error_signatures": "error_signatures(now() - INTERVAL 7 DAY, now(), now(), false)",
+}
+
+
+def test_analysis_doc_views_and_macros_have_the_columns_it_lists(built: Any) -> None:
+    """Every column docs/analysis.md lists for a view or a table macro is one it returns, and
+    every `per` the SQL accepts is one the doc names."""
+    import duckdb
+
+    views = _doc_table("## Views")
+    macros = _doc_table("## Table macros")
+    assert {"flow_runs_enriched", "deleted_runs"} <= views.keys()
+    assert _MACRO_CALLS.keys() <= macros.keys()
+    con = duckdb.connect(str(built.path), read_only=True)
+    try:
+        wrong = {}
+        for name, call in [*((v, v) for v in views), *_MACRO_CALLS.items()]:
+            has = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {call}").fetchall()}
+            listed = views.get(name) or macros[name]
+            if missing := [c for c in listed if c not in has]:
+                wrong[name] = missing
+        assert not wrong, f"docs/analysis.md lists columns these do not return: {wrong}"
+        call = _MACRO_CALLS["failure_rates"]  # listed whole, but for its prev_* columns
+        has = [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {call}").fetchall()]
+        unlisted = [
+            c for c in has if c not in macros["failure_rates"] and not c.startswith("prev_")
+        ]
+        assert not unlisted, f"failure_rates columns docs/analysis.md does not list: {unlisted}"
+    finally:
+        con.close()
+    sql = (ROOT / "sql" / "12_grouped_runs.sql").read_text()
+    pers = set(re.findall(r"^--   (\w+) ", sql, re.MULTILINE))
+    row = ANALYSIS.split("| `grouped_runs(", 1)[1].split("\n", 1)[0]
+    undocumented = [p for p in sorted(pers) if f"`{p}`" not in row]
+    assert not undocumented, (
+        f"grouped_runs `per` values docs/analysis.md does not name: {undocumented}"
+    )
+    keys = {c for c in macros["grouped_runs"] if c.startswith("g_")}
+    assert keys == set(re.findall(r"AS (g_\w+)", sql)), "docs/analysis.md: grouped_runs' g_* keys"
