@@ -182,3 +182,21 @@ def test_analysis_doc_views_and_macros_have_the_columns_it_lists(built: Any) -> 
     )
     keys = {c for c in macros["grouped_runs"] if c.startswith("g_")}
     assert keys == set(re.findall(r"AS (g_\w+)", sql)), "docs/analysis.md: grouped_runs' g_* keys"
+
+
+def test_analysis_doc_names_the_filters_each_report_takes() -> None:
+    """docs/analysis.md's `flowsync report` synopsis: every report but health takes the four
+    filters, except the ones it names as taking only --flow and --deployment."""
+    synopsis = ANALYSIS.split("    filters:", 1)[1].split("\nflowsync report health", 1)[0]
+    only_two = re.search(r"\(each repeatable;\s*([\w, ]+): --flow and --deployment\)", synopsis)
+    assert only_two, "the filters line of docs/analysis.md's report synopsis"
+    narrow = set(re.split(r",\s*|\s+and\s+", only_two.group(1).strip()))
+    four = {"--flow", "--deployment", "--tag", "--state"}
+    wrong = {}
+    for name, cmd in all_commands():
+        if not name.startswith("report ") or name == "report health":
+            continue
+        takes = {o for p in cmd.params for o in p.opts} & four
+        if takes != ({"--flow", "--deployment"} if name.split()[1] in narrow else four):
+            wrong[name] = sorted(takes)
+    assert not wrong, f"reports whose filters docs/analysis.md misstates: {wrong}"
