@@ -89,3 +89,14 @@ def test_duckdb_cli_recipe_says_where_the_cli_comes_from_and_runs_through_flowsy
     result = run_cli("sql", sql, "-f", "csv", "--db", str(db))  # the same query, no CLI needed
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines()[0] == "state_type,runs"
+
+
+def test_readme_cron_line_finds_flowsync_where_pipx_puts_it() -> None:
+    """The README's cron block runs under cron's own PATH (/usr/bin:/bin) unless it sets
+    one: it names the directory pipx and uv install flowsync into, as crontab.example does."""
+    readme = (DEPLOY.parent.parent / "README.md").read_text()
+    block = readme.split("```cron\n", 1)[1].split("```", 1)[0]
+    lines = [line for line in block.splitlines() if line and not line.startswith("#")]
+    paths = [line for line in lines if line.startswith("PATH=")]
+    assert paths and ".local/bin" in paths[0] and "~" not in paths[0] and "$" not in paths[0]
+    assert any(" flowsync pull --quiet" in line for line in lines if line.startswith("*/15"))
