@@ -166,9 +166,9 @@ def test_analysis_doc_views_and_macros_have_the_columns_it_lists(built: Any) -> 
                 wrong[name] = missing
         assert not wrong, f"docs/analysis.md lists columns these do not return: {wrong}"
         call = _MACRO_CALLS["failure_rates"]  # listed whole, but for its prev_* columns
-        has = [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {call}").fetchall()]
+        returned = [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {call}").fetchall()]
         unlisted = [
-            c for c in has if c not in macros["failure_rates"] and not c.startswith("prev_")
+            c for c in returned if c not in macros["failure_rates"] and not c.startswith("prev_")
         ]
         assert not unlisted, f"failure_rates columns docs/analysis.md does not list: {unlisted}"
     finally:
