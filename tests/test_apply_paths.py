@@ -309,6 +309,62 @@ def test_per_run_a_rule_after_keep_newest_leaves_a_run_the_earlier_rule_takes_no
         assert outside(old, ids + running) == others
 
 
+@pytest.mark.parametrize("events", ["held", "maybe-gone"])
+def test_a_rule_after_keep_newest_leaves_a_run_the_earlier_rule_picks_and_ranks_only_now(
+    server: Server, tmp_path: Path, events: str
+) -> None:
+    """Rule 1 deletes FAILED runs but its keep_newest 1; rule 2 cancels FAILED or CRASHED
+    runs. At the pull the older run is CRASHED (rule 1 does not select it: rule 2 plans it,
+    kept by nobody) and a newer one is running. After the pull both fail: on the server rule
+    1 keeps the newer one and takes the older one, which rule 2 must leave. Rule 2's batch
+    was kept by no rule in the plan, yet its decision now rests on rule 1's ranking, hence on
+    the newer run's state change since the pull (an event; it was once cancelled). When the
+    server may no longer hold the events since the pull, the run is skipped, not sent."""
+    import duckdb
+
+    tag = f"krn-{events}"
+    dep = deployment(server)
+    older = runs(server, dep, 1, "CRASHED", tag)
+    newer = runs_in_state(server.url, dep, 1, "RUNNING", tag, timedelta(minutes=1))
+    wait_for_state_events(server.url, older, "CRASHED")
+    wait_for_state_events(server.url, newer, "RUNNING")
+    db = pulled_db(server.url, tmp_path)
+    others = outside(server, older + newer)
+    either = tagged(tag) + " AND state_type IN ('FAILED', 'CRASHED')"
+    policy = policy_file(
+        tmp_path,
+        [
+            purge(tag, "FAILED", keep_newest=1),
+            {
+                "name": "cancel",
+                "action": "set_state",
+                "state": {"type": "CANCELLED"},
+                "force": True,
+                "sql": either,
+            },
+        ],
+    )
+    plan = json.loads(run_cli("plan", str(policy), "--db", str(db), "--json").stdout)
+    assert [r["ids"] for r in plan["rules"]] == [[], older]
+    if events == "maybe-gone":
+        with duckdb.connect(str(db)) as con:  # the pull, ten days ago (the server keeps seven)
+            pulled_days_ago(con, 10)
+    fail_now(server, older + newer)
+    result = apply_cli(server, db, policy)
+    assert result.exit_code == 0, result.output
+    # rule 1's now (left to the next apply), never cancelled by rule 2
+    assert live(server, older + newer) == dict.fromkeys(older + newer, "FAILED")
+    assert outcomes(db, older) == {older[0]: "skipped"}
+    check = checks(db, older)[older[0]]
+    if events == "held":
+        assert check == "taken by an earlier rule"
+    else:
+        assert check is not None
+        assert check.startswith("kept by an earlier rule's keep_newest")
+        assert check.endswith("pull, then apply again")
+    assert outside(server, older + newer) == others
+
+
 @pytest.mark.parametrize("fault", ["429", "503", "timeout"])
 def test_a_rule_after_keep_newest_whose_events_read_is_held_back_or_fails(
     server: Server, tmp_path: Path, fault: str

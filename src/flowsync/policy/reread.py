@@ -4,8 +4,9 @@ Owns, for the ``Applier`` (``policy/batch.py``): the re-read right before a call
 (``reread``): the batch's runs; for rules ranked by ``keep_newest``, the runs that
 outrank them in their deployments (read until every run the decision keeps was read
 in this step, at most ``RANK_ROUNDS`` rounds; a batch still unconfirmed then is not
-sent); for rules whose SQL reads other runs, every run with a state change since the
-last pull, new runs included (state events, ``_catch_up``); for rules whose SQL may
+sent); for rules whose SQL reads other runs, and for rules acting on runs an earlier
+keep_newest rule keeps (in the plan, or once the re-read shows it), every run with a state
+change since the last pull, new runs included (state events, ``_catch_up``); for rules whose SQL may
 read flows or deployments, those of the runs read (``RunReader.read_lookups``: their
 changes emit no event). What changed is written to the file and a run (flow,
 deployment) the server no longer has is marked deleted (``RunReader``). Then the
@@ -178,18 +179,23 @@ class Rereader:
                     break
         if not needs:
             return
-        last = pulled_from(self.store)
-        why = (
-            "the file records no pull"
-            if last is None
-            else events_cover(self.client, last - EVENTS_OVERLAP, self.server_now())
-        )
+        why = self._events_gone()
         if why is not None:
             raise PolicyError(
                 f"rule {needs[0].name!r} {what}, whose state changes since the last pull "
                 f"apply reads from the server's events, but {why}; run `flowsync pull`, then apply "
                 "again (nothing was sent)."
             )
+
+    def _events_gone(self) -> str | None:
+        """Why the server may no longer hold the state events since the last pull (None: it
+        holds them, or a catch-up of this apply already read them)."""
+        if self.caught_up is not None:
+            return None
+        last = pulled_from(self.store)
+        if last is None:
+            return "the file records no pull"
+        return events_cover(self.client, last - EVENTS_OVERLAP, self.server_now())
 
     def _catch_up(self, lookups: frozenset[str]) -> None:
         """Re-read every run with a state change since the last catch-up (or pull) into the
@@ -213,12 +219,44 @@ class Rereader:
         ``ahead``: the batch decided over the file before this re-read (``policy/ahead.py``),
         used only if this re-read left every run of the batch in the file as it was, and
         answered within ``AHEAD_MAX_AGE`` of that decision."""
+        # (Runs an earlier rule kept in the plan: which it keeps rests on other runs' states too.)
+        caught = self.reads_others(batch.rule) or self.kept_before(batch.rule, todo) is not None
         before: dict[str, dict[str, Any]] = {}
+        fresh = self._reread(batch, todo, ahead, before, caught)
+        kept = [
+            i
+            for i, why in fresh.decision.reasons.items()
+            if why is None and i in fresh.decision.ranked_above
+        ]
+        if caught or not kept:
+            return fresh
+        # Runs the plan gave this rule unkept that an earlier keep_newest rule keeps now (a
+        # re-read moved them into its ranking): this rule may act on them only while that rule
+        # keeps them, which rests on other runs' state changes since the pull (a newer run
+        # that failed since, or is new, makes them that rule's). Read those, then again.
+        why = self._events_gone()
+        if why is None:
+            return self._reread(batch, todo, None, before, True)
+        gone = (
+            "kept by an earlier rule's keep_newest, which rests on other runs' state changes "
+            f"since the last pull, but {why}; pull, then apply again"
+        )
+        reasons = {i: gone if i in kept else r for i, r in fresh.decision.reasons.items()}
+        return replace(fresh, decision=replace(fresh.decision, reasons=reasons))
+
+    def _reread(
+        self,
+        batch: Batch,
+        todo: list[str],
+        ahead: DecidedAhead | None,
+        before: dict[str, dict[str, Any]],
+        catch_up: bool,
+    ) -> Fresh:
+        """``reread``'s reads and decision (``catch_up``: other runs' state changes first)."""
         seen: dict[str, Seen] = {}
         read: set[str] = set()
         answered: float | None = None
-        if self.reads_others(batch.rule) or self.kept_before(batch.rule, todo) is not None:
-            # (Runs an earlier rule keeps: which it keeps rests on other runs' states too.)
+        if catch_up:
             self._catch_up(self.reads_lookups(batch.rule))
         want = set(todo)
         if batch.rule.name in self.ranked:
