@@ -365,6 +365,33 @@ def test_a_rule_after_keep_newest_leaves_a_run_the_earlier_rule_picks_and_ranks_
     assert outside(server, older + newer) == others
 
 
+def test_per_run_a_rule_after_keep_newest_leaves_a_run_the_earlier_rule_picks_and_ranks_only_now(
+    start_server: Any, tmp_path: Path
+) -> None:
+    """The case above on a server without the bulk endpoints (Prefect 3.4, one call per
+    run), rule 2 deleting FAILED or CRASHED runs: the older run, CRASHED at the pull, is rule
+    1's once both fail, never rule 2's."""
+    with start_server(home=tmp_path / "home", version="3.4.25") as old:
+        tag = "krnp"
+        dep = deployment(old)
+        older = runs(old, dep, 1, "CRASHED", tag)
+        newer = runs_in_state(old.url, dep, 1, "RUNNING", tag, timedelta(minutes=1))
+        wait_for_state_events(old.url, older, "CRASHED")
+        wait_for_state_events(old.url, newer, "RUNNING")
+        db = pulled_db(old.url, tmp_path)
+        others = outside(old, older + newer)
+        either = tagged(tag) + " AND state_type IN ('FAILED', 'CRASHED')"
+        rest = {"name": "rest", "action": "delete", "sql": either}
+        policy = policy_file(tmp_path, [purge(tag, "FAILED", keep_newest=1), rest])
+        fail_now(old, older + newer)
+        result = apply_cli(old, db, policy)
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout)["result"]["path"].startswith("per-run")
+        assert live(old, older + newer) == dict.fromkeys(older + newer, "FAILED")
+        assert checks(db, older) == {older[0]: "taken by an earlier rule"}
+        assert outside(old, older + newer) == others
+
+
 @pytest.mark.xfail(
     strict=True,
     reason="a rule after keep_newest learns of other runs the earlier rule now selects from "
