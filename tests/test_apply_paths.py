@@ -1578,6 +1578,46 @@ def test_an_apply_killed_after_a_call_is_settled_by_the_next_under_its_own_id(
             assert json.loads(result.stdout)["result"]["resolved_earlier"] == 50
 
 
+def test_keep_newest_after_an_apply_killed_mid_rule_ranks_without_the_runs_it_deleted(
+    server: Server, tmp_path: Path
+) -> None:
+    """Rule 1 deletes the 60 newest of 70 FAILED runs (tagged ``doomed``); rule 2 deletes
+    FAILED runs but its keep_newest 12. An apply is killed (SIGKILL) once the server has done
+    rule 1's second call (its 10 newest runs), before it records it: the file still shows
+    them, so the next apply plans rule 2 on the 8 oldest (12 newer ones kept). On the server
+    only 10 FAILED runs are left, all among the 12 newest: rule 2 must delete none."""
+    dep = deployment(server)
+    ids = runs(server, dep, 70, "FAILED", "krk")
+    for i in ids[10:]:
+        patch_run(server.url, i, {"tags": ["krk", "doomed"]})
+    wait_for_state_events(server.url, ids, "FAILED")
+    db = pulled_db(server.url, tmp_path)
+    others = outside(server, ids)
+    policy = policy_file(
+        tmp_path,
+        [purge("doomed", "FAILED", name="doomed"), purge("krk", "FAILED", keep_newest=12)],
+    )
+    apply_killed_at(server, db, policy, before_server=False)
+    assert set(live(server, ids)) == set(ids[:10])  # both of rule 1's calls done
+    plan = json.loads(run_cli("plan", str(policy), "--db", str(db), "--json").stdout)
+    # The killed call's runs still rank in the file (and the first call's, when the kill
+    # came before its answer was recorded: then all ten older runs are planned).
+    planned_ids = plan["rules"][1]["ids"]
+    assert planned_ids in (ids[:8], ids[:10])
+    result = apply_cli(server, db, policy)
+    assert result.exit_code == 0, result.output
+    assert set(live(server, ids)) == set(ids[:10])  # rule 2 deleted none
+    latest = query(db, "SELECT apply_id FROM policy_actions ORDER BY sent_at DESC LIMIT 1")[0][0]
+    rows = query(
+        db,
+        "SELECT rule, outcome, details->>'check', count(*) FROM policy_actions "
+        "WHERE apply_id = ? GROUP BY ALL ORDER BY ALL",
+        [latest],
+    )
+    assert rows == [("purge", "skipped", "keep_newest", len(planned_ids))], rows
+    assert outside(server, ids) == others
+
+
 def test_an_apply_killed_before_its_call_reached_the_server_is_finished_by_the_next(
     server: Server, tmp_path: Path
 ) -> None:
