@@ -392,6 +392,59 @@ def test_per_run_a_rule_after_keep_newest_leaves_a_run_the_earlier_rule_picks_an
         assert outside(old, older + newer) == others
 
 
+def test_keep_newest_after_an_earlier_rules_lost_call_lands_ranks_without_its_runs(
+    server: Server, tmp_path: Path
+) -> None:
+    """Rule 1 deletes the two newest of six FAILED runs; rule 2 deletes FAILED runs but its
+    keep_newest 2 (the plan keeps those two). Rule 1's call times out on the client and lands
+    on the server a second and a half later: the settle sees its runs go (``deleted``), and
+    rule 2 then keeps the two newest still there and deletes only the two before them."""
+    dep = deployment(server)
+    ids = runs(server, dep, 6, "FAILED", "krl")
+    for i in ids[4:]:
+        patch_run(server.url, i, {"tags": ["krl", "doomed"]})
+    wait_for_state_events(server.url, ids, "FAILED")
+    db = pulled_db(server.url, tmp_path)
+    others = outside(server, ids)
+    policy = policy_file(
+        tmp_path,
+        [purge("doomed", "FAILED", name="doomed"), purge("krl", "FAILED", keep_newest=2)],
+    )
+    landed = threading.Event()
+    sent: list[str] = []
+
+    def fault(request: httpx.Request, n: int) -> httpx.Response | None:
+        if not request.url.path.endswith("bulk_delete") or set(bulk_ids(request)) != set(ids[4:]):
+            return None
+        sent.append(request.url.path)
+        if len(sent) > 1:
+            return None
+        method, url, body = request.method, str(request.url), request.content
+        headers = dict(request.headers)
+
+        def later() -> None:
+            time.sleep(1.5)
+            httpx.request(method, url, content=body, headers=headers, timeout=60)
+            landed.set()
+
+        threading.Thread(target=later, daemon=True).start()
+        raise httpx.ReadTimeout("timed out", request=request)
+
+    result = library_apply(server, db, policy, forwarding(fault), settle_seconds=10)
+    assert landed.wait(30)
+    assert len(sent) == 1  # rule 1's call, never sent again
+    assert set(live(server, ids)) == set(ids[2:4])
+    assert outcomes(db, ids) == {
+        **dict.fromkeys(ids[:2], "deleted"),
+        **dict.fromkeys(ids[2:4], "skipped"),
+        **dict.fromkeys(ids[4:], "deleted"),
+    }
+    assert checks(db, ids[2:4]) == dict.fromkeys(ids[2:4], "keep_newest")
+    assert "timed out" in (audited(db, ids[4:5], "details->>'after_lost_answer'")[ids[4]] or "")
+    assert result.counts == {"doomed": {"deleted": 2}, "purge": {"deleted": 2, "skipped": 2}}
+    assert outside(server, ids) == others
+
+
 @pytest.mark.xfail(
     strict=True,
     reason="a rule after keep_newest learns of other runs the earlier rule now selects from "
