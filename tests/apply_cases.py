@@ -85,13 +85,21 @@ def purge(
     return {"name": name, "action": "delete", **options, "sql": tagged(tag, state)}
 
 
+def cancelling(sql: str, name: str = "cancel") -> dict[str, Any]:
+    """A rule: set the runs ``sql`` selects CANCELLED, forced."""
+    return {
+        "name": name,
+        "action": "set_state",
+        "state": {"type": "CANCELLED"},
+        "force": True,
+        "sql": sql,
+    }
+
+
 def acting(action: str, tag: str, state: str) -> dict[str, Any]:
     """A rule named ``purge`` on the runs tagged ``tag`` in ``state``: ``delete`` them, or
     (``set_state``) cancel them, forced."""
-    rule = purge(tag, state)
-    if action == "set_state":
-        rule = {**rule, "action": "set_state", "state": {"type": "CANCELLED"}, "force": True}
-    return rule
+    return cancelling(tagged(tag, state), "purge") if action == "set_state" else purge(tag, state)
 
 
 @contextmanager

@@ -44,6 +44,7 @@ from tests.apply_cases import (
     audited,
     batch_ids,
     bulk_ids,
+    cancelling,
     checks,
     deployment,
     failed_runs_to_reschedule,
@@ -215,7 +216,7 @@ def test_keep_newest_reads_a_protected_newest_run_it_ranks(
     others = outside(server, ids)
     rule = purge(tag, "FAILED", keep_newest=2)
     if action == "set_state":
-        rule = {**rule, "action": "set_state", "state": {"type": "CANCELLED"}, "force": True}
+        rule = {**cancelling(rule["sql"], "purge"), "keep_newest": 2}
     policy = policy_file(tmp_path, [rule], protect_tags=["keep"])
     plan = json.loads(run_cli("plan", str(policy), "--db", str(db), "--json").stdout)
     assert plan["rules"][0]["skipped"] == {"protected tag": 1, "keep_newest": 1}
@@ -247,6 +248,23 @@ def four_failed_one_running(
     return ids, running, db, outside(server, ids + running)
 
 
+def cancelled_only_what_rule_1_keeps(
+    server: Server, db: Path, policy: Path, among: list[str], taken: str, kept: str, newer: str
+) -> None:
+    """apply of a policy whose rule 1 deletes FAILED runs but its keep_newest and rule 2
+    cancels them: of the runs ``among``, rule 1 now takes ``taken`` (left FAILED to the next
+    apply, never rule 2's) and still keeps ``kept`` (cancelled by rule 2); ``newer``, kept,
+    stays FAILED; every other run of ``among`` is deleted."""
+    result = apply_cli(server, db, policy)
+    assert result.exit_code == 0, result.output
+    assert live(server, among) == {
+        taken: "FAILED",
+        kept: "CANCELLED",
+        newer: "FAILED",
+    }
+    assert checks(db, [taken]) == {taken: "taken by an earlier rule"}
+
+
 def fail_now(server: Server, ids: list[str]) -> None:
     """``ids`` fail on the server, their events stored."""
     set_state(server, ids, "FAILED")
@@ -266,24 +284,12 @@ def test_a_rule_after_keep_newest_leaves_a_run_the_earlier_rule_takes_now(
         tmp_path,
         [
             purge("kr", "FAILED", keep_newest=2),
-            {
-                **purge("kr", "FAILED", name="cancel"),
-                "action": "set_state",
-                "state": {"type": "CANCELLED"},
-                "force": True,
-            },
+            cancelling(tagged("kr", "FAILED")),
         ],
     )
     fail_now(server, running)
-    result = apply_cli(server, db, policy)
-    assert result.exit_code == 0, result.output
-    assert live(server, ids + running) == {
-        ids[2]: "FAILED",  # rule 1's now: left to the next apply
-        ids[3]: "CANCELLED",  # still kept by rule 1: rule 2's
-        running[0]: "FAILED",
-    }
+    cancelled_only_what_rule_1_keeps(server, db, policy, ids + running, ids[2], ids[3], running[0])
     assert outcomes(db, ids) == dict(zip(ids, ["deleted", "deleted", "skipped", "accepted"]))
-    assert checks(db, ids[2:3]) == {ids[2]: "taken by an earlier rule"}
     assert outside(server, ids + running) == others
 
 
@@ -309,6 +315,20 @@ def test_per_run_a_rule_after_keep_newest_leaves_a_run_the_earlier_rule_takes_no
         assert outside(old, ids + running) == others
 
 
+def crashed_then_running(
+    server: Server, tmp_path: Path, tag: str
+) -> tuple[list[str], list[str], Path, dict[str, Any]]:
+    """One CRASHED run tagged ``tag`` and a newer RUNNING one, pulled: (older, newer, the
+    file, the server's other runs)."""
+    dep = deployment(server)
+    older = runs(server, dep, 1, "CRASHED", tag)
+    newer = runs_in_state(server.url, dep, 1, "RUNNING", tag, timedelta(minutes=1))
+    wait_for_state_events(server.url, older, "CRASHED")
+    wait_for_state_events(server.url, newer, "RUNNING")
+    db = pulled_db(server.url, tmp_path)
+    return older, newer, db, outside(server, older + newer)
+
+
 @pytest.mark.parametrize("events", ["held", "maybe-gone"])
 def test_a_rule_after_keep_newest_leaves_a_run_the_earlier_rule_picks_and_ranks_only_now(
     server: Server, tmp_path: Path, events: str
@@ -323,27 +343,9 @@ def test_a_rule_after_keep_newest_leaves_a_run_the_earlier_rule_picks_and_ranks_
     import duckdb
 
     tag = f"krn-{events}"
-    dep = deployment(server)
-    older = runs(server, dep, 1, "CRASHED", tag)
-    newer = runs_in_state(server.url, dep, 1, "RUNNING", tag, timedelta(minutes=1))
-    wait_for_state_events(server.url, older, "CRASHED")
-    wait_for_state_events(server.url, newer, "RUNNING")
-    db = pulled_db(server.url, tmp_path)
-    others = outside(server, older + newer)
+    older, newer, db, others = crashed_then_running(server, tmp_path, tag)
     either = tagged(tag) + " AND state_type IN ('FAILED', 'CRASHED')"
-    policy = policy_file(
-        tmp_path,
-        [
-            purge(tag, "FAILED", keep_newest=1),
-            {
-                "name": "cancel",
-                "action": "set_state",
-                "state": {"type": "CANCELLED"},
-                "force": True,
-                "sql": either,
-            },
-        ],
-    )
+    policy = policy_file(tmp_path, [purge(tag, "FAILED", keep_newest=1), cancelling(either)])
     plan = json.loads(run_cli("plan", str(policy), "--db", str(db), "--json").stdout)
     assert [r["ids"] for r in plan["rules"]] == [[], older]
     if events == "maybe-gone":
@@ -373,13 +375,7 @@ def test_per_run_a_rule_after_keep_newest_leaves_a_run_the_earlier_rule_picks_an
     1's once both fail, never rule 2's."""
     with start_server(home=tmp_path / "home", version="3.4.25") as old:
         tag = "krnp"
-        dep = deployment(old)
-        older = runs(old, dep, 1, "CRASHED", tag)
-        newer = runs_in_state(old.url, dep, 1, "RUNNING", tag, timedelta(minutes=1))
-        wait_for_state_events(old.url, older, "CRASHED")
-        wait_for_state_events(old.url, newer, "RUNNING")
-        db = pulled_db(old.url, tmp_path)
-        others = outside(old, older + newer)
+        older, newer, db, others = crashed_then_running(old, tmp_path, tag)
         either = tagged(tag) + " AND state_type IN ('FAILED', 'CRASHED')"
         rest = {"name": "rest", "action": "delete", "sql": either}
         policy = policy_file(tmp_path, [purge(tag, "FAILED", keep_newest=1), rest])
@@ -392,6 +388,22 @@ def test_per_run_a_rule_after_keep_newest_leaves_a_run_the_earlier_rule_picks_an
         assert outside(old, older + newer) == others
 
 
+def doomed_then_kept(
+    server: Server, tmp_path: Path, tag: str, n: int, doomed: int, keep: int = 2
+) -> tuple[list[str], Path, dict[str, Any], Path]:
+    """``n`` FAILED runs tagged ``tag``, the ``doomed`` newest also tagged ``doomed``, pulled;
+    a policy whose rule 1 deletes the doomed ones and rule 2 the FAILED ones but its
+    keep_newest ``keep``. Returns the runs (oldest first), the file, the server's other runs
+    (``outside``) and the policy."""
+    ids = runs(server, deployment(server), n, "FAILED", tag)
+    for i in ids[n - doomed :]:
+        patch_run(server.url, i, {"tags": [tag, "doomed"]})
+    wait_for_state_events(server.url, ids, "FAILED")
+    db = pulled_db(server.url, tmp_path)
+    rules = [purge("doomed", "FAILED", name="doomed"), purge(tag, "FAILED", keep_newest=keep)]
+    return ids, db, outside(server, ids), policy_file(tmp_path, rules)
+
+
 def test_keep_newest_after_an_earlier_rules_lost_call_lands_ranks_without_its_runs(
     server: Server, tmp_path: Path
 ) -> None:
@@ -399,17 +411,7 @@ def test_keep_newest_after_an_earlier_rules_lost_call_lands_ranks_without_its_ru
     keep_newest 2 (the plan keeps those two). Rule 1's call times out on the client and lands
     on the server a second and a half later: the settle sees its runs go (``deleted``), and
     rule 2 then keeps the two newest still there and deletes only the two before them."""
-    dep = deployment(server)
-    ids = runs(server, dep, 6, "FAILED", "krl")
-    for i in ids[4:]:
-        patch_run(server.url, i, {"tags": ["krl", "doomed"]})
-    wait_for_state_events(server.url, ids, "FAILED")
-    db = pulled_db(server.url, tmp_path)
-    others = outside(server, ids)
-    policy = policy_file(
-        tmp_path,
-        [purge("doomed", "FAILED", name="doomed"), purge("krl", "FAILED", keep_newest=2)],
-    )
+    ids, db, others, policy = doomed_then_kept(server, tmp_path, "krl", 6, 2)
     landed = threading.Event()
     sent: list[str] = []
 
@@ -477,13 +479,7 @@ def test_a_rule_after_keep_newest_leaves_a_run_the_earlier_rule_takes_after_a_ta
         tmp_path,
         [
             {"name": "purge", "action": "delete", "keep_newest": 2, "sql": sql},
-            {
-                "name": "cancel",
-                "action": "set_state",
-                "state": {"type": "CANCELLED"},
-                "force": True,
-                "sql": sql,
-            },
+            cancelling(sql),
         ],
     )
     plan = json.loads(run_cli("plan", str(policy), "--db", str(db), "--json").stdout)
@@ -491,14 +487,7 @@ def test_a_rule_after_keep_newest_leaves_a_run_the_earlier_rule_takes_after_a_ta
     with duckdb.connect(str(db)) as con:
         pulled_days_ago(con, -5 / 1440)
     patch_run(server.url, newer[0], {"tags": [tag, "x"]})
-    result = apply_cli(server, db, policy)
-    assert result.exit_code == 0, result.output
-    assert live(server, ids + newer) == {
-        ids[0]: "FAILED",  # rule 1's now: left to the next apply
-        ids[1]: "CANCELLED",  # still kept by rule 1: rule 2's
-        newer[0]: "FAILED",
-    }
-    assert checks(db, ids[:1]) == {ids[0]: "taken by an earlier rule"}
+    cancelled_only_what_rule_1_keeps(server, db, policy, ids + newer, ids[0], ids[1], newer[0])
     assert outside(server, ids + newer) == others
 
 
@@ -515,12 +504,7 @@ def test_a_rule_after_keep_newest_whose_events_read_is_held_back_or_fails(
         tmp_path,
         [
             purge(tag, "FAILED", keep_newest=2),
-            {
-                **purge(tag, "FAILED", name="cancel"),
-                "action": "set_state",
-                "state": {"type": "CANCELLED"},
-                "force": True,
-            },
+            cancelling(tagged(tag, "FAILED")),
         ],
     )
     fail_now(server, running)
@@ -1639,17 +1623,7 @@ def test_keep_newest_after_an_apply_killed_mid_rule_ranks_without_the_runs_it_de
     rule 1's second call (its 10 newest runs), before it records it: the file still shows
     them, so the next apply plans rule 2 on the 8 oldest (12 newer ones kept). On the server
     only 10 FAILED runs are left, all among the 12 newest: rule 2 must delete none."""
-    dep = deployment(server)
-    ids = runs(server, dep, 70, "FAILED", "krk")
-    for i in ids[10:]:
-        patch_run(server.url, i, {"tags": ["krk", "doomed"]})
-    wait_for_state_events(server.url, ids, "FAILED")
-    db = pulled_db(server.url, tmp_path)
-    others = outside(server, ids)
-    policy = policy_file(
-        tmp_path,
-        [purge("doomed", "FAILED", name="doomed"), purge("krk", "FAILED", keep_newest=12)],
-    )
+    ids, db, others, policy = doomed_then_kept(server, tmp_path, "krk", 70, 60, keep=12)
     apply_killed_at(server, db, policy, before_server=False)
     assert set(live(server, ids)) == set(ids[:10])  # both of rule 1's calls done
     plan = json.loads(run_cli("plan", str(policy), "--db", str(db), "--json").stdout)
