@@ -130,3 +130,36 @@ def test_the_html_page_links_runs_to_the_prefect_ui(built: Path, tmp_path: Path)
     assert (
         f'<a href="http://127.0.0.1:4200/runs/flow-run/{rid(3)}">open</a>' in runs_page.read_text()
     )
+
+
+def test_stuck_needs_min_runs_with_a_duration_not_runs_that_crashed_before_they_started(
+    tmp_path: Path,
+) -> None:
+    """usual_runs is "the finished runs the p95 is of": runs that crashed before they started
+    (a worker that could not submit them: CRASHED, no start or end) have no duration, so
+    one timed run and four such crashes are no usual of five runs, and the run now running
+    is not judged against the one."""
+    runs = [run(1, "COMPLETED", 1, "prod")] + [run(n, "CRASHED", 1, "prod") for n in (2, 3, 4, 5)]
+    db = make_db(tmp_path / "runs.duckdb", runs)
+    now = datetime.now(timezone.utc)
+    with Store.writer(db) as store:
+        store.execute(
+            "UPDATE flow_runs SET start_time = NULL, end_time = NULL WHERE state_type = 'CRASHED'"
+        )
+        store.execute(
+            """INSERT INTO flow_runs (id, name, flow_id, deployment_id, state_type, state_name,
+                expected_start_time, start_time, created, synced_at)
+            VALUES (?, 'open-9', ?, ?, 'RUNNING', 'Running', ?, ?, ?, now())""",
+            [
+                rid(9),
+                FLOW,
+                DEPLOYMENTS["prod"],
+                now - timedelta(hours=2),
+                now - timedelta(hours=2),
+                NOW,
+            ],
+        )
+        views.rebuild(store)
+    assert cli(db, "stuck") == []  # one run with a duration: fewer than --min-runs 5
+    rows = cli(db, "stuck", "--min-runs", "1")
+    assert [(r["name"], r["usual_runs"]) for r in rows] == [("open-9", 1)]
