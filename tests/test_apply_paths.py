@@ -367,6 +367,50 @@ def test_a_rule_after_keep_newest_leaves_a_run_the_earlier_rule_picks_and_ranks_
     assert outside(server, older + newer) == others
 
 
+@pytest.mark.parametrize("fault", ["429", "never-connected", "lost"])
+def test_a_batch_decided_again_after_its_catch_up_holds_through_a_fault_on_its_call(
+    server: Server, tmp_path: Path, fault: str
+) -> None:
+    """The case above, with a CRASHED run of another deployment in rule 2's batch: its re-read
+    shows rule 1 keeping the older run, so the batch is decided again after the state events
+    since the pull (rule 1 now takes it); rule 2's call then carries the other run alone. That
+    call is answered 429, never connects, or its answer is lost after the server set it: it
+    is re-checked and sent once more, or read back, and the audit is one row a run."""
+    tag = f"krf-{fault}"
+    older, newer, db, _ = crashed_then_running(server, tmp_path, tag)
+    other = runs(server, deployment(server), 1, "CRASHED", tag)
+    wait_for_state_events(server.url, other, "CRASHED")
+    db = pulled_db(server.url, tmp_path)  # the same file, pulled again: with the other run
+    every = older + newer + other
+    others = outside(server, every)
+    either = tagged(tag) + " AND state_type IN ('FAILED', 'CRASHED')"
+    policy = policy_file(tmp_path, [purge(tag, "FAILED", keep_newest=1), cancelling(either)])
+    fail_now(server, older + newer)
+    sent: list[list[str]] = []
+
+    def call(request: httpx.Request, _: int) -> httpx.Response | None:
+        if not request.url.path.endswith("/bulk_set_state"):
+            return None
+        sent.append(bulk_ids(request))
+        if len(sent) > 1 or fault == "lost":
+            return None
+        if fault == "429":
+            return httpx.Response(429, headers={"Retry-After": "1"}, json={"detail": "slow"})
+        raise httpx.ConnectError("refused", request=request)
+
+    def lose(request: httpx.Request, _: httpx.Response) -> None:
+        if fault == "lost" and request.url.path.endswith("/bulk_set_state") and len(sent) == 1:
+            raise httpx.ReadTimeout("timed out", request=request)
+
+    library_apply(server, db, policy, forwarding(call, lose), sleep=lambda s: None)
+    assert live(server, every) == {older[0]: "FAILED", newer[0]: "FAILED", other[0]: "CANCELLED"}
+    assert sent == ([other] if fault == "lost" else [other, other])  # never the older run
+    assert outcomes(db, older + other) == {older[0]: "skipped", other[0]: "accepted"}
+    assert checks(db, older) == {older[0]: "taken by an earlier rule"}
+    assert audit_rows(db) == 2
+    assert outside(server, every) == others
+
+
 def test_per_run_a_rule_after_keep_newest_leaves_a_run_the_earlier_rule_picks_and_ranks_only_now(
     start_server: Any, tmp_path: Path
 ) -> None:
