@@ -411,11 +411,12 @@ def run_name(rng: random.Random) -> str:
     )
 
 
-def seed_demo(home: Path, days: int = 14, seed_value: int = 0) -> int:
-    """A PREFECT_HOME whose server holds ``days`` of realistic history; returns the runs written."""
+def seed_demo(home: Path, days: int = 14, seed_value: int = 0, now: datetime | None = None) -> int:
+    """A PREFECT_HOME whose server holds ``days`` of realistic history up to ``now`` (the
+    clock's, unless given); returns the runs written."""
     with prefect_server(home=home) as server:
         ids = _create_base(server.url)
-    return write_history(home / "prefect.db", ids, days, seed_value)
+    return write_history(home / "prefect.db", ids, days, seed_value, now)
 
 
 def main() -> None:

@@ -15,9 +15,18 @@ from tests.helpers import query, run_cli, scalar
 
 
 @pytest.fixture(scope="module")
-def demo_db(start_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def seeded_at() -> datetime:
+    """The demo's "now": the days it names (yesterday...) are of it, not of the clock when
+    a test reads them (a midnight may fall between)."""
+    return datetime.now(timezone.utc)
+
+
+@pytest.fixture(scope="module")
+def demo_db(
+    start_server: Any, tmp_path_factory: pytest.TempPathFactory, seeded_at: datetime
+) -> Path:
     tmp = tmp_path_factory.mktemp("demo")
-    written = seed_demo(tmp / "prefect", days=3)
+    written = seed_demo(tmp / "prefect", days=3, now=seeded_at)
     assert written > 500
     db = tmp / "demo.duckdb"
     with start_server(home=tmp / "prefect") as server:
@@ -68,7 +77,9 @@ def test_lateness_is_seconds_with_a_few_outliers(demo_db: Path) -> None:
     assert 0 < late < 0.08 * started
 
 
-def test_failures_have_several_signatures_and_one_deployment_is_broken(demo_db: Path) -> None:
+def test_failures_have_several_signatures_and_one_deployment_is_broken(
+    demo_db: Path, seeded_at: datetime
+) -> None:
     with Store.reader(demo_db, live=True) as store:
         signatures = reports.errors(store, reports.parse_since("all"))
         unresolved = reports.unresolved(store)
@@ -78,7 +89,7 @@ def test_failures_have_several_signatures_and_one_deployment_is_broken(demo_db: 
     )
     assert broken.height == 1
     row = broken.row(0, named=True)
-    yesterday = (datetime.now(timezone.utc) - timedelta(days=1)).date()
+    yesterday = (seeded_at - timedelta(days=1)).date()
     assert row["failing_since"].date() == yesterday
     assert row["failures_since_success"] >= 8
     assert "401 Unauthorized" in row["latest_message"]
