@@ -430,3 +430,78 @@ def test_a_snapshot_says_what_published_it() -> None:
     assert info.describe() == "snapshot 3 (pull #12, published 2026-12-06 01:02:03 UTC)"
     by_apply = snap.SnapshotInfo(**{**info.__dict__, "pull_id": None})
     assert by_apply.describe().startswith("snapshot 3 (by an apply or a refresh, published")
+
+
+def test_a_notebooks_open_connection_leaves_plan_and_check_policy_working(tmp_path: Path) -> None:
+    """A notebook holds ``flowsync.connect(db)`` (the published snapshot, DuckDB's default
+    settings) and then plans: rule SQL opens the same generation with its locked settings,
+    which DuckDB refuses for a second open of one path in a process. The plan and the check
+    read it under a second name; the notebook's connection reads on, and no name is left."""
+    import flowsync
+    from flowsync import operations
+    from tests.policy_db import built_db, run
+
+    db = built_db(tmp_path / "runs.duckdb", [run(n, "FAILED", 10) for n in range(1, 6)])
+    with Store.writer(db) as store:
+        snap.publish(store)
+    policy = tmp_path / "p.yaml"
+    policy.write_text(
+        "version: 1\nrules:\n  - name: old-failures\n    action: delete\n"
+        "    sql: SELECT id FROM flow_runs WHERE state_type = 'FAILED'\n"
+    )
+    folder = snap.snapshot_dir(db)
+    before = sorted(p.name for p in folder.iterdir())
+    con = flowsync.connect(db)
+    try:
+        with flowsync.plan(db, policy) as planned:
+            assert planned.total == 5
+        _, counts = operations.check_policy(policy, db)
+        assert counts == {"old-failures": 5}
+        # ...and the other way round: a reader opened while a sandbox holds the generation.
+        with Store.sandboxed(db) as sandbox, Store.reader(db) as reader:
+            assert sandbox.execute("SELECT count(*) FROM flow_runs").scalar() == 5
+            assert reader.execute("SELECT count(*) FROM flow_runs").scalar() == 5
+        assert con.execute("SELECT count(*) FROM flow_runs").fetchall() == [(5,)]
+    finally:
+        con.close()
+    assert sorted(p.name for p in folder.iterdir()) == before
+
+
+def test_a_live_file_held_by_a_notebook_still_refuses_rule_sql_in_one_line(tmp_path: Path) -> None:
+    """The live file (no snapshot published yet) is never opened under a second name (a
+    writer may change it): plan says the file is open with other settings, close it first."""
+    import flowsync
+    from flowsync.errors import StoreError
+    from tests.policy_db import built_db, run
+
+    db = built_db(tmp_path / "runs.duckdb", [run(1, "FAILED", 10)])
+    policy = tmp_path / "p.yaml"
+    policy.write_text(
+        "version: 1\nrules:\n  - name: r\n    action: delete\n    sql: SELECT id FROM flow_runs\n"
+    )
+    before = sorted(p.name for p in tmp_path.iterdir())
+    con = flowsync.connect(db)
+    try:
+        with pytest.raises(StoreError, match="already open in this process with other settings"):
+            flowsync.plan(db, policy)
+    finally:
+        con.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_a_second_name_a_killed_reader_left_is_removed_by_the_next_publish(tmp_path: Path) -> None:
+    """A process killed between linking a generation's second name and opening it leaves
+    the link: the next publish removes it with a publisher's leftovers; readers never see it."""
+    from tests.policy_db import built_db, run
+
+    db = built_db(tmp_path / "runs.duckdb", [run(1, "FAILED", 10)])
+    with Store.writer(db) as store:
+        first = snap.publish(store).snapshot
+    left = first.path.with_name(f".{first.path.stem}.tmp-open-99999-0badcafe.duckdb")
+    os.link(first.path, left)
+    with Store.reader(db) as reader:
+        assert reader.execute("SELECT count(*) FROM flow_runs").scalar() == 1
+    with Store.writer(db) as store:
+        store.execute("INSERT INTO flows (id, name, synced_at) VALUES (uuid(), 'x', now())")
+        assert snap.publish(store).published
+    assert not left.exists()

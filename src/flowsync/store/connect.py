@@ -141,6 +141,10 @@ def _connect(
                 if not read_only:
                     with _WRITING_LOCK:
                         _WRITING.discard(key)
+                if read_only and isinstance(e, duckdb.Error) and is_config_clash(e):
+                    con = _open_second_name(path, sandbox)
+                    if con is not None:
+                        return con
                 if not isinstance(e, duckdb.Error) or not is_lock_error(e):
                     _open_error(path, e)
                 locked = locks.locked_error(path, str(e), read_only=read_only, how=lock_context)
@@ -150,6 +154,25 @@ def _connect(
             raise locked
         time.sleep(min(delay, max(deadline - time.monotonic(), 0.01)))
         delay = min(delay * 1.5, 2.0)
+
+
+def _open_second_name(path: Path, sandbox: bool) -> duckdb.DuckDBPyConnection | None:
+    """``path`` opened read-only under a second name, when it is a published generation
+    this process already has open with other settings (``snapshot.second_name``); else None."""
+    from flowsync.store import snapshot
+
+    for _ in range(3):  # a publish removing a second name it took for a leftover: another
+        with snapshot.second_name(path) as link:
+            if link is None:
+                return None
+            try:
+                return duckdb.connect(
+                    str(link), read_only=True, config=dict(SANDBOX_CONFIG) if sandbox else {}
+                )
+            except duckdb.Error:
+                if link.exists():
+                    return None  # the clash is what the caller says
+    return None
 
 
 def _open_error(path: Path, e: BaseException) -> NoReturn:

@@ -43,8 +43,10 @@ import contextlib
 import json
 import os
 import re
+import secrets
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -401,8 +403,35 @@ def publish(store: Writer, *, pull_id: int | None = None, changed: bool = True) 
     return PublishResult(True, info, time.monotonic() - began, reason)
 
 
+@contextlib.contextmanager
+def second_name(path: Path) -> Iterator[Path | None]:
+    """Another name for the published generation ``path``, for one open, or None.
+
+    DuckDB keeps one instance a path in a process and refuses a second open of it with
+    other settings: a notebook's ``flowsync.connect()`` (the defaults) and a plan's rule
+    SQL (locked settings) on one generation. A hard link is another path to the same file,
+    which is never written again. It is unlinked once the caller opened it (the open keeps
+    the file); one a killed process left is a leftover the next publish removes. None for
+    anything but a generation (the live file is written to: never a second name) or where
+    the file system refuses links."""
+    if not (path.parent.name.endswith(".snapshots") and _GENERATION.match(path.name)):
+        yield None
+        return
+    link = path.parent / f".{path.stem}.tmp-open-{os.getpid()}-{secrets.token_hex(4)}.duckdb"
+    try:
+        os.link(path, link)
+    except OSError:
+        yield None
+        return
+    try:
+        yield link
+    finally:
+        link.unlink(missing_ok=True)
+
+
 def _remove_leftovers(folder: Path) -> None:
-    """Temporary files of a publisher that died (only one writer runs at a time)."""
+    """Temporary files of a publisher that died (only one writer runs at a time), and second
+    names of generations (``second_name``) a killed reader left."""
     for entry in folder.iterdir():
         if entry.name.startswith(".") and ".tmp-" in entry.name:
             entry.unlink(missing_ok=True)
