@@ -244,3 +244,22 @@ def test_every_supported_scheme_with_a_bucket_is_accepted(url: str) -> None:
 def test_local_destinations_are_accepted(dest: str) -> None:
     check_destination(dest)
     assert not is_remote(dest)
+
+
+def test_a_tables_export_to_s3_keeps_the_other_tables_in_the_manifest(
+    pulled: Path, aws_env: s3fs.S3FileSystem
+) -> None:
+    """`export s3://... --tables flows` (no --since) wrote a manifest of flows alone: the
+    flow runs and deployments still in the prefix were no longer listed."""
+    url = f"s3://{BUCKET}/some"
+    assert run_cli("export", url, "--db", str(pulled)).exit_code == 0
+    fs = aws_env
+    fs.invalidate_cache()
+    before = json.loads(fs.cat(f"{BUCKET}/some/_flowsync_manifest.json"))
+    again = run_cli("export", url, "--db", str(pulled), "--tables", "flows", "--json")
+    assert again.exit_code == 0, again.output
+    fs.invalidate_cache()
+    after = json.loads(fs.cat(f"{BUCKET}/some/_flowsync_manifest.json"))
+    assert set(after["tables"]) == set(before["tables"]) == {"flows", "deployments", "flow_runs"}
+    assert after["tables"]["flow_runs"] == before["tables"]["flow_runs"]
+    assert fs.glob(f"{BUCKET}/some/flow_runs/date=*/part-0.parquet")

@@ -30,7 +30,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from flowsync.errors import ConfigError, StoreError
-from flowsync.export import MANIFEST, ExportResult
+from flowsync.export import MANIFEST, TABLES, ExportResult
 from flowsync.progress import NullProgress, Progress
 
 _URL = re.compile(r"^(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*)://(?P<rest>.*)$", re.DOTALL)
@@ -187,13 +187,21 @@ def _remote_manifest(fs: Any, root: str) -> dict[str, Any] | None:
 
 
 def _merged_manifest(
-    local: dict[str, Any], remote: dict[str, Any] | None, full: bool
+    local: dict[str, Any], remote: dict[str, Any] | None, exported: list[str], full: bool
 ) -> dict[str, Any]:
-    """The manifest of what is remote after this upload."""
-    if full or remote is None:
+    """The manifest of what is remote after this upload of the tables ``exported``: a table
+    exported in full is the local one's (none when it has no file), one exported ``since``
+    the remote files with the rewritten ones, a table not exported stays as it was."""
+    if remote is None or (full and set(exported) >= set(TABLES)):
         return local
+    written = local.get("tables") or {}
     tables = dict(remote.get("tables") or {})
-    for name, entry in (local.get("tables") or {}).items():
+    for name in exported:
+        entry = written.get(name)
+        if full:
+            tables.pop(name, None)
+        if entry is None:
+            continue
         files = {**(tables.get(name) or {}).get("files", {}), **entry["files"]}
         tables[name] = {**entry, "files": files, "rows": sum(files.values())}
     return {**local, "tables": tables}
@@ -229,7 +237,9 @@ def upload(
                         fs.rm(f"{root}/{table.name}/{name}", recursive=True)
                         out.partitions_removed.append(f"{table.name}/{name}")
         local = json.loads((local_dir / MANIFEST).read_text(encoding="utf-8"))
-        manifest = _merged_manifest(local, _remote_manifest(fs, root), full)
+        manifest = _merged_manifest(
+            local, _remote_manifest(fs, root), [t.name for t in result.tables], full
+        )
         manifest["location"] = url
         with fs.open(f"{root}/{MANIFEST}", "wb") as f:
             f.write((json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
