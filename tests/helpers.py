@@ -244,3 +244,21 @@ def outside(server: Server, ids: list[str]) -> dict[str, tuple[str, str]]:
             if len(page) < 200:
                 break
     return {i: v for i, v in found.items() if i not in set(ids)}
+
+
+def a_run_alone_on_its_created_day(db: Path) -> tuple[str, str]:
+    """One run without an expected start, created on a day no other run has: a partition
+    of its own, until it gets its first state (then it moves to that day). Returns its id
+    and its expected start, to give it back (export tests; ``db`` has no snapshot)."""
+    con = duckdb.connect(str(db))
+    run_id, expected = con.execute(
+        "SELECT CAST(id AS VARCHAR), CAST(expected_start_time AS VARCHAR) FROM flow_runs "
+        "WHERE expected_start_time IS NOT NULL ORDER BY id LIMIT 1"
+    ).fetchall()[0]
+    con.execute(
+        "UPDATE flow_runs SET expected_start_time = NULL, "
+        "created = TIMESTAMPTZ '1999-01-01 12:00:00+00' WHERE id = ?",
+        [run_id],
+    )
+    con.close()
+    return run_id, expected

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ import pytest
 
 from flowsync.store import Store
 from harness.built import API_URL, BuiltHistory
-from tests.helpers import copy_db, run_cli, scalar
+from tests.helpers import a_run_alone_on_its_created_day, copy_db, run_cli, scalar
 
 TABLES = ("flows", "deployments", "flow_runs")
 
@@ -445,3 +446,40 @@ def test_export_reports_each_tables_rows_as_it_writes_them(db: Path, tmp_path: P
     assert f"export flow_runs: {runs}/{runs} rows" in shown.stderr, shown.stderr
     quiet = run_cli("export", str(tmp_path / "quiet"), "--db", str(db), "--quiet")
     assert quiet.exit_code == 0 and "export flow_runs" not in quiet.stderr, quiet.stderr
+
+
+def test_a_full_export_failing_at_its_manifest_leaves_every_listed_file_in_place(
+    db: Path, tmp_path: Path
+) -> None:
+    """A full export removed the partitions the file no longer has, then failed writing its
+    manifest: the previous manifest, still in place, listed a partition that was gone, and
+    a reader of the manifest's files failed on it."""
+    run_id, expected = a_run_alone_on_its_created_day(db)
+    out = tmp_path / "export"
+    export(db, out)
+    assert (
+        "date=1999-01-01/part-0.parquet"
+        in json.loads((out / "_flowsync_manifest.json").read_text())["tables"]["flow_runs"]["files"]
+    )
+    con = duckdb.connect(str(db))  # the run got its first state: it moved to its day
+    con.execute(
+        "UPDATE flow_runs SET expected_start_time = CAST(? AS TIMESTAMPTZ) WHERE id = ?",
+        [expected, run_id],
+    )
+    con.close()
+    # The manifest cannot be written (a folder in the way of its temporary name).
+    (out / f"._flowsync_manifest.json.tmp-{os.getpid()}").mkdir()
+    result = run_cli("export", str(out), "--db", str(db), "--quiet")
+    assert result.exit_code == 5 and "Traceback" not in result.output
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    manifest = json.loads((out / "_flowsync_manifest.json").read_text())
+    for table, entry in manifest["tables"].items():
+        for rel in entry["files"]:
+            assert (out / table / rel).is_file(), f"the manifest lists {table}/{rel}, not there"
+    (out / f"._flowsync_manifest.json.tmp-{os.getpid()}").rmdir()
+    again = export(db, out)  # converges: the stale partition goes, the manifest is whole
+    assert again["tables"]["flow_runs"]["partitions_removed"] == ["date=1999-01-01"]
+    manifest = json.loads((out / "_flowsync_manifest.json").read_text())
+    assert set(manifest["tables"]["flow_runs"]["files"]) == {
+        str(p.relative_to(out / "flow_runs")) for p in (out / "flow_runs").rglob("*.parquet")
+    }

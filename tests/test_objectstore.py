@@ -23,7 +23,7 @@ import s3fs
 from flowsync.objectstore import check_destination, is_remote
 from flowsync.store import Store
 from harness.built import BuiltHistory
-from tests.helpers import run_cli, scalar
+from tests.helpers import a_run_alone_on_its_created_day, run_cli, scalar
 
 SECRET = "flowsync-test-secret-never-printed"
 BUCKET = "history"
@@ -263,3 +263,51 @@ def test_a_tables_export_to_s3_keeps_the_other_tables_in_the_manifest(
     assert set(after["tables"]) == set(before["tables"]) == {"flows", "deployments", "flow_runs"}
     assert after["tables"]["flow_runs"] == before["tables"]["flow_runs"]
     assert fs.glob(f"{BUCKET}/some/flow_runs/date=*/part-0.parquet")
+
+
+def test_a_full_export_to_s3_whose_manifest_is_refused_keeps_every_listed_file(
+    pulled: Path, aws_env: s3fs.S3FileSystem, tmp_path: Path
+) -> None:
+    """A full export deleted the remote partitions the file no longer has, then its manifest
+    PUT was refused (a bucket policy): the previous manifest, still there, listed a
+    partition that was gone."""
+    db = tmp_path / "runs.duckdb"
+    shutil.copy(pulled, db)  # without its snapshots: the export reads the file as changed here
+    run_id, expected = a_run_alone_on_its_created_day(db)
+    url = f"s3://{BUCKET}/moved"
+    assert run_cli("export", url, "--db", str(db)).exit_code == 0
+    con = duckdb.connect(str(db))  # the run got its first state: it moved to its day
+    con.execute(
+        "UPDATE flow_runs SET expected_start_time = CAST(? AS TIMESTAMPTZ) WHERE id = ?",
+        [expected, run_id],
+    )
+    con.close()
+    denied = {
+        "Effect": "Deny",
+        "Principal": "*",
+        "Action": "s3:PutObject",
+        "Resource": f"arn:aws:s3:::{BUCKET}/moved/_flowsync_manifest.json",
+    }
+    fs = aws_env  # (its own S3 client: the policy binds every other one too)
+    fs.call_s3(
+        "put_bucket_policy",
+        Bucket=BUCKET,
+        Policy=json.dumps({"Version": "2012-10-17", "Statement": [denied]}),
+    )
+    result = run_cli("export", url, "--db", str(db), "--quiet")
+    assert result.exit_code == 5, result.output
+    assert f"Upload to {url} failed" in result.stderr and "Traceback" not in result.output
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    fs.invalidate_cache()
+    manifest = json.loads(fs.cat(f"{BUCKET}/moved/_flowsync_manifest.json"))
+    for table, entry in manifest["tables"].items():
+        for rel in entry["files"]:
+            assert fs.exists(f"{BUCKET}/moved/{table}/{rel}"), f"listed, not there: {rel}"
+    fs.call_s3("delete_bucket_policy", Bucket=BUCKET)
+    again = run_cli("export", url, "--db", str(db), "--json")  # converges
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout)["upload"]["partitions_removed"] == ["flow_runs/date=1999-01-01"]
+    fs.invalidate_cache()
+    manifest = json.loads(fs.cat(f"{BUCKET}/moved/_flowsync_manifest.json"))
+    listed = {f"{BUCKET}/moved/flow_runs/{rel}" for rel in manifest["tables"]["flow_runs"]["files"]}
+    assert listed == set(fs.glob(f"{BUCKET}/moved/flow_runs/date=*/part-0.parquet"))

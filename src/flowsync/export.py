@@ -15,7 +15,9 @@ state, and never moves it (retries and reschedules change
 possible, from its created day once it gets a first state, is covered because
 ``--since`` rewrites both days of every changed run. Every partition is one file, written to a hidden
 temporary name and renamed over the old one, so a reader sees the old or the
-new partition, never half of one, and re-running replaces rather than adds.
+new partition, never half of one, and re-running replaces rather than adds. A
+full export removes the partitions the DB no longer has after its manifest is in
+place, so the manifest there at any time lists only files that are there.
 Runs deleted on the server are exported too, with ``deleted_at`` set.
 
 An export mirrors one file: the manifest names its ``source`` (the DuckDB file,
@@ -288,7 +290,7 @@ def check_request(
     return chosen
 
 
-def _replace_atomically(write: Callable[[Path], None], dest: Path) -> None:
+def _replace_atomically(write: Callable[[Path], object], dest: Path) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
     try:
@@ -328,11 +330,11 @@ def _export_table(
                 result.rows_written += days[day]
                 progress.advance(days[day])
     if since is None and base.is_dir():
-        # A full export mirrors the DB: drop partitions the DB no longer has.
+        # A full export mirrors the DB: the partitions the DB no longer has go, once the
+        # manifest that no longer lists them is in place (``export``).
         keep = {f"date={d.isoformat()}" for d in days}
         for sub in sorted(base.iterdir()):
             if sub.is_dir() and _PARTITION_DIR.match(sub.name) and sub.name not in keep:
-                shutil.rmtree(sub)
                 result.partitions_removed.append(sub.name)
     return result
 
@@ -345,14 +347,25 @@ def _rows_in(part: Path) -> int:
 
 
 def _manifest(
-    out_dir: Path, store: Store, since: datetime | None, source: Source
+    out_dir: Path,
+    store: Store,
+    since: datetime | None,
+    source: Source,
+    removing: dict[str, list[str]] | None = None,
 ) -> dict[str, Any]:
+    """The manifest of the files under ``out_dir``, but for the partitions ``removing``
+    (table -> partition folders about to be removed)."""
     tables: dict[str, Any] = {}
     for name in PARTITION_BY:
         base = out_dir / name
         if not base.is_dir():
             continue
-        files = {str(p.relative_to(base)): _rows_in(p) for p in sorted(base.rglob(PART_FILE))}
+        gone = set((removing or {}).get(name, ()))
+        files = {
+            str(p.relative_to(base)): _rows_in(p)
+            for p in sorted(base.rglob(PART_FILE))
+            if p.relative_to(base).parts[0] not in gone
+        }
         tables[name] = {
             "partition_by": describe_partitioning(name),
             "rows": sum(files.values()),
@@ -402,10 +415,17 @@ def export(
     try:
         for name in chosen:
             result.tables.append(_export_table(store, out_dir, name, since, progress))
-        manifest = json.dumps(_manifest(out_dir, store, since, source), indent=2, sort_keys=True)
-        tmp = out_dir / f".{MANIFEST}.tmp-{os.getpid()}"
-        tmp.write_text(manifest + "\n", encoding="utf-8")
-        os.replace(tmp, out_dir / MANIFEST)
+        removing = {t.name: t.partitions_removed for t in result.tables}
+        manifest = json.dumps(
+            _manifest(out_dir, store, since, source, removing), indent=2, sort_keys=True
+        )
+        _replace_atomically(
+            lambda tmp: tmp.write_text(manifest + "\n", encoding="utf-8"), out_dir / MANIFEST
+        )
+        # Only now: the manifest in place until here listed them.
+        for table in result.tables:
+            for name in table.partitions_removed:
+                shutil.rmtree(out_dir / table.name / name)
     except OSError as e:
         raise StoreError(
             f"Export to {out_dir} failed: {e}. Partitions already written are complete; run it again."

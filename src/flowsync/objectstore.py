@@ -7,7 +7,7 @@ all, so a reader sees the old or the new partition, never half of one; the
 manifest goes last, so every file it lists is already there. With ``since``,
 only the partitions that export rewrote are uploaded and the remote manifest
 is updated for them; a full export also deletes remote partitions the DB no
-longer has. A destination is checked before anything is written
+longer has, after the manifest that no longer lists them. A destination is checked before anything is written
 (``check_destination``: a supported scheme, with its bucket), and so is the
 remote manifest's source (``remote_manifest``, ``flowsync.export.check_source``). Filesystems come from fsspec (``s3fs``, ``gcsfs``, ``adlfs``,
 the ``flowsync[s3]``/``[gcs]``/``[azure]`` extras) and find credentials the
@@ -218,6 +218,7 @@ def upload(
     progress = progress or NullProgress()
     progress.phase("upload", sum(len(t.files_written) for t in result.tables) + 1)
     try:
+        stale: list[str] = []  # partitions a full export leaves out, removed after the manifest
         for table in result.tables:
             for rel in table.files_written:
                 src = local_dir / table.name / rel
@@ -234,8 +235,7 @@ def upload(
                 ):
                     name = str(entry).rstrip("/").rsplit("/", 1)[-1]
                     if name.startswith("date=") and name not in keep:
-                        fs.rm(f"{root}/{table.name}/{name}", recursive=True)
-                        out.partitions_removed.append(f"{table.name}/{name}")
+                        stale.append(f"{table.name}/{name}")
         local = json.loads((local_dir / MANIFEST).read_text(encoding="utf-8"))
         manifest = _merged_manifest(
             local, _remote_manifest(fs, root), [t.name for t in result.tables], full
@@ -245,6 +245,10 @@ def upload(
             f.write((json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
         out.files_uploaded += 1
         progress.advance(1)
+        # Only now: the manifest in place until here listed them.
+        for partition in stale:
+            fs.rm(f"{root}/{partition}", recursive=True)
+            out.partitions_removed.append(partition)
     except Exception as e:  # the SDKs' own error types (botocore, google, azure) vary
         if _sdk_error(e):
             raise _failed(url, e) from e
