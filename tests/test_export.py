@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +15,7 @@ import duckdb
 import polars as pl
 import pytest
 
+from flowsync.export import MANIFEST, PART_FILE
 from flowsync.store import Store
 from harness.built import API_URL, BuiltHistory
 from tests.helpers import a_run_alone_on_its_created_day, copy_db, run_cli, scalar
@@ -483,3 +487,58 @@ def test_a_full_export_failing_at_its_manifest_leaves_every_listed_file_in_place
     assert set(manifest["tables"]["flow_runs"]["files"]) == {
         str(p.relative_to(out / "flow_runs")) for p in (out / "flow_runs").rglob("*.parquet")
     }
+
+
+# `flowsync export` whose third partition write is a statement that runs for seconds
+# (its Parquet file already open), so that the test can SIGKILL it there.
+KILLED_MID_PARTITION = """
+import sys
+from flowsync.store import parquet
+LONG = "SELECT i % 1000 AS n FROM range(4000000000) t(i)"  # row groups as it goes, small
+write, calls = parquet._write, []
+def slow_third(store, sql, params, dest):
+    calls.append(dest)
+    if len(calls) == 3:
+        print("writing", flush=True)
+        return write(store, LONG, [], dest)
+    return write(store, sql, params, dest)
+parquet._write = slow_third
+from flowsync.cli import app
+app(sys.argv[1:], prog_name="flowsync")
+"""
+
+
+def test_an_export_killed_mid_partition_leaves_the_table_folders_readable(
+    db: Path, tmp_path: Path
+) -> None:
+    """SIGKILL while a partition was written left its temporary file (part of a Parquet
+    file) inside the partition folder, for good (the next export did not remove it):
+    reading the folder (`pl.scan_parquet("export/flow_runs", hive_partitioning=True)`)
+    failed on it ("directory contained paths with different file extensions")."""
+    out = tmp_path / "export"
+    export(db, out)
+    written = {p for p in out.rglob("*") if p.is_file()}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILLED_MID_PARTITION, "export", str(out), "--db", str(db)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "writing"
+    try:
+        deadline = time.monotonic() + 60
+        while not any(p.stat().st_size for p in set(out.rglob("*")) - written if p.is_file()):
+            assert time.monotonic() < deadline, "the third partition was never begun"
+            time.sleep(0.05)  # until the statement has written some of its file
+    finally:
+        proc.kill()
+        proc.wait(timeout=60)
+    runs = scalar(db, "SELECT count(*) FROM flow_runs")
+    for attempt in ("after the kill", "after the next export"):
+        frame = pl.scan_parquet(out / "flow_runs", hive_partitioning=True).collect()
+        assert frame.height == frame["id"].n_unique() == runs, attempt
+        if attempt == "after the kill":
+            export(db, out)
+    leftovers = [p for p in out.rglob("*") if p.name not in (MANIFEST, PART_FILE, *TABLES)]
+    assert not [p for p in leftovers if not p.name.startswith("date=")], leftovers

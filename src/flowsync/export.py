@@ -15,7 +15,10 @@ state, and never moves it (retries and reschedules change
 possible, from its created day once it gets a first state, is covered because
 ``--since`` rewrites both days of every changed run. Every partition is one file, written to a hidden
 temporary name and renamed over the old one, so a reader sees the old or the
-new partition, never half of one, and re-running replaces rather than adds. A
+new partition, never half of one, and re-running replaces rather than adds. The
+temporary files are in ``DIR/.flowsync-tmp/``, outside the table folders, so a
+reader of a folder never meets one a killed export left (the next export removes
+it). A
 full export removes the partitions the DB no longer has after its manifest is in
 place, so the manifest there at any time lists only files that are there.
 Runs deleted on the server are exported too, with ``deleted_at`` set.
@@ -34,6 +37,7 @@ Must not: print, or run SQL itself (the store's ``parquet`` module does).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -62,6 +66,7 @@ PARTITION_BY: dict[str, tuple[str, ...]] = {
 }
 TABLES = tuple(PARTITION_BY)
 PART_FILE = "part-0.parquet"
+TMP_DIR = ".flowsync-tmp"  # files being written, renamed into the table folders when whole
 MANIFEST = "_flowsync_manifest.json"
 _PARTITION_DIR = re.compile(r"^date=\d{4}-\d{2}-\d{2}$")
 # A published snapshot of DB: DB.snapshots/00000007.duckdb (flowsync.store.snapshot)
@@ -290,14 +295,48 @@ def check_request(
     return chosen
 
 
-def _replace_atomically(write: Callable[[Path], object], dest: Path) -> None:
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
+def _remove_leftovers(out_dir: Path) -> None:
+    """The temporary files (``TMP_DIR``) of exports killed before they renamed them: their
+    process is gone. Those of a live export stay."""
+    tmp_dir = out_dir / TMP_DIR
+    if not tmp_dir.is_dir():
+        return
+    for entry in tmp_dir.iterdir():
+        pid = entry.name.split("-", 1)[0]
+        if entry.is_file() and pid.isdigit() and not _alive(int(pid)):
+            entry.unlink(missing_ok=True)
+
+
+def _replace_atomically(
+    write: Callable[[Path], object], dest: Path, tmp: Path | None = None
+) -> None:
+    """Write ``dest`` through ``write(tmp)``, then rename: a reader sees the old file or the
+    new one. ``tmp`` (default next to ``dest``) must be on ``dest``'s filesystem."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+    tmp = tmp or dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+    tmp.parent.mkdir(parents=True, exist_ok=True)
     try:
         write(tmp)
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _tmp_for(out_dir: Path, table: str, rel: str) -> Path:
+    """Where the file ``table/rel`` is written before its rename: under ``TMP_DIR``, outside
+    the table folders (a reader of a folder never finds it, even one a SIGKILL left),
+    named by this process (``_remove_leftovers``)."""
+    return out_dir / TMP_DIR / f"{os.getpid()}-{table}-{rel.replace('/', '-')}"
 
 
 def _export_table(
@@ -312,7 +351,9 @@ def _export_table(
             rows = parquet.row_count(store, name)
             progress.phase(f"export {name}", rows)
             _replace_atomically(
-                lambda tmp: parquet.write_parquet(store, select, tmp), base / PART_FILE
+                lambda tmp: parquet.write_parquet(store, select, tmp),
+                base / PART_FILE,
+                _tmp_for(out_dir, name, PART_FILE),
             )
             result.files_written.append(PART_FILE)
             result.rows_written = rows
@@ -325,7 +366,9 @@ def _export_table(
         with parquet.staged(store, select, columns, batch) as write:
             for day in batch:
                 rel = f"date={day.isoformat()}/{PART_FILE}"
-                _replace_atomically(functools.partial(write, day), base / rel)
+                _replace_atomically(
+                    functools.partial(write, day), base / rel, _tmp_for(out_dir, name, rel)
+                )
                 result.files_written.append(rel)
                 result.rows_written += days[day]
                 progress.advance(days[day])
@@ -413,6 +456,7 @@ def export(
     result = ExportResult(out_dir, fmt, since)
     progress = progress or NullProgress()
     try:
+        _remove_leftovers(out_dir)
         for name in chosen:
             result.tables.append(_export_table(store, out_dir, name, since, progress))
         removing = {t.name: t.partitions_removed for t in result.tables}
@@ -426,6 +470,8 @@ def export(
         for table in result.tables:
             for name in table.partitions_removed:
                 shutil.rmtree(out_dir / table.name / name)
+        with contextlib.suppress(OSError):  # not empty: another export's files
+            (out_dir / TMP_DIR).rmdir()
     except OSError as e:
         raise StoreError(
             f"Export to {out_dir} failed: {e}. Partitions already written are complete; run it again."
