@@ -311,3 +311,58 @@ def test_a_full_export_to_s3_whose_manifest_is_refused_keeps_every_listed_file(
     manifest = json.loads(fs.cat(f"{BUCKET}/moved/_flowsync_manifest.json"))
     listed = {f"{BUCKET}/moved/flow_runs/{rel}" for rel in manifest["tables"]["flow_runs"]["files"]}
     assert listed == set(fs.glob(f"{BUCKET}/moved/flow_runs/date=*/part-0.parquet"))
+
+
+def test_a_prefix_an_export_left_without_its_manifest_is_neither_emptied_nor_half_listed(
+    pulled: Path, aws_env: s3fs.S3FileSystem, tmp_path: Path
+) -> None:
+    """A first export whose manifest PUT failed leaves its partitions without a manifest.
+    Then a file never pulled exported over it deleted every partition (the guard read only
+    the manifest; a folder's looks for the files), and an export --since wrote a manifest
+    of the partitions it uploaded alone, the others there but not listed."""
+    url = f"s3://{BUCKET}/unfinished"
+    fs = aws_env
+    denied = {
+        "Effect": "Deny",
+        "Principal": "*",
+        "Action": "s3:PutObject",
+        "Resource": f"arn:aws:s3:::{BUCKET}/unfinished/_flowsync_manifest.json",
+    }
+    fs.call_s3(
+        "put_bucket_policy",
+        Bucket=BUCKET,
+        Policy=json.dumps({"Version": "2012-10-17", "Statement": [denied]}),
+    )
+    assert run_cli("export", url, "--db", str(pulled), "--quiet").exit_code == 5
+    fs.call_s3("delete_bucket_policy", Bucket=BUCKET)
+
+    def remote() -> dict[str, bytes]:
+        fs.invalidate_cache()
+        return {str(p): fs.cat(p) for p in fs.find(f"{BUCKET}/unfinished")}
+
+    before = remote()
+    assert before and f"{BUCKET}/unfinished/_flowsync_manifest.json" not in before
+    empty = tmp_path / "empty.duckdb"
+    Store.writer(empty).close()
+    refused = run_cli("export", url, "--db", str(empty), "--quiet")
+    assert refused.exit_code == 2, refused.output
+    assert f"{empty} has no completed pull" in refused.stderr
+    assert remote() == before
+    now = datetime.now(timezone.utc).isoformat()  # nothing was synced since
+    since = run_cli("export", url, "--db", str(pulled), "--since", now, "--quiet")
+    if since.exit_code == 0:  # then its manifest lists every file there
+        fs.invalidate_cache()
+        manifest = json.loads(fs.cat(f"{BUCKET}/unfinished/_flowsync_manifest.json"))
+        listed = {
+            f"{BUCKET}/unfinished/flow_runs/{rel}"
+            for rel in manifest["tables"].get("flow_runs", {}).get("files", {})
+        }
+        assert listed == set(fs.glob(f"{BUCKET}/unfinished/flow_runs/date=*/part-0.parquet"))
+    else:  # or it is refused, nothing written, saying how to finish the export
+        assert since.exit_code == 2 and "without --since" in since.stderr, since.output
+        assert len(since.stderr.strip().splitlines()) == 1
+        assert remote() == before
+    again = run_cli("export", url, "--db", str(pulled), "--quiet")  # finishes it
+    assert again.exit_code == 0, again.output
+    fs.invalidate_cache()
+    assert fs.exists(f"{BUCKET}/unfinished/_flowsync_manifest.json")

@@ -9,7 +9,8 @@ only the partitions that export rewrote are uploaded and the remote manifest
 is updated for them; a full export also deletes remote partitions the DB no
 longer has, after the manifest that no longer lists them. A destination is checked before anything is written
 (``check_destination``: a supported scheme, with its bucket), and so is the
-remote manifest's source (``remote_manifest``, ``flowsync.export.check_source``). Filesystems come from fsspec (``s3fs``, ``gcsfs``, ``adlfs``,
+remote manifest's source (``check_remote``, ``flowsync.export.check_source``; without a
+manifest, the Parquet files there count as an export). Filesystems come from fsspec (``s3fs``, ``gcsfs``, ``adlfs``,
 the ``flowsync[s3]``/``[gcs]``/``[azure]`` extras) and find credentials the
 way each cloud's own SDK does (``AWS_*`` variables, ``~/.aws`` profiles,
 instance roles; ``GOOGLE_APPLICATION_CREDENTIALS``; ``AZURE_STORAGE_*``); a
@@ -25,12 +26,13 @@ import re
 import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from flowsync.errors import ConfigError, StoreError
-from flowsync.export import MANIFEST, TABLES, ExportResult
+from flowsync.export import MANIFEST, TABLES, ExportResult, Source, check_source
 from flowsync.progress import NullProgress, Progress
 
 _URL = re.compile(r"^(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*)://(?P<rest>.*)$", re.DOTALL)
@@ -170,6 +172,37 @@ def remote_manifest(url: str) -> dict[str, Any] | None:
             f"Reading {url}/{MANIFEST} failed: {first}. Nothing was written; fix access "
             "(credentials come from the environment or your cloud profile) and run it again."
         ) from e
+
+
+def check_remote(url: str, source: Source, since: datetime | None) -> None:
+    """``flowsync.export.check_source`` for the export at ``url``, before anything is written
+    there: its manifest, or, without one, its Parquet files (an export whose manifest never
+    landed), which an export ``since`` cannot list whole (it refuses)."""
+    found = remote_manifest(url)
+    holds = found is not None
+    if found is None:
+        fs, root = _filesystem(url)
+        try:
+            holds = any(
+                str(p).endswith(".parquet")
+                for name in TABLES
+                if fs.exists(f"{root}/{name}")
+                for p in fs.find(f"{root}/{name}")
+            )
+        except Exception as e:
+            if not _sdk_error(e):
+                raise
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise StoreError(
+                f"Listing {url} failed: {first}. Nothing was written; fix access "
+                "(credentials come from the environment or your cloud profile) and run it again."
+            ) from e
+    check_source(found, holds, source, url)
+    if found is None and holds and since is not None:
+        raise ConfigError(
+            f"{url} holds Parquet files but no {MANIFEST} (an export that did not finish); "
+            "run the export without --since to complete it."
+        )
 
 
 def _remote_manifest(fs: Any, root: str) -> dict[str, Any] | None:

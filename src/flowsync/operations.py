@@ -413,8 +413,7 @@ def export(
     with Store.reader(db, live=live, wait=wait) as store, staged as out_dir:
         source = export_tables.source_of(store, db)
         if remote and not replace:
-            found = objectstore.remote_manifest(str(dest))
-            export_tables.check_source(found, found is not None, source, str(dest))
+            objectstore.check_remote(str(dest), source, since)
         result = export_tables.export(
             store,
             out_dir,
