@@ -262,3 +262,22 @@ def a_run_alone_on_its_created_day(db: Path) -> tuple[str, str]:
     )
     con.close()
     return run_id, expected
+
+
+# `flowsync export` whose third partition write is a statement that runs for seconds
+# (its Parquet file already open), so that the test can SIGKILL it there.
+EXPORT_SLOW_THIRD_PARTITION = """
+import sys
+from flowsync.store import parquet
+LONG = "SELECT i % 1000 AS n FROM range(4000000000) t(i)"  # row groups as it goes, small
+write, calls = parquet._write, []
+def slow_third(store, sql, params, dest):
+    calls.append(dest)
+    if len(calls) == 3:
+        print("writing", flush=True)
+        return write(store, LONG, [], dest)
+    return write(store, sql, params, dest)
+parquet._write = slow_third
+from flowsync.cli import app
+app(sys.argv[1:], prog_name="flowsync")
+"""

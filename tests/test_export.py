@@ -18,7 +18,13 @@ import pytest
 from flowsync.export import MANIFEST, PART_FILE
 from flowsync.store import Store
 from harness.built import API_URL, BuiltHistory
-from tests.helpers import a_run_alone_on_its_created_day, copy_db, run_cli, scalar
+from tests.helpers import (
+    EXPORT_SLOW_THIRD_PARTITION,
+    a_run_alone_on_its_created_day,
+    copy_db,
+    run_cli,
+    scalar,
+)
 
 TABLES = ("flows", "deployments", "flow_runs")
 
@@ -489,25 +495,6 @@ def test_a_full_export_failing_at_its_manifest_leaves_every_listed_file_in_place
     }
 
 
-# `flowsync export` whose third partition write is a statement that runs for seconds
-# (its Parquet file already open), so that the test can SIGKILL it there.
-KILLED_MID_PARTITION = """
-import sys
-from flowsync.store import parquet
-LONG = "SELECT i % 1000 AS n FROM range(4000000000) t(i)"  # row groups as it goes, small
-write, calls = parquet._write, []
-def slow_third(store, sql, params, dest):
-    calls.append(dest)
-    if len(calls) == 3:
-        print("writing", flush=True)
-        return write(store, LONG, [], dest)
-    return write(store, sql, params, dest)
-parquet._write = slow_third
-from flowsync.cli import app
-app(sys.argv[1:], prog_name="flowsync")
-"""
-
-
 def test_an_export_killed_mid_partition_leaves_the_table_folders_readable(
     db: Path, tmp_path: Path
 ) -> None:
@@ -519,7 +506,7 @@ def test_an_export_killed_mid_partition_leaves_the_table_folders_readable(
     export(db, out)
     written = {p for p in out.rglob("*") if p.is_file()}
     proc = subprocess.Popen(
-        [sys.executable, "-c", KILLED_MID_PARTITION, "export", str(out), "--db", str(db)],
+        [sys.executable, "-c", EXPORT_SLOW_THIRD_PARTITION, "export", str(out), "--db", str(db)],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,

@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
@@ -23,7 +24,12 @@ import s3fs
 from flowsync.objectstore import check_destination, is_remote
 from flowsync.store import Store
 from harness.built import BuiltHistory
-from tests.helpers import a_run_alone_on_its_created_day, run_cli, scalar
+from tests.helpers import (
+    EXPORT_SLOW_THIRD_PARTITION,
+    a_run_alone_on_its_created_day,
+    run_cli,
+    scalar,
+)
 
 SECRET = "flowsync-test-secret-never-printed"
 BUCKET = "history"
@@ -366,3 +372,31 @@ def test_a_prefix_an_export_left_without_its_manifest_is_neither_emptied_nor_hal
     assert again.exit_code == 0, again.output
     fs.invalidate_cache()
     assert fs.exists(f"{BUCKET}/unfinished/_flowsync_manifest.json")
+
+
+def test_an_export_to_s3_killed_mid_way_leaves_no_local_copy_once_run_again(
+    pulled: Path, aws_env: s3fs.S3FileSystem, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An export to object storage writes the whole export to a local temporary folder
+    first: SIGKILL (the OOM killer) left that copy in the temporary directory for good,
+    one more each time."""
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    url = f"s3://{BUCKET}/killed"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", EXPORT_SLOW_THIRD_PARTITION, "export", url, "--db", str(pulled)],
+        env={**os.environ, "TMPDIR": str(temp)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "writing"
+    finally:
+        proc.kill()
+        proc.wait(timeout=60)
+    assert [p for p in temp.rglob("*") if p.is_file()]  # the killed export's copy
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    assert run_cli("export", url, "--db", str(pulled), "--quiet").exit_code == 0
+    assert not list(temp.iterdir())

@@ -295,7 +295,8 @@ def check_request(
     return chosen
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Process ``pid`` runs (here): the owner of a temporary file or folder."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -313,7 +314,7 @@ def _remove_leftovers(out_dir: Path) -> None:
         return
     for entry in tmp_dir.iterdir():
         pid = entry.name.split("-", 1)[0]
-        if entry.is_file() and pid.isdigit() and not _alive(int(pid)):
+        if entry.is_file() and pid.isdigit() and not alive(int(pid)):
             entry.unlink(missing_ok=True)
 
 

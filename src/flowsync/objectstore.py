@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
+import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -32,7 +34,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from flowsync.errors import ConfigError, StoreError
-from flowsync.export import MANIFEST, TABLES, ExportResult, Source, check_source
+from flowsync.export import MANIFEST, TABLES, ExportResult, Source, alive, check_source
 from flowsync.progress import NullProgress, Progress
 
 _URL = re.compile(r"^(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*)://(?P<rest>.*)$", re.DOTALL)
@@ -289,10 +291,25 @@ def upload(
     return out
 
 
+_STAGING = "flowsync-export-"
+_STAGING_OF = re.compile(rf"^{_STAGING}(?P<pid>\d+)-")
+
+
+def _remove_orphans(root: Path) -> None:
+    """The staging folders under ``root`` of exports killed (SIGKILL, the OOM killer) before
+    they could remove theirs: named by their process, which is gone."""
+    with contextlib.suppress(OSError):
+        for entry in root.iterdir():
+            m = _STAGING_OF.match(entry.name)
+            if m and entry.is_dir() and not alive(int(m.group("pid"))):
+                shutil.rmtree(entry, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def staging(url: str) -> Iterator[Path]:
-    """A local directory for an export bound for ``url``, removed after; a missing extra
-    fails here, before any work."""
+    """A local directory for an export bound for ``url``, removed after (and, when a
+    kill left one, by the next export); a missing extra fails here, before any work."""
     _filesystem(url)
-    with tempfile.TemporaryDirectory(prefix="flowsync-export-") as tmp:
+    _remove_orphans(Path(tempfile.gettempdir()))
+    with tempfile.TemporaryDirectory(prefix=f"{_STAGING}{os.getpid()}-") as tmp:
         yield Path(tmp)
