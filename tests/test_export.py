@@ -565,3 +565,23 @@ def test_an_export_failing_midway_leaves_the_manifest_matching_the_files(
         path = out / "flow_runs" / rel
         if path.is_file():
             assert pl.read_parquet(path).height == rows, rel
+
+
+def test_a_full_export_never_deletes_a_file_it_did_not_write(db: Path, tmp_path: Path) -> None:
+    """A partition folder the file no longer has was removed whole (``rmtree``), with the
+    files a user kept there: only the export's own file goes."""
+    out = tmp_path / "export"
+    mine = out / "flow_runs" / "date=2020-01-01" / "notes.parquet"
+    mine.parent.mkdir(parents=True)
+    pl.DataFrame({"note": ["kept by hand"]}).write_parquet(mine)
+    export(db, out)
+    assert mine.is_file()
+    stale = out / "flow_runs" / "date=1999-01-01"  # a partition of the export the file lost
+    shutil.copytree(next((out / "flow_runs").glob("date=2026-*")), stale)
+    (stale / "README.txt").write_text("a user's note\n")
+    summary = export(db, out)
+    assert summary["tables"]["flow_runs"]["partitions_removed"] == ["date=1999-01-01"]
+    assert mine.is_file() and (stale / "README.txt").is_file()
+    assert not (stale / PART_FILE).exists()
+    again = export(db, out)  # the folder left holds no partition: nothing more to remove
+    assert again["tables"]["flow_runs"]["partitions_removed"] == []

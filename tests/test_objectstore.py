@@ -400,3 +400,27 @@ def test_an_export_to_s3_killed_mid_way_leaves_no_local_copy_once_run_again(
     monkeypatch.setattr(tempfile, "tempdir", str(temp))
     assert run_cli("export", url, "--db", str(pulled), "--quiet").exit_code == 0
     assert not list(temp.iterdir())
+
+
+def test_a_full_export_to_s3_never_deletes_an_object_it_did_not_write(
+    pulled: Path, aws_env: s3fs.S3FileSystem
+) -> None:
+    """A remote partition the file no longer has was deleted whole (``rm -r``), with the
+    objects a user kept under it: only the export's own file goes."""
+    url = f"s3://{BUCKET}/kept"
+    fs = aws_env
+    mine = f"{BUCKET}/kept/flow_runs/date=2020-01-01/notes.parquet"
+    fs.pipe(mine, b"a user's own object")
+    assert run_cli("export", url, "--db", str(pulled), "--quiet").exit_code == 0
+    fs.invalidate_cache()
+    first = sorted(fs.glob(f"{BUCKET}/kept/flow_runs/date=2026-*/part-0.parquet"))[0]
+    fs.copy(first, f"{BUCKET}/kept/flow_runs/date=1999-01-01/part-0.parquet")
+    fs.pipe(f"{BUCKET}/kept/flow_runs/date=1999-01-01/README.txt", b"a user's note")
+    again = run_cli("export", url, "--db", str(pulled), "--json")
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout)["upload"]["partitions_removed"] == ["flow_runs/date=1999-01-01"]
+    fs.invalidate_cache()
+    assert fs.exists(mine) and fs.exists(f"{BUCKET}/kept/flow_runs/date=1999-01-01/README.txt")
+    assert not fs.exists(f"{BUCKET}/kept/flow_runs/date=1999-01-01/part-0.parquet")
+    third = run_cli("export", url, "--db", str(pulled), "--json")
+    assert json.loads(third.stdout)["upload"]["partitions_removed"] == []

@@ -19,8 +19,8 @@ new partition, never half of one, and re-running replaces rather than adds. The
 temporary files are in ``DIR/.flowsync-tmp/``, outside the table folders, so a
 reader of a folder never meets one a killed export left (the next export removes
 it). A
-full export removes the partitions the DB no longer has after its manifest is in
-place, so the manifest there at any time lists only files that are there.
+full export removes the partitions the DB no longer has (their ``part-0.parquet``,
+never a file it did not write) after its manifest is in place, so the manifest there at any time lists only files that are there.
 Runs deleted on the server are exported too, with ``deleted_at`` set.
 
 An export mirrors one file: the manifest names its ``source`` (the DuckDB file,
@@ -42,7 +42,6 @@ import functools
 import json
 import os
 import re
-import shutil
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -378,7 +377,12 @@ def _export_table(
         # manifest that no longer lists them is in place (``export``).
         keep = {f"date={d.isoformat()}" for d in days}
         for sub in sorted(base.iterdir()):
-            if sub.is_dir() and _PARTITION_DIR.match(sub.name) and sub.name not in keep:
+            # (a folder holding only files of a user's own is not a partition: it stays)
+            if (
+                _PARTITION_DIR.match(sub.name)
+                and sub.name not in keep
+                and (sub / PART_FILE).is_file()
+            ):
                 result.partitions_removed.append(sub.name)
     return result
 
@@ -470,7 +474,9 @@ def export(
         # Only now: the manifest in place until here listed them.
         for table in result.tables:
             for name in table.partitions_removed:
-                shutil.rmtree(out_dir / table.name / name)
+                (out_dir / table.name / name / PART_FILE).unlink(missing_ok=True)
+                with contextlib.suppress(OSError):  # not empty: files export did not write
+                    (out_dir / table.name / name).rmdir()
         with contextlib.suppress(OSError):  # not empty: another export's files
             (out_dir / TMP_DIR).rmdir()
     except OSError as e:

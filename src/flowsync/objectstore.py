@@ -34,7 +34,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from flowsync.errors import ConfigError, StoreError
-from flowsync.export import MANIFEST, TABLES, ExportResult, Source, alive, check_source
+from flowsync.export import MANIFEST, PART_FILE, TABLES, ExportResult, Source, alive, check_source
 from flowsync.progress import NullProgress, Progress
 
 _URL = re.compile(r"^(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*)://(?P<rest>.*)$", re.DOTALL)
@@ -269,7 +269,11 @@ def upload(
                     else []
                 ):
                     name = str(entry).rstrip("/").rsplit("/", 1)[-1]
-                    if name.startswith("date=") and name not in keep:
+                    if (
+                        name.startswith("date=")
+                        and name not in keep
+                        and fs.exists(f"{root}/{table.name}/{name}/{PART_FILE}")
+                    ):
                         stale.append(f"{table.name}/{name}")
         local = json.loads((local_dir / MANIFEST).read_text(encoding="utf-8"))
         manifest = _merged_manifest(
@@ -281,8 +285,8 @@ def upload(
         out.files_uploaded += 1
         progress.advance(1)
         # Only now: the manifest in place until here listed them.
-        for partition in stale:
-            fs.rm(f"{root}/{partition}", recursive=True)
+        for partition in stale:  # its file: never an object export did not write
+            fs.rm_file(f"{root}/{partition}/{PART_FILE}")
             out.partitions_removed.append(partition)
     except Exception as e:  # the SDKs' own error types (botocore, google, azure) vary
         if _sdk_error(e):
