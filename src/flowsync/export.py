@@ -13,12 +13,17 @@ never had a state. Prefect sets ``expected_start_time`` once, at a run's first
 state, and never moves it (retries and reschedules change
 ``next_scheduled_start_time``), so a run stays in one partition; the one move
 possible, from its created day once it gets a first state, is covered because
-``--since`` rewrites both days of every changed run. Every partition is one file, written to a hidden
-temporary name and renamed over the old one, so a reader sees the old or the
-new partition, never half of one, and re-running replaces rather than adds. The
-temporary files are in ``DIR/.flowsync-tmp/``, outside the table folders, so a
-reader of a folder never meets one a killed export left (the next export removes
-it). A
+``--since`` rewrites both days of every changed run. Every partition is one file. An
+export first writes all of its files whole under ``DIR/.flowsync-tmp/`` (outside the
+table folders: a reader of a folder never meets one, and the next export removes
+those a killed one left), then renames them over the old ones and writes the
+manifest, the old files kept aside until the manifest is in place: an export that
+fails (a file it cannot write, a rename, the manifest) leaves the export there as
+it was, and a reader sees the old or the new partition, never half of one;
+re-running replaces rather than adds. Only a SIGKILL in the renames (milliseconds,
+once everything is written) can leave some partitions new under the old manifest;
+the next export puts that right. The staging needs room for one whole export
+beside the old one. A
 full export removes the partitions the DB no longer has (their ``part-0.parquet``,
 never a file it did not write) after its manifest is in place, so the manifest there at any time lists only files that are there.
 Runs deleted on the server are exported too, with ``deleted_at`` set.
@@ -42,7 +47,7 @@ import functools
 import json
 import os
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -339,9 +344,56 @@ def _tmp_for(out_dir: Path, table: str, rel: str) -> Path:
     return out_dir / TMP_DIR / f"{os.getpid()}-{table}-{rel.replace('/', '-')}"
 
 
+def _written(
+    write: Callable[[Path], object], dest: Path, tmp: Path, pending: list[tuple[Path, Path]]
+) -> None:
+    """``write(tmp)``: a whole file, to be renamed over ``dest`` with the export's others."""
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    pending.append((tmp, dest))  # first: a write that fails leaves its part to be removed
+    write(tmp)
+
+
+@contextlib.contextmanager
+def _swapped(pending: Sequence[tuple[Path, Path]]) -> Iterator[None]:
+    """Rename every written file over its destination, keeping each old file aside (a hard
+    link under ``TMP_DIR``) until the block is done: a failed rename, or an error in the
+    block (the manifest's write), puts every old file back and removes every new one, so
+    the destination is as it was. A SIGKILL among the renames (milliseconds, after all
+    the writing) can still leave some partitions new under the old manifest."""
+    done: list[tuple[Path, Path | None]] = []
+    try:
+        for tmp, dest in pending:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            backup = None
+            if dest.exists() or dest.is_symlink():
+                backup = tmp.with_name(tmp.name + ".old")
+                os.link(dest, backup, follow_symlinks=False)  # a folder in the way: refused
+            done.append((dest, backup))
+            os.replace(tmp, dest)
+        yield
+    except BaseException:
+        for dest, backup in reversed(done):
+            if backup is not None:
+                os.replace(backup, dest)
+            elif dest.is_file():
+                dest.unlink()
+        raise
+    finally:
+        for _, backup in done:
+            if backup is not None:
+                backup.unlink(missing_ok=True)
+
+
 def _export_table(
-    store: Store, out_dir: Path, name: str, since: datetime | None, progress: Progress
+    store: Store,
+    out_dir: Path,
+    name: str,
+    since: datetime | None,
+    progress: Progress,
+    pending: list[tuple[Path, Path]],
 ) -> TableExport:
+    """Write ``name``'s files under ``TMP_DIR`` (each added to ``pending`` with its
+    destination; ``_swapped`` renames them)."""
     columns = PARTITION_BY[name]
     result = TableExport(name, columns)
     base = out_dir / name
@@ -350,10 +402,11 @@ def _export_table(
         if since is None or parquet.changed_rows(store, name, since):
             rows = parquet.row_count(store, name)
             progress.phase(f"export {name}", rows)
-            _replace_atomically(
+            _written(
                 lambda tmp: parquet.write_parquet(store, select, tmp),
                 base / PART_FILE,
                 _tmp_for(out_dir, name, PART_FILE),
+                pending,
             )
             result.files_written.append(PART_FILE)
             result.rows_written = rows
@@ -366,8 +419,11 @@ def _export_table(
         with parquet.staged(store, select, columns, batch) as write:
             for day in batch:
                 rel = f"date={day.isoformat()}/{PART_FILE}"
-                _replace_atomically(
-                    functools.partial(write, day), base / rel, _tmp_for(out_dir, name, rel)
+                _written(
+                    functools.partial(write, day),
+                    base / rel,
+                    _tmp_for(out_dir, name, rel),
+                    pending,
                 )
                 result.files_written.append(rel)
                 result.rows_written += days[day]
@@ -460,17 +516,20 @@ def export(
         raise ConfigError(f"Cannot create export directory {out_dir}: {e.strerror}.") from e
     result = ExportResult(out_dir, fmt, since)
     progress = progress or NullProgress()
+    pending: list[tuple[Path, Path]] = []
     try:
         _remove_leftovers(out_dir)
         for name in chosen:
-            result.tables.append(_export_table(store, out_dir, name, since, progress))
+            result.tables.append(_export_table(store, out_dir, name, since, progress, pending))
         removing = {t.name: t.partitions_removed for t in result.tables}
-        manifest = json.dumps(
-            _manifest(out_dir, store, since, source, removing), indent=2, sort_keys=True
-        )
-        _replace_atomically(
-            lambda tmp: tmp.write_text(manifest + "\n", encoding="utf-8"), out_dir / MANIFEST
-        )
+        with _swapped(pending):  # every file written: all of them in place, or none
+            manifest = json.dumps(
+                _manifest(out_dir, store, since, source, removing), indent=2, sort_keys=True
+            )
+            _replace_atomically(
+                lambda tmp: tmp.write_text(manifest + "\n", encoding="utf-8"),
+                out_dir / MANIFEST,
+            )
         # Only now: the manifest in place until here listed them.
         for table in result.tables:
             for name in table.partitions_removed:
@@ -481,6 +540,10 @@ def export(
             (out_dir / TMP_DIR).rmdir()
     except OSError as e:
         raise StoreError(
-            f"Export to {out_dir} failed: {e}. Partitions already written are complete; run it again."
+            f"Export to {out_dir} failed: {e}. The export there is as it was; fix that, then "
+            "run it again."
         ) from e
+    finally:
+        for tmp, _ in pending:
+            tmp.unlink(missing_ok=True)
     return result
