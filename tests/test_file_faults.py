@@ -30,6 +30,7 @@ import pytest
 
 import flowsync
 from flowsync import views
+from flowsync.config import ApiSettings
 from flowsync.errors import (
     DamagedFileError,
     NewerFileError,
@@ -37,11 +38,12 @@ from flowsync.errors import (
     StoreError,
     StoreLockedError,
 )
-from flowsync.store import Store, migrations
+from flowsync.store import Store, migrations, sync_log
 from flowsync.store.locks import classify
 from flowsync.store.snapshot import CURRENT, publish, snapshot_dir
 from harness.seed import seed
 from harness.server import Server
+from tests.apply_cases import live, pulled_runs
 from tests.helpers import SeededServer, query, run_cli, scalar
 from tests.policy_db import empty_file
 from tests.server_truth import assert_matches_server
@@ -865,6 +867,95 @@ def test_pull_full_by_an_older_flowsync_leaves_a_newer_file_untouched(
     assert "written by flowsync 9.0.0" in line
     assert sha256(db) == before and query(db, "SELECT * FROM flow_runs ORDER BY id") == rows
     assert scalar(db, "SELECT count(*) FROM flow_runs WHERE future_column = 'kept'") == len(rows)
+
+
+def in_another_shape(db: Path, key: str, version: str = "9.0.0") -> None:
+    """What a newer flowsync may leave at the same schema: ``sync_state`` ``key`` kept in
+    another shape (a value, not a migration), the file saying that version wrote it."""
+    with duckdb.connect(str(db)) as con:
+        (old,) = con.execute("SELECT value FROM sync_state WHERE key = ?", [key]).fetchone() or (
+            None,
+        )
+        value = json.dumps([{"format": 2}, json.loads(old) if old else None])
+        con.execute(
+            "INSERT INTO sync_state VALUES (?, CAST(? AS JSON), now()) ON CONFLICT (key) "
+            "DO UPDATE SET value = excluded.value",
+            [key, value],
+        )
+        con.execute("UPDATE _flowsync_file SET value = ? WHERE key = 'written_by'", [version])
+
+
+# The sync_state values a pull reads back (``sync_log.STATE_SHAPES``), as a pull leaves them.
+PULLS_STATE = [
+    "flows.cursor",
+    "flows.listed_at",
+    "deployments.cursor",
+    "deployments.listed_at",
+    "flow_runs.cursor",
+    "flow_runs.events_cursor",
+    "flow_runs.verified_at",
+    "error_signatures_seen_through",
+    "snapshot_generation",
+    "views_built",
+    "flow_runs.full_pass",  # a full pass a newer flowsync left to resume
+]
+
+
+def test_a_pull_on_a_file_whose_state_a_newer_flowsync_keeps_in_another_shape_refuses_in_one_line(
+    prefect: SeededServer, tmp_path: Path
+) -> None:
+    """A newer flowsync may keep a cursor, a counter or a full pass in ``sync_state`` in
+    another shape with no migration (a value, as an audit outcome is): an older pull read
+    it as its own and stopped with a Python traceback deep inside the pull (after its
+    record was written), or wrote its own value over the newer one's. It refuses in one
+    line naming the value and the version, before it writes anything."""
+    pulled = tmp_path / "pulled.duckdb"
+    assert pull_cli(prefect.url, pulled).exit_code == 0
+    for key in PULLS_STATE:
+        db = tmp_path / f"{key}.duckdb"
+        shutil.copyfile(pulled, db)
+        in_another_shape(db, key)
+        before = [query(db, f"SELECT * FROM {t} ORDER BY ALL") for t in ("sync_state", "sync_runs")]
+        line = one_line(pull_cli(prefect.url, db), 5)
+        assert f"sync_state {key!r}" in line and "flowsync 9.0.0, which wrote the file" in line, (
+            line
+        )
+        assert "Upgrade flowsync" in line and "another --db" in line, line
+        after = [query(db, f"SELECT * FROM {t} ORDER BY ALL") for t in ("sync_state", "sync_runs")]
+        assert after == before, key
+    # every value a pull leaves has its shape checked, or is read around another shape
+    around = {"server", "flow_runs.rescheduled_looked", "run_retention"}
+    left = {k for (k,) in query(pulled, "SELECT key FROM sync_state")}
+    assert left - around <= set(sync_log.STATE_SHAPES), left - around - set(sync_log.STATE_SHAPES)
+
+
+def test_apply_on_a_file_whose_state_a_newer_flowsync_keeps_in_another_shape_sends_nothing(
+    fresh_server: Server, tmp_path: Path
+) -> None:
+    """apply publishes the readers' snapshot after its calls, numbering it from
+    ``snapshot_generation``: kept in another shape by a newer flowsync, the older apply
+    deleted the runs, then stopped with a traceback and no snapshot. It refuses before the
+    question, as for a newer schema: no call, no audit row, the runs still on the server."""
+    with pulled_runs(fresh_server, tmp_path, 2, "COMPLETED", "shape") as (ids, db, policy):
+        in_another_shape(db, "snapshot_generation")
+        asked: list[int] = []
+
+        def confirm(plan: Any) -> bool:
+            asked.append(plan.total)
+            return True
+
+        with pytest.raises(StoreError) as refused:
+            flowsync.apply(db, policy, api=ApiSettings(url=fresh_server.url), confirm=confirm)
+        assert "sync_state 'snapshot_generation'" in str(refused.value)
+        assert asked == []
+        assert set(live(fresh_server, ids)) == set(ids)
+        assert scalar(db, "SELECT count(*) FROM policy_actions") == 0
+        line = one_line(
+            run_cli("apply", str(policy), "--yes", "--api-url", fresh_server.url, "--db", str(db)),
+            5,
+        )
+        assert "sync_state 'snapshot_generation'" in line and "Upgrade flowsync" in line
+        assert set(live(fresh_server, ids)) == set(ids)
 
 
 def test_a_no_change_pull_replaces_a_truncated_current_snapshot(

@@ -404,6 +404,8 @@ class Store(Session):
                 probe._check_newer(applied)
                 if not applied:
                     probe._refuse_foreign()
+                else:
+                    probe._check_state()
         finally:
             con.close()
 
@@ -551,6 +553,13 @@ class Store(Session):
             stacklevel=4,
         )
 
+    def _check_state(self) -> None:
+        """Refuse to write a file whose ``sync_state`` holds a value this flowsync reads in a
+        shape it does not know (``sync_log.check_shapes``): a newer flowsync's, same schema."""
+        from flowsync.store import sync_log
+
+        sync_log.check_shapes(self)
+
     def _record_writer(self) -> None:
         """The file says which flowsync wrote it: the newest ever, the latest, its schema."""
         now = datetime.now(timezone.utc)
@@ -609,6 +618,8 @@ class Store(Session):
         writer (before anything is written), a ``NewerFileWarning`` for a reader."""
         applied = self.applied_migrations()
         self._check_newer(applied)
+        if applied and not self.read_only:
+            self._check_state()
         todo = migrations.pending(applied)
         if not todo:
             if not self.read_only:

@@ -9,10 +9,13 @@ synced tables (that is ``synced_tables``).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from flowsync.store.connect import Store
+from flowsync import __version__
+from flowsync.errors import StoreError
+from flowsync.store.connect import Store, version_key
 from flowsync.store.synced_tables import now_utc, oldest_read
 
 
@@ -40,6 +43,97 @@ def server_record(store: Store) -> dict[str, Any] | None:
     keeps it in another shape (status and plan read what else the file says)."""
     server = get_state(store, SERVER_KEY)
     return server if isinstance(server, dict) else None
+
+
+def _timestamp(value: Any) -> str | None:
+    if not isinstance(value, str):
+        return "not a time"
+    try:
+        datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return "not a time"
+    return None
+
+
+def _full_pass(value: Any) -> str | None:
+    if not isinstance(value, dict):
+        return "not an object"
+    segments, pass_id = value.get("segments"), value.get("pass_id")
+    if (
+        not (isinstance(pass_id, int) or (isinstance(pass_id, str) and pass_id.isdigit()))
+        or _timestamp(value.get("started"))
+        or not isinstance(segments, list)
+        or not all(
+            isinstance(s, dict) and {"lo", "hi", "pos", "done"} <= s.keys() for s in segments
+        )
+    ):
+        return "not a full pass's pass_id, started and segments"
+    return None
+
+
+def _of(kind: type, label: str) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+        return None if ok else f"not {label}"
+
+    return check
+
+
+# The ``sync_state`` values this flowsync reads back, each with what it must be (null: none
+# recorded). A value is not a migration: a newer flowsync may keep one in another shape with
+# no migration this one would refuse, and reading it as this one's failed deep inside a pull
+# or after an apply's calls (a traceback), or would write this one's over it. A writer
+# refuses such a file before it reads or writes anything (``check_shapes``). Values read
+# around another shape (``server``, ``flow_runs.rescheduled_looked``, ``run_retention``,
+# read by SQL) are not listed.
+STATE_SHAPES: dict[str, Callable[[Any], str | None]] = {
+    **{
+        key: _timestamp
+        for key in (
+            "flows.cursor",
+            "flows.listed_at",
+            "deployments.cursor",
+            "deployments.listed_at",
+            "flow_runs.cursor",
+            "flow_runs.events_cursor",
+            "flow_runs.verified_at",
+            "flow_runs.rescheduled_cursor",
+            "error_signatures_seen_through",
+            "opened_for_writing_at",
+        )
+    },
+    "flow_runs.full_pass": _full_pass,
+    "views_built": _of(dict, "an object"),
+    "snapshot_generation": _of(int, "a whole number"),
+    "api_url": _of(str, "a URL"),
+    "api_url_moves": _of(list, "a list"),
+}
+
+
+def check_shapes(store: Store) -> None:
+    """Refuse (``StoreError``) a file whose ``sync_state`` holds a value this flowsync reads
+    in a shape it does not know (``STATE_SHAPES``): a newer flowsync's, or an edit. For a
+    writer, before it reads or writes anything; nothing is written here."""
+    rows = store._own_rows(
+        "SELECT key, CAST(value AS VARCHAR) FROM sync_state WHERE key IN "
+        f"({', '.join(repr(k) for k in STATE_SHAPES)}) ORDER BY key"
+    )
+    for key, text in rows:
+        value = json.loads(text) if text is not None else None
+        problem = None if value is None else STATE_SHAPES[key](value)
+        if problem is None:
+            continue
+        written_by = store.file_versions().get("written_by", "")
+        if written_by and version_key(written_by) > version_key(__version__):
+            who = f"flowsync {written_by}, which wrote the file"
+        else:
+            who = "a newer flowsync, or an edit"
+        raise StoreError(
+            f"{store.path} holds sync_state {key!r} in a shape this flowsync {__version__} "
+            f"does not read ({problem}; kept so by {who}): this version will not write to "
+            "it. Upgrade flowsync (pip install -U flowsync) where this command runs, or use "
+            "another --db."
+        )
 
 
 def delete_state(store: Store, key: str) -> None:
