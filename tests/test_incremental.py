@@ -1088,3 +1088,55 @@ def test_a_throttled_events_query_fails_the_pull_and_keeps_the_cursor(
     assert after == cursor_before
     pull(url, db_path)  # the server answers again: the swap is read
     assert_matches_server(db_path, url)
+
+
+@pytest.mark.backends("sqlite")  # what the scheduler writes does not depend on the backend
+def test_scheduled_runs_replaced_while_a_full_pass_was_stopped_reach_the_pull_that_resumes_it(
+    fresh_server: Server, tmp_path: Path
+) -> None:
+    """A first pull (a full pass) walks every run, then stops (the server answers 503 from
+    then on): the pass stays, to resume. Meanwhile the deployment is paused and resumed (its
+    scheduled runs replaced: new ids, the same times and state, no event). The pull that
+    resumes the pass reads the deployment's new stamp; its walk is done, so it never sees the
+    new runs, and the count, the SCHEDULED count and every bucket are as before. It must
+    still look at that deployment (it recorded the new stamp as looked at: no later pull
+    looked either, and the file kept the deleted runs live until the rolling re-read)."""
+    from flowsync.api import PrefectClient, RetryPolicy
+    from flowsync.errors import ApiError
+    from flowsync.store import Store, sync_log
+    from flowsync.sync import pull as pull_api
+    from flowsync.sync.runs import FULL_PASS
+
+    case = scheduler_case(fresh_server, tmp_path, first_pull=False)
+
+    def after_the_walk(request: httpx.Request, n: int) -> httpx.Response | None:
+        # The runs' count the pass asks after its walk (runs without an expected start).
+        if request.url.path.endswith("/flow_runs/count") and b"expected_start_time" in (
+            request.content
+        ):
+            return httpx.Response(503, json={"exception_message": "Service Unavailable"})
+        return None
+
+    with (
+        Store.writer(case.db) as store,
+        PrefectClient(
+            case.api,
+            transport=forwarding(after_the_walk),
+            retry=RetryPolicy(attempts=2, base_delay=0.01, max_delay=0.01),
+        ) as client,
+        pytest.raises(ApiError),
+    ):
+        pull_api(client, store, case.options)
+    with Store.reader(case.db, live=True) as reader:
+        stopped = sync_log.get_state(reader, FULL_PASS)
+    assert stopped and all(s["done"] for s in stopped["segments"])  # walked, then stopped
+    assert set(case.first) <= set(local_runs(case.db))
+
+    with httpx.Client(base_url=case.url + "/", timeout=60) as c:
+        pause_and_resume(c, case.deployment)
+    again = scheduler_insert(fresh_server, case.template, case.times)
+    case.pull()  # resumes the pass
+    assert_matches_server(case.db, case.url)
+    case.pull()
+    assert set(again) <= set(local_runs(case.db))
+    assert_matches_server(case.db, case.url)

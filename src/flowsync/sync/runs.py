@@ -66,6 +66,11 @@ RESCHEDULED = "flow_runs.rescheduled_cursor"
 # changed since: 509 requests and 208 s a pull at a million runs with 10 deployments of
 # ~10,000 scheduled runs each.) ``RESCHEDULED`` is still kept, for older flowsyncs.
 LOOKED = "flow_runs.rescheduled_looked"
+# The deployments' change stamps when a full pass began ({"pass_id", "stamps"}): a pass
+# resumed by a later pull looks at the ones that changed since (their scheduled runs may
+# have been replaced behind a walk that was already past them). Kept apart from the pass
+# (``FULL_PASS`` is written again with every page the walk commits).
+PASS_STAMPS = "flow_runs.full_pass_stamps"
 # The server's history query costs ~3 ms per bucket on SQLite: few buckets, refined where they differ.
 PLAN_BUCKETS = 100
 VERIFY_BUCKETS = 100
@@ -195,8 +200,10 @@ def full_pass(ctx: PullContext) -> None:
             "events": iso(newest) if newest else None,
             "segments": plan_segments(ctx, total),
         }
+        began = {"pass_id": ctx.pull_id, "stamps": synced_tables.deployment_stamps(ctx.store)}
         with ctx.store.transaction():
             sync_log.set_state(ctx.store, FULL_PASS, state)
+            sync_log.set_state(ctx.store, PASS_STAMPS, began)
     ctx.progress.phase("flow_runs", total)
     _walk_segments(ctx, state)
     _reconcile_unseen(ctx, int(state["pass_id"]))
@@ -216,6 +223,8 @@ def full_pass(ctx: PullContext) -> None:
         if behind:
             ctx.progress.message(f"{len(behind)} runs changed state since the pass began")
             check_ids(ctx, behind)
+    stamps = synced_tables.deployment_stamps(ctx.store)
+    _look_at(ctx, _changed_since_the_pass_began(ctx, state, stamps))
     rolling_reread(ctx)
     events_cursor = cursor.next_cursor(start, newest, ctx.server_start)
     with ctx.store.transaction():
@@ -223,8 +232,25 @@ def full_pass(ctx: PullContext) -> None:
         sync_log.set_state(ctx.store, EVENTS_CURSOR, events_cursor)
         sync_log.set_state(ctx.store, VERIFIED, state["started"])
         sync_log.set_state(ctx.store, RESCHEDULED, events_cursor)
-        sync_log.set_state(ctx.store, LOOKED, synced_tables.deployment_stamps(ctx.store))
+        sync_log.set_state(ctx.store, LOOKED, stamps)
         sync_log.delete_state(ctx.store, FULL_PASS)
+        sync_log.delete_state(ctx.store, PASS_STAMPS)
+
+
+def _changed_since_the_pass_began(
+    ctx: PullContext, state: dict[str, Any], stamps: dict[str, str]
+) -> list[str]:
+    """The deployments whose stamp differs from the one they had when the pass began: none
+    for a pass read in one pull (the catalog is read before it); for a resumed one, those
+    paused, resumed or deployed again while it was stopped (their scheduled runs replaced,
+    no event, the walk maybe past them). Every deployment when the pass's stamps are not
+    known (a pass an older flowsync began)."""
+    began = sync_log.get_state(ctx.store, PASS_STAMPS)
+    if isinstance(began, dict) and began.get("pass_id") == state["pass_id"]:
+        known = began.get("stamps")
+        if isinstance(known, dict):
+            return sorted(d for d, stamp in stamps.items() if known.get(d) != stamp)
+    return sorted(stamps)
 
 
 _DONE = object()
