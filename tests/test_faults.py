@@ -183,3 +183,48 @@ def test_api_key_goes_only_in_the_header(prefect: SeededServer, db_path: Path) -
     assert set(seen) == {"Bearer sk-test-secret"}
     dump = db_path.read_bytes()
     assert b"sk-test-secret" not in dump
+
+
+def test_a_429s_retry_after_holds_every_request_of_the_pull_not_only_the_one_refused(
+    prefect: SeededServer, db_path: Path
+) -> None:
+    """Prefect Cloud's rate limit is the account's: a 429 with ``Retry-After`` says that no
+    request of this client is served before then. With two requests in flight (the full
+    walk's segments, ``--concurrency 2``) the refused one waited, and the other thread went
+    on sending into the window: each answered 429 on Cloud (as here), counted against the
+    quota the production workers share. Every request waits out the window, then the pull
+    completes."""
+    import threading
+    import time
+
+    from flowsync.sync import PullOptions
+
+    window = 2.0
+    lock = threading.Lock()
+    until: list[float] = []  # when the window the server announced ends
+    walked = itertools.count()
+    refused: list[str] = []
+
+    def fault(request: httpx.Request, n: int) -> httpx.Response | None:
+        with lock:
+            now = time.monotonic()
+            inside = bool(until) and now < until[0]
+            first = not until and is_runs_page(request) and b"EXPECTED_START" in request.content
+            if first and next(walked) == 3:  # the walk's fourth page: both segments under way
+                until.append(now + window)
+                return httpx.Response(429, headers={"Retry-After": f"{window:g}"})
+        if inside:  # what the server does with a request sent inside its window
+            refused.append(request.url.path)
+            return httpx.Response(429, headers={"Retry-After": "1"})
+        return None
+
+    options = PullOptions(concurrency=2, page_size=20, segment_rows=100)
+    with (
+        Store.writer(db_path) as store,
+        PrefectClient(ApiSettings(url=prefect.url), transport=forward_to_server(fault)) as client,
+    ):
+        result = pull(client, store, options)
+    assert until, "the walk's fourth page was never asked"
+    assert refused == [], f"{len(refused)} requests sent inside the server's Retry-After window"
+    assert result.retries == 1
+    assert_matches_server(db_path, prefect.url)

@@ -4,7 +4,10 @@ Owns: every request flowsync makes (``ApiSession.request``): the auth header
 (a ``user:password@`` in the URL included, sent as basic auth),
 retries, what each failure becomes, request counts. Read-only calls retry 429
 (honouring ``Retry-After``, at most ``RetryPolicy.max_retry_after``), 500/502/503/504,
-transport errors and unreadable bodies, with bounded exponential backoff and full jitter.
+transport errors and unreadable bodies, with bounded exponential backoff and full jitter;
+a read answered 429 holds the client's other reads too (every thread's, a rate limit being
+the account's) until its wait is over, but not the calls that change runs nor the reads of
+a batch's window (``unpaced``), which go out at once as with the request budget.
 Calls that change data (``idempotent=False``: the bulk endpoints, ``delete_flow_run``,
 ``set_flow_run_state``) are sent exactly once and never resent by this
 transport: a 429 raises ``ThrottledError`` (with ``retry_after``), a connection
@@ -203,6 +206,11 @@ class ApiSession:
         self._sleep = sleep
         self._on_retry = on_retry
         self._lock = threading.Lock()
+        # A read answered 429 holds every read of this client until its wait is over (a rate
+        # limit is the account's, not one request's): when (monotonic), and in each thread
+        # the hold that thread has slept through itself (its own retry's wait).
+        self._held_until = 0.0
+        self._held = threading.local()
         self.requests = 0
         self.retries = 0
         headers = {"User-Agent": f"flowsync/{__version__}", "Accept": "application/json"}
@@ -293,6 +301,9 @@ class ApiSession:
             # stretch the window since the re-read that checked it.
             window: Window | None = getattr(self._unpaced, "window", None)
             paced = idempotent and window is None
+            if paced:
+                self._wait_out_hold()
+            throttled = False
             if self.budget is not None and self.budget.acquire(wait=paced) > 0:
                 self._budget_notice()
             try:
@@ -324,10 +335,9 @@ class ApiSession:
                         after,
                     )
                 if status in READ_RETRY_STATUS and idempotent:
+                    throttled = status == 429
                     retry_after = (
-                        _retry_after(response, self.retry.max_retry_after)
-                        if status == 429
-                        else None
+                        _retry_after(response, self.retry.max_retry_after) if throttled else None
                     )
                     last_problem = f"HTTP {status} {self._said(response.text)}"
                 elif status >= 500 and not idempotent:
@@ -369,6 +379,8 @@ class ApiSession:
                             raise self._uncertain(method, path, last_problem, status) from None
             if attempt + 1 < attempts:
                 delay = self.retry.delay(attempt, retry_after)
+                if throttled:
+                    self._hold(delay)
                 if self._on_retry and attempts > 2:
                     self._on_retry(
                         f"{method} {path.split('?')[0]}: {last_problem}; retrying in {delay:.1f}s"
@@ -387,6 +399,26 @@ class ApiSession:
             f"Prefect API at {self.settings.display_url} failed {method} /{path.lstrip('/').split('?')[0]} "
             f"after {attempts} attempts: {last_problem}. {hint}"
         )
+
+    def _hold(self, seconds: float) -> None:
+        """A 429: every paced request of this client waits ``seconds`` from now (this thread
+        sleeps them as its retry's wait)."""
+        until = time.monotonic() + seconds
+        with self._lock:
+            self._held_until = max(self._held_until, until)
+        self._held.through = max(until, getattr(self._held, "through", 0.0))
+
+    def _wait_out_hold(self) -> None:
+        """Sleep until the server's last 429 lets requests go again (unless this thread has
+        slept that wait already)."""
+        with self._lock:
+            until = self._held_until
+        if until <= getattr(self._held, "through", 0.0):
+            return
+        self._held.through = until
+        wait = until - time.monotonic()
+        if wait > 0:
+            self._sleep(wait)
 
     def may_send_now(self) -> bool:
         """Whether a request could go out now without waiting for the request budget."""
