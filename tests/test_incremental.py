@@ -1140,3 +1140,71 @@ def test_scheduled_runs_replaced_while_a_full_pass_was_stopped_reach_the_pull_th
     case.pull()
     assert set(again) <= set(local_runs(case.db))
     assert_matches_server(case.db, case.url)
+
+
+@pytest.mark.backends("sqlite")  # the walk's paging does not depend on the backend
+def test_a_run_deleted_while_the_first_walk_pages_through_a_tie_loses_no_other_run(
+    fresh_server: Server, tmp_path: Path
+) -> None:
+    """More than a page of runs share one expected start (a backfill, a bulk create): the
+    walk pages through them by offset. One of a page is deleted before the next page is
+    asked: every later run moves up a place, and the one at the page's edge was never
+    read. The deleted run stays live in the file (it was read), so the total, the
+    SCHEDULED count and every bucket (one time, one state) agree with the server's: no
+    later pull found the missing run (nor the deleted one) until the rolling re-read, and
+    ``--verify`` did not either. The pull must end holding every run the server has."""
+    import flowsync
+    from flowsync.api import PrefectClient
+    from flowsync.config import ApiSettings
+    from flowsync.store import Store
+    from flowsync.sync import PullOptions
+    from flowsync.sync import pull as pull_api
+
+    url = fresh_server.url
+    seeded = seed(url, runs=1, flows=1, deployments_per_flow=1)
+    deployment = next(iter(seeded.deployments.values()))
+    when = "2026-01-01T00:00:00+00:00"
+    scheduled = {"type": "SCHEDULED", "state_details": {"scheduled_time": when}}
+    with httpx.Client(base_url=url + "/", timeout=60) as c:
+        tie = create_bulk(
+            c,
+            deployment,
+            [{"idempotency_key": str(uuid.uuid4()), "state": scheduled} for _ in range(100)],
+        )
+    # Their events stored, and the pulls' windows after them: runs made long ago, as a
+    # backfill's (the next pull's events window would read them again otherwise).
+    wait_for_state_events(url, tie, "SCHEDULED")
+    time.sleep(2)
+    deleted: list[str] = []
+    read: set[str] = set()  # the runs the walk has read
+
+    def delete_one_inside_the_tie(request: httpx.Request, response: httpx.Response) -> None:
+        if deleted or not request.url.path.endswith("/flow_runs/filter"):
+            return
+        body = json.loads(request.content)
+        rows = response.json()
+        read.update(r["id"] for r in rows)
+        window = body.get("flow_runs", {}).get("expected_start_time", {})
+        if body.get("sort") != "ID_DESC" or window.get("after_") != window.get("before_"):
+            return
+        # The run first on the next page: skipped once a run of this page goes, unless the
+        # walk's first page (the server's own order of the tie) happened to hold it.
+        following = {**body, "offset": body["offset"] + len(rows), "limit": 1}
+        with httpx.Client(base_url=url + "/", timeout=60) as c:
+            edge = c.post("flow_runs/filter", json=following).json()
+        if edge and edge[0]["id"] not in read:
+            deleted.append(rows[0]["id"])
+            delete_runs(url, deleted)
+
+    api = ApiSettings(url=url)
+    options = PullOptions(page_size=20, overlap=timedelta(0))
+    db = tmp_path / "runs.duckdb"
+    with (
+        Store.writer(db) as store,
+        PrefectClient(api, transport=forwarding(after=delete_one_inside_the_tie)) as client,
+    ):
+        pull_api(client, store, options)
+    assert deleted, "the walk never paged through the tie"
+    flowsync.pull(db, api=api, options=options)
+    flowsync.pull(db, api=api, options=replace(options, verify=True))
+    assert_matches_server(db, url)

@@ -8,7 +8,8 @@ skip rows (offset paging does), with an offset walk only inside a run of more
 than a page of rows sharing one timestamp, ordered by id there: the server has
 no tie-breaker, and PostgreSQL returns ties in storage order, which changes
 when a run changes state (SQLite keeps a row's rowid), so a walk ordered by the
-shared timestamp alone skips runs. Must not: write anything.
+shared timestamp alone skips runs (and each page of a tie starts at the last run read, so
+one deleted before it makes no run skipped: ``_tie_page``). Must not: write anything.
 """
 
 from __future__ import annotations
@@ -119,16 +120,19 @@ class Position:
     """Where a keyset walk resumes: the inclusive lower bound and, inside a tie, the offset.
 
     ``in_tie``: the walk is paging through runs that share ``after`` exactly,
-    by id, ``tie`` rows in. Positions stored before ties were ordered by id
-    (``tie`` > 0 without ``in_tie``) restart their tie from its first row.
+    by id, ``tie`` rows in; ``last``: the id of the last run it read there (None:
+    not known, a position an older flowsync stored). Positions stored before ties
+    were ordered by id (``tie`` > 0 without ``in_tie``) restart their tie from its
+    first row.
     """
 
     after: str
     tie: int = 0
     in_tie: bool = False
+    last: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"after": self.after, "tie": self.tie, "in_tie": self.in_tie}
+        return {"after": self.after, "tie": self.tie, "in_tie": self.in_tie, "last": self.last}
 
     @classmethod
     def from_json(cls, data: dict[str, Any] | None) -> Position | None:
@@ -136,7 +140,13 @@ class Position:
             return None
         if "in_tie" not in data:
             return cls(str(data["after"]), 0, int(data.get("tie", 0)) > 0)
-        return cls(str(data["after"]), int(data.get("tie", 0)), bool(data["in_tie"]))
+        last = data.get("last")
+        return cls(
+            str(data["after"]),
+            int(data.get("tie", 0)),
+            bool(data["in_tie"]),
+            str(last) if last is not None else None,
+        )
 
 
 def _run_filter(after: str, before: str | None) -> dict[str, Any]:
@@ -144,6 +154,24 @@ def _run_filter(after: str, before: str | None) -> dict[str, Any]:
     if before is not None:
         window["before_"] = before
     return {"flow_runs": {"expected_start_time": window}}
+
+
+def _tie_page(client: PrefectClient, pos: Position, page_size: int) -> tuple[int, Page]:
+    """The next page of a tie (runs on one timestamp, by id, newest id first) and its offset.
+
+    Offsets move when runs before them go (deleted, or their expected start changed): the
+    runs not read yet move up, and the first of them would fall before the next offset,
+    never read (a first pull never knew it, so no check by id finds it). So the page starts
+    one row early, at the last run read; when that row is no longer there, runs before it
+    went, and the page steps back a page at a time until it starts at or before that run
+    (the rows read again cost an upsert of rows already held)."""
+    body = {**_run_filter(pos.after, pos.after), "sort": "ID_DESC"}
+    offset = pos.tie - 1 if pos.last is not None and pos.tie > 0 else pos.tie
+    while True:
+        page = client.filter_page("flow_runs", {**body, "limit": page_size, "offset": offset})
+        if pos.last is None or offset == 0 or (page.rows and str(page.rows[0]["id"]) >= pos.last):
+            return offset, page
+        offset = max(0, offset - page_size)
 
 
 def keyset_run_pages(
@@ -165,10 +193,10 @@ def keyset_run_pages(
     while True:
         if pos.in_tie:
             # One timestamp: order by id, the one sort whose order no update changes.
-            body = {**_run_filter(pos.after, pos.after), "sort": "ID_DESC"}
-            page = client.filter_page("flow_runs", {**body, "limit": page_size, "offset": pos.tie})
+            offset, page = _tie_page(client, pos, page_size)
             if len(page) == page_size:
-                nxt: Position | None = Position(pos.after, pos.tie + len(page), in_tie=True)
+                read = str(page.rows[-1]["id"])
+                nxt: Position | None = Position(pos.after, offset + len(page), True, read)
             else:
                 bumped = parse_ts(pos.after) + timedelta(microseconds=1)
                 nxt = None if hi is not None and bumped > hi else Position(iso(bumped))
