@@ -60,6 +60,7 @@ from flowsync.errors import ConfigError, StoreError
 from flowsync.progress import NullProgress, Progress
 from flowsync.store import Store, parquet, sync_log, synced_tables
 from flowsync.store.connect import version_key
+from flowsync.store.files import owner_alive
 
 FORMATS = ("parquet",)
 # table -> the columns whose first non-null value's UTC day names its partition (empty: one file)
@@ -299,17 +300,6 @@ def check_request(
     return chosen
 
 
-def alive(pid: int) -> bool:
-    """Process ``pid`` runs (here): the owner of a temporary file or folder."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's live process
-    return True
-
-
 def _remove_leftovers(out_dir: Path) -> None:
     """The temporary files (``TMP_DIR``) of exports killed before they renamed them: their
     process is gone. Those of a live export stay."""
@@ -318,7 +308,7 @@ def _remove_leftovers(out_dir: Path) -> None:
         return
     for entry in tmp_dir.iterdir():
         pid = entry.name.split("-", 1)[0]
-        if entry.is_file() and pid.isdigit() and not alive(int(pid)):
+        if entry.is_file() and pid.isdigit() and not owner_alive(int(pid)):
             entry.unlink(missing_ok=True)
 
 

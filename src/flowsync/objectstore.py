@@ -34,8 +34,9 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from flowsync.errors import ConfigError, StoreError
-from flowsync.export import MANIFEST, PART_FILE, TABLES, ExportResult, Source, alive, check_source
+from flowsync.export import MANIFEST, PART_FILE, TABLES, ExportResult, Source, check_source
 from flowsync.progress import NullProgress, Progress
+from flowsync.store.files import owner_alive
 
 _URL = re.compile(r"^(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*)://(?P<rest>.*)$", re.DOTALL)
 # The schemes export writes to, each with the extra that brings its filesystem.
@@ -151,12 +152,16 @@ def _sdk_error(e: Exception) -> bool:
     )
 
 
-def _failed(url: str, e: Exception) -> StoreError:
+def _failed(
+    doing: str, e: Exception, state: str = "Files already uploaded are complete"
+) -> StoreError:
+    """The one line for a storage error ``e`` while ``doing`` (``Upload to URL``); ``state``:
+    what is there now."""
     # Messages from the cloud SDKs name the bucket and the error code, never a secret.
     first = str(e).splitlines()[0] if str(e) else type(e).__name__
     return StoreError(
-        f"Upload to {url} failed: {first}. Files already uploaded are complete; fix access "
-        "(credentials come from the environment or your cloud profile) and run it again."
+        f"{doing} failed: {first}. {state}; fix access (credentials come from the "
+        "environment or your cloud profile) and run it again."
     )
 
 
@@ -169,11 +174,7 @@ def remote_manifest(url: str) -> dict[str, Any] | None:
     except Exception as e:
         if not _sdk_error(e):
             raise
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise StoreError(
-            f"Reading {url}/{MANIFEST} failed: {first}. Nothing was written; fix access "
-            "(credentials come from the environment or your cloud profile) and run it again."
-        ) from e
+        raise _failed(f"Reading {url}/{MANIFEST}", e, "Nothing was written") from e
 
 
 def check_remote(url: str, source: Source, since: datetime | None) -> None:
@@ -194,11 +195,7 @@ def check_remote(url: str, source: Source, since: datetime | None) -> None:
         except Exception as e:
             if not _sdk_error(e):
                 raise
-            first = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise StoreError(
-                f"Listing {url} failed: {first}. Nothing was written; fix access "
-                "(credentials come from the environment or your cloud profile) and run it again."
-            ) from e
+            raise _failed(f"Listing {url}", e, "Nothing was written") from e
     check_source(found, holds, source, url)
     if found is None and holds and since is not None:
         raise ConfigError(
@@ -290,7 +287,7 @@ def upload(
             out.partitions_removed.append(partition)
     except Exception as e:  # the SDKs' own error types (botocore, google, azure) vary
         if _sdk_error(e):
-            raise _failed(url, e) from e
+            raise _failed(f"Upload to {url}", e) from e
         raise
     return out
 
@@ -305,7 +302,7 @@ def _remove_orphans(root: Path) -> None:
     with contextlib.suppress(OSError):
         for entry in root.iterdir():
             m = _STAGING_OF.match(entry.name)
-            if m and entry.is_dir() and not alive(int(m.group("pid"))):
+            if m and entry.is_dir() and not owner_alive(int(m.group("pid"))):
                 shutil.rmtree(entry, ignore_errors=True)
 
 

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from flowsync.errors import StoreError
 from flowsync.policy.model import DeleteRule, LoadedPolicy, SetStateRule
 from flowsync.store import Store
+from flowsync.store.files import owner_alive
 
 if TYPE_CHECKING:
     import polars as pl
@@ -69,16 +70,6 @@ _PREFIX = "flowsync-plan-"
 _OWNER = "owner.pid"  # the process that made the folder
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's live process
-    return True
-
-
 def sweep_orphans(root: Path) -> list[Path]:
     """Remove the plan folders under ``root`` whose process is gone (a plan's process killed
     with -9 cannot remove its own); a folder of a live process, or without an owner, stays."""
@@ -86,7 +77,7 @@ def sweep_orphans(root: Path) -> list[Path]:
     for folder in root.glob(f"{_PREFIX}*"):
         with contextlib.suppress(OSError, ValueError):
             pid = int((folder / _OWNER).read_text())
-            if pid != os.getpid() and not _alive(pid):
+            if pid != os.getpid() and not owner_alive(pid):
                 shutil.rmtree(folder, ignore_errors=True)
                 removed.append(folder)
     return removed

@@ -24,6 +24,18 @@ DUCKDB_MAGIC = b"DUCK"
 SNAPSHOTS_SUFFIX = ".snapshots"
 
 
+def owner_alive(pid: int) -> bool:
+    """Process ``pid`` runs (here): the owner of a temporary file or folder (a plan's runs,
+    an export's parts) that only a process killed before it removed them leaves behind."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
 def snapshot_dir(db: Path) -> Path:
     """``runs.duckdb`` -> ``runs.duckdb.snapshots`` (where ``store/snapshot.py`` publishes)."""
     return db.with_name(db.name + SNAPSHOTS_SUFFIX)
