@@ -505,3 +505,42 @@ def test_a_second_name_a_killed_reader_left_is_removed_by_the_next_publish(tmp_p
         store.execute("INSERT INTO flows (id, name, synced_at) VALUES (uuid(), 'x', now())")
         assert snap.publish(store).published
     assert not left.exists()
+
+
+def test_a_file_whose_first_pull_stopped_is_read_with_one_warning_that_it_is_partial(
+    tmp_path: Path,
+) -> None:
+    """A first pull killed or failed part-way publishes no snapshot, so readers read the
+    live file: its runs are part of the server's. Every reader says so in one warning
+    line (the CLI, ``flowsync.connect``, a plan); a pull that finishes ends it, and a file
+    no pull wrote (a notebook's own) is not partial."""
+    import warnings
+
+    import flowsync
+    from flowsync.errors import PartialFileWarning
+    from tests.policy_db import built_db, run
+
+    db = built_db(tmp_path / "runs.duckdb", [run(n, "FAILED", 10) for n in range(1, 4)])
+    read = run_cli("sql", "SELECT count(*) AS n FROM flow_runs", "--db", str(db))
+    assert read.exit_code == 0 and "warning" not in read.stderr  # no pull ever wrote it
+    with Store.writer(db) as store:
+        store.execute(
+            "INSERT INTO sync_runs (started_at, status, api_url, mode) "
+            "VALUES (now(), 'interrupted', 'http://x/api', 'full')"
+        )
+    read = run_cli("sql", "SELECT count(*) AS n FROM flow_runs", "--db", str(db))
+    assert read.exit_code == 0, read.output
+    (line,) = [x for x in read.stderr.splitlines() if x.strip()]
+    assert line.startswith("warning:") and "first pull stopped" in line and "3 runs" in line
+    assert f"flowsync pull --db {db}" in " ".join(read.stderr.split())
+    with pytest.warns(PartialFileWarning):
+        flowsync.connect(db).close()
+    with Store.writer(db) as store:
+        store.execute(
+            "INSERT INTO sync_runs (started_at, finished_at, status, api_url, mode) "
+            "VALUES (now(), now(), 'ok', 'http://x/api', 'incremental')"
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PartialFileWarning)
+        flowsync.connect(db).close()
+    assert "warning" not in run_cli("sql", "SELECT 1", "--db", str(db)).stderr

@@ -236,6 +236,10 @@ class NewerFileWarning(FlowsyncWarning):
     """A file written by a newer flowsync is being read (read-only) by this one."""
 
 
+class PartialFileWarning(FlowsyncWarning):
+    """A file whose first pull stopped before it finished is being read: part of the runs."""
+
+
 class SignalInterrupt(KeyboardInterrupt):
     """SIGTERM (systemd, Kubernetes) handled like Ctrl-C: ``signal_name``, ``exit_code``."""
 

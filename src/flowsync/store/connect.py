@@ -51,6 +51,7 @@ from flowsync.errors import (
     NewerFileError,
     NewerFileWarning,
     OlderSchemaError,
+    PartialFileWarning,
     QueryError,
     StoreError,
     StoreLockedError,
@@ -442,13 +443,16 @@ class Store(Session):
             info, problem = snapshot.inspect(db)
             if info is None and not problem:
                 # A file last written by an older flowsync has no snapshot yet; reading it
-                # live is what that version did (its next pull publishes one).
-                return cls._open(
+                # live is what that version did (its next pull publishes one). So has one
+                # whose first pull stopped: readable, with a warning that it is partial.
+                store = cls._open(
                     db,
                     wait=wait,
                     lock_context=lock_context or locks.FALLBACK,
                     memory_limit_mb=memory_limit_mb,
                 )
+                store._warn_if_partial()
+                return store
             if problem and info is not None and not info.path.exists():
                 # Removed between resolving ``current`` and opening it, if ``current`` moved on.
                 again, _ = snapshot.inspect(db)
@@ -552,6 +556,25 @@ class Store(Session):
             ),
             stacklevel=4,
         )
+
+    def _warn_if_partial(self) -> None:
+        """One ``PartialFileWarning`` when no pull has finished on this file and it holds
+        runs: a first pull stopped (killed, failed) part-way, whose runs readers see."""
+        rows = self._own_rows(
+            "SELECT (SELECT count(*) FROM sync_runs WHERE status = 'ok' AND mode IN "
+            "('full', 'incremental')), (SELECT count(*) FROM sync_runs), "
+            "(SELECT count(*) FROM flow_runs)"
+        )
+        finished, pulls, runs = rows[0] if rows else (0, 0, 0)
+        if pulls and not finished and runs:
+            warnings.warn(
+                PartialFileWarning(
+                    f"{self.path}: its first pull stopped before it finished, so it holds "
+                    f"{runs:,} runs, part of the server's; run `flowsync pull --db {self.path}` "
+                    "to finish it."
+                ),
+                stacklevel=4,
+            )
 
     def _check_state(self) -> None:
         """Refuse to write a file whose ``sync_state`` holds a value this flowsync reads in a
