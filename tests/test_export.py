@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -561,6 +562,46 @@ def test_an_export_failing_midway_leaves_the_manifest_matching_the_files(
         if path.is_file():
             assert pl.read_parquet(path).height == rows, rel
     assert not list((out / TMP_DIR).iterdir() if (out / TMP_DIR).is_dir() else [])
+
+
+@pytest.mark.parametrize("blocked", [False, True], ids=["exported", "refused"])
+def test_an_export_onto_a_file_system_without_hard_links_keeps_the_old_files_by_copy(
+    db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, blocked: bool
+) -> None:
+    """Where the file system has no hard links (a FUSE mount of object storage, SMB), the
+    old files are kept aside by copy: the export works, and one that fails (a folder in the
+    way of a partition) still leaves every file its manifest lists as it was."""
+    out = tmp_path / "export"
+    export(db, out)
+    before = json.loads((out / MANIFEST).read_text())["tables"]
+    with duckdb.connect(str(db)) as con:  # a run more on the last day: that partition changes
+        con.execute(
+            "INSERT INTO flow_runs SELECT * REPLACE (uuid() AS id, now() AS synced_at) "
+            "FROM flow_runs WHERE expected_start_time IS NOT NULL "
+            "ORDER BY expected_start_time DESC LIMIT 1"
+        )
+    if blocked:
+        first = out / "flow_runs" / sorted(before["flow_runs"]["files"])[0]
+        first.unlink()
+        first.mkdir()
+
+    def no_links(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    result = run_cli("export", str(out), "--db", str(db), "--quiet")
+    manifest = json.loads((out / MANIFEST).read_text())
+    if blocked:
+        assert result.exit_code == 5, result.output
+        assert manifest["tables"] == before
+    else:
+        assert result.exit_code == 0, result.output
+        assert manifest["tables"]["flow_runs"]["rows"] == before["flow_runs"]["rows"] + 1
+    for rel, rows in manifest["tables"]["flow_runs"]["files"].items():
+        path = out / "flow_runs" / rel
+        if path.is_file():
+            assert pl.read_parquet(path).height == rows, rel
+    assert not (out / TMP_DIR).exists() or not list((out / TMP_DIR).iterdir())
 
 
 def test_a_full_export_never_deletes_a_file_it_did_not_write(db: Path, tmp_path: Path) -> None:

@@ -47,6 +47,7 @@ import functools
 import json
 import os
 import re
+import shutil
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -343,6 +344,18 @@ def _written(
     write(tmp)
 
 
+def _keep_aside(dest: Path, backup: Path) -> None:
+    """``backup``: the file ``dest`` as it is, a hard link (no copy), or a copy where the
+    file system has no hard links (FUSE mounts of object storage, SMB). A folder in the
+    way of a file is refused (``OSError``)."""
+    try:
+        os.link(dest, backup, follow_symlinks=False)
+    except OSError:
+        if dest.is_dir() and not dest.is_symlink():
+            raise
+        shutil.copyfile(dest, backup, follow_symlinks=False)
+
+
 @contextlib.contextmanager
 def _swapped(pending: Sequence[tuple[Path, Path]]) -> Iterator[None]:
     """Rename every written file over its destination, keeping each old file aside (a hard
@@ -357,7 +370,7 @@ def _swapped(pending: Sequence[tuple[Path, Path]]) -> Iterator[None]:
             backup = None
             if dest.exists() or dest.is_symlink():
                 backup = tmp.with_name(tmp.name + ".old")
-                os.link(dest, backup, follow_symlinks=False)  # a folder in the way: refused
+                _keep_aside(dest, backup)
             done.append((dest, backup))
             os.replace(tmp, dest)
         yield
