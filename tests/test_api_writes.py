@@ -371,6 +371,34 @@ def test_an_answer_that_echoes_the_credentials_never_shows_them(
         assert "\x1b" not in message, message  # nor a terminal control (it clears the screen)
 
 
+def test_a_token_given_as_the_urls_user_name_alone_is_never_shown() -> None:
+    """https://TOKEN@host/api (no password: how some proxies take a token): a proxy's
+    answer naming the user it refused shows *** for it, as for a password."""
+    import base64
+
+    token = "ghp_Zx81TOKENonly4242"
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        user = base64.b64decode(request.headers["authorization"].split()[1]).decode()
+        return httpx.Response(400, json={"detail": f"user {user.rstrip(':')!r} is not allowed"})
+
+    told: list[str] = []
+    settings = ApiSettings(url=f"http://{token}@127.0.0.1:9/api")
+    with (
+        PrefectClient(
+            settings,
+            transport=httpx.MockTransport(refuse),
+            retry=RetryPolicy(attempts=2, base_delay=0.01),
+            sleep=lambda s: None,
+            on_retry=told.append,
+        ) as c,
+        pytest.raises(ApiError) as read,
+    ):
+        c.count("flow_runs")
+    for message in (str(read.value), *told):
+        assert token not in message and "***" in message, message
+
+
 @pytest.mark.parametrize(
     ("retry_after", "waits"),
     [

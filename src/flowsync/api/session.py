@@ -152,6 +152,12 @@ def short(text: str, limit: int = 120) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+# A user name with no password in the URL at least this long is taken for a token (as a
+# proxy takes https://TOKEN@host/api) and masked alone too; a shorter one ("me") is a name,
+# masking which would blank that text in every message.
+_TOKEN_AS_USER = 8
+
+
 def _userinfo(url: str) -> tuple[str, tuple[str, str] | None]:
     """``url`` without its ``user:password@`` part, and that part's user and password
     (percent-decoded, as Basic auth sends them); None when the URL holds none."""
@@ -222,6 +228,8 @@ class ApiSession:
             # sent (and so masked) by this session like the auth string.
             basic = ":".join(userinfo)
             secrets.append(userinfo[1])  # the password alone too
+            if not userinfo[1] and len(userinfo[0]) >= _TOKEN_AS_USER:
+                secrets.append(userinfo[0])  # https://TOKEN@host/api: the token is the user
         elif settings.api_key is not None:
             secrets.append(settings.api_key.get_secret_value())
             headers["Authorization"] = f"Bearer {secrets[0]}"
