@@ -9,7 +9,9 @@ On each: a full pull is exact, an incremental pull after state changes and
 deletions is exact, the reports run, ``status`` shows the version, and a
 delete + set_state policy applies through the CLI: with the bulk endpoints
 (3.6.16+), or on older servers one call per run (a rule that forces a state is
-refused there first, in one line, and ``plan`` says so).
+refused there first, in one line, and ``plan`` says so); every run's own answer
+(ABORT, ACCEPT, REJECT with another state, deleted; inside one HTTP 200 on the bulk
+path) is audited as that release gives it.
 """
 
 from __future__ import annotations
@@ -28,7 +30,16 @@ import pytest
 
 from harness.seed import Seeded, delete_runs, seed, set_states
 from harness.server import Server, server_versions, version_tuple
-from tests.helpers import pulled_db, query, run_cli, wait_for_state_events
+from tests.apply_cases import (
+    deployment,
+    failed_runs_to_reschedule,
+    outcomes,
+    policy_file,
+    purge,
+    runs,
+    tagged,
+)
+from tests.helpers import outside, pulled_db, query, run_cli, wait_for_state_events
 from tests.server_truth import assert_matches_server, server_runs
 
 BULK_SINCE = (3, 6, 16)
@@ -258,3 +269,67 @@ def test_worker_polls_alone_never_relist_a_deployment_holding_more_than_the_excl
         f"quiet pull: {quiet} requests; after polls alone: {after_polls['requests']}"
     )
     assert_matches_server(versioned.db, versioned.url)
+
+
+def test_apply_audits_each_runs_own_answer_as_this_version_gives_it(
+    versioned: Versioned, tmp_path: Path
+) -> None:
+    """An HTTP 200 from bulk_set_state or bulk_delete carries one result a run (and on a
+    server before 3.6.16 each per-run call answers for its run), and on every release apply
+    reads each as that release answers it: without ``force``, Prefect aborts rescheduling a
+    run with no deployment (ABORT, the run left as it was: ``aborted``) and accepts the
+    others (``accepted``); Cancelling on a scheduled run with no infrastructure is answered
+    REJECT carrying the Cancelled state it set instead (``replaced``); the runs deleted are
+    read run by run (``deleted``). The server shows exactly what the audit says, and nothing
+    else changed."""
+    server = versioned.server
+    (tmp_path / "r").mkdir()
+    (tmp_path / "db").mkdir()
+    orphans, deployed, _, _ = failed_runs_to_reschedule(server, tmp_path / "r", "bulk-rerun")
+    dep = deployment(server)
+    scheduled = runs(server, dep, 3, "SCHEDULED", "bulk-cancelling")
+    completed = runs(server, dep, 3, "COMPLETED", "bulk-purge")
+    wait_for_state_events(versioned.url, scheduled, "SCHEDULED")
+    wait_for_state_events(versioned.url, completed, "COMPLETED")
+    db = pulled_db(versioned.url, tmp_path / "db")
+    rules = [
+        {
+            "name": "rerun",
+            "action": "set_state",
+            "state": {"type": "SCHEDULED", "name": "Scheduled"},
+            "sql": tagged("bulk-rerun", "FAILED"),
+        },
+        {
+            "name": "cancelling",
+            "action": "set_state",
+            "state": {"type": "CANCELLING", "name": "Cancelling"},
+            "sql": tagged("bulk-cancelling", "SCHEDULED"),
+        },
+        purge("bulk-purge", "COMPLETED"),
+    ]
+    policy = policy_file(tmp_path, rules)
+    ids = orphans + deployed + scheduled + completed
+    others = outside(server, ids)
+    result = run_cli(
+        "apply", str(policy), "--db", str(db), "--api-url", versioned.url, "--yes", "--json"
+    )
+    assert result.exit_code == 9, result.output  # aborted and replaced runs: not all done
+    path = json.loads(result.stdout)["result"]["path"]
+    if version_tuple(versioned.version) < BULK_SINCE:  # one call per run, read the same way
+        assert path.startswith("per-run"), path
+    else:
+        assert path == "bulk"
+    assert outcomes(db, ids) == {
+        **dict.fromkeys(orphans, "aborted"),
+        **dict.fromkeys(deployed, "accepted"),
+        **dict.fromkeys(scheduled, "replaced"),
+        **dict.fromkeys(completed, "deleted"),
+    }
+    live = server_runs(versioned.url)
+    assert {i: live.get(i) for i in ids} == {
+        **dict.fromkeys(orphans, "FAILED"),
+        **dict.fromkeys(deployed, "SCHEDULED"),
+        **dict.fromkeys(scheduled, "CANCELLED"),
+        **dict.fromkeys(completed, None),
+    }
+    assert outside(server, ids) == others
