@@ -367,14 +367,15 @@ def test_a_rule_after_keep_newest_leaves_a_run_the_earlier_rule_picks_and_ranks_
     assert outside(server, older + newer) == others
 
 
-@pytest.mark.parametrize("fault", ["429", "never-connected", "lost"])
+@pytest.mark.parametrize("fault", ["429", "never-connected", "lost", "lost-unsent", "500"])
 def test_a_batch_decided_again_after_its_catch_up_holds_through_a_fault_on_its_call(
     server: Server, tmp_path: Path, fault: str
 ) -> None:
     """The case above, with a CRASHED run of another deployment in rule 2's batch: its re-read
     shows rule 1 keeping the older run, so the batch is decided again after the state events
     since the pull (rule 1 now takes it); rule 2's call then carries the other run alone. That
-    call is answered 429, never connects, or its answer is lost after the server set it: it
+    call is answered 429, never connects, has its answer lost (a timeout) after the server set
+    it or before the server got it, or is answered 500 by a proxy that never passed it on: it
     is re-checked and sent once more, or read back, and the audit is one row a run."""
     tag = f"krf-{fault}"
     older, newer, db, _ = crashed_then_running(server, tmp_path, tag)
@@ -396,18 +397,71 @@ def test_a_batch_decided_again_after_its_catch_up_holds_through_a_fault_on_its_c
             return None
         if fault == "429":
             return httpx.Response(429, headers={"Retry-After": "1"}, json={"detail": "slow"})
+        if fault == "500":
+            return httpx.Response(500, text="upstream error")
+        if fault == "lost-unsent":
+            raise httpx.ReadTimeout("timed out", request=request)
         raise httpx.ConnectError("refused", request=request)
 
     def lose(request: httpx.Request, _: httpx.Response) -> None:
         if fault == "lost" and request.url.path.endswith("/bulk_set_state") and len(sent) == 1:
             raise httpx.ReadTimeout("timed out", request=request)
 
-    library_apply(server, db, policy, forwarding(call, lose), sleep=lambda s: None)
+    transport = forwarding(call, lose)
+    library_apply(server, db, policy, transport, sleep=lambda s: None, settle_seconds=2)
     assert live(server, every) == {older[0]: "FAILED", newer[0]: "FAILED", other[0]: "CANCELLED"}
     assert sent == ([other] if fault == "lost" else [other, other])  # never the older run
     assert outcomes(db, older + other) == {older[0]: "skipped", other[0]: "accepted"}
     assert checks(db, older) == {older[0]: "taken by an earlier rule"}
     assert audit_rows(db) == 2
+    assert outside(server, every) == others
+
+
+def test_ctrl_c_during_a_batch_decided_again_after_its_catch_up_records_what_the_server_did(
+    server: Server, tmp_path: Path, ctrl_c_raises: None
+) -> None:
+    """The case above, Ctrl-C once the server carried out rule 2's call (the other run
+    cancelled), before its answer reached the apply: the apply stops, the call is never sent
+    again (by it or by the next apply), the older run is never rule 2's (the next apply's
+    rule 1 takes it), and nothing outside the policy's runs is touched."""
+    tag = "krc"
+    older, newer, db, _ = crashed_then_running(server, tmp_path, tag)
+    other = runs(server, deployment(server), 1, "CRASHED", tag)
+    wait_for_state_events(server.url, other, "CRASHED")
+    db = pulled_db(server.url, tmp_path)
+    every = older + newer + other
+    others = outside(server, every)
+    either = tagged(tag) + " AND state_type IN ('FAILED', 'CRASHED')"
+    policy = policy_file(tmp_path, [purge(tag, "FAILED", keep_newest=1), cancelling(either)])
+    fail_now(server, older + newer)
+    sent: list[list[str]] = []
+
+    def call(request: httpx.Request, _: int) -> httpx.Response | None:
+        if request.url.path.endswith("/bulk_set_state"):
+            sent.append(bulk_ids(request))
+        return None
+
+    def stop(request: httpx.Request, _: httpx.Response) -> None:
+        if request.url.path.endswith("/bulk_set_state") and len(sent) == 1:
+            ctrl_c_now()
+
+    with pytest.raises(KeyboardInterrupt):
+        library_apply(server, db, policy, forwarding(call, stop), settle_seconds=2)
+    assert sent == [other]  # never the older run
+    assert live(server, every) == {older[0]: "FAILED", newer[0]: "FAILED", other[0]: "CANCELLED"}
+    library_apply(server, db, policy, forwarding(call), settle_seconds=2)
+    # The next apply: rule 1 now takes the older run (deleted), rule 2 cancels the newer one
+    # rule 1 keeps (a kept run is not held back); the other run's call is never sent again.
+    assert [i for ids in sent for i in ids].count(other[0]) == 1
+    assert all(older[0] not in ids for ids in sent)
+    assert live(server, every) == {newer[0]: "CANCELLED", other[0]: "CANCELLED"}
+    assert outcomes(db, other) == {other[0]: "accepted"}
+    assert query(
+        db, "SELECT DISTINCT rule, outcome FROM policy_actions WHERE flow_run_id = ?", older
+    ) == [("purge", "deleted")]
+    assert audit_rows(db) == len(
+        query(db, "SELECT DISTINCT apply_id, flow_run_id FROM policy_actions")
+    )
     assert outside(server, every) == others
 
 
