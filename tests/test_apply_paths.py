@@ -367,6 +367,23 @@ def test_a_rule_after_keep_newest_leaves_a_run_the_earlier_rule_picks_and_ranks_
     assert outside(server, older + newer) == others
 
 
+def decided_again(
+    server: Server, tmp_path: Path, tag: str
+) -> tuple[list[str], list[str], list[str], Path, Path, dict[str, Any]]:
+    """The case above with a CRASHED run of another deployment in rule 2's batch, pulled,
+    then the older and newer runs failed: (older, newer, other, file, policy, the server's
+    other runs for ``outside``)."""
+    older, newer, _, _ = crashed_then_running(server, tmp_path, tag)
+    other = runs(server, deployment(server), 1, "CRASHED", tag)
+    wait_for_state_events(server.url, other, "CRASHED")
+    db = pulled_db(server.url, tmp_path)  # the same file, pulled again: with the other run
+    others = outside(server, older + newer + other)
+    either = tagged(tag) + " AND state_type IN ('FAILED', 'CRASHED')"
+    policy = policy_file(tmp_path, [purge(tag, "FAILED", keep_newest=1), cancelling(either)])
+    fail_now(server, older + newer)
+    return older, newer, other, db, policy, others
+
+
 @pytest.mark.parametrize("fault", ["429", "never-connected", "lost", "lost-unsent", "500"])
 def test_a_batch_decided_again_after_its_catch_up_holds_through_a_fault_on_its_call(
     server: Server, tmp_path: Path, fault: str
@@ -377,16 +394,8 @@ def test_a_batch_decided_again_after_its_catch_up_holds_through_a_fault_on_its_c
     call is answered 429, never connects, has its answer lost (a timeout) after the server set
     it or before the server got it, or is answered 500 by a proxy that never passed it on: it
     is re-checked and sent once more, or read back, and the audit is one row a run."""
-    tag = f"krf-{fault}"
-    older, newer, db, _ = crashed_then_running(server, tmp_path, tag)
-    other = runs(server, deployment(server), 1, "CRASHED", tag)
-    wait_for_state_events(server.url, other, "CRASHED")
-    db = pulled_db(server.url, tmp_path)  # the same file, pulled again: with the other run
+    older, newer, other, db, policy, others = decided_again(server, tmp_path, f"krf-{fault}")
     every = older + newer + other
-    others = outside(server, every)
-    either = tagged(tag) + " AND state_type IN ('FAILED', 'CRASHED')"
-    policy = policy_file(tmp_path, [purge(tag, "FAILED", keep_newest=1), cancelling(either)])
-    fail_now(server, older + newer)
     sent: list[list[str]] = []
 
     def call(request: httpx.Request, _: int) -> httpx.Response | None:
@@ -424,16 +433,8 @@ def test_ctrl_c_during_a_batch_decided_again_after_its_catch_up_records_what_the
     cancelled), before its answer reached the apply: the apply stops, the call is never sent
     again (by it or by the next apply), the older run is never rule 2's (the next apply's
     rule 1 takes it), and nothing outside the policy's runs is touched."""
-    tag = "krc"
-    older, newer, db, _ = crashed_then_running(server, tmp_path, tag)
-    other = runs(server, deployment(server), 1, "CRASHED", tag)
-    wait_for_state_events(server.url, other, "CRASHED")
-    db = pulled_db(server.url, tmp_path)
+    older, newer, other, db, policy, others = decided_again(server, tmp_path, "krc")
     every = older + newer + other
-    others = outside(server, every)
-    either = tagged(tag) + " AND state_type IN ('FAILED', 'CRASHED')"
-    policy = policy_file(tmp_path, [purge(tag, "FAILED", keep_newest=1), cancelling(either)])
-    fail_now(server, older + newer)
     sent: list[list[str]] = []
 
     def call(request: httpx.Request, _: int) -> httpx.Response | None:
