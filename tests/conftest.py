@@ -285,6 +285,13 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> BuiltHistory:
     return build(tmp_path_factory.mktemp("built") / "runs.duckdb", days=45)
 
 
+@pytest.fixture(scope="session")
+def built_week(tmp_path_factory: pytest.TempPathFactory) -> BuiltHistory:
+    """``built`` over 6 days: for tests that write a file out per day (exports write and
+    upload each day's partition, a few times a test; 45 days cost seconds a test)."""
+    return build(tmp_path_factory.mktemp("built-week") / "runs.duckdb", days=6)
+
+
 def _backend_of(item: pytest.Item) -> str:
     callspec = getattr(item, "callspec", None)
     return str(callspec.params.get("backend", "sqlite")) if callspec else "sqlite"

@@ -31,8 +31,8 @@ TABLES = ("flows", "deployments", "flow_runs")
 
 
 @pytest.fixture(scope="module")
-def pulled(built: BuiltHistory, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    db = copy_db(built.path, tmp_path_factory.mktemp("export-src"))
+def pulled(built_week: BuiltHistory, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    db = copy_db(built_week.path, tmp_path_factory.mktemp("export-src"))
     # Two runs as a pull leaves runs deleted on the server: still there, deleted_at set
     # (and only those two: the built file's own deleted runs come back).
     con = duckdb.connect(str(db))
@@ -262,8 +262,10 @@ def test_file_url_exports_to_its_directory(db: Path, tmp_path: Path) -> None:
     assert read_back(out, "flow_runs").height == scalar(db, "SELECT count(*) FROM flow_runs")
 
 
-def test_manifest_records_the_source_file_and_server(built: BuiltHistory, tmp_path: Path) -> None:
-    db = copy_db(built.path, tmp_path)  # with its snapshots: export reads the latest one
+def test_manifest_records_the_source_file_and_server(
+    built_week: BuiltHistory, tmp_path: Path
+) -> None:
+    db = copy_db(built_week.path, tmp_path)  # with its snapshots: export reads the latest one
     out = tmp_path / "export"
     export(db, out)
     export(db, out)  # the same file again: its own export, replaced

@@ -88,8 +88,8 @@ def aws_env(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> s3fs.S3FileSyste
 
 
 @pytest.fixture(scope="module")
-def pulled(built: BuiltHistory) -> Path:
-    return built.path
+def pulled(built_week: BuiltHistory) -> Path:
+    return built_week.path
 
 
 def test_export_to_s3_reads_back_in_duckdb_and_polars(
