@@ -22,11 +22,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 import pytest
@@ -66,6 +66,7 @@ from tests.apply_cases import (
     tagged,
 )
 from tests.helpers import (
+    Fault,
     forwarding,
     local_state,
     outside,
@@ -368,18 +369,22 @@ def test_a_rule_after_keep_newest_leaves_a_run_the_earlier_rule_picks_and_ranks_
 
 
 def decided_again(
-    server: Server, tmp_path: Path, tag: str
+    server: Server, tmp_path: Path, tag: str, n: int = 1, action: str = "set_state"
 ) -> tuple[list[str], list[str], list[str], Path, Path, dict[str, Any]]:
-    """The case above with a CRASHED run of another deployment in rule 2's batch, pulled,
-    then the older and newer runs failed: (older, newer, other, file, policy, the server's
-    other runs for ``outside``)."""
+    """The case above with ``n`` CRASHED runs of another deployment in rule 2's batch (rule 2
+    cancels them, or with ``action`` "delete" deletes them: a server before 3.6.16 takes no
+    forced set_state), pulled, then the older and newer runs failed: (older, newer, other,
+    file, policy, the server's other runs for ``outside``)."""
     older, newer, _, _ = crashed_then_running(server, tmp_path, tag)
-    other = runs(server, deployment(server), 1, "CRASHED", tag)
+    other = runs(server, deployment(server), n, "CRASHED", tag)
     wait_for_state_events(server.url, other, "CRASHED")
-    db = pulled_db(server.url, tmp_path)  # the same file, pulled again: with the other run
+    db = pulled_db(server.url, tmp_path)  # the same file, pulled again: with the other runs
     others = outside(server, older + newer + other)
     either = tagged(tag) + " AND state_type IN ('FAILED', 'CRASHED')"
-    policy = policy_file(tmp_path, [purge(tag, "FAILED", keep_newest=1), cancelling(either)])
+    rest = (
+        cancelling(either) if action == "set_state" else purge(tag, name="rest") | {"sql": either}
+    )
+    policy = policy_file(tmp_path, [purge(tag, "FAILED", keep_newest=1), rest])
     fail_now(server, older + newer)
     return older, newer, other, db, policy, others
 
@@ -2239,6 +2244,247 @@ def test_per_run_the_first_call_waits_for_a_new_re_read_once_its_re_read_is_old(
         assert live(old_server, ids) == dict.fromkeys(ids, "FAILED")
         assert outcomes(db, ids) == dict.fromkeys(ids, "skipped") and audit_rows(db) == len(ids)
         assert result.counts == {"purge": {"skipped": 3}}
+
+
+class PerRunCase(NamedTuple):
+    """Runs on a server without the bulk endpoints, pulled, and a policy: the runs its rule
+    deletes (``targets``, in ``state``, one call each), the runs it must leave (run -> the
+    check its ``skipped`` row names; the server keeps them as in ``kept``), every run of the
+    case, the file, the policy, the rule that deletes ``targets`` and the server's other runs
+    (``outside``)."""
+
+    targets: list[str]
+    state: str
+    skipped: dict[str, str]
+    kept: dict[str, str]
+    every: list[str]
+    db: Path
+    policy: Path
+    rule: str
+    others: dict[str, Any]
+
+
+def per_run_case(server: Server, tmp_path: Path, batch: str, tag: str) -> PerRunCase:
+    """``batch`` "after-catch-up": ``decided_again`` with three runs of the other deployment
+    and rule 2 deleting (its batch is decided again after the state events since the pull:
+    rule 1 now takes the older run, which rule 2 leaves; the newer one stays, kept). "plain":
+    three COMPLETED runs one rule deletes (no catch-up, no ranking)."""
+    if batch == "after-catch-up":
+        older, newer, other, db, policy, others = decided_again(
+            server, tmp_path, tag, n=3, action="delete"
+        )
+        return PerRunCase(
+            other,
+            "CRASHED",
+            {older[0]: "taken by an earlier rule"},
+            {older[0]: "FAILED", newer[0]: "FAILED"},
+            older + newer + other,
+            db,
+            policy,
+            "rest",
+            others,
+        )
+    ids = runs(server, deployment(server), 3, "COMPLETED", tag)
+    wait_for_state_events(server.url, ids, "COMPLETED")
+    db = pulled_db(server.url, tmp_path)
+    others = outside(server, ids)
+    policy = policy_file(tmp_path, [purge(tag, "COMPLETED")])
+    return PerRunCase(ids, "COMPLETED", {}, {}, ids, db, policy, "purge", others)
+
+
+def per_run_fault_on(
+    fault: str, nth: int
+) -> tuple[Fault, Callable[[httpx.Request, httpx.Response], None], list[str], list[str]]:
+    """``forwarding`` hooks: the ``nth`` run sent (from 1) has its first per-run call answered
+    429 (Retry-After 1), never connected, its answer lost (a timeout) after the server carried
+    it out ("lost") or before the server got it ("lost-unsent"), or answered 500 by a proxy
+    that never passed it on. Returns the hooks, every per-run call's run in order, and the
+    run that met the fault."""
+    sent: list[str] = []
+    hit: list[str] = []
+
+    def call(request: httpx.Request, _: int) -> httpx.Response | None:
+        run = per_run_call(request)
+        if run is None:
+            return None
+        sent.append(run)
+        if hit or len(dict.fromkeys(sent)) != nth:
+            return None
+        hit.append(run)
+        if fault == "lost":
+            return None  # the server carries it out; ``lose`` drops its answer
+        if fault == "429":
+            return httpx.Response(429, headers={"Retry-After": "1"}, json={"detail": "slow"})
+        if fault == "500":
+            return httpx.Response(500, text="upstream error")
+        if fault == "lost-unsent":
+            raise httpx.ReadTimeout("timed out", request=request)
+        raise httpx.ConnectError("refused", request=request)
+
+    def lose(request: httpx.Request, _: httpx.Response) -> None:
+        run = per_run_call(request)
+        if fault == "lost" and hit and run == hit[0] and sent.count(run) == 1:
+            raise httpx.ReadTimeout("timed out", request=request)
+
+    return call, lose, sent, hit
+
+
+def audit_by_apply(db: Path, ids: list[str]) -> list[tuple[str, str, str, str]]:
+    """Every audit row of the runs ``ids``: (apply, run, rule, outcome), sorted."""
+    return sorted(
+        query(
+            db,
+            "SELECT apply_id, CAST(flow_run_id AS VARCHAR), rule, outcome FROM policy_actions "
+            "WHERE flow_run_id IN (SELECT unnest(CAST(? AS UUID[])))",
+            [ids],
+        )
+    )
+
+
+@pytest.mark.parametrize("fault", ["429", "never-connected", "lost", "lost-unsent", "500"])
+@pytest.mark.parametrize(
+    ("batch", "nth"),
+    [("after-catch-up", 1), ("after-catch-up", 2), ("plain", 2)],
+    ids=["after-catch-up-first", "after-catch-up-midway", "plain-midway"],
+)
+def test_per_run_a_batch_holds_through_a_fault_on_one_of_its_calls(
+    old_server: Server, tmp_path: Path, batch: str, nth: int, fault: str
+) -> None:
+    """Per run (one DELETE a run, no state guard), a batch's first or second call (midway: the
+    first run deleted, then the fault) meets a fault: 429, a connection never made, its answer lost
+    after the server deleted the run or before the server got the call, a proxy's 500. The
+    call is read back (lost after the server acted: deleted by this apply, never sent again)
+    or re-checked and sent once more; the runs after it are re-read before their calls. The
+    batch decided again after its catch-up still leaves the run rule 1 now takes (and the
+    newer run). One audit row a run, its exact outcome."""
+    case = per_run_case(old_server, tmp_path, batch, f"prf-{batch[:5]}-{nth}-{fault}")
+    call, lose, sent, hit = per_run_fault_on(fault, nth)
+    result = library_apply(
+        old_server,
+        case.db,
+        case.policy,
+        forwarding(call, lose),
+        sleep=lambda s: None,
+        settle_seconds=2,
+    )
+    assert result.path.startswith("per-run")
+    assert live(old_server, case.every) == case.kept
+    assert len(hit) == 1 and hit[0] in case.targets
+    resent = 1 if fault == "lost" else 2
+    assert sorted(sent) == sorted(case.targets + [hit[0]] * (resent - 1))  # none of the rest
+    rows = audit_by_apply(case.db, case.every)
+    assert [(r, rule, o) for _, r, rule, o in rows] == sorted(
+        [(i, case.rule, "deleted") for i in case.targets]
+        + [(i, case.rule, "skipped") for i in case.skipped]
+    )
+    assert {a for a, *_ in rows} == {result.apply_id} and audit_rows(case.db) == len(rows)
+    assert checks(case.db, list(case.skipped)) == case.skipped
+    assert sorted(marked_deleted(case.db, case.every)) == sorted(case.targets)
+    if fault in ("lost", "lost-unsent", "500"):
+        assert audited(case.db, hit, "details->>'after_lost_answer'")[hit[0]]
+    assert outside(old_server, case.every) == case.others
+
+
+@pytest.mark.parametrize(
+    ("batch", "nth"),
+    [("after-catch-up", 1), ("after-catch-up", 2), ("plain", 2)],
+    ids=["after-catch-up-first", "after-catch-up-midway", "plain-midway"],
+)
+def test_per_run_ctrl_c_after_the_server_carried_out_a_call_records_what_it_did(
+    old_server: Server, tmp_path: Path, batch: str, nth: int, ctrl_c_raises: None
+) -> None:
+    """Per run, Ctrl-C once the server carried out the batch's first or second DELETE, before
+    its answer reached the apply: the apply stops; the runs sent are this apply's "deleted"
+    (the last read back on the way out), the runs never sent have no row; the run rule 1 now
+    takes has its "skipped" row once the batch's first call was answered (none before: not
+    sent, it is decided again by the next apply). The next apply sends no deleted run again
+    and deletes the rest: after a catch-up, rule 1 takes the older run, rule 2 the newer one
+    rule 1 keeps."""
+    case = per_run_case(old_server, tmp_path, batch, f"prc-{batch[:5]}-{nth}")
+    sent: list[str] = []
+
+    def call(request: httpx.Request, _: int) -> httpx.Response | None:
+        if (run := per_run_call(request)) is not None:
+            sent.append(run)
+        return None
+
+    def stop(request: httpx.Request, _: httpx.Response) -> None:
+        if per_run_call(request) is not None and len(sent) == nth:
+            ctrl_c_now()
+
+    held = ApplyResult.new()
+    with pytest.raises(KeyboardInterrupt):
+        library_apply(
+            old_server, case.db, case.policy, forwarding(call, stop), settle_seconds=2, result=held
+        )
+    assert len(sent) == nth and set(sent) <= set(case.targets)
+    left = [i for i in case.targets if i not in sent]
+    assert live(old_server, case.every) == {**case.kept, **dict.fromkeys(left, case.state)}
+    first = audit_by_apply(case.db, case.every)
+    assert first == sorted(
+        [(held.apply_id, i, case.rule, "deleted") for i in sent]
+        + [(held.apply_id, i, case.rule, "skipped") for i in case.skipped if nth > 1]
+    )
+    again = library_apply(old_server, case.db, case.policy, forwarding(call), settle_seconds=2)
+    assert sorted(sent[nth:]) == sorted([*left, *case.kept])  # never the deleted ones again
+    assert live(old_server, case.every) == {}
+    second = [r for r in audit_by_apply(case.db, case.every) if r[0] == again.apply_id]
+    if batch == "plain":
+        assert second == sorted((again.apply_id, i, "purge", "deleted") for i in left)
+    else:
+        [older] = case.skipped
+        assert second == sorted(
+            [(again.apply_id, older, "purge", "deleted")]
+            + [(again.apply_id, i, "rest", "deleted") for i in case.kept if i != older]
+            + [(again.apply_id, i, "rest", "deleted") for i in left]
+        )
+    assert audit_rows(case.db) == len(first) + len(second)
+    assert outside(old_server, case.every) == case.others
+
+
+@pytest.mark.parametrize("fault", ["429", "lost-unsent", "500", "never-connected"])
+def test_per_run_a_call_a_fault_held_back_after_its_catch_up_is_decided_again_on_the_ranks_then(
+    old_server: Server, tmp_path: Path, fault: str
+) -> None:
+    """Rule 1 deletes FAILED runs but its keep_newest 2; rule 2 deletes FAILED or CRASHED ones.
+    At the pull runs a and b are CRASHED (rule 2's, kept by nobody), c and d (newer) running.
+    Then a, b and c fail: after its catch-up rule 2's batch leaves a (rule 1 takes it) and
+    deletes b, which rule 1 keeps. That DELETE meets ``fault`` (not carried out); meanwhile d
+    fails too: rule 1 now keeps d and c and takes b. The call is re-checked on the ranks as
+    they are then: b is left to rule 1, never deleted by rule 2."""
+    tag = f"prk-{fault}"
+    dep = deployment(old_server)
+    a, b = runs(old_server, dep, 2, "CRASHED", tag)
+    c, d = runs_in_state(old_server.url, dep, 2, "RUNNING", tag, timedelta(minutes=1))
+    wait_for_state_events(old_server.url, [a, b], "CRASHED")
+    wait_for_state_events(old_server.url, [c, d], "RUNNING")
+    db = pulled_db(old_server.url, tmp_path)
+    every = [a, b, c, d]
+    others = outside(old_server, every)
+    either = tagged(tag) + " AND state_type IN ('FAILED', 'CRASHED')"
+    rest = {"name": "rest", "action": "delete", "sql": either}
+    policy = policy_file(tmp_path, [purge(tag, "FAILED", keep_newest=2), rest])
+    fail_now(old_server, [a, b, c])
+    inject, _, sent, _ = per_run_fault_on(fault, 1)  # b: rule 2's first call
+
+    def call(request: httpx.Request, n: int) -> httpx.Response | None:
+        if per_run_call(request) == b and b not in sent:
+            fail_now(old_server, [d])  # another client, while b's call is not carried out
+        return inject(request, n)
+
+    result = library_apply(
+        old_server, db, policy, forwarding(call), sleep=lambda s: None, settle_seconds=2
+    )
+    assert result.path.startswith("per-run")
+    assert sent == [b]  # never a; b not sent again
+    assert live(old_server, every) == dict.fromkeys(every, "FAILED")
+    rows = audit_by_apply(db, every)
+    assert [(r, rule, o) for _, r, rule, o in rows] == sorted(
+        [(a, "rest", "skipped"), (b, "rest", "skipped")]
+    )
+    assert checks(db, [a, b]) == {a: "taken by an earlier rule", b: "taken by an earlier rule"}
+    assert audit_rows(db) == 2
+    assert outside(old_server, every) == others
 
 
 # -- kill -9 in the wait a 429 asked for -----------------------------------------------------------
