@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from flowsync.api import PrefectClient, RetryPolicy
 from flowsync.config import ApiSettings
 from flowsync.policy import apply_plan, make_plan, parse_policy
 from flowsync.store import Store
-from harness.seed import post_json, seed, set_states
+from harness.seed import new_deployment, post_json, runs_in_state, seed, set_states
 from harness.server import Server
 from tests.helpers import Fault, forwarding, outside, patch_run, query, run_cli, scalar
 
@@ -204,6 +204,36 @@ def test_plan_shows_its_data_age_and_refresh_rereads_the_selected_runs(
     assert datetime.fromisoformat(data["data"]["oldest_read_at"]) >= refreshed_at
     assert data["rules"][0]["skipped"] == {"protected tag": 1}
     assert len(on_server(server, ids)) == 4  # plan changed nothing on the server
+
+
+def test_plan_refresh_rereads_the_deployments_a_rule_joins(server: Server, tmp_path: Path) -> None:
+    """Runs of a paused deployment, pulled; the deployment is resumed (a PATCH: no event). A
+    rule deleting runs of paused deployments selects none of them on the server now:
+    `plan --refresh` says so (the plan is what apply would do now) and the file holds the
+    deployment as the server does."""
+    dep = new_deployment(server.url, "refresh-lookups")
+    ids = runs_in_state(server.url, dep, 3, "COMPLETED", "refresh-dp", timedelta(days=1))
+    _taken.update(ids)
+    with httpx.Client(base_url=server.url + "/", timeout=60) as c:
+        assert c.patch(f"deployments/{dep}", json={"paused": True}).is_success
+        db, _ = pulled_and_picked(server, tmp_path, "COMPLETED", 0)
+        assert c.patch(f"deployments/{dep}", json={"paused": False}).is_success
+    sql = (
+        "SELECT r.id FROM flow_runs r JOIN deployments d ON d.id = r.deployment_id "
+        "WHERE d.paused AND list_contains(r.tags, 'refresh-dp')"
+    )
+    path = tmp_path / "policy.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {"version": 1, "rules": [{"name": "paused", "action": "delete", "sql": sql}]}
+        )
+    )
+    assert json.loads(plan(db, path, "--json").stdout)["total"] == 3  # as last pulled
+    fresh = plan(db, path, "--refresh", "--api-url", server.url, "--json")
+    assert fresh.exit_code == 0, fresh.output
+    assert json.loads(fresh.stdout)["total"] == 0
+    assert query(db, "SELECT paused FROM deployments WHERE id = ?", [dep]) == [(False,)]
+    assert len(on_server(server, ids)) == 3  # plan changed nothing on the server
 
 
 def test_runs_the_rule_no_longer_selects_are_left_alone(server: Server, tmp_path: Path) -> None:

@@ -188,11 +188,12 @@ def plan(
             make_plan(store, loaded) as selecting,
         ):
             ids = selected_ids(selecting)
+            lookups = frozenset().union(*selecting.reads_lookups.values())
         with (
             Store.writer(db, wait=wait, lock_context=locks.WRITE) as writer,
             http.PrefectClient(refresh) as client,
         ):
-            reread_runs(client, writer, ids)
+            reread_runs(client, writer, ids, lookups)
             publish(writer)  # readers see the runs the refresh re-read
         with Store.sandboxed(
             db, live=True, wait=wait, lock_context=locks.WRITE, memory_limit_mb=PLAN_MEMORY_MB

@@ -81,12 +81,19 @@ def check_guards(plan: Plan) -> None:
         )
 
 
-def reread_runs(client: PrefectClient, store: Writer, ids: list[str]) -> int:
-    """Read these runs from the server into the file (``plan --refresh``); returns how many."""
+def reread_runs(
+    client: PrefectClient, store: Writer, ids: list[str], lookups: frozenset[str] = frozenset()
+) -> int:
+    """Read these runs from the server into the file (``plan --refresh``), and their flows or
+    deployments (``lookups``: those the rules' SQL may read, as apply re-reads them; their
+    changes emit no event); returns how many runs."""
     reader = RunReader(client, store, "plan-refresh")
     try:
+        found = reader.read(ids)
+        if lookups:
+            reader.read_lookups(found.values(), lookups)
         # Read just now, changed or not: the plan's "oldest read of a planned run" says so.
-        reader.mark_read(list(reader.read(ids)))
+        reader.mark_read(list(found))
     except BaseException as e:
         with contextlib.suppress(Exception):
             reader.finish(error=e)
