@@ -27,7 +27,16 @@ from flowsync.policy import apply_plan, make_plan, parse_policy
 from flowsync.store import Store
 from harness.seed import new_deployment, post_json, runs_in_state, seed, set_states
 from harness.server import Server
-from tests.helpers import Fault, forwarding, outside, patch_run, query, run_cli, scalar
+from tests.helpers import (
+    Fault,
+    forwarding,
+    outside,
+    patch_run,
+    query,
+    run_cli,
+    scalar,
+    wait_for_state_events,
+)
 
 
 @pytest.fixture(scope="module")
@@ -234,6 +243,77 @@ def test_plan_refresh_rereads_the_deployments_a_rule_joins(server: Server, tmp_p
     assert json.loads(fresh.stdout)["total"] == 0
     assert query(db, "SELECT paused FROM deployments WHERE id = ?", [dep]) == [(False,)]
     assert len(on_server(server, ids)) == 3  # plan changed nothing on the server
+
+
+def test_plan_refresh_counts_the_state_changes_of_other_runs_a_rule_reads(
+    server: Server, tmp_path: Path
+) -> None:
+    """A rule deleting the failed runs of a deployment with no newer completed run (it reads
+    other runs) selects two after the pull; then a newer run of that deployment completes.
+    Apply reads the state changes since the pull and would delete neither: `plan --refresh`
+    says so too, and the file holds the new run."""
+    dep = new_deployment(server.url, "refresh-others")
+    failed = runs_in_state(server.url, dep, 2, "FAILED", "refresh-oth", timedelta(days=1))
+    _taken.update(failed)
+    db, _ = pulled_and_picked(server, tmp_path, "FAILED", 0)
+    sql = (
+        "SELECT r.id FROM flow_runs r WHERE r.deleted_at IS NULL AND r.state_type = 'FAILED' "
+        "AND list_contains(r.tags, 'refresh-oth') AND NOT EXISTS (SELECT 1 FROM flow_runs n "
+        "WHERE n.deployment_id = r.deployment_id AND n.deleted_at IS NULL "
+        "AND n.state_type = 'COMPLETED' AND n.expected_start_time > r.expected_start_time)"
+    )
+    path = tmp_path / "policy.yaml"
+    path.write_text(
+        yaml.safe_dump({"version": 1, "rules": [{"name": "lone", "action": "delete", "sql": sql}]})
+    )
+    assert json.loads(plan(db, path, "--json").stdout)["total"] == 2
+    newer = runs_in_state(server.url, dep, 1, "COMPLETED", "refresh-oth", timedelta(hours=1))
+    _taken.update(newer)
+    wait_for_state_events(server.url, newer, "COMPLETED")
+    fresh = plan(db, path, "--refresh", "--api-url", server.url, "--json")
+    assert fresh.exit_code == 0, fresh.output
+    assert json.loads(fresh.stdout)["total"] == 0
+    assert count_in_file(db, "deleted_at IS NULL AND state_type = 'COMPLETED'", newer) == 1
+    assert len(on_server(server, failed)) == 2  # plan changed nothing on the server
+
+
+def test_plan_refresh_of_a_rule_reading_other_runs_is_refused_when_the_events_may_be_gone(
+    server: Server, tmp_path: Path
+) -> None:
+    """The last pull ten days ago (the server keeps events seven): the state changes since
+    cannot all be read, so apply would refuse the rule; `plan --refresh` exits 7 saying so."""
+    import duckdb
+
+    db, _ = pulled_and_picked(server, tmp_path, "FAILED", 0)
+    with duckdb.connect(str(db)) as con:  # the pull, ten days ago
+        ten_days = round(10 * 86_400e6)
+        con.execute(
+            "UPDATE sync_runs SET started_at = started_at - to_microseconds(CAST(? AS BIGINT))",
+            [ten_days],
+        )
+        con.execute(
+            "UPDATE sync_state SET value = to_json(strftime(CAST(value->>'$' AS TIMESTAMPTZ) "
+            "- to_microseconds(CAST(? AS BIGINT)), '%Y-%m-%dT%H:%M:%S.%f+00:00')) "
+            "WHERE key = 'flow_runs.cursor'",
+            [ten_days],
+        )
+    sql = (
+        "SELECT r.id FROM flow_runs r WHERE r.state_type = 'FAILED' AND NOT EXISTS (SELECT 1 "
+        "FROM flow_runs n WHERE n.deployment_id = r.deployment_id AND n.state_type = 'COMPLETED')"
+    )
+    path = tmp_path / "policy.yaml"
+    path.write_text(
+        yaml.safe_dump({"version": 1, "rules": [{"name": "lone", "action": "delete", "sql": sql}]})
+    )
+    disabled = tmp_path / "disabled.yaml"
+    rule = {"name": "lone", "action": "delete", "sql": sql, "enabled": False}
+    disabled.write_text(yaml.safe_dump({"version": 1, "rules": [rule]}))
+    assert plan(db, disabled, "--refresh", "--api-url", server.url).exit_code == 0  # not applied
+    refused = plan(db, path, "--refresh", "--api-url", server.url)
+    assert refused.exit_code == 7, refused.output
+    assert "rule 'lone' reads other runs" in refused.stderr
+    assert "run `flowsync pull`, then plan again" in refused.stderr
+    assert "Traceback" not in refused.output
 
 
 def test_runs_the_rule_no_longer_selects_are_left_alone(server: Server, tmp_path: Path) -> None:

@@ -189,11 +189,19 @@ def plan(
         ):
             ids = selected_ids(selecting)
             lookups = frozenset().union(*selecting.reads_lookups.values())
+            reads_others = next(
+                (
+                    r.name
+                    for r in loaded.policy.rules
+                    if r.enabled and r.name in selecting.reads_other_runs
+                ),
+                None,
+            )
         with (
             Store.writer(db, wait=wait, lock_context=locks.WRITE) as writer,
             http.PrefectClient(refresh) as client,
         ):
-            reread_runs(client, writer, ids, lookups)
+            reread_runs(client, writer, ids, lookups, reads_others)
             publish(writer)  # readers see the runs the refresh re-read
         with Store.sandboxed(
             db, live=True, wait=wait, lock_context=locks.WRITE, memory_limit_mb=PLAN_MEMORY_MB

@@ -37,6 +37,7 @@ from flowsync.policy.ahead import AHEAD_BATCHES
 from flowsync.policy.batch import Applier, Batch, Stop
 from flowsync.policy.plan import Plan
 from flowsync.policy.planned import per_run_path
+from flowsync.policy.reread import changed_since_pull
 from flowsync.policy.result import KNOWN_OUTCOMES, ApplyResult
 from flowsync.policy.settle import SETTLE_SECONDS
 from flowsync.progress import NullProgress, Progress
@@ -82,14 +83,24 @@ def check_guards(plan: Plan) -> None:
 
 
 def reread_runs(
-    client: PrefectClient, store: Writer, ids: list[str], lookups: frozenset[str] = frozenset()
+    client: PrefectClient,
+    store: Writer,
+    ids: list[str],
+    lookups: frozenset[str] = frozenset(),
+    reads_others: str | None = None,
 ) -> int:
     """Read these runs from the server into the file (``plan --refresh``), and their flows or
     deployments (``lookups``: those the rules' SQL may read, as apply re-reads them; their
-    changes emit no event); returns how many runs."""
+    changes emit no event); with ``reads_others`` (a rule whose SQL reads other runs), every
+    run with a state change since the last pull too, as apply's catch-up does
+    (``PolicyError`` when the server may no longer hold those events). Returns how many
+    selected runs were read."""
     reader = RunReader(client, store, "plan-refresh")
     try:
-        found = reader.read(ids)
+        wanted = ids
+        if reads_others is not None:
+            wanted = sorted({*ids, *changed_since_pull(client, store, reads_others)})
+        found = reader.read(wanted)
         if lookups:
             reader.read_lookups(found.values(), lookups)
         # Read just now, changed or not: the plan's "oldest read of a planned run" says so.

@@ -35,11 +35,11 @@ from flowsync.policy.ahead import AHEAD_MAX_AGE, DecidedAhead
 from flowsync.policy.answers import Batch, Fresh, Seen, file_rows
 from flowsync.policy.plan import KEEP_NEWEST, Decision, Plan, RuleModel, Scope, decide_scope
 from flowsync.policy.result import ApplyResult
-from flowsync.store import SandboxedWriter
+from flowsync.store import SandboxedWriter, Store
 from flowsync.store.synced_tables import Stamp
 from flowsync.sync import RunReader, events_cover, pulled_from
 
-__all__ = ["EVENTS_OVERLAP", "RANK_ROUNDS", "UNCONFIRMED", "Rereader"]
+__all__ = ["EVENTS_OVERLAP", "RANK_ROUNDS", "UNCONFIRMED", "Rereader", "changed_since_pull"]
 
 # State events reach the server's store a few seconds late: a catch-up re-reads this far back.
 EVENTS_OVERLAP = timedelta(minutes=2)
@@ -52,6 +52,27 @@ UNCONFIRMED = (
     "keep_newest not confirmed: the newer runs it keeps changed on the server since the pull; "
     "pull, then apply again"
 )
+
+
+def changed_since_pull(client: PrefectClient, store: Store, rule: str) -> list[str]:
+    """The runs with a state change since the file's last pull, runs created since included
+    (the server's state events), for ``plan --refresh`` of ``rule``, which reads other runs:
+    what apply's catch-up re-reads before deciding it. ``PolicyError`` when the server may
+    no longer hold those events (apply refuses the rule then)."""
+    now = client.server_now()
+    last = pulled_from(store)
+    why = (
+        "the file records no pull"
+        if last is None
+        else events_cover(client, last - EVENTS_OVERLAP, now)
+    )
+    if last is None or why is not None:
+        raise PolicyError(
+            f"rule {rule!r} reads other runs, whose state changes since the last pull "
+            f"`plan --refresh` and apply read from the server's events, but {why}; run "
+            "`flowsync pull`, then plan again."
+        )
+    return sorted(client.changed_flow_runs(last - EVENTS_OVERLAP, now + timedelta(minutes=5)))
 
 
 class Rereader:
