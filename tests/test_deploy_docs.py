@@ -10,7 +10,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from flowsync.errors import ApiError, ConfigError, StoreError, StoreLockedError
+from flowsync.errors import ApiError, AuthError, ConfigError, StoreError, StoreLockedError
 
 DEPLOY = Path(__file__).resolve().parent.parent / "docs" / "deploy"
 
@@ -73,6 +73,13 @@ def test_prefect_recipe_retries_only_what_may_pass_and_needs_no_root_directory()
         "Path(db).expanduser().parent.mkdir(parents=True, exist_ok=True)"
         in (DEPLOY / "prefect_flow.py").read_text()
     )
+
+
+def test_prefect_recipe_does_not_retry_a_refused_api_key() -> None:
+    """A key the server refuses (401/403, exit 4) is a setting: it fails the run at once with
+    its message, as the recipe says, not after two retries a minute apart."""
+    recipe = _prefect_recipe()
+    assert not recipe.worth_retrying(None, None, _Failed(AuthError("401: the API key was refused")))
 
 
 def test_duckdb_cli_recipe_says_where_the_cli_comes_from_and_runs_through_flowsync_sql(

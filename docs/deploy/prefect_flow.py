@@ -30,6 +30,7 @@ from prefect.settings import get_current_settings
 import flowsync
 from flowsync.config import resolve_api
 from flowsync.errors import (
+    AuthError,
     ConfigError,
     PolicyError,
     PolicyLimitError,
@@ -52,12 +53,13 @@ DEFAULT_DB = os.environ.get("FLOWSYNC_DB") or str(
 
 def worth_retrying(task: Any, task_run: Any, state: Any) -> bool:
     """Retry what may pass in a minute (the API, a file held by another process), not
-    settings or a file that cannot be used: those fail the run at once, with their message."""
+    settings (a refused API key too) or a file that cannot be used: those fail the run at
+    once, with their message."""
     try:
         state.result()
     except StoreLockedError:
         return True
-    except (ConfigError, StoreError, OSError):
+    except (ConfigError, AuthError, StoreError, OSError):
         return False
     except Exception:
         return True
