@@ -247,6 +247,25 @@ def test_a_pull_that_cannot_reach_the_server_is_recorded_failed(
     assert status["last_pull"]["status"] == "failed", status
 
 
+def test_status_does_not_say_a_pull_is_running_when_none_holds_the_file(
+    built: BuiltHistory, tmp_path: Path
+) -> None:
+    """A pull killed (SIGKILL, the OOM killer) leaves its record `running`. `status` read the
+    live file, which it cannot open while a writer holds it: no pull is running, and it says
+    the pull was interrupted (what the next pull records), not that one is running."""
+    from flowsync.store import Store, sync_log
+
+    db = copy_db(built.path, tmp_path, "runs.duckdb")
+    with Store.writer(db) as store, store.transaction():
+        killed = sync_log.start_sync_run(store, "http://h/api")
+    said = run_cli("status", "--db", str(db), "--json")
+    assert said.exit_code == 0, said.output
+    last = json.loads(said.stdout)["last_pull"]
+    assert last["id"] == killed and last["status"] == "interrupted", last
+    text = run_cli("status", "--db", str(db)).stdout
+    assert f"last pull #{killed}: interrupted" in text and "running" not in text
+
+
 def test_status_tells_the_last_pull_from_an_apply_or_refresh_after_it(
     built: BuiltHistory, tmp_path: Path
 ) -> None:
@@ -271,4 +290,4 @@ def test_status_tells_the_last_pull_from_an_apply_or_refresh_after_it(
     assert status["last_apply"]["id"] == killed and status["last_apply"]["mode"] == "apply"
     text = run_cli("status", "--db", str(db)).stdout
     assert f"last pull #{failed}: failed (-)" in text and "ApiError: down" in text
-    assert f"last apply or plan --refresh #{killed}: running (apply)" in text
+    assert f"last apply or plan --refresh #{killed}: interrupted (apply)" in text
