@@ -1,7 +1,9 @@
 -- unresolved_failures: one row per deployment whose latest finished run
 -- (COMPLETED, FAILED or CRASHED; cancelled runs skipped) failed, over live
 -- runs: the backlog to work through, as the Prometheus exporter's "failed
--- runs not yet recovered". From deployment_streaks:
+-- runs not yet recovered". A deployment deleted on the server is left out:
+-- Prefect keeps its finished runs, so its failures could never be followed by
+-- a success (an alert on it would never resolve). From deployment_streaks:
 --   failing_since          run_at of the first failure since the last success
 --   failures_since_success failed runs since then (the failing streak)
 --   last_success_at        run_at of its latest COMPLETED run (NULL: never)
@@ -22,5 +24,8 @@ SELECT
     signature_of(error_signature_text(latest_message)) AS latest_signature,
     error_signature_text(latest_message) AS latest_error_text,
     latest_message
-FROM deployment_streaks
-WHERE failing_streak > 0;
+FROM deployment_streaks AS s
+WHERE failing_streak > 0
+  AND NOT EXISTS (
+      SELECT 1 FROM deployments AS d WHERE d.id = s.deployment_id AND d.deleted_at IS NOT NULL
+  );

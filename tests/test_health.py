@@ -11,6 +11,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pytest
 from prometheus_client.openmetrics.parser import (
     text_string_to_metric_families as openmetrics_families,
@@ -22,7 +23,7 @@ from flowsync import present, reports
 from flowsync.cli import render
 from flowsync.store import Store
 from harness.built import BuiltHistory
-from tests.helpers import FAILED, FINISHED, run_cli, scalar, server_count
+from tests.helpers import FAILED, FINISHED, copy_db, run_cli, scalar, server_count
 
 UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
@@ -228,3 +229,38 @@ def test_a_long_name_folds_and_the_figures_stay_and_what_is_dropped_is_named(
     assert "".join(re.findall(r"Q+", text)) == long  # folded, every character there
     fitted = render.readable_table(frame, "failures", ids=False, width=60, title=None)
     assert fitted.hidden_columns and "failure rate" not in fitted.hidden_columns
+
+
+def test_a_deployment_deleted_on_the_server_leaves_the_on_call_backlog(
+    pulled: Path, tmp_path: Path
+) -> None:
+    """Prefect keeps a deleted deployment's finished runs (live, with its id): its failures can
+    never be followed by a success, so counted as unresolved they would page forever
+    (``FlowsyncDeploymentBroken``). Once the pull marks the deployment deleted it leaves
+    ``unresolved_failures``, the report, the headline and the OpenMetrics samples; its runs
+    stay in every other figure."""
+    db = copy_db(pulled, tmp_path)
+    with Store.reader(db, live=True) as store:
+        before = reports.unresolved(store)
+    gone = before["deployment_id"][0]
+    runs = scalar(db, f"SELECT count(*) FROM flow_runs WHERE deployment_id = '{gone}'")
+    con = duckdb.connect(str(db))
+    con.execute("UPDATE deployments SET deleted_at = now() WHERE id = ?", [gone])
+    con.close()
+    with Store.reader(db, live=True) as store:
+        after = reports.unresolved(store)
+    assert set(after["deployment_id"]) == set(before["deployment_id"]) - {gone}
+    shown = run_cli("report", "unresolved", "--format", "json", "--live", "--db", str(db))
+    assert shown.exit_code == 0, shown.output
+    assert gone not in {r["deployment_id"] for r in json.loads(shown.stdout)}
+    out = run_cli("report", "health", "--format", "openmetrics", "--live", "--db", str(db))
+    assert out.exit_code == 0, out.output
+    families = {f.name: f for f in openmetrics_families(out.stdout)}
+    unresolved = {
+        s.labels["deployment_id"] for s in families["flowsync_unresolved_failures"].samples
+    }
+    assert unresolved == set(after["deployment_id"])
+    headline = run_cli("report", "health", "--format", "json", "--live", "--db", str(db))
+    assert json.loads(headline.stdout)[0]["unresolved_deployments"] == after.height
+    # its runs are still the file's and the server's
+    assert scalar(db, f"SELECT count(*) FROM flow_runs WHERE deployment_id = '{gone}'") == runs
