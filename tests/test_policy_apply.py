@@ -617,12 +617,15 @@ def test_an_interrupted_apply_leaves_pending_rows_and_sends_nothing_more(mixed_d
     being re-read meanwhile: batch 2 stays pending, batch 3 is never sent."""
     plan = plan_for(mixed_db, DELETE_ALL)
     third = set(list(batches(plan))[2].ids)
-    in_flight = threading.Event()
+    in_flight, interrupted = threading.Event(), threading.Event()
 
     def ctrl_c_in_flight(path: str, body: dict[str, Any]) -> httpx.Response:
         if len(fake.bulk) == 2:  # batch 2's call, on its own thread: still out at the Ctrl-C
             in_flight.set()
-            time.sleep(5)  # (the apply does not wait for it)
+            # (the apply does not wait for it): out until past the Ctrl-C, however slow the
+            # machine is before it (a fixed 5 s ended before a loaded machine got there)
+            interrupted.wait(60)
+            time.sleep(5)
             raise httpx.ReadTimeout("no answer", request=httpx.Request("POST", path))
         return accept_all(path, body)
 
@@ -630,7 +633,8 @@ def test_an_interrupted_apply_leaves_pending_rows_and_sends_nothing_more(mixed_d
         body = json.loads(request.content) if request.content else {}
         if set(body.get("flow_runs", {}).get("id", {}).get("any_") or ()) == third:
             # batch 3's re-read, on the apply's thread, once batch 2's call is out: Ctrl-C
-            assert in_flight.wait(5)
+            assert in_flight.wait(60)
+            interrupted.set()
             _thread.interrupt_main()
             time.sleep(1)
         return fake(request)
@@ -659,15 +663,16 @@ def test_an_interrupted_apply_says_what_it_did_and_what_stopped_it(
     what stopped it (it said 0 done and "see the error below", with no error in JSON)."""
     plan = plan_for(mixed_db, DELETE_ALL)
     third = set(list(batches(plan))[2].ids)
-    in_flight = threading.Event()
+    in_flight, interrupted = threading.Event(), threading.Event()
 
     def answer(path: str, body: dict[str, Any]) -> httpx.Response:
         if path == "health":
             return httpx.Response(200, json=True)
         if path == "admin/version":
             return httpx.Response(200, json="3.8.8")
-        if len(fake.bulk) == 2:
+        if len(fake.bulk) == 2:  # out until past the Ctrl-C, however slow the machine
             in_flight.set()
+            interrupted.wait(60)
             time.sleep(3)
             raise httpx.ReadTimeout("no answer", request=httpx.Request("POST", path))
         return accept_all(path, body)
@@ -676,7 +681,8 @@ def test_an_interrupted_apply_says_what_it_did_and_what_stopped_it(
         def __call__(self, request: httpx.Request) -> httpx.Response:
             body = json.loads(request.content) if request.content else {}
             if set(body.get("flow_runs", {}).get("id", {}).get("any_") or ()) == third:
-                assert in_flight.wait(5)
+                assert in_flight.wait(60)
+                interrupted.set()
                 _thread.interrupt_main()
                 time.sleep(1)
             return super().__call__(request)
