@@ -76,6 +76,7 @@ SERVER_FIXTURES = frozenset(
         "pg_cluster",
         "start_server",
         "start_backend_server",
+        "s3_server",  # tests/test_objectstore.py: moto's S3 server, a process of its own
     }
 )
 
