@@ -164,6 +164,19 @@ def prefect_503() -> httpx.Response:
     return httpx.Response(503, json={"exception_message": "Service Unavailable"})
 
 
+def fault_answer(fault: str, request: httpx.Request) -> httpx.Response:
+    """What a call meeting ``fault`` gets in place of the server's answer, the server never
+    having seen it: "429" (Retry-After 1), "500" (a proxy's, never passed on),
+    "lost-unsent" (a timeout before the server got it), else no connection at all."""
+    if fault == "429":
+        return httpx.Response(429, headers={"Retry-After": "1"}, json={"detail": "slow"})
+    if fault == "500":
+        return httpx.Response(500, text="upstream error")
+    if fault == "lost-unsent":
+        raise httpx.ReadTimeout("timed out", request=request)
+    raise httpx.ConnectError("refused", request=request)
+
+
 def forwarding(
     fault: Fault | None = None,
     after: Callable[[httpx.Request, httpx.Response], None] | None = None,

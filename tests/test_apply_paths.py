@@ -67,6 +67,7 @@ from tests.apply_cases import (
 )
 from tests.helpers import (
     Fault,
+    fault_answer,
     forwarding,
     local_state,
     outside,
@@ -409,13 +410,7 @@ def test_a_batch_decided_again_after_its_catch_up_holds_through_a_fault_on_its_c
         sent.append(bulk_ids(request))
         if len(sent) > 1 or fault == "lost":
             return None
-        if fault == "429":
-            return httpx.Response(429, headers={"Retry-After": "1"}, json={"detail": "slow"})
-        if fault == "500":
-            return httpx.Response(500, text="upstream error")
-        if fault == "lost-unsent":
-            raise httpx.ReadTimeout("timed out", request=request)
-        raise httpx.ConnectError("refused", request=request)
+        return fault_answer(fault, request)
 
     def lose(request: httpx.Request, _: httpx.Response) -> None:
         if fault == "lost" and request.url.path.endswith("/bulk_set_state") and len(sent) == 1:
@@ -2313,13 +2308,7 @@ def per_run_fault_on(
         hit.append(run)
         if fault == "lost":
             return None  # the server carries it out; ``lose`` drops its answer
-        if fault == "429":
-            return httpx.Response(429, headers={"Retry-After": "1"}, json={"detail": "slow"})
-        if fault == "500":
-            return httpx.Response(500, text="upstream error")
-        if fault == "lost-unsent":
-            raise httpx.ReadTimeout("timed out", request=request)
-        raise httpx.ConnectError("refused", request=request)
+        return fault_answer(fault, request)
 
     def lose(request: httpx.Request, _: httpx.Response) -> None:
         run = per_run_call(request)

@@ -612,31 +612,44 @@ def test_cli_partial_failure_exits_9_with_a_summary(
     assert "partial: 127 done, 4 failed in 4 batches" in result.stderr
 
 
+class CtrlCAtRead:
+    """Ctrl-C (SIGINT, to the apply's thread) at the re-read of ``ids`` (a batch's), once the
+    call ``out`` answers is on its own thread; that call stays out until ``after`` seconds
+    past the Ctrl-C (the apply does not wait for it), however slow the machine is before it
+    (a fixed few seconds from the call ended before a loaded machine reached the re-read)."""
+
+    def __init__(self, ids: set[str], after: float) -> None:
+        self.ids, self.after = ids, after
+        self.in_flight, self.interrupted = threading.Event(), threading.Event()
+
+    def out(self, path: str) -> httpx.Response:
+        self.in_flight.set()
+        self.interrupted.wait(60)
+        time.sleep(self.after)
+        raise httpx.ReadTimeout("no answer", request=httpx.Request("POST", path))
+
+    def at_read(self, request: httpx.Request) -> None:
+        body = json.loads(request.content) if request.content else {}
+        if set(body.get("flow_runs", {}).get("id", {}).get("any_") or ()) == self.ids:
+            assert self.in_flight.wait(60)
+            self.interrupted.set()
+            _thread.interrupt_main()
+            time.sleep(1)
+
+
 def test_an_interrupted_apply_leaves_pending_rows_and_sends_nothing_more(mixed_db: Path) -> None:
     """Ctrl-C (SIGINT, to the apply's thread) while batch 2's call is in flight and batch 3 is
     being re-read meanwhile: batch 2 stays pending, batch 3 is never sent."""
     plan = plan_for(mixed_db, DELETE_ALL)
-    third = set(list(batches(plan))[2].ids)
-    in_flight, interrupted = threading.Event(), threading.Event()
+    ctrl_c = CtrlCAtRead(set(list(batches(plan))[2].ids), after=5)
 
     def ctrl_c_in_flight(path: str, body: dict[str, Any]) -> httpx.Response:
         if len(fake.bulk) == 2:  # batch 2's call, on its own thread: still out at the Ctrl-C
-            in_flight.set()
-            # (the apply does not wait for it): out until past the Ctrl-C, however slow the
-            # machine is before it (a fixed 5 s ended before a loaded machine got there)
-            interrupted.wait(60)
-            time.sleep(5)
-            raise httpx.ReadTimeout("no answer", request=httpx.Request("POST", path))
+            return ctrl_c.out(path)
         return accept_all(path, body)
 
     def reads(request: httpx.Request) -> httpx.Response:
-        body = json.loads(request.content) if request.content else {}
-        if set(body.get("flow_runs", {}).get("id", {}).get("any_") or ()) == third:
-            # batch 3's re-read, on the apply's thread, once batch 2's call is out: Ctrl-C
-            assert in_flight.wait(60)
-            interrupted.set()
-            _thread.interrupt_main()
-            time.sleep(1)
+        ctrl_c.at_read(request)  # batch 3's re-read, on the apply's thread
         return fake(request)
 
     fake = Recorder(ctrl_c_in_flight, api_rows(mixed_db))
@@ -662,29 +675,20 @@ def test_an_interrupted_apply_says_what_it_did_and_what_stopped_it(
     """The command, Ctrl-C as above: its --json result counts batch 1's deletions and names
     what stopped it (it said 0 done and "see the error below", with no error in JSON)."""
     plan = plan_for(mixed_db, DELETE_ALL)
-    third = set(list(batches(plan))[2].ids)
-    in_flight, interrupted = threading.Event(), threading.Event()
+    ctrl_c = CtrlCAtRead(set(list(batches(plan))[2].ids), after=3)
 
     def answer(path: str, body: dict[str, Any]) -> httpx.Response:
         if path == "health":
             return httpx.Response(200, json=True)
         if path == "admin/version":
             return httpx.Response(200, json="3.8.8")
-        if len(fake.bulk) == 2:  # out until past the Ctrl-C, however slow the machine
-            in_flight.set()
-            interrupted.wait(60)
-            time.sleep(3)
-            raise httpx.ReadTimeout("no answer", request=httpx.Request("POST", path))
+        if len(fake.bulk) == 2:
+            return ctrl_c.out(path)
         return accept_all(path, body)
 
     class CtrlC(Recorder):
         def __call__(self, request: httpx.Request) -> httpx.Response:
-            body = json.loads(request.content) if request.content else {}
-            if set(body.get("flow_runs", {}).get("id", {}).get("any_") or ()) == third:
-                assert in_flight.wait(60)
-                interrupted.set()
-                _thread.interrupt_main()
-                time.sleep(1)
+            ctrl_c.at_read(request)
             return super().__call__(request)
 
     fake = CtrlC(answer, api_rows(mixed_db))
