@@ -181,6 +181,17 @@ def start_server() -> Callable[..., AbstractContextManager[Server]]:
     return prefect_server
 
 
+@pytest.fixture(scope="module")
+def module_server(
+    start_server: Any, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[Server]:
+    """A Prefect server (the dev group's, SQLite) that the tests of one module share; the
+    module's own ``server`` fixture takes it (and seeds it, where the module needs runs)."""
+    name = request.module.__name__.rsplit(".", 1)[-1]
+    with start_server(home=tmp_path_factory.mktemp(f"{name}-prefect")) as s:
+        yield s
+
+
 @pytest.fixture(scope="session")
 def start_backend_server() -> Callable[..., AbstractContextManager[Server]]:
     """``backend_server``, as ``start_server`` (a server on a given backend)."""

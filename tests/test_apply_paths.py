@@ -81,9 +81,8 @@ from tests.helpers import (
 
 
 @pytest.fixture(scope="module")
-def server(start_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    with start_server(home=tmp_path_factory.mktemp("paths-prefect")) as s:
-        yield s
+def server(module_server: Server) -> Server:
+    return module_server
 
 
 # -- decisions that depend on other runs ---------------------------------------------------------
@@ -2330,12 +2329,17 @@ def audit_by_apply(db: Path, ids: list[str]) -> list[tuple[str, str, str, str]]:
     )
 
 
-@pytest.mark.parametrize("fault", ["429", "never-connected", "lost", "lost-unsent", "500"])
-@pytest.mark.parametrize(
+# The per-run batches the fault and Ctrl-C tests take: the first or second call of the batch
+# decided again after its catch-up, or the second of a plain batch.
+PER_RUN_BATCHES = pytest.mark.parametrize(
     ("batch", "nth"),
     [("after-catch-up", 1), ("after-catch-up", 2), ("plain", 2)],
     ids=["after-catch-up-first", "after-catch-up-midway", "plain-midway"],
 )
+
+
+@pytest.mark.parametrize("fault", ["429", "never-connected", "lost", "lost-unsent", "500"])
+@PER_RUN_BATCHES
 def test_per_run_a_batch_holds_through_a_fault_on_one_of_its_calls(
     old_server: Server, tmp_path: Path, batch: str, nth: int, fault: str
 ) -> None:
@@ -2374,11 +2378,7 @@ def test_per_run_a_batch_holds_through_a_fault_on_one_of_its_calls(
     assert outside(old_server, case.every) == case.others
 
 
-@pytest.mark.parametrize(
-    ("batch", "nth"),
-    [("after-catch-up", 1), ("after-catch-up", 2), ("plain", 2)],
-    ids=["after-catch-up-first", "after-catch-up-midway", "plain-midway"],
-)
+@PER_RUN_BATCHES
 def test_per_run_ctrl_c_after_the_server_carried_out_a_call_records_what_it_did(
     old_server: Server, tmp_path: Path, batch: str, nth: int, ctrl_c_raises: None
 ) -> None:

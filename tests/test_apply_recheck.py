@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -40,10 +40,9 @@ from tests.helpers import (
 
 
 @pytest.fixture(scope="module")
-def server(start_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    with start_server(home=tmp_path_factory.mktemp("recheck-prefect")) as s:
-        seed(s.url, runs=160, flows=2, deployments_per_flow=1, days=60, seed_value=11)
-        yield s
+def server(module_server: Server) -> Server:
+    seed(module_server.url, runs=160, flows=2, deployments_per_flow=1, days=60, seed_value=11)
+    return module_server
 
 
 _taken: set[str] = set()

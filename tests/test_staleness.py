@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -30,10 +29,9 @@ from tests.policy_db import make_db, run
 
 
 @pytest.fixture(scope="module")
-def server(start_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    with start_server(home=tmp_path_factory.mktemp("stale-prefect")) as s:
-        seed(s.url, runs=60, flows=2, deployments_per_flow=1, days=20, seed_value=5)
-        yield s
+def server(module_server: Server) -> Server:
+    seed(module_server.url, runs=60, flows=2, deployments_per_flow=1, days=20, seed_value=5)
+    return module_server
 
 
 def pull_with(url: str, db: Path, **options: object) -> dict[str, object]:
