@@ -368,6 +368,66 @@ def test_a_rule_after_keep_newest_leaves_a_run_the_earlier_rule_picks_and_ranks_
     assert outside(server, older + newer) == others
 
 
+def test_plan_refresh_of_a_rule_after_keep_newest_is_what_apply_then_does(
+    server: Server, tmp_path: Path
+) -> None:
+    """The case above, `plan --refresh` after both runs failed: its re-read moves the older run
+    into rule 1's ranking, whose decision rests on the newer run's state change since the pull
+    (not among the runs the rules select at the pull). Apply reads that change and decides
+    again; the refreshed plan reads it too, so it is what apply then does, run for run: rule
+    1 deletes the older run and keeps the newer one, which rule 2 cancels."""
+    tag = "krr"
+    older, newer, db, others = crashed_then_running(server, tmp_path, tag)
+    either = tagged(tag) + " AND state_type IN ('FAILED', 'CRASHED')"
+    policy = policy_file(tmp_path, [purge(tag, "FAILED", keep_newest=1), cancelling(either)])
+    fail_now(server, older + newer)
+    fresh = run_cli(
+        "plan", str(policy), "--db", str(db), "--refresh", "--api-url", server.url, "--json"
+    )
+    assert fresh.exit_code == 0, fresh.output
+    planned = {r["rule"]: r["ids"] for r in json.loads(fresh.stdout)["rules"]}
+    result = apply_cli(server, db, policy)
+    assert result.exit_code == 0, result.output
+    done = json.loads(result.stdout)["result"]["rules"]
+    acted = query(
+        db,
+        "SELECT rule, list(CAST(flow_run_id AS VARCHAR) ORDER BY flow_run_id) FROM policy_actions "
+        "WHERE outcome IN ('deleted', 'accepted') GROUP BY rule",
+    )
+    assert {rule: sorted(ids) for rule, ids in acted} == {
+        rule: sorted(ids) for rule, ids in planned.items() if ids
+    }
+    counted = {rule: per.get("deleted", 0) + per.get("accepted", 0) for rule, per in done.items()}
+    assert {rule: n for rule, n in counted.items() if n} == {
+        rule: len(ids) for rule, ids in planned.items() if ids
+    }
+    assert planned == {"purge": older, "cancel": newer}
+    assert live(server, older + newer) == {newer[0]: "CANCELLED"}
+    assert outside(server, older + newer) == others
+
+
+def test_plan_refresh_of_a_rule_after_keep_newest_is_refused_when_the_events_may_be_gone(
+    server: Server, tmp_path: Path
+) -> None:
+    """The case above, the last pull ten days ago (the server keeps events seven): what rule 1
+    keeps rests on state changes since then that cannot all be read, so `plan --refresh`
+    exits 7 saying so (apply would leave such runs with "pull, then apply again")."""
+    import duckdb
+
+    tag = "krr-gone"
+    older, newer, db, _ = crashed_then_running(server, tmp_path, tag)
+    either = tagged(tag) + " AND state_type IN ('FAILED', 'CRASHED')"
+    policy = policy_file(tmp_path, [purge(tag, "FAILED", keep_newest=1), cancelling(either)])
+    with duckdb.connect(str(db)) as con:
+        pulled_days_ago(con, 10)
+    refused = run_cli("plan", str(policy), "--db", str(db), "--refresh", "--api-url", server.url)
+    assert refused.exit_code == 7, refused.output
+    assert "rule 'cancel' acts on runs rule 'purge' may keep by keep_newest" in refused.stderr
+    assert "run `flowsync pull`, then plan again" in refused.stderr
+    assert "Traceback" not in refused.output
+    assert live(server, older + newer) == {older[0]: "CRASHED", newer[0]: "RUNNING"}
+
+
 def decided_again(
     server: Server, tmp_path: Path, tag: str, n: int = 1, action: str = "set_state"
 ) -> tuple[list[str], list[str], list[str], Path, Path, dict[str, Any]]:

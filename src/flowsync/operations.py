@@ -63,6 +63,7 @@ from flowsync.policy.apply import (
 )
 from flowsync.policy.model import check_rule_timeout
 from flowsync.policy.plan import PLAN_MEMORY_MB, selected_ids
+from flowsync.policy.reread import catches_up
 from flowsync.policy.result import KNOWN_OUTCOMES
 from flowsync.progress import Progress
 from flowsync.since import check_start, parse_since
@@ -189,19 +190,12 @@ def plan(
         ):
             ids = selected_ids(selecting)
             lookups = frozenset().union(*selecting.reads_lookups.values())
-            reads_others = next(
-                (
-                    r.name
-                    for r in loaded.policy.rules
-                    if r.enabled and r.name in selecting.reads_other_runs
-                ),
-                None,
-            )
+            catch_up = catches_up(loaded.policy.rules, selecting.reads_other_runs)
         with (
             Store.writer(db, wait=wait, lock_context=locks.WRITE) as writer,
             http.PrefectClient(refresh) as client,
         ):
-            reread_runs(client, writer, ids, lookups, reads_others)
+            reread_runs(client, writer, ids, lookups, catch_up)
             publish(writer)  # readers see the runs the refresh re-read
         with Store.sandboxed(
             db, live=True, wait=wait, lock_context=locks.WRITE, memory_limit_mb=PLAN_MEMORY_MB

@@ -87,19 +87,19 @@ def reread_runs(
     store: Writer,
     ids: list[str],
     lookups: frozenset[str] = frozenset(),
-    reads_others: str | None = None,
+    catch_up: str | None = None,
 ) -> int:
     """Read these runs from the server into the file (``plan --refresh``), and their flows or
     deployments (``lookups``: those the rules' SQL may read, as apply re-reads them; their
-    changes emit no event); with ``reads_others`` (a rule whose SQL reads other runs), every
-    run with a state change since the last pull too, as apply's catch-up does
-    (``PolicyError`` when the server may no longer hold those events). Returns how many
-    selected runs were read."""
+    changes emit no event); with ``catch_up`` (why apply may decide a rule on them:
+    ``reread.catches_up``), every run with a state change since the last pull too, as
+    apply's catch-up does (``PolicyError`` when the server may no longer hold those
+    events). Returns how many selected runs were read."""
     reader = RunReader(client, store, "plan-refresh")
     try:
         wanted = ids
-        if reads_others is not None:
-            wanted = sorted({*ids, *changed_since_pull(client, store, reads_others)})
+        if catch_up is not None:
+            wanted = sorted({*ids, *changed_since_pull(client, store, catch_up)})
         found = reader.read(wanted)
         if lookups:
             reader.read_lookups(found.values(), lookups)

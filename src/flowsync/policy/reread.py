@@ -25,6 +25,7 @@ the file as they were. Must not: send a call, write the audit, print, or import 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -39,7 +40,14 @@ from flowsync.store import SandboxedWriter, Store
 from flowsync.store.synced_tables import Stamp
 from flowsync.sync import RunReader, events_cover, pulled_from
 
-__all__ = ["EVENTS_OVERLAP", "RANK_ROUNDS", "UNCONFIRMED", "Rereader", "changed_since_pull"]
+__all__ = [
+    "EVENTS_OVERLAP",
+    "RANK_ROUNDS",
+    "UNCONFIRMED",
+    "Rereader",
+    "catches_up",
+    "changed_since_pull",
+]
 
 # State events reach the server's store a few seconds late: a catch-up re-reads this far back.
 EVENTS_OVERLAP = timedelta(minutes=2)
@@ -54,22 +62,44 @@ UNCONFIRMED = (
 )
 
 
-def changed_since_pull(client: PrefectClient, store: Store, rule: str) -> list[str]:
+def catches_up(rules: Sequence[RuleModel], reads_other_runs: Mapping[str, str]) -> str | None:
+    """Why apply may read every run's state changes since the pull before deciding an enabled
+    rule of ``rules`` (``Rereader.reread``), as "rule X ...", so ``plan --refresh`` reads them
+    too (None: it never does): the rule's SQL reads other runs, or it follows an enabled
+    keep_newest rule, which may keep (or take) its runs by other runs' states."""
+    keep: str | None = None
+    for rule in rules:
+        if not rule.enabled:
+            continue
+        if rule.name in reads_other_runs:
+            return f"rule {rule.name!r} reads other runs"
+        if keep is not None:
+            return (
+                f"rule {rule.name!r} acts on runs rule {keep!r} may keep by keep_newest, "
+                "which rests on other runs"
+            )
+        if rule.keep_newest is not None:
+            keep = rule.name
+    return None
+
+
+def changed_since_pull(client: PrefectClient, store: Store, why: str) -> list[str]:
     """The runs with a state change since the file's last pull, runs created since included
-    (the server's state events), for ``plan --refresh`` of ``rule``, which reads other runs:
-    what apply's catch-up re-reads before deciding it. ``PolicyError`` when the server may
-    no longer hold those events (apply refuses the rule then)."""
+    (the server's state events), for ``plan --refresh`` of rules apply decides on them
+    (``why``: ``catches_up``'s reason): what apply's catch-up re-reads before deciding
+    them. ``PolicyError`` when the server may no longer hold those events (apply refuses
+    the rule then)."""
     now = client.server_now()
     last = pulled_from(store)
-    why = (
+    gone = (
         "the file records no pull"
         if last is None
         else events_cover(client, last - EVENTS_OVERLAP, now)
     )
-    if last is None or why is not None:
+    if last is None or gone is not None:
         raise PolicyError(
-            f"rule {rule!r} reads other runs, whose state changes since the last pull "
-            f"`plan --refresh` and apply read from the server's events, but {why}; run "
+            f"{why}, whose state changes since the last pull "
+            f"`plan --refresh` and apply read from the server's events, but {gone}; run "
             "`flowsync pull`, then plan again."
         )
     return sorted(client.changed_flow_runs(last - EVENTS_OVERLAP, now + timedelta(minutes=5)))
