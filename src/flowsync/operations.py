@@ -350,14 +350,8 @@ def status(db: str | os.PathLike[str] | None = None, *, wait: float = 0.0) -> St
     writing: StoreLockedError | None = None
     try:
         with Store.reader(path, live=True, wait=wait, lock_context=locks.LIVE_ONLY) as store:
-            summary = sync_log.status_summary(store)
-        # No writer holds the live file (else it would not open): a record still `running`
-        # is a process that ended (kill -9, the OOM killer), as the next writer records it.
-        for key in ("last_pull", "last_apply"):
-            record = summary[key]
-            if record is not None and record["status"] == "running":
-                record["status"] = "interrupted"
-                record["error"] = record["error"] or "process ended before it finished"
+            # No writer holds the live file (else it would not open).
+            summary = sync_log.status_summary(store, none_running=True)
     except StoreLockedError as e:
         info, problem = snapshot.inspect(path)
         if info is None or problem:

@@ -173,16 +173,23 @@ def previous_run_id(store: Store, pull_id: int) -> int | None:
     return None if value is None else int(value)
 
 
+# What a record left 'running' by a process that ended (kill -9, the OOM killer) becomes.
+STALE_ERROR = "process ended before the pull finished"
+
+
 def abandon_stale_runs(store: Store) -> None:
     """Pulls left 'running' by a crash (the file lock proves none is running now)."""
     store.execute(
-        "UPDATE sync_runs SET status = 'interrupted', error = coalesce(error, 'process ended before the pull finished') "
-        "WHERE status = 'running'"
+        "UPDATE sync_runs SET status = 'interrupted', error = coalesce(error, ?) "
+        "WHERE status = 'running'",
+        [STALE_ERROR],
     )
 
 
-def status_summary(store: Store) -> dict[str, Any]:
-    """What is in the file: counts and the last pulls."""
+def status_summary(store: Store, *, none_running: bool = False) -> dict[str, Any]:
+    """What is in the file: counts and the last pulls. ``none_running``: no writer holds the
+    file (the live file opened), so a record still 'running' is shown as the next writer
+    records it (``abandon_stale_runs``)."""
     out: dict[str, Any] = {}
     for table in ("flows", "deployments", "flow_runs"):
         live, deleted = store.execute(
@@ -224,6 +231,9 @@ def status_summary(store: Store) -> dict[str, Any]:
     out["last_pull"] = dict(zip(cols, last)) if last else None
     out["last_successful_pull_at"] = ok[0] if ok else None
     out["last_apply"] = dict(zip(cols, other)) if other else None  # or plan --refresh
+    for record in (out["last_pull"], out["last_apply"]):
+        if none_running and record is not None and record["status"] == "running":
+            record.update(status="interrupted", error=record["error"] or STALE_ERROR)
     out["pulls"] = int(store.execute("SELECT count(*) FROM sync_runs").scalar())
     out["api_url"] = get_state(store, "api_url")
     out["server"] = server_record(store)
