@@ -83,6 +83,14 @@ def catches_up(rules: Sequence[RuleModel], reads_other_runs: Mapping[str, str]) 
     return None
 
 
+def events_gone(client: PrefectClient, last: datetime | None, now: datetime) -> str | None:
+    """Why the server may no longer hold the state events since ``last``, the file's last
+    pull (None: it holds them), for apply's catch-up and ``plan --refresh``."""
+    if last is None:
+        return "the file records no pull"
+    return events_cover(client, last - EVENTS_OVERLAP, now)
+
+
 def changed_since_pull(client: PrefectClient, store: Store, why: str) -> list[str]:
     """The runs with a state change since the file's last pull, runs created since included
     (the server's state events), for ``plan --refresh`` of rules apply decides on them
@@ -91,11 +99,7 @@ def changed_since_pull(client: PrefectClient, store: Store, why: str) -> list[st
     the rule then)."""
     now = client.server_now()
     last = pulled_from(store)
-    gone = (
-        "the file records no pull"
-        if last is None
-        else events_cover(client, last - EVENTS_OVERLAP, now)
-    )
+    gone = events_gone(client, last, now)
     if last is None or gone is not None:
         raise PolicyError(
             f"{why}, whose state changes since the last pull "
@@ -243,10 +247,7 @@ class Rereader:
         holds them, or a catch-up of this apply already read them)."""
         if self.caught_up is not None:
             return None
-        last = pulled_from(self.store)
-        if last is None:
-            return "the file records no pull"
-        return events_cover(self.client, last - EVENTS_OVERLAP, self.server_now())
+        return events_gone(self.client, pulled_from(self.store), self.server_now())
 
     def _catch_up(self, lookups: frozenset[str]) -> None:
         """Re-read every run with a state change since the last catch-up (or pull) into the
