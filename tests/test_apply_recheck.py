@@ -214,6 +214,21 @@ def test_plan_shows_its_data_age_and_refresh_rereads_the_selected_runs(
     assert len(on_server(server, ids)) == 4  # plan changed nothing on the server
 
 
+def test_plan_refresh_shows_the_runs_it_reads_as_it_reads_them(
+    server: Server, tmp_path: Path
+) -> None:
+    """A refresh of many runs takes a request per 200: it counts them as apply and pull
+    do (a line without a terminal, with the rate), and ``--json`` stays the JSON alone."""
+    db, ids = pulled_and_picked(server, tmp_path, "COMPLETED", 4)
+    path = delete_policy(tmp_path, ids)
+    shown = plan(db, path, "--refresh", "--api-url", server.url)
+    assert shown.exit_code == 0, shown.output
+    assert "refresh: 4/4 runs" in shown.stderr
+    quiet = plan(db, path, "--refresh", "--api-url", server.url, "--json")
+    assert quiet.exit_code == 0 and "refresh:" not in quiet.stderr
+    assert json.loads(quiet.stdout)["data"]["refreshed"] == 4
+
+
 def test_plan_refresh_rereads_the_deployments_a_rule_joins(server: Server, tmp_path: Path) -> None:
     """Runs of a paused deployment, pulled; the deployment is resumed (a PATCH: no event). A
     rule deleting runs of paused deployments selects none of them on the server now:

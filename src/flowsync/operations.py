@@ -158,6 +158,7 @@ def plan(
     wait: float = 0.0,
     timeout: float | None = None,
     lock_context: str | None = None,
+    progress: Progress | None = None,
 ) -> Plan:
     """What ``policy`` would do to the runs in ``db``; changes nothing on the server.
 
@@ -167,7 +168,8 @@ def plan(
     SQL always runs on a read-only, sandboxed connection, stopped after ``timeout``
     seconds (0.1 to 3600, as ``--rule-timeout``; None: the policy's
     ``rule_timeout_seconds``; else a ``ConfigError``). ``lock_context`` says how
-    a lock on the live file is explained (``store.locks``)."""
+    a lock on the live file is explained (``store.locks``); ``progress`` counts the
+    runs a refresh reads."""
     timeout = check_rule_timeout(timeout)
     if refresh is not None:
         refresh = _check_api("refresh", refresh)
@@ -195,7 +197,7 @@ def plan(
             Store.writer(db, wait=wait, lock_context=locks.WRITE) as writer,
             http.PrefectClient(refresh) as client,
         ):
-            reread_runs(client, writer, ids, lookups, catch_up)
+            reread_runs(client, writer, ids, lookups, catch_up, progress)
             publish(writer)  # readers see the runs the refresh re-read
         with Store.sandboxed(
             db, live=True, wait=wait, lock_context=locks.WRITE, memory_limit_mb=PLAN_MEMORY_MB

@@ -224,7 +224,7 @@ def print_json(value: Any) -> None:
 
 
 # What a phase counts: apply counts runs, a pull's phases count rows of a table.
-_UNITS = {"apply": "runs", "re-read": "runs", "upload": "files"}
+_UNITS = {"apply": "runs", "re-read": "runs", "refresh": "runs", "upload": "files"}
 
 
 def _unit(phase: str) -> str:

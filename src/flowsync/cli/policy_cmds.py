@@ -270,16 +270,19 @@ def plan_cmd(
     from flowsync import operations
     from flowsync.store.snapshot import current
 
+    progress = make_progress(json_out)  # the runs a refresh reads
     with errors():
         settings = resolve_api(api_url, api_key) if refresh else None
-        plan = operations.plan(
-            resolve_db_path(db),
-            policy,
-            refresh=settings,
-            live=live,
-            wait=wait,
-            timeout=rule_timeout,
-        )
+        with progress:
+            plan = operations.plan(
+                resolve_db_path(db),
+                policy,
+                refresh=settings,
+                live=live,
+                wait=wait,
+                timeout=rule_timeout,
+                progress=progress,
+            )
         source = None if live or refresh else current(resolve_db_path(db))
     if json_out:
         _print_plan_json(plan, sample)

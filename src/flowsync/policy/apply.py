@@ -29,9 +29,11 @@ import itertools
 import time
 from collections import deque
 from collections.abc import Iterator
+from typing import Any
 
 from flowsync.api import PrefectClient
 from flowsync.api.client import BULK_LIMIT
+from flowsync.api.pagination import PAGE_SIZE
 from flowsync.errors import PolicyError, PolicyLimitError
 from flowsync.policy.ahead import AHEAD_BATCHES
 from flowsync.policy.batch import Applier, Batch, Stop
@@ -88,19 +90,26 @@ def reread_runs(
     ids: list[str],
     lookups: frozenset[str] = frozenset(),
     catch_up: str | None = None,
+    progress: Progress | None = None,
 ) -> int:
     """Read these runs from the server into the file (``plan --refresh``), and their flows or
     deployments (``lookups``: those the rules' SQL may read, as apply re-reads them; their
     changes emit no event); with ``catch_up`` (why apply may decide a rule on them:
     ``reread.catches_up``), every run with a state change since the last pull too, as
     apply's catch-up does (``PolicyError`` when the server may no longer hold those
-    events). Returns how many selected runs were read."""
+    events). ``progress`` counts the runs read. Returns how many selected runs were read."""
+    progress = progress or NullProgress()
     reader = RunReader(client, store, "plan-refresh")
     try:
         wanted = ids
         if catch_up is not None:
             wanted = sorted({*ids, *changed_since_pull(client, store, catch_up)})
-        found = reader.read(wanted)
+        progress.phase("refresh", len(wanted))
+        found: dict[str, dict[str, Any]] = {}
+        for first in range(0, len(wanted), PAGE_SIZE):  # one request each: counted as read
+            chunk = wanted[first : first + PAGE_SIZE]
+            found.update(reader.read(chunk))
+            progress.advance(len(chunk))
         if lookups:
             reader.read_lookups(found.values(), lookups)
         # Read just now, changed or not: the plan's "oldest read of a planned run" says so.
