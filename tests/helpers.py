@@ -9,6 +9,8 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +120,20 @@ def server_count(count: Any, states: list[str], window: Any, **filters: Any) -> 
         else:
             body[section] = value
     return int(count(body))
+
+
+def server_date_past(url: str, moment: datetime | None = None, timeout: float = 60) -> None:
+    """Block until the ``Date`` the server at ``url`` answers with is later than ``moment``
+    (default: now; the server shares this machine's clock): a pull begun after this has its
+    cursor (that Date) past every change made before ``moment``. The Date is in whole seconds
+    and uvicorn refreshes it once a second from its event loop, later under load: a fixed
+    sleep of a second or two after a change was not always enough."""
+    moment = moment or datetime.now(timezone.utc)
+    deadline = time.monotonic() + timeout
+    with httpx.Client(base_url=url + "/", timeout=30) as c:
+        while parsedate_to_datetime(c.get("health").headers["date"]) <= moment:
+            assert time.monotonic() < deadline, f"the server's Date never passed {moment}"
+            time.sleep(0.1)
 
 
 def wait_for_state_events(url: str, ids: list[str], state_type: str, timeout: float = 60) -> None:

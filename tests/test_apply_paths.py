@@ -76,6 +76,7 @@ from tests.helpers import (
     pulled_db,
     query,
     run_cli,
+    server_date_past,
     wait_for_state_events,
 )
 
@@ -775,7 +776,7 @@ def test_a_rule_reading_other_runs_sees_a_state_change_whose_event_is_not_stored
         # Returns within half a second of a flush: the next is about 15 s away (the pull, the
         # change and the apply take a few).
         wait_for_state_events(server.url, running, "RUNNING", timeout=90)
-        time.sleep(2)  # the pull begins (by the server's clock, in whole seconds) after them
+        server_date_past(server.url)  # the pull begins (by the server's clock) after them
         db = pulled_db(server.url, tmp_path)
         policy = policy_file(tmp_path, orphans("xl"))
         set_state(server, running, "COMPLETED")  # not a run the rule selects: not re-read

@@ -30,6 +30,7 @@ from tests.helpers import (
     query,
     run_cli,
     scalar,
+    server_date_past,
     wait_for_state_events,
 )
 from tests.server_truth import assert_matches_server, local_runs, server_runs
@@ -322,7 +323,7 @@ def test_verify_finds_a_state_change_whose_event_was_missed(
     target = completed(seeded)[0]
     move_to(url, [target], "FAILED")
     wait_for_state_events(url, [target], "FAILED")
-    time.sleep(1)  # the next pull's Date (whole seconds) is after the change
+    server_date_past(url)  # the next pull's Date is after the change
     # Pretend the last pull happened after the change, so its event is outside the window
     # (which starts no later than the next pull's Date).
     import duckdb
@@ -651,7 +652,7 @@ def test_a_schedule_paused_past_the_walks_first_page_is_read_within_the_stalenes
         new_deployment(url, f"later-{i}")
     db, api = tmp_path / "runs.duckdb", ApiSettings(url=url)
     day = PullOptions(page_size=5, overlap=timedelta(0), staleness=timedelta(hours=24))
-    time.sleep(2)  # the cursor is the server's Date, in whole seconds: past every deployment
+    server_date_past(url)  # the cursor is the server's Date: past every deployment
     flowsync.pull(db, api=api, options=day)
     with httpx.Client(base_url=url + "/", timeout=60) as c:
         schedule = c.get(f"deployments/{first}").json()["schedules"][0]["id"]
@@ -814,7 +815,7 @@ def scheduler_case(server: Server, tmp_path: Path, first_pull: bool = True) -> S
     db, api = tmp_path / "runs.duckdb", ApiSettings(url=server.url)
     options = PullOptions(overlap=timedelta(0))
     case = SchedulerCase(server.url, deployment, template, times, first, db, api, options)
-    time.sleep(2)
+    server_date_past(server.url)
     if first_pull:
         case.pull()
         assert_matches_server(db, server.url)
@@ -919,7 +920,7 @@ def test_an_older_flowsyncs_pull_in_between_does_not_hide_replaced_scheduled_run
     with httpx.Client(base_url=case.url + "/", timeout=60) as c:
         pause_and_resume(c, case.deployment)
     again = scheduler_insert(fresh_server, case.template, case.times)
-    time.sleep(2)  # the older pull's cursor (whole seconds) past the change
+    server_date_past(case.url)  # the older pull's cursor past the change
     older_pull(case.db, case.api, case.options, monkeypatch)
     case.pull()
     assert_matches_server(case.db, case.url)
@@ -1174,7 +1175,7 @@ def test_a_run_deleted_while_the_first_walk_pages_through_a_tie_loses_no_other_r
     # Their events stored, and the pulls' windows after them: runs made long ago, as a
     # backfill's (the next pull's events window would read them again otherwise).
     wait_for_state_events(url, tie, "SCHEDULED")
-    time.sleep(2)
+    server_date_past(url)
     deleted: list[str] = []
     read: set[str] = set()  # the runs the walk has read
 

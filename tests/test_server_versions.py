@@ -39,7 +39,14 @@ from tests.apply_cases import (
     runs,
     tagged,
 )
-from tests.helpers import outside, pulled_db, query, run_cli, wait_for_state_events
+from tests.helpers import (
+    outside,
+    pulled_db,
+    query,
+    run_cli,
+    server_date_past,
+    wait_for_state_events,
+)
 from tests.server_truth import assert_matches_server, server_runs
 
 BULK_SINCE = (3, 6, 16)
@@ -219,9 +226,9 @@ def scheduled_and_pulled(versioned: Versioned, prefix: str) -> Polled:
             ]
             for k in range(0, len(payload), 50):
                 create_bulk(c, deployment, payload[k : k + 50])
-    time.sleep(2)  # the cursor (the server's Date, whole seconds) past the deployments' creation
+    server_date_past(url)  # the cursor (the server's Date) past the deployments' creation
     versioned.pull("--overlap", "0")
-    time.sleep(2)
+    server_date_past(url)
     return Polled(deployments, later, versioned.pull("--overlap", "0"))
 
 
