@@ -45,9 +45,11 @@ from contextlib import AbstractContextManager, ExitStack
 from pathlib import Path
 from typing import Any
 
+import httpx._transports.default
 import pytest
 
 import harness
+from flowsync.api.session import tls_context
 from harness.built import BuiltHistory, build
 from harness.postgres import (
     PgCluster,
@@ -60,6 +62,22 @@ from harness.seed import run_real_flows, seed
 from harness.server import BACKENDS, EVENT_FLUSH_ENV, Server, backend_server, prefect_server
 from harness.zygote import ENABLED_ENV
 from tests.helpers import SeededServer
+
+# Every httpx client builds its TLS context up front, loading certifi's CA bundle (about 25 ms
+# of CPU), for an http:// URL too: the clients the tests and the harness make themselves (a
+# few thousand) spent a quarter of test_apply_paths.py's CPU there. They share flowsync's
+# contexts instead (one a process for each setting, ``tls_context``); a context passed in,
+# as flowsync's sessions pass theirs, is used as it is.
+_create_ssl_context = httpx._transports.default.create_ssl_context  # type: ignore[attr-defined]
+
+
+def _shared_ssl_context(verify: Any = True, cert: Any = None, trust_env: bool = True) -> Any:
+    if cert is None and trust_env and isinstance(verify, bool):
+        return tls_context(verify)
+    return _create_ssl_context(verify=verify, cert=cert, trust_env=trust_env)
+
+
+httpx._transports.default.create_ssl_context = _shared_ssl_context  # type: ignore[attr-defined]
 
 os.environ.setdefault(ENABLED_ENV, "1")
 os.environ.setdefault(EVENT_FLUSH_ENV, "0.5")
