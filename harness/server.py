@@ -272,6 +272,9 @@ def server_env(
 PREPARED_DATABASE_ENV = {
     "PREFECT_API_DATABASE_MIGRATE_ON_START": "false",
     "PREFECT_API_BLOCKS_REGISTER_ON_START": "false",
+    # The memo around the registration hashes every block type first (about 0.2 CPU-s a
+    # start) to decide whether to register them, which the setting above skips anyway.
+    "PREFECT_MEMOIZE_BLOCK_AUTO_REGISTRATION": "false",
 }
 SQLITE_DB = "prefect.db"
 

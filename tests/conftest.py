@@ -210,6 +210,13 @@ def module_server(
         yield s
 
 
+@pytest.fixture(scope="module")
+def server(module_server: Server) -> Server:
+    """The module's shared server as it starts, for a module that needs nothing on it first;
+    one that seeds it defines its own ``server`` over ``module_server``."""
+    return module_server
+
+
 @pytest.fixture(scope="session")
 def start_backend_server() -> Callable[..., AbstractContextManager[Server]]:
     """``backend_server``, as ``start_server`` (a server on a given backend)."""

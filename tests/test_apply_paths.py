@@ -80,12 +80,6 @@ from tests.helpers import (
     wait_for_state_events,
 )
 
-
-@pytest.fixture(scope="module")
-def server(module_server: Server) -> Server:
-    return module_server
-
-
 # -- decisions that depend on other runs ---------------------------------------------------------
 
 
