@@ -1173,7 +1173,8 @@ def test_a_batch_decided_ahead_is_decided_again_when_its_re_read_shows_a_change(
 ) -> None:
     """Batches 1-3 are decided in one decision over the file before batch 1's re-read; then a
     run of batch 2 (or 3) is protected on the server, when the batch before it is re-read
-    (whose own call may be out). That batch's re-read shows the change, so it is decided again
+    (once the call out then is answered: a SQLite server writing one answers the other 503,
+    and that call is decided again too). That batch's re-read shows the change, so it is decided again
     on it: the decision made ahead would delete the run, as a tag is no server-side guard.
     The other batches, unchanged, are sent on their parts of the decision made ahead."""
     tag = f"ahead{changed}"
@@ -1186,19 +1187,29 @@ def test_a_batch_decided_ahead_is_decided_again_when_its_re_read_shows_a_change(
         protected = batches[changed][0]
         calls: list[list[str]] = []  # the bulk calls the server carried out
         sent: list[str] = []
+        answers = threading.Condition()
+        out = [0]  # bulk calls sent and not answered yet
 
         def fault(request: httpx.Request, n: int) -> httpx.Response | None:
             if request.url.path.endswith("bulk_delete"):
                 sent.extend(bulk_ids(request))
+                with answers:
+                    out[0] += 1
             elif reads(request, batches[changed - 1]):
+                with answers:  # no call out (a 503 would have it re-checked: a decision more)
+                    answers.wait_for(lambda: out[0] == 0, timeout=30)
                 patch_run(server.url, protected, {"tags": [tag, "keep"]})
             return None
 
         def answered(request: httpx.Request, response: httpx.Response) -> None:
             # (a busy SQLite server's 503 is sent again: else batch 3's re-read, which waits for
             # batch 2's call, would hold the apply's thread that must re-check and resend it)
-            if request.url.path.endswith("bulk_delete") and response.is_success:
-                calls.append(bulk_ids(request))
+            if request.url.path.endswith("bulk_delete"):
+                with answers:
+                    out[0] -= 1
+                    answers.notify_all()
+                if response.is_success:
+                    calls.append(bulk_ids(request))
 
         result = library_apply(server, db, policy, forwarding(fault, answered), batch_size=3)
         assert calls == [[i for i in b if i != protected] for b in batches]
@@ -2201,7 +2212,9 @@ def holding_proxy(
                     os.kill(victim[0], signal.SIGKILL)
                     if release.wait(60):
                         time.sleep(0.3)
-                        httpx.request("DELETE", target + self.path, timeout=60)
+                        # it lands: sent again while a busy SQLite server answers 503 (that
+                        # answer did nothing), as the next apply writes meanwhile
+                        self.send_on(target, body, resend_busy=True)
                     return
             self.relay(self.send_on(target, body, resend_busy=False))
 
