@@ -30,7 +30,7 @@ The tests of one session server (``prefect``), the PostgreSQL ones and a test's 
 wherever a process is free.
 
 Servers of the dev group's Prefect with one API worker are forked from a process that has
-already imported Prefect (``harness.zygote``: about 1.3 CPU-seconds a start instead of 6);
+already imported Prefect (``harness.zygote``: about 0.6 CPU-seconds a start instead of 6);
 ``FLOWSYNC_TEST_FORK_SERVERS=0`` launches each as ``prefect server start`` instead.
 """
 
