@@ -1174,8 +1174,9 @@ def test_a_batch_decided_ahead_is_decided_again_when_its_re_read_shows_a_change(
     """Batches 1-3 are decided in one decision over the file before batch 1's re-read; then a
     run of batch 2 (or 3) is protected on the server, when the batch before it is re-read
     (once the call out then is answered: a SQLite server writing one answers the other 503,
-    and that call is decided again too). That batch's re-read shows the change, so it is decided again
-    on it: the decision made ahead would delete the run, as a tag is no server-side guard.
+    and that call is decided again too). That batch's re-read shows the change, so it is
+    decided again on it: the decision made ahead would delete the run, as a tag is no
+    server-side guard.
     The other batches, unchanged, are sent on their parts of the decision made ahead."""
     tag = f"ahead{changed}"
     with pulled_runs(server, tmp_path, 9, "COMPLETED", tag, protect_tags=["keep"]) as (

@@ -73,10 +73,11 @@ def tls_context(verify: bool | str) -> ssl.SSLContext:
     would load (``SSL_CERT_FILE`` or ``SSL_CERT_DIR`` when set, else certifi's); a path, the
     PEM CA file there; ``False``, none (``PREFECT_API_TLS_INSECURE_SKIP_VERIFY``).
 
-    Built once a process for each setting and CA file (its path, size and change time), and
-    shared by the sessions after: loading a CA bundle takes about 25 ms of CPU, which every
-    session paid, for an ``http://`` URL too (httpx builds its context up front). A context
-    holds no per-connection state, and one is used from many threads by design."""
+    Built once a process for each setting and CA file (its path, size, change time and
+    inode), and shared by the sessions after: loading a CA bundle takes about 25 ms of CPU,
+    which every session paid, for an ``http://`` URL too (httpx builds its context up
+    front). A context holds no per-connection state, and one is used from many threads by
+    design."""
     source = verify if isinstance(verify, str) else None
     if verify is True:
         source = os.environ.get("SSL_CERT_FILE") or os.environ.get("SSL_CERT_DIR")
