@@ -1226,6 +1226,56 @@ def test_an_apply_with_nothing_to_send_settles_and_counts_a_killed_applys_runs(
     assert query(db, "SELECT outcome, count(*) FROM policy_actions GROUP BY 1") == [("failed", 5)]
 
 
+@pytest.mark.parametrize("lands", [True, False], ids=["lands-late", "never-lands"])
+def test_a_killed_applys_runs_are_read_back_until_they_show_the_change_or_the_bound_passes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, lands: bool
+) -> None:
+    """Killed with its call out; the server carries the call out late (after the next apply's
+    second read back), or never. The next apply reads the runs back (0.5 s, doubling) until
+    they show the change: `deleted` under the killed apply, 1.5 s of the 30 s bound waited; or,
+    unchanged, until the bound has passed, then `failed`."""
+    from flowsync.policy.settle import Settler
+
+    db = make_db(tmp_path / "r.duckdb", [run(i) for i in range(1, 6)])
+    fake = Recorder(lambda p, b: (_ for _ in ()).throw(Killed()), api_rows(db))
+    plan = plan_for(db, DELETE_COMPLETED)
+    with monkeypatch.context() as killed:
+        killed.setattr(Settler, "close_open_rows", lambda self, rows: None)  # no way out
+        with (
+            Store.sandboxed_writer(db) as store,
+            mock_client(fake) as client,
+            pytest.raises(Killed),
+        ):
+            apply_plan(client, store, plan, progress=NullProgress())
+    later = Recorder(accept_all, fake.runs)
+    reads: list[int] = []
+
+    def server(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("flow_runs/filter"):
+            reads.append(1)
+            if lands and len(reads) == 3:
+                fake.runs.clear()  # the killed apply's call lands
+        return later(request)
+
+    pauses: list[float] = []
+    client = PrefectClient(
+        ApiSettings(url="http://prefect.test/api"),
+        transport=httpx.MockTransport(server),
+        retry=RetryPolicy(attempts=2),
+        sleep=pauses.append,
+    )
+    nothing = plan_for(db, DELETE_COMPLETED.replace("'COMPLETED'", "'NO-SUCH-STATE'"))
+    with Store.sandboxed_writer(db) as store, client:
+        result = apply_plan(client, store, nothing, progress=NullProgress(), settle_seconds=30)
+    assert later.bulk == [] and result.resolved_earlier == 5
+    outcome = "deleted" if lands else "failed"
+    assert query(db, "SELECT outcome, count(*) FROM policy_actions GROUP BY 1") == [(outcome, 5)]
+    if lands:
+        assert pauses == [0.5, 1.0]
+    else:
+        assert pauses[:6] == [0.5, 1.0, 2.0, 4.0, 5.0, 5.0] and 29 < sum(pauses) <= 30
+
+
 def test_a_killed_applys_run_that_cannot_be_settled_is_not_sent_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

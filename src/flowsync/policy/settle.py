@@ -248,11 +248,20 @@ class Settler:
         outcomes = self._settle_rows(rows, final=False, unguarded=unguarded) if rows else {}
         unchanged = [r for r in rows if (r.apply_id, r.flow_run_id) not in outcomes]
         if wait and unchanged:
-            # Unchanged so far: its call may still be running; wait out the bound, then decide.
+            # Unchanged so far: its call may still be running. Read again as settle_lost does
+            # (0.5 s, doubling up to 5 s) until every run shows what happened or the bound has
+            # passed, then decide the rest. Each read judges as the first: only a run that
+            # shows the change settles before the bound.
             newest = max(r.sent_at for r in unchanged)
             left = self.settle_seconds - (datetime.now(timezone.utc) - newest).total_seconds()
-            self.client.pause_for(left)
-            outcomes.update(self._settle_rows(unchanged, final=True, unguarded=unguarded))
+            waited, delay, final = 0.0, 0.5, False  # the client's clock, as in settle_lost
+            while unchanged and not final:
+                pause = min(delay, max(left - waited, 0.0))
+                self.client.pause_for(pause)
+                waited, delay = waited + pause, min(delay * 2, 5.0)
+                final = waited >= left  # the bound has passed: what is unchanged is decided
+                outcomes.update(self._settle_rows(unchanged, final=final, unguarded=unguarded))
+                unchanged = [r for r in unchanged if (r.apply_id, r.flow_run_id) not in outcomes]
         deleted = [run for (_, run), (o, _) in outcomes.items() if o == Outcome.DELETED.value]
         with self.store.transaction():
             audit.settle_earlier(self.store, outcomes, self.result.apply_id)
