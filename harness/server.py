@@ -12,7 +12,8 @@ Server versions: by default the ``prefect`` pinned in the dev group (the
 running interpreter's environment). ``prefect_server(version="3.4.25")`` runs
 that release instead, from a virtualenv of its own built on first use under
 ``FLOWSYNC_TEST_SERVERS`` (default ``~/.cache/flowsync-test-servers/<version>``,
-pip's downloads cached beside it) and reused afterwards. ``SERVER_VERSIONS``
+installed with the dev group's uv) and reused afterwards; ``python -m harness
+prepare`` builds what the tests will start ahead (``scripts/check`` does, during its setup). ``SERVER_VERSIONS``
 holds the latest patch of every supported minor; ``server_versions()`` says
 which of them this run tests (``FLOWSYNC_TEST_SERVER_VERSIONS``). Never used
 by ``src/``.
@@ -69,6 +70,8 @@ SERVER_VERSIONS = {
 }
 # What CI tests besides the pinned default: the oldest and the newest supported.
 CI_SERVER_VERSIONS = (SERVER_VERSIONS["3.0"], SERVER_VERSIONS["3.9"])
+# A release without the bulk endpoints: the tests of apply's call-per-run path run on it.
+PER_RUN_VERSION = SERVER_VERSIONS["3.4"]
 VERSIONS_ENV = "FLOWSYNC_TEST_SERVER_VERSIONS"
 
 
@@ -470,3 +473,23 @@ def postgres_server(
         ) as server,
     ):
         yield server
+
+
+def prepare(versions: list[str] | None = None) -> list[str]:
+    """Build ahead what the tests start: the virtualenv and SQLite template of each server
+    version ``server_versions()`` names, of ``PER_RUN_VERSION`` and of the dev group's
+    Prefect; two at a time. What is built already is reused (a lock per version). Returns
+    what it prepared."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    wanted = [None, PER_RUN_VERSION, *(server_versions() if versions is None else versions)]
+    distinct = list(dict.fromkeys(wanted))
+
+    def build(version: str | None) -> str:
+        if version is not None and version != installed_prefect_version():
+            server_venv(version)
+        sqlite_template(version)
+        return version or str(installed_prefect_version())
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return list(pool.map(build, distinct))

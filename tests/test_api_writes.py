@@ -29,10 +29,10 @@ from flowsync.errors import (
     UnsupportedError,
 )
 from harness.seed import Seeded, seed
-from harness.server import Server, installed_prefect_version
+from harness.server import PER_RUN_VERSION, Server, installed_prefect_version
 from tests.helpers import wait_for_state_events
 
-OLD = "3.4.25"
+OLD = PER_RUN_VERSION
 RUN = "6a0e2f4c-3f3a-4b8e-9c1d-2b9f0e1a7c55"
 
 

@@ -36,7 +36,7 @@ from flowsync.api.budget import RequestBudget
 from flowsync.config import ApiSettings
 from flowsync.policy import ApplyResult, apply_plan
 from harness.seed import runs_in_state
-from harness.server import Server
+from harness.server import PER_RUN_VERSION, Server
 from tests.apply_cases import (
     acting,
     apply_cli,
@@ -295,7 +295,7 @@ def test_per_run_a_rule_after_keep_newest_leaves_a_run_the_earlier_rule_takes_no
     """The case above on a server without the bulk endpoints (Prefect 3.4, one call per
     run), rule 2 deleting: after the pull a newer run fails, so rule 1 now keeps it and the
     newest before it; the third newest is rule 1's (left to the next apply), never rule 2's."""
-    with start_server(home=tmp_path / "home", version="3.4.25") as old:
+    with start_server(home=tmp_path / "home", version=PER_RUN_VERSION) as old:
         ids, running, db, others = four_failed_one_running(old, tmp_path, "krp")
         policy = policy_file(
             tmp_path,
@@ -526,7 +526,7 @@ def test_per_run_a_rule_after_keep_newest_leaves_a_run_the_earlier_rule_picks_an
     """The case above on a server without the bulk endpoints (Prefect 3.4, one call per
     run), rule 2 deleting FAILED or CRASHED runs: the older run, CRASHED at the pull, is rule
     1's once both fail, never rule 2's."""
-    with start_server(home=tmp_path / "home", version="3.4.25") as old:
+    with start_server(home=tmp_path / "home", version=PER_RUN_VERSION) as old:
         tag = "krnp"
         older, newer, db, others = crashed_then_running(old, tmp_path, tag)
         either = tagged(tag) + " AND state_type IN ('FAILED', 'CRASHED')"
@@ -2127,7 +2127,9 @@ def test_a_timed_out_call_landing_after_a_run_was_set_again_in_its_state_is_this
 @pytest.fixture(scope="module")
 def old_server(start_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """Prefect 3.4.25: no bulk endpoints, so apply sends one call per run."""
-    with start_server(home=tmp_path_factory.mktemp("paths-prefect-3.4"), version="3.4.25") as s:
+    with start_server(
+        home=tmp_path_factory.mktemp("paths-prefect-3.4"), version=PER_RUN_VERSION
+    ) as s:
         yield s
 
 

@@ -1,0 +1,16 @@
+"""``python -m harness prepare``: build the Prefect servers the tests start, ahead of them
+(``harness.server.prepare``; which versions: ``FLOWSYNC_TEST_SERVER_VERSIONS``)."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from harness.server import prepare
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["prepare"]:
+        sys.exit("usage: python -m harness prepare")
+    started = time.monotonic()
+    done = prepare()
+    print(f"test servers ready: {', '.join(done)} ({time.monotonic() - started:.0f} s)")
