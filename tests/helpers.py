@@ -59,13 +59,21 @@ def local_state(db: Path, run_id: str) -> Any:
     return scalar(db, "SELECT state_type FROM flow_runs WHERE id = ?", [run_id])
 
 
-def patch_run(url: str, run_id: str, fields: dict[str, Any]) -> None:
-    """PATCH a flow run on the server at ``url``, retrying while it answers 503."""
-    for _ in range(20):  # the SQLite server answers 503 while it is busy writing
-        r = httpx.patch(f"{url}/flow_runs/{run_id}", json=fields, timeout=60)
+def another_client(url: str, method: str, path: str, body: Any = None) -> httpx.Response:
+    """A write by another client to the server at ``url`` (``path`` under its ``/api``), sent
+    again while the server answers 503: a SQLite server busy with another writer (the event
+    persister, an apply) rolls the request back, so that answer did nothing."""
+    for _ in range(20):
+        r = httpx.request(method, f"{url}/{path}", json=body, timeout=60)
         if r.status_code != 503:
-            break
+            return r
         time.sleep(0.5)
+    return r
+
+
+def patch_run(url: str, run_id: str, fields: dict[str, Any]) -> None:
+    """PATCH a flow run on the server at ``url``, as ``another_client``."""
+    r = another_client(url, "PATCH", f"flow_runs/{run_id}", fields)
     assert r.status_code == 204, r.text
 
 

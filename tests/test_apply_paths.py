@@ -67,6 +67,7 @@ from tests.apply_cases import (
 )
 from tests.helpers import (
     Fault,
+    another_client,
     fault_answer,
     forwarding,
     local_state,
@@ -217,7 +218,7 @@ def test_keep_newest_reads_a_protected_newest_run_it_ranks(
     plan = json.loads(run_cli("plan", str(policy), "--db", str(db), "--json").stdout)
     assert plan["rules"][0]["skipped"] == {"protected tag": 1, "keep_newest": 1}
     if change == "deleted":
-        assert httpx.delete(f"{server.url}/flow_runs/{ids[-1]}", timeout=60).status_code == 204
+        assert another_client(server.url, "DELETE", f"flow_runs/{ids[-1]}").status_code == 204
     else:
         set_state(server, ids[-1:], "COMPLETED")
     result = apply_cli(server, db, policy)
@@ -785,15 +786,14 @@ def test_a_rule_joining_deployments_decides_on_the_deployment_as_it_is_now(
     dep = deployment(server)
     ids = runs(server, dep, 3, "COMPLETED", "dp")
     wait_for_state_events(server.url, ids, "COMPLETED")
-    with httpx.Client(base_url=server.url + "/", timeout=60) as c:
-        assert c.patch(f"deployments/{dep}", json={"paused": True}).is_success
-        db = pulled_db(server.url, tmp_path)
-        sql = (
-            "SELECT r.id FROM flow_runs r JOIN deployments d ON d.id = r.deployment_id "
-            "WHERE d.paused AND list_contains(r.tags, 'dp')"
-        )
-        policy = policy_file(tmp_path, [{"name": "paused", "action": "delete", "sql": sql}])
-        assert c.patch(f"deployments/{dep}", json={"paused": False}).is_success
+    assert another_client(server.url, "PATCH", f"deployments/{dep}", {"paused": True}).is_success
+    db = pulled_db(server.url, tmp_path)
+    sql = (
+        "SELECT r.id FROM flow_runs r JOIN deployments d ON d.id = r.deployment_id "
+        "WHERE d.paused AND list_contains(r.tags, 'dp')"
+    )
+    policy = policy_file(tmp_path, [{"name": "paused", "action": "delete", "sql": sql}])
+    assert another_client(server.url, "PATCH", f"deployments/{dep}", {"paused": False}).is_success
     said = run_cli("plan", str(policy), "--db", str(db)).stdout
     assert "its SQL reads deployments: apply re-reads those of each batch's runs" in said
     applied_and_left_alone(server, db, policy, ids, "COMPLETED")
@@ -1497,7 +1497,7 @@ def _answered_429_then_stopped(server: Server, tmp_path: Path, stop: str) -> Non
         assert held.counts == {"purge": {"deleted": 3, "failed": 3}}
         # Another client deletes one of batch 1's runs; the next apply finds nothing of the
         # first one's to settle, and records that run gone under its own id.
-        assert httpx.delete(f"{server.url}/flow_runs/{first[0]}", timeout=60).status_code == 204
+        assert another_client(server.url, "DELETE", f"flow_runs/{first[0]}").status_code == 204
         again = library_apply(
             server, db, policy, forwarding(resend_busy=True), batch_size=3, settle_seconds=2
         )
@@ -2603,7 +2603,7 @@ def _killed_in_a_429_wait(server: Server, tmp_path: Path, tag: str, nth: int, n:
         assert outcomes(db, throttled) == dict.fromkeys(throttled, "failed")
         assert outcomes(db, done_before) == dict.fromkeys(done_before, "deleted")
         for run in throttled:  # another client
-            assert httpx.delete(f"{server.url}/flow_runs/{run}", timeout=60).status_code == 204
+            assert another_client(server.url, "DELETE", f"flow_runs/{run}").status_code == 204
         again = library_apply(server, db, policy, forwarding(resend_busy=True), settle_seconds=2)
         assert again.resolved_earlier == 0
         assert live(server, ids) == {}

@@ -29,6 +29,7 @@ from harness.seed import new_deployment, post_json, runs_in_state, seed, set_sta
 from harness.server import Server
 from tests.helpers import (
     Fault,
+    another_client,
     forwarding,
     outside,
     patch_run,
@@ -237,10 +238,9 @@ def test_plan_refresh_rereads_the_deployments_a_rule_joins(server: Server, tmp_p
     dep = new_deployment(server.url, "refresh-lookups")
     ids = runs_in_state(server.url, dep, 3, "COMPLETED", "refresh-dp", timedelta(days=1))
     _taken.update(ids)
-    with httpx.Client(base_url=server.url + "/", timeout=60) as c:
-        assert c.patch(f"deployments/{dep}", json={"paused": True}).is_success
-        db, _ = pulled_and_picked(server, tmp_path, "COMPLETED", 0)
-        assert c.patch(f"deployments/{dep}", json={"paused": False}).is_success
+    assert another_client(server.url, "PATCH", f"deployments/{dep}", {"paused": True}).is_success
+    db, _ = pulled_and_picked(server, tmp_path, "COMPLETED", 0)
+    assert another_client(server.url, "PATCH", f"deployments/{dep}", {"paused": False}).is_success
     sql = (
         "SELECT r.id FROM flow_runs r JOIN deployments d ON d.id = r.deployment_id "
         "WHERE d.paused AND list_contains(r.tags, 'refresh-dp')"
@@ -363,7 +363,7 @@ def test_a_run_gone_before_the_call_is_audited_gone_and_not_sent(
 ) -> None:
     db, ids = pulled_and_picked(server, tmp_path, "FAILED", 4)
     path = delete_policy(tmp_path, ids)
-    assert httpx.delete(f"{server.url}/flow_runs/{ids[0]}", timeout=60).status_code == 204
+    assert another_client(server.url, "DELETE", f"flow_runs/{ids[0]}").status_code == 204
     calls: list[list[str]] = []
     result = apply_with(server, db, path, recording("/bulk_delete", calls))
     sent = [i for call in calls for i in call]
@@ -468,7 +468,7 @@ def test_a_subflow_whose_parent_was_deleted_after_the_pull_is_no_longer_a_subflo
         tmp_path, children, "subflows", {"action": "delete"}, also="parent_task_run_id IS NOT NULL"
     )
     before = on_server(server, children)
-    assert httpx.delete(f"{server.url}/flow_runs/{parent}", timeout=60).status_code == 204
+    assert another_client(server.url, "DELETE", f"flow_runs/{parent}").status_code == 204
     now = on_server(server, children)
     assert all(now[i]["parent_task_run_id"] is None for i in children)
     assert all(now[i]["updated"] == before[i]["updated"] for i in children), "the stamp moved"

@@ -39,7 +39,7 @@ from tests.apply_cases import (
     set_again_while_out,
     set_state,
 )
-from tests.helpers import Fault, forwarding, outside, patch_run
+from tests.helpers import Fault, another_client, forwarding, outside, patch_run
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
@@ -75,7 +75,7 @@ def any_worker(fault: Fault | None = None) -> Fault:
 
 
 def delete_run(server: Server, run: str) -> None:
-    assert httpx.delete(f"{server.url}/flow_runs/{run}", timeout=60).status_code == 204
+    assert another_client(server.url, "DELETE", f"flow_runs/{run}").status_code == 204
 
 
 def test_delete_and_set_state_policies_against_two_workers_with_another_client_changing_runs(
