@@ -1191,18 +1191,14 @@ class Killed(BaseException):
     """kill -9, as far as the apply's own code can tell: nothing after it runs."""
 
 
-def test_an_apply_with_nothing_to_send_settles_and_counts_a_killed_applys_runs(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Killed with its first call out, the call never reached the server: the next apply,
-    whose plan is empty, reads the 5 runs back, settles them `failed` (unchanged after the
-    settle bound) under the killed apply, and counts all 5 as settled."""
-    from flowsync import operations
+def killed_with_its_call_out(db: Path, policy: str, monkeypatch: pytest.MonkeyPatch) -> Recorder:
+    """Apply ``policy`` to ``db`` and kill it (SIGKILL, as far as its code can tell) as its
+    first call goes out, before the server got it: its runs are left ``pending``. Returns the
+    fake server, which holds the runs as they were."""
     from flowsync.policy.settle import Settler
 
-    db = make_db(tmp_path / "r.duckdb", [run(i) for i in range(1, 6)])
     fake = Recorder(lambda p, b: (_ for _ in ()).throw(Killed()), api_rows(db))
-    plan = plan_for(db, DELETE_COMPLETED)
+    plan = plan_for(db, policy)
     with monkeypatch.context() as killed:
         killed.setattr(Settler, "close_open_rows", lambda self, rows: None)  # no way out
         with (
@@ -1211,6 +1207,19 @@ def test_an_apply_with_nothing_to_send_settles_and_counts_a_killed_applys_runs(
             pytest.raises(Killed),
         ):
             apply_plan(client, store, plan, progress=NullProgress())
+    return fake
+
+
+def test_an_apply_with_nothing_to_send_settles_and_counts_a_killed_applys_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed with its first call out, the call never reached the server: the next apply,
+    whose plan is empty, reads the 5 runs back, settles them `failed` (unchanged after the
+    settle bound) under the killed apply, and counts all 5 as settled."""
+    from flowsync import operations
+
+    db = make_db(tmp_path / "r.duckdb", [run(i) for i in range(1, 6)])
+    fake = killed_with_its_call_out(db, DELETE_COMPLETED, monkeypatch)
     assert query(db, "SELECT outcome, count(*) FROM policy_actions GROUP BY 1") == [("pending", 5)]
     nothing = tmp_path / "nothing.yaml"
     nothing.write_text(DELETE_COMPLETED.replace("'COMPLETED'", "'NO-SUCH-STATE'"))
@@ -1234,19 +1243,8 @@ def test_a_killed_applys_runs_are_read_back_until_they_show_the_change_or_the_bo
     second read back), or never. The next apply reads the runs back (0.5 s, doubling) until
     they show the change: `deleted` under the killed apply, 1.5 s of the 30 s bound waited; or,
     unchanged, until the bound has passed, then `failed`."""
-    from flowsync.policy.settle import Settler
-
     db = make_db(tmp_path / "r.duckdb", [run(i) for i in range(1, 6)])
-    fake = Recorder(lambda p, b: (_ for _ in ()).throw(Killed()), api_rows(db))
-    plan = plan_for(db, DELETE_COMPLETED)
-    with monkeypatch.context() as killed:
-        killed.setattr(Settler, "close_open_rows", lambda self, rows: None)  # no way out
-        with (
-            Store.sandboxed_writer(db) as store,
-            mock_client(fake) as client,
-            pytest.raises(Killed),
-        ):
-            apply_plan(client, store, plan, progress=NullProgress())
+    fake = killed_with_its_call_out(db, DELETE_COMPLETED, monkeypatch)
     later = Recorder(accept_all, fake.runs)
     reads: list[int] = []
 
@@ -1282,19 +1280,8 @@ def test_a_killed_applys_run_that_cannot_be_settled_is_not_sent_again(
     """Killed with a set_state call out; the run then shows another state, and its state
     history cannot be read: whether the killed apply set it is unknown. The next apply,
     whose rule still selects it, leaves it pending and does not send it again."""
-    from flowsync.policy.settle import Settler
-
     db = make_db(tmp_path / "r.duckdb", [run(1)])
-    fake = Recorder(lambda p, b: (_ for _ in ()).throw(Killed()), api_rows(db))
-    first = plan_for(db, CANCEL_ALL)
-    with monkeypatch.context() as killed:
-        killed.setattr(Settler, "close_open_rows", lambda self, rows: None)
-        with (
-            Store.sandboxed_writer(db) as store,
-            mock_client(fake) as client,
-            pytest.raises(Killed),
-        ):
-            apply_plan(client, store, first, progress=NullProgress())
+    fake = killed_with_its_call_out(db, CANCEL_ALL, monkeypatch)
     moved = str(uuid.uuid4())
     fake.runs[rid(1)].update(
         state_type="RUNNING", state_name="Running", state_id=moved,
