@@ -128,6 +128,13 @@ ONE_PROCESS = {
 }
 
 
+# Module-scoped fixtures that launch a server of another Prefect release (its own virtualenv,
+# started, not forked from the zygote) and seed it: 5-16 s a process that sets one up. Their
+# tests share one process per server (per parameter: one per version), which sets it up once:
+# spread over three processes, test_server_versions.py took 311 s of their time, 216 s so.
+ONE_PROCESS_FIXTURES = ("versioned", "old_server")
+
+
 def _group(item: pytest.Item) -> str | None:
     names = set(getattr(item, "fixturenames", ()))
     backend = _backend_of(item)
@@ -136,6 +143,11 @@ def _group(item: pytest.Item) -> str | None:
     marked = item.get_closest_marker("xdist_group")  # a test's own: kept together on purpose
     if marked is not None:
         return str(marked.args[0] if marked.args else marked.kwargs["name"])
+    for fixture in ONE_PROCESS_FIXTURES:
+        if fixture in names:
+            callspec = getattr(item, "callspec", None)
+            param = callspec.params.get(fixture) if callspec else None
+            return fixture if param is None else f"{fixture}-{param}"
     if "prefect" in names:
         return f"prefect-{backend}"
     return ONE_PROCESS.get(item.module.__name__ if item.module else "")  # type: ignore[attr-defined]
