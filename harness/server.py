@@ -13,10 +13,10 @@ running interpreter's environment). ``prefect_server(version="3.4.25")`` runs
 that release instead, from a virtualenv of its own built on first use under
 ``FLOWSYNC_TEST_SERVERS`` (default ``~/.cache/flowsync-test-servers/<version>``,
 installed with the dev group's uv) and reused afterwards; ``python -m harness
-prepare`` builds what the tests will start ahead (``scripts/check`` does, during its setup). ``SERVER_VERSIONS``
-holds the latest patch of every supported minor; ``server_versions()`` says
-which of them this run tests (``FLOWSYNC_TEST_SERVER_VERSIONS``). Never used
-by ``src/``.
+prepare`` builds ahead what the tests will start (``scripts/check`` runs it during
+its setup). ``SERVER_VERSIONS`` holds the latest patch of every supported minor;
+``server_versions()`` says which of them this run tests
+(``FLOWSYNC_TEST_SERVER_VERSIONS``). Never used by ``src/``.
 
 Start-up cost: a new SQLite server starts from a copy of a migrated database of its own
 Prefect version (``sqlite_template``: built once by that version's own start on an empty
