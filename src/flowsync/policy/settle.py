@@ -45,6 +45,10 @@ __all__ = ["SETTLE_SECONDS", "Settled", "Settler"]
 # read until they change or stay unchanged this long (Prefect's own statement timeout is
 # 10 s by default, PREFECT_SERVER_DATABASE_TIMEOUT).
 SETTLE_SECONDS = 30.0
+# How runs whose call's outcome is unknown are read back until they show it or the bound
+# passes (a lost answer's, an earlier apply's pending rows): the first pause, doubled after
+# each read up to the last.
+READ_BACK_FIRST_PAUSE, READ_BACK_MAX_PAUSE = 0.5, 5.0
 
 
 # What a settled row says when its call left the run untouched.
@@ -140,7 +144,10 @@ class Settler:
             problem = f"attempt {attempt}: {answer.problem}"
             earlier = self.lost.get(i)
             self.lost[i] = (f"{earlier[0]}; {problem}" if earlier else problem, fresh.seen[i])
-        waited, delay = 0.0, 0.5  # the client's clock: time spent waiting, reads not counted
+        waited, delay = (
+            0.0,
+            READ_BACK_FIRST_PAUSE,
+        )  # the client's clock: time spent waiting, reads not counted
         results: dict[str, RunResult] = {}
         untouched = list(call.ids)
         # Runs whose state another client changed (not as requested) while a call without a
@@ -184,7 +191,7 @@ class Settler:
             pause = min(delay, self.settle_seconds - waited)
             self.client.pause_for(pause)
             waited += pause
-            delay = min(delay * 2, 5.0)
+            delay = min(delay * 2, READ_BACK_MAX_PAUSE)
         results.update(moved)  # the server has finished with the call: as they were last read
         return Verdict(results, again=[i for i in untouched if i not in moved])
 
@@ -249,16 +256,16 @@ class Settler:
         unchanged = [r for r in rows if (r.apply_id, r.flow_run_id) not in outcomes]
         if wait and unchanged:
             # Unchanged so far: its call may still be running. Read again as settle_lost does
-            # (0.5 s, doubling up to 5 s) until every run shows what happened or the bound has
+            # (READ_BACK_*_PAUSE) until every run shows what happened or the bound has
             # passed, then decide the rest. Each read judges as the first: only a run that
             # shows the change settles before the bound.
             newest = max(r.sent_at for r in unchanged)
             left = self.settle_seconds - (datetime.now(timezone.utc) - newest).total_seconds()
-            waited, delay, final = 0.0, 0.5, False  # the client's clock, as in settle_lost
+            waited, delay, final = 0.0, READ_BACK_FIRST_PAUSE, False  # as in settle_lost
             while unchanged and not final:
                 pause = min(delay, max(left - waited, 0.0))
                 self.client.pause_for(pause)
-                waited, delay = waited + pause, min(delay * 2, 5.0)
+                waited, delay = waited + pause, min(delay * 2, READ_BACK_MAX_PAUSE)
                 final = waited >= left  # the bound has passed: what is unchanged is decided
                 outcomes.update(self._settle_rows(unchanged, final=final, unguarded=unguarded))
                 unchanged = [r for r in unchanged if (r.apply_id, r.flow_run_id) not in outcomes]
