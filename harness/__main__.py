@@ -11,6 +11,11 @@ from harness.server import prepare
 if __name__ == "__main__":
     if sys.argv[1:] != ["prepare"]:
         sys.exit("usage: python -m harness prepare")
+
+    def ready(version: str, seconds: float) -> None:
+        if seconds >= 1:  # built now (a fresh machine: tens of seconds in all), not reused
+            print(f"test server {version}: built in {seconds:.0f} s", flush=True)
+
     started = time.monotonic()
-    done = prepare()
+    done = prepare(on_ready=ready)
     print(f"test servers ready: {', '.join(done)} ({time.monotonic() - started:.0f} s)")

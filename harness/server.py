@@ -38,7 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -475,21 +475,27 @@ def postgres_server(
         yield server
 
 
-def prepare(versions: list[str] | None = None) -> list[str]:
+def prepare(
+    versions: list[str] | None = None, on_ready: Callable[[str, float], None] | None = None
+) -> list[str]:
     """Build ahead what the tests start: the virtualenv and SQLite template of each server
     version ``server_versions()`` names, of ``PER_RUN_VERSION`` and of the dev group's
-    Prefect; two at a time. What is built already is reused (a lock per version). Returns
-    what it prepared."""
+    Prefect; two at a time. What is built already is reused (a lock per version).
+    ``on_ready(version, seconds)`` is called as each is ready. Returns what it prepared."""
     from concurrent.futures import ThreadPoolExecutor
 
     wanted = [None, PER_RUN_VERSION, *(server_versions() if versions is None else versions)]
     distinct = list(dict.fromkeys(wanted))
 
     def build(version: str | None) -> str:
+        started = time.monotonic()
         if version is not None and version != installed_prefect_version():
             server_venv(version)
         sqlite_template(version)
-        return version or str(installed_prefect_version())
+        name = version or str(installed_prefect_version())
+        if on_ready is not None:
+            on_ready(name, time.monotonic() - started)
+        return name
 
     with ThreadPoolExecutor(max_workers=2) as pool:
         return list(pool.map(build, distinct))
