@@ -164,7 +164,7 @@ def part_synthetic(runs: int, repeat: int, scratch: Path, parquet: bool = True) 
         )
         if parquet:
             t = time.perf_counter()
-            export.export(store, out_dir, since=mark)
+            export.export(store, out_dir, export.ExportRequest(since=mark))
             res["parquet_since_1pct_s"] = time.perf_counter() - t
         res["copy_after_1pct_s"] = snap.publish(store).seconds
     shutil.rmtree(out_dir, ignore_errors=True)

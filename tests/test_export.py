@@ -5,10 +5,12 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,8 @@ import duckdb
 import polars as pl
 import pytest
 
-from flowsync.export import MANIFEST, PART_FILE, TMP_DIR
+from flowsync.errors import ConfigError
+from flowsync.export import MANIFEST, PART_FILE, TMP_DIR, ExportRequest
 from flowsync.store import Store
 from harness.built import API_URL, BuiltHistory
 from tests.helpers import (
@@ -199,6 +202,26 @@ def test_bad_options_fail_with_one_line(
     assert len(result.stderr.strip().splitlines()) == 1
     assert "Traceback" not in result.output
     assert not out.exists()
+
+
+def test_an_export_request_is_checked_once_when_it_is_made() -> None:
+    """The library's request: each table once, in the order given; a bad value refused as it
+    is made, before any file or folder is opened (the command's checks, not repeated later)."""
+    assert ExportRequest().tables == TABLES
+    assert ExportRequest(tables=("flow_runs", "flows", "flow_runs")).tables == (
+        "flow_runs",
+        "flows",
+    )
+    since = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    for bad, needle in [
+        ({"fmt": "csv"}, "Unknown export format 'csv'"),
+        ({"tables": ("runs",)}, "Unknown table 'runs'"),
+        ({"tables": ()}, "--tables names no table"),
+        ({"replace": True, "since": since}, "--replace rewrites the whole export"),
+        ({"replace": True, "tables": ("flows",)}, "--replace rewrites the whole export"),
+    ]:
+        with pytest.raises(ConfigError, match=re.escape(needle)):
+            ExportRequest(**bad)  # type: ignore[arg-type]
 
 
 def test_export_into_a_file_fails_cleanly(db: Path, tmp_path: Path) -> None:

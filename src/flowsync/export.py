@@ -48,7 +48,7 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -250,55 +250,54 @@ def describe_partitioning(table: str) -> str | None:
     return f"date = UTC day of coalesce({', '.join(columns)})" if columns else None
 
 
-def check_options(
-    fmt: str,
-    tables: Iterable[str] | None,
-    *,
-    since: datetime | None = None,
-    replace: bool = False,
-) -> list[str]:
-    """Validate the format, the tables and ``replace``; returns the tables."""
-    if fmt not in FORMATS:
-        raise ConfigError(f"Unknown export format {fmt!r}; supported: {', '.join(FORMATS)}.")
-    chosen = list(dict.fromkeys(TABLES if tables is None else tables))
-    if not chosen:
-        raise ConfigError(
-            "--tables names no table; pass one or more of flows, deployments, flow_runs "
-            "(or leave it out for all)."
-        )
-    unknown = [t for t in chosen if t not in PARTITION_BY]
-    if unknown:
-        raise ConfigError(
-            f"Unknown table {unknown[0]!r} for --tables; choose from: {', '.join(TABLES)}."
-        )
-    if replace and (since is not None or set(chosen) != set(TABLES)):
-        raise ConfigError(
-            "--replace rewrites the whole export from this file: pass it without --since "
-            "and --tables."
-        )
-    return chosen
+@dataclass(frozen=True)
+class ExportRequest:
+    """What one export writes, checked once, when it is made: the format, the tables (each
+    once, in the order given; all by default), ``since`` (only the partitions changed since
+    then) and ``replace`` (take a destination over, a full export only). A bad value is a
+    ``ConfigError`` here, before any file is opened."""
+
+    fmt: str = "parquet"
+    tables: tuple[str, ...] = TABLES
+    since: datetime | None = None
+    replace: bool = False
+
+    def __post_init__(self) -> None:
+        if self.fmt not in FORMATS:
+            raise ConfigError(
+                f"Unknown export format {self.fmt!r}; supported: {', '.join(FORMATS)}."
+            )
+        chosen = tuple(dict.fromkeys(self.tables))
+        if not chosen:
+            raise ConfigError(
+                "--tables names no table; pass one or more of flows, deployments, flow_runs "
+                "(or leave it out for all)."
+            )
+        unknown = [t for t in chosen if t not in PARTITION_BY]
+        if unknown:
+            raise ConfigError(
+                f"Unknown table {unknown[0]!r} for --tables; choose from: {', '.join(TABLES)}."
+            )
+        if self.replace and (self.since is not None or set(chosen) != set(TABLES)):
+            raise ConfigError(
+                "--replace rewrites the whole export from this file: pass it without --since "
+                "and --tables."
+            )
+        object.__setattr__(self, "tables", chosen)
 
 
-def check_request(
-    out_dir: Path,
-    fmt: str,
-    tables: Iterable[str] | None,
-    *,
-    since: datetime | None = None,
-    replace: bool = False,
-) -> list[str]:
-    """Validate everything about an export before the DB is opened; returns the tables."""
-    chosen = check_options(fmt, tables, since=since, replace=replace)
+def check_dir(out_dir: Path, request: ExportRequest) -> None:
+    """The local folder ``request`` would write into is one (or can be made), before the DB is
+    opened: not a file, nor holding a file where a table's folder goes."""
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(
             f"Export directory {out_dir} is a file; pass a directory path (it is created if missing)."
         )
-    for name in chosen:
+    for name in request.tables:
         if (out_dir / name).exists() and not (out_dir / name).is_dir():
             raise ConfigError(
                 f"{out_dir / name} is a file, not a table directory; move it or choose another export directory."
             )
-    return chosen
 
 
 def _remove_leftovers(out_dir: Path) -> None:
@@ -492,37 +491,37 @@ def _manifest(
 def export(
     store: Store,
     out_dir: Path,
+    request: ExportRequest | None = None,
     *,
-    fmt: str = "parquet",
-    tables: Sequence[str] | None = None,
-    since: datetime | None = None,
     source: Source | None = None,
-    replace: bool = False,
     progress: Progress | None = None,
 ) -> ExportResult:
-    """Write the tables under ``out_dir``; with ``since``, rewrite only partitions changed since then.
+    """Write ``request``'s tables (default: every table, in full) under ``out_dir``; with its
+    ``since``, rewrite only partitions changed since then.
 
     A partition "changed" when one of its rows was synced or marked deleted at
     or after ``since``; the whole partition is rewritten from the DB. ``source`` is
     what the manifest names (default: ``source_of(store)``); an ``out_dir`` holding an
-    export of another source is refused (``check_source``) unless ``replace``.
+    export of another source is refused (``check_source``) unless ``request.replace``.
     ``progress`` gets a phase per table written (``export flow_runs``), its rows the work.
     """
     out_dir = Path(out_dir)
-    chosen = check_request(out_dir, fmt, tables, since=since, replace=replace)
+    request = request or ExportRequest()
+    check_dir(out_dir, request)
+    since = request.since
     source = source or source_of(store)
-    if not replace:
+    if not request.replace:
         check_source(read_manifest(out_dir), holds_export(out_dir), source, str(out_dir))
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ConfigError(f"Cannot create export directory {out_dir}: {e.strerror}.") from e
-    result = ExportResult(out_dir, fmt, since)
+    result = ExportResult(out_dir, request.fmt, since)
     progress = progress or NullProgress()
     pending: list[tuple[Path, Path]] = []
     try:
         _remove_leftovers(out_dir)
-        for name in chosen:
+        for name in request.tables:
             result.tables.append(_export_table(store, out_dir, name, since, progress, pending))
         removing = {t.name: t.partitions_removed for t in result.tables}
         with _swapped(pending):  # every file written: all of them in place, or none

@@ -411,25 +411,17 @@ def export(
     objectstore.check_destination(str(dest))
     remote = objectstore.is_remote(str(dest))
     out_dir = objectstore.local_dir(str(dest))
-    if remote:
-        export_tables.check_options(fmt, tables, since=since, replace=replace)
-    else:
-        export_tables.check_request(out_dir, fmt, tables, since=since, replace=replace)
+    request = export_tables.ExportRequest(
+        fmt, export_tables.TABLES if tables is None else tuple(tables), since, replace
+    )
+    if not remote:
+        export_tables.check_dir(out_dir, request)
     staged = objectstore.staging(str(dest)) if remote else contextlib.nullcontext(out_dir)
     with Store.reader(db, live=live, wait=wait) as store, staged as out_dir:
         source = export_tables.source_of(store, db)
         if remote and not replace:
             objectstore.check_remote(str(dest), source, since)
-        result = export_tables.export(
-            store,
-            out_dir,
-            fmt=fmt,
-            tables=tables,
-            since=since,
-            source=source,
-            replace=replace,
-            progress=progress,
-        )
+        result = export_tables.export(store, out_dir, request, source=source, progress=progress)
         uploaded = objectstore.upload(out_dir, result, str(dest), progress) if remote else None
     return Exported(result, uploaded)
 
