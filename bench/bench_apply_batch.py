@@ -6,7 +6,8 @@ narrow every lookup by id), built once under ``bench/.work/apply-batch/``. Each 
 is a fresh child process on a fresh copy of that file: it plans a policy whose rule selects
 every COMPLETED run (``flowsync.operations.plan``, timed apart), then, on apply's writer
 (``Store.sandboxed_writer``), runs for each of ``--batches`` batches of 50 COMPLETED runs
-sampled across the file what ``policy/apply.py`` runs per batch, with no server:
+(``--order``: spread at random over the file, the default, or in the plan's order) what
+``policy/apply.py`` runs per batch, with no server:
 
 - ``differing``: the re-read's comparison (``synced_tables.runs_differing``), every run
   unchanged on the server;
@@ -52,7 +53,12 @@ CHANGED = 5  # runs of a batch the server changed since the pull (re-read and up
 STEPS = ("differing", "reread_write", "decide", "pending", "outcome")
 
 
-def child(source: Path, policy: Path, batches: int) -> dict[str, object]:
+# The order the batches' runs are taken in: spread at random over the file, or the plan's
+# (oldest first, as apply sends them: a pull writes runs in about that order).
+ORDERS = {"random": "hash(id)", "plan": "coalesce(expected_start_time, start_time, created), id"}
+
+
+def child(source: Path, policy: Path, batches: int, order: str = "random") -> dict[str, object]:
     """One measurement, in this process (run with the flowsync under test on sys.path)."""
     from flowsync import operations
     from flowsync.api.client import Page
@@ -76,7 +82,7 @@ def child(source: Path, policy: Path, batches: int) -> dict[str, object]:
         with Store.sandboxed_writer(db) as store:
             sample = store.execute(
                 "SELECT CAST(id AS VARCHAR), updated, name FROM flow_runs "
-                "WHERE state_type = 'COMPLETED' ORDER BY hash(id) LIMIT ?",
+                f"WHERE state_type = 'COMPLETED' ORDER BY {ORDERS[order]} LIMIT ?",
                 [batches * BATCH],
             ).rows()
             ledger = Ledger(
@@ -173,10 +179,19 @@ def main() -> None:
     parser.add_argument("--src", action="append", default=[], help="a flowsync src directory")
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--batches", type=int, default=15)
-    parser.add_argument("--child", nargs=3, metavar=("DB", "POLICY", "N"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--order",
+        choices=sorted(ORDERS),
+        default="random",
+        help="the batches' runs: at random over the file, or in the plan's order (oldest first)",
+    )
+    parser.add_argument(
+        "--child", nargs=4, metavar=("DB", "POLICY", "N", "ORDER"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
     if args.child:
-        result = child(Path(args.child[0]), Path(args.child[1]), int(args.child[2]))
+        db, pol, n, order = args.child
+        result = child(Path(db), Path(pol), int(n), order)
         print(json.dumps(result))
         return
     WORK.mkdir(parents=True, exist_ok=True)
@@ -193,7 +208,7 @@ def main() -> None:
                 out = subprocess.run(
                     [
                         *(sys.executable, "-m", "bench.bench_apply_batch", "--child"),
-                        *(str(db), str(policy), str(args.batches)),
+                        *(str(db), str(policy), str(args.batches), args.order),
                     ],
                     env=env,
                     check=True,
@@ -202,7 +217,17 @@ def main() -> None:
                     cwd=root,
                 )
                 row = json.loads(out.stdout.strip().splitlines()[-1])
-                print(json.dumps({"runs": runs, "src": src, "load": round(load, 1), **row}))
+                print(
+                    json.dumps(
+                        {
+                            "runs": runs,
+                            "order": args.order,
+                            "src": src,
+                            "load": round(load, 1),
+                            **row,
+                        }
+                    )
+                )
 
 
 if __name__ == "__main__":
