@@ -331,6 +331,24 @@ def test_staleness_from_the_environment_is_bounded_too(tmp_path: Path) -> None:
     assert files_under(here) == {}
 
 
+@pytest.mark.parametrize("command", ["plan", "apply"])
+@pytest.mark.parametrize("value", ["0.01", "inf"])
+def test_a_budget_for_a_policy_command_is_refused_before_any_connection_or_write(
+    built: object, tmp_path: Path, command: str, value: str
+) -> None:
+    """`plan --refresh` and `apply` take `--max-requests-per-minute` as pull does: a budget
+    below one request a minute, or none at all, is one line, before a request or a write."""
+    db = copy_db(built.path, tmp_path)  # type: ignore[attr-defined]
+    before = db.read_bytes()
+    mode = ["--refresh"] if command == "plan" else ["--yes"]
+    result = run_cli(
+        command, "docs/examples/retention.yaml", *mode, "--db", str(db), "--api-url", NOBODY,
+        "--max-requests-per-minute", value,
+    )  # fmt: skip
+    refused(result, f"--max-requests-per-minute '{value}'")
+    assert db.read_bytes() == before
+
+
 @pytest.mark.parametrize("name", [":memory:", "md:runs", "MotherDuck:runs"])
 @pytest.mark.parametrize("how", ["pull", "status", "FLOWSYNC_DB"])
 def test_db_names_duckdb_reads_as_no_file_are_refused_first(

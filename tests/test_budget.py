@@ -161,3 +161,38 @@ def test_pull_under_a_budget(
     )  # fmt: skip
     assert text.exit_code == 0, text.output
     assert "budget 3000/min" in text.stderr
+
+
+def test_plan_refresh_reads_under_the_budget_it_is_given(
+    fresh_server: Server, db_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`plan --refresh` re-reads every run the rules select (a request per 200; on Prefect
+    Cloud, from the quota the production workers share): `--max-requests-per-minute` paces
+    those requests as it paces pull's and apply's. plan had no such option (only the
+    environment's and the profile's budget reached it)."""
+    monkeypatch.delenv("FLOWSYNC_MAX_REQUESTS_PER_MINUTE", raising=False)
+    seed(fresh_server.url, runs=30, flows=1, deployments_per_flow=1, seed_value=2)
+    pulled = run_cli("pull", "--api-url", fresh_server.url, "--db", str(db_path), "--quiet")
+    assert pulled.exit_code == 0, pulled.output
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        "version: 1\nrules:\n  - name: all\n    action: delete\n    sql: SELECT id FROM flow_runs\n"
+    )
+    made: list[PrefectClient] = []
+
+    def recording(settings: object, **kw: object) -> PrefectClient:
+        made.append(PrefectClient(settings, **kw))  # type: ignore[arg-type]
+        return made[-1]
+
+    monkeypatch.setattr("flowsync.api.PrefectClient", recording)
+    result = run_cli(
+        "plan", str(policy), "--db", str(db_path), "--refresh", "--api-url", fresh_server.url,
+        "--max-requests-per-minute", "6000", "--json",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["data"]["refreshed"] == 30
+    [client] = made
+    assert client.budget is not None
+    stats = client.budget.stats()
+    assert stats.per_minute == 6000
+    assert stats.requests >= 1  # every request of the refresh took its slot

@@ -107,8 +107,9 @@ MaxRequestsOption = Annotated[
     float | None,
     no_default_option(
         "--max-requests-per-minute",
-        help="Request budget: send at most this many requests a minute (pull and apply), paced "
-        "before the server has to say 429; for a share of a Prefect Cloud account's quota. "
+        help="Request budget: send at most this many requests a minute (pull, apply, plan "
+        "--refresh), paced before the server has to say 429; for a share of a Prefect Cloud "
+        "account's quota. "
         "Default: $FLOWSYNC_MAX_REQUESTS_PER_MINUTE, else the active Prefect profile's, else none.",
         min=0,
     ),

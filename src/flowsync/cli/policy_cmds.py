@@ -244,6 +244,7 @@ def plan_cmd(
     ] = False,
     api_url: ApiUrlOption = None,
     api_key: ApiKeyOption = None,
+    max_requests_per_minute: MaxRequestsOption = None,
     rule_timeout: RuleTimeoutOption = None,
     exit_code: Annotated[
         bool,
@@ -272,7 +273,11 @@ def plan_cmd(
 
     progress = make_progress(json_out)  # the runs a refresh reads
     with errors():
-        settings = resolve_api(api_url, api_key) if refresh else None
+        settings = (
+            resolve_api(api_url, api_key, max_requests_per_minute=max_requests_per_minute)
+            if refresh
+            else None
+        )
         with progress:
             plan = operations.plan(
                 resolve_db_path(db),
