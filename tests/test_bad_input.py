@@ -337,7 +337,7 @@ def test_a_budget_for_a_policy_command_is_refused_before_any_connection_or_write
     built: object, tmp_path: Path, command: str, value: str
 ) -> None:
     """`plan --refresh` and `apply` take `--max-requests-per-minute` as pull does: a budget
-    below one request a minute, or none at all, is one line, before a request or a write."""
+    below one request a minute, or an endless one, is one line, before a request or a write."""
     db = copy_db(built.path, tmp_path)  # type: ignore[attr-defined]
     before = db.read_bytes()
     mode = ["--refresh"] if command == "plan" else ["--yes"]
