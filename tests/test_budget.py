@@ -168,8 +168,9 @@ def test_plan_refresh_reads_under_the_budget_it_is_given(
 ) -> None:
     """`plan --refresh` re-reads every run the rules select (a request per 200; on Prefect
     Cloud, from the quota the production workers share): `--max-requests-per-minute` paces
-    those requests as it paces pull's and apply's. plan had no such option (only the
-    environment's and the profile's budget reached it)."""
+    those requests as it paces pull's and apply's, and says when the budget, not the server,
+    is the limit. plan had no such option (only the environment's and the profile's budget
+    reached it), and said nothing of a budget's waits or a request's retries."""
     monkeypatch.delenv("FLOWSYNC_MAX_REQUESTS_PER_MINUTE", raising=False)
     seed(fresh_server.url, runs=30, flows=1, deployments_per_flow=1, seed_value=2)
     pulled = run_cli("pull", "--api-url", fresh_server.url, "--db", str(db_path), "--quiet")
@@ -187,12 +188,13 @@ def test_plan_refresh_reads_under_the_budget_it_is_given(
     monkeypatch.setattr("flowsync.api.PrefectClient", recording)
     result = run_cli(
         "plan", str(policy), "--db", str(db_path), "--refresh", "--api-url", fresh_server.url,
-        "--max-requests-per-minute", "6000", "--json",
+        "--max-requests-per-minute", "60",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout)["data"]["refreshed"] == 30
+    assert "30 selected runs re-read from the server just now" in result.stdout
     [client] = made
     assert client.budget is not None
     stats = client.budget.stats()
-    assert stats.per_minute == 6000
-    assert stats.requests >= 1  # every request of the refresh took its slot
+    assert stats.per_minute == 60
+    assert stats.requests >= 2 and stats.waits >= 1  # every request took its slot, paced
+    assert "the request budget (60/min), not the server, is the limit" in result.stderr

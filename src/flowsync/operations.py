@@ -159,6 +159,7 @@ def plan(
     timeout: float | None = None,
     lock_context: str | None = None,
     progress: Progress | None = None,
+    on_retry: Callable[[str], None] | None = None,
 ) -> Plan:
     """What ``policy`` would do to the runs in ``db``; changes nothing on the server.
 
@@ -169,7 +170,8 @@ def plan(
     seconds (0.1 to 3600, as ``--rule-timeout``; None: the policy's
     ``rule_timeout_seconds``; else a ``ConfigError``). ``lock_context`` says how
     a lock on the live file is explained (``store.locks``); ``progress`` counts the
-    runs a refresh reads."""
+    runs a refresh reads; ``on_retry`` hears, a line each, when a refresh's request is
+    retried and when the request budget, not the server, holds it back (as pull's)."""
     timeout = check_rule_timeout(timeout)
     if refresh is not None:
         refresh = _check_api("refresh", refresh)
@@ -195,7 +197,7 @@ def plan(
             catch_up = catches_up(loaded.policy.rules, selecting.reads_other_runs)
         with (
             Store.writer(db, wait=wait, lock_context=locks.WRITE) as writer,
-            http.PrefectClient(refresh) as client,
+            http.PrefectClient(refresh, on_retry=on_retry) as client,
         ):
             reread_runs(client, writer, ids, lookups, catch_up, progress)
             publish(writer)  # readers see the runs the refresh re-read

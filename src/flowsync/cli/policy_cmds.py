@@ -287,6 +287,7 @@ def plan_cmd(
                 wait=wait,
                 timeout=rule_timeout,
                 progress=progress,
+                on_retry=progress.message,
             )
         source = None if live or refresh else current(resolve_db_path(db))
     if json_out:
