@@ -126,6 +126,14 @@ class Settler:
         except ApiError:
             return None  # without it the run is not counted as changed by this apply, nor resent
 
+    def _pause(self, waited: float, delay: float, bound: float) -> tuple[float, float]:
+        """One pause between read-backs: ``delay``, cut to what is left of ``bound``. Returns the
+        time waited so far and the next delay (doubled up to ``READ_BACK_MAX_PAUSE``). Counted
+        on the client's clock: the reads' own time is not, and a test's sleep takes none."""
+        pause = min(delay, max(bound - waited, 0.0))
+        self.client.pause_for(pause)
+        return waited + pause, min(delay * 2, READ_BACK_MAX_PAUSE)
+
     # a lost answer in a batch ----------------------------------------------------------------
 
     def settle_lost(
@@ -144,10 +152,7 @@ class Settler:
             problem = f"attempt {attempt}: {answer.problem}"
             earlier = self.lost.get(i)
             self.lost[i] = (f"{earlier[0]}; {problem}" if earlier else problem, fresh.seen[i])
-        waited, delay = (
-            0.0,
-            READ_BACK_FIRST_PAUSE,
-        )  # the client's clock: time spent waiting, reads not counted
+        waited, delay = 0.0, READ_BACK_FIRST_PAUSE
         results: dict[str, RunResult] = {}
         untouched = list(call.ids)
         # Runs whose state another client changed (not as requested) while a call without a
@@ -188,10 +193,7 @@ class Settler:
             untouched = still
             if not untouched or answer.finished or waited >= self.settle_seconds:
                 break
-            pause = min(delay, self.settle_seconds - waited)
-            self.client.pause_for(pause)
-            waited += pause
-            delay = min(delay * 2, READ_BACK_MAX_PAUSE)
+            waited, delay = self._pause(waited, delay, self.settle_seconds)
         results.update(moved)  # the server has finished with the call: as they were last read
         return Verdict(results, again=[i for i in untouched if i not in moved])
 
@@ -261,11 +263,9 @@ class Settler:
             # shows the change settles before the bound.
             newest = max(r.sent_at for r in unchanged)
             left = self.settle_seconds - (datetime.now(timezone.utc) - newest).total_seconds()
-            waited, delay, final = 0.0, READ_BACK_FIRST_PAUSE, False  # as in settle_lost
+            waited, delay, final = 0.0, READ_BACK_FIRST_PAUSE, False
             while unchanged and not final:
-                pause = min(delay, max(left - waited, 0.0))
-                self.client.pause_for(pause)
-                waited, delay = waited + pause, min(delay * 2, READ_BACK_MAX_PAUSE)
+                waited, delay = self._pause(waited, delay, left)
                 final = waited >= left  # the bound has passed: what is unchanged is decided
                 outcomes.update(self._settle_rows(unchanged, final=final, unguarded=unguarded))
                 unchanged = [r for r in unchanged if (r.apply_id, r.flow_run_id) not in outcomes]
