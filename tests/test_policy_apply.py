@@ -270,6 +270,49 @@ def test_per_run_failures_inside_http_200_are_read(mixed_db: Path) -> None:
     assert "database is locked" in details
 
 
+@pytest.mark.parametrize(
+    ("policy", "body"),
+    [
+        (DELETE_ALL, {"status": "ok"}),  # a gateway's rewrite: no `deleted` list
+        (DELETE_ALL, ["done"]),  # not an object
+        (DELETE_ALL, {"deleted": "all"}),
+        (CANCEL_ALL, {"results": "ok"}),
+        (CANCEL_ALL, {"results": ["accepted"]}),  # items that are not objects
+    ],
+    ids=["delete-no-list", "delete-not-an-object", "delete-not-a-list", "set-no-list", "set-items"],
+)
+def test_a_call_carried_out_but_answered_in_another_shape_is_read_back_not_called_refused(
+    mixed_db: Path, policy: str, body: Any
+) -> None:
+    """The server carries each bulk call out, then its HTTP 200 carries a body of another
+    shape than Prefect's. That is no refusal (nothing done): the server finished with the
+    call, what it did is unknown. Its runs are read back and audited as the server has them
+    (deleted, or accepted), never `failed`; the file marks the deleted runs deleted."""
+    rows = api_rows(mixed_db)
+
+    def carried_out(path: str, ids_body: dict[str, Any]) -> httpx.Response:
+        for i in ids_body["flow_runs"]["id"]["any_"]:
+            if path.endswith("bulk_delete"):
+                rows.pop(i, None)
+            else:
+                _moved(rows[i], "CANCELLED")
+        return httpx.Response(200, json=body)
+
+    fake = Recorder(carried_out, rows)
+    plan = plan_for(mixed_db, policy)
+    with Store.sandboxed_writer(mixed_db) as store, mock_client(fake) as client:
+        result = apply_plan(client, store, plan, progress=NullProgress(), settle_seconds=0)
+    sent = sum(len(b["flow_runs"]["id"]["any_"]) for _, b in fake.bulk)
+    if policy is DELETE_ALL:
+        assert result.counts == {"purge": {"deleted": 130}} and sent == 130
+        assert (
+            scalar(mixed_db, "SELECT count(*) FROM flow_runs WHERE deleted_at IS NOT NULL") == 130
+        )
+    else:
+        assert result.counts == {"cancel": {"accepted": 131}} and sent == 131
+    assert not scalar(mixed_db, "SELECT count(*) FROM policy_actions WHERE outcome = 'failed'")
+
+
 def test_a_failing_batch_does_not_stop_the_next(mixed_db: Path) -> None:
     plan = plan_for(mixed_db, DELETE_ALL)
     second = set(list(batches(plan))[1].ids)
@@ -993,6 +1036,32 @@ def per_run_server(
         return fake(request)
 
     return handler
+
+
+def test_per_run_a_set_state_carried_out_but_answered_in_another_shape_is_read_back(
+    tmp_path: Path,
+) -> None:
+    """Per run (a server before 3.6.16): each set_state is carried out, and answered 200 with
+    a body that is no orchestration result. Each run is read back, audited `accepted` as the
+    server has it, and never sent twice."""
+    db = make_db(tmp_path / "r.duckdb", [run(i) for i in range(1, 4)])
+    sent: list[str] = []
+
+    def set_state(path: str, body: dict[str, Any]) -> httpx.Response:
+        run_id = path.split("/")[1]
+        sent.append(run_id)
+        _moved(fake.runs[run_id], body["state"]["type"])
+        return httpx.Response(200, json={"ok": True})
+
+    fake = Recorder(set_state, api_rows(db))
+    plan = plan_for(db, CANCEL_ALL)
+    with (
+        Store.sandboxed_writer(db) as store,
+        mock_client(per_run_server(fake, lambda r, n: httpx.Response(404))) as client,
+    ):
+        result = apply_plan(client, store, plan, progress=NullProgress(), settle_seconds=0)
+    assert sorted(sent) == sorted(map(rid, range(1, 4)))
+    assert result.counts == {"cancel": {"accepted": 3}}
 
 
 def test_a_401_part_way_through_per_run_calls_records_what_the_calls_before_it_did(

@@ -72,6 +72,17 @@ class UncertainError(ApiError):
         self.problem = problem
         self.status = status
 
+    @classmethod
+    def unreadable(cls, call: str, expected: str) -> UncertainError:
+        """``call`` (one that changes runs) was answered 2xx with a body of another shape than
+        ``expected`` (a gateway's rewrite, a newer server's format): the server has finished
+        with it, but what it did is not known. Not a refusal: its runs are read back."""
+        return cls(
+            f"{call} answered with something other than {expected}; the server may have applied it.",
+            f"a 2xx answer that is not {expected}",
+            200,
+        )
+
 
 class NotSentError(ApiError):
     """A non-idempotent call never reached the server (the connection was never made):

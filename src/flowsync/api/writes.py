@@ -2,7 +2,8 @@
 per-run endpoints every 3.x server has.
 
 Owns: ``Writes``. Each call is sent exactly once (``idempotent=False``): a lost
-answer raises ``UncertainError``, one that was not applied ``ThrottledError`` or
+answer, or a 2xx whose body is not the shape the endpoint answers with, raises
+``UncertainError`` (the server may have applied it), one that was not applied ``ThrottledError`` or
 ``NotSentError``; whether to send again is the caller's decision, after it reads
 the runs again. Ids are checked before they go into a path or a filter (at most
 ``BULK_LIMIT`` per bulk call, never an open filter); a bulk endpoint the server
@@ -19,7 +20,7 @@ from typing import Any
 
 from flowsync.api.models import DeleteResult, OrchestrationResult
 from flowsync.api.server import ServerInfo
-from flowsync.errors import ApiError, NotFoundError
+from flowsync.errors import NotFoundError, UncertainError
 
 # The bulk endpoints take 1..BULK_LIMIT runs per call.
 BULK_LIMIT = 50
@@ -38,14 +39,14 @@ class Writes(ServerInfo):
         """POST /flow_runs/bulk_delete for exactly these ids (never an open filter), of these
         state types (and names, if given) at the call: the server refuses the others.
 
-        Raises ``UncertainError`` when the answer is lost: read the runs before resending;
+        Raises ``UncertainError`` when the answer is lost or unreadable: read the runs before resending;
         ``ThrottledError``/``NotSentError`` when it was not applied; ``UnsupportedError``
         on a server older than 3.6.16 (not sent at all when ``capabilities()`` already
         said so; callers choose the path from ``capabilities()`` first)."""
         body = {"flow_runs": _id_filter(ids, state_types, state_names), "limit": len(ids)}
         answer = self._bulk("flow_runs/bulk_delete", body)
         if not isinstance(answer, dict):
-            raise ApiError("POST /flow_runs/bulk_delete answered something other than an object.")
+            raise UncertainError.unreadable("POST /flow_runs/bulk_delete", "an object")
         return answer
 
     def bulk_set_state(
@@ -65,9 +66,7 @@ class Writes(ServerInfo):
         }
         answer = self._bulk("flow_runs/bulk_set_state", body)
         if not isinstance(answer, dict):
-            raise ApiError(
-                "POST /flow_runs/bulk_set_state answered something other than an object."
-            )
+            raise UncertainError.unreadable("POST /flow_runs/bulk_set_state", "an object")
         return answer
 
     def _bulk(self, endpoint: str, body: dict[str, Any]) -> Any:
@@ -107,8 +106,8 @@ class Writes(ServerInfo):
             idempotent=False,
         )
         if not isinstance(answer, dict) or not isinstance(answer.get("status"), str):
-            raise ApiError(
-                f"POST /flow_runs/{run_id}/set_state answered something other than an orchestration result."
+            raise UncertainError.unreadable(
+                f"POST /flow_runs/{run_id}/set_state", "an orchestration result"
             )
         state_now = answer.get("state")
         details = answer.get("details")

@@ -167,8 +167,10 @@ def answered(
     """The runs the server's answer acted on (or refused), and notes on anything odd in it."""
     if isinstance(rule, SetStateRule):
         results = answer.get("results")
-        if not isinstance(results, list):
-            raise ApiError("POST /flow_runs/bulk_set_state answered without a `results` list.")
+        if not isinstance(results, list) or not all(isinstance(r, dict) for r in results):
+            raise UncertainError.unreadable(
+                "POST /flow_runs/bulk_set_state", "a `results` list of objects"
+            )
         out: dict[str, RunResult] = {}
         notes = []
         for item in results:
@@ -189,7 +191,7 @@ def answered(
         return out, notes
     deleted = answer.get("deleted")
     if not isinstance(deleted, list):
-        raise ApiError("POST /flow_runs/bulk_delete answered without a `deleted` list.")
+        raise UncertainError.unreadable("POST /flow_runs/bulk_delete", "a `deleted` list")
     got = {str(i) for i in deleted}
     stray = sorted(got.difference(ids))
     notes = [f"server reported deleting runs that were not asked for: {stray}"] if stray else []
