@@ -10,6 +10,7 @@ call that changes data is sent exactly once, whatever comes back.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -446,3 +447,34 @@ def test_a_read_the_server_keeps_throttling_ends_saying_so_and_how_to_pace_it() 
     message = str(read.value)
     assert "HTTP 429" in message and "kept asking to wait" in message, message
     assert "--max-requests-per-minute" in message and "server is up" not in message, message
+
+
+def test_a_threads_waits_go_through_what_it_sets_there_and_only_there() -> None:
+    """``waits_through``: every wait the client makes this thread sleep (a read's retry after
+    a 429, the request budget's, ``pause_for``) goes through the function set, which takes
+    the seconds; another thread's waits, and this one's after the block, do not."""
+    transport, _ = faulty(httpx.Response(429, headers={"Retry-After": "3"}))
+    sleeps: list[float] = []
+    through: list[float] = []
+
+    def wait(seconds: float, sleep: Callable[[float], None]) -> None:
+        through.append(seconds)
+        sleep(seconds)
+
+    client = PrefectClient(
+        ApiSettings(url="http://127.0.0.1:9/api", max_requests_per_minute=6),
+        transport=transport,
+        retry=RetryPolicy(attempts=2, base_delay=0.01),
+        sleep=sleeps.append,
+    )
+    with client, client.waits_through(wait):
+        client.pause_for(2.0)
+        with pytest.raises(ApiError):
+            client.count("flow_runs")  # a 429 (Retry-After 3), then the budget's slot
+        elsewhere = threading.Thread(target=client.pause_for, args=(7.0,))
+        elsewhere.start()
+        elsewhere.join()
+    client.pause_for(5.0)
+    assert through[0] == 2.0 and 3.0 in through and 7.0 not in through and 5.0 not in through
+    assert len(through) >= 3  # the budget's wait for the retry's slot went through it too
+    assert sorted(sleeps) == sorted([*through, 7.0, 5.0])

@@ -2551,18 +2551,32 @@ def test_per_run_a_call_a_fault_held_back_after_its_catch_up_is_decided_again_on
 
 
 def throttling_proxy(
-    target: str, victim: list[int], throttled: list[str], nth: int
+    target: str,
+    victim: list[int],
+    throttled: list[str],
+    nth: int,
+    held: frozenset[str] = frozenset(),
 ) -> ThreadingHTTPServer:
     """A loopback proxy to the real server that answers the apply's ``nth`` call that would
     change runs (a bulk_delete, or a per-run DELETE) 429 with a long Retry-After, nothing
     done (its runs appended to ``throttled``), then SIGKILLs ``victim[0]`` a few seconds into
-    the wait it asked for."""
+    the wait it asked for. A read of runs of ``held`` only meets the same limit (429,
+    Retry-After 30)."""
     changes = [0]
 
     class Handler(ProxyHandler):
         def _forward(self) -> None:
             body = self.body()
             bulk = self.path.endswith("bulk_delete")
+            if held and self.path.endswith("flow_runs/filter"):
+                asked = (json.loads(body or b"{}").get("flow_runs", {}).get("id") or {}).get("any_")
+                if asked and set(asked) <= held:
+                    self.send_response(429)
+                    self.send_header("retry-after", "30")
+                    self.send_header("content-length", "9")
+                    self.end_headers()
+                    self.wfile.write(b"slow down")
+                    return
             if bulk or (self.command == "DELETE" and "/flow_runs/" in self.path):
                 changes[0] += 1
                 if changes[0] == nth:
@@ -2584,15 +2598,20 @@ def throttling_proxy(
     return ThreadingHTTPServer(("127.0.0.1", 0), Handler)
 
 
-def _killed_in_a_429_wait(server: Server, tmp_path: Path, tag: str, nth: int, n: int) -> None:
+def _killed_in_a_429_wait(
+    server: Server, tmp_path: Path, tag: str, nth: int, n: int, hold_next: bool = False
+) -> None:
     """An apply (its own process) whose ``nth`` call is answered 429 (nothing done) is killed
-    (SIGKILL) in the wait the 429 asked for; another client then deletes the throttled runs.
-    The killed apply's rows for them say not done (`failed`), durably, before the wait: the
-    next apply credits it with nothing, and records those runs `gone` under its own id."""
+    (SIGKILL) in the wait the 429 asked for (``hold_next``: in the wait the same limit gives
+    the next batch's re-read, while the call is out); another client then deletes the
+    throttled runs. The killed apply's rows for them say not done (`failed`), durably, before
+    the wait: the next apply credits it with nothing, and records those runs `gone` under
+    its own id."""
     with pulled_runs(server, tmp_path, n, "COMPLETED", tag) as (ids, db, policy):
         victim: list[int] = []
         throttled: list[str] = []
-        httpd = throttling_proxy(server.url.rsplit("/api", 1)[0], victim, throttled, nth)
+        held = frozenset(batch_ids(db, policy, 50)[1]) if hold_next else frozenset()
+        httpd = throttling_proxy(server.url.rsplit("/api", 1)[0], victim, throttled, nth, held)
         try:
             returncode = cli_apply_through(httpd, db, policy, victim)
         finally:
@@ -2627,6 +2646,16 @@ def test_an_apply_killed_in_the_wait_a_429_asked_for_is_credited_with_nothing(
     batch 2 is checked, is answered 429; batch 2 is not sent and waits (batch 1 takes its
     answer only after that wait)."""
     _killed_in_a_429_wait(server, tmp_path, f"kill429-{runs}", nth=1, n=runs)
+
+
+def test_an_apply_killed_while_the_next_batchs_re_read_waits_out_a_429_is_credited_with_nothing(
+    server: Server, tmp_path: Path
+) -> None:
+    """60 runs: batch 1's call, in flight while batch 2 is checked, is answered 429; batch 2's
+    re-read meets the same limit (429, Retry-After 30) and its retry waits, before batch 2
+    reaches its call. Batch 1's 429 is recorded as it comes, inside that wait, not when
+    batch 2 reaches its call (it never does: the apply is killed in the wait)."""
+    _killed_in_a_429_wait(server, tmp_path, "kill429-held", nth=1, n=60, hold_next=True)
 
 
 def test_per_run_an_apply_killed_in_the_wait_a_429_asked_for_is_credited_with_nothing(

@@ -240,12 +240,13 @@ class ApiSession:
     ) -> None:
         self.settings = settings
         self.retry = retry or RetryPolicy()
+        self._sleep = sleep
+        self._waits = threading.local()  # .through: this thread's waits go through it
         if budget is None and settings.max_requests_per_minute:
-            budget = RequestBudget(settings.max_requests_per_minute, sleep=sleep)
+            budget = RequestBudget(settings.max_requests_per_minute, sleep=self._wait)
         self.budget = budget
         self._budget_told = -1e9  # when on_retry last heard that the budget is the limit
         self._unpaced = threading.local()  # .window: this thread's requests take slots unwaited
-        self._sleep = sleep
         self._on_retry = on_retry
         self._lock = threading.Lock()
         # A read answered 429 holds every read of this client until its wait is over (a rate
@@ -431,7 +432,7 @@ class ApiSession:
                     )
                 if window is not None and window.answered_at is not None:
                     window.slept += delay
-                self._sleep(delay)
+                self._wait(delay)
         hint = (
             "The server kept asking to wait (a rate limit, shared with its workers): set "
             "--max-requests-per-minute (or FLOWSYNC_MAX_REQUESTS_PER_MINUTE) under it, or run "
@@ -462,7 +463,7 @@ class ApiSession:
         self._held.through = until
         wait = until - time.monotonic()
         if wait > 0:
-            self._sleep(wait)
+            self._wait(wait)
 
     def may_send_now(self) -> bool:
         """Whether a request could go out now without waiting for the request budget."""
@@ -508,12 +509,35 @@ class ApiSession:
 
     def pause(self, attempt: int) -> None:
         """Sleep as the retry policy would before try ``attempt + 1`` (for callers that resend themselves)."""
-        self._sleep(self.retry.delay(attempt, None))
+        self._wait(self.retry.delay(attempt, None))
 
     def pause_for(self, seconds: float) -> None:
         """Sleep ``seconds`` with the client's clock (tests give it a fake one)."""
         if seconds > 0:
+            self._wait(seconds)
+
+    @contextmanager
+    def waits_through(
+        self, wait: Callable[[float, Callable[[float], None]], None]
+    ) -> Iterator[None]:
+        """Inside, every wait this client makes this thread sleep (a retry's backoff, a 429's
+        Retry-After or its hold on the other requests, the request budget's, ``pause``,
+        ``pause_for``) is ``wait(seconds, sleep)``: it must take ``seconds`` and may do what
+        must be done before and while this thread sleeps (apply records a call still out
+        that the server answered 429 meanwhile). Other threads sleep as before."""
+        before = getattr(self._waits, "through", None)
+        self._waits.through = wait
+        try:
+            yield
+        finally:
+            self._waits.through = before
+
+    def _wait(self, seconds: float) -> None:
+        through = getattr(self._waits, "through", None)
+        if through is None:
             self._sleep(seconds)
+        else:
+            through(seconds, self._sleep)
 
     def _said(self, text: str, limit: int = 80) -> str:
         """Text the server (or something between) answered, shortened, without the credentials

@@ -67,6 +67,10 @@ class Task(Generic[T]):
     def done(self) -> bool:
         return self._done.is_set()
 
+    def wait(self, timeout: float) -> bool:
+        """Wait until it has returned or raised, at most ``timeout`` seconds; whether it has."""
+        return self._done.wait(timeout)
+
     def peek(self) -> T | None:
         """Its value if it has returned one, else None (never waits, never raises)."""
         return self._value if self._done.is_set() and self._error is None else None

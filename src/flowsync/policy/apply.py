@@ -199,98 +199,104 @@ def apply_plan(
         result,
         reader,
     )
-    failure: BaseException | None = None
-    try:
-        # A wrong URL or a stopped server fails in a second, not after retries.
-        applier.rereader.set_server_clock(client.check())
-        caps = client.capabilities()
-        if not caps.bulk:
-            forced = plan.forcing_rules
-            if forced:
-                raise PolicyError(
-                    f"{caps.describe()} has no bulk_set_state (before 3.6.16): rule "
-                    f"{forced[0]!r} forces a state, which the per-run endpoint cannot guard by the "
-                    "state the run had when re-read; upgrade the server, or drop `force` from the rule."
+    # Every wait the client makes this thread sleep first records a call still out that the
+    # server answered 429 meanwhile (``Applier.wait``): a kill -9 in any wait, not only the
+    # batch's own, leaves no pending row for the next apply to credit.
+    with client.waits_through(applier.wait):
+        failure: BaseException | None = None
+        try:
+            # A wrong URL or a stopped server fails in a second, not after retries.
+            applier.rereader.set_server_clock(client.check())
+            caps = client.capabilities()
+            if not caps.bulk:
+                forced = plan.forcing_rules
+                if forced:
+                    raise PolicyError(
+                        f"{caps.describe()} has no bulk_set_state (before 3.6.16): rule "
+                        f"{forced[0]!r} forces a state, which the per-run endpoint cannot guard by the "
+                        "state the run had when re-read; upgrade the server, or drop `force` from the rule."
+                    )
+                applier.per_run = True
+                batch_size = min(batch_size, PER_RUN_BATCH)
+            result.path = "bulk" if caps.bulk else per_run_path(caps.describe(), plan)
+            earlier = audit.unresolved(store, besides=result.apply_id, known=KNOWN_OUTCOMES)
+            if earlier:
+                progress.message(
+                    f"{len(earlier)} runs sent by an earlier apply have no recorded answer; reading them back"
                 )
-            applier.per_run = True
-            batch_size = min(batch_size, PER_RUN_BATCH)
-        result.path = "bulk" if caps.bulk else per_run_path(caps.describe(), plan)
-        earlier = audit.unresolved(store, besides=result.apply_id, known=KNOWN_OUTCOMES)
-        if earlier:
-            progress.message(
-                f"{len(earlier)} runs sent by an earlier apply have no recorded answer; reading them back"
-            )
-            earlier_done = applier.settler.settle_pending(earlier, wait=True)
-            result.resolved_earlier = earlier_done.rows
-            # Known changed by it, they belong to that apply; still unknown, they wait for it.
-            # Left untouched (unchanged, another client's change, gone), they are this apply's
-            # to re-check, send and record, as any run it planned.
-            settled = earlier_done.changed | earlier_done.unknown
-            foreign = earlier_done.foreign
-            unread = len(earlier_done.unknown) - len(foreign)
-            if unread:
-                result.errors.append(
-                    f"{unread} runs an earlier apply sent could not be settled "
-                    "(their state changed and its history could not be read): left pending and "
-                    "not sent again; run apply again"
-                )
-            if foreign:
-                unknown = ", ".join(sorted(set(foreign.values())))
-                result.errors.append(
-                    f"{len(foreign)} runs an earlier apply sent have an action or outcome this "
-                    f"flowsync does not know ({unknown}: a newer flowsync's), so no answer it "
-                    "can read: left as they are and not sent again; upgrade flowsync to settle them"
-                )
-        else:
-            settled = set()
-        if plan.total:
-            applier.rereader.check_catch_up()
-        progress.phase("apply", total=plan.total)
-        # A run an earlier apply is now known to have changed belongs to that apply.
-        listed = (
-            (
-                len(b.ids),
-                Batch(b.rule, b.state_type, [i for i in b.ids if i not in settled], b.deployments),
-            )
-            for b in batches(plan, batch_size)
-        )
-        # The batches after the current one: decided ahead with it, checked while it waits.
-        window = deque(itertools.islice(listed, AHEAD_BATCHES + 1))
-        number = 1
-        in_flight: Iterator[None] | None = None  # a batch whose last call is out
-        while window:
-            result.batches = number
-            planned, batch = window.popleft()
-            window.extend(itertools.islice(listed, 1))
-            if batch.ids:
-                if in_flight is not None and applier.one_call_at_a_time(number):
-                    # The server lost an answer lately: this batch waits for the call still out.
-                    _finish(in_flight, None)
-                    in_flight = None
-                steps = applier.steps(number, batch, [b for _, b in window])
-                # Up to its last call, sent while the batch before it still waits for its answer.
-                waiting = _advance(steps, in_flight)
-                if in_flight is not None:
-                    _finish(in_flight, steps if waiting else None)
-                in_flight = steps if waiting else None
+                earlier_done = applier.settler.settle_pending(earlier, wait=True)
+                result.resolved_earlier = earlier_done.rows
+                # Known changed by it, they belong to that apply; still unknown, they wait for it.
+                # Left untouched (unchanged, another client's change, gone), they are this apply's
+                # to re-check, send and record, as any run it planned.
+                settled = earlier_done.changed | earlier_done.unknown
+                foreign = earlier_done.foreign
+                unread = len(earlier_done.unknown) - len(foreign)
+                if unread:
+                    result.errors.append(
+                        f"{unread} runs an earlier apply sent could not be settled "
+                        "(their state changed and its history could not be read): left pending and "
+                        "not sent again; run apply again"
+                    )
+                if foreign:
+                    unknown = ", ".join(sorted(set(foreign.values())))
+                    result.errors.append(
+                        f"{len(foreign)} runs an earlier apply sent have an action or outcome this "
+                        f"flowsync does not know ({unknown}: a newer flowsync's), so no answer it "
+                        "can read: left as they are and not sent again; upgrade flowsync to settle them"
+                    )
             else:
-                progress.advance(planned)
-            number += 1
-        if in_flight is not None:
-            _finish(in_flight, None)
-    except Stop:
-        pass
-    except BaseException as e:
-        failure = e
-        with contextlib.suppress(Exception):
-            applier.close_out(str(e) or "interrupted")
-        with contextlib.suppress(Exception):
-            applier.settler.close_open_rows(
-                applier.ledger.open_rows(), counted=applier.ledger.counted_pending
+                settled = set()
+            if plan.total:
+                applier.rereader.check_catch_up()
+            progress.phase("apply", total=plan.total)
+            # A run an earlier apply is now known to have changed belongs to that apply.
+            listed = (
+                (
+                    len(b.ids),
+                    Batch(
+                        b.rule, b.state_type, [i for i in b.ids if i not in settled], b.deployments
+                    ),
+                )
+                for b in batches(plan, batch_size)
             )
-        raise
-    finally:
-        with contextlib.suppress(Exception):
-            reader.finish(error=failure)
-        result.seconds = time.monotonic() - began
+            # The batches after the current one: decided ahead with it, checked while it waits.
+            window = deque(itertools.islice(listed, AHEAD_BATCHES + 1))
+            number = 1
+            in_flight: Iterator[None] | None = None  # a batch whose last call is out
+            while window:
+                result.batches = number
+                planned, batch = window.popleft()
+                window.extend(itertools.islice(listed, 1))
+                if batch.ids:
+                    if in_flight is not None and applier.one_call_at_a_time(number):
+                        # The server lost an answer lately: this batch waits for the call still out.
+                        _finish(in_flight, None)
+                        in_flight = None
+                    steps = applier.steps(number, batch, [b for _, b in window])
+                    # Up to its last call, sent while the batch before it still waits for its answer.
+                    waiting = _advance(steps, in_flight)
+                    if in_flight is not None:
+                        _finish(in_flight, steps if waiting else None)
+                    in_flight = steps if waiting else None
+                else:
+                    progress.advance(planned)
+                number += 1
+            if in_flight is not None:
+                _finish(in_flight, None)
+        except Stop:
+            pass
+        except BaseException as e:
+            failure = e
+            with contextlib.suppress(Exception):
+                applier.close_out(str(e) or "interrupted")
+            with contextlib.suppress(Exception):
+                applier.settler.close_open_rows(
+                    applier.ledger.open_rows(), counted=applier.ledger.counted_pending
+                )
+            raise
+        finally:
+            with contextlib.suppress(Exception):
+                reader.finish(error=failure)
+            result.seconds = time.monotonic() - began
     return result

@@ -59,7 +59,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from flowsync.api import PrefectClient
@@ -418,6 +418,27 @@ class Applier:
                 self.ledger.not_carried_out(
                     self.ledger.call(out.number, out.rule), list(out.call.ids), answer.problem
                 )
+
+    def wait(self, seconds: float, sleep: Callable[[float], None]) -> None:
+        """Each wait the client makes the apply thread sleep (``ApiSession.waits_through``: a
+        retry's backoff, a Retry-After, the request budget's, a read-back's pause) takes
+        ``seconds``, as ``sleep`` would; a call still out that the server answers 429 before
+        or during it is recorded not carried out as soon as that answer comes, not when the
+        next batch reaches its call (its re-read may be the read the server holds back). Not
+        inside a transaction of the file (none spans a request; then it only sleeps)."""
+        if self.store.in_transaction:
+            sleep(seconds)
+            return
+        self._note_throttled_out()
+        waiting = [task for task in self.out if not task.done()]
+        if waiting:
+            until = time.monotonic() + seconds
+            for task in waiting:  # woken by its answer, the rest of the wait slept after
+                task.wait(max(0.0, until - time.monotonic()))
+                self._note_throttled_out()
+            seconds = max(0.0, until - time.monotonic())
+        sleep(seconds)
+        self._note_throttled_out()
 
     def _lost_answer(self, number: int, answer: Answer) -> None:
         """After the server lost a call's answer (5xx, a dropped connection, a timeout), the

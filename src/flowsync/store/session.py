@@ -133,6 +133,11 @@ class Session:
 
     # -- transactions and queries -------------------------------------------
 
+    @property
+    def in_transaction(self) -> bool:
+        """A transaction of this connection is open (``transaction``, ``discarded``)."""
+        return self._in_transaction
+
     @contextmanager
     def transaction(self) -> Iterator[None]:
         """BEGIN ... COMMIT; the disk failing at COMMIT (full, WAL unwritable) is a typed error."""
