@@ -914,6 +914,44 @@ def test_a_pull_on_a_file_whose_state_a_newer_flowsync_keeps_in_another_shape_re
         assert after == before, key
 
 
+def test_readers_of_a_file_whose_state_a_newer_flowsync_keeps_in_another_shape_show_the_rest(
+    tmp_path: Path,
+) -> None:
+    """Readers read a newer flowsync's file, every ``sync_state`` value of ``STATE_SHAPES`` in
+    another shape at once (the server's URL an object, its moves a number...): `status` crashed
+    with a traceback on the URL, `export` on the moves, or wrote a Python repr as the URL
+    into its manifest. Each reads what it can: exit 0, no traceback, a value it cannot read
+    taken as unknown, the file unchanged."""
+    from harness.built import build
+
+    db = build(tmp_path / "runs.duckdb", days=6).path
+    with duckdb.connect(str(db)) as con:
+        for key, check in sync_log.STATE_SHAPES.items():
+            value = next(v for v in ([{"format": 2}], 5, {"url": "x"}) if check(v) is not None)
+            con.execute(
+                "INSERT INTO sync_state VALUES (?, CAST(? AS JSON), now()) ON CONFLICT (key) "
+                "DO UPDATE SET value = excluded.value",
+                [key, json.dumps(value)],
+            )
+        con.execute("UPDATE _flowsync_file SET value = '9.0.0' WHERE key = 'written_by'")
+    before = sha256(db)
+    out = tmp_path / "export"
+    for args in (
+        ["status"],
+        ["status", "--json"],
+        ["sql", "SELECT count(*) FROM flow_runs", "--live"],
+        ["report", "failures", "--live"],
+        ["export", str(out), "--live"],
+    ):
+        result = run_cli(*args, "--db", str(db))
+        assert result.exit_code == 0 and "Traceback" not in result.output, (args, result.output)
+    assert sha256(db) == before
+    # the URL the export names: the last pull's (sync_runs), not the value it cannot read
+    manifest = json.loads((out / "_flowsync_manifest.json").read_text())
+    last_pull = scalar(db, "SELECT api_url FROM sync_runs ORDER BY id DESC LIMIT 1")
+    assert manifest["source"]["api_url"] == last_pull and last_pull.startswith("http")
+
+
 def test_apply_on_a_file_whose_state_a_newer_flowsync_keeps_in_another_shape_sends_nothing(
     fresh_server: Server, tmp_path: Path
 ) -> None:

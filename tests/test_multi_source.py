@@ -7,6 +7,7 @@ file refuses a pull from another server is tests/test_bad_input.py's
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -208,3 +209,37 @@ def test_a_column_a_newer_file_renamed_is_refused_among_several_as_alone(
     )  # fmt: skip
     assert counted.exit_code == 0, counted.output
     assert counted.stdout.splitlines()[2].startswith("staging,")
+
+
+def _cut_in_half(path: Path) -> None:
+    with path.open("r+b") as f:
+        f.truncate(path.stat().st_size // 2)
+
+
+def _flip_second_half(path: Path) -> None:
+    """A byte flipped in every 256 KiB block of the file's second half: its first blocks (the
+    header, the catalog's start) read, a later one fails its checksum."""
+    size = path.stat().st_size
+    with path.open("r+b") as f:
+        for offset in range(size // 2, size, 262144):
+            f.seek(offset)
+            byte = f.read(1)
+            f.seek(offset)
+            f.write(bytes([byte[0] ^ 0xFF]))
+
+
+@pytest.mark.parametrize("damage", [_cut_in_half, _flip_second_half], ids=["cut", "flipped"])
+def test_a_damaged_file_among_several_is_one_line_naming_it(
+    two_files: tuple[Path, Path], damage: Callable[[Path], None]
+) -> None:
+    """A file that attaches but whose schema cannot be read (damaged past its first blocks),
+    read among several: the one line (exit 5) a damaged file alone gets, naming it, not
+    DuckDB's exception with a traceback; the library raises the same StoreError."""
+    prod, staging = two_files
+    damage(prod)
+    result = run_cli("sql", "SELECT 1", "--live", "--db", f"a={prod}", "--db", f"b={staging}")
+    assert result.exit_code == 5 and "Traceback" not in result.output, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"error: {prod} is damaged"), lines
+    with pytest.raises(StoreError, match="is damaged"):
+        flowsync.connect({"a": prod, "b": staging}, live=True)

@@ -106,10 +106,10 @@ def _live_path(path: str | Path) -> str:
 
 def source_of(store: Store, db: str | Path | None = None) -> Source:
     """The source an export of ``store`` (opened from ``db``, default its own path) names."""
-    api_url = sync_log.get_state(store, "api_url")  # flowsync.sync.identity.URL_KEY
+    api_url = sync_log.read_state(store, "api_url")  # flowsync.sync.identity.URL_KEY
     if api_url is None:  # not bound yet: the server of the last pull, if any
         api_url = (sync_log.status_summary(store)["last_pull"] or {}).get("api_url")
-    moves = sync_log.get_state(store, "api_url_moves") or []  # identity.MOVES_KEY
+    moves = sync_log.read_state(store, "api_url_moves") or []  # identity.MOVES_KEY
     return Source(
         _live_path(db if db is not None else store.path),
         str(api_url) if api_url else None,

@@ -127,6 +127,8 @@ def _check_schema(con: duckdb.DuckDBPyConnection, name: str, db: Path) -> str | 
             f"{db} is not a flowsync file (no flowsync schema in it); pass only files "
             "flowsync pull wrote."
         ) from None
+    except duckdb.Error as e:  # a damaged file that attached (its first blocks read)
+        raise _unreadable(db, e) from e
     known = {migration for migration, _ in migrations.MIGRATIONS}
     pending = known - applied
     if pending:
@@ -150,7 +152,7 @@ def _check_schema(con: duckdb.DuckDBPyConnection, name: str, db: Path) -> str | 
     who = f"flowsync {written_by}" if written_by else "a newer flowsync"
     warnings.warn(
         NewerFileWarning(
-            f"{db} was written by a newer flowsync (schema {unknown[-1]}); this flowsync "
+            f"{db} was written by {who} (schema {unknown[-1]}); this flowsync "
             f"{__version__} reads it read-only and may miss what that version added: upgrade "
             "flowsync to see it."
         ),
@@ -173,21 +175,25 @@ def connect_sources(
             _attach(con, name, db, live)
             newer[name] = _check_schema(con, name, db)
         found: dict[str, list[str]] = {}
-        for catalog, table in con.execute(
-            "SELECT table_catalog, table_name FROM information_schema.tables "
-            "WHERE table_schema = 'main' AND table_catalog IN (SELECT unnest(?)) ORDER BY table_name",
-            [list(named)],
-        ).fetchall():
-            found.setdefault(str(table), []).append(str(catalog))
         columns: dict[tuple[str, str], dict[str, str]] = {}
-        if any(newer.values()):
-            for catalog, table, column, kind in con.execute(
-                "SELECT table_catalog, table_name, column_name, data_type "
-                "FROM information_schema.columns WHERE table_schema = 'main' "
-                "AND table_catalog IN (SELECT unnest(?)) ORDER BY ordinal_position",
-                [list(named)],
-            ).fetchall():
-                columns.setdefault((str(catalog), str(table)), {})[str(column)] = str(kind)
+        for name, db in named.items():  # each file's catalog read on its own: a damaged one named
+            try:
+                for (table,) in con.execute(
+                    "SELECT table_name FROM information_schema.tables "
+                    "WHERE table_schema = 'main' AND table_catalog = ? ORDER BY table_name",
+                    [name],
+                ).fetchall():
+                    found.setdefault(str(table), []).append(name)
+                if newer[name]:
+                    for table, column, kind in con.execute(
+                        "SELECT table_name, column_name, data_type FROM information_schema.columns "
+                        "WHERE table_schema = 'main' AND table_catalog = ? ORDER BY ordinal_position",
+                        [name],
+                    ).fetchall():
+                        columns.setdefault((name, str(table)), {})[str(column)] = str(kind)
+            except duckdb.Error as e:
+                raise _unreadable(db, e) from e
+        found = {table: found[table] for table in sorted(found)}
         for table, catalogs in found.items():
             # Source and object names are checked identifiers or come from the files' own catalogs.
             union = " UNION ALL BY NAME ".join(
@@ -204,6 +210,13 @@ def connect_sources(
         con.close()
         raise
     return con, Path(" + ".join(str(p) for p in named.values()))
+
+
+def _unreadable(db: Path, e: duckdb.Error) -> StoreError:
+    """The error for a source whose schema could not be read (damaged past its first blocks)."""
+    return storage_error(db, e) or StoreError(
+        f"Cannot read {db}: {str(e).splitlines()[0]}; check the file, or leave it out."
+    )
 
 
 def _missing(

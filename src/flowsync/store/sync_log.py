@@ -136,6 +136,14 @@ def check_shapes(store: Store) -> None:
         )
 
 
+def read_state(store: Store, key: str) -> Any:
+    """What a reader takes of ``key`` (one of ``STATE_SHAPES``): its value, or None when it
+    is kept in a shape this flowsync does not read (a newer flowsync's, or an edit). A
+    reader shows what else the file says; a writer refuses such a file (``check_shapes``)."""
+    value = get_state(store, key)
+    return None if value is None or STATE_SHAPES[key](value) is not None else value
+
+
 def delete_state(store: Store, key: str) -> None:
     store.execute("DELETE FROM sync_state WHERE key = ?", [key])
 
@@ -235,7 +243,7 @@ def status_summary(store: Store, *, none_running: bool = False) -> dict[str, Any
         if none_running and record is not None and record["status"] == "running":
             record.update(status="interrupted", error=record["error"] or STALE_ERROR)
     out["pulls"] = int(store.execute("SELECT count(*) FROM sync_runs").scalar())
-    out["api_url"] = get_state(store, "api_url")
+    out["api_url"] = read_state(store, "api_url")
     out["server"] = server_record(store)
     return out
 
