@@ -96,6 +96,62 @@ def test_db_is_a_directory(tmp_path: Path) -> None:
     one_clear_line(run_cli("pull", "--api-url", NOBODY, "--db", str(tmp_path)), 5, "is a directory")
 
 
+@pytest.mark.parametrize("where", [".", "/"])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["pull", "--api-url", NOBODY],
+        ["status"],
+        ["sql", "SELECT 1"],
+        ["report", "failures"],
+        ["export", "OUT"],
+        ["plan", "POLICY"],
+    ],
+    ids=lambda c: c[0] if isinstance(c, list) else c,
+)
+def test_a_db_path_with_no_file_name_is_a_directory_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str, command: list[str]
+) -> None:
+    """``--db .`` or ``--db /``: a path whose file name is empty (``Path.with_name`` raises on
+    it) is the directory it names, refused in one line by every command, nothing written."""
+    monkeypatch.chdir(tmp_path)
+    policy = tmp_path / "p.yaml"
+    policy.write_text(
+        "version: 1\nrules: [{name: r, action: delete, sql: SELECT id FROM flow_runs}]\n"
+    )
+    args = [{"OUT": str(tmp_path / "out"), "POLICY": str(policy)}.get(a, a) for a in command]
+    before = sorted(tmp_path.iterdir())
+    one_clear_line(run_cli(*args, "--db", where), 5, f"--db {where} is a directory")
+    assert sorted(tmp_path.iterdir()) == before
+
+
+def test_a_bad_ca_bundle_in_openssls_variables_is_one_line_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SSL_CERT_FILE (which httpx honours, as OpenSSL does) naming no file, or a file of no
+    PEM certificate: one line naming the variable, before any file is made (a traceback
+    from the TLS context before)."""
+    db = tmp_path / "runs.duckdb"
+    for value in (str(tmp_path / "missing.pem"), str(db.with_name("p.yaml"))):
+        db.with_name("p.yaml").write_text("not a certificate")
+        monkeypatch.setenv("SSL_CERT_FILE", value)
+        one_clear_line(
+            run_cli("pull", "--api-url", NOBODY, "--db", str(db)), 2, f"SSL_CERT_FILE={value}"
+        )
+        assert not db.exists()
+
+
+def test_a_profiles_file_that_is_a_device_is_not_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PREFECT_PROFILES_PATH at /dev/zero (or a pipe): never read to its end (it has none);
+    no URL found is the one line, as with no profiles file."""
+    monkeypatch.setenv("PREFECT_PROFILES_PATH", "/dev/zero")
+    for name in ("PREFECT_API_URL", "PREFECT_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    one_clear_line(run_cli("pull", "--db", str(tmp_path / "x.duckdb")), 2, "No Prefect API URL")
+
+
 def test_db_in_missing_directory(tmp_path: Path) -> None:
     target = tmp_path / "nope" / "x.duckdb"
     one_clear_line(run_cli("pull", "--api-url", NOBODY, "--db", str(target)), 5, "does not exist")

@@ -250,6 +250,8 @@ def load_profile(env: Mapping[str, str]) -> tuple[str | None, dict[str, Any], Pa
 def _dangling_active(path: Path) -> str | None:
     """The ``active`` profile named by the profiles file at ``path`` when it holds no such
     profile (``prefect profile use`` was undone by hand), else None."""
+    if not path.is_file():  # (a device or a pipe would be read without end)
+        return None
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):

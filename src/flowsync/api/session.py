@@ -85,12 +85,29 @@ def tls_context(verify: bool | str) -> ssl.SSLContext:
         stamp = os.stat(source) if source else None
     except OSError:
         stamp = None  # loading it says what is wrong (config checked a PEM file exists)
-    return _tls_context(
-        verify,
-        os.environ.get("SSL_CERT_FILE"),
-        os.environ.get("SSL_CERT_DIR"),
-        (stamp.st_size, stamp.st_mtime_ns, stamp.st_ino) if stamp else None,
-    )
+    try:
+        return _tls_context(
+            verify,
+            os.environ.get("SSL_CERT_FILE"),
+            os.environ.get("SSL_CERT_DIR"),
+            (stamp.st_size, stamp.st_mtime_ns, stamp.st_ino) if stamp else None,
+        )
+    except (OSError, ssl.SSLError, ValueError) as e:
+        # SSL_CERT_FILE / SSL_CERT_DIR (OpenSSL's, honoured as httpx does) naming no file of
+        # PEM certificates: one line naming the variable, as config does for Prefect's own.
+        if isinstance(verify, str):
+            named = f"PREFECT_API_SSL_CERT_FILE ({source})"
+        elif source:
+            named = (
+                f"{'SSL_CERT_FILE' if os.environ.get('SSL_CERT_FILE') else 'SSL_CERT_DIR'}={source}"
+            )
+        else:
+            named = "the CA bundle (certifi)"
+        reason = getattr(e, "reason", None) or getattr(e, "strerror", None) or e
+        raise ConfigError(
+            f"{named}: no PEM CA certificates could be loaded from it ({reason}); point it at "
+            "a file of PEM CA certificates, or unset it."
+        ) from None
 
 
 @functools.lru_cache(maxsize=8)

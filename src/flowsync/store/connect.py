@@ -356,7 +356,7 @@ class Store(Session):
         the first read-write open. Before that, such a file is checked on a read-only
         connection, so one that is not flowsync's, or that a newer flowsync wrote, is refused
         unchanged."""
-        if path.exists() and path.with_name(path.name + ".wal").exists():
+        if path.is_file() and path.with_name(path.name + ".wal").exists():
             cls._refuse_unwritable(path)
         # (a log without its file: DuckDB drops it when it creates the file)
 

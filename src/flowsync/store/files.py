@@ -37,8 +37,17 @@ def owner_alive(pid: int) -> bool:
 
 
 def snapshot_dir(db: Path) -> Path:
-    """``runs.duckdb`` -> ``runs.duckdb.snapshots`` (where ``store/snapshot.py`` publishes)."""
+    """``runs.duckdb`` -> ``runs.duckdb.snapshots`` (where ``store/snapshot.py`` publishes).
+    A path with no file name (``.``, ``/``) is refused as the directory it is."""
+    if not db.name:
+        raise _a_directory(db)
     return db.with_name(db.name + SNAPSHOTS_SUFFIX)
+
+
+def _a_directory(path: Path) -> StoreError:
+    return StoreError(
+        f"--db {path} is a directory; pass a file path such as {path / 'flowsync.duckdb'}."
+    )
 
 
 def damaged_error(path: Path, detail: str) -> DamagedFileError:
@@ -229,9 +238,7 @@ def check_path(path: Path, *, read_only: bool) -> None:
             "(an absolute one for a name that starts so)."
         )
     if path.is_dir():
-        raise StoreError(
-            f"--db {path} is a directory; pass a file path such as {path / 'flowsync.duckdb'}."
-        )
+        raise _a_directory(path)
     if path.exists() and not path.is_file():
         # Reading a pipe's header waits for a writer that may never come; a device is no
         # file to remove.
