@@ -115,6 +115,20 @@ def test_every_command_against_a_server_demanding_basic_auth_never_shows_or_stor
     unseen(said, tmp_path, f"admin:x{PASSWORD}")
 
 
+def test_a_first_pull_with_credentials_the_server_refuses_leaves_no_file(
+    guarded: Server, tmp_path: Path
+) -> None:
+    """Prefect answers GET /health without the auth string it demands elsewhere: a first pull
+    with a wrong one got past the health check and left a new file holding a failed pull.
+    A read that needs the credentials refuses it (401, exit 4) before the file is made."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    env = {"PREFECT_API_URL": guarded.url, "PREFECT_API_AUTH_STRING": f"admin:x{PASSWORD}"}
+    result = run_cli("pull", "--db", str(folder / "runs.duckdb"), env=env)
+    assert result.exit_code == 4, result.output
+    assert list(folder.iterdir()) == []
+
+
 def echoing(status: int, header: str = "") -> Callable[[httpx.Request, int], Any]:
     """A proxy in front of the server answering every flow_runs/filter ``status`` with a
     page quoting the request's Authorization header (in ``header`` too, e.g. Location)."""

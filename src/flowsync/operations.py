@@ -133,6 +133,9 @@ def pull(
         if not Store.exists(db):
             Store.check_writable(db)
             client.check()
+            # Prefect answers /health without the credentials it demands elsewhere: a read
+            # that needs them, so a wrong key or auth string (401) leaves no file either.
+            client.count("flows")
         with Store.writer(db, wait=wait) as store:
             result = pull_runs(client, store, options, progress)
             try:
