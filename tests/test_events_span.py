@@ -12,10 +12,12 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import httpx
+import pytest
 
 from flowsync.api import PrefectClient
 from flowsync.api.client import EVENTS_QUERY_SPAN
 from flowsync.config import ApiSettings
+from flowsync.errors import ApiError
 
 NOW = datetime(2026, 12, 1, tzinfo=timezone.utc)
 RUN = "6a0e2f4c-3f3a-4b8e-9c1d-2b9f0e1a7c55"
@@ -106,3 +108,39 @@ def test_a_throttled_settings_read_never_makes_a_stale_window_look_covered() -> 
     ):
         events_cover(c, since, NOW)
     assert "admin/settings" in str(unknown.value) and "429" in str(unknown.value)
+
+
+@pytest.mark.parametrize(
+    ("read", "answer", "said"),
+    [
+        (
+            "changed",
+            [{"value": f"prefect.flow-run.{RUN}", "end_time": "garbage"}],
+            "an end_time is 'garbage', not a time",
+        ),
+        (
+            "changed",
+            [{"value": f"prefect.flow-run.{RUN}", "end_time": 12345}],
+            "an end_time is '12345', not a time",
+        ),
+        ("changed", [1], "a list of something other than objects"),
+        ("before", {"events": [{"occurred": "garbage"}]}, "an event's occurred is 'garbage'"),
+        ("before", {"events": [1]}, "an event's occurred is 'None'"),
+    ],
+)
+def test_an_events_answer_of_another_shape_is_one_api_error_naming_it(
+    read: str, answer: Any, said: str
+) -> None:
+    """A time that is none, a row that is no object, in an events answer: one ``ApiError``
+    (one line, exit 3) naming the endpoint and the field, not a ValueError, TypeError or
+    AttributeError with a traceback."""
+    transport, _ = recording(answer)
+    with (
+        PrefectClient(ApiSettings(url="http://127.0.0.1:9/api"), transport=transport) as c,
+        pytest.raises(ApiError) as raised,
+    ):
+        if read == "changed":
+            c.changed_flow_runs(NOW - timedelta(days=1), NOW)
+        else:
+            c.flow_run_event_before(NOW)
+    assert said in str(raised.value) and "\n" not in str(raised.value), str(raised.value)

@@ -9,7 +9,9 @@ the file consistent.
 from __future__ import annotations
 
 import itertools
+import json
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -149,6 +151,45 @@ def test_a_first_pull_stopped_in_the_catalog_is_recorded_full(
     ):
         pull(client, store)
     assert query(db_path, "SELECT status, mode FROM sync_runs") == [("failed", "full")]
+
+
+@pytest.mark.parametrize(
+    ("path", "answer"),
+    [
+        (
+            "flow_runs/filter",
+            [{"id": "6a0e2f4c-3f3a-4b8e-9c1d-2b9f0e1a7c55", "expected_start_time": "soon"}],
+        ),
+        ("flow_runs/history", [{"interval_end": "later", "states": [{"count_runs": 10**9}]}]),
+        ("flow_runs/history", [1]),
+    ],
+    ids=["filter-time", "history-time", "history-rows"],
+)
+def test_a_time_or_row_a_pull_cannot_read_is_one_api_error_naming_it(
+    prefect: SeededServer, db_path: Path, path: str, answer: Any
+) -> None:
+    """The first pull's reads of the runs' span (the first run by expected start, the history
+    it cuts its parts by) answered with a time that is none or a row that is no object (a
+    proxy rewriting answers, a newer server's shape): one ``ApiError`` naming the endpoint,
+    not a ValueError or AttributeError with a traceback; the pull recorded failed."""
+
+    def fault(request: httpx.Request, n: int) -> httpx.Response | None:
+        body = json.loads(request.content) if request.content else {}
+        if request.url.path.endswith(path) and (
+            path != "flow_runs/filter" or body.get("limit") == 1
+        ):
+            return httpx.Response(200, json=answer)
+        return None
+
+    transport, sleeps = forwarding(prefect.url, fault)
+    with (
+        Store.writer(db_path) as store,
+        client_for(prefect.url, transport, sleeps) as client,
+        pytest.raises(ApiError) as err,
+    ):
+        pull(client, store)
+    assert f"POST /{path}" in str(err.value) and "\n" not in str(err.value), str(err.value)
+    assert query(db_path, "SELECT status FROM sync_runs") == [("failed",)]
 
 
 @pytest.mark.parametrize("status", [401, 403])

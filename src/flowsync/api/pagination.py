@@ -23,10 +23,13 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
 
 from flowsync.api.client import PrefectClient
-from flowsync.api.reads import PAGE_LIMIT, Page
+from flowsync.api.reads import PAGE_LIMIT, Page, server_time
 
 PAGE_SIZE = PAGE_LIMIT  # the largest page the API serves
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+FILTER_START = "POST /flow_runs/filter: a run's expected_start_time"
 
 
 def parse_ts(value: str | datetime) -> datetime:
@@ -208,7 +211,8 @@ def keyset_run_pages(
                 yield page, None
                 return
             last = page.rows[-1].get("expected_start_time")
-            if last is None or parse_ts(last) <= parse_ts(pos.after):
+            at = None if last is None else server_time(last, FILTER_START)
+            if at is None or at <= parse_ts(pos.after):
                 # A full page on one timestamp: page through that timestamp by id, from its
                 # first row (this page came in the server's tie order, not by id).
                 nxt = Position(pos.after, 0, in_tie=True)

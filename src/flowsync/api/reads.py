@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from flowsync.api.session import ApiSession
@@ -26,6 +26,23 @@ PAGE_LIMIT = 200
 # of the machine running it, not the server's. Left out of the events a pull asks for: one
 # stamped ahead of the server would move the events cursor past state changes not yet read.
 NOT_STATE_EVENTS = ["prefect.flow-run.heartbeat"]
+
+
+def server_time(value: Any, what: str) -> datetime:
+    """A time the server sent (``what``: which answer and field), timezone-aware (UTC when it
+    names none); an ``ApiError`` naming it when it is no ISO 8601 time."""
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            pass
+        else:
+            return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    raise ApiError(
+        f"{what} is {str(value)[:60]!r}, not a time: not an answer of a Prefect 3 API as "
+        "flowsync reads them (3.0-3.9). Check that the URL is a Prefect API and that nothing "
+        "between rewrites its answers."
+    )
 
 
 @dataclass(frozen=True)
@@ -105,8 +122,8 @@ class Reads(ApiSession):
             history_interval_seconds=interval_seconds,
         )
         answer = self.request("POST", "flow_runs/history", payload)
-        if not isinstance(answer, list):
-            raise ApiError("POST /flow_runs/history answered something other than a list.")
+        if not isinstance(answer, list) or not all(isinstance(b, dict) for b in answer):
+            raise ApiError("POST /flow_runs/history answered something other than a list of objects.")
         return answer
 
     def changed_flow_runs(self, since: datetime, until: datetime) -> dict[str, datetime]:
@@ -133,9 +150,15 @@ class Reads(ApiSession):
                     "POST /events/count-by/resource answered something other than a list."
                 )
             for row in answer:
+                if not isinstance(row, dict):
+                    raise ApiError(
+                        "POST /events/count-by/resource answered a list of something other than objects."
+                    )
                 value = str(row.get("value", ""))
                 if value.startswith(prefix):
-                    end_time = datetime.fromisoformat(str(row["end_time"]).replace("Z", "+00:00"))
+                    end_time = server_time(
+                        row.get("end_time"), "POST /events/count-by/resource: an end_time"
+                    )
                     run_id = value[len(prefix) :]
                     if run_id not in changed or changed[run_id] < end_time:
                         changed[run_id] = end_time
@@ -169,7 +192,8 @@ class Reads(ApiSession):
             raise ApiError("POST /events/filter answered without an `events` list.")
         if not events:
             return None
-        return datetime.fromisoformat(str(events[0]["occurred"]).replace("Z", "+00:00"))
+        occurred = events[0].get("occurred") if isinstance(events[0], dict) else None
+        return server_time(occurred, "POST /events/filter: an event's occurred")
 
     def flow_run_events_about(
         self, run_ids: Sequence[str], since: datetime, until: datetime

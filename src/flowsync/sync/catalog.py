@@ -11,6 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from flowsync.api.pagination import iso, offset_pages, pages_by_id, parse_ts
+from flowsync.api.reads import server_time
 from flowsync.store import sync_log, synced_tables
 from flowsync.store.tables import TableSpec
 from flowsync.sync.context import PullContext
@@ -62,7 +63,9 @@ def _walk(
         ctx.progress.advance(ctx.write_pages(spec, [page]))
         seen.update(str(o["id"]) for o in page.rows)
         if stop_before is not None and any(
-            o.get("updated") and parse_ts(o["updated"]) < stop_before for o in page.rows
+            o.get("updated")
+            and server_time(o["updated"], f"POST /{spec.name}/filter: an updated") < stop_before
+            for o in page.rows
         ):
             # A short page is the last one: the listing is complete all the same.
             return len(page) < ctx.options.page_size

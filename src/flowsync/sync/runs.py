@@ -35,6 +35,7 @@ from typing import Any
 from flowsync.api import Page
 from flowsync.api.pagination import (
     EPOCH,
+    FILTER_START,
     Position,
     chunks,
     in_order,
@@ -44,6 +45,7 @@ from flowsync.api.pagination import (
     pages_by_id,
     parse_ts,
 )
+from flowsync.api.reads import server_time
 from flowsync.errors import ApiError, UnavailableError
 from flowsync.store import sync_log, synced_tables
 from flowsync.store.tables import FLOW_RUNS
@@ -157,7 +159,7 @@ def plan_segments(ctx: PullContext, total: int) -> list[dict[str, Any]]:
                 "flow_runs": {"expected_start_time": {"after_": iso(EPOCH)}},
             },
         )
-        ends.append(parse_ts(page[0]["expected_start_time"]) if page else None)
+        ends.append(server_time(page[0].get("expected_start_time"), FILTER_START) if page else None)
     lo, hi = ends
     if lo is None or hi is None:
         return [{"lo": None, "hi": None, "pos": None, "done": False}]
@@ -170,7 +172,9 @@ def plan_segments(ctx: PullContext, total: int) -> list[dict[str, Any]]:
     for bucket in history:
         acc += sum(int(s.get("count_runs", 0)) for s in bucket.get("states", []))
         if acc >= ctx.options.segment_rows:
-            cuts.append(parse_ts(bucket["interval_end"]))
+            cuts.append(
+                server_time(bucket.get("interval_end"), "POST /flow_runs/history: an interval_end")
+            )
             acc = 0
     bounds: list[datetime | None] = [None, *cuts, None]
     return [
