@@ -486,13 +486,19 @@ def test_pull_options_refuse_what_the_pull_flags_refuse(tmp_path: Path) -> None:
     from flowsync.sync import PullOptions
 
     here = empty_folder(tmp_path)
-    for flag, value in (("--memory-limit", "-1"), ("--concurrency", "0"), ("--concurrency", "9")):
+    for flag, value in (
+        ("--memory-limit", "-1"),
+        ("--memory-limit", str(2**44)),  # DuckDB's "Memory value out of range", with a traceback
+        ("--concurrency", "0"),
+        ("--concurrency", "9"),
+    ):
         args = ("pull", "--api-url", UNREACHABLE, flag, value, "--db", str(here / "runs.duckdb"))
         refused(run_cli(*args), flag)
     assert files_under(here) == {}
     for bad, flag in (
         ({"memory_limit_mb": -1}, "--memory-limit"),
         ({"memory_limit_mb": "64"}, "--memory-limit"),  # was a TypeError mid-pull
+        ({"memory_limit_mb": 2**44}, "--memory-limit"),
         ({"concurrency": 0}, "--concurrency"),
         ({"concurrency": 500}, "--concurrency"),
         ({"concurrency": 2.5}, "--concurrency"),
@@ -506,6 +512,7 @@ def test_pull_options_refuse_what_the_pull_flags_refuse(tmp_path: Path) -> None:
     ("option", "flag"),
     [
         ({"memory_limit_mb": -1}, "--memory-limit"),  # no cap, as a pull's
+        ({"memory_limit_mb": 2**44}, "--memory-limit"),  # DuckDB's ParserException
         ({"settle_seconds": -1.0}, "--settle-seconds"),
         ({"settle_seconds": float("nan")}, "--settle-seconds"),
     ],

@@ -52,6 +52,7 @@ RULE_TIMEOUT_MAX_SECONDS = 3600.0
 # them, ``PullOptions`` and ``operations.apply`` refuse what is outside (``check_number``).
 PULL_CONCURRENCY_MIN, PULL_CONCURRENCY_MAX = 1, 8  # --concurrency: requests in flight
 MEMORY_LIMIT_MIN_MB = 0  # --memory-limit: 0 is DuckDB's own default; below it, no cap at all
+MEMORY_LIMIT_MAX_MB = 2**24  # 16 TiB: more than any machine has; DuckDB refuses 2**44 MB
 SETTLE_MIN_SECONDS = 0.0  # apply --settle-seconds
 
 
@@ -93,7 +94,12 @@ def check_memory_limit(value: object) -> int | None:
     if value is None:
         return None
     limit: int = check_number(
-        "--memory-limit", value, whole=True, low=MEMORY_LIMIT_MIN_MB, metavar="MB"
+        "--memory-limit",
+        value,
+        whole=True,
+        low=MEMORY_LIMIT_MIN_MB,
+        high=MEMORY_LIMIT_MAX_MB,
+        metavar="MB",
     )
     return limit
 

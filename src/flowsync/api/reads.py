@@ -123,7 +123,9 @@ class Reads(ApiSession):
         )
         answer = self.request("POST", "flow_runs/history", payload)
         if not isinstance(answer, list) or not all(isinstance(b, dict) for b in answer):
-            raise ApiError("POST /flow_runs/history answered something other than a list of objects.")
+            raise ApiError(
+                "POST /flow_runs/history answered something other than a list of objects."
+            )
         return answer
 
     def changed_flow_runs(self, since: datetime, until: datetime) -> dict[str, datetime]:

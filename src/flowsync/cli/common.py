@@ -37,7 +37,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from flowsync.config import MEMORY_LIMIT_MIN_MB
+from flowsync.config import MEMORY_LIMIT_MAX_MB, MEMORY_LIMIT_MIN_MB
 from flowsync.errors import INTERRUPTED_EXIT, FlowsyncError, FlowsyncWarning, SignalInterrupt
 
 out = Console(soft_wrap=True)
@@ -80,6 +80,7 @@ MemoryLimitOption = Annotated[
         "--memory-limit",
         help="DuckDB memory cap in MB (default 64; 0: DuckDB's own default, 80% of RAM).",
         min=MEMORY_LIMIT_MIN_MB,
+        max=MEMORY_LIMIT_MAX_MB,
         metavar="MB",
     ),
 ]

@@ -124,6 +124,9 @@ def pull(
     options = options or PullOptions()
     progress = progress or NullProgress()
     began = time.monotonic()
+    # First: a cap DuckDB cannot take (below what it already holds) is bad input, refused
+    # before this pull writes anything (its record included).
+    store.budget_memory(fixed_mb=options.memory_limit_mb)
     fresh = views.ensure_built(store)  # a new file: readable even if this first pull stops early
     url = client.settings.display_url
     moved: identity.Moved | None = None
@@ -162,7 +165,6 @@ def pull(
         # Under the memory cap, reads can run out too: one clear error. One DuckDB thread:
         # a batch is too small for more to pay off (BENCHMARKS.md, "Client CPU per run").
         with store.memory_guard(), store.single_threaded(), fewer_collections():
-            store.budget_memory(fixed_mb=options.memory_limit_mb)
             # Decided first, so that a pull stopped in the catalog is recorded as what it was.
             why_full = runs.needs_full(ctx)
             if why_full:
