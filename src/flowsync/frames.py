@@ -47,7 +47,10 @@ class SqlResult:
 
     @property
     def json_columns(self) -> tuple[str, ...]:
-        return tuple(name for name, t in zip(self.frame.columns, self.types) if t == "JSON")
+        """Columns of JSON text: DuckDB's JSON, and VARIANT (read as the JSON it holds)."""
+        return tuple(
+            name for name, t in zip(self.frame.columns, self.types) if t in ("JSON", "VARIANT")
+        )
 
 
 def sql_result(store: Store, sql: str) -> SqlResult:

@@ -54,6 +54,8 @@ def _portable(t: DuckDBPyType) -> str | None:
     kind = t.id
     if kind in _AS_TEXT:
         return "VARCHAR"
+    if kind == "variant":  # reaches Polars as its binary encoding: read as the JSON it holds
+        return "JSON"
     if kind == "timestamp_s":  # its infinity reaches Polars as 1969-12-31 23:59:59
         return "TIMESTAMP"
     if kind not in ("list", "array", "struct", "map"):
