@@ -64,6 +64,25 @@ def test_html_with_format_writes_both(built: Path, tmp_path: Path, command: str)
     assert page.exists()
 
 
+@pytest.mark.parametrize("bad", ["--output", "--html"])
+def test_html_and_output_are_both_checked_before_either_is_written(
+    built: Path, tmp_path: Path, bad: str
+) -> None:
+    """``--html`` with ``--output``: one of them in a folder that does not exist is one line
+    (exit 2), and the other is not written either (the page was, before the data failed)."""
+    (folder := tmp_path / "out").mkdir()
+    good = {"--html": folder / "page.html", "--output": folder / "data.csv"}
+    paths = {**good, bad: folder / "missing" / "x"}
+    args = ["--html", str(paths["--html"]), "--format", "csv", "--output", str(paths["--output"])]
+    result = run_cli("report", "health", "--since", "30d", *args, "--db", str(built))
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines == [
+        f"error: Cannot write {bad} {paths[bad]}: No such file or directory. Choose a writable path."
+    ]
+    assert sorted(folder.iterdir()) == []
+
+
 MARKUP = "etl [/x] [red]"  # Rich markup: a closing tag with no opening one, and a style
 
 

@@ -66,17 +66,31 @@ def _choose_format(fmt: str | None, output: Path | None, allowed: tuple[str, ...
     return fmt
 
 
+def check_destination(path: Path, option: str = "--output") -> None:
+    """Refuse, before anything is written, a destination ``write_atomic`` would refuse: a
+    DuckDB database, a directory, a folder that does not exist or cannot be written. A
+    command with two (``--html`` and ``--output``) checks both first, so that a bad second
+    one does not leave the first one written."""
+    from flowsync.store.files import check_not_a_database
+
+    check_not_a_database(path, option)  # a slip for --db would lose the history
+    if path.is_dir():
+        raise ConfigError(f"{option} {path} is a directory; name a file in it.")
+    if path.exists() and not path.is_file():
+        return  # /dev/stdout, a pipe: written to as it is
+    folder = Path(os.path.realpath(path)).parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        reason = "No such file or directory" if not folder.is_dir() else "Permission denied"
+        raise ConfigError(f"Cannot write {option} {path}: {reason}. Choose a writable path.")
+
+
 def write_atomic(path: Path, data: bytes, option: str = "--output") -> None:
     """Write to a temporary file beside ``path``, then rename: a reader (node_exporter's
     textfile collector, a browser) sees the old file or the new one, never half of one.
     A link is followed (the file it names is replaced, not the link); what is not a file
     (``/dev/null``, ``/dev/stdout``, a pipe) is written to as it is, never replaced."""
-    from flowsync.store.files import check_not_a_database
-
-    check_not_a_database(path, option)  # a slip for --db would lose the history
+    check_destination(path, option)
     if path.exists() and not path.is_file():  # followed as given: /dev/stdout, /dev/fd/N
-        if path.is_dir():
-            raise ConfigError(f"{option} {path} is a directory; name a file in it.")
         try:
             with path.open("wb") as f:
                 f.write(data)
@@ -293,6 +307,9 @@ def run_report(spec: registry.Report, opts: ReportOptions, own: dict[str, Any]) 
         wants_data = opts.html is None or opts.fmt is not None or opts.output is not None
         allowed = HEALTH_FORMATS if health else FORMATS
         chosen = _choose_format(opts.fmt, opts.output, allowed) if wants_data else None
+        for path, option in ((opts.html, "--html"), (opts.output, "--output")):
+            if path is not None:
+                check_destination(path, option)
         done = operations.report(
             resolve_db_path(opts.db),
             spec.name,
