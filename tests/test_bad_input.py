@@ -694,3 +694,30 @@ def test_an_output_to_a_named_pipe_is_still_written_as_it_is(built: object, tmp_
         assert reader.communicate(timeout=10)[0] == b"n\n42\n"
     finally:
         reader.kill()
+
+
+@pytest.mark.parametrize(
+    ("args", "what"),
+    [
+        (["pull", "--api-url", NOBODY, "--db", "DIR/\udcff.duckdb"], "--db"),
+        (["sql", "SELECT 1", "--db", "a=DIR/\udcff.duckdb"], "--db"),
+        (["sql", "SELECT '\udcff'", "--db", "BUILT"], "The SQL"),
+        (["export", "DIR/\udcffout", "--db", "BUILT"], "The export destination"),
+        (["report", "failures", "--flow", "\udcff", "--db", "BUILT"], "--flow"),
+    ],
+    ids=["pull-db", "sql-db", "sql", "export", "report-flow"],
+)
+def test_a_byte_that_is_not_utf8_is_one_line_naming_where(
+    built: object, tmp_path: Path, args: list[str], what: str
+) -> None:
+    """A path, SQL or a name with a byte of another encoding (Python reads it from argv as a
+    lone surrogate): DuckDB stopped on it with a traceback (``std::bad_cast``, a TypeError),
+    an export left its folder behind, a report filter failed as a query. One line naming
+    the option and showing the byte; nothing made."""
+    (folder := tmp_path / "here").mkdir()
+    db = copy_db(built.path, tmp_path)  # type: ignore[attr-defined]
+    args = [a.replace("DIR", str(folder)).replace("BUILT", str(db)) for a in args]
+    before = db.read_bytes()
+    line = one_clear_line(run_cli(*args), 2, f"{what} holds a byte that is not UTF-8", "\\xff")
+    assert "\udcff" not in line
+    assert list(folder.iterdir()) == [] and db.read_bytes() == before

@@ -41,12 +41,14 @@ def test_every_sql_file_is_one_view_or_macro_with_a_header() -> None:
 
 
 class _HealthOnly(BaseHTTPRequestHandler):
-    """A server that says it is healthy, then refuses every other request (a token that
-    reads nothing): a first pull gets past its check, makes the file and stops."""
+    """A server that says it is healthy and counts the flows, then refuses every other
+    request: a first pull gets past its checks, makes the file and stops."""
 
     def do_GET(self) -> None:
-        healthy = self.path.endswith("/health")
-        body = b"true" if healthy else b'{"detail": "Unauthorized"}'
+        answers = {"/health": b"true", "/flows/count": b"0"}
+        body = next((b for end, b in answers.items() if self.path.endswith(end)), None)
+        healthy = body is not None
+        body = body if body is not None else b'{"detail": "Unauthorized"}'
         self.send_response(200 if healthy else 401)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))

@@ -429,6 +429,26 @@ def _utf8(text: str) -> bool:
     return True
 
 
+def check_utf8(text: str, what: str) -> str:
+    """``text`` (a path, SQL, a name) if it is UTF-8; else a ``ConfigError`` naming ``what``
+    and showing the bytes that are not (DuckDB and the file system would fail on them with a
+    traceback, or match nothing)."""
+    if _utf8(text):
+        return text
+    bad = next(i for i, ch in enumerate(text) if "\ud800" <= ch <= "\udfff")
+    start, end = max(0, bad - 40), bad + 20  # around the first such byte
+    part = text[start:end]
+    try:
+        shown = os.fsencode(part).decode("utf-8", "backslashreplace")  # the byte as read
+    except UnicodeEncodeError:  # a surrogate no file system name decodes to
+        shown = part.encode("utf-8", "backslashreplace").decode()
+    shown = ("..." if start else "") + shown + ("..." if end < len(text) else "")
+    raise ConfigError(
+        f"{what} holds a byte that is not UTF-8 ({shown}); "
+        "write it in UTF-8 (typed in a shell of another encoding?)."
+    )
+
+
 def _check_auth_string(auth: str, where: str) -> None:
     if not _utf8(auth):
         raise ConfigError(
@@ -553,4 +573,4 @@ def resolve_db_path(
     """The DuckDB file: --db, else $FLOWSYNC_DB, else ./flowsync.duckdb."""
     env = os.environ if env is None else env
     raw = db or env.get("FLOWSYNC_DB") or DEFAULT_DB
-    return Path(raw).expanduser()
+    return Path(check_utf8(os.fspath(raw), "--db")).expanduser()

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from flowsync.config import check_utf8
 from flowsync.errors import ConfigError, ReadOnlyError, StoreError
 
 if TYPE_CHECKING:  # imported lazily: the CLI loads this without Polars or DuckDB
@@ -60,6 +61,7 @@ def sql_result(store: Store, sql: str) -> SqlResult:
     as DuckDB's own text; see ``Store.typed_frame``)."""
     if not sql.strip():
         raise ConfigError('No SQL given: pass a query such as "SELECT count(*) FROM flow_runs".')
+    check_utf8(sql, "The SQL")
     # The files are open read-only, but a file ATTACHed here could be written: refused.
     attach = [kind for kind, _text in store.statements(sql) if kind in ("ATTACH", "DETACH")]
     if attach:

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from flowsync.config import check_utf8
 from flowsync.errors import ConfigError, StoreError
 from flowsync.export import MANIFEST, PART_FILE, TABLES, ExportResult, Source, check_source
 from flowsync.progress import NullProgress, Progress
@@ -89,6 +90,7 @@ def check_destination(dest: str) -> None:
             "Export destination is empty; pass a directory (created if missing) or a URL "
             "such as s3://bucket/prefix."
         )
+    check_utf8(dest, "The export destination")
     m = _URL.match(dest)
     if m is None:
         short = _SLASH_MISSING.match(dest)

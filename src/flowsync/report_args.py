@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
+from flowsync.config import check_utf8
 from flowsync.errors import ConfigError
 from flowsync.since import parse_since as since_time
 from flowsync.states import STATE_TYPES
@@ -117,6 +118,9 @@ def filter_params(store: Store, filters: Filters | None) -> dict[str, Any]:
     """The ``only_*`` parameters of the macros (see ``sql/06_run_selected.sql``): names
     resolved to ids, each name checked so a typo is an error, not an empty report."""
     f = filters or Filters()
+    for flag, names in (("--flow", f.flows), ("--deployment", f.deployments), ("--tag", f.tags)):
+        for name in names:
+            check_utf8(name, flag)
     params: dict[str, Any] = {
         "only_flows": None,
         "only_deployments": None,

@@ -22,6 +22,7 @@ from pathlib import Path
 import duckdb
 
 from flowsync import __version__
+from flowsync.config import check_utf8
 from flowsync.errors import ConfigError, NewerFileWarning, OlderSchemaError, StoreError
 from flowsync.store import migrations
 from flowsync.store.connect import session_settings, version_key
@@ -83,7 +84,7 @@ def _path_text(raw: object) -> str:
     text = os.fspath(raw) if isinstance(raw, (str, os.PathLike)) else None
     if not isinstance(text, str):
         raise ConfigError(f"{raw!r} is not a path: pass a DuckDB file's path, e.g. prod.duckdb.")
-    return text
+    return check_utf8(text, "--db")
 
 
 def _attach(con: duckdb.DuckDBPyConnection, name: str, db: Path, live: bool) -> None:
