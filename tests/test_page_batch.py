@@ -260,3 +260,44 @@ def _live_rows(store: Store, ids: list[str]) -> dict[str, tuple[Any, int]]:
         [ids],
     ).rows()
     return {r[0]: ((r[1], tuple(r[2])), int(r[3])) for r in rows}
+
+
+@pytest.mark.parametrize(
+    ("fields", "said"),
+    [
+        ({"tags": "a,b"}, 'tags = "a,b"'),  # pyarrow: ['a', ',', 'b']
+        ({"tags": {"team": "data"}}, "tags = {"),  # from_json: NULL
+        ({"tags": [1, {"a": 1}]}, "tags = [1,"),  # str(): a Python repr
+        ({"run_count": 3.7}, "run_count = 3.7"),  # pyarrow and int(): 3
+        ({"auto_scheduled": "false"}, 'auto_scheduled = "false"'),  # bool(): True
+        ({"total_run_time": True}, "total_run_time = true"),  # pyarrow: 1.0
+        ({"expected_start_time": 12345}, "expected_start_time = 12345"),
+        ({"deployment_id": "dep-abc"}, "Could not convert string 'dep-abc' to UUID"),  # NULL
+        ({"state": {"type": "COMPLETED", "timestamp": "soon"}}, "soon"),
+    ],
+    ids=lambda v: "-".join(v) if isinstance(v, dict) else None,
+)
+@pytest.mark.parametrize("unknown", [False, True], ids=["arrow", "unknown-fields"])
+def test_a_value_of_another_type_than_its_column_takes_is_refused_not_stored_otherwise(
+    tmp_path: Path, fields: dict[str, Any], said: str, unknown: bool
+) -> None:
+    """A server value whose JSON type its column does not take (a newer Prefect's format, a
+    proxy rewriting answers) was stored as something else on one path or another: a
+    string as a list of its characters, an object as NULL, 3.7 as 3, "false" as true, a
+    list holding an object as a Python repr, a string that is no UUID as NULL. The page is
+    refused with one ``ApiError`` naming the table, the run and the field; nothing of it
+    is written."""
+    from flowsync.errors import ApiError
+
+    rows = [run(1), run(2, **fields)]
+    if unknown:  # a field this version has no column for: the page takes the other path
+        rows[1]["a_field_we_do_not_know"] = 1
+    with Store.writer(tmp_path / "x.duckdb") as store:
+        with pytest.raises(ApiError) as refused, store.transaction():
+            synced_tables.upsert_pages(
+                store, FLOW_RUNS, [Page(rows, json.dumps(rows).encode())], pull_id=1
+            )
+        message = str(refused.value)
+        assert message.startswith("The server sent flow_runs ") and said in message, message
+        assert "upgrade flowsync" in message and "\n" not in message
+        assert store.execute("SELECT count(*) FROM flow_runs").scalar() == 0

@@ -18,6 +18,7 @@ from typing import Any, NamedTuple, Protocol, TypeVar
 
 import orjson
 
+from flowsync.errors import QueryError
 from flowsync.store.connect import Store
 from flowsync.store.tables import POLLED, TableSpec, newest_by_id
 
@@ -114,12 +115,18 @@ _MEASURED = 16 * 1024
 
 def _stage(store: Store, spec: TableSpec, pages: Sequence[Page], name: str) -> None:
     """The pages' objects as TEMP table ``name``: the table's columns and ``extra``, typed
-    and deduplicated as the table holds them."""
-    with _cast(store, spec, [r for p in pages for r in p.rows], "_batch") as select:
-        if select is not None:
-            store.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {select}")
-            return
-    _stage_json(store, spec, pages, name)
+    and deduplicated as the table holds them. A string its column's type does not read (a
+    UUID, a time) is the server's: an ``ApiError`` naming it (``TableSpec.unfit``)."""
+    try:
+        with _cast(store, spec, [r for p in pages for r in p.rows], "_batch") as select:
+            if select is not None:
+                store.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {select}")
+                return
+        _stage_json(store, spec, pages, name)
+    except QueryError as e:
+        if e.kind != "ConversionException":
+            raise
+        raise spec.unfit(f"a value this flowsync cannot store ({e.detail})") from None
 
 
 def _stage_json(store: Store, spec: TableSpec, pages: Sequence[Page], name: str) -> None:

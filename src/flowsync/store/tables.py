@@ -16,6 +16,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from flowsync import __version__
+from flowsync.errors import ApiError
+
 if TYPE_CHECKING:
     import polars as pl
     import pyarrow as pa
@@ -37,7 +40,7 @@ SQL_TYPES = {
 # Polars is imported only when a batch frame is built (pages with unknown fields):
 # the usual pull never needs it.
 _KINDS: dict[str, tuple[str, str]] = {
-    "uuid": ("Utf8", "TRY_CAST({c} AS UUID)"),
+    "uuid": ("Utf8", "CAST({c} AS UUID)"),  # no UUID: refused (``TableSpec.unfit``), not NULL
     "ts": ("Utf8", "CAST({c} AS TIMESTAMPTZ)"),
     "str": ("Utf8", "{c}"),
     "json": ("Utf8", "CAST({c} AS JSON)"),
@@ -45,6 +48,45 @@ _KINDS: dict[str, tuple[str, str]] = {
     "float": ("Float64", "{c}"),
     "int": ("Int64", "CAST({c} AS INTEGER)"),
     "bool": ("Boolean", "{c}"),
+}
+
+
+# What each kind takes from the server's JSON (``bool`` is an ``int`` to Python: named
+# apart). A value of another JSON type is refused, never coerced: pyarrow reads a string as
+# a list of its characters and truncates 3.7 to 3, DuckDB's from_json reads what does not
+# fit as NULL, ``int()``/``bool()``/``str()`` truncate, read "false" as true and write a
+# Python repr.
+_SCALAR = (str, int, float)
+
+
+def _fits(kind: str, value: Any) -> bool:
+    if value is None or kind == "json":
+        return True
+    if isinstance(value, bool):
+        return kind == "bool"
+    if kind in ("uuid", "ts"):
+        return isinstance(value, str)
+    if kind == "str":
+        return isinstance(value, _SCALAR)
+    if kind == "list":
+        return isinstance(value, list) and all(
+            isinstance(v, _SCALAR) and not isinstance(v, bool) for v in value
+        )
+    if kind == "int":
+        return isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+    if kind == "float":
+        return isinstance(value, (int, float))
+    return False  # bool
+
+
+_EXPECTED = {
+    "uuid": "a string (a UUID)",
+    "ts": "a string (a time)",
+    "str": "a string",
+    "list": "a list of strings",
+    "int": "a whole number",
+    "float": "a number",
+    "bool": "true or false",
 }
 
 
@@ -61,11 +103,7 @@ class Column:
     source: str | None = None  # dotted path in the API object; default: name
 
     def extract(self, obj: Mapping[str, Any]) -> Any:
-        value: Any = obj
-        for part in (self.source or self.name).split("."):
-            if not isinstance(value, Mapping):
-                return None
-            value = value.get(part)
+        value = _value_at(obj, self)
         if value is None:
             return None
         if self.kind == "json":
@@ -204,8 +242,31 @@ class TableSpec:
     def known_fields(self) -> set[str]:
         return {c.name for c in self.columns if c.source is None} | _CONSUMED
 
+    def check_fit(self, objects: Sequence[Mapping[str, Any]]) -> None:
+        """Refuse (``ApiError``) the first value whose JSON type its column does not take
+        (``_fits``): a newer Prefect's format, or something between rewriting the answers.
+        Kept or refused, never stored as something else."""
+        for obj in objects:
+            for c in self.columns:
+                value = _value_at(obj, c)
+                if not _fits(c.kind, value):
+                    shown = json.dumps(value, default=str)[:60]
+                    raise self.unfit(
+                        f"row {obj.get('id')} with {c.source or c.name} = {shown}, where this "
+                        f"flowsync {__version__} reads {_EXPECTED[c.kind]}"
+                    )
+
+    def unfit(self, what: str) -> ApiError:
+        """The error for a page of this table holding ``what`` (a value it cannot store)."""
+        return ApiError(
+            f"The server sent {self.name} {what}: a newer Prefect's format, or something "
+            "between rewriting its answers. Nothing of the page was written; upgrade "
+            "flowsync (pip install -U flowsync)."
+        )
+
     def batch(self, objects: Sequence[Mapping[str, Any]]) -> pl.DataFrame:
         """One page of API objects as a typed frame, deduplicated by id (newest ``updated`` wins)."""
+        self.check_fit(objects)
         rows = newest_by_id(objects)
         data: dict[str, list[Any]] = {c.name: [c.extract(o) for o in rows] for c in self.columns}
         known = self.known_fields
@@ -237,11 +298,16 @@ class TableSpec:
             data: dict[str, Any] = {}
             for c, i in zip(self.columns, where, strict=True):
                 values = flat[i]
+                if c.kind in _COERCED and not all(map(_COERCED[c.kind], values)):
+                    self.check_fit(rows)  # what pyarrow would take as something else
                 if c.kind == "json":
                     values = tuple(None if v is None else orjson.dumps(v).decode() for v in values)
                 data[c.name] = pa.array(values, _arrow_type(c.kind))
             data["extra"] = pa.nulls(len(rows), pa.string())
         except (TypeError, ValueError, AttributeError, orjson.JSONEncodeError, pa.ArrowException):
+            # DuckDB's from_json reads the page then, and reads what does not fit as NULL:
+            # only values that fit go that way (an integer beyond 64 bits, NaN).
+            self.check_fit(rows)
             return None
         return pa.table(data)
 
@@ -291,6 +357,25 @@ class TableSpec:
         ]
         casts.append('CAST("extra" AS JSON) AS "extra"')
         return f"SELECT {', '.join(casts)} FROM {source}"
+
+
+# The kinds pyarrow coerces without a word (a string into a list of its characters, 3.7
+# into 3, true into 1.0): a page's column is checked in full when a value is not plainly
+# of its type (one cheap pass over the few columns of these kinds).
+_COERCED: dict[str, Callable[[Any], bool]] = {
+    "list": lambda v: v is None or type(v) is list,
+    "int": lambda v: v is None or type(v) is int,
+    "float": lambda v: v is None or type(v) in (int, float),
+}
+
+
+def _value_at(obj: Mapping[str, Any], column: Column) -> Any:
+    value: Any = obj
+    for part in (column.source or column.name).split("."):
+        if not isinstance(value, Mapping):
+            return None
+        value = value.get(part)
+    return value
 
 
 def newest_by_id(objects: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
