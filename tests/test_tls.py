@@ -155,3 +155,26 @@ def test_sessions_share_one_context_a_setting(
     assert tls_context(True).get_ca_certs()[0]["subject"] == (
         (("commonName", "flowsync test CA one"),),
     )
+
+
+def test_a_certificate_not_trusted_is_one_error_at_once_with_the_setting_to_change(
+    tmp_path: Path,
+) -> None:
+    """A server whose certificate the CA bundle does not hold: retrying changes nothing, and
+    the line said to check that the server is up, with OpenSSL's reason cut short. It is
+    not retried; the line gives the whole reason and the settings that fix it."""
+    _ca, cert, key = certificates(tmp_path, "self")
+    sleeps: list[float] = []
+    with https_server(cert, key) as url:
+        session = ApiSession(
+            ApiSettings(url=url, verify=True), retry=RetryPolicy(attempts=5), sleep=sleeps.append
+        )
+        try:
+            with pytest.raises(ApiError) as refused:
+                session.request("GET", "health")
+        finally:
+            session.close()
+    message = str(refused.value)
+    assert sleeps == [] and session.requests == 1
+    assert "certificate verify failed: unable to get local issuer certificate" in message, message
+    assert "PREFECT_API_SSL_CERT_FILE" in message and "_ssl.c" not in message

@@ -40,6 +40,7 @@ import json
 import math
 import os
 import random
+import re
 import ssl
 import threading
 import time
@@ -126,6 +127,16 @@ READ_RETRY_STATUS = {429, 500, 502, 503, 504}
 TRANSPORT_ERRORS = (httpx.TransportError, httpx.DecodingError)
 # The request never reached the server: a call that changes data was not applied.
 NOT_SENT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+
+
+def _untrusted(error: BaseException) -> str | None:
+    """OpenSSL's reason when ``error`` (or what caused it) is a failed certificate check."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return re.sub(r"\s*\(_ssl\.c:\d+\)$", "", str(seen))
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 @dataclass(frozen=True)
@@ -371,6 +382,14 @@ class ApiSession:
             try:
                 response = self._http.request(method, url, json=body)
             except TRANSPORT_ERRORS as e:
+                untrusted = _untrusted(e)
+                if untrusted is not None:  # trying again changes nothing: the setting does
+                    raise ApiError(
+                        f"Prefect API at {self.settings.display_url}: its TLS certificate is not "
+                        f"trusted ({untrusted}); set PREFECT_API_SSL_CERT_FILE to a PEM file of "
+                        "the CA that signed it (or, to skip the check, "
+                        "PREFECT_API_TLS_INSECURE_SKIP_VERIFY=true)."
+                    ) from e
                 last_problem = f"{type(e).__name__}: {self._said(str(e)) or 'connection failed'}"
                 if not idempotent and isinstance(e, NOT_SENT_ERRORS):
                     raise NotSentError(
