@@ -1168,7 +1168,10 @@ def test_each_run_gets_its_attempts_when_an_earlier_run_of_its_batch_keeps_losin
     sends, rows, result = per_run_sends(tmp_path, answer)
     assert sends == {rid(1): 2, rid(2): 2, rid(3): 1}
     assert rows == {"1": "failed", "2": "deleted", "3": "deleted"}, rows
-    assert result.errors == ["batch 1 (purge): 1 runs not done after 2 attempts"], result.errors
+    assert result.errors == [
+        "batch 1 (purge): 1 runs not done after 2 attempts (the last answer lost: attempt 1: "
+        "ReadTimeout: no answer; attempt 2: ReadTimeout: no answer)"
+    ], result.errors  # what the server did, on the line too (not only in the audit's rows)
 
 
 def test_runs_never_sent_while_the_server_says_wait_use_none_of_their_attempts(

@@ -681,6 +681,8 @@ class Applier:
         }
         self.record(number, rule, results, {})
         message = f"batch {number} ({rule.name}): {len(ids)} runs not done after {attempt} attempts"
+        if why:  # what the server answered last (each run's row says its own)
+            message += f" (the last answer lost: {list(why.values())[-1]})"
         self.result.errors.append(message)
         self.progress.message(message)
 
