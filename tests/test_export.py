@@ -262,6 +262,9 @@ def _files(folder: Path) -> dict[str, bytes]:
         ("   ", "Export destination is empty"),
         ("file://", "names no directory"),
         ("file://otherhost/x", "names the host 'otherhost'"),
+        # a key in the URL would be printed and kept in the manifest: refused, not echoed
+        ("s3://AKIAEXAMPLE:SECRETKEY@bucket/p", "holds credentials or a query"),
+        ("az://container/p?sv=1&sig=SECRETKEY", "holds credentials or a query"),
     ],
 )
 def test_bad_destination_is_refused_before_anything_is_written(
@@ -274,7 +277,7 @@ def test_bad_destination_is_refused_before_anything_is_written(
     assert result.exit_code == 2, result.output
     assert needle in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
-    assert "Traceback" not in result.output
+    assert "Traceback" not in result.output and "SECRETKEY" not in result.output
     assert list(cwd.iterdir()) == []
 
 

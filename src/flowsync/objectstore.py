@@ -102,6 +102,16 @@ def check_destination(dest: str) -> None:
             )
         return  # a local path
     scheme, rest = m.group("scheme").lower(), m.group("rest")
+    user, at, _ = rest.split("/", 1)[0].rpartition("@")
+    if (at and ":" in user) or "?" in rest:
+        # A key in the URL (key:secret@, a SAS token's ?sig=) would be printed, logged and
+        # kept in the export's manifest: refused without echoing it. (abfs://container@account
+        # names no secret.)
+        raise ConfigError(
+            f"The export URL ({scheme}://...) holds credentials or a query (user:secret@ "
+            "before its bucket, or a ?); pass credentials as the provider's SDK reads them "
+            "(environment, its config files, an instance role), never in the URL."
+        )
     if scheme == "file":
         local_dir(dest)
         return
