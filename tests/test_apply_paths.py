@@ -2565,17 +2565,20 @@ def throttling_proxy(
     changes = [0]
 
     class Handler(ProxyHandler):
+        def _slow_down(self, retry_after: int) -> None:
+            self.send_response(429)
+            self.send_header("retry-after", str(retry_after))
+            self.send_header("content-length", "9")
+            self.end_headers()
+            self.wfile.write(b"slow down")
+
         def _forward(self) -> None:
             body = self.body()
             bulk = self.path.endswith("bulk_delete")
             if held and self.path.endswith("flow_runs/filter"):
                 asked = (json.loads(body or b"{}").get("flow_runs", {}).get("id") or {}).get("any_")
                 if asked and set(asked) <= held:
-                    self.send_response(429)
-                    self.send_header("retry-after", "30")
-                    self.send_header("content-length", "9")
-                    self.end_headers()
-                    self.wfile.write(b"slow down")
+                    self._slow_down(30)
                     return
             if bulk or (self.command == "DELETE" and "/flow_runs/" in self.path):
                 changes[0] += 1
@@ -2585,11 +2588,7 @@ def throttling_proxy(
                     else:
                         throttled.append(self.path.rstrip("/").rsplit("/", 1)[1])
                     threading.Timer(4.0, os.kill, (victim[0], signal.SIGKILL)).start()
-                    self.send_response(429)
-                    self.send_header("retry-after", "60")
-                    self.send_header("content-length", "9")
-                    self.end_headers()
-                    self.wfile.write(b"slow down")
+                    self._slow_down(60)
                     return
             self.relay(self.send_on(target, body, bulk))
 

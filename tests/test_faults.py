@@ -47,6 +47,21 @@ def is_runs_page(request: httpx.Request) -> bool:
     return request.url.path.endswith("/flow_runs/filter")
 
 
+def failed_pull(
+    url: str, db: Path, fault: Fault, error: type[ApiError] = ApiError
+) -> tuple[ApiError, list[float]]:
+    """A pull into ``db`` through ``fault`` that must raise ``error``: what it raised, and the
+    waits it slept."""
+    transport, sleeps = forwarding(url, fault)
+    with (
+        Store.writer(db) as store,
+        client_for(url, transport, sleeps) as client,
+        pytest.raises(error) as raised,
+    ):
+        pull(client, store)
+    return raised.value, sleeps
+
+
 def test_429_retry_after_is_honoured(prefect: SeededServer, db_path: Path) -> None:
     hits = itertools.count()
 
@@ -112,14 +127,7 @@ def test_persistent_failure_fails_clearly_and_keeps_the_file_consistent(
             return httpx.Response(503, text="Service Unavailable")
         return None
 
-    transport, sleeps = forwarding(prefect.url, fault)
-    with (
-        Store.writer(db_path) as store,
-        client_for(prefect.url, transport, sleeps) as client,
-        pytest.raises(ApiError) as err,
-    ):
-        pull(client, store)
-    message = str(err.value)
+    message = str(failed_pull(prefect.url, db_path, fault)[0])
     assert prefect.url in message and "after 5 attempts" in message and "\n" not in message
     assert query(db_path, "SELECT status, error IS NOT NULL FROM sync_runs") == [("failed", True)]
     partial = scalar(db_path, "SELECT count(*) FROM flow_runs")
@@ -143,13 +151,7 @@ def test_a_first_pull_stopped_in_the_catalog_is_recorded_full(
             return httpx.Response(401, json={"detail": "no"})
         return None
 
-    transport, sleeps = forwarding(prefect.url, fault)
-    with (
-        Store.writer(db_path) as store,
-        client_for(prefect.url, transport, sleeps) as client,
-        pytest.raises(AuthError),
-    ):
-        pull(client, store)
+    failed_pull(prefect.url, db_path, fault, AuthError)
     assert query(db_path, "SELECT status, mode FROM sync_runs") == [("failed", "full")]
 
 
@@ -181,30 +183,19 @@ def test_a_time_or_row_a_pull_cannot_read_is_one_api_error_naming_it(
             return httpx.Response(200, json=answer)
         return None
 
-    transport, sleeps = forwarding(prefect.url, fault)
-    with (
-        Store.writer(db_path) as store,
-        client_for(prefect.url, transport, sleeps) as client,
-        pytest.raises(ApiError) as err,
-    ):
-        pull(client, store)
-    assert f"POST /{path}" in str(err.value) and "\n" not in str(err.value), str(err.value)
+    message = str(failed_pull(prefect.url, db_path, fault)[0])
+    assert f"POST /{path}" in message and "\n" not in message, message
     assert query(db_path, "SELECT status FROM sync_runs") == [("failed",)]
 
 
 @pytest.mark.parametrize("status", [401, 403])
 def test_auth_errors_fail_at_once(prefect: SeededServer, db_path: Path, status: int) -> None:
-    transport, sleeps = forwarding(
-        prefect.url, lambda r, n: httpx.Response(status, json={"detail": "no"})
-    )
-    with (
-        Store.writer(db_path) as store,
-        client_for(prefect.url, transport, sleeps) as client,
-        pytest.raises(AuthError) as err,
-    ):
-        pull(client, store)
+    def refused(request: httpx.Request, n: int) -> httpx.Response:
+        return httpx.Response(status, json={"detail": "no"})
+
+    error, sleeps = failed_pull(prefect.url, db_path, refused, AuthError)
     assert not sleeps
-    assert str(status) in str(err.value) and "PREFECT_API_KEY" in str(err.value)
+    assert str(status) in str(error) and "PREFECT_API_KEY" in str(error)
 
 
 def test_api_key_goes_only_in_the_header(prefect: SeededServer, db_path: Path) -> None:

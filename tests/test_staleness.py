@@ -252,6 +252,68 @@ def test_a_resumed_full_pull_keeps_the_staleness_guarantee(
     assert scalar(db, "SELECT tags FROM flow_runs WHERE id = ?", [early]) == ["edited"]
 
 
+def test_a_resumed_full_pull_marks_a_run_deleted_in_a_part_walked_before_the_stop(
+    fresh_server: Server, tmp_path: Path
+) -> None:
+    """A run of a segment done before the stop is deleted on the server (no event) before
+    the resume: the resumed pass walked only the other segments and looked only at runs it
+    had not seen, so it ended `ok` with the run still live in the file. It compares the
+    totals and the history as an incremental pull does, and marks it deleted."""
+    from harness.seed import delete_runs
+    from tests.server_truth import assert_matches_server
+
+    url = fresh_server.url
+    seed(url, runs=60, flows=1, deployments_per_flow=1, days=20, seed_value=13)
+    db = tmp_path / "runs.duckdb"
+    early = _full_pull_stopped(url, db, SMALL_SEGMENTS)
+    delete_runs(url, [early])
+    result = pull_with(url, db, **SMALL_SEGMENTS)
+    assert result["mode"] == "full" and "resuming" in str(result["reason"])
+    assert scalar(db, "SELECT deleted_at IS NOT NULL FROM flow_runs WHERE id = ?", [early])
+    assert_matches_server(db, url)
+
+
+def test_a_column_the_server_changes_without_its_stamp_is_published_by_the_pull_that_reads_it(
+    fresh_server: Server, tmp_path: Path
+) -> None:
+    """A subflow's parent task run is deleted: Prefect sets the run's `parent_task_run_id`
+    to NULL and leaves `updated` as it was. The rolling re-read wrote the new row into the
+    live file, but the pull counted no change and kept the old snapshot, so readers (and
+    plan) kept the old value while apply read the new one. It is a change now: counted,
+    and published."""
+    from flowsync import operations
+    from harness.seed import post_json
+
+    url = fresh_server.url
+    with httpx.Client(base_url=url + "/", timeout=60) as c:
+        flow = post_json(c, "flows/", {"name": "unstamped"})["id"]
+        parent = post_json(c, "flow_runs/", {"flow_id": flow, "state": {"type": "COMPLETED"}})
+        task = post_json(
+            c, "task_runs/", {"flow_run_id": parent["id"], "task_key": "t", "dynamic_key": "0"}
+        )["id"]
+        child = post_json(
+            c,
+            "flow_runs/",
+            {"flow_id": flow, "parent_task_run_id": task, "state": {"type": "COMPLETED"}},
+        )["id"]
+    db = tmp_path / "runs.duckdb"
+    operations.pull(db, api=ApiSettings(url=url))
+    with httpx.Client(base_url=url + "/", timeout=60) as c:
+        before = c.get(f"flow_runs/{child}").json()["updated"]
+        assert c.delete(f"task_runs/{task}").status_code == 204
+        after = c.get(f"flow_runs/{child}").json()
+    assert after["parent_task_run_id"] is None and after["updated"] == before
+    time.sleep(1.5)  # the re-read's window (1 s) has passed: the run is due
+    pulled = operations.pull(
+        db, api=ApiSettings(url=url), options=PullOptions(staleness=timedelta(seconds=1))
+    )
+    assert pulled.result.changed and pulled.snapshot.published, pulled.snapshot
+    read = run_cli(
+        "sql", f"SELECT parent_task_run_id FROM flow_runs WHERE id = '{child}'", "--db", str(db)
+    )
+    assert read.exit_code == 0 and task not in read.stdout, read.stdout  # the snapshot's
+
+
 def _stopped_then_changed(url: str, tmp_path: Path) -> tuple[Path, str, str]:
     """A full pull stopped after its first segments (``_full_pull_stopped``), then a run of a
     segment done before the stop moved to another state (its event stored): the file, that

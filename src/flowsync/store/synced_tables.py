@@ -207,6 +207,10 @@ def _merge_incoming(store: Store, spec: TableSpec, pull_id: int) -> Written:
         for c in cols
         if spec.compare_rows and c not in POLLED
     )
+    if spec.name == "flow_runs":
+        # (runs: the columns the server's database changes without moving `updated`, a
+        # parent task run or a work queue deleted: a change, which the pull publishes)
+        differs += f" OR {unstamped_sql('t')} IS DISTINCT FROM {unstamped_sql('b')}"
     incoming, inserted, updated, fresh = store.execute(
         f"""
         SELECT count(*), count(*) FILTER (WHERE t.id IS NULL),

@@ -230,6 +230,10 @@ def full_pass(ctx: PullContext) -> None:
     stamps = synced_tables.deployment_stamps(ctx.store)
     _look_at(ctx, _changed_since_the_pass_began(ctx, state, stamps))
     rolling_reread(ctx)
+    if resumed:
+        # Runs deleted (no event) or inserted by the scheduler in the parts walked before the
+        # stop: the totals and the history tell, as after an incremental pull.
+        verify_counts(ctx, force=True)
     events_cursor = cursor.next_cursor(start, newest, ctx.server_start)
     with ctx.store.transaction():
         sync_log.set_state(ctx.store, CURSOR, state["started"])
