@@ -403,10 +403,20 @@ def test_rules_reading_other_runs_are_told_apart(db: Path) -> None:
         "SELECT id FROM flow_runs ORDER BY created OFFSET 10",
         "SELECT DISTINCT ON (deployment_id) id FROM flow_runs ORDER BY deployment_id, created",
         "SELECT id FROM flow_runs USING SAMPLE 10 ROWS (reservoir, 7)",
+        # Every run read through an aggregate that is also a table macro (histogram), or
+        # through one of DuckDB's own macros whose body is an aggregate (json_group_array is
+        # string_agg, variant_group_array list, weighted_avg sum, geomean avg): read as own
+        # rows before, so apply skipped the catch-up and acted on what the server no longer
+        # selected.
+        "SELECT unnest(map_keys(histogram(id))) AS id FROM flow_runs",
+        "SELECT unnest(CAST(json_group_array(id) AS VARCHAR[])) AS id FROM flow_runs",
+        "SELECT unnest(CAST(variant_group_array(id) AS VARCHAR[])) AS id FROM flow_runs",
+        "SELECT CAST(weighted_avg(run_count, 1) AS VARCHAR) AS id FROM flow_runs",
+        "SELECT CAST(geomean(run_count) AS VARCHAR) AS id FROM flow_runs",
     ]
     with Store.sandboxed(db, live=True) as store:
         assert [reads_other_runs(store, sql) for sql in own_row] == [None] * len(own_row)
-        assert all(reads_other_runs(store, sql) for sql in other_runs)
+        assert [sql for sql in other_runs if not reads_other_runs(store, sql)] == []
 
 
 def test_rules_that_may_read_flows_or_deployments_are_told_apart(db: Path) -> None:

@@ -68,7 +68,7 @@ class Functions:
     a rule)."""
 
     allowed: frozenset[str]  # every function rule SQL may call (the allow list)
-    aggregates: frozenset[str]  # names that are only aggregate or window functions
+    aggregates: frozenset[str]  # aggregate or window functions, and macros calling one
     reading_macros: frozenset[str]  # scalar macros that read a table, or call one that does
 
 
@@ -98,9 +98,12 @@ def _functions_of(store: Store, listing: tuple[tuple[Any, ...], ...]) -> Functio
     allowed: set[str] = set()
     kinds: dict[str, set[str]] = {}
     bodies: dict[str, str] = {}
+    scalar_macros: dict[str, str] = {}  # every scalar macro, DuckDB's own too -> its body
     mine: dict[str, set[str]] = {}  # the file's own macros -> the functions their bodies call
     for name, kind, internal, effects, body, schema in listing:
         kinds.setdefault(name, set()).add(kind)
+        if kind == "macro":
+            scalar_macros[name] = body
         if internal:
             if (kind in ("scalar", "aggregate", "window") and not effects) or (
                 kind == "macro" and not side_effects.search(body)
@@ -123,9 +126,26 @@ def _functions_of(store: Store, listing: tuple[tuple[Any, ...], ...]) -> Functio
         may_call |= computing
     return Functions(
         allowed=frozenset(allowed),
-        aggregates=frozenset(n for n, k in kinds.items() if k <= {"aggregate", "window"}),
+        aggregates=_aggregating(kinds, scalar_macros),
         reading_macros=_reading(bodies),
     )
+
+
+def _aggregating(kinds: dict[str, set[str]], macros: dict[str, str]) -> frozenset[str]:
+    """Names whose call may read other rows: an aggregate or window function (also when the
+    name is a table macro too: ``histogram``), and the scalar macros whose body calls one,
+    DuckDB's own (``json_group_array`` is ``string_agg``, ``weighted_avg`` ``sum``) and the
+    file's, however deep."""
+    found = {n for n, k in kinds.items() if k & {"aggregate", "window"}}
+    while True:
+        calls = re.compile(
+            r"\b(" + "|".join(map(re.escape, sorted(found, key=len, reverse=True))) + r")\s*\(",
+            re.IGNORECASE,
+        )
+        more = {n for n, body in macros.items() if n not in found and calls.search(body)}
+        if not more:
+            return frozenset(found)
+        found |= more
 
 
 def _called(store: Store, kind: str, body: str) -> set[str]:
@@ -212,11 +232,11 @@ def rule_reads(store: Store, sql: str, known: Functions) -> RuleReads:
             why.append("a set operation")
         elif cls == "WINDOW":
             why.append("a window function")
-        elif function in known.aggregates:
-            why.append(f"an aggregate ({node['function_name']})")
-        elif function in known.reading_macros:
+        elif function in known.reading_macros:  # (first: it may read flows, deployments)
             why.append(f"a macro that reads tables ({node['function_name']})")
             lookups.update(LOOKUP_TABLES)
+        elif function in known.aggregates:
+            why.append(f"an aggregate ({node['function_name']})")
         if (node.get("cte_map") or {}).get("map"):
             why.append("a CTE")
         if node.get("group_expressions") or node.get("having"):
