@@ -142,6 +142,11 @@ BAD = [
         f"version: 1\nrule_timeout_seconds: 0\nrules: [{RULE}]",
         "rule_timeout_seconds:",
     ),
+    (  # the bound --rule-timeout and plan(timeout=) have (0.05 passed before)
+        "rule timeout under 0.1",
+        f"version: 1\nrule_timeout_seconds: 0.05\nrules: [{RULE}]",
+        "rule_timeout_seconds: Input should be greater than or equal to 0.1",
+    ),
     # Values of another type are refused, not converted (true is not 1, "5" is not 5).
     ("version true", f"version: true\nrules: [{RULE}]", "version: True is not a format version"),
     ("version 1.0", f"version: 1.0\nrules: [{RULE}]", "version: 1.0 is not a format version"),

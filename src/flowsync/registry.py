@@ -360,7 +360,7 @@ REPORTS: dict[str, Report] = {
         Report(
             "stuck",
             "Stuck runs",
-            """Runs running or waiting longer than their deployment's usual p95, longest first.
+            """Runs running or waiting longer than their deployment's usual p95, furthest over it first.
 
     Running: for longer than the p95 duration of the deployment's finished runs
     in --history. Waiting (SCHEDULED or PENDING, due): past the expected start

@@ -443,7 +443,8 @@ def stuck(
 ) -> pl.DataFrame:
     """Runs running longer than their deployment's usual p95 duration, or waiting past their
     expected start longer than its usual p95 lateness (and ``late_after``); usual = finished
-    runs in ``history`` (the ``stuck_runs`` macro, ``sql/57_stuck_runs.sql``). Longest first."""
+    runs in ``history`` (the ``stuck_runs`` macro, ``sql/57_stuck_runs.sql``). Furthest over it first
+    (``times_usual``), then longest."""
     history = history or parse_since("30d")
     only = _deployments_only(store, filters, "stuck")
     sql = """

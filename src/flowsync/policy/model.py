@@ -184,7 +184,7 @@ class Policy(_Strict):
     rule_timeout_seconds: float = Field(
         60.0,
         strict=True,
-        gt=0,
+        ge=RULE_TIMEOUT_MIN_SECONDS,
         le=RULE_TIMEOUT_MAX_SECONDS,
         description="Each rule's SQL is stopped after this many seconds (plan, apply, policy check).",
     )
