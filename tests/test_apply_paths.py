@@ -1213,7 +1213,11 @@ def test_a_batch_decided_ahead_is_decided_again_when_its_re_read_shows_a_change(
                     calls.append(bulk_ids(request))
 
         result = library_apply(server, db, policy, forwarding(fault, answered), batch_size=3)
-        assert calls == [[i for i in b if i != protected] for b in batches]
+        # (in any order: a call a busy SQLite server answered 503 while the other was written
+        # is read back and sent again, after the next batch's: a full suite saw it once)
+        assert sorted(map(sorted, calls)) == sorted(
+            sorted(i for i in b if i != protected) for b in batches
+        )
         assert protected not in sent  # never in any call, carried out or not
         assert set(live(server, ids)) == {protected}
         assert outcomes(db, ids) == {i: "skipped" if i == protected else "deleted" for i in ids}
