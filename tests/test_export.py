@@ -281,6 +281,49 @@ def test_bad_destination_is_refused_before_anything_is_written(
     assert list(cwd.iterdir()) == []
 
 
+@pytest.mark.parametrize("how", ["moved", "left by a killed export"])
+def test_since_removes_the_partitions_the_db_no_longer_has(
+    db: Path, tmp_path: Path, how: str
+) -> None:
+    """A run alone on its created day gets its first state, and with it its expected start:
+    it moves to that day. `--since` rewrote the new day but left the old partition, now
+    of no row, so the run was in the export twice (and the manifest counted it twice)
+    until a full export. Likewise a partition a full export, killed between its manifest
+    and its removals, left on disk: the next `--since` listed it again. `--since` removes
+    the partitions the DB no longer has, after the manifest, as a full export does."""
+    out = tmp_path / "export"
+    con = duckdb.connect(str(db))
+    for table in TABLES:  # as if the last pull was two days ago
+        con.execute(f"UPDATE {table} SET synced_at = synced_at - INTERVAL 2 DAY")
+    con.close()
+    run_id, expected = a_run_alone_on_its_created_day(db)
+    export(db, out)
+    assert (out / "flow_runs" / "date=1999-01-01" / "part-0.parquet").is_file()
+    con = duckdb.connect(str(db))
+    con.execute(
+        "UPDATE flow_runs SET expected_start_time = CAST(? AS TIMESTAMPTZ)"
+        + (", synced_at = now()" if how == "moved" else "")
+        + " WHERE id = ?",
+        [expected, run_id],
+    )
+    con.close()
+    if how != "moved":  # a full export moved it, then was killed before its removals
+        export(db, out)
+        stale = out / "flow_runs" / "date=1999-01-01"
+        stale.mkdir()
+        shutil.copy(out / "flow_runs" / f"date={expected[:10]}" / "part-0.parquet", stale)
+    summary = export(db, out, "--since", "1d")
+    assert summary["tables"]["flow_runs"]["partitions_removed"] == ["date=1999-01-01"]
+    assert not (out / "flow_runs" / "date=1999-01-01").exists()
+    back = read_back(out, "flow_runs")
+    assert back.height == back["id"].n_unique() == scalar(db, "SELECT count(*) FROM flow_runs")
+    manifest = json.loads((out / "_flowsync_manifest.json").read_text())["tables"]["flow_runs"]
+    assert (
+        manifest["rows"] == back.height
+        and "date=1999-01-01/part-0.parquet" not in manifest["files"]
+    )
+
+
 def test_file_url_exports_to_its_directory(db: Path, tmp_path: Path) -> None:
     out = tmp_path / "export"
     summary = export(db, f"file://{out}")

@@ -182,6 +182,35 @@ def test_since_uploads_only_changed_partitions_and_keeps_the_manifest_whole(
     assert after["tables"]["flow_runs"]["rows"] == scalar(pulled, "SELECT count(*) FROM flow_runs")
 
 
+def test_since_removes_a_partition_the_db_no_longer_has_and_its_manifest_entry(
+    pulled: Path, aws_env: s3fs.S3FileSystem, tmp_path: Path
+) -> None:
+    """A run alone on its day moves to another (its first state's expected start): an
+    export `--since` removes the partition left of no row, object and manifest entry, after
+    the manifest (it kept both: the run twice, the manifest counting it twice)."""
+    db = tmp_path / "runs.duckdb"
+    shutil.copy(pulled, db)
+    run_id, expected = a_run_alone_on_its_created_day(db)
+    url = f"s3://{BUCKET}/moved"
+    assert run_cli("export", url, "--db", str(db), "--live").exit_code == 0
+    con = duckdb.connect(str(db))
+    con.execute(
+        "UPDATE flow_runs SET expected_start_time = CAST(? AS TIMESTAMPTZ), synced_at = now() "
+        "WHERE id = ?",
+        [expected, run_id],
+    )
+    con.close()
+    again = run_cli("export", url, "--db", str(db), "--live", "--since", "1d", "--json")
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout)["upload"]["partitions_removed"] == ["flow_runs/date=1999-01-01"]
+    fs = aws_env
+    fs.invalidate_cache()
+    assert not fs.exists(f"{BUCKET}/moved/flow_runs/date=1999-01-01/part-0.parquet")
+    manifest = json.loads(fs.cat(f"{BUCKET}/moved/_flowsync_manifest.json"))["tables"]["flow_runs"]
+    assert "date=1999-01-01/part-0.parquet" not in manifest["files"]
+    assert manifest["rows"] == scalar(db, "SELECT count(*) FROM flow_runs")
+
+
 def test_bad_credentials_are_one_clear_line_without_the_secret(
     pulled: Path, aws_env: s3fs.S3FileSystem, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -207,6 +207,8 @@ class TableExport:
     rows_written: int = 0
     files_written: list[str] = field(default_factory=list)
     partitions_removed: list[str] = field(default_factory=list)
+    # the partition folders (``date=...``) the table holds: any other is stale
+    partitions: set[str] = field(default_factory=set)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -430,15 +432,18 @@ def _export_table(
                 result.files_written.append(rel)
                 result.rows_written += days[day]
                 progress.advance(days[day])
-    if since is None and base.is_dir():
-        # A full export mirrors the DB: the partitions the DB no longer has go, once the
-        # manifest that no longer lists them is in place (``export``).
-        keep = {f"date={d.isoformat()}" for d in days}
+    # An export mirrors the DB: the partitions it no longer has go, once the manifest that no
+    # longer lists them is in place (``export``). With ``since`` too: a run that left the
+    # only day it was on (its first state set its expected start), or a partition a killed
+    # export left, would stay beside the rows' new days (a run twice) until a full export.
+    held = days if since is None else parquet.days_held(store, name, columns)
+    result.partitions = {f"date={d.isoformat()}" for d in held}
+    if base.is_dir():
         for sub in sorted(base.iterdir()):
             # (a folder holding only files of a user's own is not a partition: it stays)
             if (
                 _PARTITION_DIR.match(sub.name)
-                and sub.name not in keep
+                and sub.name not in result.partitions
                 and (sub / PART_FILE).is_file()
             ):
                 result.partitions_removed.append(sub.name)

@@ -26,7 +26,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -231,11 +231,16 @@ def _remote_manifest(fs: Any, root: str) -> dict[str, Any] | None:
 
 
 def _merged_manifest(
-    local: dict[str, Any], remote: dict[str, Any] | None, exported: list[str], full: bool
+    local: dict[str, Any],
+    remote: dict[str, Any] | None,
+    exported: list[str],
+    full: bool,
+    stale: Sequence[str] = (),
 ) -> dict[str, Any]:
     """The manifest of what is remote after this upload of the tables ``exported``: a table
     exported in full is the local one's (none when it has no file), one exported ``since``
-    the remote files with the rewritten ones, a table not exported stays as it was."""
+    the remote files with the rewritten ones, without the ``stale`` partitions
+    (``table/date=...``) it removes; a table not exported stays as it was."""
     if remote is None or (full and set(exported) >= set(TABLES)):
         return local
     written = local.get("tables") or {}
@@ -246,7 +251,11 @@ def _merged_manifest(
             tables.pop(name, None)
         if entry is None:
             continue
-        files = {**(tables.get(name) or {}).get("files", {}), **entry["files"]}
+        files = {
+            rel: rows
+            for rel, rows in {**(tables.get(name) or {}).get("files", {}), **entry["files"]}.items()
+            if f"{name}/{rel.split('/', 1)[0]}" not in stale
+        }
         tables[name] = {**entry, "files": files, "rows": sum(files.values())}
     return {**local, "tables": tables}
 
@@ -262,7 +271,7 @@ def upload(
     progress = progress or NullProgress()
     progress.phase("upload", sum(len(t.files_written) for t in result.tables) + 1)
     try:
-        stale: list[str] = []  # partitions a full export leaves out, removed after the manifest
+        stale: list[str] = []  # partitions the DB no longer has, removed after the manifest
         for table in result.tables:
             for rel in table.files_written:
                 src = local_dir / table.name / rel
@@ -270,8 +279,10 @@ def upload(
                 out.files_uploaded += 1
                 out.bytes_uploaded += src.stat().st_size
                 progress.advance(1)
-            if full and table.partition_by:
-                keep = {rel.split("/", 1)[0] for rel in table.files_written}
+            if table.partition_by:
+                keep = (
+                    table.partitions
+                )  # every day the DB holds (``since``: not only those written)
                 for entry in (
                     fs.ls(f"{root}/{table.name}", detail=False)
                     if fs.exists(f"{root}/{table.name}")
@@ -286,7 +297,7 @@ def upload(
                         stale.append(f"{table.name}/{name}")
         local = json.loads((local_dir / MANIFEST).read_text(encoding="utf-8"))
         manifest = _merged_manifest(
-            local, _remote_manifest(fs, root), [t.name for t in result.tables], full
+            local, _remote_manifest(fs, root), [t.name for t in result.tables], full, stale
         )
         manifest["location"] = url
         with fs.open(f"{root}/{MANIFEST}", "wb") as f:

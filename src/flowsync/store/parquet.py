@@ -73,6 +73,14 @@ def day_counts(
     return {d: int(n) for d, n in store.execute(sql, params).rows()}
 
 
+def days_held(store: Store, table: str, day_columns: Sequence[str]) -> set[date]:
+    """Every UTC day ``day_counts`` files a row of ``table`` under: the partitions an
+    export of it holds, and no other."""
+    return {
+        d for (d,) in store.execute(f"SELECT DISTINCT {_day_expr(day_columns)} FROM {table}").rows()
+    }
+
+
 def row_count(store: Store, table: str) -> int:
     return int(store.execute(f"SELECT count(*) FROM {table}").scalar())
 
