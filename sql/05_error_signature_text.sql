@@ -21,7 +21,7 @@ coalesce(nullif(left(trim(replace(
     regexp_replace(regexp_replace(regexp_replace(regexp_replace(
     regexp_replace(regexp_replace(regexp_replace(regexp_replace(regexp_replace(
     regexp_replace(regexp_replace(regexp_replace(
-        split_part(trim(coalesce(message, '')), chr(10), 1),
+        split_part(trim(coalesce(message, ''), ' ' || chr(9) || chr(10) || chr(13)), chr(10), 1),
         '(error|response) ''([1-5][0-9][0-9]) ([^''\n]*)''', '\1 HTTP ' || chr(1) || '\2 \3', 'g'),
         '(?i)(\bHTTP(?:/[0-9.]+)?(?: status)?(?: code)?:?\s+|\bstatus(?:_code)?=)([1-5][0-9][0-9])\b', '\1' || chr(1) || '\2', 'g'),
         '(^|[^\w.])([1-5][0-9][0-9])( (?:Client|Server) Error|, message=)', '\1' || chr(1) || '\2\3', 'g'),

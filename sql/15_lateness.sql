@@ -19,7 +19,9 @@ WITH a AS (
         quantile_cont(lateness_s, [0.50, 0.95]) AS q,
         q[1] AS p50_lateness_s, q[2] AS p95_lateness_s,
         max(lateness_s) AS max_lateness_s,
-        count(*) FILTER (WHERE state_type IN ('SCHEDULED', 'PENDING') AND start_time IS NULL) AS waiting_now
+        count(*) FILTER (
+            WHERE state_type IN ('SCHEDULED', 'PENDING') AND start_time IS NULL AND NOT is_deleted
+        ) AS waiting_now  -- a run deleted while it waited waits no more (include_deleted)
     FROM grouped_runs(
         per, since, until, include_deleted,
         only_flows := only_flows, only_deployments := only_deployments,

@@ -75,6 +75,9 @@ TABLE = [
         "RuntimeError: step <n> failed",
     ),
     ("  too    many   spaces 12  ", "too many spaces <n>"),
+    # a message that opens with a line break is its first line of text, not '(no message)'
+    ("\nValueError: x", "ValueError: x"),
+    (" \r\n\tValueError: y\nmore", "ValueError: y"),
     ("", "(no message)"),
     (None, "(no message)"),
     # HTTP statuses stay: a 401 is not a 500 (httpx, requests, aiohttp, plain text)

@@ -306,3 +306,31 @@ def test_a_subflow_counts_as_a_run_of_its_own(tmp_path: Path) -> None:
     assert errors["runs"].to_list() == [2]
     top_level = "SELECT count(*) FROM flow_runs_enriched WHERE is_failure AND NOT is_subflow"
     assert scalar(db, top_level) == 1
+
+
+def test_a_run_deleted_while_it_waited_is_not_waiting_now_with_the_deleted_runs(
+    tmp_path: Path,
+) -> None:
+    """`late --include-deleted` (and the health page's): a SCHEDULED run deleted on the
+    server before it started (a paused deployment's late runs) was still counted waiting
+    now; the live-only report, `stuck` and `runs_now` never counted it."""
+    import duckdb
+
+    from tests.policy_db import built_db, run
+
+    db = built_db(
+        tmp_path / "runs.duckdb",
+        [
+            run(1, state="SCHEDULED", days_ago=0.5, deleted=True),
+            run(2, state="SCHEDULED", days_ago=0.5),
+            run(3, state="COMPLETED", days_ago=0.5),
+        ],
+    )
+    with duckdb.connect(str(db)) as con:
+        con.execute("UPDATE flow_runs SET start_time = NULL WHERE state_type = 'SCHEDULED'")
+    for include_deleted in (False, True):
+        with Store.reader(db, live=True) as store:
+            frame = reports.late(
+                store, "deployment", reports.parse_since("1d"), include_deleted=include_deleted
+            )
+        assert frame["waiting_now"].sum() == 1, (include_deleted, frame)
