@@ -5,8 +5,8 @@
 --   started         runs that started
 --   late_runs       started more than late_after seconds after expected
 --   p50_lateness_s, p95_lateness_s, max_lateness_s
---   waiting_now     SCHEDULED or PENDING runs expected in the window that
---                   have not started (with until = now: expected in the past)
+--   waiting_now     SCHEDULED or PENDING runs expected in the window, and by
+--                   the last pull (last_pull_at()), that had not started then
 CREATE OR REPLACE MACRO lateness(
     per, since, until, late_after, include_deleted,
     only_flows := NULL, only_deployments := NULL, only_tags := NULL, only_states := NULL
@@ -21,6 +21,7 @@ WITH a AS (
         max(lateness_s) AS max_lateness_s,
         count(*) FILTER (
             WHERE state_type IN ('SCHEDULED', 'PENDING') AND start_time IS NULL AND NOT is_deleted
+                AND expected_start_time <= last_pull_at()  -- known not started by then
         ) AS waiting_now  -- a run deleted while it waited waits no more (include_deleted)
     FROM grouped_runs(
         per, since, until, include_deleted,

@@ -2,7 +2,8 @@
 -- without a deployment) with live runs that are running or waiting to start now,
 -- "now" being the time of the query over the runs as of the last pull:
 --   running       RUNNING runs
---   waiting_now   SCHEDULED or PENDING runs expected to have started already (not started)
+--   waiting_now   SCHEDULED or PENDING runs expected to have started by the last pull
+--                 (last_pull_at()) that had not: one expected after it may have since
 --   late_now      of those, expected more than late_after seconds ago
 -- The OpenMetrics gauges flowsync_runs_running, flowsync_runs_waiting and
 -- flowsync_runs_late read it.
@@ -13,10 +14,11 @@ WITH a AS (
         count(*) FILTER (WHERE state_type = 'RUNNING') AS running,
         count(*) FILTER (
             WHERE state_type IN ('SCHEDULED', 'PENDING') AND start_time IS NULL
-                AND expected_start_time <= now()
+                AND expected_start_time <= last_pull_at()
         ) AS waiting_now,
         count(*) FILTER (
             WHERE state_type IN ('SCHEDULED', 'PENDING') AND start_time IS NULL
+                AND expected_start_time <= last_pull_at()
                 AND expected_start_time < now() - to_seconds(late_after)
         ) AS late_now
     FROM flow_runs_enriched

@@ -2,7 +2,8 @@
 -- one row per live run that has been RUNNING longer than its deployment's usual p95
 -- duration, or SCHEDULED/PENDING past its expected start for longer than the
 -- deployment's usual p95 lateness (and at least late_after seconds), "now"
--- being the time of the query over the runs as of the last pull. Usual = the
+-- being the time of the query over the runs as of the last pull (a waiting run:
+-- expected by then, last_pull_at(); one expected after may have started since). Usual = the
 -- deployment's finished runs since history_since that have the measure: a
 -- duration (start and end) for a running run, a start for a waiting one (at
 -- least min_runs of them, so a run that crashed before it started does not
@@ -32,7 +33,7 @@ WITH usual AS (
     WHERE NOT is_deleted AND deployment_id IS NOT NULL AND (
         (state_type = 'RUNNING' AND start_time IS NOT NULL)
         OR (state_type IN ('SCHEDULED', 'PENDING') AND start_time IS NULL
-            AND expected_start_time <= now())
+            AND expected_start_time <= last_pull_at())
     )
 ), judged AS (
     SELECT

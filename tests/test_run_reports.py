@@ -163,3 +163,42 @@ def test_stuck_needs_min_runs_with_a_duration_not_runs_that_crashed_before_they_
     assert cli(db, "stuck") == []  # one run with a duration: fewer than --min-runs 5
     rows = cli(db, "stuck", "--min-runs", "1")
     assert [(r["name"], r["usual_runs"]) for r in rows] == [("open-9", 1)]
+
+
+def test_a_run_expected_after_the_last_pull_is_not_waiting_as_of_it(tmp_path: Path) -> None:
+    """The file knows the runs as of its last pull (20 min ago here): a run it holds as
+    SCHEDULED and expected 30 min ago had not started by then, one expected 10 min ago
+    may have since. `stuck`, `late`'s waiting_now and `runs_now` (the OpenMetrics gauges)
+    counted both, so an hourly pull showed every run due since it as stuck."""
+    db = make_db(
+        tmp_path / "runs.duckdb", [run(n, "COMPLETED", n / 4, "dev") for n in range(1, 10)]
+    )
+    now = datetime.now(timezone.utc)
+    with Store.writer(db) as store:
+        for n, minutes in ((60, 30), (61, 10)):
+            store.execute(
+                """INSERT INTO flow_runs (id, name, flow_id, deployment_id, state_type, state_name,
+                    expected_start_time, created, synced_at)
+                VALUES (?, ?, ?, ?, 'SCHEDULED', 'Scheduled', ?, ?, now())""",
+                [
+                    rid(n),
+                    f"due-{n}",
+                    FLOW,
+                    DEPLOYMENTS["dev"],
+                    now - timedelta(minutes=minutes),
+                    NOW,
+                ],
+            )
+        store.execute(
+            "INSERT INTO sync_runs (started_at, finished_at, status, mode) "
+            "VALUES (?, ?, 'ok', 'incremental')",
+            [now - timedelta(minutes=20), now - timedelta(minutes=19)],
+        )
+        views.rebuild(store)
+    with Store.reader(db, live=True) as store:
+        stuck = reports.stuck(store)
+        late = reports.late(store, "deployment", reports.parse_since("1d"))
+        gauges = store.execute("SELECT sum(waiting_now), sum(late_now) FROM runs_now(60)").one()
+    assert stuck["id"].cast(str).to_list() == [rid(60)]
+    assert late["waiting_now"].sum() == 1
+    assert gauges == (1, 1)
