@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from flowsync import views
-from flowsync.store import Store
+from flowsync.store import Store, signatures
 from flowsync.store.snapshot import publish
 from flowsync.store.sync_log import finish_sync_run, start_sync_run
 from flowsync.store.synced_tables import mark_deleted, upsert_pages
@@ -308,6 +308,7 @@ class Builder:
                     upsert_pages(store, spec, [_Page(rows)], pull_id=pull_id)
                 mark_deleted(store, "flow_runs", sorted(self.deleted), self.now)
             views.rebuild(store)
+            signatures.record_first_seen(store)  # as a pull does (errors' first_seen)
             with store.transaction():
                 finish_sync_run(store, pull_id, status="ok", mode="full", inserted=len(self.runs))
             publish(store, pull_id=pull_id)
