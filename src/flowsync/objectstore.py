@@ -280,9 +280,8 @@ def upload(
                 out.bytes_uploaded += src.stat().st_size
                 progress.advance(1)
             if table.partition_by:
-                keep = (
-                    table.partitions
-                )  # every day the DB holds (``since``: not only those written)
+                # every day the DB holds (``since`` too: not only the days it wrote)
+                keep = table.partitions
                 for entry in (
                     fs.ls(f"{root}/{table.name}", detail=False)
                     if fs.exists(f"{root}/{table.name}")

@@ -66,8 +66,8 @@ def _choose_format(fmt: str | None, output: Path | None, allowed: tuple[str, ...
     return fmt
 
 
-def check_destination(path: Path, option: str = "--output") -> None:
-    """Refuse, before anything is written, a destination ``write_atomic`` would refuse: a
+def check_output(path: Path, option: str = "--output") -> None:
+    """Refuse, before anything is written, an output file ``write_atomic`` would refuse: a
     DuckDB database, a directory, a folder that does not exist or cannot be written. A
     command with two (``--html`` and ``--output``) checks both first, so that a bad second
     one does not leave the first one written."""
@@ -89,7 +89,7 @@ def write_atomic(path: Path, data: bytes, option: str = "--output") -> None:
     textfile collector, a browser) sees the old file or the new one, never half of one.
     A link is followed (the file it names is replaced, not the link); what is not a file
     (``/dev/null``, ``/dev/stdout``, a pipe) is written to as it is, never replaced."""
-    check_destination(path, option)
+    check_output(path, option)
     if path.exists() and not path.is_file():  # followed as given: /dev/stdout, /dev/fd/N
         try:
             with path.open("wb") as f:
@@ -309,7 +309,7 @@ def run_report(spec: registry.Report, opts: ReportOptions, own: dict[str, Any]) 
         chosen = _choose_format(opts.fmt, opts.output, allowed) if wants_data else None
         for path, option in ((opts.html, "--html"), (opts.output, "--output")):
             if path is not None:
-                check_destination(path, option)
+                check_output(path, option)
         done = operations.report(
             resolve_db_path(opts.db),
             spec.name,

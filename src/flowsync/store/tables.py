@@ -291,15 +291,20 @@ class TableSpec:
 
         rows = newest_by_id(objects)
         read, where = _row_reader(self.columns)
+        checked = False  # the page's values checked in full (``check_fit``)
         try:
             # Row by row, then transposed: one pass over each object (column by column
             # touched each of ~2,000 objects 39 times, 3x the CPU).
             flat = list(zip(*map(read, rows))) if rows else [()] * len(where)
+            if any(
+                c.kind in _COERCED and not all(map(_COERCED[c.kind], flat[i]))
+                for c, i in zip(self.columns, where, strict=True)
+            ):
+                self.check_fit(rows)  # a value pyarrow would take as something else
+                checked = True
             data: dict[str, Any] = {}
             for c, i in zip(self.columns, where, strict=True):
                 values = flat[i]
-                if c.kind in _COERCED and not all(map(_COERCED[c.kind], values)):
-                    self.check_fit(rows)  # what pyarrow would take as something else
                 if c.kind == "json":
                     values = tuple(None if v is None else orjson.dumps(v).decode() for v in values)
                 data[c.name] = pa.array(values, _arrow_type(c.kind))
@@ -307,7 +312,8 @@ class TableSpec:
         except (TypeError, ValueError, AttributeError, orjson.JSONEncodeError, pa.ArrowException):
             # DuckDB's from_json reads the page then, and reads what does not fit as NULL:
             # only values that fit go that way (an integer beyond 64 bits, NaN).
-            self.check_fit(rows)
+            if not checked:
+                self.check_fit(rows)
             return None
         return pa.table(data)
 
