@@ -402,6 +402,42 @@ def test_a_missing_date_header_is_said_and_loses_no_state_change(
     assert any("no readable Date header" in line for line in said), said
 
 
+def test_an_event_naming_no_run_does_not_stop_the_pull(fresh_server: Server, db_path: Path) -> None:
+    """Any client may post events (``POST /events``). One whose resource looks like a flow run's
+    but whose id is no run id (no UUID) names no run: the pull passes it by and still takes
+    the real state changes beside it; an id in capitals is the run it names."""
+    url = fresh_server.url
+    seed(url, runs=20, flows=1, deployments_per_flow=1, days=3, seed_value=11)
+    assert pull_through(url, db_path) == "full"
+    run = fail_one(url)
+    now = datetime.now(timezone.utc).isoformat()
+    odd = ["prefect.flow-run.not-a-run", "prefect.flow-run.", f"prefect.flow-run.{run.upper()}"]
+    events = [
+        {
+            "id": str(uuid.uuid4()),
+            "occurred": now,
+            "event": "prefect.flow-run.Completed",
+            "resource": {"prefect.resource.id": name},
+        }
+        for name in odd
+    ]
+    assert httpx.post(f"{url}/events", json=events, timeout=30).status_code == 204
+    deadline = time.monotonic() + 60
+    while True:  # the server stores posted events on its own schedule
+        seen = httpx.post(
+            f"{url}/events/filter",
+            json={"filter": {"any_resource": {"id": odd}}, "limit": 50},
+            timeout=30,
+        ).json()["events"]
+        if len(seen) == len(odd) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert len(seen) == len(odd)
+    assert pull_through(url, db_path) == "incremental"
+    assert local_state(db_path, run) == "FAILED"
+    assert_matches_server(db_path, url)
+
+
 def test_runs_already_read_inside_the_overlap_are_not_read_again(
     fresh_server: Server, db_path: Path
 ) -> None:

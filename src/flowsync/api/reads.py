@@ -11,6 +11,7 @@ that changes data, print, or touch the store.
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -161,7 +162,9 @@ class Reads(ApiSession):
                     end_time = server_time(
                         row.get("end_time"), "POST /events/count-by/resource: an end_time"
                     )
-                    run_id = value[len(prefix) :]
+                    run_id = _run_id(value[len(prefix) :])
+                    if run_id is None:
+                        continue  # any client may post events: this one names no run
                     if run_id not in changed or changed[run_id] < end_time:
                         changed[run_id] = end_time
         return changed
@@ -230,6 +233,14 @@ class Reads(ApiSession):
 
 # Prefect Cloud answers one events query for at most 14 days: longer spans are split.
 EVENTS_QUERY_SPAN = timedelta(days=14)
+
+
+def _run_id(text: str) -> str | None:
+    """A flow run's id as the server writes it (a UUID, lower case), or None: no run's id."""
+    try:
+        return str(uuid.UUID(text))
+    except ValueError:
+        return None
 
 
 def _spans(since: datetime, until: datetime, span: timedelta) -> list[tuple[datetime, datetime]]:
