@@ -22,6 +22,7 @@ from flowsync.api import Capabilities, PrefectClient, RetryPolicy
 from flowsync.config import ApiSettings
 from flowsync.errors import (
     ApiError,
+    AuthError,
     NotFoundError,
     NotSentError,
     ThrottledError,
@@ -296,6 +297,7 @@ def test_run_ids_never_become_paths() -> None:
         ("3.10.0rc1", False, True),
         (None, True, True),  # Prefect Cloud does not say its version; it has the endpoints
         (None, False, True),  # a server hiding /admin: tried, and a 404 says it lacks them
+        ("0.8.4", True, True),  # a Cloud version route's own numbering is no Prefect release
     ],
 )
 def test_capabilities_from_the_version(version: str | None, cloud: bool, bulk: bool) -> None:
@@ -315,35 +317,69 @@ def test_cloud_capabilities_without_admin_version(tmp_path: Path) -> None:
     assert caps.describe() == "Prefect Cloud"
 
 
+@pytest.mark.parametrize("status", [403, 401])
+def test_a_proxy_denying_admin_hides_the_version_but_a_refused_key_stops(status: int) -> None:
+    """nginx's ``deny all`` in front of /admin answers 403: the server does not say its
+    version (as for a 404), and the reads go on; a 401 there is the credentials refused."""
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/admin/version"):
+            return httpx.Response(status, text="<html>403 Forbidden</html>")
+        return httpx.Response(200, json=7)
+
+    with PrefectClient(
+        ApiSettings(url="http://127.0.0.1:9/api"), transport=httpx.MockTransport(answer)
+    ) as c:
+        if status == 401:
+            with pytest.raises(AuthError):
+                c.capabilities()
+            return
+        caps = c.capabilities()
+        assert (caps.version, caps.bulk, caps.read) == (None, True, True)
+        assert c.count("flow_runs") == 7
+
+
 @pytest.mark.parametrize(
     "credential",
     [
         {"api_key": "pnu_SUPERSECRET123"},
         {"auth_string": 'admin:hunter"2'},
         {"url": "alice:hunter2pw"},  # http://alice:hunter2pw@host/api: Basic auth too
+        {"auth_string": "admin:p@ss w/rd+x?>>"},  # its Basic token holds "/" and "="
     ],
-    ids=["api-key", "auth-string", "url-userinfo"],
+    ids=["api-key", "auth-string", "url-userinfo", "auth-string-token-slash"],
 )
 @pytest.mark.parametrize("status", [502, 400])
+@pytest.mark.parametrize("written", ["as-sent", "percent-encoded", "json-escaped-slash"])
 def test_an_answer_that_echoes_the_credentials_never_shows_them(
-    credential: dict[str, str], status: int
+    credential: dict[str, str], status: int, written: str
 ) -> None:
-    """A proxy's error body quoting the request's Authorization header: the retry lines and
+    """A proxy's error body quoting the request's Authorization header, as sent,
+    percent-encoded (a login redirect's query) or JSON with ``/`` escaped: the retry lines and
     the errors (which the pull also writes to ``sync_runs``) hold *** in its place, and its
     terminal controls escaped."""
     import base64
     import json
+    import re
+    from urllib.parse import quote
 
     from pydantic import SecretStr
 
     secret = next(iter(credential.values()))
-    forms = {secret, json.dumps(secret)[1:-1], base64.b64encode(secret.encode()).decode()}
+    token = base64.b64encode(secret.encode()).decode()
+    # the token up to its first character an encoding rewrites: what any echo of it holds
+    forms = {secret, json.dumps(secret)[1:-1], token, re.split(r"[+/=]", token)[0]}
     if "url" in credential:
         forms.add(secret.partition(":")[2])  # nor the password alone
 
     def echo(request: httpx.Request) -> httpx.Response:
         said = request.headers["authorization"]
-        return httpx.Response(status, json={"detail": f"upstream said: {said} \x1b[2J"})
+        if written == "percent-encoded":
+            said = quote(said, safe="")
+        body = json.dumps({"detail": f"upstream said: {said} \x1b[2J"})
+        if written == "json-escaped-slash":
+            body = body.replace("/", "\\/")  # as PHP's json_encode writes it
+        return httpx.Response(status, text=body, headers={"content-type": "application/json"})
 
     told: list[str] = []
     settings = ApiSettings(

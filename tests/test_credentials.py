@@ -12,6 +12,7 @@ from contextlib import AbstractContextManager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -33,8 +34,8 @@ AUTH = f"admin:{PASSWORD}"
 
 def forms(auth: str = AUTH) -> list[str]:
     """Every form of the credentials that could leak: the password, the auth string, the
-    Basic token."""
-    return [auth.partition(":")[2], auth, base64.b64encode(auth.encode()).decode()]
+    Basic token (without its ``=`` padding: a percent-encoded echo holds that much of it)."""
+    return [auth.partition(":")[2], auth, base64.b64encode(auth.encode()).decode().rstrip("=")]
 
 
 def with_password(url: str, auth: str = AUTH) -> str:
@@ -129,14 +130,17 @@ def test_a_first_pull_with_credentials_the_server_refuses_leaves_no_file(
     assert list(folder.iterdir()) == []
 
 
-def echoing(status: int, header: str = "") -> Callable[[httpx.Request, int], Any]:
+def echoing(
+    status: int, header: str = "", encode: Callable[[str], str] = str
+) -> Callable[[httpx.Request, int], Any]:
     """A proxy in front of the server answering every flow_runs/filter ``status`` with a
-    page quoting the request's Authorization header (in ``header`` too, e.g. Location)."""
+    page quoting the request's Authorization header (in ``header`` too, e.g. Location),
+    written as ``encode`` writes it."""
 
     def fault(request: httpx.Request, n: int) -> httpx.Response | None:
         if not request.url.path.endswith("/flow_runs/filter"):
             return None
-        said = request.headers["authorization"]
+        said = encode(request.headers["authorization"])
         headers = {header: f"https://proxy.example/login?auth={said}"} if header else {}
         body = f"<html>bad gateway; you sent Authorization: {said}</html>"
         return httpx.Response(status, headers=headers, text=body)
@@ -151,15 +155,28 @@ def chain(e: BaseException | None) -> Iterator[BaseException]:
 
 
 @pytest.mark.parametrize(
-    ("status", "header"), [(502, ""), (400, ""), (302, "location")], ids=["502", "400", "302"]
+    ("status", "header", "encode"),
+    [
+        (502, "", str),
+        (400, "", str),
+        (302, "location", str),
+        (302, "location", lambda s: quote(s, safe="")),
+    ],
+    ids=["502", "400", "302", "302-percent-encoded"],
 )
 @pytest.mark.parametrize("how", ["auth-string", "url-password"])
 def test_a_pull_whose_answers_quote_the_authorization_header_never_shows_or_stores_it(
-    guarded: Server, tmp_path: Path, how: str, status: int, header: str
+    guarded: Server,
+    tmp_path: Path,
+    how: str,
+    status: int,
+    header: str,
+    encode: Callable[[str], str],
 ) -> None:
     """A proxy quoting the request's Authorization header in its error page (or a redirect's
-    Location): the pull fails, and neither the error (str, repr, its chained causes), the
-    retry lines nor the file (its sync_runs error row) hold the credentials."""
+    Location), as sent or percent-encoded (the token's ``=`` as ``%3D``): the pull fails, and neither the
+    error (str, repr, its chained causes), the retry lines nor the file (its sync_runs error
+    row) hold the credentials."""
     seeded(guarded, f"cred{uuid.uuid4().hex[:6]}")
     settings = (
         ApiSettings(url=guarded.url, auth_string=SecretStr(AUTH))
@@ -172,7 +189,7 @@ def test_a_pull_whose_answers_quote_the_authorization_header_never_shows_or_stor
         Store.writer(db) as store,
         PrefectClient(
             settings,
-            transport=forwarding(echoing(status, header)),
+            transport=forwarding(echoing(status, header, encode)),
             retry=RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.02),
             sleep=lambda s: None,
             on_retry=told.append,

@@ -55,7 +55,13 @@ class ApiError(FlowsyncError):
 
 
 class AuthError(ApiError):
+    """The server (or something in front of it) refused the credentials: ``status`` 401 or 403."""
+
     exit_code = 4
+
+    def __init__(self, message: str, status: int = 401) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class UncertainError(ApiError):

@@ -32,7 +32,7 @@ class Capabilities:
     ``version``: as the server says it (None: it does not say, e.g. Prefect
     Cloud); ``parsed``: that as numbers; ``cloud``: a Prefect Cloud workspace URL;
     ``bulk``: it has ``bulk_delete`` and ``bulk_set_state`` (3.6.16+; taken as
-    True when the version is unknown, see the module docstring); ``read``: False when
+    True when the version is unknown or the URL is Prefect Cloud's, see the module docstring); ``read``: False when
     asking failed (a 5xx, a dropped connection), not the server declining to say."""
 
     version: str | None
@@ -45,7 +45,10 @@ class Capabilities:
     def of(cls, version: str | None, *, cloud: bool, read: bool = True) -> Capabilities:
         parsed = parse_version(version)
         # No version: Prefect Cloud, or a server hiding /admin (see the module docstring).
-        bulk = True if parsed is None else parsed >= BULK_SINCE
+        # Prefect Cloud runs the current API whatever a version route of its may say (its
+        # own numbering is not Prefect's releases): never the per-run path, which has no
+        # state guard.
+        bulk = True if parsed is None or cloud else parsed >= BULK_SINCE
         return cls(version, parsed, cloud, bulk, read)
 
     def describe(self) -> str:

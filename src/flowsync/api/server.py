@@ -67,10 +67,15 @@ class ServerInfo(ApiSession):
 
     def server_version(self) -> str | None:
         """What ``GET /admin/version`` says, or None when the server does not say (Cloud, a
-        proxy hiding ``/admin``: 404 or 405). Any other failure raises ``ApiError``."""
+        proxy hiding ``/admin``: 404, 405, or 403 as nginx's ``deny all`` answers; a 403 of
+        the credentials is met again on the next read). Any other failure raises ``ApiError``."""
         try:
             answer = self.request("GET", "admin/version", attempts=2)
         except NotFoundError:
+            return None
+        except AuthError as e:
+            if e.status != 403:
+                raise
             return None
         return str(answer) if answer is not None else None
 

@@ -49,7 +49,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import quote, quote_plus, unquote, urlsplit, urlunsplit
 
 import httpx
 import orjson
@@ -173,6 +173,16 @@ def _from_prefect(response: httpx.Response) -> bool:
     except ValueError:
         return False
     return isinstance(payload, dict) and "exception_message" in payload
+
+
+def _echoed_forms(secrets: list[str]) -> tuple[str, ...]:
+    """Each secret as an answer may echo it: as sent, as a JSON body quotes it (``\\/`` for
+    ``/`` too), percent-encoded as a redirect's query or a URL would carry it; longest first."""
+    forms = set()
+    for x in secrets:
+        quoted = json.dumps(x)[1:-1]
+        forms |= {x, quoted, quoted.replace("/", "\\/"), quote(x, safe=""), quote(x), quote_plus(x)}
+    return tuple(sorted((x for x in forms if x), key=len, reverse=True))
 
 
 def _retry_after(response: httpx.Response, most: float) -> float | None:
@@ -306,8 +316,7 @@ class ApiSession:
             headers["Authorization"] = f"Basic {token}"
         # What a server or proxy may echo back (an error body quoting the request's headers):
         # removed from every text of an answer before it reaches a message, a log or the file.
-        quoted = [json.dumps(x)[1:-1] for x in secrets]  # as a JSON body would quote them
-        self._secrets = tuple(sorted({x for x in secrets + quoted if x}, key=len, reverse=True))
+        self._secrets = _echoed_forms(secrets)
         self._base = base.rstrip("/") + "/"
         self._host = urlsplit(self._base).netloc
         try:
@@ -405,7 +414,8 @@ class ApiSession:
                     raise AuthError(
                         f"Prefect API at {self.settings.display_url} refused the request "
                         f"({status} {response.reason_phrase}): check PREFECT_API_KEY / "
-                        "PREFECT_API_AUTH_STRING or --api-key."
+                        "PREFECT_API_AUTH_STRING or --api-key.",
+                        status,
                     )
                 if status == 429 and not idempotent:
                     after = _retry_after(response, self.retry.max_retry_after)
