@@ -68,9 +68,17 @@ def test_auth_string_is_basic_auth_and_masked(isolated_env: Path) -> None:
 
 
 def test_broken_profiles_file_is_one_clear_error(isolated_env: Path) -> None:
+    """Its advice is one that works: setting PREFECT_API_URL does not (settings may come from
+    the file, so it is read even then); pointing PREFECT_PROFILES_PATH elsewhere does."""
     write_profiles(isolated_env, "active = [unclosed\n")
-    with pytest.raises(ConfigError, match="profiles file"):
-        resolve_api(env={"PREFECT_HOME": str(isolated_env)})
+    env = {"PREFECT_HOME": str(isolated_env), "PREFECT_API_URL": "http://h/api"}
+    with pytest.raises(ConfigError, match="profiles file") as raised:
+        resolve_api(env=env)
+    assert "point PREFECT_PROFILES_PATH at a readable one" in str(raised.value)
+    assert "or set PREFECT_API_URL" not in str(raised.value)
+    elsewhere = isolated_env / "other.toml"
+    elsewhere.write_text("", encoding="utf-8")
+    assert resolve_api(env={**env, "PREFECT_PROFILES_PATH": str(elsewhere)}).url == "http://h/api"
 
 
 def test_mask_url_hides_userinfo() -> None:
@@ -212,6 +220,9 @@ def test_an_active_profile_that_is_no_name_is_one_config_error(
     )
     with pytest.raises(ConfigError, match=r"`active` must be a profile's name, in quotes"):
         resolve_api(env={"PREFECT_HOME": str(isolated_env)})
+    # PREFECT_PROFILE chooses the profile: `active` is not read, as the line advises
+    chosen = resolve_api(env={"PREFECT_HOME": str(isolated_env), "PREFECT_PROFILE": "a"})
+    assert chosen.url == "http://a/api"
 
 
 @pytest.mark.parametrize(

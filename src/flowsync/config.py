@@ -228,13 +228,15 @@ def load_profile(env: Mapping[str, str]) -> tuple[str | None, dict[str, Any], Pa
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         raise ConfigError(
-            f"Cannot read Prefect profiles file {path}: {e}. Fix the file or set PREFECT_API_URL."
+            f"Cannot read Prefect profiles file {path}: {e}. Fix the file, or point "
+            "PREFECT_PROFILES_PATH at a readable one (settings may come from it, so it is "
+            "read even when PREFECT_API_URL or --api-url is set)."
         ) from e
     active = data.get("active")
-    if active is not None and not isinstance(active, str):
+    if not env.get("PREFECT_PROFILE") and active is not None and not isinstance(active, str):
         raise ConfigError(
             f"Prefect profiles file {path}: `active` must be a profile's name, in quotes "
-            '(e.g. active = "local"); fix the file or set PREFECT_API_URL.'
+            '(e.g. active = "local"); fix the file, or choose a profile with PREFECT_PROFILE.'
         )
     name = env.get("PREFECT_PROFILE") or active or "ephemeral"
     profiles = data.get("profiles") or {}
