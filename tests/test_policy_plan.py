@@ -260,6 +260,9 @@ def test_a_rule_apply_would_refuse_on_the_server_as_last_pulled_is_flagged(db: P
     assert result.exit_code == 10, result.output
     assert "apply path: per-run" in result.stdout and "would refuse" not in result.stdout
     assert "DELETE" not in result.stdout  # a set_state policy: no DELETE to warn of
+    # but its set_state cannot name the state it expects either (RUNNING -> CANCELLED passes)
+    said = " ".join(result.stdout.split())
+    assert "POST /flow_runs/{id}/set_state has no server-side state guard" in said, said
 
 
 def test_plan_exit_code_says_whether_apply_would_change_anything(db: Path) -> None:

@@ -238,11 +238,24 @@ RuleModel = DeleteRule | SetStateRule
 
 def per_run_path(server: str, plan: Plan) -> str:
     """How apply calls ``server``, which lacks the bulk endpoints, for ``plan``'s rules."""
-    deletes = any(isinstance(rp.rule, DeleteRule) and rp.planned for rp in plan.rules)
+    calls = [
+        call
+        for kind, call in (
+            (DeleteRule, "DELETE /flow_runs/{id}"),
+            (SetStateRule, "POST /flow_runs/{id}/set_state"),
+        )
+        if any(isinstance(rp.rule, kind) and rp.planned for rp in plan.rules)
+    ]
+    # Neither call can name the state it expects: a run that moves on between its re-read
+    # and its call is changed anyway (Prefect's orchestration judges a set_state from the
+    # state the run is in then: RUNNING -> CANCELLED passes).
+    unguarded = (
+        f"; {' and '.join(calls)} {'have' if len(calls) > 1 else 'has'} no server-side state guard"
+    )
     return (
         f"per-run: {server} lacks the bulk endpoints (3.6.16+); apply sends one call per run, "
         "re-checked in batches of 10"
-        + ("; DELETE /flow_runs/{id} has no server-side state guard" if deletes else "")
+        + (unguarded if calls else "")
         + ("; forced states are refused" if plan.forcing_rules else "")
     )
 
