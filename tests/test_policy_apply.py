@@ -1214,6 +1214,38 @@ def test_per_run_calls_go_out_only_while_their_re_read_is_fresh(
     assert result.counts == {"purge": {"deleted": 4, "skipped": 1}}
 
 
+def test_per_run_a_read_slower_than_a_call_may_follow_it_is_said_on_the_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Per run, a rule joining deployments on a server whose deployments lookup takes longer
+    than FRESH_FOR (0.3 s here): no call ever goes out on so old a read, and after its
+    attempts the line says why (how old, the limit, what counts in it), not only that the
+    runs were not done."""
+    from flowsync.policy import batch
+
+    monkeypatch.setattr(batch, "FRESH_FOR", 0.3)
+    db = make_db(tmp_path / "r.duckdb", [run(i) for i in range(1, 3)])
+
+    def answer(path: str, body: dict[str, Any]) -> httpx.Response:
+        if path == "deployments/filter":
+            time.sleep(0.4)
+            return httpx.Response(200, json=[DEPLOYMENT])
+        return httpx.Response(404)
+
+    fake = Recorder(answer, api_rows(db))
+    sent: list[str] = []
+    server = per_run_server(fake, lambda r, n: sent.append(r) or httpx.Response(204))
+    result, plan = ApplyResult.new(), plan_for(db, JOINED)
+    with Store.sandboxed_writer(db) as store, mock_client(server) as client:
+        apply_plan(client, store, plan, progress=NullProgress(), result=result)
+    assert sent == [] and len(fake.runs) == 2
+    assert result.counts == {"purge": {"failed": 2}}
+    [line] = result.errors
+    assert line.startswith("batch 1 (purge): 2 runs not done after 2 attempts (never sent: ")
+    assert "over the 0.3 s a call may follow it per run, where no state guard holds it" in line
+    assert "reads of flows, deployments and other runs count" in line, line
+
+
 def test_runs_never_sent_when_per_run_calls_stop_are_not_left_pending(tmp_path: Path) -> None:
     """The 3rd DELETE times out and the runs cannot be read back: the apply stops. Runs 4 and
     5 were never sent: recorded not sent, so the next apply does not credit this one with

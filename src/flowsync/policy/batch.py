@@ -161,6 +161,8 @@ class Applier:
             client, store, result, progress, lambda ids: self.rereader.read(ids, {}), settle_seconds
         )
         self.lost = self.settler.lost  # run -> (problem, state before that call): the settler's
+        # run -> how old its re-read was when its call would have gone out (not sent: too old)
+        self.too_old: dict[str, float] = {}
         self.rereader = Rereader(client, store, plan, result, reader, self.lost)
         self.ahead = Ahead()  # the decision made ahead of the next batches (policy/ahead.py)
         self.one_call_until = 0  # batches up to this one send one call at a time
@@ -509,6 +511,7 @@ class Applier:
                 # later ones goes out only while it is fresh, however the window took long (a
                 # slow read of the runs' deployments, a slow rule).
                 again = [i for c in calls for i in c.ids]
+                self.too_old.update(dict.fromkeys(again, age))
                 calls = []
             lost = False
             final_recorded = False  # decided.final's rows written
@@ -591,6 +594,8 @@ class Applier:
                     self._not_sent(number, rule, rest, verdict.stop)
                     raise Stop
                 again += verdict.again
+                for i in verdict.again:
+                    self.too_old.pop(i, None)  # this attempt's cause is its answer
                 throttled = answer.answer if isinstance(answer, Partial) else answer
                 if isinstance(throttled, Throttled):
                     if throttled_out is None:  # (not sent: the rows are as they were)
@@ -681,8 +686,16 @@ class Applier:
         }
         self.record(number, rule, results, {})
         message = f"batch {number} ({rule.name}): {len(ids)} runs not done after {attempt} attempts"
+        old = [self.too_old[i] for i in ids if i in self.too_old]
         if why:  # what the server answered last (each run's row says its own)
             message += f" (the last answer lost: {list(why.values())[-1]})"
+        elif old:  # the reads the decision rests on take longer than a call may follow them
+            message += (
+                f" (never sent: their re-read was {max(old):.1f} s old by the call, over the "
+                f"{FRESH_FOR:g} s a call may follow it{' per run, where no state guard holds it' if self.per_run else ''}; "
+                "a slow server, link or rule: its reads of flows, deployments and other runs "
+                "count in that time)"
+            )
         self.result.errors.append(message)
         self.progress.message(message)
 
