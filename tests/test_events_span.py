@@ -111,6 +111,33 @@ def test_a_throttled_settings_read_never_makes_a_stale_window_look_covered() -> 
 
 
 @pytest.mark.parametrize(
+    ("overrides", "kept"),
+    [
+        ({}, timedelta(days=7)),
+        ({"prefect.flow-run.heartbeat": "PT1H"}, timedelta(days=7)),  # no state event
+        (
+            {"prefect.flow-run.Failed": "PT2H", "prefect.task-run.Failed": "PT1H"},
+            timedelta(hours=2),
+        ),
+    ],
+)
+def test_events_retention_is_the_state_events_own(
+    overrides: dict[str, str], kept: timedelta
+) -> None:
+    """The shortest retention of a flow-run state event: the default, or an override of one
+    (``db_vacuum``'s per-type overrides); a heartbeat's or a task run's override is none."""
+    answer = {
+        "server": {
+            "events": {"retention_period": "P7D"},
+            "services": {"db_vacuum": {"event_retention_overrides": overrides}},
+        }
+    }
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, json=answer))
+    with PrefectClient(ApiSettings(url="http://127.0.0.1:9/api"), transport=transport) as c:
+        assert c.events_retention() == kept
+
+
+@pytest.mark.parametrize(
     ("read", "answer", "said"),
     [
         (

@@ -13,6 +13,12 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+# Events named like a flow run's state events that are none: Prefect's flow engine emits a
+# heartbeat per running flow (``PREFECT_RUNNER_HEARTBEAT_FREQUENCY``), stamped by the clock
+# of the machine running it, not the server's. Left out of the events a pull asks for: one
+# stamped ahead of the server would move the events cursor past state changes not yet read.
+NOT_STATE_EVENTS = ["prefect.flow-run.heartbeat"]
+
 # The first release with POST /flow_runs/bulk_delete and /flow_runs/bulk_set_state.
 BULK_SINCE = (3, 6, 16)
 

@@ -17,16 +17,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from flowsync.api.models import NOT_STATE_EVENTS
 from flowsync.api.session import ApiSession
 from flowsync.errors import ApiError
 
 # What the API accepts: /filter and /count refuse `limit` above PAGE_LIMIT (422).
 PAGE_LIMIT = 200
-# Events named like a flow run's state events that are none: Prefect's flow engine emits a
-# heartbeat per running flow (``PREFECT_RUNNER_HEARTBEAT_FREQUENCY``), stamped by the clock
-# of the machine running it, not the server's. Left out of the events a pull asks for: one
-# stamped ahead of the server would move the events cursor past state changes not yet read.
-NOT_STATE_EVENTS = ["prefect.flow-run.heartbeat"]
 
 
 def server_time(value: Any, what: str) -> datetime:

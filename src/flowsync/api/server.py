@@ -25,7 +25,7 @@ import re
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from flowsync.api.models import BULK_SINCE, Capabilities, RunRetention
+from flowsync.api.models import BULK_SINCE, NOT_STATE_EVENTS, Capabilities, RunRetention
 from flowsync.api.session import ApiSession
 from flowsync.config import cloud_workspace
 from flowsync.errors import (
@@ -129,8 +129,10 @@ class ServerInfo(ApiSession):
                 "event_retention_overrides"
             ) or {}
             periods += [
-                _duration(v) for k, v in overrides.items() if str(k).startswith("prefect.flow-run.")
-            ]
+                _duration(v)
+                for k, v in overrides.items()
+                if str(k).startswith("prefect.flow-run.") and str(k) not in NOT_STATE_EVENTS
+            ]  # a heartbeat's own retention is no state event's (the pull never asks for them)
         except (KeyError, TypeError, ValueError, AttributeError):
             return None
         return min(periods)
