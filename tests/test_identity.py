@@ -128,6 +128,31 @@ def test_another_server_started_at_the_files_own_url_is_refused(
     assert scalar(db, "SELECT count(*) FROM flow_runs") == 40
 
 
+def test_a_file_whose_flows_were_all_deleted_on_its_server_still_refuses_another(
+    start_server: Any, tmp_path: Path
+) -> None:
+    """Every flow of the file deleted on its server and pulled (the file holds them all
+    marked deleted): it was taken for a file that holds no flows yet, so a new database at
+    its URL was followed without a word, its runs written beside the old server's."""
+    port, db = free_port(), tmp_path / "runs.duckdb"
+    with start_server(home=tmp_path / "first", port=port) as first:
+        seed(first.url, runs=20, flows=1, deployments_per_flow=1, days=5, seed_value=3)
+        pull(first.url, db)
+        with httpx.Client(base_url=first.url + "/", timeout=60) as c:
+            for flow in c.post("flows/filter", json={}).json():
+                assert c.delete(f"flows/{flow['id']}").status_code == 204
+        pull(first.url, db)  # the same server: it holds the state events of the file's runs
+        assert scalar(db, "SELECT count(*) FROM flow_runs WHERE deleted_at IS NULL") == 0
+    with start_server(home=tmp_path / "second", port=port) as second:
+        seed(second.url, runs=25, flows=1, deployments_per_flow=1, days=5, seed_value=4)
+        refused, applied = pull_and_purge(second.url, db)
+        assert scalar_count(second.url) == 25  # (the file's runs are all deleted: no apply)
+    line = " ".join(refused.stderr.split())
+    assert refused.exit_code == 2 and "Traceback" not in refused.output, refused.output
+    assert "every flow the file holds was deleted on its server" in line, line
+    assert scalar(db, "SELECT count(*) FROM flow_runs") == 20
+
+
 def test_a_server_whose_flows_were_all_deleted_is_still_the_files_server(
     fresh_server: Server, tmp_path: Path
 ) -> None:

@@ -541,6 +541,11 @@ def oldest_read(store: Store, ids: Sequence[str] | None = None) -> datetime | No
     return value
 
 
+def holds_any(store: Store, table: str) -> bool:
+    """Whether ``table`` holds any row, deleted on the server or not."""
+    return store.execute(f"SELECT EXISTS (SELECT 1 FROM {table})").scalar() is True
+
+
 def count_live(store: Store, table: str) -> int:
     return int(store.execute(f"SELECT count(*) FROM {table} WHERE deleted_at IS NULL").scalar())
 
