@@ -283,6 +283,27 @@ def test_status_while_a_pull_writes_shows_the_published_snapshot_and_who_writes(
     assert json.loads(run_cli("status", "--db", str(db), "--json").stdout)["writing_now"] is None
 
 
+def test_a_write_through_a_link_to_the_file_publishes_where_its_readers_look(
+    tmp_path: Path,
+) -> None:
+    """``--db link.duckdb`` (a symbolic link to runs.duckdb): its pull published into
+    link.duckdb.snapshots, and readers of runs.duckdb kept seeing the snapshot before."""
+    db = built(tmp_path, runs=3)
+    link = tmp_path / "link.duckdb"
+    link.symlink_to(db.name)
+    with Store.writer(link) as store:
+        store.execute(
+            "INSERT INTO flow_runs (id, name, state_type, synced_at) "
+            "SELECT uuid(), 'new', 'COMPLETED', now()"
+        )
+        publish(store)
+    assert not (tmp_path / "link.duckdb.snapshots").exists()
+    for path in (db, link):
+        assert run_cli(
+            "sql", "SELECT count(*) AS n FROM flow_runs", "--db", str(path), "--format", "csv"
+        ).stdout.split() == ["n", "4"]
+
+
 @pytest.mark.parametrize("snapshot", ["truncated", "missing", "older"])
 def test_status_while_a_pull_writes_says_who_when_the_snapshot_cannot_be_read(
     tmp_path: Path, snapshot: str

@@ -186,7 +186,12 @@ def status_cmd(
         highlight=False,
     )
     if writing is not None and published is not None:
-        who = f"a {writing.holder_role}" if writing.holder_role != "unknown" else "another process"
+        role = writing.holder_role
+        who = (
+            f"{'an' if role[:1] in 'aeiou' else 'a'} {role}"
+            if role != "unknown"
+            else "another process"
+        )
         pid = f" (PID {writing.holder_pid})" if writing.holder_pid else ""
         out.print(
             f"{who}{pid} is writing the file now: below, the snapshot readers see "

@@ -37,11 +37,14 @@ def owner_alive(pid: int) -> bool:
 
 
 def snapshot_dir(db: Path) -> Path:
-    """``runs.duckdb`` -> ``runs.duckdb.snapshots`` (where ``store/snapshot.py`` publishes).
-    A path with no file name (``.``, ``/``) is refused as the directory it is."""
+    """``runs.duckdb`` -> ``runs.duckdb.snapshots`` (where ``store/snapshot.py`` publishes),
+    beside the file a link names. A path with no file name (``.``, ``/``) is refused as the directory it is."""
     if not db.name:
         raise _a_directory(db)
-    return db.with_name(db.name + SNAPSHOTS_SUFFIX)
+    # Beside the file itself: a --db given through a symbolic link publishes where readers
+    # of the file's own path look (the lock is the file's own already).
+    real = Path(os.path.realpath(db))
+    return real.with_name(real.name + SNAPSHOTS_SUFFIX)
 
 
 def _a_directory(path: Path) -> StoreError:
