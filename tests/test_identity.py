@@ -146,7 +146,8 @@ def test_a_file_whose_flows_were_all_deleted_on_its_server_still_refuses_another
     with start_server(home=tmp_path / "second", port=port) as second:
         seed(second.url, runs=25, flows=1, deployments_per_flow=1, days=5, seed_value=4)
         refused, applied = pull_and_purge(second.url, db)
-        assert scalar_count(second.url) == 25  # (the file's runs are all deleted: no apply)
+        assert scalar_count(second.url) == 25
+    assert applied.exit_code == 0, applied.output  # the file's runs all deleted: nothing to do
     line = " ".join(refused.stderr.split())
     assert refused.exit_code == 2 and "Traceback" not in refused.output, refused.output
     assert "every flow the file holds was deleted on its server" in line, line

@@ -1234,7 +1234,12 @@ def test_per_run_a_read_slower_than_a_call_may_follow_it_is_said_on_the_line(
 
     fake = Recorder(answer, api_rows(db))
     sent: list[str] = []
-    server = per_run_server(fake, lambda r, n: sent.append(r) or httpx.Response(204))
+
+    def delete(run_id: str, n: int) -> httpx.Response:
+        sent.append(run_id)
+        return httpx.Response(204)
+
+    server = per_run_server(fake, delete)
     result, plan = ApplyResult.new(), plan_for(db, JOINED)
     with Store.sandboxed_writer(db) as store, mock_client(server) as client:
         apply_plan(client, store, plan, progress=NullProgress(), result=result)
