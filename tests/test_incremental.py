@@ -89,6 +89,17 @@ def pull_through(
         return pull_api(client, store, progress=progress).mode
 
 
+def caught_up(
+    url: str, db: Path, run: str, transport: httpx.BaseTransport | None = None, pulls: int = 1
+) -> None:
+    """``pulls`` incremental pulls (through ``transport``) take ``run``'s failure: the file
+    holds it, and matches the server."""
+    for _ in range(pulls):
+        assert pull_through(url, db, transport) == "incremental"
+    assert local_state(db, run) == "FAILED"
+    assert_matches_server(db, url)
+
+
 def fail_one(url: str) -> str:
     """One run that is not FAILED, moved to FAILED on the server once its event is stored."""
     with httpx.Client(base_url=url + "/", timeout=60) as c:
@@ -354,9 +365,7 @@ def test_a_state_change_after_the_server_clock_stepped_back_is_not_lost(
     assert pull_through(url, db_path) == "full"
     assert pull_through(url, db_path, date_ahead(timedelta(minutes=30))) == "incremental"
     run = fail_one(url)  # the clock is right again
-    assert pull_through(url, db_path) == "incremental"
-    assert local_state(db_path, run) == "FAILED"
-    assert_matches_server(db_path, url)
+    caught_up(url, db_path, run)
 
 
 def test_a_state_change_is_not_lost_behind_a_proxy_whose_clock_is_ahead(
@@ -370,10 +379,31 @@ def test_a_state_change_is_not_lost_behind_a_proxy_whose_clock_is_ahead(
     seed(url, runs=20, flows=1, deployments_per_flow=1, days=3, seed_value=11)
     assert pull_through(url, db_path, proxy) == "full"
     run = fail_one(url)
-    for _ in range(2):
-        assert pull_through(url, db_path, proxy) == "incremental"
-    assert local_state(db_path, run) == "FAILED"
-    assert_matches_server(db_path, url)
+    caught_up(url, db_path, run, proxy, pulls=2)
+
+
+def test_an_event_naming_no_run_does_not_stop_the_pull(fresh_server: Server, db_path: Path) -> None:
+    """Any client may post events (``POST /events``). One whose resource looks like a flow run's
+    but whose id is no run id (no UUID) names no run: the pull passes it by and still takes
+    the real state changes beside it; an id in capitals is the run it names."""
+    url = fresh_server.url
+    seed(url, runs=20, flows=1, deployments_per_flow=1, days=3, seed_value=11)
+    assert pull_through(url, db_path) == "full"
+    run = fail_one(url)
+    now = datetime.now(timezone.utc).isoformat()
+    odd = ["not-a-run", "", run.upper()]  # after "prefect.flow-run."
+    events = [
+        {
+            "id": str(uuid.uuid4()),
+            "occurred": now,
+            "event": "prefect.flow-run.Completed",
+            "resource": {"prefect.resource.id": f"prefect.flow-run.{name}"},
+        }
+        for name in odd
+    ]
+    assert httpx.post(f"{url}/events", json=events, timeout=30).status_code == 204
+    wait_for_state_events(url, odd, "COMPLETED")  # stored on the server's own schedule
+    caught_up(url, db_path, run)
 
 
 def test_a_missing_date_header_is_said_and_loses_no_state_change(
@@ -400,42 +430,6 @@ def test_a_missing_date_header_is_said_and_loses_no_state_change(
     assert pull_through(url, db_path, no_date, Said()) == "incremental"
     assert local_state(db_path, run) == "FAILED"
     assert any("no readable Date header" in line for line in said), said
-
-
-def test_an_event_naming_no_run_does_not_stop_the_pull(fresh_server: Server, db_path: Path) -> None:
-    """Any client may post events (``POST /events``). One whose resource looks like a flow run's
-    but whose id is no run id (no UUID) names no run: the pull passes it by and still takes
-    the real state changes beside it; an id in capitals is the run it names."""
-    url = fresh_server.url
-    seed(url, runs=20, flows=1, deployments_per_flow=1, days=3, seed_value=11)
-    assert pull_through(url, db_path) == "full"
-    run = fail_one(url)
-    now = datetime.now(timezone.utc).isoformat()
-    odd = ["prefect.flow-run.not-a-run", "prefect.flow-run.", f"prefect.flow-run.{run.upper()}"]
-    events = [
-        {
-            "id": str(uuid.uuid4()),
-            "occurred": now,
-            "event": "prefect.flow-run.Completed",
-            "resource": {"prefect.resource.id": name},
-        }
-        for name in odd
-    ]
-    assert httpx.post(f"{url}/events", json=events, timeout=30).status_code == 204
-    deadline = time.monotonic() + 60
-    while True:  # the server stores posted events on its own schedule
-        seen = httpx.post(
-            f"{url}/events/filter",
-            json={"filter": {"any_resource": {"id": odd}}, "limit": 50},
-            timeout=30,
-        ).json()["events"]
-        if len(seen) == len(odd) or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
-    assert len(seen) == len(odd)
-    assert pull_through(url, db_path) == "incremental"
-    assert local_state(db_path, run) == "FAILED"
-    assert_matches_server(db_path, url)
 
 
 def test_runs_already_read_inside_the_overlap_are_not_read_again(
@@ -1053,10 +1047,7 @@ def test_a_heartbeat_stamped_ahead_does_not_move_the_events_cursor_past_a_state_
     run = completed(seeded)[1]
     move_to(url, [run], "FAILED")
     wait_for_state_events(url, [run], "FAILED")
-    for _ in range(2):
-        assert pull_through(url, db_path, proxy) == "incremental"
-    assert local_state(db_path, run) == "FAILED"
-    assert_matches_server(db_path, url)
+    caught_up(url, db_path, run, proxy, pulls=2)
 
 
 @pytest.mark.backends("sqlite")  # what the scheduler writes does not depend on the backend
