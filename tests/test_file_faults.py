@@ -697,14 +697,14 @@ def test_a_snapshots_metadata_of_another_shape_is_passed_over(
 # -- 5. lock messages that fit the command and the holder -----------------------------------------
 
 
-def _holder(db: Path, *argv: str) -> subprocess.Popen[str]:
-    """A real process holding ``db``, whose command line reads ``argv``."""
+def _holder(db: Path, *argv: str, hold: float = 60) -> subprocess.Popen[str]:
+    """A real process holding ``db`` for ``hold`` seconds, whose command line reads ``argv``."""
     proc = subprocess.Popen(
         [
             sys.executable,
             "-c",
             "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); print('ok', flush=True); "
-            "time.sleep(60)",
+            f"time.sleep({hold}); c.close(); time.sleep(60)",
             str(db),
             *argv,
         ],
@@ -755,6 +755,32 @@ def test_a_reader_that_fell_back_to_the_live_file_is_not_said_to_use_live(
         holder.wait()
     assert f"`flowsync sql` (PID {holder.pid})" in line
     assert "no published snapshot" in line and "--live" not in line
+
+
+@pytest.mark.parametrize("command", [["status"], ["report", "health"]])
+def test_a_pull_waits_a_moment_for_a_reader_of_the_live_files_last_pull(
+    tmp_path: Path, command: list[str]
+) -> None:
+    """``status`` and a report's last-pull time (a Prometheus textfile job beside the scheduled
+    pull) hold the live file for one query: a pull meeting one (no --wait) failed with exit 6,
+    told the snapshot folder was missing. It waits a moment for it; a holder that keeps the
+    file past that is named with what it does."""
+    db = built(tmp_path, runs=1)
+    holder = _holder(db, "flowsync", *command, hold=1.0)
+    try:
+        with Store.writer(db) as store:
+            assert store.execute("SELECT count(*) FROM flow_runs").scalar() == 1
+    finally:
+        holder.kill()
+        holder.wait()
+    holder = _holder(db, "flowsync", *command)
+    try:
+        line = one_line(run_cli("pull", "--api-url", UNREACHABLE, "--db", str(db)), 6)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert f"`flowsync {command[0]}` (PID {holder.pid})" in line, line
+    assert "reads the live file for a moment" in line and "snapshot folder" not in line, line
 
 
 def test_plan_refresh_is_a_writer_and_other_plans_are_readers() -> None:

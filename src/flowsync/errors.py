@@ -139,16 +139,23 @@ class StoreError(FlowsyncError):
 
 class StoreLockedError(StoreError):
     """``holder_role``: pull, apply, plan (``plan --refresh``), reader, notebook or unknown;
-    ``holder_pid`` when known."""
+    ``holder_pid`` when known; ``brief``: the holder reads the live file for a moment
+    (``status``, a report's last-pull time), so a writer waits a little for it."""
 
     exit_code = 6
 
     def __init__(
-        self, message: str, *, holder_pid: int | None = None, holder_role: str = "unknown"
+        self,
+        message: str,
+        *,
+        holder_pid: int | None = None,
+        holder_role: str = "unknown",
+        brief: bool = False,
     ) -> None:
         super().__init__(message)
         self.holder_pid = holder_pid
         self.holder_role = holder_role
+        self.brief = brief
 
 
 class NewerFileError(StoreError):

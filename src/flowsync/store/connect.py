@@ -122,17 +122,22 @@ def _connect(
     """DuckDB's connection to ``path`` (checked first), waiting up to ``wait`` s for its lock:
     another process's, or a writer of this process (``_WRITING``; a writer opened here is
     added to it)."""
-    check_path(path, read_only=read_only)
     deadline = time.monotonic() + wait
     delay = 0.2
+    graced = False
     key = _key(path)
     while True:
         locked: StoreLockedError | None = None
-        with _WRITING_LOCK:
-            if key in _WRITING:
-                locked = _held_here(path, lock_context)
-            elif not read_only:
-                _WRITING.add(key)
+        try:
+            check_path(path, read_only=read_only)
+        except StoreLockedError as e:  # a file another process is creating: wait as for a lock
+            locked = e
+        if locked is None:
+            with _WRITING_LOCK:
+                if key in _WRITING:
+                    locked = _held_here(path, lock_context)
+                elif not read_only:
+                    _WRITING.add(key)
         if locked is None:
             try:
                 return duckdb.connect(
@@ -150,7 +155,13 @@ def _connect(
                     _open_error(path, e)
                 locked = locks.locked_error(path, str(e), read_only=read_only, how=lock_context)
                 locked.__cause__ = e
-        # Held by another process or a writer of this one: wait up to the deadline.
+        # Held by another process or a writer of this one: wait up to the deadline. A writer
+        # held off by a reader that reads the live file for a moment (status, a report's
+        # last-pull time: a Prometheus textfile job beside the scheduled pull) waits for it
+        # a little whatever its --wait, rather than fail the pull.
+        if not read_only and locked.brief and not graced:
+            graced = True
+            deadline = max(deadline, time.monotonic() + locks.BRIEF_HOLD_GRACE)
         if time.monotonic() >= deadline:
             raise locked
         time.sleep(min(delay, max(deadline - time.monotonic(), 0.01)))

@@ -24,6 +24,9 @@ from flowsync.errors import StoreLockedError
 _HOLDER = re.compile(r"Conflicting lock is held in (?P<program>.+?) \(PID (?P<pid>\d+)\)")
 _WRITERS = {"pull", "apply", "plan"}  # plan: only `plan --refresh` (classify)
 _READERS = {"sql", "report", "plan", "status", "export", "policy"}
+_BRIEF_READERS = {"flowsync status", "flowsync report"}
+# How long a writer waits, whatever its --wait, for a brief reader to let the file go.
+BRIEF_HOLD_GRACE = 3.0
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,12 @@ class Holder:
     role: str
     command: str
     live: bool = False  # its command line asked for the live file (--live)
+
+    @property
+    def brief(self) -> bool:
+        """It holds the live file for a moment: ``status`` reads the summary there, and a
+        report the last pull's time (one query each), not a reader's whole session."""
+        return self.role == "reader" and self.command in _BRIEF_READERS and not self.live
 
     def describe(self) -> str:
         pid = f" (PID {self.pid})" if self.pid else ""
@@ -100,7 +109,9 @@ def locked_error(
     """The error for a refused open of ``path``: who holds it (as data too) and what to do."""
     holder = holder_from_error(text)
     message = _message(path, holder, how or (LIVE_ONLY if read_only else WRITE))
-    return StoreLockedError(message, holder_pid=holder.pid, holder_role=holder.role)
+    return StoreLockedError(
+        message, holder_pid=holder.pid, holder_role=holder.role, brief=holder.brief
+    )
 
 
 def _message(path: Path, holder: Holder, how: str) -> str:
@@ -125,6 +136,11 @@ def _message(path: Path, holder: Holder, how: str) -> str:
         return f"{path} is held by {who}; this command reads the live file: {finish}, or pass --wait SECONDS."
     if holder.role in _WRITERS:
         return f"{path} is held by {who}; wait for it to finish, or pass --wait SECONDS."
+    if holder.brief:
+        return (
+            f"{path} is held by {who}: it reads the live file for a moment, and held it "
+            f"longer than the {BRIEF_HOLD_GRACE:g} s a writer waits for that; pass --wait SECONDS."
+        )
     if holder.role == "reader" and not holder.live:
         # It did not ask for the live file: the snapshot folder is missing (or was never
         # published), so it fell back to it. The next publish gives readers a snapshot again.
