@@ -217,6 +217,32 @@ def test_a_pipe_as_db_is_refused_in_one_line_not_waited_on(
     assert f"--db {fifo} is not a regular file" in lines[0], lines[0]
 
 
+@pytest.mark.parametrize("content", [b"", b"\0" * 4096])
+def test_a_file_a_first_pull_is_creating_is_waited_for_not_called_empty(
+    tmp_path: Path, content: bytes
+) -> None:
+    """A second command in the first moment of a first pull: DuckDB has made the file but not
+    written its header. It was told "an empty file (not a DuckDB database): remove it",
+    though the pull was writing it; it is a lock to wait for (exit 6, --wait), and a file left
+    so for longer than that is still called what it is."""
+    import threading
+
+    target = tmp_path / "runs.duckdb"
+    target.write_bytes(content)
+    line = one_clear_line(run_cli("sql", "SELECT 1", "--db", str(target)), 6, str(target))
+    assert "likely creating it" in line and "--wait" in line, line
+    done = threading.Timer(0.5, target.unlink)  # the first pull's file, replaced (here: gone)
+    done.start()
+    with Store.writer(target, wait=10) as store:
+        assert store.execute("SELECT 1").scalar() == 1
+    done.join()
+    old = tmp_path / "old.duckdb"
+    old.write_bytes(content)
+    os.utime(old, (os.path.getmtime(old) - 3600,) * 2)
+    line = one_clear_line(run_cli("sql", "SELECT 1", "--db", str(old)), 5, str(old))
+    assert ("an empty file" if not content else "not a DuckDB database") in line, line
+
+
 @pytest.mark.parametrize("command", [["status"], ["pull", "--api-url", NOBODY]])
 def test_a_device_as_db_is_not_called_an_empty_file_to_remove(command: list[str]) -> None:
     line = one_clear_line(run_cli(*command, "--db", "/dev/null"), 5, "/dev/null")

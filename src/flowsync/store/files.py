@@ -13,11 +13,18 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from pathlib import Path
 
 import duckdb
 
-from flowsync.errors import ConfigError, DamagedFileError, StorageError, StoreError
+from flowsync.errors import (
+    ConfigError,
+    DamagedFileError,
+    StorageError,
+    StoreError,
+    StoreLockedError,
+)
 
 DUCKDB_MAGIC_OFFSET = 8
 DUCKDB_MAGIC = b"DUCK"
@@ -229,6 +236,23 @@ def check_not_a_database(path: Path, option: str) -> None:
         )
 
 
+# DuckDB creates a file, then writes its header: a file with nothing where it goes, written
+# this recently, is taken to be one another flowsync is creating (a first pull a moment ago).
+CREATING_FOR = 10.0
+
+
+def _being_created(path: Path) -> None:
+    """``StoreLockedError`` (the opener waits for it, as for a lock) when ``path``, empty or
+    zeros where DuckDB's header goes, was written within ``CREATING_FOR`` s."""
+    age = time.time() - path.stat().st_mtime
+    if -1.0 <= age <= CREATING_FOR:
+        raise StoreLockedError(
+            f"{path} holds no database yet and was written {max(age, 0):.1f} s ago: another "
+            "flowsync (a first pull) is likely creating it; wait for it (--wait SECONDS). If "
+            "nothing is, remove it or choose another --db.",
+        )
+
+
 def check_path(path: Path, *, read_only: bool) -> None:
     """Refuse what cannot be flowsync's file before DuckDB touches it (so nothing is written
     to it): one of DuckDB's special names, a directory, a pipe or a device, a missing folder,
@@ -265,6 +289,8 @@ def check_path(path: Path, *, read_only: bool) -> None:
             raise StoreError(
                 f"Cannot read {path}: {e.strerror}. Check its permissions or choose another --db."
             ) from e
+        if not head.strip(b"\0"):  # empty, or nothing written yet where the header goes
+            _being_created(path)
         if path.stat().st_size > 0 and head[DUCKDB_MAGIC_OFFSET:] != DUCKDB_MAGIC:
             raise StoreError(f"{path} is not a DuckDB database; choose another --db path.")
         if path.stat().st_size == 0:
