@@ -67,7 +67,7 @@ from flowsync.policy.reread import catches_up
 from flowsync.policy.result import KNOWN_OUTCOMES
 from flowsync.progress import Progress
 from flowsync.since import check_start, parse_since
-from flowsync.store import Store, audit, locks, snapshot, sync_log
+from flowsync.store import Store, Writer, audit, locks, snapshot, sync_log
 from flowsync.store.snapshot import PublishResult, SnapshotInfo, publish
 from flowsync.sync import PullOptions, PullResult
 from flowsync.sync import pull as pull_runs
@@ -137,7 +137,11 @@ def pull(
             # that needs them, so a wrong key or auth string (401) leaves no file either.
             client.count("flows")
         with Store.writer(db, wait=wait) as store:
-            result = pull_runs(client, store, options, progress)
+            try:
+                result = pull_runs(client, store, options, progress)
+            except BaseException:
+                _publish_stopped_first_pull(store)
+                raise
             try:
                 return Pulled(
                     result, publish(store, pull_id=result.pull_id, changed=result.changed)
@@ -150,6 +154,19 @@ def pull(
                         store, result.pull_id, status="failed", error=why[:2000]
                     )
                 raise
+
+
+def _publish_stopped_first_pull(store: Writer) -> None:
+    """A first pull that stops (Ctrl-C, SIGTERM, a failing server) publishes what it pulled:
+    readers open that snapshot, warned that it is partial, instead of the live file, where a
+    notebook's connection would block the pull that finishes it. (A kill -9 publishes nothing:
+    readers fall back to the live file, as before.)"""
+    info, problem = snapshot.inspect(store.path)
+    if info is not None or problem:
+        return
+    with contextlib.suppress(Exception):
+        if store.execute("SELECT count(*) FROM flow_runs").scalar():
+            publish(store)
 
 
 def plan(

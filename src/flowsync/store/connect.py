@@ -473,7 +473,10 @@ class Store(Session):
                 raise snapshot.damaged(db, problem)
             assert info is not None
             try:
-                return cls._open(info.path, memory_limit_mb=memory_limit_mb)
+                published = cls._open(info.path, memory_limit_mb=memory_limit_mb)
+                if info.pull_id is None:  # not a finished pull's: a stopped first pull's too
+                    published._warn_if_partial(db)
+                return published
             except DamagedFileError:
                 raise
             except OlderSchemaError:
@@ -568,9 +571,11 @@ class Store(Session):
             stacklevel=4,
         )
 
-    def _warn_if_partial(self) -> None:
-        """One ``PartialFileWarning`` when no pull has finished on this file and it holds
-        runs: a first pull stopped (killed, failed) part-way, whose runs readers see."""
+    def _warn_if_partial(self, db: Path | None = None) -> None:
+        """One ``PartialFileWarning`` when no pull has finished on this file (a snapshot of
+        ``db``) and it holds runs: a first pull stopped (killed, failed) part-way, whose runs
+        readers see."""
+        db = db or self.path
         rows = self._own_rows(
             "SELECT (SELECT count(*) FROM sync_runs WHERE status = 'ok' AND mode IN "
             "('full', 'incremental')), (SELECT count(*) FROM sync_runs), "
@@ -580,8 +585,8 @@ class Store(Session):
         if pulls and not finished and runs:
             warnings.warn(
                 PartialFileWarning(
-                    f"{self.path}: its first pull stopped before it finished, so it holds "
-                    f"{runs:,} runs, part of the server's; run `flowsync pull --db {self.path}` "
+                    f"{db}: its first pull stopped before it finished, so it holds "
+                    f"{runs:,} runs, part of the server's; run `flowsync pull --db {db}` "
                     "to finish it."
                 ),
                 stacklevel=4,
