@@ -219,3 +219,22 @@ def test_a_writer_closed_twice_lets_go_of_no_later_writer(tmp_path: Path) -> Non
         first.close()  # again (an explicit close, then its with block's)
         with pytest.raises(StoreLockedError, match="held by a writer of this process"):
             Store.writer(db).close()
+
+
+@pytest.mark.parametrize("mode", ["full", "apply"])
+def test_a_record_its_killed_process_left_running_says_so_for_a_pull_and_an_apply(
+    tmp_path: Path, mode: str
+) -> None:
+    """An apply killed (kill -9) was shown as "process ended before the pull finished"."""
+    from flowsync.store import sync_log
+
+    with Store.writer(tmp_path / "runs.duckdb") as store:
+        store.execute(
+            "INSERT INTO sync_runs (started_at, status, api_url, mode) "
+            "VALUES (now(), 'running', 'http://x/api', ?)",
+            [mode],
+        )
+        summary = sync_log.status_summary(store, none_running=True)
+    record = summary["last_apply" if mode == "apply" else "last_pull"]
+    assert record["status"] == "interrupted"
+    assert record["error"] == "its process ended before it finished (killed, or out of memory)"

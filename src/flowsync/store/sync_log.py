@@ -181,8 +181,9 @@ def previous_run_id(store: Store, pull_id: int) -> int | None:
     return None if value is None else int(value)
 
 
-# What a record left 'running' by a process that ended (kill -9, the OOM killer) becomes.
-STALE_ERROR = "process ended before the pull finished"
+# What a record left 'running' by a process that ended (kill -9, the OOM killer) becomes:
+# a pull's, an apply's or a refresh's.
+STALE_ERROR = "its process ended before it finished (killed, or out of memory)"
 
 
 def abandon_stale_runs(store: Store) -> None:
