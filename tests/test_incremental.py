@@ -520,6 +520,27 @@ def test_runs_changing_state_inside_a_tie_are_not_skipped(
     assert not set(tied) - local, f"{len(set(tied) - local)} of the tied runs were skipped"
 
 
+@pytest.mark.backends("sqlite")  # the ranges the pull asks for do not depend on the backend
+def test_a_run_scheduled_in_the_year_9999_is_pulled_by_every_kind_of_pull(
+    fresh_server: Server, db_path: Path
+) -> None:
+    """A range ending an hour (or a bucket) past the last run's expected start passed the
+    last date there is: every full pass and daily check stopped with an OverflowError
+    traceback (and Prefect's /flow_runs/history fails on a range ending there)."""
+    url = fresh_server.url
+    seed(url, runs=20, flows=1, deployments_per_flow=1, days=3, seed_value=11)
+    with httpx.Client(base_url=url + "/", timeout=60) as c:
+        flow = post_json(c, "flows/", {"name": "far-future"})["id"]
+        later = {"scheduled_time": "9999-12-31T23:30:00+00:00"}
+        body = {"flow_id": flow, "state": {"type": "SCHEDULED", "state_details": later}}
+        far = post_json(c, "flow_runs/", body)["id"]
+    assert pull(url, db_path)["mode"] == "full"
+    assert pull(url, db_path, "--verify")["mode"] == "incremental"
+    assert pull(url, db_path, "--full")["mode"] == "full"
+    assert local_state(db_path, far) == "SCHEDULED"
+    assert_matches_server(db_path, url)
+
+
 def test_history_parts_asked_at_once_come_back_in_their_order() -> None:
     """The parts are in flight ``concurrency`` at a time; the first part's answer, here the
     last to arrive, still comes first: the buckets are the ones one request would give."""

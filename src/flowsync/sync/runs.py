@@ -75,6 +75,10 @@ LOOKED = "flow_runs.rescheduled_looked"
 PASS_STAMPS = "flow_runs.full_pass_stamps"
 # The server's history query costs ~3 ms per bucket on SQLite: few buckets, refined where they differ.
 PLAN_BUCKETS = 100
+# How far past the server's now the bucketed plans and checks reach: a run expected later
+# (one scheduled in 9999) lies in the open-ended last part, read and counted there. Prefect's
+# /flow_runs/history fails (500) on a range that ends near the last date there is.
+PLAN_HORIZON = timedelta(days=100 * 365)
 VERIFY_BUCKETS = 100
 REREAD_ROWS = 2000  # a differing range this small is re-read; a larger one is narrowed first
 # The history query reads every run in its range (PostgreSQL at a million runs: ~6 us a run,
@@ -163,6 +167,7 @@ def plan_segments(ctx: PullContext, total: int) -> list[dict[str, Any]]:
     lo, hi = ends
     if lo is None or hi is None:
         return [{"lo": None, "hi": None, "pos": None, "done": False}]
+    hi = min(hi, max(lo, ctx.server_start + PLAN_HORIZON))
     start = lo - timedelta(seconds=1)
     interval = max(1.0, math.ceil((hi - start).total_seconds() / PLAN_BUCKETS + 1))
     buckets = math.ceil(((hi + timedelta(seconds=interval)) - start).total_seconds() / interval)
@@ -562,6 +567,7 @@ def verify_counts(ctx: PullContext, *, force: bool = False) -> None:
             _null_start_runs(ctx)
     else:
         lo, hi = lo.astimezone(timezone.utc), hi.astimezone(timezone.utc)
+        hi = min(hi, max(lo, ctx.server_start + PLAN_HORIZON))  # later runs: counted outside
         # Bucket edges at half seconds, away from the whole-second times seeded runs often share.
         start = (
             lo.replace(minute=0, second=0, microsecond=0)
