@@ -541,6 +541,28 @@ def test_a_run_scheduled_in_the_year_9999_is_pulled_by_every_kind_of_pull(
     assert_matches_server(db_path, url)
 
 
+def test_a_run_expected_before_1970_is_pulled_and_no_pull_lists_every_run_for_it(
+    fresh_server: Server, db_path: Path
+) -> None:
+    """A run scheduled before 1970 (a negative timestamp) fell below every walk's lower bound:
+    never read, and each pull after listed every run by offset to find it, saying it had no
+    expected start."""
+    url = fresh_server.url
+    with httpx.Client(base_url=url + "/", timeout=60) as c:
+        flow = post_json(c, "flows/", {"name": "before-1970"})["id"]
+        earlier = {"scheduled_time": "1969-06-01T00:00:00+00:00"}
+        body = {"flow_id": flow, "state": {"type": "SCHEDULED", "state_details": earlier}}
+        old = post_json(c, "flow_runs/", body)["id"]
+    seed(url, runs=20, flows=1, deployments_per_flow=1, days=3, seed_value=11)
+    for extra in ((), ("--verify",), ("--full",)):
+        result = run_cli("pull", "--api-url", url, "--db", str(db_path), *extra)
+        assert result.exit_code == 0, result.output
+        assert "no expected start time" not in result.output, result.output
+        assert "outside the known time range differ" not in result.output, result.output
+        assert local_state(db_path, old) == "SCHEDULED"
+    assert_matches_server(db_path, url)
+
+
 def test_history_parts_asked_at_once_come_back_in_their_order() -> None:
     """The parts are in flight ``concurrency`` at a time; the first part's answer, here the
     last to arrive, still comes first: the buckets are the ones one request would give."""

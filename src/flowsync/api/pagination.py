@@ -27,6 +27,9 @@ from flowsync.api.reads import PAGE_LIMIT, Page, server_time
 
 PAGE_SIZE = PAGE_LIMIT  # the largest page the API serves
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+# The lower bound of every walk and count of runs by expected start: before any run's (one
+# scheduled before 1970, a negative timestamp, is a run too; only runs without one are not).
+EARLIEST = datetime(1900, 1, 1, tzinfo=timezone.utc)
 
 
 FILTER_START = "POST /flow_runs/filter: a run's expected_start_time"
@@ -192,7 +195,7 @@ def keyset_run_pages(
     position is None after the last page.
     """
     hi_s = iso(hi) if hi is not None else None
-    pos = start or Position(iso(lo or EPOCH))
+    pos = start or Position(iso(lo or EARLIEST))
     while True:
         if pos.in_tie:
             # One timestamp: order by id, the one sort whose order no update changes.

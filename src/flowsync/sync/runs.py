@@ -34,6 +34,7 @@ from typing import Any
 
 from flowsync.api import Page
 from flowsync.api.pagination import (
+    EARLIEST,
     EPOCH,
     FILTER_START,
     Position,
@@ -160,7 +161,7 @@ def plan_segments(ctx: PullContext, total: int) -> list[dict[str, Any]]:
                 "sort": sort,
                 "limit": 1,
                 "offset": 0,
-                "flow_runs": {"expected_start_time": {"after_": iso(EPOCH)}},
+                "flow_runs": {"expected_start_time": {"after_": iso(EARLIEST)}},
             },
         )
         ends.append(server_time(page[0].get("expected_start_time"), FILTER_START) if page else None)
@@ -392,7 +393,7 @@ def check_ids(ctx: PullContext, ids: Iterable[str], *, advance: bool = False) ->
 def _null_start_runs(ctx: PullContext) -> None:
     """Runs without an expected start are invisible to the keyset walk; list them if any exist."""
     with_start = ctx.client.count(
-        "flow_runs", {"flow_runs": {"expected_start_time": {"after_": iso(EPOCH)}}}
+        "flow_runs", {"flow_runs": {"expected_start_time": {"after_": iso(EARLIEST)}}}
     )
     total = ctx.client.count("flow_runs")
     if total <= with_start:
