@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,7 +22,7 @@ import httpx
 import pytest
 
 from harness.seed import Seeded, create_bulk, delete_runs, post_json, seed, set_states
-from harness.server import Server
+from harness.server import Server, free_port
 from tests.helpers import (
     SeededServer,
     forwarding,
@@ -347,7 +348,9 @@ def test_verify_finds_a_state_change_whose_event_was_missed(
     con.close()
     quiet = pull(url, db_path, "--overlap", "0")
     assert local_state(db_path, target) == "COMPLETED"
-    assert int(quiet["requests"]) <= 8  # totals agree: no histogram (8: the identity check)
+    # totals agree: no histogram (9: the identity check, and whether the server still holds
+    # the newest state event the last pull read)
+    assert int(quiet["requests"]) <= 9
     pull(url, db_path, "--overlap", "0", "--verify")
     assert local_state(db_path, target) == "FAILED"
     assert_matches_server(db_path, url)
@@ -561,6 +564,43 @@ def test_a_run_expected_before_1970_is_pulled_and_no_pull_lists_every_run_for_it
         assert "outside the known time range differ" not in result.output, result.output
         assert local_state(db_path, old) == "SCHEDULED"
     assert_matches_server(db_path, url)
+
+
+@pytest.mark.backends("sqlite")  # a restore is a copy of the server's database file here
+def test_a_server_restored_from_a_backup_is_reconciled_by_the_next_pull(
+    start_server: Any, tmp_path: Path
+) -> None:
+    """The server's database restored from a backup taken before the last pull, with as many
+    runs as the file (one deleted, one created since): its events are all older than the
+    cursor and no total differs, so the next pulls changed nothing and the file kept what the
+    restore undid (a deleted run back, a new one gone, a state change undone) for up to a
+    day. The server no longer holds the newest state event the last pull read: a full pass."""
+    home, port, db = tmp_path / "server", free_port(), tmp_path / "runs.duckdb"
+    backup = tmp_path / "backup"
+    with start_server(home=home, port=port) as server:
+        url = server.url
+        seeded = seed(url, runs=30, flows=1, deployments_per_flow=1, days=3, seed_value=5)
+        assert pull(url, db)["mode"] == "full"
+    backup.mkdir()
+    for part in home.glob("prefect.db*"):
+        shutil.copy2(part, backup / part.name)
+    with start_server(home=home, port=port) as server:
+        done = completed(seeded)
+        delete_runs(url, done[:1])
+        move_to(url, done[1:2], "FAILED")
+        wait_for_state_events(url, done[1:2], "FAILED")
+        seed(url, runs=1, flows=1, deployments_per_flow=1, days=1, seed_value=6)
+        assert pull(url, db)["mode"] == "incremental"
+    for part in home.glob("prefect.db*"):
+        part.unlink()
+    for part in backup.iterdir():
+        shutil.copy2(part, home / part.name)
+    with start_server(home=home, port=port) as server:
+        restored = pull(url, db)
+        assert restored["mode"] == "full", restored
+        assert "no longer holds the newest state event" in str(restored), restored
+        assert_matches_server(db, url)
+        assert pull(url, db)["mode"] == "incremental"  # and the pull after is as before
 
 
 def test_history_parts_asked_at_once_come_back_in_their_order() -> None:

@@ -24,7 +24,10 @@ from flowsync.sync.context import PullContext
 LISTED_EVERY = 0.75
 
 
-def sync_collection(ctx: PullContext, spec: TableSpec) -> None:
+def sync_collection(ctx: PullContext, spec: TableSpec, *, whole: bool = False) -> None:
+    """Bring one collection up to date: walked by ``updated`` down to its cursor, or listed
+    whole (``whole``: a pull reconciling everything; ``--full``; the first time; once a
+    ``LISTED_EVERY`` share of the staleness window)."""
     resource = spec.name
     key, listed_key = f"{resource}.cursor", f"{resource}.listed_at"
     cursor = sync_log.get_state(ctx.store, key)
@@ -35,6 +38,7 @@ def sync_collection(ctx: PullContext, spec: TableSpec) -> None:
     complete = False
     if (
         cursor is None
+        or whole
         or ctx.options.full
         or listed is None
         or started - parse_ts(listed) >= ctx.options.staleness * LISTED_EVERY

@@ -6,6 +6,8 @@ Owns: the two cursors a pull leaves for the next, and their rules.
 - ``flow_runs.cursor``: when the last pull began by the server's ``Date`` header
   (``pulled_from``). What is counted on that clock: the age of the last pull against
   the server's events retention, the daily verification.
+- ``flow_runs.newest_event``: when the newest state event a pull read occurred, exactly;
+  the next pull asks whether the server still holds it (``events_lost``).
 - ``flow_runs.events_cursor``: where the next events window starts (before the
   overlap), on the clock of the events themselves. Every state change after a pull
   must be asked for by the next one, whatever the ``Date`` says: a reverse proxy
@@ -34,6 +36,11 @@ from flowsync.store import Store, sync_log
 
 CURSOR = "flow_runs.cursor"
 EVENTS_CURSOR = "flow_runs.events_cursor"
+# When the newest state event a pull read occurred, exactly (the events cursor is that bounded
+# by the Date, or where the window began): a server that no longer holds it lost events
+# newer than the ones it has (restored from a backup, events deleted), which no later window
+# would ask for again.
+NEWEST_EVENT = "flow_runs.newest_event"
 # How far the Date header may run ahead of the server's clock with every state change still
 # asked for once the events cursor is older than this before the last pull (an idle server).
 # Also how far back the window reaches when no event vouched for a cursor (a full pass on a
@@ -115,6 +122,32 @@ def events_cover(
     if age <= horizon:
         return None
     return f"last pull is older than {in_words(horizon)} (--events-horizon) and the server holds no earlier events"
+
+
+def events_lost(client: PrefectClient, store: Store) -> str | None:
+    """Why the server's state events went back in time, or None: it no longer holds the newest
+    one the last pull read, though it holds older ones (one request; Prefect trims events
+    oldest first, so that one goes last). A server restored from a backup (with as many runs
+    as the file: no total tells) or whose events were deleted: the changes since are in no
+    events window."""
+    held = sync_log.get_state(store, NEWEST_EVENT)
+    if not held:
+        return None
+    newest = parse_ts(held)
+    found = client.flow_run_event_before(newest)
+    if found is not None and found >= newest:
+        return None
+    return (
+        f"the server no longer holds the newest state event the last pull read ({held}): "
+        "restored from a backup, or its events deleted"
+    )
+
+
+def record_newest(store: Store, newest: datetime | None) -> None:
+    """Keep when the newest state event a pull read occurred (None: it read none; the last
+    one kept stays). Inside the caller's transaction."""
+    if newest is not None:
+        sync_log.set_state(store, NEWEST_EVENT, iso(newest))
 
 
 def in_words(value: timedelta) -> str:

@@ -169,8 +169,10 @@ def pull(
             why_full = runs.needs_full(ctx)
             if why_full:
                 mode, reason = "full", why_full
-            catalog.sync_collection(ctx, FLOWS)
-            catalog.sync_collection(ctx, DEPLOYMENTS)
+            # A pull that reconciles the runs lists the catalog whole too (a restored server's
+            # flows and deployments are older than the cursor its walk stops at).
+            catalog.sync_collection(ctx, FLOWS, whole=bool(why_full))
+            catalog.sync_collection(ctx, DEPLOYMENTS, whole=bool(why_full))
             if why_full:
                 runs.full_pass(ctx)
             else:
@@ -185,6 +187,7 @@ def pull(
                     sync_log.set_state(store, cursor.CURSOR, server_start.isoformat())
                     sync_log.set_state(store, runs.RESCHEDULED, events_cursor)
                     sync_log.set_state(store, cursor.EVENTS_CURSOR, events_cursor)
+                    cursor.record_newest(store, newest)
             runs_counter = ctx.counters.get(FLOW_RUNS.name)
             # Runs went: record the server's retention now, to tell aged-out from deleted.
             went = runs_counter is not None and runs_counter.marked_deleted

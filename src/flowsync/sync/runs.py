@@ -102,7 +102,17 @@ def needs_full(ctx: PullContext) -> str | None:
         return "first pull"
     overlap = ctx.options.overlap
     since = cursor.window_start(ctx.store, ctx.server_start) - overlap
-    return events_gap(ctx, since, parse_ts(pulled) - overlap)
+    return events_gap(ctx, since, parse_ts(pulled) - overlap) or _events_lost(ctx)
+
+
+def _events_lost(ctx: PullContext) -> str | None:
+    """``cursor.events_lost``: None when the server has no events API (nothing to tell by)."""
+    try:
+        return cursor.events_lost(ctx.client, ctx.store)
+    except UnavailableError:
+        raise  # the server has an events API and did not answer (429, 5xx): nothing known
+    except ApiError:
+        return None
 
 
 def events_gap(ctx: PullContext, since: datetime, read_to: datetime) -> str | None:
@@ -244,6 +254,10 @@ def full_pass(ctx: PullContext) -> None:
     with ctx.store.transaction():
         sync_log.set_state(ctx.store, CURSOR, state["started"])
         sync_log.set_state(ctx.store, EVENTS_CURSOR, events_cursor)
+        cursor.record_newest(
+            ctx.store,
+            max((t for t in (newest, parse_ts(events) if events else None) if t), default=None),
+        )
         sync_log.set_state(ctx.store, VERIFIED, state["started"])
         sync_log.set_state(ctx.store, RESCHEDULED, events_cursor)
         sync_log.set_state(ctx.store, LOOKED, stamps)
