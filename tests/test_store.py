@@ -238,3 +238,34 @@ def test_a_record_its_killed_process_left_running_says_so_for_a_pull_and_an_appl
     record = summary["last_apply" if mode == "apply" else "last_pull"]
     assert record["status"] == "interrupted"
     assert record["error"] == "its process ended before it finished (killed, or out of memory)"
+
+
+def test_a_local_state_stamped_ahead_of_the_servers_clock_proves_no_later_change(
+    tmp_path: Path,
+) -> None:
+    """A state written while the server's clock ran 30 minutes ahead, then the clock put right
+    and the run moved on: its new state event is older than the stamp the file holds, which
+    was taken for proof that the file had it. A stamp after the pull's start proves nothing."""
+    from datetime import datetime, timedelta, timezone
+
+    from flowsync.store import synced_tables
+
+    now = datetime(2026, 12, 7, 12, tzinfo=timezone.utc)
+    runs = {
+        "00000000-0000-4000-8000-000000000001": now + timedelta(minutes=30),  # stamped ahead
+        "00000000-0000-4000-8000-000000000002": now - timedelta(minutes=1),  # holds it
+        "00000000-0000-4000-8000-000000000003": now - timedelta(minutes=10),  # behind
+    }
+    with Store.writer(tmp_path / "runs.duckdb") as store:
+        for run_id, stamp in runs.items():
+            store.execute(
+                "INSERT INTO flow_runs (id, name, state_type, state_timestamp, synced_at) "
+                "VALUES (?, 'r', 'RUNNING', ?, now())",
+                [run_id, stamp],
+            )
+        changed = dict.fromkeys(runs, now - timedelta(minutes=5))
+        behind = synced_tables.runs_behind(store, changed, now)
+    assert sorted(behind) == [
+        "00000000-0000-4000-8000-000000000001",
+        "00000000-0000-4000-8000-000000000003",
+    ]

@@ -495,12 +495,14 @@ def differing_from(stamps: Mapping[str, Stamp], rows: Mapping[str, Mapping[str, 
     return out
 
 
-def runs_behind(store: Store, changed: dict[str, datetime]) -> list[str]:
+def runs_behind(store: Store, changed: dict[str, datetime], now: datetime) -> list[str]:
     """Of these run ids, the ones whose local state is older than ``changed[id]``.
 
     ``changed`` maps a run id to the time of its latest state event; a state
     event occurs at its state's timestamp, so a local row whose state timestamp
-    is at least that recent already holds that state. Missing rows count as behind.
+    is at least that recent already holds that state. Missing rows count as behind, and
+    so do rows whose state timestamp is after ``now`` (the server's clock at the pull's
+    start): stamped while that clock ran ahead, it proves nothing about a later change.
     """
     if not changed:
         return []
@@ -509,7 +511,9 @@ def runs_behind(store: Store, changed: dict[str, datetime]) -> list[str]:
         [list(changed)],
     ).rows()
     local = {i: ts for i, ts in rows}
-    return [i for i, at in changed.items() if local.get(i) is None or local[i] < at]
+    return [
+        i for i, at in changed.items() if local.get(i) is None or local[i] < at or local[i] > now
+    ]
 
 
 def due_for_reread(store: Store, window: timedelta, now: datetime | None = None) -> list[str]:

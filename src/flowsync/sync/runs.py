@@ -540,7 +540,8 @@ def state_events(ctx: PullContext, since: datetime) -> tuple[list[str], datetime
     changed = ctx.client.changed_flow_runs(since, ctx.server_start + cursor.DATE_LAG_MAX)
     # Skip runs whose local row already holds their latest state (typically
     # re-read by the previous pull inside the overlap window).
-    return synced_tables.runs_behind(ctx.store, changed), max(changed.values(), default=None)
+    behind = synced_tables.runs_behind(ctx.store, changed, ctx.server_start)
+    return behind, max(changed.values(), default=None)
 
 
 def rolling_reread(ctx: PullContext) -> int:
