@@ -138,6 +138,50 @@ def test_events_retention_is_the_state_events_own(
 
 
 @pytest.mark.parametrize(
+    ("ago", "overrides", "said"),
+    [
+        (timedelta(minutes=30), {"prefect.flow-run.Failed": "PT10M"}, None),  # not asked
+        (timedelta(hours=3), {}, None),  # no type keeps its own
+        (timedelta(hours=3), {"prefect.flow-run.heartbeat": "PT1H"}, None),  # no state event
+        (timedelta(hours=3), {"prefect.flow-run.Failed": "PT4H"}, None),  # kept long enough
+        (
+            timedelta(hours=3),
+            {"prefect.flow-run.Failed": "PT2H"},
+            "some flow-run state events for 2 hours",
+        ),
+    ],
+)
+def test_a_state_event_type_kept_for_less_than_the_gap_is_not_vouched_for_by_older_events(
+    ago: timedelta, overrides: dict[str, str], said: str | None
+) -> None:
+    """An event held from before the window proves it whole only for the types Prefect trims
+    oldest first: one with a retention of its own (``event_retention_overrides``) shorter
+    than the time since the last pull may have lost its events in it (its changes were
+    missed until the daily check). Its settings are asked for only after an hour."""
+    from flowsync.sync import events_cover
+
+    asked: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        asked.append(request.url.path.rsplit("/api/", 1)[-1])
+        if request.url.path.endswith("/admin/settings"):
+            db_vacuum = {"event_retention_overrides": overrides}
+            server = {"events": {"retention_period": "P7D"}, "services": {"db_vacuum": db_vacuum}}
+            return httpx.Response(200, json={"server": server})
+        held = {
+            "occurred": (NOW - ago - timedelta(days=1)).isoformat(),
+            "event": "prefect.flow-run.Completed",
+        }
+        return httpx.Response(200, json={"events": [held]})
+
+    transport = httpx.MockTransport(handler)
+    with PrefectClient(ApiSettings(url="http://127.0.0.1:9/api"), transport=transport) as c:
+        reason = events_cover(c, NOW - ago, NOW)
+    assert (reason is None) if said is None else (said in (reason or "")), reason
+    assert ("admin/settings" in asked) == (ago > timedelta(hours=1)), asked
+
+
+@pytest.mark.parametrize(
     ("read", "answer", "said"),
     [
         (

@@ -114,8 +114,10 @@ class ServerInfo(ApiSession):
             needs=needs,
         )
 
-    def events_retention(self) -> timedelta | None:
-        """How long the server keeps flow-run state events (its settings), or None if it does not say."""
+    def events_retention(self, *, overrides_only: bool = False) -> timedelta | None:
+        """How long the server keeps flow-run state events (its settings: the shortest of its
+        retention period and any state event type's own), or None if it does not say.
+        ``overrides_only``: the shortest of the types' own alone (None: none has one)."""
         try:
             settings = self.request("GET", "admin/settings")
         except UnavailableError:
@@ -124,18 +126,20 @@ class ServerInfo(ApiSession):
             return None  # Prefect Cloud and locked-down servers do not expose settings
         try:
             server = settings["server"]
-            periods = [_duration(server["events"]["retention_period"])]
+            default = _duration(server["events"]["retention_period"])
             overrides = (server.get("services", {}).get("db_vacuum", {}) or {}).get(
                 "event_retention_overrides"
             ) or {}
-            periods += [
+            own = [
                 _duration(v)
                 for k, v in overrides.items()
                 if str(k).startswith("prefect.flow-run.") and str(k) not in NOT_STATE_EVENTS
             ]  # a heartbeat's own retention is no state event's (the pull never asks for them)
         except (KeyError, TypeError, ValueError, AttributeError):
             return None
-        return min(periods)
+        if overrides_only:
+            return min(own, default=None)
+        return min([default, *own])
 
     def run_retention(self) -> RunRetention:
         """Whether and when the server deletes flow runs on its own: Prefect's ``db_vacuum``

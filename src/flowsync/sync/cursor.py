@@ -49,6 +49,8 @@ DATE_LEAD_MAX = timedelta(days=1)
 # The events query's upper end past the Date: a Date a little behind loses nothing (a later
 # event is asked for by the next pull, whose window starts at the newest one this one saw).
 DATE_LAG_MAX = timedelta(hours=1)
+# A last pull older than this has the server's per-type event retention checked too.
+OVERRIDES_AFTER = timedelta(hours=1)
 
 
 def window_start(store: Store, now: datetime) -> datetime:
@@ -100,17 +102,19 @@ def events_cover(
 ) -> str | None:
     """Why the server's state events may no longer cover [since, now], or None when they do.
 
-    Prefect trims events oldest first (its retention period, per-type overrides,
-    ``db_vacuum``), so one flow-run event held at or before ``since`` proves the
-    window whole (one request). Without one, the server's own retention decides
+    Prefect trims events oldest first (its retention period, ``db_vacuum``), so one
+    flow-run event held at or before ``since`` proves the window whole (one request),
+    but for a state event type with a retention of its own shorter than the time since
+    the last pull (``_overridden``: the settings read for a last pull over an hour ago).
+    Without one, the server's own retention decides
     when it says (``/admin/settings``), else ``horizon``: counted from ``read_to``
     (on ``now``'s clock: the last pull's start, less the overlap, when the events
     before it were read; ``since`` when not given). Raises ``ApiError`` when the
     server has no events API.
     """
-    if client.flow_run_event_before(since) is not None:
-        return None
     age = now - (since if read_to is None else read_to)
+    if client.flow_run_event_before(since) is not None:
+        return _overridden(client, since, age)
     retention = client.events_retention()
     if retention is not None:
         if age < retention:
@@ -122,6 +126,26 @@ def events_cover(
     if age <= horizon:
         return None
     return f"last pull is older than {in_words(horizon)} (--events-horizon) and the server holds no earlier events"
+
+
+def _overridden(client: PrefectClient, since: datetime, age: timedelta) -> str | None:
+    """With an event held from before ``since``: why a state event type's own retention
+    (``db_vacuum``'s ``event_retention_overrides``, trimmed on its own clock, not oldest first
+    with the rest) may still have lost some of the window, or None. Asked of the server's
+    settings only for a last pull more than ``OVERRIDES_AFTER`` ago (a pull every 15 minutes
+    pays nothing); a settings read that fails leaves the held event's proof."""
+    if age <= OVERRIDES_AFTER:
+        return None
+    try:
+        retention = client.events_retention(overrides_only=True)
+    except ApiError:
+        return None
+    if retention is None or age < retention:
+        return None
+    return (
+        f"the server keeps some flow-run state events for {in_words(retention)} "
+        f"(event_retention_overrides), less than the time since the last pull ({iso(since)})"
+    )
 
 
 def events_lost(client: PrefectClient, store: Store) -> str | None:
