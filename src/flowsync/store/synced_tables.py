@@ -495,14 +495,21 @@ def differing_from(stamps: Mapping[str, Stamp], rows: Mapping[str, Mapping[str, 
     return out
 
 
+# How far a local state's stamp may be after the pull's Date and still prove the state is the
+# run's latest: a Date is to the second, and a state set in the second the pull began is
+# later than it (a clock that ran ahead stamps minutes or hours after it).
+AHEAD_SLACK = timedelta(minutes=2)
+
+
 def runs_behind(store: Store, changed: dict[str, datetime], now: datetime) -> list[str]:
     """Of these run ids, the ones whose local state is older than ``changed[id]``.
 
     ``changed`` maps a run id to the time of its latest state event; a state
     event occurs at its state's timestamp, so a local row whose state timestamp
     is at least that recent already holds that state. Missing rows count as behind, and
-    so do rows whose state timestamp is after ``now`` (the server's clock at the pull's
-    start): stamped while that clock ran ahead, it proves nothing about a later change.
+    so do rows whose state timestamp is more than ``AHEAD_SLACK`` after ``now`` (the
+    server's clock at the pull's start, to the second of its Date): stamped while that
+    clock ran ahead, it proves nothing about a later change.
     """
     if not changed:
         return []
@@ -511,8 +518,9 @@ def runs_behind(store: Store, changed: dict[str, datetime], now: datetime) -> li
         [list(changed)],
     ).rows()
     local = {i: ts for i, ts in rows}
+    ahead = now + AHEAD_SLACK
     return [
-        i for i, at in changed.items() if local.get(i) is None or local[i] < at or local[i] > now
+        i for i, at in changed.items() if local.get(i) is None or local[i] < at or local[i] > ahead
     ]
 
 
