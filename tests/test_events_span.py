@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import json
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -179,6 +180,48 @@ def test_a_state_event_type_kept_for_less_than_the_gap_is_not_vouched_for_by_old
         reason = events_cover(c, NOW - ago, NOW)
     assert (reason is None) if said is None else (said in (reason or "")), reason
     assert ("admin/settings" in asked) == (ago > timedelta(hours=1)), asked
+
+
+@pytest.mark.parametrize(
+    ("found", "overrides", "lost"),
+    [
+        (None, {}, False),  # none held at all: an idle server's aged out, not a restore
+        (timedelta(hours=-13), {}, True),  # an older one held, the newest gone: a restore
+        (timedelta(0), {}, False),  # the newest held
+        (timedelta(hours=-13), {"prefect.flow-run.Completed": "PT12H"}, False),  # its own clock
+        (timedelta(hours=-13), {"prefect.flow-run.Completed": "P1D"}, True),
+    ],
+)
+def test_the_newest_event_gone_is_a_restore_only_when_nothing_else_took_it(
+    tmp_path: Path, found: timedelta | None, overrides: dict[str, str], lost: bool
+) -> None:
+    """The newest state event the last pull read (13 hours ago) no longer held: a server
+    restored from a backup, unless it holds none (all aged out) or a state event type's own
+    retention is shorter than its age (trimmed on its own clock, older events of other
+    types kept)."""
+    from flowsync.store import Store
+    from flowsync.sync import cursor
+
+    newest = NOW - timedelta(hours=13)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/admin/settings"):
+            db_vacuum = {"event_retention_overrides": overrides}
+            server = {"events": {"retention_period": "P7D"}, "services": {"db_vacuum": db_vacuum}}
+            return httpx.Response(200, json={"server": server})
+        events = [] if found is None else [{"occurred": (newest + found).isoformat()}]
+        return httpx.Response(200, json={"events": events})
+
+    transport = httpx.MockTransport(handler)
+    with (
+        Store.writer(tmp_path / "r.duckdb") as store,
+        PrefectClient(ApiSettings(url="http://127.0.0.1:9/api"), transport=transport) as c,
+    ):
+        with store.transaction():
+            cursor.record_newest(store, newest)
+        said = cursor.events_lost(c, store, NOW)
+    assert (said is not None) == lost, said
+    assert not lost or "restored from a backup" in (said or ""), said
 
 
 @pytest.mark.parametrize(

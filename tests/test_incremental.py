@@ -603,6 +603,31 @@ def test_a_server_restored_from_a_backup_is_reconciled_by_the_next_pull(
         assert pull(url, db)["mode"] == "incremental"  # and the pull after is as before
 
 
+@pytest.mark.backends("sqlite")  # the server's events removed from its database file
+def test_an_idle_server_whose_events_all_aged_out_is_not_taken_for_a_restored_one(
+    start_server: Any, tmp_path: Path
+) -> None:
+    """A server idle longer than its event retention holds no event at all: its newest went
+    last, as Prefect trims oldest first. Taken for a restored server, every pull went full
+    until a state change came."""
+    import sqlite3
+
+    home, port, db = tmp_path / "server", free_port(), tmp_path / "runs.duckdb"
+    with start_server(home=home, port=port) as server:
+        url = server.url
+        seed(url, runs=20, flows=1, deployments_per_flow=1, days=3, seed_value=7)
+        assert pull(url, db)["mode"] == "full"
+        assert pull(url, db)["mode"] == "incremental"
+    with sqlite3.connect(home / "prefect.db") as con:  # what db_vacuum leaves after a week
+        con.execute("DELETE FROM event_resources")
+        con.execute("DELETE FROM events")
+    con.close()
+    with start_server(home=home, port=port) as server:
+        for _ in range(2):
+            assert pull(url, db)["mode"] == "incremental"
+        assert_matches_server(db, url)
+
+
 def test_history_parts_asked_at_once_come_back_in_their_order() -> None:
     """The parts are in flight ``concurrency`` at a time; the first part's answer, here the
     last to arrive, still comes first: the buckets are the ones one request would give."""

@@ -148,30 +148,43 @@ def _overridden(client: PrefectClient, since: datetime, age: timedelta) -> str |
     )
 
 
-def events_lost(client: PrefectClient, store: Store) -> str | None:
+def events_lost(client: PrefectClient, store: Store, now: datetime) -> str | None:
     """Why the server's state events went back in time, or None: it no longer holds the newest
-    one the last pull read, though it holds older ones (one request; Prefect trims events
+    one the last pull read, though it holds an older one (one request; Prefect trims events
     oldest first, so that one goes last). A server restored from a backup (with as many runs
     as the file: no total tells) or whose events were deleted: the changes since are in no
-    events window."""
+    events window. None when it holds none from the 14 days before it (an idle server's
+    events all aged out), or when a state event type's own retention (``db_vacuum``'s
+    ``event_retention_overrides``, trimmed on its own clock) may have taken it: the
+    settings are read then, and only then."""
     held = sync_log.get_state(store, NEWEST_EVENT)
     if not held:
         return None
     newest = parse_ts(held)
     found = client.flow_run_event_before(newest)
-    if found is not None and found >= newest:
+    if found is None or found >= newest:
+        return None
+    try:
+        own = client.events_retention(overrides_only=True)
+    except ApiError:
+        own = None  # not known: a busy server's settings; the held older event decides
+    if own is not None and now - newest >= own:
         return None
     return (
-        f"the server no longer holds the newest state event the last pull read ({held}): "
-        "restored from a backup, or its events deleted"
+        f"the server no longer holds the newest state event the last pull read ({held}), "
+        f"though it holds an older one ({iso(found)}): restored from a backup, or its events "
+        "deleted"
     )
 
 
-def record_newest(store: Store, newest: datetime | None) -> None:
+def record_newest(store: Store, newest: datetime | None, *, replace: bool = False) -> None:
     """Keep when the newest state event a pull read occurred (None: it read none; the last
-    one kept stays). Inside the caller's transaction."""
+    one kept stays, unless ``replace``: a full pass, which starts from the server's newest).
+    Inside the caller's transaction."""
     if newest is not None:
         sync_log.set_state(store, NEWEST_EVENT, iso(newest))
+    elif replace:
+        sync_log.delete_state(store, NEWEST_EVENT)
 
 
 def in_words(value: timedelta) -> str:

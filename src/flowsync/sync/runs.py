@@ -108,7 +108,7 @@ def needs_full(ctx: PullContext) -> str | None:
 def _events_lost(ctx: PullContext) -> str | None:
     """``cursor.events_lost``: None when the server has no events API (nothing to tell by)."""
     try:
-        return cursor.events_lost(ctx.client, ctx.store)
+        return cursor.events_lost(ctx.client, ctx.store, ctx.server_start)
     except UnavailableError:
         raise  # the server has an events API and did not answer (429, 5xx): nothing known
     except ApiError:
@@ -254,10 +254,8 @@ def full_pass(ctx: PullContext) -> None:
     with ctx.store.transaction():
         sync_log.set_state(ctx.store, CURSOR, state["started"])
         sync_log.set_state(ctx.store, EVENTS_CURSOR, events_cursor)
-        cursor.record_newest(
-            ctx.store,
-            max((t for t in (newest, parse_ts(events) if events else None) if t), default=None),
-        )
+        held = [t for t in (newest, parse_ts(events) if events else None) if t is not None]
+        cursor.record_newest(ctx.store, max(held, default=None), replace=True)
         sync_log.set_state(ctx.store, VERIFIED, state["started"])
         sync_log.set_state(ctx.store, RESCHEDULED, events_cursor)
         sync_log.set_state(ctx.store, LOOKED, stamps)
