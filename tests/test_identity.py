@@ -154,6 +154,37 @@ def test_a_file_whose_flows_were_all_deleted_on_its_server_still_refuses_another
     assert scalar(db, "SELECT count(*) FROM flow_runs") == 20
 
 
+def test_a_file_whose_flows_were_all_deleted_long_ago_still_follows_its_own_address(
+    start_server: Any, tmp_path: Path
+) -> None:
+    """The same, a week and more later: the server's events have aged out and the file's
+    runs are as old, so nothing can tell. At the file's own address it is taken to be the
+    same server, not refused for good (another address is still refused: above)."""
+    import sqlite3
+
+    import duckdb
+
+    home, port, db = tmp_path / "server", free_port(), tmp_path / "runs.duckdb"
+    with start_server(home=home, port=port) as server:
+        seed(server.url, runs=20, flows=1, deployments_per_flow=1, days=5, seed_value=3)
+        pull(server.url, db)
+        with httpx.Client(base_url=server.url + "/", timeout=60) as c:
+            for flow in c.post("flows/filter", json={}).json():
+                assert c.delete(f"flows/{flow['id']}").status_code == 204
+        pull(server.url, db)
+    with sqlite3.connect(home / "prefect.db") as con:  # what db_vacuum leaves after a week
+        con.execute("DELETE FROM event_resources")
+        con.execute("DELETE FROM events")
+    con.close()
+    with duckdb.connect(str(db)) as con:
+        con.execute("UPDATE flow_runs SET state_timestamp = state_timestamp - INTERVAL 8 DAY")
+    with start_server(home=home, port=port) as server:
+        seed(server.url, runs=10, flows=1, deployments_per_flow=1, days=1, seed_value=4)
+        summary, _ = pull(server.url, db)
+    assert summary["mode"] == "incremental", summary
+    assert scalar(db, "SELECT count(*) FROM flow_runs WHERE deleted_at IS NULL") == 10
+
+
 def test_a_server_whose_flows_were_all_deleted_is_still_the_files_server(
     fresh_server: Server, tmp_path: Path
 ) -> None:

@@ -23,8 +23,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 from flowsync.api import Capabilities, PrefectClient, RunRetention
-from flowsync.config import cloud_workspace
-from flowsync.errors import ConfigError, NotFoundError, UnavailableError, UnsupportedError
+from flowsync.config import PULL_EVENTS_HORIZON_DAYS, cloud_workspace
+from flowsync.errors import (
+    ApiError,
+    ConfigError,
+    NotFoundError,
+    UnavailableError,
+    UnsupportedError,
+)
 from flowsync.store import Store, Writer, sync_log, synced_tables
 
 URL_KEY = "api_url"
@@ -74,7 +80,7 @@ def _same_server(client: PrefectClient, store: Store, known: str, url: str) -> s
             )
             raise _refuse(store, known, url, why)
         return "same Cloud account and workspace ids"
-    evidence, lacks = _holds_its_history(client, store)
+    evidence, lacks = _holds_its_history(client, store, same_url=False)
     if evidence is None:
         raise _refuse(store, known, url, f"it has {lacks}")
     return evidence
@@ -85,7 +91,9 @@ def _same_server(client: PrefectClient, store: Store, known: str, url: str) -> s
 EVENT_SAMPLE = 50
 
 
-def _holds_its_history(client: PrefectClient, store: Store) -> tuple[str | None, str]:
+def _holds_its_history(
+    client: PrefectClient, store: Store, *, same_url: bool
+) -> tuple[str | None, str]:
     """Evidence that the server holds the file's history (a self-hosted one: it has some of
     the file's flows, by id, or, all of them deleted there, the state events of the file's
     newest runs); else None and what it lacks, for the refusal. One or two requests."""
@@ -99,6 +107,15 @@ def _holds_its_history(client: PrefectClient, store: Store) -> tuple[str | None,
             return (
                 "every flow the file holds was deleted on its server, and this one holds the "
                 "state events of the file's newest runs",
+                "",
+            )
+        if same_url and _too_old_to_tell(client, store):
+            # Its address is the file's, and no server still keeps events that old: nothing
+            # can tell, so it is taken to be the file's (as when the flows went), not refused
+            # for good.
+            return (
+                "every flow the file holds was deleted on its server, at this address, longer "
+                "ago than a server keeps state events: taken to be the same server",
                 "",
             )
         return None, (
@@ -116,6 +133,21 @@ def _holds_its_history(client: PrefectClient, store: Store) -> tuple[str | None,
     return None, (
         f"none of the file's {local} flows, checked by id, nor the state events of its newest runs"
     )
+
+
+def _too_old_to_tell(client: PrefectClient, store: Store) -> bool:
+    """Whether the file's newest state change is older than the server keeps state events
+    (its settings; else ``PULL_EVENTS_HORIZON_DAYS``): no server, its own included, could
+    show one of them. A settings read that fails says nothing (False)."""
+    runs = synced_tables.newest_state_changes(store, 1)
+    if not runs:
+        return True
+    try:
+        kept = client.events_retention()
+    except ApiError:
+        return False
+    kept = kept or timedelta(days=PULL_EVENTS_HORIZON_DAYS)
+    return datetime.now(timezone.utc) - runs[0][1] >= kept
 
 
 def _holds_events_of_its_runs(client: PrefectClient, store: Store) -> bool:
@@ -154,7 +186,7 @@ def _still_the_same(client: PrefectClient, store: Store, url: str) -> None:
     A Cloud URL names its workspace: nothing to ask."""
     if cloud_workspace(url):
         return
-    evidence, lacks = _holds_its_history(client, store)
+    evidence, lacks = _holds_its_history(client, store, same_url=True)
     if evidence is None:
         raise ConfigError(
             f"{store.path} holds runs from {url}, but the server there now has {lacks}: "
