@@ -178,7 +178,8 @@ def plan_segments(ctx: PullContext, total: int) -> list[dict[str, Any]]:
     lo, hi = ends
     if lo is None or hi is None:
         return [{"lo": None, "hi": None, "pos": None, "done": False}]
-    hi = min(hi, max(lo, ctx.server_start + PLAN_HORIZON))
+    horizon = ctx.server_start + PLAN_HORIZON
+    lo, hi = min(lo, horizon), min(hi, horizon)
     start = lo - timedelta(seconds=1)
     interval = max(1.0, math.ceil((hi - start).total_seconds() / PLAN_BUCKETS + 1))
     buckets = math.ceil(((hi + timedelta(seconds=interval)) - start).total_seconds() / interval)
@@ -581,7 +582,8 @@ def verify_counts(ctx: PullContext, *, force: bool = False) -> None:
             _null_start_runs(ctx)
     else:
         lo, hi = lo.astimezone(timezone.utc), hi.astimezone(timezone.utc)
-        hi = min(hi, max(lo, ctx.server_start + PLAN_HORIZON))  # later runs: counted outside
+        horizon = ctx.server_start + PLAN_HORIZON  # later runs: counted outside the window
+        lo, hi = min(lo, horizon), min(hi, horizon)
         # Bucket edges at half seconds, away from the whole-second times seeded runs often share.
         start = (
             lo.replace(minute=0, second=0, microsecond=0)
