@@ -172,12 +172,12 @@ def test_a_file_whose_flows_were_all_deleted_long_ago_still_follows_its_own_addr
             for flow in c.post("flows/filter", json={}).json():
                 assert c.delete(f"flows/{flow['id']}").status_code == 204
         pull(server.url, db)
-    with sqlite3.connect(home / "prefect.db") as con:  # what db_vacuum leaves after a week
-        con.execute("DELETE FROM event_resources")
-        con.execute("DELETE FROM events")
-    con.close()
-    with duckdb.connect(str(db)) as con:
-        con.execute("UPDATE flow_runs SET state_timestamp = state_timestamp - INTERVAL 8 DAY")
+    with sqlite3.connect(home / "prefect.db") as server_db:  # what db_vacuum leaves in a week
+        server_db.execute("DELETE FROM event_resources")
+        server_db.execute("DELETE FROM events")
+    server_db.close()
+    with duckdb.connect(str(db)) as file:
+        file.execute("UPDATE flow_runs SET state_timestamp = state_timestamp - INTERVAL 8 DAY")
     with start_server(home=home, port=port) as server:
         seed(server.url, runs=10, flows=1, deployments_per_flow=1, days=1, seed_value=4)
         summary, _ = pull(server.url, db)

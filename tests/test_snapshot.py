@@ -510,12 +510,12 @@ def test_a_second_name_a_killed_reader_left_is_removed_by_the_next_publish(tmp_p
 def test_a_first_pull_stopped_part_way_publishes_what_it_pulled(
     fresh_server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A first pull stopped part-way (Ctrl-C, here at its 4th page of runs, after a slow 2nd
-    made it write what it had) published nothing,
-    so readers read the live file, and a notebook's ``flowsync.connect()`` then blocked the
-    pull that would finish it (exit 6). It publishes what it pulled: readers open that
-    snapshot, warned that it is partial, and the next pull finishes and publishes beside an
-    open notebook connection."""
+    """A first pull stopped part-way (Ctrl-C, here at a page of runs after a slow one made it
+    write what it had) published nothing, so readers read the live file, and a notebook's
+    ``flowsync.connect()`` then blocked the pull that would finish it (exit 6). It publishes
+    what it pulled: readers open that snapshot, warned that it is partial; a second stop
+    publishes again, what it has then; and the pull that finishes publishes beside an open
+    notebook connection."""
     import warnings
 
     import flowsync
@@ -526,28 +526,38 @@ def test_a_first_pull_stopped_part_way_publishes_what_it_pulled(
 
     url, db = fresh_server.url, tmp_path / "runs.duckdb"
     seed(url, runs=1000, flows=1, deployments_per_flow=1, seed_value=3)
-    pages = [0]
 
-    def stop(request: httpx.Request, n: int) -> None:
-        if request.url.path.endswith("/flow_runs/filter"):
-            pages[0] += 1
-            if pages[0] == 2:
-                time.sleep(2.5)  # the pages read are written after 2 s
-            if pages[0] == 4:
-                raise KeyboardInterrupt
+    def stopped(page: int) -> int:
+        """A pull stopped at its ``page``-th page of runs; how many runs readers then see."""
+        pages = [0]
 
-    monkeypatch.setattr(
-        "flowsync.api.PrefectClient",
-        lambda settings, **kw: PrefectClient(settings, transport=forwarding(stop), **kw),
-    )
-    with pytest.raises(KeyboardInterrupt):
-        flowsync.pull(db, api=ApiSettings(url=url))
-    monkeypatch.undo()
-    with pytest.warns(PartialFileWarning, match="first pull stopped before it finished"):
+        def stop(request: httpx.Request, n: int) -> None:
+            if request.url.path.endswith("/flow_runs/filter"):
+                pages[0] += 1
+                if pages[0] == page - 2:
+                    time.sleep(2.5)  # the pages read are written after 2 s
+                if pages[0] == page:
+                    raise KeyboardInterrupt
+
+        with monkeypatch.context() as m:
+            m.setattr(
+                "flowsync.api.PrefectClient",
+                lambda settings, **kw: PrefectClient(settings, transport=forwarding(stop), **kw),
+            )
+            with pytest.raises(KeyboardInterrupt):
+                flowsync.pull(db, api=ApiSettings(url=url))
+        with pytest.warns(PartialFileWarning, match="first pull stopped before it finished"):
+            reader = flowsync.connect(db)
+        seen = reader.execute("SELECT count(*) FROM flow_runs").fetchone()
+        reader.close()
+        assert seen is not None and 0 < seen[0] < 1000
+        return int(seen[0])
+
+    first = stopped(4)
+    assert stopped(4) > first  # the second stop's runs too
+    with pytest.warns(PartialFileWarning):
         notebook = flowsync.connect(db)
     try:
-        partial = notebook.execute("SELECT count(*) FROM flow_runs").fetchone()
-        assert partial is not None and 0 < partial[0] < 1000
         pulled = flowsync.pull(db, api=ApiSettings(url=url))
     finally:
         notebook.close()

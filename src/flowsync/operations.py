@@ -45,7 +45,7 @@ from flowsync.config import (
     check_number,
     resolve_db_path,
 )
-from flowsync.errors import ConfigError, FlowsyncError, StoreError, StoreLockedError
+from flowsync.errors import ApiError, ConfigError, FlowsyncError, StoreError, StoreLockedError
 from flowsync.policy import (
     ApplyResult,
     LoadedPolicy,
@@ -139,7 +139,7 @@ def pull(
         with Store.writer(db, wait=wait) as store:
             try:
                 result = pull_runs(client, store, options, progress)
-            except BaseException:
+            except (KeyboardInterrupt, ApiError):  # (another server's file: nothing written)
                 _publish_stopped_first_pull(store)
                 raise
             try:
@@ -159,13 +159,14 @@ def pull(
 def _publish_stopped_first_pull(store: Writer) -> None:
     """A first pull that stops (Ctrl-C, SIGTERM, a failing server) publishes what it pulled:
     readers open that snapshot, warned that it is partial, instead of the live file, where a
-    notebook's connection would block the pull that finishes it. (A kill -9 publishes nothing:
-    readers fall back to the live file, as before.)"""
-    info, problem = snapshot.inspect(store.path)
-    if info is not None or problem:
-        return
+    notebook's connection would block the pull that finishes it; a second stop publishes
+    again, what it has then. (A kill -9 publishes nothing: readers fall back to the live
+    file, or the last stop's snapshot.) A file some pull finished keeps that pull's snapshot:
+    a later pull that stops is not published (its readers keep a whole one)."""
     with contextlib.suppress(Exception):
-        if store.execute("SELECT count(*) FROM flow_runs").scalar():
+        if store.execute("SELECT count(*) FROM flow_runs").scalar() and not (
+            sync_log.last_pull_at(store)
+        ):
             publish(store)
 
 
