@@ -780,7 +780,8 @@ def test_a_pull_waits_a_moment_for_a_reader_of_the_live_files_last_pull(
         holder.kill()
         holder.wait()
     assert f"`flowsync {command[0]}` (PID {holder.pid})" in line, line
-    assert "reads the live file for a moment" in line and "snapshot folder" not in line, line
+    assert "reads the live file (the last pull's record" in line, line
+    assert "snapshot folder" not in line, line
 
 
 def test_plan_refresh_is_a_writer_and_other_plans_are_readers() -> None:

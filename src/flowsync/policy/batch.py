@@ -478,6 +478,8 @@ class Applier:
         tries: dict[str, int] = {}  # per run: the attempts it used (sent, or met a 429)
         first = True
         while True:
+            for i in todo:  # this attempt's cause is its own
+                self.too_old.pop(i, None)
             # The window: from the first read the decision rests on (the catch-up of other
             # runs' events, the batch's runs, runs that outrank them, lookups, a lost answer's
             # history) to the calls, nothing waits for the request budget (it waits first).
@@ -511,7 +513,8 @@ class Applier:
                 # later ones goes out only while it is fresh, however the window took long (a
                 # slow read of the runs' deployments, a slow rule).
                 again = [i for c in calls for i in c.ids]
-                self.too_old.update(dict.fromkeys(again, age))
+                if not window.slept:  # the reads themselves took that long, not a wait
+                    self.too_old.update(dict.fromkeys(again, age))
                 calls = []
             lost = False
             final_recorded = False  # decided.final's rows written

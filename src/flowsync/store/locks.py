@@ -138,8 +138,9 @@ def _message(path: Path, holder: Holder, how: str) -> str:
         return f"{path} is held by {who}; wait for it to finish, or pass --wait SECONDS."
     if holder.brief:
         return (
-            f"{path} is held by {who}: it reads the live file for a moment, and held it "
-            f"longer than the {BRIEF_HOLD_GRACE:g} s a writer waits for that; pass --wait SECONDS."
+            f"{path} is held by {who}: it reads the live file (the last pull's record; a "
+            "report all of it while no snapshot is published) and held it longer than the "
+            f"{BRIEF_HOLD_GRACE:g} s a writer waits for that; pass --wait SECONDS."
         )
     if holder.role == "reader" and not holder.live:
         # It did not ask for the live file: the snapshot folder is missing (or was never
