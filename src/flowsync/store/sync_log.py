@@ -96,6 +96,7 @@ STATE_SHAPES: dict[str, Callable[[Any], str | None]] = {
             "deployments.listed_at",
             "flow_runs.cursor",
             "flow_runs.events_cursor",
+            "flow_runs.newest_event",
             "flow_runs.verified_at",
             "flow_runs.rescheduled_cursor",
             "error_signatures_seen_through",
