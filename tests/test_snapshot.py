@@ -522,10 +522,12 @@ def test_a_first_pull_stopped_part_way_publishes_what_it_pulled(
     from flowsync.api import PrefectClient
     from flowsync.config import ApiSettings
     from flowsync.errors import PartialFileWarning
+    from flowsync.sync import PullOptions
     from tests.helpers import forwarding
 
     url, db = fresh_server.url, tmp_path / "runs.duckdb"
-    seed(url, runs=1000, flows=1, deployments_per_flow=1, seed_value=3)
+    seed(url, runs=500, flows=1, deployments_per_flow=1, seed_value=3)
+    paged = PullOptions(page_size=100)  # five pages of runs
 
     def stopped(page: int) -> int:
         """A pull stopped at its ``page``-th page of runs; how many runs readers then see."""
@@ -545,12 +547,12 @@ def test_a_first_pull_stopped_part_way_publishes_what_it_pulled(
                 lambda settings, **kw: PrefectClient(settings, transport=forwarding(stop), **kw),
             )
             with pytest.raises(KeyboardInterrupt):
-                flowsync.pull(db, api=ApiSettings(url=url))
+                flowsync.pull(db, api=ApiSettings(url=url), options=paged)
         with pytest.warns(PartialFileWarning, match="first pull stopped before it finished"):
             reader = flowsync.connect(db)
         seen = reader.execute("SELECT count(*) FROM flow_runs").fetchone()
         reader.close()
-        assert seen is not None and 0 < seen[0] < 1000
+        assert seen is not None and 0 < seen[0] < 500
         return int(seen[0])
 
     first = stopped(4)
@@ -558,14 +560,14 @@ def test_a_first_pull_stopped_part_way_publishes_what_it_pulled(
     with pytest.warns(PartialFileWarning):
         notebook = flowsync.connect(db)
     try:
-        pulled = flowsync.pull(db, api=ApiSettings(url=url))
+        pulled = flowsync.pull(db, api=ApiSettings(url=url), options=paged)
     finally:
         notebook.close()
     assert pulled.snapshot.published
     with warnings.catch_warnings():
         warnings.simplefilter("error", PartialFileWarning)
         whole = flowsync.connect(db)
-    assert whole.execute("SELECT count(*) FROM flow_runs").fetchone() == (1000,)
+    assert whole.execute("SELECT count(*) FROM flow_runs").fetchone() == (500,)
     whole.close()
 
 
