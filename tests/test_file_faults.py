@@ -759,14 +759,17 @@ def test_a_reader_that_fell_back_to_the_live_file_is_not_said_to_use_live(
 
 @pytest.mark.parametrize("command", [["status"], ["report", "health"]])
 def test_a_pull_waits_a_moment_for_a_reader_of_the_live_files_last_pull(
-    tmp_path: Path, command: list[str]
+    tmp_path: Path, command: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``status`` and a report's last-pull time (a Prometheus textfile job beside the scheduled
     pull) hold the live file for one query: a pull meeting one (no --wait) failed with exit 6,
     told the snapshot folder was missing. It waits a moment for it; a holder that keeps the
     file past that is named with what it does."""
+    from flowsync.store import locks
+
+    monkeypatch.setattr(locks, "BRIEF_HOLD_GRACE", 1.5)  # (3 s: a test need not wait it)
     db = built(tmp_path, runs=1)
-    holder = _holder(db, "flowsync", *command, hold=1.0)
+    holder = _holder(db, "flowsync", *command, hold=0.5)
     try:
         with Store.writer(db) as store:
             assert store.execute("SELECT count(*) FROM flow_runs").scalar() == 1

@@ -128,12 +128,16 @@ def test_another_server_started_at_the_files_own_url_is_refused(
     assert scalar(db, "SELECT count(*) FROM flow_runs") == 40
 
 
-def test_a_file_whose_flows_were_all_deleted_on_its_server_still_refuses_another(
+def test_a_file_whose_flows_were_all_deleted_refuses_another_server_until_nothing_can_tell(
     start_server: Any, tmp_path: Path
 ) -> None:
     """Every flow of the file deleted on its server and pulled (the file holds them all
     marked deleted): it was taken for a file that holds no flows yet, so a new database at
     its URL was followed without a word, its runs written beside the old server's."""
+    import sqlite3
+
+    import duckdb
+
     port, db = free_port(), tmp_path / "runs.duckdb"
     with start_server(home=tmp_path / "first", port=port) as first:
         seed(first.url, runs=20, flows=1, deployments_per_flow=1, days=5, seed_value=3)
@@ -152,35 +156,18 @@ def test_a_file_whose_flows_were_all_deleted_on_its_server_still_refuses_another
     assert refused.exit_code == 2 and "Traceback" not in refused.output, refused.output
     assert "every flow the file holds was deleted on its server" in line, line
     assert scalar(db, "SELECT count(*) FROM flow_runs") == 20
-
-
-def test_a_file_whose_flows_were_all_deleted_long_ago_still_follows_its_own_address(
-    start_server: Any, tmp_path: Path
-) -> None:
-    """The same, a week and more later: the server's events have aged out and the file's
-    runs are as old, so nothing can tell. At the file's own address it is taken to be the
-    same server, not refused for good (another address is still refused: above)."""
-    import sqlite3
-
-    import duckdb
-
-    home, port, db = tmp_path / "server", free_port(), tmp_path / "runs.duckdb"
-    with start_server(home=home, port=port) as server:
-        seed(server.url, runs=20, flows=1, deployments_per_flow=1, days=5, seed_value=3)
-        pull(server.url, db)
-        with httpx.Client(base_url=server.url + "/", timeout=60) as c:
-            for flow in c.post("flows/filter", json={}).json():
-                assert c.delete(f"flows/{flow['id']}").status_code == 204
-        pull(server.url, db)
-    with sqlite3.connect(home / "prefect.db") as server_db:  # what db_vacuum leaves in a week
+    # A week and more later at its own address: the first server's events have aged out and
+    # the file's runs are as old, so nothing can tell. Taken to be the same server, not
+    # refused for good (another address would still be refused).
+    with sqlite3.connect(tmp_path / "first" / "prefect.db") as server_db:
         server_db.execute("DELETE FROM event_resources")
         server_db.execute("DELETE FROM events")
     server_db.close()
     with duckdb.connect(str(db)) as file:
         file.execute("UPDATE flow_runs SET state_timestamp = state_timestamp - INTERVAL 8 DAY")
-    with start_server(home=home, port=port) as server:
-        seed(server.url, runs=10, flows=1, deployments_per_flow=1, days=1, seed_value=4)
-        summary, _ = pull(server.url, db)
+    with start_server(home=tmp_path / "first", port=port) as first:
+        seed(first.url, runs=10, flows=1, deployments_per_flow=1, days=1, seed_value=5)
+        summary, _ = pull(first.url, db)
     assert summary["mode"] == "incremental", summary
     assert scalar(db, "SELECT count(*) FROM flow_runs WHERE deleted_at IS NULL") == 10
 

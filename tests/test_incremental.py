@@ -579,7 +579,10 @@ def test_a_server_restored_from_a_backup_is_reconciled_by_the_next_pull(
     runs as the file (one deleted, one created since): its events are all older than the
     cursor and no total differs, so the next pulls changed nothing and the file kept what the
     restore undid (a deleted run back, a new one gone, a state change undone) for up to a
-    day. The server no longer holds the newest state event the last pull read: a full pass."""
+    day. The server no longer holds the newest state event the last pull read: a full pass.
+    Then idle past its event retention (none held): no restore, incremental pulls."""
+    import sqlite3
+
     home, port, db = tmp_path / "server", free_port(), tmp_path / "runs.duckdb"
     backup = tmp_path / "backup"
     with start_server(home=home, port=port) as server:
@@ -606,27 +609,12 @@ def test_a_server_restored_from_a_backup_is_reconciled_by_the_next_pull(
         assert "no longer holds the newest state event" in str(restored), restored
         assert_matches_server(db, url)
         assert pull(url, db)["mode"] == "incremental"  # and the pull after is as before
-
-
-@pytest.mark.backends("sqlite")  # the server's events removed from its database file
-def test_an_idle_server_whose_events_all_aged_out_is_not_taken_for_a_restored_one(
-    start_server: Any, tmp_path: Path
-) -> None:
-    """A server idle longer than its event retention holds no event at all: its newest went
-    last, as Prefect trims oldest first. Taken for a restored server, every pull went full
-    until a state change came."""
-    import sqlite3
-
-    home, port, db = tmp_path / "server", free_port(), tmp_path / "runs.duckdb"
-    with start_server(home=home, port=port) as server:
-        url = server.url
-        seed(url, runs=20, flows=1, deployments_per_flow=1, days=3, seed_value=7)
-        assert pull(url, db)["mode"] == "full"
-        assert pull(url, db)["mode"] == "incremental"
-    with sqlite3.connect(home / "prefect.db") as con:  # what db_vacuum leaves after a week
-        con.execute("DELETE FROM event_resources")
-        con.execute("DELETE FROM events")
-    con.close()
+    # Idle longer than its event retention, the server holds no event at all: its newest
+    # went last, as Prefect trims oldest first. Not a restore (every pull went full so).
+    with sqlite3.connect(home / "prefect.db") as server_db:  # what db_vacuum leaves
+        server_db.execute("DELETE FROM event_resources")
+        server_db.execute("DELETE FROM events")
+    server_db.close()
     with start_server(home=home, port=port) as server:
         for _ in range(2):
             assert pull(url, db)["mode"] == "incremental"
