@@ -524,6 +524,14 @@ def test_runs_changing_state_inside_a_tie_are_not_skipped(
     assert not set(tied) - local, f"{len(set(tied) - local)} of the tied runs were skipped"
 
 
+def scheduled_at(url: str, flow_name: str, when: str) -> str:
+    """A run of a new flow called ``flow_name``, SCHEDULED for ``when``; its id."""
+    with httpx.Client(base_url=url + "/", timeout=60) as c:
+        flow = post_json(c, "flows/", {"name": flow_name})["id"]
+        state = {"type": "SCHEDULED", "state_details": {"scheduled_time": when}}
+        return str(post_json(c, "flow_runs/", {"flow_id": flow, "state": state})["id"])
+
+
 @pytest.mark.backends("sqlite")  # the ranges the pull asks for do not depend on the backend
 def test_a_run_scheduled_in_the_year_9999_is_pulled_by_every_kind_of_pull(
     fresh_server: Server, db_path: Path
@@ -532,11 +540,7 @@ def test_a_run_scheduled_in_the_year_9999_is_pulled_by_every_kind_of_pull(
     last date there is: every full pass and daily check stopped with an OverflowError
     traceback (and Prefect's /flow_runs/history fails on a range ending there)."""
     url = fresh_server.url
-    with httpx.Client(base_url=url + "/", timeout=60) as c:
-        flow = post_json(c, "flows/", {"name": "far-future"})["id"]
-        later = {"scheduled_time": "9999-12-31T23:30:00+00:00"}
-        body = {"flow_id": flow, "state": {"type": "SCHEDULED", "state_details": later}}
-        far = post_json(c, "flow_runs/", body)["id"]
+    far = scheduled_at(url, "far-future", "9999-12-31T23:30:00+00:00")
     # alone on the server first (every run past the horizon), then among others
     for more in (0, 20):
         if more:
@@ -556,11 +560,7 @@ def test_a_run_expected_before_1970_is_pulled_and_no_pull_lists_every_run_for_it
     never read, and each pull after listed every run by offset to find it, saying it had no
     expected start."""
     url = fresh_server.url
-    with httpx.Client(base_url=url + "/", timeout=60) as c:
-        flow = post_json(c, "flows/", {"name": "before-1970"})["id"]
-        earlier = {"scheduled_time": "1969-06-01T00:00:00+00:00"}
-        body = {"flow_id": flow, "state": {"type": "SCHEDULED", "state_details": earlier}}
-        old = post_json(c, "flow_runs/", body)["id"]
+    old = scheduled_at(url, "before-1970", "1969-06-01T00:00:00+00:00")
     seed(url, runs=20, flows=1, deployments_per_flow=1, days=3, seed_value=11)
     for extra in ((), ("--verify",), ("--full",)):
         result = run_cli("pull", "--api-url", url, "--db", str(db_path), *extra)
