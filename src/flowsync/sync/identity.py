@@ -98,11 +98,12 @@ def _holds_its_history(
     the file's flows, by id, or, all of them deleted there, the state events of the file's
     newest runs); else None and what it lacks, for the refusal. One or two requests."""
     local, found = _flows_known(client, store)
-    if not local and not (
-        synced_tables.holds_any(store, "flows") or synced_tables.holds_any(store, "flow_runs")
-    ):
-        return "the file holds no flows yet", ""
-    if not local:  # every flow it holds was deleted on its server: only their runs can tell
+    if not local:
+        if not (
+            synced_tables.holds_any(store, "flows") or synced_tables.holds_any(store, "flow_runs")
+        ):
+            return "the file holds no flows yet", ""
+        # Every flow it holds was deleted on its server: only their runs can tell.
         if _holds_events_of_its_runs(client, store):
             return (
                 "every flow the file holds was deleted on its server, and this one holds the "

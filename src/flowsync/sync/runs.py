@@ -102,26 +102,17 @@ def needs_full(ctx: PullContext) -> str | None:
         return "first pull"
     overlap = ctx.options.overlap
     since = cursor.window_start(ctx.store, ctx.server_start) - overlap
-    return events_gap(ctx, since, parse_ts(pulled) - overlap) or _events_lost(ctx)
-
-
-def _events_lost(ctx: PullContext) -> str | None:
-    """``cursor.events_lost``: None when the server has no events API (nothing to tell by)."""
-    try:
-        return cursor.events_lost(ctx.client, ctx.store, ctx.server_start)
-    except UnavailableError:
-        raise  # the server has an events API and did not answer (429, 5xx): nothing known
-    except ApiError:
-        return None
+    return events_gap(ctx, since, parse_ts(pulled) - overlap)
 
 
 def events_gap(ctx: PullContext, since: datetime, read_to: datetime) -> str | None:
     """Why the server's state events may no longer cover [since, now], or None when they do
-    (``cursor.events_cover`` with the pull's clock and ``--events-horizon``)."""
+    (``cursor.events_cover`` with the pull's clock and ``--events-horizon``), or went back in
+    time since the last pull (``cursor.events_lost``: a restore)."""
     try:
         return cursor.events_cover(
             ctx.client, since, ctx.server_start, ctx.options.events_horizon, read_to=read_to
-        )
+        ) or cursor.events_lost(ctx.client, ctx.store, ctx.server_start)
     except UnavailableError:
         raise  # the server has an events API and did not answer (429, 5xx): nothing known
     except ApiError:
