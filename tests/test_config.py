@@ -403,3 +403,56 @@ def test_credentials_holding_a_byte_that_is_not_utf8_are_one_line_never_shown(
     for said in (result.output, str(raised.value), repr(raised.value)):
         assert "hunt" not in said and "r2pw9q" not in said and "\udce4" not in said, said
     assert not db.exists()
+
+
+CLOUD_PROFILE = (
+    'active = "cloud"\n[profiles.cloud]\n'
+    'PREFECT_API_URL = "https://api.prefect.cloud/api/accounts/a/workspaces/w"\n'
+    'PREFECT_API_KEY = "pnu_profile"\nPREFECT_API_AUTH_STRING = "admin:profilepw"\n'
+)
+
+
+@pytest.mark.parametrize("via", ["flag", "env"])
+def test_a_profiles_secret_goes_only_to_the_profiles_own_host(isolated_env: Path, via: str) -> None:
+    """A Cloud profile is active and the URL comes from --api-url or PREFECT_API_URL for
+    another host (a local server, a mistyped one): the profile's key and auth string were
+    given for its own server and are not sent there; a 401 says why. The same host (another
+    workspace) still gets the key, and a key given beside the URL is always sent."""
+    import httpx
+
+    from flowsync.api import PrefectClient
+    from flowsync.errors import AuthError
+
+    write_profiles(isolated_env, CLOUD_PROFILE)
+    env = {"PREFECT_HOME": str(isolated_env)}
+    other = "http://127.0.0.1:4200/api"
+    s = (
+        resolve_api(other, env=env)
+        if via == "flag"
+        else resolve_api(env={**env, "PREFECT_API_URL": other})
+    )
+    assert (s.api_key, s.auth_string, s.auth_kind) == (None, None, "none")
+    assert s.withheld is not None and "profile 'cloud'" in s.withheld
+    assert "profilepw" not in repr(s) and "pnu_profile" not in repr(s)
+    seen: list[httpx.Headers] = []
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers)
+        return httpx.Response(401, json={"detail": "Unauthorized"})
+
+    with (
+        PrefectClient(s, transport=httpx.MockTransport(refuse)) as c,
+        pytest.raises(AuthError, match=r"API key and auth string of profile 'cloud'.*not sent"),
+    ):
+        c.count("flow_runs")
+    assert seen and all("authorization" not in h for h in seen)
+
+    same_host = "https://API.prefect.cloud:443/api/accounts/b/workspaces/v"
+    s = resolve_api(same_host, env=env)
+    assert s.api_key is not None and s.api_key.get_secret_value() == "pnu_profile"
+    assert s.withheld is None
+    s = resolve_api(env={**env, "PREFECT_API_URL": other, "PREFECT_API_KEY": "pnu_env"})
+    assert s.api_key is not None and s.api_key.get_secret_value() == "pnu_env"
+    assert s.withheld is None  # the auth string is not used beside a key
+    s = resolve_api(other, "pnu_flag", env=env)
+    assert s.api_key is not None and s.api_key.get_secret_value() == "pnu_flag"

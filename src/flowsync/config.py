@@ -116,6 +116,9 @@ class ApiSettings:
     max_requests_per_minute: float | None = None  # the request budget; None: unpaced
     # How long the server keeps runs, when it cannot say (Prefect Cloud: 7, 14 or 30 days by plan).
     run_retention_days: float | None = None
+    # The profile's credential left unsent because the URL came from elsewhere and names
+    # another host than the profile's own URL (a 401 then says so); None: none was left.
+    withheld: str | None = None
 
     def __post_init__(self) -> None:
         """One built by hand (the library's ``api=``) is checked as ``resolve_api`` checks
@@ -324,11 +327,16 @@ def resolve_api(
             "out to use PREFECT_API_KEY or the active Prefect profile's."
         )
     key, key_source = pick(api_key, "PREFECT_API_KEY")
+    auth, auth_source = pick(None, "PREFECT_API_AUTH_STRING")
+    auth_used = "" if key and not key_source.startswith("profile ") else auth_source
+    withheld = _foreign_profile_secret(url, source, profile, profile_name, key_source, auth_used)
+    if withheld is not None:  # a profile's secret goes only to its own URL's host
+        key = None if key_source.startswith("profile ") else key
+        auth = None if auth_source.startswith("profile ") else auth
     if key:
         key = _check_key(
             key, "--api-key" if key_source == "flag" else f"the API key (from {key_source})"
         )
-    auth, auth_source = pick(None, "PREFECT_API_AUTH_STRING")
     if auth and not key:
         _check_auth_string(auth, f"PREFECT_API_AUTH_STRING (from {auth_source})")
 
@@ -350,6 +358,46 @@ def resolve_api(
         source=source,
         max_requests_per_minute=_budget(budget, budget_source),
         run_retention_days=_retention(*pick(None, RETENTION_KEY)),
+        withheld=withheld,
+    )
+
+
+def _origin(url: str) -> tuple[str, str, int | None] | None:
+    """(scheme, host, port) a request to ``url`` goes to, the default port filled in; None
+    when Python cannot read it."""
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port or {"http": 80, "https": 443}.get(parts.scheme.lower())
+    except ValueError:
+        return None
+    return (parts.scheme.lower(), (parts.hostname or "").lower(), port)
+
+
+def _foreign_profile_secret(
+    url: str,
+    source: str,
+    profile: Mapping[str, Any],
+    profile_name: str | None,
+    key_source: str,
+    auth_source: str,
+) -> str | None:
+    """What the profile's API key or auth string is, named, when the URL came from the flag
+    or the environment and names another host than the profile's own ``PREFECT_API_URL``:
+    that secret was given for the profile's server, and sending it to another (a local
+    server, a mistyped or hostile host) would hand it over. None when nothing is withheld."""
+    from_profile = [
+        what
+        for what, where in (("API key", key_source), ("auth string", auth_source))
+        if where.startswith("profile ")
+    ]
+    own = profile.get("PREFECT_API_URL")
+    if not from_profile or source.startswith("profile ") or not isinstance(own, str) or not own:
+        return None
+    if _origin(own) == _origin(url):
+        return None
+    return (
+        f"the {' and '.join(from_profile)} of profile {profile_name!r} (for "
+        f"{mask_url(own.strip().rstrip('/'))})"
     )
 
 

@@ -414,7 +414,12 @@ class ApiSession:
                     raise AuthError(
                         f"Prefect API at {self.settings.display_url} refused the request "
                         f"({status} {response.reason_phrase}): check PREFECT_API_KEY / "
-                        "PREFECT_API_AUTH_STRING or --api-key.",
+                        "PREFECT_API_AUTH_STRING or --api-key"
+                        + (
+                            f" ({self.settings.withheld} was not sent to this other host)."
+                            if self.settings.withheld
+                            else "."
+                        ),
                         status,
                     )
                 if status == 429 and not idempotent:
