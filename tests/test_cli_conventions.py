@@ -231,3 +231,44 @@ def test_output_to_a_device_or_through_a_link_writes_it_and_keeps_it(
         os.close(write)
     with os.fdopen(read, "rb") as pipe:
         assert pipe.read().decode().startswith(("one\n", "deployment_id,"))
+
+
+@pytest.mark.parametrize("how", ["console script", "python -m"])
+@pytest.mark.parametrize("where", ["import", "arguments"])
+def test_ctrl_c_before_a_command_begins_is_one_line_not_a_traceback(
+    tmp_path: Path, how: str, where: str
+) -> None:
+    """A Ctrl-C while Python imports the CLI (before any command's own handling is in place),
+    or while typer reads the arguments: one line and exit 130, no traceback, no file made.
+    The SIGINT is stood for by a KeyboardInterrupt raised at that moment (a
+    ``sitecustomize`` on the path: at the import of ``rich``, or at typer's parsing)."""
+    hook = {
+        "import": (
+            "import builtins\n_real = builtins.__import__\n"
+            "def _imp(name, *a, **k):\n"
+            "    if name == 'rich' or name.startswith('rich.'):\n"
+            "        raise KeyboardInterrupt\n"
+            "    return _real(name, *a, **k)\n"
+            "builtins.__import__ = _imp\n"
+        ),
+        "arguments": (
+            "import typer.main\n_real = typer.main.get_command\n"
+            "def _cmd(*a, **k):\n    raise KeyboardInterrupt\n"
+            "typer.main.get_command = _cmd\n"
+        ),
+    }[where]
+    (tmp_path / "sitecustomize.py").write_text(hook)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    cmd = (
+        [str(Path(sys.executable).with_name("flowsync"))]
+        if how == "console script"
+        else [sys.executable, "-m", "flowsync"]
+    )
+    db = tmp_path / "runs.duckdb"
+    done = subprocess.run(
+        [*cmd, "status", "--db", str(db)], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 130, done.stderr
+    assert "Traceback" not in done.stderr and done.stdout == ""
+    assert done.stderr.startswith("interrupted (SIGINT)") and done.stderr.count("\n") == 1
+    assert not db.exists()
