@@ -334,3 +334,26 @@ def test_a_run_deleted_while_it_waited_is_not_waiting_now_with_the_deleted_runs(
                 store, "deployment", reports.parse_since("1d"), include_deleted=include_deleted
             )
         assert frame["waiting_now"].sum() == 1, (include_deleted, frame)
+
+
+def test_all_history_counts_a_run_scheduled_before_1970(
+    built: BuiltHistory, pulled: Path, tmp_path: Path
+) -> None:
+    """A run expected before 1970 (which the pull reads, from 1900 on) is part of all
+    history: ``--since all`` counted from 1970 and left it out of every figure."""
+    from tests.helpers import copy_db
+
+    db = copy_db(pulled, tmp_path)
+    with Store.writer(db) as writer, writer.transaction():
+        writer.execute(
+            "UPDATE flow_runs SET expected_start_time = TIMESTAMPTZ '1965-03-01 00:00:00+00', "
+            "start_time = TIMESTAMPTZ '1965-03-01 00:00:05+00', "
+            "end_time = TIMESTAMPTZ '1965-03-01 00:01:00+00' "
+            "WHERE id = (SELECT min(id) FROM flow_runs WHERE state_type = 'FAILED' "
+            "AND deleted_at IS NULL)"
+        )
+    with Store.reader(db, live=True) as store:
+        frame = reports.failures(store, "flow", reports.parse_since("all"))
+    assert frame["failed"].sum() == built.count(
+        {"flow_runs": {"state": {"type": {"any_": FAILED}}}}
+    )

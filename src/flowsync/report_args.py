@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from flowsync.config import check_utf8
 from flowsync.errors import ConfigError
+from flowsync.since import HISTORY_START
 from flowsync.since import parse_since as since_time
 from flowsync.states import STATE_TYPES
 
@@ -54,7 +55,6 @@ GROUP_COLUMNS = (
     "work_pool_name",
     "tag",
 )
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 @dataclass(frozen=True)
@@ -66,13 +66,13 @@ class Window:
 
     @property
     def start(self) -> datetime:
-        return self.since if self.since is not None else _EPOCH
+        return self.since if self.since is not None else HISTORY_START
 
     @property
     def previous_start(self) -> datetime:
         """Start of the previous window of the same length (ends where this one starts)."""
         if self.since is None:
-            return _EPOCH
+            return HISTORY_START
         return self.since - (self.until - self.since)
 
     @property

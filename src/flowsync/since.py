@@ -26,6 +26,10 @@ _CALENDAR = re.compile(r"^\s*\d+\s*(?:M|(?i:mo|mons?|months?|y|yrs?|years?))\s*$
 # The earliest start: where ``all`` begins (``reports.Window.start``). Earlier is no run's
 # time, and an age past year 1 is no date at all (OverflowError).
 EARLIEST = datetime(1970, 1, 1, tzinfo=timezone.utc)
+# Where all history begins, for the pull's walks and counts by expected start and for the
+# reports' ``all``: before any run's (one scheduled before 1970, a negative timestamp, is a
+# run too; only runs without an expected start are not).
+HISTORY_START = datetime(1900, 1, 1, tzinfo=timezone.utc)
 
 
 def parse_since(text: str | None, now: datetime, *, option: str = "--since") -> datetime | None:

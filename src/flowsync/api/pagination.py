@@ -24,12 +24,11 @@ from typing import Any, TypeVar
 
 from flowsync.api.client import PrefectClient
 from flowsync.api.reads import PAGE_LIMIT, Page, server_time
+from flowsync.since import HISTORY_START
 
 PAGE_SIZE = PAGE_LIMIT  # the largest page the API serves
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-# The lower bound of every walk and count of runs by expected start: before any run's (one
-# scheduled before 1970, a negative timestamp, is a run too; only runs without one are not).
-EARLIEST = datetime(1900, 1, 1, tzinfo=timezone.utc)
+EARLIEST = HISTORY_START  # the lower bound of every walk and count of runs by expected start
 
 
 FILTER_START = "POST /flow_runs/filter: a run's expected_start_time"
