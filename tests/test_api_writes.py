@@ -408,6 +408,25 @@ def test_an_answer_that_echoes_the_credentials_never_shows_them(
         assert "\x1b" not in message, message  # nor a terminal control (it clears the screen)
 
 
+def test_a_version_answer_that_echoes_the_credentials_is_kept_without_them() -> None:
+    """A proxy answering ``GET /admin/version`` with the request's Authorization header in
+    the text: the version the pull stores (``sync_state``, ``sync_runs``) and ``status``
+    prints holds *** in its place, as every other text a server answers."""
+    from pydantic import SecretStr
+
+    def echo(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/admin/version"):
+            return httpx.Response(200, json="3.8.8+" + request.headers["authorization"])
+        return httpx.Response(200, json=7)
+
+    settings = ApiSettings(url="http://127.0.0.1:9/api", api_key=SecretStr("pnu_KEYSECRET_9f8e7d"))
+    with PrefectClient(settings, transport=httpx.MockTransport(echo)) as c:
+        caps = c.capabilities()
+    assert caps.version is not None and "pnu_KEYSECRET" not in caps.version
+    assert caps.version.startswith("3.8.8+") and "***" in caps.version
+    assert "pnu_KEYSECRET" not in caps.describe()
+
+
 def test_a_token_given_as_the_urls_user_name_alone_is_never_shown() -> None:
     """https://TOKEN@host/api (no password: how some proxies take a token): a proxy's
     answer naming the user it refused shows *** for it, as for a password."""

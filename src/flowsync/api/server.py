@@ -77,7 +77,9 @@ class ServerInfo(ApiSession):
             if e.status != 403:
                 raise
             return None
-        return str(answer) if answer is not None else None
+        # Stored and shown: without the credentials (a proxy may echo the Authorization
+        # header) or terminal controls, as any other text a server answers.
+        return self._said(str(answer)) if answer is not None else None
 
     def capabilities(self) -> Capabilities:
         """What this server can do; its version is read once per client (thread-safe)."""
