@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -503,6 +505,34 @@ def test_pull_options_refuse_spans_the_pull_cannot_use() -> None:
         with pytest.raises(ConfigError, match=next(iter(bad))):
             PullOptions(**bad)  # type: ignore[arg-type]
     PullOptions(overlap=timedelta(0), staleness=timedelta(seconds=3))  # the tests' own values
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"page_size": 0},  # asked for pages of none, forever
+        {"page_size": 201},
+        {"page_size": 50.0},
+        {"segment_rows": 0},
+        {"full": "yes"},
+        {"verify": 1},
+        {"verify_every": timedelta(hours=-1)},
+        {"verify_every": 24},
+        {"overlap": 5},  # a TypeError comparing it
+        {"events_horizon": "7d"},
+    ],
+    ids=lambda bad: next(iter(bad)) + "=" + repr(next(iter(bad.values()))),
+)
+def test_pull_options_a_pull_cannot_use_are_one_config_error(bad: dict[str, Any]) -> None:
+    """``PullOptions`` a library caller builds by hand: each wrong value is a ``ConfigError``
+    naming it, before anything is opened (``page_size=0`` had the pull ask for pages of
+    none, with no end; a number for a span was a TypeError)."""
+    from flowsync.errors import ConfigError
+    from flowsync.sync import PullOptions
+
+    with pytest.raises(ConfigError, match=rf"PullOptions.{next(iter(bad))} "):
+        PullOptions(**bad)
+    PullOptions(page_size=1, segment_rows=1, verify_every=timedelta(0))  # the least
 
 
 def test_pull_options_refuse_what_the_pull_flags_refuse(tmp_path: Path) -> None:

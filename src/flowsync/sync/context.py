@@ -54,12 +54,32 @@ class PullOptions:
             high=config.PULL_CONCURRENCY_MAX,
         )
         config.check_memory_limit(self.memory_limit_mb)
+        # Not command-line options: a page of none would be asked for forever.
+        config.check_number(
+            "PullOptions.page_size", self.page_size, whole=True, low=1, high=PAGE_SIZE
+        )
+        config.check_number("PullOptions.segment_rows", self.segment_rows, whole=True, low=1)
+        for name in ("full", "verify"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(
+                    f"PullOptions.{name} {getattr(self, name)!r} is not True or False."
+                )
+        if not isinstance(self.verify_every, timedelta) or self.verify_every < timedelta(0):
+            raise ConfigError(
+                f"PullOptions.verify_every {self.verify_every!r} is not a span of time of "
+                "zero or more: pass a datetime.timedelta."
+            )
         for name, least in (
             ("overlap", timedelta(0)),
             ("staleness", _POSITIVE),
             ("events_horizon", _POSITIVE),
         ):
             flag, value = "--" + name.replace("_", "-"), getattr(self, name)
+            if not isinstance(value, timedelta):
+                raise ConfigError(
+                    f"PullOptions.{name} {value!r} is not a span of time: pass a "
+                    "datetime.timedelta."
+                )
             if not least <= value <= SPAN_MAX[flag]:
                 raise ConfigError(
                     f"{flag} of {value} is out of range (PullOptions.{name}): use from {least} "
