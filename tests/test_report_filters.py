@@ -76,7 +76,11 @@ def test_every_report_takes_the_filters(built: Path) -> None:
         ),
         (["failures", "--since", "30d", "--flow", "nope"], "--flow 'nope': no such name"),
         (["failures", "--since", "30d", "--state", "BROKEN"], "is not a Prefect state type"),
+        # a tag no run carries (a typo) was an empty report, exit 0
+        (["failures", "--tag", "nosuch"], "--tag 'nosuch': no run in the file carries this tag"),
+        (["durations", "--tag", "ml", "--tag", ""], "--tag '': no run in the file carries"),
         (["flaky", "--tag", "etl"], "No such option: --tag"),
+        (["failures", "--by", ""], "--by '' is not a grouping of this report"),  # was the default
     ],
 )
 def test_bad_filters_are_one_clear_line(built: Path, args: list[str], needle: str) -> None:

@@ -491,7 +491,7 @@ def _query_args(
     """The keyword arguments of ``spec.query``, each checked against the declaration."""
     args: dict[str, Any] = {}
     if spec.groupings:
-        chosen = by or spec.default_by
+        chosen = spec.default_by if by is None else by  # "" is no grouping, not the default
         if chosen not in spec.groupings:
             raise ConfigError(
                 f"--by {chosen!r} is not a grouping of this report; "

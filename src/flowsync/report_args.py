@@ -152,6 +152,19 @@ def filter_params(store: Store, filters: Filters | None) -> dict[str, Any]:
             "SELECT flow_name || '/' || deployment_name FROM failure_rates_by_deployment",
         )
         params["only_deployments"] = [i for ids in found.values() for i in ids]
+    if f.tags:
+        rows = store.execute(
+            "SELECT DISTINCT tag FROM (SELECT unnest(tags) AS tag FROM flow_runs) "
+            "WHERE list_contains($names, tag)",
+            {"names": list(f.tags)},
+        ).rows()
+        carried = {str(r[0]) for r in rows}
+        _unknown(
+            "--tag",
+            [t for t in f.tags if t not in carried],
+            "SELECT DISTINCT unnest(tags) AS tag FROM flow_runs ORDER BY 1",
+            what="no run in the file carries this tag",
+        )
     if f.states:
         states = [s.upper() for s in f.states]
         bad = [s for s in states if s not in STATE_TYPES]
@@ -170,11 +183,11 @@ def _ids_by_name(rows: list[tuple[Any, ...]]) -> dict[str, list[str]]:
     return found
 
 
-def _unknown(option: str, names: list[str], sql: str) -> None:
+def _unknown(
+    option: str, names: list[str], sql: str, what: str = "no such name in the file"
+) -> None:
     if names:
-        raise ConfigError(
-            f'{option} {names[0]!r}: no such name in the file; list them with flowsync sql "{sql}".'
-        )
+        raise ConfigError(f'{option} {names[0]!r}: {what}; list them with flowsync sql "{sql}".')
 
 
 ONLY = (
