@@ -241,7 +241,7 @@ def test_ctrl_c_before_a_command_begins_is_one_line_not_a_traceback(
     """A Ctrl-C while Python imports the CLI (before any command's own handling is in place),
     or while typer reads the arguments: one line and exit 130, no traceback, no file made.
     The SIGINT is stood for by a KeyboardInterrupt raised at that moment (a
-    ``sitecustomize`` on the path: at the import of ``rich``, or at typer's parsing)."""
+    ``sitecustomize`` on the path: at the import of ``rich``, or as typer parses)."""
     hook = {
         "import": (
             "import builtins\n_real = builtins.__import__\n"
@@ -251,14 +251,15 @@ def test_ctrl_c_before_a_command_begins_is_one_line_not_a_traceback(
             "    return _real(name, *a, **k)\n"
             "builtins.__import__ = _imp\n"
         ),
-        "arguments": (
-            "import typer.main\n_real = typer.main.get_command\n"
-            "def _cmd(*a, **k):\n    raise KeyboardInterrupt\n"
-            "typer.main.get_command = _cmd\n"
+        "arguments": (  # inside typer's own handling, which exits 130 without a word
+            "import typer.core\n"
+            "def _parse(*a, **k):\n    raise KeyboardInterrupt\n"
+            "typer.core.TyperGroup.make_context = _parse\n"
         ),
     }[where]
     (tmp_path / "sitecustomize.py").write_text(hook)
-    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    path = [str(tmp_path), *filter(None, [os.environ.get("PYTHONPATH")])]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
     cmd = (
         [str(Path(sys.executable).with_name("flowsync"))]
         if how == "console script"

@@ -13,8 +13,9 @@ from typing import Annotated, Any, TextIO, cast
 import typer
 
 from flowsync import __version__
-from flowsync.cli import analysis_cmds, export_cmds, sync_cmds
+from flowsync.cli import analysis_cmds, common, export_cmds, sync_cmds
 from flowsync.cli.policy_cmds import apply_cmd, plan_cmd, policy_app
+from flowsync.errors import INTERRUPTED_EXIT
 
 app = typer.Typer(
     name="flowsync",
@@ -97,4 +98,9 @@ class _PipeSafe:
 def main() -> None:
     if sys.stdout is not None:  # (None: started with stdout closed; Rich writes nowhere)
         sys.stdout = cast(TextIO, _PipeSafe(sys.stdout))
-    app()
+    try:
+        app()
+    except SystemExit as e:
+        if e.code == INTERRUPTED_EXIT and not common.interrupt_told:
+            common.err.print("[yellow]interrupted[/] (SIGINT).", highlight=False)
+        raise

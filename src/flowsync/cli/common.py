@@ -183,6 +183,11 @@ def _warnings_once() -> Iterator[None]:
         yield
 
 
+# The interruptions ``errors`` has said; typer turns a Ctrl-C outside it (while it parses the
+# arguments) into exit 130 without a word, which ``flowsync.cli.main`` then says.
+interrupt_told: list[str] = []
+
+
 @contextmanager
 def errors() -> Iterator[None]:
     """The one place flowsync errors become a line on stderr and an exit code."""
@@ -203,6 +208,7 @@ def errors() -> Iterator[None]:
                 "again to continue.",
                 highlight=False,
             )
+            interrupt_told.append(name)
             raise typer.Exit(code) from None
 
 
