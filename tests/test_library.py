@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import tempfile
 import threading
 import time
@@ -261,3 +262,66 @@ def test_every_call_reads_a_path_from_home_as_its_command_and_connect_do(
     assert not refused.confirmed and refused.plan.total > 0
     with pytest.raises(ApiError):  # the file is found: the server is asked next
         flowsync.pull(home, api=nobody)
+
+
+API = ApiSettings(url="http://127.0.0.1:9/api")  # never reached: each call is refused first
+
+
+def _policy(tmp_path: Path) -> Path:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        "version: 1\nrules: [{name: r, action: delete, sql: 'SELECT id FROM flow_runs'}]\n"
+    )
+    return policy
+
+
+@pytest.mark.parametrize(
+    ("call", "says"),
+    [
+        (lambda p: flowsync.status(5), "db 5 is not a path"),
+        (lambda p: flowsync.report(123, "failures"), "db 123 is not a path"),
+        (lambda p: flowsync.report(b"/tmp/x.duckdb", "failures"), "is not a path"),
+        (lambda p: flowsync.pull(5, api=API), "db 5 is not a path"),
+        (lambda p: flowsync.plan(p / "r.duckdb", None), "policy None is not a path"),
+        (lambda p: flowsync.plan(p / "r.duckdb", {"version": 1}), "is not a path"),
+        (lambda p: operations.check_policy(5), "policy 5 is not a path"),
+        (lambda p: operations.check_policy(_policy(p), 5), "db 5 is not a path"),
+        (lambda p: flowsync.pull(p / "r.duckdb", api=API, options={}), "not a PullOptions"),
+        (lambda p: flowsync.status(p / "r.duckdb", wait="x"), "wait='x' is not a number"),
+        (lambda p: flowsync.status(p / "r.duckdb", wait=-1), "wait=-1 is not a number"),
+        (lambda p: flowsync.status(p / "r.duckdb", wait=float("nan")), "is not a number"),
+        (
+            lambda p: flowsync.apply(p / "r.duckdb", _policy(p), api=API, confirm=5),
+            "confirm is a int, not a function",
+        ),
+    ],
+    ids=[
+        "status-db",
+        "report-db",
+        "report-bytes",
+        "pull-db",
+        "plan-policy-none",
+        "plan-policy-dict",
+        "check-policy",
+        "check-policy-db",
+        "pull-options",
+        "wait-text",
+        "wait-negative",
+        "wait-nan",
+        "apply-confirm",
+    ],
+)
+def test_a_library_argument_of_the_wrong_kind_is_flowsyncs_own_error(
+    tmp_path: Path, call: Callable[[Path], object], says: str
+) -> None:
+    """A library call given an argument of the wrong type or a wait no command takes: a
+    ``FlowsyncError`` saying which, before anything is read or written (a raw TypeError or
+    AttributeError before, and a negative or NaN wait was taken)."""
+    from flowsync.errors import FlowsyncError
+
+    before = sorted(tmp_path.iterdir())
+    with pytest.raises(FlowsyncError, match=re.escape(says)):
+        call(tmp_path)
+    assert sorted(p for p in tmp_path.iterdir() if p.name != "policy.yaml") == [
+        p for p in before if p.name != "policy.yaml"
+    ]

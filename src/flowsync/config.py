@@ -622,5 +622,11 @@ def resolve_db_path(
 ) -> Path:
     """The DuckDB file: --db, else $FLOWSYNC_DB, else ./flowsync.duckdb."""
     env = os.environ if env is None else env
-    raw = db or env.get("FLOWSYNC_DB") or DEFAULT_DB
-    return Path(check_utf8(os.fspath(raw), "--db")).expanduser()
+    if db is not None and not isinstance(db, (str, os.PathLike)):
+        raise ConfigError(
+            f"db {db!r} is not a path: pass the DuckDB file's path as text or a pathlib.Path."
+        )
+    raw = os.fspath(db or env.get("FLOWSYNC_DB") or DEFAULT_DB)
+    if not isinstance(raw, str):  # a path of bytes
+        raise ConfigError(f"db {raw!r} is a path of bytes: pass it as text or a pathlib.Path.")
+    return Path(check_utf8(raw, "--db")).expanduser()

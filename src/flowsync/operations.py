@@ -128,6 +128,11 @@ def pull(
     pull checks the file's place, then the server, before it makes the file: a wrong
     path or URL leaves nothing behind."""
     api = _check_api("api", api)
+    if options is not None and not isinstance(options, PullOptions):
+        raise ConfigError(
+            f"options is a {type(options).__name__}, not a PullOptions: pass "
+            "options=flowsync.sync.PullOptions(...)."
+        )
     db = resolve_db_path(db)  # `~` expanded, as --db and flowsync.connect() do
     with http.PrefectClient(api, on_retry=on_retry) as client:
         if not Store.exists(db):
@@ -311,6 +316,9 @@ def apply(
     the outcomes are in it and in ``policy_actions`` whatever stops the apply. A refused
     or failed apply closes its plan (its scratch file); a returned one is the caller's."""
     api = _check_api("api", api)
+    for name, given in (("confirm", confirm), ("on_retry", on_retry)):
+        if given is not None and not callable(given):
+            raise ConfigError(f"{name} is a {type(given).__name__}, not a function: pass one.")
     db = resolve_db_path(db)  # `~` expanded, as --db and flowsync.connect() do
     memory_limit_mb = check_memory_limit(memory_limit_mb)
     check_number("--settle-seconds", settle_seconds, low=SETTLE_MIN_SECONDS, metavar="SECONDS")

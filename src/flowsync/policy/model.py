@@ -8,6 +8,7 @@ bad one is reported: one line naming the file, then one bullet per field
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from dataclasses import dataclass
 from datetime import date
@@ -416,6 +417,10 @@ def parse_policy(data: bytes, source: str) -> LoadedPolicy:
 
 
 def load_policy(path: Path) -> LoadedPolicy:
+    if not isinstance(path, (str, os.PathLike)):
+        raise PolicyError(
+            f"policy {path!r} is not a path: pass the policy file's path as text or a pathlib.Path."
+        )
     try:
         data = Path(path).read_bytes()
     except FileNotFoundError as e:

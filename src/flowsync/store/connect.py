@@ -47,6 +47,7 @@ import duckdb
 
 from flowsync import __version__
 from flowsync.errors import (
+    ConfigError,
     DamagedFileError,
     NewerFileError,
     NewerFileWarning,
@@ -122,6 +123,9 @@ def _connect(
     """DuckDB's connection to ``path`` (checked first), waiting up to ``wait`` s for its lock:
     another process's, or a writer of this process (``_WRITING``; a writer opened here is
     added to it)."""
+    if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not wait >= 0:
+        # (a library caller's: the command line's --wait is checked as it is parsed)
+        raise ConfigError(f"wait={wait!r} is not a number of seconds from 0: pass wait=SECONDS.")
     deadline = time.monotonic() + wait
     delay = 0.2
     graced = False
