@@ -24,7 +24,7 @@ that starts its own server takes ``start_server`` (or ``start_backend_server``) 
 than calling the harness inline, and the harness refuses to start one for a test
 without the marker (``harness.may_start``), so the lanes cannot drift.
 
-Processes: ``scripts/check`` runs both lanes in one process more than there are cores
+Processes: ``scripts/check`` runs both lanes in two processes more than there are cores
 (``-n N --dist loadgroup``). The tests of one session server (``prefect``), of a module
 server of another Prefect release (``ONE_PROCESS_FIXTURES``), the PostgreSQL ones and a
 test's own ``xdist_group`` run in one process (``GROUP``, ``pytest_xdist_make_scheduler``);

@@ -292,7 +292,7 @@ def _policy(tmp_path: Path) -> Path:
         (lambda p: flowsync.status(p / "r.duckdb", wait=float("nan")), "is not a number"),
         (
             lambda p: flowsync.apply(p / "r.duckdb", _policy(p), api=API, confirm=5),
-            "confirm is a int, not a function",
+            "confirm is not a function (int 5)",
         ),
     ],
     ids=[

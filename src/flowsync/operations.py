@@ -318,7 +318,9 @@ def apply(
     api = _check_api("api", api)
     for name, given in (("confirm", confirm), ("on_retry", on_retry)):
         if given is not None and not callable(given):
-            raise ConfigError(f"{name} is a {type(given).__name__}, not a function: pass one.")
+            raise ConfigError(
+                f"{name} is not a function ({type(given).__name__} {given!r}): pass one."
+            )
     db = resolve_db_path(db)  # `~` expanded, as --db and flowsync.connect() do
     memory_limit_mb = check_memory_limit(memory_limit_mb)
     check_number("--settle-seconds", settle_seconds, low=SETTLE_MIN_SECONDS, metavar="SECONDS")
