@@ -288,6 +288,13 @@ BAD_SQL = [
     ("attach", "ATTACH 'x.duckdb' AS x", "is a ATTACH statement"),
     ("copy", "COPY flow_runs TO 'out.csv'", "is a COPY statement"),
     ("no id column", "SELECT name FROM flow_runs", "not an `id` column"),
+    # two columns named id: DuckDB renames the second id_1 and the first was taken, flow ids
+    ("two id columns", "SELECT flow_id AS id, id FROM flow_runs", "more than one column named id"),
+    (
+        "two id columns in a CTE",
+        "WITH a AS (SELECT flow_id AS id, id FROM flow_runs) SELECT * FROM a",
+        "more than one column named id (id_1 is how",
+    ),
     ("unknown table", "SELECT id FROM nope", "SQL failed"),
     ("syntax", "SELEC id FROM flow_runs", "does not parse"),
     ("ids not uuids", "SELECT name AS id FROM flow_runs", "SQL failed"),

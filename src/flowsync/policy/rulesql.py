@@ -367,7 +367,17 @@ def rule_statement(
             f"{where}: SQL returns columns {columns}, not an `id` column of flow-run ids; "
             "select e.g. `SELECT id FROM flow_runs WHERE ...`."
         )
+    renamed = [c for c in columns if _RENAMED_ID.match(c)]
+    if renamed:  # two columns named id: DuckDB renames the later ones, and the first is taken
+        raise PolicyError(
+            f"{where}: SQL returns more than one column named id ({', '.join(renamed)} is how "
+            "DuckDB renames the others), so which holds the runs to act on is unclear; return "
+            "the flow-run ids in exactly one `id` column and name the others apart."
+        )
     return sql
+
+
+_RENAMED_ID = re.compile(r"^id_\d+$", re.IGNORECASE)
 
 
 def check_rules(
