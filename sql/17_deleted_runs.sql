@@ -15,8 +15,12 @@
 CREATE OR REPLACE VIEW deleted_runs AS
 WITH retention AS (
     SELECT
-        coalesce(CAST(value->>'known' AS BOOLEAN), false) AS known,
-        CAST(value->>'seconds' AS DOUBLE) AS seconds,
+        -- (TRY_CAST: a value of another shape, a newer flowsync's or one edited by hand,
+        -- reads as not known, never as a failed view)
+        coalesce(TRY_CAST(value->>'known' AS BOOLEAN), false)
+            AND (value->>'seconds' IS NULL OR TRY_CAST(value->>'seconds' AS DOUBLE) IS NOT NULL)
+            AS known,
+        TRY_CAST(value->>'seconds' AS DOUBLE) AS seconds,
         value->>'source' AS source
     FROM sync_state
     WHERE key = 'run_retention'

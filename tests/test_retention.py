@@ -65,6 +65,10 @@ def test_deleted_runs_say_how_they_went(tmp_path: Path) -> None:
     cloud = {"known": False, "seconds": None, "source": "the server does not expose its settings"}
     assert set_retention(db, cloud) == {rid(1): "unknown", rid(2): "unknown", rid(3): "policy"}
     assert set_retention(db, None)[rid(1)] == "unknown"  # nothing recorded yet
+    # a value of another shape (a newer flowsync's, or edited by hand): not known, and the
+    # view still reads (it failed: "Could not convert string '14d' to DOUBLE")
+    for other in ({"known": True, "seconds": "14d"}, {"known": "maybe", "seconds": 86400}):
+        assert set_retention(db, other) == {rid(1): "unknown", rid(2): "unknown", rid(3): "policy"}
 
 
 def test_run_retention_from_the_servers_settings(tmp_path: Path, start_server: Any) -> None:
