@@ -456,3 +456,40 @@ def test_a_profiles_secret_goes_only_to_the_profiles_own_host(isolated_env: Path
     assert s.withheld is None  # the auth string is not used beside a key
     s = resolve_api(other, "pnu_flag", env=env)
     assert s.api_key is not None and s.api_key.get_secret_value() == "pnu_flag"
+
+
+@pytest.mark.parametrize(
+    ("line", "says"),
+    [
+        (
+            'PREFECT_API_KEY = ["pnu_a", "pnu_b"]',
+            "PREFECT_API_KEY in profile 'p' .* is a TOML list",
+        ),
+        ("PREFECT_API_KEY = true", "PREFECT_API_KEY in profile 'p' .* is a TOML bool, not text"),
+        ("PREFECT_API_SSL_CERT_FILE = 5", "is a TOML int, not text in quotes"),
+        ("PREFECT_API_TLS_INSECURE_SKIP_VERIFY = [true]", "is a TOML list, not a single value"),
+        (
+            'PREFECT_API_TLS_INSECURE_SKIP_VERIFY = "ture"',
+            "PREFECT_API_TLS_INSECURE_SKIP_VERIFY .* is 'ture', neither true nor false",
+        ),
+    ],
+)
+def test_a_profile_setting_of_the_wrong_kind_is_one_config_error(
+    isolated_env: Path, line: str, says: str
+) -> None:
+    """A list or a boolean where a key belongs was sent as the key "['pnu_a', 'pnu_b']" (a
+    401 that named no cause); "ture" for skipping TLS checks was read as false, unsaid.
+    Each is one ConfigError naming the setting and the profile, never the value of a key."""
+    write_profiles(
+        isolated_env, f'active = "p"\n[profiles.p]\nPREFECT_API_URL = "http://h/api"\n{line}\n'
+    )
+    with pytest.raises(ConfigError, match=says) as e:
+        resolve_api(env={"PREFECT_HOME": str(isolated_env)})
+    assert "pnu_a" not in str(e.value)
+    write_profiles(
+        isolated_env,
+        'active = "p"\n[profiles.p]\nPREFECT_API_URL = "http://h/api"\n'
+        "PREFECT_API_TLS_INSECURE_SKIP_VERIFY = true\nFLOWSYNC_MAX_REQUESTS_PER_MINUTE = 600\n",
+    )
+    s = resolve_api(env={"PREFECT_HOME": str(isolated_env)})  # TOML's own bool and number
+    assert s.verify is False and s.max_requests_per_minute == 600

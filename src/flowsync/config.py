@@ -274,10 +274,23 @@ def _dangling_active(path: Path) -> str | None:
     return active if active not in profiles else None
 
 
-def _truthy(value: object) -> bool:
-    return str(value).strip().lower() in {"1", "true", "yes", "on"}
+_TRUE = {"1", "true", "yes", "on", "t", "y"}
+_FALSE = {"0", "false", "no", "off", "f", "n", ""}
 
 
+def _truthy(value: object, where: str) -> bool:
+    """A yes/no setting as pydantic (Prefect's settings) reads it; else a ``ConfigError``
+    naming ``where`` it came from (``ture`` was read as false: TLS checked, unasked)."""
+    word = str(value).strip().lower()
+    if word not in _TRUE | _FALSE:
+        raise ConfigError(f"{where} is {value!r}, neither true nor false: set true or false.")
+    return word in _TRUE
+
+
+# Settings a profile holds as text only (a TOML list or number there is a mistake).
+_TEXT_KEYS = frozenset(
+    {"PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_API_AUTH_STRING", "PREFECT_API_SSL_CERT_FILE"}
+)
 BUDGET_KEY = "FLOWSYNC_MAX_REQUESTS_PER_MINUTE"
 RETENTION_KEY = "FLOWSYNC_RUN_RETENTION_DAYS"
 
@@ -298,9 +311,18 @@ def resolve_api(
             return flag, "flag"
         if env.get(key):
             return env[key], f"${key}"
-        if profile.get(key):
-            return str(profile[key]), f"profile {profile_name!r} in {profile_path}"
-        return None, ""
+        value = profile.get(key)
+        if value is None or value == "":
+            return None, ""
+        where = f"profile {profile_name!r} in {profile_path}"
+        if isinstance(value, (list, dict)) or (key in _TEXT_KEYS and not isinstance(value, str)):
+            # (the value is never shown: it may be a key)
+            raise ConfigError(
+                f"{key} in {where} is a TOML {type(value).__name__}, not "
+                + ("text in quotes" if key in _TEXT_KEYS else "a single value")
+                + "; fix the file."
+            )
+        return str(value), where
 
     if api_url is not None and not api_url.strip():
         raise ConfigError(
@@ -341,9 +363,11 @@ def resolve_api(
         _check_auth_string(auth, f"PREFECT_API_AUTH_STRING (from {auth_source})")
 
     verify: bool | str = True
-    insecure, _ = pick(None, "PREFECT_API_TLS_INSECURE_SKIP_VERIFY")
+    insecure, insecure_source = pick(None, "PREFECT_API_TLS_INSECURE_SKIP_VERIFY")
     cert_file, cert_source = pick(None, "PREFECT_API_SSL_CERT_FILE")
-    if insecure and _truthy(insecure):
+    if insecure and _truthy(
+        insecure, f"PREFECT_API_TLS_INSECURE_SKIP_VERIFY (from {insecure_source})"
+    ):
         verify = False
     elif cert_file:
         verify = _ca_file(cert_file, _named("PREFECT_API_SSL_CERT_FILE", cert_file, cert_source))
