@@ -267,7 +267,7 @@ def test_every_call_reads_a_path_from_home_as_its_command_and_connect_do(
 API = ApiSettings(url="http://127.0.0.1:9/api")  # never reached: each call is refused first
 
 
-def _policy(tmp_path: Path) -> Path:
+def _one_rule(tmp_path: Path) -> Path:
     policy = tmp_path / "policy.yaml"
     policy.write_text(
         "version: 1\nrules: [{name: r, action: delete, sql: 'SELECT id FROM flow_runs'}]\n"
@@ -275,23 +275,29 @@ def _policy(tmp_path: Path) -> Path:
     return policy
 
 
+# (typed Any: the calls below pass what their signatures refuse, on purpose)
+lib: Any = flowsync
+ops: Any = operations
+
+
 @pytest.mark.parametrize(
     ("call", "says"),
     [
-        (lambda p: flowsync.status(5), "db 5 is not a path"),
-        (lambda p: flowsync.report(123, "failures"), "db 123 is not a path"),
-        (lambda p: flowsync.report(b"/tmp/x.duckdb", "failures"), "is not a path"),
-        (lambda p: flowsync.pull(5, api=API), "db 5 is not a path"),
-        (lambda p: flowsync.plan(p / "r.duckdb", None), "policy None is not a path"),
-        (lambda p: flowsync.plan(p / "r.duckdb", {"version": 1}), "is not a path"),
-        (lambda p: operations.check_policy(5), "policy 5 is not a path"),
-        (lambda p: operations.check_policy(_policy(p), 5), "db 5 is not a path"),
-        (lambda p: flowsync.pull(p / "r.duckdb", api=API, options={}), "not a PullOptions"),
-        (lambda p: flowsync.status(p / "r.duckdb", wait="x"), "wait='x' is not a number"),
-        (lambda p: flowsync.status(p / "r.duckdb", wait=-1), "wait=-1 is not a number"),
-        (lambda p: flowsync.status(p / "r.duckdb", wait=float("nan")), "is not a number"),
+        (lambda p: lib.status(5), "db 5 is not a path"),
+        (lambda p: lib.report(123, "failures"), "db 123 is not a path"),
+        (lambda p: lib.report(b"/tmp/x.duckdb", "failures"), "is not a path"),
+        (lambda p: lib.pull(5, api=API), "db 5 is not a path"),
+        (lambda p: lib.plan(p / "r.duckdb", None), "policy None is not a path"),
+        (lambda p: lib.plan(p / "r.duckdb", {"version": 1}), "is not a path"),
+        (lambda p: ops.check_policy(5), "policy 5 is not a path"),
+        (lambda p: ops.check_policy(_one_rule(p), 5), "db 5 is not a path"),
+        (lambda p: lib.pull(p / "r.duckdb", api=API, options={}), "not a PullOptions"),
+        (lambda p: ops.export(p / "r.duckdb", p / "out", tables="flows"), "pass tables=['flows']"),
+        (lambda p: lib.status(p / "r.duckdb", wait="x"), "wait='x' is not a number"),
+        (lambda p: lib.status(p / "r.duckdb", wait=-1), "wait=-1 is not a number"),
+        (lambda p: lib.status(p / "r.duckdb", wait=float("nan")), "is not a number"),
         (
-            lambda p: flowsync.apply(p / "r.duckdb", _policy(p), api=API, confirm=5),
+            lambda p: lib.apply(p / "r.duckdb", _one_rule(p), api=API, confirm=5),
             "confirm is not a function (int 5)",
         ),
     ],
@@ -305,6 +311,7 @@ def _policy(tmp_path: Path) -> Path:
         "check-policy",
         "check-policy-db",
         "pull-options",
+        "export-tables-text",
         "wait-text",
         "wait-negative",
         "wait-nan",

@@ -441,6 +441,10 @@ def export(
         since = check_start(since, datetime.now(timezone.utc))
     elif since is not None:
         since = parse_since(since, datetime.now(timezone.utc))
+    if isinstance(tables, str):  # iterated, it named a table a letter
+        raise ConfigError(
+            f"tables={tables!r} is one text, not a list of tables: pass tables=[{tables!r}]."
+        )
     objectstore.check_destination(str(dest))
     remote = objectstore.is_remote(str(dest))
     out_dir = objectstore.local_dir(str(dest))
