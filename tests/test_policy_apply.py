@@ -2157,3 +2157,30 @@ def test_a_reject_that_carries_a_new_state_is_replaced(
     assert set_instead(rejected, BEFORE).outcome.value == expected
     accepted = RunResult(Outcome.ACCEPTED, {"status": "ACCEPT", "state": state})
     assert set_instead(accepted, BEFORE).outcome is Outcome.ACCEPTED
+
+
+@pytest.mark.parametrize("version", ["4.0.0", "2.20.3"])
+def test_a_server_of_another_prefect_major_is_sent_nothing(mixed_db: Path, version: str) -> None:
+    """A server that says it is Prefect 4 (or 2): its filters might not guard a call as
+    Prefect 3's do, and it was taken for a bulk (4.x) or per-run (2.x) server. apply sends
+    no write and says why; the health and version reads are all it asked."""
+    from flowsync.errors import ApiError
+
+    fake = Recorder(accept_all, api_rows(mixed_db))
+    fake_version = fake.__call__
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/admin/version"):
+            fake.bodies.append(("admin/version", {}))
+            return httpx.Response(200, json=version)
+        return fake_version(request)
+
+    plan = plan_for(mixed_db, DELETE_ALL)
+    refused = rf"Prefect {version}: flowsync applies policies to Prefect 3"
+    with (
+        Store.sandboxed_writer(mixed_db) as store,
+        mock_client(answer) as client,
+        pytest.raises(ApiError, match=refused),
+    ):
+        apply_plan(client, store, plan)
+    assert [p for p, _ in fake.bodies] == ["health", "admin/version"]

@@ -23,6 +23,9 @@ NOT_STATE_EVENTS = ["prefect.flow-run.heartbeat"]
 BULK_SINCE = (3, 6, 16)
 
 
+SUPPORTED_MAJOR = 3  # the Prefect whose API flowsync speaks (3.0 to 3.9 tested)
+
+
 def parse_version(text: str | None) -> tuple[int, ...] | None:
     """``"3.6.16"`` -> ``(3, 6, 16)``; pre-release or local suffixes are dropped; None if unreadable."""
     match = re.match(r"^\s*v?(\d+)\.(\d+)(?:\.(\d+))?", text or "")
@@ -56,6 +59,12 @@ class Capabilities:
         # state guard.
         bulk = True if parsed is None or cloud else parsed >= BULK_SINCE
         return cls(version, parsed, cloud, bulk, read)
+
+    @property
+    def supported(self) -> bool:
+        """A Prefect 3 server, or one that does not say (Prefect Cloud runs the current API):
+        the calls apply sends, and the guards they carry, are Prefect 3's."""
+        return self.parsed is None or self.cloud or self.parsed[0] == SUPPORTED_MAJOR
 
     def describe(self) -> str:
         if self.version:

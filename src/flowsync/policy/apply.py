@@ -34,7 +34,7 @@ from typing import Any
 from flowsync.api import PrefectClient
 from flowsync.api.client import BULK_LIMIT
 from flowsync.api.pagination import PAGE_SIZE
-from flowsync.errors import PolicyError, PolicyLimitError
+from flowsync.errors import ApiError, PolicyError, PolicyLimitError
 from flowsync.policy.ahead import AHEAD_BATCHES
 from flowsync.policy.batch import Applier, Batch, Stop
 from flowsync.policy.plan import Plan
@@ -208,6 +208,13 @@ def apply_plan(
             # A wrong URL or a stopped server fails in a second, not after retries.
             applier.rereader.set_server_clock(client.check())
             caps = client.capabilities()
+            if not caps.supported:  # its filters might not guard what Prefect 3's do
+                raise ApiError(
+                    f"{caps.describe()}: flowsync applies policies to Prefect 3 servers only "
+                    "(their calls and the state guards they carry are Prefect 3's); nothing was "
+                    "sent. pull and the reports still read it; upgrade flowsync when one "
+                    "supports it."
+                )
             if not caps.bulk:
                 forced = plan.forcing_rules
                 if forced:
