@@ -900,6 +900,23 @@ def test_a_file_from_a_newer_duckdb_says_to_upgrade_for_every_command_and_stays_
     assert {p: sha256(p) for p in (db, newer)} == before
 
 
+def test_a_file_whose_own_bookkeeping_has_another_shape_is_one_line_for_every_command(
+    tmp_path: Path,
+) -> None:
+    """flowsync's migration record with a column renamed (a newer flowsync's, or a hand's):
+    every command said DuckDB's four-line binder error. Now one line naming the file and
+    what to do, exit 5, and the file unchanged."""
+    db = built(tmp_path, runs=5)
+    con = duckdb.connect(str(db))
+    con.execute("ALTER TABLE _flowsync_migrations RENAME COLUMN name TO migration")
+    con.close()
+    before = sha256(db)
+    for name, line in each_command_on(db, tmp_path, COMMANDS, 5):
+        assert f"{db}: flowsync's own bookkeeping in it is of a shape" in line, (name, line)
+        assert "upgrade flowsync, or use another --db" in line, (name, line)
+    assert sha256(db) == before
+
+
 # -- against the session server: the fault, its one line, then the next pull matches the server ---
 
 

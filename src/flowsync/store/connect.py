@@ -544,6 +544,14 @@ class Store(Session):
         except QueryError as e:
             if e.kind == "CatalogException" and type(e) is QueryError:
                 return []
+            if e.kind == "BinderException" and type(e) is QueryError:
+                # flowsync's own table with columns this version does not know
+                raise StoreError(
+                    f"{self.path}: flowsync's own bookkeeping in it is of a shape this flowsync "
+                    f"{__version__} does not know (a newer flowsync's, or changed by hand: "
+                    f"{e.detail.splitlines()[0]}); upgrade flowsync, or use another --db. Nothing was "
+                    "changed."
+                ) from e
             raise
 
     def _check_newer(self, applied: set[str]) -> None:
