@@ -236,6 +236,26 @@ def test_status_does_what_the_command_does(built: BuiltHistory, tmp_path: Path) 
     assert called.summary["flow_runs"]["live"] == len(query(db, live))
 
 
+def test_status_of_a_pulled_file_without_its_servers_address_says_so(
+    built: BuiltHistory, tmp_path: Path
+) -> None:
+    """A pulled file whose record of the server's address is gone (a file built by hand, or
+    an older or newer flowsync's): status said "from (never pulled)" above its last pull."""
+    import shutil
+
+    from flowsync.store import Store
+
+    db = copy_db(built.path, tmp_path)
+    shutil.rmtree(db.with_name(db.name + ".snapshots"))  # read live: no snapshot to read
+    with Store.writer(db) as writer:
+        writer.execute("DELETE FROM sync_state WHERE key = 'api_url'")
+    shown = run_cli("status", "--db", str(db))
+    assert shown.exit_code == 0, shown.output
+    first = shown.stdout.splitlines()[0]
+    assert first.endswith("from (a server it does not name)") and "never" not in first
+    assert "last pull #" in shown.stdout
+
+
 def test_every_call_reads_a_path_from_home_as_its_command_and_connect_do(
     built: BuiltHistory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -181,10 +181,8 @@ def status_cmd(
         print_json(summary)
         return
     last = summary["last_pull"]
-    out.print(
-        f"[bold]{escape(str(path))}[/]  from {escape(summary['api_url'] or '(never pulled)')}",
-        highlight=False,
-    )
+    source = summary["api_url"] or ("(a server it does not name)" if last else "(never pulled)")
+    out.print(f"[bold]{escape(str(path))}[/]  from {escape(source)}", highlight=False)
     if writing is not None and published is not None:
         role = writing.holder_role
         who = (
