@@ -507,6 +507,18 @@ def test_pull_options_refuse_spans_the_pull_cannot_use() -> None:
     PullOptions(overlap=timedelta(0), staleness=timedelta(seconds=3))  # the tests' own values
 
 
+def test_a_span_past_its_most_says_the_most_in_its_own_unit() -> None:
+    """``FLOWSYNC_STALENESS_HOURS=inf`` (or ``--staleness-hours``) said "use at most 365
+    days, 0:00:00": Python's text for a timedelta, in no unit the setting takes."""
+    from flowsync.errors import ConfigError
+    from flowsync.sync.context import span
+
+    with pytest.raises(
+        ConfigError, match=r"^--staleness inf is out of range: use at most 8760 hours\.$"
+    ):
+        span("--staleness", float("inf"), "hours")
+
+
 @pytest.mark.parametrize(
     "bad",
     [

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from flowsync import config
+from flowsync import config, present
 from flowsync.api import Page, PrefectClient
 from flowsync.api.pagination import PAGE_SIZE
 from flowsync.errors import ConfigError
@@ -82,8 +82,9 @@ class PullOptions:
                 )
             if not least <= value <= SPAN_MAX[flag]:
                 raise ConfigError(
-                    f"{flag} of {value} is out of range (PullOptions.{name}): use from {least} "
-                    f"up to {SPAN_MAX[flag]}."
+                    f"{flag} of {value!r} is out of range (PullOptions.{name}): use from "
+                    f"{'0' if not least else 'more than 0'} up to "
+                    f"{present.duration(SPAN_MAX[flag].total_seconds())}."
                 )
 
 
@@ -103,8 +104,9 @@ def span(flag: str, value: float, unit: str) -> timedelta:
     try:
         return timedelta(**{unit: value})
     except (OverflowError, ValueError):
+        most = SPAN_MAX[flag] / timedelta(**{unit: 1})
         raise ConfigError(
-            f"{flag} {value:g} is out of range: use at most {SPAN_MAX[flag]}."
+            f"{flag} {value:g} is out of range: use at most {most:g} {unit}."
         ) from None
 
 
