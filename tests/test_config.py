@@ -456,6 +456,11 @@ def test_a_profiles_secret_goes_only_to_the_profiles_own_host(isolated_env: Path
     assert s.withheld is None  # the auth string is not used beside a key
     s = resolve_api(other, "pnu_flag", env=env)
     assert s.api_key is not None and s.api_key.get_secret_value() == "pnu_flag"
+    # a profile holding a key and no URL names no host it is for: none gets it
+    write_profiles(isolated_env, 'active = "k"\n[profiles.k]\nPREFECT_API_KEY = "pnu_profile"\n')
+    s = resolve_api(env={**env, "PREFECT_API_URL": other})
+    assert s.api_key is None and s.withheld is not None
+    assert "profile 'k' (which names no URL of its own)" in s.withheld
 
 
 @pytest.mark.parametrize(

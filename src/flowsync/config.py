@@ -415,14 +415,15 @@ def _foreign_profile_secret(
         if where.startswith("profile ")
     ]
     own = profile.get("PREFECT_API_URL")
-    if not from_profile or source.startswith("profile ") or not isinstance(own, str) or not own:
+    if not from_profile or source.startswith("profile "):
         return None
-    if _origin(own) == _origin(url):
+    if isinstance(own, str) and own.strip() and _origin(own) == _origin(url):
         return None
-    return (
-        f"the {' and '.join(from_profile)} of profile {profile_name!r} (for "
-        f"{mask_url(own.strip().rstrip('/'))})"
-    )
+    # (a profile with no URL of its own names no host its secret is for: none but its own)
+    whose = f"the {' and '.join(from_profile)} of profile {profile_name!r}"
+    if isinstance(own, str) and own.strip():
+        return f"{whose} (for {mask_url(own.strip().rstrip('/'))})"
+    return f"{whose} (which names no URL of its own)"
 
 
 def _check_key(key: str, where: str) -> str:
