@@ -17,10 +17,13 @@ WITH retention AS (
     SELECT
         -- (TRY_CAST: a value of another shape, a newer flowsync's or one edited by hand,
         -- reads as not known, never as a failed view)
+        -- (seconds: none, or from 0 up to 1,000 years: past that no interval holds it)
         coalesce(TRY_CAST(value->>'known' AS BOOLEAN), false)
-            AND (value->>'seconds' IS NULL OR TRY_CAST(value->>'seconds' AS DOUBLE) IS NOT NULL)
+            AND (value->>'seconds' IS NULL
+                 OR coalesce(TRY_CAST(value->>'seconds' AS DOUBLE) BETWEEN 0 AND 3.2e10, false))
             AS known,
-        TRY_CAST(value->>'seconds' AS DOUBLE) AS seconds,
+        CASE WHEN TRY_CAST(value->>'seconds' AS DOUBLE) BETWEEN 0 AND 3.2e10
+             THEN TRY_CAST(value->>'seconds' AS DOUBLE) END AS seconds,
         value->>'source' AS source
     FROM sync_state
     WHERE key = 'run_retention'

@@ -67,7 +67,13 @@ def test_deleted_runs_say_how_they_went(tmp_path: Path) -> None:
     assert set_retention(db, None)[rid(1)] == "unknown"  # nothing recorded yet
     # a value of another shape (a newer flowsync's, or edited by hand): not known, and the
     # view still reads (it failed: "Could not convert string '14d' to DOUBLE")
-    for other in ({"known": True, "seconds": "14d"}, {"known": "maybe", "seconds": 86400}):
+    for other in (
+        {"known": True, "seconds": "14d"},
+        {"known": "maybe", "seconds": 86400},
+        {"known": True, "seconds": 1e300},  # a double no interval holds (OutOfRangeException)
+        {"known": True, "seconds": "nan"},
+        {"known": True, "seconds": -1},  # every deleted run would read aged out
+    ):
         assert set_retention(db, other) == {rid(1): "unknown", rid(2): "unknown", rid(3): "policy"}
 
 
