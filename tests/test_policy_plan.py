@@ -289,11 +289,16 @@ BAD_SQL = [
     ("copy", "COPY flow_runs TO 'out.csv'", "is a COPY statement"),
     ("no id column", "SELECT name FROM flow_runs", "not an `id` column"),
     # two columns named id: DuckDB renames the second id_1 and the first was taken, flow ids
-    ("two id columns", "SELECT flow_id AS id, id FROM flow_runs", "more than one column named id"),
+    ("two id columns", "SELECT flow_id AS id, id FROM flow_runs", "a column `id` and `id_1`"),
+    (
+        "a join's columns",
+        "SELECT * FROM flow_runs r JOIN deployments d ON d.id = r.deployment_id",
+        "(a SELECT * over a join, or two ids selected)",
+    ),
     (
         "two id columns in a CTE",
         "WITH a AS (SELECT flow_id AS id, id FROM flow_runs) SELECT * FROM a",
-        "more than one column named id (id_1 is how",
+        "a column `id` and `id_1`, DuckDB's name for another column called id",
     ),
     ("unknown table", "SELECT id FROM nope", "SQL failed"),
     ("syntax", "SELEC id FROM flow_runs", "does not parse"),

@@ -62,9 +62,12 @@ class Capabilities:
 
     @property
     def supported(self) -> bool:
-        """A Prefect 3 server, or one that does not say (Prefect Cloud runs the current API):
-        the calls apply sends, and the guards they carry, are Prefect 3's."""
-        return self.parsed is None or self.cloud or self.parsed[0] == SUPPORTED_MAJOR
+        """A Prefect 3 server, or one that does not say its version (Prefect Cloud runs the
+        current API): the calls apply sends, and the guards they carry, are Prefect 3's."""
+        if self.cloud or not self.version:
+            return True
+        # a version said but not read as N.N (e.g. "4", "Prefect 4.0.0") is not known to be 3
+        return self.parsed is not None and self.parsed[0] == SUPPORTED_MAJOR
 
     def describe(self) -> str:
         if self.version:

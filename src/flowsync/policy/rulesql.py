@@ -370,9 +370,11 @@ def rule_statement(
     renamed = [c for c in columns if _RENAMED_ID.match(c)]
     if renamed:  # two columns named id: DuckDB renames the later ones, and the first is taken
         raise PolicyError(
-            f"{where}: SQL returns more than one column named id ({', '.join(renamed)} is how "
-            "DuckDB renames the others), so which holds the runs to act on is unclear; return "
-            "the flow-run ids in exactly one `id` column and name the others apart."
+            f"{where}: SQL returns a column `id` and {', '.join(f'`{c}`' for c in renamed)}, "
+            "DuckDB's name for another column called id (a SELECT * over a join, or two ids "
+            "selected), so which holds the runs to act on is unclear; select the run ids alone "
+            "as `id` (e.g. SELECT r.id FROM flow_runs r JOIN ...) and name any other column "
+            "apart."
         )
     return sql
 
