@@ -606,7 +606,7 @@ def test_apply_refuses_what_its_flags_refuse_before_the_plan(
 
 def test_export_refuses_what_the_command_refuses(built: object, tmp_path: Path) -> None:
     """No table (the command's empty --tables; the call exported every table), a start
-    before 1970 as a datetime as well as text, and one in the future."""
+    before 1900 as a datetime as well as text, and one in the future."""
     from datetime import datetime, timezone
 
     from flowsync.errors import ConfigError
@@ -617,8 +617,8 @@ def test_export_refuses_what_the_command_refuses(built: object, tmp_path: Path) 
     refused(run_cli("export", str(out), "--tables", ",", "--db", str(db)), "--tables")
     with pytest.raises(ConfigError, match=r"^--tables names no table"):
         export(db, out, tables=[])
-    for since in (datetime(1900, 1, 1), datetime(2999, 1, 1, tzinfo=timezone.utc)):
-        with pytest.raises(ConfigError, match=r"^--since '(1900|2999)-01-01"):
+    for since in (datetime(1899, 12, 31), datetime(2999, 1, 1, tzinfo=timezone.utc)):
+        with pytest.raises(ConfigError, match=r"^--since '(1899-12-31|2999-01-01)"):
             export(db, out, since=since)
     assert not out.exists()
 

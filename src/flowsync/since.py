@@ -4,7 +4,7 @@ Owns: turning ``30m`` / ``30min``, ``12h``, ``7d``, ``2w`` (an age before now), 
 date ``2026-01-01`` (UTC midnight), an ISO time (UTC when it has no offset) or
 ``all`` (no start) into an aware datetime in UTC (a time with another offset is
 converted: what shows it as UTC shows that instant), and the one-line errors for
-anything else, an empty age, a time in the future, or a start before 1970 (an age
+anything else, an empty age, a time in the future, or a start before 1900 (an age
 too large for a date included: no run is that old, and a report's previous window
 of the same length must still be a date), each naming the option it came from
 (``--since``, ``report stuck --history``). Must not: know what the time is used for
@@ -23,13 +23,13 @@ _UNITS = {"m": "minutes", "min": "minutes", "h": "hours", "d": "days", "w": "wee
 # Months and years (and a capital M, which means a month to many and a minute here): refused,
 # so that `3M` is never read as three minutes.
 _CALENDAR = re.compile(r"^\s*\d+\s*(?:M|(?i:mo|mons?|months?|y|yrs?|years?))\s*$")
-# The earliest start: where ``all`` begins (``reports.Window.start``). Earlier is no run's
-# time, and an age past year 1 is no date at all (OverflowError).
-EARLIEST = datetime(1970, 1, 1, tzinfo=timezone.utc)
 # Where all history begins, for the pull's walks and counts by expected start and for the
 # reports' ``all``: before any run's (one scheduled before 1970, a negative timestamp, is a
 # run too; only runs without an expected start are not).
 HISTORY_START = datetime(1900, 1, 1, tzinfo=timezone.utc)
+# The earliest start a user may give: where all history begins. Earlier is no run's time,
+# and an age past year 1 is no date at all (OverflowError).
+EARLIEST = HISTORY_START
 
 
 def parse_since(text: str | None, now: datetime, *, option: str = "--since") -> datetime | None:
@@ -75,7 +75,7 @@ def check_start(
     start: datetime, now: datetime, *, option: str = "--since", text: str | None = None
 ) -> datetime:
     """A start given as a time (a library's ``since=datetime``, or an ISO ``text``): UTC
-    when it has no offset; one in the future or before 1970 is refused as its text is."""
+    when it has no offset; one in the future or before 1900 is refused as its text is."""
     shown = start.isoformat() if text is None else text
     if start.tzinfo is None:
         start = start.replace(tzinfo=timezone.utc)
