@@ -216,3 +216,29 @@ def test_data_formats_keep_outside_text_byte_exact(hostile: Path, fmt: str) -> N
     rep = run_cli("report", "runs", "--last", "1", "-f", fmt, "--db", str(hostile))
     assert rep.exit_code == 0, rep.output
     assert HOSTILE in (json.loads(rep.stdout)[0]["state_message"] if fmt == "json" else rep.stdout)
+
+
+def test_without_format_the_output_files_extension_names_it(built: Path, tmp_path: Path) -> None:
+    """`-o failures.parquet` without `--format` wrote CSV under that name (a reader then fails
+    on it); the extension now names the format, and one it does not know stays CSV."""
+    query = "SELECT name, state_type FROM flow_runs ORDER BY name LIMIT 3"
+    out = {ext: tmp_path / f"rows{ext}" for ext in (".parquet", ".json", ".md", ".CSV", ".txt")}
+    for path in out.values():
+        result = run_cli("sql", query, "-o", str(path), "--db", str(built))
+        assert result.exit_code == 0, result.output
+    frame = pl.read_parquet(out[".parquet"])
+    assert frame.columns == ["name", "state_type"] and frame.height == 3
+    assert [r["name"] for r in json.loads(out[".json"].read_text())] == frame["name"].to_list()
+    assert out[".md"].read_text().startswith("| name")
+    assert out[".CSV"].read_text().splitlines()[0] == "name,state_type"
+    assert out[".txt"].read_text().splitlines()[0] == "name,state_type"
+    health = tmp_path / "health.prom"
+    result = run_cli("report", "health", "-o", str(health), "--db", str(built))
+    assert result.exit_code == 0, result.output
+    assert "# TYPE flowsync_" in health.read_text()
+    report_out = tmp_path / "failures.parquet"
+    result = run_cli(
+        "report", "failures", "--since", "30d", "-o", str(report_out), "--db", str(built)
+    )
+    assert result.exit_code == 0, result.output
+    assert "failure_rate" in pl.read_parquet(report_out).columns

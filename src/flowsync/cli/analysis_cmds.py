@@ -47,8 +47,22 @@ if TYPE_CHECKING:  # Polars and DuckDB load inside the commands, so --help stays
 # -- rendering --------------------------------------------------------------------
 
 
+# The format an --output file's extension names, when --format is not given.
+BY_EXTENSION = {
+    ".csv": "csv",
+    ".json": "json",
+    ".parquet": "parquet",
+    ".md": "markdown",
+    ".markdown": "markdown",
+    ".prom": "openmetrics",
+}
+
+
 def _choose_format(fmt: str | None, output: Path | None, allowed: tuple[str, ...] = FORMATS) -> str:
     if fmt is None:
+        named = BY_EXTENSION.get(output.suffix.lower()) if output is not None else None
+        if named in allowed:  # (failures.parquet: Parquet, not CSV under that name)
+            return str(named)
         return "table" if output is None and sys.stdout.isatty() else "csv"
     fmt = fmt.lower()
     if fmt not in allowed:

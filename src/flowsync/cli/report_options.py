@@ -51,13 +51,15 @@ def format_option(formats: tuple[str, ...], help_text: str) -> Any:
 
 FormatOption = format_option(
     FORMATS,
-    "table, line, csv, json, markdown or parquet. Default: table on a terminal, csv otherwise.",
+    "table, line, csv, json, markdown or parquet. Default: what --output's extension names "
+    "(.csv, .json, .parquet, .md), else table on a terminal, csv otherwise.",
 )
 HEALTH_FORMATS = (*FORMATS, "openmetrics")
 HealthFormatOption = format_option(
     HEALTH_FORMATS,
     "table, line, csv, json, markdown, parquet or openmetrics (Prometheus textfile "
-    "collector). Default: table on a terminal, csv otherwise.",
+    "collector). Default: what --output's extension names (.csv, .json, .parquet, .md, "
+    ".prom), else table on a terminal, csv otherwise.",
 )
 OutputOption = Annotated[
     Path | None,
