@@ -273,3 +273,27 @@ def test_ctrl_c_before_a_command_begins_is_one_line_not_a_traceback(
     assert "Traceback" not in done.stderr and done.stdout == ""
     assert done.stderr.startswith("interrupted (SIGINT)") and done.stderr.count("\n") == 1
     assert not db.exists()
+
+
+def test_a_second_run_of_the_cli_in_one_process_says_its_own_silent_interrupt(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An interrupt a first run said is not taken for the second run's: a process that runs
+    the CLI again (a notebook's `!`, a test) hears of a Ctrl-C typer swallowed then too."""
+    import io
+
+    import flowsync.cli as cli
+    from flowsync.cli import common
+
+    said = io.StringIO()
+    monkeypatch.setattr(common.err, "file", said)
+    monkeypatch.setattr(common, "interrupt_told", ["SIGINT"])  # the first run's
+
+    def swallowed() -> None:
+        raise SystemExit(130)  # typer's exit for a Ctrl-C while it parses
+
+    monkeypatch.setattr(cli, "app", swallowed)
+    monkeypatch.setattr(sys, "stdout", sys.stdout)  # main() wraps it; put back after
+    with pytest.raises(SystemExit) as ended:
+        cli.main()
+    assert ended.value.code == 130 and said.getvalue().strip() == "interrupted (SIGINT)."

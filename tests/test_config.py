@@ -498,3 +498,10 @@ def test_a_profile_setting_of_the_wrong_kind_is_one_config_error(
     )
     s = resolve_api(env={"PREFECT_HOME": str(isolated_env)})  # TOML's own bool and number
     assert s.verify is False and s.max_requests_per_minute == 600
+    for word, skips in (("1.0", True), ("0.0", False)):  # a TOML float, as pydantic reads it
+        write_profiles(
+            isolated_env,
+            'active = "p"\n[profiles.p]\nPREFECT_API_URL = "http://h/api"\n'
+            f"PREFECT_API_TLS_INSECURE_SKIP_VERIFY = {word}\n",
+        )
+        assert (resolve_api(env={"PREFECT_HOME": str(isolated_env)}).verify is False) is skips

@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -232,6 +233,8 @@ def test_status_does_what_the_command_does(built: BuiltHistory, tmp_path: Path) 
     called = flowsync.status(db)
     assert json.loads(shown.stdout) == to_jsonable(called.to_json())
     assert called.writing is None and called.snapshot is not None
+    # any real number of seconds waits (numpy's int64, a Fraction: not a Python int or float)
+    assert lib.status(db, wait=Fraction(1, 2)).summary == called.summary
     live = "SELECT id FROM flow_runs WHERE deleted_at IS NULL"
     assert called.summary["flow_runs"]["live"] == len(query(db, live))
 

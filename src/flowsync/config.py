@@ -274,8 +274,8 @@ def _dangling_active(path: Path) -> str | None:
     return active if active not in profiles else None
 
 
-_TRUE = {"1", "true", "yes", "on", "t", "y"}
-_FALSE = {"0", "false", "no", "off", "f", "n", ""}
+_TRUE = {"1", "1.0", "true", "yes", "on", "t", "y"}  # "1.0": a TOML float, as pydantic takes
+_FALSE = {"0", "0.0", "false", "no", "off", "f", "n", ""}
 
 
 def _truthy(value: object, where: str) -> bool:

@@ -98,6 +98,7 @@ class _PipeSafe:
 def main() -> None:
     if sys.stdout is not None:  # (None: started with stdout closed; Rich writes nowhere)
         sys.stdout = cast(TextIO, _PipeSafe(sys.stdout))
+    common.interrupt_told.clear()  # (a process may run the CLI more than once)
     try:
         app()
     except SystemExit as e:

@@ -33,6 +33,7 @@ wrote the file). Must not: offer a second way to run SQL (that is
 from __future__ import annotations
 
 import contextlib
+import numbers
 import os
 import re
 import threading
@@ -123,7 +124,7 @@ def _connect(
     """DuckDB's connection to ``path`` (checked first), waiting up to ``wait`` s for its lock:
     another process's, or a writer of this process (``_WRITING``; a writer opened here is
     added to it)."""
-    if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not wait >= 0:
+    if isinstance(wait, bool) or not isinstance(wait, numbers.Real) or not wait >= 0:
         # (a library caller's: the command line's --wait is checked as it is parsed)
         raise ConfigError(f"wait={wait!r} is not a number of seconds from 0: pass wait=SECONDS.")
     deadline = time.monotonic() + wait
