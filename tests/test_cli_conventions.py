@@ -276,17 +276,13 @@ def test_ctrl_c_before_a_command_begins_is_one_line_not_a_traceback(
 
 
 def test_a_second_run_of_the_cli_in_one_process_says_its_own_silent_interrupt(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """An interrupt a first run said is not taken for the second run's: a process that runs
     the CLI again (a notebook's `!`, a test) hears of a Ctrl-C typer swallowed then too."""
-    import io
-
     import flowsync.cli as cli
     from flowsync.cli import common
 
-    said = io.StringIO()
-    monkeypatch.setattr(common.err, "file", said)
     monkeypatch.setattr(common, "interrupt_told", ["SIGINT"])  # the first run's
 
     def swallowed() -> None:
@@ -296,4 +292,4 @@ def test_a_second_run_of_the_cli_in_one_process_says_its_own_silent_interrupt(
     monkeypatch.setattr(sys, "stdout", sys.stdout)  # main() wraps it; put back after
     with pytest.raises(SystemExit) as ended:
         cli.main()
-    assert ended.value.code == 130 and said.getvalue().strip() == "interrupted (SIGINT)."
+    assert ended.value.code == 130 and capsys.readouterr().err.strip() == "interrupted (SIGINT)."
