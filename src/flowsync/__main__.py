@@ -21,11 +21,7 @@ def main() -> None:
             "interrupted (SIGINT) before the command began; nothing was read or changed.\n"
         )
         raise SystemExit(INTERRUPTED_EXIT) from None
-    try:
-        run()
-    except KeyboardInterrupt:  # outside a command's own handling (parsing its arguments)
-        sys.stderr.write("interrupted (SIGINT).\n")
-        raise SystemExit(INTERRUPTED_EXIT) from None
+    run()  # (it says a Ctrl-C met outside a command's own handling)
 
 
 if __name__ == "__main__":

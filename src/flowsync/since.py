@@ -25,11 +25,9 @@ _UNITS = {"m": "minutes", "min": "minutes", "h": "hours", "d": "days", "w": "wee
 _CALENDAR = re.compile(r"^\s*\d+\s*(?:M|(?i:mo|mons?|months?|y|yrs?|years?))\s*$")
 # Where all history begins, for the pull's walks and counts by expected start and for the
 # reports' ``all``: before any run's (one scheduled before 1970, a negative timestamp, is a
-# run too; only runs without an expected start are not).
+# run too; only runs without an expected start are not). Also the earliest start a user may
+# give: earlier is no run's time, and an age past year 1 is no date at all (OverflowError).
 HISTORY_START = datetime(1900, 1, 1, tzinfo=timezone.utc)
-# The earliest start a user may give: where all history begins. Earlier is no run's time,
-# and an age past year 1 is no date at all (OverflowError).
-EARLIEST = HISTORY_START
 
 
 def parse_since(text: str | None, now: datetime, *, option: str = "--since") -> datetime | None:
@@ -58,7 +56,7 @@ def parse_since(text: str | None, now: datetime, *, option: str = "--since") -> 
             start = now - timedelta(**{_UNITS[unit]: amount})
         except OverflowError:  # past year 1, or more than timedelta holds
             start = None
-        if start is None or start < EARLIEST:
+        if start is None or start < HISTORY_START:
             raise _too_early(text, option)
         return start
     try:
@@ -84,13 +82,13 @@ def check_start(
         raise ConfigError(
             f"{option} {shown!r} is in the future; pick a time before now ({now:%Y-%m-%d %H:%M} UTC)."
         )
-    if start < EARLIEST:
+    if start < HISTORY_START:
         raise _too_early(shown, option)
     return start
 
 
 def _too_early(text: str, option: str) -> ConfigError:
     return ConfigError(
-        f"{option} {text!r} starts before {EARLIEST:%Y-%m-%d}, earlier than any run; "
+        f"{option} {text!r} starts before {HISTORY_START:%Y-%m-%d}, earlier than any run; "
         "use a later start, or 'all' for all history."
     )

@@ -28,7 +28,6 @@ from flowsync.since import HISTORY_START
 
 PAGE_SIZE = PAGE_LIMIT  # the largest page the API serves
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-EARLIEST = HISTORY_START  # the lower bound of every walk and count of runs by expected start
 
 
 FILTER_START = "POST /flow_runs/filter: a run's expected_start_time"
@@ -194,7 +193,7 @@ def keyset_run_pages(
     position is None after the last page.
     """
     hi_s = iso(hi) if hi is not None else None
-    pos = start or Position(iso(lo or EARLIEST))
+    pos = start or Position(iso(lo or HISTORY_START))
     while True:
         if pos.in_tie:
             # One timestamp: order by id, the one sort whose order no update changes.

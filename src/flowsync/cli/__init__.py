@@ -99,8 +99,13 @@ def main() -> None:
     if sys.stdout is not None:  # (None: started with stdout closed; Rich writes nowhere)
         sys.stdout = cast(TextIO, _PipeSafe(sys.stdout))
     common.interrupt_told.clear()  # (a process may run the CLI more than once)
+    # A Ctrl-C outside a command's own handling (``common.errors``): met before typer's
+    # (building the command), or turned by typer into exit 130 without a word (parsing).
     try:
         app()
+    except KeyboardInterrupt:
+        common.err.print("[yellow]interrupted[/] (SIGINT).", highlight=False)
+        raise SystemExit(INTERRUPTED_EXIT) from None
     except SystemExit as e:
         if e.code == INTERRUPTED_EXIT and not common.interrupt_told:
             common.err.print("[yellow]interrupted[/] (SIGINT).", highlight=False)

@@ -64,10 +64,16 @@ class PullOptions:
                 raise ConfigError(
                     f"PullOptions.{name} {getattr(self, name)!r} is not True or False."
                 )
-        if not isinstance(self.verify_every, timedelta) or self.verify_every < timedelta(0):
+        for name in ("verify_every", "overlap", "staleness", "events_horizon"):
+            if not isinstance(getattr(self, name), timedelta):
+                raise ConfigError(
+                    f"PullOptions.{name} {getattr(self, name)!r} is not a span of time: pass a "
+                    "datetime.timedelta."
+                )
+        if self.verify_every < timedelta(0):
             raise ConfigError(
-                f"PullOptions.verify_every {self.verify_every!r} is not a span of time of "
-                "zero or more: pass a datetime.timedelta."
+                f"PullOptions.verify_every {self.verify_every!r} is out of range: use a span "
+                "of zero or more."
             )
         for name, least in (
             ("overlap", timedelta(0)),
@@ -75,11 +81,6 @@ class PullOptions:
             ("events_horizon", _POSITIVE),
         ):
             flag, value = "--" + name.replace("_", "-"), getattr(self, name)
-            if not isinstance(value, timedelta):
-                raise ConfigError(
-                    f"PullOptions.{name} {value!r} is not a span of time: pass a "
-                    "datetime.timedelta."
-                )
             if not least <= value <= SPAN_MAX[flag]:
                 raise ConfigError(
                     f"{flag} of {value!r} is out of range (PullOptions.{name}): use from "

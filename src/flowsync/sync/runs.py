@@ -34,7 +34,6 @@ from typing import Any
 
 from flowsync.api import Page
 from flowsync.api.pagination import (
-    EARLIEST,
     EPOCH,
     FILTER_START,
     Position,
@@ -48,6 +47,7 @@ from flowsync.api.pagination import (
 )
 from flowsync.api.reads import server_time
 from flowsync.errors import ApiError, UnavailableError
+from flowsync.since import HISTORY_START
 from flowsync.store import sync_log, synced_tables
 from flowsync.store.tables import FLOW_RUNS
 from flowsync.sync import cursor
@@ -162,7 +162,7 @@ def plan_segments(ctx: PullContext, total: int) -> list[dict[str, Any]]:
                 "sort": sort,
                 "limit": 1,
                 "offset": 0,
-                "flow_runs": {"expected_start_time": {"after_": iso(EARLIEST)}},
+                "flow_runs": {"expected_start_time": {"after_": iso(HISTORY_START)}},
             },
         )
         ends.append(server_time(page[0].get("expected_start_time"), FILTER_START) if page else None)
@@ -397,7 +397,7 @@ def check_ids(ctx: PullContext, ids: Iterable[str], *, advance: bool = False) ->
 def _null_start_runs(ctx: PullContext) -> None:
     """Runs without an expected start are invisible to the keyset walk; list them if any exist."""
     with_start = ctx.client.count(
-        "flow_runs", {"flow_runs": {"expected_start_time": {"after_": iso(EARLIEST)}}}
+        "flow_runs", {"flow_runs": {"expected_start_time": {"after_": iso(HISTORY_START)}}}
     )
     total = ctx.client.count("flow_runs")
     if total <= with_start:
