@@ -2845,9 +2845,11 @@ def test_an_apply_killed_after_its_set_state_call_is_settled_accepted_by_the_nex
     ):
         killed = apply_killed_at(server, db, policy, before_server=False, endpoint="bulk_set_state")
         pending = [i for i, o in outcomes(db, ids).items() if o == "pending"]
-        # batch 2 at least (batch 1 too when the server, setting each run in a transaction
-        # of its own, finished it after batch 2: both calls were out)
-        assert len(pending) in (30, 80)
+        # batch 2 (30), both (80: the server, setting each run in a transaction of its own,
+        # finished batch 1 after batch 2 while both calls were out), or batch 1 alone (50:
+        # batch 1's call answered 503 busy and sent again, so the server answered batch 2
+        # first, its answer relayed and recorded, and the kill came at batch 1's answer)
+        assert len(pending) in (30, 50, 80)
         moved = pending[0]
         set_state(server, [moved], "RUNNING")  # another client, after the call
         sent: list[list[str]] = []
