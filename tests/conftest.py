@@ -328,6 +328,23 @@ def prefect(backend: str, request: pytest.FixtureRequest) -> SeededServer:
 
 
 @pytest.fixture(scope="session")
+def two_workers(
+    pg_cluster: PgCluster,
+    start_backend_server: Callable[..., AbstractContextManager[Server]],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Server]:
+    """A production-shaped server: PostgreSQL, two API workers and a services process of
+    its own, shared by the tests of both modules that need one (test_apply_workers.py,
+    test_workers.py: one process, the PostgreSQL group), which each start three cold Prefect
+    processes: about 12 CPU-s a start. Its tests select their own runs by id, or compare a
+    fresh file with the whole server, so runs another test left do not change them."""
+    home = tmp_path_factory.mktemp("prefect-2w")
+    with start_backend_server("postgres-2w", home, pg_cluster) as server:
+        assert server.workers == 2
+        yield server
+
+
+@pytest.fixture(scope="session")
 def built(tmp_path_factory: pytest.TempPathFactory) -> BuiltHistory:
     """A realistic flowsync file as a full pull leaves it, built without a server in ~2 s
     (``harness.built``), with the server's answers about it; read-only for tests."""

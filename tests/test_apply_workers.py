@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from harness.postgres import PgCluster
-from harness.server import Server, backend_server
+from harness.server import Server
 from tests.apply_cases import (
     acting,
     audit_rows,
@@ -42,17 +40,6 @@ from tests.apply_cases import (
 from tests.helpers import Fault, another_client, forwarding, outside, patch_run
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
-
-
-@pytest.fixture(scope="module")
-def two_workers(
-    pg_cluster: PgCluster, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Server]:
-    with backend_server(
-        "postgres-2w", tmp_path_factory.mktemp("prefect-apply-2w"), pg_cluster
-    ) as server:
-        assert server.workers == 2
-        yield server
 
 
 def by_id(ids: list[str], state: str) -> str:

@@ -10,27 +10,17 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from harness.postgres import PgCluster
 from harness.seed import delete_runs, seed, set_states
-from harness.server import Server, backend_server
+from harness.server import Server
 from tests.helpers import local_state, query, run_cli, scalar, wait_for_state_events
 from tests.server_truth import assert_matches_server
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
-
-
-@pytest.fixture(scope="module")
-def two_workers(
-    pg_cluster: PgCluster, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Server]:
-    with backend_server("postgres-2w", tmp_path_factory.mktemp("prefect-2w"), pg_cluster) as server:
-        yield server
 
 
 def pull(url: str, db: Path, *extra: str) -> dict[str, object]:
