@@ -291,25 +291,24 @@ def test_a_rule_after_keep_newest_leaves_a_run_the_earlier_rule_takes_now(
 
 
 def test_per_run_a_rule_after_keep_newest_leaves_a_run_the_earlier_rule_takes_now(
-    start_server: Any, tmp_path: Path
+    old_server: Server, tmp_path: Path
 ) -> None:
     """The case above on a server without the bulk endpoints (Prefect 3.4, one call per
     run), rule 2 deleting: after the pull a newer run fails, so rule 1 now keeps it and the
     newest before it; the third newest is rule 1's (left to the next apply), never rule 2's."""
-    with start_server(home=tmp_path / "home", version=PER_RUN_VERSION) as old:
-        ids, running, db, others = four_failed_one_running(old, tmp_path, "krp")
-        policy = policy_file(
-            tmp_path,
-            [purge("krp", "FAILED", keep_newest=2), purge("krp", "FAILED", name="rest")],
-        )
-        fail_now(old, running)
-        result = apply_cli(old, db, policy)
-        assert result.exit_code == 0, result.output
-        assert json.loads(result.stdout)["result"]["path"].startswith("per-run")
-        assert live(old, ids + running) == {ids[2]: "FAILED", running[0]: "FAILED"}
-        assert outcomes(db, ids) == dict(zip(ids, ["deleted", "deleted", "skipped", "deleted"]))
-        assert checks(db, ids[2:3]) == {ids[2]: "taken by an earlier rule"}
-        assert outside(old, ids + running) == others
+    ids, running, db, others = four_failed_one_running(old_server, tmp_path, "krp")
+    policy = policy_file(
+        tmp_path,
+        [purge("krp", "FAILED", keep_newest=2), purge("krp", "FAILED", name="rest")],
+    )
+    fail_now(old_server, running)
+    result = apply_cli(old_server, db, policy)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["result"]["path"].startswith("per-run")
+    assert live(old_server, ids + running) == {ids[2]: "FAILED", running[0]: "FAILED"}
+    assert outcomes(db, ids) == dict(zip(ids, ["deleted", "deleted", "skipped", "deleted"]))
+    assert checks(db, ids[2:3]) == {ids[2]: "taken by an earlier rule"}
+    assert outside(old_server, ids + running) == others
 
 
 def crashed_then_running(
@@ -522,24 +521,23 @@ def test_ctrl_c_during_a_batch_decided_again_after_its_catch_up_records_what_the
 
 
 def test_per_run_a_rule_after_keep_newest_leaves_a_run_the_earlier_rule_picks_and_ranks_only_now(
-    start_server: Any, tmp_path: Path
+    old_server: Server, tmp_path: Path
 ) -> None:
     """The case above on a server without the bulk endpoints (Prefect 3.4, one call per
     run), rule 2 deleting FAILED or CRASHED runs: the older run, CRASHED at the pull, is rule
     1's once both fail, never rule 2's."""
-    with start_server(home=tmp_path / "home", version=PER_RUN_VERSION) as old:
-        tag = "krnp"
-        older, newer, db, others = crashed_then_running(old, tmp_path, tag)
-        either = tagged(tag) + " AND state_type IN ('FAILED', 'CRASHED')"
-        rest = {"name": "rest", "action": "delete", "sql": either}
-        policy = policy_file(tmp_path, [purge(tag, "FAILED", keep_newest=1), rest])
-        fail_now(old, older + newer)
-        result = apply_cli(old, db, policy)
-        assert result.exit_code == 0, result.output
-        assert json.loads(result.stdout)["result"]["path"].startswith("per-run")
-        assert live(old, older + newer) == dict.fromkeys(older + newer, "FAILED")
-        assert checks(db, older) == {older[0]: "taken by an earlier rule"}
-        assert outside(old, older + newer) == others
+    tag = "krnp"
+    older, newer, db, others = crashed_then_running(old_server, tmp_path, tag)
+    either = tagged(tag) + " AND state_type IN ('FAILED', 'CRASHED')"
+    rest = {"name": "rest", "action": "delete", "sql": either}
+    policy = policy_file(tmp_path, [purge(tag, "FAILED", keep_newest=1), rest])
+    fail_now(old_server, older + newer)
+    result = apply_cli(old_server, db, policy)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["result"]["path"].startswith("per-run")
+    assert live(old_server, older + newer) == dict.fromkeys(older + newer, "FAILED")
+    assert checks(db, older) == {older[0]: "taken by an earlier rule"}
+    assert outside(old_server, older + newer) == others
 
 
 def doomed_then_kept(
