@@ -124,14 +124,27 @@ def _interpreter(version: str) -> str:
     raise RuntimeError(f"prefect {version} needs Python 3.11 or newer: install python3.11.")
 
 
-def _installer(venv: Path) -> list[str]:
-    """The command that installs packages into ``venv``: the dev group's uv (4 s for a server's
-    virtualenv on a fresh machine, bytecode compiled, against 21 s with pip), else that
-    virtualenv's own pip."""
+def new_venv(
+    venv: Path, python: str = sys.executable, *, compile_bytecode: bool = True
+) -> list[str]:
+    """A new virtualenv at ``venv`` (made by ``python``), and the command that installs
+    packages into it: the dev group's uv (4 s for a server's virtualenv on a fresh machine,
+    bytecode compiled, against 21 s with pip), else that virtualenv's own pip, which only
+    then is put into it (ensurepip: about 3 CPU-s a virtualenv)."""
     uv = Path(sys.executable).parent / "uv"
+    without_pip = ["--without-pip"] if uv.exists() else []
+    subprocess.run([python, "-m", "venv", *without_pip, str(venv)], check=True, capture_output=True)
     if uv.exists():
-        python = str(venv / "bin" / "python")
-        return [str(uv), "pip", "install", "-q", "--compile-bytecode", "--python", python]
+        compiled = ["--compile-bytecode"] if compile_bytecode else []
+        return [
+            str(uv),
+            "pip",
+            "install",
+            "-q",
+            *compiled,
+            "--python",
+            str(venv / "bin" / "python"),
+        ]
     cache = str(servers_cache() / "pip-cache")
     return [str(venv / "bin" / "python"), "-m", "pip", "install", "-q",
             "--disable-pip-version-check", "--cache-dir", cache]  # fmt: skip
@@ -165,12 +178,10 @@ def server_venv(version: str) -> Path:
         wanted = " ".join(version_pins(version))
         if not done.exists() or done.read_text().strip() != wanted:  # new pins: build again
             shutil.rmtree(venv, ignore_errors=True)
-            subprocess.run(
-                [_interpreter(version), "-m", "venv", str(venv)], check=True, capture_output=True
-            )
+            install = new_venv(venv, _interpreter(version))
             env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
             proc = subprocess.run(
-                [*_installer(venv), *version_pins(version)], env=env, capture_output=True, text=True
+                [*install, *version_pins(version)], env=env, capture_output=True, text=True
             )
             if proc.returncode != 0:
                 raise RuntimeError(
