@@ -526,8 +526,8 @@ def test_a_first_pull_stopped_part_way_publishes_what_it_pulled(
     from tests.helpers import forwarding
 
     url, db = fresh_server.url, tmp_path / "runs.duckdb"
-    seed(url, runs=250, flows=1, deployments_per_flow=1, seed_value=3)
-    paged = PullOptions(page_size=50)  # five pages of runs
+    seed(url, runs=50, flows=1, deployments_per_flow=1, seed_value=3)
+    paged = PullOptions(page_size=10)  # five pages of runs
 
     def stopped(page: int) -> int:
         """A pull stopped at its ``page``-th page of runs; how many runs readers then see."""
@@ -552,7 +552,7 @@ def test_a_first_pull_stopped_part_way_publishes_what_it_pulled(
             reader = flowsync.connect(db)
         seen = reader.execute("SELECT count(*) FROM flow_runs").fetchone()
         reader.close()
-        assert seen is not None and 0 < seen[0] < 250
+        assert seen is not None and 0 < seen[0] < 50
         return int(seen[0])
 
     first = stopped(4)
@@ -567,7 +567,7 @@ def test_a_first_pull_stopped_part_way_publishes_what_it_pulled(
     with warnings.catch_warnings():
         warnings.simplefilter("error", PartialFileWarning)
         whole = flowsync.connect(db)
-    assert whole.execute("SELECT count(*) FROM flow_runs").fetchone() == (250,)
+    assert whole.execute("SELECT count(*) FROM flow_runs").fetchone() == (50,)
     whole.close()
 
 
