@@ -13,20 +13,24 @@
 -- The retention is what the pull recorded when it last found runs gone (sync_state
 -- key run_retention); age_at_deletion is deleted_at minus that reference time.
 CREATE OR REPLACE VIEW deleted_runs AS
-WITH retention AS (
+WITH recorded AS (
+    -- (TRY_CAST: a value of another shape, a newer flowsync's or one edited by hand,
+    -- reads as not known, never as a failed view)
     SELECT
-        -- (TRY_CAST: a value of another shape, a newer flowsync's or one edited by hand,
-        -- reads as not known, never as a failed view)
-        -- (seconds: none, or from 0 up to 1,000 years: past that no interval holds it)
-        coalesce(TRY_CAST(value->>'known' AS BOOLEAN), false)
-            AND (value->>'seconds' IS NULL
-                 OR coalesce(TRY_CAST(value->>'seconds' AS DOUBLE) BETWEEN 0 AND 3.2e10, false))
-            AS known,
-        CASE WHEN TRY_CAST(value->>'seconds' AS DOUBLE) BETWEEN 0 AND 3.2e10
-             THEN TRY_CAST(value->>'seconds' AS DOUBLE) END AS seconds,
+        coalesce(TRY_CAST(value->>'known' AS BOOLEAN), false) AS known,
+        value->>'seconds' IS NULL AS no_seconds,
+        TRY_CAST(value->>'seconds' AS DOUBLE) AS seconds,
         value->>'source' AS source
     FROM sync_state
     WHERE key = 'run_retention'
+),
+retention AS (
+    -- (seconds: none, or from 0 up to 1,000 years: past that no interval holds it)
+    SELECT
+        known AND (no_seconds OR coalesce(seconds BETWEEN 0 AND 3.2e10, false)) AS known,
+        CASE WHEN seconds BETWEEN 0 AND 3.2e10 THEN seconds END AS seconds,
+        source
+    FROM recorded
 ),
 by_policy AS (
     SELECT DISTINCT flow_run_id AS id FROM policy_actions WHERE outcome = 'deleted'

@@ -103,10 +103,9 @@ def main() -> None:
     # (building the command), or turned by typer into exit 130 without a word (parsing).
     try:
         app()
-    except KeyboardInterrupt:
-        common.err.print("[yellow]interrupted[/] (SIGINT).", highlight=False)
-        raise SystemExit(INTERRUPTED_EXIT) from None
-    except SystemExit as e:
-        if e.code == INTERRUPTED_EXIT and not common.interrupt_told:
+    except (KeyboardInterrupt, SystemExit) as e:
+        if isinstance(e, SystemExit) and e.code != INTERRUPTED_EXIT:
+            raise
+        if not common.interrupt_told:
             common.err.print("[yellow]interrupted[/] (SIGINT).", highlight=False)
-        raise
+        raise SystemExit(INTERRUPTED_EXIT) from None

@@ -322,6 +322,10 @@ def rule_rows(
         return store.execute(sql, params, timeout=timeout).dicts()
 
 
+# DuckDB's name for a second (third...) result column called id.
+_RENAMED_ID = re.compile(r"^id_\d+$", re.IGNORECASE)
+
+
 def rule_statement(
     store: Sandbox,
     rule: RuleModel,
@@ -377,9 +381,6 @@ def rule_statement(
             "apart."
         )
     return sql
-
-
-_RENAMED_ID = re.compile(r"^id_\d+$", re.IGNORECASE)
 
 
 def check_rules(

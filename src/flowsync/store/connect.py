@@ -550,7 +550,7 @@ class Store(Session):
                 raise StoreError(
                     f"{self.path}: flowsync's own bookkeeping in it is of a shape this flowsync "
                     f"{__version__} does not know (a newer flowsync's, or changed by hand: "
-                    f"{e.detail.splitlines()[0]}); upgrade flowsync, or use another --db. Nothing was "
+                    f"{e.detail}); upgrade flowsync, or use another --db. Nothing was "
                     "changed."
                 ) from e
             raise
