@@ -175,6 +175,21 @@ def test_unwritable_directory(tmp_path: Path) -> None:
         locked.chmod(0o700)
 
 
+@pytest.mark.parametrize("name", ["new\nline", "esc\x1b[31mred", "tab\there"])
+def test_a_control_character_in_a_path_is_shown_escaped_in_the_one_line(
+    tmp_path: Path, name: str
+) -> None:
+    """A path (or a server's message) quoted in an error may hold a newline or a terminal's
+    escape: the line shows it escaped, so it stays one line and drives no terminal."""
+    target = tmp_path / name / "x.duckdb"
+    line = one_clear_line(
+        run_cli("pull", "--api-url", NOBODY, "--db", str(target)), 5, "does not exist"
+    )
+    assert name.encode("unicode_escape").decode() in line, line
+    assert "\x1b" not in line and "\t" not in line, line
+    assert not target.parent.exists()
+
+
 def test_unwritable_path_as_root_too() -> None:
     # /proc is read-only for everyone, root included
     one_clear_line(

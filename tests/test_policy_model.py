@@ -229,8 +229,8 @@ def test_an_unknown_key_a_newer_flowsync_may_know_is_not_to_be_removed(
     version and the upgrade, and never says to remove it."""
     with pytest.raises(PolicyError) as info:
         parse_policy(text.encode(), "newer.yaml")
-    (bullet,) = str(info.value).splitlines()[1:]
-    assert bullet.startswith(f"  - {where}: unknown key"), bullet
+    bullet = str(info.value).split(" is not a valid policy: ", 1)[1]
+    assert bullet.startswith(f"{where}: unknown key"), bullet
     assert f"flowsync {flowsync.__version__}" in bullet and "upgrade flowsync" in bullet, bullet
     assert "remove" not in bullet, bullet
 
@@ -283,12 +283,11 @@ def test_one_bullet_per_field() -> None:
     text = b"version: 1\nrules:\n - {name: a, action: nuke, sql: x}\n - {name: b, action: set_state, sql: x, bogus: 1}\n"
     with pytest.raises(PolicyError) as info:
         parse_policy(text, "p.yaml")
-    lines = str(info.value).splitlines()
-    assert lines[0] == "p.yaml is not a valid policy:"
-    assert [line.split(":")[0] for line in lines[1:]] == [
-        "  - rules[0].action",
-        "  - rules[1].state",
-        "  - rules[1].bogus",
+    assert str(info.value) == "p.yaml is not a valid policy (3 problems):"
+    assert [line.split(":")[0] for line in info.value.hint.splitlines()] == [
+        "- rules[0].action",
+        "- rules[1].state",
+        "- rules[1].bogus",
     ]
 
 
@@ -306,6 +305,26 @@ def test_cli_check_bad_file_is_one_error_and_exit_7(tmp_path: Path) -> None:
     assert "Traceback" not in result.output
     missing = run_cli("policy", "check", str(tmp_path / "missing.yaml"))
     assert missing.exit_code == 7 and "does not exist" in missing.stderr
+
+
+def test_cli_check_of_several_bad_fields_is_one_error_line_and_a_line_a_field(
+    tmp_path: Path,
+) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "version: 1\nrules:\n - {name: a, action: nuke, sql: x}\n"
+        " - {name: b, action: set_state, sql: x, bogus: 1}\n"
+    )
+    result = run_cli("policy", "check", str(bad))
+    assert result.exit_code == 7 and "Traceback" not in result.output
+    first, *fields = result.stderr.strip().splitlines()
+    assert first == f"error: {bad} is not a valid policy (3 problems):", first
+    assert [f.split(":")[0] for f in fields] == [
+        "  - rules[0].action",
+        "  - rules[1].state",
+        "  - rules[1].bogus",
+    ], fields
+    assert [line for line in result.stderr.splitlines() if "error:" in line] == [first]
 
 
 def test_schema_command_prints_the_json_schema() -> None:
@@ -338,7 +357,7 @@ def test_errors_name_the_line() -> None:
         parse_policy(text, "p.yaml")
     found = {
         line.split(":")[0].strip(" -"): line.rsplit("(line ", 1)[-1].rstrip(")")
-        for line in str(info.value).splitlines()[1:]
+        for line in info.value.hint.splitlines()
     }
     assert found == {"max_actions": "2", "rules[1].state.type": "11", "rules[1].colour": "12"}
 
@@ -402,8 +421,8 @@ def test_a_guard_left_empty_is_refused_not_read_as_no_guard(
     )
     with pytest.raises(PolicyError) as info:
         parse_policy(text.encode(), "empty.yaml")
-    (bullet,) = str(info.value).splitlines()[1:]
-    assert bullet.startswith(f"  - rules[0].{key}: empty"), bullet
+    bullet = str(info.value).split(" is not a valid policy: ", 1)[1]
+    assert bullet.startswith(f"rules[0].{key}: empty"), bullet
     assert "line 6" in bullet and f"leave `{key}` out" in bullet, bullet
     bad = tmp_path / "empty.yaml"
     bad.write_text(text)
@@ -428,8 +447,8 @@ def test_a_protected_tag_that_protects_nothing_is_refused(tmp_path: Path, tags: 
     text = f"version: 1\nprotect_tags: {tags.replace('${PROTECT_TAG}', '')}\nrules: [{RULE}]\n"
     with pytest.raises(PolicyError) as info:
         parse_policy(text.encode(), "tags.yaml")
-    (bullet,) = str(info.value).splitlines()[1:]
-    assert bullet.startswith("  - protect_tags["), bullet
+    bullet = str(info.value).split(" is not a valid policy: ", 1)[1]
+    assert bullet.startswith("protect_tags["), bullet
     assert "protects no run" in bullet and "(line 2)" in bullet, bullet
     bad = tmp_path / "tags.yaml"
     bad.write_text(text)

@@ -245,7 +245,13 @@ class QueryTimeoutError(QueryError):
 
 
 class PolicyError(FlowsyncError):
+    """A policy file or rule refused; ``hint``: one line per invalid field, when several."""
+
     exit_code = 7
+
+    def __init__(self, message: str, *, hint: str = "") -> None:
+        super().__init__(message)
+        self.hint = hint
 
 
 class PolicyLimitError(PolicyError):

@@ -338,8 +338,8 @@ def _line(root: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:
     return line
 
 
-def format_errors(e: ValidationError, root: yaml.Node | None = None) -> str:
-    """One bullet per field: ``rules[2].action: ... (line 7)``."""
+def format_errors(e: ValidationError, root: yaml.Node | None = None) -> list[str]:
+    """One line per field: ``rules[2].action: ... (line 7)``."""
     lines = []
     for error in e.errors(include_url=False):
         loc = _loc(tuple(error["loc"]))
@@ -371,8 +371,8 @@ def format_errors(e: ValidationError, root: yaml.Node | None = None) -> str:
             )
         else:
             msg = str(error["msg"]).removeprefix("Value error, ")
-        lines.append(f"  - {loc}: {msg}" + (f" (line {at})" if at else ""))
-    return "\n".join(lines)
+        lines.append(f"{loc}: {msg}" + (f" (line {at})" if at else ""))
+    return lines
 
 
 def parse_policy(data: bytes, source: str) -> LoadedPolicy:
@@ -412,7 +412,14 @@ def parse_policy(data: bytes, source: str) -> LoadedPolicy:
         root = yaml.compose(
             data, Loader=_UniqueKeyLoader
         )  # parsed fine above: only for line numbers
-        raise PolicyError(f"{source} is not a valid policy:\n{format_errors(e, root)}") from e
+        problems = format_errors(e, root)
+        if len(problems) == 1:
+            raise PolicyError(f"{source} is not a valid policy: {problems[0]}") from e
+        # the line says which file; the CLI prints a line a field under it
+        raise PolicyError(
+            f"{source} is not a valid policy ({len(problems)} problems):",
+            hint="\n".join(f"- {p}" for p in problems),
+        ) from e
     return LoadedPolicy(policy, source, hashlib.sha256(data).hexdigest())
 
 
