@@ -175,6 +175,34 @@ def test_unwritable_directory(tmp_path: Path) -> None:
         locked.chmod(0o700)
 
 
+def test_a_file_recording_migrations_without_their_tables_is_refused_in_one_line(
+    tmp_path: Path,
+) -> None:
+    """A DuckDB file whose ``_flowsync_migrations`` says m001 ran, but which holds none of the
+    tables m001 makes (made by hand, or changed): the pull names what is wrong instead of
+    DuckDB's error from inside a later migration, and changes none of its rows."""
+    import duckdb
+
+    target = tmp_path / "hand.duckdb"
+    with duckdb.connect(str(target)) as con:
+        con.execute(
+            "CREATE TABLE _flowsync_migrations (name VARCHAR PRIMARY KEY, "
+            "applied_at TIMESTAMPTZ NOT NULL)"
+        )
+        con.execute("INSERT INTO _flowsync_migrations VALUES ('m001_initial', now())")
+    one_clear_line(
+        run_cli("pull", "--api-url", NOBODY, "--db", str(target)),
+        5,
+        "records flowsync migrations up to m001_initial but lacks what they made (",
+        "flow_runs",
+        "Nothing was changed; use another --db",
+    )
+    with duckdb.connect(str(target), read_only=True) as con:
+        assert con.execute("SELECT name FROM _flowsync_migrations").fetchall() == [
+            ("m001_initial",)
+        ]
+
+
 @pytest.mark.parametrize("name", ["new\nline", "esc\x1b[31mred", "tab\there"])
 def test_a_control_character_in_a_path_is_shown_escaped_in_the_one_line(
     tmp_path: Path, name: str

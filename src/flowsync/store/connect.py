@@ -663,6 +663,33 @@ class Store(Session):
                 "choose another --db, or a new path for flowsync pull to create."
             )
 
+    def _check_recorded(self, applied: set[str]) -> None:
+        """Before a migration builds on them: the tables the recorded migrations made are
+        there, with their columns (made again in memory to compare). A file whose record
+        says more than its tables hold was made or changed by hand: refused, nothing written."""
+        columns = (
+            "SELECT table_name, list(column_name) FROM duckdb_columns() WHERE "
+            "database_name = current_database() AND schema_name = 'main' GROUP BY 1"
+        )
+        with duckdb.connect() as made:
+            for name, fn in migrations.MIGRATIONS:
+                if name in applied:
+                    fn(made)
+            want = dict(made.execute(columns).fetchall())
+        have = dict(self._con.execute(columns).fetchall())
+        lacking = sorted(
+            f"{table}.{col}" if table in have else table
+            for table, cols in want.items()
+            for col in ([c for c in cols if c not in have[table]] if table in have else [None])
+        )
+        if lacking:
+            shown = ", ".join(lacking[:4]) + (", ..." if len(lacking) > 4 else "")
+            raise StoreError(
+                f"{self.path} records flowsync migrations up to {max(applied)} but lacks what "
+                f"they made ({shown}): it was made or changed by hand, or is not flowsync's. "
+                "Nothing was changed; use another --db."
+            )
+
     def migrate(self) -> list[str]:
         """Apply pending migrations, each in a transaction with its record.
 
@@ -679,6 +706,8 @@ class Store(Session):
             return []
         if not applied:
             self._refuse_foreign()
+        else:
+            self._check_recorded(applied)
         if self.read_only:
             raise OlderSchemaError(
                 f"{self.path} has an older schema ({len(todo)} migrations pending); "
