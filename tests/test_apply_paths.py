@@ -2317,6 +2317,61 @@ def test_per_run_the_first_call_waits_for_a_new_re_read_once_its_re_read_is_old(
         assert result.counts == {"purge": {"skipped": 3}}
 
 
+@pytest.mark.parametrize("tagged", [True, False], ids=["tagged meanwhile", "unchanged"])
+def test_a_bulk_call_after_a_slow_window_goes_out_only_on_a_read_showing_its_runs_unchanged(
+    server: Server, tmp_path: Path, tagged: bool
+) -> None:
+    """A bulk call's state guard holds its runs to their states, not their tags. A rule
+    joining deployments reads the batch's deployments after its runs; the server is slow to
+    answer that read (FRESH_FOR and more), and meanwhile another client may tag a run `keep`
+    (a PATCH: no event, its state unchanged). The call does not go out on the old re-read: the
+    runs are read once more. Tagged, that read shows the change: the batch is read and decided
+    again, the protected run is left alone and the rest deleted by one call. Unchanged, the
+    call goes out after that one read, the batch not decided again."""
+    from flowsync.policy.batch import FRESH_FOR
+
+    tag = f"slowbulk-{int(tagged)}"
+    sql = (
+        "SELECT r.id FROM flow_runs r JOIN deployments d ON d.id = r.deployment_id "
+        f"WHERE r.state_type = 'COMPLETED' AND list_contains(r.tags, '{tag}') "
+        "AND d.name = 'prod'"
+    )
+    rules = [{"name": "purge", "action": "delete", "sql": sql}]
+    with pulled_runs(server, tmp_path, 3, "COMPLETED", tag, rules, protect_tags=["keep"]) as (
+        ids,
+        db,
+        policy,
+    ):
+        seen: list[str] = []  # the requests after the slow read, up to the first bulk call
+
+        def fault(request: httpx.Request, n: int) -> httpx.Response | None:
+            path = request.url.path.rsplit("/api/", 1)[1]
+            if seen and "flow_runs/bulk_delete" not in seen:
+                seen.append(path)
+            if path == "deployments/filter" and not seen:
+                seen.append(path)
+                if tagged:
+                    patch_run(server.url, ids[0], {"tags": [tag, "keep"]})
+                time.sleep(FRESH_FOR + 1)
+            return None
+
+        result = library_apply(server, db, policy, forwarding(fault))
+        assert result.path == "bulk" and seen[0] == "deployments/filter", seen
+        if tagged:
+            # the confirming read, then the batch read and decided again (its deployments too)
+            assert seen[1] == "flow_runs/filter" and "deployments/filter" in seen[2:], seen
+            assert live(server, ids) == {ids[0]: "COMPLETED"}
+            assert outcomes(db, ids) == {ids[0]: "skipped", **dict.fromkeys(ids[1:], "deleted")}
+            assert checks(db, ids)[ids[0]] == "protected tag"
+            assert result.calls == 1
+        else:
+            assert seen == ["deployments/filter", "flow_runs/filter", "flow_runs/bulk_delete"]
+            assert live(server, ids) == {}
+            assert outcomes(db, ids) == dict.fromkeys(ids, "deleted")
+            assert result.calls == 1
+        assert audit_rows(db) == len(ids)
+
+
 class PerRunCase(NamedTuple):
     """Runs on a server without the bulk endpoints, pulled, and a policy: the runs its rule
     deletes (``targets``, in ``state``, one call each), the runs it must leave (run -> the

@@ -516,6 +516,28 @@ class Applier:
                 if not window.slept:  # the reads themselves took that long, not a wait
                     self.too_old.update(dict.fromkeys(again, age))
                 calls = []
+            elif age > FRESH_FOR and calls:
+                # In bulk, the reads and the decision alone took longer than a call may follow
+                # the re-read (a slow lookup, catch-up or rule). The state guard holds the runs'
+                # states, not their tags or names: the runs are read once more, and the calls go
+                # out only if the server shows each as the decision saw it (the window then
+                # counts from that read); otherwise they are read and decided again.
+                ids = [i for c in calls for i in c.ids]
+                try:
+                    with self.client.unpaced():
+                        still = self.rereader.unchanged(
+                            {i: row for i in ids if (row := fresh.seen[i].row) is not None}
+                        ) and all(fresh.seen[i].row is not None for i in ids)
+                except AuthError:
+                    raise
+                except ApiError as e:
+                    self.record(number, rule, decided.final, guards)
+                    self._not_checked(number, batch, ids, e)
+                    raise Stop from e
+                if still:
+                    fresh = replace(fresh, answered_at=self.rereader.reader.answered_at)
+                else:
+                    again, calls = ids, []
             lost = False
             final_recorded = False  # decided.final's rows written
             if not calls:

@@ -197,6 +197,12 @@ class Rereader:
         the re-read holds when the re-read leaves those rows as they were."""
         return batch is not None and self.own_rows(batch) and not self.reads_lookups(batch.rule)
 
+    def unchanged(self, rows: dict[str, dict[str, Any]]) -> bool:
+        """The server still shows these runs (id -> the row it sent before) as it did: read
+        again right before a call, nothing written (``RunReader.unchanged``)."""
+        self.result.rereads += 1
+        return self.reader.unchanged(rows)
+
     def read(
         self,
         ids: list[str],

@@ -455,6 +455,17 @@ def _unstamped(row: Mapping[str, Any]) -> tuple[str | None, ...]:
     )
 
 
+def same_run(before: Mapping[str, Any], now: Mapping[str, Any] | None) -> bool:
+    """The server shows a run (``now``; None: gone) as it showed it ``before``: the same
+    ``updated`` stamp (Prefect moves it on every write through the API: a state, a tag, a
+    name) and ``UNSTAMPED`` values."""
+    return (
+        now is not None
+        and before.get("updated") == now.get("updated")
+        and _unstamped(before) == _unstamped(now)
+    )
+
+
 def runs_differing(store: Store, rows: Mapping[str, Mapping[str, Any]]) -> list[str]:
     """Of these runs (id -> the server's row), the ones the file does not hold as live rows
     with the same ``updated`` stamp and ``UNSTAMPED`` values: the rows a re-read must write."""

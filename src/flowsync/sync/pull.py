@@ -326,6 +326,15 @@ class RunReader:
             self.changed += differ + gone
         return found
 
+    def unchanged(self, rows: Mapping[str, Mapping[str, Any]]) -> bool:
+        """Whether the server still shows each of these runs (id -> the row it sent before)
+        as it did (``synced_tables.same_run``): read again, nothing written."""
+        for chunk, page in self._counted(list(rows)):
+            got = {str(o["id"]): o for o in page.rows}
+            if not all(synced_tables.same_run(rows[i], got.get(i)) for i in chunk):
+                return False
+        return True
+
     def mark_read(self, ids: list[str]) -> None:
         """These runs (just read) count as read now in the file, unchanged ones too."""
         with self.ctx.store.transaction():
