@@ -922,6 +922,34 @@ def test_a_lost_answer_is_classified_from_the_server_state(
         assert verdict is not None and verdict.outcome in (Outcome.DELETED, Outcome.ACCEPTED)
 
 
+def test_a_state_history_is_judged_in_time_order_not_as_text() -> None:
+    """Prefect writes a whole second as ``...:01Z`` and others as ``...:01.500000Z``: sorted as
+    text, the later state comes first, and a requested state set after the run's state
+    before the call (s2 after s1, 0.5 s later) read as before it (the run `skipped` though
+    this apply set it)."""
+    from flowsync.api.reads import in_time_order
+
+    history = [
+        {"id": "s1", "type": "RUNNING", "timestamp": "2026-12-07T10:00:01Z"},
+        {"id": "s2", "type": "CANCELLED", "timestamp": "2026-12-07T10:00:01.500000Z"},
+        {"id": "s3", "type": "FAILED", "timestamp": "2026-12-07T10:00:02.000001+00:00"},
+    ]
+    assert sorted(history, key=lambda s: s["timestamp"])[0]["id"] == "s2"  # the trap
+    for given in (history, history[::-1], [history[1], history[0], history[2]]):
+        assert [s["id"] for s in in_time_order(given)] == ["s1", "s2", "s3"]
+    verdict = classify_lost(
+        "set_state",
+        "CANCELLED",
+        Seen("RUNNING", "s1", "Running"),
+        Seen("FAILED", "s3", "Failed"),
+        in_time_order(history[::-1]),
+    )
+    assert verdict is not None and verdict.outcome is Outcome.ACCEPTED
+    # a timestamp that is no time: the server's own order (by timestamp) stands
+    odd = [{"id": "a", "timestamp": None}, {"id": "b", "timestamp": "2026-12-07T10:00:00Z"}]
+    assert in_time_order(odd) == odd
+
+
 @pytest.mark.parametrize(
     ("after", "expected"),
     [

@@ -224,7 +224,20 @@ class Reads(ApiSession):
         answer = self.request("GET", f"flow_run_states/?flow_run_id={run_id}")
         if not isinstance(answer, list) or any(not isinstance(s, dict) for s in answer):
             raise ApiError("GET /flow_run_states/ answered something other than a list of states.")
-        return sorted(answer, key=lambda s: str(s.get("timestamp") or ""))
+        return in_time_order(answer)
+
+
+def in_time_order(states: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """States oldest first by their timestamps as times (Prefect writes a whole second as
+    ``...:01Z`` and others as ``...:01.500000Z``: as text, the later one sorts first). The
+    server's own order (by timestamp) where one does not parse; ties keep it too."""
+    try:
+        when = [
+            datetime.fromisoformat(str(s.get("timestamp")).replace("Z", "+00:00")) for s in states
+        ]
+        return [s for _, _, s in sorted(zip(when, range(len(states)), states, strict=True))]
+    except (TypeError, ValueError):  # not a time, or one naive among aware ones
+        return list(states)
 
 
 # Prefect Cloud answers one events query for at most 14 days: longer spans are split.
