@@ -946,7 +946,10 @@ def test_a_state_history_is_judged_in_time_order_not_as_text() -> None:
     )
     assert verdict is not None and verdict.outcome is Outcome.ACCEPTED
     # a timestamp that is no time: the server's own order (by timestamp) stands
-    odd = [{"id": "a", "timestamp": None}, {"id": "b", "timestamp": "2026-12-07T10:00:00Z"}]
+    odd: list[dict[str, Any]] = [
+        {"id": "a", "timestamp": None},
+        {"id": "b", "timestamp": "2026-12-07T10:00:00Z"},
+    ]
     assert in_time_order(odd) == odd
 
 
