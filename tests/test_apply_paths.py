@@ -3008,6 +3008,63 @@ def test_a_run_deleted_while_prefect_sets_the_batch_is_gone_not_aborted(
         assert audit_rows(db) == len(ids)
 
 
+@pytest.mark.parametrize("by", ["this call", "another client", "this call, unknown status"])
+def test_an_unclear_answer_for_a_run_that_changed_is_judged_by_what_the_server_shows(
+    server: Server, tmp_path: Path, by: str
+) -> None:
+    """Prefect's bulk_set_state sets each run in a transaction of its own and answers an error
+    inside it ABORT with no state, the transaction committing what was written before the
+    error; a newer server might answer a status this flowsync does not know. (Neither is hit
+    on demand: the proxy passes the call on and gives one run such an item.) The run still
+    there but in a new state is judged as after a lost answer: set by this call, `accepted`,
+    the file showing its new state; set by another client during the call (the server got
+    the call without it), `skipped`. Never `aborted` or `failed`, which say the server left
+    it as it was."""
+    tag = f"unclear-{len(by)}"
+    with pulled_runs(server, tmp_path, 3, "COMPLETED", tag, cancel(tag)) as (ids, db, policy):
+        victim = ids[0]
+        real = httpx.Client(timeout=60)
+
+        def unclear_answer(request: httpx.Request, n: int) -> httpx.Response | None:
+            if not request.url.path.endswith("bulk_set_state"):
+                return None
+            body = json.loads(request.content)
+            if by == "another client":
+                set_state(server, [victim], "FAILED")
+                body["flow_runs"]["id"]["any_"] = [i for i in bulk_ids(request) if i != victim]
+            answer = real.post(str(request.url), json=body).json()
+            mine = [r for r in answer["results"] if r["flow_run_id"] == victim]
+            answer["results"] = [r for r in answer["results"] if r["flow_run_id"] != victim]
+            if by.endswith("unknown status"):
+                item = {**mine[0], "status": "POSTPONE", "details": {"reason": "new in 9.9"}}
+            else:
+                item = {
+                    "flow_run_id": victim,
+                    "status": "ABORT",
+                    "state": None,
+                    "details": {"type": "abort_details", "reason": "an error after the write"},
+                }
+            answer["results"].append(item)
+            return httpx.Response(200, json=answer)
+
+        result = library_apply(server, db, policy, forwarding(unclear_answer), batch_size=3)
+        now = "FAILED" if by == "another client" else "CANCELLED"
+        assert live(server, ids) == {victim: now, **dict.fromkeys(ids[1:], "CANCELLED")}
+        expected = "skipped" if by == "another client" else "accepted"
+        assert outcomes(db, ids) == {victim: expected, **dict.fromkeys(ids[1:], "accepted")}
+        [details] = query(
+            db,
+            "SELECT details FROM policy_actions WHERE flow_run_id = CAST(? AS UUID)",
+            [victim],
+        )[0]
+        said = "POSTPONE" if by.endswith("unknown status") else "an error after the write"
+        assert said in details, details
+        assert local_state(db, victim) == now
+        assert audit_rows(db) == len(ids)
+        counts = {"skipped": 1, "accepted": 2} if by == "another client" else {"accepted": 3}
+        assert result.counts == {"cancel": counts}
+
+
 def test_a_run_protected_while_the_server_asks_to_wait_is_not_set(
     server: Server, tmp_path: Path
 ) -> None:

@@ -79,15 +79,16 @@ def classify_lost(
     before: Seen,
     after: Seen | None,
     history: list[dict[str, Any]] | None = None,
+    lost: str = "the call's answer was lost",
 ) -> RunResult | None:
     """A run sent by a call whose answer was lost: what the server shows now says what happened.
 
     ``before`` is the read right before that call, ``after`` a read since
     (None: gone); ``history`` the run's states, oldest first, for a set_state
     run that now holds another state. None means the server shows the run
-    untouched: it may be re-checked and sent again.
+    untouched: it may be re-checked and sent again. ``lost``: why the answer says nothing
+    of the run, as its audit row tells.
     """
-    lost = "the call's answer was lost"
     if after is None:
         if action == "delete":
             return RunResult(
@@ -198,15 +199,37 @@ def answered(
     return {i: RunResult(Outcome.DELETED) for i in ids if i in got}, notes
 
 
-def aborted_without_state(result: RunResult) -> bool:
-    """A set_state answer ABORT that carries no state: the server could not set the run (its
-    reason says why; a run deleted after the server read the batch is "not found")."""
-    return result.outcome is Outcome.ABORTED and not (result.details or {}).get("state")
+def unclear(result: RunResult) -> str | None:
+    """Why a set_state answer says nothing sure of its run (to be read back), or None.
+
+    An ABORT without a state: Prefect sets each run of a bulk_set_state in a transaction of
+    its own and answers an error inside it so, the transaction committing what was written
+    before the error (a run deleted after the server read the batch is "not found"). A status
+    this flowsync does not know: it says nothing either way."""
+    details = result.details or {}
+    if result.outcome is Outcome.ABORTED and not details.get("state"):
+        return "the server answered ABORT without a state, yet the run changed during the call"
+    status = details.get("status")
+    if result.outcome is Outcome.FAILED and "status" in details and status not in SET_STATE_STATUS:
+        return (
+            f"the server answered status {status!r}, which this flowsync does not know, and "
+            "the run changed during the call"
+        )
+    return None
+
+
+def judged_after(result: RunResult, judged: RunResult | None) -> RunResult:
+    """An unclear answer (``unclear``) for a run whose state changed during the call: ``judged``
+    (``classify_lost`` with ``unclear``'s words) from what the server shows, the server's answer
+    kept in the details; the answer stands when the run shows no change."""
+    if judged is None:
+        return result
+    return RunResult(judged.outcome, {**(judged.details or {}), "answer": result.details})
 
 
 def gone_during_the_call(result: RunResult) -> RunResult:
-    """An ABORT without a state whose run is no longer on the server: deleted by someone else
-    during the call, not aborted (the server's answer is kept in the details)."""
+    """An unclear answer (``unclear``) whose run is no longer on the server: deleted by someone
+    else during the call, not aborted (the server's answer is kept in the details)."""
     return RunResult(
         Outcome.GONE,
         {

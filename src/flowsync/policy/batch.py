@@ -81,12 +81,13 @@ from flowsync.policy.answers import (
     Refused,
     Throttled,
     Verdict,
-    aborted_without_state,
     changes,
     classify_unanswered,
     file_rows,
     gone_during_the_call,
+    judged_after,
     set_instead,
+    unclear,
     with_lost,
 )
 from flowsync.policy.ledger import Ledger
@@ -286,10 +287,10 @@ class Applier:
         # Prefect's bulk_set_state reads the batch, then sets each run in a transaction of its
         # own: a run deleted in between is answered ABORT with no state ("not found"). Read to
         # tell that from an ABORT of a run still there.
-        unsure = [i for i, r in acted.items() if aborted_without_state(r)]
+        unsure = {i: why for i, r in acted.items() if (why := unclear(r)) is not None}
         if missing or unsure:
             try:
-                after = self.rereader.read(missing + unsure, {})
+                after = self.rereader.read(missing + list(unsure), {})
             except ApiError as read_error:
                 acted.update(
                     {
@@ -310,9 +311,12 @@ class Applier:
                         self.settler.after_lost(rule, i, lost[1], after.get(i)) if lost else None
                     )
                     acted[i] = earlier or classify_unanswered(fresh.seen[i], after.get(i))
-                for i in unsure:
+                for i, why in unsure.items():
                     if i not in after:
                         acted[i] = gone_during_the_call(acted[i])
+                    elif after[i].state_id != fresh.seen[i].state_id:
+                        judged = self.settler.after_unclear(rule, i, fresh.seen[i], after[i], why)
+                        acted[i] = judged_after(acted[i], judged)
         return Verdict({i: with_lost(r, self.lost.get(i, (None,))[0]) for i, r in acted.items()})
 
     # 5. record ----------------------------------------------------------------------------

@@ -32,7 +32,15 @@ from typing import Any
 
 from flowsync.api import PrefectClient
 from flowsync.errors import ApiError
-from flowsync.policy.answers import Call, Fresh, Lost, Seen, Verdict, classify_lost, with_lost
+from flowsync.policy.answers import (
+    Call,
+    Fresh,
+    Lost,
+    Seen,
+    Verdict,
+    classify_lost,
+    with_lost,
+)
 from flowsync.policy.model import SetStateRule
 from flowsync.policy.plan import RuleModel
 from flowsync.policy.result import ApplyResult, Outcome, RunResult
@@ -105,8 +113,23 @@ class Settler:
         requested = rule.state.type if isinstance(rule, SetStateRule) else None
         return self.evidence(rule.action, requested, run_id, before, now)
 
+    def after_unclear(
+        self, rule: RuleModel, run_id: str, before: Seen, now: Seen, why: str
+    ) -> RunResult | None:
+        """A set_state answer that says nothing sure of a run whose state changed during the
+        call (``answers.unclear``: ``why``): what the server shows (and, when only it can tell,
+        the run's history) says whether this call set it, as after a lost answer."""
+        requested = rule.state.type if isinstance(rule, SetStateRule) else None
+        return self.evidence(rule.action, requested, run_id, before, now, why)
+
     def evidence(
-        self, action: str, requested: str | None, run_id: str, before: Seen, now: Seen | None
+        self,
+        action: str,
+        requested: str | None,
+        run_id: str,
+        before: Seen,
+        now: Seen | None,
+        lost: str = "the call's answer was lost",
     ) -> RunResult | None:
         """``classify_lost``, reading the run's state history when only it can tell
         whether the requested state came in between (one request, rare)."""
@@ -118,7 +141,7 @@ class Settler:
             and now.state_type != requested
         ):
             history = self._history(run_id)
-        return classify_lost(action, requested, before, now, history)
+        return classify_lost(action, requested, before, now, history, lost)
 
     def _history(self, run_id: str) -> list[dict[str, Any]] | None:
         try:
