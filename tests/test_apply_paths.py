@@ -2728,9 +2728,8 @@ def test_per_run_a_killed_applys_delete_is_that_applys_when_the_next_cannot_read
     old_server: Server, tmp_path: Path
 ) -> None:
     """As above (a killed apply's per-run DELETE lands after another client's change), but the
-    next apply cannot read the server's version (``/admin/version`` answered 503: a busy
-    server; a proxy hiding ``/admin`` is the same): it takes the server to have the bulk
-    endpoints, with their state guard. A pending row does not say how its call was sent: the
+    next apply meets a proxy hiding the server's version (``/admin/version`` answered 404):
+    it takes the server to have the bulk endpoints, with their state guard. A pending row does not say how its call was sent: the
     run is still read until the bound, and is the killed apply's "deleted", never "skipped"."""
     tag = "killed-unknown-version"
     with pulled_runs(old_server, tmp_path, 4, "COMPLETED", tag) as (ids, db, policy):
@@ -2740,7 +2739,7 @@ def test_per_run_a_killed_applys_delete_is_that_applys_when_the_next_cannot_read
 
             def busy(request: httpx.Request, n: int) -> httpx.Response | None:
                 if request.url.path.endswith("admin/version"):
-                    return prefect_503()
+                    return httpx.Response(404, json={"detail": "Not Found"})
                 return None
 
             def after(request: httpx.Request, response: httpx.Response) -> None:

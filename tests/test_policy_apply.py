@@ -2191,6 +2191,36 @@ def test_a_reject_that_carries_a_new_state_is_replaced(
     assert set_instead(accepted, BEFORE).outcome is Outcome.ACCEPTED
 
 
+@pytest.mark.parametrize("fault", ["503", "dropped"])
+def test_a_server_whose_version_cannot_be_read_is_sent_nothing(mixed_db: Path, fault: str) -> None:
+    """``GET /admin/version`` fails twice (a busy server's 503, a dropped connection): which
+    calls apply may send, and the guards they carry, rest on that version. Not taken to be
+    current (as a proxy hiding ``/admin`` is): nothing is written, and the line says to run
+    apply again."""
+    from flowsync.errors import ApiError
+
+    fake = Recorder(accept_all, api_rows(mixed_db))
+    fake_version = fake.__call__
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/admin/version"):
+            fake.bodies.append(("admin/version", {}))
+            if fault == "dropped":
+                raise httpx.RemoteProtocolError("Server disconnected", request=request)
+            return httpx.Response(503, text="busy")
+        return fake_version(request)
+
+    plan = plan_for(mixed_db, DELETE_ALL)
+    with (
+        Store.sandboxed_writer(mixed_db) as store,
+        mock_client(answer) as client,
+        pytest.raises(ApiError, match=r"^GET /admin/version failed .*nothing was sent"),
+    ):
+        apply_plan(client, store, plan)
+    assert [p for p, _ in fake.bodies] == ["health", "admin/version", "admin/version"]
+    assert scalar(mixed_db, "SELECT count(*) FROM policy_actions") == 0
+
+
 @pytest.mark.parametrize("version", ["4.0.0", "2.20.3", "4", "Prefect 4.0.0"])
 def test_a_server_of_another_prefect_major_is_sent_nothing(mixed_db: Path, version: str) -> None:
     """A server that says it is Prefect 4 (or 2): its filters might not guard a call as

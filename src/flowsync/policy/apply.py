@@ -208,6 +208,12 @@ def apply_plan(
             # A wrong URL or a stopped server fails in a second, not after retries.
             applier.rereader.set_server_clock(client.check())
             caps = client.capabilities()
+            if not caps.read:  # a 5xx or a dropped connection, twice: not a server hiding it
+                raise ApiError(
+                    "GET /admin/version failed (a busy or failing server): apply chooses its "
+                    "calls and the guards they carry by the server's version; nothing was sent. "
+                    "Run apply again."
+                )
             if not caps.supported:  # its filters might not guard what Prefect 3's do
                 raise ApiError(
                     f"{caps.describe()}: flowsync applies policies to Prefect 3 servers only "
