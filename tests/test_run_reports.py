@@ -165,6 +165,56 @@ def test_stuck_needs_min_runs_with_a_duration_not_runs_that_crashed_before_they_
     assert [(r["name"], r["usual_runs"]) for r in rows] == [("open-9", 1)]
 
 
+def test_a_pull_that_changed_nothing_moves_the_snapshots_now_to_its_own_start(
+    tmp_path: Path,
+) -> None:
+    """A pull that finds nothing changed keeps the published snapshot (no copy), whose own
+    last pull is older. A run due between the two pulls and still SCHEDULED (no worker took
+    it: what the late gauge is for) is waiting as of the later pull: the snapshot's readers
+    (reports, OpenMetrics, rule SQL, notebooks) count it, as the live file does."""
+    import flowsync
+    from flowsync.store import snapshot, sync_log
+
+    db = make_db(tmp_path / "runs.duckdb", [run(1, "COMPLETED", 1, "dev")])
+    now = datetime.now(timezone.utc)
+
+    def a_pull(store: Any, minutes_ago: int) -> int:
+        with store.transaction():
+            pull_id = sync_log.start_sync_run(store, "http://test/api")
+            sync_log.finish_sync_run(store, pull_id, status="ok", mode="incremental")
+            store.execute(
+                "UPDATE sync_runs SET started_at = ? WHERE id = ?",
+                [now - timedelta(minutes=minutes_ago), pull_id],
+            )
+        return pull_id
+
+    with Store.writer(db) as store:
+        store.execute(
+            """INSERT INTO flow_runs (id, name, flow_id, deployment_id, state_type, state_name,
+                expected_start_time, created, synced_at)
+            VALUES (?, 'due-60', ?, ?, 'SCHEDULED', 'Scheduled', ?, ?, now())""",
+            [rid(60), FLOW, DEPLOYMENTS["dev"], now - timedelta(minutes=10), NOW],
+        )
+        views.rebuild(store)
+        assert snapshot.publish(store, pull_id=a_pull(store, 20)).published
+    waiting = "SELECT sum(waiting_now), sum(late_now) FROM runs_now(60)"
+    with Store.reader(db) as reader:
+        assert reader.execute(waiting).one() == (None, None)  # due after the pull of 20 min ago
+    with Store.writer(db) as store:
+        kept = snapshot.publish(store, pull_id=a_pull(store, 1), changed=False)
+    assert not kept.published and kept.snapshot.confirmed_at is not None
+    with Store.reader(db) as reader:
+        assert reader.execute(waiting).one() == (1, 1)
+        late = reports.late(reader, "deployment", reports.parse_since("1d"))
+        assert late["waiting_now"].sum() == 1
+    with Store.sandboxed(db) as sandbox:
+        assert sandbox.execute(waiting).one() == (1, 1)
+    with flowsync.connect(db) as con:
+        assert con.execute(waiting).fetchone() == (1, 1)
+    with Store.reader(db, live=True) as reader:
+        assert reader.execute(waiting).one() == (1, 1)
+
+
 def test_a_run_expected_after_the_last_pull_is_not_waiting_as_of_it(tmp_path: Path) -> None:
     """The file knows the runs as of its last pull (20 min ago here): a run it holds as
     SCHEDULED and expected 30 min ago had not started by then, one expected 10 min ago

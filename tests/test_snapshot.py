@@ -430,6 +430,17 @@ def test_a_snapshot_says_what_published_it() -> None:
     assert info.describe() == "snapshot 3 (pull #12, published 2026-12-06 01:02:03 UTC)"
     by_apply = snap.SnapshotInfo(**{**info.__dict__, "pull_id": None})
     assert by_apply.describe().startswith("snapshot 3 (by an apply or a refresh, published")
+    stopped = snap.SnapshotInfo(**{**by_apply.__dict__, "by": "a first pull that stopped"})
+    assert stopped.describe().startswith("snapshot 3 (a first pull that stopped, published")
+    confirmed = snap.SnapshotInfo(
+        **{**info.__dict__, "confirmed_at": datetime(2026, 12, 6, 2, 0, 0, tzinfo=timezone.utc)}
+    )
+    assert confirmed.describe() == (
+        "snapshot 3 (pull #12, published 2026-12-06 01:02:03 UTC; unchanged as of the pull at "
+        "2026-12-06 02:00:00 UTC)"
+    )
+    assert snap.SnapshotInfo.from_json(confirmed.to_json()) == confirmed
+    assert snap.SnapshotInfo.from_json(stopped.to_json()) == stopped
 
 
 def test_a_notebooks_open_connection_leaves_plan_and_check_policy_working(tmp_path: Path) -> None:

@@ -172,7 +172,7 @@ def _publish_stopped_first_pull(store: Writer) -> None:
         if store.execute("SELECT count(*) FROM flow_runs").scalar() and not (
             sync_log.last_pull_at(store)
         ):
-            publish(store)
+            publish(store, by="a first pull that stopped part-way")
 
 
 def plan(

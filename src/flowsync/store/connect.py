@@ -481,6 +481,8 @@ class Store(Session):
                 published = cls._open(info.path, memory_limit_mb=memory_limit_mb)
                 if info.pull_id is None:  # not a finished pull's: a stopped first pull's too
                     published._warn_if_partial(db)
+                if info.confirmed_at is not None:
+                    published._confirmed(info.confirmed_at)
                 return published
             except DamagedFileError:
                 raise
@@ -497,6 +499,16 @@ class Store(Session):
                     raise
         raise StoreError(
             f"The snapshots of {db} changed {attempts} times while opening one; try again."
+        )
+
+    def _confirmed(self, at: datetime) -> None:
+        """A snapshot a later pull found the server unchanged from (``SnapshotInfo.confirmed_at``):
+        its ``last_pull_at()`` is that pull's start on this connection (a macro of the
+        connection's own, which the file's views and macros call in its place; the snapshot
+        file is never written), so "waiting now" counts a run due since it was published."""
+        self._con.execute(  # (a macro takes no parameters: the time, ours, as a literal)
+            "CREATE OR REPLACE TEMP MACRO last_pull_at() AS "
+            f"least(now(), TIMESTAMPTZ '{at.isoformat()}')"
         )
 
     @contextlib.contextmanager

@@ -47,7 +47,7 @@ import secrets
 import shutil
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -95,13 +95,29 @@ class SnapshotInfo:
     migrations: int
     seconds: float
     bytes: int
+    # A later pull that found nothing changed: the snapshot holds the server's runs as of
+    # when that pull started (readers' last_pull_at(), ``Store._confirmed``). None: its own.
+    confirmed_at: datetime | None = None
+    # What published it, when no finished pull did (a first pull that stopped part-way).
+    by: str | None = None
 
     def describe(self) -> str:
         """``snapshot 3 (pull #12, published 2026-12-06 01:02:03 UTC)``; by an apply or a
-        ``plan --refresh``, which have no pull number, it says so."""
-        by = f"pull #{self.pull_id}" if self.pull_id is not None else "by an apply or a refresh"
+        ``plan --refresh``, which have no pull number, or what ``by`` says, it says so; a later
+        pull that found nothing changed, too."""
+        by = (
+            f"pull #{self.pull_id}"
+            if self.pull_id is not None
+            else self.by or "by an apply or a refresh"
+        )
+        confirmed = (
+            f"; unchanged as of the pull at {self.confirmed_at:%Y-%m-%d %H:%M:%S %Z}"
+            if self.confirmed_at is not None
+            else ""
+        )
         return (
-            f"snapshot {self.generation} ({by}, published {self.published_at:%Y-%m-%d %H:%M:%S %Z})"
+            f"snapshot {self.generation} ({by}, published "
+            f"{self.published_at:%Y-%m-%d %H:%M:%S %Z}{confirmed})"
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -114,6 +130,8 @@ class SnapshotInfo:
             "migrations": self.migrations,
             "seconds": round(self.seconds, 3),
             "bytes": self.bytes,
+            "confirmed_at": self.confirmed_at.isoformat() if self.confirmed_at else None,
+            "by": self.by,
         }
 
     @classmethod
@@ -127,6 +145,10 @@ class SnapshotInfo:
             migrations=int(data.get("migrations", 0)),
             seconds=float(data.get("seconds", 0.0)),
             bytes=int(data.get("bytes", 0)),
+            confirmed_at=(
+                datetime.fromisoformat(data["confirmed_at"]) if data.get("confirmed_at") else None
+            ),
+            by=str(data["by"]) if data.get("by") else None,
         )
 
 
@@ -316,7 +338,29 @@ def _nothing_written_since(store: Writer, latest: SnapshotInfo) -> bool:
     return int(written or 0) == 0
 
 
-def publish(store: Writer, *, pull_id: int | None = None, changed: bool = True) -> PublishResult:
+def _confirm(store: Writer, latest: SnapshotInfo) -> SnapshotInfo:
+    """The kept snapshot, confirmed by the pull that found nothing changed: its metadata
+    says when that pull started (readers' ``last_pull_at()``: a run due since the snapshot
+    was published and still not started counts as waiting now). Written by a rename, as
+    its first; a failure leaves the earlier metadata, as stale as before."""
+    at = sync_log.last_pull_at(store)
+    if at is None or (latest.confirmed_at is not None and at <= latest.confirmed_at):
+        return latest
+    confirmed = replace(latest, confirmed_at=at)
+    meta = latest.path.with_suffix(".json")
+    tmp = meta.with_name(f".{meta.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(json.dumps(confirmed.to_json(), indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, meta)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        return latest
+    return confirmed
+
+
+def publish(
+    store: Writer, *, pull_id: int | None = None, changed: bool = True, by: str | None = None
+) -> PublishResult:
     """Publish the live file as a new snapshot generation; the caller is its only writer.
 
     ``changed=False`` (a pull that wrote no rows) keeps the current snapshot
@@ -340,7 +384,10 @@ def publish(store: Writer, *, pull_id: int | None = None, changed: bool = True) 
         and _readable(store, latest)
     ):
         return PublishResult(
-            False, latest, time.monotonic() - began, "nothing changed since the last snapshot"
+            False,
+            _confirm(store, latest),
+            time.monotonic() - began,
+            "nothing changed since the last snapshot",
         )
     reason = f"replaced a damaged snapshot: {problem}" if problem else ""
     if folder.exists() and not folder.is_dir():
@@ -374,6 +421,7 @@ def publish(store: Writer, *, pull_id: int | None = None, changed: bool = True) 
                 generation=generation,
                 published_at=datetime.now(timezone.utc),
                 pull_id=pull_id,
+                by=by,
                 flowsync_version=__version__,
                 migrations=migrations,
                 seconds=time.monotonic() - began,
