@@ -139,7 +139,8 @@ def test_since_rewrites_only_changed_partitions(db: Path, tmp_path: Path) -> Non
         "SELECT id, CAST(expected_start_time AS DATE), CAST(created AS DATE) FROM flow_runs "
         "WHERE expected_start_time IS NOT NULL "
         "AND CAST(created AS DATE) <> CAST(expected_start_time AS DATE) "
-        "AND CAST(created AS DATE) > (SELECT min(CAST(expected_start_time AS DATE)) FROM flow_runs) "
+        "AND CAST(created AS DATE) IN (SELECT CAST(coalesce(expected_start_time, created) AS DATE) "
+        "FROM flow_runs) "
         "ORDER BY expected_start_time LIMIT 1"
     ).fetchall()[0]
     con.execute(
@@ -403,6 +404,45 @@ def test_an_older_manifest_from_another_file_is_refused(db: Path, tmp_path: Path
         manifest_path.write_text(json.dumps(manifest))
         result = run_cli("export", str(out), "--db", str(db))
         assert result.exit_code == (2 if refused else 0), result.output
+
+
+def test_one_export_writes_into_a_folder_at_a_time_and_checks_it_once_it_holds_it(
+    db: Path, tmp_path: Path
+) -> None:
+    """Two exports into one folder at once each found it free of another file's export, then
+    one replaced the other's files (both said "exported"). Another export holding the folder
+    (its lock, held here): refused in one line (exit 6), nothing written; with --wait, the
+    export waits for it, then checks the folder as that export left it: another file's
+    export there now is refused, not replaced."""
+    import fcntl
+    import threading
+
+    out = tmp_path / "export"
+    export(db, out)
+    before = _files(out)
+    fd = os.open(out, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        busy = run_cli("export", str(out), "--db", str(db))
+        assert busy.exit_code == 6, busy.output
+        assert busy.stderr.strip().splitlines() == [
+            f"error: Another flowsync export is writing to {out}; wait for it to finish "
+            "(--wait SECONDS waits), or export elsewhere."
+        ]
+        assert _files(out) == before
+        # the export holding it finishes: it was another file's
+        manifest = json.loads((out / MANIFEST).read_text())
+        manifest["source"]["db"] = str(tmp_path / "other.duckdb")
+        (out / MANIFEST).write_text(json.dumps(manifest))
+        released = threading.Timer(0.5, lambda: fcntl.flock(fd, fcntl.LOCK_UN))
+        released.start()
+        waited = run_cli("export", str(out), "--db", str(db), "--wait", "10")
+        released.join()
+    finally:
+        os.close(fd)
+    assert waited.exit_code == 2, waited.output
+    assert f"holds an export of {tmp_path / 'other.duckdb'}" in waited.stderr
+    export(db, out, "--replace")  # and once free, an export goes ahead at once
 
 
 def test_the_same_file_pulled_from_another_server_is_refused(db: Path, tmp_path: Path) -> None:

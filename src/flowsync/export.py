@@ -48,6 +48,7 @@ import json
 import os
 import re
 import shutil
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -57,7 +58,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from flowsync import __version__
-from flowsync.errors import ConfigError, StoreError
+from flowsync.errors import ConfigError, StoreError, StoreLockedError
 from flowsync.progress import NullProgress, Progress
 from flowsync.store import Store, parquet, sync_log, synced_tables
 from flowsync.store.connect import version_key
@@ -500,6 +501,7 @@ def export(
     *,
     source: Source | None = None,
     progress: Progress | None = None,
+    wait: float = 0.0,
 ) -> ExportResult:
     """Write ``request``'s tables (default: every table, in full) under ``out_dir``; with its
     ``since``, rewrite only partitions changed since then.
@@ -509,18 +511,65 @@ def export(
     what the manifest names (default: ``source_of(store)``); an ``out_dir`` holding an
     export of another source is refused (``check_source``) unless ``request.replace``.
     ``progress`` gets a phase per table written (``export flow_runs``), its rows the work.
+    One export writes into ``out_dir`` at a time: another waits ``wait`` seconds for it,
+    then ``StoreLockedError``.
     """
     out_dir = Path(out_dir)
     request = request or ExportRequest()
     check_dir(out_dir, request)
-    since = request.since
     source = source or source_of(store)
-    if not request.replace:
-        check_source(read_manifest(out_dir), holds_export(out_dir), source, str(out_dir))
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ConfigError(f"Cannot create export directory {out_dir}: {e.strerror}.") from e
+    with _only_export(out_dir, wait):
+        if not request.replace:
+            check_source(read_manifest(out_dir), holds_export(out_dir), source, str(out_dir))
+        return _export(store, out_dir, request, source, progress)
+
+
+@contextlib.contextmanager
+def _only_export(out_dir: Path, wait: float) -> Iterator[None]:
+    """The one export writing into ``out_dir`` from its check of the manifest to its last
+    rename (an flock on the folder, released when the process ends, however): two at once
+    could each find the other's source acceptable, then one replace the other's files, or
+    remove them as a killed export's leftovers. Another export holds it: waited for up to
+    ``wait`` seconds, then ``StoreLockedError``."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock (as before)
+        yield
+        return
+    try:
+        fd = os.open(out_dir, os.O_RDONLY)
+    except OSError as e:
+        raise ConfigError(f"Cannot open export directory {out_dir}: {e.strerror}.") from e
+    try:
+        deadline = time.monotonic() + max(wait, 0.0)
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise StoreLockedError(
+                        f"Another flowsync export is writing to {out_dir}; wait for it to "
+                        "finish (--wait SECONDS waits), or export elsewhere."
+                    ) from None
+                time.sleep(0.1)
+        yield
+    finally:
+        os.close(fd)  # (releases the lock)
+
+
+def _export(
+    store: Store,
+    out_dir: Path,
+    request: ExportRequest,
+    source: Source,
+    progress: Progress | None,
+) -> ExportResult:
+    since = request.since
     result = ExportResult(out_dir, request.fmt, since)
     progress = progress or NullProgress()
     pending: list[tuple[Path, Path]] = []

@@ -458,7 +458,9 @@ def export(
         source = export_tables.source_of(store, db)
         if remote and not replace:
             objectstore.check_remote(str(dest), source, since)
-        result = export_tables.export(store, out_dir, request, source=source, progress=progress)
+        result = export_tables.export(
+            store, out_dir, request, source=source, progress=progress, wait=wait
+        )
         uploaded = objectstore.upload(out_dir, result, str(dest), progress) if remote else None
     return Exported(result, uploaded)
 
