@@ -702,6 +702,37 @@ def test_a_writer_on_a_published_snapshot_is_refused_and_the_snapshot_kept(
         assert reader.execute("SELECT count(*) FROM flow_runs").rows()[0][0] > 0
 
 
+@pytest.mark.parametrize("call", ["apply", "plan-refresh"])
+def test_apply_and_a_refresh_to_a_stopped_server_fail_at_its_health_not_after_retries(
+    built: object, tmp_path: Path, call: str
+) -> None:
+    """apply read the file's flows from the server (to confirm it is the file's) before its
+    quick health check: a stopped server took 7 tries and ~20 s of silent retries, and the
+    line named `POST /flows/filter`. Now the health check comes first: two tries, the URL
+    named, nothing written."""
+    import flowsync
+    from flowsync.config import resolve_api
+    from flowsync.errors import ApiError
+
+    db = copy_db(built.path, tmp_path)  # type: ignore[attr-defined]
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        "version: 1\nmax_actions: 1000000\nrules:\n  - name: r\n    action: delete\n"
+        "    sql: SELECT id FROM flow_runs WHERE state_type = 'COMPLETED'\n"
+    )
+    runs = query(db, "SELECT count(*) FROM sync_runs")
+    retried: list[str] = []
+    api = resolve_api(NOBODY, env={})
+    with pytest.raises(ApiError) as info:
+        if call == "apply":
+            flowsync.apply(db, policy, api=api, on_retry=retried.append)
+        else:
+            flowsync.plan(db, policy, refresh=api, on_retry=retried.append)
+    assert NOBODY.removesuffix("/api") in str(info.value) and "flows" not in str(info.value)
+    assert len(retried) <= 1, retried
+    assert query(db, "SELECT count(*) FROM sync_runs") == runs
+
+
 @pytest.mark.parametrize("given", ["http://127.0.0.1:4200/api", {"url": "x"}, None])
 @pytest.mark.parametrize("call", ["pull", "pull-new", "plan-refresh", "apply", "apply-nothing"])
 def test_an_api_that_is_no_api_settings_is_one_config_error_before_anything(

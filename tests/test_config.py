@@ -505,3 +505,64 @@ def test_a_profile_setting_of_the_wrong_kind_is_one_config_error(
             f"PREFECT_API_TLS_INSECURE_SKIP_VERIFY = {word}\n",
         )
         assert (resolve_api(env={"PREFECT_HOME": str(isolated_env)}).verify is False) is skips
+
+
+def test_the_request_timeout_is_prefects_setting_from_env_or_profile(isolated_env: Path) -> None:
+    """A server that answers /health but hangs on reads held a pull ~7 minutes (60 s a try,
+    7 tries) with no way to shorten it: ``PREFECT_API_REQUEST_TIMEOUT``, as Prefect's own
+    client reads it (environment, then the active profile), bounds each request."""
+    import socket
+    import threading
+    import time
+
+    from flowsync.api import PrefectClient, RetryPolicy
+    from flowsync.errors import ApiError
+
+    write_profiles(
+        isolated_env,
+        'active = "p"\n[profiles.p]\nPREFECT_API_URL = "http://h/api"\n'
+        "PREFECT_API_REQUEST_TIMEOUT = 5\n",
+    )
+    env = {"PREFECT_HOME": str(isolated_env)}
+    assert resolve_api(env=env).request_timeout == 5
+    assert resolve_api(env={**env, "PREFECT_API_REQUEST_TIMEOUT": "0.5"}).request_timeout == 0.5
+    assert resolve_api("http://h/api", env={}).request_timeout is None
+    for bad in ("slow", "0", "-1", "nan", "7200"):
+        with pytest.raises(
+            ConfigError, match=r"PREFECT_API_REQUEST_TIMEOUT .* not a number of seconds"
+        ):
+            resolve_api(env={**env, "PREFECT_API_REQUEST_TIMEOUT": bad})
+    with pytest.raises(ConfigError, match="request_timeout"):
+        ApiSettings(url="http://h/api", request_timeout=-3)
+
+    # a server that takes the connection and never answers
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])
+            except OSError:
+                continue
+
+    threading.Thread(target=accept, daemon=True).start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/api"
+    settings = resolve_api(url, env={"PREFECT_API_REQUEST_TIMEOUT": "0.3"})
+    began = time.monotonic()
+    try:
+        with (
+            PrefectClient(settings, retry=RetryPolicy(attempts=2, base_delay=0.01)) as client,
+            pytest.raises(ApiError, match=r"timed out|Timeout"),
+        ):
+            client.count("flows")
+    finally:
+        stop.set()
+        for conn in held:
+            conn.close()
+        listener.close()
+    assert time.monotonic() - began < 5  # two tries of 0.3 s, not 60 s

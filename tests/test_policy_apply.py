@@ -749,21 +749,34 @@ def test_an_interrupted_apply_says_what_it_did_and_what_stopped_it(
 
 
 def test_an_apply_that_cannot_reach_the_server_closes_its_record(mixed_db: Path) -> None:
-    """A 401 on the first request (the health check): the apply's record is `failed` with
-    the error, never left `running` (status showed a running apply until the next pull)."""
+    """A 401 on the first request (the health check, as a proxy asking for credentials
+    answers it), or on a later one before any write: the apply's record is `failed` with
+    the error, or there is none (the health check comes before anything is written); never
+    left `running` (status showed a running apply until the next pull)."""
+    for refused in ("health", "flow_runs/filter"):
 
-    def refuse(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(401, json={"detail": "expired"})
+        def refuse(request: httpx.Request, refused: str = refused) -> httpx.Response:
+            path = request.url.path
+            if path.endswith(refused):
+                return httpx.Response(401, json={"detail": "expired"})
+            said = {"health": True, "version": "3.8.8"}
+            return httpx.Response(
+                200, json=next((v for k, v in said.items() if path.endswith(k)), [])
+            )
 
-    plan = plan_for(mixed_db, DELETE_ALL)
-    with (
-        Store.sandboxed_writer(mixed_db) as store,
-        mock_client(refuse) as client,
-        pytest.raises(AuthError),
-    ):
-        apply_plan(client, store, plan, progress=NullProgress())
-    rows = query(mixed_db, "SELECT mode, status, error FROM sync_runs ORDER BY id DESC LIMIT 1")
-    assert rows[0][:2] == ("apply", "failed") and "401" in rows[0][2], rows
+        before = query(mixed_db, "SELECT count(*) FROM sync_runs")
+        plan = plan_for(mixed_db, DELETE_ALL)
+        with (
+            Store.sandboxed_writer(mixed_db) as store,
+            mock_client(refuse) as client,
+            pytest.raises(AuthError),
+        ):
+            apply_plan(client, store, plan, progress=NullProgress())
+        if refused == "health":
+            assert query(mixed_db, "SELECT count(*) FROM sync_runs") == before
+            continue
+        rows = query(mixed_db, "SELECT mode, status, error FROM sync_runs ORDER BY id DESC LIMIT 1")
+        assert rows[0][:2] == ("apply", "failed") and "401" in rows[0][2], rows
 
 
 def test_a_401_on_the_call_out_when_the_next_batch_cannot_be_read_is_the_error(
@@ -969,22 +982,49 @@ def test_cli_apply_under_a_too_small_memory_cap_fails_clearly_before_any_call(
     mixed_db: Path,
 ) -> None:
     # apply caps DuckDB's memory like a pull (64 MB; --memory-limit overrides). Too small a
-    # cap is one line naming the flag, before any request (the URL is unroutable: exit 3).
+    # cap is one line naming the flag, before any request but the server's health check (a
+    # server that answers only that: anything else would be answered 404).
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    asked: list[str] = []
+
+    class Health(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            asked.append(self.path)
+            body = b"true" if self.path == "/api/health" else b"{}"
+            self.send_response(200 if self.path == "/api/health" else 404)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_POST = do_GET
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Health)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
     path = write(mixed_db.parent, DELETE_ALL)
-    result = run_cli(
-        "apply",
-        str(path),
-        "--db",
-        str(mixed_db),
-        "--yes",
-        "--api-url",
-        "http://127.0.0.1:9/api",
-        "--memory-limit",
-        "1",
-    )
+    try:
+        result = run_cli(
+            "apply",
+            str(path),
+            "--db",
+            str(mixed_db),
+            "--yes",
+            "--api-url",
+            f"http://127.0.0.1:{server.server_address[1]}/api",
+            "--memory-limit",
+            "1",
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
     assert result.exit_code == 5, result.output
     assert result.stderr.count("\n") == 1 and "--memory-limit" in result.stderr
     assert "Traceback" not in result.output
+    assert asked == ["/api/health"]
     assert scalar(mixed_db, "SELECT count(*) FROM policy_actions") == 0
 
 

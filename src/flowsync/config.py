@@ -116,6 +116,9 @@ class ApiSettings:
     max_requests_per_minute: float | None = None  # the request budget; None: unpaced
     # How long the server keeps runs, when it cannot say (Prefect Cloud: 7, 14 or 30 days by plan).
     run_retention_days: float | None = None
+    # Seconds a request may take before it counts as lost (Prefect's PREFECT_API_REQUEST_TIMEOUT;
+    # None: its default, 60).
+    request_timeout: float | None = None
     # The profile's credential left unsent because the URL came from elsewhere and names
     # another host than the profile's own URL (a 401 then says so); None: none was left.
     withheld: str | None = None
@@ -146,6 +149,7 @@ class ApiSettings:
             )
         _budget(_as_text(self.max_requests_per_minute), BUILT)
         _retention(_as_text(self.run_retention_days), BUILT)
+        _request_timeout(_as_text(self.request_timeout), BUILT)
 
     def __repr__(self) -> str:
         """Its fields with the URL masked (``display_url``): a password in the URL is never
@@ -293,6 +297,7 @@ _TEXT_KEYS = frozenset(
 )
 BUDGET_KEY = "FLOWSYNC_MAX_REQUESTS_PER_MINUTE"
 RETENTION_KEY = "FLOWSYNC_RUN_RETENTION_DAYS"
+TIMEOUT_KEY = "PREFECT_API_REQUEST_TIMEOUT"  # Prefect's own setting, its default 60 s
 
 
 def resolve_api(
@@ -382,6 +387,7 @@ def resolve_api(
         source=source,
         max_requests_per_minute=_budget(budget, budget_source),
         run_retention_days=_retention(*pick(None, RETENTION_KEY)),
+        request_timeout=_request_timeout(*pick(None, TIMEOUT_KEY)),
         withheld=withheld,
     )
 
@@ -621,6 +627,12 @@ def _retention(value: str | None, source: str) -> float | None:
         lambda days: 0 < days < 100_000,
         "days",
         "14 (Prefect Cloud keeps runs 7, 14 or 30 days, by plan)",
+    )
+
+
+def _request_timeout(value: str | None, source: str) -> float | None:
+    return _number(
+        TIMEOUT_KEY, value, source, lambda s: 0 < s <= 3600, "seconds (at most 3600)", "30"
     )
 
 

@@ -270,13 +270,15 @@ class ApiSession:
         settings: ApiSettings,
         *,
         transport: httpx.BaseTransport | None = None,
-        timeout: float = 60.0,
+        timeout: float | None = None,
         retry: RetryPolicy | None = None,
         sleep: Callable[[float], None] = time.sleep,
         on_retry: Callable[[str], None] | None = None,
         budget: RequestBudget | None = None,
     ) -> None:
         self.settings = settings
+        # a request's limit: the caller's, else the settings' (PREFECT_API_REQUEST_TIMEOUT), else 60 s
+        timeout = timeout or settings.request_timeout or 60.0
         self.retry = retry or RetryPolicy()
         self._sleep = sleep
         self._waits = threading.local()  # .through: this thread's waits go through it

@@ -99,6 +99,7 @@ def reread_runs(
     apply's catch-up does (``PolicyError`` when the server may no longer hold those
     events). ``progress`` counts the runs read. Returns how many selected runs were read."""
     progress = progress or NullProgress()
+    client.check()  # a wrong URL or a stopped server fails in a second, not after retries
     reader = RunReader(client, store, "plan-refresh")
     try:
         wanted = ids
@@ -188,6 +189,9 @@ def apply_plan(
     progress = progress or NullProgress()
     began = time.monotonic()
     result = result or new_result(plan)
+    # A wrong URL or a stopped server fails in a second, not after retries: before the
+    # file's server is confirmed (``RunReader``: its flows read by id).
+    clock = client.check()
     reader = RunReader(client, store, "apply")
     applier = Applier(
         client,
@@ -205,8 +209,7 @@ def apply_plan(
     with client.waits_through(applier.wait):
         failure: BaseException | None = None
         try:
-            # A wrong URL or a stopped server fails in a second, not after retries.
-            applier.rereader.set_server_clock(client.check())
+            applier.rereader.set_server_clock(clock)
             caps = client.capabilities()
             if not caps.read:  # a 5xx or a dropped connection, twice: not a server hiding it
                 raise ApiError(
