@@ -53,6 +53,23 @@ def test_headline_json_matches_server(built: BuiltHistory, pulled: Path) -> None
         assert row["signatures"] == reports.errors(store, window).height
 
 
+def test_a_window_with_no_run_counts_zero_not_null(built: BuiltHistory, pulled: Path) -> None:
+    """A window no run falls in: its counts are 0, as the server's count and OpenMetrics say
+    (the JSON had null beside `"signatures": 0`, the table a dash); a rate or a duration
+    of no run stays empty."""
+    from flowsync import health
+
+    window = reports.Window(
+        datetime(2001, 1, 1, tzinfo=timezone.utc), datetime(2001, 1, 2, tzinfo=timezone.utc)
+    )
+    assert server_count(built.count, FINISHED, window) == 0
+    with Store.reader(pulled, live=True) as store:
+        row = health.collect(store, window).headline
+    counts = ("runs", "failed", "cancelled", "prev_runs", "started", "late_runs", "runs_change")
+    assert {k: row[k] for k in counts} == dict.fromkeys(counts, 0)
+    assert row["failure_rate"] is None and row["p50_s"] is None and row["max_lateness_s"] is None
+
+
 def test_openmetrics_file_parses_and_matches_server(
     built: BuiltHistory, pulled: Path, tmp_path: Path
 ) -> None:

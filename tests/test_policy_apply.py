@@ -814,10 +814,12 @@ def test_a_401_on_the_call_out_when_the_next_batch_cannot_be_read_is_the_error(
 
 
 def _apply_on_a_terminal(args: list[str], answer: str, timeout: float = 120) -> tuple[int, str]:
-    """Run `flowsync apply ARGS` with stdin/stdout/stderr on a real pseudo-terminal; type ``answer`` at the prompt."""
+    """Run `flowsync apply ARGS` with stdin/stdout/stderr on a real pseudo-terminal; type
+    ``answer`` at the prompt (``^C``: interrupt it there)."""
     import os
     import pty
     import select
+    import signal
     import subprocess
     import sys
     import time
@@ -846,7 +848,10 @@ def _apply_on_a_terminal(args: list[str], answer: str, timeout: float = 120) -> 
                     break
                 seen += chunk
             if not answered and b"[y/N]" in seen:
-                os.write(leader, answer.encode() + b"\n")
+                if answer == "^C":  # Ctrl-C at the question (the terminal's SIGINT)
+                    proc.send_signal(signal.SIGINT)
+                else:
+                    os.write(leader, answer.encode() + b"\n")
                 answered = True
             if proc.poll() is not None and not ready:
                 break
@@ -870,6 +875,12 @@ def test_a_terminal_asks_first_and_no_changes_nothing(server: Server, tmp_path: 
     assert f"Apply {pending} changes to {server.url}?" in screen
     assert "purge-pending" in screen  # the plan was shown before the question
     assert "cancelled; nothing was changed." in screen
+    assert count(server, {"flow_runs": {"state": {"type": {"any_": ["PENDING"]}}}}) == pending
+    assert scalar(db, "SELECT count(*) FROM policy_actions") == 0
+    # Ctrl-C at the question: cancelled as an interruption (130), not click's "Aborted!" (1)
+    code, screen = _apply_on_a_terminal(args, "^C")
+    assert code == 130, screen
+    assert "cancelled; nothing was changed." in screen and "Aborted" not in screen, screen
     assert count(server, {"flow_runs": {"state": {"type": {"any_": ["PENDING"]}}}}) == pending
     assert scalar(db, "SELECT count(*) FROM policy_actions") == 0
 

@@ -104,7 +104,7 @@ BAD = [
     (
         "state on delete",
         "version: 1\nrules: [{name: r, action: delete, sql: x, state: {type: CANCELLED}}]",
-        "rules[0].state: unknown key",
+        "rules[0].state: a delete rule takes no `state`",
     ),
     ("wrong version", f"version: 2\nrules: [{RULE}]", "version: 2 is a newer policy format than"),
     ("no rules", "version: 1\nrules: []", "rules: List should have at least 1 item"),
@@ -277,6 +277,23 @@ def test_yaml_nested_past_pythons_recursion_limit_is_one_policy_error(
     assert result.exit_code == 7 and "nested too deeply" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert "Traceback" not in result.output
+
+
+def test_a_key_of_the_other_action_says_so_not_that_it_is_unknown() -> None:
+    """`state:` on a delete rule was "unknown key to flowsync 0.1.0: check its spelling, or
+    upgrade": the key exists, for set_state rules. Said so; a misspelt key stays unknown."""
+    text = (
+        b"version: 1\nrules:\n - {name: a, action: delete, sql: SELECT id FROM flow_runs, "
+        b"state: {type: CANCELLED}}\n"
+    )
+    with pytest.raises(PolicyError) as info:
+        parse_policy(text, "p.yaml")
+    assert str(info.value) == (
+        "p.yaml is not a valid policy: rules[0].state: a delete rule takes no `state` (a "
+        "set_state rule's key): remove it, or make the rule `action: set_state` (line 3)"
+    )
+    with pytest.raises(PolicyError, match=r"rules\[0\]\.stat: unknown key"):
+        parse_policy(text.replace(b"state:", b"stat:"), "p.yaml")
 
 
 def test_one_bullet_per_field() -> None:

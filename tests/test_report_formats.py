@@ -218,6 +218,23 @@ def test_data_formats_keep_outside_text_byte_exact(hostile: Path, fmt: str) -> N
     assert HOSTILE in (json.loads(rep.stdout)[0]["state_message"] if fmt == "json" else rep.stdout)
 
 
+def test_output_dash_is_stdout(
+    built: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`-o -` wrote a file named `-` ("wrote 1 rows to -"); as `sql -` reads stdin, it is
+    stdout: the rows there, nothing written."""
+    monkeypatch.chdir(tmp_path)
+    result = run_cli("sql", "SELECT 1 AS one", "-o", "-", "--db", str(built))
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == ["one", "1"]
+    report = run_cli(
+        "report", "failures", "--since", "30d", "-o", "-", "-f", "json", "--db", str(built)
+    )
+    assert report.exit_code == 0, report.output
+    assert isinstance(json.loads(report.stdout), list)
+    assert not (tmp_path / "-").exists()
+
+
 def test_without_format_the_output_files_extension_names_it(built: Path, tmp_path: Path) -> None:
     """`-o failures.parquet` without `--format` wrote CSV under that name (a reader then fails
     on it); the extension now names the format, and one it does not know stays CSV."""

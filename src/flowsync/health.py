@@ -124,7 +124,12 @@ def collect(
     unresolved = reports.unresolved(store)
     headline: dict[str, Any] = {}
     for frame in (failures_all, durations_all, late_all):
-        headline.update(frame.row(0, named=True) if frame.height else dict.fromkeys(frame.columns))
+        # No run in the window: a count is 0 (as OpenMetrics says), a rate or a duration none.
+        headline.update(
+            frame.row(0, named=True)
+            if frame.height
+            else {c: 0 if kind.is_integer() else None for c, kind in frame.schema.items()}
+        )
     headline.update(failures_all.row(0, named=True) if failures_all.height else {})
     headline["signatures"] = signatures.height
     headline["unresolved_deployments"] = unresolved.height

@@ -221,6 +221,30 @@ def errors() -> Iterator[None]:
             raise typer.Exit(code) from None
 
 
+def ask(question: str) -> bool:
+    """``question [y/N]:`` on stderr, answered on the terminal's stdin: y or yes is True; n, no,
+    nothing or the end of input False; anything else asks again. Read in short waits, not
+    one blocking read: a Ctrl-C the kernel hands to another thread (DuckDB's, a pool's) does
+    not interrupt a read blocked in the main thread, which then waited for Enter; between
+    waits the main thread takes it (``KeyboardInterrupt``)."""
+    import select
+
+    while True:
+        err.print(escape(f"{question} [y/N]: "), end="", highlight=False)
+        try:
+            while not select.select([sys.stdin], [], [], 0.2)[0]:
+                pass
+        except (OSError, ValueError):  # no selectable stdin (not POSIX): one blocking read
+            pass
+        line = sys.stdin.readline()
+        answer = line.strip().lower()
+        if not line or answer in ("", "n", "no"):
+            return False
+        if answer in ("y", "yes"):
+            return True
+        err.print("Answer y or n.", highlight=False)
+
+
 def to_jsonable(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): to_jsonable(v) for k, v in value.items()}
@@ -282,6 +306,17 @@ class TerminalProgress:
     def __exit__(self, *exc: object) -> None:
         self._progress.stop()
 
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """No live display while a question is asked: its redraws garble the prompt, and its
+        thread may take the Ctrl-C that should stop the question (a read blocked in the
+        main thread is not interrupted by a signal another thread handles)."""
+        self._progress.stop()
+        try:
+            yield
+        finally:
+            self._progress.start()
+
     def phase(self, name: str, total: int | None = None) -> None:
         self._task = self._progress.add_task(name, total=total, rate="")
         self._started = time.monotonic()
@@ -313,6 +348,11 @@ class LineProgress:
 
     def __enter__(self) -> LineProgress:
         return self
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """(Nothing live to pause: lines only.)"""
+        yield
 
     def __exit__(self, kind: object, *exc: object) -> None:
         if kind is None:  # an error or a signal is its own one line: no progress beside it

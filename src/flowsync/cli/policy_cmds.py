@@ -27,8 +27,10 @@ from flowsync.cli.common import (
     MaxRequestsOption,
     MemoryLimitOption,
     WaitOption,
+    ask,
     err,
     errors,
+    interrupt_told,
     make_progress,
     no_default_option,
     out,
@@ -43,6 +45,7 @@ from flowsync.config import (
     resolve_db_path,
 )
 from flowsync.errors import (
+    INTERRUPTED_EXIT,
     PARTIAL_FAILURE_EXIT,
     ConfigError,
     PolicyError,
@@ -393,6 +396,10 @@ def apply_cmd(
     held = ApplyResult.new()  # filled as the apply goes: shown whatever stops it
 
     def confirm(plan: Plan) -> bool:
+        with progress.paused():
+            return shown_and_agreed(plan)
+
+    def shown_and_agreed(plan: Plan) -> bool:
         if not json_out:
             _render_plan(plan, sample)
         if not yes:
@@ -401,9 +408,13 @@ def apply_cmd(
                     f"Refusing to apply {plan.total} changes without confirmation: stdin is not a "
                     "terminal. Review `flowsync plan`, then pass --yes."
                 )
-            if not typer.confirm(
-                f"Apply {plan.total} changes to {settings.display_url}?", default=False, err=True
-            ):
+            try:
+                agreed = ask(f"Apply {plan.total} changes to {settings.display_url}?")
+            except KeyboardInterrupt:  # Ctrl-C at the question
+                err.print("\ncancelled; nothing was changed.", highlight=False)
+                interrupt_told.append("SIGINT")  # said: the CLI adds no line of its own
+                raise typer.Exit(INTERRUPTED_EXIT) from None
+            if not agreed:
                 err.print("cancelled; nothing was changed.", highlight=False)
                 raise typer.Exit(1)
         return True

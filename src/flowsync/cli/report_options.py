@@ -61,13 +61,21 @@ HealthFormatOption = format_option(
     "collector). Default: what --output's extension names (.csv, .json, .parquet, .md, "
     ".prom), else table on a terminal, csv otherwise.",
 )
+
+
+def _stdout_as_dash(value: Path | None) -> Path | None:
+    """``-o -``: stdout, as ``sql -`` reads stdin (it wrote a file named ``-``)."""
+    return None if value is not None and str(value) == "-" else value
+
+
 OutputOption = Annotated[
     Path | None,
     no_default_option(
         "--output",
         "-o",
-        help="Write the data to this file instead of stdout.",
+        help="Write the data to this file instead of stdout (- is stdout).",
         metavar="FILE",
+        callback=_stdout_as_dash,
     ),
 ]
 SinceOption = Annotated[

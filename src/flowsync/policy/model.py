@@ -318,6 +318,19 @@ def _loc(loc: tuple[int | str, ...]) -> str:
     return out or "(top level)"
 
 
+def _other_actions_key(loc: Any) -> tuple[str, str] | None:
+    """(this rule's action, the other action) when ``loc`` is a key of a rule that the other
+    action's rules take (``state`` on a delete rule), else None."""
+    parts = tuple(loc)
+    for i, part in enumerate(parts[:-1]):
+        if part in ("delete", "set_state") and i > 0 and isinstance(parts[i - 1], int):
+            other = "set_state" if part == "delete" else "delete"
+            model = SetStateRule if other == "set_state" else DeleteRule
+            if len(parts) == i + 2 and parts[-1] in model.model_fields:
+                return str(part), other
+    return None
+
+
 def _line(root: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:
     """The 1-based line of the YAML node at ``loc`` (or of its nearest ancestor found)."""
     node, line = root, None
@@ -351,6 +364,11 @@ def format_errors(e: ValidationError, root: yaml.Node | None = None) -> list[str
         elif error["type"] == "union_tag_not_found":
             loc += ".action"
             msg = "missing; expected delete or set_state"
+        elif error["type"] == "extra_forbidden" and (other := _other_actions_key(error["loc"])):
+            msg = (
+                f"a {other[0]} rule takes no `{error['loc'][-1]}` (a {other[1]} rule's key): "
+                f"remove it, or make the rule `action: {other[1]}`"
+            )
         elif error["type"] == "extra_forbidden":
             # Maybe a newer flowsync's (a guard, a limit): dropping it would widen the policy.
             msg = (
