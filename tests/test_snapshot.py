@@ -300,6 +300,11 @@ def test_a_running_pull_is_named_to_live_readers(tmp_path: Path) -> None:
         assert "--live" not in str(caught.value) and "--wait" in str(caught.value)
         with pytest.raises(StoreLockedError, match=r"no published snapshot yet .* pull .*--wait"):
             Store.reader(db)  # a file from before snapshots, mid-pull
+        # Having waited, the line asks for a longer wait, not for the --wait it was given.
+        with pytest.raises(StoreLockedError) as caught:
+            Store.reader(db, live=True, wait=0.3)
+        assert "a --wait longer than the 0.3 s waited" in str(caught.value)
+        assert "--wait SECONDS" not in str(caught.value) and caught.value.holder_role == "pull"
     finally:
         holder.kill()
         holder.wait()

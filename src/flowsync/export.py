@@ -63,6 +63,7 @@ from flowsync.progress import NullProgress, Progress
 from flowsync.store import Store, parquet, sync_log, synced_tables
 from flowsync.store.connect import version_key
 from flowsync.store.files import owner_alive
+from flowsync.store.locks import after_waiting
 
 FORMATS = ("parquet",)
 # table -> the columns whose first non-null value's UTC day names its partition (empty: one file)
@@ -552,10 +553,11 @@ def _only_export(out_dir: Path, wait: float) -> Iterator[None]:
                 break
             except BlockingIOError:
                 if time.monotonic() >= deadline:
-                    raise StoreLockedError(
+                    busy = StoreLockedError(
                         f"Another flowsync export is writing to {out_dir}; wait for it to "
                         "finish (--wait SECONDS waits), or export elsewhere."
-                    ) from None
+                    )
+                    raise after_waiting(busy, wait) from None
                 time.sleep(0.1)
         yield
     finally:

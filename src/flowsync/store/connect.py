@@ -168,7 +168,7 @@ def _connect(
             graced = True
             deadline = max(deadline, time.monotonic() + locks.BRIEF_HOLD_GRACE)
         if time.monotonic() >= deadline:
-            raise locked
+            raise locks.after_waiting(locked, wait)
         time.sleep(min(delay, max(deadline - time.monotonic(), 0.01)))
         delay = min(delay * 1.5, 2.0)
 

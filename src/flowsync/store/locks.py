@@ -114,6 +114,21 @@ def locked_error(
     )
 
 
+def after_waiting(locked: StoreLockedError, wait: float) -> StoreLockedError:
+    """``locked`` as said after waiting ``wait`` seconds for the file: the line says so and
+    asks for a longer wait, not for the ``--wait`` already given."""
+    if wait <= 0 or "--wait SECONDS" not in str(locked):
+        return locked
+    told = StoreLockedError(
+        str(locked).replace("--wait SECONDS", f"a --wait longer than the {wait:g} s waited"),
+        holder_pid=locked.holder_pid,
+        holder_role=locked.holder_role,
+        brief=locked.brief,
+    )
+    told.__cause__ = locked.__cause__
+    return told
+
+
 def _message(path: Path, holder: Holder, how: str) -> str:
     who = holder.describe()
     if how == LIVE:
