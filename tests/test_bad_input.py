@@ -19,6 +19,18 @@ from tests.helpers import SeededServer, copy_db, query, run_cli
 NOBODY = f"http://127.0.0.1:{free_port()}/api"
 
 
+def built_and_purge(built: Any, folder: Path, top: str = "") -> tuple[Path, Path]:
+    """A copy of the built file, and a policy deleting its COMPLETED runs (``top``: more of
+    the policy's top-level keys, as YAML lines)."""
+    db = copy_db(built.path, folder)
+    policy = folder / "policy.yaml"
+    policy.write_text(
+        f"version: 1\n{top}rules:\n  - name: r\n    action: delete\n"
+        "    sql: SELECT id FROM flow_runs WHERE state_type = 'COMPLETED'\n"
+    )
+    return db, policy
+
+
 def one_clear_line(result: object, code: int, *needles: str) -> str:
     assert result.exit_code == code, (result.exit_code, result.output)  # type: ignore[attr-defined]
     stderr = result.stderr.strip()  # type: ignore[attr-defined]
@@ -635,12 +647,7 @@ def test_apply_refuses_what_its_flags_refuse_before_the_plan(
     from flowsync.config import ApiSettings
     from flowsync.errors import ConfigError
 
-    db = copy_db(built.path, tmp_path)  # type: ignore[attr-defined]
-    policy = tmp_path / "policy.yaml"
-    policy.write_text(
-        "version: 1\nrules:\n  - name: r\n    action: delete\n"
-        "    sql: SELECT id FROM flow_runs WHERE state_type = 'COMPLETED'\n"
-    )
+    db, policy = built_and_purge(built, tmp_path)
     actions = query(db, "SELECT count(*) FROM policy_actions")
     with pytest.raises(ConfigError, match=rf"^{flag} "):
         flowsync.apply(db, policy, api=ApiSettings(url=UNREACHABLE), **option)  # type: ignore[arg-type]
@@ -714,12 +721,7 @@ def test_apply_and_a_refresh_to_a_stopped_server_fail_at_its_health_not_after_re
     from flowsync.config import resolve_api
     from flowsync.errors import ApiError
 
-    db = copy_db(built.path, tmp_path)  # type: ignore[attr-defined]
-    policy = tmp_path / "policy.yaml"
-    policy.write_text(
-        "version: 1\nmax_actions: 1000000\nrules:\n  - name: r\n    action: delete\n"
-        "    sql: SELECT id FROM flow_runs WHERE state_type = 'COMPLETED'\n"
-    )
+    db, policy = built_and_purge(built, tmp_path, "max_actions: 1000000\n")
     runs = query(db, "SELECT count(*) FROM sync_runs")
     retried: list[str] = []
     api = resolve_api(NOBODY, env={})
