@@ -2317,9 +2317,9 @@ def test_per_run_the_first_call_waits_for_a_new_re_read_once_its_re_read_is_old(
         assert result.counts == {"purge": {"skipped": 3}}
 
 
-@pytest.mark.parametrize("tagged", [True, False], ids=["tagged meanwhile", "unchanged"])
+@pytest.mark.parametrize("meanwhile", ["tagged", "unchanged", "key revoked"])
 def test_a_bulk_call_after_a_slow_window_goes_out_only_on_a_read_showing_its_runs_unchanged(
-    server: Server, tmp_path: Path, tagged: bool
+    server: Server, tmp_path: Path, meanwhile: str
 ) -> None:
     """A bulk call's state guard holds its runs to their states, not their tags. A rule
     joining deployments reads the batch's deployments after its runs; the server is slow to
@@ -2327,10 +2327,12 @@ def test_a_bulk_call_after_a_slow_window_goes_out_only_on_a_read_showing_its_run
     (a PATCH: no event, its state unchanged). The call does not go out on the old re-read: the
     runs are read once more. Tagged, that read shows the change: the batch is read and decided
     again, the protected run is left alone and the rest deleted by one call. Unchanged, the
-    call goes out after that one read, the batch not decided again."""
+    call goes out after that one read, the batch not decided again. Answered 401, nothing is
+    sent and every run is recorded not sent."""
+    from flowsync.errors import AuthError
     from flowsync.policy.batch import FRESH_FOR
 
-    tag = f"slowbulk-{int(tagged)}"
+    tag = f"slowbulk-{meanwhile.split()[0]}"
     sql = (
         "SELECT r.id FROM flow_runs r JOIN deployments d ON d.id = r.deployment_id "
         f"WHERE r.state_type = 'COMPLETED' AND list_contains(r.tags, '{tag}') "
@@ -2348,16 +2350,26 @@ def test_a_bulk_call_after_a_slow_window_goes_out_only_on_a_read_showing_its_run
             path = request.url.path.rsplit("/api/", 1)[1]
             if seen and "flow_runs/bulk_delete" not in seen:
                 seen.append(path)
+                if meanwhile == "key revoked":
+                    return httpx.Response(401, json={"detail": "expired"})
             if path == "deployments/filter" and not seen:
                 seen.append(path)
-                if tagged:
+                if meanwhile == "tagged":
                     patch_run(server.url, ids[0], {"tags": [tag, "keep"]})
                 time.sleep(FRESH_FOR + 1)
             return None
 
+        if meanwhile == "key revoked":
+            with pytest.raises(AuthError):
+                library_apply(server, db, policy, forwarding(fault))
+            assert seen == ["deployments/filter", "flow_runs/filter"]
+            assert live(server, ids) == dict.fromkeys(ids, "COMPLETED")
+            assert outcomes(db, ids) == dict.fromkeys(ids, "failed")
+            assert audit_rows(db) == len(ids)
+            return
         result = library_apply(server, db, policy, forwarding(fault))
         assert result.path == "bulk" and seen[0] == "deployments/filter", seen
-        if tagged:
+        if meanwhile == "tagged":
             # the confirming read, then the batch read and decided again (its deployments too)
             assert seen[1] == "flow_runs/filter" and "deployments/filter" in seen[2:], seen
             assert live(server, ids) == {ids[0]: "COMPLETED"}

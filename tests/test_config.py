@@ -527,7 +527,8 @@ def test_the_request_timeout_is_prefects_setting_from_env_or_profile(isolated_en
     assert resolve_api(env=env).request_timeout == 5
     assert resolve_api(env={**env, "PREFECT_API_REQUEST_TIMEOUT": "0.5"}).request_timeout == 0.5
     assert resolve_api("http://h/api", env={}).request_timeout is None
-    for bad in ("slow", "0", "-1", "nan", "7200"):
+    assert resolve_api(env={**env, "PREFECT_API_REQUEST_TIMEOUT": "7200"}).request_timeout == 7200
+    for bad in ("slow", "0", "-1", "nan", "inf"):
         with pytest.raises(
             ConfigError, match=r"PREFECT_API_REQUEST_TIMEOUT .* not a number of seconds"
         ):

@@ -427,7 +427,7 @@ def test_one_export_writes_into_a_folder_at_a_time_and_checks_it_once_it_holds_i
         assert busy.exit_code == 6, busy.output
         assert busy.stderr.strip().splitlines() == [
             f"error: Another flowsync export is writing to {out}; wait for it to finish "
-            "(--wait SECONDS waits), or export elsewhere."
+            "(pass --wait SECONDS), or export elsewhere."
         ]
         assert _files(out) == before
         # the export holding it finishes: it was another file's

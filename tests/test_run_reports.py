@@ -205,6 +205,7 @@ def test_a_pull_that_changed_nothing_moves_the_snapshots_now_to_its_own_start(
     assert not kept.published and kept.snapshot.confirmed_at is not None
     with Store.reader(db) as reader:
         assert reader.execute(waiting).one() == (1, 1)
+        assert sync_log.last_pull_at(reader) == kept.snapshot.confirmed_at  # plan's "last pull"
         late = reports.late(reader, "deployment", reports.parse_since("1d"))
         assert late["waiting_now"].sum() == 1
     with Store.sandboxed(db) as sandbox:

@@ -631,9 +631,7 @@ def _retention(value: str | None, source: str) -> float | None:
 
 
 def _request_timeout(value: str | None, source: str) -> float | None:
-    return _number(
-        TIMEOUT_KEY, value, source, lambda s: 0 < s <= 3600, "seconds (at most 3600)", "30"
-    )
+    return _number(TIMEOUT_KEY, value, source, lambda s: 0 < s < float("inf"), "seconds", "30")
 
 
 def _budget(value: str | None, source: str) -> float | None:

@@ -555,7 +555,7 @@ def _only_export(out_dir: Path, wait: float) -> Iterator[None]:
                 if time.monotonic() >= deadline:
                     busy = StoreLockedError(
                         f"Another flowsync export is writing to {out_dir}; wait for it to "
-                        "finish (--wait SECONDS waits), or export elsewhere."
+                        "finish (pass --wait SECONDS), or export elsewhere."
                     )
                     raise after_waiting(busy, wait) from None
                 time.sleep(0.1)

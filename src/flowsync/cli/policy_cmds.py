@@ -410,7 +410,9 @@ def apply_cmd(
                 )
             try:
                 agreed = ask(f"Apply {plan.total} changes to {settings.display_url}?")
-            except KeyboardInterrupt:  # Ctrl-C at the question
+            except KeyboardInterrupt as e:  # Ctrl-C at the question
+                if isinstance(e, SignalInterrupt):
+                    raise  # SIGTERM: said, with its own exit code, as anywhere else
                 err.print("\ncancelled; nothing was changed.", highlight=False)
                 interrupt_told.append("SIGINT")  # said: the CLI adds no line of its own
                 raise typer.Exit(INTERRUPTED_EXIT) from None

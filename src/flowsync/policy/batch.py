@@ -532,11 +532,11 @@ class Applier:
                         still = self.rereader.unchanged(
                             {i: row for i in ids if (row := fresh.seen[i].row) is not None}
                         ) and all(fresh.seen[i].row is not None for i in ids)
-                except AuthError:
-                    raise
-                except ApiError as e:
+                except ApiError as e:  # (a 401 too: the runs not sent are recorded first)
                     self.record(number, rule, decided.final, guards)
                     self._not_checked(number, batch, ids, e)
+                    if isinstance(e, AuthError):
+                        raise
                     raise Stop from e
                 if still:
                     fresh = replace(fresh, answered_at=self.rereader.reader.answered_at)

@@ -229,6 +229,8 @@ class Store(Session):
         super().__init__(con, path)
         # Set when a newer flowsync wrote the file (read-only stores only): its version.
         self.newer_file: str | None = None
+        # A published snapshot a later pull found the server unchanged from: that pull's start.
+        self.confirmed_at: datetime | None = None
         self._held: str | None = None  # a writer's key in ``_WRITING`` until it lets go
 
     # -- the roles ----------------------------------------------------------
@@ -506,6 +508,7 @@ class Store(Session):
         its ``last_pull_at()`` is that pull's start on this connection (a macro of the
         connection's own, which the file's views and macros call in its place; the snapshot
         file is never written), so "waiting now" counts a run due since it was published."""
+        self.confirmed_at = at
         self._con.execute(  # (a macro takes no parameters: the time, ours, as a literal)
             "CREATE OR REPLACE TEMP MACRO last_pull_at() AS "
             f"least(now(), TIMESTAMPTZ '{at.isoformat()}')"

@@ -251,8 +251,10 @@ def status_summary(store: Store, *, none_running: bool = False) -> dict[str, Any
 
 
 def last_pull_at(store: Store) -> datetime | None:
-    """When the last successful pull (full or incremental) started."""
+    """When the last successful pull (full or incremental) started; on a published snapshot
+    a later pull found nothing changed from, that pull's start (``Store.confirmed_at``)."""
     value: datetime | None = store.execute(
         "SELECT max(started_at) FROM sync_runs WHERE status = 'ok' AND mode IN ('full', 'incremental')"
     ).scalar()
-    return value
+    confirmed = store.confirmed_at
+    return confirmed if confirmed is not None and (value is None or confirmed > value) else value
