@@ -2384,6 +2384,46 @@ def test_a_bulk_call_after_a_slow_window_goes_out_only_on_a_read_showing_its_run
         assert audit_rows(db) == len(ids)
 
 
+def test_a_slow_windows_extra_read_covers_the_runs_keep_newest_ranks_above_the_batch(
+    server: Server, tmp_path: Path
+) -> None:
+    """keep_newest 1 over four runs: the plan deletes the three oldest. The batch's deployments
+    lookup is slow (FRESH_FOR and more) and meanwhile another client deletes the newest run,
+    the one kept: the second newest is the newest now, so the policy keeps it. The extra read
+    before the call covers the run ranked above the batch too: it is gone, the batch is read
+    and decided again, and the second newest is left alone (it was deleted when the extra read
+    covered only the batch's own runs)."""
+    from flowsync.policy.batch import FRESH_FOR
+    from harness.seed import delete_runs
+
+    tag = "slowrank"
+    sql = (
+        "SELECT r.id FROM flow_runs r JOIN deployments d ON d.id = r.deployment_id "
+        f"WHERE r.state_type = 'COMPLETED' AND list_contains(r.tags, '{tag}') "
+        "AND d.name = 'prod'"
+    )
+    rules = [{"name": "purge", "action": "delete", "sql": sql, "keep_newest": 1}]
+    with pulled_runs(server, tmp_path, 4, "COMPLETED", tag, rules) as (ids, db, policy):
+        slowed: list[int] = []
+
+        def fault(request: httpx.Request, n: int) -> httpx.Response | None:
+            if request.url.path.endswith("deployments/filter") and not slowed:
+                slowed.append(n)
+                delete_runs(server.url, [ids[-1]])  # another client deletes the newest
+                time.sleep(FRESH_FOR + 1)
+            return None
+
+        result = library_apply(server, db, policy, forwarding(fault))
+        assert slowed and result.path == "bulk"
+        assert live(server, ids) == {ids[-2]: "COMPLETED"}
+        assert outcomes(db, ids[:-1]) == {
+            ids[0]: "deleted",
+            ids[1]: "deleted",
+            ids[2]: "skipped",
+        }
+        assert audit_rows(db) == 3
+
+
 class PerRunCase(NamedTuple):
     """Runs on a server without the bulk endpoints, pulled, and a policy: the runs its rule
     deletes (``targets``, in ``state``, one call each), the runs it must leave (run -> the

@@ -320,6 +320,8 @@ class Fresh:
     before: dict[str, dict[str, Any]]  # file rows the read changed, as they were
     answered_at: float  # monotonic time the last read of the step answered
     decision: Decision  # the policy decided over the file after that read
+    # the runs the decision ranks above the batch's (keep_newest), as the read showed them
+    ranked: dict[str, Seen] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -523,15 +523,19 @@ class Applier:
             elif age > FRESH_FOR and calls:
                 # In bulk, the reads and the decision alone took longer than a call may follow
                 # the re-read (a slow lookup, catch-up or rule). The state guard holds the runs'
-                # states, not their tags or names: the runs are read once more, and the calls go
-                # out only if the server shows each as the decision saw it (the window then
-                # counts from that read); otherwise they are read and decided again.
+                # states, not their tags or names: the runs are read once more (with the runs a
+                # keep_newest ranks above them), and the calls go out only if the server shows
+                # each as the decision saw it (the window then counts from that read);
+                # otherwise they are read and decided again.
                 ids = [i for c in calls for i in c.ids]
+                shown = {i: fresh.seen[i] for i in ids} | fresh.ranked
                 try:
                     with self.client.unpaced():
-                        still = self.rereader.unchanged(
-                            {i: row for i in ids if (row := fresh.seen[i].row) is not None}
-                        ) and all(fresh.seen[i].row is not None for i in ids)
+                        still = all(s.row is not None for s in shown.values()) and (
+                            self.rereader.unchanged(
+                                {i: s.row for i, s in shown.items() if s.row is not None}
+                            )
+                        )
                 except ApiError as e:  # (a 401 too: the runs not sent are recorded first)
                     self.record(number, rule, decided.final, guards)
                     self._not_checked(number, batch, ids, e)

@@ -358,7 +358,13 @@ class Rereader:
                     i: UNCONFIRMED if why is None else why for i, why in decision.reasons.items()
                 },
             )
-        return Fresh({i: seen[i] for i in todo if i in seen}, before, answered, decision)
+        return Fresh(
+            {i: seen[i] for i in todo if i in seen},
+            before,
+            answered,
+            decision,
+            {i: seen[i] for i in decision.ranked_above if i in seen},
+        )
 
     def decide_ahead(self, batches: list[Batch]) -> DecidedAhead:
         """``batches`` (of one rule whose decision reads each run's own row) decided over the
