@@ -2319,7 +2319,7 @@ def test_per_run_the_first_call_waits_for_a_new_re_read_once_its_re_read_is_old(
 
 @pytest.mark.parametrize("meanwhile", ["tagged", "unchanged", "key revoked"])
 def test_a_bulk_call_after_a_slow_window_goes_out_only_on_a_read_showing_its_runs_unchanged(
-    server: Server, tmp_path: Path, meanwhile: str
+    server: Server, tmp_path: Path, meanwhile: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A bulk call's state guard holds its runs to their states, not their tags. A rule
     joining deployments reads the batch's deployments after its runs; the server is slow to
@@ -2330,7 +2330,9 @@ def test_a_bulk_call_after_a_slow_window_goes_out_only_on_a_read_showing_its_run
     call goes out after that one read, the batch not decided again. Answered 401, nothing is
     sent and every run is recorded not sent."""
     from flowsync.errors import AuthError
-    from flowsync.policy.batch import FRESH_FOR
+    from flowsync.policy import batch
+
+    monkeypatch.setattr(batch, "FRESH_FOR", 1.0)  # (3 s in use: the same path, sooner)
 
     tag = f"slowbulk-{meanwhile.split()[0]}"
     sql = (
@@ -2356,7 +2358,7 @@ def test_a_bulk_call_after_a_slow_window_goes_out_only_on_a_read_showing_its_run
                 seen.append(path)
                 if meanwhile == "tagged":
                     patch_run(server.url, ids[0], {"tags": [tag, "keep"]})
-                time.sleep(FRESH_FOR + 1)
+                time.sleep(batch.FRESH_FOR + 0.5)
             return None
 
         if meanwhile == "key revoked":
@@ -2385,7 +2387,7 @@ def test_a_bulk_call_after_a_slow_window_goes_out_only_on_a_read_showing_its_run
 
 
 def test_a_slow_windows_extra_read_covers_the_runs_keep_newest_ranks_above_the_batch(
-    server: Server, tmp_path: Path
+    server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """keep_newest 1 over four runs: the plan deletes the three oldest. The batch's deployments
     lookup is slow (FRESH_FOR and more) and meanwhile another client deletes the newest run,
@@ -2393,7 +2395,9 @@ def test_a_slow_windows_extra_read_covers_the_runs_keep_newest_ranks_above_the_b
     before the call covers the run ranked above the batch too: it is gone, the batch is read
     and decided again, and the second newest is left alone (it was deleted when the extra read
     covered only the batch's own runs)."""
-    from flowsync.policy.batch import FRESH_FOR
+    from flowsync.policy import batch
+
+    monkeypatch.setattr(batch, "FRESH_FOR", 1.0)  # (3 s in use: the same path, sooner)
     from harness.seed import delete_runs
 
     tag = "slowrank"
@@ -2410,7 +2414,7 @@ def test_a_slow_windows_extra_read_covers_the_runs_keep_newest_ranks_above_the_b
             if request.url.path.endswith("deployments/filter") and not slowed:
                 slowed.append(n)
                 delete_runs(server.url, [ids[-1]])  # another client deletes the newest
-                time.sleep(FRESH_FOR + 1)
+                time.sleep(batch.FRESH_FOR + 0.5)
             return None
 
         result = library_apply(server, db, policy, forwarding(fault))
