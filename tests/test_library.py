@@ -355,3 +355,45 @@ def test_a_library_argument_of_the_wrong_kind_is_flowsyncs_own_error(
     assert sorted(p for p in tmp_path.iterdir() if p.name != "policy.yaml") == [
         p for p in before if p.name != "policy.yaml"
     ]
+
+
+def test_the_librarys_hooks_wait_and_since_are_checked_as_documented(
+    built: Any, tmp_path: Path
+) -> None:
+    """A `progress` that is no Progress raised AttributeError once the pull had begun (and left
+    a failed pull's row); `wait=-1` passed plan and connect; `report(since=datetime)` was "not
+    an age or a time" though export takes one. Each is one ConfigError before anything is
+    read or written, and a datetime is a start."""
+    from datetime import datetime, timedelta, timezone
+
+    import flowsync
+    from flowsync.config import resolve_api
+    from flowsync.errors import ConfigError
+    from tests.helpers import copy_db, query
+
+    db = copy_db(built.path, tmp_path)
+    policy = tmp_path / "p.yaml"
+    policy.write_text(
+        "version: 1\nrules:\n  - {name: r, action: delete, sql: SELECT id FROM flow_runs}\n"
+    )
+    api = resolve_api("http://127.0.0.1:9/api", env={})
+    runs = query(db, "SELECT count(*) FROM sync_runs")
+    calls = {
+        "pull progress": lambda: flowsync.pull(db, api=api, progress=5),  # type: ignore[arg-type]
+        "pull on_retry": lambda: flowsync.pull(db, api=api, on_retry="x"),  # type: ignore[arg-type]
+        "plan progress": lambda: flowsync.plan(db, policy, progress=object()),  # type: ignore[arg-type]
+        "apply progress": lambda: flowsync.apply(db, policy, api=api, progress=[]),  # type: ignore[arg-type]
+        "plan wait": lambda: flowsync.plan(db, policy, wait=-1),
+        "connect wait": lambda: flowsync.connect(db, wait=-1),
+    }
+    for what, call in calls.items():
+        with pytest.raises(ConfigError, match=r"^(progress|on_retry|wait=)"):
+            call()
+        assert query(db, "SELECT count(*) FROM sync_runs") == runs, what
+    start = datetime.now(timezone.utc) - timedelta(days=30)
+    by_time = flowsync.report(db, "failures", since=start)
+    by_text = flowsync.report(db, "failures", since=start.isoformat())
+    assert by_time.frame.equals(by_text.frame)
+    assert by_time.frame.height > 0
+    with pytest.raises(ConfigError, match="is in the future"):
+        flowsync.report(db, "failures", since=datetime.now(timezone.utc) + timedelta(days=1))

@@ -166,7 +166,7 @@ def test_outside_text_is_isolated_in_its_cell(tmp_path: Path) -> None:
     with Store.writer(db) as store:
         store.execute(
             "UPDATE flow_runs SET state_message = ?, name = ?",
-            [f"boom {RLO}evil tail", f"run{RLO}x"],
+            [f"boom {RLO}evil tail \x1b[31mred", f"run{RLO}x"],
         )
         store.execute("UPDATE flows SET name = ?", [f"etl{RLO}"])
     for report in ("runs", "failures"):
@@ -175,6 +175,7 @@ def test_outside_text_is_isolated_in_its_cell(tmp_path: Path) -> None:
         assert result.exit_code == 0, result.output
         text = out.read_text()
         assert text.count(RLO) >= 3, "the page shows the text as it is"
+        assert "\x1b" not in text and "\\x1b[31m" in text, "a terminal escape shown escaped"
         outside = re.sub(r"<bdi>[^<]*</bdi>", "", text)
         assert RLO not in outside, outside[max(outside.find(RLO) - 300, 0) : outside.find(RLO) + 50]
 

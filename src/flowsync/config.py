@@ -13,6 +13,7 @@ puts them in a header.
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import re
 import ssl
@@ -54,6 +55,14 @@ PULL_CONCURRENCY_MIN, PULL_CONCURRENCY_MAX = 1, 8  # --concurrency: requests in 
 MEMORY_LIMIT_MIN_MB = 0  # --memory-limit: 0 is DuckDB's own default; below it, no cap at all
 MEMORY_LIMIT_MAX_MB = 2**24  # 16 TiB: more than any machine has; DuckDB refuses 2**44 MB
 SETTLE_MIN_SECONDS = 0.0  # apply --settle-seconds
+
+
+def check_wait(wait: object) -> float:
+    """``wait`` (seconds to wait for a file's lock) if it is a number from 0; else a
+    ``ConfigError``: a library caller's (the command line's --wait is checked as parsed)."""
+    if isinstance(wait, bool) or not isinstance(wait, numbers.Real) or not float(wait) >= 0:
+        raise ConfigError(f"wait={wait!r} is not a number of seconds from 0: pass wait=SECONDS.")
+    return float(wait)
 
 
 def check_number(

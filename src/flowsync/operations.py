@@ -90,6 +90,23 @@ __all__ = [
 ]
 
 
+def _check_hooks(progress: object = None, on_retry: object = None) -> None:
+    """A ``progress`` that is a ``Progress`` (phase, advance, message) and an ``on_retry`` that
+    is a function, or None; else a ``ConfigError`` before anything is read or written (a
+    number for ``progress`` raised AttributeError once the pull had begun)."""
+    if progress is not None and not all(
+        callable(getattr(progress, m, None)) for m in ("phase", "advance", "message")
+    ):
+        raise ConfigError(
+            f"progress is {type(progress).__name__} {progress!r}, not a Progress (with phase, "
+            "advance and message): pass one, e.g. flowsync.progress.NullProgress()."
+        )
+    if on_retry is not None and not callable(on_retry):
+        raise ConfigError(
+            f"on_retry is not a function ({type(on_retry).__name__} {on_retry!r}): pass one."
+        )
+
+
 def _check_api(name: str, api: object) -> ApiSettings:
     """``api`` (or ``refresh``) if it is an ``ApiSettings``; else a ``ConfigError`` before
     anything is read or written (a URL passed as text raised AttributeError mid-call, and an
@@ -128,6 +145,7 @@ def pull(
     pull checks the file's place, then the server, before it makes the file: a wrong
     path or URL leaves nothing behind."""
     api = _check_api("api", api)
+    _check_hooks(progress, on_retry)
     if options is not None and not isinstance(options, PullOptions):
         raise ConfigError(
             f"options is a {type(options).__name__}, not a PullOptions: pass "
@@ -199,6 +217,7 @@ def plan(
     runs a refresh reads; ``on_retry`` hears, a line each, when a refresh's request is
     retried and when the request budget, not the server, holds it back (as pull's)."""
     timeout = check_rule_timeout(timeout)
+    _check_hooks(progress, on_retry)
     if refresh is not None:
         refresh = _check_api("refresh", refresh)
     loaded = load_policy(policy)
@@ -316,11 +335,11 @@ def apply(
     the outcomes are in it and in ``policy_actions`` whatever stops the apply. A refused
     or failed apply closes its plan (its scratch file); a returned one is the caller's."""
     api = _check_api("api", api)
-    for name, given in (("confirm", confirm), ("on_retry", on_retry)):
-        if given is not None and not callable(given):
-            raise ConfigError(
-                f"{name} is not a function ({type(given).__name__} {given!r}): pass one."
-            )
+    _check_hooks(progress, on_retry)
+    if confirm is not None and not callable(confirm):
+        raise ConfigError(
+            f"confirm is not a function ({type(confirm).__name__} {confirm!r}): pass one."
+        )
     db = resolve_db_path(db)  # `~` expanded, as --db and flowsync.connect() do
     memory_limit_mb = check_memory_limit(memory_limit_mb)
     check_number("--settle-seconds", settle_seconds, low=SETTLE_MIN_SECONDS, metavar="SECONDS")
@@ -436,6 +455,7 @@ def export(
     is a ``ConfigError``. ``since`` may be text, as ``--since`` takes it (``2d``).
     ``progress`` gets a phase per table (``export flow_runs``: rows) and, for a URL,
     ``upload`` (files)."""
+    _check_hooks(progress)
     db = resolve_db_path(db)  # `~` expanded, as --db and flowsync.connect() do
     if isinstance(since, datetime):
         since = check_start(since, datetime.now(timezone.utc))
@@ -545,7 +565,7 @@ def report(
     db: str | os.PathLike[str],
     name: str,
     *,
-    since: str | None = None,
+    since: datetime | str | None = None,
     by: str | None = None,
     include_deleted: bool = False,
     flow: str | Sequence[str] | None = None,
@@ -612,7 +632,7 @@ def _uncovered(window: reports.Window, data_start: datetime | None) -> str | Non
 def _health(
     db: Path,
     spec: registry.Report,
-    since: str | None,
+    since: datetime | str | None,
     by: str | None,
     include_deleted: bool,
     live: bool,

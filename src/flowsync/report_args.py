@@ -91,7 +91,7 @@ def utcnow() -> datetime:
 
 
 def parse_since(
-    text: str | None, now: datetime | None = None, *, option: str = "--since"
+    text: str | datetime | None, now: datetime | None = None, *, option: str = "--since"
 ) -> Window:
     """``7d``, ``12h``, ``30m``, ``2w``, a date ``2026-01-01``, an ISO time, or ``all``
     (``flowsync.since.parse_since``, which export uses too), as a window ending now;

@@ -30,9 +30,14 @@ _CALENDAR = re.compile(r"^\s*\d+\s*(?:M|(?i:mo|mons?|months?|y|yrs?|years?))\s*$
 HISTORY_START = datetime(1900, 1, 1, tzinfo=timezone.utc)
 
 
-def parse_since(text: str | None, now: datetime, *, option: str = "--since") -> datetime | None:
-    """The start ``text`` names, in UTC, relative to ``now``; None for no text or ``all``.
-    ``option`` is the flag the text came from, named in the errors."""
+def parse_since(
+    text: str | datetime | None, now: datetime, *, option: str = "--since"
+) -> datetime | None:
+    """The start ``text`` names, in UTC, relative to ``now``; None for no text or ``all``; a
+    library's datetime as it is (``check_start``). ``option`` is the flag the text came
+    from, named in the errors."""
+    if isinstance(text, datetime):
+        return check_start(text, now, option=option)
     if text is not None and not isinstance(text, str):
         raise ConfigError(
             f"{option} {text!r} is not an age or a time: pass text such as 7d, 12h, "

@@ -33,7 +33,6 @@ wrote the file). Must not: offer a second way to run SQL (that is
 from __future__ import annotations
 
 import contextlib
-import numbers
 import os
 import re
 import threading
@@ -47,8 +46,8 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 import duckdb
 
 from flowsync import __version__
+from flowsync.config import check_wait
 from flowsync.errors import (
-    ConfigError,
     DamagedFileError,
     NewerFileError,
     NewerFileWarning,
@@ -124,10 +123,7 @@ def _connect(
     """DuckDB's connection to ``path`` (checked first), waiting up to ``wait`` s for its lock:
     another process's, or a writer of this process (``_WRITING``; a writer opened here is
     added to it)."""
-    if isinstance(wait, bool) or not isinstance(wait, numbers.Real) or not wait >= 0:
-        # (a library caller's: the command line's --wait is checked as it is parsed)
-        raise ConfigError(f"wait={wait!r} is not a number of seconds from 0: pass wait=SECONDS.")
-    deadline = time.monotonic() + wait
+    deadline = time.monotonic() + check_wait(wait)
     delay = 0.2
     graced = False
     key = _key(path)
@@ -449,6 +445,8 @@ class Store(Session):
 
         A damaged snapshot (pointer or file) raises ``DamagedFileError`` naming the fix."""
         from flowsync.store import snapshot
+
+        check_wait(wait)  # (a snapshot is opened without waiting: checked all the same)
 
         if live:
             return cls._open(
