@@ -45,6 +45,11 @@ class FlowsyncError(Exception):
     exit_code = 1
     hint = ""
 
+    def __init__(self, *args: object, hint: str = "") -> None:
+        super().__init__(*args)
+        if hint:
+            self.hint = hint
+
 
 class ConfigError(FlowsyncError):
     exit_code = 2
@@ -248,10 +253,6 @@ class PolicyError(FlowsyncError):
     """A policy file or rule refused; ``hint``: one line per invalid field, when several."""
 
     exit_code = 7
-
-    def __init__(self, message: str, *, hint: str = "") -> None:
-        super().__init__(message)
-        self.hint = hint
 
 
 class PolicyLimitError(PolicyError):

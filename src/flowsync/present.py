@@ -102,7 +102,9 @@ LABELS = {
 # starts the sequences that recolour, retitle or clear a terminal), DEL, C1 controls
 # (U+009B is ESC [ in one character), and the bidi overrides and isolates (U+202A-U+202E,
 # U+2066-U+2069), which reorder what follows them on the line.
-_UNPRINTABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+_CONTROLS = "\x00-\x08\x0b-\x1f\x7f-\x9f"
+_UNPRINTABLE = re.compile(f"[{_CONTROLS}\u202a-\u202e\u2066-\u2069]")
+_CONTROL = re.compile(f"[{_CONTROLS}]")
 
 
 def _escape(match: re.Match[str]) -> str:
@@ -110,10 +112,11 @@ def _escape(match: re.Match[str]) -> str:
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
-def printable(text: str) -> str:
+def printable(text: str, *, bidi: bool = True) -> str:
     """``text`` as a terminal may show it: its control characters (but newline and tab)
-    and bidi overrides written as escapes (``\\x1b``, ``\\u202e``), the rest as it is."""
-    return _UNPRINTABLE.sub(_escape, text)
+    and bidi overrides written as escapes (``\\x1b``, ``\\u202e``), the rest as it is.
+    ``bidi=False`` keeps the overrides (an HTML page isolates them in their cell)."""
+    return (_UNPRINTABLE if bidi else _CONTROL).sub(_escape, text)
 
 
 def one_line(text: str) -> str:

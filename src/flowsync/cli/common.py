@@ -37,6 +37,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from flowsync import present
 from flowsync.config import MEMORY_LIMIT_MAX_MB, MEMORY_LIMIT_MIN_MB
 from flowsync.errors import INTERRUPTED_EXIT, FlowsyncError, FlowsyncWarning, SignalInterrupt
 
@@ -126,19 +127,10 @@ def quiet_option(what: str) -> Any:
 def fail(e: FlowsyncError) -> NoReturn:
     """One line saying what failed; the error's ``hint`` (DuckDB's suggestions), if any,
     on the lines after it, indented, so ``grep error:`` still finds one line."""
-    err.print(f"[bold red]error:[/] {escape(one_line(str(e)))}", highlight=False)
+    err.print(f"[bold red]error:[/] {escape(present.one_line(str(e)))}", highlight=False)
     for line in e.hint.splitlines():
-        err.print(f"  {escape(one_line(line))}", highlight=False)
+        err.print(f"  {escape(present.one_line(line))}", highlight=False)
     raise typer.Exit(e.exit_code)
-
-
-def one_line(text: str) -> str:
-    """``text`` as one line of plain text: what it quotes from outside (a path, a server's
-    message, a run's name) may hold a newline or a terminal's control sequence, which is
-    shown escaped (``\\n``, ``\\x1b``) rather than breaking the line or driving the terminal."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 # The SIGTERM this command received, if any: DuckDB turns the SignalInterrupt raised in a
@@ -181,7 +173,9 @@ def _warnings_once() -> Iterator[None]:
         if issubclass(category, FlowsyncWarning):
             if str(message) not in shown:
                 shown.add(str(message))
-                err.print(f"[yellow]warning:[/] {escape(one_line(str(message)))}", highlight=False)
+                err.print(
+                    f"[yellow]warning:[/] {escape(present.one_line(str(message)))}", highlight=False
+                )
             return
         original(message, category, filename, lineno, file, line)
 

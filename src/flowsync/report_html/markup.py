@@ -13,21 +13,17 @@ content.
 from __future__ import annotations
 
 import html
-import unicodedata
 from typing import Any
+
+from flowsync.present import printable
 
 
 def esc(value: Any) -> str:
     """``value`` as HTML text (None as nothing), quotes escaped for attributes too; a control
     character from outside (a terminal escape in a state message) shown escaped (``\\x1b``),
-    as the terminal and markdown tables show it, line breaks and tabs kept."""
-    text = "" if value is None else str(value)
-    if not text.isprintable():  # (a bidi override stays: ``isolated`` keeps it in its cell)
-        text = "".join(
-            repr(c)[1:-1] if unicodedata.category(c) == "Cc" and c not in "\n\t" else c
-            for c in text
-        )
-    return html.escape(text, quote=True)
+    as the terminal and markdown tables show it (``present.printable``; a bidi override
+    stays: ``isolated`` keeps it in its cell)."""
+    return html.escape(printable("" if value is None else str(value), bidi=False), quote=True)
 
 
 def isolated(value: Any) -> str:

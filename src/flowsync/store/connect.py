@@ -691,9 +691,14 @@ class Store(Session):
             want = dict(made.execute(columns).fetchall())
         have = dict(self._con.execute(columns).fetchall())
         lacking = sorted(
-            f"{table}.{col}" if table in have else table
-            for table, cols in want.items()
-            for col in ([c for c in cols if c not in have[table]] if table in have else [None])
+            [table for table in want if table not in have]
+            + [
+                f"{t}.{c}"
+                for t, cols in want.items()
+                if t in have
+                for c in cols
+                if c not in have[t]
+            ]
         )
         if lacking:
             shown = ", ".join(lacking[:4]) + (", ..." if len(lacking) > 4 else "")
