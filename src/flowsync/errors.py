@@ -222,11 +222,10 @@ class QueryError(StoreError):
     """
 
     def __init__(self, detail: str, *, sql: str, kind: str, hint: str = "") -> None:
-        super().__init__(f"Query failed: {detail}")
+        super().__init__(f"Query failed: {detail}", hint=hint)
         self.detail = detail
         self.sql = sql
         self.kind = kind
-        self.hint = hint
 
 
 class ReadOnlyError(QueryError):
